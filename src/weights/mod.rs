@@ -1,0 +1,13 @@
+//! Checkpoints as released: a model directory with `pipeline.json`, and per model a
+//! `ckpts/<stem>.json` (`{"name": class, "args": {...}}`) beside `ckpts/<stem>.safetensors`.
+//! Files are memory-mapped; tensors are cast to the compute dtype when a model asks for them.
+//! Loading is strict: every missing, unexpected and mis-shaped tensor is reported, by name, in
+//! one error (upstream loads with `strict=False` and silently ignores them).
+
+mod checkpoint;
+mod model_dir;
+mod strict;
+
+pub use checkpoint::{Checkpoint, ModelConfig, TensorInfo};
+pub use model_dir::{ModelDir, PipelineConfig};
+pub use strict::{check_tensors, StrictError, StrictLoad};
