@@ -1,6 +1,8 @@
 //! trellis2: Microsoft's TRELLIS.2 image-to-3D model in Rust (candle), with Metal, CUDA and CPU
 //! backends. The binary in `src/main.rs` is a thin CLI over this library.
 
+pub mod compare;
+pub mod export;
 pub mod image;
 pub mod rng;
 pub mod weights;

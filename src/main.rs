@@ -1,1 +1,26 @@
-fn main(){}
+//! The `trellis2` binary: parse arguments, run one command, map the outcome to an exit code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{exit, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Preprocess(args) => cli::preprocess::run(&args),
+        Command::Inspect(args) => cli::inspect::run(&args),
+        Command::Compare(args) => cli::compare::run(&args),
+        Command::Dev(cmd) => cli::dev::run(&cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // One line: the error chain joined with ": ", the path first.
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}

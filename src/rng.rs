@@ -252,7 +252,10 @@ mod tests {
             assert!((cephes_log(x) - x.ln()).abs() < 1e-6, "log({x})");
             let t = x * 6.283;
             let (s, c) = cephes_sincos(t);
-            assert!((s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6, "sincos({t})");
+            assert!(
+                (s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6,
+                "sincos({t})"
+            );
         }
     }
 }

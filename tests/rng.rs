@@ -32,7 +32,9 @@ fn randn_matches_torch_streams() {
                 .iter()
                 .zip(expected)
                 .all(|(a, b)| a.to_bits() == b.to_bits());
-            println!("seed {seed:>4} {name:<10} {shape:?}: max|diff| = {diff:e} bit-exact = {bit_exact}");
+            println!(
+                "seed {seed:>4} {name:<10} {shape:?}: max|diff| = {diff:e} bit-exact = {bit_exact}"
+            );
             worst = worst.max(diff);
             compared += 1;
         }
@@ -51,7 +53,10 @@ fn randn_matches_torch_streams() {
         }
     }
     println!("{compared} tensors compared, worst max|diff| = {worst:e}");
-    assert!(worst <= 1e-6, "randn differs from torch by {worst:e} (limit 1e-6)");
+    assert!(
+        worst <= 1e-6,
+        "randn differs from torch by {worst:e} (limit 1e-6)"
+    );
 }
 
 #[test]

@@ -85,7 +85,10 @@ fn strict_loading_names_every_problem() {
     write_checkpoint(
         &stem,
         &[
-            ("proj.weight", Tensor::zeros((4, 3), DType::F32, &dev).unwrap()),
+            (
+                "proj.weight",
+                Tensor::zeros((4, 3), DType::F32, &dev).unwrap(),
+            ),
             ("extra.scale", Tensor::zeros(7, DType::F32, &dev).unwrap()),
         ],
         "Linear",
@@ -99,7 +102,10 @@ fn strict_loading_names_every_problem() {
     assert_eq!(err.missing.len(), 1);
     assert_eq!(err.missing[0].0, "proj.bias");
     assert_eq!(err.unexpected[0].0, "extra.scale");
-    assert_eq!(err.misshaped[0], ("proj.weight".into(), vec![3, 4], vec![4, 3]));
+    assert_eq!(
+        err.misshaped[0],
+        ("proj.weight".into(), vec![3, 4], vec![4, 3])
+    );
     assert!(err.to_string().contains("bad.safetensors"));
 }
 
@@ -107,9 +113,17 @@ fn strict_loading_names_every_problem() {
 fn model_directory_resolves_roles_and_foreign_stems() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write_checkpoint(&root.join("ckpts/flow"), &linear_tensors(DType::BF16), "Flow");
+    write_checkpoint(
+        &root.join("ckpts/flow"),
+        &linear_tensors(DType::BF16),
+        "Flow",
+    );
     // A stem pointing into another repository, stored in this directory's ckpts/.
-    write_checkpoint(&root.join("ckpts/ss_dec"), &linear_tensors(DType::F16), "Dec");
+    write_checkpoint(
+        &root.join("ckpts/ss_dec"),
+        &linear_tensors(DType::F16),
+        "Dec",
+    );
     std::fs::write(
         root.join("pipeline.json"),
         r#"{"name": "Trellis2ImageTo3DPipeline", "args": {"models": {
@@ -138,7 +152,11 @@ fn broken_files_give_errors_that_name_them() {
     let truncated = dir.path().join("trunc");
     write_checkpoint(&truncated, &linear_tensors(DType::F32), "Linear");
     let full = std::fs::read(truncated.with_extension("safetensors")).unwrap();
-    std::fs::write(truncated.with_extension("safetensors"), &full[..full.len() - 10]).unwrap();
+    std::fs::write(
+        truncated.with_extension("safetensors"),
+        &full[..full.len() - 10],
+    )
+    .unwrap();
     for path in [
         empty,
         garbage,

@@ -103,8 +103,14 @@ impl Checkpoint {
         }
         // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the file not
         // being truncated by another process while the model is loaded.
-        let mapped = unsafe { MmapedSafetensors::new(path) }
-            .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+        let mapped = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
+            // candle wraps the cause with the path, which we already print first.
+            let cause = match e {
+                candle_core::Error::WithPath { inner, .. } => inner.to_string(),
+                other => other.to_string(),
+            };
+            anyhow::anyhow!("{}: not a valid safetensors file: {cause}", path.display())
+        })?;
         let json = path.with_extension("json");
         let config = if json.is_file() {
             Some(ModelConfig::read(&json)?)

@@ -40,7 +40,10 @@ impl std::fmt::Display for StrictError {
             write!(f, "\n  unexpected  {name} {shape:?}")?;
         }
         for (name, want, got) in &self.misshaped {
-            write!(f, "\n  mis-shaped  {name}: model expects {want:?}, checkpoint has {got:?}")?;
+            write!(
+                f,
+                "\n  mis-shaped  {name}: model expects {want:?}, checkpoint has {got:?}"
+            )?;
         }
         Ok(())
     }
@@ -206,7 +209,12 @@ mod tests {
         assert_eq!(err.unexpected, vec![t("d", &[5])]);
         assert_eq!(err.misshaped, vec![("a".into(), vec![2, 3], vec![3, 2])]);
         let text = err.to_string();
-        for needle in ["ckpt.safetensors", "missing     b", "unexpected  d", "mis-shaped  a"] {
+        for needle in [
+            "ckpt.safetensors",
+            "missing     b",
+            "unexpected  d",
+            "mis-shaped  a",
+        ] {
             assert!(text.contains(needle), "{needle:?} not in {text}");
         }
     }

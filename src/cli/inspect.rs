@@ -1,0 +1,249 @@
+//! `trellis2 inspect PATH`: what is in a model directory, checkpoint, PLY, GLB or safetensors file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use trellis2::compare::TensorFile;
+use trellis2::export::glb::read_glb;
+use trellis2::export::ply::{read_ply, PlyFile};
+use trellis2::weights::{Checkpoint, ModelDir, TensorInfo};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A model directory (with pipeline.json), a checkpoint (.safetensors or its stem),
+    /// or a .ply / .glb file.
+    pub path: PathBuf,
+    /// For checkpoints and safetensors files: leave out the per-tensor list.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+pub fn run(args: &Args) -> Result<u8> {
+    let path = &args.path;
+    if path.is_dir() {
+        if path.join("pipeline.json").is_file() {
+            return model_dir(path);
+        }
+        let hf = path.join("model.safetensors");
+        if hf.is_file() {
+            return checkpoint(&Checkpoint::open_file(&hf)?, !args.summary);
+        }
+        bail!(
+            "{}: not a model directory (no pipeline.json or model.safetensors)",
+            path.display()
+        );
+    }
+    let stem_weights = PathBuf::from(format!("{}.safetensors", path.display()));
+    if !path.exists() && stem_weights.is_file() {
+        return checkpoint(&Checkpoint::open_file(&stem_weights)?, !args.summary);
+    }
+    super::existing_file(path)?;
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "ply" => ply(path, &read_ply(path)?),
+        "glb" => glb(path),
+        "safetensors" => {
+            // Validate the header through the plain reader first: it gives the clearest errors.
+            TensorFile::open(path)?.parse()?;
+            checkpoint(&Checkpoint::open_file(path)?, !args.summary)
+        }
+        _ => bail!(
+            "{}: unknown file type (expected a directory, .safetensors, .ply or .glb)",
+            path.display()
+        ),
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn dtype_name(d: safetensors::Dtype) -> String {
+    format!("{d:?}").to_lowercase()
+}
+
+/// "bf16 ×640 (1.29 G params)" style summary of a tensor list.
+fn dtype_breakdown(infos: &[TensorInfo]) -> String {
+    let mut by: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for t in infos {
+        let e = by.entry(dtype_name(t.dtype)).or_default();
+        e.0 += 1;
+        e.1 += t.numel();
+    }
+    by.iter()
+        .map(|(d, (n, p))| format!("{d} ×{n} ({} params)", group_digits(*p)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn model_dir(root: &Path) -> Result<u8> {
+    let md = ModelDir::open(root)?;
+    println!("model directory  {}", root.display());
+    println!("pipeline         {}", md.pipeline.name);
+    let mut total_params = 0;
+    let mut total_bytes = 0;
+    let mut missing = 0;
+    for (role, stem) in md.pipeline.model_stems() {
+        match md.checkpoint(&role) {
+            Ok(ckpt) => {
+                let infos = ckpt.tensor_infos();
+                let params: usize = infos.iter().map(TensorInfo::numel).sum();
+                let bytes: usize = infos.iter().map(TensorInfo::bytes).sum();
+                total_params += params;
+                total_bytes += bytes;
+                println!(
+                    "  {role:<28} {:<26} {:>15} params  {:>10}  {}",
+                    ckpt.class_name().unwrap_or("?"),
+                    group_digits(params),
+                    human_bytes(bytes),
+                    dtype_breakdown(&infos)
+                );
+            }
+            Err(e) => {
+                missing += 1;
+                println!("  {role:<28} MISSING ({stem}): {e:#}");
+            }
+        }
+    }
+    println!(
+        "total            {} params, {}",
+        group_digits(total_params),
+        human_bytes(total_bytes)
+    );
+    if missing > 0 {
+        eprintln!("error: {}: {missing} model(s) missing", root.display());
+        return Ok(super::exit::FAILED);
+    }
+    Ok(super::exit::OK)
+}
+
+fn checkpoint(ckpt: &Checkpoint, list: bool) -> Result<u8> {
+    let infos = ckpt.tensor_infos();
+    let params: usize = infos.iter().map(TensorInfo::numel).sum();
+    let bytes: usize = infos.iter().map(TensorInfo::bytes).sum();
+    println!("checkpoint  {}", ckpt.path.display());
+    if let Some(cfg) = &ckpt.config {
+        println!("class       {}", cfg.name);
+        println!("args        {}", cfg.args);
+    }
+    println!(
+        "tensors     {}, {} params, {}",
+        infos.len(),
+        group_digits(params),
+        human_bytes(bytes)
+    );
+    println!("dtypes      {}", dtype_breakdown(&infos));
+    if let Ok(meta) = TensorFile::open(&ckpt.path).and_then(|f| f.metadata()) {
+        let mut keys: Vec<_> = meta.iter().collect();
+        keys.sort();
+        for (k, v) in keys {
+            let v = if v.len() > 100 {
+                format!("{}…", &v[..v.floor_char_boundary(100)])
+            } else {
+                v.clone()
+            };
+            println!("metadata    {k} = {v}");
+        }
+    }
+    if list {
+        let width = infos.iter().map(|t| t.name.len()).max().unwrap_or(4);
+        for t in &infos {
+            println!(
+                "  {:<width$}  {:<5}  {:?}",
+                t.name,
+                dtype_name(t.dtype),
+                t.shape
+            );
+        }
+    }
+    Ok(super::exit::OK)
+}
+
+fn ply(path: &Path, ply: &PlyFile) -> Result<u8> {
+    let kind = if ply.is_gaussian_splat() {
+        "Gaussian splats (INRIA 3DGS layout)"
+    } else if ply.is_mesh() {
+        "triangle mesh"
+    } else {
+        "point cloud / generic"
+    };
+    println!("ply         {}", path.display());
+    println!("format      {}", ply.format);
+    println!("contents    {kind}");
+    for c in &ply.comments {
+        println!("comment     {c}");
+    }
+    if let Some(b) = ply.vertex_bounds() {
+        println!(
+            "bounds      x [{:.6}, {:.6}]  y [{:.6}, {:.6}]  z [{:.6}, {:.6}]",
+            b[0].0, b[0].1, b[1].0, b[1].1, b[2].0, b[2].1
+        );
+    }
+    for e in &ply.elements {
+        println!("element     {} ×{}", e.name, e.count);
+        for p in &e.properties {
+            let range = p
+                .column
+                .range()
+                .map(|(lo, hi)| format!("[{lo:.6}, {hi:.6}]"))
+                .unwrap_or_else(|| "(empty)".into());
+            println!("  {:<18} {:<22} {range}", p.name, p.type_name);
+        }
+    }
+    Ok(super::exit::OK)
+}
+
+fn glb(path: &Path) -> Result<u8> {
+    let (mesh, summary) = read_glb(path)?;
+    println!("glb         {}", path.display());
+    if let Some(g) = &summary.generator {
+        println!("generator   {g}");
+    }
+    println!(
+        "meshes      {} ({} primitives), {} vertices, {} triangles, vertex colours: {}",
+        summary.meshes,
+        summary.primitives,
+        mesh.positions.len(),
+        mesh.triangle_count(),
+        if mesh.colors.is_some() { "yes" } else { "no" }
+    );
+    if let Some(b) = mesh.bounds() {
+        println!(
+            "bounds      x [{:.6}, {:.6}]  y [{:.6}, {:.6}]  z [{:.6}, {:.6}]",
+            b[0].0, b[0].1, b[1].0, b[1].1, b[2].0, b[2].1
+        );
+    }
+    println!("textures    {}", summary.textures);
+    for m in &summary.materials {
+        println!("material    {m}");
+    }
+    Ok(super::exit::OK)
+}

@@ -1,0 +1,58 @@
+//! Command-line interface: argument parsing and printing only; the work happens in the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod compare;
+pub mod dev;
+pub mod inspect;
+pub mod preprocess;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Success; for `compare`, the files match within tolerance.
+    pub const OK: u8 = 0;
+    /// The command failed (bad input, missing weights); for `compare`, the files differ.
+    pub const FAILED: u8 = 1;
+    /// Usage error; for `compare`, an input could not be read.
+    pub const UNREADABLE: u8 = 2;
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trellis2",
+    version,
+    about = "Turn a picture into a 3D asset with Microsoft's TRELLIS.2, locally.",
+    long_about = "Turn a picture into a 3D asset with Microsoft's TRELLIS.2-4B, locally, on an Apple \
+GPU (Metal), an NVIDIA GPU (CUDA) or the CPU.\n\nEvery command prints one clear line per problem and \
+exits non-zero on failure, so it can be used from scripts and CI.",
+    after_help = "Examples:\n  trellis2 preprocess photo.webp -o conditioning.png\n  trellis2 inspect \
+TRELLIS.2-4B/\n  trellis2 compare out/chair.ply golden/chair.ply --atol 1e-4"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write the exact conditioning image the model sees (alpha crop, premultiplied on black).
+    Preprocess(preprocess::Args),
+    /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.
+    Inspect(inspect::Args),
+    /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,
+    /// 2 unreadable).
+    Compare(compare::Args),
+    /// Developer tools (seed-compatibility checks).
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+}
+
+/// A path argument that must name an existing file.
+pub fn existing_file(path: &PathBuf) -> anyhow::Result<()> {
+    if !path.exists() {
+        anyhow::bail!("{}: no such file or directory", path.display());
+    }
+    Ok(())
+}
