@@ -1,0 +1,319 @@
+//! The real binary on real files: exit codes, one-line errors, outputs that parse.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn trellis2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+/// Writes an f32 safetensors file with the given tensors.
+fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<_> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A triangle mesh as an ASCII PLY with float colours.
+fn write_mesh_ply(path: &Path, positions: &[[f32; 3]], faces: &[[u32; 3]]) {
+    let mut s = format!(
+        "ply\nformat ascii 1.0\nelement vertex {}\nproperty float x\nproperty float y\n\
+         property float z\nelement face {}\nproperty list uchar int vertex_indices\nend_header\n",
+        positions.len(),
+        faces.len()
+    );
+    for v in positions {
+        s += &format!("{} {} {}\n", v[0], v[1], v[2]);
+    }
+    for f in faces {
+        s += &format!("3 {} {} {}\n", f[0], f[1], f[2]);
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// A minimal valid GLB: one triangle primitive with u32 indices.
+fn write_glb(path: &Path, positions: &[[f32; 3]], faces: &[[u32; 3]]) {
+    let mut bin: Vec<u8> = positions
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let pos_len = bin.len();
+    bin.extend(faces.iter().flatten().flat_map(|i| i.to_le_bytes()));
+    let idx_len = bin.len() - pos_len;
+    let (mut lo, mut hi) = ([f32::MAX; 3], [f32::MIN; 3]);
+    for v in positions {
+        for a in 0..3 {
+            lo[a] = lo[a].min(v[a]);
+            hi[a] = hi[a].max(v[a]);
+        }
+    }
+    let json = serde_json::json!({
+        "asset": {"version": "2.0", "generator": "trellis2 tests"},
+        "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}],
+        "buffers": [{"byteLength": bin.len()}],
+        "bufferViews": [
+            {"buffer": 0, "byteOffset": 0, "byteLength": pos_len, "target": 34962},
+            {"buffer": 0, "byteOffset": pos_len, "byteLength": idx_len, "target": 34963}],
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": positions.len(), "type": "VEC3",
+             "min": lo, "max": hi},
+            {"bufferView": 1, "componentType": 5125, "count": faces.len() * 3, "type": "SCALAR"}]
+    });
+    let mut json = serde_json::to_vec(&json).unwrap();
+    while json.len() % 4 != 0 {
+        json.push(b' ');
+    }
+    while bin.len() % 4 != 0 {
+        bin.push(0);
+    }
+    let total = 12 + 8 + json.len() + 8 + bin.len();
+    let mut out = Vec::new();
+    out.extend(b"glTF");
+    out.extend(2u32.to_le_bytes());
+    out.extend((total as u32).to_le_bytes());
+    out.extend((json.len() as u32).to_le_bytes());
+    out.extend(b"JSON");
+    out.extend(&json);
+    out.extend((bin.len() as u32).to_le_bytes());
+    out.extend(b"BIN\0");
+    out.extend(&bin);
+    std::fs::write(path, out).unwrap();
+}
+
+const TETRA: [[f32; 3]; 4] = [
+    [0.0, 0.0, 0.0],
+    [1.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0],
+    [0.0, 0.0, 1.0],
+];
+const TETRA_FACES: [[u32; 3]; 4] = [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]];
+
+#[test]
+fn help_names_every_command() {
+    let o = trellis2(&["--help"]);
+    assert!(o.status.success());
+    for cmd in ["preprocess", "inspect", "compare", "dev"] {
+        assert!(stdout(&o).contains(cmd), "{cmd} missing from --help");
+    }
+    let o = trellis2(&["no-such-command"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn dev_randn_reproduces_torch_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("noise.safetensors");
+    let o = trellis2(&[
+        "dev",
+        "randn",
+        "--seed",
+        "1234",
+        "--shape",
+        "1,8,16,16,16",
+        "--shape",
+        "500,32",
+        "--shape",
+        "1201,32",
+        "--shape",
+        "1201,32",
+        "-o",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = common::read_f32_tensors(&out);
+    let want = common::read_f32_tensors(&common::fixture("rng/torch_randn.safetensors"));
+    for (i, part) in ["a", "b", "c", "d"].iter().enumerate() {
+        let (gs, gv) = &got[&format!("draw{i}")];
+        let (ws, wv) = &want[&format!("seed1234.sequence.{part}")];
+        assert_eq!(gs, ws);
+        let diff = common::max_abs_diff(gv, wv);
+        println!("draw{i} vs sequence.{part}: max|diff| = {diff:e}");
+        assert!(diff <= 1e-6);
+    }
+    let o = trellis2(&[
+        "dev",
+        "randn",
+        "--seed",
+        "1",
+        "--shape",
+        "2,x",
+        "-o",
+        p(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a shape"), "{}", stderr(&o));
+}
+
+#[test]
+fn compare_safetensors_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    let c = dir.path().join("c.safetensors");
+    let d = dir.path().join("d.safetensors");
+    let vals: Vec<f32> = (0..100).map(|i| i as f32 / 10.0).collect();
+    let mut near = vals.clone();
+    near[37] += 1e-3;
+    write_tensors(
+        &a,
+        &[
+            ("x", vec![10, 10], vals.clone()),
+            ("y", vec![2], vec![1.0, 2.0]),
+        ],
+    );
+    write_tensors(
+        &b,
+        &[("x", vec![10, 10], near), ("y", vec![2], vec![1.0, 2.0])],
+    );
+    write_tensors(&c, &[("x", vec![100], vals)]);
+    std::fs::write(&d, b"garbage").unwrap();
+
+    let same = trellis2(&["compare", p(&a), p(&a)]);
+    assert_eq!(same.status.code(), Some(0), "{}", stdout(&same));
+    assert!(stdout(&same).contains("PASS"));
+
+    let differ = trellis2(&["compare", p(&b), p(&a)]);
+    assert_eq!(differ.status.code(), Some(1));
+    let text = stdout(&differ);
+    assert!(text.contains("FAIL") && text.contains("37: "), "{text}");
+
+    let loose = trellis2(&["compare", p(&b), p(&a), "--atol", "2e-3"]);
+    assert_eq!(loose.status.code(), Some(0), "{}", stdout(&loose));
+
+    let structure = trellis2(&["compare", p(&c), p(&a)]);
+    assert_eq!(structure.status.code(), Some(1));
+    assert!(stdout(&structure).contains("shape [100] vs [10, 10]"));
+    assert!(stdout(&structure).contains("`y` missing in A"));
+
+    for bad in [d.clone(), dir.path().join("absent.safetensors")] {
+        let o = trellis2(&["compare", p(&a), p(&bad)]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(p(&bad)), "{err}");
+    }
+}
+
+#[test]
+fn compare_ply_property_by_property_and_meshes_across_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let ply = dir.path().join("m.ply");
+    let moved = dir.path().join("moved.ply");
+    let glb = dir.path().join("m.glb");
+    write_mesh_ply(&ply, &TETRA, &TETRA_FACES);
+    let mut shifted = TETRA;
+    shifted[3][2] = 1.5;
+    write_mesh_ply(&moved, &shifted, &TETRA_FACES);
+    write_glb(&glb, &TETRA, &TETRA_FACES);
+
+    let o = trellis2(&["compare", p(&ply), p(&ply)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let o = trellis2(&["compare", p(&moved), p(&ply)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("vertex.z"), "{}", stdout(&o));
+
+    let o = trellis2(&["compare", p(&glb), p(&ply)]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = trellis2(&["compare", p(&glb), p(&moved)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("positions"));
+}
+
+#[test]
+fn inspect_describes_files_and_model_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("model");
+    std::fs::create_dir_all(root.join("ckpts")).unwrap();
+    write_tensors(
+        &root.join("ckpts/dec.safetensors"),
+        &[
+            ("conv.weight", vec![4, 2, 3], vec![0.5; 24]),
+            ("conv.bias", vec![4], vec![0.0; 4]),
+        ],
+    );
+    std::fs::write(
+        root.join("ckpts/dec.json"),
+        r#"{"name": "Decoder", "args": {"c": 4}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("pipeline.json"),
+        r#"{"name": "Trellis2ImageTo3DPipeline", "args": {"models": {"decoder": "ckpts/dec"}}}"#,
+    )
+    .unwrap();
+    let o = trellis2(&["inspect", p(&root)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("Decoder") && text.contains("28 params"),
+        "{text}"
+    );
+
+    let o = trellis2(&["inspect", p(&root.join("ckpts/dec.safetensors"))]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("conv.weight") && text.contains("[4, 2, 3]"),
+        "{text}"
+    );
+
+    // A role whose checkpoint is missing fails, naming it.
+    std::fs::write(
+        root.join("pipeline.json"),
+        r#"{"name": "P", "args": {"models": {"decoder": "ckpts/dec", "flow": "ckpts/flow"}}}"#,
+    )
+    .unwrap();
+    let o = trellis2(&["inspect", p(&root)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("MISSING"), "{}", stdout(&o));
+
+    let ply = dir.path().join("m.ply");
+    write_mesh_ply(&ply, &TETRA, &TETRA_FACES);
+    let text = stdout(&trellis2(&["inspect", p(&ply)]));
+    assert!(
+        text.contains("triangle mesh") && text.contains("face ×4"),
+        "{text}"
+    );
+    let glb = dir.path().join("m.glb");
+    write_glb(&glb, &TETRA, &TETRA_FACES);
+    let text = stdout(&trellis2(&["inspect", p(&glb)]));
+    assert!(text.contains("4 vertices, 4 triangles"), "{text}");
+
+    let bad = dir.path().join("bad.ply");
+    std::fs::write(&bad, b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n\x00\x00").unwrap();
+    let o = trellis2(&["inspect", p(&bad)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains(p(&bad)));
+}
