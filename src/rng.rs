@@ -113,7 +113,7 @@ impl TorchRng {
         for block in data.chunks_exact_mut(16) {
             box_muller_16(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -144,7 +144,8 @@ fn box_muller_16(block: &mut [f32]) {
 #[allow(clippy::excessive_precision)]
 fn cephes_log(x: f32) -> f32 {
     const MIN_NORM_POS: u32 = 0x0080_0000;
-    const SQRT_HALF: f32 = 0.707106781186547524;
+    // The decimal of avx_mathfun.h; it rounds to the same float as FRAC_1_SQRT_2.
+    const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
     let x = x.max(f32::from_bits(MIN_NORM_POS));
     let bits = x.to_bits();
     let exponent = (bits >> 23) as i32 - 0x7f;
@@ -250,7 +251,7 @@ mod tests {
         for i in 1..1000 {
             let x = i as f32 / 1000.0;
             assert!((cephes_log(x) - x.ln()).abs() < 1e-6, "log({x})");
-            let t = x * 6.283;
+            let t = x * 6.0;
             let (s, c) = cephes_sincos(t);
             assert!(
                 (s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6,

@@ -92,10 +92,10 @@ fn write_glb(path: &Path, positions: &[[f32; 3]], faces: &[[u32; 3]]) {
             {"bufferView": 1, "componentType": 5125, "count": faces.len() * 3, "type": "SCALAR"}]
     });
     let mut json = serde_json::to_vec(&json).unwrap();
-    while json.len() % 4 != 0 {
+    while !json.len().is_multiple_of(4) {
         json.push(b' ');
     }
-    while bin.len() % 4 != 0 {
+    while !bin.len().is_multiple_of(4) {
         bin.push(0);
     }
     let total = 12 + 8 + json.len() + 8 + bin.len();
@@ -316,4 +316,107 @@ fn inspect_describes_files_and_model_directories() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains(p(&bad)));
+}
+
+fn golden_image(k: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixture("golden/preprocess/preprocess.json")).unwrap(),
+    )
+    .unwrap();
+    let entry = &list[k];
+    (
+        common::fixture(&format!("golden/{}", entry["source"].as_str().unwrap())),
+        common::fixture(&format!(
+            "golden/{}",
+            entry["preprocessed_png"].as_str().unwrap()
+        )),
+    )
+}
+
+#[test]
+fn preprocess_reproduces_the_golden_conditioning_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for k in 0..3 {
+        let (source, golden) = golden_image(k);
+        let out = dir.path().join(format!("img{k}.png"));
+        let dino = dir.path().join(format!("img{k}.safetensors"));
+        let o = trellis2(&[
+            "preprocess",
+            p(&source),
+            "-o",
+            p(&out),
+            "--dino-input",
+            p(&dino),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ours = image::open(&out).unwrap().to_rgb8();
+        let want = image::open(&golden).unwrap().to_rgb8();
+        assert_eq!(ours.dimensions(), want.dimensions());
+        let max = ours
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        println!("img{k}: preprocess max pixel difference = {max}");
+        assert_eq!(max, 0);
+
+        let ours = common::read_f32_tensors(&dino);
+        let (shape, values) = &ours["pixel_values_512"];
+        assert_eq!(shape, &vec![1, 3, 512, 512]);
+        assert_eq!(ours["pixel_values_1024"].0, vec![1, 3, 1024, 1024]);
+        let golden_rows = common::read_f32_tensors(&common::fixture(&format!(
+            "golden/preprocess/img{k}.dino_input_512.safetensors"
+        )));
+        let (_, rows8) = &golden_rows["pixel_values.rows8"];
+        // Golden keeps rows 0, 8, ..., 504 of each channel.
+        let picked: Vec<f32> = (0..3)
+            .flat_map(|c| (0..64).flat_map(move |r| (0..512).map(move |x| (c, r * 8, x))))
+            .map(|(c, y, x)| values[c * 512 * 512 + y * 512 + x])
+            .collect();
+        let diff = common::max_abs_diff(&picked, rows8);
+        println!("img{k}: DINOv3 input 512 max|diff| = {diff:e}");
+        assert!(diff <= 1e-6);
+    }
+}
+
+#[test]
+fn preprocess_refuses_bad_images_without_leaving_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, _) = golden_image(0);
+    let bytes = std::fs::read(&source).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty.png", vec![]),
+        ("truncated.webp", bytes[..bytes.len() / 2].to_vec()),
+        ("notes.png", b"these are not pixels".to_vec()),
+    ];
+    let mut encode = |name: &'static str, alpha: u8| {
+        let img = image::RgbaImage::from_pixel(16, 16, image::Rgba([200, 100, 50, alpha]));
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgba8(img)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        cases.push((name, png));
+    };
+    encode("transparent.png", 0);
+    encode("faint.png", 204);
+    for (name, data) in &cases {
+        let input = dir.path().join(name);
+        std::fs::write(&input, data).unwrap();
+        let out = dir.path().join(format!("{name}.out.png"));
+        let o = trellis2(&["preprocess", p(&input), "-o", p(&out)]);
+        let err = stderr(&o);
+        println!("{name}: {}", err.trim());
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(err.contains(p(&input)), "{name}: {err}");
+        assert!(!out.exists(), "{name}: no output on failure");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
 }

@@ -1,7 +1,7 @@
 //! `trellis2 dev ...`: tools for developers and reviewers.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -46,7 +46,7 @@ pub fn run(cmd: &DevCommand) -> Result<u8> {
     }
 }
 
-fn randn(seed: u64, shapes: &[Vec<usize>], output: &PathBuf) -> Result<u8> {
+fn randn(seed: u64, shapes: &[Vec<usize>], output: &Path) -> Result<u8> {
     let total: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
     if total > 1 << 30 {
         bail!("{total} values requested; refusing to draw more than 2^30");

@@ -96,7 +96,7 @@ fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -165,8 +165,8 @@ fn checkpoint(ckpt: &Checkpoint, list: bool) -> Result<u8> {
         let mut keys: Vec<_> = meta.iter().collect();
         keys.sort();
         for (k, v) in keys {
-            let v = if v.len() > 100 {
-                format!("{}…", &v[..v.floor_char_boundary(100)])
+            let v = if v.chars().count() > 100 {
+                format!("{}…", v.chars().take(100).collect::<String>())
             } else {
                 v.clone()
             };

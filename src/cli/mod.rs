@@ -1,6 +1,6 @@
 //! Command-line interface: argument parsing and printing only; the work happens in the library.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
@@ -50,7 +50,7 @@ pub enum Command {
 }
 
 /// A path argument that must name an existing file.
-pub fn existing_file(path: &PathBuf) -> anyhow::Result<()> {
+pub fn existing_file(path: &Path) -> anyhow::Result<()> {
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
