@@ -559,7 +559,7 @@ impl fmt::Display for PreprocessError {
         match self {
             Self::NeedsBackgroundRemoval { source } => write!(
                 f,
-                "{source}: image has no alpha channel (or it is fully opaque); background removal is needed"
+                "{source}: image has no transparency (no alpha channel, or every pixel opaque); background removal is not available yet, use an RGBA cut-out"
             ),
             Self::FullyTransparent { source } => {
                 write!(f, "{source}: image is fully transparent (every alpha value is 0)")

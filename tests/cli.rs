@@ -401,6 +401,14 @@ fn preprocess_refuses_bad_images_without_leaving_output() {
     };
     encode("transparent.png", 0);
     encode("faint.png", 204);
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(16, 16, image::Rgb([9, 9, 9])))
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    cases.push(("photo.jpg", jpeg));
     for (name, data) in &cases {
         let input = dir.path().join(name);
         std::fs::write(&input, data).unwrap();
