@@ -12,15 +12,15 @@ pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>
     let tmp = temporary_name(path);
     let result = (|| {
         let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create file", tmp.display()))?;
+            .with_context(|| format!("{}: cannot create output file", path.display()))?;
         let mut writer = std::io::BufWriter::new(file);
         fill(&mut writer)?;
         let file = writer
             .into_inner()
             .map_err(|e| e.into_error())
-            .with_context(|| format!("{}: write failed", tmp.display()))?;
+            .with_context(|| format!("{}: write failed", path.display()))?;
         file.sync_all()
-            .with_context(|| format!("{}: write failed", tmp.display()))?;
+            .with_context(|| format!("{}: write failed", path.display()))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("{}: cannot move temporary file into place", path.display()))
     })();
