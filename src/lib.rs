@@ -4,5 +4,6 @@
 pub mod compare;
 pub mod export;
 pub mod image;
+pub mod models;
 pub mod rng;
 pub mod weights;

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
+use trellis2::export::tensors::{read_tensors, write_tensors};
 use trellis2::export::write_atomic;
+use trellis2::models::{self, forward::ModelSource};
 use trellis2::rng::randn_sequence;
 
 #[derive(Subcommand, Debug)]
@@ -20,6 +22,24 @@ pub enum DevCommand {
         /// Comma-separated shape, e.g. 1,8,16,16,16; repeat for several draws in sequence.
         #[arg(long = "shape", required = true, value_parser = parse_shape)]
         shapes: Vec<Vec<usize>>,
+        /// Output safetensors file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run one checkpoint on named input tensors (CPU, f32) and write its named outputs, using
+    /// the tensor names of the golden `golden/<role>.io.safetensors` files, so that
+    /// `trellis2 compare OUT golden/<role>.io.safetensors` checks it.
+    Forward {
+        /// Checkpoint stem in the upstream format (PATH.json + PATH.safetensors) or a Hugging
+        /// Face model folder (config.json + model.safetensors, for DINOv3).
+        #[arg(long)]
+        ckpt: PathBuf,
+        /// Input tensors (`x`, `x.feats`, `coords`, `t`, `cond`, `z`, `latent.feats`, ...).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Extra inputs, e.g. the texture decoder's guide subdivisions `subs.*`.
+        #[arg(long)]
+        guide: Option<PathBuf>,
         /// Output safetensors file.
         #[arg(short, long)]
         output: PathBuf,
@@ -43,6 +63,12 @@ pub fn run(cmd: &DevCommand) -> Result<u8> {
             shapes,
             output,
         } => randn(*seed, shapes, output),
+        DevCommand::Forward {
+            ckpt,
+            inputs,
+            guide,
+            output,
+        } => forward(ckpt, inputs, guide.as_deref(), output),
     }
 }
 
@@ -75,6 +101,41 @@ fn randn(seed: u64, shapes: &[Vec<usize>], output: &Path) -> Result<u8> {
     println!(
         "wrote {} draw(s), {total} values, seed {seed} → {}",
         shapes.len(),
+        output.display()
+    );
+    Ok(super::exit::OK)
+}
+
+fn forward(ckpt: &Path, inputs: &Path, guide: Option<&Path>, output: &Path) -> Result<u8> {
+    let device = candle_core::Device::Cpu;
+    let source = ModelSource::open(ckpt)?;
+    let mut tensors = read_tensors(inputs, &device)?;
+    let mut from = inputs.display().to_string();
+    if let Some(g) = guide {
+        tensors.extend(read_tensors(g, &device)?);
+        from = format!("{from} + {}", g.display());
+    }
+    let start = std::time::Instant::now();
+    let outputs = models::forward::forward(
+        &source,
+        &models::forward::Inputs {
+            source: &from,
+            tensors: &tensors,
+        },
+        &device,
+    )?;
+    let elapsed = start.elapsed();
+    let meta = HashMap::from([
+        ("class".to_string(), source.class.clone()),
+        ("checkpoint".to_string(), ckpt.display().to_string()),
+    ]);
+    write_tensors(output, &outputs, Some(meta))?;
+    println!(
+        "{} ({}): {} output tensor(s) in {:.3} s → {}",
+        ckpt.display(),
+        source.class,
+        outputs.len(),
+        elapsed.as_secs_f64(),
         output.display()
     );
     Ok(super::exit::OK)

@@ -3,5 +3,6 @@
 pub mod atomic;
 pub mod glb;
 pub mod ply;
+pub mod tensors;
 
 pub use atomic::write_atomic;

@@ -1,0 +1,3 @@
+//! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys.
+
+pub mod forward;
