@@ -1,0 +1,288 @@
+//! Variable-length multi-head attention, flash style: `softmax(q·kᵀ·scale)·v` per sequence and
+//! head, computed tile by tile with an online softmax, so no N×N score matrix ever exists
+//! (49 152 tokens would need 9.6 GB per head). This CPU implementation is the reference the
+//! Metal and CUDA kernels are tested against.
+//!
+//! Layout: `q [Nq, H, D]`, `k, v [Nk, H, D]` (token-major, heads, head dim), sequences packed
+//! back to back and described by cumulative offsets (`cu_seqlens` in flash-attn terms):
+//! sequence `b` owns query rows `q_offsets[b]..q_offsets[b+1]` and key rows
+//! `kv_offsets[b]..kv_offsets[b+1]`. Self-attention passes the same offsets twice;
+//! cross-attention to per-sample image tokens passes the condition's offsets for k/v.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Query rows handled together; keys are streamed in tiles of the same size.
+const TILE: usize = 64;
+
+struct VarlenAttention {
+    q_offsets: Vec<usize>,
+    kv_offsets: Vec<usize>,
+    scale: f32,
+}
+
+/// Validates shapes and offsets; returns (heads, head_dim).
+fn check(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+) -> candle_core::Result<(usize, usize)> {
+    let (nq, h, d) = q.dims3().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "attention: q must be [N, H, D], got {:?}",
+            q.dims()
+        ))
+    })?;
+    let (nk, hk, dk) = k.dims3().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "attention: k must be [N, H, D], got {:?}",
+            k.dims()
+        ))
+    })?;
+    if (hk, dk) != (h, d) || v.dims() != k.dims() {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?} and v {:?} disagree on heads / head dim",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if q_offsets.len() != kv_offsets.len() || q_offsets.len() < 2 {
+        candle_core::bail!(
+            "attention: need B+1 offsets for queries and keys, got {} and {}",
+            q_offsets.len(),
+            kv_offsets.len()
+        );
+    }
+    for (name, offsets, n) in [("query", q_offsets, nq), ("key", kv_offsets, nk)] {
+        if offsets[0] != 0 || offsets[offsets.len() - 1] != n {
+            candle_core::bail!(
+                "attention: {name} offsets {:?} must run from 0 to {n}",
+                offsets
+            );
+        }
+        if offsets.windows(2).any(|w| w[0] > w[1]) {
+            candle_core::bail!("attention: {name} offsets {:?} must not decrease", offsets);
+        }
+    }
+    for b in 0..q_offsets.len() - 1 {
+        if q_offsets[b + 1] > q_offsets[b] && kv_offsets[b + 1] == kv_offsets[b] {
+            candle_core::bail!("attention: sequence {b} has queries but no keys");
+        }
+    }
+    Ok((h, d))
+}
+
+/// Attention over packed variable-length sequences (see the module docs). Inputs may be
+/// f32, f16 or bf16; the computation (scores, softmax, accumulation) is f32 and the output
+/// has the dtype of `q`.
+pub fn varlen_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    check(q, k, v, q_offsets, kv_offsets)?;
+    let dtype = q.dtype();
+    let f32c = |t: &Tensor| t.to_dtype(DType::F32).and_then(|t| t.contiguous());
+    let op = VarlenAttention {
+        q_offsets: q_offsets.to_vec(),
+        kv_offsets: kv_offsets.to_vec(),
+        scale,
+    };
+    f32c(q)?
+        .apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?
+        .to_dtype(dtype)
+}
+
+/// Plain reference: one full score matrix per sequence and head (small inputs only; tests).
+pub fn varlen_attention_slow(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    check(q, k, v, q_offsets, kv_offsets)?;
+    let mut parts = Vec::new();
+    for b in 0..q_offsets.len() - 1 {
+        let (q0, q1) = (q_offsets[b], q_offsets[b + 1]);
+        let (k0, k1) = (kv_offsets[b], kv_offsets[b + 1]);
+        if q1 == q0 {
+            continue;
+        }
+        // [H, n, D]
+        let qb = q.narrow(0, q0, q1 - q0)?.transpose(0, 1)?.contiguous()?;
+        let kb = k.narrow(0, k0, k1 - k0)?.transpose(0, 1)?.contiguous()?;
+        let vb = v.narrow(0, k0, k1 - k0)?.transpose(0, 1)?.contiguous()?;
+        let scores = (qb.matmul(&kb.t()?)? * scale as f64)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        parts.push(probs.matmul(&vb)?.transpose(0, 1)?);
+    }
+    if parts.is_empty() {
+        return q.zeros_like();
+    }
+    Tensor::cat(&parts, 0)?.contiguous()
+}
+
+impl CustomOp3 for VarlenAttention {
+    fn name(&self) -> &'static str {
+        "varlen-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let slice = |s: &CpuStorage, l: &Layout| -> candle_core::Result<Vec<f32>> {
+            let data = match s {
+                CpuStorage::F32(d) => d,
+                _ => candle_core::bail!("varlen-attention: cpu kernel expects f32"),
+            };
+            match l.contiguous_offsets() {
+                Some((a, b)) => Ok(data[a..b].to_vec()),
+                None => candle_core::bail!("varlen-attention: inputs must be contiguous"),
+            }
+        };
+        let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
+        let dims = ql.shape().dims();
+        let (nq, heads, d) = (dims[0], dims[1], dims[2]);
+        let mut out = vec![0f32; nq * heads * d];
+        let jobs = self.jobs(heads);
+        // Each job writes a disjoint set of (row, head) slices, computed into a private buffer
+        // and copied out afterwards so the parallel part needs no shared mutable state.
+        let results: Vec<(usize, usize, usize, Vec<f32>)> = jobs
+            .par_iter()
+            .map(|&(b, h, r0, r1)| {
+                let (k0, k1) = (self.kv_offsets[b], self.kv_offsets[b + 1]);
+                let tile = attend_tile(&q, &k, &v, heads, d, h, r0, r1, k0, k1, self.scale);
+                (h, r0, r1, tile)
+            })
+            .collect();
+        for (h, r0, r1, tile) in results {
+            for (i, row) in (r0..r1).enumerate() {
+                let dst = (row * heads + h) * d;
+                out[dst..dst + d].copy_from_slice(&tile[i * d..(i + 1) * d]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[nq, heads, d])))
+    }
+}
+
+impl VarlenAttention {
+    /// (sequence, head, first query row, end row) for every query tile.
+    fn jobs(&self, heads: usize) -> Vec<(usize, usize, usize, usize)> {
+        let mut jobs = Vec::new();
+        for b in 0..self.q_offsets.len() - 1 {
+            let (q0, q1) = (self.q_offsets[b], self.q_offsets[b + 1]);
+            for h in 0..heads {
+                let mut r = q0;
+                while r < q1 {
+                    let end = (r + TILE).min(q1);
+                    jobs.push((b, h, r, end));
+                    r = end;
+                }
+            }
+        }
+        jobs
+    }
+}
+
+/// Output rows `r0..r1` of head `h` against keys `k0..k1`, with the online softmax:
+/// per row keep the running maximum `m`, the running sum `l` of `exp(s − m)` and the
+/// unnormalised output; rescale them by `exp(m_old − m_new)` whenever the maximum grows.
+#[allow(clippy::too_many_arguments)]
+fn attend_tile(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    d: usize,
+    h: usize,
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    k1: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let rows = r1 - r0;
+    let mut acc = vec![0f32; rows * d];
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0f32; rows];
+    let mut scores = vec![0f32; TILE];
+    let head = |token: usize| -> std::ops::Range<usize> {
+        let start = (token * heads + h) * d;
+        start..start + d
+    };
+    let mut kt = k0;
+    while kt < k1 {
+        let kend = (kt + TILE).min(k1);
+        for (i, row) in (r0..r1).enumerate() {
+            let qrow = &q[head(row)];
+            let mut tile_max = f32::NEG_INFINITY;
+            for (j, key) in (kt..kend).enumerate() {
+                let s = dot(qrow, &k[head(key)]) * scale;
+                scores[j] = s;
+                tile_max = tile_max.max(s);
+            }
+            let new_max = m[i].max(tile_max);
+            let correction = (m[i] - new_max).exp();
+            let out = &mut acc[i * d..(i + 1) * d];
+            if correction != 1.0 {
+                for o in out.iter_mut() {
+                    *o *= correction;
+                }
+            }
+            let mut sum = 0f32;
+            for (j, key) in (kt..kend).enumerate() {
+                let p = (scores[j] - new_max).exp();
+                sum += p;
+                axpy(p, &v[head(key)], out);
+            }
+            l[i] = l[i] * correction + sum;
+            m[i] = new_max;
+        }
+        kt = kend;
+    }
+    for i in 0..rows {
+        let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
+        for o in &mut acc[i * d..(i + 1) * d] {
+            *o *= inv;
+        }
+    }
+    acc
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorise without reassociating one long chain.
+    let mut s = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for lane in 0..8 {
+            s[lane] += a[c * 8 + lane] * b[c * 8 + lane];
+        }
+    }
+    let mut total = s.iter().sum::<f32>();
+    for i in chunks * 8..a.len() {
+        total += a[i] * b[i];
+    }
+    total
+}
+
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
