@@ -39,3 +39,114 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A golden io or trace file: candle tensors plus the JSON metadata of the file.
+pub struct Golden {
+    pub path: PathBuf,
+    pub tensors: std::collections::HashMap<String, candle_core::Tensor>,
+    pub metadata: std::collections::HashMap<String, serde_json::Value>,
+}
+
+impl Golden {
+    pub fn open(rel: &str) -> Self {
+        let path = fixture(rel);
+        let bytes = std::fs::read(&path).expect("golden file readable");
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("golden parses");
+        let metadata = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                let parsed = serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
+                (k, parsed)
+            })
+            .collect();
+        let tensors =
+            candle_core::safetensors::load(&path, &candle_core::Device::Cpu).expect("golden loads");
+        Self {
+            path,
+            tensors,
+            metadata,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> &candle_core::Tensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no tensor {name}", self.path.display()))
+    }
+
+    /// The stored key for a module path: the name itself, or `name.firstK` / `name.crop8` when
+    /// the tensor was stored partially.
+    pub fn key_for(&self, name: &str) -> Option<String> {
+        if self.tensors.contains_key(name) {
+            return Some(name.to_string());
+        }
+        let mut keys: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| {
+                k.strip_prefix(name).is_some_and(|rest| {
+                    rest == ".crop8"
+                        || rest
+                            .strip_prefix(".first")
+                            .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+                })
+            })
+            .collect();
+        keys.sort();
+        keys.first().map(|k| k.to_string())
+    }
+
+    /// Compares our full tensor with the stored (possibly partial) golden one and returns
+    /// max|ours − ref| / max|ref|. Panics when shapes cannot be matched.
+    pub fn rel_err(&self, name: &str, ours: &candle_core::Tensor) -> f32 {
+        use candle_core::DType;
+        let key = self
+            .key_for(name)
+            .unwrap_or_else(|| panic!("{}: no tensor for {name}", self.path.display()));
+        let want = self.get(&key).to_dtype(DType::F32).unwrap();
+        let mut ours = ours.to_dtype(DType::F32).unwrap();
+        if let Some(k) = key
+            .rsplit_once(".first")
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            if ours.rank() == 3
+                && want.rank() == 3
+                && want.dim(1).unwrap() == k
+                && ours.dim(0).unwrap() == want.dim(0).unwrap()
+                && ours.dim(1).unwrap() != k
+            {
+                ours = ours.narrow(1, 0, k).unwrap();
+            } else {
+                ours = ours.narrow(0, 0, k.min(ours.dim(0).unwrap())).unwrap();
+            }
+        } else if key.ends_with(".crop8") {
+            let meta = &self.metadata[name];
+            let start: Vec<usize> = meta["crop_start"]
+                .as_array()
+                .expect("crop_start")
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            let r = ours.rank();
+            for (i, s) in start.iter().enumerate() {
+                let dim = r - start.len() + i;
+                ours = ours.narrow(dim, *s, 8).unwrap();
+            }
+        }
+        assert_eq!(
+            ours.dims(),
+            want.dims(),
+            "{name}: our shape vs golden {key}"
+        );
+        let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+}
