@@ -2,3 +2,4 @@
 //! the reference that the Metal and CUDA kernels are tested against.
 
 pub mod attention;
+pub mod rope;

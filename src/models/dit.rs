@@ -1,0 +1,609 @@
+//! The flow transformer shared by all five TRELLIS.2 flow models: `SparseStructureFlowModel`
+//! (dense 16³ tokens) and `SLatFlowModel` / `ElasticSLatFlowModel` (sparse voxel tokens, with an
+//! optional `concat_cond` joined to the input channels). Spec §3: timestep embedding, one shared
+//! adaLN projection plus a learned per-block `modulation`, interleaved 3-D RoPE from voxel
+//! coordinates, q/k RMS norm, self-attention over each sample's tokens, cross-attention to the
+//! image tokens, tanh-GELU MLP, final non-affine LayerNorm.
+//!
+//! Cross-attention keys and values depend only on the condition, so [`FlowDit::cond_kv`]
+//! computes them once for a whole sampling run. An all-zero condition (the negative branch of
+//! classifier-free guidance) needs no attention at all: every key equals the `to_kv` key bias,
+//! softmax over identical keys is uniform, and the output is `to_out(v_bias)` for every token —
+//! a per-block constant ([`Condition::Zero`]).
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::dinov3::layer_norm_no_affine;
+use super::trace::{record, Trace};
+use crate::ops::attention::varlen_attention;
+use crate::ops::rope::{rope_interleaved, rope_tables_3d};
+use crate::weights::Checkpoint;
+
+/// Constructor arguments of the upstream classes (`<stem>.json` `args`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DitConfig {
+    #[serde(default)]
+    pub resolution: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub model_channels: usize,
+    pub cond_channels: usize,
+    pub num_blocks: usize,
+    #[serde(default)]
+    pub num_heads: Option<usize>,
+    #[serde(default = "default_head_channels")]
+    pub num_head_channels: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    #[serde(default = "default_pe_mode")]
+    pub pe_mode: String,
+    #[serde(default)]
+    pub share_mod: bool,
+    #[serde(default)]
+    pub qk_rms_norm: bool,
+    #[serde(default)]
+    pub qk_rms_norm_cross: bool,
+    #[serde(default)]
+    pub rope_freq: Option<(f32, f32)>,
+}
+
+fn default_head_channels() -> usize {
+    64
+}
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_pe_mode() -> String {
+    "ape".into()
+}
+
+impl DitConfig {
+    pub fn heads(&self) -> usize {
+        self.num_heads
+            .unwrap_or(self.model_channels / self.num_head_channels.max(1))
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.model_channels / self.heads().max(1)
+    }
+
+    /// `int(model_channels * mlp_ratio)`, as Python computes it.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.model_channels as f64 * self.mlp_ratio) as usize
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.pe_mode != "rope" {
+            bail!(
+                "pe_mode `{}` is not supported (TRELLIS.2 flows use \"rope\")",
+                self.pe_mode
+            );
+        }
+        if !self.share_mod {
+            bail!(
+                "share_mod = false is not supported (TRELLIS.2 flows share one adaLN projection)"
+            );
+        }
+        let h = self.heads();
+        if h == 0 || self.model_channels % h != 0 {
+            bail!(
+                "model_channels {} is not divisible by {h} heads",
+                self.model_channels
+            );
+        }
+        if self.head_dim() % 2 != 0 || self.head_dim() < 6 {
+            bail!("head dim {} cannot carry 3-D RoPE", self.head_dim());
+        }
+        Ok(())
+    }
+}
+
+/// `F.normalize(x, dim=-1) · γ · sqrt(D)` over the head dim of `x [T, H, D]`, in f32.
+fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let d = x.dim(D::Minus1)?;
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    let scaled_gamma = (gamma.to_dtype(DType::F32)? * (d as f64).sqrt())?;
+    x.broadcast_div(&norm)?
+        .broadcast_mul(&scaled_gamma)?
+        .to_dtype(dtype)
+}
+
+struct SelfAttention {
+    to_qkv: Linear,
+    q_gamma: Option<Tensor>,
+    k_gamma: Option<Tensor>,
+    to_out: Linear,
+}
+
+struct CrossAttention {
+    to_q: Linear,
+    to_kv: Linear,
+    q_gamma: Option<Tensor>,
+    k_gamma: Option<Tensor>,
+    to_out: Linear,
+    /// `to_out(v_bias)`: the output for an all-zero condition, `[1, C]`.
+    zero_cond_out: Tensor,
+}
+
+struct Block {
+    modulation: Tensor,
+    norm2: LayerNorm,
+    self_attn: SelfAttention,
+    cross_attn: CrossAttention,
+    mlp_in: Linear,
+    mlp_out: Linear,
+}
+
+/// The tokens of one forward pass, flattened to `[T, C]` with per-sample offsets.
+struct TokenLayout {
+    offsets: Vec<usize>,
+    cos: Tensor,
+    sin: Tensor,
+    /// Dense models record traces as `[B, N, C]`, sparse ones as `[T, C]` with a `.feats` suffix.
+    dense: bool,
+}
+
+impl TokenLayout {
+    fn batch(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    fn trace_view(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        if self.dense {
+            let b = self.batch();
+            let (n, c) = t.dims2()?;
+            t.reshape((b, n / b.max(1), c))
+        } else {
+            Ok(t.clone())
+        }
+    }
+
+    fn name(&self, module: &str) -> String {
+        if self.dense {
+            module.to_string()
+        } else {
+            format!("{module}.feats")
+        }
+    }
+}
+
+/// Precomputed cross-attention keys and values of one condition, per block.
+pub struct CondKv {
+    blocks: Vec<(Tensor, Tensor)>,
+    offsets: Vec<usize>,
+}
+
+/// What the cross-attention attends to.
+pub enum Condition<'a> {
+    /// Image tokens, K/V precomputed by [`FlowDit::cond_kv`].
+    Tokens(&'a CondKv),
+    /// `zeros_like(cond)`: the exact per-block constant, no attention needed.
+    Zero,
+}
+
+/// Input tokens of a flow model.
+pub enum FlowInput<'a> {
+    /// `[B, C, R, R, R]` (the sparse-structure flow).
+    Dense(&'a Tensor),
+    /// `feats [T, C]` on `coords [T, 4]` (i32 batch, x, y, z; rows of a sample contiguous and
+    /// in batch order), plus optional `concat_cond [T, C']` joined after the channels.
+    Sparse {
+        feats: &'a Tensor,
+        coords: &'a Tensor,
+        concat_cond: Option<&'a Tensor>,
+    },
+}
+
+pub struct FlowDit {
+    cfg: DitConfig,
+    input_layer: Linear,
+    t_mlp_in: Linear,
+    t_mlp_out: Linear,
+    adaln: Linear,
+    blocks: Vec<Block>,
+    out_layer: Linear,
+}
+
+impl FlowDit {
+    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let c = cfg.model_channels;
+        let (h, d) = (cfg.heads(), cfg.head_dim());
+        let gamma = |vb: &VarBuilder, on: bool, name: &str| -> Result<Option<Tensor>> {
+            Ok(if on {
+                Some(vb.get((h, d), &format!("{name}.gamma"))?)
+            } else {
+                None
+            })
+        };
+        let blocks = (0..cfg.num_blocks)
+            .map(|i| {
+                let b = vb.pp(format!("blocks.{i}"));
+                let sa = b.pp("self_attn");
+                let ca = b.pp("cross_attn");
+                let to_kv = candle_nn::linear(cfg.cond_channels, 2 * c, ca.pp("to_kv"))?;
+                let to_out = candle_nn::linear(c, c, ca.pp("to_out"))?;
+                let v_bias = to_kv
+                    .bias()
+                    .context("cross_attn.to_kv has no bias")?
+                    .narrow(0, c, c)?
+                    .unsqueeze(0)?;
+                let zero_cond_out = to_out.forward(&v_bias)?;
+                Ok(Block {
+                    modulation: b.get(6 * c, "modulation")?,
+                    norm2: candle_nn::layer_norm(c, 1e-6, b.pp("norm2"))?,
+                    self_attn: SelfAttention {
+                        to_qkv: candle_nn::linear(c, 3 * c, sa.pp("to_qkv"))?,
+                        q_gamma: gamma(&sa, cfg.qk_rms_norm, "q_rms_norm")?,
+                        k_gamma: gamma(&sa, cfg.qk_rms_norm, "k_rms_norm")?,
+                        to_out: candle_nn::linear(c, c, sa.pp("to_out"))?,
+                    },
+                    cross_attn: CrossAttention {
+                        to_q: candle_nn::linear(c, c, ca.pp("to_q"))?,
+                        to_kv,
+                        q_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "q_rms_norm")?,
+                        k_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "k_rms_norm")?,
+                        to_out,
+                        zero_cond_out,
+                    },
+                    mlp_in: candle_nn::linear(c, cfg.mlp_hidden(), b.pp("mlp.mlp.0"))?,
+                    mlp_out: candle_nn::linear(cfg.mlp_hidden(), c, b.pp("mlp.mlp.2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            input_layer: candle_nn::linear(cfg.in_channels, c, vb.pp("input_layer"))?,
+            t_mlp_in: candle_nn::linear(256, c, vb.pp("t_embedder.mlp.0"))?,
+            t_mlp_out: candle_nn::linear(c, c, vb.pp("t_embedder.mlp.2"))?,
+            adaln: candle_nn::linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
+            blocks,
+            out_layer: candle_nn::linear(c, cfg.out_channels, vb.pp("out_layer"))?,
+        })
+    }
+
+    /// Loads a checkpoint strictly. The dense model's `rope_phases` buffer, if a file has it,
+    /// is recomputed rather than read.
+    pub fn load(cfg: &DitConfig, ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
+        let strict = ckpt.strict().allow_unused(&["rope_phases"]);
+        let model = Self::new(cfg, strict.var_builder(dtype, device))?;
+        strict.finish()?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    /// Cross-attention K/V of `cond [B, L, cond_channels]` for every block (normalised keys).
+    pub fn cond_kv(&self, cond: &Tensor) -> Result<CondKv> {
+        let (b, l, cc) = cond.dims3().context("condition must be [B, L, channels]")?;
+        if cc != self.cfg.cond_channels || l == 0 {
+            bail!(
+                "condition {:?}: expected [B, L > 0, {}]",
+                cond.dims(),
+                self.cfg.cond_channels
+            );
+        }
+        let (h, d) = (self.cfg.heads(), self.cfg.head_dim());
+        let flat = cond.reshape((b * l, cc))?;
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|blk| {
+                let kv = blk
+                    .cross_attn
+                    .to_kv
+                    .forward(&flat)?
+                    .reshape((b * l, 2, h, d))?;
+                let mut k = kv.narrow(1, 0, 1)?.squeeze(1)?;
+                let v = kv.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?;
+                if let Some(g) = &blk.cross_attn.k_gamma {
+                    k = multi_head_rms_norm(&k, g)?;
+                }
+                Ok((k.contiguous()?, v))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CondKv {
+            blocks,
+            offsets: (0..=b).map(|i| i * l).collect(),
+        })
+    }
+
+    /// `TimestepEmbedder`: sinusoidal features `[cos | sin]` of `t` (already ×1000), then MLP.
+    fn timestep_embedding(&self, t: &Tensor) -> Result<Tensor> {
+        let half = 128usize;
+        let ln = -(10000f64.ln()) as f32;
+        let freqs: Vec<f32> = (0..half)
+            .map(|k| (ln * k as f32 / half as f32).exp())
+            .collect();
+        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+        let args = t
+            .to_dtype(DType::F32)?
+            .unsqueeze(1)?
+            .broadcast_mul(&freqs)?;
+        let feats = Tensor::cat(&[args.cos()?, args.sin()?], 1)?;
+        let dtype = self.input_layer.weight().dtype();
+        let h = self.t_mlp_in.forward(&feats.to_dtype(dtype)?)?.silu()?;
+        Ok(self.t_mlp_out.forward(&h)?)
+    }
+
+    /// One forward pass; `t [B]` is the sampler time ×1000. Returns the same layout as the
+    /// input: `[B, out, R, R, R]` for dense, `[T, out]` for sparse.
+    pub fn forward(&self, x: &FlowInput, t: &Tensor, cond: &Condition) -> Result<Tensor> {
+        self.forward_traced(x, t, cond, &mut None)
+    }
+
+    pub fn forward_traced(
+        &self,
+        x: &FlowInput,
+        t: &Tensor,
+        cond: &Condition,
+        trace: &mut Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let batch = t.dims1().context("t must be [B]")?;
+        let (tokens, layout) = self.tokens(x, batch)?;
+        if layout.dense && trace.is_some() {
+            // Upstream's `rope_phases` buffer as [cos p0, sin p0, cos p1, ...] per token.
+            let (n, pairs) = layout.cos.dims2()?;
+            let phases = Tensor::stack(&[&layout.cos, &layout.sin], 2)?.reshape((n, 2 * pairs))?;
+            record(trace, "rope_phases.real_imag", &phases);
+        }
+        if let Condition::Tokens(kv) = cond {
+            if kv.offsets.len() != batch + 1 {
+                bail!(
+                    "condition has {} samples, t has {batch}",
+                    kv.offsets.len() - 1
+                );
+            }
+        }
+        let dtype = self.input_layer.weight().dtype();
+        let mut h = self.input_layer.forward(&tokens.to_dtype(dtype)?)?;
+        record(trace, layout.name("input_layer"), &layout.trace_view(&h)?);
+        let t_emb = self.timestep_embedding(t)?;
+        record(trace, "t_embedder", &t_emb);
+        let m = self.adaln.forward(&t_emb.silu()?)?;
+        record(trace, "adaLN_modulation", &m);
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let kv = match cond {
+                Condition::Tokens(kv) => Some((&kv.blocks[i], kv.offsets.as_slice())),
+                Condition::Zero => None,
+            };
+            h = self.block(blk, &h, &m, kv, &layout, &format!("blocks.{i}"), trace)?;
+        }
+        let h = layer_norm_no_affine(&h, 1e-5)?;
+        let out = self.out_layer.forward(&h)?;
+        record(trace, layout.name("out_layer"), &layout.trace_view(&out)?);
+        match x {
+            FlowInput::Dense(x) => {
+                let (b, _, r0, r1, r2) = x.dims5()?;
+                Ok(out
+                    .reshape((b, r0, r1, r2, self.cfg.out_channels))?
+                    .permute((0, 4, 1, 2, 3))?
+                    .contiguous()?)
+            }
+            FlowInput::Sparse { .. } => Ok(out),
+        }
+    }
+
+    /// Flattens the input to `[T, C]` and builds offsets and RoPE tables.
+    fn tokens(&self, x: &FlowInput, batch: usize) -> Result<(Tensor, TokenLayout)> {
+        let hd = self.cfg.head_dim();
+        let theta = self.cfg.rope_freq.map_or(10000.0, |f| f.1);
+        match x {
+            FlowInput::Dense(x) => {
+                let (b, c, r0, r1, r2) =
+                    x.dims5().context("dense input must be [B, C, X, Y, Z]")?;
+                if b != batch || c != self.cfg.in_channels {
+                    bail!(
+                        "dense input {:?}: expected [{batch}, {}, X, Y, Z]",
+                        x.dims(),
+                        self.cfg.in_channels
+                    );
+                }
+                let n = r0 * r1 * r2;
+                let tokens = x.permute((0, 2, 3, 4, 1))?.reshape((b * n, c))?;
+                let mut xyz = Vec::with_capacity(b * n);
+                for _ in 0..b {
+                    for i in 0..r0 as i32 {
+                        for j in 0..r1 as i32 {
+                            for k in 0..r2 as i32 {
+                                xyz.push([i, j, k]);
+                            }
+                        }
+                    }
+                }
+                let (cos, sin) = rope_tables_3d(&xyz, hd, theta, x.device())?;
+                Ok((
+                    tokens,
+                    TokenLayout {
+                        offsets: (0..=b).map(|i| i * n).collect(),
+                        cos,
+                        sin,
+                        dense: true,
+                    },
+                ))
+            }
+            FlowInput::Sparse {
+                feats,
+                coords,
+                concat_cond,
+            } => {
+                let (n, c) = feats.dims2().context("sparse feats must be [T, C]")?;
+                let coords_v: Vec<Vec<i32>> = coords
+                    .to_dtype(DType::I32)?
+                    .to_vec2()
+                    .context("coords must be [T, 4] integers")?;
+                if coords_v.len() != n || coords_v.iter().any(|r| r.len() != 4) {
+                    bail!(
+                        "coords {:?} do not match feats {:?} (need [{n}, 4])",
+                        coords.dims(),
+                        feats.dims()
+                    );
+                }
+                let tokens = match concat_cond {
+                    Some(cc) => {
+                        if cc.dim(0)? != n {
+                            bail!(
+                                "concat_cond {:?} has another token count than feats {:?}",
+                                cc.dims(),
+                                feats.dims()
+                            );
+                        }
+                        Tensor::cat(&[*feats, cc], 1)?
+                    }
+                    None => (*feats).clone(),
+                };
+                if tokens.dim(1)? != self.cfg.in_channels {
+                    bail!(
+                        "input has {} channels ({c} + concat), the model takes {}",
+                        tokens.dim(1)?,
+                        self.cfg.in_channels
+                    );
+                }
+                let offsets = batch_offsets(&coords_v, batch)?;
+                let xyz: Vec<[i32; 3]> = coords_v.iter().map(|r| [r[1], r[2], r[3]]).collect();
+                let (cos, sin) = rope_tables_3d(&xyz, hd, theta, feats.device())?;
+                Ok((
+                    tokens,
+                    TokenLayout {
+                        offsets,
+                        cos,
+                        sin,
+                        dense: false,
+                    },
+                ))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        m: &Tensor,
+        kv: Option<(&(Tensor, Tensor), &[usize])>,
+        layout: &TokenLayout,
+        prefix: &str,
+        trace: &mut Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        let c = self.cfg.model_channels;
+        let (h_, d) = (self.cfg.heads(), self.cfg.head_dim());
+        let n = x.dim(0)?;
+        // [B, 6C] → six [B, C] chunks in upstream order.
+        let modulation = m.broadcast_add(&blk.modulation.unsqueeze(0)?)?;
+        let chunk = |i: usize| modulation.narrow(1, i * c, c);
+        let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
+        let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3)?, chunk(4)?, chunk(5)?);
+        let name = |m: &str| layout.name(&format!("{prefix}.{m}"));
+
+        // Self-attention.
+        let h = layer_norm_no_affine(x, 1e-6)?;
+        record(trace, name("norm1"), &layout.trace_view(&h)?);
+        let h = per_sample(&h, &layout.offsets, |seg, b| {
+            seg.broadcast_mul(&(scale_msa.narrow(0, b, 1)? + 1.0)?)?
+                .broadcast_add(&shift_msa.narrow(0, b, 1)?)
+        })?;
+        let qkv = blk.self_attn.to_qkv.forward(&h)?.reshape((n, 3, h_, d))?;
+        let mut q = qkv.narrow(1, 0, 1)?.squeeze(1)?;
+        let mut k = qkv.narrow(1, 1, 1)?.squeeze(1)?;
+        let v = qkv.narrow(1, 2, 1)?.squeeze(1)?;
+        if let (Some(gq), Some(gk)) = (&blk.self_attn.q_gamma, &blk.self_attn.k_gamma) {
+            q = multi_head_rms_norm(&q, gq)?;
+            k = multi_head_rms_norm(&k, gk)?;
+        }
+        let q = rope_interleaved(&q, &layout.cos, &layout.sin)?;
+        let k = rope_interleaved(&k, &layout.cos, &layout.sin)?;
+        record(trace, name("self_attn.rope.0"), &q);
+        record(trace, name("self_attn.rope.1"), &k);
+        let scale = 1.0 / (d as f32).sqrt();
+        let a = varlen_attention(&q, &k, &v, &layout.offsets, &layout.offsets, scale)?;
+        let a = blk.self_attn.to_out.forward(&a.reshape((n, c))?)?;
+        record(trace, name("self_attn"), &layout.trace_view(&a)?);
+        let x = (x + per_sample(&a, &layout.offsets, |seg, b| {
+            seg.broadcast_mul(&gate_msa.narrow(0, b, 1)?)
+        })?)?;
+
+        // Cross-attention (no modulation, no gate).
+        let h = blk.norm2.forward(&x)?;
+        record(trace, name("norm2"), &layout.trace_view(&h)?);
+        let a = match kv {
+            Some(((k, v), kv_offsets)) => {
+                let mut q = blk.cross_attn.to_q.forward(&h)?.reshape((n, h_, d))?;
+                if let Some(g) = &blk.cross_attn.q_gamma {
+                    q = multi_head_rms_norm(&q, g)?;
+                }
+                let a = varlen_attention(&q, k, v, &layout.offsets, kv_offsets, scale)?;
+                blk.cross_attn.to_out.forward(&a.reshape((n, c))?)?
+            }
+            None => blk
+                .cross_attn
+                .zero_cond_out
+                .broadcast_as((n, c))?
+                .contiguous()?,
+        };
+        record(trace, name("cross_attn"), &layout.trace_view(&a)?);
+        let x = (x + a)?;
+
+        // MLP.
+        let h = layer_norm_no_affine(&x, 1e-6)?;
+        let h = per_sample(&h, &layout.offsets, |seg, b| {
+            seg.broadcast_mul(&(scale_mlp.narrow(0, b, 1)? + 1.0)?)?
+                .broadcast_add(&shift_mlp.narrow(0, b, 1)?)
+        })?;
+        let h = blk.mlp_out.forward(&blk.mlp_in.forward(&h)?.gelu()?)?;
+        record(trace, name("mlp"), &layout.trace_view(&h)?);
+        let x = (x + per_sample(&h, &layout.offsets, |seg, b| {
+            seg.broadcast_mul(&gate_mlp.narrow(0, b, 1)?)
+        })?)?;
+        record(trace, layout.name(prefix), &layout.trace_view(&x)?);
+        Ok(x)
+    }
+}
+
+/// Applies `f(segment, sample)` to each sample's rows of `x [T, C]` (per-sample modulation
+/// without materialising a `[T, 6C]` broadcast).
+fn per_sample(
+    x: &Tensor,
+    offsets: &[usize],
+    f: impl Fn(&Tensor, usize) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let parts = (0..offsets.len() - 1)
+        .filter(|&b| offsets[b + 1] > offsets[b])
+        .map(|b| f(&x.narrow(0, offsets[b], offsets[b + 1] - offsets[b])?, b))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    match parts.len() {
+        0 => Ok(x.clone()),
+        1 => Ok(parts.into_iter().next().expect("one part")),
+        _ => Tensor::cat(&parts, 0),
+    }
+}
+
+/// Offsets of each sample's rows; rows must be grouped by batch index in increasing order.
+fn batch_offsets(coords: &[Vec<i32>], batch: usize) -> Result<Vec<usize>> {
+    let mut offsets = vec![0usize; batch + 1];
+    let mut prev = 0i32;
+    for (row, c) in coords.iter().enumerate() {
+        let b = c[0];
+        if b < 0 || b as usize >= batch {
+            bail!("coords row {row}: batch index {b} outside 0..{batch}");
+        }
+        if b < prev {
+            bail!("coords row {row}: batch index {b} after {prev}; rows must be grouped by sample");
+        }
+        if c[1..].iter().any(|&v| v < 0) {
+            bail!("coords row {row}: negative voxel coordinate {:?}", &c[1..]);
+        }
+        prev = b;
+        offsets[b as usize + 1] = row + 1;
+    }
+    for b in 1..=batch {
+        offsets[b] = offsets[b].max(offsets[b - 1]);
+    }
+    Ok(offsets)
+}
