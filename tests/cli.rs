@@ -428,3 +428,84 @@ fn preprocess_refuses_bad_images_without_leaving_output() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn dev_forward_reproduces_the_golden_transformer_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in [
+        "image_cond_model",
+        "sparse_structure_flow_model",
+        "shape_slat_flow_model_1024",
+        "tex_slat_flow_model_512",
+    ] {
+        let ckpt = common::fixture(&format!("golden/models/{role}"));
+        let io = common::fixture(&format!("golden/golden/{role}.io.safetensors"));
+        let out = dir.path().join(format!("{role}.safetensors"));
+        let o = trellis2(&[
+            "dev",
+            "forward",
+            "--ckpt",
+            p(&ckpt),
+            "--inputs",
+            p(&io),
+            "-o",
+            p(&out),
+        ]);
+        assert!(o.status.success(), "{role}: {}", stderr(&o));
+        // 1e-4 relative to the largest reference values (≈1) as an absolute bound.
+        let c = trellis2(&["compare", p(&out), p(&io), "--atol", "1e-4", "--rtol", "0"]);
+        println!("{role}: {}", stdout(&c).lines().last().unwrap_or_default());
+        assert_eq!(c.status.code(), Some(0), "{role}: {}", stdout(&c));
+    }
+}
+
+#[test]
+fn dev_forward_names_missing_inputs_and_unknown_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = common::fixture("golden/models/shape_slat_flow_model_512");
+    let wrong_io = common::fixture("golden/golden/image_cond_model.io.safetensors");
+    let out = dir.path().join("o.safetensors");
+    let o = trellis2(&[
+        "dev",
+        "forward",
+        "--ckpt",
+        p(&ckpt),
+        "--inputs",
+        p(&wrong_io),
+        "-o",
+        p(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no input tensor `t`") && err.contains(p(&wrong_io)),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let stem = dir.path().join("odd");
+    write_tensors(
+        &dir.path().join("odd.safetensors"),
+        &[("w", vec![1], vec![0.0])],
+    );
+    std::fs::write(
+        dir.path().join("odd.json"),
+        r#"{"name": "Mystery", "args": {}}"#,
+    )
+    .unwrap();
+    let o = trellis2(&[
+        "dev",
+        "forward",
+        "--ckpt",
+        p(&stem),
+        "--inputs",
+        p(&wrong_io),
+        "-o",
+        p(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`Mystery` is not supported"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -109,7 +109,8 @@ fn randn(seed: u64, shapes: &[Vec<usize>], output: &Path) -> Result<u8> {
 fn forward(ckpt: &Path, inputs: &Path, guide: Option<&Path>, output: &Path) -> Result<u8> {
     let device = candle_core::Device::Cpu;
     let source = ModelSource::open(ckpt)?;
-    let mut tensors = read_tensors(inputs, &device)?;
+    let input_tensors = read_tensors(inputs, &device)?;
+    let mut tensors = input_tensors.clone();
     let mut from = inputs.display().to_string();
     if let Some(g) = guide {
         tensors.extend(read_tensors(g, &device)?);
@@ -125,16 +126,27 @@ fn forward(ckpt: &Path, inputs: &Path, guide: Option<&Path>, output: &Path) -> R
         &device,
     )?;
     let elapsed = start.elapsed();
+    // The output file holds the inputs it was given (from --inputs, not --guide) and the
+    // outputs, like the golden io files, so `trellis2 compare OUT GOLDEN_IO` checks them all.
+    let mut names: Vec<&String> = input_tensors.keys().collect();
+    names.sort();
+    let mut all: Vec<(String, candle_core::Tensor)> = names
+        .into_iter()
+        .filter(|n| !outputs.iter().any(|(o, _)| o == *n))
+        .map(|n| (n.clone(), input_tensors[n].clone()))
+        .collect();
+    let produced = outputs.len();
+    all.extend(outputs);
     let meta = HashMap::from([
         ("class".to_string(), source.class.clone()),
         ("checkpoint".to_string(), ckpt.display().to_string()),
     ]);
-    write_tensors(output, &outputs, Some(meta))?;
+    write_tensors(output, &all, Some(meta))?;
     println!(
         "{} ({}): {} output tensor(s) in {:.3} s → {}",
         ckpt.display(),
         source.class,
-        outputs.len(),
+        produced,
         elapsed.as_secs_f64(),
         output.display()
     );

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::weights::{Checkpoint, ModelConfig};
 
@@ -98,12 +98,20 @@ impl Inputs<'_> {
 pub type Outputs = Vec<(String, Tensor)>;
 
 /// Classes `dev forward` knows, for error messages.
-pub const SUPPORTED: &[&str] = &[];
+pub const SUPPORTED: &[&str] = &[
+    "DINOv3ViTModel",
+    "SparseStructureFlowModel",
+    "SLatFlowModel",
+    "ElasticSLatFlowModel",
+];
 
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
-pub fn forward(source: &ModelSource, _inputs: &Inputs, _device: &Device) -> Result<Outputs> {
-    #[allow(clippy::match_single_binding)]
+pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
     match source.class.as_str() {
+        "DINOv3ViTModel" => dinov3_forward(source, inputs, device),
+        "SparseStructureFlowModel" | "SLatFlowModel" | "ElasticSLatFlowModel" => {
+            flow_forward(source, inputs, device)
+        }
         other => bail!(
             "{}: model class `{other}` is not supported by dev forward (supported: {})",
             source.path.display(),
@@ -114,4 +122,51 @@ pub fn forward(source: &ModelSource, _inputs: &Inputs, _device: &Device) -> Resu
             }
         ),
     }
+}
+
+fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
+    serde_json::from_value(source.args.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: arguments do not fit {}: {e}",
+            source.path.display(),
+            source.class
+        )
+    })
+}
+
+/// `pixel_values [B, 3, H, W]` → `features [B, 5 + HW/256, C]`.
+fn dinov3_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
+    use super::dinov3::{DinoV3, DinoV3Config};
+    let cfg: DinoV3Config = config(source)?;
+    let model = DinoV3::load(&cfg, &source.checkpoint, DType::F32, device)?;
+    let pixels = inputs.get("pixel_values")?.to_dtype(DType::F32)?;
+    Ok(vec![("features".into(), model.features(&pixels)?)])
+}
+
+/// Dense: `x, t, cond → out`; sparse: `x.feats, coords, t, cond[, concat_cond.feats] → out.feats`.
+fn flow_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
+    use super::dit::{Condition, DitConfig, FlowDit, FlowInput};
+    let cfg: DitConfig = config(source)?;
+    let model = FlowDit::load(&cfg, &source.checkpoint, DType::F32, device)?;
+    let f32 = |name: &str| -> Result<Tensor> { Ok(inputs.get(name)?.to_dtype(DType::F32)?) };
+    let t = f32("t")?;
+    let kv = model.cond_kv(&f32("cond")?)?;
+    if source.class == "SparseStructureFlowModel" {
+        let x = f32("x")?;
+        let out = model.forward(&FlowInput::Dense(&x), &t, &Condition::Tokens(&kv))?;
+        return Ok(vec![("out".into(), out)]);
+    }
+    let feats = f32("x.feats")?;
+    let coords = inputs.get("coords")?;
+    let concat = match inputs.optional("concat_cond.feats") {
+        Some(c) => Some(c.to_dtype(DType::F32)?),
+        None => None,
+    };
+    let input = FlowInput::Sparse {
+        feats: &feats,
+        coords,
+        concat_cond: concat.as_ref(),
+    };
+    let out = model.forward(&input, &t, &Condition::Tokens(&kv))?;
+    Ok(vec![("out.feats".into(), out)])
 }
