@@ -83,14 +83,16 @@ impl DinoV3Config {
                 self.hidden_act
             );
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             bail!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size,
                 self.num_attention_heads
             );
         }
-        if (self.hidden_size / self.num_attention_heads) % 4 != 0 {
+        if !(self.hidden_size / self.num_attention_heads).is_multiple_of(4) {
             bail!("DINOv3 RoPE needs a head dim divisible by 4");
         }
         Ok(())

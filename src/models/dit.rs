@@ -87,13 +87,13 @@ impl DitConfig {
             );
         }
         let h = self.heads();
-        if h == 0 || self.model_channels % h != 0 {
+        if h == 0 || !self.model_channels.is_multiple_of(h) {
             bail!(
                 "model_channels {} is not divisible by {h} heads",
                 self.model_channels
             );
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() < 6 {
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() < 6 {
             bail!("head dim {} cannot carry 3-D RoPE", self.head_dim());
         }
         Ok(())

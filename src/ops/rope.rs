@@ -14,7 +14,7 @@ pub fn rope_tables_3d(
     theta: f32,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    if head_dim % 2 != 0 || head_dim < 6 {
+    if !head_dim.is_multiple_of(2) || head_dim < 6 {
         candle_core::bail!("3-D RoPE needs an even head dim of at least 6, got {head_dim}");
     }
     let pairs = head_dim / 2;
