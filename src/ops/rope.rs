@@ -26,9 +26,9 @@ pub fn rope_tables_3d(
     let mut cos = vec![1f32; xyz.len() * pairs];
     let mut sin = vec![0f32; xyz.len() * pairs];
     for (t, c) in xyz.iter().enumerate() {
-        for axis in 0..3 {
+        for (axis, &coord) in c.iter().enumerate() {
             for (j, f) in freqs.iter().enumerate() {
-                let angle = c[axis] as f32 * f;
+                let angle = coord as f32 * f;
                 let k = t * pairs + axis * freq_dim + j;
                 cos[k] = angle.cos();
                 sin[k] = angle.sin();
