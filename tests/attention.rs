@@ -32,11 +32,13 @@ fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
         / scale
 }
 
+/// (heads, head dim, query lengths, key lengths, amplitude)
+type Case = (usize, usize, &'static [usize], &'static [usize], f32);
+
 #[test]
 fn matches_the_full_matrix_reference_on_awkward_shapes() {
     let mut rng = TorchRng::new(3);
-    // (heads, head dim, query lengths, key lengths, amplitude)
-    let cases: &[(usize, usize, &[usize], &[usize], f32)] = &[
+    let cases: &[Case] = &[
         (2, 64, &[1], &[1], 1.0),
         (2, 64, &[63, 64, 65], &[63, 64, 65], 1.0),
         (3, 128, &[130, 0, 7], &[130, 0, 7], 1.0),
