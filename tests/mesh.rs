@@ -47,7 +47,11 @@ fn golden_meshes_match_upstream_exactly() {
         let (_, want_vertices) = &floats[&format!("mesh.{b}.vertices")];
         let (_, want_faces) = &ints[&format!("mesh.{b}.faces")];
         let got_vertices: Vec<f32> = mesh.vertices.iter().flatten().copied().collect();
-        assert_eq!(got_vertices.len(), want_vertices.len(), "mesh.{b} vertex count");
+        assert_eq!(
+            got_vertices.len(),
+            want_vertices.len(),
+            "mesh.{b} vertex count"
+        );
         let err = common::max_abs_diff(&got_vertices, want_vertices);
         println!(
             "mesh.{b}: {} vertices max|err| = {err:.3e}, {} faces",
@@ -77,7 +81,10 @@ fn single_voxel_gives_one_vertex_and_no_faces() {
     assert_eq!(meshes.len(), 1);
     let mesh = &meshes[0];
     // Offset logit 0 → dual vertex at the voxel centre: (c + 0.5) / 8 − 0.5.
-    assert_eq!(mesh.vertices, vec![[3.5 / 8.0 - 0.5, 4.5 / 8.0 - 0.5, 5.5 / 8.0 - 0.5]]);
+    assert_eq!(
+        mesh.vertices,
+        vec![[3.5 / 8.0 - 0.5, 4.5 / 8.0 - 0.5, 5.5 / 8.0 - 0.5]]
+    );
     assert!(mesh.faces.is_empty());
 }
 
@@ -125,7 +132,8 @@ fn closed_shapes_are_watertight() {
         (
             "box",
             16,
-            Box::new(|p: [i32; 3]| in_box(p, [4, 5, 3], [9, 11, 8])) as Box<dyn Fn(_) -> bool + Sync>,
+            Box::new(|p: [i32; 3]| in_box(p, [4, 5, 3], [9, 11, 8]))
+                as Box<dyn Fn(_) -> bool + Sync>,
         ),
         (
             "two boxes",
@@ -139,7 +147,10 @@ fn closed_shapes_are_watertight() {
         assert!(!mesh.faces.is_empty(), "{name}: no faces");
         let counts = edge_face_counts(mesh);
         let bad: Vec<_> = counts.iter().filter(|(_, &c)| c != 2).take(5).collect();
-        assert!(bad.is_empty(), "{name}: edges not shared by exactly two faces: {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "{name}: edges not shared by exactly two faces: {bad:?}"
+        );
         // Euler characteristic 2 per closed genus-0 component.
         let used: std::collections::HashSet<u32> = mesh.faces.iter().flatten().copied().collect();
         let euler = used.len() as i64 - counts.len() as i64 + mesh.faces.len() as i64;
@@ -185,7 +196,12 @@ fn fill_holes_closes_a_small_hole_and_leaves_a_large_one() {
         in_box(p, [22, 22, 22], [30, 30, 30]) || in_box(p, [40, 40, 40], [55, 55, 55])
     });
     let closed = decoder_output_to_meshes(&coords, &feats, grid).expect("extracts")[0].clone();
-    let centre_x = |f: &[u32; 3]| f.iter().map(|&i| closed.vertices[i as usize][0]).sum::<f32>() / 3.0;
+    let centre_x = |f: &[u32; 3]| {
+        f.iter()
+            .map(|&i| closed.vertices[i as usize][0])
+            .sum::<f32>()
+            / 3.0
+    };
     let split_x = (47.5 / 256.0) - 0.5;
     let small_box_face = closed
         .faces
@@ -203,9 +219,21 @@ fn fill_holes_closes_a_small_hole_and_leaves_a_large_one() {
     assert_eq!(report.boundary_loops, 2, "{report:?}");
     assert_eq!(report.holes_filled, 1, "{report:?}");
     assert_eq!(filled.vertices.len(), holed.vertices.len() + 1);
-    assert_eq!(filled.faces.len(), holed.faces.len() + 4, "one triangle per hole edge");
-    assert_eq!(&filled.faces[..holed.faces.len()], &holed.faces[..], "old faces kept");
-    assert_eq!(boundary_edge_count(&filled), boundary_before - 4, "small hole closed");
+    assert_eq!(
+        filled.faces.len(),
+        holed.faces.len() + 4,
+        "one triangle per hole edge"
+    );
+    assert_eq!(
+        &filled.faces[..holed.faces.len()],
+        &holed.faces[..],
+        "old faces kept"
+    );
+    assert_eq!(
+        boundary_edge_count(&filled),
+        boundary_before - 4,
+        "small hole closed"
+    );
 
     // The new vertex is the mean of the hole's edge midpoints = mean of its 4 corners.
     let corners: std::collections::BTreeSet<u32> = closed.faces[2 * quad..2 * quad + 2]
@@ -214,15 +242,27 @@ fn fill_holes_closes_a_small_hole_and_leaves_a_large_one() {
         .copied()
         .collect();
     let mean: Vec<f32> = (0..3)
-        .map(|k| corners.iter().map(|&i| closed.vertices[i as usize][k]).sum::<f32>() / 4.0)
+        .map(|k| {
+            corners
+                .iter()
+                .map(|&i| closed.vertices[i as usize][k])
+                .sum::<f32>()
+                / 4.0
+        })
         .collect();
     let new_vertex = filled.vertices[holed.vertices.len()];
     for k in 0..3 {
-        assert!((new_vertex[k] - mean[k]).abs() < 1e-6, "{new_vertex:?} vs {mean:?}");
+        assert!(
+            (new_vertex[k] - mean[k]).abs() < 1e-6,
+            "{new_vertex:?} vs {mean:?}"
+        );
     }
     // New faces are (max, min, new) per boundary edge.
     for f in &filled.faces[holed.faces.len()..] {
-        assert!(f[0] > f[1] && corners.contains(&f[0]) && corners.contains(&f[1]), "{f:?}");
+        assert!(
+            f[0] > f[1] && corners.contains(&f[0]) && corners.contains(&f[1]),
+            "{f:?}"
+        );
         assert_eq!(f[2] as usize, holed.vertices.len());
     }
 
@@ -265,7 +305,12 @@ fn fill_holes_ignores_open_chains_and_rejects_bad_input() {
 fn attribute_lookup_reproduces_a_linear_field() {
     let grid = 32u32;
     let size = 1.0 / grid as f32;
-    let field = |p: [f32; 3]| [0.3 + 2.0 * p[0] - 1.5 * p[1] + 0.7 * p[2], -1.0 + 4.0 * p[2]];
+    let field = |p: [f32; 3]| {
+        [
+            0.3 + 2.0 * p[0] - 1.5 * p[1] + 0.7 * p[2],
+            -1.0 + 4.0 * p[2],
+        ]
+    };
     let mut coords = Vec::new();
     let mut attrs = Vec::new();
     for x in 10..16 {
@@ -288,7 +333,9 @@ fn attribute_lookup_reproduces_a_linear_field() {
     let mut worst = 0.0f32;
     for (p, got) in points.iter().zip(sampled.chunks_exact(2)) {
         let want = field(*p);
-        worst = worst.max((got[0] - want[0]).abs()).max((got[1] - want[1]).abs());
+        worst = worst
+            .max((got[0] - want[0]).abs())
+            .max((got[1] - want[1]).abs());
     }
     println!("linear field max|err| = {worst:.3e}");
     assert!(worst < 1e-5, "linear field max|err| {worst:.3e}");
@@ -296,13 +343,20 @@ fn attribute_lookup_reproduces_a_linear_field() {
     // At a voxel centre only that voxel has weight; far away nothing does.
     let mut out = [0.0f32; 2];
     lookup
-        .sample_into([12.5 * size - 0.5, 13.5 * size - 0.5, 11.5 * size - 0.5], &mut out)
+        .sample_into(
+            [12.5 * size - 0.5, 13.5 * size - 0.5, 11.5 * size - 0.5],
+            &mut out,
+        )
         .expect("2 channels");
     let want = field([12.5 * size - 0.5, 13.5 * size - 0.5, 11.5 * size - 0.5]);
     assert!((out[0] - want[0]).abs() < 1e-6 && (out[1] - want[1]).abs() < 1e-6);
-    lookup.sample_into([0.4, 0.4, 0.4], &mut out).expect("2 channels");
+    lookup
+        .sample_into([0.4, 0.4, 0.4], &mut out)
+        .expect("2 channels");
     assert_eq!(out, [0.0, 0.0]);
-    lookup.sample_into([f32::NAN, 0.0, 0.0], &mut out).expect("2 channels");
+    lookup
+        .sample_into([f32::NAN, 0.0, 0.0], &mut out)
+        .expect("2 channels");
     assert_eq!(out, [0.0, 0.0]);
     assert!(lookup.sample_into([0.0; 3], &mut [0.0; 3]).is_err());
 }
@@ -315,7 +369,11 @@ fn attribute_lookup_rejects_bad_shapes() {
     ));
     assert!(matches!(
         VoxelAttributes::new(&[[0, 0, 0]], vec![0.0; 4], 2, 8),
-        Err(MeshError::RowCountMismatch { what: "attrs", rows: 2, expected: 1 })
+        Err(MeshError::RowCountMismatch {
+            what: "attrs",
+            rows: 2,
+            expected: 1
+        })
     ));
     assert!(matches!(
         VoxelAttributes::new(&[[0, 0, 9]], vec![0.0; 2], 2, 8),
@@ -328,7 +386,11 @@ fn extraction_rejects_bad_voxels() {
     let feats = [0.0f32; 14];
     assert!(matches!(
         decoder_output_to_meshes(&[0, 1, 1, 1, 0, 1, 1, 1], &feats, 8),
-        Err(MeshError::DuplicateCoord { row: 1, first_row: 0, .. })
+        Err(MeshError::DuplicateCoord {
+            row: 1,
+            first_row: 0,
+            ..
+        })
     ));
     assert!(matches!(
         decoder_output_to_meshes(&[0, 1, 1, 1, 0, 1, 8, 1], &feats, 8),
@@ -343,6 +405,9 @@ fn extraction_rejects_bad_voxels() {
     broken.split_weights.clear();
     assert!(matches!(
         flexible_dual_grid_to_mesh(&broken, 8),
-        Err(MeshError::RowCountMismatch { what: "split_weights", .. })
+        Err(MeshError::RowCountMismatch {
+            what: "split_weights",
+            ..
+        })
     ));
 }

@@ -32,7 +32,11 @@ pub enum MeshError {
         coord: [i32; 3],
     },
     /// A negative batch index, or batch rows that are not contiguous and ascending.
-    BadBatchIndex { row: usize, batch: i32, previous: i32 },
+    BadBatchIndex {
+        row: usize,
+        batch: i32,
+        previous: i32,
+    },
     /// More voxels or vertices than `u32` indices can address.
     TooMany { what: &'static str, count: usize },
     /// A face that points past the vertex list.
@@ -76,10 +80,7 @@ impl fmt::Display for MeshError {
                 row,
                 first_row,
                 coord,
-            } => write!(
-                f,
-                "voxel {row} at {coord:?} duplicates voxel {first_row}"
-            ),
+            } => write!(f, "voxel {row} at {coord:?} duplicates voxel {first_row}"),
             Self::BadBatchIndex {
                 row,
                 batch,

@@ -68,7 +68,8 @@ pub fn fill_holes(mesh: &mut Mesh, max_hole_perimeter: f32) -> Result<FillHolesR
             fill[v as usize] += 1;
         }
     }
-    let incident_of = |v: u32| &incident[offsets[v as usize] as usize..offsets[v as usize + 1] as usize];
+    let incident_of =
+        |v: u32| &incident[offsets[v as usize] as usize..offsets[v as usize + 1] as usize];
 
     // Chain boundary edges through manifold boundary vertices; the root of a chain is its
     // smallest edge index (CuMesh hooks the larger root under the smaller one).
@@ -102,8 +103,8 @@ pub fn fill_holes(mesh: &mut Mesh, max_hole_perimeter: f32) -> Result<FillHolesR
     // Group loop edges by loop (roots ascending), edges ascending inside each loop.
     let mut loop_of_root = vec![u32::MAX; boundary.len()];
     let mut loops: Vec<Vec<u32>> = Vec::new();
-    for e in 0..boundary.len() {
-        let r = root[e] as usize;
+    for (e, &r) in root.iter().enumerate() {
+        let r = r as usize;
         if !is_loop[r] {
             continue;
         }

@@ -143,7 +143,11 @@ pub fn split_decoder_output(coords: &[i32], raw_feats: &[f32]) -> Result<Vec<Dua
     let mut items = Vec::with_capacity(num_items);
     let mut start = 0;
     for batch in 0..num_items as i32 {
-        let end = start + coords[start * 4..].chunks_exact(4).take_while(|c| c[0] == batch).count();
+        let end = start
+            + coords[start * 4..]
+                .chunks_exact(4)
+                .take_while(|c| c[0] == batch)
+                .count();
         let item_coords = coords[start * 4..end * 4]
             .chunks_exact(4)
             .map(|c| [c[1], c[2], c[3]])
@@ -196,7 +200,7 @@ pub fn split_decoder_tensors(coords: &Tensor, raw_feats: &Tensor) -> Result<Vec<
 
 /// `len / width`, or an error naming the buffer when `len` is not a multiple of `width`.
 pub(crate) fn checked_rows(what: &'static str, len: usize, width: usize) -> Result<usize> {
-    if width == 0 || len % width != 0 {
+    if width == 0 || !len.is_multiple_of(width) {
         return Err(MeshError::BadLength { what, len, width });
     }
     Ok(len / width)

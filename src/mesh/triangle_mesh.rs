@@ -82,7 +82,11 @@ impl Mesh {
             .map(|s| {
                 let len = (s[0] * s[0] + s[1] * s[1] + s[2] * s[2]).sqrt();
                 if len > 0.0 && len.is_finite() {
-                    [(s[0] / len) as f32, (s[1] / len) as f32, (s[2] / len) as f32]
+                    [
+                        (s[0] / len) as f32,
+                        (s[1] / len) as f32,
+                        (s[2] / len) as f32,
+                    ]
                 } else {
                     [0.0, 0.0, 1.0]
                 }
@@ -110,7 +114,12 @@ mod tests {
 
     fn unit_square() -> Mesh {
         Mesh::new(
-            vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]],
+            vec![
+                [0.0, 0.0, 0.0],
+                [1.0, 0.0, 0.0],
+                [1.0, 1.0, 0.0],
+                [0.0, 1.0, 0.0],
+            ],
             vec![[0, 1, 2], [0, 2, 3]],
         )
         .expect("valid square")
