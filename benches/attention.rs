@@ -33,7 +33,8 @@ fn main() {
         let offsets = [0, n];
         let rss_before = peak_rss_mib();
         let start = Instant::now();
-        let out = varlen_attention(&q, &k, &v, &offsets, &offsets, 1.0 / (d as f32).sqrt()).unwrap();
+        let out =
+            varlen_attention(&q, &k, &v, &offsets, &offsets, 1.0 / (d as f32).sqrt()).unwrap();
         let secs = start.elapsed().as_secs_f64();
         let flops = 4.0 * (n * n * d * heads) as f64;
         println!(

@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod export;
 pub mod image;
+pub mod mesh;
 pub mod models;
 pub mod ops;
 pub mod rng;

@@ -150,3 +150,26 @@ impl Golden {
             / scale
     }
 }
+
+pub mod voxel_shapes;
+
+/// All int32 tensors of a safetensors file as (shape, values).
+pub fn read_i32_tensors(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<i32>)> {
+    let bytes = std::fs::read(path).expect("fixture readable");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("fixture parses");
+    let mut out = std::collections::BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::I32 {
+            continue;
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    out
+}

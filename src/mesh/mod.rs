@@ -1,0 +1,21 @@
+//! Mesh extraction and post-processing (DESIGN.md layer "mesh"; never imports models or CLI).
+//!
+//! Data flow: shape decoder voxels (raw 7 channels) → [`shape_voxels`] (activations, batch
+//! split) → [`dual_grid`] (flexible dual grid → triangles) → [`fill_holes`] → exporters, which
+//! colour vertices through [`attributes`] (trilinear lookup of the texture voxels).
+
+pub mod attributes;
+pub mod dual_grid;
+pub mod error;
+pub mod fill_holes;
+pub mod shape_voxels;
+pub mod triangle_mesh;
+pub mod voxel_index;
+
+pub use attributes::VoxelAttributes;
+pub use dual_grid::{decoder_output_to_meshes, flexible_dual_grid_to_mesh};
+pub use error::MeshError;
+pub use fill_holes::{fill_holes, FillHolesReport, DEFAULT_MAX_HOLE_PERIMETER};
+pub use shape_voxels::{split_decoder_output, split_decoder_tensors, DualGridVoxels};
+pub use triangle_mesh::Mesh;
+pub use voxel_index::VoxelIndex;

@@ -1,0 +1,79 @@
+//! Synthetic shape-decoder outputs: the flexible dual grid of a lattice sign field, so that
+//! extraction must give a closed surface. Shared by `tests/mesh.rs` and `benches/mesh.rs`.
+
+use std::collections::BTreeSet;
+
+/// Logit magnitude used for the flags (well away from the > 0 threshold).
+const FLAG_LOGIT: f32 = 4.0;
+
+/// For voxel `c` and axis `a`, the primal edge the flag refers to starts at lattice point
+/// `c + 1` on the two other axes (the edge shared by upstream's four offset voxels).
+fn edge_endpoints(c: [i32; 3], axis: usize) -> ([i32; 3], [i32; 3]) {
+    let mut start = [c[0] + 1, c[1] + 1, c[2] + 1];
+    start[axis] = c[axis];
+    let mut end = start;
+    end[axis] += 1;
+    (start, end)
+}
+
+/// Decoder-style output (`coords` `[N,4]` with batch `batch`, raw feats `[N,7]`) for the sign
+/// field `inside(lattice point)` on a `grid³` voxel grid. Voxels = every voxel around a sign
+/// change, sorted; dual vertices at voxel centres plus a small deterministic jitter; split
+/// logits vary per voxel so both diagonals get used. Only voxels in `span³` are scanned for
+/// sign changes; `inside` must be false outside `span` (and so away from the grid border).
+pub fn sign_field_voxels(
+    span: std::ops::Range<i32>,
+    batch: i32,
+    inside: impl Fn([i32; 3]) -> bool + Sync,
+) -> (Vec<i32>, Vec<f32>) {
+    const OFFSETS: [[[i32; 3]; 4]; 3] = [
+        [[0, 0, 0], [0, 0, 1], [0, 1, 1], [0, 1, 0]],
+        [[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]],
+        [[0, 0, 0], [0, 1, 0], [1, 1, 0], [1, 0, 0]],
+    ];
+    let crossing = |c: [i32; 3], axis: usize| {
+        let (a, b) = edge_endpoints(c, axis);
+        inside(a) != inside(b)
+    };
+    let mut voxels = BTreeSet::new();
+    for x in span.clone() {
+        for y in span.clone() {
+            for z in span.clone() {
+                for (axis, offsets) in OFFSETS.iter().enumerate() {
+                    if crossing([x, y, z], axis) {
+                        for o in offsets {
+                            voxels.insert([x + o[0], y + o[1], z + o[2]]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut coords = Vec::with_capacity(voxels.len() * 4);
+    let mut feats = Vec::with_capacity(voxels.len() * 7);
+    for (row, &c) in voxels.iter().enumerate() {
+        coords.extend([batch, c[0], c[1], c[2]]);
+        let jitter = |k: usize| (((row * 7 + k * 13) % 17) as f32 - 8.0) * 0.02;
+        feats.extend([jitter(0), jitter(1), jitter(2)]);
+        for axis in 0..3 {
+            feats.push(if crossing(c, axis) {
+                FLAG_LOGIT
+            } else {
+                -FLAG_LOGIT
+            });
+        }
+        feats.push(((row * 31 % 23) as f32 - 11.0) * 0.1);
+    }
+    (coords, feats)
+}
+
+/// Lattice points strictly inside the axis-aligned box `[lo, hi]³` (inclusive bounds).
+pub fn in_box(p: [i32; 3], lo: [i32; 3], hi: [i32; 3]) -> bool {
+    (0..3).all(|k| p[k] >= lo[k] && p[k] <= hi[k])
+}
+
+/// Lattice points inside the ball of `radius` around `centre`.
+pub fn in_ball(p: [i32; 3], centre: [f32; 3], radius: f32) -> bool {
+    let d: f32 = (0..3).map(|k| (p[k] as f32 - centre[k]).powi(2)).sum();
+    d <= radius * radius
+}
