@@ -5,5 +5,7 @@ pub mod compare;
 pub mod export;
 pub mod image;
 pub mod models;
+pub mod ops;
 pub mod rng;
+pub mod sparse;
 pub mod weights;

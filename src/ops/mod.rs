@@ -1,0 +1,8 @@
+//! Backend-dispatched primitives as candle `CustomOp`s. The CPU implementation of every op is
+//! the reference the GPU kernels are tested against (DESIGN.md, "Layers").
+
+pub mod conv3d;
+pub mod sparse_conv;
+
+pub use conv3d::{conv3d_k3, GridNeighbours};
+pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};
