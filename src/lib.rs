@@ -6,6 +6,7 @@ pub mod export;
 pub mod image;
 pub mod models;
 pub mod ops;
+pub mod pipeline;
 pub mod rng;
 pub mod sparse;
 pub mod weights;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
+use super::ss_decoder::{SsDecoder, SsDecoderConfig};
 use crate::weights::{Checkpoint, ModelConfig};
 
 /// A checkpoint to run: upstream format (`PATH.json` + `PATH.safetensors`) or a Hugging Face
@@ -98,7 +99,41 @@ impl Inputs<'_> {
 pub type Outputs = Vec<(String, Tensor)>;
 
 /// Classes `dev forward` knows, for error messages.
-pub const SUPPORTED: &[&str] = &[];
+pub const SUPPORTED: &[&str] = &[
+    "SparseStructureDecoder",
+    "FlexiDualGridVaeDecoder",
+    "SparseUnetVaeDecoder",
+];
+
+/// The model's constructor arguments as its typed config, with an error naming the checkpoint.
+fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
+    serde_json::from_value(source.args.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: bad `args` for {}: {e}",
+            source.path.display(),
+            source.class
+        )
+    })
+}
+
+/// Builds a model from a strict loader: any missing, unexpected or mis-shaped tensor is an error
+/// naming the checkpoint and the keys.
+fn load_strict<M>(
+    source: &ModelSource,
+    device: &Device,
+    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    let strict = source.checkpoint.strict();
+    let built = build(strict.var_builder(candle_core::DType::F32, device));
+    strict.finish()?;
+    built.map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))
+}
+
+/// The sparse-structure decoder of a `SparseStructureDecoder` checkpoint, f32.
+pub fn load_ss_decoder(source: &ModelSource, device: &Device) -> Result<SsDecoder> {
+    let cfg: SsDecoderConfig = config(source)?;
+    load_strict(source, device, |vb| SsDecoder::new(&cfg, vb))
+}
 
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
 pub fn forward(source: &ModelSource, _inputs: &Inputs, _device: &Device) -> Result<Outputs> {

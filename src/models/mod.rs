@@ -1,3 +1,5 @@
 //! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys.
 
 pub mod forward;
+pub mod ss_decoder;
+pub mod trace;
