@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
+use super::sc_vae::{
+    DecoderConfig, FlexiDualGridDecoderArgs, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder,
+    UnetDecoderArgs,
+};
 use super::ss_decoder::{SsDecoder, SsDecoderConfig};
 use crate::weights::{Checkpoint, ModelConfig};
 
@@ -133,6 +137,30 @@ fn load_strict<M>(
 pub fn load_ss_decoder(source: &ModelSource, device: &Device) -> Result<SsDecoder> {
     let cfg: SsDecoderConfig = config(source)?;
     load_strict(source, device, |vb| SsDecoder::new(&cfg, vb))
+}
+
+/// The shape decoder of a `FlexiDualGridVaeDecoder` checkpoint, f32.
+pub fn load_shape_decoder(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<FlexiDualGridVaeDecoder> {
+    let args: FlexiDualGridDecoderArgs = config(source)?;
+    let cfg = DecoderConfig::from_flexi_dual_grid(&args)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
+    let net = load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))?;
+    Ok(FlexiDualGridVaeDecoder {
+        net,
+        resolution: args.resolution,
+        voxel_margin: args.voxel_margin,
+    })
+}
+
+/// The decoder of a `SparseUnetVaeDecoder` checkpoint (the texture decoder), f32.
+pub fn load_unet_decoder(source: &ModelSource, device: &Device) -> Result<SparseUnetVaeDecoder> {
+    let args: UnetDecoderArgs = config(source)?;
+    let cfg = DecoderConfig::from_unet(&args)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
+    load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))
 }
 
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).

@@ -1,5 +1,6 @@
 //! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys.
 
 pub mod forward;
+pub mod sc_vae;
 pub mod ss_decoder;
 pub mod trace;
