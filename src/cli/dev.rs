@@ -37,7 +37,8 @@ pub enum DevCommand {
         /// Input tensors (`x`, `x.feats`, `coords`, `t`, `cond`, `z`, `latent.feats`, ...).
         #[arg(long)]
         inputs: PathBuf,
-        /// Extra inputs, e.g. the texture decoder's guide subdivisions `subs.*`.
+        /// Extra inputs, e.g. the texture decoder's guide subdivisions `subs.*`; tensors also
+        /// present in --inputs are taken from --inputs.
         #[arg(long)]
         guide: Option<PathBuf>,
         /// Output safetensors file.
@@ -112,7 +113,11 @@ fn forward(ckpt: &Path, inputs: &Path, guide: Option<&Path>, output: &Path) -> R
     let mut tensors = read_tensors(inputs, &device)?;
     let mut from = inputs.display().to_string();
     if let Some(g) = guide {
-        tensors.extend(read_tensors(g, &device)?);
+        // The guide only adds what the inputs lack: a golden shape-decoder io file used as the
+        // guide also holds its own `latent.*`, which must not replace the texture latent.
+        for (name, t) in read_tensors(g, &device)? {
+            tensors.entry(name).or_insert(t);
+        }
         from = format!("{from} + {}", g.display());
     }
     let start = std::time::Instant::now();

@@ -15,6 +15,7 @@ use super::sc_vae::{
     UnetDecoderArgs,
 };
 use super::ss_decoder::{SsDecoder, SsDecoderConfig};
+use crate::sparse::SparseTensor;
 use crate::weights::{Checkpoint, ModelConfig};
 
 /// A checkpoint to run: upstream format (`PATH.json` + `PATH.safetensors`) or a Hugging Face
@@ -164,17 +165,94 @@ pub fn load_unet_decoder(source: &ModelSource, device: &Device) -> Result<Sparse
 }
 
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
-pub fn forward(source: &ModelSource, _inputs: &Inputs, _device: &Device) -> Result<Outputs> {
-    #[allow(clippy::match_single_binding)]
+///
+/// - `SparseStructureDecoder`: `z` → `logits`, `occupancy` (u8, logits > 0).
+/// - `FlexiDualGridVaeDecoder`: `latent.feats` + `latent.coords` → `out.raw_feats`, `out.coords`,
+///   `subs.{i}.feats` / `subs.{i}.coords`, `upsample4.coords` (no `mesh.*`: mesh extraction is
+///   a separate stage).
+/// - `SparseUnetVaeDecoder`: `latent.*` and guide `subs.{i}.feats` / `.coords` → `out.feats`
+///   (before `·0.5 + 0.5`), `out.coords`.
+pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
+    let in_inputs = |e: candle_core::Error| anyhow::anyhow!("{}: {e}", inputs.source);
     match source.class.as_str() {
+        "SparseStructureDecoder" => {
+            let dec = load_ss_decoder(source, device)?;
+            let z = float_input(inputs, "z")?;
+            let logits = dec.forward(&z).map_err(in_inputs)?;
+            let occupancy = crate::pipeline::structure::occupancy(&logits)?;
+            Ok(vec![
+                ("logits".into(), logits),
+                ("occupancy".into(), occupancy),
+            ])
+        }
+        "FlexiDualGridVaeDecoder" => {
+            let dec = load_shape_decoder(source, device)?;
+            let latent = sparse_input(inputs, "latent")?;
+            let out = dec.net.forward(&latent, None).map_err(in_inputs)?;
+            let mut outputs: Outputs = vec![
+                ("out.raw_feats".into(), out.raw.feats().clone()),
+                ("out.coords".into(), out.raw.coords().clone()),
+            ];
+            for (i, s) in out.subs.iter().enumerate() {
+                outputs.push((format!("subs.{i}.feats"), s.feats().clone()));
+                outputs.push((format!("subs.{i}.coords"), s.coords().clone()));
+            }
+            // The cascade's `upsample(latent, 4)`; a model with fewer C2S blocks has none.
+            if dec.net.config().up_blocks() >= CASCADE_UPSAMPLE_TIMES {
+                let up = dec
+                    .net
+                    .upsample(&latent, CASCADE_UPSAMPLE_TIMES)
+                    .map_err(in_inputs)?;
+                outputs.push(("upsample4.coords".into(), up));
+            }
+            Ok(outputs)
+        }
+        "SparseUnetVaeDecoder" => {
+            let dec = load_unet_decoder(source, device)?;
+            let latent = sparse_input(inputs, "latent")?;
+            let guide = if dec.config().pred_subdiv {
+                None
+            } else {
+                Some(
+                    (0..dec.config().up_blocks())
+                        .map(|i| sparse_input(inputs, &format!("subs.{i}")))
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            };
+            let out = dec.forward(&latent, guide.as_deref()).map_err(in_inputs)?;
+            Ok(vec![
+                ("out.feats".into(), out.raw.feats().clone()),
+                ("out.coords".into(), out.raw.coords().clone()),
+            ])
+        }
         other => bail!(
             "{}: model class `{other}` is not supported by dev forward (supported: {})",
             source.path.display(),
-            if SUPPORTED.is_empty() {
-                "none yet".to_string()
-            } else {
-                SUPPORTED.join(", ")
-            }
+            SUPPORTED.join(", ")
         ),
     }
+}
+
+/// `upsample_times` of the cascade (spec §1.4.1).
+const CASCADE_UPSAMPLE_TIMES: usize = 4;
+
+/// A floating-point input as f32.
+fn float_input(inputs: &Inputs, name: &str) -> Result<Tensor> {
+    let t = inputs.get(name)?;
+    if !t.dtype().is_float() {
+        bail!(
+            "{}: input `{name}` must be a float tensor, got {:?}",
+            inputs.source,
+            t.dtype()
+        );
+    }
+    Ok(t.to_dtype(candle_core::DType::F32)?)
+}
+
+/// A sparse input stored as `NAME.feats` + `NAME.coords`.
+fn sparse_input(inputs: &Inputs, name: &str) -> Result<SparseTensor> {
+    let feats = float_input(inputs, &format!("{name}.feats"))?;
+    let coords = inputs.get(&format!("{name}.coords"))?;
+    SparseTensor::new(coords, feats)
+        .map_err(|e| anyhow::anyhow!("{}: `{name}`: {e}", inputs.source))
 }
