@@ -25,21 +25,12 @@ impl GridNeighbours {
         for (cell, row) in map.chunks_exact_mut(TAPS).enumerate() {
             let (cz, rest) = (cell % z, cell / z);
             let (cy, rest) = (rest % y, rest / y);
-            let cx = rest % x;
+            let (cx, cb) = (rest % x, rest / x);
             for (k, slot) in row.iter_mut().enumerate() {
-                let (nx, ny, nz) = (
-                    cx as isize + (k / 9) as isize - 1,
-                    cy as isize + (k / 3 % 3) as isize - 1,
-                    cz as isize + (k % 3) as isize - 1,
-                );
-                if (0..x as isize).contains(&nx)
-                    && (0..y as isize).contains(&ny)
-                    && (0..z as isize).contains(&nz)
-                {
-                    let d = ((nx - cx as isize) * (y * z) as isize
-                        + (ny - cy as isize) * z as isize
-                        + (nz - cz as isize)) as isize;
-                    *slot = (cell as isize + d) as u32;
+                // Tap k reads offset (k/9 − 1, k/3%3 − 1, k%3 − 1); out of the grid = zero padding.
+                let (nx, ny, nz) = (cx + k / 9, cy + k / 3 % 3, cz + k % 3);
+                if (1..=x).contains(&nx) && (1..=y).contains(&ny) && (1..=z).contains(&nz) {
+                    *slot = (((cb * x + nx - 1) * y + ny - 1) * z + nz - 1) as u32;
                 }
             }
         }

@@ -53,10 +53,11 @@ impl CustomOp3 for SubmConv3d {
     }
 }
 
-/// Output rows per tile: large enough to reuse each tap's weight slice across many voxels,
-/// small enough that the gathered rows and the output tile stay in L2.
+/// Output rows per tile: at least 128 so that each tap's `[Ci,Co]` weight slice is reused by
+/// many gathered rows (32-row tiles ran 2.5× slower at 1024 channels), small enough that the
+/// gathered rows and the output tile stay in L2.
 fn tile_rows(ci: usize, co: usize) -> usize {
-    (65_536 / (ci + co).max(1)).clamp(32, 256)
+    (32_768 / (ci + co).max(1)).clamp(128, 256)
 }
 
 #[derive(Default)]
