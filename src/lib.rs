@@ -7,5 +7,7 @@ pub mod image;
 pub mod mesh;
 pub mod models;
 pub mod ops;
+pub mod pipeline;
 pub mod rng;
+pub mod sparse;
 pub mod weights;

@@ -21,7 +21,7 @@ fn check_role(role: &str) {
     let io = Golden::open(&format!("golden/golden/{role}.io.safetensors"));
     let trace_ref = Golden::open(&format!("golden/golden/{role}.trace.safetensors"));
     let kv = model.cond_kv(io.get("cond")).unwrap();
-    let mut trace = Trace::default();
+    let mut trace = Trace::on();
     let (input, out_name) = if io.tensors.contains_key("x") {
         (FlowInput::Dense(io.get("x")), "out")
     } else {
@@ -35,16 +35,11 @@ fn check_role(role: &str) {
         )
     };
     let out = model
-        .forward_traced(
-            &input,
-            io.get("t"),
-            &Condition::Tokens(&kv),
-            &mut Some(&mut trace),
-        )
+        .forward_traced(&input, io.get("t"), &Condition::Tokens(&kv), &mut trace)
         .unwrap();
     let mut worst = 0f32;
     let mut compared = 0;
-    for (name, t) in &trace.entries {
+    for (name, t) in trace.entries() {
         if trace_ref.key_for(name).is_none() {
             continue;
         }

@@ -37,7 +37,8 @@ pub enum DevCommand {
         /// Input tensors (`x`, `x.feats`, `coords`, `t`, `cond`, `z`, `latent.feats`, ...).
         #[arg(long)]
         inputs: PathBuf,
-        /// Extra inputs, e.g. the texture decoder's guide subdivisions `subs.*`.
+        /// Extra inputs, e.g. the texture decoder's guide subdivisions `subs.*`; tensors also
+        /// present in --inputs are taken from --inputs.
         #[arg(long)]
         guide: Option<PathBuf>,
         /// Output safetensors file.
@@ -113,27 +114,24 @@ fn forward(ckpt: &Path, inputs: &Path, guide: Option<&Path>, output: &Path) -> R
     let mut tensors = input_tensors.clone();
     let mut from = inputs.display().to_string();
     if let Some(g) = guide {
-        tensors.extend(read_tensors(g, &device)?);
+        // The guide only adds what the inputs lack: a golden shape-decoder io file used as the
+        // guide also holds its own `latent.*`, which must not replace the texture latent.
+        for (name, t) in read_tensors(g, &device)? {
+            tensors.entry(name).or_insert(t);
+        }
         from = format!("{from} + {}", g.display());
     }
     let start = std::time::Instant::now();
-    let outputs = models::forward::forward(
-        &source,
-        &models::forward::Inputs {
-            source: &from,
-            tensors: &tensors,
-        },
-        &device,
-    )?;
+    let model_inputs = models::forward::Inputs::new(&from, &tensors);
+    let outputs = models::forward::forward(&source, &model_inputs, &device)?;
     let elapsed = start.elapsed();
-    // The output file holds the inputs it was given (from --inputs, not --guide) and the
-    // outputs, like the golden io files, so `trellis2 compare OUT GOLDEN_IO` checks them all.
-    let mut names: Vec<&String> = input_tensors.keys().collect();
-    names.sort();
-    let mut all: Vec<(String, candle_core::Tensor)> = names
+    // Like the golden io files, the output holds the inputs the model read (from --inputs, not
+    // --guide) beside its outputs, so `trellis2 compare OUT GOLDEN_IO` checks a whole file.
+    let mut all: Vec<(String, candle_core::Tensor)> = model_inputs
+        .read_names()
         .into_iter()
-        .filter(|n| !outputs.iter().any(|(o, _)| o == *n))
-        .map(|n| (n.clone(), input_tensors[n].clone()))
+        .filter(|n| !outputs.iter().any(|(o, _)| o == n))
+        .filter_map(|n| input_tensors.get(&n).map(|t| (n.clone(), t.clone())))
         .collect();
     let produced = outputs.len();
     all.extend(outputs);

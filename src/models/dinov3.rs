@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
-use super::trace::{record, Trace};
+use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
 use crate::weights::Checkpoint;
 
@@ -251,21 +251,21 @@ impl Layer {
         cos: &Tensor,
         sin: &Tensor,
         prefix: &str,
-        trace: &mut Option<&mut Trace>,
+        trace: &mut Trace,
     ) -> Result<Tensor> {
         let h = self.norm1.forward(x)?;
-        record(trace, format!("{prefix}.norm1"), &h);
+        trace.record(&format!("{prefix}.norm1"), || Ok(h.clone()))?;
         let h = self.attention.forward(&h, cos, sin)?;
-        record(trace, format!("{prefix}.attention.0"), &h);
+        trace.record(&format!("{prefix}.attention.0"), || Ok(h.clone()))?;
         let h = h.broadcast_mul(&self.layer_scale1)?;
-        record(trace, format!("{prefix}.layer_scale1"), &h);
+        trace.record(&format!("{prefix}.layer_scale1"), || Ok(h.clone()))?;
         let x = (x + h)?;
         let h = self.norm2.forward(&x)?;
         let h = self.mlp.up_proj.forward(&h)?.gelu_erf()?;
         let h = self.mlp.down_proj.forward(&h)?;
-        record(trace, format!("{prefix}.mlp"), &h);
+        trace.record(&format!("{prefix}.mlp"), || Ok(h.clone()))?;
         let x = (x + h.broadcast_mul(&self.layer_scale2)?)?;
-        record(trace, prefix, &x);
+        trace.record(prefix, || Ok(x.clone()))?;
         Ok(x)
     }
 }
@@ -324,14 +324,10 @@ impl DinoV3 {
     /// `DinoV3FeatureExtractor.extract_features`: `pixel_values [B, 3, H, W]` (normalised) →
     /// `[B, 1 + registers + (H/p)(W/p), hidden]`, after a parameter-free LayerNorm (eps 1e-5).
     pub fn features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.features_traced(pixel_values, &mut None)
+        self.features_traced(pixel_values, &mut Trace::off())
     }
 
-    pub fn features_traced(
-        &self,
-        pixel_values: &Tensor,
-        trace: &mut Option<&mut Trace>,
-    ) -> Result<Tensor> {
+    pub fn features_traced(&self, pixel_values: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         let (b, ch, h, w) = pixel_values
             .dims4()
             .context("DINOv3 input must be [B, 3, H, W]")?;
@@ -353,7 +349,7 @@ impl DinoV3 {
             .register_tokens
             .expand((b, self.cfg.num_register_tokens, c))?;
         let mut x = Tensor::cat(&[&cls, &reg, &patches], 1)?;
-        record(trace, "embeddings", &x);
+        trace.record("embeddings", || Ok(x.clone()))?;
         let (cos, sin) = rope_tables(
             h / p,
             w / p,
@@ -361,8 +357,8 @@ impl DinoV3 {
             self.cfg.rope_theta,
             x.device(),
         )?;
-        record(trace, "rope_embeddings.0", &cos);
-        record(trace, "rope_embeddings.1", &sin);
+        trace.record("rope_embeddings.0", || Ok(cos.clone()))?;
+        trace.record("rope_embeddings.1", || Ok(sin.clone()))?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &cos, &sin, &format!("layer.{i}"), trace)?;

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::dinov3::layer_norm_no_affine;
-use super::trace::{record, Trace};
+use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
 use crate::ops::rope::{rope_interleaved, rope_tables_3d};
 use crate::weights::Checkpoint;
@@ -335,7 +335,7 @@ impl FlowDit {
     /// One forward pass; `t [B]` is the sampler time ×1000. Returns the same layout as the
     /// input: `[B, out, R, R, R]` for dense, `[T, out]` for sparse.
     pub fn forward(&self, x: &FlowInput, t: &Tensor, cond: &Condition) -> Result<Tensor> {
-        self.forward_traced(x, t, cond, &mut None)
+        self.forward_traced(x, t, cond, &mut Trace::off())
     }
 
     pub fn forward_traced(
@@ -343,15 +343,15 @@ impl FlowDit {
         x: &FlowInput,
         t: &Tensor,
         cond: &Condition,
-        trace: &mut Option<&mut Trace>,
+        trace: &mut Trace,
     ) -> Result<Tensor> {
         let batch = t.dims1().context("t must be [B]")?;
         let (tokens, layout) = self.tokens(x, batch)?;
-        if layout.dense && trace.is_some() {
+        if layout.dense && trace.is_on() {
             // Upstream's `rope_phases` buffer as [cos p0, sin p0, cos p1, ...] per token.
             let (n, pairs) = layout.cos.dims2()?;
             let phases = Tensor::stack(&[&layout.cos, &layout.sin], 2)?.reshape((n, 2 * pairs))?;
-            record(trace, "rope_phases.real_imag", &phases);
+            trace.record("rope_phases.real_imag", || Ok(phases.clone()))?;
         }
         if let Condition::Tokens(kv) = cond {
             if kv.offsets.len() != batch + 1 {
@@ -363,11 +363,11 @@ impl FlowDit {
         }
         let dtype = self.input_layer.weight().dtype();
         let mut h = self.input_layer.forward(&tokens.to_dtype(dtype)?)?;
-        record(trace, layout.name("input_layer"), &layout.trace_view(&h)?);
+        trace.record(&layout.name("input_layer"), || layout.trace_view(&h))?;
         let t_emb = self.timestep_embedding(t)?;
-        record(trace, "t_embedder", &t_emb);
+        trace.record("t_embedder", || Ok(t_emb.clone()))?;
         let m = self.adaln.forward(&t_emb.silu()?)?;
-        record(trace, "adaLN_modulation", &m);
+        trace.record("adaLN_modulation", || Ok(m.clone()))?;
         for (i, blk) in self.blocks.iter().enumerate() {
             let kv = match cond {
                 Condition::Tokens(kv) => Some((&kv.blocks[i], kv.offsets.as_slice())),
@@ -377,7 +377,7 @@ impl FlowDit {
         }
         let h = layer_norm_no_affine(&h, 1e-5)?;
         let out = self.out_layer.forward(&h)?;
-        record(trace, layout.name("out_layer"), &layout.trace_view(&out)?);
+        trace.record(&layout.name("out_layer"), || layout.trace_view(&out))?;
         match x {
             FlowInput::Dense(x) => {
                 let (b, _, r0, r1, r2) = x.dims5()?;
@@ -490,7 +490,7 @@ impl FlowDit {
         kv: Option<(&(Tensor, Tensor), &[usize])>,
         layout: &TokenLayout,
         prefix: &str,
-        trace: &mut Option<&mut Trace>,
+        trace: &mut Trace,
     ) -> Result<Tensor> {
         let c = self.cfg.model_channels;
         let (h_, d) = (self.cfg.heads(), self.cfg.head_dim());
@@ -504,7 +504,7 @@ impl FlowDit {
 
         // Self-attention.
         let h = layer_norm_no_affine(x, 1e-6)?;
-        record(trace, name("norm1"), &layout.trace_view(&h)?);
+        trace.record(&name("norm1"), || layout.trace_view(&h))?;
         let h = per_sample(&h, &layout.offsets, |seg, b| {
             seg.broadcast_mul(&(scale_msa.narrow(0, b, 1)? + 1.0)?)?
                 .broadcast_add(&shift_msa.narrow(0, b, 1)?)
@@ -519,19 +519,19 @@ impl FlowDit {
         }
         let q = rope_interleaved(&q, &layout.cos, &layout.sin)?;
         let k = rope_interleaved(&k, &layout.cos, &layout.sin)?;
-        record(trace, name("self_attn.rope.0"), &q);
-        record(trace, name("self_attn.rope.1"), &k);
+        trace.record(&name("self_attn.rope.0"), || Ok(q.clone()))?;
+        trace.record(&name("self_attn.rope.1"), || Ok(k.clone()))?;
         let scale = 1.0 / (d as f32).sqrt();
         let a = varlen_attention(&q, &k, &v, &layout.offsets, &layout.offsets, scale)?;
         let a = blk.self_attn.to_out.forward(&a.reshape((n, c))?)?;
-        record(trace, name("self_attn"), &layout.trace_view(&a)?);
+        trace.record(&name("self_attn"), || layout.trace_view(&a))?;
         let x = (x + per_sample(&a, &layout.offsets, |seg, b| {
             seg.broadcast_mul(&gate_msa.narrow(0, b, 1)?)
         })?)?;
 
         // Cross-attention (no modulation, no gate).
         let h = blk.norm2.forward(&x)?;
-        record(trace, name("norm2"), &layout.trace_view(&h)?);
+        trace.record(&name("norm2"), || layout.trace_view(&h))?;
         let a = match kv {
             Some(((k, v), kv_offsets)) => {
                 let mut q = blk.cross_attn.to_q.forward(&h)?.reshape((n, h_, d))?;
@@ -547,7 +547,7 @@ impl FlowDit {
                 .broadcast_as((n, c))?
                 .contiguous()?,
         };
-        record(trace, name("cross_attn"), &layout.trace_view(&a)?);
+        trace.record(&name("cross_attn"), || layout.trace_view(&a))?;
         let x = (x + a)?;
 
         // MLP.
@@ -557,11 +557,11 @@ impl FlowDit {
                 .broadcast_add(&shift_mlp.narrow(0, b, 1)?)
         })?;
         let h = blk.mlp_out.forward(&blk.mlp_in.forward(&h)?.gelu()?)?;
-        record(trace, name("mlp"), &layout.trace_view(&h)?);
+        trace.record(&name("mlp"), || layout.trace_view(&h))?;
         let x = (x + per_sample(&h, &layout.offsets, |seg, b| {
             seg.broadcast_mul(&gate_mlp.narrow(0, b, 1)?)
         })?)?;
-        record(trace, layout.name(prefix), &layout.trace_view(&x)?);
+        trace.record(&layout.name(prefix), || layout.trace_view(&x))?;
         Ok(x)
     }
 }

@@ -10,6 +10,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::sc_vae::{
+    DecoderConfig, FlexiDualGridDecoderArgs, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder,
+    UnetDecoderArgs,
+};
+use super::ss_decoder::{SsDecoder, SsDecoderConfig};
+use crate::sparse::SparseTensor;
 use crate::weights::{Checkpoint, ModelConfig};
 
 /// A checkpoint to run: upstream format (`PATH.json` + `PATH.safetensors`) or a Hugging Face
@@ -65,17 +71,26 @@ impl ModelSource {
     }
 }
 
-/// Named tensors given to a model.
+/// Named tensors given to a model; remembers which ones the model read.
 pub struct Inputs<'a> {
     /// Where they came from, for error messages.
     pub source: &'a str,
     pub tensors: &'a HashMap<String, Tensor>,
+    read: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
-impl Inputs<'_> {
+impl<'a> Inputs<'a> {
+    pub fn new(source: &'a str, tensors: &'a HashMap<String, Tensor>) -> Self {
+        Self {
+            source,
+            tensors,
+            read: Default::default(),
+        }
+    }
+
     /// A required input, with an error naming the file and the tensor.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).ok_or_else(|| {
+        let t = self.tensors.get(name).ok_or_else(|| {
             let mut have: Vec<&String> = self.tensors.keys().collect();
             have.sort();
             anyhow::anyhow!(
@@ -86,11 +101,22 @@ impl Inputs<'_> {
                     .collect::<Vec<_>>()
                     .join(", ")
             )
-        })
+        })?;
+        self.read.borrow_mut().insert(name.to_string());
+        Ok(t)
     }
 
     pub fn optional(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.get(name)
+        let t = self.tensors.get(name);
+        if t.is_some() {
+            self.read.borrow_mut().insert(name.to_string());
+        }
+        t
+    }
+
+    /// Names of the inputs the model read, sorted.
+    pub fn read_names(&self) -> Vec<String> {
+        self.read.borrow().iter().cloned().collect()
     }
 }
 
@@ -103,35 +129,195 @@ pub const SUPPORTED: &[&str] = &[
     "SparseStructureFlowModel",
     "SLatFlowModel",
     "ElasticSLatFlowModel",
+    "SparseStructureDecoder",
+    "FlexiDualGridVaeDecoder",
+    "SparseUnetVaeDecoder",
 ];
 
+/// The model's constructor arguments as its typed config, with an error naming the checkpoint.
+fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
+    serde_json::from_value(source.args.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: bad `args` for {}: {e}",
+            source.path.display(),
+            source.class
+        )
+    })
+}
+
+/// Builds a model from a strict loader: any missing, unexpected or mis-shaped tensor is an error
+/// naming the checkpoint and the keys.
+fn load_strict<M>(
+    source: &ModelSource,
+    device: &Device,
+    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    let strict = source.checkpoint.strict();
+    let built = build(strict.var_builder(candle_core::DType::F32, device));
+    strict.finish()?;
+    built.map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))
+}
+
+/// The sparse-structure decoder of a `SparseStructureDecoder` checkpoint, f32.
+pub fn load_ss_decoder(source: &ModelSource, device: &Device) -> Result<SsDecoder> {
+    let cfg: SsDecoderConfig = config(source)?;
+    load_strict(source, device, |vb| SsDecoder::new(&cfg, vb))
+}
+
+/// The shape decoder of a `FlexiDualGridVaeDecoder` checkpoint, f32.
+pub fn load_shape_decoder(
+    source: &ModelSource,
+    device: &Device,
+) -> Result<FlexiDualGridVaeDecoder> {
+    let args: FlexiDualGridDecoderArgs = config(source)?;
+    let cfg = DecoderConfig::from_flexi_dual_grid(&args)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
+    let net = load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))?;
+    Ok(FlexiDualGridVaeDecoder {
+        net,
+        resolution: args.resolution,
+        voxel_margin: args.voxel_margin,
+    })
+}
+
+/// The decoder of a `SparseUnetVaeDecoder` checkpoint (the texture decoder), f32.
+pub fn load_unet_decoder(source: &ModelSource, device: &Device) -> Result<SparseUnetVaeDecoder> {
+    let args: UnetDecoderArgs = config(source)?;
+    let cfg = DecoderConfig::from_unet(&args)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
+    load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))
+}
+
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
+///
+/// - `SparseStructureDecoder`: `z` → `logits`, `occupancy` (u8, logits > 0).
+/// - `FlexiDualGridVaeDecoder`: `latent.feats` + `latent.coords` → `out.raw_feats`, `out.coords`,
+///   `subs.{i}.feats` / `subs.{i}.coords`, `upsample4.coords` (no `mesh.*`: mesh extraction is
+///   a separate stage).
+/// - `SparseUnetVaeDecoder`: `latent.*` and guide `subs.{i}.feats` / `.coords` → `out.feats`
+///   (before `·0.5 + 0.5`), `out.coords`.
 pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
+    let in_inputs = |e: candle_core::Error| anyhow::anyhow!("{}: {e}", inputs.source);
     match source.class.as_str() {
         "DINOv3ViTModel" => dinov3_forward(source, inputs, device),
         "SparseStructureFlowModel" | "SLatFlowModel" | "ElasticSLatFlowModel" => {
             flow_forward(source, inputs, device)
         }
+        "SparseStructureDecoder" => {
+            let dec = load_ss_decoder(source, device)?;
+            let z = float_input(inputs, "z")?;
+            let logits = dec.forward(&z).map_err(in_inputs)?;
+            let occupancy = crate::pipeline::structure::occupancy(&logits)?;
+            Ok(vec![
+                ("logits".into(), logits),
+                ("occupancy".into(), occupancy),
+            ])
+        }
+        "FlexiDualGridVaeDecoder" => {
+            let dec = load_shape_decoder(source, device)?;
+            let latent = sparse_input(inputs, "latent")?;
+            let out = dec.net.forward(&latent, None).map_err(in_inputs)?;
+            let mut outputs: Outputs = vec![
+                ("out.raw_feats".into(), out.raw.feats().clone()),
+                ("out.coords".into(), out.raw.coords().clone()),
+            ];
+            for (i, s) in out.subs.iter().enumerate() {
+                outputs.push((format!("subs.{i}.feats"), s.feats().clone()));
+                outputs.push((format!("subs.{i}.coords"), s.coords().clone()));
+            }
+            // Meshes of every batch item at the extraction resolution (`set_resolution`), before
+            // hole filling, as the golden files store them.
+            let resolution = match inputs.optional("resolution") {
+                Some(r) => r
+                    .flatten_all()?
+                    .to_dtype(DType::I64)?
+                    .to_vec1::<i64>()?
+                    .first()
+                    .copied()
+                    .filter(|&r| r > 0)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: `resolution` must hold one positive value",
+                            inputs.source
+                        )
+                    })? as u32,
+                None => dec.resolution as u32,
+            };
+            let coords: Vec<i32> = out.raw.coords().flatten_all()?.to_vec1()?;
+            let raw: Vec<f32> = out.raw.feats().flatten_all()?.to_vec1()?;
+            let meshes =
+                crate::mesh::dual_grid::decoder_output_to_meshes(&coords, &raw, resolution)
+                    .map_err(|e| anyhow::anyhow!("{}: mesh extraction: {e}", inputs.source))?;
+            for (b, mesh) in meshes.iter().enumerate() {
+                let v: Vec<f32> = mesh.vertices.iter().flatten().copied().collect();
+                let f: Vec<i32> = mesh.faces.iter().flatten().map(|&i| i as i32).collect();
+                outputs.push((
+                    format!("mesh.{b}.vertices"),
+                    Tensor::from_vec(v, (mesh.vertices.len(), 3), device)?,
+                ));
+                outputs.push((
+                    format!("mesh.{b}.faces"),
+                    Tensor::from_vec(f, (mesh.faces.len(), 3), device)?,
+                ));
+            }
+            // The cascade's `upsample(latent, 4)`; a model with fewer C2S blocks has none.
+            if dec.net.config().up_blocks() >= CASCADE_UPSAMPLE_TIMES {
+                let up = dec
+                    .net
+                    .upsample(&latent, CASCADE_UPSAMPLE_TIMES)
+                    .map_err(in_inputs)?;
+                outputs.push(("upsample4.coords".into(), up));
+            }
+            Ok(outputs)
+        }
+        "SparseUnetVaeDecoder" => {
+            let dec = load_unet_decoder(source, device)?;
+            let latent = sparse_input(inputs, "latent")?;
+            let guide = if dec.config().pred_subdiv {
+                None
+            } else {
+                Some(
+                    (0..dec.config().up_blocks())
+                        .map(|i| sparse_input(inputs, &format!("subs.{i}")))
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            };
+            let out = dec.forward(&latent, guide.as_deref()).map_err(in_inputs)?;
+            Ok(vec![
+                ("out.feats".into(), out.raw.feats().clone()),
+                ("out.coords".into(), out.raw.coords().clone()),
+            ])
+        }
         other => bail!(
             "{}: model class `{other}` is not supported by dev forward (supported: {})",
             source.path.display(),
-            if SUPPORTED.is_empty() {
-                "none yet".to_string()
-            } else {
-                SUPPORTED.join(", ")
-            }
+            SUPPORTED.join(", ")
         ),
     }
 }
 
-fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
-    serde_json::from_value(source.args.clone()).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: arguments do not fit {}: {e}",
-            source.path.display(),
-            source.class
-        )
-    })
+/// `upsample_times` of the cascade (spec §1.4.1).
+const CASCADE_UPSAMPLE_TIMES: usize = 4;
+
+/// A floating-point input as f32.
+fn float_input(inputs: &Inputs, name: &str) -> Result<Tensor> {
+    let t = inputs.get(name)?;
+    if !t.dtype().is_float() {
+        bail!(
+            "{}: input `{name}` must be a float tensor, got {:?}",
+            inputs.source,
+            t.dtype()
+        );
+    }
+    Ok(t.to_dtype(candle_core::DType::F32)?)
+}
+
+/// A sparse input stored as `NAME.feats` + `NAME.coords`.
+fn sparse_input(inputs: &Inputs, name: &str) -> Result<SparseTensor> {
+    let feats = float_input(inputs, &format!("{name}.feats"))?;
+    let coords = inputs.get(&format!("{name}.coords"))?;
+    SparseTensor::new(coords, feats)
+        .map_err(|e| anyhow::anyhow!("{}: `{name}`: {e}", inputs.source))
 }
 
 /// `pixel_values [B, 3, H, W]` → `features [B, 5 + HW/256, C]`.

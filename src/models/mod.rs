@@ -3,4 +3,6 @@
 pub mod dinov3;
 pub mod dit;
 pub mod forward;
+pub mod sc_vae;
+pub mod ss_decoder;
 pub mod trace;

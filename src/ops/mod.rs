@@ -1,5 +1,10 @@
-//! Backend-dispatched primitives as candle custom ops. The CPU implementation of every op is
-//! the reference that the Metal and CUDA kernels are tested against.
+//! Backend-dispatched primitives as candle `CustomOp`s. The CPU implementation of every op is
+//! the reference the Metal and CUDA kernels are tested against (DESIGN.md, "Layers").
 
 pub mod attention;
+pub mod conv3d;
 pub mod rope;
+pub mod sparse_conv;
+
+pub use conv3d::{conv3d_k3, GridNeighbours};
+pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};

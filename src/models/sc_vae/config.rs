@@ -1,0 +1,143 @@
+//! Constructor arguments of the SC-VAE decoders (spec §1.1, §5). Upstream:
+//! `trellis2/models/sc_vaes/{sparse_unet_vae,fdg_vae}.py` @ 5565d24.
+
+use candle_core::{bail, Result};
+use serde::Deserialize;
+
+/// `SparseUnetVaeDecoder` args (texture decoder).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnetDecoderArgs {
+    pub out_channels: usize,
+    pub model_channels: Vec<usize>,
+    pub latent_channels: usize,
+    pub num_blocks: Vec<usize>,
+    pub block_type: Vec<String>,
+    pub up_block_type: Vec<String>,
+    pub block_args: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Release precision; the CPU reference always runs f32.
+    #[serde(default)]
+    pub use_fp16: bool,
+    #[serde(default = "yes")]
+    pub pred_subdiv: bool,
+}
+
+/// `FlexiDualGridVaeDecoder` args (shape decoder: 7 output channels, predicts subdivisions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexiDualGridDecoderArgs {
+    /// Grid size for mesh extraction only (`set_resolution`); the network ignores it.
+    pub resolution: usize,
+    pub model_channels: Vec<usize>,
+    pub latent_channels: usize,
+    pub num_blocks: Vec<usize>,
+    pub block_type: Vec<String>,
+    pub up_block_type: Vec<String>,
+    pub block_args: Vec<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default = "half")]
+    pub voxel_margin: f64,
+    #[serde(default)]
+    pub use_fp16: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// The decoder network both classes share, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub out_channels: usize,
+    pub model_channels: Vec<usize>,
+    pub latent_channels: usize,
+    pub num_blocks: Vec<usize>,
+    pub pred_subdiv: bool,
+}
+
+/// ConvNeXt MLP width factor (`SparseConvNeXtBlock3d(mlp_ratio=4.0)`).
+pub const MLP_RATIO: f64 = 4.0;
+
+impl DecoderConfig {
+    fn validate(
+        self,
+        block_type: &[String],
+        up_block_type: &[String],
+        block_args: &[serde_json::Map<String, serde_json::Value>],
+    ) -> Result<Self> {
+        let stages = self.num_blocks.len();
+        if stages == 0 || self.model_channels.len() != stages {
+            bail!(
+                "SC-VAE decoder: model_channels has {} entries, num_blocks {stages}; they must be \
+                 equal and non-empty",
+                self.model_channels.len()
+            );
+        }
+        if block_type.len() != stages
+            || block_args.len() != stages
+            || up_block_type.len() + 1 != stages
+        {
+            bail!(
+                "SC-VAE decoder: {stages} stages need {stages} block_type and block_args and {} \
+                 up_block_type entries, got {}, {} and {}",
+                stages - 1,
+                block_type.len(),
+                block_args.len(),
+                up_block_type.len()
+            );
+        }
+        if let Some(t) = block_type.iter().find(|t| *t != "SparseConvNeXtBlock3d") {
+            bail!("SC-VAE decoder: block_type `{t}` is not supported (the release uses SparseConvNeXtBlock3d)");
+        }
+        if let Some(t) = up_block_type.iter().find(|t| *t != "SparseResBlockC2S3d") {
+            bail!("SC-VAE decoder: up_block_type `{t}` is not supported (the release uses SparseResBlockC2S3d)");
+        }
+        for args in block_args {
+            if let Some(k) = args.keys().find(|k| *k != "use_checkpoint") {
+                bail!(
+                    "SC-VAE decoder: block_args key `{k}` is not supported (only use_checkpoint)"
+                );
+            }
+        }
+        for w in self.model_channels.windows(2) {
+            let (c, next) = (w[0], w[1]);
+            if c % 8 != 0 || next % (c / 8).max(1) != 0 || c / 8 == 0 {
+                bail!(
+                    "SC-VAE decoder: a C2S block {c} → {next} needs {c} divisible by 8 and {next} \
+                     divisible by {c}/8"
+                );
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn from_unet(a: &UnetDecoderArgs) -> Result<Self> {
+        Self {
+            out_channels: a.out_channels,
+            model_channels: a.model_channels.clone(),
+            latent_channels: a.latent_channels,
+            num_blocks: a.num_blocks.clone(),
+            pred_subdiv: a.pred_subdiv,
+        }
+        .validate(&a.block_type, &a.up_block_type, &a.block_args)
+    }
+
+    pub fn from_flexi_dual_grid(a: &FlexiDualGridDecoderArgs) -> Result<Self> {
+        Self {
+            out_channels: 7,
+            model_channels: a.model_channels.clone(),
+            latent_channels: a.latent_channels,
+            num_blocks: a.num_blocks.clone(),
+            pred_subdiv: true,
+        }
+        .validate(&a.block_type, &a.up_block_type, &a.block_args)
+    }
+
+    /// Channel→space blocks (one per stage but the last).
+    pub fn up_blocks(&self) -> usize {
+        self.num_blocks.len() - 1
+    }
+}

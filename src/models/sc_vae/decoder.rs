@@ -1,0 +1,178 @@
+//! `SparseUnetVaeDecoder` and its shape variant `FlexiDualGridVaeDecoder` (spec §5.3–5.5).
+//! Upstream: `trellis2/models/sc_vaes/sparse_unet_vae.py` / `fdg_vae.py` @ 5565d24.
+
+use candle_core::{bail, Module, Result, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use super::blocks::{C2SBlock, ConvNeXtBlock};
+use super::config::{DecoderConfig, MLP_RATIO};
+use crate::models::trace::Trace;
+use crate::sparse::{layer_norm, SparseTensor};
+
+/// Decoder output LayerNorm eps (`F.layer_norm` default, spec §10).
+const OUT_NORM_EPS: f64 = 1e-5;
+
+/// One resolution level: ConvNeXt blocks, then (except the last) a C2S block.
+struct Stage {
+    blocks: Vec<ConvNeXtBlock>,
+    up: Option<C2SBlock>,
+}
+
+/// What the decoder returns.
+pub struct DecoderOutput {
+    /// `output_layer` result, before any activation, on the final voxels.
+    pub raw: SparseTensor,
+    /// Subdivision logits `[N_i, 8]` of each C2S block, on that block's input voxels.
+    pub subs: Vec<SparseTensor>,
+}
+
+/// The SC-VAE decoder network.
+pub struct SparseUnetVaeDecoder {
+    cfg: DecoderConfig,
+    from_latent: Linear,
+    stages: Vec<Stage>,
+    output_layer: Linear,
+}
+
+impl SparseUnetVaeDecoder {
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let mc = &cfg.model_channels;
+        let mut stages = Vec::new();
+        for (i, (&c, &n)) in mc.iter().zip(&cfg.num_blocks).enumerate() {
+            let vbs = vb.pp("blocks").pp(i);
+            let blocks = (0..n)
+                .map(|j| ConvNeXtBlock::new(c, MLP_RATIO, vbs.pp(j)))
+                .collect::<Result<_>>()?;
+            let up = match mc.get(i + 1) {
+                Some(&next) => Some(C2SBlock::new(c, next, cfg.pred_subdiv, vbs.pp(n))?),
+                None => None,
+            };
+            stages.push(Stage { blocks, up });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            from_latent: linear(cfg.latent_channels, mc[0], vb.pp("from_latent"))?,
+            stages,
+            output_layer: linear(mc[mc.len() - 1], cfg.out_channels, vb.pp("output_layer"))?,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    fn input(&self, latent: &SparseTensor) -> Result<SparseTensor> {
+        if latent.channels() != self.cfg.latent_channels {
+            bail!(
+                "SC-VAE decoder: latent has {} channels, the model expects {}",
+                latent.channels(),
+                self.cfg.latent_channels
+            );
+        }
+        latent.replace(self.from_latent.forward(latent.feats())?)
+    }
+
+    /// Decodes `latent`. A decoder with `pred_subdiv` predicts its subdivisions (`guide` must be
+    /// `None`); one without needs `guide` = the predicting decoder's `subs`, one per C2S block.
+    pub fn forward(
+        &self,
+        latent: &SparseTensor,
+        guide: Option<&[SparseTensor]>,
+    ) -> Result<DecoderOutput> {
+        self.forward_traced(latent, guide, &mut Trace::off())
+    }
+
+    /// [`Self::forward`], recording `<module path>.feats` / `.coords` like the golden traces.
+    pub fn forward_traced(
+        &self,
+        latent: &SparseTensor,
+        guide: Option<&[SparseTensor]>,
+        trace: &mut Trace,
+    ) -> Result<DecoderOutput> {
+        match (self.cfg.pred_subdiv, guide) {
+            (true, Some(_)) => bail!(
+                "SC-VAE decoder: this decoder predicts its subdivisions (pred_subdiv=true) and \
+                 takes no guide"
+            ),
+            (false, None) => bail!(
+                "SC-VAE decoder: pred_subdiv=false needs guide subdivisions (subs.0..{})",
+                self.cfg.up_blocks().saturating_sub(1)
+            ),
+            (false, Some(g)) if g.len() != self.cfg.up_blocks() => bail!(
+                "SC-VAE decoder: {} guide subdivisions given, the model has {} C2S blocks",
+                g.len(),
+                self.cfg.up_blocks()
+            ),
+            _ => {}
+        }
+        let record = |trace: &mut Trace, name: &str, x: &SparseTensor| -> Result<()> {
+            trace.record(&format!("{name}.feats"), || Ok(x.feats().clone()))?;
+            trace.record(&format!("{name}.coords"), || Ok(x.coords().clone()))
+        };
+        let mut h = self.input(latent)?;
+        record(trace, "from_latent", &h)?;
+        let mut subs = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (j, block) in stage.blocks.iter().enumerate() {
+                h = block.forward(&h)?;
+                record(trace, &format!("blocks.{i}.{j}"), &h)?;
+            }
+            if let Some(up) = &stage.up {
+                let path = format!("blocks.{i}.{}", stage.blocks.len());
+                let out = up.forward(&h, guide.map(|g| &g[i]))?;
+                h = out.out;
+                if self.cfg.pred_subdiv {
+                    record(trace, &format!("{path}.0"), &h)?;
+                    record(trace, &format!("{path}.1"), &out.subdiv)?;
+                } else {
+                    record(trace, &path, &h)?;
+                }
+                subs.push(out.subdiv);
+            }
+        }
+        let feats = layer_norm(h.feats(), None, OUT_NORM_EPS)?;
+        let raw = h.replace(self.output_layer.forward(&feats)?)?;
+        record(trace, "output_layer", &raw)?;
+        Ok(DecoderOutput { raw, subs })
+    }
+
+    /// Coordinates `[N, 4]` after `times` C2S blocks (`decoder.upsample(latent, times)`, the
+    /// cascade's high-resolution structure). The last block's convs are skipped: only its
+    /// subdivision decides the coordinates.
+    pub fn upsample(&self, latent: &SparseTensor, times: usize) -> Result<Tensor> {
+        if !self.cfg.pred_subdiv {
+            bail!("SC-VAE decoder: upsample needs a decoder that predicts subdivisions");
+        }
+        if times > self.cfg.up_blocks() {
+            bail!(
+                "SC-VAE decoder: cannot upsample {times} times, the model has {} C2S blocks",
+                self.cfg.up_blocks()
+            );
+        }
+        let mut h = self.input(latent)?;
+        for (i, stage) in self.stages.iter().take(times).enumerate() {
+            for block in &stage.blocks {
+                h = block.forward(&h)?;
+            }
+            let up = stage
+                .up
+                .as_ref()
+                .expect("stages before the last have a C2S block");
+            if i + 1 == times {
+                return Ok(up.subdivide(&h)?.children().tensor().clone());
+            }
+            h = up.forward(&h, None)?.out;
+        }
+        Ok(h.coords().clone())
+    }
+}
+
+/// The shape decoder: a [`SparseUnetVaeDecoder`] with 7 outputs that predicts subdivisions,
+/// plus the mesh-extraction parameters.
+pub struct FlexiDualGridVaeDecoder {
+    pub net: SparseUnetVaeDecoder,
+    /// Grid size for mesh extraction (`set_resolution`).
+    pub resolution: usize,
+    /// Dual-vertex margin (0.5 in the release).
+    pub voxel_margin: f64,
+}

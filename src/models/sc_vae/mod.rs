@@ -1,0 +1,10 @@
+//! SC-VAE decoders (spec §5): the shape decoder `FlexiDualGridVaeDecoder` and the texture
+//! decoder `SparseUnetVaeDecoder`, their building blocks and output activations.
+
+pub mod activations;
+pub mod blocks;
+pub mod config;
+pub mod decoder;
+
+pub use config::{DecoderConfig, FlexiDualGridDecoderArgs, UnetDecoderArgs};
+pub use decoder::{DecoderOutput, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};

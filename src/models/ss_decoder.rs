@@ -1,0 +1,228 @@
+//! Sparse-structure VAE decoder (TRELLIS v1 `SparseStructureDecoder`; spec §4). Upstream:
+//! `trellis2/models/sparse_structure_vae.py` @ 5565d24. Latent `[B, 8, R, R, R]` → occupancy
+//! logits `[B, 1, 4R, 4R, 4R]` through dense 3×3×3 convs, ChannelLayerNorm (affine, eps 1e-5),
+//! SiLU and 3-D pixel shuffles. Internally channels-last `[B, X, Y, Z, C]`, so the per-voxel
+//! norm and the conv read contiguous channel rows.
+
+use candle_core::{bail, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::trace::Trace;
+use crate::ops::{conv3d_k3, GridNeighbours};
+use crate::sparse::layer_norm;
+
+/// Constructor arguments of `SparseStructureDecoder` (the `args` of its json).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsDecoderConfig {
+    pub out_channels: usize,
+    pub latent_channels: usize,
+    pub num_res_blocks: usize,
+    pub channels: Vec<usize>,
+    #[serde(default = "two")]
+    pub num_res_blocks_middle: usize,
+    #[serde(default = "layer")]
+    pub norm_type: String,
+    /// Release precision; the CPU reference always runs f32.
+    #[serde(default)]
+    pub use_fp16: bool,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn layer() -> String {
+    "layer".into()
+}
+
+/// ChannelLayerNorm32 eps (spec §10).
+const NORM_EPS: f64 = 1e-5;
+
+/// Conv3d(k 3, p 1) with PyTorch weight `[Co, Ci, 3, 3, 3]`.
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv {
+    fn new(ci: usize, co: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((co, ci, 3, 3, 3), "weight")?,
+            bias: vb.get(co, "bias")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, grid: &GridNeighbours) -> Result<Tensor> {
+        conv3d_k3(x, grid, &self.weight, &self.bias)
+    }
+}
+
+/// ChannelLayerNorm32 over the last axis of a channels-last grid.
+struct ChannelNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl ChannelNorm {
+    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(c, "weight")?,
+            bias: vb.get(c, "bias")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let c = dims[dims.len() - 1];
+        let rows = x.elem_count() / c.max(1);
+        layer_norm(
+            &x.reshape((rows, c))?,
+            Some((&self.weight, &self.bias)),
+            NORM_EPS,
+        )?
+        .reshape(dims)
+    }
+}
+
+/// `ResBlock3d(C)`: `x + conv2(SiLU(norm2(conv1(SiLU(norm1(x))))))`.
+struct ResBlock {
+    norm1: ChannelNorm,
+    conv1: Conv,
+    norm2: ChannelNorm,
+    conv2: Conv,
+}
+
+impl ResBlock {
+    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: ChannelNorm::new(c, vb.pp("norm1"))?,
+            conv1: Conv::new(c, c, vb.pp("conv1"))?,
+            norm2: ChannelNorm::new(c, vb.pp("norm2"))?,
+            conv2: Conv::new(c, c, vb.pp("conv2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, grid: &GridNeighbours) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?, grid)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?, grid)?;
+        x + h
+    }
+}
+
+/// 3-D pixel shuffle of a channels-last grid: channel `c·8 + i·4 + j·2 + k` of cell (x, y, z)
+/// goes to cell `(2x+i, 2y+j, 2z+k)` — x is the MOST significant bit here, unlike the sparse
+/// channel→space (upstream `pixel_shuffle_3d`, golden README §6.9).
+pub fn pixel_shuffle_3d(x: &Tensor) -> Result<Tensor> {
+    let (b, gx, gy, gz, c8) = match x.dims() {
+        &[b, gx, gy, gz, c] => (b, gx, gy, gz, c),
+        d => bail!("pixel_shuffle_3d: expected [B, X, Y, Z, C], got shape {d:?}"),
+    };
+    if c8 % 8 != 0 {
+        bail!("pixel_shuffle_3d: {c8} channels is not a multiple of 8");
+    }
+    let c = c8 / 8;
+    x.reshape(vec![b, gx, gy, gz, c, 2, 2, 2])?
+        .permute(vec![0, 1, 5, 2, 6, 3, 7, 4])?
+        .contiguous()?
+        .reshape((b, 2 * gx, 2 * gy, 2 * gz, c))
+}
+
+enum Block {
+    Res(ResBlock),
+    /// `UpsampleBlock3d`: conv to 8·C' channels, then pixel shuffle.
+    Upsample(Conv),
+}
+
+/// The decoder; build with [`SsDecoder::new`] from a strict `VarBuilder`.
+pub struct SsDecoder {
+    cfg: SsDecoderConfig,
+    input_layer: Conv,
+    middle_block: Vec<ResBlock>,
+    blocks: Vec<Block>,
+    out_norm: ChannelNorm,
+    out_conv: Conv,
+}
+
+impl SsDecoder {
+    pub fn new(cfg: &SsDecoderConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.norm_type != "layer" {
+            bail!(
+                "SparseStructureDecoder: norm_type `{}` is not supported (the release uses `layer`)",
+                cfg.norm_type
+            );
+        }
+        let Some(&c0) = cfg.channels.first() else {
+            bail!("SparseStructureDecoder: `channels` is empty");
+        };
+        let middle_block = (0..cfg.num_res_blocks_middle)
+            .map(|i| ResBlock::new(c0, vb.pp("middle_block").pp(i)))
+            .collect::<Result<_>>()?;
+        let mut blocks = Vec::new();
+        for (i, &c) in cfg.channels.iter().enumerate() {
+            for _ in 0..cfg.num_res_blocks {
+                let vbb = vb.pp("blocks").pp(blocks.len());
+                blocks.push(Block::Res(ResBlock::new(c, vbb)?));
+            }
+            if let Some(&next) = cfg.channels.get(i + 1) {
+                let vbb = vb.pp("blocks").pp(blocks.len()).pp("conv");
+                blocks.push(Block::Upsample(Conv::new(c, 8 * next, vbb)?));
+            }
+        }
+        let last = cfg.channels[cfg.channels.len() - 1];
+        Ok(Self {
+            cfg: cfg.clone(),
+            input_layer: Conv::new(cfg.latent_channels, c0, vb.pp("input_layer"))?,
+            middle_block,
+            blocks,
+            out_norm: ChannelNorm::new(last, vb.pp("out_layer").pp(0))?,
+            out_conv: Conv::new(last, cfg.out_channels, vb.pp("out_layer").pp(2))?,
+        })
+    }
+
+    /// Logits `[B, out_channels, 4R…]` (per upsample 2×) of a latent `[B, latent_channels, R, R, R]`.
+    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        self.forward_traced(z, &mut Trace::off())
+    }
+
+    /// [`Self::forward`], recording block outputs (in `[B, C, X, Y, Z]`) under upstream paths.
+    pub fn forward_traced(&self, z: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        let (b, c, gx, gy, gz) = match z.dims() {
+            &[b, c, x, y, zz] => (b, c, x, y, zz),
+            d => bail!("SparseStructureDecoder: latent must be [B, C, X, Y, Z], got shape {d:?}"),
+        };
+        if c != self.cfg.latent_channels {
+            bail!(
+                "SparseStructureDecoder: latent has {c} channels, the model expects {}",
+                self.cfg.latent_channels
+            );
+        }
+        let dev = z.device();
+        let to_torch = |h: &Tensor| h.permute((0, 4, 1, 2, 3))?.contiguous();
+        let mut grid = GridNeighbours::new([b, gx, gy, gz], dev)?;
+        let mut h = z.permute((0, 2, 3, 4, 1))?.contiguous()?;
+        h = self.input_layer.forward(&h, &grid)?;
+        trace.record("input_layer", || to_torch(&h))?;
+        for (i, block) in self.middle_block.iter().enumerate() {
+            h = block.forward(&h, &grid)?;
+            trace.record(&format!("middle_block.{i}"), || to_torch(&h))?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = match block {
+                Block::Res(r) => r.forward(&h, &grid)?,
+                Block::Upsample(conv) => {
+                    let up = pixel_shuffle_3d(&conv.forward(&h, &grid)?)?;
+                    let [b, x, y, zz] = grid.dims();
+                    grid = GridNeighbours::new([b, 2 * x, 2 * y, 2 * zz], dev)?;
+                    up
+                }
+            };
+            trace.record(&format!("blocks.{i}"), || to_torch(&h))?;
+        }
+        let h = self.out_norm.forward(&h)?;
+        trace.record("out_layer.0", || to_torch(&h))?;
+        let logits = self.out_conv.forward(&h.silu()?, &grid)?;
+        to_torch(&logits)
+    }
+}

@@ -1,0 +1,3 @@
+//! Stages and the glue between them (spec §1).
+
+pub mod structure;

@@ -1,0 +1,150 @@
+//! Channel→space with subdivision masks (`SparseChannel2Spatial`, factor 2; spec §5.2):
+//! child `s ∈ 0..8` sits at offset `(s & 1, s >> 1 & 1, s >> 2 & 1)` on (x, y, z) — bit 0 → x —
+//! and takes parent channels `[s·C/8, (s+1)·C/8)`. Children come parent-major, then by `s`
+//! ascending (not lexicographically sorted), exactly as upstream's `repeat_interleave` +
+//! `nonzero`.
+
+use std::sync::Arc;
+
+use candle_core::{bail, DType, Result, Tensor};
+
+use super::coords::CoordSet;
+use super::tensor::SparseTensor;
+
+/// Children per parent voxel.
+pub const CHILDREN: usize = 8;
+
+/// Where the children of one subdivision come from; apply it to every tensor on the parents'
+/// coordinates (the block input and its conv output share it).
+#[derive(Debug, Clone)]
+pub struct Subdivision {
+    children: Arc<CoordSet>,
+    /// `parent·8 + s` for each child, indexing the `[N·8, C/8]` view of parent features.
+    sources: Tensor,
+    parents: usize,
+}
+
+impl Subdivision {
+    /// Children of `parents` where `logits[n, s] > 0` (`logits` `[N,8]`, any float dtype).
+    pub fn from_logits(parents: &Arc<CoordSet>, logits: &Tensor) -> Result<Self> {
+        let dims = logits.dims();
+        if dims != [parents.len(), CHILDREN] {
+            bail!(
+                "subdivision logits: expected shape [{}, 8] for {} parent voxels, got {dims:?}",
+                parents.len(),
+                parents.len()
+            );
+        }
+        let mask: Vec<bool> = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| v > 0.0)
+            .collect();
+        Self::from_mask(parents, &mask)
+    }
+
+    /// Children where `mask[n·8 + s]` is set.
+    pub fn from_mask(parents: &Arc<CoordSet>, mask: &[bool]) -> Result<Self> {
+        if mask.len() != parents.len() * CHILDREN {
+            bail!(
+                "subdivision mask: {} entries for {} parent voxels, expected {}",
+                mask.len(),
+                parents.len(),
+                parents.len() * CHILDREN
+            );
+        }
+        let mut rows = Vec::new();
+        let mut sources = Vec::new();
+        for (n, c) in parents.rows().iter().enumerate() {
+            for s in 0..CHILDREN {
+                if mask[n * CHILDREN + s] {
+                    let bit = |b: usize| ((s >> b) & 1) as i32;
+                    rows.push([
+                        c[0],
+                        2 * c[1] + bit(0),
+                        2 * c[2] + bit(1),
+                        2 * c[3] + bit(2),
+                    ]);
+                    sources.push((n * CHILDREN + s) as u32);
+                }
+            }
+        }
+        let device = parents.device();
+        let n = sources.len();
+        Ok(Self {
+            children: Arc::new(CoordSet::from_host(rows, device)?),
+            sources: Tensor::from_vec(sources, n, device)?,
+            parents: parents.len(),
+        })
+    }
+
+    /// The children's coordinate set.
+    pub fn children(&self) -> &Arc<CoordSet> {
+        &self.children
+    }
+
+    /// Moves channel block `s` of each parent to child `s`: `[N, C]` → `[N', C/8]`.
+    pub fn apply(&self, x: &SparseTensor) -> Result<SparseTensor> {
+        let (n, c) = (x.len(), x.channels());
+        if n != self.parents {
+            bail!(
+                "channel_to_space: tensor has {n} voxels, the subdivision was made for {}",
+                self.parents
+            );
+        }
+        if c % CHILDREN != 0 {
+            bail!("channel_to_space: {c} channels is not a multiple of 8");
+        }
+        let per_child = x
+            .feats()
+            .contiguous()?
+            .reshape((n * CHILDREN, c / CHILDREN))?;
+        let feats = per_child.index_select(&self.sources, 0)?;
+        SparseTensor::on(self.children.clone(), feats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn children_follow_parent_then_bit0_is_x_order() {
+        let dev = Device::Cpu;
+        let parents =
+            Arc::new(CoordSet::from_host(vec![[0, 1, 2, 3], [1, 0, 0, 0]], &dev).unwrap());
+        let mut mask = vec![false; 16];
+        mask[1] = true; // parent 0, child x+1
+        mask[6] = true; // parent 0, child y+1 z+1
+        mask[8 + 4] = true; // parent 1, child z+1
+        let sub = Subdivision::from_mask(&parents, &mask).unwrap();
+        assert_eq!(
+            sub.children().rows(),
+            &[[0, 3, 4, 6], [0, 2, 5, 7], [1, 0, 0, 1]]
+        );
+        let feats = Tensor::arange(0f32, 32., &dev)
+            .unwrap()
+            .reshape((2, 16))
+            .unwrap();
+        let x = SparseTensor::on(parents, feats).unwrap();
+        let out = sub.apply(&x).unwrap().feats().to_vec2::<f32>().unwrap();
+        assert_eq!(out, vec![vec![2., 3.], vec![12., 13.], vec![24., 25.]]);
+    }
+
+    #[test]
+    fn wrong_logit_shape_is_named() {
+        let dev = Device::Cpu;
+        let parents = Arc::new(CoordSet::from_host(vec![[0, 0, 0, 0]], &dev).unwrap());
+        let logits = Tensor::zeros((1, 7), DType::F32, &dev).unwrap();
+        let err = Subdivision::from_logits(&parents, &logits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected shape [1, 8]") && err.contains("[1, 7]"),
+            "{err}"
+        );
+    }
+}

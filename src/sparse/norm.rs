@@ -1,0 +1,115 @@
+//! Per-voxel LayerNorm over the channel axis (`LayerNorm32`, `ChannelLayerNorm32`,
+//! `F.layer_norm`): two-pass mean/variance in f32 like PyTorch, because a one-pass `E[x²] − E[x]²`
+//! loses digits on voxels whose mean is large next to their spread.
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "voxel-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
+            bail!("layer_norm: the CPU reference takes f32 tensors");
+        };
+        let slice = |s: &'_ [f32], l: &Layout, what: &str| -> Result<Vec<f32>> {
+            match l.contiguous_offsets() {
+                Some((a, z)) => Ok(s[a..z].to_vec()),
+                None => bail!("layer_norm: {what} must be contiguous"),
+            }
+        };
+        let (w, b) = (slice(w, l2, "weight")?, slice(b, l3, "bias")?);
+        let Some((a, z)) = l1.contiguous_offsets() else {
+            bail!("layer_norm: input must be contiguous");
+        };
+        let x = &x[a..z];
+        let c = w.len();
+        let mut out = vec![0f32; x.len()];
+        if c > 0 {
+            let eps = self.eps;
+            out.par_chunks_mut(c)
+                .zip(x.par_chunks(c))
+                .for_each(|(o, v)| {
+                    let mean = v.iter().sum::<f32>() / c as f32;
+                    let var = v.iter().map(|&t| (t - mean) * (t - mean)).sum::<f32>() / c as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for i in 0..c {
+                        o[i] = (v[i] - mean) * inv * w[i] + b[i];
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// LayerNorm of each row of `x` `[T,C]` over its `C` channels; `affine` = (weight, bias) `[C]`.
+pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<Tensor> {
+    let dims = x.dims();
+    if dims.len() != 2 {
+        bail!("layer_norm: expected [T, C] features, got shape {dims:?}");
+    }
+    let c = dims[1];
+    let (w, b) = match affine {
+        Some((w, b)) => {
+            if w.dims() != [c] || b.dims() != [c] {
+                bail!(
+                    "layer_norm: weight {:?} and bias {:?} must be [{c}] for {c} channels",
+                    w.dims(),
+                    b.dims()
+                );
+            }
+            (w.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?)
+        }
+        None => (
+            Tensor::ones(c, DType::F32, x.device())?,
+            Tensor::zeros(c, DType::F32, x.device())?,
+        ),
+    };
+    let dtype = x.dtype();
+    let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op3_no_bwd(
+        &w,
+        &b,
+        &LayerNorm { eps: eps as f32 },
+    )?;
+    y.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn matches_the_textbook_formula_with_a_large_mean() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1000.0f32, 1001.0, 1002.0, 1003.0]], &dev).unwrap();
+        let y = layer_norm(&x, None, 1e-6)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let inv = 1.0 / (1.25f32 + 1e-6).sqrt();
+        for (i, v) in y[0].iter().enumerate() {
+            assert!((v - (i as f32 - 1.5) * inv).abs() < 1e-5, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn empty_input_gives_empty_output() {
+        let x = Tensor::zeros((0, 5), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(layer_norm(&x, None, 1e-5).unwrap().dims(), &[0, 5]);
+    }
+}

@@ -1,0 +1,215 @@
+//! The tiled submanifold conv against its plain twin on random data and edge cases.
+
+use candle_core::{DType, Device, Tensor};
+use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_slow};
+use trellis2::sparse::SparseTensor;
+
+/// Deterministic uniform values in [-1, 1).
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Voxels of a sphere shell of radius `r` in batch item `b`, lexicographic order.
+fn shell(b: i32, r: f32, centre: i32) -> Vec<[i32; 4]> {
+    let mut v = Vec::new();
+    let n = 2 * centre;
+    for x in 0..n {
+        for y in 0..n {
+            for z in 0..n {
+                let d = [x, y, z].map(|c| (c - centre) as f32 + 0.5);
+                let len = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+                if (len - r).abs() < 0.9 {
+                    v.push([b, x, y, z]);
+                }
+            }
+        }
+    }
+    v
+}
+
+struct Case {
+    name: &'static str,
+    voxels: fn() -> Vec<[i32; 4]>,
+    ci: usize,
+    co: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "empty",
+        voxels: Vec::new,
+        ci: 4,
+        co: 3,
+    },
+    Case {
+        name: "one voxel",
+        voxels: || vec![[0, 5, 5, 5]],
+        ci: 5,
+        co: 7,
+    },
+    Case {
+        name: "isolated voxels",
+        voxels: || {
+            (0..40)
+                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
+                .collect()
+        },
+        ci: 3,
+        co: 2,
+    },
+    Case {
+        name: "two shells, odd channels, tiles with ragged tails",
+        voxels: || {
+            let mut v = shell(0, 6.0, 8);
+            v.extend(shell(1, 4.0, 5));
+            v
+        },
+        ci: 17,
+        co: 9,
+    },
+    Case {
+        name: "dense cube, 1 channel",
+        voxels: || (0..343).map(|i| [0, i / 49, i / 7 % 7, i % 7]).collect(),
+        ci: 1,
+        co: 1,
+    },
+    Case {
+        name: "wide channels",
+        voxels: || shell(0, 3.0, 4),
+        ci: 64,
+        co: 130,
+    },
+    Case {
+        name: "batch gap",
+        voxels: || vec![[0, 0, 0, 0], [2, 0, 0, 1], [2, 0, 1, 1]],
+        ci: 2,
+        co: 3,
+    },
+];
+
+#[test]
+fn tiled_conv_matches_the_plain_definition() {
+    let dev = Device::Cpu;
+    for (i, case) in CASES.iter().enumerate() {
+        let rows = (case.voxels)();
+        let n = rows.len();
+        let coords = Tensor::from_vec(
+            rows.iter().flatten().copied().collect::<Vec<i32>>(),
+            (n, 4),
+            &dev,
+        )
+        .unwrap();
+        let feats = Tensor::from_vec(lcg(i as u64, n * case.ci), (n, case.ci), &dev).unwrap();
+        let x = SparseTensor::new(&coords, feats).unwrap();
+        let w = Tensor::from_vec(
+            lcg(100 + i as u64, case.co * 27 * case.ci),
+            (case.co, 3, 3, 3, case.ci),
+            &dev,
+        )
+        .unwrap();
+        let b = Tensor::from_vec(lcg(200 + i as u64, case.co), case.co, &dev).unwrap();
+        let map = x.neighbour_map().unwrap().tensor().clone();
+        let fast = submanifold_conv3d(x.feats(), &map, &w, Some(&b)).unwrap();
+        let slow = submanifold_conv3d_slow(x.feats(), &map, &w, Some(&b)).unwrap();
+        assert_eq!(fast.dims(), &[n, case.co], "{}", case.name);
+        let (f, s) = (
+            fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let err = f
+            .iter()
+            .zip(&s)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = s.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let rel = if scale > 0.0 { err / scale } else { err };
+        println!(
+            "{:<50} voxels {n:>5}  Ci {:>3} Co {:>3}  max|err|/max|ref| {rel:.2e}",
+            case.name, case.ci, case.co
+        );
+        assert!(rel <= 1e-5, "{}: {rel}", case.name);
+        if case.name == "isolated voxels" {
+            // Only the centre tap exists: out = W[:, 13, :]·x + b.
+            let centre = w
+                .reshape((case.co, 27, case.ci))
+                .unwrap()
+                .narrow(1, 13, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
+            let want = x
+                .feats()
+                .matmul(&centre.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let d = (want - &fast)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "isolated voxels: {d}");
+        }
+    }
+}
+
+#[test]
+fn bad_operands_are_named() {
+    let dev = Device::Cpu;
+    let feats = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
+    let map = Tensor::zeros((2, 27), DType::U32, &dev).unwrap();
+    let w = Tensor::zeros((3, 27, 5), DType::F32, &dev).unwrap();
+    let err = submanifold_conv3d(&feats, &map, &w, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[Co, 27, 4]") && err.contains("[3, 27, 5]"),
+        "{err}"
+    );
+    let w = Tensor::zeros((3, 27, 4), DType::F32, &dev).unwrap();
+    let short = Tensor::zeros((1, 27), DType::U32, &dev).unwrap();
+    let err = submanifold_conv3d(&feats, &short, &w, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[2, 27]") && err.contains("[1, 27]"), "{err}");
+    let bias = Tensor::zeros(4, DType::F32, &dev).unwrap();
+    let err = submanifold_conv3d(&feats, &map, &w, Some(&bias))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bias must be [3]"), "{err}");
+}
+
+#[test]
+fn bad_coordinates_are_named() {
+    let dev = Device::Cpu;
+    let feats = Tensor::zeros((2, 1), DType::F32, &dev).unwrap();
+    let coords = Tensor::new(&[[0i32, 1, 2, 3], [0, -1, 0, 0]], &dev).unwrap();
+    let err = SparseTensor::new(&coords, feats.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("row 1") && err.contains("x = -1"), "{err}");
+    let coords = Tensor::new(&[[1i32, 1, 2, 3], [0, 1, 0, 0]], &dev).unwrap();
+    let err = SparseTensor::new(&coords, feats.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("batch index goes down from 1 to 0 at row 1"),
+        "{err}"
+    );
+    let coords = Tensor::new(&[[0i32, 1, 2], [0, 1, 0]], &dev).unwrap();
+    let err = SparseTensor::new(&coords, feats).unwrap_err().to_string();
+    assert!(err.contains("[T, 4]"), "{err}");
+}
