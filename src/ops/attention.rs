@@ -198,9 +198,13 @@ impl VarlenAttention {
     }
 }
 
+/// Keys streamed per step of the online softmax.
+const KV_TILE: usize = 256;
+
 /// Output rows `r0..r1` of head `h` against keys `k0..k1`, with the online softmax:
 /// per row keep the running maximum `m`, the running sum `l` of `exp(s − m)` and the
 /// unnormalised output; rescale them by `exp(m_old − m_new)` whenever the maximum grows.
+/// Both products (`q·kᵀ` and `p·v`) are small GEMMs on strided views of the packed inputs.
 #[allow(clippy::too_many_arguments)]
 fn attend_tile(
     q: &[f32],
@@ -216,43 +220,70 @@ fn attend_tile(
     scale: f32,
 ) -> Vec<f32> {
     let rows = r1 - r0;
+    let token_stride = heads * d;
+    // The query tile, contiguous and pre-multiplied by the softmax scale.
+    let mut q_tile = vec![0f32; rows * d];
+    for (i, row) in (r0..r1).enumerate() {
+        let src = &q[row * token_stride + h * d..row * token_stride + (h + 1) * d];
+        for (dst, x) in q_tile[i * d..(i + 1) * d].iter_mut().zip(src) {
+            *dst = x * scale;
+        }
+    }
     let mut acc = vec![0f32; rows * d];
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
-    let mut scores = vec![0f32; TILE];
-    let head = |token: usize| -> std::ops::Range<usize> {
-        let start = (token * heads + h) * d;
-        start..start + d
-    };
+    let mut scores = vec![0f32; rows * KV_TILE];
     let mut kt = k0;
     while kt < k1 {
-        let kend = (kt + TILE).min(k1);
-        for (i, row) in (r0..r1).enumerate() {
-            let qrow = &q[head(row)];
-            let mut tile_max = f32::NEG_INFINITY;
-            for (j, key) in (kt..kend).enumerate() {
-                let s = dot(qrow, &k[head(key)]) * scale;
-                scores[j] = s;
-                tile_max = tile_max.max(s);
-            }
+        let n = (k1 - kt).min(KV_TILE);
+        let k_view = &k[kt * token_stride + h * d..];
+        let v_view = &v[kt * token_stride + h * d..];
+        // scores[rows × n] = q_tile[rows × d] · kᵀ, k read in place (element (kk, j) at
+        // j·token_stride + kk).
+        gemm_strided(
+            &mut scores[..rows * n],
+            n,
+            &q_tile,
+            d,
+            1,
+            k_view,
+            1,
+            token_stride,
+            (rows, n, d),
+            false,
+        );
+        for i in 0..rows {
+            let s_row = &mut scores[i * n..(i + 1) * n];
+            let tile_max = s_row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let new_max = m[i].max(tile_max);
             let correction = (m[i] - new_max).exp();
-            let out = &mut acc[i * d..(i + 1) * d];
+            let mut sum = 0f32;
+            for s in s_row.iter_mut() {
+                *s = (*s - new_max).exp();
+                sum += *s;
+            }
             if correction != 1.0 {
-                for o in out.iter_mut() {
+                for o in &mut acc[i * d..(i + 1) * d] {
                     *o *= correction;
                 }
-            }
-            let mut sum = 0f32;
-            for (j, key) in (kt..kend).enumerate() {
-                let p = (scores[j] - new_max).exp();
-                sum += p;
-                axpy(p, &v[head(key)], out);
             }
             l[i] = l[i] * correction + sum;
             m[i] = new_max;
         }
-        kt = kend;
+        // acc[rows × d] += p[rows × n] · v[n × d], v rows at stride token_stride.
+        gemm_strided(
+            &mut acc,
+            d,
+            &scores[..rows * n],
+            n,
+            1,
+            v_view,
+            token_stride,
+            1,
+            (rows, d, n),
+            true,
+        );
+        kt += n;
     }
     for i in 0..rows {
         let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
@@ -263,26 +294,51 @@ fn attend_tile(
     acc
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorise without reassociating one long chain.
-    let mut s = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for lane in 0..8 {
-            s[lane] += a[c * 8 + lane] * b[c * 8 + lane];
-        }
+/// `dst[m×n] (+)= a[m×k] · b[k×n]` with `dst` row-major (row stride `dst_rs`), `a` row-major
+/// (row stride `a_rs`, unit column stride `a_cs`) and `b` given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
     }
-    let mut total = s.iter().sum::<f32>();
-    for i in chunks * 8..a.len() {
-        total += a[i] * b[i];
-    }
-    total
-}
-
-#[inline]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(dst_rs, 1, m, n) < dst.len());
+    assert!(last(a_rs, a_cs, m, k) < a.len());
+    assert!(last(b_rs, b_cs, k, n) < b.len());
+    // SAFETY: the assertions above keep the largest offset of each strided operand inside its
+    // slice; `dst` is exclusively borrowed and does not overlap the read-only inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
