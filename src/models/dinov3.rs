@@ -6,10 +6,11 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
 use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
+use crate::ops::layer_norm;
 use crate::weights::Checkpoint;
 
 /// The fields of a Hugging Face `config.json` this port needs.
@@ -215,11 +216,32 @@ struct Mlp {
     down_proj: Linear,
 }
 
+/// An affine LayerNorm (`weight`, `bias`) through the shared op.
+pub struct AffineNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl AffineNorm {
+    pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(channels, "weight")?,
+            bias: vb.get(channels, "bias")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm(x, Some((&self.weight, &self.bias)), self.eps)
+    }
+}
+
 struct Layer {
-    norm1: LayerNorm,
+    norm1: AffineNorm,
     attention: Attention,
     layer_scale1: Tensor,
-    norm2: LayerNorm,
+    norm2: AffineNorm,
     mlp: Mlp,
     layer_scale2: Tensor,
 }
@@ -228,10 +250,10 @@ impl Layer {
     fn new(cfg: &DinoV3Config, vb: VarBuilder) -> Result<Self> {
         let c = cfg.hidden_size;
         Ok(Self {
-            norm1: candle_nn::layer_norm(c, cfg.layer_norm_eps, vb.pp("norm1"))?,
+            norm1: AffineNorm::new(c, cfg.layer_norm_eps, vb.pp("norm1"))?,
             attention: Attention::new(cfg, vb.pp("attention"))?,
             layer_scale1: vb.get(c, "layer_scale1.lambda1")?,
-            norm2: candle_nn::layer_norm(c, cfg.layer_norm_eps, vb.pp("norm2"))?,
+            norm2: AffineNorm::new(c, cfg.layer_norm_eps, vb.pp("norm2"))?,
             mlp: Mlp {
                 up_proj: linear(c, cfg.intermediate_size, cfg.mlp_bias, vb.pp("mlp.up_proj"))?,
                 down_proj: linear(
@@ -363,18 +385,6 @@ impl DinoV3 {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &cos, &sin, &format!("layer.{i}"), trace)?;
         }
-        Ok(layer_norm_no_affine(&x, 1e-5)?)
+        Ok(layer_norm(&x, None, 1e-5)?)
     }
-}
-
-/// `F.layer_norm(x, x.shape[-1:])`, computed in f32.
-pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    centered
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .to_dtype(dtype)
 }

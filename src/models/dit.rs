@@ -13,11 +13,12 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
-use super::dinov3::layer_norm_no_affine;
+use super::dinov3::AffineNorm;
 use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
+use crate::ops::layer_norm;
 use crate::ops::rope::{rope_interleaved, rope_tables_3d};
 use crate::weights::Checkpoint;
 
@@ -131,7 +132,7 @@ struct CrossAttention {
 
 struct Block {
     modulation: Tensor,
-    norm2: LayerNorm,
+    norm2: AffineNorm,
     self_attn: SelfAttention,
     cross_attn: CrossAttention,
     mlp_in: Linear,
@@ -235,7 +236,7 @@ impl FlowDit {
                 let zero_cond_out = to_out.forward(&v_bias)?;
                 Ok(Block {
                     modulation: b.get(6 * c, "modulation")?,
-                    norm2: candle_nn::layer_norm(c, 1e-6, b.pp("norm2"))?,
+                    norm2: AffineNorm::new(c, 1e-6, b.pp("norm2"))?,
                     self_attn: SelfAttention {
                         to_qkv: candle_nn::linear(c, 3 * c, sa.pp("to_qkv"))?,
                         q_gamma: gamma(&sa, cfg.qk_rms_norm, "q_rms_norm")?,
@@ -375,7 +376,7 @@ impl FlowDit {
             };
             h = self.block(blk, &h, &m, kv, &layout, &format!("blocks.{i}"), trace)?;
         }
-        let h = layer_norm_no_affine(&h, 1e-5)?;
+        let h = layer_norm(&h, None, 1e-5)?;
         let out = self.out_layer.forward(&h)?;
         trace.record(&layout.name("out_layer"), || layout.trace_view(&out))?;
         match x {
@@ -503,7 +504,7 @@ impl FlowDit {
         let name = |m: &str| layout.name(&format!("{prefix}.{m}"));
 
         // Self-attention.
-        let h = layer_norm_no_affine(x, 1e-6)?;
+        let h = layer_norm(x, None, 1e-6)?;
         trace.record(&name("norm1"), || layout.trace_view(&h))?;
         let h = per_sample(&h, &layout.offsets, |seg, b| {
             seg.broadcast_mul(&(scale_msa.narrow(0, b, 1)? + 1.0)?)?
@@ -551,7 +552,7 @@ impl FlowDit {
         let x = (x + a)?;
 
         // MLP.
-        let h = layer_norm_no_affine(&x, 1e-6)?;
+        let h = layer_norm(&x, None, 1e-6)?;
         let h = per_sample(&h, &layout.offsets, |seg, b| {
             seg.broadcast_mul(&(scale_mlp.narrow(0, b, 1)? + 1.0)?)?
                 .broadcast_add(&shift_mlp.narrow(0, b, 1)?)

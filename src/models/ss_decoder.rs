@@ -9,8 +9,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::trace::Trace;
+use crate::ops::layer_norm;
 use crate::ops::{conv3d_k3, GridNeighbours};
-use crate::sparse::layer_norm;
 
 /// Constructor arguments of `SparseStructureDecoder` (the `args` of its json).
 #[derive(Debug, Clone, Deserialize)]

@@ -3,8 +3,10 @@
 
 pub mod attention;
 pub mod conv3d;
+pub mod layer_norm;
 pub mod rope;
 pub mod sparse_conv;
 
 pub use conv3d::{conv3d_k3, GridNeighbours};
+pub use layer_norm::layer_norm;
 pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};

@@ -1,14 +1,12 @@
 //! Sparse voxel tensors (spec §8, §5.2): validated coordinate sets, cached 3×3×3 neighbour maps,
-//! channel→space subdivision and per-voxel LayerNorm.
+//! channel→space subdivision. (The per-voxel LayerNorm is `ops::layer_norm`.)
 
 pub mod channel_to_space;
 pub mod coords;
 pub mod neighbours;
-pub mod norm;
 pub mod tensor;
 
 pub use channel_to_space::Subdivision;
 pub use coords::{CoordSet, MAX_COORD};
 pub use neighbours::{NeighbourMap, ABSENT, TAPS};
-pub use norm::layer_norm;
 pub use tensor::SparseTensor;

@@ -3,8 +3,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
+use crate::ops::layer_norm;
 use crate::ops::submanifold_conv3d;
-use crate::sparse::{layer_norm, SparseTensor, Subdivision};
+use crate::sparse::{SparseTensor, Subdivision};
 
 /// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, spec §10).
 const BLOCK_NORM_EPS: f64 = 1e-6;

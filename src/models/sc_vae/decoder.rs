@@ -7,7 +7,8 @@ use candle_nn::{linear, Linear, VarBuilder};
 use super::blocks::{C2SBlock, ConvNeXtBlock};
 use super::config::{DecoderConfig, MLP_RATIO};
 use crate::models::trace::Trace;
-use crate::sparse::{layer_norm, SparseTensor};
+use crate::ops::layer_norm;
+use crate::sparse::SparseTensor;
 
 /// Decoder output LayerNorm eps (`F.layer_norm` default, spec §10).
 const OUT_NORM_EPS: f64 = 1e-5;

@@ -1,6 +1,7 @@
-//! Per-voxel LayerNorm over the channel axis (`LayerNorm32`, `ChannelLayerNorm32`,
-//! `F.layer_norm`): two-pass mean/variance in f32 like PyTorch, because a one-pass `E[x²] − E[x]²`
-//! loses digits on voxels whose mean is large next to their spread.
+//! LayerNorm over the last (channel) axis, as one op for every model: per-voxel norms of the
+//! decoders (`LayerNorm32`, `ChannelLayerNorm32`, `F.layer_norm`) and per-token norms of the
+//! transformers. Two-pass mean/variance in f32 like PyTorch, because a one-pass
+//! `E[x²] − E[x]²` loses digits on rows whose mean is large next to their spread.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -56,13 +57,14 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
-/// LayerNorm of each row of `x` `[T,C]` over its `C` channels; `affine` = (weight, bias) `[C]`.
+/// LayerNorm of `x` `[..., C]` over its last axis; `affine` = (weight, bias) `[C]`. Computed
+/// in f32; the result has `x`'s dtype and shape.
 pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<Tensor> {
-    let dims = x.dims();
-    if dims.len() != 2 {
-        bail!("layer_norm: expected [T, C] features, got shape {dims:?}");
-    }
-    let c = dims[1];
+    let dims = x.dims().to_vec();
+    let Some(&c) = dims.last() else {
+        bail!("layer_norm: expected [..., C], got a scalar");
+    };
+    let rows = dims[..dims.len() - 1].iter().product::<usize>();
     let (w, b) = match affine {
         Some((w, b)) => {
             if w.dims() != [c] || b.dims() != [c] {
@@ -80,12 +82,12 @@ pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> R
         ),
     };
     let dtype = x.dtype();
-    let y = x.to_dtype(DType::F32)?.contiguous()?.apply_op3_no_bwd(
-        &w,
-        &b,
-        &LayerNorm { eps: eps as f32 },
-    )?;
-    y.to_dtype(dtype)
+    let y = x
+        .to_dtype(DType::F32)?
+        .reshape((rows, c))?
+        .contiguous()?
+        .apply_op3_no_bwd(&w, &b, &LayerNorm { eps: eps as f32 })?;
+    y.reshape(dims)?.to_dtype(dtype)
 }
 
 #[cfg(test)]
