@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod conv3d;
+pub mod metal;
 pub mod rope;
 pub mod sparse_conv;
 
