@@ -33,7 +33,12 @@ fn lcg(seed: u64, n: usize) -> Vec<f32> {
 fn bytes_of(t: &Tensor) -> Vec<u8> {
     let t = t.flatten_all().unwrap();
     match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => t
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         DType::F16 => t
             .to_vec1::<half::f16>()
             .unwrap()
@@ -46,7 +51,12 @@ fn bytes_of(t: &Tensor) -> Vec<u8> {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect(),
-        DType::U32 => t.to_vec1::<u32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::U32 => t
+            .to_vec1::<u32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         d => panic!("no byte view for {d:?}"),
     }
 }
@@ -82,7 +92,9 @@ fn written(bytes: &[u8], n: usize, dtype: DType, case: &str) -> Vec<f32> {
         panic!("{case}: output element {i} of {n} never written (or NaN)");
     }
     assert!(
-        bytes[n * dtype.size_in_bytes()..].iter().all(|&b| b == 0xff),
+        bytes[n * dtype.size_in_bytes()..]
+            .iter()
+            .all(|&b| b == 0xff),
         "{case}: kernel wrote past the end of its output"
     );
     all[..n].to_vec()
@@ -91,7 +103,11 @@ fn written(bytes: &[u8], n: usize, dtype: DType, case: &str) -> Vec<f32> {
 /// max|err| / max|ref| (plain max|err| when the reference is all zeros).
 fn rel_err(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
-    let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
     if scale > 0.0 {
         err / scale
@@ -157,7 +173,11 @@ const CONV_CASES: &[ConvCase] = &[
     },
     ConvCase {
         name: "isolated voxels (only the centre tap)",
-        voxels: || (0..70).map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)]).collect(),
+        voxels: || {
+            (0..70)
+                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
+                .collect()
+        },
         ci: 3,
         co: 2,
         max_macs: MAX_MACS_PER_DISPATCH,
@@ -234,13 +254,21 @@ fn conv_inputs(case: &ConvCase, seed: u64, dtype: DType) -> ConvInputs {
     let dev = Device::Cpu;
     let rows = (case.voxels)();
     let n = rows.len();
-    let coords = Tensor::from_vec(rows.iter().flatten().copied().collect::<Vec<i32>>(), (n, 4), &dev)
-        .unwrap();
+    let coords = Tensor::from_vec(
+        rows.iter().flatten().copied().collect::<Vec<i32>>(),
+        (n, 4),
+        &dev,
+    )
+    .unwrap();
     let feats = Tensor::from_vec(lcg(seed, n * case.ci), (n, case.ci), &dev).unwrap();
     let x = SparseTensor::new(&coords, feats).unwrap();
     let map = x.neighbour_map().unwrap().tensor().clone();
-    let weight = Tensor::from_vec(lcg(seed + 1, case.co * 27 * case.ci), (case.co, 27, case.ci), &dev)
-        .unwrap();
+    let weight = Tensor::from_vec(
+        lcg(seed + 1, case.co * 27 * case.ci),
+        (case.co, 27, case.ci),
+        &dev,
+    )
+    .unwrap();
     ConvInputs {
         feats: x.feats().to_dtype(dtype).unwrap(),
         map,
@@ -255,8 +283,15 @@ fn sparse_conv_kernel_matches_the_cpu_op() {
         for &dtype in case.dtypes {
             let inp = conv_inputs(case, 10 * i as u64, dtype);
             let label = format!("{} [{dtype:?}]", case.name);
-            let got = emulate_conv(&emu, &inp.feats, &inp.map, &inp.weight, case.max_macs, &label)
-                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let got = emulate_conv(
+                &emu,
+                &inp.feats,
+                &inp.map,
+                &inp.weight,
+                case.max_macs,
+                &label,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
             // Reference on the same (rounded) inputs, in f32.
             let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let want = submanifold_conv3d(&f32c(&inp.feats), &inp.map, &f32c(&inp.weight), None)
@@ -267,14 +302,19 @@ fn sparse_conv_kernel_matches_the_cpu_op() {
                 .unwrap();
             let rel = rel_err(&got, &want);
             let n = inp.feats.dim(0).unwrap();
-            let dispatches =
-                sparse_conv_dispatches(n, case.ci, case.co, dtype, case.max_macs).unwrap().len();
+            let dispatches = sparse_conv_dispatches(n, case.ci, case.co, dtype, case.max_macs)
+                .unwrap()
+                .len();
             println!(
                 "sparse_conv {label:<70} voxels {n:>4} Ci {:>3} Co {:>3} dispatches {dispatches:>2} \
                  max|err|/max|ref| {rel:.2e}",
                 case.ci, case.co
             );
-            assert!(rel <= tolerance(dtype), "{label}: {rel:e} > {:e}", tolerance(dtype));
+            assert!(
+                rel <= tolerance(dtype),
+                "{label}: {rel:e} > {:e}",
+                tolerance(dtype)
+            );
         }
     }
 }
@@ -364,16 +404,19 @@ fn emulate_attention(
     let dtype = q.dtype();
     let tiles = attention_tiles(q_off).unwrap();
     let plan = attention_dispatches(&tiles, kv_off, heads, d, dtype, scale, max_macs).unwrap();
-    let u32_bytes = |v: &[usize]| -> Vec<u8> {
-        v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect()
-    };
+    let u32_bytes =
+        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
     let buffers = vec![
         bytes_of(q),
         bytes_of(k),
         bytes_of(v),
         u32_bytes(q_off),
         u32_bytes(kv_off),
-        tiles.iter().flatten().flat_map(|x| x.to_le_bytes()).collect(),
+        tiles
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
         poisoned(nq * heads * d, dtype),
     ];
     let dispatches: Vec<EmuDispatch> = plan
@@ -413,8 +456,18 @@ fn attention_kernel_matches_the_cpu_op() {
             let seed = 100 * i as u64;
             let (q, k, v) = (make(seed, nq), make(seed + 1, nk), make(seed + 2, nk));
             let label = format!("{} [{dtype:?}, d {d}]", case.name);
-            let got = emulate_attention(&emu, &q, &k, &v, &q_off, &kv_off, scale, case.max_macs, &label)
-                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let got = emulate_attention(
+                &emu,
+                &q,
+                &k,
+                &v,
+                &q_off,
+                &kv_off,
+                scale,
+                case.max_macs,
+                &label,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
             let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let want = varlen_attention(&f32c(&q), &f32c(&k), &f32c(&v), &q_off, &kv_off, scale)
                 .unwrap()
@@ -432,7 +485,11 @@ fn attention_kernel_matches_the_cpu_op() {
                 "attention {label:<70} q {nq:>4} kv {nk:>4} heads {h} dispatches {dispatches:>2} \
                  max|err|/max|ref| {rel:.2e}",
             );
-            assert!(rel <= tolerance(dtype), "{label}: {rel:e} > {:e}", tolerance(dtype));
+            assert!(
+                rel <= tolerance(dtype),
+                "{label}: {rel:e} > {:e}",
+                tolerance(dtype)
+            );
         }
     }
 }
@@ -457,7 +514,12 @@ fn kargs_layout_matches_the_header() {
         offset_of!(AttentionArgs, scale),
     );
     assert_eq!(Emulator::get("sparse_conv").layout(), want);
-    let args = SparseConvArgs { n_voxels: 1, ci: 2, co: 3, voxel_tile_base: 4 };
+    let args = SparseConvArgs {
+        n_voxels: 1,
+        ci: 2,
+        co: 3,
+        voxel_tile_base: 4,
+    };
     assert_eq!(args.to_bytes().len(), size_of::<SparseConvArgs>());
 }
 
@@ -468,10 +530,16 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
     let attn = Emulator::get("attention").kernels();
     for dtype in ALL {
         let name = sparse_conv_kernel(*dtype).unwrap();
-        assert!(conv.contains(&name), "{name} missing from sparse_conv.metal: {conv:?}");
+        assert!(
+            conv.contains(&name),
+            "{name} missing from sparse_conv.metal: {conv:?}"
+        );
         for d in [64, 128] {
             let name = attention_kernel(*dtype, d).unwrap();
-            assert!(attn.contains(&name), "{name} missing from attention.metal: {attn:?}");
+            assert!(
+                attn.contains(&name),
+                "{name} missing from attention.metal: {attn:?}"
+            );
         }
     }
 }
@@ -486,7 +554,10 @@ fn a_kernel_missing_a_barrier_fails() {
     ))
     .unwrap();
     let staged = "b_tile[c * CONV_BN + o] = w;\n            }\n            threadgroup_barrier(mem_flags::mem_threadgroup);";
-    assert!(src.contains(staged), "sparse_conv.metal changed; update this test");
+    assert!(
+        src.contains(staged),
+        "sparse_conv.metal changed; update this test"
+    );
     let broken = src.replace(staged, "b_tile[c * CONV_BN + o] = w;\n            }");
     let emu = Emulator::build("sparse_conv_no_barrier", &broken);
     let case = &CONV_CASES[1];
@@ -499,12 +570,22 @@ fn a_kernel_missing_a_barrier_fails() {
         .unwrap();
     // Caught means: the emulator failed, the output kept NaN (panic in `written`) or is wrong.
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        match emulate_conv(&emu, &inp.feats, &inp.map, &inp.weight, MAX_MACS_PER_DISPATCH, "broken") {
+        match emulate_conv(
+            &emu,
+            &inp.feats,
+            &inp.map,
+            &inp.weight,
+            MAX_MACS_PER_DISPATCH,
+            "broken",
+        ) {
             Err(_) => true,
             Ok(got) => rel_err(&got, &want) > tolerance(DType::F32),
         }
     }));
-    assert!(!matches!(caught, Ok(false)), "a missing barrier went unnoticed");
+    assert!(
+        !matches!(caught, Ok(false)),
+        "a missing barrier went unnoticed"
+    );
 }
 
 /// A barrier reached by only some threads is reported, not hung on.

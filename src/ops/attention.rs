@@ -94,14 +94,14 @@ pub fn varlen_attention(
         DType::F32 | DType::F16 | DType::BF16 if q.device().is_metal() => dtype,
         _ => DType::F32,
     };
-    let f32c = |t: &Tensor| t.to_dtype(compute).and_then(|t| t.contiguous());
+    let prepare = |t: &Tensor| t.to_dtype(compute).and_then(|t| t.contiguous());
     let op = VarlenAttention {
         q_offsets: q_offsets.to_vec(),
         kv_offsets: kv_offsets.to_vec(),
         scale,
     };
-    f32c(q)?
-        .apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?
+    prepare(q)?
+        .apply_op3_no_bwd(&prepare(k)?, &prepare(v)?, &op)?
         .to_dtype(dtype)
 }
 

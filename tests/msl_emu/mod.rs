@@ -29,6 +29,9 @@ pub struct EmuDispatch {
     pub threadgroup_memory: Vec<u64>,
 }
 
+/// One emulator per kernel file, built by the first test that asks for it.
+type EmulatorCache = Mutex<HashMap<String, Arc<OnceLock<Arc<Emulator>>>>>;
+
 /// A compiled emulator for one `.metal` file.
 pub struct Emulator {
     exe: PathBuf,
@@ -65,8 +68,7 @@ fn run_checked(cmd: &mut Command, what: &str) -> String {
 impl Emulator {
     /// The emulator of `kernels/metal/<stem>.metal`, built once per test process.
     pub fn get(stem: &str) -> Arc<Emulator> {
-        static CACHE: OnceLock<Mutex<HashMap<String, Arc<OnceLock<Arc<Emulator>>>>>> =
-            OnceLock::new();
+        static CACHE: OnceLock<EmulatorCache> = OnceLock::new();
         let cell = CACHE
             .get_or_init(Default::default)
             .lock()
@@ -129,7 +131,11 @@ impl Emulator {
 
     /// Runs `dispatches` in order over `buffers`; returns the buffers afterwards, or the
     /// emulator's error (a deadlock report, a missing kernel...).
-    pub fn run(&self, buffers: &[Vec<u8>], dispatches: &[EmuDispatch]) -> Result<Vec<Vec<u8>>, String> {
+    pub fn run(
+        &self,
+        buffers: &[Vec<u8>],
+        dispatches: &[EmuDispatch],
+    ) -> Result<Vec<Vec<u8>>, String> {
         static RUN: AtomicUsize = AtomicUsize::new(0);
         let id = RUN.fetch_add(1, Ordering::Relaxed);
         let dir = work_dir();

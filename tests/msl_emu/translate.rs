@@ -34,7 +34,11 @@ pub fn translate(src: &str, header: &Path) -> String {
             instances.push(instance(host_name(args), &rest[end..]));
         }
         out.push_str(&rest[..start]);
-        out.extend(rest[start..end].chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
+        out.extend(
+            rest[start..end]
+                .chars()
+                .map(|c| if c == '\n' { '\n' } else { ' ' }),
+        );
         rest = &rest[end..];
     }
     out.push_str(rest);

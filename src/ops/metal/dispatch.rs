@@ -199,13 +199,15 @@ mod tests {
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].threadgroups, [2, 16, 1]);
         // 64 voxels x 27 taps x 64 (padded ci) x 128 (padded co) MACs per tile: 2 tiles each.
-        let split = sparse_conv_dispatches(1000, 40, 70, DType::F16, 2 * 64 * 27 * 64 * 128)
-            .unwrap();
+        let split =
+            sparse_conv_dispatches(1000, 40, 70, DType::F16, 2 * 64 * 27 * 64 * 128).unwrap();
         assert_eq!(split.len(), 8);
         let bases: Vec<u32> = split.iter().map(|d| d.args.voxel_tile_base).collect();
         assert_eq!(bases, [0, 2, 4, 6, 8, 10, 12, 14]);
         assert!(split.iter().all(|d| d.threadgroups[1] == 2));
-        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 1).unwrap().is_empty());
+        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 1)
+            .unwrap()
+            .is_empty());
         assert_eq!(split[0].kernel, "sparse_conv_f16_bm64_bn64_bk32");
     }
 
@@ -222,7 +224,10 @@ mod tests {
         let per_tile = 2 * 32 * 10 * 64 * 2;
         let split = attention_dispatches(&tiles, &kv, 2, 64, DType::BF16, 0.1, per_tile).unwrap();
         assert_eq!(split.len(), 4);
-        assert!(split.iter().enumerate().all(|(i, d)| d.args.tile_base == i as u32));
+        assert!(split
+            .iter()
+            .enumerate()
+            .all(|(i, d)| d.args.tile_base == i as u32));
         assert!(attention_kernel(DType::F32, 96).is_err());
     }
 }

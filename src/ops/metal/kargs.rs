@@ -46,9 +46,14 @@ impl KernelArgs for SparseConvArgs {
 
 impl KernelArgs for AttentionArgs {
     fn to_bytes(&self) -> Vec<u8> {
-        [self.heads, self.tile_base, self.n_tiles, self.scale.to_bits()]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
+        [
+            self.heads,
+            self.tile_base,
+            self.n_tiles,
+            self.scale.to_bits(),
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
     }
 }
