@@ -16,8 +16,9 @@
 // Tiles: a threadgroup = one 32-row query tile of one head, 4 simdgroups x 8 query rows. Q stays in
 // registers (D/8 8x8 blocks per simdgroup); K and V stream through threadgroup memory BK keys at a
 // time (BK = 32 for D = 64, 16 for D = 128, so K+V fit in 16 KB). The last key tile is ragged:
-// missing keys get score -inf and probability 0. Rows are rescaled by multiplying with a diagonal
-// 8x8 matrix, so the kernel never depends on how a simdgroup matrix is spread over lanes.
+// missing keys get probability 0 by an explicit select (no -inf: Metal's default fast math may
+// assume there are none). Rows are rescaled by multiplying with a diagonal 8x8 matrix, so the
+// kernel never depends on how a simdgroup matrix is spread over lanes.
 // Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base; the host
 // splits long attention calls into several dispatches (src/ops/metal/dispatch.rs).
 // Threadgroup memory (argument threadgroup(0)), floats: K [BK][D] + V [BK][D] + P 4x[8][BK] +
@@ -125,11 +126,12 @@ kernel void attention(
         simdgroup_barrier(mem_flags::mem_threadgroup);
 
         // Online softmax over this tile's scores.
+        // No infinities anywhere: Metal compiles with fast math, which may assume there are none.
         float p[PER_LANE];
-        float tile_max = -INFINITY;
+        float tile_max = -FLT_MAX;
         for (uint j = 0; j < PER_LANE; ++j) {
             const uint key = part * PER_LANE + j;
-            p[j] = key < kn ? p_tile[row * BK + key] : -INFINITY;
+            p[j] = key < kn ? p_tile[row * BK + key] : -FLT_MAX;
             tile_max = max(tile_max, p[j]);
         }
         tile_max = max(tile_max, simd_shuffle_xor(tile_max, 1));
@@ -137,7 +139,7 @@ kernel void attention(
         const float new_max = max(row_max, tile_max);
         float tile_sum = 0.0f;
         for (uint j = 0; j < PER_LANE; ++j) {
-            p[j] = exp(p[j] - new_max); // masked keys: exp(-inf) = 0
+            p[j] = part * PER_LANE + j < kn ? exp(p[j] - new_max) : 0.0f;
             tile_sum += p[j];
             p_tile[row * BK + part * PER_LANE + j] = p[j];
         }
