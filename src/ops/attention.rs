@@ -88,14 +88,20 @@ pub fn varlen_attention(
 ) -> candle_core::Result<Tensor> {
     check(q, k, v, q_offsets, kv_offsets)?;
     let dtype = q.dtype();
-    let f32c = |t: &Tensor| t.to_dtype(DType::F32).and_then(|t| t.contiguous());
+    // The Metal kernel takes f32/f16/bf16 as they are (scores and accumulation in f32); the CPU
+    // reference computes in f32.
+    let compute = match dtype {
+        DType::F32 | DType::F16 | DType::BF16 if q.device().is_metal() => dtype,
+        _ => DType::F32,
+    };
+    let prepare = |t: &Tensor| t.to_dtype(compute).and_then(|t| t.contiguous());
     let op = VarlenAttention {
         q_offsets: q_offsets.to_vec(),
         kv_offsets: kv_offsets.to_vec(),
         scale,
     };
-    f32c(q)?
-        .apply_op3_no_bwd(&f32c(k)?, &f32c(v)?, &op)?
+    prepare(q)?
+        .apply_op3_no_bwd(&prepare(k)?, &prepare(v)?, &op)?
         .to_dtype(dtype)
 }
 
@@ -176,6 +182,25 @@ impl CustomOp3 for VarlenAttention {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from_dims(&[nq, heads, d])))
+    }
+
+    /// kernels/metal/attention.metal, tested against `cpu_fwd` in tests/metal_emu.rs.
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        qs: &candle_core::MetalStorage,
+        ql: &Layout,
+        ks: &candle_core::MetalStorage,
+        kl: &Layout,
+        vs: &candle_core::MetalStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(candle_core::MetalStorage, Shape)> {
+        let offsets = super::metal::attention::Offsets {
+            q: &self.q_offsets,
+            kv: &self.kv_offsets,
+            scale: self.scale,
+        };
+        super::metal::attention::forward((qs, ql), (ks, kl), (vs, vl), &offsets)
     }
 }
 

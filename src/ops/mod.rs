@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod conv3d;
 pub mod layer_norm;
+pub mod metal;
 pub mod rope;
 pub mod sparse_conv;
 

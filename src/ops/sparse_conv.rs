@@ -51,6 +51,29 @@ impl CustomOp3 for SubmConv3d {
         let out = conv_cpu(&feats[fa..fz], &weight[wa..wz], &map[ma..mz], n, ci, co);
         Ok((CpuStorage::F32(out), Shape::from((n, co))))
     }
+
+    /// kernels/metal/sparse_conv.metal, tested against `cpu_fwd` in tests/metal_emu.rs.
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+        s3: &candle_core::MetalStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        super::metal::sparse_conv::forward(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// The dtype the op computes in on `feats`' device: the Metal kernel takes f32/f16/bf16 as they
+/// are (accumulating in f32); the CPU reference computes in f32.
+fn compute_dtype(feats: &Tensor) -> DType {
+    match feats.dtype() {
+        d @ (DType::F32 | DType::F16 | DType::BF16) if feats.device().is_metal() => d,
+        _ => DType::F32,
+    }
 }
 
 /// Output rows per tile: at least 128 so that each tap's `[Ci,Co]` weight slice is reused by
@@ -209,17 +232,18 @@ pub fn submanifold_conv3d(
 ) -> Result<Tensor> {
     let (_, ci, co) = check(feats, neighbours, weight, bias)?;
     let dtype = feats.dtype();
+    let compute = compute_dtype(feats);
     let weight = weight
         .reshape((co, TAPS, ci))?
-        .to_dtype(DType::F32)?
+        .to_dtype(compute)?
         .contiguous()?;
-    let out = feats.to_dtype(DType::F32)?.contiguous()?.apply_op3_no_bwd(
+    let out = feats.to_dtype(compute)?.contiguous()?.apply_op3_no_bwd(
         &weight,
         &neighbours.contiguous()?,
         &SubmConv3d,
     )?;
     let out = match bias {
-        Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        Some(b) => out.broadcast_add(&b.to_dtype(compute)?)?,
         None => out,
     };
     out.to_dtype(dtype)

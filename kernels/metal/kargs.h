@@ -1,0 +1,21 @@
+// Kernel argument structs shared by the Metal kernels (kernels/metal/*.metal) and the host
+// (src/ops/metal/kargs.rs mirrors each one as a #[repr(C)] struct). Every field is 32 bits so the
+// layout is the same under MSL, C++ (the test emulator) and Rust; tests/metal_emu.rs checks the
+// sizes and offsets the emulator's compiler sees against the Rust ones.
+#pragma once
+
+// Submanifold 3x3x3 conv, one dispatch = output-channel tiles x a range of voxel tiles.
+struct SparseConvArgs {
+    uint n_voxels;        // rows of feats, out and the neighbour map
+    uint ci;              // input channels
+    uint co;              // output channels
+    uint voxel_tile_base; // first voxel tile of this dispatch (watchdog split)
+};
+
+// Varlen attention, one dispatch = a range of query tiles x heads.
+struct AttentionArgs {
+    uint heads;     // H; q/k/v rows are [tokens, H, D] packed
+    uint tile_base; // first entry of the tile table handled by this dispatch
+    uint n_tiles;   // entries of the tile table handled by this dispatch
+    float scale;    // softmax scale applied to q.k
+};

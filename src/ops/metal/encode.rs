@@ -1,0 +1,49 @@
+//! Encodes one planned dispatch into candle's command stream.
+
+use super::dispatch::Dispatch;
+use candle_core::{MetalDevice, Result};
+use candle_metal_kernels::metal::{Buffer, ComputePipeline};
+use candle_metal_kernels::utils::{set_param, Input, Output};
+use objc2_metal::MTLSize;
+
+/// A buffer argument: read (with a byte offset) or written.
+pub enum Arg<'a> {
+    Read(&'a Buffer, usize),
+    Write(&'a Buffer),
+}
+
+fn size([width, height, depth]: [u32; 3]) -> MTLSize {
+    MTLSize {
+        width: width as usize,
+        height: height as usize,
+        depth: depth as usize,
+    }
+}
+
+/// `args` at buffer(0), `buffers` at 1.., threadgroup memory at threadgroup(0). Takes a fresh
+/// encoder per dispatch, so candle may commit the command buffer between the dispatches of a
+/// split op (it does every 50 encoders), and drops it before returning: the caller may run
+/// other ops next.
+pub fn encode<A: Copy>(
+    device: &MetalDevice,
+    pipeline: &ComputePipeline,
+    label: &str,
+    dispatch: &Dispatch<A>,
+    buffers: &[Arg<'_>],
+) -> Result<()> {
+    let encoder = device.command_encoder()?;
+    encoder.set_label(label);
+    encoder.set_compute_pipeline_state(pipeline);
+    let enc = encoder.as_ref();
+    enc.set_bytes(0, &dispatch.args);
+    for (i, arg) in buffers.iter().enumerate() {
+        match *arg {
+            Arg::Read(buffer, offset) => set_param(enc, i + 1, Input::with_offset(buffer, offset)),
+            Arg::Write(buffer) => set_param(enc, i + 1, Output::new(buffer)),
+        }
+    }
+    enc.set_threadgroup_memory_length(0, dispatch.threadgroup_memory);
+    enc.dispatch_thread_groups(size(dispatch.threadgroups), size(dispatch.threads));
+    drop(encoder);
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Kernel argument structs, mirrored field for field from `kernels/metal/kargs.h` (every field
+//! 32 bits, so MSL, C++ and Rust agree on the layout; tests/metal_emu.rs compares these sizes
+//! and offsets with what the emulator's C++ compiler sees).
+
+/// `SparseConvArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SparseConvArgs {
+    /// Rows of feats, out and the neighbour map.
+    pub n_voxels: u32,
+    /// Input channels.
+    pub ci: u32,
+    /// Output channels.
+    pub co: u32,
+    /// First 64-voxel tile of this dispatch.
+    pub voxel_tile_base: u32,
+}
+
+/// `AttentionArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionArgs {
+    /// Heads; q/k/v rows are `[tokens, heads, head_dim]`.
+    pub heads: u32,
+    /// First entry of the query-tile table handled by this dispatch.
+    pub tile_base: u32,
+    /// Entries of the tile table handled by this dispatch.
+    pub n_tiles: u32,
+    /// Softmax scale applied to q·k.
+    pub scale: f32,
+}
+
+/// Bytes exactly as the kernel reads them (what `setBytes` uploads), little endian.
+pub trait KernelArgs {
+    fn to_bytes(&self) -> Vec<u8>;
+}
+
+impl KernelArgs for SparseConvArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.n_voxels, self.ci, self.co, self.voxel_tile_base]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+}
+
+impl KernelArgs for AttentionArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.heads,
+            self.tile_base,
+            self.n_tiles,
+            self.scale.to_bits(),
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}

@@ -1,0 +1,19 @@
+//! The Metal side of the GPU ops (DESIGN.md, "Backends").
+//!
+//! `kargs` and `dispatch` are plain Rust and always compiled: they decide kernel names, grids,
+//! threadgroup memory and how a long op is split into several dispatches, and the MSL emulator
+//! tests (tests/metal_emu.rs) execute exactly those plans. The encoding itself (`pipelines`,
+//! `sparse_conv`, `attention`) needs candle's Metal backend and only exists with the `metal`
+//! feature.
+
+pub mod dispatch;
+pub mod kargs;
+
+#[cfg(feature = "metal")]
+pub(crate) mod attention;
+#[cfg(feature = "metal")]
+mod encode;
+#[cfg(feature = "metal")]
+mod pipelines;
+#[cfg(feature = "metal")]
+pub(crate) mod sparse_conv;

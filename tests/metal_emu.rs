@@ -1,0 +1,664 @@
+//! The Metal kernels executed on the CPU through the MSL emulator (tests/msl_emu/), on the exact
+//! dispatch plans the Metal backend encodes (src/ops/metal/dispatch.rs), compared with the CPU
+//! reference ops. Prints max|err|/max|ref| per case.
+
+mod msl_emu;
+
+use candle_core::{DType, Device, Tensor};
+use msl_emu::{EmuDispatch, Emulator, Slot};
+use trellis2::ops::attention::varlen_attention;
+use trellis2::ops::metal::dispatch::{
+    attention_dispatches, attention_tiles, sparse_conv_dispatches, MAX_MACS_PER_DISPATCH,
+};
+use trellis2::ops::metal::kargs::{AttentionArgs, KernelArgs, SparseConvArgs};
+use trellis2::ops::submanifold_conv3d;
+use trellis2::sparse::SparseTensor;
+
+/// Elements after every output that the kernel must leave alone.
+const GUARD: usize = 16;
+
+/// Deterministic uniform values in [-1, 1).
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn bytes_of(t: &Tensor) -> Vec<u8> {
+    let t = t.flatten_all().unwrap();
+    match t.dtype() {
+        DType::F32 => t
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U32 => t
+            .to_vec1::<u32>()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        d => panic!("no byte view for {d:?}"),
+    }
+}
+
+fn floats_of(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        DType::F16 => bytes
+            .chunks(2)
+            .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks(2)
+            .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        d => panic!("no float view for {d:?}"),
+    }
+}
+
+/// An output buffer of `n` elements plus the guard, all NaN bytes.
+fn poisoned(n: usize, dtype: DType) -> Vec<u8> {
+    vec![0xff; (n + GUARD) * dtype.size_in_bytes()]
+}
+
+/// Splits the emulator's output into the `n` written values, checking that every one was
+/// written (no NaN left) and that the guard is untouched.
+fn written(bytes: &[u8], n: usize, dtype: DType, case: &str) -> Vec<f32> {
+    let all = floats_of(bytes, dtype);
+    if let Some(i) = all[..n].iter().position(|v| v.is_nan()) {
+        panic!("{case}: output element {i} of {n} never written (or NaN)");
+    }
+    assert!(
+        bytes[n * dtype.size_in_bytes()..]
+            .iter()
+            .all(|&b| b == 0xff),
+        "{case}: kernel wrote past the end of its output"
+    );
+    all[..n].to_vec()
+}
+
+/// max|err| / max|ref| (plain max|err| when the reference is all zeros).
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let err = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    if scale > 0.0 {
+        err / scale
+    } else {
+        err
+    }
+}
+
+/// Tolerance per dtype: the output rounding of the dtype plus float accumulation-order noise.
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 1e-3,
+        _ => 8e-3,
+    }
+}
+
+// ---------------------------------------------------------------------------- sparse conv
+
+fn shell(b: i32, r: f32, centre: i32) -> Vec<[i32; 4]> {
+    let mut v = Vec::new();
+    for x in 0..2 * centre {
+        for y in 0..2 * centre {
+            for z in 0..2 * centre {
+                let d = [x, y, z].map(|c| (c - centre) as f32 + 0.5);
+                if ((d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt() - r).abs() < 0.9 {
+                    v.push([b, x, y, z]);
+                }
+            }
+        }
+    }
+    v
+}
+
+struct ConvCase {
+    name: &'static str,
+    voxels: fn() -> Vec<[i32; 4]>,
+    ci: usize,
+    co: usize,
+    /// Dispatch budget; small values force the watchdog split.
+    max_macs: u64,
+    dtypes: &'static [DType],
+}
+
+const ALL: &[DType] = &[DType::F32, DType::F16, DType::BF16];
+
+const CONV_CASES: &[ConvCase] = &[
+    ConvCase {
+        name: "empty",
+        voxels: Vec::new,
+        ci: 4,
+        co: 3,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: ALL,
+    },
+    ConvCase {
+        name: "one voxel",
+        voxels: || vec![[0, 5, 5, 5]],
+        ci: 5,
+        co: 7,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: ALL,
+    },
+    ConvCase {
+        name: "isolated voxels (only the centre tap)",
+        voxels: || {
+            (0..70)
+                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
+                .collect()
+        },
+        ci: 3,
+        co: 2,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: &[DType::F32],
+    },
+    ConvCase {
+        name: "two shells, Ci 37 Co 70 (ragged K, 2 Co tiles), split per tile",
+        voxels: || {
+            let mut v = shell(0, 3.0, 4);
+            v.extend(shell(1, 2.0, 3));
+            v
+        },
+        ci: 37,
+        co: 70,
+        max_macs: 1,
+        dtypes: ALL,
+    },
+    ConvCase {
+        name: "dense 5^3 cube, 1 channel in and out",
+        voxels: || (0..125).map(|i| [0, i / 25, i / 5 % 5, i % 5]).collect(),
+        ci: 1,
+        co: 1,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: &[DType::F32],
+    },
+];
+
+/// Runs the planned sparse-conv dispatches in the emulator; returns `[n, co]` as f32.
+fn emulate_conv(
+    emu: &Emulator,
+    feats: &Tensor,
+    map: &Tensor,
+    weight: &Tensor,
+    max_macs: u64,
+    case: &str,
+) -> Result<Vec<f32>, String> {
+    let (n, ci) = feats.dims2().unwrap();
+    let co = weight.dim(0).unwrap();
+    let dtype = feats.dtype();
+    let plan = sparse_conv_dispatches(n, ci, co, dtype, max_macs).unwrap();
+    let buffers = vec![
+        bytes_of(feats),
+        bytes_of(weight),
+        bytes_of(map),
+        poisoned(n * co, dtype),
+    ];
+    let dispatches: Vec<EmuDispatch> = plan
+        .iter()
+        .map(|d| EmuDispatch {
+            kernel: d.kernel.clone(),
+            threadgroups: d.threadgroups,
+            threads: d.threads,
+            slots: vec![
+                (0, Slot::Bytes(d.args.to_bytes())),
+                (1, Slot::Buffer(0)),
+                (2, Slot::Buffer(1)),
+                (3, Slot::Buffer(2)),
+                (4, Slot::Buffer(3)),
+            ],
+            threadgroup_memory: vec![d.threadgroup_memory as u64],
+        })
+        .collect();
+    let out = emu.run(&buffers, &dispatches)?;
+    Ok(written(&out[3], n * co, dtype, case))
+}
+
+struct ConvInputs {
+    feats: Tensor,
+    map: Tensor,
+    weight: Tensor,
+}
+
+fn conv_inputs(case: &ConvCase, seed: u64, dtype: DType) -> ConvInputs {
+    let dev = Device::Cpu;
+    let rows = (case.voxels)();
+    let n = rows.len();
+    let coords = Tensor::from_vec(
+        rows.iter().flatten().copied().collect::<Vec<i32>>(),
+        (n, 4),
+        &dev,
+    )
+    .unwrap();
+    let feats = Tensor::from_vec(lcg(seed, n * case.ci), (n, case.ci), &dev).unwrap();
+    let x = SparseTensor::new(&coords, feats).unwrap();
+    let map = x.neighbour_map().unwrap().tensor().clone();
+    let weight = Tensor::from_vec(
+        lcg(seed + 1, case.co * 27 * case.ci),
+        (case.co, 27, case.ci),
+        &dev,
+    )
+    .unwrap();
+    ConvInputs {
+        feats: x.feats().to_dtype(dtype).unwrap(),
+        map,
+        weight: weight.to_dtype(dtype).unwrap(),
+    }
+}
+
+#[test]
+fn sparse_conv_kernel_matches_the_cpu_op() {
+    let emu = Emulator::get("sparse_conv");
+    for (i, case) in CONV_CASES.iter().enumerate() {
+        for &dtype in case.dtypes {
+            let inp = conv_inputs(case, 10 * i as u64, dtype);
+            let label = format!("{} [{dtype:?}]", case.name);
+            let got = emulate_conv(
+                &emu,
+                &inp.feats,
+                &inp.map,
+                &inp.weight,
+                case.max_macs,
+                &label,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            // Reference on the same (rounded) inputs, in f32.
+            let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = submanifold_conv3d(&f32c(&inp.feats), &inp.map, &f32c(&inp.weight), None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let rel = rel_err(&got, &want);
+            let n = inp.feats.dim(0).unwrap();
+            let dispatches = sparse_conv_dispatches(n, case.ci, case.co, dtype, case.max_macs)
+                .unwrap()
+                .len();
+            println!(
+                "sparse_conv {label:<70} voxels {n:>4} Ci {:>3} Co {:>3} dispatches {dispatches:>2} \
+                 max|err|/max|ref| {rel:.2e}",
+                case.ci, case.co
+            );
+            assert!(
+                rel <= tolerance(dtype),
+                "{label}: {rel:e} > {:e}",
+                tolerance(dtype)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- attention
+
+struct AttnCase {
+    name: &'static str,
+    q_lens: &'static [usize],
+    /// `None`: self-attention (k/v lengths = q lengths).
+    kv_lens: Option<&'static [usize]>,
+    heads: usize,
+    head_dim: usize,
+    max_macs: u64,
+    dtypes: &'static [DType],
+}
+
+const ATTN_CASES: &[AttnCase] = &[
+    AttnCase {
+        name: "single token",
+        q_lens: &[1],
+        kv_lens: None,
+        heads: 1,
+        head_dim: 128,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: ALL,
+    },
+    AttnCase {
+        name: "63, 64, 65 and an empty sequence, tile-sized split",
+        q_lens: &[63, 0, 64, 65],
+        kv_lens: None,
+        heads: 2,
+        head_dim: 64,
+        max_macs: 1,
+        dtypes: ALL,
+    },
+    AttnCase {
+        name: "63, 64, 65 and an empty sequence, head dim 128",
+        q_lens: &[63, 0, 64, 65],
+        kv_lens: None,
+        heads: 1,
+        head_dim: 128,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: ALL,
+    },
+    AttnCase {
+        name: "cross-attention to 1029 image tokens (DINOv3 @512)",
+        q_lens: &[40, 33],
+        kv_lens: Some(&[1029, 1029]),
+        heads: 2,
+        head_dim: 128,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: &[DType::F32, DType::BF16],
+    },
+    AttnCase {
+        name: "long self-attention, 300 tokens",
+        q_lens: &[300],
+        kv_lens: None,
+        heads: 1,
+        head_dim: 64,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: &[DType::F16],
+    },
+];
+
+fn offsets(lens: &[usize]) -> Vec<usize> {
+    let mut o = vec![0];
+    for l in lens {
+        o.push(o.last().unwrap() + l);
+    }
+    o
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emulate_attention(
+    emu: &Emulator,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    q_off: &[usize],
+    kv_off: &[usize],
+    scale: f32,
+    max_macs: u64,
+    case: &str,
+) -> Result<Vec<f32>, String> {
+    let (nq, heads, d) = q.dims3().unwrap();
+    let dtype = q.dtype();
+    let tiles = attention_tiles(q_off).unwrap();
+    let plan = attention_dispatches(&tiles, kv_off, heads, d, dtype, scale, max_macs).unwrap();
+    let u32_bytes =
+        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
+    let buffers = vec![
+        bytes_of(q),
+        bytes_of(k),
+        bytes_of(v),
+        u32_bytes(q_off),
+        u32_bytes(kv_off),
+        tiles
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect(),
+        poisoned(nq * heads * d, dtype),
+    ];
+    let dispatches: Vec<EmuDispatch> = plan
+        .iter()
+        .map(|p| EmuDispatch {
+            kernel: p.kernel.clone(),
+            threadgroups: p.threadgroups,
+            threads: p.threads,
+            slots: std::iter::once((0, Slot::Bytes(p.args.to_bytes())))
+                .chain((0..7).map(|i| (i + 1, Slot::Buffer(i))))
+                .collect(),
+            threadgroup_memory: vec![p.threadgroup_memory as u64],
+        })
+        .collect();
+    let out = emu.run(&buffers, &dispatches)?;
+    Ok(written(&out[6], nq * heads * d, dtype, case))
+}
+
+#[test]
+fn attention_kernel_matches_the_cpu_op() {
+    let emu = Emulator::get("attention");
+    let dev = Device::Cpu;
+    for (i, case) in ATTN_CASES.iter().enumerate() {
+        let q_off = offsets(case.q_lens);
+        let kv_off = offsets(case.kv_lens.unwrap_or(case.q_lens));
+        let (nq, nk) = (*q_off.last().unwrap(), *kv_off.last().unwrap());
+        let (h, d) = (case.heads, case.head_dim);
+        let scale = 1.0 / (d as f32).sqrt();
+        for &dtype in case.dtypes {
+            // Scaled up so the softmax is peaked, not flat: exercises the running max.
+            let make = |seed: u64, n: usize| {
+                (Tensor::from_vec(lcg(seed, n * h * d), (n, h, d), &dev).unwrap() * 3.0)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let seed = 100 * i as u64;
+            let (q, k, v) = (make(seed, nq), make(seed + 1, nk), make(seed + 2, nk));
+            let label = format!("{} [{dtype:?}, d {d}]", case.name);
+            let got = emulate_attention(
+                &emu,
+                &q,
+                &k,
+                &v,
+                &q_off,
+                &kv_off,
+                scale,
+                case.max_macs,
+                &label,
+            )
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = varlen_attention(&f32c(&q), &f32c(&k), &f32c(&v), &q_off, &kv_off, scale)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let rel = rel_err(&got, &want);
+            let tiles = attention_tiles(&q_off).unwrap();
+            let dispatches =
+                attention_dispatches(&tiles, &kv_off, h, d, dtype, scale, case.max_macs)
+                    .unwrap()
+                    .len();
+            println!(
+                "attention {label:<70} q {nq:>4} kv {nk:>4} heads {h} dispatches {dispatches:>2} \
+                 max|err|/max|ref| {rel:.2e}",
+            );
+            assert!(
+                rel <= tolerance(dtype),
+                "{label}: {rel:e} > {:e}",
+                tolerance(dtype)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- harness checks
+
+#[test]
+fn kargs_layout_matches_the_header() {
+    use std::mem::{offset_of, size_of};
+    let want = format!(
+        "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={}\n\
+         AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n",
+        size_of::<SparseConvArgs>(),
+        offset_of!(SparseConvArgs, n_voxels),
+        offset_of!(SparseConvArgs, ci),
+        offset_of!(SparseConvArgs, co),
+        offset_of!(SparseConvArgs, voxel_tile_base),
+        size_of::<AttentionArgs>(),
+        offset_of!(AttentionArgs, heads),
+        offset_of!(AttentionArgs, tile_base),
+        offset_of!(AttentionArgs, n_tiles),
+        offset_of!(AttentionArgs, scale),
+    );
+    assert_eq!(Emulator::get("sparse_conv").layout(), want);
+    let args = SparseConvArgs {
+        n_voxels: 1,
+        ci: 2,
+        co: 3,
+        voxel_tile_base: 4,
+    };
+    assert_eq!(args.to_bytes().len(), size_of::<SparseConvArgs>());
+}
+
+#[test]
+fn every_kernel_the_host_can_ask_for_is_instantiated() {
+    use trellis2::ops::metal::dispatch::{attention_kernel, sparse_conv_kernel};
+    let conv = Emulator::get("sparse_conv").kernels();
+    let attn = Emulator::get("attention").kernels();
+    for dtype in ALL {
+        let name = sparse_conv_kernel(*dtype).unwrap();
+        assert!(
+            conv.contains(&name),
+            "{name} missing from sparse_conv.metal: {conv:?}"
+        );
+        for d in [64, 128] {
+            let name = attention_kernel(*dtype, d).unwrap();
+            assert!(
+                attn.contains(&name),
+                "{name} missing from attention.metal: {attn:?}"
+            );
+        }
+    }
+}
+
+/// The emulator must catch a broken kernel: without the barrier between staging a tile and
+/// multiplying it, threads read tile memory others have not written yet (the NaN fill).
+#[test]
+fn a_kernel_missing_a_barrier_fails() {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/kernels/metal/sparse_conv.metal"
+    ))
+    .unwrap();
+    let staged = "b_tile[c * CONV_BN + o] = w;\n            }\n            threadgroup_barrier(mem_flags::mem_threadgroup);";
+    assert!(
+        src.contains(staged),
+        "sparse_conv.metal changed; update this test"
+    );
+    let broken = src.replace(staged, "b_tile[c * CONV_BN + o] = w;\n            }");
+    let emu = Emulator::build("sparse_conv_no_barrier", &broken);
+    let case = &CONV_CASES[1];
+    let inp = conv_inputs(case, 0, DType::F32);
+    let want = submanifold_conv3d(&inp.feats, &inp.map, &inp.weight, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // Caught means: the emulator failed, the output kept NaN (panic in `written`) or is wrong.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match emulate_conv(
+            &emu,
+            &inp.feats,
+            &inp.map,
+            &inp.weight,
+            MAX_MACS_PER_DISPATCH,
+            "broken",
+        ) {
+            Err(_) => true,
+            Ok(got) => rel_err(&got, &want) > tolerance(DType::F32),
+        }
+    }));
+    assert!(
+        !matches!(caught, Ok(false)),
+        "a missing barrier went unnoticed"
+    );
+}
+
+/// A barrier reached by only some threads is reported, not hung on.
+#[test]
+fn a_divergent_barrier_is_reported() {
+    let src = r#"
+#include <metal_stdlib>
+using namespace metal;
+template <typename T>
+kernel void diverge(device T* out [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]) {
+    if (tid < 64) {
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+    out[tid] = 1.0f;
+}
+template [[host_name("diverge")]] kernel void diverge<float>(device float* out [[buffer(0)]], uint tid [[thread_index_in_threadgroup]]);
+"#;
+    let emu = Emulator::build("diverge", src);
+    let err = emu
+        .run(
+            &[vec![0u8; 512]],
+            &[EmuDispatch {
+                kernel: "diverge".into(),
+                threadgroups: [1, 1, 1],
+                threads: [128, 1, 1],
+                slots: vec![(0, Slot::Buffer(0))],
+                threadgroup_memory: vec![],
+            }],
+        )
+        .unwrap_err();
+    assert!(err.contains("deadlock"), "{err}");
+}
+
+/// simd collectives exchange values between the 32 lanes of a simdgroup, not the threadgroup.
+#[test]
+fn simd_collectives_span_one_simdgroup() {
+    let src = r#"
+#include <metal_stdlib>
+using namespace metal;
+template <typename T>
+kernel void collectives(device T* out [[buffer(0)]], uint tid [[thread_index_in_threadgroup]],
+                        uint lane [[thread_index_in_simdgroup]]) {
+    const T x = T(tid);
+    out[tid * 4 + 0] = simd_sum(x);
+    out[tid * 4 + 1] = simd_max(x);
+    out[tid * 4 + 2] = simd_shuffle(x, 3);
+    out[tid * 4 + 3] = simd_shuffle_xor(x, 5);
+}
+template [[host_name("collectives")]] kernel void collectives<float>(device float* out [[buffer(0)]],
+    uint tid [[thread_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]]);
+"#;
+    let emu = Emulator::build("collectives", src);
+    let out = emu
+        .run(
+            &[vec![0u8; 64 * 4 * 4]],
+            &[EmuDispatch {
+                kernel: "collectives".into(),
+                threadgroups: [1, 1, 1],
+                threads: [64, 1, 1],
+                slots: vec![(0, Slot::Buffer(0))],
+                threadgroup_memory: vec![],
+            }],
+        )
+        .unwrap();
+    let v = floats_of(&out[0], DType::F32);
+    for t in 0..64usize {
+        let base = t / 32 * 32;
+        let want = [
+            (base..base + 32).sum::<usize>() as f32,
+            (base + 31) as f32,
+            (base + 3) as f32,
+            (base + ((t % 32) ^ 5)) as f32,
+        ];
+        assert_eq!(&v[t * 4..t * 4 + 4], &want, "thread {t}");
+    }
+}
