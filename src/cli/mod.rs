@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod compare;
 pub mod dev;
+pub mod download;
 pub mod inspect;
 pub mod preprocess;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Preprocess(preprocess::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.
     Inspect(inspect::Args),
+    /// Download the model files from Hugging Face into the local cache (sizes first, resumable,
+    /// hash-checked).
+    Download(download::Args),
     /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,
     /// 2 unreadable).
     Compare(compare::Args),

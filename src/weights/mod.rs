@@ -5,6 +5,7 @@
 //! one error (upstream loads with `strict=False` and silently ignores them).
 
 mod checkpoint;
+pub mod hub;
 mod model_dir;
 mod strict;
 
