@@ -101,6 +101,9 @@ fn check_download(entry: &PlanEntry, pointer: &Path) -> Result<()> {
         // Both the blob and the snapshot link to it, so the cache never shows a corrupt file.
         let _ = std::fs::remove_file(pointer);
         let _ = std::fs::remove_file(&blob);
+        let mut lock = blob.clone().into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
     };
     let size = std::fs::metadata(&blob)
         .map_err(|e| anyhow!("{}: {e}", blob.display()))?
