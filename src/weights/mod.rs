@@ -7,8 +7,10 @@
 mod checkpoint;
 pub mod hub;
 mod model_dir;
+mod shape_only;
 mod strict;
 
 pub use checkpoint::{Checkpoint, ModelConfig, TensorInfo};
 pub use model_dir::{ModelDir, PipelineConfig};
+pub use shape_only::ShapeRecorder;
 pub use strict::{check_tensors, StrictError, StrictLoad};
