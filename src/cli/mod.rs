@@ -5,6 +5,7 @@ use std::path::Path;
 use clap::{Parser, Subcommand};
 
 pub mod compare;
+pub mod convert;
 pub mod dev;
 pub mod download;
 pub mod inspect;
@@ -42,6 +43,8 @@ pub enum Command {
     Preprocess(preprocess::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.
     Inspect(inspect::Args),
+    /// Rewrite a model directory as one safetensors per stage (one dtype, config inside).
+    Convert(convert::Args),
     /// Download the model files from Hugging Face into the local cache (sizes first, resumable,
     /// hash-checked).
     Download(download::Args),
