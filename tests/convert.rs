@@ -30,7 +30,12 @@ fn golden_model_dir(dir: &Path) {
     let models = common::fixture("golden/models");
     let stems: serde_json::Map<String, serde_json::Value> = ROLES
         .iter()
-        .map(|r| (r.to_string(), serde_json::json!(models.join(r).display().to_string())))
+        .map(|r| {
+            (
+                r.to_string(),
+                serde_json::json!(models.join(r).display().to_string()),
+            )
+        })
         .collect();
     let pipeline = serde_json::json!({"name": "Trellis2ImageTo3DPipeline", "args": {
         "models": stems,
@@ -44,19 +49,34 @@ fn golden_model_dir(dir: &Path) {
     }
     let rmbg = dir.join("briaai/RMBG-2.0");
     std::fs::create_dir_all(&rmbg).unwrap();
-    std::fs::write(rmbg.join("config.json"), r#"{"architectures": ["BiRefNet"]}"#).unwrap();
+    std::fs::write(
+        rmbg.join("config.json"),
+        r#"{"architectures": ["BiRefNet"]}"#,
+    )
+    .unwrap();
     let w = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
-    candle_core::safetensors::save(&[("w".to_string(), w)].into(), rmbg.join("model.safetensors")).unwrap();
+    candle_core::safetensors::save(
+        &[("w".to_string(), w)].into(),
+        rmbg.join("model.safetensors"),
+    )
+    .unwrap();
 }
 
 fn convert(from: &Path, to: &Path, dtype: Option<&str>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trellis2"));
-    cmd.args(["convert", "--from"]).arg(from).arg("--to").arg(to);
+    cmd.args(["convert", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to);
     if let Some(d) = dtype {
         cmd.args(["--dtype", d]);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Golden inputs of a role (the texture decoder's guide comes from the shape decoder's file).
@@ -90,13 +110,29 @@ fn sources(dir: &ModelDir, role: &str) -> ModelSource {
 /// max|a − b| / max|b| over every float output; `None` when a discrete output (coordinates,
 /// faces, occupancy) differs, which only rounding of the weights may cause.
 fn compare(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Option<f32> {
-    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.0 != y.0 || x.1.dims() != y.1.dims()) {
+    if a.len() != b.len()
+        || a.iter()
+            .zip(b)
+            .any(|(x, y)| x.0 != y.0 || x.1.dims() != y.1.dims())
+    {
         return None;
     }
     for ((_, ta), (_, tb)) in a.iter().zip(b) {
         if !ta.dtype().is_float() {
-            let x: Vec<i64> = ta.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let y: Vec<i64> = tb.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let x: Vec<i64> = ta
+                .to_dtype(DType::I64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let y: Vec<i64> = tb
+                .to_dtype(DType::I64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             if x != y {
                 return None;
             }
@@ -107,8 +143,20 @@ fn compare(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Option<f32> {
         if !ta.dtype().is_float() {
             continue;
         }
-        let x: Vec<f32> = ta.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = tb.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let x: Vec<f32> = ta
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let y: Vec<f32> = tb
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let scale = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
         worst = worst.max(common::max_abs_diff(&x, &y) / scale);
     }
@@ -123,22 +171,48 @@ fn converted_models_load_without_json_and_match_the_originals() {
     golden_model_dir(&from);
     let original = ModelDir::open(&from).unwrap();
     let roles: Vec<&str> = ROLES.iter().copied().chain(["image_cond_model"]).collect();
-    let reference: Vec<_> = roles.iter().map(|r| run(&sources(&original, r), r)).collect();
+    let reference: Vec<_> = roles
+        .iter()
+        .map(|r| run(&sources(&original, r), r))
+        .collect();
 
     // (dtype, tolerance on max|err| / max|ref|): f32 is a copy; f16 keeps ~11 bits, bf16 ~8.
-    for (dtype, tol) in [(None, 0.0), (Some("f32"), 0.0), (Some("f16"), 1e-2), (Some("bf16"), 6e-2)] {
-        let to = root.path().join(format!("converted-{}", dtype.unwrap_or("keep")));
+    for (dtype, tol) in [
+        (None, 0.0),
+        (Some("f32"), 0.0),
+        (Some("f16"), 1e-2),
+        (Some("bf16"), 6e-2),
+    ] {
+        let to = root
+            .path()
+            .join(format!("converted-{}", dtype.unwrap_or("keep")));
         convert(&from, &to, dtype);
         let converted = ModelDir::open(&to).unwrap();
         for (role, want) in roles.iter().zip(&reference) {
             let src = sources(&converted, role);
             assert_eq!(src.checkpoint.layout, Layout::Converted, "{role}");
             if *role != "image_cond_model" {
-                assert!(!src.path.with_extension("json").exists(), "{role}: no JSON config written");
+                assert!(
+                    !src.path.with_extension("json").exists(),
+                    "{role}: no JSON config written"
+                );
             }
             if let Some(d) = dtype {
-                let want = match d { "f16" => safetensors::Dtype::F16, "bf16" => safetensors::Dtype::BF16, _ => safetensors::Dtype::F32 };
-                assert!(src.checkpoint.tensor_infos().iter().all(|t| t.dtype == want || !matches!(t.dtype, safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16)), "{role}: dtype {d}");
+                let want = match d {
+                    "f16" => safetensors::Dtype::F16,
+                    "bf16" => safetensors::Dtype::BF16,
+                    _ => safetensors::Dtype::F32,
+                };
+                assert!(
+                    src.checkpoint.tensor_infos().iter().all(|t| t.dtype == want
+                        || !matches!(
+                            t.dtype,
+                            safetensors::Dtype::F32
+                                | safetensors::Dtype::F16
+                                | safetensors::Dtype::BF16
+                        )),
+                    "{role}: dtype {d}"
+                );
             }
             let got = run(&src, role);
             match compare(&got, want) {
@@ -150,7 +224,10 @@ fn converted_models_load_without_json_and_match_the_originals() {
                 // models (flows, DINOv3) have no such outputs and must always compare.
                 None => {
                     let continuous = role.contains("flow") || *role == "image_cond_model";
-                    assert!(tol > 0.0 && !continuous, "{role} {dtype:?}: discrete outputs differ");
+                    assert!(
+                        tol > 0.0 && !continuous,
+                        "{role} {dtype:?}: discrete outputs differ"
+                    );
                     println!("{role:<28} {dtype:?}: discrete outputs differ after rounding");
                 }
             }
@@ -159,8 +236,15 @@ fn converted_models_load_without_json_and_match_the_originals() {
 
     // inspect names the layout of both kinds of file.
     for (path, want) in [
-        (common::fixture("golden/models/shape_slat_decoder.safetensors"), "released"),
-        (root.path().join("converted-f16/shape_slat_decoder.safetensors"), "converted by trellis2"),
+        (
+            common::fixture("golden/models/shape_slat_decoder.safetensors"),
+            "released",
+        ),
+        (
+            root.path()
+                .join("converted-f16/shape_slat_decoder.safetensors"),
+            "converted by trellis2",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_trellis2"))
             .args(["inspect", "--summary"])
@@ -168,8 +252,16 @@ fn converted_models_load_without_json_and_match_the_originals() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains(&format!("layout      {want}")), "{text}");
+        assert!(
+            out.status.success() && text.contains(&format!("layout      {want}")),
+            "{text}"
+        );
     }
-    let ckpt = Checkpoint::open_file(&root.path().join("converted-f16/sparse_structure_decoder.safetensors")).unwrap();
+    let ckpt = Checkpoint::open_file(
+        &root
+            .path()
+            .join("converted-f16/sparse_structure_decoder.safetensors"),
+    )
+    .unwrap();
     assert_eq!(ckpt.class_name(), Some("SparseStructureDecoder"));
 }

@@ -29,16 +29,20 @@ fn expect_clear_error(path: &Path, needle: &str) {
         Ok(ckpt) => {
             // Some damage only shows when a tensor is read.
             let names: Vec<String> = ckpt.tensor_infos().into_iter().map(|t| t.name).collect();
-            let failed = names
-                .iter()
-                .find_map(|n| ckpt.load(n, candle_core::DType::F32, &candle_core::Device::Cpu).err());
+            let failed = names.iter().find_map(|n| {
+                ckpt.load(n, candle_core::DType::F32, &candle_core::Device::Cpu)
+                    .err()
+            });
             failed.unwrap_or_else(|| panic!("{} loaded", path.display()))
         }
         Err(e) => e,
     };
     let text = format!("{err:#}");
     assert!(text.contains(&path.display().to_string()), "{text}");
-    assert!(text.to_lowercase().contains(needle), "{needle:?} not in {text}");
+    assert!(
+        text.to_lowercase().contains(needle),
+        "{needle:?} not in {text}"
+    );
     assert!(!text.contains('\n'), "one line: {text}");
 }
 

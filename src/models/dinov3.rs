@@ -317,8 +317,7 @@ impl DinoV3 {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let strict =
-            ckpt.strict().allow_unused(UNUSED_KEYS);
+        let strict = ckpt.strict().allow_unused(UNUSED_KEYS);
         let model = Self::new(cfg, strict.var_builder(dtype, device))?;
         strict.finish()?;
         Ok(model)

@@ -149,7 +149,10 @@ impl Checkpoint {
         let json = path.with_extension("json");
         let config = match metadata.get(CONFIG_METADATA_KEY) {
             Some(text) => Some(serde_json::from_str(text).with_context(|| {
-                format!("{}: metadata `{CONFIG_METADATA_KEY}` is not a model config", path.display())
+                format!(
+                    "{}: metadata `{CONFIG_METADATA_KEY}` is not a model config",
+                    path.display()
+                )
             })?),
             None if json.is_file() => Some(ModelConfig::read(&json)?),
             None => None,

@@ -26,7 +26,11 @@ pub struct ConvertedModel {
 
 /// Converts every model of `from` into `to` (created if needed). `dtype` casts every float
 /// tensor; `None` keeps each tensor's stored dtype. Integer tensors are never cast.
-pub fn convert_model_dir(from: &ModelDir, to: &Path, dtype: Option<DType>) -> Result<Vec<ConvertedModel>> {
+pub fn convert_model_dir(
+    from: &ModelDir,
+    to: &Path,
+    dtype: Option<DType>,
+) -> Result<Vec<ConvertedModel>> {
     if to.join("pipeline.json").exists() && same_dir(&from.root, to) {
         bail!("{}: --to must differ from --from", to.display());
     }
@@ -46,13 +50,17 @@ pub fn convert_model_dir(from: &ModelDir, to: &Path, dtype: Option<DType>) -> Re
     let mut args = from.pipeline.args.clone();
     // Hugging Face models keep their folder layout (config.json + model.safetensors) under
     // `<to>/<owner>/<name>/`, where `ModelDir::hf_model_dir` looks first.
-    for (role, default) in [("image_cond_model", DINOV3_REPO), ("rembg_model", RMBG_REPO)] {
+    for (role, default) in [
+        ("image_cond_model", DINOV3_REPO),
+        ("rembg_model", RMBG_REPO),
+    ] {
         let Ok(src) = from.hf_model_dir(role) else {
             continue;
         };
         let repo = hf_model_repo(&from.pipeline, role, default);
         let dst = to.join(&repo);
-        std::fs::create_dir_all(&dst).with_context(|| format!("{}: cannot create", dst.display()))?;
+        std::fs::create_dir_all(&dst)
+            .with_context(|| format!("{}: cannot create", dst.display()))?;
         let config_text = std::fs::read_to_string(src.join("config.json"))
             .with_context(|| format!("{}: cannot read config.json", src.display()))?;
         std::fs::write(dst.join("config.json"), &config_text)
@@ -66,8 +74,17 @@ pub fn convert_model_dir(from: &ModelDir, to: &Path, dtype: Option<DType>) -> Re
             .unwrap_or(role)
             .to_string();
         let ckpt = Checkpoint::open_file(&src.join("model.safetensors"))?;
-        let config = ModelConfig { name: class, args: hf_config };
-        written.push(write_converted(role, &ckpt, &config, dtype, &dst.join("model.safetensors"))?);
+        let config = ModelConfig {
+            name: class,
+            args: hf_config,
+        };
+        written.push(write_converted(
+            role,
+            &ckpt,
+            &config,
+            dtype,
+            &dst.join("model.safetensors"),
+        )?);
     }
     args["models"] = serde_json::Value::Object(models);
     let pipeline = serde_json::json!({"name": from.pipeline.name, "args": args});
@@ -100,13 +117,23 @@ fn write_converted(
         tensors.push((info.name, t));
     }
     let metadata: HashMap<String, String> = [
-        (CONFIG_METADATA_KEY.to_string(), serde_json::to_string(config)?),
-        (LAYOUT_METADATA_KEY.to_string(), CONVERTED_LAYOUT.to_string()),
+        (
+            CONFIG_METADATA_KEY.to_string(),
+            serde_json::to_string(config)?,
+        ),
+        (
+            LAYOUT_METADATA_KEY.to_string(),
+            CONVERTED_LAYOUT.to_string(),
+        ),
     ]
     .into();
     let partial = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &partial)
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", partial.display()))?;
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &partial,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", partial.display()))?;
     std::fs::rename(&partial, path)
         .with_context(|| format!("{}: cannot move into place", path.display()))?;
     Ok(ConvertedModel {
@@ -133,6 +160,8 @@ fn stored_dtype(d: safetensors::Dtype) -> Result<DType> {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).with_context(|| format!("{}: cannot write", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("{}: cannot move into place", path.display()))
+    std::fs::write(&partial, bytes)
+        .with_context(|| format!("{}: cannot write", partial.display()))?;
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("{}: cannot move into place", path.display()))
 }

@@ -25,10 +25,7 @@ impl ShapeRecorder {
 
     /// `(key, shape)` of every tensor asked for, in request order.
     pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
-        self.requested
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default()
+        self.requested.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
 
