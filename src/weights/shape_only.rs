@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
+/// `(key, shape)` of one requested tensor.
+type Request = (String, Vec<usize>);
+
 #[derive(Clone, Default)]
 pub struct ShapeRecorder {
-    requested: Arc<Mutex<Vec<(String, Vec<usize>)>>>,
+    requested: Arc<Mutex<Vec<Request>>>,
 }
 
 impl ShapeRecorder {
