@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         Command::Preprocess(args) => cli::preprocess::run(&args),
         Command::Inspect(args) => cli::inspect::run(&args),
         Command::Compare(args) => cli::compare::run(&args),
+        Command::Convert(args) => cli::convert::run(&args),
+        Command::Download(args) => cli::download::run(&args),
         Command::Dev(cmd) => cli::dev::run(&cmd),
     };
     match result {

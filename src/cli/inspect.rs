@@ -150,6 +150,7 @@ fn checkpoint(ckpt: &Checkpoint, list: bool) -> Result<u8> {
     let params: usize = infos.iter().map(TensorInfo::numel).sum();
     let bytes: usize = infos.iter().map(TensorInfo::bytes).sum();
     println!("checkpoint  {}", ckpt.path.display());
+    println!("layout      {}", ckpt.layout);
     if let Some(cfg) = &ckpt.config {
         println!("class       {}", cfg.name);
         println!("args        {}", cfg.args);

@@ -5,7 +5,9 @@ use std::path::Path;
 use clap::{Parser, Subcommand};
 
 pub mod compare;
+pub mod convert;
 pub mod dev;
+pub mod download;
 pub mod inspect;
 pub mod preprocess;
 
@@ -41,6 +43,11 @@ pub enum Command {
     Preprocess(preprocess::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.
     Inspect(inspect::Args),
+    /// Rewrite a model directory as one safetensors per stage (one dtype, config inside).
+    Convert(convert::Args),
+    /// Download the model files from Hugging Face into the local cache (sizes first, resumable,
+    /// hash-checked).
+    Download(download::Args),
     /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,
     /// 2 unreadable).
     Compare(compare::Args),

@@ -13,6 +13,10 @@ use crate::ops::attention::varlen_attention;
 use crate::ops::layer_norm;
 use crate::weights::Checkpoint;
 
+/// Checkpoint keys upstream never applies: the final `norm` (a parameter-free LayerNorm runs
+/// instead) and the training-only `mask_token`.
+pub const UNUSED_KEYS: &[&str] = &["norm.weight", "norm.bias", "embeddings.mask_token"];
+
 /// The fields of a Hugging Face `config.json` this port needs.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct DinoV3Config {
@@ -335,9 +339,7 @@ impl DinoV3 {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let strict =
-            ckpt.strict()
-                .allow_unused(&["norm.weight", "norm.bias", "embeddings.mask_token"]);
+        let strict = ckpt.strict().allow_unused(UNUSED_KEYS);
         let model = Self::new(cfg, strict.var_builder(dtype, device))?;
         strict.finish()?;
         Ok(model)

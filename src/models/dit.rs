@@ -199,6 +199,10 @@ pub enum FlowInput<'a> {
     },
 }
 
+/// Checkpoint keys the model does not read: the dense model's `rope_phases` buffer is
+/// recomputed.
+pub const UNUSED_KEYS: &[&str] = &["rope_phases"];
+
 pub struct FlowDit {
     cfg: DitConfig,
     input_layer: Linear,
@@ -270,7 +274,7 @@ impl FlowDit {
     /// Loads a checkpoint strictly. The dense model's `rope_phases` buffer, if a file has it,
     /// is recomputed rather than read.
     pub fn load(cfg: &DitConfig, ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
-        let strict = ckpt.strict().allow_unused(&["rope_phases"]);
+        let strict = ckpt.strict().allow_unused(UNUSED_KEYS);
         let model = Self::new(cfg, strict.var_builder(dtype, device))?;
         strict.finish()?;
         Ok(model)

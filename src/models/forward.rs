@@ -188,6 +188,55 @@ pub fn load_unet_decoder(source: &ModelSource, device: &Device) -> Result<Sparse
     load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))
 }
 
+/// Builds the model of upstream class `class` with constructor arguments `args` from `vb`,
+/// and drops it: what every loader does, for shape-only checks and load benchmarks. Returns
+/// the names of the keys the model's loader leaves unused on purpose.
+pub fn build_model(
+    class: &str,
+    args: &serde_json::Value,
+    vb: candle_nn::VarBuilder,
+) -> Result<&'static [&'static str]> {
+    use super::dinov3::{DinoV3, DinoV3Config};
+    use super::dit::{DitConfig, FlowDit};
+    let parse = |what: &str| anyhow::anyhow!("bad `args` for {class} ({what})");
+    match class {
+        "DINOv3ViTModel" => {
+            let cfg: DinoV3Config =
+                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            DinoV3::new(&cfg, vb)?;
+            Ok(super::dinov3::UNUSED_KEYS)
+        }
+        "SparseStructureFlowModel" | "SLatFlowModel" | "ElasticSLatFlowModel" => {
+            let cfg: DitConfig =
+                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            FlowDit::new(&cfg, vb)?;
+            Ok(super::dit::UNUSED_KEYS)
+        }
+        "SparseStructureDecoder" => {
+            let cfg: SsDecoderConfig =
+                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            SsDecoder::new(&cfg, vb)?;
+            Ok(&[])
+        }
+        "FlexiDualGridVaeDecoder" => {
+            let a: FlexiDualGridDecoderArgs =
+                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            SparseUnetVaeDecoder::new(&DecoderConfig::from_flexi_dual_grid(&a)?, vb)?;
+            Ok(&[])
+        }
+        "SparseUnetVaeDecoder" => {
+            let a: UnetDecoderArgs =
+                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            SparseUnetVaeDecoder::new(&DecoderConfig::from_unet(&a)?, vb)?;
+            Ok(&[])
+        }
+        other => bail!(
+            "model class `{other}` is not supported (supported: {})",
+            SUPPORTED.join(", ")
+        ),
+    }
+}
+
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
 ///
 /// - `SparseStructureDecoder`: `z` → `logits`, `occupancy` (u8, logits > 0).

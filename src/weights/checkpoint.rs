@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::strict::{StrictLoad, TensorSource};
 
 /// `<stem>.json`: the upstream class name and its constructor arguments.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub struct ModelConfig {
     pub name: String,
     #[serde(default)]
@@ -27,6 +27,31 @@ impl ModelConfig {
                 "{}: not a model config ({{\"name\": ..., \"args\": ...}})",
                 path.display()
             )
+        })
+    }
+}
+
+/// Safetensors metadata key holding the model config (`{"name", "args"}`) in converted files.
+pub const CONFIG_METADATA_KEY: &str = "trellis2.config";
+/// Safetensors metadata key marking a file written by `trellis2 convert`.
+pub const LAYOUT_METADATA_KEY: &str = "trellis2.layout";
+/// Value of [`LAYOUT_METADATA_KEY`] for the current converted layout.
+pub const CONVERTED_LAYOUT: &str = "converted-v1";
+
+/// How a checkpoint is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// As released: upstream keys and dtypes, config in a `.json` beside the file.
+    Released,
+    /// Written by `trellis2 convert`: upstream keys, one dtype, config in the file's metadata.
+    Converted,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Released => "released (config in a .json beside it)",
+            Layout::Converted => "converted by trellis2 (config in the safetensors metadata)",
         })
     }
 }
@@ -73,20 +98,25 @@ impl TensorSource for Mapped {
 pub struct Checkpoint {
     pub path: PathBuf,
     pub config: Option<ModelConfig>,
+    pub layout: Layout,
+    /// The file's `__metadata__`.
+    pub metadata: std::collections::HashMap<String, String>,
     tensors: Arc<Mapped>,
 }
 
 impl Checkpoint {
-    /// Opens `<stem>.safetensors` and `<stem>.json` (both required), the released layout.
+    /// Opens `<stem>.safetensors` with its config: `<stem>.json` (released layout) or the
+    /// file's own metadata (converted layout); one of them is required.
     pub fn open_stem(stem: &Path) -> Result<Self> {
         let json = with_suffix(stem, ".json");
         let weights = with_suffix(stem, ".safetensors");
         if !weights.is_file() {
             bail!("{}: checkpoint not found", weights.display());
         }
-        let config = ModelConfig::read(&json)?;
         let mut ckpt = Self::open_file(&weights)?;
-        ckpt.config = Some(config);
+        if ckpt.config.is_none() {
+            ckpt.config = Some(ModelConfig::read(&json)?);
+        }
         Ok(ckpt)
     }
 
@@ -111,15 +141,27 @@ impl Checkpoint {
             };
             anyhow::anyhow!("{}: not a valid safetensors file: {cause}", path.display())
         })?;
+        let metadata = read_metadata(path)?;
+        let layout = match metadata.get(LAYOUT_METADATA_KEY) {
+            Some(_) => Layout::Converted,
+            None => Layout::Released,
+        };
         let json = path.with_extension("json");
-        let config = if json.is_file() {
-            Some(ModelConfig::read(&json)?)
-        } else {
-            None
+        let config = match metadata.get(CONFIG_METADATA_KEY) {
+            Some(text) => Some(serde_json::from_str(text).with_context(|| {
+                format!(
+                    "{}: metadata `{CONFIG_METADATA_KEY}` is not a model config",
+                    path.display()
+                )
+            })?),
+            None if json.is_file() => Some(ModelConfig::read(&json)?),
+            None => None,
         };
         Ok(Self {
             path: path.to_path_buf(),
             config,
+            layout,
+            metadata,
             tensors: Arc::new(Mapped(mapped)),
         })
     }
@@ -161,6 +203,18 @@ impl Checkpoint {
     pub fn class_name(&self) -> Option<&str> {
         self.config.as_ref().map(|c| c.name.as_str())
     }
+}
+
+/// The `__metadata__` of a safetensors file (already validated by the mmap loader).
+fn read_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot open checkpoint", path.display()))?;
+    // SAFETY: read-only mapping, as in `open_file`.
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("{}: cannot map", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 fn with_suffix(stem: &Path, suffix: &str) -> PathBuf {

@@ -5,9 +5,17 @@
 //! one error (upstream loads with `strict=False` and silently ignores them).
 
 mod checkpoint;
+mod convert;
+pub mod hub;
 mod model_dir;
+mod shape_only;
 mod strict;
 
-pub use checkpoint::{Checkpoint, ModelConfig, TensorInfo};
+pub use checkpoint::{
+    Checkpoint, Layout, ModelConfig, TensorInfo, CONFIG_METADATA_KEY, CONVERTED_LAYOUT,
+    LAYOUT_METADATA_KEY,
+};
+pub use convert::{convert_model_dir, ConvertedModel};
 pub use model_dir::{ModelDir, PipelineConfig};
+pub use shape_only::ShapeRecorder;
 pub use strict::{check_tensors, StrictError, StrictLoad};

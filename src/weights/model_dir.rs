@@ -36,6 +36,10 @@ impl PipelineConfig {
 pub struct ModelDir {
     pub root: PathBuf,
     pub pipeline: PipelineConfig,
+    /// Local folders of other hub repositories (`owner/name` → folder) the pipeline points to:
+    /// the SS decoder's `microsoft/TRELLIS-image-large`, DINOv3, the background remover. In the
+    /// hub cache each repository has its own snapshot folder.
+    pub repo_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl ModelDir {
@@ -58,7 +62,41 @@ impl ModelDir {
         Ok(Self {
             root: root.to_path_buf(),
             pipeline,
+            repo_dirs: BTreeMap::new(),
         })
+    }
+
+    /// Where to find repository `repo` (`owner/name`) when this directory does not hold it.
+    pub fn with_repo_dir(mut self, repo: &str, dir: &Path) -> Self {
+        self.repo_dirs.insert(repo.to_string(), dir.to_path_buf());
+        self
+    }
+
+    /// The folder (`config.json` + `model.safetensors`) of a Hugging Face model the pipeline
+    /// loads by name: `<root>/<owner>/<name>/` if this directory holds it, else its registered
+    /// repository folder. `role` is `image_cond_model` or `rembg_model`.
+    pub fn hf_model_dir(&self, role: &str) -> Result<PathBuf> {
+        let default = match role {
+            "rembg_model" => super::hub::RMBG_REPO,
+            _ => super::hub::DINOV3_REPO,
+        };
+        let repo = super::hub::hf_model_repo(&self.pipeline, role, default);
+        let mut candidates = vec![self.root.join(&repo)];
+        candidates.extend(self.repo_dirs.get(&repo).cloned());
+        for c in &candidates {
+            if c.join("config.json").is_file() && c.join("model.safetensors").is_file() {
+                return Ok(c.clone());
+            }
+        }
+        bail!(
+            "{}: `{role}` ({repo}) not found (looked for config.json and model.safetensors in {})",
+            self.root.display(),
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 
     /// Path stem of a model role, resolved to a file stem on disk.
@@ -66,7 +104,7 @@ impl ModelDir {
     /// A stem is relative to the directory. The release points one model into another
     /// repository (`microsoft/TRELLIS-image-large/ckpts/ss_dec_conv3d_16l8_fp16`); such a stem
     /// is also looked up without its `owner/repo/` prefix, so that file can sit in this
-    /// directory's own `ckpts/`.
+    /// directory's own `ckpts/`, and inside that repository's folder in [`Self::repo_dirs`].
     pub fn resolve(&self, role: &str) -> Result<PathBuf> {
         let stems = self.pipeline.model_stems();
         let Some(stem) = stems.get(role) else {
@@ -79,7 +117,11 @@ impl ModelDir {
         let mut candidates = vec![self.root.join(stem)];
         let parts: Vec<&str> = stem.split('/').collect();
         if parts.len() > 2 {
-            candidates.push(self.root.join(parts[2..].join("/")));
+            let rest = parts[2..].join("/");
+            candidates.push(self.root.join(&rest));
+            if let Some(dir) = self.repo_dirs.get(&parts[..2].join("/")) {
+                candidates.push(dir.join(&rest));
+            }
         }
         for c in &candidates {
             let mut weights = c.as_os_str().to_os_string();

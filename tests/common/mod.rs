@@ -173,3 +173,4 @@ pub fn read_i32_tensors(
     }
     out
 }
+pub mod fake_hub;

@@ -1,0 +1,148 @@
+//! `trellis2 download`: fetch the release, the SS decoder, DINOv3 and the background remover
+//! into the Hugging Face cache (or `--to DIR`), showing sizes first and progress while it runs.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use trellis2::weights::hub::{self, HubSettings, Plan, PlanEntry, TransferProgress};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Hub cache folder to download into (default: HF_HUB_CACHE, HF_HOME/hub or
+    /// ~/.cache/huggingface/hub). Pass the same folder to `generate --model`.
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// List the files and their sizes, download nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask before downloading.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// No network: only check that everything is already in the cache.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+pub fn run(args: &Args) -> Result<u8> {
+    let mut settings = HubSettings::from_env();
+    if let Some(dir) = &args.to {
+        settings = settings.with_cache_dir(dir);
+    }
+    if args.offline {
+        let missing = hub::missing_offline(&settings);
+        if missing.is_empty() {
+            println!("all model files are in {}", settings.cache_dir.display());
+            return Ok(super::exit::OK);
+        }
+        let list: Vec<String> = missing.iter().map(|f| format!("  {f}")).collect();
+        bail!(
+            "--offline: {} file(s) missing from {}:\n{}\nrun `{}` with network access",
+            missing.len(),
+            settings.cache_dir.display(),
+            list.join("\n"),
+            hub::download_command(&settings)
+        );
+    }
+    let plan = hub::plan(&settings)?;
+    print_plan(&plan, &settings);
+    let missing = plan.missing().count();
+    if args.dry_run || missing == 0 {
+        return Ok(super::exit::OK);
+    }
+    if !args.yes && !confirm(plan.missing_bytes())? {
+        eprintln!("nothing downloaded");
+        return Ok(super::exit::FAILED);
+    }
+    hub::download(&settings, &plan, &mut |entry: &PlanEntry| {
+        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
+    })?;
+    println!(
+        "done: {} file(s), {} in {}",
+        missing,
+        human_bytes(plan.missing_bytes()),
+        settings.cache_dir.display()
+    );
+    Ok(super::exit::OK)
+}
+
+fn print_plan(plan: &Plan, settings: &HubSettings) {
+    println!("cache  {}", settings.cache_dir.display());
+    for e in &plan.entries {
+        println!(
+            "  {:>10}  {:<8}  {}",
+            human_bytes(e.remote.size),
+            if e.cached { "cached" } else { "download" },
+            e.remote.file
+        );
+    }
+    println!(
+        "total  {} in {} files; to download: {} in {} files",
+        human_bytes(plan.total_bytes()),
+        plan.entries.len(),
+        human_bytes(plan.missing_bytes()),
+        plan.missing().count()
+    );
+}
+
+/// Asks on the terminal; without one (a script), `--yes` is required.
+fn confirm(bytes: u64) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "not a terminal: pass --yes to download {}",
+            human_bytes(bytes)
+        );
+    }
+    print!("download {}? [y/N] ", human_bytes(bytes));
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// One indicatif bar per file (hidden when stderr is not a terminal).
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(entry: &PlanEntry) -> Self {
+        let bar = ProgressBar::new(entry.remote.size);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:40!} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta:>4}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(entry.remote.file.to_string());
+        Self(bar)
+    }
+}
+
+impl TransferProgress for Bar {
+    fn init(&mut self, total: u64, _name: &str) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+    }
+    fn update(&mut self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&mut self) {
+        self.0.finish();
+    }
+}

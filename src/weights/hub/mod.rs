@@ -1,0 +1,31 @@
+//! Hugging Face hub: which files a run needs, where they sit in the local cache, and how to
+//! fetch them (resumable, hash-checked) with the `hf-hub` crate's blocking API.
+//!
+//! The API `generate` uses:
+//! - [`HubSettings::from_env`] — endpoint (`HF_ENDPOINT`), cache (`HF_HUB_CACHE`, `HF_HOME`,
+//!   `~/.cache/huggingface/hub`), token (`HF_TOKEN`, else the `huggingface-cli login` file).
+//! - [`locate`] — a usable [`ModelDir`](super::ModelDir) from `--model DIR` or the cache,
+//!   without any network access; an error when something is missing.
+//! - [`missing_offline`] — what is missing, from the cache alone (no sizes); for `--offline`
+//!   errors, with [`download_command`] to print.
+//! - [`plan`] — asks the hub for every file and its size and says which are cached;
+//!   [`Plan::missing`] / [`Plan::missing_bytes`] are what to show before asking the user.
+//! - [`download`] — fetches the missing files of a plan into the cache.
+
+mod fetch;
+mod locate;
+mod plan;
+mod release;
+mod remote;
+mod settings;
+mod verify;
+
+pub use fetch::{download, TransferProgress};
+pub use locate::{download_command, locate, missing_offline};
+pub use plan::{plan, Plan, PlanEntry};
+pub use release::{
+    hf_model_repo, release_files, RepoFile, DINOV3_REPO, PIPELINE_FILE, RELEASE_REPO, RMBG_REPO,
+};
+pub use remote::{HubError, RemoteFile};
+pub use settings::HubSettings;
+pub use verify::{verify_etag, EtagKind};

@@ -1,0 +1,75 @@
+//! What a download would fetch: every file of the release with its size, and whether the cache
+//! already holds it.
+
+use anyhow::{Context, Result};
+
+use super::release::{release_files, RepoFile, PIPELINE_FILE, RELEASE_REPO};
+use super::remote::{get_small, head, RemoteFile};
+use super::settings::HubSettings;
+use crate::weights::PipelineConfig;
+
+/// `pipeline.json` is a few KiB; anything bigger is not one.
+const PIPELINE_LIMIT: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct PlanEntry {
+    pub remote: RemoteFile,
+    /// Present in the cache at the hub's current commit.
+    pub cached: bool,
+}
+
+/// Every file a run needs (`pipeline.json` first), as the hub describes them now.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub entries: Vec<PlanEntry>,
+}
+
+impl Plan {
+    pub fn missing(&self) -> impl Iterator<Item = &PlanEntry> {
+        self.entries.iter().filter(|e| !e.cached)
+    }
+
+    pub fn missing_bytes(&self) -> u64 {
+        self.missing().map(|e| e.remote.size).sum()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.remote.size).sum()
+    }
+}
+
+fn entry(settings: &HubSettings, remote: RemoteFile) -> PlanEntry {
+    let pointer = settings
+        .repo_folder(&remote.file.repo)
+        .join("snapshots")
+        .join(&remote.commit)
+        .join(&remote.file.path);
+    PlanEntry {
+        cached: pointer.is_file(),
+        remote,
+    }
+}
+
+/// Asks the hub about `pipeline.json` and every file it names (one `HEAD` each; the pipeline
+/// itself is read from the cache or fetched into memory, nothing is written).
+pub fn plan(settings: &HubSettings) -> Result<Plan> {
+    let pipeline_file = RepoFile::new(RELEASE_REPO, PIPELINE_FILE);
+    let pipeline_entry = entry(settings, head(settings, &pipeline_file)?);
+    let text = if pipeline_entry.cached {
+        let path = settings
+            .repo_folder(RELEASE_REPO)
+            .join("snapshots")
+            .join(&pipeline_entry.remote.commit)
+            .join(PIPELINE_FILE);
+        std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?
+    } else {
+        get_small(settings, &pipeline_file, PIPELINE_LIMIT)?
+    };
+    let pipeline: PipelineConfig = serde_json::from_slice(&text)
+        .with_context(|| format!("{pipeline_file}: not a pipeline config"))?;
+    let mut entries = vec![pipeline_entry];
+    for file in release_files(&pipeline) {
+        entries.push(entry(settings, head(settings, &file)?));
+    }
+    Ok(Plan { entries })
+}
