@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use serde_json::Value;
 
 use super::sampler::{SamplerParams, SIGMA_MIN};
@@ -152,6 +153,35 @@ impl FromStr for SamplerStage {
 pub struct Normalization {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+}
+
+impl Normalization {
+    fn vectors(&self, feats: &Tensor) -> Result<(Tensor, Tensor)> {
+        let c = feats.dim(1).context("latent feats must be [T, C]")?;
+        if c != self.mean.len() {
+            bail!(
+                "latent has {c} channels, the normalisation has {}",
+                self.mean.len()
+            );
+        }
+        let dev = feats.device();
+        Ok((
+            Tensor::from_slice(&self.mean, (1, c), dev)?,
+            Tensor::from_slice(&self.std, (1, c), dev)?,
+        ))
+    }
+
+    /// `feats · std + mean` per channel (`[T, C]`).
+    pub fn denormalize(&self, feats: &Tensor) -> Result<Tensor> {
+        let (mean, std) = self.vectors(feats)?;
+        Ok(feats.broadcast_mul(&std)?.broadcast_add(&mean)?)
+    }
+
+    /// `(feats − mean) / std` per channel (`[T, C]`).
+    pub fn normalize(&self, feats: &Tensor) -> Result<Tensor> {
+        let (mean, std) = self.vectors(feats)?;
+        Ok(feats.broadcast_sub(&mean)?.broadcast_div(&std)?)
+    }
 }
 
 /// The release shape-latent normalisation (spec §1.1), used when `pipeline.json` has none.
