@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use crate::export::color::srgb_to_linear;
 use crate::export::glb::{read_glb, MeshData};
 use crate::export::ply::{read_ply, Column, PlyFile};
 
@@ -174,7 +175,8 @@ fn read_mesh(path: &Path, kind: FileKind) -> Result<MeshData> {
     }
 }
 
-/// A mesh PLY (`vertex` x/y/z [+ red/green/blue/alpha], `face` vertex_indices) as arrays.
+/// A mesh PLY (`vertex` x/y/z [+ red/green/blue/alpha], `face` vertex_indices) as arrays;
+/// colours are read as sRGB and returned linear (see [`MeshData::colors`]).
 pub fn mesh_from_ply(ply: &PlyFile) -> Result<MeshData> {
     let v = ply.element("vertex").context("no `vertex` element")?;
     let col = |n: &str| {
@@ -196,8 +198,11 @@ pub fn mesh_from_ply(ply: &PlyFile) -> Result<MeshData> {
             Some(
                 (0..v.count)
                     .map(|i| {
-                        let a = alpha.map_or(scale, |a| a[i]);
-                        [r[i], g[i], b[i], a].map(|c| (c / scale) as f32)
+                        // PLY colours are display (sRGB) values; MeshData holds linear ones,
+                        // as glTF does, so a PLY and a GLB of one mesh compare equal.
+                        let a = alpha.map_or(scale, |a| a[i]) / scale;
+                        let rgb = [r[i], g[i], b[i]].map(|c| srgb_to_linear(c / scale));
+                        [rgb[0], rgb[1], rgb[2], a].map(|c| c as f32)
                     })
                     .collect(),
             )

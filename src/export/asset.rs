@@ -1,0 +1,195 @@
+//! What the writers export for one generated object, checked once so every writer can trust it.
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::mesh::dual_grid::voxel_size;
+use crate::mesh::{Mesh, VoxelAttributes, VoxelIndex};
+
+/// Channels of the texture decoder's voxels (spec §1.6): base colour RGB, metallic, roughness,
+/// alpha, all nominally in [0, 1] (the network's values are not clamped; writers clamp).
+pub const PBR_CHANNELS: usize = 6;
+/// Channel of the metallic factor.
+pub const METALLIC: usize = 3;
+/// Channel of the roughness factor.
+pub const ROUGHNESS: usize = 4;
+/// Channel of the alpha (coverage).
+pub const ALPHA: usize = 5;
+
+/// One generated object in the pipeline frame (`[-0.5, 0.5]³`, Z up; see [`super::frame`]).
+///
+/// * `mesh`: the extracted surface after hole filling.
+/// * voxels: the texture decoder's voxels at `coords` (`x, y, z` on a `resolution³` grid) with
+///   their PBR attributes (see [`PBR_CHANNELS`]).
+/// * `dual_vertices`: one dual-grid vertex per voxel, in voxel order, in world units (the first
+///   rows of the mesh's vertices before hole filling).
+pub struct Asset {
+    mesh: Mesh,
+    voxel_coords: Vec<[i32; 3]>,
+    voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
+    dual_vertices: Vec<[f32; 3]>,
+    resolution: u32,
+    index: VoxelIndex,
+}
+
+impl Asset {
+    /// Checks and bundles one object's outputs. Fails on no voxels, rows that disagree in
+    /// number, a zero resolution, coordinates outside the grid or repeated, non-finite values,
+    /// or faces that point past the vertex list. A mesh without faces is accepted (the splats
+    /// can still be written); the mesh writers refuse it.
+    pub fn new(
+        mesh: Mesh,
+        voxel_coords: Vec<[i32; 3]>,
+        voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
+        dual_vertices: Vec<[f32; 3]>,
+        resolution: u32,
+    ) -> Result<Self> {
+        let n = voxel_coords.len();
+        ensure!(n > 0, "export: the object has no voxels");
+        ensure!(
+            voxel_attrs.len() == n,
+            "export: {} voxel attribute rows for {n} voxels",
+            voxel_attrs.len()
+        );
+        ensure!(
+            dual_vertices.len() == n,
+            "export: {} dual vertices for {n} voxels",
+            dual_vertices.len()
+        );
+        ensure!(resolution > 0, "export: grid resolution must be positive");
+        let index = VoxelIndex::build(&voxel_coords, resolution).context("export: voxels")?;
+        if let Some(row) = voxel_attrs
+            .iter()
+            .position(|a| a.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "export: voxel {row} has a non-finite attribute {:?}",
+                voxel_attrs[row]
+            );
+        }
+        if let Some(row) = dual_vertices
+            .iter()
+            .position(|p| p.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "export: dual vertex {row} is not finite: {:?}",
+                dual_vertices[row]
+            );
+        }
+        mesh.check_indices().context("export: mesh")?;
+        if let Some(row) = mesh
+            .vertices
+            .iter()
+            .position(|p| p.iter().any(|v| !v.is_finite()))
+        {
+            bail!(
+                "export: mesh vertex {row} is not finite: {:?}",
+                mesh.vertices[row]
+            );
+        }
+        Ok(Self {
+            mesh,
+            voxel_coords,
+            voxel_attrs,
+            dual_vertices,
+            resolution,
+            index,
+        })
+    }
+
+    /// The same from the flat row-major tensors the pipeline holds: `coords` `[V, 4]`
+    /// (batch, x, y, z; one batch item only), `attrs` `[V, 6]`, `dual_vertices` `[V, 3]`.
+    pub fn from_rows(
+        mesh: Mesh,
+        coords: &[i32],
+        attrs: &[f32],
+        dual_vertices: &[f32],
+        resolution: u32,
+    ) -> Result<Self> {
+        let rows = |what: &str, len: usize, width: usize| -> Result<usize> {
+            ensure!(
+                len.is_multiple_of(width),
+                "export: {what} has {len} values, not a whole number of rows of {width}"
+            );
+            Ok(len / width)
+        };
+        rows("voxel coords", coords.len(), 4)?;
+        rows("voxel attributes", attrs.len(), PBR_CHANNELS)?;
+        rows("dual vertices", dual_vertices.len(), 3)?;
+        if let Some(first) = coords.first() {
+            if let Some(row) = coords.chunks_exact(4).position(|c| c[0] != *first) {
+                bail!(
+                    "export: voxel {row} belongs to batch item {} but voxel 0 to {first}; \
+                     export one object at a time",
+                    coords[row * 4]
+                );
+            }
+        }
+        Self::new(
+            mesh,
+            coords.chunks_exact(4).map(|c| [c[1], c[2], c[3]]).collect(),
+            attrs
+                .chunks_exact(PBR_CHANNELS)
+                .map(|a| std::array::from_fn(|k| a[k]))
+                .collect(),
+            dual_vertices
+                .chunks_exact(3)
+                .map(|p| [p[0], p[1], p[2]])
+                .collect(),
+            resolution,
+        )
+    }
+
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    pub fn voxel_coords(&self) -> &[[i32; 3]] {
+        &self.voxel_coords
+    }
+
+    pub fn voxel_attrs(&self) -> &[[f32; PBR_CHANNELS]] {
+        &self.voxel_attrs
+    }
+
+    pub fn dual_vertices(&self) -> &[[f32; 3]] {
+        &self.dual_vertices
+    }
+
+    pub fn resolution(&self) -> u32 {
+        self.resolution
+    }
+
+    /// Number of voxels (= splats).
+    pub fn voxel_count(&self) -> usize {
+        self.voxel_coords.len()
+    }
+
+    /// Side of one voxel in world units (`1 / resolution`, computed as upstream does).
+    pub fn voxel_size(&self) -> f32 {
+        voxel_size(self.resolution)
+    }
+
+    /// Row of the voxel at `coord`, if there is one.
+    pub fn voxel_at(&self, coord: [i32; 3]) -> Option<usize> {
+        self.index.get(coord).map(|r| r as usize)
+    }
+
+    /// The PBR attributes trilinearly sampled at every mesh vertex (spec §6.4), row-major
+    /// `[vertices, 6]`.
+    pub fn mesh_vertex_attributes(&self) -> Result<Vec<f32>> {
+        let attrs = VoxelAttributes::new(
+            &self.voxel_coords,
+            self.voxel_attrs.iter().flatten().copied().collect(),
+            PBR_CHANNELS,
+            self.resolution,
+        )
+        .context("export: voxel attributes")?;
+        Ok(attrs.sample(&self.mesh.vertices))
+    }
+
+    /// Mean of one attribute channel over the voxels, clamped to [0, 1].
+    pub(crate) fn mean_attribute(&self, channel: usize) -> f32 {
+        let sum: f64 = self.voxel_attrs.iter().map(|a| f64::from(a[channel])).sum();
+        ((sum / self.voxel_attrs.len() as f64) as f32).clamp(0.0, 1.0)
+    }
+}

@@ -1,0 +1,595 @@
+//! The three writers on a synthetic object (a voxelised sphere shell through the real dual-grid
+//! extraction): read back by our readers and by third-party ones (ply-rs, the Khronos glTF
+//! validator), byte-identical twice, described by `inspect`, equal to themselves in `compare`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::voxel_shapes::{in_ball, sign_field_voxels};
+use trellis2::export::asset::PBR_CHANNELS;
+use trellis2::export::color::{srgb_to_linear, unit_to_u8};
+use trellis2::export::glb::read_glb;
+use trellis2::export::ply::read_ply;
+use trellis2::export::splat::{rotation_of_quaternion, SH_C0, TANGENT_SIGMA_VOXELS};
+use trellis2::export::{write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
+use trellis2::mesh::{decoder_output_to_meshes, fill_holes, Mesh, VoxelAttributes};
+
+const GRID: u32 = 32;
+const METALLIC: f32 = 0.25;
+const ROUGHNESS: f32 = 0.75;
+
+/// The sphere shell of radius 10 voxels around the grid centre, coloured by position.
+fn sphere_parts(alpha: f32) -> (Mesh, Vec<i32>, Vec<f32>, Vec<f32>) {
+    let centre = GRID as f32 / 2.0;
+    let (coords, feats) = sign_field_voxels(2..30, 0, |p| in_ball(p, [centre; 3], 10.0));
+    let mut mesh = decoder_output_to_meshes(&coords, &feats, GRID)
+        .expect("extraction")
+        .remove(0);
+    let duals: Vec<f32> = mesh.vertices.iter().flatten().copied().collect();
+    fill_holes(&mut mesh, trellis2::mesh::DEFAULT_MAX_HOLE_PERIMETER).expect("fill holes");
+    let attrs = coords
+        .chunks_exact(4)
+        .flat_map(|c| {
+            let [r, g, b] = [c[1], c[2], c[3]].map(|v| v as f32 / GRID as f32);
+            // A little outside [0, 1] at the ends, as the network's values can be.
+            [r * 1.1 - 0.05, g, b, METALLIC, ROUGHNESS, alpha]
+        })
+        .collect();
+    (mesh, coords, attrs, duals)
+}
+
+fn sphere(alpha: f32) -> Asset {
+    let (mesh, coords, attrs, duals) = sphere_parts(alpha);
+    Asset::from_rows(mesh, &coords, &attrs, &duals, GRID).expect("valid asset")
+}
+
+/// Direction from the sphere's centre (the world origin) to `p`, in the file frame.
+fn radial(p: [f32; 3]) -> [f32; 3] {
+    let len = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+    p.map(|v| v / len)
+}
+
+fn dot(a: [f32; 3], b: [f32; 3]) -> f32 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn column<'a>(e: &'a trellis2::export::ply::PlyElement, name: &str) -> &'a [f64] {
+    e.scalars(name)
+        .unwrap_or_else(|| panic!("no scalar property {name}"))
+}
+
+#[test]
+fn splat_ply_has_the_3dgs_layout_and_the_voxels_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("splats.ply");
+    let asset = sphere(1.0);
+    write_splat_ply(&path, &asset, Up::Y).expect("write");
+
+    let header = std::fs::read(&path).unwrap();
+    let header = String::from_utf8_lossy(&header[..header.len().min(2048)]).into_owned();
+    assert!(header.contains("format binary_little_endian 1.0\n"));
+    assert!(
+        header.contains("property float x\n"),
+        "classic type names:\n{header}"
+    );
+
+    let ply = read_ply(&path).expect("our reader");
+    assert!(ply.is_gaussian_splat());
+    let v = ply.element("vertex").expect("vertex element");
+    assert_eq!(v.count, asset.voxel_count());
+    let names: Vec<&str> = v.properties.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0",
+            "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"
+        ]
+    );
+    assert!(v.properties.iter().all(|p| p.type_name == "float32"));
+
+    let (x, y, z) = (column(v, "x"), column(v, "y"), column(v, "z"));
+    let voxel = 1.0 / GRID as f64;
+    let mut outward = 0;
+    for (i, (d, a)) in asset
+        .dual_vertices()
+        .iter()
+        .zip(asset.voxel_attrs())
+        .enumerate()
+    {
+        // Centre = dual vertex rotated to +Y up, exactly.
+        let p = Up::Y.apply(*d);
+        assert_eq!([x[i], y[i], z[i]], p.map(f64::from), "splat {i}");
+        for (k, c) in ["f_dc_0", "f_dc_1", "f_dc_2"].iter().enumerate() {
+            let rgb = column(v, c)[i] * SH_C0 + 0.5;
+            let want = f64::from(a[k].clamp(0.0, 1.0));
+            assert!((rgb - want).abs() < 1e-6, "splat {i} {c}: {rgb} vs {want}");
+        }
+        // alpha 1 → the clamped logit, finite.
+        let opacity = column(v, "opacity")[i];
+        assert!(
+            (opacity - (0.9999f64 / 0.0001).ln()).abs() < 1e-3,
+            "{opacity}"
+        );
+        let scales = ["scale_0", "scale_1", "scale_2"].map(|s| column(v, s)[i].exp() / voxel);
+        let q = ["rot_0", "rot_1", "rot_2", "rot_3"].map(|s| column(v, s)[i]);
+        assert!((q.iter().map(|c| c * c).sum::<f64>() - 1.0).abs() < 1e-6);
+        assert!(q[0] >= 0.0);
+        let n = ["nx", "ny", "nz"].map(|s| column(v, s)[i] as f32);
+        if n == [0.0; 3] {
+            // No plane here: a small sphere.
+            assert!(scales
+                .iter()
+                .all(|s| (s - TANGENT_SIGMA_VOXELS).abs() < 1e-5));
+            continue;
+        }
+        // A flat disc: two tangent scales of ~0.6 voxel, a thin one along the normal, and the
+        // normal is the rotation's third column.
+        assert!(
+            (scales[0] - TANGENT_SIGMA_VOXELS).abs() < 1e-5,
+            "{scales:?}"
+        );
+        assert!((scales[1] - TANGENT_SIGMA_VOXELS).abs() < 1e-5);
+        assert!(scales[2] < 0.2 * TANGENT_SIGMA_VOXELS);
+        let r = rotation_of_quaternion(q);
+        let axis = [r[0][2], r[1][2], r[2][2]].map(|c| c as f32);
+        assert!(dot(axis, n) > 0.9999, "splat {i}: {axis:?} vs {n:?}");
+        if dot(n, radial(p)) > 0.9 {
+            outward += 1;
+        }
+    }
+    // On a sphere the fitted normals are radial and point outward nearly everywhere.
+    assert!(
+        outward * 100 >= asset.voxel_count() * 95,
+        "{outward} of {} normals radial and outward",
+        asset.voxel_count()
+    );
+}
+
+#[test]
+fn splat_ply_reads_with_a_third_party_parser() {
+    use ply_rs::ply::Property;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("splats.ply");
+    let asset = sphere(1.0);
+    write_splat_ply(&path, &asset, Up::Y).expect("write");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let ply = ply_rs::parser::Parser::<ply_rs::ply::DefaultElement>::new()
+        .read_ply(&mut file)
+        .expect("ply-rs parses the splat PLY");
+    let def = &ply.header.elements["vertex"];
+    assert_eq!(def.count, asset.voxel_count());
+    let names: Vec<&String> = def.properties.keys().collect();
+    assert_eq!(names.len(), 17);
+    assert_eq!(names[0], "x");
+    assert_eq!(names[16], "rot_3");
+    let rows = &ply.payload["vertex"];
+    assert_eq!(rows.len(), asset.voxel_count());
+    for (row, d) in rows.iter().zip(asset.dual_vertices()) {
+        let p = Up::Y.apply(*d);
+        for (k, axis) in ["x", "y", "z"].iter().enumerate() {
+            assert_eq!(row[*axis], Property::Float(p[k]));
+        }
+    }
+    // And the mesh PLY, with its list property.
+    let mesh_path = dir.path().join("mesh.ply");
+    write_mesh_ply(&mesh_path, &asset, Up::Y).expect("write");
+    let ply = ply_rs::parser::Parser::<ply_rs::ply::DefaultElement>::new()
+        .read_ply(&mut std::fs::File::open(&mesh_path).unwrap())
+        .expect("ply-rs parses the mesh PLY");
+    assert_eq!(ply.payload["face"].len(), asset.mesh().faces.len());
+    assert!(matches!(
+        &ply.payload["face"][0]["vertex_indices"],
+        Property::ListInt(l) if l.len() == 3
+    ));
+    assert!(matches!(
+        ply.payload["vertex"][0]["red"],
+        Property::UChar(_)
+    ));
+}
+
+/// Expected 8-bit colours: the voxel attributes sampled at the mesh vertices.
+fn expected_rgba8(asset: &Asset) -> Vec<[u8; 4]> {
+    let attrs = VoxelAttributes::new(
+        asset.voxel_coords(),
+        asset.voxel_attrs().iter().flatten().copied().collect(),
+        PBR_CHANNELS,
+        GRID,
+    )
+    .unwrap();
+    attrs
+        .sample(&asset.mesh().vertices)
+        .chunks_exact(PBR_CHANNELS)
+        .map(|a| [a[0], a[1], a[2], a[5]].map(unit_to_u8))
+        .collect()
+}
+
+/// The same triangle, possibly re-wound (the writers orient faces outward).
+fn same_triangle(a: [u32; 3], b: [u32; 3]) -> bool {
+    let mut a = a;
+    let mut b = b;
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+#[test]
+fn mesh_ply_and_glb_hold_the_mesh_its_colours_and_outward_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ply_path, glb_path) = (dir.path().join("mesh.ply"), dir.path().join("mesh.glb"));
+    let asset = sphere(1.0);
+    write_mesh_ply(&ply_path, &asset, Up::Y).expect("write ply");
+    write_glb(&glb_path, &asset, Up::Y).expect("write glb");
+    let mesh = asset.mesh();
+    let want_rgba = expected_rgba8(&asset);
+
+    // PLY.
+    let ply = read_ply(&ply_path).expect("our reader");
+    assert!(ply.is_mesh() && !ply.is_gaussian_splat());
+    let v = ply.element("vertex").unwrap();
+    assert_eq!(v.count, mesh.vertices.len());
+    let from_ply = trellis2::compare::mesh_from_ply(&ply).unwrap();
+    for (i, p) in mesh.vertices.iter().enumerate() {
+        assert_eq!(from_ply.positions[i], Up::Y.apply(*p));
+        let rgba = ["red", "green", "blue", "alpha"].map(|c| column(v, c)[i] as u8);
+        assert_eq!(rgba, want_rgba[i], "vertex {i}");
+    }
+    assert_eq!(from_ply.triangle_count(), mesh.faces.len());
+    let faces: Vec<[u32; 3]> = from_ply
+        .indices
+        .chunks_exact(3)
+        .map(|f| [f[0], f[1], f[2]])
+        .collect();
+    let mut rewound = 0;
+    let mut facing_out = 0;
+    for (new, old) in faces.iter().zip(&mesh.faces) {
+        assert!(same_triangle(*new, *old), "{new:?} vs {old:?}");
+        rewound += usize::from(new != old);
+        let p = new.map(|i| from_ply.positions[i as usize]);
+        let e1 = [0, 1, 2].map(|k| p[1][k] - p[0][k]);
+        let e2 = [0, 1, 2].map(|k| p[2][k] - p[0][k]);
+        let n = [
+            e1[1] * e2[2] - e1[2] * e2[1],
+            e1[2] * e2[0] - e1[0] * e2[2],
+            e1[0] * e2[1] - e1[1] * e2[0],
+        ];
+        let c = [0, 1, 2].map(|k| (p[0][k] + p[1][k] + p[2][k]) / 3.0);
+        facing_out += usize::from(dot(n, c) > 0.0);
+    }
+    // The dual grid winds by edge axis, so a sphere starts about half inward.
+    assert!(rewound > faces.len() / 10, "{rewound} re-wound");
+    // Consistent: every edge shared by two faces is traversed once each way.
+    let mut directed = std::collections::BTreeMap::new();
+    for f in &faces {
+        for k in 0..3 {
+            *directed.entry((f[k], f[(k + 1) % 3])).or_insert(0) += 1;
+        }
+    }
+    let clashes = directed.iter().filter(|(_, &n)| n > 1).count();
+    assert_eq!(clashes, 0, "edges traversed twice in one direction");
+    // Outward: positive enclosed volume, and (the surface being a voxel staircase, some risers
+    // face sideways) nearly every face's normal points away from the centre.
+    assert!(
+        facing_out * 100 >= faces.len() * 97,
+        "{facing_out} of {} face out",
+        faces.len()
+    );
+    let volume: f32 = faces
+        .iter()
+        .map(|f| {
+            let [a, b, c] = f.map(|i| from_ply.positions[i as usize]);
+            let bxc = [
+                b[1] * c[2] - b[2] * c[1],
+                b[2] * c[0] - b[0] * c[2],
+                b[0] * c[1] - b[1] * c[0],
+            ];
+            dot(a, bxc) / 6.0
+        })
+        .sum();
+    let ball = 4.0 / 3.0 * std::f32::consts::PI * (10.0 / GRID as f32).powi(3);
+    assert!(
+        (volume / ball - 1.0).abs() < 0.15,
+        "volume {volume} vs ball {ball}"
+    );
+
+    // GLB: same positions, indices and colours (linear there).
+    let (glb, summary) = read_glb(&glb_path).expect("our GLB reader");
+    assert_eq!(glb.positions, from_ply.positions);
+    assert_eq!(glb.indices, from_ply.indices);
+    let colors = glb.colors.as_ref().expect("COLOR_0");
+    for (c, want) in colors.iter().zip(&want_rgba) {
+        for k in 0..3 {
+            let lin = srgb_to_linear(f64::from(want[k]) / 255.0) as f32;
+            assert!((c[k] - lin).abs() < 1e-4, "{c:?} vs {want:?}");
+        }
+        assert!((c[3] - f32::from(want[3]) / 255.0).abs() < 1e-6);
+    }
+    assert_eq!(summary.materials.len(), 1);
+    assert!(summary.materials[0].contains("metallic 0.25"));
+    assert!(summary.materials[0].contains("roughness 0.75"));
+    assert!(
+        summary.materials[0].contains("Opaque"),
+        "{:?}",
+        summary.materials
+    );
+
+    // Normals: unit and outward.
+    let bytes = std::fs::read(&glb_path).unwrap();
+    let (doc, buffers, _) = gltf::import_slice(&bytes).unwrap();
+    let prim = doc.meshes().next().unwrap().primitives().next().unwrap();
+    let material = prim.material();
+    assert!(material.double_sided());
+    assert_eq!(
+        material.pbr_metallic_roughness().base_color_factor(),
+        [1.0; 4]
+    );
+    let reader = prim.reader(|b| buffers.get(b.index()).map(|d| d.0.as_slice()));
+    let normals: Vec<[f32; 3]> = reader.read_normals().expect("NORMAL").collect();
+    let used: std::collections::BTreeSet<u32> = glb.indices.iter().copied().collect();
+    // Area-weighted over a voxel staircase: at a step corner the normal is the diagonal of its
+    // faces, up to ~70° off the radius where a one-voxel cap sits on the sphere's pole (it is
+    // still outward: an inward normal would give a negative cosine); elsewhere close to radial.
+    let mut sum = 0.0;
+    for &i in &used {
+        let (n, p) = (normals[i as usize], glb.positions[i as usize]);
+        assert!((dot(n, n) - 1.0).abs() < 1e-5);
+        let d = dot(n, radial(p));
+        assert!(d > 0.3, "vertex {i}: {n:?} at {p:?}");
+        sum += d;
+    }
+    assert!(
+        sum / used.len() as f32 > 0.9,
+        "mean cosine {}",
+        sum / used.len() as f32
+    );
+}
+
+#[test]
+fn translucent_objects_get_a_blend_material_and_up_z_keeps_the_pipeline_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let asset = sphere(0.5);
+    let (y, z) = (dir.path().join("y.glb"), dir.path().join("z.glb"));
+    write_glb(&y, &asset, Up::Y).unwrap();
+    write_glb(&z, &asset, Up::Z).unwrap();
+    let (gy, sy) = read_glb(&y).unwrap();
+    let (gz, _) = read_glb(&z).unwrap();
+    assert!(sy.materials[0].contains("Blend"), "{:?}", sy.materials);
+    assert_eq!(gz.positions, asset.mesh().vertices);
+    for (a, b) in gy.positions.iter().zip(&gz.positions) {
+        assert_eq!(*a, [b[0], b[2], -b[1]]);
+    }
+    let splat_z = dir.path().join("z.ply");
+    write_splat_ply(&splat_z, &asset, Up::Z).unwrap();
+    let v = read_ply(&splat_z).unwrap();
+    let v = v.element("vertex").unwrap();
+    assert_eq!(column(v, "z")[0], f64::from(asset.dual_vertices()[0][2]));
+    // alpha 0.5 → opacity logit 0.
+    assert!(column(v, "opacity").iter().all(|o| o.abs() < 1e-6));
+}
+
+#[test]
+fn every_writer_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    type Writer = fn(&Path, &Asset, Up) -> anyhow::Result<()>;
+    let writers: [(&str, Writer); 3] = [
+        ("splat.ply", write_splat_ply),
+        ("mesh.ply", write_mesh_ply),
+        ("mesh.glb", write_glb),
+    ];
+    for (name, write) in writers {
+        let (a, b) = (
+            dir.path().join(format!("a-{name}")),
+            dir.path().join(format!("b-{name}")),
+        );
+        // Two separately built assets: nothing may depend on addresses or hash seeds.
+        write(&a, &sphere(1.0), Up::Y).unwrap();
+        write(&b, &sphere(1.0), Up::Y).unwrap();
+        let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert!(x.len() > 1000, "{name}: {} bytes", x.len());
+        assert!(x == y, "{name}: two writes differ");
+    }
+}
+
+fn trellis2_cli(args: &[&Path]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn inspect_describes_and_compare_accepts_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let asset = sphere(1.0);
+    let splat = dir.path().join("splats.ply");
+    let mesh = dir.path().join("mesh.ply");
+    let glb = dir.path().join("mesh.glb");
+    write_splat_ply(&splat, &asset, Up::Y).unwrap();
+    write_mesh_ply(&mesh, &asset, Up::Y).unwrap();
+    write_glb(&glb, &asset, Up::Y).unwrap();
+    let inspect = |p: &Path| {
+        let o = trellis2_cli(&[Path::new("inspect"), p]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = inspect(&splat);
+    assert!(
+        text.contains("Gaussian splats (INRIA 3DGS layout)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("element     vertex ×{}", asset.voxel_count())));
+    let text = inspect(&mesh);
+    assert!(text.contains("triangle mesh"), "{text}");
+    let text = inspect(&glb);
+    assert!(text.contains("vertex colours: yes"), "{text}");
+    assert!(text.contains("trellis2_pbr"), "{text}");
+    assert!(text.contains(&format!("{} triangles", asset.mesh().faces.len())));
+    for (a, b) in [
+        (&splat, &splat),
+        (&mesh, &mesh),
+        (&glb, &glb),
+        (&mesh, &glb),
+    ] {
+        let o = trellis2_cli(&[Path::new("compare"), a, b]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "compare {} {}: {}{}",
+            a.display(),
+            b.display(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// `tests/tools`, where `tests/tools/install.sh` puts the glTF validator.
+fn tools_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools")
+}
+
+/// Runs the Khronos validator on each file; returns (errors, warnings, messages) per file.
+fn validate(files: &[PathBuf]) -> Vec<(u64, u64, String)> {
+    let tools = tools_dir();
+    let install = "run `tests/tools/install.sh` (needs node and npm) to install it";
+    assert!(
+        tools
+            .join("node_modules/gltf-validator/package.json")
+            .is_file(),
+        "the Khronos glTF validator is missing from {}: {install}",
+        tools.display()
+    );
+    const SCRIPT: &str = r#"
+const validator = require('gltf-validator');
+const fs = require('fs');
+(async () => {
+  for (const file of process.argv.slice(1)) {
+    const report = await validator.validateBytes(new Uint8Array(fs.readFileSync(file)));
+    const shown = report.issues.messages.filter((m) => m.severity <= 1);
+    console.log(JSON.stringify({
+      errors: report.issues.numErrors,
+      warnings: report.issues.numWarnings,
+      messages: shown.map((m) => `${m.code} ${m.pointer || ''}: ${m.message}`).join('; '),
+    }));
+  }
+})().catch((e) => { console.error(e); process.exit(2); });
+"#;
+    let out = Command::new("node")
+        .arg("-e")
+        .arg(SCRIPT)
+        .args(files)
+        .current_dir(&tools)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js, then {install}"));
+    assert!(
+        out.status.success(),
+        "validator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("validator JSON line");
+            (
+                v["errors"].as_u64().expect("errors"),
+                v["warnings"].as_u64().expect("warnings"),
+                v["messages"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn glb_passes_the_khronos_validator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (alpha, up) in [(1.0, Up::Y), (0.5, Up::Y), (1.0, Up::Z)] {
+        let path = dir.path().join(format!("a{alpha}-{up}.glb"));
+        write_glb(&path, &sphere(alpha), up).unwrap();
+        files.push(path);
+    }
+    // A broken copy proves the harness reports errors: the BIN chunk cut short.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let broken = dir.path().join("broken.glb");
+    std::fs::write(&broken, &bytes[..bytes.len() - 64]).unwrap();
+    files.push(broken);
+
+    let reports = validate(&files);
+    assert_eq!(reports.len(), files.len());
+    for (file, (errors, warnings, messages)) in files.iter().zip(&reports).take(3) {
+        assert_eq!(
+            (*errors, *warnings),
+            (0, 0),
+            "{}: {messages}",
+            file.display()
+        );
+    }
+    assert!(reports[3].0 > 0, "the truncated GLB must fail validation");
+}
+
+#[test]
+fn writers_refuse_bad_input_and_leave_no_file() {
+    let (mesh, coords, attrs, duals) = sphere_parts(1.0);
+    let err = |r: anyhow::Result<Asset>| format!("{:#}", r.err().expect("refused"));
+    assert!(err(Asset::from_rows(mesh.clone(), &[], &[], &[], GRID)).contains("no voxels"));
+    assert!(err(Asset::from_rows(
+        mesh.clone(),
+        &coords,
+        &attrs[6..],
+        &duals,
+        GRID
+    ))
+    .contains("voxel attribute rows"));
+    assert!(err(Asset::from_rows(
+        mesh.clone(),
+        &coords[..5],
+        &attrs,
+        &duals,
+        GRID
+    ))
+    .contains("whole number of rows"));
+    let mut nan = attrs.clone();
+    nan[7] = f32::NAN;
+    assert!(
+        err(Asset::from_rows(mesh.clone(), &coords, &nan, &duals, GRID)).contains("non-finite")
+    );
+    let mut batch = coords.clone();
+    batch[4] = 1;
+    assert!(err(Asset::from_rows(mesh.clone(), &batch, &attrs, &duals, GRID)).contains("batch"));
+    assert!(err(Asset::from_rows(mesh.clone(), &coords, &attrs, &duals, 16)).contains("outside"));
+    let mut bad_face = mesh.clone();
+    bad_face.faces.push([0, 1, u32::MAX]);
+    assert!(err(Asset::from_rows(bad_face, &coords, &attrs, &duals, GRID)).contains("face"));
+
+    // No triangles: splats still fine, mesh writers refuse without leaving anything behind.
+    let points = Mesh {
+        vertices: mesh.vertices.clone(),
+        faces: vec![],
+    };
+    let asset = Asset::from_rows(points, &coords, &attrs, &duals, GRID).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_splat_ply(&dir.path().join("s.ply"), &asset, Up::Y).unwrap();
+    for (name, result) in [
+        (
+            "m.ply",
+            write_mesh_ply(&dir.path().join("m.ply"), &asset, Up::Y),
+        ),
+        ("m.glb", write_glb(&dir.path().join("m.glb"), &asset, Up::Y)),
+    ] {
+        let e = format!("{:#}", result.expect_err(name));
+        assert!(e.contains("no triangles"), "{e}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["s.ply"]);
+    // A directory that does not exist: an error naming the path.
+    let missing = dir.path().join("nope/out.glb");
+    let e = format!(
+        "{:#}",
+        write_glb(&missing, &sphere(1.0), Up::Y).unwrap_err()
+    );
+    assert!(e.contains("nope/out.glb"), "{e}");
+}
