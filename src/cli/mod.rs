@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand};
 
 pub mod compare;
 pub mod dev;
+pub mod generate;
+mod inputs;
+mod overrides;
+mod progress;
+mod report;
 pub mod inspect;
 pub mod preprocess;
 
@@ -37,6 +42,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Turn pictures into 3D assets: Gaussian splats, mesh PLY, GLB (exit 1 if any failed).
+    Generate(Box<generate::Args>),
     /// Write the exact conditioning image the model sees (alpha crop, premultiplied on black).
     Preprocess(preprocess::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::sampler::{SamplerParams, SIGMA_MIN};
 
 /// Upstream `pipeline_type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PipelineType {
     /// 32³ structure, shape and texture flows at 512.
     P512,
@@ -67,6 +67,12 @@ impl PipelineType {
     /// Whether the 1024 condition is needed (every type but `512`).
     pub fn needs_cond_1024(self) -> bool {
         self != PipelineType::P512
+    }
+}
+
+impl serde::Serialize for PipelineType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

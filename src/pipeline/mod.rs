@@ -3,6 +3,7 @@
 
 pub mod cascade;
 pub mod conditioning;
+pub mod device;
 pub mod config;
 mod context;
 mod decode;
