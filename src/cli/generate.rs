@@ -46,9 +46,11 @@ impl Format {
 }
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  trellis2 generate chair.webp -o out/\n  trellis2 generate \
+#[command(
+    after_help = "Examples:\n  trellis2 generate chair.webp -o out/\n  trellis2 generate \
 photos/ 'more/*.png' --format glb --seed 7 --report run.json\n  trellis2 generate chair.webp \
---pipeline 512 --steps ss=8,shape=8,tex=8 --save-latents chair.latents.safetensors")]
+--pipeline 512 --steps ss=8,shape=8,tex=8 --save-latents chair.latents.safetensors"
+)]
 pub struct Args {
     /// Pictures with a transparent background (PNG, JPEG, WebP): files, folders or glob
     /// patterns. Not needed with --from-latents.
@@ -57,7 +59,12 @@ pub struct Args {
     #[arg(short, long, default_value = "out")]
     pub output: PathBuf,
     /// Comma-separated output formats.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "splat,mesh-ply,glb")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "splat,mesh-ply,glb"
+    )]
     pub format: Vec<Format>,
     /// Noise seed (upstream's torch.manual_seed; the same seed gives upstream's noise).
     #[arg(long, default_value_t = 42)]
@@ -207,10 +214,7 @@ fn plan(args: &Args) -> Result<Plan> {
         Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
         None => None,
     };
-    let up: Up = args
-        .up
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--up: {e}"))?;
+    let up: Up = args.up.parse().map_err(|e| anyhow::anyhow!("--up: {e}"))?;
     Ok(Plan {
         jobs,
         pipeline_type: args.pipeline.as_deref().map(str::parse).transpose()?,
@@ -288,8 +292,8 @@ pub fn run(args: &Args) -> Result<u8> {
                 },
                 max_tokens: args.max_tokens,
             };
-            let result = generate_one(&pipeline, job, options, ptype, &mut progress)
-                .and_then(|g| {
+            let result =
+                generate_one(&pipeline, job, options, ptype, &mut progress).and_then(|g| {
                     save(args, &plan, &stem, &g, &outputs)?;
                     Ok(g)
                 });

@@ -67,7 +67,10 @@ mod tests {
         }
         let d = dir.path().to_str().unwrap().to_string();
         let got = expand(std::slice::from_ref(&d)).unwrap();
-        assert_eq!(got, vec![dir.path().join("a.webp"), dir.path().join("b.png")]);
+        assert_eq!(
+            got,
+            vec![dir.path().join("a.webp"), dir.path().join("b.png")]
+        );
         let got = expand(&[format!("{d}/*.png"), format!("{d}/b.png")]).unwrap();
         assert_eq!(got, vec![dir.path().join("b.png")]);
         assert!(expand(&[format!("{d}/missing.png")]).is_err());

@@ -8,11 +8,11 @@ pub mod compare;
 pub mod dev;
 pub mod generate;
 mod inputs;
+pub mod inspect;
 mod overrides;
+pub mod preprocess;
 mod progress;
 mod report;
-pub mod inspect;
-pub mod preprocess;
 
 /// Exit codes, documented in the README.
 pub mod exit {

@@ -18,7 +18,10 @@ where
     };
     if !text.contains('=') {
         let v = value(text)?;
-        return Ok(SamplerStage::ALL.into_iter().map(|s| (s, v.clone())).collect());
+        return Ok(SamplerStage::ALL
+            .into_iter()
+            .map(|s| (s, v.clone()))
+            .collect());
     }
     let mut out: Vec<(SamplerStage, T)> = Vec::new();
     for part in text.split(',') {
@@ -43,9 +46,11 @@ mod tests {
         let all: Vec<(SamplerStage, usize)> = parse_per_stage("--steps", "12").unwrap();
         assert_eq!(all.len(), 3);
         assert!(all.iter().all(|(_, v)| *v == 12));
-        let some: Vec<(SamplerStage, f64)> =
-            parse_per_stage("--cfg", "ss=5.5, tex=1").unwrap();
-        assert_eq!(some, vec![(SamplerStage::Ss, 5.5), (SamplerStage::Tex, 1.0)]);
+        let some: Vec<(SamplerStage, f64)> = parse_per_stage("--cfg", "ss=5.5, tex=1").unwrap();
+        assert_eq!(
+            some,
+            vec![(SamplerStage::Ss, 5.5), (SamplerStage::Tex, 1.0)]
+        );
         let e = parse_per_stage::<usize>("--steps", "ss=5,geo=3").unwrap_err();
         assert!(format!("{e:#}").contains("geo"), "{e:#}");
         assert!(parse_per_stage::<usize>("--steps", "ss=x").is_err());

@@ -3,10 +3,10 @@
 
 pub mod cascade;
 pub mod conditioning;
-pub mod device;
 pub mod config;
 mod context;
 mod decode;
+pub mod device;
 pub mod flow_model;
 pub mod latents_file;
 pub mod memory;
