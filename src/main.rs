@@ -10,6 +10,7 @@ use cli::{exit, Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => cli::generate::run(&args),
         Command::Preprocess(args) => cli::preprocess::run(&args),
         Command::Inspect(args) => cli::inspect::run(&args),
         Command::Compare(args) => cli::compare::run(&args),

@@ -8,8 +8,13 @@ pub mod compare;
 pub mod convert;
 pub mod dev;
 pub mod download;
+pub mod generate;
+mod inputs;
 pub mod inspect;
+mod overrides;
 pub mod preprocess;
+mod progress;
+mod report;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -39,6 +44,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Turn pictures into 3D assets: Gaussian splats, mesh PLY, GLB (exit 1 if any failed).
+    Generate(Box<generate::Args>),
     /// Write the exact conditioning image the model sees (alpha crop, premultiplied on black).
     Preprocess(preprocess::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.

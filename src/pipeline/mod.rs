@@ -1,3 +1,31 @@
-//! Stages and the glue between them (spec §1).
+//! Stages and the glue between them (spec §1): [`run::Pipeline`] turns an image into a
+//! [`output::Generated`] object, stage by stage, loading and dropping each stage's models.
 
+pub mod cascade;
+pub mod conditioning;
+pub mod config;
+mod context;
+mod decode;
+pub mod device;
+pub mod flow_model;
+pub mod latents_file;
+pub mod memory;
+pub mod models;
+pub mod noise;
+pub mod output;
+pub mod progress;
+pub mod run;
+pub mod sampler;
+mod shape;
+mod sparse_structure;
 pub mod structure;
+mod texture;
+
+pub use config::{
+    PipelineSettings, PipelineType, SamplerOverrides, SamplerStage, StageOverride,
+    DEFAULT_MAX_TOKENS,
+};
+pub use noise::NoiseSource;
+pub use output::{Generated, Latents, PBR_CHANNELS};
+pub use progress::{NoProgress, Progress, StageReport};
+pub use run::{Pipeline, RunOptions};

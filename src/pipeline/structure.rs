@@ -53,6 +53,32 @@ pub fn occupied_coords(occupancy: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(rows, (n, 4), occupancy.device())
 }
 
+/// `argwhere` of a 5-D occupancy grid: `[N, 5]` int32 rows (b, c, x, y, z), row-major order.
+pub fn occupied_cells(occupancy: &Tensor) -> Result<Tensor> {
+    let dims = occupancy.dims().to_vec();
+    if dims.len() != 5 {
+        bail!("occupied_cells: expected [B, C, X, Y, Z], got shape {dims:?}");
+    }
+    let cells = occupancy
+        .to_dtype(DType::U8)?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    let mut rows = Vec::new();
+    for (i, &v) in cells.iter().enumerate() {
+        if v != 0 {
+            let mut idx = [0i32; 5];
+            let mut r = i;
+            for d in (0..5).rev() {
+                idx[d] = (r % dims[d]) as i32;
+                r /= dims[d];
+            }
+            rows.extend(idx);
+        }
+    }
+    let n = rows.len() / 5;
+    Tensor::from_vec(rows, (n, 5), occupancy.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +95,8 @@ mod tests {
         assert_eq!(pooled.dims(), &[1, 1, 2, 2, 2]);
         let coords = occupied_coords(&pooled).unwrap().to_vec2::<i32>().unwrap();
         assert_eq!(coords, vec![vec![0, 0, 0, 0], vec![0, 1, 1, 0]]);
+        let cells = occupied_cells(&occ).unwrap().to_vec2::<i32>().unwrap();
+        assert_eq!(cells, vec![vec![0, 0, 0, 0, 0], vec![0, 0, 3, 2, 1]]);
     }
 
     #[test]

@@ -1,0 +1,420 @@
+//! `trellis2 generate INPUT...`: parse flags, run the library pipeline per image, write the
+//! outputs, show progress, summarise, map failures to the exit code. No model logic here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+
+use super::exit;
+use super::inputs;
+use super::overrides::parse_per_stage;
+use super::progress::CliProgress;
+use super::report::{ItemReport, RunReport, Status, CANDLE_VERSION};
+use trellis2::export::tensors::read_tensors;
+use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
+use trellis2::image::load_image;
+use trellis2::pipeline::device::{describe, select, DeviceChoice};
+use trellis2::pipeline::latents_file::{read_latents, write_latents};
+use trellis2::pipeline::{
+    Generated, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
+    DEFAULT_MAX_TOKENS,
+};
+use trellis2::weights::ModelDir;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Gaussian splats, INRIA 3DGS binary PLY (`NAME.splat.ply`).
+    Splat,
+    /// Triangle mesh with vertex colours, binary PLY (`NAME.mesh.ply`).
+    MeshPly,
+    /// glTF 2.0 binary with a PBR material (`NAME.glb`).
+    Glb,
+}
+
+impl Format {
+    fn file_name(self, stem: &str) -> String {
+        match self {
+            Format::Splat => format!("{stem}.splat.ply"),
+            Format::MeshPly => format!("{stem}.mesh.ply"),
+            Format::Glb => format!("{stem}.glb"),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  trellis2 generate chair.webp -o out/\n  trellis2 generate \
+photos/ 'more/*.png' --format glb --seed 7 --report run.json\n  trellis2 generate chair.webp \
+--pipeline 512 --steps ss=8,shape=8,tex=8 --save-latents chair.latents.safetensors"
+)]
+pub struct Args {
+    /// Pictures with a transparent background (PNG, JPEG, WebP): files, folders or glob
+    /// patterns. Not needed with --from-latents.
+    pub inputs: Vec<String>,
+    /// Output folder.
+    #[arg(short, long, default_value = "out")]
+    pub output: PathBuf,
+    /// Comma-separated output formats.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "splat,mesh-ply,glb"
+    )]
+    pub format: Vec<Format>,
+    /// Noise seed (upstream's torch.manual_seed; the same seed gives upstream's noise).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Pipeline type: 512, 1024, 1024-cascade or 1536-cascade (default: the model's, 1024-cascade).
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Compute device: auto, cpu, metal or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Model folder holding pipeline.json (or set TRELLIS2_MODEL).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Sampling steps: one number for all stages, or ss=N,shape=N,tex=N.
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// Guidance strength: one number for all stages, or ss=X,shape=X,tex=X.
+    #[arg(long)]
+    pub cfg: Option<String>,
+    /// Guidance rescale (0..1): one number for all stages, or ss=X,shape=X,tex=X.
+    #[arg(long)]
+    pub cfg_rescale: Option<String>,
+    /// Token budget of the 1536 cascade (it steps the resolution down while over it).
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// Take the noise from this safetensors file (ss.noise, shape.noise | shape_lr.noise +
+    /// shape_hr.noise, tex.noise) instead of the seed. One input only.
+    #[arg(long, value_name = "FILE")]
+    pub noise: Option<PathBuf>,
+    /// Save every stage's coordinates and latents (golden key names). A file for one input, or
+    /// a folder (existing, or ending in /) for NAME.latents.safetensors per input.
+    #[arg(long, value_name = "FILE")]
+    pub save_latents: Option<PathBuf>,
+    /// Decode and export a latents file written by --save-latents, without sampling.
+    #[arg(long, value_name = "FILE")]
+    pub from_latents: Option<PathBuf>,
+    /// Write a JSON report: per image and stage wall time, tokens, voxels, peak memory.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Skip inputs whose outputs all exist already.
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Up axis of the written files: y (glTF convention) or z (the model's frame).
+    #[arg(long, default_value = "y")]
+    pub up: String,
+    /// No progress output (errors and the failure summary are still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// What one batch item is.
+enum Job {
+    Image(PathBuf),
+    Latents(PathBuf),
+}
+
+impl Job {
+    fn path(&self) -> &Path {
+        match self {
+            Job::Image(p) | Job::Latents(p) => p,
+        }
+    }
+
+    /// Output file stem: the input's name without extension(s) we add.
+    fn stem(&self) -> String {
+        let name = self
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        let name = name.strip_suffix(".safetensors").unwrap_or(&name);
+        let name = name.strip_suffix(".latents").unwrap_or(name);
+        match Path::new(name).file_stem() {
+            Some(s) if matches!(self, Job::Image(_)) => s.to_string_lossy().into_owned(),
+            _ => name.to_string(),
+        }
+    }
+}
+
+/// Flags checked and converted once, before any work.
+struct Plan {
+    jobs: Vec<Job>,
+    pipeline_type: Option<PipelineType>,
+    overrides: SamplerOverrides,
+    noise: Option<HashMap<String, Tensor>>,
+    up: Up,
+}
+
+fn overrides(args: &Args) -> Result<SamplerOverrides> {
+    let mut o = SamplerOverrides::default();
+    if let Some(text) = &args.steps {
+        for (stage, v) in parse_per_stage::<usize>("--steps", text)? {
+            o.for_stage_mut(stage).steps = Some(v);
+        }
+    }
+    if let Some(text) = &args.cfg {
+        for (stage, v) in parse_per_stage::<f64>("--cfg", text)? {
+            o.for_stage_mut(stage).guidance_strength = Some(v);
+        }
+    }
+    if let Some(text) = &args.cfg_rescale {
+        for (stage, v) in parse_per_stage::<f64>("--cfg-rescale", text)? {
+            o.for_stage_mut(stage).guidance_rescale = Some(v);
+        }
+    }
+    Ok(o)
+}
+
+fn plan(args: &Args) -> Result<Plan> {
+    let mut jobs: Vec<Job> = match &args.from_latents {
+        Some(p) => {
+            if !args.inputs.is_empty() {
+                bail!("--from-latents decodes a latents file; give no INPUT images with it");
+            }
+            if args.noise.is_some() || args.save_latents.is_some() {
+                bail!("--from-latents does no sampling; --noise and --save-latents do not apply");
+            }
+            vec![Job::Latents(p.clone())]
+        }
+        None => {
+            if args.inputs.is_empty() {
+                bail!("no INPUT given (image files, folders or glob patterns)");
+            }
+            inputs::expand(&args.inputs)?
+                .into_iter()
+                .map(Job::Image)
+                .collect()
+        }
+    };
+    jobs.dedup_by(|a, b| a.path() == b.path());
+    let single = jobs.len() == 1;
+    if args.noise.is_some() && !single {
+        bail!("--noise holds the noise of one image; give exactly one INPUT with it");
+    }
+    if let Some(p) = &args.save_latents {
+        if !single && !is_folder(p) {
+            bail!(
+                "--save-latents {}: with several inputs, give a folder (existing, or ending in /)",
+                p.display()
+            );
+        }
+    }
+    if args.format.is_empty() {
+        bail!("--format needs at least one of splat, mesh-ply, glb");
+    }
+    let noise = match &args.noise {
+        Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
+        None => None,
+    };
+    let up: Up = args.up.parse().map_err(|e| anyhow::anyhow!("--up: {e}"))?;
+    Ok(Plan {
+        jobs,
+        pipeline_type: args.pipeline.as_deref().map(str::parse).transpose()?,
+        overrides: overrides(args)?,
+        noise,
+        up,
+    })
+}
+
+fn is_folder(p: &Path) -> bool {
+    p.is_dir() || p.as_os_str().to_string_lossy().ends_with(['/', '\\'])
+}
+
+pub fn run(args: &Args) -> Result<u8> {
+    let plan = match plan(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(exit::UNREADABLE);
+        }
+    };
+    let choice: DeviceChoice = args.device.parse()?;
+    let device = select(choice)?;
+    let model = args
+        .model
+        .clone()
+        .or_else(|| std::env::var_os("TRELLIS2_MODEL").map(PathBuf::from));
+    let Some(model) = &model else {
+        bail!(
+            "no model folder: pass --model DIR (a folder with pipeline.json and its checkpoints) \
+             or set TRELLIS2_MODEL"
+        );
+    };
+    let mut pipeline = Pipeline::new(ModelDir::open(model)?, device)?;
+    pipeline.apply_overrides(&plan.overrides)?;
+    let ptype = plan
+        .pipeline_type
+        .unwrap_or(pipeline.settings().default_type);
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("{}: cannot create output folder", args.output.display()))?;
+
+    let mut progress = CliProgress::new(args.quiet, plan.jobs.len());
+    let mut items = Vec::new();
+    for job in &plan.jobs {
+        let label = job.path().display().to_string();
+        progress.item(&label);
+        let stem = job.stem();
+        let outputs: Vec<PathBuf> = args
+            .format
+            .iter()
+            .map(|f| args.output.join(f.file_name(&stem)))
+            .collect();
+        let start = Instant::now();
+        let mut item = ItemReport {
+            input: job.path().to_path_buf(),
+            status: Status::Ok,
+            error: None,
+            seconds: 0.0,
+            resolution: None,
+            voxels: None,
+            mesh_vertices: None,
+            mesh_faces: None,
+            outputs: outputs.clone(),
+            stages: Vec::new(),
+        };
+        if args.skip_existing && outputs.iter().all(|p| p.is_file()) {
+            item.status = Status::Skipped;
+            progress.line(&format!("{label}: skipped (outputs exist)"));
+        } else {
+            let options = RunOptions {
+                pipeline_type: Some(ptype),
+                noise: match &plan.noise {
+                    Some(t) => NoiseSource::Injected(t.clone()),
+                    None => NoiseSource::Seed(args.seed),
+                },
+                max_tokens: args.max_tokens,
+            };
+            let result =
+                generate_one(&pipeline, job, options, ptype, &mut progress).and_then(|g| {
+                    save(args, &plan, &stem, &g, &outputs)?;
+                    Ok(g)
+                });
+            match result {
+                Ok(g) => {
+                    item.resolution = Some(g.resolution);
+                    item.voxels = Some(g.voxel_coords.len());
+                    item.mesh_vertices = Some(g.mesh.vertices.len());
+                    item.mesh_faces = Some(g.mesh.faces.len());
+                    item.stages = g.stages;
+                    progress.line(&format!(
+                        "{label}: done in {:.1} s → {}",
+                        start.elapsed().as_secs_f64(),
+                        outputs
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    progress.line(&format!("{label}: FAILED: {msg}"));
+                    item.status = Status::Failed;
+                    item.error = Some(msg);
+                    item.outputs.clear();
+                }
+            }
+        }
+        item.seconds = start.elapsed().as_secs_f64();
+        progress.item_done();
+        items.push(item);
+    }
+    progress.finish();
+
+    let failed: Vec<(PathBuf, String)> = items
+        .iter()
+        .filter(|i| matches!(i.status, Status::Failed))
+        .map(|i| (i.input.clone(), i.error.clone().unwrap_or_default()))
+        .collect();
+    let skipped = items
+        .iter()
+        .filter(|i| matches!(i.status, Status::Skipped))
+        .count();
+    let done = items.len() - failed.len() - skipped;
+    if !args.quiet {
+        println!(
+            "{done} generated, {skipped} skipped, {} failed (pipeline {ptype}, device {})",
+            failed.len(),
+            describe(pipeline.device())
+        );
+    }
+    for (input, error) in &failed {
+        eprintln!("failed: {}: {error}", input.display());
+    }
+    if let Some(path) = &args.report {
+        let report = RunReport {
+            trellis2_version: env!("CARGO_PKG_VERSION"),
+            candle_version: CANDLE_VERSION,
+            device: describe(pipeline.device()).into(),
+            model: model.clone(),
+            pipeline_type: ptype.name().into(),
+            seed: args.seed,
+            max_tokens: args.max_tokens,
+            settings: pipeline.settings().clone(),
+            items,
+        };
+        let json = serde_json::to_vec_pretty(&report)?;
+        write_atomic(path, |w| Ok(w.write_all(&json)?))?;
+    }
+    Ok(if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+fn generate_one(
+    pipeline: &Pipeline,
+    job: &Job,
+    options: RunOptions,
+    ptype: PipelineType,
+    progress: &mut CliProgress,
+) -> Result<Generated> {
+    match job {
+        Job::Image(p) => {
+            let image = load_image(p)?;
+            pipeline.generate(&image, options, progress)
+        }
+        Job::Latents(p) => {
+            let saved = read_latents(p, pipeline.device())?;
+            pipeline.decode_saved(&saved, ptype, progress)
+        }
+    }
+}
+
+/// Writes the latents file (if asked) and every output format.
+fn save(args: &Args, plan: &Plan, stem: &str, g: &Generated, outputs: &[PathBuf]) -> Result<()> {
+    if let Some(p) = &args.save_latents {
+        let path = if is_folder(p) {
+            std::fs::create_dir_all(p)
+                .with_context(|| format!("{}: cannot create folder", p.display()))?;
+            p.join(format!("{stem}.latents.safetensors"))
+        } else {
+            p.clone()
+        };
+        write_latents(&path, &g.latents, g.resolution)?;
+    }
+    let asset = Asset::new(
+        g.mesh.clone(),
+        g.voxel_coords.iter().map(|c| [c[1], c[2], c[3]]).collect(),
+        g.voxel_attrs.clone(),
+        g.dual_vertices.clone(),
+        g.resolution,
+    )?;
+    for (format, path) in args.format.iter().zip(outputs) {
+        match format {
+            Format::Splat => write_splat_ply(path, &asset, plan.up)?,
+            Format::MeshPly => write_mesh_ply(path, &asset, plan.up)?,
+            Format::Glb => write_glb(path, &asset, plan.up)?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The `--report FILE.json` document: per image and stage, wall time, token and voxel counts,
+//! peak memory; the seed, pipeline parameters and versions of the run.
+
+use std::path::PathBuf;
+
+use trellis2::pipeline::{PipelineSettings, StageReport};
+
+#[derive(Debug, serde::Serialize)]
+pub struct RunReport {
+    pub trellis2_version: &'static str,
+    pub candle_version: &'static str,
+    pub device: String,
+    pub model: PathBuf,
+    pub pipeline_type: String,
+    pub seed: u64,
+    pub max_tokens: usize,
+    pub settings: PipelineSettings,
+    pub items: Vec<ItemReport>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ItemReport {
+    pub input: PathBuf,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voxels: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_vertices: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_faces: Option<usize>,
+    pub outputs: Vec<PathBuf>,
+    pub stages: Vec<StageReport>,
+}
+
+/// The candle version this binary was built against (Cargo.toml's requirement).
+pub const CANDLE_VERSION: &str = "0.11";

@@ -1,0 +1,97 @@
+//! State shared by the stages of one run: models directory, settings, device, the noise
+//! stream, the named intermediates, progress and per-stage measurements.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+
+use super::config::PipelineSettings;
+use super::flow_model::{DitVelocity, FlowTokens};
+use super::memory::{peak_rss_bytes, reset_peak_rss};
+use super::noise::Noise;
+use super::output::Latents;
+use super::progress::{Progress, StageReport};
+use super::sampler::{sample, LatentLayout, SamplerEvent, SamplerParams};
+use crate::models::dit::FlowDit;
+use crate::weights::ModelDir;
+
+pub(crate) struct Ctx<'a> {
+    pub dir: &'a ModelDir,
+    pub settings: &'a PipelineSettings,
+    pub device: &'a Device,
+    pub noise: Noise,
+    pub latents: Latents,
+    pub progress: &'a mut dyn Progress,
+    pub reports: Vec<StageReport>,
+}
+
+/// A stage in progress.
+pub(crate) struct Stage {
+    name: String,
+    start: Instant,
+    pub tokens: Option<usize>,
+    pub voxels: Option<usize>,
+    pub model_calls: usize,
+}
+
+impl Ctx<'_> {
+    pub fn begin(&mut self, name: &str, steps: usize) -> Stage {
+        reset_peak_rss();
+        self.progress.stage_started(name, steps);
+        Stage {
+            name: name.to_string(),
+            start: Instant::now(),
+            tokens: None,
+            voxels: None,
+            model_calls: 0,
+        }
+    }
+
+    pub fn end(&mut self, stage: Stage) {
+        let report = StageReport {
+            stage: stage.name,
+            seconds: stage.start.elapsed().as_secs_f64(),
+            tokens: stage.tokens,
+            voxels: stage.voxels,
+            model_calls: stage.model_calls,
+            peak_rss_bytes: peak_rss_bytes(),
+        };
+        self.progress.stage_finished(&report);
+        self.reports.push(report);
+    }
+
+    /// Runs one sampler and records `<prefix>.x_t.<i>`; returns the final sample.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &mut self,
+        stage: &mut Stage,
+        prefix: &str,
+        model: &FlowDit,
+        cond: &Tensor,
+        tokens: FlowTokens,
+        layout: &LatentLayout,
+        noise: &Tensor,
+        params: &SamplerParams,
+    ) -> Result<Tensor> {
+        let mut velocity = DitVelocity::new(model, cond, tokens)?;
+        let latents = &mut self.latents;
+        let progress = &mut *self.progress;
+        let mut calls = 0;
+        let name = stage.name.clone();
+        let out = sample(&mut velocity, noise, layout, params, &mut |event| {
+            match event {
+                SamplerEvent::ModelCall { .. } => {
+                    calls += 1;
+                    progress.step(&name, calls);
+                }
+                SamplerEvent::Step { step, x, .. } => {
+                    latents.insert(format!("{prefix}.x_t.{step}"), x.clone());
+                }
+            }
+            Ok(())
+        })?;
+        stage.model_calls += calls;
+        Ok(out)
+    }
+}

@@ -1,0 +1,131 @@
+//! Decoding (spec §1.6): shape decoder → dual-grid mesh (+ subdivision guides) → texture
+//! decoder guided by those subdivisions → PBR voxels `·0.5 + 0.5`; then hole filling.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::context::Ctx;
+use super::models;
+use super::output::PBR_CHANNELS;
+use crate::mesh::{
+    decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
+};
+use crate::sparse::SparseTensor;
+
+/// The decoded object.
+pub(crate) struct Decoded {
+    pub mesh: Mesh,
+    pub fill_holes: FillHolesReport,
+    pub voxel_coords: Vec<[i32; 4]>,
+    pub voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
+    pub dual_vertices: Vec<[f32; 3]>,
+}
+
+pub(crate) fn decode(
+    ctx: &mut Ctx,
+    coords: &Tensor,
+    shape_feats: &Tensor,
+    tex_feats: &Tensor,
+    resolution: usize,
+) -> Result<Decoded> {
+    let mut stage = ctx.begin("decode", 2);
+    let shape_latent = SparseTensor::new(coords, shape_feats.clone()).context("shape latent")?;
+    let tex_latent = SparseTensor::new(coords, tex_feats.clone()).context("texture latent")?;
+
+    let (raw, subs) = {
+        let decoder = models::shape_decoder(ctx.dir, ctx.device)?;
+        let out = decoder.net.forward(&shape_latent, None)?;
+        (out.raw, out.subs)
+    };
+    ctx.latents
+        .insert("shape_dec.raw_feats", raw.feats().clone());
+    ctx.latents.insert("shape_dec.coords", raw.coords().clone());
+    for (i, s) in subs.iter().enumerate() {
+        ctx.latents
+            .insert(format!("subs.{i}.feats"), s.feats().clone());
+        ctx.latents
+            .insert(format!("subs.{i}.coords"), s.coords().clone());
+    }
+    let host_coords: Vec<i32> = to_host(raw.coords(), DType::I32)?;
+    let host_raw: Vec<f32> = to_host(raw.feats(), DType::F32)?;
+    let mut meshes = decoder_output_to_meshes(&host_coords, &host_raw, resolution as u32)
+        .context("mesh extraction")?;
+    if meshes.len() != 1 {
+        bail!("decoder returned {} objects, expected one", meshes.len());
+    }
+    let mut mesh = meshes.remove(0);
+    let (nv, nf) = (mesh.vertices.len(), mesh.faces.len());
+    ctx.latents.insert(
+        "mesh.0.vertices",
+        Tensor::from_vec(
+            mesh.vertices
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<f32>>(),
+            (nv, 3),
+            ctx.device,
+        )?,
+    );
+    ctx.latents.insert(
+        "mesh.0.faces",
+        Tensor::from_vec(
+            mesh.faces
+                .iter()
+                .flatten()
+                .map(|&i| i as i32)
+                .collect::<Vec<i32>>(),
+            (nf, 3),
+            ctx.device,
+        )?,
+    );
+    ctx.progress.step("decode", 1);
+
+    let tex = {
+        let decoder = models::tex_decoder(ctx.dir, ctx.device)?;
+        decoder.forward(&tex_latent, Some(&subs))?.raw
+    };
+    if tex.coords().dims() != raw.coords().dims()
+        || to_host::<i32>(tex.coords(), DType::I32)? != host_coords
+    {
+        bail!(
+            "texture decoder voxels differ from the shape decoder's; the guides were not followed"
+        );
+    }
+    if tex.channels() != PBR_CHANNELS {
+        bail!(
+            "texture decoder gives {} channels, expected {PBR_CHANNELS}",
+            tex.channels()
+        );
+    }
+    let attrs = ((tex.feats() * 0.5)? + 0.5)?;
+    ctx.latents.insert("tex_voxels.feats", attrs.clone());
+    let host_attrs: Vec<f32> = to_host(&attrs, DType::F32)?;
+
+    let dual_vertices = mesh.vertices.clone();
+    let fill = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
+    stage.voxels = Some(nv);
+    stage.tokens = Some(coords.dim(0)?);
+    ctx.progress.step("decode", 2);
+    ctx.end(stage);
+    Ok(Decoded {
+        mesh,
+        fill_holes: fill,
+        voxel_coords: host_coords
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect(),
+        voxel_attrs: host_attrs
+            .chunks_exact(PBR_CHANNELS)
+            .map(|a| std::array::from_fn(|k| a[k]))
+            .collect(),
+        dual_vertices,
+    })
+}
+
+fn to_host<T: candle_core::WithDType>(t: &Tensor, dtype: DType) -> Result<Vec<T>> {
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(dtype)?
+        .flatten_all()?
+        .to_vec1::<T>()?)
+}

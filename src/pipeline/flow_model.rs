@@ -1,0 +1,95 @@
+//! A loaded flow DiT bound to one condition and one token layout, as the sampler's
+//! [`VelocityModel`]. The condition's cross-attention K/V are computed once here and reused by
+//! every step; the negative branch uses the exact zero-condition shortcut.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+
+use super::sampler::{Branch, LatentLayout, VelocityModel};
+use crate::models::dit::{CondKv, Condition, FlowDit, FlowInput};
+
+/// What the sample's tokens are.
+pub enum FlowTokens<'a> {
+    /// `[B, C, R, R, R]` (sparse-structure flow).
+    Dense,
+    /// `[T, C]` on `coords [T, 4]`, optionally joined with `concat_cond [T, C']`.
+    Sparse {
+        coords: &'a Tensor,
+        concat_cond: Option<&'a Tensor>,
+    },
+}
+
+/// A [`FlowDit`] with precomputed condition K/V.
+pub struct DitVelocity<'a> {
+    model: &'a FlowDit,
+    cond: CondKv,
+    tokens: FlowTokens<'a>,
+    batch: usize,
+}
+
+impl<'a> DitVelocity<'a> {
+    /// `cond [B, L, cond_channels]`; `batch` = B.
+    pub fn new(model: &'a FlowDit, cond: &Tensor, tokens: FlowTokens<'a>) -> Result<Self> {
+        let batch = cond.dim(0)?;
+        Ok(Self {
+            cond: model.cond_kv(cond)?,
+            model,
+            tokens,
+            batch,
+        })
+    }
+}
+
+impl VelocityModel for DitVelocity<'_> {
+    fn velocity(&mut self, x: &Tensor, t_model: f32, branch: Branch) -> Result<Tensor> {
+        let t = Tensor::full(t_model, self.batch, x.device())?;
+        let cond = match branch {
+            Branch::Positive => Condition::Tokens(&self.cond),
+            Branch::Negative => Condition::Zero,
+        };
+        let input = match &self.tokens {
+            FlowTokens::Dense => FlowInput::Dense(x),
+            FlowTokens::Sparse {
+                coords,
+                concat_cond,
+            } => FlowInput::Sparse {
+                feats: x,
+                coords,
+                concat_cond: *concat_cond,
+            },
+        };
+        self.model.forward(&input, &t, &cond)
+    }
+}
+
+/// The sampler layout of sparse latents on `coords [T, 4]` with `batch` items: row offsets of
+/// each item (rows must be grouped by batch index, ascending).
+pub fn sparse_layout(coords: &Tensor, batch: usize) -> Result<LatentLayout> {
+    let (n, w) = coords.dims2()?;
+    if w != 4 {
+        bail!("coords {:?}: expected [T, 4]", coords.dims());
+    }
+    let b: Vec<i32> = coords
+        .narrow(1, 0, 1)?
+        .to_dtype(DType::I32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut offsets = vec![0usize; batch + 1];
+    for (row, &item) in b.iter().enumerate() {
+        if item < 0 || item as usize >= batch {
+            bail!("coords row {row}: batch index {item} outside 0..{batch}");
+        }
+        if row > 0 && item < b[row - 1] {
+            bail!(
+                "coords row {row}: batch index {item} after {}; rows must be grouped",
+                b[row - 1]
+            );
+        }
+        offsets[item as usize + 1] = row + 1;
+    }
+    for i in 1..=batch {
+        offsets[i] = offsets[i].max(offsets[i - 1]);
+    }
+    debug_assert_eq!(offsets[batch], n);
+    Ok(LatentLayout::Sparse { offsets })
+}

@@ -1,0 +1,34 @@
+//! How a run tells its caller what it is doing: stage start, steps, and a report per stage.
+//! The CLI turns these into progress bars or a plain log; the library never prints.
+
+/// A stage's measurements.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageReport {
+    /// `preprocess`, `conditioning`, `sparse_structure`, `shape`, `shape_lr`, `cascade`,
+    /// `shape_hr`, `texture`, `decode`.
+    pub stage: String,
+    pub seconds: f64,
+    /// Tokens the stage's flow model ran on (latent voxels), if it has one.
+    pub tokens: Option<usize>,
+    /// Voxels the stage produced (occupied cells, decoder voxels), if any.
+    pub voxels: Option<usize>,
+    /// Model forward passes.
+    pub model_calls: usize,
+    /// Peak resident memory during the stage (or the process peak where it cannot be reset);
+    /// `None` where the OS does not report it.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Receives progress; every method has a do-nothing default.
+pub trait Progress {
+    /// `stage` starts and will take `steps` steps (model calls for sampling stages, else 1).
+    fn stage_started(&mut self, _stage: &str, _steps: usize) {}
+    /// `done` of the announced steps are finished.
+    fn step(&mut self, _stage: &str, _done: usize) {}
+    fn stage_finished(&mut self, _report: &StageReport) {}
+}
+
+/// Ignores progress.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}

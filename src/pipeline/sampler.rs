@@ -1,0 +1,392 @@
+//! The flow-matching Euler sampler with classifier-free guidance, guidance interval and
+//! guidance rescale (spec §2; upstream `FlowEulerGuidanceIntervalSampler` and
+//! `FlowEulerCfgSampler`).
+//!
+//! Every scalar is computed in f64 in upstream's operation order and becomes f32 only where it
+//! meets a tensor, as Python floats do in PyTorch: that is what puts `t` exactly on 0.6 at step
+//! 8 of a 12-step `rescale_t = 3` schedule, where guidance is still applied.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+
+/// `sigma_min` of every release sampler.
+pub const SIGMA_MIN: f64 = 1e-5;
+
+/// One sampler's parameters (`pipeline.json` `*_sampler.params` plus `args.sigma_min`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SamplerParams {
+    pub steps: usize,
+    pub guidance_strength: f64,
+    pub guidance_rescale: f64,
+    /// Inclusive `[lo, hi]` range of `t` where guidance applies; `None` for the CFG-only
+    /// sampler, which guides at every step.
+    pub guidance_interval: Option<[f64; 2]>,
+    pub rescale_t: f64,
+    pub sigma_min: f64,
+}
+
+impl SamplerParams {
+    /// Rejects values the sampler cannot run with, naming the bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            bail!("sampler steps must be at least 1, got 0");
+        }
+        for (name, v) in [
+            ("guidance_strength", self.guidance_strength),
+            ("guidance_rescale", self.guidance_rescale),
+            ("rescale_t", self.rescale_t),
+            ("sigma_min", self.sigma_min),
+        ] {
+            if !v.is_finite() {
+                bail!("sampler {name} must be a finite number, got {v}");
+            }
+        }
+        if self.rescale_t <= 0.0 {
+            bail!("sampler rescale_t must be positive, got {}", self.rescale_t);
+        }
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
+            bail!(
+                "sampler guidance_rescale must lie in [0, 1], got {}",
+                self.guidance_rescale
+            );
+        }
+        if !(0.0..1.0).contains(&self.sigma_min) {
+            bail!(
+                "sampler sigma_min must lie in [0, 1), got {}",
+                self.sigma_min
+            );
+        }
+        if let Some([lo, hi]) = self.guidance_interval {
+            if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                bail!("sampler guidance_interval [{lo}, {hi}] is not an ordered pair of numbers");
+            }
+        }
+        Ok(())
+    }
+
+    /// The guidance strength used at sampler time `t`: the configured one inside the
+    /// (inclusive) interval, 1 (no guidance) outside.
+    pub fn strength_at(&self, t: f64) -> f64 {
+        match self.guidance_interval {
+            Some([lo, hi]) if !(lo <= t && t <= hi) => 1.0,
+            _ => self.guidance_strength,
+        }
+    }
+
+    /// Model forward passes one sampling run makes.
+    pub fn model_calls(&self) -> usize {
+        schedule(self.steps, self.rescale_t)
+            .iter()
+            .take(self.steps)
+            .map(|&t| match self.strength_at(t) {
+                g if g == 1.0 || g == 0.0 => 1,
+                _ => 2,
+            })
+            .sum()
+    }
+}
+
+/// The time points `t'_0 = 1 > … > t'_steps = 0` (spec §2): NumPy's `linspace(1, 0, steps+1)`
+/// (`i·(−1/steps) + 1`, last forced to 0), shifted by `r·t / (1 + (r−1)·t)`, all in f64.
+pub fn schedule(steps: usize, rescale_t: f64) -> Vec<f64> {
+    let step = -1.0 / steps as f64;
+    (0..=steps)
+        .map(|i| {
+            let t = if i == steps {
+                0.0
+            } else {
+                i as f64 * step + 1.0
+            };
+            rescale_t * t / (1.0 + (rescale_t - 1.0) * t)
+        })
+        .collect()
+}
+
+/// Which condition a model call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// The image condition.
+    Positive,
+    /// `zeros_like(cond)`.
+    Negative,
+}
+
+/// A flow model as the sampler sees it: the predicted velocity at `x` for model time
+/// `t_model = float32(1000·t)` (the same for every batch item).
+pub trait VelocityModel {
+    fn velocity(&mut self, x: &Tensor, t_model: f32, branch: Branch) -> Result<Tensor>;
+}
+
+/// How the latent's batch items are laid out, which decides the guidance-rescale std.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LatentLayout {
+    /// `[B, …]`: one item per leading index; PyTorch `Tensor.std` (unbiased, n − 1).
+    Dense,
+    /// `[T, C]` with item `b` on rows `offsets[b]..offsets[b+1]`; `SparseTensor.std`
+    /// (biased, `sqrt(E[x²] − E[x]²)`).
+    Sparse { offsets: Vec<usize> },
+}
+
+impl LatentLayout {
+    fn check(&self, x: &Tensor) -> Result<()> {
+        match self {
+            LatentLayout::Dense => {
+                if x.rank() < 2 || x.dim(0)? == 0 {
+                    bail!("dense latent {:?}: expected [B > 0, ...]", x.dims());
+                }
+            }
+            LatentLayout::Sparse { offsets } => {
+                let (t, _) = x.dims2().context("sparse latent must be [T, C]")?;
+                let ordered = offsets.windows(2).all(|w| w[0] <= w[1]);
+                if offsets.len() < 2
+                    || offsets[0] != 0
+                    || !ordered
+                    || offsets[offsets.len() - 1] != t
+                {
+                    bail!(
+                        "sparse latent {:?}: batch offsets {offsets:?} do not cover its {t} rows",
+                        x.dims()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Standard deviation of every batch item, as upstream computes it for the rescale.
+    fn item_std(&self, x: &Tensor) -> Result<Vec<f64>> {
+        let host: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let ranges: Vec<(usize, usize)> = match self {
+            LatentLayout::Dense => {
+                let b = x.dim(0)?;
+                let per = host.len() / b;
+                (0..b).map(|i| (i * per, (i + 1) * per)).collect()
+            }
+            LatentLayout::Sparse { offsets } => {
+                let c = x.dim(1)?;
+                offsets.windows(2).map(|w| (w[0] * c, w[1] * c)).collect()
+            }
+        };
+        Ok(ranges
+            .into_iter()
+            .map(|(a, b)| {
+                let v = &host[a..b];
+                let n = v.len() as f64;
+                let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+                let ss = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>();
+                let denom = match self {
+                    LatentLayout::Dense => n - 1.0,
+                    LatentLayout::Sparse { .. } => n,
+                };
+                (ss / denom).sqrt()
+            })
+            .collect())
+    }
+
+    /// `x` with batch item `b` multiplied by `factors[b]` (f32, like a torch `[B,1,…]` tensor).
+    fn scale_items(&self, x: &Tensor, factors: &[f32]) -> Result<Tensor> {
+        let dev = x.device();
+        Ok(match self {
+            LatentLayout::Dense => {
+                let mut shape = vec![1usize; x.rank()];
+                shape[0] = factors.len();
+                x.broadcast_mul(&Tensor::from_slice(factors, shape, dev)?)?
+            }
+            LatentLayout::Sparse { offsets } => {
+                let mut rows = Vec::with_capacity(x.dim(0)?);
+                for (w, &f) in offsets.windows(2).zip(factors) {
+                    rows.extend(std::iter::repeat_n(f, w[1] - w[0]));
+                }
+                let n = rows.len();
+                x.broadcast_mul(&Tensor::from_vec(rows, (n, 1), dev)?)?
+            }
+        })
+    }
+}
+
+/// What happened inside [`sample`], for progress reporting and parity dumps.
+pub enum SamplerEvent<'a> {
+    /// The `index`-th model call (0-based, over the whole run) returned `out`.
+    ModelCall {
+        index: usize,
+        branch: Branch,
+        t_model: f32,
+        out: &'a Tensor,
+    },
+    /// Step `step` (1-based) of `steps` finished; `x` is the sample after it (upstream `x_t.<step>`).
+    Step {
+        step: usize,
+        steps: usize,
+        x: &'a Tensor,
+    },
+}
+
+/// Runs the sampler from `noise` (the sample at t = 1) to t = 0 and returns the final sample.
+pub fn sample(
+    model: &mut dyn VelocityModel,
+    noise: &Tensor,
+    layout: &LatentLayout,
+    params: &SamplerParams,
+    observe: &mut dyn FnMut(SamplerEvent) -> Result<()>,
+) -> Result<Tensor> {
+    params.validate()?;
+    layout.check(noise)?;
+    let ts = schedule(params.steps, params.rescale_t);
+    let mut x = noise.to_dtype(DType::F32)?;
+    let mut calls = 0usize;
+    for (i, pair) in ts.windows(2).enumerate() {
+        let (t, t_prev) = (pair[0], pair[1]);
+        // Python computes `1000 * t` in f64 and torch stores it as float32.
+        let t_model = (1000.0 * t) as f32;
+        let mut call = |branch: Branch| -> Result<Tensor> {
+            let out = model.velocity(&x, t_model, branch)?.to_dtype(DType::F32)?;
+            if out.dims() != x.dims() {
+                bail!(
+                    "model returned {:?} for a sample of shape {:?}",
+                    out.dims(),
+                    x.dims()
+                );
+            }
+            observe(SamplerEvent::ModelCall {
+                index: calls,
+                branch,
+                t_model,
+                out: &out,
+            })?;
+            calls += 1;
+            Ok(out)
+        };
+        let g = params.strength_at(t);
+        let v = if g == 1.0 {
+            call(Branch::Positive)?
+        } else if g == 0.0 {
+            call(Branch::Negative)?
+        } else {
+            let v_pos = call(Branch::Positive)?;
+            let v_neg = call(Branch::Negative)?;
+            let v = ((&v_pos * g)? + (v_neg * (1.0 - g))?)?;
+            if params.guidance_rescale > 0.0 {
+                rescale(&x, &v_pos, &v, t, params, layout)?
+            } else {
+                v
+            }
+        };
+        x = (&x - (v * (t - t_prev))?)?;
+        observe(SamplerEvent::Step {
+            step: i + 1,
+            steps: params.steps,
+            x: &x,
+        })?;
+    }
+    Ok(x)
+}
+
+/// Guidance rescale: pull the std of the guided `x0` prediction back towards the conditional
+/// one, then turn `x0` back into a velocity.
+fn rescale(
+    x: &Tensor,
+    v_pos: &Tensor,
+    v_cfg: &Tensor,
+    t: f64,
+    params: &SamplerParams,
+    layout: &LatentLayout,
+) -> Result<Tensor> {
+    let s = params.sigma_min;
+    let phi = params.guidance_rescale;
+    let noise_scale = s + (1.0 - s) * t;
+    let to_x0 = |v: &Tensor| -> Result<Tensor> { Ok(((x * (1.0 - s))? - (v * noise_scale)?)?) };
+    let x0_pos = to_x0(v_pos)?;
+    let x0_cfg = to_x0(v_cfg)?;
+    let std_pos = layout.item_std(&x0_pos)?;
+    let std_cfg = layout.item_std(&x0_cfg)?;
+    let ratios: Vec<f32> = std_pos
+        .iter()
+        .zip(&std_cfg)
+        .map(|(p, c)| (*p as f32) / (*c as f32))
+        .collect();
+    let x0_rescaled = layout.scale_items(&x0_cfg, &ratios)?;
+    let x0 = ((x0_rescaled * phi)? + (&x0_cfg * (1.0 - phi))?)?;
+    Ok((((x * (1.0 - s))? - x0)? / noise_scale)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const R5: [f64; 13] = [
+        1.0, 0.98214, 0.96154, 0.9375, 0.90909, 0.875, 0.83333, 0.78125, 0.71429, 0.625, 0.5,
+        0.3125, 0.0,
+    ];
+    const R3: [f64; 13] = [
+        1.0, 0.97059, 0.9375, 0.9, 0.85714, 0.80769, 0.75, 0.68182, 0.6, 0.5, 0.375, 0.21429, 0.0,
+    ];
+
+    #[test]
+    fn release_schedules_match_the_spec_table() {
+        for (r, want) in [(5.0, R5), (3.0, R3)] {
+            let got = schedule(12, r);
+            assert_eq!(got.len(), 13);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 5e-6, "r={r}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn t_is_exactly_0_6_at_step_8_and_guidance_applies() {
+        let ts = schedule(12, 3.0);
+        assert_eq!(ts[8], 0.6, "f64 op order must land exactly on 0.6");
+        let p = SamplerParams {
+            steps: 12,
+            guidance_strength: 7.5,
+            guidance_rescale: 0.5,
+            guidance_interval: Some([0.6, 1.0]),
+            rescale_t: 3.0,
+            sigma_min: SIGMA_MIN,
+        };
+        assert_eq!(p.strength_at(ts[8]), 7.5);
+        assert_eq!(p.strength_at(ts[9]), 1.0);
+        // Steps 0–8 guided (2 calls each), 9–11 not: 21 forwards, as the spec counts.
+        assert_eq!(p.model_calls(), 21);
+    }
+
+    #[test]
+    fn release_forward_counts() {
+        let base = SamplerParams {
+            steps: 12,
+            guidance_strength: 7.5,
+            guidance_rescale: 0.7,
+            guidance_interval: Some([0.6, 1.0]),
+            rescale_t: 5.0,
+            sigma_min: SIGMA_MIN,
+        };
+        assert_eq!(base.model_calls(), 22);
+        let tex = SamplerParams {
+            guidance_strength: 1.0,
+            guidance_rescale: 0.0,
+            guidance_interval: Some([0.6, 0.9]),
+            rescale_t: 3.0,
+            ..base
+        };
+        assert_eq!(tex.model_calls(), 12);
+    }
+
+    #[test]
+    fn bad_params_name_the_value() {
+        let p = SamplerParams {
+            steps: 0,
+            guidance_strength: 1.0,
+            guidance_rescale: 0.0,
+            guidance_interval: None,
+            rescale_t: 1.0,
+            sigma_min: SIGMA_MIN,
+        };
+        assert!(p.validate().unwrap_err().to_string().contains("steps"));
+        let p = SamplerParams {
+            steps: 2,
+            guidance_rescale: 1.5,
+            ..p
+        };
+        assert!(p.validate().unwrap_err().to_string().contains("1.5"));
+    }
+}

@@ -1,0 +1,306 @@
+//! `trellis2 generate` end to end on the tiny golden models: golden parity through the CLI
+//! (`--noise`, `--save-latents`, `trellis2 compare`), `--from-latents`, batches with bad items,
+//! byte-identical reruns, and usage errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const IMAGE: &str =
+    "golden/images/0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.webp";
+
+fn trellis2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .args(args)
+        .env_remove("TRELLIS2_MODEL")
+        .output()
+        .expect("binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+fn model() -> String {
+    s(&common::fixture("golden"))
+}
+
+/// The cheapest full run of the tiny models: 512 type, one step per sampler.
+fn fast_args(out: &Path) -> Vec<String> {
+    vec![
+        "-o".into(),
+        s(out),
+        "--model".into(),
+        model(),
+        "--pipeline".into(),
+        "512".into(),
+        "--steps".into(),
+        "1".into(),
+        "--seed".into(),
+        "3".into(),
+    ]
+}
+
+#[test]
+fn golden_512_through_the_cli_then_decode_again_from_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let latents = dir.path().join("run.latents.safetensors");
+    let golden = common::fixture("golden/pipeline/pipeline_512.safetensors");
+    let o = trellis2(&[
+        "generate",
+        &s(&common::fixture(IMAGE)),
+        "-o",
+        &s(&out),
+        "--model",
+        &model(),
+        "--pipeline",
+        "512",
+        "--steps",
+        "ss=5,shape=4,tex=4",
+        "--noise",
+        &s(&golden),
+        "--save-latents",
+        &s(&latents),
+        "--report",
+        &s(&dir.path().join("report.json")),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Every golden tensor, same names and shapes (no structural difference), within 1e-4.
+    let c = trellis2(&[
+        "compare",
+        &s(&latents),
+        &s(&golden),
+        "--atol",
+        "1e-4",
+        "--rtol",
+        "1e-4",
+    ]);
+    println!("{}", text(&c));
+    assert!(c.status.success(), "{}", text(&c));
+    assert!(String::from_utf8_lossy(&c.stdout).contains("0 structural differences"));
+
+    let stem = "0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4";
+    let splat = trellis2::export::ply::read_ply(&out.join(format!("{stem}.splat.ply"))).unwrap();
+    assert!(splat.is_gaussian_splat());
+    let mesh = trellis2::export::ply::read_ply(&out.join(format!("{stem}.mesh.ply"))).unwrap();
+    assert!(mesh.is_mesh());
+    let (glb, _) = trellis2::export::glb::read_glb(&out.join(format!("{stem}.glb"))).unwrap();
+    assert!(
+        glb.triangle_count() >= 8254,
+        "{} triangles",
+        glb.triangle_count()
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let item = &report["items"][0];
+    assert_eq!(item["status"], "ok");
+    assert_eq!(item["resolution"], 512);
+    assert_eq!(item["voxels"], 5568);
+    let stages: Vec<&str> = item["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "preprocess",
+            "conditioning",
+            "sparse_structure",
+            "shape",
+            "texture",
+            "decode"
+        ]
+    );
+    assert_eq!(report["settings"]["ss"]["steps"], 5);
+
+    // Decoding the saved latents again gives the same files, without sampling.
+    let again = dir.path().join("again");
+    let o = trellis2(&[
+        "generate",
+        "--from-latents",
+        &s(&latents),
+        "-o",
+        &s(&again),
+        "--model",
+        &model(),
+        "--format",
+        "glb",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let a = std::fs::read(out.join(format!("{stem}.glb"))).unwrap();
+    let b = std::fs::read(again.join("run.glb")).unwrap();
+    assert!(
+        a == b,
+        "GLB from --from-latents differs from the original run"
+    );
+}
+
+#[test]
+fn batch_finishes_good_images_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::copy(common::fixture(IMAGE), inputs.join("good.webp")).unwrap();
+    std::fs::write(
+        inputs.join("corrupt.png"),
+        b"\x89PNG\r\n\x1a\nnot really a png",
+    )
+    .unwrap();
+    image::RgbaImage::from_pixel(64, 64, image::Rgba([200, 10, 10, 0]))
+        .save(inputs.join("transparent.png"))
+        .unwrap();
+    let out = dir.path().join("out");
+    let mut args = vec!["generate".to_string(), s(&inputs)];
+    args.extend(fast_args(&out));
+    args.extend([
+        "--format".into(),
+        "glb".into(),
+        "--report".into(),
+        s(&dir.path().join("r.json")),
+    ]);
+    let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(out.join("good.glb").is_file(), "{t}");
+    assert!(!out.join("corrupt.glb").exists() && !out.join("transparent.glb").exists());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("failed:") && stderr.contains("corrupt.png"),
+        "{t}"
+    );
+    assert!(
+        stderr.contains("transparent.png") && stderr.contains("fully transparent"),
+        "{t}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 generated, 0 skipped, 2 failed"),
+        "{t}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    let statuses: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["failed", "ok", "failed"]);
+
+    // --skip-existing resumes: the good image is skipped, the bad ones fail again.
+    let o = trellis2(
+        &args
+            .iter()
+            .map(String::as_str)
+            .chain(["--skip-existing"])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 generated, 1 skipped, 2 failed"));
+}
+
+#[test]
+fn same_seed_twice_gives_byte_identical_latents_and_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| -> (Vec<u8>, Vec<u8>) {
+        let out = dir.path().join(name);
+        let latents: PathBuf = out.join("l.safetensors");
+        let mut args = vec!["generate".to_string(), s(&common::fixture(IMAGE))];
+        args.extend(fast_args(&out));
+        args.extend([
+            "--save-latents".into(),
+            s(&latents),
+            "--format".into(),
+            "splat".into(),
+            "--quiet".into(),
+        ]);
+        let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", text(&o));
+        let splat = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".splat.ply"))
+            .unwrap();
+        (
+            std::fs::read(latents).unwrap(),
+            std::fs::read(splat).unwrap(),
+        )
+    };
+    let (la, sa) = run("a");
+    let (lb, sb) = run("b");
+    assert!(la.len() > 1000);
+    assert!(
+        la == lb,
+        "latents files differ between two runs with the same seed"
+    );
+    assert!(
+        sa == sb,
+        "splat files differ between two runs with the same seed"
+    );
+}
+
+#[test]
+fn usage_errors_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = s(&common::fixture(IMAGE));
+    let noise = s(&common::fixture("golden/pipeline/pipeline_512.safetensors"));
+    // --noise belongs to one image.
+    let other = dir.path().join("other.webp");
+    std::fs::copy(common::fixture(IMAGE), &other).unwrap();
+    let o = trellis2(&[
+        "generate",
+        &img,
+        &s(&other),
+        "--noise",
+        &noise,
+        "--model",
+        &model(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("exactly one INPUT"), "{}", text(&o));
+    let o = trellis2(&[
+        "generate",
+        &img,
+        &s(&common::fixture(IMAGE).with_file_name("x.png")),
+        "--noise",
+        &noise,
+        "--model",
+        &model(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("x.png"), "{}", text(&o));
+    let o = trellis2(&["generate", "--model", &model()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = trellis2(&[
+        "generate",
+        &img,
+        "--steps",
+        "ss=0",
+        "--model",
+        &model(),
+        "-o",
+        &s(dir.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("steps"), "{}", text(&o));
+    let o = trellis2(&["generate", &img, "-o", &s(dir.path())]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--model"), "{}", text(&o));
+    if !cfg!(feature = "cuda") {
+        let o = trellis2(&["generate", &img, "--device", "cuda", "--model", &model()]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("without CUDA support"), "{}", text(&o));
+    }
+}

@@ -1,0 +1,271 @@
+//! The whole tiny pipeline against the golden `pipeline/pipeline_<type>.safetensors` runs
+//! (upstream `Trellis2ImageTo3DPipeline.run` stage by stage, noise injected): every stored
+//! tensor, integers exactly and floats within 1e-4 of max|ref|.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use common::Golden;
+use trellis2::image::load_image;
+use trellis2::pipeline::{
+    Generated, NoProgress, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
+    SamplerStage, DEFAULT_MAX_TOKENS,
+};
+use trellis2::weights::ModelDir;
+
+const TOL: f32 = 1e-4;
+
+/// The noise tensors of the golden file, plus those its metadata says are stored in another
+/// file (`stored_elsewhere`).
+fn noise_of(golden: &Golden) -> HashMap<String, Tensor> {
+    let mut noise: HashMap<String, Tensor> = golden
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.ends_with(".noise"))
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    if let Some(elsewhere) = golden
+        .metadata
+        .get("stored_elsewhere")
+        .and_then(|v| v.as_object())
+    {
+        for (key, file) in elsewhere.iter().filter(|(k, _)| k.ends_with(".noise")) {
+            let other = Golden::open(&format!("golden/{}", file.as_str().unwrap()));
+            noise.insert(key.clone(), other.get(key).clone());
+        }
+    }
+    // `1536_cascade` stops after the high-resolution shape latent, so it stores no texture
+    // noise; the run still textures and decodes, with ordinary noise that is not compared.
+    if !noise.contains_key("tex.noise") {
+        let n = noise["shape_hr.noise"].dim(0).unwrap();
+        let values = trellis2::rng::TorchRng::new(0).randn(n * 32);
+        noise.insert(
+            "tex.noise".into(),
+            Tensor::from_vec(values, (n, 32), &Device::Cpu).unwrap(),
+        );
+    }
+    noise
+}
+
+/// The golden sampler parameters (steps etc.) as overrides.
+fn overrides(golden: &Golden) -> SamplerOverrides {
+    let mut o = SamplerOverrides::default();
+    for stage in SamplerStage::ALL {
+        let p = &golden.metadata["sampler_params"][stage.name()];
+        let s = o.for_stage_mut(stage);
+        s.steps = Some(p["steps"].as_u64().unwrap() as usize);
+        s.guidance_strength = p["guidance_strength"].as_f64();
+        s.guidance_rescale = p["guidance_rescale"].as_f64();
+    }
+    o
+}
+
+fn run(golden: &Golden) -> Generated {
+    let dir = ModelDir::open(&common::fixture("golden")).unwrap();
+    let mut pipeline = Pipeline::new(dir, Device::Cpu).unwrap();
+    pipeline.apply_overrides(&overrides(golden)).unwrap();
+    let image = load_image(&common::fixture(&format!(
+        "golden/{}",
+        golden.metadata["image"].as_str().unwrap()
+    )))
+    .unwrap();
+    let ptype: PipelineType = golden.metadata["pipeline_type"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let options = RunOptions {
+        pipeline_type: Some(ptype),
+        noise: NoiseSource::Injected(noise_of(golden)),
+        max_tokens: golden
+            .metadata
+            .get("max_num_tokens")
+            .and_then(|v| v.as_u64())
+            .map_or(DEFAULT_MAX_TOKENS, |v| v as usize),
+    };
+    pipeline.generate(&image, options, &mut NoProgress).unwrap()
+}
+
+/// Compares every tensor the golden file stores; returns how many.
+fn check_all(name: &str, golden: &Golden, out: &Generated) -> usize {
+    let mut keys: Vec<&String> = golden.tensors.keys().collect();
+    keys.sort();
+    let mut worst = 0f32;
+    for key in &keys {
+        let want = golden.get(key);
+        let ours = out
+            .latents
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}: the run has no `{key}`"));
+        assert_eq!(ours.dims(), want.dims(), "{name}: `{key}` shape");
+        if want.dtype().is_float() {
+            let err = golden.rel_err(key, ours);
+            println!("{name} {key:<32} max|err|/max|ref| = {err:e}");
+            worst = worst.max(err);
+        } else {
+            let a: Vec<i64> = ours
+                .to_dtype(DType::I64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let b: Vec<i64> = want
+                .to_dtype(DType::I64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            println!("{name} {key:<32} exact: {differ} of {} differ", b.len());
+            assert_eq!(differ, 0, "{name}: `{key}` differs");
+        }
+    }
+    assert!(
+        worst <= TOL,
+        "{name}: worst float error {worst:e} > {TOL:e}"
+    );
+    assert_eq!(
+        out.resolution as u64,
+        golden.metadata["resolution"].as_u64().unwrap(),
+        "{name}: resolution"
+    );
+    keys.len()
+}
+
+/// The output type agrees with the named tensors.
+fn check_object(out: &Generated) {
+    let v = out.latents.get("mesh.0.vertices").unwrap();
+    let f = out.latents.get("mesh.0.faces").unwrap();
+    let nv = v.dim(0).unwrap();
+    assert_eq!(out.dual_vertices.len(), nv);
+    assert_eq!(out.voxel_coords.len(), nv);
+    assert_eq!(out.voxel_attrs.len(), nv);
+    let flat: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(
+        out.dual_vertices
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Vec<_>>(),
+        flat
+    );
+    assert_eq!(&out.mesh.vertices[..nv], &out.dual_vertices[..]);
+    assert_eq!(out.mesh.vertices.len(), nv + out.fill_holes.holes_filled);
+    assert!(out.mesh.faces.len() >= f.dim(0).unwrap());
+    let attrs: Vec<f32> = out
+        .latents
+        .get("tex_voxels.feats")
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(
+        out.voxel_attrs
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Vec<_>>(),
+        attrs
+    );
+    let stages: Vec<&str> = out.stages.iter().map(|s| s.stage.as_str()).collect();
+    println!("stages: {stages:?}");
+    for s in &out.stages {
+        println!(
+            "  {:<16} {:>8.3} s  tokens {:?}  voxels {:?}  calls {}  peak RSS {:?} MiB",
+            s.stage,
+            s.seconds,
+            s.tokens,
+            s.voxels,
+            s.model_calls,
+            s.peak_rss_bytes.map(|b| b >> 20)
+        );
+    }
+}
+
+#[test]
+fn pipeline_512_matches_golden() {
+    let golden = Golden::open("golden/pipeline/pipeline_512.safetensors");
+    let out = run(&golden);
+    let n = check_all("512", &golden, &out);
+    assert!(n >= 30, "compared {n} tensors");
+    check_object(&out);
+}
+
+#[test]
+fn pipeline_1024_cascade_matches_golden() {
+    let golden = Golden::open("golden/pipeline/pipeline_1024_cascade.safetensors");
+    let out = run(&golden);
+    check_all("1024_cascade", &golden, &out);
+    check_object(&out);
+    let stages: Vec<&str> = out.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(
+        stages,
+        [
+            "preprocess",
+            "conditioning",
+            "sparse_structure",
+            "shape_lr",
+            "cascade",
+            "shape_hr",
+            "texture",
+            "decode"
+        ]
+    );
+}
+
+#[test]
+fn pipeline_1536_cascade_token_budget_path_matches_golden() {
+    let golden = Golden::open("golden/pipeline/pipeline_1536_cascade.safetensors");
+    let out = run(&golden);
+    check_all("1536_cascade", &golden, &out);
+}
+
+/// Token counts per candidate resolution from the golden upsampled coordinates (README §3.4:
+/// 1536 → 189, 1408 → 679, 1280 → 286, 1152 → 220, 1024 → 174; not monotonic), and the
+/// budget loop stepping all the way down to 1024 when nothing fits.
+#[test]
+fn cascade_quantisation_counts_and_budget_backoff() {
+    use trellis2::pipeline::cascade::{choose_resolution, quantize_coords};
+    let golden = Golden::open("golden/pipeline/pipeline_1024_cascade.safetensors");
+    let up: Vec<[i32; 4]> = golden
+        .get("cascade.upsample4.coords")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i32>()
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| [c[0], c[1], c[2], c[3]])
+        .collect();
+    for (res, want) in [
+        (1536, 189),
+        (1408, 679),
+        (1280, 286),
+        (1152, 220),
+        (1024, 174),
+    ] {
+        let q = quantize_coords(&up, res).unwrap();
+        assert_eq!(q.len(), want, "tokens at {res}");
+        assert!(
+            q.windows(2).all(|w| w[0] < w[1]),
+            "sorted unique rows at {res}"
+        );
+    }
+    let hr: Vec<i32> = golden
+        .get("shape_hr.coords")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (res, q) = choose_resolution(&up, 1024, DEFAULT_MAX_TOKENS).unwrap();
+    assert_eq!(res, 1024);
+    assert_eq!(q.into_iter().flatten().collect::<Vec<_>>(), hr);
+    assert_eq!(choose_resolution(&up, 1536, 190).unwrap().0, 1536);
+    // 189 tokens ≥ 150 at 1536, and every lower candidate too: back off to 1024.
+    let (res, q) = choose_resolution(&up, 1536, 150).unwrap();
+    assert_eq!((res, q.len()), (1024, 174));
+}
