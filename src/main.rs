@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Preprocess(args) => cli::preprocess::run(&args),
         Command::Inspect(args) => cli::inspect::run(&args),
+        Command::Matte(args) => cli::matte::run(&args),
         Command::Compare(args) => cli::compare::run(&args),
         Command::Dev(cmd) => cli::dev::run(&cmd),
     };

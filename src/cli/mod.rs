@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod compare;
 pub mod dev;
 pub mod inspect;
+pub mod matte;
 pub mod preprocess;
 
 /// Exit codes, documented in the README.
@@ -39,6 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Write the exact conditioning image the model sees (alpha crop, premultiplied on black).
     Preprocess(preprocess::Args),
+    /// Cut the subject out of a picture with the background remover (BiRefNet) and write it as
+    /// an RGBA PNG.
+    Matte(matte::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.
     Inspect(inspect::Args),
     /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,

@@ -102,15 +102,44 @@ pub fn matte(model: &BiRefNet, rgb: &RgbImage) -> Result<Vec<u8>> {
 /// [`matte`] at another network input size (faster, not upstream-exact).
 pub fn matte_at(model: &BiRefNet, rgb: &RgbImage, size: (u32, u32)) -> Result<Vec<u8>> {
     let alpha = alpha_matte_at(model, rgb, size)?;
+    require_foreground(&alpha)?;
+    Ok(alpha)
+}
+
+/// Upstream crops around the pixels with alpha > 204; a matte without any has no object.
+pub fn require_foreground(alpha: &[u8]) -> Result<(), NoForeground> {
     let max_alpha = alpha.iter().copied().max().unwrap_or(0);
     if max_alpha <= ALPHA_THRESHOLD {
-        return Err(NoForeground { max_alpha }.into());
+        return Err(NoForeground { max_alpha });
     }
-    Ok(alpha)
+    Ok(())
 }
 
 /// `rgb` with its matte attached as alpha (Pillow `putalpha`), as upstream hands it on.
 pub fn cut_out(model: &BiRefNet, rgb: &RgbImage, size: (u32, u32)) -> Result<RgbaImage> {
     let alpha = matte_at(model, rgb, size)?;
     RgbaImage::from_rgb_and_alpha(rgb, &alpha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreground_needs_one_pixel_above_204() {
+        assert_eq!(
+            require_foreground(&[0, 204, 17]),
+            Err(NoForeground { max_alpha: 204 })
+        );
+        assert_eq!(require_foreground(&[]), Err(NoForeground { max_alpha: 0 }));
+        assert_eq!(require_foreground(&[0, 205]), Ok(()));
+    }
+
+    #[test]
+    fn mask_bytes_are_truncated_not_rounded() {
+        assert_eq!(
+            mask_to_u8(&[0.0, 0.999 / 255.0, 1.999 / 255.0, 1.0]),
+            vec![0, 0, 1, 255]
+        );
+    }
 }
