@@ -163,7 +163,7 @@ impl Decoder {
         for (level, k) in self.levels.iter().zip([4usize, 3, 2]) {
             let input = self.with_patches(&main, image, &level.ipt, k + 1, trace)?;
             let p = level.block.forward(&input, trace)?;
-            trace.record(&format!("decoder.m{k}"), || Ok(level.side.forward(&p)?))?;
+            trace.record(&format!("decoder.m{k}"), || level.side.forward(&p))?;
             let gate = level.gate.gate(&p)?;
             trace.record(&format!("decoder.gdt_attn_{k}"), || Ok(gate.clone()))?;
             let p = p.broadcast_mul(&gate)?;
