@@ -67,7 +67,7 @@ pub struct BiRefNetConfig {
     pub patch_order: PatchOrder,
 }
 
-/// Level k (4..=1) of the decoder: the backbone stage it reads and its tile grid.
+/// Stages the backbone must have: the decoder has one level per stage.
 pub const DECODER_LEVELS: usize = 4;
 
 impl BiRefNetConfig {
