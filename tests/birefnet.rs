@@ -227,3 +227,40 @@ fn our_mask_gives_the_wrappers_alpha_within_one_level() {
     println!("alpha from our logits: {off} pixels differ, worst by {worst}");
     assert!(worst <= 1, "worst alpha difference {worst}");
 }
+
+#[test]
+fn loading_is_strict_and_names_every_wrong_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = candle_core::safetensors::load(
+        fixture("golden/birefnet/weights.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    tensors.remove("decoder.conv_out1.0.bias");
+    tensors.insert(
+        "decoder.extra.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    let err = match BiRefNet::open(dir.path(), &Device::Cpu) {
+        Ok(_) => panic!("a checkpoint with a missing and an unexpected key loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("missing     decoder.conv_out1.0.bias"),
+        "{err}"
+    );
+    assert!(err.contains("unexpected  decoder.extra.weight"), "{err}");
+    // A checkpoint of another model is recognised as such.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("golden/birefnet/input.safetensors"),
+        other.path().join("weights.safetensors"),
+    )
+    .unwrap();
+    let err = match BiRefNet::open(other.path(), &Device::Cpu) {
+        Ok(_) => panic!("an input file loaded as a model"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("not a BiRefNet"), "{err}");
+}
