@@ -9,7 +9,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use trellis2::image::RgbImage;
+use trellis2::models::birefnet::swin::SwinBackbone;
 use trellis2::models::birefnet::{BiRefNet, BiRefNetConfig, PatchOrder, SwinConfig};
+use trellis2::models::trace::Trace;
+use trellis2::ops::{deform_conv2d, DeformConvConfig};
 use trellis2::pipeline::matte::{alpha_matte_at, network_input, MATTE_SIZE};
 
 fn peak_rss_mib() -> f64 {
@@ -110,6 +113,9 @@ fn main() {
          whole matte {t_all:.2} s, peak RSS {:.0} MiB",
         peak_rss_mib()
     );
+    if std::env::args().any(|a| a == "--stages") {
+        stages(&tiny, &input);
+    }
     if std::env::args().any(|a| a == "--release") {
         let cfg = released_config();
         let vb = candle_nn::VarBuilder::from_backend(
@@ -127,4 +133,38 @@ fn main() {
             peak_rss_mib()
         );
     }
+}
+
+/// Where the tiny model's time goes at 1024²: the backbone alone, and the largest deformable
+/// conv (decoder level 1, 7×7 at 256²).
+fn stages(tiny: &BiRefNet, input: &Tensor) {
+    let dev = Device::Cpu;
+    let vb = candle_nn::VarBuilder::from_backend(
+        Box::new(ZeroWeights { window: 12 }),
+        DType::F32,
+        dev.clone(),
+    );
+    let bb = SwinBackbone::new(&tiny.config().swin, vb).unwrap();
+    let start = Instant::now();
+    bb.forward(input, "bb", &mut Trace::off()).unwrap();
+    println!(
+        "tiny backbone at 1024²: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    let c = tiny.config().dec_inter;
+    let x = Tensor::ones((1, c, 256, 256), DType::F32, &dev).unwrap();
+    let offset = Tensor::ones((1, 98, 256, 256), DType::F32, &dev).unwrap();
+    let mask = Tensor::ones((1, 49, 256, 256), DType::F32, &dev).unwrap();
+    let w = Tensor::ones((tiny.config().aspp_planes, c, 7, 7), DType::F32, &dev).unwrap();
+    let cfg = DeformConvConfig {
+        padding: (3, 3),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    deform_conv2d(&x, &offset, &mask, &w, None, cfg).unwrap();
+    println!(
+        "deform conv 7×7, {c} → {} channels at 256²: {:.2} s",
+        tiny.config().aspp_planes,
+        start.elapsed().as_secs_f64()
+    );
 }
