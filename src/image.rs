@@ -285,7 +285,7 @@ pub fn resize_lanczos<I: LanczosResize>(img: &I, width: u32, height: u32) -> I {
 impl LanczosResize for RgbImage {
     fn resize_lanczos(&self, width: u32, height: u32) -> RgbImage {
         check_len(self.data.len(), self.pixel_count(), 3);
-        let data = resample::<3>(&self.data, self.width, self.height, width, height);
+        let data = resample::<3>(&self.data, self.width, self.height, width, height, LANCZOS);
         RgbImage {
             width,
             height,
@@ -305,7 +305,14 @@ impl LanczosResize for RgbaImage {
             return self.clone();
         }
         let premultiplied = premultiply_rgba_u8(&self.data);
-        let mut data = resample::<4>(&premultiplied, self.width, self.height, width, height);
+        let mut data = resample::<4>(
+            &premultiplied,
+            self.width,
+            self.height,
+            width,
+            height,
+            LANCZOS,
+        );
         unpremultiply_rgba_u8(&mut data);
         RgbaImage {
             width,
@@ -313,6 +320,29 @@ impl LanczosResize for RgbaImage {
             data,
         }
     }
+}
+
+/// Pillow-exact `Image.resize((width, height), Image.BILINEAR)` of an RGB image: what
+/// torchvision's `Resize` does to a PIL image (antialiased when shrinking, like Pillow).
+pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    check_len(img.data.len(), img.pixel_count(), 3);
+    let data = resample::<3>(&img.data, img.width, img.height, width, height, BILINEAR);
+    RgbImage {
+        width,
+        height,
+        data,
+    }
+}
+
+/// Pillow-exact `Image.resize((width, height))` (default BICUBIC) of an 8-bit grey (mode "L")
+/// image given as `width·height` row-major bytes, e.g. a mask.
+pub fn resize_gray_bicubic(
+    data: &[u8],
+    (src_w, src_h): (u32, u32),
+    (width, height): (u32, u32),
+) -> Vec<u8> {
+    check_len(data.len(), src_w as usize * src_h as usize, 1);
+    resample::<1>(data, src_w, src_h, width, height, BICUBIC)
 }
 
 fn check_len(len: usize, pixels: usize, channels: usize) {
@@ -363,6 +393,26 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// LANCZOS (a = 3) support radius in source pixels at scale 1.
 const LANCZOS_SUPPORT: f64 = 3.0;
 
+/// A Pillow resampling filter: its support radius at scale 1 and its kernel.
+#[derive(Clone, Copy)]
+struct Filter {
+    support: f64,
+    kernel: fn(f64) -> f64,
+}
+
+const LANCZOS: Filter = Filter {
+    support: LANCZOS_SUPPORT,
+    kernel: lanczos,
+};
+const BILINEAR: Filter = Filter {
+    support: 1.0,
+    kernel: triangle,
+};
+const BICUBIC: Filter = Filter {
+    support: 2.0,
+    kernel: keys_cubic,
+};
+
 /// Fixed-point filter taps for one axis: output index `i` reads source indices
 /// `start[i] .. start[i] + count[i]` with weights `weights[offset[i] ..][..count[i]]`.
 struct AxisCoeffs {
@@ -400,6 +450,29 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
+/// Pillow's BILINEAR kernel (a triangle; stretched like the others when shrinking).
+fn triangle(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
+
+/// Pillow's BICUBIC kernel: Keys' cubic convolution with a = −0.5.
+fn keys_cubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
 /// Float weights → Pillow's fixed point, rounding half away from zero.
 fn to_fixed(w: f64) -> i32 {
     let scaled = w * (1u32 << PRECISION_BITS) as f64;
@@ -411,13 +484,13 @@ fn to_fixed(w: f64) -> i32 {
     }
 }
 
-/// Taps of a LANCZOS resize of one axis from `in_size` to `out_size` samples, computed in f64
+/// Taps of a `filter` resize of one axis from `in_size` to `out_size` samples, computed in f64
 /// in the same order as Pillow so the fixed-point weights come out identical.
-fn axis_coeffs(in_size: u32, out_size: u32) -> AxisCoeffs {
+fn axis_coeffs(in_size: u32, out_size: u32, filter: Filter) -> AxisCoeffs {
     let scale = in_size as f64 / out_size as f64;
     // When shrinking, the filter is stretched so that it covers `scale` source pixels.
     let filterscale = scale.max(1.0);
-    let support = LANCZOS_SUPPORT * filterscale;
+    let support = filter.support * filterscale;
     let inv_filterscale = 1.0 / filterscale;
     let mut spans = Vec::with_capacity(out_size as usize);
     let mut weights = Vec::new();
@@ -430,7 +503,7 @@ fn axis_coeffs(in_size: u32, out_size: u32) -> AxisCoeffs {
         float_taps.clear();
         let mut sum = 0.0;
         for x in start..end {
-            let w = lanczos((x as f64 - center + 0.5) * inv_filterscale);
+            let w = (filter.kernel)((x as f64 - center + 0.5) * inv_filterscale);
             float_taps.push(w);
             sum += w;
         }
@@ -456,15 +529,22 @@ fn clip8(acc: i32) -> u8 {
 /// Separable resize of interleaved `CH`-channel 8-bit pixels, Pillow style: horizontal pass
 /// first (only over the source rows the vertical pass will read), rounded to 8 bit, then the
 /// vertical pass. A pass is skipped when its axis keeps its size.
-fn resample<const CH: usize>(src: &[u8], w: u32, h: u32, out_w: u32, out_h: u32) -> Vec<u8> {
+fn resample<const CH: usize>(
+    src: &[u8],
+    w: u32,
+    h: u32,
+    out_w: u32,
+    out_h: u32,
+    filter: Filter,
+) -> Vec<u8> {
     if (out_w, out_h) == (w, h) {
         return src.to_vec();
     }
     if out_w == 0 || out_h == 0 {
         return Vec::new();
     }
-    let vertical = (out_h != h).then(|| axis_coeffs(h, out_h));
-    let horizontal = (out_w != w).then(|| axis_coeffs(w, out_w));
+    let vertical = (out_h != h).then(|| axis_coeffs(h, out_h, filter));
+    let horizontal = (out_w != w).then(|| axis_coeffs(w, out_w, filter));
     match (horizontal, vertical) {
         (Some(hc), Some(vc)) => {
             let first = vc.spans.first().map_or(0, |s| s.start);
@@ -786,6 +866,22 @@ pub fn save_png(rgb: &RgbImage, path: &Path) -> Result<()> {
     crate::export::write_atomic(path, |w| Ok(w.write_all(&encoded)?))
 }
 
+/// Write `rgba` as PNG atomically (see [`save_png`]).
+pub fn save_rgba_png(rgba: &RgbaImage, path: &Path) -> Result<()> {
+    let name = path.display();
+    check_len(rgba.data.len(), rgba.pixel_count(), 4);
+    let mut encoded = Vec::new();
+    PngEncoder::new(&mut encoded)
+        .write_image(
+            &rgba.data,
+            rgba.width,
+            rgba.height,
+            ExtendedColorType::Rgba8,
+        )
+        .map_err(|e| anyhow!("{name}: cannot encode PNG: {}", one_line(&e.to_string())))?;
+    crate::export::write_atomic(path, |w| Ok(w.write_all(&encoded)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,7 +899,7 @@ mod tests {
     #[test]
     fn fixed_point_weights_sum_to_one() {
         for (i, o) in [(1338, 1024), (594, 512), (512, 594), (7, 3), (3, 7)] {
-            let c = axis_coeffs(i, o);
+            let c = axis_coeffs(i, o, LANCZOS);
             for s in &c.spans {
                 let sum: i64 = c.taps(s).iter().map(|&k| k as i64).sum();
                 assert!(

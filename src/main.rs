@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => cli::generate::run(&args),
         Command::Preprocess(args) => cli::preprocess::run(&args),
         Command::Inspect(args) => cli::inspect::run(&args),
+        Command::Matte(args) => cli::matte::run(&args),
         Command::Compare(args) => cli::compare::run(&args),
         Command::Convert(args) => cli::convert::run(&args),
         Command::Download(args) => cli::download::run(&args),

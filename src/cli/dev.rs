@@ -30,11 +30,13 @@ pub enum DevCommand {
     /// the tensor names of the golden `golden/<role>.io.safetensors` files, so that
     /// `trellis2 compare OUT golden/<role>.io.safetensors` checks it.
     Forward {
-        /// Checkpoint stem in the upstream format (PATH.json + PATH.safetensors) or a Hugging
-        /// Face model folder (config.json + model.safetensors, for DINOv3).
+        /// Checkpoint stem in the upstream format (PATH.json + PATH.safetensors) or a model
+        /// folder: config.json + model.safetensors (Hugging Face DINOv3 or BiRefNet / RMBG-2.0)
+        /// or config.json + weights.safetensors (golden BiRefNet).
         #[arg(long)]
         ckpt: PathBuf,
-        /// Input tensors (`x`, `x.feats`, `coords`, `t`, `cond`, `z`, `latent.feats`, ...).
+        /// Input tensors (`x`, `x.feats`, `coords`, `t`, `cond`, `z`, `latent.feats`, `image`,
+        /// ...).
         #[arg(long)]
         inputs: PathBuf,
         /// Extra inputs, e.g. the texture decoder's guide subdivisions `subs.*`; tensors also

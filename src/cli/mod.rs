@@ -11,6 +11,7 @@ pub mod download;
 pub mod generate;
 mod inputs;
 pub mod inspect;
+pub mod matte;
 mod overrides;
 pub mod preprocess;
 mod progress;
@@ -48,6 +49,9 @@ pub enum Command {
     Generate(Box<generate::Args>),
     /// Write the exact conditioning image the model sees (alpha crop, premultiplied on black).
     Preprocess(preprocess::Args),
+    /// Cut the subject out of a picture with the background remover (BiRefNet) and write it as
+    /// an RGBA PNG.
+    Matte(matte::Args),
     /// Describe a model directory, a checkpoint, or a PLY / GLB / safetensors file.
     Inspect(inspect::Args),
     /// Rewrite a model directory as one safetensors per stage (one dtype, config inside).

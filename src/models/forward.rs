@@ -18,10 +18,12 @@ use super::ss_decoder::{SsDecoder, SsDecoderConfig};
 use crate::sparse::SparseTensor;
 use crate::weights::{Checkpoint, ModelConfig};
 
-/// A checkpoint to run: upstream format (`PATH.json` + `PATH.safetensors`) or a Hugging Face
-/// model folder (`config.json` + `model.safetensors`, for DINOv3).
+/// A checkpoint to run: upstream format (`PATH.json` + `PATH.safetensors`) or a model folder
+/// (`config.json` + `model.safetensors`, a Hugging Face download of DINOv3 or BiRefNet; or
+/// `config.json` + `weights.safetensors`, the golden BiRefNet layout).
 pub struct ModelSource {
-    /// Upstream class name (`SparseStructureDecoder`, …), or `DINOv3ViTModel` for a HF folder.
+    /// Upstream class name (`SparseStructureDecoder`, …), or for a folder `BiRefNet` (found by
+    /// its tensor names) or the `architectures` entry of its `config.json`.
     pub class: String,
     pub checkpoint: Checkpoint,
     /// Constructor arguments (`args` of the upstream json, or the HF `config.json`).
@@ -33,26 +35,38 @@ impl ModelSource {
     pub fn open(path: &Path) -> Result<Self> {
         if path.is_dir() {
             let config = path.join("config.json");
-            let weights = path.join("model.safetensors");
-            if !config.is_file() || !weights.is_file() {
+            let weights = ["model.safetensors", "weights.safetensors"]
+                .iter()
+                .map(|f| path.join(f))
+                .find(|p| p.is_file());
+            let (true, Some(weights)) = (config.is_file(), weights) else {
                 bail!(
-                    "{}: a model folder needs config.json and model.safetensors",
+                    "{}: a model folder needs config.json and model.safetensors (or \
+                     weights.safetensors)",
                     path.display()
                 );
-            }
+            };
             let text = std::fs::read_to_string(&config)
                 .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", config.display()))?;
             let args: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", config.display()))?;
-            let class = args
-                .get("architectures")
-                .and_then(|a| a.get(0))
-                .and_then(|a| a.as_str())
-                .unwrap_or("DINOv3ViTModel")
-                .to_string();
+            let checkpoint = Checkpoint::open_file(&weights)?;
+            let is_birefnet = checkpoint
+                .tensor_infos()
+                .iter()
+                .any(|t| t.name == "bb.patch_embed.proj.weight");
+            let class = if is_birefnet {
+                "BiRefNet"
+            } else {
+                args.get("architectures")
+                    .and_then(|a| a.get(0))
+                    .and_then(|a| a.as_str())
+                    .unwrap_or("DINOv3ViTModel")
+            }
+            .to_string();
             return Ok(Self {
                 class,
-                checkpoint: Checkpoint::open_file(&weights)?,
+                checkpoint,
                 args,
                 path: path.to_path_buf(),
             });
@@ -125,6 +139,7 @@ pub type Outputs = Vec<(String, Tensor)>;
 
 /// Classes `dev forward` knows, for error messages.
 pub const SUPPORTED: &[&str] = &[
+    "BiRefNet",
     "DINOv3ViTModel",
     "SparseStructureFlowModel",
     "SLatFlowModel",
@@ -239,6 +254,8 @@ pub fn build_model(
 
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
 ///
+/// - `BiRefNet`: `image` `[B, 3, H, W]` (normalised) → `logits` (the last output), `mask`
+///   (its sigmoid).
 /// - `SparseStructureDecoder`: `z` → `logits`, `occupancy` (u8, logits > 0).
 /// - `FlexiDualGridVaeDecoder`: `latent.feats` + `latent.coords` → `out.raw_feats`, `out.coords`,
 ///   `subs.{i}.feats` / `subs.{i}.coords`, `upsample4.coords` (no `mesh.*`: mesh extraction is
@@ -249,6 +266,7 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
     let in_inputs = |e: candle_core::Error| anyhow::anyhow!("{}: {e}", inputs.source);
     match source.class.as_str() {
         "DINOv3ViTModel" => dinov3_forward(source, inputs, device),
+        "BiRefNet" => birefnet_forward(source, inputs, device),
         "SparseStructureFlowModel" | "SLatFlowModel" | "ElasticSLatFlowModel" => {
             flow_forward(source, inputs, device)
         }
@@ -376,6 +394,28 @@ fn dinov3_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Res
     let model = DinoV3::load(&cfg, &source.checkpoint, DType::F32, device)?;
     let pixels = inputs.get("pixel_values")?.to_dtype(DType::F32)?;
     Ok(vec![("features".into(), model.features(&pixels)?)])
+}
+
+/// `image [B, 3, H, W]` → `logits`, `mask`. The folder's `config.json` may set
+/// `patch_split_order` (`"rmbg"`, the default, or `"einops"`).
+fn birefnet_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
+    use super::birefnet::{BiRefNet, PatchOrder};
+    let order = match source.args.get("patch_split_order") {
+        None => PatchOrder::Rmbg,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: `patch_split_order` must be \"rmbg\" or \"einops\": {e}",
+                source.path.display()
+            )
+        })?,
+    };
+    let model = BiRefNet::load(&source.checkpoint, order, DType::F32, device)?;
+    let image = float_input(inputs, "image")?;
+    let logits = model
+        .forward(&image)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", inputs.source))?;
+    let mask = candle_nn::ops::sigmoid(&logits)?;
+    Ok(vec![("logits".into(), logits), ("mask".into(), mask)])
 }
 
 /// Dense: `x, t, cond → out`; sparse: `x.feats, coords, t, cond[, concat_cond.feats] → out.feats`.

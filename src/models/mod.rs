@@ -1,5 +1,6 @@
 //! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys.
 
+pub mod birefnet;
 pub mod dinov3;
 pub mod dit;
 pub mod forward;

@@ -3,11 +3,15 @@
 
 pub mod attention;
 pub mod conv3d;
+pub mod deform_conv;
+pub mod interpolate;
 pub mod layer_norm;
 pub mod metal;
 pub mod rope;
 pub mod sparse_conv;
 
 pub use conv3d::{conv3d_k3, GridNeighbours};
+pub use deform_conv::{deform_conv2d, DeformConvConfig};
+pub use interpolate::interpolate_bilinear_aligned;
 pub use layer_norm::layer_norm;
 pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};

@@ -9,6 +9,7 @@ mod decode;
 pub mod device;
 pub mod flow_model;
 pub mod latents_file;
+pub mod matte;
 pub mod memory;
 pub mod models;
 pub mod noise;
