@@ -295,12 +295,101 @@ fn usage_errors_fail_before_any_work() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("steps"), "{}", text(&o));
-    let o = trellis2(&["generate", &img, "-o", &s(dir.path())]);
+    // No --model and nothing in the (empty) hub cache: --offline names the command to run.
+    let cache = dir.path().join("hub-cache");
+    let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .args(["generate", &img, "-o", &s(dir.path()), "--offline"])
+        .env_remove("TRELLIS2_MODEL")
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .expect("binary runs");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("--model"), "{}", text(&o));
+    assert!(text(&o).contains("trellis2 download"), "{}", text(&o));
     if !cfg!(feature = "cuda") {
         let o = trellis2(&["generate", &img, "--device", "cuda", "--model", &model()]);
         assert_eq!(o.status.code(), Some(1), "{}", text(&o));
         assert!(text(&o).contains("without CUDA support"), "{}", text(&o));
     }
+}
+
+/// A JPEG photo (no alpha) of the golden image's colours on a white background.
+fn photo(dir: &Path) -> std::path::PathBuf {
+    let src = image::open(common::fixture(IMAGE)).unwrap().to_rgba8();
+    let (w, h) = (src.width() / 4, src.height() / 4);
+    let small = image::imageops::resize(&src, w, h, image::imageops::FilterType::Triangle);
+    let rgb = image::RgbImage::from_fn(w, h, |x, y| {
+        let p = small.get_pixel(x, y).0;
+        let a = p[3] as u32;
+        let mix = |c: u8| ((c as u32 * a + 255 * (255 - a)) / 255) as u8;
+        image::Rgb([mix(p[0]), mix(p[1]), mix(p[2])])
+    });
+    let path = dir.join("photo.jpg");
+    rgb.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn photos_without_alpha_are_matted_kept_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let jpg = s(&photo(dir.path()));
+    let out = dir.path().join("out");
+    // No background remover in the golden model folder: a clear error naming the ways out.
+    let mut args = vec!["generate".to_string(), jpg.clone()];
+    args.extend(fast_args(&out));
+    let argv: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+    let o = trellis2(&argv);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--rembg none"), "{}", text(&o));
+    // --rembg alpha refuses it.
+    let mut a2 = argv.clone();
+    a2.extend(["--rembg", "alpha"]);
+    let o = trellis2(&a2);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no transparency"), "{}", text(&o));
+    // --rembg none keeps the whole picture and generates.
+    let mut a3 = argv.clone();
+    a3.extend(["--rembg", "none", "--format", "glb"]);
+    let o = trellis2(&a3);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(out.join("photo.glb").is_file());
+
+    // With a background remover in the model folder (the tiny golden BiRefNet, as a Hugging
+    // Face folder of the release's `briaai/RMBG-2.0`), the photo is matted automatically.
+    let model_dir = dir.path().join("model");
+    let rembg = model_dir.join("briaai/RMBG-2.0");
+    std::fs::create_dir_all(&rembg).unwrap();
+    std::fs::copy(
+        common::fixture("golden/pipeline.json"),
+        model_dir.join("pipeline.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(common::fixture("golden/models"), model_dir.join("models")).unwrap();
+    std::fs::copy(
+        common::fixture("golden/birefnet/config.json"),
+        rembg.join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        common::fixture("golden/birefnet/weights.safetensors"),
+        rembg.join("model.safetensors"),
+    )
+    .unwrap();
+    let out2 = dir.path().join("out2");
+    let o = trellis2(&[
+        "generate",
+        &jpg,
+        "-o",
+        &s(&out2),
+        "--model",
+        &s(&model_dir),
+        "--pipeline",
+        "512",
+        "--steps",
+        "1",
+        "--format",
+        "glb",
+    ]);
+    println!("matted run: {}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(out2.join("photo.glb").is_file());
 }

@@ -84,6 +84,7 @@ fn run(golden: &Golden) -> Generated {
             .get("max_num_tokens")
             .and_then(|v| v.as_u64())
             .map_or(DEFAULT_MAX_TOKENS, |v| v as usize),
+        background: Default::default(),
     };
     pipeline.generate(&image, options, &mut NoProgress).unwrap()
 }

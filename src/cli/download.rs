@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use trellis2::weights::ModelDir;
 
 use trellis2::weights::hub::{self, HubSettings, Plan, PlanEntry, TransferProgress};
 
@@ -66,6 +67,44 @@ pub fn run(args: &Args) -> Result<u8> {
         settings.cache_dir.display()
     );
     Ok(super::exit::OK)
+}
+
+/// The model directory `generate` uses: `model` if given (a folder with pipeline.json, or a hub
+/// cache folder), else the release in the Hugging Face cache. When files are missing it says how
+/// much is needed and downloads them (asking first unless `yes`); `offline` forbids that and
+/// fails with the command to run.
+pub fn ensure_model(model: Option<&std::path::Path>, yes: bool, offline: bool) -> Result<ModelDir> {
+    if let Some(dir) = model {
+        if dir.join("pipeline.json").is_file() {
+            return ModelDir::open(dir);
+        }
+    }
+    let settings = match model {
+        Some(dir) => HubSettings::from_env().with_cache_dir(dir),
+        None => HubSettings::from_env(),
+    };
+    match hub::locate(model, &settings) {
+        Ok(dir) => return Ok(dir),
+        Err(e) if offline => return Err(e.context("--offline")),
+        Err(_) => {}
+    }
+    let plan = hub::plan(&settings)?;
+    eprintln!(
+        "the model is not fully downloaded yet: {} in {} file(s) to fetch into {}",
+        human_bytes(plan.missing_bytes()),
+        plan.missing().count(),
+        settings.cache_dir.display()
+    );
+    if !yes && !confirm(plan.missing_bytes())? {
+        bail!(
+            "nothing downloaded; run `{}` first",
+            hub::download_command(&settings)
+        );
+    }
+    hub::download(&settings, &plan, &mut |entry: &PlanEntry| {
+        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
+    })?;
+    hub::locate(model, &settings)
 }
 
 fn print_plan(plan: &Plan, settings: &HubSettings) {

@@ -16,13 +16,13 @@ use super::report::{ItemReport, RunReport, Status, CANDLE_VERSION};
 use trellis2::export::tensors::read_tensors;
 use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
 use trellis2::image::load_image;
+use trellis2::pipeline::background::Background;
 use trellis2::pipeline::device::{describe, select, DeviceChoice};
 use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::{
     Generated, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
     DEFAULT_MAX_TOKENS,
 };
-use trellis2::weights::ModelDir;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,7 +75,14 @@ pub struct Args {
     /// Compute device: auto, cpu, metal or cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Model folder holding pipeline.json (or set TRELLIS2_MODEL).
+    /// Answer yes when asked to download missing model files (for scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Never use the network: fail, naming the command to run, when model files are missing.
+    #[arg(long)]
+    pub offline: bool,
+    /// Model folder holding pipeline.json, or a hub cache folder (`download --to DIR`); default:
+    /// TRELLIS2_MODEL, else the Hugging Face cache, downloading what is missing on first use.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Sampling steps: one number for all stages, or ss=N,shape=N,tex=N.
@@ -110,6 +117,11 @@ pub struct Args {
     /// Up axis of the written files: y (glTF convention) or z (the model's frame).
     #[arg(long, default_value = "y")]
     pub up: String,
+    /// Pictures without transparency: auto removes the background with BiRefNet (the model
+    /// folder's `rembg_model`; RMBG-2.0 in the release, licensed CC BY-NC 4.0 — non-commercial),
+    /// none keeps the whole picture, alpha refuses them.
+    #[arg(long, default_value = "auto", value_parser = parse_background)]
+    pub rembg: Background,
     /// No progress output (errors and the failure summary are still printed).
     #[arg(short, long)]
     pub quiet: bool,
@@ -242,13 +254,9 @@ pub fn run(args: &Args) -> Result<u8> {
         .model
         .clone()
         .or_else(|| std::env::var_os("TRELLIS2_MODEL").map(PathBuf::from));
-    let Some(model) = &model else {
-        bail!(
-            "no model folder: pass --model DIR (a folder with pipeline.json and its checkpoints) \
-             or set TRELLIS2_MODEL"
-        );
-    };
-    let mut pipeline = Pipeline::new(ModelDir::open(model)?, device)?;
+    let model_dir = super::download::ensure_model(model.as_deref(), args.yes, args.offline)?;
+    let model_root = model_dir.root.clone();
+    let mut pipeline = Pipeline::new(model_dir, device)?;
     pipeline.apply_overrides(&plan.overrides)?;
     let ptype = plan
         .pipeline_type
@@ -291,6 +299,7 @@ pub fn run(args: &Args) -> Result<u8> {
                     None => NoiseSource::Seed(args.seed),
                 },
                 max_tokens: args.max_tokens,
+                background: args.rembg,
             };
             let result =
                 generate_one(&pipeline, job, options, ptype, &mut progress).and_then(|g| {
@@ -354,7 +363,7 @@ pub fn run(args: &Args) -> Result<u8> {
             trellis2_version: env!("CARGO_PKG_VERSION"),
             candle_version: CANDLE_VERSION,
             device: describe(pipeline.device()).into(),
-            model: model.clone(),
+            model: model_root.clone(),
             pipeline_type: ptype.name().into(),
             seed: args.seed,
             max_tokens: args.max_tokens,
@@ -417,4 +426,8 @@ fn save(args: &Args, plan: &Plan, stem: &str, g: &Generated, outputs: &[PathBuf]
         }
     }
     Ok(())
+}
+
+fn parse_background(s: &str) -> Result<Background, String> {
+    s.parse()
 }

@@ -1,6 +1,7 @@
 //! Stages and the glue between them (spec §1): [`run::Pipeline`] turns an image into a
 //! [`output::Generated`] object, stage by stage, loading and dropping each stage's models.
 
+pub mod background;
 pub mod cascade;
 pub mod conditioning;
 pub mod config;

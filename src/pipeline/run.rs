@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::background::{conditioning_image, Background};
 use super::conditioning::condition;
 use super::config::{PipelineSettings, PipelineType, SamplerOverrides, DEFAULT_MAX_TOKENS};
 use super::context::Ctx;
@@ -16,7 +17,7 @@ use super::progress::Progress;
 use super::shape::{sample_shape, Conds, ShapeLatent};
 use super::sparse_structure::sample_structure;
 use super::texture::sample_texture;
-use crate::image::{preprocess, LoadedImage, RgbImage};
+use crate::image::{LoadedImage, RgbImage};
 use crate::weights::ModelDir;
 
 /// Per-run choices.
@@ -26,6 +27,8 @@ pub struct RunOptions {
     pub noise: NoiseSource,
     /// Token budget of the 1536 cascade (`max_num_tokens`).
     pub max_tokens: usize,
+    /// Pictures without transparency: remove the background, keep it, or refuse.
+    pub background: Background,
 }
 
 impl RunOptions {
@@ -35,6 +38,7 @@ impl RunOptions {
             pipeline_type: None,
             noise: NoiseSource::Seed(seed),
             max_tokens: DEFAULT_MAX_TOKENS,
+            background: Background::default(),
         }
     }
 }
@@ -95,7 +99,7 @@ impl Pipeline {
     ) -> Result<Generated> {
         let mut ctx = self.ctx(NoiseSource::Seed(0), progress);
         let stage = ctx.begin("preprocess", 1);
-        let rgb = preprocess(image)?;
+        let rgb = conditioning_image(&self.dir, image, options.background)?;
         ctx.progress.step("preprocess", 1);
         ctx.end(stage);
         let reports = std::mem::take(&mut ctx.reports);

@@ -1,0 +1,77 @@
+//! The conditioning image of a decoded picture: upstream's `preprocess_image`, with background
+//! removal (BiRefNet) for pictures that have no transparency of their own.
+
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+
+use super::matte::{cut_out, MATTE_SIZE};
+use crate::image::{
+    background_removal_input, has_alpha, preprocess, preprocess_with_alpha, LoadedImage, RgbImage,
+    RgbaImage,
+};
+use crate::models::birefnet::BiRefNet;
+use crate::weights::ModelDir;
+
+/// What to do with a picture that has no transparency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Background {
+    /// Cut the object out with the background-removal model (upstream's behaviour).
+    #[default]
+    Remove,
+    /// Keep the picture as it is: the whole frame is the object.
+    Keep,
+    /// Refuse pictures without an alpha channel.
+    RequireAlpha,
+}
+
+impl FromStr for Background {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" | "birefnet" => Ok(Self::Remove),
+            "none" => Ok(Self::Keep),
+            "alpha" => Ok(Self::RequireAlpha),
+            other => Err(format!(
+                "`{other}` is not a background mode (auto, none or alpha)"
+            )),
+        }
+    }
+}
+
+/// Preprocesses `image` for the model: pictures with real alpha as upstream does; others by
+/// `mode` (BiRefNet from the model directory's `rembg_model`, on the CPU).
+pub fn conditioning_image(
+    dir: &ModelDir,
+    image: &LoadedImage,
+    mode: Background,
+) -> Result<RgbImage> {
+    let source = image.source.display().to_string();
+    if has_alpha(image) {
+        return Ok(preprocess(image)?);
+    }
+    match mode {
+        Background::RequireAlpha => bail!(
+            "{source}: the picture has no transparency and --rembg alpha asks for an alpha channel"
+        ),
+        Background::Keep => {
+            let rgb = background_removal_input(image);
+            Ok(preprocess_with_alpha(&RgbaImage::from_rgb(&rgb), &source)?)
+        }
+        Background::Remove => {
+            let folder = dir.hf_model_dir("rembg_model").with_context(|| {
+                format!(
+                    "{source}: the picture has no transparency and needs background removal; \
+                     run `trellis2 download`, or pass --rembg none to keep the whole picture"
+                )
+            })?;
+            let model = BiRefNet::open(&folder, &Device::Cpu)?;
+            let rgb = background_removal_input(image);
+            let rgba =
+                cut_out(&model, &rgb, (MATTE_SIZE, MATTE_SIZE)).with_context(|| source.clone())?;
+            Ok(preprocess_with_alpha(&rgba, &source)?)
+        }
+    }
+}
