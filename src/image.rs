@@ -639,7 +639,7 @@ impl fmt::Display for PreprocessError {
         match self {
             Self::NeedsBackgroundRemoval { source } => write!(
                 f,
-                "{source}: image has no transparency (no alpha channel, or every pixel opaque); background removal is not available yet, use an RGBA cut-out"
+                "{source}: image has no transparency (no alpha channel, or every pixel opaque); cut it out first with `trellis2 matte` (generate does this itself)"
             ),
             Self::FullyTransparent { source } => {
                 write!(f, "{source}: image is fully transparent (every alpha value is 0)")
