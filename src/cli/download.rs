@@ -1,14 +1,18 @@
 //! `trellis2 download`: fetch the release, the SS decoder, DINOv3 and the background remover
 //! into the Hugging Face cache (or `--to DIR`), showing sizes first and progress while it runs.
 
+#[cfg(feature = "hub")]
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+#[cfg(feature = "hub")]
 use indicatif::{ProgressBar, ProgressStyle};
 use trellis2::weights::ModelDir;
 
-use trellis2::weights::hub::{self, HubSettings, Plan, PlanEntry, TransferProgress};
+use trellis2::weights::hub::{self, HubSettings};
+#[cfg(feature = "hub")]
+use trellis2::weights::hub::{Plan, PlanEntry, TransferProgress};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,6 +51,13 @@ pub fn run(args: &Args) -> Result<u8> {
             hub::download_command(&settings)
         );
     }
+    fetch_release(args, &settings)
+}
+
+/// Plans, asks and downloads what the cache lacks.
+#[cfg(feature = "hub")]
+fn fetch_release(args: &Args, settings: &HubSettings) -> Result<u8> {
+    let settings = settings.clone();
     let plan = hub::plan(&settings)?;
     print_plan(&plan, &settings);
     let missing = plan.missing().count();
@@ -69,6 +80,11 @@ pub fn run(args: &Args) -> Result<u8> {
     Ok(super::exit::OK)
 }
 
+#[cfg(not(feature = "hub"))]
+fn fetch_release(_args: &Args, settings: &HubSettings) -> Result<u8> {
+    bail!("{}", no_hub(settings))
+}
+
 /// The model directory `generate` uses: `model` if given (a folder with pipeline.json, or a hub
 /// cache folder), else the release in the Hugging Face cache. When files are missing it says how
 /// much is needed and downloads them (asking first unless `yes`); `offline` forbids that and
@@ -88,6 +104,16 @@ pub fn ensure_model(model: Option<&std::path::Path>, yes: bool, offline: bool) -
         Err(e) if offline => return Err(e.context("--offline")),
         Err(_) => {}
     }
+    fetch_for_generate(model, &settings, yes)
+}
+
+#[cfg(feature = "hub")]
+fn fetch_for_generate(
+    model: Option<&std::path::Path>,
+    settings: &HubSettings,
+    yes: bool,
+) -> Result<ModelDir> {
+    let settings = settings.clone();
     let plan = hub::plan(&settings)?;
     eprintln!(
         "the model is not fully downloaded yet: {} in {} file(s) to fetch into {}",
@@ -107,6 +133,25 @@ pub fn ensure_model(model: Option<&std::path::Path>, yes: bool, offline: bool) -
     hub::locate(model, &settings)
 }
 
+#[cfg(not(feature = "hub"))]
+fn fetch_for_generate(
+    _model: Option<&std::path::Path>,
+    settings: &HubSettings,
+    _yes: bool,
+) -> Result<ModelDir> {
+    bail!("{}", no_hub(settings))
+}
+
+#[cfg(not(feature = "hub"))]
+fn no_hub(settings: &HubSettings) -> String {
+    format!(
+        "this trellis2 was built without download support (feature `hub`); put the model files \
+         in {} or pass --model DIR",
+        settings.cache_dir.display()
+    )
+}
+
+#[cfg(feature = "hub")]
 fn print_plan(plan: &Plan, settings: &HubSettings) {
     println!("cache  {}", settings.cache_dir.display());
     for e in &plan.entries {
@@ -127,6 +172,7 @@ fn print_plan(plan: &Plan, settings: &HubSettings) {
 }
 
 /// Asks on the terminal; without one (a script), `--yes` is required.
+#[cfg(feature = "hub")]
 fn confirm(bytes: u64) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!(
@@ -157,8 +203,10 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// One indicatif bar per file (hidden when stderr is not a terminal).
+#[cfg(feature = "hub")]
 struct Bar(ProgressBar);
 
+#[cfg(feature = "hub")]
 impl Bar {
     fn new(entry: &PlanEntry) -> Self {
         let bar = ProgressBar::new(entry.remote.size);
@@ -173,6 +221,7 @@ impl Bar {
     }
 }
 
+#[cfg(feature = "hub")]
 impl TransferProgress for Bar {
     fn init(&mut self, total: u64, _name: &str) {
         self.0.set_length(total);

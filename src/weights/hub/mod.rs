@@ -12,20 +12,26 @@
 //!   [`Plan::missing`] / [`Plan::missing_bytes`] are what to show before asking the user.
 //! - [`download`] — fetches the missing files of a plan into the cache.
 
+#[cfg(feature = "hub")]
 mod fetch;
 mod locate;
+#[cfg(feature = "hub")]
 mod plan;
 mod release;
+#[cfg(feature = "hub")]
 mod remote;
 mod settings;
 mod verify;
 
+#[cfg(feature = "hub")]
 pub use fetch::{download, TransferProgress};
 pub use locate::{download_command, locate, missing_offline};
+#[cfg(feature = "hub")]
 pub use plan::{plan, Plan, PlanEntry};
 pub use release::{
     hf_model_repo, release_files, RepoFile, DINOV3_REPO, PIPELINE_FILE, RELEASE_REPO, RMBG_REPO,
 };
+#[cfg(feature = "hub")]
 pub use remote::{HubError, RemoteFile};
 pub use settings::HubSettings;
 pub use verify::{verify_etag, EtagKind};

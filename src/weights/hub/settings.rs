@@ -50,6 +50,7 @@ impl HubSettings {
         self
     }
 
+    #[cfg(feature = "hub")]
     pub(crate) fn cache(&self) -> hf_hub::Cache {
         hf_hub::Cache::new(self.cache_dir.clone())
     }
