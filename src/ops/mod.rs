@@ -3,6 +3,8 @@
 
 pub mod attention;
 pub mod conv3d;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod rope;
 pub mod sparse_conv;
 

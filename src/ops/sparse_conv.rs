@@ -51,6 +51,21 @@ impl CustomOp3 for SubmConv3d {
         let out = conv_cpu(&feats[fa..fz], &weight[wa..wz], &map[ma..mz], n, ci, co);
         Ok((CpuStorage::F32(out), Shape::from((n, co))))
     }
+
+    /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`): bf16 or f16 feats and weight,
+    /// fp32 accumulation, output in the feats' dtype.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::subm_conv3d(s1, l1, s2, l2, s3, l3)
+    }
 }
 
 /// Output rows per tile: at least 128 so that each tap's `[Ci,Co]` weight slice is reused by
@@ -199,8 +214,21 @@ fn check(
     Ok((n, ci, co))
 }
 
+/// The dtype the op computes in on `device` for `dtype` inputs: f32 on the CPU (the reference);
+/// on CUDA the tensor cores' f16 for f16 inputs and bf16 otherwise (f32 inputs are rounded to
+/// bf16, accumulation stays fp32).
+pub(crate) fn compute_dtype(device: &candle_core::Device, dtype: DType) -> DType {
+    match (device.is_cuda(), dtype) {
+        (false, _) => DType::F32,
+        (true, DType::F16) => DType::F16,
+        (true, _) => DType::BF16,
+    }
+}
+
 /// Submanifold 3×3×3 conv of `feats` `[T,Ci]` on the voxels of `neighbours` `[T,27]`, weight
 /// `[Co,27,Ci]` (or `[Co,3,3,3,Ci]`), optional bias `[Co]` → `[T,Co]` in the feats' dtype.
+/// CPU: f32 throughout. CUDA: bf16/f16 operands (see [`compute_dtype`]), fp32 accumulation, the
+/// bias added in f32 afterwards.
 pub fn submanifold_conv3d(
     feats: &Tensor,
     neighbours: &Tensor,
@@ -209,17 +237,20 @@ pub fn submanifold_conv3d(
 ) -> Result<Tensor> {
     let (_, ci, co) = check(feats, neighbours, weight, bias)?;
     let dtype = feats.dtype();
+    let compute = compute_dtype(feats.device(), dtype);
     let weight = weight
         .reshape((co, TAPS, ci))?
-        .to_dtype(DType::F32)?
+        .to_dtype(compute)?
         .contiguous()?;
-    let out = feats.to_dtype(DType::F32)?.contiguous()?.apply_op3_no_bwd(
+    let out = feats.to_dtype(compute)?.contiguous()?.apply_op3_no_bwd(
         &weight,
         &neighbours.contiguous()?,
         &SubmConv3d,
     )?;
     let out = match bias {
-        Some(b) => out.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        Some(b) => out
+            .to_dtype(DType::F32)?
+            .broadcast_add(&b.to_dtype(DType::F32)?)?,
         None => out,
     };
     out.to_dtype(dtype)
