@@ -9,7 +9,7 @@
 //! `kv_offsets[b]..kv_offsets[b+1]`. Self-attention passes the same offsets twice;
 //! cross-attention to per-sample image tokens passes the condition's offsets for k/v.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Query rows handled together; keys are streamed in tiles of the same size.
