@@ -247,6 +247,17 @@ fn attention_varlen_self() -> Result<()> {
         DType::F32,
     )?;
     check_attention("one sequence", &[0, 1500], &[0, 1500], 4, 128, DType::BF16)?;
+    // The tiny golden models' head dims.
+    for d in [16, 32] {
+        check_attention(
+            "varlen self (small D)",
+            &offsets,
+            &offsets,
+            4,
+            d,
+            DType::BF16,
+        )?;
+    }
     Ok(())
 }
 
@@ -267,5 +278,34 @@ fn attention_cross_and_edges() -> Result<()> {
     let dev = gpu();
     let t = Tensor::zeros((4, 1, 96), DType::BF16, &dev)?;
     assert!(varlen_attention(&t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+    Ok(())
+}
+
+#[test]
+fn voxel_layer_norm() -> Result<()> {
+    let dev = gpu();
+    for (n, c, offset) in [
+        (0usize, 64usize, 0f32),
+        (1, 1, 0.0),
+        (1000, 64, 0.0),
+        (777, 1024, 300.0),
+        (300, 13, -5.0),
+    ] {
+        let x = (Tensor::randn(0f32, 1.0, (n, c), &Device::Cpu)? + offset as f64)?;
+        let w = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
+        let want = trellis2::sparse::layer_norm(&x, Some((&w, &b)), 1e-6)?;
+        let got = trellis2::sparse::layer_norm(
+            &x.to_device(&dev)?,
+            Some((&w.to_device(&dev)?, &b.to_device(&dev)?)),
+            1e-6,
+        )?;
+        let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
+        // f32 sums in a different order: their rounding grows with |mean| / std (the CPU
+        // reference itself is ≈1e-4 off an f64 evaluation at mean 300).
+        let tol = if offset.abs() > 10.0 { 1e-3 } else { 1e-5 };
+        println!("layer norm T {n:>5} C {c:>4} mean {offset:>6}: max|err|/max|ref| = {err:.2e}");
+        assert!(err <= tol, "layer norm error {err} over {tol}");
+    }
     Ok(())
 }

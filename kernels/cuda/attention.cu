@@ -170,7 +170,11 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2);                                    \
     }
 
+FLASH(flash_attn_bf16_d16, __nv_bfloat16, 16)
+FLASH(flash_attn_bf16_d32, __nv_bfloat16, 32)
 FLASH(flash_attn_bf16_d64, __nv_bfloat16, 64)
 FLASH(flash_attn_bf16_d128, __nv_bfloat16, 128)
+FLASH(flash_attn_f16_d16, __half, 16)
+FLASH(flash_attn_f16_d32, __half, 32)
 FLASH(flash_attn_f16_d64, __half, 64)
 FLASH(flash_attn_f16_d128, __half, 128)

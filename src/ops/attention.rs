@@ -78,7 +78,7 @@ fn check(
 /// Attention over packed variable-length sequences (see the module docs). Inputs may be
 /// f32, f16 or bf16; the computation (scores, softmax, accumulation) is f32 and the output
 /// has the dtype of `q`. On CUDA the q·kᵀ and p·v products take bf16 operands (f16 for f16
-/// inputs; f32 inputs are rounded to bf16) on the tensor cores, head dims 64 and 128.
+/// inputs; f32 inputs are rounded to bf16) on the tensor cores, head dims 16, 32, 64 and 128.
 pub fn varlen_attention(
     q: &Tensor,
     k: &Tensor,

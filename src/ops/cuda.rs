@@ -99,7 +99,7 @@ pub(crate) fn subm_conv3d(
 const ATTN_TILE: usize = 128;
 
 /// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
-/// `[Nq,H,D]` in q's dtype. Head dims 64 and 128. See `kernels/cuda/attention.cu`.
+/// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn varlen_attention(
     q: &CudaStorage,
@@ -114,8 +114,8 @@ pub(crate) fn varlen_attention(
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "varlen attention (CUDA)";
     let (nq, heads, d) = ql.shape().dims3()?;
-    if d != 64 && d != 128 {
-        bail!("{OP}: head dim {d} is not supported (64 or 128)");
+    if ![16, 32, 64, 128].contains(&d) {
+        bail!("{OP}: head dim {d} is not supported (16, 32, 64 or 128)");
     }
     let (qa, qz) = span(ql, OP, "q")?;
     let (ka, kz) = span(kl, OP, "k")?;
@@ -174,4 +174,54 @@ pub(crate) fn varlen_attention(
         _ => bail!("{OP}: takes bf16 or f16 q, k, v, got {:?}", q.dtype()),
     };
     Ok((out, Shape::from((nq, heads, d))))
+}
+
+const LAYER_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
+
+/// Per-row LayerNorm of x `[T,C]` f32 with weight and bias `[C]` f32 (`src/sparse/norm.rs`).
+/// See `kernels/cuda/layer_norm.cu`.
+pub(crate) fn voxel_layer_norm(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "layer_norm (CUDA)";
+    let (rows, c) = xl.shape().dims2()?;
+    let (xa, xz) = span(xl, OP, "input")?;
+    let (wa, wz) = span(wl, OP, "weight")?;
+    let (ba, bz) = span(bl, OP, "bias")?;
+    let dev = x.device().clone();
+    let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w), CudaStorageSlice::F32(b)) =
+        (&x.slice, &w.slice, &b.slice)
+    else {
+        bail!("{OP}: takes f32 tensors");
+    };
+    let out = output::<f32>(&dev, rows * c)?;
+    if rows > 0 && c > 0 {
+        let func = dev.get_or_load_custom_func(
+            "voxel_layer_norm_f32",
+            "trellis2_layer_norm",
+            LAYER_NORM_PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (x, w, b) = (x.slice(xa..xz), w.slice(wa..wz), b.slice(ba..bz));
+        let (rows_, c_) = (rows as i32, c as i32);
+        let mut builder = func.builder();
+        builder.arg(&x).arg(&w).arg(&b).arg(&out);
+        builder.arg(&rows_).arg(&c_).arg(&eps);
+        // SAFETY: reads x[T·C], w[C], b[C]; writes every element of out[T·C], owned here.
+        unsafe { builder.launch(cfg) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((rows, c)),
+    ))
 }

@@ -4,7 +4,7 @@
 pub mod attention;
 pub mod conv3d;
 #[cfg(feature = "cuda")]
-mod cuda;
+pub(crate) mod cuda;
 pub mod rope;
 pub mod sparse_conv;
 
