@@ -9,7 +9,7 @@
 //! `kv_offsets[b]..kv_offsets[b+1]`. Self-attention passes the same offsets twice;
 //! cross-attention to per-sample image tokens passes the condition's offsets for k/v.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Query rows handled together; keys are streamed in tiles of the same size.
@@ -77,7 +77,8 @@ fn check(
 
 /// Attention over packed variable-length sequences (see the module docs). Inputs may be
 /// f32, f16 or bf16; the computation (scores, softmax, accumulation) is f32 and the output
-/// has the dtype of `q`.
+/// has the dtype of `q`. On CUDA the q·kᵀ and p·v products take bf16 operands (f16 for f16
+/// inputs; f32 inputs are rounded to bf16) on the tensor cores, head dims 16, 32, 64 and 128.
 pub fn varlen_attention(
     q: &Tensor,
     k: &Tensor,
@@ -88,20 +89,15 @@ pub fn varlen_attention(
 ) -> candle_core::Result<Tensor> {
     check(q, k, v, q_offsets, kv_offsets)?;
     let dtype = q.dtype();
-    // The Metal kernel takes f32/f16/bf16 as they are (scores and accumulation in f32); the CPU
-    // reference computes in f32.
-    let compute = match dtype {
-        DType::F32 | DType::F16 | DType::BF16 if q.device().is_metal() => dtype,
-        _ => DType::F32,
-    };
-    let prepare = |t: &Tensor| t.to_dtype(compute).and_then(|t| t.contiguous());
+    let compute = crate::ops::sparse_conv::compute_dtype(q.device(), dtype);
+    let prep = |t: &Tensor| t.to_dtype(compute).and_then(|t| t.contiguous());
     let op = VarlenAttention {
         q_offsets: q_offsets.to_vec(),
         kv_offsets: kv_offsets.to_vec(),
         scale,
     };
-    prepare(q)?
-        .apply_op3_no_bwd(&prepare(k)?, &prepare(v)?, &op)?
+    prep(q)?
+        .apply_op3_no_bwd(&prep(k)?, &prep(v)?, &op)?
         .to_dtype(dtype)
 }
 
@@ -201,6 +197,31 @@ impl CustomOp3 for VarlenAttention {
             scale: self.scale,
         };
         super::metal::attention::forward((qs, ql), (ks, kl), (vs, vl), &offsets)
+    }
+
+    /// Flash-attention kernel (`kernels/cuda/attention.cu`): bf16 or f16 q, k, v; fp32 scores,
+    /// softmax and accumulation; output in q's dtype.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        qs: &candle_core::CudaStorage,
+        ql: &Layout,
+        ks: &candle_core::CudaStorage,
+        kl: &Layout,
+        vs: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::varlen_attention(
+            qs,
+            ql,
+            ks,
+            kl,
+            vs,
+            vl,
+            &self.q_offsets,
+            &self.kv_offsets,
+            self.scale,
+        )
     }
 }
 

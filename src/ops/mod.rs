@@ -3,6 +3,8 @@
 
 pub mod attention;
 pub mod conv3d;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod deform_conv;
 pub mod interpolate;
 pub mod layer_norm;

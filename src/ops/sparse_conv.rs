@@ -65,14 +65,20 @@ impl CustomOp3 for SubmConv3d {
     ) -> Result<(candle_core::MetalStorage, Shape)> {
         super::metal::sparse_conv::forward(s1, l1, s2, l2, s3, l3)
     }
-}
 
-/// The dtype the op computes in on `feats`' device: the Metal kernel takes f32/f16/bf16 as they
-/// are (accumulating in f32); the CPU reference computes in f32.
-fn compute_dtype(feats: &Tensor) -> DType {
-    match feats.dtype() {
-        d @ (DType::F32 | DType::F16 | DType::BF16) if feats.device().is_metal() => d,
-        _ => DType::F32,
+    /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`): bf16 or f16 feats and weight,
+    /// fp32 accumulation, output in the feats' dtype.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::subm_conv3d(s1, l1, s2, l2, s3, l3)
     }
 }
 
@@ -222,8 +228,26 @@ fn check(
     Ok((n, ci, co))
 }
 
+/// The dtype the sparse-conv and attention ops compute in on `device` for `dtype` inputs: f32 on
+/// the CPU (the reference); on Metal f32/f16/bf16 as they are; on CUDA the tensor cores' f16 for
+/// f16 inputs and bf16 otherwise (f32 inputs are rounded to bf16). Accumulation is f32 always.
+pub(crate) fn compute_dtype(device: &candle_core::Device, dtype: DType) -> DType {
+    if device.is_cuda() {
+        return match dtype {
+            DType::F16 => DType::F16,
+            _ => DType::BF16,
+        };
+    }
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 if device.is_metal() => dtype,
+        _ => DType::F32,
+    }
+}
+
 /// Submanifold 3×3×3 conv of `feats` `[T,Ci]` on the voxels of `neighbours` `[T,27]`, weight
 /// `[Co,27,Ci]` (or `[Co,3,3,3,Ci]`), optional bias `[Co]` → `[T,Co]` in the feats' dtype.
+/// CPU: f32 throughout. CUDA: bf16/f16 operands (see [`compute_dtype`]), fp32 accumulation, the
+/// bias added in f32 afterwards.
 pub fn submanifold_conv3d(
     feats: &Tensor,
     neighbours: &Tensor,
@@ -232,7 +256,7 @@ pub fn submanifold_conv3d(
 ) -> Result<Tensor> {
     let (_, ci, co) = check(feats, neighbours, weight, bias)?;
     let dtype = feats.dtype();
-    let compute = compute_dtype(feats);
+    let compute = compute_dtype(feats.device(), dtype);
     let weight = weight
         .reshape((co, TAPS, ci))?
         .to_dtype(compute)?
@@ -243,7 +267,9 @@ pub fn submanifold_conv3d(
         &SubmConv3d,
     )?;
     let out = match bias {
-        Some(b) => out.broadcast_add(&b.to_dtype(compute)?)?,
+        Some(b) => out
+            .to_dtype(DType::F32)?
+            .broadcast_add(&b.to_dtype(DType::F32)?)?,
         None => out,
     };
     out.to_dtype(dtype)

@@ -1,0 +1,133 @@
+//! The CUDA kernels on the GPU at the shapes of `../shared/spec/BASELINE.md`: submanifold conv
+//! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair) and flash
+//! attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12). Warm; each sample is the mean of
+//! several launches between two device synchronisations; the median of the samples is printed.
+//! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use trellis2::ops::attention::varlen_attention;
+use trellis2::ops::submanifold_conv3d;
+use trellis2::sparse::SparseTensor;
+
+/// Voxels within half a voxel-diagonal of a sphere of radius `r`: ≈ 4π·r²·1.74 voxels with
+/// ≈ 17 of 27 neighbours each, like the decoders' surfaces.
+fn shell(r: f32) -> Vec<i32> {
+    let n = 2 * (r as i32 + 2);
+    let c = n as f32 / 2.0;
+    let (lo, hi) = ((r - 0.87).max(0.0), r + 0.87);
+    let mut rows = Vec::new();
+    for x in 0..n {
+        let dx = x as f32 + 0.5 - c;
+        for y in 0..n {
+            let dy = y as f32 + 0.5 - c;
+            let rest = dx * dx + dy * dy;
+            if rest > hi * hi {
+                continue;
+            }
+            for z in 0..n {
+                let dz = z as f32 + 0.5 - c;
+                let d = (rest + dz * dz).sqrt();
+                if d >= lo && d < hi {
+                    rows.extend([0, x, y, z]);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Median over `samples` of the mean time of `iters` calls, in milliseconds.
+fn time_ms(
+    dev: &Device,
+    samples: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<Tensor>,
+) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        for _ in 0..iters {
+            f()?;
+        }
+        dev.synchronize()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3 / iters as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let samples = if quick { 3 } else { 7 };
+    let dev = Device::new_cuda(0)?;
+    println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
+    println!("| voxels × channels | voxels | pairs/voxel | ms | TFLOP/s |");
+    println!("|---|---|---|---|---|");
+    for (voxels, c) in [
+        (20_000usize, 1024usize),
+        (80_000, 512),
+        (300_000, 256),
+        (1_200_000, 128),
+        (1_700_000, 64),
+    ] {
+        let r = (voxels as f32 / (4.0 * std::f32::consts::PI * 1.74)).sqrt();
+        let rows = shell(r);
+        let n = rows.len() / 4;
+        let coords = Tensor::from_vec(rows, (n, 4), &Device::Cpu)?;
+        let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, &Device::Cpu)?)?;
+        let map = x.neighbour_map()?;
+        let pairs = map.pairs();
+        let map = map.tensor().to_device(&dev)?;
+        let feats = Tensor::randn(0f32, 1.0, (n, c), &dev)?.to_dtype(DType::F16)?;
+        let weight = Tensor::randn(0f32, 0.02, (c, 27, c), &dev)?.to_dtype(DType::F16)?;
+        let ms = time_ms(&dev, samples, 10, || {
+            submanifold_conv3d(&feats, &map, &weight, None)
+        })?;
+        let flops = 2.0 * (c * c) as f64 * pairs as f64;
+        println!(
+            "| {}k × {c} | {n} | {:.2} | {ms:.3} | {:.0} |",
+            voxels / 1000,
+            pairs as f64 / n as f64,
+            flops / ms / 1e9
+        );
+    }
+
+    let (heads, d) = (12usize, 128usize);
+    println!();
+    println!("flash attention, bf16, {heads} heads × {d}, fp32 softmax and accumulation");
+    println!("| case | ms | TFLOP/s |");
+    println!("|---|---|---|");
+    for (n, m) in [
+        (4096usize, 4096usize),
+        (8192, 8192),
+        (15_000, 15_000),
+        (30_000, 30_000),
+        (49_152, 49_152),
+        (15_000, 4101),
+        (49_152, 4101),
+    ] {
+        let make = |len: usize| -> Result<Tensor> {
+            Tensor::randn(0f32, 1.0, (len, heads, d), &dev)?.to_dtype(DType::BF16)
+        };
+        let (q, k, v) = (make(n)?, make(m)?, make(m)?);
+        let (qo, ko) = ([0, n], [0, m]);
+        let iters = if n * m > 200_000_000 { 2 } else { 10 };
+        let ms = time_ms(&dev, samples, iters, || {
+            varlen_attention(&q, &k, &v, &qo, &ko, 1.0 / (d as f32).sqrt())
+        })?;
+        let flops = 4.0 * (n * m * d * heads) as f64;
+        let case = if n == m {
+            format!("self {n}²")
+        } else {
+            format!("cross {n} × {m}")
+        };
+        println!("| {case} | {ms:.3} | {:.0} |", flops / ms / 1e9);
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! CUDA forwards of the custom ops: the PTX of `kernels/cuda/*.cu` (built by `build.rs` behind
+//! the `cuda` feature), loaded once per device through candle's module cache and launched on the
+//! device's stream. Operands are bf16 or f16 (both the same dtype), accumulation fp32; the public
+//! op functions convert f32 inputs to bf16 before they reach these forwards.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
+use half::{bf16, f16};
+
+const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
+const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+
+/// `(start, end)` of a contiguous layout, or an error naming the operand.
+fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
+    match l.contiguous_offsets() {
+        Some(r) => Ok(r),
+        None => bail!("{op}: {what} must be contiguous"),
+    }
+}
+
+/// A device buffer of `len` elements for a kernel that writes every one of them (at least one
+/// element, since the driver refuses empty allocations).
+fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: the caller's kernel writes all `len` elements before anything reads them.
+    unsafe { dev.alloc::<T>(len.max(1)) }
+}
+
+/// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]`, neighbour map `[T,27]` u32 →
+/// `[T,Co]` in the feats' dtype. See `kernels/cuda/sparse_conv.cu`.
+pub(crate) fn subm_conv3d(
+    feats: &CudaStorage,
+    fl: &Layout,
+    weight: &CudaStorage,
+    wl: &Layout,
+    map: &CudaStorage,
+    ml: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "submanifold_conv3d (CUDA)";
+    let (n, ci) = fl.shape().dims2()?;
+    let co = wl.shape().dims()[0];
+    let (fa, fz) = span(fl, OP, "feats")?;
+    let (wa, wz) = span(wl, OP, "weight")?;
+    let (ma, mz) = span(ml, OP, "neighbour map")?;
+    let dev = feats.device().clone();
+    let CudaStorageSlice::U32(map) = &map.slice else {
+        bail!("{OP}: the neighbour map must be u32");
+    };
+    let map = map.slice(ma..mz);
+    // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts.
+    let vec = i32::from(ci % 8 == 0 && fa % 8 == 0 && wa % 8 == 0);
+    let narrow = co <= 64;
+    let grid = (
+        n.div_ceil(128) as u32,
+        co.div_ceil(if narrow { 64 } else { 128 }) as u32,
+    );
+    let cfg = LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let CudaStorageSlice::$variant(w) = &weight.slice else {
+                bail!("{OP}: feats and weight must have the same dtype");
+            };
+            let CudaStorageSlice::$variant(f) = &feats.slice else {
+                unreachable!("matched on the feats dtype")
+            };
+            let out = output::<$t>(&dev, n * co)?;
+            if n > 0 && co > 0 {
+                let name = format!("{}_{}", $name, if narrow { "n64" } else { "n128" });
+                let func =
+                    dev.get_or_load_custom_func(&name, "trellis2_sparse_conv", SPARSE_CONV_PTX)?;
+                let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
+                let mut b = func.builder();
+                b.arg(&f).arg(&w).arg(&map).arg(&out);
+                b.arg(&n_).arg(&ci_).arg(&co_).arg(&vec);
+                // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci] and map[T·27] (spans
+                // checked by the op's shape checks) and writes out[T·Co], which it owns.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &feats.slice {
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "subm_conv3d_bf16"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "subm_conv3d_f16"),
+        _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
+    };
+    Ok((out, Shape::from((n, co))))
+}
+
+/// Rows of one query tile of the attention kernel.
+const ATTN_TILE: usize = 128;
+
+/// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
+/// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn varlen_attention(
+    q: &CudaStorage,
+    ql: &Layout,
+    k: &CudaStorage,
+    kl: &Layout,
+    v: &CudaStorage,
+    vl: &Layout,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    scale: f32,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "varlen attention (CUDA)";
+    let (nq, heads, d) = ql.shape().dims3()?;
+    if ![16, 32, 64, 128].contains(&d) {
+        bail!("{OP}: head dim {d} is not supported (16, 32, 64 or 128)");
+    }
+    let (qa, qz) = span(ql, OP, "q")?;
+    let (ka, kz) = span(kl, OP, "k")?;
+    let (va, vz) = span(vl, OP, "v")?;
+    let dev = q.device().clone();
+    let mut tiles: Vec<u32> = Vec::new();
+    for b in 0..q_offsets.len() - 1 {
+        let (q0, q1) = (q_offsets[b], q_offsets[b + 1]);
+        let (k0, k1) = (kv_offsets[b], kv_offsets[b + 1]);
+        for r in (q0..q1).step_by(ATTN_TILE) {
+            let row = [r, (r + ATTN_TILE).min(q1), k0, k1];
+            tiles.extend(row.iter().map(|&x| x as u32));
+        }
+    }
+    if qa % 8 != 0 || ka % 8 != 0 || va % 8 != 0 {
+        bail!("{OP}: q, k and v must start on a 16-byte boundary (offsets {qa}, {ka}, {va})");
+    }
+    let ntiles = tiles.len() / 4;
+    let cfg = LaunchConfig {
+        grid_dim: (ntiles as u32, heads as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let heads_ = heads as i32;
+    let scale_log2 = scale * std::f32::consts::LOG2_E;
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let (CudaStorageSlice::$variant(kk), CudaStorageSlice::$variant(vv)) =
+                (&k.slice, &v.slice)
+            else {
+                bail!("{OP}: q, k and v must have the same dtype");
+            };
+            let CudaStorageSlice::$variant(qq) = &q.slice else {
+                unreachable!("matched on q's dtype")
+            };
+            let out = output::<$t>(&dev, nq * heads * d)?;
+            if ntiles > 0 && heads > 0 {
+                let tiles = dev.clone_htod(&tiles)?;
+                let name = format!("{}_d{d}", $name);
+                let func =
+                    dev.get_or_load_custom_func(&name, "trellis2_attention", ATTENTION_PTX)?;
+                let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
+                let mut b = func.builder();
+                b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
+                b.arg(&heads_).arg(&scale_log2);
+                // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
+                // v, as the op's offset checks guarantee; out[Nq·H·D] is owned by this call.
+                unsafe { b.launch(cfg) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &q.slice {
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "flash_attn_bf16"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "flash_attn_f16"),
+        _ => bail!("{OP}: takes bf16 or f16 q, k, v, got {:?}", q.dtype()),
+    };
+    Ok((out, Shape::from((nq, heads, d))))
+}
+
+const LAYER_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
+
+/// Per-row LayerNorm of x `[T,C]` f32 with weight and bias `[C]` f32 (`src/sparse/norm.rs`).
+/// See `kernels/cuda/layer_norm.cu`.
+pub(crate) fn voxel_layer_norm(
+    x: &CudaStorage,
+    xl: &Layout,
+    w: &CudaStorage,
+    wl: &Layout,
+    b: &CudaStorage,
+    bl: &Layout,
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "layer_norm (CUDA)";
+    let (rows, c) = xl.shape().dims2()?;
+    let (xa, xz) = span(xl, OP, "input")?;
+    let (wa, wz) = span(wl, OP, "weight")?;
+    let (ba, bz) = span(bl, OP, "bias")?;
+    let dev = x.device().clone();
+    let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w), CudaStorageSlice::F32(b)) =
+        (&x.slice, &w.slice, &b.slice)
+    else {
+        bail!("{OP}: takes f32 tensors");
+    };
+    let out = output::<f32>(&dev, rows * c)?;
+    if rows > 0 && c > 0 {
+        let func = dev.get_or_load_custom_func(
+            "voxel_layer_norm_f32",
+            "trellis2_layer_norm",
+            LAYER_NORM_PTX,
+        )?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (x, w, b) = (x.slice(xa..xz), w.slice(wa..wz), b.slice(ba..bz));
+        let (rows_, c_) = (rows as i32, c as i32);
+        let mut builder = func.builder();
+        builder.arg(&x).arg(&w).arg(&b).arg(&out);
+        builder.arg(&rows_).arg(&c_).arg(&eps);
+        // SAFETY: reads x[T·C], w[C], b[C]; writes every element of out[T·C], owned here.
+        unsafe { builder.launch(cfg) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((rows, c)),
+    ))
+}

@@ -1,0 +1,311 @@
+//! The CUDA kernels against their CPU reference ops, on an NVIDIA GPU (built only with the
+//! `cuda` feature). Every test needs CUDA device 0 and fails, rather than skips, without one.
+//! Run: `cargo test --release --features cuda --test cuda_kernels -- --nocapture`; each check
+//! prints max|err| / max|ref|.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Result, Tensor};
+use trellis2::ops::attention::varlen_attention;
+use trellis2::ops::sparse_conv::ABSENT;
+use trellis2::ops::submanifold_conv3d;
+use trellis2::sparse::SparseTensor;
+
+/// bf16 / f16 operands with fp32 accumulation: the outputs' own rounding is ≈ 4e-3 relative.
+const TOL: f32 = 1e-2;
+
+fn gpu() -> Device {
+    Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU")
+}
+
+/// Small deterministic generator (tests need fresh but reproducible data per case).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// `max|got − want| / max|want|` (absolute error when the reference is all zeros); NaN never
+/// passes.
+fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.dims(), want.dims());
+    let g = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let w = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let g = g.to_vec1::<f32>().unwrap();
+    let w = w.to_vec1::<f32>().unwrap();
+    if g.iter().any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = g
+        .iter()
+        .zip(&w)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    if scale > 0.0 {
+        err / scale
+    } else {
+        err
+    }
+}
+
+/// Random values rounded to `dtype`, returned as f32 on the CPU (the reference's input) — the
+/// GPU gets the same values in `dtype`.
+fn rounded(shape: &[usize], std: f32, dtype: DType) -> Result<Tensor> {
+    Tensor::randn(0f32, std, shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_dtype(DType::F32)
+}
+
+/// A random neighbour map: the centre tap is the voxel itself, other taps present with
+/// probability `p` and pointing at random voxels.
+fn random_map(n: usize, p: f64, rng: &mut Lcg) -> Vec<u32> {
+    let mut map = vec![ABSENT; n * 27];
+    for v in 0..n {
+        for k in 0..27 {
+            if k == 13 {
+                map[v * 27 + k] = v as u32;
+            } else if (rng.below(1_000_000) as f64) < p * 1e6 {
+                map[v * 27 + k] = rng.below(n) as u32;
+            }
+        }
+    }
+    map
+}
+
+/// Runs the conv on the GPU in `dtype` and on the CPU in f32 on the same (rounded) values.
+fn check_conv(
+    what: &str,
+    map: Vec<u32>,
+    n: usize,
+    ci: usize,
+    co: usize,
+    dtype: DType,
+    bias: bool,
+) -> Result<()> {
+    let dev = gpu();
+    let feats = rounded(&[n, ci], 1.0, dtype)?;
+    let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
+    let bias = if bias {
+        Some(Tensor::randn(0f32, 1.0, co, &Device::Cpu)?)
+    } else {
+        None
+    };
+    let map = Tensor::from_vec(map, (n, 27), &Device::Cpu)?;
+    let want = submanifold_conv3d(&feats, &map, &weight, bias.as_ref())?;
+    let got = submanifold_conv3d(
+        &feats.to_dtype(dtype)?.to_device(&dev)?,
+        &map.to_device(&dev)?,
+        &weight.to_dtype(dtype)?.to_device(&dev)?,
+        bias.as_ref()
+            .map(|b| b.to_device(&dev))
+            .transpose()?
+            .as_ref(),
+    )?;
+    assert_eq!(got.dtype(), dtype);
+    assert_eq!(got.dims(), [n, co]);
+    let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
+    println!("sparse conv {what:<34} T {n:>7} Ci {ci:>4} Co {co:>4} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+    assert!(err <= TOL, "{what}: error {err} over {TOL}");
+    Ok(())
+}
+
+#[test]
+fn sparse_conv_random_maps() -> Result<()> {
+    let mut rng = Lcg(7);
+    for (n, ci, co, dtype, bias) in [
+        (1000, 64, 64, DType::BF16, false),
+        (777, 128, 256, DType::F16, true),
+        (513, 32, 96, DType::BF16, true),
+        (300, 40, 200, DType::F16, false),
+        (2000, 1024, 64, DType::BF16, false),
+        (129, 16, 16, DType::F32, true),
+    ] {
+        let map = random_map(n, 0.6, &mut rng);
+        check_conv("random map", map, n, ci, co, dtype, bias)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn sparse_conv_edge_cases() -> Result<()> {
+    let mut rng = Lcg(11);
+    // Empty.
+    check_conv("empty", vec![], 0, 32, 32, DType::BF16, false)?;
+    // One voxel, only its own centre tap.
+    let mut one = vec![ABSENT; 27];
+    one[13] = 0;
+    check_conv("one voxel", one, 1, 8, 8, DType::BF16, true)?;
+    // Odd channel counts (element-wise copy path) and channel counts below one tile.
+    for (ci, co) in [(3, 1), (13, 7), (100, 65), (1, 130), (33, 5)] {
+        let map = random_map(257, 0.5, &mut rng);
+        check_conv("odd channels", map, 257, ci, co, DType::F16, true)?;
+    }
+    // Isolated voxels: no neighbours at all (not even the centre), and only the centre.
+    check_conv(
+        "no neighbours (bias only)",
+        vec![ABSENT; 300 * 27],
+        300,
+        64,
+        64,
+        DType::BF16,
+        true,
+    )?;
+    let centre: Vec<u32> = (0..300u32)
+        .flat_map(|v| (0..27).map(move |k| if k == 13 { v } else { ABSENT }))
+        .collect();
+    check_conv("isolated voxels", centre, 300, 64, 128, DType::BF16, false)?;
+    // Every tap present.
+    let full = random_map(256, 1.0, &mut rng);
+    check_conv("all 27 taps", full, 256, 64, 64, DType::BF16, false)?;
+    Ok(())
+}
+
+/// Voxels within half a voxel-diagonal of a sphere of radius `r` (the decoders' surface shells).
+fn shell(r: f32) -> Vec<i32> {
+    let n = 2 * (r as i32 + 2);
+    let c = n as f32 / 2.0;
+    let mut rows = Vec::new();
+    for x in 0..n {
+        for y in 0..n {
+            for z in 0..n {
+                let p = [x, y, z].map(|a| a as f32 + 0.5 - c);
+                let d = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+                if d >= r - 0.87 && d < r + 0.87 {
+                    rows.extend([0, x, y, z]);
+                }
+            }
+        }
+    }
+    rows
+}
+
+#[test]
+fn sparse_conv_large_shells() -> Result<()> {
+    for (r, c, dtype) in [
+        (60.0, 64, DType::F16),
+        (30.0, 256, DType::BF16),
+        (90.0, 32, DType::BF16),
+    ] {
+        let rows = shell(r);
+        let n = rows.len() / 4;
+        let coords = Tensor::from_vec(rows, (n, 4), &Device::Cpu)?;
+        let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, &Device::Cpu)?)?;
+        let map = x
+            .neighbour_map()?
+            .tensor()
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        check_conv("shell", map, n, c, c, dtype, true)?;
+    }
+    Ok(())
+}
+
+fn check_attention(
+    what: &str,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    heads: usize,
+    d: usize,
+    dtype: DType,
+) -> Result<()> {
+    let dev = gpu();
+    let (nq, nk) = (*q_offsets.last().unwrap(), *kv_offsets.last().unwrap());
+    let q = rounded(&[nq, heads, d], 1.0, dtype)?;
+    let k = rounded(&[nk, heads, d], 1.0, dtype)?;
+    let v = rounded(&[nk, heads, d], 1.0, dtype)?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let want = varlen_attention(&q, &k, &v, q_offsets, kv_offsets, scale)?;
+    let on = |t: &Tensor| t.to_dtype(dtype).and_then(|t| t.to_device(&dev));
+    let got = varlen_attention(&on(&q)?, &on(&k)?, &on(&v)?, q_offsets, kv_offsets, scale)?;
+    assert_eq!(got.dtype(), dtype);
+    let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
+    println!("attention {what:<24} Nq {nq:>6} Nk {nk:>6} H {heads:>2} D {d:>3} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+    assert!(err <= TOL, "{what}: error {err} over {TOL}");
+    Ok(())
+}
+
+#[test]
+fn attention_varlen_self() -> Result<()> {
+    let offsets = [0, 1, 77, 300, 301, 530];
+    for d in [64, 128] {
+        check_attention("varlen self", &offsets, &offsets, 3, d, DType::BF16)?;
+        check_attention("varlen self", &offsets, &offsets, 2, d, DType::F16)?;
+    }
+    check_attention(
+        "varlen self (f32 in)",
+        &offsets,
+        &offsets,
+        2,
+        64,
+        DType::F32,
+    )?;
+    check_attention("one sequence", &[0, 1500], &[0, 1500], 4, 128, DType::BF16)?;
+    // The tiny golden models' head dims.
+    for d in [16, 32] {
+        check_attention(
+            "varlen self (small D)",
+            &offsets,
+            &offsets,
+            4,
+            d,
+            DType::BF16,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn attention_cross_and_edges() -> Result<()> {
+    // Cross-attention to image tokens (1029 per sample), one sample with no queries.
+    let q = [0, 200, 200, 650];
+    let kv = [0, 1029, 2058, 3087];
+    for d in [64, 128] {
+        check_attention("cross", &q, &kv, 4, d, DType::BF16)?;
+    }
+    check_attention("cross f16", &q, &kv, 2, 128, DType::F16)?;
+    check_attention("single key", &[0, 70], &[0, 1], 2, 64, DType::BF16)?;
+    check_attention("single query", &[0, 1], &[0, 500], 2, 128, DType::BF16)?;
+    // No queries at all.
+    check_attention("empty", &[0, 0], &[0, 5], 2, 64, DType::BF16)?;
+    // Unsupported head dims are an error, not a wrong answer.
+    let dev = gpu();
+    let t = Tensor::zeros((4, 1, 96), DType::BF16, &dev)?;
+    assert!(varlen_attention(&t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+    Ok(())
+}
+
+#[test]
+fn voxel_layer_norm() -> Result<()> {
+    let dev = gpu();
+    for (n, c, offset) in [
+        (0usize, 64usize, 0f32),
+        (1, 1, 0.0),
+        (1000, 64, 0.0),
+        (777, 1024, 300.0),
+        (300, 13, -5.0),
+    ] {
+        let x = (Tensor::randn(0f32, 1.0, (n, c), &Device::Cpu)? + offset as f64)?;
+        let w = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
+        let want = trellis2::sparse::layer_norm(&x, Some((&w, &b)), 1e-6)?;
+        let got = trellis2::sparse::layer_norm(
+            &x.to_device(&dev)?,
+            Some((&w.to_device(&dev)?, &b.to_device(&dev)?)),
+            1e-6,
+        )?;
+        let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
+        // f32 sums in a different order: their rounding grows with |mean| / std (the CPU
+        // reference itself is ≈1e-4 off an f64 evaluation at mean 300).
+        let tol = if offset.abs() > 10.0 { 1e-3 } else { 1e-5 };
+        println!("layer norm T {n:>5} C {c:>4} mean {offset:>6}: max|err|/max|ref| = {err:.2e}");
+        assert!(err <= tol, "layer norm error {err} over {tol}");
+    }
+    Ok(())
+}

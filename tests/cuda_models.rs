@@ -1,0 +1,82 @@
+//! The tiny golden models (real architectures, random weights; `tests/fixtures/golden`) through
+//! the public model API on CUDA, against the same forward on the CPU: every float output must
+//! agree within bf16 tolerance (the CUDA attention and sparse conv take bf16 operands). Built
+//! only with the `cuda` feature; needs CUDA device 0 and fails without one.
+//! Run: `cargo test --release --features cuda --test cuda_models -- --nocapture`.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use trellis2::export::tensors::read_tensors;
+use trellis2::models::forward::{forward, Inputs, ModelSource};
+
+/// bf16 operands through a few layers of a random-weight model.
+const TOL: f32 = 5e-2;
+
+fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
+    let g = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let w = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let (g, w) = (g.to_vec1::<f32>().unwrap(), w.to_vec1::<f32>().unwrap());
+    if g.iter().any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let err = common::max_abs_diff(&g, &w);
+    err / scale.max(f32::MIN_POSITIVE)
+}
+
+/// `guide`: another model's golden io file whose `subs.*` tensors join the inputs (the texture
+/// decoder's subdivision guide comes from the shape decoder).
+fn cuda_matches_cpu(role: &str, guide: Option<&str>) {
+    let gpu = Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU");
+    let source = ModelSource::open(&common::fixture(&format!("golden/models/{role}"))).unwrap();
+    let io = common::fixture(&format!("golden/golden/{role}.io.safetensors"));
+    let read = |device: &Device| {
+        let mut t = read_tensors(&io, device).unwrap();
+        if let Some(g) = guide {
+            let g = common::fixture(&format!("golden/golden/{g}.io.safetensors"));
+            let g = read_tensors(&g, device).unwrap();
+            t.extend(g.into_iter().filter(|(k, _)| k.starts_with("subs.")));
+        }
+        t
+    };
+    let (cpu_io, gpu_io) = (read(&Device::Cpu), read(&gpu));
+    let want = forward(&source, &Inputs::new(role, &cpu_io), &Device::Cpu).unwrap();
+    let got = forward(&source, &Inputs::new(role, &gpu_io), &gpu).unwrap();
+    assert_eq!(got.len(), want.len(), "{role}: number of outputs");
+    for ((name, g), (wname, w)) in got.iter().zip(&want) {
+        assert_eq!(name, wname);
+        assert!(g.device().is_cuda(), "{role}/{name} left the GPU");
+        assert_eq!(g.dims(), w.dims(), "{role}/{name}: shape");
+        if !w.dtype().is_float() {
+            continue;
+        }
+        let err = rel_err(&g.to_device(&Device::Cpu).unwrap(), w);
+        println!(
+            "{role:<28} {name:<20} {:?}: max|err|/max|ref| = {err:.2e}",
+            w.dims()
+        );
+        assert!(err <= TOL, "{role}/{name}: error {err} over {TOL}");
+    }
+}
+
+#[test]
+fn dinov3_on_cuda() {
+    cuda_matches_cpu("image_cond_model", None);
+}
+
+#[test]
+fn sparse_structure_flow_on_cuda() {
+    cuda_matches_cpu("sparse_structure_flow_model", None);
+}
+
+#[test]
+fn shape_flow_on_cuda() {
+    cuda_matches_cpu("shape_slat_flow_model_512", None);
+}
+
+#[test]
+fn texture_decoder_on_cuda() {
+    cuda_matches_cpu("tex_slat_decoder", Some("shape_slat_decoder"));
+}
