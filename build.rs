@@ -3,7 +3,7 @@
 //!
 //! nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (or `CUDA_PATH`, `CUDA_HOME`), else
 //! `nvcc` on `PATH`; the target is `sm_$CUDA_COMPUTE_CAP` (default 90, the H100; at least 80,
-//! which bf16 mma.sync and cp.async need). `scripts/install-nvcc.sh` installs a matching nvcc.
+//! which bf16 mma.sync and cp.async need). `kernels/cuda/install-nvcc.sh` installs a matching nvcc.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ fn main() {
             .status()
             .unwrap_or_else(|e| {
                 panic!(
-                    "could not run {} ({e}); install nvcc with scripts/install-nvcc.sh and \
+                    "could not run {} ({e}); install nvcc with kernels/cuda/install-nvcc.sh and \
                      source the env.sh it prints",
                     nvcc.display()
                 )

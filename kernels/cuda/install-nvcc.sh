@@ -2,7 +2,7 @@
 # Installs CUDA 13.0's nvcc, headers and runtime library from NVIDIA's Python wheels, so that
 # `cargo build --features cuda` works on a machine with no GPU and no CUDA toolkit.
 #
-#   scripts/install-nvcc.sh [PREFIX]        # default PREFIX: $HOME/.local/cuda-13.0
+#   kernels/cuda/install-nvcc.sh [PREFIX]        # default PREFIX: $HOME/.local/cuda-13.0
 #   source PREFIX/env.sh                     # then: cargo build --release --features cuda
 #
 # 13.0.x matches the H100 driver (580, CUDA 13.0): PTX from a newer nvcc would be rejected by
