@@ -96,12 +96,27 @@ pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> R
         ),
     };
     let dtype = x.dtype();
-    let y = x
-        .to_dtype(DType::F32)?
-        .reshape((rows, c))?
-        .contiguous()?
-        .apply_op3_no_bwd(&w, &b, &LayerNorm { eps: eps as f32 })?;
+    let x2 = x.to_dtype(DType::F32)?.reshape((rows, c))?.contiguous()?;
+    // The fused op runs on the CPU (reference) and CUDA; on Metal, until its kernel exists, the
+    // same two-pass formula runs as candle's own Metal ops.
+    let y = if x.device().is_metal() {
+        layer_norm_composed(&x2, &w, &b, eps)?
+    } else {
+        x2.apply_op3_no_bwd(&w, &b, &LayerNorm { eps: eps as f32 })?
+    };
     y.reshape(dims)?.to_dtype(dtype)
+}
+
+/// Two-pass LayerNorm of `x [T, C]` (f32) from candle primitives: `(x − mean) / sqrt(var + eps)
+/// · w + b` with the variance of the centred values, as the fused op computes it.
+pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(1)?;
+    centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(&w.unsqueeze(0)?)?
+        .broadcast_add(&b.unsqueeze(0)?)
 }
 
 #[cfg(test)]
@@ -121,6 +136,30 @@ mod tests {
         for (i, v) in y[0].iter().enumerate() {
             assert!((v - (i as f32 - 1.5) * inv).abs() < 1e-5, "{y:?}");
         }
+    }
+
+    #[test]
+    fn composed_formula_matches_the_fused_op() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 96.0, &dev)
+            .unwrap()
+            .reshape((8, 12))
+            .unwrap()
+            .sin()
+            .unwrap();
+        let w = Tensor::arange(1f32, 13.0, &dev).unwrap();
+        let b = (Tensor::ones(12, DType::F32, &dev).unwrap() * 0.5).unwrap();
+        let fused = layer_norm(&x, Some((&w, &b)), 1e-5).unwrap();
+        let composed = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
+        let diff: f32 = (fused - composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
     }
 
     #[test]
