@@ -39,7 +39,7 @@ pub fn run(args: &Args) -> Result<u8> {
             "  {:<28} {:>5} tensors  {:>10}  {}",
             m.role,
             m.tensors,
-            super::download::human_bytes(m.bytes),
+            super::human_bytes(m.bytes),
             m.path.display()
         );
     }

@@ -74,7 +74,7 @@ fn fetch_release(args: &Args, settings: &HubSettings) -> Result<u8> {
     println!(
         "done: {} file(s), {} in {}",
         missing,
-        human_bytes(plan.missing_bytes()),
+        super::human_bytes(plan.missing_bytes()),
         settings.cache_dir.display()
     );
     Ok(super::exit::OK)
@@ -117,7 +117,7 @@ fn fetch_for_generate(
     let plan = hub::plan(&settings)?;
     eprintln!(
         "the model is not fully downloaded yet: {} in {} file(s) to fetch into {}",
-        human_bytes(plan.missing_bytes()),
+        super::human_bytes(plan.missing_bytes()),
         plan.missing().count(),
         settings.cache_dir.display()
     );
@@ -157,16 +157,16 @@ fn print_plan(plan: &Plan, settings: &HubSettings) {
     for e in &plan.entries {
         println!(
             "  {:>10}  {:<8}  {}",
-            human_bytes(e.remote.size),
+            super::human_bytes(e.remote.size),
             if e.cached { "cached" } else { "download" },
             e.remote.file
         );
     }
     println!(
         "total  {} in {} files; to download: {} in {} files",
-        human_bytes(plan.total_bytes()),
+        super::human_bytes(plan.total_bytes()),
         plan.entries.len(),
-        human_bytes(plan.missing_bytes()),
+        super::human_bytes(plan.missing_bytes()),
         plan.missing().count()
     );
 }
@@ -177,29 +177,14 @@ fn confirm(bytes: u64) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
         bail!(
             "not a terminal: pass --yes to download {}",
-            human_bytes(bytes)
+            super::human_bytes(bytes)
         );
     }
-    print!("download {}? [y/N] ", human_bytes(bytes));
+    print!("download {}? [y/N] ", super::human_bytes(bytes));
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
-}
-
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 /// One indicatif bar per file (hidden when stderr is not a terminal).

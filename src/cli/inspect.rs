@@ -59,21 +59,6 @@ pub fn run(args: &Args) -> Result<u8> {
     }
 }
 
-fn human_bytes(n: usize) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
 fn dtype_name(d: safetensors::Dtype) -> String {
     format!("{d:?}").to_lowercase()
 }
@@ -123,7 +108,7 @@ fn model_dir(root: &Path) -> Result<u8> {
                     "  {role:<28} {:<26} {:>15} params  {:>10}  {}",
                     ckpt.class_name().unwrap_or("?"),
                     group_digits(params),
-                    human_bytes(bytes),
+                    super::human_bytes(bytes as u64),
                     dtype_breakdown(&infos)
                 );
             }
@@ -136,7 +121,7 @@ fn model_dir(root: &Path) -> Result<u8> {
     println!(
         "total            {} params, {}",
         group_digits(total_params),
-        human_bytes(total_bytes)
+        super::human_bytes(total_bytes as u64)
     );
     if missing > 0 {
         eprintln!("error: {}: {missing} model(s) missing", root.display());
@@ -159,7 +144,7 @@ fn checkpoint(ckpt: &Checkpoint, list: bool) -> Result<u8> {
         "tensors     {}, {} params, {}",
         infos.len(),
         group_digits(params),
-        human_bytes(bytes)
+        super::human_bytes(bytes as u64)
     );
     println!("dtypes      {}", dtype_breakdown(&infos));
     if let Ok(meta) = TensorFile::open(&ckpt.path).and_then(|f| f.metadata()) {

@@ -74,3 +74,19 @@ pub fn existing_file(path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `1.5 GiB` style sizes for people.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
