@@ -52,8 +52,8 @@ photos/ 'more/*.png' --format glb --seed 7 --report run.json\n  trellis2 generat
 --pipeline 512 --steps ss=8,shape=8,tex=8 --save-latents chair.latents.safetensors"
 )]
 pub struct Args {
-    /// Pictures with a transparent background (PNG, JPEG, WebP): files, folders or glob
-    /// patterns. Not needed with --from-latents.
+    /// Pictures (PNG, JPEG, WebP): files, folders or glob patterns. Pictures without
+    /// transparency are cut out first (see --rembg). Not needed with --from-latents.
     pub inputs: Vec<String>,
     /// Output folder.
     #[arg(short, long, default_value = "out")]

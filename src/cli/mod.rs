@@ -35,8 +35,9 @@ pub mod exit {
     long_about = "Turn a picture into a 3D asset with Microsoft's TRELLIS.2-4B, locally, on an Apple \
 GPU (Metal), an NVIDIA GPU (CUDA) or the CPU.\n\nEvery command prints one clear line per problem and \
 exits non-zero on failure, so it can be used from scripts and CI.",
-    after_help = "Examples:\n  trellis2 preprocess photo.webp -o conditioning.png\n  trellis2 inspect \
-TRELLIS.2-4B/\n  trellis2 compare out/chair.ply golden/chair.ply --atol 1e-4"
+    after_help = "Examples:\n  trellis2 generate photo.jpg                 # → out/photo.{splat.ply,mesh.ply,glb}\n  \
+trellis2 generate pictures/ -o models/ --report run.json\n  trellis2 download --dry-run\n  \
+trellis2 compare out/chair.glb golden/chair.glb --atol 1e-4"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -62,7 +63,7 @@ pub enum Command {
     /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,
     /// 2 unreadable).
     Compare(compare::Args),
-    /// Developer tools (seed-compatibility checks).
+    /// Developer tools: torch-compatible noise, one checkpoint's forward pass.
     #[command(subcommand)]
     Dev(dev::DevCommand),
 }
