@@ -1,4 +1,4 @@
-//! The CUDA kernels on the GPU at the shapes of `../shared/spec/BASELINE.md`: submanifold conv
+//! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`spec/BASELINE.md` of the steering repository): submanifold conv
 //! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair) and flash
 //! attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.

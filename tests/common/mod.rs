@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-/// `tests/fixtures/<rel>` inside this repository (never `../shared`).
+/// `tests/fixtures/<rel>` inside this repository (never outside the repository).
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
