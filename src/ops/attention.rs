@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_storage::contiguous;
+
 /// Query rows handled together; keys are streamed in tiles of the same size.
 const TILE: usize = 64;
 
@@ -146,17 +148,13 @@ impl CustomOp3 for VarlenAttention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let slice = |s: &CpuStorage, l: &Layout| -> candle_core::Result<Vec<f32>> {
-            let data = match s {
-                CpuStorage::F32(d) => d,
-                _ => candle_core::bail!("varlen-attention: cpu kernel expects f32"),
-            };
-            match l.contiguous_offsets() {
-                Some((a, b)) => Ok(data[a..b].to_vec()),
-                None => candle_core::bail!("varlen-attention: inputs must be contiguous"),
-            }
+        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (qs, ks, vs) else {
+            candle_core::bail!("varlen-attention: cpu kernel expects f32");
         };
-        let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
+        let op = "varlen-attention";
+        let q = contiguous(q, ql, op, "q")?;
+        let k = contiguous(k, kl, op, "k")?;
+        let v = contiguous(v, vl, op, "v")?;
         let dims = ql.shape().dims();
         let (nq, heads, d) = (dims[0], dims[1], dims[2]);
         let mut out = vec![0f32; nq * heads * d];
@@ -167,7 +165,7 @@ impl CustomOp3 for VarlenAttention {
             .par_iter()
             .map(|&(b, h, r0, r1)| {
                 let (k0, k1) = (self.kv_offsets[b], self.kv_offsets[b + 1]);
-                let tile = attend_tile(&q, &k, &v, heads, d, h, r0, r1, k0, k1, self.scale);
+                let tile = attend_tile(q, k, v, heads, d, h, r0, r1, k0, k1, self.scale);
                 (h, r0, r1, tile)
             })
             .collect();

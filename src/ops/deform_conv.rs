@@ -15,6 +15,8 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_storage::contiguous;
+
 /// Stride, padding and dilation of a deformable convolution, as `(y, x)` pairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeformConvConfig {
@@ -106,15 +108,10 @@ impl CustomOp3 for ModulatedIm2Col {
         else {
             bail!("deform_conv2d: the CPU reference takes f32 input, offset and mask");
         };
-        let slice = |s: &'_ [f32], l: &Layout, what: &str| -> Result<std::ops::Range<usize>> {
-            match l.contiguous_offsets() {
-                Some((a, z)) if z - a <= s.len() => Ok(a..z),
-                _ => bail!("deform_conv2d: {what} must be contiguous"),
-            }
-        };
-        let input = &input[slice(input, l1, "input")?];
-        let offset = &offset[slice(offset, l2, "offset")?];
-        let mask = &mask[slice(mask, l3, "mask")?];
+        let op = "deform_conv2d";
+        let input = contiguous(input, l1, op, "input")?;
+        let offset = contiguous(offset, l2, op, "offset")?;
+        let mask = contiguous(mask, l3, op, "mask")?;
         let g = self.geo;
         let taps = g.taps();
         let pix = self.rows * g.out_w;

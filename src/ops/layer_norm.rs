@@ -6,6 +6,8 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_storage::contiguous;
+
 struct LayerNorm {
     eps: f32,
 }
@@ -27,17 +29,9 @@ impl CustomOp3 for LayerNorm {
         let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
             bail!("layer_norm: the CPU reference takes f32 tensors");
         };
-        let slice = |s: &'_ [f32], l: &Layout, what: &str| -> Result<Vec<f32>> {
-            match l.contiguous_offsets() {
-                Some((a, z)) => Ok(s[a..z].to_vec()),
-                None => bail!("layer_norm: {what} must be contiguous"),
-            }
-        };
-        let (w, b) = (slice(w, l2, "weight")?, slice(b, l3, "bias")?);
-        let Some((a, z)) = l1.contiguous_offsets() else {
-            bail!("layer_norm: input must be contiguous");
-        };
-        let x = &x[a..z];
+        let x = contiguous(x, l1, "layer_norm", "input")?;
+        let w = contiguous(w, l2, "layer_norm", "weight")?;
+        let b = contiguous(b, l3, "layer_norm", "bias")?;
         let c = w.len();
         let mut out = vec![0f32; x.len()];
         if c > 0 {

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod conv3d;
+mod cpu_storage;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod deform_conv;

@@ -13,6 +13,8 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_storage::contiguous;
+
 /// Marks a missing neighbour in a neighbour map (FlexGEMM uses the same `u32::MAX`).
 pub const ABSENT: u32 = u32::MAX;
 
@@ -39,16 +41,13 @@ impl CustomOp3 for SubmConv3d {
         else {
             bail!("submanifold_conv3d: the CPU reference takes f32 feats and weight, u32 map");
         };
-        let contiguous = |l: &Layout, what: &str| match l.contiguous_offsets() {
-            Some(r) => Ok(r),
-            None => bail!("submanifold_conv3d: {what} must be contiguous"),
-        };
-        let (fa, fz) = contiguous(l1, "feats")?;
-        let (wa, wz) = contiguous(l2, "weight")?;
-        let (ma, mz) = contiguous(l3, "neighbour map")?;
+        let op = "submanifold_conv3d";
+        let feats = contiguous(feats, l1, op, "feats")?;
+        let weight = contiguous(weight, l2, op, "weight")?;
+        let map = contiguous(map, l3, op, "neighbour map")?;
         let (n, ci) = l1.shape().dims2()?;
         let co = l2.shape().dims()[0];
-        let out = conv_cpu(&feats[fa..fz], &weight[wa..wz], &map[ma..mz], n, ci, co);
+        let out = conv_cpu(feats, weight, map, n, ci, co);
         Ok((CpuStorage::F32(out), Shape::from((n, co))))
     }
 
