@@ -29,28 +29,16 @@ pub fn max_pool2(occupancy: &Tensor) -> Result<Tensor> {
 /// Coordinates `[N, 4]` int32 (batch, x, y, z) of the nonzero cells of `[B, 1, X, Y, Z]`, in
 /// row-major order (`argwhere(...)[:, [0, 2, 3, 4]]`).
 pub fn occupied_coords(occupancy: &Tensor) -> Result<Tensor> {
-    let (c, x, y, z) = match occupancy.dims() {
-        &[_, c, x, y, z] => (c, x, y, z),
+    let c = match occupancy.dims() {
+        &[_, c, _, _, _] => c,
         d => bail!("occupied_coords: expected [B, 1, X, Y, Z], got shape {d:?}"),
     };
     if c != 1 {
         bail!("occupied_coords: expected one channel, got {c}");
     }
-    let cells = occupancy
-        .to_dtype(DType::U8)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    let mut rows = Vec::new();
-    for (i, &v) in cells.iter().enumerate() {
-        if v != 0 {
-            let (cz, r) = (i % z, i / z);
-            let (cy, r) = (r % y, r / y);
-            let (cx, cb) = (r % x, r / x);
-            rows.extend([cb, cx, cy, cz].map(|v| v as i32));
-        }
-    }
-    let n = rows.len() / 4;
-    Tensor::from_vec(rows, (n, 4), occupancy.device())
+    // argwhere's (b, c, x, y, z) rows without the channel column.
+    let columns = Tensor::new(&[0u32, 2, 3, 4], occupancy.device())?;
+    occupied_cells(occupancy)?.index_select(&columns, 1)
 }
 
 /// `argwhere` of a 5-D occupancy grid: `[N, 5]` int32 rows (b, c, x, y, z), row-major order.
