@@ -10,25 +10,35 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// All float32 tensors of a safetensors file as (shape, values).
-pub fn read_f32_tensors(
+/// Every tensor of `dtype` in a safetensors file as (shape, values), each value decoded from
+/// its 4 little-endian bytes.
+fn read_tensors_of<T>(
     path: &std::path::Path,
-) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    dtype: safetensors::Dtype,
+    decode: fn([u8; 4]) -> T,
+) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<T>)> {
     let bytes = std::fs::read(path).expect("fixture readable");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("fixture parses");
     let mut out = std::collections::BTreeMap::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
+        if view.dtype() != dtype {
             continue;
         }
         let values = view
             .data()
             .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .map(|b| decode([b[0], b[1], b[2], b[3]]))
             .collect();
         out.insert(name, (view.shape().to_vec(), values));
     }
     out
+}
+
+/// All float32 tensors of a safetensors file as (shape, values).
+pub fn read_f32_tensors(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    read_tensors_of(path, safetensors::Dtype::F32, f32::from_le_bytes)
 }
 
 /// Largest absolute element-wise difference.
@@ -157,20 +167,6 @@ pub mod voxel_shapes;
 pub fn read_i32_tensors(
     path: &std::path::Path,
 ) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<i32>)> {
-    let bytes = std::fs::read(path).expect("fixture readable");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("fixture parses");
-    let mut out = std::collections::BTreeMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::I32 {
-            continue;
-        }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        out.insert(name, (view.shape().to_vec(), values));
-    }
-    out
+    read_tensors_of(path, safetensors::Dtype::I32, i32::from_le_bytes)
 }
 pub mod fake_hub;
