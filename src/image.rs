@@ -284,13 +284,18 @@ pub fn resize_lanczos<I: LanczosResize>(img: &I, width: u32, height: u32) -> I {
 
 impl LanczosResize for RgbImage {
     fn resize_lanczos(&self, width: u32, height: u32) -> RgbImage {
-        check_len(self.data.len(), self.pixel_count(), 3);
-        let data = resample::<3>(&self.data, self.width, self.height, width, height, LANCZOS);
-        RgbImage {
-            width,
-            height,
-            data,
-        }
+        resample_rgb(self, width, height, LANCZOS)
+    }
+}
+
+/// Pillow's two-pass resample of an RGB image with `filter`.
+fn resample_rgb(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
+    check_len(img.data.len(), img.pixel_count(), 3);
+    let data = resample::<3>(&img.data, img.width, img.height, width, height, filter);
+    RgbImage {
+        width,
+        height,
+        data,
     }
 }
 
@@ -325,13 +330,7 @@ impl LanczosResize for RgbaImage {
 /// Pillow-exact `Image.resize((width, height), Image.BILINEAR)` of an RGB image: what
 /// torchvision's `Resize` does to a PIL image (antialiased when shrinking, like Pillow).
 pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    check_len(img.data.len(), img.pixel_count(), 3);
-    let data = resample::<3>(&img.data, img.width, img.height, width, height, BILINEAR);
-    RgbImage {
-        width,
-        height,
-        data,
-    }
+    resample_rgb(img, width, height, BILINEAR)
 }
 
 /// Pillow-exact `Image.resize((width, height))` (default BICUBIC) of an 8-bit grey (mode "L")
