@@ -329,9 +329,9 @@ fn a_synthetic_release_with_the_real_keys_loads_through_generates_discovery_path
     for (_, role, _) in RELEASE {
         let src = ModelSource::open(&md.resolve(role).unwrap()).unwrap();
         let loaded = match src.class.as_str() {
-            "SparseStructureDecoder" => load_ss_decoder(&src, &dev).map(|_| ()),
-            "FlexiDualGridVaeDecoder" => load_shape_decoder(&src, &dev).map(|_| ()),
-            "SparseUnetVaeDecoder" => load_unet_decoder(&src, &dev).map(|_| ()),
+            "SparseStructureDecoder" => load_ss_decoder(&src, DType::F32, &dev).map(|_| ()),
+            "FlexiDualGridVaeDecoder" => load_shape_decoder(&src, DType::F32, &dev).map(|_| ()),
+            "SparseUnetVaeDecoder" => load_unet_decoder(&src, DType::F32, &dev).map(|_| ()),
             _ => {
                 let cfg: DitConfig = serde_json::from_value(src.args.clone()).unwrap();
                 FlowDit::load(&cfg, &src.checkpoint, DType::F32, &dev).map(|_| ())

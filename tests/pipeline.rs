@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::Golden;
 use trellis2::image::load_image;
+use trellis2::models::WeightMemory;
+use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
     Generated, NoProgress, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
     SamplerStage, DEFAULT_MAX_TOKENS,
@@ -63,8 +65,15 @@ fn overrides(golden: &Golden) -> SamplerOverrides {
 }
 
 fn run(golden: &Golden) -> Generated {
+    run_with(golden, LoadOptions::default())
+}
+
+fn run_with(golden: &Golden, load: LoadOptions) -> Generated {
     let dir = ModelDir::open(&common::fixture("golden")).unwrap();
-    let mut pipeline = Pipeline::new(dir, Device::Cpu).unwrap();
+    let mut pipeline = Pipeline::new(dir, Device::Cpu)
+        .unwrap()
+        .with_load_options(load)
+        .unwrap();
     pipeline.apply_overrides(&overrides(golden)).unwrap();
     let image = load_image(&common::fixture(&format!(
         "golden/{}",
@@ -224,6 +233,62 @@ fn pipeline_1536_cascade_token_budget_path_matches_golden() {
     let golden = Golden::open("golden/pipeline/pipeline_1536_cascade.safetensors");
     let out = run(&golden);
     check_all("1536_cascade", &golden, &out);
+}
+
+/// `--low-memory`: transformer blocks read from the checkpoint at every use and cross-attention
+/// K/V projected per block give the same run (the same arithmetic, other memory).
+#[test]
+fn streamed_weights_match_golden() {
+    let golden = Golden::open("golden/pipeline/pipeline_1024_cascade.safetensors");
+    let load = LoadOptions {
+        memory: WeightMemory::Streamed,
+        ..Default::default()
+    };
+    let out = run_with(&golden, load);
+    check_all("1024_cascade streamed", &golden, &out);
+    check_object(&out);
+}
+
+/// `--dtype f16` on the CPU: every model computes with half-precision weights and
+/// activations (fp32 islands kept) and the run completes. The conditioning and the
+/// sparse-structure latent are compared with the f32 golden at half-precision tolerance; later
+/// stages depend on thresholded occupancy, which half precision may flip on random weights.
+#[test]
+fn half_precision_runs_stay_close_to_f32() {
+    let golden = Golden::open("golden/pipeline/pipeline_512.safetensors");
+    for (dtype, tol) in [(DTypeChoice::F16, 1e-2f32)] {
+        let load = LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        let out = run_with(&golden, load);
+        for key in ["cond_512", "ss.x_t.1", "ss.x_t.5"] {
+            let Some(ours) = out.latents.get(key) else {
+                continue;
+            };
+            assert_eq!(ours.dtype(), DType::F32, "{dtype:?}: `{key}` leaves as f32");
+            let err = golden.rel_err(key, ours);
+            println!("{dtype:?} {key:<12} max|err|/max|ref| = {err:.2e} (tolerance {tol:.0e})");
+            assert!(err <= tol, "{dtype:?}: `{key}` off by {err}");
+        }
+        assert!(out.mesh.vertices.iter().flatten().all(|v| v.is_finite()));
+    }
+}
+
+/// bf16 has no CPU matmul in candle: refused up front, not mid-run.
+#[test]
+fn bf16_on_the_cpu_is_refused_with_a_reason() {
+    let dir = ModelDir::open(&common::fixture("golden")).unwrap();
+    let load = LoadOptions {
+        dtype: DTypeChoice::Bf16,
+        ..Default::default()
+    };
+    let err = Pipeline::new(dir, Device::Cpu)
+        .unwrap()
+        .with_load_options(load)
+        .err()
+        .expect("bf16 on the CPU must be refused");
+    assert!(err.to_string().contains("--dtype bf16"), "{err}");
 }
 
 /// Token counts per candidate resolution from the golden upsampled coordinates (README §3.4:

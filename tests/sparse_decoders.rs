@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use trellis2::export::tensors::read_tensors;
 use trellis2::models::forward::{
     load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource,
@@ -66,7 +66,8 @@ fn ss_decoder_matches_golden() {
     let io = golden("sparse_structure_decoder.io.safetensors");
     let tr = golden("sparse_structure_decoder.trace.safetensors");
     let meta = metadata("sparse_structure_decoder.trace.safetensors");
-    let dec = load_ss_decoder(&model("sparse_structure_decoder"), &Device::Cpu).unwrap();
+    let dec =
+        load_ss_decoder(&model("sparse_structure_decoder"), DType::F32, &Device::Cpu).unwrap();
     let mut trace = Trace::on();
     let logits = dec.forward_traced(&io["z"], &mut trace).unwrap();
     println!("SparseStructureDecoder");
@@ -139,7 +140,7 @@ fn latent(io: &HashMap<String, Tensor>) -> SparseTensor {
 fn shape_decoder_matches_golden() {
     let io = golden("shape_slat_decoder.io.safetensors");
     let tr = golden("shape_slat_decoder.trace.safetensors");
-    let dec = load_shape_decoder(&model("shape_slat_decoder"), &Device::Cpu).unwrap();
+    let dec = load_shape_decoder(&model("shape_slat_decoder"), DType::F32, &Device::Cpu).unwrap();
     let mut trace = Trace::on();
     let out = dec
         .net
@@ -191,7 +192,7 @@ fn texture_decoder_matches_golden_with_guide_subdivisions() {
             .unwrap()
         })
         .collect();
-    let dec = load_unet_decoder(&model("tex_slat_decoder"), &Device::Cpu).unwrap();
+    let dec = load_unet_decoder(&model("tex_slat_decoder"), DType::F32, &Device::Cpu).unwrap();
     let mut trace = Trace::on();
     let out = dec
         .forward_traced(&latent(&io), Some(&guide), &mut trace)

@@ -16,9 +16,11 @@ use super::report::{ItemReport, RunReport, Status, CANDLE_VERSION};
 use trellis2::export::tensors::read_tensors;
 use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
 use trellis2::image::load_image;
+use trellis2::models::WeightMemory;
 use trellis2::pipeline::background::Background;
 use trellis2::pipeline::device::{describe, select, DeviceChoice};
 use trellis2::pipeline::latents_file::{read_latents, write_latents};
+use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
     Generated, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
     DEFAULT_MAX_TOKENS,
@@ -75,6 +77,16 @@ pub struct Args {
     /// Compute device: auto, cpu, metal or cuda.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Compute dtype: auto (f32 on the CPU; on a GPU each checkpoint's own dtype, bf16 flows
+    /// and f16 decoders as upstream runs them), f32, f16 or bf16 (GPU only). Norms, RoPE,
+    /// softmax and the sampler state stay f32 whatever this says.
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    pub dtype: DTypeChoice,
+    /// Lower peak memory for slower runs: the flow transformers' 30 blocks are read from the
+    /// memory-mapped checkpoint when they run instead of staying loaded, cross-attention keys
+    /// are not cached, and MLPs run in token chunks (README: measured peaks per stage).
+    #[arg(long)]
+    pub low_memory: bool,
     /// Answer yes when asked to download missing model files (for scripts).
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -256,7 +268,15 @@ pub fn run(args: &Args) -> Result<u8> {
         .or_else(|| std::env::var_os("TRELLIS2_MODEL").map(PathBuf::from));
     let model_dir = super::download::ensure_model(model.as_deref(), args.yes, args.offline)?;
     let model_root = model_dir.root.clone();
-    let mut pipeline = Pipeline::new(model_dir, device)?;
+    let load = LoadOptions {
+        dtype: args.dtype,
+        memory: if args.low_memory {
+            WeightMemory::Streamed
+        } else {
+            WeightMemory::Resident
+        },
+    };
+    let mut pipeline = Pipeline::new(model_dir, device)?.with_load_options(load)?;
     pipeline.apply_overrides(&plan.overrides)?;
     let ptype = plan
         .pipeline_type
@@ -363,6 +383,8 @@ pub fn run(args: &Args) -> Result<u8> {
             trellis2_version: env!("CARGO_PKG_VERSION"),
             candle_version: CANDLE_VERSION,
             device: describe(pipeline.device()).into(),
+            dtype: format!("{:?}", args.dtype).to_lowercase(),
+            low_memory: args.low_memory,
             model: model_root.clone(),
             pipeline_type: ptype.name().into(),
             seed: args.seed,
@@ -430,4 +452,8 @@ fn save(args: &Args, plan: &Plan, stem: &str, g: &Generated, outputs: &[PathBuf]
 
 fn parse_background(s: &str) -> Result<Background, String> {
     s.parse()
+}
+
+fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }

@@ -10,6 +10,9 @@ pub struct RunReport {
     pub trellis2_version: &'static str,
     pub candle_version: &'static str,
     pub device: String,
+    /// `--dtype` as given (`auto` resolves per checkpoint and device).
+    pub dtype: String,
+    pub low_memory: bool,
     pub model: PathBuf,
     pub pipeline_type: String,
     pub seed: u64,

@@ -221,6 +221,7 @@ struct Mlp {
 }
 
 /// An affine LayerNorm (`weight`, `bias`) through the shared op.
+#[derive(Clone)]
 pub struct AffineNorm {
     weight: Tensor,
     bias: Tensor,

@@ -17,6 +17,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::dinov3::AffineNorm;
 use super::trace::Trace;
+use super::WeightMemory;
 use crate::ops::attention::varlen_attention;
 use crate::ops::layer_norm;
 use crate::ops::rope::{rope_interleaved, rope_tables_3d};
@@ -113,6 +114,7 @@ fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor) -> candle_core::Result<Tensor
         .to_dtype(dtype)
 }
 
+#[derive(Clone)]
 struct SelfAttention {
     to_qkv: Linear,
     q_gamma: Option<Tensor>,
@@ -120,6 +122,7 @@ struct SelfAttention {
     to_out: Linear,
 }
 
+#[derive(Clone)]
 struct CrossAttention {
     to_q: Linear,
     to_kv: Linear,
@@ -130,6 +133,7 @@ struct CrossAttention {
     zero_cond_out: Tensor,
 }
 
+#[derive(Clone)]
 struct Block {
     modulation: Tensor,
     norm2: AffineNorm,
@@ -137,6 +141,67 @@ struct Block {
     cross_attn: CrossAttention,
     mlp_in: Linear,
     mlp_out: Linear,
+}
+
+impl Block {
+    /// One block from `b` = the `blocks.{i}` prefix.
+    fn new(cfg: &DitConfig, b: VarBuilder) -> Result<Self> {
+        let c = cfg.model_channels;
+        let (h, d) = (cfg.heads(), cfg.head_dim());
+        let gamma = |vb: &VarBuilder, on: bool, name: &str| -> Result<Option<Tensor>> {
+            Ok(if on {
+                Some(vb.get((h, d), &format!("{name}.gamma"))?)
+            } else {
+                None
+            })
+        };
+        let sa = b.pp("self_attn");
+        let ca = b.pp("cross_attn");
+        let to_kv = candle_nn::linear(cfg.cond_channels, 2 * c, ca.pp("to_kv"))?;
+        let to_out = candle_nn::linear(c, c, ca.pp("to_out"))?;
+        let v_bias = to_kv
+            .bias()
+            .context("cross_attn.to_kv has no bias")?
+            .narrow(0, c, c)?
+            .unsqueeze(0)?;
+        let zero_cond_out = to_out.forward(&v_bias)?;
+        Ok(Block {
+            modulation: b.get(6 * c, "modulation")?,
+            norm2: AffineNorm::new(c, 1e-6, b.pp("norm2"))?,
+            self_attn: SelfAttention {
+                to_qkv: candle_nn::linear(c, 3 * c, sa.pp("to_qkv"))?,
+                q_gamma: gamma(&sa, cfg.qk_rms_norm, "q_rms_norm")?,
+                k_gamma: gamma(&sa, cfg.qk_rms_norm, "k_rms_norm")?,
+                to_out: candle_nn::linear(c, c, sa.pp("to_out"))?,
+            },
+            cross_attn: CrossAttention {
+                to_q: candle_nn::linear(c, c, ca.pp("to_q"))?,
+                to_kv,
+                q_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "q_rms_norm")?,
+                k_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "k_rms_norm")?,
+                to_out,
+                zero_cond_out,
+            },
+            mlp_in: candle_nn::linear(c, cfg.mlp_hidden(), b.pp("mlp.mlp.0"))?,
+            mlp_out: candle_nn::linear(cfg.mlp_hidden(), c, b.pp("mlp.mlp.2"))?,
+        })
+    }
+
+    /// Normalised cross-attention keys and values of `flat [B·L, cond_channels]`.
+    fn cond_kv(&self, flat: &Tensor, heads: usize, head_dim: usize) -> Result<(Tensor, Tensor)> {
+        let rows = flat.dim(0)?;
+        let kv = self
+            .cross_attn
+            .to_kv
+            .forward(flat)?
+            .reshape((rows, 2, heads, head_dim))?;
+        let mut k = kv.narrow(1, 0, 1)?.squeeze(1)?;
+        let v = kv.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?;
+        if let Some(g) = &self.cross_attn.k_gamma {
+            k = multi_head_rms_norm(&k, g)?;
+        }
+        Ok((k.contiguous()?, v))
+    }
 }
 
 /// The tokens of one forward pass, flattened to `[T, C]` with per-sample offsets.
@@ -172,11 +237,31 @@ impl TokenLayout {
     }
 }
 
-/// Precomputed cross-attention keys and values of one condition, per block.
+/// Cross-attention keys and values of one condition, per block.
 pub struct CondKv {
-    blocks: Vec<(Tensor, Tensor)>,
+    store: KvStore,
     offsets: Vec<usize>,
 }
+
+enum KvStore {
+    /// Computed once for every block (resident models: one sampling run reuses them).
+    PerBlock(Vec<(Tensor, Tensor)>),
+    /// The flattened condition `[B·L, cond_channels]`; each streamed block projects it when it
+    /// runs, so no model-sized K/V cache exists (≈1.5 GB in f32 for 4,101 image tokens).
+    Deferred(Tensor),
+}
+
+/// The transformer blocks' weights.
+enum Blocks {
+    Resident(Vec<Block>),
+    /// Read from the checkpoint for each use (`WeightMemory::Streamed`).
+    Streamed(VarBuilder<'static>),
+}
+
+/// MLP rows per chunk in streamed mode: the hidden activation is `4·C` wide, so chunking keeps
+/// it at ≈50 MB (f32, C = 1536) instead of ≈1.2 GB at 49k tokens. The MLP is row-wise, so the
+/// result is identical.
+const STREAMED_MLP_ROWS: usize = 2048;
 
 /// What the cross-attention attends to.
 pub enum Condition<'a> {
@@ -209,7 +294,7 @@ pub struct FlowDit {
     t_mlp_in: Linear,
     t_mlp_out: Linear,
     adaln: Linear,
-    blocks: Vec<Block>,
+    blocks: Blocks,
     out_layer: Linear,
 }
 
@@ -217,48 +302,8 @@ impl FlowDit {
     pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let c = cfg.model_channels;
-        let (h, d) = (cfg.heads(), cfg.head_dim());
-        let gamma = |vb: &VarBuilder, on: bool, name: &str| -> Result<Option<Tensor>> {
-            Ok(if on {
-                Some(vb.get((h, d), &format!("{name}.gamma"))?)
-            } else {
-                None
-            })
-        };
         let blocks = (0..cfg.num_blocks)
-            .map(|i| {
-                let b = vb.pp(format!("blocks.{i}"));
-                let sa = b.pp("self_attn");
-                let ca = b.pp("cross_attn");
-                let to_kv = candle_nn::linear(cfg.cond_channels, 2 * c, ca.pp("to_kv"))?;
-                let to_out = candle_nn::linear(c, c, ca.pp("to_out"))?;
-                let v_bias = to_kv
-                    .bias()
-                    .context("cross_attn.to_kv has no bias")?
-                    .narrow(0, c, c)?
-                    .unsqueeze(0)?;
-                let zero_cond_out = to_out.forward(&v_bias)?;
-                Ok(Block {
-                    modulation: b.get(6 * c, "modulation")?,
-                    norm2: AffineNorm::new(c, 1e-6, b.pp("norm2"))?,
-                    self_attn: SelfAttention {
-                        to_qkv: candle_nn::linear(c, 3 * c, sa.pp("to_qkv"))?,
-                        q_gamma: gamma(&sa, cfg.qk_rms_norm, "q_rms_norm")?,
-                        k_gamma: gamma(&sa, cfg.qk_rms_norm, "k_rms_norm")?,
-                        to_out: candle_nn::linear(c, c, sa.pp("to_out"))?,
-                    },
-                    cross_attn: CrossAttention {
-                        to_q: candle_nn::linear(c, c, ca.pp("to_q"))?,
-                        to_kv,
-                        q_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "q_rms_norm")?,
-                        k_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "k_rms_norm")?,
-                        to_out,
-                        zero_cond_out,
-                    },
-                    mlp_in: candle_nn::linear(c, cfg.mlp_hidden(), b.pp("mlp.mlp.0"))?,
-                    mlp_out: candle_nn::linear(cfg.mlp_hidden(), c, b.pp("mlp.mlp.2"))?,
-                })
-            })
+            .map(|i| Block::new(cfg, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
@@ -266,7 +311,7 @@ impl FlowDit {
             t_mlp_in: candle_nn::linear(256, c, vb.pp("t_embedder.mlp.0"))?,
             t_mlp_out: candle_nn::linear(c, c, vb.pp("t_embedder.mlp.2"))?,
             adaln: candle_nn::linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
-            blocks,
+            blocks: Blocks::Resident(blocks),
             out_layer: candle_nn::linear(c, cfg.out_channels, vb.pp("out_layer"))?,
         })
     }
@@ -274,10 +319,50 @@ impl FlowDit {
     /// Loads a checkpoint strictly. The dense model's `rope_phases` buffer, if a file has it,
     /// is recomputed rather than read.
     pub fn load(cfg: &DitConfig, ckpt: &Checkpoint, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(cfg, ckpt, dtype, device, WeightMemory::Resident)
+    }
+
+    /// [`FlowDit::load`] with a choice of weight residency. Streamed models are checked as
+    /// strictly as resident ones: every block is built once (and dropped) before `finish`.
+    pub fn load_with(
+        cfg: &DitConfig,
+        ckpt: &Checkpoint,
+        dtype: DType,
+        device: &Device,
+        memory: WeightMemory,
+    ) -> Result<Self> {
         let strict = ckpt.strict().allow_unused(UNUSED_KEYS);
-        let model = Self::new(cfg, strict.var_builder(dtype, device))?;
+        let vb = strict.var_builder(dtype, device);
+        let model = match memory {
+            WeightMemory::Resident => Self::new(cfg, vb)?,
+            WeightMemory::Streamed => {
+                let mut model = Self::new(
+                    &DitConfig {
+                        num_blocks: 0,
+                        ..cfg.clone()
+                    },
+                    vb.clone(),
+                )?;
+                for i in 0..cfg.num_blocks {
+                    drop(Block::new(cfg, vb.pp(format!("blocks.{i}")))?);
+                }
+                model.cfg = cfg.clone();
+                model.blocks = Blocks::Streamed(strict.streaming(dtype, device));
+                model
+            }
+        };
         strict.finish()?;
         Ok(model)
+    }
+
+    /// Block `i`, borrowed when resident, read from the checkpoint when streamed.
+    fn block_at(&self, i: usize) -> Result<std::borrow::Cow<'_, Block>> {
+        Ok(match &self.blocks {
+            Blocks::Resident(blocks) => std::borrow::Cow::Borrowed(&blocks[i]),
+            Blocks::Streamed(vb) => {
+                std::borrow::Cow::Owned(Block::new(&self.cfg, vb.pp(format!("blocks.{i}")))?)
+            }
+        })
     }
 
     pub fn config(&self) -> &DitConfig {
@@ -295,26 +380,19 @@ impl FlowDit {
             );
         }
         let (h, d) = (self.cfg.heads(), self.cfg.head_dim());
-        let flat = cond.reshape((b * l, cc))?;
-        let blocks = self
-            .blocks
-            .iter()
-            .map(|blk| {
-                let kv = blk
-                    .cross_attn
-                    .to_kv
-                    .forward(&flat)?
-                    .reshape((b * l, 2, h, d))?;
-                let mut k = kv.narrow(1, 0, 1)?.squeeze(1)?;
-                let v = kv.narrow(1, 1, 1)?.squeeze(1)?.contiguous()?;
-                if let Some(g) = &blk.cross_attn.k_gamma {
-                    k = multi_head_rms_norm(&k, g)?;
-                }
-                Ok((k.contiguous()?, v))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let dtype = self.input_layer.weight().dtype();
+        let flat = cond.reshape((b * l, cc))?.to_dtype(dtype)?;
+        let store = match &self.blocks {
+            Blocks::Resident(blocks) => KvStore::PerBlock(
+                blocks
+                    .iter()
+                    .map(|blk| blk.cond_kv(&flat, h, d))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Blocks::Streamed(_) => KvStore::Deferred(flat),
+        };
         Ok(CondKv {
-            blocks,
+            store,
             offsets: (0..=b).map(|i| i * l).collect(),
         })
     }
@@ -373,12 +451,24 @@ impl FlowDit {
         trace.record("t_embedder", || Ok(t_emb.clone()))?;
         let m = self.adaln.forward(&t_emb.silu()?)?;
         trace.record("adaLN_modulation", || Ok(m.clone()))?;
-        for (i, blk) in self.blocks.iter().enumerate() {
+        let (heads, head_dim) = (self.cfg.heads(), self.cfg.head_dim());
+        for i in 0..self.cfg.num_blocks {
+            let blk = self.block_at(i)?;
+            let deferred;
             let kv = match cond {
-                Condition::Tokens(kv) => Some((&kv.blocks[i], kv.offsets.as_slice())),
+                Condition::Tokens(kv) => Some((
+                    match &kv.store {
+                        KvStore::PerBlock(per_block) => &per_block[i],
+                        KvStore::Deferred(flat) => {
+                            deferred = blk.cond_kv(flat, heads, head_dim)?;
+                            &deferred
+                        }
+                    },
+                    kv.offsets.as_slice(),
+                )),
                 Condition::Zero => None,
             };
-            h = self.block(blk, &h, &m, kv, &layout, &format!("blocks.{i}"), trace)?;
+            h = self.block(&blk, &h, &m, kv, &layout, &format!("blocks.{i}"), trace)?;
         }
         let h = layer_norm(&h, None, 1e-5)?;
         let out = self.out_layer.forward(&h)?;
@@ -561,7 +651,19 @@ impl FlowDit {
             seg.broadcast_mul(&(scale_mlp.narrow(0, b, 1)? + 1.0)?)?
                 .broadcast_add(&shift_mlp.narrow(0, b, 1)?)
         })?;
-        let h = blk.mlp_out.forward(&blk.mlp_in.forward(&h)?.gelu()?)?;
+        let mlp = |rows: &Tensor| -> candle_core::Result<Tensor> {
+            blk.mlp_out.forward(&blk.mlp_in.forward(rows)?.gelu()?)
+        };
+        let h = match self.blocks {
+            Blocks::Streamed(_) if n > STREAMED_MLP_ROWS => {
+                let chunks = (0..n)
+                    .step_by(STREAMED_MLP_ROWS)
+                    .map(|r| mlp(&h.narrow(0, r, STREAMED_MLP_ROWS.min(n - r))?))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&chunks, 0)?
+            }
+            _ => mlp(&h)?,
+        };
         trace.record(&name("mlp"), || layout.trace_view(&h))?;
         let x = (x + per_sample(&h, &layout.offsets, |seg, b| {
             seg.broadcast_mul(&gate_mlp.narrow(0, b, 1)?)

@@ -164,30 +164,34 @@ fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
 /// naming the checkpoint and the keys.
 fn load_strict<M>(
     source: &ModelSource,
+    dtype: DType,
     device: &Device,
     build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<M>,
 ) -> Result<M> {
     let strict = source.checkpoint.strict();
-    let built = build(strict.var_builder(candle_core::DType::F32, device));
+    let built = build(strict.var_builder(dtype, device));
     strict.finish()?;
     built.map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))
 }
 
-/// The sparse-structure decoder of a `SparseStructureDecoder` checkpoint, f32.
-pub fn load_ss_decoder(source: &ModelSource, device: &Device) -> Result<SsDecoder> {
+/// The sparse-structure decoder of a `SparseStructureDecoder` checkpoint, weights in `dtype`.
+pub fn load_ss_decoder(source: &ModelSource, dtype: DType, device: &Device) -> Result<SsDecoder> {
     let cfg: SsDecoderConfig = config(source)?;
-    load_strict(source, device, |vb| SsDecoder::new(&cfg, vb))
+    load_strict(source, dtype, device, |vb| SsDecoder::new(&cfg, vb))
 }
 
-/// The shape decoder of a `FlexiDualGridVaeDecoder` checkpoint, f32.
+/// The shape decoder of a `FlexiDualGridVaeDecoder` checkpoint, weights in `dtype`.
 pub fn load_shape_decoder(
     source: &ModelSource,
+    dtype: DType,
     device: &Device,
 ) -> Result<FlexiDualGridVaeDecoder> {
     let args: FlexiDualGridDecoderArgs = config(source)?;
     let cfg = DecoderConfig::from_flexi_dual_grid(&args)
         .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
-    let net = load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))?;
+    let net = load_strict(source, dtype, device, |vb| {
+        SparseUnetVaeDecoder::new(&cfg, vb)
+    })?;
     Ok(FlexiDualGridVaeDecoder {
         net,
         resolution: args.resolution,
@@ -195,12 +199,18 @@ pub fn load_shape_decoder(
     })
 }
 
-/// The decoder of a `SparseUnetVaeDecoder` checkpoint (the texture decoder), f32.
-pub fn load_unet_decoder(source: &ModelSource, device: &Device) -> Result<SparseUnetVaeDecoder> {
+/// The decoder of a `SparseUnetVaeDecoder` checkpoint (the texture decoder), weights in `dtype`.
+pub fn load_unet_decoder(
+    source: &ModelSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<SparseUnetVaeDecoder> {
     let args: UnetDecoderArgs = config(source)?;
     let cfg = DecoderConfig::from_unet(&args)
         .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
-    load_strict(source, device, |vb| SparseUnetVaeDecoder::new(&cfg, vb))
+    load_strict(source, dtype, device, |vb| {
+        SparseUnetVaeDecoder::new(&cfg, vb)
+    })
 }
 
 /// Builds the model of upstream class `class` with constructor arguments `args` from `vb`,
@@ -271,7 +281,7 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
             flow_forward(source, inputs, device)
         }
         "SparseStructureDecoder" => {
-            let dec = load_ss_decoder(source, device)?;
+            let dec = load_ss_decoder(source, DType::F32, device)?;
             let z = float_input(inputs, "z")?;
             let logits = dec.forward(&z).map_err(in_inputs)?;
             let occupancy = crate::pipeline::structure::occupancy(&logits)?;
@@ -281,7 +291,7 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
             ])
         }
         "FlexiDualGridVaeDecoder" => {
-            let dec = load_shape_decoder(source, device)?;
+            let dec = load_shape_decoder(source, DType::F32, device)?;
             let latent = sparse_input(inputs, "latent")?;
             let out = dec.net.forward(&latent, None).map_err(in_inputs)?;
             let mut outputs: Outputs = vec![
@@ -338,7 +348,7 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
             Ok(outputs)
         }
         "SparseUnetVaeDecoder" => {
-            let dec = load_unet_decoder(source, device)?;
+            let dec = load_unet_decoder(source, DType::F32, device)?;
             let latent = sparse_input(inputs, "latent")?;
             let guide = if dec.config().pred_subdiv {
                 None

@@ -20,6 +20,7 @@ pub(crate) struct Ctx<'a> {
     pub dir: &'a ModelDir,
     pub settings: &'a PipelineSettings,
     pub device: &'a Device,
+    pub load: super::models::LoadOptions,
     pub noise: Noise,
     pub latents: Latents,
     pub progress: &'a mut dyn Progress,

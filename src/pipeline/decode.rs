@@ -33,7 +33,7 @@ pub(crate) fn decode(
     let tex_latent = SparseTensor::new(coords, tex_feats.clone()).context("texture latent")?;
 
     let (raw, subs) = {
-        let decoder = models::shape_decoder(ctx.dir, ctx.device)?;
+        let decoder = models::shape_decoder(ctx.dir, ctx.device, ctx.load)?;
         let out = decoder.net.forward(&shape_latent, None)?;
         (out.raw, out.subs)
     };
@@ -82,7 +82,7 @@ pub(crate) fn decode(
     ctx.progress.step("decode", 1);
 
     let tex = {
-        let decoder = models::tex_decoder(ctx.dir, ctx.device)?;
+        let decoder = models::tex_decoder(ctx.dir, ctx.device, ctx.load)?;
         decoder.forward(&tex_latent, Some(&subs))?.raw
     };
     if tex.coords().dims() != raw.coords().dims()

@@ -58,7 +58,11 @@ impl VelocityModel for DitVelocity<'_> {
                 concat_cond: *concat_cond,
             },
         };
-        self.model.forward(&input, &t, &cond)
+        // The sampler state is an fp32 island whatever the model computes in.
+        Ok(self
+            .model
+            .forward(&input, &t, &cond)?
+            .to_dtype(DType::F32)?)
     }
 }
 

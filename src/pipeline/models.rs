@@ -1,7 +1,9 @@
-//! Loading one model of a model directory by its `pipeline.json` role, strictly and in f32.
-//! Each stage loads what it needs and drops it when done, so peak memory is one stage's.
+//! Loading one model of a model directory by its `pipeline.json` role, strictly, in the
+//! compute dtype the run asks for. Each stage loads what it needs and drops it when done, so
+//! peak memory is one stage's.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -11,7 +13,91 @@ use crate::models::dit::{DitConfig, FlowDit};
 use crate::models::forward::{load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource};
 use crate::models::sc_vae::{FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
 use crate::models::ss_decoder::SsDecoder;
-use crate::weights::ModelDir;
+use crate::models::WeightMemory;
+use crate::weights::{Checkpoint, ModelDir};
+
+/// `--dtype`: the dtype of the weights and of the activations between the fp32 islands (norms,
+/// RoPE, timestep path, softmax, sampler state, decoder heads stay f32 whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeChoice {
+    /// f32 on the CPU (the reference); on a GPU each checkpoint's own storage dtype, as
+    /// upstream runs them (bf16 flows, f16 decoders; f32 stays f32).
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for DTypeChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "auto" => Self::Auto,
+            "f32" | "float32" => Self::F32,
+            "f16" | "fp16" | "float16" => Self::F16,
+            "bf16" | "bfloat16" => Self::Bf16,
+            other => bail!("unknown dtype `{other}` (expected auto, f32, f16 or bf16)"),
+        })
+    }
+}
+
+impl DTypeChoice {
+    /// The dtype a model stored as `stored` computes in on `device`.
+    pub fn resolve(self, stored: DType, device: &Device) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+            Self::Auto if device.is_cpu() => DType::F32,
+            Self::Auto => match stored {
+                DType::F16 | DType::BF16 => stored,
+                _ => DType::F32,
+            },
+        }
+    }
+}
+
+/// How a run loads its models: compute dtype and weight residency (`--low-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    pub dtype: DTypeChoice,
+    pub memory: WeightMemory,
+}
+
+impl LoadOptions {
+    /// Rejects what `device` cannot compute in.
+    pub fn check(&self, device: &Device) -> Result<()> {
+        if device.is_cpu() && self.dtype == DTypeChoice::Bf16 {
+            bail!(
+                "--dtype bf16 is not available on the CPU (candle's CPU matmul has no bf16 \
+                 kernel); use --dtype f16 to halve weight memory, or f32"
+            );
+        }
+        Ok(())
+    }
+
+    /// The compute dtype of `ckpt` on `device`.
+    pub fn dtype_for(&self, ckpt: &Checkpoint, device: &Device) -> DType {
+        self.dtype.resolve(stored_dtype(ckpt), device)
+    }
+}
+
+/// The float dtype holding most of a checkpoint's elements (f32 when it has no float tensor).
+pub fn stored_dtype(ckpt: &Checkpoint) -> DType {
+    use safetensors::Dtype;
+    let mut counts = [0usize; 3];
+    for info in ckpt.tensor_infos() {
+        match info.dtype {
+            Dtype::F32 => counts[0] += info.numel(),
+            Dtype::F16 => counts[1] += info.numel(),
+            Dtype::BF16 => counts[2] += info.numel(),
+            _ => {}
+        }
+    }
+    let most = (0..3).max_by_key(|&i| (counts[i], 2 - i)).unwrap_or(0);
+    [DType::F32, DType::F16, DType::BF16][most]
+}
 
 /// Roles of `pipeline.json` `args.models`.
 pub mod role {
@@ -34,24 +120,41 @@ fn source(dir: &ModelDir, role: &str) -> Result<ModelSource> {
 }
 
 /// A flow DiT (`SparseStructureFlowModel`, `SLatFlowModel`, `ElasticSLatFlowModel`).
-pub fn flow_model(dir: &ModelDir, role: &str, device: &Device) -> Result<FlowDit> {
+pub fn flow_model(
+    dir: &ModelDir,
+    role: &str,
+    device: &Device,
+    opts: LoadOptions,
+) -> Result<FlowDit> {
     let src = source(dir, role)?;
     let cfg: DitConfig = serde_json::from_value(src.args.clone())
         .with_context(|| format!("{}: bad `args` for {}", src.path.display(), src.class))?;
-    FlowDit::load(&cfg, &src.checkpoint, DType::F32, device)
+    let dtype = opts.dtype_for(&src.checkpoint, device);
+    FlowDit::load_with(&cfg, &src.checkpoint, dtype, device, opts.memory)
         .with_context(|| format!("loading `{role}` from {}", src.path.display()))
 }
 
-pub fn ss_decoder(dir: &ModelDir, device: &Device) -> Result<SsDecoder> {
-    load_ss_decoder(&source(dir, role::SS_DECODER)?, device)
+pub fn ss_decoder(dir: &ModelDir, device: &Device, opts: LoadOptions) -> Result<SsDecoder> {
+    let src = source(dir, role::SS_DECODER)?;
+    load_ss_decoder(&src, opts.dtype_for(&src.checkpoint, device), device)
 }
 
-pub fn shape_decoder(dir: &ModelDir, device: &Device) -> Result<FlexiDualGridVaeDecoder> {
-    load_shape_decoder(&source(dir, role::SHAPE_DECODER)?, device)
+pub fn shape_decoder(
+    dir: &ModelDir,
+    device: &Device,
+    opts: LoadOptions,
+) -> Result<FlexiDualGridVaeDecoder> {
+    let src = source(dir, role::SHAPE_DECODER)?;
+    load_shape_decoder(&src, opts.dtype_for(&src.checkpoint, device), device)
 }
 
-pub fn tex_decoder(dir: &ModelDir, device: &Device) -> Result<SparseUnetVaeDecoder> {
-    load_unet_decoder(&source(dir, role::TEX_DECODER)?, device)
+pub fn tex_decoder(
+    dir: &ModelDir,
+    device: &Device,
+    opts: LoadOptions,
+) -> Result<SparseUnetVaeDecoder> {
+    let src = source(dir, role::TEX_DECODER)?;
+    load_unet_decoder(&src, opts.dtype_for(&src.checkpoint, device), device)
 }
 
 /// Where the DINOv3 folder (`config.json` + `model.safetensors`) may be: a stem given for the
@@ -82,7 +185,7 @@ fn dinov3_candidates(dir: &ModelDir) -> Vec<PathBuf> {
 }
 
 /// The DINOv3 feature extractor.
-pub fn dinov3(dir: &ModelDir, device: &Device) -> Result<DinoV3> {
+pub fn dinov3(dir: &ModelDir, device: &Device, opts: LoadOptions) -> Result<DinoV3> {
     let candidates = dinov3_candidates(dir);
     let Some(folder) = candidates
         .iter()
@@ -102,6 +205,7 @@ pub fn dinov3(dir: &ModelDir, device: &Device) -> Result<DinoV3> {
     let src = ModelSource::open(folder)?;
     let cfg: DinoV3Config = serde_json::from_value(src.args.clone())
         .with_context(|| format!("{}: bad config.json", folder.display()))?;
-    DinoV3::load(&cfg, &src.checkpoint, DType::F32, device)
+    let dtype = opts.dtype_for(&src.checkpoint, device);
+    DinoV3::load(&cfg, &src.checkpoint, dtype, device)
         .with_context(|| format!("loading DINOv3 from {}", folder.display()))
 }

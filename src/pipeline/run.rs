@@ -10,7 +10,7 @@ use super::config::{PipelineSettings, PipelineType, SamplerOverrides, DEFAULT_MA
 use super::context::Ctx;
 use super::decode::decode;
 use super::latents_file::SavedLatents;
-use super::models;
+use super::models::{self, LoadOptions};
 use super::noise::{Noise, NoiseSource};
 use super::output::{Generated, Latents};
 use super::progress::Progress;
@@ -48,6 +48,7 @@ pub struct Pipeline {
     dir: ModelDir,
     settings: PipelineSettings,
     device: Device,
+    load: LoadOptions,
 }
 
 impl Pipeline {
@@ -59,7 +60,20 @@ impl Pipeline {
             dir,
             settings,
             device,
+            load: LoadOptions::default(),
         })
+    }
+
+    /// Compute dtype and weight residency of every model the later runs load; an error when
+    /// the device cannot compute in that dtype.
+    pub fn with_load_options(mut self, load: LoadOptions) -> Result<Self> {
+        load.check(&self.device)?;
+        self.load = load;
+        Ok(self)
+    }
+
+    pub fn load_options(&self) -> LoadOptions {
+        self.load
     }
 
     pub fn settings(&self) -> &PipelineSettings {
@@ -83,6 +97,7 @@ impl Pipeline {
             dir: &self.dir,
             settings: &self.settings,
             device: &self.device,
+            load: self.load,
             noise: Noise::new(noise),
             latents: Latents::default(),
             progress,
@@ -121,7 +136,7 @@ impl Pipeline {
 
         let mut stage = ctx.begin("conditioning", 1);
         let (c512, c1024) = {
-            let dino = models::dinov3(ctx.dir, ctx.device)?;
+            let dino = models::dinov3(ctx.dir, ctx.device, ctx.load)?;
             let c512 = condition(&dino, image, 512, ctx.device)?;
             let c1024 = if ptype.needs_cond_1024() {
                 Some(condition(&dino, image, 1024, ctx.device)?)

@@ -99,7 +99,7 @@ fn shape_flow(
 ) -> Result<Tensor> {
     let params = ctx.settings.shape;
     let mut stage = ctx.begin(prefix, params.model_calls());
-    let flow = models::flow_model(ctx.dir, flow_role, ctx.device)?;
+    let flow = models::flow_model(ctx.dir, flow_role, ctx.device, ctx.load)?;
     let n = coords.dim(0)?;
     let noise = ctx.noise.draw(
         &format!("{prefix}.noise"),
@@ -132,7 +132,7 @@ fn cascade_coords(
 ) -> Result<(usize, Tensor)> {
     let mut stage = ctx.begin("cascade", 1);
     let up = {
-        let decoder = models::shape_decoder(ctx.dir, ctx.device)?;
+        let decoder = models::shape_decoder(ctx.dir, ctx.device, ctx.load)?;
         let latent = SparseTensor::new(lr_coords, lr_feats.clone())?;
         decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?
     };

@@ -19,7 +19,7 @@ pub(crate) fn sample_structure(
     let params = ctx.settings.ss;
     let mut stage = ctx.begin("sparse_structure", params.model_calls() + 1);
     let z = {
-        let flow = models::flow_model(ctx.dir, role::SS_FLOW, ctx.device)?;
+        let flow = models::flow_model(ctx.dir, role::SS_FLOW, ctx.device, ctx.load)?;
         let cfg = flow.config();
         let r = cfg.resolution;
         if r == 0 {
@@ -44,7 +44,7 @@ pub(crate) fn sample_structure(
             &params,
         )?
     };
-    let logits = models::ss_decoder(ctx.dir, ctx.device)?.forward(&z)?;
+    let logits = models::ss_decoder(ctx.dir, ctx.device, ctx.load)?.forward(&z)?;
     let mut occ = occupancy(&logits)?;
     ctx.latents
         .insert("ss.occupancy_64.coords", occupied_cells(&occ)?);

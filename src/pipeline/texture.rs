@@ -23,7 +23,7 @@ pub(crate) fn sample_texture(
     } else {
         role::TEX_FLOW_512
     };
-    let flow = models::flow_model(ctx.dir, flow_role, ctx.device)?;
+    let flow = models::flow_model(ctx.dir, flow_role, ctx.device, ctx.load)?;
     let concat = ctx.settings.shape_norm.normalize(&shape.feats)?;
     ctx.latents.insert("tex.concat_cond.feats", concat.clone());
     let (n, concat_c) = concat.dims2()?;

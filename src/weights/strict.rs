@@ -192,6 +192,55 @@ impl SimpleBackend for StrictLoad {
     }
 }
 
+/// A plain `VarBuilder` backend over the same checkpoint that records nothing: for models that
+/// re-read part of their weights at every use (`--low-memory` streaming of transformer blocks),
+/// after a [`StrictLoad`] has checked the whole key set once.
+#[derive(Clone)]
+pub struct Streaming {
+    source: Arc<dyn TensorSource>,
+}
+
+impl StrictLoad {
+    /// A `VarBuilder` over this checkpoint that records nothing (see [`Streaming`]).
+    pub fn streaming(&self, dtype: DType, device: &Device) -> candle_nn::VarBuilder<'static> {
+        let backend = Streaming {
+            source: self.source.clone(),
+        };
+        candle_nn::VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for Streaming {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.source.shape_of(name) {
+            Some(shape) if shape == s.dims() => self.source.load(name, dev)?.to_dtype(dtype),
+            Some(shape) => Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: s,
+                rhs: shape.into(),
+                op: "streamed weight",
+            }),
+            None => Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }),
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.source.load(name, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.source.shape_of(name).is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

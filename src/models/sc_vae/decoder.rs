@@ -1,7 +1,7 @@
 //! `SparseUnetVaeDecoder` and its shape variant `FlexiDualGridVaeDecoder` (spec §5.3–5.5).
 //! Upstream: `trellis2/models/sc_vaes/sparse_unet_vae.py` / `fdg_vae.py` @ 5565d24.
 
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use super::blocks::{C2SBlock, ConvNeXtBlock};
@@ -70,7 +70,9 @@ impl SparseUnetVaeDecoder {
                 self.cfg.latent_channels
             );
         }
-        latent.replace(self.from_latent.forward(latent.feats())?)
+        // Latents arrive in f32 from the sampler; the network computes in its weights' dtype.
+        let feats = latent.feats().to_dtype(self.from_latent.weight().dtype())?;
+        latent.replace(self.from_latent.forward(&feats)?)
     }
 
     /// Decodes `latent`. A decoder with `pred_subdiv` predicts its subdivisions (`guide` must be
@@ -128,11 +130,15 @@ impl SparseUnetVaeDecoder {
                 } else {
                     record(trace, &path, &h)?;
                 }
-                subs.push(out.subdiv);
+                subs.push(
+                    out.subdiv
+                        .replace(out.subdiv.feats().to_dtype(DType::F32)?)?,
+                );
             }
         }
         let feats = layer_norm(h.feats(), None, OUT_NORM_EPS)?;
-        let raw = h.replace(self.output_layer.forward(&feats)?)?;
+        // The heads' raw values leave in f32 whatever the compute dtype (fp32 island).
+        let raw = h.replace(self.output_layer.forward(&feats)?.to_dtype(DType::F32)?)?;
         record(trace, "output_layer", &raw)?;
         Ok(DecoderOutput { raw, subs })
     }
