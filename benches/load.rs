@@ -6,12 +6,15 @@
 //!
 //! `cargo bench --bench load [-- f32|bf16|f16]`
 
-use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use trellis2::models::forward::build_model;
-use trellis2::weights::{Checkpoint, ShapeRecorder};
+use trellis2::weights::Checkpoint;
+
+#[path = "common/random_weights.rs"]
+mod random_weights;
+use random_weights::{manifest, write_random};
 
 const STAGES: &[(&str, &str, DType)] = &[
     ("DINOv3 ViT-L/16", "dinov3_vitl16", DType::F32),
@@ -49,39 +52,6 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// xorshift values in [-0.05, 0.05): cheap, deterministic, finite in every dtype.
-fn random(n: usize, seed: u64, dtype: DType) -> candle_core::Result<Tensor> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-        })
-        .collect();
-    Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dtype)
-}
-
-fn write_random(
-    path: &Path,
-    class: &str,
-    args: &serde_json::Value,
-    dtype: DType,
-) -> anyhow::Result<u64> {
-    let rec = ShapeRecorder::new();
-    build_model(class, args, rec.var_builder(DType::F32, &Device::Cpu))?;
-    let mut tensors = Vec::new();
-    let mut params = 0u64;
-    for (i, (name, shape)) in rec.requested().into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        params += n as u64;
-        tensors.push((name, random(n, i as u64 + 1, dtype)?.reshape(shape)?));
-    }
-    candle_core::safetensors::save(&tensors.into_iter().collect(), path)?;
-    Ok(params)
-}
-
 fn main() -> anyhow::Result<()> {
     let compute = match std::env::args().nth(1).as_deref() {
         Some("bf16") => DType::BF16,
@@ -89,18 +59,15 @@ fn main() -> anyhow::Result<()> {
         _ => DType::F32,
     };
     let dir = tempfile::tempdir()?;
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/manifests");
     println!("compute dtype {compute:?}; peak RSS is the whole process (baseline shown first)");
     println!(
         "{:<24} {:>14} {:>8} {:>10} {:>10} {:>12}",
         "stage", "params", "stored", "file MiB", "load s", "peak RSS MiB"
     );
-    for (label, manifest, stored) in STAGES {
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(manifests.join(format!("{manifest}.json")))?)?;
-        let class = m["name"].as_str().unwrap_or_default().to_string();
-        let path = dir.path().join(format!("{manifest}.safetensors"));
-        let params = write_random(&path, &class, &m["args"], *stored)?;
+    for (label, name, stored) in STAGES {
+        let (class, args) = manifest(name)?;
+        let path = dir.path().join(format!("{name}.safetensors"));
+        let params = write_random(&path, &class, &args, *stored)?;
         let file_mib = std::fs::metadata(&path)?.len() >> 20;
         reset_peak();
         let base = status_kb("VmRSS:") >> 10;
@@ -113,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             "embeddings.mask_token",
         ]);
         let vb = strict.var_builder(compute, &Device::Cpu);
-        build_model(&class, &m["args"], vb)?;
+        build_model(&class, &args, vb)?;
         strict.finish()?;
         let secs = t.elapsed().as_secs_f64();
         let peak = status_kb("VmHWM:") >> 10;

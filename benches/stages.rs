@@ -1,0 +1,553 @@
+//! Every model of the pipeline at full size (random weights of the released shapes, written
+//! from the manifests) on the upstream baseline's token counts: per stage wall time, forwards,
+//! TFLOP/s (FLOPs as spec §9 counts them) and peak memory — the CPU process's anonymous memory
+//! (sampled every 2 ms; file-backed pages of the memory-mapped checkpoints are left out because
+//! the kernel can drop them) and, on CUDA, the GPU's used memory (sampled by `nvidia-smi` every
+//! 20 ms). The same stage list as `spec/BASELINE.md`, so the two tables line up.
+//!
+//! ```sh
+//! cargo bench --bench stages -- [--device cpu|cuda|metal] [--dtype auto|f32|f16|bf16]
+//!     [--low-memory] [--forwards N] [--tokens-512 N] [--tokens-1024 N] [--no-1024]
+//!     [--stages NAME,NAME]
+//! ```
+//! On the CPU the release's token counts take hours; `--forwards 1 --tokens-512 512 --no-1024`
+//! measures the memory of every model in minutes (weights dominate it).
+
+#[path = "common/random_weights.rs"]
+mod random_weights;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use random_weights::{manifest, random, write_random};
+use trellis2::models::dinov3::{DinoV3, DinoV3Config};
+use trellis2::models::dit::{Condition, DitConfig, FlowDit, FlowInput};
+use trellis2::models::forward::ModelSource;
+use trellis2::models::forward::{load_shape_decoder, load_ss_decoder, load_unet_decoder};
+use trellis2::models::WeightMemory;
+use trellis2::pipeline::device::{select, DeviceChoice};
+use trellis2::pipeline::models::LoadOptions;
+use trellis2::sparse::SparseTensor;
+
+struct Opts {
+    device: Device,
+    load: LoadOptions,
+    /// Overrides every flow stage's release forward count.
+    forwards: Option<usize>,
+    tokens_512: usize,
+    tokens_1024: usize,
+    with_1024: bool,
+    only: Option<Vec<String>>,
+}
+
+fn parse() -> Result<Opts> {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut device = DeviceChoice::Cpu;
+    let mut load = LoadOptions::default();
+    let (mut forwards, mut tokens_512, mut tokens_1024) = (None, 3_704, 15_012);
+    let (mut with_1024, mut only) = (true, None);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--device" => device = value()?.parse()?,
+            "--dtype" => load.dtype = value()?.parse()?,
+            "--low-memory" => load.memory = WeightMemory::Streamed,
+            "--forwards" => forwards = Some(value()?.parse()?),
+            "--tokens-512" => tokens_512 = value()?.parse()?,
+            "--tokens-1024" => tokens_1024 = value()?.parse()?,
+            "--no-1024" => with_1024 = false,
+            "--stages" => only = Some(value()?.split(',').map(str::to_string).collect()),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let device = select(device)?;
+    load.check(&device)?;
+    Ok(Opts {
+        device,
+        load,
+        forwards,
+        tokens_512,
+        tokens_1024,
+        with_1024,
+        only,
+    })
+}
+
+/// Peak memory while a stage runs: anonymous RSS of this process, and GPU memory in use.
+struct MemoryProbe {
+    stop: Arc<AtomicBool>,
+    anon_peak: Arc<AtomicU64>,
+    gpu_peak: Arc<AtomicU64>,
+    smi: Option<Child>,
+}
+
+fn rss_anon_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
+impl MemoryProbe {
+    fn start(gpu: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let anon_peak = Arc::new(AtomicU64::new(rss_anon_bytes()));
+        let gpu_peak = Arc::new(AtomicU64::new(0));
+        {
+            let (stop, peak) = (stop.clone(), anon_peak.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_anon_bytes(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        // nvidia-smi reports the whole GPU's used memory in MiB; the bench is alone on it.
+        let smi = gpu
+            .then(|| {
+                Command::new("nvidia-smi")
+                    .args([
+                        "--query-gpu=memory.used",
+                        "--format=csv,noheader,nounits",
+                        "-lms",
+                        "20",
+                    ])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()
+            })
+            .flatten()
+            .map(|mut child| {
+                if let Some(out) = child.stdout.take() {
+                    let peak = gpu_peak.clone();
+                    std::thread::spawn(move || {
+                        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                            if let Ok(mib) = line.trim().parse::<u64>() {
+                                peak.fetch_max(mib << 20, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                child
+            });
+        Self {
+            stop,
+            anon_peak,
+            gpu_peak,
+            smi,
+        }
+    }
+
+    /// (peak anonymous RSS, peak GPU memory) in bytes.
+    fn finish(mut self) -> (u64, Option<u64>) {
+        // One more GPU sample interval so the last peak is read.
+        if self.smi.is_some() {
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let gpu = self.smi.take().map(|mut c| {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.gpu_peak.load(Ordering::Relaxed)
+        });
+        (self.anon_peak.load(Ordering::Relaxed), gpu)
+    }
+}
+
+struct Row {
+    stage: String,
+    shape: String,
+    forwards: usize,
+    seconds: f64,
+    flops: Option<f64>,
+    anon: u64,
+    gpu: Option<u64>,
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2}", b as f64 / (1u64 << 30) as f64)
+}
+
+impl Row {
+    fn print(&self) {
+        let tflops = self.flops.map_or("–".to_string(), |f| {
+            format!("{:.1}", f / self.seconds / 1e12)
+        });
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+            self.stage,
+            self.shape,
+            self.forwards,
+            self.seconds * 1e3,
+            self.seconds * 1e3 / self.forwards.max(1) as f64,
+            tflops,
+            gib(self.anon),
+            self.gpu.map_or("–".to_string(), gib),
+        );
+    }
+}
+
+/// Surface voxels of a sphere shell on an `res³` grid, the radius chosen so that the count is
+/// closest to `target` (a stand-in for a real object's sparse structure); `[T, 4]` i32 rows
+/// (batch 0, x, y, z) in x-major order.
+fn shell_coords(res: usize, target: usize) -> Vec<[i32; 4]> {
+    let shell = |r: f32| -> Vec<[i32; 4]> {
+        let c = res as f32 / 2.0;
+        let mut out = Vec::new();
+        for x in 0..res {
+            for y in 0..res {
+                for z in 0..res {
+                    let d = ((x as f32 + 0.5 - c).powi(2)
+                        + (y as f32 + 0.5 - c).powi(2)
+                        + (z as f32 + 0.5 - c).powi(2))
+                    .sqrt();
+                    if (d - r).abs() < 1.0 {
+                        out.push([0, x as i32, y as i32, z as i32]);
+                    }
+                }
+            }
+        }
+        out
+    };
+    let (mut lo, mut hi) = (1.0f32, res as f32 / 2.0 - 1.0);
+    for _ in 0..40 {
+        let mid = (lo + hi) / 2.0;
+        if shell(mid).len() < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    shell(hi)
+}
+
+fn coords_tensor(coords: &[[i32; 4]], device: &Device) -> Result<Tensor> {
+    let flat: Vec<i32> = coords.iter().flatten().copied().collect();
+    Ok(Tensor::from_vec(flat, (coords.len(), 4), device)?)
+}
+
+fn rand_on(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Ok(random(n, seed, DType::F32)?
+        .reshape(shape)?
+        .affine(20.0, 0.0)?
+        .to_device(device)?)
+}
+
+/// `stem` + `suffix` (stems contain dots: `….decoder`).
+fn suffixed(stem: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", stem.display()))
+}
+
+/// A random full-size checkpoint of a manifest, as a `ModelSource` (`<stem>.json` written beside it).
+fn random_source(dir: &Path, name: &str, stored: DType) -> Result<ModelSource> {
+    let (class, args) = manifest(name)?;
+    let stem = dir.join(name);
+    if class == "DINOv3ViTModel" {
+        std::fs::create_dir_all(&stem)?;
+        write_random(&stem.join("model.safetensors"), &class, &args, stored)?;
+        std::fs::write(stem.join("config.json"), serde_json::to_vec(&args)?)?;
+    } else {
+        write_random(&suffixed(&stem, ".safetensors"), &class, &args, stored)?;
+        let json = serde_json::json!({ "name": class, "args": args });
+        std::fs::write(suffixed(&stem, ".json"), serde_json::to_vec(&json)?)?;
+    }
+    let source = ModelSource::open(&stem)?;
+    // The mapping keeps the data alive; unlinking now keeps the temp dir at one model's size.
+    if stem.is_dir() {
+        std::fs::remove_dir_all(&stem)?;
+    } else {
+        std::fs::remove_file(suffixed(&stem, ".safetensors"))?;
+    }
+    Ok(source)
+}
+
+struct Bench {
+    opts: Opts,
+    dir: tempfile::TempDir,
+    rows: Vec<Row>,
+}
+
+impl Bench {
+    fn wanted(&self, stage: &str) -> bool {
+        self.opts
+            .only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| stage.starts_with(s.as_str())))
+    }
+
+    /// Runs `f` `forwards` times between device synchronisations, under a memory probe.
+    fn measure(
+        &mut self,
+        stage: &str,
+        shape: String,
+        forwards: usize,
+        flops: Option<f64>,
+        mut f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        let probe = MemoryProbe::start(self.opts.device.is_cuda());
+        self.opts.device.synchronize()?;
+        let t = Instant::now();
+        for i in 0..forwards {
+            f(i)?;
+        }
+        self.opts.device.synchronize()?;
+        let seconds = t.elapsed().as_secs_f64();
+        let (anon, gpu) = probe.finish();
+        let row = Row {
+            stage: stage.to_string(),
+            shape,
+            forwards,
+            seconds,
+            flops,
+            anon,
+            gpu,
+        };
+        row.print();
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn dinov3(&mut self) -> Result<()> {
+        if !self.wanted("dinov3") {
+            return Ok(());
+        }
+        let src = random_source(self.dir.path(), "dinov3_vitl16", DType::F32)?;
+        let dev = self.opts.device.clone();
+        let cfg: DinoV3Config = serde_json::from_value(src.args.clone())?;
+        let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
+        let model = DinoV3::load(&cfg, &src.checkpoint, dtype, &dev)?;
+        let sizes: &[usize] = if self.opts.with_1024 {
+            &[512, 1024]
+        } else {
+            &[512]
+        };
+        for &size in sizes {
+            let x = rand_on(&[1, 3, size, size], 7, &dev)?;
+            let n = (size / 16).pow(2) + 5;
+            // ViT-L: 2 FLOPs per parameter and token plus 4·N²·hidden per layer of attention.
+            let flops = 2.0 * 303e6 * n as f64 + 24.0 * 4.0 * (n * n) as f64 * 1024.0;
+            self.measure(
+                &format!("DINOv3 @{size}"),
+                format!("{n} tokens"),
+                1,
+                Some(flops),
+                |_| {
+                    model.features(&x)?;
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One flow stage: `forwards` alternate the image condition and the zero condition, as
+    /// classifier-free guidance does.
+    #[allow(clippy::too_many_arguments)]
+    fn flow(
+        &mut self,
+        stage: &str,
+        manifest_name: &str,
+        tokens: Option<&[[i32; 4]]>,
+        cond_tokens: usize,
+        release_forwards: usize,
+    ) -> Result<()> {
+        if !self.wanted(stage) {
+            return Ok(());
+        }
+        let src = random_source(self.dir.path(), manifest_name, DType::BF16)?;
+        let dev = self.opts.device.clone();
+        let cfg: DitConfig = serde_json::from_value(src.args.clone())?;
+        let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
+        let model = FlowDit::load_with(&cfg, &src.checkpoint, dtype, &dev, self.opts.load.memory)?;
+        let cond = rand_on(&[1, cond_tokens, 1024], 3, &dev)?.affine(0.05, 0.0)?;
+        let kv = model.cond_kv(&cond)?;
+        let forwards = self.opts.forwards.unwrap_or(release_forwards);
+        let (x, coords, n) = match tokens {
+            None => {
+                let r = cfg.resolution;
+                (
+                    rand_on(&[1, cfg.in_channels, r, r, r], 5, &dev)?,
+                    None,
+                    r * r * r,
+                )
+            }
+            Some(c) => (
+                rand_on(&[c.len(), cfg.out_channels], 5, &dev)?,
+                Some(coords_tensor(c, &dev)?),
+                c.len(),
+            ),
+        };
+        let concat = (cfg.in_channels > cfg.out_channels)
+            .then(|| rand_on(&[n, cfg.in_channels - cfg.out_channels], 6, &dev))
+            .transpose()?;
+        let t = Tensor::full(500f32, 1, &dev)?;
+        // Spec §9: 30·N·(78.7 M + 6144·N + 6144·L) per forward; without the 6144·L term
+        // for the zero condition, which needs no attention here.
+        let (nf, lf) = (n as f64, cond_tokens as f64);
+        let positive = 30.0 * nf * (78.7e6 + 6144.0 * nf + 6144.0 * lf);
+        let negative = 30.0 * nf * (78.7e6 + 6144.0 * nf);
+        let flops = (0..forwards)
+            .map(|i| if i % 2 == 0 { positive } else { negative })
+            .sum::<f64>();
+        self.measure(
+            stage,
+            format!("{n} × {cond_tokens}"),
+            forwards,
+            Some(flops),
+            |i| {
+                let input = match &coords {
+                    None => FlowInput::Dense(&x),
+                    Some(c) => FlowInput::Sparse {
+                        feats: &x,
+                        coords: c,
+                        concat_cond: concat.as_ref(),
+                    },
+                };
+                let cond = if i % 2 == 0 {
+                    Condition::Tokens(&kv)
+                } else {
+                    Condition::Zero
+                };
+                model.forward(&input, &t, &cond)?;
+                Ok(())
+            },
+        )
+    }
+
+    fn ss_decoder(&mut self) -> Result<()> {
+        if !self.wanted("ss_decoder") {
+            return Ok(());
+        }
+        let name = "ss_dec_conv3d_16l8_fp16.decoder";
+        let src = random_source(self.dir.path(), name, DType::F16)?;
+        let dev = self.opts.device.clone();
+        let dec = load_ss_decoder(&src, self.opts.load.dtype_for(&src.checkpoint, &dev), &dev)?;
+        let z = rand_on(&[1, 8, 16, 16, 16], 9, &dev)?;
+        // Spec §9 estimate (dense 3-D convs, mostly at 16³ with 512 channels).
+        self.measure(
+            "ss_decoder",
+            "16³ → 64³".into(),
+            1,
+            Some(0.8e12),
+            |_| {
+                dec.forward(&z)?;
+                Ok(())
+            },
+        )
+    }
+
+    /// Shape then texture decoder on `coords` latent tokens; the texture decoder follows the
+    /// shape decoder's subdivisions, as in the pipeline.
+    fn decoders(&mut self, res: usize, coords: &[[i32; 4]], suffix: &str) -> Result<()> {
+        let (shape_stage, tex_stage) = (
+            format!("shape_decoder @{res}"),
+            format!("tex_decoder @{res}"),
+        );
+        if !self.wanted(&shape_stage) && !self.wanted(&tex_stage) {
+            return Ok(());
+        }
+        let dev = self.opts.device.clone();
+        let latent = SparseTensor::new(
+            &coords_tensor(coords, &dev)?,
+            rand_on(&[coords.len(), 32], 11, &dev)?,
+        )?;
+        // Spec §9: ≈3.5 GFLOP per latent token with dense kernels, ≈1/3 on surfaces.
+        let flops = Some(3.5e9 * coords.len() as f64 / 3.0);
+        let src = random_source(
+            self.dir.path(),
+            &format!("shape_vae_next_dc_f16c32_fp16{suffix}.decoder"),
+            DType::F16,
+        )?;
+        let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
+        let dec = load_shape_decoder(&src, dtype, &dev)?;
+        let mut subs = Vec::new();
+        let mut voxels = 0;
+        self.measure(
+            &shape_stage,
+            format!("{} latent", coords.len()),
+            1,
+            flops,
+            |_| {
+                let out = dec.net.forward(&latent, None)?;
+                voxels = out.raw.len();
+                subs = out.subs;
+                Ok(())
+            },
+        )?;
+        if let Some(row) = self.rows.last_mut() {
+            row.shape = format!("{} → {voxels} voxels", coords.len());
+        }
+        drop(dec);
+        let src = random_source(
+            self.dir.path(),
+            &format!("tex_vae_next_dc_f16c32_fp16{suffix}.decoder"),
+            DType::F16,
+        )?;
+        let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
+        let dec = load_unet_decoder(&src, dtype, &dev)?;
+        self.measure(
+            &tex_stage,
+            format!("{} → {voxels} voxels", coords.len()),
+            1,
+            flops,
+            |_| {
+                dec.forward(&latent, Some(&subs))?;
+                Ok(())
+            },
+        )
+    }
+}
+
+fn main() -> Result<()> {
+    let opts = parse()?;
+    println!(
+        "device {:?}, dtype {:?}, weights {:?}; peak memory per stage includes the stage's model",
+        opts.device, opts.load.dtype, opts.load.memory
+    );
+    println!("| stage | tokens | forwards | ms | ms/forward | TFLOP/s | peak anon RSS GiB | peak GPU GiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let lr = shell_coords(32, opts.tokens_512);
+    let hr = shell_coords(64, opts.tokens_1024);
+    let with_1024 = opts.with_1024;
+    let mut b = Bench {
+        opts,
+        dir: tempfile::tempdir()?,
+        rows: Vec::new(),
+    };
+    b.dinov3()?;
+    b.flow(
+        "ss_flow",
+        "ss_flow_img_dit_1_3B_64_bf16.denoiser",
+        None,
+        1029,
+        22,
+    )?;
+    b.ss_decoder()?;
+    let shape = "slat_flow_img2shape_dit_1_3B_512_bf16.denoiser";
+    let tex = "slat_flow_imgshape2tex_dit_1_3B_512_bf16.denoiser";
+    b.flow("shape_flow_512", shape, Some(&lr), 1029, 21)?;
+    b.flow("tex_flow_512", tex, Some(&lr), 1029, 12)?;
+    b.decoders(512, &lr, "_ft_512")?;
+    if with_1024 {
+        let shape = "slat_flow_img2shape_dit_1_3B_512_bf16_ft1024.denoiser";
+        let tex = "slat_flow_imgshape2tex_dit_1_3B_512_bf16_ft1024.denoiser";
+        b.flow("shape_flow_1024", shape, Some(&hr), 4101, 21)?;
+        b.flow("tex_flow_1024", tex, Some(&hr), 4101, 12)?;
+        b.decoders(1024, &hr, "")?;
+    }
+    let total: f64 = b.rows.iter().map(|r| r.seconds).sum();
+    println!("sum of stages: {total:.2} s");
+    Ok(())
+}
