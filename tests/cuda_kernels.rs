@@ -294,8 +294,8 @@ fn voxel_layer_norm() -> Result<()> {
         let x = (Tensor::randn(0f32, 1.0, (n, c), &Device::Cpu)? + offset as f64)?;
         let w = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
         let b = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
-        let want = trellis2::sparse::layer_norm(&x, Some((&w, &b)), 1e-6)?;
-        let got = trellis2::sparse::layer_norm(
+        let want = trellis2::ops::layer_norm(&x, Some((&w, &b)), 1e-6)?;
+        let got = trellis2::ops::layer_norm(
             &x.to_device(&dev)?,
             Some((&w.to_device(&dev)?, &b.to_device(&dev)?)),
             1e-6,

@@ -80,3 +80,51 @@ fn shape_flow_on_cuda() {
 fn texture_decoder_on_cuda() {
     cuda_matches_cpu("tex_slat_decoder", Some("shape_slat_decoder"));
 }
+
+/// The whole tiny pipeline (`--pipeline 512`, seeded) on CUDA in each compute dtype against the
+/// same run on the CPU: the conditioning and every sparse-structure sampler state within bf16
+/// tolerance, and a mesh at the end (later stages follow thresholded occupancy, which reduced
+/// precision may flip on random weights, so they are not compared value by value).
+#[test]
+fn whole_pipeline_on_cuda() {
+    use trellis2::image::load_image;
+    use trellis2::models::WeightMemory;
+    use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
+    use trellis2::pipeline::{NoProgress, Pipeline, PipelineType, RunOptions};
+    use trellis2::weights::ModelDir;
+
+    let gpu = Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU");
+    let image =
+        load_image(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/T.png"))
+            .unwrap();
+    let run = |device: &Device, load: LoadOptions| {
+        let dir = ModelDir::open(&common::fixture("golden")).unwrap();
+        let pipeline = Pipeline::new(dir, device.clone())
+            .unwrap()
+            .with_load_options(load)
+            .unwrap();
+        let mut options = RunOptions::seeded(42);
+        options.pipeline_type = Some(PipelineType::P512);
+        pipeline.generate(&image, options, &mut NoProgress).unwrap()
+    };
+    let want = run(&Device::Cpu, LoadOptions::default());
+    for (dtype, memory) in [
+        (DTypeChoice::Auto, WeightMemory::Resident),
+        (DTypeChoice::Bf16, WeightMemory::Resident),
+        (DTypeChoice::F16, WeightMemory::Streamed),
+    ] {
+        let got = run(&gpu, LoadOptions { dtype, memory });
+        for key in ["cond_512", "ss.x_t.1", "ss.x_t.2"] {
+            let (Some(g), Some(w)) = (got.latents.get(key), want.latents.get(key)) else {
+                continue;
+            };
+            let err = rel_err(&g.to_device(&Device::Cpu).unwrap(), w);
+            println!("pipeline 512 {dtype:?}/{memory:?} {key:<10} max|err|/max|ref| = {err:.2e}");
+            assert!(err <= TOL, "{dtype:?}: {key} off by {err}");
+        }
+        assert!(!got.mesh.faces.is_empty(), "{dtype:?}: empty mesh");
+        for s in &got.stages {
+            println!("  {:<16} {:>8.3} s", s.stage, s.seconds);
+        }
+    }
+}
