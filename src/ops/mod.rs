@@ -11,6 +11,7 @@ pub mod interpolate;
 pub mod layer_norm;
 pub mod metal;
 pub mod rope;
+pub mod selftest;
 pub mod sparse_conv;
 
 pub use conv3d::{conv3d_k3, GridNeighbours};
