@@ -10,7 +10,7 @@ use trellis2::ops::attention::varlen_attention;
 use trellis2::ops::metal::dispatch::{
     attention_dispatches, attention_tiles, sparse_conv_dispatches, MAX_MACS_PER_DISPATCH,
 };
-use trellis2::ops::metal::kargs::{AttentionArgs, KernelArgs, SparseConvArgs};
+use trellis2::ops::metal::kargs::{AttentionArgs, KernelArgs, NeighbourArgs, SparseConvArgs};
 use trellis2::ops::submanifold_conv3d;
 use trellis2::sparse::SparseTensor;
 
@@ -512,6 +512,187 @@ fn attention_kernel_matches_the_cpu_op() {
     }
 }
 
+// ---------------------------------------------------------------------------- neighbour map
+
+struct MapCase {
+    name: &'static str,
+    voxels: fn() -> Vec<[i32; 4]>,
+}
+
+fn dense_block(b: i32, side: i32, at: i32) -> Vec<[i32; 4]> {
+    let mut v = Vec::new();
+    for x in 0..side {
+        for y in 0..side {
+            for z in 0..side {
+                v.push([b, at + x, at + y, at + z]);
+            }
+        }
+    }
+    v
+}
+
+const MAP_CASES: &[MapCase] = &[
+    MapCase {
+        name: "empty",
+        voxels: Vec::new,
+    },
+    MapCase {
+        name: "one voxel at the origin",
+        voxels: || vec![[0, 0, 0, 0]],
+    },
+    MapCase {
+        name: "isolated voxels",
+        voxels: || {
+            (0..70)
+                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
+                .collect()
+        },
+    },
+    MapCase {
+        name: "dense 20^3 block (63 threadgroups race on one table)",
+        voxels: || dense_block(0, 20, 1),
+    },
+    MapCase {
+        name: "random shells in 3 batches, same positions across batches",
+        voxels: || {
+            let mut v = shell(0, 3.0, 4);
+            v.extend(shell(1, 3.0, 4));
+            v.extend(shell(2, 5.5, 7));
+            v
+        },
+    },
+    MapCase {
+        name: "random scatter up to 1023 (10-bit axes) in 2 batches",
+        voxels: || {
+            let mut v = Vec::new();
+            for b in 0..2 {
+                let mut seen = std::collections::HashSet::new();
+                for (i, c) in lcg(b as u64 + 7, 3 * 3000).chunks(3).enumerate() {
+                    let p = [c[0], c[1], c[2]].map(|x| ((x + 1.0) * 511.75) as i32 % 1024);
+                    // Every other point inside a 16³ corner: clusters with real neighbours.
+                    let p = if i % 2 == 0 { p.map(|x| x % 16) } else { p };
+                    if seen.insert(p) {
+                        v.push([b, p[0], p[1], p[2]]);
+                    }
+                }
+                v.push([b, 1023, 1023, 1023]);
+                v.push([b, 1023, 1023, 1022]);
+            }
+            let mut seen = std::collections::HashSet::new();
+            v.retain(|r| seen.insert(*r));
+            v
+        },
+    },
+];
+
+/// Runs the planned neighbour-map dispatches; returns the map buffer and the two status words.
+fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32; 2]) {
+    use trellis2::ops::metal::neighbour_plan::neighbour_plan;
+    let plan = neighbour_plan(rows).unwrap().expect("keys fit 31 bits");
+    let n = rows.len();
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let buffers = vec![
+        rows.iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        vec![0xab; plan.capacity * 4],
+        vec![0xab; plan.capacity * 4],
+        vec![0xab; (n * 27 + GUARD) * 4],
+        vec![0xab; 8],
+    ];
+    // Buffer ids per kernel argument slot 1.., as the host binds them.
+    let slots: &[&[u32]] = &[&[1, 4], &[0, 1, 2, 4], &[0, 1, 2, 3, 4]];
+    let dispatches: Vec<EmuDispatch> = plan
+        .dispatches
+        .iter()
+        .zip(slots)
+        .map(|(d, ids)| EmuDispatch {
+            kernel: d.kernel.clone(),
+            threadgroups: d.threadgroups,
+            threads: d.threads,
+            slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+                .chain(
+                    ids.iter()
+                        .enumerate()
+                        .map(|(i, &b)| (i as u32 + 1, Slot::Buffer(b))),
+                )
+                .collect(),
+            threadgroup_memory: vec![],
+        })
+        .collect();
+    let out = emu
+        .run(&buffers, &dispatches)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let map = words(&out[3]);
+    assert!(
+        map[n * 27..].iter().all(|&w| w == 0xabab_abab),
+        "{case}: kernel wrote past the end of the map"
+    );
+    let status = words(&out[4]);
+    (map[..n * 27].to_vec(), [status[0], status[1]])
+}
+
+#[test]
+fn neighbour_map_kernels_equal_the_cpu_map() {
+    use trellis2::ops::metal::neighbour_plan::neighbour_plan;
+    use trellis2::sparse::neighbours_gpu::neighbour_op_output;
+    let emu = Emulator::get("neighbour_map");
+    for case in MAP_CASES {
+        let rows = (case.voxels)();
+        let n = rows.len();
+        let flat: Vec<i32> = rows.iter().flatten().copied().collect();
+        let coords = Tensor::from_vec(flat, (n, 4), &Device::Cpu).unwrap();
+        let want = neighbour_op_output(&coords)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        if neighbour_plan(&rows)
+            .unwrap()
+            .unwrap()
+            .dispatches
+            .is_empty()
+        {
+            assert_eq!(n, 0, "{}", case.name);
+            println!("neighbour_map {:<60} voxels {n:>5}: no dispatch", case.name);
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let (map, status) = emulate_map(&emu, &rows, case.name);
+        let pairs = want[n * 27 + 1];
+        if let Some(i) = (0..n * 27).find(|&i| map[i] != want[i]) {
+            panic!(
+                "{}: entry {i} (voxel {:?}, tap {}) = {:#x}, CPU {:#x}",
+                case.name,
+                rows[i / 27],
+                i % 27,
+                map[i],
+                want[i]
+            );
+        }
+        assert_eq!(status, [u32::MAX, pairs], "{}: status words", case.name);
+        println!(
+            "neighbour_map {:<60} voxels {n:>5} pairs {pairs:>6}: equal ({:.2} s)",
+            case.name,
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn neighbour_map_kernels_report_a_duplicate_voxel() {
+    let emu = Emulator::get("neighbour_map");
+    let mut rows = dense_block(0, 6, 0);
+    rows.push([0, 2, 3, 4]);
+    rows.push([1, 2, 3, 4]); // same position, other batch: not a duplicate
+    let (_, status) = emulate_map(&emu, &rows, "duplicate");
+    assert_eq!(status[0], 6 * 6 * 6, "the second copy's row is reported");
+}
+
 // ---------------------------------------------------------------------------- harness checks
 
 #[test]
@@ -519,7 +700,8 @@ fn kargs_layout_matches_the_header() {
     use std::mem::{offset_of, size_of};
     let want = format!(
         "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={}\n\
-         AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n",
+         AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n\
+         NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -530,6 +712,12 @@ fn kargs_layout_matches_the_header() {
         offset_of!(AttentionArgs, tile_base),
         offset_of!(AttentionArgs, n_tiles),
         offset_of!(AttentionArgs, scale),
+        size_of::<NeighbourArgs>(),
+        offset_of!(NeighbourArgs, n_voxels),
+        offset_of!(NeighbourArgs, capacity_mask),
+        offset_of!(NeighbourArgs, bits_x),
+        offset_of!(NeighbourArgs, bits_y),
+        offset_of!(NeighbourArgs, bits_z),
     );
     assert_eq!(Emulator::get("sparse_conv").layout(), want);
     let args = SparseConvArgs {
@@ -544,6 +732,13 @@ fn kargs_layout_matches_the_header() {
 #[test]
 fn every_kernel_the_host_can_ask_for_is_instantiated() {
     use trellis2::ops::metal::dispatch::{attention_kernel, sparse_conv_kernel};
+    let map = Emulator::get("neighbour_map").kernels();
+    let plan = trellis2::ops::metal::neighbour_plan::neighbour_plan(&[[0, 1, 2, 3]])
+        .unwrap()
+        .unwrap();
+    for d in &plan.dispatches {
+        assert!(map.contains(&d.kernel), "{} missing: {map:?}", d.kernel);
+    }
     let conv = Emulator::get("sparse_conv").kernels();
     let attn = Emulator::get("attention").kernels();
     for dtype in ALL {

@@ -5,8 +5,8 @@
 use anyhow::Result;
 
 use super::exit;
-use trellis2::ops::selftest;
 use trellis2::pipeline::device::{describe, select, DeviceChoice};
+use trellis2::selftest;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

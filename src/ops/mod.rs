@@ -11,7 +11,6 @@ pub mod interpolate;
 pub mod layer_norm;
 pub mod metal;
 pub mod rope;
-pub mod selftest;
 pub mod sparse_conv;
 
 pub use conv3d::{conv3d_k3, GridNeighbours};

@@ -258,6 +258,9 @@ static void layout() {
     std::printf("\nAttentionArgs size=%zu", sizeof(AttentionArgs));
     FIELD(AttentionArgs, heads); FIELD(AttentionArgs, tile_base); FIELD(AttentionArgs, n_tiles);
     FIELD(AttentionArgs, scale);
+    std::printf("\nNeighbourArgs size=%zu", sizeof(NeighbourArgs));
+    FIELD(NeighbourArgs, n_voxels); FIELD(NeighbourArgs, capacity_mask);
+    FIELD(NeighbourArgs, bits_x); FIELD(NeighbourArgs, bits_y); FIELD(NeighbourArgs, bits_z);
     std::printf("\n");
 }
 

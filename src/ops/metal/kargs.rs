@@ -57,3 +57,32 @@ impl KernelArgs for AttentionArgs {
         .collect()
     }
 }
+
+/// `NeighbourArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NeighbourArgs {
+    /// Rows of coords; the map has `n_voxels * 27` entries.
+    pub n_voxels: u32,
+    /// Hash table slots − 1 (slots are a power of two).
+    pub capacity_mask: u32,
+    /// Key bits of x, y and z (batch above x above y above z).
+    pub bits_x: u32,
+    pub bits_y: u32,
+    pub bits_z: u32,
+}
+
+impl KernelArgs for NeighbourArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.n_voxels,
+            self.capacity_mask,
+            self.bits_x,
+            self.bits_y,
+            self.bits_z,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}

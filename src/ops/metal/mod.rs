@@ -8,11 +8,14 @@
 
 pub mod dispatch;
 pub mod kargs;
+pub mod neighbour_plan;
 
 #[cfg(feature = "metal")]
 pub(crate) mod attention;
 #[cfg(feature = "metal")]
 mod encode;
+#[cfg(feature = "metal")]
+pub(crate) mod neighbour_map;
 #[cfg(feature = "metal")]
 mod pipelines;
 #[cfg(feature = "metal")]

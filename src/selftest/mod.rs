@@ -1,8 +1,8 @@
-//! Kernel self-test: every GPU op on built-in random shapes against its reference, in every
-//! dtype, with its throughput. On a GPU device the reference is the CPU op on the same rounded
-//! inputs; on the CPU it is the op's slow twin (`_slow`, or the composed candle formula), so the
-//! same path runs in CI. `trellis2 selftest` prints these reports; it is the first thing to run on
-//! a new machine.
+//! Kernel self-test (a layer above ops and sparse, below the CLI): every GPU op on built-in
+//! random shapes against its reference, in every dtype, with its throughput. On a GPU device the
+//! reference is the CPU op on the same rounded inputs; on the CPU it is the op's slow twin
+//! (`_slow`, or the composed candle formula), so the same path runs in CI. `trellis2 selftest`
+//! prints these reports; it is the first thing to run on a new machine.
 
 mod cases;
 
