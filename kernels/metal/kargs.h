@@ -30,3 +30,19 @@ struct NeighbourArgs {
     uint bits_y;
     uint bits_z;
 };
+
+// LayerNorm + adaLN modulation: one simdgroup per row of `channels` values.
+struct NormModulateArgs {
+    uint rows;     // T
+    uint channels; // C
+    uint samples;  // B: offsets has B + 1 entries, modulation is [B][2][C]
+    float eps;
+};
+
+// RMS norm + interleaved RoPE: one simdgroup per (token, head) row of head_dim values.
+struct RmsRopeArgs {
+    uint rows;      // T * H
+    uint heads;     // H
+    uint head_dim;  // D, even
+    uint normalize; // 0: RoPE only
+};

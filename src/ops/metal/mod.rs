@@ -9,6 +9,7 @@
 pub mod dispatch;
 pub mod kargs;
 pub mod neighbour_plan;
+pub mod norms_plan;
 
 #[cfg(feature = "metal")]
 pub(crate) mod attention;
@@ -16,6 +17,8 @@ pub(crate) mod attention;
 mod encode;
 #[cfg(feature = "metal")]
 pub(crate) mod neighbour_map;
+#[cfg(feature = "metal")]
+pub(crate) mod norms;
 #[cfg(feature = "metal")]
 mod pipelines;
 #[cfg(feature = "metal")]
