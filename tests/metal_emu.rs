@@ -10,7 +10,9 @@ use trellis2::ops::attention::varlen_attention;
 use trellis2::ops::metal::dispatch::{
     attention_dispatches, attention_tiles, sparse_conv_dispatches, MAX_MACS_PER_DISPATCH,
 };
-use trellis2::ops::metal::kargs::{AttentionArgs, KernelArgs, NeighbourArgs, SparseConvArgs};
+use trellis2::ops::metal::kargs::{
+    AttentionArgs, KernelArgs, NeighbourArgs, NormModulateArgs, RmsRopeArgs, SparseConvArgs,
+};
 use trellis2::ops::submanifold_conv3d;
 use trellis2::sparse::SparseTensor;
 
@@ -693,6 +695,153 @@ fn neighbour_map_kernels_report_a_duplicate_voxel() {
     assert_eq!(status[0], 6 * 6 * 6, "the second copy's row is reported");
 }
 
+// ---------------------------------------------------------------------------- fused DiT norms
+
+/// Runs one planned norms.metal dispatch over `buffers` (the last one the output).
+fn emulate_norm<A: KernelArgs>(
+    emu: &Emulator,
+    plan: &trellis2::ops::metal::dispatch::Dispatch<A>,
+    mut buffers: Vec<Vec<u8>>,
+    n_out: usize,
+    dtype: DType,
+    case: &str,
+) -> Vec<f32> {
+    buffers.push(poisoned(n_out, dtype));
+    let last = buffers.len() as u32 - 1;
+    let d = EmuDispatch {
+        kernel: plan.kernel.clone(),
+        threadgroups: plan.threadgroups,
+        threads: plan.threads,
+        slots: std::iter::once((0, Slot::Bytes(plan.args.to_bytes())))
+            .chain((0..=last).map(|i| (i + 1, Slot::Buffer(i))))
+            .collect(),
+        threadgroup_memory: vec![],
+    };
+    let out = emu
+        .run(&buffers, &[d])
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    written(&out[last as usize], n_out, dtype, case)
+}
+
+fn rand_tensor(seed: u64, shape: &[usize], scale: f64, offset: f64) -> Tensor {
+    let n = shape.iter().product();
+    ((Tensor::from_vec(lcg(seed, n), shape, &Device::Cpu).unwrap() * scale).unwrap() + offset)
+        .unwrap()
+}
+
+#[test]
+fn layer_norm_modulate_kernel_matches_the_cpu_op() {
+    use trellis2::ops::metal::norms_plan::norm_modulate_dispatch;
+    use trellis2::ops::norm_modulate::{layer_norm_modulate, Modulation};
+    let emu = Emulator::get("norms");
+    let u32_bytes =
+        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
+    for (c, offsets) in [
+        (1536usize, vec![0usize, 20, 20, 37]),
+        (100, vec![0, 9]),
+        (3, vec![0, 5, 6]),
+    ] {
+        let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
+        let shift = rand_tensor(2, &[b, c], 1.0, 0.0);
+        let scale = rand_tensor(3, &[b, c], 0.5, 0.0);
+        let w = rand_tensor(4, &[c], 1.0, 1.0);
+        let bias = rand_tensor(5, &[c], 1.0, 0.0);
+        let modulation = Tensor::stack(&[&shift, &scale], 1).unwrap();
+        let affine = Tensor::stack(&[&w, &bias], 0).unwrap();
+        for dtype in ALL {
+            // A row mean of 3: the two-pass variance matters.
+            let x = rand_tensor(1, &[t, c], 1.0, 3.0).to_dtype(*dtype).unwrap();
+            let label = format!("layer_norm_modulate C {c} offsets {offsets:?} [{dtype:?}]");
+            let plan = norm_modulate_dispatch(t, c, b, 1e-6, *dtype)
+                .unwrap()
+                .unwrap();
+            let got = emulate_norm(
+                &emu,
+                &plan,
+                vec![
+                    bytes_of(&x),
+                    bytes_of(&affine),
+                    bytes_of(&modulation),
+                    u32_bytes(&offsets),
+                ],
+                t * c,
+                *dtype,
+                &label,
+            );
+            let m = Modulation {
+                shift: &shift,
+                scale: &scale,
+                offsets: &offsets,
+            };
+            let want = layer_norm_modulate(
+                &x.to_dtype(DType::F32).unwrap(),
+                Some((&w, &bias)),
+                &m,
+                1e-6,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let rel = rel_err(&got, &want);
+            println!("{label:<70} max|err|/max|ref| {rel:.2e}");
+            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
+        }
+    }
+}
+
+#[test]
+fn rms_norm_rope_kernel_matches_the_cpu_op() {
+    use trellis2::ops::metal::norms_plan::rms_rope_dispatch;
+    use trellis2::ops::rms_norm_rope::{rms_norm_rope, rope_table};
+    use trellis2::ops::rope::rope_tables_3d;
+    let emu = Emulator::get("norms");
+    for (t, h, d, normalize) in [
+        (45usize, 3usize, 64usize, true),
+        (13, 2, 128, true),
+        (9, 1, 10, false),
+        (7, 2, 6, true),
+    ] {
+        let xyz: Vec<[i32; 3]> = (0..t as i32).map(|i| [i % 4, i / 4 % 5, 3 * i]).collect();
+        let (cos, sin) = rope_tables_3d(&xyz, d, 10000.0, &Device::Cpu).unwrap();
+        let table = rope_table(&cos, &sin).unwrap();
+        let gamma = rand_tensor(8, &[h, d], 0.5, 1.0);
+        for dtype in ALL {
+            let x = rand_tensor(9, &[t, h, d], 2.0, 0.0)
+                .to_dtype(*dtype)
+                .unwrap();
+            let label = format!("rms_norm_rope T {t} H {h} D {d} norm {normalize} [{dtype:?}]");
+            let plan = rms_rope_dispatch(t, h, d, normalize, *dtype)
+                .unwrap()
+                .unwrap();
+            let ones = Tensor::ones((h, d), DType::F32, &Device::Cpu).unwrap();
+            let g = if normalize { &gamma } else { &ones };
+            let got = emulate_norm(
+                &emu,
+                &plan,
+                vec![bytes_of(&x), bytes_of(g), bytes_of(&table)],
+                t * h * d,
+                *dtype,
+                &label,
+            );
+            let want = rms_norm_rope(
+                &x.to_dtype(DType::F32).unwrap(),
+                normalize.then_some(&gamma),
+                &table,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let rel = rel_err(&got, &want);
+            println!("{label:<70} max|err|/max|ref| {rel:.2e}");
+            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------- harness checks
 
 #[test]
@@ -701,7 +850,9 @@ fn kargs_layout_matches_the_header() {
     let want = format!(
         "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={}\n\
          AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n\
-         NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n",
+         NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n\
+         NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
+         RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={}\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -718,6 +869,16 @@ fn kargs_layout_matches_the_header() {
         offset_of!(NeighbourArgs, bits_x),
         offset_of!(NeighbourArgs, bits_y),
         offset_of!(NeighbourArgs, bits_z),
+        size_of::<NormModulateArgs>(),
+        offset_of!(NormModulateArgs, rows),
+        offset_of!(NormModulateArgs, channels),
+        offset_of!(NormModulateArgs, samples),
+        offset_of!(NormModulateArgs, eps),
+        size_of::<RmsRopeArgs>(),
+        offset_of!(RmsRopeArgs, rows),
+        offset_of!(RmsRopeArgs, heads),
+        offset_of!(RmsRopeArgs, head_dim),
+        offset_of!(RmsRopeArgs, normalize),
     );
     assert_eq!(Emulator::get("sparse_conv").layout(), want);
     let args = SparseConvArgs {
@@ -738,6 +899,17 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
         .unwrap();
     for d in &plan.dispatches {
         assert!(map.contains(&d.kernel), "{} missing: {map:?}", d.kernel);
+    }
+    let norms = Emulator::get("norms").kernels();
+    for dtype in ALL {
+        use trellis2::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
+        let a = norm_modulate_dispatch(1, 8, 1, 1e-6, *dtype)
+            .unwrap()
+            .unwrap();
+        let b = rms_rope_dispatch(1, 1, 8, true, *dtype).unwrap().unwrap();
+        for name in [a.kernel, b.kernel] {
+            assert!(norms.contains(&name), "{name} missing: {norms:?}");
+        }
     }
     let conv = Emulator::get("sparse_conv").kernels();
     let attn = Emulator::get("attention").kernels();
