@@ -517,24 +517,28 @@ fn selftest_on_the_cpu_passes_every_case() {
     let o = trellis2(&["selftest", "--device", "cpu"]);
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
+    let cases: Vec<&str> = out.lines().filter(|l| l.contains("max|err|")).collect();
+    for line in &cases {
+        assert!(line.starts_with("pass") && line.contains("/s"), "{line}");
+    }
+    let has = |op: &str, dtype: &str| {
+        cases
+            .iter()
+            .any(|l| l.contains(&format!(" {op} ")) && l.contains(&format!(" {dtype} ")))
+    };
     for op in [
         "sparse_conv",
         "attention self d64",
         "attention cross d128",
         "layer_norm",
+        "layer_norm_modulate",
+        "rms_norm_rope d128",
     ] {
         for dtype in ["f32", "f16", "bf16"] {
-            let line = out
-                .lines()
-                .find(|l| {
-                    l.contains(op)
-                        && l.split_whitespace().nth(op.split(' ').count() + 1) == Some(dtype)
-                })
-                .unwrap_or_else(|| panic!("no {op} {dtype} line in:\n{out}"));
-            assert!(line.starts_with("pass"), "{line}");
-            assert!(line.contains("max|err|") && line.contains("/s"), "{line}");
+            assert!(has(op, dtype), "no {op} {dtype} line in:\n{out}");
         }
     }
+    assert!(has("neighbour_map", "u32"), "{out}");
     assert!(out.contains(" 0 failed"), "{out}");
 }
 

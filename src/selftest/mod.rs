@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 pub use cases::CASES;
 
-/// The dtypes every case runs in.
-pub const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+/// The dtypes the float kernels run in.
+pub const DTYPES: &[DType] = &[DType::F32, DType::F16, DType::BF16];
 
 /// Allowed max|err| / max|ref| for an output rounded to `dtype`: one rounding of the output
 /// (2^-11 for f16, 2^-8 for bf16) with margin, and f32 accumulation-order and fast-math noise.
@@ -22,6 +22,7 @@ pub fn tolerance(dtype: DType) -> f32 {
     match dtype {
         DType::F16 => 1e-3,
         DType::BF16 => 8e-3,
+        DType::U32 => 0.0, // indices: exact
         _ => 1e-4,
     }
 }
@@ -42,10 +43,12 @@ pub struct Checked {
     pub seconds: f64,
 }
 
-/// One kernel on one shape: `run(device, dtype)` computes both sides and times the device side.
+/// One kernel on one shape: `run(device, dtype)` computes both sides and times the device side,
+/// for each of `dtypes`.
 pub struct Case {
     pub op: &'static str,
     pub shape: &'static str,
+    pub dtypes: &'static [DType],
     pub run: fn(&Device, DType) -> Result<Checked>,
 }
 
@@ -78,6 +81,7 @@ fn dtype_name(d: DType) -> &'static str {
         DType::F32 => "f32",
         DType::F16 => "f16",
         DType::BF16 => "bf16",
+        DType::U32 => "u32",
         _ => "other",
     }
 }
@@ -116,7 +120,7 @@ impl fmt::Display for Report {
 pub fn run(device: &Device, each: &mut dyn FnMut(&Report)) -> Vec<Report> {
     let mut reports = Vec::new();
     for case in CASES {
-        for dtype in DTYPES {
+        for &dtype in case.dtypes {
             let outcome = (case.run)(device, dtype)
                 .and_then(|c| measure(c, dtype))
                 .map_err(|e| format!("{e}"));
