@@ -11,7 +11,8 @@
 //   1. neighbour_clear:  keys = EMPTY, status = {EMPTY, 0};
 //   2. neighbour_insert: one thread per voxel claims a slot with compare-and-swap; a voxel whose
 //                        key is already in the table (a duplicate coordinate) is reported by
-//                        atomic_fetch_min of its row into status[0];
+//                        atomic_fetch_min of its row into status[0] (which copy loses the race
+//                        is up to the scheduler; the host names both rows);
 //   3. neighbour_lookup: one thread per (voxel, tap) probes for the neighbour's key and writes
 //                        the map entry; status[1] counts existing pairs (one atomic per simdgroup).
 // `status` is two words right after the map in the same output buffer (the host reads both back

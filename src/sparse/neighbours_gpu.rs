@@ -1,6 +1,6 @@
 //! The neighbour map built on the GPU (kernels/metal/neighbour_map.metal) as a custom op on the
 //! coordinates: output `[T·27 + 2]` u32, the `[T,27]` map followed by two status words (the
-//! smallest row whose voxel appeared twice, or `u32::MAX`; the number of existing pairs). The
+//! smallest row that lost the insert race to another row of the same voxel, or `u32::MAX`; the number of existing pairs). The
 //! CPU forward is the host builder of neighbours.rs, the reference the kernel is tested against.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
@@ -69,11 +69,16 @@ pub(crate) fn build_on_device(set: &CoordSet) -> Result<Option<NeighbourMap>> {
     // Reading the two status words waits for the GPU: once per coordinate set and stage.
     let status = out.narrow(0, n * TAPS, 2)?.to_vec1::<u32>()?;
     if status[0] != NO_DUPLICATE {
+        // Which copy lost the race for the slot depends on scheduling; name both, in order.
         let dup = status[0] as usize;
-        let first = rows.iter().position(|r| *r == rows[dup]).unwrap_or(dup);
+        let other = (0..n)
+            .find(|&j| j != dup && rows[j] == rows[dup])
+            .unwrap_or(dup);
         bail!(
-            "sparse coords: duplicate voxel {:?} at rows {first} and {dup} (batch {})",
+            "sparse coords: duplicate voxel {:?} at rows {} and {} (batch {})",
             rows[dup],
+            dup.min(other),
+            dup.max(other),
             rows[dup][0]
         );
     }
