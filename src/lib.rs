@@ -9,5 +9,6 @@ pub mod models;
 pub mod ops;
 pub mod pipeline;
 pub mod rng;
+pub mod selftest;
 pub mod sparse;
 pub mod weights;

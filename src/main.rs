@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => cli::compare::run(&args),
         Command::Convert(args) => cli::convert::run(&args),
         Command::Download(args) => cli::download::run(&args),
+        Command::Selftest(args) => cli::selftest::run(&args),
         Command::Dev(cmd) => cli::dev::run(&cmd),
     };
     match result {

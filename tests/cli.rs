@@ -509,3 +509,59 @@ fn dev_forward_names_missing_inputs_and_unknown_models() {
         stderr(&o)
     );
 }
+
+/// `selftest --device cpu` checks every kernel's CPU op against its slow twin: one line per
+/// (case, dtype), all passing, exit 0.
+#[test]
+fn selftest_on_the_cpu_passes_every_case() {
+    let o = trellis2(&["selftest", "--device", "cpu"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let cases: Vec<&str> = out.lines().filter(|l| l.contains("max|err|")).collect();
+    for line in &cases {
+        assert!(line.starts_with("pass") && line.contains("/s"), "{line}");
+    }
+    let has = |op: &str, dtype: &str| {
+        cases
+            .iter()
+            .any(|l| l.contains(&format!(" {op} ")) && l.contains(&format!(" {dtype} ")))
+    };
+    for op in [
+        "sparse_conv",
+        "attention self d64",
+        "attention cross d128",
+        "layer_norm",
+        "layer_norm_modulate",
+        "rms_norm_rope d128",
+    ] {
+        for dtype in ["f32", "f16", "bf16"] {
+            assert!(has(op, dtype), "no {op} {dtype} line in:\n{out}");
+        }
+    }
+    assert!(has("neighbour_map", "u32"), "{out}");
+    assert!(out.contains(" 0 failed"), "{out}");
+}
+
+/// A backend this build lacks is one clear line and exit 1, not a panic.
+#[test]
+fn selftest_names_a_backend_that_is_not_built_in() {
+    let missing = if cfg!(feature = "metal") {
+        "cuda"
+    } else {
+        "metal"
+    };
+    let o = trellis2(&["selftest", "--device", missing]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: ") && err.contains("built without") && err.lines().count() == 1,
+        "{err}"
+    );
+    let o = trellis2(&["selftest", "--device", "tpu"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown device `tpu`"),
+        "{}",
+        stderr(&o)
+    );
+}

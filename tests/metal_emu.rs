@@ -10,7 +10,9 @@ use trellis2::ops::attention::varlen_attention;
 use trellis2::ops::metal::dispatch::{
     attention_dispatches, attention_tiles, sparse_conv_dispatches, MAX_MACS_PER_DISPATCH,
 };
-use trellis2::ops::metal::kargs::{AttentionArgs, KernelArgs, SparseConvArgs};
+use trellis2::ops::metal::kargs::{
+    AttentionArgs, KernelArgs, NeighbourArgs, NormModulateArgs, RmsRopeArgs, SparseConvArgs,
+};
 use trellis2::ops::submanifold_conv3d;
 use trellis2::sparse::SparseTensor;
 
@@ -370,6 +372,24 @@ const ATTN_CASES: &[AttnCase] = &[
         dtypes: &[DType::F32, DType::BF16],
     },
     AttnCase {
+        name: "self-attention over 1029 tokens (ragged last query and key tiles)",
+        q_lens: &[1029],
+        kv_lens: None,
+        heads: 1,
+        head_dim: 128,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: &[DType::F32],
+    },
+    AttnCase {
+        name: "self-attention over 4101 tokens (DINOv3 @1024 length)",
+        q_lens: &[4101],
+        kv_lens: None,
+        heads: 1,
+        head_dim: 64,
+        max_macs: MAX_MACS_PER_DISPATCH,
+        dtypes: &[DType::F16],
+    },
+    AttnCase {
         name: "long self-attention, 300 tokens",
         q_lens: &[300],
         kv_lens: None,
@@ -494,6 +514,343 @@ fn attention_kernel_matches_the_cpu_op() {
     }
 }
 
+// ---------------------------------------------------------------------------- neighbour map
+
+struct MapCase {
+    name: &'static str,
+    voxels: fn() -> Vec<[i32; 4]>,
+}
+
+fn dense_block(b: i32, side: i32, at: i32) -> Vec<[i32; 4]> {
+    let mut v = Vec::new();
+    for x in 0..side {
+        for y in 0..side {
+            for z in 0..side {
+                v.push([b, at + x, at + y, at + z]);
+            }
+        }
+    }
+    v
+}
+
+const MAP_CASES: &[MapCase] = &[
+    MapCase {
+        name: "empty",
+        voxels: Vec::new,
+    },
+    MapCase {
+        name: "one voxel at the origin",
+        voxels: || vec![[0, 0, 0, 0]],
+    },
+    MapCase {
+        name: "isolated voxels",
+        voxels: || {
+            (0..70)
+                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
+                .collect()
+        },
+    },
+    MapCase {
+        name: "dense 20^3 block (63 threadgroups race on one table)",
+        voxels: || dense_block(0, 20, 1),
+    },
+    MapCase {
+        name: "random shells in 3 batches, same positions across batches",
+        voxels: || {
+            let mut v = shell(0, 3.0, 4);
+            v.extend(shell(1, 3.0, 4));
+            v.extend(shell(2, 5.5, 7));
+            v
+        },
+    },
+    MapCase {
+        name: "random scatter up to 1023 (10-bit axes) in 2 batches",
+        voxels: || {
+            let mut v = Vec::new();
+            for b in 0..2 {
+                let mut seen = std::collections::HashSet::new();
+                for (i, c) in lcg(b as u64 + 7, 3 * 3000).chunks(3).enumerate() {
+                    let p = [c[0], c[1], c[2]].map(|x| ((x + 1.0) * 511.75) as i32 % 1024);
+                    // Every other point inside a 16³ corner: clusters with real neighbours.
+                    let p = if i % 2 == 0 { p.map(|x| x % 16) } else { p };
+                    if seen.insert(p) {
+                        v.push([b, p[0], p[1], p[2]]);
+                    }
+                }
+                v.push([b, 1023, 1023, 1023]);
+                v.push([b, 1023, 1023, 1022]);
+            }
+            let mut seen = std::collections::HashSet::new();
+            v.retain(|r| seen.insert(*r));
+            v
+        },
+    },
+];
+
+/// Runs the planned neighbour-map dispatches; returns the map buffer and the two status words.
+fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32; 2]) {
+    use trellis2::ops::metal::neighbour_plan::neighbour_plan;
+    let plan = neighbour_plan(rows).unwrap().expect("keys fit 31 bits");
+    let n = rows.len();
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let buffers = vec![
+        rows.iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        vec![0xab; plan.capacity * 4],
+        vec![0xab; plan.capacity * 4],
+        vec![0xab; (n * 27 + GUARD) * 4],
+        vec![0xab; 8],
+    ];
+    // Buffer ids per kernel argument slot 1.., as the host binds them.
+    let slots: &[&[u32]] = &[&[1, 4], &[0, 1, 2, 4], &[0, 1, 2, 3, 4]];
+    let dispatches: Vec<EmuDispatch> = plan
+        .dispatches
+        .iter()
+        .zip(slots)
+        .map(|(d, ids)| EmuDispatch {
+            kernel: d.kernel.clone(),
+            threadgroups: d.threadgroups,
+            threads: d.threads,
+            slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+                .chain(
+                    ids.iter()
+                        .enumerate()
+                        .map(|(i, &b)| (i as u32 + 1, Slot::Buffer(b))),
+                )
+                .collect(),
+            threadgroup_memory: vec![],
+        })
+        .collect();
+    let out = emu
+        .run(&buffers, &dispatches)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let map = words(&out[3]);
+    assert!(
+        map[n * 27..].iter().all(|&w| w == 0xabab_abab),
+        "{case}: kernel wrote past the end of the map"
+    );
+    let status = words(&out[4]);
+    (map[..n * 27].to_vec(), [status[0], status[1]])
+}
+
+#[test]
+fn neighbour_map_kernels_equal_the_cpu_map() {
+    use trellis2::ops::metal::neighbour_plan::neighbour_plan;
+    use trellis2::sparse::neighbours_gpu::neighbour_op_output;
+    let emu = Emulator::get("neighbour_map");
+    for case in MAP_CASES {
+        let rows = (case.voxels)();
+        let n = rows.len();
+        let flat: Vec<i32> = rows.iter().flatten().copied().collect();
+        let coords = Tensor::from_vec(flat, (n, 4), &Device::Cpu).unwrap();
+        let want = neighbour_op_output(&coords)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        if neighbour_plan(&rows)
+            .unwrap()
+            .unwrap()
+            .dispatches
+            .is_empty()
+        {
+            assert_eq!(n, 0, "{}", case.name);
+            println!("neighbour_map {:<60} voxels {n:>5}: no dispatch", case.name);
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let (map, status) = emulate_map(&emu, &rows, case.name);
+        let pairs = want[n * 27 + 1];
+        if let Some(i) = (0..n * 27).find(|&i| map[i] != want[i]) {
+            panic!(
+                "{}: entry {i} (voxel {:?}, tap {}) = {:#x}, CPU {:#x}",
+                case.name,
+                rows[i / 27],
+                i % 27,
+                map[i],
+                want[i]
+            );
+        }
+        assert_eq!(status, [u32::MAX, pairs], "{}: status words", case.name);
+        println!(
+            "neighbour_map {:<60} voxels {n:>5} pairs {pairs:>6}: equal ({:.2} s)",
+            case.name,
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn neighbour_map_kernels_report_a_duplicate_voxel() {
+    let emu = Emulator::get("neighbour_map");
+    let mut rows = dense_block(0, 6, 0);
+    rows.push([0, 2, 3, 4]);
+    rows.push([1, 2, 3, 4]); // same position, other batch: not a duplicate
+                             // The two copies (rows 94 and 216) sit in different threadgroups, which race for real in
+                             // the emulator as on a GPU: either may lose the compare-and-swap and be reported.
+    let first: u32 = 2 * 36 + 3 * 6 + 4;
+    for _ in 0..4 {
+        let (_, status) = emulate_map(&emu, &rows, "duplicate");
+        assert!(
+            status[0] == first || status[0] == 6 * 6 * 6,
+            "reported row {} is not a copy",
+            status[0]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------- fused DiT norms
+
+/// Runs one planned norms.metal dispatch over `buffers` (the last one the output).
+fn emulate_norm<A: KernelArgs>(
+    emu: &Emulator,
+    plan: &trellis2::ops::metal::dispatch::Dispatch<A>,
+    mut buffers: Vec<Vec<u8>>,
+    n_out: usize,
+    dtype: DType,
+    case: &str,
+) -> Vec<f32> {
+    buffers.push(poisoned(n_out, dtype));
+    let last = buffers.len() as u32 - 1;
+    let d = EmuDispatch {
+        kernel: plan.kernel.clone(),
+        threadgroups: plan.threadgroups,
+        threads: plan.threads,
+        slots: std::iter::once((0, Slot::Bytes(plan.args.to_bytes())))
+            .chain((0..=last).map(|i| (i + 1, Slot::Buffer(i))))
+            .collect(),
+        threadgroup_memory: vec![],
+    };
+    let out = emu
+        .run(&buffers, &[d])
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    written(&out[last as usize], n_out, dtype, case)
+}
+
+fn rand_tensor(seed: u64, shape: &[usize], scale: f64, offset: f64) -> Tensor {
+    let n = shape.iter().product();
+    ((Tensor::from_vec(lcg(seed, n), shape, &Device::Cpu).unwrap() * scale).unwrap() + offset)
+        .unwrap()
+}
+
+#[test]
+fn layer_norm_modulate_kernel_matches_the_cpu_op() {
+    use trellis2::ops::metal::norms_plan::norm_modulate_dispatch;
+    use trellis2::ops::norm_modulate::{layer_norm_modulate, Modulation};
+    let emu = Emulator::get("norms");
+    let u32_bytes =
+        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
+    for (c, offsets) in [
+        (1536usize, vec![0usize, 20, 20, 37]),
+        (100, vec![0, 9]),
+        (3, vec![0, 5, 6]),
+    ] {
+        let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
+        let shift = rand_tensor(2, &[b, c], 1.0, 0.0);
+        let scale = rand_tensor(3, &[b, c], 0.5, 0.0);
+        let w = rand_tensor(4, &[c], 1.0, 1.0);
+        let bias = rand_tensor(5, &[c], 1.0, 0.0);
+        let modulation = Tensor::stack(&[&shift, &scale], 1).unwrap();
+        let affine = Tensor::stack(&[&w, &bias], 0).unwrap();
+        for dtype in ALL {
+            // A row mean of 3: the two-pass variance matters.
+            let x = rand_tensor(1, &[t, c], 1.0, 3.0).to_dtype(*dtype).unwrap();
+            let label = format!("layer_norm_modulate C {c} offsets {offsets:?} [{dtype:?}]");
+            let plan = norm_modulate_dispatch(t, c, b, 1e-6, *dtype)
+                .unwrap()
+                .unwrap();
+            let got = emulate_norm(
+                &emu,
+                &plan,
+                vec![
+                    bytes_of(&x),
+                    bytes_of(&affine),
+                    bytes_of(&modulation),
+                    u32_bytes(&offsets),
+                ],
+                t * c,
+                *dtype,
+                &label,
+            );
+            let m = Modulation {
+                shift: &shift,
+                scale: &scale,
+                offsets: &offsets,
+            };
+            let want = layer_norm_modulate(
+                &x.to_dtype(DType::F32).unwrap(),
+                Some((&w, &bias)),
+                &m,
+                1e-6,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let rel = rel_err(&got, &want);
+            println!("{label:<70} max|err|/max|ref| {rel:.2e}");
+            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
+        }
+    }
+}
+
+#[test]
+fn rms_norm_rope_kernel_matches_the_cpu_op() {
+    use trellis2::ops::metal::norms_plan::rms_rope_dispatch;
+    use trellis2::ops::rms_norm_rope::{rms_norm_rope, rope_table};
+    use trellis2::ops::rope::rope_tables_3d;
+    let emu = Emulator::get("norms");
+    for (t, h, d, normalize) in [
+        (45usize, 3usize, 64usize, true),
+        (13, 2, 128, true),
+        (9, 1, 10, false),
+        (7, 2, 6, true),
+    ] {
+        let xyz: Vec<[i32; 3]> = (0..t as i32).map(|i| [i % 4, i / 4 % 5, 3 * i]).collect();
+        let (cos, sin) = rope_tables_3d(&xyz, d, 10000.0, &Device::Cpu).unwrap();
+        let table = rope_table(&cos, &sin).unwrap();
+        let gamma = rand_tensor(8, &[h, d], 0.5, 1.0);
+        for dtype in ALL {
+            let x = rand_tensor(9, &[t, h, d], 2.0, 0.0)
+                .to_dtype(*dtype)
+                .unwrap();
+            let label = format!("rms_norm_rope T {t} H {h} D {d} norm {normalize} [{dtype:?}]");
+            let plan = rms_rope_dispatch(t, h, d, normalize, *dtype)
+                .unwrap()
+                .unwrap();
+            let ones = Tensor::ones((h, d), DType::F32, &Device::Cpu).unwrap();
+            let g = if normalize { &gamma } else { &ones };
+            let got = emulate_norm(
+                &emu,
+                &plan,
+                vec![bytes_of(&x), bytes_of(g), bytes_of(&table)],
+                t * h * d,
+                *dtype,
+                &label,
+            );
+            let want = rms_norm_rope(
+                &x.to_dtype(DType::F32).unwrap(),
+                normalize.then_some(&gamma),
+                &table,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let rel = rel_err(&got, &want);
+            println!("{label:<70} max|err|/max|ref| {rel:.2e}");
+            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------- harness checks
 
 #[test]
@@ -501,7 +858,10 @@ fn kargs_layout_matches_the_header() {
     use std::mem::{offset_of, size_of};
     let want = format!(
         "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={}\n\
-         AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n",
+         AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n\
+         NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n\
+         NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
+         RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={}\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -512,6 +872,22 @@ fn kargs_layout_matches_the_header() {
         offset_of!(AttentionArgs, tile_base),
         offset_of!(AttentionArgs, n_tiles),
         offset_of!(AttentionArgs, scale),
+        size_of::<NeighbourArgs>(),
+        offset_of!(NeighbourArgs, n_voxels),
+        offset_of!(NeighbourArgs, capacity_mask),
+        offset_of!(NeighbourArgs, bits_x),
+        offset_of!(NeighbourArgs, bits_y),
+        offset_of!(NeighbourArgs, bits_z),
+        size_of::<NormModulateArgs>(),
+        offset_of!(NormModulateArgs, rows),
+        offset_of!(NormModulateArgs, channels),
+        offset_of!(NormModulateArgs, samples),
+        offset_of!(NormModulateArgs, eps),
+        size_of::<RmsRopeArgs>(),
+        offset_of!(RmsRopeArgs, rows),
+        offset_of!(RmsRopeArgs, heads),
+        offset_of!(RmsRopeArgs, head_dim),
+        offset_of!(RmsRopeArgs, normalize),
     );
     assert_eq!(Emulator::get("sparse_conv").layout(), want);
     let args = SparseConvArgs {
@@ -526,6 +902,24 @@ fn kargs_layout_matches_the_header() {
 #[test]
 fn every_kernel_the_host_can_ask_for_is_instantiated() {
     use trellis2::ops::metal::dispatch::{attention_kernel, sparse_conv_kernel};
+    let map = Emulator::get("neighbour_map").kernels();
+    let plan = trellis2::ops::metal::neighbour_plan::neighbour_plan(&[[0, 1, 2, 3]])
+        .unwrap()
+        .unwrap();
+    for d in &plan.dispatches {
+        assert!(map.contains(&d.kernel), "{} missing: {map:?}", d.kernel);
+    }
+    let norms = Emulator::get("norms").kernels();
+    for dtype in ALL {
+        use trellis2::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
+        let a = norm_modulate_dispatch(1, 8, 1, 1e-6, *dtype)
+            .unwrap()
+            .unwrap();
+        let b = rms_rope_dispatch(1, 1, 8, true, *dtype).unwrap().unwrap();
+        for name in [a.kernel, b.kernel] {
+            assert!(norms.contains(&name), "{name} missing: {norms:?}");
+        }
+    }
     let conv = Emulator::get("sparse_conv").kernels();
     let attn = Emulator::get("attention").kernels();
     for dtype in ALL {

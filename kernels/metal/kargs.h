@@ -19,3 +19,30 @@ struct AttentionArgs {
     uint n_tiles;   // entries of the tile table handled by this dispatch
     float scale;    // softmax scale applied to q.k
 };
+
+// Neighbour map on the GPU: clear, insert and lookup dispatches over one open-addressing table
+// of 32-bit voxel keys (batch | x | y | z packed with the bit widths below; the host checks
+// that they add up to at most 31 bits, so the all-ones EMPTY marker is never a key).
+struct NeighbourArgs {
+    uint n_voxels;      // rows of coords; the map has n_voxels * 27 entries
+    uint capacity_mask; // table slots - 1 (slots: a power of two >= 2 n_voxels)
+    uint bits_x;        // bits of x, y and z in a key (x above y above z; batch on top)
+    uint bits_y;
+    uint bits_z;
+};
+
+// LayerNorm + adaLN modulation: one simdgroup per row of `channels` values.
+struct NormModulateArgs {
+    uint rows;     // T
+    uint channels; // C
+    uint samples;  // B: offsets has B + 1 entries, modulation is [B][2][C]
+    float eps;
+};
+
+// RMS norm + interleaved RoPE: one simdgroup per (token, head) row of head_dim values.
+struct RmsRopeArgs {
+    uint rows;      // T * H
+    uint heads;     // H
+    uint head_dim;  // D, even
+    uint normalize; // 0: RoPE only
+};

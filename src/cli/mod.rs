@@ -16,6 +16,7 @@ mod overrides;
 pub mod preprocess;
 mod progress;
 mod report;
+pub mod selftest;
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -63,6 +64,9 @@ pub enum Command {
     /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,
     /// 2 unreadable).
     Compare(compare::Args),
+    /// Check every GPU kernel against its CPU reference on built-in shapes: errors per dtype and
+    /// throughput (exit 1 on any failure). Paste its output into bug reports.
+    Selftest(selftest::Args),
     /// Developer tools: torch-compatible noise, one checkpoint's forward pass.
     #[command(subcommand)]
     Dev(dev::DevCommand),

@@ -12,7 +12,7 @@
 //! a per-block constant ([`Condition::Zero`]).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::dinov3::AffineNorm;
@@ -20,7 +20,9 @@ use super::trace::Trace;
 use super::WeightMemory;
 use crate::ops::attention::varlen_attention;
 use crate::ops::layer_norm;
-use crate::ops::rope::{rope_interleaved, rope_tables_3d};
+use crate::ops::norm_modulate::{layer_norm_modulate, Modulation};
+use crate::ops::rms_norm_rope::{multi_head_rms_norm, rms_norm_rope, rope_table};
+use crate::ops::rope::rope_tables_3d;
 use crate::weights::Checkpoint;
 
 /// Constructor arguments of the upstream classes (`<stem>.json` `args`).
@@ -100,18 +102,6 @@ impl DitConfig {
         }
         Ok(())
     }
-}
-
-/// `F.normalize(x, dim=-1) · γ · sqrt(D)` over the head dim of `x [T, H, D]`, in f32.
-fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor) -> candle_core::Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let d = x.dim(D::Minus1)?;
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
-    let scaled_gamma = (gamma.to_dtype(DType::F32)? * (d as f64).sqrt())?;
-    x.broadcast_div(&norm)?
-        .broadcast_mul(&scaled_gamma)?
-        .to_dtype(dtype)
 }
 
 #[derive(Clone)]
@@ -207,8 +197,8 @@ impl Block {
 /// The tokens of one forward pass, flattened to `[T, C]` with per-sample offsets.
 struct TokenLayout {
     offsets: Vec<usize>,
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE rotation `[T, head_dim/2, 2]` (cos; sin), f32.
+    rope: Tensor,
     /// Dense models record traces as `[B, N, C]`, sparse ones as `[T, C]` with a `.feats` suffix.
     dense: bool,
 }
@@ -432,8 +422,8 @@ impl FlowDit {
         let (tokens, layout) = self.tokens(x, batch)?;
         if layout.dense && trace.is_on() {
             // Upstream's `rope_phases` buffer as [cos p0, sin p0, cos p1, ...] per token.
-            let (n, pairs) = layout.cos.dims2()?;
-            let phases = Tensor::stack(&[&layout.cos, &layout.sin], 2)?.reshape((n, 2 * pairs))?;
+            let (n, pairs, _) = layout.rope.dims3()?;
+            let phases = layout.rope.reshape((n, 2 * pairs))?;
             trace.record("rope_phases.real_imag", || Ok(phases.clone()))?;
         }
         if let Condition::Tokens(kv) = cond {
@@ -517,8 +507,7 @@ impl FlowDit {
                     tokens,
                     TokenLayout {
                         offsets: (0..=b).map(|i| i * n).collect(),
-                        cos,
-                        sin,
+                        rope: rope_table(&cos, &sin)?,
                         dense: true,
                     },
                 ))
@@ -567,8 +556,7 @@ impl FlowDit {
                     tokens,
                     TokenLayout {
                         offsets,
-                        cos,
-                        sin,
+                        rope: rope_table(&cos, &sin)?,
                         dense: false,
                     },
                 ))
@@ -598,22 +586,27 @@ impl FlowDit {
         let name = |m: &str| layout.name(&format!("{prefix}.{m}"));
 
         // Self-attention.
-        let h = layer_norm(x, None, 1e-6)?;
-        trace.record(&name("norm1"), || layout.trace_view(&h))?;
-        let h = per_sample(&h, &layout.offsets, |seg, b| {
-            seg.broadcast_mul(&(scale_msa.narrow(0, b, 1)? + 1.0)?)?
-                .broadcast_add(&shift_msa.narrow(0, b, 1)?)
+        // norm1 + modulation in one op; the trace (off in production) recomputes the plain norm.
+        trace.record(&name("norm1"), || {
+            layout.trace_view(&layer_norm(x, None, 1e-6)?)
         })?;
+        let msa = Modulation {
+            shift: &shift_msa,
+            scale: &scale_msa,
+            offsets: &layout.offsets,
+        };
+        let h = layer_norm_modulate(x, None, &msa, 1e-6)?;
         let qkv = blk.self_attn.to_qkv.forward(&h)?.reshape((n, 3, h_, d))?;
-        let mut q = qkv.narrow(1, 0, 1)?.squeeze(1)?;
-        let mut k = qkv.narrow(1, 1, 1)?.squeeze(1)?;
+        let q = qkv.narrow(1, 0, 1)?.squeeze(1)?;
+        let k = qkv.narrow(1, 1, 1)?.squeeze(1)?;
         let v = qkv.narrow(1, 2, 1)?.squeeze(1)?;
-        if let (Some(gq), Some(gk)) = (&blk.self_attn.q_gamma, &blk.self_attn.k_gamma) {
-            q = multi_head_rms_norm(&q, gq)?;
-            k = multi_head_rms_norm(&k, gk)?;
-        }
-        let q = rope_interleaved(&q, &layout.cos, &layout.sin)?;
-        let k = rope_interleaved(&k, &layout.cos, &layout.sin)?;
+        // q/k RMS norm (when the model has it) and RoPE in one op each.
+        let (gq, gk) = match (&blk.self_attn.q_gamma, &blk.self_attn.k_gamma) {
+            (Some(gq), Some(gk)) => (Some(gq), Some(gk)),
+            _ => (None, None),
+        };
+        let q = rms_norm_rope(&q, gq, &layout.rope)?;
+        let k = rms_norm_rope(&k, gk, &layout.rope)?;
         trace.record(&name("self_attn.rope.0"), || Ok(q.clone()))?;
         trace.record(&name("self_attn.rope.1"), || Ok(k.clone()))?;
         let scale = 1.0 / (d as f32).sqrt();
@@ -646,11 +639,12 @@ impl FlowDit {
         let x = (x + a)?;
 
         // MLP.
-        let h = layer_norm(&x, None, 1e-6)?;
-        let h = per_sample(&h, &layout.offsets, |seg, b| {
-            seg.broadcast_mul(&(scale_mlp.narrow(0, b, 1)? + 1.0)?)?
-                .broadcast_add(&shift_mlp.narrow(0, b, 1)?)
-        })?;
+        let modulation = Modulation {
+            shift: &shift_mlp,
+            scale: &scale_mlp,
+            offsets: &layout.offsets,
+        };
+        let h = layer_norm_modulate(&x, None, &modulation, 1e-6)?;
         let mlp = |rows: &Tensor| -> candle_core::Result<Tensor> {
             blk.mlp_out.forward(&blk.mlp_in.forward(rows)?.gelu()?)
         };

@@ -7,6 +7,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use super::cpu_storage::contiguous;
+use super::norm_modulate::{layer_norm_modulate, Modulation};
 
 struct LayerNorm {
     eps: f32,
@@ -89,15 +90,21 @@ pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> R
             Tensor::zeros(c, DType::F32, x.device())?,
         ),
     };
+    if x.device().is_metal() {
+        // Metal: the fused norm+modulate kernel with no modulation (scale = shift = 0), which
+        // reads x in its own dtype and writes the result once.
+        let zeros = Tensor::zeros((1, c), DType::F32, x.device())?;
+        let none = Modulation {
+            shift: &zeros,
+            scale: &zeros,
+            offsets: &[0, rows],
+        };
+        let y = layer_norm_modulate(&x.reshape((rows, c))?, Some((&w, &b)), &none, eps)?;
+        return y.reshape(dims);
+    }
     let dtype = x.dtype();
     let x2 = x.to_dtype(DType::F32)?.reshape((rows, c))?.contiguous()?;
-    // The fused op runs on the CPU (reference) and CUDA; on Metal, until its kernel exists, the
-    // same two-pass formula runs as candle's own Metal ops.
-    let y = if x.device().is_metal() {
-        layer_norm_composed(&x2, &w, &b, eps)?
-    } else {
-        x2.apply_op3_no_bwd(&w, &b, &LayerNorm { eps: eps as f32 })?
-    };
+    let y = x2.apply_op3_no_bwd(&w, &b, &LayerNorm { eps: eps as f32 })?;
     y.reshape(dims)?.to_dtype(dtype)
 }
 

@@ -10,6 +10,8 @@ pub mod deform_conv;
 pub mod interpolate;
 pub mod layer_norm;
 pub mod metal;
+pub mod norm_modulate;
+pub mod rms_norm_rope;
 pub mod rope;
 pub mod sparse_conv;
 

@@ -4,6 +4,7 @@
 pub mod channel_to_space;
 pub mod coords;
 pub mod neighbours;
+pub mod neighbours_gpu;
 pub mod tensor;
 
 pub use channel_to_space::Subdivision;

@@ -33,7 +33,14 @@ pub struct NeighbourMap {
 }
 
 impl NeighbourMap {
+    /// On a Metal device the GPU kernels build it (neighbours_gpu.rs) when the coordinates'
+    /// keys fit them; otherwise the host does, and the map is uploaded.
     pub(crate) fn build(set: &CoordSet) -> Result<Self> {
+        if set.device().is_metal() {
+            if let Some(map) = super::neighbours_gpu::build_on_device(set)? {
+                return Ok(map);
+            }
+        }
         let rows = set.rows();
         let mut map = vec![ABSENT; rows.len() * TAPS];
         for (batch, range) in set.batches() {
@@ -57,6 +64,10 @@ impl NeighbourMap {
         let pairs = map.iter().filter(|&&v| v != ABSENT).count();
         let tensor = Tensor::from_vec(map, (rows.len(), TAPS), set.device())?;
         Ok(Self { tensor, pairs })
+    }
+
+    pub(crate) fn from_parts(tensor: Tensor, pairs: usize) -> Self {
+        Self { tensor, pairs }
     }
 
     /// Builds a map from explicit rows (for tests and kernels fed by hand); entries must be

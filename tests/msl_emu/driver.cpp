@@ -258,6 +258,15 @@ static void layout() {
     std::printf("\nAttentionArgs size=%zu", sizeof(AttentionArgs));
     FIELD(AttentionArgs, heads); FIELD(AttentionArgs, tile_base); FIELD(AttentionArgs, n_tiles);
     FIELD(AttentionArgs, scale);
+    std::printf("\nNeighbourArgs size=%zu", sizeof(NeighbourArgs));
+    FIELD(NeighbourArgs, n_voxels); FIELD(NeighbourArgs, capacity_mask);
+    FIELD(NeighbourArgs, bits_x); FIELD(NeighbourArgs, bits_y); FIELD(NeighbourArgs, bits_z);
+    std::printf("\nNormModulateArgs size=%zu", sizeof(NormModulateArgs));
+    FIELD(NormModulateArgs, rows); FIELD(NormModulateArgs, channels);
+    FIELD(NormModulateArgs, samples); FIELD(NormModulateArgs, eps);
+    std::printf("\nRmsRopeArgs size=%zu", sizeof(RmsRopeArgs));
+    FIELD(RmsRopeArgs, rows); FIELD(RmsRopeArgs, heads); FIELD(RmsRopeArgs, head_dim);
+    FIELD(RmsRopeArgs, normalize);
     std::printf("\n");
 }
 

@@ -172,6 +172,13 @@ inline uint simdgroup_id() { return group().current / 32; }
 
 void threadgroup_barrier_wait();
 
+// Called before every atomic: lets the other threads of the group run up to their next atomic,
+// barrier or return (counts as progress, so it is never mistaken for a deadlock).
+inline void atomic_yield() {
+    group().progress++;
+    yield_to_scheduler();
+}
+
 // A simd collective: every lane deposits `value`; once all 32 have, each lane gets
 // combine(slots, lane).
 template <class T, class F>

@@ -11,9 +11,17 @@
 //   is no thread_elements() here); it also makes the emulator 32x cheaper. A kernel that passes
 //   lane-dependent arguments to them is not caught;
 // - simd_sum/max/min/prefix-free shuffles and simdgroup_barrier: real rendezvous of 32 lanes;
+// - device atomics (atomic_uint: compare_exchange_weak, load, store, fetch_add, fetch_min; relaxed
+//   order only) are real std::atomic_ref operations, so threadgroups running on different OS
+//   threads race for real. Threads of one threadgroup are fibers on one OS thread: to interleave
+//   them too, each atomic first yields to the scheduler, so every thread of the group runs up to
+//   its next atomic before any proceeds. What this does not reproduce: a weak compare-exchange
+//   never fails spuriously here, and plain (non-atomic) accesses of one threadgroup never race
+//   with each other between two yields (on a GPU they can);
 // - math: float exp/exp2/log/sqrt/rsqrt/abs/min/max/fma/clamp (libm precision, not fast-math).
 #pragma once
 #include "emu_runtime.h"
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 
@@ -137,6 +145,39 @@ template <class T, int M, int N, int K>
 void simdgroup_multiply(simdgroup_matrix<T, N, M>& d, const simdgroup_matrix<T, K, M>& a,
                         const simdgroup_matrix<T, N, K>& b) {
     simdgroup_multiply_accumulate(d, a, b, make_filled_simdgroup_matrix<T, N, M>(T(0)));
+}
+
+enum memory_order { memory_order_relaxed };
+
+// MSL's atomic<uint>; only reachable through the functions below.
+struct atomic_uint {
+    uint value;
+};
+
+inline std::atomic_ref<uint> emu_atomic(atomic_uint* a) {
+    emu::atomic_yield();
+    return std::atomic_ref<uint>(a->value);
+}
+
+inline bool atomic_compare_exchange_weak_explicit(atomic_uint* a, uint* expected, uint desired,
+                                                  memory_order, memory_order) {
+    return emu_atomic(a).compare_exchange_strong(*expected, desired, std::memory_order_relaxed);
+}
+inline uint atomic_load_explicit(atomic_uint* a, memory_order) {
+    return emu_atomic(a).load(std::memory_order_relaxed);
+}
+inline void atomic_store_explicit(atomic_uint* a, uint v, memory_order) {
+    emu_atomic(a).store(v, std::memory_order_relaxed);
+}
+inline uint atomic_fetch_add_explicit(atomic_uint* a, uint v, memory_order) {
+    return emu_atomic(a).fetch_add(v, std::memory_order_relaxed);
+}
+inline uint atomic_fetch_min_explicit(atomic_uint* a, uint v, memory_order) {
+    std::atomic_ref<uint> r = emu_atomic(a);
+    uint old = r.load(std::memory_order_relaxed);
+    while (v < old && !r.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+    }
+    return old;
 }
 
 } // namespace metal

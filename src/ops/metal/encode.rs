@@ -10,6 +10,8 @@ use objc2_metal::MTLSize;
 pub enum Arg<'a> {
     Read(&'a Buffer, usize),
     Write(&'a Buffer),
+    /// Written, from a byte offset.
+    WriteAt(&'a Buffer, usize),
 }
 
 fn size([width, height, depth]: [u32; 3]) -> MTLSize {
@@ -40,6 +42,9 @@ pub fn encode<A: Copy>(
         match *arg {
             Arg::Read(buffer, offset) => set_param(enc, i + 1, Input::with_offset(buffer, offset)),
             Arg::Write(buffer) => set_param(enc, i + 1, Output::new(buffer)),
+            Arg::WriteAt(buffer, offset) => {
+                set_param(enc, i + 1, Output::with_offset(buffer, offset))
+            }
         }
     }
     enc.set_threadgroup_memory_length(0, dispatch.threadgroup_memory);

@@ -57,3 +57,73 @@ impl KernelArgs for AttentionArgs {
         .collect()
     }
 }
+
+/// `NeighbourArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NeighbourArgs {
+    /// Rows of coords; the map has `n_voxels * 27` entries.
+    pub n_voxels: u32,
+    /// Hash table slots − 1 (slots are a power of two).
+    pub capacity_mask: u32,
+    /// Key bits of x, y and z (batch above x above y above z).
+    pub bits_x: u32,
+    pub bits_y: u32,
+    pub bits_z: u32,
+}
+
+impl KernelArgs for NeighbourArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.n_voxels,
+            self.capacity_mask,
+            self.bits_x,
+            self.bits_y,
+            self.bits_z,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}
+
+/// `NormModulateArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormModulateArgs {
+    pub rows: u32,
+    pub channels: u32,
+    /// Samples: the offsets have `samples + 1` entries.
+    pub samples: u32,
+    pub eps: f32,
+}
+
+impl KernelArgs for NormModulateArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.rows, self.channels, self.samples, self.eps.to_bits()]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+}
+
+/// `RmsRopeArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsRopeArgs {
+    /// Tokens × heads.
+    pub rows: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    /// 0: RoPE only, no RMS norm.
+    pub normalize: u32,
+}
+
+impl KernelArgs for RmsRopeArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.rows, self.heads, self.head_dim, self.normalize]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+}

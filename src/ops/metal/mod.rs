@@ -8,11 +8,17 @@
 
 pub mod dispatch;
 pub mod kargs;
+pub mod neighbour_plan;
+pub mod norms_plan;
 
 #[cfg(feature = "metal")]
 pub(crate) mod attention;
 #[cfg(feature = "metal")]
 mod encode;
+#[cfg(feature = "metal")]
+pub(crate) mod neighbour_map;
+#[cfg(feature = "metal")]
+pub(crate) mod norms;
 #[cfg(feature = "metal")]
 mod pipelines;
 #[cfg(feature = "metal")]

@@ -9,12 +9,16 @@ use std::sync::{LazyLock, RwLock};
 const KARGS_H: &str = include_str!("../../../kernels/metal/kargs.h");
 const SPARSE_CONV_METAL: &str = include_str!("../../../kernels/metal/sparse_conv.metal");
 const ATTENTION_METAL: &str = include_str!("../../../kernels/metal/attention.metal");
+const NORMS_METAL: &str = include_str!("../../../kernels/metal/norms.metal");
+const NEIGHBOUR_MAP_METAL: &str = include_str!("../../../kernels/metal/neighbour_map.metal");
 
 /// One `.metal` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     SparseConv,
     Attention,
+    NeighbourMap,
+    Norms,
 }
 
 impl Source {
@@ -23,6 +27,8 @@ impl Source {
         let raw = match self {
             Source::SparseConv => SPARSE_CONV_METAL,
             Source::Attention => ATTENTION_METAL,
+            Source::NeighbourMap => NEIGHBOUR_MAP_METAL,
+            Source::Norms => NORMS_METAL,
         };
         raw.replace("#include \"kargs.h\"", KARGS_H)
     }

@@ -1,0 +1,306 @@
+//! The built-in cases of the kernel self-test: shapes picked to reach ragged tiles (voxel and
+//! channel counts that are not tile multiples, sequences of 1029 image tokens) while the CPU
+//! reference stays fast enough for CI.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::{host_f32, time_op, uniform, Case, Checked, Work, DTYPES};
+use crate::ops::attention::{varlen_attention, varlen_attention_slow};
+use crate::ops::layer_norm::{layer_norm, layer_norm_composed};
+use crate::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
+use crate::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
+use crate::ops::rope::rope_tables_3d;
+use crate::ops::sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};
+use crate::sparse::CoordSet;
+
+pub const CASES: &[Case] = &[
+    Case {
+        op: "sparse_conv",
+        shape: "shell r=9, Ci 48 Co 80",
+        dtypes: DTYPES,
+        run: sparse_conv,
+    },
+    Case {
+        op: "attention self d64",
+        shape: "seqs 300+211, 3 heads",
+        dtypes: DTYPES,
+        run: |dev, dt| attention(dev, dt, 64, &[300, 211], None),
+    },
+    Case {
+        op: "attention self d128",
+        shape: "seqs 300+211, 2 heads",
+        dtypes: DTYPES,
+        run: |dev, dt| attention(dev, dt, 128, &[300, 211], None),
+    },
+    Case {
+        op: "attention cross d64",
+        shape: "q 150+90, kv 1029+1029, 3 heads",
+        dtypes: DTYPES,
+        run: |dev, dt| attention(dev, dt, 64, &[150, 90], Some(&[1029, 1029])),
+    },
+    Case {
+        op: "attention cross d128",
+        shape: "q 150+90, kv 1029+1029, 2 heads",
+        dtypes: DTYPES,
+        run: |dev, dt| attention(dev, dt, 128, &[150, 90], Some(&[1029, 1029])),
+    },
+    Case {
+        op: "layer_norm",
+        shape: "T 1000, C 1536, affine",
+        dtypes: DTYPES,
+        run: layer_norm_case,
+    },
+    Case {
+        op: "layer_norm_modulate",
+        shape: "T 600+400, C 1536",
+        dtypes: DTYPES,
+        run: layer_norm_modulate_case,
+    },
+    Case {
+        op: "rms_norm_rope d64",
+        shape: "T 2000, 3 heads",
+        dtypes: DTYPES,
+        run: |dev, dt| rms_norm_rope_case(dev, dt, 64, 3),
+    },
+    Case {
+        op: "rms_norm_rope d128",
+        shape: "T 2000, 2 heads",
+        dtypes: DTYPES,
+        run: |dev, dt| rms_norm_rope_case(dev, dt, 128, 2),
+    },
+    Case {
+        op: "neighbour_map",
+        shape: "2 batches of shells r=9, 2 levels",
+        dtypes: &[DType::U32],
+        run: neighbour_map_case,
+    },
+];
+
+/// `values` as a `shape` tensor rounded to `dtype`: (on `device`, as f32 on the CPU).
+fn input(
+    values: Vec<f32>,
+    shape: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let host = Tensor::from_vec(values, shape, &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_dtype(DType::F32)?;
+    Ok((host.to_dtype(dtype)?.to_device(device)?, host))
+}
+
+/// Voxels of batch item `b` within one voxel of a sphere of radius `r` centred in a `2r+2` cube.
+fn shell(b: i32, r: i32) -> Vec<[i32; 4]> {
+    let side = 2 * r + 2;
+    let mut rows = Vec::new();
+    for x in 0..side {
+        for y in 0..side {
+            for z in 0..side {
+                let p = [x, y, z].map(|c| c as f32 - side as f32 / 2.0 + 0.5);
+                let d = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+                if (d - r as f32).abs() < 1.0 {
+                    rows.push([b, x, y, z]);
+                }
+            }
+        }
+    }
+    rows
+}
+
+fn sparse_conv(device: &Device, dtype: DType) -> Result<Checked> {
+    let (ci, co) = (48, 80);
+    let rows = shell(0, 9);
+    let n = rows.len();
+    let set = CoordSet::from_host(rows, &Device::Cpu)?;
+    let map = set.neighbour_map()?;
+    let (feats, feats_ref) = input(uniform(1, n * ci), &[n, ci], dtype, device)?;
+    let (weight, weight_ref) = input(uniform(2, co * 27 * ci), &[co, 27, ci], dtype, device)?;
+    let (bias, bias_ref) = input(uniform(3, co), &[co], dtype, device)?;
+    let map_dev = map.tensor().to_device(device)?;
+    let got = submanifold_conv3d(&feats, &map_dev, &weight, Some(&bias))?;
+    let reference = if device.is_cpu() {
+        submanifold_conv3d_slow
+    } else {
+        submanifold_conv3d
+    };
+    let want = reference(&feats_ref, map.tensor(), &weight_ref, Some(&bias_ref))?;
+    let seconds = time_op(device, || {
+        submanifold_conv3d(&feats, &map_dev, &weight, Some(&bias))
+    })?;
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Flops(2.0 * map.pairs() as f64 * ci as f64 * co as f64),
+        seconds,
+    })
+}
+
+fn offsets(lens: &[usize]) -> Vec<usize> {
+    let mut o = vec![0];
+    for l in lens {
+        o.push(o[o.len() - 1] + l);
+    }
+    o
+}
+
+fn attention(
+    device: &Device,
+    dtype: DType,
+    d: usize,
+    q_lens: &[usize],
+    kv_lens: Option<&[usize]>,
+) -> Result<Checked> {
+    let heads = if d == 64 { 3 } else { 2 };
+    let q_off = offsets(q_lens);
+    let kv_off = offsets(kv_lens.unwrap_or(q_lens));
+    let (nq, nk) = (q_off[q_off.len() - 1], kv_off[kv_off.len() - 1]);
+    // Scaled so the softmax is peaked: the running maximum of the online softmax matters.
+    let make = |seed, n: usize| {
+        let v = uniform(seed, n * heads * d)
+            .iter()
+            .map(|x| 3.0 * x)
+            .collect();
+        input(v, &[n, heads, d], dtype, device)
+    };
+    let ((q, q_ref), (k, k_ref), (v, v_ref)) = (make(4, nq)?, make(5, nk)?, make(6, nk)?);
+    let scale = 1.0 / (d as f32).sqrt();
+    let run = || varlen_attention(&q, &k, &v, &q_off, &kv_off, scale);
+    let got = run()?;
+    let reference = if device.is_cpu() {
+        varlen_attention_slow
+    } else {
+        varlen_attention
+    };
+    let want = reference(&q_ref, &k_ref, &v_ref, &q_off, &kv_off, scale)?;
+    let pairs: usize = q_lens
+        .iter()
+        .zip(kv_lens.unwrap_or(q_lens))
+        .map(|(a, b)| a * b)
+        .sum();
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Flops(4.0 * pairs as f64 * (heads * d) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+fn layer_norm_case(device: &Device, dtype: DType) -> Result<Checked> {
+    let (t, c) = (1000, 1536);
+    // A row mean far from zero: the two-pass variance must not lose digits.
+    let x: Vec<f32> = uniform(7, t * c).iter().map(|v| 4.0 + v).collect();
+    let (x, x_ref) = input(x, &[t, c], dtype, device)?;
+    let w = Tensor::from_vec(uniform(8, c), c, &Device::Cpu)?;
+    let b = Tensor::from_vec(uniform(9, c), c, &Device::Cpu)?;
+    let (w_dev, b_dev) = (w.to_device(device)?, b.to_device(device)?);
+    let run = || layer_norm(&x, Some((&w_dev, &b_dev)), 1e-6);
+    let got = run()?;
+    let want = if device.is_cpu() {
+        layer_norm_composed(&x_ref, &w, &b, 1e-6)?
+    } else {
+        layer_norm(&x_ref, Some((&w, &b)), 1e-6)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+fn layer_norm_modulate_case(device: &Device, dtype: DType) -> Result<Checked> {
+    let (c, offsets) = (1536, [0usize, 600, 1000]);
+    let t = offsets[2];
+    let x: Vec<f32> = uniform(10, t * c).iter().map(|v| 4.0 + v).collect();
+    let (x, x_ref) = input(x, &[t, c], dtype, device)?;
+    let shift = Tensor::from_vec(uniform(11, 2 * c), (2, c), &Device::Cpu)?;
+    let scale = (Tensor::from_vec(uniform(12, 2 * c), (2, c), &Device::Cpu)? * 0.5)?;
+    let (shift_dev, scale_dev) = (shift.to_device(device)?, scale.to_device(device)?);
+    let on_device = Modulation {
+        shift: &shift_dev,
+        scale: &scale_dev,
+        offsets: &offsets,
+    };
+    let run = || layer_norm_modulate(&x, None, &on_device, 1e-6);
+    let got = run()?;
+    let host = Modulation {
+        shift: &shift,
+        scale: &scale,
+        offsets: &offsets,
+    };
+    let want = if device.is_cpu() {
+        layer_norm_modulate_slow(&x_ref, None, &host, 1e-6)?
+    } else {
+        layer_norm_modulate(&x_ref, None, &host, 1e-6)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+fn rms_norm_rope_case(device: &Device, dtype: DType, d: usize, heads: usize) -> Result<Checked> {
+    let t = 2000;
+    let (x, x_ref) = input(uniform(13, t * heads * d), &[t, heads, d], dtype, device)?;
+    let gamma = (Tensor::from_vec(uniform(14, heads * d), (heads, d), &Device::Cpu)? + 1.0)?;
+    let xyz: Vec<[i32; 3]> = (0..t as i32)
+        .map(|i| [i % 16, i / 16 % 16, i / 256])
+        .collect();
+    let (cos, sin) = rope_tables_3d(&xyz, d, 10000.0, &Device::Cpu)?;
+    let table = rope_table(&cos, &sin)?;
+    let (gamma_dev, table_dev) = (gamma.to_device(device)?, table.to_device(device)?);
+    let run = || rms_norm_rope(&x, Some(&gamma_dev), &table_dev);
+    let got = run()?;
+    let want = if device.is_cpu() {
+        rms_norm_rope_slow(&x_ref, Some(&gamma), &table)?
+    } else {
+        rms_norm_rope(&x_ref, Some(&gamma), &table)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Bytes((2 * t * heads * d * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+/// A neighbour map as f32 (ABSENT as −1; rows stay exact below 2^24).
+fn map_values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|v| if v == u32::MAX { -1.0 } else { v as f32 })
+        .collect())
+}
+
+fn neighbour_map_case(device: &Device, _: DType) -> Result<Checked> {
+    // Two batch items, the second at twice the resolution (a cascade's two levels).
+    let mut rows = shell(0, 9);
+    rows.extend(shell(1, 18));
+    let build = || -> Result<Tensor> {
+        let set = CoordSet::from_host(rows.clone(), device)?;
+        Ok(set.neighbour_map()?.tensor().clone())
+    };
+    let got = build()?;
+    // On a GPU the kernels build the map; the reference is the host builder. On the CPU both
+    // are the host builder, checked against the custom op's CPU forward.
+    let n = rows.len();
+    let want = if device.is_cpu() {
+        let coords = CoordSet::from_host(rows.clone(), &Device::Cpu)?;
+        crate::sparse::neighbours_gpu::neighbour_op_output(coords.tensor())?.narrow(0, 0, n * 27)?
+    } else {
+        CoordSet::from_host(rows.clone(), &Device::Cpu)?
+            .neighbour_map()?
+            .tensor()
+            .clone()
+    };
+    Ok(Checked {
+        got: map_values(&got)?,
+        want: map_values(&want)?,
+        work: Work::Bytes((n * 27 * 4) as f64),
+        seconds: time_op(device, build)?,
+    })
+}

@@ -1,0 +1,104 @@
+//! The fused DiT ops on the CPU equal the composed candle ops they replace (within 1e-6 of the
+//! largest value), on shapes with several samples, an empty sample and odd widths.
+
+use candle_core::{DType, Device, Tensor};
+use trellis2::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
+use trellis2::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
+use trellis2::ops::rope::rope_tables_3d;
+
+/// Deterministic uniform values in [-2, 2).
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let err: f32 = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    err / scale
+}
+
+#[test]
+fn layer_norm_modulate_equals_the_composed_ops() {
+    for (c, offsets, affine) in [
+        (1536usize, vec![0usize, 7, 7, 20], false),
+        (100, vec![0, 33], true),
+        (3, vec![0, 1, 2], true),
+    ] {
+        let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
+        // A large row mean: the two-pass variance is exercised.
+        let x = (randn(&[t, c], 1) + 3.0).unwrap();
+        let shift = randn(&[b, c], 2);
+        let scale = (randn(&[b, c], 3) * 0.3).unwrap();
+        let (w, bias) = (randn(&[c], 4), randn(&[c], 5));
+        let affine = affine.then_some((&w, &bias));
+        let m = Modulation {
+            shift: &shift,
+            scale: &scale,
+            offsets: &offsets,
+        };
+        let fused = layer_norm_modulate(&x, affine, &m, 1e-6).unwrap();
+        let composed = layer_norm_modulate_slow(&x, affine, &m, 1e-6).unwrap();
+        let e = rel(&fused, &composed);
+        println!("layer_norm_modulate C {c} offsets {offsets:?}: {e:e}");
+        assert!(e <= 1e-6, "{e}");
+    }
+}
+
+#[test]
+fn rms_norm_rope_equals_the_composed_ops() {
+    for (t, h, d, norm) in [
+        (50usize, 3usize, 64usize, true),
+        (17, 2, 128, true),
+        (9, 1, 64, false),
+        (5, 2, 10, true),
+    ] {
+        let x = randn(&[t, h, d], 6);
+        let gamma = (randn(&[h, d], 7) + 1.0).unwrap();
+        let xyz: Vec<[i32; 3]> = (0..t as i32).map(|i| [i % 4, i / 4 % 5, i / 20]).collect();
+        let (cos, sin) = rope_tables_3d(&xyz, d, 10000.0, &Device::Cpu).unwrap();
+        let table = rope_table(&cos, &sin).unwrap();
+        let g = norm.then_some(&gamma);
+        let fused = rms_norm_rope(&x, g, &table).unwrap();
+        let composed = rms_norm_rope_slow(&x, g, &table).unwrap();
+        assert_eq!(fused.dtype(), DType::F32);
+        let e = rel(&fused, &composed);
+        println!("rms_norm_rope T {t} H {h} D {d} norm {norm}: {e:e}");
+        assert!(e <= 1e-6, "{e}");
+    }
+}
+
+#[test]
+fn fused_ops_name_bad_shapes() {
+    let x = randn(&[4, 8], 1);
+    let s = randn(&[2, 8], 2);
+    let m = Modulation {
+        shift: &s,
+        scale: &s,
+        offsets: &[0, 4],
+    };
+    let err = layer_norm_modulate(&x, None, &m, 1e-6)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be [1, 8]"), "{err}");
+    let q = randn(&[4, 2, 6], 3);
+    let table = randn(&[4, 2, 2], 4);
+    let err = rms_norm_rope(&q, None, &table).unwrap_err().to_string();
+    assert!(err.contains("rotation table must be [4, 3, 2]"), "{err}");
+}
