@@ -11,7 +11,8 @@
 //   is no thread_elements() here); it also makes the emulator 32x cheaper. A kernel that passes
 //   lane-dependent arguments to them is not caught;
 // - simd_sum/max/min/prefix-free shuffles and simdgroup_barrier: real rendezvous of 32 lanes;
-// - math: float exp/exp2/log/sqrt/rsqrt/abs/min/max/fma/clamp (libm precision, not fast-math).
+// - math: float exp/exp2/log/sqrt/rsqrt/abs/floor/min/max/fma/clamp (libm precision, not
+//   fast-math).
 #pragma once
 #include "emu_runtime.h"
 #include <cfloat>
@@ -30,6 +31,7 @@ inline float log(float x) { return std::log(x); }
 inline float sqrt(float x) { return std::sqrt(x); }
 inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
 inline float abs(float x) { return std::fabs(x); }
+inline float floor(float x) { return std::floor(x); }
 inline float fma(float a, float b, float c) { return std::fma(a, b, c); }
 template <class T> inline T min(T a, T b) { return b < a ? b : a; }
 template <class T> inline T max(T a, T b) { return a < b ? b : a; }

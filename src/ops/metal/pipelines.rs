@@ -9,12 +9,14 @@ use std::sync::{LazyLock, RwLock};
 const KARGS_H: &str = include_str!("../../../kernels/metal/kargs.h");
 const SPARSE_CONV_METAL: &str = include_str!("../../../kernels/metal/sparse_conv.metal");
 const ATTENTION_METAL: &str = include_str!("../../../kernels/metal/attention.metal");
+const DEFORM_CONV_METAL: &str = include_str!("../../../kernels/metal/deform_conv.metal");
 
 /// One `.metal` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     SparseConv,
     Attention,
+    DeformConv,
 }
 
 impl Source {
@@ -23,6 +25,7 @@ impl Source {
         let raw = match self {
             Source::SparseConv => SPARSE_CONV_METAL,
             Source::Attention => ATTENTION_METAL,
+            Source::DeformConv => DEFORM_CONV_METAL,
         };
         raw.replace("#include \"kargs.h\"", KARGS_H)
     }
