@@ -353,42 +353,71 @@ fn photos_without_alpha_are_matted_kept_or_refused() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(out.join("photo.glb").is_file());
 
-    // With a background remover in the model folder (the tiny golden BiRefNet, as a Hugging
-    // Face folder of the release's `briaai/RMBG-2.0`), the photo is matted automatically.
+    // A model folder holding only the release's `briaai/RMBG-2.0` (the tiny golden BiRefNet as
+    // a Hugging Face folder): the default remover (ZhengPeng7/BiRefNet) is not there, and the
+    // error says how to get it; `--rembg rmbg-2.0` uses the one that is.
     let model_dir = dir.path().join("model");
-    let rembg = model_dir.join("briaai/RMBG-2.0");
-    std::fs::create_dir_all(&rembg).unwrap();
+    std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::copy(
         common::fixture("golden/pipeline.json"),
         model_dir.join("pipeline.json"),
     )
     .unwrap();
     std::os::unix::fs::symlink(common::fixture("golden/models"), model_dir.join("models")).unwrap();
-    std::fs::copy(
-        common::fixture("golden/birefnet/config.json"),
-        rembg.join("config.json"),
-    )
-    .unwrap();
-    std::fs::copy(
-        common::fixture("golden/birefnet/weights.safetensors"),
-        rembg.join("model.safetensors"),
-    )
-    .unwrap();
+    let add_remover = |repo: &str| {
+        let folder = model_dir.join(repo);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(
+            common::fixture("golden/birefnet/config.json"),
+            folder.join("config.json"),
+        )
+        .unwrap();
+        std::fs::copy(
+            common::fixture("golden/birefnet/weights.safetensors"),
+            folder.join("model.safetensors"),
+        )
+        .unwrap();
+    };
+    add_remover("briaai/RMBG-2.0");
     let out2 = dir.path().join("out2");
-    let o = trellis2(&[
-        "generate",
-        &jpg,
-        "-o",
-        &s(&out2),
-        "--model",
-        &s(&model_dir),
-        "--pipeline",
-        "512",
-        "--steps",
-        "1",
-        "--format",
-        "glb",
-    ]);
+    let matted = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            jpg.as_str(),
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--pipeline",
+            "512",
+            "--steps",
+            "1",
+            "--format",
+            "glb",
+            "-o",
+            out2.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        // An empty hub cache: the user's own cache must not supply the missing remover.
+        Command::new(env!("CARGO_BIN_EXE_trellis2"))
+            .args(&a)
+            .env_remove("TRELLIS2_MODEL")
+            .env("HF_HUB_CACHE", dir.path().join("empty-cache"))
+            .output()
+            .expect("binary runs")
+    };
+    let o = matted(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for needle in ["ZhengPeng7/BiRefNet", "--rembg birefnet", "--rembg none"] {
+        assert!(text(&o).contains(needle), "{needle}: {}", text(&o));
+    }
+    let o = matted(&["--rembg", "rmbg-2.0"]);
+    println!("rmbg-2.0 run: {}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(out2.join("photo.glb").is_file());
+    std::fs::remove_file(out2.join("photo.glb")).unwrap();
+
+    // With the default remover present, a plain run mattes the photo with it.
+    add_remover("ZhengPeng7/BiRefNet");
+    let o = matted(&[]);
     println!("matted run: {}", text(&o));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(out2.join("photo.glb").is_file());

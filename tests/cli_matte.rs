@@ -138,9 +138,30 @@ fn matte_without_a_model_or_with_a_bad_size_says_why() {
     let input = dir.path().join("p.png");
     write_picture(&input, image::ColorType::Rgb8);
     let output = dir.path().join("o.png");
-    let out = trellis2(&["matte", p(&input), "-o", p(&output)]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--model DIR"));
+    // No --model: the chosen remover comes from the hub cache, here empty and --offline, so
+    // the error names the repository and its licence (and nothing touches the network).
+    let cache = dir.path().join("cache");
+    for (choice, needles) in [
+        (None, ["ZhengPeng7/BiRefNet", "MIT"]),
+        (Some("rmbg-2.0"), ["briaai/RMBG-2.0", "non-commercial"]),
+    ] {
+        let mut args = vec!["matte", p(&input), "-o", p(&output), "--offline"];
+        args.extend(choice.iter().flat_map(|c| ["--rembg", c]));
+        let out = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+            .args(&args)
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .output()
+            .expect("binary runs");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in needles.iter().chain(&["--offline"]) {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+    let out = trellis2(&["matte", p(&input), "-o", p(&output), "--rembg", "u2net"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("birefnet or rmbg-2.0"));
     let out = trellis2(&[
         "matte",
         p(&input),
@@ -205,4 +226,29 @@ fn dev_forward_runs_golden_and_hugging_face_folders() {
     let e = golden.rel_err("logits_einops_order", &got["logits"]);
     println!("dev forward (HF folder, einops order) logits: {e:.2e}");
     assert!(e <= 1e-4, "{e}");
+
+    // Without the key, the order follows the repository the path names: a folder
+    // `ZhengPeng7/BiRefNet` runs its remote code's einops order, a hub snapshot of
+    // `briaai/RMBG-2.0` the RMBG order.
+    for (folder, want) in [
+        ("ZhengPeng7/BiRefNet", "logits_einops_order"),
+        ("hub/models--briaai--RMBG-2.0/snapshots/abc", "logits"),
+    ] {
+        let named = dir.path().join(folder);
+        std::fs::create_dir_all(&named).unwrap();
+        std::fs::copy(
+            hf.join("model.safetensors"),
+            named.join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(
+            named.join("config.json"),
+            r#"{"architectures": ["BiRefNet"]}"#,
+        )
+        .unwrap();
+        let got = forward(&named, &dir.path().join("c.safetensors"));
+        let e = golden.rel_err(want, &got["logits"]);
+        println!("dev forward ({folder}) logits vs {want}: {e:.2e}");
+        assert!(e <= 1e-4, "{folder}: {e}");
+    }
 }

@@ -309,3 +309,96 @@ fn voxel_layer_norm() -> Result<()> {
     }
     Ok(())
 }
+
+/// Modulated deformable conv (`kernels/cuda/deform_conv.cu`, f32): the sampled columns and the
+/// whole convolution against the CPU op, on shapes that reach every branch of the sampler.
+#[test]
+fn deform_conv_matches_cpu() {
+    use trellis2::ops::deform_conv::{deform_conv2d, modulated_im2col, DeformConvConfig};
+    let same = |k: usize, stride: usize, dil: usize| DeformConvConfig {
+        stride: (stride, stride),
+        padding: (k / 2 * dil, k / 2 * dil),
+        dilation: (dil, dil),
+    };
+    // (name, [B, C, H, W], out channels, k, offset groups, config, offset std)
+    let cases: &[(&str, [usize; 4], usize, usize, usize, DeformConvConfig, f32)] = &[
+        ("k3 odd 9x11", [1, 5, 9, 11], 7, 3, 1, same(3, 1, 1), 1.5),
+        ("k1", [1, 6, 6, 8], 3, 1, 1, same(1, 1, 1), 1.0),
+        (
+            "k7 far out of bounds",
+            [1, 4, 7, 5],
+            6,
+            7,
+            1,
+            same(7, 1, 1),
+            40.0,
+        ),
+        ("1x1 image k3", [1, 3, 1, 1], 2, 3, 1, same(3, 1, 1), 1.0),
+        ("B2 G2 C130", [2, 130, 5, 6], 9, 3, 2, same(3, 1, 1), 2.0),
+        (
+            "stride 2 dilation 2",
+            [1, 3, 9, 10],
+            4,
+            3,
+            1,
+            same(3, 2, 2),
+            1.5,
+        ),
+        (
+            "BiRefNet-like 64ch k7 64x64",
+            [1, 64, 64, 64],
+            256,
+            7,
+            1,
+            same(7, 1, 1),
+            3.0,
+        ),
+    ];
+    let dev = gpu();
+    for &(name, [b, c, h, w], o, k, g, cfg, std) in cases {
+        let (sy, py, dy) = (cfg.stride.0, cfg.padding.0, cfg.dilation.0);
+        let oh = (h + 2 * py - (dy * (k - 1) + 1)) / sy + 1;
+        let ow = (w + 2 * cfg.padding.1 - (cfg.dilation.1 * (k - 1) + 1)) / cfg.stride.1 + 1;
+        let taps = k * k;
+        let cpu = Device::Cpu;
+        let input = Tensor::randn(0f32, 1.0, (b, c, h, w), &cpu).unwrap();
+        let offset = Tensor::randn(0f32, std, (b, 2 * g * taps, oh, ow), &cpu).unwrap();
+        let mask = Tensor::rand(0f32, 2.0, (b, g * taps, oh, ow), &cpu).unwrap();
+        let weight = Tensor::randn(0f32, 0.1, (o, c, k, k), &cpu).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, o, &cpu).unwrap();
+        let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
+
+        let want = modulated_im2col(&input, &offset, &mask, (k, k), cfg, 0..oh).unwrap();
+        let got = modulated_im2col(
+            &on_gpu(&input),
+            &on_gpu(&offset),
+            &on_gpu(&mask),
+            (k, k),
+            cfg,
+            0..oh,
+        )
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+        let cols = rel_err(&got, &want);
+
+        let want = deform_conv2d(&input, &offset, &mask, &weight, Some(&bias), cfg).unwrap();
+        let got = deform_conv2d(
+            &on_gpu(&input),
+            &on_gpu(&offset),
+            &on_gpu(&mask),
+            &on_gpu(&weight),
+            Some(&on_gpu(&bias)),
+            cfg,
+        )
+        .unwrap()
+        .to_device(&cpu)
+        .unwrap();
+        let conv = rel_err(&got, &want);
+        println!("deform_conv2d {name:<30} columns max|err|/max|ref| {cols:.2e}, conv {conv:.2e}");
+        // The columns are the same f32 arithmetic (no FMA): exact up to the last bit. The
+        // convolution goes through cuBLAS (TF32 may be on): matmul tolerance.
+        assert!(cols <= 1e-6, "{name}: columns {cols:e}");
+        assert!(conv <= TOL, "{name}: conv {conv:e}");
+    }
+}

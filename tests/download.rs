@@ -9,11 +9,16 @@ use std::process::Command;
 
 use common::fake_hub::{FakeHub, TOKEN};
 use trellis2::weights::hub::{self, HubSettings, PlanEntry, TransferProgress};
+use trellis2::weights::RembgModel;
+
+/// What `trellis2 download` fetches without `--rembg`.
+const DEFAULT_REMBG: Option<RembgModel> = Some(RembgModel::BiRefNet);
 
 const RELEASE: &str = "microsoft/TRELLIS.2-4B";
 const V1: &str = "microsoft/TRELLIS-image-large";
 const DINO: &str = "facebook/dinov3-vitl16-pretrain-lvd1689m";
 const RMBG: &str = "briaai/RMBG-2.0";
+const BIREFNET: &str = "ZhengPeng7/BiRefNet";
 
 /// Role → (stem in pipeline.json, golden tiny model it is made of).
 const MODELS: &[(&str, &str, &str)] = &[
@@ -80,7 +85,8 @@ fn pipeline_json() -> Vec<u8> {
     .unwrap()
 }
 
-/// The whole tiny release: golden models under the real names, DINOv3 and RMBG gated.
+/// The whole tiny release: golden models under the real names, DINOv3 and RMBG gated, and
+/// ZhengPeng7/BiRefNet (open) beside them.
 fn fake_release() -> FakeHub {
     let hub = FakeHub::start();
     hub.add(RELEASE, "pipeline.json", pipeline_json());
@@ -116,6 +122,16 @@ fn fake_release() -> FakeHub {
         RMBG,
         "model.safetensors",
         golden("tex_slat_decoder.safetensors"),
+    );
+    hub.add(
+        BIREFNET,
+        "config.json",
+        b"{\"architectures\": [\"BiRefNet\"]}".to_vec(),
+    );
+    hub.add(
+        BIREFNET,
+        "model.safetensors",
+        golden("shape_slat_decoder.safetensors"),
     );
     hub.gate(DINO);
     hub.gate(RMBG);
@@ -215,7 +231,7 @@ fn full_download_fills_the_cache_and_generate_finds_every_model() {
         .all(|p| p.extension().is_none_or(|e| e != "part")));
 
     // generate's lookup: the release snapshot, with the other repositories found in the cache.
-    let dir = hub::locate(Some(&cache), &s).expect("complete model directory");
+    let dir = hub::locate(Some(&cache), &s, DEFAULT_REMBG).expect("complete model directory");
     for (role, _, _) in MODELS {
         let ckpt = dir.checkpoint(role).expect("checkpoint opens");
         assert!(!ckpt.tensor_infos().is_empty(), "{role}");
@@ -226,19 +242,23 @@ fn full_download_fills_the_cache_and_generate_finds_every_model() {
         .join("model.safetensors")
         .is_file());
     assert!(dir
-        .hf_model_dir("rembg_model")
+        .rembg_dir(RembgModel::BiRefNet)
         .unwrap()
-        .join("config.json")
+        .join("model.safetensors")
         .is_file());
+    // The release names RMBG-2.0, but the default download is BiRefNet (licence): RMBG-2.0
+    // was neither fetched nor is it required.
+    assert!(s.snapshot_dir(RMBG).is_none());
+    assert!(hub::locate(Some(&cache), &s, Some(RembgModel::Rmbg2)).is_err());
 
     // A second run finds everything cached and transfers nothing.
     let before = hub.log().iter().filter(|l| l.method == "GET").count();
-    let plan = hub::plan(&s).unwrap();
+    let plan = hub::plan(&s, DEFAULT_REMBG).unwrap();
     assert_eq!(plan.missing().count(), 0);
     hub::download(&s, &plan, &mut silent).unwrap();
     let after = hub.log().iter().filter(|l| l.method == "GET").count();
     assert_eq!(before, after, "nothing fetched again");
-    assert!(hub::missing_offline(&s).is_empty());
+    assert!(hub::missing_offline(&s, DEFAULT_REMBG).is_empty());
 }
 
 #[test]
@@ -252,7 +272,8 @@ fn a_broken_transfer_resumes_where_it_stopped() {
     // Within one run: the connection drops, the retry asks for the rest only.
     hub.cut_next_transfer(RELEASE, path, cut);
     let s = settings(&hub, home.path(), true);
-    hub::download(&s, &hub::plan(&s).unwrap(), &mut silent).expect("resumed download");
+    hub::download(&s, &hub::plan(&s, DEFAULT_REMBG).unwrap(), &mut silent)
+        .expect("resumed download");
     let gets = hub.gets(RELEASE, path);
     assert!(gets.contains(&Some(format!("bytes={cut}-"))), "{gets:?}");
     let got = std::fs::read(s.cached_file(RELEASE, path).unwrap()).unwrap();
@@ -264,7 +285,7 @@ fn a_broken_transfer_resumes_where_it_stopped() {
     let mut s2 = settings(&hub, home2.path(), true);
     s2.retries = 0;
     hub.cut_next_transfer(RELEASE, path, cut);
-    let err = hub::download(&s2, &hub::plan(&s2).unwrap(), &mut silent).unwrap_err();
+    let err = hub::download(&s2, &hub::plan(&s2, DEFAULT_REMBG).unwrap(), &mut silent).unwrap_err();
     let text = format!("{err:#}");
     assert!(
         text.contains("shape_dec_next_dc_f16c32_fp16.safetensors"),
@@ -277,7 +298,8 @@ fn a_broken_transfer_resumes_where_it_stopped() {
     assert_eq!(parts.len(), 1, "one partial file: {parts:?}");
     assert_eq!(std::fs::metadata(&parts[0]).unwrap().len() as usize, cut);
     let n_before = hub.gets(RELEASE, path).len();
-    hub::download(&s2, &hub::plan(&s2).unwrap(), &mut silent).expect("second run completes");
+    hub::download(&s2, &hub::plan(&s2, DEFAULT_REMBG).unwrap(), &mut silent)
+        .expect("second run completes");
     let gets = hub.gets(RELEASE, path);
     assert!(
         gets[n_before..].contains(&Some(format!("bytes={cut}-"))),
@@ -331,7 +353,7 @@ fn a_file_with_the_wrong_hash_fails_and_leaves_nothing_behind() {
     let path = "ckpts/tex_dec_next_dc_f16c32_fp16.safetensors";
     hub.corrupt_etag(RELEASE, path);
     let s = settings(&hub, home.path(), true);
-    let err = hub::download(&s, &hub::plan(&s).unwrap(), &mut silent).unwrap_err();
+    let err = hub::download(&s, &hub::plan(&s, DEFAULT_REMBG).unwrap(), &mut silent).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains(&format!("{RELEASE}/{path}")), "{text}");
     assert!(
@@ -384,11 +406,16 @@ fn dry_run_lists_files_and_sizes_and_writes_nothing() {
     for f in [
         format!("{V1}/ckpts/ss_dec_conv3d_16l8_fp16.json"),
         format!("{DINO}/model.safetensors"),
-        format!("{RMBG}/config.json"),
+        format!("{BIREFNET}/config.json"),
+        format!("{BIREFNET}/model.safetensors"),
         format!("{RELEASE}/pipeline.json"),
     ] {
         assert!(stdout.contains(&f), "{f} not listed:\n{stdout}");
     }
+    assert!(
+        !stdout.contains(RMBG),
+        "RMBG-2.0 is not the default:\n{stdout}"
+    );
     assert!(
         stdout.contains("to download:") && stdout.contains("in 21 files"),
         "{stdout}"
@@ -429,7 +456,7 @@ fn offline_with_missing_files_names_the_command_to_run() {
 
     // With the release fetched but DINOv3 deleted, both the CLI and `locate` name what is gone.
     let s = settings(&hub, &cache, true);
-    hub::download(&s, &hub::plan(&s).unwrap(), &mut silent).unwrap();
+    hub::download(&s, &hub::plan(&s, DEFAULT_REMBG).unwrap(), &mut silent).unwrap();
     let dino = s.snapshot_dir(DINO).unwrap();
     std::fs::remove_file(dino.join("model.safetensors")).unwrap();
     let out = trellis2(&hub, home.path(), true)
@@ -439,9 +466,79 @@ fn offline_with_missing_files_names_the_command_to_run() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{DINO}/model.safetensors")), "{err}");
-    let err = format!("{:#}", hub::locate(None, &s).err().expect("DINOv3 missing"));
+    let err = format!(
+        "{:#}",
+        hub::locate(None, &s, DEFAULT_REMBG)
+            .err()
+            .expect("DINOv3 missing")
+    );
     assert!(
         err.contains("image_cond_model") && err.contains("trellis2 download --to"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rembg_choice_picks_the_background_remover_to_fetch() {
+    let hub = fake_release();
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("cache");
+    let dry_run = |choice: &str| {
+        let out = trellis2(&hub, home.path(), true)
+            .args(["download", "--dry-run", "--rembg", choice, "--to"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // RMBG-2.0 instead of BiRefNet: same count of files, other repository.
+    let rmbg = dry_run("rmbg-2.0");
+    assert!(
+        rmbg.contains(&format!("{RMBG}/model.safetensors")) && !rmbg.contains(BIREFNET),
+        "{rmbg}"
+    );
+    assert!(rmbg.contains("in 21 files"), "{rmbg}");
+    // No remover at all: two files fewer.
+    let none = dry_run("none");
+    assert!(!none.contains(RMBG) && !none.contains(BIREFNET), "{none}");
+    assert!(none.contains("in 19 files"), "{none}");
+    // A bad name is a usage error naming the choices.
+    let bad = trellis2(&hub, home.path(), true)
+        .args(["download", "--dry-run", "--rembg", "u2net"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("birefnet or rmbg-2.0"), "{err}");
+
+    // Fetched with --rembg rmbg-2.0 (gated: the token is sent), generate's lookup finds it.
+    let out = trellis2(&hub, home.path(), true)
+        .args(["download", "--yes", "--rembg", "rmbg-2.0", "--to"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = settings(&hub, &cache, true);
+    let dir = hub::locate(Some(&cache), &s, Some(RembgModel::Rmbg2)).expect("RMBG-2.0 found");
+    assert!(dir.rembg_dir(RembgModel::Rmbg2).is_ok());
+    assert!(s.snapshot_dir(BIREFNET).is_none());
+    let err = format!(
+        "{:#}",
+        hub::locate(Some(&cache), &s, DEFAULT_REMBG)
+            .err()
+            .expect("BiRefNet missing")
+    );
+    assert!(
+        err.contains(BIREFNET) && err.contains("trellis2 download --to"),
         "{err}"
     );
 }

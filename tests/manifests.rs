@@ -321,7 +321,12 @@ fn a_synthetic_release_with_the_real_keys_loads_through_generates_discovery_path
         token: None,
         retries: 0,
     };
-    let md = hub::locate(Some(&dir.join("release")), &settings).unwrap_or_else(|e| panic!("{e:#}"));
+    let md = hub::locate(
+        Some(&dir.join("release")),
+        &settings,
+        Some(trellis2::weights::RembgModel::Rmbg2),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     let dev = Device::Cpu;
     use trellis2::models::dinov3::{DinoV3, DinoV3Config};
     use trellis2::models::dit::{DitConfig, FlowDit};

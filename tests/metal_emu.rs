@@ -7,11 +7,14 @@ mod msl_emu;
 use candle_core::{DType, Device, Tensor};
 use msl_emu::{EmuDispatch, Emulator, Slot};
 use trellis2::ops::attention::varlen_attention;
+use trellis2::ops::deform_conv::{modulated_im2col, modulated_im2col_args, DeformConvConfig};
 use trellis2::ops::metal::dispatch::{
-    attention_dispatches, attention_tiles, sparse_conv_dispatches, MAX_MACS_PER_DISPATCH,
+    attention_dispatches, attention_tiles, deform_im2col_dispatches, sparse_conv_dispatches,
+    MAX_DEFORM_COLUMNS_PER_DISPATCH, MAX_MACS_PER_DISPATCH,
 };
 use trellis2::ops::metal::kargs::{
-    AttentionArgs, KernelArgs, NeighbourArgs, NormModulateArgs, RmsRopeArgs, SparseConvArgs,
+    AttentionArgs, DeformIm2ColArgs, KernelArgs, NeighbourArgs, NormModulateArgs, RmsRopeArgs,
+    SparseConvArgs,
 };
 use trellis2::ops::submanifold_conv3d;
 use trellis2::sparse::SparseTensor;
@@ -848,6 +851,246 @@ fn rms_norm_rope_kernel_matches_the_cpu_op() {
             println!("{label:<70} max|err|/max|ref| {rel:.2e}");
             assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
         }
+// ---------------------------------------------------------------------------- deformable conv
+
+struct DeformCase {
+    name: &'static str,
+    /// `[B, C, H, W]`.
+    input: [usize; 4],
+    kernel: (usize, usize),
+    offset_groups: usize,
+    cfg: DeformConvConfig,
+    /// Offsets are uniform in ±`offset_scale` pixels, plus `offset_shift`.
+    offset_scale: f32,
+    offset_shift: f32,
+    /// `None`: every output row; else this band.
+    rows: Option<std::ops::Range<usize>>,
+    /// Dispatch budget in column elements; small values force the watchdog split.
+    max_columns: u64,
+}
+
+const fn same(k: usize, stride: usize, dil: usize) -> DeformConvConfig {
+    DeformConvConfig {
+        stride: (stride, stride),
+        padding: (k / 2 * dil, k / 2 * dil),
+        dilation: (dil, dil),
+    }
+}
+
+const DEFORM_CASES: &[DeformCase] = &[
+    DeformCase {
+        name: "k3, odd 9x11, offsets of a few pixels",
+        input: [1, 5, 9, 11],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 1, 1),
+        offset_scale: 3.0,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "k1, 6 channels",
+        input: [1, 6, 6, 8],
+        kernel: (1, 1),
+        offset_groups: 1,
+        cfg: same(1, 1, 1),
+        offset_scale: 2.0,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "k7 pad 3, offsets far out of bounds (±40 px)",
+        input: [1, 4, 7, 5],
+        kernel: (7, 7),
+        offset_groups: 1,
+        cfg: same(7, 1, 1),
+        offset_scale: 40.0,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "k3, offsets ~1e9 (never index memory)",
+        input: [1, 2, 4, 4],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 1, 1),
+        offset_scale: 1e9,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "1x1 image, k3 pad 1",
+        input: [1, 3, 1, 1],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 1, 1),
+        offset_scale: 1.0,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "1x1 image, k7 pad 3, half-pixel shift to the edges",
+        input: [1, 2, 1, 1],
+        kernel: (7, 7),
+        offset_groups: 1,
+        cfg: same(7, 1, 1),
+        offset_scale: 0.0,
+        offset_shift: 0.5,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "integer offsets (floor ties, samples on -1 and H)",
+        input: [1, 2, 5, 6],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 1, 1),
+        offset_scale: 0.0,
+        offset_shift: -1.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "batch 2, 2 offset groups, C 130 (not a multiple of the 128 threads)",
+        input: [2, 130, 3, 4],
+        kernel: (3, 3),
+        offset_groups: 2,
+        cfg: same(3, 1, 1),
+        offset_scale: 2.0,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "stride 2, dilation 2",
+        input: [1, 3, 9, 10],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 2, 2),
+        offset_scale: 2.0,
+        offset_shift: 0.0,
+        rows: None,
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+    DeformCase {
+        name: "band of rows 3..7, split into 200-element dispatches",
+        input: [1, 5, 9, 11],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 1, 1),
+        offset_scale: 3.0,
+        offset_shift: 0.0,
+        rows: Some(3..7),
+        max_columns: 200,
+    },
+    DeformCase {
+        name: "empty band",
+        input: [1, 2, 4, 4],
+        kernel: (3, 3),
+        offset_groups: 1,
+        cfg: same(3, 1, 1),
+        offset_scale: 1.0,
+        offset_shift: 0.0,
+        rows: Some(2..2),
+        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+    },
+];
+
+/// Runs the planned im2col dispatches of `args` in the emulator; returns the columns.
+fn emulate_deform(
+    emu: &Emulator,
+    tensors: [&Tensor; 3],
+    args: DeformIm2ColArgs,
+    max_columns: u64,
+    case: &str,
+) -> Result<(Vec<f32>, usize), String> {
+    let plan = deform_im2col_dispatches(args, DType::F32, max_columns).unwrap();
+    let n = args.columns() as usize;
+    let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| bytes_of(t)).collect();
+    buffers.push(poisoned(n, DType::F32));
+    let dispatches: Vec<EmuDispatch> = plan
+        .iter()
+        .map(|d| EmuDispatch {
+            kernel: d.kernel.clone(),
+            threadgroups: d.threadgroups,
+            threads: d.threads,
+            slots: vec![
+                (0, Slot::Bytes(d.args.to_bytes())),
+                (1, Slot::Buffer(0)),
+                (2, Slot::Buffer(1)),
+                (3, Slot::Buffer(2)),
+                (4, Slot::Buffer(3)),
+            ],
+            threadgroup_memory: vec![],
+        })
+        .collect();
+    let out = emu.run(&buffers, &dispatches)?;
+    Ok((written(&out[3], n, DType::F32, case), plan.len()))
+}
+
+#[test]
+fn deform_im2col_kernel_matches_the_cpu_op() {
+    let emu = Emulator::get("deform_conv");
+    let dev = Device::Cpu;
+    for (ci, case) in DEFORM_CASES.iter().enumerate() {
+        let [b, c, h, w] = case.input;
+        let (kh, kw) = case.kernel;
+        let taps = kh * kw;
+        let (sy, sx) = case.cfg.stride;
+        let (py, px) = case.cfg.padding;
+        let (dy, dx) = case.cfg.dilation;
+        let oh = (h + 2 * py - (dy * (kh - 1) + 1)) / sy + 1;
+        let ow = (w + 2 * px - (dx * (kw - 1) + 1)) / sx + 1;
+        let g = case.offset_groups;
+        let seed = 100 + 10 * ci as u64;
+        let input = Tensor::from_vec(lcg(seed, b * c * h * w), (b, c, h, w), &dev).unwrap();
+        let n_off = b * 2 * g * taps * oh * ow;
+        let offset: Vec<f32> = lcg(seed + 1, n_off)
+            .iter()
+            .map(|v| v * case.offset_scale + case.offset_shift)
+            .collect();
+        let offset = Tensor::from_vec(offset, (b, 2 * g * taps, oh, ow), &dev).unwrap();
+        // Modulation in [0, 2), like BiRefNet's 2·sigmoid.
+        let mask: Vec<f32> = lcg(seed + 2, b * g * taps * oh * ow)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, g * taps, oh, ow), &dev).unwrap();
+        let rows = case.rows.clone().unwrap_or(0..oh);
+        let want = modulated_im2col(&input, &offset, &mask, case.kernel, case.cfg, rows.clone())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let args =
+            modulated_im2col_args(&input, &offset, &mask, case.kernel, case.cfg, rows).unwrap();
+        let (got, dispatches) = emulate_deform(
+            &emu,
+            [&input, &offset, &mask],
+            args,
+            case.max_columns,
+            case.name,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let rel = rel_err(&got, &want);
+        println!(
+            "deform_im2col {:<68} columns {:>6} dispatches {dispatches:>2} max|err| {err:.2e} \
+             max|err|/max|ref| {rel:.2e}",
+            case.name,
+            want.len()
+        );
+        assert!(rel <= 1e-6, "{}: {rel:e}", case.name);
     }
 }
 
@@ -862,6 +1105,9 @@ fn kargs_layout_matches_the_header() {
          NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n\
          NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
          RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={}\n",
+         DeformIm2ColArgs size={} batch=0 channels=4 height=8 width=12 kh=16 kw=20 out_h=24 \
+         out_w=28 offset_groups=32 stride_y=36 stride_x=40 pad_y=44 pad_x=48 dil_y=52 dil_x=56 \
+         row_start=60 rows=64 first=68 count=72\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -888,7 +1134,11 @@ fn kargs_layout_matches_the_header() {
         offset_of!(RmsRopeArgs, heads),
         offset_of!(RmsRopeArgs, head_dim),
         offset_of!(RmsRopeArgs, normalize),
+        size_of::<DeformIm2ColArgs>(),
     );
+    // Every DeformIm2ColArgs field is a u32 in declaration order (pinned in the string above).
+    assert_eq!(offset_of!(DeformIm2ColArgs, count), 72);
+    assert_eq!(offset_of!(DeformIm2ColArgs, row_start), 60);
     assert_eq!(Emulator::get("sparse_conv").layout(), want);
     let args = SparseConvArgs {
         n_voxels: 1,
@@ -920,6 +1170,15 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
             assert!(norms.contains(&name), "{name} missing: {norms:?}");
         }
     }
+    use trellis2::ops::metal::dispatch::{
+        attention_kernel, deform_im2col_kernel, sparse_conv_kernel,
+    };
+    let deform = Emulator::get("deform_conv").kernels();
+    let name = deform_im2col_kernel(DType::F32).unwrap();
+    assert!(
+        deform.contains(&name),
+        "{name} missing from deform_conv.metal: {deform:?}"
+    );
     let conv = Emulator::get("sparse_conv").kernels();
     let attn = Emulator::get("attention").kernels();
     for dtype in ALL {

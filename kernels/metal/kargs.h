@@ -46,3 +46,27 @@ struct RmsRopeArgs {
     uint head_dim;  // D, even
     uint normalize; // 0: RoPE only
 };
+
+// Modulated deformable im2col (DCNv2), one dispatch = a contiguous range of column elements of
+// one band of output rows. The CUDA kernel (kernels/cuda/deform_conv.cu) takes the same struct.
+struct DeformIm2ColArgs {
+    uint batch;         // B
+    uint channels;      // C
+    uint height;        // H of the input
+    uint width;         // W of the input
+    uint kh;            // kernel height
+    uint kw;            // kernel width
+    uint out_h;         // Ho (offset/mask rows)
+    uint out_w;         // Wo (offset/mask columns)
+    uint offset_groups; // G: channel c uses offset group c / (C / G)
+    uint stride_y;
+    uint stride_x;
+    uint pad_y;
+    uint pad_x;
+    uint dil_y;
+    uint dil_x;
+    uint row_start;     // first output row of the band
+    uint rows;          // output rows in the band
+    uint first;         // first column element of this dispatch (watchdog split)
+    uint count;         // column elements of this dispatch
+};

@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let from = locate(Some(&args.from), &HubSettings::from_env())?;
+    let from = locate(Some(&args.from), &HubSettings::from_env(), None)?;
     let dtype = args.dtype.map(|d| match d {
         DTypeArg::F16 => candle_core::DType::F16,
         DTypeArg::Bf16 => candle_core::DType::BF16,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 #[cfg(feature = "hub")]
 use indicatif::{ProgressBar, ProgressStyle};
-use trellis2::weights::ModelDir;
+use trellis2::weights::{ModelDir, RembgModel};
 
 use trellis2::weights::hub::{self, HubSettings};
 #[cfg(feature = "hub")]
@@ -29,6 +29,23 @@ pub struct Args {
     /// No network: only check that everything is already in the cache.
     #[arg(long)]
     pub offline: bool,
+    /// Background remover to fetch: birefnet (ZhengPeng7/BiRefNet, MIT licence; the default),
+    /// rmbg-2.0 (briaai/RMBG-2.0: gated, CC BY-NC 4.0, NON-COMMERCIAL use only; the model the
+    /// release's pipeline.json names) or none. `generate --rembg` must name the same one.
+    #[arg(long, default_value = "birefnet", value_name = "MODEL", value_parser = parse_rembg)]
+    pub rembg: Remover,
+}
+
+/// The background remover to fetch, `None` for `--rembg none` (a newtype: clap reads a bare
+/// `Option` as "flag may be absent").
+#[derive(Clone, Copy, Debug)]
+pub struct Remover(pub Option<RembgModel>);
+
+fn parse_rembg(s: &str) -> Result<Remover, String> {
+    match s {
+        "none" => Ok(Remover(None)),
+        other => other.parse().map(|m| Remover(Some(m))),
+    }
 }
 
 pub fn run(args: &Args) -> Result<u8> {
@@ -37,7 +54,7 @@ pub fn run(args: &Args) -> Result<u8> {
         settings = settings.with_cache_dir(dir);
     }
     if args.offline {
-        let missing = hub::missing_offline(&settings);
+        let missing = hub::missing_offline(&settings, args.rembg.0);
         if missing.is_empty() {
             println!("all model files are in {}", settings.cache_dir.display());
             return Ok(super::exit::OK);
@@ -48,7 +65,7 @@ pub fn run(args: &Args) -> Result<u8> {
             missing.len(),
             settings.cache_dir.display(),
             list.join("\n"),
-            hub::download_command(&settings)
+            hub::download_command(&settings, args.rembg.0)
         );
     }
     fetch_release(args, &settings)
@@ -58,7 +75,7 @@ pub fn run(args: &Args) -> Result<u8> {
 #[cfg(feature = "hub")]
 fn fetch_release(args: &Args, settings: &HubSettings) -> Result<u8> {
     let settings = settings.clone();
-    let plan = hub::plan(&settings)?;
+    let plan = hub::plan(&settings, args.rembg.0)?;
     print_plan(&plan, &settings);
     let missing = plan.missing().count();
     if args.dry_run || missing == 0 {
@@ -88,33 +105,52 @@ fn fetch_release(_args: &Args, settings: &HubSettings) -> Result<u8> {
 /// The model directory `generate` uses: `model` if given (a folder with pipeline.json, or a hub
 /// cache folder), else the release in the Hugging Face cache. When files are missing it says how
 /// much is needed and downloads them (asking first unless `yes`); `offline` forbids that and
-/// fails with the command to run.
-pub fn ensure_model(model: Option<&std::path::Path>, yes: bool, offline: bool) -> Result<ModelDir> {
+/// fails with the command to run. `rembg` is the background remover the run may need.
+pub fn ensure_model(
+    model: Option<&std::path::Path>,
+    rembg: Option<RembgModel>,
+    yes: bool,
+    offline: bool,
+) -> Result<ModelDir> {
     if let Some(dir) = model {
         if dir.join("pipeline.json").is_file() {
-            return ModelDir::open(dir);
+            // A model directory of one's own: it may lack the remover, which the cache may have.
+            let dir = ModelDir::open(dir)?;
+            return Ok(with_cached_rembg(dir, rembg, &HubSettings::from_env()));
         }
     }
     let settings = match model {
         Some(dir) => HubSettings::from_env().with_cache_dir(dir),
         None => HubSettings::from_env(),
     };
-    match hub::locate(model, &settings) {
+    match hub::locate(model, &settings, rembg) {
         Ok(dir) => return Ok(dir),
         Err(e) if offline => return Err(e.context("--offline")),
         Err(_) => {}
     }
-    fetch_for_generate(model, &settings, yes)
+    fetch_for_generate(model, &settings, rembg, yes)
+}
+
+/// Registers the cached snapshot of `rembg` when `dir` itself does not hold it.
+fn with_cached_rembg(dir: ModelDir, rembg: Option<RembgModel>, settings: &HubSettings) -> ModelDir {
+    match rembg {
+        Some(m) if dir.rembg_dir(m).is_err() => match settings.snapshot_dir(m.repo()) {
+            Some(snapshot) => dir.with_repo_dir(m.repo(), &snapshot),
+            None => dir,
+        },
+        _ => dir,
+    }
 }
 
 #[cfg(feature = "hub")]
 fn fetch_for_generate(
     model: Option<&std::path::Path>,
     settings: &HubSettings,
+    rembg: Option<RembgModel>,
     yes: bool,
 ) -> Result<ModelDir> {
     let settings = settings.clone();
-    let plan = hub::plan(&settings)?;
+    let plan = hub::plan(&settings, rembg)?;
     eprintln!(
         "the model is not fully downloaded yet: {} in {} file(s) to fetch into {}",
         super::human_bytes(plan.missing_bytes()),
@@ -124,19 +160,76 @@ fn fetch_for_generate(
     if !yes && !confirm(plan.missing_bytes())? {
         bail!(
             "nothing downloaded; run `{}` first",
-            hub::download_command(&settings)
+            hub::download_command(&settings, rembg)
         );
     }
     hub::download(&settings, &plan, &mut |entry: &PlanEntry| {
         Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
     })?;
-    hub::locate(model, &settings)
+    hub::locate(model, &settings, rembg)
+}
+
+/// The cached folder of background remover `model` (config.json + model.safetensors), fetched
+/// first when missing (asking unless `yes`; never with `offline`). For `matte`, which needs no
+/// other model.
+pub fn ensure_rembg(model: RembgModel, yes: bool, offline: bool) -> Result<PathBuf> {
+    let settings = HubSettings::from_env();
+    let cached = |s: &HubSettings| {
+        hub::hf_model_files(model.repo())
+            .iter()
+            .all(|f| s.cached_file(&f.repo, &f.path).is_some())
+    };
+    if !cached(&settings) {
+        if offline {
+            bail!(
+                "--offline: {} ({}) is not in the model cache {}; run `trellis2 matte` once \
+                 without --offline",
+                model.repo(),
+                model.licence(),
+                settings.cache_dir.display()
+            );
+        }
+        fetch_rembg(model, &settings, yes)?;
+    }
+    match settings.snapshot_dir(model.repo()) {
+        Some(dir) if cached(&settings) => Ok(dir),
+        _ => bail!(
+            "{}: {} is not in the model cache after downloading",
+            settings.cache_dir.display(),
+            model.repo()
+        ),
+    }
+}
+
+#[cfg(feature = "hub")]
+fn fetch_rembg(model: RembgModel, settings: &HubSettings, yes: bool) -> Result<()> {
+    let plan = hub::plan_files(settings, &hub::hf_model_files(model.repo()))?;
+    eprintln!(
+        "background remover {} ({}): {} to fetch into {}",
+        model.repo(),
+        model.licence(),
+        super::human_bytes(plan.missing_bytes()),
+        settings.cache_dir.display()
+    );
+    if !yes && !confirm(plan.missing_bytes())? {
+        bail!("nothing downloaded; pass --model DIR or --yes");
+    }
+    hub::download(settings, &plan, &mut |entry: &PlanEntry| {
+        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
+    })?;
+    Ok(())
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_rembg(_model: RembgModel, settings: &HubSettings, _yes: bool) -> Result<()> {
+    bail!("{}", no_hub(settings))
 }
 
 #[cfg(not(feature = "hub"))]
 fn fetch_for_generate(
     _model: Option<&std::path::Path>,
     settings: &HubSettings,
+    _rembg: Option<RembgModel>,
     _yes: bool,
 ) -> Result<ModelDir> {
     bail!("{}", no_hub(settings))

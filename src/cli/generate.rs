@@ -129,9 +129,11 @@ pub struct Args {
     /// Up axis of the written files: y (glTF convention) or z (the model's frame).
     #[arg(long, default_value = "y")]
     pub up: String,
-    /// Pictures without transparency: auto removes the background with BiRefNet (the model
-    /// folder's `rembg_model`; RMBG-2.0 in the release, licensed CC BY-NC 4.0 — non-commercial),
-    /// none keeps the whole picture, alpha refuses them.
+    /// Background removal for pictures without transparency (pictures with real alpha always
+    /// keep theirs): auto = birefnet, ZhengPeng7/BiRefNet (MIT licence); rmbg-2.0 =
+    /// briaai/RMBG-2.0, the release's own choice (gated, CC BY-NC 4.0: NON-COMMERCIAL use only);
+    /// none keeps the whole picture; alpha refuses pictures without alpha. A missing model is
+    /// downloaded on first use, like the other models.
     #[arg(long, default_value = "auto", value_parser = parse_background)]
     pub rembg: Background,
     /// No progress output (errors and the failure summary are still printed).
@@ -266,7 +268,12 @@ pub fn run(args: &Args) -> Result<u8> {
         .model
         .clone()
         .or_else(|| std::env::var_os("TRELLIS2_MODEL").map(PathBuf::from));
-    let model_dir = super::download::ensure_model(model.as_deref(), args.yes, args.offline)?;
+    // Decoding saved latents needs no picture, hence no background remover.
+    let rembg = match args.from_latents {
+        Some(_) => None,
+        None => args.rembg.model(),
+    };
+    let model_dir = super::download::ensure_model(model.as_deref(), rembg, args.yes, args.offline)?;
     let model_root = model_dir.root.clone();
     let load = LoadOptions {
         dtype: args.dtype,

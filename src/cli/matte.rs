@@ -1,13 +1,15 @@
-//! `trellis2 matte IMAGE -o OUT.png --model DIR`: the RGBA cut-out the background remover makes
-//! of a picture, exactly as `generate` would use it, so it can be checked and fixed by hand.
+//! `trellis2 matte IMAGE -o OUT.png [--rembg birefnet|rmbg-2.0] [--model DIR]`: the RGBA cut-out
+//! the background remover makes of a picture, exactly as `generate` would use it, so it can be
+//! checked and fixed by hand.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use trellis2::image::{background_removal_input, load_image, save_rgba_png};
 use trellis2::models::birefnet::BiRefNet;
 use trellis2::pipeline::matte::{cut_out, MATTE_SIZE};
+use trellis2::weights::RembgModel;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,11 +20,24 @@ pub struct Args {
     /// matte as its alpha channel.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// BiRefNet folder: model.safetensors from Hugging Face (`ZhengPeng7/BiRefNet`, MIT; or
-    /// `briaai/RMBG-2.0`, gated, CC BY-NC 4.0: non-commercial use only), or weights.safetensors;
-    /// an optional config.json may set "patch_split_order": "rmbg" (default) or "einops".
+    /// Background remover to use when --model is not given, from the Hugging Face cache
+    /// (downloaded on first use): birefnet = ZhengPeng7/BiRefNet (MIT licence, the default);
+    /// rmbg-2.0 = briaai/RMBG-2.0 (gated, CC BY-NC 4.0: NON-COMMERCIAL use only). With --model
+    /// it names which checkpoint the folder holds (it sets the decoder's tile order).
+    #[arg(long, value_name = "MODEL")]
+    pub rembg: Option<RembgModel>,
+    /// BiRefNet folder: model.safetensors (+ config.json) as on Hugging Face, or the golden
+    /// weights.safetensors. The decoder's tile order is the folder's config.json
+    /// "patch_split_order" ("rmbg" or "einops") if set, else that of --rembg, else that of the
+    /// repository the path names, else RMBG-2.0's.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// Download a missing model without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// No network: fail if the model is not in the cache.
+    #[arg(long)]
+    pub offline: bool,
     /// Side of the square network input. Upstream uses 1024; other multiples of 32 are faster
     /// or sharper but do not reproduce upstream's matte.
     #[arg(long, default_value_t = MATTE_SIZE, value_name = "PX")]
@@ -30,15 +45,18 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let Some(model_dir) = &args.model else {
-        bail!(
-            "no background-removal model: pass --model DIR (a BiRefNet folder with \
-             model.safetensors, e.g. ZhengPeng7/BiRefNet from Hugging Face)"
-        );
-    };
     let loaded = load_image(&args.image)?;
     let rgb = background_removal_input(&loaded);
-    let model = BiRefNet::open(model_dir, &candle_core::Device::Cpu)?;
+    let cpu = candle_core::Device::Cpu;
+    let model = match (&args.model, args.rembg) {
+        (Some(dir), Some(choice)) => BiRefNet::open_as(dir, choice, &cpu)?,
+        (Some(dir), None) => BiRefNet::open(dir, &cpu)?,
+        (None, choice) => {
+            let choice = choice.unwrap_or_default();
+            let dir = super::download::ensure_rembg(choice, args.yes, args.offline)?;
+            BiRefNet::open_as(&dir, choice, &cpu)?
+        }
+    };
     let start = std::time::Instant::now();
     let rgba = cut_out(&model, &rgb, (args.size, args.size))
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", args.image.display()))?;

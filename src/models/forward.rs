@@ -407,11 +407,14 @@ fn dinov3_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Res
 }
 
 /// `image [B, 3, H, W]` → `logits`, `mask`. The folder's `config.json` may set
-/// `patch_split_order` (`"rmbg"`, the default, or `"einops"`).
+/// `patch_split_order` (`"rmbg"` or `"einops"`); without it the order follows the checkpoint the
+/// path names (`BiRefNet::open`'s rule), RMBG-2.0's when it names none.
 fn birefnet_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
     use super::birefnet::{BiRefNet, PatchOrder};
     let order = match source.args.get("patch_split_order") {
-        None => PatchOrder::Rmbg,
+        None => crate::weights::RembgModel::from_path(&source.path)
+            .map(PatchOrder::for_model)
+            .unwrap_or(PatchOrder::Rmbg),
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
             anyhow::anyhow!(
                 "{}: `patch_split_order` must be \"rmbg\" or \"einops\": {e}",

@@ -1,7 +1,8 @@
 //! CUDA forwards of the custom ops: the PTX of `kernels/cuda/*.cu` (built by `build.rs` behind
 //! the `cuda` feature), loaded once per device through candle's module cache and launched on the
 //! device's stream. Operands are bf16 or f16 (both the same dtype), accumulation fp32; the public
-//! op functions convert f32 inputs to bf16 before they reach these forwards.
+//! op functions convert f32 inputs to bf16 before they reach these forwards. Exceptions, f32
+//! throughout: the voxel LayerNorm and the deformable im2col (BiRefNet runs in f32 upstream).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -10,6 +11,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
 use half::{bf16, f16};
+
+use super::metal::kargs::DeformIm2ColArgs;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -223,5 +226,79 @@ pub(crate) fn voxel_layer_norm(
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         Shape::from((rows, c)),
+    ))
+}
+
+const DEFORM_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/deform_conv.ptx"));
+
+// SAFETY: `#[repr(C)]`, nineteen u32 fields and no padding: exactly the `DeformIm2ColArgs` the
+// kernel takes by value (kernels/cuda/deform_conv.cu static_asserts the same size).
+unsafe impl DeviceRepr for DeformIm2ColArgs {}
+
+/// Threads per block of the deformable im2col.
+const DEFORM_THREADS: u32 = 256;
+
+/// Modulated deformable im2col: input `[B,C,H,W]`, offset `[B,2·G·taps,Ho,Wo]`, mask
+/// `[B,G·taps,Ho,Wo]`, all f32 → the band's columns `[B, C·taps, rows·Wo]` f32, for the geometry
+/// in `band`. See `kernels/cuda/deform_conv.cu`.
+pub(crate) fn deform_im2col(
+    input: &CudaStorage,
+    il: &Layout,
+    offset: &CudaStorage,
+    ol: &Layout,
+    mask: &CudaStorage,
+    ml: &Layout,
+    band: DeformIm2ColArgs,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "deform_conv2d (CUDA)";
+    let (ia, iz) = span(il, OP, "input")?;
+    let (oa, oz) = span(ol, OP, "offset")?;
+    let (ma, mz) = span(ml, OP, "mask")?;
+    let (CudaStorageSlice::F32(input), CudaStorageSlice::F32(offset), CudaStorageSlice::F32(mask)) =
+        (&input.slice, &offset.slice, &mask.slice)
+    else {
+        bail!("{OP}: takes f32 input, offset and mask");
+    };
+    let dev = input.device().clone();
+    let total = band.columns();
+    if total > u32::MAX as u64 {
+        bail!("{OP}: a band of {total} column elements exceeds u32 indexing");
+    }
+    let out = output::<f32>(&dev, total as usize)?;
+    if total > 0 {
+        let func = dev.get_or_load_custom_func(
+            "deform_im2col_f32",
+            "trellis2_deform_conv",
+            DEFORM_CONV_PTX,
+        )?;
+        let args = DeformIm2ColArgs {
+            first: 0,
+            count: total as u32,
+            ..band
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (total.div_ceil(DEFORM_THREADS as u64) as u32, 1, 1),
+            block_dim: (DEFORM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (input, offset, mask) = (
+            input.slice(ia..iz),
+            offset.slice(oa..oz),
+            mask.slice(ma..mz),
+        );
+        let mut b = func.builder();
+        b.arg(&input).arg(&offset).arg(&mask).arg(&out).arg(&args);
+        // SAFETY: the op's shape checks bound every index the kernel forms by the input, offset
+        // and mask spans; it writes exactly out[0 .. total], owned here.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    let taps = (band.kh * band.kw) as usize;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((
+            band.batch as usize,
+            band.channels as usize * taps,
+            (band.rows * band.out_w) as usize,
+        )),
     ))
 }

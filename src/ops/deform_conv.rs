@@ -10,12 +10,17 @@
 //! The custom op is the sampling step ("modulated im2col"): it writes the column matrix
 //! `[B, C·kh·kw, rows·Wo]` for a band of output rows; the contraction is an ordinary matmul.
 //! Bands keep the column matrix bounded (a 7×7 tap over 64 channels at 256² would otherwise need
-//! 0.8 GB). The CPU implementation is the reference GPU kernels are tested against.
+//! 0.8 GB). The CPU implementation is the reference GPU kernels are tested against: Metal
+//! (kernels/metal/deform_conv.metal) and CUDA (kernels/cuda/deform_conv.cu) run the same sampling
+//! on the GPU, so on those devices the whole deformable convolution stays there.
+
+use std::ops::Range;
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu_storage::contiguous;
+use super::metal::kargs::DeformIm2ColArgs;
 
 /// Stride, padding and dilation of a deformable convolution, as `(y, x)` pairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +61,39 @@ struct Geometry {
 impl Geometry {
     fn taps(&self) -> usize {
         self.kh * self.kw
+    }
+
+    /// The GPU kernels' argument struct for output rows `row_start .. row_start + rows` (the
+    /// whole band; each dispatch sets its own element range).
+    fn band_args(&self, row_start: usize, rows: usize) -> Result<DeformIm2ColArgs> {
+        let u = |what: &str, v: usize| {
+            u32::try_from(v).map_err(|_| {
+                candle_core::Error::Msg(format!("deform_conv2d: {what} = {v} exceeds u32"))
+            })
+        };
+        let columns = self.batch * self.channels * self.taps() * rows * self.out_w;
+        let count = u("column elements of one band", columns)?;
+        Ok(DeformIm2ColArgs {
+            batch: u("batch", self.batch)?,
+            channels: u("channels", self.channels)?,
+            height: u("height", self.height)?,
+            width: u("width", self.width)?,
+            kh: u("kernel height", self.kh)?,
+            kw: u("kernel width", self.kw)?,
+            out_h: u("output height", self.out_h)?,
+            out_w: u("output width", self.out_w)?,
+            offset_groups: u("offset groups", self.offset_groups)?,
+            stride_y: u("stride", self.cfg.stride.0)?,
+            stride_x: u("stride", self.cfg.stride.1)?,
+            pad_y: u("padding", self.cfg.padding.0)?,
+            pad_x: u("padding", self.cfg.padding.1)?,
+            dil_y: u("dilation", self.cfg.dilation.0)?,
+            dil_x: u("dilation", self.cfg.dilation.1)?,
+            row_start: u("row start", row_start)?,
+            rows: u("rows", rows)?,
+            first: 0,
+            count,
+        })
     }
 }
 
@@ -151,6 +189,36 @@ impl CustomOp3 for ModulatedIm2Col {
             Shape::from((g.batch, g.channels * taps, pix)),
         ))
     }
+
+    /// kernels/metal/deform_conv.metal: the same sampling, f32, one thread per column element.
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+        s3: &candle_core::MetalStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        let band = self.geo.band_args(self.row_start, self.rows)?;
+        super::metal::deform_conv::forward(s1, l1, s2, l2, s3, l3, band)
+    }
+
+    /// kernels/cuda/deform_conv.cu: the same sampling, f32, one thread per column element.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let band = self.geo.band_args(self.row_start, self.rows)?;
+        super::cuda::deform_im2col(s1, l1, s2, l2, s3, l3, band)
+    }
 }
 
 /// Modulated deformable convolution, `torchvision.ops.deform_conv2d(input, offset, weight,
@@ -204,6 +272,51 @@ pub fn deform_conv2d(
     out.to_dtype(dtype)
 }
 
+/// The sampling step alone, on `input`'s device: the column matrix `[B, C·kh·kw, rows·Wo]` of
+/// output rows `rows` (what [`deform_conv2d`] multiplies by the weight), f32 operands. Shapes as
+/// in [`deform_conv2d`] with a `kernel = (kh, kw)` weight. For tests of the GPU kernels.
+pub fn modulated_im2col(
+    input: &Tensor,
+    offset: &Tensor,
+    mask: &Tensor,
+    kernel: (usize, usize),
+    cfg: DeformConvConfig,
+    rows: Range<usize>,
+) -> Result<Tensor> {
+    let geo = geometry_for_kernel(input, offset, mask, kernel, cfg)?;
+    if rows.start > rows.end || rows.end > geo.out_h {
+        bail!(
+            "deform_conv2d: rows {rows:?} outside the {} output rows",
+            geo.out_h
+        );
+    }
+    let op = ModulatedIm2Col {
+        geo,
+        row_start: rows.start,
+        rows: rows.len(),
+    };
+    input.apply_op3_no_bwd(offset, mask, &op)
+}
+
+/// The GPU kernels' arguments for [`modulated_im2col`] of the same operands (whole band).
+pub fn modulated_im2col_args(
+    input: &Tensor,
+    offset: &Tensor,
+    mask: &Tensor,
+    kernel: (usize, usize),
+    cfg: DeformConvConfig,
+    rows: Range<usize>,
+) -> Result<DeformIm2ColArgs> {
+    let geo = geometry_for_kernel(input, offset, mask, kernel, cfg)?;
+    if rows.start > rows.end || rows.end > geo.out_h {
+        bail!(
+            "deform_conv2d: rows {rows:?} outside the {} output rows",
+            geo.out_h
+        );
+    }
+    geo.band_args(rows.start, rows.len())
+}
+
 /// Validates every shape against torchvision's rules and returns the geometry.
 fn geometry(
     input: &Tensor,
@@ -212,7 +325,7 @@ fn geometry(
     weight: &Tensor,
     cfg: DeformConvConfig,
 ) -> Result<Geometry> {
-    let (batch, channels, height, width) = input.dims4()?;
+    let channels = input.dims4()?.1;
     let (_, wc, kh, kw) = weight.dims4()?;
     if wc != channels {
         bail!(
@@ -222,6 +335,17 @@ fn geometry(
             input.dims()
         );
     }
+    geometry_for_kernel(input, offset, mask, (kh, kw), cfg)
+}
+
+fn geometry_for_kernel(
+    input: &Tensor,
+    offset: &Tensor,
+    mask: &Tensor,
+    (kh, kw): (usize, usize),
+    cfg: DeformConvConfig,
+) -> Result<Geometry> {
+    let (batch, channels, height, width) = input.dims4()?;
     let (sy, sx) = cfg.stride;
     let (dy, dx) = cfg.dilation;
     if sy == 0 || sx == 0 || dy == 0 || dx == 0 || kh == 0 || kw == 0 {

@@ -12,14 +12,18 @@ use crate::image::{
     RgbaImage,
 };
 use crate::models::birefnet::BiRefNet;
-use crate::weights::ModelDir;
+use crate::weights::{ModelDir, RembgModel};
 
-/// What to do with a picture that has no transparency.
+/// What to do with a picture that has no transparency (a picture with real alpha always keeps
+/// it, as upstream does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Background {
-    /// Cut the object out with the background-removal model (upstream's behaviour).
+    /// Cut the object out with this background-removal model (upstream's behaviour; `auto` is
+    /// the default model, see [`RembgModel`]).
+    Remove(RembgModel),
+    /// `auto`: cut the object out with the default model.
     #[default]
-    Remove,
+    Auto,
     /// Keep the picture as it is: the whole frame is the object.
     Keep,
     /// Refuse pictures without an alpha channel.
@@ -31,18 +35,31 @@ impl FromStr for Background {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "auto" | "birefnet" => Ok(Self::Remove),
+            "auto" => Ok(Self::Auto),
             "none" => Ok(Self::Keep),
             "alpha" => Ok(Self::RequireAlpha),
-            other => Err(format!(
-                "`{other}` is not a background mode (auto, none or alpha)"
-            )),
+            other => other.parse().map(Self::Remove).map_err(|_| {
+                format!(
+                    "`{other}` is not a background mode (auto, birefnet, rmbg-2.0, none or alpha)"
+                )
+            }),
+        }
+    }
+}
+
+impl Background {
+    /// The background remover this mode may need (`None` for `none` and `alpha`).
+    pub fn model(self) -> Option<RembgModel> {
+        match self {
+            Self::Auto => Some(RembgModel::default()),
+            Self::Remove(m) => Some(m),
+            Self::Keep | Self::RequireAlpha => None,
         }
     }
 }
 
 /// Preprocesses `image` for the model: pictures with real alpha as upstream does; others by
-/// `mode` (BiRefNet from the model directory's `rembg_model`, on the CPU).
+/// `mode` (the chosen BiRefNet checkpoint from the model directory, on the CPU).
 pub fn conditioning_image(
     dir: &ModelDir,
     image: &LoadedImage,
@@ -60,14 +77,16 @@ pub fn conditioning_image(
             let rgb = background_removal_input(image);
             Ok(preprocess_with_alpha(&RgbaImage::from_rgb(&rgb), &source)?)
         }
-        Background::Remove => {
-            let folder = dir.hf_model_dir("rembg_model").with_context(|| {
+        Background::Auto | Background::Remove(_) => {
+            let choice = mode.model().unwrap_or_default();
+            let folder = dir.rembg_dir(choice).with_context(|| {
                 format!(
                     "{source}: the picture has no transparency and needs background removal; \
-                     run `trellis2 download`, or pass --rembg none to keep the whole picture"
+                     run `trellis2 download --rembg {choice}`, or pass --rembg none to keep the \
+                     whole picture"
                 )
             })?;
-            let model = BiRefNet::open(&folder, &Device::Cpu)?;
+            let model = BiRefNet::open_as(&folder, choice, &Device::Cpu)?;
             let rgb = background_removal_input(image);
             let rgba =
                 cut_out(&model, &rgb, (MATTE_SIZE, MATTE_SIZE)).with_context(|| source.clone())?;

@@ -12,8 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use super::checkpoint::{
     Checkpoint, ModelConfig, CONFIG_METADATA_KEY, CONVERTED_LAYOUT, LAYOUT_METADATA_KEY,
 };
-use super::hub::{hf_model_repo, DINOV3_REPO, RMBG_REPO};
+use super::hub::{hf_model_repo, DINOV3_REPO};
 use super::model_dir::ModelDir;
+use super::rembg::RembgModel;
 
 /// One written file.
 #[derive(Debug, Clone)]
@@ -49,15 +50,24 @@ pub fn convert_model_dir(
     }
     let mut args = from.pipeline.args.clone();
     // Hugging Face models keep their folder layout (config.json + model.safetensors) under
-    // `<to>/<owner>/<name>/`, where `ModelDir::hf_model_dir` looks first.
-    for (role, default) in [
-        ("image_cond_model", DINOV3_REPO),
-        ("rembg_model", RMBG_REPO),
-    ] {
-        let Ok(src) = from.hf_model_dir(role) else {
+    // `<to>/<owner>/<name>/`, where `ModelDir::hf_model_dir` and `rembg_dir` look first. Every
+    // background remover present is carried over, so either choice still works after converting.
+    let mut hf_models = vec![(
+        "image_cond_model",
+        from.hf_model_dir("image_cond_model"),
+        hf_model_repo(&from.pipeline, "image_cond_model", DINOV3_REPO),
+    )];
+    for model in RembgModel::ALL {
+        hf_models.push((
+            "rembg_model",
+            from.rembg_dir(model),
+            model.repo().to_string(),
+        ));
+    }
+    for (role, src, repo) in hf_models {
+        let Ok(src) = src else {
             continue;
         };
-        let repo = hf_model_repo(&from.pipeline, role, default);
         let dst = to.join(&repo);
         std::fs::create_dir_all(&dst)
             .with_context(|| format!("{}: cannot create", dst.display()))?;

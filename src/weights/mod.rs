@@ -8,6 +8,7 @@ mod checkpoint;
 mod convert;
 pub mod hub;
 mod model_dir;
+mod rembg;
 mod shape_only;
 mod strict;
 
@@ -17,5 +18,6 @@ pub use checkpoint::{
 };
 pub use convert::{convert_model_dir, ConvertedModel};
 pub use model_dir::{ModelDir, PipelineConfig};
+pub use rembg::{RembgModel, BIREFNET_REPO, RMBG_REPO};
 pub use shape_only::ShapeRecorder;
 pub use strict::{check_tensors, StrictError, StrictLoad};

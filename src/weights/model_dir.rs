@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::checkpoint::Checkpoint;
+use super::rembg::RembgModel;
 
 /// `pipeline.json`. Only the fields the loader needs are typed; the sampler settings and
 /// normalisation vectors stay in `args` for the pipeline to read.
@@ -37,7 +38,7 @@ pub struct ModelDir {
     pub root: PathBuf,
     pub pipeline: PipelineConfig,
     /// Local folders of other hub repositories (`owner/name` → folder) the pipeline points to:
-    /// the SS decoder's `microsoft/TRELLIS-image-large`, DINOv3, the background remover. In the
+    /// the SS decoder's `microsoft/TRELLIS-image-large`, DINOv3, the background removers. In the
     /// hub cache each repository has its own snapshot folder.
     pub repo_dirs: BTreeMap<String, PathBuf>,
 }
@@ -72,24 +73,31 @@ impl ModelDir {
         self
     }
 
-    /// The folder (`config.json` + `model.safetensors`) of a Hugging Face model the pipeline
-    /// loads by name: `<root>/<owner>/<name>/` if this directory holds it, else its registered
-    /// repository folder. `role` is `image_cond_model` or `rembg_model`.
+    /// The folder (`config.json` + `model.safetensors`) of the image encoder the pipeline loads
+    /// by name (`role` = `image_cond_model`): `<root>/<owner>/<name>/` if this directory holds
+    /// it, else its registered repository folder.
     pub fn hf_model_dir(&self, role: &str) -> Result<PathBuf> {
-        let default = match role {
-            "rembg_model" => super::hub::RMBG_REPO,
-            _ => super::hub::DINOV3_REPO,
-        };
-        let repo = super::hub::hf_model_repo(&self.pipeline, role, default);
-        let mut candidates = vec![self.root.join(&repo)];
-        candidates.extend(self.repo_dirs.get(&repo).cloned());
+        let repo = super::hub::hf_model_repo(&self.pipeline, role, super::hub::DINOV3_REPO);
+        self.repo_folder(role, &repo)
+    }
+
+    /// The folder of background-removal checkpoint `model`, looked up like
+    /// [`Self::hf_model_dir`]. The pipeline's own `rembg_model` name is deliberately not used:
+    /// see [`RembgModel`] for why the default differs from the release.
+    pub fn rembg_dir(&self, model: RembgModel) -> Result<PathBuf> {
+        self.repo_folder(&format!("background remover {model}"), model.repo())
+    }
+
+    fn repo_folder(&self, what: &str, repo: &str) -> Result<PathBuf> {
+        let mut candidates = vec![self.root.join(repo)];
+        candidates.extend(self.repo_dirs.get(repo).cloned());
         for c in &candidates {
             if c.join("config.json").is_file() && c.join("model.safetensors").is_file() {
                 return Ok(c.clone());
             }
         }
         bail!(
-            "{}: `{role}` ({repo}) not found (looked for config.json and model.safetensors in {})",
+            "{}: `{what}` ({repo}) not found (looked for config.json and model.safetensors in {})",
             self.root.display(),
             candidates
                 .iter()

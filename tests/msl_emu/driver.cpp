@@ -258,6 +258,15 @@ static void layout() {
     std::printf("\nAttentionArgs size=%zu", sizeof(AttentionArgs));
     FIELD(AttentionArgs, heads); FIELD(AttentionArgs, tile_base); FIELD(AttentionArgs, n_tiles);
     FIELD(AttentionArgs, scale);
+    std::printf("\nDeformIm2ColArgs size=%zu", sizeof(DeformIm2ColArgs));
+    FIELD(DeformIm2ColArgs, batch); FIELD(DeformIm2ColArgs, channels);
+    FIELD(DeformIm2ColArgs, height); FIELD(DeformIm2ColArgs, width); FIELD(DeformIm2ColArgs, kh);
+    FIELD(DeformIm2ColArgs, kw); FIELD(DeformIm2ColArgs, out_h); FIELD(DeformIm2ColArgs, out_w);
+    FIELD(DeformIm2ColArgs, offset_groups); FIELD(DeformIm2ColArgs, stride_y);
+    FIELD(DeformIm2ColArgs, stride_x); FIELD(DeformIm2ColArgs, pad_y);
+    FIELD(DeformIm2ColArgs, pad_x); FIELD(DeformIm2ColArgs, dil_y); FIELD(DeformIm2ColArgs, dil_x);
+    FIELD(DeformIm2ColArgs, row_start); FIELD(DeformIm2ColArgs, rows);
+    FIELD(DeformIm2ColArgs, first); FIELD(DeformIm2ColArgs, count);
     std::printf("\nNeighbourArgs size=%zu", sizeof(NeighbourArgs));
     FIELD(NeighbourArgs, n_voxels); FIELD(NeighbourArgs, capacity_mask);
     FIELD(NeighbourArgs, bits_x); FIELD(NeighbourArgs, bits_y); FIELD(NeighbourArgs, bits_z);

@@ -18,7 +18,8 @@
 //   its next atomic before any proceeds. What this does not reproduce: a weak compare-exchange
 //   never fails spuriously here, and plain (non-atomic) accesses of one threadgroup never race
 //   with each other between two yields (on a GPU they can);
-// - math: float exp/exp2/log/sqrt/rsqrt/abs/min/max/fma/clamp (libm precision, not fast-math).
+// - math: float exp/exp2/log/sqrt/rsqrt/abs/floor/min/max/fma/clamp (libm precision, not
+//   fast-math).
 #pragma once
 #include "emu_runtime.h"
 #include <atomic>
@@ -38,6 +39,7 @@ inline float log(float x) { return std::log(x); }
 inline float sqrt(float x) { return std::sqrt(x); }
 inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
 inline float abs(float x) { return std::fabs(x); }
+inline float floor(float x) { return std::floor(x); }
 inline float fma(float a, float b, float c) { return std::fma(a, b, c); }
 template <class T> inline T min(T a, T b) { return b < a ? b : a; }
 template <class T> inline T max(T a, T b) { return a < b ? b : a; }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 
-use crate::weights::TensorInfo;
+use crate::weights::{RembgModel, TensorInfo};
 
 /// How `dec_ipt_split` stacks the image tiles on the channel axis. Same weights, different
 /// function (the logits differ by ~0.8 between the two on the test model), so it is a
@@ -21,6 +21,32 @@ pub enum PatchOrder {
     /// BiRefNet's later einops split `b c (hg h) (wg w) -> b (c hg wg) h w`:
     /// `channel = c·rows·cols + row·cols + col`.
     Einops,
+}
+
+impl PatchOrder {
+    /// The order the checkpoint's own Hugging Face remote code (`birefnet.py`, which
+    /// `AutoModelForImageSegmentation.from_pretrained(repo, trust_remote_code=True)` runs, as
+    /// TRELLIS.2 does) applies.
+    ///
+    /// - `briaai/RMBG-2.0`: `Decoder.get_patches_batch`, the RMBG order (golden README, semantic
+    ///   detail 1; public verbatim copy: Sanster/IOPaint `iopaint/plugins/briarmbg2.py`).
+    /// - `ZhengPeng7/BiRefNet`: the einops order. Its remote code follows the GitHub code, where
+    ///   ZhengPeng7/BiRefNet@5198d3f (2024-11-05, "Upgrade patches merging and split methods to
+    ///   einops version") replaced `get_patches_batch` with
+    ///   `image2patches(x, patch_ref, transformation='b c (hg h) (wg w) -> b (c hg wg) h w')`
+    ///   (still so at HEAD 25cb930, `models/birefnet.py` lines 212-286). That the Hugging Face
+    ///   copy runs the same pattern is visible in public user code loading
+    ///   `from_pretrained("ZhengPeng7/BiRefNet", trust_remote_code=True)`, which quotes einops'
+    ///   error "Error while processing rearrange-reduction pattern \"b c (hg h) (wg w) -> b (c hg
+    ///   wg) h w\"", and a public BiRefNet_lite export script notes that repo's `image2patches`
+    ///   has used `(c hg wg)` since 2024-11. A folder's `config.json` may still override it
+    ///   (`"patch_split_order"`), e.g. for weights trained before that change.
+    pub fn for_model(model: RembgModel) -> Self {
+        match model {
+            RembgModel::Rmbg2 => Self::Rmbg,
+            RembgModel::BiRefNet => Self::Einops,
+        }
+    }
 }
 
 /// Sizes of the Swin backbone.

@@ -22,7 +22,7 @@ use swin::SwinBackbone;
 
 use super::trace::Trace;
 use crate::ops::interpolate_bilinear_aligned;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, RembgModel};
 
 /// The network: backbone, squeeze block, decoder.
 pub struct BiRefNet {
@@ -36,7 +36,7 @@ pub struct BiRefNet {
 /// there, e.g. Hugging Face's `bb_pretrained`, is ignored).
 #[derive(Debug, Default, serde::Deserialize)]
 struct FolderSettings {
-    /// `"rmbg"` (default) or `"einops"`, see [`PatchOrder`].
+    /// `"rmbg"` or `"einops"`, see [`PatchOrder`]; the default depends on the checkpoint.
     patch_split_order: Option<PatchOrder>,
 }
 
@@ -77,9 +77,24 @@ impl BiRefNet {
     }
 
     /// Opens a model folder: `weights.safetensors` (the golden layout) or `model.safetensors`
-    /// (a Hugging Face download), with an optional `config.json` whose `patch_split_order`
-    /// selects the tile order (default RMBG-2.0's).
+    /// (a Hugging Face download). The tile order comes from the folder's `config.json`
+    /// (`"patch_split_order"`) if it says, else from the checkpoint the path names
+    /// ([`RembgModel::from_path`]: a hub cache snapshot or an `owner/name` folder), else
+    /// RMBG-2.0's (the order of the golden test models).
     pub fn open(dir: &Path, device: &Device) -> Result<Self> {
+        let fallback = RembgModel::from_path(dir)
+            .map(PatchOrder::for_model)
+            .unwrap_or(PatchOrder::Rmbg);
+        Self::open_with_order(dir, fallback, device)
+    }
+
+    /// [`Self::open`] for a folder known to hold checkpoint `model`: its order unless the
+    /// folder's `config.json` says otherwise.
+    pub fn open_as(dir: &Path, model: RembgModel, device: &Device) -> Result<Self> {
+        Self::open_with_order(dir, PatchOrder::for_model(model), device)
+    }
+
+    fn open_with_order(dir: &Path, fallback: PatchOrder, device: &Device) -> Result<Self> {
         let weights = ["model.safetensors", "weights.safetensors"]
             .iter()
             .map(|f| dir.join(f))
@@ -102,7 +117,7 @@ impl BiRefNet {
         let ckpt = Checkpoint::open_file(&weights)?;
         Self::load(
             &ckpt,
-            settings.patch_split_order.unwrap_or(PatchOrder::Rmbg),
+            settings.patch_split_order.unwrap_or(fallback),
             DType::F32,
             device,
         )

@@ -3,7 +3,7 @@
 //! dispatches so that no command buffer runs long enough for the macOS GPU watchdog to kill it
 //! (spec/PEERS.md, "Mac realities"). Backend-free so the emulator tests run these exact plans.
 
-use super::kargs::{AttentionArgs, SparseConvArgs};
+use super::kargs::{AttentionArgs, DeformIm2ColArgs, SparseConvArgs};
 use candle_core::{bail, DType, Result};
 
 /// Threads per threadgroup of every kernel here: 4 simdgroups of 32.
@@ -185,6 +185,59 @@ pub fn attention_dispatches(
             },
         });
         first = end;
+    }
+    Ok(out)
+}
+
+/// Threads per threadgroup of the deformable im2col (kernels/metal/deform_conv.metal).
+pub const DEFORM_THREADS: u32 = 128;
+
+/// Column elements one deformable-im2col dispatch may write: each is one bilinear sample (four
+/// reads, ~20 flops), so 2^24 of them take a few milliseconds even on small GPUs.
+pub const MAX_DEFORM_COLUMNS_PER_DISPATCH: u64 = 1 << 24;
+
+/// `deform_im2col_<dtype>`; only f32 is instantiated (the op computes in f32).
+pub fn deform_im2col_kernel(dtype: DType) -> Result<String> {
+    if dtype != DType::F32 {
+        bail!("deform_conv2d: the metal kernel takes f32 operands, got {dtype:?}");
+    }
+    Ok(format!("deform_im2col_{}", dtype_tag(dtype)?))
+}
+
+/// Dispatches writing the band's column matrix of `band` (its `first`/`count` are ignored),
+/// `max_columns` elements at most each. Empty when the matrix is.
+pub fn deform_im2col_dispatches(
+    band: DeformIm2ColArgs,
+    dtype: DType,
+    max_columns: u64,
+) -> Result<Vec<Dispatch<DeformIm2ColArgs>>> {
+    let kernel = deform_im2col_kernel(dtype)?;
+    let total = band.columns();
+    if total > u32::MAX as u64 {
+        bail!("deform_conv2d: a band of {total} column elements exceeds u32 indexing");
+    }
+    if band.offset_groups == 0 || !band.channels.is_multiple_of(band.offset_groups) || band.kw == 0
+    {
+        bail!("deform_conv2d: bad im2col geometry {band:?}");
+    }
+    // At least one threadgroup per dispatch, so a tiny budget cannot stall the loop.
+    let step = max_columns.max(DEFORM_THREADS as u64);
+    let mut out = Vec::new();
+    let mut first = 0u64;
+    while first < total {
+        let count = step.min(total - first);
+        out.push(Dispatch {
+            kernel: kernel.clone(),
+            threadgroups: [count.div_ceil(DEFORM_THREADS as u64) as u32, 1, 1],
+            threads: [DEFORM_THREADS, 1, 1],
+            threadgroup_memory: 0,
+            args: DeformIm2ColArgs {
+                first: first as u32,
+                count: count as u32,
+                ..band
+            },
+        });
+        first += count;
     }
     Ok(out)
 }

@@ -30,6 +30,54 @@ pub struct AttentionArgs {
     pub scale: f32,
 }
 
+/// `DeformIm2ColArgs` in kargs.h; also the argument of `kernels/cuda/deform_conv.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeformIm2ColArgs {
+    pub batch: u32,
+    pub channels: u32,
+    /// Input height and width.
+    pub height: u32,
+    pub width: u32,
+    /// Kernel height and width.
+    pub kh: u32,
+    pub kw: u32,
+    /// Output (offset/mask) height and width.
+    pub out_h: u32,
+    pub out_w: u32,
+    /// Channel `c` uses offset group `c / (channels / offset_groups)`.
+    pub offset_groups: u32,
+    pub stride_y: u32,
+    pub stride_x: u32,
+    pub pad_y: u32,
+    pub pad_x: u32,
+    pub dil_y: u32,
+    pub dil_x: u32,
+    /// The band of output rows the column matrix covers.
+    pub row_start: u32,
+    pub rows: u32,
+    /// Column elements `first .. first + count` are written by this dispatch.
+    pub first: u32,
+    pub count: u32,
+}
+
+impl DeformIm2ColArgs {
+    /// Elements of the band's column matrix `[batch, channels·kh·kw, rows·out_w]`.
+    pub fn columns(&self) -> u64 {
+        [
+            self.batch,
+            self.channels,
+            self.kh,
+            self.kw,
+            self.rows,
+            self.out_w,
+        ]
+        .iter()
+        .map(|&v| v as u64)
+        .product()
+    }
+}
+
 /// Bytes exactly as the kernel reads them (what `setBytes` uploads), little endian.
 pub trait KernelArgs {
     fn to_bytes(&self) -> Vec<u8>;
@@ -125,5 +173,34 @@ impl KernelArgs for RmsRopeArgs {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect()
+    }
+}
+
+impl KernelArgs for DeformIm2ColArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.batch,
+            self.channels,
+            self.height,
+            self.width,
+            self.kh,
+            self.kw,
+            self.out_h,
+            self.out_w,
+            self.offset_groups,
+            self.stride_y,
+            self.stride_x,
+            self.pad_y,
+            self.pad_x,
+            self.dil_y,
+            self.dil_x,
+            self.row_start,
+            self.rows,
+            self.first,
+            self.count,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
     }
 }

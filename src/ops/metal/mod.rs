@@ -3,7 +3,7 @@
 //! `kargs` and `dispatch` are plain Rust and always compiled: they decide kernel names, grids,
 //! threadgroup memory and how a long op is split into several dispatches, and the MSL emulator
 //! tests (tests/metal_emu.rs) execute exactly those plans. The encoding itself (`pipelines`,
-//! `sparse_conv`, `attention`) needs candle's Metal backend and only exists with the `metal`
+//! `sparse_conv`, `attention`, `deform_conv`) needs candle's Metal backend and only exists with the `metal`
 //! feature.
 
 pub mod dispatch;
@@ -13,6 +13,8 @@ pub mod norms_plan;
 
 #[cfg(feature = "metal")]
 pub(crate) mod attention;
+#[cfg(feature = "metal")]
+pub(crate) mod deform_conv;
 #[cfg(feature = "metal")]
 mod encode;
 #[cfg(feature = "metal")]

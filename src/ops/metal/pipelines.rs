@@ -11,12 +11,14 @@ const SPARSE_CONV_METAL: &str = include_str!("../../../kernels/metal/sparse_conv
 const ATTENTION_METAL: &str = include_str!("../../../kernels/metal/attention.metal");
 const NORMS_METAL: &str = include_str!("../../../kernels/metal/norms.metal");
 const NEIGHBOUR_MAP_METAL: &str = include_str!("../../../kernels/metal/neighbour_map.metal");
+const DEFORM_CONV_METAL: &str = include_str!("../../../kernels/metal/deform_conv.metal");
 
 /// One `.metal` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     SparseConv,
     Attention,
+    DeformConv,
     NeighbourMap,
     Norms,
 }
@@ -25,6 +27,7 @@ impl Source {
     /// The file with `#include "kargs.h"` spliced in: runtime compilation has no include path.
     fn text(self) -> String {
         let raw = match self {
+            Source::DeformConv => DEFORM_CONV_METAL,
             Source::SparseConv => SPARSE_CONV_METAL,
             Source::Attention => ATTENTION_METAL,
             Source::NeighbourMap => NEIGHBOUR_MAP_METAL,

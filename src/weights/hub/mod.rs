@@ -27,9 +27,10 @@ mod verify;
 pub use fetch::{download, TransferProgress};
 pub use locate::{download_command, locate, missing_offline};
 #[cfg(feature = "hub")]
-pub use plan::{plan, Plan, PlanEntry};
+pub use plan::{plan, plan_files, Plan, PlanEntry};
 pub use release::{
-    hf_model_repo, release_files, RepoFile, DINOV3_REPO, PIPELINE_FILE, RELEASE_REPO, RMBG_REPO,
+    hf_model_files, hf_model_repo, release_files, RepoFile, DINOV3_REPO, PIPELINE_FILE,
+    RELEASE_REPO,
 };
 #[cfg(feature = "hub")]
 pub use remote::{HubError, RemoteFile};

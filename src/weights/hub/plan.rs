@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use super::release::{release_files, RepoFile, PIPELINE_FILE, RELEASE_REPO};
 use super::remote::{get_small, head, RemoteFile};
 use super::settings::HubSettings;
-use crate::weights::PipelineConfig;
+use crate::weights::{PipelineConfig, RembgModel};
 
 /// `pipeline.json` is a few KiB; anything bigger is not one.
 const PIPELINE_LIMIT: u64 = 1 << 20;
@@ -50,9 +50,10 @@ fn entry(settings: &HubSettings, remote: RemoteFile) -> PlanEntry {
     }
 }
 
-/// Asks the hub about `pipeline.json` and every file it names (one `HEAD` each; the pipeline
-/// itself is read from the cache or fetched into memory, nothing is written).
-pub fn plan(settings: &HubSettings) -> Result<Plan> {
+/// Asks the hub about `pipeline.json` and every file it names, with background remover `rembg`
+/// (one `HEAD` each; the pipeline itself is read from the cache or fetched into memory, nothing
+/// is written).
+pub fn plan(settings: &HubSettings, rembg: Option<RembgModel>) -> Result<Plan> {
     let pipeline_file = RepoFile::new(RELEASE_REPO, PIPELINE_FILE);
     let pipeline_entry = entry(settings, head(settings, &pipeline_file)?);
     let text = if pipeline_entry.cached {
@@ -68,8 +69,17 @@ pub fn plan(settings: &HubSettings) -> Result<Plan> {
     let pipeline: PipelineConfig = serde_json::from_slice(&text)
         .with_context(|| format!("{pipeline_file}: not a pipeline config"))?;
     let mut entries = vec![pipeline_entry];
-    for file in release_files(&pipeline) {
+    for file in release_files(&pipeline, rembg) {
         entries.push(entry(settings, head(settings, &file)?));
     }
+    Ok(Plan { entries })
+}
+
+/// A plan for some files only (e.g. one background remover for `matte`).
+pub fn plan_files(settings: &HubSettings, files: &[RepoFile]) -> Result<Plan> {
+    let entries = files
+        .iter()
+        .map(|f| Ok(entry(settings, head(settings, f)?)))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Plan { entries })
 }

@@ -1,6 +1,6 @@
 //! The files a TRELLIS.2 run needs, read from the release's `pipeline.json`.
 
-use crate::weights::PipelineConfig;
+use crate::weights::{PipelineConfig, RembgModel};
 
 /// The TRELLIS.2 release: `pipeline.json` and `ckpts/`.
 pub const RELEASE_REPO: &str = "microsoft/TRELLIS.2-4B";
@@ -8,8 +8,6 @@ pub const RELEASE_REPO: &str = "microsoft/TRELLIS.2-4B";
 pub const PIPELINE_FILE: &str = "pipeline.json";
 /// Image encoder (gated: licence to accept on the model page).
 pub const DINOV3_REPO: &str = "facebook/dinov3-vitl16-pretrain-lvd1689m";
-/// Background removal (gated: licence to accept on the model page).
-pub const RMBG_REPO: &str = "briaai/RMBG-2.0";
 
 /// One file of one hub repository.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,8 +60,10 @@ pub fn hf_model_repo(pipeline: &PipelineConfig, role: &str, default: &str) -> St
 }
 
 /// Every file besides `pipeline.json`: `<stem>.json` + `<stem>.safetensors` per model, then
-/// `config.json` + `model.safetensors` of the image encoder and of the background remover.
-pub fn release_files(pipeline: &PipelineConfig) -> Vec<RepoFile> {
+/// `config.json` + `model.safetensors` of the image encoder and of the background remover
+/// `rembg` (our choice, not the pipeline's `rembg_model`: see [`RembgModel`]; `None` when the
+/// run removes no background).
+pub fn release_files(pipeline: &PipelineConfig, rembg: Option<RembgModel>) -> Vec<RepoFile> {
     let mut files = Vec::new();
     for stem in pipeline.model_stems().values() {
         let (repo, stem) = stem_location(stem);
@@ -71,15 +71,16 @@ pub fn release_files(pipeline: &PipelineConfig) -> Vec<RepoFile> {
             files.push(RepoFile::new(&repo, &format!("{stem}{ext}")));
         }
     }
-    for (role, default) in [
-        ("image_cond_model", DINOV3_REPO),
-        ("rembg_model", RMBG_REPO),
-    ] {
-        let repo = hf_model_repo(pipeline, role, default);
-        for path in ["config.json", "model.safetensors"] {
-            files.push(RepoFile::new(&repo, path));
-        }
+    let encoder = hf_model_repo(pipeline, "image_cond_model", DINOV3_REPO);
+    files.extend(hf_model_files(&encoder));
+    if let Some(model) = rembg {
+        files.extend(hf_model_files(model.repo()));
     }
     files.dedup();
     files
+}
+
+/// `config.json` + `model.safetensors` of a Hugging Face model repository.
+pub fn hf_model_files(repo: &str) -> [RepoFile; 2] {
+    ["config.json", "model.safetensors"].map(|path| RepoFile::new(repo, path))
 }
