@@ -851,6 +851,9 @@ fn rms_norm_rope_kernel_matches_the_cpu_op() {
             println!("{label:<70} max|err|/max|ref| {rel:.2e}");
             assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
         }
+    }
+}
+
 // ---------------------------------------------------------------------------- deformable conv
 
 struct DeformCase {
@@ -1102,12 +1105,12 @@ fn kargs_layout_matches_the_header() {
     let want = format!(
         "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={}\n\
          AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n\
+         DeformIm2ColArgs size={} batch=0 channels=4 height=8 width=12 kh=16 kw=20 out_h=24 \
+         out_w=28 offset_groups=32 stride_y=36 stride_x=40 pad_y=44 pad_x=48 dil_y=52 dil_x=56 \
+         row_start=60 rows=64 first=68 count=72\n\
          NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n\
          NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
          RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={}\n",
-         DeformIm2ColArgs size={} batch=0 channels=4 height=8 width=12 kh=16 kw=20 out_h=24 \
-         out_w=28 offset_groups=32 stride_y=36 stride_x=40 pad_y=44 pad_x=48 dil_y=52 dil_x=56 \
-         row_start=60 rows=64 first=68 count=72\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -1118,6 +1121,7 @@ fn kargs_layout_matches_the_header() {
         offset_of!(AttentionArgs, tile_base),
         offset_of!(AttentionArgs, n_tiles),
         offset_of!(AttentionArgs, scale),
+        size_of::<DeformIm2ColArgs>(),
         size_of::<NeighbourArgs>(),
         offset_of!(NeighbourArgs, n_voxels),
         offset_of!(NeighbourArgs, capacity_mask),
@@ -1134,7 +1138,6 @@ fn kargs_layout_matches_the_header() {
         offset_of!(RmsRopeArgs, heads),
         offset_of!(RmsRopeArgs, head_dim),
         offset_of!(RmsRopeArgs, normalize),
-        size_of::<DeformIm2ColArgs>(),
     );
     // Every DeformIm2ColArgs field is a u32 in declaration order (pinned in the string above).
     assert_eq!(offset_of!(DeformIm2ColArgs, count), 72);
@@ -1151,7 +1154,15 @@ fn kargs_layout_matches_the_header() {
 
 #[test]
 fn every_kernel_the_host_can_ask_for_is_instantiated() {
-    use trellis2::ops::metal::dispatch::{attention_kernel, sparse_conv_kernel};
+    use trellis2::ops::metal::dispatch::{
+        attention_kernel, deform_im2col_kernel, sparse_conv_kernel,
+    };
+    let deform = Emulator::get("deform_conv").kernels();
+    let name = deform_im2col_kernel(DType::F32).unwrap();
+    assert!(
+        deform.contains(&name),
+        "{name} missing from deform_conv.metal: {deform:?}"
+    );
     let map = Emulator::get("neighbour_map").kernels();
     let plan = trellis2::ops::metal::neighbour_plan::neighbour_plan(&[[0, 1, 2, 3]])
         .unwrap()
@@ -1170,15 +1181,6 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
             assert!(norms.contains(&name), "{name} missing: {norms:?}");
         }
     }
-    use trellis2::ops::metal::dispatch::{
-        attention_kernel, deform_im2col_kernel, sparse_conv_kernel,
-    };
-    let deform = Emulator::get("deform_conv").kernels();
-    let name = deform_im2col_kernel(DType::F32).unwrap();
-    assert!(
-        deform.contains(&name),
-        "{name} missing from deform_conv.metal: {deform:?}"
-    );
     let conv = Emulator::get("sparse_conv").kernels();
     let attn = Emulator::get("attention").kernels();
     for dtype in ALL {
