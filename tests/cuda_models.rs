@@ -48,6 +48,17 @@ fn cuda_matches_cpu(role: &str, guide: Option<&str>) {
     for ((name, g), (wname, w)) in got.iter().zip(&want) {
         assert_eq!(name, wname);
         assert!(g.device().is_cuda(), "{role}/{name} left the GPU");
+        if name.starts_with("mesh.") {
+            // Extracted from thresholded edge flags, which bf16 operands may flip on random
+            // weights: the counts must agree within 1%, the values are not comparable.
+            let (gn, wn) = (g.dim(0).unwrap() as f64, w.dim(0).unwrap() as f64);
+            println!("{role:<28} {name:<20} rows {gn} vs CPU {wn}");
+            assert!(
+                (gn - wn).abs() <= 0.01 * wn,
+                "{role}/{name}: {gn} rows vs {wn}"
+            );
+            continue;
+        }
         assert_eq!(g.dims(), w.dims(), "{role}/{name}: shape");
         if !w.dtype().is_float() {
             continue;
@@ -74,6 +85,16 @@ fn sparse_structure_flow_on_cuda() {
 #[test]
 fn shape_flow_on_cuda() {
     cuda_matches_cpu("shape_slat_flow_model_512", None);
+}
+
+#[test]
+fn sparse_structure_decoder_on_cuda() {
+    cuda_matches_cpu("sparse_structure_decoder", None);
+}
+
+#[test]
+fn shape_decoder_on_cuda() {
+    cuda_matches_cpu("shape_slat_decoder", None);
 }
 
 #[test]

@@ -182,8 +182,10 @@ pub fn split_decoder_tensors(coords: &Tensor, raw_feats: &Tensor) -> Result<Vec<
             message: format!("shape [{m}, {channels}], expected [N, {SHAPE_FEAT_CHANNELS}]"),
         });
     }
+    // Integer casts run on the host: candle's CUDA backend lacks most integer cast kernels.
     let coords: Vec<i32> = coords
-        .to_dtype(DType::I64)
+        .to_device(&candle_core::Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::I64))
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<i64>())
         .map_err(tensor_err("coords"))?

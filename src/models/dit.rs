@@ -519,6 +519,7 @@ impl FlowDit {
             } => {
                 let (n, c) = feats.dims2().context("sparse feats must be [T, C]")?;
                 let coords_v: Vec<Vec<i32>> = coords
+                    .to_device(&Device::Cpu)?
                     .to_dtype(DType::I32)?
                     .to_vec2()
                     .context("coords must be [T, 4] integers")?;

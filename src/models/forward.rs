@@ -307,6 +307,7 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
             let resolution = match inputs.optional("resolution") {
                 Some(r) => r
                     .flatten_all()?
+                    .to_device(&Device::Cpu)?
                     .to_dtype(DType::I64)?
                     .to_vec1::<i64>()?
                     .first()

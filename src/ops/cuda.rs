@@ -254,12 +254,12 @@ pub(crate) fn deform_im2col(
     let (ia, iz) = span(il, OP, "input")?;
     let (oa, oz) = span(ol, OP, "offset")?;
     let (ma, mz) = span(ml, OP, "mask")?;
+    let dev = input.device().clone();
     let (CudaStorageSlice::F32(input), CudaStorageSlice::F32(offset), CudaStorageSlice::F32(mask)) =
         (&input.slice, &offset.slice, &mask.slice)
     else {
         bail!("{OP}: takes f32 input, offset and mask");
     };
-    let dev = input.device().clone();
     let total = band.columns();
     if total > u32::MAX as u64 {
         bail!("{OP}: a band of {total} column elements exceeds u32 indexing");

@@ -75,6 +75,7 @@ pub fn sparse_layout(coords: &Tensor, batch: usize) -> Result<LatentLayout> {
     }
     let b: Vec<i32> = coords
         .narrow(1, 0, 1)?
+        .to_device(&candle_core::Device::Cpu)?
         .to_dtype(DType::I32)?
         .flatten_all()?
         .to_vec1()?;

@@ -137,7 +137,7 @@ impl Pipeline {
         let mut stage = ctx.begin("conditioning", 1);
         let (c512, c1024) = {
             let dino = models::dinov3(ctx.dir, ctx.device, ctx.load)?;
-            let c512 = condition(&dino, image, 512, ctx.device)?;
+            let c512 = condition(&dino, image, 512, ctx.device).context("conditioning stage")?;
             let c1024 = if ptype.needs_cond_1024() {
                 Some(condition(&dino, image, 1024, ctx.device)?)
             } else {
@@ -154,18 +154,21 @@ impl Pipeline {
         ctx.progress.step("conditioning", 1);
         ctx.end(stage);
 
-        let coords = sample_structure(&mut ctx, &c512, ptype.structure_resolution())?;
+        let coords = sample_structure(&mut ctx, &c512, ptype.structure_resolution())
+            .context("sparse-structure stage")?;
         let conds = Conds {
             c512: &c512,
             c1024: c1024.as_ref(),
         };
-        let shape = sample_shape(&mut ctx, ptype, &conds, &coords, options.max_tokens)?;
+        let shape = sample_shape(&mut ctx, ptype, &conds, &coords, options.max_tokens)
+            .context("shape stage")?;
         let tex_cond = if ptype == PipelineType::P512 {
             &c512
         } else {
             conds.c1024.context("1024 condition")?
         };
-        let tex = sample_texture(&mut ctx, &shape, tex_cond, ptype != PipelineType::P512)?;
+        let tex = sample_texture(&mut ctx, &shape, tex_cond, ptype != PipelineType::P512)
+            .context("texture stage")?;
         finish(ctx, ptype, &shape, &tex)
     }
 
@@ -206,7 +209,8 @@ fn finish(
     shape: &ShapeLatent,
     tex: &Tensor,
 ) -> Result<Generated> {
-    let d = decode(&mut ctx, &shape.coords, &shape.feats, tex, shape.resolution)?;
+    let d = decode(&mut ctx, &shape.coords, &shape.feats, tex, shape.resolution)
+        .context("decode stage")?;
     Ok(Generated {
         pipeline_type: ptype,
         resolution: shape.resolution as u32,

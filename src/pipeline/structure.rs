@@ -37,12 +37,24 @@ pub fn occupied_coords(occupancy: &Tensor) -> Result<Tensor> {
         bail!("occupied_coords: expected one channel, got {c}");
     }
     // argwhere's (b, c, x, y, z) rows without the channel column.
-    let columns = Tensor::new(&[0u32, 2, 3, 4], occupancy.device())?;
-    occupied_cells(occupancy)?.index_select(&columns, 1)
+    let rows: Vec<i32> = argwhere(occupancy)?
+        .chunks_exact(5)
+        .flat_map(|r| [r[0], r[2], r[3], r[4]])
+        .collect();
+    let n = rows.len() / 4;
+    Tensor::from_vec(rows, (n, 4), occupancy.device())
 }
 
 /// `argwhere` of a 5-D occupancy grid: `[N, 5]` int32 rows (b, c, x, y, z), row-major order.
 pub fn occupied_cells(occupancy: &Tensor) -> Result<Tensor> {
+    let rows = argwhere(occupancy)?;
+    let n = rows.len() / 5;
+    Tensor::from_vec(rows, (n, 5), occupancy.device())
+}
+
+/// The flattened `[N, 5]` rows of [`occupied_cells`], on the host (the grid is read back once;
+/// integer gathers on the GPU would need kernels candle's CUDA backend lacks).
+fn argwhere(occupancy: &Tensor) -> Result<Vec<i32>> {
     let dims = occupancy.dims().to_vec();
     if dims.len() != 5 {
         bail!("occupied_cells: expected [B, C, X, Y, Z], got shape {dims:?}");
@@ -63,8 +75,7 @@ pub fn occupied_cells(occupancy: &Tensor) -> Result<Tensor> {
             rows.extend(idx);
         }
     }
-    let n = rows.len() / 5;
-    Tensor::from_vec(rows, (n, 5), occupancy.device())
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -46,8 +46,13 @@ impl CoordSet {
                 coords.dtype()
             );
         }
-        let coords = coords.to_dtype(DType::I32)?.contiguous()?;
-        let flat = coords.flatten_all()?.to_vec1::<i32>()?;
+        // Cast on the host: candle's CUDA backend lacks integer cast kernels, and the rows are
+        // needed there anyway.
+        let flat = coords
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::I32)?
+            .flatten_all()?
+            .to_vec1::<i32>()?;
         let host: Vec<[i32; 4]> = flat
             .chunks_exact(4)
             .map(|c| [c[0], c[1], c[2], c[3]])
