@@ -149,3 +149,28 @@ fn whole_pipeline_on_cuda() {
         }
     }
 }
+
+/// BiRefNet (Swin backbone, deformable-conv decoder; the tiny golden weights) on CUDA against
+/// the CPU: the background remover runs on the pipeline's device.
+#[test]
+fn birefnet_on_cuda() {
+    use trellis2::models::birefnet::BiRefNet;
+    let gpu = Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU");
+    let dir = common::fixture("golden/birefnet");
+    let input = &read_tensors(&dir.join("input.safetensors"), &Device::Cpu).unwrap()["image"];
+    let want = BiRefNet::open(&dir, &Device::Cpu)
+        .unwrap()
+        .forward(input)
+        .unwrap();
+    let got = BiRefNet::open(&dir, &gpu)
+        .unwrap()
+        .forward(&input.to_device(&gpu).unwrap())
+        .unwrap();
+    assert!(got.device().is_cuda());
+    let err = rel_err(&got.to_device(&Device::Cpu).unwrap(), &want);
+    println!(
+        "birefnet logits {:?}: max|err|/max|ref| = {err:.2e}",
+        want.dims()
+    );
+    assert!(err <= TOL, "BiRefNet on CUDA off by {err}");
+}

@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use trellis2::image::{background_removal_input, load_image, save_rgba_png};
 use trellis2::models::birefnet::BiRefNet;
+use trellis2::pipeline::device::{select, DeviceChoice};
 use trellis2::pipeline::matte::{cut_out, MATTE_SIZE};
 use trellis2::weights::RembgModel;
 
@@ -38,6 +39,9 @@ pub struct Args {
     /// No network: fail if the model is not in the cache.
     #[arg(long)]
     pub offline: bool,
+    /// Compute device: auto, cpu, metal or cuda (BiRefNet in f32 with fp32 accumulation).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Side of the square network input. Upstream uses 1024; other multiples of 32 are faster
     /// or sharper but do not reproduce upstream's matte.
     #[arg(long, default_value_t = MATTE_SIZE, value_name = "PX")]
@@ -47,14 +51,14 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<u8> {
     let loaded = load_image(&args.image)?;
     let rgb = background_removal_input(&loaded);
-    let cpu = candle_core::Device::Cpu;
+    let device = select(args.device.parse::<DeviceChoice>()?)?;
     let model = match (&args.model, args.rembg) {
-        (Some(dir), Some(choice)) => BiRefNet::open_as(dir, choice, &cpu)?,
-        (Some(dir), None) => BiRefNet::open(dir, &cpu)?,
+        (Some(dir), Some(choice)) => BiRefNet::open_as(dir, choice, &device)?,
+        (Some(dir), None) => BiRefNet::open(dir, &device)?,
         (None, choice) => {
             let choice = choice.unwrap_or_default();
             let dir = super::download::ensure_rembg(choice, args.yes, args.offline)?;
-            BiRefNet::open_as(&dir, choice, &cpu)?
+            BiRefNet::open_as(&dir, choice, &device)?
         }
     };
     let start = std::time::Instant::now();

@@ -59,11 +59,12 @@ impl Background {
 }
 
 /// Preprocesses `image` for the model: pictures with real alpha as upstream does; others by
-/// `mode` (the chosen BiRefNet checkpoint from the model directory, on the CPU).
+/// `mode` (the chosen BiRefNet checkpoint from the model directory, run on `device`).
 pub fn conditioning_image(
     dir: &ModelDir,
     image: &LoadedImage,
     mode: Background,
+    device: &Device,
 ) -> Result<RgbImage> {
     let source = image.source.display().to_string();
     if has_alpha(image) {
@@ -86,7 +87,7 @@ pub fn conditioning_image(
                      whole picture"
                 )
             })?;
-            let model = BiRefNet::open_as(&folder, choice, &Device::Cpu)?;
+            let model = BiRefNet::open_as(&folder, choice, device)?;
             let rgb = background_removal_input(image);
             let rgba =
                 cut_out(&model, &rgb, (MATTE_SIZE, MATTE_SIZE)).with_context(|| source.clone())?;

@@ -79,8 +79,7 @@ pub fn alpha_matte_at(model: &BiRefNet, rgb: &RgbImage, size: (u32, u32)) -> Res
     if rgb.width == 0 || rgb.height == 0 {
         bail!("cannot matte an empty {}×{} image", rgb.width, rgb.height);
     }
-    let device = Device::Cpu;
-    let input = network_input(rgb, w, h, &device)?;
+    let input = network_input(rgb, w, h, model.device())?;
     let logits = model.forward(&input)?;
     let mask = candle_nn::ops::sigmoid(&logits)?
         .flatten_all()?

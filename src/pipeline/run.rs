@@ -114,7 +114,7 @@ impl Pipeline {
     ) -> Result<Generated> {
         let mut ctx = self.ctx(NoiseSource::Seed(0), progress);
         let stage = ctx.begin("preprocess", 1);
-        let rgb = conditioning_image(&self.dir, image, options.background)?;
+        let rgb = conditioning_image(&self.dir, image, options.background, &self.device)?;
         ctx.progress.step("preprocess", 1);
         ctx.end(stage);
         let reports = std::mem::take(&mut ctx.reports);

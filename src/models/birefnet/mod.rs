@@ -30,6 +30,8 @@ pub struct BiRefNet {
     squeeze: blocks::BasicDecBlk,
     decoder: Decoder,
     cfg: BiRefNetConfig,
+    /// Where the weights live; inputs are built there.
+    device: Device,
 }
 
 /// The optional per-checkpoint settings of a BiRefNet folder's `config.json` (everything else
@@ -56,6 +58,7 @@ impl BiRefNet {
             )?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
             cfg: cfg.clone(),
+            device: vb.device().clone(),
         })
     }
 
@@ -121,6 +124,10 @@ impl BiRefNet {
             DType::F32,
             device,
         )
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn config(&self) -> &BiRefNetConfig {
