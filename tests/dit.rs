@@ -136,6 +136,38 @@ fn cached_condition_is_reused_across_calls() {
     assert_eq!(diff, 0.0);
 }
 
+/// The token layout is kept between forwards of the same coordinates; other coordinates (here:
+/// the same voxels shifted by one cell, so the RoPE phases differ) must not reuse it.
+#[test]
+fn new_coordinates_do_not_reuse_the_kept_layout() {
+    let model = load("shape_slat_flow_model_512");
+    let io = Golden::open("golden/golden/shape_slat_flow_model_512.io.safetensors");
+    let kv = model.cond_kv(io.get("cond")).unwrap();
+    let coords = io.get("coords").to_dtype(DType::I32).unwrap();
+    let shift = Tensor::new(&[[0i32, 1, 1, 1]], &Device::Cpu).unwrap();
+    let shifted = coords.broadcast_add(&shift).unwrap();
+    let run = |model: &FlowDit, coords: &Tensor| {
+        let input = FlowInput::Sparse {
+            feats: io.get("x.feats"),
+            coords,
+            concat_cond: None,
+        };
+        model
+            .forward(&input, io.get("t"), &Condition::Tokens(&kv))
+            .unwrap()
+    };
+    run(&model, &coords);
+    let after_other = run(&model, &shifted);
+    let fresh = run(&load("shape_slat_flow_model_512"), &shifted);
+    let unshifted = run(&model, &coords);
+    let max = |t: Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+    assert_eq!(max((&after_other - &fresh).unwrap()), 0.0);
+    assert!(
+        max((&after_other - &unshifted).unwrap()) > 0.0,
+        "RoPE must see the shift"
+    );
+}
+
 #[test]
 fn bad_inputs_give_clear_errors() {
     let model = load("shape_slat_flow_model_512");

@@ -194,7 +194,21 @@ impl Block {
     }
 }
 
+/// What a [`TokenLayout`] was built from.
+#[derive(Debug, Clone, PartialEq)]
+enum LayoutKey {
+    /// `[B, X, Y, Z]` of a dense grid.
+    Dense([usize; 4]),
+    /// The coordinates tensor (candle ids are never reused) with its row and sample counts.
+    Sparse {
+        coords: candle_core::TensorId,
+        rows: usize,
+        batch: usize,
+    },
+}
+
 /// The tokens of one forward pass, flattened to `[T, C]` with per-sample offsets.
+#[derive(Clone)]
 struct TokenLayout {
     offsets: Vec<usize>,
     /// RoPE rotation `[T, head_dim/2, 2]` (cos; sin), f32.
@@ -286,6 +300,10 @@ pub struct FlowDit {
     adaln: Linear,
     blocks: Blocks,
     out_layer: Linear,
+    /// The last token layout (host offsets, RoPE table) and what it was built from: a sampling
+    /// run passes the same coordinates at every step, so the coordinates are read back to the
+    /// host and the table built once per run instead of once per forward.
+    layout_cache: std::sync::Mutex<Option<(LayoutKey, TokenLayout)>>,
 }
 
 impl FlowDit {
@@ -302,6 +320,7 @@ impl FlowDit {
             t_mlp_out: candle_nn::linear(c, c, vb.pp("t_embedder.mlp.2"))?,
             adaln: candle_nn::linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
             blocks: Blocks::Resident(blocks),
+            layout_cache: std::sync::Mutex::new(None),
             out_layer: candle_nn::linear(c, cfg.out_channels, vb.pp("out_layer"))?,
         })
     }
@@ -476,6 +495,21 @@ impl FlowDit {
     }
 
     /// Flattens the input to `[T, C]` and builds offsets and RoPE tables.
+    fn cached_layout(&self, key: &LayoutKey) -> Option<TokenLayout> {
+        let cache = self.layout_cache.lock().ok()?;
+        cache
+            .as_ref()
+            .filter(|(k, _)| k == key)
+            .map(|(_, layout)| layout.clone())
+    }
+
+    fn keep_layout(&self, key: LayoutKey, layout: TokenLayout) -> TokenLayout {
+        if let Ok(mut cache) = self.layout_cache.lock() {
+            *cache = Some((key, layout.clone()));
+        }
+        layout
+    }
+
     fn tokens(&self, x: &FlowInput, batch: usize) -> Result<(Tensor, TokenLayout)> {
         let hd = self.cfg.head_dim();
         let theta = self.cfg.rope_freq.map_or(10000.0, |f| f.1);
@@ -492,6 +526,10 @@ impl FlowDit {
                 }
                 let n = r0 * r1 * r2;
                 let tokens = x.permute((0, 2, 3, 4, 1))?.reshape((b * n, c))?;
+                let key = LayoutKey::Dense([b, r0, r1, r2]);
+                if let Some(layout) = self.cached_layout(&key) {
+                    return Ok((tokens, layout));
+                }
                 let mut xyz = Vec::with_capacity(b * n);
                 for _ in 0..b {
                     for i in 0..r0 as i32 {
@@ -503,14 +541,12 @@ impl FlowDit {
                     }
                 }
                 let (cos, sin) = rope_tables_3d(&xyz, hd, theta, x.device())?;
-                Ok((
-                    tokens,
-                    TokenLayout {
-                        offsets: (0..=b).map(|i| i * n).collect(),
-                        rope: rope_table(&cos, &sin)?,
-                        dense: true,
-                    },
-                ))
+                let layout = TokenLayout {
+                    offsets: (0..=b).map(|i| i * n).collect(),
+                    rope: rope_table(&cos, &sin)?,
+                    dense: true,
+                };
+                Ok((tokens, self.keep_layout(key, layout)))
             }
             FlowInput::Sparse {
                 feats,
@@ -518,18 +554,6 @@ impl FlowDit {
                 concat_cond,
             } => {
                 let (n, c) = feats.dims2().context("sparse feats must be [T, C]")?;
-                let coords_v: Vec<Vec<i32>> = coords
-                    .to_device(&Device::Cpu)?
-                    .to_dtype(DType::I32)?
-                    .to_vec2()
-                    .context("coords must be [T, 4] integers")?;
-                if coords_v.len() != n || coords_v.iter().any(|r| r.len() != 4) {
-                    bail!(
-                        "coords {:?} do not match feats {:?} (need [{n}, 4])",
-                        coords.dims(),
-                        feats.dims()
-                    );
-                }
                 let tokens = match concat_cond {
                     Some(cc) => {
                         if cc.dim(0)? != n {
@@ -550,17 +574,37 @@ impl FlowDit {
                         self.cfg.in_channels
                     );
                 }
+                // The same coordinates come back at every sampler step: read them to the
+                // host and build the RoPE table once per coordinate tensor, not per forward.
+                let key = LayoutKey::Sparse {
+                    coords: coords.id(),
+                    rows: n,
+                    batch,
+                };
+                if let Some(layout) = self.cached_layout(&key) {
+                    return Ok((tokens, layout));
+                }
+                let coords_v: Vec<Vec<i32>> = coords
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::I32)?
+                    .to_vec2()
+                    .context("coords must be [T, 4] integers")?;
+                if coords_v.len() != n || coords_v.iter().any(|r| r.len() != 4) {
+                    bail!(
+                        "coords {:?} do not match feats {:?} (need [{n}, 4])",
+                        coords.dims(),
+                        feats.dims()
+                    );
+                }
                 let offsets = batch_offsets(&coords_v, batch)?;
                 let xyz: Vec<[i32; 3]> = coords_v.iter().map(|r| [r[1], r[2], r[3]]).collect();
                 let (cos, sin) = rope_tables_3d(&xyz, hd, theta, feats.device())?;
-                Ok((
-                    tokens,
-                    TokenLayout {
-                        offsets,
-                        rope: rope_table(&cos, &sin)?,
-                        dense: false,
-                    },
-                ))
+                let layout = TokenLayout {
+                    offsets,
+                    rope: rope_table(&cos, &sin)?,
+                    dense: false,
+                };
+                Ok((tokens, self.keep_layout(key, layout)))
             }
         }
     }
