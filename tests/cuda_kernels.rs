@@ -320,8 +320,17 @@ fn deform_conv_matches_cpu() {
         padding: (k / 2 * dil, k / 2 * dil),
         dilation: (dil, dil),
     };
-    // (name, [B, C, H, W], out channels, k, offset groups, config, offset std)
-    let cases: &[(&str, [usize; 4], usize, usize, usize, DeformConvConfig, f32)] = &[
+    /// (name, [B, C, H, W], out channels, k, offset groups, config, offset std)
+    type Case = (
+        &'static str,
+        [usize; 4],
+        usize,
+        usize,
+        usize,
+        DeformConvConfig,
+        f32,
+    );
+    let cases: &[Case] = &[
         ("k3 odd 9x11", [1, 5, 9, 11], 7, 3, 1, same(3, 1, 1), 1.5),
         ("k1", [1, 6, 6, 8], 3, 1, 1, same(1, 1, 1), 1.0),
         (
