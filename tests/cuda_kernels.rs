@@ -411,3 +411,81 @@ fn deform_conv_matches_cpu() {
         assert!(conv <= TOL, "{name}: conv {conv:e}");
     }
 }
+
+/// The DiT's fused norms (`kernels/cuda/norms.cu`) in every activation dtype against the CPU op:
+/// LayerNorm + per-sample adaLN modulation over two samples, and q/k RMS norm + RoPE.
+#[test]
+fn fused_norms_match_cpu() -> Result<()> {
+    use trellis2::ops::norm_modulate::{layer_norm_modulate, Modulation};
+    use trellis2::ops::rms_norm_rope::rms_norm_rope;
+    let dev = gpu();
+    let cpu = Device::Cpu;
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = match dtype {
+            DType::F32 => 1e-5,
+            DType::F16 => 2e-3,
+            _ => 1e-2,
+        };
+        for (t, c, offsets) in [
+            (0usize, 64usize, vec![0usize, 0]),
+            (1, 7, vec![0, 1]),
+            (1000, 1536, vec![0, 600, 1000]),
+            (333, 100, vec![0, 0, 333]),
+        ] {
+            let b = offsets.len() - 1;
+            let x = (Tensor::randn(0f32, 1.0, (t, c), &cpu)? + 2.0)?;
+            let w = Tensor::randn(0f32, 1.0, c, &cpu)?;
+            let bias = Tensor::randn(0f32, 1.0, c, &cpu)?;
+            let shift = Tensor::randn(0f32, 1.0, (b, c), &cpu)?;
+            let scale = Tensor::randn(0f32, 0.5, (b, c), &cpu)?;
+            let m = Modulation {
+                shift: &shift,
+                scale: &scale,
+                offsets: &offsets,
+            };
+            let xq = x.to_dtype(dtype)?;
+            let want = layer_norm_modulate(&xq.to_dtype(DType::F32)?, Some((&w, &bias)), &m, 1e-6)?;
+            let (shift_g, scale_g) = (shift.to_device(&dev)?, scale.to_device(&dev)?);
+            let mg = Modulation {
+                shift: &shift_g,
+                scale: &scale_g,
+                offsets: &offsets,
+            };
+            let got = layer_norm_modulate(
+                &xq.to_device(&dev)?,
+                Some((&w.to_device(&dev)?, &bias.to_device(&dev)?)),
+                &mg,
+                1e-6,
+            )?;
+            assert_eq!(got.dtype(), dtype);
+            let err = rel_err(&got.to_device(&cpu)?.to_dtype(DType::F32)?, &want);
+            println!(
+                "norm+modulate {dtype:?} T {t:>5} C {c:>5} B {b}: max|err|/max|ref| = {err:.2e}"
+            );
+            assert!(err <= tol, "norm+modulate {dtype:?} error {err} over {tol}");
+        }
+        for (t, h, d, with_gamma) in [
+            (0usize, 2usize, 64usize, true),
+            (1, 1, 6, true),
+            (777, 12, 128, true),
+            (300, 4, 64, false),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (t, h, d), &cpu)?.to_dtype(dtype)?;
+            let g = Tensor::randn(1f32, 0.2, (h, d), &cpu)?;
+            let table = Tensor::randn(0f32, 1.0, (t, d / 2, 2), &cpu)?;
+            let gamma = with_gamma.then_some(&g);
+            let want = rms_norm_rope(&x.to_dtype(DType::F32)?, gamma, &table)?;
+            let gg = g.to_device(&dev)?;
+            let got = rms_norm_rope(
+                &x.to_device(&dev)?,
+                with_gamma.then_some(&gg),
+                &table.to_device(&dev)?,
+            )?;
+            assert_eq!(got.dtype(), dtype);
+            let err = rel_err(&got.to_device(&cpu)?.to_dtype(DType::F32)?, &want);
+            println!("rms norm+rope {dtype:?} T {t:>5} H {h:>2} D {d:>3} gamma {with_gamma}: max|err|/max|ref| = {err:.2e}");
+            assert!(err <= tol, "rms norm+rope {dtype:?} error {err} over {tol}");
+        }
+    }
+    Ok(())
+}

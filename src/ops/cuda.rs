@@ -1,8 +1,9 @@
 //! CUDA forwards of the custom ops: the PTX of `kernels/cuda/*.cu` (built by `build.rs` behind
 //! the `cuda` feature), loaded once per device through candle's module cache and launched on the
 //! device's stream. Operands are bf16 or f16 (both the same dtype), accumulation fp32; the public
-//! op functions convert f32 inputs to bf16 before they reach these forwards. Exceptions, f32
-//! throughout: the voxel LayerNorm and the deformable im2col (BiRefNet runs in f32 upstream).
+//! op functions convert f32 inputs to bf16 before they reach these forwards. Exceptions: the fused
+//! norms (f32, f16 or bf16 activations, f32 parameters and arithmetic) and the deformable im2col
+//! (f32 throughout: BiRefNet runs in f32 upstream).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -179,56 +180,6 @@ pub(crate) fn varlen_attention(
     Ok((out, Shape::from((nq, heads, d))))
 }
 
-const LAYER_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
-
-/// Per-row LayerNorm of x `[T,C]` f32 with weight and bias `[C]` f32 (`src/sparse/norm.rs`).
-/// See `kernels/cuda/layer_norm.cu`.
-pub(crate) fn voxel_layer_norm(
-    x: &CudaStorage,
-    xl: &Layout,
-    w: &CudaStorage,
-    wl: &Layout,
-    b: &CudaStorage,
-    bl: &Layout,
-    eps: f32,
-) -> Result<(CudaStorage, Shape)> {
-    const OP: &str = "layer_norm (CUDA)";
-    let (rows, c) = xl.shape().dims2()?;
-    let (xa, xz) = span(xl, OP, "input")?;
-    let (wa, wz) = span(wl, OP, "weight")?;
-    let (ba, bz) = span(bl, OP, "bias")?;
-    let dev = x.device().clone();
-    let (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w), CudaStorageSlice::F32(b)) =
-        (&x.slice, &w.slice, &b.slice)
-    else {
-        bail!("{OP}: takes f32 tensors");
-    };
-    let out = output::<f32>(&dev, rows * c)?;
-    if rows > 0 && c > 0 {
-        let func = dev.get_or_load_custom_func(
-            "voxel_layer_norm_f32",
-            "trellis2_layer_norm",
-            LAYER_NORM_PTX,
-        )?;
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (x, w, b) = (x.slice(xa..xz), w.slice(wa..wz), b.slice(ba..bz));
-        let (rows_, c_) = (rows as i32, c as i32);
-        let mut builder = func.builder();
-        builder.arg(&x).arg(&w).arg(&b).arg(&out);
-        builder.arg(&rows_).arg(&c_).arg(&eps);
-        // SAFETY: reads x[T·C], w[C], b[C]; writes every element of out[T·C], owned here.
-        unsafe { builder.launch(cfg) }.w()?;
-    }
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from((rows, c)),
-    ))
-}
-
 const DEFORM_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/deform_conv.ptx"));
 
 // SAFETY: `#[repr(C)]`, nineteen u32 fields and no padding: exactly the `DeformIm2ColArgs` the
@@ -301,4 +252,120 @@ pub(crate) fn deform_im2col(
             (band.rows * band.out_w) as usize,
         )),
     ))
+}
+
+const NORMS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norms.ptx"));
+
+/// Rows per 256-thread block of `kernels/cuda/norms.cu` (one warp a row).
+const NORM_ROWS: usize = 8;
+
+fn norm_launch(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(NORM_ROWS) as u32, 1, 1),
+        block_dim: ((32 * NORM_ROWS) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The f32 slice of an f32 operand, or an error naming it.
+fn f32_slice<'a>(s: &'a CudaStorage, op: &str, what: &str) -> Result<&'a CudaSlice<f32>> {
+    match &s.slice {
+        CudaStorageSlice::F32(v) => Ok(v),
+        _ => bail!("{op}: {what} must be f32, got {:?}", s.dtype()),
+    }
+}
+
+/// LayerNorm + adaLN modulation (`src/ops/norm_modulate.rs`): x `[T,C]` f32/f16/bf16, affine
+/// `[2,C]` f32, modulation `[B,2,C]` f32 → `[T,C]` in x's dtype.
+pub(crate) fn norm_modulate(
+    (x, xl): (&CudaStorage, &Layout),
+    (a, al): (&CudaStorage, &Layout),
+    (m, ml): (&CudaStorage, &Layout),
+    offsets: &[usize],
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "layer_norm_modulate (CUDA)";
+    let (rows, c) = xl.shape().dims2()?;
+    let (xa, xz) = span(xl, OP, "x")?;
+    let (aa, az) = span(al, OP, "affine")?;
+    let (ma, mz) = span(ml, OP, "modulation")?;
+    let dev = x.device().clone();
+    let affine = f32_slice(a, OP, "affine")?.slice(aa..az);
+    let modulation = f32_slice(m, OP, "modulation")?.slice(ma..mz);
+    let offsets: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+    let samples = (offsets.len() - 1) as i32;
+    let (rows_, c_) = (rows as i32, c as i32);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let CudaStorageSlice::$variant(xs) = &x.slice else {
+                unreachable!("matched on x's dtype")
+            };
+            let out = output::<$t>(&dev, rows * c)?;
+            if rows > 0 && c > 0 {
+                let offsets = dev.clone_htod(&offsets)?;
+                let func = dev.get_or_load_custom_func($name, "trellis2_norms", NORMS_PTX)?;
+                let xs = xs.slice(xa..xz);
+                let mut b = func.builder();
+                b.arg(&xs).arg(&affine).arg(&modulation).arg(&offsets).arg(&out);
+                b.arg(&rows_).arg(&c_).arg(&samples).arg(&eps);
+                // SAFETY: reads x[T·C], affine[2·C], modulation[B·2·C] and offsets[B+1] (checked
+                // by the op); writes every element of out[T·C], owned here.
+                unsafe { b.launch(norm_launch(rows)) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &x.slice {
+        CudaStorageSlice::F32(_) => run!(f32, F32, "layer_norm_modulate_f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "layer_norm_modulate_f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "layer_norm_modulate_bf16"),
+        _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
+    };
+    Ok((out, xl.shape().clone()))
+}
+
+/// q/k RMS norm + interleaved RoPE (`src/ops/rms_norm_rope.rs`): x `[T,H,D]` f32/f16/bf16,
+/// gamma `[H,D]` f32, table `[T,D/2,2]` f32 → `[T,H,D]` in x's dtype.
+pub(crate) fn rms_norm_rope(
+    (x, xl): (&CudaStorage, &Layout),
+    (g, gl): (&CudaStorage, &Layout),
+    (t, tl): (&CudaStorage, &Layout),
+    normalize: bool,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "rms_norm_rope (CUDA)";
+    let (tokens, heads, d) = xl.shape().dims3()?;
+    let (xa, xz) = span(xl, OP, "x")?;
+    let (ga, gz) = span(gl, OP, "gamma")?;
+    let (ta, tz) = span(tl, OP, "rotation table")?;
+    let dev = x.device().clone();
+    let gamma = f32_slice(g, OP, "gamma")?.slice(ga..gz);
+    let table = f32_slice(t, OP, "rotation table")?.slice(ta..tz);
+    let rows = tokens * heads;
+    let (rows_, heads_, d_, normalize_) = (rows as i32, heads as i32, d as i32, normalize as i32);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let CudaStorageSlice::$variant(xs) = &x.slice else {
+                unreachable!("matched on x's dtype")
+            };
+            let out = output::<$t>(&dev, rows * d)?;
+            if rows > 0 && d > 0 {
+                let func = dev.get_or_load_custom_func($name, "trellis2_norms", NORMS_PTX)?;
+                let xs = xs.slice(xa..xz);
+                let mut b = func.builder();
+                b.arg(&xs).arg(&gamma).arg(&table).arg(&out);
+                b.arg(&rows_).arg(&heads_).arg(&d_).arg(&normalize_);
+                // SAFETY: reads x[T·H·D], gamma[H·D] and table[T·D] (checked by the op); writes
+                // every element of out[T·H·D], owned here.
+                unsafe { b.launch(norm_launch(rows)) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &x.slice {
+        CudaStorageSlice::F32(_) => run!(f32, F32, "rms_norm_rope_f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "rms_norm_rope_f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "rms_norm_rope_bf16"),
+        _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
+    };
+    Ok((out, xl.shape().clone()))
 }

@@ -50,20 +50,6 @@ impl CustomOp3 for LayerNorm {
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
-
-    /// One warp per voxel, the same two-pass f32 arithmetic (`kernels/cuda/layer_norm.cu`).
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::ops::cuda::voxel_layer_norm(s1, l1, s2, l2, s3, l3, self.eps)
-    }
 }
 
 /// LayerNorm of `x` `[..., C]` over its last axis; `affine` = (weight, bias) `[C]`. Computed
@@ -90,9 +76,9 @@ pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> R
             Tensor::zeros(c, DType::F32, x.device())?,
         ),
     };
-    if x.device().is_metal() {
-        // Metal: the fused norm+modulate kernel with no modulation (scale = shift = 0), which
-        // reads x in its own dtype and writes the result once.
+    if !x.device().is_cpu() {
+        // GPUs: the fused norm+modulate kernel with no modulation (scale = shift = 0), which
+        // reads x in its own dtype and writes the result once (no f32 copies around it).
         let zeros = Tensor::zeros((1, c), DType::F32, x.device())?;
         let none = Modulation {
             shift: &zeros,

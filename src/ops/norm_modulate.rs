@@ -86,6 +86,21 @@ impl CustomOp3 for NormModulate {
     ) -> Result<(candle_core::MetalStorage, Shape)> {
         super::metal::norms::norm_modulate((s1, l1), (s2, l2), (s3, l3), &self.offsets, self.eps)
     }
+
+    /// kernels/cuda/norms.cu (the same arithmetic), tested against `cpu_fwd` in
+    /// tests/cuda_kernels.rs.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::norm_modulate((s1, l1), (s2, l2), (s3, l3), &self.offsets, self.eps)
+    }
 }
 
 /// adaLN modulation of one LayerNorm: per-sample `shift` and `scale` `[B, C]` over rows split by
@@ -126,8 +141,7 @@ fn check(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, m: &Modulation) -> Resu
 }
 
 /// `(LN(x)·w + bias)·(1 + scale_b) + shift_b` for `x [T, C]` (see the module docs), in `x`'s
-/// dtype. CPU: f32 throughout. Metal: one kernel reading `x` in its own dtype. Other devices
-/// run [`layer_norm_modulate_slow`].
+/// dtype. CPU: f32 throughout. Metal and CUDA: one kernel reading `x` in its own dtype.
 pub fn layer_norm_modulate(
     x: &Tensor,
     affine: Option<(&Tensor, &Tensor)>,
@@ -136,9 +150,6 @@ pub fn layer_norm_modulate(
 ) -> Result<Tensor> {
     let (_, c) = check(x, affine, m)?;
     let dev = x.device();
-    if !(dev.is_cpu() || dev.is_metal()) {
-        return layer_norm_modulate_slow(x, affine, m, eps);
-    }
     let affine = match affine {
         Some((w, b)) => Tensor::stack(&[w, b], 0)?.to_dtype(DType::F32)?,
         None => Tensor::stack(

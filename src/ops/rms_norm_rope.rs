@@ -86,6 +86,21 @@ impl CustomOp3 for RmsNormRope {
     ) -> Result<(candle_core::MetalStorage, Shape)> {
         super::metal::norms::rms_norm_rope((s1, l1), (s2, l2), (s3, l3), self.normalize)
     }
+
+    /// kernels/cuda/norms.cu (the same arithmetic), tested against `cpu_fwd` in
+    /// tests/cuda_kernels.rs.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rms_norm_rope((s1, l1), (s2, l2), (s3, l3), self.normalize)
+    }
 }
 
 /// `[T, D/2, 2]` (cos; sin) from the `cos, sin [T, D/2]` tables of `rope::rope_tables_3d`.
@@ -118,13 +133,10 @@ fn check(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<(usize, u
 }
 
 /// RMS norm (when `gamma` is given) then RoPE of `x [T, H, D]` by `table [T, D/2, 2]`, in `x`'s
-/// dtype. CPU and Metal run the fused op; other devices [`rms_norm_rope_slow`].
+/// dtype, one fused op on every device.
 pub fn rms_norm_rope(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<Tensor> {
     let (_, h, d) = check(x, gamma, table)?;
     let dev = x.device();
-    if !(dev.is_cpu() || dev.is_metal()) {
-        return rms_norm_rope_slow(x, gamma, table);
-    }
     let g = match gamma {
         Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
         None => Tensor::ones((h, d), DType::F32, dev)?,

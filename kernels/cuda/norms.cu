@@ -1,0 +1,112 @@
+// The DiT's fused elementwise kernels, the CUDA twins of kernels/metal/norms.metal (same
+// arithmetic; references: src/ops/norm_modulate.rs and src/ops/rms_norm_rope.rs).
+//
+// layer_norm_modulate: y = (LN(x) w + b)(1 + scale_s) + shift_s for row r of sample s
+//   (offsets[s] <= r < offsets[s+1]); x, y [T][C] in T; affine [2][C] and modulation [B][2][C]
+//   (shift; scale) in float. Two-pass mean and variance in float.
+// rms_norm_rope: y = x / max(|x|, 1e-12) gamma_h sqrt(D) (when normalize), then pairs
+//   (y[2i], y[2i+1]) rotated by (cos, sin) = table[t][i]; x, y [T][H][D] in T; gamma [H][D] and
+//   table [T][D/2][2] in float.
+//
+// One warp per row, 8 rows per 256-thread block; lanes stride over the row, so reads are
+// coalesced and any C / even D works. The row is read from global memory once per pass (the
+// second and third LayerNorm passes hit L1/L2) and written once: one read and one write of the
+// activations instead of the ~6 (LayerNorm + modulate) and ~14 (RMS norm + RoPE) full passes of
+// the composed candle ops, with their f32 casts.
+#include "common.cuh"
+
+#define NORM_ROWS 8
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+}
+template <typename T> __device__ __forceinline__ T store(float v) { return from_f32<T>(v); }
+template <> __device__ __forceinline__ float store<float>(float v) { return v; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void layer_norm_modulate(const T *__restrict__ x, const float *__restrict__ affine,
+                                                    const float *__restrict__ modulation,
+                                                    const uint32_t *__restrict__ offsets, T *__restrict__ out,
+                                                    int rows, int c, int samples, float eps) {
+    const int row = blockIdx.x * NORM_ROWS + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;  // the whole warp: no shuffle below is left half-reached
+    int s = 0;
+    while (s + 1 < samples && (int)offsets[s + 1] <= row) ++s;
+    const T *v = x + (size_t)row * c;
+    float sum = 0.f;
+    for (int i = lane; i < c; i += 32) sum += to_f32(v[i]);
+    const float mean = warp_sum(sum) / (float)c;
+    float sq = 0.f;
+    for (int i = lane; i < c; i += 32) {
+        const float d = to_f32(v[i]) - mean;
+        sq += d * d;
+    }
+    const float inv = rsqrtf(warp_sum(sq) / (float)c + eps);
+    const float *shift = modulation + (size_t)s * 2 * c;
+    const float *scale = shift + c;
+    T *o = out + (size_t)row * c;
+    for (int i = lane; i < c; i += 32) {
+        const float n = (to_f32(v[i]) - mean) * inv * affine[i] + affine[c + i];
+        o[i] = store<T>(n * (1.f + scale[i]) + shift[i]);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void rms_norm_rope(const T *__restrict__ x, const float *__restrict__ gamma,
+                                              const float *__restrict__ table, T *__restrict__ out, int rows,
+                                              int heads, int d, int normalize) {
+    const int row = blockIdx.x * NORM_ROWS + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int t = row / heads, h = row % heads;
+    const T *v = x + (size_t)row * d;
+    float f = 1.f;
+    if (normalize) {
+        float sq = 0.f;
+        for (int i = lane; i < d; i += 32) {
+            const float a = to_f32(v[i]);
+            sq += a * a;
+        }
+        f = sqrtf((float)d) / fmaxf(sqrtf(warp_sum(sq)), 1e-12f);
+    }
+    const float *g = gamma + (size_t)h * d;
+    const float *rot = table + (size_t)t * d;
+    T *o = out + (size_t)row * d;
+    for (int p = lane; p < d / 2; p += 32) {
+        float y0 = to_f32(v[2 * p]), y1 = to_f32(v[2 * p + 1]);
+        if (normalize) {
+            y0 = y0 * f * g[2 * p];
+            y1 = y1 * f * g[2 * p + 1];
+        }
+        const float cs = rot[2 * p], sn = rot[2 * p + 1];
+        o[2 * p] = store<T>(y0 * cs - y1 * sn);
+        o[2 * p + 1] = store<T>(y0 * sn + y1 * cs);
+    }
+}
+
+#define NORMS(NAME, T)                                                                               \
+    extern "C" __global__ void __launch_bounds__(32 * NORM_ROWS)                                     \
+        layer_norm_modulate_##NAME(const T *x, const float *affine, const float *modulation,        \
+                                   const uint32_t *offsets, T *out, int rows, int c, int samples,    \
+                                   float eps) {                                                      \
+        layer_norm_modulate<T>(x, affine, modulation, offsets, out, rows, c, samples, eps);          \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * NORM_ROWS)                                     \
+        rms_norm_rope_##NAME(const T *x, const float *gamma, const float *table, T *out, int rows,   \
+                             int heads, int d, int normalize) {                                      \
+        rms_norm_rope<T>(x, gamma, table, out, rows, heads, d, normalize);                           \
+    }
+
+NORMS(f32, float)
+NORMS(f16, __half)
+NORMS(bf16, __nv_bfloat16)
