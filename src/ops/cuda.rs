@@ -13,7 +13,9 @@ use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 
-use super::metal::kargs::DeformIm2ColArgs;
+use super::metal::kargs::{DeformIm2ColArgs, NeighbourArgs};
+use super::metal::neighbour_plan::NeighbourPlan;
+use super::sparse_conv::TAPS;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -369,3 +371,79 @@ pub(crate) fn rms_norm_rope(
     };
     Ok((out, xl.shape().clone()))
 }
+
+const NEIGHBOUR_MAP_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/neighbour_map.ptx"));
+
+// SAFETY: `#[repr(C)]`, five u32 fields, no padding: the `NeighbourArgs` the kernels take by
+// value (kernels/cuda/neighbour_map.cu declares the same struct).
+unsafe impl DeviceRepr for NeighbourArgs {}
+
+/// The neighbour map of `coords [T,4]` i32 on the GPU (`kernels/cuda/neighbour_map.cu`) for the
+/// launches of `plan` (the same plan as Metal's): `[T·27 + 2]` u32, the map then the two status
+/// words (smallest duplicate row or u32::MAX; existing pairs).
+pub(crate) fn neighbour_map(
+    coords: &CudaStorage,
+    l: &Layout,
+    plan: &NeighbourPlan,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "neighbour map (CUDA)";
+    let (ca, cz) = span(l, OP, "coords")?;
+    let dev = coords.device().clone();
+    let CudaStorageSlice::I32(c) = &coords.slice else {
+        bail!("{OP}: coords must be i32, got {:?}", coords.dtype());
+    };
+    let c = c.slice(ca..cz);
+    let n = l.shape().dims2()?.0;
+    let len = n * TAPS + 2;
+    let out = output::<u32>(&dev, len)?;
+    let [clear, insert, lookup] = plan.dispatches.as_slice() else {
+        bail!("{OP}: the plan must hold clear, insert and lookup launches");
+    };
+    let args = clear.args;
+    // SAFETY: clear writes every slot before insert and lookup read them.
+    let keys = unsafe { dev.alloc::<u32>(plan.capacity) }?;
+    let rows = unsafe { dev.alloc::<u32>(plan.capacity) }?;
+    let launch = |threads: usize| LaunchConfig {
+        grid_dim: (threads.div_ceil(NBR_THREADS) as u32, 1, 1),
+        block_dim: (NBR_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let load =
+        |name: &str| dev.get_or_load_custom_func(name, "trellis2_neighbour_map", NEIGHBOUR_MAP_PTX);
+    // Kernels write through these views (launch arguments are device pointers either way).
+    let status = out.slice(n * TAPS..len);
+    {
+        let func = load(&clear.kernel)?;
+        let mut b = func.builder();
+        b.arg(&args).arg(&keys).arg(&status);
+        // SAFETY: writes keys[0 ..= capacity_mask] (capacity slots) and status[0..2].
+        unsafe { b.launch(launch(plan.capacity)) }.w()?;
+    }
+    {
+        let func = load(&insert.kernel)?;
+        let mut b = func.builder();
+        b.arg(&args).arg(&c).arg(&keys).arg(&rows).arg(&status);
+        // SAFETY: reads coords[T·4]; probes stay inside the power-of-two table by the mask.
+        unsafe { b.launch(launch(n)) }.w()?;
+    }
+    {
+        let func = load(&lookup.kernel)?;
+        let map = out.slice(0..n * TAPS);
+        let mut b = func.builder();
+        b.arg(&args)
+            .arg(&c)
+            .arg(&keys)
+            .arg(&rows)
+            .arg(&map)
+            .arg(&status);
+        // SAFETY: writes map[0 .. T·27] (the plan checked T·27 < 2^32) and status[1].
+        unsafe { b.launch(launch(n * TAPS)) }.w()?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(len),
+    ))
+}
+
+/// Threads per block of the neighbour-map launches.
+const NBR_THREADS: usize = 256;

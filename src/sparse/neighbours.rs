@@ -33,10 +33,10 @@ pub struct NeighbourMap {
 }
 
 impl NeighbourMap {
-    /// On a Metal device the GPU kernels build it (neighbours_gpu.rs) when the coordinates'
-    /// keys fit them; otherwise the host does, and the map is uploaded.
+    /// On a GPU the kernels build it (neighbours_gpu.rs) when the coordinates' keys fit them;
+    /// otherwise the host does, and the map is uploaded.
     pub(crate) fn build(set: &CoordSet) -> Result<Self> {
-        if set.device().is_metal() {
+        if !set.device().is_cpu() {
             if let Some(map) = super::neighbours_gpu::build_on_device(set)? {
                 return Ok(map);
             }

@@ -1,7 +1,9 @@
-//! The neighbour map built on the GPU (kernels/metal/neighbour_map.metal) as a custom op on the
-//! coordinates: output `[T·27 + 2]` u32, the `[T,27]` map followed by two status words (the
-//! smallest row that lost the insert race to another row of the same voxel, or `u32::MAX`; the number of existing pairs). The
-//! CPU forward is the host builder of neighbours.rs, the reference the kernel is tested against.
+//! The neighbour map built on the GPU (kernels/metal/neighbour_map.metal,
+//! kernels/cuda/neighbour_map.cu; one plan for both) as a custom op on the coordinates: output
+//! `[T·27 + 2]` u32, the `[T,27]` map followed by two status words (the smallest row that lost
+//! the insert race to another row of the same voxel, or `u32::MAX`; the number of existing
+//! pairs). The CPU forward is the host builder of neighbours.rs, the reference the kernels are
+//! tested against.
 
 use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 
@@ -13,7 +15,7 @@ use crate::ops::metal::neighbour_plan::{neighbour_plan, NeighbourPlan};
 const NO_DUPLICATE: u32 = u32::MAX;
 
 struct BuildNeighbourMap {
-    #[cfg_attr(not(feature = "metal"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "metal", feature = "cuda")), allow(dead_code))]
     plan: NeighbourPlan,
 }
 
@@ -39,6 +41,16 @@ impl CustomOp1 for BuildNeighbourMap {
         out.extend([NO_DUPLICATE, map.pairs() as u32]);
         let len = out.len();
         Ok((CpuStorage::U32(out), Shape::from(len)))
+    }
+
+    /// kernels/cuda/neighbour_map.cu, the same plan and output; tested in tests/cuda_kernels.rs.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::ops::cuda::neighbour_map(s, l, &self.plan)
     }
 
     #[cfg(feature = "metal")]
