@@ -23,6 +23,27 @@ use trellis2::sparse::SparseTensor;
 const GUARD: usize = 16;
 
 /// Deterministic uniform values in [-1, 1).
+
+/// A plan's dispatch for the emulator: its arguments at buffer(0), host buffers `0..buffers` at
+/// buffer(1..), and its threadgroup memory (if any) at threadgroup(0).
+fn emu_dispatch<A: KernelArgs>(
+    d: &trellis2::ops::metal::dispatch::Dispatch<A>,
+    buffers: u32,
+) -> EmuDispatch {
+    EmuDispatch {
+        kernel: d.kernel.clone(),
+        threadgroups: d.threadgroups,
+        threads: d.threads,
+        slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+            .chain((0..buffers).map(|i| (i + 1, Slot::Buffer(i))))
+            .collect(),
+        threadgroup_memory: match d.threadgroup_memory {
+            0 => vec![],
+            bytes => vec![bytes as u64],
+        },
+    }
+}
+
 fn lcg(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..n)
@@ -229,22 +250,7 @@ fn emulate_conv(
         bytes_of(map),
         poisoned(n * co, dtype),
     ];
-    let dispatches: Vec<EmuDispatch> = plan
-        .iter()
-        .map(|d| EmuDispatch {
-            kernel: d.kernel.clone(),
-            threadgroups: d.threadgroups,
-            threads: d.threads,
-            slots: vec![
-                (0, Slot::Bytes(d.args.to_bytes())),
-                (1, Slot::Buffer(0)),
-                (2, Slot::Buffer(1)),
-                (3, Slot::Buffer(2)),
-                (4, Slot::Buffer(3)),
-            ],
-            threadgroup_memory: vec![d.threadgroup_memory as u64],
-        })
-        .collect();
+    let dispatches: Vec<EmuDispatch> = plan.iter().map(|d| emu_dispatch(d, 4)).collect();
     let out = emu.run(&buffers, &dispatches)?;
     Ok(written(&out[3], n * co, dtype, case))
 }
@@ -1016,22 +1022,7 @@ fn emulate_deform(
     let n = args.columns() as usize;
     let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| bytes_of(t)).collect();
     buffers.push(poisoned(n, DType::F32));
-    let dispatches: Vec<EmuDispatch> = plan
-        .iter()
-        .map(|d| EmuDispatch {
-            kernel: d.kernel.clone(),
-            threadgroups: d.threadgroups,
-            threads: d.threads,
-            slots: vec![
-                (0, Slot::Bytes(d.args.to_bytes())),
-                (1, Slot::Buffer(0)),
-                (2, Slot::Buffer(1)),
-                (3, Slot::Buffer(2)),
-                (4, Slot::Buffer(3)),
-            ],
-            threadgroup_memory: vec![],
-        })
-        .collect();
+    let dispatches: Vec<EmuDispatch> = plan.iter().map(|d| emu_dispatch(d, 4)).collect();
     let out = emu.run(&buffers, &dispatches)?;
     Ok((written(&out[3], n, DType::F32, case), plan.len()))
 }

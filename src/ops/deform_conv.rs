@@ -272,6 +272,25 @@ pub fn deform_conv2d(
     out.to_dtype(dtype)
 }
 
+/// The geometry of the operands with `rows` checked against its output rows.
+fn band_geometry(
+    input: &Tensor,
+    offset: &Tensor,
+    mask: &Tensor,
+    kernel: (usize, usize),
+    cfg: DeformConvConfig,
+    rows: &Range<usize>,
+) -> Result<Geometry> {
+    let geo = geometry_for_kernel(input, offset, mask, kernel, cfg)?;
+    if rows.start > rows.end || rows.end > geo.out_h {
+        bail!(
+            "deform_conv2d: rows {rows:?} outside the {} output rows",
+            geo.out_h
+        );
+    }
+    Ok(geo)
+}
+
 /// The sampling step alone, on `input`'s device: the column matrix `[B, C·kh·kw, rows·Wo]` of
 /// output rows `rows` (what [`deform_conv2d`] multiplies by the weight), f32 operands. Shapes as
 /// in [`deform_conv2d`] with a `kernel = (kh, kw)` weight. For tests of the GPU kernels.
@@ -283,13 +302,7 @@ pub fn modulated_im2col(
     cfg: DeformConvConfig,
     rows: Range<usize>,
 ) -> Result<Tensor> {
-    let geo = geometry_for_kernel(input, offset, mask, kernel, cfg)?;
-    if rows.start > rows.end || rows.end > geo.out_h {
-        bail!(
-            "deform_conv2d: rows {rows:?} outside the {} output rows",
-            geo.out_h
-        );
-    }
+    let geo = band_geometry(input, offset, mask, kernel, cfg, &rows)?;
     let op = ModulatedIm2Col {
         geo,
         row_start: rows.start,
@@ -307,13 +320,7 @@ pub fn modulated_im2col_args(
     cfg: DeformConvConfig,
     rows: Range<usize>,
 ) -> Result<DeformIm2ColArgs> {
-    let geo = geometry_for_kernel(input, offset, mask, kernel, cfg)?;
-    if rows.start > rows.end || rows.end > geo.out_h {
-        bail!(
-            "deform_conv2d: rows {rows:?} outside the {} output rows",
-            geo.out_h
-        );
-    }
+    let geo = band_geometry(input, offset, mask, kernel, cfg, &rows)?;
     geo.band_args(rows.start, rows.len())
 }
 
