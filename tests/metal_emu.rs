@@ -22,8 +22,6 @@ use trellis2::sparse::SparseTensor;
 /// Elements after every output that the kernel must leave alone.
 const GUARD: usize = 16;
 
-/// Deterministic uniform values in [-1, 1).
-
 /// A plan's dispatch for the emulator: its arguments at buffer(0), host buffers `0..buffers` at
 /// buffer(1..), and its threadgroup memory (if any) at threadgroup(0).
 fn emu_dispatch<A: KernelArgs>(
@@ -44,6 +42,7 @@ fn emu_dispatch<A: KernelArgs>(
     }
 }
 
+/// Deterministic uniform values in [-1, 1).
 fn lcg(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     (0..n)
