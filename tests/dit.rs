@@ -200,3 +200,25 @@ fn bad_inputs_give_clear_errors() {
     let wide_cond = Tensor::zeros((2, 7, 32), DType::F32, &Device::Cpu).unwrap();
     assert!(format!("{:#}", model.cond_kv(&wide_cond).err().unwrap()).contains("[2, 7, 32]"));
 }
+
+/// The FLOP count of the release's 1.3 B flow model is spec §9's `30·N·(78.7 M + 6144·N +
+/// 6144·L)`, e.g. 33 TFLOP for N = 8K, L = 1029.
+#[test]
+fn release_forward_flops_follow_the_spec() {
+    let path =
+        common::fixture("golden/manifests/slat_flow_img2shape_dit_1_3B_512_bf16.denoiser.json");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let cfg: DitConfig = serde_json::from_value(manifest["args"].clone()).unwrap();
+    for (n, l) in [(8192usize, 1029usize), (15_000, 4101), (4096, 0)] {
+        let (nf, lf) = (n as f64, l as f64);
+        let spec = 30.0 * nf * (78.7e6 + 6144.0 * nf + 6144.0 * lf);
+        let ours = cfg.forward_flops(n, l);
+        println!(
+            "N {n} L {l}: {:.2} TFLOP (spec formula {:.2})",
+            ours / 1e12,
+            spec / 1e12
+        );
+        assert!((ours / spec - 1.0).abs() < 2e-3, "{ours} vs {spec}");
+    }
+}

@@ -204,6 +204,18 @@ fn pipeline_512_matches_golden() {
     let n = check_all("512", &golden, &out);
     assert!(n >= 30, "compared {n} tensors");
     check_object(&out);
+    // Flow stages count their transformer FLOPs; the others have none.
+    for s in &out.stages {
+        let flows = ["sparse_structure", "shape", "texture"].contains(&s.stage.as_str());
+        assert_eq!(
+            s.flops.is_some_and(|f| f > 0.0),
+            flows,
+            "{}: flops {:?}",
+            s.stage,
+            s.flops
+        );
+        assert!(s.peak_gpu_bytes.is_none(), "no GPU probe on the CPU");
+    }
 }
 
 #[test]

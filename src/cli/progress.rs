@@ -100,8 +100,14 @@ fn describe(r: &StageReport) -> String {
     if let Some(v) = r.voxels {
         s += &format!("  {v} voxels");
     }
+    if let Some(t) = r.tflop_per_s {
+        s += &format!("  {t:.1} TFLOP/s");
+    }
     if let Some(b) = r.peak_rss_bytes {
         s += &format!("  peak {} MiB", b >> 20);
+    }
+    if let Some(b) = r.peak_gpu_bytes {
+        s += &format!("  GPU peak {} MiB", b >> 20);
     }
     s
 }

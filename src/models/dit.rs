@@ -78,6 +78,20 @@ impl DitConfig {
         (self.model_channels as f64 * self.mlp_ratio) as usize
     }
 
+    /// FLOPs of one forward of one sample with `tokens` tokens and `cond_tokens` image tokens
+    /// (0: the zero condition, which needs no attention), counted as spec §9 does: 2 per
+    /// multiply-add of every block linear but the cacheable cross-attention K/V, plus 4·N·C for
+    /// self-attention and 4·L·C for cross-attention per token and block. The release's 1.3 B
+    /// model gives spec §9's `30·N·(78.7 M + 6144·N + 6144·L)`.
+    pub fn forward_flops(&self, tokens: usize, cond_tokens: usize) -> f64 {
+        let c = self.model_channels as f64;
+        let hidden = self.mlp_hidden() as f64;
+        // to_qkv (3C²), self to_out, cross to_q and to_out (C² each), the MLP (2·C·hidden).
+        let linear = 2.0 * (6.0 * c * c + 2.0 * c * hidden);
+        let (n, l) = (tokens as f64, cond_tokens as f64);
+        self.num_blocks as f64 * n * (linear + 4.0 * n * c + 4.0 * l * c)
+    }
+
     fn validate(&self) -> Result<()> {
         if self.pe_mode != "rope" {
             bail!(
@@ -376,6 +390,11 @@ impl FlowDit {
 
     pub fn config(&self) -> &DitConfig {
         &self.cfg
+    }
+
+    /// [`DitConfig::forward_flops`].
+    pub fn forward_flops(&self, tokens: usize, cond_tokens: usize) -> f64 {
+        self.cfg.forward_flops(tokens, cond_tokens)
     }
 
     /// Cross-attention K/V of `cond [B, L, cond_channels]` for every block (normalised keys).

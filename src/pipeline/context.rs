@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::PipelineSettings;
 use super::flow_model::{DitVelocity, FlowTokens};
-use super::memory::{peak_rss_bytes, reset_peak_rss};
+use super::memory::{peak_rss_bytes, reset_peak_rss, GpuMemoryProbe};
 use super::noise::Noise;
 use super::output::Latents;
 use super::progress::{Progress, StageReport};
@@ -34,6 +34,8 @@ pub(crate) struct Stage {
     pub tokens: Option<usize>,
     pub voxels: Option<usize>,
     pub model_calls: usize,
+    pub flops: Option<f64>,
+    gpu: Option<GpuMemoryProbe>,
 }
 
 impl Ctx<'_> {
@@ -46,17 +48,26 @@ impl Ctx<'_> {
             tokens: None,
             voxels: None,
             model_calls: 0,
+            flops: None,
+            gpu: GpuMemoryProbe::start(self.device),
         }
     }
 
     pub fn end(&mut self, stage: Stage) {
+        // GPU work is asynchronous: the stage ends when the device has finished it. A failed
+        // sync surfaces at the next operation, so the report just goes on.
+        let _ = self.device.synchronize();
+        let seconds = stage.start.elapsed().as_secs_f64();
         let report = StageReport {
             stage: stage.name,
-            seconds: stage.start.elapsed().as_secs_f64(),
+            seconds,
             tokens: stage.tokens,
             voxels: stage.voxels,
             model_calls: stage.model_calls,
             peak_rss_bytes: peak_rss_bytes(),
+            peak_gpu_bytes: stage.gpu.and_then(GpuMemoryProbe::finish),
+            flops: stage.flops,
+            tflop_per_s: stage.flops.map(|f| f / seconds.max(1e-9) / 1e12),
         };
         self.progress.stage_finished(&report);
         self.reports.push(report);
@@ -93,6 +104,7 @@ impl Ctx<'_> {
             Ok(())
         })?;
         stage.model_calls += calls;
+        *stage.flops.get_or_insert(0.0) += velocity.flops();
         Ok(out)
     }
 }

@@ -25,6 +25,9 @@ pub struct DitVelocity<'a> {
     cond: CondKv,
     tokens: FlowTokens<'a>,
     batch: usize,
+    /// Image tokens per sample, for the FLOP count.
+    cond_tokens: usize,
+    flops: f64,
 }
 
 impl<'a> DitVelocity<'a> {
@@ -36,17 +39,30 @@ impl<'a> DitVelocity<'a> {
             model,
             tokens,
             batch,
+            cond_tokens: cond.dim(1)?,
+            flops: 0.0,
         })
+    }
+
+    /// FLOPs of the calls made so far (`FlowDit::forward_flops`).
+    pub fn flops(&self) -> f64 {
+        self.flops
     }
 }
 
 impl VelocityModel for DitVelocity<'_> {
     fn velocity(&mut self, x: &Tensor, t_model: f32, branch: Branch) -> Result<Tensor> {
         let t = Tensor::full(t_model, self.batch, x.device())?;
-        let cond = match branch {
-            Branch::Positive => Condition::Tokens(&self.cond),
-            Branch::Negative => Condition::Zero,
+        let (cond, cond_tokens) = match branch {
+            Branch::Positive => (Condition::Tokens(&self.cond), self.cond_tokens),
+            Branch::Negative => (Condition::Zero, 0),
         };
+        // Tokens per sample: rows of a sparse latent, cells of a dense one.
+        let rows = match &self.tokens {
+            FlowTokens::Dense => x.elem_count() / x.dim(1)?,
+            FlowTokens::Sparse { .. } => x.dim(0)?,
+        } / self.batch.max(1);
+        self.flops += self.batch as f64 * self.model.forward_flops(rows, cond_tokens);
         let input = match &self.tokens {
             FlowTokens::Dense => FlowInput::Dense(x),
             FlowTokens::Sparse {

@@ -17,6 +17,14 @@ pub struct StageReport {
     /// Peak resident memory during the stage (or the process peak where it cannot be reset);
     /// `None` where the OS does not report it.
     pub peak_rss_bytes: Option<u64>,
+    /// Peak memory in use on the GPU during the stage (the whole card, sampled every 5 ms);
+    /// CUDA only.
+    pub peak_gpu_bytes: Option<u64>,
+    /// FLOPs of the stage's flow-transformer calls as spec §9 counts them (2 per multiply-add:
+    /// linears, self- and cross-attention), if it ran one.
+    pub flops: Option<f64>,
+    /// `flops / seconds` in TFLOP/s.
+    pub tflop_per_s: Option<f64>,
 }
 
 /// Receives progress; every method has a do-nothing default.
