@@ -118,24 +118,8 @@ fn compare(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> Option<f32> {
         return None;
     }
     for ((_, ta), (_, tb)) in a.iter().zip(b) {
-        if !ta.dtype().is_float() {
-            let x: Vec<i64> = ta
-                .to_dtype(DType::I64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let y: Vec<i64> = tb
-                .to_dtype(DType::I64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            if x != y {
-                return None;
-            }
+        if !ta.dtype().is_float() && common::int_values(ta) != common::int_values(tb) {
+            return None;
         }
     }
     let mut worst = 0f32;

@@ -115,20 +115,7 @@ fn check_all(name: &str, golden: &Golden, out: &Generated) -> usize {
             println!("{name} {key:<32} max|err|/max|ref| = {err:e}");
             worst = worst.max(err);
         } else {
-            let a: Vec<i64> = ours
-                .to_dtype(DType::I64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let b: Vec<i64> = want
-                .to_dtype(DType::I64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let (a, b) = (common::int_values(ours), common::int_values(want));
             let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
             println!("{name} {key:<32} exact: {differ} of {} differ", b.len());
             assert_eq!(differ, 0, "{name}: `{key}` differs");

@@ -50,6 +50,15 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Every element of an integer (or float) tensor as i64, flattened: exact comparisons of
+/// coordinate sets and face lists whatever their stored integer dtype.
+pub fn int_values(t: &candle_core::Tensor) -> Vec<i64> {
+    t.to_dtype(candle_core::DType::I64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("an integer tensor")
+}
+
 /// A golden io or trace file: candle tensors plus the JSON metadata of the file.
 pub struct Golden {
     pub path: PathBuf,
