@@ -2,8 +2,8 @@
 //! from the manifests) on the upstream baseline's token counts: per stage wall time, forwards,
 //! TFLOP/s (FLOPs as spec §9 counts them) and peak memory — the CPU process's anonymous memory
 //! (sampled every 2 ms; file-backed pages of the memory-mapped checkpoints are left out because
-//! the kernel can drop them) and, on CUDA, the GPU's used memory (sampled by `nvidia-smi` every
-//! 20 ms). The same stage list as `spec/BASELINE.md`, so the two tables line up.
+//! the kernel can drop them) and, on CUDA, the card's used memory (the pipeline's
+//! `GpuMemoryProbe`, every 5 ms). The same stage list as `spec/BASELINE.md`, so the two tables line up.
 //!
 //! ```sh
 //! cargo bench --bench stages -- [--device cpu|cuda|metal] [--dtype auto|f32|f16|bf16]
@@ -16,10 +16,8 @@
 #[path = "common/random_weights.rs"]
 mod random_weights;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +30,7 @@ use trellis2::models::forward::ModelSource;
 use trellis2::models::forward::{load_shape_decoder, load_ss_decoder, load_unet_decoder};
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::device::{select, DeviceChoice};
+use trellis2::pipeline::memory::GpuMemoryProbe;
 use trellis2::pipeline::models::LoadOptions;
 use trellis2::sparse::SparseTensor;
 
@@ -79,12 +78,12 @@ fn parse() -> Result<Opts> {
     })
 }
 
-/// Peak memory while a stage runs: anonymous RSS of this process, and GPU memory in use.
+/// Peak memory while a stage runs: anonymous RSS of this process (sampled here), and the GPU's
+/// memory in use (the pipeline's own [`GpuMemoryProbe`], CUDA only).
 struct MemoryProbe {
     stop: Arc<AtomicBool>,
-    anon_peak: Arc<AtomicU64>,
-    gpu_peak: Arc<AtomicU64>,
-    smi: Option<Child>,
+    anon: std::thread::JoinHandle<u64>,
+    gpu: Option<GpuMemoryProbe>,
 }
 
 fn rss_anon_bytes() -> u64 {
@@ -99,69 +98,29 @@ fn rss_anon_bytes() -> u64 {
 }
 
 impl MemoryProbe {
-    fn start(gpu: bool) -> Self {
+    fn start(device: &Device) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let anon_peak = Arc::new(AtomicU64::new(rss_anon_bytes()));
-        let gpu_peak = Arc::new(AtomicU64::new(0));
-        {
-            let (stop, peak) = (stop.clone(), anon_peak.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_anon_bytes(), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            });
-        }
-        // nvidia-smi reports the whole GPU's used memory in MiB; the bench is alone on it.
-        let smi = gpu
-            .then(|| {
-                Command::new("nvidia-smi")
-                    .args([
-                        "--query-gpu=memory.used",
-                        "--format=csv,noheader,nounits",
-                        "-lms",
-                        "20",
-                    ])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok()
-            })
-            .flatten()
-            .map(|mut child| {
-                if let Some(out) = child.stdout.take() {
-                    let peak = gpu_peak.clone();
-                    std::thread::spawn(move || {
-                        for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
-                            if let Ok(mib) = line.trim().parse::<u64>() {
-                                peak.fetch_max(mib << 20, Ordering::Relaxed);
-                            }
-                        }
-                    });
-                }
-                child
-            });
+        let flag = stop.clone();
+        let anon = std::thread::spawn(move || {
+            let mut peak = rss_anon_bytes();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(2));
+                peak = peak.max(rss_anon_bytes());
+            }
+            peak
+        });
         Self {
             stop,
-            anon_peak,
-            gpu_peak,
-            smi,
+            anon,
+            gpu: GpuMemoryProbe::start(device),
         }
     }
 
     /// (peak anonymous RSS, peak GPU memory) in bytes.
-    fn finish(mut self) -> (u64, Option<u64>) {
-        // One more GPU sample interval so the last peak is read.
-        if self.smi.is_some() {
-            std::thread::sleep(Duration::from_millis(60));
-        }
+    fn finish(self) -> (u64, Option<u64>) {
         self.stop.store(true, Ordering::Relaxed);
-        let gpu = self.smi.take().map(|mut c| {
-            let _ = c.kill();
-            let _ = c.wait();
-            self.gpu_peak.load(Ordering::Relaxed)
-        });
-        (self.anon_peak.load(Ordering::Relaxed), gpu)
+        let anon = self.anon.join().unwrap_or(0);
+        (anon, self.gpu.and_then(GpuMemoryProbe::finish))
     }
 }
 
@@ -296,7 +255,7 @@ impl Bench {
         flops: Option<f64>,
         mut f: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
-        let probe = MemoryProbe::start(self.opts.device.is_cuda());
+        let probe = MemoryProbe::start(&self.opts.device);
         self.opts.device.synchronize()?;
         let t = Instant::now();
         for i in 0..forwards {
@@ -393,13 +352,9 @@ impl Bench {
             .then(|| rand_on(&[n, cfg.in_channels - cfg.out_channels], 6, &dev))
             .transpose()?;
         let t = Tensor::full(500f32, 1, &dev)?;
-        // Spec §9: 30·N·(78.7 M + 6144·N + 6144·L) per forward; without the 6144·L term
-        // for the zero condition, which needs no attention here.
-        let (nf, lf) = (n as f64, cond_tokens as f64);
-        let positive = 30.0 * nf * (78.7e6 + 6144.0 * nf + 6144.0 * lf);
-        let negative = 30.0 * nf * (78.7e6 + 6144.0 * nf);
+        // Spec §9 counting (`DitConfig::forward_flops`); the zero condition needs no attention.
         let flops = (0..forwards)
-            .map(|i| if i % 2 == 0 { positive } else { negative })
+            .map(|i| model.forward_flops(n, if i % 2 == 0 { cond_tokens } else { 0 }))
             .sum::<f64>();
         self.measure(
             stage,
