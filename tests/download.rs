@@ -171,6 +171,18 @@ fn trellis2(hub: &FakeHub, home: &Path, token: bool) -> Command {
     cmd
 }
 
+/// Runs `cmd`, asserts that it succeeded (printing both streams otherwise), returns stdout.
+fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -192,16 +204,10 @@ fn full_download_fills_the_cache_and_generate_finds_every_model() {
     let hub = fake_release();
     let home = tempfile::tempdir().unwrap();
     let cache = home.path().join("cache");
-    let out = trellis2(&hub, home.path(), true)
-        .args(["download", "--yes", "--to"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeed(
+        trellis2(&hub, home.path(), true)
+            .args(["download", "--yes", "--to"])
+            .arg(&cache),
     );
     assert!(stdout.contains("to download:"), "{stdout}");
     // 1 pipeline + 8 models × 2 + 2 HF models × 2.
@@ -383,16 +389,10 @@ fn dry_run_lists_files_and_sizes_and_writes_nothing() {
     let hub = fake_release();
     let home = tempfile::tempdir().unwrap();
     let cache = home.path().join("cache");
-    let out = trellis2(&hub, home.path(), true)
-        .args(["download", "--dry-run", "--to"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = succeed(
+        trellis2(&hub, home.path(), true)
+            .args(["download", "--dry-run", "--to"])
+            .arg(&cache),
     );
     let size = golden("sparse_structure_flow_model.safetensors").len() as f64 / 1024.0;
     let line = stdout
@@ -484,17 +484,11 @@ fn rembg_choice_picks_the_background_remover_to_fetch() {
     let home = tempfile::tempdir().unwrap();
     let cache = home.path().join("cache");
     let dry_run = |choice: &str| {
-        let out = trellis2(&hub, home.path(), true)
-            .args(["download", "--dry-run", "--rembg", choice, "--to"])
-            .arg(&cache)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeed(
+            trellis2(&hub, home.path(), true)
+                .args(["download", "--dry-run", "--rembg", choice, "--to"])
+                .arg(&cache),
+        )
     };
     // RMBG-2.0 instead of BiRefNet: same count of files, other repository.
     let rmbg = dry_run("rmbg-2.0");
@@ -517,15 +511,10 @@ fn rembg_choice_picks_the_background_remover_to_fetch() {
     assert!(err.contains("birefnet or rmbg-2.0"), "{err}");
 
     // Fetched with --rembg rmbg-2.0 (gated: the token is sent), generate's lookup finds it.
-    let out = trellis2(&hub, home.path(), true)
-        .args(["download", "--yes", "--rembg", "rmbg-2.0", "--to"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        trellis2(&hub, home.path(), true)
+            .args(["download", "--yes", "--rembg", "rmbg-2.0", "--to"])
+            .arg(&cache),
     );
     let s = settings(&hub, &cache, true);
     let dir = hub::locate(Some(&cache), &s, Some(RembgModel::Rmbg2)).expect("RMBG-2.0 found");

@@ -1,7 +1,8 @@
 //! LayerNorm over the last (channel) axis, as one op for every model: per-voxel norms of the
 //! decoders (`LayerNorm32`, `ChannelLayerNorm32`, `F.layer_norm`) and per-token norms of the
 //! transformers. Two-pass mean/variance in f32 like PyTorch, because a one-pass
-//! `E[x²] − E[x]²` loses digits on rows whose mean is large next to their spread.
+//! `E[x²] − E[x]²` loses digits on rows whose mean is large next to their spread. The custom op
+//! below is the CPU path; GPUs run the fused norm+modulate kernel with no modulation.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -95,7 +96,8 @@ pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> R
 }
 
 /// Two-pass LayerNorm of `x [T, C]` (f32) from candle primitives: `(x − mean) / sqrt(var + eps)
-/// · w + b` with the variance of the centred values, as the fused op computes it.
+/// · w + b` with the variance of the centred values, as the fused op computes it. The slow
+/// twin `selftest` checks [`layer_norm`] against on any device.
 pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(1)?;
     let centred = x.broadcast_sub(&mean)?;
