@@ -1,6 +1,7 @@
 //! Borrowing a tensor's elements out of candle's CPU storage inside a custom op's `cpu_fwd`.
 
-use candle_core::{bail, Layout, Result};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, Layout, Result};
 
 /// The elements of a contiguous operand, borrowed without copying; `op` and `what` name the op and
 /// the operand in the error when the layout is strided.
@@ -14,4 +15,25 @@ pub(crate) fn contiguous<'a, T>(
         Some((a, z)) if z <= data.len() => Ok(&data[a..z]),
         _ => bail!("{op}: {what} must be contiguous"),
     }
+}
+
+/// The three f32 operands of a `CustomOp3`'s `cpu_fwd`, contiguous and borrowed; `op` and
+/// `names` name the op and the operands in the errors.
+pub(crate) fn f32_operands3<'a>(
+    operands: [(&'a CpuStorage, &Layout); 3],
+    op: &str,
+    names: [&str; 3],
+) -> Result<[&'a [f32]; 3]> {
+    let mut out: [&[f32]; 3] = [&[]; 3];
+    for (slot, ((storage, layout), what)) in out.iter_mut().zip(operands.into_iter().zip(names)) {
+        let CpuStorage::F32(data) = storage else {
+            bail!(
+                "{op}: the CPU reference takes f32 {}, got {:?} {what}",
+                names.join(", "),
+                storage.dtype()
+            );
+        };
+        *slot = contiguous(data, layout, op, what)?;
+    }
+    Ok(out)
 }

@@ -19,7 +19,7 @@ use std::ops::Range;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::contiguous;
+use super::cpu_storage::f32_operands3;
 use super::metal::kargs::DeformIm2ColArgs;
 
 /// Stride, padding and dilation of a deformable convolution, as `(y, x)` pairs.
@@ -142,14 +142,11 @@ impl CustomOp3 for ModulatedIm2Col {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(input), CpuStorage::F32(offset), CpuStorage::F32(mask)) = (s1, s2, s3)
-        else {
-            bail!("deform_conv2d: the CPU reference takes f32 input, offset and mask");
-        };
-        let op = "deform_conv2d";
-        let input = contiguous(input, l1, op, "input")?;
-        let offset = contiguous(offset, l2, op, "offset")?;
-        let mask = contiguous(mask, l3, op, "mask")?;
+        let [input, offset, mask] = f32_operands3(
+            [(s1, l1), (s2, l2), (s3, l3)],
+            "deform_conv2d",
+            ["input", "offset", "mask"],
+        )?;
         let g = self.geo;
         let taps = g.taps();
         let pix = self.rows * g.out_w;

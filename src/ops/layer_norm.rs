@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::contiguous;
+use super::cpu_storage::f32_operands3;
 use super::norm_modulate::{layer_norm_modulate, Modulation};
 
 struct LayerNorm {
@@ -28,12 +28,11 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
-            bail!("layer_norm: the CPU reference takes f32 tensors");
-        };
-        let x = contiguous(x, l1, "layer_norm", "input")?;
-        let w = contiguous(w, l2, "layer_norm", "weight")?;
-        let b = contiguous(b, l3, "layer_norm", "bias")?;
+        let [x, w, b] = f32_operands3(
+            [(s1, l1), (s2, l2), (s3, l3)],
+            "layer_norm",
+            ["input", "weight", "bias"],
+        )?;
         let c = w.len();
         let mut out = vec![0f32; x.len()];
         if c > 0 {

@@ -11,7 +11,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::contiguous;
+use super::cpu_storage::f32_operands3;
 use super::layer_norm::layer_norm;
 
 struct NormModulate {
@@ -43,12 +43,11 @@ impl CustomOp3 for NormModulate {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = "layer_norm_modulate";
-        let (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(m)) = (s1, s2, s3) else {
-            bail!("{op}: the CPU reference takes f32 tensors");
-        };
-        let x = contiguous(x, l1, op, "input")?;
-        let a = contiguous(a, l2, op, "affine")?;
-        let m = contiguous(m, l3, op, "modulation")?;
+        let [x, a, m] = f32_operands3(
+            [(s1, l1), (s2, l2), (s3, l3)],
+            op,
+            ["input", "affine", "modulation"],
+        )?;
         let (_, c) = l1.shape().dims2()?;
         let (w, bias) = a.split_at(c);
         let samples = sample_of_rows(&self.offsets);

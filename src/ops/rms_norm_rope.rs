@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu_storage::contiguous;
+use super::cpu_storage::f32_operands3;
 use super::rope::rope_interleaved;
 
 struct RmsNormRope {
@@ -32,12 +32,11 @@ impl CustomOp3 for RmsNormRope {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = "rms_norm_rope";
-        let (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(r)) = (s1, s2, s3) else {
-            bail!("{op}: the CPU reference takes f32 tensors");
-        };
-        let x = contiguous(x, l1, op, "input")?;
-        let g = contiguous(g, l2, op, "gamma")?;
-        let r = contiguous(r, l3, op, "rotation table")?;
+        let [x, g, r] = f32_operands3(
+            [(s1, l1), (s2, l2), (s3, l3)],
+            op,
+            ["input", "gamma", "rotation table"],
+        )?;
         let (_, h, d) = l1.shape().dims3()?;
         let mut out = vec![0f32; x.len()];
         if d > 0 {
