@@ -490,6 +490,107 @@ fn fused_norms_match_cpu() -> Result<()> {
     Ok(())
 }
 
+/// q/k read in place from a fused qkv projection (a strided view) and the one-row identity
+/// rotation of the cross-attention's plain RMS norm, on the GPU against the CPU op.
+#[test]
+fn rms_norm_of_strided_views_matches_cpu() -> Result<()> {
+    use trellis2::ops::rms_norm_rope::{multi_head_rms_norm, rms_norm_rope};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    for dtype in [DType::F32, DType::BF16] {
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        let (t, h, d) = (513usize, 12usize, 128usize);
+        let qkv = Tensor::randn(0f32, 1.0, (t, 3, h, d), &cpu)?.to_dtype(dtype)?;
+        let gamma = Tensor::randn(1f32, 0.2, (h, d), &cpu)?;
+        let table = Tensor::randn(0f32, 1.0, (t, d / 2, 2), &cpu)?;
+        let (qkv_g, gamma_g, table_g) = (
+            qkv.to_device(&dev)?,
+            gamma.to_device(&dev)?,
+            table.to_device(&dev)?,
+        );
+        for part in 0..2 {
+            let view = |x: &Tensor| x.narrow(1, part, 1).and_then(|v| v.squeeze(1));
+            let want = rms_norm_rope(&view(&qkv.to_dtype(DType::F32)?)?, Some(&gamma), &table)?;
+            let got = rms_norm_rope(&view(&qkv_g)?, Some(&gamma_g), &table_g)?;
+            let err = rel_err(&got.to_device(&cpu)?, &want);
+            println!("rms norm+rope of qkv part {part} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+            assert!(
+                err <= tol,
+                "strided rms norm+rope {dtype:?} error {err} over {tol}"
+            );
+            let want = multi_head_rms_norm(&view(&qkv.to_dtype(DType::F32)?)?, &gamma)?;
+            let got = multi_head_rms_norm(&view(&qkv_g)?, &gamma_g)?;
+            let err = rel_err(&got.to_device(&cpu)?, &want);
+            println!("plain rms norm of qkv part {part} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+            assert!(
+                err <= tol,
+                "plain rms norm {dtype:?} error {err} over {tol}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The linear-layer epilogue and the gated residual (`kernels/cuda/elementwise.cu`) in every
+/// dtype, on 16-byte vectors and on the scalar path (odd widths), views starting mid-buffer,
+/// against the CPU ops.
+#[test]
+fn elementwise_epilogues_match_cpu() -> Result<()> {
+    use trellis2::ops::bias_act::{bias_act, Activation};
+    use trellis2::ops::gated_residual::gated_residual;
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = match dtype {
+            DType::F32 => 1e-6,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        // (rows, channels, leading rows skipped: a view that starts mid-buffer)
+        for (t, c, skip) in [
+            (0usize, 64usize, 0usize),
+            (1, 13, 0),
+            (1000, 1536, 0),
+            (301, 8192, 0),
+            (77, 40, 3),
+            (5, 8, 1),
+        ] {
+            let full = Tensor::randn(0f32, 2.0, (t + skip, c), &cpu)?.to_dtype(dtype)?;
+            let x = full.narrow(0, skip, t)?;
+            let bias = Tensor::randn(0f32, 1.0, c, &cpu)?;
+            let xg = full.to_device(&dev)?.narrow(0, skip, t)?;
+            let bg = bias.to_device(&dev)?;
+            for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+                let want = bias_act(&x.to_dtype(DType::F32)?, &bias, act)?;
+                let got = bias_act(&xg, &bg, act)?;
+                assert_eq!(got.dtype(), dtype);
+                let err = rel_err(&got.to_device(&cpu)?, &want);
+                println!("bias_act {act:?} {dtype:?} T {t:>5} C {c:>5} skip {skip}: max|err|/max|ref| = {err:.2e}");
+                assert!(
+                    err <= tol,
+                    "bias_act {act:?} {dtype:?} error {err} over {tol}"
+                );
+            }
+            let offsets = vec![0, t / 3, t / 3, t];
+            let r = Tensor::randn(0f32, 1.0, (t, c), &cpu)?.to_dtype(dtype)?;
+            let gate = Tensor::randn(0f32, 1.0, (3, c), &cpu)?;
+            let want = gated_residual(
+                &x.to_dtype(DType::F32)?,
+                &r.to_dtype(DType::F32)?,
+                &gate,
+                &offsets,
+            )?;
+            let got = gated_residual(&xg, &r.to_device(&dev)?, &gate.to_device(&dev)?, &offsets)?;
+            assert_eq!(got.dtype(), dtype);
+            let err = rel_err(&got.to_device(&cpu)?, &want);
+            println!("gated_residual {dtype:?} T {t:>5} C {c:>5} skip {skip}: max|err|/max|ref| = {err:.2e}");
+            assert!(
+                err <= tol,
+                "gated_residual {dtype:?} error {err} over {tol}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The neighbour map built on the GPU (`kernels/cuda/neighbour_map.cu`) equals the CPU builder's
 /// word for word (map, no-duplicate status, pair count) on shells, dense blocks, isolated voxels,
 /// several batches and a shell of 1.4 M voxels on 10-bit axes; a duplicate voxel is an error

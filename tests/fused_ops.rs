@@ -1,9 +1,14 @@
 //! The fused DiT ops on the CPU equal the composed candle ops they replace (within 1e-6 of the
 //! largest value), on shapes with several samples, an empty sample and odd widths.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
+use trellis2::ops::bias_act::{bias_act, bias_act_slow, Activation};
+use trellis2::ops::gated_residual::{gated_residual, gated_residual_slow};
+use trellis2::ops::linear::Linear;
 use trellis2::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
-use trellis2::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
+use trellis2::ops::rms_norm_rope::{
+    multi_head_rms_norm, multi_head_rms_norm_slow, rms_norm_rope, rms_norm_rope_slow, rope_table,
+};
 use trellis2::ops::rope::rope_tables_3d;
 
 /// Deterministic uniform values in [-2, 2).
@@ -100,5 +105,79 @@ fn fused_ops_name_bad_shapes() {
     let q = randn(&[4, 2, 6], 3);
     let table = randn(&[4, 2, 2], 4);
     let err = rms_norm_rope(&q, None, &table).unwrap_err().to_string();
-    assert!(err.contains("rotation table must be [4, 3, 2]"), "{err}");
+    assert!(
+        err.contains("rotation table must be [4 or 1, 3, 2]"),
+        "{err}"
+    );
+    let err = bias_act(&x, &randn(&[7], 5), Activation::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bias must be [8]"), "{err}");
+    let err = gated_residual(&x, &x, &s, &[0, 4]).unwrap_err().to_string();
+    assert!(err.contains("gate must be [1, 8]"), "{err}");
+}
+
+#[test]
+fn bias_act_equals_the_composed_ops() {
+    for (t, c) in [(37usize, 1536usize), (5, 13), (1, 1)] {
+        let x = (randn(&[t, c], 8) * 3.0).unwrap();
+        let bias = randn(&[c], 9);
+        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+            let fused = bias_act(&x, &bias, act).unwrap();
+            let composed = bias_act_slow(&x, &bias, act).unwrap();
+            let e = rel(&fused, &composed);
+            println!("bias_act T {t} C {c} {act:?}: {e:e}");
+            assert!(e <= 1e-6, "{act:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn gated_residual_equals_the_composed_ops() {
+    for (c, offsets) in [
+        (1536usize, vec![0usize, 7, 7, 20]),
+        (13, vec![0, 33]),
+        (3, vec![0, 0, 2]),
+    ] {
+        let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
+        let (x, r, gate) = (randn(&[t, c], 10), randn(&[t, c], 11), randn(&[b, c], 12));
+        let fused = gated_residual(&x, &r, &gate, &offsets).unwrap();
+        let composed = gated_residual_slow(&x, &r, &gate, &offsets).unwrap();
+        let e = rel(&fused, &composed);
+        println!("gated_residual C {c} offsets {offsets:?}: {e:e}");
+        assert!(e <= 1e-6, "{e}");
+    }
+}
+
+#[test]
+fn multi_head_rms_norm_of_a_strided_view_equals_the_composed_ops() {
+    // q sliced out of a fused qkv projection [T, 3, H, D], as the DiT does.
+    let (t, h, d) = (19usize, 3usize, 64usize);
+    let qkv = randn(&[t, 3, h, d], 13);
+    let q = qkv.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let gamma = (randn(&[h, d], 14) + 1.0).unwrap();
+    let fused = multi_head_rms_norm(&q, &gamma).unwrap();
+    let composed = multi_head_rms_norm_slow(&q, &gamma).unwrap();
+    let e = rel(&fused, &composed);
+    println!("multi_head_rms_norm T {t} H {h} D {d}: {e:e}");
+    assert!(e <= 1e-6, "{e}");
+}
+
+#[test]
+fn linear_applies_bias_and_activation_over_the_last_dim() {
+    let (w, b) = (randn(&[24, 16], 15), randn(&[24], 16));
+    let lin = Linear::new(w.clone(), Some(b.clone()));
+    let x = randn(&[2, 5, 16], 17);
+    let want = x
+        .broadcast_matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap();
+    let got = lin.forward(&x).unwrap();
+    assert_eq!(got.dims(), [2, 5, 24]);
+    assert!(rel(&got, &want) <= 1e-6);
+    let got = lin.forward_act(&x, Activation::GeluTanh).unwrap();
+    let e = rel(&got, &want.gelu().unwrap());
+    println!("linear + GELU: {e:e}");
+    assert!(e <= 1e-6, "{e}");
 }

@@ -5,8 +5,9 @@
 //   (offsets[s] <= r < offsets[s+1]); x, y [T][C] in T; affine [2][C] and modulation [B][2][C]
 //   (shift; scale) in float. Two-pass mean and variance in float.
 // rms_norm_rope: y = x / max(|x|, 1e-12) gamma_h sqrt(D) (when normalize), then pairs
-//   (y[2i], y[2i+1]) rotated by (cos, sin) = table[t][i]; x, y [T][H][D] in T; gamma [H][D] and
-//   table [T][D/2][2] in float.
+//   (y[2i], y[2i+1]) rotated by (cos, sin) = table[t][i]; x [T][H][D] in T with token stride
+//   x_stride (q and k are read in place from the fused qkv projection), y [T][H][D] in T;
+//   gamma [H][D] and table [T or 1][D/2][2] in float (one row: the same rotation for all).
 //
 // One warp per row, 8 rows per 256-thread block; lanes stride over the row, so reads are
 // coalesced and any C / even D works. The row is read from global memory once per pass (the
@@ -64,12 +65,12 @@ __device__ __forceinline__ void layer_norm_modulate(const T *__restrict__ x, con
 template <typename T>
 __device__ __forceinline__ void rms_norm_rope(const T *__restrict__ x, const float *__restrict__ gamma,
                                               const float *__restrict__ table, T *__restrict__ out, int rows,
-                                              int heads, int d, int normalize) {
+                                              int heads, int d, int normalize, int x_stride, int table_rows) {
     const int row = blockIdx.x * NORM_ROWS + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;
     const int t = row / heads, h = row % heads;
-    const T *v = x + (size_t)row * d;
+    const T *v = x + (size_t)t * x_stride + (size_t)h * d;
     float f = 1.f;
     if (normalize) {
         float sq = 0.f;
@@ -80,7 +81,7 @@ __device__ __forceinline__ void rms_norm_rope(const T *__restrict__ x, const flo
         f = sqrtf((float)d) / fmaxf(sqrtf(warp_sum(sq)), 1e-12f);
     }
     const float *g = gamma + (size_t)h * d;
-    const float *rot = table + (size_t)t * d;
+    const float *rot = table + (table_rows == 1 ? (size_t)0 : (size_t)t * d);
     T *o = out + (size_t)row * d;
     for (int p = lane; p < d / 2; p += 32) {
         float y0 = to_f32(v[2 * p]), y1 = to_f32(v[2 * p + 1]);
@@ -103,8 +104,8 @@ __device__ __forceinline__ void rms_norm_rope(const T *__restrict__ x, const flo
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(32 * NORM_ROWS)                                     \
         rms_norm_rope_##NAME(const T *x, const float *gamma, const float *table, T *out, int rows,   \
-                             int heads, int d, int normalize) {                                      \
-        rms_norm_rope<T>(x, gamma, table, out, rows, heads, d, normalize);                           \
+                             int heads, int d, int normalize, int x_stride, int table_rows) {        \
+        rms_norm_rope<T>(x, gamma, table, out, rows, heads, d, normalize, x_stride, table_rows);     \
     }
 
 NORMS(f32, float)

@@ -6,11 +6,12 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
 use crate::ops::layer_norm;
+use crate::ops::linear::Linear;
 use crate::weights::Checkpoint;
 
 /// Checkpoint keys upstream never applies: the final `norm` (a parameter-free LayerNorm runs
@@ -110,9 +111,9 @@ impl DinoV3Config {
 
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     Ok(if bias {
-        candle_nn::linear(in_dim, out_dim, vb)?
+        crate::ops::linear::linear(in_dim, out_dim, vb)?
     } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+        crate::ops::linear::linear_no_bias(in_dim, out_dim, vb)?
     })
 }
 

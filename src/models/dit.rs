@@ -13,13 +13,16 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::dinov3::AffineNorm;
 use super::trace::Trace;
 use super::WeightMemory;
 use crate::ops::attention::varlen_attention;
+use crate::ops::bias_act::Activation;
+use crate::ops::gated_residual::gated_residual;
 use crate::ops::layer_norm;
+use crate::ops::linear::{linear, Linear};
 use crate::ops::norm_modulate::{layer_norm_modulate, Modulation};
 use crate::ops::rms_norm_rope::{multi_head_rms_norm, rms_norm_rope, rope_table};
 use crate::ops::rope::rope_tables_3d;
@@ -161,8 +164,8 @@ impl Block {
         };
         let sa = b.pp("self_attn");
         let ca = b.pp("cross_attn");
-        let to_kv = candle_nn::linear(cfg.cond_channels, 2 * c, ca.pp("to_kv"))?;
-        let to_out = candle_nn::linear(c, c, ca.pp("to_out"))?;
+        let to_kv = linear(cfg.cond_channels, 2 * c, ca.pp("to_kv"))?;
+        let to_out = linear(c, c, ca.pp("to_out"))?;
         let v_bias = to_kv
             .bias()
             .context("cross_attn.to_kv has no bias")?
@@ -173,21 +176,21 @@ impl Block {
             modulation: b.get(6 * c, "modulation")?,
             norm2: AffineNorm::new(c, 1e-6, b.pp("norm2"))?,
             self_attn: SelfAttention {
-                to_qkv: candle_nn::linear(c, 3 * c, sa.pp("to_qkv"))?,
+                to_qkv: linear(c, 3 * c, sa.pp("to_qkv"))?,
                 q_gamma: gamma(&sa, cfg.qk_rms_norm, "q_rms_norm")?,
                 k_gamma: gamma(&sa, cfg.qk_rms_norm, "k_rms_norm")?,
-                to_out: candle_nn::linear(c, c, sa.pp("to_out"))?,
+                to_out: linear(c, c, sa.pp("to_out"))?,
             },
             cross_attn: CrossAttention {
-                to_q: candle_nn::linear(c, c, ca.pp("to_q"))?,
+                to_q: linear(c, c, ca.pp("to_q"))?,
                 to_kv,
                 q_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "q_rms_norm")?,
                 k_gamma: gamma(&ca, cfg.qk_rms_norm_cross, "k_rms_norm")?,
                 to_out,
                 zero_cond_out,
             },
-            mlp_in: candle_nn::linear(c, cfg.mlp_hidden(), b.pp("mlp.mlp.0"))?,
-            mlp_out: candle_nn::linear(cfg.mlp_hidden(), c, b.pp("mlp.mlp.2"))?,
+            mlp_in: linear(c, cfg.mlp_hidden(), b.pp("mlp.mlp.0"))?,
+            mlp_out: linear(cfg.mlp_hidden(), c, b.pp("mlp.mlp.2"))?,
         })
     }
 
@@ -329,13 +332,13 @@ impl FlowDit {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
-            input_layer: candle_nn::linear(cfg.in_channels, c, vb.pp("input_layer"))?,
-            t_mlp_in: candle_nn::linear(256, c, vb.pp("t_embedder.mlp.0"))?,
-            t_mlp_out: candle_nn::linear(c, c, vb.pp("t_embedder.mlp.2"))?,
-            adaln: candle_nn::linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
+            input_layer: linear(cfg.in_channels, c, vb.pp("input_layer"))?,
+            t_mlp_in: linear(256, c, vb.pp("t_embedder.mlp.0"))?,
+            t_mlp_out: linear(c, c, vb.pp("t_embedder.mlp.2"))?,
+            adaln: linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
             blocks: Blocks::Resident(blocks),
             layout_cache: std::sync::Mutex::new(None),
-            out_layer: candle_nn::linear(c, cfg.out_channels, vb.pp("out_layer"))?,
+            out_layer: linear(c, cfg.out_channels, vb.pp("out_layer"))?,
         })
     }
 
@@ -678,9 +681,7 @@ impl FlowDit {
         let a = varlen_attention(&q, &k, &v, &layout.offsets, &layout.offsets, scale)?;
         let a = blk.self_attn.to_out.forward(&a.reshape((n, c))?)?;
         trace.record(&name("self_attn"), || layout.trace_view(&a))?;
-        let x = (x + per_sample(&a, &layout.offsets, |seg, b| {
-            seg.broadcast_mul(&gate_msa.narrow(0, b, 1)?)
-        })?)?;
+        let x = gated_residual(x, &a, &gate_msa, &layout.offsets)?;
 
         // Cross-attention (no modulation, no gate).
         let h = blk.norm2.forward(&x)?;
@@ -711,7 +712,8 @@ impl FlowDit {
         };
         let h = layer_norm_modulate(&x, None, &modulation, 1e-6)?;
         let mlp = |rows: &Tensor| -> candle_core::Result<Tensor> {
-            blk.mlp_out.forward(&blk.mlp_in.forward(rows)?.gelu()?)
+            blk.mlp_out
+                .forward(&blk.mlp_in.forward_act(rows, Activation::GeluTanh)?)
         };
         let h = match self.blocks {
             Blocks::Streamed(_) if n > STREAMED_MLP_ROWS => {
@@ -724,29 +726,9 @@ impl FlowDit {
             _ => mlp(&h)?,
         };
         trace.record(&name("mlp"), || layout.trace_view(&h))?;
-        let x = (x + per_sample(&h, &layout.offsets, |seg, b| {
-            seg.broadcast_mul(&gate_mlp.narrow(0, b, 1)?)
-        })?)?;
+        let x = gated_residual(&x, &h, &gate_mlp, &layout.offsets)?;
         trace.record(&layout.name(prefix), || layout.trace_view(&x))?;
         Ok(x)
-    }
-}
-
-/// Applies `f(segment, sample)` to each sample's rows of `x [T, C]` (per-sample modulation
-/// without materialising a `[T, 6C]` broadcast).
-fn per_sample(
-    x: &Tensor,
-    offsets: &[usize],
-    f: impl Fn(&Tensor, usize) -> candle_core::Result<Tensor>,
-) -> candle_core::Result<Tensor> {
-    let parts = (0..offsets.len() - 1)
-        .filter(|&b| offsets[b + 1] > offsets[b])
-        .map(|b| f(&x.narrow(0, offsets[b], offsets[b + 1] - offsets[b])?, b))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    match parts.len() {
-        0 => Ok(x.clone()),
-        1 => Ok(parts.into_iter().next().expect("one part")),
-        _ => Tensor::cat(&parts, 0),
     }
 }
 

@@ -326,8 +326,9 @@ pub(crate) fn norm_modulate(
     Ok((out, xl.shape().clone()))
 }
 
-/// q/k RMS norm + interleaved RoPE (`src/ops/rms_norm_rope.rs`): x `[T,H,D]` f32/f16/bf16,
-/// gamma `[H,D]` f32, table `[T,D/2,2]` f32 → `[T,H,D]` in x's dtype.
+/// q/k RMS norm + interleaved RoPE (`src/ops/rms_norm_rope.rs`): x `[T,H,D]` f32/f16/bf16 with
+/// any token stride (each token's H·D values contiguous), gamma `[H,D]` f32, table `[T or 1,D/2,2]`
+/// f32 → `[T,H,D]` contiguous in x's dtype.
 pub(crate) fn rms_norm_rope(
     (x, xl): (&CudaStorage, &Layout),
     (g, gl): (&CudaStorage, &Layout),
@@ -336,7 +337,16 @@ pub(crate) fn rms_norm_rope(
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "rms_norm_rope (CUDA)";
     let (tokens, heads, d) = xl.shape().dims3()?;
-    let (xa, xz) = span(xl, OP, "x")?;
+    let (xa, xz, x_stride) = match xl.stride() {
+        &[s, sh, 1] if sh == d && s >= heads * d => {
+            let a = xl.start_offset();
+            (a, a + tokens.saturating_sub(1) * s + heads * d, s)
+        }
+        _ => bail!(
+            "{OP}: x must have contiguous heads (strides [_, {d}, 1]), got {:?}",
+            xl.stride()
+        ),
+    };
     let (ga, gz) = span(gl, OP, "gamma")?;
     let (ta, tz) = span(tl, OP, "rotation table")?;
     let dev = x.device().clone();
@@ -344,6 +354,7 @@ pub(crate) fn rms_norm_rope(
     let table = f32_slice(t, OP, "rotation table")?.slice(ta..tz);
     let rows = tokens * heads;
     let (rows_, heads_, d_, normalize_) = (rows as i32, heads as i32, d as i32, normalize as i32);
+    let (x_stride_, table_rows) = (x_stride as i32, tl.shape().dims()[0] as i32);
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal) => {{
             let CudaStorageSlice::$variant(xs) = &x.slice else {
@@ -356,8 +367,10 @@ pub(crate) fn rms_norm_rope(
                 let mut b = func.builder();
                 b.arg(&xs).arg(&gamma).arg(&table).arg(&out);
                 b.arg(&rows_).arg(&heads_).arg(&d_).arg(&normalize_);
-                // SAFETY: reads x[T·H·D], gamma[H·D] and table[T·D] (checked by the op); writes
-                // every element of out[T·H·D], owned here.
+                b.arg(&x_stride_).arg(&table_rows);
+                // SAFETY: reads x (T rows of H·D at stride x_stride, inside the slice), gamma[H·D]
+                // and table[T·D or D] (checked by the op); writes every element of out[T·H·D],
+                // owned here.
                 unsafe { b.launch(norm_launch(rows)) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
@@ -447,3 +460,134 @@ pub(crate) fn neighbour_map(
 
 /// Threads per block of the neighbour-map launches.
 const NBR_THREADS: usize = 256;
+
+const ELEMENTWISE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/elementwise.ptx"));
+
+/// Threads per block of `kernels/cuda/elementwise.cu`.
+const EW_THREADS: usize = 256;
+
+/// Launch shape of an elementwise kernel over `vectors` work items: grid-stride loops, at most
+/// 16 blocks of 256 threads per SM's worth of work (132 SMs on an H100) so large tensors do not
+/// pay for block scheduling.
+fn elementwise_launch(vectors: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (vectors.div_ceil(EW_THREADS).clamp(1, 132 * 16) as u32, 1, 1),
+        block_dim: (EW_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Elements per thread of the elementwise kernels for rows of `c` elements of `T` starting at
+/// element offsets `starts`: 16 bytes when every row and operand start is 16-byte aligned.
+fn elementwise_vec<T>(c: usize, starts: &[usize]) -> usize {
+    let vec = 16 / std::mem::size_of::<T>();
+    if c % vec == 0 && starts.iter().all(|s| s % vec == 0) {
+        vec
+    } else {
+        1
+    }
+}
+
+/// `act(x + bias)` (`src/ops/bias_act.rs`): x `[T,C]` f32/f16/bf16, bias `[C]` f32 → `[T,C]` in
+/// x's dtype.
+pub(crate) fn bias_act(
+    (x, xl): (&CudaStorage, &Layout),
+    (b, bl): (&CudaStorage, &Layout),
+    act: super::bias_act::Activation,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "bias_act (CUDA)";
+    let (rows, c) = xl.shape().dims2()?;
+    let (xa, xz) = span(xl, OP, "x")?;
+    let (ba, bz) = span(bl, OP, "bias")?;
+    let dev = x.device().clone();
+    let bias = f32_slice(b, OP, "bias")?.slice(ba..bz);
+    let (c_, act_) = (c as i32, act as i32);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let CudaStorageSlice::$variant(xs) = &x.slice else {
+                unreachable!("matched on x's dtype")
+            };
+            let len = rows * c;
+            let out = output::<$t>(&dev, len)?;
+            if len > 0 {
+                let vec = elementwise_vec::<$t>(c, &[xa]);
+                let name = if vec > 1 { concat!($name, "_v") } else { $name };
+                let func =
+                    dev.get_or_load_custom_func(name, "trellis2_elementwise", ELEMENTWISE_PTX)?;
+                let vectors = len / vec;
+                let xs = xs.slice(xa..xz);
+                let mut b = func.builder();
+                b.arg(&xs)
+                    .arg(&bias)
+                    .arg(&out)
+                    .arg(&vectors)
+                    .arg(&c_)
+                    .arg(&act_);
+                // SAFETY: reads x[T·C] and bias[C] (checked by the op); writes every element of
+                // out[T·C], owned here; vectors never straddle a row (C % vec == 0).
+                unsafe { b.launch(elementwise_launch(vectors)) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &x.slice {
+        CudaStorageSlice::F32(_) => run!(f32, F32, "bias_act_f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "bias_act_f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "bias_act_bf16"),
+        _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
+    };
+    Ok((out, xl.shape().clone()))
+}
+
+/// `x + gate_b · r` per sample (`src/ops/gated_residual.rs`): x, r `[T,C]` f32/f16/bf16 (the
+/// same dtype), gate `[B,C]` f32 → `[T,C]` in x's dtype.
+pub(crate) fn gated_residual(
+    (x, xl): (&CudaStorage, &Layout),
+    (r, rl): (&CudaStorage, &Layout),
+    (g, gl): (&CudaStorage, &Layout),
+    offsets: &[usize],
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "gated_residual (CUDA)";
+    let (rows, c) = xl.shape().dims2()?;
+    let (xa, xz) = span(xl, OP, "x")?;
+    let (ra, rz) = span(rl, OP, "residual branch")?;
+    let (ga, gz) = span(gl, OP, "gate")?;
+    let dev = x.device().clone();
+    let gate = f32_slice(g, OP, "gate")?.slice(ga..gz);
+    let offsets: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+    let (c_, samples) = (c as i32, (offsets.len() - 1) as i32);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let (CudaStorageSlice::$variant(xs), CudaStorageSlice::$variant(rs)) =
+                (&x.slice, &r.slice)
+            else {
+                bail!("{OP}: x and the residual branch must have the same dtype");
+            };
+            let len = rows * c;
+            let out = output::<$t>(&dev, len)?;
+            if len > 0 {
+                let vec = elementwise_vec::<$t>(c, &[xa, ra]);
+                let name = if vec > 1 { concat!($name, "_v") } else { $name };
+                let func =
+                    dev.get_or_load_custom_func(name, "trellis2_elementwise", ELEMENTWISE_PTX)?;
+                let offsets = dev.clone_htod(&offsets)?;
+                let vectors = len / vec;
+                let (xs, rs) = (xs.slice(xa..xz), rs.slice(ra..rz));
+                let mut b = func.builder();
+                b.arg(&xs).arg(&rs).arg(&gate).arg(&offsets).arg(&out);
+                b.arg(&vectors).arg(&c_).arg(&samples);
+                // SAFETY: reads x and r [T·C], gate [B·C] and offsets [B+1] (checked by the op);
+                // writes every element of out[T·C], owned here.
+                unsafe { b.launch(elementwise_launch(vectors)) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &x.slice {
+        CudaStorageSlice::F32(_) => run!(f32, F32, "gated_residual_f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "gated_residual_f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "gated_residual_bf16"),
+        _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
+    };
+    Ok((out, xl.shape().clone()))
+}

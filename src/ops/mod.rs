@@ -2,13 +2,16 @@
 //! the reference the Metal and CUDA kernels are tested against (DESIGN.md, "Layers").
 
 pub mod attention;
+pub mod bias_act;
 pub mod conv3d;
 mod cpu_storage;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod deform_conv;
+pub mod gated_residual;
 pub mod interpolate;
 pub mod layer_norm;
+pub mod linear;
 pub mod metal;
 pub mod norm_modulate;
 pub mod rms_norm_rope;

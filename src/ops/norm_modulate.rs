@@ -20,7 +20,7 @@ struct NormModulate {
 }
 
 /// Sample of each row: `offsets` are `B+1` non-decreasing row offsets from 0 to T.
-fn sample_of_rows(offsets: &[usize]) -> Vec<usize> {
+pub(crate) fn sample_of_rows(offsets: &[usize]) -> Vec<usize> {
     let mut s = Vec::with_capacity(offsets[offsets.len() - 1]);
     for (b, w) in offsets.windows(2).enumerate() {
         s.extend(std::iter::repeat_n(b, w[1] - w[0]));

@@ -4,7 +4,9 @@
 //! passes of the composed candle ops; f32 arithmetic, one rounding to `x`'s dtype.
 //!
 //! Operands of the custom op: x `[T,H,D]`, γ `[H,D]` f32, rotation table `[T,D/2,2]` f32
-//! (cos; sin, from [`rope_table`]). The CPU forward is the reference the Metal kernel
+//! (cos; sin, from [`rope_table`]) or `[1,D/2,2]`, one rotation for every token (the identity
+//! for a plain RMS norm). On CUDA x may be a strided view whose heads are contiguous (q and k
+//! sliced out of a fused qkv projection): no copy is made first. The CPU forward is the reference the Metal kernel
 //! (kernels/metal/norms.metal) is tested against.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
@@ -48,7 +50,11 @@ impl CustomOp3 for RmsNormRope {
                 .for_each(|(row, (o, v))| {
                     let (t, head) = (row / h, row % h);
                     let gamma = &g[head * d..(head + 1) * d];
-                    let rot = &r[t * d..(t + 1) * d];
+                    let rot = if r.len() == d {
+                        r
+                    } else {
+                        &r[t * d..(t + 1) * d]
+                    };
                     let f = if normalize {
                         sqrt_d / v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12)
                     } else {
@@ -112,9 +118,9 @@ fn check(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<(usize, u
         &[t, h, d] if d % 2 == 0 => (t, h, d),
         dims => bail!("rms_norm_rope: x must be [T, H, D] with D even, got {dims:?}"),
     };
-    if table.dims() != [t, d / 2, 2] {
+    if table.dims() != [t, d / 2, 2] && table.dims() != [1, d / 2, 2] {
         bail!(
-            "rms_norm_rope: rotation table must be [{t}, {}, 2] for x {:?}, got {:?}",
+            "rms_norm_rope: rotation table must be [{t} or 1, {}, 2] for x {:?}, got {:?}",
             d / 2,
             x.dims(),
             table.dims()
@@ -131,10 +137,10 @@ fn check(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<(usize, u
     Ok((t, h, d))
 }
 
-/// RMS norm (when `gamma` is given) then RoPE of `x [T, H, D]` by `table [T, D/2, 2]`, in `x`'s
-/// dtype, one fused op on every device.
+/// RMS norm (when `gamma` is given) then RoPE of `x [T, H, D]` by `table [T or 1, D/2, 2]`, in
+/// `x`'s dtype, one fused op on every device.
 pub fn rms_norm_rope(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<Tensor> {
-    let (_, h, d) = check(x, gamma, table)?;
+    let (t, h, d) = check(x, gamma, table)?;
     let dev = x.device();
     let g = match gamma {
         Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
@@ -149,13 +155,37 @@ pub fn rms_norm_rope(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Resu
     let op = RmsNormRope {
         normalize: gamma.is_some(),
     };
-    xin.contiguous()?
-        .apply_op3_no_bwd(&g, &table.to_dtype(DType::F32)?.contiguous()?, &op)?
+    let mut table = table.to_dtype(DType::F32)?;
+    if dev.is_metal() && table.dim(0)? != t {
+        // kernels/metal/norms.metal reads one rotation per token.
+        table = table.broadcast_as((t, d / 2, 2))?;
+    }
+    // The CUDA kernel takes any token stride as long as each token's H·D values are contiguous.
+    let xin = if dev.is_cuda() && x.stride()[1..] == [d, 1] {
+        xin
+    } else {
+        xin.contiguous()?
+    };
+    xin.apply_op3_no_bwd(&g, &table.contiguous()?, &op)?
         .to_dtype(dtype)
 }
 
-/// `F.normalize(x, dim=-1) · γ · sqrt(D)` over the head dim of `x [T, H, D]`, in f32.
+/// `F.normalize(x, dim=-1) · γ · sqrt(D)` over the head dim of `x [T, H, D]`, in `x`'s dtype:
+/// [`rms_norm_rope`] with the identity rotation.
 pub fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let identity = Tensor::stack(
+        &[
+            Tensor::ones((1, d / 2), DType::F32, x.device())?,
+            Tensor::zeros((1, d / 2), DType::F32, x.device())?,
+        ],
+        2,
+    )?;
+    rms_norm_rope(x, Some(gamma), &identity)
+}
+
+/// [`multi_head_rms_norm`] composed of candle ops in f32: the test reference.
+pub fn multi_head_rms_norm_slow(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let d = x.dim(D::Minus1)?;
@@ -169,9 +199,10 @@ pub fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
 /// The composed ops the DiT used before the fused op: [`multi_head_rms_norm`] then
 /// `rope::rope_interleaved`. The test reference of [`rms_norm_rope`].
 pub fn rms_norm_rope_slow(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<Tensor> {
-    check(x, gamma, table)?;
+    let (t, _, d) = check(x, gamma, table)?;
+    let table = table.broadcast_as((t, d / 2, 2))?;
     let x = match gamma {
-        Some(g) => multi_head_rms_norm(x, g)?,
+        Some(g) => multi_head_rms_norm_slow(x, g)?,
         None => x.clone(),
     };
     let cos = table.narrow(2, 0, 1)?.squeeze(2)?;

@@ -13,6 +13,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::bias_act::{bias_act, Activation};
 use super::cpu_storage::contiguous;
 
 /// Marks a missing neighbour in a neighbour map (FlexGEMM uses the same `u32::MAX`).
@@ -265,13 +266,12 @@ pub fn submanifold_conv3d(
         &neighbours.contiguous()?,
         &SubmConv3d,
     )?;
-    let out = match bias {
-        Some(b) => out
-            .to_dtype(DType::F32)?
-            .broadcast_add(&b.to_dtype(DType::F32)?)?,
-        None => out,
-    };
-    out.to_dtype(dtype)
+    let out = out.to_dtype(dtype)?;
+    match bias {
+        // One fused pass (f32 add, one rounding) instead of casts around a broadcast add.
+        Some(b) => bias_act(&out, b, Activation::None),
+        None => Ok(out),
+    }
 }
 
 /// The plain definition, one output element at a time with f64 sums: the test reference for

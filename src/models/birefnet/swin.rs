@@ -9,11 +9,12 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::config::SwinConfig;
 use crate::models::dinov3::AffineNorm;
 use crate::models::trace::Trace;
+use crate::ops::linear::{linear, linear_no_bias, Linear};
 
 /// Swin's LayerNorm epsilon (PyTorch default).
 const LN_EPS: f64 = 1e-5;
@@ -61,8 +62,8 @@ impl WindowAttention {
             .permute((2, 0, 1))?
             .contiguous()?;
         Ok(Self {
-            qkv: candle_nn::linear(dim, 3 * dim, vb.pp("qkv"))?,
-            proj: candle_nn::linear(dim, dim, vb.pp("proj"))?,
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
+            proj: linear(dim, dim, vb.pp("proj"))?,
             heads,
             bias,
             scale: ((dim / heads) as f64).powf(-0.5),
@@ -154,8 +155,8 @@ impl Block {
             norm1: AffineNorm::new(dim, LN_EPS, vb.pp("norm1"))?,
             attn: WindowAttention::new(dim, heads, window, vb.pp("attn"))?,
             norm2: AffineNorm::new(dim, LN_EPS, vb.pp("norm2"))?,
-            fc1: candle_nn::linear(dim, mlp_hidden, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(mlp_hidden, dim, vb.pp("mlp.fc2"))?,
+            fc1: linear(dim, mlp_hidden, vb.pp("mlp.fc1"))?,
+            fc2: linear(mlp_hidden, dim, vb.pp("mlp.fc2"))?,
             window,
             shift,
         })
@@ -249,7 +250,7 @@ impl PatchMerging {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: AffineNorm::new(4 * dim, LN_EPS, vb.pp("norm"))?,
-            reduction: candle_nn::linear_no_bias(4 * dim, 2 * dim, vb.pp("reduction"))?,
+            reduction: linear_no_bias(4 * dim, 2 * dim, vb.pp("reduction"))?,
         })
     }
 

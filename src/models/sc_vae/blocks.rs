@@ -1,9 +1,11 @@
 //! SC-VAE building blocks (spec §5.1): `SparseConvNeXtBlock3d` and `SparseResBlockC2S3d`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
+use crate::ops::bias_act::Activation;
 use crate::ops::layer_norm;
+use crate::ops::linear::{linear, Linear};
 use crate::ops::submanifold_conv3d;
 use crate::sparse::{SparseTensor, Subdivision};
 
@@ -76,7 +78,9 @@ impl ConvNeXtBlock {
     pub fn forward(&self, x: &SparseTensor) -> Result<SparseTensor> {
         let h = self.conv.forward(x)?;
         let h = self.norm.forward(h.feats())?;
-        let h = self.mlp2.forward(&self.mlp0.forward(&h)?.silu()?)?;
+        let h = self
+            .mlp2
+            .forward(&self.mlp0.forward_act(&h, Activation::Silu)?)?;
         x.replace((x.feats() + h)?)
     }
 }

@@ -2,12 +2,13 @@
 //! Upstream: `trellis2/models/sc_vaes/sparse_unet_vae.py` / `fdg_vae.py` @ 5565d24.
 
 use candle_core::{bail, DType, Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::blocks::{C2SBlock, ConvNeXtBlock};
 use super::config::{DecoderConfig, MLP_RATIO};
 use crate::models::trace::Trace;
 use crate::ops::layer_norm;
+use crate::ops::linear::{linear, Linear};
 use crate::sparse::SparseTensor;
 
 /// Decoder output LayerNorm eps (`F.layer_norm` default, spec §10).
