@@ -77,14 +77,26 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     const T *qh = q + (size_t)h * D, *kh = k + (size_t)h * D, *vh = v + (size_t)h * D;
     const int wrow = warp * WM;  // this warp's first row in the query tile
 
-    // One key tile (rows kt.. of k or v) into a shared buffer; rows past k1 are zero-filled so
-    // that masked probabilities multiply zeros, never stale data.
+    // One key tile (rows kt.. of k or v) into a shared buffer. Each pass copies PASS_ROWS rows,
+    // this thread always the same 16-byte chunk of row cp_row + pass·PASS_ROWS. Only the last
+    // tile can run past k1; its missing rows are zero-filled so that masked probabilities
+    // multiply zeros, never stale data.
+    constexpr int PASS_ROWS = NTHREADS / CHUNKS;
+    const int cp_row = tid / CHUNKS, cp_col = (tid % CHUNKS) * 8;
+    const size_t pass_stride = (size_t)PASS_ROWS * rs;
     auto load_tile = [&](T (*dst)[LD], const T *src, int kt) {
+        const T *row = src + (size_t)(kt + cp_row) * rs + cp_col;
+        if (kt + BN <= k1) {
 #pragma unroll
-        for (int pass = 0; pass < BN * CHUNKS / NTHREADS; ++pass) {
-            const int i = pass * NTHREADS + tid, r = i / CHUNKS, c = (i % CHUNKS) * 8;
-            const bool ok = kt + r < k1;
-            cp_async16(&dst[r][c], ok ? src + (size_t)(kt + r) * rs + c : src, ok);
+            for (int pass = 0; pass < BN / PASS_ROWS; ++pass, row += pass_stride)
+                cp_async16(&dst[cp_row + pass * PASS_ROWS][cp_col], row, true);
+        } else {
+            const int rows_left = k1 - kt - cp_row;
+#pragma unroll
+            for (int pass = 0; pass < BN / PASS_ROWS; ++pass, row += pass_stride) {
+                const bool ok = pass * PASS_ROWS < rows_left;
+                cp_async16(&dst[cp_row + pass * PASS_ROWS][cp_col], ok ? row : src, ok);
+            }
         }
     };
 
