@@ -176,11 +176,18 @@ pub(crate) fn varlen_attention(
                 let name = format!("{}_d{d}", $name);
                 let func =
                     dev.get_or_load_custom_func(&name, "trellis2_attention", ATTENTION_PTX)?;
-                // Over 48 KB of dynamic shared memory (D ≥ 64) needs the function's opt-in.
+                // Over 48 KB of dynamic shared memory (D ≥ 64) needs the function's opt-in, and
+                // two CTAs per SM (D = 128: 2 × 102 KB) need the largest shared-memory carveout,
+                // which the kernel can afford: its copies bypass L1.
                 dev.cuda_stream().context().bind_to_thread().w()?;
                 func.set_attribute(
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     smem as i32,
+                )
+                .w()?;
+                func.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    100,
                 )
                 .w()?;
                 let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
