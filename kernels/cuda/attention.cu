@@ -27,7 +27,7 @@
 //   operand of P·V (the C layout of m16n8k16 matches its A layout two n-blocks at a time).
 // - Softmax runs in the log2 domain (scale·log2 e applied to the scores, exp2 on the MUFU unit).
 //   O is rescaled only when a row maximum of the warp grew: after the first tiles the maxima
-//   rarely move, which saves 4·D/8 multiplies per thread per tile.
+//   rarely move, which saves D multiplies per thread per tile.
 // - The output goes back through the warp's own (no longer needed) Q rows in shared memory so
 //   that global stores are whole 16-byte row chunks.
 //
