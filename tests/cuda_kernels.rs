@@ -247,6 +247,16 @@ fn attention_varlen_self() -> Result<()> {
         DType::F32,
     )?;
     check_attention("one sequence", &[0, 1500], &[0, 1500], 4, 128, DType::BF16)?;
+    // Query tiles of 128 rows, key tiles of 64: lengths one short of, at and one past those
+    // edges, so full, partial and one-row tiles (and a one-key last tile) all occur.
+    let edges = [0, 63, 127, 255, 383, 384, 513, 641, 706];
+    for d in [16, 32, 64, 128] {
+        check_attention("tile edges", &edges, &edges, 2, d, DType::BF16)?;
+        check_attention("tile edges", &edges, &edges, 2, d, DType::F16)?;
+    }
+    // Many short sequences: many CTAs whose only key tile is also their last.
+    let short: Vec<usize> = (0..=40).map(|i| i * (i + 1) / 2).collect();
+    check_attention("many short", &short, &short, 3, 64, DType::BF16)?;
     // The tiny golden models' head dims.
     for d in [16, 32] {
         check_attention(

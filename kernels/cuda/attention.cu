@@ -4,23 +4,69 @@
 //
 // q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D], contiguous. `tiles` holds one uint4 per block
 // row: (first query row, end query row, first key row, end key row) of one ≤128-row query tile
-// of one sequence; grid = (tiles, H). Eight warps own 16 query rows each; keys stream through
-// shared memory 64 at a time (K then V, each copy overlapping the other's math). Scores never
-// leave registers: the S accumulators are repacked as the A operand of P·V.
+// of one sequence; grid = (tiles, H), 128 threads, (BM + 4·BN)·(D + 8)·2 bytes of dynamic shared
+// memory (`attention_smem_bytes` in src/ops/cuda.rs; over 48 KB from D = 64 on, so the host
+// raises the function's dynamic shared-memory limit).
+//
+// Design, and why:
+// - Four warps own 32 query rows each (two m16 row blocks). Every K or V fragment a warp loads
+//   with ldmatrix then feeds two mma (one per row block) instead of one, which halves the
+//   shared-memory traffic per FLOP: with 16 rows per warp the kernel was bound by shared-memory
+//   bandwidth, not by the tensor cores.
+// - The O accumulators (32 rows × D fp32 = 128 registers per thread at D = 128) and the scores
+//   (32 × 64 fp32 = 64 registers) leave no room for Q in registers, so Q stays in shared memory
+//   and is re-read with ldmatrix once per 16-column chunk of every key tile.
+// - Keys stream through shared memory 64 at a time, K and V double-buffered: the cp.async copy
+//   of tile j+1 is issued before the math of tile j and has a whole tile of math to land, and
+//   one __syncthreads per tile both publishes tile j and frees the buffers of tile j−1.
+// - 128 threads at ≤ 255 registers and 102 KB of shared memory (D = 128) give two CTAs per SM,
+//   so one CTA's barrier and softmax stalls are covered by the other's mma.
+// - Shared-memory rows are padded by 16 bytes: the eight 16-byte rows that one ldmatrix phase
+//   reads then start in distinct bank groups, and cp.async writes stay contiguous.
+// - Scores never leave registers: the S accumulators are rounded to T and repacked as the A
+//   operand of P·V (the C layout of m16n8k16 matches its A layout two n-blocks at a time).
+// - Softmax runs in the log2 domain (scale·log2 e applied to the scores, exp2 on the MUFU unit).
+//   O is rescaled only when a row maximum of the warp grew: after the first tiles the maxima
+//   rarely move, which saves D multiplies per thread per tile.
+// - The output goes back through the warp's own (no longer needed) Q rows in shared memory so
+//   that global stores are whole 16-byte row chunks.
+//
+// mma.sync m16n8k16 fragments (PTX ISA), lane = 4·g + t:
+//   A (16×16, row-major): a0 = (row g, cols 2t, 2t+1), a1 = (row g+8, same cols),
+//                         a2 = (row g, cols 2t+8, 2t+9), a3 = (row g+8, cols 2t+8, 2t+9).
+//   B (16×8, k×n):        b0 = (k 2t, 2t+1; n g), b1 = (k 2t+8, 2t+9; n g).
+//   C (16×8):             c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, cols 2t, 2t+1).
+// ldmatrix x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i, and register i of lane
+// 4·g + t receives (row g, cols 2t, 2t+1) of matrix i; with .trans, (rows 2t, 2t+1, col g).
 #include "common.cuh"
 
-#define BM 128
-#define BN 64
-#define NWARPS 8
+#define BM 128     // query rows per CTA
+#define BN 64      // keys per tile
+#define WM 32      // query rows per warp
+#define NWARPS (BM / WM)
+#define NTHREADS (NWARPS * 32)
+
+// Row stride of the shared-memory tiles, in elements.
+template <int D> constexpr int padded_row() { return D + 8; }
+
+// 2^x on the MUFU unit; results below 2^-126 flush to zero, which a probability can afford.
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 template <typename T, int D>
 __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k,
                                           const T *__restrict__ v, T *__restrict__ out,
                                           const uint4 *__restrict__ tiles, int heads, float scale_log2) {
-    constexpr int LD = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
-    constexpr int NT = NWARPS * 32;
-    __shared__ __align__(128) T Ks[BN][LD];
-    __shared__ __align__(128) T Vs[BN][LD];
+    constexpr int LD = padded_row<D>();
+    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
+    extern __shared__ __align__(16) unsigned char smem[];
+    // [BM][LD] query rows, then [2][BN][LD] key buffers, then [2][BN][LD] value buffers.
+    auto Qs = reinterpret_cast<T(*)[LD]>(smem);
+    auto Ks = reinterpret_cast<T(*)[BN][LD]>(smem + sizeof(T) * BM * LD);
+    auto Vs = reinterpret_cast<T(*)[BN][LD]>(smem + sizeof(T) * (BM + 2 * BN) * LD);
 
     const uint4 ti = tiles[blockIdx.x];
     const int q0 = ti.x, q1 = ti.y, k0 = ti.z, k1 = ti.w;
@@ -29,143 +75,221 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     const int g = lane >> 2, t = lane & 3;
     const size_t rs = (size_t)heads * D;  // token stride
     const T *qh = q + (size_t)h * D, *kh = k + (size_t)h * D, *vh = v + (size_t)h * D;
+    const int wrow = warp * WM;  // this warp's first row in the query tile
 
+    // One key tile (rows kt.. of k or v) into a shared buffer. Each pass copies PASS_ROWS rows,
+    // this thread always the same 16-byte chunk of row cp_row + pass·PASS_ROWS. Only the last
+    // tile can run past k1; its missing rows are zero-filled so that masked probabilities
+    // multiply zeros, never stale data.
+    constexpr int PASS_ROWS = NTHREADS / CHUNKS;
+    const int cp_row = tid / CHUNKS, cp_col = (tid % CHUNKS) * 8;
+    const size_t pass_stride = (size_t)PASS_ROWS * rs;
     auto load_tile = [&](T (*dst)[LD], const T *src, int kt) {
+        const T *row = src + (size_t)(kt + cp_row) * rs + cp_col;
+        if (kt + BN <= k1) {
 #pragma unroll
-        for (int i = tid; i < BN * (D / 8); i += NT) {
-            const int r = i / (D / 8), c = (i % (D / 8)) * 8;
-            const bool ok = kt + r < k1;
-            cp_async16(&dst[r][c], ok ? src + (size_t)(kt + r) * rs + c : src, ok);
+            for (int pass = 0; pass < BN / PASS_ROWS; ++pass, row += pass_stride)
+                cp_async16(&dst[cp_row + pass * PASS_ROWS][cp_col], row, true);
+        } else {
+            const int rows_left = k1 - kt - cp_row;
+#pragma unroll
+            for (int pass = 0; pass < BN / PASS_ROWS; ++pass, row += pass_stride) {
+                const bool ok = pass * PASS_ROWS < rows_left;
+                cp_async16(&dst[cp_row + pass * PASS_ROWS][cp_col], ok ? row : src, ok);
+            }
         }
     };
 
-    load_tile(Ks, kh, k0);
+    // Each warp copies its own 32 query rows (zero past q1): only this warp ever reads them, and
+    // it later reuses them to stage its output.
+#pragma unroll
+    for (int pass = 0; pass < WM * CHUNKS / 32; ++pass) {
+        const int i = pass * 32 + lane, r = wrow + i / CHUNKS, c = (i % CHUNKS) * 8;
+        const bool ok = q0 + r < q1;
+        cp_async16(&Qs[r][c], ok ? qh + (size_t)(q0 + r) * rs + c : qh, ok);
+    }
+    load_tile(Ks[0], kh, k0);
+    load_tile(Vs[0], vh, k0);
     cp_async_commit();
 
-    // This warp's 16 query rows as A fragments, straight from global memory.
-    const int r_lo = q0 + warp * 16 + g, r_hi = r_lo + 8;
-    uint32_t qf[D / 16][4];
+    // o[b][n]: row block b (rows wrow + 16b ..), columns 8n .. 8n+7. m, l: running maximum (log2
+    // domain) and this thread's partial row sum, [row block][row g or g+8].
+    float o[2][D / 8][4];
 #pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-        const int c = kc * 16 + 2 * t;
-        qf[kc][0] = r_lo < q1 ? *reinterpret_cast<const uint32_t *>(qh + r_lo * rs + c) : 0u;
-        qf[kc][1] = r_hi < q1 ? *reinterpret_cast<const uint32_t *>(qh + r_hi * rs + c) : 0u;
-        qf[kc][2] = r_lo < q1 ? *reinterpret_cast<const uint32_t *>(qh + r_lo * rs + c + 8) : 0u;
-        qf[kc][3] = r_hi < q1 ? *reinterpret_cast<const uint32_t *>(qh + r_hi * rs + c + 8) : 0u;
-    }
-
-    float o[D / 8][4];
+    for (int b = 0; b < 2; ++b)
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j)
+        for (int n = 0; n < D / 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
-    float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
-
-    for (int kt = k0; kt < k1; kt += BN) {
-        load_tile(Vs, vh, kt);
-        cp_async_commit();
-        cp_async_wait<1>();  // K(kt) has landed
-        __syncthreads();
-
-        float s[BN / 8][4];
+            for (int e = 0; e < 4; ++e) o[b][n][e] = 0.f;
+    float m[2][2], l[2][2];
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j)
+    for (int b = 0; b < 2; ++b)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
-#pragma unroll
-        for (int kc = 0; kc < D / 16; ++kc)
-#pragma unroll
-            for (int j = 0; j < BN / 8; j += 2) {
-                uint32_t r[4];
-                ldmatrix_x4(r, &Ks[j * 8 + (lane & 7) + ((lane >> 4) & 1) * 8][kc * 16 + ((lane >> 3) & 1) * 8]);
-                mma16816<T>(s[j], qf[kc], r[0], r[1]);
-                mma16816<T>(s[j + 1], qf[kc], r[2], r[3]);
-            }
-
-        // Scale into the log2 domain, mask keys past the sequence end, online softmax.
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = kt + j * 8 + 2 * t + (e & 1);
-                s[j][e] = key < k1 ? s[j][e] * scale_log2 : -INFINITY;
-                if (e < 2)
-                    mx_lo = fmaxf(mx_lo, s[j][e]);
-                else
-                    mx_hi = fmaxf(mx_hi, s[j][e]);
-            }
-#pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-        }
-        // Key kt is always valid, so the new maxima are finite.
-        const float mn_lo = fmaxf(m_lo, mx_lo), mn_hi = fmaxf(m_hi, mx_hi);
-        const float a_lo = exp2f(m_lo - mn_lo), a_hi = exp2f(m_hi - mn_hi);
-        m_lo = mn_lo;
-        m_hi = mn_hi;
-        float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-            s[j][0] = exp2f(s[j][0] - mn_lo);
-            s[j][1] = exp2f(s[j][1] - mn_lo);
-            s[j][2] = exp2f(s[j][2] - mn_hi);
-            s[j][3] = exp2f(s[j][3] - mn_hi);
-            sum_lo += s[j][0] + s[j][1];
-            sum_hi += s[j][2] + s[j][3];
-        }
-        l_lo = l_lo * a_lo + sum_lo;  // per-thread partial sums; reduced over the quad at the end
-        l_hi = l_hi * a_hi + sum_hi;
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-            o[j][0] *= a_lo;
-            o[j][1] *= a_lo;
-            o[j][2] *= a_hi;
-            o[j][3] *= a_hi;
+        for (int r = 0; r < 2; ++r) {
+            m[b][r] = -INFINITY;
+            l[b][r] = 0.f;
         }
 
-        cp_async_wait<0>();  // V(kt) has landed
-        __syncthreads();     // and every warp is done with Ks
-        if (kt + BN < k1) load_tile(Ks, kh, kt + BN);
+    int buf = 0;
+    for (int kt = k0; kt < k1; kt += BN, buf ^= 1) {
+        cp_async_wait<0>();  // this thread's copies of tile kt (and Q) have landed
+        __syncthreads();     // everyone's have, and every warp is done with tile kt − BN
+        if (kt + BN < k1) {
+            load_tile(Ks[buf ^ 1], kh, kt + BN);
+            load_tile(Vs[buf ^ 1], vh, kt + BN);
+        }
         cp_async_commit();
 
+        // S = Q·Kᵀ. Q chunk (rows wrow + 16b + 0..15, cols 16c..16c+15) as an A fragment: lanes
+        // 0-7 address rows 0-7 at col 0 (a0), 8-15 rows 8-15 (a1), 16-23 rows 0-7 at col 8 (a2),
+        // 24-31 rows 8-15 at col 8 (a3). K rows are keys, so the non-transposed 8×8 blocks
+        // (keys 8n.., dims 16c..) and (keys 8n.., dims 16c+8..) are b0, b1 of key block n:
+        // lanes 0-7 / 8-15 address key block n at dims +0 / +8, lanes 16-31 key block n+1.
+        float s[2][BN / 8][4];
 #pragma unroll
-        for (int kc = 0; kc < BN / 16; ++kc) {
-            uint32_t p[4];
-            p[0] = pack2<T>(s[2 * kc][0], s[2 * kc][1]);
-            p[1] = pack2<T>(s[2 * kc][2], s[2 * kc][3]);
-            p[2] = pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-            p[3] = pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+        for (int b = 0; b < 2; ++b)
 #pragma unroll
-            for (int j = 0; j < D / 8; j += 2) {
-                uint32_t r[4];
-                ldmatrix_x4_trans(r, &Vs[kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][j * 8 + ((lane >> 4) & 1) * 8]);
-                mma16816<T>(o[j], p, r[0], r[1]);
-                mma16816<T>(o[j + 1], p, r[2], r[3]);
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[b][n][e] = 0.f;
+#pragma unroll
+        for (int c = 0; c < D / 16; ++c) {
+            uint32_t qa[2][4];
+#pragma unroll
+            for (int b = 0; b < 2; ++b)
+                ldmatrix_x4(qa[b], &Qs[wrow + b * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][c * 16 + (lane >> 4) * 8]);
+#pragma unroll
+            for (int n = 0; n < BN / 8; n += 2) {
+                uint32_t kb[4];
+                ldmatrix_x4(kb, &Ks[buf][n * 8 + (lane & 7) + (lane >> 4) * 8][c * 16 + ((lane >> 3) & 1) * 8]);
+#pragma unroll
+                for (int b = 0; b < 2; ++b) {
+                    mma16816<T>(s[b][n], qa[b], kb[0], kb[1]);
+                    mma16816<T>(s[b][n + 1], qa[b], kb[2], kb[3]);
+                }
             }
         }
-        __syncthreads();  // every warp is done with Vs before the next tile overwrites it
-    }
-    cp_async_wait<0>();
 
+        // Scale into the log2 domain; only the last tile can hold keys past the sequence end.
+        if (kt + BN <= k1) {
 #pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
-        l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
+            for (int b = 0; b < 2; ++b)
+#pragma unroll
+                for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[b][n][e] *= scale_log2;
+        } else {
+#pragma unroll
+            for (int b = 0; b < 2; ++b)
+#pragma unroll
+                for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = kt + n * 8 + 2 * t + (e & 1);
+                        s[b][n][e] = key < k1 ? s[b][n][e] * scale_log2 : -INFINITY;
+                    }
+        }
+
+        // Online softmax. Row g of block b lives in s[b][*][0..1], row g+8 in s[b][*][2..3],
+        // each row spread over the four lanes of a quad.
+        float alpha[2][2];
+        bool grew = false;
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[b][n][2 * r], s[b][n][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // Key kt is always valid, so the new maximum is finite.
+                const float mn = fmaxf(m[b][r], mx);
+                grew |= mn > m[b][r];
+                alpha[b][r] = mn > m[b][r] ? exp2_approx(m[b][r] - mn) : 1.f;
+                m[b][r] = mn;
+                float sum = 0.f;
+#pragma unroll
+                for (int n = 0; n < BN / 8; ++n) {
+                    s[b][n][2 * r] = exp2_approx(s[b][n][2 * r] - mn);
+                    s[b][n][2 * r + 1] = exp2_approx(s[b][n][2 * r + 1] - mn);
+                    sum += s[b][n][2 * r] + s[b][n][2 * r + 1];
+                }
+                l[b][r] = l[b][r] * alpha[b][r] + sum;  // quad-reduced once, at the end
+            }
+        // Warp-uniform branch: where no maximum of the warp grew, every alpha is 1.
+        if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+            for (int b = 0; b < 2; ++b)
+#pragma unroll
+                for (int n = 0; n < D / 8; ++n) {
+                    o[b][n][0] *= alpha[b][0];
+                    o[b][n][1] *= alpha[b][0];
+                    o[b][n][2] *= alpha[b][1];
+                    o[b][n][3] *= alpha[b][1];
+                }
+        }
+
+        // O += P·V over 16-key chunks c. P's A fragment is S key blocks 2c (a0, a1) and 2c+1
+        // (a2, a3). V rows are keys, so the transposed 8×8 blocks (keys 16c.., dims 8n..) and
+        // (keys 16c+8.., dims 8n..) are b0, b1 of column block n: lanes 0-7 / 8-15 address keys
+        // +0 / +8 of column block n, lanes 16-31 the same keys of column block n+1.
+#pragma unroll
+        for (int c = 0; c < BN / 16; ++c) {
+            uint32_t p[2][4];
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+                p[b][0] = pack2<T>(s[b][2 * c][0], s[b][2 * c][1]);
+                p[b][1] = pack2<T>(s[b][2 * c][2], s[b][2 * c][3]);
+                p[b][2] = pack2<T>(s[b][2 * c + 1][0], s[b][2 * c + 1][1]);
+                p[b][3] = pack2<T>(s[b][2 * c + 1][2], s[b][2 * c + 1][3]);
+            }
+#pragma unroll
+            for (int n = 0; n < D / 8; n += 2) {
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, &Vs[buf][c * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][n * 8 + (lane >> 4) * 8]);
+#pragma unroll
+                for (int b = 0; b < 2; ++b) {
+                    mma16816<T>(o[b][n], p[b], vb[0], vb[1]);
+                    mma16816<T>(o[b][n + 1], p[b], vb[2], vb[3]);
+                }
+            }
+        }
     }
-    const float inv_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, inv_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+    cp_async_wait<0>();  // nothing may still be writing this warp's Q rows
+    __syncwarp();        // and every lane is done reading them
+
+    // Normalise and stage this warp's rows in its Q rows (row g / g+8 of block b, cols 8n + 2t).
+#pragma unroll
+    for (int b = 0; b < 2; ++b)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float lr = l[b][r];
+            lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+            lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+            const float inv = lr > 0.f ? 1.f / lr : 0.f;
+            const int row = wrow + b * 16 + r * 8 + g;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n)
+                *reinterpret_cast<uint32_t *>(&Qs[row][n * 8 + 2 * t]) =
+                    pack2<T>(o[b][n][2 * r] * inv, o[b][n][2 * r + 1] * inv);
+        }
+    __syncwarp();
     T *oh = out + (size_t)h * D;
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j) {
-        const int c = j * 8 + 2 * t;
-        if (r_lo < q1) *reinterpret_cast<uint32_t *>(oh + r_lo * rs + c) = pack2<T>(o[j][0] * inv_lo, o[j][1] * inv_lo);
-        if (r_hi < q1) *reinterpret_cast<uint32_t *>(oh + r_hi * rs + c) = pack2<T>(o[j][2] * inv_hi, o[j][3] * inv_hi);
+    for (int pass = 0; pass < WM * CHUNKS / 32; ++pass) {
+        const int i = pass * 32 + lane, r = wrow + i / CHUNKS, c = (i % CHUNKS) * 8;
+        if (q0 + r < q1)
+            *reinterpret_cast<uint4 *>(oh + (size_t)(q0 + r) * rs + c) = *reinterpret_cast<const uint4 *>(&Qs[r][c]);
     }
 }
 
+// Dynamic shared memory of one CTA: BM query rows and two buffers each of BN key and value rows,
+// as `attention_smem_bytes` in src/ops/cuda.rs computes it (pinned here at D = 128).
+static_assert(sizeof(__nv_bfloat16) * (BM + 4 * BN) * padded_row<128>() == 104448, "smem layout");
+
 #define FLASH(NAME, T, D)                                                                           \
-    extern "C" __global__ void __launch_bounds__(NWARPS * 32, 1)                                    \
+    extern "C" __global__ void __launch_bounds__(NTHREADS, 2)                                       \
         NAME(const T *q, const T *k, const T *v, T *out, const uint4 *tiles, int heads, float scale_log2) { \
         flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2);                                    \
     }

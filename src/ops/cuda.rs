@@ -6,6 +6,7 @@
 //! (f32 throughout: BiRefNet runs in f32 upstream).
 
 use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -101,8 +102,19 @@ pub(crate) fn subm_conv3d(
     Ok((out, Shape::from((n, co))))
 }
 
-/// Rows of one query tile of the attention kernel.
+/// Rows of one query tile of the attention kernel (one CTA).
 const ATTN_TILE: usize = 128;
+/// Keys per tile of the attention kernel.
+const ATTN_KEY_TILE: usize = 64;
+/// Threads per attention CTA: four warps of 32 query rows.
+const ATTN_THREADS: u32 = 128;
+
+/// Dynamic shared memory of one attention CTA at head dim `d`: the query tile and two buffers
+/// each of key and value rows, 16-bit elements, rows padded by 8 elements (the layout of
+/// `flash_fwd` in `kernels/cuda/attention.cu`).
+fn attention_smem_bytes(d: usize) -> usize {
+    (ATTN_TILE + 4 * ATTN_KEY_TILE) * (d + 8) * 2
+}
 
 /// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
 /// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`.
@@ -140,10 +152,11 @@ pub(crate) fn varlen_attention(
         bail!("{OP}: q, k and v must start on a 16-byte boundary (offsets {qa}, {ka}, {va})");
     }
     let ntiles = tiles.len() / 4;
+    let smem = attention_smem_bytes(d) as u32;
     let cfg = LaunchConfig {
         grid_dim: (ntiles as u32, heads as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        block_dim: (ATTN_THREADS, 1, 1),
+        shared_mem_bytes: smem,
     };
     let heads_ = heads as i32;
     let scale_log2 = scale * std::f32::consts::LOG2_E;
@@ -163,6 +176,20 @@ pub(crate) fn varlen_attention(
                 let name = format!("{}_d{d}", $name);
                 let func =
                     dev.get_or_load_custom_func(&name, "trellis2_attention", ATTENTION_PTX)?;
+                // Over 48 KB of dynamic shared memory (D ≥ 64) needs the function's opt-in, and
+                // two CTAs per SM (D = 128: 2 × 102 KB) need the largest shared-memory carveout,
+                // which the kernel can afford: its copies bypass L1.
+                dev.cuda_stream().context().bind_to_thread().w()?;
+                func.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .w()?;
+                func.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    100,
+                )
+                .w()?;
                 let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
                 let mut b = func.builder();
                 b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
