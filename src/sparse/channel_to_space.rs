@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use candle_core::{bail, DType, Result, Tensor};
+use rayon::prelude::*;
 
 use super::coords::CoordSet;
 use super::tensor::SparseTensor;
@@ -39,7 +40,7 @@ impl Subdivision {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?
-            .iter()
+            .par_iter()
             .map(|&v| v > 0.0)
             .collect();
         Self::from_mask(parents, &mask)
@@ -55,22 +56,22 @@ impl Subdivision {
                 parents.len() * CHILDREN
             );
         }
-        let mut rows = Vec::new();
-        let mut sources = Vec::new();
-        for (n, c) in parents.rows().iter().enumerate() {
-            for s in 0..CHILDREN {
-                if mask[n * CHILDREN + s] {
-                    let bit = |b: usize| ((s >> b) & 1) as i32;
-                    rows.push([
-                        c[0],
-                        2 * c[1] + bit(0),
-                        2 * c[2] + bit(1),
-                        2 * c[3] + bit(2),
-                    ]);
-                    sources.push((n * CHILDREN + s) as u32);
-                }
-            }
-        }
+        // In parallel (millions of children at the last decoder level); rayon's collect keeps
+        // the parent-major, then-`s` order.
+        let (rows, sources): (Vec<[i32; 4]>, Vec<u32>) = parents
+            .rows()
+            .par_iter()
+            .enumerate()
+            .flat_map_iter(|(n, c)| {
+                (0..CHILDREN)
+                    .filter(move |&s| mask[n * CHILDREN + s])
+                    .map(move |s| {
+                        let bit = |b: usize| ((s >> b) & 1) as i32;
+                        let child = [c[0], 2 * c[1] + bit(0), 2 * c[2] + bit(1), 2 * c[3] + bit(2)];
+                        (child, (n * CHILDREN + s) as u32)
+                    })
+            })
+            .unzip();
         let device = parents.device();
         let n = sources.len();
         Ok(Self {

@@ -85,8 +85,7 @@ impl CoordSet {
                 _ => batches.push((c[0], row..row + 1)),
             }
         }
-        let flat: Vec<i32> = host.iter().flatten().copied().collect();
-        let tensor = Tensor::from_vec(flat, (host.len(), 4), device)?;
+        let tensor = Tensor::from_slice(host.as_flattened(), (host.len(), 4), device)?;
         Ok(Self {
             tensor,
             host,

@@ -79,7 +79,7 @@ pub(crate) fn build_on_device(set: &CoordSet) -> Result<Option<NeighbourMap>> {
         .contiguous()?
         .apply_op1_no_bwd(&BuildNeighbourMap { plan })?;
     // Reading the two status words waits for the GPU: once per coordinate set and stage.
-    let status = out.narrow(0, n * TAPS, 2)?.to_vec1::<u32>()?;
+    let status = status_words(&out, n * TAPS)?;
     if status[0] != NO_DUPLICATE {
         // Which copy lost the race for the slot depends on scheduling; name both, in order.
         let dup = status[0] as usize;
@@ -96,6 +96,16 @@ pub(crate) fn build_on_device(set: &CoordSet) -> Result<Option<NeighbourMap>> {
     }
     let map = out.narrow(0, 0, n * TAPS)?.reshape((n, TAPS))?;
     Ok(Some(NeighbourMap::from_parts(map, status[1] as usize)))
+}
+
+/// The two status words at `at` of the op's output. CUDA reads back just those 8 bytes (candle's
+/// `to_vec1` would copy the whole map first: ≈400 MB at 3.7 M voxels).
+fn status_words(out: &Tensor, at: usize) -> Result<Vec<u32>> {
+    #[cfg(feature = "cuda")]
+    if out.device().is_cuda() {
+        return crate::ops::cuda::read_u32_words(out, at, 2);
+    }
+    out.narrow(0, at, 2)?.to_vec1::<u32>()
 }
 
 /// The op's raw `[T·27 + 2]` output for `coords` `[T,4]` i32 on their device; public for the
