@@ -62,11 +62,12 @@ kernel void bias_act(
     uint3 tgid [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]])
 {
-    const ulong i = ulong(tgid.x) * EW_THREADS + tid;
-    if (i >= args.count) {
+    const ulong gi = ulong(tgid.x) * EW_THREADS + tid;
+    if (gi >= args.count) {
         return;
     }
-    const uint col = uint(i % args.channels);
+    const uint i = uint(gi); // count is a uint: 32-bit index arithmetic from here
+    const uint col = i % args.channels;
     out[i] = T(activate(float(x[i]) + bias[col], args.act));
 }
 
@@ -79,10 +80,11 @@ kernel void bias_act_v4(
     uint3 tgid [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]])
 {
-    const ulong i = ulong(tgid.x) * EW_THREADS + tid;
-    if (i >= args.count) {
+    const ulong gi = ulong(tgid.x) * EW_THREADS + tid;
+    if (gi >= args.count) {
         return;
     }
+    const uint i = uint(gi); // count is a uint: 32-bit index arithmetic from here
     const vec<T, 4> v = x[i];
     const float4 b = bias[i % args.channels];
     vec<T, 4> y;
@@ -103,12 +105,13 @@ kernel void gated_residual(
     uint3 tgid [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]])
 {
-    const ulong i = ulong(tgid.x) * EW_THREADS + tid;
-    if (i >= args.count) {
+    const ulong gi = ulong(tgid.x) * EW_THREADS + tid;
+    if (gi >= args.count) {
         return;
     }
-    const uint row = uint(i / args.channels);
-    const uint col = uint(i % args.channels);
+    const uint i = uint(gi); // count is a uint: 32-bit index arithmetic from here
+    const uint row = i / args.channels;
+    const uint col = i % args.channels;
     const uint s = sample_of(offsets, args.samples, row);
     const float g = gate[ulong(s) * args.channels + col];
     out[i] = T(float(x[i]) + g * float(r[i]));
@@ -125,12 +128,13 @@ kernel void gated_residual_v4(
     uint3 tgid [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]])
 {
-    const ulong i = ulong(tgid.x) * EW_THREADS + tid;
-    if (i >= args.count) {
+    const ulong gi = ulong(tgid.x) * EW_THREADS + tid;
+    if (gi >= args.count) {
         return;
     }
-    const uint row = uint(i / args.channels);
-    const uint col = uint(i % args.channels);
+    const uint i = uint(gi); // count is a uint: 32-bit index arithmetic from here
+    const uint row = i / args.channels;
+    const uint col = i % args.channels;
     const uint s = sample_of(offsets, args.samples, row);
     const float4 g = gate[ulong(s) * args.channels + col];
     const vec<T, 4> a = x[i];
