@@ -533,6 +533,11 @@ fn selftest_on_the_cpu_passes_every_case() {
         "layer_norm",
         "layer_norm_modulate",
         "rms_norm_rope d128",
+        "rms_norm_rope 1-row",
+        "bias_act gelu",
+        "bias_act silu",
+        "bias_act none",
+        "gated_residual",
     ] {
         for dtype in ["f32", "f16", "bf16"] {
             assert!(has(op, dtype), "no {op} {dtype} line in:\n{out}");

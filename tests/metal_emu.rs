@@ -13,8 +13,8 @@ use trellis2::ops::metal::dispatch::{
     MAX_DEFORM_COLUMNS_PER_DISPATCH, MAX_MACS_PER_DISPATCH,
 };
 use trellis2::ops::metal::kargs::{
-    AttentionArgs, DeformIm2ColArgs, KernelArgs, NeighbourArgs, NormModulateArgs, RmsRopeArgs,
-    SparseConvArgs,
+    AttentionArgs, BiasActArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs, NeighbourArgs,
+    NormModulateArgs, RmsRopeArgs, SparseConvArgs,
 };
 use trellis2::ops::submanifold_conv3d;
 use trellis2::sparse::SparseTensor;
@@ -829,7 +829,7 @@ fn rms_norm_rope_kernel_matches_the_cpu_op() {
                 .to_dtype(*dtype)
                 .unwrap();
             let label = format!("rms_norm_rope T {t} H {h} D {d} norm {normalize} [{dtype:?}]");
-            let plan = rms_rope_dispatch(t, h, d, normalize, *dtype)
+            let plan = rms_rope_dispatch(t, h, d, normalize, t, *dtype)
                 .unwrap()
                 .unwrap();
             let ones = Tensor::ones((h, d), DType::F32, &Device::Cpu).unwrap();
@@ -857,6 +857,260 @@ fn rms_norm_rope_kernel_matches_the_cpu_op() {
             assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
         }
     }
+}
+
+#[test]
+fn rms_norm_rope_kernel_takes_a_one_row_table() {
+    use trellis2::ops::metal::norms_plan::rms_rope_dispatch;
+    use trellis2::ops::rms_norm_rope::rms_norm_rope;
+    let emu = Emulator::get("norms");
+    let dev = Device::Cpu;
+    for (t, h, d, normalize, identity) in [
+        (37usize, 3usize, 64usize, true, true),
+        (11, 2, 128, true, false),
+        (9, 1, 10, false, false),
+        (1, 2, 6, true, false),
+    ] {
+        // One rotation for every token: the identity (a plain multi-head RMS norm) or random
+        // angles.
+        let angles: Vec<f32> = lcg(31, d / 2).iter().map(|a| 3.0 * a).collect();
+        let (cos, sin): (Vec<f32>, Vec<f32>) = if identity {
+            (vec![1.0; d / 2], vec![0.0; d / 2])
+        } else {
+            angles.iter().map(|a| (a.cos(), a.sin())).unzip()
+        };
+        let table = Tensor::stack(
+            &[
+                Tensor::from_vec(cos, (1, d / 2), &dev).unwrap(),
+                Tensor::from_vec(sin, (1, d / 2), &dev).unwrap(),
+            ],
+            2,
+        )
+        .unwrap();
+        let gamma = rand_tensor(18, &[h, d], 0.5, 1.0);
+        let ones = Tensor::ones((h, d), DType::F32, &dev).unwrap();
+        for dtype in ALL {
+            let x = rand_tensor(19, &[t, h, d], 2.0, 0.0)
+                .to_dtype(*dtype)
+                .unwrap();
+            let label = format!(
+                "rms_norm_rope 1-row table T {t} H {h} D {d} norm {normalize} identity \
+                 {identity} [{dtype:?}]"
+            );
+            let plan = rms_rope_dispatch(t, h, d, normalize, 1, *dtype)
+                .unwrap()
+                .unwrap();
+            assert_eq!(plan.args.table_rows, 1);
+            let g = if normalize { &gamma } else { &ones };
+            let got = emulate_norm(
+                &emu,
+                &plan,
+                vec![bytes_of(&x), bytes_of(g), bytes_of(&table)],
+                t * h * d,
+                *dtype,
+                &label,
+            );
+            let want = rms_norm_rope(
+                &x.to_dtype(DType::F32).unwrap(),
+                normalize.then_some(&gamma),
+                &table,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let rel = rel_err(&got, &want);
+            println!("{label:<90} max|err|/max|ref| {rel:.2e}");
+            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
+        }
+    }
+    assert!(rms_rope_dispatch(5, 1, 8, true, 2, DType::F32).is_err());
+}
+
+// ---------------------------------------------------------------------------- fused epilogues
+
+/// Tolerance of the elementwise kernels: the same f32 arithmetic as the CPU op, then one
+/// rounding to the dtype.
+fn elementwise_tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-6,
+        DType::F16 => 1e-3,
+        _ => 8e-3,
+    }
+}
+
+/// An operand bound `pad` elements into its buffer (a view starting mid-buffer); the padding is
+/// NaN bytes, so a kernel reading before the view's start poisons its output.
+fn view_of(t: &Tensor, pad: usize) -> (Vec<u8>, u64) {
+    let size = t.dtype().size_in_bytes();
+    let mut bytes = vec![0xff; pad * size];
+    bytes.extend(bytes_of(t));
+    (bytes, (pad * size) as u64)
+}
+
+/// Runs one planned elementwise.metal dispatch over `inputs` (buffer, byte offset) and a fresh
+/// output of `n_out` elements bound last.
+fn emulate_views<A: KernelArgs>(
+    emu: &Emulator,
+    plan: &trellis2::ops::metal::dispatch::Dispatch<A>,
+    inputs: Vec<(Vec<u8>, u64)>,
+    n_out: usize,
+    dtype: DType,
+    case: &str,
+) -> Vec<f32> {
+    let mut slots = vec![(0, Slot::Bytes(plan.args.to_bytes()))];
+    let mut buffers = Vec::new();
+    for (i, (bytes, offset)) in inputs.into_iter().enumerate() {
+        slots.push((i as u32 + 1, Slot::BufferAt(i as u32, offset)));
+        buffers.push(bytes);
+    }
+    let out = buffers.len() as u32;
+    buffers.push(poisoned(n_out, dtype));
+    slots.push((out + 1, Slot::Buffer(out)));
+    let d = EmuDispatch {
+        kernel: plan.kernel.clone(),
+        threadgroups: plan.threadgroups,
+        threads: plan.threads,
+        slots,
+        threadgroup_memory: vec![],
+    };
+    let res = emu
+        .run(&buffers, &[d])
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    written(&res[out as usize], n_out, dtype, case)
+}
+
+#[test]
+fn bias_act_kernels_match_the_cpu_op() {
+    use trellis2::ops::bias_act::{bias_act, Activation};
+    use trellis2::ops::metal::elementwise_plan::{bias_act_dispatch, vectorizable};
+    let emu = Emulator::get("elementwise");
+    // (C, T, x's start and bias's start in elements): starts that are not multiples of 4 force
+    // the scalar kernel even where C allows vectors.
+    let cases: &[(usize, usize, usize, usize)] = &[
+        (1536, 0, 0, 0),
+        (1536, 1, 4, 0),
+        (1536, 203, 0, 0),
+        (1536, 203, 3, 0),
+        (8192, 1, 0, 0),
+        (8192, 203, 8, 4),
+        (13, 0, 0, 0),
+        (13, 1, 0, 0),
+        (13, 203, 5, 2),
+    ];
+    let mut worst = [0f32; 3];
+    for (i, &(c, t, x_pad, b_pad)) in cases.iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        // x in ±6: GELU's and SiLU's curved range and their tails.
+        let x32 = rand_tensor(seed, &[t, c], 6.0, 0.0);
+        let bias = rand_tensor(seed + 1, &[c], 1.0, 0.0);
+        let vec4 = vectorizable(c, &[x_pad, b_pad]);
+        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+            for (di, dtype) in ALL.iter().enumerate() {
+                let x = x32.to_dtype(*dtype).unwrap();
+                let label = format!(
+                    "bias_act {act:?} T {t} C {c} x@{x_pad} bias@{b_pad} vec4 {vec4} [{dtype:?}]"
+                );
+                let Some(plan) = bias_act_dispatch(t, c, act, *dtype, vec4).unwrap() else {
+                    assert_eq!(t * c, 0, "{label}: no dispatch");
+                    println!("{label:<80} no dispatch (empty)");
+                    continue;
+                };
+                let got = emulate_views(
+                    &emu,
+                    &plan,
+                    vec![view_of(&x, x_pad), view_of(&bias, b_pad)],
+                    t * c,
+                    *dtype,
+                    &label,
+                );
+                let want = bias_act(&x.to_dtype(DType::F32).unwrap(), &bias, act)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let rel = rel_err(&got, &want);
+                worst[di] = worst[di].max(rel);
+                println!("{label:<80} {} max|err|/max|ref| {rel:.2e}", plan.kernel);
+                assert!(rel <= elementwise_tolerance(*dtype), "{label}: {rel:e}");
+            }
+        }
+    }
+    println!(
+        "bias_act worst: f32 {:.2e} f16 {:.2e} bf16 {:.2e}",
+        worst[0], worst[1], worst[2]
+    );
+}
+
+#[test]
+fn gated_residual_kernels_match_the_cpu_op() {
+    use trellis2::ops::gated_residual::gated_residual;
+    use trellis2::ops::metal::elementwise_plan::{gated_residual_dispatch, vectorizable};
+    let emu = Emulator::get("elementwise");
+    let u32_bytes =
+        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
+    // (C, offsets, starts of x, r and gate in elements).
+    let cases: Vec<(usize, Vec<usize>, [usize; 3])> = vec![
+        (1536, vec![0, 20, 20, 37], [0, 0, 0]),
+        (1536, vec![0, 20, 20, 37], [4, 8, 4]),
+        (1536, vec![0, 0, 9], [0, 1, 0]),
+        (8192, vec![0, 3, 5, 5], [0, 0, 0]),
+        (13, vec![0, 5, 5, 9], [0, 0, 0]),
+        (13, vec![0, 0, 7, 12], [3, 2, 1]),
+        (8, vec![0, 1], [0, 0, 0]),
+        (1536, vec![0, 0], [0, 0, 0]),
+    ];
+    let mut worst = [0f32; 3];
+    for (i, (c, offsets, [x_pad, r_pad, g_pad])) in cases.into_iter().enumerate() {
+        let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
+        let seed = 400 + 10 * i as u64;
+        let x32 = rand_tensor(seed, &[t, c], 2.0, 0.0);
+        let r32 = rand_tensor(seed + 1, &[t, c], 2.0, 0.0);
+        let gate = rand_tensor(seed + 2, &[b, c], 1.0, 0.0);
+        let vec4 = vectorizable(c, &[x_pad, r_pad, g_pad]);
+        for (di, dtype) in ALL.iter().enumerate() {
+            let (x, r) = (x32.to_dtype(*dtype).unwrap(), r32.to_dtype(*dtype).unwrap());
+            let label = format!(
+                "gated_residual C {c} offsets {offsets:?} starts {:?} vec4 {vec4} [{dtype:?}]",
+                [x_pad, r_pad, g_pad]
+            );
+            let Some(plan) = gated_residual_dispatch(t, c, b, *dtype, vec4).unwrap() else {
+                assert_eq!(t * c, 0, "{label}: no dispatch");
+                println!("{label:<90} no dispatch (empty)");
+                continue;
+            };
+            let got = emulate_views(
+                &emu,
+                &plan,
+                vec![
+                    view_of(&x, x_pad),
+                    view_of(&r, r_pad),
+                    view_of(&gate, g_pad),
+                    (u32_bytes(&offsets), 0),
+                ],
+                t * c,
+                *dtype,
+                &label,
+            );
+            let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = gated_residual(&f32c(&x), &f32c(&r), &gate, &offsets)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let rel = rel_err(&got, &want);
+            worst[di] = worst[di].max(rel);
+            println!("{label:<90} {} max|err|/max|ref| {rel:.2e}", plan.kernel);
+            assert!(rel <= elementwise_tolerance(*dtype), "{label}: {rel:e}");
+        }
+    }
+    println!(
+        "gated_residual worst: f32 {:.2e} f16 {:.2e} bf16 {:.2e}",
+        worst[0], worst[1], worst[2]
+    );
 }
 
 // ---------------------------------------------------------------------------- deformable conv
@@ -1100,7 +1354,9 @@ fn kargs_layout_matches_the_header() {
          row_start=60 rows=64 first=68 count=72\n\
          NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n\
          NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
-         RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={}\n",
+         RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={} table_rows={}\n\
+         BiasActArgs size={} count={} channels={} act={}\n\
+         GatedResidualArgs size={} count={} channels={} samples={}\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -1128,6 +1384,15 @@ fn kargs_layout_matches_the_header() {
         offset_of!(RmsRopeArgs, heads),
         offset_of!(RmsRopeArgs, head_dim),
         offset_of!(RmsRopeArgs, normalize),
+        offset_of!(RmsRopeArgs, table_rows),
+        size_of::<BiasActArgs>(),
+        offset_of!(BiasActArgs, count),
+        offset_of!(BiasActArgs, channels),
+        offset_of!(BiasActArgs, act),
+        size_of::<GatedResidualArgs>(),
+        offset_of!(GatedResidualArgs, count),
+        offset_of!(GatedResidualArgs, channels),
+        offset_of!(GatedResidualArgs, samples),
     );
     // Every DeformIm2ColArgs field is a u32 in declaration order (pinned in the string above).
     assert_eq!(offset_of!(DeformIm2ColArgs, count), 72);
@@ -1166,9 +1431,30 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
         let a = norm_modulate_dispatch(1, 8, 1, 1e-6, *dtype)
             .unwrap()
             .unwrap();
-        let b = rms_rope_dispatch(1, 1, 8, true, *dtype).unwrap().unwrap();
+        let b = rms_rope_dispatch(1, 1, 8, true, 1, *dtype)
+            .unwrap()
+            .unwrap();
         for name in [a.kernel, b.kernel] {
             assert!(norms.contains(&name), "{name} missing: {norms:?}");
+        }
+    }
+    let elementwise = Emulator::get("elementwise").kernels();
+    for dtype in ALL {
+        use trellis2::ops::bias_act::Activation;
+        use trellis2::ops::metal::elementwise_plan::{bias_act_dispatch, gated_residual_dispatch};
+        for vec4 in [false, true] {
+            let a = bias_act_dispatch(1, 8, Activation::Silu, *dtype, vec4)
+                .unwrap()
+                .unwrap();
+            let b = gated_residual_dispatch(1, 8, 1, *dtype, vec4)
+                .unwrap()
+                .unwrap();
+            for name in [a.kernel, b.kernel] {
+                assert!(
+                    elementwise.contains(&name),
+                    "{name} missing: {elementwise:?}"
+                );
+            }
         }
     }
     let conv = Emulator::get("sparse_conv").kernels();

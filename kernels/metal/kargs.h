@@ -45,6 +45,22 @@ struct RmsRopeArgs {
     uint heads;     // H
     uint head_dim;  // D, even
     uint normalize; // 0: RoPE only
+    uint table_rows; // T: one rotation per token; 1: the same rotation for every token
+};
+
+// Linear epilogue act(x + bias): one thread per element, or per 4 consecutive elements (the
+// `_v4` kernels: C a multiple of 4, operands 4-element aligned).
+struct BiasActArgs {
+    uint count;    // elements (scalar kernels) or 4-element vectors (_v4) of x
+    uint channels; // C, in the same units as count
+    uint act;      // 0: identity, 1: tanh-GELU, 2: SiLU (src/ops/bias_act.rs `Activation`)
+};
+
+// Gated residual x + gate_s r per sample s: one thread per element, or per 4 (`_v4`).
+struct GatedResidualArgs {
+    uint count;    // elements (scalar kernels) or 4-element vectors (_v4) of x
+    uint channels; // C, in the same units as count
+    uint samples;  // B: offsets has B + 1 entries, gate is [B][C]
 };
 
 // Modulated deformable im2col (DCNv2), one dispatch = a contiguous range of column elements of

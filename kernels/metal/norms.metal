@@ -6,7 +6,8 @@
 //   (shift; scale) in float. Two-pass mean and variance in float, as the CPU op.
 // rms_norm_rope: y = x / max(|x|, 1e-12) gamma_h sqrt(D) (when normalize), then pairs
 //   (y[2i], y[2i+1]) rotated by (cos, sin) = table[t][i]; x, y [T][H][D] in T; gamma [H][D] and
-//   table [T][D/2][2] in float.
+//   table [T][D/2][2] in float, or table [1][D/2][2] (table_rows == 1): one rotation for every
+//   token (the identity for a plain RMS norm).
 //
 // Both: one simdgroup (32 lanes) per row, 4 rows per 128-thread threadgroup; lanes stride over
 // the row, so any C and any even D work and reads of a row are coalesced. Row sums use
@@ -92,7 +93,7 @@ kernel void rms_norm_rope(
         f = sqrt(float(d)) / max(sqrt(simd_sum(sq)), 1e-12f);
     }
     device const float* g = gamma + ulong(h) * d;
-    device const float* rot = table + ulong(t) * d;
+    device const float* rot = table + (args.table_rows == 1 ? 0 : ulong(t) * d);
     device T* o = out + ulong(row) * d;
     for (uint p = lane; p < d / 2; p += 32) {
         float y0 = float(v[2 * p]);

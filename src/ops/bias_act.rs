@@ -4,8 +4,8 @@
 //! (which ran at a tenth of the GPU's bandwidth) followed by a separate activation pass.
 //!
 //! Operands of the custom op: x `[T,C]`, bias `[C]` f32. The CPU forward is the reference the
-//! CUDA kernel (kernels/cuda/elementwise.cu) is tested against; [`bias_act_slow`] is the composed
-//! candle formula it replaces.
+//! CUDA and Metal kernels (kernels/cuda/elementwise.cu, kernels/metal/elementwise.metal) are
+//! tested against; [`bias_act_slow`] is the composed candle formula it replaces.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -92,6 +92,18 @@ impl CustomOp2 for BiasAct {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::bias_act((s1, l1), (s2, l2), self.act)
     }
+
+    /// kernels/metal/elementwise.metal, tested against `cpu_fwd` in tests/metal_emu.rs.
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        super::metal::elementwise::bias_act((s1, l1), (s2, l2), self.act)
+    }
 }
 
 fn check(x: &Tensor, bias: &Tensor) -> Result<usize> {
@@ -105,14 +117,11 @@ fn check(x: &Tensor, bias: &Tensor) -> Result<usize> {
     Ok(c)
 }
 
-/// `act(x + bias)` for `x [T, C]`, `bias [C]`, in `x`'s dtype. CPU and CUDA: one fused op
-/// (f32 arithmetic). Metal: the composed candle ops until its kernel exists.
+/// `act(x + bias)` for `x [T, C]`, `bias [C]`, in `x`'s dtype: one fused op on every device
+/// (f32 arithmetic).
 pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     check(x, bias)?;
     let dev = x.device();
-    if dev.is_metal() {
-        return bias_act_slow(x, bias, act);
-    }
     let dtype = x.dtype();
     let xin = if dev.is_cpu() {
         x.to_dtype(DType::F32)?
@@ -125,7 +134,7 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
 }
 
 /// The same arithmetic composed of candle ops (f32 `broadcast_add`, then `gelu` or `silu`, one
-/// rounding to `x`'s dtype): the test reference of [`bias_act`] and the Metal path.
+/// rounding to `x`'s dtype): the test reference of [`bias_act`].
 pub fn bias_act_slow(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     check(x, bias)?;
     let y = x

@@ -4,7 +4,8 @@
 //! `x`'s dtype.
 //!
 //! Operands of the custom op: x `[T,C]`, r `[T,C]` (x's dtype), gate `[B,C]` f32. The CPU
-//! forward is the reference the CUDA kernel (kernels/cuda/elementwise.cu) is tested against.
+//! forward is the reference the CUDA and Metal kernels (kernels/cuda/elementwise.cu,
+//! kernels/metal/elementwise.metal) are tested against.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -65,6 +66,20 @@ impl CustomOp3 for GatedResidual {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         super::cuda::gated_residual((s1, l1), (s2, l2), (s3, l3), &self.offsets)
     }
+
+    /// kernels/metal/elementwise.metal, tested against `cpu_fwd` in tests/metal_emu.rs.
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+        s3: &candle_core::MetalStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        super::metal::elementwise::gated_residual((s1, l1), (s2, l2), (s3, l3), &self.offsets)
+    }
 }
 
 fn check(x: &Tensor, r: &Tensor, gate: &Tensor, offsets: &[usize]) -> Result<()> {
@@ -93,14 +108,11 @@ fn check(x: &Tensor, r: &Tensor, gate: &Tensor, offsets: &[usize]) -> Result<()>
     Ok(())
 }
 
-/// `x + gate_b · r` per sample (see the module docs), in `x`'s dtype. CPU and CUDA: one fused
-/// op. Metal: the composed candle ops until its kernel exists.
+/// `x + gate_b · r` per sample (see the module docs), in `x`'s dtype: one fused op on every
+/// device.
 pub fn gated_residual(x: &Tensor, r: &Tensor, gate: &Tensor, offsets: &[usize]) -> Result<Tensor> {
     check(x, r, gate, offsets)?;
     let dev = x.device();
-    if dev.is_metal() {
-        return gated_residual_slow(x, r, gate, offsets);
-    }
     let dtype = x.dtype();
     let (xin, rin) = if dev.is_cpu() {
         (x.to_dtype(DType::F32)?, r.to_dtype(DType::F32)?)
@@ -120,7 +132,7 @@ pub fn gated_residual(x: &Tensor, r: &Tensor, gate: &Tensor, offsets: &[usize]) 
 }
 
 /// The composed candle formula the DiT used before the fused op (per-sample `broadcast_mul` in
-/// `r`'s dtype, concatenation, add): the test reference of [`gated_residual`] and the Metal path.
+/// `r`'s dtype, concatenation, add): the test reference of [`gated_residual`].
 pub fn gated_residual_slow(
     x: &Tensor,
     r: &Tensor,

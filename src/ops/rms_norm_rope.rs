@@ -6,8 +6,8 @@
 //! Operands of the custom op: x `[T,H,D]`, γ `[H,D]` f32, rotation table `[T,D/2,2]` f32
 //! (cos; sin, from [`rope_table`]) or `[1,D/2,2]`, one rotation for every token (the identity
 //! for a plain RMS norm). On CUDA x may be a strided view whose heads are contiguous (q and k
-//! sliced out of a fused qkv projection): no copy is made first. The CPU forward is the reference the Metal kernel
-//! (kernels/metal/norms.metal) is tested against.
+//! sliced out of a fused qkv projection): no copy is made first. The CPU forward is the
+//! reference the Metal kernel (kernels/metal/norms.metal) is tested against.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -140,7 +140,7 @@ fn check(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<(usize, u
 /// RMS norm (when `gamma` is given) then RoPE of `x [T, H, D]` by `table [T or 1, D/2, 2]`, in
 /// `x`'s dtype, one fused op on every device.
 pub fn rms_norm_rope(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Result<Tensor> {
-    let (t, h, d) = check(x, gamma, table)?;
+    let (_, h, d) = check(x, gamma, table)?;
     let dev = x.device();
     let g = match gamma {
         Some(g) => g.to_dtype(DType::F32)?.contiguous()?,
@@ -155,11 +155,7 @@ pub fn rms_norm_rope(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Resu
     let op = RmsNormRope {
         normalize: gamma.is_some(),
     };
-    let mut table = table.to_dtype(DType::F32)?;
-    if dev.is_metal() && table.dim(0)? != t {
-        // kernels/metal/norms.metal reads one rotation per token.
-        table = table.broadcast_as((t, d / 2, 2))?;
-    }
+    let table = table.to_dtype(DType::F32)?;
     // The CUDA kernel takes any token stride as long as each token's H·D values are contiguous.
     let xin = if dev.is_cuda() && x.stride()[1..] == [d, 1] {
         xin

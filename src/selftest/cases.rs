@@ -6,6 +6,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::{host_f32, time_op, uniform, Case, Checked, Work, DTYPES};
 use crate::ops::attention::{varlen_attention, varlen_attention_slow};
+use crate::ops::bias_act::{bias_act, bias_act_slow, Activation};
+use crate::ops::gated_residual::{gated_residual, gated_residual_slow};
 use crate::ops::layer_norm::{layer_norm, layer_norm_composed};
 use crate::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
 use crate::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
@@ -67,6 +69,36 @@ pub const CASES: &[Case] = &[
         shape: "T 2000, 2 heads",
         dtypes: DTYPES,
         run: |dev, dt| rms_norm_rope_case(dev, dt, 128, 2),
+    },
+    Case {
+        op: "rms_norm_rope 1-row",
+        shape: "T 2000, 2 heads, d128, identity",
+        dtypes: DTYPES,
+        run: rms_norm_one_row_case,
+    },
+    Case {
+        op: "bias_act gelu",
+        shape: "T 500, C 8192",
+        dtypes: DTYPES,
+        run: |dev, dt| bias_act_case(dev, dt, 8192, Activation::GeluTanh),
+    },
+    Case {
+        op: "bias_act silu",
+        shape: "T 1000, C 1539 (odd: scalar)",
+        dtypes: DTYPES,
+        run: |dev, dt| bias_act_case(dev, dt, 1539, Activation::Silu),
+    },
+    Case {
+        op: "bias_act none",
+        shape: "T 1000, C 1536",
+        dtypes: DTYPES,
+        run: |dev, dt| bias_act_case(dev, dt, 1536, Activation::None),
+    },
+    Case {
+        op: "gated_residual",
+        shape: "T 600+0+400, C 1536",
+        dtypes: DTYPES,
+        run: gated_residual_case,
     },
     Case {
         op: "neighbour_map",
@@ -262,6 +294,79 @@ fn rms_norm_rope_case(device: &Device, dtype: DType, d: usize, heads: usize) -> 
         got: host_f32(&got)?,
         want: host_f32(&want)?,
         work: Work::Bytes((2 * t * heads * d * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+/// The q/k RMS norm of the cross-attention: [`rms_norm_rope`] with one identity rotation row.
+fn rms_norm_one_row_case(device: &Device, dtype: DType) -> Result<Checked> {
+    let (t, heads, d) = (2000, 2, 128);
+    let (x, x_ref) = input(uniform(25, t * heads * d), &[t, heads, d], dtype, device)?;
+    let gamma = (Tensor::from_vec(uniform(26, heads * d), (heads, d), &Device::Cpu)? + 1.0)?;
+    let table = Tensor::stack(
+        &[
+            Tensor::ones((1, d / 2), DType::F32, &Device::Cpu)?,
+            Tensor::zeros((1, d / 2), DType::F32, &Device::Cpu)?,
+        ],
+        2,
+    )?;
+    let (gamma_dev, table_dev) = (gamma.to_device(device)?, table.to_device(device)?);
+    let run = || rms_norm_rope(&x, Some(&gamma_dev), &table_dev);
+    let got = run()?;
+    let want = if device.is_cpu() {
+        rms_norm_rope_slow(&x_ref, Some(&gamma), &table)?
+    } else {
+        rms_norm_rope(&x_ref, Some(&gamma), &table)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Bytes((2 * t * heads * d * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+fn bias_act_case(device: &Device, dtype: DType, c: usize, act: Activation) -> Result<Checked> {
+    // [500, 8192]: the MLP's hidden width; the CPU reference of 4M GELUs stays under a second.
+    let t = if c == 8192 { 500 } else { 1000 };
+    // ±4: the activations' curved range and their tails.
+    let x: Vec<f32> = uniform(20, t * c).iter().map(|v| 4.0 * v).collect();
+    let (x, x_ref) = input(x, &[t, c], dtype, device)?;
+    let bias = Tensor::from_vec(uniform(21, c), c, &Device::Cpu)?;
+    let bias_dev = bias.to_device(device)?;
+    let run = || bias_act(&x, &bias_dev, act);
+    let got = run()?;
+    let want = if device.is_cpu() {
+        bias_act_slow(&x_ref, &bias, act)?
+    } else {
+        bias_act(&x_ref, &bias, act)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+fn gated_residual_case(device: &Device, dtype: DType) -> Result<Checked> {
+    let (c, offsets) = (1536, [0usize, 600, 600, 1000]);
+    let t = offsets[3];
+    let (x, x_ref) = input(uniform(22, t * c), &[t, c], dtype, device)?;
+    let (r, r_ref) = input(uniform(23, t * c), &[t, c], dtype, device)?;
+    let gate = Tensor::from_vec(uniform(24, 3 * c), (3, c), &Device::Cpu)?;
+    let gate_dev = gate.to_device(device)?;
+    let run = || gated_residual(&x, &r, &gate_dev, &offsets);
+    let got = run()?;
+    let want = if device.is_cpu() {
+        gated_residual_slow(&x_ref, &r_ref, &gate, &offsets)?
+    } else {
+        gated_residual(&x_ref, &r_ref, &gate, &offsets)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Bytes((3 * t * c * dtype.size_in_bytes()) as f64),
         seconds: time_op(device, run)?,
     })
 }

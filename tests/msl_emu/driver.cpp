@@ -7,7 +7,8 @@
 //
 // File format (little endian): IN = u32 n_buffers, {u64 len, bytes}*, u32 n_dispatches,
 // {u32 name_len, name, u32 grid[3] (threadgroups), u32 tg[3] (threads), u32 n_slots,
-// {u32 slot, u32 kind (0: buffer id u32, 1: inline bytes u64 len + bytes)}*, u32 n_tg_mem,
+// {u32 slot, u32 kind (0: buffer id u32, 1: inline bytes u64 len + bytes, 2: buffer id u32 +
+// u64 byte offset, as setBuffer:offset:)}*, u32 n_tg_mem,
 // {u64 len}*}*. OUT = u32 n_buffers, {u64 len, bytes}*.
 #include "emu_runtime.h"
 #include "fiber_switch.h"
@@ -125,6 +126,7 @@ static std::string run_group(Group& g, std::vector<char>& stacks) {
 struct Slot {
     uint slot;
     int buffer = -1;
+    uint64_t offset = 0; // bytes into the buffer
     std::vector<unsigned char> bytes;
 };
 
@@ -152,8 +154,8 @@ static std::string run_dispatch(const Dispatch& d, std::vector<std::vector<unsig
     for (auto& s : d.slots) {
         if (s.buffer >= 0) {
             auto& b = bufs.at(s.buffer);
-            base.buffers[s.slot] = b.data();
-            base.buffer_sizes[s.slot] = b.size();
+            base.buffers[s.slot] = b.data() + s.offset;
+            base.buffer_sizes[s.slot] = b.size() - s.offset;
         } else {
             inline_bytes.push_back(s.bytes);
             base.buffers[s.slot] = inline_bytes.back().data();
@@ -229,9 +231,16 @@ static int run(const char* in_path, const char* out_path) {
         for (uint s = 0; s < n_slots; ++s) {
             emu::Slot slot;
             slot.slot = read_pod<uint>(in);
-            if (read_pod<uint>(in) == 0) slot.buffer = int(read_pod<uint>(in));
-            else slot.bytes = read_bytes(in, read_pod<uint64_t>(in));
+            const uint kind = read_pod<uint>(in);
+            if (kind == 1) {
+                slot.bytes = read_bytes(in, read_pod<uint64_t>(in));
+            } else {
+                slot.buffer = int(read_pod<uint>(in));
+                if (kind == 2) slot.offset = read_pod<uint64_t>(in);
+            }
             if (slot.buffer >= int(bufs.size())) throw std::string("buffer id out of range");
+            if (slot.buffer >= 0 && slot.offset > bufs[slot.buffer].size())
+                throw std::string("buffer offset past the end");
             d.slots.push_back(std::move(slot));
         }
         const uint n_tg = read_pod<uint>(in);
@@ -275,7 +284,12 @@ static void layout() {
     FIELD(NormModulateArgs, samples); FIELD(NormModulateArgs, eps);
     std::printf("\nRmsRopeArgs size=%zu", sizeof(RmsRopeArgs));
     FIELD(RmsRopeArgs, rows); FIELD(RmsRopeArgs, heads); FIELD(RmsRopeArgs, head_dim);
-    FIELD(RmsRopeArgs, normalize);
+    FIELD(RmsRopeArgs, normalize); FIELD(RmsRopeArgs, table_rows);
+    std::printf("\nBiasActArgs size=%zu", sizeof(BiasActArgs));
+    FIELD(BiasActArgs, count); FIELD(BiasActArgs, channels); FIELD(BiasActArgs, act);
+    std::printf("\nGatedResidualArgs size=%zu", sizeof(GatedResidualArgs));
+    FIELD(GatedResidualArgs, count); FIELD(GatedResidualArgs, channels);
+    FIELD(GatedResidualArgs, samples);
     std::printf("\n");
 }
 

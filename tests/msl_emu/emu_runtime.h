@@ -40,11 +40,14 @@ struct alignas(8) float2 {
     float2() = default;
     constexpr float2(float a, float b) : x(a), y(b) {}
 };
-struct alignas(16) float4 {
-    float x, y, z, w;
-    float4() = default;
-    constexpr float4(float a, float b, float c, float d) : x(a), y(b), z(c), w(d) {}
+// MSL's vec<T, N> (float4 = vec<float, 4>, half4, bfloat4...): storage and element access by
+// index only, aligned like MSL (N elements; N = 2 or 4).
+template <class T, int N> struct alignas(sizeof(T) * N) vec {
+    T e[N];
+    T& operator[](uint i) { return e[i]; }
+    const T& operator[](uint i) const { return e[i]; }
 };
+using float4 = vec<float, 4>;
 
 // IEEE binary16 storage type; arithmetic happens in float (the kernels widen on load).
 struct half {

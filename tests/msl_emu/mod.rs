@@ -18,6 +18,8 @@ pub enum Slot {
     Buffer(u32),
     /// `setBytes` data.
     Bytes(Vec<u8>),
+    /// A buffer of the run from a byte offset (`setBuffer:offset:`, a view starting mid-buffer).
+    BufferAt(u32, u64),
 }
 
 /// One `dispatchThreadgroups` call.
@@ -167,6 +169,11 @@ impl Emulator {
                         u32le(&mut b, 1);
                         u64le(&mut b, bytes.len() as u64);
                         b.extend_from_slice(bytes);
+                    }
+                    Slot::BufferAt(i, offset) => {
+                        u32le(&mut b, 2);
+                        u32le(&mut b, *i);
+                        u64le(&mut b, *offset);
                     }
                 }
             }

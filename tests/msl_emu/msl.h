@@ -18,8 +18,10 @@
 //   its next atomic before any proceeds. What this does not reproduce: a weak compare-exchange
 //   never fails spuriously here, and plain (non-atomic) accesses of one threadgroup never race
 //   with each other between two yields (on a GPU they can);
-// - math: float exp/exp2/log/sqrt/rsqrt/abs/floor/min/max/fma/clamp (libm precision, not
-//   fast-math).
+// - math: float exp/exp2/log/sqrt/rsqrt/abs/floor/min/max/fma/clamp/tanh and precise::tanh
+//   (libm precision, not fast-math);
+// - vec<T, N> (float4, half4, bfloat4...): loads, stores and element access by index, nothing
+//   else (no vector arithmetic or conversions: kernels convert element by element).
 #pragma once
 #include "emu_runtime.h"
 #include <atomic>
@@ -34,6 +36,10 @@ inline mem_flags operator|(mem_flags a, mem_flags b) { return mem_flags(uint(a) 
 namespace metal {
 
 inline float exp(float x) { return std::exp(x); }
+inline float tanh(float x) { return std::tanh(x); }
+namespace precise {
+inline float tanh(float x) { return std::tanh(x); }
+} // namespace precise
 inline float exp2(float x) { return std::exp2(x); }
 inline float log(float x) { return std::log(x); }
 inline float sqrt(float x) { return std::sqrt(x); }

@@ -165,11 +165,61 @@ pub struct RmsRopeArgs {
     pub head_dim: u32,
     /// 0: RoPE only, no RMS norm.
     pub normalize: u32,
+    /// Rows of the rotation table: the tokens, or 1 (one rotation for every token).
+    pub table_rows: u32,
 }
 
 impl KernelArgs for RmsRopeArgs {
     fn to_bytes(&self) -> Vec<u8> {
-        [self.rows, self.heads, self.head_dim, self.normalize]
+        [
+            self.rows,
+            self.heads,
+            self.head_dim,
+            self.normalize,
+            self.table_rows,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}
+
+/// `BiasActArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BiasActArgs {
+    /// Elements of x (scalar kernels) or 4-element vectors (`_v4` kernels).
+    pub count: u32,
+    /// Channels, in the same units as `count`.
+    pub channels: u32,
+    /// `Activation as u32`: 0 identity, 1 tanh-GELU, 2 SiLU.
+    pub act: u32,
+}
+
+impl KernelArgs for BiasActArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.count, self.channels, self.act]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+}
+
+/// `GatedResidualArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatedResidualArgs {
+    /// Elements of x (scalar kernels) or 4-element vectors (`_v4` kernels).
+    pub count: u32,
+    /// Channels, in the same units as `count`.
+    pub channels: u32,
+    /// Samples: the offsets have `samples + 1` entries, the gate `samples` rows.
+    pub samples: u32,
+}
+
+impl KernelArgs for GatedResidualArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.count, self.channels, self.samples]
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect()

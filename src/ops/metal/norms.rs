@@ -7,10 +7,10 @@ use super::pipelines::{pipeline, Source};
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, DType, Layout, MetalStorage, Result};
 
-type Operand<'a> = (&'a MetalStorage, &'a Layout);
+pub(super) type Operand<'a> = (&'a MetalStorage, &'a Layout);
 
 /// Byte offset of a contiguous operand of the expected dtype.
-fn start(op: &str, what: &str, (s, l): Operand<'_>, dtype: DType) -> Result<usize> {
+pub(super) fn start(op: &str, what: &str, (s, l): Operand<'_>, dtype: DType) -> Result<usize> {
     if s.dtype() != dtype {
         bail!(
             "{op} (metal): {what} must be {dtype:?}, got {:?}",
@@ -23,7 +23,8 @@ fn start(op: &str, what: &str, (s, l): Operand<'_>, dtype: DType) -> Result<usiz
     }
 }
 
-fn output(x: &MetalStorage, count: usize, label: &str) -> Result<MetalStorage> {
+/// A fresh `count`-element buffer in x's dtype.
+pub(super) fn output(x: &MetalStorage, count: usize, label: &str) -> Result<MetalStorage> {
     let device = x.device();
     let buffer = device
         .new_buffer_builder()
@@ -76,7 +77,7 @@ pub(crate) fn norm_modulate(
     Ok((out, x.1.shape().clone()))
 }
 
-/// x `[T,H,D]`, gamma `[H,D]` f32, table `[T,D/2,2]` f32 → `[T,H,D]` in x's dtype.
+/// x `[T,H,D]`, gamma `[H,D]` f32, table `[T or 1,D/2,2]` f32 → `[T,H,D]` in x's dtype.
 pub(crate) fn rms_norm_rope(
     x: Operand<'_>,
     gamma: Operand<'_>,
@@ -89,8 +90,9 @@ pub(crate) fn rms_norm_rope(
     let x0 = start(op, "x", x, dtype)?;
     let g0 = start(op, "gamma", gamma, DType::F32)?;
     let r0 = start(op, "rotation table", table, DType::F32)?;
+    let table_rows = table.1.shape().dims3()?.0;
     let out = output(x.0, t * h * d, op)?;
-    if let Some(plan) = rms_rope_dispatch(t, h, d, normalize, dtype)? {
+    if let Some(plan) = rms_rope_dispatch(t, h, d, normalize, table_rows, dtype)? {
         let device = x.0.device();
         let p = pipeline(device, Source::Norms, &plan.kernel)?;
         encode(

@@ -49,20 +49,26 @@ pub fn norm_modulate_dispatch(
     )
 }
 
-/// `x [tokens, heads, head_dim]`; `None` when there are no rows.
+/// `x [tokens, heads, head_dim]` rotated by a table of `table_rows` rows (`tokens`, or 1: the
+/// same rotation for every token); `None` when there are no rows.
 pub fn rms_rope_dispatch(
     tokens: usize,
     heads: usize,
     head_dim: usize,
     normalize: bool,
+    table_rows: usize,
     dtype: DType,
 ) -> Result<Option<Dispatch<RmsRopeArgs>>> {
+    if table_rows != tokens && table_rows != 1 {
+        bail!("rms_norm_rope: a rotation table of {table_rows} rows for {tokens} tokens");
+    }
     let rows = tokens * heads;
     let args = RmsRopeArgs {
         rows: u32_of("rows", rows)?,
         heads: u32_of("heads", heads)?,
         head_dim: u32_of("head_dim", head_dim)?,
         normalize: normalize as u32,
+        table_rows: u32_of("table_rows", table_rows)?,
     };
     plan(format!("rms_norm_rope_{}", dtype_tag(dtype)?), rows, args)
 }

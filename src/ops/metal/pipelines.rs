@@ -12,6 +12,7 @@ const ATTENTION_METAL: &str = include_str!("../../../kernels/metal/attention.met
 const NORMS_METAL: &str = include_str!("../../../kernels/metal/norms.metal");
 const NEIGHBOUR_MAP_METAL: &str = include_str!("../../../kernels/metal/neighbour_map.metal");
 const DEFORM_CONV_METAL: &str = include_str!("../../../kernels/metal/deform_conv.metal");
+const ELEMENTWISE_METAL: &str = include_str!("../../../kernels/metal/elementwise.metal");
 
 /// One `.metal` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -19,6 +20,7 @@ pub enum Source {
     SparseConv,
     Attention,
     DeformConv,
+    Elementwise,
     NeighbourMap,
     Norms,
 }
@@ -28,6 +30,7 @@ impl Source {
     fn text(self) -> String {
         let raw = match self {
             Source::DeformConv => DEFORM_CONV_METAL,
+            Source::Elementwise => ELEMENTWISE_METAL,
             Source::SparseConv => SPARSE_CONV_METAL,
             Source::Attention => ATTENTION_METAL,
             Source::NeighbourMap => NEIGHBOUR_MAP_METAL,
