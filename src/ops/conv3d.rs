@@ -4,7 +4,10 @@
 
 use candle_core::{bail, Device, Result, Tensor};
 
+use rayon::prelude::*;
+
 use super::sparse_conv::{submanifold_conv3d, ABSENT, TAPS};
+use crate::sparse::CoordSet;
 
 /// The neighbour map of a full `[B, X, Y, Z]` grid in row-major (b, x, y, z) order; build once
 /// per resolution and reuse for every conv at it.
@@ -21,8 +24,25 @@ impl GridNeighbours {
         if cells > (u32::MAX as usize) {
             bail!("conv3d: grid {dims:?} has more than 2^32 cells");
         }
+        if !device.is_cpu() {
+            // The GPU builds it from the grid's coordinates (the sparse builder, same tap order)
+            // instead of uploading a host-built map (28 MB at 64³).
+            let mut rows = Vec::with_capacity(cells);
+            for cb in 0..b as i32 {
+                for cx in 0..x as i32 {
+                    for cy in 0..y as i32 {
+                        rows.extend((0..z as i32).map(|cz| [cb, cx, cy, cz]));
+                    }
+                }
+            }
+            let set = CoordSet::from_host(rows, device)?;
+            return Ok(Self {
+                dims,
+                map: set.neighbour_map()?.tensor().clone(),
+            });
+        }
         let mut map = vec![ABSENT; cells * TAPS];
-        for (cell, row) in map.chunks_exact_mut(TAPS).enumerate() {
+        map.par_chunks_exact_mut(TAPS).enumerate().for_each(|(cell, row)| {
             let (cz, rest) = (cell % z, cell / z);
             let (cy, rest) = (rest % y, rest / y);
             let (cx, cb) = (rest % x, rest / x);
@@ -33,7 +53,7 @@ impl GridNeighbours {
                     *slot = (((cb * x + nx - 1) * y + ny - 1) * z + nz - 1) as u32;
                 }
             }
-        }
+        });
         Ok(Self {
             dims,
             map: Tensor::from_vec(map, (cells, TAPS), device)?,
