@@ -508,7 +508,7 @@ fn elementwise_launch(vectors: usize) -> LaunchConfig {
 /// element offsets `starts`: 16 bytes when every row and operand start is 16-byte aligned.
 fn elementwise_vec<T>(c: usize, starts: &[usize]) -> usize {
     let vec = 16 / std::mem::size_of::<T>();
-    if c % vec == 0 && starts.iter().all(|s| s % vec == 0) {
+    if c.is_multiple_of(vec) && starts.iter().all(|s| s.is_multiple_of(vec)) {
         vec
     } else {
         1
