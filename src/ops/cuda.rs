@@ -170,6 +170,19 @@ pub(crate) fn varlen_attention(
     if ![16, 32, 64, 128].contains(&d) {
         bail!("{OP}: head dim {d} is not supported (16, 32, 64 or 128)");
     }
+    // The kernel's softmax takes a positive scale (it folds the scale into one FFMA per score,
+    // which needs the maximum of the raw scores to be the maximum of the scaled ones). A
+    // negative scale goes into q instead, softmax(−c·q·k) = softmax(c·(−q)·k), at the cost of
+    // one elementwise pass that no model needs; a zero scale becomes the smallest positive
+    // normal float, which gives the same uniform weights (every scaled score rounds to 0).
+    let negated;
+    let (q, ql, scale) = if scale < 0.0 {
+        negated = (q.affine(ql, -1.0, 0.0)?, Layout::contiguous(ql.shape()));
+        (&negated.0, &negated.1, -scale)
+    } else {
+        (q, ql, scale)
+    };
+    let scale_log2 = (scale * std::f32::consts::LOG2_E).max(f32::MIN_POSITIVE);
     let (qa, qz) = span(ql, OP, "q")?;
     let (ka, kz) = span(kl, OP, "k")?;
     let (va, vz) = span(vl, OP, "v")?;
@@ -194,7 +207,6 @@ pub(crate) fn varlen_attention(
         shared_mem_bytes: smem,
     };
     let heads_ = heads as i32;
-    let scale_log2 = scale * std::f32::consts::LOG2_E;
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal) => {{
             let (CudaStorageSlice::$variant(kk), CudaStorageSlice::$variant(vv)) =
