@@ -30,8 +30,10 @@
 //   maximum is taken over the raw scores and scaled once per row. That needs sl > 0; the host
 //   folds a negative scale into q and turns a zero one into the smallest positive float.
 // - O is rescaled only when a row maximum of the warp grew: after the first tiles the maxima
-//   rarely move, which saves D multiplies per thread per tile. Keys past the end of a sequence
-//   (last tile only) are set to −∞ in a branch of their own.
+//   rarely move, which saves D multiplies per thread per tile. The (warp-uniform) rescale branch
+//   sits before the exponentials, so the exponentials, row sums, P packing and P·V mma of a tile
+//   form one basic block and ptxas interleaves the MUFU work with the tensor-core work; keys
+//   past the end of a sequence (last tile only) are set to −∞ in a branch of their own.
 // - The output goes back through the warp's own (no longer needed) Q rows in shared memory so
 //   that global stores are whole 16-byte row chunks.
 //
@@ -208,23 +210,14 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
                 alpha[b][r] = mn > m[b][r] ? exp2_approx(m[b][r] - mn) : 1.f;
                 m[b][r] = mn;
             }
-#pragma unroll
-        for (int b = 0; b < 2; ++b)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float sum = 0.f;
-#pragma unroll
-                for (int n = 0; n < BN / 8; ++n) {
-                    s[b][n][2 * r] = exp2_approx(fmaf(s[b][n][2 * r], scale_log2, -m[b][r]));
-                    s[b][n][2 * r + 1] = exp2_approx(fmaf(s[b][n][2 * r + 1], scale_log2, -m[b][r]));
-                    sum += s[b][n][2 * r] + s[b][n][2 * r + 1];
-                }
-                l[b][r] = l[b][r] * alpha[b][r] + sum;  // quad-reduced once, at the end
-            }
-        // Warp-uniform branch: where no maximum of the warp grew, every alpha is 1.
+        // Warp-uniform branch: where no maximum of the warp grew, every alpha is 1. It comes
+        // before the exponentials so that they, the row sums and the P·V products below form
+        // one basic block, in which ptxas can overlap the MUFU work with the tensor-core work.
         if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-            for (int b = 0; b < 2; ++b)
+            for (int b = 0; b < 2; ++b) {
+                l[b][0] *= alpha[b][0];
+                l[b][1] *= alpha[b][1];
 #pragma unroll
                 for (int n = 0; n < D / 8; ++n) {
                     o[b][n][0] *= alpha[b][0];
@@ -232,7 +225,17 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
                     o[b][n][2] *= alpha[b][1];
                     o[b][n][3] *= alpha[b][1];
                 }
+            }
         }
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[b][n][e] = exp2_approx(fmaf(s[b][n][e], scale_log2, -m[b][e >> 1]));
+                    l[b][e >> 1] += s[b][n][e];  // quad-reduced once, at the end
+                }
 
         // O += P·V over 16-key chunks c. P's A fragment is S key blocks 2c (a0, a1) and 2c+1
         // (a2, a3). V rows are keys, so the transposed 8×8 blocks (keys 16c.., dims 8n..) and
