@@ -215,18 +215,30 @@ fn check_attention(
     d: usize,
     dtype: DType,
 ) -> Result<()> {
+    let scale = 1.0 / (d as f32).sqrt();
+    check_attention_scaled(what, q_offsets, kv_offsets, heads, d, dtype, scale)
+}
+
+fn check_attention_scaled(
+    what: &str,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    heads: usize,
+    d: usize,
+    dtype: DType,
+    scale: f32,
+) -> Result<()> {
     let dev = gpu();
     let (nq, nk) = (*q_offsets.last().unwrap(), *kv_offsets.last().unwrap());
     let q = rounded(&[nq, heads, d], 1.0, dtype)?;
     let k = rounded(&[nk, heads, d], 1.0, dtype)?;
     let v = rounded(&[nk, heads, d], 1.0, dtype)?;
-    let scale = 1.0 / (d as f32).sqrt();
     let want = varlen_attention(&q, &k, &v, q_offsets, kv_offsets, scale)?;
     let on = |t: &Tensor| t.to_dtype(dtype).and_then(|t| t.to_device(&dev));
     let got = varlen_attention(&on(&q)?, &on(&k)?, &on(&v)?, q_offsets, kv_offsets, scale)?;
     assert_eq!(got.dtype(), dtype);
     let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
-    println!("attention {what:<24} Nq {nq:>6} Nk {nk:>6} H {heads:>2} D {d:>3} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+    println!("attention {what:<24} Nq {nq:>6} Nk {nk:>6} H {heads:>2} D {d:>3} {dtype:?} scale {scale:.3}: max|err|/max|ref| = {err:.2e}");
     assert!(err <= TOL, "{what}: error {err} over {TOL}");
     Ok(())
 }
@@ -284,6 +296,29 @@ fn attention_cross_and_edges() -> Result<()> {
     check_attention("single query", &[0, 1], &[0, 500], 2, 128, DType::BF16)?;
     // No queries at all.
     check_attention("empty", &[0, 0], &[0, 5], 2, 64, DType::BF16)?;
+    // The kernel folds the scale into its exponent, which needs a positive scale: a negative
+    // one goes through a negated q, zero through the smallest positive float (uniform weights).
+    // Ragged lengths so that masked last key tiles take part.
+    for scale in [-0.2f32, 0.0, 2.0] {
+        check_attention_scaled(
+            "scale",
+            &[0, 100, 390],
+            &[0, 77, 300],
+            2,
+            128,
+            DType::BF16,
+            scale,
+        )?;
+        check_attention_scaled(
+            "scale",
+            &[0, 100, 390],
+            &[0, 77, 300],
+            2,
+            64,
+            DType::F16,
+            scale,
+        )?;
+    }
     // Unsupported head dims are an error, not a wrong answer.
     let dev = gpu();
     let t = Tensor::zeros((4, 1, 96), DType::BF16, &dev)?;

@@ -25,9 +25,15 @@
 //   reads then start in distinct bank groups, and cp.async writes stay contiguous.
 // - Scores never leave registers: the S accumulators are rounded to T and repacked as the A
 //   operand of P·V (the C layout of m16n8k16 matches its A layout two n-blocks at a time).
-// - Softmax runs in the log2 domain (scale·log2 e applied to the scores, exp2 on the MUFU unit).
-//   O is rescaled only when a row maximum of the warp grew: after the first tiles the maxima
-//   rarely move, which saves D multiplies per thread per tile.
+// - Softmax runs in the log2 domain with exp2 on the MUFU unit, the scale sl = scale·log2 e
+//   (`scale_log2`) folded into its argument: p = exp2(s·sl − m) is one FFMA per score, and the
+//   maximum is taken over the raw scores and scaled once per row. That needs sl > 0; the host
+//   folds a negative scale into q and turns a zero one into the smallest positive float.
+// - O is rescaled only when a row maximum of the warp grew: after the first tiles the maxima
+//   rarely move, which saves D multiplies per thread per tile. The (warp-uniform) rescale branch
+//   sits before the exponentials, so the exponentials, row sums, P packing and P·V mma of a tile
+//   form one basic block and ptxas interleaves the MUFU work with the tensor-core work; keys
+//   past the end of a sequence (last tile only) are set to −∞ in a branch of their own.
 // - The output goes back through the warp's own (no longer needed) Q rows in shared memory so
 //   that global stores are whole 16-byte row chunks.
 //
@@ -112,8 +118,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     load_tile(Vs[0], vh, k0);
     cp_async_commit();
 
-    // o[b][n]: row block b (rows wrow + 16b ..), columns 8n .. 8n+7. m, l: running maximum (log2
-    // domain) and this thread's partial row sum, [row block][row g or g+8].
+    // o[b][n]: row block b (rows wrow + 16b ..), columns 8n .. 8n+7. m, l: running maximum (scaled,
+    // log2 domain) and this thread's partial row sum, [row block][row g or g+8].
     float o[2][D / 8][4];
 #pragma unroll
     for (int b = 0; b < 2; ++b)
@@ -170,28 +176,23 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
             }
         }
 
-        // Scale into the log2 domain; only the last tile can hold keys past the sequence end.
-        if (kt + BN <= k1) {
+        // Only the last tile can hold keys past the sequence end: their scores become −∞, which
+        // no maximum picks and exp2 turns into 0 (the pass sits outside the hot path).
+        if (kt + BN > k1) {
 #pragma unroll
             for (int b = 0; b < 2; ++b)
 #pragma unroll
                 for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) s[b][n][e] *= scale_log2;
-        } else {
-#pragma unroll
-            for (int b = 0; b < 2; ++b)
-#pragma unroll
-                for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = kt + n * 8 + 2 * t + (e & 1);
-                        s[b][n][e] = key < k1 ? s[b][n][e] * scale_log2 : -INFINITY;
-                    }
+                    for (int e = 0; e < 4; ++e)
+                        if (kt + n * 8 + 2 * t + (e & 1) >= k1) s[b][n][e] = -INFINITY;
         }
 
-        // Online softmax. Row g of block b lives in s[b][*][0..1], row g+8 in s[b][*][2..3],
-        // each row spread over the four lanes of a quad.
+        // Online softmax with the scale folded into the exponent: m is the running row maximum
+        // of scale·log2 e·(q·k) (a positive scale keeps the order, so it is the scaled maximum of
+        // the raw scores), and exp(scale·q·k − max) = exp2(s·sl − m) is one FFMA and one MUFU.ex2
+        // per score. Row g of block b lives in s[b][*][0..1], row g+8 in s[b][*][2..3], each row
+        // spread over the four lanes of a quad.
         float alpha[2][2];
         bool grew = false;
 #pragma unroll
@@ -204,23 +205,19 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
                 // Key kt is always valid, so the new maximum is finite.
-                const float mn = fmaxf(m[b][r], mx);
+                const float mn = fmaxf(m[b][r], mx * scale_log2);
                 grew |= mn > m[b][r];
                 alpha[b][r] = mn > m[b][r] ? exp2_approx(m[b][r] - mn) : 1.f;
                 m[b][r] = mn;
-                float sum = 0.f;
-#pragma unroll
-                for (int n = 0; n < BN / 8; ++n) {
-                    s[b][n][2 * r] = exp2_approx(s[b][n][2 * r] - mn);
-                    s[b][n][2 * r + 1] = exp2_approx(s[b][n][2 * r + 1] - mn);
-                    sum += s[b][n][2 * r] + s[b][n][2 * r + 1];
-                }
-                l[b][r] = l[b][r] * alpha[b][r] + sum;  // quad-reduced once, at the end
             }
-        // Warp-uniform branch: where no maximum of the warp grew, every alpha is 1.
+        // Warp-uniform branch: where no maximum of the warp grew, every alpha is 1. It comes
+        // before the exponentials so that they, the row sums and the P·V products below form
+        // one basic block, in which ptxas can overlap the MUFU work with the tensor-core work.
         if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-            for (int b = 0; b < 2; ++b)
+            for (int b = 0; b < 2; ++b) {
+                l[b][0] *= alpha[b][0];
+                l[b][1] *= alpha[b][1];
 #pragma unroll
                 for (int n = 0; n < D / 8; ++n) {
                     o[b][n][0] *= alpha[b][0];
@@ -228,7 +225,17 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
                     o[b][n][2] *= alpha[b][1];
                     o[b][n][3] *= alpha[b][1];
                 }
+            }
         }
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[b][n][e] = exp2_approx(fmaf(s[b][n][e], scale_log2, -m[b][e >> 1]));
+                    l[b][e >> 1] += s[b][n][e];  // quad-reduced once, at the end
+                }
 
         // O += P·V over 16-key chunks c. P's A fragment is S key blocks 2c (a0, a1) and 2c+1
         // (a2, a3). V rows are keys, so the transposed 8×8 blocks (keys 16c.., dims 8n..) and

@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
@@ -116,6 +116,41 @@ fn attention_smem_bytes(d: usize) -> usize {
     (ATTN_TILE + 4 * ATTN_KEY_TILE) * (d + 8) * 2
 }
 
+/// The attention kernel `name` on `dev`, its attributes set on first use. Over 48 KB of dynamic
+/// shared memory (D ≥ 64) needs the function's opt-in, and two CTAs per SM (D = 128: 2 × 102 KB)
+/// need the largest shared-memory carveout, which the kernel can afford: its copies bypass L1.
+/// Attributes belong to the loaded function, which candle keeps in the device's module cache for
+/// the device's lifetime, so they are set once per (device, kernel): `DeviceId`s are never
+/// reused. The first load and the attribute calls happen under one lock, so no other thread can
+/// load a second copy of the module in between.
+fn attention_func(dev: &CudaDevice, name: &str, smem: u32) -> Result<CudaFunction> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (candle_core::cuda_backend::DeviceId, String);
+    static CONFIGURED: OnceLock<Mutex<HashSet<Key>>> = OnceLock::new();
+    let mut configured = CONFIGURED
+        .get_or_init(|| Mutex::new(HashSet::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let func = dev.get_or_load_custom_func(name, "trellis2_attention", ATTENTION_PTX)?;
+    let key = (dev.id(), name.to_string());
+    if !configured.contains(&key) {
+        dev.cuda_stream().context().bind_to_thread().w()?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .w()?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+            100,
+        )
+        .w()?;
+        configured.insert(key);
+    }
+    Ok(func.into_cuda_function())
+}
+
 /// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
 /// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`.
 #[allow(clippy::too_many_arguments)]
@@ -135,6 +170,19 @@ pub(crate) fn varlen_attention(
     if ![16, 32, 64, 128].contains(&d) {
         bail!("{OP}: head dim {d} is not supported (16, 32, 64 or 128)");
     }
+    // The kernel's softmax takes a positive scale (it folds the scale into one FFMA per score,
+    // which needs the maximum of the raw scores to be the maximum of the scaled ones). A
+    // negative scale goes into q instead, softmax(−c·q·k) = softmax(c·(−q)·k), at the cost of
+    // one elementwise pass that no model needs; a zero scale becomes the smallest positive
+    // normal float, which gives the same uniform weights (every scaled score rounds to 0).
+    let negated;
+    let (q, ql, scale) = if scale < 0.0 {
+        negated = (q.affine(ql, -1.0, 0.0)?, Layout::contiguous(ql.shape()));
+        (&negated.0, &negated.1, -scale)
+    } else {
+        (q, ql, scale)
+    };
+    let scale_log2 = (scale * std::f32::consts::LOG2_E).max(f32::MIN_POSITIVE);
     let (qa, qz) = span(ql, OP, "q")?;
     let (ka, kz) = span(kl, OP, "k")?;
     let (va, vz) = span(vl, OP, "v")?;
@@ -159,7 +207,6 @@ pub(crate) fn varlen_attention(
         shared_mem_bytes: smem,
     };
     let heads_ = heads as i32;
-    let scale_log2 = scale * std::f32::consts::LOG2_E;
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal) => {{
             let (CudaStorageSlice::$variant(kk), CudaStorageSlice::$variant(vv)) =
@@ -174,24 +221,10 @@ pub(crate) fn varlen_attention(
             if ntiles > 0 && heads > 0 {
                 let tiles = dev.clone_htod(&tiles)?;
                 let name = format!("{}_d{d}", $name);
-                let func =
-                    dev.get_or_load_custom_func(&name, "trellis2_attention", ATTENTION_PTX)?;
-                // Over 48 KB of dynamic shared memory (D ≥ 64) needs the function's opt-in, and
-                // two CTAs per SM (D = 128: 2 × 102 KB) need the largest shared-memory carveout,
-                // which the kernel can afford: its copies bypass L1.
-                dev.cuda_stream().context().bind_to_thread().w()?;
-                func.set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as i32,
-                )
-                .w()?;
-                func.set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                    100,
-                )
-                .w()?;
+                let func = attention_func(&dev, &name, smem)?;
                 let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
-                let mut b = func.builder();
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&func);
                 b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
                 b.arg(&heads_).arg(&scale_log2);
                 // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
@@ -508,7 +541,7 @@ fn elementwise_launch(vectors: usize) -> LaunchConfig {
 /// element offsets `starts`: 16 bytes when every row and operand start is 16-byte aligned.
 fn elementwise_vec<T>(c: usize, starts: &[usize]) -> usize {
     let vec = 16 / std::mem::size_of::<T>();
-    if c % vec == 0 && starts.iter().all(|s| s % vec == 0) {
+    if c.is_multiple_of(vec) && starts.iter().all(|s| s.is_multiple_of(vec)) {
         vec
     } else {
         1
