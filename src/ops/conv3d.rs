@@ -42,18 +42,20 @@ impl GridNeighbours {
             });
         }
         let mut map = vec![ABSENT; cells * TAPS];
-        map.par_chunks_exact_mut(TAPS).enumerate().for_each(|(cell, row)| {
-            let (cz, rest) = (cell % z, cell / z);
-            let (cy, rest) = (rest % y, rest / y);
-            let (cx, cb) = (rest % x, rest / x);
-            for (k, slot) in row.iter_mut().enumerate() {
-                // Tap k reads offset (k/9 − 1, k/3%3 − 1, k%3 − 1); out of the grid = zero padding.
-                let (nx, ny, nz) = (cx + k / 9, cy + k / 3 % 3, cz + k % 3);
-                if (1..=x).contains(&nx) && (1..=y).contains(&ny) && (1..=z).contains(&nz) {
-                    *slot = (((cb * x + nx - 1) * y + ny - 1) * z + nz - 1) as u32;
+        map.par_chunks_exact_mut(TAPS)
+            .enumerate()
+            .for_each(|(cell, row)| {
+                let (cz, rest) = (cell % z, cell / z);
+                let (cy, rest) = (rest % y, rest / y);
+                let (cx, cb) = (rest % x, rest / x);
+                for (k, slot) in row.iter_mut().enumerate() {
+                    // Tap k reads offset (k/9 − 1, k/3%3 − 1, k%3 − 1); out of the grid = zero padding.
+                    let (nx, ny, nz) = (cx + k / 9, cy + k / 3 % 3, cz + k % 3);
+                    if (1..=x).contains(&nx) && (1..=y).contains(&ny) && (1..=z).contains(&nz) {
+                        *slot = (((cb * x + nx - 1) * y + ny - 1) * z + nz - 1) as u32;
+                    }
                 }
-            }
-        });
+            });
         Ok(Self {
             dims,
             map: Tensor::from_vec(map, (cells, TAPS), device)?,

@@ -655,7 +655,11 @@ pub(crate) fn gated_residual(
 /// `len` u32 words of `tensor` (a contiguous u32 tensor on a CUDA device) from element
 /// `start`, copied to the host alone: candle's `to_vec1` copies the tensor's whole buffer first,
 /// which for the neighbour map's two status words behind a `[T·27]` map was ≈400 MB.
-pub(crate) fn read_u32_words(tensor: &candle_core::Tensor, start: usize, len: usize) -> Result<Vec<u32>> {
+pub(crate) fn read_u32_words(
+    tensor: &candle_core::Tensor,
+    start: usize,
+    len: usize,
+) -> Result<Vec<u32>> {
     const OP: &str = "read back (CUDA)";
     let (storage, layout) = tensor.storage_and_layout();
     let candle_core::Storage::Cuda(s) = &*storage else {
@@ -663,10 +667,15 @@ pub(crate) fn read_u32_words(tensor: &candle_core::Tensor, start: usize, len: us
     };
     let (a, z) = span(layout, OP, "tensor")?;
     if start + len > z - a {
-        bail!("{OP}: words {start}..{} outside a tensor of {}", start + len, z - a);
+        bail!(
+            "{OP}: words {start}..{} outside a tensor of {}",
+            start + len,
+            z - a
+        );
     }
     let CudaStorageSlice::U32(words) = &s.slice else {
         bail!("{OP}: expected u32 words, got {:?}", s.dtype());
     };
-    s.device().clone_dtoh(&words.slice(a + start..a + start + len))
+    s.device()
+        .clone_dtoh(&words.slice(a + start..a + start + len))
 }
