@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
 use super::coords::CoordSet;
@@ -36,12 +36,13 @@ impl Subdivision {
                 parents.len()
             );
         }
+        // Compared on the logits' device: one byte per child comes back instead of a float.
         let mask: Vec<bool> = logits
-            .to_dtype(DType::F32)?
+            .gt(0.0)?
             .flatten_all()?
-            .to_vec1::<f32>()?
+            .to_vec1::<u8>()?
             .par_iter()
-            .map(|&v| v > 0.0)
+            .map(|&v| v != 0)
             .collect();
         Self::from_mask(parents, &mask)
     }
@@ -144,7 +145,7 @@ mod tests {
     fn wrong_logit_shape_is_named() {
         let dev = Device::Cpu;
         let parents = Arc::new(CoordSet::from_host(vec![[0, 0, 0, 0]], &dev).unwrap());
-        let logits = Tensor::zeros((1, 7), DType::F32, &dev).unwrap();
+        let logits = Tensor::zeros((1, 7), candle_core::DType::F32, &dev).unwrap();
         let err = Subdivision::from_logits(&parents, &logits)
             .unwrap_err()
             .to_string();
