@@ -16,6 +16,7 @@ use half::{bf16, f16};
 
 use super::metal::kargs::{DeformIm2ColArgs, NeighbourArgs};
 use super::metal::neighbour_plan::NeighbourPlan;
+use super::sample_offsets::offsets_u32;
 use super::sparse_conv::TAPS;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
@@ -354,7 +355,7 @@ pub(crate) fn norm_modulate(
     let dev = x.device().clone();
     let affine = f32_slice(a, OP, "affine")?.slice(aa..az);
     let modulation = f32_slice(m, OP, "modulation")?.slice(ma..mz);
-    let offsets: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+    let offsets = offsets_u32(OP, offsets)?;
     let samples = (offsets.len() - 1) as i32;
     let (rows_, c_) = (rows as i32, c as i32);
     macro_rules! run {
@@ -614,7 +615,7 @@ pub(crate) fn gated_residual(
     let (ga, gz) = span(gl, OP, "gate")?;
     let dev = x.device().clone();
     let gate = f32_slice(g, OP, "gate")?.slice(ga..gz);
-    let offsets: Vec<u32> = offsets.iter().map(|&o| o as u32).collect();
+    let offsets = offsets_u32(OP, offsets)?;
     let (c_, samples) = (c as i32, (offsets.len() - 1) as i32);
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal) => {{

@@ -11,7 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use super::cpu_storage::f32_operands3;
-use super::norm_modulate::sample_of_rows;
+use super::sample_offsets::{check_offsets, sample_of_rows};
 
 struct GatedResidual {
     offsets: Vec<usize>,
@@ -94,14 +94,10 @@ fn check(x: &Tensor, r: &Tensor, gate: &Tensor, offsets: &[usize]) -> Result<()>
             x.dims()
         );
     }
-    let o = offsets;
-    if o.len() < 2 || o[0] != 0 || o[o.len() - 1] != t || o.windows(2).any(|w| w[0] > w[1]) {
-        bail!("gated_residual: offsets {o:?} must rise from 0 to {t}");
-    }
-    if gate.dims() != [o.len() - 1, c] {
+    let b = check_offsets("gated_residual", offsets, t)?;
+    if gate.dims() != [b, c] {
         bail!(
-            "gated_residual: gate must be [{}, {c}], got {:?}",
-            o.len() - 1,
+            "gated_residual: gate must be [{b}, {c}], got {:?}",
             gate.dims()
         );
     }

@@ -16,6 +16,7 @@ pub mod metal;
 pub mod norm_modulate;
 pub mod rms_norm_rope;
 pub mod rope;
+mod sample_offsets;
 pub mod sparse_conv;
 
 pub use conv3d::{conv3d_k3, GridNeighbours};

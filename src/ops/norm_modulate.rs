@@ -13,19 +13,11 @@ use rayon::prelude::*;
 
 use super::cpu_storage::f32_operands3;
 use super::layer_norm::layer_norm;
+use super::sample_offsets::{check_offsets, sample_of_rows};
 
 struct NormModulate {
     offsets: Vec<usize>,
     eps: f32,
-}
-
-/// Sample of each row: `offsets` are `B+1` non-decreasing row offsets from 0 to T.
-pub(crate) fn sample_of_rows(offsets: &[usize]) -> Vec<usize> {
-    let mut s = Vec::with_capacity(offsets[offsets.len() - 1]);
-    for (b, w) in offsets.windows(2).enumerate() {
-        s.extend(std::iter::repeat_n(b, w[1] - w[0]));
-    }
-    s
 }
 
 impl CustomOp3 for NormModulate {
@@ -115,11 +107,7 @@ fn check(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, m: &Modulation) -> Resu
         &[t, c] => (t, c),
         d => bail!("layer_norm_modulate: x must be [T, C], got {d:?}"),
     };
-    let o = m.offsets;
-    if o.len() < 2 || o[0] != 0 || o[o.len() - 1] != t || o.windows(2).any(|w| w[0] > w[1]) {
-        bail!("layer_norm_modulate: offsets {o:?} must rise from 0 to {t}");
-    }
-    let b = o.len() - 1;
+    let b = check_offsets("layer_norm_modulate", m.offsets, t)?;
     if m.shift.dims() != [b, c] || m.scale.dims() != [b, c] {
         bail!(
             "layer_norm_modulate: shift {:?} and scale {:?} must be [{b}, {c}]",

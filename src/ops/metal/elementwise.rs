@@ -7,6 +7,7 @@ use super::encode::{encode, Arg};
 use super::norms::{output, start, Operand};
 use super::pipelines::{pipeline, Source};
 use crate::ops::bias_act::Activation;
+use crate::ops::sample_offsets::offsets_u32;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, DType, MetalStorage, Result, Shape};
 
@@ -78,13 +79,7 @@ pub(crate) fn gated_residual(
     let vec4 = vectorizable(c, &[x0 / size, r0 / size, g0 / DType::F32.size_in_bytes()]);
     if let Some(d) = gated_residual_dispatch(rows, c, samples, dtype, vec4)? {
         let device = x.0.device();
-        let offsets: Vec<u32> = offsets
-            .iter()
-            .map(|&o| {
-                u32::try_from(o)
-                    .map_err(|_| candle_core::Error::Msg(format!("{op}: offset {o} > u32")))
-            })
-            .collect::<Result<_>>()?;
+        let offsets = offsets_u32(op, offsets)?;
         let offsets = device.new_buffer_with_data(&offsets)?;
         let p = pipeline(device, Source::Elementwise, &d.kernel)?;
         encode(

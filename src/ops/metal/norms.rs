@@ -4,6 +4,7 @@
 use super::encode::{encode, Arg};
 use super::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
 use super::pipelines::{pipeline, Source};
+use crate::ops::sample_offsets::offsets_u32;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, DType, Layout, MetalStorage, Result};
 
@@ -51,13 +52,7 @@ pub(crate) fn norm_modulate(
     let out = output(x.0, rows * c, op)?;
     if let Some(d) = norm_modulate_dispatch(rows, c, offsets.len() - 1, eps, dtype)? {
         let device = x.0.device();
-        let offsets: Vec<u32> = offsets
-            .iter()
-            .map(|&o| {
-                u32::try_from(o)
-                    .map_err(|_| candle_core::Error::Msg(format!("{op}: offset {o} > u32")))
-            })
-            .collect::<Result<_>>()?;
+        let offsets = offsets_u32(op, offsets)?;
         let offsets = device.new_buffer_with_data(&offsets)?;
         let p = pipeline(device, Source::Norms, &d.kernel)?;
         encode(
