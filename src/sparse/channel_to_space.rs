@@ -67,7 +67,12 @@ impl Subdivision {
                     .filter(move |&s| mask[n * CHILDREN + s])
                     .map(move |s| {
                         let bit = |b: usize| ((s >> b) & 1) as i32;
-                        let child = [c[0], 2 * c[1] + bit(0), 2 * c[2] + bit(1), 2 * c[3] + bit(2)];
+                        let child = [
+                            c[0],
+                            2 * c[1] + bit(0),
+                            2 * c[2] + bit(1),
+                            2 * c[3] + bit(2),
+                        ];
                         (child, (n * CHILDREN + s) as u32)
                     })
             })
