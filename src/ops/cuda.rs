@@ -508,7 +508,7 @@ fn elementwise_launch(vectors: usize) -> LaunchConfig {
 /// element offsets `starts`: 16 bytes when every row and operand start is 16-byte aligned.
 fn elementwise_vec<T>(c: usize, starts: &[usize]) -> usize {
     let vec = 16 / std::mem::size_of::<T>();
-    if c % vec == 0 && starts.iter().all(|s| s % vec == 0) {
+    if c.is_multiple_of(vec) && starts.iter().all(|s| s.is_multiple_of(vec)) {
         vec
     } else {
         1
@@ -622,7 +622,11 @@ pub(crate) fn gated_residual(
 /// `len` u32 words of `tensor` (a contiguous u32 tensor on a CUDA device) from element
 /// `start`, copied to the host alone: candle's `to_vec1` copies the tensor's whole buffer first,
 /// which for the neighbour map's two status words behind a `[T·27]` map was ≈400 MB.
-pub(crate) fn read_u32_words(tensor: &candle_core::Tensor, start: usize, len: usize) -> Result<Vec<u32>> {
+pub(crate) fn read_u32_words(
+    tensor: &candle_core::Tensor,
+    start: usize,
+    len: usize,
+) -> Result<Vec<u32>> {
     const OP: &str = "read back (CUDA)";
     let (storage, layout) = tensor.storage_and_layout();
     let candle_core::Storage::Cuda(s) = &*storage else {
