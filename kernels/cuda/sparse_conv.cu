@@ -23,8 +23,9 @@
 
 template <typename T, int BM, int BN, int WM, int WN>
 __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *__restrict__ weight,
-                                          const uint32_t *__restrict__ nbr, T *__restrict__ out, int n,
-                                          int ci, int co, int vec) {
+                                          const uint32_t *__restrict__ nbr,
+                                          const uint32_t *__restrict__ order, T *__restrict__ out,
+                                          int n, int ci, int co, int vec) {
     constexpr int NT = WM * WN * 32;
     constexpr int WTM = BM / WM, WTN = BN / WN;  // warp tile
     constexpr int FM = WTM / 16, FN = WTN / 8;   // mma tiles per warp
@@ -35,16 +36,23 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     __shared__ uint32_t tap_mask;
     __shared__ int tap_list[TAPS];
     __shared__ int ntaps;
+    __shared__ uint32_t vox[BM];  // the voxel of each tile row (ABSENT past the end)
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
     const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
 
     if (tid == 0) tap_mask = 0;
+    if (tid < BM) {
+        const int p = row0 + tid;
+        uint32_t v = ABSENT;
+        if (p < n) v = order ? order[p] : (uint32_t)p;
+        vox[tid] = v < (uint32_t)n ? v : ABSENT;  // a bad order entry writes nothing
+    }
     __syncthreads();
     uint32_t m = 0;
-    if (tid < BM && row0 + tid < n) {
-        const uint32_t *p = nbr + (size_t)(row0 + tid) * TAPS;
+    if (tid < BM && vox[tid] != ABSENT) {
+        const uint32_t *p = nbr + (size_t)vox[tid] * TAPS;
 #pragma unroll
         for (int k = 0; k < TAPS; ++k) m |= (p[k] != ABSENT ? 1u : 0u) << k;
     }
@@ -67,8 +75,8 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         const int c0 = (s % nchunks) * BK;
         for (int i = tid; i < BM * (BK / 8); i += NT) {
             const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, cc = c0 + c;
-            const int row = row0 + r;
-            const uint32_t src = row < n ? nbr[(size_t)row * TAPS + tap] : ABSENT;
+            const uint32_t v = vox[r];
+            const uint32_t src = v != ABSENT ? nbr[(size_t)v * TAPS + tap] : ABSENT;
             T *dst = &As[buf][r][c];
             if (vec) {
                 const bool ok = src != ABSENT && cc < ci;
@@ -145,9 +153,9 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
             const int col = col0 + wn * WTN + j * 8 + 2 * t;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const int row = row0 + wm * WTM + i * 16 + g + h * 8;
-                if (row >= n) continue;
-                T *dst = out + (size_t)row * co + col;
+                const uint32_t v = vox[wm * WTM + i * 16 + g + h * 8];
+                if (v == ABSENT) continue;
+                T *dst = out + (size_t)v * co + col;
                 const float x0 = acc[i][j][2 * h], x1 = acc[i][j][2 * h + 1];
                 if (pairs && col + 1 < co) {
                     *reinterpret_cast<uint32_t *>(dst) = pack2<T>(x0, x1);
@@ -161,9 +169,9 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 
 #define SUBM_CONV(NAME, T, BM, BN, WM, WN)                                                          \
     extern "C" __global__ void __launch_bounds__(WM *WN * 32)                                       \
-        NAME(const T *feats, const T *weight, const uint32_t *nbr, T *out, int n, int ci, int co,   \
-             int vec) {                                                                             \
-        subm_conv<T, BM, BN, WM, WN>(feats, weight, nbr, out, n, ci, co, vec);                      \
+        NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *order, T *out,   \
+             int n, int ci, int co, int vec) {                                                      \
+        subm_conv<T, BM, BN, WM, WN>(feats, weight, nbr, order, out, n, ci, co, vec);               \
     }
 
 // Wide tiles for Co > 64, narrow ones for Co ≤ 64 (the 1.7M × 64 decoder level).
@@ -171,3 +179,16 @@ SUBM_CONV(subm_conv3d_bf16_n128, __nv_bfloat16, 128, 128, 2, 4)
 SUBM_CONV(subm_conv3d_bf16_n64, __nv_bfloat16, 128, 64, 4, 2)
 SUBM_CONV(subm_conv3d_f16_n128, __half, 128, 128, 2, 4)
 SUBM_CONV(subm_conv3d_f16_n64, __half, 128, 64, 4, 2)
+
+// mask[v] = bit k set where voxel v has neighbour k: the key the host sorts voxels by so that the
+// rows of a tile share their taps (src/sparse/neighbours.rs, `NeighbourMap::conv_order`).
+extern "C" __global__ void subm_conv3d_masks(const uint32_t *__restrict__ nbr, uint32_t *__restrict__ mask,
+                                             int n) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= n) return;
+    const uint32_t *p = nbr + (size_t)v * TAPS;
+    uint32_t m = 0;
+#pragma unroll
+    for (int k = 0; k < TAPS; ++k) m |= (p[k] != ABSENT ? 1u : 0u) << k;
+    mask[v] = m;
+}

@@ -45,6 +45,7 @@ pub(crate) fn subm_conv3d(
     wl: &Layout,
     map: &CudaStorage,
     ml: &Layout,
+    order: Option<&candle_core::Tensor>,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "submanifold_conv3d (CUDA)";
     let (n, ci) = fl.shape().dims2()?;
@@ -57,6 +58,24 @@ pub(crate) fn subm_conv3d(
         bail!("{OP}: the neighbour map must be u32");
     };
     let map = map.slice(ma..mz);
+    // The tile-row → voxel permutation (`NeighbourMap::conv_order`), or none: identity.
+    let order = order.map(|t| t.storage_and_layout());
+    let order = match &order {
+        Some((storage, layout)) => {
+            let candle_core::Storage::Cuda(s) = &**storage else {
+                bail!("{OP}: the row order must be on the feats' CUDA device");
+            };
+            let CudaStorageSlice::U32(o) = &s.slice else {
+                bail!("{OP}: the row order must be u32, got {:?}", s.dtype());
+            };
+            let (a, z) = span(layout, OP, "row order")?;
+            if z - a != n {
+                bail!("{OP}: a row order of {} entries for {n} voxels", z - a);
+            }
+            Some(o.slice(a..z))
+        }
+        None => None,
+    };
     // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts.
     let vec = i32::from(ci % 8 == 0 && fa % 8 == 0 && wa % 8 == 0);
     let narrow = co <= 64;
@@ -85,10 +104,17 @@ pub(crate) fn subm_conv3d(
                     dev.get_or_load_custom_func(&name, "trellis2_sparse_conv", SPARSE_CONV_PTX)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let mut b = func.builder();
-                b.arg(&f).arg(&w).arg(&map).arg(&out);
-                b.arg(&n_).arg(&ci_).arg(&co_).arg(&vec);
-                // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci] and map[T·27] (spans
-                // checked by the op's shape checks) and writes out[T·Co], which it owns.
+                b.arg(&f).arg(&w).arg(&map);
+                match &order {
+                    Some(o) => b.arg(o),
+                    // A null pointer: tile row p is voxel p.
+                    None => b.arg(&0u64),
+                };
+                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_).arg(&vec);
+                // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
+                // checked by the op's shape checks) and order[T] (checked above; entries ≥ T
+                // are skipped) and writes out[T·Co], which it owns: every row when the order
+                // is a permutation, as `NeighbourMap::conv_order` makes it.
                 unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
@@ -100,6 +126,52 @@ pub(crate) fn subm_conv3d(
         _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
     };
     Ok((out, Shape::from((n, co))))
+}
+
+/// Threads per block of the neighbour-mask kernel.
+const MASK_THREADS: usize = 256;
+
+/// The 27-bit neighbour-presence mask of every voxel of a `[T,27]` u32 neighbour map on a CUDA
+/// device (`subm_conv3d_masks` in `kernels/cuda/sparse_conv.cu`), copied to the host: T words,
+/// not the 27·T of the map.
+pub(crate) fn neighbour_masks(map: &candle_core::Tensor) -> Result<Vec<u32>> {
+    const OP: &str = "neighbour masks (CUDA)";
+    let (storage, layout) = map.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*storage else {
+        bail!("{OP}: the neighbour map is not on a CUDA device");
+    };
+    let (a, z) = span(layout, OP, "neighbour map")?;
+    let (n, taps) = layout.shape().dims2()?;
+    if taps != TAPS {
+        bail!("{OP}: expected a [T, {TAPS}] map, got {:?}", layout.shape());
+    }
+    let CudaStorageSlice::U32(m) = &s.slice else {
+        bail!("{OP}: expected a u32 map, got {:?}", s.dtype());
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let dev = s.device().clone();
+    let masks = output::<u32>(&dev, n)?;
+    {
+        let func = dev.get_or_load_custom_func(
+            "subm_conv3d_masks",
+            "trellis2_sparse_conv",
+            SPARSE_CONV_PTX,
+        )?;
+        let m = m.slice(a..z);
+        let n_ = n as i32;
+        let mut b = func.builder();
+        b.arg(&m).arg(&masks).arg(&n_);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(MASK_THREADS) as u32, 1, 1),
+            block_dim: (MASK_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads map[T·27] and writes masks[0..T], owned here.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    dev.clone_dtoh(&masks.slice(0..n))
 }
 
 /// Rows of one query tile of the attention kernel (one CTA).
@@ -634,10 +706,15 @@ pub(crate) fn read_u32_words(
     };
     let (a, z) = span(layout, OP, "tensor")?;
     if start + len > z - a {
-        bail!("{OP}: words {start}..{} outside a tensor of {}", start + len, z - a);
+        bail!(
+            "{OP}: words {start}..{} outside a tensor of {}",
+            start + len,
+            z - a
+        );
     }
     let CudaStorageSlice::U32(words) = &s.slice else {
         bail!("{OP}: expected u32 words, got {:?}", s.dtype());
     };
-    s.device().clone_dtoh(&words.slice(a + start..a + start + len))
+    s.device()
+        .clone_dtoh(&words.slice(a + start..a + start + len))
 }
