@@ -36,6 +36,43 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     unsafe { dev.alloc::<T>(len.max(1)) }
 }
 
+/// Dynamic shared memory of every sparse-conv kernel: its cp.async ring, 3 stages of 128 + 128
+/// rows or 4 of 128 + 64 rows, 128 bytes a row (`SUBM_SMEM` in `kernels/cuda/sparse_conv.cu`).
+const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
+
+/// Opts `func` in to `bytes` of dynamic shared memory (over 48 KB needs it) and the largest
+/// shared-memory carveout (two sparse-conv blocks of ≈ 110 KB an SM), once per loaded function.
+fn allow_large_smem(
+    dev: &CudaDevice,
+    func: &candle_core::cuda_backend::cudarc::driver::CudaFunction,
+    bytes: u32,
+) -> Result<()> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static DONE: OnceLock<Mutex<HashSet<(usize, u32)>>> = OnceLock::new();
+    let key = (func.cu_function() as usize, bytes);
+    let mut done = DONE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if done.contains(&key) {
+        return Ok(());
+    }
+    dev.cuda_stream().context().bind_to_thread().w()?;
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .w()?;
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+        100,
+    )
+    .w()?;
+    done.insert(key);
+    Ok(())
+}
+
 /// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]`, neighbour map `[T,27]` u32 →
 /// `[T,Co]` in the feats' dtype. See `kernels/cuda/sparse_conv.cu`.
 pub(crate) fn subm_conv3d(
@@ -76,8 +113,9 @@ pub(crate) fn subm_conv3d(
         }
         None => None,
     };
-    // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts.
-    let vec = i32::from(ci % 8 == 0 && fa % 8 == 0 && wa % 8 == 0);
+    // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts; otherwise the
+    // `_scalar` kernels.
+    let vec = ci.is_multiple_of(8) && fa.is_multiple_of(8) && wa.is_multiple_of(8);
     let narrow = co <= 64;
     let grid = (
         n.div_ceil(128) as u32,
@@ -86,7 +124,7 @@ pub(crate) fn subm_conv3d(
     let cfg = LaunchConfig {
         grid_dim: (grid.0, grid.1, 1),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: SUBM_CONV_SMEM_BYTES,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
     macro_rules! run {
@@ -99,9 +137,15 @@ pub(crate) fn subm_conv3d(
             };
             let out = output::<$t>(&dev, n * co)?;
             if n > 0 && co > 0 {
-                let name = format!("{}_{}", $name, if narrow { "n64" } else { "n128" });
+                let name = format!(
+                    "{}_{}{}",
+                    $name,
+                    if narrow { "n64" } else { "n128" },
+                    if vec { "" } else { "_scalar" }
+                );
                 let func =
                     dev.get_or_load_custom_func(&name, "trellis2_sparse_conv", SPARSE_CONV_PTX)?;
+                allow_large_smem(&dev, &func, SUBM_CONV_SMEM_BYTES)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let mut b = func.builder();
                 b.arg(&f).arg(&w).arg(&map);
@@ -110,7 +154,7 @@ pub(crate) fn subm_conv3d(
                     // A null pointer: tile row p is voxel p.
                     None => b.arg(&0u64),
                 };
-                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_).arg(&vec);
+                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_);
                 // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
                 // checked by the op's shape checks) and order[T] (checked above; entries ≥ T
                 // are skipped) and writes out[T·Co], which it owns: every row when the order
