@@ -70,8 +70,9 @@ fn main() -> Result<()> {
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
     println!(
         "unsorted: voxels in coordinate order; sorted: the map's cached order \
-         (TRELLIS2_CONV_SORT={}; its one-off build timed apart)",
-        std::env::var("TRELLIS2_CONV_SORT").unwrap_or_else(|_| "auto".into())
+         (TRELLIS2_CONV_SORT={}; its one-off build timed apart); TRELLIS2_CONV_TILE={}",
+        std::env::var("TRELLIS2_CONV_SORT").unwrap_or_else(|_| "auto".into()),
+        std::env::var("TRELLIS2_CONV_TILE").unwrap_or_else(|_| "default".into())
     );
     println!(
         "| voxels × channels | voxels | pairs/voxel | unsorted ms | TFLOP/s | sorted ms | TFLOP/s | order build ms |"

@@ -242,7 +242,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 // `NAME` takes 16-byte copies (Ci % 8 == 0, 16-byte aligned operands), `NAME##_scalar` any
 // operands: separate kernels, so the fast one carries no registers for the fallback.
 #define SUBM_CONV_1(NAME, T, BM, BN, WM, WN, STAGES, VEC)                                           \
-    extern "C" __global__ void __launch_bounds__(WM *WN * 32, 2)                                    \
+    extern "C" __global__ void __launch_bounds__(WM *WN * 32, BN > 128 ? 1 : 2)                     \
         NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *order, T *out,   \
              int n, int ci, int co) {                                                               \
         subm_conv<T, BM, BN, WM, WN, STAGES, VEC>(feats, weight, nbr, order, out, n, ci, co);       \
@@ -251,13 +251,18 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     SUBM_CONV_1(NAME, T, BM, BN, WM, WN, STAGES, true)                                              \
     SUBM_CONV_1(NAME##_scalar, T, BM, BN, WM, WN, STAGES, false)
 
-// Wide tiles for Co > 64: 3 stages × 32 KB; narrow ones for Co ≤ 64: 4 stages × 24 KB.
-static_assert(SUBM_SMEM(128, 128, 3) == 98304, "src/ops/cuda.rs: subm_conv_smem_bytes");
-static_assert(SUBM_SMEM(128, 64, 4) == 98304, "src/ops/cuda.rs: subm_conv_smem_bytes");
+// Tiles for Co > 64: 3 stages × 32 KB; for Co ≤ 64: 4 stages × 24 KB. Opt-in (untuned,
+// TRELLIS2_CONV_TILE=256) for Co ≥ 256: 128 × 256 tiles, 64 × 64 warp tiles (half the A gathers
+// and fewer ldmatrix per mma), 3 stages × 48 KB, one block an SM.
+static_assert(SUBM_SMEM(128, 128, 3) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 64, 4) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 256, 3) == 147456, "src/ops/cuda.rs: SUBM_CONV_WIDE_SMEM_BYTES");
 SUBM_CONV(subm_conv3d_bf16_n128, __nv_bfloat16, 128, 128, 2, 4, 3)
 SUBM_CONV(subm_conv3d_bf16_n64, __nv_bfloat16, 128, 64, 4, 2, 4)
+SUBM_CONV(subm_conv3d_bf16_n256, __nv_bfloat16, 128, 256, 2, 4, 3)
 SUBM_CONV(subm_conv3d_f16_n128, __half, 128, 128, 2, 4, 3)
 SUBM_CONV(subm_conv3d_f16_n64, __half, 128, 64, 4, 2, 4)
+SUBM_CONV(subm_conv3d_f16_n256, __half, 128, 256, 2, 4, 3)
 
 // mask[v] = bit k set where voxel v has neighbour k: the key the host sorts voxels by so that the
 // rows of a tile share their taps (src/sparse/neighbours.rs, `NeighbourMap::conv_order`).

@@ -40,6 +40,16 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
 /// rows or 4 of 128 + 64 rows, 128 bytes a row (`SUBM_SMEM` in `kernels/cuda/sparse_conv.cu`).
 const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
 
+/// Dynamic shared memory of the opt-in 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
+const SUBM_CONV_WIDE_SMEM_BYTES: u32 = 147_456;
+
+/// Whether `TRELLIS2_CONV_TILE=256` asks for 128 × 256 tiles when Co ≥ 256 (an untuned option:
+/// half the feature gathers, one block an SM).
+fn subm_conv_wide_tiles() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| std::env::var("TRELLIS2_CONV_TILE").is_ok_and(|v| v.trim() == "256"))
+}
+
 /// Opts `func` in to `bytes` of dynamic shared memory (over 48 KB needs it) and the largest
 /// shared-memory carveout (two sparse-conv blocks of ≈ 110 KB an SM), once per loaded function.
 fn allow_large_smem(
@@ -116,15 +126,19 @@ pub(crate) fn subm_conv3d(
     // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts; otherwise the
     // `_scalar` kernels.
     let vec = ci.is_multiple_of(8) && fa.is_multiple_of(8) && wa.is_multiple_of(8);
-    let narrow = co <= 64;
-    let grid = (
-        n.div_ceil(128) as u32,
-        co.div_ceil(if narrow { 64 } else { 128 }) as u32,
-    );
+    // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), else 128, or 256 on
+    // request.
+    let (bn, smem) = if co <= 64 {
+        (64, SUBM_CONV_SMEM_BYTES)
+    } else if co >= 256 && subm_conv_wide_tiles() {
+        (256, SUBM_CONV_WIDE_SMEM_BYTES)
+    } else {
+        (128, SUBM_CONV_SMEM_BYTES)
+    };
     let cfg = LaunchConfig {
-        grid_dim: (grid.0, grid.1, 1),
+        grid_dim: (n.div_ceil(128) as u32, co.div_ceil(bn) as u32, 1),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: SUBM_CONV_SMEM_BYTES,
+        shared_mem_bytes: smem,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
     macro_rules! run {
@@ -137,15 +151,10 @@ pub(crate) fn subm_conv3d(
             };
             let out = output::<$t>(&dev, n * co)?;
             if n > 0 && co > 0 {
-                let name = format!(
-                    "{}_{}{}",
-                    $name,
-                    if narrow { "n64" } else { "n128" },
-                    if vec { "" } else { "_scalar" }
-                );
+                let name = format!("{}_n{bn}{}", $name, if vec { "" } else { "_scalar" });
                 let func =
                     dev.get_or_load_custom_func(&name, "trellis2_sparse_conv", SPARSE_CONV_PTX)?;
-                allow_large_smem(&dev, &func, SUBM_CONV_SMEM_BYTES)?;
+                allow_large_smem(&dev, &func, smem)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let mut b = func.builder();
                 b.arg(&f).arg(&w).arg(&map);
