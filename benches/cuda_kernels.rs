@@ -1,5 +1,6 @@
 //! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`spec/BASELINE.md` of the steering repository): submanifold conv
-//! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair) and flash
+//! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair; unsorted and in
+//! the map's sorted voxel order) and flash
 //! attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.
 //! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples).
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
 use trellis2::ops::attention::varlen_attention;
-use trellis2::ops::submanifold_conv3d;
+use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::sparse::SparseTensor;
 
 /// Voxels within half a voxel-diagonal of a sphere of radius `r`: ≈ 4π·r²·1.74 voxels with
@@ -67,8 +68,16 @@ fn main() -> Result<()> {
     let samples = if quick { 3 } else { 7 };
     let dev = Device::new_cuda(0)?;
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
-    println!("| voxels × channels | voxels | pairs/voxel | ms | TFLOP/s |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "unsorted: voxels in coordinate order; sorted: the map's cached order \
+         (TRELLIS2_CONV_SORT={}; its one-off build timed apart); TRELLIS2_CONV_TILE={}",
+        std::env::var("TRELLIS2_CONV_SORT").unwrap_or_else(|_| "auto".into()),
+        std::env::var("TRELLIS2_CONV_TILE").unwrap_or_else(|_| "default".into())
+    );
+    println!(
+        "| voxels × channels | voxels | pairs/voxel | unsorted ms | TFLOP/s | sorted ms | TFLOP/s | order build ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for (voxels, c) in [
         (20_000usize, 1024usize),
         (80_000, 512),
@@ -79,22 +88,31 @@ fn main() -> Result<()> {
         let r = (voxels as f32 / (4.0 * std::f32::consts::PI * 1.74)).sqrt();
         let rows = shell(r);
         let n = rows.len() / 4;
-        let coords = Tensor::from_vec(rows, (n, 4), &Device::Cpu)?;
-        let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, &Device::Cpu)?)?;
+        // Coordinates on the GPU: the map is built there, as in the decoders.
+        let coords = Tensor::from_vec(rows, (n, 4), &dev)?;
+        let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, &dev)?)?;
         let map = x.neighbour_map()?;
         let pairs = map.pairs();
-        let map = map.tensor().to_device(&dev)?;
         let feats = Tensor::randn(0f32, 1.0, (n, c), &dev)?.to_dtype(DType::F16)?;
         let weight = Tensor::randn(0f32, 0.02, (c, 27, c), &dev)?.to_dtype(DType::F16)?;
-        let ms = time_ms(&dev, samples, 10, || {
-            submanifold_conv3d(&feats, &map, &weight, None)
+        let unsorted = time_ms(&dev, samples, 10, || {
+            submanifold_conv3d(&feats, map.tensor(), &weight, None)
+        })?;
+        dev.synchronize()?;
+        let start = Instant::now();
+        map.conv_order(2 * c)?;
+        dev.synchronize()?;
+        let build = start.elapsed().as_secs_f64() * 1e3;
+        let sorted = time_ms(&dev, samples, 10, || {
+            submanifold_conv3d_map(&feats, map, &weight, None)
         })?;
         let flops = 2.0 * (c * c) as f64 * pairs as f64;
         println!(
-            "| {}k × {c} | {n} | {:.2} | {ms:.3} | {:.0} |",
+            "| {}k × {c} | {n} | {:.2} | {unsorted:.3} | {:.0} | {sorted:.3} | {:.0} | {build:.1} |",
             voxels / 1000,
             pairs as f64 / n as f64,
-            flops / ms / 1e9
+            flops / unsorted / 1e9,
+            flops / sorted / 1e9
         );
     }
 

@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Result, Tensor};
 use trellis2::ops::attention::varlen_attention;
 use trellis2::ops::sparse_conv::ABSENT;
-use trellis2::ops::submanifold_conv3d;
-use trellis2::sparse::SparseTensor;
+use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
+use trellis2::sparse::{NeighbourMap, SparseTensor};
 
 /// bf16 / f16 operands with fp32 accumulation: the outputs' own rounding is ≈ 4e-3 relative.
 const TOL: f32 = 1e-2;
@@ -204,6 +204,120 @@ fn sparse_conv_large_shells() -> Result<()> {
             .to_vec1::<u32>()?;
         check_conv("shell", map, n, c, c, dtype, true)?;
     }
+    Ok(())
+}
+
+/// `order` is a permutation of `0..n`.
+fn assert_permutation(order: &[u32], n: usize, what: &str) {
+    assert_eq!(order.len(), n, "{what}: order length");
+    let mut seen = vec![false; n];
+    for &v in order {
+        assert!(
+            (v as usize) < n && !seen[v as usize],
+            "{what}: voxel {v} out of range or twice"
+        );
+        seen[v as usize] = true;
+    }
+}
+
+/// Equal values, treating +0 and −0 as equal (f16/bf16 → f32 is exact); NaN never passes.
+fn assert_same_values(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+    let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let b = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    assert_eq!(a.len(), b.len());
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(differ, 0, "{what}: {differ} of {} values differ", a.len());
+    Ok(())
+}
+
+/// The GPU-built map of a shell of radius `r` on the GPU.
+fn gpu_shell_map(r: f32) -> Result<(SparseTensor, usize)> {
+    let dev = gpu();
+    let rows = shell(r);
+    let n = rows.len() / 4;
+    let coords = Tensor::from_vec(rows, (n, 4), &dev)?;
+    let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, &dev)?)?;
+    Ok((x, n))
+}
+
+/// Sorting the voxels by neighbour mask (the CUDA conv's tile order) changes no voxel's result:
+/// the sorted and unsorted kernels agree value for value (up to the sign of zero), both match
+/// the CPU reference, and the order is a permutation sorted by mask within each window; the GPU
+/// masks give the same order as the host's.
+#[test]
+fn sparse_conv_sorted_order() -> Result<()> {
+    let dev = gpu();
+    for (r, ci, co, dtype) in [
+        (40.0, 64, 96, DType::F16),
+        (25.0, 128, 64, DType::BF16),
+        (55.0, 32, 200, DType::BF16),
+    ] {
+        let (x, n) = gpu_shell_map(r)?;
+        let map = x.neighbour_map()?;
+        let row_bytes = ci * 2;
+        let order = map
+            .conv_order(row_bytes)?
+            .expect("a large set on CUDA is sorted");
+        assert_permutation(&order.to_vec1::<u32>()?, n, "conv order");
+        // The GPU masks give the host's order, for a full sort and for windows.
+        let host_map = map
+            .tensor()
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
+        for window in [0, 4096, 10_000] {
+            let got = map.sorted_order(window)?.to_vec1::<u32>()?;
+            let want = host.sorted_order(window)?.to_vec1::<u32>()?;
+            assert_permutation(&got, n, "sorted order");
+            assert_eq!(got, want, "window {window}: GPU and host orders differ");
+        }
+        let feats = rounded(&[n, ci], 1.0, dtype)?;
+        let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
+        let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
+        let want = submanifold_conv3d(
+            &feats,
+            &map.tensor().to_device(&Device::Cpu)?,
+            &weight,
+            Some(&bias),
+        )?;
+        let (f, w, b) = (
+            feats.to_dtype(dtype)?.to_device(&dev)?,
+            weight.to_dtype(dtype)?.to_device(&dev)?,
+            bias.to_device(&dev)?,
+        );
+        let plain = submanifold_conv3d(&f, map.tensor(), &w, Some(&b))?;
+        let sorted = submanifold_conv3d_map(&f, map, &w, Some(&b))?;
+        let err = rel_err(&sorted.to_device(&Device::Cpu)?, &want);
+        println!("sparse conv sorted order, shell r {r}: T {n:>7} Ci {ci:>4} Co {co:>4} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+        assert!(err <= TOL, "sorted order: error {err} over {TOL}");
+        assert_same_values(&sorted, &plain, "sorted vs unsorted")?;
+    }
+    Ok(())
+}
+
+/// Sets below the sorting threshold keep their own order (no mask read-back) and give the
+/// unsorted kernel's result.
+#[test]
+fn sparse_conv_small_set_unsorted() -> Result<()> {
+    let dev = gpu();
+    let (x, n) = gpu_shell_map(9.0)?;
+    assert!(
+        n < trellis2::sparse::neighbours::SORT_MIN_ROWS,
+        "{n} voxels"
+    );
+    let map = x.neighbour_map()?;
+    assert!(map.conv_order(128)?.is_none(), "a small set is not sorted");
+    let (ci, co) = (64, 64);
+    let f = rounded(&[n, ci], 1.0, DType::F16)?
+        .to_dtype(DType::F16)?
+        .to_device(&dev)?;
+    let w = rounded(&[co, 27, ci], 0.1, DType::F16)?
+        .to_dtype(DType::F16)?
+        .to_device(&dev)?;
+    let plain = submanifold_conv3d(&f, map.tensor(), &w, None)?;
+    let via_map = submanifold_conv3d_map(&f, map, &w, None)?;
+    assert_same_values(&via_map, &plain, "small set")?;
     Ok(())
 }
 

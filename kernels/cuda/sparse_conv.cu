@@ -1,76 +1,120 @@
 // Submanifold 3×3×3 convolution as a masked implicit GEMM on tensor cores (mma.sync m16n8k16,
 // bf16 or f16 operands, fp32 accumulation); the CPU reference is `src/ops/sparse_conv.rs`.
 //
-//   out[n, o] = Σ_k Σ_i W[o, k, i] · feats[nbr[n, k], i]      (absent neighbours contribute 0)
+//   out[v, o] = Σ_k Σ_i W[o, k, i] · feats[nbr[v, k], i]      (absent neighbours contribute 0)
 //
 // feats [T, Ci], weight [Co, 27, Ci], neighbour map [T, 27] u32 (0xffffffff = absent),
-// out [T, Co]; all row-major and contiguous.
+// out [T, Co]; all row-major and contiguous. `order` [T] (or null: the identity) is a permutation
+// of the voxels: tile row p computes voxel order[p]. The host sorts voxels by their 27-bit
+// neighbour mask (`NeighbourMap::conv_order`, masks from `subm_conv3d_masks` below) so that the
+// rows of a tile share their taps; a voxel's result does not depend on the order.
 //
-// One block computes a BM×BN tile of `out`. It first ORs the neighbour-presence bits of its BM
-// rows into a 27-bit tap mask and walks only the taps some row of the tile has (masked taps);
-// for each such tap the K dimension is Ci in chunks of BK. A operand: the BM gathered feature
-// rows of that tap (absent neighbours zero-filled by cp.async), B operand: the tap's weight
-// slice W[col0.., k, c0..], which is already K-contiguous per output channel. Two shared-memory
-// stages: the next chunk's cp.async copies run while the tensor cores work on the current one.
+// Design (and why):
+// * One block computes a BM×BN tile of `out` (BM = 128 rows; BN = 128, or 64 when Co ≤ 64, the
+//   1.7M × 64 decoder level). Prologue: the tile's voxel ids and their 27 neighbour rows go to
+//   shared memory (`nb`, read once, coalesced), and the OR of the rows' presence bits gives the
+//   tile's tap mask; the main loop walks only the taps some row has (masked taps), Ci in chunks
+//   of BK = 64 per tap. With the sorted order a tile needs ≈ 17–21 taps instead of ≈ 27.
+// * A operand: the BM gathered feature rows of a tap (absent neighbours zero-filled by cp.async,
+//   row index from `nb`, no global lookup in the loop); B operand: the tap's weight slice
+//   W[col0.., k, c0..], already K-contiguous per output channel.
+// * BK = 64 (128-byte shared rows) and a 3-stage (BN = 128) or 4-stage (BN = 64) cp.async ring:
+//   one __syncthreads per 4 k16-steps of MMAs (BK = 32 / 2 stages synchronised every 2 and hid
+//   one copy's latency at most). Loads for step s + STAGES − 1 are issued right after the
+//   barrier of step s, so STAGES − 1 copies are in flight while the tensor cores work.
+// * Shared rows are XOR-swizzled (16-byte chunk c of row r stored at chunk c ^ (r & 7)): the
+//   8 row addresses of each ldmatrix phase and the 8 chunks a cp.async row-group writes fall in
+//   distinct bank groups without padding, which keeps the stages at 2^k bytes.
+// * 8 warps; warp tiles 64×32 (BN = 128) or 32×32 (BN = 64); __launch_bounds__(256, 2): two
+//   blocks per SM (≤ 128 registers, 2 × ≈ 110 KB shared memory) so one block's barrier or
+//   prologue overlaps the other's MMAs.
+// * No divisions in the loop: the load cursor (tap, chunk) advances by a compare and the next set
+//   bit of the tap mask; ring slots advance by a compare.
 // When Ci is not a multiple of 8 (or a pointer is not 16-byte aligned) the copies fall back to
 // element-wise loads with bounds checks; the pipeline structure is the same.
 #include "common.cuh"
 
 #define ABSENT 0xffffffffu
 #define TAPS 27
-#define BK 32
-#define LDS (BK + 8)  // padded row: 80 bytes, so ldmatrix rows land in distinct banks
+#define BK 64              // K elements per pipeline step: 128-byte shared rows
+#define CHUNKS (BK / 8)    // 16-byte chunks per shared row
 
-template <typename T, int BM, int BN, int WM, int WN>
+// Element offset of 16-byte chunk `c` of row `r` in a [rows][BK] shared tile (XOR swizzle).
+__device__ __forceinline__ int swz(int r, int c) { return r * BK + ((c ^ (r & 7)) << 3); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+template <typename T, int BM, int BN, int WM, int WN, int STAGES, bool VEC>
 __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *__restrict__ weight,
-                                          const uint32_t *__restrict__ nbr, T *__restrict__ out, int n,
-                                          int ci, int co, int vec) {
+                                          const uint32_t *__restrict__ nbr,
+                                          const uint32_t *__restrict__ order, T *__restrict__ out,
+                                          int n, int ci, int co) {
     constexpr int NT = WM * WN * 32;
     constexpr int WTM = BM / WM, WTN = BN / WN;  // warp tile
     constexpr int FM = WTM / 16, FN = WTN / 8;   // mma tiles per warp
+    constexpr int RPP = NT / CHUNKS;             // rows per pass of the copy loops
     static_assert(FN % 2 == 0, "B fragments are loaded two n-tiles at a time");
     static_assert(BM <= NT, "one thread per tile row builds the tap mask");
-    __shared__ __align__(128) T As[2][BM][LDS];
-    __shared__ __align__(128) T Bs[2][BN][LDS];
+    static_assert(RPP % 8 == 0 && BM % RPP == 0 && BN % RPP == 0, "copy passes keep the swizzle");
+    static_assert(STAGES >= 2, "a ring of at least two stages");
+
+    extern __shared__ __align__(128) unsigned char smem[];  // [STAGES][BM][BK] A, then B
+    __shared__ uint32_t nb[TAPS][BM + 1];  // neighbour row of each (tap, tile row); +1: banks
+    __shared__ uint32_t vox[BM];           // the voxel of each tile row (ABSENT past the end)
     __shared__ uint32_t tap_mask;
-    __shared__ int tap_list[TAPS];
-    __shared__ int ntaps;
+    T *const As = reinterpret_cast<T *>(smem);
+    T *const Bs = As + STAGES * BM * BK;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
     const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
 
     if (tid == 0) tap_mask = 0;
+    if (tid < BM) {
+        const int p = row0 + tid;
+        uint32_t v = ABSENT;
+        if (p < n) v = order ? order[p] : (uint32_t)p;
+        vox[tid] = v < (uint32_t)n ? v : ABSENT;  // a bad order entry writes nothing
+    }
     __syncthreads();
-    uint32_t m = 0;
-    if (tid < BM && row0 + tid < n) {
-        const uint32_t *p = nbr + (size_t)(row0 + tid) * TAPS;
+    for (int i = tid; i < BM * TAPS; i += NT) {
+        const int r = i / TAPS, k = i - r * TAPS;  // consecutive threads: one map row, coalesced
+        const uint32_t v = vox[r];
+        nb[k][r] = v != ABSENT ? nbr[(size_t)v * TAPS + k] : ABSENT;
+    }
+    __syncthreads();
+    {
+        uint32_t m = 0;
+        if (tid < BM) {
 #pragma unroll
-        for (int k = 0; k < TAPS; ++k) m |= (p[k] != ABSENT ? 1u : 0u) << k;
-    }
-    m = __reduce_or_sync(0xffffffffu, m);
-    if (lane == 0 && m) atomicOr(&tap_mask, m);
-    __syncthreads();
-    if (tid == 0) {
-        int c = 0;
-        for (int k = 0; k < TAPS; ++k)
-            if ((tap_mask >> k) & 1u) tap_list[c++] = k;
-        ntaps = c;
+            for (int k = 0; k < TAPS; ++k) m |= (nb[k][tid] != ABSENT ? 1u : 0u) << k;
+        }
+        m = __reduce_or_sync(0xffffffffu, m);
+        if (lane == 0 && m) atomicOr(&tap_mask, m);
     }
     __syncthreads();
-    const int nchunks = (ci + BK - 1) / BK;
-    const int steps = ntaps * nchunks;
+    const uint32_t mask = tap_mask;
+    const int steps = __popc(mask) * ((ci + BK - 1) / BK);
     const T zero = from_f32<T>(0.f);
 
-    auto load = [&](int s, int buf) {
-        const int tap = tap_list[s / nchunks];
-        const int c0 = (s % nchunks) * BK;
-        for (int i = tid; i < BM * (BK / 8); i += NT) {
-            const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, cc = c0 + c;
-            const int row = row0 + r;
-            const uint32_t src = row < n ? nbr[(size_t)row * TAPS + tap] : ABSENT;
-            T *dst = &As[buf][r][c];
-            if (vec) {
+    // Copies: thread tid moves chunk (tid % CHUNKS) of rows tid / CHUNKS + i·RPP; all its rows
+    // share one swizzled chunk column because RPP is a multiple of 8.
+    const int lrow = tid / CHUNKS, lchk = tid % CHUNKS;
+    const int ldst = swz(lrow, lchk);
+    const uint32_t as_base = static_cast<uint32_t>(__cvta_generic_to_shared(As));
+    const uint32_t bs_base = static_cast<uint32_t>(__cvta_generic_to_shared(Bs));
+    auto load = [&](int tap, int c0, int stage) {
+        const int cc = c0 + lchk * 8;
+        T *a = As + stage * (BM * BK) + ldst;
+#pragma unroll
+        for (int i = 0; i < BM / RPP; ++i) {
+            const uint32_t src = nb[tap][lrow + i * RPP];
+            T *dst = a + i * RPP * BK;
+            if constexpr (VEC) {
                 const bool ok = src != ABSENT && cc < ci;
                 cp_async16(dst, ok ? feats + (size_t)src * ci + cc : feats, ok);
             } else {
@@ -79,18 +123,30 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
                     dst[e] = (src != ABSENT && cc + e < ci) ? feats[(size_t)src * ci + cc + e] : zero;
             }
         }
-        for (int i = tid; i < BN * (BK / 8); i += NT) {
-            const int r = i / (BK / 8), c = (i % (BK / 8)) * 8, cc = c0 + c;
-            const int o = col0 + r;
+        T *b = Bs + stage * (BN * BK) + ldst;
+#pragma unroll
+        for (int i = 0; i < BN / RPP; ++i) {
+            const int o = col0 + lrow + i * RPP;
             const T *w = weight + ((size_t)o * TAPS + tap) * ci + cc;
-            T *dst = &Bs[buf][r][c];
-            if (vec) {
+            T *dst = b + i * RPP * BK;
+            if constexpr (VEC) {
                 const bool ok = o < co && cc < ci;
                 cp_async16(dst, ok ? w : weight, ok);
             } else {
 #pragma unroll
                 for (int e = 0; e < 8; ++e) dst[e] = (o < co && cc + e < ci) ? w[e] : zero;
             }
+        }
+    };
+    // Load cursor: the tap (next set bit of the mask) and the channel offset of the next copy.
+    uint32_t lrest = mask;
+    int ltap = lrest ? __ffs(lrest) - 1 : 0, lc0 = 0;
+    auto advance = [&]() {
+        lc0 += BK;
+        if (lc0 >= ci) {
+            lc0 = 0;
+            lrest &= lrest - 1;
+            ltap = lrest ? __ffs(lrest) - 1 : 0;
         }
     };
 
@@ -102,36 +158,56 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-    if (steps > 0) load(0, 0);
-    cp_async_commit();
-    for (int s = 0; s < steps; ++s) {
-        const int buf = s & 1;
-        if (s + 1 < steps) load(s + 1, buf ^ 1);
+    // ldmatrix rows of this lane: A rows wm·WTM + i·16 + (lane & 15), chunk 2·ks + lane / 16;
+    // B rows wn·WTN + j·8 + (lane & 7) + 8·(lane / 16 & 1), chunk 2·ks + (lane / 8 & 1). Every
+    // such row is ≡ lane (mod 8), so the swizzle XORs the chunk with lane & 7; the chunk's low
+    // bit and 2·ks occupy different bits, so its byte offset is a lane constant XOR ks·32.
+    const uint32_t sw = lane & 7;
+    const int a_row = (wm * WTM + (lane & 15)) * BK;
+    const int b_row = (wn * WTN + (lane & 7) + ((lane >> 4) & 1) * 8) * BK;
+    const uint32_t a_off = ((lane >> 4) ^ sw) << 4, b_off = (((lane >> 3) & 1) ^ sw) << 4;
+
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < steps) {
+            load(ltap, lc0, st);
+            advance();
+        }
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+    }
+    int rd = 0, wr = STAGES - 1;
+    for (int s = 0; s < steps; ++s) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // stage rd landed; everyone is done with stage wr (read at step s − 1)
+        if (s + STAGES - 1 < steps) {
+            load(ltap, lc0, wr);
+            advance();
+        }
+        cp_async_commit();
+        const uint32_t a_s = as_base + rd * (BM * BK * 2), b_s = bs_base + rd * (BN * BK * 2);
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t a[FM][4], b[FN][2];
-#pragma unroll
-            for (int i = 0; i < FM; ++i)
-                ldmatrix_x4(a[i], &As[buf][wm * WTM + i * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+        for (int ks = 0; ks < BK / 16; ++ks) {
+            // Byte offset of the lane's chunk: chunk 2·ks + c sits at ((2·ks) ^ (c ^ sw)) · 16.
+            uint32_t b[FN][2];
 #pragma unroll
             for (int j = 0; j < FN; j += 2) {
                 uint32_t r[4];
-                ldmatrix_x4(r, &Bs[buf][wn * WTN + j * 8 + (lane & 7) + ((lane >> 4) & 1) * 8]
-                                  [kk + ((lane >> 3) & 1) * 8]);
+                ldsm_x4(r, b_s + 2 * (b_row + j * 8 * BK) + (b_off ^ (ks << 5)));
                 b[j][0] = r[0];
                 b[j][1] = r[1];
                 b[j + 1][0] = r[2];
                 b[j + 1][1] = r[3];
             }
 #pragma unroll
-            for (int i = 0; i < FM; ++i)
+            for (int i = 0; i < FM; ++i) {
+                uint32_t a[4];
+                ldsm_x4(a, a_s + 2 * (a_row + i * 16 * BK) + (a_off ^ (ks << 5)));
 #pragma unroll
-                for (int j = 0; j < FN; ++j) mma16816<T>(acc[i][j], a[i], b[j][0], b[j][1]);
+                for (int j = 0; j < FN; ++j) mma16816<T>(acc[i][j], a, b[j][0], b[j][1]);
+            }
         }
-        __syncthreads();
+        rd = rd + 1 == STAGES ? 0 : rd + 1;
+        wr = wr + 1 == STAGES ? 0 : wr + 1;
     }
     cp_async_wait<0>();
 
@@ -141,13 +217,14 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 #pragma unroll
     for (int i = 0; i < FM; ++i)
 #pragma unroll
-        for (int j = 0; j < FN; ++j) {
-            const int col = col0 + wn * WTN + j * 8 + 2 * t;
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t v = vox[wm * WTM + i * 16 + g + h * 8];
+            if (v == ABSENT) continue;
+            T *dst_row = out + (size_t)v * co;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = row0 + wm * WTM + i * 16 + g + h * 8;
-                if (row >= n) continue;
-                T *dst = out + (size_t)row * co + col;
+            for (int j = 0; j < FN; ++j) {
+                const int col = col0 + wn * WTN + j * 8 + 2 * t;
+                T *dst = dst_row + col;
                 const float x0 = acc[i][j][2 * h], x1 = acc[i][j][2 * h + 1];
                 if (pairs && col + 1 < co) {
                     *reinterpret_cast<uint32_t *>(dst) = pack2<T>(x0, x1);
@@ -159,15 +236,43 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         }
 }
 
-#define SUBM_CONV(NAME, T, BM, BN, WM, WN)                                                          \
-    extern "C" __global__ void __launch_bounds__(WM *WN * 32)                                       \
-        NAME(const T *feats, const T *weight, const uint32_t *nbr, T *out, int n, int ci, int co,   \
-             int vec) {                                                                             \
-        subm_conv<T, BM, BN, WM, WN>(feats, weight, nbr, out, n, ci, co, vec);                      \
-    }
+// Dynamic shared memory of an instantiation (the host's `subm_conv_smem_bytes` must agree).
+#define SUBM_SMEM(BM, BN, STAGES) ((STAGES) * ((BM) + (BN)) * BK * 2)
 
-// Wide tiles for Co > 64, narrow ones for Co ≤ 64 (the 1.7M × 64 decoder level).
-SUBM_CONV(subm_conv3d_bf16_n128, __nv_bfloat16, 128, 128, 2, 4)
-SUBM_CONV(subm_conv3d_bf16_n64, __nv_bfloat16, 128, 64, 4, 2)
-SUBM_CONV(subm_conv3d_f16_n128, __half, 128, 128, 2, 4)
-SUBM_CONV(subm_conv3d_f16_n64, __half, 128, 64, 4, 2)
+// `NAME` takes 16-byte copies (Ci % 8 == 0, 16-byte aligned operands), `NAME##_scalar` any
+// operands: separate kernels, so the fast one carries no registers for the fallback.
+#define SUBM_CONV_1(NAME, T, BM, BN, WM, WN, STAGES, VEC)                                           \
+    extern "C" __global__ void __launch_bounds__(WM *WN * 32, BN > 128 ? 1 : 2)                     \
+        NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *order, T *out,   \
+             int n, int ci, int co) {                                                               \
+        subm_conv<T, BM, BN, WM, WN, STAGES, VEC>(feats, weight, nbr, order, out, n, ci, co);       \
+    }
+#define SUBM_CONV(NAME, T, BM, BN, WM, WN, STAGES)                                                  \
+    SUBM_CONV_1(NAME, T, BM, BN, WM, WN, STAGES, true)                                              \
+    SUBM_CONV_1(NAME##_scalar, T, BM, BN, WM, WN, STAGES, false)
+
+// Tiles for Co > 64: 3 stages × 32 KB; for Co ≤ 64: 4 stages × 24 KB. Opt-in (untuned,
+// TRELLIS2_CONV_TILE=256) for Co ≥ 256: 128 × 256 tiles, 64 × 64 warp tiles (half the A gathers
+// and fewer ldmatrix per mma), 3 stages × 48 KB, one block an SM.
+static_assert(SUBM_SMEM(128, 128, 3) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 64, 4) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 256, 3) == 147456, "src/ops/cuda.rs: SUBM_CONV_WIDE_SMEM_BYTES");
+SUBM_CONV(subm_conv3d_bf16_n128, __nv_bfloat16, 128, 128, 2, 4, 3)
+SUBM_CONV(subm_conv3d_bf16_n64, __nv_bfloat16, 128, 64, 4, 2, 4)
+SUBM_CONV(subm_conv3d_bf16_n256, __nv_bfloat16, 128, 256, 2, 4, 3)
+SUBM_CONV(subm_conv3d_f16_n128, __half, 128, 128, 2, 4, 3)
+SUBM_CONV(subm_conv3d_f16_n64, __half, 128, 64, 4, 2, 4)
+SUBM_CONV(subm_conv3d_f16_n256, __half, 128, 256, 2, 4, 3)
+
+// mask[v] = bit k set where voxel v has neighbour k: the key the host sorts voxels by so that the
+// rows of a tile share their taps (src/sparse/neighbours.rs, `NeighbourMap::conv_order`).
+extern "C" __global__ void subm_conv3d_masks(const uint32_t *__restrict__ nbr, uint32_t *__restrict__ mask,
+                                             int n) {
+    const int v = blockIdx.x * blockDim.x + threadIdx.x;
+    if (v >= n) return;
+    const uint32_t *p = nbr + (size_t)v * TAPS;
+    uint32_t m = 0;
+#pragma unroll
+    for (int k = 0; k < TAPS; ++k) m |= (p[k] != ABSENT ? 1u : 0u) << k;
+    mask[v] = m;
+}

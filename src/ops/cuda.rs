@@ -37,6 +37,53 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     unsafe { dev.alloc::<T>(len.max(1)) }
 }
 
+/// Dynamic shared memory of every sparse-conv kernel: its cp.async ring, 3 stages of 128 + 128
+/// rows or 4 of 128 + 64 rows, 128 bytes a row (`SUBM_SMEM` in `kernels/cuda/sparse_conv.cu`).
+const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
+
+/// Dynamic shared memory of the opt-in 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
+const SUBM_CONV_WIDE_SMEM_BYTES: u32 = 147_456;
+
+/// Whether `TRELLIS2_CONV_TILE=256` asks for 128 × 256 tiles when Co ≥ 256 (an untuned option:
+/// half the feature gathers, one block an SM).
+fn subm_conv_wide_tiles() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| std::env::var("TRELLIS2_CONV_TILE").is_ok_and(|v| v.trim() == "256"))
+}
+
+/// Opts `func` in to `bytes` of dynamic shared memory (over 48 KB needs it) and the largest
+/// shared-memory carveout (two sparse-conv blocks of ≈ 110 KB an SM), once per loaded function.
+fn allow_large_smem(
+    dev: &CudaDevice,
+    func: &candle_core::cuda_backend::cudarc::driver::CudaFunction,
+    bytes: u32,
+) -> Result<()> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static DONE: OnceLock<Mutex<HashSet<(usize, u32)>>> = OnceLock::new();
+    let key = (func.cu_function() as usize, bytes);
+    let mut done = DONE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if done.contains(&key) {
+        return Ok(());
+    }
+    dev.cuda_stream().context().bind_to_thread().w()?;
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .w()?;
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+        100,
+    )
+    .w()?;
+    done.insert(key);
+    Ok(())
+}
+
 /// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]`, neighbour map `[T,27]` u32 →
 /// `[T,Co]` in the feats' dtype. See `kernels/cuda/sparse_conv.cu`.
 pub(crate) fn subm_conv3d(
@@ -46,6 +93,7 @@ pub(crate) fn subm_conv3d(
     wl: &Layout,
     map: &CudaStorage,
     ml: &Layout,
+    order: Option<&candle_core::Tensor>,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "submanifold_conv3d (CUDA)";
     let (n, ci) = fl.shape().dims2()?;
@@ -58,17 +106,40 @@ pub(crate) fn subm_conv3d(
         bail!("{OP}: the neighbour map must be u32");
     };
     let map = map.slice(ma..mz);
-    // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts.
-    let vec = i32::from(ci % 8 == 0 && fa % 8 == 0 && wa % 8 == 0);
-    let narrow = co <= 64;
-    let grid = (
-        n.div_ceil(128) as u32,
-        co.div_ceil(if narrow { 64 } else { 128 }) as u32,
-    );
+    // The tile-row → voxel permutation (`NeighbourMap::conv_order`), or none: identity.
+    let order = order.map(|t| t.storage_and_layout());
+    let order = match &order {
+        Some((storage, layout)) => {
+            let candle_core::Storage::Cuda(s) = &**storage else {
+                bail!("{OP}: the row order must be on the feats' CUDA device");
+            };
+            let CudaStorageSlice::U32(o) = &s.slice else {
+                bail!("{OP}: the row order must be u32, got {:?}", s.dtype());
+            };
+            let (a, z) = span(layout, OP, "row order")?;
+            if z - a != n {
+                bail!("{OP}: a row order of {} entries for {n} voxels", z - a);
+            }
+            Some(o.slice(a..z))
+        }
+        None => None,
+    };
+    // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts; otherwise the
+    // `_scalar` kernels.
+    let vec = ci.is_multiple_of(8) && fa.is_multiple_of(8) && wa.is_multiple_of(8);
+    // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), else 128, or 256 on
+    // request.
+    let (bn, smem) = if co <= 64 {
+        (64, SUBM_CONV_SMEM_BYTES)
+    } else if co >= 256 && subm_conv_wide_tiles() {
+        (256, SUBM_CONV_WIDE_SMEM_BYTES)
+    } else {
+        (128, SUBM_CONV_SMEM_BYTES)
+    };
     let cfg = LaunchConfig {
-        grid_dim: (grid.0, grid.1, 1),
+        grid_dim: (n.div_ceil(128) as u32, co.div_ceil(bn) as u32, 1),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
     macro_rules! run {
@@ -81,15 +152,23 @@ pub(crate) fn subm_conv3d(
             };
             let out = output::<$t>(&dev, n * co)?;
             if n > 0 && co > 0 {
-                let name = format!("{}_{}", $name, if narrow { "n64" } else { "n128" });
+                let name = format!("{}_n{bn}{}", $name, if vec { "" } else { "_scalar" });
                 let func =
                     dev.get_or_load_custom_func(&name, "trellis2_sparse_conv", SPARSE_CONV_PTX)?;
+                allow_large_smem(&dev, &func, smem)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let mut b = func.builder();
-                b.arg(&f).arg(&w).arg(&map).arg(&out);
-                b.arg(&n_).arg(&ci_).arg(&co_).arg(&vec);
-                // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci] and map[T·27] (spans
-                // checked by the op's shape checks) and writes out[T·Co], which it owns.
+                b.arg(&f).arg(&w).arg(&map);
+                match &order {
+                    Some(o) => b.arg(o),
+                    // A null pointer: tile row p is voxel p.
+                    None => b.arg(&0u64),
+                };
+                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_);
+                // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
+                // checked by the op's shape checks) and order[T] (checked above; entries ≥ T
+                // are skipped) and writes out[T·Co], which it owns: every row when the order
+                // is a permutation, as `NeighbourMap::conv_order` makes it.
                 unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
@@ -101,6 +180,52 @@ pub(crate) fn subm_conv3d(
         _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
     };
     Ok((out, Shape::from((n, co))))
+}
+
+/// Threads per block of the neighbour-mask kernel.
+const MASK_THREADS: usize = 256;
+
+/// The 27-bit neighbour-presence mask of every voxel of a `[T,27]` u32 neighbour map on a CUDA
+/// device (`subm_conv3d_masks` in `kernels/cuda/sparse_conv.cu`), copied to the host: T words,
+/// not the 27·T of the map.
+pub(crate) fn neighbour_masks(map: &candle_core::Tensor) -> Result<Vec<u32>> {
+    const OP: &str = "neighbour masks (CUDA)";
+    let (storage, layout) = map.storage_and_layout();
+    let candle_core::Storage::Cuda(s) = &*storage else {
+        bail!("{OP}: the neighbour map is not on a CUDA device");
+    };
+    let (a, z) = span(layout, OP, "neighbour map")?;
+    let (n, taps) = layout.shape().dims2()?;
+    if taps != TAPS {
+        bail!("{OP}: expected a [T, {TAPS}] map, got {:?}", layout.shape());
+    }
+    let CudaStorageSlice::U32(m) = &s.slice else {
+        bail!("{OP}: expected a u32 map, got {:?}", s.dtype());
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let dev = s.device().clone();
+    let masks = output::<u32>(&dev, n)?;
+    {
+        let func = dev.get_or_load_custom_func(
+            "subm_conv3d_masks",
+            "trellis2_sparse_conv",
+            SPARSE_CONV_PTX,
+        )?;
+        let m = m.slice(a..z);
+        let n_ = n as i32;
+        let mut b = func.builder();
+        b.arg(&m).arg(&masks).arg(&n_);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(MASK_THREADS) as u32, 1, 1),
+            block_dim: (MASK_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads map[T·27] and writes masks[0..T], owned here.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    dev.clone_dtoh(&masks.slice(0..n))
 }
 
 /// Rows of one query tile of the attention kernel (one CTA).

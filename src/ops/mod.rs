@@ -23,4 +23,4 @@ pub use conv3d::{conv3d_k3, GridNeighbours};
 pub use deform_conv::{deform_conv2d, DeformConvConfig};
 pub use interpolate::interpolate_bilinear_aligned;
 pub use layer_norm::layer_norm;
-pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};
+pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_map, submanifold_conv3d_slow};

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::bias_act::{bias_act, Activation};
 use super::cpu_storage::contiguous;
+use crate::sparse::NeighbourMap;
 
 /// Marks a missing neighbour in a neighbour map (FlexGEMM uses the same `u32::MAX`).
 pub const ABSENT: u32 = u32::MAX;
@@ -22,7 +23,13 @@ pub const ABSENT: u32 = u32::MAX;
 /// Taps of a 3×3×3 kernel.
 pub const TAPS: usize = 27;
 
-struct SubmConv3d;
+/// The op; `order` (CUDA only) is a permutation of the voxels, `[T]` u32, that the kernel's
+/// output tiles follow (`NeighbourMap::conv_order`); it changes which voxels share a tile, never
+/// a voxel's result.
+struct SubmConv3d {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    order: Option<Tensor>,
+}
 
 impl CustomOp3 for SubmConv3d {
     fn name(&self) -> &'static str {
@@ -78,7 +85,7 @@ impl CustomOp3 for SubmConv3d {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::subm_conv3d(s1, l1, s2, l2, s3, l3)
+        super::cuda::subm_conv3d(s1, l1, s2, l2, s3, l3, self.order.as_ref())
     }
 }
 
@@ -254,7 +261,47 @@ pub fn submanifold_conv3d(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (_, ci, co) = check(feats, neighbours, weight, bias)?;
+    conv(feats, neighbours, None, weight, bias)
+}
+
+/// [`submanifold_conv3d`] on the voxels of `map`, whose cached voxel order (CUDA, large sets:
+/// [`NeighbourMap::conv_order`]) groups voxels with the same neighbours into the kernel's tiles
+/// so that each tile walks fewer taps. The result is the same as without the order (absent taps
+/// only ever add exact zeros), up to the sign of zero outputs.
+pub fn submanifold_conv3d_map(
+    feats: &Tensor,
+    map: &NeighbourMap,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (_, ci, _) = check(feats, map.tensor(), weight, bias)?;
+    let order = if feats.device().is_cuda() {
+        let row_bytes = ci * compute_dtype(feats.device(), feats.dtype()).size_in_bytes();
+        map.conv_order(row_bytes)?
+    } else {
+        None
+    };
+    conv(feats, map.tensor(), order, weight, bias)
+}
+
+fn conv(
+    feats: &Tensor,
+    neighbours: &Tensor,
+    order: Option<Tensor>,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, ci, co) = check(feats, neighbours, weight, bias)?;
+    if let Some(o) = &order {
+        if o.dims() != [n] || o.dtype() != DType::U32 || !o.device().same_device(feats.device()) {
+            bail!(
+                "submanifold_conv3d: the voxel order must be u32 [{n}] on the feats' device, got \
+                 {:?} {:?}",
+                o.dtype(),
+                o.dims()
+            );
+        }
+    }
     let dtype = feats.dtype();
     let compute = compute_dtype(feats.device(), dtype);
     let weight = weight
@@ -264,7 +311,7 @@ pub fn submanifold_conv3d(
     let out = feats.to_dtype(compute)?.contiguous()?.apply_op3_no_bwd(
         &weight,
         &neighbours.contiguous()?,
-        &SubmConv3d,
+        &SubmConv3d { order },
     )?;
     let out = out.to_dtype(dtype)?;
     match bias {

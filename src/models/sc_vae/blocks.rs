@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use crate::ops::bias_act::Activation;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
-use crate::ops::submanifold_conv3d;
+use crate::ops::submanifold_conv3d_map;
 use crate::sparse::{SparseTensor, Subdivision};
 
 /// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, spec §10).
@@ -28,9 +28,9 @@ impl SubmConv {
 
     pub fn forward(&self, x: &SparseTensor) -> Result<SparseTensor> {
         let map = x.neighbour_map()?;
-        x.replace(submanifold_conv3d(
+        x.replace(submanifold_conv3d_map(
             x.feats(),
-            map.tensor(),
+            map,
             &self.weight,
             Some(&self.bias),
         )?)
