@@ -231,12 +231,11 @@ fn assert_same_values(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
 }
 
 /// The GPU-built map of a shell of radius `r` on the GPU.
-fn gpu_shell_map(r: f32) -> Result<(SparseTensor, usize)> {
-    let dev = gpu();
+fn gpu_shell_map(r: f32, dev: &Device) -> Result<(SparseTensor, usize)> {
     let rows = shell(r);
     let n = rows.len() / 4;
-    let coords = Tensor::from_vec(rows, (n, 4), &dev)?;
-    let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, &dev)?)?;
+    let coords = Tensor::from_vec(rows, (n, 4), dev)?;
+    let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, dev)?)?;
     Ok((x, n))
 }
 
@@ -252,7 +251,7 @@ fn sparse_conv_sorted_order() -> Result<()> {
         (25.0, 128, 64, DType::BF16),
         (55.0, 32, 200, DType::BF16),
     ] {
-        let (x, n) = gpu_shell_map(r)?;
+        let (x, n) = gpu_shell_map(r, &dev)?;
         let map = x.neighbour_map()?;
         let row_bytes = ci * 2;
         let order = map
@@ -301,7 +300,7 @@ fn sparse_conv_sorted_order() -> Result<()> {
 #[test]
 fn sparse_conv_small_set_unsorted() -> Result<()> {
     let dev = gpu();
-    let (x, n) = gpu_shell_map(9.0)?;
+    let (x, n) = gpu_shell_map(9.0, &dev)?;
     assert!(
         n < trellis2::sparse::neighbours::SORT_MIN_ROWS,
         "{n} voxels"

@@ -51,39 +51,6 @@ fn subm_conv_wide_tiles() -> bool {
     *WIDE.get_or_init(|| std::env::var("TRELLIS2_CONV_TILE").is_ok_and(|v| v.trim() == "256"))
 }
 
-/// Opts `func` in to `bytes` of dynamic shared memory (over 48 KB needs it) and the largest
-/// shared-memory carveout (two sparse-conv blocks of ≈ 110 KB an SM), once per loaded function.
-fn allow_large_smem(
-    dev: &CudaDevice,
-    func: &candle_core::cuda_backend::cudarc::driver::CudaFunction,
-    bytes: u32,
-) -> Result<()> {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    static DONE: OnceLock<Mutex<HashSet<(usize, u32)>>> = OnceLock::new();
-    let key = (func.cu_function() as usize, bytes);
-    let mut done = DONE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if done.contains(&key) {
-        return Ok(());
-    }
-    dev.cuda_stream().context().bind_to_thread().w()?;
-    func.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        bytes as i32,
-    )
-    .w()?;
-    func.set_attribute(
-        CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-        100,
-    )
-    .w()?;
-    done.insert(key);
-    Ok(())
-}
-
 /// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]`, neighbour map `[T,27]` u32 →
 /// `[T,Co]` in the feats' dtype. See `kernels/cuda/sparse_conv.cu`.
 pub(crate) fn subm_conv3d(
@@ -154,10 +121,10 @@ pub(crate) fn subm_conv3d(
             if n > 0 && co > 0 {
                 let name = format!("{}_n{bn}{}", $name, if vec { "" } else { "_scalar" });
                 let func =
-                    dev.get_or_load_custom_func(&name, "trellis2_sparse_conv", SPARSE_CONV_PTX)?;
-                allow_large_smem(&dev, &func, smem)?;
+                    large_smem_func(&dev, "trellis2_sparse_conv", SPARSE_CONV_PTX, &name, smem)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
-                let mut b = func.builder();
+                let stream = dev.cuda_stream();
+                let mut b = stream.launch_builder(&func);
                 b.arg(&f).arg(&w).arg(&map);
                 match &order {
                     Some(o) => b.arg(o),
@@ -242,24 +209,30 @@ fn attention_smem_bytes(d: usize) -> usize {
     (ATTN_TILE + 4 * ATTN_KEY_TILE) * (d + 8) * 2
 }
 
-/// The attention kernel `name` on `dev`, its attributes set on first use. Over 48 KB of dynamic
-/// shared memory (D ≥ 64) needs the function's opt-in, and two CTAs per SM (D = 128: 2 × 102 KB)
-/// need the largest shared-memory carveout, which the kernel can afford: its copies bypass L1.
-/// Attributes belong to the loaded function, which candle keeps in the device's module cache for
-/// the device's lifetime, so they are set once per (device, kernel): `DeviceId`s are never
-/// reused. The first load and the attribute calls happen under one lock, so no other thread can
-/// load a second copy of the module in between.
-fn attention_func(dev: &CudaDevice, name: &str, smem: u32) -> Result<CudaFunction> {
+/// Kernel `name` of `module` on `dev`, opted in to `smem` bytes of dynamic shared memory (over
+/// 48 KB needs it) and to the largest shared-memory carveout (two ≈100 KB blocks an SM; the
+/// kernels' cp.async copies bypass L1). Attributes belong to the loaded function, which candle
+/// keeps in the device's module cache for the device's lifetime, so they are set once per
+/// (device, kernel, size): `DeviceId`s are never reused, unlike function addresses after a device
+/// is dropped. The first load and the attribute calls happen under one lock, so no other thread
+/// can load a second copy of the module in between.
+fn large_smem_func(
+    dev: &CudaDevice,
+    module: &str,
+    ptx: &'static str,
+    name: &str,
+    smem: u32,
+) -> Result<CudaFunction> {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
-    type Key = (candle_core::cuda_backend::DeviceId, String);
+    type Key = (candle_core::cuda_backend::DeviceId, String, u32);
     static CONFIGURED: OnceLock<Mutex<HashSet<Key>>> = OnceLock::new();
     let mut configured = CONFIGURED
         .get_or_init(|| Mutex::new(HashSet::new()))
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let func = dev.get_or_load_custom_func(name, "trellis2_attention", ATTENTION_PTX)?;
-    let key = (dev.id(), name.to_string());
+    let func = dev.get_or_load_custom_func(name, module, ptx)?;
+    let key = (dev.id(), format!("{module}/{name}"), smem);
     if !configured.contains(&key) {
         dev.cuda_stream().context().bind_to_thread().w()?;
         func.set_attribute(
@@ -347,7 +320,7 @@ pub(crate) fn varlen_attention(
             if ntiles > 0 && heads > 0 {
                 let tiles = dev.clone_htod(&tiles)?;
                 let name = format!("{}_d{d}", $name);
-                let func = attention_func(&dev, &name, smem)?;
+                let func = large_smem_func(&dev, "trellis2_attention", ATTENTION_PTX, &name, smem)?;
                 let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
                 let stream = dev.cuda_stream();
                 let mut b = stream.launch_builder(&func);
