@@ -122,19 +122,41 @@ template <int N> __device__ __forceinline__ void wgmma_wait() {
 }
 // Pins accumulator registers in program order: the compiler sees a wgmma's results as ready at
 // its issue, so without this it could move their uses above wgmma.wait_group.
+// Before wgmma.fence it also keeps the last ordinary writes of a wgmma's operand registers
+// (the O rescale, the P packing) above the fence, where the protocol needs them.
 template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
+template <int N> __device__ __forceinline__ void fence_regs(uint32_t (&r)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// d[64×64] += A[64×16] · B[16×64], A and B from shared memory, both K-major (scale-d = 1: the
-// caller zeroes d for a fresh product).
+// d[64×64] += A[64×16] · B[16×64], A and B from shared memory, both K-major.
 template <typename T> __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t a, uint64_t b);
+// d[64×64] = A[64×16] · B[16×64] (scale-d = 0: d is only written, so nothing has to zero it
+// between wgmma.fence and the wgmma).
+template <typename T> __device__ __forceinline__ void wgmma_ss_n64_first(float (&d)[32], uint64_t a, uint64_t b);
 // d[64×N] += A[64×16] · B[16×N], A from registers, B from shared memory N-major (imm-trans-b = 1).
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
 
+template <> __device__ __forceinline__ void wgmma_ss_n64_first<__nv_bfloat16>(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss_n64_first<__half>(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+                 : "l"(a), "l"(b));
+}
 template <> __device__ __forceinline__ void wgmma_ss_n64<__nv_bfloat16>(float (&d)[32], uint64_t a, uint64_t b) {
     asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 1, 1, 1, 0, 0;\n"
@@ -257,11 +279,10 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 
         // S = Q·Kᵀ (64 rows × 64 keys per warpgroup).
         float s[BN / 2];
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
         wgmma_fence();
+        wgmma_ss_n64_first<T>(s, desc<128>(dq), desc<128>(dk + ((buf * KVBYTES) >> 4)));
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
+        for (int kk = 1; kk < D / 16; ++kk)
             wgmma_ss_n64<T>(s, desc<128>(dq + ((kk * 2 * BM * 16) >> 4)),
                             desc<128>(dk + ((buf * KVBYTES + kk * 2 * BN * 16) >> 4)));
         wgmma_commit();
@@ -318,6 +339,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         }
 
         // O += P·V (64 rows × D per warpgroup), 16 keys per wgmma.
+        fence_regs(o);
+        fence_regs(p);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
