@@ -12,6 +12,7 @@ use std::process::Command;
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=kernels/cuda");
+    println!("cargo::rustc-check-cfg=cfg(trellis2_sm90a)");
     for var in [
         "NVCC",
         "CUDA_ROOT",
@@ -46,10 +47,18 @@ fn main() {
         .collect();
     sources.sort();
     for src in sources {
+        let sm90a = src
+            .file_stem()
+            .is_some_and(|s| s.to_string_lossy().ends_with("_sm90a"));
+        let arch = match (sm90a, cap) {
+            (false, _) => format!("sm_{cap}"),
+            (true, 90) => "sm_90a".to_string(),
+            (true, _) => continue,
+        };
         let ptx = out.join(src.with_extension("ptx").file_name().expect("file name"));
         let status = Command::new(&nvcc)
             .args(["-ptx", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
-            .arg(format!("-arch=sm_{cap}"))
+            .arg(format!("-arch={arch}"))
             .arg("-I")
             .arg(dir)
             .arg(&src)
@@ -64,6 +73,9 @@ fn main() {
                 )
             });
         assert!(status.success(), "nvcc failed on {}", src.display());
+        if sm90a {
+            println!("cargo::rustc-cfg=trellis2_sm90a");
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
-use trellis2::ops::attention::varlen_attention;
+use trellis2::ops::attention::{
+    attention_kernel_available, varlen_attention_with, AttentionKernel,
+};
 use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::sparse::SparseTensor;
 
@@ -117,35 +119,44 @@ fn main() -> Result<()> {
     }
 
     let (heads, d) = (12usize, 128usize);
-    println!();
-    println!("flash attention, bf16, {heads} heads × {d}, fp32 softmax and accumulation");
-    println!("| case | ms | TFLOP/s |");
-    println!("|---|---|---|");
-    for (n, m) in [
-        (4096usize, 4096usize),
-        (8192, 8192),
-        (15_000, 15_000),
-        (30_000, 30_000),
-        (49_152, 49_152),
-        (15_000, 4101),
-        (49_152, 4101),
-    ] {
-        let make = |len: usize| -> Result<Tensor> {
-            Tensor::randn(0f32, 1.0, (len, heads, d), &dev)?.to_dtype(DType::BF16)
-        };
-        let (q, k, v) = (make(n)?, make(m)?, make(m)?);
-        let (qo, ko) = ([0, n], [0, m]);
-        let iters = if n * m > 200_000_000 { 2 } else { 10 };
-        let ms = time_ms(&dev, samples, iters, || {
-            varlen_attention(&q, &k, &v, &qo, &ko, 1.0 / (d as f32).sqrt())
-        })?;
-        let flops = 4.0 * (n * m * d * heads) as f64;
-        let case = if n == m {
-            format!("self {n}²")
-        } else {
-            format!("cross {n} × {m}")
-        };
-        println!("| {case} | {ms:.3} | {:.0} |", flops / ms / 1e9);
+    // Both CUDA kernels where the wgmma one can run (an sm_90a build on a 9.0 device).
+    let mut kernels = vec![AttentionKernel::Mma];
+    if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
+        kernels.push(AttentionKernel::Wgmma);
+    }
+    for kernel in kernels {
+        println!();
+        println!(
+            "flash attention ({kernel:?}), bf16, {heads} heads × {d}, fp32 softmax and accumulation"
+        );
+        println!("| case | ms | TFLOP/s |");
+        println!("|---|---|---|");
+        for (n, m) in [
+            (4096usize, 4096usize),
+            (8192, 8192),
+            (15_000, 15_000),
+            (30_000, 30_000),
+            (49_152, 49_152),
+            (15_000, 4101),
+            (49_152, 4101),
+        ] {
+            let make = |len: usize| -> Result<Tensor> {
+                Tensor::randn(0f32, 1.0, (len, heads, d), &dev)?.to_dtype(DType::BF16)
+            };
+            let (q, k, v) = (make(n)?, make(m)?, make(m)?);
+            let (qo, ko) = ([0, n], [0, m]);
+            let iters = if n * m > 200_000_000 { 2 } else { 10 };
+            let ms = time_ms(&dev, samples, iters, || {
+                varlen_attention_with(kernel, &q, &k, &v, &qo, &ko, 1.0 / (d as f32).sqrt())
+            })?;
+            let flops = 4.0 * (n * m * d * heads) as f64;
+            let case = if n == m {
+                format!("self {n}²")
+            } else {
+                format!("cross {n} × {m}")
+            };
+            println!("| {case} | {ms:.3} | {:.0} |", flops / ms / 1e9);
+        }
     }
     Ok(())
 }

@@ -5,7 +5,9 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Result, Tensor};
-use trellis2::ops::attention::varlen_attention;
+use trellis2::ops::attention::{
+    attention_kernel_available, varlen_attention, varlen_attention_with, AttentionKernel,
+};
 use trellis2::ops::sparse_conv::ABSENT;
 use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::sparse::{NeighbourMap, SparseTensor};
@@ -341,6 +343,29 @@ fn check_attention_scaled(
     dtype: DType,
     scale: f32,
 ) -> Result<()> {
+    check_attention_kernel(
+        AttentionKernel::Auto,
+        what,
+        q_offsets,
+        kv_offsets,
+        heads,
+        d,
+        dtype,
+        scale,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_attention_kernel(
+    kernel: AttentionKernel,
+    what: &str,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    heads: usize,
+    d: usize,
+    dtype: DType,
+    scale: f32,
+) -> Result<()> {
     let dev = gpu();
     let (nq, nk) = (*q_offsets.last().unwrap(), *kv_offsets.last().unwrap());
     let q = rounded(&[nq, heads, d], 1.0, dtype)?;
@@ -348,10 +373,18 @@ fn check_attention_scaled(
     let v = rounded(&[nk, heads, d], 1.0, dtype)?;
     let want = varlen_attention(&q, &k, &v, q_offsets, kv_offsets, scale)?;
     let on = |t: &Tensor| t.to_dtype(dtype).and_then(|t| t.to_device(&dev));
-    let got = varlen_attention(&on(&q)?, &on(&k)?, &on(&v)?, q_offsets, kv_offsets, scale)?;
+    let got = varlen_attention_with(
+        kernel,
+        &on(&q)?,
+        &on(&k)?,
+        &on(&v)?,
+        q_offsets,
+        kv_offsets,
+        scale,
+    )?;
     assert_eq!(got.dtype(), dtype);
     let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
-    println!("attention {what:<24} Nq {nq:>6} Nk {nk:>6} H {heads:>2} D {d:>3} {dtype:?} scale {scale:.3}: max|err|/max|ref| = {err:.2e}");
+    println!("attention {kernel:?} {what:<24} Nq {nq:>6} Nk {nk:>6} H {heads:>2} D {d:>3} {dtype:?} scale {scale:.3}: max|err|/max|ref| = {err:.2e}");
     assert!(err <= TOL, "{what}: error {err} over {TOL}");
     Ok(())
 }
@@ -436,6 +469,77 @@ fn attention_cross_and_edges() -> Result<()> {
     let dev = gpu();
     let t = Tensor::zeros((4, 1, 96), DType::BF16, &dev)?;
     assert!(varlen_attention(&t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+    Ok(())
+}
+
+/// The Hopper wgmma kernel (`kernels/cuda/attention_sm90a.cu`) on the cases above with head
+/// dims 64 and 128, selected explicitly (no environment variable). Passes without checking
+/// anything, saying so, where the kernel cannot run (a build without `CUDA_COMPUTE_CAP=90` or a
+/// GPU other than compute capability 9.0), after checking that forcing it is then an error.
+#[test]
+fn attention_wgmma() -> Result<()> {
+    let dev = gpu();
+    let w = AttentionKernel::Wgmma;
+    if !attention_kernel_available(w, &dev)? {
+        let t = Tensor::zeros((4, 1, 64), DType::BF16, &dev)?;
+        assert!(varlen_attention_with(w, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+        println!("attention_wgmma: the wgmma kernel is not available here; nothing checked");
+        return Ok(());
+    }
+    let check = |what: &str, q: &[usize], kv: &[usize], heads: usize, d: usize, dtype: DType| {
+        let scale = 1.0 / (d as f32).sqrt();
+        check_attention_kernel(w, what, q, kv, heads, d, dtype, scale)
+    };
+    let offsets = [0, 1, 77, 300, 301, 530];
+    let edges = [0, 63, 127, 255, 383, 384, 513, 641, 706];
+    for d in [64, 128] {
+        check("varlen self", &offsets, &offsets, 3, d, DType::BF16)?;
+        check("varlen self", &offsets, &offsets, 2, d, DType::F16)?;
+        check("tile edges", &edges, &edges, 2, d, DType::BF16)?;
+        check("tile edges", &edges, &edges, 2, d, DType::F16)?;
+    }
+    check(
+        "varlen self (f32 in)",
+        &offsets,
+        &offsets,
+        2,
+        64,
+        DType::F32,
+    )?;
+    check("one sequence", &[0, 1500], &[0, 1500], 4, 128, DType::BF16)?;
+    let short: Vec<usize> = (0..=40).map(|i| i * (i + 1) / 2).collect();
+    check("many short", &short, &short, 3, 64, DType::BF16)?;
+    check("many short", &short, &short, 3, 128, DType::BF16)?;
+    let (q, kv) = ([0, 200, 200, 650], [0, 1029, 2058, 3087]);
+    for d in [64, 128] {
+        check("cross", &q, &kv, 4, d, DType::BF16)?;
+    }
+    check("cross f16", &q, &kv, 2, 128, DType::F16)?;
+    check("single key", &[0, 70], &[0, 1], 2, 64, DType::BF16)?;
+    check("single key", &[0, 70], &[0, 1], 2, 128, DType::BF16)?;
+    check("single query", &[0, 1], &[0, 500], 2, 128, DType::BF16)?;
+    check("empty", &[0, 0], &[0, 5], 2, 64, DType::BF16)?;
+    // Larger than one SM's worth of CTAs, with many key tiles per CTA (the pipeline's steady state).
+    check("long self", &[0, 4000], &[0, 4000], 12, 128, DType::BF16)?;
+    for scale in [-0.2f32, 0.0, 2.0] {
+        for (d, dtype) in [(128, DType::BF16), (64, DType::F16)] {
+            check_attention_kernel(
+                w,
+                "scale",
+                &[0, 100, 390],
+                &[0, 77, 300],
+                2,
+                d,
+                dtype,
+                scale,
+            )?;
+        }
+    }
+    // Head dims the wgmma kernel lacks are an error when it is asked for by name.
+    for d in [32, 96] {
+        let t = Tensor::zeros((4, 1, d), DType::BF16, &dev)?;
+        assert!(varlen_attention_with(w, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+    }
     Ok(())
 }
 

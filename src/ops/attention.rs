@@ -21,6 +21,39 @@ struct VarlenAttention {
     q_offsets: Vec<usize>,
     kv_offsets: Vec<usize>,
     scale: f32,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: AttentionKernel,
+}
+
+/// Which CUDA kernel computes [`varlen_attention_with`] (other devices ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The default: the mma.sync kernel, unless the environment variable `TRELLIS2_ATTENTION`
+    /// is `wgmma` (then the wgmma kernel wherever the head dim allows; an error where the build
+    /// or the device cannot run it). `TRELLIS2_ATTENTION=mma` pins the mma.sync kernel.
+    Auto,
+    /// `kernels/cuda/attention.cu`: mma.sync, any CUDA device the build targets, head dims 16,
+    /// 32, 64 and 128.
+    Mma,
+    /// `kernels/cuda/attention_sm90a.cu`: Hopper wgmma, head dims 64 and 128; needs a build with
+    /// `CUDA_COMPUTE_CAP=90` and a compute capability 9.0 device, an error otherwise.
+    Wgmma,
+}
+
+/// Whether `kernel` can run on `device`: `Wgmma` only on a CUDA device of compute capability
+/// 9.0 with a build for `CUDA_COMPUTE_CAP=90`; the others everywhere.
+pub fn attention_kernel_available(
+    kernel: AttentionKernel,
+    device: &candle_core::Device,
+) -> candle_core::Result<bool> {
+    match (kernel, device) {
+        #[cfg(feature = "cuda")]
+        (AttentionKernel::Wgmma, candle_core::Device::Cuda(dev)) => {
+            super::cuda::wgmma_attention_available(dev)
+        }
+        (AttentionKernel::Wgmma, _) => Ok(false),
+        _ => Ok(true),
+    }
 }
 
 /// Validates shapes and offsets; returns (heads, head_dim).
@@ -89,6 +122,19 @@ pub fn varlen_attention(
     kv_offsets: &[usize],
     scale: f32,
 ) -> candle_core::Result<Tensor> {
+    varlen_attention_with(AttentionKernel::Auto, q, k, v, q_offsets, kv_offsets, scale)
+}
+
+/// [`varlen_attention`] with the CUDA kernel chosen by the caller (tests and benchmarks).
+pub fn varlen_attention_with(
+    kernel: AttentionKernel,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    scale: f32,
+) -> candle_core::Result<Tensor> {
     check(q, k, v, q_offsets, kv_offsets)?;
     let dtype = q.dtype();
     let compute = crate::ops::sparse_conv::compute_dtype(q.device(), dtype);
@@ -97,6 +143,7 @@ pub fn varlen_attention(
         q_offsets: q_offsets.to_vec(),
         kv_offsets: kv_offsets.to_vec(),
         scale,
+        kernel,
     };
     prep(q)?
         .apply_op3_no_bwd(&prep(k)?, &prep(v)?, &op)?
@@ -197,8 +244,9 @@ impl CustomOp3 for VarlenAttention {
         super::metal::attention::forward((qs, ql), (ks, kl), (vs, vl), &offsets)
     }
 
-    /// Flash-attention kernel (`kernels/cuda/attention.cu`): bf16 or f16 q, k, v; fp32 scores,
-    /// softmax and accumulation; output in q's dtype.
+    /// Flash-attention kernel (`kernels/cuda/attention.cu`, or `attention_sm90a.cu` as
+    /// `self.kernel` selects): bf16 or f16 q, k, v; fp32 scores, softmax and accumulation;
+    /// output in q's dtype.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -219,6 +267,7 @@ impl CustomOp3 for VarlenAttention {
             &self.q_offsets,
             &self.kv_offsets,
             self.scale,
+            self.kernel,
         )
     }
 }

@@ -14,6 +14,7 @@ use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 
+use super::attention::AttentionKernel;
 use super::metal::kargs::{DeformIm2ColArgs, NeighbourArgs};
 use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
@@ -21,6 +22,15 @@ use super::sparse_conv::TAPS;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+/// The wgmma attention kernel (`kernels/cuda/attention_sm90a.cu`), built only for
+/// `CUDA_COMPUTE_CAP=90` (build.rs sets `trellis2_sm90a` then).
+#[cfg(trellis2_sm90a)]
+const ATTENTION_SM90A_PTX: Option<&str> = Some(include_str!(concat!(
+    env!("OUT_DIR"),
+    "/attention_sm90a.ptx"
+)));
+#[cfg(not(trellis2_sm90a))]
+const ATTENTION_SM90A_PTX: Option<&str> = None;
 
 /// `(start, end)` of a contiguous layout, or an error naming the operand.
 fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
@@ -250,8 +260,99 @@ fn large_smem_func(
     Ok(func.into_cuda_function())
 }
 
+// The wgmma kernel takes the same tile table: 128-row query tiles, 64-key tiles.
+const _: () = assert!(ATTN_TILE == 128 && ATTN_KEY_TILE == 64);
+/// Threads per wgmma attention CTA: two warpgroups of 64 query rows.
+const ATTN_SM90A_THREADS: u32 = 256;
+
+/// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and two
+/// buffers each of key and value rows, 16-bit elements, unpadded (the core-matrix layout of
+/// `kernels/cuda/attention_sm90a.cu`): 96 KB at D = 128.
+fn attention_sm90a_smem_bytes(d: usize) -> usize {
+    (ATTN_TILE + 4 * ATTN_KEY_TILE) * d * 2
+}
+
+/// Head dims of the wgmma kernel.
+const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
+
+/// Whether `AttentionKernel::Auto` picks the wgmma kernel where it can run (compiled in, a
+/// compute capability 9.0 device, a supported head dim) without `TRELLIS2_ATTENTION` set.
+/// Off until the kernel has been measured against the mma.sync one.
+const WGMMA_BY_DEFAULT: bool = false;
+
+/// Whether the wgmma attention kernel can run on `dev`: built for sm_90a and the device's
+/// compute capability is exactly 9.0 (sm_90a code runs on no other).
+pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
+    if ATTENTION_SM90A_PTX.is_none() {
+        return Ok(false);
+    }
+    let cc = dev.cuda_stream().context().compute_capability().w()?;
+    Ok(cc == (9, 0))
+}
+
+/// `TRELLIS2_ATTENTION`, read once: `mma`, `wgmma`, or unset / empty.
+fn attention_env() -> Result<Option<AttentionKernel>> {
+    use std::sync::OnceLock;
+    static ENV: OnceLock<std::result::Result<Option<AttentionKernel>, String>> = OnceLock::new();
+    let parsed = ENV.get_or_init(|| match std::env::var("TRELLIS2_ATTENTION") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(s) if s.trim().is_empty() => Ok(None),
+        Ok(s) if s.trim().eq_ignore_ascii_case("mma") => Ok(Some(AttentionKernel::Mma)),
+        Ok(s) if s.trim().eq_ignore_ascii_case("wgmma") => Ok(Some(AttentionKernel::Wgmma)),
+        Ok(s) => Err(format!("TRELLIS2_ATTENTION={s:?}: expected mma or wgmma")),
+        Err(e) => Err(format!("TRELLIS2_ATTENTION: {e}")),
+    });
+    match parsed {
+        Ok(k) => Ok(*k),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+/// Whether this call runs the wgmma kernel. `Mma` never; `Wgmma` always (an error where it
+/// cannot: not built for sm_90a, not a 9.0 device, head dim not 64 or 128). `Auto` follows
+/// `TRELLIS2_ATTENTION`: `mma` never; `wgmma` wherever the head dim allows (an error if the
+/// kernel cannot run on this build or device; other head dims fall back to mma.sync); unset,
+/// the wgmma kernel where it can run if `WGMMA_BY_DEFAULT`.
+fn use_wgmma(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<bool> {
+    const OP: &str = "varlen attention (CUDA)";
+    let (kernel, forced_dim) = match kernel {
+        AttentionKernel::Auto => match attention_env()? {
+            Some(k) => (k, false),
+            None if WGMMA_BY_DEFAULT => {
+                return Ok(ATTN_SM90A_DIMS.contains(&d) && wgmma_attention_available(dev)?)
+            }
+            None => (AttentionKernel::Mma, false),
+        },
+        k => (k, true),
+    };
+    match kernel {
+        AttentionKernel::Mma | AttentionKernel::Auto => Ok(false),
+        AttentionKernel::Wgmma => {
+            if !wgmma_attention_available(dev)? {
+                bail!(
+                    "{OP}: the wgmma kernel needs a build with CUDA_COMPUTE_CAP=90 (this one {}) \
+                     and a compute capability 9.0 device",
+                    if ATTENTION_SM90A_PTX.is_some() {
+                        "has it"
+                    } else {
+                        "lacks it"
+                    }
+                );
+            }
+            if !ATTN_SM90A_DIMS.contains(&d) {
+                if forced_dim {
+                    bail!("{OP}: the wgmma kernel takes head dims 64 and 128, not {d}");
+                }
+                return Ok(false);
+            }
+            Ok(true)
+        }
+    }
+}
+
 /// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
-/// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`.
+/// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`
+/// and, for `kernel` (which kernel runs: see `use_wgmma`), `kernels/cuda/attention_sm90a.cu`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn varlen_attention(
     q: &CudaStorage,
@@ -263,6 +364,7 @@ pub(crate) fn varlen_attention(
     q_offsets: &[usize],
     kv_offsets: &[usize],
     scale: f32,
+    kernel: AttentionKernel,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "varlen attention (CUDA)";
     let (nq, heads, d) = ql.shape().dims3()?;
@@ -299,15 +401,30 @@ pub(crate) fn varlen_attention(
         bail!("{OP}: q, k and v must start on a 16-byte boundary (offsets {qa}, {ka}, {va})");
     }
     let ntiles = tiles.len() / 4;
-    let smem = attention_smem_bytes(d) as u32;
+    let wgmma = use_wgmma(&dev, d, kernel)?;
+    // (module, PTX), kernel name prefix, threads and shared memory of the chosen kernel.
+    let (module, prefix, threads, smem) = match ATTENTION_SM90A_PTX {
+        Some(ptx) if wgmma => (
+            ("trellis2_attention_sm90a", ptx),
+            "flash_attn_sm90a",
+            ATTN_SM90A_THREADS,
+            attention_sm90a_smem_bytes(d) as u32,
+        ),
+        _ => (
+            ("trellis2_attention", ATTENTION_PTX),
+            "flash_attn",
+            ATTN_THREADS,
+            attention_smem_bytes(d) as u32,
+        ),
+    };
     let cfg = LaunchConfig {
         grid_dim: (ntiles as u32, heads as u32, 1),
-        block_dim: (ATTN_THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: smem,
     };
     let heads_ = heads as i32;
     macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal) => {{
+        ($t:ty, $variant:ident, $dtype:literal) => {{
             let (CudaStorageSlice::$variant(kk), CudaStorageSlice::$variant(vv)) =
                 (&k.slice, &v.slice)
             else {
@@ -319,8 +436,8 @@ pub(crate) fn varlen_attention(
             let out = output::<$t>(&dev, nq * heads * d)?;
             if ntiles > 0 && heads > 0 {
                 let tiles = dev.clone_htod(&tiles)?;
-                let name = format!("{}_d{d}", $name);
-                let func = large_smem_func(&dev, "trellis2_attention", ATTENTION_PTX, &name, smem)?;
+                let name = format!("{prefix}_{}_d{d}", $dtype);
+                let func = large_smem_func(&dev, module.0, module.1, &name, smem)?;
                 let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
                 let stream = dev.cuda_stream();
                 let mut b = stream.launch_builder(&func);
@@ -334,8 +451,8 @@ pub(crate) fn varlen_attention(
         }};
     }
     let out = match &q.slice {
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "flash_attn_bf16"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "flash_attn_f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "bf16"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "f16"),
         _ => bail!("{OP}: takes bf16 or f16 q, k, v, got {:?}", q.dtype()),
     };
     Ok((out, Shape::from((nq, heads, d))))
