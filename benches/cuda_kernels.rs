@@ -11,7 +11,9 @@ use candle_core::{DType, Device, Result, Tensor};
 use trellis2::ops::attention::{
     attention_kernel_available, varlen_attention_with, AttentionKernel,
 };
-use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
+use trellis2::ops::sparse_conv::submanifold_conv3d_ordered;
+use trellis2::ops::submanifold_conv3d;
+use trellis2::sparse::neighbours::default_sort_window;
 use trellis2::sparse::SparseTensor;
 
 /// Voxels within half a voxel-diagonal of a sphere of radius `r`: ≈ 4π·r²·1.74 voxels with
@@ -71,9 +73,8 @@ fn main() -> Result<()> {
     let dev = Device::new_cuda(0)?;
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
     println!(
-        "unsorted: voxels in coordinate order; sorted: the map's cached order \
-         (TRELLIS2_CONV_SORT={}; its one-off build timed apart); TRELLIS2_CONV_TILE={}",
-        std::env::var("TRELLIS2_CONV_SORT").unwrap_or_else(|_| "auto".into()),
+        "unsorted: voxels in coordinate order; sorted: by neighbour mask in the default window \
+         (its one-off build timed apart); TRELLIS2_CONV_TILE={}",
         std::env::var("TRELLIS2_CONV_TILE").unwrap_or_else(|_| "default".into())
     );
     println!(
@@ -102,11 +103,11 @@ fn main() -> Result<()> {
         })?;
         dev.synchronize()?;
         let start = Instant::now();
-        map.conv_order(2 * c)?;
+        let order = map.sorted_order(default_sort_window(2 * c))?;
         dev.synchronize()?;
         let build = start.elapsed().as_secs_f64() * 1e3;
         let sorted = time_ms(&dev, samples, 10, || {
-            submanifold_conv3d_map(&feats, map, &weight, None)
+            submanifold_conv3d_ordered(&feats, map, &order, &weight, None)
         })?;
         let flops = 2.0 * (c * c) as f64 * pairs as f64;
         println!(

@@ -298,7 +298,7 @@ fn sparse_conv_sorted_order() -> Result<()> {
 }
 
 /// Sets below the sorting threshold keep their own order (no mask read-back) and give the
-/// unsorted kernel's result.
+/// unsorted kernel's result; so do sets above the default policy's upper bound.
 #[test]
 fn sparse_conv_small_set_unsorted() -> Result<()> {
     let dev = gpu();
@@ -319,6 +319,19 @@ fn sparse_conv_small_set_unsorted() -> Result<()> {
     let plain = submanifold_conv3d(&f, map.tensor(), &w, None)?;
     let via_map = submanifold_conv3d_map(&f, map, &w, None)?;
     assert_same_values(&via_map, &plain, "small set")?;
+    // Above SORT_MAX_ROWS the default policy keeps the order too (unless the environment
+    // overrides the policy for this run).
+    if std::env::var_os("TRELLIS2_CONV_SORT").is_none() {
+        let (big, n) = gpu_shell_map(175.0, &dev)?;
+        assert!(
+            n > trellis2::sparse::neighbours::SORT_MAX_ROWS,
+            "{n} voxels"
+        );
+        assert!(
+            big.neighbour_map()?.conv_order(128)?.is_none(),
+            "a large set is not sorted"
+        );
+    }
     Ok(())
 }
 

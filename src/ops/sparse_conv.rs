@@ -284,6 +284,20 @@ pub fn submanifold_conv3d_map(
     conv(feats, map.tensor(), order, weight, bias)
 }
 
+/// [`submanifold_conv3d_map`] in a given voxel `order` (a permutation `[T]` u32 on the feats'
+/// device, e.g. [`NeighbourMap::sorted_order`]) whatever the sorting policy: for benchmarks and
+/// tests of the sorted kernel. Other devices than CUDA ignore the order.
+pub fn submanifold_conv3d_ordered(
+    feats: &Tensor,
+    map: &NeighbourMap,
+    order: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let order = feats.device().is_cuda().then(|| order.clone());
+    conv(feats, map.tensor(), order, weight, bias)
+}
+
 fn conv(
     feats: &Tensor,
     neighbours: &Tensor,

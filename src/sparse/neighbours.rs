@@ -29,6 +29,13 @@ pub fn tap_offset(k: usize) -> [i32; 3] {
 /// costs.
 pub const SORT_MIN_ROWS: usize = 4096;
 
+/// Larger sets keep their order under the default policy: the order is built on the host
+/// (T mask words read back, a sort, T words uploaded: ≈15–30 ms at 1–4 M voxels), and in the
+/// decoders such levels run only a few convs (the channels halve as the voxels quadruple), each
+/// saving ≈0.5–0.8 ms sorted. Below this size (16–17 convs at 57 k voxels, 9 at 237 k) the sort
+/// pays for itself.
+pub const SORT_MAX_ROWS: usize = 1 << 19;
+
 /// Default sorting window: the features of one window's voxels should fit in this many bytes
 /// (about the H100's 50 MB L2 with room for the weights), so that the tiles running at once
 /// gather rows from a bounded region instead of the whole set.
@@ -36,6 +43,13 @@ const SORT_WINDOW_BYTES: usize = 32 << 20;
 
 /// The smallest default window: smaller ones lose most of the sort's tap savings.
 const SORT_MIN_WINDOW: usize = 16_384;
+
+/// The default sorting window for feature rows of `row_bytes` bytes: the largest power of two of
+/// voxels whose rows fit [`SORT_WINDOW_BYTES`], at least [`SORT_MIN_WINDOW`].
+pub fn default_sort_window(row_bytes: usize) -> usize {
+    let w = (SORT_WINDOW_BYTES / row_bytes.max(1)).max(1);
+    (1usize << w.ilog2()).max(SORT_MIN_WINDOW)
+}
 
 /// `[T,27]` neighbour rows, on the coordinate set's device.
 #[derive(Debug, Clone)]
@@ -171,7 +185,7 @@ impl NeighbourMap {
 
     /// The voxel order the CUDA conv should tile by for feature rows of `row_bytes` bytes, or
     /// `None` to keep the voxels' own order: on other devices, below [`SORT_MIN_ROWS`] voxels,
-    /// or with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
+    /// above [`SORT_MAX_ROWS`] by default, or with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
     /// window `TRELLIS2_CONV_SORT` names (`full`: one window) or, by default, the largest power
     /// of two of at least 16384 voxels whose rows fit in 32 MiB.
     pub fn conv_order(&self, row_bytes: usize) -> Result<Option<Tensor>> {
@@ -182,10 +196,8 @@ impl NeighbourMap {
         let window = match sort_policy()? {
             SortPolicy::Off => return Ok(None),
             SortPolicy::Window(w) => w,
-            SortPolicy::Auto => {
-                let w = (SORT_WINDOW_BYTES / row_bytes.max(1)).max(1);
-                (1usize << w.ilog2()).max(SORT_MIN_WINDOW)
-            }
+            SortPolicy::Auto if rows > SORT_MAX_ROWS => return Ok(None),
+            SortPolicy::Auto => default_sort_window(row_bytes),
         };
         self.sorted_order(window).map(Some)
     }
