@@ -8,8 +8,13 @@
 //! ```sh
 //! cargo bench --bench stages -- [--device cpu|cuda|metal] [--dtype auto|f32|f16|bf16]
 //!     [--low-memory] [--forwards N] [--tokens-512 N] [--tokens-1024 N] [--no-1024]
-//!     [--stages NAME,NAME]
+//!     [--stages NAME,NAME] [--cold] [--growth P|model]
 //! ```
+//! Like the baseline, stages are measured warm: one untimed pass first (`--cold` skips it), and
+//! single-pass stages (DINOv3, the decoders) report the median of three runs. The decoders grow
+//! as the baseline forced them to (`--growth 0.5825`: each child kept with probability
+//! 4.66 / 8, ≈4.66 children per voxel and level: 3,704 → 1.74 M voxels at 512, 15,012 → 6.96 M
+//! at 1024) through given subdivisions; `--growth model` lets the random weights decide.
 //! On the CPU the release's token counts take hours; `--forwards 1 --tokens-512 512 --no-1024`
 //! measures the memory of every model in minutes (weights dominate it).
 
@@ -32,7 +37,7 @@ use trellis2::models::WeightMemory;
 use trellis2::pipeline::device::{select, DeviceChoice};
 use trellis2::pipeline::memory::GpuMemoryProbe;
 use trellis2::pipeline::models::LoadOptions;
-use trellis2::sparse::SparseTensor;
+use trellis2::sparse::{SparseTensor, Subdivision};
 
 struct Opts {
     device: Device,
@@ -43,6 +48,11 @@ struct Opts {
     tokens_1024: usize,
     with_1024: bool,
     only: Option<Vec<String>>,
+    /// One untimed pass before each stage's measurement.
+    warm: bool,
+    /// Probability of keeping each child in the decoders' forced subdivisions; `None`: the
+    /// model's own (random-weight) subdivisions.
+    growth: Option<f64>,
 }
 
 fn parse() -> Result<Opts> {
@@ -51,6 +61,7 @@ fn parse() -> Result<Opts> {
     let mut load = LoadOptions::default();
     let (mut forwards, mut tokens_512, mut tokens_1024) = (None, 3_704, 15_012);
     let (mut with_1024, mut only) = (true, None);
+    let (mut warm, mut growth) = (true, Some(BASELINE_GROWTH));
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -62,6 +73,16 @@ fn parse() -> Result<Opts> {
             "--tokens-1024" => tokens_1024 = value()?.parse()?,
             "--no-1024" => with_1024 = false,
             "--stages" => only = Some(value()?.split(',').map(str::to_string).collect()),
+            "--cold" => warm = false,
+            "--growth" => {
+                growth = match value()?.as_str() {
+                    "model" => None,
+                    p => Some(
+                        p.parse()
+                            .context("--growth takes a probability or `model`")?,
+                    ),
+                }
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -75,7 +96,52 @@ fn parse() -> Result<Opts> {
         tokens_1024,
         with_1024,
         only,
+        warm,
+        growth,
     })
+}
+
+/// The baseline's forced decoder growth: 4.66 of 8 children kept per voxel and level.
+const BASELINE_GROWTH: f64 = 4.66 / 8.0;
+
+/// Subdivision logits `[N, 8]` on `coords` that keep each child with probability `keep`
+/// (deterministic: a fixed generator per level).
+fn growth_logits(n: usize, keep: f64, seed: u64, device: &Device) -> Result<Tensor> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n * 8)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            (keep - u) as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (n, 8), device)?)
+}
+
+/// One forced subdivision per C2S level of a decoder, starting at `latent`'s voxels.
+fn forced_subdivisions(
+    latent: &SparseTensor,
+    levels: usize,
+    keep: f64,
+) -> Result<Vec<SparseTensor>> {
+    let mut coords = latent.coord_set().clone();
+    let mut subs = Vec::with_capacity(levels);
+    for level in 0..levels {
+        let logits = growth_logits(
+            coords.len(),
+            keep,
+            100 + level as u64,
+            latent.feats().device(),
+        )?;
+        let next = Subdivision::from_logits(&coords, &logits)?
+            .children()
+            .clone();
+        subs.push(SparseTensor::on(coords, logits)?);
+        coords = next;
+    }
+    Ok(subs)
 }
 
 /// Peak memory while a stage runs: anonymous RSS of this process (sampled here), and the GPU's
@@ -246,7 +312,8 @@ impl Bench {
             .is_none_or(|o| o.iter().any(|s| stage.starts_with(s.as_str())))
     }
 
-    /// Runs `f` `forwards` times between device synchronisations, under a memory probe.
+    /// Runs `f` `forwards` times between device synchronisations, under a memory probe; after
+    /// one untimed call when warm, and as the median of three runs for a single forward.
     fn measure(
         &mut self,
         stage: &str,
@@ -256,13 +323,26 @@ impl Bench {
         mut f: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
         let probe = MemoryProbe::start(&self.opts.device);
-        self.opts.device.synchronize()?;
-        let t = Instant::now();
-        for i in 0..forwards {
-            f(i)?;
+        if self.opts.warm {
+            f(0)?;
         }
-        self.opts.device.synchronize()?;
-        let seconds = t.elapsed().as_secs_f64();
+        let runs = if forwards == 1 && self.opts.warm {
+            3
+        } else {
+            1
+        };
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            self.opts.device.synchronize()?;
+            let t = Instant::now();
+            for i in 0..forwards {
+                f(i)?;
+            }
+            self.opts.device.synchronize()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let seconds = times[times.len() / 2];
         let (anon, gpu) = probe.finish();
         let row = Row {
             stage: stage.to_string(),
@@ -418,6 +498,7 @@ impl Bench {
             &coords_tensor(coords, &dev)?,
             rand_on(&[coords.len(), 32], 11, &dev)?,
         )?;
+
         // Spec §9: ≈3.5 GFLOP per latent token with dense kernels, ≈1/3 on surfaces.
         let flops = Some(3.5e9 * coords.len() as f64 / 3.0);
         let src = random_source(
@@ -427,6 +508,11 @@ impl Bench {
         )?;
         let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
         let dec = load_shape_decoder(&src, dtype, &dev)?;
+        let levels = dec.net.config().up_blocks();
+        let forced = match self.opts.growth {
+            Some(keep) => Some(forced_subdivisions(&latent, levels, keep)?),
+            None => None,
+        };
         let mut subs = Vec::new();
         let mut voxels = 0;
         self.measure(
@@ -435,7 +521,10 @@ impl Bench {
             1,
             flops,
             |_| {
-                let out = dec.net.forward(&latent, None)?;
+                let out = match &forced {
+                    Some(g) => dec.net.forward_forced(&latent, g)?,
+                    None => dec.net.forward(&latent, None)?,
+                };
                 voxels = out.raw.len();
                 subs = out.subs;
                 Ok(())

@@ -109,6 +109,33 @@ impl SparseUnetVaeDecoder {
             ),
             _ => {}
         }
+        self.run(latent, guide, trace)
+    }
+
+    /// Decodes `latent` through the given subdivisions (one per C2S block, on that block's input
+    /// voxels) even when the decoder predicts its own: forces a voxel growth, as the stage
+    /// benchmarks do to reproduce the upstream baseline's.
+    pub fn forward_forced(
+        &self,
+        latent: &SparseTensor,
+        subdivisions: &[SparseTensor],
+    ) -> Result<DecoderOutput> {
+        if subdivisions.len() != self.cfg.up_blocks() {
+            bail!(
+                "SC-VAE decoder: {} subdivisions given, the model has {} C2S blocks",
+                subdivisions.len(),
+                self.cfg.up_blocks()
+            );
+        }
+        self.run(latent, Some(subdivisions), &mut Trace::off())
+    }
+
+    fn run(
+        &self,
+        latent: &SparseTensor,
+        guide: Option<&[SparseTensor]>,
+        trace: &mut Trace,
+    ) -> Result<DecoderOutput> {
         let record = |trace: &mut Trace, name: &str, x: &SparseTensor| -> Result<()> {
             trace.record(&format!("{name}.feats"), || Ok(x.feats().clone()))?;
             trace.record(&format!("{name}.coords"), || Ok(x.coords().clone()))
