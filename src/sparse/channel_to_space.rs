@@ -57,27 +57,54 @@ impl Subdivision {
                 parents.len() * CHILDREN
             );
         }
-        // In parallel (millions of children at the last decoder level); rayon's collect keeps
-        // the parent-major, then-`s` order.
-        let (rows, sources): (Vec<[i32; 4]>, Vec<u32>) = parents
-            .rows()
-            .par_iter()
+        // In parallel (millions of children at the last decoder level): each run of parents
+        // writes its children at the offset a prefix sum of the child counts gives it, so the
+        // order stays parent-major, then by `s`.
+        const PARENTS_PER_TASK: usize = 16_384;
+        let counts: Vec<usize> = mask
+            .par_chunks(CHILDREN)
+            .map(|m| m.iter().filter(|&&keep| keep).count())
+            .collect();
+        let task_sizes: Vec<usize> = counts
+            .chunks(PARENTS_PER_TASK)
+            .map(|c| c.iter().sum())
+            .collect();
+        let total: usize = task_sizes.iter().sum();
+        let mut rows = vec![[0i32; 4]; total];
+        let mut sources = vec![0u32; total];
+        let mut parts = Vec::with_capacity(task_sizes.len());
+        let (mut row_rest, mut source_rest) = (rows.as_mut_slice(), sources.as_mut_slice());
+        for &size in &task_sizes {
+            let (r, rr) = row_rest.split_at_mut(size);
+            let (s, sr) = source_rest.split_at_mut(size);
+            parts.push((r, s));
+            (row_rest, source_rest) = (rr, sr);
+        }
+        parts
+            .into_par_iter()
             .enumerate()
-            .flat_map_iter(|(n, c)| {
-                (0..CHILDREN)
-                    .filter(move |&s| mask[n * CHILDREN + s])
-                    .map(move |s| {
+            .for_each(|(task, (rows, sources))| {
+                let first = task * PARENTS_PER_TASK;
+                let mut out = 0;
+                for (i, c) in parents.rows()[first..]
+                    .iter()
+                    .take(PARENTS_PER_TASK)
+                    .enumerate()
+                {
+                    let n = first + i;
+                    for s in (0..CHILDREN).filter(|&s| mask[n * CHILDREN + s]) {
                         let bit = |b: usize| ((s >> b) & 1) as i32;
-                        let child = [
+                        rows[out] = [
                             c[0],
                             2 * c[1] + bit(0),
                             2 * c[2] + bit(1),
                             2 * c[3] + bit(2),
                         ];
-                        (child, (n * CHILDREN + s) as u32)
-                    })
-            })
-            .unzip();
+                        sources[out] = (n * CHILDREN + s) as u32;
+                        out += 1;
+                    }
+                }
+            });
         let device = parents.device();
         let n = sources.len();
         Ok(Self {
@@ -139,6 +166,33 @@ mod tests {
         let x = SparseTensor::on(parents, feats).unwrap();
         let out = sub.apply(&x).unwrap().feats().to_vec2::<f32>().unwrap();
         assert_eq!(out, vec![vec![2., 3.], vec![12., 13.], vec![24., 25.]]);
+    }
+
+    /// Many parents (several parallel tasks, some keeping no child): the same children in the
+    /// same order as one sequential pass.
+    #[test]
+    fn parallel_children_keep_the_sequential_order() {
+        let parents: Vec<[i32; 4]> = (0..40_000)
+            .map(|i| [i / 20_000, i % 97, i % 89, i / 97 % 50])
+            .collect();
+        let mask: Vec<bool> = (0..parents.len() * CHILDREN)
+            .map(|i| (i * 7919) % 13 < 6)
+            .collect();
+        let mut want = Vec::new();
+        for (n, c) in parents.iter().enumerate() {
+            for s in (0..CHILDREN).filter(|&s| mask[n * CHILDREN + s]) {
+                let bit = |b: usize| ((s >> b) & 1) as i32;
+                want.push([
+                    c[0],
+                    2 * c[1] + bit(0),
+                    2 * c[2] + bit(1),
+                    2 * c[3] + bit(2),
+                ]);
+            }
+        }
+        let set = Arc::new(CoordSet::from_host(parents, &Device::Cpu).unwrap());
+        let sub = Subdivision::from_mask(&set, &mask).unwrap();
+        assert_eq!(sub.children().rows(), want.as_slice());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 use super::neighbours::NeighbourMap;
 
@@ -19,6 +20,8 @@ pub struct CoordSet {
     host: Vec<[i32; 4]>,
     /// Row range of each batch item present, in row order.
     batches: Vec<(i32, Range<usize>)>,
+    /// Largest batch, x, y and z (zeros when empty): the GPU neighbour map's key layout.
+    max: [u32; 4],
     neighbours: OnceLock<NeighbourMap>,
 }
 
@@ -63,18 +66,30 @@ impl CoordSet {
     /// Builds a set from host rows (used by channel→space, whose output is valid by
     /// construction except for range, which is checked here too).
     pub fn from_host(host: Vec<[i32; 4]>, device: &Device) -> Result<Self> {
-        let mut batches: Vec<(i32, Range<usize>)> = Vec::new();
-        for (row, c) in host.iter().enumerate() {
+        // Range checks and maxima in parallel (millions of rows at the last decoder level); the
+        // first bad row is the one reported.
+        let valid = |c: &[i32; 4]| c[0] >= 0 && c[1..].iter().all(|v| (0..MAX_COORD).contains(v));
+        if let Some(row) = host.par_iter().position_first(|c| !valid(c)) {
+            let c = host[row];
             if c[0] < 0 {
                 bail!("sparse coords: row {row} has negative batch index {}", c[0]);
             }
-            for (axis, &v) in ["x", "y", "z"].iter().zip(&c[1..]) {
-                if !(0..MAX_COORD).contains(&v) {
-                    bail!(
-                        "sparse coords: row {row} {c:?} has {axis} = {v} outside [0, {MAX_COORD})"
-                    );
-                }
-            }
+            let (axis, v) = ["x", "y", "z"]
+                .into_iter()
+                .zip(c[1..].iter().copied())
+                .find(|(_, v)| !(0..MAX_COORD).contains(v))
+                .expect("an invalid row has an axis out of range");
+            bail!("sparse coords: row {row} {c:?} has {axis} = {v} outside [0, {MAX_COORD})");
+        }
+        let max = host
+            .par_iter()
+            .fold(
+                || [0u32; 4],
+                |m, c| std::array::from_fn(|a| m[a].max(c[a] as u32)),
+            )
+            .reduce(|| [0u32; 4], |a, b| std::array::from_fn(|i| a[i].max(b[i])));
+        let mut batches: Vec<(i32, Range<usize>)> = Vec::new();
+        for (row, c) in host.iter().enumerate() {
             match batches.last_mut() {
                 Some((b, range)) if *b == c[0] => range.end = row + 1,
                 Some((b, _)) if *b > c[0] => bail!(
@@ -90,6 +105,7 @@ impl CoordSet {
             tensor,
             host,
             batches,
+            max,
             neighbours: OnceLock::new(),
         })
     }
@@ -115,6 +131,11 @@ impl CoordSet {
     /// `(batch index, row range)` of each batch item present, in row order.
     pub fn batches(&self) -> &[(i32, Range<usize>)] {
         &self.batches
+    }
+
+    /// Largest batch index, x, y and z over the rows (zeros when empty).
+    pub fn max(&self) -> [u32; 4] {
+        self.max
     }
 
     pub fn device(&self) -> &Device {

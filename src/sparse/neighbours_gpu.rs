@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Te
 
 use super::coords::CoordSet;
 use super::neighbours::{NeighbourMap, TAPS};
-use crate::ops::metal::neighbour_plan::{neighbour_plan, NeighbourPlan};
+use crate::ops::metal::neighbour_plan::{neighbour_plan, neighbour_plan_for, NeighbourPlan};
 
 /// Status word: no duplicate voxel.
 const NO_DUPLICATE: u32 = u32::MAX;
@@ -67,7 +67,7 @@ impl CustomOp1 for BuildNeighbourMap {
 /// apply (empty set, keys wider than 31 bits): the caller then builds it on the host.
 pub(crate) fn build_on_device(set: &CoordSet) -> Result<Option<NeighbourMap>> {
     let rows = set.rows();
-    let Some(plan) = neighbour_plan(rows)? else {
+    let Some(plan) = neighbour_plan_for(rows.len(), set.max())? else {
         return Ok(None);
     };
     if plan.dispatches.is_empty() {

@@ -32,10 +32,6 @@ fn groups(threads: usize) -> Result<u32> {
 /// built on the CPU instead (an unsupported case runs elsewhere, it never gives a wrong map).
 /// Empty sets plan no dispatch.
 pub fn neighbour_plan(rows: &[[i32; 4]]) -> Result<Option<NeighbourPlan>> {
-    let n = rows.len();
-    if (n as u64) * TAPS as u64 >= u32::MAX as u64 {
-        bail!("neighbour map: {n} voxels × 27 taps do not fit the kernel's u32 indices");
-    }
     let mut max = [0u32; 4];
     for (row, c) in rows.iter().enumerate() {
         for a in 0..4 {
@@ -44,6 +40,15 @@ pub fn neighbour_plan(rows: &[[i32; 4]]) -> Result<Option<NeighbourPlan>> {
             })?;
             max[a] = max[a].max(v);
         }
+    }
+    neighbour_plan_for(rows.len(), max)
+}
+
+/// [`neighbour_plan`] for `n` voxels whose largest batch, x, y and z are `max` (what
+/// `CoordSet::max` keeps, so the rows need no second pass).
+pub fn neighbour_plan_for(n: usize, max: [u32; 4]) -> Result<Option<NeighbourPlan>> {
+    if (n as u64) * TAPS as u64 >= u32::MAX as u64 {
+        bail!("neighbour map: {n} voxels × 27 taps do not fit the kernel's u32 indices");
     }
     let [bb, bx, by, bz] = max.map(bits);
     if bb + bx + by + bz > KEY_BITS {
