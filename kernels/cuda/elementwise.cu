@@ -15,15 +15,6 @@
 
 #define EW_THREADS 256
 
-template <typename T> __device__ __forceinline__ float ew_f32(T v);
-template <> __device__ __forceinline__ float ew_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ float ew_f32<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float ew_f32<__nv_bfloat16>(__nv_bfloat16 v) {
-    return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T ew_store(float v) { return from_f32<T>(v); }
-template <> __device__ __forceinline__ float ew_store<float>(float v) { return v; }
-
 // Activation codes shared with src/ops/bias_act.rs (`Activation as i32`).
 #define ACT_NONE 0
 #define ACT_GELU_TANH 1
@@ -54,7 +45,7 @@ __device__ __forceinline__ void bias_act(const T *__restrict__ x, const float *_
         const Pack<T, VEC> in = *reinterpret_cast<const Pack<T, VEC> *>(x + e);
         Pack<T, VEC> out;
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out.v[j] = ew_store<T>(activate(ew_f32(in.v[j]) + bias[col + j], act));
+        for (int j = 0; j < VEC; ++j) out.v[j] = store<T>(activate(to_f32(in.v[j]) + bias[col + j], act));
         *reinterpret_cast<Pack<T, VEC> *>(y + e) = out;
     }
 }
@@ -83,7 +74,7 @@ __device__ __forceinline__ void gated_residual(const T *__restrict__ x, const T 
         const Pack<T, VEC> b = *reinterpret_cast<const Pack<T, VEC> *>(r + e);
         Pack<T, VEC> out;
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out.v[j] = ew_store<T>(ew_f32(a.v[j]) + g[j] * ew_f32(b.v[j]));
+        for (int j = 0; j < VEC; ++j) out.v[j] = store<T>(to_f32(a.v[j]) + g[j] * to_f32(b.v[j]));
         *reinterpret_cast<Pack<T, VEC> *>(y + e) = out;
     }
 }
