@@ -7,11 +7,10 @@
 //! CUDA and Metal kernels (kernels/cuda/elementwise.cu, kernels/metal/elementwise.metal) are
 //! tested against; [`bias_act_slow`] is the composed candle formula it replaces.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::contiguous;
+use super::cpu_storage::f32_operands;
 
 /// The activation applied after the bias. The discriminants are the kernels' codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,16 +40,6 @@ struct BiasAct {
     act: Activation,
 }
 
-fn f32_operand<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(data) => contiguous(data, l, op, what),
-        other => bail!(
-            "{op}: the CPU reference takes f32 operands, got {:?} {what}",
-            other.dtype()
-        ),
-    }
-}
-
 impl CustomOp2 for BiasAct {
     fn name(&self) -> &'static str {
         "bias-act"
@@ -64,8 +53,7 @@ impl CustomOp2 for BiasAct {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = "bias_act";
-        let x = f32_operand(s1, l1, op, "input")?;
-        let bias = f32_operand(s2, l2, op, "bias")?;
+        let [x, bias] = f32_operands([(s1, l1), (s2, l2)], op, ["input", "bias"])?;
         let c = bias.len();
         let act = self.act;
         let mut out = vec![0f32; x.len()];

@@ -17,14 +17,15 @@ pub(crate) fn contiguous<'a, T>(
     }
 }
 
-/// The three f32 operands of a `CustomOp3`'s `cpu_fwd`, contiguous and borrowed; `op` and
-/// `names` name the op and the operands in the errors.
-pub(crate) fn f32_operands3<'a>(
-    operands: [(&'a CpuStorage, &Layout); 3],
+/// The f32 operands of a custom op's `cpu_fwd` (two for a `CustomOp2`, three for a
+/// `CustomOp3`), contiguous and borrowed; `op` and `names` name the op and the operands in the
+/// errors.
+pub(crate) fn f32_operands<'a, const N: usize>(
+    operands: [(&'a CpuStorage, &Layout); N],
     op: &str,
-    names: [&str; 3],
-) -> Result<[&'a [f32]; 3]> {
-    let mut out: [&[f32]; 3] = [&[]; 3];
+    names: [&str; N],
+) -> Result<[&'a [f32]; N]> {
+    let mut out: [&[f32]; N] = [&[]; N];
     for (slot, ((storage, layout), what)) in out.iter_mut().zip(operands.into_iter().zip(names)) {
         let CpuStorage::F32(data) = storage else {
             bail!(

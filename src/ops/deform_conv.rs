@@ -19,7 +19,7 @@ use std::ops::Range;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::f32_operands3;
+use super::cpu_storage::f32_operands;
 use super::metal::kargs::DeformIm2ColArgs;
 
 /// Stride, padding and dilation of a deformable convolution, as `(y, x)` pairs.
@@ -142,7 +142,7 @@ impl CustomOp3 for ModulatedIm2Col {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let [input, offset, mask] = f32_operands3(
+        let [input, offset, mask] = f32_operands(
             [(s1, l1), (s2, l2), (s3, l3)],
             "deform_conv2d",
             ["input", "offset", "mask"],

@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::f32_operands3;
+use super::cpu_storage::f32_operands;
 use super::sample_offsets::{check_offsets, sample_of_rows};
 
 struct GatedResidual {
@@ -31,7 +31,7 @@ impl CustomOp3 for GatedResidual {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let [x, r, gate] = f32_operands3(
+        let [x, r, gate] = f32_operands(
             [(s1, l1), (s2, l2), (s3, l3)],
             "gated_residual",
             ["input", "residual branch", "gate"],

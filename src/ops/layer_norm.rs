@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::f32_operands3;
+use super::cpu_storage::f32_operands;
 use super::norm_modulate::{layer_norm_modulate, Modulation};
 
 struct LayerNorm {
@@ -28,7 +28,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let [x, w, b] = f32_operands3(
+        let [x, w, b] = f32_operands(
             [(s1, l1), (s2, l2), (s3, l3)],
             "layer_norm",
             ["input", "weight", "bias"],

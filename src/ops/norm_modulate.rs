@@ -11,7 +11,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::f32_operands3;
+use super::cpu_storage::f32_operands;
 use super::layer_norm::layer_norm;
 use super::sample_offsets::{check_offsets, sample_of_rows};
 
@@ -35,7 +35,7 @@ impl CustomOp3 for NormModulate {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = "layer_norm_modulate";
-        let [x, a, m] = f32_operands3(
+        let [x, a, m] = f32_operands(
             [(s1, l1), (s2, l2), (s3, l3)],
             op,
             ["input", "affine", "modulation"],

@@ -12,7 +12,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu_storage::f32_operands3;
+use super::cpu_storage::f32_operands;
 use super::rope::rope_interleaved;
 
 struct RmsNormRope {
@@ -34,7 +34,7 @@ impl CustomOp3 for RmsNormRope {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = "rms_norm_rope";
-        let [x, g, r] = f32_operands3(
+        let [x, g, r] = f32_operands(
             [(s1, l1), (s2, l2), (s3, l3)],
             op,
             ["input", "gamma", "rotation table"],
