@@ -104,20 +104,14 @@ fn parse() -> Result<Opts> {
 /// The baseline's forced decoder growth: 4.66 of 8 children kept per voxel and level.
 const BASELINE_GROWTH: f64 = 4.66 / 8.0;
 
-/// Subdivision logits `[N, 8]` on `coords` that keep each child with probability `keep`
-/// (deterministic: a fixed generator per level).
+/// Subdivision logits `[N, 8]` that keep each child with probability `keep`: `keep − u` for
+/// the shared generator's values, mapped to `u` uniform in [0, 1).
 fn growth_logits(n: usize, keep: f64, seed: u64, device: &Device) -> Result<Tensor> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n * 8)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-            (keep - u) as f32
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, (n, 8), device)?)
+    // `random` is uniform in [−0.05, 0.05): u = 10·r + 0.5, so keep − u = −10·r + keep − 0.5.
+    Ok(random(n * 8, seed, DType::F32)?
+        .affine(-10.0, keep - 0.5)?
+        .reshape((n, 8))?
+        .to_device(device)?)
 }
 
 /// One forced subdivision per C2S level of a decoder, starting at `latent`'s voxels.
