@@ -24,7 +24,9 @@ use crate::ops::gated_residual::gated_residual;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
 use crate::ops::norm_modulate::{layer_norm_modulate, Modulation};
-use crate::ops::rms_norm_rope::{multi_head_rms_norm, rms_norm_rope, rope_table};
+use crate::ops::rms_norm_rope::{
+    identity_rotation, multi_head_rms_norm, rms_norm_rope, rope_table,
+};
 use crate::ops::rope::rope_tables_3d;
 use crate::weights::Checkpoint;
 
@@ -321,6 +323,9 @@ pub struct FlowDit {
     /// run passes the same coordinates at every step, so the coordinates are read back to the
     /// host and the table built once per run instead of once per forward.
     layout_cache: std::sync::Mutex<Option<(LayoutKey, TokenLayout)>>,
+    /// [`identity_rotation`] for the cross-attention's q RMS norm, built once instead of at
+    /// every block of every forward.
+    plain_rotation: Tensor,
 }
 
 impl FlowDit {
@@ -338,6 +343,7 @@ impl FlowDit {
             adaln: linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
             blocks: Blocks::Resident(blocks),
             layout_cache: std::sync::Mutex::new(None),
+            plain_rotation: identity_rotation(cfg.head_dim(), vb.device())?,
             out_layer: linear(c, cfg.out_channels, vb.pp("out_layer"))?,
         })
     }
@@ -690,7 +696,7 @@ impl FlowDit {
             Some(((k, v), kv_offsets)) => {
                 let mut q = blk.cross_attn.to_q.forward(&h)?.reshape((n, h_, d))?;
                 if let Some(g) = &blk.cross_attn.q_gamma {
-                    q = multi_head_rms_norm(&q, g)?;
+                    q = rms_norm_rope(&q, Some(g), &self.plain_rotation)?;
                 }
                 let a = varlen_attention(&q, k, v, &layout.offsets, kv_offsets, scale)?;
                 blk.cross_attn.to_out.forward(&a.reshape((n, c))?)?

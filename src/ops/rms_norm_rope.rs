@@ -169,15 +169,20 @@ pub fn rms_norm_rope(x: &Tensor, gamma: Option<&Tensor>, table: &Tensor) -> Resu
 /// `F.normalize(x, dim=-1) · γ · sqrt(D)` over the head dim of `x [T, H, D]`, in `x`'s dtype:
 /// [`rms_norm_rope`] with the identity rotation.
 pub fn multi_head_rms_norm(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let identity = Tensor::stack(
+    let identity = identity_rotation(x.dim(D::Minus1)?, x.device())?;
+    rms_norm_rope(x, Some(gamma), &identity)
+}
+
+/// The one-row rotation table `[1, D/2, 2]` that rotates nothing (cos 1, sin 0): with it
+/// [`rms_norm_rope`] is a plain RMS norm. Callers on a hot path build it once and keep it.
+pub fn identity_rotation(head_dim: usize, device: &candle_core::Device) -> Result<Tensor> {
+    Tensor::stack(
         &[
-            Tensor::ones((1, d / 2), DType::F32, x.device())?,
-            Tensor::zeros((1, d / 2), DType::F32, x.device())?,
+            Tensor::ones((1, head_dim / 2), DType::F32, device)?,
+            Tensor::zeros((1, head_dim / 2), DType::F32, device)?,
         ],
         2,
-    )?;
-    rms_norm_rope(x, Some(gamma), &identity)
+    )
 }
 
 /// [`multi_head_rms_norm`] composed of candle ops in f32: the test reference.
