@@ -57,6 +57,15 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     }
 }
 
+/// Prints `label: max|err|/max|ref| = …` for `got` (on any device) against the CPU reference
+/// `want`, and fails when the error is over `tol`.
+fn expect_close(label: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()> {
+    let err = rel_err(&got.to_device(&Device::Cpu)?, want);
+    println!("{label}: max|err|/max|ref| = {err:.2e}");
+    assert!(err <= tol, "{label}: error {err} over {tol}");
+    Ok(())
+}
+
 /// Random values rounded to `dtype`, returned as f32 on the CPU (the reference's input) — the
 /// GPU gets the same values in `dtype`.
 fn rounded(shape: &[usize], std: f32, dtype: DType) -> Result<Tensor> {
@@ -733,11 +742,8 @@ fn fused_norms_match_cpu() -> Result<()> {
                 1e-6,
             )?;
             assert_eq!(got.dtype(), dtype);
-            let err = rel_err(&got.to_device(&cpu)?.to_dtype(DType::F32)?, &want);
-            println!(
-                "norm+modulate {dtype:?} T {t:>5} C {c:>5} B {b}: max|err|/max|ref| = {err:.2e}"
-            );
-            assert!(err <= tol, "norm+modulate {dtype:?} error {err} over {tol}");
+            let label = format!("norm+modulate {dtype:?} T {t:>5} C {c:>5} B {b}");
+            expect_close(&label, &got, &want, tol)?;
         }
         for (t, h, d, with_gamma) in [
             (0usize, 2usize, 64usize, true),
@@ -757,9 +763,9 @@ fn fused_norms_match_cpu() -> Result<()> {
                 &table.to_device(&dev)?,
             )?;
             assert_eq!(got.dtype(), dtype);
-            let err = rel_err(&got.to_device(&cpu)?.to_dtype(DType::F32)?, &want);
-            println!("rms norm+rope {dtype:?} T {t:>5} H {h:>2} D {d:>3} gamma {with_gamma}: max|err|/max|ref| = {err:.2e}");
-            assert!(err <= tol, "rms norm+rope {dtype:?} error {err} over {tol}");
+            let label =
+                format!("rms norm+rope {dtype:?} T {t:>5} H {h:>2} D {d:>3} gamma {with_gamma}");
+            expect_close(&label, &got, &want, tol)?;
         }
     }
     Ok(())
@@ -786,20 +792,12 @@ fn rms_norm_of_strided_views_matches_cpu() -> Result<()> {
             let view = |x: &Tensor| x.narrow(1, part, 1).and_then(|v| v.squeeze(1));
             let want = rms_norm_rope(&view(&qkv.to_dtype(DType::F32)?)?, Some(&gamma), &table)?;
             let got = rms_norm_rope(&view(&qkv_g)?, Some(&gamma_g), &table_g)?;
-            let err = rel_err(&got.to_device(&cpu)?, &want);
-            println!("rms norm+rope of qkv part {part} {dtype:?}: max|err|/max|ref| = {err:.2e}");
-            assert!(
-                err <= tol,
-                "strided rms norm+rope {dtype:?} error {err} over {tol}"
-            );
+            let label = format!("rms norm+rope of qkv part {part} {dtype:?}");
+            expect_close(&label, &got, &want, tol)?;
             let want = multi_head_rms_norm(&view(&qkv.to_dtype(DType::F32)?)?, &gamma)?;
             let got = multi_head_rms_norm(&view(&qkv_g)?, &gamma_g)?;
-            let err = rel_err(&got.to_device(&cpu)?, &want);
-            println!("plain rms norm of qkv part {part} {dtype:?}: max|err|/max|ref| = {err:.2e}");
-            assert!(
-                err <= tol,
-                "plain rms norm {dtype:?} error {err} over {tol}"
-            );
+            let label = format!("plain rms norm of qkv part {part} {dtype:?}");
+            expect_close(&label, &got, &want, tol)?;
         }
     }
     Ok(())
@@ -837,12 +835,8 @@ fn elementwise_epilogues_match_cpu() -> Result<()> {
                 let want = bias_act(&x.to_dtype(DType::F32)?, &bias, act)?;
                 let got = bias_act(&xg, &bg, act)?;
                 assert_eq!(got.dtype(), dtype);
-                let err = rel_err(&got.to_device(&cpu)?, &want);
-                println!("bias_act {act:?} {dtype:?} T {t:>5} C {c:>5} skip {skip}: max|err|/max|ref| = {err:.2e}");
-                assert!(
-                    err <= tol,
-                    "bias_act {act:?} {dtype:?} error {err} over {tol}"
-                );
+                let label = format!("bias_act {act:?} {dtype:?} T {t:>5} C {c:>5} skip {skip}");
+                expect_close(&label, &got, &want, tol)?;
             }
             let offsets = vec![0, t / 3, t / 3, t];
             let r = Tensor::randn(0f32, 1.0, (t, c), &cpu)?.to_dtype(dtype)?;
@@ -855,12 +849,8 @@ fn elementwise_epilogues_match_cpu() -> Result<()> {
             )?;
             let got = gated_residual(&xg, &r.to_device(&dev)?, &gate.to_device(&dev)?, &offsets)?;
             assert_eq!(got.dtype(), dtype);
-            let err = rel_err(&got.to_device(&cpu)?, &want);
-            println!("gated_residual {dtype:?} T {t:>5} C {c:>5} skip {skip}: max|err|/max|ref| = {err:.2e}");
-            assert!(
-                err <= tol,
-                "gated_residual {dtype:?} error {err} over {tol}"
-            );
+            let label = format!("gated_residual {dtype:?} T {t:>5} C {c:>5} skip {skip}");
+            expect_close(&label, &got, &want, tol)?;
         }
     }
     Ok(())

@@ -63,7 +63,8 @@ pub struct NeighbourMap {
 }
 
 /// How the CUDA conv orders voxels: `TRELLIS2_CONV_SORT` = `off` (or `0`), `full`, a window in
-/// voxels, or unset / `auto` (a window from the feature row size).
+/// voxels, or unset / `auto` (a window from the feature row size, sets of [`SORT_MIN_ROWS`] to
+/// [`SORT_MAX_ROWS`] voxels only).
 #[derive(Debug, Clone, Copy)]
 enum SortPolicy {
     Off,
