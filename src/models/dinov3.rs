@@ -11,7 +11,9 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
 use crate::ops::layer_norm;
+use crate::ops::layer_norm::layer_norm_prepared;
 use crate::ops::linear::Linear;
+use crate::ops::norm_params::NormAffine;
 use crate::weights::Checkpoint;
 
 /// Checkpoint keys upstream never applies: the final `norm` (a parameter-free LayerNorm runs
@@ -224,22 +226,21 @@ struct Mlp {
 /// An affine LayerNorm (`weight`, `bias`) through the shared op.
 #[derive(Clone)]
 pub struct AffineNorm {
-    weight: Tensor,
-    bias: Tensor,
+    /// Weight and bias stacked in f32 once, as the fused norm kernels read them.
+    affine: NormAffine,
     eps: f64,
 }
 
 impl AffineNorm {
     pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(channels, "weight")?,
-            bias: vb.get(channels, "bias")?,
+            affine: NormAffine::new(&vb.get(channels, "weight")?, &vb.get(channels, "bias")?)?,
             eps,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        layer_norm(x, Some((&self.weight, &self.bias)), self.eps)
+        layer_norm_prepared(x, &self.affine, self.eps)
     }
 }
 

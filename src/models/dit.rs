@@ -23,7 +23,8 @@ use crate::ops::bias_act::Activation;
 use crate::ops::gated_residual::gated_residual;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
-use crate::ops::norm_modulate::{layer_norm_modulate, Modulation};
+use crate::ops::norm_modulate::layer_norm_modulate_prepared;
+use crate::ops::norm_params::NormAffine;
 use crate::ops::rms_norm_rope::{
     identity_rotation, multi_head_rms_norm, rms_norm_rope, rope_table,
 };
@@ -159,7 +160,11 @@ impl Block {
         let (h, d) = (cfg.heads(), cfg.head_dim());
         let gamma = |vb: &VarBuilder, on: bool, name: &str| -> Result<Option<Tensor>> {
             Ok(if on {
-                Some(vb.get((h, d), &format!("{name}.gamma"))?)
+                // f32 once here: the fused q/k norm kernels read gamma in f32.
+                Some(
+                    vb.get((h, d), &format!("{name}.gamma"))?
+                        .to_dtype(DType::F32)?,
+                )
             } else {
                 None
             })
@@ -326,6 +331,8 @@ pub struct FlowDit {
     /// [`identity_rotation`] for the cross-attention's q RMS norm, built once instead of at
     /// every block of every forward.
     plain_rotation: Tensor,
+    /// Weight 1, bias 0: the affine operand of the blocks' modulated norms.
+    plain_norm: NormAffine,
 }
 
 impl FlowDit {
@@ -344,6 +351,7 @@ impl FlowDit {
             blocks: Blocks::Resident(blocks),
             layout_cache: std::sync::Mutex::new(None),
             plain_rotation: identity_rotation(cfg.head_dim(), vb.device())?,
+            plain_norm: NormAffine::identity(c, vb.device())?,
             out_layer: linear(c, cfg.out_channels, vb.pp("out_layer"))?,
         })
     }
@@ -652,11 +660,18 @@ impl FlowDit {
         let c = self.cfg.model_channels;
         let (h_, d) = (self.cfg.heads(), self.cfg.head_dim());
         let n = x.dim(0)?;
-        // [B, 6C] → six [B, C] chunks in upstream order.
-        let modulation = m.broadcast_add(&blk.modulation.unsqueeze(0)?)?;
-        let chunk = |i: usize| modulation.narrow(1, i * c, c);
-        let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
-        let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3)?, chunk(4)?, chunk(5)?);
+        // [B, 6C] added in the model's dtype as upstream does, then cast to f32 once: the norm
+        // and gate kernels read (shift, scale) pairs and gates as f32 views of it, in upstream's
+        // chunk order (shift, scale, gate of the attention, then of the MLP).
+        let b = m.dim(0)?;
+        let modulation = m
+            .broadcast_add(&blk.modulation.unsqueeze(0)?)?
+            .to_dtype(DType::F32)?
+            .reshape((b, 6, c))?;
+        let msa = modulation.narrow(1, 0, 2)?;
+        let gate_msa = modulation.narrow(1, 2, 1)?.squeeze(1)?;
+        let mlp_pair = modulation.narrow(1, 3, 2)?;
+        let gate_mlp = modulation.narrow(1, 5, 1)?.squeeze(1)?;
         let name = |m: &str| layout.name(&format!("{prefix}.{m}"));
 
         // Self-attention.
@@ -664,12 +679,7 @@ impl FlowDit {
         trace.record(&name("norm1"), || {
             layout.trace_view(&layer_norm(x, None, 1e-6)?)
         })?;
-        let msa = Modulation {
-            shift: &shift_msa,
-            scale: &scale_msa,
-            offsets: &layout.offsets,
-        };
-        let h = layer_norm_modulate(x, None, &msa, 1e-6)?;
+        let h = layer_norm_modulate_prepared(x, &self.plain_norm, &msa, &layout.offsets, 1e-6)?;
         let qkv = blk.self_attn.to_qkv.forward(&h)?.reshape((n, 3, h_, d))?;
         let q = qkv.narrow(1, 0, 1)?.squeeze(1)?;
         let k = qkv.narrow(1, 1, 1)?.squeeze(1)?;
@@ -711,12 +721,8 @@ impl FlowDit {
         let x = (x + a)?;
 
         // MLP.
-        let modulation = Modulation {
-            shift: &shift_mlp,
-            scale: &scale_mlp,
-            offsets: &layout.offsets,
-        };
-        let h = layer_norm_modulate(&x, None, &modulation, 1e-6)?;
+        let h =
+            layer_norm_modulate_prepared(&x, &self.plain_norm, &mlp_pair, &layout.offsets, 1e-6)?;
         let mlp = |rows: &Tensor| -> candle_core::Result<Tensor> {
             blk.mlp_out
                 .forward(&blk.mlp_in.forward_act(rows, Activation::GeluTanh)?)

@@ -9,7 +9,8 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::trace::Trace;
-use crate::ops::layer_norm;
+use crate::ops::layer_norm::layer_norm_prepared;
+use crate::ops::norm_params::NormAffine;
 use crate::ops::{conv3d_k3, GridNeighbours};
 
 /// Constructor arguments of `SparseStructureDecoder` (the `args` of its json).
@@ -61,15 +62,14 @@ impl Conv {
 
 /// ChannelLayerNorm32 over the last axis of a channels-last grid.
 struct ChannelNorm {
-    weight: Tensor,
-    bias: Tensor,
+    /// Weight and bias stacked in f32 once, as the fused norm kernels read them.
+    affine: NormAffine,
 }
 
 impl ChannelNorm {
     fn new(c: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(c, "weight")?,
-            bias: vb.get(c, "bias")?,
+            affine: NormAffine::new(&vb.get(c, "weight")?, &vb.get(c, "bias")?)?,
         })
     }
 
@@ -77,12 +77,7 @@ impl ChannelNorm {
         let dims = x.dims().to_vec();
         let c = dims[dims.len() - 1];
         let rows = x.elem_count() / c.max(1);
-        layer_norm(
-            &x.reshape((rows, c))?,
-            Some((&self.weight, &self.bias)),
-            NORM_EPS,
-        )?
-        .reshape(dims)
+        layer_norm_prepared(&x.reshape((rows, c))?, &self.affine, NORM_EPS)?.reshape(dims)
     }
 }
 

@@ -8,7 +8,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use super::cpu_storage::f32_operands;
-use super::norm_modulate::{layer_norm_modulate, Modulation};
+use super::norm_modulate::layer_norm_modulate_prepared;
+use super::norm_params::{zero_modulation, NormAffine};
 
 struct LayerNorm {
     eps: f32,
@@ -55,12 +56,10 @@ impl CustomOp3 for LayerNorm {
 /// LayerNorm of `x` `[..., C]` over its last axis; `affine` = (weight, bias) `[C]`. Computed
 /// in f32; the result has `x`'s dtype and shape.
 pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let Some(&c) = dims.last() else {
+    let Some(&c) = x.dims().last() else {
         bail!("layer_norm: expected [..., C], got a scalar");
     };
-    let rows = dims[..dims.len() - 1].iter().product::<usize>();
-    let (w, b) = match affine {
+    let affine = match affine {
         Some((w, b)) => {
             if w.dims() != [c] || b.dims() != [c] {
                 bail!(
@@ -69,25 +68,35 @@ pub fn layer_norm(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> R
                     b.dims()
                 );
             }
-            (w.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?)
+            NormAffine::new(w, b)?
         }
-        None => (
-            Tensor::ones(c, DType::F32, x.device())?,
-            Tensor::zeros(c, DType::F32, x.device())?,
-        ),
+        None => NormAffine::identity(c, x.device())?,
     };
+    layer_norm_prepared(x, &affine, eps)
+}
+
+/// [`layer_norm`] with the affine parameters prepared once per layer ([`NormAffine`]).
+pub fn layer_norm_prepared(x: &Tensor, affine: &NormAffine, eps: f64) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some(&c) = dims.last() else {
+        bail!("layer_norm: expected [..., C], got a scalar");
+    };
+    if affine.channels() != c {
+        bail!(
+            "layer_norm: the affine parameters have {} channels, x has {c}",
+            affine.channels()
+        );
+    }
+    let rows = dims[..dims.len() - 1].iter().product::<usize>();
     if !x.device().is_cpu() {
         // GPUs: the fused norm+modulate kernel with no modulation (scale = shift = 0), which
         // reads x in its own dtype and writes the result once (no f32 copies around it).
-        let zeros = Tensor::zeros((1, c), DType::F32, x.device())?;
-        let none = Modulation {
-            shift: &zeros,
-            scale: &zeros,
-            offsets: &[0, rows],
-        };
-        let y = layer_norm_modulate(&x.reshape((rows, c))?, Some((&w, &b)), &none, eps)?;
+        let none = zero_modulation(c, x.device())?;
+        let y =
+            layer_norm_modulate_prepared(&x.reshape((rows, c))?, affine, &none, &[0, rows], eps)?;
         return y.reshape(dims);
     }
+    let (w, b) = affine.parts()?;
     let dtype = x.dtype();
     let x2 = x.to_dtype(DType::F32)?.reshape((rows, c))?.contiguous()?;
     let y = x2.apply_op3_no_bwd(&w, &b, &LayerNorm { eps: eps as f32 })?;

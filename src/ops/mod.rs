@@ -14,6 +14,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod metal;
 pub mod norm_modulate;
+pub mod norm_params;
 pub mod rms_norm_rope;
 pub mod rope;
 mod sample_offsets;

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::cpu_storage::f32_operands;
 use super::layer_norm::layer_norm;
+use super::norm_params::NormAffine;
 use super::sample_offsets::{check_offsets, sample_of_rows};
 
 struct NormModulate {
@@ -136,32 +137,54 @@ pub fn layer_norm_modulate(
     eps: f64,
 ) -> Result<Tensor> {
     let (_, c) = check(x, affine, m)?;
-    let dev = x.device();
     let affine = match affine {
-        Some((w, b)) => Tensor::stack(&[w, b], 0)?.to_dtype(DType::F32)?,
-        None => Tensor::stack(
-            &[
-                Tensor::ones(c, DType::F32, dev)?,
-                Tensor::zeros(c, DType::F32, dev)?,
-            ],
-            0,
-        )?,
+        Some((w, b)) => NormAffine::new(w, b)?,
+        None => NormAffine::identity(c, x.device())?,
     };
-    let modulation = Tensor::stack(&[m.shift, m.scale], 1)?
-        .to_dtype(DType::F32)?
-        .contiguous()?;
+    let pairs = Tensor::stack(&[m.shift, m.scale], 1)?.to_dtype(DType::F32)?;
+    layer_norm_modulate_prepared(x, &affine, &pairs, m.offsets, eps)
+}
+
+/// [`layer_norm_modulate`] with its operands prepared: `affine` built once per layer, and
+/// `pairs` `[B, 2, C]` f32 holding (shift; scale) of each sample — e.g. a `[B, 6, C]` f32 adaLN
+/// modulation narrowed to one of its (shift, scale) pairs, no copy when `B = 1`.
+pub fn layer_norm_modulate_prepared(
+    x: &Tensor,
+    affine: &NormAffine,
+    pairs: &Tensor,
+    offsets: &[usize],
+    eps: f64,
+) -> Result<Tensor> {
+    let (t, c) = match x.dims() {
+        &[t, c] => (t, c),
+        d => bail!("layer_norm_modulate: x must be [T, C], got {d:?}"),
+    };
+    let b = check_offsets("layer_norm_modulate", offsets, t)?;
+    if pairs.dims() != [b, 2, c] || pairs.dtype() != DType::F32 {
+        bail!(
+            "layer_norm_modulate: modulation {:?} {:?} must be [{b}, 2, {c}] f32",
+            pairs.dims(),
+            pairs.dtype()
+        );
+    }
+    if affine.channels() != c {
+        bail!(
+            "layer_norm_modulate: affine has {} channels, x has {c}",
+            affine.channels()
+        );
+    }
     let dtype = x.dtype();
-    let xin = if dev.is_cpu() {
+    let xin = if x.device().is_cpu() {
         x.to_dtype(DType::F32)?
     } else {
         x.clone()
     };
     let op = NormModulate {
-        offsets: m.offsets.to_vec(),
+        offsets: offsets.to_vec(),
         eps: eps as f32,
     };
     xin.contiguous()?
-        .apply_op3_no_bwd(&affine, &modulation, &op)?
+        .apply_op3_no_bwd(affine.stacked(), &pairs.contiguous()?, &op)?
         .to_dtype(dtype)
 }
 

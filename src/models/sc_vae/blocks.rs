@@ -5,7 +5,9 @@ use candle_nn::VarBuilder;
 
 use crate::ops::bias_act::Activation;
 use crate::ops::layer_norm;
+use crate::ops::layer_norm::layer_norm_prepared;
 use crate::ops::linear::{linear, Linear};
+use crate::ops::norm_params::NormAffine;
 use crate::ops::submanifold_conv3d_map;
 use crate::sparse::{SparseTensor, Subdivision};
 
@@ -37,22 +39,20 @@ impl SubmConv {
     }
 }
 
-/// Affine LayerNorm parameters.
+/// Affine LayerNorm parameters, stacked in f32 once as the fused norm kernels read them.
 struct Norm {
-    weight: Tensor,
-    bias: Tensor,
+    affine: NormAffine,
 }
 
 impl Norm {
     fn new(c: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(c, "weight")?,
-            bias: vb.get(c, "bias")?,
+            affine: NormAffine::new(&vb.get(c, "weight")?, &vb.get(c, "bias")?)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, Some((&self.weight, &self.bias)), BLOCK_NORM_EPS)
+        layer_norm_prepared(x, &self.affine, BLOCK_NORM_EPS)
     }
 }
 
