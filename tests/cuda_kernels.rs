@@ -451,6 +451,54 @@ fn attention_varlen_self() -> Result<()> {
     Ok(())
 }
 
+/// q, k, v as row views of one fused `[N, 3, H, D]` projection (token stride 3·H·D), as the
+/// DiT passes v: the kernels read them in place and must match the contiguous reference.
+#[test]
+fn attention_reads_views_of_a_fused_qkv() -> Result<()> {
+    let dev = gpu();
+    let offsets = [0, 1, 130, 700];
+    let kernels = if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
+        vec![AttentionKernel::Mma, AttentionKernel::Wgmma]
+    } else {
+        vec![AttentionKernel::Mma]
+    };
+    for (heads, d) in [(3, 64), (2, 128)] {
+        let n = offsets[offsets.len() - 1];
+        let qkv = rounded(&[n, 3, heads, d], 1.0, DType::BF16)?;
+        let part = |i: usize| qkv.narrow(1, i, 1).and_then(|t| t.squeeze(1));
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scale = 1.0 / (d as f32).sqrt();
+        let want = varlen_attention(
+            &q.contiguous()?,
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &offsets,
+            &offsets,
+            scale,
+        )?;
+        let qkv_gpu = qkv.to_dtype(DType::BF16)?.to_device(&dev)?;
+        let gpart = |i: usize| qkv_gpu.narrow(1, i, 1).and_then(|t| t.squeeze(1));
+        for &kernel in &kernels {
+            let got = varlen_attention_with(
+                kernel,
+                &gpart(0)?,
+                &gpart(1)?,
+                &gpart(2)?,
+                &offsets,
+                &offsets,
+                scale,
+            )?;
+            expect_close(
+                &format!("attention {kernel:?} on views of a fused qkv, H {heads} D {d}"),
+                &got,
+                &want,
+                TOL,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn attention_cross_and_edges() -> Result<()> {
     // Cross-attention to image tokens (1029 per sample), one sample with no queries.

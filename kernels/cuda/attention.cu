@@ -2,7 +2,9 @@
 // m16n8k16 with bf16 or f16 operands, fp32 scores, fp32 online softmax and fp32 accumulation.
 // The CPU reference is `src/ops/attention.rs`.
 //
-// q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D], contiguous. `tiles` holds one uint4 per block
+// q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D]: heads and dims contiguous, tokens `q_stride`,
+// `k_stride`, `v_stride` elements apart (H·D when contiguous; 3·H·D for views of a fused qkv);
+// out contiguous. `tiles` holds one uint4 per block
 // row: (first query row, end query row, first key row, end key row) of one ≤128-row query tile
 // of one sequence; grid = (tiles, H), 128 threads, (BM + 4·BN)·(D + 8)·2 bytes of dynamic shared
 // memory (`attention_smem_bytes` in src/ops/cuda.rs; over 48 KB from D = 64 on, so the host
@@ -65,7 +67,8 @@ __device__ __forceinline__ float exp2_approx(float x) {
 template <typename T, int D>
 __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k,
                                           const T *__restrict__ v, T *__restrict__ out,
-                                          const uint4 *__restrict__ tiles, int heads, float scale_log2) {
+                                          const uint4 *__restrict__ tiles, int heads, float scale_log2,
+                                          int q_stride, int k_stride, int v_stride) {
     constexpr int LD = padded_row<D>();
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
     extern __shared__ __align__(16) unsigned char smem[];
@@ -79,7 +82,9 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     const int h = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const size_t rs = (size_t)heads * D;  // token stride
+    // Token strides: q, k and v may be row views of a fused projection (e.g. v of [N, 3, H, D]);
+    // the output is contiguous.
+    const size_t rs = (size_t)heads * D, qs = q_stride, ks = k_stride, vs = v_stride;
     const T *qh = q + (size_t)h * D, *kh = k + (size_t)h * D, *vh = v + (size_t)h * D;
     const int wrow = warp * WM;  // this warp's first row in the query tile
 
@@ -89,9 +94,9 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     // multiply zeros, never stale data.
     constexpr int PASS_ROWS = NTHREADS / CHUNKS;
     const int cp_row = tid / CHUNKS, cp_col = (tid % CHUNKS) * 8;
-    const size_t pass_stride = (size_t)PASS_ROWS * rs;
-    auto load_tile = [&](T (*dst)[LD], const T *src, int kt) {
-        const T *row = src + (size_t)(kt + cp_row) * rs + cp_col;
+    auto load_tile = [&](T (*dst)[LD], const T *src, size_t src_stride, int kt) {
+        const size_t pass_stride = (size_t)PASS_ROWS * src_stride;
+        const T *row = src + (size_t)(kt + cp_row) * src_stride + cp_col;
         if (kt + BN <= k1) {
 #pragma unroll
             for (int pass = 0; pass < BN / PASS_ROWS; ++pass, row += pass_stride)
@@ -112,10 +117,10 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     for (int pass = 0; pass < WM * CHUNKS / 32; ++pass) {
         const int i = pass * 32 + lane, r = wrow + i / CHUNKS, c = (i % CHUNKS) * 8;
         const bool ok = q0 + r < q1;
-        cp_async16(&Qs[r][c], ok ? qh + (size_t)(q0 + r) * rs + c : qh, ok);
+        cp_async16(&Qs[r][c], ok ? qh + (size_t)(q0 + r) * qs + c : qh, ok);
     }
-    load_tile(Ks[0], kh, k0);
-    load_tile(Vs[0], vh, k0);
+    load_tile(Ks[0], kh, ks, k0);
+    load_tile(Vs[0], vh, vs, k0);
     cp_async_commit();
 
     // o[b][n]: row block b (rows wrow + 16b ..), columns 8n .. 8n+7. m, l: running maximum (scaled,
@@ -141,8 +146,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         cp_async_wait<0>();  // this thread's copies of tile kt (and Q) have landed
         __syncthreads();     // everyone's have, and every warp is done with tile kt − BN
         if (kt + BN < k1) {
-            load_tile(Ks[buf ^ 1], kh, kt + BN);
-            load_tile(Vs[buf ^ 1], vh, kt + BN);
+            load_tile(Ks[buf ^ 1], kh, ks, kt + BN);
+            load_tile(Vs[buf ^ 1], vh, vs, kt + BN);
         }
         cp_async_commit();
 
@@ -297,8 +302,9 @@ static_assert(sizeof(__nv_bfloat16) * (BM + 4 * BN) * padded_row<128>() == 10444
 
 #define FLASH(NAME, T, D)                                                                           \
     extern "C" __global__ void __launch_bounds__(NTHREADS, 2)                                       \
-        NAME(const T *q, const T *k, const T *v, T *out, const uint4 *tiles, int heads, float scale_log2) { \
-        flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2);                                    \
+        NAME(const T *q, const T *k, const T *v, T *out, const uint4 *tiles, int heads, float scale_log2, \
+             int q_stride, int k_stride, int v_stride) {                                            \
+        flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2, q_stride, k_stride, v_stride);      \
     }
 
 FLASH(flash_attn_bf16_d16, __nv_bfloat16, 16)

@@ -199,7 +199,8 @@ template <> __device__ __forceinline__ void wgmma_rs<__half, 128>(float (&d)[64]
 template <typename T, int D>
 __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k,
                                           const T *__restrict__ v, T *__restrict__ out,
-                                          const uint4 *__restrict__ tiles, int heads, float scale_log2) {
+                                          const uint4 *__restrict__ tiles, int heads, float scale_log2,
+                                          int q_stride, int k_stride, int v_stride) {
     constexpr int CH = D / 8;               // 16-byte chunks per row
     constexpr int QBYTES = BM * D * 2;
     constexpr int KVBYTES = BN * D * 2;
@@ -213,7 +214,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     const int h = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wl = (tid >> 5) & 3;
     const int g = lane >> 2, t = lane & 3;
-    const size_t rs = (size_t)heads * D;  // token stride
+    // Token strides of q, k, v (row views of a fused projection allowed); out is contiguous.
+    const size_t rs = (size_t)heads * D, qs = q_stride, ks = k_stride, vs = v_stride;
     const T *qh = q + (size_t)h * D, *kh = k + (size_t)h * D, *vh = v + (size_t)h * D;
 
     // Copy mapping (all 256 threads): lane octet j = tid / 8 takes chunk j % CH of row group
@@ -225,9 +227,9 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     // Byte offset of (cp_row, cp_chunk) in an R-row tile; pass p adds p · GROUPS · 128.
     auto cp_off = [&](int R) { return (uint32_t)((cp_chunk * (R / 8) + cp_row / 8) * 128 + ci * 16); };
     const uint32_t kv_off = cp_off(BN);
-    auto load_tile = [&](uint32_t dst, const T *src, int kt) {
-        const T *row = src + (size_t)(kt + cp_row) * rs + cp_chunk * 8;
-        const size_t pass_stride = (size_t)PASS_ROWS * rs;
+    auto load_tile = [&](uint32_t dst, const T *src, size_t src_stride, int kt) {
+        const T *row = src + (size_t)(kt + cp_row) * src_stride + cp_chunk * 8;
+        const size_t pass_stride = (size_t)PASS_ROWS * src_stride;
         if (kt + BN <= k1) {
 #pragma unroll
             for (int p = 0; p < BN / PASS_ROWS; ++p, row += pass_stride)
@@ -244,15 +246,15 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 
     {
         const uint32_t q_off = cp_off(BM);
-        const T *row = qh + (size_t)(q0 + cp_row) * rs + cp_chunk * 8;
+        const T *row = qh + (size_t)(q0 + cp_row) * qs + cp_chunk * 8;
 #pragma unroll
-        for (int p = 0; p < BM / PASS_ROWS; ++p, row += (size_t)PASS_ROWS * rs) {
+        for (int p = 0; p < BM / PASS_ROWS; ++p, row += (size_t)PASS_ROWS * qs) {
             const bool ok = q0 + cp_row + p * PASS_ROWS < q1;
             cp_async16_s(sQ + q_off + p * GROUPS * 128, ok ? row : qh, ok);
         }
     }
-    load_tile(sK, kh, k0);
-    load_tile(sV, vh, k0);
+    load_tile(sK, kh, ks, k0);
+    load_tile(sV, vh, vs, k0);
     cp_async_commit();
 
     // Descriptors (low words; see the header), advanced per k-step and buffer.
@@ -272,8 +274,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         fence_proxy_async();   // are visible to wgmma's async proxy,
         __syncthreads();       // and everyone's are; every warpgroup is done with tile kt − BN
         if (kt + BN < k1) {
-            load_tile(sK + (buf ^ 1) * KVBYTES, kh, kt + BN);
-            load_tile(sV + (buf ^ 1) * KVBYTES, vh, kt + BN);
+            load_tile(sK + (buf ^ 1) * KVBYTES, kh, ks, kt + BN);
+            load_tile(sV + (buf ^ 1) * KVBYTES, vh, vs, kt + BN);
         }
         cp_async_commit();
 
@@ -394,8 +396,9 @@ static_assert((sm90a::BM + 4 * sm90a::BN) * 128 * 2 == 98304, "smem layout");
 
 #define FLASH90(NAME, T, D)                                                                          \
     extern "C" __global__ void __launch_bounds__(sm90a::NTHREADS, 2)                                 \
-        NAME(const T *q, const T *k, const T *v, T *out, const uint4 *tiles, int heads, float scale_log2) { \
-        sm90a::flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2);                              \
+        NAME(const T *q, const T *k, const T *v, T *out, const uint4 *tiles, int heads, float scale_log2, \
+             int q_stride, int k_stride, int v_stride) {                                             \
+        sm90a::flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2, q_stride, k_stride, v_stride); \
     }
 
 FLASH90(flash_attn_sm90a_bf16_d64, __nv_bfloat16, 64)

@@ -138,7 +138,19 @@ pub fn varlen_attention_with(
     check(q, k, v, q_offsets, kv_offsets)?;
     let dtype = q.dtype();
     let compute = crate::ops::sparse_conv::compute_dtype(q.device(), dtype);
-    let prep = |t: &Tensor| t.to_dtype(compute).and_then(|t| t.contiguous());
+    // CUDA reads token rows at any 16-byte-aligned stride, so views of a fused projection
+    // (v of `[N, 3, H, D]`) go in uncopied; the other backends take contiguous operands.
+    let prep = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let t = t.to_dtype(compute)?;
+        let strided_ok = t.device().is_cuda()
+            && token_stride(t.layout())
+                .is_some_and(|s| s % 8 == 0 && t.layout().start_offset() % 8 == 0);
+        if strided_ok {
+            Ok(t)
+        } else {
+            t.contiguous()
+        }
+    };
     let op = VarlenAttention {
         q_offsets: q_offsets.to_vec(),
         kv_offsets: kv_offsets.to_vec(),
@@ -148,6 +160,22 @@ pub fn varlen_attention_with(
     prep(q)?
         .apply_op3_no_bwd(&prep(k)?, &prep(v)?, &op)?
         .to_dtype(dtype)
+}
+
+/// Token stride of a `[N, H, D]` layout whose heads and dims are contiguous within each token
+/// row and whose rows do not overlap (`stride ≥ H·D`), e.g. a view of one of q, k, v in a fused
+/// `[N, 3, H, D]` projection; `None` for any other layout.
+pub(crate) fn token_stride(l: &candle_core::Layout) -> Option<usize> {
+    let (n, h, d) = l.shape().dims3().ok()?;
+    let st = l.stride();
+    let dense_row = (d <= 1 || st[2] == 1) && (h <= 1 || st[1] == d);
+    if !dense_row {
+        return None;
+    }
+    if n <= 1 {
+        return Some(h * d);
+    }
+    (st[0] >= h * d).then_some(st[0])
 }
 
 /// Plain reference: one full score matrix per sequence and head (small inputs only; tests).

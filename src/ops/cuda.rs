@@ -40,6 +40,27 @@ fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
     }
 }
 
+/// Elements `[start, end)` and token stride of a `[N, H, D]` attention operand whose heads and
+/// dims are contiguous and whose tokens lie `stride ≥ H·D` elements apart: contiguous, or a row
+/// view of a fused projection such as v in `[N, 3, H, D]` (see `token_stride` in
+/// src/ops/attention.rs, which decides what reaches the kernel uncopied).
+fn token_rows(l: &Layout, op: &str, what: &str) -> Result<(usize, usize, usize)> {
+    let (n, h, d) = l.shape().dims3()?;
+    if let Some((a, z)) = l.contiguous_offsets() {
+        return Ok((a, z, h * d));
+    }
+    let Some(stride) = super::attention::token_stride(l) else {
+        bail!("{op}: {what} must have contiguous heads and dims in each token row");
+    };
+    let a = l.start_offset();
+    let z = if n == 0 {
+        a
+    } else {
+        a + (n - 1) * stride + h * d
+    };
+    Ok((a, z, stride))
+}
+
 /// A device buffer of `len` elements for a kernel that writes every one of them (at least one
 /// element, since the driver refuses empty allocations).
 fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
@@ -384,9 +405,9 @@ pub(crate) fn varlen_attention(
         (q, ql, scale)
     };
     let scale_log2 = (scale * std::f32::consts::LOG2_E).max(f32::MIN_POSITIVE);
-    let (qa, qz) = span(ql, OP, "q")?;
-    let (ka, kz) = span(kl, OP, "k")?;
-    let (va, vz) = span(vl, OP, "v")?;
+    let (qa, qz, q_stride) = token_rows(ql, OP, "q")?;
+    let (ka, kz, k_stride) = token_rows(kl, OP, "k")?;
+    let (va, vz, v_stride) = token_rows(vl, OP, "v")?;
     let dev = q.device().clone();
     let mut tiles: Vec<u32> = Vec::new();
     for b in 0..q_offsets.len() - 1 {
@@ -400,6 +421,13 @@ pub(crate) fn varlen_attention(
     if qa % 8 != 0 || ka % 8 != 0 || va % 8 != 0 {
         bail!("{OP}: q, k and v must start on a 16-byte boundary (offsets {qa}, {ka}, {va})");
     }
+    if q_stride % 8 != 0 || k_stride % 8 != 0 || v_stride % 8 != 0 {
+        bail!(
+            "{OP}: q, k and v token rows must be 16-byte aligned (strides {q_stride}, {k_stride}, \
+             {v_stride})"
+        );
+    }
+    let strides = [q_stride, k_stride, v_stride].map(|s| s as i32);
     let ntiles = tiles.len() / 4;
     let wgmma = use_wgmma(&dev, d, kernel)?;
     // (module, PTX), kernel name prefix, threads and shared memory of the chosen kernel.
@@ -443,8 +471,11 @@ pub(crate) fn varlen_attention(
                 let mut b = stream.launch_builder(&func);
                 b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
                 b.arg(&heads_).arg(&scale_log2);
+                b.arg(&strides[0]).arg(&strides[1]).arg(&strides[2]);
                 // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
-                // v, as the op's offset checks guarantee; out[Nq·H·D] is owned by this call.
+                // v, as the op's offset checks guarantee; a row r of an operand starts at
+                // r·stride within its [start, end) span (`token_rows`); out[Nq·H·D] is owned by
+                // this call.
                 unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
