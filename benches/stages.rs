@@ -33,10 +33,13 @@ use trellis2::models::dinov3::{DinoV3, DinoV3Config};
 use trellis2::models::dit::{Condition, DitConfig, FlowDit, FlowInput};
 use trellis2::models::forward::ModelSource;
 use trellis2::models::forward::{load_shape_decoder, load_ss_decoder, load_unet_decoder};
+use trellis2::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
 use trellis2::models::WeightMemory;
+use trellis2::pipeline::cascade::{high_res_structure, MIN_CASCADE_RESOLUTION};
 use trellis2::pipeline::device::{select, DeviceChoice};
 use trellis2::pipeline::memory::GpuMemoryProbe;
 use trellis2::pipeline::models::LoadOptions;
+use trellis2::pipeline::DEFAULT_MAX_TOKENS;
 use trellis2::sparse::{SparseTensor, Subdivision};
 
 struct Opts {
@@ -477,6 +480,47 @@ impl Bench {
         )
     }
 
+    /// The cascade's structure step: the shape decoder's `upsample(lr, 4)` (growth forced like
+    /// the decoders') and the quantisation to the 1024 grid, as `pipeline::shape` runs them.
+    fn cascade(&mut self, coords: &[[i32; 4]]) -> Result<()> {
+        if !self.wanted("cascade") {
+            return Ok(());
+        }
+        let dev = self.opts.device.clone();
+        let latent = SparseTensor::new(
+            &coords_tensor(coords, &dev)?,
+            rand_on(&[coords.len(), 32], 11, &dev)?,
+        )?;
+        let src = random_source(
+            self.dir.path(),
+            "shape_vae_next_dc_f16c32_fp16.decoder",
+            DType::F16,
+        )?;
+        let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
+        let dec = load_shape_decoder(&src, dtype, &dev)?;
+        let forced = match self.opts.growth {
+            Some(keep) => Some(forced_subdivisions(&latent, CASCADE_UPSAMPLE_TIMES, keep)?),
+            None => None,
+        };
+        let (mut voxels, mut cells) = (0, 0);
+        self.measure("cascade_upsample", String::new(), 1, None, |_| {
+            let up = match &forced {
+                Some(g) => dec
+                    .net
+                    .upsample_forced(&latent, CASCADE_UPSAMPLE_TIMES, g)?,
+                None => dec.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?,
+            };
+            let (_, hr, n) =
+                high_res_structure(&up, MIN_CASCADE_RESOLUTION, DEFAULT_MAX_TOKENS, &dev)?;
+            (voxels, cells) = (n, hr.dim(0)?);
+            Ok(())
+        })?;
+        if let Some(row) = self.rows.last_mut() {
+            row.shape = format!("{} → {voxels} voxels → {cells} cells at 64³", coords.len());
+        }
+        Ok(())
+    }
+
     /// Shape then texture decoder on `coords` latent tokens; the texture decoder follows the
     /// shape decoder's subdivisions, as in the pipeline.
     fn decoders(&mut self, res: usize, coords: &[[i32; 4]], suffix: &str) -> Result<()> {
@@ -578,6 +622,7 @@ fn main() -> Result<()> {
     b.flow("shape_flow_512", shape, Some(&lr), 1029, 21)?;
     b.flow("tex_flow_512", tex, Some(&lr), 1029, 12)?;
     b.decoders(512, &lr, "_ft_512")?;
+    b.cascade(&lr)?;
     if with_1024 {
         let shape = "slat_flow_img2shape_dit_1_3B_512_bf16_ft1024.denoiser";
         let tex = "slat_flow_imgshape2tex_dit_1_3B_512_bf16_ft1024.denoiser";

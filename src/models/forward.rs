@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::sc_vae::{
     DecoderConfig, FlexiDualGridDecoderArgs, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder,
-    UnetDecoderArgs,
+    UnetDecoderArgs, CASCADE_UPSAMPLE_TIMES,
 };
 use super::ss_decoder::{SsDecoder, SsDecoderConfig};
 use crate::sparse::SparseTensor;
@@ -373,9 +373,6 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
         ),
     }
 }
-
-/// `upsample_times` of the cascade (spec §1.4.1).
-const CASCADE_UPSAMPLE_TIMES: usize = 4;
 
 /// A floating-point input as f32.
 fn float_input(inputs: &Inputs, name: &str) -> Result<Tensor> {

@@ -3,13 +3,14 @@
 //! quantisation to the high-resolution grid under the token budget, high-resolution flow.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
-use super::cascade::choose_resolution;
+use super::cascade::high_res_structure;
 use super::config::PipelineType;
 use super::context::Ctx;
 use super::flow_model::{sparse_layout, FlowTokens};
 use super::models::{self, role};
+use crate::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
 use crate::sparse::SparseTensor;
 
 /// The shape latent: de-normalised features on their coordinates, and the decode resolution.
@@ -31,9 +32,6 @@ impl Conds<'_> {
             .ok_or_else(|| anyhow::anyhow!("this pipeline type needs the 1024 condition"))
     }
 }
-
-/// `upsample_times` of the cascade.
-const CASCADE_UPSAMPLE_TIMES: usize = 4;
 
 pub(crate) fn sample_shape(
     ctx: &mut Ctx,
@@ -137,19 +135,9 @@ fn cascade_coords(
         decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?
     };
     ctx.latents.insert("cascade.upsample4.coords", up.clone());
-    let rows: Vec<[i32; 4]> = up
-        .to_device(&Device::Cpu)?
-        .to_dtype(candle_core::DType::I32)?
-        .flatten_all()?
-        .to_vec1::<i32>()?
-        .chunks_exact(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect();
-    let (res, hr) = choose_resolution(&rows, target, max_tokens)?;
-    let n = hr.len();
-    let flat: Vec<i32> = hr.into_iter().flatten().collect();
-    let hr = Tensor::from_vec(flat, (n, 4), ctx.device)?;
-    stage.voxels = Some(rows.len());
+    let (res, hr, voxels) = high_res_structure(&up, target, max_tokens, ctx.device)?;
+    let n = hr.dim(0)?;
+    stage.voxels = Some(voxels);
     stage.tokens = Some(n);
     ctx.progress.step("cascade", 1);
     ctx.end(stage);

@@ -9,7 +9,7 @@ use super::config::{DecoderConfig, MLP_RATIO};
 use crate::models::trace::Trace;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
-use crate::sparse::SparseTensor;
+use crate::sparse::{SparseTensor, Subdivision};
 
 /// Decoder output LayerNorm eps (`F.layer_norm` default, spec §10).
 const OUT_NORM_EPS: f64 = 1e-5;
@@ -175,7 +175,34 @@ impl SparseUnetVaeDecoder {
     /// cascade's high-resolution structure). The last block's convs are skipped: only its
     /// subdivision decides the coordinates.
     pub fn upsample(&self, latent: &SparseTensor, times: usize) -> Result<Tensor> {
-        if !self.cfg.pred_subdiv {
+        self.upsample_with(latent, times, None)
+    }
+
+    /// [`Self::upsample`] with given subdivision logits per C2S block instead of the predicted
+    /// ones (benchmarks force a realistic growth through random weights, as
+    /// [`Self::forward_forced`] does).
+    pub fn upsample_forced(
+        &self,
+        latent: &SparseTensor,
+        times: usize,
+        subdivisions: &[SparseTensor],
+    ) -> Result<Tensor> {
+        if subdivisions.len() < times {
+            bail!(
+                "SC-VAE decoder: {} subdivisions given for {times} upsamplings",
+                subdivisions.len()
+            );
+        }
+        self.upsample_with(latent, times, Some(subdivisions))
+    }
+
+    fn upsample_with(
+        &self,
+        latent: &SparseTensor,
+        times: usize,
+        guide: Option<&[SparseTensor]>,
+    ) -> Result<Tensor> {
+        if !self.cfg.pred_subdiv && guide.is_none() {
             bail!("SC-VAE decoder: upsample needs a decoder that predicts subdivisions");
         }
         if times > self.cfg.up_blocks() {
@@ -193,14 +220,21 @@ impl SparseUnetVaeDecoder {
                 .up
                 .as_ref()
                 .expect("stages before the last have a C2S block");
+            let guide = guide.map(|g| &g[i]);
             if i + 1 == times {
-                return Ok(up.subdivide(&h)?.children().tensor().clone());
+                let logits = up.subdiv_logits(&h, guide)?;
+                let sub = Subdivision::from_logits(h.coord_set(), logits.feats())?;
+                return Ok(sub.children().tensor().clone());
             }
-            h = up.forward(&h, None)?.out;
+            h = up.forward(&h, guide)?.out;
         }
         Ok(h.coords().clone())
     }
 }
+
+/// C2S blocks the cascade runs `upsample` through (upstream `upsample_times`): four 2× steps
+/// from the 32³ latent grid to 512.
+pub const CASCADE_UPSAMPLE_TIMES: usize = 4;
 
 /// The shape decoder: a [`SparseUnetVaeDecoder`] with 7 outputs that predicts subdivisions,
 /// plus the mesh-extraction parameters.

@@ -7,4 +7,6 @@ pub mod config;
 pub mod decoder;
 
 pub use config::{DecoderConfig, FlexiDualGridDecoderArgs, UnetDecoderArgs};
-pub use decoder::{DecoderOutput, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
+pub use decoder::{
+    DecoderOutput, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder, CASCADE_UPSAMPLE_TIMES,
+};
