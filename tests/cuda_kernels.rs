@@ -90,7 +90,9 @@ fn random_map(n: usize, p: f64, rng: &mut Lcg) -> Vec<u32> {
     map
 }
 
-/// Runs the conv on the GPU in `dtype` and on the CPU in f32 on the same (rounded) values.
+/// Runs the conv on the GPU in `dtype` and on the CPU in f32 on the same (rounded) values, with
+/// or without a bias (the kernel adds it in its epilogue). f32 runs on bf16 operands and the
+/// kernel writes f32 outputs.
 fn check_conv(
     what: &str,
     map: Vec<u32>,
@@ -130,13 +132,19 @@ fn check_conv(
 #[test]
 fn sparse_conv_random_maps() -> Result<()> {
     let mut rng = Lcg(7);
+    // Output tiles of 64 (Co ≤ 64), 128 and 256 columns (Co ≥ 256), each output dtype, with
+    // and without bias.
     for (n, ci, co, dtype, bias) in [
         (1000, 64, 64, DType::BF16, false),
+        (1000, 64, 64, DType::F16, true),
         (777, 128, 256, DType::F16, true),
+        (640, 256, 512, DType::BF16, true),
         (513, 32, 96, DType::BF16, true),
         (300, 40, 200, DType::F16, false),
         (2000, 1024, 64, DType::BF16, false),
         (129, 16, 16, DType::F32, true),
+        (333, 64, 300, DType::F32, true),
+        (257, 128, 130, DType::F32, false),
     ] {
         let map = random_map(n, 0.6, &mut rng);
         check_conv("random map", map, n, ci, co, dtype, bias)?;
@@ -153,21 +161,31 @@ fn sparse_conv_edge_cases() -> Result<()> {
     let mut one = vec![ABSENT; 27];
     one[13] = 0;
     check_conv("one voxel", one, 1, 8, 8, DType::BF16, true)?;
-    // Odd channel counts (element-wise copy path) and channel counts below one tile.
-    for (ci, co) in [(3, 1), (13, 7), (100, 65), (1, 130), (33, 5)] {
+    // Odd channel counts (element-wise copy path, element-wise stores) and channel counts below
+    // one tile.
+    for (ci, co, dtype, bias) in [
+        (3, 1, DType::F16, true),
+        (13, 7, DType::BF16, false),
+        (100, 65, DType::F32, true),
+        (1, 130, DType::F16, false),
+        (33, 5, DType::F32, false),
+        (9, 257, DType::BF16, true),
+    ] {
         let map = random_map(257, 0.5, &mut rng);
-        check_conv("odd channels", map, 257, ci, co, DType::F16, true)?;
+        check_conv("odd channels", map, 257, ci, co, dtype, bias)?;
     }
     // Isolated voxels: no neighbours at all (not even the centre), and only the centre.
-    check_conv(
-        "no neighbours (bias only)",
-        vec![ABSENT; 300 * 27],
-        300,
-        64,
-        64,
-        DType::BF16,
-        true,
-    )?;
+    for dtype in [DType::BF16, DType::F32] {
+        check_conv(
+            "no neighbours (bias only)",
+            vec![ABSENT; 300 * 27],
+            300,
+            64,
+            64,
+            dtype,
+            true,
+        )?;
+    }
     let centre: Vec<u32> = (0..300u32)
         .flat_map(|v| (0..27).map(move |k| if k == 13 { v } else { ABSENT }))
         .collect();

@@ -1,10 +1,10 @@
 // Submanifold 3×3×3 convolution as a masked implicit GEMM on tensor cores (mma.sync m16n8k16,
 // bf16 or f16 operands, fp32 accumulation); the CPU reference is `src/ops/sparse_conv.rs`.
 //
-//   out[v, o] = Σ_k Σ_i W[o, k, i] · feats[nbr[v, k], i]      (absent neighbours contribute 0)
+//   out[v, o] = bias[o] + Σ_k Σ_i W[o, k, i] · feats[nbr[v, k], i]   (absent neighbours add 0)
 //
-// feats [T, Ci], weight [Co, 27, Ci], neighbour map [T, 27] u32 (0xffffffff = absent),
-// out [T, Co]; all row-major and contiguous. `order` [T] (or null: the identity) is a permutation
+// feats [T, Ci], weight [Co, 27, Ci], neighbour map [T, 27] u32 (0xffffffff = absent), bias [Co]
+// f32 (or null: none), out [T, Co] in the operands' dtype or f32; all row-major and contiguous. `order` [T] (or null: the identity) is a permutation
 // of the voxels: tile row p computes voxel order[p]. The host sorts voxels by their 27-bit
 // neighbour mask (`NeighbourMap::conv_order`, masks from `subm_conv3d_masks` below) so that the
 // rows of a tile share their taps; a voxel's result does not depend on the order.
@@ -30,6 +30,8 @@
 //   prologue overlaps the other's MMAs.
 // * No divisions in the loop: the load cursor (tap, chunk) advances by a compare and the next set
 //   bit of the tap mask; ring slots advance by a compare.
+// * Epilogue: the fp32 accumulator plus the f32 bias, rounded once to the output dtype (the
+//   operands' bf16/f16, or f32 for f32 callers): no separate bias pass over [T, Co], no cast.
 // When Ci is not a multiple of 8 (or a pointer is not 16-byte aligned) the copies fall back to
 // element-wise loads with bounds checks; the pipeline structure is the same.
 #include "common.cuh"
@@ -48,10 +50,19 @@ __device__ __forceinline__ void ldsm_x4(uint32_t r[4], uint32_t addr) {
                  : "r"(addr));
 }
 
-template <typename T, int BM, int BN, int WM, int WN, int STAGES, bool VEC>
+// Two adjacent outputs (col, col + 1) of a row, `dst` 4-byte (16-bit O) or 8-byte (f32) aligned.
+template <typename O> __device__ __forceinline__ void store2(O *dst, float x0, float x1) {
+    *reinterpret_cast<uint32_t *>(dst) = pack2<O>(x0, x1);
+}
+template <> __device__ __forceinline__ void store2<float>(float *dst, float x0, float x1) {
+    *reinterpret_cast<float2 *>(dst) = make_float2(x0, x1);
+}
+
+template <typename T, typename O, int BM, int BN, int WM, int WN, int STAGES, bool VEC>
 __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *__restrict__ weight,
                                           const uint32_t *__restrict__ nbr,
-                                          const uint32_t *__restrict__ order, T *__restrict__ out,
+                                          const uint32_t *__restrict__ order,
+                                          const float *__restrict__ bias, O *__restrict__ out,
                                           int n, int ci, int co) {
     constexpr int NT = WM * WN * 32;
     constexpr int WTM = BM / WM, WTN = BN / WN;  // warp tile
@@ -211,26 +222,34 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     }
     cp_async_wait<0>();
 
-    // Accumulator layout (m16n8): c0,c1 at (row g, cols 2t, 2t+1); c2,c3 at row g+8.
+    // Accumulator layout (m16n8): c0,c1 at (row g, cols 2t, 2t+1); c2,c3 at row g+8. The
+    // lane's columns are the same for every row, so their bias is read once.
     const int g = lane >> 2, t = lane & 3;
     const bool pairs = (co & 1) == 0;
+    float bias0[FN], bias1[FN];
+#pragma unroll
+    for (int j = 0; j < FN; ++j) {
+        const int col = col0 + wn * WTN + j * 8 + 2 * t;
+        bias0[j] = bias && col < co ? bias[col] : 0.f;
+        bias1[j] = bias && col + 1 < co ? bias[col + 1] : 0.f;
+    }
 #pragma unroll
     for (int i = 0; i < FM; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const uint32_t v = vox[wm * WTM + i * 16 + g + h * 8];
             if (v == ABSENT) continue;
-            T *dst_row = out + (size_t)v * co;
+            O *dst_row = out + (size_t)v * co;
 #pragma unroll
             for (int j = 0; j < FN; ++j) {
                 const int col = col0 + wn * WTN + j * 8 + 2 * t;
-                T *dst = dst_row + col;
-                const float x0 = acc[i][j][2 * h], x1 = acc[i][j][2 * h + 1];
+                O *dst = dst_row + col;
+                const float x0 = acc[i][j][2 * h] + bias0[j], x1 = acc[i][j][2 * h + 1] + bias1[j];
                 if (pairs && col + 1 < co) {
-                    *reinterpret_cast<uint32_t *>(dst) = pack2<T>(x0, x1);
+                    store2<O>(dst, x0, x1);  // Co and col even: aligned to the pair
                 } else {
-                    if (col < co) dst[0] = from_f32<T>(x0);
-                    if (col + 1 < co) dst[1] = from_f32<T>(x1);
+                    if (col < co) dst[0] = store<O>(x0);
+                    if (col + 1 < co) dst[1] = store<O>(x1);
                 }
             }
         }
@@ -241,15 +260,21 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 
 // `NAME` takes 16-byte copies (Ci % 8 == 0, 16-byte aligned operands), `NAME##_scalar` any
 // operands: separate kernels, so the fast one carries no registers for the fallback.
-#define SUBM_CONV_1(NAME, T, BM, BN, WM, WN, STAGES, VEC)                                           \
+#define SUBM_CONV_1(NAME, T, O, BM, BN, WM, WN, STAGES, VEC)                                        \
     extern "C" __global__ void __launch_bounds__(WM *WN * 32, BN > 128 ? 1 : 2)                     \
-        NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *order, T *out,   \
-             int n, int ci, int co) {                                                               \
-        subm_conv<T, BM, BN, WM, WN, STAGES, VEC>(feats, weight, nbr, order, out, n, ci, co);       \
+        NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *order,           \
+             const float *bias, O *out, int n, int ci, int co) {                                    \
+        subm_conv<T, O, BM, BN, WM, WN, STAGES, VEC>(feats, weight, nbr, order, bias, out, n, ci,   \
+                                                     co);                                           \
     }
-#define SUBM_CONV(NAME, T, BM, BN, WM, WN, STAGES)                                                  \
-    SUBM_CONV_1(NAME, T, BM, BN, WM, WN, STAGES, true)                                              \
-    SUBM_CONV_1(NAME##_scalar, T, BM, BN, WM, WN, STAGES, false)
+#define SUBM_CONV_2(NAME, T, O, BM, BN, WM, WN, STAGES)                                             \
+    SUBM_CONV_1(NAME, T, O, BM, BN, WM, WN, STAGES, true)                                           \
+    SUBM_CONV_1(NAME##_scalar, T, O, BM, BN, WM, WN, STAGES, false)
+// Kernel names `subm_conv3d_<operands>_<output>_n<BN>[_scalar]` (built by `subm_conv3d` in
+// src/ops/cuda.rs): output in the operands' dtype, or f32.
+#define SUBM_CONV(T, TN, BM, BN, WM, WN, STAGES)                                                    \
+    SUBM_CONV_2(subm_conv3d_##TN##_##TN##_n##BN, T, T, BM, BN, WM, WN, STAGES)                      \
+    SUBM_CONV_2(subm_conv3d_##TN##_f32_n##BN, T, float, BM, BN, WM, WN, STAGES)
 
 // Tiles for Co > 64: 3 stages × 32 KB; for Co ≤ 64: 4 stages × 24 KB. Opt-in (untuned,
 // TRELLIS2_CONV_TILE=256) for Co ≥ 256: 128 × 256 tiles, 64 × 64 warp tiles (half the A gathers
@@ -257,12 +282,12 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 static_assert(SUBM_SMEM(128, 128, 3) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
 static_assert(SUBM_SMEM(128, 64, 4) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
 static_assert(SUBM_SMEM(128, 256, 3) == 147456, "src/ops/cuda.rs: SUBM_CONV_WIDE_SMEM_BYTES");
-SUBM_CONV(subm_conv3d_bf16_n128, __nv_bfloat16, 128, 128, 2, 4, 3)
-SUBM_CONV(subm_conv3d_bf16_n64, __nv_bfloat16, 128, 64, 4, 2, 4)
-SUBM_CONV(subm_conv3d_bf16_n256, __nv_bfloat16, 128, 256, 2, 4, 3)
-SUBM_CONV(subm_conv3d_f16_n128, __half, 128, 128, 2, 4, 3)
-SUBM_CONV(subm_conv3d_f16_n64, __half, 128, 64, 4, 2, 4)
-SUBM_CONV(subm_conv3d_f16_n256, __half, 128, 256, 2, 4, 3)
+SUBM_CONV(__nv_bfloat16, bf16, 128, 128, 2, 4, 3)
+SUBM_CONV(__nv_bfloat16, bf16, 128, 64, 4, 2, 4)
+SUBM_CONV(__nv_bfloat16, bf16, 128, 256, 2, 4, 3)
+SUBM_CONV(__half, f16, 128, 128, 2, 4, 3)
+SUBM_CONV(__half, f16, 128, 64, 4, 2, 4)
+SUBM_CONV(__half, f16, 128, 256, 2, 4, 3)
 
 // mask[v] = bit k set where voxel v has neighbour k: the key the host sorts voxels by so that the
 // rows of a tile share their taps (src/sparse/neighbours.rs, `NeighbourMap::conv_order`).

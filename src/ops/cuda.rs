@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
@@ -61,8 +61,33 @@ fn subm_conv_wide_tiles() -> bool {
     *WIDE.get_or_init(|| std::env::var("TRELLIS2_CONV_TILE").is_ok_and(|v| v.trim() == "256"))
 }
 
-/// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]`, neighbour map `[T,27]` u32 →
-/// `[T,Co]` in the feats' dtype. See `kernels/cuda/sparse_conv.cu`.
+/// The contiguous `[len]` slice of a tensor an op holds besides its operands (the conv's voxel
+/// order or bias), from its storage; `pick` selects the expected dtype's slice, `what` names the
+/// tensor in errors.
+fn held_slice<'a, T>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    len: usize,
+    (op, what): (&str, &str),
+    pick: impl Fn(&'a CudaStorageSlice) -> Option<&'a CudaSlice<T>>,
+) -> Result<CudaView<'a, T>> {
+    let candle_core::Storage::Cuda(s) = storage else {
+        bail!("{op}: the {what} must be on the feats' CUDA device");
+    };
+    let Some(data) = pick(&s.slice) else {
+        bail!("{op}: the {what} has the wrong dtype, {:?}", s.dtype());
+    };
+    let (a, z) = span(layout, op, what)?;
+    if z - a != len {
+        bail!("{op}: a {what} of {} entries, expected {len}", z - a);
+    }
+    Ok(data.slice(a..z))
+}
+
+/// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]` (bf16 or f16), neighbour map `[T,27]`
+/// u32, optional tile-row order `[T]` u32 and bias `[Co]` f32 → `[T,Co]` in the feats' dtype,
+/// or in f32 when `f32_out`. See `kernels/cuda/sparse_conv.cu`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn subm_conv3d(
     feats: &CudaStorage,
     fl: &Layout,
@@ -71,6 +96,8 @@ pub(crate) fn subm_conv3d(
     map: &CudaStorage,
     ml: &Layout,
     order: Option<&candle_core::Tensor>,
+    bias: Option<&candle_core::Tensor>,
+    f32_out: bool,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "submanifold_conv3d (CUDA)";
     let (n, ci) = fl.shape().dims2()?;
@@ -86,19 +113,18 @@ pub(crate) fn subm_conv3d(
     // The tile-row → voxel permutation (`NeighbourMap::conv_order`), or none: identity.
     let order = order.map(|t| t.storage_and_layout());
     let order = match &order {
-        Some((storage, layout)) => {
-            let candle_core::Storage::Cuda(s) = &**storage else {
-                bail!("{OP}: the row order must be on the feats' CUDA device");
-            };
-            let CudaStorageSlice::U32(o) = &s.slice else {
-                bail!("{OP}: the row order must be u32, got {:?}", s.dtype());
-            };
-            let (a, z) = span(layout, OP, "row order")?;
-            if z - a != n {
-                bail!("{OP}: a row order of {} entries for {n} voxels", z - a);
-            }
-            Some(o.slice(a..z))
-        }
+        Some((s, l)) => Some(held_slice(s, l, n, (OP, "row order"), |s| match s {
+            CudaStorageSlice::U32(o) => Some(o),
+            _ => None,
+        })?),
+        None => None,
+    };
+    let bias = bias.map(|t| t.storage_and_layout());
+    let bias = match &bias {
+        Some((s, l)) => Some(held_slice(s, l, co, (OP, "bias"), |s| match s {
+            CudaStorageSlice::F32(b) => Some(b),
+            _ => None,
+        })?),
         None => None,
     };
     // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts; otherwise the
@@ -119,41 +145,54 @@ pub(crate) fn subm_conv3d(
         shared_mem_bytes: smem,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
+    // Launches the `$t` operand kernel writing `$o` outputs (`$oname` in the kernel name).
     macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal) => {{
+        ($t:ty, $variant:ident, $name:literal, $o:ty, $oname:literal) => {{
             let CudaStorageSlice::$variant(w) = &weight.slice else {
                 bail!("{OP}: feats and weight must have the same dtype");
             };
             let CudaStorageSlice::$variant(f) = &feats.slice else {
                 unreachable!("matched on the feats dtype")
             };
-            let out = output::<$t>(&dev, n * co)?;
+            let out = output::<$o>(&dev, n * co)?;
             if n > 0 && co > 0 {
-                let name = format!("{}_n{bn}{}", $name, if vec { "" } else { "_scalar" });
+                let name = format!(
+                    "subm_conv3d_{}_{}_n{bn}{}",
+                    $name,
+                    $oname,
+                    if vec { "" } else { "_scalar" }
+                );
                 let func =
                     large_smem_func(&dev, "trellis2_sparse_conv", SPARSE_CONV_PTX, &name, smem)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let stream = dev.cuda_stream();
                 let mut b = stream.launch_builder(&func);
                 b.arg(&f).arg(&w).arg(&map);
+                // Null pointers: tile row p is voxel p; no bias.
                 match &order {
                     Some(o) => b.arg(o),
-                    // A null pointer: tile row p is voxel p.
+                    None => b.arg(&0u64),
+                };
+                match &bias {
+                    Some(v) => b.arg(v),
                     None => b.arg(&0u64),
                 };
                 b.arg(&out).arg(&n_).arg(&ci_).arg(&co_);
                 // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
-                // checked by the op's shape checks) and order[T] (checked above; entries ≥ T
-                // are skipped) and writes out[T·Co], which it owns: every row when the order
-                // is a permutation, as `NeighbourMap::conv_order` makes it.
+                // checked by the op's shape checks), order[T] (checked above; entries ≥ T are
+                // skipped) and bias[Co] (checked above), and writes out[T·Co], which it owns:
+                // every row when the order is a permutation, as `NeighbourMap::conv_order` makes
+                // it.
                 unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }
-    let out = match &feats.slice {
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "subm_conv3d_bf16"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "subm_conv3d_f16"),
+    let out = match (&feats.slice, f32_out) {
+        (CudaStorageSlice::BF16(_), false) => run!(bf16, BF16, "bf16", bf16, "bf16"),
+        (CudaStorageSlice::BF16(_), true) => run!(bf16, BF16, "bf16", f32, "f32"),
+        (CudaStorageSlice::F16(_), false) => run!(f16, F16, "f16", f16, "f16"),
+        (CudaStorageSlice::F16(_), true) => run!(f16, F16, "f16", f32, "f32"),
         _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
     };
     Ok((out, Shape::from((n, co))))
