@@ -13,7 +13,7 @@ use trellis2::ops::attention::{
 };
 use trellis2::ops::sparse_conv::submanifold_conv3d_ordered;
 use trellis2::ops::submanifold_conv3d;
-use trellis2::sparse::neighbours::default_sort_window;
+use trellis2::sparse::conv_order::default_sort_window;
 use trellis2::sparse::SparseTensor;
 
 /// Voxels within half a voxel-diagonal of a sphere of radius `r`: ≈ 4π·r²·1.74 voxels with

@@ -4,10 +4,11 @@
 //   out[v, o] = bias[o] + Σ_k Σ_i W[o, k, i] · feats[nbr[v, k], i]   (absent neighbours add 0)
 //
 // feats [T, Ci], weight [Co, 27, Ci], neighbour map [T, 27] u32 (0xffffffff = absent), bias [Co]
-// f32 (or null: none), out [T, Co] in the operands' dtype or f32; all row-major and contiguous. `order` [T] (or null: the identity) is a permutation
-// of the voxels: tile row p computes voxel order[p]. The host sorts voxels by their 27-bit
-// neighbour mask (`NeighbourMap::conv_order`, masks from `subm_conv3d_masks` below) so that the
-// rows of a tile share their taps; a voxel's result does not depend on the order.
+// f32 (or null: none), out [T, Co] in the operands' dtype or f32; all row-major and contiguous.
+// `order` [T] (or null: the identity) is a permutation of the voxels: tile row p computes voxel
+// order[p]. Voxels are sorted by their 27-bit neighbour mask (`NeighbourMap::conv_order`, built
+// by conv_order.cu) so that the rows of a tile share their taps; a voxel's result does not
+// depend on the order.
 //
 // Design (and why):
 // * One block computes a BM×BN tile of `out` (BM = 128 rows; BN = 128, or 64 when Co ≤ 64, the
@@ -288,16 +289,3 @@ SUBM_CONV(__nv_bfloat16, bf16, 128, 256, 2, 4, 3)
 SUBM_CONV(__half, f16, 128, 128, 2, 4, 3)
 SUBM_CONV(__half, f16, 128, 64, 4, 2, 4)
 SUBM_CONV(__half, f16, 128, 256, 2, 4, 3)
-
-// mask[v] = bit k set where voxel v has neighbour k: the key the host sorts voxels by so that the
-// rows of a tile share their taps (src/sparse/neighbours.rs, `NeighbourMap::conv_order`).
-extern "C" __global__ void subm_conv3d_masks(const uint32_t *__restrict__ nbr, uint32_t *__restrict__ mask,
-                                             int n) {
-    const int v = blockIdx.x * blockDim.x + threadIdx.x;
-    if (v >= n) return;
-    const uint32_t *p = nbr + (size_t)v * TAPS;
-    uint32_t m = 0;
-#pragma unroll
-    for (int k = 0; k < TAPS; ++k) m |= (p[k] != ABSENT ? 1u : 0u) << k;
-    mask[v] = m;
-}

@@ -20,6 +20,9 @@ use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
 use super::sparse_conv::TAPS;
 
+mod conv_order;
+pub(crate) use conv_order::conv_order;
+
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 /// The wgmma attention kernel (`kernels/cuda/attention_sm90a.cu`), built only for
@@ -196,52 +199,6 @@ pub(crate) fn subm_conv3d(
         _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
     };
     Ok((out, Shape::from((n, co))))
-}
-
-/// Threads per block of the neighbour-mask kernel.
-const MASK_THREADS: usize = 256;
-
-/// The 27-bit neighbour-presence mask of every voxel of a `[T,27]` u32 neighbour map on a CUDA
-/// device (`subm_conv3d_masks` in `kernels/cuda/sparse_conv.cu`), copied to the host: T words,
-/// not the 27·T of the map.
-pub(crate) fn neighbour_masks(map: &candle_core::Tensor) -> Result<Vec<u32>> {
-    const OP: &str = "neighbour masks (CUDA)";
-    let (storage, layout) = map.storage_and_layout();
-    let candle_core::Storage::Cuda(s) = &*storage else {
-        bail!("{OP}: the neighbour map is not on a CUDA device");
-    };
-    let (a, z) = span(layout, OP, "neighbour map")?;
-    let (n, taps) = layout.shape().dims2()?;
-    if taps != TAPS {
-        bail!("{OP}: expected a [T, {TAPS}] map, got {:?}", layout.shape());
-    }
-    let CudaStorageSlice::U32(m) = &s.slice else {
-        bail!("{OP}: expected a u32 map, got {:?}", s.dtype());
-    };
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let dev = s.device().clone();
-    let masks = output::<u32>(&dev, n)?;
-    {
-        let func = dev.get_or_load_custom_func(
-            "subm_conv3d_masks",
-            "trellis2_sparse_conv",
-            SPARSE_CONV_PTX,
-        )?;
-        let m = m.slice(a..z);
-        let n_ = n as i32;
-        let mut b = func.builder();
-        b.arg(&m).arg(&masks).arg(&n_);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(MASK_THREADS) as u32, 1, 1),
-            block_dim: (MASK_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: reads map[T·27] and writes masks[0..T], owned here.
-        unsafe { b.launch(cfg) }.w()?;
-    }
-    dev.clone_dtoh(&masks.slice(0..n))
 }
 
 /// Rows of one query tile of the attention kernel (one CTA).
