@@ -54,14 +54,28 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
 /// rows or 4 of 128 + 64 rows, 128 bytes a row (`SUBM_SMEM` in `kernels/cuda/sparse_conv.cu`).
 const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
 
-/// Dynamic shared memory of the opt-in 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
+/// Dynamic shared memory of the 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
 const SUBM_CONV_WIDE_SMEM_BYTES: u32 = 147_456;
 
-/// Whether `TRELLIS2_CONV_TILE=256` asks for 128 × 256 tiles when Co ≥ 256 (an untuned option:
-/// half the feature gathers, one block an SM).
-fn subm_conv_wide_tiles() -> bool {
-    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| std::env::var("TRELLIS2_CONV_TILE").is_ok_and(|v| v.trim() == "256"))
+/// Whether convs with Co ≥ 256 take 128 × 256 tiles (half the feature gathers of 128 × 128, one
+/// block an SM): yes unless `TRELLIS2_CONV_TILE=128`; `auto` or `256` (or unset) keep the
+/// default. Measured on an H100 (benches/README.md), sorted: 2.800 / 2.594 / 2.200 ms against
+/// 2.935 / 2.706 / 2.378 ms with 128 × 128 tiles at 20k × 1024, 80k × 512 and 300k × 256.
+fn subm_conv_wide_tiles() -> Result<bool> {
+    use std::sync::OnceLock;
+    static WIDE: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
+    let wide = WIDE.get_or_init(|| match std::env::var("TRELLIS2_CONV_TILE") {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) => match v.trim() {
+            "" | "auto" | "256" => Ok(true),
+            "128" => Ok(false),
+            _ => Err(format!(
+                "TRELLIS2_CONV_TILE={v:?}: expected auto, 128 or 256"
+            )),
+        },
+        Err(e) => Err(format!("TRELLIS2_CONV_TILE: {e}")),
+    });
+    wide.clone().map_err(candle_core::Error::Msg)
 }
 
 /// The contiguous `[len]` slice of a tensor an op holds besides its operands (the conv's voxel
@@ -133,11 +147,11 @@ pub(crate) fn subm_conv3d(
     // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts; otherwise the
     // `_scalar` kernels.
     let vec = ci.is_multiple_of(8) && fa.is_multiple_of(8) && wa.is_multiple_of(8);
-    // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), else 128, or 256 on
-    // request.
+    // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), 256 for Co ≥ 256
+    // (unless `TRELLIS2_CONV_TILE=128`), else 128.
     let (bn, smem) = if co <= 64 {
         (64, SUBM_CONV_SMEM_BYTES)
-    } else if co >= 256 && subm_conv_wide_tiles() {
+    } else if co >= 256 && subm_conv_wide_tiles()? {
         (256, SUBM_CONV_WIDE_SMEM_BYTES)
     } else {
         (128, SUBM_CONV_SMEM_BYTES)
