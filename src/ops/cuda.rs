@@ -78,6 +78,26 @@ fn subm_conv_wide_tiles() -> Result<bool> {
     wide.clone().map_err(candle_core::Error::Msg)
 }
 
+/// Whether the sparse-conv kernel skips the products of its 16-row tiles that lack a step's tap
+/// (rows sorted by neighbour mask share their taps in groups much smaller than a 128-row tile:
+/// ≈ 18.4 instead of ≈ 22.4 taps a row at 20k × 1024, 17.1 instead of 19.9 at 80k × 512):
+/// yes unless `TRELLIS2_CONV_ROW_SKIP=off`, which keeps every product (the same results up to
+/// the sign of zero) for measuring the difference.
+fn subm_conv_row_skip() -> Result<bool> {
+    use std::sync::OnceLock;
+    static SKIP: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
+    let skip = SKIP.get_or_init(|| match std::env::var("TRELLIS2_CONV_ROW_SKIP") {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) => match v.trim() {
+            "" | "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("TRELLIS2_CONV_ROW_SKIP={v:?}: expected on or off")),
+        },
+        Err(e) => Err(format!("TRELLIS2_CONV_ROW_SKIP: {e}")),
+    });
+    skip.clone().map_err(candle_core::Error::Msg)
+}
+
 /// The contiguous `[len]` slice of a tensor an op holds besides its operands (the conv's voxel
 /// order or bias), from its storage; `pick` selects the expected dtype's slice, `what` names the
 /// tensor in errors.
@@ -162,6 +182,7 @@ pub(crate) fn subm_conv3d(
         shared_mem_bytes: smem,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
+    let row_skip = subm_conv_row_skip()? as i32;
     // Launches the `$t` operand kernel writing `$o` outputs (`$oname` in the kernel name).
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal, $o:ty, $oname:literal) => {{
@@ -194,7 +215,7 @@ pub(crate) fn subm_conv3d(
                     Some(v) => b.arg(v),
                     None => b.arg(&0u64),
                 };
-                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_);
+                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_).arg(&row_skip);
                 // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
                 // checked by the op's shape checks), order[T] (checked above; entries ≥ T are
                 // skipped) and bias[Co] (checked above), and writes out[T·Co], which it owns:
