@@ -90,7 +90,9 @@ fn random_map(n: usize, p: f64, rng: &mut Lcg) -> Vec<u32> {
     map
 }
 
-/// Runs the conv on the GPU in `dtype` and on the CPU in f32 on the same (rounded) values.
+/// Runs the conv on the GPU in `dtype` and on the CPU in f32 on the same (rounded) values, with
+/// or without a bias (the kernel adds it in its epilogue). f32 runs on bf16 operands and the
+/// kernel writes f32 outputs.
 fn check_conv(
     what: &str,
     map: Vec<u32>,
@@ -130,13 +132,19 @@ fn check_conv(
 #[test]
 fn sparse_conv_random_maps() -> Result<()> {
     let mut rng = Lcg(7);
+    // Output tiles of 64 (Co ≤ 64), 128 and 256 columns (Co ≥ 256), each output dtype, with
+    // and without bias.
     for (n, ci, co, dtype, bias) in [
         (1000, 64, 64, DType::BF16, false),
+        (1000, 64, 64, DType::F16, true),
         (777, 128, 256, DType::F16, true),
+        (640, 256, 512, DType::BF16, true),
         (513, 32, 96, DType::BF16, true),
         (300, 40, 200, DType::F16, false),
         (2000, 1024, 64, DType::BF16, false),
         (129, 16, 16, DType::F32, true),
+        (333, 64, 300, DType::F32, true),
+        (257, 128, 130, DType::F32, false),
     ] {
         let map = random_map(n, 0.6, &mut rng);
         check_conv("random map", map, n, ci, co, dtype, bias)?;
@@ -153,21 +161,31 @@ fn sparse_conv_edge_cases() -> Result<()> {
     let mut one = vec![ABSENT; 27];
     one[13] = 0;
     check_conv("one voxel", one, 1, 8, 8, DType::BF16, true)?;
-    // Odd channel counts (element-wise copy path) and channel counts below one tile.
-    for (ci, co) in [(3, 1), (13, 7), (100, 65), (1, 130), (33, 5)] {
+    // Odd channel counts (element-wise copy path, element-wise stores) and channel counts below
+    // one tile.
+    for (ci, co, dtype, bias) in [
+        (3, 1, DType::F16, true),
+        (13, 7, DType::BF16, false),
+        (100, 65, DType::F32, true),
+        (1, 130, DType::F16, false),
+        (33, 5, DType::F32, false),
+        (9, 257, DType::BF16, true),
+    ] {
         let map = random_map(257, 0.5, &mut rng);
-        check_conv("odd channels", map, 257, ci, co, DType::F16, true)?;
+        check_conv("odd channels", map, 257, ci, co, dtype, bias)?;
     }
     // Isolated voxels: no neighbours at all (not even the centre), and only the centre.
-    check_conv(
-        "no neighbours (bias only)",
-        vec![ABSENT; 300 * 27],
-        300,
-        64,
-        64,
-        DType::BF16,
-        true,
-    )?;
+    for dtype in [DType::BF16, DType::F32] {
+        check_conv(
+            "no neighbours (bias only)",
+            vec![ABSENT; 300 * 27],
+            300,
+            64,
+            64,
+            dtype,
+            true,
+        )?;
+    }
     let centre: Vec<u32> = (0..300u32)
         .flat_map(|v| (0..27).map(move |k| if k == 13 { v } else { ABSENT }))
         .collect();
@@ -252,8 +270,7 @@ fn gpu_shell_map(r: f32, dev: &Device) -> Result<(SparseTensor, usize)> {
 
 /// Sorting the voxels by neighbour mask (the CUDA conv's tile order) changes no voxel's result:
 /// the sorted and unsorted kernels agree value for value (up to the sign of zero), both match
-/// the CPU reference, and the order is a permutation sorted by mask within each window; the GPU
-/// masks give the same order as the host's.
+/// the CPU reference, and the GPU-built order equals the host's for a full sort and for windows.
 #[test]
 fn sparse_conv_sorted_order() -> Result<()> {
     let dev = gpu();
@@ -269,14 +286,14 @@ fn sparse_conv_sorted_order() -> Result<()> {
             .conv_order(row_bytes)?
             .expect("a large set on CUDA is sorted");
         assert_permutation(&order.to_vec1::<u32>()?, n, "conv order");
-        // The GPU masks give the host's order, for a full sort and for windows.
+        // The GPU radix sort gives the host's order, for a full sort and for windows.
         let host_map = map
             .tensor()
             .to_device(&Device::Cpu)?
             .flatten_all()?
             .to_vec1::<u32>()?;
         let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
-        for window in [0, 4096, 10_000] {
+        for window in [0, 1, 3, 4096, 10_000] {
             let got = map.sorted_order(window)?.to_vec1::<u32>()?;
             let want = host.sorted_order(window)?.to_vec1::<u32>()?;
             assert_permutation(&got, n, "sorted order");
@@ -306,14 +323,72 @@ fn sparse_conv_sorted_order() -> Result<()> {
     Ok(())
 }
 
-/// Sets below the sorting threshold keep their own order (no mask read-back) and give the
-/// unsorted kernel's result; so do sets above the default policy's upper bound.
+/// The GPU radix sort (`kernels/cuda/conv_order.cu`) against the host sort, word for word, on
+/// maps with random masks (every digit of every pass in use), with ties only (all voxels one
+/// mask: the identity within windows) and with two alternating masks; sizes around the sort's
+/// 256-item rounds and 1024-item blocks, windows from one voxel (seven passes at most) to more
+/// than the set.
 #[test]
-fn sparse_conv_small_set_unsorted() -> Result<()> {
+fn conv_order_matches_host_sort() -> Result<()> {
+    let dev = gpu();
+    let mut rng = Lcg(23);
+    let compare = |what: &str, map: Vec<u32>, n: usize| -> Result<()> {
+        let on_gpu = NeighbourMap::from_rows(map.clone(), n, &dev)?;
+        let on_host = NeighbourMap::from_rows(map, n, &Device::Cpu)?;
+        for window in [
+            0,
+            1,
+            2,
+            7,
+            255,
+            300,
+            4096,
+            n.saturating_sub(1),
+            n,
+            2 * n + 1,
+        ] {
+            let got = on_gpu.sorted_order(window)?.to_vec1::<u32>()?;
+            let want = on_host.sorted_order(window)?.to_vec1::<u32>()?;
+            assert_permutation(&got, n, what);
+            assert_eq!(
+                got, want,
+                "{what}, T {n}, window {window}: GPU and host orders differ"
+            );
+        }
+        println!("conv order {what:<16} T {n:>7}: GPU order = host order for every window");
+        Ok(())
+    };
+    for n in [1, 2, 255, 256, 257, 1023, 1025, 4097, 70_001, 300_000] {
+        compare("random masks", random_map(n, 0.5, &mut rng), n)?;
+    }
+    for n in [1000, 140_001] {
+        compare("one mask", random_map(n, 1.0, &mut rng), n)?;
+        let two: Vec<u32> = (0..n)
+            .flat_map(|v| {
+                (0..27).map(move |k| {
+                    if k == 13 || (v % 2 == 0 && k == 4) {
+                        v as u32
+                    } else {
+                        ABSENT
+                    }
+                })
+            })
+            .collect();
+        compare("two masks", two, n)?;
+    }
+    compare("empty", vec![], 0)?;
+    Ok(())
+}
+
+/// Sets below the sorting threshold keep their own order and give the unsorted kernel's result;
+/// under the default policy every larger set is sorted, the large decoder levels (> 512 k
+/// voxels) included, in the host's order and with the unsorted kernel's values.
+#[test]
+fn sparse_conv_sort_policy() -> Result<()> {
     let dev = gpu();
     let (x, n) = gpu_shell_map(9.0, &dev)?;
     assert!(
-        n < trellis2::sparse::neighbours::SORT_MIN_ROWS,
+        n < trellis2::sparse::conv_order::SORT_MIN_ROWS,
         "{n} voxels"
     );
     let map = x.neighbour_map()?;
@@ -328,17 +403,45 @@ fn sparse_conv_small_set_unsorted() -> Result<()> {
     let plain = submanifold_conv3d(&f, map.tensor(), &w, None)?;
     let via_map = submanifold_conv3d_map(&f, map, &w, None)?;
     assert_same_values(&via_map, &plain, "small set")?;
-    // Above SORT_MAX_ROWS the default policy keeps the order too (unless the environment
-    // overrides the policy for this run).
-    if std::env::var_os("TRELLIS2_CONV_SORT").is_none() {
-        let (big, n) = gpu_shell_map(175.0, &dev)?;
-        assert!(
-            n > trellis2::sparse::neighbours::SORT_MAX_ROWS,
-            "{n} voxels"
-        );
-        assert!(
-            big.neighbour_map()?.conv_order(128)?.is_none(),
-            "a large set is not sorted"
+    // The environment may override the policy for this run; then only the small set is checked.
+    if std::env::var_os("TRELLIS2_CONV_SORT").is_some() {
+        return Ok(());
+    }
+    // ≈ 0.67 M and ≈ 2 M voxels: above the old host-sort limit of 512 k.
+    for (r, c) in [(175.0, 64), (300.0, 32)] {
+        let (big, n) = gpu_shell_map(r, &dev)?;
+        let map = big.neighbour_map()?;
+        let row_bytes = 2 * c;
+        let order = map
+            .conv_order(row_bytes)?
+            .expect("a large set on CUDA is sorted");
+        let got = order.to_vec1::<u32>()?;
+        assert_permutation(&got, n, "large conv order");
+        let host_map = map
+            .tensor()
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
+        let window = trellis2::sparse::conv_order::default_sort_window(row_bytes);
+        let want = host.sorted_order(window)?.to_vec1::<u32>()?;
+        assert_eq!(got, want, "shell r {r}: GPU and host orders differ");
+        for window in [0, 1] {
+            let got = map.sorted_order(window)?.to_vec1::<u32>()?;
+            let want = host.sorted_order(window)?.to_vec1::<u32>()?;
+            assert_eq!(
+                got, want,
+                "shell r {r}, window {window}: GPU and host orders differ"
+            );
+        }
+        let f = Tensor::randn(0f32, 1.0, (n, c), &dev)?.to_dtype(DType::F16)?;
+        let w = Tensor::randn(0f32, 0.1, (c, 27, c), &dev)?.to_dtype(DType::F16)?;
+        let b = Tensor::randn(0f32, 1.0, c, &dev)?;
+        let plain = submanifold_conv3d(&f, map.tensor(), &w, Some(&b))?;
+        let sorted = submanifold_conv3d_map(&f, map, &w, Some(&b))?;
+        assert_same_values(&sorted, &plain, "large set, sorted vs unsorted")?;
+        println!(
+            "conv order, shell r {r}: T {n:>7}: GPU order = host order; sorted conv = unsorted"
         );
     }
     Ok(())

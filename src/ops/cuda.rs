@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
@@ -19,6 +19,9 @@ use super::metal::kargs::{DeformIm2ColArgs, NeighbourArgs};
 use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
 use super::sparse_conv::TAPS;
+
+mod conv_order;
+pub(crate) use conv_order::conv_order;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -72,18 +75,77 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
 /// rows or 4 of 128 + 64 rows, 128 bytes a row (`SUBM_SMEM` in `kernels/cuda/sparse_conv.cu`).
 const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
 
-/// Dynamic shared memory of the opt-in 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
+/// Dynamic shared memory of the 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
 const SUBM_CONV_WIDE_SMEM_BYTES: u32 = 147_456;
 
-/// Whether `TRELLIS2_CONV_TILE=256` asks for 128 × 256 tiles when Co ≥ 256 (an untuned option:
-/// half the feature gathers, one block an SM).
-fn subm_conv_wide_tiles() -> bool {
-    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WIDE.get_or_init(|| std::env::var("TRELLIS2_CONV_TILE").is_ok_and(|v| v.trim() == "256"))
+/// Whether convs with Co ≥ 256 take 128 × 256 tiles (half the feature gathers of 128 × 128, one
+/// block an SM): yes unless `TRELLIS2_CONV_TILE=128`; `auto` or `256` (or unset) keep the
+/// default. Measured on an H100 (benches/README.md), sorted: 2.800 / 2.594 / 2.200 ms against
+/// 2.935 / 2.706 / 2.378 ms with 128 × 128 tiles at 20k × 1024, 80k × 512 and 300k × 256.
+fn subm_conv_wide_tiles() -> Result<bool> {
+    use std::sync::OnceLock;
+    static WIDE: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
+    let wide = WIDE.get_or_init(|| match std::env::var("TRELLIS2_CONV_TILE") {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) => match v.trim() {
+            "" | "auto" | "256" => Ok(true),
+            "128" => Ok(false),
+            _ => Err(format!(
+                "TRELLIS2_CONV_TILE={v:?}: expected auto, 128 or 256"
+            )),
+        },
+        Err(e) => Err(format!("TRELLIS2_CONV_TILE: {e}")),
+    });
+    wide.clone().map_err(candle_core::Error::Msg)
 }
 
-/// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]`, neighbour map `[T,27]` u32 →
-/// `[T,Co]` in the feats' dtype. See `kernels/cuda/sparse_conv.cu`.
+/// Whether the sparse-conv kernel skips the products of its 16-row tiles that lack a step's tap
+/// (rows sorted by neighbour mask share their taps in groups much smaller than a 128-row tile:
+/// ≈ 18.4 instead of ≈ 22.4 taps a row at 20k × 1024, 17.1 instead of 19.9 at 80k × 512):
+/// yes unless `TRELLIS2_CONV_ROW_SKIP=off`, which keeps every product (the same results up to
+/// the sign of zero) for measuring the difference.
+fn subm_conv_row_skip() -> Result<bool> {
+    use std::sync::OnceLock;
+    static SKIP: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
+    let skip = SKIP.get_or_init(|| match std::env::var("TRELLIS2_CONV_ROW_SKIP") {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(v) => match v.trim() {
+            "" | "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("TRELLIS2_CONV_ROW_SKIP={v:?}: expected on or off")),
+        },
+        Err(e) => Err(format!("TRELLIS2_CONV_ROW_SKIP: {e}")),
+    });
+    skip.clone().map_err(candle_core::Error::Msg)
+}
+
+/// The contiguous `[len]` slice of a tensor an op holds besides its operands (the conv's voxel
+/// order or bias), from its storage; `pick` selects the expected dtype's slice, `what` names the
+/// tensor in errors.
+fn held_slice<'a, T>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    len: usize,
+    (op, what): (&str, &str),
+    pick: impl Fn(&'a CudaStorageSlice) -> Option<&'a CudaSlice<T>>,
+) -> Result<CudaView<'a, T>> {
+    let candle_core::Storage::Cuda(s) = storage else {
+        bail!("{op}: the {what} must be on the feats' CUDA device");
+    };
+    let Some(data) = pick(&s.slice) else {
+        bail!("{op}: the {what} has the wrong dtype, {:?}", s.dtype());
+    };
+    let (a, z) = span(layout, op, what)?;
+    if z - a != len {
+        bail!("{op}: a {what} of {} entries, expected {len}", z - a);
+    }
+    Ok(data.slice(a..z))
+}
+
+/// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]` (bf16 or f16), neighbour map `[T,27]`
+/// u32, optional tile-row order `[T]` u32 and bias `[Co]` f32 → `[T,Co]` in the feats' dtype,
+/// or in f32 when `f32_out`. See `kernels/cuda/sparse_conv.cu`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn subm_conv3d(
     feats: &CudaStorage,
     fl: &Layout,
@@ -92,6 +154,8 @@ pub(crate) fn subm_conv3d(
     map: &CudaStorage,
     ml: &Layout,
     order: Option<&candle_core::Tensor>,
+    bias: Option<&candle_core::Tensor>,
+    f32_out: bool,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "submanifold_conv3d (CUDA)";
     let (n, ci) = fl.shape().dims2()?;
@@ -107,29 +171,28 @@ pub(crate) fn subm_conv3d(
     // The tile-row → voxel permutation (`NeighbourMap::conv_order`), or none: identity.
     let order = order.map(|t| t.storage_and_layout());
     let order = match &order {
-        Some((storage, layout)) => {
-            let candle_core::Storage::Cuda(s) = &**storage else {
-                bail!("{OP}: the row order must be on the feats' CUDA device");
-            };
-            let CudaStorageSlice::U32(o) = &s.slice else {
-                bail!("{OP}: the row order must be u32, got {:?}", s.dtype());
-            };
-            let (a, z) = span(layout, OP, "row order")?;
-            if z - a != n {
-                bail!("{OP}: a row order of {} entries for {n} voxels", z - a);
-            }
-            Some(o.slice(a..z))
-        }
+        Some((s, l)) => Some(held_slice(s, l, n, (OP, "row order"), |s| match s {
+            CudaStorageSlice::U32(o) => Some(o),
+            _ => None,
+        })?),
+        None => None,
+    };
+    let bias = bias.map(|t| t.storage_and_layout());
+    let bias = match &bias {
+        Some((s, l)) => Some(held_slice(s, l, co, (OP, "bias"), |s| match s {
+            CudaStorageSlice::F32(b) => Some(b),
+            _ => None,
+        })?),
         None => None,
     };
     // 16-byte copies need Ci a multiple of 8 and 16-byte aligned operand starts; otherwise the
     // `_scalar` kernels.
     let vec = ci.is_multiple_of(8) && fa.is_multiple_of(8) && wa.is_multiple_of(8);
-    // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), else 128, or 256 on
-    // request.
+    // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), 256 for Co ≥ 256
+    // (unless `TRELLIS2_CONV_TILE=128`), else 128.
     let (bn, smem) = if co <= 64 {
         (64, SUBM_CONV_SMEM_BYTES)
-    } else if co >= 256 && subm_conv_wide_tiles() {
+    } else if co >= 256 && subm_conv_wide_tiles()? {
         (256, SUBM_CONV_WIDE_SMEM_BYTES)
     } else {
         (128, SUBM_CONV_SMEM_BYTES)
@@ -140,90 +203,58 @@ pub(crate) fn subm_conv3d(
         shared_mem_bytes: smem,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
+    let row_skip = subm_conv_row_skip()? as i32;
+    // Launches the `$t` operand kernel writing `$o` outputs (`$oname` in the kernel name).
     macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal) => {{
+        ($t:ty, $variant:ident, $name:literal, $o:ty, $oname:literal) => {{
             let CudaStorageSlice::$variant(w) = &weight.slice else {
                 bail!("{OP}: feats and weight must have the same dtype");
             };
             let CudaStorageSlice::$variant(f) = &feats.slice else {
                 unreachable!("matched on the feats dtype")
             };
-            let out = output::<$t>(&dev, n * co)?;
+            let out = output::<$o>(&dev, n * co)?;
             if n > 0 && co > 0 {
-                let name = format!("{}_n{bn}{}", $name, if vec { "" } else { "_scalar" });
+                let name = format!(
+                    "subm_conv3d_{}_{}_n{bn}{}",
+                    $name,
+                    $oname,
+                    if vec { "" } else { "_scalar" }
+                );
                 let func =
                     large_smem_func(&dev, "trellis2_sparse_conv", SPARSE_CONV_PTX, &name, smem)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let stream = dev.cuda_stream();
                 let mut b = stream.launch_builder(&func);
                 b.arg(&f).arg(&w).arg(&map);
+                // Null pointers: tile row p is voxel p; no bias.
                 match &order {
                     Some(o) => b.arg(o),
-                    // A null pointer: tile row p is voxel p.
                     None => b.arg(&0u64),
                 };
-                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_);
+                match &bias {
+                    Some(v) => b.arg(v),
+                    None => b.arg(&0u64),
+                };
+                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_).arg(&row_skip);
                 // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
-                // checked by the op's shape checks) and order[T] (checked above; entries ≥ T
-                // are skipped) and writes out[T·Co], which it owns: every row when the order
-                // is a permutation, as `NeighbourMap::conv_order` makes it.
+                // checked by the op's shape checks), order[T] (checked above; entries ≥ T are
+                // skipped) and bias[Co] (checked above), and writes out[T·Co], which it owns:
+                // every row when the order is a permutation, as `NeighbourMap::conv_order` makes
+                // it.
                 unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }
-    let out = match &feats.slice {
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "subm_conv3d_bf16"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "subm_conv3d_f16"),
+    let out = match (&feats.slice, f32_out) {
+        (CudaStorageSlice::BF16(_), false) => run!(bf16, BF16, "bf16", bf16, "bf16"),
+        (CudaStorageSlice::BF16(_), true) => run!(bf16, BF16, "bf16", f32, "f32"),
+        (CudaStorageSlice::F16(_), false) => run!(f16, F16, "f16", f16, "f16"),
+        (CudaStorageSlice::F16(_), true) => run!(f16, F16, "f16", f32, "f32"),
         _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
     };
     Ok((out, Shape::from((n, co))))
-}
-
-/// Threads per block of the neighbour-mask kernel.
-const MASK_THREADS: usize = 256;
-
-/// The 27-bit neighbour-presence mask of every voxel of a `[T,27]` u32 neighbour map on a CUDA
-/// device (`subm_conv3d_masks` in `kernels/cuda/sparse_conv.cu`), copied to the host: T words,
-/// not the 27·T of the map.
-pub(crate) fn neighbour_masks(map: &candle_core::Tensor) -> Result<Vec<u32>> {
-    const OP: &str = "neighbour masks (CUDA)";
-    let (storage, layout) = map.storage_and_layout();
-    let candle_core::Storage::Cuda(s) = &*storage else {
-        bail!("{OP}: the neighbour map is not on a CUDA device");
-    };
-    let (a, z) = span(layout, OP, "neighbour map")?;
-    let (n, taps) = layout.shape().dims2()?;
-    if taps != TAPS {
-        bail!("{OP}: expected a [T, {TAPS}] map, got {:?}", layout.shape());
-    }
-    let CudaStorageSlice::U32(m) = &s.slice else {
-        bail!("{OP}: expected a u32 map, got {:?}", s.dtype());
-    };
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let dev = s.device().clone();
-    let masks = output::<u32>(&dev, n)?;
-    {
-        let func = dev.get_or_load_custom_func(
-            "subm_conv3d_masks",
-            "trellis2_sparse_conv",
-            SPARSE_CONV_PTX,
-        )?;
-        let m = m.slice(a..z);
-        let n_ = n as i32;
-        let mut b = func.builder();
-        b.arg(&m).arg(&masks).arg(&n_);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(MASK_THREADS) as u32, 1, 1),
-            block_dim: (MASK_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: reads map[T·27] and writes masks[0..T], owned here.
-        unsafe { b.launch(cfg) }.w()?;
-    }
-    dev.clone_dtoh(&masks.slice(0..n))
 }
 
 /// Rows of one query tile of the attention kernel (one CTA).

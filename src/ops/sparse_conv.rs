@@ -8,7 +8,10 @@
 //! The CPU forward is the reference every GPU kernel is tested against. It tiles the output
 //! voxels; per tile and tap it gathers only the rows whose neighbour exists, multiplies them with
 //! that tap's `[Ci,Co]` weight slice (one small GEMM, f32 accumulation) and adds the result into
-//! the tile, so absent pairs cost nothing and no full-size per-tap temporary is ever built.
+//! the tile, so absent pairs cost nothing and no full-size per-tap temporary is ever built. The
+//! bias is added to the f32 sums before the single rounding to the output dtype, as the CUDA
+//! kernel's epilogue does; the Metal kernel has no epilogue, so there a fused `bias_act` pass
+//! follows.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -25,10 +28,14 @@ pub const TAPS: usize = 27;
 
 /// The op; `order` (CUDA only) is a permutation of the voxels, `[T]` u32, that the kernel's
 /// output tiles follow (`NeighbourMap::conv_order`); it changes which voxels share a tile, never
-/// a voxel's result.
+/// a voxel's result. `bias` (`[Co]` f32 on the feats' device; CPU and CUDA) is added in the
+/// epilogue. `f32_out` (CUDA): write f32 instead of the operands' bf16/f16.
 struct SubmConv3d {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     order: Option<Tensor>,
+    bias: Option<Tensor>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    f32_out: bool,
 }
 
 impl CustomOp3 for SubmConv3d {
@@ -55,11 +62,25 @@ impl CustomOp3 for SubmConv3d {
         let map = contiguous(map, l3, op, "neighbour map")?;
         let (n, ci) = l1.shape().dims2()?;
         let co = l2.shape().dims()[0];
-        let out = conv_cpu(feats, weight, map, n, ci, co);
+        let mut out = conv_cpu(feats, weight, map, n, ci, co);
+        if let Some(b) = &self.bias {
+            let b = b.to_vec1::<f32>()?;
+            if b.len() != co {
+                bail!("{op}: a bias of {} for {co} output channels", b.len());
+            }
+            if co > 0 {
+                out.par_chunks_mut(co).for_each(|row| {
+                    for (o, b) in row.iter_mut().zip(&b) {
+                        *o += b;
+                    }
+                });
+            }
+        }
         Ok((CpuStorage::F32(out), Shape::from((n, co))))
     }
 
-    /// kernels/metal/sparse_conv.metal, tested against `cpu_fwd` in tests/metal_emu.rs.
+    /// kernels/metal/sparse_conv.metal, tested against `cpu_fwd` in tests/metal_emu.rs; no
+    /// bias (`conv` adds it afterwards on Metal).
     #[cfg(feature = "metal")]
     fn metal_fwd(
         &self,
@@ -70,11 +91,14 @@ impl CustomOp3 for SubmConv3d {
         s3: &candle_core::MetalStorage,
         l3: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
+        if self.bias.is_some() {
+            bail!("submanifold_conv3d (metal): the kernel takes no bias; add it afterwards");
+        }
         super::metal::sparse_conv::forward(s1, l1, s2, l2, s3, l3)
     }
 
     /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`): bf16 or f16 feats and weight,
-    /// fp32 accumulation, output in the feats' dtype.
+    /// fp32 accumulation plus the f32 bias, output in the feats' dtype or f32.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -85,7 +109,17 @@ impl CustomOp3 for SubmConv3d {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::subm_conv3d(s1, l1, s2, l2, s3, l3, self.order.as_ref())
+        super::cuda::subm_conv3d(
+            s1,
+            l1,
+            s2,
+            l2,
+            s3,
+            l3,
+            self.order.as_ref(),
+            self.bias.as_ref(),
+            self.f32_out,
+        )
     }
 }
 
@@ -254,7 +288,8 @@ pub(crate) fn compute_dtype(device: &candle_core::Device, dtype: DType) -> DType
 /// Submanifold 3×3×3 conv of `feats` `[T,Ci]` on the voxels of `neighbours` `[T,27]`, weight
 /// `[Co,27,Ci]` (or `[Co,3,3,3,Ci]`), optional bias `[Co]` → `[T,Co]` in the feats' dtype.
 /// CPU: f32 throughout. CUDA: bf16/f16 operands (see [`compute_dtype`]), fp32 accumulation, the
-/// bias added in f32 afterwards.
+/// bias added in f32 before the one rounding to the output dtype (f32 outputs are written as
+/// f32 by the kernel).
 pub fn submanifold_conv3d(
     feats: &Tensor,
     neighbours: &Tensor,
@@ -317,18 +352,30 @@ fn conv(
         }
     }
     let dtype = feats.dtype();
-    let compute = compute_dtype(feats.device(), dtype);
+    let device = feats.device();
+    let compute = compute_dtype(device, dtype);
     let weight = weight
         .reshape((co, TAPS, ci))?
         .to_dtype(compute)?
         .contiguous()?;
-    let out = feats.to_dtype(compute)?.contiguous()?.apply_op3_no_bwd(
-        &weight,
-        &neighbours.contiguous()?,
-        &SubmConv3d { order },
-    )?;
-    let out = out.to_dtype(dtype)?;
-    match bias {
+    // The CPU reference and the CUDA kernel add the bias in their epilogue; Metal's kernel has
+    // none, so a fused pass follows it there.
+    let (fused_bias, after_bias) = match bias {
+        Some(b) if !device.is_metal() => (Some(b.to_dtype(DType::F32)?.contiguous()?), None),
+        b => (None, b),
+    };
+    let op = SubmConv3d {
+        order,
+        bias: fused_bias,
+        // The CUDA kernel writes f32 itself rather than bf16 and a cast.
+        f32_out: device.is_cuda() && dtype == DType::F32,
+    };
+    let out = feats
+        .to_dtype(compute)?
+        .contiguous()?
+        .apply_op3_no_bwd(&weight, &neighbours.contiguous()?, &op)?
+        .to_dtype(dtype)?;
+    match after_bias {
         // One fused pass (f32 add, one rounding) instead of casts around a broadcast add.
         Some(b) => bias_act(&out, b, Activation::None),
         None => Ok(out),

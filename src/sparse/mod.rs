@@ -2,6 +2,7 @@
 //! channel→space subdivision. (The per-voxel LayerNorm is `ops::layer_norm`.)
 
 pub mod channel_to_space;
+pub mod conv_order;
 pub mod coords;
 pub mod neighbours;
 pub mod neighbours_gpu;

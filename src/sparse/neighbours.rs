@@ -4,11 +4,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
+use super::conv_order::{
+    default_sort_window, sort_policy, sorted_by_mask, SortPolicy, SORT_MIN_ROWS,
+};
 use super::coords::CoordSet;
 pub use crate::ops::sparse_conv::{ABSENT, TAPS};
 
@@ -25,32 +28,6 @@ pub fn tap_offset(k: usize) -> [i32; 3] {
     ]
 }
 
-/// Sets with fewer voxels keep their order on CUDA: sorting saves less than the mask read-back
-/// costs.
-pub const SORT_MIN_ROWS: usize = 4096;
-
-/// Larger sets keep their order under the default policy: the order is built on the host
-/// (T mask words read back, a sort, T words uploaded: ≈15–30 ms at 1–4 M voxels), and in the
-/// decoders such levels run only a few convs (the channels halve as the voxels quadruple), each
-/// saving ≈0.5–0.8 ms sorted. Below this size (16–17 convs at 57 k voxels, 9 at 237 k) the sort
-/// pays for itself.
-pub const SORT_MAX_ROWS: usize = 1 << 19;
-
-/// Default sorting window: the features of one window's voxels should fit in this many bytes
-/// (about the H100's 50 MB L2 with room for the weights), so that the tiles running at once
-/// gather rows from a bounded region instead of the whole set.
-const SORT_WINDOW_BYTES: usize = 32 << 20;
-
-/// The smallest default window: smaller ones lose most of the sort's tap savings.
-const SORT_MIN_WINDOW: usize = 16_384;
-
-/// The default sorting window for feature rows of `row_bytes` bytes: the largest power of two of
-/// voxels whose rows fit [`SORT_WINDOW_BYTES`], at least [`SORT_MIN_WINDOW`].
-pub fn default_sort_window(row_bytes: usize) -> usize {
-    let w = (SORT_WINDOW_BYTES / row_bytes.max(1)).max(1);
-    (1usize << w.ilog2()).max(SORT_MIN_WINDOW)
-}
-
 /// `[T,27]` neighbour rows, on the coordinate set's device.
 #[derive(Debug, Clone)]
 pub struct NeighbourMap {
@@ -60,52 +37,6 @@ pub struct NeighbourMap {
     /// Voxel orders for the CUDA conv, by window (see [`NeighbourMap::sorted_order`]), built on
     /// first use; shared by clones.
     orders: Arc<Mutex<Vec<(usize, Tensor)>>>,
-}
-
-/// How the CUDA conv orders voxels: `TRELLIS2_CONV_SORT` = `off` (or `0`), `full`, a window in
-/// voxels, or unset / `auto` (a window from the feature row size, sets of [`SORT_MIN_ROWS`] to
-/// [`SORT_MAX_ROWS`] voxels only).
-#[derive(Debug, Clone, Copy)]
-enum SortPolicy {
-    Off,
-    Auto,
-    Window(usize),
-}
-
-fn sort_policy() -> Result<SortPolicy> {
-    static POLICY: OnceLock<std::result::Result<SortPolicy, String>> = OnceLock::new();
-    let policy = POLICY.get_or_init(|| {
-        let Ok(v) = std::env::var("TRELLIS2_CONV_SORT") else {
-            return Ok(SortPolicy::Auto);
-        };
-        match v.trim() {
-            "" | "auto" => Ok(SortPolicy::Auto),
-            "off" | "0" => Ok(SortPolicy::Off),
-            "full" => Ok(SortPolicy::Window(usize::MAX)),
-            w => w.parse().map(SortPolicy::Window).map_err(|_| {
-                format!("TRELLIS2_CONV_SORT={v}: expected off, auto, full or a window in voxels")
-            }),
-        }
-    });
-    policy.clone().map_err(candle_core::Error::Msg)
-}
-
-/// `order[p]` = the voxel of tile row `p`: within consecutive windows of `window` voxels,
-/// voxels sorted by their neighbour mask, ties in voxel order (deterministic: the keys are
-/// unique).
-fn sort_by_mask(masks: &[u32], window: usize) -> Vec<u32> {
-    let mut keys: Vec<u64> = masks
-        .par_iter()
-        .enumerate()
-        .map(|(v, &m)| ((m as u64) << 32) | v as u64)
-        .collect();
-    if window >= keys.len() {
-        keys.par_sort_unstable();
-    } else {
-        keys.par_chunks_mut(window.max(1))
-            .for_each(|w| w.sort_unstable());
-    }
-    keys.into_par_iter().map(|k| k as u32).collect()
 }
 
 impl NeighbourMap {
@@ -185,10 +116,11 @@ impl NeighbourMap {
     }
 
     /// The voxel order the CUDA conv should tile by for feature rows of `row_bytes` bytes, or
-    /// `None` to keep the voxels' own order: on other devices, below [`SORT_MIN_ROWS`] voxels,
-    /// above [`SORT_MAX_ROWS`] by default, or with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
-    /// window `TRELLIS2_CONV_SORT` names (`full`: one window) or, by default, the largest power
-    /// of two of at least 16384 voxels whose rows fit in 32 MiB.
+    /// `None` to keep the voxels' own order: on other devices, below [`SORT_MIN_ROWS`] voxels, or
+    /// with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
+    /// window `TRELLIS2_CONV_SORT` names (`full`: one window) or, by default,
+    /// [`default_sort_window`]: the largest power of two of at least 16384 voxels whose rows fit
+    /// in 32 MiB. Built on the GPU, so sets of any size are sorted.
     pub fn conv_order(&self, row_bytes: usize) -> Result<Option<Tensor>> {
         let rows = self.tensor.dims()[0];
         if !self.tensor.device().is_cuda() || rows < SORT_MIN_ROWS {
@@ -197,7 +129,6 @@ impl NeighbourMap {
         let window = match sort_policy()? {
             SortPolicy::Off => return Ok(None),
             SortPolicy::Window(w) => w,
-            SortPolicy::Auto if rows > SORT_MAX_ROWS => return Ok(None),
             SortPolicy::Auto => default_sort_window(row_bytes),
         };
         self.sorted_order(window).map(Some)
@@ -208,7 +139,8 @@ impl NeighbourMap {
     /// ties in voxel order. The conv's 128-voxel tiles then mostly hold voxels with the same
     /// neighbours, and a tile skips the taps none of its voxels has: on decoder-like shells
     /// ≈ 17–21 of 27 taps instead of ≈ 27. Windows keep the rows that tiles running at the same
-    /// time gather close together (in L2). Built once per window, then cached.
+    /// time gather close together (in L2). Built once per window (on CUDA by a radix sort on
+    /// the device, elsewhere on the host: see conv_order.rs), then cached.
     pub fn sorted_order(&self, window: usize) -> Result<Tensor> {
         let rows = self.tensor.dims()[0];
         let window = if window == 0 { rows } else { window.min(rows) };
@@ -216,28 +148,9 @@ impl NeighbourMap {
         if let Some((_, order)) = cache.iter().find(|(w, _)| *w == window) {
             return Ok(order.clone());
         }
-        let masks = self.masks()?;
-        let order = Tensor::from_vec(sort_by_mask(&masks, window), rows, self.tensor.device())?;
+        let order = sorted_by_mask(&self.tensor, window)?;
         cache.push((window, order.clone()));
         Ok(order)
-    }
-
-    /// Each voxel's neighbour-presence mask (bit k: tap k present), on the host. CUDA computes
-    /// them on the device and copies back T words instead of the 27·T of the map.
-    fn masks(&self) -> Result<Vec<u32>> {
-        #[cfg(feature = "cuda")]
-        if self.tensor.device().is_cuda() {
-            return crate::ops::cuda::neighbour_masks(&self.tensor);
-        }
-        let map = self.tensor.flatten_all()?.to_vec1::<u32>()?;
-        Ok(map
-            .par_chunks(TAPS)
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold(0u32, |m, (k, &v)| m | (u32::from(v != ABSENT) << k))
-            })
-            .collect())
     }
 }
 
