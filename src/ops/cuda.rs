@@ -20,6 +20,9 @@ use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
 use super::sparse_conv::TAPS;
 
+mod channel_to_space;
+pub(crate) use channel_to_space::{i32_tensors_equal, subdivide};
+
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 /// The wgmma attention kernel (`kernels/cuda/attention_sm90a.cu`), built only for

@@ -3,6 +3,10 @@
 //! and takes parent channels `[s·C/8, (s+1)·C/8)`. Children come parent-major, then by `s`
 //! ascending (not lexicographically sorted), exactly as upstream's `repeat_interleave` +
 //! `nonzero`.
+//!
+//! On a CUDA device the children are built by kernels from the logits (`kernels/cuda/
+//! channel_to_space.cu`): only their count, batch boundaries and maxima come back to the host.
+//! Elsewhere the mask comes back and [`Subdivision::from_mask`], the reference, builds them.
 
 use std::sync::Arc;
 
@@ -10,6 +14,8 @@ use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
 use super::coords::CoordSet;
+#[cfg(feature = "cuda")]
+use super::coords::MAX_COORD;
 use super::tensor::SparseTensor;
 
 /// Children per parent voxel.
@@ -36,6 +42,10 @@ impl Subdivision {
                 parents.len()
             );
         }
+        #[cfg(feature = "cuda")]
+        if logits.device().is_cuda() && logits.device().same_device(parents.device()) {
+            return Self::from_logits_on_device(parents, logits);
+        }
         // Compared on the logits' device: one byte per child comes back instead of a float.
         let mask: Vec<bool> = logits
             .gt(0.0)?
@@ -47,7 +57,35 @@ impl Subdivision {
         Self::from_mask(parents, &mask)
     }
 
-    /// Children where `mask[n·8 + s]` is set.
+    /// [`Self::from_logits`] by the CUDA kernels: children rows, sources, batch ranges and
+    /// exact maxima computed on the device, the rows never on the host.
+    #[cfg(feature = "cuda")]
+    fn from_logits_on_device(parents: &Arc<CoordSet>, logits: &Tensor) -> Result<Self> {
+        // Children coordinates are at most 2·max + 1: checked once here, so that the kernels
+        // need not check each child.
+        let max = parents.max();
+        if let Some(a) = (1..4).find(|&a| 2 * max[a] as u64 + 1 >= MAX_COORD as u64) {
+            bail!(
+                "channel_to_space: parents reach {} = {}; their children could leave [0, \
+                 {MAX_COORD})",
+                ["batch", "x", "y", "z"][a],
+                max[a]
+            );
+        }
+        let built = crate::ops::cuda::subdivide(
+            parents.tensor(),
+            parents.batches(),
+            &logits.contiguous()?,
+        )?;
+        Ok(Self {
+            children: Arc::new(CoordSet::from_device(built.rows, built.batches, built.max)?),
+            sources: built.sources,
+            parents: parents.len(),
+        })
+    }
+
+    /// Children where `mask[n·8 + s]` is set: the reference the CUDA kernels are tested
+    /// against (tests/cuda_kernels.rs).
     pub fn from_mask(parents: &Arc<CoordSet>, mask: &[bool]) -> Result<Self> {
         if mask.len() != parents.len() * CHILDREN {
             bail!(
@@ -72,6 +110,7 @@ impl Subdivision {
         let total: usize = task_sizes.iter().sum();
         let mut rows = vec![[0i32; 4]; total];
         let mut sources = vec![0u32; total];
+        let parent_rows = parents.rows()?;
         let mut parts = Vec::with_capacity(task_sizes.len());
         let (mut row_rest, mut source_rest) = (rows.as_mut_slice(), sources.as_mut_slice());
         for &size in &task_sizes {
@@ -86,7 +125,7 @@ impl Subdivision {
             .for_each(|(task, (rows, sources))| {
                 let first = task * PARENTS_PER_TASK;
                 let mut out = 0;
-                for (i, c) in parents.rows()[first..]
+                for (i, c) in parent_rows[first..]
                     .iter()
                     .take(PARENTS_PER_TASK)
                     .enumerate()
@@ -119,23 +158,33 @@ impl Subdivision {
         &self.children
     }
 
-    /// Moves channel block `s` of each parent to child `s`: `[N, C]` → `[N', C/8]`.
-    pub fn apply(&self, x: &SparseTensor) -> Result<SparseTensor> {
+    /// `parent·8 + s` of each child, `[N']` u32 on the parents' device.
+    pub fn sources(&self) -> &Tensor {
+        &self.sources
+    }
+
+    /// `x`'s features viewed `[N·8, C/8]`: row `parent·8 + s` is channel block `s` of a parent.
+    fn per_child(&self, x: &SparseTensor, what: &str) -> Result<Tensor> {
         let (n, c) = (x.len(), x.channels());
         if n != self.parents {
             bail!(
-                "channel_to_space: tensor has {n} voxels, the subdivision was made for {}",
+                "channel_to_space: {what} has {n} voxels, the subdivision was made for {}",
                 self.parents
             );
         }
         if c % CHILDREN != 0 {
-            bail!("channel_to_space: {c} channels is not a multiple of 8");
+            bail!("channel_to_space: {what} has {c} channels, not a multiple of 8");
         }
-        let per_child = x
-            .feats()
+        x.feats()
             .contiguous()?
-            .reshape((n * CHILDREN, c / CHILDREN))?;
-        let feats = per_child.index_select(&self.sources, 0)?;
+            .reshape((n * CHILDREN, c / CHILDREN))
+    }
+
+    /// Moves channel block `s` of each parent to child `s`: `[N, C]` → `[N', C/8]`.
+    pub fn apply(&self, x: &SparseTensor) -> Result<SparseTensor> {
+        let feats = self
+            .per_child(x, "tensor")?
+            .index_select(&self.sources, 0)?;
         SparseTensor::on(self.children.clone(), feats)
     }
 }
@@ -156,7 +205,7 @@ mod tests {
         mask[8 + 4] = true; // parent 1, child z+1
         let sub = Subdivision::from_mask(&parents, &mask).unwrap();
         assert_eq!(
-            sub.children().rows(),
+            sub.children().rows().unwrap(),
             &[[0, 3, 4, 6], [0, 2, 5, 7], [1, 0, 0, 1]]
         );
         let feats = Tensor::arange(0f32, 32., &dev)
@@ -192,7 +241,7 @@ mod tests {
         }
         let set = Arc::new(CoordSet::from_host(parents, &Device::Cpu).unwrap());
         let sub = Subdivision::from_mask(&set, &mask).unwrap();
-        assert_eq!(sub.children().rows(), want.as_slice());
+        assert_eq!(sub.children().rows().unwrap(), want.as_slice());
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl C2SBlock {
     ) -> Result<SparseTensor> {
         match (&self.to_subdiv, guide) {
             (_, Some(g)) => {
-                if g.len() != x.len() || g.coord_set().rows() != x.coord_set().rows() {
+                // The same set, or equal rows compared on the device (no download).
+                if !g.coord_set().same_rows(x.coord_set())? {
                     candle_core::bail!(
                         "guide subdivision: its {} coordinates are not the {} voxels of this \
                          stage (same rows in the same order required)",
