@@ -1064,3 +1064,118 @@ fn coord_sets_compare_on_device() -> Result<()> {
     println!("coordinate sets compared on the device: equal and differing cases as expected");
     Ok(())
 }
+
+/// The fused C2S skip add (`c2s_skip_add_*` in `kernels/cuda/channel_to_space.cu`) against the
+/// CPU op: 16-byte vectors and the scalar path (odd widths, h starting mid-buffer), repeats of
+/// 3, 4 and 8, no child; an out-of-range source gives a NaN row, not a read out of bounds.
+#[test]
+fn c2s_skip_add_matches_cpu() -> Result<()> {
+    use trellis2::ops::c2s_skip_add::c2s_skip_add;
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let mut rng = Lcg(5);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = match dtype {
+            DType::F32 => 1e-6,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        // (parents, C, C', children, leading rows of h skipped)
+        for (n, c, c_out, kids, skip) in [
+            (1000usize, 64usize, 32usize, 4000usize, 0usize),
+            (2000, 512, 256, 9000, 0),
+            (777, 16, 16, 3000, 0),
+            (300, 8, 8, 1000, 0),
+            (100, 24, 9, 200, 0),
+            (50, 64, 32, 120, 1),
+            (5, 64, 32, 0, 0),
+        ] {
+            let x = rounded(&[n, c], 1.0, dtype)?;
+            let h_full = rounded(&[kids + skip, c_out], 1.0, dtype)?;
+            let h = h_full.narrow(0, skip, kids)?;
+            let sources: Vec<u32> = (0..kids).map(|_| rng.below(n * 8) as u32).collect();
+            let s = Tensor::from_vec(sources, kids, &cpu)?;
+            let want = c2s_skip_add(&h, &x, &s)?;
+            let got = c2s_skip_add(
+                &h_full
+                    .to_dtype(dtype)?
+                    .to_device(&dev)?
+                    .narrow(0, skip, kids)?,
+                &x.to_dtype(dtype)?.to_device(&dev)?,
+                &s.to_device(&dev)?,
+            )?;
+            assert_eq!(got.dtype(), dtype);
+            let label = format!(
+                "c2s skip add {dtype:?} N {n:>5} C {c:>4} → N' {kids:>5} C' {c_out:>4} skip {skip}"
+            );
+            expect_close(&label, &got, &want, tol)?;
+        }
+    }
+    let x = Tensor::ones((2, 16), DType::BF16, &dev)?;
+    let h = Tensor::zeros((3, 4), DType::BF16, &dev)?;
+    let s = Tensor::new(&[0u32, 16, 15], &dev)?;
+    let out = c2s_skip_add(&h, &x, &s)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+    assert!(out[1].iter().all(|v| v.is_nan()), "{out:?}");
+    assert!(out[0].iter().chain(&out[2]).all(|&v| v == 1.0), "{out:?}");
+    Ok(())
+}
+
+/// LayerNorm + activation (`layer_norm_act_*` in `kernels/cuda/norms.cu`), plain with affine
+/// and gathered without, against the CPU op; a gathered row out of range gives a NaN row.
+#[test]
+fn layer_norm_act_matches_cpu() -> Result<()> {
+    use trellis2::ops::bias_act::Activation;
+    use trellis2::ops::layer_norm_act::{gathered_layer_norm_act, layer_norm_act};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let mut rng = Lcg(9);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = match dtype {
+            DType::F32 => 1e-5,
+            DType::F16 => 2e-3,
+            _ => 1e-2,
+        };
+        // (input rows, C, gathered output rows)
+        for (r, c, t) in [
+            (0usize, 64usize, 0usize),
+            (1, 1, 3),
+            (1000, 64, 4000),
+            (777, 1024, 500),
+            (300, 13, 301),
+            (8000, 128, 30000),
+        ] {
+            let x = (Tensor::randn(0f32, 1.0, (r, c), &cpu)? + 1.5)?.to_dtype(dtype)?;
+            let xf = x.to_dtype(DType::F32)?;
+            let w = Tensor::randn(1f32, 0.3, c, &cpu)?;
+            let b = Tensor::randn(0f32, 0.3, c, &cpu)?;
+            let xg = x.to_device(&dev)?;
+            let (wg, bg) = (w.to_device(&dev)?, b.to_device(&dev)?);
+            for act in [Activation::Silu, Activation::None] {
+                let want = layer_norm_act(&xf, Some((&w, &b)), 1e-6, act)?;
+                let got = layer_norm_act(&xg, Some((&wg, &bg)), 1e-6, act)?;
+                assert_eq!(got.dtype(), dtype);
+                let label = format!("layer norm {act:?} {dtype:?} R {r:>5} C {c:>4}");
+                expect_close(&label, &got, &want, tol)?;
+            }
+            if r == 0 {
+                continue;
+            }
+            let rows: Vec<u32> = (0..t).map(|_| rng.below(r) as u32).collect();
+            let rows = Tensor::from_vec(rows, t, &cpu)?;
+            let want = gathered_layer_norm_act(&xf, &rows, None, 1e-6, Activation::Silu)?;
+            let got =
+                gathered_layer_norm_act(&xg, &rows.to_device(&dev)?, None, 1e-6, Activation::Silu)?;
+            let label = format!("gathered layer norm+silu {dtype:?} R {r:>5} C {c:>4} T {t:>5}");
+            expect_close(&label, &got, &want, tol)?;
+        }
+    }
+    let x = Tensor::randn(0f32, 1.0, (4, 32), &dev)?;
+    let rows = Tensor::new(&[3u32, 4, 0], &dev)?;
+    let out = gathered_layer_norm_act(&x, &rows, None, 1e-6, Activation::Silu)?.to_vec2::<f32>()?;
+    assert!(out[1].iter().all(|v| v.is_nan()), "{out:?}");
+    assert!(
+        out[0].iter().chain(&out[2]).all(|v| v.is_finite()),
+        "{out:?}"
+    );
+    Ok(())
+}

@@ -1,5 +1,5 @@
-// Channel→space on the GPU (spec §5.2); reference: `Subdivision::from_mask` in
-// src/sparse/channel_to_space.rs.
+// Channel→space on the GPU (spec §5.2); references: `Subdivision::from_mask` in
+// src/sparse/channel_to_space.rs (children) and src/ops/c2s_skip_add.rs (skip add).
 //
 // Children of N parents from their logits [N][8] (child s of parent n kept when
 // logits[n][s] > 0; NaN keeps nothing), in three launches, in exactly the reference's order
@@ -18,6 +18,12 @@
 //                   (consecutive slots write consecutive rows) and sources[row] = 8n + s.
 // Only summary (5 + k words) comes back to the host. Integer arithmetic in u32: the host checks
 // 8N < 2^32 and 2·max + 1 < 2^21 per axis before launching.
+//
+// c2s_skip_add: y[i][j] = h[i][j] + x[sources[i]·carried + j / repeat] (x = the parents'
+// features viewed [8N][carried]); h, y [N'][C'] in T, C' = carried·repeat; f32 sum, one
+// rounding. VEC consecutive elements per thread (16-byte loads of h when C' is a multiple of
+// VEC); a source ≥ x_blocks (never produced by channel→space) gives a NaN row instead of a read
+// out of bounds.
 //
 // i32_words_differ: flag = 1 when a[i] != b[i] for some i < n (coordinate sets compared on the
 // device).
@@ -156,6 +162,42 @@ __device__ __forceinline__ void c2s_write(const T *__restrict__ logits, const in
     sources[row] = slot;
 }
 
+template <typename T, int VEC> struct alignas(sizeof(T) * VEC) SkipPack {
+    T v[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void c2s_skip_add(const T *__restrict__ h, const T *__restrict__ x,
+                                             const uint32_t *__restrict__ sources, T *__restrict__ y,
+                                             size_t vectors, int c_out, int carried, int repeat,
+                                             uint32_t x_blocks) {
+    for (size_t i = blockIdx.x * (size_t)EW_THREADS + threadIdx.x; i < vectors;
+         i += (size_t)gridDim.x * EW_THREADS) {
+        const size_t e = i * VEC;
+        const size_t row = e / (size_t)c_out;
+        const int col = (int)(e % (size_t)c_out);  // C' % VEC == 0: a vector never wraps a row
+        const uint32_t src = sources[row];
+        const SkipPack<T, VEC> in = *reinterpret_cast<const SkipPack<T, VEC> *>(h + e);
+        SkipPack<T, VEC> out;
+        if (src >= x_blocks) {
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) out.v[j] = store<T>(__int_as_float(0x7fc00000));
+        } else {
+            const T *carry = x + (size_t)src * carried;
+            int k = col / repeat, r = col - k * repeat;
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) {
+                out.v[j] = store<T>(to_f32(in.v[j]) + to_f32(carry[k]));
+                if (++r == repeat) {
+                    r = 0;
+                    ++k;
+                }
+            }
+        }
+        *reinterpret_cast<SkipPack<T, VEC> *>(y + e) = out;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(EW_THREADS)
     i32_words_differ(const int *a, const int *b, size_t n, uint32_t *flag) {
     for (size_t i = blockIdx.x * (size_t)EW_THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * EW_THREADS)
@@ -180,3 +222,19 @@ extern "C" __global__ void __launch_bounds__(EW_THREADS)
 CHILDREN(f32, float)
 CHILDREN(f16, __half)
 CHILDREN(bf16, __nv_bfloat16)
+
+#define SKIP_ADD(NAME, T, VEC, SUFFIX)                                                               \
+    extern "C" __global__ void __launch_bounds__(EW_THREADS)                                         \
+        c2s_skip_add_##NAME##SUFFIX(const T *h, const T *x, const uint32_t *sources, T *y,           \
+                                    size_t vectors, int c_out, int carried, int repeat,              \
+                                    uint32_t x_blocks) {                                             \
+        c2s_skip_add<T, VEC>(h, x, sources, y, vectors, c_out, carried, repeat, x_blocks);           \
+    }
+
+// `_v`: 16-byte vectors (C' a multiple of 16 / sizeof(T), h 16-byte aligned); else scalar.
+SKIP_ADD(f32, float, 4, _v)
+SKIP_ADD(f16, __half, 8, _v)
+SKIP_ADD(bf16, __nv_bfloat16, 8, _v)
+SKIP_ADD(f32, float, 1, )
+SKIP_ADD(f16, __half, 1, )
+SKIP_ADD(bf16, __nv_bfloat16, 1, )

@@ -21,7 +21,9 @@ use super::sample_offsets::offsets_u32;
 use super::sparse_conv::TAPS;
 
 mod channel_to_space;
-pub(crate) use channel_to_space::{i32_tensors_equal, subdivide};
+mod layer_norm_act;
+pub(crate) use channel_to_space::{c2s_skip_add, i32_tensors_equal, subdivide};
+pub(crate) use layer_norm_act::layer_norm_act;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));

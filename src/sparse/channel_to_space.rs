@@ -17,6 +17,9 @@ use super::coords::CoordSet;
 #[cfg(feature = "cuda")]
 use super::coords::MAX_COORD;
 use super::tensor::SparseTensor;
+use crate::ops::bias_act::Activation;
+use crate::ops::c2s_skip_add::c2s_skip_add;
+use crate::ops::layer_norm_act::gathered_layer_norm_act;
 
 /// Children per parent voxel.
 pub const CHILDREN: usize = 8;
@@ -187,6 +190,32 @@ impl Subdivision {
             .index_select(&self.sources, 0)?;
         SparseTensor::on(self.children.clone(), feats)
     }
+
+    /// `act(LayerNorm(apply(x)))` (no affine) in one pass: the norm reads each child's channel
+    /// block straight from the parent's row, so the moved features are never written.
+    pub fn apply_layer_norm(
+        &self,
+        x: &SparseTensor,
+        eps: f64,
+        act: Activation,
+    ) -> Result<SparseTensor> {
+        let per_child = self.per_child(x, "tensor")?;
+        let feats = gathered_layer_norm_act(&per_child, &self.sources, None, eps, act)?;
+        SparseTensor::on(self.children.clone(), feats)
+    }
+
+    /// `h + repeat_interleave(apply(x))` over the channels: the skip connection of a C2S block,
+    /// each of the `C/8` carried channels of `x` repeated `C'/(C/8)` times consecutively
+    /// (`repeat_interleave`, not tiling), read from the parents' rows without materialising
+    /// the moved or repeated features. `h` `[N', C']` on the children.
+    pub fn add_carried(&self, h: &SparseTensor, x: &SparseTensor) -> Result<SparseTensor> {
+        if !Arc::ptr_eq(h.coord_set(), &self.children) {
+            bail!("channel_to_space: the skip add needs a tensor on this subdivision's children");
+        }
+        // Checks x's voxel count and channel multiple.
+        self.per_child(x, "skip input")?;
+        h.replace(c2s_skip_add(h.feats(), x.feats(), &self.sources)?)
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +271,64 @@ mod tests {
         let set = Arc::new(CoordSet::from_host(parents, &Device::Cpu).unwrap());
         let sub = Subdivision::from_mask(&set, &mask).unwrap();
         assert_eq!(sub.children().rows().unwrap(), want.as_slice());
+    }
+
+    /// The fused norm and skip add against `apply` followed by the composed candle ops.
+    #[test]
+    fn fused_tail_matches_apply_then_composed_ops() {
+        let dev = Device::Cpu;
+        let parents = Arc::new(
+            CoordSet::from_host(vec![[0, 0, 0, 0], [0, 1, 0, 0], [1, 5, 5, 5]], &dev).unwrap(),
+        );
+        let mask: Vec<bool> = (0..24).map(|i| i % 3 != 1).collect();
+        let sub = Subdivision::from_mask(&parents, &mask).unwrap();
+        let n = sub.children().len();
+        // conv1-like output: 8 blocks of 4 channels; x: 16 channels (2 carried, repeat 2).
+        let h1 = Tensor::arange(0f32, 96.0, &dev)
+            .unwrap()
+            .reshape((3, 32))
+            .unwrap()
+            .cos()
+            .unwrap();
+        let x = Tensor::arange(0f32, 48.0, &dev)
+            .unwrap()
+            .reshape((3, 16))
+            .unwrap();
+        let h1 = SparseTensor::on(parents.clone(), h1).unwrap();
+        let x = SparseTensor::on(parents, x).unwrap();
+        let fused = sub.apply_layer_norm(&h1, 1e-6, Activation::Silu).unwrap();
+        let moved = sub.apply(&h1).unwrap();
+        let composed = crate::ops::layer_norm(moved.feats(), None, 1e-6)
+            .unwrap()
+            .silu()
+            .unwrap();
+        let diff = (fused.feats() - &composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let out = sub.add_carried(&fused, &x).unwrap();
+        let skip = sub.apply(&x).unwrap().feats().clone();
+        let repeated = skip
+            .unsqueeze(2)
+            .unwrap()
+            .broadcast_as((n, 2, 2))
+            .unwrap()
+            .reshape((n, 4))
+            .unwrap();
+        let want = (fused.feats() + repeated).unwrap();
+        assert_eq!(
+            out.feats().to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap()
+        );
+        // The skip add needs features on the children.
+        assert!(sub.add_carried(&x, &x).is_err());
     }
 
     #[test]

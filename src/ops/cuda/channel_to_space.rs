@@ -1,6 +1,6 @@
 //! CUDA side of channel→space (`kernels/cuda/channel_to_space.cu`): the children of a
-//! subdivision built on the device from its logits, and the device comparison of two
-//! coordinate tensors.
+//! subdivision built on the device from its logits, the fused C2S skip add, and the device
+//! comparison of two coordinate tensors.
 
 use std::ops::Range;
 
@@ -11,9 +11,10 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{bail, CudaDevice, CudaStorage, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
 
-use super::{elementwise_launch, output, span};
+use super::{elementwise_launch, elementwise_vec, output, span};
 
 const C2S_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/channel_to_space.ptx"));
 const MODULE: &str = "trellis2_channel_to_space";
@@ -203,4 +204,73 @@ pub(crate) fn i32_tensors_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
     // SAFETY: reads a[n] and b[n] (equal shapes, contiguous spans); writes flag[0], owned here.
     unsafe { builder.launch(elementwise_launch(n)) }.w()?;
     Ok(dev.clone_dtoh(&flag)?[0] == 0)
+}
+
+/// `h + repeat_interleave(x[8N, carried].index_select(sources), repeat)`
+/// (`src/ops/c2s_skip_add.rs`): h `[N', C']` and x `[N, C]` f32/f16/bf16 (the same dtype),
+/// sources `[N']` u32 → `[N', C']` in h's dtype.
+pub(crate) fn c2s_skip_add(
+    (h, hl): (&CudaStorage, &Layout),
+    (x, xl): (&CudaStorage, &Layout),
+    (s, sl): (&CudaStorage, &Layout),
+    carried: usize,
+    repeat: usize,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "c2s_skip_add (CUDA)";
+    let (rows, c_out) = hl.shape().dims2()?;
+    let (ha, hz) = span(hl, OP, "h")?;
+    let (xa, xz) = span(xl, OP, "parent features")?;
+    let (sa, sz) = span(sl, OP, "sources")?;
+    if c_out != carried * repeat || carried == 0 {
+        bail!("{OP}: {c_out} channels are not {carried} carried × {repeat}");
+    }
+    if sz - sa != rows {
+        bail!("{OP}: {} sources for {rows} children", sz - sa);
+    }
+    let CudaStorageSlice::U32(src) = &s.slice else {
+        bail!("{OP}: sources must be u32, got {:?}", s.dtype());
+    };
+    // Channel blocks of the parents: sources index these.
+    let x_blocks = u32::try_from((xz - xa) / carried)
+        .map_err(|_| candle_core::Error::Msg(format!("{OP}: too many parent channel blocks")))?;
+    let dev = h.device().clone();
+    let (c_out_, carried_, repeat_) = (c_out as i32, carried as i32, repeat as i32);
+    let src = src.slice(sa..sz);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let (CudaStorageSlice::$variant(hs), CudaStorageSlice::$variant(xs)) =
+                (&h.slice, &x.slice)
+            else {
+                bail!("{OP}: h and the parent features must have the same dtype");
+            };
+            let len = rows * c_out;
+            let out = output::<$t>(&dev, len)?;
+            if len > 0 {
+                let vec = elementwise_vec::<$t>(c_out, &[ha]);
+                let name = if vec > 1 { concat!($name, "_v") } else { $name };
+                let func = dev.get_or_load_custom_func(name, MODULE, C2S_PTX)?;
+                let vectors = len / vec;
+                let (hs, xs) = (hs.slice(ha..hz), xs.slice(xa..xz));
+                let mut b = func.builder();
+                b.arg(&hs).arg(&xs).arg(&src).arg(&out);
+                b.arg(&vectors)
+                    .arg(&c_out_)
+                    .arg(&carried_)
+                    .arg(&repeat_)
+                    .arg(&x_blocks);
+                // SAFETY: reads h[N'·C'] and sources[N'] (checked above) and x at
+                // source·carried + k for k < carried, only for sources < x_blocks (others give
+                // NaN rows); writes every element of out[N'·C'], owned here.
+                unsafe { b.launch(elementwise_launch(vectors)) }.w()?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let out = match &h.slice {
+        CudaStorageSlice::F32(_) => run!(f32, F32, "c2s_skip_add_f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "c2s_skip_add_f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "c2s_skip_add_bf16"),
+        _ => bail!("{OP}: h must be f32, f16 or bf16, got {:?}", h.dtype()),
+    };
+    Ok((out, hl.shape().clone()))
 }
