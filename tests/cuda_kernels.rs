@@ -1074,3 +1074,259 @@ fn neighbour_map_matches_cpu() -> Result<()> {
     assert!(err.contains("rows 0 and 2"), "{err}");
     Ok(())
 }
+
+/// Parents `[N, 4]` spread over the given batch items (`counts[b]` rows of batch `b`), at
+/// distinct positions inside a 2^10 grid.
+fn parent_rows(counts: &[usize]) -> Vec<[i32; 4]> {
+    let mut rows = Vec::new();
+    for (b, &count) in counts.iter().enumerate() {
+        for i in 0..count as i32 {
+            rows.push([
+                b as i32,
+                i % 1024,
+                (i / 1024) % 1024,
+                (i / (1 << 20)) % 1024,
+            ]);
+        }
+    }
+    rows
+}
+
+/// Children of a subdivision built on the GPU (`kernels/cuda/channel_to_space.cu`) against
+/// `Subdivision::from_mask` on the CPU, word for word: rows (in order), sources, batch ranges
+/// and maxima. Logits in every dtype, including zeros, −0 and NaN (none of which keeps a
+/// child); parents with no child and with all 8; a batch item left without children; N not a
+/// multiple of the 1024-parent scan block; more than 1024 scan blocks (the block sums scanned
+/// in several chunks); no child at all; no parent.
+#[test]
+fn subdivision_children_match_cpu() -> Result<()> {
+    use std::sync::Arc;
+    use trellis2::sparse::{CoordSet, Subdivision};
+    let dev = gpu();
+    let mut rng = Lcg(11);
+    // (what, parents per batch item, keep probability per child in %, batch item kept empty)
+    let cases: &[(&str, &[usize], usize, Option<usize>)] = &[
+        ("one parent, all 8", &[1], 100, None),
+        ("no parent", &[0], 50, None),
+        ("no child", &[1000], 0, None),
+        ("1023 parents", &[1023], 58, None),
+        (
+            "1025 parents, 3 batches, middle empty",
+            &[500, 300, 225],
+            58,
+            Some(1),
+        ),
+        ("4097 parents, sparse", &[4097], 5, None),
+        ("2.1 M parents, 2 batches", &[1_300_000, 800_003], 58, None),
+    ];
+    for &(what, counts, keep, empty_batch) in cases {
+        let rows = parent_rows(counts);
+        let n = rows.len();
+        let mut logits = Vec::with_capacity(n * 8);
+        for (i, r) in rows.iter().enumerate() {
+            let silent = empty_batch == Some(r[0] as usize);
+            for _ in 0..8 {
+                let v = if silent || rng.below(100) >= keep {
+                    // Not kept: negative, zero, −0 or NaN.
+                    [-1.5f32, 0.0, -0.0, f32::NAN][rng.below(4)]
+                } else {
+                    0.25 + rng.below(1000) as f32 / 100.0
+                };
+                // Some parents keep nothing, some everything (unless nothing is kept).
+                let v = match i % 97 {
+                    0 => -1.0,
+                    1 if !silent && keep > 0 => 1.0,
+                    _ => v,
+                };
+                logits.push(v);
+            }
+        }
+        let parents_cpu = Arc::new(CoordSet::from_host(rows.clone(), &Device::Cpu)?);
+        let parents_gpu = Arc::new(CoordSet::from_host(rows, &dev)?);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let l = Tensor::from_vec(logits.clone(), (n, 8), &Device::Cpu)?.to_dtype(dtype)?;
+            let want = Subdivision::from_logits(&parents_cpu, &l)?;
+            let start = std::time::Instant::now();
+            let got = Subdivision::from_logits(&parents_gpu, &l.to_device(&dev)?)?;
+            let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
+            let (w, g) = (want.children(), got.children());
+            assert!(g.tensor().device().is_cuda() && got.sources().device().is_cuda());
+            let sources_w = want.sources().to_vec1::<u32>()?;
+            let sources_g = got.sources().to_vec1::<u32>()?;
+            let rows_w = w.rows()?;
+            let rows_g = g.rows()?;
+            let differ = rows_w.iter().zip(rows_g).filter(|(a, b)| a != b).count()
+                + sources_w
+                    .iter()
+                    .zip(&sources_g)
+                    .filter(|(a, b)| a != b)
+                    .count();
+            println!(
+                "children {what:<38} {dtype:?}: N {n:>7} → {:>8} children, {differ} words \
+                 differ, batches {:?}, max {:?}; GPU {gpu_ms:.1} ms (incl. first loads)",
+                rows_w.len(),
+                g.batches(),
+                g.max()
+            );
+            assert_eq!(rows_g.len(), rows_w.len(), "{what} {dtype:?}: child count");
+            assert_eq!(
+                sources_g.len(),
+                sources_w.len(),
+                "{what} {dtype:?}: sources"
+            );
+            assert_eq!(differ, 0, "{what} {dtype:?}: children differ");
+            assert_eq!(g.batches(), w.batches(), "{what} {dtype:?}: batch ranges");
+            assert_eq!(g.max(), w.max(), "{what} {dtype:?}: maxima");
+            if let Some(b) = empty_batch {
+                assert!(g.batches().iter().all(|(batch, _)| *batch != b as i32));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Coordinate sets built on the GPU compare on the device: equal rows from two separate
+/// subdivisions are the same, one moved child is not.
+#[test]
+fn coord_sets_compare_on_device() -> Result<()> {
+    use std::sync::Arc;
+    use trellis2::sparse::{CoordSet, Subdivision};
+    let dev = gpu();
+    let rows = parent_rows(&[3000, 10]);
+    let n = rows.len();
+    let parents = Arc::new(CoordSet::from_host(rows, &dev)?);
+    let mut logits: Vec<f32> = (0..n * 8)
+        .map(|i| if i % 3 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let l = Tensor::from_vec(logits.clone(), (n, 8), &dev)?;
+    let a = Subdivision::from_logits(&parents, &l)?;
+    let b = Subdivision::from_logits(&parents, &l)?;
+    assert!(a.children().same_rows(b.children())?);
+    // Parent 5 keeps child 1 instead of child 0 or 2: same count, one row differs.
+    let p = 5 * 8;
+    let kept = (0..8)
+        .find(|&s| logits[p + s] > 0.0)
+        .expect("parent 5 keeps a child");
+    logits[p + kept] = -1.0;
+    logits[p + (kept + 1) % 8] = 1.0;
+    let moved = Subdivision::from_logits(&parents, &Tensor::from_vec(logits, (n, 8), &dev)?)?;
+    assert_eq!(moved.children().len(), a.children().len());
+    assert!(!a.children().same_rows(moved.children())?);
+    println!("coordinate sets compared on the device: equal and differing cases as expected");
+    Ok(())
+}
+
+/// The fused C2S skip add (`c2s_skip_add_*` in `kernels/cuda/channel_to_space.cu`) against the
+/// CPU op: 16-byte vectors and the scalar path (odd widths, h starting mid-buffer), repeats of
+/// 3, 4 and 8, no child; an out-of-range source gives a NaN row, not a read out of bounds.
+#[test]
+fn c2s_skip_add_matches_cpu() -> Result<()> {
+    use trellis2::ops::c2s_skip_add::c2s_skip_add;
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let mut rng = Lcg(5);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = match dtype {
+            DType::F32 => 1e-6,
+            DType::F16 => 1e-3,
+            _ => 8e-3,
+        };
+        // (parents, C, C', children, leading rows of h skipped)
+        for (n, c, c_out, kids, skip) in [
+            (1000usize, 64usize, 32usize, 4000usize, 0usize),
+            (2000, 512, 256, 9000, 0),
+            (777, 16, 16, 3000, 0),
+            (300, 8, 8, 1000, 0),
+            (100, 24, 9, 200, 0),
+            (50, 64, 32, 120, 1),
+            (5, 64, 32, 0, 0),
+        ] {
+            let x = rounded(&[n, c], 1.0, dtype)?;
+            let h_full = rounded(&[kids + skip, c_out], 1.0, dtype)?;
+            let h = h_full.narrow(0, skip, kids)?;
+            let sources: Vec<u32> = (0..kids).map(|_| rng.below(n * 8) as u32).collect();
+            let s = Tensor::from_vec(sources, kids, &cpu)?;
+            let want = c2s_skip_add(&h, &x, &s)?;
+            let got = c2s_skip_add(
+                &h_full
+                    .to_dtype(dtype)?
+                    .to_device(&dev)?
+                    .narrow(0, skip, kids)?,
+                &x.to_dtype(dtype)?.to_device(&dev)?,
+                &s.to_device(&dev)?,
+            )?;
+            assert_eq!(got.dtype(), dtype);
+            let label = format!(
+                "c2s skip add {dtype:?} N {n:>5} C {c:>4} → N' {kids:>5} C' {c_out:>4} skip {skip}"
+            );
+            expect_close(&label, &got, &want, tol)?;
+        }
+    }
+    let x = Tensor::ones((2, 16), DType::BF16, &dev)?;
+    let h = Tensor::zeros((3, 4), DType::BF16, &dev)?;
+    let s = Tensor::new(&[0u32, 16, 15], &dev)?;
+    let out = c2s_skip_add(&h, &x, &s)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+    assert!(out[1].iter().all(|v| v.is_nan()), "{out:?}");
+    assert!(out[0].iter().chain(&out[2]).all(|&v| v == 1.0), "{out:?}");
+    Ok(())
+}
+
+/// LayerNorm + activation (`layer_norm_act_*` in `kernels/cuda/norms.cu`), plain with affine
+/// and gathered without, against the CPU op; a gathered row out of range gives a NaN row.
+#[test]
+fn layer_norm_act_matches_cpu() -> Result<()> {
+    use trellis2::ops::bias_act::Activation;
+    use trellis2::ops::layer_norm_act::{gathered_layer_norm_act, layer_norm_act};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let mut rng = Lcg(9);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = match dtype {
+            DType::F32 => 1e-5,
+            DType::F16 => 2e-3,
+            _ => 1e-2,
+        };
+        // (input rows, C, gathered output rows)
+        for (r, c, t) in [
+            (0usize, 64usize, 0usize),
+            (1, 1, 3),
+            (1000, 64, 4000),
+            (777, 1024, 500),
+            (300, 13, 301),
+            (8000, 128, 30000),
+        ] {
+            let x = (Tensor::randn(0f32, 1.0, (r, c), &cpu)? + 1.5)?.to_dtype(dtype)?;
+            let xf = x.to_dtype(DType::F32)?;
+            let w = Tensor::randn(1f32, 0.3, c, &cpu)?;
+            let b = Tensor::randn(0f32, 0.3, c, &cpu)?;
+            let xg = x.to_device(&dev)?;
+            let (wg, bg) = (w.to_device(&dev)?, b.to_device(&dev)?);
+            for act in [Activation::Silu, Activation::None] {
+                let want = layer_norm_act(&xf, Some((&w, &b)), 1e-6, act)?;
+                let got = layer_norm_act(&xg, Some((&wg, &bg)), 1e-6, act)?;
+                assert_eq!(got.dtype(), dtype);
+                let label = format!("layer norm {act:?} {dtype:?} R {r:>5} C {c:>4}");
+                expect_close(&label, &got, &want, tol)?;
+            }
+            if r == 0 {
+                continue;
+            }
+            let rows: Vec<u32> = (0..t).map(|_| rng.below(r) as u32).collect();
+            let rows = Tensor::from_vec(rows, t, &cpu)?;
+            let want = gathered_layer_norm_act(&xf, &rows, None, 1e-6, Activation::Silu)?;
+            let got =
+                gathered_layer_norm_act(&xg, &rows.to_device(&dev)?, None, 1e-6, Activation::Silu)?;
+            let label = format!("gathered layer norm+silu {dtype:?} R {r:>5} C {c:>4} T {t:>5}");
+            expect_close(&label, &got, &want, tol)?;
+        }
+    }
+    let x = Tensor::randn(0f32, 1.0, (4, 32), &dev)?;
+    let rows = Tensor::new(&[3u32, 4, 0], &dev)?;
+    let out = gathered_layer_norm_act(&x, &rows, None, 1e-6, Activation::Silu)?.to_vec2::<f32>()?;
+    assert!(out[1].iter().all(|v| v.is_nan()), "{out:?}");
+    assert!(
+        out[0].iter().chain(&out[2]).all(|v| v.is_finite()),
+        "{out:?}"
+    );
+    Ok(())
+}

@@ -1,4 +1,5 @@
-// Helpers shared by the CUDA kernels: dtype conversion, cp.async, ldmatrix and mma.sync.
+// Helpers shared by the CUDA kernels: dtype conversion, activations, cp.async, ldmatrix and
+// mma.sync.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -19,6 +20,21 @@ template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16
 }
 template <typename T> __device__ __forceinline__ T store(float v) { return from_f32<T>(v); }
 template <> __device__ __forceinline__ float store<float>(float v) { return v; }
+
+// Activation codes shared with src/ops/bias_act.rs (`Activation as i32`).
+#define ACT_NONE 0
+#define ACT_GELU_TANH 1
+#define ACT_SILU 2
+
+__device__ __forceinline__ float activate(float v, int act) {
+    if (act == ACT_GELU_TANH) {
+        // 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), torch's approximate="tanh".
+        const float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        return 0.5f * v * (1.f + tanhf(inner));
+    }
+    if (act == ACT_SILU) return v / (1.f + __expf(-v));
+    return v;
+}
 
 // Two floats as one 32-bit register of two 16-bit values, `lo` in the low half.
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);

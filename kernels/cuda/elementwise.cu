@@ -15,21 +15,6 @@
 
 #define EW_THREADS 256
 
-// Activation codes shared with src/ops/bias_act.rs (`Activation as i32`).
-#define ACT_NONE 0
-#define ACT_GELU_TANH 1
-#define ACT_SILU 2
-
-__device__ __forceinline__ float activate(float v, int act) {
-    if (act == ACT_GELU_TANH) {
-        // 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), torch's approximate="tanh".
-        const float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-        return 0.5f * v * (1.f + tanhf(inner));
-    }
-    if (act == ACT_SILU) return v / (1.f + __expf(-v));
-    return v;
-}
-
 // VEC elements of T as one aligned register group.
 template <typename T, int VEC> struct alignas(sizeof(T) * VEC) Pack {
     T v[VEC];

@@ -20,8 +20,12 @@ use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
 use super::sparse_conv::TAPS;
 
+mod channel_to_space;
 mod conv_order;
+mod layer_norm_act;
+pub(crate) use channel_to_space::{c2s_skip_add, i32_tensors_equal, subdivide};
 pub(crate) use conv_order::conv_order;
+pub(crate) use layer_norm_act::layer_norm_act;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));

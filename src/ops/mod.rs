@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod bias_act;
+pub mod c2s_skip_add;
 pub mod conv3d;
 mod cpu_storage;
 #[cfg(feature = "cuda")]
@@ -11,6 +12,7 @@ pub mod deform_conv;
 pub mod gated_residual;
 pub mod interpolate;
 pub mod layer_norm;
+pub mod layer_norm_act;
 pub mod linear;
 pub mod metal;
 pub mod norm_modulate;

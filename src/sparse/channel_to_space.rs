@@ -3,6 +3,10 @@
 //! and takes parent channels `[s·C/8, (s+1)·C/8)`. Children come parent-major, then by `s`
 //! ascending (not lexicographically sorted), exactly as upstream's `repeat_interleave` +
 //! `nonzero`.
+//!
+//! On a CUDA device the children are built by kernels from the logits (`kernels/cuda/
+//! channel_to_space.cu`): only their count, batch boundaries and maxima come back to the host.
+//! Elsewhere the mask comes back and [`Subdivision::from_mask`], the reference, builds them.
 
 use std::sync::Arc;
 
@@ -10,7 +14,12 @@ use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
 use super::coords::CoordSet;
+#[cfg(feature = "cuda")]
+use super::coords::MAX_COORD;
 use super::tensor::SparseTensor;
+use crate::ops::bias_act::Activation;
+use crate::ops::c2s_skip_add::c2s_skip_add;
+use crate::ops::layer_norm_act::gathered_layer_norm_act;
 
 /// Children per parent voxel.
 pub const CHILDREN: usize = 8;
@@ -36,6 +45,10 @@ impl Subdivision {
                 parents.len()
             );
         }
+        #[cfg(feature = "cuda")]
+        if logits.device().is_cuda() && logits.device().same_device(parents.device()) {
+            return Self::from_logits_on_device(parents, logits);
+        }
         // Compared on the logits' device: one byte per child comes back instead of a float.
         let mask: Vec<bool> = logits
             .gt(0.0)?
@@ -47,7 +60,35 @@ impl Subdivision {
         Self::from_mask(parents, &mask)
     }
 
-    /// Children where `mask[n·8 + s]` is set.
+    /// [`Self::from_logits`] by the CUDA kernels: children rows, sources, batch ranges and
+    /// exact maxima computed on the device, the rows never on the host.
+    #[cfg(feature = "cuda")]
+    fn from_logits_on_device(parents: &Arc<CoordSet>, logits: &Tensor) -> Result<Self> {
+        // Children coordinates are at most 2·max + 1: checked once here, so that the kernels
+        // need not check each child.
+        let max = parents.max();
+        if let Some(a) = (1..4).find(|&a| 2 * max[a] as u64 + 1 >= MAX_COORD as u64) {
+            bail!(
+                "channel_to_space: parents reach {} = {}; their children could leave [0, \
+                 {MAX_COORD})",
+                ["batch", "x", "y", "z"][a],
+                max[a]
+            );
+        }
+        let built = crate::ops::cuda::subdivide(
+            parents.tensor(),
+            parents.batches(),
+            &logits.contiguous()?,
+        )?;
+        Ok(Self {
+            children: Arc::new(CoordSet::from_device(built.rows, built.batches, built.max)?),
+            sources: built.sources,
+            parents: parents.len(),
+        })
+    }
+
+    /// Children where `mask[n·8 + s]` is set: the reference the CUDA kernels are tested
+    /// against (tests/cuda_kernels.rs).
     pub fn from_mask(parents: &Arc<CoordSet>, mask: &[bool]) -> Result<Self> {
         if mask.len() != parents.len() * CHILDREN {
             bail!(
@@ -72,6 +113,7 @@ impl Subdivision {
         let total: usize = task_sizes.iter().sum();
         let mut rows = vec![[0i32; 4]; total];
         let mut sources = vec![0u32; total];
+        let parent_rows = parents.rows()?;
         let mut parts = Vec::with_capacity(task_sizes.len());
         let (mut row_rest, mut source_rest) = (rows.as_mut_slice(), sources.as_mut_slice());
         for &size in &task_sizes {
@@ -86,7 +128,7 @@ impl Subdivision {
             .for_each(|(task, (rows, sources))| {
                 let first = task * PARENTS_PER_TASK;
                 let mut out = 0;
-                for (i, c) in parents.rows()[first..]
+                for (i, c) in parent_rows[first..]
                     .iter()
                     .take(PARENTS_PER_TASK)
                     .enumerate()
@@ -119,24 +161,60 @@ impl Subdivision {
         &self.children
     }
 
-    /// Moves channel block `s` of each parent to child `s`: `[N, C]` → `[N', C/8]`.
-    pub fn apply(&self, x: &SparseTensor) -> Result<SparseTensor> {
+    /// `parent·8 + s` of each child, `[N']` u32 on the parents' device.
+    pub fn sources(&self) -> &Tensor {
+        &self.sources
+    }
+
+    /// `x`'s features viewed `[N·8, C/8]`: row `parent·8 + s` is channel block `s` of a parent.
+    fn per_child(&self, x: &SparseTensor, what: &str) -> Result<Tensor> {
         let (n, c) = (x.len(), x.channels());
         if n != self.parents {
             bail!(
-                "channel_to_space: tensor has {n} voxels, the subdivision was made for {}",
+                "channel_to_space: {what} has {n} voxels, the subdivision was made for {}",
                 self.parents
             );
         }
         if c % CHILDREN != 0 {
-            bail!("channel_to_space: {c} channels is not a multiple of 8");
+            bail!("channel_to_space: {what} has {c} channels, not a multiple of 8");
         }
-        let per_child = x
-            .feats()
+        x.feats()
             .contiguous()?
-            .reshape((n * CHILDREN, c / CHILDREN))?;
-        let feats = per_child.index_select(&self.sources, 0)?;
+            .reshape((n * CHILDREN, c / CHILDREN))
+    }
+
+    /// Moves channel block `s` of each parent to child `s`: `[N, C]` → `[N', C/8]`.
+    pub fn apply(&self, x: &SparseTensor) -> Result<SparseTensor> {
+        let feats = self
+            .per_child(x, "tensor")?
+            .index_select(&self.sources, 0)?;
         SparseTensor::on(self.children.clone(), feats)
+    }
+
+    /// `act(LayerNorm(apply(x)))` (no affine) in one pass: the norm reads each child's channel
+    /// block straight from the parent's row, so the moved features are never written.
+    pub fn apply_layer_norm(
+        &self,
+        x: &SparseTensor,
+        eps: f64,
+        act: Activation,
+    ) -> Result<SparseTensor> {
+        let per_child = self.per_child(x, "tensor")?;
+        let feats = gathered_layer_norm_act(&per_child, &self.sources, None, eps, act)?;
+        SparseTensor::on(self.children.clone(), feats)
+    }
+
+    /// `h + repeat_interleave(apply(x))` over the channels: the skip connection of a C2S block,
+    /// each of the `C/8` carried channels of `x` repeated `C'/(C/8)` times consecutively
+    /// (`repeat_interleave`, not tiling), read from the parents' rows without materialising
+    /// the moved or repeated features. `h` `[N', C']` on the children.
+    pub fn add_carried(&self, h: &SparseTensor, x: &SparseTensor) -> Result<SparseTensor> {
+        if !Arc::ptr_eq(h.coord_set(), &self.children) {
+            bail!("channel_to_space: the skip add needs a tensor on this subdivision's children");
+        }
+        // Checks x's voxel count and channel multiple.
+        self.per_child(x, "skip input")?;
+        h.replace(c2s_skip_add(h.feats(), x.feats(), &self.sources)?)
     }
 }
 
@@ -156,7 +234,7 @@ mod tests {
         mask[8 + 4] = true; // parent 1, child z+1
         let sub = Subdivision::from_mask(&parents, &mask).unwrap();
         assert_eq!(
-            sub.children().rows(),
+            sub.children().rows().unwrap(),
             &[[0, 3, 4, 6], [0, 2, 5, 7], [1, 0, 0, 1]]
         );
         let feats = Tensor::arange(0f32, 32., &dev)
@@ -192,7 +270,65 @@ mod tests {
         }
         let set = Arc::new(CoordSet::from_host(parents, &Device::Cpu).unwrap());
         let sub = Subdivision::from_mask(&set, &mask).unwrap();
-        assert_eq!(sub.children().rows(), want.as_slice());
+        assert_eq!(sub.children().rows().unwrap(), want.as_slice());
+    }
+
+    /// The fused norm and skip add against `apply` followed by the composed candle ops.
+    #[test]
+    fn fused_tail_matches_apply_then_composed_ops() {
+        let dev = Device::Cpu;
+        let parents = Arc::new(
+            CoordSet::from_host(vec![[0, 0, 0, 0], [0, 1, 0, 0], [1, 5, 5, 5]], &dev).unwrap(),
+        );
+        let mask: Vec<bool> = (0..24).map(|i| i % 3 != 1).collect();
+        let sub = Subdivision::from_mask(&parents, &mask).unwrap();
+        let n = sub.children().len();
+        // conv1-like output: 8 blocks of 4 channels; x: 16 channels (2 carried, repeat 2).
+        let h1 = Tensor::arange(0f32, 96.0, &dev)
+            .unwrap()
+            .reshape((3, 32))
+            .unwrap()
+            .cos()
+            .unwrap();
+        let x = Tensor::arange(0f32, 48.0, &dev)
+            .unwrap()
+            .reshape((3, 16))
+            .unwrap();
+        let h1 = SparseTensor::on(parents.clone(), h1).unwrap();
+        let x = SparseTensor::on(parents, x).unwrap();
+        let fused = sub.apply_layer_norm(&h1, 1e-6, Activation::Silu).unwrap();
+        let moved = sub.apply(&h1).unwrap();
+        let composed = crate::ops::layer_norm(moved.feats(), None, 1e-6)
+            .unwrap()
+            .silu()
+            .unwrap();
+        let diff = (fused.feats() - &composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let out = sub.add_carried(&fused, &x).unwrap();
+        let skip = sub.apply(&x).unwrap().feats().clone();
+        let repeated = skip
+            .unsqueeze(2)
+            .unwrap()
+            .broadcast_as((n, 2, 2))
+            .unwrap()
+            .reshape((n, 4))
+            .unwrap();
+        let want = (fused.feats() + repeated).unwrap();
+        assert_eq!(
+            out.feats().to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap()
+        );
+        // The skip add needs features on the children.
+        assert!(sub.add_carried(&x, &x).is_err());
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl NeighbourMap {
                 return Ok(map);
             }
         }
-        let rows = set.rows();
+        let rows = set.rows()?;
         let mut map = vec![ABSENT; rows.len() * TAPS];
         for (batch, range) in set.batches() {
             let items = &rows[range.clone()];

@@ -66,14 +66,14 @@ impl CustomOp1 for BuildNeighbourMap {
 /// The map of `set` built by the GPU kernels on the set's device, or `None` when they do not
 /// apply (empty set, keys wider than 31 bits): the caller then builds it on the host.
 pub(crate) fn build_on_device(set: &CoordSet) -> Result<Option<NeighbourMap>> {
-    let rows = set.rows();
-    let Some(plan) = neighbour_plan_for(rows.len(), set.max())? else {
+    // The length and maxima only: a set built on the device keeps its rows there.
+    let n = set.len();
+    let Some(plan) = neighbour_plan_for(n, set.max())? else {
         return Ok(None);
     };
     if plan.dispatches.is_empty() {
         return Ok(None);
     }
-    let n = rows.len();
     let out = set
         .tensor()
         .contiguous()?
@@ -82,6 +82,7 @@ pub(crate) fn build_on_device(set: &CoordSet) -> Result<Option<NeighbourMap>> {
     let status = status_words(&out, n * TAPS)?;
     if status[0] != NO_DUPLICATE {
         // Which copy lost the race for the slot depends on scheduling; name both, in order.
+        let rows = set.rows()?;
         let dup = status[0] as usize;
         let other = (0..n)
             .find(|&j| j != dup && rows[j] == rows[dup])

@@ -4,8 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::bias_act::Activation;
-use crate::ops::layer_norm;
 use crate::ops::layer_norm::layer_norm_prepared;
+use crate::ops::layer_norm_act::layer_norm_act_prepared;
 use crate::ops::linear::{linear, Linear};
 use crate::ops::norm_params::NormAffine;
 use crate::ops::submanifold_conv3d_map;
@@ -54,6 +54,11 @@ impl Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm_prepared(x, &self.affine, BLOCK_NORM_EPS)
     }
+
+    /// `silu(forward(x))` in one pass.
+    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm_act_prepared(x, None, &self.affine, BLOCK_NORM_EPS, Activation::Silu)
+    }
 }
 
 /// `h = conv(x)`, `LN` (affine), `Linear(C, 4C)`, SiLU, `Linear(4C, C)`, `+ x`.
@@ -88,8 +93,6 @@ impl ConvNeXtBlock {
 /// `SparseResBlockC2S3d(C → C')`: subdivide every voxel into the children its subdivision
 /// logits select, carrying features from channel blocks (spec §5.1, golden README §6.8).
 pub struct C2SBlock {
-    channels: usize,
-    out_channels: usize,
     to_subdiv: Option<Linear>,
     norm1: Norm,
     conv1: SubmConv,
@@ -105,9 +108,14 @@ pub struct C2SOutput {
 
 impl C2SBlock {
     pub fn new(c: usize, c_out: usize, pred_subdiv: bool, vb: VarBuilder) -> Result<Self> {
+        // The skip connection spreads C/8 carried channels over C' by repetition.
+        if c == 0 || !c.is_multiple_of(8) || !c_out.is_multiple_of(c / 8) {
+            candle_core::bail!(
+                "C2S block {c} → {c_out} channels: {c} must be a positive multiple of 8 and \
+                 {c_out} a multiple of {c}/8"
+            );
+        }
         Ok(Self {
-            channels: c,
-            out_channels: c_out,
             to_subdiv: if pred_subdiv {
                 Some(linear(c, 8, vb.pp("to_subdiv"))?)
             } else {
@@ -127,7 +135,8 @@ impl C2SBlock {
     ) -> Result<SparseTensor> {
         match (&self.to_subdiv, guide) {
             (_, Some(g)) => {
-                if g.len() != x.len() || g.coord_set().rows() != x.coord_set().rows() {
+                // The same set, or equal rows compared on the device (no download).
+                if !g.coord_set().same_rows(x.coord_set())? {
                     candle_core::bail!(
                         "guide subdivision: its {} coordinates are not the {} voxels of this \
                          stage (same rows in the same order required)",
@@ -153,25 +162,17 @@ impl C2SBlock {
 
     pub fn forward(&self, x: &SparseTensor, guide: Option<&SparseTensor>) -> Result<C2SOutput> {
         let subdiv = self.subdiv_logits(x, guide)?;
-        let h = x.replace(self.norm1.forward(x.feats())?.silu()?)?;
+        let h = x.replace(self.norm1.forward_silu(x.feats())?)?;
         let h = self.conv1.forward(&h)?;
         let sub = Subdivision::from_logits(x.coord_set(), subdiv.feats())?;
-        let h = sub.apply(&h)?;
-        let skip = sub.apply(x)?;
-        let h = h.replace(layer_norm(h.feats(), None, BLOCK_NORM_EPS)?.silu()?)?;
+        // Channel block s of each parent to child s, LayerNorm (no affine), SiLU: one op that
+        // reads the blocks from conv1's output in place.
+        let h = sub.apply_layer_norm(&h, BLOCK_NORM_EPS, Activation::Silu)?;
         let h = self.conv2.forward(&h)?;
-        // Each of the C/8 carried channels repeated C'/(C/8) times consecutively
-        // (`repeat_interleave`, not tiling).
-        let carried = self.channels / 8;
-        let repeat = self.out_channels / carried;
-        let n = skip.len();
-        let skip = skip
-            .feats()
-            .unsqueeze(2)?
-            .broadcast_as((n, carried, repeat))?
-            .reshape((n, self.out_channels))?;
+        // + the parents' channel blocks, each of the C/8 carried channels repeated C'/(C/8)
+        // times consecutively (`repeat_interleave`, not tiling), read from x directly.
         Ok(C2SOutput {
-            out: h.replace((h.feats() + skip)?)?,
+            out: sub.add_carried(&h, x)?,
             subdiv,
         })
     }
