@@ -4,14 +4,14 @@
 //! SiLU and 3-D pixel shuffles. Internally channels-last `[B, X, Y, Z, C]`, so the per-voxel
 //! norm and the conv read contiguous channel rows.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::trace::Trace;
 use crate::ops::layer_norm::layer_norm_prepared;
 use crate::ops::norm_params::NormAffine;
-use crate::ops::{conv3d_k3, GridNeighbours};
+use crate::ops::{Conv3dK3, GridNeighbours};
 
 /// Constructor arguments of `SparseStructureDecoder` (the `args` of its json).
 #[derive(Debug, Clone, Deserialize)]
@@ -41,22 +41,21 @@ fn layer() -> String {
 /// ChannelLayerNorm32 eps (spec §10).
 const NORM_EPS: f64 = 1e-5;
 
-/// Conv3d(k 3, p 1) with PyTorch weight `[Co, Ci, 3, 3, 3]`.
-struct Conv {
-    weight: Tensor,
-    bias: Tensor,
-}
+/// Conv3d(k 3, p 1) with PyTorch weight `[Co, Ci, 3, 3, 3]`, prepared for the kernel at load.
+struct Conv(Conv3dK3);
 
 impl Conv {
     fn new(ci: usize, co: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((co, ci, 3, 3, 3), "weight")?,
-            bias: vb.get(co, "bias")?,
-        })
+        let weight = vb.get((co, ci, 3, 3, 3), "weight")?;
+        Ok(Self(Conv3dK3::new(
+            &weight,
+            &vb.get(co, "bias")?,
+            vb.dtype(),
+        )?))
     }
 
     fn forward(&self, x: &Tensor, grid: &GridNeighbours) -> Result<Tensor> {
-        conv3d_k3(x, grid, &self.weight, &self.bias)
+        self.0.forward(x, grid)
     }
 }
 
@@ -138,6 +137,9 @@ pub struct SsDecoder {
     blocks: Vec<Block>,
     out_norm: ChannelNorm,
     out_conv: Conv,
+    /// The neighbour maps of the grids a forward visits (16³, 32³, 64³ in the release), built
+    /// on first use: every image decodes on the same grids.
+    grids: std::sync::Mutex<Vec<GridNeighbours>>,
 }
 
 impl SsDecoder {
@@ -173,7 +175,25 @@ impl SsDecoder {
             blocks,
             out_norm: ChannelNorm::new(last, vb.pp("out_layer").pp(0))?,
             out_conv: Conv::new(last, cfg.out_channels, vb.pp("out_layer").pp(2))?,
+            grids: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The neighbour map of the full grid `dims` on `dev`, cached.
+    fn grid(&self, dims: [usize; 4], dev: &Device) -> Result<GridNeighbours> {
+        let mut grids = self
+            .grids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(g) = grids
+            .iter()
+            .find(|g| g.dims() == dims && g.device().same_device(dev))
+        {
+            return Ok(g.clone());
+        }
+        let g = GridNeighbours::new(dims, dev)?;
+        grids.push(g.clone());
+        Ok(g)
     }
 
     /// Logits `[B, out_channels, 4R…]` (per upsample 2×) of a latent `[B, latent_channels, R, R, R]`.
@@ -195,7 +215,7 @@ impl SsDecoder {
         }
         let dev = z.device();
         let to_torch = |h: &Tensor| h.permute((0, 4, 1, 2, 3))?.contiguous();
-        let mut grid = GridNeighbours::new([b, gx, gy, gz], dev)?;
+        let mut grid = self.grid([b, gx, gy, gz], dev)?;
         let mut h = z.permute((0, 2, 3, 4, 1))?.contiguous()?;
         h = self.input_layer.forward(&h, &grid)?;
         trace.record("input_layer", || to_torch(&h))?;
@@ -209,7 +229,7 @@ impl SsDecoder {
                 Block::Upsample(conv) => {
                     let up = pixel_shuffle_3d(&conv.forward(&h, &grid)?)?;
                     let [b, x, y, zz] = grid.dims();
-                    grid = GridNeighbours::new([b, 2 * x, 2 * y, 2 * zz], dev)?;
+                    grid = self.grid([b, 2 * x, 2 * y, 2 * zz], dev)?;
                     up
                 }
             };

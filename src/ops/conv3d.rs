@@ -2,11 +2,11 @@
 //! over the fully occupied grid: zero padding is exactly "absent neighbour" (spec §4). Sharing
 //! the sparse kernel keeps one CPU reference (and later one GPU kernel) for both.
 
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{bail, DType, Device, Result, Tensor};
 
 use rayon::prelude::*;
 
-use super::sparse_conv::{submanifold_conv3d, ABSENT, TAPS};
+use super::sparse_conv::{compute_dtype, submanifold_conv3d, ABSENT, TAPS};
 use crate::sparse::CoordSet;
 
 /// The neighbour map of a full `[B, X, Y, Z]` grid in row-major (b, x, y, z) order; build once
@@ -65,37 +65,87 @@ impl GridNeighbours {
     pub fn dims(&self) -> [usize; 4] {
         self.dims
     }
+
+    pub fn device(&self) -> &Device {
+        self.map.device()
+    }
 }
 
 /// Conv3d k3 p1 of channels-last `x` `[B, X, Y, Z, Ci]` with a PyTorch weight `[Co, Ci, 3, 3, 3]`
-/// and bias `[Co]` → `[B, X, Y, Z, Co]`.
+/// and bias `[Co]` → `[B, X, Y, Z, Co]`. Layers that run more than once hold a [`Conv3dK3`].
 pub fn conv3d_k3(
     x: &Tensor,
     grid: &GridNeighbours,
     weight: &Tensor,
     bias: &Tensor,
 ) -> Result<Tensor> {
-    let (b, gx, gy, gz, ci) = match x.dims() {
-        &[b, gx, gy, gz, ci] => (b, gx, gy, gz, ci),
-        d => bail!("conv3d: input must be channels-last [B, X, Y, Z, C], got shape {d:?}"),
-    };
-    if grid.dims != [b, gx, gy, gz] {
-        bail!(
-            "conv3d: input grid {:?} does not match the neighbour grid {:?}",
-            [b, gx, gy, gz],
-            grid.dims
-        );
+    Conv3dK3::new(weight, bias, x.dtype())?.forward(x, grid)
+}
+
+/// A Conv3d k3 p1 layer with its weight laid out for the submanifold kernel (`[Co, 3, 3, 3, Ci]`,
+/// in the kernel's operand dtype) and its bias in f32, once at load: per call that permute and
+/// those casts were four extra launches around each conv of the sparse-structure decoder.
+#[derive(Clone, Debug)]
+pub struct Conv3dK3 {
+    weight: Tensor,
+    bias: Tensor,
+    ci: usize,
+    co: usize,
+}
+
+impl Conv3dK3 {
+    /// `weight` `[Co, Ci, 3, 3, 3]` (PyTorch), `bias` `[Co]`, for inputs of dtype `input` on the
+    /// weight's device.
+    pub fn new(weight: &Tensor, bias: &Tensor, input: DType) -> Result<Self> {
+        let (co, ci) = match weight.dims() {
+            &[co, ci, 3, 3, 3] => (co, ci),
+            d => bail!("conv3d: weight must be [Co, Ci, 3, 3, 3], got shape {d:?}"),
+        };
+        if bias.dims() != [co] {
+            bail!("conv3d: bias {:?} must be [{co}]", bias.dims());
+        }
+        // The CPU reference computes in f32 from any dtype: no resident f32 copy there.
+        let device = weight.device();
+        let operands = if device.is_cpu() {
+            weight.dtype()
+        } else {
+            compute_dtype(device, input)
+        };
+        Ok(Self {
+            weight: weight
+                .permute((0, 2, 3, 4, 1))?
+                .to_dtype(operands)?
+                .contiguous()?,
+            bias: bias.to_dtype(DType::F32)?,
+            ci,
+            co,
+        })
     }
-    let co = match weight.dims() {
-        &[co, c, 3, 3, 3] if c == ci => co,
-        d => bail!(
-            "conv3d: weight must be [Co, {ci}, 3, 3, 3] for {ci} input channels, got shape {d:?}"
-        ),
-    };
-    // PyTorch `[Co, Ci, Kx, Ky, Kz]` → the sparse layout `[Co, Kx, Ky, Kz, Ci]`.
-    let w = weight.permute((0, 2, 3, 4, 1))?.contiguous()?;
-    let feats = x.reshape((b * gx * gy * gz, ci))?;
-    submanifold_conv3d(&feats, &grid.map, &w, Some(bias))?.reshape((b, gx, gy, gz, co))
+
+    pub fn forward(&self, x: &Tensor, grid: &GridNeighbours) -> Result<Tensor> {
+        let (b, gx, gy, gz, ci) = match x.dims() {
+            &[b, gx, gy, gz, ci] => (b, gx, gy, gz, ci),
+            d => bail!("conv3d: input must be channels-last [B, X, Y, Z, C], got shape {d:?}"),
+        };
+        if grid.dims != [b, gx, gy, gz] {
+            bail!(
+                "conv3d: input grid {:?} does not match the neighbour grid {:?}",
+                [b, gx, gy, gz],
+                grid.dims
+            );
+        }
+        if ci != self.ci {
+            bail!(
+                "conv3d: input has {ci} channels, the weight [{}, {}, 3, 3, 3] takes {}",
+                self.co,
+                self.ci,
+                self.ci
+            );
+        }
+        let feats = x.reshape((b * gx * gy * gz, ci))?;
+        submanifold_conv3d(&feats, &grid.map, &self.weight, Some(&self.bias))?
+            .reshape((b, gx, gy, gz, self.co))
+    }
 }
 
 #[cfg(test)]

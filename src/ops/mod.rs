@@ -22,7 +22,7 @@ pub mod rope;
 mod sample_offsets;
 pub mod sparse_conv;
 
-pub use conv3d::{conv3d_k3, GridNeighbours};
+pub use conv3d::{conv3d_k3, Conv3dK3, GridNeighbours};
 pub use deform_conv::{deform_conv2d, DeformConvConfig};
 pub use interpolate::interpolate_bilinear_aligned;
 pub use layer_norm::layer_norm;
