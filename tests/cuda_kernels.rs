@@ -831,7 +831,12 @@ fn elementwise_epilogues_match_cpu() -> Result<()> {
             let bias = Tensor::randn(0f32, 1.0, c, &cpu)?;
             let xg = full.to_device(&dev)?.narrow(0, skip, t)?;
             let bg = bias.to_device(&dev)?;
-            for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+            for act in [
+                Activation::None,
+                Activation::GeluTanh,
+                Activation::Silu,
+                Activation::GeluErf,
+            ] {
                 let want = bias_act(&x.to_dtype(DType::F32)?, &bias, act)?;
                 let got = bias_act(&xg, &bg, act)?;
                 assert_eq!(got.dtype(), dtype);

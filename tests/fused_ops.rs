@@ -122,7 +122,12 @@ fn bias_act_equals_the_composed_ops() {
     for (t, c) in [(37usize, 1536usize), (5, 13), (1, 1)] {
         let x = (randn(&[t, c], 8) * 3.0).unwrap();
         let bias = randn(&[c], 9);
-        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+        for act in [
+            Activation::None,
+            Activation::GeluTanh,
+            Activation::Silu,
+            Activation::GeluErf,
+        ] {
             let fused = bias_act(&x, &bias, act).unwrap();
             let composed = bias_act_slow(&x, &bias, act).unwrap();
             let e = rel(&fused, &composed);

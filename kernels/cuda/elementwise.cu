@@ -2,7 +2,7 @@
 // src/ops/bias_act.rs and src/ops/gated_residual.rs (same f32 arithmetic, one rounding).
 //
 // bias_act: y = act(x + bias) over x, y [T][C] in T, bias [C] in float; act is identity,
-//   tanh-GELU or SiLU.
+//   tanh-GELU, SiLU or exact (erf) GELU.
 // gated_residual: y = x + gate_s * r for row t of sample s (offsets[s] <= t < offsets[s+1]);
 //   x, r, y [T][C] in T, gate [B][C] in float.
 //
@@ -19,6 +19,7 @@
 #define ACT_NONE 0
 #define ACT_GELU_TANH 1
 #define ACT_SILU 2
+#define ACT_GELU_ERF 3
 
 __device__ __forceinline__ float activate(float v, int act) {
     if (act == ACT_GELU_TANH) {
@@ -27,6 +28,8 @@ __device__ __forceinline__ float activate(float v, int act) {
         return 0.5f * v * (1.f + tanhf(inner));
     }
     if (act == ACT_SILU) return v / (1.f + __expf(-v));
+    // 0.5 v (1 + erf(v / sqrt(2))), torch's exact GELU; erff is within 2 ulp.
+    if (act == ACT_GELU_ERF) return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
     return v;
 }
 

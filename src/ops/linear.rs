@@ -58,6 +58,7 @@ impl Linear {
                 Activation::None => y,
                 Activation::GeluTanh => y.gelu()?,
                 Activation::Silu => y.silu()?,
+                Activation::GeluErf => y.gelu_erf()?,
             },
         };
         let mut out_dims = lead.to_vec();

@@ -89,6 +89,12 @@ pub const CASES: &[Case] = &[
         run: |dev, dt| bias_act_case(dev, dt, 1539, Activation::Silu),
     },
     Case {
+        op: "bias_act gelu_erf",
+        shape: "T 1000, C 4096",
+        dtypes: DTYPES,
+        run: |dev, dt| bias_act_case(dev, dt, 4096, Activation::GeluErf),
+    },
+    Case {
         op: "bias_act none",
         shape: "T 1000, C 1536",
         dtypes: DTYPES,
