@@ -6,6 +6,8 @@ pub mod bias_act;
 pub mod conv3d;
 mod cpu_storage;
 #[cfg(feature = "cuda")]
+mod cublaslt;
+#[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod deform_conv;
 pub mod gated_residual;
