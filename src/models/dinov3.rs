@@ -131,20 +131,36 @@ fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<L
 }
 
 /// `λ·(x·Wᵀ + b)` as one linear: `W' = diag(λ)·W`, `b' = λ·b`, computed in f32 and rounded
-/// once to the weights' dtype.
+/// once to the weights' dtype. A weight stored as one value per row (stride 0 along the inputs,
+/// as in a shape-only build, `weights::ShapeRecorder`) stays so: nothing out × in is allocated.
 fn fold_layer_scale(lin: &Linear, lambda: &Tensor) -> Result<Linear> {
-    let dtype = lin.weight().dtype();
+    let (w, dtype) = (lin.weight(), lin.weight().dtype());
     let l = lambda.to_dtype(DType::F32)?;
-    let w = lin
-        .weight()
-        .to_dtype(DType::F32)?
-        .broadcast_mul(&l.unsqueeze(1)?)?
-        .to_dtype(dtype)?;
+    let w = if w.stride()[1] == 0 {
+        let column = w.narrow(1, 0, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+        (column * &l)?
+            .to_dtype(dtype)?
+            .unsqueeze(1)?
+            .broadcast_as(w.shape())?
+    } else {
+        w.to_dtype(DType::F32)?
+            .broadcast_mul(&l.unsqueeze(1)?)?
+            .to_dtype(dtype)?
+    };
     let b = match lin.bias() {
         Some(b) => Some((b.to_dtype(DType::F32)? * &l)?.to_dtype(dtype)?),
         None => None,
     };
     Ok(Linear::new(w, b))
+}
+
+/// The rows `rows` of `t` along dim 0. Rows that all alias one (stride 0, as in a shape-only
+/// build) are unchanged by any permutation.
+fn permute_rows(t: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    if t.stride()[0] == 0 {
+        return Ok(t.clone());
+    }
+    Ok(t.contiguous()?.index_select(rows, 0)?)
 }
 
 /// A q or k projection whose output rows are reordered per head from rotate-half pairs
@@ -156,9 +172,9 @@ fn interleave_pairs(lin: &Linear, heads: usize, head_dim: usize) -> Result<Linea
         .map(|r| r as u32)
         .collect();
     let rows = Tensor::from_vec(rows, heads * head_dim, lin.weight().device())?;
-    let w = lin.weight().index_select(&rows, 0)?;
+    let w = permute_rows(lin.weight(), &rows)?;
     let b = match lin.bias() {
-        Some(b) => Some(b.index_select(&rows, 0)?),
+        Some(b) => Some(permute_rows(b, &rows)?),
         None => None,
     };
     Ok(Linear::new(w, b))
@@ -494,7 +510,19 @@ mod tests {
     fn folded_layer_scale_equals_scaling_the_output() {
         let (w, b, lambda) = (randn(&[24, 16], 1), randn(&[24], 2), randn(&[24], 3));
         let x = randn(&[2, 5, 16], 4);
-        for lin in [Linear::new(w.clone(), Some(b)), Linear::new(w, None)] {
+        // One value per row, stored once (stride 0 along the inputs): folded without expanding.
+        let per_row = randn(&[24], 8)
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_as((24, 16))
+            .unwrap();
+        let folded = fold_layer_scale(&Linear::new(per_row.clone(), None), &lambda).unwrap();
+        assert_eq!(folded.weight().stride(), [1, 0]);
+        for lin in [
+            Linear::new(w.clone(), Some(b)),
+            Linear::new(w, None),
+            Linear::new(per_row, None),
+        ] {
             let want = lin.forward(&x).unwrap().broadcast_mul(&lambda).unwrap();
             let got = fold_layer_scale(&lin, &lambda)
                 .unwrap()
