@@ -1,10 +1,11 @@
 //! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`spec/BASELINE.md` of the steering repository): submanifold conv
 //! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair; unsorted, in the
 //! map's sorted voxel order in the default window and in one window, with each order's GPU build
-//! time) and flash
-//! attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12). Warm; each sample is the mean of
+//! time), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
+//! layers (cuBLASLt epilogues against the composed path). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.
-//! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples).
+//! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples,
+//! `-- linear` for the linear layers alone).
 
 use std::time::Instant;
 
@@ -72,6 +73,9 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let samples = if quick { 3 } else { 7 };
     let dev = Device::new_cuda(0)?;
+    if std::env::args().any(|a| a == "linear") {
+        return linear_layers(&dev, samples);
+    }
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
     println!(
         "unsorted: voxels in coordinate order; sorted: by neighbour mask in the default window; \
@@ -176,6 +180,140 @@ fn main() -> Result<()> {
             };
             println!("| {case} | {ms:.3} | {:.0} |", flops / ms / 1e9);
         }
+    }
+
+    linear_layers(&dev, samples)
+}
+
+/// The models' linear layers: cuBLASLt with the bias, tanh-GELU and residual in the epilogue
+/// against the composed path (candle's cuBLAS matmul, `bias_act`, an add), at the shapes of the
+/// flow DiT (bf16, 1536 channels, 3.7k tokens), DINOv3 (f32, 1024 channels, 1029 and 4101 tokens)
+/// and the SC-VAE decoders' ConvNeXt `mlp2 + x` (f16, 256 → 64, 1M voxels).
+fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
+    use trellis2::ops::bias_act::Activation;
+    use trellis2::ops::linear::{last_linear_path, Linear};
+    println!();
+    println!("linear layers: cuBLASLt epilogue vs matmul + bias_act (+ add)");
+    println!("| layer | dtype | M × K → N | fused ms | path | composed ms | speed-up |");
+    println!("|---|---|---|---|---|---|---|");
+    let cases: &[(&str, DType, usize, usize, usize, Activation, bool)] = &[
+        (
+            "DiT to_qkv",
+            DType::BF16,
+            3700,
+            1536,
+            4608,
+            Activation::None,
+            false,
+        ),
+        (
+            "DiT mlp fc1 GELU-tanh",
+            DType::BF16,
+            3700,
+            1536,
+            8192,
+            Activation::GeluTanh,
+            false,
+        ),
+        (
+            "DiT mlp fc2",
+            DType::BF16,
+            3700,
+            8192,
+            1536,
+            Activation::None,
+            false,
+        ),
+        (
+            "DiT cross to_out + x",
+            DType::BF16,
+            3700,
+            1536,
+            1536,
+            Activation::None,
+            true,
+        ),
+        (
+            "DINOv3 o_proj + x",
+            DType::F32,
+            1029,
+            1024,
+            1024,
+            Activation::None,
+            true,
+        ),
+        (
+            "DINOv3 up_proj GELU-erf",
+            DType::F32,
+            1029,
+            1024,
+            4096,
+            Activation::GeluErf,
+            false,
+        ),
+        (
+            "DINOv3 down_proj + x",
+            DType::F32,
+            1029,
+            4096,
+            1024,
+            Activation::None,
+            true,
+        ),
+        (
+            "DINOv3 o_proj + x",
+            DType::F32,
+            4101,
+            1024,
+            1024,
+            Activation::None,
+            true,
+        ),
+        (
+            "DINOv3 down_proj + x",
+            DType::F32,
+            4101,
+            4096,
+            1024,
+            Activation::None,
+            true,
+        ),
+        (
+            "ConvNeXt mlp2 + x",
+            DType::F16,
+            1_000_000,
+            256,
+            64,
+            Activation::None,
+            true,
+        ),
+    ];
+    for &(name, dtype, m, k, n, act, residual) in cases {
+        let x = Tensor::randn(0f32, 1.0, (m, k), dev)?.to_dtype(dtype)?;
+        let w = Tensor::randn(0f32, 1.0 / (k as f32).sqrt(), (n, k), dev)?.to_dtype(dtype)?;
+        let b = Tensor::randn(0f32, 0.5, n, dev)?.to_dtype(dtype)?;
+        let r = Tensor::randn(0f32, 1.0, (m, n), dev)?.to_dtype(dtype)?;
+        let lin = Linear::new(w, Some(b));
+        let iters = if m * k * n > 100_000_000_000 { 3 } else { 20 };
+        let fused = time_ms(dev, samples, iters, || {
+            if residual {
+                lin.forward_residual(&x, &r)
+            } else {
+                lin.forward_act(&x, act)
+            }
+        })?;
+        let path = last_linear_path();
+        let composed = time_ms(dev, samples, iters, || {
+            if residual {
+                lin.forward_residual_unfused(&x, &r)
+            } else {
+                lin.forward_act_unfused(&x, act)
+            }
+        })?;
+        println!(
+            "| {name} | {dtype:?} | {m} × {k} → {n} | {fused:.3} | {path:?} | {composed:.3} | {:.2}× |",
+            composed / fused
+        );
     }
     Ok(())
 }

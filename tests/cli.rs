@@ -537,6 +537,9 @@ fn selftest_on_the_cpu_passes_every_case() {
         "bias_act gelu",
         "bias_act silu",
         "bias_act none",
+        "bias_act gelu_erf",
+        "linear gelu",
+        "linear + residual",
         "gated_residual",
     ] {
         for dtype in ["f32", "f16", "bf16"] {

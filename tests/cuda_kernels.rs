@@ -982,7 +982,12 @@ fn elementwise_epilogues_match_cpu() -> Result<()> {
             let bias = Tensor::randn(0f32, 1.0, c, &cpu)?;
             let xg = full.to_device(&dev)?.narrow(0, skip, t)?;
             let bg = bias.to_device(&dev)?;
-            for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+            for act in [
+                Activation::None,
+                Activation::GeluTanh,
+                Activation::Silu,
+                Activation::GeluErf,
+            ] {
                 let want = bias_act(&x.to_dtype(DType::F32)?, &bias, act)?;
                 let got = bias_act(&xg, &bg, act)?;
                 assert_eq!(got.dtype(), dtype);
@@ -1327,6 +1332,210 @@ fn layer_norm_act_matches_cpu() -> Result<()> {
     assert!(
         out[0].iter().chain(&out[2]).all(|v| v.is_finite()),
         "{out:?}"
+    );
+    Ok(())
+}
+
+/// Tolerance of a linear layer against its f32 CPU reference: f32 GEMMs differ in summation
+/// order only; f16/bf16 outputs are rounded once (fused) or up to three times (composed path:
+/// matmul, bias_act, add).
+fn linear_tol(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1.6e-2,
+    }
+}
+
+/// `Linear` on CUDA (cuBLASLt with the bias, tanh-GELU and residual in the epilogue where it
+/// can; the composed path for SiLU and exact GELU) against the composed ops on the CPU in f32,
+/// for every dtype, the DiT's and DINOv3's widths and 1 to 4101 rows, with and without a bias.
+/// The fused path must be the one taken for the activations it serves, and the residual operand
+/// must come back unchanged (the output is a new buffer).
+#[test]
+fn linear_cublaslt_matches_cpu() -> Result<()> {
+    use trellis2::ops::bias_act::{bias_act, Activation};
+    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = linear_tol(dtype);
+        for (k, n) in [(1024usize, 3072usize), (1536, 8), (4096, 1024)] {
+            let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
+            let b = rounded(&[n], 0.5, dtype)?;
+            for m in [1usize, 7, 1029, 4101] {
+                let x = rounded(&[m, k], 1.0, dtype)?;
+                let r = rounded(&[m, n], 1.0, dtype)?;
+                // The CPU matmul once per shape; every variant's reference derives from it.
+                let y0 = x.matmul(&w.t()?)?;
+                let (xg, rg) = (x.to_dtype(dtype)?.to_device(&dev)?, r.to_dtype(dtype)?);
+                let rg = rg.to_device(&dev)?;
+                let wg = w.to_dtype(dtype)?.to_device(&dev)?;
+                let bg = b.to_dtype(dtype)?.to_device(&dev)?;
+                for with_bias in [true, false] {
+                    let lin = Linear::new(wg.clone(), with_bias.then(|| bg.clone()));
+                    let bias = if with_bias {
+                        b.clone()
+                    } else {
+                        Tensor::zeros(n, DType::F32, &cpu)?
+                    };
+                    for act in [
+                        Activation::None,
+                        Activation::GeluTanh,
+                        Activation::GeluErf,
+                        Activation::Silu,
+                    ] {
+                        let got = lin.forward_act(&xg, act)?;
+                        let path = last_linear_path();
+                        assert_eq!(got.dtype(), dtype);
+                        let want = bias_act(&y0, &bias, act)?;
+                        let label = format!(
+                            "linear {dtype:?} M {m:>4} K {k:>4} N {n:>4} bias {with_bias:<5} \
+                             {act:?} ({path:?})"
+                        );
+                        expect_close(&label, &got, &want, tol)?;
+                        if matches!(act, Activation::None | Activation::GeluTanh) {
+                            assert_eq!(path, LinearPath::CublasLt, "{label}");
+                        }
+                    }
+                    let before = rg.to_device(&cpu)?.to_dtype(DType::F32)?;
+                    let got = lin.forward_residual(&xg, &rg)?;
+                    assert_eq!(last_linear_path(), LinearPath::CublasLt);
+                    let want = (bias_act(&y0, &bias, Activation::None)? + &r)?;
+                    let label = format!(
+                        "linear {dtype:?} M {m:>4} K {k:>4} N {n:>4} bias {with_bias:<5} + residual"
+                    );
+                    expect_close(&label, &got, &want, tol)?;
+                    let after = rg.to_device(&cpu)?.to_dtype(DType::F32)?;
+                    assert_eq!(
+                        (after - before)?.abs()?.max_all()?.to_scalar::<f32>()?,
+                        0.0,
+                        "{label}: the residual operand was modified"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Operands cuBLASLt cannot take fall back to the composed path with the same results: rows
+/// that are not a multiple of 16 bytes, an x that starts 2 bytes into its buffer, a strided x,
+/// a leading batch dim, and an x view 1 row into its buffer (16-byte but not 256-byte aligned:
+/// the heuristic must be told).
+#[test]
+fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
+    use candle_core::Module;
+    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+    let dev = gpu();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let tol = linear_tol(dtype);
+        let check = |what: &str, k: usize, n: usize, x: &Tensor, xg: &Tensor, fused: bool| {
+            let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
+            let b = rounded(&[n], 0.5, dtype)?;
+            let lin = Linear::new(w.clone(), Some(b.clone()));
+            let lin_g = Linear::new(
+                w.to_dtype(dtype)?.to_device(&dev)?,
+                Some(b.to_dtype(dtype)?.to_device(&dev)?),
+            );
+            let want = lin.forward(x)?;
+            let got = lin_g.forward(xg)?;
+            let path = last_linear_path();
+            expect_close(&format!("{what} {dtype:?} ({path:?})"), &got, &want, tol)?;
+            assert_eq!(
+                path == LinearPath::CublasLt,
+                fused,
+                "{what} {dtype:?}: {path:?}"
+            );
+            let r = rounded(want.dims(), 1.0, dtype)?;
+            let want = (want + &r)?;
+            let got = lin_g.forward_residual(xg, &r.to_dtype(dtype)?.to_device(&dev)?)?;
+            let path = last_linear_path();
+            expect_close(
+                &format!("{what} + residual {dtype:?} ({path:?})"),
+                &got,
+                &want,
+                tol,
+            )?;
+            assert_eq!(
+                path == LinearPath::CublasLt,
+                fused,
+                "{what} {dtype:?}: {path:?}"
+            );
+            Result::Ok(())
+        };
+        let on_gpu = |x: &Tensor| x.to_dtype(dtype)?.to_device(&dev);
+        // K = 13, N = 7: rows of 13 and 7 elements.
+        let x = rounded(&[33, 13], 1.0, dtype)?;
+        check("odd widths", 13, 7, &x, &on_gpu(&x)?, false)?;
+        // An x 2 bytes (1 element) into its buffer.
+        let flat = rounded(&[1 + 33 * 64], 1.0, dtype)?;
+        let x = flat.narrow(0, 1, 33 * 64)?.reshape((33, 64))?;
+        let xg = on_gpu(&flat)?.narrow(0, 1, 33 * 64)?.reshape((33, 64))?;
+        check("x at element 1", 64, 96, &x, &xg, false)?;
+        // A strided x (every other column): made contiguous, then fused.
+        let wide = rounded(&[40, 128], 1.0, dtype)?;
+        let x = wide.narrow(1, 0, 64)?;
+        check(
+            "strided x",
+            64,
+            96,
+            &x,
+            &on_gpu(&wide)?.narrow(1, 0, 64)?,
+            true,
+        )?;
+        // [B, N, C] input.
+        let x = rounded(&[2, 21, 64], 1.0, dtype)?;
+        check("batched x", 64, 96, &x, &on_gpu(&x)?, true)?;
+        // One row into its buffer: 128 bytes (f16) or 256 (f32) aligned.
+        let full = rounded(&[34, 64], 1.0, dtype)?;
+        let x = full.narrow(0, 1, 33)?;
+        check(
+            "x at row 1",
+            64,
+            96,
+            &x,
+            &on_gpu(&full)?.narrow(0, 1, 33)?,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+/// cuBLASLt's GELU epilogue is torch's tanh approximation (the DiT's `GELU(approximate="tanh")`)
+/// in f32 at a tight tolerance, not the exact erf GELU: `ops::cublaslt::GELU_EPILOGUE_IS_TANH`
+/// relies on it. Pre-activations of std ≈2 (max ≈9): the two GELUs differ by up to 4.7e-4 (at
+/// |x| ≈ 2.7), ≈5e-5 of max|ref|, ten times the tolerance. If this
+/// fails, set `GELU_EPILOGUE_IS_TANH` to false (tanh-GELU then stays on `bias_act`).
+#[test]
+fn cublaslt_gelu_epilogue_is_tanh_gelu() -> Result<()> {
+    use trellis2::ops::bias_act::{bias_act, Activation};
+    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let (m, k, n) = (257usize, 1024usize, 1536usize);
+    let x = Tensor::randn(0f32, 1.0, (m, k), &cpu)?;
+    let w = Tensor::randn(0f32, 2.0 / (k as f32).sqrt(), (n, k), &cpu)?;
+    let b = Tensor::randn(0f32, 0.5, n, &cpu)?;
+    let y0 = x.matmul(&w.t()?)?;
+    let lin = Linear::new(w.to_device(&dev)?, Some(b.to_device(&dev)?));
+    let got = lin
+        .forward_act(&x.to_device(&dev)?, Activation::GeluTanh)?
+        .to_device(&cpu)?;
+    assert_eq!(last_linear_path(), LinearPath::CublasLt);
+    let tanh = bias_act(&y0, &b, Activation::GeluTanh)?;
+    let erf = bias_act(&y0, &b, Activation::GeluErf)?;
+    let (e_tanh, e_erf) = (rel_err(&got, &tanh), rel_err(&got, &erf));
+    let e_between = rel_err(&erf, &tanh);
+    println!(
+        "cuBLASLt GELU epilogue f32: vs tanh-GELU {e_tanh:.2e}, vs erf-GELU {e_erf:.2e} \
+         (the two GELUs differ by {e_between:.2e})"
+    );
+    assert!(
+        e_between > 2e-5,
+        "the test data must tell the two GELUs apart"
+    );
+    assert!(
+        e_tanh <= 5e-6,
+        "cuBLASLt's GELU is not tanh-GELU to 5e-6 ({e_tanh:e}): set GELU_EPILOGUE_IS_TANH = false"
     );
     Ok(())
 }

@@ -122,7 +122,12 @@ fn bias_act_equals_the_composed_ops() {
     for (t, c) in [(37usize, 1536usize), (5, 13), (1, 1)] {
         let x = (randn(&[t, c], 8) * 3.0).unwrap();
         let bias = randn(&[c], 9);
-        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+        for act in [
+            Activation::None,
+            Activation::GeluTanh,
+            Activation::Silu,
+            Activation::GeluErf,
+        ] {
             let fused = bias_act(&x, &bias, act).unwrap();
             let composed = bias_act_slow(&x, &bias, act).unwrap();
             let e = rel(&fused, &composed);
@@ -180,4 +185,35 @@ fn linear_applies_bias_and_activation_over_the_last_dim() {
     let e = rel(&got, &want.gelu().unwrap());
     println!("linear + GELU: {e:e}");
     assert!(e <= 1e-6, "{e}");
+}
+
+#[test]
+fn linear_residual_adds_the_residual_after_the_bias() {
+    use trellis2::ops::linear::{last_linear_path, LinearPath};
+    let (w, b) = (randn(&[24, 16], 18), randn(&[24], 19));
+    let x = randn(&[2, 5, 16], 20);
+    let r = randn(&[2, 5, 24], 21);
+    for lin in [
+        Linear::new(w.clone(), Some(b.clone())),
+        Linear::new(w.clone(), None),
+    ] {
+        let want = (x.broadcast_matmul(&w.t().unwrap()).unwrap() + &r).unwrap();
+        let want = match lin.bias() {
+            Some(b) => want.broadcast_add(b).unwrap(),
+            None => want,
+        };
+        let got = lin.forward_residual(&x, &r).unwrap();
+        // The CPU runs the composed path, and says so.
+        assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+        assert_eq!(got.dims(), [2, 5, 24]);
+        let e = rel(&got, &want);
+        println!("linear + residual (bias {}): {e:e}", lin.bias().is_some());
+        assert!(e <= 1e-6, "{e}");
+        assert!(rel(&lin.forward_residual_unfused(&x, &r).unwrap(), &want) <= 1e-6);
+    }
+    let err = Linear::new(w, Some(b))
+        .forward_residual(&x, &randn(&[10, 24], 22))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("residual [10, 24]"), "{err}");
 }

@@ -1006,7 +1006,12 @@ fn bias_act_kernels_match_the_cpu_op() {
         let x32 = rand_tensor(seed, &[t, c], 6.0, 0.0);
         let bias = rand_tensor(seed + 1, &[c], 1.0, 0.0);
         let vec4 = vectorizable(c, &[x_pad, b_pad]);
-        for act in [Activation::None, Activation::GeluTanh, Activation::Silu] {
+        for act in [
+            Activation::None,
+            Activation::GeluTanh,
+            Activation::Silu,
+            Activation::GeluErf,
+        ] {
             for (di, dtype) in ALL.iter().enumerate() {
                 let x = x32.to_dtype(*dtype).unwrap();
                 let label = format!(

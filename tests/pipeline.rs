@@ -69,6 +69,10 @@ fn run(golden: &Golden) -> Generated {
 }
 
 fn run_with(golden: &Golden, load: LoadOptions) -> Generated {
+    run_noise(golden, load, NoiseSource::Injected(noise_of(golden)))
+}
+
+fn run_noise(golden: &Golden, load: LoadOptions, noise: NoiseSource) -> Generated {
     let dir = ModelDir::open(&common::fixture("golden")).unwrap();
     let mut pipeline = Pipeline::new(dir, Device::Cpu)
         .unwrap()
@@ -87,7 +91,7 @@ fn run_with(golden: &Golden, load: LoadOptions) -> Generated {
         .unwrap();
     let options = RunOptions {
         pipeline_type: Some(ptype),
-        noise: NoiseSource::Injected(noise_of(golden)),
+        noise,
         max_tokens: golden
             .metadata
             .get("max_num_tokens")
@@ -249,24 +253,42 @@ fn streamed_weights_match_golden() {
 }
 
 /// `--dtype f16` on the CPU: every model computes with half-precision weights and
-/// activations (fp32 islands kept) and the run completes. The conditioning and the
-/// sparse-structure latent are compared with the f32 golden at half-precision tolerance; later
-/// stages depend on thresholded occupancy, which half precision may flip on random weights.
+/// activations (fp32 islands kept) and the run completes. The conditioning is compared with the
+/// f32 golden, the sparse-structure latents with an f32 run on the same seed, at half-precision
+/// tolerance. Seeded rather than the golden's injected noise: later stages depend on thresholded
+/// occupancy, which half precision may flip by a voxel on random weights, and injected noise
+/// must match the token count exactly.
 #[test]
 fn half_precision_runs_stay_close_to_f32() {
     let golden = Golden::open("golden/pipeline/pipeline_512.safetensors");
+    let seeded = |load| run_noise(&golden, load, NoiseSource::Seed(42));
+    let full = seeded(LoadOptions::default());
     for (dtype, tol) in [(DTypeChoice::F16, 1e-2f32)] {
         let load = LoadOptions {
             dtype,
             ..Default::default()
         };
-        let out = run_with(&golden, load);
+        let out = seeded(load);
         for key in ["cond_512", "ss.x_t.1", "ss.x_t.5"] {
             let Some(ours) = out.latents.get(key) else {
                 continue;
             };
             assert_eq!(ours.dtype(), DType::F32, "{dtype:?}: `{key}` leaves as f32");
-            let err = golden.rel_err(key, ours);
+            let err = if key == "cond_512" {
+                golden.rel_err(key, ours)
+            } else {
+                let want = full
+                    .latents
+                    .get(key)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let got = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                common::max_abs_diff(&got, &want) / scale
+            };
             println!("{dtype:?} {key:<12} max|err|/max|ref| = {err:.2e} (tolerance {tol:.0e})");
             assert!(err <= tol, "{dtype:?}: `{key}` off by {err}");
         }

@@ -25,6 +25,7 @@ template <> __device__ __forceinline__ float store<float>(float v) { return v; }
 #define ACT_NONE 0
 #define ACT_GELU_TANH 1
 #define ACT_SILU 2
+#define ACT_GELU_ERF 3
 
 __device__ __forceinline__ float activate(float v, int act) {
     if (act == ACT_GELU_TANH) {
@@ -33,6 +34,8 @@ __device__ __forceinline__ float activate(float v, int act) {
         return 0.5f * v * (1.f + tanhf(inner));
     }
     if (act == ACT_SILU) return v / (1.f + __expf(-v));
+    // 0.5 v (1 + erf(v / sqrt(2))), torch's exact GELU; erff is within 2 ulp.
+    if (act == ACT_GELU_ERF) return 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
     return v;
 }
 

@@ -2,7 +2,7 @@
 // src/ops/bias_act.rs and src/ops/gated_residual.rs (same f32 arithmetic, one rounding).
 //
 // bias_act: y = act(x + bias) over x, y [T][C] in T, bias [C] in float; act is identity,
-//   tanh-GELU or SiLU.
+//   tanh-GELU, SiLU or exact (erf) GELU.
 // gated_residual: y = x + gate_s * r for row t of sample s (offsets[s] <= t < offsets[s+1]);
 //   x, r, y [T][C] in T, gate [B][C] in float.
 //

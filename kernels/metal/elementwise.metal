@@ -3,7 +3,9 @@
 // compares these with; same f32 arithmetic, one rounding to T).
 //
 // bias_act: y = act(x + bias) over x, y [T][C] in T, bias [C] in float; act is the identity,
-//   tanh-GELU 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))) or SiLU v / (1 + exp(-v)).
+//   tanh-GELU 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), SiLU v / (1 + exp(-v)) or exact
+//   GELU 0.5 v (1 + erf(v / sqrt(2))) (erf by Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7:
+//   MSL has no erf).
 // gated_residual: y = x + gate_s r for row t of sample s (offsets[s] <= t < offsets[s+1]);
 //   x, r, y [T][C] in T, gate [B][C] in float, offsets [B+1] uint.
 //
@@ -24,6 +26,19 @@ using namespace metal;
 #define ACT_NONE 0
 #define ACT_GELU_TANH 1
 #define ACT_SILU 2
+#define ACT_GELU_ERF 3
+
+// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), odd in x; the CPU reference
+// uses candle's erf, the CUDA kernel erff.
+inline float erf_as(float x) {
+    const float a = abs(x);
+    const float t = 1.0f / (1.0f + 0.3275911f * a);
+    const float poly =
+        ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t +
+         0.254829592f) * t;
+    const float y = 1.0f - poly * exp(-a * a);
+    return x < 0.0f ? -y : y;
+}
 
 inline float activate(float v, uint act) {
     if (act == ACT_GELU_TANH) {
@@ -33,6 +48,9 @@ inline float activate(float v, uint act) {
     }
     if (act == ACT_SILU) {
         return v / (1.0f + exp(-v));
+    }
+    if (act == ACT_GELU_ERF) {
+        return 0.5f * v * (1.0f + erf_as(v * 0.7071067811865476f));
     }
     return v;
 }

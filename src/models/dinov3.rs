@@ -3,17 +3,30 @@
 //! register tokens, every layer (rotate-half 2-D RoPE on patch tokens only, layer scale, exact
 //! GELU MLP, k without bias), then a parameter-free LayerNorm over all tokens. The model's own
 //! final `norm` is not used (upstream skips it), so its weights may stay unused.
+//!
+//! Loading rewrites three things for speed, none visible in the outputs (the golden parity test
+//! and the trace keep upstream's quantities):
+//! - LayerScale `λ` is folded into the linear before it (`o_proj`, `down_proj`): `λ·(W h + b)`
+//!   is `(diag(λ)·W) h + λ·b`; each residual add then rides in that linear's epilogue
+//!   ([`Linear::forward_residual`]), so a layer has no separate scale or add pass.
+//! - q and k projections emit each head's rotate-half pairs `(i, i + D/2)` as interleaved pairs
+//!   `(2i, 2i + 1)` (their output rows permuted alike, which leaves every q·k unchanged), so RoPE
+//!   is one pass of the fused interleaved op ([`rms_norm_rope`] without the norm), with the
+//!   identity rotation for the prefix tokens.
+//! - The MLP's bias and exact GELU are one `bias_act` pass.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
+use crate::ops::bias_act::Activation;
 use crate::ops::layer_norm;
 use crate::ops::layer_norm::layer_norm_prepared;
 use crate::ops::linear::Linear;
 use crate::ops::norm_params::NormAffine;
+use crate::ops::rms_norm_rope::{rms_norm_rope, rope_table};
 use crate::weights::Checkpoint;
 
 /// Checkpoint keys upstream never applies: the final `norm` (a parameter-free LayerNorm runs
@@ -119,66 +132,119 @@ fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<L
     })
 }
 
+/// `λ·(x·Wᵀ + b)` as one linear: `W' = diag(λ)·W`, `b' = λ·b`, computed in f32 and rounded
+/// once to the weights' dtype. A weight stored as one value per row (stride 0 along the inputs,
+/// as in a shape-only build, `weights::ShapeRecorder`) stays so: nothing out × in is allocated.
+fn fold_layer_scale(lin: &Linear, lambda: &Tensor) -> Result<Linear> {
+    let (w, dtype) = (lin.weight(), lin.weight().dtype());
+    let l = lambda.to_dtype(DType::F32)?;
+    let w = if w.stride()[1] == 0 {
+        let column = w.narrow(1, 0, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+        (column * &l)?
+            .to_dtype(dtype)?
+            .unsqueeze(1)?
+            .broadcast_as(w.shape())?
+    } else {
+        w.to_dtype(DType::F32)?
+            .broadcast_mul(&l.unsqueeze(1)?)?
+            .to_dtype(dtype)?
+    };
+    let b = match lin.bias() {
+        Some(b) => Some((b.to_dtype(DType::F32)? * &l)?.to_dtype(dtype)?),
+        None => None,
+    };
+    Ok(Linear::new(w, b))
+}
+
+/// The rows `rows` of `t` along dim 0. Rows that all alias one (stride 0, as in a shape-only
+/// build) are unchanged by any permutation.
+fn permute_rows(t: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    if t.stride()[0] == 0 {
+        return Ok(t.clone());
+    }
+    Ok(t.contiguous()?.index_select(rows, 0)?)
+}
+
+/// A q or k projection whose output rows are reordered per head from rotate-half pairs
+/// `(i, i + D/2)` to interleaved pairs `(2i, 2i + 1)`.
+fn interleave_pairs(lin: &Linear, heads: usize, head_dim: usize) -> Result<Linear> {
+    let half = head_dim / 2;
+    let rows: Vec<u32> = (0..heads)
+        .flat_map(|h| (0..half).flat_map(move |i| [h * head_dim + i, h * head_dim + half + i]))
+        .map(|r| r as u32)
+        .collect();
+    let rows = Tensor::from_vec(rows, heads * head_dim, lin.weight().device())?;
+    let w = permute_rows(lin.weight(), &rows)?;
+    let b = match lin.bias() {
+        Some(b) => Some(permute_rows(b, &rows)?),
+        None => None,
+    };
+    Ok(Linear::new(w, b))
+}
+
 struct Attention {
+    /// q and k emit interleaved RoPE pairs ([`interleave_pairs`]).
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
+    /// With the layer's LayerScale `λ1` folded in.
     o_proj: Linear,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn new(cfg: &DinoV3Config, vb: VarBuilder) -> Result<Self> {
-        let c = cfg.hidden_size;
+    fn new(cfg: &DinoV3Config, layer_scale: &Tensor, vb: VarBuilder) -> Result<Self> {
+        let (c, h, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim());
+        let q_proj = linear(c, c, cfg.query_bias, vb.pp("q_proj"))?;
+        let k_proj = linear(c, c, cfg.key_bias, vb.pp("k_proj"))?;
+        let o_proj = linear(c, c, cfg.proj_bias, vb.pp("o_proj"))?;
         Ok(Self {
-            q_proj: linear(c, c, cfg.query_bias, vb.pp("q_proj"))?,
-            k_proj: linear(c, c, cfg.key_bias, vb.pp("k_proj"))?,
+            q_proj: interleave_pairs(&q_proj, h, d)?,
+            k_proj: interleave_pairs(&k_proj, h, d)?,
             v_proj: linear(c, c, cfg.value_bias, vb.pp("v_proj"))?,
-            o_proj: linear(c, c, cfg.proj_bias, vb.pp("o_proj"))?,
-            heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
+            o_proj: fold_layer_scale(&o_proj, layer_scale)?,
+            heads: h,
+            head_dim: d,
         })
     }
 
-    /// `x [B, N, C]`; RoPE tables `[P, head_dim]` apply to the last P tokens of each image.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Self-attention of `x [B, N, C]` before the output projection, `[B, N, C]`; `rotation`
+    /// `[B·N, D/2, 2]` from [`rope_rotation`].
+    fn attend(&self, x: &Tensor, rotation: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
-        let split = |t: Tensor| t.reshape((b, n, self.heads, self.head_dim));
-        let q = rope_patches(&split(self.q_proj.forward(x)?)?, cos, sin)?;
-        let k = rope_patches(&split(self.k_proj.forward(x)?)?, cos, sin)?;
-        let v = split(self.v_proj.forward(x)?)?;
-        let flat = |t: &Tensor| t.reshape((b * n, self.heads, self.head_dim));
+        let heads = |t: Tensor| t.reshape((b * n, self.heads, self.head_dim));
+        let q = rms_norm_rope(&heads(self.q_proj.forward(x)?)?, None, rotation)?;
+        let k = rms_norm_rope(&heads(self.k_proj.forward(x)?)?, None, rotation)?;
+        let v = heads(self.v_proj.forward(x)?)?;
         let offsets: Vec<usize> = (0..=b).map(|i| i * n).collect();
         let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let out = varlen_attention(
-            &flat(&q)?,
-            &flat(&k)?,
-            &flat(&v)?,
-            &offsets,
-            &offsets,
-            scale,
-        )?;
-        Ok(self.o_proj.forward(&out.reshape((b, n, c))?)?)
+        let out = varlen_attention(&q, &k, &v, &offsets, &offsets, scale)?;
+        Ok(out.reshape((b, n, c))?)
     }
 }
 
-/// Rotate-half RoPE on the patch tokens (the last `P` of `N`); prefix tokens pass unchanged.
-/// `x [B, N, H, D]`, `cos/sin [P, D]`.
-fn rope_patches(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (_, n, _, d) = x.dims4()?;
-    let p = cos.dim(0)?;
-    let prefix = x.narrow(1, 0, n - p)?;
-    let patches = x.narrow(1, n - p, p)?;
-    let half = d / 2;
-    let x1 = patches.narrow(D::Minus1, 0, half)?;
-    let x2 = patches.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    // [P, D] → [1, P, 1, D] to broadcast over batch and heads.
-    let cos = cos.unsqueeze(0)?.unsqueeze(2)?;
-    let sin = sin.unsqueeze(0)?.unsqueeze(2)?;
-    let patches = (patches.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
-    Ok(Tensor::cat(&[&prefix, &patches], 1)?)
+/// The rotation table of [`rms_norm_rope`] for `b` images of `n` tokens whose last `P` are
+/// patches: `[b·n, D/2, 2]` f32, pair `i` of patch `p` rotated by `(cos, sin)[p, i]` of the
+/// rotate-half tables `[P, D]` (whose two halves are equal), the prefix tokens by the identity.
+fn rope_rotation(cos: &Tensor, sin: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+    let (p, d) = cos.dims2()?;
+    let (prefix, half, dev) = (n - p, d / 2, cos.device());
+    let cos = Tensor::cat(
+        &[
+            &Tensor::ones((prefix, half), DType::F32, dev)?,
+            &cos.narrow(1, 0, half)?.to_dtype(DType::F32)?,
+        ],
+        0,
+    )?;
+    let sin = Tensor::cat(
+        &[
+            &Tensor::zeros((prefix, half), DType::F32, dev)?,
+            &sin.narrow(1, 0, half)?.to_dtype(DType::F32)?,
+        ],
+        0,
+    )?;
+    Ok(rope_table(&cos, &sin)?.repeat((b, 1, 1))?)
 }
 
 /// cos and sin `[h·w, head_dim]` for a grid of `h × w` patches, computed in f32 as HF does:
@@ -220,6 +286,7 @@ pub fn rope_tables(
 
 struct Mlp {
     up_proj: Linear,
+    /// With the layer's LayerScale `λ2` folded in.
     down_proj: Linear,
 }
 
@@ -247,6 +314,8 @@ impl AffineNorm {
 struct Layer {
     norm1: AffineNorm,
     attention: Attention,
+    /// LayerScale `λ1`, `λ2` as loaded: folded into `o_proj` and `down_proj`, kept for the trace
+    /// (which records the unscaled branches, as upstream's hooks see them).
     layer_scale1: Tensor,
     norm2: AffineNorm,
     mlp: Mlp,
@@ -256,44 +325,53 @@ struct Layer {
 impl Layer {
     fn new(cfg: &DinoV3Config, vb: VarBuilder) -> Result<Self> {
         let c = cfg.hidden_size;
+        let layer_scale1 = vb.get(c, "layer_scale1.lambda1")?;
+        let layer_scale2 = vb.get(c, "layer_scale2.lambda1")?;
+        let down_proj = linear(
+            cfg.intermediate_size,
+            c,
+            cfg.mlp_bias,
+            vb.pp("mlp.down_proj"),
+        )?;
         Ok(Self {
             norm1: AffineNorm::new(c, cfg.layer_norm_eps, vb.pp("norm1"))?,
-            attention: Attention::new(cfg, vb.pp("attention"))?,
-            layer_scale1: vb.get(c, "layer_scale1.lambda1")?,
+            attention: Attention::new(cfg, &layer_scale1, vb.pp("attention"))?,
             norm2: AffineNorm::new(c, cfg.layer_norm_eps, vb.pp("norm2"))?,
             mlp: Mlp {
                 up_proj: linear(c, cfg.intermediate_size, cfg.mlp_bias, vb.pp("mlp.up_proj"))?,
-                down_proj: linear(
-                    cfg.intermediate_size,
-                    c,
-                    cfg.mlp_bias,
-                    vb.pp("mlp.down_proj"),
-                )?,
+                down_proj: fold_layer_scale(&down_proj, &layer_scale2)?,
             },
-            layer_scale2: vb.get(c, "layer_scale2.lambda1")?,
+            layer_scale1,
+            layer_scale2,
         })
     }
 
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rotation: &Tensor,
         prefix: &str,
         trace: &mut Trace,
     ) -> Result<Tensor> {
         let h = self.norm1.forward(x)?;
         trace.record(&format!("{prefix}.norm1"), || Ok(h.clone()))?;
-        let h = self.attention.forward(&h, cos, sin)?;
-        trace.record(&format!("{prefix}.attention.0"), || Ok(h.clone()))?;
-        let h = h.broadcast_mul(&self.layer_scale1)?;
-        trace.record(&format!("{prefix}.layer_scale1"), || Ok(h.clone()))?;
-        let x = (x + h)?;
+        let a = self.attention.attend(&h, rotation)?;
+        // x + λ1·o_proj(a): the scale folded into o_proj, the add in its epilogue. The trace
+        // (off in production) recomputes the branch, and divides the scale out again.
+        let o_proj = &self.attention.o_proj;
+        trace.record(&format!("{prefix}.attention.0"), || {
+            o_proj.forward(&a)?.broadcast_div(&self.layer_scale1)
+        })?;
+        trace.record(&format!("{prefix}.layer_scale1"), || o_proj.forward(&a))?;
+        let x = o_proj.forward_residual(&a, x)?;
         let h = self.norm2.forward(&x)?;
-        let h = self.mlp.up_proj.forward(&h)?.gelu_erf()?;
-        let h = self.mlp.down_proj.forward(&h)?;
-        trace.record(&format!("{prefix}.mlp"), || Ok(h.clone()))?;
-        let x = (x + h.broadcast_mul(&self.layer_scale2)?)?;
+        let h = self.mlp.up_proj.forward_act(&h, Activation::GeluErf)?;
+        // x + λ2·down_proj(h), likewise.
+        let down_proj = &self.mlp.down_proj;
+        trace.record(&format!("{prefix}.mlp"), || {
+            down_proj.forward(&h)?.broadcast_div(&self.layer_scale2)
+        })?;
+        let x = down_proj.forward_residual(&h, &x)?;
         trace.record(prefix, || Ok(x.clone()))?;
         Ok(x)
     }
@@ -386,10 +464,126 @@ impl DinoV3 {
         )?;
         trace.record("rope_embeddings.0", || Ok(cos.clone()))?;
         trace.record("rope_embeddings.1", || Ok(sin.clone()))?;
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let rotation = rope_rotation(&cos, &sin, b, x.dim(1)?)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &cos, &sin, &format!("layer.{i}"), trace)?;
+            x = layer.forward(&x, &rotation, &format!("layer.{i}"), trace)?;
         }
         Ok(layer_norm(&x, None, 1e-5)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let v: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let err: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        err / b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn folded_layer_scale_equals_scaling_the_output() {
+        let (w, b, lambda) = (randn(&[24, 16], 1), randn(&[24], 2), randn(&[24], 3));
+        let x = randn(&[2, 5, 16], 4);
+        // One value per row, stored once (stride 0 along the inputs): folded without expanding.
+        let per_row = randn(&[24], 8)
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_as((24, 16))
+            .unwrap();
+        let folded = fold_layer_scale(&Linear::new(per_row.clone(), None), &lambda).unwrap();
+        assert_eq!(folded.weight().stride(), [1, 0]);
+        for lin in [
+            Linear::new(w.clone(), Some(b)),
+            Linear::new(w, None),
+            Linear::new(per_row, None),
+        ] {
+            let want = lin.forward(&x).unwrap().broadcast_mul(&lambda).unwrap();
+            let got = fold_layer_scale(&lin, &lambda)
+                .unwrap()
+                .forward(&x)
+                .unwrap();
+            let e = rel(&got, &want);
+            assert!(e <= 1e-6, "bias {}: {e}", lin.bias().is_some());
+        }
+    }
+
+    /// Upstream's rotate-half RoPE on the patch tokens (the last P of each image's N) of
+    /// `x [B, N, H, D]` by `cos, sin [P, D]`, composed of candle ops.
+    fn rope_rotate_half(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let (_, n, _, d) = x.dims4().unwrap();
+        let p = cos.dim(0).unwrap();
+        let prefix = x.narrow(1, 0, n - p).unwrap();
+        let patches = x.narrow(1, n - p, p).unwrap();
+        let x1 = patches.narrow(3, 0, d / 2).unwrap();
+        let x2 = patches.narrow(3, d / 2, d / 2).unwrap();
+        let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], 3).unwrap();
+        let (cos, sin) = (
+            cos.unsqueeze(0).unwrap().unsqueeze(2).unwrap(),
+            sin.unsqueeze(0).unwrap().unsqueeze(2).unwrap(),
+        );
+        let patches =
+            (patches.broadcast_mul(&cos).unwrap() + rotated.broadcast_mul(&sin).unwrap()).unwrap();
+        Tensor::cat(&[&prefix, &patches], 1).unwrap()
+    }
+
+    /// The interleaved projection rotated by the fused op equals upstream's rotate-half RoPE of
+    /// the original projection, up to the same permutation of each head's channels (which leaves
+    /// q·k unchanged): prefix tokens untouched, every image of a batch rotated alike.
+    #[test]
+    fn interleaved_rope_equals_rotate_half_rope() {
+        let (b, heads, d, grid) = (2usize, 3usize, 16usize, (3usize, 4usize));
+        let (p, c) = (grid.0 * grid.1, heads * d);
+        let n = p + 5;
+        let lin = Linear::new(randn(&[c, c], 5), Some(randn(&[c], 6)));
+        let x = randn(&[b, n, c], 7);
+        let (cos, sin) = rope_tables(grid.0, grid.1, d, 100.0, &Device::Cpu).unwrap();
+        let want = rope_rotate_half(
+            &lin.forward(&x).unwrap().reshape((b, n, heads, d)).unwrap(),
+            &cos,
+            &sin,
+        );
+        let order: Vec<u32> = (0..d / 2)
+            .flat_map(|i| [i as u32, (d / 2 + i) as u32])
+            .collect();
+        let want = want
+            .index_select(&Tensor::new(order.as_slice(), &Device::Cpu).unwrap(), 3)
+            .unwrap()
+            .reshape((b * n, heads, d))
+            .unwrap();
+        let rotation = rope_rotation(&cos, &sin, b, n).unwrap();
+        let q = interleave_pairs(&lin, heads, d)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let got = rms_norm_rope(&q.reshape((b * n, heads, d)).unwrap(), None, &rotation).unwrap();
+        let e = rel(&got, &want);
+        assert!(e <= 1e-6, "{e}");
     }
 }

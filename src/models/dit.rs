@@ -19,7 +19,7 @@ use super::dinov3::AffineNorm;
 use super::trace::Trace;
 use super::WeightMemory;
 use crate::ops::attention::varlen_attention;
-use crate::ops::bias_act::Activation;
+use crate::ops::bias_act::{bias_act, Activation};
 use crate::ops::gated_residual::gated_residual;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
@@ -699,26 +699,33 @@ impl FlowDit {
         trace.record(&name("self_attn"), || layout.trace_view(&a))?;
         let x = gated_residual(x, &a, &gate_msa, &layout.offsets)?;
 
-        // Cross-attention (no modulation, no gate).
+        // Cross-attention (no modulation, no gate): `x + to_out(attention)`, the residual added
+        // in the projection's epilogue (the trace, off in production, recomputes the branch).
         let h = blk.norm2.forward(&x)?;
         trace.record(&name("norm2"), || layout.trace_view(&h))?;
-        let a = match kv {
+        let to_out = &blk.cross_attn.to_out;
+        let x = match kv {
             Some(((k, v), kv_offsets)) => {
                 let mut q = blk.cross_attn.to_q.forward(&h)?.reshape((n, h_, d))?;
                 if let Some(g) = &blk.cross_attn.q_gamma {
                     q = rms_norm_rope(&q, Some(g), &self.plain_rotation)?;
                 }
                 let a = varlen_attention(&q, k, v, &layout.offsets, kv_offsets, scale)?;
-                blk.cross_attn.to_out.forward(&a.reshape((n, c))?)?
+                let a = a.reshape((n, c))?;
+                trace.record(&name("cross_attn"), || {
+                    layout.trace_view(&to_out.forward(&a)?)
+                })?;
+                to_out.forward_residual(&a, &x)?
             }
-            None => blk
-                .cross_attn
-                .zero_cond_out
-                .broadcast_as((n, c))?
-                .contiguous()?,
+            // The zero condition's output is one row for every token: added as a bias.
+            None => {
+                let row = &blk.cross_attn.zero_cond_out;
+                trace.record(&name("cross_attn"), || {
+                    layout.trace_view(&row.broadcast_as((n, c))?.contiguous()?)
+                })?;
+                bias_act(&x, &row.squeeze(0)?, Activation::None)?
+            }
         };
-        trace.record(&name("cross_attn"), || layout.trace_view(&a))?;
-        let x = (x + a)?;
 
         // MLP.
         let h =

@@ -1,5 +1,5 @@
 //! The epilogue of a linear layer or conv: `y = act(x + bias)` over the channels of `x [T, C]`,
-//! with `act` the identity, tanh-GELU or SiLU. One read and one write of the activations,
+//! with `act` the identity, tanh-GELU, exact (erf) GELU or SiLU. One read and one write of the activations,
 //! f32 arithmetic and one rounding to `x`'s dtype — instead of candle's strided broadcast add
 //! (which ran at a tenth of the GPU's bandwidth) followed by a separate activation pass.
 //!
@@ -21,6 +21,9 @@ pub enum Activation {
     GeluTanh = 1,
     /// `x·sigmoid(x)`: the SC-VAE decoders' MLPs and norms.
     Silu = 2,
+    /// `0.5·x·(1 + erf(x/√2))`: torch's exact `GELU()`, which DINOv3's MLP uses. Same f32
+    /// formula as candle's `gelu_erf`.
+    GeluErf = 3,
 }
 
 impl Activation {
@@ -32,6 +35,11 @@ impl Activation {
                 0.5 * v * (1.0 + inner.tanh())
             }
             Activation::Silu => v / (1.0 + (-v).exp()),
+            Activation::GeluErf => {
+                (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0)
+                    * 0.5
+                    * v
+            }
         }
     }
 }
@@ -121,8 +129,8 @@ pub fn bias_act(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
         .to_dtype(dtype)
 }
 
-/// The same arithmetic composed of candle ops (f32 `broadcast_add`, then `gelu` or `silu`, one
-/// rounding to `x`'s dtype): the test reference of [`bias_act`].
+/// The same arithmetic composed of candle ops (f32 `broadcast_add`, then `gelu`, `gelu_erf` or
+/// `silu`, one rounding to `x`'s dtype): the test reference of [`bias_act`].
 pub fn bias_act_slow(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     check(x, bias)?;
     let y = x
@@ -132,6 +140,7 @@ pub fn bias_act_slow(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tenso
         Activation::None => y,
         Activation::GeluTanh => y.gelu()?,
         Activation::Silu => y.silu()?,
+        Activation::GeluErf => y.gelu_erf()?,
     };
     y.to_dtype(x.dtype())
 }

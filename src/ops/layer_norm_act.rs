@@ -258,6 +258,7 @@ pub fn layer_norm_act_slow(
     match act {
         Activation::None => Ok(y),
         Activation::GeluTanh => y.gelu(),
+        Activation::GeluErf => y.gelu_erf(),
         Activation::Silu => y.silu(),
     }
 }

@@ -7,6 +7,8 @@ pub mod c2s_skip_add;
 pub mod conv3d;
 mod cpu_storage;
 #[cfg(feature = "cuda")]
+mod cublaslt;
+#[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod deform_conv;
 pub mod gated_residual;

@@ -9,6 +9,7 @@ use crate::ops::attention::{varlen_attention, varlen_attention_slow};
 use crate::ops::bias_act::{bias_act, bias_act_slow, Activation};
 use crate::ops::gated_residual::{gated_residual, gated_residual_slow};
 use crate::ops::layer_norm::{layer_norm, layer_norm_composed};
+use crate::ops::linear::{last_linear_path, Linear, LinearPath};
 use crate::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
 use crate::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
 use crate::ops::rope::rope_tables_3d;
@@ -89,10 +90,28 @@ pub const CASES: &[Case] = &[
         run: |dev, dt| bias_act_case(dev, dt, 1539, Activation::Silu),
     },
     Case {
+        op: "bias_act gelu_erf",
+        shape: "T 1000, C 4096",
+        dtypes: DTYPES,
+        run: |dev, dt| bias_act_case(dev, dt, 4096, Activation::GeluErf),
+    },
+    Case {
         op: "bias_act none",
         shape: "T 1000, C 1536",
         dtypes: DTYPES,
         run: |dev, dt| bias_act_case(dev, dt, 1536, Activation::None),
+    },
+    Case {
+        op: "linear gelu",
+        shape: "M 257, 1024 → 3072, bias, tanh-GELU",
+        dtypes: DTYPES,
+        run: |dev, dt| linear_case(dev, dt, 1024, 3072, false),
+    },
+    Case {
+        op: "linear + residual",
+        shape: "M 257, 4096 → 1024, bias, + x",
+        dtypes: DTYPES,
+        run: |dev, dt| linear_case(dev, dt, 4096, 1024, true),
     },
     Case {
         op: "gated_residual",
@@ -345,6 +364,57 @@ fn bias_act_case(device: &Device, dtype: DType, c: usize, act: Activation) -> Re
         got: host_f32(&got)?,
         want: host_f32(&want)?,
         work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
+        seconds: time_op(device, run)?,
+    })
+}
+
+/// A linear layer with its epilogue: `y = GELU(x·Wᵀ + b)` or `y = x·Wᵀ + b + r`. On CUDA one
+/// cuBLASLt matmul with the bias and tanh-GELU or the residual fused, rounded once: against the
+/// composed ops in f32 on the CPU. Elsewhere the composed path (matmul, `bias_act`, add), which
+/// rounds up to three times in f16/bf16: against the same ops on the CPU in the same dtype.
+fn linear_case(
+    device: &Device,
+    dtype: DType,
+    k: usize,
+    n: usize,
+    residual: bool,
+) -> Result<Checked> {
+    let m = 257;
+    let (x, x_ref) = input(uniform(27, m * k), &[m, k], dtype, device)?;
+    let w: Vec<f32> = uniform(28, n * k)
+        .iter()
+        .map(|v| v * 2.0 / (k as f32).sqrt())
+        .collect();
+    let (w, w_ref) = input(w, &[n, k], dtype, device)?;
+    let (b, b_ref) = input(uniform(29, n), &[n], dtype, device)?;
+    let (r, r_ref) = input(uniform(30, m * n), &[m, n], dtype, device)?;
+    let lin = Linear::new(w, Some(b));
+    let run = || {
+        if residual {
+            lin.forward_residual(&x, &r)
+        } else {
+            lin.forward_act(&x, Activation::GeluTanh)
+        }
+    };
+    let got = run()?;
+    // The reference rounds where the device's path rounds.
+    let host_dtype = if last_linear_path() == LinearPath::CublasLt {
+        DType::F32
+    } else {
+        dtype
+    };
+    let host = |t: &Tensor| t.to_dtype(host_dtype);
+    let lin_ref = Linear::new(host(&w_ref)?, Some(host(&b_ref)?));
+    let (x_ref, r_ref) = (host(&x_ref)?, host(&r_ref)?);
+    let want = if residual {
+        lin_ref.forward_residual_unfused(&x_ref, &r_ref)?
+    } else {
+        lin_ref.forward_act_unfused(&x_ref, Activation::GeluTanh)?
+    };
+    Ok(Checked {
+        got: host_f32(&got)?,
+        want: host_f32(&want)?,
+        work: Work::Flops((2 * m * k * n) as f64),
         seconds: time_op(device, run)?,
     })
 }
