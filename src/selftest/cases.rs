@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{host_f32, time_op, uniform, Case, Checked, Work, DTYPES};
+use super::{host_f32, time_op, uniform, Case, Checked, Operands, Work, DTYPES};
 use crate::ops::attention::{varlen_attention, varlen_attention_slow};
 use crate::ops::bias_act::{bias_act, bias_act_slow, Activation};
 use crate::ops::gated_residual::{gated_residual, gated_residual_slow};
@@ -19,108 +19,126 @@ use crate::sparse::CoordSet;
 pub const CASES: &[Case] = &[
     Case {
         op: "sparse_conv",
+        operands: Operands::Kernel,
         shape: "shell r=9, Ci 48 Co 80",
         dtypes: DTYPES,
         run: sparse_conv,
     },
     Case {
         op: "attention self d64",
+        operands: Operands::Kernel,
         shape: "seqs 300+211, 3 heads",
         dtypes: DTYPES,
         run: |dev, dt| attention(dev, dt, 64, &[300, 211], None),
     },
     Case {
         op: "attention self d128",
+        operands: Operands::Kernel,
         shape: "seqs 300+211, 2 heads",
         dtypes: DTYPES,
         run: |dev, dt| attention(dev, dt, 128, &[300, 211], None),
     },
     Case {
         op: "attention cross d64",
+        operands: Operands::Kernel,
         shape: "q 150+90, kv 1029+1029, 3 heads",
         dtypes: DTYPES,
         run: |dev, dt| attention(dev, dt, 64, &[150, 90], Some(&[1029, 1029])),
     },
     Case {
         op: "attention cross d128",
+        operands: Operands::Kernel,
         shape: "q 150+90, kv 1029+1029, 2 heads",
         dtypes: DTYPES,
         run: |dev, dt| attention(dev, dt, 128, &[150, 90], Some(&[1029, 1029])),
     },
     Case {
         op: "layer_norm",
+        operands: Operands::Own,
         shape: "T 1000, C 1536, affine",
         dtypes: DTYPES,
         run: layer_norm_case,
     },
     Case {
         op: "layer_norm_modulate",
+        operands: Operands::Own,
         shape: "T 600+400, C 1536",
         dtypes: DTYPES,
         run: layer_norm_modulate_case,
     },
     Case {
         op: "rms_norm_rope d64",
+        operands: Operands::Own,
         shape: "T 2000, 3 heads",
         dtypes: DTYPES,
         run: |dev, dt| rms_norm_rope_case(dev, dt, 64, 3),
     },
     Case {
         op: "rms_norm_rope d128",
+        operands: Operands::Own,
         shape: "T 2000, 2 heads",
         dtypes: DTYPES,
         run: |dev, dt| rms_norm_rope_case(dev, dt, 128, 2),
     },
     Case {
         op: "rms_norm_rope 1-row",
+        operands: Operands::Own,
         shape: "T 2000, 2 heads, d128, identity",
         dtypes: DTYPES,
         run: rms_norm_one_row_case,
     },
     Case {
         op: "bias_act gelu",
+        operands: Operands::Own,
         shape: "T 500, C 8192",
         dtypes: DTYPES,
         run: |dev, dt| bias_act_case(dev, dt, 8192, Activation::GeluTanh),
     },
     Case {
         op: "bias_act silu",
+        operands: Operands::Own,
         shape: "T 1000, C 1539 (odd: scalar)",
         dtypes: DTYPES,
         run: |dev, dt| bias_act_case(dev, dt, 1539, Activation::Silu),
     },
     Case {
         op: "bias_act gelu_erf",
+        operands: Operands::Own,
         shape: "T 1000, C 4096",
         dtypes: DTYPES,
         run: |dev, dt| bias_act_case(dev, dt, 4096, Activation::GeluErf),
     },
     Case {
         op: "bias_act none",
+        operands: Operands::Own,
         shape: "T 1000, C 1536",
         dtypes: DTYPES,
         run: |dev, dt| bias_act_case(dev, dt, 1536, Activation::None),
     },
     Case {
         op: "linear gelu",
+        operands: Operands::Own,
         shape: "M 257, 1024 → 3072, bias, tanh-GELU",
         dtypes: DTYPES,
         run: |dev, dt| linear_case(dev, dt, 1024, 3072, false),
     },
     Case {
         op: "linear + residual",
+        operands: Operands::Own,
         shape: "M 257, 4096 → 1024, bias, + x",
         dtypes: DTYPES,
         run: |dev, dt| linear_case(dev, dt, 4096, 1024, true),
     },
     Case {
         op: "gated_residual",
+        operands: Operands::Own,
         shape: "T 600+0+400, C 1536",
         dtypes: DTYPES,
         run: gated_residual_case,
     },
     Case {
         op: "neighbour_map",
+        operands: Operands::Own,
         shape: "2 batches of shells r=9, 2 levels",
         dtypes: &[DType::U32],
         run: neighbour_map_case,
