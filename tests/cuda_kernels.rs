@@ -132,8 +132,9 @@ fn check_conv(
 #[test]
 fn sparse_conv_random_maps() -> Result<()> {
     let mut rng = Lcg(7);
-    // Output tiles of 64 (Co ≤ 64), 128 and 256 columns (Co ≥ 256), each output dtype, with
-    // and without bias.
+    // Output tiles of 64 (Co ≤ 64), 128 and 256 columns (Co ≥ 256 with at least one 128 × 256
+    // tile per SM — 132 on an H100 — so the last three cases), each output dtype, with and
+    // without bias.
     for (n, ci, co, dtype, bias) in [
         (1000, 64, 64, DType::BF16, false),
         (1000, 64, 64, DType::F16, true),
@@ -145,6 +146,9 @@ fn sparse_conv_random_maps() -> Result<()> {
         (129, 16, 16, DType::F32, true),
         (333, 64, 300, DType::F32, true),
         (257, 128, 130, DType::F32, false),
+        (17_000, 64, 256, DType::F16, true),
+        (9_000, 32, 520, DType::BF16, false),
+        (8_500, 64, 300, DType::F32, true),
     ] {
         let map = random_map(n, 0.6, &mut rng);
         check_conv("random map", map, n, ci, co, dtype, bias)?;

@@ -85,9 +85,13 @@ pub fn conv3d_k3(
 /// A Conv3d k3 p1 layer with its weight laid out for the submanifold kernel (`[Co, 3, 3, 3, Ci]`,
 /// in the kernel's operand dtype) and its bias in f32, once at load: per call that permute and
 /// those casts were four extra launches around each conv of the sparse-structure decoder.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Conv3dK3 {
     weight: Tensor,
+    /// `weight` in the operand dtype of the last input dtype seen, when that differs from the
+    /// one prepared at load (the sparse-structure decoder keeps f16 weights but runs f32
+    /// activations, i.e. bf16 operands on CUDA).
+    cast: std::sync::Mutex<Option<Tensor>>,
     bias: Tensor,
     ci: usize,
     co: usize,
@@ -116,10 +120,32 @@ impl Conv3dK3 {
                 .permute((0, 2, 3, 4, 1))?
                 .to_dtype(operands)?
                 .contiguous()?,
+            cast: std::sync::Mutex::new(None),
             bias: bias.to_dtype(DType::F32)?,
             ci,
             co,
         })
+    }
+
+    /// The weight in the kernel's operand dtype for inputs of `input`.
+    fn weight_for(&self, input: DType) -> Result<Tensor> {
+        let device = self.weight.device();
+        if device.is_cpu() {
+            return Ok(self.weight.clone());
+        }
+        let operands = compute_dtype(device, input);
+        if self.weight.dtype() == operands {
+            return Ok(self.weight.clone());
+        }
+        let mut cast = self.cast.lock().unwrap_or_else(|p| p.into_inner());
+        match cast.as_ref() {
+            Some(w) if w.dtype() == operands => Ok(w.clone()),
+            _ => {
+                let w = self.weight.to_dtype(operands)?;
+                *cast = Some(w.clone());
+                Ok(w)
+            }
+        }
     }
 
     pub fn forward(&self, x: &Tensor, grid: &GridNeighbours) -> Result<Tensor> {
@@ -143,8 +169,13 @@ impl Conv3dK3 {
             );
         }
         let feats = x.reshape((b * gx * gy * gz, ci))?;
-        submanifold_conv3d(&feats, &grid.map, &self.weight, Some(&self.bias))?
-            .reshape((b, gx, gy, gz, self.co))
+        submanifold_conv3d(
+            &feats,
+            &grid.map,
+            &self.weight_for(x.dtype())?,
+            Some(&self.bias),
+        )?
+        .reshape((b, gx, gy, gz, self.co))
     }
 }
 

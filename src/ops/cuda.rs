@@ -23,9 +23,11 @@ use super::sparse_conv::TAPS;
 mod channel_to_space;
 mod conv_order;
 mod layer_norm_act;
+mod mem_pool;
 pub(crate) use channel_to_space::{c2s_skip_add, i32_tensors_equal, subdivide};
 pub(crate) use conv_order::conv_order;
 pub(crate) use layer_norm_act::layer_norm_act;
+pub(crate) use mem_pool::retain_freed_memory;
 
 const SPARSE_CONV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sparse_conv.ptx"));
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
@@ -81,6 +83,22 @@ const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
 
 /// Dynamic shared memory of the 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
 const SUBM_CONV_WIDE_SMEM_BYTES: u32 = 147_456;
+
+/// Streaming multiprocessors of the GPU (132 on an H100 SXM), read once per process.
+fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&n) = SMS.get() {
+        return Ok(n);
+    }
+    let n = dev
+        .cuda_stream()
+        .context()
+        .attribute(
+            candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .w()?;
+    Ok(*SMS.get_or_init(|| n.max(1) as usize))
+}
 
 /// Whether convs with Co ≥ 256 take 128 × 256 tiles (half the feature gathers of 128 × 128, one
 /// block an SM): yes unless `TRELLIS2_CONV_TILE=128`; `auto` or `256` (or unset) keep the
@@ -193,10 +211,13 @@ pub(crate) fn subm_conv3d(
     // `_scalar` kernels.
     let vec = ci.is_multiple_of(8) && fa.is_multiple_of(8) && wa.is_multiple_of(8);
     // Output tile columns: 64 for Co ≤ 64 (the 1.7M × 64 decoder level), 256 for Co ≥ 256
-    // (unless `TRELLIS2_CONV_TILE=128`), else 128.
+    // (unless `TRELLIS2_CONV_TILE=128`) when those tiles still give every SM one, else 128.
+    // A wide tile holds one CTA an SM, so a small set (the sparse-structure decoder's 16³ grid
+    // at 512 channels: 32 × 2 wide tiles) would leave half the SMs idle.
+    let wide_tiles = n.div_ceil(128) * co.div_ceil(256);
     let (bn, smem) = if co <= 64 {
         (64, SUBM_CONV_SMEM_BYTES)
-    } else if co >= 256 && subm_conv_wide_tiles()? {
+    } else if co >= 256 && subm_conv_wide_tiles()? && wide_tiles >= sm_count(&dev)? {
         (256, SUBM_CONV_WIDE_SMEM_BYTES)
     } else {
         (128, SUBM_CONV_SMEM_BYTES)

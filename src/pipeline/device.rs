@@ -48,7 +48,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
                      `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            Ok(Device::new_cuda(0)?)
+            cuda_device()
         }
         DeviceChoice::Auto => {
             if cfg!(feature = "metal") {
@@ -57,13 +57,25 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
                 }
             }
             if cfg!(feature = "cuda") {
-                if let Ok(d) = Device::new_cuda(0) {
+                if let Ok(d) = cuda_device() {
                     return Ok(d);
                 }
             }
             Ok(Device::Cpu)
         }
     }
+}
+
+/// CUDA device 0, its memory pool set to keep freed memory (`ops::cuda::retain_freed_memory`:
+/// otherwise every synchronisation hands it back to the driver and the next large allocation
+/// maps it again).
+fn cuda_device() -> Result<Device> {
+    let device = Device::new_cuda(0)?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = &device {
+        crate::ops::cuda::retain_freed_memory(d)?;
+    }
+    Ok(device)
 }
 
 /// A short name of a device for reports.
