@@ -152,7 +152,20 @@ fn input(
     dtype: DType,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
+    input_rounded(values, shape, dtype, dtype, device)
+}
+
+/// [`input`] rounded to `operands` first: a tensor-core kernel's f32 case on CUDA gets f32
+/// inputs that bf16 holds exactly, so the reference sees what the kernel multiplies.
+fn input_rounded(
+    values: Vec<f32>,
+    shape: &[usize],
+    dtype: DType,
+    operands: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let host = Tensor::from_vec(values, shape, &Device::Cpu)?
+        .to_dtype(operands)?
         .to_dtype(dtype)?
         .to_dtype(DType::F32)?;
     Ok((host.to_dtype(dtype)?.to_device(device)?, host))
@@ -182,8 +195,15 @@ fn sparse_conv(device: &Device, dtype: DType) -> Result<Checked> {
     let n = rows.len();
     let set = CoordSet::from_host(rows, &Device::Cpu)?;
     let map = set.neighbour_map()?;
-    let (feats, feats_ref) = input(uniform(1, n * ci), &[n, ci], dtype, device)?;
-    let (weight, weight_ref) = input(uniform(2, co * 27 * ci), &[co, 27, ci], dtype, device)?;
+    let operands = crate::ops::sparse_conv::compute_dtype(device, dtype);
+    let (feats, feats_ref) = input_rounded(uniform(1, n * ci), &[n, ci], dtype, operands, device)?;
+    let (weight, weight_ref) = input_rounded(
+        uniform(2, co * 27 * ci),
+        &[co, 27, ci],
+        dtype,
+        operands,
+        device,
+    )?;
     let (bias, bias_ref) = input(uniform(3, co), &[co], dtype, device)?;
     let map_dev = map.tensor().to_device(device)?;
     let got = submanifold_conv3d(&feats, &map_dev, &weight, Some(&bias))?;
@@ -220,6 +240,7 @@ fn attention(
     kv_lens: Option<&[usize]>,
 ) -> Result<Checked> {
     let heads = if d == 64 { 3 } else { 2 };
+    let operands = crate::ops::sparse_conv::compute_dtype(device, dtype);
     let q_off = offsets(q_lens);
     let kv_off = offsets(kv_lens.unwrap_or(q_lens));
     let (nq, nk) = (q_off[q_off.len() - 1], kv_off[kv_off.len() - 1]);
@@ -229,7 +250,7 @@ fn attention(
             .iter()
             .map(|x| 3.0 * x)
             .collect();
-        input(v, &[n, heads, d], dtype, device)
+        input_rounded(v, &[n, heads, d], dtype, operands, device)
     };
     let ((q, q_ref), (k, k_ref), (v, v_ref)) = (make(4, nq)?, make(5, nk)?, make(6, nk)?);
     let scale = 1.0 / (d as f32).sqrt();
