@@ -141,6 +141,14 @@ fn forced_subdivisions(
     Ok(subs)
 }
 
+/// A 32-channel SC-VAE latent of random features on `coords`.
+fn random_latent(coords: &[[i32; 4]], dev: &Device) -> Result<SparseTensor> {
+    Ok(SparseTensor::new(
+        &coords_tensor(coords, dev)?,
+        rand_on(&[coords.len(), 32], 11, dev)?,
+    )?)
+}
+
 /// Peak memory while a stage runs: anonymous RSS of this process (sampled here), and the GPU's
 /// memory in use (the pipeline's own [`GpuMemoryProbe`], CUDA only).
 struct MemoryProbe {
@@ -487,10 +495,7 @@ impl Bench {
             return Ok(());
         }
         let dev = self.opts.device.clone();
-        let latent = SparseTensor::new(
-            &coords_tensor(coords, &dev)?,
-            rand_on(&[coords.len(), 32], 11, &dev)?,
-        )?;
+        let latent = random_latent(coords, &dev)?;
         let src = random_source(
             self.dir.path(),
             "shape_vae_next_dc_f16c32_fp16.decoder",
@@ -532,10 +537,7 @@ impl Bench {
             return Ok(());
         }
         let dev = self.opts.device.clone();
-        let latent = SparseTensor::new(
-            &coords_tensor(coords, &dev)?,
-            rand_on(&[coords.len(), 32], 11, &dev)?,
-        )?;
+        let latent = random_latent(coords, &dev)?;
 
         // Spec §9: ≈3.5 GFLOP per latent token with dense kernels, ≈1/3 on surfaces.
         let flops = Some(3.5e9 * coords.len() as f64 / 3.0);

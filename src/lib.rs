@@ -11,4 +11,6 @@ pub mod pipeline;
 pub mod rng;
 pub mod selftest;
 pub mod sparse;
+#[cfg(test)]
+mod test_util;
 pub mod weights;

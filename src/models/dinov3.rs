@@ -475,19 +475,7 @@ impl DinoV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::test_util::uniform_tensor;
 
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
         let err: f32 = (a - b)
@@ -509,10 +497,14 @@ mod tests {
 
     #[test]
     fn folded_layer_scale_equals_scaling_the_output() {
-        let (w, b, lambda) = (randn(&[24, 16], 1), randn(&[24], 2), randn(&[24], 3));
-        let x = randn(&[2, 5, 16], 4);
+        let (w, b, lambda) = (
+            uniform_tensor(&[24, 16], 1),
+            uniform_tensor(&[24], 2),
+            uniform_tensor(&[24], 3),
+        );
+        let x = uniform_tensor(&[2, 5, 16], 4);
         // One value per row, stored once (stride 0 along the inputs): folded without expanding.
-        let per_row = randn(&[24], 8)
+        let per_row = uniform_tensor(&[24], 8)
             .unsqueeze(1)
             .unwrap()
             .broadcast_as((24, 16))
@@ -561,8 +553,8 @@ mod tests {
         let (b, heads, d, grid) = (2usize, 3usize, 16usize, (3usize, 4usize));
         let (p, c) = (grid.0 * grid.1, heads * d);
         let n = p + 5;
-        let lin = Linear::new(randn(&[c, c], 5), Some(randn(&[c], 6)));
-        let x = randn(&[b, n, c], 7);
+        let lin = Linear::new(uniform_tensor(&[c, c], 5), Some(uniform_tensor(&[c], 6)));
+        let x = uniform_tensor(&[b, n, c], 7);
         let (cos, sin) = rope_tables(grid.0, grid.1, d, 100.0, &Device::Cpu).unwrap();
         let want = rope_rotate_half(
             &lin.forward(&x).unwrap().reshape((b, n, heads, d)).unwrap(),

@@ -266,20 +266,8 @@ pub fn layer_norm_act_slow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_abs_diff;
     use candle_core::Device;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn fused_matches_the_composed_formula() {
@@ -297,11 +285,11 @@ mod tests {
             for affine in [None, Some((&w, &b))] {
                 let fused = layer_norm_act(&x, affine, 1e-6, act).unwrap();
                 let slow = layer_norm_act_slow(&x, None, affine, 1e-6, act).unwrap();
-                assert!(max_diff(&fused, &slow) < 1e-5, "{act:?}");
+                assert!(max_abs_diff(&fused, &slow) < 1e-5, "{act:?}");
                 let fused = gathered_layer_norm_act(&x, &rows, affine, 1e-6, act).unwrap();
                 let slow = layer_norm_act_slow(&x, Some(&rows), affine, 1e-6, act).unwrap();
                 assert_eq!(fused.dims(), &[5, 12]);
-                assert!(max_diff(&fused, &slow) < 1e-5, "{act:?} gathered");
+                assert!(max_abs_diff(&fused, &slow) < 1e-5, "{act:?} gathered");
             }
         }
     }

@@ -5,7 +5,7 @@ pub mod attention;
 pub mod bias_act;
 pub mod c2s_skip_add;
 pub mod conv3d;
-mod cpu_storage;
+pub(crate) mod cpu_storage;
 #[cfg(feature = "cuda")]
 mod cublaslt;
 #[cfg(feature = "cuda")]

@@ -302,16 +302,7 @@ mod tests {
             .unwrap()
             .silu()
             .unwrap();
-        let diff = (fused.feats() - &composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(fused.feats(), &composed);
         assert!(diff < 1e-6, "{diff}");
         let out = sub.add_carried(&fused, &x).unwrap();
         let skip = sub.apply(&x).unwrap().feats().clone();

@@ -9,6 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Te
 
 use super::coords::CoordSet;
 use super::neighbours::{NeighbourMap, TAPS};
+use crate::ops::cpu_storage::contiguous;
 use crate::ops::metal::neighbour_plan::{neighbour_plan, neighbour_plan_for, NeighbourPlan};
 
 /// Status word: no duplicate voxel.
@@ -28,10 +29,7 @@ impl CustomOp1 for BuildNeighbourMap {
         let CpuStorage::I32(c) = s else {
             bail!("neighbour map: coords must be i32");
         };
-        let c = match l.contiguous_offsets() {
-            Some((a, z)) => &c[a..z],
-            None => bail!("neighbour map: coords must be contiguous"),
-        };
+        let c = contiguous(c, l, "neighbour map", "coords")?;
         let rows = c
             .chunks_exact(4)
             .map(|r| [r[0], r[1], r[2], r[3]])
