@@ -729,6 +729,12 @@ fn voxel_layer_norm() -> Result<()> {
         (1000, 64, 0.0),
         (777, 1024, 300.0),
         (300, 13, -5.0),
+        // 16-byte vector paths (C a multiple of 4 f32 values, up to 2048) and the scalar
+        // kernel past them.
+        (500, 1536, 0.0),
+        (100, 8, 0.0),
+        (64, 4096, 0.0),
+        (200, 1000, 1.0),
     ] {
         let x = (Tensor::randn(0f32, 1.0, (n, c), &Device::Cpu)? + offset as f64)?;
         let w = Tensor::randn(0f32, 1.0, c, &Device::Cpu)?;
@@ -865,11 +871,25 @@ fn fused_norms_match_cpu() -> Result<()> {
             DType::F16 => 2e-3,
             _ => 1e-2,
         };
-        for (t, c, offsets) in [
-            (0usize, 64usize, vec![0usize, 0]),
-            (1, 7, vec![0, 1]),
-            (1000, 1536, vec![0, 600, 1000]),
-            (333, 100, vec![0, 0, 333]),
+        // (rows, C, sample offsets, leading values skipped: x starts mid-buffer, off the
+        // 16-byte alignment of the vector kernels, which then take their scalar fallback).
+        // C a multiple of 8 up to 4096 (4 up to 2048 for f32) takes the vector kernels (8, 16
+        // or 32 lanes a row); 13, 100 (16-bit), 1000 (16-bit) and 7 the scalar kernel.
+        for (t, c, offsets, skip) in [
+            (0usize, 64usize, vec![0usize, 0], 0usize),
+            (1, 7, vec![0, 1], 0),
+            (1000, 1536, vec![0, 600, 1000], 0),
+            (333, 100, vec![0, 0, 333], 0),
+            (500, 1024, vec![0, 500], 0),
+            (301, 64, vec![0, 150, 301], 0),
+            (77, 8, vec![0, 77], 0),
+            (130, 128, vec![0, 130], 0),
+            (65, 4096, vec![0, 30, 65], 0),
+            (200, 3072, vec![0, 200], 0),
+            (120, 13, vec![0, 60, 120], 0),
+            (240, 1000, vec![0, 240], 0),
+            (300, 1536, vec![0, 100, 300], 1),
+            (90, 64, vec![0, 90], 3),
         ] {
             let b = offsets.len() - 1;
             let x = (Tensor::randn(0f32, 1.0, (t, c), &cpu)? + 2.0)?;
@@ -890,21 +910,32 @@ fn fused_norms_match_cpu() -> Result<()> {
                 scale: &scale_g,
                 offsets: &offsets,
             };
+            let xg = Tensor::cat(&[Tensor::zeros(skip, dtype, &cpu)?, xq.flatten_all()?], 0)?
+                .to_device(&dev)?
+                .narrow(0, skip, t * c)?
+                .reshape((t, c))?;
             let got = layer_norm_modulate(
-                &xq.to_device(&dev)?,
+                &xg,
                 Some((&w.to_device(&dev)?, &bias.to_device(&dev)?)),
                 &mg,
                 1e-6,
             )?;
             assert_eq!(got.dtype(), dtype);
-            let label = format!("norm+modulate {dtype:?} T {t:>5} C {c:>5} B {b}");
+            let label = format!("norm+modulate {dtype:?} T {t:>5} C {c:>5} B {b} skip {skip}");
             expect_close(&label, &got, &want, tol)?;
         }
+        // D = 4, 8, 16 or 32 16-byte vectors takes the vector kernels (32, 64, 128, 256 for
+        // 16-bit; 16, 32, 64, 128 for f32), others (6, 10, 256 in f32) the scalar kernel.
         for (t, h, d, with_gamma) in [
             (0usize, 2usize, 64usize, true),
             (1, 1, 6, true),
             (777, 12, 128, true),
             (300, 4, 64, false),
+            (301, 3, 32, true),
+            (99, 2, 256, true),
+            (50, 5, 16, false),
+            (70, 3, 10, true),
+            (1, 12, 128, false),
         ] {
             let x = Tensor::randn(0f32, 1.0, (t, h, d), &cpu)?.to_dtype(dtype)?;
             let g = Tensor::randn(1f32, 0.2, (h, d), &cpu)?;
@@ -954,6 +985,29 @@ fn rms_norm_of_strided_views_matches_cpu() -> Result<()> {
             let label = format!("plain rms norm of qkv part {part} {dtype:?}");
             expect_close(&label, &got, &want, tol)?;
         }
+        // x starting one value into its buffer: off the 16-byte alignment of the vector
+        // kernel, which falls back to its scalar loop.
+        let x = qkv.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
+        let xg = Tensor::cat(&[Tensor::zeros(1, dtype, &cpu)?, x.flatten_all()?], 0)?
+            .to_device(&dev)?
+            .narrow(0, 1, t * h * d)?
+            .reshape((t, h, d))?;
+        let want = rms_norm_rope(&x.to_dtype(DType::F32)?, Some(&gamma), &table)?;
+        let got = rms_norm_rope(&xg, Some(&gamma_g), &table_g)?;
+        expect_close(
+            &format!("rms norm+rope misaligned {dtype:?}"),
+            &got,
+            &want,
+            tol,
+        )?;
+        let want = multi_head_rms_norm(&x.to_dtype(DType::F32)?, &gamma)?;
+        let got = multi_head_rms_norm(&xg, &gamma_g)?;
+        expect_close(
+            &format!("plain rms norm misaligned {dtype:?}"),
+            &got,
+            &want,
+            tol,
+        )?;
     }
     Ok(())
 }
@@ -1303,12 +1357,34 @@ fn layer_norm_act_matches_cpu() -> Result<()> {
             (777, 1024, 500),
             (300, 13, 301),
             (8000, 128, 30000),
+            (400, 1536, 800),
+            (65, 4096, 100),
+            (64, 8, 200),
+            (500, 1000, 300),
+            (130, 16, 70),
+            (90, 512, 0),
         ] {
             let x = (Tensor::randn(0f32, 1.0, (r, c), &cpu)? + 1.5)?.to_dtype(dtype)?;
             let xf = x.to_dtype(DType::F32)?;
             let w = Tensor::randn(1f32, 0.3, c, &cpu)?;
             let b = Tensor::randn(0f32, 0.3, c, &cpu)?;
             let xg = x.to_device(&dev)?;
+            if r > 0 {
+                // x one value into its buffer: the vector kernels' scalar fallback.
+                let xm = Tensor::cat(&[Tensor::zeros(1, dtype, &cpu)?, x.flatten_all()?], 0)?
+                    .to_device(&dev)?
+                    .narrow(0, 1, r * c)?
+                    .reshape((r, c))?;
+                let want = layer_norm_act(&xf, Some((&w, &b)), 1e-6, Activation::Silu)?;
+                let got = layer_norm_act(
+                    &xm,
+                    Some((&w.to_device(&dev)?, &b.to_device(&dev)?)),
+                    1e-6,
+                    Activation::Silu,
+                )?;
+                let label = format!("layer norm Silu misaligned {dtype:?} R {r:>5} C {c:>4}");
+                expect_close(&label, &got, &want, tol)?;
+            }
             let (wg, bg) = (w.to_device(&dev)?, b.to_device(&dev)?);
             for act in [Activation::Silu, Activation::None] {
                 let want = layer_norm_act(&xf, Some((&w, &b)), 1e-6, act)?;

@@ -632,6 +632,49 @@ fn norm_launch(rows: usize) -> LaunchConfig {
     }
 }
 
+/// 256 threads in `rows_per_block` lane groups, one group a row (the vector kernels).
+fn norm_launch_groups(rows: usize, rows_per_block: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(rows_per_block) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The register-resident vector kernel of `kernels/cuda/norms.cu` for LayerNorm rows of `c`
+/// values of `elem` bytes: `(lanes a row, 16-byte vectors a lane)`, or None (the scalar kernel)
+/// when `c` is not a multiple of the 16-byte vector or the row would take more than 16 vectors
+/// a lane. The kernels check the pointers' alignment themselves.
+fn norm_vec_shape(c: usize, elem: usize) -> Option<(usize, usize)> {
+    let e = 16 / elem;
+    if c == 0 || !c.is_multiple_of(e) {
+        return None;
+    }
+    match c / e {
+        0..=8 => Some((8, 1)),
+        9..=16 => Some((16, 1)),
+        n @ 17..=512 => Some((32, n.div_ceil(32).next_power_of_two())),
+        _ => None,
+    }
+}
+
+/// The LayerNorm kernel `{base}_{ty}` or its vector variant, and its launch.
+fn layer_norm_kernel(
+    base: &str,
+    ty: &str,
+    c: usize,
+    elem: usize,
+    rows: usize,
+) -> (String, LaunchConfig) {
+    match norm_vec_shape(c, elem) {
+        Some((l, nv)) => (
+            format!("{base}_v{l}x{nv}_{ty}"),
+            norm_launch_groups(rows, 256 / l),
+        ),
+        None => (format!("{base}_{ty}"), norm_launch(rows)),
+    }
+}
+
 /// The f32 slice of an f32 operand, or an error naming it.
 fn f32_slice<'a>(s: &'a CudaStorage, op: &str, what: &str) -> Result<&'a CudaSlice<f32>> {
     match &s.slice {
@@ -668,22 +711,29 @@ pub(crate) fn norm_modulate(
             let out = output::<$t>(&dev, rows * c)?;
             if rows > 0 && c > 0 {
                 let offsets = dev.clone_htod(&offsets)?;
-                let func = dev.get_or_load_custom_func($name, "trellis2_norms", NORMS_PTX)?;
+                let (name, cfg) = layer_norm_kernel(
+                    "layer_norm_modulate",
+                    $name,
+                    c,
+                    std::mem::size_of::<$t>(),
+                    rows,
+                );
+                let func = dev.get_or_load_custom_func(&name, "trellis2_norms", NORMS_PTX)?;
                 let xs = xs.slice(xa..xz);
                 let mut b = func.builder();
                 b.arg(&xs).arg(&affine).arg(&modulation).arg(&offsets).arg(&out);
                 b.arg(&rows_).arg(&c_).arg(&samples).arg(&eps);
                 // SAFETY: reads x[T·C], affine[2·C], modulation[B·2·C] and offsets[B+1] (checked
                 // by the op); writes every element of out[T·C], owned here.
-                unsafe { b.launch(norm_launch(rows)) }.w()?;
+                unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }
     let out = match &x.slice {
-        CudaStorageSlice::F32(_) => run!(f32, F32, "layer_norm_modulate_f32"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "layer_norm_modulate_f16"),
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "layer_norm_modulate_bf16"),
+        CudaStorageSlice::F32(_) => run!(f32, F32, "f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "bf16"),
         _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
     };
     Ok((out, xl.shape().clone()))
@@ -725,7 +775,16 @@ pub(crate) fn rms_norm_rope(
             };
             let out = output::<$t>(&dev, rows * d)?;
             if rows > 0 && d > 0 {
-                let func = dev.get_or_load_custom_func($name, "trellis2_norms", NORMS_PTX)?;
+                // D = L·E (E values of 16 bytes, L = 4..32 lanes a row): one 16-byte vector a
+                // lane (the kernel checks the alignment of the pointers and of x_stride).
+                let e = 16 / std::mem::size_of::<$t>();
+                let (name, cfg) = match d / e {
+                    l @ (4 | 8 | 16 | 32) if d.is_multiple_of(e) => {
+                        (format!("rms_norm_rope_v{l}_{}", $name), norm_launch_groups(rows, 256 / l))
+                    }
+                    _ => (format!("rms_norm_rope_{}", $name), norm_launch(rows)),
+                };
+                let func = dev.get_or_load_custom_func(&name, "trellis2_norms", NORMS_PTX)?;
                 let xs = xs.slice(xa..xz);
                 let mut b = func.builder();
                 b.arg(&xs).arg(&gamma).arg(&table).arg(&out);
@@ -734,15 +793,15 @@ pub(crate) fn rms_norm_rope(
                 // SAFETY: reads x (T rows of H·D at stride x_stride, inside the slice), gamma[H·D]
                 // and table[T·D or D] (checked by the op); writes every element of out[T·H·D],
                 // owned here.
-                unsafe { b.launch(norm_launch(rows)) }.w()?;
+                unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }
     let out = match &x.slice {
-        CudaStorageSlice::F32(_) => run!(f32, F32, "rms_norm_rope_f32"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "rms_norm_rope_f16"),
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "rms_norm_rope_bf16"),
+        CudaStorageSlice::F32(_) => run!(f32, F32, "f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "bf16"),
         _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
     };
     Ok((out, xl.shape().clone()))

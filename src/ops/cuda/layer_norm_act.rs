@@ -6,7 +6,7 @@ use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 
-use super::{f32_slice, norm_launch, output, span, NORMS_PTX};
+use super::{f32_slice, layer_norm_kernel, output, span, NORMS_PTX};
 use crate::ops::bias_act::Activation;
 
 /// `act(LN(x[r])·w + b)` for each output row, `r = rows[i]` (or `i`): x `[R,C]` f32/f16/bf16,
@@ -50,7 +50,14 @@ pub(crate) fn layer_norm_act(
             };
             let out = output::<$t>(&dev, out_rows * c)?;
             if out_rows > 0 && c > 0 {
-                let func = dev.get_or_load_custom_func($name, "trellis2_norms", NORMS_PTX)?;
+                let (name, cfg) = layer_norm_kernel(
+                    "layer_norm_act",
+                    $name,
+                    c,
+                    std::mem::size_of::<$t>(),
+                    out_rows,
+                );
+                let func = dev.get_or_load_custom_func(&name, "trellis2_norms", NORMS_PTX)?;
                 let xs = xs.slice(xa..xz);
                 let mut b = func.builder();
                 b.arg(&xs);
@@ -64,15 +71,15 @@ pub(crate) fn layer_norm_act(
                 // SAFETY: reads x[R·C], affine[2·C] and rows[T] (spans checked above), and x
                 // only at rows < R (others give NaN rows); writes every element of
                 // out[T·C], owned here.
-                unsafe { b.launch(norm_launch(out_rows)) }.w()?;
+                unsafe { b.launch(cfg) }.w()?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         }};
     }
     let out = match &x.slice {
-        CudaStorageSlice::F32(_) => run!(f32, F32, "layer_norm_act_f32"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "layer_norm_act_f16"),
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "layer_norm_act_bf16"),
+        CudaStorageSlice::F32(_) => run!(f32, F32, "f32"),
+        CudaStorageSlice::F16(_) => run!(f16, F16, "f16"),
+        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "bf16"),
         _ => bail!("{OP}: x must be f32, f16 or bf16, got {:?}", x.dtype()),
     };
     Ok((out, Shape::from((out_rows, c))))
