@@ -13,11 +13,10 @@
 //! forward is the reference the CUDA kernel (kernels/cuda/channel_to_space.cu) is tested
 //! against; [`c2s_skip_add_slow`] is the composed candle formula, which Metal runs.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::{contiguous, f32_operands};
+use super::cpu_storage::{f32_operands, u32_operand};
 
 /// Children per parent voxel (factor-2 subdivision in 3D).
 const CHILDREN: usize = 8;
@@ -45,10 +44,7 @@ impl CustomOp3 for C2sSkipAdd {
     ) -> Result<(CpuStorage, Shape)> {
         const OP: &str = "c2s_skip_add";
         let [h, x] = f32_operands([(s1, l1), (s2, l2)], OP, ["h", "parent features"])?;
-        let CpuStorage::U32(sources) = s3 else {
-            bail!("{OP}: sources must be u32, got {:?}", s3.dtype());
-        };
-        let sources = contiguous(sources, l3, OP, "sources")?;
+        let sources = u32_operand(s3, l3, OP, "sources")?;
         let (carried, repeat) = (self.carried, self.repeat);
         let c_out = carried * repeat;
         let blocks = x.len() / carried.max(1);

@@ -38,3 +38,17 @@ pub(crate) fn f32_operands<'a, const N: usize>(
     }
     Ok(out)
 }
+
+/// A u32 operand (indices, a neighbour map) of a custom op's `cpu_fwd`, contiguous and borrowed;
+/// `op` and `what` name the op and the operand in the errors.
+pub(crate) fn u32_operand<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [u32]> {
+    let CpuStorage::U32(data) = storage else {
+        bail!("{op}: {what} must be u32, got {:?}", storage.dtype());
+    };
+    contiguous(data, layout, op, what)
+}

@@ -10,12 +10,11 @@
 //! kernels/cuda/norms.cu) is tested against; [`layer_norm_act_slow`] is the composed candle
 //! formula, which Metal runs.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::bias_act::Activation;
-use super::cpu_storage::{contiguous, f32_operands};
+use super::cpu_storage::{f32_operands, u32_operand};
 use super::layer_norm::layer_norm;
 use super::norm_params::NormAffine;
 
@@ -102,10 +101,7 @@ impl CustomOp3 for LayerNormAct {
     ) -> Result<(CpuStorage, Shape)> {
         const OP: &str = "layer_norm_act";
         let [x, a] = f32_operands([(s1, l1), (s2, l2)], OP, ["input", "affine"])?;
-        let CpuStorage::U32(rows) = s3 else {
-            bail!("{OP}: rows must be u32, got {:?}", s3.dtype());
-        };
-        let rows = contiguous(rows, l3, OP, "rows")?;
+        let rows = u32_operand(s3, l3, OP, "rows")?;
         let c = l1.shape().dims2()?.1;
         let out = self.cpu(x, a, Some(rows))?;
         Ok((CpuStorage::F32(out), Shape::from((rows.len(), c))))

@@ -47,12 +47,15 @@ fn occupancy_unique(
     quantize: impl Fn(&[i32; 4]) -> [i32; 4] + Sync,
 ) -> Option<Vec<[i32; 4]>> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let batches = coords.par_iter().map(|c| c[0]).max().map_or(0, |b| b + 1);
-    let in_grid = |v: i32| (0..side as i32).contains(&v);
-    if coords.par_iter().any(|c| c[0] < 0) {
+    let (lowest, highest) = coords
+        .par_iter()
+        .map(|c| (c[0], c[0]))
+        .reduce(|| (0, -1), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+    if lowest < 0 {
         return None;
     }
-    let cells = (batches as usize).checked_mul(side * side * side)?;
+    let in_grid = |v: i32| (0..side as i32).contains(&v);
+    let cells = ((highest + 1) as usize).checked_mul(side * side * side)?;
     if cells > 1 << 32 {
         return None;
     }

@@ -11,7 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Te
 use rayon::prelude::*;
 
 use super::neighbours::{ABSENT, TAPS};
-use crate::ops::cpu_storage::contiguous;
+use crate::ops::cpu_storage::u32_operand;
 
 /// Sets with fewer voxels keep their order on CUDA: sorting saves less than building the order
 /// (a few small launches) costs.
@@ -102,10 +102,7 @@ impl CustomOp1 for ConvOrder {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::U32(map) = s else {
-            bail!("conv order: the neighbour map must be u32");
-        };
-        let map = contiguous(map, l, "conv order", "the neighbour map")?;
+        let map = u32_operand(s, l, "conv order", "the neighbour map")?;
         let order = sort_by_mask(&masks(map), self.window);
         let n = order.len();
         Ok((CpuStorage::U32(order), Shape::from(n)))
