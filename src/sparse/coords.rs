@@ -140,7 +140,7 @@ impl CoordSet {
             let after_previous = i == 0 || batches[i - 1].0 < *b;
             if range.start != end || range.is_empty() || *b < 0 || !after_previous {
                 bail!(
-                    "sparse coords: batch ranges {batches:?} do not tile 0..{len} in increasing                      batch order"
+                    "sparse coords: batch ranges {batches:?} do not tile 0..{len} in increasing batch order"
                 );
             }
             end = range.end;
