@@ -27,6 +27,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation as candle ops on a whole tensor, in its dtype (the composed references).
+    pub fn apply_tensor(self, y: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::None => Ok(y.clone()),
+            Activation::GeluTanh => y.gelu(),
+            Activation::Silu => y.silu(),
+            Activation::GeluErf => y.gelu_erf(),
+        }
+    }
+
     pub fn apply(self, v: f32) -> f32 {
         match self {
             Activation::None => v,
@@ -136,11 +146,5 @@ pub fn bias_act_slow(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tenso
     let y = x
         .to_dtype(DType::F32)?
         .broadcast_add(&bias.to_dtype(DType::F32)?)?;
-    let y = match act {
-        Activation::None => y,
-        Activation::GeluTanh => y.gelu()?,
-        Activation::Silu => y.silu()?,
-        Activation::GeluErf => y.gelu_erf()?,
-    };
-    y.to_dtype(x.dtype())
+    act.apply_tensor(&y)?.to_dtype(x.dtype())
 }

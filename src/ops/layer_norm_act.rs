@@ -251,12 +251,7 @@ pub fn layer_norm_act_slow(
         None => x.clone(),
     };
     let y = layer_norm(&x, affine, eps)?;
-    match act {
-        Activation::None => Ok(y),
-        Activation::GeluTanh => y.gelu(),
-        Activation::GeluErf => y.gelu_erf(),
-        Activation::Silu => y.silu(),
-    }
+    act.apply_tensor(&y)
 }
 
 #[cfg(test)]

@@ -121,12 +121,7 @@ impl Linear {
         let y = x.matmul(&self.weight.t()?)?;
         match &self.bias {
             Some(b) => bias_act(&y, b, act),
-            None => match act {
-                Activation::None => Ok(y),
-                Activation::GeluTanh => y.gelu(),
-                Activation::Silu => y.silu(),
-                Activation::GeluErf => y.gelu_erf(),
-            },
+            None => act.apply_tensor(&y),
         }
     }
 
