@@ -1,7 +1,7 @@
 //! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`spec/BASELINE.md` of the steering repository): submanifold conv
 //! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair; unsorted, in the
 //! map's sorted voxel order in the default window and in one window, with each order's GPU build
-//! time), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
+//! time; a row per kernel, mma.sync and, where it can run, wgmma), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
 //! layers (cuBLASLt epilogues against the composed path). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.
 //! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples,
@@ -13,8 +13,9 @@ use candle_core::{DType, Device, Result, Tensor};
 use trellis2::ops::attention::{
     attention_kernel_available, varlen_attention_with, AttentionKernel,
 };
-use trellis2::ops::sparse_conv::submanifold_conv3d_ordered;
-use trellis2::ops::submanifold_conv3d;
+use trellis2::ops::sparse_conv::{
+    conv_kernel_available, submanifold_conv3d_ordered_with, submanifold_conv3d_with, ConvKernel,
+};
 use trellis2::sparse::conv_order::default_sort_window;
 use trellis2::sparse::SparseTensor;
 
@@ -79,13 +80,27 @@ fn main() -> Result<()> {
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
     println!(
         "unsorted: voxels in coordinate order; sorted: by neighbour mask in the default window; \
-         full: one window (each order's one-off GPU build timed apart); TRELLIS2_CONV_TILE={}",
-        std::env::var("TRELLIS2_CONV_TILE").unwrap_or_else(|_| "default".into())
+         full: one window (each order's one-off GPU build timed apart); {}",
+        [
+            "TRELLIS2_CONV_TILE",
+            "TRELLIS2_CONV_STAGES",
+            "TRELLIS2_CONV_WGMMA_KEEP"
+        ]
+        .map(|v| format!(
+            "{v}={}",
+            std::env::var(v).unwrap_or_else(|_| "default".into())
+        ))
+        .join(" ")
     );
+    // Both conv kernels where the wgmma one can run (an sm_90a build on a 9.0 device).
+    let mut conv_kernels = vec![ConvKernel::Mma];
+    if conv_kernel_available(ConvKernel::Wgmma, &dev)? {
+        conv_kernels.push(ConvKernel::Wgmma);
+    }
     println!(
-        "| voxels × channels | voxels | pairs/voxel | unsorted ms | TFLOP/s | sorted ms | TFLOP/s | full ms | TFLOP/s | order build ms (window / full) |"
+        "| voxels × channels | kernel | voxels | pairs/voxel | unsorted ms | TFLOP/s | sorted ms | TFLOP/s | full ms | TFLOP/s | order build ms (window / full) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // Loads the order kernels once, so the first shape's build time is the sort's alone.
     {
         let rows = shell(20.0);
@@ -111,9 +126,6 @@ fn main() -> Result<()> {
         let pairs = map.pairs();
         let feats = Tensor::randn(0f32, 1.0, (n, c), &dev)?.to_dtype(DType::F16)?;
         let weight = Tensor::randn(0f32, 0.02, (c, 27, c), &dev)?.to_dtype(DType::F16)?;
-        let unsorted = time_ms(&dev, samples, 10, || {
-            submanifold_conv3d(&feats, map.tensor(), &weight, None)
-        })?;
         // The one-off build of an order (cached by the map afterwards), synchronised.
         let build = |window: usize| -> Result<(Tensor, f64)> {
             dev.synchronize()?;
@@ -124,21 +136,26 @@ fn main() -> Result<()> {
         };
         let (windowed, build_windowed) = build(default_sort_window(2 * c))?;
         let (full, build_full) = build(0)?;
-        let sorted = time_ms(&dev, samples, 10, || {
-            submanifold_conv3d_ordered(&feats, map, &windowed, &weight, None)
-        })?;
-        let sorted_full = time_ms(&dev, samples, 10, || {
-            submanifold_conv3d_ordered(&feats, map, &full, &weight, None)
-        })?;
         let flops = 2.0 * (c * c) as f64 * pairs as f64;
-        println!(
-            "| {}k × {c} | {n} | {:.2} | {unsorted:.3} | {:.0} | {sorted:.3} | {:.0} | {sorted_full:.3} | {:.0} | {build_windowed:.2} / {build_full:.2} |",
-            voxels / 1000,
-            pairs as f64 / n as f64,
-            flops / unsorted / 1e9,
-            flops / sorted / 1e9,
-            flops / sorted_full / 1e9
-        );
+        for &kernel in &conv_kernels {
+            let unsorted = time_ms(&dev, samples, 10, || {
+                submanifold_conv3d_with(kernel, &feats, map.tensor(), &weight, None)
+            })?;
+            let sorted = time_ms(&dev, samples, 10, || {
+                submanifold_conv3d_ordered_with(kernel, &feats, map, &windowed, &weight, None)
+            })?;
+            let sorted_full = time_ms(&dev, samples, 10, || {
+                submanifold_conv3d_ordered_with(kernel, &feats, map, &full, &weight, None)
+            })?;
+            println!(
+                "| {}k × {c} | {kernel:?} | {n} | {:.2} | {unsorted:.3} | {:.0} | {sorted:.3} | {:.0} | {sorted_full:.3} | {:.0} | {build_windowed:.2} / {build_full:.2} |",
+                voxels / 1000,
+                pairs as f64 / n as f64,
+                flops / unsorted / 1e9,
+                flops / sorted / 1e9,
+                flops / sorted_full / 1e9
+            );
+        }
     }
 
     let (heads, d) = (12usize, 128usize);

@@ -8,7 +8,10 @@ use candle_core::{DType, Device, Result, Tensor};
 use trellis2::ops::attention::{
     attention_kernel_available, varlen_attention, varlen_attention_with, AttentionKernel,
 };
-use trellis2::ops::sparse_conv::ABSENT;
+use trellis2::ops::sparse_conv::{
+    conv_kernel_available, submanifold_conv3d_ordered_with, submanifold_conv3d_with, ConvKernel,
+    ABSENT,
+};
 use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::sparse::{NeighbourMap, SparseTensor};
 
@@ -90,9 +93,21 @@ fn random_map(n: usize, p: f64, rng: &mut Lcg) -> Vec<u32> {
     map
 }
 
-/// Runs the conv on the GPU in `dtype` and on the CPU in f32 on the same (rounded) values, with
-/// or without a bias (the kernel adds it in its epilogue). f32 runs on bf16 operands and the
-/// kernel writes f32 outputs.
+/// The conv kernels to check on `dev`: mma.sync always, wgmma where the build and the device
+/// have it (a note is printed where not).
+fn conv_kernels(dev: &Device) -> Result<Vec<ConvKernel>> {
+    if conv_kernel_available(ConvKernel::Wgmma, dev)? {
+        Ok(vec![ConvKernel::Mma, ConvKernel::Wgmma])
+    } else {
+        println!("sparse conv: the wgmma kernel is not available here (needs CUDA_COMPUTE_CAP=90 and a 9.0 device); mma.sync only");
+        Ok(vec![ConvKernel::Mma])
+    }
+}
+
+/// Runs the conv on the GPU in `dtype`, with each kernel of `conv_kernels` (the wgmma one only
+/// where Ci is a multiple of 8, the only shapes it takes), and on the CPU in f32 on the same
+/// (rounded) values, with or without a bias (the kernels add it in their epilogue). f32 runs on
+/// bf16 operands and the kernels write f32 outputs.
 fn check_conv(
     what: &str,
     map: Vec<u32>,
@@ -112,20 +127,28 @@ fn check_conv(
     };
     let map = Tensor::from_vec(map, (n, 27), &Device::Cpu)?;
     let want = submanifold_conv3d(&feats, &map, &weight, bias.as_ref())?;
-    let got = submanifold_conv3d(
-        &feats.to_dtype(dtype)?.to_device(&dev)?,
-        &map.to_device(&dev)?,
-        &weight.to_dtype(dtype)?.to_device(&dev)?,
-        bias.as_ref()
-            .map(|b| b.to_device(&dev))
-            .transpose()?
-            .as_ref(),
-    )?;
-    assert_eq!(got.dtype(), dtype);
-    assert_eq!(got.dims(), [n, co]);
-    let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
-    println!("sparse conv {what:<34} T {n:>7} Ci {ci:>4} Co {co:>4} {dtype:?}: max|err|/max|ref| = {err:.2e}");
-    assert!(err <= TOL, "{what}: error {err} over {TOL}");
+    let (f, m, w) = (
+        feats.to_dtype(dtype)?.to_device(&dev)?,
+        map.to_device(&dev)?,
+        weight.to_dtype(dtype)?.to_device(&dev)?,
+    );
+    let b = bias.as_ref().map(|b| b.to_device(&dev)).transpose()?;
+    for kernel in conv_kernels(&dev)? {
+        if kernel == ConvKernel::Wgmma && !ci.is_multiple_of(8) {
+            // Forcing the wgmma kernel on a shape it does not take is an error, not a fallback.
+            assert!(
+                submanifold_conv3d_with(kernel, &f, &m, &w, b.as_ref()).is_err(),
+                "{what}: the wgmma kernel took Ci = {ci}"
+            );
+            continue;
+        }
+        let got = submanifold_conv3d_with(kernel, &f, &m, &w, b.as_ref())?;
+        assert_eq!(got.dtype(), dtype);
+        assert_eq!(got.dims(), [n, co]);
+        let err = rel_err(&got.to_device(&Device::Cpu)?, &want);
+        println!("sparse conv {kernel:<5?} {what:<34} T {n:>7} Ci {ci:>4} Co {co:>4} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+        assert!(err <= TOL, "{what} ({kernel:?}): error {err} over {TOL}");
+    }
     Ok(())
 }
 
@@ -197,6 +220,31 @@ fn sparse_conv_edge_cases() -> Result<()> {
     // Every tap present.
     let full = random_map(256, 1.0, &mut rng);
     check_conv("all 27 taps", full, 256, 64, 64, DType::BF16, false)?;
+    // The two 64-row halves of every 128-row tile (the wgmma kernel's warpgroups) with disjoint
+    // taps besides the centre: each warpgroup skips the other's taps. The last tile is partial
+    // (1000 = 7 · 128 + 104 rows), so its second half has 40 rows. Co 64, 200 and 300 give the
+    // 64-, 128- and 256-column tiles (the last with enough tiles for one an SM: 2 · 17 000 / 128).
+    let halves = |n: usize, rng: &mut Lcg| -> Vec<u32> {
+        let mut map = vec![ABSENT; n * 27];
+        for v in 0..n {
+            let taps = if v % 128 < 64 { 0..9 } else { 18..27 };
+            map[v * 27 + 13] = v as u32;
+            for k in taps {
+                if rng.below(4) != 0 {
+                    map[v * 27 + k] = rng.below(n) as u32;
+                }
+            }
+        }
+        map
+    };
+    for (n, ci, co, dtype, bias) in [
+        (1000, 64, 64, DType::BF16, true),
+        (1000, 128, 200, DType::F16, false),
+        (17_000, 64, 300, DType::F32, true),
+    ] {
+        let map = halves(n, &mut rng);
+        check_conv("disjoint taps per 64-row half", map, n, ci, co, dtype, bias)?;
+    }
     Ok(())
 }
 
@@ -282,6 +330,8 @@ fn sparse_conv_sorted_order() -> Result<()> {
         (40.0, 64, 96, DType::F16),
         (25.0, 128, 64, DType::BF16),
         (55.0, 32, 200, DType::BF16),
+        // 128 × 256 tiles (≈ 20 k voxels: 154 row tiles), two channel chunks per tap.
+        (30.0, 128, 512, DType::BF16),
     ] {
         let (x, n) = gpu_shell_map(r, &dev)?;
         let map = x.neighbour_map()?;
@@ -317,12 +367,24 @@ fn sparse_conv_sorted_order() -> Result<()> {
             weight.to_dtype(dtype)?.to_device(&dev)?,
             bias.to_device(&dev)?,
         );
-        let plain = submanifold_conv3d(&f, map.tensor(), &w, Some(&b))?;
-        let sorted = submanifold_conv3d_map(&f, map, &w, Some(&b))?;
-        let err = rel_err(&sorted.to_device(&Device::Cpu)?, &want);
-        println!("sparse conv sorted order, shell r {r}: T {n:>7} Ci {ci:>4} Co {co:>4} {dtype:?}: max|err|/max|ref| = {err:.2e}");
-        assert!(err <= TOL, "sorted order: error {err} over {TOL}");
-        assert_same_values(&sorted, &plain, "sorted vs unsorted")?;
+        for kernel in conv_kernels(&dev)? {
+            let plain = submanifold_conv3d_with(kernel, &f, map.tensor(), &w, Some(&b))?;
+            let sorted = submanifold_conv3d_ordered_with(kernel, &f, map, &order, &w, Some(&b))?;
+            let err = rel_err(&sorted.to_device(&Device::Cpu)?, &want);
+            println!("sparse conv {kernel:<5?} sorted order, shell r {r}: T {n:>7} Ci {ci:>4} Co {co:>4} {dtype:?}: max|err|/max|ref| = {err:.2e}");
+            assert!(
+                err <= TOL,
+                "sorted order ({kernel:?}): error {err} over {TOL}"
+            );
+            assert_same_values(&sorted, &plain, "sorted vs unsorted")?;
+        }
+        // The default path (`ConvKernel::Auto` with the map's cached order) as the model runs it.
+        let via_map = submanifold_conv3d_map(&f, map, &w, Some(&b))?;
+        let err = rel_err(&via_map.to_device(&Device::Cpu)?, &want);
+        assert!(
+            err <= TOL,
+            "sorted order (default kernel): error {err} over {TOL}"
+        );
     }
     Ok(())
 }

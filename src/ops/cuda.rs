@@ -18,7 +18,7 @@ use super::attention::AttentionKernel;
 use super::metal::kargs::{DeformIm2ColArgs, NeighbourArgs};
 use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
-use super::sparse_conv::TAPS;
+use super::sparse_conv::{ConvKernel, TAPS};
 
 mod channel_to_space;
 mod conv_order;
@@ -40,6 +40,15 @@ const ATTENTION_SM90A_PTX: Option<&str> = Some(include_str!(concat!(
 )));
 #[cfg(not(trellis2_sm90a))]
 const ATTENTION_SM90A_PTX: Option<&str> = None;
+/// The wgmma sparse-conv kernels (`kernels/cuda/sparse_conv_sm90a.cu`), built only for
+/// `CUDA_COMPUTE_CAP=90` like the attention one.
+#[cfg(trellis2_sm90a)]
+const SPARSE_CONV_SM90A_PTX: Option<&str> = Some(include_str!(concat!(
+    env!("OUT_DIR"),
+    "/sparse_conv_sm90a.ptx"
+)));
+#[cfg(not(trellis2_sm90a))]
+const SPARSE_CONV_SM90A_PTX: Option<&str> = None;
 
 /// `(start, end)` of a contiguous layout, or an error naming the operand.
 fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
@@ -141,6 +150,123 @@ fn subm_conv_row_skip() -> Result<bool> {
     skip.clone().map_err(candle_core::Error::Msg)
 }
 
+/// The value of environment variable `var` parsed by `parse` (given `None` when unset), read
+/// once per process into `cell`; a parse error is returned on every call.
+fn env_once<T: Clone + Send + Sync>(
+    cell: &'static std::sync::OnceLock<std::result::Result<T, String>>,
+    var: &str,
+    parse: impl FnOnce(Option<&str>) -> std::result::Result<T, String>,
+) -> Result<T> {
+    cell.get_or_init(|| match std::env::var(var) {
+        Err(std::env::VarError::NotPresent) => parse(None),
+        Ok(v) => parse(Some(v.trim())).map_err(|e| format!("{var}={v:?}: {e}")),
+        Err(e) => Err(format!("{var}: {e}")),
+    })
+    .clone()
+    .map_err(candle_core::Error::Msg)
+}
+
+/// Whether `ConvKernel::Auto` picks the wgmma conv kernel where it can run (compiled in, a
+/// compute capability 9.0 device, a supported shape) without `TRELLIS2_CONV_KERNEL` set.
+const CONV_WGMMA_BY_DEFAULT: bool = true;
+
+/// Whether the wgmma conv kernels can run on `dev`: built for sm_90a and the device's compute
+/// capability is exactly 9.0 (sm_90a code runs on no other).
+pub(crate) fn wgmma_conv_available(dev: &CudaDevice) -> Result<bool> {
+    if SPARSE_CONV_SM90A_PTX.is_none() {
+        return Ok(false);
+    }
+    let cc = dev.cuda_stream().context().compute_capability().w()?;
+    Ok(cc == (9, 0))
+}
+
+/// Whether this conv runs the wgmma kernel; `vec`: the shape takes 16-byte copies (Ci a
+/// multiple of 8, 16-byte aligned operands), the only one the wgmma kernel has. `Mma` never;
+/// `Wgmma` always (an error where it cannot run or the shape is not `vec`). `Auto` follows
+/// `TRELLIS2_CONV_KERNEL` (`mma` or `wgmma`; the latter an error where the kernel cannot run,
+/// mma.sync for shapes it does not take); unset, the wgmma kernel wherever it can run if
+/// `CONV_WGMMA_BY_DEFAULT`.
+fn use_wgmma_conv(dev: &CudaDevice, vec: bool, kernel: ConvKernel) -> Result<bool> {
+    const OP: &str = "submanifold_conv3d (CUDA)";
+    static ENV: std::sync::OnceLock<std::result::Result<Option<ConvKernel>, String>> =
+        std::sync::OnceLock::new();
+    let (kernel, forced) = match kernel {
+        ConvKernel::Auto => {
+            let env = env_once(&ENV, "TRELLIS2_CONV_KERNEL", |v| match v {
+                None | Some("") => Ok(None),
+                Some(s) if s.eq_ignore_ascii_case("mma") => Ok(Some(ConvKernel::Mma)),
+                Some(s) if s.eq_ignore_ascii_case("wgmma") => Ok(Some(ConvKernel::Wgmma)),
+                Some(_) => Err("expected mma or wgmma".into()),
+            })?;
+            match env {
+                Some(k) => (k, false),
+                None if CONV_WGMMA_BY_DEFAULT => return Ok(vec && wgmma_conv_available(dev)?),
+                None => (ConvKernel::Mma, false),
+            }
+        }
+        k => (k, true),
+    };
+    match kernel {
+        ConvKernel::Mma | ConvKernel::Auto => Ok(false),
+        ConvKernel::Wgmma => {
+            if !wgmma_conv_available(dev)? {
+                bail!(
+                    "{OP}: the wgmma kernel needs a build with CUDA_COMPUTE_CAP=90 (this one {}) \
+                     and a compute capability 9.0 device",
+                    if SPARSE_CONV_SM90A_PTX.is_some() {
+                        "has it"
+                    } else {
+                        "lacks it"
+                    }
+                );
+            }
+            if !vec {
+                if forced {
+                    bail!(
+                        "{OP}: the wgmma kernel takes Ci a multiple of 8 and 16-byte aligned \
+                         feats and weight"
+                    );
+                }
+                return Ok(false);
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Ring stages and wgmma groups kept in flight (`STAGES`, `KEEP` of
+/// `kernels/cuda/sparse_conv_sm90a.cu`, whose header explains the defaults) of the wgmma conv at
+/// `bn` output columns: 4 stages at BN = 64 and 256; at BN = 128, 3 (two blocks an SM) unless
+/// `TRELLIS2_CONV_STAGES=4` (one). One group in flight at BN = 256 (one block an SM), none
+/// otherwise, unless `TRELLIS2_CONV_WGMMA_KEEP` is 0 or 1. Both variables are for measuring.
+fn subm_conv_sm90a_pipeline(bn: usize) -> Result<(u32, u32)> {
+    use std::sync::OnceLock;
+    static STAGES: OnceLock<std::result::Result<Option<u32>, String>> = OnceLock::new();
+    static KEEP: OnceLock<std::result::Result<Option<u32>, String>> = OnceLock::new();
+    let stages = env_once(&STAGES, "TRELLIS2_CONV_STAGES", |v| match v {
+        None | Some("") | Some("auto") => Ok(None),
+        Some("3") => Ok(Some(3)),
+        Some("4") => Ok(Some(4)),
+        Some(_) => Err("expected auto, 3 or 4".into()),
+    })?;
+    let keep = env_once(&KEEP, "TRELLIS2_CONV_WGMMA_KEEP", |v| match v {
+        None | Some("") | Some("auto") => Ok(None),
+        Some("0") => Ok(Some(0)),
+        Some("1") => Ok(Some(1)),
+        Some(_) => Err("expected auto, 0 or 1".into()),
+    })?;
+    let stages = if bn == 128 { stages.unwrap_or(3) } else { 4 };
+    let keep = keep.unwrap_or(if bn == 256 { 1 } else { 0 });
+    Ok((stages, keep))
+}
+
+/// Dynamic shared memory of a wgmma conv kernel: `stages` ring slots of 128 A rows and `bn` B
+/// rows, 128 bytes a row, plus 1024 bytes for aligning the ring to the 128-byte swizzle's
+/// 1024-byte atoms (`smem_bytes` in `kernels/cuda/sparse_conv_sm90a.cu`).
+fn subm_conv_sm90a_smem_bytes(bn: usize, stages: u32) -> u32 {
+    stages * (128 + bn as u32) * 128 + 1024
+}
+
 /// The contiguous `[len]` slice of a tensor an op holds besides its operands (the conv's voxel
 /// order or bias), from its storage; `pick` selects the expected dtype's slice, `what` names the
 /// tensor in errors.
@@ -166,7 +292,8 @@ fn held_slice<'a, T>(
 
 /// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]` (bf16 or f16), neighbour map `[T,27]`
 /// u32, optional tile-row order `[T]` u32 and bias `[Co]` f32 → `[T,Co]` in the feats' dtype,
-/// or in f32 when `f32_out`. See `kernels/cuda/sparse_conv.cu`.
+/// or in f32 when `f32_out`. See `kernels/cuda/sparse_conv.cu` and, for `kernel` (which kernel
+/// runs: see `use_wgmma_conv`), `kernels/cuda/sparse_conv_sm90a.cu`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn subm_conv3d(
     feats: &CudaStorage,
@@ -178,6 +305,7 @@ pub(crate) fn subm_conv3d(
     order: Option<&candle_core::Tensor>,
     bias: Option<&candle_core::Tensor>,
     f32_out: bool,
+    kernel: ConvKernel,
 ) -> Result<(CudaStorage, Shape)> {
     const OP: &str = "submanifold_conv3d (CUDA)";
     let (n, ci) = fl.shape().dims2()?;
@@ -222,6 +350,25 @@ pub(crate) fn subm_conv3d(
     } else {
         (128, SUBM_CONV_SMEM_BYTES)
     };
+    let wgmma = use_wgmma_conv(&dev, vec, kernel)?;
+    // The kernel: (module, PTX), name prefix (before the dtypes) and suffix, shared memory.
+    let (module, prefix, suffix, smem) = match SPARSE_CONV_SM90A_PTX {
+        Some(ptx) if wgmma => {
+            let (stages, keep) = subm_conv_sm90a_pipeline(bn)?;
+            (
+                ("trellis2_sparse_conv_sm90a", ptx),
+                "subm_conv3d_sm90a",
+                format!("n{bn}_s{stages}_k{keep}"),
+                subm_conv_sm90a_smem_bytes(bn, stages),
+            )
+        }
+        _ => (
+            ("trellis2_sparse_conv", SPARSE_CONV_PTX),
+            "subm_conv3d",
+            format!("n{bn}{}", if vec { "" } else { "_scalar" }),
+            smem,
+        ),
+    };
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(128) as u32, co.div_ceil(bn) as u32, 1),
         block_dim: (256, 1, 1),
@@ -240,14 +387,8 @@ pub(crate) fn subm_conv3d(
             };
             let out = output::<$o>(&dev, n * co)?;
             if n > 0 && co > 0 {
-                let name = format!(
-                    "subm_conv3d_{}_{}_n{bn}{}",
-                    $name,
-                    $oname,
-                    if vec { "" } else { "_scalar" }
-                );
-                let func =
-                    large_smem_func(&dev, "trellis2_sparse_conv", SPARSE_CONV_PTX, &name, smem)?;
+                let name = format!("{prefix}_{}_{}_{suffix}", $name, $oname);
+                let func = large_smem_func(&dev, module.0, module.1, &name, smem)?;
                 let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
                 let stream = dev.cuda_stream();
                 let mut b = stream.launch_builder(&func);

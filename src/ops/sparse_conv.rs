@@ -29,13 +29,47 @@ pub const TAPS: usize = 27;
 /// The op; `order` (CUDA only) is a permutation of the voxels, `[T]` u32, that the kernel's
 /// output tiles follow (`NeighbourMap::conv_order`); it changes which voxels share a tile, never
 /// a voxel's result. `bias` (`[Co]` f32 on the feats' device; CPU and CUDA) is added in the
-/// epilogue. `f32_out` (CUDA): write f32 instead of the operands' bf16/f16.
+/// epilogue. `f32_out` (CUDA): write f32 instead of the operands' bf16/f16. `kernel` (CUDA):
+/// which kernel computes it.
 struct SubmConv3d {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     order: Option<Tensor>,
     bias: Option<Tensor>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     f32_out: bool,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    kernel: ConvKernel,
+}
+
+/// Which CUDA kernel computes a submanifold conv (other devices ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvKernel {
+    /// The default: the environment variable `TRELLIS2_CONV_KERNEL` (`mma` or `wgmma`) if set,
+    /// else the wgmma kernel wherever it can run (a build with `CUDA_COMPUTE_CAP=90`, a compute
+    /// capability 9.0 device, Ci a multiple of 8 and 16-byte aligned operands) and the mma.sync
+    /// kernel elsewhere. `TRELLIS2_CONV_KERNEL=wgmma` falls back to mma.sync on shapes the
+    /// wgmma kernel does not take, and is an error on a build or device that lacks it.
+    Auto,
+    /// `kernels/cuda/sparse_conv.cu`: mma.sync, any CUDA device the build targets, any shape.
+    Mma,
+    /// `kernels/cuda/sparse_conv_sm90a.cu`: Hopper wgmma; needs a build with
+    /// `CUDA_COMPUTE_CAP=90`, a compute capability 9.0 device, Ci a multiple of 8 and 16-byte
+    /// aligned operands, an error otherwise.
+    Wgmma,
+}
+
+/// Whether `kernel` can run on `device`: `Wgmma` only on a CUDA device of compute capability
+/// 9.0 with a build for `CUDA_COMPUTE_CAP=90` (and then for Ci a multiple of 8); the others
+/// everywhere.
+pub fn conv_kernel_available(kernel: ConvKernel, device: &candle_core::Device) -> Result<bool> {
+    match (kernel, device) {
+        #[cfg(feature = "cuda")]
+        (ConvKernel::Wgmma, candle_core::Device::Cuda(dev)) => {
+            super::cuda::wgmma_conv_available(dev)
+        }
+        (ConvKernel::Wgmma, _) => Ok(false),
+        _ => Ok(true),
+    }
 }
 
 impl CustomOp3 for SubmConv3d {
@@ -119,6 +153,7 @@ impl CustomOp3 for SubmConv3d {
             self.order.as_ref(),
             self.bias.as_ref(),
             self.f32_out,
+            self.kernel,
         )
     }
 }
@@ -296,7 +331,18 @@ pub fn submanifold_conv3d(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    conv(feats, neighbours, None, weight, bias)
+    conv(ConvKernel::Auto, feats, neighbours, None, weight, bias)
+}
+
+/// [`submanifold_conv3d`] with the CUDA kernel chosen by the caller (tests and benchmarks).
+pub fn submanifold_conv3d_with(
+    kernel: ConvKernel,
+    feats: &Tensor,
+    neighbours: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    conv(kernel, feats, neighbours, None, weight, bias)
 }
 
 /// [`submanifold_conv3d`] on the voxels of `map`, whose cached voxel order (CUDA, large sets:
@@ -316,7 +362,7 @@ pub fn submanifold_conv3d_map(
     } else {
         None
     };
-    conv(feats, map.tensor(), order, weight, bias)
+    conv(ConvKernel::Auto, feats, map.tensor(), order, weight, bias)
 }
 
 /// [`submanifold_conv3d_map`] in a given voxel `order` (a permutation `[T]` u32 on the feats'
@@ -329,11 +375,25 @@ pub fn submanifold_conv3d_ordered(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    submanifold_conv3d_ordered_with(ConvKernel::Auto, feats, map, order, weight, bias)
+}
+
+/// [`submanifold_conv3d_ordered`] with the CUDA kernel chosen by the caller (tests and
+/// benchmarks).
+pub fn submanifold_conv3d_ordered_with(
+    kernel: ConvKernel,
+    feats: &Tensor,
+    map: &NeighbourMap,
+    order: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let order = feats.device().is_cuda().then(|| order.clone());
-    conv(feats, map.tensor(), order, weight, bias)
+    conv(kernel, feats, map.tensor(), order, weight, bias)
 }
 
 fn conv(
+    kernel: ConvKernel,
     feats: &Tensor,
     neighbours: &Tensor,
     order: Option<Tensor>,
@@ -369,6 +429,7 @@ fn conv(
         bias: fused_bias,
         // The CUDA kernel writes f32 itself rather than bf16 and a cast.
         f32_out: device.is_cuda() && dtype == DType::F32,
+        kernel,
     };
     let out = feats
         .to_dtype(compute)?
