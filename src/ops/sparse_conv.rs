@@ -131,7 +131,8 @@ impl CustomOp3 for SubmConv3d {
         super::metal::sparse_conv::forward(s1, l1, s2, l2, s3, l3)
     }
 
-    /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`): bf16 or f16 feats and weight,
+    /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`, or its Hopper wgmma main loop
+    /// `kernels/cuda/sparse_conv_sm90a.cu`: see [`ConvKernel`]): bf16 or f16 feats and weight,
     /// fp32 accumulation plus the f32 bias, output in the feats' dtype or f32.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
