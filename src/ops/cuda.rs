@@ -114,20 +114,13 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
 /// default. Measured on an H100 (benches/README.md), sorted: 2.800 / 2.594 / 2.200 ms against
 /// 2.935 / 2.706 / 2.378 ms with 128 × 128 tiles at 20k × 1024, 80k × 512 and 300k × 256.
 fn subm_conv_wide_tiles() -> Result<bool> {
-    use std::sync::OnceLock;
-    static WIDE: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
-    let wide = WIDE.get_or_init(|| match std::env::var("TRELLIS2_CONV_TILE") {
-        Err(std::env::VarError::NotPresent) => Ok(true),
-        Ok(v) => match v.trim() {
-            "" | "auto" | "256" => Ok(true),
-            "128" => Ok(false),
-            _ => Err(format!(
-                "TRELLIS2_CONV_TILE={v:?}: expected auto, 128 or 256"
-            )),
-        },
-        Err(e) => Err(format!("TRELLIS2_CONV_TILE: {e}")),
-    });
-    wide.clone().map_err(candle_core::Error::Msg)
+    static WIDE: std::sync::OnceLock<std::result::Result<bool, String>> =
+        std::sync::OnceLock::new();
+    env_once(&WIDE, "TRELLIS2_CONV_TILE", |v| match v {
+        None | Some("" | "auto" | "256") => Ok(true),
+        Some("128") => Ok(false),
+        Some(_) => Err("expected auto, 128 or 256".into()),
+    })
 }
 
 /// Whether the sparse-conv kernel skips the products of its 16-row tiles that lack a step's tap
@@ -136,18 +129,13 @@ fn subm_conv_wide_tiles() -> Result<bool> {
 /// yes unless `TRELLIS2_CONV_ROW_SKIP=off`, which keeps every product (the same results up to
 /// the sign of zero) for measuring the difference.
 fn subm_conv_row_skip() -> Result<bool> {
-    use std::sync::OnceLock;
-    static SKIP: OnceLock<std::result::Result<bool, String>> = OnceLock::new();
-    let skip = SKIP.get_or_init(|| match std::env::var("TRELLIS2_CONV_ROW_SKIP") {
-        Err(std::env::VarError::NotPresent) => Ok(true),
-        Ok(v) => match v.trim() {
-            "" | "on" => Ok(true),
-            "off" => Ok(false),
-            _ => Err(format!("TRELLIS2_CONV_ROW_SKIP={v:?}: expected on or off")),
-        },
-        Err(e) => Err(format!("TRELLIS2_CONV_ROW_SKIP: {e}")),
-    });
-    skip.clone().map_err(candle_core::Error::Msg)
+    static SKIP: std::sync::OnceLock<std::result::Result<bool, String>> =
+        std::sync::OnceLock::new();
+    env_once(&SKIP, "TRELLIS2_CONV_ROW_SKIP", |v| match v {
+        None | Some("" | "on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(_) => Err("expected on or off".into()),
+    })
 }
 
 /// The value of environment variable `var` parsed by `parse` (given `None` when unset), read
@@ -244,13 +232,13 @@ fn subm_conv_sm90a_pipeline(bn: usize) -> Result<(u32, u32)> {
     static STAGES: OnceLock<std::result::Result<Option<u32>, String>> = OnceLock::new();
     static KEEP: OnceLock<std::result::Result<Option<u32>, String>> = OnceLock::new();
     let stages = env_once(&STAGES, "TRELLIS2_CONV_STAGES", |v| match v {
-        None | Some("") | Some("auto") => Ok(None),
+        None | Some("" | "auto") => Ok(None),
         Some("3") => Ok(Some(3)),
         Some("4") => Ok(Some(4)),
         Some(_) => Err("expected auto, 3 or 4".into()),
     })?;
     let keep = env_once(&KEEP, "TRELLIS2_CONV_WGMMA_KEEP", |v| match v {
-        None | Some("") | Some("auto") => Ok(None),
+        None | Some("" | "auto") => Ok(None),
         Some("0") => Ok(Some(0)),
         Some("1") => Ok(Some(1)),
         Some(_) => Err("expected auto, 0 or 1".into()),
