@@ -507,7 +507,9 @@ impl Bench {
             Some(keep) => Some(forced_subdivisions(&latent, CASCADE_UPSAMPLE_TIMES, keep)?),
             None => None,
         };
+        let batches = latent.coord_set().batch_end();
         let (mut voxels, mut cells) = (0, 0);
+        let mut last_up = None;
         self.measure("cascade_upsample", String::new(), 1, None, |_| {
             let up = match &forced {
                 Some(g) => dec
@@ -515,14 +517,39 @@ impl Bench {
                     .upsample_forced(&latent, CASCADE_UPSAMPLE_TIMES, g)?,
                 None => dec.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?,
             };
-            let (_, hr, n) =
-                high_res_structure(&up, MIN_CASCADE_RESOLUTION, DEFAULT_MAX_TOKENS, &dev)?;
+            let (_, hr, n) = high_res_structure(
+                &up,
+                batches,
+                MIN_CASCADE_RESOLUTION,
+                DEFAULT_MAX_TOKENS,
+                &dev,
+            )?;
             (voxels, cells) = (n, hr.dim(0)?);
+            last_up = Some(up);
             Ok(())
         })?;
         if let Some(row) = self.rows.last_mut() {
             row.shape = format!("{} → {voxels} voxels → {cells} cells at 64³", coords.len());
         }
+        if let Some(up) = last_up {
+            self.time_quantisation(&up, batches)?;
+        }
+        Ok(())
+    }
+
+    /// The cascade stage's split: the quantisation of the last upsampled rows alone, between
+    /// synchronisations (on stderr, outside the table).
+    fn time_quantisation(&self, up: &Tensor, batches: usize) -> Result<()> {
+        let dev = &self.opts.device;
+        dev.synchronize()?;
+        let t = Instant::now();
+        high_res_structure(up, batches, MIN_CASCADE_RESOLUTION, DEFAULT_MAX_TOKENS, dev)?;
+        dev.synchronize()?;
+        eprintln!(
+            "cascade_upsample: quantisation of {} rows alone {:.2} ms",
+            up.dim(0)?,
+            t.elapsed().as_secs_f64() * 1e3
+        );
         Ok(())
     }
 

@@ -1681,3 +1681,140 @@ fn cublaslt_gelu_epilogue_is_tanh_gelu() -> Result<()> {
     );
     Ok(())
 }
+
+/// `upsample(lr, 4)`-like rows on the 512³ grid for the cascade tests: batch 0 a spherical shell
+/// (radius 180, 5 voxels thick along z), batch 1 random rows in a box with every tenth row
+/// repeated; ≈1.9 M rows, heavily duplicated once quantised.
+fn cascade_rows(rng: &mut Lcg) -> Vec<[i32; 4]> {
+    let (centre, radius) = (256i32, 180i32);
+    let mut rows = Vec::new();
+    for x in centre - radius..=centre + radius {
+        for y in centre - radius..=centre + radius {
+            let (dx, dy) = (x - centre, y - centre);
+            let rest = radius * radius - dx * dx - dy * dy;
+            if rest < 0 {
+                continue;
+            }
+            let h = (rest as f32).sqrt() as i32;
+            for z in [centre - h, centre + h] {
+                rows.extend((-2..=2).map(|t| [0, x, y, (z + t).clamp(0, 511)]));
+            }
+        }
+    }
+    for i in 0..600_000 {
+        if i % 10 == 9 {
+            let again = rows[rows.len() - 1 - rng.below(5)];
+            rows.push(again);
+        } else {
+            let mut axis = || 100 + rng.below(300) as i32;
+            rows.push([1, axis(), axis(), axis()]);
+        }
+    }
+    rows
+}
+
+fn coords_on(rows: &[[i32; 4]], dev: &Device) -> Result<Tensor> {
+    let flat: Vec<i32> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (rows.len(), 4), dev)
+}
+
+/// The cascade's quantisation on the GPU (`kernels/cuda/cascade_quantize.cu`: an occupancy
+/// bitmap filled on the device, only the bitmap read back) against the host reference
+/// `quantize_coords`, word for word: two batch items at 1024 and 1536, the token budget's
+/// step-down through `high_res_structure`, and rows off the grid, which must make the device
+/// path decline (the pipeline then quantises on the host).
+#[test]
+fn cascade_quantisation_matches_host() -> anyhow::Result<()> {
+    use std::time::Instant;
+    use trellis2::pipeline::cascade::{
+        choose_resolution, high_res_structure, quantize_coords, quantize_coords_cuda,
+    };
+    let dev = gpu();
+    let rows = cascade_rows(&mut Lcg(29));
+    let up = coords_on(&rows, &dev)?;
+    // Module load outside the timings.
+    quantize_coords_cuda(&up, 2, 1024)?;
+    let mut counts = Vec::new();
+    for res in [1024, 1536, 1280, 1408] {
+        dev.synchronize()?;
+        let t = Instant::now();
+        let got = quantize_coords_cuda(&up, 2, res)?;
+        let gpu_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let host_rows: Vec<i32> = up.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let read_ms = t.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(host_rows.len(), rows.len() * 4);
+        let t = Instant::now();
+        let want = quantize_coords(&rows, res)?;
+        let host_ms = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "cascade quantisation @{res}: {} rows → {} cells; GPU bitmap + decode {gpu_ms:.2} ms, \
+             host: read-back {read_ms:.2} ms + quantisation {host_ms:.2} ms",
+            rows.len(),
+            want.len()
+        );
+        assert_eq!(
+            got.as_ref(),
+            Some(&want),
+            "@{res}: GPU rows differ from the host's"
+        );
+        assert!(want.iter().any(|r| r[0] == 1) && want.iter().any(|r| r[0] == 0));
+        counts.push((res, want.len()));
+    }
+
+    // Budget between the counts at 1280 and 1408: 1536 and 1408 are over it, 1280 is chosen.
+    let count_at = |res| counts.iter().find(|c| c.0 == res).map_or(0, |c| c.1);
+    assert!(count_at(1408) > count_at(1280) + 1);
+    let budget = count_at(1280) + 1;
+    let (res, hr, voxels) = high_res_structure(&up, 2, 1536, budget, &dev)?;
+    let (want_res, want) = choose_resolution(&rows, 1536, budget)?;
+    assert_eq!((res, voxels), (want_res, rows.len()));
+    assert_eq!(res, 1280);
+    assert!(hr.device().is_cuda());
+    let got: Vec<i32> = hr.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    assert_eq!(got, want.iter().flatten().copied().collect::<Vec<_>>());
+    println!(
+        "cascade step-down: budget {budget} → resolution {res}, {} cells",
+        want.len()
+    );
+
+    // Off the grid: a coordinate past 511, a batch index past `batches`, a negative batch; a
+    // batch bound below the rows' batches. x = −6 quantises to 0 at side 64 (in the grid, as on
+    // the host: truncation toward zero) but to −1 at side 96.
+    let off_grid: [(&str, [i32; 4], usize); 4] = [
+        ("x = 600", [0, 600, 3, 3], 2),
+        ("batch 2 of 2", [2, 3, 3, 3], 2),
+        ("batch −1", [-1, 3, 3, 3], 2),
+        ("batch 1 of bound 1", [1, 3, 3, 3], 1),
+    ];
+    let mut with_extra = rows.clone();
+    for (label, extra, batches) in off_grid {
+        with_extra.truncate(rows.len());
+        with_extra.push(extra);
+        let up = coords_on(&with_extra, &dev)?;
+        assert_eq!(
+            quantize_coords_cuda(&up, batches, 1024)?,
+            None,
+            "{label}: the GPU path must decline"
+        );
+        let (res, hr, voxels) = high_res_structure(&up, batches, 1536, budget, &dev)?;
+        let (want_res, want) = choose_resolution(&with_extra, 1536, budget)?;
+        assert_eq!((res, voxels), (want_res, with_extra.len()), "{label}");
+        let got: Vec<i32> = hr.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        assert_eq!(
+            got,
+            want.iter().flatten().copied().collect::<Vec<_>>(),
+            "{label}: the fallback differs from the host"
+        );
+    }
+    with_extra.truncate(rows.len());
+    with_extra.push([1, -6, 5, 5]);
+    let up = coords_on(&with_extra, &dev)?;
+    assert_eq!(
+        quantize_coords_cuda(&up, 2, 1024)?,
+        Some(quantize_coords(&with_extra, 1024)?)
+    );
+    assert_eq!(quantize_coords_cuda(&up, 2, 1536)?, None);
+    println!("cascade quantisation off the grid: the GPU path declines, the fallback matches");
+    Ok(())
+}

@@ -20,10 +20,12 @@ use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
 use super::sparse_conv::{ConvKernel, TAPS};
 
+mod cascade_quantize;
 mod channel_to_space;
 mod conv_order;
 mod layer_norm_act;
 mod mem_pool;
+pub(crate) use cascade_quantize::cascade_occupancy;
 pub(crate) use channel_to_space::{c2s_skip_add, i32_tensors_equal, subdivide};
 pub(crate) use conv_order::conv_order;
 pub(crate) use layer_norm_act::layer_norm_act;

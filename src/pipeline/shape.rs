@@ -129,13 +129,14 @@ fn cascade_coords(
     max_tokens: usize,
 ) -> Result<(usize, Tensor)> {
     let mut stage = ctx.begin("cascade", 1);
-    let up = {
+    let (up, batches) = {
         let decoder = models::shape_decoder(ctx.dir, ctx.device, ctx.load)?;
         let latent = SparseTensor::new(lr_coords, lr_feats.clone())?;
-        decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?
+        let up = decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?;
+        (up, latent.coord_set().batch_end())
     };
     ctx.latents.insert("cascade.upsample4.coords", up.clone());
-    let (res, hr, voxels) = high_res_structure(&up, target, max_tokens, ctx.device)?;
+    let (res, hr, voxels) = high_res_structure(&up, batches, target, max_tokens, ctx.device)?;
     let n = hr.dim(0)?;
     stage.voxels = Some(voxels);
     stage.tokens = Some(n);

@@ -220,6 +220,11 @@ impl CoordSet {
         &self.batches
     }
 
+    /// One past the largest batch index (0 when empty): every row's batch lies in `0..batch_end`.
+    pub fn batch_end(&self) -> usize {
+        self.batches.last().map_or(0, |(b, _)| *b as usize + 1)
+    }
+
     /// Largest batch index, x, y and z over the rows (zeros when empty).
     pub fn max(&self) -> [u32; 4] {
         self.max
