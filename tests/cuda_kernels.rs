@@ -16,7 +16,38 @@ use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::sparse::{NeighbourMap, SparseTensor};
 
 /// bf16 / f16 operands with fp32 accumulation: the outputs' own rounding is ≈ 4e-3 relative.
+/// The tolerance of the tensor-core kernels (sparse conv, attention) in every output dtype.
 const TOL: f32 = 1e-2;
+
+/// The activation dtypes the kernels are checked in, in the order the checks print.
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// Kernel families whose tolerance depends on the output dtype, by how far their outputs may
+/// stray from the f32 CPU reference (the tensor-core kernels take [`TOL`] in every dtype).
+#[derive(Clone, Copy)]
+enum Family {
+    /// Element-wise kernels: one rounding of each output to its dtype.
+    Elementwise,
+    /// Row reductions (norms) computed in f32: f32 outputs differ in summation order only,
+    /// f16/bf16 outputs are rounded once.
+    Norm,
+    /// Linear layers: f32 GEMMs differ in summation order only; f16/bf16 outputs are rounded
+    /// once (fused) or up to three times (composed path: matmul, bias_act, add).
+    Linear,
+}
+
+/// The largest max|err|/max|ref| a `family` kernel may show in `dtype` against the CPU.
+fn tol_for(family: Family, dtype: DType) -> f32 {
+    match (family, dtype) {
+        (Family::Elementwise, DType::F32) => 1e-6,
+        (Family::Elementwise, DType::F16) => 1e-3,
+        (Family::Elementwise, _) => 8e-3,
+        (Family::Norm | Family::Linear, DType::F32) => 1e-5,
+        (Family::Norm | Family::Linear, DType::F16) => 2e-3,
+        (Family::Norm, _) => 1e-2,
+        (Family::Linear, _) => 1.6e-2,
+    }
+}
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU")
@@ -927,12 +958,8 @@ fn fused_norms_match_cpu() -> Result<()> {
     use trellis2::ops::rms_norm_rope::rms_norm_rope;
     let dev = gpu();
     let cpu = Device::Cpu;
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = match dtype {
-            DType::F32 => 1e-5,
-            DType::F16 => 2e-3,
-            _ => 1e-2,
-        };
+    for dtype in DTYPES {
+        let tol = tol_for(Family::Norm, dtype);
         // (rows, C, sample offsets, leading values skipped: x starts mid-buffer, off the
         // 16-byte alignment of the vector kernels, which then take their scalar fallback).
         // C a multiple of 8 up to 4096 (4 up to 2048 for f32) takes the vector kernels (8, 16
@@ -1026,7 +1053,7 @@ fn rms_norm_of_strided_views_matches_cpu() -> Result<()> {
     use trellis2::ops::rms_norm_rope::{multi_head_rms_norm, rms_norm_rope};
     let (dev, cpu) = (gpu(), Device::Cpu);
     for dtype in [DType::F32, DType::BF16] {
-        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        let tol = tol_for(Family::Norm, dtype);
         let (t, h, d) = (513usize, 12usize, 128usize);
         let qkv = Tensor::randn(0f32, 1.0, (t, 3, h, d), &cpu)?.to_dtype(dtype)?;
         let gamma = Tensor::randn(1f32, 0.2, (h, d), &cpu)?;
@@ -1082,12 +1109,8 @@ fn elementwise_epilogues_match_cpu() -> Result<()> {
     use trellis2::ops::bias_act::{bias_act, Activation};
     use trellis2::ops::gated_residual::gated_residual;
     let (dev, cpu) = (gpu(), Device::Cpu);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = match dtype {
-            DType::F32 => 1e-6,
-            DType::F16 => 1e-3,
-            _ => 8e-3,
-        };
+    for dtype in DTYPES {
+        let tol = tol_for(Family::Elementwise, dtype);
         // (rows, channels, leading rows skipped: a view that starts mid-buffer)
         for (t, c, skip) in [
             (0usize, 64usize, 0usize),
@@ -1268,7 +1291,7 @@ fn subdivision_children_match_cpu() -> Result<()> {
         }
         let parents_cpu = Arc::new(CoordSet::from_host(rows.clone(), &Device::Cpu)?);
         let parents_gpu = Arc::new(CoordSet::from_host(rows, &dev)?);
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for dtype in DTYPES {
             let l = Tensor::from_vec(logits.clone(), (n, 8), &Device::Cpu)?.to_dtype(dtype)?;
             let want = Subdivision::from_logits(&parents_cpu, &l)?;
             let start = std::time::Instant::now();
@@ -1349,12 +1372,8 @@ fn c2s_skip_add_matches_cpu() -> Result<()> {
     use trellis2::ops::c2s_skip_add::c2s_skip_add;
     let (dev, cpu) = (gpu(), Device::Cpu);
     let mut rng = Lcg(5);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = match dtype {
-            DType::F32 => 1e-6,
-            DType::F16 => 1e-3,
-            _ => 8e-3,
-        };
+    for dtype in DTYPES {
+        let tol = tol_for(Family::Elementwise, dtype);
         // (parents, C, C', children, leading rows of h skipped)
         for (n, c, c_out, kids, skip) in [
             (1000usize, 64usize, 32usize, 4000usize, 0usize),
@@ -1405,12 +1424,8 @@ fn layer_norm_act_matches_cpu() -> Result<()> {
     use trellis2::ops::layer_norm_act::{gathered_layer_norm_act, layer_norm_act};
     let (dev, cpu) = (gpu(), Device::Cpu);
     let mut rng = Lcg(9);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = match dtype {
-            DType::F32 => 1e-5,
-            DType::F16 => 2e-3,
-            _ => 1e-2,
-        };
+    for dtype in DTYPES {
+        let tol = tol_for(Family::Norm, dtype);
         // (input rows, C, gathered output rows)
         for (r, c, t) in [
             (0usize, 64usize, 0usize),
@@ -1478,17 +1493,6 @@ fn layer_norm_act_matches_cpu() -> Result<()> {
     Ok(())
 }
 
-/// Tolerance of a linear layer against its f32 CPU reference: f32 GEMMs differ in summation
-/// order only; f16/bf16 outputs are rounded once (fused) or up to three times (composed path:
-/// matmul, bias_act, add).
-fn linear_tol(dtype: DType) -> f32 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        _ => 1.6e-2,
-    }
-}
-
 /// `Linear` on CUDA (cuBLASLt with the bias, tanh-GELU and residual in the epilogue where it
 /// can; the composed path for SiLU and exact GELU) against the composed ops on the CPU in f32,
 /// for every dtype, the DiT's and DINOv3's widths and 1 to 4101 rows, with and without a bias.
@@ -1499,8 +1503,8 @@ fn linear_cublaslt_matches_cpu() -> Result<()> {
     use trellis2::ops::bias_act::{bias_act, Activation};
     use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
     let (dev, cpu) = (gpu(), Device::Cpu);
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = linear_tol(dtype);
+    for dtype in DTYPES {
+        let tol = tol_for(Family::Linear, dtype);
         for (k, n) in [(1024usize, 3072usize), (1536, 8), (4096, 1024)] {
             let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
             let b = rounded(&[n], 0.5, dtype)?;
@@ -1569,8 +1573,8 @@ fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
     use candle_core::Module;
     use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
     let dev = gpu();
-    for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let tol = linear_tol(dtype);
+    for dtype in DTYPES {
+        let tol = tol_for(Family::Linear, dtype);
         let check = |what: &str, k: usize, n: usize, x: &Tensor, xg: &Tensor, fused: bool| {
             let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
             let b = rounded(&[n], 0.5, dtype)?;

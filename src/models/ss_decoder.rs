@@ -4,7 +4,7 @@
 //! SiLU and 3-D pixel shuffles. Internally channels-last `[B, X, Y, Z, C]`, so the per-voxel
 //! norm and the conv read contiguous channel rows.
 
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -41,6 +41,10 @@ fn layer() -> String {
 /// ChannelLayerNorm32 eps (spec §10).
 const NORM_EPS: f64 = 1e-5;
 
+/// The dtype the decoder's activations have: it computes in its latent's dtype, and latents
+/// leave the sampler in f32 whatever the weights' dtype (f16 in the release).
+const ACTIVATIONS: DType = DType::F32;
+
 /// Conv3d(k 3, p 1) with PyTorch weight `[Co, Ci, 3, 3, 3]`, prepared for the kernel at load.
 struct Conv(Conv3dK3);
 
@@ -50,7 +54,7 @@ impl Conv {
         Ok(Self(Conv3dK3::new(
             &weight,
             &vb.get(co, "bias")?,
-            vb.dtype(),
+            ACTIVATIONS,
         )?))
     }
 

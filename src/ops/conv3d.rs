@@ -6,7 +6,7 @@ use candle_core::{bail, DType, Device, Result, Tensor};
 
 use rayon::prelude::*;
 
-use super::sparse_conv::{compute_dtype, submanifold_conv3d, ABSENT, TAPS};
+use super::sparse_conv::{ConvWeights, ABSENT, TAPS};
 use crate::sparse::CoordSet;
 
 /// The neighbour map of a full `[B, X, Y, Z]` grid in row-major (b, x, y, z) order; build once
@@ -82,70 +82,27 @@ pub fn conv3d_k3(
     Conv3dK3::new(weight, bias, x.dtype())?.forward(x, grid)
 }
 
-/// A Conv3d k3 p1 layer with its weight laid out for the submanifold kernel (`[Co, 3, 3, 3, Ci]`,
-/// in the kernel's operand dtype) and its bias in f32, once at load: per call that permute and
-/// those casts were four extra launches around each conv of the sparse-structure decoder.
+/// A Conv3d k3 p1 layer with its weight laid out for the submanifold kernel (`[Co, 3, 3, 3, Ci]`)
+/// and prepared as [`ConvWeights`] once at load: per call that permute and those casts were four
+/// extra launches around each conv of the sparse-structure decoder.
 #[derive(Debug)]
 pub struct Conv3dK3 {
-    weight: Tensor,
-    /// `weight` in the operand dtype of the last input dtype seen, when that differs from the
-    /// one prepared at load (the sparse-structure decoder keeps f16 weights but runs f32
-    /// activations, i.e. bf16 operands on CUDA).
-    cast: std::sync::Mutex<Option<Tensor>>,
-    bias: Tensor,
-    ci: usize,
-    co: usize,
+    weights: ConvWeights,
 }
 
 impl Conv3dK3 {
-    /// `weight` `[Co, Ci, 3, 3, 3]` (PyTorch), `bias` `[Co]`, for inputs of dtype `input` on the
-    /// weight's device.
-    pub fn new(weight: &Tensor, bias: &Tensor, input: DType) -> Result<Self> {
-        let (co, ci) = match weight.dims() {
-            &[co, ci, 3, 3, 3] => (co, ci),
-            d => bail!("conv3d: weight must be [Co, Ci, 3, 3, 3], got shape {d:?}"),
-        };
-        if bias.dims() != [co] {
-            bail!("conv3d: bias {:?} must be [{co}]", bias.dims());
+    /// `weight` `[Co, Ci, 3, 3, 3]` (PyTorch), `bias` `[Co]`, for activations of dtype
+    /// `activations` on the weight's device (see [`ConvWeights`] for the operand dtype).
+    pub fn new(weight: &Tensor, bias: &Tensor, activations: DType) -> Result<Self> {
+        if !matches!(weight.dims(), &[_, _, 3, 3, 3]) {
+            bail!(
+                "conv3d: weight must be [Co, Ci, 3, 3, 3], got shape {:?}",
+                weight.dims()
+            );
         }
-        // The CPU reference computes in f32 from any dtype: no resident f32 copy there.
-        let device = weight.device();
-        let operands = if device.is_cpu() {
-            weight.dtype()
-        } else {
-            compute_dtype(device, input)
-        };
         Ok(Self {
-            weight: weight
-                .permute((0, 2, 3, 4, 1))?
-                .to_dtype(operands)?
-                .contiguous()?,
-            cast: std::sync::Mutex::new(None),
-            bias: bias.to_dtype(DType::F32)?,
-            ci,
-            co,
+            weights: ConvWeights::new(&weight.permute((0, 2, 3, 4, 1))?, bias, activations)?,
         })
-    }
-
-    /// The weight in the kernel's operand dtype for inputs of `input`.
-    fn weight_for(&self, input: DType) -> Result<Tensor> {
-        let device = self.weight.device();
-        if device.is_cpu() {
-            return Ok(self.weight.clone());
-        }
-        let operands = compute_dtype(device, input);
-        if self.weight.dtype() == operands {
-            return Ok(self.weight.clone());
-        }
-        let mut cast = self.cast.lock().unwrap_or_else(|p| p.into_inner());
-        match cast.as_ref() {
-            Some(w) if w.dtype() == operands => Ok(w.clone()),
-            _ => {
-                let w = self.weight.to_dtype(operands)?;
-                *cast = Some(w.clone());
-                Ok(w)
-            }
-        }
     }
 
     pub fn forward(&self, x: &Tensor, grid: &GridNeighbours) -> Result<Tensor> {
@@ -160,22 +117,14 @@ impl Conv3dK3 {
                 grid.dims
             );
         }
-        if ci != self.ci {
-            bail!(
-                "conv3d: input has {ci} channels, the weight [{}, {}, 3, 3, 3] takes {}",
-                self.co,
-                self.ci,
-                self.ci
-            );
+        let (wci, co) = (self.weights.in_channels(), self.weights.out_channels());
+        if ci != wci {
+            bail!("conv3d: input has {ci} channels, the weight [{co}, {wci}, 3, 3, 3] takes {wci}");
         }
         let feats = x.reshape((b * gx * gy * gz, ci))?;
-        submanifold_conv3d(
-            &feats,
-            &grid.map,
-            &self.weight_for(x.dtype())?,
-            Some(&self.bias),
-        )?
-        .reshape((b, gx, gy, gz, self.co))
+        self.weights
+            .conv(&feats, &grid.map)?
+            .reshape((b, gx, gy, gz, co))
     }
 }
 

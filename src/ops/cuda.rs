@@ -95,20 +95,30 @@ const SUBM_CONV_SMEM_BYTES: u32 = 98_304;
 /// Dynamic shared memory of the 128 × 256 sparse-conv tiles: 3 stages of 128 + 256 rows.
 const SUBM_CONV_WIDE_SMEM_BYTES: u32 = 147_456;
 
-/// Streaming multiprocessors of the GPU (132 on an H100 SXM), read once per process.
+/// Streaming multiprocessors of the GPU (132 on an H100 SXM), read once per device ordinal: a
+/// process may drive GPUs of different models.
 fn sm_count(dev: &CudaDevice) -> Result<usize> {
-    static SMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    if let Some(&n) = SMS.get() {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static SMS: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();
+    let stream = dev.cuda_stream();
+    let context = stream.context();
+    let ordinal = context.ordinal();
+    let mut sms = SMS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&n) = sms.get(&ordinal) {
         return Ok(n);
     }
-    let n = dev
-        .cuda_stream()
-        .context()
+    let n = context
         .attribute(
             candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )
-        .w()?;
-    Ok(*SMS.get_or_init(|| n.max(1) as usize))
+        .w()?
+        .max(1) as usize;
+    sms.insert(ordinal, n);
+    Ok(n)
 }
 
 /// Whether convs with Co ≥ 256 take 128 × 256 tiles (half the feature gathers of 128 × 128, one

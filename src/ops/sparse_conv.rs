@@ -321,6 +321,72 @@ pub(crate) fn compute_dtype(device: &candle_core::Device, dtype: DType) -> DType
     }
 }
 
+/// A conv layer's weights prepared once for the kernel: the weight `[Co,27,Ci]` in its operand
+/// dtype and the bias `[Co]` in f32, so no call casts them.
+///
+/// Which operand dtype: the one the conv computes in on the weight's device for activations of
+/// the dtype the layer is declared to run with ([`compute_dtype`]): bf16 or f16 on CUDA, the
+/// activations' own dtype on Metal. On the CPU the weight stays in its given dtype: the reference
+/// converts to f32 per call, and a resident f32 copy would double an f16 checkpoint's memory.
+/// The bias is f32 everywhere, as every epilogue (and Metal's `bias_act` pass) adds it in f32.
+/// Activations of another dtype still compute correctly; the weight is then converted per call.
+#[derive(Debug, Clone)]
+pub struct ConvWeights {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl ConvWeights {
+    /// `weight` `[Co,27,Ci]` or `[Co,3,3,3,Ci]` and `bias` `[Co]` of any float dtype, for
+    /// activations of dtype `activations` on the weight's device.
+    pub fn new(weight: &Tensor, bias: &Tensor, activations: DType) -> Result<Self> {
+        let (co, ci) = match weight.dims() {
+            &[co, TAPS, ci] | &[co, 3, 3, 3, ci] => (co, ci),
+            d => bail!(
+                "submanifold_conv3d: weight must be [Co, 27, Ci] or [Co, 3, 3, 3, Ci], got shape \
+                 {d:?}"
+            ),
+        };
+        if bias.dims() != [co] {
+            bail!(
+                "submanifold_conv3d: bias must be [{co}] for {co} output channels, got {:?}",
+                bias.dims()
+            );
+        }
+        let device = weight.device();
+        let operands = if device.is_cpu() {
+            weight.dtype()
+        } else {
+            compute_dtype(device, activations)
+        };
+        Ok(Self {
+            weight: weight
+                .to_dtype(operands)?
+                .contiguous()?
+                .reshape((co, TAPS, ci))?,
+            bias: bias.to_dtype(DType::F32)?.contiguous()?,
+        })
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.weight.dims()[2]
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// [`submanifold_conv3d`] of `feats` on the voxels of `neighbours` with these weights.
+    pub fn conv(&self, feats: &Tensor, neighbours: &Tensor) -> Result<Tensor> {
+        submanifold_conv3d(feats, neighbours, &self.weight, Some(&self.bias))
+    }
+
+    /// [`submanifold_conv3d_map`] of `feats` on the voxels of `map` with these weights.
+    pub fn conv_map(&self, feats: &Tensor, map: &NeighbourMap) -> Result<Tensor> {
+        submanifold_conv3d_map(feats, map, &self.weight, Some(&self.bias))
+    }
+}
+
 /// Submanifold 3×3×3 conv of `feats` `[T,Ci]` on the voxels of `neighbours` `[T,27]`, weight
 /// `[Co,27,Ci]` (or `[Co,3,3,3,Ci]`), optional bias `[Co]` → `[T,Co]` in the feats' dtype.
 /// CPU: f32 throughout. CUDA: bf16/f16 operands (see [`compute_dtype`]), fp32 accumulation, the

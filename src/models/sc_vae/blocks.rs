@@ -1,6 +1,6 @@
 //! SC-VAE building blocks (spec §5.1): `SparseConvNeXtBlock3d` and `SparseResBlockC2S3d`.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::bias_act::Activation;
@@ -8,44 +8,31 @@ use crate::ops::layer_norm::layer_norm_prepared;
 use crate::ops::layer_norm_act::layer_norm_act_prepared;
 use crate::ops::linear::{linear, Linear};
 use crate::ops::norm_params::NormAffine;
-use crate::ops::sparse_conv::compute_dtype;
-use crate::ops::submanifold_conv3d_map;
+use crate::ops::sparse_conv::ConvWeights;
 use crate::sparse::{SparseTensor, Subdivision};
 
 /// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, spec §10).
 const BLOCK_NORM_EPS: f64 = 1e-6;
 
-/// `SparseConv3d(ci, co, 3)`: weight `[Co, 3, 3, 3, Ci]`, bias `[Co]`; the weight in the
-/// kernel's operand dtype and the bias in f32 once at load, not cast at every call.
+/// `SparseConv3d(ci, co, 3)`: weight `[Co, 3, 3, 3, Ci]`, bias `[Co]`, prepared for the kernel
+/// once at load for activations in the weights' dtype (the decoder computes in it).
 pub struct SubmConv {
-    weight: Tensor,
-    bias: Tensor,
+    weights: ConvWeights,
 }
 
 impl SubmConv {
     pub fn new(ci: usize, co: usize, vb: VarBuilder) -> Result<Self> {
-        // The CPU reference computes in f32 from any dtype: its weights stay as loaded there
-        // (no resident f32 copy of an f16 checkpoint).
-        let weight = vb.get((co, 3, 3, 3, ci), "weight")?;
-        let weight = if vb.device().is_cpu() {
-            weight
-        } else {
-            weight.to_dtype(compute_dtype(vb.device(), vb.dtype()))?
-        };
         Ok(Self {
-            weight,
-            bias: vb.get(co, "bias")?.to_dtype(DType::F32)?,
+            weights: ConvWeights::new(
+                &vb.get((co, 3, 3, 3, ci), "weight")?,
+                &vb.get(co, "bias")?,
+                vb.dtype(),
+            )?,
         })
     }
 
     pub fn forward(&self, x: &SparseTensor) -> Result<SparseTensor> {
-        let map = x.neighbour_map()?;
-        x.replace(submanifold_conv3d_map(
-            x.feats(),
-            map,
-            &self.weight,
-            Some(&self.bias),
-        )?)
+        x.replace(self.weights.conv_map(x.feats(), x.neighbour_map()?)?)
     }
 }
 
