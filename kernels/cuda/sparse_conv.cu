@@ -42,11 +42,12 @@
 // When Ci is not a multiple of 8 (or a pointer is not 16-byte aligned) the copies fall back to
 // element-wise loads with bounds checks; the pipeline structure is the same.
 #include "common.cuh"
+#include "sparse_conv_tile.cuh"
 
 #include <type_traits>
 
-#define ABSENT 0xffffffffu
-#define TAPS 27
+#define ABSENT conv_tile::NO_ROW
+#define TAPS conv_tile::TAP_COUNT
 #define BK 64              // K elements per pipeline step: 128-byte shared rows
 #define CHUNKS (BK / 8)    // 16-byte chunks per shared row
 
@@ -98,19 +99,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 
     if (tid == 0) tap_mask = 0;
     if (tid < TAPS) group_taps[tid] = 0;
-    if (tid < BM) {
-        const int p = row0 + tid;
-        uint32_t v = ABSENT;
-        if (p < n) v = order ? order[p] : (uint32_t)p;
-        vox[tid] = v < (uint32_t)n ? v : ABSENT;  // a bad order entry writes nothing
-    }
-    __syncthreads();
-    for (int i = tid; i < BM * TAPS; i += NT) {
-        const int r = i / TAPS, k = i - r * TAPS;  // consecutive threads: one map row, coalesced
-        const uint32_t v = vox[r];
-        nb[k][r] = v != ABSENT ? nbr[(size_t)v * TAPS + k] : ABSENT;
-    }
-    __syncthreads();
+    conv_tile::load_neighbours<BM, NT>(nbr, order, n, row0, vox, nb, tid);
     {
         uint32_t m = 0;
         if (tid < BM) {

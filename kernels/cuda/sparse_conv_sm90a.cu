@@ -64,11 +64,12 @@
 // wgmma D fragment (PTX ISA, m64nNk16; lane = 4g + t, warp w' of the warpgroup): d[4j + e] is
 // row 16w' + g + 8·(e / 2) of the warpgroup's 64, column 8j + 2t + (e % 2), j = 0 .. N/8 − 1.
 #include "common.cuh"
+#include "sparse_conv_tile.cuh"
 
 namespace subm90 {
 
-constexpr uint32_t ABSENT = 0xffffffffu;
-constexpr int TAPS = 27;
+constexpr uint32_t ABSENT = conv_tile::NO_ROW;
+constexpr int TAPS = conv_tile::TAP_COUNT;
 constexpr int BM = 128;       // voxel rows per block
 constexpr int BK = 64;        // K elements per step: one 128-byte swizzled row
 constexpr int CHUNKS = BK / 8;  // 16-byte chunks per row
@@ -186,19 +187,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
 
     if (tid < 2) wg_taps_s[tid] = 0;
-    if (tid < BM) {
-        const int p = row0 + tid;
-        uint32_t v = ABSENT;
-        if (p < n) v = order ? order[p] : (uint32_t)p;
-        vox[tid] = v < (uint32_t)n ? v : ABSENT;  // a bad order entry writes nothing
-    }
-    __syncthreads();
-    for (int i = tid; i < BM * TAPS; i += NTHREADS) {
-        const int r = i / TAPS, k = i - r * TAPS;  // consecutive threads: one map row, coalesced
-        const uint32_t v = vox[r];
-        nb[k][r] = v != ABSENT ? nbr[(size_t)v * TAPS + k] : ABSENT;
-    }
-    __syncthreads();
+    conv_tile::load_neighbours<BM, NTHREADS>(nbr, order, n, row0, vox, nb, tid);
     if (tid < BM) {
         uint32_t m = 0;
 #pragma unroll
