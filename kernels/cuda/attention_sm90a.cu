@@ -9,17 +9,30 @@
 // (first query row, end query row, first key row, end key row) of one ≤BM = 128-row query tile
 // (src/ops/cuda.rs: ATTN_SM90A_TILE). grid = (tiles, H), 256 threads (two warpgroups),
 // (BM + 2·STAGES·BN)·D·2 bytes of dynamic shared memory (`attention_sm90a_smem_bytes` in
-// src/ops/cuda.rs: 224 KB at D = 128, 112 KB at D = 64): one CTA per SM.
+// src/ops/cuda.rs: 224 KB at D = 128, 112 KB at D = 64), plus 64 bytes for the mbarriers:
+// one CTA per SM.
 //
 // Design, and why (the first version — 64-key tiles, two buffers, every wgmma group waited for
 // at once, 2 CTAs per SM at 128 registers — was slower than the mma.sync kernel: the tensor
 // cores idled during each softmax):
 // - Two warpgroups (4 warps, 128 threads each) own 64 query rows each: wgmma's M is 64 per
 //   warpgroup. They share K/V tiles of BN = 128 keys in a ring of STAGES = 3 buffers, filled
-//   with cp.async by all 256 threads one tile ahead: in iteration j, after the barrier that
-//   publishes tile j and once S(j) and P(j−1)·V(j−1) are issued, tile j + 1 goes into the
-//   buffer of tile j − 2, whose last reader (P(j−2)·V(j−2), waited for in iteration j − 1)
-//   every thread has passed.
+//   with cp.async by all 256 threads one tile ahead: in iteration j, once S(j) and
+//   P(j−1)·V(j−1) are issued, tile j + 1 goes into the buffer of tile j − 2. No CTA-wide
+//   barrier per tile: two mbarriers per stage hand the buffers over, so the two warpgroups
+//   drift apart (by up to about a tile) and one's softmax can overlap the other's wgmma.
+//     full[s]  (count 256): each thread's cp.async.mbarrier.arrive.noinc after its copies of
+//              the stage's tile — the arrival fires when they have landed. A warpgroup waits
+//              on it (parity (j / 3) & 1 for tile j), then fence.proxy.async.shared::cta so
+//              that its wgmma (async proxy) see the copies.
+//     empty[s] (count 256): each thread arrives once its wait_group 0 has retired the last
+//              wgmma reading the stage (P(j)·V(j), in iteration j + 1), and only for tiles a
+//              later copy will replace (j + 3 < tiles); a thread waits on it (parity
+//              (j / 3 − 1) & 1) before copying tile j into the stage of tile j − 3.
+//   Neither can be arrived at twice in one phase: refilling a stage needs its empty phase,
+//   which needs every thread past the full phase of the tile it held, and vice versa.
+//   [If results are ever stale or racy while the __syncthreads version (the parent commit)
+//   is right, the reader-side proxy fence after the full wait is the first suspect.]
 // - Intra-warpgroup pipelining: in iteration j a warpgroup issues S(j) = Q·K(j)ᵀ and then
 //   O += P(j−1)·V(j−1) as two wgmma groups, waits only for the first (wait_group 1), and does
 //   the softmax of S(j) (row maxima, exp2, row sums, in place in S's registers) while the tensor
@@ -34,17 +47,15 @@
 //   branch (ptxas schedules a WARPGROUP.DEPBAR as early as its basic block allows), and the
 //   last key tile, the only masked one, has its own copy of the loop body that masks by selects
 //   (a branch inside the softmax makes the join the start of the wait's block).
-// - Registers: O (D/2), S (BN/2 = 64), P (BN/4 = 32), ≈ 160 at D = 128 plus addresses: 212
-//   (168 at D = 64; ptxas of CUDA 13), so one CTA of 256 threads per SM, and the shared memory that a second CTA
-//   would have had goes to the third stage and the 128-key tiles (half the per-tile barriers,
-//   waits and shuffle reductions of BN = 64). The copy loop is kept rolled (#pragma unroll 1):
-//   unrolled, its hoisted addresses cost registers.
-// - A dedicated producer warp (copies and named-barrier hand-off, so that the warpgroups never
-//   meet at a CTA-wide barrier) was tried: with 288 or 384 threads ptxas caps the kernel at
-//   168 registers (setmaxnreg did not lift the allocation limit in this toolchain), and the
-//   pipelined consumers (then with two P arrays) spilled. So the warpgroups still meet at one
-//   __syncthreads per tile; the two warpgroups' wgmma and softmax phases overlap only as far
-//   as they drift within a tile.
+// - Registers: O (D/2), S (BN/2 = 64), P (BN/4 = 32), ≈ 160 at D = 128 plus addresses: 214
+//   (172 at D = 64; ptxas of CUDA 13), so one CTA of 256 threads per SM, and the shared
+//   memory that a second CTA would have had goes to the third stage and the 128-key tiles
+//   (half the per-tile waits and shuffle reductions of BN = 64). The copy loop is kept rolled
+//   (#pragma unroll 1): unrolled, its hoisted addresses cost registers.
+// - A dedicated producer warp (copies and named-barrier hand-off) was tried: with 288 or 384
+//   threads ptxas caps the kernel at 168 registers (setmaxnreg did not lift the allocation
+//   limit in this toolchain), and the pipelined consumers (then with two P arrays) spilled. So
+//   the consumers copy, and the mbarriers above decouple them instead.
 // - S = Q·Kᵀ: D/16 wgmma m64n128k16 with A = Q and B = K both read from shared memory through
 //   descriptors, both K-major (rows of q and k are contiguous in the head dim, which is the
 //   reduction dim), so no transpose is needed. The first of them has scale-d = 0.
@@ -105,8 +116,8 @@
 // wgmma.wait_group 1 before S is read, 0 before O is touched again or P is rewritten. The
 // accumulators and the in-flight P fragment are untouched between issue and wait; empty asm
 // statements that "modify" them (fence_regs) pin every ordinary use on the right side of the
-// fence and the waits. Copies become visible to wgmma (the async proxy) through each thread's
-// cp.async.wait_group and fence.proxy.async.shared::cta, then the __syncthreads, in that order.
+// fence and the waits. Copies become visible to wgmma (the async proxy) through the full
+// mbarrier's phase and the waiting thread's fence.proxy.async.shared::cta, in that order.
 #include "common.cuh"
 
 namespace sm90a {
@@ -132,6 +143,28 @@ __device__ __forceinline__ uint32_t smem_addr(const void *p) {
 // cp.async to a shared-memory address (state space address, not a generic pointer).
 __device__ __forceinline__ void cp_async16_s(uint32_t s, const void *gmem, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+
+// mbarriers (64-bit words in shared memory, CTA scope).
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// One arrival on bar once all of this thread's earlier cp.async copies have landed (.noinc: the
+// arrival is one of the barrier's expected count).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of bar with the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n\t.reg .pred done;\n"
+                 "WAIT_%=:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
 }
 
 __device__ __forceinline__ void bar_sync(int id, int count) {
@@ -286,6 +319,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     extern __shared__ __align__(128) unsigned char smem[];
     const uint32_t sQ = smem_addr(smem);
     const uint32_t sKV = sQ + QBYTES;  // stage s: K at sKV + s · STAGE_BYTES, V KVBYTES further
+    // mbarriers: full[s] (8 bytes each), then empty[s].
+    const uint32_t full_bar = sKV + STAGES * STAGE_BYTES, empty_bar = full_bar + 8 * STAGES;
 
     const uint4 ti = tiles[blockIdx.x];
     const int q0 = ti.x, q1 = ti.y, k0 = ti.z, k1 = ti.w;
@@ -387,15 +422,26 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     };
 
     if (ntiles > 0) {
-        // Q and tile 0, then tile 1: two cp.async groups.
+        if (tid == 0) {
+#pragma unroll
+            for (int i = 0; i < STAGES; ++i) {
+                mbar_init(full_bar + 8 * i, NTHREADS);
+                mbar_init(empty_bar + 8 * i, NTHREADS);
+            }
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+            fence_proxy_async();
+        }
+        __syncthreads();  // the barriers are initialised before anyone uses them
+        // Q and tile 0 (stage 0), then tile 1 (stage 1): their first uses, nothing to wait for.
         load_rows<T, D, BM>(sQ, qh, q0, q1, rs, tid);
         load_tile(0, 0);
-        cp_async_commit();
-        if (ntiles > 1) load_tile(1, 1);
-        cp_async_commit();
-        cp_async_wait<1>();   // this thread's copies of Q and tile 0 have landed,
-        fence_proxy_async();  // are visible to wgmma's async proxy,
-        __syncthreads();      // and everyone's are
+        mbar_arrive_cp_async(full_bar);
+        if (ntiles > 1) {
+            load_tile(1, 1);
+            mbar_arrive_cp_async(full_bar + 8);
+        }
+        mbar_wait(full_bar, 0);  // everyone's copies of Q and tile 0 have landed;
+        fence_proxy_async();     // they are visible to this thread's wgmma (the async proxy)
         // Tile 0: S(0), its softmax (O is zero: nothing to rescale).
         uint32_t p[BN / 16][4];
         {
@@ -415,10 +461,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         // in flight). last: j is the last tile (masked).
         auto step = [&](int j, int &st, bool last) {
             const int sn = st == STAGES - 1 ? 0 : st + 1;
-            cp_async_wait<0>();   // tile j has landed (see the prologue)
+            mbar_wait(full_bar + 8 * sn, (j / STAGES) & 1);  // tile j has landed
             fence_proxy_async();
-            __syncthreads();      // for everyone; and every thread is past iteration j − 1, so
-                                  // P(j−2)·V(j−2) has completed and stage (j+1) % 3 is free
             // Issue S(j) and O += P(j−1)·V(j−1) as two groups, then the copies of tile j + 1
             // (while the tensor cores run); wait for S(j) only.
             float s[BN / 2];
@@ -429,8 +473,13 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
             wgmma_commit();
             issue_pv(o, p, st);
             wgmma_commit();
-            if (j + 1 < ntiles) load_tile(j + 1, sn == STAGES - 1 ? 0 : sn + 1);
-            cp_async_commit();
+            if (j + 1 < ntiles) {
+                // Stage (j+1) % 3 held tile j − 2: wait until both warpgroups have released it.
+                const int sf = sn == STAGES - 1 ? 0 : sn + 1;
+                if (j + 1 >= STAGES) mbar_wait(empty_bar + 8 * sf, ((j + 1) / STAGES - 1) & 1);
+                load_tile(j + 1, sf);
+                mbar_arrive_cp_async(full_bar + 8 * sf);
+            }
             wgmma_wait<1>();
             fence_regs(s);
             float alpha[2];
@@ -450,6 +499,8 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
                 wgmma_wait<0>();
                 fence_proxy_async();
             }
+            // P(j−1)·V(j−1) has completed: release stage st (tile j − 1) if a copy will wait.
+            if (j + 2 < ntiles) mbar_arrive(empty_bar + 8 * st);
             fence_regs(o);
             fence_regs(p);
             if (grew) rescale(alpha);
@@ -506,7 +557,9 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 } // namespace sm90a
 
 // Dynamic shared memory of one CTA, as `attention_sm90a_smem_bytes` in src/ops/cuda.rs computes it.
+// The mbarriers take 2 · STAGES · 8 bytes after the K/V stages (the host reserves 64).
 static_assert((sm90a::BM + 2 * sm90a::STAGES * sm90a::BN) * 128 * 2 == 229376, "smem layout");
+static_assert(2 * sm90a::STAGES * 8 <= 64, "mbarrier bytes");
 
 #define FLASH90(NAME, T, D)                                                                          \
     extern "C" __global__ void __launch_bounds__(sm90a::NTHREADS, 1)                                 \

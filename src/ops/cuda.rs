@@ -271,13 +271,18 @@ const ATTN_SM90A_THREADS: u32 = 256;
 
 /// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and three
 /// buffers each of key and value rows, 16-bit elements, unpadded (the core-matrix layout of
-/// `kernels/cuda/attention_sm90a.cu`): 224 KB at D = 128 (one CTA per SM), 112 KB at D = 64.
+/// `kernels/cuda/attention_sm90a.cu`), and its mbarriers: 224 KB + 64 bytes at D = 128 (one
+/// CTA per SM), 112 KB + 64 bytes at D = 64.
 fn attention_sm90a_smem_bytes(d: usize) -> usize {
-    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2 + ATTN_SM90A_MBAR_BYTES
 }
+/// Bytes after the K/V stages for the kernel's mbarriers (full and empty, one each per stage).
+const ATTN_SM90A_MBAR_BYTES: usize = 64;
 // Within the 227 KB a CTA may opt in to on a compute capability 9.0 device.
 const _: () = assert!(
-    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * 128 * 2 <= 227 * 1024
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * 128 * 2
+        + ATTN_SM90A_MBAR_BYTES
+        <= 227 * 1024
 );
 
 /// Head dims of the wgmma kernel.
