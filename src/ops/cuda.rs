@@ -337,17 +337,30 @@ fn large_smem_func(
     Ok(func.into_cuda_function())
 }
 
-// The wgmma kernel takes the same tile table: 128-row query tiles, 64-key tiles.
-const _: () = assert!(ATTN_TILE == 128 && ATTN_KEY_TILE == 64);
+/// Query rows of one tile of the wgmma attention kernel (one CTA: two warpgroups of 64 rows),
+/// its keys per tile and its ring of K/V buffers (`BM`, `BN`, `STAGES` in
+/// `kernels/cuda/attention_sm90a.cu`). Independent of the mma.sync kernel's tiles.
+const ATTN_SM90A_TILE: usize = 128;
+const ATTN_SM90A_KEY_TILE: usize = 128;
+const ATTN_SM90A_STAGES: usize = 3;
 /// Threads per wgmma attention CTA: two warpgroups of 64 query rows.
 const ATTN_SM90A_THREADS: u32 = 256;
 
-/// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and two
+/// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and three
 /// buffers each of key and value rows, 16-bit elements, unpadded (the core-matrix layout of
-/// `kernels/cuda/attention_sm90a.cu`): 96 KB at D = 128.
+/// `kernels/cuda/attention_sm90a.cu`), and its mbarriers: 224 KB + 64 bytes at D = 128 (one
+/// CTA per SM), 112 KB + 64 bytes at D = 64.
 fn attention_sm90a_smem_bytes(d: usize) -> usize {
-    (ATTN_TILE + 4 * ATTN_KEY_TILE) * d * 2
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2 + ATTN_SM90A_MBAR_BYTES
 }
+/// Bytes after the K/V stages for the kernel's mbarriers (full and empty, one each per stage).
+const ATTN_SM90A_MBAR_BYTES: usize = 64;
+// Within the 227 KB a CTA may opt in to on a compute capability 9.0 device.
+const _: () = assert!(
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * 128 * 2
+        + ATTN_SM90A_MBAR_BYTES
+        <= 227 * 1024
+);
 
 /// Head dims of the wgmma kernel.
 const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
@@ -465,12 +478,15 @@ pub(crate) fn varlen_attention(
     let (ka, kz, k_stride) = token_rows(kl, OP, "k")?;
     let (va, vz, v_stride) = token_rows(vl, OP, "v")?;
     let dev = q.device().clone();
+    let wgmma = use_wgmma(&dev, d, kernel)?;
+    // Query rows per tile (CTA) of the chosen kernel.
+    let tile = if wgmma { ATTN_SM90A_TILE } else { ATTN_TILE };
     let mut tiles: Vec<u32> = Vec::new();
     for b in 0..q_offsets.len() - 1 {
         let (q0, q1) = (q_offsets[b], q_offsets[b + 1]);
         let (k0, k1) = (kv_offsets[b], kv_offsets[b + 1]);
-        for r in (q0..q1).step_by(ATTN_TILE) {
-            let row = [r, (r + ATTN_TILE).min(q1), k0, k1];
+        for r in (q0..q1).step_by(tile) {
+            let row = [r, (r + tile).min(q1), k0, k1];
             tiles.extend(row.iter().map(|&x| x as u32));
         }
     }
@@ -485,7 +501,6 @@ pub(crate) fn varlen_attention(
     }
     let strides = [q_stride, k_stride, v_stride].map(|s| s as i32);
     let ntiles = tiles.len() / 4;
-    let wgmma = use_wgmma(&dev, d, kernel)?;
     // (module, PTX), kernel name prefix, threads and shared memory of the chosen kernel.
     let (module, prefix, threads, smem) = match ATTENTION_SM90A_PTX {
         Some(ptx) if wgmma => (
