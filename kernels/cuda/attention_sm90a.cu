@@ -8,9 +8,10 @@
 // q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D], contiguous; `tiles` holds one uint4 per CTA:
 // (first query row, end query row, first key row, end key row) of one ≤BM = 128-row query tile
 // (src/ops/cuda.rs: ATTN_SM90A_TILE). grid = (tiles, H), 256 threads (two warpgroups),
-// (BM + 2·STAGES·BN)·D·2 bytes of dynamic shared memory (`attention_sm90a_smem_bytes` in
-// src/ops/cuda.rs: 224 KB at D = 128, 112 KB at D = 64), plus 64 bytes for the mbarriers:
-// one CTA per SM.
+// (BM + 2·STAGES·BN)·D·2 bytes of tiles, 64 bytes for the mbarriers and 1024 bytes of slack for
+// the run-time 1024-byte alignment of the tiles, of dynamic shared memory
+// (`attention_sm90a_smem_bytes` in src/ops/cuda.rs: 224 KB + 1088 bytes at D = 128, 112 KB + 1088
+// at D = 64): one CTA per SM.
 //
 // Design, and why (the first version — 64-key tiles, two buffers, every wgmma group waited for
 // at once, 2 CTAs per SM at 128 registers — was slower than the mma.sync kernel: the tensor
@@ -47,8 +48,8 @@
 //   branch (ptxas schedules a WARPGROUP.DEPBAR as early as its basic block allows), and the
 //   last key tile, the only masked one, has its own copy of the loop body that masks by selects
 //   (a branch inside the softmax makes the join the start of the wait's block).
-// - Registers: O (D/2), S (BN/2 = 64), P (BN/4 = 32), ≈ 160 at D = 128 plus addresses: 214
-//   (172 at D = 64; ptxas of CUDA 13), so one CTA of 256 threads per SM, and the shared
+// - Registers: O (D/2), S (BN/2 = 64), P (BN/4 = 32), ≈ 160 at D = 128 plus addresses: 208
+//   (164 at D = 64; ptxas of CUDA 13, no spills), so one CTA of 256 threads per SM, and the shared
 //   memory that a second CTA would have had goes to the third stage and the 128-key tiles
 //   (half the per-tile waits and shuffle reductions of BN = 64). The copy loop is kept rolled
 //   (#pragma unroll 1): unrolled, its hoisted addresses cost registers.
@@ -72,35 +73,64 @@
 //   shared memory (no other warpgroup reads them, its own wgmma reads of them have completed,
 //   and Q is copied only before tile 0), so that global stores are whole 16-byte row chunks.
 //
-// Shared-memory tiles ("no swizzle" / interleave mode). wgmma reads operands as 8×8 core
-// matrices of 16-bit elements: 8 rows of 16 bytes, the 8 rows stored contiguously (128 bytes,
-// all 32 banks once: conflict-free). Every tile here (Q: BM rows × D, K and V: BN rows × D; a
-// row is one token's head vector) is stored as a grid of such core matrices, row-group fastest:
-//     byte(r, c) = ((c / 8) · (R / 8) + r / 8) · 128 + (r % 8) · 16 + (c % 8) · 2,  R = rows of the tile.
-// So core matrix (row group rg, 8-column chunk ch) sits at (ch · R/8 + rg) · 128: neighbours in
-// r are 128 bytes apart, neighbours in c are R·16 bytes apart.
-// Layout: [Q: BM×D][stage 0: K BN×D, V BN×D][stage 1: K, V][stage 2: K, V].
+// Shared-memory tiles: wgmma's 128-byte swizzle (SW128), and why. The first layout was the
+// no-swizzle core-matrix ("interleave") one, in which an 8-row × 16-byte core matrix is 128
+// contiguous bytes; to write such a matrix without bank conflicts a lane octet had to copy 8
+// rows' same 16-byte chunk, so every warp cp.async instruction touched 8 rows × 64 bytes: 8
+// distinct 128-byte lines. ncu (--set full, N = 15000, 12 heads × 128, bf16): L2 cache throughput
+// 77.8% (Mem Busy 78%) against 40% for the mma.sync kernel, which moves the same bytes (K and V
+// once per CTA, the same 1416 CTAs) in whole 128-byte row segments; tensor pipe ≈ 32% busy,
+// stalls mostly L1TEX scoreboard (waiting on the copies), issue slots 23% busy: L2 request (tag)
+// throughput was the limit, at about twice the mma.sync kernel's requests per byte. 5.55 ms vs
+// 4.66 ms (N = 15000), 62 vs 39 ms (N = 49152).
+// SW128 lets 8 consecutive lanes copy one row's 128 contiguous bytes (a warp instruction = 4 rows
+// × 128 bytes, 4 whole lines) and still write shared memory without conflicts:
+// - A tile of R rows × D (Q: BM rows, K and V: BN rows; a row is one token's head vector) is
+//   D/64 column blocks ("atom columns"), block b = columns 64b..64b+63 at tile + b·R·128, each
+//   [R rows][128 bytes]; 16-byte chunk c (columns 64b + 8c .. +7) of row r sits at chunk
+//   position c ^ (r & 7) of the row's 128 bytes:
+//       byte(r, col) = (col / 64)·R·128 + r·128 + (((col % 64) / 8) ^ (r % 8))·16 + (col % 8)·2.
+//   8 rows = one 1024-byte swizzle atom. The hardware applies the XOR to the final address
+//   (bits 4–6 ^= bits 7–9), so every block base must be 1024-byte aligned: the dynamic shared
+//   memory is rounded up to 1024 at run time (the host adds 1024 bytes of slack; the alignment
+//   of the dynamic window is not something to rely on), and every tile / block / warpgroup
+//   offset is a multiple of 1024 (Q 16 or 32 KB, a block BM·128 or BN·128 = 16 KB, a K or V
+//   tile 16 or 32 KB, a warpgroup's Q rows 8 KB). 224 KB + 64 + 1024 ≤ 227 KB.
+// - Layout: [Q: BM×D][stage 0: K BN×D, V BN×D][stage 1: K, V][stage 2: K, V][mbarriers].
 //
 // Matrix descriptors (64 bits): bits 0–13 start address >> 4, 16–29 leading-dimension byte
-// offset (LBO) >> 4, 32–45 stride-dimension byte offset (SBO) >> 4, 49–51 base offset (0: no
-// swizzle), 62–63 swizzle mode (0: none). Without swizzling, LBO is the distance between two
-// core matrices adjacent in the K (reduction) dimension and SBO between two adjacent in the M or
-// N dimension, for K-major and MN-major operands alike (for MN-major each core matrix is 8
-// K-rows of 8 contiguous M/N elements).
-// - A = Q (M = query rows, K = head dim, K-major), warpgroup w, k-step kk (dims 16kk..16kk+15):
-//   start = Q + (2kk · BM/8 + 8w) · 128, LBO = BM · 16 (next dim chunk), SBO = 128 (next 8 rows).
-// - B = K (N = keys, K = head dim, K-major), k-step kk: start = K + 2kk · (BN/8) · 128,
-//   LBO = BN · 16 (next dim chunk), SBO = 128 (next 8 keys).
-// - B = V (K = keys, N = head dim, N-major): a core matrix is 8 keys × 8 contiguous dims, the
-//   same 8×16-byte blocks the K layout has; k-step kk (keys 16kk..16kk+15): start = V + 2kk ·
-//   128, LBO = 128 (next 8 keys: the K dimension), SBO = BN · 16 (next 8 dims: the N dimension).
-// (These are the first version's, verified on an H100, with BN = 64 → 128.)
+// offset (LBO) >> 4, 32–45 stride-dimension byte offset (SBO) >> 4, 49–51 base offset (0: every
+// atom is 1024-aligned), 62–63 layout type (1: 128-byte swizzle).
+// - K-major operands (A = Q, B = K of S = Q·Kᵀ; the head dim is their K dimension and is
+//   contiguous): SBO = 1024 (next 8 rows: the next atom along M / N), LBO unused for a swizzled
+//   K-major operand whose k16 slice lies inside one 128-byte row (field 1 by convention). k16
+//   step kk (dims 16kk..16kk+15) of a 64-wide column block starts 32·kk bytes along the row (the
+//   start moves along the unswizzled row; the swizzle is applied to the final address), so
+//   k-steps 0..3 are block 0 + 32kk and 4..7 (D = 128) block 1 + 32(kk − 4). Exactly the encoding
+//   of kernels/cuda/sparse_conv_sm90a.cu, verified on an H100.
+//     A = Q, warpgroup w: start = Q + w·64·128 (+ block, + 32kk); B = K: start = K (+ block, + 32kk).
+// - MN-major operand (B = V of O += P·V, imm-trans-b = 1): its K dimension is the keys (V's rows),
+//   N the head dim (contiguous). V is stored exactly as K is; for an MN-major SW128 operand the
+//   atom is 64 N-elements (one 128-byte row, contiguous) × 8 K-positions (8 keys = 8 rows, 1024
+//   bytes), chunk-swizzled by key % 8 — which is this layout. PTX ISA ("Shared Memory Matrix
+//   Layout", strides normalised to 128-bit elements): for MN-major swizzled layouts LBO is the
+//   offset from the first (swizzle bytes / 16) = 8 normalised rows — 8 × 8 = 64 N-elements — to
+//   the next 8, i.e. between atoms along N; SBO is the offset from the first 8 columns (K
+//   positions) to the next 8, i.e. between atoms along K. CUTLASS's make_gmma_desc agrees
+//   (Major::MN, swizzled: canonical ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))). (Interleave mode has
+//   the roles the other way round — the no-swizzle version of this kernel used LBO = next 8
+//   keys, SBO = next 8 dims, verified on an H100 — so swizzled MN-major is where a mix-up would
+//   be.) So: LBO = BN·128 (V's column block 1: dims 64..127; unused at D = 64), SBO = 1024 (next
+//   8 keys); k16 step kk (keys 16kk..16kk+15) starts at V + kk·2048 (two 8-key atoms).
+//   V_LBO / V_SBO below hold the pair: if P·V fails parity (Q·Kᵀ uses the verified K-major
+//   encoding), swapping them (V_DESC_SWAP = true) is the first thing to try.
 //
-// Copies (load_rows): each cp.async instruction of a warp moves four core matrices, one per lane
-// octet; octet o of warp w takes core matrix c = 4w + o + 32i in instruction i: chunk c % CH of
-// row group c / CH (CH = D/8 chunks a row), lane ci of the octet row ci of the group. In shared
-// memory an octet writes one whole core matrix (128 contiguous bytes, no conflict); in global
-// memory the four octets read 64 contiguous bytes of each of 8 rows (two whole sectors).
+// Copies (load_rows), the sparse conv kernel's mapping: thread t (of 256) copies 16-byte chunk
+// t % 8 of rows t / 8 + 32i (i = 0 .. R/32 − 1) of every column block, to chunk position
+// (t % 8) ^ (row & 7) (constant per thread: 32 is a multiple of 8). A warp instruction reads 4
+// rows × 128 contiguous bytes of global memory (whole lines where the row offsets are 128-byte
+// aligned) and writes 4 × 128 bytes of shared memory: each 8-lane phase covers all 32 banks
+// once. Rows past the sequence end are zero-filled (cp.async src-size 0).
 //
 // wgmma register fragments (PTX ISA, m64nNk16, lane = 4g + t, warp w' of the warpgroup):
 // - D (fp32 accumulators, N/2 per thread): d[4n + e] holds row 16w' + g + 8·(e / 2), column
@@ -127,8 +157,21 @@ constexpr int BN = 128;     // keys per tile
 constexpr int STAGES = 3;   // K/V ring depth
 constexpr int WG_ROWS = 64; // query rows per warpgroup (wgmma M)
 constexpr int NTHREADS = 256;  // two warpgroups
-constexpr int NWARPS = NTHREADS / 32;
 constexpr int BAR_OUT = 1;     // + warpgroup: named barriers of one warpgroup's 128 threads
+constexpr uint32_t ALIGN = 1024;  // 128-byte swizzle atom: 8 rows × 128 bytes
+constexpr int CHUNKS = 8;         // 16-byte chunks of a 128-byte swizzled row
+constexpr int RPP = NTHREADS / CHUNKS;  // rows per copy pass (32, a multiple of 8: a thread's
+                                        // rows all share one swizzled chunk position)
+// Descriptor strides (bytes) of V, the MN-major operand of O += P·V (see the header): LBO =
+// between 64-dim column blocks (N), SBO = between 8-key atoms (K), as the PTX ISA and CUTLASS
+// define them for swizzled MN-major layouts. >>> If P·V fails parity while the K-major Q·Kᵀ
+// is right, set V_DESC_SWAP = true (LBO and SBO trade places) and rerun the tests. <<<
+constexpr bool V_DESC_SWAP = false;
+constexpr uint32_t V_N_STRIDE = BN * 128;  // V's column block 1 (dims 64..127) from block 0
+constexpr uint32_t V_K_STRIDE = ALIGN;     // next 8 keys
+constexpr uint32_t V_LBO = V_DESC_SWAP ? V_K_STRIDE : V_N_STRIDE;
+constexpr uint32_t V_SBO = V_DESC_SWAP ? V_N_STRIDE : V_K_STRIDE;
+static_assert(V_N_STRIDE >> 4 < (1u << 14) && V_K_STRIDE >> 4 < (1u << 14), "14-bit descriptor fields");
 
 __device__ __forceinline__ float exp2_approx(float x) {
     float y;
@@ -171,13 +214,14 @@ __device__ __forceinline__ void bar_sync(int id, int count) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
-// Descriptor of a no-swizzle operand (see the header), kept as its low word: start address >> 4
-// and LBO >> 4; the high word (SBO >> 4, base offset 0, swizzle 0) is a compile-time constant,
-// so advancing a descriptor is one 32-bit add. Shared addresses stay below 2^18, so the 14-bit
-// start field never carries into the LBO field.
+// Descriptor of a 128-byte-swizzle operand (see the header), kept as its low word: start
+// address >> 4 and LBO >> 4; the high word (SBO >> 4 in bits 32–45, base offset 0, layout type 1
+// = 128-byte swizzle in bits 62–63) is a compile-time constant, so advancing a descriptor is one
+// 32-bit add. Shared addresses stay below 2^18, so the 14-bit start field never carries into the
+// LBO field. K-major operands pass lbo = 16 (field 1: unused).
 __device__ __forceinline__ uint32_t desc_lo(uint32_t addr, uint32_t lbo) { return ((addr & 0x3FFFF) >> 4) | ((lbo >> 4) << 16); }
 template <uint32_t SBO> __device__ __forceinline__ uint64_t desc(uint32_t lo) {
-    return static_cast<uint64_t>(lo) | (static_cast<uint64_t>(SBO >> 4) << 32);
+    return static_cast<uint64_t>(lo) | (static_cast<uint64_t>((SBO >> 4) | (1u << 30)) << 32);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -284,25 +328,24 @@ template <> __device__ __forceinline__ void wgmma_rs<__half, 128>(float (&d)[64]
 }
 
 // Copies rows [row0, min(row0 + R, row_end)) of one head (src: that head's row 0, rs: token
-// stride) into an R-row core-matrix tile at dst; rows past row_end are zero-filled. All
-// NTHREADS threads: warp w's instruction i moves core matrices 4(i · NWARPS + w) + octet.
+// stride) into an R-row SW128 tile at dst (1024-aligned, see the header); rows past row_end are
+// zero-filled. All NTHREADS threads: thread tid moves chunk tid % 8 of rows tid / 8 + 32i of
+// every 64-wide column block, so 8 consecutive lanes read one row's 128 contiguous bytes.
 template <typename T, int D, int R>
 __device__ __forceinline__ void load_rows(uint32_t dst, const T *src, int row0, int row_end, size_t rs, int tid) {
-    constexpr int CH = D / 8;
-    constexpr int RG_STEP = 4 * NWARPS / CH;  // row groups per instruction of all warps
-    static_assert(CH % 4 == 0 && (4 * NWARPS) % CH == 0, "copy mapping");
-    static_assert((R / 8) % RG_STEP == 0, "whole instructions");
-    const int cm = 4 * (tid >> 5) + ((tid >> 3) & 3), ci = tid & 7;
-    const int rg0 = cm / CH, ch = cm % CH;
-    const T *base = src + (size_t)(row0 + rg0 * 8 + ci) * rs + ch * 8;
-    const uint32_t sbase = dst + (ch * (R / 8) + rg0) * 128 + ci * 16;
+    constexpr int CB = D / 64;  // column blocks
+    static_assert(D % 64 == 0 && R % RPP == 0 && RPP % 8 == 0, "copy passes keep the swizzle");
+    const int lrow = tid / CHUNKS, lchk = tid % CHUNKS;
+    const T *base = src + (size_t)(row0 + lrow) * rs + lchk * 8;
+    const uint32_t sbase = dst + lrow * 128 + ((lchk ^ (lrow & 7)) << 4);
     const bool full = row0 + R <= row_end;
-    const int left = row_end - row0 - rg0 * 8 - ci;  // rows of this lane still valid
+    const int left = row_end - row0 - lrow;  // rows of this thread still valid
 #pragma unroll 1
-    for (int i = 0; i < (R / 8) / RG_STEP; ++i) {
-        const bool ok = full || i * RG_STEP * 8 < left;
-        cp_async16_s(sbase + i * RG_STEP * 128, ok ? base : src, ok);
-        base += (size_t)(RG_STEP * 8) * rs;
+    for (int i = 0; i < R / RPP; ++i) {
+        const bool ok = full || i * RPP < left;
+#pragma unroll
+        for (int cb = 0; cb < CB; ++cb) cp_async16_s(sbase + i * RPP * 128 + cb * R * 128, ok ? base + cb * 64 : src, ok);
+        base += (size_t)RPP * rs;
     }
 }
 
@@ -317,8 +360,13 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     constexpr int QBYTES = BM * D * 2;
     constexpr int KVBYTES = BN * D * 2;     // one K or V tile
     constexpr int STAGE_BYTES = 2 * KVBYTES;
-    extern __shared__ __align__(128) unsigned char smem[];
-    const uint32_t sQ = smem_addr(smem);
+    static_assert(QBYTES % ALIGN == 0 && KVBYTES % ALIGN == 0 && (WG_ROWS * 128) % ALIGN == 0 &&
+                      (BM * 128) % ALIGN == 0 && (BN * 128) % ALIGN == 0,
+                  "every swizzled block base stays 1024-byte aligned");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    // The tiles start at the first 1024-byte boundary of the window (the host adds the slack).
+    const uint32_t sQ = (smem_addr(smem_raw) + (ALIGN - 1)) & ~(ALIGN - 1);
+    unsigned char *const smem = smem_raw + (sQ - smem_addr(smem_raw));
     const uint32_t sKV = sQ + QBYTES;  // stage s: K at sKV + s · STAGE_BYTES, V KVBYTES further
     // mbarriers: full[s] (8 bytes each), then empty[s].
     const uint32_t full_bar = sKV + STAGES * STAGE_BYTES, empty_bar = full_bar + 8 * STAGES;
@@ -342,23 +390,25 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     const int g = lane >> 2, t = lane & 3;
 
     // Descriptors (low words; see the header), advanced per k-step and stage.
-    const uint32_t dq = desc_lo(sQ + wg * (WG_ROWS / 8) * 128, BM * 16);
-    const uint32_t dk = desc_lo(sKV, BN * 16);
-    const uint32_t dv = desc_lo(sKV + KVBYTES, 128);
+    const uint32_t dq = desc_lo(sQ + wg * WG_ROWS * 128, 16);
+    const uint32_t dk = desc_lo(sKV, 16);
+    const uint32_t dv = desc_lo(sKV + KVBYTES, V_LBO);
+    // k16 step kk of a K-major operand of R rows: column block kk / 4, 32 bytes per step in it.
+    auto kstep = [](int kk, int rows) -> uint32_t { return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4; };
 
     // S(tile in stage st) = Q·Kᵀ, 64 rows × BN keys, one wgmma group (not committed here).
     auto issue_qk = [&](float (&s)[BN / 2], int st) {
         const uint32_t kst = dk + ((st * STAGE_BYTES) >> 4);
-        wgmma_ss_first<T, BN>(s, desc<128>(dq), desc<128>(kst));
+        wgmma_ss_first<T, BN>(s, desc<ALIGN>(dq), desc<ALIGN>(kst));
 #pragma unroll
         for (int kk = 1; kk < D / 16; ++kk)
-            wgmma_ss<T, BN>(s, desc<128>(dq + ((kk * 2 * BM * 16) >> 4)), desc<128>(kst + ((kk * 2 * BN * 16) >> 4)));
+            wgmma_ss<T, BN>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(kst + kstep(kk, BN)));
     };
     // O += P·V(tile in stage st), 16 keys per wgmma.
     auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&p)[BN / 16][4], int st) {
         const uint32_t vst = dv + ((st * STAGE_BYTES) >> 4);
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<BN * 16>(vst + ((kk * 2 * 128) >> 4)));
+        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<V_SBO>(vst + ((kk * 2 * ALIGN) >> 4)));
     };
 
     // o[4n + e]: row 16·wl + g + 8·(e/2) of this warpgroup, column 8n + 2t + e%2 (the D fragment).
@@ -522,9 +572,10 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         fence_regs(o);
     }
 
-    // Normalise, round and stage this warpgroup's rows in its own Q rows (core-matrix layout:
-    // a warp's 32 four-byte writes of one column block hit 32 distinct banks), then copy them out
-    // as 16-byte chunks (lane octets take 8 rows of one chunk, as the producer's copies).
+    // Normalise, round and stage this warpgroup's rows in its own Q rows (the SW128 layout: a
+    // warp's 32 four-byte writes of one 8-column chunk n cover rows g = 0..7 at chunk positions
+    // n ^ g and words t, all 32 banks), then copy them out as 16-byte chunks, consecutive lanes
+    // along a row (8 lanes = one column block's 128 bytes of a row, at 8 distinct positions).
     T *stage = reinterpret_cast<T *>(smem);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -532,24 +583,24 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         lr += __shfl_xor_sync(0xffffffffu, lr, 1);
         lr += __shfl_xor_sync(0xffffffffu, lr, 2);
         const float inv = lr > 0.f ? 1.f / lr : 0.f;
-        const int row = wg * WG_ROWS + wl * 16 + r * 8 + g;
+        const int row = wg * WG_ROWS + wl * 16 + r * 8 + g;  // row % 8 == g
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
-            const int off = ((n * (BM / 8) + row / 8) * 128 + (row % 8) * 16 + t * 4) / 2;
+            const int off = ((n / 8) * BM * 128 + row * 128 + (((n % 8) ^ g) << 4) + t * 4) / 2;
             *reinterpret_cast<uint32_t *>(stage + off) = pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
         }
     }
     // Only this warpgroup's 128 threads take part.
     bar_sync(BAR_OUT + wg, NTHREADS / 2);
-    constexpr int WG_GROUPS = 16 / CH;  // row groups per pass of 128 threads
-    const int ci = tid & 7, wtid = tid & 127, oj = wtid >> 3;
-    const int orow = wg * WG_ROWS + (oj / CH) * 8 + ci, ochunk = oj % CH;
+    constexpr int OROWS = 128 / CH;  // rows per pass of 128 threads
+    const int wtid = tid & 127;
+    const int orow = wg * WG_ROWS + wtid / CH, ochunk = wtid % CH;
     T *oh = out + (size_t)h * D;
 #pragma unroll
-    for (int pass = 0; pass < WG_ROWS / (8 * WG_GROUPS); ++pass) {
-        const int row = orow + pass * 8 * WG_GROUPS;
+    for (int pass = 0; pass < WG_ROWS / OROWS; ++pass) {
+        const int row = orow + pass * OROWS;
         if (q0 + row < q1) {
-            const int off = ((ochunk * (BM / 8) + row / 8) * 128 + ci * 16) / 2;
+            const int off = ((ochunk / 8) * BM * 128 + row * 128 + (((ochunk % 8) ^ (row & 7)) << 4)) / 2;
             *reinterpret_cast<uint4 *>(oh + (size_t)(q0 + row) * rs + ochunk * 8) =
                 *reinterpret_cast<const uint4 *>(stage + off);
         }
@@ -559,9 +610,11 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 } // namespace sm90a
 
 // Dynamic shared memory of one CTA, as `attention_sm90a_smem_bytes` in src/ops/cuda.rs computes it.
-// The mbarriers take 2 · STAGES · 8 bytes after the K/V stages (the host reserves 64).
+// The mbarriers take 2 · STAGES · 8 bytes after the K/V stages (the host reserves 64), and the
+// host adds ALIGN bytes of slack for the run-time 1024-byte alignment of the tiles.
 static_assert((sm90a::BM + 2 * sm90a::STAGES * sm90a::BN) * 128 * 2 == 229376, "smem layout");
 static_assert(2 * sm90a::STAGES * 8 <= 64, "mbarrier bytes");
+static_assert(229376 + 64 + sm90a::ALIGN <= 227 * 1024, "within the 227 KB a CTA may opt in to");
 
 #define FLASH90(NAME, T, D)                                                                          \
     extern "C" __global__ void __launch_bounds__(sm90a::NTHREADS, 1)                                 \

@@ -347,18 +347,25 @@ const ATTN_SM90A_STAGES: usize = 3;
 const ATTN_SM90A_THREADS: u32 = 256;
 
 /// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and three
-/// buffers each of key and value rows, 16-bit elements, unpadded (the core-matrix layout of
-/// `kernels/cuda/attention_sm90a.cu`), and its mbarriers: 224 KB + 64 bytes at D = 128 (one
-/// CTA per SM), 112 KB + 64 bytes at D = 64.
+/// buffers each of key and value rows, 16-bit elements, unpadded (the 128-byte swizzle layout of
+/// `kernels/cuda/attention_sm90a.cu`), its mbarriers, and the slack of the kernel's run-time
+/// 1024-byte alignment of the tiles: 224 KB + 1088 bytes at D = 128 (one CTA per SM), 112 KB +
+/// 1088 bytes at D = 64.
 fn attention_sm90a_smem_bytes(d: usize) -> usize {
-    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2 + ATTN_SM90A_MBAR_BYTES
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2
+        + ATTN_SM90A_MBAR_BYTES
+        + ATTN_SM90A_ALIGN
 }
 /// Bytes after the K/V stages for the kernel's mbarriers (full and empty, one each per stage).
 const ATTN_SM90A_MBAR_BYTES: usize = 64;
+/// Alignment of the kernel's swizzled tiles (`ALIGN`: one 128-byte-swizzle atom, 8 rows × 128
+/// bytes), which it reaches by rounding the dynamic window's start up: the host adds that much.
+const ATTN_SM90A_ALIGN: usize = 1024;
 // Within the 227 KB a CTA may opt in to on a compute capability 9.0 device.
 const _: () = assert!(
     (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * 128 * 2
         + ATTN_SM90A_MBAR_BYTES
+        + ATTN_SM90A_ALIGN
         <= 227 * 1024
 );
 
