@@ -791,6 +791,30 @@ fn attention_wgmma() -> Result<()> {
     check("empty", &[0, 0], &[0, 5], 2, 64, DType::BF16)?;
     // Larger than one SM's worth of CTAs, with many key tiles per CTA (the pipeline's steady state).
     check("long self", &[0, 4000], &[0, 4000], 12, 128, DType::BF16)?;
+    // The wgmma kernel's 128-key tiles and its loop of two key tiles per trip: lengths one
+    // short of, at and one past multiples of 64 and 128, so that 1 to 6 key tiles (odd and even
+    // counts), one-key last tiles and sequences shorter than one tile all occur.
+    let lens = [
+        1usize, 63, 64, 65, 127, 128, 129, 255, 256, 257, 383, 384, 385, 511, 512, 513, 641, 700,
+    ];
+    let ragged: Vec<usize> = std::iter::once(0)
+        .chain(lens.iter().scan(0, |acc, &n| {
+            *acc += n;
+            Some(*acc)
+        }))
+        .collect();
+    for d in [64, 128] {
+        check("128-key tile edges", &ragged, &ragged, 2, d, DType::BF16)?;
+        check("128-key tile edges", &ragged, &ragged, 2, d, DType::F16)?;
+    }
+    // One query tile (130 rows: a full and a 2-row tile) against 1 to 6 key tiles.
+    let (q, kv) = (
+        [0, 130, 260, 390, 520, 650, 780],
+        [0, 100, 300, 600, 1100, 1700, 2400],
+    );
+    for d in [64, 128] {
+        check("cross key tiles", &q, &kv, 2, d, DType::BF16)?;
+    }
     for scale in [-0.2f32, 0.0, 2.0] {
         for (d, dtype) in [(128, DType::BF16), (64, DType::F16)] {
             check_attention_kernel(

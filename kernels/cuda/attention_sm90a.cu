@@ -6,66 +6,131 @@
 // compute capability 9.0 device.
 //
 // q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D], contiguous; `tiles` holds one uint4 per CTA:
-// (first query row, end query row, first key row, end key row) of one ≤128-row query tile.
-// grid = (tiles, H), 256 threads, (BM + 4·BN)·D·2 bytes of dynamic shared memory
-// (`attention_sm90a_smem_bytes` in src/ops/cuda.rs: 96 KB at D = 128, 48 KB at D = 64).
+// (first query row, end query row, first key row, end key row) of one ≤BM = 128-row query tile
+// (src/ops/cuda.rs: ATTN_SM90A_TILE). grid = (tiles, H), 256 threads (two warpgroups),
+// (BM + 2·STAGES·BN)·D·2 bytes of tiles, 64 bytes for the mbarriers and 1024 bytes of slack for
+// the run-time 1024-byte alignment of the tiles, of dynamic shared memory
+// (`attention_sm90a_smem_bytes` in src/ops/cuda.rs: 224 KB + 1088 bytes at D = 128, 112 KB + 1088
+// at D = 64): one CTA per SM.
 //
-// Design, and why:
-// - Two consumer warpgroups (4 warps, 128 threads each) own 64 query rows each: wgmma's M is
-//   64 per warpgroup. They share K/V tiles of BN = 64 keys, double-buffered in shared memory and
-//   loaded with cp.async by all 256 threads (no producer warp, no TMA, no mbarriers): one
-//   __syncthreads per key tile both publishes tile j and frees the buffers of tile j−1.
-// - S = Q·Kᵀ: 64×64 per warpgroup, D/16 wgmma m64n64k16 with A = Q and B = K both read from
-//   shared memory through descriptors, both K-major (rows of q and k are contiguous in the
-//   head dim, which is the reduction dim), so no transpose is needed.
-// - O += P·V: 64×D per warpgroup, BN/16 wgmma m64nDk16 with A = P from registers (the scores,
-//   exponentiated and rounded to T, never leave registers) and B = V from shared memory. V's
-//   rows are keys (the reduction dim) with the head dim (N) contiguous: B is N-major, so these
-//   wgmma pass imm-trans-b = 1 (allowed for 16-bit types).
-// - Registers per thread: O is 64×D fp32 over 128 threads = D/2 (64 at D = 128), S 32, P 16.
-//   That fits the 128 registers that two CTAs per SM (512 threads) leave, and 2 × 96 KB of
-//   shared memory fits an SM's 228 KB: two CTAs, four warpgroups per SM, so one warpgroup's
-//   softmax overlaps the other CTA's wgmma (the two warpgroups of one CTA run in step, since
-//   they meet at every tile's barrier).
-// - Each warpgroup waits for its own wgmma (wait_group 0) after S and after P·V: S is needed
-//   for the softmax, and the P·V reads of V buffer j must be complete before the barrier of tile
-//   j+1, after which buffer j is refilled with tile j+2.
+// Design, and why (the first version — 64-key tiles, two buffers, every wgmma group waited for
+// at once, 2 CTAs per SM at 128 registers — was slower than the mma.sync kernel: the tensor
+// cores idled during each softmax):
+// - Two warpgroups (4 warps, 128 threads each) own 64 query rows each: wgmma's M is 64 per
+//   warpgroup. They share K/V tiles of BN = 128 keys in a ring of STAGES = 3 buffers, filled
+//   with cp.async by all 256 threads one tile ahead: in iteration j, once S(j) and
+//   P(j−1)·V(j−1) are issued, tile j + 1 goes into the buffer of tile j − 2. No CTA-wide
+//   barrier per tile: two mbarriers per stage hand the buffers over, so the two warpgroups
+//   drift apart (by up to about a tile) and one's softmax can overlap the other's wgmma.
+//     full[s]  (count 256): each thread's cp.async.mbarrier.arrive.noinc after its copies of
+//              the stage's tile — the arrival fires when they have landed. A warpgroup waits
+//              on it (parity (j / 3) & 1 for tile j), then fence.proxy.async.shared::cta so
+//              that its wgmma (async proxy) see the copies.
+//     empty[s] (count 256): each thread arrives once its wait_group 0 has retired the last
+//              wgmma reading the stage (P(j)·V(j), in iteration j + 1), and only for tiles a
+//              later copy will replace (j + 3 < tiles); a thread waits on it (parity
+//              (j / 3 − 1) & 1) before copying tile j into the stage of tile j − 3.
+//   Neither can be arrived at twice in one phase: refilling a stage needs its empty phase,
+//   which needs every thread past the full phase of the tile it held, and vice versa.
+//   [If results are ever stale or racy while the __syncthreads version (the parent commit)
+//   is right, the reader-side proxy fence after the full wait is the first suspect.]
+// - Intra-warpgroup pipelining: in iteration j a warpgroup issues S(j) = Q·K(j)ᵀ and then
+//   O += P(j−1)·V(j−1) as two wgmma groups, waits only for the first (wait_group 1), and does
+//   the softmax of S(j) (row maxima, exp2, row sums, in place in S's registers) while the tensor
+//   cores still run P(j−1)·V(j−1); then wait_group 0, rescale O and pack P(j) over P(j−1). The
+//   online-softmax algebra allows it: P(j−1) was exponentiated against the running maximum
+//   m(j−1), so O is rescaled by 2^(m(j−1) − m(j)) after P(j−1)·V(j−1) has been added and before
+//   P(j)·V(j) is. P(j) is packed only after the wait: its registers are P(j−1)'s, an operand of
+//   the wgmma in flight (a second P array costs 32 registers, and copying it into the first
+//   makes ptxas serialise every wgmma of the kernel, C7513).
+// - Two things keep ptxas from undoing the overlap (checked in the SASS: all BN/2 MUFU.EX2 of
+//   the softmax sit between WARPGROUP.DEPBAR.LE gsb0 1 and 0): the wait_group 0 sits behind a
+//   branch (ptxas schedules a WARPGROUP.DEPBAR as early as its basic block allows), and the
+//   last key tile, the only masked one, has its own copy of the loop body that masks by selects
+//   (a branch inside the softmax makes the join the start of the wait's block).
+// - Registers: O (D/2), S (BN/2 = 64), P (BN/4 = 32), ≈ 160 at D = 128 plus addresses: 208
+//   (164 at D = 64; ptxas of CUDA 13, no spills), so one CTA of 256 threads per SM, and the shared
+//   memory that a second CTA would have had goes to the third stage and the 128-key tiles
+//   (half the per-tile waits and shuffle reductions of BN = 64). The copy loop is kept rolled
+//   (#pragma unroll 1): unrolled, its hoisted addresses cost registers.
+// - A dedicated producer warp (copies and named-barrier hand-off) was tried: with 288 or 384
+//   threads ptxas caps the kernel at 168 registers (setmaxnreg did not lift the allocation
+//   limit in this toolchain), and the pipelined consumers (then with two P arrays) spilled. So
+//   the consumers copy, and the mbarriers above decouple them instead.
+// - S = Q·Kᵀ: D/16 wgmma m64n128k16 with A = Q and B = K both read from shared memory through
+//   descriptors, both K-major (rows of q and k are contiguous in the head dim, which is the
+//   reduction dim), so no transpose is needed. The first of them has scale-d = 0.
+// - O += P·V: BN/16 wgmma m64nDk16 with A = P from registers (the scores, exponentiated and
+//   rounded to T, never leave registers) and B = V from shared memory. V's rows are keys (the
+//   reduction dim) with the head dim (N) contiguous: B is N-major, so these wgmma pass
+//   imm-trans-b = 1 (allowed for 16-bit types).
 // - Softmax exactly as the mma.sync kernel: log2 domain, scale folded into one FFMA per score
 //   (needs scale_log2 > 0, which the host guarantees), O rescaled only when a row maximum of
 //   the warp grew, keys past the sequence end (last tile only) set to −∞ and their K/V rows
-//   zero-filled.
+//   zero-filled (so that 0 · V stays 0). The first key of every tile is valid, so every row
+//   maximum is finite.
 // - The output is normalised, rounded to T and staged through the warpgroup's own Q rows in
-//   shared memory (no other warpgroup reads them, and its own wgmma reads of them have
-//   completed), so that global stores are whole 16-byte row chunks.
+//   shared memory (no other warpgroup reads them, its own wgmma reads of them have completed,
+//   and Q is copied only before tile 0), so that global stores are whole 16-byte row chunks.
 //
-// Shared-memory tiles ("no swizzle" / interleave mode). wgmma reads operands as 8×8 core
-// matrices of 16-bit elements: 8 rows of 16 bytes, the 8 rows stored contiguously (128 bytes).
-// Every tile here (Q: BM rows × D, K and V: BN rows × D; a row is one token's head vector) is
-// stored as a grid of such core matrices, row-group fastest:
-//     byte(r, c) = ((c / 8) · (R / 8) + r / 8) · 128 + (r % 8) · 16 + (c % 8) · 2,  R = rows of the tile.
-// So core matrix (row group rg, 8-column chunk ch) sits at (ch · R/8 + rg) · 128: neighbours in
-// r are 128 bytes apart, neighbours in c are R·16 bytes apart.
+// Shared-memory tiles: wgmma's 128-byte swizzle (SW128), and why. The first layout was the
+// no-swizzle core-matrix ("interleave") one, in which an 8-row × 16-byte core matrix is 128
+// contiguous bytes; to write such a matrix without bank conflicts a lane octet had to copy 8
+// rows' same 16-byte chunk, so every warp cp.async instruction touched 8 rows × 64 bytes: 8
+// distinct 128-byte lines. ncu (--set full, N = 15000, 12 heads × 128, bf16): L2 cache throughput
+// 77.8% (Mem Busy 78%) against 40% for the mma.sync kernel, which moves the same bytes (K and V
+// once per CTA, the same 1416 CTAs) in whole 128-byte row segments; tensor pipe ≈ 32% busy,
+// stalls mostly L1TEX scoreboard (waiting on the copies), issue slots 23% busy: L2 request (tag)
+// throughput was the limit, at about twice the mma.sync kernel's requests per byte. 5.55 ms vs
+// 4.66 ms (N = 15000), 62 vs 39 ms (N = 49152).
+// SW128 lets 8 consecutive lanes copy one row's 128 contiguous bytes (a warp instruction = 4 rows
+// × 128 bytes, 4 whole lines) and still write shared memory without conflicts:
+// - A tile of R rows × D (Q: BM rows, K and V: BN rows; a row is one token's head vector) is
+//   D/64 column blocks ("atom columns"), block b = columns 64b..64b+63 at tile + b·R·128, each
+//   [R rows][128 bytes]; 16-byte chunk c (columns 64b + 8c .. +7) of row r sits at chunk
+//   position c ^ (r & 7) of the row's 128 bytes:
+//       byte(r, col) = (col / 64)·R·128 + r·128 + (((col % 64) / 8) ^ (r % 8))·16 + (col % 8)·2.
+//   8 rows = one 1024-byte swizzle atom. The hardware applies the XOR to the final address
+//   (bits 4–6 ^= bits 7–9), so every block base must be 1024-byte aligned: the dynamic shared
+//   memory is rounded up to 1024 at run time (the host adds 1024 bytes of slack; the alignment
+//   of the dynamic window is not something to rely on), and every tile / block / warpgroup
+//   offset is a multiple of 1024 (Q 16 or 32 KB, a block BM·128 or BN·128 = 16 KB, a K or V
+//   tile 16 or 32 KB, a warpgroup's Q rows 8 KB). 224 KB + 64 + 1024 ≤ 227 KB.
+// - Layout: [Q: BM×D][stage 0: K BN×D, V BN×D][stage 1: K, V][stage 2: K, V][mbarriers].
 //
 // Matrix descriptors (64 bits): bits 0–13 start address >> 4, 16–29 leading-dimension byte
-// offset (LBO) >> 4, 32–45 stride-dimension byte offset (SBO) >> 4, 49–51 base offset (0: no
-// swizzle), 62–63 swizzle mode (0: none). Without swizzling, LBO is the distance between two
-// core matrices adjacent in the K (reduction) dimension and SBO between two adjacent in the M or
-// N dimension, for K-major and MN-major operands alike (for MN-major each core matrix is 8
-// K-rows of 8 contiguous M/N elements).
-// - A = Q (M = query rows, K = head dim, K-major), warpgroup w, k-step kk (dims 16kk..16kk+15):
-//   start = Q + (2kk · BM/8 + 8w) · 128, LBO = BM · 16 (next dim chunk), SBO = 128 (next 8 rows).
-// - B = K (N = keys, K = head dim, K-major), k-step kk: start = K + 2kk · (BN/8) · 128,
-//   LBO = BN · 16 (next dim chunk), SBO = 128 (next 8 keys).
-// - B = V (K = keys, N = head dim, N-major): a core matrix is 8 keys × 8 contiguous dims, the
-//   same 8×16-byte blocks the K layout has; k-step kk (keys 16kk..16kk+15): start = V + 2kk ·
-//   128, LBO = 128 (next 8 keys: the K dimension), SBO = BN · 16 (next 8 dims: the N dimension).
-//   [If P·V ever comes out wrong while Q·Kᵀ is right, this LBO/SBO pair is the first suspect.]
+// offset (LBO) >> 4, 32–45 stride-dimension byte offset (SBO) >> 4, 49–51 base offset (0: every
+// atom is 1024-aligned), 62–63 layout type (1: 128-byte swizzle).
+// - K-major operands (A = Q, B = K of S = Q·Kᵀ; the head dim is their K dimension and is
+//   contiguous): SBO = 1024 (next 8 rows: the next atom along M / N), LBO unused for a swizzled
+//   K-major operand whose k16 slice lies inside one 128-byte row (field 1 by convention). k16
+//   step kk (dims 16kk..16kk+15) of a 64-wide column block starts 32·kk bytes along the row (the
+//   start moves along the unswizzled row; the swizzle is applied to the final address), so
+//   k-steps 0..3 are block 0 + 32kk and 4..7 (D = 128) block 1 + 32(kk − 4). Exactly the encoding
+//   of kernels/cuda/sparse_conv_sm90a.cu, verified on an H100.
+//     A = Q, warpgroup w: start = Q + w·64·128 (+ block, + 32kk); B = K: start = K (+ block, + 32kk).
+// - MN-major operand (B = V of O += P·V, imm-trans-b = 1): its K dimension is the keys (V's rows),
+//   N the head dim (contiguous). V is stored exactly as K is; for an MN-major SW128 operand the
+//   atom is 64 N-elements (one 128-byte row, contiguous) × 8 K-positions (8 keys = 8 rows, 1024
+//   bytes), chunk-swizzled by key % 8 — which is this layout. PTX ISA ("Shared Memory Matrix
+//   Layout", strides normalised to 128-bit elements): for MN-major swizzled layouts LBO is the
+//   offset from the first (swizzle bytes / 16) = 8 normalised rows — 8 × 8 = 64 N-elements — to
+//   the next 8, i.e. between atoms along N; SBO is the offset from the first 8 columns (K
+//   positions) to the next 8, i.e. between atoms along K. CUTLASS's make_gmma_desc agrees
+//   (Major::MN, swizzled: canonical ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))). (Interleave mode has
+//   the roles the other way round — the no-swizzle version of this kernel used LBO = next 8
+//   keys, SBO = next 8 dims, verified on an H100 — so swizzled MN-major is where a mix-up would
+//   be.) So: LBO = BN·128 (V's column block 1: dims 64..127; unused at D = 64), SBO = 1024 (next
+//   8 keys); k16 step kk (keys 16kk..16kk+15) starts at V + kk·2048 (two 8-key atoms).
+//   V_LBO / V_SBO below hold the pair: if P·V fails parity (Q·Kᵀ uses the verified K-major
+//   encoding), swapping them (V_DESC_SWAP = true) is the first thing to try.
 //
-// cp.async writes: a phase of eight lanes writes eight 16-byte pieces; lanes 8i..8i+7 take rows
-// r0..r0+7 of one dim chunk, whose pieces land at (r % 8) · 16 within one core matrix: eight
-// distinct bank groups, no conflict. In global memory each lane octet reads one 16-byte chunk of
-// 8 rows and the four octets of a warp four consecutive chunks: 64 contiguous bytes per row, two
-// whole sectors.
+// Copies (load_rows), the sparse conv kernel's mapping: thread t (of 256) copies 16-byte chunk
+// t % 8 of rows t / 8 + 32i (i = 0 .. R/32 − 1) of every column block, to chunk position
+// (t % 8) ^ (row & 7) (constant per thread: 32 is a multiple of 8). A warp instruction reads 4
+// rows × 128 contiguous bytes of global memory (whole lines where the row offsets are 128-byte
+// aligned) and writes 4 × 128 bytes of shared memory: each 8-lane phase covers all 32 banks
+// once. Rows past the sequence end are zero-filled (cp.async src-size 0).
 //
 // wgmma register fragments (PTX ISA, m64nNk16, lane = 4g + t, warp w' of the warpgroup):
 // - D (fp32 accumulators, N/2 per thread): d[4n + e] holds row 16w' + g + 8·(e / 2), column
@@ -77,19 +142,36 @@
 //   is, pair by pair, the A fragment of P for k-step kk (keys 16kk..16kk+15).
 //
 // Protocol: wgmma.fence before the first wgmma of each batch (their accumulators or A registers
-// were written by ordinary instructions); wgmma.commit_group after the batch; wgmma.wait_group 0
-// before the results are read. The accumulators are untouched between issue and wait. After the
-// cp.async copies of a tile land (cp.async.wait_group), each thread issues
-// fence.proxy.async.shared::cta so that its generic-proxy writes are visible to the async proxy
-// that wgmma reads through, then the __syncthreads publishes them to every warpgroup.
+// were written by ordinary instructions); wgmma.commit_group after each of the two groups;
+// wgmma.wait_group 1 before S is read, 0 before O is touched again or P is rewritten. The
+// accumulators and the in-flight P fragment are untouched between issue and wait; empty asm
+// statements that "modify" them (fence_regs) pin every ordinary use on the right side of the
+// fence and the waits. Copies become visible to wgmma (the async proxy) through the full
+// mbarrier's phase and the waiting thread's fence.proxy.async.shared::cta, in that order.
 #include "common.cuh"
 
 namespace sm90a {
 
 constexpr int BM = 128;     // query rows per CTA (the host tile table's tile)
-constexpr int BN = 64;      // keys per tile
+constexpr int BN = 128;     // keys per tile
+constexpr int STAGES = 3;   // K/V ring depth
 constexpr int WG_ROWS = 64; // query rows per warpgroup (wgmma M)
-constexpr int NTHREADS = 256;
+constexpr int NTHREADS = 256;  // two warpgroups
+constexpr int BAR_OUT = 1;     // + warpgroup: named barriers of one warpgroup's 128 threads
+constexpr uint32_t ALIGN = 1024;  // 128-byte swizzle atom: 8 rows × 128 bytes
+constexpr int CHUNKS = 8;         // 16-byte chunks of a 128-byte swizzled row
+constexpr int RPP = NTHREADS / CHUNKS;  // rows per copy pass (32, a multiple of 8: a thread's
+                                        // rows all share one swizzled chunk position)
+// Descriptor strides (bytes) of V, the MN-major operand of O += P·V (see the header): LBO =
+// between 64-dim column blocks (N), SBO = between 8-key atoms (K), as the PTX ISA and CUTLASS
+// define them for swizzled MN-major layouts. >>> If P·V fails parity while the K-major Q·Kᵀ
+// is right, set V_DESC_SWAP = true (LBO and SBO trade places) and rerun the tests. <<<
+constexpr bool V_DESC_SWAP = false;
+constexpr uint32_t V_N_STRIDE = BN * 128;  // V's column block 1 (dims 64..127) from block 0
+constexpr uint32_t V_K_STRIDE = ALIGN;     // next 8 keys
+constexpr uint32_t V_LBO = V_DESC_SWAP ? V_K_STRIDE : V_N_STRIDE;
+constexpr uint32_t V_SBO = V_DESC_SWAP ? V_N_STRIDE : V_K_STRIDE;
+static_assert(V_N_STRIDE >> 4 < (1u << 14) && V_K_STRIDE >> 4 < (1u << 14), "14-bit descriptor fields");
 
 __device__ __forceinline__ float exp2_approx(float x) {
     float y;
@@ -106,13 +188,40 @@ __device__ __forceinline__ void cp_async16_s(uint32_t s, const void *gmem, bool 
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
 }
 
-// Descriptor of a no-swizzle operand (see the header), kept as its low word: start address >> 4
-// and LBO >> 4; the high word (SBO >> 4, base offset 0, swizzle 0) is a compile-time constant,
-// so advancing a descriptor is one 32-bit add. Shared addresses stay below 2^18, so the 14-bit
-// start field never carries into the LBO field.
+// mbarriers (64-bit words in shared memory, CTA scope).
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("{\n\t.reg .b64 st;\n\tmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// One arrival on bar once all of this thread's earlier cp.async copies have landed (.noinc: the
+// arrival is one of the barrier's expected count).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of bar with the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n\t.reg .pred done;\n"
+                 "WAIT_%=:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+__device__ __forceinline__ void bar_sync(int id, int count) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// Descriptor of a 128-byte-swizzle operand (see the header), kept as its low word: start
+// address >> 4 and LBO >> 4; the high word (SBO >> 4 in bits 32–45, base offset 0, layout type 1
+// = 128-byte swizzle in bits 62–63) is a compile-time constant, so advancing a descriptor is one
+// 32-bit add. Shared addresses stay below 2^18, so the 14-bit start field never carries into the
+// LBO field. K-major operands pass lbo = 16 (field 1: unused).
 __device__ __forceinline__ uint32_t desc_lo(uint32_t addr, uint32_t lbo) { return ((addr & 0x3FFFF) >> 4) | ((lbo >> 4) << 16); }
 template <uint32_t SBO> __device__ __forceinline__ uint64_t desc(uint32_t lo) {
-    return static_cast<uint64_t>(lo) | (static_cast<uint64_t>(SBO >> 4) << 32);
+    return static_cast<uint64_t>(lo) | (static_cast<uint64_t>((SBO >> 4) | (1u << 30)) << 32);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -120,10 +229,11 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N> __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-// Pins accumulator registers in program order: the compiler sees a wgmma's results as ready at
-// its issue, so without this it could move their uses above wgmma.wait_group.
-// Before wgmma.fence it also keeps the last ordinary writes of a wgmma's operand registers
-// (the O rescale, the P packing) above the fence, where the protocol needs them.
+// Pins registers in program order: the compiler sees a wgmma's results as ready at its issue,
+// so without this it could move their uses above wgmma.wait_group. Before wgmma.fence it also
+// keeps the last ordinary writes of a wgmma's operand registers (the O rescale, the P packing)
+// above the fence, and before a wait it keeps the softmax (which should overlap the wgmma in
+// flight) above the wait.
 template <int N> __device__ __forceinline__ void fence_regs(float (&r)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
@@ -136,28 +246,21 @@ template <int N> __device__ __forceinline__ void fence_regs(uint32_t (&r)[N][4])
 }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// d[64×64] += A[64×16] · B[16×64], A and B from shared memory, both K-major.
-template <typename T> __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t a, uint64_t b);
-// d[64×64] = A[64×16] · B[16×64] (scale-d = 0: d is only written, so nothing has to zero it
-// between wgmma.fence and the wgmma).
-template <typename T> __device__ __forceinline__ void wgmma_ss_n64_first(float (&d)[32], uint64_t a, uint64_t b);
+// d[64×N] = A[64×16] · B[16×N], A and B from shared memory, both K-major; scale-d = 0, so d is
+// only written (nothing has to zero it between wgmma.fence and the wgmma).
+template <typename T, int N> __device__ __forceinline__ void wgmma_ss_first(float (&d)[N / 2], uint64_t a, uint64_t b);
+// d[64×N] += A[64×16] · B[16×N], A and B from shared memory, both K-major.
+template <typename T, int N> __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t b);
 // d[64×N] += A[64×16] · B[16×N], A from registers, B from shared memory N-major (imm-trans-b = 1).
-template <typename T, int N>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+template <typename T, int N> __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
 
-template <> __device__ __forceinline__ void wgmma_ss_n64_first<__nv_bfloat16>(float (&d)[32], uint64_t a, uint64_t b) {
+template <> __device__ __forceinline__ void wgmma_ss_first<__nv_bfloat16, 64>(float (&d)[32], uint64_t a, uint64_t b) {
     asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 0, 1, 1, 0, 0;\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
                  : "l"(a), "l"(b));
 }
-template <> __device__ __forceinline__ void wgmma_ss_n64_first<__half>(float (&d)[32], uint64_t a, uint64_t b) {
-    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 0, 1, 1, 0, 0;\n"
-                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
-                 : "l"(a), "l"(b));
-}
-template <> __device__ __forceinline__ void wgmma_ss_n64<__nv_bfloat16>(float (&d)[32], uint64_t a, uint64_t b) {
+template <> __device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 64>(float (&d)[32], uint64_t a, uint64_t b) {
     asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 1, 1, 1, 0, 0;\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
@@ -169,13 +272,31 @@ template <> __device__ __forceinline__ void wgmma_rs<__nv_bfloat16, 64>(float (&
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
+template <> __device__ __forceinline__ void wgmma_ss_first<__nv_bfloat16, 128>(float (&d)[64], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 128>(float (&d)[64], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 1, 1, 1, 0, 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(a), "l"(b));
+}
 template <> __device__ __forceinline__ void wgmma_rs<__nv_bfloat16, 128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
     asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
-template <> __device__ __forceinline__ void wgmma_ss_n64<__half>(float (&d)[32], uint64_t a, uint64_t b) {
+template <> __device__ __forceinline__ void wgmma_ss_first<__half, 64>(float (&d)[32], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss<__half, 64>(float (&d)[32], uint64_t a, uint64_t b) {
     asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, 1, 1, 1, 0, 0;\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
@@ -187,11 +308,45 @@ template <> __device__ __forceinline__ void wgmma_rs<__half, 64>(float (&d)[32],
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
 }
+template <> __device__ __forceinline__ void wgmma_ss_first<__half, 128>(float (&d)[64], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss<__half, 128>(float (&d)[64], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, 1, 1, 1, 0, 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(a), "l"(b));
+}
 template <> __device__ __forceinline__ void wgmma_rs<__half, 128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
     asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+
+// Copies rows [row0, min(row0 + R, row_end)) of one head (src: that head's row 0, rs: token
+// stride) into an R-row SW128 tile at dst (1024-aligned, see the header); rows past row_end are
+// zero-filled. All NTHREADS threads: thread tid moves chunk tid % 8 of rows tid / 8 + 32i of
+// every 64-wide column block, so 8 consecutive lanes read one row's 128 contiguous bytes.
+template <typename T, int D, int R>
+__device__ __forceinline__ void load_rows(uint32_t dst, const T *src, int row0, int row_end, size_t rs, int tid) {
+    constexpr int CB = D / 64;  // column blocks
+    static_assert(D % 64 == 0 && R % RPP == 0 && RPP % 8 == 0, "copy passes keep the swizzle");
+    const int lrow = tid / CHUNKS, lchk = tid % CHUNKS;
+    const T *base = src + (size_t)(row0 + lrow) * rs + lchk * 8;
+    const uint32_t sbase = dst + lrow * 128 + ((lchk ^ (lrow & 7)) << 4);
+    const bool full = row0 + R <= row_end;
+    const int left = row_end - row0 - lrow;  // rows of this thread still valid
+#pragma unroll 1
+    for (int i = 0; i < R / RPP; ++i) {
+        const bool ok = full || i * RPP < left;
+#pragma unroll
+        for (int cb = 0; cb < CB; ++cb) cp_async16_s(sbase + i * RPP * 128 + cb * R * 128, ok ? base + cb * 64 : src, ok);
+        base += (size_t)RPP * rs;
+    }
 }
 
 // The accumulator arrays must be pinned in registers across the asm statements: every index
@@ -203,64 +358,58 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
                                           int q_stride, int k_stride, int v_stride) {
     constexpr int CH = D / 8;               // 16-byte chunks per row
     constexpr int QBYTES = BM * D * 2;
-    constexpr int KVBYTES = BN * D * 2;
-    extern __shared__ __align__(128) unsigned char smem[];
-    // [Q: BM×D][K buffer 0][K buffer 1][V buffer 0][V buffer 1], each in the core-matrix layout.
-    const uint32_t sQ = smem_addr(smem);
-    const uint32_t sK = sQ + QBYTES, sV = sK + 2 * KVBYTES;
+    constexpr int KVBYTES = BN * D * 2;     // one K or V tile
+    constexpr int STAGE_BYTES = 2 * KVBYTES;
+    static_assert(QBYTES % ALIGN == 0 && KVBYTES % ALIGN == 0 && (WG_ROWS * 128) % ALIGN == 0 &&
+                      (BM * 128) % ALIGN == 0 && (BN * 128) % ALIGN == 0,
+                  "every swizzled block base stays 1024-byte aligned");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    // The tiles start at the first 1024-byte boundary of the window (the host adds the slack).
+    const uint32_t sQ = (smem_addr(smem_raw) + (ALIGN - 1)) & ~(ALIGN - 1);
+    unsigned char *const smem = smem_raw + (sQ - smem_addr(smem_raw));
+    const uint32_t sKV = sQ + QBYTES;  // stage s: K at sKV + s · STAGE_BYTES, V KVBYTES further
+    // mbarriers: full[s] (8 bytes each), then empty[s].
+    const uint32_t full_bar = sKV + STAGES * STAGE_BYTES, empty_bar = full_bar + 8 * STAGES;
 
     const uint4 ti = tiles[blockIdx.x];
     const int q0 = ti.x, q1 = ti.y, k0 = ti.z, k1 = ti.w;
+    const int ntiles = (k1 - k0 + BN - 1) / BN;
     const int h = blockIdx.y;
-    const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wl = (tid >> 5) & 3;
-    const int g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, lane = tid & 31;
     // Token strides of q, k, v (row views of a fused projection allowed); out is contiguous.
     const size_t rs = (size_t)heads * D, qs = q_stride, ks = k_stride, vs = v_stride;
+
     const T *qh = q + (size_t)h * D, *kh = k + (size_t)h * D, *vh = v + (size_t)h * D;
-
-    // Copy mapping (all 256 threads): lane octet j = tid / 8 takes chunk j % CH of row group
-    // j / CH, lane i = tid % 8 row i of that group; one pass covers PASS_ROWS rows.
-    constexpr int GROUPS = (NTHREADS / 8) / CH;  // row groups per pass
-    constexpr int PASS_ROWS = 8 * GROUPS;
-    const int ci = tid & 7, cj = tid >> 3;
-    const int cp_row = (cj / CH) * 8 + ci, cp_chunk = cj % CH;
-    // Byte offset of (cp_row, cp_chunk) in an R-row tile; pass p adds p · GROUPS · 128.
-    auto cp_off = [&](int R) { return (uint32_t)((cp_chunk * (R / 8) + cp_row / 8) * 128 + ci * 16); };
-    const uint32_t kv_off = cp_off(BN);
-    auto load_tile = [&](uint32_t dst, const T *src, size_t src_stride, int kt) {
-        const T *row = src + (size_t)(kt + cp_row) * src_stride + cp_chunk * 8;
-        const size_t pass_stride = (size_t)PASS_ROWS * src_stride;
-        if (kt + BN <= k1) {
-#pragma unroll
-            for (int p = 0; p < BN / PASS_ROWS; ++p, row += pass_stride)
-                cp_async16_s(dst + kv_off + p * GROUPS * 128, row, true);
-        } else {
-            const int rows_left = k1 - kt - cp_row;
-#pragma unroll
-            for (int p = 0; p < BN / PASS_ROWS; ++p, row += pass_stride) {
-                const bool ok = p * PASS_ROWS < rows_left;
-                cp_async16_s(dst + kv_off + p * GROUPS * 128, ok ? row : src, ok);
-            }
-        }
+    auto load_tile = [&](int j, int st) {
+        const int kt = k0 + j * BN;
+        const uint32_t dst = sKV + st * STAGE_BYTES;
+        load_rows<T, D, BN>(dst, kh, kt, k1, ks, tid);
+        load_rows<T, D, BN>(dst + KVBYTES, vh, kt, k1, vs, tid);
     };
+    const int wg = tid >> 7, wl = (tid >> 5) & 3;
+    const int g = lane >> 2, t = lane & 3;
 
-    {
-        const uint32_t q_off = cp_off(BM);
-        const T *row = qh + (size_t)(q0 + cp_row) * qs + cp_chunk * 8;
+    // Descriptors (low words; see the header), advanced per k-step and stage.
+    const uint32_t dq = desc_lo(sQ + wg * WG_ROWS * 128, 16);
+    const uint32_t dk = desc_lo(sKV, 16);
+    const uint32_t dv = desc_lo(sKV + KVBYTES, V_LBO);
+    // k16 step kk of a K-major operand of R rows: column block kk / 4, 32 bytes per step in it.
+    auto kstep = [](int kk, int rows) -> uint32_t { return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4; };
+
+    // S(tile in stage st) = Q·Kᵀ, 64 rows × BN keys, one wgmma group (not committed here).
+    auto issue_qk = [&](float (&s)[BN / 2], int st) {
+        const uint32_t kst = dk + ((st * STAGE_BYTES) >> 4);
+        wgmma_ss_first<T, BN>(s, desc<ALIGN>(dq), desc<ALIGN>(kst));
 #pragma unroll
-        for (int p = 0; p < BM / PASS_ROWS; ++p, row += (size_t)PASS_ROWS * qs) {
-            const bool ok = q0 + cp_row + p * PASS_ROWS < q1;
-            cp_async16_s(sQ + q_off + p * GROUPS * 128, ok ? row : qh, ok);
-        }
-    }
-    load_tile(sK, kh, ks, k0);
-    load_tile(sV, vh, vs, k0);
-    cp_async_commit();
-
-    // Descriptors (low words; see the header), advanced per k-step and buffer.
-    const uint32_t dq = desc_lo(sQ + wg * (WG_ROWS / 8) * 128, BM * 16);
-    const uint32_t dk = desc_lo(sK, BN * 16);
-    const uint32_t dv = desc_lo(sV, 128);
+        for (int kk = 1; kk < D / 16; ++kk)
+            wgmma_ss<T, BN>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(kst + kstep(kk, BN)));
+    };
+    // O += P·V(tile in stage st), 16 keys per wgmma.
+    auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&p)[BN / 16][4], int st) {
+        const uint32_t vst = dv + ((st * STAGE_BYTES) >> 4);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<V_SBO>(vst + ((kk * 2 * ALIGN) >> 4)));
+    };
 
     // o[4n + e]: row 16·wl + g + 8·(e/2) of this warpgroup, column 8n + 2t + e%2 (the D fragment).
     float o[D / 2];
@@ -268,41 +417,20 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    int buf = 0;
-    for (int kt = k0; kt < k1; kt += BN, buf ^= 1) {
-        cp_async_wait<0>();    // this thread's copies of tile kt (and Q) have landed,
-        fence_proxy_async();   // are visible to wgmma's async proxy,
-        __syncthreads();       // and everyone's are; every warpgroup is done with tile kt − BN
-        if (kt + BN < k1) {
-            load_tile(sK + (buf ^ 1) * KVBYTES, kh, ks, kt + BN);
-            load_tile(sV + (buf ^ 1) * KVBYTES, vh, vs, kt + BN);
-        }
-        cp_async_commit();
-
-        // S = Q·Kᵀ (64 rows × 64 keys per warpgroup).
-        float s[BN / 2];
-        wgmma_fence();
-        wgmma_ss_n64_first<T>(s, desc<128>(dq), desc<128>(dk + ((buf * KVBYTES) >> 4)));
-#pragma unroll
-        for (int kk = 1; kk < D / 16; ++kk)
-            wgmma_ss_n64<T>(s, desc<128>(dq + ((kk * 2 * BM * 16) >> 4)),
-                            desc<128>(dk + ((buf * KVBYTES + kk * 2 * BN * 16) >> 4)));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(s);
-
-        // Keys past the sequence end (last tile only) score −∞.
-        if (kt + BN > k1) {
+    // Online softmax of the scores s of the key tile at kt (see attention.cu): row g in
+    // s[4n + 0, 1], row g + 8 in s[4n + 2, 3], each row spread over the four lanes of a quad.
+    // Updates m and l, replaces s by exp2(s · scale_log2 − m) and gives the factors alpha by
+    // which O must be rescaled; returns whether any row maximum of the warp grew. mask (a
+    // constant at every call): the tile may reach past the sequence end (the last tile); those
+    // keys score −∞, by selects, not a branch.
+    auto softmax = [&](float (&s)[BN / 2], int kt, float (&alpha)[2], bool mask) {
+        if (mask) {
 #pragma unroll
             for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    if (kt + n * 8 + 2 * t + (e & 1) >= k1) s[4 * n + e] = -INFINITY;
+                    s[4 * n + e] = kt + n * 8 + 2 * t + (e & 1) >= k1 ? -INFINITY : s[4 * n + e];
         }
-
-        // Online softmax (see attention.cu): row g in s[4n + 0, 1], row g + 8 in s[4n + 2, 3],
-        // each row spread over the four lanes of a quad.
-        float alpha[2];
         bool grew = false;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -315,46 +443,139 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
             grew |= mn > m[r];
             alpha[r] = mn > m[r] ? exp2_approx(m[r] - mn) : 1.f;
             m[r] = mn;
+            l[r] *= alpha[r];
         }
-        if (__any_sync(0xffffffffu, grew)) {
-            l[0] *= alpha[0];
-            l[1] *= alpha[1];
 #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                o[4 * n + 0] *= alpha[0];
-                o[4 * n + 1] *= alpha[0];
-                o[4 * n + 2] *= alpha[1];
-                o[4 * n + 3] *= alpha[1];
-            }
-        }
-        uint32_t p[BN / 16][4];
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n) {
+        for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 s[4 * n + e] = exp2_approx(fmaf(s[4 * n + e], scale_log2, -m[e >> 1]));
                 l[e >> 1] += s[4 * n + e];  // quad-reduced once, at the end
             }
-            // Column block n is half of P's k-step n/2: a0, a1 for even n, a2, a3 for odd n.
+        return __any_sync(0xffffffffu, grew);
+    };
+    // P = s rounded to T, in the A-fragment order: column block n of s is half of P's k-step
+    // n/2 (a0, a1 for even n, a2, a3 for odd n).
+    auto pack_p = [&](const float (&s)[BN / 2], uint32_t (&p)[BN / 16][4]) {
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n) {
             p[n / 2][(n & 1) * 2 + 0] = pack2<T>(s[4 * n + 0], s[4 * n + 1]);
             p[n / 2][(n & 1) * 2 + 1] = pack2<T>(s[4 * n + 2], s[4 * n + 3]);
         }
+    };
+    auto rescale = [&](const float (&alpha)[2]) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[4 * n + 0] *= alpha[0];
+            o[4 * n + 1] *= alpha[0];
+            o[4 * n + 2] *= alpha[1];
+            o[4 * n + 3] *= alpha[1];
+        }
+    };
 
-        // O += P·V (64 rows × D per warpgroup), 16 keys per wgmma.
+    if (ntiles > 0) {
+        if (tid == 0) {
+#pragma unroll
+            for (int i = 0; i < STAGES; ++i) {
+                mbar_init(full_bar + 8 * i, NTHREADS);
+                mbar_init(empty_bar + 8 * i, NTHREADS);
+            }
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+            fence_proxy_async();
+        }
+        __syncthreads();  // the barriers are initialised before anyone uses them
+        // Q and tile 0 (stage 0), then tile 1 (stage 1): their first uses, nothing to wait for.
+        load_rows<T, D, BM>(sQ, qh, q0, q1, qs, tid);
+        load_tile(0, 0);
+        mbar_arrive_cp_async(full_bar);
+        if (ntiles > 1) {
+            load_tile(1, 1);
+            mbar_arrive_cp_async(full_bar + 8);
+        }
+        mbar_wait(full_bar, 0);  // everyone's copies of Q and tile 0 have landed;
+        fence_proxy_async();     // they are visible to this thread's wgmma (the async proxy)
+        // Tile 0: S(0), its softmax (O is zero: nothing to rescale).
+        uint32_t p[BN / 16][4];
+        {
+            float s[BN / 2];
+            wgmma_fence();
+            issue_qk(s, 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_regs(s);
+            float alpha[2];
+            softmax(s, k0, alpha, ntiles == 1);  // no wgmma in flight: a branch is harmless
+            pack_p(s, p);
+        }
+        // Iteration j ≥ 1 (stage st holds tile j − 1, whose P is p): S(j) and P(j−1)·V(j−1) in
+        // flight together; the softmax of S(j) runs while P(j−1)·V(j−1) does; P(j) replaces
+        // P(j−1) in p after the wait (writing p earlier would redefine the operand of a wgmma
+        // in flight). last: j is the last tile (masked).
+        auto step = [&](int j, int &st, bool last) {
+            const int sn = st == STAGES - 1 ? 0 : st + 1;
+            mbar_wait(full_bar + 8 * sn, (j / STAGES) & 1);  // tile j has landed
+            fence_proxy_async();
+            // Issue S(j) and O += P(j−1)·V(j−1) as two groups, then the copies of tile j + 1
+            // (while the tensor cores run); wait for S(j) only.
+            float s[BN / 2];
+            fence_regs(o);
+            fence_regs(p);
+            wgmma_fence();
+            issue_qk(s, sn);
+            wgmma_commit();
+            issue_pv(o, p, st);
+            wgmma_commit();
+            if (j + 1 < ntiles) {
+                // Stage (j+1) % 3 held tile j − 2: wait until both warpgroups have released it.
+                const int sf = sn == STAGES - 1 ? 0 : sn + 1;
+                if (j + 1 >= STAGES) mbar_wait(empty_bar + 8 * sf, ((j + 1) / STAGES - 1) & 1);
+                load_tile(j + 1, sf);
+                mbar_arrive_cp_async(full_bar + 8 * sf);
+            }
+            wgmma_wait<1>();
+            fence_regs(s);
+            float alpha[2];
+            const bool grew = softmax(s, k0 + j * BN, alpha, last);
+            fence_regs(s);
+            // wait_group 0 behind a branch, not straight after the softmax: ptxas schedules a
+            // WARPGROUP.DEPBAR like a short-latency wait, as early as its basic block allows,
+            // which in the softmax's block is right after wait_group 1 (no overlap at all). The
+            // branch starts a new block after every exp2 of the softmax. Its condition is always
+            // true but not provably so to the compilers (ptxas folded an asm-made constant 1),
+            // and the same in the whole warpgroup (wgmma.wait_group is .aligned
+            // over the warpgroup), so not the warp's vote on grew. The other arm never runs; it
+            // differs so that the two arms are not merged above the branch.
+            if (k0 + j * BN < k1) {
+                wgmma_wait<0>();
+            } else {
+                wgmma_wait<0>();
+                fence_proxy_async();
+            }
+            // P(j−1)·V(j−1) has completed: release stage st (tile j − 1) if a copy will wait.
+            if (j + 2 < ntiles) mbar_arrive(empty_bar + 8 * st);
+            fence_regs(o);
+            fence_regs(p);
+            if (grew) rescale(alpha);
+            pack_p(s, p);
+            st = sn;
+        };
+        int st = 0, j = 1;
+        for (; j + 1 < ntiles; ++j) step(j, st, false);
+        if (j < ntiles) step(j, st, true);
+        // O += P(last)·V(last).
         fence_regs(o);
         fence_regs(p);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-            wgmma_rs<T, D>(o, p[kk], desc<BN * 16>(dv + ((buf * KVBYTES + kk * 2 * 128) >> 4)));
+        issue_pv(o, p, st);
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs(o);
     }
 
-    // Normalise, round and stage this warpgroup's rows in its own Q rows (core-matrix layout:
-    // a warp's 32 four-byte writes of one column block hit 32 distinct banks), then copy them out
-    // as 16-byte chunks with the load's row/chunk mapping restricted to the warpgroup.
+    // Normalise, round and stage this warpgroup's rows in its own Q rows (the SW128 layout: a
+    // warp's 32 four-byte writes of one 8-column chunk n cover rows g = 0..7 at chunk positions
+    // n ^ g and words t, all 32 banks), then copy them out as 16-byte chunks, consecutive lanes
+    // along a row (8 lanes = one column block's 128 bytes of a row, at 8 distinct positions).
     T *stage = reinterpret_cast<T *>(smem);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -362,27 +583,24 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
         lr += __shfl_xor_sync(0xffffffffu, lr, 1);
         lr += __shfl_xor_sync(0xffffffffu, lr, 2);
         const float inv = lr > 0.f ? 1.f / lr : 0.f;
-        const int row = wg * WG_ROWS + wl * 16 + r * 8 + g;
+        const int row = wg * WG_ROWS + wl * 16 + r * 8 + g;  // row % 8 == g
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
-            const int off = ((n * (BM / 8) + row / 8) * 128 + (row % 8) * 16 + t * 4) / 2;
+            const int off = ((n / 8) * BM * 128 + row * 128 + (((n % 8) ^ g) << 4) + t * 4) / 2;
             *reinterpret_cast<uint32_t *>(stage + off) = pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
         }
     }
-    // Only this warpgroup's 128 threads take part (named barrier 1 + wg; 0 is __syncthreads).
-    if (wg == 0)
-        asm volatile("bar.sync 1, 128;\n" ::: "memory");
-    else
-        asm volatile("bar.sync 2, 128;\n" ::: "memory");
-    constexpr int WG_GROUPS = 16 / CH;  // row groups per pass of 128 threads
-    const int wtid = tid & 127, oj = wtid >> 3;
-    const int orow = wg * WG_ROWS + (oj / CH) * 8 + ci, ochunk = oj % CH;
+    // Only this warpgroup's 128 threads take part.
+    bar_sync(BAR_OUT + wg, NTHREADS / 2);
+    constexpr int OROWS = 128 / CH;  // rows per pass of 128 threads
+    const int wtid = tid & 127;
+    const int orow = wg * WG_ROWS + wtid / CH, ochunk = wtid % CH;
     T *oh = out + (size_t)h * D;
 #pragma unroll
-    for (int pass = 0; pass < WG_ROWS / (8 * WG_GROUPS); ++pass) {
-        const int row = orow + pass * 8 * WG_GROUPS;
+    for (int pass = 0; pass < WG_ROWS / OROWS; ++pass) {
+        const int row = orow + pass * OROWS;
         if (q0 + row < q1) {
-            const int off = ((ochunk * (BM / 8) + row / 8) * 128 + ci * 16) / 2;
+            const int off = ((ochunk / 8) * BM * 128 + row * 128 + (((ochunk % 8) ^ (row & 7)) << 4)) / 2;
             *reinterpret_cast<uint4 *>(oh + (size_t)(q0 + row) * rs + ochunk * 8) =
                 *reinterpret_cast<const uint4 *>(stage + off);
         }
@@ -392,10 +610,14 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 } // namespace sm90a
 
 // Dynamic shared memory of one CTA, as `attention_sm90a_smem_bytes` in src/ops/cuda.rs computes it.
-static_assert((sm90a::BM + 4 * sm90a::BN) * 128 * 2 == 98304, "smem layout");
+// The mbarriers take 2 · STAGES · 8 bytes after the K/V stages (the host reserves 64), and the
+// host adds ALIGN bytes of slack for the run-time 1024-byte alignment of the tiles.
+static_assert((sm90a::BM + 2 * sm90a::STAGES * sm90a::BN) * 128 * 2 == 229376, "smem layout");
+static_assert(2 * sm90a::STAGES * 8 <= 64, "mbarrier bytes");
+static_assert(229376 + 64 + sm90a::ALIGN <= 227 * 1024, "within the 227 KB a CTA may opt in to");
 
 #define FLASH90(NAME, T, D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(sm90a::NTHREADS, 2)                                 \
+    extern "C" __global__ void __launch_bounds__(sm90a::NTHREADS, 1)                                 \
         NAME(const T *q, const T *k, const T *v, T *out, const uint4 *tiles, int heads, float scale_log2, \
              int q_stride, int k_stride, int v_stride) {                                             \
         sm90a::flash_fwd<T, D>(q, k, v, out, tiles, heads, scale_log2, q_stride, k_stride, v_stride); \

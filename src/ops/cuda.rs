@@ -478,17 +478,37 @@ fn large_smem_func(
     Ok(func.into_cuda_function())
 }
 
-// The wgmma kernel takes the same tile table: 128-row query tiles, 64-key tiles.
-const _: () = assert!(ATTN_TILE == 128 && ATTN_KEY_TILE == 64);
+/// Query rows of one tile of the wgmma attention kernel (one CTA: two warpgroups of 64 rows),
+/// its keys per tile and its ring of K/V buffers (`BM`, `BN`, `STAGES` in
+/// `kernels/cuda/attention_sm90a.cu`). Independent of the mma.sync kernel's tiles.
+const ATTN_SM90A_TILE: usize = 128;
+const ATTN_SM90A_KEY_TILE: usize = 128;
+const ATTN_SM90A_STAGES: usize = 3;
 /// Threads per wgmma attention CTA: two warpgroups of 64 query rows.
 const ATTN_SM90A_THREADS: u32 = 256;
 
-/// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and two
-/// buffers each of key and value rows, 16-bit elements, unpadded (the core-matrix layout of
-/// `kernels/cuda/attention_sm90a.cu`): 96 KB at D = 128.
+/// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and three
+/// buffers each of key and value rows, 16-bit elements, unpadded (the 128-byte swizzle layout of
+/// `kernels/cuda/attention_sm90a.cu`), its mbarriers, and the slack of the kernel's run-time
+/// 1024-byte alignment of the tiles: 224 KB + 1088 bytes at D = 128 (one CTA per SM), 112 KB +
+/// 1088 bytes at D = 64.
 fn attention_sm90a_smem_bytes(d: usize) -> usize {
-    (ATTN_TILE + 4 * ATTN_KEY_TILE) * d * 2
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2
+        + ATTN_SM90A_MBAR_BYTES
+        + ATTN_SM90A_ALIGN
 }
+/// Bytes after the K/V stages for the kernel's mbarriers (full and empty, one each per stage).
+const ATTN_SM90A_MBAR_BYTES: usize = 64;
+/// Alignment of the kernel's swizzled tiles (`ALIGN`: one 128-byte-swizzle atom, 8 rows × 128
+/// bytes), which it reaches by rounding the dynamic window's start up: the host adds that much.
+const ATTN_SM90A_ALIGN: usize = 1024;
+// Within the 227 KB a CTA may opt in to on a compute capability 9.0 device.
+const _: () = assert!(
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * 128 * 2
+        + ATTN_SM90A_MBAR_BYTES
+        + ATTN_SM90A_ALIGN
+        <= 227 * 1024
+);
 
 /// Head dims of the wgmma kernel.
 const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
@@ -606,12 +626,15 @@ pub(crate) fn varlen_attention(
     let (ka, kz, k_stride) = token_rows(kl, OP, "k")?;
     let (va, vz, v_stride) = token_rows(vl, OP, "v")?;
     let dev = q.device().clone();
+    let wgmma = use_wgmma(&dev, d, kernel)?;
+    // Query rows per tile (CTA) of the chosen kernel.
+    let tile = if wgmma { ATTN_SM90A_TILE } else { ATTN_TILE };
     let mut tiles: Vec<u32> = Vec::new();
     for b in 0..q_offsets.len() - 1 {
         let (q0, q1) = (q_offsets[b], q_offsets[b + 1]);
         let (k0, k1) = (kv_offsets[b], kv_offsets[b + 1]);
-        for r in (q0..q1).step_by(ATTN_TILE) {
-            let row = [r, (r + ATTN_TILE).min(q1), k0, k1];
+        for r in (q0..q1).step_by(tile) {
+            let row = [r, (r + tile).min(q1), k0, k1];
             tiles.extend(row.iter().map(|&x| x as u32));
         }
     }
@@ -626,7 +649,6 @@ pub(crate) fn varlen_attention(
     }
     let strides = [q_stride, k_stride, v_stride].map(|s| s as i32);
     let ntiles = tiles.len() / 4;
-    let wgmma = use_wgmma(&dev, d, kernel)?;
     // (module, PTX), kernel name prefix, threads and shared memory of the chosen kernel.
     let (module, prefix, threads, smem) = match ATTENTION_SM90A_PTX {
         Some(ptx) if wgmma => (
