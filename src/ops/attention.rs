@@ -28,9 +28,10 @@ struct VarlenAttention {
 /// Which CUDA kernel computes [`varlen_attention_with`] (other devices ignore it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
-    /// The default: the mma.sync kernel, unless the environment variable `TRELLIS2_ATTENTION`
-    /// is `wgmma` (then the wgmma kernel wherever the head dim allows; an error where the build
-    /// or the device cannot run it). `TRELLIS2_ATTENTION=mma` pins the mma.sync kernel.
+    /// The default: the wgmma kernel where it runs (a build for sm_90a, a compute capability
+    /// 9.0 device, head dim 64 or 128), else the mma.sync kernel. `TRELLIS2_ATTENTION=mma`
+    /// pins the mma.sync kernel; `TRELLIS2_ATTENTION=wgmma` asks for the wgmma one wherever
+    /// the head dim allows (an error where the build or the device cannot run it).
     Auto,
     /// `kernels/cuda/attention.cu`: mma.sync, any CUDA device the build targets, head dims 16,
     /// 32, 64 and 128.

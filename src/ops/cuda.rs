@@ -515,8 +515,9 @@ const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
 
 /// Whether `AttentionKernel::Auto` picks the wgmma kernel where it can run (compiled in, a
 /// compute capability 9.0 device, a supported head dim) without `TRELLIS2_ATTENTION` set.
-/// Off until the kernel has been measured against the mma.sync one.
-const WGMMA_BY_DEFAULT: bool = false;
+/// On: measured on an H100 (benches/README.md) at 0.72–0.81× the mma.sync kernel's time
+/// (0.225 against 0.303 ms at 4k², 28.7 against 39.0 ms at 49k², 12 heads × 128, bf16).
+const WGMMA_BY_DEFAULT: bool = true;
 
 /// Whether the wgmma attention kernel can run on `dev`: built for sm_90a and the device's
 /// compute capability is exactly 9.0 (sm_90a code runs on no other).
