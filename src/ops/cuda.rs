@@ -170,68 +170,107 @@ fn env_once<T: Clone + Send + Sync>(
 /// compute capability 9.0 device, a supported shape) without `TRELLIS2_CONV_KERNEL` set.
 const CONV_WGMMA_BY_DEFAULT: bool = true;
 
-/// Whether the wgmma conv kernels can run on `dev`: built for sm_90a and the device's compute
-/// capability is exactly 9.0 (sm_90a code runs on no other).
+/// Whether the wgmma conv kernels can run on `dev` (see [`sm90a_device`]).
 pub(crate) fn wgmma_conv_available(dev: &CudaDevice) -> Result<bool> {
-    if SPARSE_CONV_SM90A_PTX.is_none() {
+    sm90a_device(dev, SPARSE_CONV_SM90A_PTX.is_some())
+}
+
+/// Whether this conv runs the wgmma kernel ([`choose_wgmma`]); `vec`: the shape takes 16-byte
+/// copies (Ci a multiple of 8, 16-byte aligned operands), the only one the wgmma kernel has.
+/// The environment variable is `TRELLIS2_CONV_KERNEL`, the default `CONV_WGMMA_BY_DEFAULT`.
+fn use_wgmma_conv(dev: &CudaDevice, vec: bool, kernel: ConvKernel) -> Result<bool> {
+    static ENV: std::sync::OnceLock<std::result::Result<Option<bool>, String>> =
+        std::sync::OnceLock::new();
+    let requested = match kernel {
+        ConvKernel::Auto => None,
+        ConvKernel::Mma => Some(false),
+        ConvKernel::Wgmma => Some(true),
+    };
+    choose_wgmma(
+        WgmmaFamily {
+            op: "submanifold_conv3d (CUDA)",
+            built: SPARSE_CONV_SM90A_PTX.is_some(),
+            by_default: CONV_WGMMA_BY_DEFAULT,
+            env: kernel_env(&ENV, "TRELLIS2_CONV_KERNEL")?,
+        },
+        dev,
+        requested,
+        vec,
+        || "Ci a multiple of 8 and 16-byte aligned feats and weight".into(),
+    )
+}
+
+/// Whether `dev` runs sm_90a code: a build with it (`built`) and a device of compute capability
+/// exactly 9.0 (sm_90a code runs on no other).
+fn sm90a_device(dev: &CudaDevice, built: bool) -> Result<bool> {
+    if !built {
         return Ok(false);
     }
     let cc = dev.cuda_stream().context().compute_capability().w()?;
     Ok(cc == (9, 0))
 }
 
-/// Whether this conv runs the wgmma kernel; `vec`: the shape takes 16-byte copies (Ci a
-/// multiple of 8, 16-byte aligned operands), the only one the wgmma kernel has. `Mma` never;
-/// `Wgmma` always (an error where it cannot run or the shape is not `vec`). `Auto` follows
-/// `TRELLIS2_CONV_KERNEL` (`mma` or `wgmma`; the latter an error where the kernel cannot run,
-/// mma.sync for shapes it does not take); unset, the wgmma kernel wherever it can run if
-/// `CONV_WGMMA_BY_DEFAULT`.
-fn use_wgmma_conv(dev: &CudaDevice, vec: bool, kernel: ConvKernel) -> Result<bool> {
-    const OP: &str = "submanifold_conv3d (CUDA)";
-    static ENV: std::sync::OnceLock<std::result::Result<Option<ConvKernel>, String>> =
-        std::sync::OnceLock::new();
-    let (kernel, forced) = match kernel {
-        ConvKernel::Auto => {
-            let env = env_once(&ENV, "TRELLIS2_CONV_KERNEL", |v| match v {
-                None | Some("") => Ok(None),
-                Some(s) if s.eq_ignore_ascii_case("mma") => Ok(Some(ConvKernel::Mma)),
-                Some(s) if s.eq_ignore_ascii_case("wgmma") => Ok(Some(ConvKernel::Wgmma)),
-                Some(_) => Err("expected mma or wgmma".into()),
-            })?;
-            match env {
-                Some(k) => (k, false),
-                None if CONV_WGMMA_BY_DEFAULT => return Ok(vec && wgmma_conv_available(dev)?),
-                None => (ConvKernel::Mma, false),
-            }
+/// `var` (`mma` or `wgmma`, any case; unset or empty: none), read once into `cell`:
+/// `Some(true)` asks for the wgmma kernel, `Some(false)` for the mma.sync one.
+fn kernel_env(
+    cell: &'static std::sync::OnceLock<std::result::Result<Option<bool>, String>>,
+    var: &str,
+) -> Result<Option<bool>> {
+    env_once(cell, var, |v| match v {
+        None | Some("") => Ok(None),
+        Some(s) if s.eq_ignore_ascii_case("mma") => Ok(Some(false)),
+        Some(s) if s.eq_ignore_ascii_case("wgmma") => Ok(Some(true)),
+        Some(_) => Err("expected mma or wgmma".into()),
+    })
+}
+
+/// One op's wgmma kernel family, for [`choose_wgmma`].
+struct WgmmaFamily {
+    /// The op, for errors.
+    op: &'static str,
+    /// The sm_90a PTX is compiled into this build.
+    built: bool,
+    /// What `Auto` picks without the environment variable: wgmma wherever it can run.
+    by_default: bool,
+    /// The op's environment variable ([`kernel_env`]).
+    env: Option<bool>,
+}
+
+/// Whether a call runs its op's wgmma kernel rather than the mma.sync one, the same rule for
+/// every tensor-core op. `requested` (the op's kernel argument): `Some(false)` never;
+/// `Some(true)` always, an error where it cannot (not built for sm_90a, not a 9.0 device, the
+/// shape not `shape_ok`: `requirement` says what the shape needs). `None` (`Auto`) follows the
+/// environment variable (`wgmma`: an error where the kernel cannot run, mma.sync for shapes it
+/// does not take), else the wgmma kernel wherever it runs if `by_default`.
+fn choose_wgmma(
+    family: WgmmaFamily,
+    dev: &CudaDevice,
+    requested: Option<bool>,
+    shape_ok: bool,
+    requirement: impl FnOnce() -> String,
+) -> Result<bool> {
+    let (wgmma, forced) = match (requested, family.env) {
+        (Some(k), _) => (k, true),
+        (None, Some(k)) => (k, false),
+        (None, None) => {
+            return Ok(family.by_default && shape_ok && sm90a_device(dev, family.built)?);
         }
-        k => (k, true),
     };
-    match kernel {
-        ConvKernel::Mma | ConvKernel::Auto => Ok(false),
-        ConvKernel::Wgmma => {
-            if !wgmma_conv_available(dev)? {
-                bail!(
-                    "{OP}: the wgmma kernel needs a build with CUDA_COMPUTE_CAP=90 (this one {}) \
-                     and a compute capability 9.0 device",
-                    if SPARSE_CONV_SM90A_PTX.is_some() {
-                        "has it"
-                    } else {
-                        "lacks it"
-                    }
-                );
-            }
-            if !vec {
-                if forced {
-                    bail!(
-                        "{OP}: the wgmma kernel takes Ci a multiple of 8 and 16-byte aligned \
-                         feats and weight"
-                    );
-                }
-                return Ok(false);
-            }
-            Ok(true)
-        }
+    if !wgmma {
+        return Ok(false);
     }
+    if !sm90a_device(dev, family.built)? {
+        bail!(
+            "{}: the wgmma kernel needs a build with CUDA_COMPUTE_CAP=90 (this one {}) and a \
+             compute capability 9.0 device",
+            family.op,
+            if family.built { "has it" } else { "lacks it" }
+        );
+    }
+    if !shape_ok && forced {
+        bail!("{}: the wgmma kernel takes {}", family.op, requirement());
+    }
+    Ok(shape_ok)
 }
 
 /// Ring stages and wgmma groups kept in flight (`STAGES`, `KEEP` of
@@ -519,74 +558,33 @@ const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
 /// (0.225 against 0.303 ms at 4k², 28.7 against 39.0 ms at 49k², 12 heads × 128, bf16).
 const WGMMA_BY_DEFAULT: bool = true;
 
-/// Whether the wgmma attention kernel can run on `dev`: built for sm_90a and the device's
-/// compute capability is exactly 9.0 (sm_90a code runs on no other).
+/// Whether the wgmma attention kernel can run on `dev` (see [`sm90a_device`]).
 pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
-    if ATTENTION_SM90A_PTX.is_none() {
-        return Ok(false);
-    }
-    let cc = dev.cuda_stream().context().compute_capability().w()?;
-    Ok(cc == (9, 0))
+    sm90a_device(dev, ATTENTION_SM90A_PTX.is_some())
 }
 
-/// `TRELLIS2_ATTENTION`, read once: `mma`, `wgmma`, or unset / empty.
-fn attention_env() -> Result<Option<AttentionKernel>> {
-    use std::sync::OnceLock;
-    static ENV: OnceLock<std::result::Result<Option<AttentionKernel>, String>> = OnceLock::new();
-    let parsed = ENV.get_or_init(|| match std::env::var("TRELLIS2_ATTENTION") {
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Ok(s) if s.trim().is_empty() => Ok(None),
-        Ok(s) if s.trim().eq_ignore_ascii_case("mma") => Ok(Some(AttentionKernel::Mma)),
-        Ok(s) if s.trim().eq_ignore_ascii_case("wgmma") => Ok(Some(AttentionKernel::Wgmma)),
-        Ok(s) => Err(format!("TRELLIS2_ATTENTION={s:?}: expected mma or wgmma")),
-        Err(e) => Err(format!("TRELLIS2_ATTENTION: {e}")),
-    });
-    match parsed {
-        Ok(k) => Ok(*k),
-        Err(e) => bail!("{e}"),
-    }
-}
-
-/// Whether this call runs the wgmma kernel. `Mma` never; `Wgmma` always (an error where it
-/// cannot: not built for sm_90a, not a 9.0 device, head dim not 64 or 128). `Auto` follows
-/// `TRELLIS2_ATTENTION`: `mma` never; `wgmma` wherever the head dim allows (an error if the
-/// kernel cannot run on this build or device; other head dims fall back to mma.sync); unset,
-/// the wgmma kernel where it can run if `WGMMA_BY_DEFAULT`.
+/// Whether this call runs the wgmma attention kernel ([`choose_wgmma`]): head dims 64 and 128;
+/// the environment variable is `TRELLIS2_ATTENTION`, the default `WGMMA_BY_DEFAULT`.
 fn use_wgmma(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<bool> {
-    const OP: &str = "varlen attention (CUDA)";
-    let (kernel, forced_dim) = match kernel {
-        AttentionKernel::Auto => match attention_env()? {
-            Some(k) => (k, false),
-            None if WGMMA_BY_DEFAULT => {
-                return Ok(ATTN_SM90A_DIMS.contains(&d) && wgmma_attention_available(dev)?)
-            }
-            None => (AttentionKernel::Mma, false),
-        },
-        k => (k, true),
+    static ENV: std::sync::OnceLock<std::result::Result<Option<bool>, String>> =
+        std::sync::OnceLock::new();
+    let requested = match kernel {
+        AttentionKernel::Auto => None,
+        AttentionKernel::Mma => Some(false),
+        AttentionKernel::Wgmma => Some(true),
     };
-    match kernel {
-        AttentionKernel::Mma | AttentionKernel::Auto => Ok(false),
-        AttentionKernel::Wgmma => {
-            if !wgmma_attention_available(dev)? {
-                bail!(
-                    "{OP}: the wgmma kernel needs a build with CUDA_COMPUTE_CAP=90 (this one {}) \
-                     and a compute capability 9.0 device",
-                    if ATTENTION_SM90A_PTX.is_some() {
-                        "has it"
-                    } else {
-                        "lacks it"
-                    }
-                );
-            }
-            if !ATTN_SM90A_DIMS.contains(&d) {
-                if forced_dim {
-                    bail!("{OP}: the wgmma kernel takes head dims 64 and 128, not {d}");
-                }
-                return Ok(false);
-            }
-            Ok(true)
-        }
-    }
+    choose_wgmma(
+        WgmmaFamily {
+            op: "varlen attention (CUDA)",
+            built: ATTENTION_SM90A_PTX.is_some(),
+            by_default: WGMMA_BY_DEFAULT,
+            env: kernel_env(&ENV, "TRELLIS2_ATTENTION")?,
+        },
+        dev,
+        requested,
+        ATTN_SM90A_DIMS.contains(&d),
+        || format!("head dims 64 and 128, not {d}"),
+    )
 }
 
 /// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
