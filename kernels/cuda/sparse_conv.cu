@@ -161,17 +161,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
             }
         }
     };
-    // Load cursor: the tap (next set bit of the mask) and the channel offset of the next copy.
-    uint32_t lrest = mask;
-    int ltap = lrest ? __ffs(lrest) - 1 : 0, lc0 = 0;
-    auto advance = [&]() {
-        lc0 += BK;
-        if (lc0 >= ci) {
-            lc0 = 0;
-            lrest &= lrest - 1;
-            ltap = lrest ? __ffs(lrest) - 1 : 0;
-        }
-    };
+    conv_tile::TapCursor<BK> cursor(mask);  // the next copy's tap and channel offset
 
     float acc[FM][FN][4];
 #pragma unroll
@@ -193,8 +183,8 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
         if (st < steps) {
-            load(ltap, lc0, st);
-            advance();
+            load(cursor.tap, cursor.c0, st);
+            cursor.advance(ci);
         }
         cp_async_commit();
     }
@@ -203,8 +193,8 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // stage rd landed; everyone is done with stage wr (read at step s − 1)
         if (s + STAGES - 1 < steps) {
-            load(ltap, lc0, wr);
-            advance();
+            load(cursor.tap, cursor.c0, wr);
+            cursor.advance(ci);
         }
         cp_async_commit();
         const uint32_t a_s = as_base + rd * (BM * BK * 2), b_s = bs_base + rd * (BN * BK * 2);

@@ -225,18 +225,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     };
     // Cursors (tap = next set bit of the mask, channel offset): one for the copies, one for the
     // products (which need only the tap, to skip).
-    uint32_t lrest = mask;
-    int ltap = lrest ? __ffs(lrest) - 1 : 0, lc0 = 0;
-    auto advance = [&]() {
-        lc0 += BK;
-        if (lc0 >= ci) {
-            lc0 = 0;
-            lrest &= lrest - 1;
-            ltap = lrest ? __ffs(lrest) - 1 : 0;
-        }
-    };
-    uint32_t crest = mask;
-    int cc0 = 0;
+    conv_tile::TapCursor<BK> cursor(mask), product(mask);
 
     float acc[NACC];
 #pragma unroll
@@ -249,8 +238,8 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 #pragma unroll
     for (int st = 0; st < LOOKAHEAD; ++st) {
         if (st < steps) {
-            load(ltap, lc0, st);
-            advance();
+            load(cursor.tap, cursor.c0, st);
+            cursor.advance(ci);
         }
         cp_async_commit();
     }
@@ -260,12 +249,11 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         fence_proxy_async();             // are visible to wgmma's async proxy,
         __syncthreads();                 // and everyone's are; slot wr is free (see the header)
         if (s + LOOKAHEAD < steps) {
-            load(ltap, lc0, wr);
-            advance();
+            load(cursor.tap, cursor.c0, wr);
+            cursor.advance(ci);
         }
         cp_async_commit();
-        const int ctap = __ffs(crest) - 1;
-        if ((my_taps >> ctap) & 1u) {
+        if ((my_taps >> product.tap) & 1u) {
             const uint32_t off = (rd * STAGE_BYTES) >> 4;
             wgmma_fence();
 #pragma unroll
@@ -274,11 +262,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         }
         wgmma_commit();
         wgmma_wait<KEEP>();
-        cc0 += BK;
-        if (cc0 >= ci) {
-            cc0 = 0;
-            crest &= crest - 1;
-        }
+        product.advance(ci);
         rd = rd + 1 == STAGES ? 0 : rd + 1;
         wr = wr + 1 == STAGES ? 0 : wr + 1;
     }

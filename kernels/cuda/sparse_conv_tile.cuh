@@ -35,4 +35,21 @@ __device__ __forceinline__ void load_neighbours(const uint32_t *__restrict__ nbr
     __syncthreads();
 }
 
+// The copies' position in the main loop: the tap (the next set bit of the tile's tap mask) and
+// the channel offset of the next `BK`-wide chunk of it; no division, a compare per step.
+template <int BK> struct TapCursor {
+    uint32_t rest;
+    int tap, c0;
+    __device__ __forceinline__ explicit TapCursor(uint32_t mask)
+        : rest(mask), tap(mask ? __ffs(mask) - 1 : 0), c0(0) {}
+    __device__ __forceinline__ void advance(int ci) {
+        c0 += BK;
+        if (c0 >= ci) {
+            c0 = 0;
+            rest &= rest - 1;
+            tap = rest ? __ffs(rest) - 1 : 0;
+        }
+    }
+};
+
 }  // namespace conv_tile
