@@ -211,6 +211,24 @@ __device__ __forceinline__ void ln_vec_stats(const T *__restrict__ v, bool ok, i
     inv = rsqrtf(group_sum<L>(sq) / (float)c + eps);
 }
 
+// The same statistics from scalar loads (rows not 16-byte aligned): mean and 1/sqrt(var + eps)
+// of row v by a group of L lanes; `ok` false: the row is not read, the reductions still run.
+template <typename T, int L>
+__device__ __forceinline__ void ln_scalar_stats(const T *__restrict__ v, bool ok, int c, int lane, float eps,
+                                                float &mean, float &inv) {
+    float sum = 0.f;
+    if (ok)
+        for (int i = lane; i < c; i += L) sum += to_f32(v[i]);
+    mean = group_sum<L>(sum) / (float)c;
+    float sq = 0.f;
+    if (ok)
+        for (int i = lane; i < c; i += L) {
+            const float d = to_f32(v[i]) - mean;
+            sq += d * d;
+        }
+    inv = rsqrtf(group_sum<L>(sq) / (float)c + eps);
+}
+
 template <typename T, int L, int NV>
 __device__ __forceinline__ void layer_norm_modulate_vec(const T *__restrict__ x, const float *__restrict__ affine,
                                                         const float *__restrict__ modulation,
@@ -229,15 +247,8 @@ __device__ __forceinline__ void layer_norm_modulate_vec(const T *__restrict__ x,
     T *o = out + (size_t)row * c;
     if (!(aligned16(x) && aligned16(out) && aligned16(affine) && aligned16(modulation))) {
         // Scalar fallback (same for the whole grid).
-        float sum = 0.f;
-        for (int i = lane; i < c; i += L) sum += to_f32(v[i]);
-        const float mean = group_sum<L>(sum) / (float)c;
-        float sq = 0.f;
-        for (int i = lane; i < c; i += L) {
-            const float d = to_f32(v[i]) - mean;
-            sq += d * d;
-        }
-        const float inv = rsqrtf(group_sum<L>(sq) / (float)c + eps);
+        float mean, inv;
+        ln_scalar_stats<T, L>(v, true, c, lane, eps, mean, inv);
         if (!live) return;
         for (int i = lane; i < c; i += L) {
             const float n = (to_f32(v[i]) - mean) * inv * affine[i] + affine[c + i];
@@ -286,17 +297,8 @@ __device__ __forceinline__ void layer_norm_act_vec(const T *__restrict__ x, cons
     const float nan = __int_as_float(0x7fc00000);
     if (!(aligned16(x) && aligned16(out) && aligned16(affine))) {
         // Scalar fallback (same for the whole grid).
-        float sum = 0.f;
-        if (ok)
-            for (int i = lane; i < c; i += L) sum += to_f32(v[i]);
-        const float mean = group_sum<L>(sum) / (float)c;
-        float sq = 0.f;
-        if (ok)
-            for (int i = lane; i < c; i += L) {
-                const float d = to_f32(v[i]) - mean;
-                sq += d * d;
-            }
-        const float inv = rsqrtf(group_sum<L>(sq) / (float)c + eps);
+        float mean, inv;
+        ln_scalar_stats<T, L>(v, ok, c, lane, eps, mean, inv);
         if (!live) return;
         for (int i = lane; i < c; i += L)
             o[i] = store<T>(ok ? activate((to_f32(v[i]) - mean) * inv * affine[i] + affine[c + i], act) : nan);
