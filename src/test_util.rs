@@ -18,3 +18,14 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("two f32 tensors of one shape")
 }
+
+/// max |a − b| / max |b| (f32 tensors of one shape): the parity tests' relative error.
+pub(crate) fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let scale = b
+        .abs()
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("an f32 tensor");
+    max_abs_diff(a, b) / scale
+}

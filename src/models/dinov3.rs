@@ -475,25 +475,7 @@ impl DinoV3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::uniform_tensor;
-
-    fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let err: f32 = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        err / b
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::test_util::{rel_err, uniform_tensor};
 
     #[test]
     fn folded_layer_scale_equals_scaling_the_output() {
@@ -521,7 +503,7 @@ mod tests {
                 .unwrap()
                 .forward(&x)
                 .unwrap();
-            let e = rel(&got, &want);
+            let e = rel_err(&got, &want);
             assert!(e <= 1e-6, "bias {}: {e}", lin.bias().is_some());
         }
     }
@@ -575,7 +557,7 @@ mod tests {
             .forward(&x)
             .unwrap();
         let got = rms_norm_rope(&q.reshape((b * n, heads, d)).unwrap(), None, &rotation).unwrap();
-        let e = rel(&got, &want);
+        let e = rel_err(&got, &want);
         assert!(e <= 1e-6, "{e}");
     }
 }

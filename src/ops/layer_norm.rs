@@ -148,14 +148,7 @@ mod tests {
         let b = (Tensor::ones(12, DType::F32, &dev).unwrap() * 0.5).unwrap();
         let fused = layer_norm(&x, Some((&w, &b)), 1e-5).unwrap();
         let composed = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
-        let diff: f32 = (fused - composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = crate::test_util::max_abs_diff(&fused, &composed);
         assert!(diff < 1e-5, "{diff}");
     }
 
