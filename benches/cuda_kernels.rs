@@ -1,4 +1,4 @@
-//! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`spec/BASELINE.md` of the steering repository): submanifold conv
+//! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`docs/BASELINE.md`): submanifold conv
 //! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair; unsorted, in the
 //! map's sorted voxel order in the default window and in one window, with each order's GPU build
 //! time; a row per kernel, mma.sync and, where it can run, wgmma), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear

@@ -1,9 +1,9 @@
 //! Every model of the pipeline at full size (random weights of the released shapes, written
 //! from the manifests) on the upstream baseline's token counts: per stage wall time, forwards,
-//! TFLOP/s (FLOPs as spec §9 counts them) and peak memory — the CPU process's anonymous memory
+//! TFLOP/s (FLOPs as docs/MODEL.md §9 counts them) and peak memory — the CPU process's anonymous memory
 //! (sampled every 2 ms; file-backed pages of the memory-mapped checkpoints are left out because
 //! the kernel can drop them) and, on CUDA, the card's used memory (the pipeline's
-//! `GpuMemoryProbe`, every 5 ms). The same stage list as `spec/BASELINE.md`, so the two tables line up.
+//! `GpuMemoryProbe`, every 5 ms). The same stage list as `docs/BASELINE.md`, so the two tables line up.
 //!
 //! ```sh
 //! cargo bench --bench stages -- [--device cpu|cuda|metal] [--dtype auto|f32|f16|bf16]

@@ -201,7 +201,7 @@ fn bad_inputs_give_clear_errors() {
     assert!(format!("{:#}", model.cond_kv(&wide_cond).err().unwrap()).contains("[2, 7, 32]"));
 }
 
-/// The FLOP count of the release's 1.3 B flow model is spec §9's `30·N·(78.7 M + 6144·N +
+/// The FLOP count of the release's 1.3 B flow model is docs/MODEL.md §9's `30·N·(78.7 M + 6144·N +
 /// 6144·L)`, e.g. 33 TFLOP for N = 8K, L = 1029.
 #[test]
 fn release_forward_flops_follow_the_spec() {

@@ -1,4 +1,4 @@
-// The cascade's quantisation on the GPU (spec §1.4.1); the CPU reference is `quantize_coords` in
+// The cascade's quantisation on the GPU (docs/MODEL.md §1.4.1); the CPU reference is `quantize_coords` in
 // src/pipeline/cascade.rs, whose occupancy bitmap this kernel fills the same way.
 //
 // Why: `upsample(lr, 4)` leaves ≈1.75 M (up to ≈7 M) [b, x, y, z] rows on the 512³ grid on the

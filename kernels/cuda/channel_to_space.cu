@@ -1,4 +1,4 @@
-// Channel→space on the GPU (spec §5.2); references: `Subdivision::from_mask` in
+// Channel→space on the GPU (docs/MODEL.md §5.2); references: `Subdivision::from_mask` in
 // src/sparse/channel_to_space.rs (children) and src/ops/c2s_skip_add.rs (skip add).
 //
 // Children of N parents from their logits [N][8] (child s of parent n kept when

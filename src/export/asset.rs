@@ -5,7 +5,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::mesh::dual_grid::voxel_size;
 use crate::mesh::{Mesh, VoxelAttributes, VoxelIndex};
 
-/// Channels of the texture decoder's voxels (spec §1.6): base colour RGB, metallic, roughness,
+/// Channels of the texture decoder's voxels (docs/MODEL.md §1.6): base colour RGB, metallic, roughness,
 /// alpha, all nominally in [0, 1] (the network's values are not clamped; writers clamp).
 pub const PBR_CHANNELS: usize = 6;
 /// Channel of the metallic factor.
@@ -174,7 +174,7 @@ impl Asset {
         self.index.get(coord).map(|r| r as usize)
     }
 
-    /// The PBR attributes trilinearly sampled at every mesh vertex (spec §6.4), row-major
+    /// The PBR attributes trilinearly sampled at every mesh vertex (docs/MODEL.md §6.4), row-major
     /// `[vertices, 6]`.
     pub fn mesh_vertex_attributes(&self) -> Result<Vec<f32>> {
         let attrs = VoxelAttributes::new(

@@ -1,4 +1,4 @@
-//! Gaussian splats as an INRIA 3DGS PLY (DESIGN.md "Outputs"; TRELLIS.2 has no Gaussian
+//! Gaussian splats as an INRIA 3DGS PLY (docs/OUTPUTS.md; TRELLIS.2 has no Gaussian
 //! decoder, so the splats are built from the O-Voxels).
 //!
 //! One splat per voxel, in voxel order:

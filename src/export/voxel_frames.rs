@@ -2,7 +2,7 @@
 //! vertices of the voxel and its (up to 26) neighbours.
 //!
 //! Why not the mesh: some voxels' dual vertices are in no face (upstream keeps them), and the
-//! faces are not consistently wound (spec §6.1), so wound face normals partly cancel. The
+//! faces are not consistently wound (docs/MODEL.md §6.1), so wound face normals partly cancel. The
 //! smallest principal axis of the neighbours' dual vertices needs neither: it is the normal of
 //! the best-fitting plane whatever the winding. A disc is symmetric, so its sign does not
 //! matter to a renderer; for the file's `nx ny nz` it is chosen to point away from the centroid

@@ -1,4 +1,4 @@
-//! Trilinear lookup of per-voxel attributes at arbitrary points (spec §6.4), used for vertex
+//! Trilinear lookup of per-voxel attributes at arbitrary points (docs/MODEL.md §6.4), used for vertex
 //! colours and PBR channels.
 //!
 //! Upstream: `trellis2/representations/mesh/base.py:MeshWithVoxel.query_attrs` @ 5565d24 →

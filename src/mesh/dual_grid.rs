@@ -1,4 +1,4 @@
-//! Flexible dual grid → triangle mesh (spec §6.1).
+//! Flexible dual grid → triangle mesh (docs/MODEL.md §6.1).
 //!
 //! Upstream: `o-voxel/o_voxel/convert/flexible_dual_grid.py:flexible_dual_grid_to_mesh`
 //! @ 5565d24, inference branch (`train=False`, split weights given). Vertex order is voxel

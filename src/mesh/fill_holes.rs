@@ -1,4 +1,4 @@
-//! Closes small holes by fanning each short boundary loop around its centroid (spec §6.3).
+//! Closes small holes by fanning each short boundary loop around its centroid (docs/MODEL.md §6.3).
 //!
 //! Upstream: `trellis2/representations/mesh/base.py:Mesh.fill_holes` @ 5565d24, which runs
 //! CuMesh (JeffreyXiang/CuMesh `src/connectivity.cu` boundary loops, `src/clean_up.cu:fill_holes`).

@@ -1,4 +1,4 @@
-//! Mesh extraction and post-processing (DESIGN.md layer "mesh"; never imports models or CLI).
+//! Mesh extraction and post-processing (docs/ARCHITECTURE.md layer "mesh"; never imports models or CLI).
 //!
 //! Data flow: shape decoder voxels (raw 7 channels) → [`shape_voxels`] (activations, batch
 //! split) → [`dual_grid`] (flexible dual grid → triangles) → [`fill_holes`] → exporters, which

@@ -1,18 +1,18 @@
 //! From the shape decoder's raw 7-channel voxels to the inputs of dual-grid extraction.
 //!
 //! Upstream: `trellis2/models/sc_vaes/fdg_vae.py:FlexiDualGridVaeDecoder.forward` @ 5565d24
-//! (spec §5.4): channels 0–2 → dual-vertex offset, 3–5 → "edge intersected" flags, 6 → quad
+//! (docs/MODEL.md §5.4): channels 0–2 → dual-vertex offset, 3–5 → "edge intersected" flags, 6 → quad
 //! split weight. Kept apart from the extraction so each half can be tested on its own.
 
 use candle_core::{DType, Tensor};
 
 use super::error::{MeshError, Result};
 
-/// Channels of the shape decoder output (spec §5.4).
+/// Channels of the shape decoder output (docs/MODEL.md §5.4).
 pub const SHAPE_FEAT_CHANNELS: usize = 7;
 
 /// `voxel_margin` of `FlexiDualGridVaeDecoder`: dual vertices may sit up to half a voxel
-/// outside their own voxel (spec §5.4).
+/// outside their own voxel (docs/MODEL.md §5.4).
 pub const VOXEL_MARGIN: f32 = 0.5;
 
 /// torch's `F.softplus` default threshold: above it the function returns its input.

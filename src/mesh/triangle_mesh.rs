@@ -6,7 +6,7 @@ use super::error::{MeshError, Result};
 /// An indexed triangle mesh in world units (TRELLIS.2 objects live in `[-0.5, 0.5]³`).
 ///
 /// Winding follows upstream's dual-grid construction, which is fixed per edge axis rather
-/// than per surface side, so it is **not** globally consistent (spec §6.1).
+/// than per surface side, so it is **not** globally consistent (docs/MODEL.md §6.1).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mesh {
     pub vertices: Vec<[f32; 3]>,

@@ -1,6 +1,6 @@
 //! Coordinate → row index of a sparse voxel set.
 //!
-//! Replaces o_voxel's CUDA `hashmap_insert_3d_idx_as_val` / `hashmap_lookup_3d` (spec §6.2):
+//! Replaces o_voxel's CUDA `hashmap_insert_3d_idx_as_val` / `hashmap_lookup_3d` (docs/MODEL.md §6.2):
 //! a lookup returns the row of the voxel at a coordinate, and coordinates outside the grid
 //! report "missing" instead of aliasing another voxel through the flat key. Any exact map
 //! reproduces upstream; this one is built for locality: voxels are grouped in 4³ bricks, a

@@ -85,10 +85,10 @@ impl DitConfig {
     }
 
     /// FLOPs of one forward of one sample with `tokens` tokens and `cond_tokens` image tokens
-    /// (0: the zero condition, which needs no attention), counted as spec §9 does: 2 per
+    /// (0: the zero condition, which needs no attention), counted as docs/MODEL.md §9 does: 2 per
     /// multiply-add of every block linear but the cacheable cross-attention K/V, plus 4·N·C for
     /// self-attention and 4·L·C for cross-attention per token and block. The release's 1.3 B
-    /// model gives spec §9's `30·N·(78.7 M + 6144·N + 6144·L)`.
+    /// model gives docs/MODEL.md §9's `30·N·(78.7 M + 6144·N + 6144·L)`.
     pub fn forward_flops(&self, tokens: usize, cond_tokens: usize) -> f64 {
         let c = self.model_channels as f64;
         let hidden = self.mlp_hidden() as f64;

@@ -1,4 +1,4 @@
-//! Sparse-structure VAE decoder (TRELLIS v1 `SparseStructureDecoder`; spec §4). Upstream:
+//! Sparse-structure VAE decoder (TRELLIS v1 `SparseStructureDecoder`; docs/MODEL.md §4). Upstream:
 //! `trellis2/models/sparse_structure_vae.py` @ 5565d24. Latent `[B, 8, R, R, R]` → occupancy
 //! logits `[B, 1, 4R, 4R, 4R]` through dense 3×3×3 convs, ChannelLayerNorm (affine, eps 1e-5),
 //! SiLU and 3-D pixel shuffles. Internally channels-last `[B, X, Y, Z, C]`, so the per-voxel
@@ -38,7 +38,7 @@ fn layer() -> String {
     "layer".into()
 }
 
-/// ChannelLayerNorm32 eps (spec §10).
+/// ChannelLayerNorm32 eps (docs/MODEL.md §10).
 const NORM_EPS: f64 = 1e-5;
 
 /// The dtype the decoder's activations have: it computes in its latent's dtype, and latents

@@ -1,4 +1,4 @@
-//! The skip connection of a channel→space block (`SparseResBlockC2S3d`, spec §5.1):
+//! The skip connection of a channel→space block (`SparseResBlockC2S3d`, docs/MODEL.md §5.1):
 //! `out[i, j] = h[i, j] + x[sources[i] / 8, (sources[i] % 8)·C/8 + j / repeat]` for children
 //! `i`, where `x` `[N, C]` holds the parents' features, child `i` takes channel block
 //! `s = sources[i] % 8` of parent `sources[i] / 8`, and each of its `C/8` carried channels is

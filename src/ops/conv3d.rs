@@ -1,5 +1,5 @@
 //! Dense `Conv3d(kernel 3, padding 1, stride 1)` on channels-last grids, as a submanifold conv
-//! over the fully occupied grid: zero padding is exactly "absent neighbour" (spec §4). Sharing
+//! over the fully occupied grid: zero padding is exactly "absent neighbour" (docs/MODEL.md §4). Sharing
 //! the sparse kernel keeps one CPU reference (and later one GPU kernel) for both.
 
 use candle_core::{bail, DType, Device, Result, Tensor};

@@ -1,5 +1,5 @@
 //! Backend-dispatched primitives as candle `CustomOp`s. The CPU implementation of every op is
-//! the reference the Metal and CUDA kernels are tested against (DESIGN.md, "Layers").
+//! the reference the Metal and CUDA kernels are tested against (docs/ARCHITECTURE.md, "Layers").
 
 pub mod attention;
 pub mod bias_act;

@@ -1,4 +1,4 @@
-//! Submanifold 3×3×3 convolution over a neighbour map (spec §8, FlexGEMM `SubMConv3d`):
+//! Submanifold 3×3×3 convolution over a neighbour map (docs/MODEL.md §8, FlexGEMM `SubMConv3d`):
 //! `out[n] = bias + Σ_k W[:, k, :] · in[nbr(n, k)]`, absent neighbours contributing zero.
 //!
 //! Layouts: feats `[T,Ci]`; weight `[Co,27,Ci]` (the released `[Co,3,3,3,Ci]` flattened; tap

@@ -1,4 +1,4 @@
-//! The cascade's resolution choice (spec §1.4.1): quantise the shape decoder's 512³ upsampled
+//! The cascade's resolution choice (docs/MODEL.md §1.4.1): quantise the shape decoder's 512³ upsampled
 //! coordinates to the high-resolution latent grid, keep unique rows, and step the resolution
 //! down by 128 while the token count is over budget (never below 1024).
 

@@ -1,4 +1,4 @@
-//! Image conditioning (spec §1.3): DINOv3 features of the preprocessed image at 512² and 1024².
+//! Image conditioning (docs/MODEL.md §1.3): DINOv3 features of the preprocessed image at 512² and 1024².
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};

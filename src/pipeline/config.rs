@@ -1,6 +1,6 @@
 //! What a run is configured with: the pipeline type, the three samplers' parameters and the
 //! latent normalisation, read from `pipeline.json` with the release values as fallbacks
-//! (spec §1.1), plus per-run overrides.
+//! (docs/MODEL.md §1.1), plus per-run overrides.
 
 use std::fmt;
 use std::str::FromStr;
@@ -126,7 +126,7 @@ impl SamplerStage {
         }
     }
 
-    /// The release parameters (spec §1.1).
+    /// The release parameters (docs/MODEL.md §1.1).
     pub fn release_params(self) -> SamplerParams {
         let (strength, rescale, interval, rescale_t) = match self {
             SamplerStage::Ss => (7.5, 0.7, [0.6, 1.0], 5.0),
@@ -190,7 +190,7 @@ impl Normalization {
     }
 }
 
-/// The release shape-latent normalisation (spec §1.1), used when `pipeline.json` has none.
+/// The release shape-latent normalisation (docs/MODEL.md §1.1), used when `pipeline.json` has none.
 pub const SHAPE_MEAN: [f32; 32] = [
     0.781296, 0.018091, -0.495192, -0.558457, 1.06053, 0.093252, 1.518149, -0.933218, -0.732996,
     2.604095, -0.118341, -2.143904, 0.495076, -2.179512, -2.130751, -0.996944, 0.261421, -2.217463,

@@ -1,4 +1,4 @@
-//! Decoding (spec §1.6): shape decoder → dual-grid mesh (+ subdivision guides) → texture
+//! Decoding (docs/MODEL.md §1.6): shape decoder → dual-grid mesh (+ subdivision guides) → texture
 //! decoder guided by those subdivisions → PBR voxels `·0.5 + 0.5`; then hole filling.
 
 use anyhow::{bail, Context, Result};

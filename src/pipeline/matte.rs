@@ -1,4 +1,4 @@
-//! Background removal as TRELLIS.2's BiRefNet wrapper does it (spec §1.2.1): Pillow BILINEAR
+//! Background removal as TRELLIS.2's BiRefNet wrapper does it (docs/MODEL.md §1.2.1): Pillow BILINEAR
 //! resize to 1024² (aspect ratio not kept) → `/255` → ImageNet normalisation → BiRefNet → sigmoid
 //! of the last output → `×255` truncated to 8 bit (`ToPILImage`) → Pillow BICUBIC resize back to
 //! the source size → alpha. Every step rounds exactly as upstream's does.

@@ -1,4 +1,4 @@
-//! Stages and the glue between them (spec §1): [`run::Pipeline`] turns an image into a
+//! Stages and the glue between them (docs/MODEL.md §1): [`run::Pipeline`] turns an image into a
 //! [`output::Generated`] object, stage by stage, loading and dropping each stage's models.
 
 pub mod background;

@@ -1,5 +1,5 @@
 //! Where the initial noise of each sampling stage comes from: PyTorch's CPU generator seeded
-//! once, drawn in upstream's order (spec §1.5), or tensors injected from a file under the
+//! once, drawn in upstream's order (docs/MODEL.md §1.5), or tensors injected from a file under the
 //! golden pipeline's names (`ss.noise`, `shape.noise` | `shape_lr.noise` + `shape_hr.noise`,
 //! `tex.noise`).
 

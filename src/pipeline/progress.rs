@@ -20,7 +20,7 @@ pub struct StageReport {
     /// Peak memory in use on the GPU during the stage (the whole card, sampled every 5 ms);
     /// CUDA only.
     pub peak_gpu_bytes: Option<u64>,
-    /// FLOPs of the stage's flow-transformer calls as spec §9 counts them (2 per multiply-add:
+    /// FLOPs of the stage's flow-transformer calls as docs/MODEL.md §9 counts them (2 per multiply-add:
     /// linears, self- and cross-attention), if it ran one.
     pub flops: Option<f64>,
     /// `flops / seconds` in TFLOP/s.

@@ -1,4 +1,4 @@
-//! The whole image → 3D run (spec §1.4): preprocess, condition, sparse structure, shape
+//! The whole image → 3D run (docs/MODEL.md §1.4): preprocess, condition, sparse structure, shape
 //! (direct or cascade), texture, decode. Each stage loads its models, runs and drops them.
 
 use anyhow::{Context, Result};

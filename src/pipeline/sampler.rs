@@ -1,5 +1,5 @@
 //! The flow-matching Euler sampler with classifier-free guidance, guidance interval and
-//! guidance rescale (spec §2; upstream `FlowEulerGuidanceIntervalSampler` and
+//! guidance rescale (docs/MODEL.md §2; upstream `FlowEulerGuidanceIntervalSampler` and
 //! `FlowEulerCfgSampler`).
 //!
 //! Every scalar is computed in f64 in upstream's operation order and becomes f32 only where it
@@ -86,7 +86,7 @@ impl SamplerParams {
     }
 }
 
-/// The time points `t'_0 = 1 > … > t'_steps = 0` (spec §2): NumPy's `linspace(1, 0, steps+1)`
+/// The time points `t'_0 = 1 > … > t'_steps = 0` (docs/MODEL.md §2): NumPy's `linspace(1, 0, steps+1)`
 /// (`i·(−1/steps) + 1`, last forced to 0), shifted by `r·t / (1 + (r−1)·t)`, all in f64.
 pub fn schedule(steps: usize, rescale_t: f64) -> Vec<f64> {
     let step = -1.0 / steps as f64;

@@ -1,4 +1,4 @@
-//! Shape stage (spec §1.4 step 4, §1.4.1): the shape flow on the structure's coordinates,
+//! Shape stage (docs/MODEL.md §1.4 step 4, §1.4.1): the shape flow on the structure's coordinates,
 //! directly (`512`, `1024`) or as the cascade — low-resolution flow, decoder upsampling,
 //! quantisation to the high-resolution grid under the token budget, high-resolution flow.
 

@@ -1,4 +1,4 @@
-//! Sparse-structure stage (spec §1.4 step 3): SS flow on a dense 16³ latent → SS decoder →
+//! Sparse-structure stage (docs/MODEL.md §1.4 step 3): SS flow on a dense 16³ latent → SS decoder →
 //! occupancy (logits > 0) → 2× max-pool for 32³ types → occupied cells as sparse coordinates.
 
 use anyhow::{bail, Result};

@@ -1,4 +1,4 @@
-//! Sparse-structure glue (spec §1.4 step 3): occupancy = logits > 0, optional 2× max-pool of the
+//! Sparse-structure glue (docs/MODEL.md §1.4 step 3): occupancy = logits > 0, optional 2× max-pool of the
 //! 64³ grid to 32³, and the occupied cells as sparse coordinates in argwhere order.
 
 use candle_core::{bail, DType, Result, Tensor};

@@ -1,4 +1,4 @@
-//! Texture stage (spec §1.4): the texture flow on the shape latent's coordinates, every call
+//! Texture stage (docs/MODEL.md §1.4): the texture flow on the shape latent's coordinates, every call
 //! conditioned on the re-normalised shape latent joined after the noise channels.
 
 use anyhow::{bail, Result};

@@ -1,4 +1,4 @@
-//! Channel→space with subdivision masks (`SparseChannel2Spatial`, factor 2; spec §5.2):
+//! Channel→space with subdivision masks (`SparseChannel2Spatial`, factor 2; docs/MODEL.md §5.2):
 //! child `s ∈ 0..8` sits at offset `(s & 1, s >> 1 & 1, s >> 2 & 1)` on (x, y, z) — bit 0 → x —
 //! and takes parent channels `[s·C/8, (s+1)·C/8)`. Children come parent-major, then by `s`
 //! ascending (not lexicographically sorted), exactly as upstream's `repeat_interleave` +

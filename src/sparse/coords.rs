@@ -1,6 +1,6 @@
 //! A validated coordinate set `[T,4]` (batch, x, y, z) with its lazily built, cached
 //! neighbour map. Coordinates only change at channel→space blocks, so every conv between two
-//! such blocks shares one `Arc<CoordSet>` and therefore one neighbour map (spec §8).
+//! such blocks shares one `Arc<CoordSet>` and therefore one neighbour map (docs/MODEL.md §8).
 //!
 //! The rows live in the set's tensor; a host copy exists only when the set was built from host
 //! rows or when [`CoordSet::rows`] is first called. Children that channel→space builds on a

@@ -1,4 +1,4 @@
-//! Sparse voxel tensors (spec §8, §5.2): validated coordinate sets, cached 3×3×3 neighbour maps,
+//! Sparse voxel tensors (docs/MODEL.md §8, §5.2): validated coordinate sets, cached 3×3×3 neighbour maps,
 //! channel→space subdivision. (The per-voxel LayerNorm is `ops::layer_norm`.)
 
 pub mod channel_to_space;

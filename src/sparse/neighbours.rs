@@ -1,6 +1,6 @@
 //! The 3×3×3 neighbour map of a coordinate set: `[T,27]` u32, entry `k = kx·9 + ky·3 + kz` is the
 //! row of the voxel at offset `(kx−1, ky−1, kz−1)` on (x, y, z) in the same batch item, or
-//! [`ABSENT`] (spec §8, FlexGEMM's layout).
+//! [`ABSENT`] (docs/MODEL.md §8, FlexGEMM's layout).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

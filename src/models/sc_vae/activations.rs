@@ -1,4 +1,4 @@
-//! Output activations of the SC-VAE decoders (spec §5.4), applied to `out.raw_feats`.
+//! Output activations of the SC-VAE decoders (docs/MODEL.md §5.4), applied to `out.raw_feats`.
 
 use candle_core::{bail, Result, Tensor};
 

@@ -1,4 +1,4 @@
-//! SC-VAE building blocks (spec §5.1): `SparseConvNeXtBlock3d` and `SparseResBlockC2S3d`.
+//! SC-VAE building blocks (docs/MODEL.md §5.1): `SparseConvNeXtBlock3d` and `SparseResBlockC2S3d`.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -11,7 +11,7 @@ use crate::ops::norm_params::NormAffine;
 use crate::ops::sparse_conv::ConvWeights;
 use crate::sparse::{SparseTensor, Subdivision};
 
-/// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, spec §10).
+/// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, docs/MODEL.md §10).
 const BLOCK_NORM_EPS: f64 = 1e-6;
 
 /// `SparseConv3d(ci, co, 3)`: weight `[Co, 3, 3, 3, Ci]`, bias `[Co]`, prepared for the kernel
@@ -87,7 +87,7 @@ impl ConvNeXtBlock {
 }
 
 /// `SparseResBlockC2S3d(C → C')`: subdivide every voxel into the children its subdivision
-/// logits select, carrying features from channel blocks (spec §5.1, golden README §6.8).
+/// logits select, carrying features from channel blocks (docs/MODEL.md §5.1, golden README §6.8).
 pub struct C2SBlock {
     to_subdiv: Option<Linear>,
     norm1: Norm,

@@ -1,4 +1,4 @@
-//! Constructor arguments of the SC-VAE decoders (spec §1.1, §5). Upstream:
+//! Constructor arguments of the SC-VAE decoders (docs/MODEL.md §1.1, §5). Upstream:
 //! `trellis2/models/sc_vaes/{sparse_unet_vae,fdg_vae}.py` @ 5565d24.
 
 use candle_core::{bail, Result};

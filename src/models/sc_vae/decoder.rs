@@ -1,4 +1,4 @@
-//! `SparseUnetVaeDecoder` and its shape variant `FlexiDualGridVaeDecoder` (spec §5.3–5.5).
+//! `SparseUnetVaeDecoder` and its shape variant `FlexiDualGridVaeDecoder` (docs/MODEL.md §5.3–5.5).
 //! Upstream: `trellis2/models/sc_vaes/sparse_unet_vae.py` / `fdg_vae.py` @ 5565d24.
 
 use candle_core::{bail, DType, Module, Result, Tensor};
@@ -11,7 +11,7 @@ use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
 use crate::sparse::{SparseTensor, Subdivision};
 
-/// Decoder output LayerNorm eps (`F.layer_norm` default, spec §10).
+/// Decoder output LayerNorm eps (`F.layer_norm` default, docs/MODEL.md §10).
 const OUT_NORM_EPS: f64 = 1e-5;
 
 /// One resolution level: ConvNeXt blocks, then (except the last) a C2S block.

@@ -1,4 +1,4 @@
-//! SC-VAE decoders (spec §5): the shape decoder `FlexiDualGridVaeDecoder` and the texture
+//! SC-VAE decoders (docs/MODEL.md §5): the shape decoder `FlexiDualGridVaeDecoder` and the texture
 //! decoder `SparseUnetVaeDecoder`, their building blocks and output activations.
 
 pub mod activations;

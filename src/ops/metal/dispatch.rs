@@ -1,7 +1,7 @@
 //! Dispatch plans for the Metal kernels: kernel names (built from the same parameters the
 //! `.metal` files instantiate), grids, threadgroup memory, and the split of one op into several
 //! dispatches so that no command buffer runs long enough for the macOS GPU watchdog to kill it
-//! (spec/PEERS.md, "Mac realities"). Backend-free so the emulator tests run these exact plans.
+//! (docs/METAL.md, "Watchdog and dispatch"). Backend-free so the emulator tests run these exact plans.
 
 use super::kargs::{AttentionArgs, DeformIm2ColArgs, SparseConvArgs};
 use candle_core::{bail, DType, Result};

@@ -1,4 +1,4 @@
-//! The Metal side of the GPU ops (DESIGN.md, "Backends").
+//! The Metal side of the GPU ops (docs/ARCHITECTURE.md, "Backends").
 //!
 //! `kargs`, `dispatch` and the `*_plan` modules are plain Rust and always compiled: they decide
 //! kernel names, grids, threadgroup memory and how a long op is split into several dispatches,

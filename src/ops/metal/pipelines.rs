@@ -1,5 +1,5 @@
-//! Kernel sources embedded once, libraries and pipelines compiled once per Metal device (STYLE.md
-//! §1.6): a read lock for the common hit, a write lock that checks again before compiling.
+//! Kernel sources embedded once, libraries and pipelines compiled once per Metal device, as
+//! candle-metal-kernels does: a read lock for the common hit, a write lock that checks again before compiling.
 
 use candle_core::{MetalDevice, MetalError, Result};
 use candle_metal_kernels::metal::{ComputePipeline, Library};
