@@ -27,7 +27,7 @@ fi
 # GPU lacks (libcuda ships with the driver only). Each stub defines the functions cudarc
 # declares, under the real library's soname, so the binary resolves them from the real libraries
 # of the GPU machine at run time. The stubs are never put on LD_LIBRARY_PATH.
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 (cd "$REPO" && cargo fetch --quiet)
 CUDARC_VER="$(grep -A1 '^name = "cudarc"' "$REPO/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')"
 CUDARC="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"$CUDARC_VER" | head -n1)"
