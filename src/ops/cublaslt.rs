@@ -52,15 +52,9 @@ const MIN_ALIGNMENT: u64 = 16;
 /// The result of a fused call, or why it could not run (the caller then takes the composed path).
 pub(crate) type Outcome = std::result::Result<Tensor, &'static str>;
 
-/// `TRELLIS2_CUBLASLT=0` (or `off`) turns the fused path off, for A/B measurements; read once.
+/// `TRELLIS2_CUBLASLT=off` turns the fused path off, for A/B measurements.
 fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("TRELLIS2_CUBLASLT").map_or(true, |v| {
-            let v = v.trim();
-            !(v == "0" || v.eq_ignore_ascii_case("off"))
-        })
-    })
+    super::tuning::Tuning::current().cublaslt
 }
 
 fn lt_err(what: &str, e: lt::CublasError) -> candle_core::Error {

@@ -19,6 +19,7 @@ use super::metal::kargs::{DeformIm2ColArgs, NeighbourArgs};
 use super::metal::neighbour_plan::NeighbourPlan;
 use super::sample_offsets::offsets_u32;
 use super::sparse_conv::{ConvKernel, TAPS};
+use super::tuning::{KernelChoice, Tuning};
 
 mod cascade_quantize;
 mod channel_to_space;
@@ -122,17 +123,11 @@ fn sm_count(dev: &CudaDevice) -> Result<usize> {
 }
 
 /// Whether convs with Co ≥ 256 take 128 × 256 tiles (half the feature gathers of 128 × 128, one
-/// block an SM): yes unless `TRELLIS2_CONV_TILE=128`; `auto` or `256` (or unset) keep the
-/// default. Measured on an H100 (benches/README.md), sorted: 2.800 / 2.594 / 2.200 ms against
-/// 2.935 / 2.706 / 2.378 ms with 128 × 128 tiles at 20k × 1024, 80k × 512 and 300k × 256.
-fn subm_conv_wide_tiles() -> Result<bool> {
-    static WIDE: std::sync::OnceLock<std::result::Result<bool, String>> =
-        std::sync::OnceLock::new();
-    env_once(&WIDE, "TRELLIS2_CONV_TILE", |v| match v {
-        None | Some("" | "auto" | "256") => Ok(true),
-        Some("128") => Ok(false),
-        Some(_) => Err("expected auto, 128 or 256".into()),
-    })
+/// block an SM): yes unless `TRELLIS2_CONV_TILE=128`. Measured on an H100 (benches/README.md),
+/// sorted: 2.800 / 2.594 / 2.200 ms against 2.935 / 2.706 / 2.378 ms with 128 × 128 tiles at
+/// 20k × 1024, 80k × 512 and 300k × 256.
+fn subm_conv_wide_tiles() -> bool {
+    Tuning::current().conv_tile.wide()
 }
 
 /// Whether the sparse-conv kernel skips the products of its 16-row tiles that lack a step's tap
@@ -140,30 +135,8 @@ fn subm_conv_wide_tiles() -> Result<bool> {
 /// ≈ 18.4 instead of ≈ 22.4 taps a row at 20k × 1024, 17.1 instead of 19.9 at 80k × 512):
 /// yes unless `TRELLIS2_CONV_ROW_SKIP=off`, which keeps every product (the same results up to
 /// the sign of zero) for measuring the difference.
-fn subm_conv_row_skip() -> Result<bool> {
-    static SKIP: std::sync::OnceLock<std::result::Result<bool, String>> =
-        std::sync::OnceLock::new();
-    env_once(&SKIP, "TRELLIS2_CONV_ROW_SKIP", |v| match v {
-        None | Some("" | "on") => Ok(true),
-        Some("off") => Ok(false),
-        Some(_) => Err("expected on or off".into()),
-    })
-}
-
-/// The value of environment variable `var` parsed by `parse` (given `None` when unset), read
-/// once per process into `cell`; a parse error is returned on every call.
-fn env_once<T: Clone + Send + Sync>(
-    cell: &'static std::sync::OnceLock<std::result::Result<T, String>>,
-    var: &str,
-    parse: impl FnOnce(Option<&str>) -> std::result::Result<T, String>,
-) -> Result<T> {
-    cell.get_or_init(|| match std::env::var(var) {
-        Err(std::env::VarError::NotPresent) => parse(None),
-        Ok(v) => parse(Some(v.trim())).map_err(|e| format!("{var}={v:?}: {e}")),
-        Err(e) => Err(format!("{var}: {e}")),
-    })
-    .clone()
-    .map_err(candle_core::Error::Msg)
+fn subm_conv_row_skip() -> bool {
+    Tuning::current().conv_row_skip
 }
 
 /// Whether `ConvKernel::Auto` picks the wgmma conv kernel where it can run (compiled in, a
@@ -179,8 +152,6 @@ pub(crate) fn wgmma_conv_available(dev: &CudaDevice) -> Result<bool> {
 /// copies (Ci a multiple of 8, 16-byte aligned operands), the only one the wgmma kernel has.
 /// The environment variable is `TRELLIS2_CONV_KERNEL`, the default `CONV_WGMMA_BY_DEFAULT`.
 fn use_wgmma_conv(dev: &CudaDevice, vec: bool, kernel: ConvKernel) -> Result<bool> {
-    static ENV: std::sync::OnceLock<std::result::Result<Option<bool>, String>> =
-        std::sync::OnceLock::new();
     let requested = match kernel {
         ConvKernel::Auto => None,
         ConvKernel::Mma => Some(false),
@@ -191,7 +162,7 @@ fn use_wgmma_conv(dev: &CudaDevice, vec: bool, kernel: ConvKernel) -> Result<boo
             op: "submanifold_conv3d (CUDA)",
             built: SPARSE_CONV_SM90A_PTX.is_some(),
             by_default: CONV_WGMMA_BY_DEFAULT,
-            env: kernel_env(&ENV, "TRELLIS2_CONV_KERNEL")?,
+            env: kernel_env(Tuning::current().conv_kernel),
         },
         dev,
         requested,
@@ -210,18 +181,14 @@ fn sm90a_device(dev: &CudaDevice, built: bool) -> Result<bool> {
     Ok(cc == (9, 0))
 }
 
-/// `var` (`mma` or `wgmma`, any case; unset or empty: none), read once into `cell`:
-/// `Some(true)` asks for the wgmma kernel, `Some(false)` for the mma.sync one.
-fn kernel_env(
-    cell: &'static std::sync::OnceLock<std::result::Result<Option<bool>, String>>,
-    var: &str,
-) -> Result<Option<bool>> {
-    env_once(cell, var, |v| match v {
-        None | Some("") => Ok(None),
-        Some(s) if s.eq_ignore_ascii_case("mma") => Ok(Some(false)),
-        Some(s) if s.eq_ignore_ascii_case("wgmma") => Ok(Some(true)),
-        Some(_) => Err("expected mma or wgmma".into()),
-    })
+/// An op's kernel knob as [`choose_wgmma`] takes it: `Some(true)` asks for the wgmma kernel,
+/// `Some(false)` for the mma.sync one, `None` leaves the choice to the default.
+fn kernel_env(choice: KernelChoice) -> Option<bool> {
+    match choice {
+        KernelChoice::Auto => None,
+        KernelChoice::Mma => Some(false),
+        KernelChoice::Wgmma => Some(true),
+    }
 }
 
 /// One op's wgmma kernel family, for [`choose_wgmma`].
@@ -232,7 +199,7 @@ struct WgmmaFamily {
     built: bool,
     /// What `Auto` picks without the environment variable: wgmma wherever it can run.
     by_default: bool,
-    /// The op's environment variable ([`kernel_env`]).
+    /// The op's tuning knob ([`kernel_env`]).
     env: Option<bool>,
 }
 
@@ -278,25 +245,17 @@ fn choose_wgmma(
 /// `bn` output columns: 4 stages at BN = 64 and 256; at BN = 128, 3 (two blocks an SM) unless
 /// `TRELLIS2_CONV_STAGES=4` (one). One group in flight at BN = 256 (one block an SM), none
 /// otherwise, unless `TRELLIS2_CONV_WGMMA_KEEP` is 0 or 1. Both variables are for measuring.
-fn subm_conv_sm90a_pipeline(bn: usize) -> Result<(u32, u32)> {
-    use std::sync::OnceLock;
-    static STAGES: OnceLock<std::result::Result<Option<u32>, String>> = OnceLock::new();
-    static KEEP: OnceLock<std::result::Result<Option<u32>, String>> = OnceLock::new();
-    let stages = env_once(&STAGES, "TRELLIS2_CONV_STAGES", |v| match v {
-        None | Some("" | "auto") => Ok(None),
-        Some("3") => Ok(Some(3)),
-        Some("4") => Ok(Some(4)),
-        Some(_) => Err("expected auto, 3 or 4".into()),
-    })?;
-    let keep = env_once(&KEEP, "TRELLIS2_CONV_WGMMA_KEEP", |v| match v {
-        None | Some("" | "auto") => Ok(None),
-        Some("0") => Ok(Some(0)),
-        Some("1") => Ok(Some(1)),
-        Some(_) => Err("expected auto, 0 or 1".into()),
-    })?;
-    let stages = if bn == 128 { stages.unwrap_or(3) } else { 4 };
-    let keep = keep.unwrap_or(if bn == 256 { 1 } else { 0 });
-    Ok((stages, keep))
+fn subm_conv_sm90a_pipeline(bn: usize) -> (u32, u32) {
+    let tuning = Tuning::current();
+    let stages = if bn == 128 {
+        tuning.conv_stages.unwrap_or(3)
+    } else {
+        4
+    };
+    let keep = tuning
+        .conv_wgmma_keep
+        .unwrap_or(if bn == 256 { 1 } else { 0 });
+    (stages, keep)
 }
 
 /// Dynamic shared memory of a wgmma conv kernel: `stages` ring slots of 128 A rows and `bn` B
@@ -384,7 +343,7 @@ pub(crate) fn subm_conv3d(
     let wide_tiles = n.div_ceil(128) * co.div_ceil(256);
     let (bn, smem) = if co <= 64 {
         (64, SUBM_CONV_SMEM_BYTES)
-    } else if co >= 256 && subm_conv_wide_tiles()? && wide_tiles >= sm_count(&dev)? {
+    } else if co >= 256 && subm_conv_wide_tiles() && wide_tiles >= sm_count(&dev)? {
         (256, SUBM_CONV_WIDE_SMEM_BYTES)
     } else {
         (128, SUBM_CONV_SMEM_BYTES)
@@ -393,7 +352,7 @@ pub(crate) fn subm_conv3d(
     // The kernel: (module, PTX), name prefix (before the dtypes) and suffix, shared memory.
     let (module, prefix, suffix, smem) = match SPARSE_CONV_SM90A_PTX {
         Some(ptx) if wgmma => {
-            let (stages, keep) = subm_conv_sm90a_pipeline(bn)?;
+            let (stages, keep) = subm_conv_sm90a_pipeline(bn);
             (
                 ("trellis2_sparse_conv_sm90a", ptx),
                 "subm_conv3d_sm90a",
@@ -414,7 +373,7 @@ pub(crate) fn subm_conv3d(
         shared_mem_bytes: smem,
     };
     let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
-    let row_skip = subm_conv_row_skip()? as i32;
+    let row_skip = subm_conv_row_skip() as i32;
     // Launches the `$t` operand kernel writing `$o` outputs (`$oname` in the kernel name).
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal, $o:ty, $oname:literal) => {{
@@ -566,8 +525,6 @@ pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
 /// Whether this call runs the wgmma attention kernel ([`choose_wgmma`]): head dims 64 and 128;
 /// the environment variable is `TRELLIS2_ATTENTION`, the default `WGMMA_BY_DEFAULT`.
 fn use_wgmma(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<bool> {
-    static ENV: std::sync::OnceLock<std::result::Result<Option<bool>, String>> =
-        std::sync::OnceLock::new();
     let requested = match kernel {
         AttentionKernel::Auto => None,
         AttentionKernel::Mma => Some(false),
@@ -578,7 +535,7 @@ fn use_wgmma(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<bool
             op: "varlen attention (CUDA)",
             built: ATTENTION_SM90A_PTX.is_some(),
             by_default: WGMMA_BY_DEFAULT,
-            env: kernel_env(&ENV, "TRELLIS2_ATTENTION")?,
+            env: kernel_env(Tuning::current().attention),
         },
         dev,
         requested,

@@ -23,6 +23,7 @@ pub mod rms_norm_rope;
 pub mod rope;
 mod sample_offsets;
 pub mod sparse_conv;
+pub mod tuning;
 
 pub use conv3d::{conv3d_k3, Conv3dK3, GridNeighbours};
 pub use deform_conv::{deform_conv2d, DeformConvConfig};

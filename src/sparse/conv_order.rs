@@ -4,8 +4,8 @@
 //!
 //! The order is a custom op on the `[T,27]` map: its CPU forward is the host sort below, the
 //! reference that the CUDA radix sort (`kernels/cuda/conv_order.cu`) must equal word for word;
-//! other devices sort on the host. Also here: the sorting policy (`TRELLIS2_CONV_SORT`) and its
-//! default window.
+//! other devices sort on the host. Also here: the default window of the sorting policy
+//! (`TRELLIS2_CONV_SORT`, read through `ops::tuning`).
 
 use candle_core::{bail, CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -30,36 +30,6 @@ const SORT_MIN_WINDOW: usize = 16_384;
 pub fn default_sort_window(row_bytes: usize) -> usize {
     let w = (SORT_WINDOW_BYTES / row_bytes.max(1)).max(1);
     (1usize << w.ilog2()).max(SORT_MIN_WINDOW)
-}
-
-/// How the CUDA conv orders voxels: `TRELLIS2_CONV_SORT` = `off` (or `0`), `full`, a window in
-/// voxels, or unset / `auto` (the default window for the feature row size). Sets below
-/// [`SORT_MIN_ROWS`] keep their order under every policy.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum SortPolicy {
-    Off,
-    Auto,
-    Window(usize),
-}
-
-/// `TRELLIS2_CONV_SORT`, read once.
-pub(crate) fn sort_policy() -> Result<SortPolicy> {
-    use std::sync::OnceLock;
-    static POLICY: OnceLock<std::result::Result<SortPolicy, String>> = OnceLock::new();
-    let policy = POLICY.get_or_init(|| {
-        let Ok(v) = std::env::var("TRELLIS2_CONV_SORT") else {
-            return Ok(SortPolicy::Auto);
-        };
-        match v.trim() {
-            "" | "auto" => Ok(SortPolicy::Auto),
-            "off" | "0" => Ok(SortPolicy::Off),
-            "full" => Ok(SortPolicy::Window(usize::MAX)),
-            w => w.parse().map(SortPolicy::Window).map_err(|_| {
-                format!("TRELLIS2_CONV_SORT={v}: expected off, auto, full or a window in voxels")
-            }),
-        }
-    });
-    policy.clone().map_err(candle_core::Error::Msg)
 }
 
 /// Each voxel's neighbour-presence mask (bit k: tap k present) from a `[T,27]` map.

@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
-use super::conv_order::{
-    default_sort_window, sort_policy, sorted_by_mask, SortPolicy, SORT_MIN_ROWS,
-};
+use super::conv_order::{default_sort_window, sorted_by_mask, SORT_MIN_ROWS};
 use super::coords::CoordSet;
 pub use crate::ops::sparse_conv::{ABSENT, TAPS};
+use crate::ops::tuning::{ConvSort, Tuning};
 
 /// A batch item whose bounding box has at most this many cells is indexed with a dense grid
 /// (4 bytes a cell, 64 MiB at most); larger ones use a hash map.
@@ -126,10 +125,11 @@ impl NeighbourMap {
         if !self.tensor.device().is_cuda() || rows < SORT_MIN_ROWS {
             return Ok(None);
         }
-        let window = match sort_policy()? {
-            SortPolicy::Off => return Ok(None),
-            SortPolicy::Window(w) => w,
-            SortPolicy::Auto => default_sort_window(row_bytes),
+        let window = match Tuning::current().conv_sort {
+            ConvSort::Off => return Ok(None),
+            ConvSort::Full => usize::MAX,
+            ConvSort::Window(w) => w,
+            ConvSort::Auto => default_sort_window(row_bytes),
         };
         self.sorted_order(window).map(Some)
     }
