@@ -3,14 +3,14 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
+use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
-use half::{bf16, f16};
 
 use crate::ops::cuda::{
-    choose_wgmma, kernel_env, large_smem_func, output, sm90a_device, token_rows, WgmmaFamily,
+    choose_wgmma, kernel_env, large_smem_func, output, sm90a_device, token_rows, Ptx, WgmmaFamily,
     ATTENTION, ATTENTION_SM90A,
 };
+use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
 use crate::ops::tuning::Tuning;
 use crate::ops::vocab::AttentionKernel;
 
@@ -182,41 +182,74 @@ pub(crate) fn varlen_attention(
         block_dim: (threads, 1, 1),
         shared_mem_bytes: smem,
     };
-    let heads_ = heads as i32;
-    macro_rules! run {
-        ($t:ty, $variant:ident, $dtype:literal) => {{
-            let (CudaStorageSlice::$variant(kk), CudaStorageSlice::$variant(vv)) =
-                (&k.slice, &v.slice)
-            else {
-                bail!("{OP}: q, k and v must have the same dtype");
-            };
-            let CudaStorageSlice::$variant(qq) = &q.slice else {
-                unreachable!("matched on q's dtype")
-            };
-            let out = output::<$t>(&dev, nq * heads * d)?;
-            if ntiles > 0 && heads > 0 {
-                let tiles = dev.clone_htod(&tiles)?;
-                let name = format!("{prefix}_{}_d{d}", $dtype);
-                let func = large_smem_func(&dev, module, &name, smem)?;
-                let (qq, kk, vv) = (qq.slice(qa..qz), kk.slice(ka..kz), vv.slice(va..vz));
-                let stream = dev.cuda_stream();
-                let mut b = stream.launch_builder(&func);
-                b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
-                b.arg(&heads_).arg(&scale_log2);
-                b.arg(&strides[0]).arg(&strides[1]).arg(&strides[2]);
-                // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
-                // v, as the op's offset checks guarantee; a row r of an operand starts at
-                // r·stride within its [start, end) span (`token_rows`); out[Nq·H·D] is owned by
-                // this call.
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            CudaStorage::wrap_cuda_slice(out, dev.clone())
-        }};
-    }
-    let out = match &q.slice {
-        CudaStorageSlice::BF16(_) => run!(bf16, BF16, "bf16"),
-        CudaStorageSlice::F16(_) => run!(f16, F16, "f16"),
-        _ => bail!("{OP}: takes bf16 or f16 q, k, v, got {:?}", q.dtype()),
+    let launch = Attention {
+        q: (q, qa, qz),
+        k: (k, ka, kz),
+        v: (v, va, vz),
+        tiles: &tiles,
+        kernel: (module, prefix, smem),
+        cfg,
+        dims: (nq, heads, d),
+        scale_log2,
+        strides,
     };
+    let out = with_float(q.dtype(), HALVES, launch, || {
+        format!("{OP}: takes bf16 or f16 q, k, v, got {:?}", q.dtype())
+    })?;
     Ok((out, Shape::from((nq, heads, d))))
+}
+
+/// The launch of [`varlen_attention`] for one element type.
+struct Attention<'a> {
+    /// q, k and v with their spans.
+    q: (&'a CudaStorage, usize, usize),
+    k: (&'a CudaStorage, usize, usize),
+    v: (&'a CudaStorage, usize, usize),
+    /// `[q0, q1, k0, k1]` of each query tile.
+    tiles: &'a [u32],
+    /// PTX module, kernel name prefix and shared memory.
+    kernel: (&'a Ptx, &'static str, u32),
+    cfg: LaunchConfig,
+    /// `(Nq, H, D)`.
+    dims: (usize, usize, usize),
+    scale_log2: f32,
+    /// Token strides of q, k and v.
+    strides: [i32; 3],
+}
+
+impl FloatFn for Attention<'_> {
+    type Output = CudaStorage;
+
+    fn call<T: FloatElem>(self) -> Result<CudaStorage> {
+        let ((q, qa, qz), (k, ka, kz), (v, va, vz)) = (self.q, self.k, self.v);
+        if k.dtype() != T::DTYPE || v.dtype() != T::DTYPE {
+            bail!("varlen attention (CUDA): q, k and v must have the same dtype");
+        }
+        let (module, prefix, smem) = self.kernel;
+        let (nq, heads, d) = self.dims;
+        let heads_ = heads as i32;
+        let dev = q.device();
+        let out = output::<T>(dev, nq * heads * d)?;
+        if !self.tiles.is_empty() && heads > 0 {
+            let tiles = dev.clone_htod(self.tiles)?;
+            let name = format!("{prefix}_{}_d{d}", T::NAME);
+            let func = large_smem_func(dev, module, &name, smem)?;
+            let qq = q.as_cuda_slice::<T>()?.slice(qa..qz);
+            let kk = k.as_cuda_slice::<T>()?.slice(ka..kz);
+            let vv = v.as_cuda_slice::<T>()?.slice(va..vz);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
+            b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
+            b.arg(&heads_).arg(&self.scale_log2);
+            b.arg(&self.strides[0])
+                .arg(&self.strides[1])
+                .arg(&self.strides[2]);
+            // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
+            // v, as the op's offset checks guarantee; a row r of an operand starts at
+            // r·stride within its [start, end) span (`token_rows`); out[Nq·H·D] is owned by
+            // this call.
+            unsafe { b.launch(self.cfg) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
 }

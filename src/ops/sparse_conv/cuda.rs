@@ -2,15 +2,15 @@
 //! loop `kernels/cuda/sparse_conv_sm90a.cu`): tile shape, kernel choice and launch.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
-use half::{bf16, f16};
 
 use crate::ops::cuda::{
     choose_wgmma, held_slice, kernel_env, large_smem_func, output, sm90a_device, sm_count, span,
-    WgmmaFamily, SPARSE_CONV, SPARSE_CONV_SM90A,
+    Ptx, WgmmaFamily, SPARSE_CONV, SPARSE_CONV_SM90A,
 };
+use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
 use crate::ops::tuning::Tuning;
 use crate::ops::vocab::ConvKernel;
 
@@ -179,51 +179,91 @@ pub(crate) fn subm_conv3d(
         block_dim: (256, 1, 1),
         shared_mem_bytes: smem,
     };
-    let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
-    let row_skip = subm_conv_row_skip() as i32;
-    // Launches the `$t` operand kernel writing `$o` outputs (`$oname` in the kernel name).
-    macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal, $o:ty, $oname:literal) => {{
-            let CudaStorageSlice::$variant(w) = &weight.slice else {
-                bail!("{OP}: feats and weight must have the same dtype");
-            };
-            let CudaStorageSlice::$variant(f) = &feats.slice else {
-                unreachable!("matched on the feats dtype")
-            };
-            let out = output::<$o>(&dev, n * co)?;
-            if n > 0 && co > 0 {
-                let name = format!("{prefix}_{}_{}_{suffix}", $name, $oname);
-                let func = large_smem_func(&dev, module, &name, smem)?;
-                let (f, w) = (f.slice(fa..fz), w.slice(wa..wz));
-                let stream = dev.cuda_stream();
-                let mut b = stream.launch_builder(&func);
-                b.arg(&f).arg(&w).arg(&map);
-                // Null pointers: tile row p is voxel p; no bias.
-                match &order {
-                    Some(o) => b.arg(o),
-                    None => b.arg(&0u64),
-                };
-                match &bias {
-                    Some(v) => b.arg(v),
-                    None => b.arg(&0u64),
-                };
-                b.arg(&out).arg(&n_).arg(&ci_).arg(&co_).arg(&row_skip);
-                // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
-                // checked by the op's shape checks), order[T] (checked above; entries ≥ T are
-                // skipped) and bias[Co] (checked above), and writes out[T·Co], which it owns:
-                // every row when the order is a permutation, as `NeighbourMap::conv_order` makes
-                // it.
-                unsafe { b.launch(cfg) }.w()?;
-            }
-            CudaStorage::wrap_cuda_slice(out, dev.clone())
-        }};
-    }
-    let out = match (&feats.slice, f32_out) {
-        (CudaStorageSlice::BF16(_), false) => run!(bf16, BF16, "bf16", bf16, "bf16"),
-        (CudaStorageSlice::BF16(_), true) => run!(bf16, BF16, "bf16", f32, "f32"),
-        (CudaStorageSlice::F16(_), false) => run!(f16, F16, "f16", f16, "f16"),
-        (CudaStorageSlice::F16(_), true) => run!(f16, F16, "f16", f32, "f32"),
-        _ => bail!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype()),
+    let launch = SubmConv {
+        feats: (feats, fa, fz),
+        weight: (weight, wa, wz),
+        map,
+        order,
+        bias,
+        kernel: (module, prefix, suffix, smem),
+        cfg,
+        dims: (n, ci, co),
+        row_skip: subm_conv_row_skip(),
+        f32_out,
     };
+    let out = with_float(feats.dtype(), HALVES, launch, || {
+        format!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype())
+    })?;
     Ok((out, Shape::from((n, co))))
+}
+
+/// The launch of [`subm_conv3d`] for one operand type.
+struct SubmConv<'a> {
+    /// feats and weight with their spans.
+    feats: (&'a CudaStorage, usize, usize),
+    weight: (&'a CudaStorage, usize, usize),
+    map: CudaView<'a, u32>,
+    order: Option<CudaView<'a, u32>>,
+    bias: Option<CudaView<'a, f32>>,
+    /// PTX module, kernel name prefix (before the dtypes) and suffix, shared memory.
+    kernel: (&'a Ptx, &'static str, String, u32),
+    cfg: LaunchConfig,
+    /// `(T, Ci, Co)`.
+    dims: (usize, usize, usize),
+    row_skip: bool,
+    f32_out: bool,
+}
+
+impl FloatFn for SubmConv<'_> {
+    type Output = CudaStorage;
+
+    fn call<T: FloatElem>(self) -> Result<CudaStorage> {
+        if self.weight.0.dtype() != T::DTYPE {
+            bail!("submanifold_conv3d (CUDA): feats and weight must have the same dtype");
+        }
+        if self.f32_out {
+            self.launch::<T, f32>()
+        } else {
+            self.launch::<T, T>()
+        }
+    }
+}
+
+impl SubmConv<'_> {
+    /// The `T` operand kernel writing `O` outputs.
+    fn launch<T: FloatElem, O: FloatElem>(&self) -> Result<CudaStorage> {
+        let ((feats, fa, fz), (weight, wa, wz)) = (self.feats, self.weight);
+        let (module, prefix, suffix, smem) = &self.kernel;
+        let (n, ci, co) = self.dims;
+        let (n_, ci_, co_) = (n as i32, ci as i32, co as i32);
+        let row_skip = self.row_skip as i32;
+        let dev = feats.device();
+        let out = output::<O>(dev, n * co)?;
+        if n > 0 && co > 0 {
+            let name = format!("{prefix}_{}_{}_{suffix}", T::NAME, O::NAME);
+            let func = large_smem_func(dev, module, &name, *smem)?;
+            let f = feats.as_cuda_slice::<T>()?.slice(fa..fz);
+            let w = weight.as_cuda_slice::<T>()?.slice(wa..wz);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
+            b.arg(&f).arg(&w).arg(&self.map);
+            // Null pointers: tile row p is voxel p; no bias.
+            match &self.order {
+                Some(o) => b.arg(o),
+                None => b.arg(&0u64),
+            };
+            match &self.bias {
+                Some(v) => b.arg(v),
+                None => b.arg(&0u64),
+            };
+            b.arg(&out).arg(&n_).arg(&ci_).arg(&co_).arg(&row_skip);
+            // SAFETY: the kernel reads feats[T·Ci], weight[Co·27·Ci], map[T·27] (spans
+            // checked by the op's shape checks), order[T] (checked above; entries ≥ T are
+            // skipped) and bias[Co] (checked above), and writes out[T·Co], which it owns:
+            // every row when the order is a permutation, as `NeighbourMap::conv_order` makes
+            // it.
+            unsafe { b.launch(self.cfg) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
 }
