@@ -9,7 +9,7 @@ use crate::ops::cuda::{elementwise_launch, elementwise_vec, f32_slice, output, s
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 use crate::ops::vocab::Activation;
 
-/// `act(x + bias)` (`src/ops/bias_act.rs`): x `[T,C]` f32/f16/bf16, bias `[C]` f32 → `[T,C]` in
+/// `act(x + bias)` (`src/ops/bias_act/mod.rs`): x `[T,C]` f32/f16/bf16, bias `[C]` f32 → `[T,C]` in
 /// x's dtype.
 pub(crate) fn bias_act(
     (x, xl): (&CudaStorage, &Layout),

@@ -9,7 +9,7 @@ use crate::ops::cuda::{elementwise_launch, elementwise_vec, f32_slice, output, s
 use crate::ops::sample_offsets::offsets_u32;
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
-/// `x + gate_b · r` per sample (`src/ops/gated_residual.rs`): x, r `[T,C]` f32/f16/bf16 (the
+/// `x + gate_b · r` per sample (`src/ops/gated_residual/mod.rs`): x, r `[T,C]` f32/f16/bf16 (the
 /// same dtype), gate `[B,C]` f32 → `[T,C]` in x's dtype.
 pub(crate) fn gated_residual(
     (x, xl): (&CudaStorage, &Layout),

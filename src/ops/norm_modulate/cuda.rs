@@ -10,7 +10,7 @@ use crate::ops::cuda::{f32_slice, layer_norm_kernel, output, span, NORMS};
 use crate::ops::sample_offsets::offsets_u32;
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
-/// LayerNorm + adaLN modulation (`src/ops/norm_modulate.rs`): x `[T,C]` f32/f16/bf16, affine
+/// LayerNorm + adaLN modulation (`src/ops/norm_modulate/mod.rs`): x `[T,C]` f32/f16/bf16, affine
 /// `[2,C]` f32, modulation `[B,2,C]` f32 → `[T,C]` in x's dtype.
 pub(crate) fn norm_modulate(
     (x, xl): (&CudaStorage, &Layout),

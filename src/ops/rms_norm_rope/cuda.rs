@@ -8,7 +8,7 @@ use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 use crate::ops::cuda::{f32_slice, norm_launch, norm_launch_groups, output, span, NORMS};
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
-/// q/k RMS norm + interleaved RoPE (`src/ops/rms_norm_rope.rs`): x `[T,H,D]` f32/f16/bf16 with
+/// q/k RMS norm + interleaved RoPE (`src/ops/rms_norm_rope/mod.rs`): x `[T,H,D]` f32/f16/bf16 with
 /// any token stride (each token's H·D values contiguous), gamma `[H,D]` f32, table `[T or 1,D/2,2]`
 /// f32 → `[T,H,D]` contiguous in x's dtype.
 pub(crate) fn rms_norm_rope(
