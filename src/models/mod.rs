@@ -3,7 +3,8 @@
 pub mod birefnet;
 pub mod dinov3;
 pub mod dit;
-pub mod forward;
+pub mod layers;
+pub mod registry;
 pub mod sc_vae;
 pub mod ss_decoder;
 pub mod trace;
