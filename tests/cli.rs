@@ -684,8 +684,10 @@ fn generate_reads_the_model_folder_from_the_environment() {
     );
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("my-model");
+    let picture = dir.path().join("x.png");
+    std::fs::write(&picture, b"not read before the model is found").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))
-        .args(["generate", "x.png", "--offline", "-o"])
+        .args(["generate", p(&picture), "--offline", "-o"])
         .arg(dir.path())
         .env("TRELLIS2_MODEL", &model)
         .output()
