@@ -1,4 +1,6 @@
-//! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys.
+//! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys;
+//! [`layers`] holds the layers several networks share, [`registry`] opens a checkpoint and loads
+//! the network it holds.
 
 pub mod birefnet;
 pub mod dinov3;
