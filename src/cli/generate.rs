@@ -85,7 +85,7 @@ pub struct Args {
     pub dtype: DtypeArg,
     /// Lower peak memory for slower runs: the flow transformers' 30 blocks are read from the
     /// memory-mapped checkpoint when they run instead of staying loaded, cross-attention keys
-    /// are not cached, and MLPs run in token chunks (README: measured peaks per stage).
+    /// are not cached, and MLPs run in token chunks (docs/MEMORY.md: measured peaks per stage).
     #[arg(long)]
     pub low_memory: bool,
     /// Answer yes when asked to download missing model files (for scripts).

@@ -89,7 +89,7 @@ impl ResBlock {
 
 /// 3-D pixel shuffle of a channels-last grid: channel `c·8 + i·4 + j·2 + k` of cell (x, y, z)
 /// goes to cell `(2x+i, 2y+j, 2z+k)` — x is the MOST significant bit here, unlike the sparse
-/// channel→space (upstream `pixel_shuffle_3d`, golden README §6.9).
+/// channel→space (upstream `pixel_shuffle_3d`, tests/fixtures/golden/README.md §6.9).
 pub fn pixel_shuffle_3d(x: &Tensor) -> Result<Tensor> {
     let (b, gx, gy, gz, c8) = match x.dims() {
         &[b, gx, gy, gz, c] => (b, gx, gy, gz, c),

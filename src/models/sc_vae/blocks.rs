@@ -63,7 +63,7 @@ impl ConvNeXtBlock {
 }
 
 /// `SparseResBlockC2S3d(C → C')`: subdivide every voxel into the children its subdivision
-/// logits select, carrying features from channel blocks (docs/MODEL.md §5.1, golden README §6.8).
+/// logits select, carrying features from channel blocks (docs/MODEL.md §5.1, tests/fixtures/golden/README.md §6.8).
 pub struct C2SBlock {
     to_subdiv: Option<Linear>,
     norm1: AffineNorm,
