@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use trellis2::models::forward::build_model;
+use trellis2::models::registry::build_model;
 use trellis2::weights::Checkpoint;
 
 #[path = "common/random_weights.rs"]

@@ -2,6 +2,7 @@
 //! backends. The binary in `src/main.rs` is a thin CLI over this library.
 
 pub mod compare;
+pub mod dev;
 pub mod export;
 pub mod image;
 pub mod mesh;

@@ -597,11 +597,160 @@ fn selftest_names_a_backend_that_is_not_built_in() {
         err.starts_with("error: ") && err.contains("built without") && err.lines().count() == 1,
         "{err}"
     );
-    let o = trellis2(&["selftest", "--device", "tpu"]);
-    assert_eq!(o.status.code(), Some(1));
+}
+
+/// Every enumerated flag is parsed by clap: a bad value is a usage error (exit 2) whose message
+/// names the flag and lists the accepted values.
+#[test]
+fn bad_enum_values_are_usage_errors_listing_the_choices() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["generate", "x.png"], "--device", "auto, cpu, metal, cuda"),
+        (&["generate", "x.png"], "--up", "y, z"),
+        (
+            &["generate", "x.png"],
+            "--pipeline",
+            "512, 1024, 1024-cascade, 1536-cascade",
+        ),
+        (&["generate", "x.png"], "--dtype", "auto, f32, f16, bf16"),
+        (&["generate", "x.png"], "--format", "splat, mesh-ply, glb"),
+        (
+            &["generate", "x.png"],
+            "--rembg",
+            "auto, birefnet, rmbg-2.0, none, alpha",
+        ),
+        (
+            &["matte", "x.png", "-o", "y.png"],
+            "--device",
+            "auto, cpu, metal, cuda",
+        ),
+        (
+            &["matte", "x.png", "-o", "y.png"],
+            "--rembg",
+            "birefnet, rmbg-2.0",
+        ),
+        (&["selftest"], "--device", "auto, cpu, metal, cuda"),
+        (
+            &["download", "--dry-run"],
+            "--rembg",
+            "birefnet, rmbg-2.0, none",
+        ),
+        (
+            &["convert", "--from", "a", "--to", "b"],
+            "--dtype",
+            "f16, bf16, f32",
+        ),
+    ];
+    for (command, flag, accepted) in cases {
+        let mut args = command.to_vec();
+        args.extend([*flag, "tpu"]);
+        let o = trellis2(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("invalid value 'tpu' for '{flag} "))
+                && err.contains(&format!("[possible values: {accepted}]")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// Numbers outside their rule are usage errors (exit 2) naming the flag and the rule.
+#[test]
+fn bad_numbers_are_usage_errors_stating_the_rule() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["generate", "x.png", "--steps", "0"], "--steps", "≥ 1"),
+        (&["generate", "x.png", "--steps", "ss=0"], "--steps", "≥ 1"),
+        (&["generate", "x.png", "--steps", "geo=3"], "--steps", "geo"),
+        (
+            &["generate", "x.png", "--cfg", "nan"],
+            "--cfg",
+            "finite number ≥ 0",
+        ),
+        (
+            &["generate", "x.png", "--cfg", "inf"],
+            "--cfg",
+            "finite number ≥ 0",
+        ),
+        (
+            &["generate", "x.png", "--cfg=-1"],
+            "--cfg",
+            "finite number ≥ 0",
+        ),
+        (
+            &["generate", "x.png", "--cfg-rescale", "tex=2"],
+            "--cfg-rescale",
+            "in [0, 1]",
+        ),
+        (
+            &["generate", "x.png", "--max-tokens", "0"],
+            "--max-tokens",
+            "≥ 1",
+        ),
+        (
+            &["matte", "x.png", "-o", "y.png", "--size", "0"],
+            "--size",
+            "≥ 1",
+        ),
+        (&["compare", "a", "b", "--atol=-1"], "--atol", "≥ 0"),
+        (&["compare", "a", "b", "--rtol", "nan"], "--rtol", "≥ 0"),
+    ];
+    for (args, flag, rule) in cases {
+        let o = trellis2(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("for '{flag} ")) && err.contains(rule),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// `TRELLIS2_MODEL` is `generate --model`'s default, shown in the help.
+#[test]
+fn generate_reads_the_model_folder_from_the_environment() {
+    let o = trellis2(&["generate", "--help"]);
     assert!(
-        stderr(&o).contains("unknown device `tpu`"),
+        stdout(&o).contains("[env: TRELLIS2_MODEL"),
         "{}",
-        stderr(&o)
+        stdout(&o)
     );
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("my-model");
+    let picture = dir.path().join("x.png");
+    std::fs::write(&picture, b"not read before the model is found").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .args(["generate", p(&picture), "--offline", "-o"])
+        .arg(dir.path())
+        .env("TRELLIS2_MODEL", &model)
+        .output()
+        .expect("binary runs");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(p(&model)), "{}", stderr(&o));
+}
+
+/// A download that cannot reach the hub fails with one line naming the URL once.
+#[test]
+fn a_failed_download_is_one_line_with_the_url_once() {
+    // A port that was just free: nothing listens there, so the connection is refused.
+    let endpoint = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .args(["download", "--dry-run"])
+        .env("HF_ENDPOINT", &endpoint)
+        .env("HF_HOME", home.path())
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_TOKEN")
+        .output()
+        .expect("binary runs");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
+    assert!(err.contains("/resolve/main/"), "{err}");
 }

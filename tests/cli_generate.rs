@@ -297,8 +297,8 @@ fn usage_errors_fail_before_any_work() {
         "-o",
         &s(dir.path()),
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("steps"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--steps"), "{}", text(&o));
     // No --model and nothing in the (empty) hub cache: --offline names the command to run.
     let cache = dir.path().join("hub-cache");
     let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))

@@ -161,7 +161,7 @@ fn matte_without_a_model_or_with_a_bad_size_says_why() {
     }
     let out = trellis2(&["matte", p(&input), "-o", p(&output), "--rembg", "u2net"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("birefnet or rmbg-2.0"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: birefnet, rmbg-2.0]"));
     let out = trellis2(&[
         "matte",
         p(&input),

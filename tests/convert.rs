@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use trellis2::models::forward::{forward, Inputs, ModelSource};
+use trellis2::dev::forward::{forward, Inputs};
+use trellis2::models::registry::ModelSource;
 use trellis2::weights::{Checkpoint, Layout, ModelDir};
 
 const ROLES: &[&str] = &[

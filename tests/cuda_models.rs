@@ -8,8 +8,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use trellis2::dev::forward::{forward, Inputs};
 use trellis2::export::tensors::read_tensors;
-use trellis2::models::forward::{forward, Inputs, ModelSource};
+use trellis2::models::registry::ModelSource;
 
 /// bf16 operands through a few layers of a random-weight model.
 const TOL: f32 = 5e-2;

@@ -215,7 +215,7 @@ fn release_forward_flops_follow_the_spec() {
         let spec = 30.0 * nf * (78.7e6 + 6144.0 * nf + 6144.0 * lf);
         let ours = cfg.forward_flops(n, l);
         println!(
-            "N {n} L {l}: {:.2} TFLOP (spec formula {:.2})",
+            "N {n} L {l}: {:.2} TFLOP (docs/MODEL.md §9 formula {:.2})",
             ours / 1e12,
             spec / 1e12
         );

@@ -508,7 +508,10 @@ fn rembg_choice_picks_the_background_remover_to_fetch() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("birefnet or rmbg-2.0"), "{err}");
+    assert!(
+        err.contains("[possible values: birefnet, rmbg-2.0, none]"),
+        "{err}"
+    );
 
     // Fetched with --rembg rmbg-2.0 (gated: the token is sent), generate's lookup finds it.
     succeed(

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use trellis2::models::forward::{build_model, ModelSource};
+use trellis2::models::registry::{build_model, ModelSource};
 use trellis2::weights::{check_tensors, hub, ShapeRecorder};
 
 /// (manifest, role in pipeline.json, stem in the release)
@@ -330,7 +330,7 @@ fn a_synthetic_release_with_the_real_keys_loads_through_generates_discovery_path
     let dev = Device::Cpu;
     use trellis2::models::dinov3::{DinoV3, DinoV3Config};
     use trellis2::models::dit::{DitConfig, FlowDit};
-    use trellis2::models::forward::{load_shape_decoder, load_ss_decoder, load_unet_decoder};
+    use trellis2::models::registry::{load_shape_decoder, load_ss_decoder, load_unet_decoder};
     for (_, role, _) in RELEASE {
         let src = ModelSource::open(&md.resolve(role).unwrap()).unwrap();
         let loaded = match src.class.as_str() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use trellis2::export::tensors::read_tensors;
-use trellis2::models::forward::{
+use trellis2::models::registry::{
     load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource,
 };
 use trellis2::models::sc_vae::activations::{dual_vertices, pbr_attributes};

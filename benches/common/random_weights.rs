@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use trellis2::models::forward::build_model;
+use trellis2::models::registry::build_model;
 use trellis2::weights::ShapeRecorder;
 
 /// The manifest folder of the repository.

@@ -10,9 +10,19 @@
 set -euo pipefail
 PREFIX="${1:-$HOME/.local/cuda-13.0}"
 PY="${PYTHON:-python3}"
-"$PY" -m pip install --quiet --upgrade --target "$PREFIX/site" \
-    'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-runtime==13.0.*' \
-    'nvidia-cuda-crt==13.0.*' 'nvidia-cuda-cccl==13.0.*' 'nvidia-nvvm==13.0.*'
+WHEELS=(nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-crt nvidia-cuda-cccl nvidia-nvvm)
+# A PREFIX that holds all five 13.0 wheels already is kept as it is (delete it to reinstall).
+installed() {
+    local w
+    for w in "${WHEELS[@]}"; do
+        compgen -G "$PREFIX/site/${w//-/_}-13.0.*.dist-info" >/dev/null || return 1
+    done
+}
+if installed; then
+    echo "CUDA 13.0 wheels already in $PREFIX/site"
+else
+    "$PY" -m pip install --quiet --upgrade --target "$PREFIX/site" "${WHEELS[@]/%/==13.0.*}"
+fi
 # The wheels install their parts under site/nvidia/cu13/{bin,include,lib,nvvm}; lay them out as
 # a toolkit root (bin/, include/, lib64/, nvvm/) so nvcc, cudarc and cudaforge find them.
 ROOT="$PREFIX/site/nvidia/cu13"

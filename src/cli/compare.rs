@@ -6,17 +6,19 @@ use anyhow::Result;
 
 use trellis2::compare::{compare_files, Report, Tolerance};
 
+use super::values::non_negative;
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// File under test (safetensors, PLY or GLB).
     pub a: PathBuf,
     /// Reference file of the same kind (a mesh PLY may be compared with a GLB).
     pub b: PathBuf,
-    /// Absolute tolerance: values pass when |a - b| <= atol + rtol * |b|.
-    #[arg(long, default_value_t = Tolerance::default().atol)]
+    /// Absolute tolerance (≥ 0): values pass when |a - b| <= atol + rtol * |b|.
+    #[arg(long, default_value_t = Tolerance::default().atol, value_parser = non_negative)]
     pub atol: f64,
-    /// Relative tolerance (relative to B).
-    #[arg(long, default_value_t = Tolerance::default().rtol)]
+    /// Relative tolerance (≥ 0, relative to B).
+    #[arg(long, default_value_t = Tolerance::default().rtol, value_parser = non_negative)]
     pub rtol: f64,
     /// How many of the worst fields to print.
     #[arg(long, default_value_t = 10)]
@@ -24,10 +26,6 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    if !(args.atol >= 0.0 && args.rtol >= 0.0) {
-        eprintln!("error: --atol and --rtol must be non-negative numbers");
-        return Ok(super::exit::UNREADABLE);
-    }
     let tol = Tolerance {
         atol: args.atol,
         rtol: args.rtol,

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
+use trellis2::dev::forward::{self as runner, Inputs};
 use trellis2::export::tensors::{read_tensors, write_tensors};
 use trellis2::export::write_atomic;
-use trellis2::models::{self, forward::ModelSource};
+use trellis2::models::registry::ModelSource;
 use trellis2::rng::randn_sequence;
 
 #[derive(Subcommand, Debug)]
@@ -124,8 +125,8 @@ fn forward(ckpt: &Path, inputs: &Path, guide: Option<&Path>, output: &Path) -> R
         from = format!("{from} + {}", g.display());
     }
     let start = std::time::Instant::now();
-    let model_inputs = models::forward::Inputs::new(&from, &tensors);
-    let outputs = models::forward::forward(&source, &model_inputs, &device)?;
+    let model_inputs = Inputs::new(&from, &tensors);
+    let outputs = runner::forward(&source, &model_inputs, &device)?;
     let elapsed = start.elapsed();
     // Like the golden io files, the output holds the inputs the model read (from --inputs, not
     // --guide) beside its outputs, so `trellis2 compare OUT GOLDEN_IO` checks a whole file.

@@ -10,6 +10,8 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use trellis2::weights::{ModelDir, RembgModel};
 
+use super::values::RemoverArg;
+
 use trellis2::weights::hub::{self, HubSettings};
 #[cfg(feature = "hub")]
 use trellis2::weights::hub::{Plan, PlanEntry, TransferProgress};
@@ -32,20 +34,14 @@ pub struct Args {
     /// Background remover to fetch: birefnet (ZhengPeng7/BiRefNet, MIT licence; the default),
     /// rmbg-2.0 (briaai/RMBG-2.0: gated, CC BY-NC 4.0, NON-COMMERCIAL use only; the model the
     /// release's pipeline.json names) or none. `generate --rembg` must name the same one.
-    #[arg(long, default_value = "birefnet", value_name = "MODEL", value_parser = parse_rembg)]
-    pub rembg: Remover,
-}
-
-/// The background remover to fetch, `None` for `--rembg none` (a newtype: clap reads a bare
-/// `Option` as "flag may be absent").
-#[derive(Clone, Copy, Debug)]
-pub struct Remover(pub Option<RembgModel>);
-
-fn parse_rembg(s: &str) -> Result<Remover, String> {
-    match s {
-        "none" => Ok(Remover(None)),
-        other => other.parse().map(|m| Remover(Some(m))),
-    }
+    #[arg(
+        long,
+        value_name = "MODEL",
+        value_enum,
+        ignore_case = true,
+        default_value_t = RemoverArg::Birefnet
+    )]
+    pub rembg: RemoverArg,
 }
 
 pub fn run(args: &Args) -> Result<u8> {
@@ -54,7 +50,7 @@ pub fn run(args: &Args) -> Result<u8> {
         settings = settings.with_cache_dir(dir);
     }
     if args.offline {
-        let missing = hub::missing_offline(&settings, args.rembg.0);
+        let missing = hub::missing_offline(&settings, args.rembg.model());
         if missing.is_empty() {
             println!("all model files are in {}", settings.cache_dir.display());
             return Ok(super::exit::OK);
@@ -65,7 +61,7 @@ pub fn run(args: &Args) -> Result<u8> {
             missing.len(),
             settings.cache_dir.display(),
             list.join("\n"),
-            hub::download_command(&settings, args.rembg.0)
+            hub::download_command(&settings, args.rembg.model())
         );
     }
     fetch_release(args, &settings)
@@ -75,7 +71,7 @@ pub fn run(args: &Args) -> Result<u8> {
 #[cfg(feature = "hub")]
 fn fetch_release(args: &Args, settings: &HubSettings) -> Result<u8> {
     let settings = settings.clone();
-    let plan = hub::plan(&settings, args.rembg.0)?;
+    let plan = hub::plan(&settings, args.rembg.model())?;
     print_plan(&plan, &settings);
     let missing = plan.missing().count();
     if args.dry_run || missing == 0 {

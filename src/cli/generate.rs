@@ -10,15 +10,15 @@ use candle_core::Tensor;
 
 use super::exit;
 use super::inputs;
-use super::overrides::parse_per_stage;
 use super::progress::CliProgress;
 use super::report::{ItemReport, RunReport, Status, CANDLE_VERSION};
+use super::values::{self, BackgroundArg, DeviceArg, DtypeArg, PerStage, PipelineArg, UpArg};
 use trellis2::export::tensors::read_tensors;
-use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
+use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset};
 use trellis2::image::load_image;
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::background::Background;
-use trellis2::pipeline::device::{describe, select, DeviceChoice};
+use trellis2::pipeline::device::{describe, select};
 use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
@@ -71,20 +71,21 @@ pub struct Args {
     /// Noise seed (upstream's torch.manual_seed; the same seed gives upstream's noise).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Pipeline type: 512, 1024, 1024-cascade or 1536-cascade (default: the model's, 1024-cascade).
-    #[arg(long)]
-    pub pipeline: Option<String>,
-    /// Compute device: auto, cpu, metal or cuda.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Pipeline type (default: the model's, 1024-cascade).
+    #[arg(long, value_enum)]
+    pub pipeline: Option<PipelineArg>,
+    /// Compute device (auto: Metal on macOS builds with it, else CUDA when built with it, else
+    /// the CPU).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
     /// Compute dtype: auto (f32 on the CPU; on a GPU each checkpoint's own dtype, bf16 flows
     /// and f16 decoders as upstream runs them), f32, f16 or bf16 (GPU only). Norms, RoPE,
     /// softmax and the sampler state stay f32 whatever this says.
-    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
-    pub dtype: DTypeChoice,
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub dtype: DtypeArg,
     /// Lower peak memory for slower runs: the flow transformers' 30 blocks are read from the
     /// memory-mapped checkpoint when they run instead of staying loaded, cross-attention keys
-    /// are not cached, and MLPs run in token chunks (README: measured peaks per stage).
+    /// are not cached, and MLPs run in token chunks (docs/MEMORY.md: measured peaks per stage).
     #[arg(long)]
     pub low_memory: bool,
     /// Answer yes when asked to download missing model files (for scripts).
@@ -95,19 +96,19 @@ pub struct Args {
     pub offline: bool,
     /// Model folder holding pipeline.json, or a hub cache folder (`download --to DIR`); default:
     /// TRELLIS2_MODEL, else the Hugging Face cache, downloading what is missing on first use.
-    #[arg(long)]
+    #[arg(long, env = "TRELLIS2_MODEL")]
     pub model: Option<PathBuf>,
-    /// Sampling steps: one number for all stages, or ss=N,shape=N,tex=N.
-    #[arg(long)]
-    pub steps: Option<String>,
-    /// Guidance strength: one number for all stages, or ss=X,shape=X,tex=X.
-    #[arg(long)]
-    pub cfg: Option<String>,
+    /// Sampling steps (≥ 1): one number for all stages, or ss=N,shape=N,tex=N.
+    #[arg(long, value_parser = values::steps)]
+    pub steps: Option<PerStage<usize>>,
+    /// Guidance strength (≥ 0): one number for all stages, or ss=X,shape=X,tex=X.
+    #[arg(long, value_parser = values::guidance)]
+    pub cfg: Option<PerStage<f64>>,
     /// Guidance rescale (0..1): one number for all stages, or ss=X,shape=X,tex=X.
-    #[arg(long)]
-    pub cfg_rescale: Option<String>,
+    #[arg(long, value_parser = values::rescale)]
+    pub cfg_rescale: Option<PerStage<f64>>,
     /// Token budget of the 1536 cascade (it steps the resolution down while over it).
-    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS, value_parser = values::positive::<usize>)]
     pub max_tokens: usize,
     /// Take the noise from this safetensors file (ss.noise, shape.noise | shape_lr.noise +
     /// shape_hr.noise, tex.noise) instead of the seed. One input only.
@@ -127,15 +128,15 @@ pub struct Args {
     #[arg(long)]
     pub skip_existing: bool,
     /// Up axis of the written files: y (glTF convention) or z (the model's frame).
-    #[arg(long, default_value = "y")]
-    pub up: String,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = UpArg::Y)]
+    pub up: UpArg,
     /// Background removal for pictures without transparency (pictures with real alpha always
     /// keep theirs): auto = birefnet, ZhengPeng7/BiRefNet (MIT licence); rmbg-2.0 =
     /// briaai/RMBG-2.0, the release's own choice (gated, CC BY-NC 4.0: NON-COMMERCIAL use only);
     /// none keeps the whole picture; alpha refuses pictures without alpha. A missing model is
     /// downloaded on first use, like the other models.
-    #[arg(long, default_value = "auto", value_parser = parse_background)]
-    pub rembg: Background,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = BackgroundArg::Auto)]
+    pub rembg: BackgroundArg,
     /// No progress output (errors and the failure summary are still printed).
     #[arg(short, long)]
     pub quiet: bool,
@@ -173,30 +174,21 @@ impl Job {
 /// Flags checked and converted once, before any work.
 struct Plan {
     jobs: Vec<Job>,
-    pipeline_type: Option<PipelineType>,
-    overrides: SamplerOverrides,
     noise: Option<HashMap<String, Tensor>>,
-    up: Up,
 }
 
-fn overrides(args: &Args) -> Result<SamplerOverrides> {
+fn overrides(args: &Args) -> SamplerOverrides {
     let mut o = SamplerOverrides::default();
-    if let Some(text) = &args.steps {
-        for (stage, v) in parse_per_stage::<usize>("--steps", text)? {
-            o.for_stage_mut(stage).steps = Some(v);
-        }
+    for (stage, v) in args.steps.iter().flat_map(|p| &p.0) {
+        o.for_stage_mut(*stage).steps = Some(*v);
     }
-    if let Some(text) = &args.cfg {
-        for (stage, v) in parse_per_stage::<f64>("--cfg", text)? {
-            o.for_stage_mut(stage).guidance_strength = Some(v);
-        }
+    for (stage, v) in args.cfg.iter().flat_map(|p| &p.0) {
+        o.for_stage_mut(*stage).guidance_strength = Some(*v);
     }
-    if let Some(text) = &args.cfg_rescale {
-        for (stage, v) in parse_per_stage::<f64>("--cfg-rescale", text)? {
-            o.for_stage_mut(stage).guidance_rescale = Some(v);
-        }
+    for (stage, v) in args.cfg_rescale.iter().flat_map(|p| &p.0) {
+        o.for_stage_mut(*stage).guidance_rescale = Some(*v);
     }
-    Ok(o)
+    o
 }
 
 fn plan(args: &Args) -> Result<Plan> {
@@ -240,14 +232,7 @@ fn plan(args: &Args) -> Result<Plan> {
         Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
         None => None,
     };
-    let up: Up = args.up.parse().map_err(|e| anyhow::anyhow!("--up: {e}"))?;
-    Ok(Plan {
-        jobs,
-        pipeline_type: args.pipeline.as_deref().map(str::parse).transpose()?,
-        overrides: overrides(args)?,
-        noise,
-        up,
-    })
+    Ok(Plan { jobs, noise })
 }
 
 fn is_folder(p: &Path) -> bool {
@@ -262,21 +247,19 @@ pub fn run(args: &Args) -> Result<u8> {
             return Ok(exit::UNREADABLE);
         }
     };
-    let choice: DeviceChoice = args.device.parse()?;
-    let device = select(choice)?;
-    let model = args
-        .model
-        .clone()
-        .or_else(|| std::env::var_os("TRELLIS2_MODEL").map(PathBuf::from));
+    let device = select(args.device.into())?;
+    let background = Background::from(args.rembg);
+    let dtype = DTypeChoice::from(args.dtype);
     // Decoding saved latents needs no picture, hence no background remover.
     let rembg = match args.from_latents {
         Some(_) => None,
-        None => args.rembg.model(),
+        None => background.model(),
     };
-    let model_dir = super::download::ensure_model(model.as_deref(), rembg, args.yes, args.offline)?;
+    let model_dir =
+        super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
     let model_root = model_dir.root.clone();
     let load = LoadOptions {
-        dtype: args.dtype,
+        dtype,
         memory: if args.low_memory {
             WeightMemory::Streamed
         } else {
@@ -284,9 +267,10 @@ pub fn run(args: &Args) -> Result<u8> {
         },
     };
     let mut pipeline = Pipeline::new(model_dir, device)?.with_load_options(load)?;
-    pipeline.apply_overrides(&plan.overrides)?;
-    let ptype = plan
-        .pipeline_type
+    pipeline.apply_overrides(&overrides(args))?;
+    let ptype = args
+        .pipeline
+        .map(PipelineType::from)
         .unwrap_or(pipeline.settings().default_type);
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("{}: cannot create output folder", args.output.display()))?;
@@ -326,11 +310,11 @@ pub fn run(args: &Args) -> Result<u8> {
                     None => NoiseSource::Seed(args.seed),
                 },
                 max_tokens: args.max_tokens,
-                background: args.rembg,
+                background,
             };
             let result =
                 generate_one(&pipeline, job, options, ptype, &mut progress).and_then(|g| {
-                    save(args, &plan, &stem, &g, &outputs)?;
+                    save(args, &stem, &g, &outputs)?;
                     Ok(g)
                 });
             match result {
@@ -390,7 +374,7 @@ pub fn run(args: &Args) -> Result<u8> {
             trellis2_version: env!("CARGO_PKG_VERSION"),
             candle_version: CANDLE_VERSION,
             device: describe(pipeline.device()).into(),
-            dtype: format!("{:?}", args.dtype).to_lowercase(),
+            dtype: format!("{dtype:?}").to_lowercase(),
             low_memory: args.low_memory,
             model: model_root.clone(),
             pipeline_type: ptype.name().into(),
@@ -430,7 +414,7 @@ fn generate_one(
 }
 
 /// Writes the latents file (if asked) and every output format.
-fn save(args: &Args, plan: &Plan, stem: &str, g: &Generated, outputs: &[PathBuf]) -> Result<()> {
+fn save(args: &Args, stem: &str, g: &Generated, outputs: &[PathBuf]) -> Result<()> {
     if let Some(p) = &args.save_latents {
         let path = if is_folder(p) {
             std::fs::create_dir_all(p)
@@ -441,6 +425,7 @@ fn save(args: &Args, plan: &Plan, stem: &str, g: &Generated, outputs: &[PathBuf]
         };
         write_latents(&path, &g.latents, g.resolution)?;
     }
+    let up = args.up.into();
     let asset = Asset::new(
         g.mesh.clone(),
         g.voxel_coords.iter().map(|c| [c[1], c[2], c[3]]).collect(),
@@ -450,18 +435,10 @@ fn save(args: &Args, plan: &Plan, stem: &str, g: &Generated, outputs: &[PathBuf]
     )?;
     for (format, path) in args.format.iter().zip(outputs) {
         match format {
-            Format::Splat => write_splat_ply(path, &asset, plan.up)?,
-            Format::MeshPly => write_mesh_ply(path, &asset, plan.up)?,
-            Format::Glb => write_glb(path, &asset, plan.up)?,
+            Format::Splat => write_splat_ply(path, &asset, up)?,
+            Format::MeshPly => write_mesh_ply(path, &asset, up)?,
+            Format::Glb => write_glb(path, &asset, up)?,
         }
     }
     Ok(())
-}
-
-fn parse_background(s: &str) -> Result<Background, String> {
-    s.parse()
-}
-
-fn parse_dtype(s: &str) -> Result<DTypeChoice, String> {
-    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }

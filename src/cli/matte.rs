@@ -8,9 +8,11 @@ use anyhow::Result;
 
 use trellis2::image::{background_removal_input, load_image, save_rgba_png};
 use trellis2::models::birefnet::BiRefNet;
-use trellis2::pipeline::device::{select, DeviceChoice};
+use trellis2::pipeline::device::select;
 use trellis2::pipeline::matte::{cut_out, MATTE_SIZE};
 use trellis2::weights::RembgModel;
+
+use super::values::{self, DeviceArg, RembgArg};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,8 +27,8 @@ pub struct Args {
     /// (downloaded on first use): birefnet = ZhengPeng7/BiRefNet (MIT licence, the default);
     /// rmbg-2.0 = briaai/RMBG-2.0 (gated, CC BY-NC 4.0: NON-COMMERCIAL use only). With --model
     /// it names which checkpoint the folder holds (it sets the decoder's tile order).
-    #[arg(long, value_name = "MODEL")]
-    pub rembg: Option<RembgModel>,
+    #[arg(long, value_name = "MODEL", value_enum, ignore_case = true)]
+    pub rembg: Option<RembgArg>,
     /// BiRefNet folder: model.safetensors (+ config.json) as on Hugging Face, or the golden
     /// weights.safetensors. The decoder's tile order is the folder's config.json
     /// "patch_split_order" ("rmbg" or "einops") if set, else that of --rembg, else that of the
@@ -39,20 +41,20 @@ pub struct Args {
     /// No network: fail if the model is not in the cache.
     #[arg(long)]
     pub offline: bool,
-    /// Compute device: auto, cpu, metal or cuda (BiRefNet in f32 with fp32 accumulation).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Compute device (BiRefNet in f32 with fp32 accumulation).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
     /// Side of the square network input. Upstream uses 1024; other multiples of 32 are faster
     /// or sharper but do not reproduce upstream's matte.
-    #[arg(long, default_value_t = MATTE_SIZE, value_name = "PX")]
+    #[arg(long, default_value_t = MATTE_SIZE, value_name = "PX", value_parser = values::positive::<u32>)]
     pub size: u32,
 }
 
 pub fn run(args: &Args) -> Result<u8> {
     let loaded = load_image(&args.image)?;
     let rgb = background_removal_input(&loaded);
-    let device = select(args.device.parse::<DeviceChoice>()?)?;
-    let model = match (&args.model, args.rembg) {
+    let device = select(args.device.into())?;
+    let model = match (&args.model, args.rembg.map(RembgModel::from)) {
         (Some(dir), Some(choice)) => BiRefNet::open_as(dir, choice, &device)?,
         (Some(dir), None) => BiRefNet::open(dir, &device)?,
         (None, choice) => {

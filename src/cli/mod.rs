@@ -12,11 +12,11 @@ pub mod generate;
 mod inputs;
 pub mod inspect;
 pub mod matte;
-mod overrides;
 pub mod preprocess;
 mod progress;
 mod report;
 pub mod selftest;
+mod values;
 
 /// Exit codes, documented in the README.
 pub mod exit {

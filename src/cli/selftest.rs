@@ -5,21 +5,21 @@
 use anyhow::Result;
 
 use super::exit;
+use super::values::DeviceArg;
 use trellis2::ops::tuning::Tuning;
-use trellis2::pipeline::device::{describe, select, DeviceChoice};
+use trellis2::pipeline::device::{describe, select};
 use trellis2::selftest;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Device whose kernels are checked: auto, cpu, metal or cuda. On the CPU the ops are checked
-    /// against their slow reference twins.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// Device whose kernels are checked. On the CPU the ops are checked against their slow
+    /// reference twins.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let choice: DeviceChoice = args.device.parse()?;
-    let device = select(choice)?;
+    let device = select(args.device.into())?;
     println!(
         "trellis2 {} selftest on {} (reference: {})",
         env!("CARGO_PKG_VERSION"),

@@ -1,9 +1,9 @@
 //! Triangles re-wound so that each connected piece is consistently oriented, outward.
 //!
-//! The dual grid winds each quad by its edge axis, not by the side the surface faces (spec
-//! §6.1), so vertex normals summed as wound cancel and renderers light faces at random. Upstream
-//! repairs this in its GLB export with CuMesh's `unify_face_orientations`; this is the same
-//! idea on the CPU:
+//! The dual grid winds each quad by its edge axis, not by the side the surface faces
+//! (docs/MODEL.md §6.1), so vertex normals summed as wound cancel and renderers light faces at
+//! random. Upstream repairs this in its GLB export with CuMesh's `unify_face_orientations`; this
+//! is the same idea on the CPU:
 //! 1. two triangles sharing an edge used by exactly two triangles agree when they traverse it
 //!    in opposite directions; breadth-first from the lowest-numbered unvisited triangle, each
 //!    newly reached neighbour is flipped when it disagrees (non-manifold edges, used by three or

@@ -16,7 +16,6 @@
 
 use std::fmt;
 use std::ops::Neg;
-use std::str::FromStr;
 
 /// The up axis of an output file. See the module documentation for the exact rotation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -61,18 +60,6 @@ impl fmt::Display for Up {
     }
 }
 
-impl FromStr for Up {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "y" => Ok(Up::Y),
-            "z" => Ok(Up::Z),
-            other => Err(format!("unknown up axis `{other}` (expected y or z)")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,10 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn parses_cli_spellings() {
-        assert_eq!("Y".parse::<Up>(), Ok(Up::Y));
-        assert_eq!("z".parse::<Up>(), Ok(Up::Z));
-        assert!("x".parse::<Up>().is_err());
+    fn the_default_is_y_up() {
         assert_eq!(Up::default(), Up::Y);
     }
 }

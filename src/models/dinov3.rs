@@ -19,13 +19,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
+use super::layers::AffineNorm;
 use super::trace::Trace;
 use crate::ops::attention::varlen_attention;
 use crate::ops::bias_act::Activation;
 use crate::ops::layer_norm;
-use crate::ops::layer_norm::layer_norm_prepared;
 use crate::ops::linear::Linear;
-use crate::ops::norm_params::NormAffine;
 use crate::ops::rms_norm_rope::{rms_norm_rope, rope_table};
 use crate::weights::Checkpoint;
 
@@ -288,27 +287,6 @@ struct Mlp {
     up_proj: Linear,
     /// With the layer's LayerScale `λ2` folded in.
     down_proj: Linear,
-}
-
-/// An affine LayerNorm (`weight`, `bias`) through the shared op.
-#[derive(Clone)]
-pub struct AffineNorm {
-    /// Weight and bias stacked in f32 once, as the fused norm kernels read them.
-    affine: NormAffine,
-    eps: f64,
-}
-
-impl AffineNorm {
-    pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            affine: NormAffine::new(&vb.get(channels, "weight")?, &vb.get(channels, "bias")?)?,
-            eps,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        layer_norm_prepared(x, &self.affine, self.eps)
-    }
 }
 
 struct Layer {

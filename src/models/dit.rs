@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use super::dinov3::AffineNorm;
+use super::layers::AffineNorm;
 use super::trace::Trace;
 use super::WeightMemory;
 use crate::ops::attention::varlen_attention;

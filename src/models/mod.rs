@@ -1,9 +1,12 @@
-//! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys.
+//! One file per network, built from a `VarBuilder` whose paths are the upstream state-dict keys;
+//! [`layers`] holds the layers several networks share, [`registry`] opens a checkpoint and loads
+//! the network it holds.
 
 pub mod birefnet;
 pub mod dinov3;
 pub mod dit;
-pub mod forward;
+pub mod layers;
+pub mod registry;
 pub mod sc_vae;
 pub mod ss_decoder;
 pub mod trace;

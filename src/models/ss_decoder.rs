@@ -8,9 +8,8 @@ use candle_core::{bail, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::layers::AffineNorm;
 use super::trace::Trace;
-use crate::ops::layer_norm::layer_norm_prepared;
-use crate::ops::norm_params::NormAffine;
 use crate::ops::{Conv3dK3, GridNeighbours};
 
 /// Constructor arguments of `SparseStructureDecoder` (the `args` of its json).
@@ -63,41 +62,20 @@ impl Conv {
     }
 }
 
-/// ChannelLayerNorm32 over the last axis of a channels-last grid.
-struct ChannelNorm {
-    /// Weight and bias stacked in f32 once, as the fused norm kernels read them.
-    affine: NormAffine,
-}
-
-impl ChannelNorm {
-    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            affine: NormAffine::new(&vb.get(c, "weight")?, &vb.get(c, "bias")?)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let c = dims[dims.len() - 1];
-        let rows = x.elem_count() / c.max(1);
-        layer_norm_prepared(&x.reshape((rows, c))?, &self.affine, NORM_EPS)?.reshape(dims)
-    }
-}
-
 /// `ResBlock3d(C)`: `x + conv2(SiLU(norm2(conv1(SiLU(norm1(x))))))`.
 struct ResBlock {
-    norm1: ChannelNorm,
+    norm1: AffineNorm,
     conv1: Conv,
-    norm2: ChannelNorm,
+    norm2: AffineNorm,
     conv2: Conv,
 }
 
 impl ResBlock {
     fn new(c: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm1: ChannelNorm::new(c, vb.pp("norm1"))?,
+            norm1: AffineNorm::new(c, NORM_EPS, vb.pp("norm1"))?,
             conv1: Conv::new(c, c, vb.pp("conv1"))?,
-            norm2: ChannelNorm::new(c, vb.pp("norm2"))?,
+            norm2: AffineNorm::new(c, NORM_EPS, vb.pp("norm2"))?,
             conv2: Conv::new(c, c, vb.pp("conv2"))?,
         })
     }
@@ -111,7 +89,7 @@ impl ResBlock {
 
 /// 3-D pixel shuffle of a channels-last grid: channel `c·8 + i·4 + j·2 + k` of cell (x, y, z)
 /// goes to cell `(2x+i, 2y+j, 2z+k)` — x is the MOST significant bit here, unlike the sparse
-/// channel→space (upstream `pixel_shuffle_3d`, golden README §6.9).
+/// channel→space (upstream `pixel_shuffle_3d`, tests/fixtures/golden/README.md §6.9).
 pub fn pixel_shuffle_3d(x: &Tensor) -> Result<Tensor> {
     let (b, gx, gy, gz, c8) = match x.dims() {
         &[b, gx, gy, gz, c] => (b, gx, gy, gz, c),
@@ -139,7 +117,7 @@ pub struct SsDecoder {
     input_layer: Conv,
     middle_block: Vec<ResBlock>,
     blocks: Vec<Block>,
-    out_norm: ChannelNorm,
+    out_norm: AffineNorm,
     out_conv: Conv,
     /// The neighbour maps of the grids a forward visits (16³, 32³, 64³ in the release), built
     /// on first use: every image decodes on the same grids.
@@ -177,7 +155,7 @@ impl SsDecoder {
             input_layer: Conv::new(cfg.latent_channels, c0, vb.pp("input_layer"))?,
             middle_block,
             blocks,
-            out_norm: ChannelNorm::new(last, vb.pp("out_layer").pp(0))?,
+            out_norm: AffineNorm::new(last, NORM_EPS, vb.pp("out_layer").pp(0))?,
             out_conv: Conv::new(last, cfg.out_channels, vb.pp("out_layer").pp(2))?,
             grids: std::sync::Mutex::new(Vec::new()),
         })

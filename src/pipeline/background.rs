@@ -1,8 +1,6 @@
 //! The conditioning image of a decoded picture: upstream's `preprocess_image`, with background
 //! removal (BiRefNet) for pictures that have no transparency of their own.
 
-use std::str::FromStr;
-
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
@@ -28,23 +26,6 @@ pub enum Background {
     Keep,
     /// Refuse pictures without an alpha channel.
     RequireAlpha,
-}
-
-impl FromStr for Background {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "none" => Ok(Self::Keep),
-            "alpha" => Ok(Self::RequireAlpha),
-            other => other.parse().map(Self::Remove).map_err(|_| {
-                format!(
-                    "`{other}` is not a background mode (auto, birefnet, rmbg-2.0, none or alpha)"
-                )
-            }),
-        }
-    }
 }
 
 impl Background {

@@ -32,16 +32,6 @@ impl PipelineType {
         PipelineType::Cascade1536,
     ];
 
-    /// Upstream's spelling (`1024_cascade`).
-    pub fn upstream_name(self) -> &'static str {
-        match self {
-            PipelineType::P512 => "512",
-            PipelineType::P1024 => "1024",
-            PipelineType::Cascade1024 => "1024_cascade",
-            PipelineType::Cascade1536 => "1536_cascade",
-        }
-    }
-
     /// Our spelling (`1024-cascade`).
     pub fn name(self) -> &'static str {
         match self {
@@ -58,10 +48,6 @@ impl PipelineType {
             PipelineType::P1024 => 64,
             _ => 32,
         }
-    }
-
-    pub fn is_cascade(self) -> bool {
-        matches!(self, PipelineType::Cascade1024 | PipelineType::Cascade1536)
     }
 
     /// Whether the 1024 condition is needed (every type but `512`).

@@ -1,5 +1,5 @@
-//! Loading one model of a model directory by its `pipeline.json` role, strictly, in the
-//! compute dtype the run asks for. Each stage loads what it needs and drops it when done, so
+//! Loading one model of a model directory by its `pipeline.json` role, through the model
+//! registry ([`crate::models::registry`]), in the compute dtype the run asks for. Each stage loads what it needs and drops it when done, so
 //! peak memory is one stage's.
 
 use std::path::PathBuf;
@@ -8,9 +8,11 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
-use crate::models::dinov3::{DinoV3, DinoV3Config};
-use crate::models::dit::{DitConfig, FlowDit};
-use crate::models::forward::{load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource};
+use crate::models::dinov3::DinoV3;
+use crate::models::dit::FlowDit;
+use crate::models::registry::{
+    load_dinov3, load_flow, load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource,
+};
 use crate::models::sc_vae::{FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
 use crate::models::ss_decoder::SsDecoder;
 use crate::models::WeightMemory;
@@ -127,10 +129,8 @@ pub fn flow_model(
     opts: LoadOptions,
 ) -> Result<FlowDit> {
     let src = source(dir, role)?;
-    let cfg: DitConfig = serde_json::from_value(src.args.clone())
-        .with_context(|| format!("{}: bad `args` for {}", src.path.display(), src.class))?;
     let dtype = opts.dtype_for(&src.checkpoint, device);
-    FlowDit::load_with(&cfg, &src.checkpoint, dtype, device, opts.memory)
+    load_flow(&src, dtype, device, opts.memory)
         .with_context(|| format!("loading `{role}` from {}", src.path.display()))
 }
 
@@ -203,9 +203,7 @@ pub fn dinov3(dir: &ModelDir, device: &Device, opts: LoadOptions) -> Result<Dino
         );
     };
     let src = ModelSource::open(folder)?;
-    let cfg: DinoV3Config = serde_json::from_value(src.args.clone())
-        .with_context(|| format!("{}: bad config.json", folder.display()))?;
     let dtype = opts.dtype_for(&src.checkpoint, device);
-    DinoV3::load(&cfg, &src.checkpoint, dtype, device)
+    load_dinov3(&src, dtype, device)
         .with_context(|| format!("loading DINOv3 from {}", folder.display()))
 }

@@ -72,10 +72,6 @@ impl Pipeline {
         Ok(self)
     }
 
-    pub fn load_options(&self) -> LoadOptions {
-        self.load
-    }
-
     pub fn settings(&self) -> &PipelineSettings {
         &self.settings
     }

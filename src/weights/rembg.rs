@@ -7,7 +7,6 @@
 //! (non-commercial only), so it is used only when asked for by name.
 
 use std::path::Path;
-use std::str::FromStr;
 
 /// `ZhengPeng7/BiRefNet`: MIT licence, not gated.
 pub const BIREFNET_REPO: &str = "ZhengPeng7/BiRefNet";
@@ -76,32 +75,9 @@ impl std::fmt::Display for RembgModel {
     }
 }
 
-impl FromStr for RembgModel {
-    type Err = String;
-
-    /// The command-line name or the repository id, case-insensitive.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.to_ascii_lowercase();
-        Self::ALL
-            .into_iter()
-            .find(|m| lower == m.name() || lower == m.repo().to_ascii_lowercase())
-            .ok_or_else(|| {
-                format!("`{s}` is not a background-removal model (birefnet or rmbg-2.0)")
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_and_repository_ids_parse() {
-        assert_eq!("birefnet".parse(), Ok(RembgModel::BiRefNet));
-        assert_eq!("RMBG-2.0".parse(), Ok(RembgModel::Rmbg2));
-        assert_eq!("briaai/RMBG-2.0".parse(), Ok(RembgModel::Rmbg2));
-        assert!("rmbg".parse::<RembgModel>().is_err());
-    }
 
     #[test]
     fn folders_name_their_checkpoint() {

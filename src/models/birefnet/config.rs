@@ -28,7 +28,7 @@ impl PatchOrder {
     /// `AutoModelForImageSegmentation.from_pretrained(repo, trust_remote_code=True)` runs, as
     /// TRELLIS.2 does) applies.
     ///
-    /// - `briaai/RMBG-2.0`: `Decoder.get_patches_batch`, the RMBG order (golden README, semantic
+    /// - `briaai/RMBG-2.0`: `Decoder.get_patches_batch`, the RMBG order (tests/fixtures/golden/README.md, semantic
     ///   detail 1; public verbatim copy: Sanster/IOPaint `iopaint/plugins/briarmbg2.py`).
     /// - `ZhengPeng7/BiRefNet`: the einops order. Its remote code follows the GitHub code, where
     ///   ZhengPeng7/BiRefNet@5198d3f (2024-11-05, "Upgrade patches merging and split methods to

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::config::SwinConfig;
-use crate::models::dinov3::AffineNorm;
+use crate::models::layers::AffineNorm;
 use crate::models::trace::Trace;
 use crate::ops::linear::{linear, linear_no_bias, Linear};
 

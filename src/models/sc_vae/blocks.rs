@@ -1,13 +1,11 @@
 //! SC-VAE building blocks (docs/MODEL.md §5.1): `SparseConvNeXtBlock3d` and `SparseResBlockC2S3d`.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result};
 use candle_nn::VarBuilder;
 
+use crate::models::layers::AffineNorm;
 use crate::ops::bias_act::Activation;
-use crate::ops::layer_norm::layer_norm_prepared;
-use crate::ops::layer_norm_act::layer_norm_act_prepared;
 use crate::ops::linear::{linear, Linear};
-use crate::ops::norm_params::NormAffine;
 use crate::ops::sparse_conv::ConvWeights;
 use crate::sparse::{SparseTensor, Subdivision};
 
@@ -36,32 +34,10 @@ impl SubmConv {
     }
 }
 
-/// Affine LayerNorm parameters, stacked in f32 once as the fused norm kernels read them.
-struct Norm {
-    affine: NormAffine,
-}
-
-impl Norm {
-    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            affine: NormAffine::new(&vb.get(c, "weight")?, &vb.get(c, "bias")?)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm_prepared(x, &self.affine, BLOCK_NORM_EPS)
-    }
-
-    /// `silu(forward(x))` in one pass.
-    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm_act_prepared(x, None, &self.affine, BLOCK_NORM_EPS, Activation::Silu)
-    }
-}
-
 /// `h = conv(x)`, `LN` (affine), `Linear(C, 4C)`, SiLU, `Linear(4C, C)`, `+ x`.
 pub struct ConvNeXtBlock {
     conv: SubmConv,
-    norm: Norm,
+    norm: AffineNorm,
     mlp0: Linear,
     mlp2: Linear,
 }
@@ -71,7 +47,7 @@ impl ConvNeXtBlock {
         let hidden = (c as f64 * mlp_ratio) as usize;
         Ok(Self {
             conv: SubmConv::new(c, c, vb.pp("conv"))?,
-            norm: Norm::new(c, vb.pp("norm"))?,
+            norm: AffineNorm::new(c, BLOCK_NORM_EPS, vb.pp("norm"))?,
             mlp0: linear(c, hidden, vb.pp("mlp").pp(0))?,
             mlp2: linear(hidden, c, vb.pp("mlp").pp(2))?,
         })
@@ -87,10 +63,10 @@ impl ConvNeXtBlock {
 }
 
 /// `SparseResBlockC2S3d(C → C')`: subdivide every voxel into the children its subdivision
-/// logits select, carrying features from channel blocks (docs/MODEL.md §5.1, golden README §6.8).
+/// logits select, carrying features from channel blocks (docs/MODEL.md §5.1, tests/fixtures/golden/README.md §6.8).
 pub struct C2SBlock {
     to_subdiv: Option<Linear>,
-    norm1: Norm,
+    norm1: AffineNorm,
     conv1: SubmConv,
     conv2: SubmConv,
 }
@@ -117,7 +93,7 @@ impl C2SBlock {
             } else {
                 None
             },
-            norm1: Norm::new(c, vb.pp("norm1"))?,
+            norm1: AffineNorm::new(c, BLOCK_NORM_EPS, vb.pp("norm1"))?,
             conv1: SubmConv::new(c, 8 * c_out, vb.pp("conv1"))?,
             conv2: SubmConv::new(c_out, c_out, vb.pp("conv2"))?,
         })

@@ -153,9 +153,22 @@ pub(crate) fn request_error(
         },
         ureq::Error::Transport(t) => HubError::Transport {
             url: url.to_string(),
-            message: t.to_string(),
+            message: transport_message(t),
         },
     }
+}
+
+/// What went wrong in a transport failure, without the URL that ureq's message starts with
+/// ([`HubError::Transport`] names it once).
+fn transport_message(t: &ureq::Transport) -> String {
+    let mut message = t.kind().to_string();
+    if let Some(detail) = t.message() {
+        message += &format!(": {detail}");
+    }
+    if let Some(source) = std::error::Error::source(t) {
+        message += &format!(": {source}");
+    }
+    message
 }
 
 /// Size, etag and commit of one file, from one `HEAD` request (plus relative redirects, which

@@ -3,94 +3,30 @@
 //! Input and output names are those of the golden files (`x`, `x.feats`, `coords`, `t`, `cond`,
 //! `concat_cond.feats`, `z`, `latent.feats`, `latent.coords`, `pixel_values`, `subs.*` →
 //! `out`, `out.feats`, `logits`, `occupancy`, `features`, `out.raw_feats`, `out.coords`, …).
+//! Models are loaded through [`crate::models::registry`], in f32.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use super::sc_vae::{
-    DecoderConfig, FlexiDualGridDecoderArgs, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder,
-    UnetDecoderArgs, CASCADE_UPSAMPLE_TIMES,
+use crate::models::birefnet::BiRefNet;
+use crate::models::dit::{Condition, FlowInput};
+use crate::models::registry::{
+    load_dinov3, load_flow, load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource,
+    SUPPORTED,
 };
-use super::ss_decoder::{SsDecoder, SsDecoderConfig};
+use crate::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
+use crate::models::WeightMemory;
+use crate::pipeline::structure::occupancy;
 use crate::sparse::SparseTensor;
-use crate::weights::{Checkpoint, ModelConfig};
-
-/// A checkpoint to run: upstream format (`PATH.json` + `PATH.safetensors`) or a model folder
-/// (`config.json` + `model.safetensors`, a Hugging Face download of DINOv3 or BiRefNet; or
-/// `config.json` + `weights.safetensors`, the golden BiRefNet layout).
-pub struct ModelSource {
-    /// Upstream class name (`SparseStructureDecoder`, …), or for a folder `BiRefNet` (found by
-    /// its tensor names) or the `architectures` entry of its `config.json`.
-    pub class: String,
-    pub checkpoint: Checkpoint,
-    /// Constructor arguments (`args` of the upstream json, or the HF `config.json`).
-    pub args: serde_json::Value,
-    pub path: PathBuf,
-}
-
-impl ModelSource {
-    pub fn open(path: &Path) -> Result<Self> {
-        if path.is_dir() {
-            let config = path.join("config.json");
-            let weights = ["model.safetensors", "weights.safetensors"]
-                .iter()
-                .map(|f| path.join(f))
-                .find(|p| p.is_file());
-            let (true, Some(weights)) = (config.is_file(), weights) else {
-                bail!(
-                    "{}: a model folder needs config.json and model.safetensors (or \
-                     weights.safetensors)",
-                    path.display()
-                );
-            };
-            let text = std::fs::read_to_string(&config)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", config.display()))?;
-            let args: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", config.display()))?;
-            let checkpoint = Checkpoint::open_file(&weights)?;
-            let is_birefnet = checkpoint
-                .tensor_infos()
-                .iter()
-                .any(|t| t.name == "bb.patch_embed.proj.weight");
-            let class = if is_birefnet {
-                "BiRefNet"
-            } else {
-                args.get("architectures")
-                    .and_then(|a| a.get(0))
-                    .and_then(|a| a.as_str())
-                    .unwrap_or("DINOv3ViTModel")
-            }
-            .to_string();
-            return Ok(Self {
-                class,
-                checkpoint,
-                args,
-                path: path.to_path_buf(),
-            });
-        }
-        let checkpoint = Checkpoint::open_stem(path)?;
-        let ModelConfig { name, args } = checkpoint
-            .config
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("{}: no model config", path.display()))?;
-        Ok(Self {
-            class: name,
-            checkpoint,
-            args,
-            path: path.to_path_buf(),
-        })
-    }
-}
 
 /// Named tensors given to a model; remembers which ones the model read.
 pub struct Inputs<'a> {
     /// Where they came from, for error messages.
     pub source: &'a str,
     pub tensors: &'a HashMap<String, Tensor>,
-    read: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    read: std::cell::RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Inputs<'a> {
@@ -137,131 +73,6 @@ impl<'a> Inputs<'a> {
 /// Output tensors in the golden files' names.
 pub type Outputs = Vec<(String, Tensor)>;
 
-/// Classes `dev forward` knows, for error messages.
-pub const SUPPORTED: &[&str] = &[
-    "BiRefNet",
-    "DINOv3ViTModel",
-    "SparseStructureFlowModel",
-    "SLatFlowModel",
-    "ElasticSLatFlowModel",
-    "SparseStructureDecoder",
-    "FlexiDualGridVaeDecoder",
-    "SparseUnetVaeDecoder",
-];
-
-/// The model's constructor arguments as its typed config, with an error naming the checkpoint.
-fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
-    serde_json::from_value(source.args.clone()).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: bad `args` for {}: {e}",
-            source.path.display(),
-            source.class
-        )
-    })
-}
-
-/// Builds a model from a strict loader: any missing, unexpected or mis-shaped tensor is an error
-/// naming the checkpoint and the keys.
-fn load_strict<M>(
-    source: &ModelSource,
-    dtype: DType,
-    device: &Device,
-    build: impl FnOnce(candle_nn::VarBuilder) -> candle_core::Result<M>,
-) -> Result<M> {
-    let strict = source.checkpoint.strict();
-    let built = build(strict.var_builder(dtype, device));
-    strict.finish()?;
-    built.map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))
-}
-
-/// The sparse-structure decoder of a `SparseStructureDecoder` checkpoint, weights in `dtype`.
-pub fn load_ss_decoder(source: &ModelSource, dtype: DType, device: &Device) -> Result<SsDecoder> {
-    let cfg: SsDecoderConfig = config(source)?;
-    load_strict(source, dtype, device, |vb| SsDecoder::new(&cfg, vb))
-}
-
-/// The shape decoder of a `FlexiDualGridVaeDecoder` checkpoint, weights in `dtype`.
-pub fn load_shape_decoder(
-    source: &ModelSource,
-    dtype: DType,
-    device: &Device,
-) -> Result<FlexiDualGridVaeDecoder> {
-    let args: FlexiDualGridDecoderArgs = config(source)?;
-    let cfg = DecoderConfig::from_flexi_dual_grid(&args)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
-    let net = load_strict(source, dtype, device, |vb| {
-        SparseUnetVaeDecoder::new(&cfg, vb)
-    })?;
-    Ok(FlexiDualGridVaeDecoder {
-        net,
-        resolution: args.resolution,
-        voxel_margin: args.voxel_margin,
-    })
-}
-
-/// The decoder of a `SparseUnetVaeDecoder` checkpoint (the texture decoder), weights in `dtype`.
-pub fn load_unet_decoder(
-    source: &ModelSource,
-    dtype: DType,
-    device: &Device,
-) -> Result<SparseUnetVaeDecoder> {
-    let args: UnetDecoderArgs = config(source)?;
-    let cfg = DecoderConfig::from_unet(&args)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
-    load_strict(source, dtype, device, |vb| {
-        SparseUnetVaeDecoder::new(&cfg, vb)
-    })
-}
-
-/// Builds the model of upstream class `class` with constructor arguments `args` from `vb`,
-/// and drops it: what every loader does, for shape-only checks and load benchmarks. Returns
-/// the names of the keys the model's loader leaves unused on purpose.
-pub fn build_model(
-    class: &str,
-    args: &serde_json::Value,
-    vb: candle_nn::VarBuilder,
-) -> Result<&'static [&'static str]> {
-    use super::dinov3::{DinoV3, DinoV3Config};
-    use super::dit::{DitConfig, FlowDit};
-    let parse = |what: &str| anyhow::anyhow!("bad `args` for {class} ({what})");
-    match class {
-        "DINOv3ViTModel" => {
-            let cfg: DinoV3Config =
-                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
-            DinoV3::new(&cfg, vb)?;
-            Ok(super::dinov3::UNUSED_KEYS)
-        }
-        "SparseStructureFlowModel" | "SLatFlowModel" | "ElasticSLatFlowModel" => {
-            let cfg: DitConfig =
-                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
-            FlowDit::new(&cfg, vb)?;
-            Ok(super::dit::UNUSED_KEYS)
-        }
-        "SparseStructureDecoder" => {
-            let cfg: SsDecoderConfig =
-                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
-            SsDecoder::new(&cfg, vb)?;
-            Ok(&[])
-        }
-        "FlexiDualGridVaeDecoder" => {
-            let a: FlexiDualGridDecoderArgs =
-                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
-            SparseUnetVaeDecoder::new(&DecoderConfig::from_flexi_dual_grid(&a)?, vb)?;
-            Ok(&[])
-        }
-        "SparseUnetVaeDecoder" => {
-            let a: UnetDecoderArgs =
-                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
-            SparseUnetVaeDecoder::new(&DecoderConfig::from_unet(&a)?, vb)?;
-            Ok(&[])
-        }
-        other => bail!(
-            "model class `{other}` is not supported (supported: {})",
-            SUPPORTED.join(", ")
-        ),
-    }
-}
-
 /// Runs the model at `source` on `inputs` on `device` (CPU f32 for parity).
 ///
 /// - `BiRefNet`: `image` `[B, 3, H, W]` (normalised) → `logits` (the last output), `mask`
@@ -284,7 +95,7 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
             let dec = load_ss_decoder(source, DType::F32, device)?;
             let z = float_input(inputs, "z")?;
             let logits = dec.forward(&z).map_err(in_inputs)?;
-            let occupancy = crate::pipeline::structure::occupancy(&logits)?;
+            let occupancy = occupancy(&logits)?;
             Ok(vec![
                 ("logits".into(), logits),
                 ("occupancy".into(), occupancy),
@@ -384,7 +195,7 @@ fn float_input(inputs: &Inputs, name: &str) -> Result<Tensor> {
             t.dtype()
         );
     }
-    Ok(t.to_dtype(candle_core::DType::F32)?)
+    Ok(t.to_dtype(DType::F32)?)
 }
 
 /// A sparse input stored as `NAME.feats` + `NAME.coords`.
@@ -397,30 +208,16 @@ fn sparse_input(inputs: &Inputs, name: &str) -> Result<SparseTensor> {
 
 /// `pixel_values [B, 3, H, W]` → `features [B, 5 + HW/256, C]`.
 fn dinov3_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
-    use super::dinov3::{DinoV3, DinoV3Config};
-    let cfg: DinoV3Config = config(source)?;
-    let model = DinoV3::load(&cfg, &source.checkpoint, DType::F32, device)?;
+    let model = load_dinov3(source, DType::F32, device)?;
     let pixels = inputs.get("pixel_values")?.to_dtype(DType::F32)?;
     Ok(vec![("features".into(), model.features(&pixels)?)])
 }
 
-/// `image [B, 3, H, W]` → `logits`, `mask`. The folder's `config.json` may set
-/// `patch_split_order` (`"rmbg"` or `"einops"`); without it the order follows the checkpoint the
-/// path names (`BiRefNet::open`'s rule), RMBG-2.0's when it names none.
+/// `image [B, 3, H, W]` → `logits`, `mask`. The decoder's tile order is [`BiRefNet::open`]'s:
+/// the folder's `config.json` `patch_split_order` (`"rmbg"` or `"einops"`) if set, else that of
+/// the checkpoint the path names, else RMBG-2.0's.
 fn birefnet_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
-    use super::birefnet::{BiRefNet, PatchOrder};
-    let order = match source.args.get("patch_split_order") {
-        None => crate::weights::RembgModel::from_path(&source.path)
-            .map(PatchOrder::for_model)
-            .unwrap_or(PatchOrder::Rmbg),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: `patch_split_order` must be \"rmbg\" or \"einops\": {e}",
-                source.path.display()
-            )
-        })?,
-    };
-    let model = BiRefNet::load(&source.checkpoint, order, DType::F32, device)?;
+    let model = BiRefNet::open(&source.path, device)?;
     let image = float_input(inputs, "image")?;
     let logits = model
         .forward(&image)
@@ -431,9 +228,7 @@ fn birefnet_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> R
 
 /// Dense: `x, t, cond → out`; sparse: `x.feats, coords, t, cond[, concat_cond.feats] → out.feats`.
 fn flow_forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
-    use super::dit::{Condition, DitConfig, FlowDit, FlowInput};
-    let cfg: DitConfig = config(source)?;
-    let model = FlowDit::load(&cfg, &source.checkpoint, DType::F32, device)?;
+    let model = load_flow(source, DType::F32, device, WeightMemory::Resident)?;
     let f32 = |name: &str| -> Result<Tensor> { Ok(inputs.get(name)?.to_dtype(DType::F32)?) };
     let t = f32("t")?;
     let kv = model.cond_kv(&f32("cond")?)?;

@@ -1,0 +1,295 @@
+//! Flag values, parsed by clap so that a bad one is a usage error (exit 2) saying what is
+//! accepted: the enumerations as `ValueEnum`s, converted to the library's own types, and numbers
+//! through parsers that state their rule.
+
+use std::str::FromStr;
+
+use clap::ValueEnum;
+use trellis2::export::Up;
+use trellis2::pipeline::background::Background;
+use trellis2::pipeline::device::DeviceChoice;
+use trellis2::pipeline::models::DTypeChoice;
+use trellis2::pipeline::{PipelineType, SamplerStage};
+use trellis2::weights::{RembgModel, BIREFNET_REPO, RMBG_REPO};
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Metal,
+    Cuda,
+}
+
+impl From<DeviceArg> for DeviceChoice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Metal => DeviceChoice::Metal,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        }
+    }
+}
+
+/// `generate --dtype` (the spellings torch and numpy use are accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    Auto,
+    #[value(alias = "float32")]
+    F32,
+    #[value(alias = "fp16", alias = "float16")]
+    F16,
+    #[value(alias = "bfloat16")]
+    Bf16,
+}
+
+impl From<DtypeArg> for DTypeChoice {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::Auto => DTypeChoice::Auto,
+            DtypeArg::F32 => DTypeChoice::F32,
+            DtypeArg::F16 => DTypeChoice::F16,
+            DtypeArg::Bf16 => DTypeChoice::Bf16,
+        }
+    }
+}
+
+/// `generate --pipeline` (upstream's `1024_cascade` spelling is accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PipelineArg {
+    #[value(name = "512")]
+    P512,
+    #[value(name = "1024")]
+    P1024,
+    #[value(name = "1024-cascade", alias = "1024_cascade")]
+    Cascade1024,
+    #[value(name = "1536-cascade", alias = "1536_cascade")]
+    Cascade1536,
+}
+
+impl From<PipelineArg> for PipelineType {
+    fn from(p: PipelineArg) -> Self {
+        match p {
+            PipelineArg::P512 => PipelineType::P512,
+            PipelineArg::P1024 => PipelineType::P1024,
+            PipelineArg::Cascade1024 => PipelineType::Cascade1024,
+            PipelineArg::Cascade1536 => PipelineType::Cascade1536,
+        }
+    }
+}
+
+/// `generate --up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpArg {
+    Y,
+    Z,
+}
+
+impl From<UpArg> for Up {
+    fn from(u: UpArg) -> Self {
+        match u {
+            UpArg::Y => Up::Y,
+            UpArg::Z => Up::Z,
+        }
+    }
+}
+
+/// `matte --rembg`: a background remover, by name or Hugging Face repository id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RembgArg {
+    #[value(alias = BIREFNET_REPO)]
+    Birefnet,
+    #[value(name = "rmbg-2.0", alias = RMBG_REPO)]
+    Rmbg2,
+}
+
+impl From<RembgArg> for RembgModel {
+    fn from(r: RembgArg) -> Self {
+        match r {
+            RembgArg::Birefnet => RembgModel::BiRefNet,
+            RembgArg::Rmbg2 => RembgModel::Rmbg2,
+        }
+    }
+}
+
+/// `download --rembg`: the background remover to fetch, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RemoverArg {
+    #[value(alias = BIREFNET_REPO)]
+    Birefnet,
+    #[value(name = "rmbg-2.0", alias = RMBG_REPO)]
+    Rmbg2,
+    None,
+}
+
+impl RemoverArg {
+    pub fn model(self) -> Option<RembgModel> {
+        match self {
+            RemoverArg::Birefnet => Some(RembgModel::BiRefNet),
+            RemoverArg::Rmbg2 => Some(RembgModel::Rmbg2),
+            RemoverArg::None => None,
+        }
+    }
+}
+
+/// `generate --rembg`: what to do with pictures without transparency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackgroundArg {
+    Auto,
+    #[value(alias = BIREFNET_REPO)]
+    Birefnet,
+    #[value(name = "rmbg-2.0", alias = RMBG_REPO)]
+    Rmbg2,
+    None,
+    Alpha,
+}
+
+impl From<BackgroundArg> for Background {
+    fn from(b: BackgroundArg) -> Self {
+        match b {
+            BackgroundArg::Auto => Background::Auto,
+            BackgroundArg::Birefnet => Background::Remove(RembgModel::BiRefNet),
+            BackgroundArg::Rmbg2 => Background::Remove(RembgModel::Rmbg2),
+            BackgroundArg::None => Background::Keep,
+            BackgroundArg::Alpha => Background::RequireAlpha,
+        }
+    }
+}
+
+/// A whole number ≥ 1 (token budgets, sizes).
+pub fn positive<T: FromStr + Default + PartialEq>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(v) if v != T::default() => Ok(v),
+        _ => Err(format!("`{text}` is not a whole number ≥ 1")),
+    }
+}
+
+/// A number ≥ 0 (tolerances; not NaN).
+pub fn non_negative(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a number ≥ 0")),
+    }
+}
+
+/// `--steps 12` / `--steps ss=5,shape=4,tex=4` (and `--cfg`, `--cfg-rescale`): one value for
+/// every sampler, or `stage=value` pairs for some.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerStage<T>(pub Vec<(SamplerStage, T)>);
+
+/// `--steps`: sampling steps, each ≥ 1.
+pub fn steps(text: &str) -> Result<PerStage<usize>, String> {
+    per_stage(text, "a whole number ≥ 1", |v| v >= 1)
+}
+
+/// `--cfg`: guidance strengths, each finite and ≥ 0.
+pub fn guidance(text: &str) -> Result<PerStage<f64>, String> {
+    per_stage(text, "a finite number ≥ 0", |v: f64| {
+        v.is_finite() && v >= 0.0
+    })
+}
+
+/// `--cfg-rescale`: guidance rescale factors, each in [0, 1].
+pub fn rescale(text: &str) -> Result<PerStage<f64>, String> {
+    per_stage(text, "a number in [0, 1]", |v: f64| {
+        (0.0..=1.0).contains(&v)
+    })
+}
+
+/// `(stage, value)` pairs; a bare value applies to all three stages. Every value must pass
+/// `valid`; `rule` says in words what that asks.
+fn per_stage<T: FromStr + Copy>(
+    text: &str,
+    rule: &str,
+    valid: impl Fn(T) -> bool,
+) -> Result<PerStage<T>, String> {
+    let value = |s: &str| -> Result<T, String> {
+        match s.trim().parse::<T>() {
+            Ok(v) if valid(v) => Ok(v),
+            _ => Err(format!("`{}` is not {rule}", s.trim())),
+        }
+    };
+    if !text.contains('=') {
+        let v = value(text)?;
+        return Ok(PerStage(
+            SamplerStage::ALL.into_iter().map(|s| (s, v)).collect(),
+        ));
+    }
+    let mut out: Vec<(SamplerStage, T)> = Vec::new();
+    for part in text.split(',') {
+        let Some((stage, v)) = part.split_once('=') else {
+            return Err(format!(
+                "`{part}` must be STAGE=VALUE (stages: ss, shape, tex)"
+            ));
+        };
+        let stage: SamplerStage = stage.trim().parse().map_err(|e| format!("{e}"))?;
+        if out.iter().any(|(s, _)| *s == stage) {
+            return Err(format!("stage `{}` given twice", stage.name()));
+        }
+        out.push((stage, value(v)?));
+    }
+    Ok(PerStage(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_value_for_all_or_pairs() {
+        let all = steps("12").unwrap().0;
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|(_, v)| *v == 12));
+        let some = guidance("ss=5.5, tex=1").unwrap().0;
+        assert_eq!(
+            some,
+            vec![(SamplerStage::Ss, 5.5), (SamplerStage::Tex, 1.0)]
+        );
+        let e = steps("ss=5,geo=3").unwrap_err();
+        assert!(e.contains("geo"), "{e}");
+        assert!(steps("ss=x").is_err());
+        assert!(steps("ss=1,ss=2").is_err());
+    }
+
+    #[test]
+    fn names_aliases_and_repository_ids_parse() {
+        let rembg = |s: &str| RembgArg::from_str(s, true).map(RembgModel::from);
+        assert_eq!(rembg("birefnet"), Ok(RembgModel::BiRefNet));
+        assert_eq!(rembg("RMBG-2.0"), Ok(RembgModel::Rmbg2));
+        assert_eq!(rembg("briaai/RMBG-2.0"), Ok(RembgModel::Rmbg2));
+        assert_eq!(rembg("zhengpeng7/birefnet"), Ok(RembgModel::BiRefNet));
+        assert!(rembg("rmbg").is_err());
+        let background = |s: &str| BackgroundArg::from_str(s, true).map(Background::from);
+        assert_eq!(background("none"), Ok(Background::Keep));
+        assert_eq!(
+            background("briaai/RMBG-2.0"),
+            Ok(Background::Remove(RembgModel::Rmbg2))
+        );
+        assert_eq!(UpArg::from_str("Y", true).map(Up::from), Ok(Up::Y));
+        assert_eq!(
+            PipelineArg::from_str("1024_cascade", false).map(PipelineType::from),
+            Ok(PipelineType::Cascade1024)
+        );
+        assert_eq!(
+            DtypeArg::from_str("bfloat16", false).map(DTypeChoice::from),
+            Ok(DTypeChoice::Bf16)
+        );
+    }
+
+    #[test]
+    fn values_outside_the_rule_are_refused() {
+        assert!(steps("0").unwrap_err().contains("≥ 1"));
+        assert!(steps("shape=0").is_err());
+        for bad in ["nan", "inf", "-1"] {
+            assert!(guidance(bad).is_err(), "{bad}");
+        }
+        assert!(rescale("1.5").is_err());
+        assert!(rescale("tex=0.5").is_ok());
+        assert_eq!(positive::<usize>("7"), Ok(7));
+        assert!(positive::<u32>("0").is_err());
+        assert!(non_negative("nan").is_err());
+        assert!(non_negative("-0.1").is_err());
+        assert_eq!(non_negative("0"), Ok(0.0));
+    }
+}
