@@ -8,9 +8,10 @@ use candle_core::{DType, Device, Tensor};
 use msl_emu::{EmuDispatch, Emulator, Slot};
 use trellis2::ops::attention::varlen_attention;
 use trellis2::ops::deform_conv::{modulated_im2col, modulated_im2col_args, DeformConvConfig};
+use trellis2::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 use trellis2::ops::metal::dispatch::{
     attention_dispatches, attention_tiles, deform_im2col_dispatches, sparse_conv_dispatches,
-    MAX_DEFORM_COLUMNS_PER_DISPATCH, MAX_MACS_PER_DISPATCH,
+    SHELL_LIVE_TAPS,
 };
 use trellis2::ops::metal::kargs::{
     AttentionArgs, BiasActArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs, NeighbourArgs,
@@ -172,8 +173,9 @@ struct ConvCase {
     voxels: fn() -> Vec<[i32; 4]>,
     ci: usize,
     co: usize,
-    /// Dispatch budget; small values force the watchdog split.
-    max_macs: u64,
+    /// Estimated seconds a dispatch may take: the host's budget, or 0 for the most split plan
+    /// (one voxel tile per dispatch).
+    max_seconds: f64,
     dtypes: &'static [DType],
 }
 
@@ -185,7 +187,7 @@ const CONV_CASES: &[ConvCase] = &[
         voxels: Vec::new,
         ci: 4,
         co: 3,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: ALL,
     },
     ConvCase {
@@ -193,7 +195,7 @@ const CONV_CASES: &[ConvCase] = &[
         voxels: || vec![[0, 5, 5, 5]],
         ci: 5,
         co: 7,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: ALL,
     },
     ConvCase {
@@ -205,7 +207,7 @@ const CONV_CASES: &[ConvCase] = &[
         },
         ci: 3,
         co: 2,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: &[DType::F32],
     },
     ConvCase {
@@ -217,7 +219,7 @@ const CONV_CASES: &[ConvCase] = &[
         },
         ci: 37,
         co: 70,
-        max_macs: 1,
+        max_seconds: 0.0,
         dtypes: ALL,
     },
     ConvCase {
@@ -225,7 +227,7 @@ const CONV_CASES: &[ConvCase] = &[
         voxels: || (0..125).map(|i| [0, i / 25, i / 5 % 5, i % 5]).collect(),
         ci: 1,
         co: 1,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: &[DType::F32],
     },
 ];
@@ -236,13 +238,13 @@ fn emulate_conv(
     feats: &Tensor,
     map: &Tensor,
     weight: &Tensor,
-    max_macs: u64,
+    max_seconds: f64,
     case: &str,
 ) -> Result<Vec<f32>, String> {
     let (n, ci) = feats.dims2().unwrap();
     let co = weight.dim(0).unwrap();
     let dtype = feats.dtype();
-    let plan = sparse_conv_dispatches(n, ci, co, dtype, max_macs).unwrap();
+    let plan = sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, max_seconds).unwrap();
     let buffers = vec![
         bytes_of(feats),
         bytes_of(weight),
@@ -298,7 +300,7 @@ fn sparse_conv_kernel_matches_the_cpu_op() {
                 &inp.feats,
                 &inp.map,
                 &inp.weight,
-                case.max_macs,
+                case.max_seconds,
                 &label,
             )
             .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -312,9 +314,16 @@ fn sparse_conv_kernel_matches_the_cpu_op() {
                 .unwrap();
             let rel = rel_err(&got, &want);
             let n = inp.feats.dim(0).unwrap();
-            let dispatches = sparse_conv_dispatches(n, case.ci, case.co, dtype, case.max_macs)
-                .unwrap()
-                .len();
+            let dispatches = sparse_conv_dispatches(
+                n,
+                case.ci,
+                case.co,
+                dtype,
+                SHELL_LIVE_TAPS,
+                case.max_seconds,
+            )
+            .unwrap()
+            .len();
             println!(
                 "sparse_conv {label:<70} voxels {n:>4} Ci {:>3} Co {:>3} dispatches {dispatches:>2} \
                  max|err|/max|ref| {rel:.2e}",
@@ -338,7 +347,8 @@ struct AttnCase {
     kv_lens: Option<&'static [usize]>,
     heads: usize,
     head_dim: usize,
-    max_macs: u64,
+    /// As [`ConvCase::max_seconds`]; 0 gives one query tile per dispatch.
+    max_seconds: f64,
     dtypes: &'static [DType],
 }
 
@@ -349,7 +359,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: None,
         heads: 1,
         head_dim: 128,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: ALL,
     },
     AttnCase {
@@ -358,7 +368,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: None,
         heads: 2,
         head_dim: 64,
-        max_macs: 1,
+        max_seconds: 0.0,
         dtypes: ALL,
     },
     AttnCase {
@@ -367,7 +377,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: None,
         heads: 1,
         head_dim: 128,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: ALL,
     },
     AttnCase {
@@ -376,7 +386,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: Some(&[1029, 1029]),
         heads: 2,
         head_dim: 128,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: &[DType::F32, DType::BF16],
     },
     AttnCase {
@@ -385,7 +395,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: None,
         heads: 1,
         head_dim: 128,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: &[DType::F32],
     },
     AttnCase {
@@ -394,7 +404,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: None,
         heads: 1,
         head_dim: 64,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: &[DType::F16],
     },
     AttnCase {
@@ -403,7 +413,7 @@ const ATTN_CASES: &[AttnCase] = &[
         kv_lens: None,
         heads: 1,
         head_dim: 64,
-        max_macs: MAX_MACS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
         dtypes: &[DType::F16],
     },
 ];
@@ -425,13 +435,13 @@ fn emulate_attention(
     q_off: &[usize],
     kv_off: &[usize],
     scale: f32,
-    max_macs: u64,
+    max_seconds: f64,
     case: &str,
 ) -> Result<Vec<f32>, String> {
     let (nq, heads, d) = q.dims3().unwrap();
     let dtype = q.dtype();
     let tiles = attention_tiles(q_off).unwrap();
-    let plan = attention_dispatches(&tiles, kv_off, heads, d, dtype, scale, max_macs).unwrap();
+    let plan = attention_dispatches(&tiles, kv_off, heads, d, dtype, scale, max_seconds).unwrap();
     let u32_bytes =
         |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
     let buffers = vec![
@@ -492,7 +502,7 @@ fn attention_kernel_matches_the_cpu_op() {
                 &q_off,
                 &kv_off,
                 scale,
-                case.max_macs,
+                case.max_seconds,
                 &label,
             )
             .unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -506,7 +516,7 @@ fn attention_kernel_matches_the_cpu_op() {
             let rel = rel_err(&got, &want);
             let tiles = attention_tiles(&q_off).unwrap();
             let dispatches =
-                attention_dispatches(&tiles, &kv_off, h, d, dtype, scale, case.max_macs)
+                attention_dispatches(&tiles, &kv_off, h, d, dtype, scale, case.max_seconds)
                     .unwrap()
                     .len();
             println!(
@@ -1132,8 +1142,9 @@ struct DeformCase {
     offset_shift: f32,
     /// `None`: every output row; else this band.
     rows: Option<std::ops::Range<usize>>,
-    /// Dispatch budget in column elements; small values force the watchdog split.
-    max_columns: u64,
+    /// Estimated seconds a dispatch may take: the host's budget, or 0 for the most split plan
+    /// (one threadgroup per dispatch).
+    max_seconds: f64,
 }
 
 const fn same(k: usize, stride: usize, dil: usize) -> DeformConvConfig {
@@ -1154,7 +1165,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 3.0,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "k1, 6 channels",
@@ -1165,7 +1176,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 2.0,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "k7 pad 3, offsets far out of bounds (±40 px)",
@@ -1176,7 +1187,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 40.0,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "k3, offsets ~1e9 (never index memory)",
@@ -1187,7 +1198,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 1e9,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "1x1 image, k3 pad 1",
@@ -1198,7 +1209,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 1.0,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "1x1 image, k7 pad 3, half-pixel shift to the edges",
@@ -1209,7 +1220,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 0.0,
         offset_shift: 0.5,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "integer offsets (floor ties, samples on -1 and H)",
@@ -1220,7 +1231,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 0.0,
         offset_shift: -1.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "batch 2, 2 offset groups, C 130 (not a multiple of the 128 threads)",
@@ -1231,7 +1242,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 2.0,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
         name: "stride 2, dilation 2",
@@ -1242,10 +1253,10 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 2.0,
         offset_shift: 0.0,
         rows: None,
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
     DeformCase {
-        name: "band of rows 3..7, split into 200-element dispatches",
+        name: "band of rows 3..7, split into one threadgroup per dispatch",
         input: [1, 5, 9, 11],
         kernel: (3, 3),
         offset_groups: 1,
@@ -1253,7 +1264,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 3.0,
         offset_shift: 0.0,
         rows: Some(3..7),
-        max_columns: 200,
+        max_seconds: 0.0,
     },
     DeformCase {
         name: "empty band",
@@ -1264,7 +1275,7 @@ const DEFORM_CASES: &[DeformCase] = &[
         offset_scale: 1.0,
         offset_shift: 0.0,
         rows: Some(2..2),
-        max_columns: MAX_DEFORM_COLUMNS_PER_DISPATCH,
+        max_seconds: COMMAND_BUFFER_SECONDS,
     },
 ];
 
@@ -1273,10 +1284,10 @@ fn emulate_deform(
     emu: &Emulator,
     tensors: [&Tensor; 3],
     args: DeformIm2ColArgs,
-    max_columns: u64,
+    max_seconds: f64,
     case: &str,
 ) -> Result<(Vec<f32>, usize), String> {
-    let plan = deform_im2col_dispatches(args, DType::F32, max_columns).unwrap();
+    let plan = deform_im2col_dispatches(args, DType::F32, max_seconds).unwrap();
     let n = args.columns() as usize;
     let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| bytes_of(t)).collect();
     buffers.push(poisoned(n, DType::F32));
@@ -1326,7 +1337,7 @@ fn deform_im2col_kernel_matches_the_cpu_op() {
             &emu,
             [&input, &offset, &mask],
             args,
-            case.max_columns,
+            case.max_seconds,
             case.name,
         )
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
@@ -1511,7 +1522,7 @@ fn a_kernel_missing_a_barrier_fails() {
             &inp.feats,
             &inp.map,
             &inp.weight,
-            MAX_MACS_PER_DISPATCH,
+            COMMAND_BUFFER_SECONDS,
             "broken",
         ) {
             Err(_) => true,

@@ -125,6 +125,43 @@ pub struct Dispatch<A> {
     pub threads: [u32; 3],
     pub threadgroup_memory: usize,
     pub args: A,
+    /// What the launch computes and moves, for the Metal command-buffer budget
+    /// (`ops::metal::budget` turns it into estimated GPU seconds).
+    pub work: Work,
+}
+
+/// The work of a launch as its plan estimates it: floating-point operations (a multiply-add
+/// counts 2, padded tiles included since the kernel computes them) and bytes moved to and from
+/// device memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+impl Work {
+    /// Memory traffic only.
+    pub fn bytes(bytes: f64) -> Self {
+        Self { flops: 0.0, bytes }
+    }
+
+    pub fn scaled(self, factor: f64) -> Self {
+        Self {
+            flops: self.flops * factor,
+            bytes: self.bytes * factor,
+        }
+    }
+}
+
+impl std::ops::Add for Work {
+    type Output = Work;
+
+    fn add(self, other: Work) -> Work {
+        Work {
+            flops: self.flops + other.flops,
+            bytes: self.bytes + other.bytes,
+        }
+    }
 }
 
 /// `DeformIm2ColArgs` in kernels/metal/kargs.h; also the argument of
@@ -269,21 +306,30 @@ pub fn neighbour_plan_for(n: usize, max: [u32; 4]) -> Result<Option<NeighbourPla
         bits_y: by,
         bits_z: bz,
     };
-    let dispatch = |kernel: &str, threads: usize| -> Result<Dispatch<NeighbourArgs>> {
-        Ok(Dispatch {
-            kernel: kernel.to_string(),
-            threadgroups: [groups(threads)?, 1, 1],
-            threads: [THREADS, 1, 1],
-            threadgroup_memory: 0,
-            args,
-        })
-    };
+    let dispatch =
+        |kernel: &str, threads: usize, bytes: usize| -> Result<Dispatch<NeighbourArgs>> {
+            Ok(Dispatch {
+                kernel: kernel.to_string(),
+                threadgroups: [groups(threads)?, 1, 1],
+                threads: [THREADS, 1, 1],
+                threadgroup_memory: 0,
+                args,
+                work: Work::bytes(bytes as f64),
+            })
+        };
+    // Bytes: the clear writes a key per slot; an insert reads its coordinates and probes a few
+    // (key, row) slots; a lookup probes as many and writes one map word.
+    const PROBE: usize = 3 * 8;
     Ok(Some(NeighbourPlan {
         capacity,
         dispatches: vec![
-            dispatch("neighbour_clear_u32", capacity)?,
-            dispatch("neighbour_insert_i32", n)?,
-            dispatch("neighbour_lookup_i32", n * TAPS)?,
+            dispatch("neighbour_clear_u32", capacity, capacity * 4)?,
+            dispatch("neighbour_insert_i32", n, n * (16 + PROBE))?,
+            dispatch(
+                "neighbour_lookup_i32",
+                n * TAPS,
+                n * (16 + TAPS * (PROBE + 4)),
+            )?,
         ],
     }))
 }

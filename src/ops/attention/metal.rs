@@ -1,7 +1,9 @@
 //! `metal_fwd` of varlen attention (src/ops/attention/mod.rs): kernels/metal/attention.metal over the
-//! split plan of `dispatch::attention_dispatches`.
+//! plan of `dispatch::attention_dispatches` (one dispatch of every query tile × head unless the
+//! call alone exceeds the command-buffer budget).
 
-use crate::ops::metal::dispatch::{attention_dispatches, attention_tiles, MAX_MACS_PER_DISPATCH};
+use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
+use crate::ops::metal::dispatch::{attention_dispatches, attention_tiles};
 use crate::ops::metal::encode::{encode, Arg};
 use crate::ops::metal::pipelines::{pipeline, Source};
 use candle_core::backend::BackendStorage;
@@ -59,7 +61,7 @@ pub(crate) fn forward(
         d,
         dtype,
         offsets.scale,
-        MAX_MACS_PER_DISPATCH,
+        COMMAND_BUFFER_SECONDS,
     )?;
     let device = q.0.device();
     let count = nq * heads * d;

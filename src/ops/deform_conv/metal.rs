@@ -1,7 +1,8 @@
 //! `metal_fwd` of the modulated deformable im2col (src/ops/deform_conv/mod.rs):
-//! kernels/metal/deform_conv.metal over the split plan of `dispatch::deform_im2col_dispatches`.
+//! kernels/metal/deform_conv.metal over the plan of `dispatch::deform_im2col_dispatches`.
 
-use crate::ops::metal::dispatch::{deform_im2col_dispatches, MAX_DEFORM_COLUMNS_PER_DISPATCH};
+use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
+use crate::ops::metal::dispatch::deform_im2col_dispatches;
 use crate::ops::metal::encode::{encode, Arg};
 use crate::ops::metal::pipelines::{pipeline, Source};
 use crate::ops::vocab::DeformIm2ColArgs;
@@ -39,7 +40,7 @@ pub(crate) fn forward(
         start(ol, "offset")?,
         start(ml, "mask")?,
     );
-    let plan = deform_im2col_dispatches(band, DType::F32, MAX_DEFORM_COLUMNS_PER_DISPATCH)?;
+    let plan = deform_im2col_dispatches(band, DType::F32, COMMAND_BUFFER_SECONDS)?;
     let total = band.columns() as usize;
     let device = input.device();
     let out = device

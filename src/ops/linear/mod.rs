@@ -17,6 +17,8 @@ use crate::ops::bias_act::{bias_act, Activation};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "metal")]
+mod metal;
 
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -121,6 +123,11 @@ impl Linear {
 
     /// `act(x·Wᵀ + b)` of `x [rows, in]`: candle's matmul, then `bias_act`.
     fn composed(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        #[cfg(feature = "metal")]
+        if let candle_core::Device::Metal(device) = x.device() {
+            let (rows, inner) = x.dims2()?;
+            metal::before_matmul(device, rows, inner, self.weight.dim(0)?, x.dtype())?;
+        }
         let y = x.matmul(&self.weight.t()?)?;
         match &self.bias {
             Some(b) => bias_act(&y, b, act),

@@ -1,17 +1,17 @@
 //! Dispatch plans for the Metal kernels: kernel names (built from the same parameters the
-//! `.metal` files instantiate), grids, threadgroup memory, and the split of one op into several
-//! dispatches so that no command buffer runs long enough for the macOS GPU watchdog to kill it
-//! (docs/METAL.md, "Watchdog and dispatch"). Backend-free so the emulator tests run these exact plans.
+//! `.metal` files instantiate), grids, threadgroup memory and the work each dispatch does. A
+//! dispatch carries a whole op (attention: every query tile × every head; conv: every voxel tile
+//! × every output-channel tile) unless the op's estimated GPU time alone exceeds the command
+//! buffer's budget; then it is split into as few dispatches as keep each within it
+//! (`budget::parts`; docs/METAL.md, "Watchdog and dispatch"). Backend-free so the emulator tests
+//! and `trellis2 dev metal-plan` run these exact plans.
 
-pub use crate::ops::vocab::{Dispatch, THREADS};
+pub use crate::ops::vocab::{Dispatch, Work, THREADS};
 
+use super::budget::{parts, seconds};
 use super::kargs::{AttentionArgs, DeformIm2ColArgs, SparseConvArgs};
+use crate::ops::vocab::{ABSENT, TAPS};
 use candle_core::{bail, DType, Result};
-
-/// Multiply-accumulates allowed in one dispatch (padded tiles, absent taps counted). 2^31 MACs
-/// take ~16 ms on an M1 (1.3 TFMA/s) at 10% efficiency; candle commits a command buffer every
-/// 50 encoders by default, so a command buffer stays well under a second.
-pub const MAX_MACS_PER_DISPATCH: u64 = 1 << 31;
 
 /// The dtype part of kernel names (`f32`, `f16`, `bf16`), as in candle's own kernels.
 pub fn dtype_tag(dtype: DType) -> Result<&'static str> {
@@ -31,10 +31,40 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
 pub const CONV_BM: usize = 64;
 pub const CONV_BN: usize = 64;
 pub const CONV_BK: usize = 32;
-const CONV_TAPS: usize = 27;
 /// A [BM][BK] + B [BK][BN] floats, neighbour rows [BM][27] and 32 tap flags (u32).
 pub const CONV_THREADGROUP_MEMORY: usize =
-    (CONV_BM * CONV_BK + CONV_BK * CONV_BN + CONV_BM * CONV_TAPS + 32) * 4;
+    (CONV_BM * CONV_BK + CONV_BK * CONV_BN + CONV_BM * TAPS + 32) * 4;
+
+/// Live taps of a 64-voxel tile of a voxelised sphere shell in the coordinates' own (x-major)
+/// order, the estimate the host plans with: the kernel skips a tap only when none of the
+/// tile's 64 voxels has that neighbour, and along a surface nearly every tap has one (measured
+/// 26.8–26.9 of 27 for radii 14–58, although each voxel has only ≈ 16.5 neighbours; a unit test
+/// keeps the number). The map on the device would say exactly, but reading it back is a host
+/// sync; [`live_taps_per_tile`] counts it where the map is on the host.
+pub const SHELL_LIVE_TAPS: f64 = 26.9;
+
+/// Mean live taps per 64-row tile of a `[T·27]` neighbour map: taps that at least one row of
+/// the tile has (what the kernel walks).
+pub fn live_taps_per_tile(map: &[u32]) -> f64 {
+    let rows = map.len() / TAPS;
+    if rows == 0 {
+        return 0.0;
+    }
+    let tiles = map.chunks(CONV_BM * TAPS);
+    let count = tiles.len();
+    let live: u32 = tiles
+        .map(|tile| {
+            tile.chunks_exact(TAPS).fold(0u32, |mask, row| {
+                row.iter()
+                    .enumerate()
+                    .filter(|(_, &v)| v != ABSENT)
+                    .fold(mask, |m, (k, _)| m | 1 << k)
+            })
+        })
+        .map(u32::count_ones)
+        .sum();
+    live as f64 / count as f64
+}
 
 /// `sparse_conv_<dtype>_bm64_bn64_bk32`.
 pub fn sparse_conv_kernel(dtype: DType) -> Result<String> {
@@ -44,15 +74,31 @@ pub fn sparse_conv_kernel(dtype: DType) -> Result<String> {
     ))
 }
 
-/// Dispatches for `n` voxels, `ci` → `co` channels, each covering a range of voxel tiles worth at
-/// most `max_macs` multiply-accumulates (at least one tile). Empty when there is nothing to
+/// Work of one 64-voxel tile over every output-channel tile, with `live_taps` taps walked:
+/// padded MACs, and per (tile, tap) the gathered rows and the weight slice, plus the output.
+fn conv_tile_work(ci: usize, co: usize, live_taps: f64, elem: usize) -> Work {
+    let co_tiles = co.div_ceil(CONV_BN) as f64;
+    let ci_padded = (ci.div_ceil(CONV_BK) * CONV_BK) as f64;
+    let (bm, bn, elem) = (CONV_BM as f64, CONV_BN as f64, elem as f64);
+    Work {
+        flops: 2.0 * bm * live_taps * ci_padded * co_tiles * bn,
+        bytes: co_tiles * (bm * TAPS as f64 * 4.0 + live_taps * (bm + bn) * ci as f64 * elem)
+            + bm * co as f64 * elem,
+    }
+}
+
+/// Dispatches for `n` voxels, `ci` → `co` channels: the grid is (output-channel tiles, voxel
+/// tiles), one dispatch for the whole conv unless its estimated time ([`SHELL_LIVE_TAPS`] or a
+/// map's [`live_taps_per_tile`] taps per tile) exceeds `max_seconds`; then as few dispatches
+/// over consecutive voxel-tile ranges as keep each within it. Empty when there is nothing to
 /// write (`n == 0` or `co == 0`).
 pub fn sparse_conv_dispatches(
     n: usize,
     ci: usize,
     co: usize,
     dtype: DType,
-    max_macs: u64,
+    live_taps: f64,
+    max_seconds: f64,
 ) -> Result<Vec<Dispatch<SparseConvArgs>>> {
     let kernel = sparse_conv_kernel(dtype)?;
     let (n32, ci32, co32) = (to_u32("voxels", n)?, to_u32("ci", ci)?, to_u32("co", co)?);
@@ -65,27 +111,40 @@ pub fn sparse_conv_dispatches(
         return Ok(Vec::new());
     }
     let voxel_tiles = n.div_ceil(CONV_BM);
-    let co_tiles = co.div_ceil(CONV_BN);
-    let macs_per_tile =
-        (CONV_BM * CONV_TAPS * ci.div_ceil(CONV_BK).max(1) * CONV_BK * co_tiles * CONV_BN) as u64;
-    let tiles_per_dispatch = ((max_macs / macs_per_tile) as usize).clamp(1, voxel_tiles);
+    let co_tiles = to_u32("co tiles", co.div_ceil(CONV_BN))?;
+    let tile = conv_tile_work(
+        ci,
+        co,
+        live_taps.clamp(0.0, TAPS as f64),
+        dtype.size_in_bytes(),
+    );
+    let total = tile.scaled(voxel_tiles as f64);
+    // Tiles cost the same, so equal ranges; one more part while the ceil-rounded range of the
+    // first still exceeds the limit.
+    let mut count = parts(seconds(total), max_seconds, voxel_tiles);
+    let mut per = voxel_tiles.div_ceil(count);
+    while per > 1 && seconds(tile.scaled(per as f64)) > max_seconds {
+        count += 1;
+        per = voxel_tiles.div_ceil(count);
+    }
     let mut out = Vec::new();
     let mut first = 0;
     while first < voxel_tiles {
-        let count = tiles_per_dispatch.min(voxel_tiles - first);
+        let tiles = per.min(voxel_tiles - first);
         out.push(Dispatch {
             kernel: kernel.clone(),
-            threadgroups: [co_tiles as u32, count as u32, 1],
+            threadgroups: [co_tiles, to_u32("voxel tiles", tiles)?, 1],
             threads: [THREADS, 1, 1],
             threadgroup_memory: CONV_THREADGROUP_MEMORY,
             args: SparseConvArgs {
                 n_voxels: n32,
                 ci: ci32,
                 co: co32,
-                voxel_tile_base: first as u32,
+                voxel_tile_base: to_u32("voxel tile", first)?,
             },
+            work: tile.scaled(tiles as f64),
         });
-        first += count;
+        first += tiles;
     }
     Ok(out)
 }
@@ -131,8 +190,20 @@ pub fn attention_tiles(q_offsets: &[usize]) -> Result<Vec<[u32; 2]>> {
     Ok(tiles)
 }
 
-/// Dispatches over `tiles` (from [`attention_tiles`]) × `heads`, consecutive tiles grouped while
-/// their multiply-accumulates (q·kᵀ and p·v over the sequence's keys) stay within `max_macs`.
+/// Work of one query tile of one head over `keys` keys: q·kᵀ and p·v on 32 (padded) rows, the
+/// K and V rows streamed once, the tile's q read and output written.
+fn attention_tile_work(keys: usize, head_dim: usize, elem: usize) -> Work {
+    let (bq, keys, d, elem) = (ATTN_BQ as f64, keys as f64, head_dim as f64, elem as f64);
+    Work {
+        flops: 4.0 * bq * keys * d,
+        bytes: (2.0 * keys + 2.0 * bq) * d * elem,
+    }
+}
+
+/// Dispatches over `tiles` (from [`attention_tiles`]) × `heads`: one dispatch of every tile and
+/// head unless the call's estimated time exceeds `max_seconds`; then as few dispatches over
+/// consecutive tile ranges as keep each within it, the ranges balanced by work (a tile's work
+/// grows with its sequence's keys).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_dispatches(
     tiles: &[[u32; 2]],
@@ -141,26 +212,30 @@ pub fn attention_dispatches(
     head_dim: usize,
     dtype: DType,
     scale: f32,
-    max_macs: u64,
+    max_seconds: f64,
 ) -> Result<Vec<Dispatch<AttentionArgs>>> {
     let kernel = attention_kernel(dtype, head_dim)?;
     let threadgroup_memory = attention_threadgroup_memory(head_dim)?;
     let heads32 = to_u32("heads", heads)?;
-    let tile_macs = |t: &[u32; 2]| {
+    let elem = dtype.size_in_bytes();
+    let mut work = Vec::with_capacity(tiles.len());
+    for t in tiles {
         let b = t[0] as usize;
-        let keys = (kv_offsets[b + 1] - kv_offsets[b]) as u64;
-        2 * ATTN_BQ as u64 * keys * head_dim as u64 * heads as u64
-    };
-    let mut out = Vec::new();
-    let mut first = 0;
-    while first < tiles.len() {
-        let mut end = first + 1;
-        let mut macs = tile_macs(&tiles[first]);
-        while end < tiles.len() && macs + tile_macs(&tiles[end]) <= max_macs {
-            macs += tile_macs(&tiles[end]);
-            end += 1;
-        }
-        let count = (end - first) as u32;
+        let Some(&[k0, k1]) = kv_offsets
+            .get(b..b + 2)
+            .map(|w| <&[usize; 2]>::try_from(w).unwrap())
+        else {
+            bail!(
+                "attention: tile of sequence {b} outside {} kv offsets",
+                kv_offsets.len()
+            );
+        };
+        work.push(attention_tile_work(k1.saturating_sub(k0), head_dim, elem).scaled(heads as f64));
+    }
+    let ranges = balanced_ranges(&work, max_seconds);
+    let mut out = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let count = to_u32("tiles", range.len())?;
         out.push(Dispatch {
             kernel: kernel.clone(),
             threadgroups: [count, heads32, 1],
@@ -168,22 +243,65 @@ pub fn attention_dispatches(
             threadgroup_memory,
             args: AttentionArgs {
                 heads: heads32,
-                tile_base: first as u32,
+                tile_base: to_u32("tile", range.start)?,
                 n_tiles: count,
                 scale,
             },
+            work: work[range].iter().fold(Work::default(), |a, &w| a + w),
         });
-        first = end;
     }
     Ok(out)
 }
 
+/// Consecutive ranges of `units` (each of the given work) whose estimates stay within
+/// `max_seconds`, as few as possible (a greedy fill is optimal for that), then re-cut at equal
+/// shares of the total work when that still keeps every range within the limit. One unit per
+/// range when `max_seconds <= 0`.
+fn balanced_ranges(units: &[Work], max_seconds: f64) -> Vec<std::ops::Range<usize>> {
+    let fits = |r: &std::ops::Range<usize>| {
+        let w = units[r.clone()].iter().fold(Work::default(), |a, &w| a + w);
+        r.len() <= 1 || seconds(w) <= max_seconds
+    };
+    let mut greedy = Vec::new();
+    let mut first = 0;
+    while first < units.len() {
+        let mut end = first + 1;
+        let mut work = units[first];
+        while end < units.len() && seconds(work + units[end]) <= max_seconds {
+            work = work + units[end];
+            end += 1;
+        }
+        greedy.push(first..end);
+        first = end;
+    }
+    let count = greedy.len();
+    if count <= 1 {
+        return greedy;
+    }
+    let weight = |w: &Work| seconds(*w);
+    let total: f64 = units.iter().map(weight).sum();
+    let mut even = Vec::with_capacity(count);
+    let (mut first, mut sum) = (0, 0.0);
+    for (i, w) in units.iter().enumerate() {
+        sum += weight(w);
+        let cuts = even.len() + 1;
+        if cuts < count && sum >= total * cuts as f64 / count as f64 {
+            even.push(first..i + 1);
+            first = i + 1;
+        }
+    }
+    if first < units.len() {
+        even.push(first..units.len());
+    }
+    if even.len() == count && even.iter().all(fits) {
+        even
+    } else {
+        greedy
+    }
+}
+
 /// Threads per threadgroup of the deformable im2col (kernels/metal/deform_conv.metal).
 pub const DEFORM_THREADS: u32 = 128;
-
-/// Column elements one deformable-im2col dispatch may write: each is one bilinear sample (four
-/// reads, ~20 flops), so 2^24 of them take a few milliseconds even on small GPUs.
-pub const MAX_DEFORM_COLUMNS_PER_DISPATCH: u64 = 1 << 24;
 
 /// `deform_im2col_<dtype>`; only f32 is instantiated (the op computes in f32).
 pub fn deform_im2col_kernel(dtype: DType) -> Result<String> {
@@ -193,12 +311,23 @@ pub fn deform_im2col_kernel(dtype: DType) -> Result<String> {
     Ok(format!("deform_im2col_{}", dtype_tag(dtype)?))
 }
 
-/// Dispatches writing the band's column matrix of `band` (its `first`/`count` are ignored),
-/// `max_columns` elements at most each. Empty when the matrix is.
+/// Work of `columns` column elements: each is one bilinear sample (four f32 reads, ~20 flops)
+/// and one write; its offset and mask reads are shared by the group's channels.
+fn deform_work(columns: u64) -> Work {
+    let c = columns as f64;
+    Work {
+        flops: 20.0 * c,
+        bytes: 24.0 * c,
+    }
+}
+
+/// Dispatches writing the band's column matrix of `band` (its `first`/`count` are ignored):
+/// one unless the band's estimate exceeds `max_seconds`, then as few as keep each within it,
+/// in whole threadgroups. Empty when the matrix is.
 pub fn deform_im2col_dispatches(
     band: DeformIm2ColArgs,
     dtype: DType,
-    max_columns: u64,
+    max_seconds: f64,
 ) -> Result<Vec<Dispatch<DeformIm2ColArgs>>> {
     let kernel = deform_im2col_kernel(dtype)?;
     let total = band.columns();
@@ -209,8 +338,9 @@ pub fn deform_im2col_dispatches(
     {
         bail!("deform_conv2d: bad im2col geometry {band:?}");
     }
-    // At least one threadgroup per dispatch, so a tiny budget cannot stall the loop.
-    let step = max_columns.max(DEFORM_THREADS as u64);
+    let groups = total.div_ceil(DEFORM_THREADS as u64) as usize;
+    let count = parts(seconds(deform_work(total)), max_seconds, groups);
+    let step = groups.div_ceil(count.max(1)) as u64 * DEFORM_THREADS as u64;
     let mut out = Vec::new();
     let mut first = 0u64;
     while first < total {
@@ -225,6 +355,7 @@ pub fn deform_im2col_dispatches(
                 count: count as u32,
                 ..band
             },
+            work: deform_work(count),
         });
         first += count;
     }
@@ -234,23 +365,42 @@ pub fn deform_im2col_dispatches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
+
+    fn covers<A>(plan: &[Dispatch<A>], units: usize, base: impl Fn(&A) -> u32, axis: usize) {
+        let mut next = 0;
+        for d in plan {
+            assert_eq!(base(&d.args), next);
+            next += d.threadgroups[axis];
+        }
+        assert_eq!(next as usize, units);
+    }
 
     #[test]
-    fn conv_split_covers_every_tile_once() {
-        let one = sparse_conv_dispatches(1000, 40, 70, DType::F16, u64::MAX).unwrap();
+    fn a_conv_is_one_dispatch_unless_its_estimate_exceeds_the_limit() {
+        let one =
+            sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, COMMAND_BUFFER_SECONDS).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].threadgroups, [2, 16, 1]);
-        // 64 voxels x 27 taps x 64 (padded ci) x 128 (padded co) MACs per tile: 2 tiles each.
-        let split =
-            sparse_conv_dispatches(1000, 40, 70, DType::F16, 2 * 64 * 27 * 64 * 128).unwrap();
-        assert_eq!(split.len(), 8);
-        let bases: Vec<u32> = split.iter().map(|d| d.args.voxel_tile_base).collect();
-        assert_eq!(bases, [0, 2, 4, 6, 8, 10, 12, 14]);
-        assert!(split.iter().all(|d| d.threadgroups[1] == 2));
-        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 1)
+        assert_eq!(one[0].kernel, "sparse_conv_f16_bm64_bn64_bk32");
+        // 64 voxels x 27 taps x 64 (padded ci) x 128 (padded co) MACs per tile.
+        assert_eq!(one[0].work.flops, 16.0 * 2.0 * 64.0 * 27.0 * 64.0 * 128.0);
+        // The most split: one voxel tile per dispatch.
+        let most = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, 0.0).unwrap();
+        assert_eq!(most.len(), 16);
+        covers(&most, 16, |a| a.voxel_tile_base, 1);
+        // A limit of 5 tiles' time: ceil(16 / 5) = 4 equal ranges of 4.
+        let limit = seconds(one[0].work.scaled(5.0 / 16.0));
+        let split = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, limit).unwrap();
+        assert_eq!(split.len(), 4);
+        covers(&split, 16, |a| a.voxel_tile_base, 1);
+        assert!(split.iter().all(|d| seconds(d.work) <= limit));
+        // Fewer live taps, less work.
+        let sparse = sparse_conv_dispatches(1000, 40, 70, DType::F16, 9.0, 1.0).unwrap();
+        assert_eq!(sparse[0].work.flops * 3.0, one[0].work.flops);
+        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 27.0, 1.0)
             .unwrap()
             .is_empty());
-        assert_eq!(split[0].kernel, "sparse_conv_f16_bm64_bn64_bk32");
     }
 
     #[test]
@@ -258,18 +408,162 @@ mod tests {
         let q = [0, 33, 33, 97];
         let tiles = attention_tiles(&q).unwrap();
         assert_eq!(tiles, [[0, 0], [0, 32], [2, 33], [2, 65]]);
-        let kv = [0, 10, 10, 20];
-        let all = attention_dispatches(&tiles, &kv, 2, 64, DType::BF16, 0.1, u64::MAX).unwrap();
+        let kv = [0, 10, 10, 30];
+        let all = attention_dispatches(&tiles, &kv, 2, 64, DType::BF16, 0.1, 1.0).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].threadgroups, [4, 2, 1]);
         assert_eq!(all[0].kernel, "attention_bf16_d64_bq32_bk32");
-        let per_tile = 2 * 32 * 10 * 64 * 2;
-        let split = attention_dispatches(&tiles, &kv, 2, 64, DType::BF16, 0.1, per_tile).unwrap();
-        assert_eq!(split.len(), 4);
-        assert!(split
-            .iter()
-            .enumerate()
-            .all(|(i, d)| d.args.tile_base == i as u32));
+        // q·kᵀ and p·v on 32 rows per tile and head: sequence 0 has 10 keys, sequence 2 has 20.
+        assert_eq!(
+            all[0].work.flops,
+            2.0 * 4.0 * 32.0 * 64.0 * (10.0 + 10.0 + 20.0 + 20.0)
+        );
+        let most = attention_dispatches(&tiles, &kv, 2, 64, DType::BF16, 0.1, 0.0).unwrap();
+        assert_eq!(most.len(), 4);
+        covers(&most, 4, |a| a.tile_base, 0);
+        assert!(most.iter().all(|d| d.args.n_tiles == d.threadgroups[0]));
+        // Room for half the work: two ranges, balanced by work (the first two tiles have
+        // half the keys of the last two, so the cut falls after the third).
+        let limit = seconds(all[0].work.scaled(0.7));
+        let split = attention_dispatches(&tiles, &kv, 2, 64, DType::BF16, 0.1, limit).unwrap();
+        assert_eq!(split.len(), 2);
+        covers(&split, 4, |a| a.tile_base, 0);
+        assert!(split.iter().all(|d| seconds(d.work) <= limit));
         assert!(attention_kernel(DType::F32, 96).is_err());
+    }
+
+    /// The baseline's shapes (docs/BASELINE.md): the 1024 pipeline's flow transformers attend
+    /// over 1,029 / 4,101 / 15,272 tokens (12 heads × 128) and to 4,101 image tokens; the
+    /// decoders convolve 20 k voxels at 1,024 channels and 1.2 M voxels at 128.
+    #[test]
+    fn baseline_ops_take_at_most_four_dispatches_of_a_thousand_threadgroups() {
+        for (nq, nk) in [
+            (1029, 1029),
+            (4101, 4101),
+            (15272, 15272),
+            (1029, 4101),
+            (15272, 4101),
+        ] {
+            let tiles = attention_tiles(&[0, nq]).unwrap();
+            let plan = attention_dispatches(
+                &tiles,
+                &[0, nk],
+                12,
+                128,
+                DType::BF16,
+                0.1,
+                COMMAND_BUFFER_SECONDS,
+            )
+            .unwrap();
+            let groups = tiles.len() * 12;
+            assert!(
+                plan.len() <= 4,
+                "attention {nq}x{nk}: {} dispatches",
+                plan.len()
+            );
+            for d in &plan {
+                let g = d.threadgroups.iter().product::<u32>() as usize;
+                assert!(
+                    g >= groups.min(1000),
+                    "attention {nq}x{nk}: {g} threadgroups"
+                );
+                assert!(seconds(d.work) <= COMMAND_BUFFER_SECONDS);
+            }
+        }
+        for (n, ci, co) in [(20_000, 1024, 1024), (1_200_000, 128, 128)] {
+            let plan = sparse_conv_dispatches(
+                n,
+                ci,
+                co,
+                DType::F16,
+                SHELL_LIVE_TAPS,
+                COMMAND_BUFFER_SECONDS,
+            )
+            .unwrap();
+            assert!(plan.len() <= 4, "conv {n}x{ci}: {} dispatches", plan.len());
+            for d in &plan {
+                let g = d.threadgroups.iter().product::<u32>();
+                assert!(g >= 1000, "conv {n}x{ci}: {g} threadgroups");
+                assert!(seconds(d.work) <= COMMAND_BUFFER_SECONDS);
+            }
+        }
+    }
+
+    /// [`SHELL_LIVE_TAPS`] is what a voxelised shell's tiles walk in x-major order.
+    #[test]
+    fn shell_tiles_walk_nearly_every_tap() {
+        let (side, radius) = (64, 28.0f32);
+        let centre = side as f32 / 2.0;
+        let mut cells = std::collections::HashMap::new();
+        for x in 0..side {
+            for y in 0..side {
+                for z in 0..side {
+                    let d = [x, y, z].map(|c| c as f32 + 0.5 - centre);
+                    if ((d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt() - radius).abs() < 0.87 {
+                        let row = cells.len() as u32;
+                        cells.insert([x, y, z], row);
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<([i32; 3], u32)> = cells.iter().map(|(c, r)| (*c, *r)).collect();
+        rows.sort_by_key(|(_, r)| *r);
+        let mut map = Vec::with_capacity(rows.len() * TAPS);
+        for ([x, y, z], _) in &rows {
+            for k in 0..TAPS as i32 {
+                let at = [x + k / 9 - 1, y + k / 3 % 3 - 1, z + k % 3 - 1];
+                map.push(cells.get(&at).copied().unwrap_or(ABSENT));
+            }
+        }
+        let per_voxel = map.iter().filter(|&&v| v != ABSENT).count() as f64 / rows.len() as f64;
+        let per_tile = live_taps_per_tile(&map);
+        assert!((15.0..18.0).contains(&per_voxel), "{per_voxel}");
+        assert!((per_tile - SHELL_LIVE_TAPS).abs() < 0.1, "{per_tile}");
+    }
+
+    #[test]
+    fn live_taps_count_a_tap_once_per_tile() {
+        let mut map = vec![ABSENT; 65 * TAPS];
+        map[13] = 0; // row 0, centre
+        map[TAPS + 13] = 1; // row 1, centre
+        map[2 * TAPS] = 5; // row 2, tap 0
+        map[64 * TAPS + 26] = 3; // row 64 (the second tile), tap 26
+        assert_eq!(live_taps_per_tile(&map), 1.5);
+        assert_eq!(live_taps_per_tile(&[]), 0.0);
+    }
+
+    #[test]
+    fn a_deform_band_is_one_dispatch_or_whole_threadgroups() {
+        let band = DeformIm2ColArgs {
+            batch: 1,
+            channels: 4,
+            height: 9,
+            width: 9,
+            kh: 3,
+            kw: 3,
+            out_h: 9,
+            out_w: 9,
+            offset_groups: 1,
+            stride_y: 1,
+            stride_x: 1,
+            pad_y: 1,
+            pad_x: 1,
+            dil_y: 1,
+            dil_x: 1,
+            row_start: 0,
+            rows: 9,
+            first: 0,
+            count: 0,
+        };
+        let total = band.columns();
+        let one = deform_im2col_dispatches(band, DType::F32, COMMAND_BUFFER_SECONDS).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].args.first, one[0].args.count as u64), (0, total));
+        let most = deform_im2col_dispatches(band, DType::F32, 0.0).unwrap();
+        assert_eq!(most.len() as u64, total.div_ceil(128));
+        assert!(most.iter().all(|d| d.threadgroups == [1, 1, 1]));
+        let covered: u64 = most.iter().map(|d| d.args.count as u64).sum();
+        assert_eq!(covered, total);
+        assert!(deform_im2col_kernel(DType::F16).is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! an elementwise pass over even the largest activations takes milliseconds. Backend-free, so
 //! the emulator runs these plans.
 
-use super::dispatch::{dtype_tag, Dispatch, THREADS};
+use super::dispatch::{dtype_tag, Dispatch, Work, THREADS};
 use super::kargs::{BiasActArgs, GatedResidualArgs};
 use crate::ops::vocab::Activation;
 use candle_core::{bail, DType, Result};
@@ -55,13 +55,21 @@ fn shape(
     )))
 }
 
-fn plan<A>(kernel: String, threadgroups: u32, args: A) -> Dispatch<A> {
+/// A pass over `rows × channels` elements of `elem` bytes: two read, one written.
+fn plan<A>(
+    kernel: String,
+    threadgroups: u32,
+    elements: usize,
+    elem: usize,
+    args: A,
+) -> Dispatch<A> {
     Dispatch {
         kernel,
         threadgroups: [threadgroups, 1, 1],
         threads: [THREADS, 1, 1],
         threadgroup_memory: 0,
         args,
+        work: Work::bytes((3 * elements * elem) as f64),
     }
 }
 
@@ -73,6 +81,7 @@ pub fn bias_act_dispatch(
     dtype: DType,
     vec4: bool,
 ) -> Result<Option<Dispatch<BiasActArgs>>> {
+    let elements = rows.saturating_mul(channels);
     Ok(
         shape("bias_act", rows, channels, dtype, vec4)?.map(|(kernel, count, channels, groups)| {
             let args = BiasActArgs {
@@ -80,7 +89,7 @@ pub fn bias_act_dispatch(
                 channels,
                 act: act as u32,
             };
-            plan(kernel, groups, args)
+            plan(kernel, groups, elements, dtype.size_in_bytes(), args)
         }),
     )
 }
@@ -97,6 +106,7 @@ pub fn gated_residual_dispatch(
         bail!("gated_residual: at least one sample");
     }
     let samples = u32_of("samples", samples)?;
+    let elements = rows.saturating_mul(channels);
     Ok(shape("gated_residual", rows, channels, dtype, vec4)?.map(
         |(kernel, count, channels, groups)| {
             let args = GatedResidualArgs {
@@ -104,7 +114,7 @@ pub fn gated_residual_dispatch(
                 channels,
                 samples,
             };
-            plan(kernel, groups, args)
+            plan(kernel, groups, elements, dtype.size_in_bytes(), args)
         },
     ))
 }

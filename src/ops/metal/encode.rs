@@ -22,10 +22,10 @@ fn size([width, height, depth]: [u32; 3]) -> MTLSize {
     }
 }
 
-/// `args` at buffer(0), `buffers` at 1.., threadgroup memory at threadgroup(0). Takes a fresh
-/// encoder per dispatch, so candle may commit the command buffer between the dispatches of a
-/// split op (it does every 50 encoders), and drops it before returning: the caller may run
-/// other ops next.
+/// `args` at buffer(0), `buffers` at 1.., threadgroup memory at threadgroup(0). Accounts the
+/// dispatch's work in the device's command-buffer budget first (which may commit the buffer),
+/// then takes candle's encoder (candle also commits every `CANDLE_METAL_COMPUTE_PER_BUFFER`
+/// encoders) and drops it before returning: the caller may run other ops next.
 pub fn encode<A: Copy>(
     device: &MetalDevice,
     pipeline: &ComputePipeline,
@@ -33,6 +33,7 @@ pub fn encode<A: Copy>(
     dispatch: &Dispatch<A>,
     buffers: &[Arg<'_>],
 ) -> Result<()> {
+    super::submit::before_dispatch(device, dispatch.work)?;
     let encoder = device.command_encoder()?;
     encoder.set_label(label);
     encoder.set_compute_pipeline_state(pipeline);

@@ -1,12 +1,13 @@
 //! Metal utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"); the launchers
 //! themselves are each op's `metal.rs` (`src/ops/<op>/metal.rs`). Imports no op.
 //!
-//! `kargs`, `dispatch` and the `*_plan` modules are plain Rust and always compiled: they decide
-//! kernel names, grids, threadgroup memory and how a long op is split into several dispatches,
-//! and the MSL emulator tests (tests/metal_emu.rs) execute exactly those plans. The encoding
-//! itself (`pipelines`, `encode`, `buffers`) needs candle's Metal backend and only exists with
-//! the `metal` feature.
+//! `kargs`, `dispatch`, `budget` and the `*_plan` modules are plain Rust and always compiled:
+//! they decide kernel names, grids, threadgroup memory, each dispatch's estimated work and the
+//! command-buffer budget, and the MSL emulator tests (tests/metal_emu.rs) execute exactly those
+//! plans. The encoding itself (`pipelines`, `encode`, `buffers`, `submit`) needs candle's Metal
+//! backend and only exists with the `metal` feature.
 
+pub mod budget;
 pub mod dispatch;
 pub mod elementwise_plan;
 pub mod kargs;
@@ -23,6 +24,8 @@ mod buffers;
 pub(crate) mod encode;
 #[cfg(feature = "metal")]
 pub(crate) mod pipelines;
+#[cfg(feature = "metal")]
+pub(crate) mod submit;
 
 #[cfg(feature = "metal")]
 pub(crate) use buffers::{output, start, Operand};

@@ -1,7 +1,7 @@
 //! Dispatch plans of the fused DiT elementwise kernels (kernels/metal/norms.metal): one
 //! simdgroup per row, 4 rows per threadgroup. Backend-free, so the emulator runs these plans.
 
-use super::dispatch::{dtype_tag, Dispatch, THREADS};
+use super::dispatch::{dtype_tag, Dispatch, Work, THREADS};
 use super::kargs::{NormModulateArgs, RmsRopeArgs};
 use candle_core::{bail, DType, Result};
 
@@ -12,7 +12,14 @@ fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} exceeds u32")))
 }
 
-fn plan<A>(kernel: String, rows: usize, args: A) -> Result<Option<Dispatch<A>>> {
+/// `rows` rows of `width` elements of `elem` bytes, each read and written once.
+fn plan<A>(
+    kernel: String,
+    rows: usize,
+    width: usize,
+    elem: usize,
+    args: A,
+) -> Result<Option<Dispatch<A>>> {
     if rows == 0 {
         return Ok(None);
     }
@@ -22,6 +29,7 @@ fn plan<A>(kernel: String, rows: usize, args: A) -> Result<Option<Dispatch<A>>> 
         threads: [THREADS, 1, 1],
         threadgroup_memory: 0,
         args,
+        work: Work::bytes((2 * rows * width * elem) as f64),
     }))
 }
 
@@ -45,6 +53,8 @@ pub fn norm_modulate_dispatch(
     plan(
         format!("layer_norm_modulate_{}", dtype_tag(dtype)?),
         rows,
+        channels,
+        dtype.size_in_bytes(),
         args,
     )
 }
@@ -70,5 +80,11 @@ pub fn rms_rope_dispatch(
         normalize: normalize as u32,
         table_rows: u32_of("table_rows", table_rows)?,
     };
-    plan(format!("rms_norm_rope_{}", dtype_tag(dtype)?), rows, args)
+    plan(
+        format!("rms_norm_rope_{}", dtype_tag(dtype)?),
+        rows,
+        head_dim,
+        dtype.size_in_bytes(),
+        args,
+    )
 }

@@ -1,7 +1,9 @@
 //! `metal_fwd` of the submanifold conv (src/ops/sparse_conv/mod.rs): kernels/metal/sparse_conv.metal
-//! over the split plan of `dispatch::sparse_conv_dispatches`.
+//! over the plan of `dispatch::sparse_conv_dispatches` (one dispatch of every voxel tile ×
+//! output-channel tile unless the conv alone exceeds the command-buffer budget).
 
-use crate::ops::metal::dispatch::{sparse_conv_dispatches, MAX_MACS_PER_DISPATCH};
+use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
+use crate::ops::metal::dispatch::{sparse_conv_dispatches, SHELL_LIVE_TAPS};
 use crate::ops::metal::encode::{encode, Arg};
 use crate::ops::metal::pipelines::{pipeline, Source};
 use candle_core::backend::BackendStorage;
@@ -39,7 +41,9 @@ pub(crate) fn forward(
         start(wl, "weight", dtype)?,
         start(ml, "neighbour map", DType::U32)?,
     );
-    let plan = sparse_conv_dispatches(n, ci, co, dtype, MAX_MACS_PER_DISPATCH)?;
+    // The map is on the device; counting its live taps would be a host sync, so the plan
+    // takes a surface's count.
+    let plan = sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, COMMAND_BUFFER_SECONDS)?;
     let device = feats.device();
     let out = device
         .new_buffer_builder()

@@ -1,0 +1,18 @@
+//! A linear layer on Metal runs candle's matmul (MLX's GEMM); this accounts it in the device's
+//! command-buffer budget first, so the budget sees the DiT's largest dispatches
+//! (docs/METAL.md, "Watchdog and dispatch").
+
+use crate::ops::metal::budget::matmul_work;
+use crate::ops::metal::submit::before_dispatch;
+use candle_core::{DType, MetalDevice, Result};
+
+/// Before the `[rows, inner] · [inner, out]` product of `dtype` operands.
+pub(crate) fn before_matmul(
+    device: &MetalDevice,
+    rows: usize,
+    inner: usize,
+    out: usize,
+    dtype: DType,
+) -> Result<()> {
+    before_dispatch(device, matmul_work(rows, inner, out, dtype.size_in_bytes()))
+}
