@@ -611,39 +611,66 @@ impl FlowDit {
                         self.cfg.in_channels
                     );
                 }
-                // The same coordinates come back at every sampler step: read them to the
-                // host and build the RoPE table once per coordinate tensor, not per forward.
-                let key = LayoutKey::Sparse {
-                    coords: coords.id(),
-                    rows: n,
-                    batch,
-                };
-                if let Some(layout) = self.cached_layout(&key) {
-                    return Ok((tokens, layout));
-                }
-                let coords_v: Vec<Vec<i32>> = coords
-                    .to_device(&Device::Cpu)?
-                    .to_dtype(DType::I32)?
-                    .to_vec2()
-                    .context("coords must be [T, 4] integers")?;
-                if coords_v.len() != n || coords_v.iter().any(|r| r.len() != 4) {
-                    bail!(
-                        "coords {:?} do not match feats {:?} (need [{n}, 4])",
-                        coords.dims(),
-                        feats.dims()
-                    );
-                }
-                let offsets = batch_offsets(&coords_v, batch)?;
-                let xyz: Vec<[i32; 3]> = coords_v.iter().map(|r| [r[1], r[2], r[3]]).collect();
-                let (cos, sin) = rope_tables_3d(&xyz, hd, theta, feats.device())?;
-                let layout = TokenLayout {
-                    offsets,
-                    rope: rope_table(&cos, &sin)?,
-                    dense: false,
-                };
-                Ok((tokens, self.keep_layout(key, layout)))
+                let layout = self.sparse_layout(coords, n, batch, Some(feats.dims()))?;
+                Ok((tokens, layout))
             }
         }
+    }
+
+    /// Builds and keeps the token layout (offsets, RoPE table) of sparse `coords [T, 4]` for
+    /// `batch` samples now, so that no forward of a sampling run on these coordinates reads
+    /// them back from the device (the first would otherwise wait for the GPU there).
+    pub fn prepare_sparse_layout(&self, coords: &Tensor, batch: usize) -> Result<()> {
+        let n = coords.dim(0).context("coords must be [T, 4]")?;
+        self.sparse_layout(coords, n, batch, None)?;
+        Ok(())
+    }
+
+    /// The layout of `n` sparse tokens on `coords` (`feats`' dims, if any, are named in errors), kept across
+    /// calls: the same coordinates come back at every sampler step, so they are read to the
+    /// host and the RoPE table built once per coordinate tensor, not per forward.
+    fn sparse_layout(
+        &self,
+        coords: &Tensor,
+        n: usize,
+        batch: usize,
+        feats: Option<&[usize]>,
+    ) -> Result<TokenLayout> {
+        let hd = self.cfg.head_dim();
+        let theta = self.cfg.rope_freq.map_or(10000.0, |f| f.1);
+        let key = LayoutKey::Sparse {
+            coords: coords.id(),
+            rows: n,
+            batch,
+        };
+        if let Some(layout) = self.cached_layout(&key) {
+            return Ok(layout);
+        }
+        let coords_v: Vec<Vec<i32>> = coords
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::I32)?
+            .to_vec2()
+            .context("coords must be [T, 4] integers")?;
+        if coords_v.len() != n || coords_v.iter().any(|r| r.len() != 4) {
+            match feats {
+                Some(feats) => bail!(
+                    "coords {:?} do not match feats {feats:?} (need [{n}, 4])",
+                    coords.dims(),
+                ),
+                None => bail!("coords {:?} must be [T, 4]", coords.dims()),
+            }
+        }
+        let offsets = batch_offsets(&coords_v, batch)?;
+        let xyz: Vec<[i32; 3]> = coords_v.iter().map(|r| [r[1], r[2], r[3]]).collect();
+        // On the model's device, where the tokens are.
+        let device = self.input_layer.weight().device();
+        let (cos, sin) = rope_tables_3d(&xyz, hd, theta, device)?;
+        let layout = TokenLayout {
+            offsets,
+            rope: rope_table(&cos, &sin)?,
+            dense: false,
+        };
+        Ok(self.keep_layout(key, layout))
     }
 
     #[allow(clippy::too_many_arguments)]

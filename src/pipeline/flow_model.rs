@@ -34,6 +34,10 @@ impl<'a> DitVelocity<'a> {
     /// `cond [B, L, cond_channels]`; `batch` = B.
     pub fn new(model: &'a FlowDit, cond: &Tensor, tokens: FlowTokens<'a>) -> Result<Self> {
         let batch = cond.dim(0)?;
+        if let FlowTokens::Sparse { coords, .. } = &tokens {
+            // The coordinates' one read-back happens here, before sampling, not in step 1.
+            model.prepare_sparse_layout(coords, batch)?;
+        }
         Ok(Self {
             cond: model.cond_kv(cond)?,
             model,

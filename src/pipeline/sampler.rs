@@ -153,9 +153,27 @@ impl LatentLayout {
         Ok(())
     }
 
-    /// Standard deviation of every batch item, as upstream computes it for the rescale.
-    fn item_std(&self, x: &Tensor) -> Result<Vec<f64>> {
-        let host: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    /// Standard deviation of every batch item of each of `xs`, as upstream computes it for the
+    /// rescale. The tensors cross to the host in one read, so a guided step waits for the GPU
+    /// once (docs/METAL.md, "Watchdog and dispatch").
+    fn item_stds(&self, xs: &[&Tensor]) -> Result<Vec<Vec<f64>>> {
+        let flat = xs
+            .iter()
+            .map(|x| Ok(x.to_dtype(DType::F32)?.flatten_all()?))
+            .collect::<Result<Vec<_>>>()?;
+        let host: Vec<f32> = Tensor::cat(&flat, 0)?.to_vec1()?;
+        let mut rest = host.as_slice();
+        let mut out = Vec::with_capacity(xs.len());
+        for x in xs {
+            let (mine, after) = rest.split_at(x.elem_count());
+            out.push(self.item_std(x, mine)?);
+            rest = after;
+        }
+        Ok(out)
+    }
+
+    /// Standard deviation of every batch item of `x`, whose values are `host`.
+    fn item_std(&self, x: &Tensor, host: &[f32]) -> Result<Vec<f64>> {
         let ranges: Vec<(usize, usize)> = match self {
             LatentLayout::Dense => {
                 let b = x.dim(0)?;
@@ -297,11 +315,11 @@ fn rescale(
     let to_x0 = |v: &Tensor| -> Result<Tensor> { Ok(((x * (1.0 - s))? - (v * noise_scale)?)?) };
     let x0_pos = to_x0(v_pos)?;
     let x0_cfg = to_x0(v_cfg)?;
-    let std_pos = layout.item_std(&x0_pos)?;
-    let std_cfg = layout.item_std(&x0_cfg)?;
+    let stds = layout.item_stds(&[&x0_pos, &x0_cfg])?;
+    let (std_pos, std_cfg) = (&stds[0], &stds[1]);
     let ratios: Vec<f32> = std_pos
         .iter()
-        .zip(&std_cfg)
+        .zip(std_cfg)
         .map(|(p, c)| (*p as f32) / (*c as f32))
         .collect();
     let x0_rescaled = layout.scale_items(&x0_cfg, &ratios)?;
