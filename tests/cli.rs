@@ -176,6 +176,122 @@ fn dev_randn_reproduces_torch_sequences() {
     assert!(stderr(&o).contains("not a shape"), "{}", stderr(&o));
 }
 
+/// The three documented forms of `dev metal-plan`: JSON lines, one dispatch each, then the
+/// summary; the baseline targets (≤ 4 dispatches per op call, ≥ 1,000 threadgroups in our
+/// large dispatches, no host sync in a forward).
+#[test]
+fn dev_metal_plan_prints_parsable_json_lines() {
+    let forms: [&[&str]; 3] = [
+        &[
+            "attention",
+            "--q",
+            "15272",
+            "--kv",
+            "15272",
+            "--heads",
+            "12",
+            "--head-dim",
+            "128",
+            "--dtype",
+            "bf16",
+        ],
+        &[
+            "sparse-conv",
+            "--voxels",
+            "1200000",
+            "--ci",
+            "128",
+            "--co",
+            "128",
+            "--dtype",
+            "f16",
+        ],
+        &["flow-forward", "--tokens", "15272", "--cond", "4101"],
+    ];
+    for form in forms {
+        let mut args = vec!["dev", "metal-plan"];
+        args.extend_from_slice(form);
+        let o = trellis2(&args);
+        assert!(o.status.success(), "{form:?}: {}", stderr(&o));
+        let lines: Vec<serde_json::Value> = stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        let (summary, dispatches) = lines.split_last().expect("a summary line");
+        assert_eq!(summary["summary"], true, "{form:?}");
+        assert_eq!(
+            summary["dispatches"].as_u64(),
+            Some(dispatches.len() as u64)
+        );
+        assert_eq!(summary["host_syncs"].as_u64(), Some(0));
+        let buffers = summary["command_buffers"].as_u64().unwrap();
+        assert!(buffers >= 1);
+        let groups = |d: &serde_json::Value| -> u64 {
+            d["threadgroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .product()
+        };
+        // Per op call: dispatches and threadgroups.
+        let mut per_op = std::collections::HashMap::new();
+        for d in dispatches {
+            for key in ["threadgroups", "threads"] {
+                assert_eq!(d[key].as_array().map(Vec::len), Some(3), "{d}");
+            }
+            assert!(
+                d["threadgroup_memory"].is_u64() && d["kernel"].is_string(),
+                "{d}"
+            );
+            assert!(d["command_buffer"].as_u64().unwrap() < buffers, "{d}");
+            let e = per_op
+                .entry(d["op"].as_str().unwrap().to_string())
+                .or_insert((0, 0));
+            *e = (e.0 + 1, e.1 + groups(d));
+        }
+        assert!(
+            per_op.values().all(|&(n, _)| n <= 4),
+            "{form:?}: {per_op:?}"
+        );
+        for d in dispatches {
+            if !d["kernel"].as_str().unwrap().starts_with("candle:") {
+                let total = per_op[d["op"].as_str().unwrap()].1;
+                assert!(groups(d) >= total.min(1000), "{d}");
+            }
+        }
+    }
+    // --blocks limits the forward; a head dim the kernel lacks is a usage error.
+    let o = trellis2(&[
+        "dev",
+        "metal-plan",
+        "flow-forward",
+        "--tokens",
+        "1029",
+        "--cond",
+        "0",
+        "--blocks",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("blocks.1.mlp.gate") && !stdout(&o).contains("blocks.2."));
+    let o = trellis2(&[
+        "dev",
+        "metal-plan",
+        "attention",
+        "--q",
+        "5",
+        "--kv",
+        "5",
+        "--heads",
+        "1",
+        "--head-dim",
+        "96",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("for '--head-dim <HEAD_DIM>'") && stderr(&o).contains("64 or 128"));
+}
+
 #[test]
 fn compare_safetensors_exit_codes() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,14 @@
 //! `trellis2 dev ...`: tools for developers and reviewers.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use trellis2::dev::forward::{self as runner, Inputs};
+use trellis2::dev::metal_plan;
 use trellis2::export::tensors::{read_tensors, write_tensors};
 use trellis2::export::write_atomic;
 use trellis2::models::registry::ModelSource;
@@ -48,6 +50,57 @@ pub enum DevCommand {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Print the Metal dispatch plan of an op or of a whole flow-transformer forward as JSON
+    /// lines: one object per dispatch (op, kernel, threadgroups, threads, threadgroup memory,
+    /// command buffer, estimated seconds on a base M1), then a summary (dispatches, command
+    /// buffers, host syncs). Needs no Mac.
+    MetalPlan {
+        #[command(subcommand)]
+        form: PlanForm,
+    },
+}
+
+/// What `dev metal-plan` plans.
+#[derive(Subcommand, Debug)]
+pub enum PlanForm {
+    /// One varlen attention call: --q query rows attending to --kv key rows.
+    Attention {
+        #[arg(long)]
+        q: usize,
+        #[arg(long)]
+        kv: usize,
+        #[arg(long)]
+        heads: usize,
+        /// 64 or 128.
+        #[arg(long, value_parser = metal_plan::parse_head_dim)]
+        head_dim: usize,
+        #[arg(long, default_value = "bf16", value_parser = metal_plan::parse_dtype)]
+        dtype: candle_core::DType,
+    },
+    /// One submanifold conv layer (the conv and its bias pass).
+    SparseConv {
+        #[arg(long)]
+        voxels: usize,
+        #[arg(long)]
+        ci: usize,
+        #[arg(long)]
+        co: usize,
+        #[arg(long, default_value = "f16", value_parser = metal_plan::parse_dtype)]
+        dtype: candle_core::DType,
+    },
+    /// One forward of the 1024 pipeline's 1.3 B shape/texture flow transformer on --tokens
+    /// tokens, attending to --cond image tokens (0: the zero condition).
+    FlowForward {
+        #[arg(long)]
+        tokens: usize,
+        #[arg(long)]
+        cond: usize,
+        /// Blocks (the release has 30).
+        #[arg(long)]
+        blocks: Option<usize>,
+        #[arg(long, default_value = "bf16", value_parser = metal_plan::parse_dtype)]
+        dtype: candle_core::DType,
+    },
 }
 
 fn parse_shape(s: &str) -> Result<Vec<usize>, String> {
@@ -73,7 +126,47 @@ pub fn run(cmd: &DevCommand) -> Result<u8> {
             guide,
             output,
         } => forward(ckpt, inputs, guide.as_deref(), output),
+        DevCommand::MetalPlan { form } => metal_plan_lines(form),
     }
+}
+
+fn metal_plan_lines(form: &PlanForm) -> Result<u8> {
+    let plan = match *form {
+        PlanForm::Attention {
+            q,
+            kv,
+            heads,
+            head_dim,
+            dtype,
+        } => metal_plan::attention_plan(q, kv, heads, head_dim, dtype)?,
+        PlanForm::SparseConv {
+            voxels,
+            ci,
+            co,
+            dtype,
+        } => metal_plan::sparse_conv_plan(voxels, ci, co, dtype)?,
+        PlanForm::FlowForward {
+            tokens,
+            cond,
+            blocks,
+            dtype,
+        } => {
+            let mut cfg = metal_plan::release_flow_config();
+            if let Some(blocks) = blocks {
+                cfg.num_blocks = blocks;
+            }
+            metal_plan::flow_forward_plan(&cfg, tokens, cond, dtype)?
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for line in plan.json_lines()? {
+        match writeln!(out, "{line}") {
+            // A reader that stops early (`| head`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            r => r?,
+        }
+    }
+    Ok(super::exit::OK)
 }
 
 fn randn(seed: u64, shapes: &[Vec<usize>], output: &Path) -> Result<u8> {

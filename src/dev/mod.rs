@@ -1,4 +1,5 @@
 //! Developer tooling behind `trellis2 dev`: running one checkpoint on the golden files' named
-//! tensors ([`forward`]).
+//! tensors ([`forward`]); the Metal dispatch plan of an op or a flow forward ([`metal_plan`]).
 
 pub mod forward;
+pub mod metal_plan;
