@@ -19,8 +19,9 @@
 // missing keys get probability 0 by an explicit select (no -inf: Metal's default fast math may
 // assume there are none). Rows are rescaled by multiplying with a diagonal 8x8 matrix, so the
 // kernel never depends on how a simdgroup matrix is spread over lanes.
-// Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base; the host
-// splits long attention calls into several dispatches (src/ops/metal/dispatch.rs).
+// Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base: the whole
+// table unless one call alone exceeds the command-buffer budget, which the host then splits into
+// a few dispatches (src/ops/metal/dispatch.rs, docs/METAL.md "Watchdog and dispatch").
 // Threadgroup memory (argument threadgroup(0)), floats: K [BK][D] + V [BK][D] + P 4x[8][BK] +
 // 4 diagonals [8][8]; 19,456 bytes for D = 128, 21,504 bytes for D = 64.
 #include <metal_stdlib>

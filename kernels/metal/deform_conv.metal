@@ -15,8 +15,8 @@
 // Layouts: input [B, C, H, W], offset [B, 2·G·taps, Ho, Wo], mask [B, G·taps, Ho, Wo],
 // cols [B, C·taps, rows·Wo], all contiguous.
 // Grid: one thread per column element, DEFORM_THREADS per threadgroup, elements
-// args.first .. args.first + args.count per dispatch; the host splits a band so that one dispatch
-// stays far below the macOS watchdog (src/ops/metal/dispatch.rs). No threadgroup memory.
+// args.first .. args.first + args.count per dispatch: the whole band unless its estimate exceeds
+// the command-buffer budget (src/ops/metal/dispatch.rs). No threadgroup memory.
 #include <metal_stdlib>
 #include "kargs.h"
 using namespace metal;

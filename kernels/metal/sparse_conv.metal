@@ -12,8 +12,9 @@
 // per tap, the input channels in BK=32 slices. Taps whose neighbour is absent for all 64 voxels of
 // the tile are skipped (the "masked" implicit GEMM). Ragged tails (voxels, Ci, Co not multiples of
 // the tile) are zero-filled on load and dropped on store.
-// Watchdog: grid.y covers only a range of voxel tiles starting at args.voxel_tile_base; the host
-// splits long convolutions into several dispatches (src/ops/metal/dispatch.rs).
+// Watchdog: grid.y covers the voxel tiles from args.voxel_tile_base: all of them unless one conv
+// alone exceeds the command-buffer budget, which the host then splits into a few dispatches
+// (src/ops/metal/dispatch.rs, docs/METAL.md "Watchdog and dispatch").
 // Threadgroup memory (host-sized, argument threadgroup(0)): A [64][32] + B [32][64] floats, the
 // tile's neighbour rows [64][27] uint and 32 tap flags = 23,424 bytes; the epilogue reuses A+B as a
 // [64][64] float staging tile.
