@@ -1185,7 +1185,7 @@ fn elementwise_epilogues_match_cpu() -> Result<()> {
 /// naming both rows.
 #[test]
 fn neighbour_map_matches_cpu() -> Result<()> {
-    use trellis2::sparse::neighbours_gpu::neighbour_op_output;
+    use trellis2::ops::neighbour_map::neighbour_op_output;
     let dev = gpu();
     let block = |b: i32, side: i32, at: i32| -> Vec<i32> {
         let mut v = Vec::new();

@@ -650,7 +650,7 @@ fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32
 #[test]
 fn neighbour_map_kernels_equal_the_cpu_map() {
     use trellis2::ops::metal::neighbour_plan::neighbour_plan;
-    use trellis2::sparse::neighbours_gpu::neighbour_op_output;
+    use trellis2::ops::neighbour_map::neighbour_op_output;
     let emu = Emulator::get("neighbour_map");
     for case in MAP_CASES {
         let rows = (case.voxels)();

@@ -504,7 +504,7 @@ fn neighbour_map_case(device: &Device, _: DType) -> Result<Checked> {
     let n = rows.len();
     let want = if device.is_cpu() {
         let coords = CoordSet::from_host(rows.clone(), &Device::Cpu)?;
-        crate::sparse::neighbours_gpu::neighbour_op_output(coords.tensor())?.narrow(0, 0, n * 27)?
+        crate::ops::neighbour_map::neighbour_op_output(coords.tensor())?.narrow(0, 0, n * 27)?
     } else {
         CoordSet::from_host(rows.clone(), &Device::Cpu)?
             .neighbour_map()?
