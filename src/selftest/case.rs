@@ -1370,11 +1370,10 @@ impl Case {
                 let set = CoordSet::from_host(rows.clone(), &Device::Cpu)?;
                 if slow {
                     // The host builder is the CPU op: its twin is the custom op's CPU forward.
-                    crate::sparse::neighbours_gpu::neighbour_op_output(set.tensor())?.narrow(
-                        0,
-                        0,
-                        rows.len() * 27,
-                    )
+                    let n = rows.len();
+                    crate::sparse::neighbours_gpu::neighbour_op_output(set.tensor())?
+                        .narrow(0, 0, n * 27)?
+                        .reshape((n, 27))
                 } else {
                     Ok(set.neighbour_map()?.tensor().clone())
                 }

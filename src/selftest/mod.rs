@@ -158,6 +158,14 @@ pub fn check_with(
             Reference::CpuOp
         };
         let want = case.reference(&inputs, reference)?;
+        if got.dtype() != dtype || got.dims() != want.dims() {
+            candle_core::bail!(
+                "output is {:?} {:?}, want {dtype:?} {:?}",
+                got.dtype(),
+                got.dims(),
+                want.dims()
+            );
+        }
         let mut m = compare(
             &output_values(&got)?,
             &output_values(&want)?,
