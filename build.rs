@@ -1,5 +1,5 @@
 //! With the `cuda` feature: compiles every `kernels/cuda/*.cu` to PTX in `OUT_DIR` (embedded by
-//! `src/ops/cuda.rs` with `include_str!`). Without it: nothing, so the CPU build needs no CUDA.
+//! `src/ops/cuda/ptx.rs` with `include_str!`). Without it: nothing, so the CPU build needs no CUDA.
 //!
 //! nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (or `CUDA_PATH`, `CUDA_HOME`), else
 //! `nvcc` on `PATH`; the target is `sm_$CUDA_COMPUTE_CAP` (default 90, the H100; at least 80,

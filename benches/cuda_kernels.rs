@@ -16,6 +16,7 @@ use trellis2::ops::attention::{
 use trellis2::ops::sparse_conv::{
     conv_kernel_available, submanifold_conv3d_ordered_with, submanifold_conv3d_with, ConvKernel,
 };
+use trellis2::ops::tuning::Tuning;
 use trellis2::sparse::conv_order::default_sort_window;
 use trellis2::sparse::SparseTensor;
 
@@ -81,16 +82,7 @@ fn main() -> Result<()> {
     println!(
         "unsorted: voxels in coordinate order; sorted: by neighbour mask in the default window; \
          full: one window (each order's one-off GPU build timed apart); {}",
-        [
-            "TRELLIS2_CONV_TILE",
-            "TRELLIS2_CONV_STAGES",
-            "TRELLIS2_CONV_WGMMA_KEEP"
-        ]
-        .map(|v| format!(
-            "{v}={}",
-            std::env::var(v).unwrap_or_else(|_| "default".into())
-        ))
-        .join(" ")
+        Tuning::current()
     );
     // Both conv kernels where the wgmma one can run (an sm_90a build on a 9.0 device).
     let mut conv_kernels = vec![ConvKernel::Mma];

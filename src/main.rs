@@ -9,6 +9,11 @@ use cli::{exit, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A bad tuning variable is a usage error, reported once before any work.
+    if let Err(err) = trellis2::ops::tuning::Tuning::from_env() {
+        eprintln!("error: {err}");
+        return ExitCode::from(exit::UNREADABLE);
+    }
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(&args),
         Command::Preprocess(args) => cli::preprocess::run(&args),

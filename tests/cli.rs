@@ -548,6 +548,38 @@ fn selftest_on_the_cpu_passes_every_case() {
     }
     assert!(has("neighbour_map", "u32"), "{out}");
     assert!(out.contains(" 0 failed"), "{out}");
+    // The kernel tuning in force, every knob, before the cases.
+    let tuning = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        tuning.starts_with("tuning: TRELLIS2_CUBLASLT=") && tuning.contains(" TRELLIS2_CONV_SORT="),
+        "{out}"
+    );
+}
+
+/// A bad tuning variable stops every command up front: one line naming the variable, the value
+/// and what it takes, exit 2.
+#[test]
+fn a_bad_tuning_variable_is_a_one_line_usage_error() {
+    for (var, value, expected) in [
+        ("TRELLIS2_CUBLASLT", "maybe", "on or off"),
+        (
+            "TRELLIS2_CONV_SORT",
+            "sideways",
+            "auto, off, full or a window in voxels",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+            .args(["selftest", "--device", "cpu"])
+            .env(var, value)
+            .output()
+            .expect("binary runs");
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o),
+            format!("error: {var}={value}: expected {expected}\n")
+        );
+        assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    }
 }
 
 /// A backend this build lacks is one clear line and exit 1, not a panic.

@@ -125,6 +125,10 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
         ]
     );
     assert_eq!(report["settings"]["ss"]["steps"], 5);
+    // The kernel tuning of the run, every knob by its variable's name.
+    let tuning = report["tuning"].as_object().expect("a tuning object");
+    assert_eq!(tuning.len(), trellis2::ops::tuning::Tuning::knobs().len());
+    assert!(tuning["TRELLIS2_CONV_KERNEL"].is_string(), "{tuning:?}");
 
     // Decoding the saved latents again gives the same files, without sampling.
     let again = dir.path().join("again");

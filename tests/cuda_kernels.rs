@@ -789,7 +789,7 @@ fn bad_indices_give_nan_rows() -> Result<()> {
 /// neighbour-map case; a duplicate voxel is an error naming both rows.
 #[test]
 fn neighbour_op_words_match_cpu() -> Result<()> {
-    use trellis2::sparse::neighbours_gpu::neighbour_op_output;
+    use trellis2::ops::neighbour_map::neighbour_op_output;
     let dev = gpu();
     for case in cases() {
         let Op::NeighbourMap { voxels } = &case.op else {

@@ -480,7 +480,7 @@ fn emulate_attention(
 /// checking the status words against the CPU op's (no duplicate, the pair count); `None` where
 /// the keys need more than 31 bits (the backend builds on the host then).
 fn emulate_map_case(emu: &Emulator, rows: &[[i32; 4]]) -> Option<Result<Vec<f32>, String>> {
-    use trellis2::sparse::neighbours_gpu::neighbour_op_output;
+    use trellis2::ops::neighbour_map::neighbour_op_output;
     let plan = neighbour_plan(rows).unwrap()?;
     let n = rows.len();
     if plan.dispatches.is_empty() {

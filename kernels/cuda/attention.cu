@@ -1,13 +1,13 @@
 // Variable-length flash attention forward (FlashAttention-2 scheme) on tensor cores: mma.sync
 // m16n8k16 with bf16 or f16 operands, fp32 scores, fp32 online softmax and fp32 accumulation.
-// The CPU reference is `src/ops/attention.rs`.
+// The CPU reference is `src/ops/attention/mod.rs`.
 //
 // q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D]: heads and dims contiguous, tokens `q_stride`,
 // `k_stride`, `v_stride` elements apart (H·D when contiguous; 3·H·D for views of a fused qkv);
 // out contiguous. `tiles` holds one uint4 per block
 // row: (first query row, end query row, first key row, end key row) of one ≤128-row query tile
 // of one sequence; grid = (tiles, H), 128 threads, (BM + 4·BN)·(D + 8)·2 bytes of dynamic shared
-// memory (`attention_smem_bytes` in src/ops/cuda.rs; over 48 KB from D = 64 on, so the host
+// memory (`attention_smem_bytes` in src/ops/attention/cuda.rs; over 48 KB from D = 64 on, so the host
 // raises the function's dynamic shared-memory limit).
 //
 // Design, and why:
@@ -297,7 +297,7 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 }
 
 // Dynamic shared memory of one CTA: BM query rows and two buffers each of BN key and value rows,
-// as `attention_smem_bytes` in src/ops/cuda.rs computes it (pinned here at D = 128).
+// as `attention_smem_bytes` in src/ops/attention/cuda.rs computes it (pinned here at D = 128).
 static_assert(sizeof(__nv_bfloat16) * (BM + 4 * BN) * padded_row<128>() == 104448, "smem layout");
 
 #define FLASH(NAME, T, D)                                                                           \

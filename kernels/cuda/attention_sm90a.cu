@@ -2,15 +2,15 @@
 // warpgroup tensor-core instruction wgmma.mma_async instead of mma.sync. Same operands, tile
 // table and semantics as kernels/cuda/attention.cu (read its header first); head dims 64 and 128,
 // bf16 or f16 operands, fp32 scores, softmax and accumulation. build.rs compiles this file (with
-// -arch=sm_90a) only when CUDA_COMPUTE_CAP is 90, and src/ops/cuda.rs launches it only on a
+// -arch=sm_90a) only when CUDA_COMPUTE_CAP is 90, and src/ops/attention/cuda.rs launches it only on a
 // compute capability 9.0 device.
 //
 // q [Nq, H, D], k, v [Nk, H, D], out [Nq, H, D], contiguous; `tiles` holds one uint4 per CTA:
 // (first query row, end query row, first key row, end key row) of one ≤BM = 128-row query tile
-// (src/ops/cuda.rs: ATTN_SM90A_TILE). grid = (tiles, H), 256 threads (two warpgroups),
+// (src/ops/attention/cuda.rs: ATTN_SM90A_TILE). grid = (tiles, H), 256 threads (two warpgroups),
 // (BM + 2·STAGES·BN)·D·2 bytes of tiles, 64 bytes for the mbarriers and 1024 bytes of slack for
 // the run-time 1024-byte alignment of the tiles, of dynamic shared memory
-// (`attention_sm90a_smem_bytes` in src/ops/cuda.rs: 224 KB + 1088 bytes at D = 128, 112 KB + 1088
+// (`attention_sm90a_smem_bytes` in src/ops/attention/cuda.rs: 224 KB + 1088 bytes at D = 128, 112 KB + 1088
 // at D = 64): one CTA per SM.
 //
 // Design, and why (the first version — 64-key tiles, two buffers, every wgmma group waited for
@@ -624,7 +624,7 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
 
 } // namespace sm90a
 
-// Dynamic shared memory of one CTA, as `attention_sm90a_smem_bytes` in src/ops/cuda.rs computes it.
+// Dynamic shared memory of one CTA, as `attention_sm90a_smem_bytes` in src/ops/attention/cuda.rs computes it.
 // The mbarriers take 2 · STAGES · 8 bytes after the K/V stages (the host reserves 64), and the
 // host adds ALIGN bytes of slack for the run-time 1024-byte alignment of the tiles.
 static_assert((sm90a::BM + 2 * sm90a::STAGES * sm90a::BN) * 128 * 2 == 229376, "smem layout");

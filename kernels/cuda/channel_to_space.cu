@@ -1,5 +1,5 @@
 // Channel→space on the GPU (docs/MODEL.md §5.2); references: `Subdivision::from_mask` in
-// src/sparse/channel_to_space.rs (children) and src/ops/c2s_skip_add.rs (skip add).
+// src/sparse/channel_to_space.rs (children) and src/ops/c2s_skip_add/mod.rs (skip add).
 //
 // Children of N parents from their logits [N][8] (child s of parent n kept when
 // logits[n][s] > 0; NaN keeps nothing), in three launches, in exactly the reference's order

@@ -21,7 +21,7 @@ template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16
 template <typename T> __device__ __forceinline__ T store(float v) { return from_f32<T>(v); }
 template <> __device__ __forceinline__ float store<float>(float v) { return v; }
 
-// Activation codes shared with src/ops/bias_act.rs (`Activation as i32`).
+// Activation codes shared with src/ops/vocab.rs (`Activation as i32`).
 #define ACT_NONE 0
 #define ACT_GELU_TANH 1
 #define ACT_SILU 2

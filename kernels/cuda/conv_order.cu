@@ -1,6 +1,6 @@
 // The sparse conv's voxel order built on the GPU: a stable LSD radix sort of the voxel ids by
 // the key (window, neighbour mask), window = v / window_size. The CPU reference is the host sort
-// in src/sparse/conv_order.rs (`sort_by_mask`: within runs of `window` consecutive voxels, sort
+// in src/ops/conv_order/mod.rs (`sort_by_mask`: within runs of `window` consecutive voxels, sort
 // by (mask, voxel)); a stable sort by (window, mask) of the ids in increasing order is the same
 // permutation, word for word.
 //
@@ -9,7 +9,7 @@
 // ≈ 17–21 instead of ≈ 27 taps. Built on the host (T mask words read back, a sort, an upload)
 // the order cost ≈ 22 ms at 1.2 M voxels, as much as it saved in the decoders.
 //
-// Pipeline (launched by src/ops/cuda/conv_order.rs):
+// Pipeline (launched by src/ops/conv_order/cuda.rs):
 // 1. `conv_order_masks`: mask[v] = bit k set where voxel v has neighbour k (27 bits).
 // 2. Per pass of RADIX_BITS key bits, least significant first (4 passes for 27-bit masks and one
 //    window; more when the window id adds bits):

@@ -1,5 +1,5 @@
 // Modulated deformable im2col (DCNv2, torchvision.ops.deform_conv2d semantics); reference:
-// `ModulatedIm2Col::cpu_fwd` in src/ops/deform_conv.rs, tested against it in tests/cuda_kernels.rs.
+// `ModulatedIm2Col::cpu_fwd` in src/ops/deform_conv/mod.rs, tested against it in tests/cuda_kernels.rs.
 // The same computation as kernels/metal/deform_conv.metal (whose header documents the formula):
 // one thread per element of the column matrix cols [B, C·kh·kw, rows·Wo] of a band of output
 // rows; the contraction with the weight is candle's cuBLAS matmul.

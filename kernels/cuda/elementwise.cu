@@ -1,5 +1,5 @@
 // Fused elementwise epilogues of the linear layers and residual branches; references:
-// src/ops/bias_act.rs and src/ops/gated_residual.rs (same f32 arithmetic, one rounding).
+// src/ops/bias_act/mod.rs and src/ops/gated_residual/mod.rs (same f32 arithmetic, one rounding).
 //
 // bias_act: y = act(x + bias) over x, y [T][C] in T, bias [C] in float; act is identity,
 //   tanh-GELU, SiLU or exact (erf) GELU.

@@ -1,6 +1,6 @@
 // The 3x3x3 neighbour map of a coordinate set on the GPU: the CUDA twin of
 // kernels/metal/neighbour_map.metal (same keys, hash, table and status words; reference: the CPU
-// builder in src/sparse/neighbours.rs, which tests/cuda_kernels.rs compares with exactly).
+// builder in src/ops/neighbour_map/mod.rs, which tests/cuda_kernels.rs compares with exactly).
 //
 //   map[i * 27 + k] = row j of the voxel at coords[i] + offset(k) in the same batch item, or ABSENT
 //   offset(k) = (k / 9 - 1, k / 3 % 3 - 1, k % 3 - 1) on (x, y, z)

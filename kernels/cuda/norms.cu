@@ -1,6 +1,6 @@
 // The fused norms: the DiT's, CUDA twins of kernels/metal/norms.metal (same arithmetic;
-// references: src/ops/norm_modulate.rs and src/ops/rms_norm_rope.rs), and the SC-VAE's
-// LayerNorm + activation (reference: src/ops/layer_norm_act.rs).
+// references: src/ops/norm_modulate/mod.rs and src/ops/rms_norm_rope/mod.rs), and the SC-VAE's
+// LayerNorm + activation (reference: src/ops/layer_norm_act/mod.rs).
 //
 // layer_norm_modulate: y = (LN(x) w + b)(1 + scale_s) + shift_s for row r of sample s
 //   (offsets[s] <= r < offsets[s+1]); x, y [T][C] in T; affine [2][C] and modulation [B][2][C]
@@ -9,7 +9,7 @@
 //   SC-VAE's C2S norms, SiLU fused and, for the children, the channel→space gather read in
 //   place (x = conv1's output viewed [8N][C'], rows = the subdivision's sources). x [R][C] and
 //   y [T][C] in T, affine [2][C] in float; a row index >= R gives a NaN row (never read out of
-//   bounds). No Metal twin: Metal composes the candle ops (src/ops/layer_norm_act.rs).
+//   bounds). No Metal twin: Metal composes the candle ops (src/ops/layer_norm_act/mod.rs).
 // rms_norm_rope: y = x / max(|x|, 1e-12) gamma_h sqrt(D) (when normalize), then pairs
 //   (y[2i], y[2i+1]) rotated by (cos, sin) = table[t][i]; x [T][H][D] in T with token stride
 //   x_stride (q and k are read in place from the fused qkv projection), y [T][H][D] in T;
@@ -408,7 +408,7 @@ __device__ __forceinline__ void rms_norm_rope_vec(const T *__restrict__ x, const
         rms_norm_rope_vec<T, L>(x, gamma, table, out, rows, heads, d, normalize, x_stride, table_rows); \
     }
 
-// The (L, NV) shapes src/ops/cuda.rs picks from (`norm_vec_shape`), and the L of rms_norm_rope.
+// The (L, NV) shapes src/ops/cuda/launch.rs picks from (`norm_vec_shape`), and the L of rms_norm_rope.
 #define VEC_ALL(NAME, T)    \
     LN_VEC(NAME, T, 8, 1)   \
     LN_VEC(NAME, T, 16, 1)  \

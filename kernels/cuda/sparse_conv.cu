@@ -1,5 +1,5 @@
 // Submanifold 3×3×3 convolution as a masked implicit GEMM on tensor cores (mma.sync m16n8k16,
-// bf16 or f16 operands, fp32 accumulation); the CPU reference is `src/ops/sparse_conv.rs`.
+// bf16 or f16 operands, fp32 accumulation); the CPU reference is `src/ops/sparse_conv/mod.rs`.
 //
 //   out[v, o] = bias[o] + Σ_k Σ_i W[o, k, i] · feats[nbr[v, k], i]   (absent neighbours add 0)
 //
@@ -288,7 +288,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     SUBM_CONV_1(NAME, T, O, BM, BN, WM, WN, STAGES, true)                                           \
     SUBM_CONV_1(NAME##_scalar, T, O, BM, BN, WM, WN, STAGES, false)
 // Kernel names `subm_conv3d_<operands>_<output>_n<BN>[_scalar]` (built by `subm_conv3d` in
-// src/ops/cuda.rs): output in the operands' dtype, or f32.
+// src/ops/sparse_conv/cuda.rs): output in the operands' dtype, or f32.
 #define SUBM_CONV(T, TN, BM, BN, WM, WN, STAGES)                                                    \
     SUBM_CONV_2(subm_conv3d_##TN##_##TN##_n##BN, T, T, BM, BN, WM, WN, STAGES)                      \
     SUBM_CONV_2(subm_conv3d_##TN##_f32_n##BN, T, float, BM, BN, WM, WN, STAGES)
@@ -296,9 +296,9 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 // Tiles for 64 < Co < 256: 3 stages × 32 KB; for Co ≤ 64: 4 stages × 24 KB; for Co ≥ 256 (unless
 // TRELLIS2_CONV_TILE=128): 128 × 256 tiles, 64 × 64 warp tiles (half the A gathers and fewer
 // ldmatrix per mma; 5–8% faster on an H100), 3 stages × 48 KB, one block an SM.
-static_assert(SUBM_SMEM(128, 128, 3) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
-static_assert(SUBM_SMEM(128, 64, 4) == 98304, "src/ops/cuda.rs: SUBM_CONV_SMEM_BYTES");
-static_assert(SUBM_SMEM(128, 256, 3) == 147456, "src/ops/cuda.rs: SUBM_CONV_WIDE_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 128, 3) == 98304, "src/ops/sparse_conv/cuda.rs: SUBM_CONV_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 64, 4) == 98304, "src/ops/sparse_conv/cuda.rs: SUBM_CONV_SMEM_BYTES");
+static_assert(SUBM_SMEM(128, 256, 3) == 147456, "src/ops/sparse_conv/cuda.rs: SUBM_CONV_WIDE_SMEM_BYTES");
 SUBM_CONV(__nv_bfloat16, bf16, 128, 128, 2, 4, 3)
 SUBM_CONV(__nv_bfloat16, bf16, 128, 64, 4, 2, 4)
 SUBM_CONV(__nv_bfloat16, bf16, 128, 256, 2, 4, 3)

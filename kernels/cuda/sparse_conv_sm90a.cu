@@ -4,7 +4,7 @@
 // wgmma.mma_async instead of ldmatrix + mma.sync. Same kernel parameters and semantics; only
 // 16-byte copies (Ci % 8 == 0, 16-byte aligned feats and weight), anything else takes the
 // mma.sync kernels. build.rs compiles this file (with -arch=sm_90a) only when CUDA_COMPUTE_CAP is
-// 90, and src/ops/cuda.rs launches it only on a compute capability 9.0 device.
+// 90, and src/ops/sparse_conv/cuda.rs launches it only on a compute capability 9.0 device.
 //
 // Design, and why:
 // - mma.sync was the limit: per m16n8k16 each warp re-reads its A and B fragments from shared
@@ -51,7 +51,7 @@
 //   copy lookahead; KEEP = 0 keeps one more step of gathers in flight. With two blocks per SM
 //   (BN ≤ 128 at 96 KB of ring) the other block's warpgroups fill the tensor cores while one
 //   block synchronises, so KEEP = 0 and the longer lookahead are the defaults there; with one
-//   block an SM (BN = 256, 4 × 48 KB) nothing else would, so KEEP = 1. src/ops/cuda.rs picks the
+//   block an SM (BN = 256, 4 × 48 KB) nothing else would, so KEEP = 1. src/ops/sparse_conv/cuda.rs picks the
 //   instantiation (TRELLIS2_CONV_STAGES / TRELLIS2_CONV_WGMMA_KEEP override it for measuring).
 // - Accumulators are zero-initialised and every wgmma accumulates (scale-d = 1); wgmma.fence
 //   before each batch (the first one follows the zeroing; later ones are required only after
@@ -155,7 +155,7 @@ template <> __device__ __forceinline__ void store2<float>(float *dst, float x0, 
     *reinterpret_cast<float2 *>(dst) = make_float2(x0, x1);
 }
 
-// Dynamic shared memory of an instantiation (`subm_conv_sm90a_smem_bytes` in src/ops/cuda.rs
+// Dynamic shared memory of an instantiation (`subm_conv_sm90a_smem_bytes` in src/ops/sparse_conv/cuda.rs
 // must agree): the ring plus the slack of the run-time 1024-byte alignment.
 constexpr int smem_bytes(int bn, int stages) { return stages * (A_BYTES + bn * BK * 2) + ALIGN; }
 
@@ -309,7 +309,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
                                                   skip_groups);                                     \
     }
 // Kernel names `subm_conv3d_sm90a_<operands>_<output>_n<BN>_s<STAGES>_k<KEEP>` (built by
-// `subm_conv3d` in src/ops/cuda.rs).
+// `subm_conv3d` in src/ops/sparse_conv/cuda.rs).
 #define SUBM90_2(T, TN, BN, STAGES, KEEP)                                                             \
     SUBM90_1(subm_conv3d_sm90a_##TN##_##TN##_n##BN##_s##STAGES##_k##KEEP, T, T, BN, STAGES, KEEP)     \
     SUBM90_1(subm_conv3d_sm90a_##TN##_f32_n##BN##_s##STAGES##_k##KEEP, T, float, BN, STAGES, KEEP)
@@ -319,10 +319,10 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 
 // The defaults (see the header): BN = 64 and 128 with a 96 KB ring, two blocks an SM, KEEP 0;
 // BN = 256 with 4 × 48 KB, one block an SM, KEEP 1. The others are for A/B measurements.
-static_assert(subm90::smem_bytes(64, 4) == 99328, "src/ops/cuda.rs: subm_conv_sm90a_smem_bytes");
-static_assert(subm90::smem_bytes(128, 3) == 99328, "src/ops/cuda.rs: subm_conv_sm90a_smem_bytes");
-static_assert(subm90::smem_bytes(128, 4) == 132096, "src/ops/cuda.rs: subm_conv_sm90a_smem_bytes");
-static_assert(subm90::smem_bytes(256, 4) == 197632, "src/ops/cuda.rs: subm_conv_sm90a_smem_bytes");
+static_assert(subm90::smem_bytes(64, 4) == 99328, "src/ops/sparse_conv/cuda.rs: subm_conv_sm90a_smem_bytes");
+static_assert(subm90::smem_bytes(128, 3) == 99328, "src/ops/sparse_conv/cuda.rs: subm_conv_sm90a_smem_bytes");
+static_assert(subm90::smem_bytes(128, 4) == 132096, "src/ops/sparse_conv/cuda.rs: subm_conv_sm90a_smem_bytes");
+static_assert(subm90::smem_bytes(256, 4) == 197632, "src/ops/sparse_conv/cuda.rs: subm_conv_sm90a_smem_bytes");
 SUBM90(64, 4, 0)
 SUBM90(64, 4, 1)
 SUBM90(128, 3, 0)

@@ -1,4 +1,4 @@
-// Fused variable-length attention, flash style (reference: src/ops/attention.rs, which this
+// Fused variable-length attention, flash style (reference: src/ops/attention/mod.rs, which this
 // kernel is tested against through tests/metal_emu.rs).
 //
 //   out[i, h] = softmax_j(scale * q[i, h] . k[j, h]) v[j, h]     for j in the keys of i's sequence

@@ -1,5 +1,5 @@
 // Modulated deformable im2col (DCNv2, torchvision.ops.deform_conv2d semantics); reference:
-// `ModulatedIm2Col::cpu_fwd` in src/ops/deform_conv.rs, which this kernel is tested against
+// `ModulatedIm2Col::cpu_fwd` in src/ops/deform_conv/mod.rs, which this kernel is tested against
 // through tests/metal_emu.rs. The contraction with the weight is candle's own matmul.
 //
 //   cols[b, c·taps + t, k] = mask[b, g·taps + t, q] · bilinear(input[b, c], y, x)

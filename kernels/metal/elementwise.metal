@@ -1,5 +1,5 @@
 // Fused elementwise epilogues of the linear layers and residual branches (references:
-// src/ops/bias_act.rs and src/ops/gated_residual.rs, whose CPU forwards tests/metal_emu.rs
+// src/ops/bias_act/mod.rs and src/ops/gated_residual/mod.rs, whose CPU forwards tests/metal_emu.rs
 // compares these with; same f32 arithmetic, one rounding to T).
 //
 // bias_act: y = act(x + bias) over x, y [T][C] in T, bias [C] in float; act is the identity,
@@ -22,7 +22,7 @@ using namespace metal;
 
 #define EW_THREADS 128
 
-// Activation codes of src/ops/bias_act.rs (`Activation as u32`).
+// Activation codes of src/ops/vocab.rs (`Activation as u32`).
 #define ACT_NONE 0
 #define ACT_GELU_TANH 1
 #define ACT_SILU 2

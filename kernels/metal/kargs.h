@@ -53,7 +53,7 @@ struct RmsRopeArgs {
 struct BiasActArgs {
     uint count;    // elements (scalar kernels) or 4-element vectors (_v4) of x
     uint channels; // C, in the same units as count
-    uint act;      // 0: identity, 1: tanh-GELU, 2: SiLU (src/ops/bias_act.rs `Activation`)
+    uint act;      // 0: identity, 1: tanh-GELU, 2: SiLU (src/ops/vocab.rs `Activation`)
 };
 
 // Gated residual x + gate_s r per sample s: one thread per element, or per 4 (`_v4`).

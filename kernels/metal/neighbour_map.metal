@@ -1,5 +1,5 @@
 // The 3x3x3 neighbour map of a coordinate set on the GPU (reference: the CPU builder in
-// src/sparse/neighbours.rs, which tests/metal_emu.rs compares with exactly).
+// src/ops/neighbour_map/mod.rs, which tests/metal_emu.rs compares with exactly).
 //
 //   map[i * 27 + k] = row j of the voxel at coords[i] + offset(k) in the same batch item, or ABSENT
 //   offset(k) = (k / 9 - 1, k / 3 % 3 - 1, k % 3 - 1) on (x, y, z)

@@ -1,5 +1,5 @@
-// The DiT's fused elementwise kernels (references: src/ops/norm_modulate.rs and
-// src/ops/rms_norm_rope.rs, whose CPU forwards tests/metal_emu.rs compares them with).
+// The DiT's fused elementwise kernels (references: src/ops/norm_modulate/mod.rs and
+// src/ops/rms_norm_rope/mod.rs, whose CPU forwards tests/metal_emu.rs compares them with).
 //
 // layer_norm_modulate: y = (LN(x) w + b)(1 + scale_s) + shift_s for row r of sample s
 //   (offsets[s] <= r < offsets[s+1]); x, y [T][C] in T; w, b [2][C] and modulation [B][2][C]

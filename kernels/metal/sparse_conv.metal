@@ -1,5 +1,5 @@
 // Submanifold 3x3x3 convolution as an implicit GEMM over a neighbour map (reference:
-// src/ops/sparse_conv.rs, which this kernel is tested against through tests/metal_emu.rs).
+// src/ops/sparse_conv/mod.rs, which this kernel is tested against through tests/metal_emu.rs).
 //
 //   out[n, o] = sum_k sum_i W[o, k, i] * feats[nbr[n, k], i]      (absent neighbours add nothing)
 //

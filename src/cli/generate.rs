@@ -397,6 +397,7 @@ pub fn run(args: &Args) -> Result<u8> {
             seed: args.seed,
             max_tokens: args.max_tokens,
             settings: pipeline.settings().clone(),
+            tuning: trellis2::ops::tuning::Tuning::current(),
             items,
         };
         let json = serde_json::to_vec_pretty(&report)?;

@@ -1,8 +1,9 @@
 //! The `--report FILE.json` document: per image and stage, wall time, token and voxel counts,
-//! peak memory; the seed, pipeline parameters and versions of the run.
+//! peak memory; the seed, pipeline parameters, kernel tuning and versions of the run.
 
 use std::path::PathBuf;
 
+use trellis2::ops::tuning::Tuning;
 use trellis2::pipeline::{PipelineSettings, StageReport};
 
 #[derive(Debug, serde::Serialize)]
@@ -18,6 +19,8 @@ pub struct RunReport {
     pub seed: u64,
     pub max_tokens: usize,
     pub settings: PipelineSettings,
+    /// Every kernel tuning knob (`TRELLIS2_*`) as the run used it.
+    pub tuning: Tuning,
     pub items: Vec<ItemReport>,
 }
 

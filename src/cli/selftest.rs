@@ -5,6 +5,7 @@
 use anyhow::Result;
 
 use super::exit;
+use trellis2::ops::tuning::Tuning;
 use trellis2::pipeline::device::{describe, select, DeviceChoice};
 use trellis2::selftest;
 
@@ -29,6 +30,7 @@ pub fn run(args: &Args) -> Result<u8> {
             "CPU ops on the same rounded inputs"
         }
     );
+    println!("tuning: {}", Tuning::current());
     let reports = selftest::run(&device, &mut |r| println!("{r}"));
     let failed = reports.iter().filter(|r| !r.passed()).count();
     println!("{} cases, {failed} failed", reports.len());

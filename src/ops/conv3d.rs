@@ -6,8 +6,9 @@ use candle_core::{bail, DType, Device, Result, Tensor};
 
 use rayon::prelude::*;
 
-use super::sparse_conv::{ConvWeights, ABSENT, TAPS};
-use crate::sparse::CoordSet;
+use crate::ops::neighbour_map::neighbour_map_on_device;
+use crate::ops::sparse_conv::ConvWeights;
+use crate::ops::vocab::{ABSENT, TAPS};
 
 /// The neighbour map of a full `[B, X, Y, Z]` grid in row-major (b, x, y, z) order; build once
 /// per resolution and reuse for every conv at it.
@@ -35,11 +36,11 @@ impl GridNeighbours {
                     }
                 }
             }
-            let set = CoordSet::from_host(rows, device)?;
-            return Ok(Self {
-                dims,
-                map: set.neighbour_map()?.tensor().clone(),
-            });
+            let coords = Tensor::from_slice(rows.as_flattened(), (cells, 4), device)?;
+            let max = dims.map(|d| d.saturating_sub(1) as u32);
+            if let Some((map, _)) = neighbour_map_on_device(&coords, max)? {
+                return Ok(Self { dims, map });
+            }
         }
         let mut map = vec![ABSENT; cells * TAPS];
         map.par_chunks_exact_mut(TAPS)

@@ -7,9 +7,9 @@
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_storage::f32_operands;
 use super::norm_modulate::layer_norm_modulate_prepared;
 use super::norm_params::{zero_modulation, NormAffine};
+use super::storage::f32_operands;
 
 struct LayerNorm {
     eps: f32,

@@ -6,8 +6,12 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-/// Side of the grid `upsample(latent, 4)` returns coordinates on.
-pub const UPSAMPLED_GRID: usize = 512;
+use crate::ops::cascade_quantize::{
+    cascade_occupancy, occupancy_cells, occupancy_host, quantize_axis,
+};
+
+pub use crate::ops::cascade_quantize::UPSAMPLED_GRID;
+
 /// The cascade never goes below this resolution.
 pub const MIN_CASCADE_RESOLUTION: usize = 1024;
 /// How much the resolution drops per back-off step.
@@ -26,7 +30,7 @@ pub fn quantize_coords(coords: &[[i32; 4]], resolution: usize) -> Result<Vec<[i3
             quantize_axis(c[3], side),
         ]
     };
-    match occupancy_unique(coords, side, quantize) {
+    match occupancy_unique(coords, side) {
         Some(rows) => Ok(rows),
         None => {
             // Rows off the expected grid (never from `upsample`): the general sort.
@@ -47,33 +51,11 @@ fn grid_side(resolution: usize) -> Result<usize> {
     Ok(resolution / 16)
 }
 
-/// One coordinate of the 512³ grid on the `side` grid: `(v + 0.5) / 512 · side` in f32,
-/// truncated (the CUDA kernel rounds each operation the same way).
-fn quantize_axis(v: i32, side: usize) -> i32 {
-    (((v as f32 + 0.5) / UPSAMPLED_GRID as f32) * side as f32) as i32
-}
-
-/// The occupancy bitmap's cell count at most: its cell indices are u32 on the GPU.
-const MAX_OCCUPANCY_CELLS: usize = 1 << 32;
-
-/// Cells of the occupancy bitmap of `batches` items of the `side³` grid, `None` past
-/// [`MAX_OCCUPANCY_CELLS`].
-fn occupancy_cells(batches: usize, side: usize) -> Option<usize> {
-    side.checked_pow(3)
-        .and_then(|c| c.checked_mul(batches))
-        .filter(|&c| c <= MAX_OCCUPANCY_CELLS)
-}
-
 /// Sorted unique quantised rows through an occupancy bitmap of the `side³` grid per batch item:
 /// one parallel pass over the ≈1.7 M upsampled rows and a scan of the bitmap in (b, x, y, z)
 /// order, instead of sorting the rows. `None` when a row falls outside the grid, a batch index
 /// is negative, or the bitmap would exceed 2³² cells.
-fn occupancy_unique(
-    coords: &[[i32; 4]],
-    side: usize,
-    quantize: impl Fn(&[i32; 4]) -> [i32; 4] + Sync,
-) -> Option<Vec<[i32; 4]>> {
-    use std::sync::atomic::{AtomicU32, Ordering};
+fn occupancy_unique(coords: &[[i32; 4]], side: usize) -> Option<Vec<[i32; 4]>> {
     let (lowest, highest) = coords
         .par_iter()
         .map(|c| (c[0], c[0]))
@@ -81,23 +63,7 @@ fn occupancy_unique(
     if lowest < 0 {
         return None;
     }
-    let in_grid = |v: i32| (0..side as i32).contains(&v);
-    let cells = occupancy_cells((highest + 1) as usize, side)?;
-    let words: Vec<AtomicU32> = (0..cells.div_ceil(32)).map(|_| AtomicU32::new(0)).collect();
-    let all_in_grid = coords.par_iter().all(|c| {
-        let q = quantize(c);
-        if !q[1..].iter().all(|&v| in_grid(v)) {
-            return false;
-        }
-        let cell =
-            ((q[0] as usize * side + q[1] as usize) * side + q[2] as usize) * side + q[3] as usize;
-        words[cell / 32].fetch_or(1 << (cell % 32), Ordering::Relaxed);
-        true
-    });
-    if !all_in_grid {
-        return None;
-    }
-    let words: Vec<u32> = words.into_iter().map(AtomicU32::into_inner).collect();
+    let words = occupancy_host(coords, (highest + 1) as usize, side)?;
     Some(decode_occupancy(&words, side))
 }
 
@@ -127,7 +93,6 @@ fn decode_occupancy(words: &[u32], side: usize) -> Vec<[i32; 4]> {
 /// `Ok(None)` where the device cannot: `up` not i32 on CUDA, a row off the grid (a batch index
 /// outside `0..batches`, a coordinate quantised outside `0..res/16`), or a bitmap over 2³²
 /// cells; the caller then quantises on the host.
-#[cfg(feature = "cuda")]
 pub fn quantize_coords_cuda(
     up: &Tensor,
     batches: usize,
@@ -141,7 +106,7 @@ pub fn quantize_coords_cuda(
         return Ok(None);
     }
     let up = up.contiguous()?;
-    let words = crate::ops::cuda::cascade_occupancy(&up, batches, side)?;
+    let words = cascade_occupancy(&up, batches, side)?;
     Ok(words.map(|w| decode_occupancy(&w, side)))
 }
 
@@ -179,14 +144,12 @@ fn step_down(
 struct UpsampledRows<'a> {
     up: &'a Tensor,
     /// Read by the CUDA path only.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     batches: usize,
     host: Option<Vec<[i32; 4]>>,
 }
 
 impl UpsampledRows<'_> {
     fn quantize(&mut self, resolution: usize) -> Result<Vec<[i32; 4]>> {
-        #[cfg(feature = "cuda")]
         if self.host.is_none() {
             if let Some(rows) = quantize_coords_cuda(self.up, self.batches, resolution)? {
                 return Ok(rows);

@@ -66,15 +66,12 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// CUDA device 0, its memory pool set to keep freed memory (`ops::cuda::retain_freed_memory`:
-/// otherwise every synchronisation hands it back to the driver and the next large allocation
-/// maps it again).
+/// CUDA device 0, prepared for the ops (`ops::prepare_device`: its memory pool keeps freed
+/// memory, otherwise every synchronisation hands it back to the driver and the next large
+/// allocation maps it again).
 fn cuda_device() -> Result<Device> {
     let device = Device::new_cuda(0)?;
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(d) = &device {
-        crate::ops::cuda::retain_freed_memory(d)?;
-    }
+    crate::ops::prepare_device(&device)?;
     Ok(device)
 }
 

@@ -1371,7 +1371,7 @@ impl Case {
                 if slow {
                     // The host builder is the CPU op: its twin is the custom op's CPU forward.
                     let n = rows.len();
-                    crate::sparse::neighbours_gpu::neighbour_op_output(set.tensor())?
+                    crate::ops::neighbour_map::neighbour_op_output(set.tensor())?
                         .narrow(0, 0, n * 27)?
                         .reshape((n, 27))
                 } else {

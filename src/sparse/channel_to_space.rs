@@ -4,25 +4,22 @@
 //! ascending (not lexicographically sorted), exactly as upstream's `repeat_interleave` +
 //! `nonzero`.
 //!
-//! On a CUDA device the children are built by kernels from the logits (`kernels/cuda/
-//! channel_to_space.cu`): only their count, batch boundaries and maxima come back to the host.
-//! Elsewhere the mask comes back and [`Subdivision::from_mask`], the reference, builds them.
+//! On a CUDA device the children are built by kernels from the logits (`ops::subdivide`): only
+//! their count, batch boundaries and maxima come back to the host. Elsewhere the mask comes back
+//! and [`Subdivision::from_mask`], the reference, builds them.
 
 use std::sync::Arc;
 
 use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
-use super::coords::CoordSet;
-#[cfg(feature = "cuda")]
-use super::coords::MAX_COORD;
+use super::coords::{CoordSet, MAX_COORD};
 use super::tensor::SparseTensor;
 use crate::ops::bias_act::Activation;
 use crate::ops::c2s_skip_add::c2s_skip_add;
 use crate::ops::layer_norm_act::gathered_layer_norm_act;
-
-/// Children per parent voxel.
-pub const CHILDREN: usize = 8;
+use crate::ops::subdivide::{children_host, subdivide};
+pub use crate::ops::vocab::CHILDREN;
 
 /// Where the children of one subdivision come from; apply it to every tensor on the parents'
 /// coordinates (the block input and its conv output share it).
@@ -45,7 +42,6 @@ impl Subdivision {
                 parents.len()
             );
         }
-        #[cfg(feature = "cuda")]
         if logits.device().is_cuda() && logits.device().same_device(parents.device()) {
             return Self::from_logits_on_device(parents, logits);
         }
@@ -62,7 +58,6 @@ impl Subdivision {
 
     /// [`Self::from_logits`] by the CUDA kernels: children rows, sources, batch ranges and
     /// exact maxima computed on the device, the rows never on the host.
-    #[cfg(feature = "cuda")]
     fn from_logits_on_device(parents: &Arc<CoordSet>, logits: &Tensor) -> Result<Self> {
         // Children coordinates are at most 2·max + 1: checked once here, so that the kernels
         // need not check each child.
@@ -75,11 +70,7 @@ impl Subdivision {
                 max[a]
             );
         }
-        let built = crate::ops::cuda::subdivide(
-            parents.tensor(),
-            parents.batches(),
-            &logits.contiguous()?,
-        )?;
+        let built = subdivide(parents.tensor(), parents.batches(), logits)?;
         Ok(Self {
             children: Arc::new(CoordSet::from_device(built.rows, built.batches, built.max)?),
             sources: built.sources,
@@ -98,55 +89,7 @@ impl Subdivision {
                 parents.len() * CHILDREN
             );
         }
-        // In parallel (millions of children at the last decoder level): each run of parents
-        // writes its children at the offset a prefix sum of the child counts gives it, so the
-        // order stays parent-major, then by `s`.
-        const PARENTS_PER_TASK: usize = 16_384;
-        let counts: Vec<usize> = mask
-            .par_chunks(CHILDREN)
-            .map(|m| m.iter().filter(|&&keep| keep).count())
-            .collect();
-        let task_sizes: Vec<usize> = counts
-            .chunks(PARENTS_PER_TASK)
-            .map(|c| c.iter().sum())
-            .collect();
-        let total: usize = task_sizes.iter().sum();
-        let mut rows = vec![[0i32; 4]; total];
-        let mut sources = vec![0u32; total];
-        let parent_rows = parents.rows()?;
-        let mut parts = Vec::with_capacity(task_sizes.len());
-        let (mut row_rest, mut source_rest) = (rows.as_mut_slice(), sources.as_mut_slice());
-        for &size in &task_sizes {
-            let (r, rr) = row_rest.split_at_mut(size);
-            let (s, sr) = source_rest.split_at_mut(size);
-            parts.push((r, s));
-            (row_rest, source_rest) = (rr, sr);
-        }
-        parts
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(task, (rows, sources))| {
-                let first = task * PARENTS_PER_TASK;
-                let mut out = 0;
-                for (i, c) in parent_rows[first..]
-                    .iter()
-                    .take(PARENTS_PER_TASK)
-                    .enumerate()
-                {
-                    let n = first + i;
-                    for s in (0..CHILDREN).filter(|&s| mask[n * CHILDREN + s]) {
-                        let bit = |b: usize| ((s >> b) & 1) as i32;
-                        rows[out] = [
-                            c[0],
-                            2 * c[1] + bit(0),
-                            2 * c[2] + bit(1),
-                            2 * c[3] + bit(2),
-                        ];
-                        sources[out] = (n * CHILDREN + s) as u32;
-                        out += 1;
-                    }
-                }
-            });
+        let (rows, sources) = children_host(parents.rows()?, mask);
         let device = parents.device();
         let n = sources.len();
         Ok(Self {

@@ -14,10 +14,10 @@ use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::neighbours::NeighbourMap;
+use crate::ops::i32_equal::i32_tensors_equal;
+use crate::ops::neighbour_map;
 
-/// Spatial coordinates must lie in `[0, MAX_COORD)`: 21 bits per axis, so that a voxel key packs
-/// into a `u64` and four 2× subdivisions of any latent grid in use (≤ 128) stay far inside.
-pub const MAX_COORD: i32 = 1 << 21;
+pub use crate::ops::vocab::MAX_COORD;
 
 /// Coordinates of a sparse tensor, validated once; host rows on demand.
 pub struct CoordSet {
@@ -73,21 +73,7 @@ impl CoordSet {
     /// Builds a set from host rows (channel→space on the CPU and Metal, whose output is valid by
     /// construction except for range, which is checked here too).
     pub fn from_host(host: Vec<[i32; 4]>, device: &Device) -> Result<Self> {
-        // Range checks and maxima in parallel (millions of rows at the last decoder level); the
-        // first bad row is the one reported.
-        let valid = |c: &[i32; 4]| c[0] >= 0 && c[1..].iter().all(|v| (0..MAX_COORD).contains(v));
-        if let Some(row) = host.par_iter().position_first(|c| !valid(c)) {
-            let c = host[row];
-            if c[0] < 0 {
-                bail!("sparse coords: row {row} has negative batch index {}", c[0]);
-            }
-            let (axis, v) = ["x", "y", "z"]
-                .into_iter()
-                .zip(c[1..].iter().copied())
-                .find(|(_, v)| !(0..MAX_COORD).contains(v))
-                .expect("an invalid row has an axis out of range");
-            bail!("sparse coords: row {row} {c:?} has {axis} = {v} outside [0, {MAX_COORD})");
-        }
+        neighbour_map::check_rows(&host)?;
         let max = host
             .par_iter()
             .fold(
@@ -95,18 +81,7 @@ impl CoordSet {
                 |m, c| std::array::from_fn(|a| m[a].max(c[a] as u32)),
             )
             .reduce(|| [0u32; 4], |a, b| std::array::from_fn(|i| a[i].max(b[i])));
-        let mut batches: Vec<(i32, Range<usize>)> = Vec::new();
-        for (row, c) in host.iter().enumerate() {
-            match batches.last_mut() {
-                Some((b, range)) if *b == c[0] => range.end = row + 1,
-                Some((b, _)) if *b > c[0] => bail!(
-                    "sparse coords: batch index goes down from {b} to {} at row {row}; rows of \
-                     one batch item must be contiguous and batches in increasing order",
-                    c[0]
-                ),
-                _ => batches.push((c[0], row..row + 1)),
-            }
-        }
+        let batches = neighbour_map::batch_ranges(&host)?;
         let tensor = Tensor::from_slice(host.as_flattened(), (host.len(), 4), device)?;
         Ok(Self {
             tensor,
@@ -122,7 +97,6 @@ impl CoordSet {
     /// ranges and maxima its producer computed: channel→space children built on a GPU, valid
     /// by construction from valid parents. Checked here: the shape, that `batches` tile
     /// `0..T` in increasing batch order, and that `max` lies inside the coordinate range.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn from_device(
         tensor: Tensor,
         batches: Vec<(i32, Range<usize>)>,
@@ -200,9 +174,8 @@ impl CoordSet {
         if let (Some(a), Some(b)) = (self.host.get(), other.host.get()) {
             return Ok(a == b);
         }
-        #[cfg(feature = "cuda")]
         if self.device().is_cuda() && self.device().same_device(other.device()) {
-            return crate::ops::cuda::i32_tensors_equal(&self.tensor, &other.tensor);
+            return i32_tensors_equal(&self.tensor, &other.tensor);
         }
         Ok(self.rows()? == other.rows()?)
     }

@@ -1,11 +1,11 @@
 //! Sparse voxel tensors (docs/MODEL.md §8, §5.2): validated coordinate sets, cached 3×3×3 neighbour maps,
-//! channel→space subdivision. (The per-voxel LayerNorm is `ops::layer_norm`.)
+//! channel→space subdivision. Data structures only: the ops that build and use them (the
+//! neighbour map, the conv order, the subdivision kernels, the per-voxel LayerNorm) are in `ops`.
 
 pub mod channel_to_space;
 pub mod conv_order;
 pub mod coords;
 pub mod neighbours;
-pub mod neighbours_gpu;
 pub mod tensor;
 
 pub use channel_to_space::Subdivision;

@@ -1,32 +1,20 @@
 //! The 3×3×3 neighbour map of a coordinate set: `[T,27]` u32, entry `k = kx·9 + ky·3 + kz` is the
 //! row of the voxel at offset `(kx−1, ky−1, kz−1)` on (x, y, z) in the same batch item, or
-//! [`ABSENT`] (docs/MODEL.md §8, FlexGEMM's layout).
+//! [`ABSENT`] (docs/MODEL.md §8, FlexGEMM's layout). Built by `ops::neighbour_map` (on the GPU
+//! where the kernels apply), cached here with the conv's voxel orders.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Result, Tensor};
-use rayon::prelude::*;
 
-use super::conv_order::{
-    default_sort_window, sort_policy, sorted_by_mask, SortPolicy, SORT_MIN_ROWS,
-};
+use super::conv_order::{default_sort_window, SORT_MIN_ROWS};
 use super::coords::CoordSet;
-pub use crate::ops::sparse_conv::{ABSENT, TAPS};
-
-/// A batch item whose bounding box has at most this many cells is indexed with a dense grid
-/// (4 bytes a cell, 64 MiB at most); larger ones use a hash map.
-const DENSE_GRID_MAX_CELLS: usize = 1 << 24;
-
-/// Offset `(dx, dy, dz)` of tap `k`.
-pub fn tap_offset(k: usize) -> [i32; 3] {
-    [
-        (k / 9) as i32 - 1,
-        (k / 3 % 3) as i32 - 1,
-        (k % 3) as i32 - 1,
-    ]
-}
+use crate::ops::conv_order::sorted_by_mask;
+use crate::ops::neighbour_map;
+pub use crate::ops::neighbour_map::tap_offset;
+use crate::ops::sparse_conv::ConvNeighbours;
+use crate::ops::tuning::{ConvSort, Tuning};
+pub use crate::ops::vocab::{ABSENT, TAPS};
 
 /// `[T,27]` neighbour rows, on the coordinate set's device.
 #[derive(Debug, Clone)]
@@ -40,40 +28,24 @@ pub struct NeighbourMap {
 }
 
 impl NeighbourMap {
-    /// On a GPU the kernels build it (neighbours_gpu.rs) when the coordinates' keys fit them;
+    /// On a GPU the kernels build it (`ops::neighbour_map`) when the coordinates' keys fit them;
     /// otherwise the host does, and the map is uploaded.
     pub(crate) fn build(set: &CoordSet) -> Result<Self> {
         if !set.device().is_cpu() {
-            if let Some(map) = super::neighbours_gpu::build_on_device(set)? {
-                return Ok(map);
+            if let Some((map, pairs)) =
+                neighbour_map::neighbour_map_on_device(set.tensor(), set.max())?
+            {
+                return Ok(Self::from_parts(map, pairs));
             }
         }
         let rows = set.rows()?;
-        let mut map = vec![ABSENT; rows.len() * TAPS];
-        for (batch, range) in set.batches() {
-            let items = &rows[range.clone()];
-            let out = &mut map[range.start * TAPS..range.end * TAPS];
-            let index = VoxelIndex::new(items, range.start).map_err(|(a, b)| {
-                candle_core::Error::Msg(format!(
-                    "sparse coords: duplicate voxel {:?} at rows {a} and {b} (batch {batch})",
-                    rows[a]
-                ))
-            })?;
-            out.par_chunks_mut(TAPS)
-                .zip(items.par_iter())
-                .for_each(|(dst, c)| {
-                    for (k, slot) in dst.iter_mut().enumerate() {
-                        let [dx, dy, dz] = tap_offset(k);
-                        *slot = index.get(c[1] + dx, c[2] + dy, c[3] + dz);
-                    }
-                });
-        }
-        let pairs = map.iter().filter(|&&v| v != ABSENT).count();
+        let map = neighbour_map::neighbour_rows(rows, set.batches())?;
+        let pairs = neighbour_map::pairs(&map);
         let tensor = Tensor::from_vec(map, (rows.len(), TAPS), set.device())?;
         Ok(Self::from_parts(tensor, pairs))
     }
 
-    pub(crate) fn from_parts(tensor: Tensor, pairs: usize) -> Self {
+    fn from_parts(tensor: Tensor, pairs: usize) -> Self {
         Self {
             tensor,
             pairs,
@@ -98,7 +70,7 @@ impl NeighbourMap {
         {
             bail!("neighbour map: entry {i} = {v} is not a row of {rows}");
         }
-        let pairs = map.iter().filter(|&&v| v != ABSENT).count();
+        let pairs = neighbour_map::pairs(&map);
         Ok(Self::from_parts(
             Tensor::from_vec(map, (rows, TAPS), device)?,
             pairs,
@@ -126,10 +98,11 @@ impl NeighbourMap {
         if !self.tensor.device().is_cuda() || rows < SORT_MIN_ROWS {
             return Ok(None);
         }
-        let window = match sort_policy()? {
-            SortPolicy::Off => return Ok(None),
-            SortPolicy::Window(w) => w,
-            SortPolicy::Auto => default_sort_window(row_bytes),
+        let window = match Tuning::current().conv_sort {
+            ConvSort::Off => return Ok(None),
+            ConvSort::Full => usize::MAX,
+            ConvSort::Window(w) => w,
+            ConvSort::Auto => default_sort_window(row_bytes),
         };
         self.sorted_order(window).map(Some)
     }
@@ -140,7 +113,7 @@ impl NeighbourMap {
     /// neighbours, and a tile skips the taps none of its voxels has: on decoder-like shells
     /// ≈ 17–21 of 27 taps instead of ≈ 27. Windows keep the rows that tiles running at the same
     /// time gather close together (in L2). Built once per window (on CUDA by a radix sort on
-    /// the device, elsewhere on the host: see conv_order.rs), then cached.
+    /// the device, elsewhere on the host: see `ops::conv_order`), then cached.
     pub fn sorted_order(&self, window: usize) -> Result<Tensor> {
         let rows = self.tensor.dims()[0];
         let window = if window == 0 { rows } else { window.min(rows) };
@@ -154,97 +127,13 @@ impl NeighbourMap {
     }
 }
 
-/// Row lookup by spatial coordinate within one batch item.
-enum VoxelIndex {
-    Dense {
-        min: [i32; 3],
-        size: [i32; 3],
-        cells: Vec<u32>,
-    },
-    Hashed(HashMap<u64, u32, BuildHasherDefault<MixHasher>>),
-}
-
-impl VoxelIndex {
-    /// Indexes `items` (rows `first..`), or returns the two rows of a duplicate voxel.
-    fn new(items: &[[i32; 4]], first: usize) -> std::result::Result<Self, (usize, usize)> {
-        let (mut lo, mut hi) = ([i32::MAX; 3], [i32::MIN; 3]);
-        for c in items {
-            for a in 0..3 {
-                lo[a] = lo[a].min(c[a + 1]);
-                hi[a] = hi[a].max(c[a + 1]);
-            }
-        }
-        let size = [0, 1, 2].map(|a| (hi[a] - lo[a] + 1).max(0));
-        let cells = size.iter().map(|&s| s as usize).product::<usize>();
-        if cells <= DENSE_GRID_MAX_CELLS {
-            let mut grid = vec![ABSENT; cells];
-            for (i, c) in items.iter().enumerate() {
-                let at = (((c[1] - lo[0]) * size[1] + (c[2] - lo[1])) as usize) * size[2] as usize
-                    + (c[3] - lo[2]) as usize;
-                if grid[at] != ABSENT {
-                    return Err((grid[at] as usize, first + i));
-                }
-                grid[at] = (first + i) as u32;
-            }
-            Ok(Self::Dense {
-                min: lo,
-                size,
-                cells: grid,
-            })
-        } else {
-            let mut map = HashMap::with_capacity_and_hasher(items.len(), Default::default());
-            for (i, c) in items.iter().enumerate() {
-                if let Some(prev) = map.insert(key(c[1], c[2], c[3]), (first + i) as u32) {
-                    return Err((prev as usize, first + i));
-                }
-            }
-            Ok(Self::Hashed(map))
-        }
+impl ConvNeighbours for NeighbourMap {
+    fn tensor(&self) -> &Tensor {
+        NeighbourMap::tensor(self)
     }
 
-    fn get(&self, x: i32, y: i32, z: i32) -> u32 {
-        match self {
-            Self::Dense { min, size, cells } => {
-                let (x, y, z) = (x - min[0], y - min[1], z - min[2]);
-                if x < 0 || y < 0 || z < 0 || x >= size[0] || y >= size[1] || z >= size[2] {
-                    return ABSENT;
-                }
-                cells[((x * size[1] + y) as usize) * size[2] as usize + z as usize]
-            }
-            Self::Hashed(map) => {
-                if x < 0 || y < 0 || z < 0 {
-                    return ABSENT;
-                }
-                map.get(&key(x, y, z)).copied().unwrap_or(ABSENT)
-            }
-        }
-    }
-}
-
-/// Packs a non-negative voxel coordinate (21 bits an axis, see `MAX_COORD`) into one key.
-fn key(x: i32, y: i32, z: i32) -> u64 {
-    ((x as u64) << 42) | ((y as u64) << 21) | z as u64
-}
-
-/// A multiply-xorshift hasher for packed voxel keys: std's SipHash is several times slower and
-/// the keys are not attacker-controlled.
-#[derive(Default)]
-struct MixHasher(u64);
-
-impl Hasher for MixHasher {
-    fn finish(&self) -> u64 {
-        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^ (h >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | b as u64;
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+    fn conv_order(&self, row_bytes: usize) -> Result<Option<Tensor>> {
+        NeighbourMap::conv_order(self, row_bytes)
     }
 }
 

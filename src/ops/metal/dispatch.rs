@@ -3,26 +3,15 @@
 //! dispatches so that no command buffer runs long enough for the macOS GPU watchdog to kill it
 //! (docs/METAL.md, "Watchdog and dispatch"). Backend-free so the emulator tests run these exact plans.
 
+pub use crate::ops::vocab::{Dispatch, THREADS};
+
 use super::kargs::{AttentionArgs, DeformIm2ColArgs, SparseConvArgs};
 use candle_core::{bail, DType, Result};
-
-/// Threads per threadgroup of every kernel here: 4 simdgroups of 32.
-pub const THREADS: u32 = 128;
 
 /// Multiply-accumulates allowed in one dispatch (padded tiles, absent taps counted). 2^31 MACs
 /// take ~16 ms on an M1 (1.3 TFMA/s) at 10% efficiency; candle commits a command buffer every
 /// 50 encoders by default, so a command buffer stays well under a second.
 pub const MAX_MACS_PER_DISPATCH: u64 = 1 << 31;
-
-/// One kernel launch: `threadgroups` × `THREADS` threads, `args` at buffer(0).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Dispatch<A> {
-    pub kernel: String,
-    pub threadgroups: [u32; 3],
-    pub threads: [u32; 3],
-    pub threadgroup_memory: usize,
-    pub args: A,
-}
 
 /// The dtype part of kernel names (`f32`, `f16`, `bf16`), as in candle's own kernels.
 pub fn dtype_tag(dtype: DType) -> Result<&'static str> {

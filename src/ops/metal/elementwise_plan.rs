@@ -6,7 +6,7 @@
 
 use super::dispatch::{dtype_tag, Dispatch, THREADS};
 use super::kargs::{BiasActArgs, GatedResidualArgs};
-use crate::ops::bias_act::Activation;
+use crate::ops::vocab::Activation;
 use candle_core::{bail, DType, Result};
 
 /// Elements per thread of the `_v4` kernels.

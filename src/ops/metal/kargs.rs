@@ -1,6 +1,9 @@
 //! Kernel argument structs, mirrored field for field from `kernels/metal/kargs.h` (every field
 //! 32 bits, so MSL, C++ and Rust agree on the layout; tests/metal_emu.rs compares these sizes
-//! and offsets with what the emulator's C++ compiler sees).
+//! and offsets with what the emulator's C++ compiler sees). `DeformIm2ColArgs` and
+//! `NeighbourArgs`, which the CUDA kernels take too, live in `ops::vocab`.
+
+pub use crate::ops::vocab::{DeformIm2ColArgs, NeighbourArgs};
 
 /// `SparseConvArgs` in kargs.h.
 #[repr(C)]
@@ -30,54 +33,6 @@ pub struct AttentionArgs {
     pub scale: f32,
 }
 
-/// `DeformIm2ColArgs` in kargs.h; also the argument of `kernels/cuda/deform_conv.cu`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeformIm2ColArgs {
-    pub batch: u32,
-    pub channels: u32,
-    /// Input height and width.
-    pub height: u32,
-    pub width: u32,
-    /// Kernel height and width.
-    pub kh: u32,
-    pub kw: u32,
-    /// Output (offset/mask) height and width.
-    pub out_h: u32,
-    pub out_w: u32,
-    /// Channel `c` uses offset group `c / (channels / offset_groups)`.
-    pub offset_groups: u32,
-    pub stride_y: u32,
-    pub stride_x: u32,
-    pub pad_y: u32,
-    pub pad_x: u32,
-    pub dil_y: u32,
-    pub dil_x: u32,
-    /// The band of output rows the column matrix covers.
-    pub row_start: u32,
-    pub rows: u32,
-    /// Column elements `first .. first + count` are written by this dispatch.
-    pub first: u32,
-    pub count: u32,
-}
-
-impl DeformIm2ColArgs {
-    /// Elements of the band's column matrix `[batch, channels·kh·kw, rows·out_w]`.
-    pub fn columns(&self) -> u64 {
-        [
-            self.batch,
-            self.channels,
-            self.kh,
-            self.kw,
-            self.rows,
-            self.out_w,
-        ]
-        .iter()
-        .map(|&v| v as u64)
-        .product()
-    }
-}
-
 /// Bytes exactly as the kernel reads them (what `setBytes` uploads), little endian.
 pub trait KernelArgs {
     fn to_bytes(&self) -> Vec<u8>;
@@ -104,20 +59,6 @@ impl KernelArgs for AttentionArgs {
         .flat_map(|v| v.to_le_bytes())
         .collect()
     }
-}
-
-/// `NeighbourArgs` in kargs.h.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct NeighbourArgs {
-    /// Rows of coords; the map has `n_voxels * 27` entries.
-    pub n_voxels: u32,
-    /// Hash table slots − 1 (slots are a power of two).
-    pub capacity_mask: u32,
-    /// Key bits of x, y and z (batch above x above y above z).
-    pub bits_x: u32,
-    pub bits_y: u32,
-    pub bits_z: u32,
 }
 
 impl KernelArgs for NeighbourArgs {

@@ -1,30 +1,28 @@
-//! The Metal side of the GPU ops (docs/ARCHITECTURE.md, "Backends").
+//! Metal utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"); the launchers
+//! themselves are each op's `metal.rs` (`src/ops/<op>/metal.rs`). Imports no op.
 //!
 //! `kargs`, `dispatch` and the `*_plan` modules are plain Rust and always compiled: they decide
 //! kernel names, grids, threadgroup memory and how a long op is split into several dispatches,
 //! and the MSL emulator tests (tests/metal_emu.rs) execute exactly those plans. The encoding
-//! itself (`pipelines`, `sparse_conv`, `attention`, `deform_conv`, `norms`, `elementwise`...)
-//! needs candle's Metal backend and only exists with the `metal` feature.
+//! itself (`pipelines`, `encode`, `buffers`) needs candle's Metal backend and only exists with
+//! the `metal` feature.
 
 pub mod dispatch;
 pub mod elementwise_plan;
 pub mod kargs;
-pub mod neighbour_plan;
 pub mod norms_plan;
 
+/// The neighbour map's plan, shared with the CUDA kernel (it lives in `ops::vocab`).
+pub mod neighbour_plan {
+    pub use crate::ops::vocab::{neighbour_plan, neighbour_plan_for, NeighbourPlan, KEY_BITS};
+}
+
 #[cfg(feature = "metal")]
-pub(crate) mod attention;
+mod buffers;
 #[cfg(feature = "metal")]
-pub(crate) mod deform_conv;
+pub(crate) mod encode;
 #[cfg(feature = "metal")]
-pub(crate) mod elementwise;
+pub(crate) mod pipelines;
+
 #[cfg(feature = "metal")]
-mod encode;
-#[cfg(feature = "metal")]
-pub(crate) mod neighbour_map;
-#[cfg(feature = "metal")]
-pub(crate) mod norms;
-#[cfg(feature = "metal")]
-mod pipelines;
-#[cfg(feature = "metal")]
-pub(crate) mod sparse_conv;
+pub(crate) use buffers::{output, start, Operand};

@@ -1,0 +1,255 @@
+//! Varlen flash attention's CUDA launcher (`kernels/cuda/attention.cu`, and the Hopper wgmma
+//! kernel `kernels/cuda/attention_sm90a.cu`): tiles, kernel choice and launch.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
+
+use crate::ops::cuda::{
+    choose_wgmma, kernel_env, large_smem_func, output, sm90a_device, token_rows, Ptx, WgmmaFamily,
+    ATTENTION, ATTENTION_SM90A,
+};
+use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
+use crate::ops::tuning::Tuning;
+use crate::ops::vocab::AttentionKernel;
+
+/// Rows of one query tile of the attention kernel (one CTA).
+const ATTN_TILE: usize = 128;
+
+/// Keys per tile of the attention kernel.
+const ATTN_KEY_TILE: usize = 64;
+
+/// Threads per attention CTA: four warps of 32 query rows.
+const ATTN_THREADS: u32 = 128;
+
+/// Dynamic shared memory of one attention CTA at head dim `d`: the query tile and two buffers
+/// each of key and value rows, 16-bit elements, rows padded by 8 elements (the layout of
+/// `flash_fwd` in `kernels/cuda/attention.cu`).
+fn attention_smem_bytes(d: usize) -> usize {
+    (ATTN_TILE + 4 * ATTN_KEY_TILE) * (d + 8) * 2
+}
+
+/// Query rows of one tile of the wgmma attention kernel (one CTA: two warpgroups of 64 rows),
+/// its keys per tile and its ring of K/V buffers (`BM`, `BN`, `STAGES` in
+/// `kernels/cuda/attention_sm90a.cu`). Independent of the mma.sync kernel's tiles.
+const ATTN_SM90A_TILE: usize = 128;
+const ATTN_SM90A_KEY_TILE: usize = 128;
+const ATTN_SM90A_STAGES: usize = 3;
+/// Threads per wgmma attention CTA: two warpgroups of 64 query rows.
+const ATTN_SM90A_THREADS: u32 = 256;
+
+/// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and three
+/// buffers each of key and value rows, 16-bit elements, unpadded (the 128-byte swizzle layout of
+/// `kernels/cuda/attention_sm90a.cu`), its mbarriers, and the slack of the kernel's run-time
+/// 1024-byte alignment of the tiles: 224 KB + 1088 bytes at D = 128 (one CTA per SM), 112 KB +
+/// 1088 bytes at D = 64.
+fn attention_sm90a_smem_bytes(d: usize) -> usize {
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * d * 2
+        + ATTN_SM90A_MBAR_BYTES
+        + ATTN_SM90A_ALIGN
+}
+
+/// Bytes after the K/V stages for the kernel's mbarriers (full and empty, one each per stage).
+const ATTN_SM90A_MBAR_BYTES: usize = 64;
+
+/// Alignment of the kernel's swizzled tiles (`ALIGN`: one 128-byte-swizzle atom, 8 rows × 128
+/// bytes), which it reaches by rounding the dynamic window's start up: the host adds that much.
+const ATTN_SM90A_ALIGN: usize = 1024;
+
+// Within the 227 KB a CTA may opt in to on a compute capability 9.0 device.
+const _: () = assert!(
+    (ATTN_SM90A_TILE + 2 * ATTN_SM90A_STAGES * ATTN_SM90A_KEY_TILE) * 128 * 2
+        + ATTN_SM90A_MBAR_BYTES
+        + ATTN_SM90A_ALIGN
+        <= 227 * 1024
+);
+
+/// Head dims of the wgmma kernel.
+const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
+
+/// Whether `AttentionKernel::Auto` picks the wgmma kernel where it can run (compiled in, a
+/// compute capability 9.0 device, a supported head dim) without `TRELLIS2_ATTENTION` set.
+/// On: measured on an H100 (benches/README.md) at 0.72–0.81× the mma.sync kernel's time
+/// (0.225 against 0.303 ms at 4k², 28.7 against 39.0 ms at 49k², 12 heads × 128, bf16).
+const WGMMA_BY_DEFAULT: bool = true;
+
+/// Whether the wgmma attention kernel can run on `dev` (see [`sm90a_device`]).
+pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
+    sm90a_device(dev, ATTENTION_SM90A.is_some())
+}
+
+/// Whether this call runs the wgmma attention kernel ([`choose_wgmma`]): head dims 64 and 128;
+/// the environment variable is `TRELLIS2_ATTENTION`, the default `WGMMA_BY_DEFAULT`.
+fn use_wgmma(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<bool> {
+    let requested = match kernel {
+        AttentionKernel::Auto => None,
+        AttentionKernel::Mma => Some(false),
+        AttentionKernel::Wgmma => Some(true),
+    };
+    choose_wgmma(
+        WgmmaFamily {
+            op: "varlen attention (CUDA)",
+            built: ATTENTION_SM90A.is_some(),
+            by_default: WGMMA_BY_DEFAULT,
+            env: kernel_env(Tuning::current().attention),
+        },
+        dev,
+        requested,
+        ATTN_SM90A_DIMS.contains(&d),
+        || format!("head dims 64 and 128, not {d}"),
+    )
+}
+
+/// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
+/// `[Nq,H,D]` in q's dtype. Head dims 16, 32, 64 (DINOv3) and 128 (DiT). See `kernels/cuda/attention.cu`
+/// and, for `kernel` (which kernel runs: see `use_wgmma`), `kernels/cuda/attention_sm90a.cu`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn varlen_attention(
+    q: &CudaStorage,
+    ql: &Layout,
+    k: &CudaStorage,
+    kl: &Layout,
+    v: &CudaStorage,
+    vl: &Layout,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    scale: f32,
+    kernel: AttentionKernel,
+) -> Result<(CudaStorage, Shape)> {
+    const OP: &str = "varlen attention (CUDA)";
+    let (nq, heads, d) = ql.shape().dims3()?;
+    if ![16, 32, 64, 128].contains(&d) {
+        bail!("{OP}: head dim {d} is not supported (16, 32, 64 or 128)");
+    }
+    // The kernel's softmax takes a positive scale (it folds the scale into one FFMA per score,
+    // which needs the maximum of the raw scores to be the maximum of the scaled ones). A
+    // negative scale goes into q instead, softmax(−c·q·k) = softmax(c·(−q)·k), at the cost of
+    // one elementwise pass that no model needs; a zero scale becomes the smallest positive
+    // normal float, which gives the same uniform weights (every scaled score rounds to 0).
+    let negated;
+    let (q, ql, scale) = if scale < 0.0 {
+        negated = (q.affine(ql, -1.0, 0.0)?, Layout::contiguous(ql.shape()));
+        (&negated.0, &negated.1, -scale)
+    } else {
+        (q, ql, scale)
+    };
+    let scale_log2 = (scale * std::f32::consts::LOG2_E).max(f32::MIN_POSITIVE);
+    let (qa, qz, q_stride) = token_rows(ql, OP, "q")?;
+    let (ka, kz, k_stride) = token_rows(kl, OP, "k")?;
+    let (va, vz, v_stride) = token_rows(vl, OP, "v")?;
+    let dev = q.device().clone();
+    let wgmma = use_wgmma(&dev, d, kernel)?;
+    // Query rows per tile (CTA) of the chosen kernel.
+    let tile = if wgmma { ATTN_SM90A_TILE } else { ATTN_TILE };
+    let mut tiles: Vec<u32> = Vec::new();
+    for b in 0..q_offsets.len() - 1 {
+        let (q0, q1) = (q_offsets[b], q_offsets[b + 1]);
+        let (k0, k1) = (kv_offsets[b], kv_offsets[b + 1]);
+        for r in (q0..q1).step_by(tile) {
+            let row = [r, (r + tile).min(q1), k0, k1];
+            tiles.extend(row.iter().map(|&x| x as u32));
+        }
+    }
+    if qa % 8 != 0 || ka % 8 != 0 || va % 8 != 0 {
+        bail!("{OP}: q, k and v must start on a 16-byte boundary (offsets {qa}, {ka}, {va})");
+    }
+    if q_stride % 8 != 0 || k_stride % 8 != 0 || v_stride % 8 != 0 {
+        bail!(
+            "{OP}: q, k and v token rows must be 16-byte aligned (strides {q_stride}, {k_stride}, \
+             {v_stride})"
+        );
+    }
+    let strides = [q_stride, k_stride, v_stride].map(|s| s as i32);
+    let ntiles = tiles.len() / 4;
+    // PTX module, kernel name prefix, threads and shared memory of the chosen kernel.
+    let (module, prefix, threads, smem) = match &ATTENTION_SM90A {
+        Some(ptx) if wgmma => (
+            ptx,
+            "flash_attn_sm90a",
+            ATTN_SM90A_THREADS,
+            attention_sm90a_smem_bytes(d) as u32,
+        ),
+        _ => (
+            &ATTENTION,
+            "flash_attn",
+            ATTN_THREADS,
+            attention_smem_bytes(d) as u32,
+        ),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (ntiles as u32, heads as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let launch = Attention {
+        q: (q, qa, qz),
+        k: (k, ka, kz),
+        v: (v, va, vz),
+        tiles: &tiles,
+        kernel: (module, prefix, smem),
+        cfg,
+        dims: (nq, heads, d),
+        scale_log2,
+        strides,
+    };
+    let out = with_float(q.dtype(), HALVES, launch, || {
+        format!("{OP}: takes bf16 or f16 q, k, v, got {:?}", q.dtype())
+    })?;
+    Ok((out, Shape::from((nq, heads, d))))
+}
+
+/// The launch of [`varlen_attention`] for one element type.
+struct Attention<'a> {
+    /// q, k and v with their spans.
+    q: (&'a CudaStorage, usize, usize),
+    k: (&'a CudaStorage, usize, usize),
+    v: (&'a CudaStorage, usize, usize),
+    /// `[q0, q1, k0, k1]` of each query tile.
+    tiles: &'a [u32],
+    /// PTX module, kernel name prefix and shared memory.
+    kernel: (&'a Ptx, &'static str, u32),
+    cfg: LaunchConfig,
+    /// `(Nq, H, D)`.
+    dims: (usize, usize, usize),
+    scale_log2: f32,
+    /// Token strides of q, k and v.
+    strides: [i32; 3],
+}
+
+impl FloatFn for Attention<'_> {
+    type Output = CudaStorage;
+
+    fn call<T: FloatElem>(self) -> Result<CudaStorage> {
+        let ((q, qa, qz), (k, ka, kz), (v, va, vz)) = (self.q, self.k, self.v);
+        if k.dtype() != T::DTYPE || v.dtype() != T::DTYPE {
+            bail!("varlen attention (CUDA): q, k and v must have the same dtype");
+        }
+        let (module, prefix, smem) = self.kernel;
+        let (nq, heads, d) = self.dims;
+        let heads_ = heads as i32;
+        let dev = q.device();
+        let out = output::<T>(dev, nq * heads * d)?;
+        if !self.tiles.is_empty() && heads > 0 {
+            let tiles = dev.clone_htod(self.tiles)?;
+            let name = format!("{prefix}_{}_d{d}", T::NAME);
+            let func = large_smem_func(dev, module, &name, smem)?;
+            let qq = q.as_cuda_slice::<T>()?.slice(qa..qz);
+            let kk = k.as_cuda_slice::<T>()?.slice(ka..kz);
+            let vv = v.as_cuda_slice::<T>()?.slice(va..vz);
+            let stream = dev.cuda_stream();
+            let mut b = stream.launch_builder(&func);
+            b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
+            b.arg(&heads_).arg(&self.scale_log2);
+            b.arg(&self.strides[0])
+                .arg(&self.strides[1])
+                .arg(&self.strides[2]);
+            // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
+            // v, as the op's offset checks guarantee; a row r of an operand starts at
+            // r·stride within its [start, end) span (`token_rows`); out[Nq·H·D] is owned by
+            // this call.
+            unsafe { b.launch(self.cfg) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
