@@ -18,6 +18,7 @@ use trellis2::ops::sparse_conv::{
     conv_kernel_available, submanifold_conv3d_ordered_with, submanifold_conv3d_with, ConvKernel,
     ABSENT,
 };
+use trellis2::ops::tuning::{ConvSort, Tuning};
 use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::selftest::{
     cases, check, check_with, operand_dtype, tensor_rel_err, voxel_shell, Case, ConvMap, Inputs,
@@ -198,6 +199,20 @@ fn attention_cases_with_each_kernel() -> Result<()> {
 /// and for the residual, which comes back unchanged (the output is a new buffer).
 #[test]
 fn linear_cases_take_cublaslt_where_it_serves() {
+    cublaslt_pinned(linear_cases_take_cublaslt_default)
+}
+
+/// Runs `f` with the fused cuBLASLt path on (`TRELLIS2_CUBLASLT=on`), whatever the environment
+/// sets for this run.
+fn cublaslt_pinned<R>(f: impl FnOnce() -> R) -> R {
+    Tuning {
+        cublaslt: true,
+        ..Tuning::current()
+    }
+    .with(f)
+}
+
+fn linear_cases_take_cublaslt_default() {
     use trellis2::ops::linear::{last_linear_path, LinearPath};
     let dev = gpu();
     let is_linear = |c: &Case| matches!(c.op, Op::Linear { .. });
@@ -327,6 +342,10 @@ fn gpu_shell_map(r: f32, dev: &Device) -> Result<(SparseTensor, usize)> {
 /// the CPU reference, and the GPU-built order equals the host's for a full sort and for windows.
 #[test]
 fn sparse_conv_sorted_order() -> Result<()> {
+    sort_pinned(sparse_conv_sorted_order_default)
+}
+
+fn sparse_conv_sorted_order_default() -> Result<()> {
     let dev = gpu();
     for (r, ci, co, dtype) in [
         (40.0, 64, 96, DType::F16),
@@ -452,6 +471,20 @@ fn conv_order_matches_host_sort() -> Result<()> {
 /// voxels) included, in the host's order and with the unsorted kernel's values.
 #[test]
 fn sparse_conv_sort_policy() -> Result<()> {
+    sort_pinned(sparse_conv_sort_policy_default)
+}
+
+/// Runs `f` under the default voxel-order policy (`TRELLIS2_CONV_SORT=auto`), whatever the
+/// environment sets for this run.
+fn sort_pinned(f: fn() -> Result<()>) -> Result<()> {
+    Tuning {
+        conv_sort: ConvSort::Auto,
+        ..Tuning::current()
+    }
+    .with(f)
+}
+
+fn sparse_conv_sort_policy_default() -> Result<()> {
     let dev = gpu();
     let (x, n) = gpu_shell_map(9.0, &dev)?;
     assert!(
@@ -470,10 +503,6 @@ fn sparse_conv_sort_policy() -> Result<()> {
     let plain = submanifold_conv3d(&f, map.tensor(), &w, None)?;
     let via_map = submanifold_conv3d_map(&f, map, &w, None)?;
     assert_same_values(&via_map, &plain, "small set")?;
-    // The environment may override the policy for this run; then only the small set is checked.
-    if std::env::var_os("TRELLIS2_CONV_SORT").is_some() {
-        return Ok(());
-    }
     // ≈ 0.67 M and ≈ 2 M voxels: above the old host-sort limit of 512 k.
     for (r, c) in [(175.0, 64), (300.0, 32)] {
         let (big, n) = gpu_shell_map(r, &dev)?;
@@ -975,81 +1004,83 @@ fn coord_sets_compare_on_device() -> Result<()> {
 /// the heuristic must be told).
 #[test]
 fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
-    use candle_core::Module;
-    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
-    let dev = gpu();
-    for &dtype in DTYPES {
-        let tol = Tolerance::LINEAR.of(dtype);
-        let check = |what: &str, k: usize, n: usize, x: &Tensor, xg: &Tensor, fused: bool| {
-            let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
-            let b = rounded(&[n], 0.5, dtype)?;
-            let lin = Linear::new(w.clone(), Some(b.clone()));
-            let lin_g = Linear::new(
-                w.to_dtype(dtype)?.to_device(&dev)?,
-                Some(b.to_dtype(dtype)?.to_device(&dev)?),
-            );
-            let want = lin.forward(x)?;
-            let got = lin_g.forward(xg)?;
-            let path = last_linear_path();
-            expect_close(&format!("{what} {dtype:?} ({path:?})"), &got, &want, tol)?;
-            assert_eq!(
-                path == LinearPath::CublasLt,
-                fused,
-                "{what} {dtype:?}: {path:?}"
-            );
-            let r = rounded(want.dims(), 1.0, dtype)?;
-            let want = (want + &r)?;
-            let got = lin_g.forward_residual(xg, &r.to_dtype(dtype)?.to_device(&dev)?)?;
-            let path = last_linear_path();
-            expect_close(
-                &format!("{what} + residual {dtype:?} ({path:?})"),
-                &got,
-                &want,
-                tol,
+    cublaslt_pinned(|| {
+        use candle_core::Module;
+        use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+        let dev = gpu();
+        for &dtype in DTYPES {
+            let tol = Tolerance::LINEAR.of(dtype);
+            let check = |what: &str, k: usize, n: usize, x: &Tensor, xg: &Tensor, fused: bool| {
+                let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
+                let b = rounded(&[n], 0.5, dtype)?;
+                let lin = Linear::new(w.clone(), Some(b.clone()));
+                let lin_g = Linear::new(
+                    w.to_dtype(dtype)?.to_device(&dev)?,
+                    Some(b.to_dtype(dtype)?.to_device(&dev)?),
+                );
+                let want = lin.forward(x)?;
+                let got = lin_g.forward(xg)?;
+                let path = last_linear_path();
+                expect_close(&format!("{what} {dtype:?} ({path:?})"), &got, &want, tol)?;
+                assert_eq!(
+                    path == LinearPath::CublasLt,
+                    fused,
+                    "{what} {dtype:?}: {path:?}"
+                );
+                let r = rounded(want.dims(), 1.0, dtype)?;
+                let want = (want + &r)?;
+                let got = lin_g.forward_residual(xg, &r.to_dtype(dtype)?.to_device(&dev)?)?;
+                let path = last_linear_path();
+                expect_close(
+                    &format!("{what} + residual {dtype:?} ({path:?})"),
+                    &got,
+                    &want,
+                    tol,
+                )?;
+                assert_eq!(
+                    path == LinearPath::CublasLt,
+                    fused,
+                    "{what} {dtype:?}: {path:?}"
+                );
+                Result::Ok(())
+            };
+            let on_gpu = |x: &Tensor| x.to_dtype(dtype)?.to_device(&dev);
+            // K = 13, N = 7: rows of 13 and 7 elements.
+            let x = rounded(&[33, 13], 1.0, dtype)?;
+            check("odd widths", 13, 7, &x, &on_gpu(&x)?, false)?;
+            // An x 2 bytes (1 element) into its buffer.
+            let flat = rounded(&[1 + 33 * 64], 1.0, dtype)?;
+            let x = flat.narrow(0, 1, 33 * 64)?.reshape((33, 64))?;
+            let xg = on_gpu(&flat)?.narrow(0, 1, 33 * 64)?.reshape((33, 64))?;
+            check("x at element 1", 64, 96, &x, &xg, false)?;
+            // A strided x (every other column): made contiguous, then fused.
+            let wide = rounded(&[40, 128], 1.0, dtype)?;
+            let x = wide.narrow(1, 0, 64)?;
+            check(
+                "strided x",
+                64,
+                96,
+                &x,
+                &on_gpu(&wide)?.narrow(1, 0, 64)?,
+                true,
             )?;
-            assert_eq!(
-                path == LinearPath::CublasLt,
-                fused,
-                "{what} {dtype:?}: {path:?}"
-            );
-            Result::Ok(())
-        };
-        let on_gpu = |x: &Tensor| x.to_dtype(dtype)?.to_device(&dev);
-        // K = 13, N = 7: rows of 13 and 7 elements.
-        let x = rounded(&[33, 13], 1.0, dtype)?;
-        check("odd widths", 13, 7, &x, &on_gpu(&x)?, false)?;
-        // An x 2 bytes (1 element) into its buffer.
-        let flat = rounded(&[1 + 33 * 64], 1.0, dtype)?;
-        let x = flat.narrow(0, 1, 33 * 64)?.reshape((33, 64))?;
-        let xg = on_gpu(&flat)?.narrow(0, 1, 33 * 64)?.reshape((33, 64))?;
-        check("x at element 1", 64, 96, &x, &xg, false)?;
-        // A strided x (every other column): made contiguous, then fused.
-        let wide = rounded(&[40, 128], 1.0, dtype)?;
-        let x = wide.narrow(1, 0, 64)?;
-        check(
-            "strided x",
-            64,
-            96,
-            &x,
-            &on_gpu(&wide)?.narrow(1, 0, 64)?,
-            true,
-        )?;
-        // [B, N, C] input.
-        let x = rounded(&[2, 21, 64], 1.0, dtype)?;
-        check("batched x", 64, 96, &x, &on_gpu(&x)?, true)?;
-        // One row into its buffer: 128 bytes (f16) or 256 (f32) aligned.
-        let full = rounded(&[34, 64], 1.0, dtype)?;
-        let x = full.narrow(0, 1, 33)?;
-        check(
-            "x at row 1",
-            64,
-            96,
-            &x,
-            &on_gpu(&full)?.narrow(0, 1, 33)?,
-            true,
-        )?;
-    }
-    Ok(())
+            // [B, N, C] input.
+            let x = rounded(&[2, 21, 64], 1.0, dtype)?;
+            check("batched x", 64, 96, &x, &on_gpu(&x)?, true)?;
+            // One row into its buffer: 128 bytes (f16) or 256 (f32) aligned.
+            let full = rounded(&[34, 64], 1.0, dtype)?;
+            let x = full.narrow(0, 1, 33)?;
+            check(
+                "x at row 1",
+                64,
+                96,
+                &x,
+                &on_gpu(&full)?.narrow(0, 1, 33)?,
+                true,
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// cuBLASLt's GELU epilogue is torch's tanh approximation (the DiT's `GELU(approximate="tanh")`)
@@ -1059,36 +1090,38 @@ fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
 /// fails, set `GELU_EPILOGUE_IS_TANH` to false (tanh-GELU then stays on `bias_act`).
 #[test]
 fn cublaslt_gelu_epilogue_is_tanh_gelu() -> Result<()> {
-    use trellis2::ops::bias_act::{bias_act, Activation};
-    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
-    let (dev, cpu) = (gpu(), Device::Cpu);
-    let (m, k, n) = (257usize, 1024usize, 1536usize);
-    let x = Tensor::randn(0f32, 1.0, (m, k), &cpu)?;
-    let w = Tensor::randn(0f32, 2.0 / (k as f32).sqrt(), (n, k), &cpu)?;
-    let b = Tensor::randn(0f32, 0.5, n, &cpu)?;
-    let y0 = x.matmul(&w.t()?)?;
-    let lin = Linear::new(w.to_device(&dev)?, Some(b.to_device(&dev)?));
-    let got = lin
-        .forward_act(&x.to_device(&dev)?, Activation::GeluTanh)?
-        .to_device(&cpu)?;
-    assert_eq!(last_linear_path(), LinearPath::CublasLt);
-    let tanh = bias_act(&y0, &b, Activation::GeluTanh)?;
-    let erf = bias_act(&y0, &b, Activation::GeluErf)?;
-    let (e_tanh, e_erf) = (rel_err(&got, &tanh), rel_err(&got, &erf));
-    let e_between = rel_err(&erf, &tanh);
-    println!(
-        "cuBLASLt GELU epilogue f32: vs tanh-GELU {e_tanh:.2e}, vs erf-GELU {e_erf:.2e} \
+    cublaslt_pinned(|| {
+        use trellis2::ops::bias_act::{bias_act, Activation};
+        use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+        let (dev, cpu) = (gpu(), Device::Cpu);
+        let (m, k, n) = (257usize, 1024usize, 1536usize);
+        let x = Tensor::randn(0f32, 1.0, (m, k), &cpu)?;
+        let w = Tensor::randn(0f32, 2.0 / (k as f32).sqrt(), (n, k), &cpu)?;
+        let b = Tensor::randn(0f32, 0.5, n, &cpu)?;
+        let y0 = x.matmul(&w.t()?)?;
+        let lin = Linear::new(w.to_device(&dev)?, Some(b.to_device(&dev)?));
+        let got = lin
+            .forward_act(&x.to_device(&dev)?, Activation::GeluTanh)?
+            .to_device(&cpu)?;
+        assert_eq!(last_linear_path(), LinearPath::CublasLt);
+        let tanh = bias_act(&y0, &b, Activation::GeluTanh)?;
+        let erf = bias_act(&y0, &b, Activation::GeluErf)?;
+        let (e_tanh, e_erf) = (rel_err(&got, &tanh), rel_err(&got, &erf));
+        let e_between = rel_err(&erf, &tanh);
+        println!(
+            "cuBLASLt GELU epilogue f32: vs tanh-GELU {e_tanh:.2e}, vs erf-GELU {e_erf:.2e} \
          (the two GELUs differ by {e_between:.2e})"
-    );
-    assert!(
-        e_between > 2e-5,
-        "the test data must tell the two GELUs apart"
-    );
-    assert!(
+        );
+        assert!(
+            e_between > 2e-5,
+            "the test data must tell the two GELUs apart"
+        );
+        assert!(
         e_tanh <= 5e-6,
         "cuBLASLt's GELU is not tanh-GELU to 5e-6 ({e_tanh:e}): set GELU_EPILOGUE_IS_TANH = false"
     );
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `upsample(lr, 4)`-like rows on the 512³ grid for the cascade tests: batch 0 a spherical shell
