@@ -77,9 +77,35 @@ fn conv_kernels(dev: &Device) -> Result<Vec<ConvKernel>> {
     }
 }
 
-/// Every sparse conv case with each conv kernel pinned (mma.sync, and wgmma where it runs).
-/// The wgmma kernel takes Ci multiples of 8 only: forcing it on another shape is an error, not
-/// a fallback.
+/// `case` in `dtype` with each of `kernels` pinned by `run`: a report for each kernel that
+/// `takes` the case; forcing one that does not must be an error, not a fallback.
+fn pinned<K: Copy + std::fmt::Debug>(
+    case: &Case,
+    dtype: DType,
+    dev: &Device,
+    kernels: &[K],
+    takes: impl Fn(K) -> bool,
+    run: impl Fn(K, &Inputs) -> Result<Tensor>,
+) -> Vec<Report> {
+    let mut reports = Vec::new();
+    for &kernel in kernels {
+        let run = |inputs: &Inputs| run(kernel, inputs);
+        if !takes(kernel) {
+            let operands = operand_dtype(case, dev, dtype);
+            let inputs = case.inputs(dtype, operands).unwrap();
+            let refused = run(&inputs.to_device(dev).unwrap()).is_err();
+            assert!(refused, "{}: the {kernel:?} kernel took it", case.op);
+            continue;
+        }
+        let mut report = check_with(case, dtype, dev, false, &run);
+        report.case.push_str(&format!(" [{kernel:?}]"));
+        reports.push(report);
+    }
+    reports
+}
+
+/// Every sparse conv case with each conv kernel pinned (mma.sync, and wgmma where it runs; the
+/// wgmma kernel takes Ci multiples of 8 only).
 #[test]
 fn sparse_conv_cases_with_each_kernel() -> Result<()> {
     let dev = gpu();
@@ -89,45 +115,25 @@ fn sparse_conv_cases_with_each_kernel() -> Result<()> {
         let Op::SparseConv { ci, .. } = case.op else {
             unreachable!()
         };
-        let mut reports = Vec::new();
-        for &kernel in &kernels {
-            let run = |inputs: &Inputs| {
-                let Inputs::SparseConv {
-                    feats,
-                    map,
-                    weight,
-                    bias,
-                } = inputs
-                else {
-                    unreachable!()
-                };
-                submanifold_conv3d_with(kernel, feats, map, weight, bias.as_ref())
+        let takes = |k| k != ConvKernel::Wgmma || ci.is_multiple_of(8);
+        pinned(case, dtype, &dev, &kernels, takes, |k, inputs| {
+            let Inputs::SparseConv {
+                feats,
+                map,
+                weight,
+                bias,
+            } = inputs
+            else {
+                unreachable!()
             };
-            if kernel == ConvKernel::Wgmma && !ci.is_multiple_of(8) {
-                let operands = operand_dtype(case, &dev, dtype);
-                let inputs = case
-                    .inputs(dtype, operands)
-                    .unwrap()
-                    .to_device(&dev)
-                    .unwrap();
-                assert!(
-                    run(&inputs).is_err(),
-                    "{}: the wgmma kernel took Ci {ci}",
-                    case.op
-                );
-                continue;
-            }
-            let mut report = check_with(case, dtype, &dev, false, &run);
-            report.case.push_str(&format!(" [{kernel:?}]"));
-            reports.push(report);
-        }
-        reports
+            submanifold_conv3d_with(k, feats, map, weight, bias.as_ref())
+        })
     });
     Ok(())
 }
 
-/// Every attention case with each attention kernel pinned (mma.sync, and wgmma where it runs):
-/// a head dim a kernel lacks is an error when it is asked for by name.
+/// Every attention case with each attention kernel pinned (mma.sync, and wgmma where it runs;
+/// the wgmma kernel takes head dims 64 and 128 only).
 #[test]
 fn attention_cases_with_each_kernel() -> Result<()> {
     let dev = gpu();
@@ -145,41 +151,21 @@ fn attention_cases_with_each_kernel() -> Result<()> {
         let Op::Attention { head_dim, .. } = case.op else {
             unreachable!()
         };
-        let mut reports = Vec::new();
-        for &kernel in &kernels {
-            let run = |inputs: &Inputs| {
-                let Inputs::Attention {
-                    q,
-                    k,
-                    v,
-                    q_offsets,
-                    kv_offsets,
-                    scale,
-                } = inputs
-                else {
-                    unreachable!()
-                };
-                varlen_attention_with(kernel, q, k, v, q_offsets, kv_offsets, *scale)
+        let takes = |k| k != AttentionKernel::Wgmma || [64, 128].contains(&head_dim);
+        pinned(case, dtype, &dev, &kernels, takes, |k, inputs| {
+            let Inputs::Attention {
+                q,
+                k: keys,
+                v,
+                q_offsets,
+                kv_offsets,
+                scale,
+            } = inputs
+            else {
+                unreachable!()
             };
-            if kernel == AttentionKernel::Wgmma && ![64, 128].contains(&head_dim) {
-                let operands = operand_dtype(case, &dev, dtype);
-                let inputs = case
-                    .inputs(dtype, operands)
-                    .unwrap()
-                    .to_device(&dev)
-                    .unwrap();
-                assert!(
-                    run(&inputs).is_err(),
-                    "{}: the wgmma kernel took it",
-                    case.op
-                );
-                continue;
-            }
-            let mut report = check_with(case, dtype, &dev, false, &run);
-            report.case.push_str(&format!(" [{kernel:?}]"));
-            reports.push(report);
-        }
-        reports
+            varlen_attention_with(k, q, keys, v, q_offsets, kv_offsets, *scale)
+        })
     });
     // Head dims no kernel has are an error, not a wrong answer.
     for d in [32, 96] {

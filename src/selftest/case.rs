@@ -19,6 +19,7 @@ use crate::ops::gated_residual::{gated_residual, gated_residual_slow};
 use crate::ops::layer_norm::{layer_norm, layer_norm_composed};
 use crate::ops::layer_norm_act::{gathered_layer_norm_act, layer_norm_act, layer_norm_act_slow};
 use crate::ops::linear::{last_linear_path, Linear, LinearPath};
+use crate::ops::neighbour_map::neighbour_op_output;
 use crate::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
 use crate::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
 use crate::ops::rope::rope_tables_3d;
@@ -700,10 +701,30 @@ pub enum Inputs {
 impl Inputs {
     /// The same operands on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Inputs> {
-        let d = |t: &Tensor| t.to_device(device);
-        let o = |t: &Option<Tensor>| t.as_ref().map(d).transpose();
+        self.map(&|t| t.to_device(device), device)
+    }
+
+    /// The float operands in f32 on the CPU (what the references compute on).
+    fn to_f32(&self) -> Result<Inputs> {
+        let cpu = Device::Cpu;
+        self.map(
+            &|t| {
+                let t = t.to_device(&cpu)?;
+                if t.dtype().is_float() {
+                    t.to_dtype(DType::F32)
+                } else {
+                    Ok(t)
+                }
+            },
+            &cpu,
+        )
+    }
+
+    /// Every tensor through `f`; the neighbour map's rows to be built on `device`.
+    fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>, device: &Device) -> Result<Inputs> {
+        let o = |t: &Option<Tensor>| t.as_ref().map(f).transpose();
         let pair = |p: &Option<(Tensor, Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
-            p.as_ref().map(|(a, b)| Ok((d(a)?, d(b)?))).transpose()
+            p.as_ref().map(|(a, b)| Ok((f(a)?, f(b)?))).transpose()
         };
         Ok(match self {
             Inputs::SparseConv {
@@ -712,9 +733,9 @@ impl Inputs {
                 weight,
                 bias,
             } => Inputs::SparseConv {
-                feats: d(feats)?,
-                map: d(map)?,
-                weight: d(weight)?,
+                feats: f(feats)?,
+                map: f(map)?,
+                weight: f(weight)?,
                 bias: o(bias)?,
             },
             Inputs::Attention {
@@ -725,17 +746,17 @@ impl Inputs {
                 kv_offsets,
                 scale,
             } => Inputs::Attention {
-                q: d(q)?,
-                k: d(k)?,
-                v: d(v)?,
+                q: f(q)?,
+                k: f(k)?,
+                v: f(v)?,
                 q_offsets: q_offsets.clone(),
                 kv_offsets: kv_offsets.clone(),
                 scale: *scale,
             },
             Inputs::LayerNorm { x, weight, bias } => Inputs::LayerNorm {
-                x: d(x)?,
-                weight: d(weight)?,
-                bias: d(bias)?,
+                x: f(x)?,
+                weight: f(weight)?,
+                bias: f(bias)?,
             },
             Inputs::LayerNormModulate {
                 x,
@@ -744,20 +765,20 @@ impl Inputs {
                 scale,
                 offsets,
             } => Inputs::LayerNormModulate {
-                x: d(x)?,
+                x: f(x)?,
                 affine: pair(affine)?,
-                shift: d(shift)?,
-                scale: d(scale)?,
+                shift: f(shift)?,
+                scale: f(scale)?,
                 offsets: offsets.clone(),
             },
             Inputs::RmsNormRope { x, gamma, table } => Inputs::RmsNormRope {
-                x: d(x)?,
+                x: f(x)?,
                 gamma: o(gamma)?,
-                table: d(table)?,
+                table: f(table)?,
             },
             Inputs::BiasAct { x, bias, act } => Inputs::BiasAct {
-                x: d(x)?,
-                bias: d(bias)?,
+                x: f(x)?,
+                bias: f(bias)?,
                 act: *act,
             },
             Inputs::Linear {
@@ -767,8 +788,8 @@ impl Inputs {
                 act,
                 residual,
             } => Inputs::Linear {
-                x: d(x)?,
-                weight: d(weight)?,
+                x: f(x)?,
+                weight: f(weight)?,
                 bias: o(bias)?,
                 act: *act,
                 residual: o(residual)?,
@@ -779,9 +800,9 @@ impl Inputs {
                 gate,
                 offsets,
             } => Inputs::GatedResidual {
-                x: d(x)?,
-                r: d(r)?,
-                gate: d(gate)?,
+                x: f(x)?,
+                r: f(r)?,
+                gate: f(gate)?,
                 offsets: offsets.clone(),
             },
             Inputs::NeighbourMap { rows, .. } => Inputs::NeighbourMap {
@@ -794,15 +815,15 @@ impl Inputs {
                 rows,
                 act,
             } => Inputs::LayerNormAct {
-                x: d(x)?,
+                x: f(x)?,
                 affine: pair(affine)?,
                 rows: o(rows)?,
                 act: *act,
             },
             Inputs::C2sSkipAdd { h, x, sources } => Inputs::C2sSkipAdd {
-                h: d(h)?,
-                x: d(x)?,
-                sources: d(sources)?,
+                h: f(h)?,
+                x: f(x)?,
+                sources: f(sources)?,
             },
             Inputs::DeformIm2col {
                 input,
@@ -812,9 +833,9 @@ impl Inputs {
                 cfg,
                 rows,
             } => Inputs::DeformIm2col {
-                input: d(input)?,
-                offset: d(offset)?,
-                mask: d(mask)?,
+                input: f(input)?,
+                offset: f(offset)?,
+                mask: f(mask)?,
                 kernel: *kernel,
                 cfg: *cfg,
                 rows: rows.clone(),
@@ -827,11 +848,11 @@ impl Inputs {
                 bias,
                 cfg,
             } => Inputs::DeformConv {
-                input: d(input)?,
-                offset: d(offset)?,
-                mask: d(mask)?,
-                weight: d(weight)?,
-                bias: d(bias)?,
+                input: f(input)?,
+                offset: f(offset)?,
+                mask: f(mask)?,
+                weight: f(weight)?,
+                bias: f(bias)?,
                 cfg: *cfg,
             },
         })
@@ -885,10 +906,6 @@ fn offsets_of(lens: &[usize]) -> Vec<usize> {
         o.push(o[o.len() - 1] + l);
     }
     o
-}
-
-fn f32(t: &Tensor) -> Result<Tensor> {
-    t.to_dtype(DType::F32)
 }
 
 impl Case {
@@ -1173,13 +1190,27 @@ impl Case {
 
     /// The op on the device its `inputs` are on.
     pub fn run(&self, inputs: &Inputs) -> Result<Tensor> {
+        self.call(inputs, false)
+    }
+
+    /// The op (or with `slow` its slow twin) on the device its `inputs` are on.
+    fn call(&self, inputs: &Inputs, slow: bool) -> Result<Tensor> {
+        let no_twin =
+            || candle_core::bail!("{}: no slow twin (the CPU op is the reference)", self.op);
         match inputs {
             Inputs::SparseConv {
                 feats,
                 map,
                 weight,
                 bias,
-            } => submanifold_conv3d(feats, map, weight, bias.as_ref()),
+            } => {
+                let conv = if slow {
+                    submanifold_conv3d_slow
+                } else {
+                    submanifold_conv3d
+                };
+                conv(feats, map, weight, bias.as_ref())
+            }
             Inputs::Attention {
                 q,
                 k,
@@ -1187,7 +1218,17 @@ impl Case {
                 q_offsets,
                 kv_offsets,
                 scale,
-            } => varlen_attention(q, k, v, q_offsets, kv_offsets, *scale),
+            } => {
+                let attention = if slow {
+                    varlen_attention_slow
+                } else {
+                    varlen_attention
+                };
+                attention(q, k, v, q_offsets, kv_offsets, *scale)
+            }
+            Inputs::LayerNorm { x, weight, bias } if slow => {
+                layer_norm_composed(x, weight, bias, EPS)
+            }
             Inputs::LayerNorm { x, weight, bias } => layer_norm(x, Some((weight, bias)), EPS),
             Inputs::LayerNormModulate {
                 x,
@@ -1201,10 +1242,26 @@ impl Case {
                     scale,
                     offsets,
                 };
-                layer_norm_modulate(x, affine.as_ref().map(|(w, b)| (w, b)), &m, EPS)
+                let modulate = if slow {
+                    layer_norm_modulate_slow
+                } else {
+                    layer_norm_modulate
+                };
+                modulate(x, affine.as_ref().map(|(w, b)| (w, b)), &m, EPS)
             }
-            Inputs::RmsNormRope { x, gamma, table } => rms_norm_rope(x, gamma.as_ref(), table),
-            Inputs::BiasAct { x, bias, act } => bias_act(x, bias, *act),
+            Inputs::RmsNormRope { x, gamma, table } => {
+                let rms = if slow {
+                    rms_norm_rope_slow
+                } else {
+                    rms_norm_rope
+                };
+                rms(x, gamma.as_ref(), table)
+            }
+            Inputs::BiasAct { x, bias, act } => {
+                let bias_act = if slow { bias_act_slow } else { bias_act };
+                bias_act(x, bias, *act)
+            }
+            Inputs::Linear { .. } | Inputs::NeighbourMap { .. } if slow => no_twin(),
             Inputs::Linear {
                 x,
                 weight,
@@ -1223,7 +1280,14 @@ impl Case {
                 r,
                 gate,
                 offsets,
-            } => gated_residual(x, r, gate, offsets),
+            } => {
+                let gated = if slow {
+                    gated_residual_slow
+                } else {
+                    gated_residual
+                };
+                gated(x, r, gate, offsets)
+            }
             Inputs::NeighbourMap { rows, device } => {
                 let set = CoordSet::from_host(rows.clone(), device)?;
                 Ok(set.neighbour_map()?.tensor().clone())
@@ -1235,12 +1299,21 @@ impl Case {
                 act,
             } => {
                 let affine = affine.as_ref().map(|(w, b)| (w, b));
-                match rows {
-                    Some(rows) => gathered_layer_norm_act(x, rows, affine, EPS, *act),
-                    None => layer_norm_act(x, affine, EPS, *act),
+                match (slow, rows) {
+                    (true, rows) => layer_norm_act_slow(x, rows.as_ref(), affine, EPS, *act),
+                    (false, Some(rows)) => gathered_layer_norm_act(x, rows, affine, EPS, *act),
+                    (false, None) => layer_norm_act(x, affine, EPS, *act),
                 }
             }
-            Inputs::C2sSkipAdd { h, x, sources } => c2s_skip_add(h, x, sources),
+            Inputs::C2sSkipAdd { h, x, sources } => {
+                let c2s = if slow {
+                    c2s_skip_add_slow
+                } else {
+                    c2s_skip_add
+                };
+                c2s(h, x, sources)
+            }
+            Inputs::DeformIm2col { .. } | Inputs::DeformConv { .. } if slow => no_twin(),
             Inputs::DeformIm2col {
                 input,
                 offset,
@@ -1260,81 +1333,13 @@ impl Case {
         }
     }
 
-    /// The reference output for CPU `inputs`. A linear layer's reference rounds where the path
-    /// the device last took ([`last_linear_path`]) rounds, so call it after [`Case::run`]: in
-    /// f32 behind cuBLASLt's one rounding, else the composed ops in the case's dtype.
+    /// The reference output for CPU `inputs`: the op on the CPU in f32 on the same rounded
+    /// values, or its slow twin. A linear layer's reference rounds where the path the device
+    /// last took ([`last_linear_path`]) rounds, so call it after [`Case::run`]: in f32 behind
+    /// cuBLASLt's one rounding, else the composed ops in the case's dtype. A neighbour map's is
+    /// the host builder (its twin: the custom op's CPU forward).
     pub fn reference(&self, inputs: &Inputs, reference: Reference) -> Result<Tensor> {
-        let slow = reference == Reference::SlowTwin;
         match inputs {
-            Inputs::SparseConv {
-                feats,
-                map,
-                weight,
-                bias,
-            } => {
-                let bias = bias.as_ref().map(f32).transpose()?;
-                let conv = if slow {
-                    submanifold_conv3d_slow
-                } else {
-                    submanifold_conv3d
-                };
-                conv(&f32(feats)?, map, &f32(weight)?, bias.as_ref())
-            }
-            Inputs::Attention {
-                q,
-                k,
-                v,
-                q_offsets,
-                kv_offsets,
-                scale,
-            } => {
-                let attention = if slow {
-                    varlen_attention_slow
-                } else {
-                    varlen_attention
-                };
-                attention(&f32(q)?, &f32(k)?, &f32(v)?, q_offsets, kv_offsets, *scale)
-            }
-            Inputs::LayerNorm { x, weight, bias } => {
-                if slow {
-                    layer_norm_composed(&f32(x)?, weight, bias, EPS)
-                } else {
-                    layer_norm(&f32(x)?, Some((weight, bias)), EPS)
-                }
-            }
-            Inputs::LayerNormModulate {
-                x,
-                affine,
-                shift,
-                scale,
-                offsets,
-            } => {
-                let m = Modulation {
-                    shift,
-                    scale,
-                    offsets,
-                };
-                let affine = affine.as_ref().map(|(w, b)| (w, b));
-                if slow {
-                    layer_norm_modulate_slow(&f32(x)?, affine, &m, EPS)
-                } else {
-                    layer_norm_modulate(&f32(x)?, affine, &m, EPS)
-                }
-            }
-            Inputs::RmsNormRope { x, gamma, table } => {
-                if slow {
-                    rms_norm_rope_slow(&f32(x)?, gamma.as_ref(), table)
-                } else {
-                    rms_norm_rope(&f32(x)?, gamma.as_ref(), table)
-                }
-            }
-            Inputs::BiasAct { x, bias, act } => {
-                if slow {
-                    bias_act_slow(&f32(x)?, bias, *act)
-                } else {
-                    bias_act(&f32(x)?, bias, *act)
-                }
-            }
             Inputs::Linear {
                 x,
                 weight,
@@ -1354,57 +1359,22 @@ impl Case {
                     None => lin.forward_act_unfused(&host(x)?, *act),
                 }
             }
-            Inputs::GatedResidual {
-                x,
-                r,
-                gate,
-                offsets,
-            } => {
-                if slow {
-                    gated_residual_slow(&f32(x)?, &f32(r)?, gate, offsets)
-                } else {
-                    gated_residual(&f32(x)?, &f32(r)?, gate, offsets)
-                }
-            }
             Inputs::NeighbourMap { rows, .. } => {
                 let set = CoordSet::from_host(rows.clone(), &Device::Cpu)?;
-                if slow {
-                    // The host builder is the CPU op: its twin is the custom op's CPU forward.
-                    let n = rows.len();
-                    crate::ops::neighbour_map::neighbour_op_output(set.tensor())?
-                        .narrow(0, 0, n * 27)?
-                        .reshape((n, 27))
-                } else {
-                    Ok(set.neighbour_map()?.tensor().clone())
+                match reference {
+                    Reference::CpuOp => Ok(set.neighbour_map()?.tensor().clone()),
+                    Reference::SlowTwin => {
+                        let n = rows.len();
+                        neighbour_op_output(set.tensor())?
+                            .narrow(0, 0, n * 27)?
+                            .reshape((n, 27))
+                    }
                 }
             }
-            Inputs::LayerNormAct {
-                x,
-                affine,
-                rows,
-                act,
-            } => {
-                let affine = affine.as_ref().map(|(w, b)| (w, b));
-                let x = f32(x)?;
-                match (slow, rows) {
-                    (true, rows) => layer_norm_act_slow(&x, rows.as_ref(), affine, EPS, *act),
-                    (false, Some(rows)) => gathered_layer_norm_act(&x, rows, affine, EPS, *act),
-                    (false, None) => layer_norm_act(&x, affine, EPS, *act),
-                }
-            }
-            Inputs::C2sSkipAdd { h, x, sources } => {
-                if slow {
-                    c2s_skip_add_slow(&f32(h)?, &f32(x)?, sources)
-                } else {
-                    c2s_skip_add(&f32(h)?, &f32(x)?, sources)
-                }
-            }
-            Inputs::DeformIm2col { .. } | Inputs::DeformConv { .. } => {
-                if slow {
-                    candle_core::bail!("{}: the CPU op is the reference", self.op);
-                }
-                self.run(inputs)
-            }
+            _ => match reference {
+                Reference::CpuOp => self.run(&inputs.to_f32()?),
+                Reference::SlowTwin => self.call(&inputs.to_f32()?, true),
+            },
         }
     }
 
