@@ -32,7 +32,7 @@ fn emu_dispatch<A: KernelArgs>(
         kernel: d.kernel.clone(),
         threadgroups: d.threadgroups,
         threads: d.threads,
-        slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+        slots: std::iter::once((0, Slot::args(&d.args)))
             .chain((0..buffers).map(|i| (i + 1, Slot::Buffer(i))))
             .collect(),
         threadgroup_memory: match d.threadgroup_memory {
@@ -453,7 +453,7 @@ fn emulate_attention(
             kernel: p.kernel.clone(),
             threadgroups: p.threadgroups,
             threads: p.threads,
-            slots: std::iter::once((0, Slot::Bytes(p.args.to_bytes())))
+            slots: std::iter::once((0, Slot::args(&p.args)))
                 .chain((0..7).map(|i| (i + 1, Slot::Buffer(i))))
                 .collect(),
             threadgroup_memory: vec![p.threadgroup_memory as u64],
@@ -625,7 +625,7 @@ fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32
             kernel: d.kernel.clone(),
             threadgroups: d.threadgroups,
             threads: d.threads,
-            slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+            slots: std::iter::once((0, Slot::args(&d.args)))
                 .chain(
                     ids.iter()
                         .enumerate()
@@ -729,7 +729,7 @@ fn emulate_norm<A: KernelArgs>(
         kernel: plan.kernel.clone(),
         threadgroups: plan.threadgroups,
         threads: plan.threads,
-        slots: std::iter::once((0, Slot::Bytes(plan.args.to_bytes())))
+        slots: std::iter::once((0, Slot::args(&plan.args)))
             .chain((0..=last).map(|i| (i + 1, Slot::Buffer(i))))
             .collect(),
         threadgroup_memory: vec![],
@@ -959,7 +959,7 @@ fn emulate_views<A: KernelArgs>(
     dtype: DType,
     case: &str,
 ) -> Vec<f32> {
-    let mut slots = vec![(0, Slot::Bytes(plan.args.to_bytes()))];
+    let mut slots = vec![(0, Slot::args(&plan.args))];
     let mut buffers = Vec::new();
     for (i, (bytes, offset)) in inputs.into_iter().enumerate() {
         slots.push((i as u32 + 1, Slot::BufferAt(i as u32, offset)));
