@@ -593,6 +593,26 @@ template [[host_name("tile_load")]] kernel void tile_load<float>(device float* o
     uint tid [[thread_index_in_threadgroup]]);
 "#;
 
+const WIDE_BANKS: &str = r#"
+#include <metal_stdlib>
+using namespace metal;
+template <typename T>
+kernel void wide(device float* out [[buffer(0)]], threadgroup float4* quads [[threadgroup(0)]],
+                 threadgroup T* narrow [[threadgroup(1)]], uint lane [[thread_index_in_simdgroup]]) {
+    float4 v;
+    for (uint k = 0; k < 4; ++k) {
+        v[k] = float(lane + k);
+    }
+    quads[lane] = v; // QUADS
+    narrow[2 * lane] = T(float(lane)); // NARROW
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    out[lane] = quads[lane ^ 1][2] + float(narrow[2 * lane]); // ELEMENT
+}
+template [[host_name("wide")]] kernel void wide<bfloat>(device float* out [[buffer(0)]],
+    threadgroup float4* quads [[threadgroup(0)]], threadgroup bfloat* narrow [[threadgroup(1)]],
+    uint lane [[thread_index_in_simdgroup]]);
+"#;
+
 /// The ways of the source line marked `marker` in `src` (as `name.metal`), from `stats`.
 fn ways_at(
     stats: &BTreeMap<String, BankStats>,
@@ -650,6 +670,24 @@ fn bank_conflict_counter_counts_distinct_words_per_bank() {
         assert_eq!(broadcast.max, 1, "{ty} broadcast");
         assert_eq!(stats[&kernel].all.max, want as u32);
     }
+    // A float4 per lane is 4 words per lane (128 words, 4 per bank); bfloat elements 2 apart
+    // are one word per lane; one float of each float4 is a stride-4 access (4 ways).
+    let emu = accepts("bank_wide", WIDE_BANKS, Config::MSL31);
+    let d = EmuDispatch {
+        kernel: "wide".into(),
+        threadgroups: [1, 1, 1],
+        threads: [32, 1, 1],
+        slots: vec![(0, Slot::Buffer(0))],
+        threadgroup_memory: vec![512, 128],
+    };
+    let (out, stats) = emu.run_with_stats(&[vec![0; 128]], &[d]).unwrap();
+    assert_eq!(floats(&out[0])[5], (4 + 2 + 5) as f32);
+    for (marker, want) in [("// QUADS", 4), ("// NARROW", 1)] {
+        let w = ways_at(&stats, "wide", "bank_wide", WIDE_BANKS, marker);
+        assert_eq!((w.accesses, w.max), (1, want), "{marker}");
+    }
+    let element = ways_at(&stats, "wide", "bank_wide", WIDE_BANKS, "// ELEMENT");
+    assert_eq!((element.accesses, element.max), (2, 4));
     // A simdgroup_matrix load is one access of its 64 elements: 2 ways at best (64 words over
     // 32 banks); rows 32 floats apart share their 8 banks (8 ways).
     let emu = accepts("bank_matrix", MATRIX_BANKS, Config::MSL31);
