@@ -570,7 +570,11 @@ static std::string run_dispatch(const Dispatch& d, std::vector<std::vector<unsig
     std::string first_error;
     auto worker = [&]() {
 #if defined(__aarch64__)
-        if (g_fast_math) __builtin_aarch64_set_fpcr(__builtin_aarch64_get_fpcr() | (1u << 24));
+        if (g_fast_math) { // FPCR.FZ: flush subnormals (x86 sets it per fiber, fiber_switch.h)
+            uint64_t fpcr;
+            asm volatile("mrs %0, fpcr" : "=r"(fpcr));
+            asm volatile("msr fpcr, %0" : : "r"(fpcr | (uint64_t(1) << 24)));
+        }
 #endif
         Group g;
         g.n_threads = threads;
