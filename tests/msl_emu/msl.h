@@ -14,7 +14,7 @@
 // - threadgroup memory: only as a kernel argument [[threadgroup(i)]], sized by the host, filled
 //   with NaN bytes before each threadgroup so reads of never-written memory poison the result;
 //   every access is bounds-checked and fed to the bank-conflict counter (driver.cpp), by source
-//   line (__builtin_LINE at the subscript);
+//   line (__builtin_LINE at the subscript; `*p` on threadgroup memory counts as one line);
 // - half is the compiler's _Float16 (the implicit conversions of an arithmetic type; narrowing
 //   in braces is an error through -Werror=narrowing); bfloat exists only when __HAVE_BFLOAT__ is
 //   defined (MSL 3.1) and, as in Metal, converts implicitly to float only: float/int -> bfloat and
