@@ -524,12 +524,13 @@ fn record(stats: BTreeMap<String, BankStats>) {
 }
 
 /// The bank-conflict lines of every kernel run so far, one per kernel instantiation (host
-/// name), with the worst source line.
+/// name), with the worst source line; with `MSL_EMU_BANK_SITES` set, every source line too.
 pub fn bank_conflict_report() -> Vec<String> {
+    let sites = std::env::var_os("MSL_EMU_BANK_SITES").is_some();
     let table = table().lock().unwrap_or_else(|e| e.into_inner());
     table
         .iter()
-        .map(|(kernel, s)| {
+        .flat_map(|(kernel, s)| {
             let mut line = format!(
                 "bank-conflicts {kernel} max-ways {} mean-ways {:.2} simdgroup-accesses {}",
                 s.all.max,
@@ -544,7 +545,20 @@ pub fn bank_conflict_report() -> Vec<String> {
                 )),
                 None => line.push_str(" (no threadgroup memory)"),
             }
-            line
+            let mut by_line: Vec<_> = s.sites.iter().filter(|_| sites).collect();
+            by_line.sort_by_key(|(site, _)| {
+                let (file, line) = site.rsplit_once(':').unwrap_or((site, "0"));
+                (file.to_string(), line.parse::<u32>().unwrap_or(0))
+            });
+            let per_site = by_line.into_iter().map(|(site, w)| {
+                format!(
+                    "  {site} max-ways {} mean-ways {:.2} simdgroup-accesses {}",
+                    w.max,
+                    w.mean(),
+                    w.accesses
+                )
+            });
+            std::iter::once(line).chain(per_site.collect::<Vec<_>>())
         })
         .collect()
 }
