@@ -4,8 +4,7 @@
 //! the binding and uniformity checks, the fast-math model, and the bank-conflict counter on
 //! synthetic kernels with known answers.
 
-use super::{BankStats, Config, EmuDispatch, Emulator, Slot, Ways};
-use std::collections::BTreeMap;
+use super::{Config, EmuDispatch, Emulator, KernelBanks, Slot, Ways};
 
 /// Builds `src` as `name` in `config`, panicking with the compiler's messages.
 fn accepts(name: &str, src: &str, config: Config) -> Emulator {
@@ -323,7 +322,9 @@ fn binding_mismatches_name_the_kernel_and_binding() {
         n_tiles: 1,
         scale: 1.0,
     };
-    let mut cases: Vec<(&str, Vec<(u32, Slot)>, Vec<Vec<u8>>, &str)> = Vec::new();
+    // (what, bindings, buffers, expected message)
+    type Case = (&'static str, Vec<(u32, Slot)>, Vec<Vec<u8>>, &'static str);
+    let mut cases: Vec<Case> = Vec::new();
     let mut swapped = good();
     swapped[0] = (0, Slot::args(&attn));
     cases.push((
@@ -614,13 +615,7 @@ template [[host_name("wide")]] kernel void wide<bfloat>(device float* out [[buff
 "#;
 
 /// The ways of the source line marked `marker` in `src` (as `name.metal`), from `stats`.
-fn ways_at(
-    stats: &BTreeMap<String, BankStats>,
-    kernel: &str,
-    name: &str,
-    src: &str,
-    marker: &str,
-) -> Ways {
+fn ways_at(stats: &KernelBanks, kernel: &str, name: &str, src: &str, marker: &str) -> Ways {
     let line = 1 + src.lines().position(|l| l.contains(marker)).unwrap();
     stats[kernel].sites[&format!("{name}.metal:{line}")]
 }

@@ -353,7 +353,7 @@ impl Emulator {
         &self,
         buffers: &[Vec<u8>],
         dispatches: &[EmuDispatch],
-    ) -> Result<(Vec<Vec<u8>>, BTreeMap<String, BankStats>), String> {
+    ) -> Result<(Vec<Vec<u8>>, KernelBanks), String> {
         static RUN: AtomicUsize = AtomicUsize::new(0);
         let id = RUN.fetch_add(1, Ordering::Relaxed);
         let dir = work_dir();
@@ -473,8 +473,11 @@ pub struct BankStats {
     pub sites: BTreeMap<String, Ways>,
 }
 
-fn parse_stats(text: &str) -> BTreeMap<String, BankStats> {
-    let mut stats: BTreeMap<String, BankStats> = BTreeMap::new();
+/// Bank statistics by kernel (host name).
+pub type KernelBanks = BTreeMap<String, BankStats>;
+
+fn parse_stats(text: &str) -> KernelBanks {
+    let mut stats = KernelBanks::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         let ways = |i: usize| Ways {
@@ -497,8 +500,8 @@ fn parse_stats(text: &str) -> BTreeMap<String, BankStats> {
     stats
 }
 
-fn table() -> &'static Mutex<BTreeMap<String, BankStats>> {
-    static TABLE: OnceLock<Mutex<BTreeMap<String, BankStats>>> = OnceLock::new();
+fn table() -> &'static Mutex<KernelBanks> {
+    static TABLE: OnceLock<Mutex<KernelBanks>> = OnceLock::new();
     TABLE.get_or_init(|| {
         extern "C" {
             fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
@@ -509,7 +512,7 @@ fn table() -> &'static Mutex<BTreeMap<String, BankStats>> {
     })
 }
 
-fn record(stats: BTreeMap<String, BankStats>) {
+fn record(stats: KernelBanks) {
     if Config::from_env().fast_math {
         return; // the fast-math pass repeats the precise one's accesses
     }
