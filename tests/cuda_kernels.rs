@@ -1070,7 +1070,7 @@ fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
 }
 
 /// cuBLASLt's GELU epilogue is torch's tanh approximation (the DiT's `GELU(approximate="tanh")`)
-/// in f32 at a tight tolerance, not the exact erf GELU: `ops::cublaslt::GELU_EPILOGUE_IS_TANH`
+/// in f32 at a tight tolerance, not the exact erf GELU: `ops::linear::cuda::GELU_EPILOGUE_IS_TANH`
 /// relies on it. Pre-activations of std ≈2 (max ≈9): the two GELUs differ by up to 4.7e-4 (at
 /// |x| ≈ 2.7), ≈5e-5 of max|ref|, ten times the tolerance. If this
 /// fails, set `GELU_EPILOGUE_IS_TANH` to false (tanh-GELU then stays on `bias_act`).

@@ -56,7 +56,7 @@ fn emu_dispatch<A: KernelArgs>(
         kernel: d.kernel.clone(),
         threadgroups: d.threadgroups,
         threads: d.threads,
-        slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+        slots: std::iter::once((0, Slot::args(&d.args)))
             .chain((0..buffers).map(|i| (i + 1, Slot::Buffer(i))))
             .collect(),
         threadgroup_memory: match d.threadgroup_memory {
@@ -466,7 +466,7 @@ fn emulate_attention(
             kernel: p.kernel.clone(),
             threadgroups: p.threadgroups,
             threads: p.threads,
-            slots: std::iter::once((0, Slot::Bytes(p.args.to_bytes())))
+            slots: std::iter::once((0, Slot::args(&p.args)))
                 .chain((0..7).map(|i| (i + 1, Slot::Buffer(i))))
                 .collect(),
             threadgroup_memory: vec![p.threadgroup_memory as u64],
@@ -536,7 +536,7 @@ fn emulate_map(emu: &Emulator, rows: &[[i32; 4]]) -> Result<(Vec<u32>, [u32; 2])
             kernel: d.kernel.clone(),
             threadgroups: d.threadgroups,
             threads: d.threads,
-            slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+            slots: std::iter::once((0, Slot::args(&d.args)))
                 .chain(
                     ids.iter()
                         .enumerate()
@@ -571,7 +571,7 @@ fn emulate_views<A: KernelArgs>(
             Err(format!("no dispatch for {n_out} outputs"))
         };
     };
-    let mut slots = vec![(0, Slot::Bytes(plan.args.to_bytes()))];
+    let mut slots = vec![(0, Slot::args(&plan.args))];
     let mut buffers = Vec::new();
     for (i, (bytes, offset)) in inputs.into_iter().enumerate() {
         slots.push((i as u32 + 1, Slot::BufferAt(i as u32, offset)));
