@@ -17,34 +17,17 @@ use trellis2::ops::sparse_conv::{
     conv_kernel_available, submanifold_conv3d_ordered_with, submanifold_conv3d_with, ConvKernel,
 };
 use trellis2::ops::tuning::Tuning;
+use trellis2::selftest::voxel_shell;
 use trellis2::sparse::conv_order::default_sort_window;
 use trellis2::sparse::SparseTensor;
 
-/// Voxels within half a voxel-diagonal of a sphere of radius `r`: ≈ 4π·r²·1.74 voxels with
-/// ≈ 17 of 27 neighbours each, like the decoders' surfaces.
+/// Voxels within half a voxel-diagonal of a sphere of radius `r` ([`voxel_shell`]): ≈ 4π·r²·1.74
+/// voxels with ≈ 17 of 27 neighbours each, like the decoders' surfaces; flat `[T·4]` rows.
 fn shell(r: f32) -> Vec<i32> {
-    let n = 2 * (r as i32 + 2);
-    let c = n as f32 / 2.0;
-    let (lo, hi) = ((r - 0.87).max(0.0), r + 0.87);
-    let mut rows = Vec::new();
-    for x in 0..n {
-        let dx = x as f32 + 0.5 - c;
-        for y in 0..n {
-            let dy = y as f32 + 0.5 - c;
-            let rest = dx * dx + dy * dy;
-            if rest > hi * hi {
-                continue;
-            }
-            for z in 0..n {
-                let dz = z as f32 + 0.5 - c;
-                let d = (rest + dz * dz).sqrt();
-                if d >= lo && d < hi {
-                    rows.extend([0, x, y, z]);
-                }
-            }
-        }
-    }
-    rows
+    voxel_shell(0, 2 * (r as i32 + 2), r, 0.87)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Median over `samples` of the mean time of `iters` calls, in milliseconds.

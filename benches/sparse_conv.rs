@@ -6,27 +6,16 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use trellis2::ops::submanifold_conv3d;
+use trellis2::selftest::voxel_shell;
 use trellis2::sparse::SparseTensor;
 
-/// Voxels within half a voxel-diagonal of a sphere of radius `r` centred in a `2(r+2)` grid.
+/// Voxels within half a voxel-diagonal of a sphere of radius `r` centred in a `2(r+2)` grid
+/// ([`voxel_shell`]), as flat `[T·4]` rows.
 fn shell(r: f32) -> Vec<i32> {
-    let n = 2 * (r as i32 + 2);
-    let c = n as f32 / 2.0;
-    let mut rows = Vec::new();
-    for x in 0..n {
-        for y in 0..n {
-            let (dx, dy) = (x as f32 + 0.5 - c, y as f32 + 0.5 - c);
-            let (lo, hi) = ((r - 0.87).max(0.0), r + 0.87);
-            for z in 0..n {
-                let dz = z as f32 + 0.5 - c;
-                let d = (dx * dx + dy * dy + dz * dz).sqrt();
-                if d >= lo && d < hi {
-                    rows.extend([0, x, y, z]);
-                }
-            }
-        }
-    }
-    rows
+    voxel_shell(0, 2 * (r as i32 + 2), r, 0.87)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The smallest shell with at least `voxels` voxels.

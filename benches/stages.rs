@@ -40,6 +40,7 @@ use trellis2::pipeline::device::{select, DeviceChoice};
 use trellis2::pipeline::memory::GpuMemoryProbe;
 use trellis2::pipeline::models::LoadOptions;
 use trellis2::pipeline::DEFAULT_MAX_TOKENS;
+use trellis2::selftest::voxel_shell;
 use trellis2::sparse::{SparseTensor, Subdivision};
 
 struct Opts {
@@ -232,24 +233,7 @@ impl Row {
 /// closest to `target` (a stand-in for a real object's sparse structure); `[T, 4]` i32 rows
 /// (batch 0, x, y, z) in x-major order.
 fn shell_coords(res: usize, target: usize) -> Vec<[i32; 4]> {
-    let shell = |r: f32| -> Vec<[i32; 4]> {
-        let c = res as f32 / 2.0;
-        let mut out = Vec::new();
-        for x in 0..res {
-            for y in 0..res {
-                for z in 0..res {
-                    let d = ((x as f32 + 0.5 - c).powi(2)
-                        + (y as f32 + 0.5 - c).powi(2)
-                        + (z as f32 + 0.5 - c).powi(2))
-                    .sqrt();
-                    if (d - r).abs() < 1.0 {
-                        out.push([0, x as i32, y as i32, z as i32]);
-                    }
-                }
-            }
-        }
-        out
-    };
+    let shell = |r: f32| voxel_shell(0, res as i32, r, 1.0);
     let (mut lo, mut hi) = (1.0f32, res as f32 / 2.0 - 1.0);
     for _ in 0..40 {
         let mid = (lo + hi) / 2.0;

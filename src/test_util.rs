@@ -9,23 +9,13 @@ pub(crate) fn uniform_tensor(shape: &[usize], seed: u64) -> Tensor {
         .expect("shape matches the element count")
 }
 
-/// max |a − b| over all elements (f32 tensors of one shape).
+/// [`crate::selftest::tensor_max_abs_diff`] of two tensors of one shape.
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("two f32 tensors of one shape")
+    crate::selftest::tensor_max_abs_diff(a, b).expect("two tensors of one shape")
 }
 
-/// max |a − b| / max |b| (f32 tensors of one shape): the parity tests' relative error.
+/// [`crate::selftest::tensor_rel_err`] (max |a − b| / max |b|) of two tensors of one shape: the
+/// parity tests' relative error.
 pub(crate) fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b
-        .abs()
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("an f32 tensor");
-    max_abs_diff(a, b) / scale
+    crate::selftest::tensor_rel_err(a, b).expect("two tensors of one shape")
 }

@@ -4,7 +4,7 @@
 //!     `image`, `weights`, `cli`, `selftest`, ...) form no import cycle. An edge `X → Y` is any
 //!     path `crate::Y…` in a file of `X` (also inside `use crate::{Y::…, Z::…}` groups, and
 //!     `trellis2::Y…` in the binary's files), or a `super::` path that climbs out of `X` into
-//!     `Y`. Edges listed in [`KNOWN_EDGES`] are left out of the graph.
+//!     `Y`.
 //! (b) A backend file `src/ops/<op>/cuda.rs` or `src/ops/<op>/metal.rs` is a leaf: the only crate
 //!     paths it names are `crate::ops::{vocab, tuning, storage, sample_offsets}` and its own
 //!     backend's utilities (`crate::ops::cuda` for `cuda.rs`, `crate::ops::metal` for
@@ -21,13 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Edges left out of the cycle check (a), each with the reason it is tolerated.
-///
-/// `models → pipeline`: `src/models/forward.rs` imports `pipeline::structure`, and pipeline
-/// builds the models. It goes when the branch that moves that code (`climodels`) merges; then
-/// this list is empty again.
-const KNOWN_EDGES: &[(&str, &str)] = &[("models", "pipeline")];
 
 /// What `ops` modules a backend file or a backend utility may name besides its own backend.
 const BACKEND_MAY_USE: &[&str] = &["vocab", "tuning", "storage", "sample_offsets"];
@@ -411,7 +404,7 @@ fn top_level_modules_have_no_import_cycle() {
                 _ => absolute(&s.module, &named),
             };
             let Some(to) = path.first() else { continue };
-            if to == from || KNOWN_EDGES.contains(&(from.as_str(), to.as_str())) {
+            if to == from {
                 continue;
             }
             edges

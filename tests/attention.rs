@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 use trellis2::ops::attention::{varlen_attention, varlen_attention_slow};
 use trellis2::rng::TorchRng;
+use trellis2::selftest::tensor_rel_err;
 
 fn random(rng: &mut TorchRng, shape: (usize, usize, usize), amplitude: f32) -> Tensor {
     let n = shape.0 * shape.1 * shape.2;
@@ -22,14 +23,7 @@ fn offsets(lengths: &[usize]) -> Vec<usize> {
 }
 
 fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    tensor_rel_err(a, b).unwrap()
 }
 
 /// (heads, head dim, query lengths, key lengths, amplitude)

@@ -644,18 +644,18 @@ fn selftest_on_the_cpu_passes_every_case() {
     };
     for op in [
         "sparse_conv",
-        "attention self d64",
-        "attention cross d128",
+        "attention q=300+211 heads=3 d=64",
+        "attention q=150+90 kv=1029+1029 heads=2 d=128",
         "layer_norm",
         "layer_norm_modulate",
-        "rms_norm_rope d128",
-        "rms_norm_rope 1-row",
-        "bias_act gelu",
-        "bias_act silu",
-        "bias_act none",
-        "bias_act gelu_erf",
-        "linear gelu",
-        "linear + residual",
+        "rms_norm_rope rows=2000 heads=2 d=128 gamma table=positions",
+        "rms_norm_rope rows=2000 heads=2 d=128 gamma table=identity",
+        "bias_act rows=500 c=8192 gelu_tanh",
+        "bias_act rows=1000 c=1539 silu",
+        "bias_act rows=1000 c=1536 none",
+        "bias_act rows=1000 c=4096 gelu_erf",
+        "linear m=257 k=1024 n=3072 bias gelu_tanh",
+        "linear m=257 k=4096 n=1024 bias +residual",
         "gated_residual",
     ] {
         for dtype in ["f32", "f16", "bf16"] {

@@ -11,20 +11,13 @@ use candle_core::{DType, Device, Tensor};
 use trellis2::dev::forward::{forward, Inputs};
 use trellis2::export::tensors::read_tensors;
 use trellis2::models::registry::ModelSource;
+use trellis2::selftest::tensor_rel_err;
 
 /// bf16 operands through a few layers of a random-weight model.
 const TOL: f32 = 5e-2;
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    let g = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let w = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let (g, w) = (g.to_vec1::<f32>().unwrap(), w.to_vec1::<f32>().unwrap());
-    if g.iter().any(|x| !x.is_finite()) {
-        return f32::INFINITY;
-    }
-    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let err = common::max_abs_diff(&g, &w);
-    err / scale.max(f32::MIN_POSITIVE)
+    tensor_rel_err(got, want).unwrap()
 }
 
 /// `guide`: another model's golden io file whose `subs.*` tensors join the inputs (the texture

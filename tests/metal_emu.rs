@@ -1,27 +1,51 @@
 //! The Metal kernels executed on the CPU through the MSL emulator (tests/msl_emu/), on the exact
-//! dispatch plans the Metal backend encodes (src/ops/metal/dispatch.rs), compared with the CPU
-//! reference ops. Prints max|err|/max|ref| per case.
+//! dispatch plans the Metal backend encodes (src/ops/metal/dispatch.rs). The selftest's small
+//! and throughput cases (`trellis2::selftest::cases`) run through the emulator against the same
+//! references with the same tolerances, the small ones also split into the most dispatches a
+//! plan can make (the path the host takes when one op alone exceeds the command-buffer budget);
+//! then the emulator's own checks: operands bound mid-buffer, a racing
+//! duplicate voxel, the kernel argument layouts, and the emulator catching broken kernels.
+//! Prints one line per case and dtype.
 
 mod msl_emu;
 
 use candle_core::{DType, Device, Tensor};
 use msl_emu::{EmuDispatch, Emulator, Slot};
-use trellis2::ops::attention::varlen_attention;
-use trellis2::ops::deform_conv::{modulated_im2col, modulated_im2col_args, DeformConvConfig};
+use trellis2::ops::bias_act::{bias_act, Activation};
+use trellis2::ops::deform_conv::modulated_im2col_args;
 use trellis2::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 use trellis2::ops::metal::dispatch::{
-    attention_dispatches, attention_tiles, deform_im2col_dispatches, sparse_conv_dispatches,
-    SHELL_LIVE_TAPS,
+    attention_dispatches, attention_kernel, attention_tiles, deform_im2col_dispatches,
+    sparse_conv_dispatches, SHELL_LIVE_TAPS,
+};
+use trellis2::ops::metal::elementwise_plan::{
+    bias_act_dispatch, gated_residual_dispatch, vectorizable,
 };
 use trellis2::ops::metal::kargs::{
     AttentionArgs, BiasActArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs, NeighbourArgs,
     NormModulateArgs, RmsRopeArgs, SparseConvArgs,
 };
-use trellis2::ops::submanifold_conv3d;
-use trellis2::sparse::SparseTensor;
+use trellis2::ops::metal::neighbour_plan::neighbour_plan;
+use trellis2::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
+use trellis2::selftest::shapes::voxel_block;
+use trellis2::selftest::{
+    cases, compare, output_values, rel_err, uniform, Case, ConvMap, Inputs, Op, Reference, Report,
+    Size, Voxels, Work,
+};
 
 /// Elements after every output that the kernel must leave alone.
 const GUARD: usize = 16;
+
+/// The estimated seconds a dispatch may take in a split run: none, which gives one tile per
+/// dispatch (a conv's voxel tile, an attention query tile, an im2col threadgroup).
+const SPLIT_SECONDS: f64 = 0.0;
+
+/// Small cases of at most this much work also run split.
+const SPLIT_FLOPS: f64 = 1e8;
+
+/// Elementwise cases with more outputs are left to the devices: the throughput shapes (an
+/// emulated thread per element), whose smaller twins take the same code paths.
+const MAX_EMULATED_OUTPUTS: usize = 1 << 20;
 
 /// A plan's dispatch for the emulator: its arguments at buffer(0), host buffers `0..buffers` at
 /// buffer(1..), and its threadgroup memory (if any) at threadgroup(0).
@@ -33,7 +57,7 @@ fn emu_dispatch<A: KernelArgs>(
         kernel: d.kernel.clone(),
         threadgroups: d.threadgroups,
         threads: d.threads,
-        slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+        slots: std::iter::once((0, Slot::args(&d.args)))
             .chain((0..buffers).map(|i| (i + 1, Slot::Buffer(i))))
             .collect(),
         threadgroup_memory: match d.threadgroup_memory {
@@ -41,19 +65,6 @@ fn emu_dispatch<A: KernelArgs>(
             bytes => vec![bytes as u64],
         },
     }
-}
-
-/// Deterministic uniform values in [-1, 1).
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn bytes_of(t: &Tensor) -> Vec<u8> {
@@ -87,6 +98,10 @@ fn bytes_of(t: &Tensor) -> Vec<u8> {
     }
 }
 
+fn u32_bytes(v: &[usize]) -> Vec<u8> {
+    v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect()
+}
+
 fn floats_of(bytes: &[u8], dtype: DType) -> Vec<f32> {
     match dtype {
         DType::F32 => bytes
@@ -110,140 +125,301 @@ fn poisoned(n: usize, dtype: DType) -> Vec<u8> {
     vec![0xff; (n + GUARD) * dtype.size_in_bytes()]
 }
 
-/// Splits the emulator's output into the `n` written values, checking that every one was
-/// written (no NaN left) and that the guard is untouched.
-fn written(bytes: &[u8], n: usize, dtype: DType, case: &str) -> Vec<f32> {
+/// The `n` written values of the emulator's output, after checking that every one was written
+/// (no NaN left) and that the guard is untouched.
+fn written(bytes: &[u8], n: usize, dtype: DType) -> Result<Vec<f32>, String> {
     let all = floats_of(bytes, dtype);
     if let Some(i) = all[..n].iter().position(|v| v.is_nan()) {
-        panic!("{case}: output element {i} of {n} never written (or NaN)");
+        return Err(format!("output element {i} of {n} never written (or NaN)"));
     }
-    assert!(
-        bytes[n * dtype.size_in_bytes()..]
-            .iter()
-            .all(|&b| b == 0xff),
-        "{case}: kernel wrote past the end of its output"
-    );
-    all[..n].to_vec()
-}
-
-/// max|err| / max|ref| (plain max|err| when the reference is all zeros).
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let err = got
+    if bytes[n * dtype.size_in_bytes()..]
         .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
-    if scale > 0.0 {
-        err / scale
+        .any(|&b| b != 0xff)
+    {
+        return Err("kernel wrote past the end of its output".into());
+    }
+    Ok(all[..n].to_vec())
+}
+
+// ---------------------------------------------------------------------------- the executor
+
+/// Whether a split run (the smallest dispatch budget) is made too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Default,
+    Split,
+}
+
+/// The planned Metal dispatches for `inputs` in the emulator, as the output's values: `None`
+/// where the Metal backend has no kernel for the op (or this shape). `emu` is the op's
+/// emulator ([`emulator_for`]).
+fn emulate(emu: &Emulator, inputs: &Inputs, budget: Budget) -> Option<Result<Vec<f32>, String>> {
+    let split = budget == Budget::Split;
+    let max_seconds = if split {
+        SPLIT_SECONDS
     } else {
-        err
+        COMMAND_BUFFER_SECONDS
+    };
+    Some(match inputs {
+        Inputs::SparseConv {
+            feats,
+            map,
+            weight,
+            bias,
+        } => emulate_conv(emu, feats, map, weight, max_seconds).and_then(|out| {
+            // The Metal kernel has no bias: the backend adds it in one fused pass after it.
+            let Some(bias) = bias else { return Ok(out) };
+            let out = Tensor::from_vec(
+                out,
+                (feats.dim(0).unwrap(), weight.dim(0).unwrap()),
+                &Device::Cpu,
+            )
+            .and_then(|t| t.to_dtype(feats.dtype()))
+            .and_then(|t| bias_act(&t, bias, Activation::None))
+            .and_then(|t| output_values(&t))
+            .map_err(|e| e.to_string())?;
+            Ok(out)
+        }),
+        Inputs::Attention {
+            q,
+            k,
+            v,
+            q_offsets,
+            kv_offsets,
+            scale,
+        } => {
+            attention_kernel(q.dtype(), q.dim(2).unwrap()).ok()?;
+            emulate_attention(emu, [q, k, v], q_offsets, kv_offsets, *scale, max_seconds)
+        }
+        Inputs::NeighbourMap { rows, .. } => emulate_map_case(emu, rows)?,
+        Inputs::LayerNormModulate {
+            x,
+            affine,
+            shift,
+            scale,
+            offsets,
+        } => {
+            let (t, c) = x.dims2().unwrap();
+            let affine = match affine {
+                Some((w, b)) => Tensor::stack(&[w, b], 0).unwrap(),
+                None => Tensor::stack(
+                    &[
+                        Tensor::ones(c, DType::F32, &Device::Cpu).unwrap(),
+                        Tensor::zeros(c, DType::F32, &Device::Cpu).unwrap(),
+                    ],
+                    0,
+                )
+                .unwrap(),
+            };
+            let modulation = Tensor::stack(&[shift, scale], 1).unwrap();
+            let plan = norm_modulate_dispatch(t, c, offsets.len() - 1, 1e-6, x.dtype()).unwrap();
+            emulate_one(
+                emu,
+                plan,
+                vec![
+                    bytes_of(x),
+                    bytes_of(&affine),
+                    bytes_of(&modulation),
+                    u32_bytes(offsets),
+                ],
+                t * c,
+                x.dtype(),
+            )
+        }
+        Inputs::RmsNormRope { x, gamma, table } => {
+            let (t, h, d) = x.dims3().unwrap();
+            let table_rows = table.dim(0).unwrap();
+            let plan = rms_rope_dispatch(t, h, d, gamma.is_some(), table_rows, x.dtype()).unwrap();
+            if let Some(p) = &plan {
+                assert_eq!(p.args.table_rows as usize, table_rows);
+            }
+            let ones = Tensor::ones((h, d), DType::F32, &Device::Cpu).unwrap();
+            let g = gamma.as_ref().unwrap_or(&ones);
+            emulate_one(
+                emu,
+                plan,
+                vec![bytes_of(x), bytes_of(g), bytes_of(table)],
+                t * h * d,
+                x.dtype(),
+            )
+        }
+        Inputs::BiasAct { x, bias, act } => {
+            let (t, c) = x.dims2().unwrap();
+            let plan = bias_act_dispatch(t, c, *act, x.dtype(), vectorizable(c, &[0, 0])).unwrap();
+            emulate_one(
+                emu,
+                plan,
+                vec![bytes_of(x), bytes_of(bias)],
+                t * c,
+                x.dtype(),
+            )
+        }
+        Inputs::GatedResidual {
+            x,
+            r,
+            gate,
+            offsets,
+        } => {
+            let (t, c) = x.dims2().unwrap();
+            let vec4 = vectorizable(c, &[0, 0, 0]);
+            let plan = gated_residual_dispatch(t, c, offsets.len() - 1, x.dtype(), vec4).unwrap();
+            emulate_one(
+                emu,
+                plan,
+                vec![bytes_of(x), bytes_of(r), bytes_of(gate), u32_bytes(offsets)],
+                t * c,
+                x.dtype(),
+            )
+        }
+        Inputs::DeformIm2col {
+            input,
+            offset,
+            mask,
+            kernel,
+            cfg,
+            rows,
+        } => {
+            let args =
+                modulated_im2col_args(input, offset, mask, *kernel, *cfg, rows.clone()).unwrap();
+            emulate_deform(emu, [input, offset, mask], args, max_seconds)
+        }
+        // No Metal kernel: the backend composes candle ops (or calls the CPU op).
+        Inputs::LayerNorm { .. }
+        | Inputs::Linear { .. }
+        | Inputs::LayerNormAct { .. }
+        | Inputs::C2sSkipAdd { .. }
+        | Inputs::DeformConv { .. } => return None,
+    })
+}
+
+/// The emulator (one per `.metal` file) that runs `op`'s kernels.
+fn emulator_for(op: &Op) -> Option<&'static str> {
+    Some(match op {
+        Op::SparseConv { .. } => "sparse_conv",
+        Op::Attention { .. } => "attention",
+        Op::NeighbourMap { .. } => "neighbour_map",
+        Op::LayerNormModulate { .. } | Op::RmsNormRope { .. } => "norms",
+        Op::BiasAct { .. } | Op::GatedResidual { .. } => "elementwise",
+        Op::DeformIm2col { .. } => "deform_conv",
+        _ => return None,
+    })
+}
+
+/// Whether a small case also runs split into the most dispatches: the ops whose plans split,
+/// at shapes the emulator runs twice quickly.
+fn splits(case: &Case, inputs: &Inputs) -> bool {
+    let small = case.size == Size::Small;
+    match inputs {
+        Inputs::SparseConv { .. } | Inputs::Attention { .. } => {
+            small && matches!(case.work(inputs, DType::F32), Ok(Work::Flops(f)) if f <= SPLIT_FLOPS)
+        }
+        Inputs::DeformIm2col { .. } => small,
+        _ => false,
     }
 }
 
-/// Tolerance per dtype: the output rounding of the dtype plus float accumulation-order noise.
-fn tolerance(dtype: DType) -> f32 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 1e-3,
-        _ => 8e-3,
-    }
-}
-
-// ---------------------------------------------------------------------------- sparse conv
-
-fn shell(b: i32, r: f32, centre: i32) -> Vec<[i32; 4]> {
-    let mut v = Vec::new();
-    for x in 0..2 * centre {
-        for y in 0..2 * centre {
-            for z in 0..2 * centre {
-                let d = [x, y, z].map(|c| (c - centre) as f32 + 0.5);
-                if ((d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt() - r).abs() < 0.9 {
-                    v.push([b, x, y, z]);
+/// Runs every small and throughput case of the ops `keep` keeps through the emulator (the
+/// elementwise ones up to [`MAX_EMULATED_OUTPUTS`] outputs), in each of its dtypes; prints a line per run and fails listing every failing case.
+fn run_cases(keep: fn(&Op) -> bool) {
+    let mut failed = Vec::new();
+    let (mut runs, mut skipped) = (0, 0);
+    for case in cases()
+        .iter()
+        .filter(|c| c.size != Size::Large && keep(&c.op))
+    {
+        let stem = emulator_for(&case.op).expect("an op the emulator runs");
+        let emu = Emulator::get(stem);
+        for &dtype in case.dtypes {
+            // Metal computes in the activations' own dtype: no operand rounding.
+            let inputs = case.inputs(dtype, dtype).unwrap();
+            let want = case
+                .reference(&inputs, Reference::CpuOp)
+                .and_then(|t| output_values(&t))
+                .unwrap();
+            let elementwise = matches!(
+                inputs,
+                Inputs::BiasAct { .. } | Inputs::GatedResidual { .. }
+            );
+            if elementwise && want.len() > MAX_EMULATED_OUTPUTS {
+                println!("skip  {dtype:?} {}: too large for the emulator", case.op);
+                skipped += 1;
+                continue;
+            }
+            let mut budgets = vec![Budget::Default];
+            if splits(case, &inputs) {
+                budgets.push(Budget::Split);
+            }
+            for budget in budgets {
+                let start = std::time::Instant::now();
+                let Some(got) = emulate(&emu, &inputs, budget) else {
+                    println!("skip  {dtype:?} {}: no Metal kernel", case.op);
+                    skipped += 1;
+                    continue;
+                };
+                let outcome = got
+                    .map_err(candle_core::Error::msg)
+                    .and_then(|got| compare(&got, &want, case.tolerance(dtype, dtype)));
+                let mut report = Report::new(case, dtype, outcome);
+                if budget == Budget::Split {
+                    report.case.push_str(" [split dispatches]");
+                }
+                println!("{report}  ({:.2} s)", start.elapsed().as_secs_f64());
+                runs += 1;
+                if !report.passed() {
+                    failed.push(report.to_string());
                 }
             }
         }
     }
-    v
+    println!("{runs} emulated runs, {skipped} skipped");
+    assert!(runs > 0, "no case ran");
+    assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
 }
 
-struct ConvCase {
-    name: &'static str,
-    voxels: fn() -> Vec<[i32; 4]>,
-    ci: usize,
-    co: usize,
-    /// Estimated seconds a dispatch may take: the host's budget, or 0 for the most split plan
-    /// (one voxel tile per dispatch).
-    max_seconds: f64,
-    dtypes: &'static [DType],
+#[test]
+fn sparse_conv_cases() {
+    run_cases(|op| matches!(op, Op::SparseConv { .. }));
 }
 
-const ALL: &[DType] = &[DType::F32, DType::F16, DType::BF16];
+#[test]
+fn attention_cases() {
+    run_cases(|op| matches!(op, Op::Attention { .. }));
+}
 
-const CONV_CASES: &[ConvCase] = &[
-    ConvCase {
-        name: "empty",
-        voxels: Vec::new,
-        ci: 4,
-        co: 3,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: ALL,
-    },
-    ConvCase {
-        name: "one voxel",
-        voxels: || vec![[0, 5, 5, 5]],
-        ci: 5,
-        co: 7,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: ALL,
-    },
-    ConvCase {
-        name: "isolated voxels (only the centre tap)",
-        voxels: || {
-            (0..70)
-                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
-                .collect()
-        },
-        ci: 3,
-        co: 2,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: &[DType::F32],
-    },
-    ConvCase {
-        name: "two shells, Ci 37 Co 70 (ragged K, 2 Co tiles), split per tile",
-        voxels: || {
-            let mut v = shell(0, 3.0, 4);
-            v.extend(shell(1, 2.0, 3));
-            v
-        },
-        ci: 37,
-        co: 70,
-        max_seconds: 0.0,
-        dtypes: ALL,
-    },
-    ConvCase {
-        name: "dense 5^3 cube, 1 channel in and out",
-        voxels: || (0..125).map(|i| [0, i / 25, i / 5 % 5, i % 5]).collect(),
-        ci: 1,
-        co: 1,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: &[DType::F32],
-    },
-];
+#[test]
+fn neighbour_map_cases() {
+    run_cases(|op| matches!(op, Op::NeighbourMap { .. }));
+}
 
-/// Runs the planned sparse-conv dispatches in the emulator; returns `[n, co]` as f32.
+#[test]
+fn norm_cases() {
+    run_cases(|op| matches!(op, Op::LayerNormModulate { .. } | Op::RmsNormRope { .. }));
+}
+
+#[test]
+fn elementwise_cases() {
+    run_cases(|op| matches!(op, Op::BiasAct { .. } | Op::GatedResidual { .. }));
+}
+
+#[test]
+fn deform_im2col_cases() {
+    run_cases(|op| matches!(op, Op::DeformIm2col { .. }));
+}
+
+// ---------------------------------------------------------------------------- launches
+
+/// Runs the planned sparse-conv dispatches; returns `[n, co]`.
 fn emulate_conv(
     emu: &Emulator,
     feats: &Tensor,
     map: &Tensor,
     weight: &Tensor,
     max_seconds: f64,
-    case: &str,
 ) -> Result<Vec<f32>, String> {
     let (n, ci) = feats.dims2().unwrap();
     let co = weight.dim(0).unwrap();
     let dtype = feats.dtype();
+    // The host plans with a surface's live taps (it has the map only on the device).
     let plan = sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, max_seconds).unwrap();
     let buffers = vec![
         bytes_of(feats),
@@ -253,197 +429,21 @@ fn emulate_conv(
     ];
     let dispatches: Vec<EmuDispatch> = plan.iter().map(|d| emu_dispatch(d, 4)).collect();
     let out = emu.run(&buffers, &dispatches)?;
-    Ok(written(&out[3], n * co, dtype, case))
+    written(&out[3], n * co, dtype)
 }
 
-struct ConvInputs {
-    feats: Tensor,
-    map: Tensor,
-    weight: Tensor,
-}
-
-fn conv_inputs(case: &ConvCase, seed: u64, dtype: DType) -> ConvInputs {
-    let dev = Device::Cpu;
-    let rows = (case.voxels)();
-    let n = rows.len();
-    let coords = Tensor::from_vec(
-        rows.iter().flatten().copied().collect::<Vec<i32>>(),
-        (n, 4),
-        &dev,
-    )
-    .unwrap();
-    let feats = Tensor::from_vec(lcg(seed, n * case.ci), (n, case.ci), &dev).unwrap();
-    let x = SparseTensor::new(&coords, feats).unwrap();
-    let map = x.neighbour_map().unwrap().tensor().clone();
-    let weight = Tensor::from_vec(
-        lcg(seed + 1, case.co * 27 * case.ci),
-        (case.co, 27, case.ci),
-        &dev,
-    )
-    .unwrap();
-    ConvInputs {
-        feats: x.feats().to_dtype(dtype).unwrap(),
-        map,
-        weight: weight.to_dtype(dtype).unwrap(),
-    }
-}
-
-#[test]
-fn sparse_conv_kernel_matches_the_cpu_op() {
-    let emu = Emulator::get("sparse_conv");
-    for (i, case) in CONV_CASES.iter().enumerate() {
-        for &dtype in case.dtypes {
-            let inp = conv_inputs(case, 10 * i as u64, dtype);
-            let label = format!("{} [{dtype:?}]", case.name);
-            let got = emulate_conv(
-                &emu,
-                &inp.feats,
-                &inp.map,
-                &inp.weight,
-                case.max_seconds,
-                &label,
-            )
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-            // Reference on the same (rounded) inputs, in f32.
-            let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-            let want = submanifold_conv3d(&f32c(&inp.feats), &inp.map, &f32c(&inp.weight), None)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let rel = rel_err(&got, &want);
-            let n = inp.feats.dim(0).unwrap();
-            let dispatches = sparse_conv_dispatches(
-                n,
-                case.ci,
-                case.co,
-                dtype,
-                SHELL_LIVE_TAPS,
-                case.max_seconds,
-            )
-            .unwrap()
-            .len();
-            println!(
-                "sparse_conv {label:<70} voxels {n:>4} Ci {:>3} Co {:>3} dispatches {dispatches:>2} \
-                 max|err|/max|ref| {rel:.2e}",
-                case.ci, case.co
-            );
-            assert!(
-                rel <= tolerance(dtype),
-                "{label}: {rel:e} > {:e}",
-                tolerance(dtype)
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------- attention
-
-struct AttnCase {
-    name: &'static str,
-    q_lens: &'static [usize],
-    /// `None`: self-attention (k/v lengths = q lengths).
-    kv_lens: Option<&'static [usize]>,
-    heads: usize,
-    head_dim: usize,
-    /// As [`ConvCase::max_seconds`]; 0 gives one query tile per dispatch.
-    max_seconds: f64,
-    dtypes: &'static [DType],
-}
-
-const ATTN_CASES: &[AttnCase] = &[
-    AttnCase {
-        name: "single token",
-        q_lens: &[1],
-        kv_lens: None,
-        heads: 1,
-        head_dim: 128,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: ALL,
-    },
-    AttnCase {
-        name: "63, 64, 65 and an empty sequence, tile-sized split",
-        q_lens: &[63, 0, 64, 65],
-        kv_lens: None,
-        heads: 2,
-        head_dim: 64,
-        max_seconds: 0.0,
-        dtypes: ALL,
-    },
-    AttnCase {
-        name: "63, 64, 65 and an empty sequence, head dim 128",
-        q_lens: &[63, 0, 64, 65],
-        kv_lens: None,
-        heads: 1,
-        head_dim: 128,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: ALL,
-    },
-    AttnCase {
-        name: "cross-attention to 1029 image tokens (DINOv3 @512)",
-        q_lens: &[40, 33],
-        kv_lens: Some(&[1029, 1029]),
-        heads: 2,
-        head_dim: 128,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: &[DType::F32, DType::BF16],
-    },
-    AttnCase {
-        name: "self-attention over 1029 tokens (ragged last query and key tiles)",
-        q_lens: &[1029],
-        kv_lens: None,
-        heads: 1,
-        head_dim: 128,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: &[DType::F32],
-    },
-    AttnCase {
-        name: "self-attention over 4101 tokens (DINOv3 @1024 length)",
-        q_lens: &[4101],
-        kv_lens: None,
-        heads: 1,
-        head_dim: 64,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: &[DType::F16],
-    },
-    AttnCase {
-        name: "long self-attention, 300 tokens",
-        q_lens: &[300],
-        kv_lens: None,
-        heads: 1,
-        head_dim: 64,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-        dtypes: &[DType::F16],
-    },
-];
-
-fn offsets(lens: &[usize]) -> Vec<usize> {
-    let mut o = vec![0];
-    for l in lens {
-        o.push(o.last().unwrap() + l);
-    }
-    o
-}
-
-#[allow(clippy::too_many_arguments)]
 fn emulate_attention(
     emu: &Emulator,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    [q, k, v]: [&Tensor; 3],
     q_off: &[usize],
     kv_off: &[usize],
     scale: f32,
     max_seconds: f64,
-    case: &str,
 ) -> Result<Vec<f32>, String> {
     let (nq, heads, d) = q.dims3().unwrap();
     let dtype = q.dtype();
     let tiles = attention_tiles(q_off).unwrap();
     let plan = attention_dispatches(&tiles, kv_off, heads, d, dtype, scale, max_seconds).unwrap();
-    let u32_bytes =
-        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
     let buffers = vec![
         bytes_of(q),
         bytes_of(k),
@@ -463,151 +463,49 @@ fn emulate_attention(
             kernel: p.kernel.clone(),
             threadgroups: p.threadgroups,
             threads: p.threads,
-            slots: std::iter::once((0, Slot::Bytes(p.args.to_bytes())))
+            slots: std::iter::once((0, Slot::args(&p.args)))
                 .chain((0..7).map(|i| (i + 1, Slot::Buffer(i))))
                 .collect(),
             threadgroup_memory: vec![p.threadgroup_memory as u64],
         })
         .collect();
     let out = emu.run(&buffers, &dispatches)?;
-    Ok(written(&out[6], nq * heads * d, dtype, case))
+    written(&out[6], nq * heads * d, dtype)
 }
 
-#[test]
-fn attention_kernel_matches_the_cpu_op() {
-    let emu = Emulator::get("attention");
-    let dev = Device::Cpu;
-    for (i, case) in ATTN_CASES.iter().enumerate() {
-        let q_off = offsets(case.q_lens);
-        let kv_off = offsets(case.kv_lens.unwrap_or(case.q_lens));
-        let (nq, nk) = (*q_off.last().unwrap(), *kv_off.last().unwrap());
-        let (h, d) = (case.heads, case.head_dim);
-        let scale = 1.0 / (d as f32).sqrt();
-        for &dtype in case.dtypes {
-            // Scaled up so the softmax is peaked, not flat: exercises the running max.
-            let make = |seed: u64, n: usize| {
-                (Tensor::from_vec(lcg(seed, n * h * d), (n, h, d), &dev).unwrap() * 3.0)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
-            let seed = 100 * i as u64;
-            let (q, k, v) = (make(seed, nq), make(seed + 1, nk), make(seed + 2, nk));
-            let label = format!("{} [{dtype:?}, d {d}]", case.name);
-            let got = emulate_attention(
-                &emu,
-                &q,
-                &k,
-                &v,
-                &q_off,
-                &kv_off,
-                scale,
-                case.max_seconds,
-                &label,
-            )
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-            let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-            let want = varlen_attention(&f32c(&q), &f32c(&k), &f32c(&v), &q_off, &kv_off, scale)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let rel = rel_err(&got, &want);
-            let tiles = attention_tiles(&q_off).unwrap();
-            let dispatches =
-                attention_dispatches(&tiles, &kv_off, h, d, dtype, scale, case.max_seconds)
-                    .unwrap()
-                    .len();
-            println!(
-                "attention {label:<70} q {nq:>4} kv {nk:>4} heads {h} dispatches {dispatches:>2} \
-                 max|err|/max|ref| {rel:.2e}",
-            );
-            assert!(
-                rel <= tolerance(dtype),
-                "{label}: {rel:e} > {:e}",
-                tolerance(dtype)
-            );
-        }
+/// The planned neighbour-map dispatches for `rows` as map values (absent taps as −1), after
+/// checking the status words against the CPU op's (no duplicate, the pair count); `None` where
+/// the keys need more than 31 bits (the backend builds on the host then).
+fn emulate_map_case(emu: &Emulator, rows: &[[i32; 4]]) -> Option<Result<Vec<f32>, String>> {
+    use trellis2::ops::neighbour_map::neighbour_op_output;
+    let plan = neighbour_plan(rows).unwrap()?;
+    let n = rows.len();
+    if plan.dispatches.is_empty() {
+        return Some(if n == 0 {
+            Ok(Vec::new())
+        } else {
+            Err(format!("no dispatch for {n} voxels"))
+        });
     }
-}
-
-// ---------------------------------------------------------------------------- neighbour map
-
-struct MapCase {
-    name: &'static str,
-    voxels: fn() -> Vec<[i32; 4]>,
-}
-
-fn dense_block(b: i32, side: i32, at: i32) -> Vec<[i32; 4]> {
-    let mut v = Vec::new();
-    for x in 0..side {
-        for y in 0..side {
-            for z in 0..side {
-                v.push([b, at + x, at + y, at + z]);
-            }
+    let flat: Vec<i32> = rows.iter().flatten().copied().collect();
+    let coords = Tensor::from_vec(flat, (n, 4), &Device::Cpu).unwrap();
+    let pairs = neighbour_op_output(&coords)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()[n * 27 + 1];
+    Some(emulate_map(emu, rows).and_then(|(map, status)| {
+        if status != [u32::MAX, pairs] {
+            return Err(format!(
+                "status words {status:?}, want [no duplicate, {pairs} pairs]"
+            ));
         }
-    }
-    v
+        let map = Tensor::from_vec(map, n * 27, &Device::Cpu).unwrap();
+        output_values(&map).map_err(|e| e.to_string())
+    }))
 }
 
-const MAP_CASES: &[MapCase] = &[
-    MapCase {
-        name: "empty",
-        voxels: Vec::new,
-    },
-    MapCase {
-        name: "one voxel at the origin",
-        voxels: || vec![[0, 0, 0, 0]],
-    },
-    MapCase {
-        name: "isolated voxels",
-        voxels: || {
-            (0..70)
-                .map(|i| [0, 3 * (i % 4), 3 * (i / 4 % 5), 3 * (i / 20)])
-                .collect()
-        },
-    },
-    MapCase {
-        name: "dense 20^3 block (63 threadgroups race on one table)",
-        voxels: || dense_block(0, 20, 1),
-    },
-    MapCase {
-        name: "random shells in 3 batches, same positions across batches",
-        voxels: || {
-            let mut v = shell(0, 3.0, 4);
-            v.extend(shell(1, 3.0, 4));
-            v.extend(shell(2, 5.5, 7));
-            v
-        },
-    },
-    MapCase {
-        name: "random scatter up to 1023 (10-bit axes) in 2 batches",
-        voxels: || {
-            let mut v = Vec::new();
-            for b in 0..2 {
-                let mut seen = std::collections::HashSet::new();
-                for (i, c) in lcg(b as u64 + 7, 3 * 3000).chunks(3).enumerate() {
-                    let p = [c[0], c[1], c[2]].map(|x| ((x + 1.0) * 511.75) as i32 % 1024);
-                    // Every other point inside a 16³ corner: clusters with real neighbours.
-                    let p = if i % 2 == 0 { p.map(|x| x % 16) } else { p };
-                    if seen.insert(p) {
-                        v.push([b, p[0], p[1], p[2]]);
-                    }
-                }
-                v.push([b, 1023, 1023, 1023]);
-                v.push([b, 1023, 1023, 1022]);
-            }
-            let mut seen = std::collections::HashSet::new();
-            v.retain(|r| seen.insert(*r));
-            v
-        },
-    },
-];
-
-/// Runs the planned neighbour-map dispatches; returns the map buffer and the two status words.
-fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32; 2]) {
-    use trellis2::ops::metal::neighbour_plan::neighbour_plan;
+/// Runs the planned neighbour-map dispatches; returns the map and the two status words.
+fn emulate_map(emu: &Emulator, rows: &[[i32; 4]]) -> Result<(Vec<u32>, [u32; 2]), String> {
     let plan = neighbour_plan(rows).unwrap().expect("keys fit 31 bits");
     let n = rows.len();
     let words = |b: &[u8]| -> Vec<u32> {
@@ -635,7 +533,7 @@ fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32
             kernel: d.kernel.clone(),
             threadgroups: d.threadgroups,
             threads: d.threads,
-            slots: std::iter::once((0, Slot::Bytes(d.args.to_bytes())))
+            slots: std::iter::once((0, Slot::args(&d.args)))
                 .chain(
                     ids.iter()
                         .enumerate()
@@ -645,331 +543,32 @@ fn emulate_map(emu: &Emulator, rows: &[[i32; 4]], case: &str) -> (Vec<u32>, [u32
             threadgroup_memory: vec![],
         })
         .collect();
-    let out = emu
-        .run(&buffers, &dispatches)
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let out = emu.run(&buffers, &dispatches)?;
     let map = words(&out[3]);
-    assert!(
-        map[n * 27..].iter().all(|&w| w == 0xabab_abab),
-        "{case}: kernel wrote past the end of the map"
-    );
+    if map[n * 27..].iter().any(|&w| w != 0xabab_abab) {
+        return Err("kernel wrote past the end of the map".into());
+    }
     let status = words(&out[4]);
-    (map[..n * 27].to_vec(), [status[0], status[1]])
+    Ok((map[..n * 27].to_vec(), [status[0], status[1]]))
 }
 
-#[test]
-fn neighbour_map_kernels_equal_the_cpu_map() {
-    use trellis2::ops::metal::neighbour_plan::neighbour_plan;
-    use trellis2::ops::neighbour_map::neighbour_op_output;
-    let emu = Emulator::get("neighbour_map");
-    for case in MAP_CASES {
-        let rows = (case.voxels)();
-        let n = rows.len();
-        let flat: Vec<i32> = rows.iter().flatten().copied().collect();
-        let coords = Tensor::from_vec(flat, (n, 4), &Device::Cpu).unwrap();
-        let want = neighbour_op_output(&coords)
-            .unwrap()
-            .to_vec1::<u32>()
-            .unwrap();
-        if neighbour_plan(&rows)
-            .unwrap()
-            .unwrap()
-            .dispatches
-            .is_empty()
-        {
-            assert_eq!(n, 0, "{}", case.name);
-            println!("neighbour_map {:<60} voxels {n:>5}: no dispatch", case.name);
-            continue;
-        }
-        let start = std::time::Instant::now();
-        let (map, status) = emulate_map(&emu, &rows, case.name);
-        let pairs = want[n * 27 + 1];
-        if let Some(i) = (0..n * 27).find(|&i| map[i] != want[i]) {
-            panic!(
-                "{}: entry {i} (voxel {:?}, tap {}) = {:#x}, CPU {:#x}",
-                case.name,
-                rows[i / 27],
-                i % 27,
-                map[i],
-                want[i]
-            );
-        }
-        assert_eq!(status, [u32::MAX, pairs], "{}: status words", case.name);
-        println!(
-            "neighbour_map {:<60} voxels {n:>5} pairs {pairs:>6}: equal ({:.2} s)",
-            case.name,
-            start.elapsed().as_secs_f64()
-        );
-    }
-}
-
-#[test]
-fn neighbour_map_kernels_report_a_duplicate_voxel() {
-    let emu = Emulator::get("neighbour_map");
-    let mut rows = dense_block(0, 6, 0);
-    rows.push([0, 2, 3, 4]);
-    rows.push([1, 2, 3, 4]); // same position, other batch: not a duplicate
-                             // The two copies (rows 94 and 216) sit in different threadgroups, which race for real in
-                             // the emulator as on a GPU: either may lose the compare-and-swap and be reported.
-    let first: u32 = 2 * 36 + 3 * 6 + 4;
-    for _ in 0..4 {
-        let (_, status) = emulate_map(&emu, &rows, "duplicate");
-        assert!(
-            status[0] == first || status[0] == 6 * 6 * 6,
-            "reported row {} is not a copy",
-            status[0]
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------- fused DiT norms
-
-/// Runs one planned norms.metal dispatch over `buffers` (the last one the output).
-fn emulate_norm<A: KernelArgs>(
-    emu: &Emulator,
-    plan: &trellis2::ops::metal::dispatch::Dispatch<A>,
-    mut buffers: Vec<Vec<u8>>,
-    n_out: usize,
-    dtype: DType,
-    case: &str,
-) -> Vec<f32> {
-    buffers.push(poisoned(n_out, dtype));
-    let last = buffers.len() as u32 - 1;
-    let d = EmuDispatch {
-        kernel: plan.kernel.clone(),
-        threadgroups: plan.threadgroups,
-        threads: plan.threads,
-        slots: std::iter::once((0, Slot::Bytes(plan.args.to_bytes())))
-            .chain((0..=last).map(|i| (i + 1, Slot::Buffer(i))))
-            .collect(),
-        threadgroup_memory: vec![],
-    };
-    let out = emu
-        .run(&buffers, &[d])
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
-    written(&out[last as usize], n_out, dtype, case)
-}
-
-fn rand_tensor(seed: u64, shape: &[usize], scale: f64, offset: f64) -> Tensor {
-    let n = shape.iter().product();
-    ((Tensor::from_vec(lcg(seed, n), shape, &Device::Cpu).unwrap() * scale).unwrap() + offset)
-        .unwrap()
-}
-
-#[test]
-fn layer_norm_modulate_kernel_matches_the_cpu_op() {
-    use trellis2::ops::metal::norms_plan::norm_modulate_dispatch;
-    use trellis2::ops::norm_modulate::{layer_norm_modulate, Modulation};
-    let emu = Emulator::get("norms");
-    let u32_bytes =
-        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
-    for (c, offsets) in [
-        (1536usize, vec![0usize, 20, 20, 37]),
-        (100, vec![0, 9]),
-        (3, vec![0, 5, 6]),
-    ] {
-        let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
-        let shift = rand_tensor(2, &[b, c], 1.0, 0.0);
-        let scale = rand_tensor(3, &[b, c], 0.5, 0.0);
-        let w = rand_tensor(4, &[c], 1.0, 1.0);
-        let bias = rand_tensor(5, &[c], 1.0, 0.0);
-        let modulation = Tensor::stack(&[&shift, &scale], 1).unwrap();
-        let affine = Tensor::stack(&[&w, &bias], 0).unwrap();
-        for dtype in ALL {
-            // A row mean of 3: the two-pass variance matters.
-            let x = rand_tensor(1, &[t, c], 1.0, 3.0).to_dtype(*dtype).unwrap();
-            let label = format!("layer_norm_modulate C {c} offsets {offsets:?} [{dtype:?}]");
-            let plan = norm_modulate_dispatch(t, c, b, 1e-6, *dtype)
-                .unwrap()
-                .unwrap();
-            let got = emulate_norm(
-                &emu,
-                &plan,
-                vec![
-                    bytes_of(&x),
-                    bytes_of(&affine),
-                    bytes_of(&modulation),
-                    u32_bytes(&offsets),
-                ],
-                t * c,
-                *dtype,
-                &label,
-            );
-            let m = Modulation {
-                shift: &shift,
-                scale: &scale,
-                offsets: &offsets,
-            };
-            let want = layer_norm_modulate(
-                &x.to_dtype(DType::F32).unwrap(),
-                Some((&w, &bias)),
-                &m,
-                1e-6,
-            )
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-            let rel = rel_err(&got, &want);
-            println!("{label:<70} max|err|/max|ref| {rel:.2e}");
-            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
-        }
-    }
-}
-
-#[test]
-fn rms_norm_rope_kernel_matches_the_cpu_op() {
-    use trellis2::ops::metal::norms_plan::rms_rope_dispatch;
-    use trellis2::ops::rms_norm_rope::{rms_norm_rope, rope_table};
-    use trellis2::ops::rope::rope_tables_3d;
-    let emu = Emulator::get("norms");
-    for (t, h, d, normalize) in [
-        (45usize, 3usize, 64usize, true),
-        (13, 2, 128, true),
-        (9, 1, 10, false),
-        (7, 2, 6, true),
-    ] {
-        let xyz: Vec<[i32; 3]> = (0..t as i32).map(|i| [i % 4, i / 4 % 5, 3 * i]).collect();
-        let (cos, sin) = rope_tables_3d(&xyz, d, 10000.0, &Device::Cpu).unwrap();
-        let table = rope_table(&cos, &sin).unwrap();
-        let gamma = rand_tensor(8, &[h, d], 0.5, 1.0);
-        for dtype in ALL {
-            let x = rand_tensor(9, &[t, h, d], 2.0, 0.0)
-                .to_dtype(*dtype)
-                .unwrap();
-            let label = format!("rms_norm_rope T {t} H {h} D {d} norm {normalize} [{dtype:?}]");
-            let plan = rms_rope_dispatch(t, h, d, normalize, t, *dtype)
-                .unwrap()
-                .unwrap();
-            let ones = Tensor::ones((h, d), DType::F32, &Device::Cpu).unwrap();
-            let g = if normalize { &gamma } else { &ones };
-            let got = emulate_norm(
-                &emu,
-                &plan,
-                vec![bytes_of(&x), bytes_of(g), bytes_of(&table)],
-                t * h * d,
-                *dtype,
-                &label,
-            );
-            let want = rms_norm_rope(
-                &x.to_dtype(DType::F32).unwrap(),
-                normalize.then_some(&gamma),
-                &table,
-            )
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-            let rel = rel_err(&got, &want);
-            println!("{label:<70} max|err|/max|ref| {rel:.2e}");
-            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
-        }
-    }
-}
-
-#[test]
-fn rms_norm_rope_kernel_takes_a_one_row_table() {
-    use trellis2::ops::metal::norms_plan::rms_rope_dispatch;
-    use trellis2::ops::rms_norm_rope::rms_norm_rope;
-    let emu = Emulator::get("norms");
-    let dev = Device::Cpu;
-    for (t, h, d, normalize, identity) in [
-        (37usize, 3usize, 64usize, true, true),
-        (11, 2, 128, true, false),
-        (9, 1, 10, false, false),
-        (1, 2, 6, true, false),
-    ] {
-        // One rotation for every token: the identity (a plain multi-head RMS norm) or random
-        // angles.
-        let angles: Vec<f32> = lcg(31, d / 2).iter().map(|a| 3.0 * a).collect();
-        let (cos, sin): (Vec<f32>, Vec<f32>) = if identity {
-            (vec![1.0; d / 2], vec![0.0; d / 2])
-        } else {
-            angles.iter().map(|a| (a.cos(), a.sin())).unzip()
-        };
-        let table = Tensor::stack(
-            &[
-                Tensor::from_vec(cos, (1, d / 2), &dev).unwrap(),
-                Tensor::from_vec(sin, (1, d / 2), &dev).unwrap(),
-            ],
-            2,
-        )
-        .unwrap();
-        let gamma = rand_tensor(18, &[h, d], 0.5, 1.0);
-        let ones = Tensor::ones((h, d), DType::F32, &dev).unwrap();
-        for dtype in ALL {
-            let x = rand_tensor(19, &[t, h, d], 2.0, 0.0)
-                .to_dtype(*dtype)
-                .unwrap();
-            let label = format!(
-                "rms_norm_rope 1-row table T {t} H {h} D {d} norm {normalize} identity \
-                 {identity} [{dtype:?}]"
-            );
-            let plan = rms_rope_dispatch(t, h, d, normalize, 1, *dtype)
-                .unwrap()
-                .unwrap();
-            assert_eq!(plan.args.table_rows, 1);
-            let g = if normalize { &gamma } else { &ones };
-            let got = emulate_norm(
-                &emu,
-                &plan,
-                vec![bytes_of(&x), bytes_of(g), bytes_of(&table)],
-                t * h * d,
-                *dtype,
-                &label,
-            );
-            let want = rms_norm_rope(
-                &x.to_dtype(DType::F32).unwrap(),
-                normalize.then_some(&gamma),
-                &table,
-            )
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-            let rel = rel_err(&got, &want);
-            println!("{label:<90} max|err|/max|ref| {rel:.2e}");
-            assert!(rel <= tolerance(*dtype), "{label}: {rel:e}");
-        }
-    }
-    assert!(rms_rope_dispatch(5, 1, 8, true, 2, DType::F32).is_err());
-}
-
-// ---------------------------------------------------------------------------- fused epilogues
-
-/// Tolerance of the elementwise kernels: the same f32 arithmetic as the CPU op, then one
-/// rounding to the dtype.
-fn elementwise_tolerance(dtype: DType) -> f32 {
-    match dtype {
-        DType::F32 => 1e-6,
-        DType::F16 => 1e-3,
-        _ => 8e-3,
-    }
-}
-
-/// An operand bound `pad` elements into its buffer (a view starting mid-buffer); the padding is
-/// NaN bytes, so a kernel reading before the view's start poisons its output.
-fn view_of(t: &Tensor, pad: usize) -> (Vec<u8>, u64) {
-    let size = t.dtype().size_in_bytes();
-    let mut bytes = vec![0xff; pad * size];
-    bytes.extend(bytes_of(t));
-    (bytes, (pad * size) as u64)
-}
-
-/// Runs one planned elementwise.metal dispatch over `inputs` (buffer, byte offset) and a fresh
-/// output of `n_out` elements bound last.
+/// Runs one planned dispatch (`None`: nothing to do, an empty output) over `inputs` (buffer,
+/// byte offset) and a fresh output of `n_out` elements bound last.
 fn emulate_views<A: KernelArgs>(
     emu: &Emulator,
-    plan: &trellis2::ops::metal::dispatch::Dispatch<A>,
+    plan: Option<trellis2::ops::metal::dispatch::Dispatch<A>>,
     inputs: Vec<(Vec<u8>, u64)>,
     n_out: usize,
     dtype: DType,
-    case: &str,
-) -> Vec<f32> {
-    let mut slots = vec![(0, Slot::Bytes(plan.args.to_bytes()))];
+) -> Result<Vec<f32>, String> {
+    let Some(plan) = plan else {
+        return if n_out == 0 {
+            Ok(Vec::new())
+        } else {
+            Err(format!("no dispatch for {n_out} outputs"))
+        };
+    };
+    let mut slots = vec![(0, Slot::args(&plan.args))];
     let mut buffers = Vec::new();
     for (i, (bytes, offset)) in inputs.into_iter().enumerate() {
         slots.push((i as u32 + 1, Slot::BufferAt(i as u32, offset)));
@@ -985,36 +584,119 @@ fn emulate_views<A: KernelArgs>(
         slots,
         threadgroup_memory: vec![],
     };
-    let res = emu
-        .run(&buffers, &[d])
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
-    written(&res[out as usize], n_out, dtype, case)
+    let res = emu.run(&buffers, &[d])?;
+    written(&res[out as usize], n_out, dtype)
 }
 
+/// [`emulate_views`] with every input bound at its buffer's start.
+fn emulate_one<A: KernelArgs>(
+    emu: &Emulator,
+    plan: Option<trellis2::ops::metal::dispatch::Dispatch<A>>,
+    inputs: Vec<Vec<u8>>,
+    n_out: usize,
+    dtype: DType,
+) -> Result<Vec<f32>, String> {
+    let inputs = inputs.into_iter().map(|b| (b, 0)).collect();
+    emulate_views(emu, plan, inputs, n_out, dtype)
+}
+
+/// Runs the planned im2col dispatches of `args`; returns the columns.
+fn emulate_deform(
+    emu: &Emulator,
+    tensors: [&Tensor; 3],
+    args: DeformIm2ColArgs,
+    max_seconds: f64,
+) -> Result<Vec<f32>, String> {
+    let plan = deform_im2col_dispatches(args, DType::F32, max_seconds).unwrap();
+    let n = args.columns() as usize;
+    let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| bytes_of(t)).collect();
+    buffers.push(poisoned(n, DType::F32));
+    let dispatches: Vec<EmuDispatch> = plan.iter().map(|d| emu_dispatch(d, 4)).collect();
+    let out = emu.run(&buffers, &dispatches)?;
+    written(&out[3], n, DType::F32)
+}
+
+// ---------------------------------------------------------------------------- emulator extras
+
+/// A neighbour map whose voxel appears twice reports one of the two copies (rows 94 and 216):
+/// they sit in different threadgroups, which race for real in the emulator as on a GPU, so
+/// either may lose the compare-and-swap.
 #[test]
-fn bias_act_kernels_match_the_cpu_op() {
-    use trellis2::ops::bias_act::{bias_act, Activation};
-    use trellis2::ops::metal::elementwise_plan::{bias_act_dispatch, vectorizable};
+fn neighbour_map_kernels_report_a_duplicate_voxel() {
+    let emu = Emulator::get("neighbour_map");
+    let mut rows = voxel_block(0, 6, 0);
+    rows.push([0, 2, 3, 4]);
+    rows.push([1, 2, 3, 4]); // same position, other batch: not a duplicate
+    let first: u32 = 2 * 36 + 3 * 6 + 4;
+    for _ in 0..4 {
+        let (_, status) = emulate_map(&emu, &rows).unwrap();
+        assert!(
+            status[0] == first || status[0] == 6 * 6 * 6,
+            "reported row {} is not a copy",
+            status[0]
+        );
+    }
+}
+
+/// A rotation table must have one row or one per token.
+#[test]
+fn rms_norm_rope_plan_refuses_a_two_row_table() {
+    assert!(rms_rope_dispatch(5, 1, 8, true, 2, DType::F32).is_err());
+}
+
+/// An operand bound `pad` elements into its buffer (a view starting mid-buffer); the padding is
+/// NaN bytes, so a kernel reading before the view's start poisons its output.
+fn view_of(t: &Tensor, pad: usize) -> (Vec<u8>, u64) {
+    let size = t.dtype().size_in_bytes();
+    let mut bytes = vec![0xff; pad * size];
+    bytes.extend(bytes_of(t));
+    (bytes, (pad * size) as u64)
+}
+
+/// Elementwise operands bound mid-buffer: starts that are not multiples of 4 elements force the
+/// scalar kernel even where C allows vectors, and no kernel reads before its operand's start.
+/// (bias_act: C, T, x's and the bias's starts; gated_residual: C, offsets, starts of x, r and
+/// the gate.)
+#[test]
+fn elementwise_kernels_take_operands_bound_mid_buffer() {
     let emu = Emulator::get("elementwise");
-    // (C, T, x's start and bias's start in elements): starts that are not multiples of 4 force
-    // the scalar kernel even where C allows vectors.
-    let cases: &[(usize, usize, usize, usize)] = &[
-        (1536, 0, 0, 0),
-        (1536, 1, 4, 0),
-        (1536, 203, 0, 0),
+    let dev = Device::Cpu;
+    let values = |seed: u64, shape: &[usize], scale: f32| {
+        let n = shape.iter().product();
+        let v: Vec<f32> = uniform(seed, n).iter().map(|x| x * scale).collect();
+        Tensor::from_vec(v, shape, &dev).unwrap()
+    };
+    let mut failed = Vec::new();
+    let mut check = |label: String, got: Result<Vec<f32>, String>, want: &Tensor, dtype| {
+        let want = output_values(want).unwrap();
+        let tol = trellis2::selftest::Tolerance::ELEMENTWISE.of(dtype);
+        let line = match got {
+            Ok(got) => {
+                let rel = rel_err(&got, &want);
+                if rel > tol {
+                    failed.push(format!("{label}: {rel:e} > {tol:e}"));
+                }
+                format!("{label:<90} max|err|/max|ref| {rel:.2e}")
+            }
+            Err(e) => {
+                failed.push(format!("{label}: {e}"));
+                format!("{label:<90} error: {e}")
+            }
+        };
+        println!("{line}");
+    };
+    for (i, &(c, t, x_pad, b_pad)) in [
+        (1536usize, 1usize, 4usize, 0usize),
         (1536, 203, 3, 0),
-        (8192, 1, 0, 0),
         (8192, 203, 8, 4),
-        (13, 0, 0, 0),
-        (13, 1, 0, 0),
         (13, 203, 5, 2),
-    ];
-    let mut worst = [0f32; 3];
-    for (i, &(c, t, x_pad, b_pad)) in cases.iter().enumerate() {
-        let seed = 300 + 10 * i as u64;
+    ]
+    .iter()
+    .enumerate()
+    {
         // x in ±6: GELU's and SiLU's curved range and their tails.
-        let x32 = rand_tensor(seed, &[t, c], 6.0, 0.0);
-        let bias = rand_tensor(seed + 1, &[c], 1.0, 0.0);
+        let x32 = values(300 + 10 * i as u64, &[t, c], 6.0);
+        let bias = values(301 + 10 * i as u64, &[c], 1.0);
         let vec4 = vectorizable(c, &[x_pad, b_pad]);
         for act in [
             Activation::None,
@@ -1022,83 +704,43 @@ fn bias_act_kernels_match_the_cpu_op() {
             Activation::Silu,
             Activation::GeluErf,
         ] {
-            for (di, dtype) in ALL.iter().enumerate() {
-                let x = x32.to_dtype(*dtype).unwrap();
+            for dtype in trellis2::selftest::DTYPES.iter().copied() {
+                let x = x32.to_dtype(dtype).unwrap();
+                let plan = bias_act_dispatch(t, c, act, dtype, vec4).unwrap();
+                let got = emulate_views(
+                    &emu,
+                    plan,
+                    vec![view_of(&x, x_pad), view_of(&bias, b_pad)],
+                    t * c,
+                    dtype,
+                );
+                let want = bias_act(&x.to_dtype(DType::F32).unwrap(), &bias, act).unwrap();
                 let label = format!(
                     "bias_act {act:?} T {t} C {c} x@{x_pad} bias@{b_pad} vec4 {vec4} [{dtype:?}]"
                 );
-                let Some(plan) = bias_act_dispatch(t, c, act, *dtype, vec4).unwrap() else {
-                    assert_eq!(t * c, 0, "{label}: no dispatch");
-                    println!("{label:<80} no dispatch (empty)");
-                    continue;
-                };
-                let got = emulate_views(
-                    &emu,
-                    &plan,
-                    vec![view_of(&x, x_pad), view_of(&bias, b_pad)],
-                    t * c,
-                    *dtype,
-                    &label,
-                );
-                let want = bias_act(&x.to_dtype(DType::F32).unwrap(), &bias, act)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                let rel = rel_err(&got, &want);
-                worst[di] = worst[di].max(rel);
-                println!("{label:<80} {} max|err|/max|ref| {rel:.2e}", plan.kernel);
-                assert!(rel <= elementwise_tolerance(*dtype), "{label}: {rel:e}");
+                check(label, got, &want, dtype);
             }
         }
     }
-    println!(
-        "bias_act worst: f32 {:.2e} f16 {:.2e} bf16 {:.2e}",
-        worst[0], worst[1], worst[2]
-    );
-}
-
-#[test]
-fn gated_residual_kernels_match_the_cpu_op() {
-    use trellis2::ops::gated_residual::gated_residual;
-    use trellis2::ops::metal::elementwise_plan::{gated_residual_dispatch, vectorizable};
-    let emu = Emulator::get("elementwise");
-    let u32_bytes =
-        |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect() };
-    // (C, offsets, starts of x, r and gate in elements).
-    let cases: Vec<(usize, Vec<usize>, [usize; 3])> = vec![
-        (1536, vec![0, 20, 20, 37], [0, 0, 0]),
-        (1536, vec![0, 20, 20, 37], [4, 8, 4]),
+    for (i, (c, offsets, [x_pad, r_pad, g_pad])) in [
+        (1536usize, vec![0usize, 20, 20, 37], [4usize, 8, 4]),
         (1536, vec![0, 0, 9], [0, 1, 0]),
-        (8192, vec![0, 3, 5, 5], [0, 0, 0]),
-        (13, vec![0, 5, 5, 9], [0, 0, 0]),
         (13, vec![0, 0, 7, 12], [3, 2, 1]),
-        (8, vec![0, 1], [0, 0, 0]),
-        (1536, vec![0, 0], [0, 0, 0]),
-    ];
-    let mut worst = [0f32; 3];
-    for (i, (c, offsets, [x_pad, r_pad, g_pad])) in cases.into_iter().enumerate() {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (t, b) = (offsets[offsets.len() - 1], offsets.len() - 1);
         let seed = 400 + 10 * i as u64;
-        let x32 = rand_tensor(seed, &[t, c], 2.0, 0.0);
-        let r32 = rand_tensor(seed + 1, &[t, c], 2.0, 0.0);
-        let gate = rand_tensor(seed + 2, &[b, c], 1.0, 0.0);
+        let (x32, r32) = (values(seed, &[t, c], 2.0), values(seed + 1, &[t, c], 2.0));
+        let gate = values(seed + 2, &[b, c], 1.0);
         let vec4 = vectorizable(c, &[x_pad, r_pad, g_pad]);
-        for (di, dtype) in ALL.iter().enumerate() {
-            let (x, r) = (x32.to_dtype(*dtype).unwrap(), r32.to_dtype(*dtype).unwrap());
-            let label = format!(
-                "gated_residual C {c} offsets {offsets:?} starts {:?} vec4 {vec4} [{dtype:?}]",
-                [x_pad, r_pad, g_pad]
-            );
-            let Some(plan) = gated_residual_dispatch(t, c, b, *dtype, vec4).unwrap() else {
-                assert_eq!(t * c, 0, "{label}: no dispatch");
-                println!("{label:<90} no dispatch (empty)");
-                continue;
-            };
+        for dtype in trellis2::selftest::DTYPES.iter().copied() {
+            let (x, r) = (x32.to_dtype(dtype).unwrap(), r32.to_dtype(dtype).unwrap());
+            let plan = gated_residual_dispatch(t, c, b, dtype, vec4).unwrap();
             let got = emulate_views(
                 &emu,
-                &plan,
+                plan,
                 vec![
                     view_of(&x, x_pad),
                     view_of(&r, r_pad),
@@ -1106,255 +748,24 @@ fn gated_residual_kernels_match_the_cpu_op() {
                     (u32_bytes(&offsets), 0),
                 ],
                 t * c,
-                *dtype,
-                &label,
+                dtype,
             );
             let f32c = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-            let want = gated_residual(&f32c(&x), &f32c(&r), &gate, &offsets)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let rel = rel_err(&got, &want);
-            worst[di] = worst[di].max(rel);
-            println!("{label:<90} {} max|err|/max|ref| {rel:.2e}", plan.kernel);
-            assert!(rel <= elementwise_tolerance(*dtype), "{label}: {rel:e}");
+            let want = trellis2::ops::gated_residual::gated_residual(
+                &f32c(&x),
+                &f32c(&r),
+                &gate,
+                &offsets,
+            )
+            .unwrap();
+            let label = format!(
+                "gated_residual C {c} offsets {offsets:?} starts {:?} vec4 {vec4} [{dtype:?}]",
+                [x_pad, r_pad, g_pad]
+            );
+            check(label, got, &want, dtype);
         }
     }
-    println!(
-        "gated_residual worst: f32 {:.2e} f16 {:.2e} bf16 {:.2e}",
-        worst[0], worst[1], worst[2]
-    );
-}
-
-// ---------------------------------------------------------------------------- deformable conv
-
-struct DeformCase {
-    name: &'static str,
-    /// `[B, C, H, W]`.
-    input: [usize; 4],
-    kernel: (usize, usize),
-    offset_groups: usize,
-    cfg: DeformConvConfig,
-    /// Offsets are uniform in ±`offset_scale` pixels, plus `offset_shift`.
-    offset_scale: f32,
-    offset_shift: f32,
-    /// `None`: every output row; else this band.
-    rows: Option<std::ops::Range<usize>>,
-    /// Estimated seconds a dispatch may take: the host's budget, or 0 for the most split plan
-    /// (one threadgroup per dispatch).
-    max_seconds: f64,
-}
-
-const fn same(k: usize, stride: usize, dil: usize) -> DeformConvConfig {
-    DeformConvConfig {
-        stride: (stride, stride),
-        padding: (k / 2 * dil, k / 2 * dil),
-        dilation: (dil, dil),
-    }
-}
-
-const DEFORM_CASES: &[DeformCase] = &[
-    DeformCase {
-        name: "k3, odd 9x11, offsets of a few pixels",
-        input: [1, 5, 9, 11],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 1, 1),
-        offset_scale: 3.0,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "k1, 6 channels",
-        input: [1, 6, 6, 8],
-        kernel: (1, 1),
-        offset_groups: 1,
-        cfg: same(1, 1, 1),
-        offset_scale: 2.0,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "k7 pad 3, offsets far out of bounds (±40 px)",
-        input: [1, 4, 7, 5],
-        kernel: (7, 7),
-        offset_groups: 1,
-        cfg: same(7, 1, 1),
-        offset_scale: 40.0,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "k3, offsets ~1e9 (never index memory)",
-        input: [1, 2, 4, 4],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 1, 1),
-        offset_scale: 1e9,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "1x1 image, k3 pad 1",
-        input: [1, 3, 1, 1],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 1, 1),
-        offset_scale: 1.0,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "1x1 image, k7 pad 3, half-pixel shift to the edges",
-        input: [1, 2, 1, 1],
-        kernel: (7, 7),
-        offset_groups: 1,
-        cfg: same(7, 1, 1),
-        offset_scale: 0.0,
-        offset_shift: 0.5,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "integer offsets (floor ties, samples on -1 and H)",
-        input: [1, 2, 5, 6],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 1, 1),
-        offset_scale: 0.0,
-        offset_shift: -1.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "batch 2, 2 offset groups, C 130 (not a multiple of the 128 threads)",
-        input: [2, 130, 3, 4],
-        kernel: (3, 3),
-        offset_groups: 2,
-        cfg: same(3, 1, 1),
-        offset_scale: 2.0,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "stride 2, dilation 2",
-        input: [1, 3, 9, 10],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 2, 2),
-        offset_scale: 2.0,
-        offset_shift: 0.0,
-        rows: None,
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-    DeformCase {
-        name: "band of rows 3..7, split into one threadgroup per dispatch",
-        input: [1, 5, 9, 11],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 1, 1),
-        offset_scale: 3.0,
-        offset_shift: 0.0,
-        rows: Some(3..7),
-        max_seconds: 0.0,
-    },
-    DeformCase {
-        name: "empty band",
-        input: [1, 2, 4, 4],
-        kernel: (3, 3),
-        offset_groups: 1,
-        cfg: same(3, 1, 1),
-        offset_scale: 1.0,
-        offset_shift: 0.0,
-        rows: Some(2..2),
-        max_seconds: COMMAND_BUFFER_SECONDS,
-    },
-];
-
-/// Runs the planned im2col dispatches of `args` in the emulator; returns the columns.
-fn emulate_deform(
-    emu: &Emulator,
-    tensors: [&Tensor; 3],
-    args: DeformIm2ColArgs,
-    max_seconds: f64,
-    case: &str,
-) -> Result<(Vec<f32>, usize), String> {
-    let plan = deform_im2col_dispatches(args, DType::F32, max_seconds).unwrap();
-    let n = args.columns() as usize;
-    let mut buffers: Vec<Vec<u8>> = tensors.iter().map(|t| bytes_of(t)).collect();
-    buffers.push(poisoned(n, DType::F32));
-    let dispatches: Vec<EmuDispatch> = plan.iter().map(|d| emu_dispatch(d, 4)).collect();
-    let out = emu.run(&buffers, &dispatches)?;
-    Ok((written(&out[3], n, DType::F32, case), plan.len()))
-}
-
-#[test]
-fn deform_im2col_kernel_matches_the_cpu_op() {
-    let emu = Emulator::get("deform_conv");
-    let dev = Device::Cpu;
-    for (ci, case) in DEFORM_CASES.iter().enumerate() {
-        let [b, c, h, w] = case.input;
-        let (kh, kw) = case.kernel;
-        let taps = kh * kw;
-        let (sy, sx) = case.cfg.stride;
-        let (py, px) = case.cfg.padding;
-        let (dy, dx) = case.cfg.dilation;
-        let oh = (h + 2 * py - (dy * (kh - 1) + 1)) / sy + 1;
-        let ow = (w + 2 * px - (dx * (kw - 1) + 1)) / sx + 1;
-        let g = case.offset_groups;
-        let seed = 100 + 10 * ci as u64;
-        let input = Tensor::from_vec(lcg(seed, b * c * h * w), (b, c, h, w), &dev).unwrap();
-        let n_off = b * 2 * g * taps * oh * ow;
-        let offset: Vec<f32> = lcg(seed + 1, n_off)
-            .iter()
-            .map(|v| v * case.offset_scale + case.offset_shift)
-            .collect();
-        let offset = Tensor::from_vec(offset, (b, 2 * g * taps, oh, ow), &dev).unwrap();
-        // Modulation in [0, 2), like BiRefNet's 2·sigmoid.
-        let mask: Vec<f32> = lcg(seed + 2, b * g * taps * oh * ow)
-            .iter()
-            .map(|v| v + 1.0)
-            .collect();
-        let mask = Tensor::from_vec(mask, (b, g * taps, oh, ow), &dev).unwrap();
-        let rows = case.rows.clone().unwrap_or(0..oh);
-        let want = modulated_im2col(&input, &offset, &mask, case.kernel, case.cfg, rows.clone())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let args =
-            modulated_im2col_args(&input, &offset, &mask, case.kernel, case.cfg, rows).unwrap();
-        let (got, dispatches) = emulate_deform(
-            &emu,
-            [&input, &offset, &mask],
-            args,
-            case.max_seconds,
-            case.name,
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let rel = rel_err(&got, &want);
-        println!(
-            "deform_im2col {:<68} columns {:>6} dispatches {dispatches:>2} max|err| {err:.2e} \
-             max|err|/max|ref| {rel:.2e}",
-            case.name,
-            want.len()
-        );
-        assert!(rel <= 1e-6, "{}: {rel:e}", case.name);
-    }
+    assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
 }
 
 // ---------------------------------------------------------------------------- harness checks
@@ -1442,7 +853,7 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
         assert!(map.contains(&d.kernel), "{} missing: {map:?}", d.kernel);
     }
     let norms = Emulator::get("norms").kernels();
-    for dtype in ALL {
+    for dtype in trellis2::selftest::DTYPES {
         use trellis2::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
         let a = norm_modulate_dispatch(1, 8, 1, 1e-6, *dtype)
             .unwrap()
@@ -1455,7 +866,7 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
         }
     }
     let elementwise = Emulator::get("elementwise").kernels();
-    for dtype in ALL {
+    for dtype in trellis2::selftest::DTYPES {
         use trellis2::ops::bias_act::Activation;
         use trellis2::ops::metal::elementwise_plan::{bias_act_dispatch, gated_residual_dispatch};
         for vec4 in [false, true] {
@@ -1475,7 +886,7 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
     }
     let conv = Emulator::get("sparse_conv").kernels();
     let attn = Emulator::get("attention").kernels();
-    for dtype in ALL {
+    for dtype in trellis2::selftest::DTYPES {
         let name = sparse_conv_kernel(*dtype).unwrap();
         assert!(
             conv.contains(&name),
@@ -1507,26 +918,30 @@ fn a_kernel_missing_a_barrier_fails() {
     );
     let broken = src.replace(staged, "b_tile[c * CONV_BN + o] = w;\n            }");
     let emu = Emulator::build("sparse_conv_no_barrier", &broken);
-    let case = &CONV_CASES[1];
-    let inp = conv_inputs(case, 0, DType::F32);
-    let want = submanifold_conv3d(&inp.feats, &inp.map, &inp.weight, None)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    // Caught means: the emulator failed, the output kept NaN (panic in `written`) or is wrong.
+    let case = Case::new(
+        Size::Small,
+        Op::SparseConv {
+            map: ConvMap::Of(Voxels::One([0, 5, 5, 5])),
+            ci: 5,
+            co: 7,
+            bias: false,
+        },
+        &[DType::F32],
+        trellis2::selftest::Tolerance::REDUCTION,
+    );
+    let inputs = case.inputs(DType::F32, DType::F32).unwrap();
+    let want = output_values(&case.reference(&inputs, Reference::CpuOp).unwrap()).unwrap();
+    let Inputs::SparseConv {
+        feats, map, weight, ..
+    } = &inputs
+    else {
+        unreachable!()
+    };
+    // Caught means: the emulator failed, the output kept NaN or is wrong.
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        match emulate_conv(
-            &emu,
-            &inp.feats,
-            &inp.map,
-            &inp.weight,
-            COMMAND_BUFFER_SECONDS,
-            "broken",
-        ) {
+        match emulate_conv(&emu, feats, map, weight, COMMAND_BUFFER_SECONDS) {
             Err(_) => true,
-            Ok(got) => rel_err(&got, &want) > tolerance(DType::F32),
+            Ok(got) => rel_err(&got, &want) > case.tolerance(DType::F32, DType::F32),
         }
     }));
     assert!(

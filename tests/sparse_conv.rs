@@ -2,39 +2,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_slow};
+use trellis2::selftest::{rel_err, uniform, voxel_shell};
 use trellis2::sparse::SparseTensor;
 
-/// Deterministic uniform values in [-1, 1).
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// Voxels of a sphere shell of radius `r` in batch item `b`, lexicographic order.
+/// A sphere shell of radius `r` in batch item `b`, centred in a `2·centre` grid.
 fn shell(b: i32, r: f32, centre: i32) -> Vec<[i32; 4]> {
-    let mut v = Vec::new();
-    let n = 2 * centre;
-    for x in 0..n {
-        for y in 0..n {
-            for z in 0..n {
-                let d = [x, y, z].map(|c| (c - centre) as f32 + 0.5);
-                let len = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
-                if (len - r).abs() < 0.9 {
-                    v.push([b, x, y, z]);
-                }
-            }
-        }
-    }
-    v
+    voxel_shell(b, 2 * centre, r, 0.9)
 }
 
 struct Case {
@@ -109,15 +82,15 @@ fn tiled_conv_matches_the_plain_definition() {
             &dev,
         )
         .unwrap();
-        let feats = Tensor::from_vec(lcg(i as u64, n * case.ci), (n, case.ci), &dev).unwrap();
+        let feats = Tensor::from_vec(uniform(i as u64, n * case.ci), (n, case.ci), &dev).unwrap();
         let x = SparseTensor::new(&coords, feats).unwrap();
         let w = Tensor::from_vec(
-            lcg(100 + i as u64, case.co * 27 * case.ci),
+            uniform(100 + i as u64, case.co * 27 * case.ci),
             (case.co, 3, 3, 3, case.ci),
             &dev,
         )
         .unwrap();
-        let b = Tensor::from_vec(lcg(200 + i as u64, case.co), case.co, &dev).unwrap();
+        let b = Tensor::from_vec(uniform(200 + i as u64, case.co), case.co, &dev).unwrap();
         let map = x.neighbour_map().unwrap().tensor().clone();
         let fast = submanifold_conv3d(x.feats(), &map, &w, Some(&b)).unwrap();
         let slow = submanifold_conv3d_slow(x.feats(), &map, &w, Some(&b)).unwrap();
@@ -126,13 +99,7 @@ fn tiled_conv_matches_the_plain_definition() {
             fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         );
-        let err = f
-            .iter()
-            .zip(&s)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let scale = s.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        let rel = if scale > 0.0 { err / scale } else { err };
+        let rel = rel_err(&f, &s);
         println!(
             "{:<50} voxels {n:>5}  Ci {:>3} Co {:>3}  max|err|/max|ref| {rel:.2e}",
             case.name, case.ci, case.co

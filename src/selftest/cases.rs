@@ -1,520 +1,803 @@
-//! The built-in cases of the kernel self-test: shapes picked to reach ragged tiles (voxel and
-//! channel counts that are not tile multiples, sequences of 1029 image tokens) while the CPU
-//! reference stays fast enough for CI.
+//! The kernel cases, as data. The throughput cases ([`Size::Bench`]) reach ragged tiles (voxel
+//! and channel counts that are not tile multiples, sequences of 1029 image tokens) while the CPU
+//! reference stays fast enough for CI; the edge cases ([`Size::Small`]) reach empty inputs,
+//! single rows, odd widths, split dispatches and every kernel variant's tile edges; the large
+//! ones ([`Size::Large`]) the models' sizes on a GPU.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::DType;
 
-use super::{host_f32, time_op, uniform, Case, Checked, Operands, Work, DTYPES};
-use crate::ops::attention::{varlen_attention, varlen_attention_slow};
-use crate::ops::bias_act::{bias_act, bias_act_slow, Activation};
-use crate::ops::gated_residual::{gated_residual, gated_residual_slow};
-use crate::ops::layer_norm::{layer_norm, layer_norm_composed};
-use crate::ops::linear::{last_linear_path, Linear, LinearPath};
-use crate::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
-use crate::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
-use crate::ops::rope::rope_tables_3d;
-use crate::ops::sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow};
-use crate::sparse::CoordSet;
+use super::case::{Case, ConvMap, Op, RopeTable, Size, Tolerance, Voxels, DTYPES};
+use crate::ops::bias_act::Activation;
+use RopeTable::{Identity, OneRow, Positions, Random};
+use Size::{Bench, Large, Small};
 
-pub const CASES: &[Case] = &[
-    Case {
-        op: "sparse_conv",
-        operands: Operands::Kernel,
-        shape: "shell r=9, Ci 48 Co 80",
-        dtypes: DTYPES,
-        run: sparse_conv,
-    },
-    Case {
-        op: "attention self d64",
-        operands: Operands::Kernel,
-        shape: "seqs 300+211, 3 heads",
-        dtypes: DTYPES,
-        run: |dev, dt| attention(dev, dt, 64, &[300, 211], None),
-    },
-    Case {
-        op: "attention self d128",
-        operands: Operands::Kernel,
-        shape: "seqs 300+211, 2 heads",
-        dtypes: DTYPES,
-        run: |dev, dt| attention(dev, dt, 128, &[300, 211], None),
-    },
-    Case {
-        op: "attention cross d64",
-        operands: Operands::Kernel,
-        shape: "q 150+90, kv 1029+1029, 3 heads",
-        dtypes: DTYPES,
-        run: |dev, dt| attention(dev, dt, 64, &[150, 90], Some(&[1029, 1029])),
-    },
-    Case {
-        op: "attention cross d128",
-        operands: Operands::Kernel,
-        shape: "q 150+90, kv 1029+1029, 2 heads",
-        dtypes: DTYPES,
-        run: |dev, dt| attention(dev, dt, 128, &[150, 90], Some(&[1029, 1029])),
-    },
-    Case {
-        op: "layer_norm",
-        operands: Operands::Own,
-        shape: "T 1000, C 1536, affine",
-        dtypes: DTYPES,
-        run: layer_norm_case,
-    },
-    Case {
-        op: "layer_norm_modulate",
-        operands: Operands::Own,
-        shape: "T 600+400, C 1536",
-        dtypes: DTYPES,
-        run: layer_norm_modulate_case,
-    },
-    Case {
-        op: "rms_norm_rope d64",
-        operands: Operands::Own,
-        shape: "T 2000, 3 heads",
-        dtypes: DTYPES,
-        run: |dev, dt| rms_norm_rope_case(dev, dt, 64, 3),
-    },
-    Case {
-        op: "rms_norm_rope d128",
-        operands: Operands::Own,
-        shape: "T 2000, 2 heads",
-        dtypes: DTYPES,
-        run: |dev, dt| rms_norm_rope_case(dev, dt, 128, 2),
-    },
-    Case {
-        op: "rms_norm_rope 1-row",
-        operands: Operands::Own,
-        shape: "T 2000, 2 heads, d128, identity",
-        dtypes: DTYPES,
-        run: rms_norm_one_row_case,
-    },
-    Case {
-        op: "bias_act gelu",
-        operands: Operands::Own,
-        shape: "T 500, C 8192",
-        dtypes: DTYPES,
-        run: |dev, dt| bias_act_case(dev, dt, 8192, Activation::GeluTanh),
-    },
-    Case {
-        op: "bias_act silu",
-        operands: Operands::Own,
-        shape: "T 1000, C 1539 (odd: scalar)",
-        dtypes: DTYPES,
-        run: |dev, dt| bias_act_case(dev, dt, 1539, Activation::Silu),
-    },
-    Case {
-        op: "bias_act gelu_erf",
-        operands: Operands::Own,
-        shape: "T 1000, C 4096",
-        dtypes: DTYPES,
-        run: |dev, dt| bias_act_case(dev, dt, 4096, Activation::GeluErf),
-    },
-    Case {
-        op: "bias_act none",
-        operands: Operands::Own,
-        shape: "T 1000, C 1536",
-        dtypes: DTYPES,
-        run: |dev, dt| bias_act_case(dev, dt, 1536, Activation::None),
-    },
-    Case {
-        op: "linear gelu",
-        operands: Operands::Own,
-        shape: "M 257, 1024 → 3072, bias, tanh-GELU",
-        dtypes: DTYPES,
-        run: |dev, dt| linear_case(dev, dt, 1024, 3072, false),
-    },
-    Case {
-        op: "linear + residual",
-        operands: Operands::Own,
-        shape: "M 257, 4096 → 1024, bias, + x",
-        dtypes: DTYPES,
-        run: |dev, dt| linear_case(dev, dt, 4096, 1024, true),
-    },
-    Case {
-        op: "gated_residual",
-        operands: Operands::Own,
-        shape: "T 600+0+400, C 1536",
-        dtypes: DTYPES,
-        run: gated_residual_case,
-    },
-    Case {
-        op: "neighbour_map",
-        operands: Operands::Own,
-        shape: "2 batches of shells r=9, 2 levels",
-        dtypes: &[DType::U32],
-        run: neighbour_map_case,
-    },
+const F32: &[DType] = &[DType::F32];
+const F16: &[DType] = &[DType::F16];
+const BF16: &[DType] = &[DType::BF16];
+const HALVES: &[DType] = &[DType::BF16, DType::F16];
+const F32_BF16: &[DType] = &[DType::F32, DType::BF16];
+const F16_F32: &[DType] = &[DType::F16, DType::F32];
+const U32: &[DType] = &[DType::U32];
+
+const ACTIVATIONS: [Activation; 4] = [
+    Activation::None,
+    Activation::GeluTanh,
+    Activation::Silu,
+    Activation::GeluErf,
 ];
 
-/// `values` as a `shape` tensor rounded to `dtype`: (on `device`, as f32 on the CPU).
-fn input(
-    values: Vec<f32>,
-    shape: &[usize],
-    dtype: DType,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    input_rounded(values, shape, dtype, dtype, device)
+const ROUNDED: Tolerance = Tolerance::ROUNDED;
+const ELEMENTWISE: Tolerance = Tolerance::ELEMENTWISE;
+const REDUCTION: Tolerance = Tolerance::REDUCTION;
+const NORM: Tolerance = Tolerance::NORM;
+const TC: Tolerance = Tolerance::TENSOR_CORE;
+const EXACT: Tolerance = Tolerance::EXACT;
+/// The deformable conv's sampled columns: the same f32 arithmetic (no FMA), f32 only.
+const COLUMNS: Tolerance = Tolerance::new(1e-6, 0.0, 0.0);
+
+/// Every case, in the order the executors print them.
+pub fn cases() -> Vec<Case> {
+    [
+        throughput(),
+        sparse_conv(),
+        neighbour_map(),
+        norms(),
+        elementwise(),
+        deformable(),
+        attention_cases(),
+        norm_act_cases(),
+        linear_cases(),
+    ]
+    .concat()
 }
 
-/// [`input`] rounded to `operands` first: a tensor-core kernel's f32 case on CUDA gets f32
-/// inputs that bf16 holds exactly, so the reference sees what the kernel multiplies.
-fn input_rounded(
-    values: Vec<f32>,
-    shape: &[usize],
-    dtype: DType,
-    operands: DType,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let host = Tensor::from_vec(values, shape, &Device::Cpu)?
-        .to_dtype(operands)?
-        .to_dtype(dtype)?
-        .to_dtype(DType::F32)?;
-    Ok((host.to_dtype(dtype)?.to_device(device)?, host))
+/// Cases from a table of (size, op, dtypes, tolerance).
+fn table<const N: usize>(rows: [(Size, Op, &'static [DType], Tolerance); N]) -> Vec<Case> {
+    rows.into_iter()
+        .map(|(size, op, dtypes, tolerance)| Case::new(size, op, dtypes, tolerance))
+        .collect()
 }
 
-/// Voxels of batch item `b` within one voxel of a sphere of radius `r` centred in a `2r+2` cube.
-fn shell(b: i32, r: i32) -> Vec<[i32; 4]> {
-    let side = 2 * r + 2;
-    let mut rows = Vec::new();
-    for x in 0..side {
-        for y in 0..side {
-            for z in 0..side {
-                let p = [x, y, z].map(|c| c as f32 - side as f32 / 2.0 + 0.5);
-                let d = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
-                if (d - r as f32).abs() < 1.0 {
-                    rows.push([b, x, y, z]);
+/// What `trellis2 selftest` checks and times.
+fn throughput() -> Vec<Case> {
+    // Two batch items, the second at twice the resolution (a cascade's two levels).
+    let levels = Voxels::Union(vec![
+        Voxels::shell(0, 20, 9.0, 1.0),
+        Voxels::shell(1, 38, 18.0, 1.0),
+    ]);
+    let image = Some(&[1029, 1029][..]);
+    table([
+        (
+            Bench,
+            conv(of(Voxels::shell(0, 20, 9.0, 1.0)), 48, 80, true),
+            DTYPES,
+            ROUNDED,
+        ),
+        (Bench, attention(&[300, 211], None, 3, 64), DTYPES, ROUNDED),
+        (Bench, attention(&[300, 211], None, 2, 128), DTYPES, ROUNDED),
+        (Bench, attention(&[150, 90], image, 3, 64), DTYPES, ROUNDED),
+        (Bench, attention(&[150, 90], image, 2, 128), DTYPES, ROUNDED),
+        (Bench, layer_norm(1000, 1536, 4.0), DTYPES, ROUNDED),
+        (
+            Bench,
+            modulate(&[0, 600, 1000], 1536, false),
+            DTYPES,
+            ROUNDED,
+        ),
+        (
+            Bench,
+            rms_rope(2000, 3, 64, true, Positions),
+            DTYPES,
+            ROUNDED,
+        ),
+        (
+            Bench,
+            rms_rope(2000, 2, 128, true, Positions),
+            DTYPES,
+            ROUNDED,
+        ),
+        // The q/k RMS norm of the cross-attention: one identity rotation row.
+        (
+            Bench,
+            rms_rope(2000, 2, 128, true, Identity),
+            DTYPES,
+            ROUNDED,
+        ),
+        // [500, 8192]: the MLP's hidden width; the CPU reference of 4M GELUs stays under a
+        // second. 1539: an odd width, the scalar kernels.
+        (
+            Bench,
+            bias_act(500, 8192, Activation::GeluTanh),
+            DTYPES,
+            ROUNDED,
+        ),
+        (
+            Bench,
+            bias_act(1000, 1539, Activation::Silu),
+            DTYPES,
+            ROUNDED,
+        ),
+        (
+            Bench,
+            bias_act(1000, 4096, Activation::GeluErf),
+            DTYPES,
+            ROUNDED,
+        ),
+        (
+            Bench,
+            bias_act(1000, 1536, Activation::None),
+            DTYPES,
+            ROUNDED,
+        ),
+        // A linear layer with its epilogue: on CUDA one cuBLASLt matmul with the bias and
+        // tanh-GELU or the residual fused, rounded once (against the composed ops in f32);
+        // elsewhere the composed path, which rounds up to three times in f16/bf16 (against
+        // the same ops on the CPU in the same dtype).
+        (
+            Bench,
+            linear(257, 1024, 3072, true, Activation::GeluTanh, false),
+            DTYPES,
+            ROUNDED,
+        ),
+        (
+            Bench,
+            linear(257, 4096, 1024, true, Activation::None, true),
+            DTYPES,
+            ROUNDED,
+        ),
+        (Bench, gated(&[0, 600, 600, 1000], 1536), DTYPES, ROUNDED),
+        (Bench, map(levels), U32, EXACT),
+    ])
+}
+
+fn sparse_conv() -> Vec<Case> {
+    let two_shells = Voxels::Union(vec![
+        Voxels::shell(0, 8, 3.0, 0.9),
+        Voxels::shell(1, 6, 2.0, 0.9),
+    ]);
+    let cube = Voxels::Block {
+        batch: 0,
+        side: 5,
+        at: 0,
+    };
+    table([
+        (
+            Small,
+            conv(of(Voxels::Empty), 4, 3, false),
+            DTYPES,
+            REDUCTION,
+        ),
+        (
+            Small,
+            conv(of(Voxels::One([0, 5, 5, 5])), 5, 7, false),
+            DTYPES,
+            REDUCTION,
+        ),
+        // Only the centre tap; ragged K and two Co tiles; one channel.
+        (
+            Small,
+            conv(of(Voxels::Spaced(70)), 3, 2, false),
+            F32,
+            REDUCTION,
+        ),
+        (
+            Small,
+            conv(of(two_shells), 37, 70, false),
+            DTYPES,
+            REDUCTION,
+        ),
+        (Small, conv(of(cube), 1, 1, false), F32, REDUCTION),
+        // Output tiles of 64 (Co ≤ 64), 128 and 256 columns (Co ≥ 256 with at least one
+        // 128 × 256 tile per SM, 132 on an H100: the 17 000-, 9 000- and 8 500-row maps), each
+        // output dtype, with and without bias.
+        (Small, conv(random(1000, 0.6), 64, 64, false), BF16, TC),
+        (Small, conv(random(1000, 0.6), 64, 64, true), F16, TC),
+        (Large, conv(random(777, 0.6), 128, 256, true), F16, TC),
+        (Large, conv(random(640, 0.6), 256, 512, true), BF16, TC),
+        (Small, conv(random(513, 0.6), 32, 96, true), BF16, TC),
+        (Small, conv(random(300, 0.6), 40, 200, false), F16, TC),
+        (Large, conv(random(2000, 0.6), 1024, 64, false), BF16, TC),
+        (Small, conv(random(129, 0.6), 16, 16, true), F32, TC),
+        (Small, conv(random(333, 0.6), 64, 300, true), F32, TC),
+        (Small, conv(random(257, 0.6), 128, 130, false), F32, TC),
+        (Large, conv(random(17_000, 0.6), 64, 256, true), F16, TC),
+        (Large, conv(random(9_000, 0.6), 32, 520, false), BF16, TC),
+        (Large, conv(random(8_500, 0.6), 64, 300, true), F32, TC),
+        (Small, conv(of(Voxels::Empty), 32, 32, false), BF16, TC),
+        (Small, conv(ConvMap::CentreOnly(1), 8, 8, true), BF16, TC),
+        // Odd channel counts (element-wise copies and stores) and channel counts below a tile.
+        (Small, conv(random(257, 0.5), 3, 1, true), F16, TC),
+        (Small, conv(random(257, 0.5), 13, 7, false), BF16, TC),
+        (Small, conv(random(257, 0.5), 100, 65, true), F32, TC),
+        (Small, conv(random(257, 0.5), 1, 130, false), F16, TC),
+        (Small, conv(random(257, 0.5), 33, 5, false), F32, TC),
+        (Small, conv(random(257, 0.5), 9, 257, true), BF16, TC),
+        // Isolated voxels: no tap at all (the bias alone), and the centre only; every tap.
+        (
+            Small,
+            conv(ConvMap::NoTaps(300), 64, 64, true),
+            F32_BF16,
+            TC,
+        ),
+        (
+            Small,
+            conv(ConvMap::CentreOnly(300), 64, 128, false),
+            BF16,
+            TC,
+        ),
+        (Small, conv(random(256, 1.0), 64, 64, false), BF16, TC),
+        // The two 64-row halves of every 128-row tile with disjoint taps; the last tile is
+        // partial (1000 = 7 · 128 + 104 rows: its second half has 40 rows). Co 64, 200 and 300
+        // give the 64-, 128- and 256-column tiles (the last with a tile for every SM).
+        (Small, conv(half_tiles(1000), 64, 64, true), BF16, TC),
+        (Large, conv(half_tiles(1000), 128, 200, false), F16, TC),
+        (Large, conv(half_tiles(17_000), 64, 300, true), F32, TC),
+        // The decoders' surfaces.
+        (Large, conv(of(surface(0, 60.0)), 64, 64, true), F16, TC),
+        (Large, conv(of(surface(0, 30.0)), 256, 256, true), BF16, TC),
+        (Large, conv(of(surface(0, 90.0)), 32, 32, true), BF16, TC),
+    ])
+}
+
+fn neighbour_map() -> Vec<Case> {
+    let block = |batch, side, at| Voxels::Block { batch, side, at };
+    // The same positions in several batches.
+    let batches = Voxels::Union(vec![
+        Voxels::shell(0, 8, 3.0, 0.9),
+        Voxels::shell(1, 8, 3.0, 0.9),
+        Voxels::shell(2, 14, 5.5, 0.9),
+    ]);
+    let mixed = Voxels::Union(vec![surface(0, 6.0), surface(1, 9.0), block(2, 9, 500)]);
+    // 1.4 M voxels on 10-bit axes.
+    let far = Voxels::Shell {
+        batch: 0,
+        side: 504,
+        radius: 250.0,
+        width: 0.87,
+        at: 500,
+    };
+    let scatter = Voxels::Scatter {
+        batches: 2,
+        points: 3000,
+    };
+    table([
+        (Small, map(Voxels::Empty), U32, EXACT),
+        (Small, map(Voxels::One([0, 0, 0, 0])), U32, EXACT),
+        (Small, map(Voxels::Spaced(70)), U32, EXACT),
+        // 63 threadgroups of the Metal kernel race on one hash table.
+        (Small, map(block(0, 20, 1)), U32, EXACT),
+        (Small, map(block(0, 40, 1)), U32, EXACT),
+        (Small, map(batches), U32, EXACT),
+        (Small, map(mixed), U32, EXACT),
+        (Small, map(scatter), U32, EXACT),
+        (Large, map(far), U32, EXACT),
+    ])
+}
+
+fn norms() -> Vec<Case> {
+    table([
+        // f32 sums in another order: their rounding grows with |mean| / std (the CPU op
+        // itself is ≈1e-4 off an f64 evaluation at mean 300). 16-byte vector paths (C a
+        // multiple of 4 f32 values, up to 2048) and the scalar kernel past them.
+        (Small, layer_norm(0, 64, 0.0), F32, NORM),
+        (Small, layer_norm(1, 1, 0.0), F32, NORM),
+        (Small, layer_norm(1000, 64, 0.0), F32, NORM),
+        (
+            Small,
+            layer_norm(777, 1024, 300.0),
+            F32,
+            Tolerance::new(1e-3, 1e-3, 1e-2),
+        ),
+        (Small, layer_norm(300, 13, -5.0), F32, NORM),
+        (Small, layer_norm(500, 1536, 0.0), F32, NORM),
+        (Small, layer_norm(100, 8, 0.0), F32, NORM),
+        (Small, layer_norm(64, 4096, 0.0), F32, NORM),
+        (Small, layer_norm(200, 1000, 1.0), F32, NORM),
+        // LayerNorm + adaLN modulation per sample.
+        (
+            Small,
+            modulate(&[0, 20, 20, 37], 1536, true),
+            DTYPES,
+            REDUCTION,
+        ),
+        (Small, modulate(&[0, 9], 100, true), DTYPES, REDUCTION),
+        (Small, modulate(&[0, 5, 6], 3, true), DTYPES, REDUCTION),
+        // C a multiple of 8 up to 4096 (4 up to 2048 for f32) takes the CUDA vector kernels
+        // (8, 16 or 32 lanes a row); 13, 100 (16-bit), 1000 (16-bit) and 7 the scalar kernel.
+        (Small, modulate(&[0, 0], 64, true), DTYPES, NORM),
+        (Small, modulate(&[0, 1], 7, true), DTYPES, NORM),
+        (Small, modulate(&[0, 600, 1000], 1536, true), DTYPES, NORM),
+        (Small, modulate(&[0, 0, 333], 100, true), DTYPES, NORM),
+        (Small, modulate(&[0, 500], 1024, true), DTYPES, NORM),
+        (Small, modulate(&[0, 150, 301], 64, true), DTYPES, NORM),
+        (Small, modulate(&[0, 77], 8, true), DTYPES, NORM),
+        (Small, modulate(&[0, 130], 128, true), DTYPES, NORM),
+        (Small, modulate(&[0, 30, 65], 4096, true), DTYPES, NORM),
+        (Small, modulate(&[0, 200], 3072, true), DTYPES, NORM),
+        (Small, modulate(&[0, 60, 120], 13, true), DTYPES, NORM),
+        (Small, modulate(&[0, 240], 1000, true), DTYPES, NORM),
+        // RMS norm (with gamma) + RoPE by per-token and one-row tables.
+        (
+            Small,
+            rms_rope(45, 3, 64, true, Positions),
+            DTYPES,
+            REDUCTION,
+        ),
+        (
+            Small,
+            rms_rope(13, 2, 128, true, Positions),
+            DTYPES,
+            REDUCTION,
+        ),
+        (
+            Small,
+            rms_rope(9, 1, 10, false, Positions),
+            DTYPES,
+            REDUCTION,
+        ),
+        (Small, rms_rope(7, 2, 6, true, Positions), DTYPES, REDUCTION),
+        (
+            Small,
+            rms_rope(37, 3, 64, true, Identity),
+            DTYPES,
+            REDUCTION,
+        ),
+        (Small, rms_rope(11, 2, 128, true, OneRow), DTYPES, REDUCTION),
+        (Small, rms_rope(9, 1, 10, false, OneRow), DTYPES, REDUCTION),
+        (Small, rms_rope(1, 2, 6, true, OneRow), DTYPES, REDUCTION),
+        // D = 4, 8, 16 or 32 16-byte vectors takes the CUDA vector kernels (32, 64, 128, 256
+        // for 16-bit; 16, 32, 64, 128 for f32), others (6, 10, 256 in f32) the scalar kernel.
+        (Small, rms_rope(0, 2, 64, true, Random), DTYPES, NORM),
+        (Small, rms_rope(1, 1, 6, true, Random), DTYPES, NORM),
+        (Small, rms_rope(777, 12, 128, true, Random), DTYPES, NORM),
+        (Small, rms_rope(300, 4, 64, false, Random), DTYPES, NORM),
+        (Small, rms_rope(301, 3, 32, true, Random), DTYPES, NORM),
+        (Small, rms_rope(99, 2, 256, true, Random), DTYPES, NORM),
+        (Small, rms_rope(50, 5, 16, false, Random), DTYPES, NORM),
+        (Small, rms_rope(70, 3, 10, true, Random), DTYPES, NORM),
+        (Small, rms_rope(1, 12, 128, false, Random), DTYPES, NORM),
+    ])
+}
+
+/// The fused bias + activation in every activation, the gated residual and the C2S skip add:
+/// 16-byte vectors and the scalar path (odd widths), no row, one row, empty samples.
+fn elementwise() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (rows, channels) in [
+        (0, 1536),
+        (203, 1536),
+        (1, 8192),
+        (0, 13),
+        (1, 13),
+        (0, 64),
+        (1000, 1536),
+        (301, 8192),
+    ] {
+        for act in ACTIVATIONS {
+            let op = bias_act(rows, channels, act);
+            cases.push(Case::new(Small, op, DTYPES, ELEMENTWISE));
+        }
+    }
+    cases.extend(table([
+        (Small, gated(&[0, 20, 20, 37], 1536), DTYPES, ELEMENTWISE),
+        (Small, gated(&[0, 3, 5, 5], 8192), DTYPES, ELEMENTWISE),
+        (Small, gated(&[0, 5, 5, 9], 13), DTYPES, ELEMENTWISE),
+        (Small, gated(&[0, 1], 8), DTYPES, ELEMENTWISE),
+        (Small, gated(&[0, 0], 1536), DTYPES, ELEMENTWISE),
+        (Small, gated(&[0, 0, 0, 0], 64), DTYPES, ELEMENTWISE),
+        (Small, gated(&[0, 0, 0, 1], 13), DTYPES, ELEMENTWISE),
+        (
+            Small,
+            gated(&[0, 333, 333, 1000], 1536),
+            DTYPES,
+            ELEMENTWISE,
+        ),
+        (Small, gated(&[0, 100, 100, 301], 8192), DTYPES, ELEMENTWISE),
+        // Repeats of 2, 3, 4 and 8 (C' · 8 / C); 16-byte vectors and odd widths; no child.
+        (Small, c2s(1000, 64, 4000, 32), DTYPES, ELEMENTWISE),
+        (Small, c2s(2000, 512, 9000, 256), DTYPES, ELEMENTWISE),
+        (Small, c2s(777, 16, 3000, 16), DTYPES, ELEMENTWISE),
+        (Small, c2s(300, 8, 1000, 8), DTYPES, ELEMENTWISE),
+        (Small, c2s(100, 24, 200, 9), DTYPES, ELEMENTWISE),
+        (Small, c2s(5, 64, 0, 32), DTYPES, ELEMENTWISE),
+    ]));
+    cases
+}
+
+/// The deformable conv's sampling (every branch of the sampler) and the whole convolution.
+fn deformable() -> Vec<Case> {
+    table([
+        (Small, im2col([1, 5, 9, 11], 3, 3.0), F32, COLUMNS),
+        (Small, im2col([1, 6, 6, 8], 1, 2.0), F32, COLUMNS),
+        (Small, im2col([1, 4, 7, 5], 7, 40.0), F32, COLUMNS),
+        // Offsets that never index memory.
+        (Small, im2col([1, 2, 4, 4], 3, 1e9), F32, COLUMNS),
+        (Small, im2col([1, 3, 1, 1], 3, 1.0), F32, COLUMNS),
+        // A half-pixel shift to the edges; integer offsets (floor ties, samples on −1 and H).
+        (
+            Small,
+            shifted(im2col([1, 2, 1, 1], 7, 0.0), 0.5),
+            F32,
+            COLUMNS,
+        ),
+        (
+            Small,
+            shifted(im2col([1, 2, 5, 6], 3, 0.0), -1.0),
+            F32,
+            COLUMNS,
+        ),
+        // C 130: not a multiple of the Metal kernel's 128 threads.
+        (
+            Small,
+            grouped(im2col([2, 130, 3, 4], 3, 2.0), 2),
+            F32,
+            COLUMNS,
+        ),
+        (
+            Small,
+            grouped(im2col([2, 130, 5, 6], 3, 2.0), 2),
+            F32,
+            COLUMNS,
+        ),
+        (
+            Small,
+            strided(im2col([1, 3, 9, 10], 3, 2.0), 2, 2),
+            F32,
+            COLUMNS,
+        ),
+        (
+            Small,
+            band(im2col([1, 5, 9, 11], 3, 3.0), 3..7),
+            F32,
+            COLUMNS,
+        ),
+        (
+            Small,
+            band(im2col([1, 2, 4, 4], 3, 1.0), 2..2),
+            F32,
+            COLUMNS,
+        ),
+        (Large, im2col([1, 64, 64, 64], 7, 3.0), F32, COLUMNS),
+        // The convolution goes through cuBLAS (TF32 may be on): matmul tolerance.
+        (Small, deform_conv([1, 5, 9, 11], 7, 3, 3.0), F32, TC),
+        (Small, deform_conv([1, 6, 6, 8], 3, 1, 2.0), F32, TC),
+        (Small, deform_conv([1, 4, 7, 5], 6, 7, 40.0), F32, TC),
+        (Small, deform_conv([1, 3, 1, 1], 2, 3, 1.0), F32, TC),
+        (
+            Small,
+            grouped(deform_conv([2, 130, 5, 6], 9, 3, 2.0), 2),
+            F32,
+            TC,
+        ),
+        (
+            Small,
+            strided(deform_conv([1, 3, 9, 10], 4, 3, 2.0), 2, 2),
+            F32,
+            TC,
+        ),
+        // BiRefNet's first deformable layer.
+        (Large, deform_conv([1, 64, 64, 64], 256, 7, 3.0), F32, TC),
+    ])
+}
+
+/// Self- and cross-attention: sequences of every length around the kernels' 64- and 128-row
+/// query tiles and 64- and 128-key tiles, empty and one-token sequences, and scales the kernels
+/// fold into their exponent.
+fn attention_cases() -> Vec<Case> {
+    let ragged = [1, 76, 223, 1, 229];
+    // DINOv3's 1029 image tokens at 512 px as keys (its 4101 at 1024 px as a sequence).
+    let image = Some(&[1029, 1029][..]);
+    let images = Some(&[1029, 1029, 1029][..]);
+    // Many short sequences: many CTAs whose only key tile is also their last.
+    let short: Vec<usize> = (1..=40).collect();
+    // The wgmma kernel's 128-key tiles and its loop of two key tiles per trip: 1 to 6 key
+    // tiles (odd and even counts), one-key last tiles and sequences shorter than one tile.
+    let key_tile_edges = [
+        1, 63, 64, 65, 127, 128, 129, 255, 256, 257, 383, 384, 385, 511, 512, 513, 641, 700,
+    ];
+    // One query tile (130 rows: a full and a 2-row tile) against 1 to 6 key tiles.
+    let key_tiles = Some(&[100, 200, 300, 500, 600, 700][..]);
+    let mut cases = table([
+        (Small, attention(&[1], None, 1, 128), DTYPES, REDUCTION),
+        (
+            Small,
+            attention(&[63, 0, 64, 65], None, 2, 64),
+            DTYPES,
+            REDUCTION,
+        ),
+        (
+            Small,
+            attention(&[63, 0, 64, 65], None, 1, 128),
+            DTYPES,
+            REDUCTION,
+        ),
+        (
+            Small,
+            attention(&[40, 33], image, 2, 128),
+            F32_BF16,
+            REDUCTION,
+        ),
+        (Small, attention(&[1029], None, 1, 128), F32, REDUCTION),
+        (Small, attention(&[4101], None, 1, 64), F16, REDUCTION),
+        (Small, attention(&[300], None, 1, 64), F16, REDUCTION),
+        (Small, attention(&ragged, None, 3, 64), BF16, TC),
+        (Small, attention(&ragged, None, 2, 64), F16_F32, TC),
+        (Small, attention(&ragged, None, 3, 128), BF16, TC),
+        (Small, attention(&ragged, None, 2, 128), F16, TC),
+        // The tiny golden models' head dims.
+        (Small, attention(&ragged, None, 4, 16), BF16, TC),
+        (Small, attention(&ragged, None, 4, 32), BF16, TC),
+        (Large, attention(&[1500], None, 4, 128), BF16, TC),
+        (Small, attention(&short, None, 3, 64), BF16, TC),
+        (Small, attention(&short, None, 3, 128), BF16, TC),
+        // Cross-attention to image tokens, one sample with no queries; a single key, a single
+        // query, no query at all.
+        (Large, attention(&[200, 0, 450], images, 4, 64), BF16, TC),
+        (Large, attention(&[200, 0, 450], images, 4, 128), BF16, TC),
+        (Large, attention(&[200, 0, 450], images, 2, 128), F16, TC),
+        (Small, attention(&[70], Some(&[1]), 2, 64), BF16, TC),
+        (Small, attention(&[70], Some(&[1]), 2, 128), BF16, TC),
+        (Small, attention(&[1], Some(&[500]), 2, 128), BF16, TC),
+        (Small, attention(&[0], Some(&[5]), 2, 64), BF16, TC),
+        // Larger than one SM's worth of CTAs, with many key tiles per CTA (the pipeline's
+        // steady state).
+        (Large, attention(&[4000], None, 12, 128), BF16, TC),
+        (Large, attention(&key_tile_edges, None, 2, 64), HALVES, TC),
+        (Large, attention(&key_tile_edges, None, 2, 128), HALVES, TC),
+        (Large, attention(&[130; 6], key_tiles, 2, 64), BF16, TC),
+        (Large, attention(&[130; 6], key_tiles, 2, 128), BF16, TC),
+    ]);
+    // Query tiles of 128 rows, key tiles of 64: lengths one short of, at and one past those
+    // edges, so full, partial and one-row tiles (and a one-key last tile) all occur.
+    let tile_edges = [63, 64, 128, 128, 1, 129, 128, 65];
+    for d in [16, 32, 64, 128] {
+        let op = attention(&tile_edges, None, 2, d);
+        cases.push(Case::new(Small, op, HALVES, TC));
+    }
+    // The kernels fold the scale into their exponent, which needs a positive scale: a negative
+    // one goes through a negated q, zero through the smallest positive float (uniform weights).
+    // Ragged lengths so that masked last key tiles take part.
+    for scale in [-0.2f32, 0.0, 2.0] {
+        for (d, dtypes) in [(128, BF16), (64, F16)] {
+            let mut op = attention(&[100, 290], Some(&[77, 223]), 2, d);
+            if let Op::Attention { scale: s, .. } = &mut op {
+                *s = Some(scale);
+            }
+            cases.push(Case::new(Small, op, dtypes, TC));
+        }
+    }
+    cases
+}
+
+/// LayerNorm + activation, plain with affine and gathered (random rows) without: the CUDA
+/// vector kernels (C a multiple of 8 up to 4096) and the scalar one (13, 1000, 1), no row.
+fn norm_act_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (rows, channels, gathered) in [
+        (0, 64, 0),
+        (1, 1, 3),
+        (1000, 64, 4000),
+        (777, 1024, 500),
+        (300, 13, 301),
+        (8000, 128, 30000),
+        (400, 1536, 800),
+        (65, 4096, 100),
+        (64, 8, 200),
+        (500, 1000, 300),
+        (130, 16, 70),
+        (90, 512, 0),
+    ] {
+        let mut ops = vec![
+            norm_act(rows, channels, Activation::Silu, None),
+            norm_act(rows, channels, Activation::None, None),
+        ];
+        if rows > 0 {
+            ops.push(norm_act(rows, channels, Activation::Silu, Some(gathered)));
+        }
+        for op in ops {
+            cases.push(Case::new(Small, op, DTYPES, NORM));
+        }
+    }
+    cases
+}
+
+/// `Linear` with every epilogue at the DiT's and DINOv3's widths, 1 to 4101 rows, with and
+/// without a bias (on CUDA: cuBLASLt with the bias, tanh-GELU and residual in its epilogue; the
+/// composed path for SiLU and exact GELU).
+fn linear_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (k, n) in [(1024, 3072), (1536, 8), (4096, 1024)] {
+        for m in [1, 7, 1029, 4101] {
+            for bias in [true, false] {
+                for act in ACTIVATIONS {
+                    cases.push(linear(m, k, n, bias, act, false));
                 }
+                cases.push(linear(m, k, n, bias, Activation::None, true));
             }
         }
     }
-    rows
-}
-
-fn sparse_conv(device: &Device, dtype: DType) -> Result<Checked> {
-    let (ci, co) = (48, 80);
-    let rows = shell(0, 9);
-    let n = rows.len();
-    let set = CoordSet::from_host(rows, &Device::Cpu)?;
-    let map = set.neighbour_map()?;
-    let operands = crate::ops::sparse_conv::compute_dtype(device, dtype);
-    let (feats, feats_ref) = input_rounded(uniform(1, n * ci), &[n, ci], dtype, operands, device)?;
-    let (weight, weight_ref) = input_rounded(
-        uniform(2, co * 27 * ci),
-        &[co, 27, ci],
-        dtype,
-        operands,
-        device,
-    )?;
-    let (bias, bias_ref) = input(uniform(3, co), &[co], dtype, device)?;
-    let map_dev = map.tensor().to_device(device)?;
-    let got = submanifold_conv3d(&feats, &map_dev, &weight, Some(&bias))?;
-    let reference = if device.is_cpu() {
-        submanifold_conv3d_slow
-    } else {
-        submanifold_conv3d
-    };
-    let want = reference(&feats_ref, map.tensor(), &weight_ref, Some(&bias_ref))?;
-    let seconds = time_op(device, || {
-        submanifold_conv3d(&feats, &map_dev, &weight, Some(&bias))
-    })?;
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Flops(2.0 * map.pairs() as f64 * ci as f64 * co as f64),
-        seconds,
-    })
-}
-
-fn offsets(lens: &[usize]) -> Vec<usize> {
-    let mut o = vec![0];
-    for l in lens {
-        o.push(o[o.len() - 1] + l);
-    }
-    o
-}
-
-fn attention(
-    device: &Device,
-    dtype: DType,
-    d: usize,
-    q_lens: &[usize],
-    kv_lens: Option<&[usize]>,
-) -> Result<Checked> {
-    let heads = if d == 64 { 3 } else { 2 };
-    let operands = crate::ops::sparse_conv::compute_dtype(device, dtype);
-    let q_off = offsets(q_lens);
-    let kv_off = offsets(kv_lens.unwrap_or(q_lens));
-    let (nq, nk) = (q_off[q_off.len() - 1], kv_off[kv_off.len() - 1]);
-    // Scaled so the softmax is peaked: the running maximum of the online softmax matters.
-    let make = |seed, n: usize| {
-        let v = uniform(seed, n * heads * d)
-            .iter()
-            .map(|x| 3.0 * x)
-            .collect();
-        input_rounded(v, &[n, heads, d], dtype, operands, device)
-    };
-    let ((q, q_ref), (k, k_ref), (v, v_ref)) = (make(4, nq)?, make(5, nk)?, make(6, nk)?);
-    let scale = 1.0 / (d as f32).sqrt();
-    let run = || varlen_attention(&q, &k, &v, &q_off, &kv_off, scale);
-    let got = run()?;
-    let reference = if device.is_cpu() {
-        varlen_attention_slow
-    } else {
-        varlen_attention
-    };
-    let want = reference(&q_ref, &k_ref, &v_ref, &q_off, &kv_off, scale)?;
-    let pairs: usize = q_lens
-        .iter()
-        .zip(kv_lens.unwrap_or(q_lens))
-        .map(|(a, b)| a * b)
-        .sum();
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Flops(4.0 * pairs as f64 * (heads * d) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-fn layer_norm_case(device: &Device, dtype: DType) -> Result<Checked> {
-    let (t, c) = (1000, 1536);
-    // A row mean far from zero: the two-pass variance must not lose digits.
-    let x: Vec<f32> = uniform(7, t * c).iter().map(|v| 4.0 + v).collect();
-    let (x, x_ref) = input(x, &[t, c], dtype, device)?;
-    let w = Tensor::from_vec(uniform(8, c), c, &Device::Cpu)?;
-    let b = Tensor::from_vec(uniform(9, c), c, &Device::Cpu)?;
-    let (w_dev, b_dev) = (w.to_device(device)?, b.to_device(device)?);
-    let run = || layer_norm(&x, Some((&w_dev, &b_dev)), 1e-6);
-    let got = run()?;
-    let want = if device.is_cpu() {
-        layer_norm_composed(&x_ref, &w, &b, 1e-6)?
-    } else {
-        layer_norm(&x_ref, Some((&w, &b)), 1e-6)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-fn layer_norm_modulate_case(device: &Device, dtype: DType) -> Result<Checked> {
-    let (c, offsets) = (1536, [0usize, 600, 1000]);
-    let t = offsets[2];
-    let x: Vec<f32> = uniform(10, t * c).iter().map(|v| 4.0 + v).collect();
-    let (x, x_ref) = input(x, &[t, c], dtype, device)?;
-    let shift = Tensor::from_vec(uniform(11, 2 * c), (2, c), &Device::Cpu)?;
-    let scale = (Tensor::from_vec(uniform(12, 2 * c), (2, c), &Device::Cpu)? * 0.5)?;
-    let (shift_dev, scale_dev) = (shift.to_device(device)?, scale.to_device(device)?);
-    let on_device = Modulation {
-        shift: &shift_dev,
-        scale: &scale_dev,
-        offsets: &offsets,
-    };
-    let run = || layer_norm_modulate(&x, None, &on_device, 1e-6);
-    let got = run()?;
-    let host = Modulation {
-        shift: &shift,
-        scale: &scale,
-        offsets: &offsets,
-    };
-    let want = if device.is_cpu() {
-        layer_norm_modulate_slow(&x_ref, None, &host, 1e-6)?
-    } else {
-        layer_norm_modulate(&x_ref, None, &host, 1e-6)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-fn rms_norm_rope_case(device: &Device, dtype: DType, d: usize, heads: usize) -> Result<Checked> {
-    let t = 2000;
-    let (x, x_ref) = input(uniform(13, t * heads * d), &[t, heads, d], dtype, device)?;
-    let gamma = (Tensor::from_vec(uniform(14, heads * d), (heads, d), &Device::Cpu)? + 1.0)?;
-    let xyz: Vec<[i32; 3]> = (0..t as i32)
-        .map(|i| [i % 16, i / 16 % 16, i / 256])
-        .collect();
-    let (cos, sin) = rope_tables_3d(&xyz, d, 10000.0, &Device::Cpu)?;
-    let table = rope_table(&cos, &sin)?;
-    let (gamma_dev, table_dev) = (gamma.to_device(device)?, table.to_device(device)?);
-    let run = || rms_norm_rope(&x, Some(&gamma_dev), &table_dev);
-    let got = run()?;
-    let want = if device.is_cpu() {
-        rms_norm_rope_slow(&x_ref, Some(&gamma), &table)?
-    } else {
-        rms_norm_rope(&x_ref, Some(&gamma), &table)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Bytes((2 * t * heads * d * dtype.size_in_bytes()) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-/// The q/k RMS norm of the cross-attention: [`rms_norm_rope`] with one identity rotation row.
-fn rms_norm_one_row_case(device: &Device, dtype: DType) -> Result<Checked> {
-    let (t, heads, d) = (2000, 2, 128);
-    let (x, x_ref) = input(uniform(25, t * heads * d), &[t, heads, d], dtype, device)?;
-    let gamma = (Tensor::from_vec(uniform(26, heads * d), (heads, d), &Device::Cpu)? + 1.0)?;
-    let table = Tensor::stack(
-        &[
-            Tensor::ones((1, d / 2), DType::F32, &Device::Cpu)?,
-            Tensor::zeros((1, d / 2), DType::F32, &Device::Cpu)?,
-        ],
-        2,
-    )?;
-    let (gamma_dev, table_dev) = (gamma.to_device(device)?, table.to_device(device)?);
-    let run = || rms_norm_rope(&x, Some(&gamma_dev), &table_dev);
-    let got = run()?;
-    let want = if device.is_cpu() {
-        rms_norm_rope_slow(&x_ref, Some(&gamma), &table)?
-    } else {
-        rms_norm_rope(&x_ref, Some(&gamma), &table)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Bytes((2 * t * heads * d * dtype.size_in_bytes()) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-fn bias_act_case(device: &Device, dtype: DType, c: usize, act: Activation) -> Result<Checked> {
-    // [500, 8192]: the MLP's hidden width; the CPU reference of 4M GELUs stays under a second.
-    let t = if c == 8192 { 500 } else { 1000 };
-    // ±4: the activations' curved range and their tails.
-    let x: Vec<f32> = uniform(20, t * c).iter().map(|v| 4.0 * v).collect();
-    let (x, x_ref) = input(x, &[t, c], dtype, device)?;
-    let bias = Tensor::from_vec(uniform(21, c), c, &Device::Cpu)?;
-    let bias_dev = bias.to_device(device)?;
-    let run = || bias_act(&x, &bias_dev, act);
-    let got = run()?;
-    let want = if device.is_cpu() {
-        bias_act_slow(&x_ref, &bias, act)?
-    } else {
-        bias_act(&x_ref, &bias, act)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Bytes((2 * t * c * dtype.size_in_bytes()) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-/// A linear layer with its epilogue: `y = GELU(x·Wᵀ + b)` or `y = x·Wᵀ + b + r`. On CUDA one
-/// cuBLASLt matmul with the bias and tanh-GELU or the residual fused, rounded once: against the
-/// composed ops in f32 on the CPU. Elsewhere the composed path (matmul, `bias_act`, add), which
-/// rounds up to three times in f16/bf16: against the same ops on the CPU in the same dtype.
-fn linear_case(
-    device: &Device,
-    dtype: DType,
-    k: usize,
-    n: usize,
-    residual: bool,
-) -> Result<Checked> {
-    let m = 257;
-    let (x, x_ref) = input(uniform(27, m * k), &[m, k], dtype, device)?;
-    let w: Vec<f32> = uniform(28, n * k)
-        .iter()
-        .map(|v| v * 2.0 / (k as f32).sqrt())
-        .collect();
-    let (w, w_ref) = input(w, &[n, k], dtype, device)?;
-    let (b, b_ref) = input(uniform(29, n), &[n], dtype, device)?;
-    let (r, r_ref) = input(uniform(30, m * n), &[m, n], dtype, device)?;
-    let lin = Linear::new(w, Some(b));
-    let run = || {
-        if residual {
-            lin.forward_residual(&x, &r)
-        } else {
-            lin.forward_act(&x, Activation::GeluTanh)
-        }
-    };
-    let got = run()?;
-    // The reference rounds where the device's path rounds.
-    let host_dtype = if last_linear_path() == LinearPath::CublasLt {
-        DType::F32
-    } else {
-        dtype
-    };
-    let host = |t: &Tensor| t.to_dtype(host_dtype);
-    let lin_ref = Linear::new(host(&w_ref)?, Some(host(&b_ref)?));
-    let (x_ref, r_ref) = (host(&x_ref)?, host(&r_ref)?);
-    let want = if residual {
-        lin_ref.forward_residual_unfused(&x_ref, &r_ref)?
-    } else {
-        lin_ref.forward_act_unfused(&x_ref, Activation::GeluTanh)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Flops((2 * m * k * n) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-fn gated_residual_case(device: &Device, dtype: DType) -> Result<Checked> {
-    let (c, offsets) = (1536, [0usize, 600, 600, 1000]);
-    let t = offsets[3];
-    let (x, x_ref) = input(uniform(22, t * c), &[t, c], dtype, device)?;
-    let (r, r_ref) = input(uniform(23, t * c), &[t, c], dtype, device)?;
-    let gate = Tensor::from_vec(uniform(24, 3 * c), (3, c), &Device::Cpu)?;
-    let gate_dev = gate.to_device(device)?;
-    let run = || gated_residual(&x, &r, &gate_dev, &offsets);
-    let got = run()?;
-    let want = if device.is_cpu() {
-        gated_residual_slow(&x_ref, &r_ref, &gate, &offsets)?
-    } else {
-        gated_residual(&x_ref, &r_ref, &gate, &offsets)?
-    };
-    Ok(Checked {
-        got: host_f32(&got)?,
-        want: host_f32(&want)?,
-        work: Work::Bytes((3 * t * c * dtype.size_in_bytes()) as f64),
-        seconds: time_op(device, run)?,
-    })
-}
-
-/// A neighbour map as f32 (ABSENT as −1; rows stay exact below 2^24).
-fn map_values(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?
-        .to_device(&Device::Cpu)?
-        .to_vec1::<u32>()?
+    cases
         .into_iter()
-        .map(|v| if v == u32::MAX { -1.0 } else { v as f32 })
-        .collect())
+        .map(|op| Case::new(Large, op, DTYPES, Tolerance::LINEAR))
+        .collect()
 }
 
-fn neighbour_map_case(device: &Device, _: DType) -> Result<Checked> {
-    // Two batch items, the second at twice the resolution (a cascade's two levels).
-    let mut rows = shell(0, 9);
-    rows.extend(shell(1, 18));
-    let build = || -> Result<Tensor> {
-        let set = CoordSet::from_host(rows.clone(), device)?;
-        Ok(set.neighbour_map()?.tensor().clone())
-    };
-    let got = build()?;
-    // On a GPU the kernels build the map; the reference is the host builder. On the CPU both
-    // are the host builder, checked against the custom op's CPU forward.
-    let n = rows.len();
-    let want = if device.is_cpu() {
-        let coords = CoordSet::from_host(rows.clone(), &Device::Cpu)?;
-        crate::ops::neighbour_map::neighbour_op_output(coords.tensor())?.narrow(0, 0, n * 27)?
-    } else {
-        CoordSet::from_host(rows.clone(), &Device::Cpu)?
-            .neighbour_map()?
-            .tensor()
-            .clone()
-    };
-    Ok(Checked {
-        got: map_values(&got)?,
-        want: map_values(&want)?,
-        work: Work::Bytes((n * 27 * 4) as f64),
-        seconds: time_op(device, build)?,
-    })
+// ---------------------------------------------------------------- op constructors
+
+fn conv(map: ConvMap, ci: usize, co: usize, bias: bool) -> Op {
+    Op::SparseConv { map, ci, co, bias }
+}
+
+/// The neighbour map of `voxels`.
+fn of(voxels: Voxels) -> ConvMap {
+    ConvMap::Of(voxels)
+}
+
+/// A random map of `voxels` rows with taps present with probability `p` (seeded by its size).
+fn random(voxels: usize, p: f32) -> ConvMap {
+    ConvMap::Random {
+        voxels,
+        p,
+        seed: voxels as u64,
+    }
+}
+
+fn half_tiles(voxels: usize) -> ConvMap {
+    ConvMap::HalfTiles {
+        voxels,
+        seed: voxels as u64 + 1,
+    }
+}
+
+/// The decoders' surface shell of `radius`: half a voxel diagonal thick, in the smallest even
+/// grid that holds it with a voxel to spare.
+fn surface(batch: i32, radius: f32) -> Voxels {
+    Voxels::shell(batch, 2 * (radius as i32 + 2), radius, 0.87)
+}
+
+fn map(voxels: Voxels) -> Op {
+    Op::NeighbourMap { voxels }
+}
+
+fn attention(q: &[usize], kv: Option<&[usize]>, heads: usize, head_dim: usize) -> Op {
+    Op::Attention {
+        q: q.to_vec(),
+        kv: kv.map(<[usize]>::to_vec),
+        heads,
+        head_dim,
+        scale: None,
+    }
+}
+
+fn layer_norm(rows: usize, channels: usize, mean: f32) -> Op {
+    Op::LayerNorm {
+        rows,
+        channels,
+        mean,
+    }
+}
+
+fn modulate(offsets: &[usize], channels: usize, affine: bool) -> Op {
+    Op::LayerNormModulate {
+        offsets: offsets.to_vec(),
+        channels,
+        affine,
+    }
+}
+
+fn rms_rope(rows: usize, heads: usize, head_dim: usize, gamma: bool, table: RopeTable) -> Op {
+    Op::RmsNormRope {
+        rows,
+        heads,
+        head_dim,
+        gamma,
+        table,
+    }
+}
+
+fn bias_act(rows: usize, channels: usize, act: Activation) -> Op {
+    Op::BiasAct {
+        rows,
+        channels,
+        act,
+    }
+}
+
+fn gated(offsets: &[usize], channels: usize) -> Op {
+    Op::GatedResidual {
+        offsets: offsets.to_vec(),
+        channels,
+    }
+}
+
+fn c2s(parents: usize, channels: usize, children: usize, out_channels: usize) -> Op {
+    Op::C2sSkipAdd {
+        parents,
+        channels,
+        children,
+        out_channels,
+    }
+}
+
+fn norm_act(rows: usize, channels: usize, act: Activation, gather: Option<usize>) -> Op {
+    Op::LayerNormAct {
+        rows,
+        channels,
+        act,
+        gather,
+    }
+}
+
+fn linear(m: usize, k: usize, n: usize, bias: bool, act: Activation, residual: bool) -> Op {
+    Op::Linear {
+        m,
+        k,
+        n,
+        bias,
+        act,
+        residual,
+    }
+}
+
+fn im2col(input: [usize; 4], kernel: usize, offset_scale: f32) -> Op {
+    Op::DeformIm2col {
+        input,
+        kernel,
+        groups: 1,
+        stride: 1,
+        dilation: 1,
+        offset_scale,
+        offset_shift: 0.0,
+        rows: None,
+    }
+}
+
+fn deform_conv(input: [usize; 4], out: usize, kernel: usize, offset_scale: f32) -> Op {
+    Op::DeformConv {
+        input,
+        out,
+        kernel,
+        groups: 1,
+        stride: 1,
+        dilation: 1,
+        offset_scale,
+    }
+}
+
+/// `op` (a deformable case) with its offsets moved by `shift` pixels.
+fn shifted(mut op: Op, shift: f32) -> Op {
+    if let Op::DeformIm2col { offset_shift, .. } = &mut op {
+        *offset_shift = shift;
+    }
+    op
+}
+
+/// `op` (a deformable case) with `groups` offset groups.
+fn grouped(mut op: Op, n: usize) -> Op {
+    if let Op::DeformIm2col { groups, .. } | Op::DeformConv { groups, .. } = &mut op {
+        *groups = n;
+    }
+    op
+}
+
+/// `op` (a deformable case) with a stride and a dilation.
+fn strided(mut op: Op, s: usize, d: usize) -> Op {
+    if let Op::DeformIm2col {
+        stride, dilation, ..
+    }
+    | Op::DeformConv {
+        stride, dilation, ..
+    } = &mut op
+    {
+        (*stride, *dilation) = (s, d);
+    }
+    op
+}
+
+/// `op` (a deformable im2col case) for a band of output rows.
+fn band(mut op: Op, band: std::ops::Range<usize>) -> Op {
+    if let Op::DeformIm2col { rows, .. } = &mut op {
+        *rows = Some(band);
+    }
+    op
 }

@@ -1,73 +1,32 @@
 //! Kernel self-test (a layer above ops and sparse, below the CLI): every GPU op on built-in
-//! random shapes against its reference, in every dtype, with its throughput. On a GPU device the
-//! reference is the CPU op on the same rounded inputs; on the CPU it is the op's slow twin
-//! (`_slow`, or the composed candle formula), so the same path runs in CI. `trellis2 selftest`
-//! prints these reports; it is the first thing to run on a new machine.
+//! shapes against its reference, in every dtype. The cases ([`cases`]) are data that three
+//! executors run: [`check`] on a candle device (on a GPU the reference is the CPU op on the same
+//! rounded inputs; on the CPU it is the op's slow twin, so the same path runs in CI), the CUDA
+//! tests and the Metal emulator tests. `trellis2 selftest` checks and times the
+//! [`Size::Bench`] cases ([`run`]); it is the first thing to run on a new machine.
 
+mod case;
 mod cases;
+pub mod metrics;
+pub mod shapes;
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Result, Tensor};
 
-pub use cases::CASES;
-
-/// The dtypes the float kernels run in.
-pub const DTYPES: &[DType] = &[DType::F32, DType::F16, DType::BF16];
-
-/// Allowed max|err| / max|ref| for an output rounded to `dtype`: one rounding of the output
-/// (2^-11 for f16, 2^-8 for bf16) with margin, and f32 accumulation-order and fast-math noise.
-pub fn tolerance(dtype: DType) -> f32 {
-    match dtype {
-        DType::F16 => 1e-3,
-        DType::BF16 => 8e-3,
-        DType::U32 => 0.0, // indices: exact
-        _ => 1e-4,
-    }
-}
-
-/// What one timed call of an op moves or computes, for the throughput column.
-#[derive(Clone, Copy, Debug)]
-pub enum Work {
-    Flops(f64),
-    Bytes(f64),
-}
-
-/// The outputs of one case: the op on the device and its reference, both as f32 host values.
-pub struct Checked {
-    pub got: Vec<f32>,
-    pub want: Vec<f32>,
-    pub work: Work,
-    /// Seconds per call of the op on the device (after a device sync).
-    pub seconds: f64,
-}
-
-/// One kernel on one shape: `run(device, dtype)` computes both sides and times the device side,
-/// for each of `dtypes`.
-pub struct Case {
-    pub op: &'static str,
-    pub operands: Operands,
-    pub shape: &'static str,
-    pub dtypes: &'static [DType],
-    pub run: fn(&Device, DType) -> Result<Checked>,
-}
-
-/// What the device side's arithmetic is rounded to, which sets the tolerance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operands {
-    /// The op reads and computes in the case's dtype (f32 math inside).
-    Own,
-    /// Tensor-core kernels: on CUDA f32 inputs become bf16 operands
-    /// (`ops::sparse_conv::compute_dtype`), so an f32 case is held to bf16's tolerance there.
-    Kernel,
-}
+pub use case::{
+    Case, ConvMap, Inputs, Op, Reference, RopeTable, Size, Tolerance, Voxels, Work, DTYPES,
+};
+pub use cases::cases;
+pub use metrics::{host_f32, max_abs_diff, rel_err, tensor_max_abs_diff, tensor_rel_err};
+pub use shapes::{uniform, voxel_shell};
 
 /// The result of one (case, dtype).
 #[derive(Clone, Debug)]
 pub struct Report {
-    pub op: &'static str,
-    pub shape: &'static str,
+    /// The op and its parameters.
+    pub case: String,
     pub dtype: DType,
     pub outcome: std::result::Result<Measured, String>,
 }
@@ -77,11 +36,19 @@ pub struct Measured {
     pub max_abs: f32,
     pub max_rel: f32,
     pub tolerance: f32,
-    pub work: Work,
-    pub seconds: f64,
+    /// Seconds per call on the device with what a call does, where the case was timed.
+    pub timing: Option<(Work, f64)>,
 }
 
 impl Report {
+    pub fn new(case: &Case, dtype: DType, outcome: Result<Measured>) -> Self {
+        Self {
+            case: case.op.to_string(),
+            dtype,
+            outcome: outcome.map_err(|e| format!("{e}")),
+        }
+    }
+
     pub fn passed(&self) -> bool {
         matches!(&self.outcome, Ok(m) if m.max_rel <= m.tolerance)
     }
@@ -100,59 +67,54 @@ fn dtype_name(d: DType) -> &'static str {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.passed() { "pass" } else { "FAIL" };
-        let head = format!(
-            "{verdict}  {:<22} {:<4} {:<34}",
-            self.op,
-            dtype_name(self.dtype),
-            self.shape
-        );
+        let head = format!("{verdict}  {:<4} {:<58}", dtype_name(self.dtype), self.case);
         match &self.outcome {
             Err(e) => write!(f, "{head} error: {e}"),
             Ok(m) => {
-                let rate = match m.work {
-                    Work::Flops(n) => format!("{:9.2} GFLOP/s", n / m.seconds / 1e9),
-                    Work::Bytes(n) => format!("{:9.2} GB/s   ", n / m.seconds / 1e9),
-                };
                 write!(
                     f,
-                    "{head} max|err| {:.2e}  rel {:.2e}  tol {:.0e}  {rate}  ({:.3} ms)",
-                    m.max_abs,
-                    m.max_rel,
-                    m.tolerance,
-                    m.seconds * 1e3
-                )
+                    "{head} max|err| {:.2e}  rel {:.2e}  tol {:.0e}",
+                    m.max_abs, m.max_rel, m.tolerance,
+                )?;
+                if let Some((work, seconds)) = m.timing {
+                    let rate = match work {
+                        Work::Flops(n) => format!("{:9.2} GFLOP/s", n / seconds / 1e9),
+                        Work::Bytes(n) => format!("{:9.2} GB/s   ", n / seconds / 1e9),
+                    };
+                    write!(f, "  {rate}  ({:.3} ms)", seconds * 1e3)?;
+                }
+                Ok(())
             }
         }
     }
 }
 
-/// Runs every case in every dtype on `device`, handing each report to `each` as it finishes
-/// (a case that errors is a failed report, and the run goes on).
+/// `trellis2 selftest`: checks and times every [`Size::Bench`] case in every dtype on `device`,
+/// handing each report to `each` as it finishes (a case that errors is a failed report, and the
+/// run goes on).
 pub fn run(device: &Device, each: &mut dyn FnMut(&Report)) -> Vec<Report> {
+    run_cases(device, |c| c.size == Size::Bench, true, each)
+}
+
+/// Checks every case `device` runs ([`Case::runs_on`]) that `keep` keeps, untimed: the tests.
+pub fn check_all(
+    device: &Device,
+    keep: impl Fn(&Case) -> bool,
+    each: &mut dyn FnMut(&Report),
+) -> Vec<Report> {
+    run_cases(device, keep, false, each)
+}
+
+fn run_cases(
+    device: &Device,
+    keep: impl Fn(&Case) -> bool,
+    timed: bool,
+    each: &mut dyn FnMut(&Report),
+) -> Vec<Report> {
     let mut reports = Vec::new();
-    for case in CASES {
+    for case in cases().iter().filter(|c| c.runs_on(device) && keep(c)) {
         for &dtype in case.dtypes {
-            // The coarser of the output's and the operands' rounding.
-            let rounded_to = match case.operands {
-                Operands::Own => dtype,
-                Operands::Kernel => {
-                    let operands = crate::ops::sparse_conv::compute_dtype(device, dtype);
-                    if tolerance(operands) > tolerance(dtype) {
-                        operands
-                    } else {
-                        dtype
-                    }
-                }
-            };
-            let outcome = (case.run)(device, dtype)
-                .and_then(|c| measure(c, rounded_to))
-                .map_err(|e| format!("{e}"));
-            let report = Report {
-                op: case.op,
-                shape: case.shape,
-                dtype,
-                outcome,
-            };
+            let report = check(case, dtype, device, timed);
             each(&report);
             reports.push(report);
         }
@@ -160,65 +122,100 @@ pub fn run(device: &Device, each: &mut dyn FnMut(&Report)) -> Vec<Report> {
     reports
 }
 
-/// Errors of `c`, held to the tolerance of values rounded to `rounded_to`.
-fn measure(c: Checked, rounded_to: DType) -> Result<Measured> {
-    if c.got.len() != c.want.len() {
-        candle_core::bail!(
-            "output has {} values, the reference {}",
-            c.got.len(),
-            c.want.len()
-        );
-    }
-    // NaN in either side must fail, so fold with a NaN-propagating max.
-    let nan_max = |a: f32, b: f32| {
-        if a.is_nan() || b.is_nan() {
-            f32::NAN
-        } else {
-            a.max(b)
-        }
-    };
-    let max_abs = c
-        .got
-        .iter()
-        .zip(&c.want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, nan_max);
-    let scale = c.want.iter().map(|v| v.abs()).fold(0f32, nan_max);
-    let max_rel = if scale > 0.0 {
-        max_abs / scale
+/// The dtype a case's operands are rounded to on `device` for `dtype` activations: a
+/// tensor-core op's compute dtype (`ops::sparse_conv::compute_dtype`), else `dtype`.
+pub fn operand_dtype(case: &Case, device: &Device, dtype: DType) -> DType {
+    if case.op.tensor_core() {
+        crate::ops::sparse_conv::compute_dtype(device, dtype)
     } else {
-        max_abs
-    };
-    Ok(Measured {
-        max_abs,
-        max_rel: if max_rel.is_nan() {
-            f32::INFINITY
-        } else {
-            max_rel
-        },
-        tolerance: tolerance(rounded_to),
-        work: c.work,
-        seconds: c.seconds,
-    })
+        dtype
+    }
 }
 
-/// Deterministic uniform values in [-1, 1) (the shapes are built in; so is the data).
-pub(crate) fn uniform(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+/// One case in one dtype on `device`: the op against its reference (the slow twin on the CPU,
+/// the CPU op elsewhere), timed if `timed`.
+pub fn check(case: &Case, dtype: DType, device: &Device, timed: bool) -> Report {
+    check_with(case, dtype, device, timed, &|inputs| case.run(inputs))
+}
+
+/// [`check`] with the device side computed by `run` from the operands on `device` (a kernel
+/// variant pinned, extra assertions about the path taken).
+pub fn check_with(
+    case: &Case,
+    dtype: DType,
+    device: &Device,
+    timed: bool,
+    run: &dyn Fn(&Inputs) -> Result<Tensor>,
+) -> Report {
+    let measured = || -> Result<Measured> {
+        let operands = operand_dtype(case, device, dtype);
+        let inputs = case.inputs(dtype, operands)?;
+        let on_device = inputs.to_device(device)?;
+        let got = run(&on_device)?;
+        let reference = if device.is_cpu() {
+            Reference::SlowTwin
+        } else {
+            Reference::CpuOp
+        };
+        let want = case.reference(&inputs, reference)?;
+        if got.dtype() != dtype || got.dims() != want.dims() {
+            candle_core::bail!(
+                "output is {:?} {:?}, want {dtype:?} {:?}",
+                got.dtype(),
+                got.dims(),
+                want.dims()
+            );
+        }
+        let mut m = compare(
+            &output_values(&got)?,
+            &output_values(&want)?,
+            case.tolerance(dtype, operands),
+        )?;
+        if timed {
+            let seconds = time_op(device, || run(&on_device))?;
+            m.timing = Some((case.work(&inputs, dtype)?, seconds));
+        }
+        Ok(m)
+    };
+    Report::new(case, dtype, measured())
+}
+
+/// An output's values as f32 on the host; a neighbour map's absent taps (`u32::MAX`) as −1
+/// (rows stay exact below 2^24).
+pub fn output_values(t: &Tensor) -> Result<Vec<f32>> {
+    if t.dtype() == DType::U32 {
+        return Ok(t
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|v| if v == u32::MAX { -1.0 } else { v as f32 })
+            .collect());
+    }
+    host_f32(t)
+}
+
+/// The errors of `got` against `want`, held to `tolerance` (untimed).
+pub fn compare(got: &[f32], want: &[f32], tolerance: f32) -> Result<Measured> {
+    if got.len() != want.len() {
+        candle_core::bail!(
+            "output has {} values, the reference {}",
+            got.len(),
+            want.len()
+        );
+    }
+    Ok(Measured {
+        max_abs: max_abs_diff(got, want),
+        max_rel: rel_err(got, want),
+        tolerance,
+        timing: None,
+    })
 }
 
 /// Seconds per call of `f` on `device`: one call to estimate, then enough calls for ~0.2 s
 /// (at most 50) between two device syncs, so queued GPU work is counted and launch latency is
 /// amortised.
-pub(crate) fn time_op(device: &Device, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+fn time_op(device: &Device, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
     device.synchronize()?;
     let start = Instant::now();
     f()?;
@@ -233,10 +230,37 @@ pub(crate) fn time_op(device: &Device, mut f: impl FnMut() -> Result<Tensor>) ->
     Ok(start.elapsed().as_secs_f64() / iters as f64)
 }
 
-/// A tensor's values as f32 on the host.
-pub(crate) fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_device(&Device::Cpu)?
-        .to_vec1()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every small case passes on the CPU against its slow twin (the throughput cases run in
+    /// `tests/cli.rs` through `trellis2 selftest --device cpu`).
+    #[test]
+    fn selftest_small_cases_pass_on_the_cpu() {
+        let mut failed = Vec::new();
+        let reports = check_all(&Device::Cpu, |c| c.size == Size::Small, &mut |r| {
+            println!("{r}");
+            if !r.passed() {
+                failed.push(r.to_string());
+            }
+        });
+        assert!(reports.len() > 100, "{} reports", reports.len());
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    /// Case labels name every parameter, so two cases of one size never print alike (an edge
+    /// case may repeat a throughput shape under a tighter bound).
+    #[test]
+    fn selftest_cases_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for case in cases() {
+            let label = case.op.to_string();
+            assert!(
+                seen.insert((label.clone(), case.size)),
+                "two cases print as {label}"
+            );
+            assert!(!case.dtypes.is_empty(), "{label}");
+        }
+    }
 }

@@ -11,14 +11,13 @@
 use std::sync::Arc;
 
 use candle_core::{bail, Result, Tensor};
-use rayon::prelude::*;
 
 use super::coords::{CoordSet, MAX_COORD};
 use super::tensor::SparseTensor;
 use crate::ops::bias_act::Activation;
 use crate::ops::c2s_skip_add::c2s_skip_add;
 use crate::ops::layer_norm_act::gathered_layer_norm_act;
-use crate::ops::subdivide::{children_host, subdivide};
+use crate::ops::subdivide::{children_host, positive, subdivide};
 pub use crate::ops::vocab::CHILDREN;
 
 /// Where the children of one subdivision come from; apply it to every tensor on the parents'
@@ -45,15 +44,7 @@ impl Subdivision {
         if logits.device().is_cuda() && logits.device().same_device(parents.device()) {
             return Self::from_logits_on_device(parents, logits);
         }
-        // Compared on the logits' device: one byte per child comes back instead of a float.
-        let mask: Vec<bool> = logits
-            .gt(0.0)?
-            .flatten_all()?
-            .to_vec1::<u8>()?
-            .par_iter()
-            .map(|&v| v != 0)
-            .collect();
-        Self::from_mask(parents, &mask)
+        Self::from_mask(parents, &positive(logits)?)
     }
 
     /// [`Self::from_logits`] by the CUDA kernels: children rows, sources, batch ranges and

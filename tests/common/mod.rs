@@ -41,14 +41,9 @@ pub fn read_f32_tensors(
     read_tensors_of(path, safetensors::Dtype::F32, f32::from_le_bytes)
 }
 
-/// Largest absolute element-wise difference.
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+/// Largest absolute element-wise difference (the library's metric: +∞ on a NaN).
+#[allow(unused_imports)] // not every test binary compares raw values
+pub use trellis2::selftest::max_abs_diff;
 
 /// Every element of an integer (or float) tensor as i64, flattened: exact comparisons of
 /// coordinate sets and face lists whatever their stored integer dtype.
@@ -162,11 +157,7 @@ impl Golden {
         );
         let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-        a.iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-            / scale
+        trellis2::selftest::rel_err(&a, &b)
     }
 }
 

@@ -39,13 +39,15 @@ emu_fiber_switch:
 )");
 
 // A fresh stack that "returns" into entry(): control word slot, 6 registers, entry, fake return.
-inline void* emu_fiber_init(char* stack, size_t size, void (*entry)()) {
+// With flush_subnormals the fiber's MXCSR sets FTZ and DAZ (the fast-math model).
+inline void* emu_fiber_init(char* stack, size_t size, void (*entry)(), bool flush_subnormals) {
     uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
     uint64_t* sp = reinterpret_cast<uint64_t*>(top);
     *--sp = 0;                                  // fake return address of entry (never used)
     *--sp = reinterpret_cast<uint64_t>(entry);  // popped by ret
     for (int i = 0; i < 6; ++i) *--sp = 0;      // rbp rbx r12-r15
-    *--sp = 0x037f00001f80ull;                  // mxcsr default, x87 control word default
+    *--sp = flush_subnormals ? 0x037f00009fc0ull // mxcsr with FTZ | DAZ, x87 control word
+                             : 0x037f00001f80ull; // mxcsr default, x87 control word default
     return sp;
 }
 #elif defined(__aarch64__)
@@ -83,8 +85,9 @@ emu_fiber_switch:
 .size emu_fiber_switch,.-emu_fiber_switch
 )");
 
-// A fresh stack whose saved x30 (link register) is entry().
-inline void* emu_fiber_init(char* stack, size_t size, void (*entry)()) {
+// A fresh stack whose saved x30 (link register) is entry(). FPCR is per OS thread here: the
+// driver sets its flush-to-zero bit on the worker thread for the fast-math model.
+inline void* emu_fiber_init(char* stack, size_t size, void (*entry)(), bool) {
     uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
     uint64_t* sp = reinterpret_cast<uint64_t*>(top - 160);
     for (int i = 0; i < 20; ++i) sp[i] = 0;

@@ -39,13 +39,7 @@ pub fn subdivide(
         return cuda::subdivide(parents, parent_batches, &logits.contiguous()?);
     }
     let _ = parent_batches;
-    let mask: Vec<bool> = logits
-        .gt(0.0)?
-        .flatten_all()?
-        .to_vec1::<u8>()?
-        .par_iter()
-        .map(|&v| v != 0)
-        .collect();
+    let mask = positive(logits)?;
     let parent_rows: Vec<[i32; 4]> = parents
         .to_vec2::<i32>()?
         .into_iter()
@@ -64,6 +58,18 @@ pub fn subdivide(
         batches,
         max,
     })
+}
+
+/// Where `logits` (any float dtype) is positive, in row-major order: compared on the logits'
+/// device, so one byte per element comes back instead of a float.
+pub fn positive(logits: &Tensor) -> Result<Vec<bool>> {
+    Ok(logits
+        .gt(0.0)?
+        .flatten_all()?
+        .to_vec1::<u8>()?
+        .par_iter()
+        .map(|&v| v != 0)
+        .collect())
 }
 
 /// The children rows `[batch, x, y, z]` and their sources (`parent·8 + s`) of `parent_rows`
