@@ -124,17 +124,6 @@ impl CommandBudget {
 /// `metal/commands.rs`).
 pub const CANDLE_ENCODERS_PER_BUFFER: usize = 50;
 
-/// How the host commits without waiting. candle 0.11.1 commits the current command buffer in
-/// three places: `Commands::flush` (commit, no wait; but `MetalDevice`'s `commands` field is
-/// `pub(crate)`, so nothing outside candle can call it), `wait_until_completed` and
-/// `flush_and_wait_current` (commit and wait: a host sync), and `command_encoder()` /
-/// `blit_command_encoder()`, which commit first when the buffer's encoder count has reached
-/// `CANDLE_METAL_COMPUTE_PER_BUFFER`. So the host takes that many encoders and drops them
-/// unused: from any count ≥ 1 one of them reaches the limit and commits, and the count ends
-/// where it started (candle's next own commit comes early, never late). An empty encoder
-/// encodes nothing; the cost is that many lock/unlock pairs.
-pub const COMMIT_BY_ENCODERS: &str = "take CANDLE_METAL_COMPUTE_PER_BUFFER empty encoders";
-
 /// `CANDLE_METAL_COMPUTE_PER_BUFFER` read as candle reads it (a number, else the default).
 pub fn candle_encoders_per_buffer() -> usize {
     std::env::var("CANDLE_METAL_COMPUTE_PER_BUFFER")
@@ -146,9 +135,14 @@ pub fn candle_encoders_per_buffer() -> usize {
 /// candle's command stream as the Metal host drives it, for plans and tests: every dispatch
 /// (ours and candle's) takes an encoder, and candle commits when the buffer's encoder count is
 /// reached; before a dispatch the budget accounts (the host's `ops::metal` forwards and linear
-/// layers), [`CommandBudget`] may commit first, which the host does by taking
-/// `encoders_per_buffer` empty encoders ([`COMMIT_BY_ENCODERS`]). The host's budget does not see
-/// candle's own commits nor untracked dispatches, and neither does the model's.
+/// layers), [`CommandBudget`] may commit first. The host commits without waiting by taking
+/// `encoders_per_buffer` empty encoders: candle 0.11.1's `Commands::flush` (commit, no wait) is
+/// unreachable from outside candle (`MetalDevice::commands` is `pub(crate)`), its
+/// `wait_until_completed` and `flush_and_wait_current` wait, and `command_encoder()` commits
+/// first once the buffer's count has reached the limit; so from any count ≥ 1 exactly one of
+/// the empty encoders commits, and the count ends where it started (candle's next own commit
+/// comes early, never late). The host's budget does not see candle's own commits nor untracked
+/// dispatches, and neither does the model's.
 #[derive(Clone, Debug)]
 pub struct CommandStream {
     encoders_per_buffer: usize,

@@ -40,7 +40,7 @@ pub(crate) fn before_dispatch(device: &MetalDevice, work: Work) -> Result<()> {
 }
 
 /// Commits the command buffer being encoded without waiting for it: candle 0.11.1 offers no
-/// direct call for that outside the crate (`budget::COMMIT_BY_ENCODERS` says why), but its
+/// direct call for that outside the crate (`budget::CommandStream` says why), but its
 /// `command_encoder()` commits once the buffer's encoder count reaches the limit, so as many
 /// empty encoders as the limit commit it exactly once.
 fn commit_without_wait(device: &MetalDevice) -> Result<()> {
