@@ -7,7 +7,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use trellis2::dev::forward::{forward, Inputs};
 use trellis2::export::tensors::read_tensors;
 use trellis2::models::registry::ModelSource;
