@@ -221,10 +221,7 @@ pub fn attention_dispatches(
     let mut work = Vec::with_capacity(tiles.len());
     for t in tiles {
         let b = t[0] as usize;
-        let Some(&[k0, k1]) = kv_offsets
-            .get(b..b + 2)
-            .map(|w| <&[usize; 2]>::try_from(w).unwrap())
-        else {
+        let (Some(&k0), Some(&k1)) = (kv_offsets.get(b), kv_offsets.get(b + 1)) else {
             bail!(
                 "attention: tile of sequence {b} outside {} kv offsets",
                 kv_offsets.len()
@@ -492,29 +489,9 @@ mod tests {
     /// [`SHELL_LIVE_TAPS`] is what a voxelised shell's tiles walk in x-major order.
     #[test]
     fn shell_tiles_walk_nearly_every_tap() {
-        let (side, radius) = (64, 28.0f32);
-        let centre = side as f32 / 2.0;
-        let mut cells = std::collections::HashMap::new();
-        for x in 0..side {
-            for y in 0..side {
-                for z in 0..side {
-                    let d = [x, y, z].map(|c| c as f32 + 0.5 - centre);
-                    if ((d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt() - radius).abs() < 0.87 {
-                        let row = cells.len() as u32;
-                        cells.insert([x, y, z], row);
-                    }
-                }
-            }
-        }
-        let mut rows: Vec<([i32; 3], u32)> = cells.iter().map(|(c, r)| (*c, *r)).collect();
-        rows.sort_by_key(|(_, r)| *r);
-        let mut map = Vec::with_capacity(rows.len() * TAPS);
-        for ([x, y, z], _) in &rows {
-            for k in 0..TAPS as i32 {
-                let at = [x + k / 9 - 1, y + k / 3 % 3 - 1, z + k % 3 - 1];
-                map.push(cells.get(&at).copied().unwrap_or(ABSENT));
-            }
-        }
+        use crate::ops::neighbour_map::{batch_ranges, neighbour_rows};
+        let rows = crate::selftest::shapes::voxel_shell(0, 64, 28.0, 0.87);
+        let map = neighbour_rows(&rows, &batch_ranges(&rows).unwrap()).unwrap();
         let per_voxel = map.iter().filter(|&&v| v != ABSENT).count() as f64 / rows.len() as f64;
         let per_tile = live_taps_per_tile(&map);
         assert!((15.0..18.0).contains(&per_voxel), "{per_voxel}");
