@@ -65,9 +65,10 @@ impl Tolerance {
     /// Row reductions computed in f32 by the CUDA norm kernels: f32 outputs differ in summation
     /// order, f16/bf16 outputs are rounded once.
     pub const NORM: Self = Self::new(1e-5, 2e-3, 1e-2);
-    /// Linear layers: f32 GEMMs differ in summation order only; f16/bf16 outputs are rounded
+    /// Linear layers: f32 GEMMs differ in summation order only (over k = 1536 into 8 outputs,
+    /// cuBLASLt's order is 1.25e-5 off the CPU's on an H100: 2e-5); f16/bf16 outputs are rounded
     /// once (cuBLASLt's epilogue) or up to three times (matmul, `bias_act`, add).
-    pub const LINEAR: Self = Self::new(1e-5, 2e-3, 1.6e-2);
+    pub const LINEAR: Self = Self::new(2e-5, 2e-3, 1.6e-2);
     /// bf16/f16 tensor-core operands with f32 accumulation on inputs of std 1: the outputs' own
     /// rounding is ≈ 4e-3 relative, in every dtype.
     pub const TENSOR_CORE: Self = Self::new(1e-2, 1e-2, 1e-2);

@@ -130,6 +130,11 @@ pub fn varlen_attention_with(
 ) -> candle_core::Result<Tensor> {
     check(q, k, v, q_offsets, kv_offsets)?;
     let dtype = q.dtype();
+    if q.elem_count() == 0 {
+        // No query row: nothing to compute; and candle's CUDA cast of an empty tensor launches
+        // an empty grid, which the driver refuses.
+        return Tensor::zeros(q.dims(), dtype, &candle_core::Device::Cpu)?.to_device(q.device());
+    }
     let compute = compute_dtype(q.device(), dtype);
     // CUDA reads token rows at any 16-byte-aligned stride, so views of a fused projection
     // (v of `[N, 3, H, D]`) go in uncopied; the other backends take contiguous operands.

@@ -458,6 +458,11 @@ fn conv(
     }
     let dtype = feats.dtype();
     let device = feats.device();
+    if n == 0 {
+        // Nothing to compute; and candle's CUDA cast of an empty tensor launches an empty grid,
+        // which the driver refuses.
+        return Tensor::zeros((0, co), dtype, &candle_core::Device::Cpu)?.to_device(device);
+    }
     let compute = compute_dtype(device, dtype);
     let weight = weight
         .reshape((co, TAPS, ci))?
