@@ -55,6 +55,19 @@ pub(crate) fn u32_operand<'a>(
     contiguous(data, layout, op, what)
 }
 
+/// `t` in `dtype`. An empty tensor is made anew on its device rather than cast: candle's CUDA
+/// cast launches an empty grid for it, which the driver refuses.
+pub(crate) fn cast(
+    t: &candle_core::Tensor,
+    dtype: candle_core::DType,
+) -> Result<candle_core::Tensor> {
+    if t.elem_count() == 0 && t.dtype() != dtype {
+        return candle_core::Tensor::zeros(t.dims(), dtype, &candle_core::Device::Cpu)?
+            .to_device(t.device());
+    }
+    t.to_dtype(dtype)
+}
+
 /// Token stride of a `[N, H, D]` layout whose heads and dims are contiguous within each token
 /// row and whose rows do not overlap (`stride ≥ H·D`), e.g. a view of one of q, k, v in a fused
 /// `[N, 3, H, D]` projection; `None` for any other layout.

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 pub use crate::ops::vocab::AttentionKernel;
 
-use crate::ops::storage::{contiguous, token_stride};
+use crate::ops::storage::{cast, contiguous, token_stride};
 use crate::ops::vocab::compute_dtype;
 
 #[cfg(feature = "cuda")]
@@ -130,16 +130,11 @@ pub fn varlen_attention_with(
 ) -> candle_core::Result<Tensor> {
     check(q, k, v, q_offsets, kv_offsets)?;
     let dtype = q.dtype();
-    if q.elem_count() == 0 {
-        // No query row: nothing to compute; and candle's CUDA cast of an empty tensor launches
-        // an empty grid, which the driver refuses.
-        return Tensor::zeros(q.dims(), dtype, &candle_core::Device::Cpu)?.to_device(q.device());
-    }
     let compute = compute_dtype(q.device(), dtype);
     // CUDA reads token rows at any 16-byte-aligned stride, so views of a fused projection
     // (v of `[N, 3, H, D]`) go in uncopied; the other backends take contiguous operands.
     let prep = |t: &Tensor| -> candle_core::Result<Tensor> {
-        let t = t.to_dtype(compute)?;
+        let t = cast(t, compute)?;
         let strided_ok = t.device().is_cuda()
             && token_stride(t.layout())
                 .is_some_and(|s| s % 8 == 0 && t.layout().start_offset() % 8 == 0);
@@ -155,9 +150,8 @@ pub fn varlen_attention_with(
         scale,
         kernel,
     };
-    prep(q)?
-        .apply_op3_no_bwd(&prep(k)?, &prep(v)?, &op)?
-        .to_dtype(dtype)
+    let out = prep(q)?.apply_op3_no_bwd(&prep(k)?, &prep(v)?, &op)?;
+    cast(&out, dtype)
 }
 
 /// Plain reference: one full score matrix per sequence and head (small inputs only; tests).

@@ -17,7 +17,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use crate::ops::bias_act::bias_act;
-use crate::ops::storage::contiguous;
+use crate::ops::storage::{cast, contiguous};
 pub(crate) use crate::ops::vocab::compute_dtype;
 use crate::ops::vocab::Activation;
 pub use crate::ops::vocab::{ConvKernel, ABSENT, TAPS};
@@ -458,11 +458,6 @@ fn conv(
     }
     let dtype = feats.dtype();
     let device = feats.device();
-    if n == 0 {
-        // Nothing to compute; and candle's CUDA cast of an empty tensor launches an empty grid,
-        // which the driver refuses.
-        return Tensor::zeros((0, co), dtype, &candle_core::Device::Cpu)?.to_device(device);
-    }
     let compute = compute_dtype(device, dtype);
     let weight = weight
         .reshape((co, TAPS, ci))?
@@ -481,11 +476,12 @@ fn conv(
         f32_out: device.is_cuda() && dtype == DType::F32,
         kernel,
     };
-    let out = feats
-        .to_dtype(compute)?
-        .contiguous()?
-        .apply_op3_no_bwd(&weight, &neighbours.contiguous()?, &op)?
-        .to_dtype(dtype)?;
+    let out = cast(feats, compute)?.contiguous()?.apply_op3_no_bwd(
+        &weight,
+        &neighbours.contiguous()?,
+        &op,
+    )?;
+    let out = cast(&out, dtype)?;
     match after_bias {
         // One fused pass (f32 add, one rounding) instead of casts around a broadcast add.
         Some(b) => bias_act(&out, b, Activation::None),
