@@ -22,7 +22,7 @@ use trellis2::ops::tuning::{ConvSort, Tuning};
 use trellis2::ops::{submanifold_conv3d, submanifold_conv3d_map};
 use trellis2::selftest::{
     cases, check, check_with, operand_dtype, tensor_rel_err, voxel_shell, Case, ConvMap, Inputs,
-    Op, Report, Tolerance, DTYPES,
+    Op, Report, Tolerance, Voxels, DTYPES,
 };
 use trellis2::sparse::{NeighbourMap, SparseTensor};
 
@@ -112,10 +112,12 @@ fn sparse_conv_cases_with_each_kernel() -> Result<()> {
     let kernels = conv_kernels(&dev)?;
     let is_conv = |c: &Case| matches!(c.op, Op::SparseConv { .. });
     run_cases(is_conv, |case, dtype| {
-        let Op::SparseConv { ci, .. } = case.op else {
+        let Op::SparseConv { ref map, ci, .. } = case.op else {
             unreachable!()
         };
-        let takes = |k| k != ConvKernel::Wgmma || ci.is_multiple_of(8);
+        // No voxel: nothing for a kernel to refuse.
+        let empty = matches!(map, ConvMap::Of(Voxels::Empty));
+        let takes = |k| k != ConvKernel::Wgmma || ci.is_multiple_of(8) || empty;
         pinned(case, dtype, &dev, &kernels, takes, |k, inputs| {
             let Inputs::SparseConv {
                 feats,

@@ -458,6 +458,10 @@ fn conv(
     }
     let dtype = feats.dtype();
     let device = feats.device();
+    if n == 0 {
+        // No voxel: nothing to compute (CUDA cannot cast the empty features to the operands).
+        return Tensor::zeros((0, co), dtype, &candle_core::Device::Cpu)?.to_device(device);
+    }
     let compute = compute_dtype(device, dtype);
     let weight = weight
         .reshape((co, TAPS, ci))?
