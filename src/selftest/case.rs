@@ -585,7 +585,7 @@ impl Op {
         !matches!(self, Op::DeformIm2col { .. } | Op::DeformConv { .. })
     }
 
-    /// The first seed of the op's operands (consecutive seeds follow).
+    /// The first seed of the op's operands by default.
     fn seed(&self) -> u64 {
         match self {
             Op::SparseConv { .. } => 1,
@@ -883,6 +883,9 @@ pub struct Case {
     pub dtypes: &'static [DType],
     pub tolerance: Tolerance,
     pub size: Size,
+    /// The first seed of the operands' values (consecutive seeds follow); the op's own by
+    /// default.
+    pub seed: u64,
 }
 
 /// `values` as a CPU `shape` tensor in `dtype`, rounded to `operands` first (a tensor-core
@@ -912,11 +915,17 @@ fn offsets_of(lens: &[usize]) -> Vec<usize> {
 impl Case {
     pub fn new(size: Size, op: Op, dtypes: &'static [DType], tolerance: Tolerance) -> Self {
         Self {
+            seed: op.seed(),
             op,
             dtypes,
             tolerance,
             size,
         }
+    }
+
+    /// The case with its operands drawn from `seed`.
+    pub fn seeded(self, seed: u64) -> Self {
+        Self { seed, ..self }
     }
 
     /// Whether `device` runs this case: every case on a GPU; on the CPU those with a slow twin
@@ -934,7 +943,7 @@ impl Case {
     /// f32 where the op takes f32), rounded to `operands` first where the op is a tensor-core
     /// one.
     pub fn inputs(&self, dtype: DType, operands: DType) -> Result<Inputs> {
-        let seed = self.op.seed();
+        let seed = self.seed;
         let cpu = Device::Cpu;
         let act_in = |seed: u64, shape: &[usize], scale: f32, shift: f32| -> Result<Tensor> {
             f32_tensor(seed, shape, scale, shift)?.to_dtype(dtype)

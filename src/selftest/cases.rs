@@ -616,9 +616,12 @@ fn linear_cases() -> Vec<Case> {
             }
         }
     }
+    // Values from their own seed: with the throughput cases' one, the single row of the
+    // 1536 → 8 layer without bias has 8 outputs all within 0.22 of zero, which measures
+    // cuBLASLt's GELU epilogue (≈3e-6 absolute) rather than the GEMM against max|ref|.
     cases
         .into_iter()
-        .map(|op| Case::new(Large, op, DTYPES, Tolerance::LINEAR))
+        .map(|op| Case::new(Large, op, DTYPES, Tolerance::LINEAR).seeded(31))
         .collect()
 }
 
