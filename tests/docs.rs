@@ -26,7 +26,8 @@ fn read(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every file under `dir`, recursively, skipping `tests/fixtures` and `target`.
+/// Every file under `dir`, recursively, skipping `tests/fixtures`, `target` and installed npm
+/// packages (`node_modules`: third-party files).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -37,7 +38,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
         for entry in entries.flatten() {
             let path = entry.path();
             let rel = path.strip_prefix(root()).unwrap_or(&path);
-            if rel.starts_with("tests/fixtures") || rel.starts_with("target") {
+            if rel.starts_with("tests/fixtures")
+                || rel.starts_with("target")
+                || path.file_name().is_some_and(|n| n == "node_modules")
+            {
                 continue;
             }
             if path.is_dir() {
