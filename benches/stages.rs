@@ -90,7 +90,7 @@ fn parse() -> Result<Opts> {
             other => bail!("unknown argument {other}"),
         }
     }
-    let device = select(device)?;
+    let device = select(device)?.device;
     load.check(&device)?;
     Ok(Opts {
         device,

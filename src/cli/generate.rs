@@ -18,7 +18,7 @@ use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply,
 use trellis2::image::load_image;
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::background::Background;
-use trellis2::pipeline::device::{describe, select};
+use trellis2::pipeline::device::describe;
 use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
@@ -247,7 +247,7 @@ pub fn run(args: &Args) -> Result<u8> {
             return Ok(exit::UNREADABLE);
         }
     };
-    let device = select(args.device.into())?;
+    let device = super::open_device(args.device.into())?.device;
     let background = Background::from(args.rembg);
     let dtype = DTypeChoice::from(args.dtype);
     // Decoding saved latents needs no picture, hence no background remover.

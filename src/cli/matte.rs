@@ -8,7 +8,6 @@ use anyhow::Result;
 
 use trellis2::image::{background_removal_input, load_image, save_rgba_png};
 use trellis2::models::birefnet::BiRefNet;
-use trellis2::pipeline::device::select;
 use trellis2::pipeline::matte::{cut_out, MATTE_SIZE};
 use trellis2::weights::RembgModel;
 
@@ -53,7 +52,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<u8> {
     let loaded = load_image(&args.image)?;
     let rgb = background_removal_input(&loaded);
-    let device = select(args.device.into())?;
+    let device = super::open_device(args.device.into())?.device;
     let model = match (&args.model, args.rembg.map(RembgModel::from)) {
         (Some(dir), Some(choice)) => BiRefNet::open_as(dir, choice, &device)?,
         (Some(dir), None) => BiRefNet::open(dir, &device)?,

@@ -72,6 +72,18 @@ pub enum Command {
     Dev(dev::DevCommand),
 }
 
+/// The device for `--device`, set up, with its notes (an automatic choice that passed over a
+/// GPU, bf16 models running in f16) printed once on stderr.
+pub fn open_device(
+    choice: trellis2::pipeline::device::DeviceChoice,
+) -> anyhow::Result<trellis2::pipeline::device::Selected> {
+    let selected = trellis2::pipeline::device::select(choice)?;
+    for note in &selected.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(selected)
+}
+
 /// A path argument that must name an existing file.
 pub fn existing_file(path: &Path) -> anyhow::Result<()> {
     if !path.exists() {

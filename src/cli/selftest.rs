@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::exit;
 use super::values::DeviceArg;
 use trellis2::ops::tuning::Tuning;
-use trellis2::pipeline::device::{describe, select};
+use trellis2::pipeline::device::describe;
 use trellis2::selftest;
 
 #[derive(clap::Args, Debug)]
@@ -19,11 +19,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let device = select(args.device.into())?;
+    let selected = super::open_device(args.device.into())?;
+    let device = selected.device;
     println!(
-        "trellis2 {} selftest on {} (reference: {})",
+        "trellis2 {} selftest on {}: {} (reference: {})",
         env!("CARGO_PKG_VERSION"),
         describe(&device),
+        selected.info.description,
         if device.is_cpu() {
             "slow twins, f64/f32 plain formulas"
         } else {

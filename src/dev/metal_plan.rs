@@ -16,10 +16,12 @@ use crate::ops::metal::budget::{
     COMMAND_BUFFER_SECONDS,
 };
 use crate::ops::metal::dispatch::{
-    attention_dispatches, attention_tiles, sparse_conv_dispatches, Dispatch, SHELL_LIVE_TAPS,
+    attention_plan as plan_attention, sparse_conv_dispatches, AttentionPlan, Dispatch,
+    SHELL_LIVE_TAPS,
 };
 use crate::ops::metal::elementwise_plan::{bias_act_dispatch, gated_residual_dispatch};
 use crate::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
+use crate::ops::tuning::Tuning;
 use crate::ops::vocab::Activation;
 
 /// One dispatch of a plan: the JSON line `trellis2 dev metal-plan` prints.
@@ -150,6 +152,48 @@ impl Planner {
         }
     }
 
+    /// One attention call as the Metal host plans it (`TRELLIS2_METAL_ATTENTION`): the steel
+    /// attention of candle-metal-kernels, which the host encodes itself and budgets, or ours.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        op: &str,
+        q: usize,
+        kv: usize,
+        heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<()> {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let plan = plan_attention(
+            Tuning::current().metal_attention,
+            &[0, q],
+            &[0, kv],
+            heads,
+            head_dim,
+            dtype,
+            scale,
+            COMMAND_BUFFER_SECONDS,
+        )?;
+        match plan {
+            AttentionPlan::Sdpa(_, dispatches) => {
+                for d in dispatches {
+                    self.push(
+                        op,
+                        format!("candle:{}", d.kernel),
+                        d.threadgroups,
+                        d.threads,
+                        d.threadgroup_memory,
+                        d.work,
+                        true,
+                    );
+                }
+            }
+            AttentionPlan::Varlen(_, dispatches) => self.ours(op, dispatches),
+        }
+        Ok(())
+    }
+
     /// candle's matmul `[m, k] · [k, n]ᵀ` of a linear layer: MLX's GEMM with the tile a base or
     /// Pro Apple GPU gets for an `nt` product (64 × 32, 2 × 2 simdgroups; 32 × 32 below 16
     /// rows), one dispatch; the linear layer accounts it in the budget.
@@ -257,18 +301,7 @@ pub fn attention_plan(
     dtype: DType,
 ) -> Result<Plan> {
     let mut p = Planner::new();
-    let tiles = attention_tiles(&[0, q])?;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let plan = attention_dispatches(
-        &tiles,
-        &[0, kv],
-        heads,
-        head_dim,
-        dtype,
-        scale,
-        COMMAND_BUFFER_SECONDS,
-    )?;
-    p.ours("attention", plan);
+    p.attention("attention", q, kv, heads, head_dim, dtype)?;
     Ok(p.finish(0))
 }
 
@@ -332,11 +365,9 @@ pub fn flow_forward_plan(
     }
     let (n, c) = (tokens, cfg.model_channels);
     let (heads, d, hidden) = (cfg.heads(), cfg.head_dim(), cfg.mlp_hidden());
-    let scale = 1.0 / (d as f32).sqrt();
     let f32_ = DType::F32;
     let t = tag(dtype);
     let mut p = Planner::new();
-    let self_tiles = attention_tiles(&[0, n])?;
     let vec4 = |channels: usize| channels.is_multiple_of(4);
 
     // Input tokens (the sampler's f32 state) in the model's dtype, the input layer.
@@ -416,18 +447,7 @@ pub fn flow_forward_plan(
             2,
             dtype,
         )?;
-        p.ours(
-            &op("self_attn.attention"),
-            attention_dispatches(
-                &self_tiles,
-                &[0, n],
-                heads,
-                d,
-                dtype,
-                scale,
-                COMMAND_BUFFER_SECONDS,
-            )?,
-        );
+        p.attention(&op("self_attn.attention"), n, n, heads, d, dtype)?;
         p.matmul(&op("self_attn.to_out"), n, c, c, dtype)?;
         p.ours(
             &op("self_attn.to_out.bias"),
@@ -449,18 +469,7 @@ pub fn flow_forward_plan(
                 &op("cross_attn.q_rms_norm"),
                 rms_rope_dispatch(n, heads, d, true, 1, dtype)?,
             );
-            p.ours(
-                &op("cross_attn.attention"),
-                attention_dispatches(
-                    &self_tiles,
-                    &[0, cond],
-                    heads,
-                    d,
-                    dtype,
-                    scale,
-                    COMMAND_BUFFER_SECONDS,
-                )?,
-            );
+            p.attention(&op("cross_attn.attention"), n, cond, heads, d, dtype)?;
             p.matmul(&op("cross_attn.to_out"), n, c, c, dtype)?;
             p.ours(
                 &op("cross_attn.to_out.bias"),
@@ -529,14 +538,13 @@ mod tests {
         for (op, n) in plan.dispatches_per_op() {
             assert!(n <= 4, "{what}: {op} takes {n} dispatches");
         }
-        // Our kernels: ≥ 1,000 threadgroups per dispatch wherever the op has that many.
+        // Our kernels and the steel attention: ≥ 1,000 threadgroups per dispatch wherever the op
+        // has that many.
         let groups =
             |d: &PlannedDispatch| -> u64 { d.threadgroups.iter().map(|&g| g as u64).product() };
-        for d in plan
-            .dispatches
-            .iter()
-            .filter(|d| !d.kernel.starts_with("candle:"))
-        {
+        for d in plan.dispatches.iter().filter(|d| {
+            !d.kernel.starts_with("candle:") || d.kernel.starts_with("candle:steel_attention")
+        }) {
             let op_total: u64 = plan
                 .dispatches
                 .iter()
@@ -584,6 +592,43 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// Both Metal attention paths meet the targets, alone and in the whole forward; `auto` takes
+    /// the steel attention for the flows' equal-length calls.
+    #[test]
+    fn both_attention_paths_meet_the_targets() {
+        use crate::ops::tuning::MetalAttention;
+        let cfg = release_flow_config();
+        for (choice, kernel) in [
+            (
+                MetalAttention::Auto,
+                "candle:steel_attention_bfloat16_bq32_bk16_bd128",
+            ),
+            (
+                MetalAttention::Sdpa,
+                "candle:steel_attention_bfloat16_bq32_bk16_bd128",
+            ),
+            (MetalAttention::Varlen, "attention_bf16_d128"),
+        ] {
+            let tuning = Tuning {
+                metal_attention: choice,
+                ..Tuning::current()
+            };
+            tuning.with(|| {
+                for (q, kv) in [(1029, 1029), (15272, 15272), (3712, 1029), (15272, 4101)] {
+                    let plan = attention_plan(q, kv, 12, 128, DType::BF16).unwrap();
+                    check_targets(&plan, &format!("{choice:?} attention {q}x{kv}"));
+                    assert!(
+                        plan.dispatches.iter().all(|d| d.kernel.starts_with(kernel)),
+                        "{choice:?}: {:?}",
+                        plan.dispatches[0].kernel
+                    );
+                }
+                let plan = flow_forward_plan(&cfg, 15272, 4101, DType::BF16).unwrap();
+                check_targets(&plan, &format!("{choice:?} flow forward"));
+            });
+        }
     }
 
     #[test]

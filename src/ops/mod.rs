@@ -44,14 +44,70 @@ pub use interpolate::interpolate_bilinear_aligned;
 pub use layer_norm::layer_norm;
 pub use sparse_conv::{submanifold_conv3d, submanifold_conv3d_map, submanifold_conv3d_slow};
 
-/// Prepares `device` for the ops once, when it is opened: on CUDA its memory pool keeps freed
-/// memory (otherwise every synchronisation hands it back to the driver and the next large
-/// allocation maps it again); nothing elsewhere.
-pub fn prepare_device(device: &candle_core::Device) -> candle_core::Result<()> {
-    #[cfg(feature = "cuda")]
-    if let candle_core::Device::Cuda(d) = device {
-        cuda::retain_freed_memory(d)?;
+/// What a device is and how the ops set it up: the first line of `trellis2 selftest` and of a
+/// bug report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// One line: name, and on Metal GPU family, macOS, language version, bf16, SIMD width.
+    pub description: String,
+    /// Whether bf16 kernels exist on the device (on Metal, from MSL 3.1: macOS 14).
+    pub bf16: bool,
+    /// What a run should tell the user once (e.g. bf16 roles running in f16).
+    pub notes: Vec<String>,
+}
+
+/// Prepares `device` for the ops once, when it is opened, and describes it. On Metal: checks
+/// the GPU family, OS and SIMD width (an unsupported GPU is an error naming it and what it
+/// lacks) and compiles every kernel library with pinned options (a failure names the file);
+/// on CUDA the memory pool keeps freed memory (otherwise every synchronisation hands it back to
+/// the driver and the next large allocation maps it again). Calling it again is cheap.
+pub fn prepare_device(device: &candle_core::Device) -> candle_core::Result<DeviceInfo> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => {
+            cuda::retain_freed_memory(d)?;
+            let context = d.cuda_stream().context().clone();
+            let name = context.name().map_err(candle_core::Error::wrap)?;
+            let (major, minor) = context
+                .compute_capability()
+                .map_err(candle_core::Error::wrap)?;
+            Ok(DeviceInfo {
+                description: format!("{name}, compute capability {major}.{minor}"),
+                bf16: true,
+                notes: Vec::new(),
+            })
+        }
+        #[cfg(feature = "metal")]
+        candle_core::Device::Metal(d) => {
+            let setup = metal::setup::setup(d)?;
+            let notes = if setup.plan.bf16 {
+                Vec::new()
+            } else {
+                vec![setup.report.bf16_fallback_note()]
+            };
+            Ok(DeviceInfo {
+                description: setup.describe(),
+                bf16: setup.plan.bf16,
+                notes,
+            })
+        }
+        _ => Ok(DeviceInfo {
+            description: format!(
+                "CPU, {} threads",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+            bf16: true,
+            notes: Vec::new(),
+        }),
     }
-    let _ = device;
-    Ok(())
+}
+
+/// Whether `device` has bf16 kernels (false only on a Metal device compiled without bfloat;
+/// the CPU's own limits are the caller's to state).
+pub fn bf16_available(device: &candle_core::Device) -> bool {
+    match device {
+        #[cfg(feature = "metal")]
+        candle_core::Device::Metal(d) => metal::setup::setup(d).is_ok_and(|s| s.plan.bf16),
+        _ => true,
+    }
 }

@@ -64,6 +64,19 @@ pub enum ConvSort {
     Window(usize),
 }
 
+/// Which kernel computes attention on Metal: `TRELLIS2_METAL_ATTENTION`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MetalAttention {
+    /// candle's fused `sdpa` (MLX's steel attention) wherever it takes the call (sequences of
+    /// one length, a head dim it has), `kernels/metal/attention.metal` elsewhere.
+    #[default]
+    Auto,
+    /// candle's `sdpa` (an error for a call it does not take).
+    Sdpa,
+    /// `kernels/metal/attention.metal` always.
+    Varlen,
+}
+
 /// Every knob's value. `Default` is what an empty environment gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -84,6 +97,8 @@ pub struct Tuning {
     pub conv_wgmma_keep: Option<u32>,
     /// `TRELLIS2_CONV_SORT`: the voxel order of the CUDA sparse conv.
     pub conv_sort: ConvSort,
+    /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
+    pub metal_attention: MetalAttention,
 }
 
 impl Default for Tuning {
@@ -97,6 +112,7 @@ impl Default for Tuning {
             conv_stages: None,
             conv_wgmma_keep: None,
             conv_sort: ConvSort::Auto,
+            metal_attention: MetalAttention::Auto,
         }
     }
 }
@@ -163,7 +179,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 8] = [
+pub static KNOBS: [Knob; 9] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -290,6 +306,32 @@ pub static KNOBS: [Knob; 8] = [
             ConvSort::Off => "off".into(),
             ConvSort::Full => "full".into(),
             ConvSort::Window(w) => w.to_string(),
+        },
+    },
+    Knob {
+        name: "TRELLIS2_METAL_ATTENTION",
+        values: "auto, sdpa or varlen",
+        default: "auto",
+        meaning: "the Metal attention kernel (any case): auto takes candle's fused sdpa (MLX's \
+                  steel attention) where it takes the call (sequences of one length, head dim \
+                  32-256) and kernels/metal/attention.metal elsewhere; sdpa errors on a call it \
+                  does not take; varlen always takes ours",
+        parse: |t, v| {
+            t.metal_attention = match v.to_ascii_lowercase().as_str() {
+                "auto" => MetalAttention::Auto,
+                "sdpa" => MetalAttention::Sdpa,
+                "varlen" => MetalAttention::Varlen,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+        show: |t| {
+            match t.metal_attention {
+                MetalAttention::Auto => "auto",
+                MetalAttention::Sdpa => "sdpa",
+                MetalAttention::Varlen => "varlen",
+            }
+            .into()
         },
     },
 ];
@@ -600,6 +642,23 @@ mod tests {
                     ..d
                 },
             ),
+            ("TRELLIS2_METAL_ATTENTION", "auto", d),
+            (
+                "TRELLIS2_METAL_ATTENTION",
+                "SDPA",
+                Tuning {
+                    metal_attention: MetalAttention::Sdpa,
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_METAL_ATTENTION",
+                "varlen",
+                Tuning {
+                    metal_attention: MetalAttention::Varlen,
+                    ..d
+                },
+            ),
         ];
         for (name, value, want) in cases {
             assert_eq!(one(name, value), Ok(want), "{name}={value}");
@@ -620,6 +679,7 @@ mod tests {
             ("TRELLIS2_CONV_STAGES", "4"),
             ("TRELLIS2_CONV_WGMMA_KEEP", "0"),
             ("TRELLIS2_CONV_SORT", "4096"),
+            ("TRELLIS2_METAL_ATTENTION", "varlen"),
         ];
         let (t, errors) = parse(&all);
         assert!(errors.is_empty(), "{errors:?}");
@@ -726,7 +786,7 @@ mod tests {
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
              TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
-             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto"
+             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
         );
         let json = serde_json::to_value(t).unwrap();
         assert_eq!(json["TRELLIS2_CONV_KERNEL"], "auto");

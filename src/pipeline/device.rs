@@ -6,6 +6,8 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use candle_core::Device;
 
+use crate::ops::DeviceInfo;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// Metal on macOS builds with it, else CUDA when built with it, else the CPU.
@@ -28,10 +30,22 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// The device for `choice`.
-pub fn select(choice: DeviceChoice) -> Result<Device> {
+/// A selected device: set up for the ops (on Metal: capabilities checked, every kernel library
+/// compiled) and described.
+pub struct Selected {
+    pub device: Device,
+    pub info: DeviceInfo,
+    /// What the user should be told once: an automatic choice that passed over a GPU, bf16
+    /// models running in f16. The CLI prints them as `note:` lines.
+    pub notes: Vec<String>,
+}
+
+/// The device for `choice`, prepared ([`ops::prepare_device`](crate::ops::prepare_device)). An
+/// explicit `metal` or `cuda` that cannot run is an error (an unsupported Metal GPU names what
+/// it lacks); `auto` passes over such a GPU to the next backend with a note.
+pub fn select(choice: DeviceChoice) -> Result<Selected> {
     match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cpu => prepared(Device::Cpu, Vec::new()),
         DeviceChoice::Metal => {
             if !cfg!(feature = "metal") {
                 bail!(
@@ -39,7 +53,7 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
                      `cargo build --release --features metal`, or use --device cpu"
                 );
             }
-            Ok(Device::new_metal(0)?)
+            prepared(Device::new_metal(0)?, Vec::new())
         }
         DeviceChoice::Cuda => {
             if !cfg!(feature = "cuda") {
@@ -48,31 +62,39 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
                      `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            cuda_device()
+            prepared(Device::new_cuda(0)?, Vec::new())
         }
         DeviceChoice::Auto => {
+            let mut notes = Vec::new();
             if cfg!(feature = "metal") {
                 if let Ok(d) = Device::new_metal(0) {
-                    return Ok(d);
+                    match prepared(d, Vec::new()) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => notes.push(format!("{e:#}; using the next device")),
+                    }
                 }
             }
             if cfg!(feature = "cuda") {
-                if let Ok(d) = cuda_device() {
-                    return Ok(d);
+                if let Ok(d) = Device::new_cuda(0) {
+                    match prepared(d, Vec::new()) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => notes.push(format!("cuda: {e:#}; using the CPU")),
+                    }
                 }
             }
-            Ok(Device::Cpu)
+            prepared(Device::Cpu, notes)
         }
     }
 }
 
-/// CUDA device 0, prepared for the ops (`ops::prepare_device`: its memory pool keeps freed
-/// memory, otherwise every synchronisation hands it back to the driver and the next large
-/// allocation maps it again).
-fn cuda_device() -> Result<Device> {
-    let device = Device::new_cuda(0)?;
-    crate::ops::prepare_device(&device)?;
-    Ok(device)
+fn prepared(device: Device, mut notes: Vec<String>) -> Result<Selected> {
+    let info = crate::ops::prepare_device(&device)?;
+    notes.extend(info.notes.iter().cloned());
+    Ok(Selected {
+        device,
+        info,
+        notes,
+    })
 }
 
 /// A short name of a device for reports.

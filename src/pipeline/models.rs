@@ -52,7 +52,10 @@ impl DTypeChoice {
             Self::F16 => DType::F16,
             Self::Bf16 => DType::BF16,
             Self::Auto if device.is_cpu() => DType::F32,
+            // A Metal GPU compiled without bfloat (macOS 13) runs the bf16 models in f16; the
+            // device setup's note says so once.
             Self::Auto => match stored {
+                DType::BF16 if !crate::ops::bf16_available(device) => DType::F16,
                 DType::F16 | DType::BF16 => stored,
                 _ => DType::F32,
             },
@@ -74,6 +77,12 @@ impl LoadOptions {
             bail!(
                 "--dtype bf16 is not available on the CPU (candle's CPU matmul has no bf16 \
                  kernel); use --dtype f16 to halve weight memory, or f32"
+            );
+        }
+        if self.dtype == DTypeChoice::Bf16 && !crate::ops::bf16_available(device) {
+            bail!(
+                "--dtype bf16 is not available on this GPU (Metal has bfloat from macOS 14); \
+                 use --dtype auto or f16"
             );
         }
         Ok(())

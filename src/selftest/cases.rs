@@ -147,6 +147,8 @@ fn throughput() -> Vec<Case> {
         ),
         (Bench, gated(&[0, 600, 600, 1000], 1536), DTYPES, ROUNDED),
         (Bench, map(levels), U32, EXACT),
+        // BiRefNet's deformable sampling at a 64² map (f32 only; no slow twin, so GPUs only).
+        (Bench, im2col([1, 64, 64, 64], 3, 3.0), F32, ROUNDED),
     ])
 }
 

@@ -249,6 +249,53 @@ mod tests {
         assert!(failed.is_empty(), "{}", failed.join("\n"));
     }
 
+    /// `trellis2 selftest` runs every Metal kernel: each kernel family instantiated in
+    /// kernels/metal (its `host_name` prefix) belongs to an op with a Bench case. A new kernel
+    /// fails here until it is added to the table and given a Bench case.
+    #[test]
+    fn selftest_bench_cases_cover_every_metal_kernel() {
+        type IsOp = fn(&Op) -> bool;
+        let families: [(&str, IsOp); 8] = [
+            ("attention_", |op| matches!(op, Op::Attention { .. })),
+            ("sparse_conv_", |op| matches!(op, Op::SparseConv { .. })),
+            ("deform_im2col_", |op| matches!(op, Op::DeformIm2col { .. })),
+            ("bias_act_", |op| matches!(op, Op::BiasAct { .. })),
+            ("gated_residual_", |op| {
+                matches!(op, Op::GatedResidual { .. })
+            }),
+            ("neighbour_", |op| matches!(op, Op::NeighbourMap { .. })),
+            ("layer_norm_modulate_", |op| {
+                matches!(op, Op::LayerNormModulate { .. })
+            }),
+            ("rms_norm_rope_", |op| matches!(op, Op::RmsNormRope { .. })),
+        ];
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/metal");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "metal") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for piece in text.split("host_name(\"").skip(1) {
+                    names.push(piece[..piece.find('"').unwrap()].to_string());
+                }
+            }
+        }
+        assert!(names.len() >= 12, "{names:?}");
+        let bench: Vec<Case> = cases()
+            .into_iter()
+            .filter(|c| c.size == Size::Bench)
+            .collect();
+        for name in &names {
+            let Some((_, is_op)) = families.iter().find(|(p, _)| name.starts_with(p)) else {
+                panic!("kernel {name}: add its family to this table and a Bench case");
+            };
+            assert!(
+                bench.iter().any(|c| is_op(&c.op)),
+                "kernel {name} has no Bench case: `trellis2 selftest` would not run it"
+            );
+        }
+    }
+
     /// Case labels name every parameter, so two cases of one size never print alike (an edge
     /// case may repeat a throughput shape under a tighter bound).
     #[test]

@@ -10,6 +10,7 @@ pub use crate::ops::vocab::{Dispatch, Work, THREADS};
 
 use super::budget::{parts, seconds};
 use super::kargs::{AttentionArgs, DeformIm2ColArgs, SparseConvArgs};
+use crate::ops::tuning::MetalAttention;
 use crate::ops::vocab::{ABSENT, TAPS};
 use candle_core::{bail, DType, Result};
 
@@ -248,6 +249,191 @@ pub fn attention_dispatches(
         });
     }
     Ok(out)
+}
+
+/// Query rows per threadgroup of candle's fused attention (`sdpa`: MLX's steel attention, in
+/// candle-metal-kernels), and its threads: 4 simdgroups of 32.
+pub const SDPA_BQ: usize = 32;
+const SDPA_THREADS: [u32; 3] = [32, 4, 1];
+/// Apple GPUs' threadgroup memory per threadgroup.
+const MAX_THREADGROUP_MEMORY: usize = 32 * 1024;
+
+/// The head dims candle's steel attention is instantiated for (512 only in f16/bf16; not used).
+pub const SDPA_HEAD_DIMS: [usize; 7] = [32, 64, 72, 80, 96, 128, 256];
+
+/// The equal-length batch candle's `sdpa` sees in a packed varlen call: `batch` sequences of
+/// `q_len` queries and `kv_len` keys, the `[tokens, heads, head_dim]` rows viewed as
+/// `(batch, heads, len, head_dim)` through strides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdpaShape {
+    pub batch: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+}
+
+/// Heads `first..first + count` of one sdpa dispatch (a call over the command-buffer budget is
+/// split by heads: every view of a head range is the same strides from another offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdpaHeads {
+    pub first: usize,
+    pub count: usize,
+}
+
+/// The batch shape if candle's `sdpa` takes the call, else why not (for the message of a pinned
+/// `TRELLIS2_METAL_ATTENTION=sdpa`).
+pub fn sdpa_shape(
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    head_dim: usize,
+    dtype: DType,
+) -> std::result::Result<SdpaShape, String> {
+    if !SDPA_HEAD_DIMS.contains(&head_dim) {
+        return Err(format!("head dim {head_dim} (it takes {SDPA_HEAD_DIMS:?})"));
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(format!("dtype {dtype:?}"));
+    }
+    let memory = sdpa_threadgroup_memory(dtype, head_dim);
+    if memory > MAX_THREADGROUP_MEMORY {
+        return Err(format!(
+            "{dtype:?} at head dim {head_dim} (its tiles take {memory} bytes of threadgroup \
+             memory, more than 32 KiB)"
+        ));
+    }
+    let one_length = |offsets: &[usize]| -> Option<usize> {
+        let first = offsets.get(1)? - offsets.first()?;
+        offsets
+            .windows(2)
+            .all(|w| w[1] - w[0] == first)
+            .then_some(first)
+    };
+    let (Some(q_len), Some(kv_len)) = (one_length(q_offsets), one_length(kv_offsets)) else {
+        return Err("sequences of different lengths (it takes one length per call)".into());
+    };
+    if q_len < 2 || kv_len < 1 {
+        return Err(format!(
+            "{q_len}-query, {kv_len}-key sequences (its full kernel takes 2 queries or more)"
+        ));
+    }
+    Ok(SdpaShape {
+        batch: q_offsets.len() - 1,
+        q_len,
+        kv_len,
+    })
+}
+
+/// `steel_attention_<type>_bq32_bk<BK>_bd<D>_wm4_wn1_mask<type>` (the name candle-metal-kernels
+/// instantiates; BK 32 below head dim 128, 16 from it).
+pub fn sdpa_kernel(dtype: DType, head_dim: usize) -> Result<String> {
+    let t = match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        d => bail!("sdpa takes f32, f16 or bf16, got {d:?}"),
+    };
+    let bk = if head_dim < 128 { 32 } else { 16 };
+    Ok(format!(
+        "steel_attention_{t}_bq{SDPA_BQ}_bk{bk}_bd{head_dim}_wm4_wn1_mask{t}"
+    ))
+}
+
+/// The steel attention kernel's threadgroup memory (declared in the kernel, not set by the
+/// host): a 32-row Q tile and one K-or-V tile, rows padded by 16 bytes.
+pub fn sdpa_threadgroup_memory(dtype: DType, head_dim: usize) -> usize {
+    let elem = dtype.size_in_bytes();
+    let pad = 16 / elem;
+    let bk = if head_dim < 128 { 32 } else { 16 };
+    let kv = ((bk + pad) * head_dim).max(bk * (head_dim + pad));
+    (SDPA_BQ * (head_dim + pad) + kv) * elem
+}
+
+/// Dispatches of one sdpa call over `shape`: every query tile × head × sequence in one dispatch
+/// unless the call's estimate exceeds `max_seconds`; then as few head ranges as keep each
+/// within it, sized evenly.
+pub fn sdpa_dispatches(
+    shape: SdpaShape,
+    heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    max_seconds: f64,
+) -> Result<Vec<Dispatch<SdpaHeads>>> {
+    let kernel = sdpa_kernel(dtype, head_dim)?;
+    let threadgroup_memory = sdpa_threadgroup_memory(dtype, head_dim);
+    let q_tiles = shape.q_len.div_ceil(SDPA_BQ);
+    let per_head = attention_tile_work(shape.kv_len, head_dim, dtype.size_in_bytes())
+        .scaled((q_tiles * shape.batch) as f64);
+    let n = parts(seconds(per_head.scaled(heads as f64)), max_seconds, heads);
+    (0..n)
+        .map(|i| {
+            let (first, end) = (i * heads / n, (i + 1) * heads / n);
+            Ok(Dispatch {
+                kernel: kernel.clone(),
+                threadgroups: [
+                    to_u32("query tiles", q_tiles)?,
+                    to_u32("heads", end - first)?,
+                    to_u32("sequences", shape.batch)?,
+                ],
+                threads: SDPA_THREADS,
+                threadgroup_memory,
+                args: SdpaHeads {
+                    first,
+                    count: end - first,
+                },
+                work: per_head.scaled((end - first) as f64),
+            })
+        })
+        .collect()
+}
+
+/// How one attention call runs on Metal.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttentionPlan {
+    /// candle's fused `sdpa` over an equal-length batch.
+    Sdpa(SdpaShape, Vec<Dispatch<SdpaHeads>>),
+    /// `kernels/metal/attention.metal` over its query-tile table.
+    Varlen(Vec<[u32; 2]>, Vec<Dispatch<AttentionArgs>>),
+}
+
+/// The plan of one attention call under `choice` (`TRELLIS2_METAL_ATTENTION`): sdpa where it
+/// takes the call unless `Varlen` is pinned; `Sdpa` pinned on a call it does not take is an
+/// error saying why.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_plan(
+    choice: MetalAttention,
+    q_offsets: &[usize],
+    kv_offsets: &[usize],
+    heads: usize,
+    head_dim: usize,
+    dtype: DType,
+    scale: f32,
+    max_seconds: f64,
+) -> Result<AttentionPlan> {
+    let sdpa = match choice {
+        MetalAttention::Varlen => None,
+        MetalAttention::Auto => sdpa_shape(q_offsets, kv_offsets, head_dim, dtype).ok(),
+        MetalAttention::Sdpa => Some(sdpa_shape(q_offsets, kv_offsets, head_dim, dtype).map_err(
+            |why| {
+                candle_core::Error::Msg(format!(
+                    "TRELLIS2_METAL_ATTENTION=sdpa: candle's sdpa does not take {why}"
+                ))
+            },
+        )?),
+    };
+    if let Some(shape) = sdpa {
+        let plan = sdpa_dispatches(shape, heads, head_dim, dtype, max_seconds)?;
+        return Ok(AttentionPlan::Sdpa(shape, plan));
+    }
+    let tiles = attention_tiles(q_offsets)?;
+    let plan = attention_dispatches(
+        &tiles,
+        kv_offsets,
+        heads,
+        head_dim,
+        dtype,
+        scale,
+        max_seconds,
+    )?;
+    Ok(AttentionPlan::Varlen(tiles, plan))
 }
 
 /// Consecutive ranges of `units` (each of the given work) whose estimates stay within
@@ -542,5 +728,81 @@ mod tests {
         let covered: u64 = most.iter().map(|d| d.args.count as u64).sum();
         assert_eq!(covered, total);
         assert!(deform_im2col_kernel(DType::F16).is_err());
+    }
+
+    #[test]
+    fn sdpa_takes_equal_length_batches_of_its_head_dims() {
+        let shape = sdpa_shape(&[0, 300, 600], &[0, 1029, 2058], 128, DType::BF16).unwrap();
+        assert_eq!(
+            shape,
+            SdpaShape {
+                batch: 2,
+                q_len: 300,
+                kv_len: 1029
+            }
+        );
+        for (q, kv, d) in [
+            (&[0, 300, 500][..], &[0, 300, 500][..], 128),
+            (&[0, 1, 2], &[0, 5, 10], 64),
+            (&[0, 0, 0], &[0, 5, 10], 64),
+            (&[0, 64], &[0, 64], 48),
+        ] {
+            assert!(
+                sdpa_shape(q, kv, d, DType::F16).is_err(),
+                "{q:?} {kv:?} {d}"
+            );
+        }
+        let ragged = |choice| {
+            attention_plan(
+                choice,
+                &[0, 300, 500],
+                &[0, 300, 500],
+                2,
+                64,
+                DType::F16,
+                0.125,
+                COMMAND_BUFFER_SECONDS,
+            )
+        };
+        let err = ragged(MetalAttention::Sdpa).unwrap_err().to_string();
+        assert!(
+            err.contains("TRELLIS2_METAL_ATTENTION=sdpa") && err.contains("different lengths"),
+            "{err}"
+        );
+        // Auto falls back to ours on a ragged batch.
+        assert!(matches!(
+            ragged(MetalAttention::Auto).unwrap(),
+            AttentionPlan::Varlen(..)
+        ));
+    }
+
+    /// A call over the budget is split into even head ranges that cover every head once; the
+    /// kernel's threadgroup memory fits the 32 KiB limit.
+    #[test]
+    fn sdpa_splits_by_heads() {
+        let shape = sdpa_shape(&[0, 15272], &[0, 15272], 128, DType::BF16).unwrap();
+        let plan = sdpa_dispatches(shape, 12, 128, DType::BF16, COMMAND_BUFFER_SECONDS).unwrap();
+        assert!((2..=4).contains(&plan.len()), "{}", plan.len());
+        let mut next = 0;
+        for d in &plan {
+            assert_eq!(d.args.first, next);
+            assert_eq!(d.threadgroups, [478, d.args.count as u32, 1]);
+            assert!(seconds(d.work) <= COMMAND_BUFFER_SECONDS);
+            next += d.args.count;
+        }
+        assert_eq!(next, 12);
+        let whole = sdpa_dispatches(shape, 12, 128, DType::BF16, 100.0).unwrap();
+        assert_eq!(whole.len(), 1);
+        for d in SDPA_HEAD_DIMS {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let fits = sdpa_threadgroup_memory(dtype, d) <= 32 * 1024;
+                assert_eq!(fits, sdpa_shape(&[0, 2], &[0, 2], d, dtype).is_ok());
+                assert!(fits || (d, dtype) == (256, DType::F32), "{d} {dtype:?}");
+            }
+        }
+        assert_eq!(
+            sdpa_threadgroup_memory(DType::BF16, 128),
+            (32 * 136 + 24 * 128) * 2
+        );
     }
 }

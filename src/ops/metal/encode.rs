@@ -53,3 +53,31 @@ pub fn encode<A: Copy>(
     drop(encoder);
     Ok(())
 }
+
+/// As [`encode`] for candle-metal-kernels' MLX kernels: `buffers` at 0.., the argument struct
+/// `args` right after them, no host-set threadgroup memory (theirs is declared in the kernel).
+pub fn encode_args_last<P, A: Copy>(
+    device: &MetalDevice,
+    pipeline: &ComputePipeline,
+    label: &str,
+    dispatch: &Dispatch<P>,
+    args: &A,
+    buffers: &[Arg<'_>],
+) -> Result<()> {
+    super::submit::before_dispatch(device, dispatch.work)?;
+    let encoder = device.command_encoder()?;
+    encoder.set_label(label);
+    encoder.set_compute_pipeline_state(pipeline);
+    let enc = encoder.as_ref();
+    for (i, arg) in buffers.iter().enumerate() {
+        match *arg {
+            Arg::Read(buffer, offset) => set_param(enc, i, Input::with_offset(buffer, offset)),
+            Arg::Write(buffer) => set_param(enc, i, Output::new(buffer)),
+            Arg::WriteAt(buffer, offset) => set_param(enc, i, Output::with_offset(buffer, offset)),
+        }
+    }
+    enc.set_bytes(buffers.len(), args);
+    enc.dispatch_thread_groups(size(dispatch.threadgroups), size(dispatch.threads));
+    drop(encoder);
+    Ok(())
+}

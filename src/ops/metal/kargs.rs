@@ -195,3 +195,99 @@ impl KernelArgs for DeformIm2ColArgs {
         .collect()
     }
 }
+
+/// `AttnParams` of candle-metal-kernels' steel attention (MLX's), which candle's own
+/// `call_sdpa_full` builds privately: trellis2 encodes that kernel itself so that a call split
+/// by heads writes each part straight into the output at an offset (candle's call binds the
+/// output at offset 0). Field for field as in candle-metal-kernels 0.11.1
+/// (`scaled_dot_product_attention.metal`); strides in elements, for (batch, head, row).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SdpaParams {
+    pub b: i32,
+    pub h: i32,
+    pub d: i32,
+    pub q_len: i32,
+    pub kv_len: i32,
+    pub gqa_factor: i32,
+    pub scale: f32,
+    /// 1.0: off (the full kernel has no softcapping).
+    pub softcapping: f32,
+    pub nq: i32,
+    pub nk: i32,
+    pub nq_aligned: i32,
+    pub nk_aligned: i32,
+    pub q_len_rem: i32,
+    pub kv_len_rem: i32,
+    /// Offset of the first query in the key sequence (causal masks only).
+    pub q_len_off: i32,
+    pub q_strides: [i64; 3],
+    pub k_strides: [i64; 3],
+    pub v_strides: [i64; 3],
+    pub o_strides: [i64; 3],
+}
+
+impl SdpaParams {
+    /// Heads of `[tokens, heads_total, d]` rows viewed `(batch, heads, len, d)`; `bq`/`bk` are
+    /// the kernel's tile rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn packed(
+        batch: usize,
+        heads: usize,
+        heads_total: usize,
+        d: usize,
+        q_len: usize,
+        kv_len: usize,
+        bq: usize,
+        bk: usize,
+        scale: f32,
+    ) -> Self {
+        let row = (heads_total * d) as i64;
+        let strides = |len: usize| [len as i64 * row, d as i64, row];
+        let (nq, nk) = (q_len.div_ceil(bq), kv_len.div_ceil(bk));
+        let (nq_aligned, nk_aligned) = (q_len / bq, kv_len / bk);
+        Self {
+            b: batch as i32,
+            h: heads as i32,
+            d: d as i32,
+            q_len: q_len as i32,
+            kv_len: kv_len as i32,
+            gqa_factor: 1,
+            scale,
+            softcapping: 1.0,
+            nq: nq as i32,
+            nk: nk as i32,
+            nq_aligned: nq_aligned as i32,
+            nk_aligned: nk_aligned as i32,
+            q_len_rem: (q_len - nq_aligned * bq) as i32,
+            kv_len_rem: (kv_len - nk_aligned * bk) as i32,
+            q_len_off: kv_len as i32 - q_len as i32,
+            q_strides: strides(q_len),
+            k_strides: strides(kv_len),
+            v_strides: strides(kv_len),
+            o_strides: strides(q_len),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    /// The layout MSL gives `AttnParams`: 15 four-byte fields, then four `int64_t[3]` at the
+    /// next 8-byte boundary.
+    #[test]
+    fn sdpa_params_have_the_kernels_layout() {
+        assert_eq!(offset_of!(SdpaParams, q_len_off), 56);
+        assert_eq!(offset_of!(SdpaParams, q_strides), 64);
+        assert_eq!(offset_of!(SdpaParams, o_strides), 136);
+        assert_eq!(size_of::<SdpaParams>(), 160);
+        // 1029 queries against 4101 keys, heads 4..8 of 12 with head dim 128.
+        let p = SdpaParams::packed(2, 4, 12, 128, 1029, 4101, 32, 16, 0.125);
+        assert_eq!(p.q_strides, [1029 * 1536, 128, 1536]);
+        assert_eq!(p.k_strides, [4101 * 1536, 128, 1536]);
+        assert_eq!((p.nq, p.nq_aligned, p.q_len_rem), (33, 32, 5));
+        assert_eq!((p.nk, p.nk_aligned, p.kv_len_rem), (257, 256, 5));
+    }
+}

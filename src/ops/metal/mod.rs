@@ -1,13 +1,14 @@
 //! Metal utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"); the launchers
 //! themselves are each op's `metal.rs` (`src/ops/<op>/metal.rs`). Imports no op.
 //!
-//! `kargs`, `dispatch`, `budget` and the `*_plan` modules are plain Rust and always compiled:
+//! `kargs`, `dispatch`, `budget`, `capabilities` and the `*_plan` modules are plain Rust and always compiled:
 //! they decide kernel names, grids, threadgroup memory, each dispatch's estimated work and the
 //! command-buffer budget, and the MSL emulator tests (tests/metal_emu.rs) execute exactly those
-//! plans. The encoding itself (`pipelines`, `encode`, `buffers`, `submit`) needs candle's Metal
+//! plans. Device setup and the encoding (`setup`, `pipelines`, `encode`, `buffers`, `submit`) need candle's Metal
 //! backend and only exists with the `metal` feature.
 
 pub mod budget;
+pub mod capabilities;
 pub mod dispatch;
 pub mod elementwise_plan;
 pub mod kargs;
@@ -24,6 +25,8 @@ mod buffers;
 pub(crate) mod encode;
 #[cfg(feature = "metal")]
 pub(crate) mod pipelines;
+#[cfg(feature = "metal")]
+pub(crate) mod setup;
 #[cfg(feature = "metal")]
 pub(crate) mod submit;
 

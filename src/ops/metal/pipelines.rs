@@ -1,8 +1,9 @@
-//! Kernel sources embedded once, libraries and pipelines compiled once per Metal device, as
-//! candle-metal-kernels does: a read lock for the common hit, a write lock that checks again before compiling.
+//! Kernel sources embedded once; libraries compiled once per Metal device by the device setup
+//! (`setup`), pipelines once per kernel as candle-metal-kernels does: a read lock for the common
+//! hit, a write lock that checks again before compiling.
 
 use candle_core::{MetalDevice, MetalError, Result};
-use candle_metal_kernels::metal::{ComputePipeline, Library};
+use candle_metal_kernels::metal::ComputePipeline;
 use std::collections::HashMap;
 use std::sync::{LazyLock, RwLock};
 
@@ -26,8 +27,29 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: &'static [Source] = &[
+        Source::SparseConv,
+        Source::Attention,
+        Source::DeformConv,
+        Source::Elementwise,
+        Source::NeighbourMap,
+        Source::Norms,
+    ];
+
+    /// The file in the repository, for messages.
+    pub fn file(self) -> &'static str {
+        match self {
+            Source::DeformConv => "kernels/metal/deform_conv.metal",
+            Source::Elementwise => "kernels/metal/elementwise.metal",
+            Source::SparseConv => "kernels/metal/sparse_conv.metal",
+            Source::Attention => "kernels/metal/attention.metal",
+            Source::NeighbourMap => "kernels/metal/neighbour_map.metal",
+            Source::Norms => "kernels/metal/norms.metal",
+        }
+    }
+
     /// The file with `#include "kargs.h"` spliced in: runtime compilation has no include path.
-    fn text(self) -> String {
+    pub(super) fn text(self) -> String {
         let raw = match self {
             Source::DeformConv => DEFORM_CONV_METAL,
             Source::Elementwise => ELEMENTWISE_METAL,
@@ -40,33 +62,14 @@ impl Source {
     }
 }
 
-/// Libraries and pipelines are per physical device (`MTLDevice` registry id).
-type LibraryKey = (u64, Source);
+/// Pipelines are per physical device (`MTLDevice` registry id).
 type PipelineKey = (u64, String);
 
-static LIBRARIES: LazyLock<RwLock<HashMap<LibraryKey, Library>>> = LazyLock::new(Default::default);
 static PIPELINES: LazyLock<RwLock<HashMap<PipelineKey, ComputePipeline>>> =
     LazyLock::new(Default::default);
 
 fn poisoned<T>(_: T) -> candle_core::Error {
     candle_core::Error::Msg("metal pipeline cache lock poisoned".into())
-}
-
-fn library(device: &MetalDevice, source: Source) -> Result<Library> {
-    let key = (device.metal_device().registry_id(), source);
-    if let Some(lib) = LIBRARIES.read().map_err(poisoned)?.get(&key) {
-        return Ok(lib.clone());
-    }
-    let mut libraries = LIBRARIES.write().map_err(poisoned)?;
-    if let Some(lib) = libraries.get(&key) {
-        return Ok(lib.clone());
-    }
-    let lib = device
-        .metal_device()
-        .new_library_with_source(&source.text(), None)
-        .map_err(MetalError::from)?;
-    libraries.insert(key, lib.clone());
-    Ok(lib)
 }
 
 /// The compute pipeline of kernel `name` (a `host_name` of `source`).
@@ -75,12 +78,23 @@ pub fn pipeline(device: &MetalDevice, source: Source, name: &str) -> Result<Comp
     if let Some(p) = PIPELINES.read().map_err(poisoned)?.get(&key) {
         return Ok(p.clone());
     }
-    let lib = library(device, source)?;
+    let setup = super::setup::setup(device)?;
     let mut pipelines = PIPELINES.write().map_err(poisoned)?;
     if let Some(p) = pipelines.get(&key) {
         return Ok(p.clone());
     }
-    let function = lib.get_function(name, None).map_err(MetalError::from)?;
+    let function = setup
+        .library(source)
+        .get_function(name, None)
+        .map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "metal: kernel `{name}` is not in {} as compiled on {} (MSL {}{})",
+                source.file(),
+                setup.report.name,
+                setup.plan.msl,
+                if setup.plan.bf16 { "" } else { ", no bf16" }
+            ))
+        })?;
     let p = device
         .metal_device()
         .new_compute_pipeline_state_with_function(&function)
