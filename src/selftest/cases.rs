@@ -51,6 +51,25 @@ pub fn cases() -> Vec<Case> {
     .concat()
 }
 
+/// The attention calls of the released models at their sizes, which `trellis2 selftest` checks
+/// and times on Metal through both attention paths (candle's steel attention and ours) so the
+/// first run on a Mac tells which is faster: DINOv3's self-attention at 512 and 1024 px (1029
+/// and 4101 tokens, f32, head dim 64) and the flows' self- and cross-attention at 3,712 and
+/// 15,272 tokens (bf16, f16 where bf16 is unavailable; head dim 128). Two heads instead of 16
+/// or 12: the CPU reference of 12 heads at 15,272 tokens alone is 1.4 TFLOP; per-head
+/// throughput is what the paths are compared on.
+pub fn metal_attention_cases() -> Vec<Case> {
+    const FLOWS: &[DType] = &[DType::BF16, DType::F16];
+    table([
+        (Bench, attention(&[1029], None, 2, 64), F32, TC),
+        (Bench, attention(&[4101], None, 2, 64), F32, TC),
+        (Bench, attention(&[3712], None, 2, 128), FLOWS, TC),
+        (Bench, attention(&[3712], Some(&[1029]), 2, 128), FLOWS, TC),
+        (Bench, attention(&[15272], None, 2, 128), FLOWS, TC),
+        (Bench, attention(&[15272], Some(&[4101]), 2, 128), FLOWS, TC),
+    ])
+}
+
 /// Cases from a table of (size, op, dtypes, tolerance).
 fn table<const N: usize>(rows: [(Size, Op, &'static [DType], Tolerance); N]) -> Vec<Case> {
     rows.into_iter()

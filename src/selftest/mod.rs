@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Result, Tensor};
 pub use case::{
     Case, ConvMap, Inputs, Op, Reference, RopeTable, Size, Tolerance, Voxels, Work, DTYPES,
 };
-pub use cases::cases;
+pub use cases::{cases, metal_attention_cases};
 pub use metrics::{host_f32, max_abs_diff, rel_err, tensor_max_abs_diff, tensor_rel_err};
 pub use shapes::{uniform, voxel_shell};
 
@@ -93,7 +93,55 @@ impl fmt::Display for Report {
 /// handing each report to `each` as it finishes (a case that errors is a failed report, and the
 /// run goes on).
 pub fn run(device: &Device, each: &mut dyn FnMut(&Report)) -> Vec<Report> {
-    run_cases(device, |c| c.size == Size::Bench, true, each)
+    let mut reports = run_cases(device, |c| c.size == Size::Bench, true, each);
+    if device.is_metal() {
+        reports.extend(run_attention_paths(device, each));
+    }
+    reports
+}
+
+/// [`metal_attention_cases`] through each Metal attention path (`TRELLIS2_METAL_ATTENTION`
+/// pinned), checked against one CPU reference per case and dtype, and timed.
+fn run_attention_paths(device: &Device, each: &mut dyn FnMut(&Report)) -> Vec<Report> {
+    use crate::ops::tuning::{MetalAttention, Tuning};
+    let mut reports = Vec::new();
+    for case in metal_attention_cases() {
+        for &dtype in case.dtypes {
+            if !usable(device, dtype) {
+                continue;
+            }
+            let memo = std::cell::RefCell::new(None::<Tensor>);
+            let reference = |inputs: &Inputs, kind: Reference| -> Result<Tensor> {
+                if let Some(t) = memo.borrow().as_ref() {
+                    return Ok(t.clone());
+                }
+                let t = case.reference(inputs, kind)?;
+                *memo.borrow_mut() = Some(t.clone());
+                Ok(t)
+            };
+            for (path, name) in [
+                (MetalAttention::Sdpa, "sdpa"),
+                (MetalAttention::Varlen, "varlen"),
+            ] {
+                let tuning = Tuning {
+                    metal_attention: path,
+                    ..Tuning::current()
+                };
+                let run = |inputs: &Inputs| tuning.with(|| case.run(inputs));
+                let mut report = check_full(&case, dtype, device, true, &run, &reference);
+                report.case = format!("{} metal={name}", report.case);
+                each(&report);
+                reports.push(report);
+            }
+        }
+    }
+    reports
+}
+
+/// Whether `device` runs `dtype` kernels (a Metal GPU without bfloat has no bf16 ones; its
+/// bf16 cases are skipped, as its runs compute those models in f16).
+fn usable(device: &Device, dtype: DType) -> bool {
+    dtype != DType::BF16 || crate::ops::bf16_available(device)
 }
 
 /// Checks every case `device` runs ([`Case::runs_on`]) that `keep` keeps, untimed: the tests.
@@ -113,7 +161,7 @@ fn run_cases(
 ) -> Vec<Report> {
     let mut reports = Vec::new();
     for case in cases().iter().filter(|c| c.runs_on(device) && keep(c)) {
-        for &dtype in case.dtypes {
+        for &dtype in case.dtypes.iter().filter(|&&d| usable(device, d)) {
             let report = check(case, dtype, device, timed);
             each(&report);
             reports.push(report);
@@ -147,17 +195,31 @@ pub fn check_with(
     timed: bool,
     run: &dyn Fn(&Inputs) -> Result<Tensor>,
 ) -> Report {
+    check_full(case, dtype, device, timed, run, &|inputs, kind| {
+        case.reference(inputs, kind)
+    })
+}
+
+/// [`check_with`] with the reference computed by `reference` (which may reuse one).
+fn check_full(
+    case: &Case,
+    dtype: DType,
+    device: &Device,
+    timed: bool,
+    run: &dyn Fn(&Inputs) -> Result<Tensor>,
+    reference: &dyn Fn(&Inputs, Reference) -> Result<Tensor>,
+) -> Report {
     let measured = || -> Result<Measured> {
         let operands = operand_dtype(case, device, dtype);
         let inputs = case.inputs(dtype, operands)?;
         let on_device = inputs.to_device(device)?;
         let got = run(&on_device)?;
-        let reference = if device.is_cpu() {
+        let kind = if device.is_cpu() {
             Reference::SlowTwin
         } else {
             Reference::CpuOp
         };
-        let want = case.reference(&inputs, reference)?;
+        let want = reference(&inputs, kind)?;
         if got.dtype() != dtype || got.dims() != want.dims() {
             candle_core::bail!(
                 "output is {:?} {:?}, want {dtype:?} {:?}",
@@ -294,6 +356,38 @@ mod tests {
                 "kernel {name} has no Bench case: `trellis2 selftest` would not run it"
             );
         }
+    }
+
+    /// The Metal attention-path cases are calls both paths take (so `metal=sdpa` never reports
+    /// an error instead of a measurement) at the models' token counts.
+    #[test]
+    fn metal_attention_cases_run_on_both_paths() {
+        use crate::ops::metal::dispatch::{attention_bk, sdpa_shape};
+        let cases = metal_attention_cases();
+        let mut tokens = std::collections::BTreeSet::new();
+        for case in &cases {
+            let Op::Attention {
+                q, kv, head_dim, ..
+            } = &case.op
+            else {
+                panic!("{}", case.op);
+            };
+            let offsets = |lens: &[usize]| {
+                let mut o = vec![0];
+                o.extend(lens.iter().scan(0, |a, l| {
+                    *a += l;
+                    Some(*a)
+                }));
+                o
+            };
+            let kv = kv.clone().unwrap_or(q.clone());
+            for &dtype in case.dtypes {
+                sdpa_shape(&offsets(q), &offsets(&kv), *head_dim, dtype).unwrap();
+            }
+            attention_bk(*head_dim).unwrap();
+            tokens.extend(q.iter().chain(&kv).copied());
+        }
+        assert_eq!(tokens.into_iter().collect::<Vec<_>>(), [1029, 3712, 4101, 15272]);
     }
 
     /// Case labels name every parameter, so two cases of one size never print alike (an edge
