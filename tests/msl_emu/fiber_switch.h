@@ -6,7 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 
-extern "C" void emu_fiber_switch(void** from, void* to);
+// The assembler name is given so that it is the same on ELF and on Mach-O (macOS), which would
+// otherwise prefix an underscore.
+extern "C" void emu_fiber_switch(void** from, void* to) __asm__("emu_fiber_switch");
 
 #if defined(__x86_64__)
 asm(R"(
@@ -51,11 +53,17 @@ inline void* emu_fiber_init(char* stack, size_t size, void (*entry)(), bool flus
     return sp;
 }
 #elif defined(__aarch64__)
+// ELF's .type and .size directives; Mach-O (macOS, Apple's assembler) has neither.
+#if defined(__APPLE__)
+#define EMU_ELF_ONLY(directive) ""
+#else
+#define EMU_ELF_ONLY(directive) directive "\n"
+#endif
 asm(R"(
 .text
 .globl emu_fiber_switch
-.type emu_fiber_switch,%function
-emu_fiber_switch:
+.p2align 2
+)" EMU_ELF_ONLY(".type emu_fiber_switch,%function") R"(emu_fiber_switch:
     sub sp, sp, #160
     stp x19, x20, [sp, #0]
     stp x21, x22, [sp, #16]
@@ -82,8 +90,7 @@ emu_fiber_switch:
     ldp d14, d15, [sp, #144]
     add sp, sp, #160
     ret
-.size emu_fiber_switch,.-emu_fiber_switch
-)");
+)" EMU_ELF_ONLY(".size emu_fiber_switch,.-emu_fiber_switch"));
 
 // A fresh stack whose saved x30 (link register) is entry(). FPCR is per OS thread here: the
 // driver sets its flush-to-zero bit on the worker thread for the fast-math model.
