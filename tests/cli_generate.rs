@@ -12,6 +12,9 @@ const IMAGE: &str =
 
 fn trellis2(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        // Outputs are compared with CPU results: a GPU the build has (Metal on a Mac) must not
+        // be picked by `--device auto`.
+        .env("TRELLIS2_DEVICE", "cpu")
         .args(args)
         .env_remove("TRELLIS2_MODEL")
         .output()
@@ -302,6 +305,9 @@ fn usage_errors_fail_before_any_work() {
     // No --model and nothing in the (empty) hub cache: --offline names the command to run.
     let cache = dir.path().join("hub-cache");
     let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        // Outputs are compared with CPU results: a GPU the build has (Metal on a Mac) must not
+        // be picked by `--device auto`.
+        .env("TRELLIS2_DEVICE", "cpu")
         .args(["generate", &img, "-o", &s(dir.path()), "--offline"])
         .env_remove("TRELLIS2_MODEL")
         .env("HF_HUB_CACHE", &cache)
@@ -402,6 +408,9 @@ fn photos_without_alpha_are_matted_kept_or_refused() {
         a.extend(extra);
         // An empty hub cache: the user's own cache must not supply the missing remover.
         Command::new(env!("CARGO_BIN_EXE_trellis2"))
+            // Outputs are compared with CPU results: a GPU the build has (Metal on a Mac) must not
+            // be picked by `--device auto`.
+            .env("TRELLIS2_DEVICE", "cpu")
             .args(&a)
             .env_remove("TRELLIS2_MODEL")
             .env("HF_HUB_CACHE", dir.path().join("empty-cache"))

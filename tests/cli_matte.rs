@@ -19,6 +19,9 @@ const SIZE: u32 = 128;
 
 fn trellis2(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        // Outputs are compared with CPU results: a GPU the build has (Metal on a Mac) must not
+        // be picked by `--device auto`.
+        .env("TRELLIS2_DEVICE", "cpu")
         .args(args)
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
@@ -148,6 +151,9 @@ fn matte_without_a_model_or_with_a_bad_size_says_why() {
         let mut args = vec!["matte", p(&input), "-o", p(&output), "--offline"];
         args.extend(choice.iter().flat_map(|c| ["--rembg", c]));
         let out = Command::new(env!("CARGO_BIN_EXE_trellis2"))
+            // Outputs are compared with CPU results: a GPU the build has (Metal on a Mac) must not
+            // be picked by `--device auto`.
+            .env("TRELLIS2_DEVICE", "cpu")
             .args(&args)
             .env("HF_HUB_CACHE", &cache)
             .env("HF_ENDPOINT", "http://127.0.0.1:9")

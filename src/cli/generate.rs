@@ -76,7 +76,7 @@ pub struct Args {
     pub pipeline: Option<PipelineArg>,
     /// Compute device (auto: Metal on macOS builds with it, else CUDA when built with it, else
     /// the CPU).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    #[arg(long, value_enum, env = "TRELLIS2_DEVICE", default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Compute dtype: auto (f32 on the CPU; on a GPU each checkpoint's own dtype, bf16 flows
     /// and f16 decoders as upstream runs them), f32, f16 or bf16 (GPU only). Norms, RoPE,

@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub offline: bool,
     /// Compute device (BiRefNet in f32 with fp32 accumulation).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    #[arg(long, value_enum, env = "TRELLIS2_DEVICE", default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
     /// Side of the square network input. Upstream uses 1024; other multiples of 32 are faster
     /// or sharper but do not reproduce upstream's matte.

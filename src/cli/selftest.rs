@@ -14,7 +14,7 @@ use trellis2::selftest;
 pub struct Args {
     /// Device whose kernels are checked. On the CPU the ops are checked against their slow
     /// reference twins.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    #[arg(long, value_enum, env = "TRELLIS2_DEVICE", default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
 }
 

@@ -387,7 +387,10 @@ mod tests {
             attention_bk(*head_dim).unwrap();
             tokens.extend(q.iter().chain(&kv).copied());
         }
-        assert_eq!(tokens.into_iter().collect::<Vec<_>>(), [1029, 3712, 4101, 15272]);
+        assert_eq!(
+            tokens.into_iter().collect::<Vec<_>>(),
+            [1029, 3712, 4101, 15272]
+        );
     }
 
     /// Case labels name every parameter, so two cases of one size never print alike (an edge
