@@ -2,7 +2,7 @@
 
 use super::dispatch::Dispatch;
 use candle_core::{MetalDevice, Result};
-use candle_metal_kernels::metal::{Buffer, ComputePipeline};
+use candle_metal_kernels::metal::{Buffer, ComputeCommandEncoder, ComputePipeline};
 use candle_metal_kernels::utils::{set_param, Input, Output};
 use objc2_metal::MTLSize;
 
@@ -19,6 +19,19 @@ fn size([width, height, depth]: [u32; 3]) -> MTLSize {
         width: width as usize,
         height: height as usize,
         depth: depth as usize,
+    }
+}
+
+/// Binds `buffers` from index `first` on (written ones tagged as outputs, so candle places the
+/// barriers).
+fn bind(enc: &ComputeCommandEncoder, first: usize, buffers: &[Arg<'_>]) {
+    for (i, arg) in buffers.iter().enumerate() {
+        let at = first + i;
+        match *arg {
+            Arg::Read(buffer, offset) => set_param(enc, at, Input::with_offset(buffer, offset)),
+            Arg::Write(buffer) => set_param(enc, at, Output::new(buffer)),
+            Arg::WriteAt(buffer, offset) => set_param(enc, at, Output::with_offset(buffer, offset)),
+        }
     }
 }
 
@@ -39,15 +52,7 @@ pub fn encode<A: Copy>(
     encoder.set_compute_pipeline_state(pipeline);
     let enc = encoder.as_ref();
     enc.set_bytes(0, &dispatch.args);
-    for (i, arg) in buffers.iter().enumerate() {
-        match *arg {
-            Arg::Read(buffer, offset) => set_param(enc, i + 1, Input::with_offset(buffer, offset)),
-            Arg::Write(buffer) => set_param(enc, i + 1, Output::new(buffer)),
-            Arg::WriteAt(buffer, offset) => {
-                set_param(enc, i + 1, Output::with_offset(buffer, offset))
-            }
-        }
-    }
+    bind(enc, 1, buffers);
     enc.set_threadgroup_memory_length(0, dispatch.threadgroup_memory);
     enc.dispatch_thread_groups(size(dispatch.threadgroups), size(dispatch.threads));
     drop(encoder);
@@ -69,13 +74,7 @@ pub fn encode_args_last<P, A: Copy>(
     encoder.set_label(label);
     encoder.set_compute_pipeline_state(pipeline);
     let enc = encoder.as_ref();
-    for (i, arg) in buffers.iter().enumerate() {
-        match *arg {
-            Arg::Read(buffer, offset) => set_param(enc, i, Input::with_offset(buffer, offset)),
-            Arg::Write(buffer) => set_param(enc, i, Output::new(buffer)),
-            Arg::WriteAt(buffer, offset) => set_param(enc, i, Output::with_offset(buffer, offset)),
-        }
-    }
+    bind(enc, 0, buffers);
     enc.set_bytes(buffers.len(), args);
     enc.dispatch_thread_groups(size(dispatch.threadgroups), size(dispatch.threads));
     drop(encoder);
