@@ -302,6 +302,7 @@ fn binding_mismatches_name_the_kernel_and_binding() {
         ci: 3,
         co: 1,
         voxel_tile_base: 0,
+        vec_loads: 0,
     };
     let x: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let run = |slots: Vec<(u32, Slot)>, buffers: Vec<Vec<u8>>| {
@@ -340,7 +341,7 @@ fn binding_mismatches_name_the_kernel_and_binding() {
         "a short argument struct",
         short,
         vec![x.clone(), vec![0; 128]],
-        "[[buffer(0)]] `constant SparseConvArgs& args` is 16 bytes; the host binds 12",
+        "[[buffer(0)]] `constant SparseConvArgs& args` is 20 bytes; the host binds 12",
     ));
     cases.push((
         "a missing buffer",
