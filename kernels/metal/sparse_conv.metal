@@ -8,8 +8,9 @@
 // Tiles: a threadgroup (4 simdgroups, 32x32 each) computes 64 voxels x 64 output channels over the
 // tile's live taps, Ci in slices of 32. A (gathered feature rows) and B (weight rows, one per output
 // channel, read transposed by simdgroup_load) are staged in T, rows padded by 16 bytes; products
-// accumulate in float and the bias is added in float before the one rounding to T. f16/bf16 keep
-// two stages (the next slice is stored while this one multiplies; one barrier per slice).
+// accumulate in float and the bias is added in float before the one rounding to T. The next
+// slice is loaded into registers while this one multiplies; f16/bf16 then store it into a second
+// stage (one barrier per slice), f32 into the only one (two).
 // Threadgroup memory (host-sized, threadgroup(0)): stages x (A + B) tiles, then the neighbour rows
 // [64][27] uint and 32 tap flags: f32 25,472 bytes, f16/bf16 27,520 (kernels/README.md).
 #include <metal_stdlib>
