@@ -15,8 +15,8 @@ use trellis2::ops::bias_act::{bias_act, Activation};
 use trellis2::ops::deform_conv::modulated_im2col_args;
 use trellis2::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 use trellis2::ops::metal::dispatch::{
-    attention_dispatches, attention_kernel, attention_tiles, deform_im2col_dispatches,
-    sparse_conv_dispatches, SHELL_LIVE_TAPS,
+    attention_dispatches, attention_kernel, attention_tiles, conv_vec_loads,
+    deform_im2col_dispatches, sparse_conv_dispatches, SHELL_LIVE_TAPS,
 };
 use trellis2::ops::metal::elementwise_plan::{
     bias_act_dispatch, gated_residual_dispatch, vectorizable,
@@ -166,20 +166,13 @@ fn emulate(emu: &Emulator, inputs: &Inputs, budget: Budget) -> Option<Result<Vec
             map,
             weight,
             bias,
-        } => emulate_conv(emu, feats, map, weight, max_seconds).and_then(|out| {
-            // The Metal kernel has no bias: the backend adds it in one fused pass after it.
-            let Some(bias) = bias else { return Ok(out) };
-            let out = Tensor::from_vec(
-                out,
-                (feats.dim(0).unwrap(), weight.dim(0).unwrap()),
-                &Device::Cpu,
-            )
-            .and_then(|t| t.to_dtype(feats.dtype()))
-            .and_then(|t| bias_act(&t, bias, Activation::None))
-            .and_then(|t| output_values(&t))
-            .map_err(|e| e.to_string())?;
-            Ok(out)
-        }),
+        } => emulate_conv(
+            emu,
+            [feats, weight, map],
+            bias.as_ref(),
+            [0, 0],
+            max_seconds,
+        ),
         Inputs::Attention {
             q,
             k,
@@ -408,28 +401,46 @@ fn deform_im2col_cases() {
 
 // ---------------------------------------------------------------------------- launches
 
-/// Runs the planned sparse-conv dispatches; returns `[n, co]`.
+/// Runs the planned sparse-conv dispatches, feats and weight bound `pads` elements into their
+/// buffers and the bias zeros where there is none (as the backend binds them); returns `[n, co]`.
 fn emulate_conv(
     emu: &Emulator,
-    feats: &Tensor,
-    map: &Tensor,
-    weight: &Tensor,
+    [feats, weight, map]: [&Tensor; 3],
+    bias: Option<&Tensor>,
+    pads: [usize; 2],
     max_seconds: f64,
 ) -> Result<Vec<f32>, String> {
     let (n, ci) = feats.dims2().unwrap();
     let co = weight.dim(0).unwrap();
     let dtype = feats.dtype();
+    let bias = match bias {
+        Some(b) => b.to_dtype(DType::F32).unwrap(),
+        None => Tensor::zeros(co, DType::F32, &Device::Cpu).unwrap(),
+    };
+    let vec_loads = conv_vec_loads(ci, &pads);
     // The host plans with a surface's live taps (it has the map only on the device).
-    let plan = sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, max_seconds).unwrap();
+    let plan =
+        sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, max_seconds, vec_loads).unwrap();
+    let (f, f0) = view_of(feats, pads[0]);
+    let (w, w0) = view_of(weight, pads[1]);
     let buffers = vec![
-        bytes_of(feats),
-        bytes_of(weight),
+        f,
+        w,
         bytes_of(map),
+        bytes_of(&bias),
         poisoned(n * co, dtype),
     ];
-    let dispatches: Vec<EmuDispatch> = plan.iter().map(|d| emu_dispatch(d, 4)).collect();
+    let dispatches: Vec<EmuDispatch> = plan
+        .iter()
+        .map(|d| {
+            let mut e = emu_dispatch(d, 5);
+            e.slots[1].1 = Slot::BufferAt(0, f0);
+            e.slots[2].1 = Slot::BufferAt(1, w0);
+            e
+        })
+        .collect();
     let out = emu.run(&buffers, &dispatches)?;
-    written(&out[3], n * co, dtype)
+    written(&out[4], n * co, dtype)
 }
 
 fn emulate_attention(
@@ -774,7 +785,7 @@ fn elementwise_kernels_take_operands_bound_mid_buffer() {
 fn kargs_layout_matches_the_header() {
     use std::mem::{offset_of, size_of};
     let want = format!(
-        "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={}\n\
+        "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={} vec_loads={}\n\
          AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n\
          DeformIm2ColArgs size={} batch=0 channels=4 height=8 width=12 kh=16 kw=20 out_h=24 \
          out_w=28 offset_groups=32 stride_y=36 stride_x=40 pad_y=44 pad_x=48 dil_y=52 dil_x=56 \
@@ -789,6 +800,7 @@ fn kargs_layout_matches_the_header() {
         offset_of!(SparseConvArgs, ci),
         offset_of!(SparseConvArgs, co),
         offset_of!(SparseConvArgs, voxel_tile_base),
+        offset_of!(SparseConvArgs, vec_loads),
         size_of::<AttentionArgs>(),
         offset_of!(AttentionArgs, heads),
         offset_of!(AttentionArgs, tile_base),
@@ -830,6 +842,7 @@ fn kargs_layout_matches_the_header() {
         ci: 2,
         co: 3,
         voxel_tile_base: 4,
+        vec_loads: 1,
     };
     assert_eq!(args.to_bytes().len(), size_of::<SparseConvArgs>());
 }
@@ -911,12 +924,12 @@ fn a_kernel_missing_a_barrier_fails() {
         "/kernels/metal/sparse_conv.metal"
     ))
     .unwrap();
-    let staged = "b_tile[c * CONV_BN + o] = w;\n            }\n            threadgroup_barrier(mem_flags::mem_threadgroup);";
+    let staged = "    threadgroup_barrier(mem_flags::mem_threadgroup);\n\n    while (have) {";
     assert!(
         src.contains(staged),
         "sparse_conv.metal changed; update this test"
     );
-    let broken = src.replace(staged, "b_tile[c * CONV_BN + o] = w;\n            }");
+    let broken = src.replace(staged, "\n    while (have) {");
     let emu = Emulator::build("sparse_conv_no_barrier", &broken);
     let case = Case::new(
         Size::Small,
@@ -939,7 +952,13 @@ fn a_kernel_missing_a_barrier_fails() {
     };
     // Caught means: the emulator failed, the output kept NaN or is wrong.
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        match emulate_conv(&emu, feats, map, weight, COMMAND_BUFFER_SECONDS) {
+        match emulate_conv(
+            &emu,
+            [feats, weight, map],
+            None,
+            [0, 0],
+            COMMAND_BUFFER_SECONDS,
+        ) {
             Err(_) => true,
             Ok(got) => rel_err(&got, &want) > case.tolerance(DType::F32, DType::F32),
         }
@@ -948,6 +967,69 @@ fn a_kernel_missing_a_barrier_fails() {
         !matches!(caught, Ok(false)),
         "a missing barrier went unnoticed"
     );
+}
+
+/// Conv operands bound mid-buffer: a feats or weight start that is not a multiple of 4 elements
+/// (or Ci that is not) forces the scalar loads even where Ci allows vectors; either path matches
+/// the CPU op, and no kernel reads before its operand's start (the padding is NaN bytes).
+#[test]
+fn sparse_conv_takes_operands_bound_mid_buffer() {
+    let emu = Emulator::get("sparse_conv");
+    let mut failed = Vec::new();
+    for &dtype in trellis2::selftest::DTYPES {
+        for (ci, pads) in [
+            (32, [0, 0]),
+            (32, [1, 0]),
+            (32, [0, 3]),
+            (36, [4, 8]),
+            (13, [2, 1]),
+        ] {
+            let case = Case::new(
+                Size::Small,
+                Op::SparseConv {
+                    map: ConvMap::Random {
+                        voxels: 150,
+                        p: 0.5,
+                        seed: 7,
+                    },
+                    ci,
+                    co: 40,
+                    bias: true,
+                },
+                trellis2::selftest::DTYPES,
+                trellis2::selftest::Tolerance::REDUCTION,
+            );
+            let inputs = case.inputs(dtype, dtype).unwrap();
+            let want = output_values(&case.reference(&inputs, Reference::CpuOp).unwrap()).unwrap();
+            let Inputs::SparseConv {
+                feats,
+                map,
+                weight,
+                bias,
+            } = &inputs
+            else {
+                unreachable!()
+            };
+            let label = format!(
+                "ci {ci} starts {pads:?} vec {} [{dtype:?}]",
+                conv_vec_loads(ci, &pads)
+            );
+            let outcome = emulate_conv(
+                &emu,
+                [feats, weight, map],
+                bias.as_ref(),
+                pads,
+                COMMAND_BUFFER_SECONDS,
+            )
+            .map_err(candle_core::Error::msg)
+            .and_then(|got| compare(&got, &want, case.tolerance(dtype, dtype)));
+            match outcome {
+                Ok(m) if m.max_rel <= m.tolerance => println!("{label}: rel {:.2e}", m.max_rel),
+                other => failed.push(format!("{label}: {other:?}")),
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
 }
 
 /// A barrier reached by only some threads is reported, not hung on.

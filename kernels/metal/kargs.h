@@ -10,6 +10,8 @@ struct SparseConvArgs {
     uint ci;              // input channels
     uint co;              // output channels
     uint voxel_tile_base; // first voxel tile of this dispatch (watchdog split)
+    uint vec_loads;       // 1: feats and weight rows allow 4-element vector loads (Ci % 4 == 0,
+                          // starts aligned to 4 elements); 0: scalar loads
 };
 
 // Varlen attention, one dispatch = a range of query tiles x heads.

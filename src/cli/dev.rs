@@ -77,7 +77,7 @@ pub enum PlanForm {
         #[arg(long, default_value = "bf16", value_parser = metal_plan::parse_dtype)]
         dtype: candle_core::DType,
     },
-    /// One submanifold conv layer (the conv and its bias pass).
+    /// One submanifold conv layer (one dispatch: the bias is added in the conv's epilogue).
     SparseConv {
         #[arg(long)]
         voxels: usize,

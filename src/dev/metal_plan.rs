@@ -16,8 +16,8 @@ use crate::ops::metal::budget::{
     COMMAND_BUFFER_SECONDS,
 };
 use crate::ops::metal::dispatch::{
-    attention_plan as plan_attention, sparse_conv_dispatches, AttentionPlan, Dispatch,
-    SHELL_LIVE_TAPS,
+    attention_plan as plan_attention, conv_vec_loads, sparse_conv_dispatches, AttentionPlan,
+    Dispatch, SHELL_LIVE_TAPS,
 };
 use crate::ops::metal::elementwise_plan::{bias_act_dispatch, gated_residual_dispatch};
 use crate::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
@@ -306,7 +306,8 @@ pub fn attention_plan(
 }
 
 /// One submanifold conv layer on Metal: the conv kernel (planned with [`SHELL_LIVE_TAPS`] live
-/// taps per tile, as the host plans it) and the bias pass after it.
+/// taps per tile, as the host plans it), which adds the bias in its epilogue; operands start
+/// at offset 0, so vector loads wherever Ci allows them.
 pub fn sparse_conv_plan(voxels: usize, ci: usize, co: usize, dtype: DType) -> Result<Plan> {
     let mut p = Planner::new();
     let plan = sparse_conv_dispatches(
@@ -316,13 +317,9 @@ pub fn sparse_conv_plan(voxels: usize, ci: usize, co: usize, dtype: DType) -> Re
         dtype,
         SHELL_LIVE_TAPS,
         COMMAND_BUFFER_SECONDS,
+        conv_vec_loads(ci, &[0, 0]),
     )?;
     p.ours("sparse_conv", plan);
-    let vec4 = co.is_multiple_of(4);
-    p.ours(
-        "sparse_conv.bias",
-        bias_act_dispatch(voxels, co, Activation::None, dtype, vec4)?,
-    );
     Ok(p.finish(0))
 }
 
@@ -636,6 +633,12 @@ mod tests {
         for (n, ci, co) in [(20_000, 1024, 1024), (1_200_000, 128, 128)] {
             let plan = sparse_conv_plan(n, ci, co, DType::F16).unwrap();
             check_targets(&plan, &format!("conv {n}x{ci}"));
+            // The bias is the conv kernel's epilogue: no pass after it.
+            assert!(
+                plan.dispatches.iter().all(|d| d.op == "sparse_conv"),
+                "conv {n}x{ci}: {:?}",
+                plan.dispatches.iter().map(|d| &d.op).collect::<Vec<_>>()
+            );
         }
     }
 

@@ -295,13 +295,14 @@ template [[host_name("args")]] kernel void args<float>(constant SparseConvArgs& 
 
 #[test]
 fn binding_mismatches_name_the_kernel_and_binding() {
-    use trellis2::ops::metal::kargs::{AttentionArgs, SparseConvArgs};
+    use trellis2::ops::metal::kargs::{NeighbourArgs, SparseConvArgs};
     let emu = accepts("bindings", ARGS, Config::MSL31);
     let conv = SparseConvArgs {
         n_voxels: 1,
         ci: 3,
         co: 1,
         voxel_tile_base: 0,
+        vec_loads: 0,
     };
     let x: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let run = |slots: Vec<(u32, Slot)>, buffers: Vec<Vec<u8>>| {
@@ -317,22 +318,24 @@ fn binding_mismatches_name_the_kernel_and_binding() {
     let out = run(good(), vec![x.clone(), vec![0; 128]]).unwrap();
     assert_eq!(floats(&out[1])[5], 15.0);
 
-    let attn = AttentionArgs {
-        heads: 1,
-        tile_base: 0,
-        n_tiles: 1,
-        scale: 1.0,
+    // The same size as SparseConvArgs (20 bytes), another name.
+    let other = NeighbourArgs {
+        n_voxels: 1,
+        capacity_mask: 1,
+        bits_x: 1,
+        bits_y: 1,
+        bits_z: 1,
     };
     // (what, bindings, buffers, expected message)
     type Case = (&'static str, Vec<(u32, Slot)>, Vec<Vec<u8>>, &'static str);
     let mut cases: Vec<Case> = Vec::new();
     let mut swapped = good();
-    swapped[0] = (0, Slot::args(&attn));
+    swapped[0] = (0, Slot::args(&other));
     cases.push((
         "another argument struct",
         swapped,
         vec![x.clone(), vec![0; 128]],
-        "[[buffer(0)]] `constant SparseConvArgs& args`: the host binds a `AttentionArgs`",
+        "[[buffer(0)]] `constant SparseConvArgs& args`: the host binds a `NeighbourArgs`",
     ));
     let mut short = good();
     short[0] = (0, Slot::Bytes(vec![0; 12]));
@@ -340,7 +343,7 @@ fn binding_mismatches_name_the_kernel_and_binding() {
         "a short argument struct",
         short,
         vec![x.clone(), vec![0; 128]],
-        "[[buffer(0)]] `constant SparseConvArgs& args` is 16 bytes; the host binds 12",
+        "[[buffer(0)]] `constant SparseConvArgs& args` is 20 bytes; the host binds 12",
     ));
     cases.push((
         "a missing buffer",

@@ -32,9 +32,25 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
 pub const CONV_BM: usize = 64;
 pub const CONV_BN: usize = 64;
 pub const CONV_BK: usize = 32;
-/// A [BM][BK] + B [BK][BN] floats, neighbour rows [BM][27] and 32 tap flags (u32).
-pub const CONV_THREADGROUP_MEMORY: usize =
-    (CONV_BM * CONV_BK + CONV_BK * CONV_BN + CONV_BM * TAPS + 32) * 4;
+/// Channels per vector load of the conv's staging (4 elements: 8 bytes in f16/bf16, 16 in f32).
+pub const CONV_VEC: usize = 4;
+
+/// Threadgroup memory of the conv in `dtype`: per stage an A `[BM][BK + pad]` and a B
+/// `[BN][BK + pad]` tile of the operand dtype (rows padded by 16 bytes), two stages for 2-byte
+/// types (one for f32, whose two would exceed 32 KiB), then the neighbour rows `[BM][27]` and 32
+/// tap flags (u32). The epilogue's float `[BM][BN + 4]` tile reuses the stages.
+pub fn conv_threadgroup_memory(dtype: DType) -> usize {
+    let elem = dtype.size_in_bytes();
+    let stages = if elem == 2 { 2 } else { 1 };
+    let row = CONV_BK * elem + 16;
+    stages * (CONV_BM + CONV_BN) * row + (CONV_BM * TAPS + 32) * 4
+}
+
+/// Whether the conv may load feats and weight rows 4 elements at a time: `ci` a multiple of 4
+/// and every operand start (in elements) too, so each vector is aligned to its size.
+pub fn conv_vec_loads(ci: usize, starts: &[usize]) -> bool {
+    ci.is_multiple_of(CONV_VEC) && starts.iter().all(|s| s.is_multiple_of(CONV_VEC))
+}
 
 /// Live taps of a 64-voxel tile of a voxelised sphere shell in the coordinates' own (x-major)
 /// order, the estimate the host plans with: the kernel skips a tap only when none of the
@@ -92,7 +108,7 @@ fn conv_tile_work(ci: usize, co: usize, live_taps: f64, elem: usize) -> Work {
 /// tiles), one dispatch for the whole conv unless its estimated time ([`SHELL_LIVE_TAPS`] or a
 /// map's [`live_taps_per_tile`] taps per tile) exceeds `max_seconds`; then as few dispatches
 /// over consecutive voxel-tile ranges as keep each within it. Empty when there is nothing to
-/// write (`n == 0` or `co == 0`).
+/// write (`n == 0` or `co == 0`). `vec_loads`: [`conv_vec_loads`] of the operands.
 pub fn sparse_conv_dispatches(
     n: usize,
     ci: usize,
@@ -100,7 +116,11 @@ pub fn sparse_conv_dispatches(
     dtype: DType,
     live_taps: f64,
     max_seconds: f64,
+    vec_loads: bool,
 ) -> Result<Vec<Dispatch<SparseConvArgs>>> {
+    if vec_loads && !ci.is_multiple_of(CONV_VEC) {
+        bail!("sparse_conv: vector loads need ci % {CONV_VEC} == 0, got {ci}");
+    }
     let kernel = sparse_conv_kernel(dtype)?;
     let (n32, ci32, co32) = (to_u32("voxels", n)?, to_u32("ci", ci)?, to_u32("co", co)?);
     // Voxel indices are multiplied by 27 (map) and by the channels (feats/out) in 64-bit inside
@@ -136,12 +156,13 @@ pub fn sparse_conv_dispatches(
             kernel: kernel.clone(),
             threadgroups: [co_tiles, to_u32("voxel tiles", tiles)?, 1],
             threads: [THREADS, 1, 1],
-            threadgroup_memory: CONV_THREADGROUP_MEMORY,
+            threadgroup_memory: conv_threadgroup_memory(dtype),
             args: SparseConvArgs {
                 n_voxels: n32,
                 ci: ci32,
                 co: co32,
                 voxel_tile_base: to_u32("voxel tile", first)?,
+                vec_loads: u32::from(vec_loads),
             },
             work: tile.scaled(tiles as f64),
         });
@@ -562,28 +583,52 @@ mod tests {
     #[test]
     fn a_conv_is_one_dispatch_unless_its_estimate_exceeds_the_limit() {
         let one =
-            sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, COMMAND_BUFFER_SECONDS).unwrap();
+            sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, COMMAND_BUFFER_SECONDS, true)
+                .unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].threadgroups, [2, 16, 1]);
         assert_eq!(one[0].kernel, "sparse_conv_f16_bm64_bn64_bk32");
         // 64 voxels x 27 taps x 64 (padded ci) x 128 (padded co) MACs per tile.
         assert_eq!(one[0].work.flops, 16.0 * 2.0 * 64.0 * 27.0 * 64.0 * 128.0);
         // The most split: one voxel tile per dispatch.
-        let most = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, 0.0).unwrap();
+        let most = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, 0.0, true).unwrap();
         assert_eq!(most.len(), 16);
         covers(&most, 16, |a| a.voxel_tile_base, 1);
         // A limit of 5 tiles' time: ceil(16 / 5) = 4 equal ranges of 4.
         let limit = seconds(one[0].work.scaled(5.0 / 16.0));
-        let split = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, limit).unwrap();
+        let split = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, limit, true).unwrap();
         assert_eq!(split.len(), 4);
         covers(&split, 16, |a| a.voxel_tile_base, 1);
         assert!(split.iter().all(|d| seconds(d.work) <= limit));
         // Fewer live taps, less work.
-        let sparse = sparse_conv_dispatches(1000, 40, 70, DType::F16, 9.0, 1.0).unwrap();
+        let sparse = sparse_conv_dispatches(1000, 40, 70, DType::F16, 9.0, 1.0, true).unwrap();
         assert_eq!(sparse[0].work.flops * 3.0, one[0].work.flops);
-        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 27.0, 1.0)
+        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 27.0, 1.0, true)
             .unwrap()
             .is_empty());
+        assert_eq!(one[0].args.vec_loads, 1);
+        // Vector loads need Ci % 4 == 0.
+        assert!(sparse_conv_dispatches(1000, 42, 70, DType::F16, 27.0, 1.0, true).is_err());
+        let scalar = sparse_conv_dispatches(1000, 42, 70, DType::F16, 27.0, 1.0, false).unwrap();
+        assert_eq!(scalar[0].args.vec_loads, 0);
+    }
+
+    #[test]
+    fn conv_threadgroup_memory_fits_and_vector_loads_need_alignment() {
+        // f32: one stage of A + B, 64 rows x (32 + 4) floats each; f16/bf16: two stages of
+        // 64 x (32 + 8) halves; then 64 x 27 neighbour ids and 32 tap flags.
+        assert_eq!(conv_threadgroup_memory(DType::F32), 18_432 + 7_040);
+        assert_eq!(conv_threadgroup_memory(DType::F16), 20_480 + 7_040);
+        assert_eq!(conv_threadgroup_memory(DType::BF16), 20_480 + 7_040);
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let bytes = conv_threadgroup_memory(dtype);
+            assert!(bytes <= MAX_THREADGROUP_MEMORY && bytes.is_multiple_of(16));
+            // The epilogue's float [64][68] tile fits in the stages it reuses.
+            assert!(CONV_BM * (CONV_BN + 4) * 4 <= bytes - (CONV_BM * TAPS + 32) * 4);
+        }
+        assert!(conv_vec_loads(64, &[0, 128]));
+        assert!(!conv_vec_loads(64, &[1, 0]));
+        assert!(!conv_vec_loads(6, &[0, 0]));
     }
 
     #[test]
@@ -661,6 +706,7 @@ mod tests {
                 DType::F16,
                 SHELL_LIVE_TAPS,
                 COMMAND_BUFFER_SECONDS,
+                true,
             )
             .unwrap();
             assert!(plan.len() <= 4, "conv {n}x{ci}: {} dispatches", plan.len());

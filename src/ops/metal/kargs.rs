@@ -17,6 +17,9 @@ pub struct SparseConvArgs {
     pub co: u32,
     /// First 64-voxel tile of this dispatch.
     pub voxel_tile_base: u32,
+    /// 1 where feats and weight rows allow 4-element vector loads (Ci % 4 == 0 and both
+    /// starts on 4 elements; `dispatch::conv_vec_loads`), else 0.
+    pub vec_loads: u32,
 }
 
 /// `AttentionArgs` in kargs.h.
@@ -40,10 +43,16 @@ pub trait KernelArgs {
 
 impl KernelArgs for SparseConvArgs {
     fn to_bytes(&self) -> Vec<u8> {
-        [self.n_voxels, self.ci, self.co, self.voxel_tile_base]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
+        [
+            self.n_voxels,
+            self.ci,
+            self.co,
+            self.voxel_tile_base,
+            self.vec_loads,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
     }
 }
 

@@ -1,9 +1,10 @@
 //! `metal_fwd` of the submanifold conv (src/ops/sparse_conv/mod.rs): kernels/metal/sparse_conv.metal
 //! over the plan of `dispatch::sparse_conv_dispatches` (one dispatch of every voxel tile ×
-//! output-channel tile unless the conv alone exceeds the command-buffer budget).
+//! output-channel tile unless the conv alone exceeds the command-buffer budget). The kernel adds
+//! the f32 bias in its epilogue.
 
 use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
-use crate::ops::metal::dispatch::{sparse_conv_dispatches, SHELL_LIVE_TAPS};
+use crate::ops::metal::dispatch::{conv_vec_loads, sparse_conv_dispatches, SHELL_LIVE_TAPS};
 use crate::ops::metal::encode::{encode, Arg};
 use crate::ops::metal::pipelines::{pipeline, Source};
 use candle_core::backend::BackendStorage;
@@ -16,7 +17,8 @@ fn start(l: &Layout, what: &str, dtype: DType) -> Result<usize> {
     }
 }
 
-/// feats `[T,Ci]`, weight `[Co,27,Ci]` (same dtype, f32/f16/bf16), map `[T,27]` u32 → `[T,Co]`.
+/// feats `[T,Ci]`, weight `[Co,27,Ci]` (same dtype, f32/f16/bf16), map `[T,27]` u32, bias
+/// `[Co]` f32 → `[T,Co]`.
 pub(crate) fn forward(
     feats: &MetalStorage,
     fl: &Layout,
@@ -24,26 +26,45 @@ pub(crate) fn forward(
     wl: &Layout,
     map: &MetalStorage,
     ml: &Layout,
+    (bias, bl): (&MetalStorage, &Layout),
 ) -> Result<(MetalStorage, Shape)> {
     let dtype = feats.dtype();
-    if weight.dtype() != dtype || map.dtype() != DType::U32 {
+    if weight.dtype() != dtype || map.dtype() != DType::U32 || bias.dtype() != DType::F32 {
         bail!(
             "submanifold_conv3d (metal): feats {dtype:?} and weight {:?} must match, map must be \
-             u32 (got {:?})",
+             u32 and bias f32 (got {:?}, {:?})",
             weight.dtype(),
-            map.dtype()
+            map.dtype(),
+            bias.dtype()
         );
     }
     let (n, ci) = fl.shape().dims2()?;
     let co = wl.shape().dims()[0];
-    let (f0, w0, m0) = (
+    if bl.shape().dims() != [co] {
+        bail!(
+            "submanifold_conv3d (metal): bias must be [{co}], got {:?}",
+            bl.shape().dims()
+        );
+    }
+    let (f0, w0, m0, b0) = (
         start(fl, "feats", dtype)?,
         start(wl, "weight", dtype)?,
         start(ml, "neighbour map", DType::U32)?,
+        start(bl, "bias", DType::F32)?,
     );
+    let elem = dtype.size_in_bytes();
+    let vec_loads = conv_vec_loads(ci, &[f0 / elem, w0 / elem]);
     // The map is on the device; counting its live taps would be a host sync, so the plan
     // takes a surface's count.
-    let plan = sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, COMMAND_BUFFER_SECONDS)?;
+    let plan = sparse_conv_dispatches(
+        n,
+        ci,
+        co,
+        dtype,
+        SHELL_LIVE_TAPS,
+        COMMAND_BUFFER_SECONDS,
+        vec_loads,
+    )?;
     let device = feats.device();
     let out = device
         .new_buffer_builder()
@@ -62,6 +83,7 @@ pub(crate) fn forward(
                     Arg::Read(feats.buffer(), f0),
                     Arg::Read(weight.buffer(), w0),
                     Arg::Read(map.buffer(), m0),
+                    Arg::Read(bias.buffer(), b0),
                     Arg::Write(&out),
                 ],
             )?;

@@ -9,17 +9,14 @@
 //! voxels; per tile and tap it gathers only the rows whose neighbour exists, multiplies them with
 //! that tap's `[Ci,Co]` weight slice (one small GEMM, f32 accumulation) and adds the result into
 //! the tile, so absent pairs cost nothing and no full-size per-tap temporary is ever built. The
-//! bias is added to the f32 sums before the single rounding to the output dtype, as the CUDA
-//! kernel's epilogue does; the Metal kernel has no epilogue, so there a fused `bias_act` pass
-//! follows.
+//! bias is added to the f32 sums before the single rounding to the output dtype, as the CUDA and
+//! Metal kernels' epilogues do.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::ops::bias_act::bias_act;
 use crate::ops::storage::{cast, contiguous};
 pub(crate) use crate::ops::vocab::compute_dtype;
-use crate::ops::vocab::Activation;
 pub use crate::ops::vocab::{ConvKernel, ABSENT, TAPS};
 
 #[cfg(feature = "cuda")]
@@ -41,7 +38,7 @@ pub trait ConvNeighbours {
 
 /// The op; `order` (CUDA only) is a permutation of the voxels, `[T]` u32, that the kernel's
 /// output tiles follow ([`ConvNeighbours::conv_order`]); it changes which voxels share a tile, never
-/// a voxel's result. `bias` (`[Co]` f32 on the feats' device; CPU and CUDA) is added in the
+/// a voxel's result. `bias` (`[Co]` f32 on the feats' device; required on Metal) is added in the
 /// epilogue. `f32_out` (CUDA): write f32 instead of the operands' bf16/f16. `kernel` (CUDA):
 /// which kernel computes it.
 struct SubmConv3d {
@@ -107,8 +104,8 @@ impl CustomOp3 for SubmConv3d {
         Ok((CpuStorage::F32(out), Shape::from((n, co))))
     }
 
-    /// kernels/metal/sparse_conv.metal, tested against `cpu_fwd` in tests/metal_emu.rs; no
-    /// bias (`conv` adds it afterwards on Metal).
+    /// kernels/metal/sparse_conv.metal, tested against `cpu_fwd` in tests/metal_emu.rs; the
+    /// kernel always adds a bias (`conv` passes zeros for none).
     #[cfg(feature = "metal")]
     fn metal_fwd(
         &self,
@@ -119,10 +116,14 @@ impl CustomOp3 for SubmConv3d {
         s3: &candle_core::MetalStorage,
         l3: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
-        if self.bias.is_some() {
-            bail!("submanifold_conv3d (metal): the kernel takes no bias; add it afterwards");
-        }
-        metal::forward(s1, l1, s2, l2, s3, l3)
+        let Some(bias) = &self.bias else {
+            bail!("submanifold_conv3d (metal): the kernel takes a [Co] f32 bias (zeros for none)");
+        };
+        let (bs, bl) = bias.storage_and_layout();
+        let candle_core::Storage::Metal(bs) = &*bs else {
+            bail!("submanifold_conv3d (metal): the bias must be on the feats' Metal device");
+        };
+        metal::forward(s1, l1, s2, l2, s3, l3, (bs, bl))
     }
 
     /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`, or its Hopper wgmma main loop
@@ -306,7 +307,7 @@ fn check(
 /// the dtype the layer is declared to run with ([`compute_dtype`]): bf16 or f16 on CUDA, the
 /// activations' own dtype on Metal. On the CPU the weight stays in its given dtype: the reference
 /// converts to f32 per call, and a resident f32 copy would double an f16 checkpoint's memory.
-/// The bias is f32 everywhere, as every epilogue (and Metal's `bias_act` pass) adds it in f32.
+/// The bias is f32 everywhere, as every backend's epilogue adds it in f32.
 /// Activations of another dtype still compute correctly; the weight is then converted per call.
 #[derive(Debug, Clone)]
 pub struct ConvWeights {
@@ -463,15 +464,15 @@ fn conv(
         .reshape((co, TAPS, ci))?
         .to_dtype(compute)?
         .contiguous()?;
-    // The CPU reference and the CUDA kernel add the bias in their epilogue; Metal's kernel has
-    // none, so a fused pass follows it there.
-    let (fused_bias, after_bias) = match bias {
-        Some(b) if !device.is_metal() => (Some(b.to_dtype(DType::F32)?.contiguous()?), None),
-        b => (None, b),
+    // Every backend adds the bias in f32 in its epilogue; Metal's kernel always reads one.
+    let bias = match bias {
+        Some(b) => Some(b.to_dtype(DType::F32)?.contiguous()?),
+        None if device.is_metal() => Some(Tensor::zeros(co, DType::F32, device)?),
+        None => None,
     };
     let op = SubmConv3d {
         order,
-        bias: fused_bias,
+        bias,
         // The CUDA kernel writes f32 itself rather than bf16 and a cast.
         f32_out: device.is_cuda() && dtype == DType::F32,
         kernel,
@@ -481,12 +482,7 @@ fn conv(
         &neighbours.contiguous()?,
         &op,
     )?;
-    let out = cast(&out, dtype)?;
-    match after_bias {
-        // One fused pass (f32 add, one rounding) instead of casts around a broadcast add.
-        Some(b) => bias_act(&out, b, Activation::None),
-        None => Ok(out),
-    }
+    cast(&out, dtype)
 }
 
 /// The plain definition, one output element at a time with f64 sums: the test reference for
