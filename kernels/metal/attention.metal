@@ -9,14 +9,17 @@
 // tile table lists one (sequence, first query row) pair per 32-row query tile: no tile straddles
 // two sequences, empty sequences have none.
 // Tiles: a threadgroup = one 32-row query tile of one head, 4 simdgroups x 8 query rows; Q stays
-// in registers, K and V stream through threadgroup memory BK keys at a time (BK = 32 for D = 64,
-// 16 for D = 128), rows padded by 16 bytes so every 8x8 matrix access takes 2 bank ways.
-// Numerics: float after the load (q pre-multiplied by scale, as the reference does); online
-// softmax with the running max starting at -FLT_MAX, missing keys and the first tile's rescale
-// selected to 0 (fast math may assume no infinities); only the final store rounds to T.
-// Threadgroup memory (argument threadgroup(0)), floats: K, V [BK][D+4] (Q and the output are
-// staged there too), per simdgroup P [8][BK+4] and a diagonal [8][8], 1/sum [32]: 20,608 bytes
-// for D = 128, 23,168 for D = 64 (src/ops/metal/dispatch.rs `attention_threadgroup_memory`).
+// in registers as float, K and V stream through threadgroup memory in T, BK keys at a time
+// (BK = 32 for D = 64, 16 for D = 128), rows padded by 16 bytes (8x8 loads: 1 bank way in
+// f16/bf16, 2 in f32).
+// Numerics: q widened and pre-multiplied by scale (as the reference does); S = Q.K^T and
+// O += P.V are float-by-T simdgroup multiplies accumulating in float; online softmax with the
+// running max starting at -FLT_MAX, missing keys and the first tile's rescale selected to 0 (fast
+// math may assume no infinities); only the final store rounds to T.
+// Threadgroup memory (argument threadgroup(0)): Q/output staging [32][D+4] floats, overlapping
+// K, V [BK][D+16/sizeof(T)] of T; per simdgroup P [8][BK+4] and a diagonal [8][8] floats; 1/sum
+// [32]. f32: 20,608 bytes (D = 128), 23,168 (D = 64); f16/bf16: 20,608 and 14,976
+// (src/ops/metal/dispatch.rs `attention_threadgroup_memory`).
 // Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base
 // (docs/METAL.md "Watchdog and dispatch").
 #include <metal_stdlib>
@@ -33,38 +36,43 @@ inline uint attention_swizzle(uint word) {
     return (word >> 5) & 1;
 }
 
-// Stages rows [row0, row0 + n) of one head (x = src + row0 * stride + head offset), times
-// `mul`, into the [R][D+4] tile; rows from n on are zero.
-template <typename T, uint D, uint R>
-inline void attention_stage(threadgroup float* tile, device const T* src, ulong stride,
-                            uint n, float mul, uint tid) {
+// Stages rows [0, n) of one head (src: its first row, rows `stride` elements apart), times
+// `mul`, into the [R][D + 16 / sizeof(U)] tile of U (float or T); rows from n on are zero. 4-element
+// vectors from device memory; a 2-byte U is stored as one 8-byte vector, a float as two halves.
+template <typename T, typename U, uint D, uint R>
+inline void attention_stage(threadgroup U* tile, device const T* src, ulong stride, uint n,
+                            float mul, uint tid) {
     constexpr uint CHUNKS = D / 4;
-    constexpr uint LD = D + 4;
+    constexpr uint LD = D + 16 / sizeof(U);
     static_assert((R * CHUNKS) % ATTN_THREADS == 0, "whole passes of the threadgroup");
 #pragma clang loop unroll(full)
     for (uint i = tid; i < R * CHUNKS; i += ATTN_THREADS) {
         const uint r = i / CHUNKS;
         const uint c = i % CHUNKS;
         vec<T, 4> x;
-        float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        x[0] = T(0.0f);
+        x[1] = T(0.0f);
+        x[2] = T(0.0f);
+        x[3] = T(0.0f);
         if (r < n) {
             x = *((device const vec<T, 4>*)(src + ulong(r) * stride) + c);
-            a[0] = float(x[0]) * mul;
-            a[1] = float(x[1]) * mul;
-            a[2] = float(x[2]) * mul;
-            a[3] = float(x[3]) * mul;
         }
-        const uint word = r * LD + 4 * c;
-        const uint s = attention_swizzle(word);
-        vec<float, 2> lo;
-        vec<float, 2> hi;
-        lo[0] = a[0];
-        lo[1] = a[1];
-        hi[0] = a[2];
-        hi[1] = a[3];
-        threadgroup vec<float, 2>* at = (threadgroup vec<float, 2>*)(tile + word);
-        at[s] = s == 0 ? lo : hi;
-        at[s ^ 1] = s == 0 ? hi : lo;
+        if (sizeof(U) == 2) {
+            // K and V in their own dtype (U = T), no scaling.
+            ((threadgroup vec<T, 4>*)(tile + r * LD))[c] = x;
+        } else {
+            const uint word = r * LD + 4 * c;
+            const uint s = attention_swizzle(word);
+            vec<float, 2> lo;
+            vec<float, 2> hi;
+            lo[0] = float(x[0]) * mul;
+            lo[1] = float(x[1]) * mul;
+            hi[0] = float(x[2]) * mul;
+            hi[1] = float(x[3]) * mul;
+            threadgroup vec<float, 2>* at = (threadgroup vec<float, 2>*)(tile + word);
+            at[s] = s == 0 ? lo : hi;
+            at[s ^ 1] = s == 0 ? hi : lo;
+        }
     }
 }
 
@@ -84,9 +92,13 @@ template <typename T, uint D, uint BK>
     uint sgid [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]])
 {
-    constexpr uint LD = D + 4;   // K, V, Q and output rows: 16 bytes of padding
+    // Rows padded by 16 bytes: Q and output staging [BQ][LD] floats, K and V [BK][LDT] of T.
+    constexpr uint LD = D + 4;
+    constexpr uint LDT = D + 16 / sizeof(T);
     constexpr uint LDP = BK + 4; // P rows: a row's 4 lanes and the 8 rows hit distinct banks
-    static_assert(2 * BK >= ATTN_BQ, "the Q staging tile must fit in the K+V tiles");
+    // Q/output staging and the K/V tiles share the first STAGE floats.
+    constexpr uint KV = 2 * BK * LDT * sizeof(T) / 4;
+    constexpr uint STAGE = ATTN_BQ * LD > KV ? ATTN_BQ * LD : KV;
     static_assert(BK <= 32 && BK % 8 == 0, "whole 8x8 blocks, 4 lanes per row");
     if (tgid.x >= args.n_tiles) {
         return; // whole threadgroup leaves together
@@ -100,14 +112,14 @@ template <typename T, uint D, uint BK>
     const ulong stride = ulong(args.heads) * D;
     const ulong head = ulong(tgid.y) * D;
 
-    threadgroup float* k_tile = smem;                            // [BK][LD]
-    threadgroup float* v_tile = k_tile + BK * LD;                // [BK][LD]
-    threadgroup float* p_tile = v_tile + BK * LD + sgid * 8 * LDP; // this simdgroup's [8][LDP]
-    threadgroup float* diag = v_tile + BK * LD + 4 * 8 * LDP + sgid * 64; // its [8][8]
-    threadgroup float* inv_sum = v_tile + BK * LD + 4 * 8 * LDP + 4 * 64; // [BQ]
+    threadgroup T* k_tile = (threadgroup T*)smem;                 // [BK][LDT]
+    threadgroup T* v_tile = k_tile + BK * LDT;                    // [BK][LDT]
+    threadgroup float* p_tile = smem + STAGE + sgid * 8 * LDP;    // this simdgroup's [8][LDP]
+    threadgroup float* diag = smem + STAGE + 4 * 8 * LDP + sgid * 64; // its [8][8]
+    threadgroup float* inv_sum = smem + STAGE + 4 * 8 * LDP + 4 * 64; // [BQ]
 
-    // The scaled query tile [BQ][LD], staged through the K/V area, then kept in registers.
-    attention_stage<T, D, ATTN_BQ>(smem, q + ulong(q0) * stride + head, stride, rows,
+    // The scaled query tile [BQ][LD] as float, staged over K/V, then kept in registers.
+    attention_stage<T, float, D, ATTN_BQ>(smem, q + ulong(q0) * stride + head, stride, rows,
                                    args.scale, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     simdgroup_float8x8 qf[D / 8];
@@ -132,19 +144,22 @@ template <typename T, uint D, uint BK>
         const uint kn = min(BK, k_end - kt);
         const uint blocks = (kn + 7) / 8; // 8-key blocks holding a key
         threadgroup_barrier(mem_flags::mem_threadgroup); // Q / the last tile fully read
-        attention_stage<T, D, BK>(k_tile, k + ulong(kt) * stride + head, stride, kn, 1.0f, tid);
-        attention_stage<T, D, BK>(v_tile, v + ulong(kt) * stride + head, stride, kn, 1.0f, tid);
+        attention_stage<T, T, D, BK>(k_tile, k + ulong(kt) * stride + head, stride, kn, 1.0f,
+                                     tid);
+        attention_stage<T, T, D, BK>(v_tile, v + ulong(kt) * stride + head, stride, kn, 1.0f,
+                                     tid);
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
-        // S [8][BK] = Q [8][D] . K^T [D][BK], one 8-key block at a time.
+        // S [8][BK] = Q [8][D] . K^T [D][BK], one 8-key block at a time; float Q times K in T,
+        // accumulated in float (a mixed-precision simdgroup multiply).
 #pragma clang loop unroll(full)
         for (uint j = 0; j < BK / 8; ++j) {
             if (j < blocks) {
                 simdgroup_float8x8 s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 #pragma clang loop unroll(full)
                 for (uint d = 0; d < D / 8; ++d) {
-                    simdgroup_float8x8 kf;
-                    simdgroup_load(kf, k_tile + j * 8 * LD + d * 8, LD, ulong2(0, 0), true);
+                    simdgroup_matrix<T, 8, 8> kf;
+                    simdgroup_load(kf, k_tile + j * 8 * LDT + d * 8, LDT, ulong2(0, 0), true);
                     simdgroup_multiply_accumulate(s, qf[d], kf, s);
                 }
                 simdgroup_store(s, p_tile + j * 8, LDP);
@@ -206,8 +221,8 @@ template <typename T, uint D, uint BK>
                 simdgroup_load(pf, p_tile + j * 8, LDP);
 #pragma clang loop unroll(full)
                 for (uint d = 0; d < D / 8; ++d) {
-                    simdgroup_float8x8 vf;
-                    simdgroup_load(vf, v_tile + j * 8 * LD + d * 8, LD);
+                    simdgroup_matrix<T, 8, 8> vf;
+                    simdgroup_load(vf, v_tile + j * 8 * LDT + d * 8, LDT);
                     simdgroup_multiply_accumulate(o[d], pf, vf, o[d]);
                 }
             }

@@ -24,6 +24,7 @@
 //   calls to be simdgroup-uniform, which the driver checks at the next rendezvous from a
 //   fingerprint of every lane's arguments (pointer, stride, origin, transpose; for a multiply
 //   the operands' fingerprints). Kernels never see the per-lane layout (no thread_elements());
+//   a multiply may take half or bfloat operands with float accumulators (mixed precision);
 // - simd_sum/max/min/shuffles and simdgroup_barrier: real rendezvous of 32 lanes;
 // - device atomics (atomic_uint: compare_exchange_weak, load, store, fetch_add, fetch_min;
 //   relaxed order only) are real atomic operations, so threadgroups running on different OS
@@ -629,13 +630,16 @@ void simdgroup_store(const simdgroup_matrix<T, Cols, Rows>& m, emu::ptr<S, U> ds
     }
 }
 
-// d = a * b + c (d may alias a, b or c).
-template <class T, int M, int N, int K>
-void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, M>& d, const simdgroup_matrix<T, K, M>& a,
-                                   const simdgroup_matrix<T, N, K>& b,
+// d = a * b + c (d may alias a, b or c). As on Apple GPUs, a and b may be half or bfloat with a
+// float c and d (mixed precision: the products of two halves or bfloats are exact in float).
+template <class T, class A, class B, int M, int N, int K>
+void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, M>& d, const simdgroup_matrix<A, K, M>& a,
+                                   const simdgroup_matrix<B, N, K>& b,
                                    const simdgroup_matrix<T, N, M>& c,
                                    const char* file = __builtin_FILE(),
                                    uint line = __builtin_LINE()) {
+    static_assert((emu::same<A, T> && emu::same<B, T>) || emu::same<T, float>,
+                  "simdgroup_multiply_accumulate: mixed operands need a float accumulator");
     ulong fp = emu::mix(0x6d6d61ul, a.fingerprint);
     fp = emu::mix(fp, b.fingerprint);
     fp = emu::mix(fp, c.fingerprint);
@@ -645,7 +649,7 @@ void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, M>& d, const simdgroup
         for (int r = 0; r < M; ++r)
             for (int col = 0; col < N; ++col) {
                 T s = c.e[r][col];
-                for (int k = 0; k < K; ++k) s += a.e[r][k] * b.e[k][col];
+                for (int k = 0; k < K; ++k) s += T(a.e[r][k]) * T(b.e[k][col]);
                 out.e[r][col] = s;
             }
         for (int r = 0; r < M; ++r)

@@ -162,11 +162,15 @@ pub fn attention_bk(head_dim: usize) -> Result<usize> {
     }
 }
 
-/// K and V tiles `[bk][d + 4]`, four 8×(bk + 4) probability tiles, four 8×8 diagonals and the
-/// 32 rows' 1/sum, in floats (rows padded by 16 bytes against bank conflicts).
-pub fn attention_threadgroup_memory(head_dim: usize) -> Result<usize> {
+/// Bytes: the larger of the float Q/output staging `[32][d + 4]` and the K and V tiles
+/// `[bk][d + 16 / size]` in the operand dtype (rows padded by 16 bytes against bank conflicts),
+/// then four 8×(bk + 4) float probability tiles, four 8×8 diagonals and the 32 rows' 1/sum.
+pub fn attention_threadgroup_memory(head_dim: usize, dtype: DType) -> Result<usize> {
     let bk = attention_bk(head_dim)?;
-    Ok((2 * bk * (head_dim + 4) + 4 * 8 * (bk + 4) + 4 * 64 + ATTN_BQ) * 4)
+    let elem = dtype.size_in_bytes();
+    let staging = ATTN_BQ * (head_dim + 4) * 4;
+    let kv = 2 * bk * (head_dim + 16 / elem) * elem;
+    Ok(staging.max(kv) + (4 * 8 * (bk + 4) + 4 * 64 + ATTN_BQ) * 4)
 }
 
 /// The attention kernel reads and writes rows as 4-element vectors: each operand's byte offset
@@ -231,7 +235,7 @@ pub fn attention_dispatches(
     max_seconds: f64,
 ) -> Result<Vec<Dispatch<AttentionArgs>>> {
     let kernel = attention_kernel(dtype, head_dim)?;
-    let threadgroup_memory = attention_threadgroup_memory(head_dim)?;
+    let threadgroup_memory = attention_threadgroup_memory(head_dim, dtype)?;
     let heads32 = to_u32("heads", heads)?;
     let elem = dtype.size_in_bytes();
     let mut work = Vec::with_capacity(tiles.len());
@@ -795,10 +799,27 @@ mod tests {
         assert!(attention_offsets_aligned(&[0, 8], 4).is_err());
         assert!(attention_offsets_aligned(&[2], 2).is_err());
         // Threadgroup memory: 16-byte multiples within 32 KiB (the emulator checks the same).
-        for d in [64, 128] {
-            let bytes = attention_threadgroup_memory(d).unwrap();
-            assert!(bytes.is_multiple_of(16) && bytes <= 32 << 10, "d {d}: {bytes}");
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for d in [64, 128] {
+                let bytes = attention_threadgroup_memory(d, dtype).unwrap();
+                assert!(
+                    bytes.is_multiple_of(16) && bytes <= 32 << 10,
+                    "{dtype:?} d {d}: {bytes}"
+                );
+            }
         }
+        assert_eq!(
+            attention_threadgroup_memory(64, DType::F16).unwrap(),
+            14_976
+        );
+        assert_eq!(
+            attention_threadgroup_memory(128, DType::BF16).unwrap(),
+            20_608
+        );
+        assert_eq!(
+            attention_threadgroup_memory(64, DType::F32).unwrap(),
+            23_168
+        );
     }
 
     #[test]
