@@ -46,7 +46,8 @@ inline void attention_stage(threadgroup U* tile, device const T* src, ulong stri
     constexpr uint LD = D + 16 / sizeof(U);
     static_assert((R * CHUNKS) % ATTN_THREADS == 0, "whole passes of the threadgroup");
 #pragma clang loop unroll(full)
-    for (uint i = tid; i < R * CHUNKS; i += ATTN_THREADS) {
+    for (uint pass = 0; pass < R * CHUNKS / ATTN_THREADS; ++pass) {
+        const uint i = pass * ATTN_THREADS + tid;
         const uint r = i / CHUNKS;
         const uint c = i % CHUNKS;
         vec<T, 4> x;
@@ -242,7 +243,8 @@ template <typename T, uint D, uint BK>
     threadgroup_barrier(mem_flags::mem_threadgroup);
     constexpr uint CHUNKS = D / 4;
 #pragma clang loop unroll(full)
-    for (uint i = tid; i < ATTN_BQ * CHUNKS; i += ATTN_THREADS) {
+    for (uint pass = 0; pass < ATTN_BQ * CHUNKS / ATTN_THREADS; ++pass) {
+        const uint i = pass * ATTN_THREADS + tid;
         const uint r = i / CHUNKS;
         const uint c = i % CHUNKS;
         const uint word = r * LD + 4 * c;
