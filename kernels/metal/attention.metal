@@ -3,27 +3,25 @@
 //
 //   out[i, h] = softmax_j(scale * q[i, h] . k[j, h]) v[j, h]     for j in the keys of i's sequence
 //
-// Layouts: q [Nq, H, D], k and v [Nk, H, D], out [Nq, H, D], dtype T. Sequence b owns query rows
-// q_offsets[b]..q_offsets[b+1] and key rows kv_offsets[b]..kv_offsets[b+1] (self-attention passes
-// the same offsets twice, cross-attention the condition's). The host's tile table lists one
-// (sequence, first query row) pair per 32-row query tile, so no tile straddles two sequences and
-// empty sequences have no tile.
-//
-// Numerics: q (pre-multiplied by scale), k and v are widened to float when staged; scores, the
-// online softmax (running max starting at -FLT_MAX so no row ever computes inf - inf, running sum)
-// and the output accumulator are float; only the final store rounds to T. No score matrix larger
-// than 8 x BK per simdgroup ever exists.
-// Tiles: a threadgroup = one 32-row query tile of one head, 4 simdgroups x 8 query rows. Q stays in
-// registers (D/8 8x8 blocks per simdgroup); K and V stream through threadgroup memory BK keys at a
-// time (BK = 32 for D = 64, 16 for D = 128, so K+V fit in 16 KB). The last key tile is ragged:
-// missing keys get probability 0 by an explicit select (no -inf: Metal's default fast math may
-// assume there are none). Rows are rescaled by multiplying with a diagonal 8x8 matrix, so the
-// kernel never depends on how a simdgroup matrix is spread over lanes.
-// Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base: the whole
-// table unless one call alone exceeds the command-buffer budget, which the host then splits into
-// a few dispatches (src/ops/metal/dispatch.rs, docs/METAL.md "Watchdog and dispatch").
-// Threadgroup memory (argument threadgroup(0)), floats: K [BK][D] + V [BK][D] + P 4x[8][BK] +
-// 4 diagonals [8][8]; 19,456 bytes for D = 128, 21,504 bytes for D = 64.
+// Layouts: q [Nq, H, D], k and v [Nk, H, D], out [Nq, H, D], dtype T, each starting at a multiple
+// of 4 elements (the host checks; rows are read and written as 4-element vectors). Sequence b owns
+// query rows q_offsets[b]..q_offsets[b+1] and key rows kv_offsets[b]..kv_offsets[b+1]. The host's
+// tile table lists one (sequence, first query row) pair per 32-row query tile: no tile straddles
+// two sequences, empty sequences have none.
+// Tiles: a threadgroup = one 32-row query tile of one head, 4 simdgroups x 8 query rows; Q stays
+// in registers as float, K and V stream through threadgroup memory in T, BK keys at a time
+// (BK = 32 for D = 64, 16 for D = 128), rows padded by 16 bytes (8x8 loads: 1 bank way in
+// f16/bf16, 2 in f32).
+// Numerics: q widened and pre-multiplied by scale (as the reference does); S = Q.K^T and
+// O += P.V are float-by-T simdgroup multiplies accumulating in float; online softmax with the
+// running max starting at -FLT_MAX, missing keys and the first tile's rescale selected to 0 (fast
+// math may assume no infinities); only the final store rounds to T.
+// Threadgroup memory (argument threadgroup(0)): Q/output staging [32][D+4] floats, overlapping
+// K, V [BK][D+16/sizeof(T)] of T; per simdgroup P [8][BK+4] and a diagonal [8][8] floats; 1/sum
+// [32]. f32: 20,608 bytes (D = 128), 23,168 (D = 64); f16/bf16: 20,608 and 14,976
+// (src/ops/metal/dispatch.rs `attention_threadgroup_memory`).
+// Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base
+// (docs/METAL.md "Watchdog and dispatch").
 #include <metal_stdlib>
 #include "kargs.h"
 using namespace metal;
@@ -31,8 +29,56 @@ using namespace metal;
 #define ATTN_BQ 32
 #define ATTN_THREADS 128
 
+// Row r, columns 4c..4c+3 of a [rows][D+4] float tile as two 8-byte halves, the half at the
+// lower address alternating between 32-word bank periods: lanes whose chunks share banks then
+// write half 0 and half 1 in equal numbers (2 ways per access, as for an 8x8 matrix).
+inline uint attention_swizzle(uint word) {
+    return (word >> 5) & 1;
+}
+
+// Stages rows [0, n) of one head (src: its first row, rows `stride` elements apart), times
+// `mul`, into the [R][D + 16 / sizeof(U)] tile of U (float or T); rows from n on are zero. 4-element
+// vectors from device memory; a 2-byte U is stored as one 8-byte vector, a float as two halves.
+template <typename T, typename U, uint D, uint R>
+inline void attention_stage(threadgroup U* tile, device const T* src, ulong stride, uint n,
+                            float mul, uint tid) {
+    constexpr uint CHUNKS = D / 4;
+    constexpr uint LD = D + 16 / sizeof(U);
+    static_assert((R * CHUNKS) % ATTN_THREADS == 0, "whole passes of the threadgroup");
+#pragma clang loop unroll(full)
+    for (uint pass = 0; pass < R * CHUNKS / ATTN_THREADS; ++pass) {
+        const uint i = pass * ATTN_THREADS + tid;
+        const uint r = i / CHUNKS;
+        const uint c = i % CHUNKS;
+        vec<T, 4> x;
+        x[0] = T(0.0f);
+        x[1] = T(0.0f);
+        x[2] = T(0.0f);
+        x[3] = T(0.0f);
+        if (r < n) {
+            x = *((device const vec<T, 4>*)(src + ulong(r) * stride) + c);
+        }
+        if (sizeof(U) == 2) {
+            // K and V in their own dtype (U = T), no scaling.
+            ((threadgroup vec<T, 4>*)(tile + r * LD))[c] = x;
+        } else {
+            const uint word = r * LD + 4 * c;
+            const uint s = attention_swizzle(word);
+            vec<float, 2> lo;
+            vec<float, 2> hi;
+            lo[0] = float(x[0]) * mul;
+            lo[1] = float(x[1]) * mul;
+            hi[0] = float(x[2]) * mul;
+            hi[1] = float(x[3]) * mul;
+            threadgroup vec<float, 2>* at = (threadgroup vec<float, 2>*)(tile + word);
+            at[s] = s == 0 ? lo : hi;
+            at[s ^ 1] = s == 0 ? hi : lo;
+        }
+    }
+}
+
 template <typename T, uint D, uint BK>
-kernel void attention(
+[[kernel, max_total_threads_per_threadgroup(ATTN_THREADS)]] void attention(
     constant AttentionArgs& args [[buffer(0)]],
     device const T* q [[buffer(1)]],
     device const T* k [[buffer(2)]],
@@ -47,50 +93,48 @@ kernel void attention(
     uint sgid [[simdgroup_index_in_threadgroup]],
     uint lane [[thread_index_in_simdgroup]])
 {
-    static_assert(2 * BK >= ATTN_BQ, "the Q staging tile must fit in the K+V tiles");
-    static_assert(BK <= 32 && BK % 8 == 0, "one simdgroup lane per key of a tile");
+    // Rows padded by 16 bytes: Q and output staging [BQ][LD] floats, K and V [BK][LDT] of T.
+    constexpr uint LD = D + 4;
+    constexpr uint LDT = D + 16 / sizeof(T);
+    constexpr uint LDP = BK + 4; // P rows: a row's 4 lanes and the 8 rows hit distinct banks
+    // Q/output staging and the K/V tiles share the first STAGE floats.
+    constexpr uint KV = 2 * BK * LDT * sizeof(T) / 4;
+    constexpr uint STAGE = ATTN_BQ * LD > KV ? ATTN_BQ * LD : KV;
+    static_assert(BK <= 32 && BK % 8 == 0, "whole 8x8 blocks, 4 lanes per row");
     if (tgid.x >= args.n_tiles) {
         return; // whole threadgroup leaves together
     }
     const uint2 tile = tiles[args.tile_base + tgid.x];
     const uint seq = tile.x;
     const uint q0 = tile.y;
-    const uint h = tgid.y;
     const uint rows = min(uint(ATTN_BQ), q_offsets[seq + 1] - q0);
     const uint k_begin = kv_offsets[seq];
     const uint k_end = kv_offsets[seq + 1];
-    const ulong token_stride = ulong(args.heads) * D;
-    const ulong head_offset = ulong(h) * D;
+    const ulong stride = ulong(args.heads) * D;
+    const ulong head = ulong(tgid.y) * D;
 
-    threadgroup float* k_tile = smem;                                   // [BK][D]
-    threadgroup float* v_tile = k_tile + BK * D;                        // [BK][D]
-    threadgroup float* p_tile = v_tile + BK * D + sgid * 8 * BK;        // this simdgroup's [8][BK]
-    threadgroup float* diag = v_tile + BK * D + 4 * 8 * BK + sgid * 64; // this simdgroup's [8][8]
+    threadgroup T* k_tile = (threadgroup T*)smem;                 // [BK][LDT]
+    threadgroup T* v_tile = k_tile + BK * LDT;                    // [BK][LDT]
+    threadgroup float* p_tile = smem + STAGE + sgid * 8 * LDP;    // this simdgroup's [8][LDP]
+    threadgroup float* diag = smem + STAGE + 4 * 8 * LDP + sgid * 64; // its [8][8]
+    threadgroup float* inv_sum = smem + STAGE + 4 * 8 * LDP + 4 * 64; // [BQ]
 
-    // Stage the scaled query tile [BQ][D] through the K/V area and keep it in registers.
-    for (uint i = tid; i < ATTN_BQ * D; i += ATTN_THREADS) {
-        const uint r = i / D;
-        const uint d = i % D;
-        float x = 0.0f;
-        if (r < rows) {
-            x = float(q[ulong(q0 + r) * token_stride + head_offset + d]) * args.scale;
-        }
-        smem[i] = x;
-    }
+    // The scaled query tile [BQ][LD] as float, staged over K/V, then kept in registers.
+    attention_stage<T, float, D, ATTN_BQ>(smem, q + ulong(q0) * stride + head, stride, rows,
+                                   args.scale, tid);
     threadgroup_barrier(mem_flags::mem_threadgroup);
     simdgroup_float8x8 qf[D / 8];
+#pragma clang loop unroll(full)
     for (uint d = 0; d < D / 8; ++d) {
-        simdgroup_load(qf[d], smem + sgid * 8 * D + d * 8, D);
+        simdgroup_load(qf[d], smem + sgid * 8 * LD + d * 8, LD);
     }
-    threadgroup_barrier(mem_flags::mem_threadgroup);
-
     simdgroup_float8x8 o[D / 8];
+#pragma clang loop unroll(full)
     for (uint d = 0; d < D / 8; ++d) {
         o[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     }
-    // Softmax work split: lane handles row lane/4 of the simdgroup's 8 and a quarter of the keys;
-    // the four lanes of a row combine with two xor shuffles. Each lane keeps its row's running max
-    // and sum (the same in all four lanes).
+    // Softmax work split: lane handles row lane / 4 of its simdgroup's 8 and keys part, part + 4,
+    // ...; the row's four lanes combine with two xor shuffles and all keep its running max and sum.
     const uint row = lane / 4;
     const uint part = lane % 4;
     constexpr uint PER_LANE = BK / 4;
@@ -99,106 +143,132 @@ kernel void attention(
 
     for (uint kt = k_begin; kt < k_end; kt += BK) {
         const uint kn = min(BK, k_end - kt);
-        for (uint i = tid; i < BK * D; i += ATTN_THREADS) {
-            const uint r = i / D;
-            const uint d = i % D;
-            float kx = 0.0f;
-            float vx = 0.0f;
-            if (r < kn) {
-                const ulong at = ulong(kt + r) * token_stride + head_offset + d;
-                kx = float(k[at]);
-                vx = float(v[at]);
-            }
-            k_tile[i] = kx;
-            v_tile[i] = vx;
-        }
+        const uint blocks = (kn + 7) / 8; // 8-key blocks holding a key
+        threadgroup_barrier(mem_flags::mem_threadgroup); // Q / the last tile fully read
+        attention_stage<T, T, D, BK>(k_tile, k + ulong(kt) * stride + head, stride, kn, 1.0f,
+                                     tid);
+        attention_stage<T, T, D, BK>(v_tile, v + ulong(kt) * stride + head, stride, kn, 1.0f,
+                                     tid);
         threadgroup_barrier(mem_flags::mem_threadgroup);
 
-        // S [8][BK] = Q [8][D] . K^T [D][BK]
+        // S [8][BK] = Q [8][D] . K^T [D][BK], one 8-key block at a time; float Q times K in T,
+        // accumulated in float (a mixed-precision simdgroup multiply).
+#pragma clang loop unroll(full)
         for (uint j = 0; j < BK / 8; ++j) {
-            simdgroup_float8x8 s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
-            for (uint d = 0; d < D / 8; ++d) {
-                simdgroup_float8x8 kf;
-                simdgroup_load(kf, k_tile + j * 8 * D + d * 8, D, ulong2(0, 0), true);
-                simdgroup_multiply_accumulate(s, qf[d], kf, s);
+            if (j < blocks) {
+                simdgroup_float8x8 s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+#pragma clang loop unroll(full)
+                for (uint d = 0; d < D / 8; ++d) {
+                    simdgroup_matrix<T, 8, 8> kf;
+                    simdgroup_load(kf, k_tile + j * 8 * LDT + d * 8, LDT, ulong2(0, 0), true);
+                    simdgroup_multiply_accumulate(s, qf[d], kf, s);
+                }
+                simdgroup_store(s, p_tile + j * 8, LDP);
             }
-            simdgroup_store(s, p_tile + j * 8, BK);
         }
         simdgroup_barrier(mem_flags::mem_threadgroup);
 
-        // Online softmax over this tile's scores.
-        // No infinities anywhere: Metal compiles with fast math, which may assume there are none.
+        // Online softmax over this tile's scores. No infinities anywhere.
         float p[PER_LANE];
         float tile_max = -FLT_MAX;
+#pragma clang loop unroll(full)
         for (uint j = 0; j < PER_LANE; ++j) {
-            const uint key = part * PER_LANE + j;
-            p[j] = key < kn ? p_tile[row * BK + key] : -FLT_MAX;
+            const uint key = part + 4 * j;
+            p[j] = key < kn ? p_tile[row * LDP + key] : -FLT_MAX;
             tile_max = max(tile_max, p[j]);
         }
         tile_max = max(tile_max, simd_shuffle_xor(tile_max, 1));
         tile_max = max(tile_max, simd_shuffle_xor(tile_max, 2));
         const float new_max = max(row_max, tile_max);
         float tile_sum = 0.0f;
+#pragma clang loop unroll(full)
         for (uint j = 0; j < PER_LANE; ++j) {
-            p[j] = part * PER_LANE + j < kn ? exp(p[j] - new_max) : 0.0f;
+            const uint key = part + 4 * j;
+            p[j] = key < kn ? exp(p[j] - new_max) : 0.0f;
             tile_sum += p[j];
-            p_tile[row * BK + part * PER_LANE + j] = p[j];
+            p_tile[row * LDP + key] = p[j];
         }
         tile_sum += simd_shuffle_xor(tile_sum, 1);
         tile_sum += simd_shuffle_xor(tile_sum, 2);
-        const float correction = exp(row_max - new_max);
+        // The first tile's factor multiplies zeros; selected, as exp(-FLT_MAX) may overflow.
+        const float correction = kt == k_begin ? 0.0f : exp(row_max - new_max);
         row_sum = row_sum * correction + tile_sum;
         row_max = new_max;
-        if (part == 0) {
-            for (uint c = 0; c < 8; ++c) {
-                diag[row * 8 + c] = c == row ? correction : 0.0f;
-            }
+        // O = diag(correction) . O, skipped while no row of the simdgroup moved its max (and on
+        // the first tile, where O is zero). The condition is the same in every lane.
+        const bool rescale = kt != k_begin && simd_min(correction) < 1.0f;
+        if (rescale) {
+            // Lane l writes diagonal elements 2l, 2l + 1: row l / 4, its own row.
+            vec<float, 2> pair;
+            pair[0] = 2 * part == row ? correction : 0.0f;
+            pair[1] = 2 * part + 1 == row ? correction : 0.0f;
+            ((threadgroup vec<float, 2>*)diag)[lane] = pair;
         }
         simdgroup_barrier(mem_flags::mem_threadgroup);
-
-        // O = diag(correction) . O + P . V
-        simdgroup_float8x8 dg;
-        simdgroup_load(dg, diag, 8);
-        for (uint d = 0; d < D / 8; ++d) {
-            simdgroup_multiply(o[d], dg, o[d]);
-        }
-        for (uint j = 0; j < BK / 8; ++j) {
-            simdgroup_float8x8 pf;
-            simdgroup_load(pf, p_tile + j * 8, BK);
+        if (rescale) {
+            simdgroup_float8x8 dg;
+            simdgroup_load(dg, diag, 8);
+#pragma clang loop unroll(full)
             for (uint d = 0; d < D / 8; ++d) {
-                simdgroup_float8x8 vf;
-                simdgroup_load(vf, v_tile + j * 8 * D + d * 8, D);
-                simdgroup_multiply_accumulate(o[d], pf, vf, o[d]);
+                simdgroup_multiply(o[d], dg, o[d]);
             }
         }
-        threadgroup_barrier(mem_flags::mem_threadgroup); // K/V are overwritten next
-    }
 
-    // O = diag(1 / row_sum) . O, staged as [BQ][D] floats, then the existing rows are stored.
-    if (part == 0) {
-        for (uint c = 0; c < 8; ++c) {
-            diag[row * 8 + c] = c == row && row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+        // O += P . V
+#pragma clang loop unroll(full)
+        for (uint j = 0; j < BK / 8; ++j) {
+            if (j < blocks) {
+                simdgroup_float8x8 pf;
+                simdgroup_load(pf, p_tile + j * 8, LDP);
+#pragma clang loop unroll(full)
+                for (uint d = 0; d < D / 8; ++d) {
+                    simdgroup_matrix<T, 8, 8> vf;
+                    simdgroup_load(vf, v_tile + j * 8 * LDT + d * 8, LDT);
+                    simdgroup_multiply_accumulate(o[d], pf, vf, o[d]);
+                }
+            }
         }
     }
-    simdgroup_barrier(mem_flags::mem_threadgroup);
-    simdgroup_float8x8 dg;
-    simdgroup_load(dg, diag, 8);
+
+    // The unnormalised O goes to [BQ][LD] (over K/V), 1/sum per row beside it; the store
+    // normalises, rounds to T and writes the tile's existing rows.
+    if (part == 0) {
+        inv_sum[sgid * 8 + row] = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup); // K/V fully read
+#pragma clang loop unroll(full)
     for (uint d = 0; d < D / 8; ++d) {
-        simdgroup_multiply(o[d], dg, o[d]);
-        simdgroup_store(o[d], smem + sgid * 8 * D + d * 8, D);
+        simdgroup_store(o[d], smem + sgid * 8 * LD + d * 8, LD);
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    for (uint i = tid; i < ATTN_BQ * D; i += ATTN_THREADS) {
-        const uint r = i / D;
+    constexpr uint CHUNKS = D / 4;
+#pragma clang loop unroll(full)
+    for (uint pass = 0; pass < ATTN_BQ * CHUNKS / ATTN_THREADS; ++pass) {
+        const uint i = pass * ATTN_THREADS + tid;
+        const uint r = i / CHUNKS;
+        const uint c = i % CHUNKS;
+        const uint word = r * LD + 4 * c;
+        const uint s = attention_swizzle(word);
+        threadgroup vec<float, 2>* at = (threadgroup vec<float, 2>*)(smem + word);
+        const vec<float, 2> first = at[s];
+        const vec<float, 2> second = at[s ^ 1];
+        const vec<float, 2> lo = s == 0 ? first : second;
+        const vec<float, 2> hi = s == 0 ? second : first;
+        const float scale = inv_sum[r];
+        vec<T, 4> y;
+        y[0] = T(lo[0] * scale);
+        y[1] = T(lo[1] * scale);
+        y[2] = T(hi[0] * scale);
+        y[3] = T(hi[1] * scale);
         if (r < rows) {
-            out[ulong(q0 + r) * token_stride + head_offset + i % D] = T(smem[i]);
+            *((device vec<T, 4>*)(out + ulong(q0 + r) * stride + head) + c) = y;
         }
     }
 }
 
 // Names carry dtype, head dim and tiles; src/ops/metal/dispatch.rs builds the same strings.
 #define INSTANTIATE_ATTENTION(tname, T, D, BK)                                                     \
-    template [[host_name("attention_" #tname "_d" #D "_bq32_bk" #BK)]] kernel void                 \
+    template [[host_name("attention_" #tname "_d" #D "_bq32_bk" #BK)]] [[kernel]] void             \
     attention<T, D, BK>(                                                                           \
         constant AttentionArgs& args [[buffer(0)]],                                                \
         device const T* q [[buffer(1)]],                                                           \

@@ -16,7 +16,8 @@
 // cols [B, C·taps, rows·Wo], all contiguous.
 // Grid: one thread per column element, DEFORM_THREADS per threadgroup, elements
 // args.first .. args.first + args.count per dispatch: the whole band unless its estimate exceeds
-// the command-buffer budget (src/ops/metal/dispatch.rs). No threadgroup memory.
+// the command-buffer budget (src/ops/metal/dispatch.rs). No threadgroup memory; 32-bit
+// indices (the host checks that every tensor has fewer than 2^32 elements).
 #include <metal_stdlib>
 #include "kargs.h"
 using namespace metal;
@@ -63,28 +64,32 @@ kernel void deform_im2col(
     if (local >= args.count) {
         return;
     }
-    const ulong e = ulong(args.first) + local;
+    // 32-bit indices throughout: the host refuses bands, inputs and offsets of 2^32 elements
+    // or more (Apple GPUs divide in software; a 64-bit division costs several 32-bit ones).
+    const uint e = args.first + local;
     const uint taps = args.kh * args.kw;
-    const ulong pix = ulong(args.rows) * args.out_w;
-    const uint k = uint(e % pix);
-    const ulong r = e / pix; // (b·C + c)·taps + t
-    const uint t = uint(r % taps);
-    const uint c = uint((r / taps) % args.channels);
-    const uint b = uint(r / (ulong(taps) * args.channels));
+    const uint pix = args.rows * args.out_w;
+    const uint r = e / pix; // (b·C + c)·taps + t
+    const uint k = e - r * pix;
+    const uint bc = r / taps;
+    const uint t = r - bc * taps;
+    const uint b = bc / args.channels;
+    const uint c = bc - b * args.channels;
     const uint i = t / args.kw;
-    const uint j = t % args.kw;
+    const uint j = t - i * args.kw;
     const uint group = c / (args.channels / args.offset_groups);
-    const uint oy = args.row_start + k / args.out_w;
-    const uint ox = k % args.out_w;
-    const ulong out_plane = ulong(args.out_h) * args.out_w;
-    const ulong q = ulong(oy) * args.out_w + ox;
-    const ulong tap = (ulong(b) * args.offset_groups + group) * taps + t;
+    const uint row = k / args.out_w;
+    const uint ox = k - row * args.out_w;
+    const uint oy = args.row_start + row;
+    const uint out_plane = args.out_h * args.out_w;
+    const uint q = oy * args.out_w + ox;
+    const uint tap = (b * args.offset_groups + group) * taps + t;
     const float dy = float(offset[(2 * tap) * out_plane + q]);
     const float dx = float(offset[(2 * tap + 1) * out_plane + q]);
     const float m = float(mask[tap * out_plane + q]);
     const float y = float(oy * args.stride_y + i * args.dil_y) - float(args.pad_y) + dy;
     const float x = float(ox * args.stride_x + j * args.dil_x) - float(args.pad_x) + dx;
-    device const T* plane = input + (ulong(b) * args.channels + c) * args.height * args.width;
+    device const T* plane = input + bc * (args.height * args.width);
     cols[e] = m * deform_sample(plane, int(args.height), int(args.width), y, x);
 }
 

@@ -7,7 +7,8 @@
 
 use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 use crate::ops::metal::dispatch::{
-    attention_plan, AttentionPlan, Dispatch, SdpaHeads, SdpaShape, SDPA_BQ,
+    attention_offsets_aligned, attention_plan, AttentionPlan, Dispatch, SdpaHeads, SdpaShape,
+    SDPA_BQ,
 };
 use crate::ops::metal::encode::{encode, encode_args_last, Arg};
 use crate::ops::metal::kargs::SdpaParams;
@@ -91,6 +92,7 @@ pub(crate) fn forward(
             &dispatches,
         )?,
         AttentionPlan::Varlen(tiles, dispatches) => {
+            attention_offsets_aligned(&[q0, k0, v0], elem)?;
             if let Some(first) = dispatches.first() {
                 let pipeline = pipeline(device, Source::Attention, &first.kernel)?;
                 // Uploads, not read-backs: nothing here waits for the GPU. All buffers exist

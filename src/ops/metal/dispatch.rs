@@ -174,7 +174,7 @@ pub fn sparse_conv_dispatches(
 /// Query rows per attention threadgroup (kernels/metal/attention.metal).
 pub const ATTN_BQ: usize = 32;
 
-/// Keys per streamed K/V tile: K and V tiles of `bk × d` floats must fit 16 KB together.
+/// Keys per streamed K/V tile: K and V tiles of `bk × (d + 4)` floats must fit 17 KB together.
 pub fn attention_bk(head_dim: usize) -> Result<usize> {
     match head_dim {
         64 => Ok(32),
@@ -183,10 +183,29 @@ pub fn attention_bk(head_dim: usize) -> Result<usize> {
     }
 }
 
-/// K and V tiles, four 8×BK probability tiles and four 8×8 diagonals, in floats.
-pub fn attention_threadgroup_memory(head_dim: usize) -> Result<usize> {
+/// Bytes: the larger of the float Q/output staging `[32][d + 4]` and the K and V tiles
+/// `[bk][d + 16 / size]` in the operand dtype (rows padded by 16 bytes against bank conflicts),
+/// then four 8×(bk + 4) float probability tiles, four 8×8 diagonals and the 32 rows' 1/sum.
+pub fn attention_threadgroup_memory(head_dim: usize, dtype: DType) -> Result<usize> {
     let bk = attention_bk(head_dim)?;
-    Ok((2 * bk * head_dim + 4 * 8 * bk + 4 * 64) * 4)
+    let elem = dtype.size_in_bytes();
+    let staging = ATTN_BQ * (head_dim + 4) * 4;
+    let kv = 2 * bk * (head_dim + 16 / elem) * elem;
+    Ok(staging.max(kv) + (4 * 8 * (bk + 4) + 4 * 64 + ATTN_BQ) * 4)
+}
+
+/// The attention kernel reads and writes rows as 4-element vectors: each operand's byte offset
+/// in its buffer must be a multiple of 4 elements (row strides are, as `d` is 64 or 128).
+pub fn attention_offsets_aligned(byte_offsets: &[usize], elem: usize) -> Result<()> {
+    for &at in byte_offsets {
+        if !at.is_multiple_of(4 * elem) {
+            bail!(
+                "attention: the metal kernel needs operands at multiples of {} bytes, one is at {at}",
+                4 * elem
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `attention_<dtype>_d<D>_bq32_bk<BK>`.
@@ -237,7 +256,7 @@ pub fn attention_dispatches(
     max_seconds: f64,
 ) -> Result<Vec<Dispatch<AttentionArgs>>> {
     let kernel = attention_kernel(dtype, head_dim)?;
-    let threadgroup_memory = attention_threadgroup_memory(head_dim)?;
+    let threadgroup_memory = attention_threadgroup_memory(head_dim, dtype)?;
     let heads32 = to_u32("heads", heads)?;
     let elem = dtype.size_in_bytes();
     let mut work = Vec::with_capacity(tiles.len());
@@ -538,6 +557,25 @@ pub fn deform_im2col_dispatches(
     if total > u32::MAX as u64 {
         bail!("deform_conv2d: a band of {total} column elements exceeds u32 indexing");
     }
+    // The kernel indexes in 32 bits: every element of the input and of the offsets (the mask
+    // has half as many) must be addressable by a u32.
+    let product = |v: &[u32]| v.iter().map(|&x| x as u64).product::<u64>();
+    let input = product(&[band.batch, band.channels, band.height, band.width]);
+    let offsets = product(&[
+        band.batch,
+        2,
+        band.offset_groups,
+        band.kh,
+        band.kw,
+        band.out_h,
+        band.out_w,
+    ]);
+    if input.max(offsets) > u32::MAX as u64 {
+        bail!(
+            "deform_conv2d: {input} input or {offsets} offset elements exceed the metal \
+             kernel's u32 indexing"
+        );
+    }
     if band.offset_groups == 0 || !band.channels.is_multiple_of(band.offset_groups) || band.kw == 0
     {
         bail!("deform_conv2d: bad im2col geometry {band:?}");
@@ -774,6 +812,60 @@ mod tests {
         let covered: u64 = most.iter().map(|d| d.args.count as u64).sum();
         assert_eq!(covered, total);
         assert!(deform_im2col_kernel(DType::F16).is_err());
+        // 32-bit indexing: a band that fits but an input or offset tensor that does not is
+        // refused, whatever the band.
+        let wide = DeformIm2ColArgs {
+            height: 1 << 16,
+            width: 1 << 16,
+            rows: 1,
+            ..band
+        };
+        assert!(deform_im2col_dispatches(wide, DType::F32, 1.0).is_err());
+        let offsets = DeformIm2ColArgs {
+            out_h: 1 << 14,
+            out_w: 1 << 14,
+            offset_groups: 4,
+            rows: 1,
+            ..band
+        };
+        assert!(offsets.columns() <= u32::MAX as u64);
+        assert!(deform_im2col_dispatches(offsets, DType::F32, 1.0).is_err());
+        let largest = DeformIm2ColArgs {
+            height: 1 << 14,
+            width: (1 << 14) - 1,
+            ..band
+        };
+        assert!(deform_im2col_dispatches(largest, DType::F32, 1.0).is_ok());
+    }
+
+    #[test]
+    fn attention_operands_start_at_vector_boundaries() {
+        assert!(attention_offsets_aligned(&[0, 32, 4096], 2).is_ok());
+        assert!(attention_offsets_aligned(&[0, 16, 48], 4).is_ok());
+        assert!(attention_offsets_aligned(&[0, 8], 4).is_err());
+        assert!(attention_offsets_aligned(&[2], 2).is_err());
+        // Threadgroup memory: 16-byte multiples within 32 KiB (the emulator checks the same).
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for d in [64, 128] {
+                let bytes = attention_threadgroup_memory(d, dtype).unwrap();
+                assert!(
+                    bytes.is_multiple_of(16) && bytes <= 32 << 10,
+                    "{dtype:?} d {d}: {bytes}"
+                );
+            }
+        }
+        assert_eq!(
+            attention_threadgroup_memory(64, DType::F16).unwrap(),
+            14_976
+        );
+        assert_eq!(
+            attention_threadgroup_memory(128, DType::BF16).unwrap(),
+            20_608
+        );
+        assert_eq!(
+            attention_threadgroup_memory(64, DType::F32).unwrap(),
+            23_168
+        );
     }
 
     #[test]
