@@ -16,7 +16,7 @@ use trellis2::ops::deform_conv::modulated_im2col_args;
 use trellis2::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 use trellis2::ops::metal::dispatch::{
     attention_dispatches, attention_kernel, attention_tiles, conv_vec_loads,
-    deform_im2col_dispatches, sparse_conv_dispatches, SHELL_LIVE_TAPS,
+    deform_im2col_dispatches, shell_live_taps, sparse_conv_dispatches, ConvRows,
 };
 use trellis2::ops::metal::elementwise_plan::{
     bias_act_dispatch, gated_residual_dispatch, vectorizable,
@@ -170,6 +170,7 @@ fn emulate(emu: &Emulator, inputs: &Inputs, budget: Budget) -> Option<Result<Vec
             emu,
             [feats, weight, map],
             bias.as_ref(),
+            None,
             [0, 0],
             max_seconds,
         ),
@@ -402,11 +403,13 @@ fn deform_im2col_cases() {
 // ---------------------------------------------------------------------------- launches
 
 /// Runs the planned sparse-conv dispatches, feats and weight bound `pads` elements into their
-/// buffers and the bias zeros where there is none (as the backend binds them); returns `[n, co]`.
+/// buffers, the bias zeros where there is none and the map in place of an absent voxel `order`
+/// (as the backend binds them); returns `[n, co]`.
 fn emulate_conv(
     emu: &Emulator,
     [feats, weight, map]: [&Tensor; 3],
     bias: Option<&Tensor>,
+    order: Option<&[u32]>,
     pads: [usize; 2],
     max_seconds: f64,
 ) -> Result<Vec<f32>, String> {
@@ -417,10 +420,13 @@ fn emulate_conv(
         Some(b) => b.to_dtype(DType::F32).unwrap(),
         None => Tensor::zeros(co, DType::F32, &Device::Cpu).unwrap(),
     };
-    let vec_loads = conv_vec_loads(ci, &pads);
+    let rows = ConvRows {
+        vec_loads: conv_vec_loads(ci, &pads),
+        ordered: order.is_some(),
+    };
     // The host plans with a surface's live taps (it has the map only on the device).
-    let plan =
-        sparse_conv_dispatches(n, ci, co, dtype, SHELL_LIVE_TAPS, max_seconds, vec_loads).unwrap();
+    let live = shell_live_taps(rows.ordered);
+    let plan = sparse_conv_dispatches(n, ci, co, dtype, live, max_seconds, rows).unwrap();
     let (f, f0) = view_of(feats, pads[0]);
     let (w, w0) = view_of(weight, pads[1]);
     let buffers = vec![
@@ -429,11 +435,15 @@ fn emulate_conv(
         bytes_of(map),
         bytes_of(&bias),
         poisoned(n * co, dtype),
+        match order {
+            Some(o) => o.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            None => bytes_of(map),
+        },
     ];
     let dispatches: Vec<EmuDispatch> = plan
         .iter()
         .map(|d| {
-            let mut e = emu_dispatch(d, 5);
+            let mut e = emu_dispatch(d, 6);
             e.slots[1].1 = Slot::BufferAt(0, f0);
             e.slots[2].1 = Slot::BufferAt(1, w0);
             e
@@ -785,7 +795,8 @@ fn elementwise_kernels_take_operands_bound_mid_buffer() {
 fn kargs_layout_matches_the_header() {
     use std::mem::{offset_of, size_of};
     let want = format!(
-        "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={} vec_loads={}\n\
+        "SparseConvArgs size={} n_voxels={} ci={} co={} voxel_tile_base={} vec_loads={} \
+         ordered={}\n\
          AttentionArgs size={} heads={} tile_base={} n_tiles={} scale={}\n\
          DeformIm2ColArgs size={} batch=0 channels=4 height=8 width=12 kh=16 kw=20 out_h=24 \
          out_w=28 offset_groups=32 stride_y=36 stride_x=40 pad_y=44 pad_x=48 dil_y=52 dil_x=56 \
@@ -801,6 +812,7 @@ fn kargs_layout_matches_the_header() {
         offset_of!(SparseConvArgs, co),
         offset_of!(SparseConvArgs, voxel_tile_base),
         offset_of!(SparseConvArgs, vec_loads),
+        offset_of!(SparseConvArgs, ordered),
         size_of::<AttentionArgs>(),
         offset_of!(AttentionArgs, heads),
         offset_of!(AttentionArgs, tile_base),
@@ -843,6 +855,7 @@ fn kargs_layout_matches_the_header() {
         co: 3,
         voxel_tile_base: 4,
         vec_loads: 1,
+        ordered: 1,
     };
     assert_eq!(args.to_bytes().len(), size_of::<SparseConvArgs>());
 }
@@ -956,6 +969,7 @@ fn a_kernel_missing_a_barrier_fails() {
             &emu,
             [feats, weight, map],
             None,
+            None,
             [0, 0],
             COMMAND_BUFFER_SECONDS,
         ) {
@@ -1018,6 +1032,7 @@ fn sparse_conv_takes_operands_bound_mid_buffer() {
                 &emu,
                 [feats, weight, map],
                 bias.as_ref(),
+                None,
                 pads,
                 COMMAND_BUFFER_SECONDS,
             )
@@ -1025,6 +1040,94 @@ fn sparse_conv_takes_operands_bound_mid_buffer() {
             .and_then(|got| compare(&got, &want, case.tolerance(dtype, dtype)));
             match outcome {
                 Ok(m) if m.max_rel <= m.tolerance => println!("{label}: rel {:.2e}", m.max_rel),
+                other => failed.push(format!("{label}: {other:?}")),
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// The conv in a voxel order: tile row r handles voxel `order[64·tile + r]`. On a shell, in its
+/// sorted orders (windows of 64 voxels and one window) and a random permutation, in every dtype
+/// (and split into one dispatch per tile): the CPU op's result within the unsorted runs'
+/// tolerance, and bit for bit the unsorted emulation's (a tap a tile skips adds only zeros).
+#[test]
+fn sparse_conv_follows_a_voxel_order() {
+    use trellis2::ops::conv_order::sorted_by_mask;
+    let emu = Emulator::get("sparse_conv");
+    let mut failed = Vec::new();
+    for &dtype in trellis2::selftest::DTYPES {
+        let case = Case::new(
+            Size::Small,
+            Op::SparseConv {
+                map: ConvMap::Of(Voxels::Shell {
+                    batch: 0,
+                    side: 16,
+                    radius: 6.0,
+                    width: 0.87,
+                    at: 0,
+                }),
+                ci: 36,
+                co: 40,
+                bias: true,
+            },
+            trellis2::selftest::DTYPES,
+            trellis2::selftest::Tolerance::REDUCTION,
+        );
+        let inputs = case.inputs(dtype, dtype).unwrap();
+        let want = output_values(&case.reference(&inputs, Reference::CpuOp).unwrap()).unwrap();
+        let Inputs::SparseConv {
+            feats,
+            map,
+            weight,
+            bias,
+        } = &inputs
+        else {
+            unreachable!()
+        };
+        let n = feats.dim(0).unwrap();
+        let mut random: Vec<u32> = (0..n as u32).collect();
+        for (i, u) in uniform(11, n).into_iter().enumerate().rev() {
+            let j = ((u * 0.5 + 0.5) * (i + 1) as f32) as usize;
+            random.swap(i, j.min(i));
+        }
+        let sorted = |w| sorted_by_mask(map, w).unwrap().to_vec1::<u32>().unwrap();
+        let run = |order: Option<&[u32]>, seconds| {
+            emulate_conv(
+                &emu,
+                [feats, weight, map],
+                bias.as_ref(),
+                order,
+                [0, 0],
+                seconds,
+            )
+        };
+        let plain = run(None, COMMAND_BUFFER_SECONDS).unwrap();
+        for (what, order, seconds) in [
+            (
+                "sorted in windows of 64",
+                sorted(64),
+                COMMAND_BUFFER_SECONDS,
+            ),
+            ("sorted in one window", sorted(n), COMMAND_BUFFER_SECONDS),
+            ("sorted, split", sorted(n), SPLIT_SECONDS),
+            (
+                "a random permutation",
+                random.clone(),
+                COMMAND_BUFFER_SECONDS,
+            ),
+        ] {
+            let label = format!("{n} voxels {what} [{dtype:?}]");
+            let outcome = run(Some(&order), seconds)
+                .map_err(candle_core::Error::msg)
+                .and_then(|got| {
+                    let same = got.iter().zip(&plain).all(|(a, b)| a == b);
+                    compare(&got, &want, case.tolerance(dtype, dtype)).map(|m| (m, same))
+                });
+            match outcome {
+                Ok((m, true)) if m.max_rel <= m.tolerance => {
+                    println!("{label}: rel {:.2e}, equal to the unsorted run", m.max_rel)
+                }
                 other => failed.push(format!("{label}: {other:?}")),
             }
         }

@@ -12,6 +12,8 @@ struct SparseConvArgs {
     uint voxel_tile_base; // first voxel tile of this dispatch (watchdog split)
     uint vec_loads;       // 1: feats and weight rows allow 4-element vector loads (Ci % 4 == 0,
                           // starts aligned to 4 elements); 0: scalar loads
+    uint ordered;         // 1: tile row r handles voxel order[tile * 64 + r] (a permutation of
+                          // the voxels, src/ops/conv_order); 0: voxel tile * 64 + r
 };
 
 // Varlen attention, one dispatch = a range of query tiles x heads.

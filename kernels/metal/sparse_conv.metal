@@ -4,7 +4,11 @@
 //   out[n, o] = bias[o] + sum_k sum_i W[o, k, i] * feats[nbr[n, k], i]   (absent neighbours add 0)
 //
 // Layouts: feats [T, Ci], weight [Co, 27, Ci] and out [T, Co] of dtype T; bias [Co] float;
-// nbr [T, 27] uint, 0xffffffff for a missing neighbour.
+// nbr [T, 27] uint, 0xffffffff for a missing neighbour; order [T] uint, a permutation of the voxels
+// read when args.ordered: tile row r then handles voxel order[tile * 64 + r] (its neighbour row and
+// its output row), so tiles group voxels with the same neighbours (the order sorts voxels by
+// neighbour mask within windows, src/ops/conv_order) and skip more taps; each voxel's sum is
+// the same (absent taps add nothing).
 // Tiles: a threadgroup (4 simdgroups, 32x32 each) computes 64 voxels x 64 output channels over the
 // tile's live taps, Ci in slices of 32. A (gathered feature rows) and B (weight rows, one per output
 // channel, read transposed by simdgroup_load) are staged in T, rows padded by 16 bytes; products
@@ -12,7 +16,8 @@
 // slice is loaded into registers while this one multiplies; f16/bf16 then store it into a second
 // stage (one barrier per slice), f32 into the only one (two).
 // Threadgroup memory (host-sized, threadgroup(0)): stages x (A + B) tiles, then the neighbour rows
-// [64][27] uint and 32 tap flags: f32 25,472 bytes, f16/bf16 27,520 (kernels/README.md).
+// [64][27] uint, 32 tap flags and the tile's 64 voxel ids: f32 25,728 bytes, f16/bf16 27,776
+// (kernels/README.md).
 #include <metal_stdlib>
 #include "kargs.h"
 using namespace metal;
@@ -83,6 +88,7 @@ kernel void sparse_conv(
     device const uint* nbr [[buffer(3)]],
     device const float* bias [[buffer(4)]],
     device T* out [[buffer(5)]],
+    device const uint* order [[buffer(6)]],
     threadgroup float* smem [[threadgroup(0)]],
     uint3 tgid [[threadgroup_position_in_grid]],
     uint tid [[thread_index_in_threadgroup]],
@@ -106,12 +112,19 @@ kernel void sparse_conv(
     const uint stage_elems = (CONV_BM + CONV_BN) * ld;
     threadgroup T* tiles = (threadgroup T*)smem;
     threadgroup uint* nbr_tile = (threadgroup uint*)(tiles + stages * stage_elems); // [BM][27]
-    threadgroup uint* tap_live = nbr_tile + CONV_BM * CONV_TAPS;                     // [27]
+    threadgroup uint* tap_live = nbr_tile + CONV_BM * CONV_TAPS;                     // [32]
+    threadgroup uint* voxel_of = tap_live + 32;                                      // [BM]
 
+    // The voxel of each tile row: the order's entry, or the row itself.
+    if (tid < CONV_BM) {
+        const uint r = row0 + tid;
+        voxel_of[tid] = tid < rows ? (args.ordered != 0 ? order[r] : r) : 0u;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
     // The tile's neighbour rows, read once and reused by all 27 taps; rows past the end are absent.
     for (uint i = tid; i < CONV_BM * CONV_TAPS; i += CONV_THREADS) {
         const uint r = i / CONV_TAPS;
-        nbr_tile[i] = r < rows ? nbr[ulong(row0) * CONV_TAPS + i] : CONV_ABSENT;
+        nbr_tile[i] = r < rows ? nbr[ulong(voxel_of[r]) * CONV_TAPS + i % CONV_TAPS] : CONV_ABSENT;
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
     if (tid < CONV_TAPS) {
@@ -245,7 +258,7 @@ kernel void sparse_conv(
         const uint r = i / CONV_BN;
         const uint o = i % CONV_BN;
         if (r < rows && col0 + o < co) {
-            out[ulong(row0 + r) * co + col0 + o] = T(smem[r * CONV_LD_OUT + o] + bias[col0 + o]);
+            out[ulong(voxel_of[r]) * co + col0 + o] = T(smem[r * CONV_LD_OUT + o] + bias[col0 + o]);
         }
     }
 }
@@ -259,6 +272,7 @@ kernel void sparse_conv(
         device const uint* nbr [[buffer(3)]],                                                      \
         device const float* bias [[buffer(4)]],                                                    \
         device T* out [[buffer(5)]],                                                               \
+        device const uint* order [[buffer(6)]],                                                    \
         threadgroup float* smem [[threadgroup(0)]],                                                \
         uint3 tgid [[threadgroup_position_in_grid]],                                               \
         uint tid [[thread_index_in_threadgroup]],                                                  \

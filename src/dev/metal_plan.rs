@@ -16,13 +16,16 @@ use crate::ops::metal::budget::{
     COMMAND_BUFFER_SECONDS,
 };
 use crate::ops::metal::dispatch::{
-    attention_plan as plan_attention, conv_vec_loads, sparse_conv_dispatches, AttentionPlan,
-    Dispatch, SHELL_LIVE_TAPS,
+    attention_plan as plan_attention, conv_vec_loads, shell_live_taps, sparse_conv_dispatches,
+    AttentionPlan, ConvRows, Dispatch,
 };
+#[cfg(doc)]
+use crate::ops::metal::dispatch::{SHELL_LIVE_TAPS, SORTED_SHELL_LIVE_TAPS};
 use crate::ops::metal::elementwise_plan::{bias_act_dispatch, gated_residual_dispatch};
 use crate::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
 use crate::ops::tuning::Tuning;
 use crate::ops::vocab::Activation;
+use crate::sparse::conv_order::metal_sort_window;
 
 /// One dispatch of a plan: the JSON line `trellis2 dev metal-plan` prints.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -305,19 +308,26 @@ pub fn attention_plan(
     Ok(p.finish(0))
 }
 
-/// One submanifold conv layer on Metal: the conv kernel (planned with [`SHELL_LIVE_TAPS`] live
-/// taps per tile, as the host plans it), which adds the bias in its epilogue; operands start
-/// at offset 0, so vector loads wherever Ci allows them.
+/// One submanifold conv layer on Metal: the conv kernel, which adds the bias in its epilogue,
+/// planned as the host plans it: in the voxel order where `TRELLIS2_CONV_SORT` sorts a set this
+/// large (with [`SORTED_SHELL_LIVE_TAPS`] live taps per tile), else in the voxels' own order
+/// ([`SHELL_LIVE_TAPS`]); operands start at offset 0, so vector loads wherever Ci allows them.
+/// (Building the order, a few small candle ops, is not in the plan.)
 pub fn sparse_conv_plan(voxels: usize, ci: usize, co: usize, dtype: DType) -> Result<Plan> {
     let mut p = Planner::new();
+    let row_bytes = ci * dtype.size_in_bytes();
+    let rows = ConvRows {
+        vec_loads: conv_vec_loads(ci, &[0, 0]),
+        ordered: metal_sort_window(voxels, row_bytes, Tuning::current().conv_sort).is_some(),
+    };
     let plan = sparse_conv_dispatches(
         voxels,
         ci,
         co,
         dtype,
-        SHELL_LIVE_TAPS,
+        shell_live_taps(rows.ordered),
         COMMAND_BUFFER_SECONDS,
-        conv_vec_loads(ci, &[0, 0]),
+        rows,
     )?;
     p.ours("sparse_conv", plan);
     Ok(p.finish(0))

@@ -50,7 +50,7 @@ impl ConvTile {
     }
 }
 
-/// How the CUDA sparse conv orders voxels into tiles: `TRELLIS2_CONV_SORT`.
+/// How the CUDA and Metal sparse convs order voxels into tiles: `TRELLIS2_CONV_SORT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvSort {
     /// Sorted by neighbour mask in the default window for the feature row size.
@@ -95,7 +95,7 @@ pub struct Tuning {
     /// `TRELLIS2_CONV_WGMMA_KEEP`: wgmma groups kept in flight by the wgmma conv (None: 1 at
     /// 256 output columns, else 0).
     pub conv_wgmma_keep: Option<u32>,
-    /// `TRELLIS2_CONV_SORT`: the voxel order of the CUDA sparse conv.
+    /// `TRELLIS2_CONV_SORT`: the voxel order of the CUDA and Metal sparse convs.
     pub conv_sort: ConvSort,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
@@ -289,9 +289,10 @@ pub static KNOBS: [Knob; 9] = [
         name: "TRELLIS2_CONV_SORT",
         values: "auto, off, full or a window in voxels",
         default: "auto",
-        meaning: "voxel order of the CUDA sparse conv on sets of 4096 voxels or more: sorted by \
-                  neighbour mask in windows of the default size (auto), of one window (full) or \
-                  of the given voxels; off (or 0) keeps the voxels' order",
+        meaning: "voxel order of the CUDA and Metal sparse convs on sets of 4096 voxels or more: \
+                  sorted by neighbour mask in windows of the default size (auto), of one window \
+                  (full) or of the given voxels, on Metal at most 1024; off (or 0) keeps the \
+                  voxels' order",
         parse: |t, v| {
             t.conv_sort = match v {
                 "auto" => ConvSort::Auto,

@@ -1,8 +1,13 @@
-//! The policy of the voxel order the CUDA sparse conv tiles by (`NeighbourMap::conv_order`):
-//! which sets are sorted and in which windows (`TRELLIS2_CONV_SORT`, read through `ops::tuning`).
-//! The order itself is the op `ops::conv_order`.
+//! The policy of the voxel order the CUDA and Metal sparse convs tile by
+//! (`NeighbourMap::conv_order`): which sets are sorted and in which windows
+//! (`TRELLIS2_CONV_SORT`, read through `ops::tuning`). The order itself is `ops::conv_order`.
 
-/// Sets with fewer voxels keep their order on CUDA: sorting saves less than building the order
+use candle_core::Device;
+
+use crate::ops::conv_order::COMPOSED_MAX_WINDOW;
+use crate::ops::tuning::ConvSort;
+
+/// Sets with fewer voxels keep their order: sorting saves less than building the order
 /// (a few small launches) costs.
 pub const SORT_MIN_ROWS: usize = 4096;
 
@@ -21,6 +26,45 @@ pub fn default_sort_window(row_bytes: usize) -> usize {
     (1usize << w.ilog2()).max(SORT_MIN_WINDOW)
 }
 
+/// The window the conv's voxel order sorts `rows` voxels in on `device`, for feature rows of
+/// `row_bytes` bytes under the setting `sort`, or `None` for the voxels' own order: on the CPU
+/// (whose conv tiles in voxel order), below [`SORT_MIN_ROWS`] voxels, or with `off`. CUDA takes
+/// `full` (one window), a given window or, by default, [`default_sort_window`]. Metal takes the
+/// same, capped at `COMPOSED_MAX_WINDOW` (1024) voxels so the order is built on the device
+/// (`ops::conv_order::sorted_by_mask_composed`).
+pub fn conv_sort_window(
+    device: &Device,
+    rows: usize,
+    row_bytes: usize,
+    sort: ConvSort,
+) -> Option<usize> {
+    if device.is_cpu() {
+        None
+    } else if device.is_cuda() {
+        cuda_sort_window(rows, row_bytes, sort)
+    } else {
+        metal_sort_window(rows, row_bytes, sort)
+    }
+}
+
+/// [`conv_sort_window`] on CUDA.
+fn cuda_sort_window(rows: usize, row_bytes: usize, sort: ConvSort) -> Option<usize> {
+    if rows < SORT_MIN_ROWS {
+        return None;
+    }
+    match sort {
+        ConvSort::Off => None,
+        ConvSort::Full => Some(usize::MAX),
+        ConvSort::Window(w) => Some(w),
+        ConvSort::Auto => Some(default_sort_window(row_bytes)),
+    }
+}
+
+/// [`conv_sort_window`] on Metal (backend-free, for the host's dispatch plans too).
+pub fn metal_sort_window(rows: usize, row_bytes: usize, sort: ConvSort) -> Option<usize> {
+    cuda_sort_window(rows, row_bytes, sort).map(|w| w.min(COMPOSED_MAX_WINDOW))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +75,21 @@ mod tests {
         assert_eq!(default_sort_window(256), 131_072);
         assert_eq!(default_sort_window(128), 262_144);
         assert_eq!(default_sort_window(1 << 30), SORT_MIN_WINDOW);
+    }
+
+    #[test]
+    fn the_cpu_and_small_sets_keep_their_order() {
+        let cpu = Device::Cpu;
+        assert_eq!(conv_sort_window(&cpu, 1 << 20, 256, ConvSort::Auto), None);
+        assert_eq!(conv_sort_window(&cpu, 1 << 20, 256, ConvSort::Full), None);
+        assert_eq!(metal_sort_window(4095, 256, ConvSort::Auto), None);
+        assert_eq!(metal_sort_window(4096, 256, ConvSort::Off), None);
+        for sort in [ConvSort::Auto, ConvSort::Full, ConvSort::Window(65_536)] {
+            assert_eq!(metal_sort_window(1 << 20, 256, sort), Some(1024));
+        }
+        assert_eq!(
+            metal_sort_window(1 << 20, 256, ConvSort::Window(64)),
+            Some(64)
+        );
     }
 }

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, Result, Tensor};
 
-use super::conv_order::{default_sort_window, SORT_MIN_ROWS};
+use super::conv_order::conv_sort_window;
 use super::coords::CoordSet;
 use crate::ops::conv_order::sorted_by_mask;
 use crate::ops::neighbour_map;
 pub use crate::ops::neighbour_map::tap_offset;
 use crate::ops::sparse_conv::ConvNeighbours;
-use crate::ops::tuning::{ConvSort, Tuning};
+use crate::ops::tuning::Tuning;
 pub use crate::ops::vocab::{ABSENT, TAPS};
 
 /// `[T,27]` neighbour rows, on the coordinate set's device.
@@ -22,7 +22,7 @@ pub struct NeighbourMap {
     tensor: Tensor,
     /// Existing (voxel, neighbour) pairs, the centre tap included.
     pairs: usize,
-    /// Voxel orders for the CUDA conv, by window (see [`NeighbourMap::sorted_order`]), built on
+    /// Voxel orders for the GPU convs, by window (see [`NeighbourMap::sorted_order`]), built on
     /// first use; shared by clones.
     orders: Arc<Mutex<Vec<(usize, Tensor)>>>,
 }
@@ -87,24 +87,19 @@ impl NeighbourMap {
         self.pairs
     }
 
-    /// The voxel order the CUDA conv should tile by for feature rows of `row_bytes` bytes, or
-    /// `None` to keep the voxels' own order: on other devices, below [`SORT_MIN_ROWS`] voxels, or
-    /// with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
-    /// window `TRELLIS2_CONV_SORT` names (`full`: one window) or, by default,
-    /// [`default_sort_window`]: the largest power of two of at least 16384 voxels whose rows fit
-    /// in 32 MiB. Built on the GPU, so sets of any size are sorted.
+    /// The voxel order the CUDA or Metal conv should tile by for feature rows of `row_bytes`
+    /// bytes, or `None` to keep the voxels' own order: on the CPU, below `SORT_MIN_ROWS` voxels,
+    /// or with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
+    /// window `TRELLIS2_CONV_SORT` names (`full`: one window) or, by default, the largest power of
+    /// two of at least 16384 voxels whose rows fit in 32 MiB; Metal caps windows at 1024 voxels
+    /// (`sparse::conv_order::conv_sort_window`). Built on the GPU, so sets of any size are sorted.
     pub fn conv_order(&self, row_bytes: usize) -> Result<Option<Tensor>> {
         let rows = self.tensor.dims()[0];
-        if !self.tensor.device().is_cuda() || rows < SORT_MIN_ROWS {
-            return Ok(None);
+        let sort = Tuning::current().conv_sort;
+        match conv_sort_window(self.tensor.device(), rows, row_bytes, sort) {
+            Some(window) => self.sorted_order(window).map(Some),
+            None => Ok(None),
         }
-        let window = match Tuning::current().conv_sort {
-            ConvSort::Off => return Ok(None),
-            ConvSort::Full => usize::MAX,
-            ConvSort::Window(w) => w,
-            ConvSort::Auto => default_sort_window(row_bytes),
-        };
-        self.sorted_order(window).map(Some)
     }
 
     /// A permutation of the voxels, `[T]` u32 on the map's device: within each run of `window`

@@ -284,25 +284,25 @@ const ARGS: &str = r#"
 #include "kargs.h"
 using namespace metal;
 template <typename T>
-kernel void args(constant SparseConvArgs& args [[buffer(0)]], device const T* x [[buffer(1)]],
+kernel void args(constant NeighbourArgs& args [[buffer(0)]], device const T* x [[buffer(1)]],
                  device T* out [[buffer(2)]], uint tid [[thread_index_in_threadgroup]]) {
-    out[tid] = x[tid] * float(args.ci);
+    out[tid] = x[tid] * float(args.n_voxels);
 }
-template [[host_name("args")]] kernel void args<float>(constant SparseConvArgs& args [[buffer(0)]],
+template [[host_name("args")]] kernel void args<float>(constant NeighbourArgs& args [[buffer(0)]],
     device const float* x [[buffer(1)]], device float* out [[buffer(2)]],
     uint tid [[thread_index_in_threadgroup]]);
 "#;
 
 #[test]
 fn binding_mismatches_name_the_kernel_and_binding() {
-    use trellis2::ops::metal::kargs::{NeighbourArgs, SparseConvArgs};
+    use trellis2::ops::metal::kargs::{NeighbourArgs, RmsRopeArgs};
     let emu = accepts("bindings", ARGS, Config::MSL31);
-    let conv = SparseConvArgs {
-        n_voxels: 1,
-        ci: 3,
-        co: 1,
-        voxel_tile_base: 0,
-        vec_loads: 0,
+    let conv = NeighbourArgs {
+        n_voxels: 3,
+        capacity_mask: 1,
+        bits_x: 1,
+        bits_y: 1,
+        bits_z: 1,
     };
     let x: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let run = |slots: Vec<(u32, Slot)>, buffers: Vec<Vec<u8>>| {
@@ -318,13 +318,13 @@ fn binding_mismatches_name_the_kernel_and_binding() {
     let out = run(good(), vec![x.clone(), vec![0; 128]]).unwrap();
     assert_eq!(floats(&out[1])[5], 15.0);
 
-    // The same size as SparseConvArgs (20 bytes), another name.
-    let other = NeighbourArgs {
-        n_voxels: 1,
-        capacity_mask: 1,
-        bits_x: 1,
-        bits_y: 1,
-        bits_z: 1,
+    // The same size as NeighbourArgs (20 bytes), another name.
+    let other = RmsRopeArgs {
+        rows: 1,
+        heads: 1,
+        head_dim: 2,
+        normalize: 0,
+        table_rows: 1,
     };
     // (what, bindings, buffers, expected message)
     type Case = (&'static str, Vec<(u32, Slot)>, Vec<Vec<u8>>, &'static str);
@@ -335,7 +335,7 @@ fn binding_mismatches_name_the_kernel_and_binding() {
         "another argument struct",
         swapped,
         vec![x.clone(), vec![0; 128]],
-        "[[buffer(0)]] `constant SparseConvArgs& args`: the host binds a `NeighbourArgs`",
+        "[[buffer(0)]] `constant NeighbourArgs& args`: the host binds a `RmsRopeArgs`",
     ));
     let mut short = good();
     short[0] = (0, Slot::Bytes(vec![0; 12]));
@@ -343,7 +343,7 @@ fn binding_mismatches_name_the_kernel_and_binding() {
         "a short argument struct",
         short,
         vec![x.clone(), vec![0; 128]],
-        "[[buffer(0)]] `constant SparseConvArgs& args` is 20 bytes; the host binds 12",
+        "[[buffer(0)]] `constant NeighbourArgs& args` is 20 bytes; the host binds 12",
     ));
     cases.push((
         "a missing buffer",

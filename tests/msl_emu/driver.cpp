@@ -693,7 +693,7 @@ static void layout() {
     std::printf("SparseConvArgs size=%zu", sizeof(SparseConvArgs));
     FIELD(SparseConvArgs, n_voxels); FIELD(SparseConvArgs, ci); FIELD(SparseConvArgs, co);
     FIELD(SparseConvArgs, voxel_tile_base);
-    FIELD(SparseConvArgs, vec_loads);
+    FIELD(SparseConvArgs, vec_loads); FIELD(SparseConvArgs, ordered);
     std::printf("\nAttentionArgs size=%zu", sizeof(AttentionArgs));
     FIELD(AttentionArgs, heads); FIELD(AttentionArgs, tile_base); FIELD(AttentionArgs, n_tiles);
     FIELD(AttentionArgs, scale);

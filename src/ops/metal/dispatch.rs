@@ -37,13 +37,14 @@ pub const CONV_VEC: usize = 4;
 
 /// Threadgroup memory of the conv in `dtype`: per stage an A `[BM][BK + pad]` and a B
 /// `[BN][BK + pad]` tile of the operand dtype (rows padded by 16 bytes), two stages for 2-byte
-/// types (one for f32, whose two would exceed 32 KiB), then the neighbour rows `[BM][27]` and 32
-/// tap flags (u32). The epilogue's float `[BM][BN + 4]` tile reuses the stages.
+/// types (one for f32, whose two would exceed 32 KiB), then the neighbour rows `[BM][27]`, 32
+/// tap flags and the `BM` voxel ids of the tile's rows (u32). The epilogue's float
+/// `[BM][BN + 4]` tile reuses the stages.
 pub fn conv_threadgroup_memory(dtype: DType) -> usize {
     let elem = dtype.size_in_bytes();
     let stages = if elem == 2 { 2 } else { 1 };
     let row = CONV_BK * elem + 16;
-    stages * (CONV_BM + CONV_BN) * row + (CONV_BM * TAPS + 32) * 4
+    stages * (CONV_BM + CONV_BN) * row + (CONV_BM * TAPS + 32 + CONV_BM) * 4
 }
 
 /// Whether the conv may load feats and weight rows 4 elements at a time: `ci` a multiple of 4
@@ -59,6 +60,31 @@ pub fn conv_vec_loads(ci: usize, starts: &[usize]) -> bool {
 /// keeps the number). The map on the device would say exactly, but reading it back is a host
 /// sync; [`live_taps_per_tile`] counts it where the map is on the host.
 pub const SHELL_LIVE_TAPS: f64 = 26.9;
+
+/// Live taps of a 64-voxel tile of the same shells in the voxel order the Metal conv follows
+/// (`NeighbourMap::conv_order`: voxels sorted by neighbour mask within windows of
+/// `ops::conv_order::COMPOSED_MAX_WINDOW` voxels; a unit test keeps the number).
+/// Measured 24.3, 24.2 and 22.7 for radii 28, 58 and 256 (17 k, 74 k and 1.43 M voxels; the
+/// windows CUDA sorts in, 16 k–131 k voxels, reach 21.5, 20.3 and 18.9).
+pub const SORTED_SHELL_LIVE_TAPS: f64 = 23.5;
+
+/// The live taps the host plans a conv with: [`SORTED_SHELL_LIVE_TAPS`] when it follows a voxel
+/// order, else [`SHELL_LIVE_TAPS`].
+pub fn shell_live_taps(ordered: bool) -> f64 {
+    if ordered {
+        SORTED_SHELL_LIVE_TAPS
+    } else {
+        SHELL_LIVE_TAPS
+    }
+}
+
+/// How the conv reads its rows: `vec_loads` ([`conv_vec_loads`] of the operands) and `ordered`
+/// (tiles follow a voxel order, bound after the output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConvRows {
+    pub vec_loads: bool,
+    pub ordered: bool,
+}
 
 /// Mean live taps per 64-row tile of a `[T·27]` neighbour map: taps that at least one row of
 /// the tile has (what the kernel walks).
@@ -108,7 +134,7 @@ fn conv_tile_work(ci: usize, co: usize, live_taps: f64, elem: usize) -> Work {
 /// tiles), one dispatch for the whole conv unless its estimated time ([`SHELL_LIVE_TAPS`] or a
 /// map's [`live_taps_per_tile`] taps per tile) exceeds `max_seconds`; then as few dispatches
 /// over consecutive voxel-tile ranges as keep each within it. Empty when there is nothing to
-/// write (`n == 0` or `co == 0`). `vec_loads`: [`conv_vec_loads`] of the operands.
+/// write (`n == 0` or `co == 0`). `rows`: vector loads and the voxel order.
 pub fn sparse_conv_dispatches(
     n: usize,
     ci: usize,
@@ -116,8 +142,9 @@ pub fn sparse_conv_dispatches(
     dtype: DType,
     live_taps: f64,
     max_seconds: f64,
-    vec_loads: bool,
+    rows: ConvRows,
 ) -> Result<Vec<Dispatch<SparseConvArgs>>> {
+    let ConvRows { vec_loads, ordered } = rows;
     if vec_loads && !ci.is_multiple_of(CONV_VEC) {
         bail!("sparse_conv: vector loads need ci % {CONV_VEC} == 0, got {ci}");
     }
@@ -163,6 +190,7 @@ pub fn sparse_conv_dispatches(
                 co: co32,
                 voxel_tile_base: to_u32("voxel tile", first)?,
                 vec_loads: u32::from(vec_loads),
+                ordered: u32::from(ordered),
             },
             work: tile.scaled(tiles as f64),
         });
@@ -609,6 +637,13 @@ mod tests {
     use super::*;
     use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 
+    fn rows(vec_loads: bool) -> ConvRows {
+        ConvRows {
+            vec_loads,
+            ordered: false,
+        }
+    }
+
     fn covers<A>(plan: &[Dispatch<A>], units: usize, base: impl Fn(&A) -> u32, axis: usize) {
         let mut next = 0;
         for d in plan {
@@ -620,49 +655,61 @@ mod tests {
 
     #[test]
     fn a_conv_is_one_dispatch_unless_its_estimate_exceeds_the_limit() {
-        let one =
-            sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, COMMAND_BUFFER_SECONDS, true)
-                .unwrap();
+        let one = sparse_conv_dispatches(
+            1000,
+            40,
+            70,
+            DType::F16,
+            27.0,
+            COMMAND_BUFFER_SECONDS,
+            rows(true),
+        )
+        .unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].threadgroups, [2, 16, 1]);
         assert_eq!(one[0].kernel, "sparse_conv_f16_bm64_bn64_bk32");
         // 64 voxels x 27 taps x 64 (padded ci) x 128 (padded co) MACs per tile.
         assert_eq!(one[0].work.flops, 16.0 * 2.0 * 64.0 * 27.0 * 64.0 * 128.0);
         // The most split: one voxel tile per dispatch.
-        let most = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, 0.0, true).unwrap();
+        let most = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, 0.0, rows(true)).unwrap();
         assert_eq!(most.len(), 16);
         covers(&most, 16, |a| a.voxel_tile_base, 1);
         // A limit of 5 tiles' time: ceil(16 / 5) = 4 equal ranges of 4.
         let limit = seconds(one[0].work.scaled(5.0 / 16.0));
-        let split = sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, limit, true).unwrap();
+        let split =
+            sparse_conv_dispatches(1000, 40, 70, DType::F16, 27.0, limit, rows(true)).unwrap();
         assert_eq!(split.len(), 4);
         covers(&split, 16, |a| a.voxel_tile_base, 1);
         assert!(split.iter().all(|d| seconds(d.work) <= limit));
         // Fewer live taps, less work.
-        let sparse = sparse_conv_dispatches(1000, 40, 70, DType::F16, 9.0, 1.0, true).unwrap();
+        let sparse =
+            sparse_conv_dispatches(1000, 40, 70, DType::F16, 9.0, 1.0, rows(true)).unwrap();
         assert_eq!(sparse[0].work.flops * 3.0, one[0].work.flops);
-        assert!(sparse_conv_dispatches(0, 4, 4, DType::F32, 27.0, 1.0, true)
-            .unwrap()
-            .is_empty());
+        assert!(
+            sparse_conv_dispatches(0, 4, 4, DType::F32, 27.0, 1.0, rows(true))
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(one[0].args.vec_loads, 1);
         // Vector loads need Ci % 4 == 0.
-        assert!(sparse_conv_dispatches(1000, 42, 70, DType::F16, 27.0, 1.0, true).is_err());
-        let scalar = sparse_conv_dispatches(1000, 42, 70, DType::F16, 27.0, 1.0, false).unwrap();
+        assert!(sparse_conv_dispatches(1000, 42, 70, DType::F16, 27.0, 1.0, rows(true)).is_err());
+        let scalar =
+            sparse_conv_dispatches(1000, 42, 70, DType::F16, 27.0, 1.0, rows(false)).unwrap();
         assert_eq!(scalar[0].args.vec_loads, 0);
     }
 
     #[test]
     fn conv_threadgroup_memory_fits_and_vector_loads_need_alignment() {
         // f32: one stage of A + B, 64 rows x (32 + 4) floats each; f16/bf16: two stages of
-        // 64 x (32 + 8) halves; then 64 x 27 neighbour ids and 32 tap flags.
-        assert_eq!(conv_threadgroup_memory(DType::F32), 18_432 + 7_040);
-        assert_eq!(conv_threadgroup_memory(DType::F16), 20_480 + 7_040);
-        assert_eq!(conv_threadgroup_memory(DType::BF16), 20_480 + 7_040);
+        // 64 x (32 + 8) halves; then 64 x 27 neighbour ids, 32 tap flags and 64 voxel ids.
+        assert_eq!(conv_threadgroup_memory(DType::F32), 18_432 + 7_296);
+        assert_eq!(conv_threadgroup_memory(DType::F16), 20_480 + 7_296);
+        assert_eq!(conv_threadgroup_memory(DType::BF16), 20_480 + 7_296);
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let bytes = conv_threadgroup_memory(dtype);
             assert!(bytes <= MAX_THREADGROUP_MEMORY && bytes.is_multiple_of(16));
             // The epilogue's float [64][68] tile fits in the stages it reuses.
-            assert!(CONV_BM * (CONV_BN + 4) * 4 <= bytes - (CONV_BM * TAPS + 32) * 4);
+            assert!(CONV_BM * (CONV_BN + 4) * 4 <= bytes - (CONV_BM * TAPS + 32 + CONV_BM) * 4);
         }
         assert!(conv_vec_loads(64, &[0, 128]));
         assert!(!conv_vec_loads(64, &[1, 0]));
@@ -744,7 +791,7 @@ mod tests {
                 DType::F16,
                 SHELL_LIVE_TAPS,
                 COMMAND_BUFFER_SECONDS,
-                true,
+                rows(true),
             )
             .unwrap();
             assert!(plan.len() <= 4, "conv {n}x{ci}: {} dispatches", plan.len());
@@ -766,6 +813,45 @@ mod tests {
         let per_tile = live_taps_per_tile(&map);
         assert!((15.0..18.0).contains(&per_voxel), "{per_voxel}");
         assert!((per_tile - SHELL_LIVE_TAPS).abs() < 0.1, "{per_tile}");
+    }
+
+    /// [`SORTED_SHELL_LIVE_TAPS`]: the same shells' tiles in the voxel order Metal builds
+    /// (sorted by neighbour mask in windows of 1024 voxels) walk fewer taps; larger windows
+    /// (CUDA's) fewer still (printed with `--nocapture`).
+    #[test]
+    fn sorted_shell_tiles_skip_taps() {
+        use crate::ops::conv_order::{sorted_by_mask, COMPOSED_MAX_WINDOW};
+        use crate::ops::neighbour_map::{batch_ranges, neighbour_rows};
+        use candle_core::{Device, Tensor};
+        for (side, radius) in [(64, 28.0), (128, 58.0), (520, 256.0)] {
+            let rows = crate::selftest::shapes::voxel_shell(0, side, radius, 0.87);
+            let map = neighbour_rows(&rows, &batch_ranges(&rows).unwrap()).unwrap();
+            let n = rows.len();
+            let tensor = Tensor::from_vec(map.clone(), (n, TAPS), &Device::Cpu).unwrap();
+            let unsorted = live_taps_per_tile(&map);
+            let mut line = format!("shell r {radius}: {n} voxels, unsorted {unsorted:.2}");
+            for window in [256, COMPOSED_MAX_WINDOW, 4096, 16_384, 131_072, n] {
+                let order = sorted_by_mask(&tensor, window)
+                    .unwrap()
+                    .to_vec1::<u32>()
+                    .unwrap();
+                let sorted: Vec<u32> = order
+                    .iter()
+                    .flat_map(|&v| {
+                        map[v as usize * TAPS..(v as usize + 1) * TAPS]
+                            .iter()
+                            .copied()
+                    })
+                    .collect();
+                let live = live_taps_per_tile(&sorted);
+                line += &format!(", window {window} {live:.2}");
+                if window == COMPOSED_MAX_WINDOW {
+                    assert!((live - SORTED_SHELL_LIVE_TAPS).abs() < 1.0, "{line}");
+                    assert!(live < unsorted - 2.0, "{line}");
+                }
+            }
+            println!("{line}");
+        }
     }
 
     #[test]

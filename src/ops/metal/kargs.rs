@@ -20,6 +20,9 @@ pub struct SparseConvArgs {
     /// 1 where feats and weight rows allow 4-element vector loads (Ci % 4 == 0 and both
     /// starts on 4 elements; `dispatch::conv_vec_loads`), else 0.
     pub vec_loads: u32,
+    /// 1 where tile row `r` handles voxel `order[tile·64 + r]` (the voxel order bound after
+    /// the output, `ops::conv_order`), 0 for voxel `tile·64 + r`.
+    pub ordered: u32,
 }
 
 /// `AttentionArgs` in kargs.h.
@@ -49,6 +52,7 @@ impl KernelArgs for SparseConvArgs {
             self.co,
             self.voxel_tile_base,
             self.vec_loads,
+            self.ordered,
         ]
         .iter()
         .flat_map(|v| v.to_le_bytes())

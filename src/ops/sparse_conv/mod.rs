@@ -24,7 +24,7 @@ mod cuda;
 #[cfg(feature = "metal")]
 mod metal;
 
-/// A neighbour map as the conv reads it: the `[T,27]` u32 tensor and, for the CUDA kernel, the
+/// A neighbour map as the conv reads it: the `[T,27]` u32 tensor and, for the GPU kernels, the
 /// voxel order its tiles should follow. `sparse::NeighbourMap` implements it (with its cached
 /// orders); ops take this view so that they never depend on the sparse data structures.
 pub trait ConvNeighbours {
@@ -36,13 +36,13 @@ pub trait ConvNeighbours {
     fn conv_order(&self, row_bytes: usize) -> Result<Option<Tensor>>;
 }
 
-/// The op; `order` (CUDA only) is a permutation of the voxels, `[T]` u32, that the kernel's
+/// The op; `order` (CUDA and Metal) is a permutation of the voxels, `[T]` u32, that the kernel's
 /// output tiles follow ([`ConvNeighbours::conv_order`]); it changes which voxels share a tile, never
 /// a voxel's result. `bias` (`[Co]` f32 on the feats' device; required on Metal) is added in the
 /// epilogue. `f32_out` (CUDA): write f32 instead of the operands' bf16/f16. `kernel` (CUDA):
 /// which kernel computes it.
 struct SubmConv3d {
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", feature = "metal")), allow(dead_code))]
     order: Option<Tensor>,
     bias: Option<Tensor>,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -123,7 +123,19 @@ impl CustomOp3 for SubmConv3d {
         let candle_core::Storage::Metal(bs) = &*bs else {
             bail!("submanifold_conv3d (metal): the bias must be on the feats' Metal device");
         };
-        metal::forward(s1, l1, s2, l2, s3, l3, (bs, bl))
+        let order = self.order.as_ref().map(|o| o.storage_and_layout());
+        let order = match &order {
+            Some((os, ol)) => {
+                let candle_core::Storage::Metal(os) = &**os else {
+                    bail!(
+                        "submanifold_conv3d (metal): the voxel order must be on the feats' device"
+                    );
+                };
+                Some((os, *ol))
+            }
+            None => None,
+        };
+        metal::forward((s1, l1), (s2, l2), (s3, l3), (bs, bl), order)
     }
 
     /// Tensor-core implicit GEMM (`kernels/cuda/sparse_conv.cu`, or its Hopper wgmma main loop
@@ -391,7 +403,7 @@ pub fn submanifold_conv3d_with(
     conv(kernel, feats, neighbours, None, weight, bias)
 }
 
-/// [`submanifold_conv3d`] on the voxels of `map`, whose cached voxel order (CUDA, large sets:
+/// [`submanifold_conv3d`] on the voxels of `map`, whose cached voxel order (GPUs, large sets:
 /// [`ConvNeighbours::conv_order`]) groups voxels with the same neighbours into the kernel's tiles
 /// so that each tile walks fewer taps. The result is the same as without the order (absent taps
 /// only ever add exact zeros), up to the sign of zero outputs.
@@ -402,7 +414,7 @@ pub fn submanifold_conv3d_map(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (_, ci, _) = check(feats, map.tensor(), weight, bias)?;
-    let order = if feats.device().is_cuda() {
+    let order = if feats.device().is_cuda() || feats.device().is_metal() {
         let row_bytes = ci * compute_dtype(feats.device(), feats.dtype()).size_in_bytes();
         map.conv_order(row_bytes)?
     } else {
@@ -413,7 +425,7 @@ pub fn submanifold_conv3d_map(
 
 /// [`submanifold_conv3d_map`] in a given voxel `order` (a permutation `[T]` u32 on the feats'
 /// device, e.g. `NeighbourMap::sorted_order`) whatever the sorting policy: for benchmarks and
-/// tests of the sorted kernel. Other devices than CUDA ignore the order.
+/// tests of the sorted kernel. The CPU ignores the order.
 pub fn submanifold_conv3d_ordered(
     feats: &Tensor,
     map: &impl ConvNeighbours,
@@ -434,7 +446,7 @@ pub fn submanifold_conv3d_ordered_with(
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let order = feats.device().is_cuda().then(|| order.clone());
+    let order = (!feats.device().is_cpu()).then(|| order.clone());
     conv(kernel, feats, map.tensor(), order, weight, bias)
 }
 
