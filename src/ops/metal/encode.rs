@@ -46,17 +46,11 @@ pub fn encode<A: Copy>(
     dispatch: &Dispatch<A>,
     buffers: &[Arg<'_>],
 ) -> Result<()> {
-    super::submit::before_dispatch(device, dispatch.work)?;
-    let encoder = device.command_encoder()?;
-    encoder.set_label(label);
-    encoder.set_compute_pipeline_state(pipeline);
-    let enc = encoder.as_ref();
-    enc.set_bytes(0, &dispatch.args);
-    bind(enc, 1, buffers);
-    enc.set_threadgroup_memory_length(0, dispatch.threadgroup_memory);
-    enc.dispatch_thread_groups(size(dispatch.threadgroups), size(dispatch.threads));
-    drop(encoder);
-    Ok(())
+    encode_with(device, pipeline, label, dispatch, |enc| {
+        enc.set_bytes(0, &dispatch.args);
+        bind(enc, 1, buffers);
+        enc.set_threadgroup_memory_length(0, dispatch.threadgroup_memory);
+    })
 }
 
 /// As [`encode`] for candle-metal-kernels' MLX kernels: `buffers` at 0.., the argument struct
@@ -69,13 +63,26 @@ pub fn encode_args_last<P, A: Copy>(
     args: &A,
     buffers: &[Arg<'_>],
 ) -> Result<()> {
+    encode_with(device, pipeline, label, dispatch, |enc| {
+        bind(enc, 0, buffers);
+        enc.set_bytes(buffers.len(), args);
+    })
+}
+
+/// The budget, candle's encoder, `set` for the arguments, then the dispatch of `dispatch`'s grid.
+fn encode_with<P>(
+    device: &MetalDevice,
+    pipeline: &ComputePipeline,
+    label: &str,
+    dispatch: &Dispatch<P>,
+    set: impl FnOnce(&ComputeCommandEncoder),
+) -> Result<()> {
     super::submit::before_dispatch(device, dispatch.work)?;
     let encoder = device.command_encoder()?;
     encoder.set_label(label);
     encoder.set_compute_pipeline_state(pipeline);
     let enc = encoder.as_ref();
-    bind(enc, 0, buffers);
-    enc.set_bytes(buffers.len(), args);
+    set(enc);
     enc.dispatch_thread_groups(size(dispatch.threadgroups), size(dispatch.threads));
     drop(encoder);
     Ok(())
