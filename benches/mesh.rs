@@ -1,5 +1,5 @@
-//! Time of mesh extraction, hole filling and vertex-attribute lookup on the decoder golden and
-//! on synthetic sphere shells (the size of real 512/1024 outputs). Run with
+//! Time of mesh extraction, hole filling, vertex-attribute lookup and decimation on the decoder
+//! golden and on synthetic sphere shells (the size of real 512/1024 outputs). Run with
 //! `cargo bench --bench mesh`; `MESH_BENCH_1024=1` adds the 1024³ shell.
 
 #[path = "../tests/common/voxel_shapes.rs"]
@@ -8,10 +8,14 @@ mod voxel_shapes;
 
 use std::time::Instant;
 
+use trellis2::export::face_orientation::faces_wound_outward;
 use trellis2::mesh::{
-    decoder_output_to_meshes, fill_holes, split_decoder_output, VoxelAttributes,
-    DEFAULT_MAX_HOLE_PERIMETER,
+    decimate, decoder_output_to_meshes, fill_holes, split_decoder_output, Mesh, VoxelAttributes,
+    DEFAULT_MAX_HOLE_PERIMETER, PBR_ATTRIBUTE_WEIGHTS,
 };
+
+/// Upstream's app default face budget.
+const DECIMATE_TARGET: usize = 300_000;
 
 /// Best of `reps` runs, in milliseconds, and the last result.
 fn best_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
@@ -105,6 +109,18 @@ fn sphere_shell(grid: i32) {
         "  attr sample  {ms:>9.1} ms  ({} vertices, checksum {:.3})",
         mesh.vertices.len(),
         sampled.iter().step_by(9973).sum::<f32>()
+    );
+    let oriented = Mesh {
+        vertices: mesh.vertices.clone(),
+        faces: faces_wound_outward(mesh),
+    };
+    let (ms, out) = best_ms(1, || {
+        decimate(&oriented, &sampled, &PBR_ATTRIBUTE_WEIGHTS, DECIMATE_TARGET).expect("decimates")
+    });
+    println!(
+        "  decimate     {ms:>9.1} ms  ({} → {} faces, 6 weighted channels)",
+        mesh.faces.len(),
+        out.mesh.faces.len()
     );
 }
 

@@ -47,8 +47,21 @@ pub struct ItemReport {
     pub mesh_vertices: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh_faces: Option<usize>,
+    /// The GLB's decimation (`--faces`), when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decimation: Option<DecimationReport>,
     pub outputs: Vec<PathBuf>,
     pub stages: Vec<StageReport>,
+}
+
+/// `generate --faces N`: what the GLB's mesh was reduced to, and how long it took.
+#[derive(Debug, serde::Serialize)]
+pub struct DecimationReport {
+    pub target_faces: usize,
+    pub faces_before: usize,
+    pub faces_after: usize,
+    pub vertices_after: usize,
+    pub seconds: f64,
 }
 
 /// The candle version this binary was built against (Cargo.toml's requirement).

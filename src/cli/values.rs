@@ -165,6 +165,13 @@ pub fn positive<T: FromStr + Default + PartialEq>(text: &str) -> Result<T, Strin
     }
 }
 
+/// `generate --faces`: a whole number ≥ 0 (0: no decimation).
+pub fn face_count(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("`{text}` is not a whole number ≥ 0 (0 keeps every face)"))
+}
+
 /// A number ≥ 0 (tolerances; not NaN).
 pub fn non_negative(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {

@@ -2,8 +2,9 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::face_orientation::faces_wound_outward;
 use crate::mesh::dual_grid::voxel_size;
-use crate::mesh::{Mesh, VoxelAttributes, VoxelIndex};
+use crate::mesh::{decimate, Mesh, VoxelAttributes, VoxelIndex, PBR_ATTRIBUTE_WEIGHTS};
 
 /// Channels of the texture decoder's voxels (docs/MODEL.md §1.6): base colour RGB, metallic, roughness,
 /// alpha, all nominally in [0, 1] (the network's values are not clamped; writers clamp).
@@ -185,6 +186,28 @@ impl Asset {
         )
         .context("export: voxel attributes")?;
         Ok(attrs.sample(&self.mesh.vertices))
+    }
+
+    /// The same object with its mesh decimated to at most `target_faces` triangles
+    /// ([`crate::mesh::decimate`]): faces wound outward first, the PBR attributes sampled at
+    /// the vertices weighted in so that colour and material seams survive. Decimated vertices
+    /// are input vertices, so the writers' attribute lookup gives them the same values.
+    pub fn decimated(&self, target_faces: usize) -> Result<Self> {
+        let oriented = Mesh {
+            vertices: self.mesh.vertices.clone(),
+            faces: faces_wound_outward(&self.mesh),
+        };
+        let attrs = self.mesh_vertex_attributes()?;
+        let out = decimate(&oriented, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target_faces)
+            .context("export: decimation")?;
+        Ok(Self {
+            mesh: out.mesh,
+            voxel_coords: self.voxel_coords.clone(),
+            voxel_attrs: self.voxel_attrs.clone(),
+            dual_vertices: self.dual_vertices.clone(),
+            resolution: self.resolution,
+            index: self.index.clone(),
+        })
     }
 
     /// Mean of one attribute channel over the voxels, clamped to [0, 1].

@@ -49,6 +49,8 @@ pub enum MeshError {
     BadParameter { name: &'static str, value: f64 },
     /// A tensor that could not be read (wrong rank, dtype or device transfer failure).
     Tensor { what: &'static str, message: String },
+    /// The simplifier refused the mesh (limits, non-finite values).
+    Decimation { message: String },
 }
 
 impl fmt::Display for MeshError {
@@ -103,6 +105,7 @@ impl fmt::Display for MeshError {
             ),
             Self::BadParameter { name, value } => write!(f, "{name} = {value} is invalid"),
             Self::Tensor { what, message } => write!(f, "{what}: {message}"),
+            Self::Decimation { message } => write!(f, "decimation failed: {message}"),
         }
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Data flow: shape decoder voxels (raw 7 channels) → [`shape_voxels`] (activations, batch
 //! split) → [`dual_grid`] (flexible dual grid → triangles) → [`fill_holes`] → exporters, which
-//! colour vertices through [`attributes`] (trilinear lookup of the texture voxels).
+//! colour vertices through [`attributes`] (trilinear lookup of the texture voxels) and may
+//! first reduce the face count with [`decimate`].
 
 pub mod attributes;
+pub mod decimate;
 pub mod dual_grid;
 pub mod error;
 pub mod fill_holes;
@@ -13,6 +15,7 @@ pub mod triangle_mesh;
 pub mod voxel_index;
 
 pub use attributes::VoxelAttributes;
+pub use decimate::{decimate, Decimated, PBR_ATTRIBUTE_WEIGHTS};
 pub use dual_grid::{decoder_output_to_meshes, flexible_dual_grid_to_mesh};
 pub use error::MeshError;
 pub use fill_holes::{fill_holes, FillHolesReport, DEFAULT_MAX_HOLE_PERIMETER};

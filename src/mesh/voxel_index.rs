@@ -30,6 +30,7 @@ struct Slot {
 }
 
 /// Index over the voxels of one batch item on a `grid_size³` grid.
+#[derive(Clone)]
 pub struct VoxelIndex {
     slots: Vec<Slot>,
     mask: usize,

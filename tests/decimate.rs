@@ -1,0 +1,317 @@
+//! Decimation of analytic shapes built the way the decoders' output is (a sign field voxelised
+//! into the flexible dual grid, then extracted): one-sided Hausdorff distance decimated → raw
+//! in voxels, face counts, borders, topology (Euler characteristic) and attribute error.
+
+mod common;
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use common::voxel_shapes::{in_ball, sign_field_voxels};
+use trellis2::export::face_orientation::faces_wound_outward;
+use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
+use trellis2::mesh::{decimate, decoder_output_to_meshes, Mesh, PBR_ATTRIBUTE_WEIGHTS};
+
+/// The extracted mesh of a sign field on a `grid³` grid, consistently wound, with each dual
+/// vertex moved onto the analytic surface (`project`: nearest surface point, voxel units), as a
+/// trained decoder places them; voxel centres alone would give a terraced surface.
+fn extracted(
+    grid: i32,
+    inside: impl Fn([i32; 3]) -> bool + Sync,
+    project: impl Fn([f64; 3]) -> [f64; 3],
+) -> Mesh {
+    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
+    let m = f64::from(VOXEL_MARGIN);
+    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
+        let cell = [c[1], c[2], c[3]].map(f64::from);
+        let q = project(cell.map(|v| v + 0.5));
+        for k in 0..3 {
+            // Inverse of the dual-vertex activation (1 + 2m)·sigmoid(x) − m.
+            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
+            f[k] = (s / (1.0 - s)).ln() as f32;
+        }
+    }
+    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
+        .expect("extracts")
+        .remove(0);
+    Mesh {
+        faces: faces_wound_outward(&mesh),
+        vertices: mesh.vertices,
+    }
+}
+
+fn sphere(grid: i32) -> Mesh {
+    let c = grid as f32 / 2.0 + 0.3;
+    let centre = [c, c - 0.2, c + 0.1];
+    let radius = grid as f32 * 0.4;
+    let (cd, r) = (centre.map(f64::from), f64::from(radius));
+    extracted(
+        grid,
+        |p| in_ball(p, centre, radius),
+        |x| {
+            let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
+            let len = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+            std::array::from_fn(|k| cd[k] + d[k] * r / len)
+        },
+    )
+}
+
+fn torus(grid: i32) -> Mesh {
+    let c = grid as f32 / 2.0 + 0.3;
+    let centre = [c, c - 0.2, c];
+    let (major, minor) = (grid as f32 * 0.28, grid as f32 * 0.11);
+    let (cd, big, small) = (centre.map(f64::from), f64::from(major), f64::from(minor));
+    extracted(
+        grid,
+        |p| {
+            let (x, y, z) = (
+                p[0] as f32 - centre[0],
+                p[1] as f32 - centre[1],
+                p[2] as f32 - centre[2],
+            );
+            let ring = (x * x + y * y).sqrt() - major;
+            ring * ring + z * z <= minor * minor
+        },
+        |x| {
+            let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
+            let planar = (d[0] * d[0] + d[1] * d[1]).sqrt();
+            let ring = [d[0] * big / planar, d[1] * big / planar, 0.0];
+            let e = [d[0] - ring[0], d[1] - ring[1], d[2]];
+            let len = (e[0] * e[0] + e[1] * e[1] + e[2] * e[2]).sqrt();
+            std::array::from_fn(|k| cd[k] + ring[k] + e[k] * small / len)
+        },
+    )
+}
+
+fn edge_counts(mesh: &Mesh) -> HashMap<(u32, u32), usize> {
+    let mut counts = HashMap::new();
+    for f in &mesh.faces {
+        for k in 0..3 {
+            let (a, b) = (f[k], f[(k + 1) % 3]);
+            *counts.entry((a.min(b), a.max(b))).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// (boundary edges, non-manifold edges, Euler characteristic V − E + F over used vertices).
+fn topology(mesh: &Mesh) -> (usize, usize, i64) {
+    let edges = edge_counts(mesh);
+    let boundary = edges.values().filter(|&&c| c == 1).count();
+    let non_manifold = edges.values().filter(|&&c| c > 2).count();
+    let mut used = vec![false; mesh.vertices.len()];
+    mesh.faces
+        .iter()
+        .flatten()
+        .for_each(|&i| used[i as usize] = true);
+    let v = used.iter().filter(|&&u| u).count() as i64;
+    (
+        boundary,
+        non_manifold,
+        v - edges.len() as i64 + mesh.faces.len() as i64,
+    )
+}
+
+type P = [f64; 3];
+fn sub(a: P, b: P) -> P {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+fn dot(a: P, b: P) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+fn add_scaled(a: P, b: P, s: f64) -> P {
+    [a[0] + b[0] * s, a[1] + b[1] * s, a[2] + b[2] * s]
+}
+
+/// Squared distance from `p` to triangle `abc` (closest-point regions).
+fn point_triangle_sq(p: P, a: P, b: P, c: P) -> f64 {
+    let (ab, ac, ap) = (sub(b, a), sub(c, a), sub(p, a));
+    let (d1, d2) = (dot(ab, ap), dot(ac, ap));
+    let closest = if d1 <= 0.0 && d2 <= 0.0 {
+        a
+    } else {
+        let bp = sub(p, b);
+        let (d3, d4) = (dot(ab, bp), dot(ac, bp));
+        let cp = sub(p, c);
+        let (d5, d6) = (dot(ab, cp), dot(ac, cp));
+        let vc = d1 * d4 - d3 * d2;
+        let vb = d5 * d2 - d1 * d6;
+        let va = d3 * d6 - d5 * d4;
+        if d3 >= 0.0 && d4 <= d3 {
+            b
+        } else if d6 >= 0.0 && d5 <= d6 {
+            c
+        } else if vc <= 0.0 && d1 >= 0.0 && d3 <= 0.0 {
+            add_scaled(a, ab, d1 / (d1 - d3))
+        } else if vb <= 0.0 && d2 >= 0.0 && d6 <= 0.0 {
+            add_scaled(a, ac, d2 / (d2 - d6))
+        } else if va <= 0.0 && (d4 - d3) >= 0.0 && (d5 - d6) >= 0.0 {
+            add_scaled(b, sub(c, b), (d4 - d3) / ((d4 - d3) + (d5 - d6)))
+        } else {
+            let denom = 1.0 / (va + vb + vc);
+            add_scaled(add_scaled(a, ab, vb * denom), ac, vc * denom)
+        }
+    };
+    let d = sub(p, closest);
+    dot(d, d)
+}
+
+/// Points on each triangle: corners, edge midpoints, centroid and three inner points, with
+/// their barycentric weights.
+const SAMPLES: [[f64; 3]; 10] = [
+    [1.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0],
+    [0.0, 0.0, 1.0],
+    [0.5, 0.5, 0.0],
+    [0.0, 0.5, 0.5],
+    [0.5, 0.0, 0.5],
+    [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
+    [2.0 / 3.0, 1.0 / 6.0, 1.0 / 6.0],
+    [1.0 / 6.0, 2.0 / 3.0, 1.0 / 6.0],
+    [1.0 / 6.0, 1.0 / 6.0, 2.0 / 3.0],
+];
+
+fn corners(mesh: &Mesh, f: [u32; 3]) -> [P; 3] {
+    f.map(|i| mesh.vertices[i as usize].map(f64::from))
+}
+
+fn blend(t: &[P; 3], w: [f64; 3]) -> P {
+    std::array::from_fn(|k| t[0][k] * w[0] + t[1][k] * w[1] + t[2][k] * w[2])
+}
+
+/// One-sided Hausdorff distance from the sampled `decimated` surface to `raw`, in voxels of a
+/// `grid³` grid (triangles binned on a grid of 2-voxel cells, searched one cell around: exact
+/// up to 2 voxels, reported as at least that beyond).
+fn hausdorff_voxels(decimated: &Mesh, raw: &Mesh, grid: i32) -> f64 {
+    let cell = 2.0 / grid as f64;
+    let key = |p: P| p.map(|v| (v / cell).floor() as i64);
+    let mut bins: HashMap<[i64; 3], Vec<usize>> = HashMap::new();
+    for (n, &f) in raw.faces.iter().enumerate() {
+        let t = corners(raw, f);
+        let lo = key(std::array::from_fn(|k| t[0][k].min(t[1][k]).min(t[2][k])));
+        let hi = key(std::array::from_fn(|k| t[0][k].max(t[1][k]).max(t[2][k])));
+        for x in lo[0]..=hi[0] {
+            for y in lo[1]..=hi[1] {
+                for z in lo[2]..=hi[2] {
+                    bins.entry([x, y, z]).or_default().push(n);
+                }
+            }
+        }
+    }
+    let worst = decimated
+        .faces
+        .par_iter()
+        .map(|&f| {
+            let t = corners(decimated, f);
+            SAMPLES
+                .iter()
+                .map(|&w| {
+                    let p = blend(&t, w);
+                    let k = key(p);
+                    let mut best = cell * cell;
+                    for dx in -1..=1 {
+                        for dy in -1..=1 {
+                            for dz in -1..=1 {
+                                let Some(tris) = bins.get(&[k[0] + dx, k[1] + dy, k[2] + dz])
+                                else {
+                                    continue;
+                                };
+                                for &n in tris {
+                                    let r = corners(raw, raw.faces[n]);
+                                    best = best.min(point_triangle_sq(p, r[0], r[1], r[2]));
+                                }
+                            }
+                        }
+                    }
+                    best.sqrt()
+                })
+                .fold(0.0f64, f64::max)
+        })
+        .reduce(|| 0.0, f64::max);
+    worst * grid as f64
+}
+
+/// Decimates a closed shape geometry-only and checks distance, count and topology.
+fn check_closed_shape(name: &str, raw: &Mesh, grid: i32, target: usize, euler: i64) {
+    assert_eq!(topology(raw), (0, 0, euler), "{name}: raw topology");
+    let out = decimate(raw, &[], &[], target).expect("decimates");
+    let faces = out.mesh.faces.len();
+    let h = hausdorff_voxels(&out.mesh, raw, grid);
+    println!(
+        "{name} {grid}³: {} → {faces} faces (target {target}), Hausdorff {h:.3} voxel, \
+         boundary edges 0 → {}",
+        raw.faces.len(),
+        topology(&out.mesh).0
+    );
+    assert!(
+        faces <= target && faces as f64 >= 0.97 * target as f64,
+        "{name}: {faces} faces for a target of {target}"
+    );
+    assert_eq!(
+        topology(&out.mesh),
+        (0, 0, euler),
+        "{name}: decimated topology"
+    );
+    assert!(h <= 0.5, "{name}: Hausdorff {h} voxel");
+}
+
+#[test]
+fn a_sphere_shell_decimates_within_half_a_voxel() {
+    let grid = 128;
+    let raw = sphere(grid);
+    // 300k of a 512³ sphere's ≈ 1.6 M faces, scaled to this grid.
+    let target = raw.faces.len() * 3 / 16;
+    check_closed_shape("sphere", &raw, grid, target, 2);
+}
+
+#[test]
+fn a_torus_keeps_its_hole_and_shape() {
+    let grid = 128;
+    let raw = torus(grid);
+    let target = raw.faces.len() * 3 / 16;
+    check_closed_shape("torus", &raw, grid, target, 0);
+}
+
+#[test]
+fn a_smooth_colour_field_survives_decimation() {
+    let grid = 128;
+    let raw = sphere(grid);
+    let field = |p: P| -> [f64; 6] {
+        let s = (p[0] * 6.0).sin() * 0.5 + 0.5;
+        let t = (p[1] * 5.0 + p[2] * 3.0).cos() * 0.5 + 0.5;
+        [s, t, 1.0 - s, 0.2, 0.3 + 0.4 * t, 1.0]
+    };
+    let attrs: Vec<f32> = raw
+        .vertices
+        .iter()
+        .flat_map(|v| field(v.map(f64::from)).map(|a| a as f32))
+        .collect();
+    let target = raw.faces.len() * 3 / 16;
+    let out = decimate(&raw, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target).expect("decimates");
+    assert_eq!(out.attributes.len(), out.mesh.vertices.len() * 6);
+    let (mut worst, mut sum, mut count) = (0.0f64, 0.0f64, 0usize);
+    for &f in &out.mesh.faces {
+        let t = corners(&out.mesh, f);
+        let rows = f.map(|i| &out.attributes[i as usize * 6..][..6]);
+        for &w in &SAMPLES {
+            let truth = field(blend(&t, w));
+            for (k, &truth) in truth.iter().enumerate() {
+                let got = (0..3).map(|c| f64::from(rows[c][k]) * w[c]).sum::<f64>();
+                let e = (got - truth).abs();
+                worst = worst.max(e);
+                sum += e;
+                count += 1;
+            }
+        }
+    }
+    let h = hausdorff_voxels(&out.mesh, &raw, grid);
+    println!(
+        "colour field: {} faces, attribute error mean {:.4} max {worst:.4}, Hausdorff {h:.3}",
+        out.mesh.faces.len(),
+        sum / count as f64
+    );
+    assert!(sum / count as f64 <= 0.005, "mean attribute error");
+    assert!(worst <= 0.05, "max attribute error {worst}");
+    assert!(h <= 0.5, "Hausdorff {h} voxel with attributes");
+}
