@@ -302,6 +302,11 @@ fn usage_errors_fail_before_any_work() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--steps"), "{}", text(&o));
+    for bad in ["many", "1.5", "10k"] {
+        let o = trellis2(&["generate", &img, "--faces", bad, "--model", &model()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("--faces"), "{}", text(&o));
+    }
     // No --model and nothing in the (empty) hub cache: --offline names the command to run.
     let cache = dir.path().join("hub-cache");
     let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))

@@ -509,6 +509,13 @@ fn glb_passes_the_khronos_validator() {
         write_glb(&path, &sphere(alpha), up).unwrap();
         files.push(path);
     }
+    // `generate --faces`: the decimated mesh is a valid GLB too.
+    let full = sphere(1.0);
+    let decimated = full.decimated(full.mesh().faces.len() / 4).unwrap();
+    assert!(decimated.mesh().faces.len() <= full.mesh().faces.len() / 4);
+    let path = dir.path().join("decimated.glb");
+    write_glb(&path, &decimated, Up::Y).unwrap();
+    files.push(path);
     // A broken copy proves the harness reports errors: the BIN chunk cut short.
     let bytes = std::fs::read(&files[0]).unwrap();
     let broken = dir.path().join("broken.glb");
@@ -517,7 +524,7 @@ fn glb_passes_the_khronos_validator() {
 
     let reports = validate(&files);
     assert_eq!(reports.len(), files.len());
-    for (file, (errors, warnings, messages)) in files.iter().zip(&reports).take(3) {
+    for (file, (errors, warnings, messages)) in files.iter().zip(&reports).take(4) {
         assert_eq!(
             (*errors, *warnings),
             (0, 0),
@@ -525,7 +532,7 @@ fn glb_passes_the_khronos_validator() {
             file.display()
         );
     }
-    assert!(reports[3].0 > 0, "the truncated GLB must fail validation");
+    assert!(reports[4].0 > 0, "the truncated GLB must fail validation");
 }
 
 #[test]
