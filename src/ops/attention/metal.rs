@@ -7,8 +7,8 @@
 
 use crate::ops::metal::budget::COMMAND_BUFFER_SECONDS;
 use crate::ops::metal::dispatch::{
-    attention_offsets_aligned, attention_plan, AttentionPlan, Dispatch, SdpaHeads, SdpaShape,
-    SDPA_BQ,
+    attention_offsets_aligned, attention_plan, sdpa_bk, AttentionPlan, Dispatch, SdpaHeads,
+    SdpaShape, SDPA_BQ,
 };
 use crate::ops::metal::encode::{encode, encode_args_last, Arg};
 use crate::ops::metal::kargs::SdpaParams;
@@ -141,7 +141,7 @@ fn sdpa(
     let Some(first) = plan.first() else {
         return Ok(());
     };
-    let bk = if d < 128 { 32 } else { 16 };
+    let bk = sdpa_bk(d);
     // The kernel's function constants: whole query / key tiles, no mask, not causal.
     let constants = ConstantValues::new(vec![
         (200, Value::Bool(shape.q_len.is_multiple_of(SDPA_BQ))),

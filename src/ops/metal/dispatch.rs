@@ -390,8 +390,18 @@ pub fn sdpa_shape(
     })
 }
 
+/// Keys per tile of the steel attention: 32 below head dim 128, 16 from it (the tiles
+/// candle-metal-kernels instantiates).
+pub fn sdpa_bk(head_dim: usize) -> usize {
+    if head_dim < 128 {
+        32
+    } else {
+        16
+    }
+}
+
 /// `steel_attention_<type>_bq32_bk<BK>_bd<D>_wm4_wn1_mask<type>` (the name candle-metal-kernels
-/// instantiates; BK 32 below head dim 128, 16 from it).
+/// instantiates; BK from [`sdpa_bk`]).
 pub fn sdpa_kernel(dtype: DType, head_dim: usize) -> Result<String> {
     let t = match dtype {
         DType::F32 => "float32",
@@ -399,7 +409,7 @@ pub fn sdpa_kernel(dtype: DType, head_dim: usize) -> Result<String> {
         DType::BF16 => "bfloat16",
         d => bail!("sdpa takes f32, f16 or bf16, got {d:?}"),
     };
-    let bk = if head_dim < 128 { 32 } else { 16 };
+    let bk = sdpa_bk(head_dim);
     Ok(format!(
         "steel_attention_{t}_bq{SDPA_BQ}_bk{bk}_bd{head_dim}_wm4_wn1_mask{t}"
     ))
@@ -410,7 +420,7 @@ pub fn sdpa_kernel(dtype: DType, head_dim: usize) -> Result<String> {
 pub fn sdpa_threadgroup_memory(dtype: DType, head_dim: usize) -> usize {
     let elem = dtype.size_in_bytes();
     let pad = 16 / elem;
-    let bk = if head_dim < 128 { 32 } else { 16 };
+    let bk = sdpa_bk(head_dim);
     let kv = ((bk + pad) * head_dim).max(bk * (head_dim + pad));
     (SDPA_BQ * (head_dim + pad) + kv) * elem
 }

@@ -8,12 +8,6 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, RwLock};
 
 const KARGS_H: &str = include_str!("../../../kernels/metal/kargs.h");
-const SPARSE_CONV_METAL: &str = include_str!("../../../kernels/metal/sparse_conv.metal");
-const ATTENTION_METAL: &str = include_str!("../../../kernels/metal/attention.metal");
-const NORMS_METAL: &str = include_str!("../../../kernels/metal/norms.metal");
-const NEIGHBOUR_MAP_METAL: &str = include_str!("../../../kernels/metal/neighbour_map.metal");
-const DEFORM_CONV_METAL: &str = include_str!("../../../kernels/metal/deform_conv.metal");
-const ELEMENTWISE_METAL: &str = include_str!("../../../kernels/metal/elementwise.metal");
 
 /// One `.metal` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,28 +30,34 @@ impl Source {
         Source::Norms,
     ];
 
+    /// The file's path in the repository (for messages) and its text, embedded once.
+    fn embedded(self) -> (&'static str, &'static str) {
+        macro_rules! metal {
+            ($file:literal) => {
+                (
+                    concat!("kernels/metal/", $file),
+                    include_str!(concat!("../../../kernels/metal/", $file)),
+                )
+            };
+        }
+        match self {
+            Source::DeformConv => metal!("deform_conv.metal"),
+            Source::Elementwise => metal!("elementwise.metal"),
+            Source::SparseConv => metal!("sparse_conv.metal"),
+            Source::Attention => metal!("attention.metal"),
+            Source::NeighbourMap => metal!("neighbour_map.metal"),
+            Source::Norms => metal!("norms.metal"),
+        }
+    }
+
     /// The file in the repository, for messages.
     pub fn file(self) -> &'static str {
-        match self {
-            Source::DeformConv => "kernels/metal/deform_conv.metal",
-            Source::Elementwise => "kernels/metal/elementwise.metal",
-            Source::SparseConv => "kernels/metal/sparse_conv.metal",
-            Source::Attention => "kernels/metal/attention.metal",
-            Source::NeighbourMap => "kernels/metal/neighbour_map.metal",
-            Source::Norms => "kernels/metal/norms.metal",
-        }
+        self.embedded().0
     }
 
     /// The file with `#include "kargs.h"` spliced in: runtime compilation has no include path.
     pub(super) fn text(self) -> String {
-        let raw = match self {
-            Source::DeformConv => DEFORM_CONV_METAL,
-            Source::Elementwise => ELEMENTWISE_METAL,
-            Source::SparseConv => SPARSE_CONV_METAL,
-            Source::Attention => ATTENTION_METAL,
-            Source::NeighbourMap => NEIGHBOUR_MAP_METAL,
-            Source::Norms => NORMS_METAL,
-        };
+        let raw = self.embedded().1;
         raw.replace("#include \"kargs.h\"", KARGS_H)
     }
 }
