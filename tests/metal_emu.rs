@@ -983,6 +983,25 @@ fn a_kernel_missing_a_barrier_fails() {
     );
 }
 
+/// A conv case on `map` with `ci` input channels (Co 40, with bias), its operands in `dtype`
+/// and the CPU op's output.
+fn conv_case(map: ConvMap, ci: usize, dtype: DType) -> (Case, Inputs, Vec<f32>) {
+    let case = Case::new(
+        Size::Small,
+        Op::SparseConv {
+            map,
+            ci,
+            co: 40,
+            bias: true,
+        },
+        trellis2::selftest::DTYPES,
+        trellis2::selftest::Tolerance::REDUCTION,
+    );
+    let inputs = case.inputs(dtype, dtype).unwrap();
+    let want = output_values(&case.reference(&inputs, Reference::CpuOp).unwrap()).unwrap();
+    (case, inputs, want)
+}
+
 /// Conv operands bound mid-buffer: a feats or weight start that is not a multiple of 4 elements
 /// (or Ci that is not) forces the scalar loads even where Ci allows vectors; either path matches
 /// the CPU op, and no kernel reads before its operand's start (the padding is NaN bytes).
@@ -998,23 +1017,12 @@ fn sparse_conv_takes_operands_bound_mid_buffer() {
             (36, [4, 8]),
             (13, [2, 1]),
         ] {
-            let case = Case::new(
-                Size::Small,
-                Op::SparseConv {
-                    map: ConvMap::Random {
-                        voxels: 150,
-                        p: 0.5,
-                        seed: 7,
-                    },
-                    ci,
-                    co: 40,
-                    bias: true,
-                },
-                trellis2::selftest::DTYPES,
-                trellis2::selftest::Tolerance::REDUCTION,
-            );
-            let inputs = case.inputs(dtype, dtype).unwrap();
-            let want = output_values(&case.reference(&inputs, Reference::CpuOp).unwrap()).unwrap();
+            let map = ConvMap::Random {
+                voxels: 150,
+                p: 0.5,
+                seed: 7,
+            };
+            let (case, inputs, want) = conv_case(map, ci, dtype);
             let Inputs::SparseConv {
                 feats,
                 map,
@@ -1057,25 +1065,14 @@ fn sparse_conv_follows_a_voxel_order() {
     let emu = Emulator::get("sparse_conv");
     let mut failed = Vec::new();
     for &dtype in trellis2::selftest::DTYPES {
-        let case = Case::new(
-            Size::Small,
-            Op::SparseConv {
-                map: ConvMap::Of(Voxels::Shell {
-                    batch: 0,
-                    side: 16,
-                    radius: 6.0,
-                    width: 0.87,
-                    at: 0,
-                }),
-                ci: 36,
-                co: 40,
-                bias: true,
-            },
-            trellis2::selftest::DTYPES,
-            trellis2::selftest::Tolerance::REDUCTION,
-        );
-        let inputs = case.inputs(dtype, dtype).unwrap();
-        let want = output_values(&case.reference(&inputs, Reference::CpuOp).unwrap()).unwrap();
+        let shell = ConvMap::Of(Voxels::Shell {
+            batch: 0,
+            side: 16,
+            radius: 6.0,
+            width: 0.87,
+            at: 0,
+        });
+        let (case, inputs, want) = conv_case(shell, 36, dtype);
         let Inputs::SparseConv {
             feats,
             map,
