@@ -65,12 +65,8 @@ pub fn neighbour_masks(map: &Tensor) -> Result<Tensor> {
         .sum(1)
 }
 
-/// [`sorted_by_mask`] composed from candle ops on the map's device (no host round trip of the
-/// map), for windows of `1 ..= COMPOSED_MAX_WINDOW` voxels: the voxels padded to whole windows,
-/// each keyed `mask · window + position in the window` (unique, so the unstable arg sort gives
-/// ties in voxel order; the padding keys sort last), arg-sorted per window, offset by the
-/// window's first voxel. Equal to the host sort (unit-tested on the CPU).
-pub fn sorted_by_mask_composed(map: &Tensor, window: usize) -> Result<Tensor> {
+/// The voxel count of a `[T, 27]` neighbour map, or the error naming its shape.
+fn map_rows(map: &Tensor) -> Result<usize> {
     let (rows, taps) = map.dims2()?;
     if taps != TAPS {
         bail!(
@@ -78,6 +74,16 @@ pub fn sorted_by_mask_composed(map: &Tensor, window: usize) -> Result<Tensor> {
             map.dims()
         );
     }
+    Ok(rows)
+}
+
+/// [`sorted_by_mask`] composed from candle ops on the map's device (no host round trip of the
+/// map), for windows of `1 ..= COMPOSED_MAX_WINDOW` voxels: the voxels padded to whole windows,
+/// each keyed `mask · window + position in the window` (unique, so the unstable arg sort gives
+/// ties in voxel order; the padding keys sort last), arg-sorted per window, offset by the
+/// window's first voxel. Equal to the host sort (unit-tested on the CPU).
+pub fn sorted_by_mask_composed(map: &Tensor, window: usize) -> Result<Tensor> {
+    let rows = map_rows(map)?;
     let device = map.device();
     if rows == 0 {
         return Tensor::zeros(0, DType::U32, device);
@@ -143,13 +149,7 @@ impl CustomOp1 for ConvOrder {
 /// sort kernel, faster than candle's arg sort and for any window), from candle ops on other GPUs
 /// for windows of at most [`COMPOSED_MAX_WINDOW`], on the host (and uploaded) otherwise.
 pub fn sorted_by_mask(map: &Tensor, window: usize) -> Result<Tensor> {
-    let (rows, taps) = map.dims2()?;
-    if taps != TAPS {
-        bail!(
-            "conv order: the neighbour map must be [T, {TAPS}], got {:?}",
-            map.dims()
-        );
-    }
+    let rows = map_rows(map)?;
     let op = ConvOrder {
         window: window.clamp(1, rows.max(1)),
     };
