@@ -35,6 +35,18 @@ struct NeighbourArgs {
     uint bits_z;
 };
 
+// The conv's voxel order (kernels/metal/conv_order.metal): a mask dispatch, then per 8-bit
+// radix pass a histogram, a scan and a scatter over `blocks` threadgroups of `per_block` items.
+struct ConvOrderArgs {
+    uint n;         // voxels: rows of the [n][27] map, entries of mask and the orders
+    uint window;    // voxels per sorting window (>= 1); the key is (v / window) << 27 | mask[v]
+    uint shift;     // this pass's key bit (a multiple of 8, < 64)
+    uint per_block; // items per threadgroup of the histogram and scatter (a multiple of 256)
+    uint blocks;    // threadgroups of the histogram and scatter: hist is [256][blocks]
+    uint identity;  // 1: item i is voxel i (the first pass, src unread); 0: item i is src[i]
+    uint hist_len;  // 256 * blocks
+};
+
 // LayerNorm + adaLN modulation: one simdgroup per row of `channels` values.
 struct NormModulateArgs {
     uint rows;     // T

@@ -25,7 +25,7 @@ use crate::ops::metal::elementwise_plan::{bias_act_dispatch, gated_residual_disp
 use crate::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
 use crate::ops::tuning::Tuning;
 use crate::ops::vocab::Activation;
-use crate::sparse::conv_order::metal_sort_window;
+use crate::sparse::conv_order::gpu_sort_window;
 
 /// One dispatch of a plan: the JSON line `trellis2 dev metal-plan` prints.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -318,7 +318,7 @@ pub fn sparse_conv_plan(voxels: usize, ci: usize, co: usize, dtype: DType) -> Re
     let row_bytes = ci * dtype.size_in_bytes();
     let rows = ConvRows {
         vec_loads: conv_vec_loads(ci, &[0, 0]),
-        ordered: metal_sort_window(voxels, row_bytes, Tuning::current().conv_sort).is_some(),
+        ordered: gpu_sort_window(voxels, row_bytes, Tuning::current().conv_sort).is_some(),
     };
     let plan = sparse_conv_dispatches(
         voxels,

@@ -4,7 +4,6 @@
 
 use candle_core::Device;
 
-use crate::ops::conv_order::COMPOSED_MAX_WINDOW;
 use crate::ops::tuning::ConvSort;
 
 /// Sets with fewer voxels keep their order: sorting saves less than building the order
@@ -29,9 +28,8 @@ pub fn default_sort_window(row_bytes: usize) -> usize {
 /// The window the conv's voxel order sorts `rows` voxels in on `device`, for feature rows of
 /// `row_bytes` bytes under the setting `sort`, or `None` for the voxels' own order: on the CPU
 /// (whose conv tiles in voxel order), below [`SORT_MIN_ROWS`] voxels, or with `off`. CUDA takes
-/// `full` (one window), a given window or, by default, [`default_sort_window`]. Metal takes the
-/// same, capped at `COMPOSED_MAX_WINDOW` (1024) voxels so the order is built on the device
-/// (`ops::conv_order::sorted_by_mask_composed`).
+/// `full` (one window), a given window or, by default, [`default_sort_window`]; Metal takes the
+/// same (both build the order with one radix-sort plan, `ops::conv_order::plan`).
 pub fn conv_sort_window(
     device: &Device,
     rows: usize,
@@ -40,15 +38,13 @@ pub fn conv_sort_window(
 ) -> Option<usize> {
     if device.is_cpu() {
         None
-    } else if device.is_cuda() {
-        cuda_sort_window(rows, row_bytes, sort)
     } else {
-        metal_sort_window(rows, row_bytes, sort)
+        gpu_sort_window(rows, row_bytes, sort)
     }
 }
 
-/// [`conv_sort_window`] on CUDA.
-fn cuda_sort_window(rows: usize, row_bytes: usize, sort: ConvSort) -> Option<usize> {
+/// [`conv_sort_window`] on a GPU (backend-free, for the host's Metal dispatch plans too).
+pub fn gpu_sort_window(rows: usize, row_bytes: usize, sort: ConvSort) -> Option<usize> {
     if rows < SORT_MIN_ROWS {
         return None;
     }
@@ -58,11 +54,6 @@ fn cuda_sort_window(rows: usize, row_bytes: usize, sort: ConvSort) -> Option<usi
         ConvSort::Window(w) => Some(w),
         ConvSort::Auto => Some(default_sort_window(row_bytes)),
     }
-}
-
-/// [`conv_sort_window`] on Metal (backend-free, for the host's dispatch plans too).
-pub fn metal_sort_window(rows: usize, row_bytes: usize, sort: ConvSort) -> Option<usize> {
-    cuda_sort_window(rows, row_bytes, sort).map(|w| w.min(COMPOSED_MAX_WINDOW))
 }
 
 #[cfg(test)]
@@ -82,14 +73,16 @@ mod tests {
         let cpu = Device::Cpu;
         assert_eq!(conv_sort_window(&cpu, 1 << 20, 256, ConvSort::Auto), None);
         assert_eq!(conv_sort_window(&cpu, 1 << 20, 256, ConvSort::Full), None);
-        assert_eq!(metal_sort_window(4095, 256, ConvSort::Auto), None);
-        assert_eq!(metal_sort_window(4096, 256, ConvSort::Off), None);
-        for sort in [ConvSort::Auto, ConvSort::Full, ConvSort::Window(65_536)] {
-            assert_eq!(metal_sort_window(1 << 20, 256, sort), Some(1024));
-        }
+        assert_eq!(gpu_sort_window(4095, 256, ConvSort::Auto), None);
+        assert_eq!(gpu_sort_window(4096, 256, ConvSort::Off), None);
         assert_eq!(
-            metal_sort_window(1 << 20, 256, ConvSort::Window(64)),
-            Some(64)
+            gpu_sort_window(1 << 20, 256, ConvSort::Auto),
+            Some(131_072)
         );
+        assert_eq!(
+            gpu_sort_window(1 << 20, 256, ConvSort::Full),
+            Some(usize::MAX)
+        );
+        assert_eq!(gpu_sort_window(1 << 20, 256, ConvSort::Window(64)), Some(64));
     }
 }

@@ -91,7 +91,7 @@ impl NeighbourMap {
     /// bytes, or `None` to keep the voxels' own order: on the CPU, below `SORT_MIN_ROWS` voxels,
     /// or with `TRELLIS2_CONV_SORT=off`. Otherwise [`sorted_order`](Self::sorted_order) with the
     /// window `TRELLIS2_CONV_SORT` names (`full`: one window) or, by default, the largest power of
-    /// two of at least 16384 voxels whose rows fit in 32 MiB; Metal caps windows at 1024 voxels
+    /// two of at least 16384 voxels whose rows fit in 32 MiB, on CUDA and Metal alike
     /// (`sparse::conv_order::conv_sort_window`). Built on the GPU, so sets of any size are sorted.
     pub fn conv_order(&self, row_bytes: usize) -> Result<Option<Tensor>> {
         let rows = self.tensor.dims()[0];
@@ -107,8 +107,8 @@ impl NeighbourMap {
     /// ties in voxel order. The conv's 128-voxel tiles then mostly hold voxels with the same
     /// neighbours, and a tile skips the taps none of its voxels has: on decoder-like shells
     /// ≈ 17–21 of 27 taps instead of ≈ 27. Windows keep the rows that tiles running at the same
-    /// time gather close together (in L2). Built once per window (on CUDA by a radix sort on
-    /// the device, elsewhere on the host: see `ops::conv_order`), then cached.
+    /// time gather close together (in L2). Built once per window (on CUDA and Metal by a radix
+    /// sort on the device, on the CPU by the host sort: see `ops::conv_order`), then cached.
     pub fn sorted_order(&self, window: usize) -> Result<Tensor> {
         let rows = self.tensor.dims()[0];
         let window = if window == 0 { rows } else { window.min(rows) };

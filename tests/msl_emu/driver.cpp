@@ -709,6 +709,10 @@ static void layout() {
     std::printf("\nNeighbourArgs size=%zu", sizeof(NeighbourArgs));
     FIELD(NeighbourArgs, n_voxels); FIELD(NeighbourArgs, capacity_mask);
     FIELD(NeighbourArgs, bits_x); FIELD(NeighbourArgs, bits_y); FIELD(NeighbourArgs, bits_z);
+    std::printf("\nConvOrderArgs size=%zu", sizeof(ConvOrderArgs));
+    FIELD(ConvOrderArgs, n); FIELD(ConvOrderArgs, window); FIELD(ConvOrderArgs, shift);
+    FIELD(ConvOrderArgs, per_block); FIELD(ConvOrderArgs, blocks);
+    FIELD(ConvOrderArgs, identity); FIELD(ConvOrderArgs, hist_len);
     std::printf("\nNormModulateArgs size=%zu", sizeof(NormModulateArgs));
     FIELD(NormModulateArgs, rows); FIELD(NormModulateArgs, channels);
     FIELD(NormModulateArgs, samples); FIELD(NormModulateArgs, eps);

@@ -25,7 +25,8 @@
 //   fingerprint of every lane's arguments (pointer, stride, origin, transpose; for a multiply
 //   the operands' fingerprints). Kernels never see the per-lane layout (no thread_elements());
 //   a multiply may take half or bfloat operands with float accumulators (mixed precision);
-// - simd_sum/max/min/shuffles and simdgroup_barrier: real rendezvous of 32 lanes;
+// - simd_sum/max/min/prefix sums/shuffles/ballot and simdgroup_barrier: real rendezvous of 32
+//   lanes;
 // - device atomics (atomic_uint: compare_exchange_weak, load, store, fetch_add, fetch_min;
 //   relaxed order only) are real atomic operations, so threadgroups running on different OS
 //   threads race for real. Threads of one threadgroup are fibers on one OS thread: to interleave
@@ -461,6 +462,8 @@ inline float divide(float x, float y) { return math_mode::divide(x, y); }
 
 inline float abs(float x) { return __builtin_fabsf(x); }
 inline half abs(half x) { return half(__builtin_fabsf(float(x))); }
+inline uint popcount(uint x) { return uint(__builtin_popcount(x)); }
+inline ulong popcount(ulong x) { return ulong(__builtin_popcountl(x)); }
 inline int abs(int x) { return x < 0 ? -x : x; }
 inline float fabs(float x) { return __builtin_fabsf(x); }
 inline float floor(float x) { return __builtin_floorf(x); }
@@ -550,6 +553,48 @@ template <class X> emu::value_t<X> simd_shuffle_down(const X& x, ushort delta) {
 }
 template <class X> emu::value_t<X> simd_broadcast(const X& x, ushort src_lane) {
     return simd_shuffle(x, src_lane);
+}
+
+// Inclusive/exclusive sums over the lanes up to / before this one.
+template <class X> emu::value_t<X> simd_prefix_inclusive_sum(const X& x) {
+    using T = emu::value_t<X>;
+    const T v = x;
+    T all[32];
+    emu::simd_exchange(&v, sizeof(T), all, "simd_prefix_inclusive_sum");
+    const uint lane = emu::thread_index() % 32;
+    T s = all[0];
+    for (uint i = 1; i <= lane; ++i) s += all[i];
+    return s;
+}
+template <class X> emu::value_t<X> simd_prefix_exclusive_sum(const X& x) {
+    using T = emu::value_t<X>;
+    const T v = x;
+    T all[32];
+    emu::simd_exchange(&v, sizeof(T), all, "simd_prefix_exclusive_sum");
+    const uint lane = emu::thread_index() % 32;
+    T s = T(0);
+    for (uint i = 0; i < lane; ++i) s += all[i];
+    return s;
+}
+// MSL's simd_vote: bit l set where lane l voted true; only an explicit conversion to vote_t.
+class simd_vote {
+public:
+    using vote_t = ulong;
+    explicit constexpr simd_vote(vote_t v = 0) : bits(v) {}
+    explicit constexpr operator vote_t() const { return bits; }
+    bool all() const { return bits == 0xfffffffful; }
+    bool any() const { return bits != 0; }
+
+private:
+    vote_t bits;
+};
+inline simd_vote simd_ballot(bool x) {
+    const uchar v = x ? 1 : 0;
+    uchar all[32];
+    emu::simd_exchange(&v, 1, all, "simd_ballot");
+    ulong bits = 0;
+    for (uint i = 0; i < 32; ++i) bits |= ulong(all[i]) << i;
+    return simd_vote(bits);
 }
 
 // ---------------------------------------------------------------- simdgroup_matrix

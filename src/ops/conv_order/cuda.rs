@@ -10,44 +10,13 @@ use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 use crate::ops::cuda::{output, span, CONV_ORDER};
 use crate::ops::vocab::TAPS;
 
-/// Key bits a pass, and digits (`RADIX_BITS`, `RADIX` in the kernel).
-const RADIX_BITS: u32 = 8;
-const RADIX: usize = 1 << RADIX_BITS;
-/// Bits of a neighbour mask: the low bits of the key (`MASK_BITS`).
-const MASK_BITS: u32 = 27;
-/// Threads per block of the mask, histogram and scatter kernels (`SORT_THREADS`).
-const SORT_THREADS: usize = 256;
+use super::plan::{sort_plan, RADIX, RADIX_BITS, SORT_THREADS};
+
 /// Threads of the one-block scan (`SCAN_THREADS`).
 const SCAN_THREADS: u32 = 1024;
 /// At most this many blocks a pass (four per SM of an H100): enough to fill the GPU, few
 /// enough that the one-block scan of the `RADIX × blocks` histogram stays short (≈ 33 rounds).
 const MAX_SORT_BLOCKS: usize = 528;
-/// At least this many items a block, so small sets do not pay for many near-empty blocks.
-const MIN_ITEMS_PER_BLOCK: usize = 4 * SORT_THREADS;
-
-/// How a set of `n ≥ 1` voxels is sorted in windows of `window ≥ 1`: key bits, passes, and the
-/// blocks each pass runs with their contiguous runs of items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SortPlan {
-    passes: u32,
-    blocks: usize,
-    items_per_block: usize,
-}
-
-fn sort_plan(n: usize, window: usize) -> SortPlan {
-    // Window ids 0 ..= (n − 1) / window take this many bits above the mask.
-    let window_bits = usize::BITS - ((n - 1) / window).leading_zeros();
-    let passes = (MASK_BITS + window_bits).div_ceil(RADIX_BITS);
-    let items_per_block = n
-        .div_ceil(MAX_SORT_BLOCKS)
-        .next_multiple_of(SORT_THREADS)
-        .max(MIN_ITEMS_PER_BLOCK);
-    SortPlan {
-        passes,
-        blocks: n.div_ceil(items_per_block),
-        items_per_block,
-    }
-}
 
 /// The conv order of the `[T,27]` u32 neighbour map `map`: `[T]` u32, within runs of `window`
 /// consecutive voxels the voxels sorted by neighbour mask, ties in voxel order.
@@ -96,7 +65,7 @@ pub(crate) fn conv_order(
         // SAFETY: reads map[T·27] (the span above) and writes masks[0..T], owned here.
         unsafe { b.launch(cfg) }.w()?;
     }
-    let plan = sort_plan(n, window);
+    let plan = sort_plan(n, window, MAX_SORT_BLOCKS);
     let hist_len = RADIX * plan.blocks;
     // Every histogram launch writes all of it before the scan and the scatter read it.
     let hist = output::<u32>(&dev, hist_len)?;
@@ -167,33 +136,4 @@ pub(crate) fn conv_order(
     let [even, odd] = items;
     let sorted = if plan.passes % 2 == 1 { even } else { odd };
     Ok((CudaStorage::wrap_cuda_slice(sorted, dev.clone()), shape))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plans_add_window_bits_above_the_mask() {
-        // One window: the 27 mask bits in four passes.
-        assert_eq!(sort_plan(1, 1).passes, 4);
-        assert_eq!(sort_plan(1_200_000, 1_200_000).passes, 4);
-        // 10 windows (4 bits): 31 bits; 32 windows: 32 bits; 33: five passes.
-        assert_eq!(sort_plan(1_200_000, 131_072).passes, 4);
-        assert_eq!(sort_plan(32 << 16, 1 << 16).passes, 4);
-        assert_eq!(sort_plan((32 << 16) + 1, 1 << 16).passes, 5);
-        // Windows of one voxel over 8 M voxels: 27 + 23 bits.
-        assert_eq!(sort_plan(8 << 20, 1).passes, 7);
-    }
-
-    #[test]
-    fn plans_cover_every_item_with_at_most_528_blocks() {
-        for n in [1, 255, 1024, 1025, 300_000, 1_200_000, 8 << 20, 100_000_000] {
-            let p = sort_plan(n, n);
-            assert!(p.blocks <= MAX_SORT_BLOCKS && p.blocks >= 1, "{n}: {p:?}");
-            assert!(p.blocks * p.items_per_block >= n, "{n}: {p:?}");
-            assert!((p.blocks - 1) * p.items_per_block < n, "{n}: {p:?}");
-            assert_eq!(p.items_per_block % SORT_THREADS, 0);
-        }
-    }
 }

@@ -39,6 +39,26 @@ pub struct AttentionArgs {
     pub scale: f32,
 }
 
+/// `ConvOrderArgs` in kargs.h (kernels/metal/conv_order.metal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvOrderArgs {
+    /// Voxels: rows of the `[n, 27]` map, entries of the masks and the orders.
+    pub n: u32,
+    /// Voxels per sorting window (≥ 1).
+    pub window: u32,
+    /// This pass's first key bit.
+    pub shift: u32,
+    /// Items per threadgroup of the histogram and scatter (a multiple of 256).
+    pub per_block: u32,
+    /// Threadgroups of the histogram and scatter.
+    pub blocks: u32,
+    /// 1: item `i` is voxel `i` (the first pass), 0: item `i` is `src[i]`.
+    pub identity: u32,
+    /// `256 · blocks`: words of the histogram.
+    pub hist_len: u32,
+}
+
 /// Bytes exactly as the kernel reads them (what `setBytes` uploads), little endian.
 pub trait KernelArgs {
     fn to_bytes(&self) -> Vec<u8>;
@@ -280,6 +300,23 @@ impl SdpaParams {
             v_strides: strides(kv_len),
             o_strides: strides(q_len),
         }
+    }
+}
+
+impl KernelArgs for ConvOrderArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.n,
+            self.window,
+            self.shift,
+            self.per_block,
+            self.blocks,
+            self.identity,
+            self.hist_len,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod capabilities;
+pub mod conv_order_plan;
 pub mod dispatch;
 pub mod elementwise_plan;
 pub mod kargs;

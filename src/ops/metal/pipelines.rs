@@ -13,6 +13,7 @@ const KARGS_H: &str = include_str!("../../../kernels/metal/kargs.h");
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Source {
     SparseConv,
+    ConvOrder,
     Attention,
     DeformConv,
     Elementwise,
@@ -23,6 +24,7 @@ pub enum Source {
 impl Source {
     pub const ALL: &'static [Source] = &[
         Source::SparseConv,
+        Source::ConvOrder,
         Source::Attention,
         Source::DeformConv,
         Source::Elementwise,
@@ -44,6 +46,7 @@ impl Source {
             Source::DeformConv => metal!("deform_conv.metal"),
             Source::Elementwise => metal!("elementwise.metal"),
             Source::SparseConv => metal!("sparse_conv.metal"),
+            Source::ConvOrder => metal!("conv_order.metal"),
             Source::Attention => metal!("attention.metal"),
             Source::NeighbourMap => metal!("neighbour_map.metal"),
             Source::Norms => metal!("norms.metal"),
