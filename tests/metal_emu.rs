@@ -22,7 +22,7 @@ use trellis2::ops::metal::elementwise_plan::{
     bias_act_dispatch, gated_residual_dispatch, vectorizable,
 };
 use trellis2::ops::metal::kargs::{
-    AttentionArgs, BiasActArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs, NeighbourArgs,
+    AttentionArgs, BiasActArgs, ConvOrderArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs, NeighbourArgs,
     NormModulateArgs, RmsRopeArgs, SparseConvArgs,
 };
 use trellis2::ops::metal::neighbour_plan::neighbour_plan;
@@ -46,6 +46,10 @@ const SPLIT_FLOPS: f64 = 1e8;
 /// Elementwise cases with more outputs are left to the devices: the throughput shapes (an
 /// emulated thread per element), whose smaller twins take the same code paths.
 const MAX_EMULATED_OUTPUTS: usize = 1 << 20;
+
+/// Conv orders of more voxels are left to the devices (the 1.2 M-voxel throughput case); the
+/// small cases take the same paths (many threadgroups, ragged windows and runs).
+const MAX_EMULATED_ORDER_ROWS: usize = 200_000;
 
 /// A plan's dispatch for the emulator: its arguments at buffer(0), host buffers `0..buffers` at
 /// buffer(1..), and its threadgroup memory (if any) at threadgroup(0).
@@ -277,6 +281,8 @@ fn emulate(emu: &Emulator, inputs: &Inputs, budget: Budget) -> Option<Result<Vec
                 modulated_im2col_args(input, offset, mask, *kernel, *cfg, rows.clone()).unwrap();
             emulate_deform(emu, [input, offset, mask], args, max_seconds)
         }
+        Inputs::ConvOrder { map, window } => emulate_conv_order(emu, map, *window)
+            .map(|order| order.iter().map(|&v| v as f32).collect()),
         // No Metal kernel: the backend composes candle ops (or calls the CPU op).
         Inputs::LayerNorm { .. }
         | Inputs::Linear { .. }
@@ -292,6 +298,7 @@ fn emulator_for(op: &Op) -> Option<&'static str> {
         Op::SparseConv { .. } => "sparse_conv",
         Op::Attention { .. } => "attention",
         Op::NeighbourMap { .. } => "neighbour_map",
+        Op::ConvOrder { .. } => "conv_order",
         Op::LayerNormModulate { .. } | Op::RmsNormRope { .. } => "norms",
         Op::BiasAct { .. } | Op::GatedResidual { .. } => "elementwise",
         Op::DeformIm2col { .. } => "deform_conv",
@@ -334,7 +341,13 @@ fn run_cases(keep: fn(&Op) -> bool) {
                 inputs,
                 Inputs::BiasAct { .. } | Inputs::GatedResidual { .. }
             );
-            if elementwise && want.len() > MAX_EMULATED_OUTPUTS {
+            let order_rows = match &inputs {
+                Inputs::ConvOrder { map, .. } => map.dim(0).unwrap(),
+                _ => 0,
+            };
+            if (elementwise && want.len() > MAX_EMULATED_OUTPUTS)
+                || order_rows > MAX_EMULATED_ORDER_ROWS
+            {
                 println!("skip  {dtype:?} {}: too large for the emulator", case.op);
                 skipped += 1;
                 continue;
@@ -378,6 +391,11 @@ fn sparse_conv_cases() {
 #[test]
 fn attention_cases() {
     run_cases(|op| matches!(op, Op::Attention { .. }));
+}
+
+#[test]
+fn conv_order_cases() {
+    run_cases(|op| matches!(op, Op::ConvOrder { .. }));
 }
 
 #[test]
@@ -571,6 +589,127 @@ fn emulate_map(emu: &Emulator, rows: &[[i32; 4]]) -> Result<(Vec<u32>, [u32; 2])
     }
     let status = words(&out[4]);
     Ok((map[..n * 27].to_vec(), [status[0], status[1]]))
+}
+
+/// Runs the planned conv-order dispatches over the `[n, 27]` map (bound mid-buffer, as a view
+/// of a larger map would be), with guard words after the two item buffers; returns the order.
+fn emulate_conv_order(emu: &Emulator, map: &Tensor, window: usize) -> Result<Vec<u32>, String> {
+    emulate_conv_order_with_stats(emu, map, window, false).map(|(order, _)| order)
+}
+
+/// [`emulate_conv_order`]; with `stats` the run's bank statistics are returned instead of
+/// feeding the report's table.
+fn emulate_conv_order_with_stats(
+    emu: &Emulator,
+    map: &Tensor,
+    window: usize,
+    stats: bool,
+) -> Result<(Vec<u32>, msl_emu::KernelBanks), String> {
+    use trellis2::ops::metal::conv_order_plan::conv_order_plan;
+    let n = map.dim(0).unwrap();
+    let Some(plan) = conv_order_plan(n, window.min(n.max(1))).unwrap() else {
+        return Ok((Vec::new(), Default::default()));
+    };
+    const PAD: usize = 5; // map words before the view
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let mut map_bytes = vec![0x5a; PAD * 4];
+    map_bytes.extend(bytes_of(map));
+    let poison = |len: usize| vec![0xab; len * 4];
+    // 0 map, 1 masks, 2 hist, 3 and 4 items.
+    let buffers = vec![
+        map_bytes,
+        poison(n),
+        poison(plan.hist_len),
+        poison(n + GUARD),
+        poison(n + GUARD),
+    ];
+    let dispatch = |d: &trellis2::ops::metal::dispatch::Dispatch<_>, slots: Vec<Slot>| {
+        let mut e = emu_dispatch(d, 0);
+        e.slots
+            .extend(slots.into_iter().enumerate().map(|(i, s)| (i as u32 + 1, s)));
+        e
+    };
+    let mut dispatches = vec![dispatch(
+        &plan.masks,
+        vec![Slot::BufferAt(0, (PAD * 4) as u64), Slot::Buffer(1)],
+    )];
+    for (p, pass) in plan.passes.iter().enumerate() {
+        let dst = 3 + (p % 2) as u32;
+        // The first pass reads no items; the masks stand in, as on the host.
+        let src = if p == 0 { 1 } else { 3 + ((p + 1) % 2) as u32 };
+        dispatches.push(dispatch(
+            &pass.histogram,
+            vec![Slot::Buffer(1), Slot::Buffer(src), Slot::Buffer(2)],
+        ));
+        dispatches.push(dispatch(&pass.scan, vec![Slot::Buffer(2)]));
+        dispatches.push(dispatch(
+            &pass.scatter,
+            vec![
+                Slot::Buffer(1),
+                Slot::Buffer(src),
+                Slot::Buffer(dst),
+                Slot::Buffer(2),
+            ],
+        ));
+    }
+    let (out, stats) = if stats {
+        emu.run_with_stats(&buffers, &dispatches)?
+    } else {
+        (emu.run(&buffers, &dispatches)?, Default::default())
+    };
+    let last = 3 + (plan.passes.len() - 1) % 2;
+    for b in [3, 4] {
+        if words(&out[b])[n..].iter().any(|&w| w != 0xabab_abab) {
+            return Err("kernel wrote past the end of the items".into());
+        }
+    }
+    Ok((words(&out[last])[..n].to_vec(), stats))
+}
+
+/// Edge cases of the conv order beyond the selftest's: an N prime to every size in the plan,
+/// windows around a threadgroup's run and ragged last windows, all-equal keys (stability: the
+/// identity), masks in descending order, and every threadgroup access at most 1-way.
+#[test]
+fn conv_order_matches_the_host_sort_at_the_edges() {
+    use trellis2::ops::conv_order::sorted_by_mask;
+    use trellis2::ops::neighbour_map::{batch_ranges, neighbour_rows};
+    let emu = Emulator::get("conv_order");
+    let rows = trellis2::selftest::shapes::voxel_shell(0, 40, 17.0, 0.87);
+    let full = neighbour_rows(&rows, &batch_ranges(&rows).unwrap()).unwrap();
+    let n = 5987.min(rows.len()); // prime
+    assert_eq!(n, 5987, "the shell has {} voxels", rows.len());
+    let shell = full[..n * 27].to_vec();
+    let equal = vec![trellis2::ops::vocab::ABSENT; 3001 * 27];
+    // Voxel v's mask counts down: every pass moves every item.
+    let descending: Vec<u32> = (0..2053u32)
+        .flat_map(|v| (0..27u32).map(move |k| if (2052 - v) >> (k % 12) & 1 == 1 { 0 } else { u32::MAX }))
+        .collect();
+    let mut worst = 0;
+    for (name, map, windows) in [
+        ("shell", &shell, &[1, 255, 256, 1023, 1024, 1025, 2500, 5986, n][..]),
+        ("equal", &equal, &[1, 1000, 3001][..]),
+        ("descending", &descending, &[13, 2053][..]),
+    ] {
+        let rows = map.len() / 27;
+        let tensor = Tensor::from_vec(map.clone(), (rows, 27), &Device::Cpu).unwrap();
+        for &window in windows {
+            let want = sorted_by_mask(&tensor, window).unwrap().to_vec1::<u32>().unwrap();
+            let (got, stats) = emulate_conv_order_with_stats(&emu, &tensor, window, true).unwrap();
+            assert_eq!(got, want, "{name}: window {window} of {rows}");
+            if name == "equal" {
+                assert!(got.iter().enumerate().all(|(i, &v)| v as usize == i));
+            }
+            for (kernel, s) in &stats {
+                assert!(s.all.max <= 1, "{kernel}: {}-way ({name}, window {window})", s.all.max);
+                worst = worst.max(s.all.max);
+            }
+        }
+    }
+    println!("conv order: exact at every edge case; worst bank ways {worst}");
 }
 
 /// Runs one planned dispatch (`None`: nothing to do, an empty output) over `inputs` (buffer,
@@ -802,6 +941,8 @@ fn kargs_layout_matches_the_header() {
          out_w=28 offset_groups=32 stride_y=36 stride_x=40 pad_y=44 pad_x=48 dil_y=52 dil_x=56 \
          row_start=60 rows=64 first=68 count=72\n\
          NeighbourArgs size={} n_voxels={} capacity_mask={} bits_x={} bits_y={} bits_z={}\n\
+         ConvOrderArgs size={} n={} window={} shift={} per_block={} blocks={} identity={} \
+         hist_len={}\n\
          NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
          RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={} table_rows={}\n\
          BiasActArgs size={} count={} channels={} act={}\n\
@@ -825,6 +966,14 @@ fn kargs_layout_matches_the_header() {
         offset_of!(NeighbourArgs, bits_x),
         offset_of!(NeighbourArgs, bits_y),
         offset_of!(NeighbourArgs, bits_z),
+        size_of::<ConvOrderArgs>(),
+        offset_of!(ConvOrderArgs, n),
+        offset_of!(ConvOrderArgs, window),
+        offset_of!(ConvOrderArgs, shift),
+        offset_of!(ConvOrderArgs, per_block),
+        offset_of!(ConvOrderArgs, blocks),
+        offset_of!(ConvOrderArgs, identity),
+        offset_of!(ConvOrderArgs, hist_len),
         size_of::<NormModulateArgs>(),
         offset_of!(NormModulateArgs, rows),
         offset_of!(NormModulateArgs, channels),
@@ -877,6 +1026,14 @@ fn every_kernel_the_host_can_ask_for_is_instantiated() {
         .unwrap();
     for d in &plan.dispatches {
         assert!(map.contains(&d.kernel), "{} missing: {map:?}", d.kernel);
+    }
+    let order = Emulator::get("conv_order").kernels();
+    let plan = trellis2::ops::metal::conv_order_plan::conv_order_plan(5000, 7)
+        .unwrap()
+        .unwrap();
+    let pass = &plan.passes[0];
+    for d in [&plan.masks, &pass.histogram, &pass.scan, &pass.scatter] {
+        assert!(order.contains(&d.kernel), "{} missing: {order:?}", d.kernel);
     }
     let norms = Emulator::get("norms").kernels();
     for dtype in trellis2::selftest::DTYPES {

@@ -12,14 +12,19 @@
 // in registers as float, K and V stream through threadgroup memory in T, BK keys at a time
 // (BK = 32 for D = 64, 16 for D = 128), rows padded by 16 bytes (8x8 loads: 1 bank way in
 // f16/bf16, 2 in f32).
+// Scores stay in registers, as in MLX's steel attention: S = Q.K^T lands in BK/8 float
+// simdgroup matrices per simdgroup, and the online softmax works on their thread_elements()
+// (Apple's layout: lane l holds row (l / 4 & 4) + (l / 2 % 4), columns (l / 4 & 2) * 2 +
+// (l % 2) * 2 and the next; the four lanes of a row differ in lane bits 0 and 3, so a row's max
+// and sum combine with xor shuffles 1 and 8). The same matrices are P for O += P.V; the
+// rescale of O and the final 1/sum scale O's own elements. No threadgroup round trip of S/P.
 // Numerics: q widened and pre-multiplied by scale (as the reference does); S = Q.K^T and
 // O += P.V are float-by-T simdgroup multiplies accumulating in float; online softmax with the
 // running max starting at -FLT_MAX, missing keys and the first tile's rescale selected to 0 (fast
 // math may assume no infinities); only the final store rounds to T.
 // Threadgroup memory (argument threadgroup(0)): Q/output staging [32][D+4] floats, overlapping
-// K, V [BK][D+16/sizeof(T)] of T; per simdgroup P [8][BK+4] and a diagonal [8][8] floats; 1/sum
-// [32]. f32: 20,608 bytes (D = 128), 23,168 (D = 64); f16/bf16: 20,608 and 14,976
-// (src/ops/metal/dispatch.rs `attention_threadgroup_memory`).
+// K, V [BK][D+16/sizeof(T)] of T. f32: 16,896 bytes (D = 128), 17,408 (D = 64); f16/bf16:
+// 16,896 and 9,216 (src/ops/metal/dispatch.rs `attention_threadgroup_memory`).
 // Watchdog: grid.x covers args.n_tiles entries of the tile table from args.tile_base
 // (docs/METAL.md "Watchdog and dispatch").
 #include <metal_stdlib>
@@ -96,11 +101,7 @@ template <typename T, uint D, uint BK>
     // Rows padded by 16 bytes: Q and output staging [BQ][LD] floats, K and V [BK][LDT] of T.
     constexpr uint LD = D + 4;
     constexpr uint LDT = D + 16 / sizeof(T);
-    constexpr uint LDP = BK + 4; // P rows: a row's 4 lanes and the 8 rows hit distinct banks
-    // Q/output staging and the K/V tiles share the first STAGE floats.
-    constexpr uint KV = 2 * BK * LDT * sizeof(T) / 4;
-    constexpr uint STAGE = ATTN_BQ * LD > KV ? ATTN_BQ * LD : KV;
-    static_assert(BK <= 32 && BK % 8 == 0, "whole 8x8 blocks, 4 lanes per row");
+    static_assert(BK <= 32 && BK % 8 == 0, "whole 8x8 blocks");
     if (tgid.x >= args.n_tiles) {
         return; // whole threadgroup leaves together
     }
@@ -113,11 +114,9 @@ template <typename T, uint D, uint BK>
     const ulong stride = ulong(args.heads) * D;
     const ulong head = ulong(tgid.y) * D;
 
-    threadgroup T* k_tile = (threadgroup T*)smem;                 // [BK][LDT]
-    threadgroup T* v_tile = k_tile + BK * LDT;                    // [BK][LDT]
-    threadgroup float* p_tile = smem + STAGE + sgid * 8 * LDP;    // this simdgroup's [8][LDP]
-    threadgroup float* diag = smem + STAGE + 4 * 8 * LDP + sgid * 64; // its [8][8]
-    threadgroup float* inv_sum = smem + STAGE + 4 * 8 * LDP + 4 * 64; // [BQ]
+    // Q/output staging and the K/V tiles share threadgroup memory.
+    threadgroup T* k_tile = (threadgroup T*)smem; // [BK][LDT]
+    threadgroup T* v_tile = k_tile + BK * LDT;    // [BK][LDT]
 
     // The scaled query tile [BQ][LD] as float, staged over K/V, then kept in registers.
     attention_stage<T, float, D, ATTN_BQ>(smem, q + ulong(q0) * stride + head, stride, rows,
@@ -133,11 +132,11 @@ template <typename T, uint D, uint BK>
     for (uint d = 0; d < D / 8; ++d) {
         o[d] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
     }
-    // Softmax work split: lane handles row lane / 4 of its simdgroup's 8 and keys part, part + 4,
-    // ...; the row's four lanes combine with two xor shuffles and all keep its running max and sum.
-    const uint row = lane / 4;
-    const uint part = lane % 4;
-    constexpr uint PER_LANE = BK / 4;
+    // This lane's elements of every 8x8 matrix: row `row` of the simdgroup's 8, columns
+    // `col`, `col` + 1 (keys of an S block, head dims of an O block). Every lane keeps its row's
+    // running max and sum.
+    const uint row = (lane / 4 & 4) + (lane / 2 % 4);
+    const uint col = (lane / 4 & 2) * 2 + (lane % 2) * 2;
     float row_max = -FLT_MAX;
     float row_sum = 0.0f;
 
@@ -153,87 +152,86 @@ template <typename T, uint D, uint BK>
 
         // S [8][BK] = Q [8][D] . K^T [D][BK], one 8-key block at a time; float Q times K in T,
         // accumulated in float (a mixed-precision simdgroup multiply).
+        simdgroup_float8x8 s[BK / 8];
 #pragma clang loop unroll(full)
         for (uint j = 0; j < BK / 8; ++j) {
             if (j < blocks) {
-                simdgroup_float8x8 s = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+                s[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
 #pragma clang loop unroll(full)
                 for (uint d = 0; d < D / 8; ++d) {
                     simdgroup_matrix<T, 8, 8> kf;
                     simdgroup_load(kf, k_tile + j * 8 * LDT + d * 8, LDT, ulong2(0, 0), true);
-                    simdgroup_multiply_accumulate(s, qf[d], kf, s);
+                    simdgroup_multiply_accumulate(s[j], qf[d], kf, s[j]);
                 }
-                simdgroup_store(s, p_tile + j * 8, LDP);
             }
         }
-        simdgroup_barrier(mem_flags::mem_threadgroup);
 
-        // Online softmax over this tile's scores. No infinities anywhere.
-        float p[PER_LANE];
+        // Online softmax over this tile's scores, on the lanes' elements of S. No infinities.
         float tile_max = -FLT_MAX;
 #pragma clang loop unroll(full)
-        for (uint j = 0; j < PER_LANE; ++j) {
-            const uint key = part + 4 * j;
-            p[j] = key < kn ? p_tile[row * LDP + key] : -FLT_MAX;
-            tile_max = max(tile_max, p[j]);
+        for (uint j = 0; j < BK / 8; ++j) {
+            if (j < blocks) {
+#pragma clang loop unroll(full)
+                for (uint i = 0; i < 2; ++i) {
+                    const float x = s[j].thread_elements()[i];
+                    tile_max = j * 8 + col + i < kn ? max(tile_max, x) : tile_max;
+                }
+            }
         }
         tile_max = max(tile_max, simd_shuffle_xor(tile_max, 1));
-        tile_max = max(tile_max, simd_shuffle_xor(tile_max, 2));
+        tile_max = max(tile_max, simd_shuffle_xor(tile_max, 8));
         const float new_max = max(row_max, tile_max);
         float tile_sum = 0.0f;
 #pragma clang loop unroll(full)
-        for (uint j = 0; j < PER_LANE; ++j) {
-            const uint key = part + 4 * j;
-            p[j] = key < kn ? exp(p[j] - new_max) : 0.0f;
-            tile_sum += p[j];
-            p_tile[row * LDP + key] = p[j];
+        for (uint j = 0; j < BK / 8; ++j) {
+            if (j < blocks) {
+#pragma clang loop unroll(full)
+                for (uint i = 0; i < 2; ++i) {
+                    const float x = s[j].thread_elements()[i];
+                    const float p = j * 8 + col + i < kn ? exp(x - new_max) : 0.0f;
+                    s[j].thread_elements()[i] = p;
+                    tile_sum += p;
+                }
+            }
         }
         tile_sum += simd_shuffle_xor(tile_sum, 1);
-        tile_sum += simd_shuffle_xor(tile_sum, 2);
+        tile_sum += simd_shuffle_xor(tile_sum, 8);
         // The first tile's factor multiplies zeros; selected, as exp(-FLT_MAX) may overflow.
         const float correction = kt == k_begin ? 0.0f : exp(row_max - new_max);
         row_sum = row_sum * correction + tile_sum;
         row_max = new_max;
-        // O = diag(correction) . O, skipped while no row of the simdgroup moved its max (and on
-        // the first tile, where O is zero). The condition is the same in every lane.
-        const bool rescale = kt != k_begin && simd_min(correction) < 1.0f;
-        if (rescale) {
-            // Lane l writes diagonal elements 2l, 2l + 1: row l / 4, its own row.
-            vec<float, 2> pair;
-            pair[0] = 2 * part == row ? correction : 0.0f;
-            pair[1] = 2 * part + 1 == row ? correction : 0.0f;
-            ((threadgroup vec<float, 2>*)diag)[lane] = pair;
-        }
-        simdgroup_barrier(mem_flags::mem_threadgroup);
-        if (rescale) {
-            simdgroup_float8x8 dg;
-            simdgroup_load(dg, diag, 8);
+        // O = diag(correction) . O on the lanes' own elements, skipped while no row of the
+        // simdgroup moved its max (and on the first tile, where O is zero). The condition is
+        // the same in every lane.
+        if (kt != k_begin && simd_min(correction) < 1.0f) {
 #pragma clang loop unroll(full)
             for (uint d = 0; d < D / 8; ++d) {
-                simdgroup_multiply(o[d], dg, o[d]);
+                o[d].thread_elements()[0] *= correction;
+                o[d].thread_elements()[1] *= correction;
             }
         }
 
-        // O += P . V
+        // O += P . V, P being S's matrices.
 #pragma clang loop unroll(full)
         for (uint j = 0; j < BK / 8; ++j) {
             if (j < blocks) {
-                simdgroup_float8x8 pf;
-                simdgroup_load(pf, p_tile + j * 8, LDP);
 #pragma clang loop unroll(full)
                 for (uint d = 0; d < D / 8; ++d) {
                     simdgroup_matrix<T, 8, 8> vf;
                     simdgroup_load(vf, v_tile + j * 8 * LDT + d * 8, LDT);
-                    simdgroup_multiply_accumulate(o[d], pf, vf, o[d]);
+                    simdgroup_multiply_accumulate(o[d], s[j], vf, o[d]);
                 }
             }
         }
     }
 
-    // The unnormalised O goes to [BQ][LD] (over K/V), 1/sum per row beside it; the store
-    // normalises, rounds to T and writes the tile's existing rows.
-    if (part == 0) {
-        inv_sum[sgid * 8 + row] = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+    // O / sum on the lanes' elements, then O to [BQ][LD] (over K/V); the store rounds to T and
+    // writes the tile's existing rows.
+    const float inv_sum = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+#pragma clang loop unroll(full)
+    for (uint d = 0; d < D / 8; ++d) {
+        o[d].thread_elements()[0] *= inv_sum;
+        o[d].thread_elements()[1] *= inv_sum;
     }
     threadgroup_barrier(mem_flags::mem_threadgroup); // K/V fully read
 #pragma clang loop unroll(full)
@@ -248,18 +246,17 @@ template <typename T, uint D, uint BK>
         const uint r = i / CHUNKS;
         const uint c = i % CHUNKS;
         const uint word = r * LD + 4 * c;
-        const uint s = attention_swizzle(word);
+        const uint sw = attention_swizzle(word);
         threadgroup vec<float, 2>* at = (threadgroup vec<float, 2>*)(smem + word);
-        const vec<float, 2> first = at[s];
-        const vec<float, 2> second = at[s ^ 1];
-        const vec<float, 2> lo = s == 0 ? first : second;
-        const vec<float, 2> hi = s == 0 ? second : first;
-        const float scale = inv_sum[r];
+        const vec<float, 2> first = at[sw];
+        const vec<float, 2> second = at[sw ^ 1];
+        const vec<float, 2> lo = sw == 0 ? first : second;
+        const vec<float, 2> hi = sw == 0 ? second : first;
         vec<T, 4> y;
-        y[0] = T(lo[0] * scale);
-        y[1] = T(lo[1] * scale);
-        y[2] = T(hi[0] * scale);
-        y[3] = T(hi[1] * scale);
+        y[0] = T(lo[0]);
+        y[1] = T(lo[1]);
+        y[2] = T(hi[0]);
+        y[3] = T(hi[1]);
         if (r < rows) {
             *((device vec<T, 4>*)(out + ulong(q0 + r) * stride + head) + c) = y;
         }

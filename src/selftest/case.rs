@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::shapes::{spaced_voxels, uniform, voxel_block, voxel_shell};
 use crate::ops::attention::{varlen_attention, varlen_attention_slow};
 use crate::ops::bias_act::{bias_act, bias_act_slow, Activation};
+use crate::ops::conv_order::sorted_by_mask;
 use crate::ops::c2s_skip_add::{c2s_skip_add, c2s_skip_add_slow};
 use crate::ops::deform_conv::{deform_conv2d, modulated_im2col, DeformConvConfig};
 use crate::ops::gated_residual::{gated_residual, gated_residual_slow};
@@ -360,6 +361,9 @@ pub enum Op {
     },
     /// The neighbour map of a voxel set, built on the device.
     NeighbourMap { voxels: Voxels },
+    /// The conv's voxel order of a voxel set's neighbour map, sorted in windows of `window`
+    /// voxels (`usize::MAX`: one window).
+    ConvOrder { voxels: Voxels, window: usize },
     /// `layer_norm_act` of `[rows, channels]` with affine or, with `gather`, the
     /// `gathered_layer_norm_act` of that many random rows without.
     LayerNormAct {
@@ -505,6 +509,12 @@ impl fmt::Display for Op {
                 )
             }
             Op::NeighbourMap { voxels } => write!(f, "neighbour_map voxels={voxels}"),
+            Op::ConvOrder { voxels, window } if *window == usize::MAX => {
+                write!(f, "conv_order voxels={voxels} window=all")
+            }
+            Op::ConvOrder { voxels, window } => {
+                write!(f, "conv_order voxels={voxels} window={window}")
+            }
             Op::LayerNormAct {
                 rows,
                 channels,
@@ -579,10 +589,13 @@ impl Op {
         matches!(self, Op::SparseConv { .. } | Op::Attention { .. })
     }
 
-    /// Whether a slow twin exists for the CPU to be checked against (the deformable conv's CPU
-    /// op is itself the reference).
+    /// Whether a slow twin exists for the CPU to be checked against (the deformable conv's and
+    /// the conv order's CPU ops are themselves the references).
     pub fn has_slow_twin(&self) -> bool {
-        !matches!(self, Op::DeformIm2col { .. } | Op::DeformConv { .. })
+        !matches!(
+            self,
+            Op::DeformIm2col { .. } | Op::DeformConv { .. } | Op::ConvOrder { .. }
+        )
     }
 
     /// The first seed of the op's operands by default.
@@ -601,7 +614,7 @@ impl Op {
             Op::BiasAct { .. } => 20,
             Op::GatedResidual { .. } => 22,
             Op::Linear { .. } => 27,
-            Op::NeighbourMap { .. } => 0,
+            Op::NeighbourMap { .. } | Op::ConvOrder { .. } => 0,
             Op::LayerNormAct { .. } => 40,
             Op::C2sSkipAdd { .. } => 50,
             Op::DeformIm2col { .. } | Op::DeformConv { .. } => 60,
@@ -668,6 +681,11 @@ pub enum Inputs {
     NeighbourMap {
         rows: Vec<[i32; 4]>,
         device: Device,
+    },
+    ConvOrder {
+        /// `[T, 27]` u32.
+        map: Tensor,
+        window: usize,
     },
     LayerNormAct {
         x: Tensor,
@@ -809,6 +827,10 @@ impl Inputs {
             Inputs::NeighbourMap { rows, .. } => Inputs::NeighbourMap {
                 rows: rows.clone(),
                 device: device.clone(),
+            },
+            Inputs::ConvOrder { map, window } => Inputs::ConvOrder {
+                map: f(map)?,
+                window: *window,
             },
             Inputs::LayerNormAct {
                 x,
@@ -1104,6 +1126,15 @@ impl Case {
                 rows: voxels.rows(),
                 device: cpu,
             },
+            &Op::ConvOrder { ref voxels, window } => {
+                use crate::ops::neighbour_map::{batch_ranges, neighbour_rows};
+                let rows = voxels.rows();
+                let map = neighbour_rows(&rows, &batch_ranges(&rows)?)?;
+                Inputs::ConvOrder {
+                    map: Tensor::from_vec(map, (rows.len(), 27), &cpu)?,
+                    window,
+                }
+            }
             &Op::LayerNormAct {
                 rows: r,
                 channels: c,
@@ -1271,7 +1302,12 @@ impl Case {
                 let bias_act = if slow { bias_act_slow } else { bias_act };
                 bias_act(x, bias, *act)
             }
-            Inputs::Linear { .. } | Inputs::NeighbourMap { .. } if slow => no_twin(),
+            Inputs::Linear { .. } | Inputs::NeighbourMap { .. } | Inputs::ConvOrder { .. }
+                if slow =>
+            {
+                no_twin()
+            }
+            Inputs::ConvOrder { map, window } => sorted_by_mask(map, *window),
             Inputs::Linear {
                 x,
                 weight,
@@ -1424,6 +1460,9 @@ impl Case {
             Inputs::Linear { x, weight, .. } => Work::Flops(2.0 * elems(x) * weight.dim(0)? as f64),
             Inputs::GatedResidual { x, .. } => Work::Bytes(3.0 * elems(x) * size),
             Inputs::NeighbourMap { rows, .. } => Work::Bytes((rows.len() * 27 * 4) as f64),
+            // The map read once; per radix pass (4 for one window) an item's id and mask read
+            // twice and its id written.
+            Inputs::ConvOrder { map, .. } => Work::Bytes((map.dim(0)? * (27 * 4 + 4 * 20)) as f64),
             Inputs::LayerNormAct { x, rows, .. } => {
                 let out = match rows {
                     Some(r) => r.elem_count() * x.dim(1)?,

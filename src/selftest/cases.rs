@@ -41,6 +41,7 @@ pub fn cases() -> Vec<Case> {
         throughput(),
         sparse_conv(),
         neighbour_map(),
+        conv_order(),
         norms(),
         elementwise(),
         deformable(),
@@ -166,6 +167,9 @@ fn throughput() -> Vec<Case> {
         ),
         (Bench, gated(&[0, 600, 600, 1000], 1536), DTYPES, ROUNDED),
         (Bench, map(levels), U32, EXACT),
+        // The decoders' order at 1.2 M voxels, CUDA's and Metal's default window for 256-byte
+        // rows (128 channels of f16).
+        (Bench, order(surface(0, 236.0), 131_072), U32, EXACT),
         // BiRefNet's deformable sampling at a 64² map (f32 only; no slow twin, so GPUs only).
         (Bench, im2col([1, 64, 64, 64], 3, 3.0), F32, ROUNDED),
     ])
@@ -292,6 +296,25 @@ fn neighbour_map() -> Vec<Case> {
         (Small, map(mixed), U32, EXACT),
         (Small, map(scatter), U32, EXACT),
         (Large, map(far), U32, EXACT),
+    ])
+}
+
+/// The conv's voxel order (GPUs only: the CPU op is the reference): windows below, at and past
+/// a threadgroup's run of items, ragged last windows, one window, and a set whose masks are all
+/// equal (stability: the order is the identity).
+fn conv_order() -> Vec<Case> {
+    let shell = surface(0, 28.0); // 17 k voxels: 17 threadgroups of 1024 items a pass
+    table([
+        (Small, order(Voxels::Empty, 7), U32, EXACT),
+        (Small, order(Voxels::One([0, 3, 3, 3]), 1), U32, EXACT),
+        (Small, order(shell.clone(), 1), U32, EXACT),
+        (Small, order(shell.clone(), 7), U32, EXACT),
+        (Small, order(shell.clone(), 1000), U32, EXACT),
+        (Small, order(shell.clone(), 3000), U32, EXACT),
+        (Small, order(shell.clone(), 16_384), U32, EXACT),
+        (Small, order(shell, usize::MAX), U32, EXACT),
+        (Small, order(Voxels::Spaced(5003), 4096), U32, EXACT),
+        (Large, order(surface(0, 120.0), 16_384), U32, EXACT),
     ])
 }
 
@@ -681,6 +704,10 @@ fn surface(batch: i32, radius: f32) -> Voxels {
 
 fn map(voxels: Voxels) -> Op {
     Op::NeighbourMap { voxels }
+}
+
+fn order(voxels: Voxels, window: usize) -> Op {
+    Op::ConvOrder { voxels, window }
 }
 
 fn attention(q: &[usize], kv: Option<&[usize]>, heads: usize, head_dim: usize) -> Op {

@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn selftest_bench_cases_cover_every_metal_kernel() {
         type IsOp = fn(&Op) -> bool;
-        let families: [(&str, IsOp); 8] = [
+        let families: [(&str, IsOp); 9] = [
             ("attention_", |op| matches!(op, Op::Attention { .. })),
             ("sparse_conv_", |op| matches!(op, Op::SparseConv { .. })),
             ("deform_im2col_", |op| matches!(op, Op::DeformIm2col { .. })),
@@ -326,6 +326,7 @@ mod tests {
                 matches!(op, Op::GatedResidual { .. })
             }),
             ("neighbour_", |op| matches!(op, Op::NeighbourMap { .. })),
+            ("conv_order_", |op| matches!(op, Op::ConvOrder { .. })),
             ("layer_norm_modulate_", |op| {
                 matches!(op, Op::LayerNormModulate { .. })
             }),

@@ -463,6 +463,87 @@ fn non_uniform_simdgroup_matrix_arguments_abort() {
     }
 }
 
+/// thread_elements(): lane l reads its pair of A (A[r][c] = 8r + c) in Apple's layout, doubles
+/// it in place, and the matrix multiplied by the identity and stored shows the doubled matrix
+/// (the pairs gathered back); out[64 + 2l + i] is what lane l saw.
+const ELEMENTS: &str = r#"
+#include <metal_stdlib>
+using namespace metal;
+template <typename T>
+kernel void elements(device T* out [[buffer(0)]], threadgroup T* tile [[threadgroup(0)]],
+                     uint tid [[thread_index_in_threadgroup]], uint lane [[thread_index_in_simdgroup]]) {
+    for (uint i = tid; i < 64; i += 32) {
+        tile[i] = T(i);
+        tile[64 + i] = T(i / 8 == i % 8 ? 1.0f : 0.0f);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    simdgroup_matrix<T, 8, 8> a;
+    simdgroup_matrix<T, 8, 8> eye;
+    simdgroup_load(a, tile, 8);
+    simdgroup_load(eye, tile + 64, 8);
+    thread vec<T, 2>& mine = a.thread_elements();
+    out[64 + 2 * lane] = mine[0];
+    out[64 + 2 * lane + 1] = mine[1];
+    mine[0] = mine[0] * T(2.0f);
+    a.thread_elements()[1] *= T(2.0f);
+    simdgroup_matrix<T, 8, 8> p;
+    simdgroup_multiply(p, a, eye);
+    simdgroup_store(p, out, 8);
+}
+template [[host_name("elements")]] kernel void elements<float>(device float* out [[buffer(0)]],
+    threadgroup float* tile [[threadgroup(0)]], uint tid [[thread_index_in_threadgroup]],
+    uint lane [[thread_index_in_simdgroup]]);
+"#;
+
+/// The layout and the round trip of thread_elements(), and what Apple's compiler rejects:
+/// simdgroup matrices that are not 8x8 or not of float, half or bfloat, and the pair taken as
+/// another vector type.
+#[test]
+fn thread_elements_follow_apples_layout() {
+    let emu = accepts("elements_ok", ELEMENTS, Config::MSL31);
+    let out = emu
+        .run(
+            &[vec![0; 128 * 4]],
+            &[dispatch("elements", 32, vec![(0, Slot::Buffer(0))], vec![512])],
+        )
+        .unwrap();
+    let got = floats(&out[0]);
+    for lane in 0..32 {
+        let q = lane / 4;
+        let row = (q & 4) + (lane / 2) % 4;
+        let col = (q & 2) * 2 + (lane % 2) * 2;
+        for i in 0..2 {
+            assert_eq!(got[64 + 2 * lane + i], (8 * row + col + i) as f32, "lane {lane}");
+        }
+    }
+    for (i, &v) in got[..64].iter().enumerate() {
+        assert_eq!(v, 2.0 * i as f32, "element {i}");
+    }
+    let cases = [
+        (
+            "elements_4x4",
+            "simdgroup_matrix<T, 8, 8> a;",
+            "simdgroup_matrix<T, 4, 4> a;",
+            "8x8",
+        ),
+        (
+            "elements_int",
+            "simdgroup_matrix<T, 8, 8> p;",
+            "simdgroup_matrix<int, 8, 8> q; q.thread_elements()[0] = 1;\n    simdgroup_matrix<T, 8, 8> p;",
+            "float, half or bfloat",
+        ),
+        (
+            "elements_vec4",
+            "thread vec<T, 2>& mine",
+            "thread vec<T, 4>& mine",
+            "vec<float, 4>",
+        ),
+    ];
+    for (name, from, to, needle) in cases {
+        rejects(name, &with(ELEMENTS, from, to), Config::MSL31, &[needle]);
+    }
+}
+
 // ---------------------------------------------------------------------------- fast math
 
 const TRANSCENDENTALS: &str = r#"

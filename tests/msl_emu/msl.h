@@ -19,12 +19,17 @@
 //   in braces is an error through -Werror=narrowing); bfloat exists only when __HAVE_BFLOAT__ is
 //   defined (MSL 3.1) and, as in Metal, converts implicitly to float only: float/int -> bfloat and
 //   half <-> bfloat need an explicit cast;
-// - simdgroup_matrix<T, Cols, Rows>: the whole matrix lives in lane 0's copy, and only lane 0
-//   loads, multiplies and stores (the other lanes' copies are never read): MSL requires these
-//   calls to be simdgroup-uniform, which the driver checks at the next rendezvous from a
-//   fingerprint of every lane's arguments (pointer, stride, origin, transpose; for a multiply
-//   the operands' fingerprints). Kernels never see the per-lane layout (no thread_elements());
-//   a multiply may take half or bfloat operands with float accumulators (mixed precision);
+// - simdgroup_matrix<T, 8, 8> (T float, half or bfloat, as in Metal): the whole matrix lives in
+//   lane 0's copy, and only lane 0 loads, multiplies and stores: MSL requires these calls to be
+//   simdgroup-uniform, which the driver checks at the next rendezvous from a fingerprint of
+//   every lane's arguments (pointer, stride, origin, transpose; for a multiply the operands'
+//   fingerprints). thread_elements() gives each lane its two elements in Apple's layout (lane l:
+//   row (l / 4 & 4) + (l / 2 % 4), columns (l / 4 & 2) * 2 + (l % 2) * 2 and the next one, as
+//   MLX's steel BaseMMAFrag::get_coord): the first call after lane 0 wrote the matrix copies
+//   each lane's pair from lane 0's copy into its own (a rendezvous: all 32 lanes must call it,
+//   as they must call the other matrix functions here), and the next load, store or multiply
+//   that reads the matrix gathers the pairs back into lane 0's copy (another rendezvous). A
+//   multiply may take half or bfloat operands with float accumulators (mixed precision);
 // - simd_sum/max/min/prefix sums/shuffles/ballot and simdgroup_barrier: real rendezvous of 32
 //   lanes;
 // - device atomics (atomic_uint: compare_exchange_weak, load, store, fetch_add, fetch_min;
@@ -598,13 +603,67 @@ inline simd_vote simd_ballot(bool x) {
 }
 
 // ---------------------------------------------------------------- simdgroup_matrix
-// MSL's simdgroup_matrix<T, Cols, Rows>; element (row r, column c) is e[r][c], in lane 0's copy.
-// `fingerprint` says how this lane's copy was made; it is the same on every lane of a uniform
-// program.
+namespace emu {
+// The row and first column of lane `lane`'s two elements of an 8x8 matrix (Apple's layout).
+inline uint fragment_row(uint lane) { return (lane / 4 & 4) + (lane / 2 % 4); }
+inline uint fragment_col(uint lane) { return (lane / 4 & 2) * 2 + (lane % 2) * 2; }
+template <class T> inline constexpr bool matrix_element = same<T, float> || same<T, half>
+#if defined(__HAVE_BFLOAT__)
+    || same<T, bfloat>
+#endif
+    ;
+} // namespace emu
+
+// MSL's simdgroup_matrix<T, Cols, Rows>; element (row r, column c) is e[r][c], in lane 0's copy
+// unless `distributed` (then in its owner lane's copy, see thread_elements). `fingerprint` says
+// how this lane's copy was made; it is the same on every lane of a uniform program.
 template <class T, int Cols, int Rows> struct simdgroup_matrix {
-    T e[Rows][Cols];
+    static_assert(Cols == 8 && Rows == 8, "simdgroup_matrix: Metal has 8x8 matrices only");
+    static_assert(emu::matrix_element<T>, "simdgroup_matrix: elements are float, half or bfloat");
+    alignas(2 * sizeof(T)) T e[Rows][Cols];
     ulong fingerprint = 0;
+    bool distributed = false;
+
+    // This lane's two elements (row fragment_row(lane), columns fragment_col(lane) + 0, 1).
+    vec<T, 2>& thread_elements() {
+        const uint lane = emu::thread_index() % 32;
+        const uint r = emu::fragment_row(lane), c = emu::fragment_col(lane);
+        if (!distributed) {
+            // Lane 0's copy holds the matrix: every lane copies its pair out of it; the second
+            // rendezvous keeps lane 0 from changing its copy before every lane has read it.
+            const simdgroup_matrix* self = this;
+            const simdgroup_matrix* all[32];
+            emu::simd_exchange(&self, sizeof(self), all, "thread_elements");
+            e[r][c] = all[0]->e[r][c];
+            e[r][c + 1] = all[0]->e[r][c + 1];
+            emu::simd_exchange(nullptr, 0, nullptr, "thread_elements");
+            distributed = true;
+            fingerprint = emu::mix(fingerprint, 0x656c656du);
+        }
+        return *reinterpret_cast<vec<T, 2>*>(&e[r][c]);
+    }
 };
+
+namespace emu {
+// Before a matrix function reads `m`: if the lanes hold it (thread_elements), gather their
+// pairs into lane 0's copy. Every lane takes part (the flag is the same on all of them).
+template <class T, int Cols, int Rows> void gather(const simdgroup_matrix<T, Cols, Rows>& cm) {
+    if (!cm.distributed) return;
+    auto& m = const_cast<simdgroup_matrix<T, Cols, Rows>&>(cm);
+    const uint lane = thread_index() % 32;
+    const uint r = fragment_row(lane), c = fragment_col(lane);
+    const T mine[2] = {m.e[r][c], m.e[r][c + 1]};
+    T all[64];
+    simd_exchange(mine, sizeof(mine), all, "simdgroup_matrix gather");
+    if (lane == 0) {
+        for (uint l = 0; l < 32; ++l) {
+            m.e[fragment_row(l)][fragment_col(l)] = all[2 * l];
+            m.e[fragment_row(l)][fragment_col(l) + 1] = all[2 * l + 1];
+        }
+    }
+    m.distributed = false;
+}
+} // namespace emu
 using simdgroup_float8x8 = simdgroup_matrix<float, 8, 8>;
 using simdgroup_half8x8 = simdgroup_matrix<half, 8, 8>;
 #if defined(__HAVE_BFLOAT__)
@@ -636,6 +695,7 @@ void simdgroup_load(simdgroup_matrix<T, Cols, Rows>& d, emu::ptr<S, U> src,
     fp = emu::mix(fp, transpose);
     emu::simd_uniform("simdgroup_load", fp, file, line);
     d.fingerprint = fp;
+    d.distributed = false;
     if (emu::thread_index() % 32 != 0) return;
     const U* base = src.raw + origin.y * elements_per_row + origin.x;
     for (int r = 0; r < Rows; ++r)
@@ -655,6 +715,7 @@ void simdgroup_store(const simdgroup_matrix<T, Cols, Rows>& m, emu::ptr<S, U> ds
                      uint line = __builtin_LINE()) {
     static_assert(emu::same<U, T>, "simdgroup_store: element type mismatch");
     static_assert(!emu::same<S, emu::thread_space>, "simdgroup_store: device or threadgroup memory");
+    emu::gather(m);
     ulong fp = emu::mix(0x73746f7265ul, m.fingerprint);
     fp = emu::mix(fp, ulong(dst.raw));
     fp = emu::mix(fp, elements_per_row);
@@ -685,10 +746,14 @@ void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, M>& d, const simdgroup
                                    uint line = __builtin_LINE()) {
     static_assert((emu::same<A, T> && emu::same<B, T>) || emu::same<T, float>,
                   "simdgroup_multiply_accumulate: mixed operands need a float accumulator");
+    emu::gather(a);
+    emu::gather(b);
+    emu::gather(c);
     ulong fp = emu::mix(0x6d6d61ul, a.fingerprint);
     fp = emu::mix(fp, b.fingerprint);
     fp = emu::mix(fp, c.fingerprint);
     emu::simd_uniform("simdgroup_multiply_accumulate", fp, file, line);
+    d.distributed = false;
     if (emu::thread_index() % 32 == 0) {
         simdgroup_matrix<T, N, M> out;
         for (int r = 0; r < M; ++r)
