@@ -603,23 +603,23 @@ inline simd_vote simd_ballot(bool x) {
 }
 
 // ---------------------------------------------------------------- simdgroup_matrix
-namespace emu {
+namespace emu_sgm {
 // The row and first column of lane `lane`'s two elements of an 8x8 matrix (Apple's layout).
 inline uint fragment_row(uint lane) { return (lane / 4 & 4) + (lane / 2 % 4); }
 inline uint fragment_col(uint lane) { return (lane / 4 & 2) * 2 + (lane % 2) * 2; }
-template <class T> inline constexpr bool matrix_element = same<T, float> || same<T, half>
+template <class T> inline constexpr bool matrix_element = emu::same<T, float> || emu::same<T, half>
 #if defined(__HAVE_BFLOAT__)
-    || same<T, bfloat>
+    || emu::same<T, bfloat>
 #endif
     ;
-} // namespace emu
+} // namespace emu_sgm
 
 // MSL's simdgroup_matrix<T, Cols, Rows>; element (row r, column c) is e[r][c], in lane 0's copy
 // unless `distributed` (then in its owner lane's copy, see thread_elements). `fingerprint` says
 // how this lane's copy was made; it is the same on every lane of a uniform program.
 template <class T, int Cols, int Rows> struct simdgroup_matrix {
     static_assert(Cols == 8 && Rows == 8, "simdgroup_matrix: Metal has 8x8 matrices only");
-    static_assert(emu::matrix_element<T>, "simdgroup_matrix: elements are float, half or bfloat");
+    static_assert(emu_sgm::matrix_element<T>, "simdgroup_matrix: elements are float, half or bfloat");
     alignas(2 * sizeof(T)) T e[Rows][Cols];
     ulong fingerprint = 0;
     bool distributed = false;
@@ -627,7 +627,7 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
     // This lane's two elements (row fragment_row(lane), columns fragment_col(lane) + 0, 1).
     vec<T, 2>& thread_elements() {
         const uint lane = emu::thread_index() % 32;
-        const uint r = emu::fragment_row(lane), c = emu::fragment_col(lane);
+        const uint r = emu_sgm::fragment_row(lane), c = emu_sgm::fragment_col(lane);
         if (!distributed) {
             // Lane 0's copy holds the matrix: every lane copies its pair out of it; the second
             // rendezvous keeps lane 0 from changing its copy before every lane has read it.
@@ -644,17 +644,17 @@ template <class T, int Cols, int Rows> struct simdgroup_matrix {
     }
 };
 
-namespace emu {
+namespace emu_sgm {
 // Before a matrix function reads `m`: if the lanes hold it (thread_elements), gather their
 // pairs into lane 0's copy. Every lane takes part (the flag is the same on all of them).
 template <class T, int Cols, int Rows> void gather(const simdgroup_matrix<T, Cols, Rows>& cm) {
     if (!cm.distributed) return;
     auto& m = const_cast<simdgroup_matrix<T, Cols, Rows>&>(cm);
-    const uint lane = thread_index() % 32;
+    const uint lane = emu::thread_index() % 32;
     const uint r = fragment_row(lane), c = fragment_col(lane);
     const T mine[2] = {m.e[r][c], m.e[r][c + 1]};
     T all[64];
-    simd_exchange(mine, sizeof(mine), all, "simdgroup_matrix gather");
+    emu::simd_exchange(mine, sizeof(mine), all, "simdgroup_matrix gather");
     if (lane == 0) {
         for (uint l = 0; l < 32; ++l) {
             m.e[fragment_row(l)][fragment_col(l)] = all[2 * l];
@@ -663,7 +663,7 @@ template <class T, int Cols, int Rows> void gather(const simdgroup_matrix<T, Col
     }
     m.distributed = false;
 }
-} // namespace emu
+} // namespace emu_sgm
 using simdgroup_float8x8 = simdgroup_matrix<float, 8, 8>;
 using simdgroup_half8x8 = simdgroup_matrix<half, 8, 8>;
 #if defined(__HAVE_BFLOAT__)
@@ -715,7 +715,7 @@ void simdgroup_store(const simdgroup_matrix<T, Cols, Rows>& m, emu::ptr<S, U> ds
                      uint line = __builtin_LINE()) {
     static_assert(emu::same<U, T>, "simdgroup_store: element type mismatch");
     static_assert(!emu::same<S, emu::thread_space>, "simdgroup_store: device or threadgroup memory");
-    emu::gather(m);
+    emu_sgm::gather(m);
     ulong fp = emu::mix(0x73746f7265ul, m.fingerprint);
     fp = emu::mix(fp, ulong(dst.raw));
     fp = emu::mix(fp, elements_per_row);
@@ -746,9 +746,9 @@ void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, M>& d, const simdgroup
                                    uint line = __builtin_LINE()) {
     static_assert((emu::same<A, T> && emu::same<B, T>) || emu::same<T, float>,
                   "simdgroup_multiply_accumulate: mixed operands need a float accumulator");
-    emu::gather(a);
-    emu::gather(b);
-    emu::gather(c);
+    emu_sgm::gather(a);
+    emu_sgm::gather(b);
+    emu_sgm::gather(c);
     ulong fp = emu::mix(0x6d6d61ul, a.fingerprint);
     fp = emu::mix(fp, b.fingerprint);
     fp = emu::mix(fp, c.fingerprint);
