@@ -22,8 +22,8 @@ use trellis2::ops::metal::elementwise_plan::{
     bias_act_dispatch, gated_residual_dispatch, vectorizable,
 };
 use trellis2::ops::metal::kargs::{
-    AttentionArgs, BiasActArgs, ConvOrderArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs, NeighbourArgs,
-    NormModulateArgs, RmsRopeArgs, SparseConvArgs,
+    AttentionArgs, BiasActArgs, ConvOrderArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs,
+    NeighbourArgs, NormModulateArgs, RmsRopeArgs, SparseConvArgs,
 };
 use trellis2::ops::metal::neighbour_plan::neighbour_plan;
 use trellis2::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
@@ -629,8 +629,12 @@ fn emulate_conv_order_with_stats(
     ];
     let dispatch = |d: &trellis2::ops::metal::dispatch::Dispatch<_>, slots: Vec<Slot>| {
         let mut e = emu_dispatch(d, 0);
-        e.slots
-            .extend(slots.into_iter().enumerate().map(|(i, s)| (i as u32 + 1, s)));
+        e.slots.extend(
+            slots
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (i as u32 + 1, s)),
+        );
         e
     };
     let mut dispatches = vec![dispatch(
@@ -686,25 +690,44 @@ fn conv_order_matches_the_host_sort_at_the_edges() {
     let equal = vec![trellis2::ops::vocab::ABSENT; 3001 * 27];
     // Voxel v's mask counts down: every pass moves every item.
     let descending: Vec<u32> = (0..2053u32)
-        .flat_map(|v| (0..27u32).map(move |k| if (2052 - v) >> (k % 12) & 1 == 1 { 0 } else { u32::MAX }))
+        .flat_map(|v| {
+            (0..27u32).map(move |k| {
+                if (2052 - v) >> (k % 12) & 1 == 1 {
+                    0
+                } else {
+                    u32::MAX
+                }
+            })
+        })
         .collect();
     let mut worst = 0;
     for (name, map, windows) in [
-        ("shell", &shell, &[1, 255, 256, 1023, 1024, 1025, 2500, 5986, n][..]),
+        (
+            "shell",
+            &shell,
+            &[1, 255, 256, 1023, 1024, 1025, 2500, 5986, n][..],
+        ),
         ("equal", &equal, &[1, 1000, 3001][..]),
         ("descending", &descending, &[13, 2053][..]),
     ] {
         let rows = map.len() / 27;
         let tensor = Tensor::from_vec(map.clone(), (rows, 27), &Device::Cpu).unwrap();
         for &window in windows {
-            let want = sorted_by_mask(&tensor, window).unwrap().to_vec1::<u32>().unwrap();
+            let want = sorted_by_mask(&tensor, window)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
             let (got, stats) = emulate_conv_order_with_stats(&emu, &tensor, window, true).unwrap();
             assert_eq!(got, want, "{name}: window {window} of {rows}");
             if name == "equal" {
                 assert!(got.iter().enumerate().all(|(i, &v)| v as usize == i));
             }
             for (kernel, s) in &stats {
-                assert!(s.all.max <= 1, "{kernel}: {}-way ({name}, window {window})", s.all.max);
+                assert!(
+                    s.all.max <= 1,
+                    "{kernel}: {}-way ({name}, window {window})",
+                    s.all.max
+                );
                 worst = worst.max(s.all.max);
             }
         }

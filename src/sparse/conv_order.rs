@@ -75,14 +75,14 @@ mod tests {
         assert_eq!(conv_sort_window(&cpu, 1 << 20, 256, ConvSort::Full), None);
         assert_eq!(gpu_sort_window(4095, 256, ConvSort::Auto), None);
         assert_eq!(gpu_sort_window(4096, 256, ConvSort::Off), None);
-        assert_eq!(
-            gpu_sort_window(1 << 20, 256, ConvSort::Auto),
-            Some(131_072)
-        );
+        assert_eq!(gpu_sort_window(1 << 20, 256, ConvSort::Auto), Some(131_072));
         assert_eq!(
             gpu_sort_window(1 << 20, 256, ConvSort::Full),
             Some(usize::MAX)
         );
-        assert_eq!(gpu_sort_window(1 << 20, 256, ConvSort::Window(64)), Some(64));
+        assert_eq!(
+            gpu_sort_window(1 << 20, 256, ConvSort::Window(64)),
+            Some(64)
+        );
     }
 }

@@ -504,7 +504,12 @@ fn thread_elements_follow_apples_layout() {
     let out = emu
         .run(
             &[vec![0; 128 * 4]],
-            &[dispatch("elements", 32, vec![(0, Slot::Buffer(0))], vec![512])],
+            &[dispatch(
+                "elements",
+                32,
+                vec![(0, Slot::Buffer(0))],
+                vec![512],
+            )],
         )
         .unwrap();
     let got = floats(&out[0]);
@@ -513,7 +518,11 @@ fn thread_elements_follow_apples_layout() {
         let row = (q & 4) + (lane / 2) % 4;
         let col = (q & 2) * 2 + (lane % 2) * 2;
         for i in 0..2 {
-            assert_eq!(got[64 + 2 * lane + i], (8 * row + col + i) as f32, "lane {lane}");
+            assert_eq!(
+                got[64 + 2 * lane + i],
+                (8 * row + col + i) as f32,
+                "lane {lane}"
+            );
         }
     }
     for (i, &v) in got[..64].iter().enumerate() {

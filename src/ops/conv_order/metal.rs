@@ -71,7 +71,11 @@ pub(crate) fn conv_order(
         )?;
     }
     let [even, odd] = items;
-    let sorted = if plan.passes.len() % 2 == 1 { even } else { odd };
+    let sorted = if plan.passes.len() % 2 == 1 {
+        even
+    } else {
+        odd
+    };
     Ok((
         MetalStorage::new(sorted, device.clone(), n, DType::U32),
         Shape::from(n),

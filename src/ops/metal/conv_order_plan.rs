@@ -117,7 +117,10 @@ mod tests {
     fn passes_alternate_and_the_first_reads_voxel_ids() {
         let plan = conv_order_plan(1_200_000, 131_072).unwrap().unwrap();
         assert_eq!(plan.passes.len(), 4);
-        assert_eq!(plan.hist_len, RADIX * plan.passes[0].histogram.threadgroups[0] as usize);
+        assert_eq!(
+            plan.hist_len,
+            RADIX * plan.passes[0].histogram.threadgroups[0] as usize
+        );
         assert!(plan.passes[0].histogram.threadgroups[0] as usize <= MAX_SORT_BLOCKS);
         for (p, pass) in plan.passes.iter().enumerate() {
             assert_eq!(pass.scatter.args.shift, 8 * p as u32);

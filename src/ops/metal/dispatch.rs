@@ -834,8 +834,8 @@ mod tests {
     #[test]
     fn sorted_shell_tiles_skip_taps() {
         use crate::ops::conv_order::sorted_by_mask;
-        use crate::sparse::conv_order::default_sort_window;
         use crate::ops::neighbour_map::{batch_ranges, neighbour_rows};
+        use crate::sparse::conv_order::default_sort_window;
         use candle_core::{Device, Tensor};
         for (side, radius) in [(64, 28.0), (128, 58.0), (520, 256.0)] {
             let rows = crate::selftest::shapes::voxel_shell(0, side, radius, 0.87);
@@ -955,10 +955,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(
-            attention_threadgroup_memory(64, DType::F16).unwrap(),
-            9_216
-        );
+        assert_eq!(attention_threadgroup_memory(64, DType::F16).unwrap(), 9_216);
         assert_eq!(
             attention_threadgroup_memory(128, DType::BF16).unwrap(),
             16_896
