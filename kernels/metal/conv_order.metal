@@ -2,7 +2,7 @@
 // (window, neighbour mask), window = v / window_size. The CPU reference is the host sort of
 // src/ops/conv_order/mod.rs (`sort_by_mask`: within runs of `window` consecutive voxels, sort by
 // (mask, voxel)), which tests/metal_emu.rs compares with word for word; kernels/cuda/conv_order.cu
-// is the same method with the same plan (src/ops/conv_order/plan.rs), so both backends build one
+// is the same method with the same plan (src/ops/vocab.rs `conv_sort`), so both backends build one
 // order for any window `sparse::conv_order::conv_sort_window` picks.
 //
 // Dispatches (src/ops/metal/conv_order_plan.rs), in order on one command stream:

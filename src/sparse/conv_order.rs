@@ -29,7 +29,7 @@ pub fn default_sort_window(row_bytes: usize) -> usize {
 /// `row_bytes` bytes under the setting `sort`, or `None` for the voxels' own order: on the CPU
 /// (whose conv tiles in voxel order), below [`SORT_MIN_ROWS`] voxels, or with `off`. CUDA takes
 /// `full` (one window), a given window or, by default, [`default_sort_window`]; Metal takes the
-/// same (both build the order with one radix-sort plan, `ops::conv_order::plan`).
+/// same (both build the order with one radix-sort plan, `ops::vocab::conv_sort`).
 pub fn conv_sort_window(
     device: &Device,
     rows: usize,

@@ -10,7 +10,7 @@ use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 use crate::ops::cuda::{output, span, CONV_ORDER};
 use crate::ops::vocab::TAPS;
 
-use super::plan::{sort_plan, RADIX, RADIX_BITS, SORT_THREADS};
+use crate::ops::vocab::conv_sort::{sort_plan, RADIX, RADIX_BITS, SORT_THREADS};
 
 /// Threads of the one-block scan (`SCAN_THREADS`).
 const SCAN_THREADS: u32 = 1024;

@@ -5,7 +5,7 @@
 //!
 //! One definition, three builders. The order is a custom op on the `[T,27]` map: its CPU forward
 //! is the host sort below, the reference that the GPU radix sorts (`kernels/cuda/conv_order.cu`,
-//! `kernels/metal/conv_order.metal`, one plan: [`plan`]) must equal word for word, for any
+//! `kernels/metal/conv_order.metal`, one plan: `ops::vocab::conv_sort`) must equal word for word, for any
 //! window, on the map's device (the map never leaves it).
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
@@ -18,7 +18,6 @@ use crate::ops::vocab::{ABSENT, TAPS};
 mod cuda;
 #[cfg(feature = "metal")]
 mod metal;
-pub mod plan;
 
 /// Each voxel's neighbour-presence mask (bit k: tap k present) from a `[T,27]` map.
 fn masks(map: &[u32]) -> Vec<u32> {

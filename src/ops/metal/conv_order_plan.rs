@@ -1,11 +1,11 @@
 //! Dispatch plan of the conv's voxel order on Metal (kernels/metal/conv_order.metal): a mask
 //! dispatch, then per radix pass a histogram, a one-threadgroup scan and a scatter, with the
-//! passes and blocks of the sort plan CUDA uses (`ops::conv_order::plan`). Backend-free, so the
+//! passes and blocks of the sort plan CUDA uses (`ops::vocab::conv_sort`). Backend-free, so the
 //! emulator runs these plans.
 
 use super::dispatch::{Dispatch, Work};
 pub use super::kargs::ConvOrderArgs;
-use crate::ops::conv_order::plan::{sort_plan, RADIX, RADIX_BITS, SORT_THREADS};
+use crate::ops::vocab::conv_sort::{sort_plan, RADIX, RADIX_BITS, SORT_THREADS};
 use candle_core::{bail, Result};
 
 /// At most this many threadgroups a pass: about three per GPU core of the largest Apple GPUs
