@@ -143,13 +143,18 @@ fn front_gaussian_wins_by_the_closed_form_mix() {
 fn opaque_stack_stops_at_the_transmittance_cut_off() {
     let cam = front_camera(17, 5.0);
     let sigma = (2.0 * 5.0 / cam.focal) as f32;
-    // Three at 0.99 leave T = 1e-6 < 1e-4 after the third: it is skipped, so T stays 1e-4.
-    let parts: Vec<Splats> = (0..3)
-        .map(|k| splat([0.0, 0.0, k as f32 * 0.1], sigma, 0.999, [1.0; 3]))
+    // Five at 0.95: T = 0.05, 0.0025, 1.25e-4, then 6.25e-6 < 1e-4, so the fourth and every
+    // later one are left out and T stays 1.25e-4.
+    let parts: Vec<Splats> = (0..5)
+        .map(|k| splat([0.0, 0.0, k as f32 * 0.1], sigma, 0.95, [1.0; 3]))
         .collect();
     let f = render(&Scene::Splats(join(&parts)), &cam, &unlit());
     let c = 8 * 17 + 8;
-    assert!((f.alpha[c] - (1.0 - 1e-4)).abs() < 1e-6, "{}", f.alpha[c]);
+    assert!(
+        (f.alpha[c] - (1.0 - 1.25e-4)).abs() < 1e-6,
+        "{}",
+        f.alpha[c]
+    );
 }
 
 /// A binary little-endian 3DGS PLY with SH degree 1 (INRIA's channel-major `f_rest`).
@@ -160,7 +165,12 @@ fn write_degree1_ply(path: &Path, dc: [f32; 3], rest: [[f32; 3]; 3], sigma: f32)
         .collect();
     names.extend((0..3).map(|k| format!("f_dc_{k}")));
     names.extend((0..9).map(|k| format!("f_rest_{k}")));
-    names.extend(["opacity".into(), "scale_0".into(), "scale_1".into(), "scale_2".into()]);
+    names.extend([
+        "opacity".into(),
+        "scale_0".into(),
+        "scale_1".into(),
+        "scale_2".into(),
+    ]);
     names.extend((0..4).map(|k| format!("rot_{k}")));
     let mut out = String::from("ply\nformat binary_little_endian 1.0\nelement vertex 1\n");
     for n in &names {
@@ -196,7 +206,10 @@ fn inria_ply_with_sh_degree_one_is_evaluated_along_the_view_direction() {
     let opacity = 1.0 / (1.0 + (-6.0f32).exp());
     let c1 = 0.488_602_5f32;
     // Seen from +Z (direction −Z) and from +X (direction −X).
-    for (eye, d) in [([0.0, 0.0, 5.0], [0.0, 0.0, -1.0]), ([5.0, 0.0, 0.0], [-1.0, 0.0, 0.0])] {
+    for (eye, d) in [
+        ([0.0, 0.0, 5.0], [0.0, 0.0, -1.0]),
+        ([5.0, 0.0, 0.0], [-1.0, 0.0, 0.0]),
+    ] {
         let cam = Camera::look_at(eye, [0.0; 3], [0.0, 1.0, 0.0], 40.0, 33, 33);
         let f = render(&scene, &cam, &unlit());
         let [x, y, z]: [f32; 3] = d;
@@ -205,7 +218,10 @@ fn inria_ply_with_sh_degree_one_is_evaluated_along_the_view_direction() {
                 - c1 * x * rest[2][ch])
                 .max(0.0);
             let got = f.color[16 * 33 + 16][ch] / f.alpha[16 * 33 + 16];
-            assert!((got - want).abs() < 1e-4, "eye {eye:?} ch {ch}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-4,
+                "eye {eye:?} ch {ch}: {got} vs {want}"
+            );
         }
         assert!((f.alpha[16 * 33 + 16] - opacity.min(0.99)).abs() < 1e-5);
     }
@@ -242,14 +258,24 @@ fn textured_quad_is_perspective_correct() {
         texture: Some(texture.clone()),
         ..Default::default()
     };
-    let cam = Camera::look_at([0.0, 0.5, 4.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], 50.0, 64, 64);
+    let cam = Camera::look_at(
+        [0.0, 0.5, 4.0],
+        [0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+        50.0,
+        64,
+        64,
+    );
     let f = render(&Scene::Mesh(mesh), &cam, &unlit());
     let [cx, cy] = cam.centre();
     let mut checked = 0;
     let mut affine_far = 0;
     for j in 0..64 {
         for i in 0..64 {
-            let (u, v) = ((f64::from(i) + 0.5 - cx) / cam.focal, (f64::from(j) + 0.5 - cy) / cam.focal);
+            let (u, v) = (
+                (f64::from(i) + 0.5 - cx) / cam.focal,
+                (f64::from(j) + 0.5 - cy) / cam.focal,
+            );
             let d: [f64; 3] =
                 std::array::from_fn(|k| cam.forward[k] + u * cam.right[k] + v * cam.down[k]);
             let (s, t) = ray_plane(cam.eye, d, p0, e1, e2);
@@ -260,7 +286,10 @@ fn textured_quad_is_perspective_correct() {
             assert_eq!(f.alpha[k], 1.0, "pixel ({i}, {j}) covered");
             let want = texture.sample([s as f32, t as f32]).map(linear_to_srgb);
             for ch in 0..3 {
-                assert!((f.color[k][ch] - want[ch]).abs() < 2e-3, "({i}, {j}) ch {ch}");
+                assert!(
+                    (f.color[k][ch] - want[ch]).abs() < 2e-3,
+                    "({i}, {j}) ch {ch}"
+                );
             }
             checked += 1;
             // Screen-affine interpolation would land far from t here (strong foreshortening).
@@ -276,7 +305,10 @@ fn textured_quad_is_perspective_correct() {
         }
     }
     assert!(checked > 500, "{checked}");
-    assert!(affine_far > 100, "the case tells perspective from affine: {affine_far}");
+    assert!(
+        affine_far > 100,
+        "the case tells perspective from affine: {affine_far}"
+    );
 }
 
 #[test]
@@ -293,7 +325,10 @@ fn vertex_coloured_triangle_interpolates_in_linear_light() {
     let pixel = |x: f64, y: f64| {
         let q = cam.to_view([x, y, 0.0]);
         let [cx, cy] = cam.centre();
-        ((cam.focal * q[0] / q[2] + cx) as usize, (cam.focal * q[1] / q[2] + cy) as usize)
+        (
+            (cam.focal * q[0] / q[2] + cx) as usize,
+            (cam.focal * q[1] / q[2] + cy) as usize,
+        )
     };
     let (i, j) = pixel(0.0, -1.0 / 3.0);
     // The pixel centre's own weights (not exactly the centroid's).
@@ -321,10 +356,14 @@ fn vertex_coloured_triangle_interpolates_in_linear_light() {
         },
     );
     let c = 32 * 64 + 32;
-    let pc = [(32.5 - cx) / cam.focal * 4.0, -(32.5 - cy) / cam.focal * 4.0];
+    let pc = [
+        (32.5 - cx) / cam.focal * 4.0,
+        -(32.5 - cy) / cam.focal * 4.0,
+    ];
     let cos = 4.0 / (pc[0] * pc[0] + pc[1] * pc[1] + 16.0f64).sqrt();
     let factor = 0.3 + 0.7 * cos as f32;
-    let unlit_lin = f.color[c].map(|v| trellis2::export::color::srgb_to_linear(f64::from(v)) as f32);
+    let unlit_lin =
+        f.color[c].map(|v| trellis2::export::color::srgb_to_linear(f64::from(v)) as f32);
     for ch in 0..3 {
         assert!((lit.color[c][ch] - linear_to_srgb(unlit_lin[ch] * factor)).abs() < 2e-3);
     }
@@ -354,7 +393,14 @@ fn backgrounds_compose_premultiplied_colour() {
 
 #[test]
 fn contact_sheet_puts_views_in_rows_of_four() {
-    for (views, grid) in [(1, (1, 1)), (3, (3, 1)), (4, (4, 1)), (5, (4, 2)), (8, (4, 2)), (9, (4, 3))] {
+    for (views, grid) in [
+        (1, (1, 1)),
+        (3, (3, 1)),
+        (4, (4, 1)),
+        (5, (4, 2)),
+        (8, (4, 2)),
+        (9, (4, 3)),
+    ] {
         let orbit = Orbit {
             views,
             size: 4,
@@ -398,14 +444,20 @@ fn contact_sheet_puts_views_in_rows_of_four() {
 fn busy_scenes() -> (Scene, Scene) {
     let mut state = 12345u64;
     let mut rnd = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) as f32) / (1u64 << 31) as f32
     };
     let mut s = Splats::default();
     let n = 3000;
     for _ in 0..n {
         s.positions.push([rnd() - 0.5, rnd() - 0.5, rnd() - 0.5]);
-        s.scales.push([0.01 + 0.05 * rnd(), 0.01 + 0.05 * rnd(), 0.005 + 0.02 * rnd()]);
+        s.scales.push([
+            0.01 + 0.05 * rnd(),
+            0.01 + 0.05 * rnd(),
+            0.005 + 0.02 * rnd(),
+        ]);
         let q = [rnd() - 0.5, rnd() - 0.5, rnd() - 0.5, rnd() - 0.5];
         let l = q.iter().map(|v| v * v).sum::<f32>().sqrt();
         s.rotations.push(q.map(|v| v / l));
@@ -419,7 +471,11 @@ fn busy_scenes() -> (Scene, Scene) {
         }
         m.triangles.push([3 * t, 3 * t + 1, 3 * t + 2]);
     }
-    m.colors = Some((0..m.positions.len()).map(|_| [rnd(), rnd(), rnd()]).collect());
+    m.colors = Some(
+        (0..m.positions.len())
+            .map(|_| [rnd(), rnd(), rnd()])
+            .collect(),
+    );
     (Scene::Splats(s), Scene::Mesh(m))
 }
 
@@ -454,7 +510,9 @@ fn output_does_not_depend_on_the_thread_count() {
 
 #[test]
 fn psnr_and_ssim_basics() {
-    let a: Vec<[u8; 4]> = (0..32 * 32).map(|i| [(i % 256) as u8, 10, 200, 255]).collect();
+    let a: Vec<[u8; 4]> = (0..32 * 32)
+        .map(|i| [(i % 256) as u8, 10, 200, 255])
+        .collect();
     assert_eq!(psnr(&a, &a), f64::INFINITY);
     assert!((ssim(&a, &a, 32, 32) - 1.0).abs() < 1e-12);
     let mut b = a.clone();
@@ -465,7 +523,10 @@ fn psnr_and_ssim_basics() {
     // Every red and blue value off by 3 except where red saturated.
     let sat = a.iter().filter(|p| p[0] > 252).count() as f64;
     let sse = 9.0 * (2.0 * a.len() as f64 - sat)
-        + a.iter().filter(|p| p[0] > 252).map(|p| f64::from(255 - p[0]).powi(2)).sum::<f64>();
+        + a.iter()
+            .filter(|p| p[0] > 252)
+            .map(|p| f64::from(255 - p[0]).powi(2))
+            .sum::<f64>();
     let want = 10.0 * (255.0f64.powi(2) / (sse / (3.0 * a.len() as f64))).log10();
     assert!((psnr(&a, &b) - want).abs() < 1e-9);
     assert!(ssim(&a, &b, 32, 32) < 1.0);
@@ -582,10 +643,12 @@ fn measure(name: &str, asset: &Asset) -> (f64, f64) {
     )
     .unwrap();
     println!(
-        "{name}: {} voxels, {} faces: splat PSNR {:.2} dB, SSIM {:.4} ({:.1} s for 2×8 views at 512²)",
+        "{name}: {} voxels, {} faces: splat PSNR {:.2} dB (object pixels {:.2} dB), SSIM {:.4} \
+         ({:.1} s for 2×8 views at 512²)",
         asset.voxel_count(),
         asset.mesh().faces.len(),
         q.psnr_db,
+        q.psnr_object_db,
         q.ssim,
         start.elapsed().as_secs_f64()
     );
@@ -665,7 +728,16 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
     for (input, bg, channels) in [(&glb, "white", 3), (&splats, "transparent", 4)] {
         let out = dir.path().join(format!("{bg}.png"));
         let o = trellis2(&[
-            "render", &s(input), "-o", &s(&out), "--views", "5", "--size", "48", "--background", bg,
+            "render",
+            &s(input),
+            "-o",
+            &s(&out),
+            "--views",
+            "5",
+            "--size",
+            "48",
+            "--background",
+            bg,
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let img = image::open(&out).unwrap();
@@ -674,18 +746,30 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
     }
     // Bad input: exit 1, one line naming the file, no output file.
     let junk = dir.path().join("junk.ply");
-    std::fs::write(&junk, b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n").unwrap();
+    std::fs::write(
+        &junk,
+        b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n",
+    )
+    .unwrap();
     let out = dir.path().join("never.png");
     for input in [&junk, &dir.path().join("missing.glb")] {
         let o = trellis2(&["render", &s(input), "-o", &s(&out)]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.starts_with("error: ") && err.contains(&s(input)), "{err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(&s(input)),
+            "{err}"
+        );
         assert!(!out.exists());
     }
     // Usage errors: exit 2.
-    for bad in [["--size", "0"], ["--views", "65"], ["--elevation", "91"], ["--background", "pink"]] {
+    for bad in [
+        ["--size", "0"],
+        ["--views", "65"],
+        ["--elevation", "91"],
+        ["--background", "pink"],
+    ] {
         let o = trellis2(&["render", &s(&glb), "-o", &s(&out), bad[0], bad[1]]);
         assert_eq!(o.status.code(), Some(2), "{bad:?}");
         assert!(!out.exists());
@@ -723,12 +807,15 @@ fn generate_preview_and_splat_psnr_in_the_report() {
     let preview = out.join(format!("{stem}.preview.png"));
     let img = image::open(&preview).unwrap();
     assert_eq!((img.width(), img.height()), (1024, 512));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let item = &json["items"][0];
     let psnr = item["splat_psnr_db"].as_f64().expect("splat_psnr_db");
     let ssim = item["splat_ssim"].as_f64().expect("splat_ssim");
-    println!("tiny pipeline (512, 1 step, seed 3): splat PSNR {psnr:.2} dB, SSIM {ssim:.4}");
+    let object = item["splat_psnr_object_db"].as_f64().expect("object PSNR");
+    println!(
+        "tiny pipeline (512, 1 step, seed 3): splat PSNR {psnr:.2} dB (object pixels \
+         {object:.2} dB), SSIM {ssim:.4}"
+    );
     assert!(psnr > 5.0 && ssim > 0.0);
     assert!(item["outputs"]
         .as_array()

@@ -313,6 +313,7 @@ pub fn run(args: &Args) -> Result<u8> {
             decimation: None,
             splat_psnr_db: None,
             splat_ssim: None,
+            splat_psnr_object_db: None,
             outputs: outputs.clone(),
             stages: Vec::new(),
         };
@@ -335,6 +336,7 @@ pub fn run(args: &Args) -> Result<u8> {
                     if let Some(q) = preview_and_quality(args, &outputs)? {
                         item.splat_psnr_db = Some(q.psnr_db);
                         item.splat_ssim = Some(q.ssim);
+                        item.splat_psnr_object_db = Some(q.psnr_object_db);
                     }
                     Ok(g)
                 });

@@ -56,6 +56,9 @@ pub struct ItemReport {
     pub splat_psnr_db: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub splat_ssim: Option<f64>,
+    /// The same PSNR over the object's pixels only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splat_psnr_object_db: Option<f64>,
     pub outputs: Vec<PathBuf>,
     pub stages: Vec<StageReport>,
 }

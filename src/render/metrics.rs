@@ -11,17 +11,22 @@ use super::{render, Background, Frame, Orbit, RenderOptions, Scene};
 /// Peak signal-to-noise ratio in dB of two RGBA8 pictures' RGB (alpha ignored), 8-bit peak;
 /// infinite for identical pictures.
 pub fn psnr(a: &[[u8; 4]], b: &[[u8; 4]]) -> f64 {
+    psnr_where(a, b, |_| true)
+}
+
+/// PSNR over the pixels `i` with `keep(i)` only.
+pub fn psnr_where(a: &[[u8; 4]], b: &[[u8; 4]], keep: impl Fn(usize) -> bool) -> f64 {
     assert_eq!(a.len(), b.len(), "pictures of different sizes");
-    let sse: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(p, q)| {
-            (0..3)
+    let (mut sse, mut n) = (0.0f64, 0usize);
+    for (i, (p, q)) in a.iter().zip(b).enumerate() {
+        if keep(i) {
+            sse += (0..3)
                 .map(|k| (f64::from(p[k]) - f64::from(q[k])).powi(2))
-                .sum::<f64>()
-        })
-        .sum();
-    let mse = sse / (3 * a.len().max(1)) as f64;
+                .sum::<f64>();
+            n += 1;
+        }
+    }
+    let mse = sse / (3 * n.max(1)) as f64;
     if mse == 0.0 {
         f64::INFINITY
     } else {
@@ -117,6 +122,9 @@ pub struct Quality {
     pub psnr_db: f64,
     /// Mean over views of each view's SSIM.
     pub ssim: f64,
+    /// PSNR over the object's pixels only (those either render covers), which the background
+    /// does not inflate.
+    pub psnr_object_db: f64,
 }
 
 /// Compares two sets of views over `background`.
@@ -127,14 +135,17 @@ pub fn compare_views(a: &[Frame], b: &[Frame], background: Background) -> Result
         a.len(),
         b.len()
     );
-    let per_view: Vec<(f64, f64)> = a
+    let per_view: Vec<(f64, f64, f64)> = a
         .par_iter()
         .zip(b)
         .map(|(fa, fb)| {
             let (pa, pb) = (fa.to_rgba8(background), fb.to_rgba8(background));
+            let covered =
+                |i: usize| fa.alpha[i] >= OBJECT_COVERAGE || fb.alpha[i] >= OBJECT_COVERAGE;
             (
                 psnr(&pa, &pb),
                 ssim(&pa, &pb, fa.width as usize, fa.height as usize),
+                psnr_where(&pa, &pb, covered),
             )
         })
         .collect();
@@ -142,8 +153,13 @@ pub fn compare_views(a: &[Frame], b: &[Frame], background: Background) -> Result
     Ok(Quality {
         psnr_db: per_view.iter().map(|v| v.0).sum::<f64>() / n,
         ssim: per_view.iter().map(|v| v.1).sum::<f64>() / n,
+        psnr_object_db: per_view.iter().map(|v| v.2).sum::<f64>() / n,
     })
 }
+
+/// A pixel belongs to the object when a render covers at least this much of it (half an 8-bit
+/// level).
+pub const OBJECT_COVERAGE: f32 = 0.5 / 255.0;
 
 /// The views of the splat-quality measurement: 8 orbit views at 512², 20° elevation.
 pub const QUALITY_ORBIT: Orbit = Orbit {

@@ -1,5 +1,4 @@
-//! Gaussian splats by the 3DGS method (Kerbl et al. 2023, "3D Gaussian Splatting for Real-Time
-//! Radiance Field Rendering"):
+//! Gaussian splats by the 3D Gaussian Splatting (3DGS) method:
 //!
 //! * 3D covariance `Σ = R·S·Sᵀ·Rᵀ`, `S = diag(exp scale)`, `R` from the normalised quaternion
 //!   `(w, x, y, z)`;
