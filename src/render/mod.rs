@@ -1,4 +1,4 @@
-//! A CPU renderer for the outputs (docs/OUTPUTS.md, "Rendering"): meshes by rasterisation,
+//! A CPU renderer for the outputs (described in docs/OUTPUTS.md): meshes by rasterisation,
 //! Gaussian splats by the 3DGS method, orbit contact sheets, and image metrics (PSNR, SSIM)
 //! to measure how close the splats come to the mesh they were made from.
 //!
