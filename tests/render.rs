@@ -843,3 +843,72 @@ fn generate_preview_and_splat_psnr_in_the_report() {
         .iter()
         .any(|p| p.as_str().unwrap().ends_with(".preview.png")));
 }
+
+/// What the splats' size and thickness do to the PSNR (today's files, rescaled after reading):
+/// evidence for the synthesis work, run by hand with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn splat_shape_sweep() {
+    for (name, asset) in [
+        ("sphere 128", sphere_asset(128)),
+        ("torus 128", torus_asset(128)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (splat_path, glb_path) = (dir.path().join("a.splat.ply"), dir.path().join("a.glb"));
+        write_splat_ply(&splat_path, &asset, Up::Y).unwrap();
+        write_glb(&glb_path, &asset, Up::Y).unwrap();
+        let mesh = load_scene(&glb_path).unwrap();
+        let Scene::Splats(base) = load_scene(&splat_path).unwrap() else {
+            panic!("splats")
+        };
+        // Where the error is: pixels both renders cover fully (interior) against the rest.
+        let (lo, hi) = mesh.bounds().unwrap();
+        let options = RenderOptions {
+            shading: Shading::Unlit,
+            ..Default::default()
+        };
+        let splats = Scene::Splats(base.clone());
+        let (mut interior, mut rim) = (0.0, 0.0);
+        for k in 0..QUALITY_ORBIT.views {
+            let cam = QUALITY_ORBIT.camera(k, lo, hi);
+            let (a, b) = (
+                render(&mesh, &cam, &options),
+                render(&splats, &cam, &options),
+            );
+            let (pa, pb) = (a.to_rgba8(Background::White), b.to_rgba8(Background::White));
+            let full = |i: usize| a.alpha[i] >= 0.999 && b.alpha[i] >= 0.999;
+            interior += trellis2::render::metrics::psnr_where(&pa, &pb, full);
+            rim += trellis2::render::metrics::psnr_where(&pa, &pb, |i| {
+                !full(i) && (a.alpha[i] > 0.0 || b.alpha[i] > 0.0)
+            });
+        }
+        let n = f64::from(QUALITY_ORBIT.views);
+        println!(
+            "{name}: interior PSNR {:.2} dB, rim (partly covered) PSNR {:.2} dB",
+            interior / n,
+            rim / n
+        );
+        for (tangent, normal) in [
+            (1.0, 1.0),
+            (0.8, 1.0),
+            (1.25, 1.0),
+            (1.0, 3.0),
+            (0.8, 3.0),
+            (1.0, 0.3),
+        ] {
+            let mut s = base.clone();
+            for sc in &mut s.scales {
+                // scale_0, scale_1 lie in the surface, scale_2 across it (spheres: all three).
+                let flat = sc[2] < sc[0] * 0.5;
+                sc[0] *= tangent;
+                sc[1] *= tangent;
+                sc[2] *= if flat { normal } else { tangent };
+            }
+            let q = splat_quality(&mesh, &Scene::Splats(s), &QUALITY_ORBIT).unwrap();
+            println!(
+                "{name}: tangent σ ×{tangent}, normal σ ×{normal}: PSNR {:.2} dB, object {:.2} dB, SSIM {:.4}",
+                q.psnr_db, q.psnr_object_db, q.ssim
+            );
+        }
+    }
+}
