@@ -869,6 +869,10 @@ fn splat_shape_sweep() {
         };
         let splats = Scene::Splats(base.clone());
         let (mut interior, mut rim) = (0.0, 0.0);
+        // Rim coverage: pixels only the splats reach, only the mesh reaches, and the mean
+        // splat − mesh coverage over the rim.
+        let (mut splat_only, mut mesh_only, mut excess, mut rim_pixels) =
+            (0usize, 0usize, 0.0, 0usize);
         for k in 0..QUALITY_ORBIT.views {
             let cam = QUALITY_ORBIT.camera(k, lo, hi);
             let (a, b) = (
@@ -878,15 +882,28 @@ fn splat_shape_sweep() {
             let (pa, pb) = (a.to_rgba8(Background::White), b.to_rgba8(Background::White));
             let full = |i: usize| a.alpha[i] >= 0.999 && b.alpha[i] >= 0.999;
             interior += trellis2::render::metrics::psnr_where(&pa, &pb, full);
+            for i in 0..a.alpha.len() {
+                if !full(i) && (a.alpha[i] > 0.0 || b.alpha[i] > 0.0) {
+                    rim_pixels += 1;
+                    excess += f64::from(b.alpha[i] - a.alpha[i]);
+                    splat_only += usize::from(a.alpha[i] == 0.0);
+                    mesh_only += usize::from(b.alpha[i] == 0.0);
+                }
+            }
             rim += trellis2::render::metrics::psnr_where(&pa, &pb, |i| {
                 !full(i) && (a.alpha[i] > 0.0 || b.alpha[i] > 0.0)
             });
         }
         let n = f64::from(QUALITY_ORBIT.views);
         println!(
-            "{name}: interior PSNR {:.2} dB, rim (partly covered) PSNR {:.2} dB",
+            "{name}: interior PSNR {:.2} dB, rim (partly covered) PSNR {:.2} dB; rim pixels per \
+             view {}, splats only {}, mesh only {}, mean splat − mesh coverage {:.3}",
             interior / n,
-            rim / n
+            rim / n,
+            rim_pixels / 8,
+            splat_only / 8,
+            mesh_only / 8,
+            excess / rim_pixels.max(1) as f64
         );
         for (tangent, normal) in [
             (1.0, 1.0),
