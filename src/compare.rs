@@ -229,6 +229,7 @@ pub fn mesh_from_ply(ply: &PlyFile) -> Result<MeshData> {
         positions,
         indices,
         colors,
+        ..Default::default()
     })
 }
 

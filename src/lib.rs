@@ -9,6 +9,7 @@ pub mod mesh;
 pub mod models;
 pub mod ops;
 pub mod pipeline;
+pub mod render;
 pub mod rng;
 pub mod selftest;
 pub mod sparse;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli::inspect::run(&args),
         Command::Matte(args) => cli::matte::run(&args),
         Command::Compare(args) => cli::compare::run(&args),
+        Command::Render(args) => cli::render::run(&args),
         Command::Convert(args) => cli::convert::run(&args),
         Command::Download(args) => cli::download::run(&args),
         Command::Selftest(args) => cli::selftest::run(&args),

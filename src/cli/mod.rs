@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod matte;
 pub mod preprocess;
 mod progress;
+pub mod render;
 mod report;
 pub mod selftest;
 mod values;
@@ -61,6 +62,8 @@ pub enum Command {
     /// Download the model files from Hugging Face into the local cache (sizes first, resumable,
     /// hash-checked).
     Download(download::Args),
+    /// Draw a GLB, mesh PLY or Gaussian-splat PLY from views around it into one PNG (CPU).
+    Render(render::Args),
     /// Compare two safetensors, PLY or mesh files within a tolerance (exit 0 same, 1 different,
     /// 2 unreadable).
     Compare(compare::Args),

@@ -50,6 +50,15 @@ pub struct ItemReport {
     /// The GLB's decimation (`--faces`), when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decimation: Option<DecimationReport>,
+    /// Splats against the mesh (GLB, else mesh PLY) from 8 views at 512², when both were
+    /// written (`trellis2::render::metrics::splat_quality`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splat_psnr_db: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splat_ssim: Option<f64>,
+    /// The same PSNR over the object's pixels only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splat_psnr_object_db: Option<f64>,
     pub outputs: Vec<PathBuf>,
     pub stages: Vec<StageReport>,
 }

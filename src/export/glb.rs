@@ -1,4 +1,4 @@
-//! Reading glTF binaries (GLB) back into plain arrays, for `inspect` and `compare`.
+//! Reading glTF binaries (GLB) back into plain arrays, for `inspect`, `compare` and `render`.
 
 use std::path::Path;
 
@@ -12,6 +12,22 @@ pub struct MeshData {
     pub indices: Vec<u32>,
     /// Linear RGBA vertex colours, when present.
     pub colors: Option<Vec<[f32; 4]>>,
+    /// `TEXCOORD_0` per vertex, when some primitive has it (zeros for those without).
+    pub texcoords: Option<Vec<[f32; 2]>>,
+    /// The first primitive's material: `baseColorFactor` (linear RGBA).
+    pub base_color_factor: Option<[f32; 4]>,
+    /// The first primitive's material: its `baseColorTexture`, when it has one.
+    pub base_color_texture: Option<TextureImage>,
+}
+
+/// An image as the file stores it: 8-bit, `channels` (1 to 4) bytes per pixel, row-major,
+/// sRGB-encoded for a base-colour texture (glTF's rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextureImage {
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+    pub pixels: Vec<u8>,
 }
 
 impl MeshData {
@@ -50,7 +66,7 @@ pub struct GlbSummary {
 /// Reads every triangle primitive of a GLB file.
 pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (doc, buffers, _images) = gltf::import_slice(&bytes)
+    let (doc, buffers, images) = gltf::import_slice(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid glTF binary: {e}", path.display()))?;
     let mut mesh = MeshData::default();
     let mut summary = GlbSummary {
@@ -74,6 +90,8 @@ pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
         ..Default::default()
     };
     let mut any_colors = false;
+    let mut texcoords: Vec<[f32; 2]> = Vec::new();
+    let mut any_texcoords = false;
     for m in doc.meshes() {
         for prim in m.primitives() {
             summary.primitives += 1;
@@ -102,12 +120,41 @@ pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
                 }
                 None => vec![[1.0; 4]; n as usize],
             };
+            match reader.read_tex_coords(0) {
+                Some(uv) => {
+                    any_texcoords = true;
+                    texcoords.extend(uv.into_f32());
+                }
+                None => texcoords.extend(std::iter::repeat_n([0.0; 2], n as usize)),
+            }
+            if summary.primitives == 1 {
+                let pbr = prim.material().pbr_metallic_roughness();
+                mesh.base_color_factor = Some(pbr.base_color_factor());
+                if let Some(info) = pbr.base_color_texture() {
+                    let index = info.texture().source().index();
+                    let image = images.get(index).with_context(|| {
+                        format!("{}: texture image {index} is missing", path.display())
+                    })?;
+                    mesh.base_color_texture = Some(texture_image(path, image)?);
+                }
+            }
             mesh.positions.extend(positions);
             mesh.colors.get_or_insert_with(Vec::new).extend(colors);
         }
     }
     if !any_colors {
         mesh.colors = None;
+    }
+    if any_texcoords {
+        if texcoords.len() != mesh.positions.len() {
+            bail!(
+                "{}: {} texture coordinates for {} vertices",
+                path.display(),
+                texcoords.len(),
+                mesh.positions.len()
+            );
+        }
+        mesh.texcoords = Some(texcoords);
     }
     if let Some(&bad) = mesh
         .indices
@@ -121,4 +168,48 @@ pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
         );
     }
     Ok((mesh, summary))
+}
+
+/// A decoded glTF image as 8-bit channels (16-bit ones keep their high byte).
+fn texture_image(path: &Path, image: &gltf::image::Data) -> Result<TextureImage> {
+    use gltf::image::Format;
+    let (channels, wide) = match image.format {
+        Format::R8 => (1, false),
+        Format::R8G8 => (2, false),
+        Format::R8G8B8 => (3, false),
+        Format::R8G8B8A8 => (4, false),
+        Format::R16 => (1, true),
+        Format::R16G16 => (2, true),
+        Format::R16G16B16 => (3, true),
+        Format::R16G16B16A16 => (4, true),
+        other => bail!(
+            "{}: base-colour texture format {other:?} is not supported",
+            path.display()
+        ),
+    };
+    let pixels: Vec<u8> = if wide {
+        // Native-endian u16 per channel, as the decoder leaves them.
+        image
+            .pixels
+            .chunks_exact(2)
+            .map(|b| (u16::from_ne_bytes([b[0], b[1]]) >> 8) as u8)
+            .collect()
+    } else {
+        image.pixels.clone()
+    };
+    if pixels.len() != image.width as usize * image.height as usize * channels {
+        bail!(
+            "{}: texture image holds {} bytes for {}×{}×{channels}",
+            path.display(),
+            pixels.len(),
+            image.width,
+            image.height
+        );
+    }
+    Ok(TextureImage {
+        width: image.width,
+        height: image.height,
+        channels,
+        pixels,
+    })
 }

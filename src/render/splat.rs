@@ -1,0 +1,328 @@
+//! Gaussian splats by the 3D Gaussian Splatting (3DGS) method:
+//!
+//! * 3D covariance `Σ = R·S·Sᵀ·Rᵀ`, `S = diag(exp scale)`, `R` from the normalised quaternion
+//!   `(w, x, y, z)`;
+//! * 2D covariance `J·W·Σ·Wᵀ·Jᵀ`, `W` the view rotation and `J` the Jacobian of the perspective
+//!   projection at the centre (its `x/z`, `y/z` clamped to 1.3× the field of view, as 3DGS
+//!   does), plus 0.3 px² on the diagonal (the low-pass dilation);
+//! * footprint: the square of half-side `⌈3·√λ_max⌉` pixels around the projected centre (3DGS
+//!   uses it to pick tiles; here it also bounds each pixel, so the footprint does not depend on
+//!   the tiling);
+//! * opacity `sigmoid(logit)`; colour `0.5 + Σ SH(view direction)`, clamped at 0 (INRIA's
+//!   convention; degree 0–3);
+//! * front-to-back compositing in depth order (view `z`, ties by file order): a splat adds
+//!   `α = min(0.99, o·exp(−½ dᵀ Σ⁻¹ d))` unless `α < 1/255`, and a pixel stops once its
+//!   transmittance would fall below 1e-4.
+//!
+//! Splats are binned to tiles of [`TILE`]² pixels in depth order; tiles are independent, so the
+//! result does not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::camera::Camera;
+use super::Frame;
+
+/// Tile side in pixels.
+pub const TILE: usize = 16;
+/// 3DGS's low-pass filter: added to the projected covariance's diagonal, in px².
+pub const DILATION_PX2: f64 = 0.3;
+/// Contributions below this alpha are skipped.
+pub const MIN_ALPHA: f32 = 1.0 / 255.0;
+/// Alpha is clamped to this (so one splat never makes a pixel fully opaque).
+pub const MAX_ALPHA: f32 = 0.99;
+/// A pixel stops accumulating when its transmittance would fall below this.
+pub const MIN_TRANSMITTANCE: f32 = 1e-4;
+
+/// Real SH basis constants, degree 0 to 3, in 3DGS's order and signs.
+const SH_C0: f32 = 0.282_094_8;
+const SH_C1: f32 = 0.488_602_5;
+const SH_C2: [f32; 5] = [
+    1.092_548_4,
+    -1.092_548_4,
+    0.315_391_57,
+    -1.092_548_4,
+    0.546_274_2,
+];
+const SH_C3: [f32; 7] = [
+    -0.590_043_6,
+    2.890_611_4,
+    -0.457_045_8,
+    0.373_176_33,
+    -0.457_045_8,
+    1.445_305_7,
+    -0.590_043_6,
+];
+
+/// Gaussian splats, activated (scales as standard deviations, opacities in (0, 1)).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Splats {
+    pub positions: Vec<[f32; 3]>,
+    /// Standard deviations along the rotated axes (`exp` of the file's log scales).
+    pub scales: Vec<[f32; 3]>,
+    /// Unit quaternions `(w, x, y, z)`.
+    pub rotations: Vec<[f32; 4]>,
+    /// `sigmoid` of the file's logits.
+    pub opacities: Vec<f32>,
+    /// SH degree, 0 to 3.
+    pub sh_degree: u32,
+    /// Per splat `(degree + 1)²` coefficients × RGB, coefficient-major: `sh[(i·K + k)·3 + c]`.
+    pub sh: Vec<f32>,
+}
+
+impl Splats {
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    /// Coefficients per colour channel.
+    pub fn coefficients(&self) -> usize {
+        ((self.sh_degree + 1) * (self.sh_degree + 1)) as usize
+    }
+
+    /// Per-axis (min, max) of the centres.
+    pub fn bounds(&self) -> Option<([f64; 3], [f64; 3])> {
+        let mut lo = [f64::INFINITY; 3];
+        let mut hi = [f64::NEG_INFINITY; 3];
+        for p in &self.positions {
+            for k in 0..3 {
+                lo[k] = lo[k].min(f64::from(p[k]));
+                hi[k] = hi[k].max(f64::from(p[k]));
+            }
+        }
+        lo[0].is_finite().then_some((lo, hi))
+    }
+
+    /// The 3D covariance of splat `i` (upper triangle: xx, xy, xz, yy, yz, zz).
+    pub fn covariance(&self, i: usize) -> [f64; 6] {
+        let [w, x, y, z] = self.rotations[i].map(f64::from);
+        let r = [
+            [
+                1.0 - 2.0 * (y * y + z * z),
+                2.0 * (x * y - w * z),
+                2.0 * (x * z + w * y),
+            ],
+            [
+                2.0 * (x * y + w * z),
+                1.0 - 2.0 * (x * x + z * z),
+                2.0 * (y * z - w * x),
+            ],
+            [
+                2.0 * (x * z - w * y),
+                2.0 * (y * z + w * x),
+                1.0 - 2.0 * (x * x + y * y),
+            ],
+        ];
+        let s = self.scales[i].map(f64::from);
+        let m: [[f64; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| r[a][b] * s[b]));
+        let e = |a: usize, b: usize| (0..3).map(|k| m[a][k] * m[b][k]).sum::<f64>();
+        [e(0, 0), e(0, 1), e(0, 2), e(1, 1), e(1, 2), e(2, 2)]
+    }
+
+    /// Colour of splat `i` seen along the unit direction `dir` (from the camera to the splat).
+    pub fn color(&self, i: usize, dir: [f32; 3]) -> [f32; 3] {
+        let k = self.coefficients();
+        let sh = &self.sh[i * k * 3..(i + 1) * k * 3];
+        let c = |j: usize| [sh[j * 3], sh[j * 3 + 1], sh[j * 3 + 2]];
+        let mut basis = [0f32; 16];
+        basis[0] = SH_C0;
+        if self.sh_degree > 0 {
+            let [x, y, z] = dir;
+            basis[1] = -SH_C1 * y;
+            basis[2] = SH_C1 * z;
+            basis[3] = -SH_C1 * x;
+            if self.sh_degree > 1 {
+                let (xx, yy, zz) = (x * x, y * y, z * z);
+                let (xy, yz, xz) = (x * y, y * z, x * z);
+                basis[4] = SH_C2[0] * xy;
+                basis[5] = SH_C2[1] * yz;
+                basis[6] = SH_C2[2] * (2.0 * zz - xx - yy);
+                basis[7] = SH_C2[3] * xz;
+                basis[8] = SH_C2[4] * (xx - yy);
+                if self.sh_degree > 2 {
+                    basis[9] = SH_C3[0] * y * (3.0 * xx - yy);
+                    basis[10] = SH_C3[1] * xy * z;
+                    basis[11] = SH_C3[2] * y * (4.0 * zz - xx - yy);
+                    basis[12] = SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy);
+                    basis[13] = SH_C3[4] * x * (4.0 * zz - xx - yy);
+                    basis[14] = SH_C3[5] * z * (xx - yy);
+                    basis[15] = SH_C3[6] * x * (xx - 3.0 * yy);
+                }
+            }
+        }
+        let mut rgb = [0.5f32; 3];
+        for (j, b) in basis.iter().enumerate().take(k) {
+            let v = c(j);
+            for ch in 0..3 {
+                rgb[ch] += b * v[ch];
+            }
+        }
+        rgb.map(|v| v.max(0.0))
+    }
+}
+
+/// One splat as seen from a camera.
+#[derive(Clone, Copy, Debug)]
+struct Projected {
+    /// Centre in pixels.
+    mean: [f32; 2],
+    /// Inverse 2D covariance (a, b, c for `[[a, b], [b, c]]`).
+    conic: [f32; 3],
+    opacity: f32,
+    color: [f32; 3],
+    depth: f32,
+    /// Half-side of the square footprint, in pixels.
+    radius: f32,
+    /// Tile range covered, inclusive: x0, y0, x1, y1.
+    tiles: [u32; 4],
+    /// Row in the file, for a unique depth order.
+    index: u32,
+}
+
+fn project(splats: &Splats, i: usize, cam: &Camera, tiles: [u32; 2]) -> Option<Projected> {
+    let p = splats.positions[i].map(f64::from);
+    let t = cam.to_view(p);
+    if t[2] <= cam.near || !t[2].is_finite() {
+        return None;
+    }
+    let [tan_x, tan_y] = cam.tan_half_fov();
+    let (lim_x, lim_y) = (1.3 * tan_x, 1.3 * tan_y);
+    let tx = (t[0] / t[2]).clamp(-lim_x, lim_x) * t[2];
+    let ty = (t[1] / t[2]).clamp(-lim_y, lim_y) * t[2];
+    let (f, z) = (cam.focal, t[2]);
+    // J = [[f/z, 0, −f·x/z²], [0, f/z, −f·y/z²]]; T = J·W (rows of W: right, down, forward).
+    let j = [
+        [f / z, 0.0, -f * tx / (z * z)],
+        [0.0, f / z, -f * ty / (z * z)],
+    ];
+    let w = [cam.right, cam.down, cam.forward];
+    let tm: [[f64; 3]; 2] =
+        std::array::from_fn(|r| std::array::from_fn(|c| (0..3).map(|k| j[r][k] * w[k][c]).sum()));
+    let s = splats.covariance(i);
+    let sigma = [[s[0], s[1], s[2]], [s[1], s[3], s[4]], [s[2], s[4], s[5]]];
+    let ts: [[f64; 3]; 2] = std::array::from_fn(|r| {
+        std::array::from_fn(|c| (0..3).map(|k| tm[r][k] * sigma[k][c]).sum())
+    });
+    let cov = |a: usize, b: usize| (0..3).map(|k| ts[a][k] * tm[b][k]).sum::<f64>();
+    let (a, b, c) = (
+        cov(0, 0) + DILATION_PX2,
+        cov(0, 1),
+        cov(1, 1) + DILATION_PX2,
+    );
+    let det = a * c - b * b;
+    if det <= 0.0 || !det.is_finite() {
+        return None;
+    }
+    let mid = 0.5 * (a + c);
+    let lambda = mid + (mid * mid - det).max(0.1).sqrt();
+    let radius = (3.0 * lambda.sqrt()).ceil();
+    let [cx, cy] = cam.centre();
+    let mean = [f * t[0] / z + cx, f * t[1] / z + cy];
+    // Pixels whose centre (i + 0.5) lies within `radius` of the mean, on each axis.
+    let lo = |m: f64| ((m - radius - 0.5).ceil().max(0.0)) as i64;
+    let hi = |m: f64, n: u32| ((m + radius - 0.5).floor() as i64).min(i64::from(n) - 1);
+    let (x0, x1) = (lo(mean[0]), hi(mean[0], cam.width));
+    let (y0, y1) = (lo(mean[1]), hi(mean[1], cam.height));
+    if x1 < x0 || y1 < y0 {
+        return None;
+    }
+    let tile = TILE as i64;
+    let tiles = [
+        (x0 / tile) as u32,
+        (y0 / tile) as u32,
+        ((x1 / tile) as u32).min(tiles[0] - 1),
+        ((y1 / tile) as u32).min(tiles[1] - 1),
+    ];
+    let dir = super::camera::normalize(super::camera::sub(p, cam.eye)).map(|v| v as f32);
+    Some(Projected {
+        mean: mean.map(|v| v as f32),
+        conic: [(c / det) as f32, (-b / det) as f32, (a / det) as f32],
+        opacity: splats.opacities[i],
+        color: splats.color(i, dir),
+        depth: z as f32,
+        radius: radius as f32,
+        tiles,
+        index: i as u32,
+    })
+}
+
+/// Draws `splats` from `camera`.
+pub fn render_splats(splats: &Splats, camera: &Camera) -> Frame {
+    let (w, h) = (camera.width as usize, camera.height as usize);
+    let tiles = [w.div_ceil(TILE) as u32, h.div_ceil(TILE) as u32];
+    let mut projected: Vec<Projected> = (0..splats.len())
+        .into_par_iter()
+        .filter_map(|i| project(splats, i, camera, tiles))
+        .collect();
+    // Depth, then file order: a total order, so the sort's result is unique.
+    projected.par_sort_unstable_by(|a, b| a.depth.total_cmp(&b.depth).then(a.index.cmp(&b.index)));
+    let mut lists: Vec<Vec<u32>> = vec![Vec::new(); (tiles[0] * tiles[1]) as usize];
+    for (i, p) in projected.iter().enumerate() {
+        let t = p.tiles;
+        for ty in t[1]..=t[3] {
+            for tx in t[0]..=t[2] {
+                lists[(ty * tiles[0] + tx) as usize].push(i as u32);
+            }
+        }
+    }
+    let mut frame = Frame::new(camera.width, camera.height);
+    let tiles_x = tiles[0] as usize;
+    frame
+        .color
+        .par_chunks_mut(w * TILE)
+        .zip(frame.alpha.par_chunks_mut(w * TILE))
+        .enumerate()
+        .for_each(|(ty, (color, alpha))| {
+            let rows = alpha.len() / w;
+            for tx in 0..tiles_x {
+                let list = &lists[ty * tiles_x + tx];
+                if list.is_empty() {
+                    continue;
+                }
+                for r in 0..rows {
+                    let py = (ty * TILE + r) as f32 + 0.5;
+                    for c in tx * TILE..((tx + 1) * TILE).min(w) {
+                        let px = c as f32 + 0.5;
+                        let (rgb, a) = composite(&projected, list, px, py);
+                        color[r * w + c] = rgb;
+                        alpha[r * w + c] = a;
+                    }
+                }
+            }
+        });
+    frame
+}
+
+/// Front-to-back compositing at pixel centre `(px, py)`: (premultiplied colour, coverage).
+#[inline]
+fn composite(projected: &[Projected], list: &[u32], px: f32, py: f32) -> ([f32; 3], f32) {
+    let mut t = 1.0f32;
+    let mut rgb = [0f32; 3];
+    for &i in list {
+        let g = &projected[i as usize];
+        let (dx, dy) = (g.mean[0] - px, g.mean[1] - py);
+        if dx.abs() > g.radius || dy.abs() > g.radius {
+            continue;
+        }
+        let power = -0.5 * (g.conic[0] * dx * dx + g.conic[2] * dy * dy) - g.conic[1] * dx * dy;
+        if power > 0.0 {
+            continue;
+        }
+        let alpha = (g.opacity * power.exp()).min(MAX_ALPHA);
+        if alpha < MIN_ALPHA {
+            continue;
+        }
+        let next = t * (1.0 - alpha);
+        if next < MIN_TRANSMITTANCE {
+            break;
+        }
+        for (out, c) in rgb.iter_mut().zip(g.color) {
+            *out += c * alpha * t;
+        }
+        t = next;
+    }
+    (rgb, 1.0 - t)
+}
