@@ -6,6 +6,7 @@
 //! first reduce the face count with [`decimate`].
 
 pub mod attributes;
+pub mod bake;
 pub mod decimate;
 pub mod dual_grid;
 pub mod error;
