@@ -134,7 +134,7 @@ pub fn bake(
             expected: positions.len(),
         });
     }
-    if indices.len() % 3 != 0 {
+    if !indices.len().is_multiple_of(3) {
         return Err(MeshError::BadLength {
             what: "triangle indices",
             len: indices.len(),
