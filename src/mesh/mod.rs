@@ -3,8 +3,10 @@
 //! Data flow: shape decoder voxels (raw 7 channels) → [`shape_voxels`] (activations, batch
 //! split) → [`dual_grid`] (flexible dual grid → triangles) → [`fill_holes`] → exporters, which
 //! colour vertices through [`attributes`] (trilinear lookup of the texture voxels) and may
-//! first reduce the face count with [`decimate`].
+//! first reduce the face count with [`decimate`]; textured exports cut the mesh into a UV
+//! [`atlas`].
 
+pub mod atlas;
 pub mod attributes;
 pub mod bake;
 pub mod decimate;
@@ -15,6 +17,7 @@ pub mod shape_voxels;
 pub mod triangle_mesh;
 pub mod voxel_index;
 
+pub use atlas::{atlas_stats, unwrap, AtlasOptions, AtlasStats, UvAtlas};
 pub use attributes::VoxelAttributes;
 pub use decimate::{decimate, Decimated, PBR_ATTRIBUTE_WEIGHTS};
 pub use dual_grid::{decoder_output_to_meshes, flexible_dual_grid_to_mesh};

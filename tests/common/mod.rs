@@ -163,6 +163,8 @@ impl Golden {
 
 pub mod voxel_shapes;
 
+pub mod closed_shapes;
+
 /// All int32 tensors of a safetensors file as (shape, values).
 pub fn read_i32_tensors(
     path: &std::path::Path,
