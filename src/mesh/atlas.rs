@@ -77,7 +77,7 @@ pub fn unwrap(positions: &[[f32; 3]], indices: &[u32], opts: &AtlasOptions) -> R
         opts.texture_size
     );
     ensure!(
-        indices.len() % 3 == 0,
+        indices.len().is_multiple_of(3),
         "{} indices are not whole triangles",
         indices.len()
     );
