@@ -104,10 +104,19 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
         glb.triangle_count()
     );
 
+    // The default GLB is textured and passes the Khronos validator without warnings.
+    let glb_path = out.join(format!("{stem}.glb"));
+    let (errors, warnings, messages) = common::validate_gltf(&[glb_path])[0].clone();
+    assert_eq!((errors, warnings), (0, 0), "{messages}");
+
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     let item = &report["items"][0];
     assert_eq!(item["status"], "ok");
+    let texture = &item["glb"]["texture"];
+    assert_eq!(texture["texture_size"], 2048, "{item}");
+    assert!(texture["charts"].as_u64().unwrap() > 0, "{item}");
+    assert!(item["glb"]["seconds"].as_f64().unwrap() > 0.0, "{item}");
     assert_eq!(item["resolution"], 512);
     assert_eq!(item["voxels"], 5568);
     let stages: Vec<&str> = item["stages"]
@@ -306,6 +315,16 @@ fn usage_errors_fail_before_any_work() {
         let o = trellis2(&["generate", &img, "--faces", bad, "--model", &model()]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("--faces"), "{}", text(&o));
+    }
+    for (flag, bad) in [
+        ("--texture-size", "511"),
+        ("--texture-size", "8193"),
+        ("--texture-size", "big"),
+        ("--texture", "jpeg"),
+    ] {
+        let o = trellis2(&["generate", &img, flag, bad, "--model", &model()]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {bad}: {}", text(&o));
+        assert!(text(&o).contains(flag), "{}", text(&o));
     }
     // No --model and nothing in the (empty) hub cache: --offline names the command to run.
     let cache = dir.path().join("hub-cache");

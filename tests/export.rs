@@ -4,13 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::voxel_shapes::{in_ball, sign_field_voxels};
 use trellis2::export::asset::PBR_CHANNELS;
 use trellis2::export::color::{srgb_to_linear, unit_to_u8};
 use trellis2::export::glb::read_glb;
+use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::ply::read_ply;
 use trellis2::export::splat::{rotation_of_quaternion, SH_C0, TANGENT_SIGMA_VOXELS};
 use trellis2::export::{write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
@@ -444,62 +445,6 @@ fn inspect_describes_and_compare_accepts_every_output() {
     }
 }
 
-/// `tests/tools`, where `tests/tools/install.sh` puts the glTF validator.
-fn tools_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools")
-}
-
-/// Runs the Khronos validator on each file; returns (errors, warnings, messages) per file.
-fn validate(files: &[PathBuf]) -> Vec<(u64, u64, String)> {
-    let tools = tools_dir();
-    let install = "run `tests/tools/install.sh` (needs node and npm) to install it";
-    assert!(
-        tools
-            .join("node_modules/gltf-validator/package.json")
-            .is_file(),
-        "the Khronos glTF validator is missing from {}: {install}",
-        tools.display()
-    );
-    const SCRIPT: &str = r#"
-const validator = require('gltf-validator');
-const fs = require('fs');
-(async () => {
-  for (const file of process.argv.slice(1)) {
-    const report = await validator.validateBytes(new Uint8Array(fs.readFileSync(file)));
-    const shown = report.issues.messages.filter((m) => m.severity <= 1);
-    console.log(JSON.stringify({
-      errors: report.issues.numErrors,
-      warnings: report.issues.numWarnings,
-      messages: shown.map((m) => `${m.code} ${m.pointer || ''}: ${m.message}`).join('; '),
-    }));
-  }
-})().catch((e) => { console.error(e); process.exit(2); });
-"#;
-    let out = Command::new("node")
-        .arg("-e")
-        .arg(SCRIPT)
-        .args(files)
-        .current_dir(&tools)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js, then {install}"));
-    assert!(
-        out.status.success(),
-        "validator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("validator JSON line");
-            (
-                v["errors"].as_u64().expect("errors"),
-                v["warnings"].as_u64().expect("warnings"),
-                v["messages"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn glb_passes_the_khronos_validator() {
     let dir = tempfile::tempdir().unwrap();
@@ -516,15 +461,26 @@ fn glb_passes_the_khronos_validator() {
     let path = dir.path().join("decimated.glb");
     write_glb(&path, &decimated, Up::Y).unwrap();
     files.push(path);
+    // The textured GLB (generate's default): opaque, with varying alpha (BLEND), decimated.
+    for (name, asset, size) in [
+        ("textured", sphere(1.0), 512),
+        ("textured-alpha", sphere(0.5), 1024),
+        ("textured-decimated", decimated, 512),
+    ] {
+        let path = dir.path().join(format!("{name}.glb"));
+        write_textured_glb(&path, &asset, Up::Y, size).unwrap();
+        files.push(path);
+    }
+    let good = files.len();
     // A broken copy proves the harness reports errors: the BIN chunk cut short.
     let bytes = std::fs::read(&files[0]).unwrap();
     let broken = dir.path().join("broken.glb");
     std::fs::write(&broken, &bytes[..bytes.len() - 64]).unwrap();
     files.push(broken);
 
-    let reports = validate(&files);
+    let reports = common::validate_gltf(&files);
     assert_eq!(reports.len(), files.len());
-    for (file, (errors, warnings, messages)) in files.iter().zip(&reports).take(4) {
+    for (file, (errors, warnings, messages)) in files.iter().zip(&reports).take(good) {
         assert_eq!(
             (*errors, *warnings),
             (0, 0),
@@ -532,7 +488,10 @@ fn glb_passes_the_khronos_validator() {
             file.display()
         );
     }
-    assert!(reports[4].0 > 0, "the truncated GLB must fail validation");
+    assert!(
+        reports[good].0 > 0,
+        "the truncated GLB must fail validation"
+    );
 }
 
 #[test]
@@ -599,4 +558,56 @@ fn writers_refuse_bad_input_and_leave_no_file() {
         write_glb(&missing, &sphere(1.0), Up::Y).unwrap_err()
     );
     assert!(e.contains("nope/out.glb"), "{e}");
+}
+
+#[test]
+fn textured_glb_holds_uvs_and_two_png_textures_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.glb"), dir.path().join("b.glb"));
+    let report = write_textured_glb(&a, &sphere(1.0), Up::Y, 512).unwrap();
+    write_textured_glb(&b, &sphere(1.0), Up::Y, 512).unwrap();
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "two writes differ"
+    );
+    let asset = sphere(1.0);
+    assert_eq!(report.faces, asset.mesh().faces.len());
+    assert!(!report.alpha_blend);
+    let (doc, buffers, images) = gltf::import(&a).unwrap();
+    assert_eq!(images.len(), 2);
+    for image in &images {
+        assert_eq!((image.width, image.height), (512, 512));
+        // Opaque: no alpha channel stored.
+        assert_eq!(image.format, gltf::image::Format::R8G8B8);
+    }
+    let material = doc.materials().next().unwrap();
+    assert_eq!(material.alpha_mode(), gltf::material::AlphaMode::Opaque);
+    let pbr = material.pbr_metallic_roughness();
+    assert_eq!(pbr.base_color_factor(), [1.0; 4]);
+    assert_eq!((pbr.metallic_factor(), pbr.roughness_factor()), (1.0, 1.0));
+    // Metallic (B) and roughness (G) are the voxels' constants on every texel.
+    let mr = &images[pbr
+        .metallic_roughness_texture()
+        .unwrap()
+        .texture()
+        .source()
+        .index()];
+    for texel in mr.pixels.chunks_exact(3) {
+        assert_eq!(texel, [255, unit_to_u8(ROUGHNESS), unit_to_u8(METALLIC)]);
+    }
+    let prim = doc.meshes().next().unwrap().primitives().next().unwrap();
+    let reader = prim.reader(|b| Some(&buffers[b.index()]));
+    assert!(reader.read_colors(0).is_none());
+    let uvs: Vec<[f32; 2]> = reader.read_tex_coords(0).unwrap().into_f32().collect();
+    assert!(uvs.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
+    assert_eq!(uvs.len(), report.vertices);
+    // Varying alpha makes the material BLEND and the base colour RGBA.
+    let report = write_textured_glb(&a, &sphere(0.5), Up::Y, 512).unwrap();
+    assert!(report.alpha_blend);
+    let (doc, _, images) = gltf::import(&a).unwrap();
+    assert_eq!(
+        doc.materials().next().unwrap().alpha_mode(),
+        gltf::material::AlphaMode::Blend
+    );
+    assert_eq!(images[0].format, gltf::image::Format::R8G8B8A8);
 }

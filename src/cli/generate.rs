@@ -11,8 +11,11 @@ use candle_core::Tensor;
 use super::exit;
 use super::inputs;
 use super::progress::CliProgress;
-use super::report::{DecimationReport, ItemReport, RunReport, Status, CANDLE_VERSION};
+use super::report::{
+    DecimationReport, GlbReport, ItemReport, RunReport, Status, TextureReport, CANDLE_VERSION,
+};
 use super::values::{self, BackgroundArg, DeviceArg, DtypeArg, PerStage, PipelineArg, UpArg};
+use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::tensors::read_tensors;
 use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset};
 use trellis2::image::load_image;
@@ -33,10 +36,21 @@ use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
 pub enum Format {
     /// Gaussian splats, INRIA 3DGS binary PLY (`NAME.splat.ply`).
     Splat,
-    /// Triangle mesh with vertex colours, binary PLY (`NAME.mesh.ply`).
+    /// The raw extracted triangle mesh (never decimated, for remeshing) with vertex colours,
+    /// binary PLY (`NAME.mesh.ply`).
     MeshPly,
-    /// glTF 2.0 binary with a PBR material (`NAME.glb`).
+    /// glTF 2.0 binary (`NAME.glb`): by default decimated (--faces), UV-unwrapped, with PBR
+    /// textures baked from the voxels (--texture, --texture-size).
     Glb,
+}
+
+/// How the GLB carries colour and material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TextureArg {
+    /// UV atlas with baked base colour and metallic-roughness textures (PNG).
+    Png,
+    /// Vertex colours and one averaged metallic/roughness, no UVs (the GLB before textures).
+    None,
 }
 
 impl Format {
@@ -132,14 +146,27 @@ pub struct Args {
     #[arg(long)]
     pub skip_existing: bool,
     /// Decimate the GLB's mesh to at most N triangles (quadric error with colour and material
-    /// weighted in, so silhouettes and seams stay; upstream's app uses 300000). 0 or absent
-    /// keeps every face. The GLB only: mesh-ply stays the raw extracted mesh.
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = values::face_count)]
+    /// weighted in, so silhouettes and seams stay; upstream's app uses 300000). 0 keeps every
+    /// face. The GLB only: `--format mesh-ply` stays the raw extracted mesh, for remeshing.
+    #[arg(long, value_name = "N", default_value_t = 300_000, value_parser = values::face_count)]
     pub faces: usize,
     /// Also write NAME.preview.png: 8 views of 256² in a 4 × 2 sheet (see `render --help`) of
     /// the GLB's mesh, else the mesh PLY's, else the splats when only splats are written.
     #[arg(long)]
     pub preview: bool,
+    /// The GLB's colour and material: png = UV-unwrapped mesh with base colour (+ alpha) and
+    /// metallic-roughness textures baked from the voxels; none = vertex colours and one
+    /// averaged metallic/roughness (with --faces 0, the raw mesh as before textures existed).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = TextureArg::Png)]
+    pub texture: TextureArg,
+    /// Width and height of the GLB's textures, in texels (512 to 8192).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(512..=8192)
+    )]
+    pub texture_size: u32,
     /// Up axis of the written files: y (glTF convention) or z (the model's frame).
     #[arg(long, value_enum, ignore_case = true, default_value_t = UpArg::Y)]
     pub up: UpArg,
@@ -316,6 +343,7 @@ pub fn run(args: &Args) -> Result<u8> {
             splat_psnr_db: None,
             splat_ssim: None,
             splat_psnr_object_db: None,
+            glb: None,
             outputs: outputs.clone(),
             stages: Vec::new(),
         };
@@ -334,7 +362,7 @@ pub fn run(args: &Args) -> Result<u8> {
             };
             let result =
                 generate_one(&pipeline, job, options, ptype, &mut progress).and_then(|g| {
-                    item.decimation = save(args, &stem, &g, &outputs)?;
+                    (item.decimation, item.glb) = save(args, &stem, &g, &outputs)?;
                     if let Some(q) = preview_and_quality(args, &outputs)? {
                         item.splat_psnr_db = Some(q.psnr_db);
                         item.splat_ssim = Some(q.ssim);
@@ -439,13 +467,13 @@ fn generate_one(
 }
 
 /// Writes the latents file (if asked) and every output format; says how the GLB was
-/// decimated when `--faces` asked for it.
+/// decimated (when `--faces` asked for it) and exported.
 fn save(
     args: &Args,
     stem: &str,
     g: &Generated,
     outputs: &[PathBuf],
-) -> Result<Option<DecimationReport>> {
+) -> Result<(Option<DecimationReport>, Option<GlbReport>)> {
     if let Some(p) = &args.save_latents {
         let path = if is_folder(p) {
             std::fs::create_dir_all(p)
@@ -465,26 +493,57 @@ fn save(
         g.resolution,
     )?;
     let mut decimation = None;
+    let mut glb = None;
     for (format, path) in args.format.iter().zip(outputs) {
         match format {
             Format::Splat => write_splat_ply(path, &asset, up)?,
             Format::MeshPly => write_mesh_ply(path, &asset, up)?,
-            Format::Glb if args.faces > 0 => {
+            Format::Glb => {
                 let start = Instant::now();
-                let reduced = asset.decimated(args.faces)?;
-                decimation = Some(DecimationReport {
-                    target_faces: args.faces,
-                    faces_before: asset.mesh().faces.len(),
-                    faces_after: reduced.mesh().faces.len(),
-                    vertices_after: reduced.mesh().vertices.len(),
+                let reduced;
+                let written = if args.faces > 0 {
+                    reduced = asset.decimated(args.faces)?;
+                    decimation = Some(DecimationReport {
+                        target_faces: args.faces,
+                        faces_before: asset.mesh().faces.len(),
+                        faces_after: reduced.mesh().faces.len(),
+                        vertices_after: reduced.mesh().vertices.len(),
+                        seconds: start.elapsed().as_secs_f64(),
+                    });
+                    &reduced
+                } else {
+                    &asset
+                };
+                let texture = match args.texture {
+                    TextureArg::None => {
+                        write_glb(path, written, up)?;
+                        None
+                    }
+                    TextureArg::Png => {
+                        let t = write_textured_glb(path, written, up, args.texture_size)?;
+                        Some(TextureReport {
+                            texture_size: t.texture_size,
+                            charts: t.charts,
+                            utilisation: t.utilisation,
+                            overlapping_triangles: t.overlapping_triangles,
+                            alpha_blend: t.alpha_blend,
+                            png_bytes: t.png_bytes,
+                            unwrap_seconds: t.unwrap_seconds,
+                            bake_seconds: t.bake_seconds,
+                            encode_seconds: t.encode_seconds,
+                            write_seconds: t.write_seconds,
+                        })
+                    }
+                };
+                glb = Some(GlbReport {
                     seconds: start.elapsed().as_secs_f64(),
+                    faces: written.mesh().faces.len(),
+                    texture,
                 });
-                write_glb(path, &reduced, up)?;
             }
-            Format::Glb => write_glb(path, &asset, up)?,
         }
     }
-    Ok(decimation)
+    Ok((decimation, glb))
 }
 
 /// `--preview` (NAME.preview.png, the last of `outputs`) and, with `--report`, the splats'

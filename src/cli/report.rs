@@ -59,6 +59,9 @@ pub struct ItemReport {
     /// The same PSNR over the object's pixels only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub splat_psnr_object_db: Option<f64>,
+    /// The GLB's export (decimation, unwrap, bake, encoding, writing), when one was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glb: Option<GlbReport>,
     pub outputs: Vec<PathBuf>,
     pub stages: Vec<StageReport>,
 }
@@ -71,6 +74,32 @@ pub struct DecimationReport {
     pub faces_after: usize,
     pub vertices_after: usize,
     pub seconds: f64,
+}
+
+/// `generate --format glb`: the whole export's wall time and what the file holds.
+#[derive(Debug, serde::Serialize)]
+pub struct GlbReport {
+    pub seconds: f64,
+    pub faces: usize,
+    /// The textures (`--texture png`), absent with `--texture none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub texture: Option<TextureReport>,
+}
+
+/// The GLB's UV atlas and baked textures, and each phase's wall time.
+#[derive(Debug, serde::Serialize)]
+pub struct TextureReport {
+    pub texture_size: u32,
+    pub charts: usize,
+    /// Fraction of the texels inside charts.
+    pub utilisation: f64,
+    pub overlapping_triangles: usize,
+    pub alpha_blend: bool,
+    pub png_bytes: usize,
+    pub unwrap_seconds: f64,
+    pub bake_seconds: f64,
+    pub encode_seconds: f64,
+    pub write_seconds: f64,
 }
 
 /// The candle version this binary was built against (Cargo.toml's requirement).

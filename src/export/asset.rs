@@ -178,14 +178,19 @@ impl Asset {
     /// The PBR attributes trilinearly sampled at every mesh vertex (docs/MODEL.md §6.4), row-major
     /// `[vertices, 6]`.
     pub fn mesh_vertex_attributes(&self) -> Result<Vec<f32>> {
-        let attrs = VoxelAttributes::new(
+        Ok(self.attribute_volume()?.sample(&self.mesh.vertices))
+    }
+
+    /// The voxels' PBR attributes as a volume to sample anywhere (the vertex colours' and the
+    /// baked textures' source).
+    pub fn attribute_volume(&self) -> Result<VoxelAttributes> {
+        VoxelAttributes::new(
             &self.voxel_coords,
             self.voxel_attrs.iter().flatten().copied().collect(),
             PBR_CHANNELS,
             self.resolution,
         )
-        .context("export: voxel attributes")?;
-        Ok(attrs.sample(&self.mesh.vertices))
+        .context("export: voxel attributes")
     }
 
     /// The same object with its mesh decimated to at most `target_faces` triangles

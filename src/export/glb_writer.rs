@@ -1,5 +1,10 @@
 //! The mesh as glTF 2.0 binary (GLB): one mesh, one triangle primitive, one PBR
-//! metallic-roughness material, vertex colours.
+//! metallic-roughness material, and either vertex colours ([`write_glb`], below) or a UV atlas
+//! with baked textures ([`write_textured_glb`]: `TEXCOORD_0`, a base colour (+ alpha when the
+//! material blends) and a metallic-roughness PNG in buffer views, factors 1, no `COLOR_0`;
+//! docs/OUTPUTS.md "Textured GLB").
+//!
+//! The vertex-colour GLB:
 //!
 //! * Attributes: `POSITION` (float VEC3, with min/max), `NORMAL` (float VEC3, unit, outward where
 //!   the surface allows; [`super::face_orientation`]), `COLOR_0` (unsigned-short normalised VEC4,
@@ -19,15 +24,20 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 
-use super::asset::{Asset, METALLIC, ROUGHNESS};
+use super::asset::{Asset, ALPHA, METALLIC, PBR_CHANNELS, ROUGHNESS};
 use super::color::srgb_to_linear;
+use super::face_orientation::faces_wound_outward;
 use super::frame::Up;
 use super::mesh_arrays::MeshArrays;
 use super::write_atomic;
+use crate::mesh::atlas::{atlas_stats, unwrap, AtlasOptions};
+use crate::mesh::bake::{bake, BakeOptions};
+use crate::mesh::Mesh;
 
 /// Alpha below this (8-bit) on any drawn vertex makes the material `BLEND` (upstream's rule).
 pub const BLEND_BELOW_ALPHA8: u8 = 250;
@@ -41,6 +51,9 @@ const UNSIGNED_SHORT: u32 = 5123;
 const UNSIGNED_INT: u32 = 5125;
 const ARRAY_BUFFER: u32 = 34962;
 const ELEMENT_ARRAY_BUFFER: u32 = 34963;
+const LINEAR: u32 = 9729;
+const LINEAR_MIPMAP_LINEAR: u32 = 9987;
+const CLAMP_TO_EDGE: u32 = 33071;
 
 /// Writes the mesh of `asset` as GLB to `path` atomically. Fails on a mesh without triangles.
 pub fn write_glb(path: &Path, asset: &Asset, up: Up) -> Result<()> {
@@ -145,6 +158,363 @@ fn glb_chunks(asset: &Asset, arrays: &MeshArrays, up: Up) -> Result<(Vec<u8>, Ve
             {
                 "bufferView": 3, "componentType": UNSIGNED_INT,
                 "count": arrays.faces.len() * 3, "type": "SCALAR",
+            },
+        ],
+        "bufferViews": views,
+        "buffers": [{ "byteLength": bin.len() }],
+    });
+    let json = serde_json::to_vec(&doc).context("export: GLB JSON")?;
+    Ok((json, bin))
+}
+
+/// Texture coordinates for the asset's mesh: corner `k` of triangle `t` is row
+/// `indices[3t + k]` of `uvs`, standing for vertex `source_vertex[row]` of the mesh (a vertex on
+/// a chart seam has one row per chart). The triangles should be wound outward
+/// ([`faces_wound_outward`]): the normals follow their winding.
+#[derive(Clone, Copy, Debug)]
+pub struct UvLayout<'a> {
+    pub source_vertex: &'a [u32],
+    /// In [0, 1]², `v` down from the first image row (glTF's convention).
+    pub uvs: &'a [[f32; 2]],
+    pub indices: &'a [u32],
+}
+
+/// What a textured GLB holds, and how long unwrapping, baking, PNG encoding and writing took.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TexturedGlb {
+    pub faces: usize,
+    /// After chart seams split vertices.
+    pub vertices: usize,
+    pub texture_size: u32,
+    pub charts: usize,
+    /// Fraction of the texels inside charts ([`crate::mesh::atlas::atlas_stats`]).
+    pub utilisation: f64,
+    pub overlapping_triangles: usize,
+    pub unwrap_seconds: f64,
+    /// `alphaMode` `BLEND` (some covered texel has alpha below [`BLEND_BELOW_ALPHA8`]).
+    pub alpha_blend: bool,
+    /// Both PNG images together.
+    pub png_bytes: usize,
+    pub bake_seconds: f64,
+    pub encode_seconds: f64,
+    pub write_seconds: f64,
+}
+
+/// Padding between charts, in texels: at least 4 (more from 4096² up), so that every texel a
+/// bilinear lookup inside a chart reads (within √2 texels of it) is nearer to that chart than
+/// to any other and the bake gives it that chart's values.
+pub fn chart_padding(texture_size: u32) -> u32 {
+    (texture_size / 512).max(4)
+}
+
+/// Writes the mesh of `asset` as a textured GLB: unwrapped into one atlas
+/// ([`crate::mesh::atlas`]), then as [`write_textured_glb_with_layout`] writes it.
+pub fn write_textured_glb(
+    path: &Path,
+    asset: &Asset,
+    up: Up,
+    texture_size: u32,
+) -> Result<TexturedGlb> {
+    let start = Instant::now();
+    let indices: Vec<u32> = faces_wound_outward(asset.mesh())
+        .into_iter()
+        .flatten()
+        .collect();
+    let atlas = unwrap(
+        &asset.mesh().vertices,
+        &indices,
+        &AtlasOptions {
+            texture_size,
+            padding_texels: chart_padding(texture_size),
+        },
+    )
+    .context("export: UV unwrap")?;
+    let unwrap_seconds = start.elapsed().as_secs_f64();
+    let stats = atlas_stats(&atlas);
+    let layout = UvLayout {
+        source_vertex: &atlas.source_vertex,
+        uvs: &atlas.uvs,
+        indices: &atlas.indices,
+    };
+    let written = write_textured_glb_with_layout(path, asset, up, layout, texture_size)?;
+    Ok(TexturedGlb {
+        charts: atlas.charts,
+        utilisation: stats.utilisation,
+        overlapping_triangles: stats.overlapping_triangles,
+        unwrap_seconds,
+        ..written
+    })
+}
+
+/// Writes the mesh of `asset` with the texture coordinates `layout` as a textured GLB:
+/// `TEXCOORD_0`, a base colour (+ alpha) texture and a metallic-roughness texture of
+/// `texture_size²` baked from the voxels ([`crate::mesh::bake`]), both PNG, no vertex colours.
+pub fn write_textured_glb_with_layout(
+    path: &Path,
+    asset: &Asset,
+    up: Up,
+    layout: UvLayout<'_>,
+    texture_size: u32,
+) -> Result<TexturedGlb> {
+    let mesh = asset.mesh();
+    ensure!(
+        !layout.indices.is_empty(),
+        "export: the mesh has no triangles ({} vertices); nothing to write",
+        mesh.vertices.len()
+    );
+    ensure!(
+        layout.source_vertex.len() == layout.uvs.len(),
+        "export: {} texture coordinates for {} atlas vertices",
+        layout.uvs.len(),
+        layout.source_vertex.len()
+    );
+    ensure!(
+        layout.indices.len().is_multiple_of(3),
+        "export: {} atlas corner indices, not whole triangles",
+        layout.indices.len()
+    );
+    if let Some(&bad) = layout
+        .indices
+        .iter()
+        .find(|&&i| i as usize >= layout.source_vertex.len())
+    {
+        bail!(
+            "export: atlas corner {bad} past the {} atlas vertices",
+            layout.source_vertex.len()
+        );
+    }
+    if let Some(&bad) = layout
+        .source_vertex
+        .iter()
+        .find(|&&v| v as usize >= mesh.vertices.len())
+    {
+        bail!(
+            "export: atlas vertex points at mesh vertex {bad} of {}",
+            mesh.vertices.len()
+        );
+    }
+    // Normals over the layout's triangles on the mesh's vertices: smooth across chart seams.
+    let oriented = Mesh {
+        vertices: mesh.vertices.clone(),
+        faces: layout
+            .indices
+            .chunks_exact(3)
+            .map(|t| [0, 1, 2].map(|k| layout.source_vertex[t[k] as usize]))
+            .collect(),
+    };
+    let mesh_normals = oriented.vertex_normals()?;
+    let source = |i: &u32| *i as usize;
+    let corners: Vec<[f32; 3]> = layout
+        .source_vertex
+        .iter()
+        .map(|i| mesh.vertices[source(i)])
+        .collect();
+
+    let start = Instant::now();
+    let volume = asset.attribute_volume()?;
+    let baked = bake(
+        &corners,
+        layout.uvs,
+        layout.indices,
+        &volume,
+        &BakeOptions::for_size(texture_size),
+    )
+    .context("export: texture bake")?;
+    let bake_seconds = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let alpha_blend = baked.covered_min[ALPHA] < BLEND_BELOW_ALPHA8;
+    let (base_colour, metallic_roughness) = rayon::join(
+        || {
+            let pixels: Vec<u8> = if alpha_blend {
+                baked
+                    .texels
+                    .chunks_exact(PBR_CHANNELS)
+                    .flat_map(|t| [t[0], t[1], t[2], t[ALPHA]])
+                    .collect()
+            } else {
+                baked
+                    .texels
+                    .chunks_exact(PBR_CHANNELS)
+                    .flat_map(|t| [t[0], t[1], t[2]])
+                    .collect()
+            };
+            encode_png(&pixels, texture_size, alpha_blend)
+        },
+        || {
+            // glTF: roughness in G, metallic in B; R (occlusion in ORM packings) left white.
+            let pixels: Vec<u8> = baked
+                .texels
+                .chunks_exact(PBR_CHANNELS)
+                .flat_map(|t| [u8::MAX, t[ROUGHNESS], t[METALLIC]])
+                .collect();
+            encode_png(&pixels, texture_size, false)
+        },
+    );
+    let (base_colour, metallic_roughness) = (base_colour?, metallic_roughness?);
+    drop(baked);
+    let encode_seconds = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let positions: Vec<[f32; 3]> = corners.iter().map(|&p| up.apply(p)).collect();
+    let normals: Vec<[f32; 3]> = layout
+        .source_vertex
+        .iter()
+        .map(|i| up.apply(mesh_normals[source(i)]))
+        .collect();
+    let textured = TexturedArrays {
+        positions: &positions,
+        normals: &normals,
+        uvs: layout.uvs,
+        indices: layout.indices,
+        images: [&base_colour, &metallic_roughness],
+        alpha_blend,
+    };
+    let (json, bin) = textured_glb_chunks(&textured, up)?;
+    write_atomic(path, |w| write_container(w, &json, &bin))
+        .with_context(|| format!("{}: cannot write the GLB", path.display()))?;
+    Ok(TexturedGlb {
+        faces: layout.indices.len() / 3,
+        vertices: positions.len(),
+        texture_size,
+        alpha_blend,
+        png_bytes: base_colour.len() + metallic_roughness.len(),
+        bake_seconds,
+        encode_seconds,
+        write_seconds: start.elapsed().as_secs_f64(),
+        ..Default::default()
+    })
+}
+
+/// 8-bit RGB or RGBA pixels, row-major, as a PNG (fast deflate: the textures are smooth and
+/// the encoder would otherwise dominate the export).
+fn encode_png(pixels: &[u8], size: u32, alpha: bool) -> Result<Vec<u8>> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::{ExtendedColorType, ImageEncoder};
+    let mut png = Vec::new();
+    PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            pixels,
+            size,
+            size,
+            if alpha {
+                ExtendedColorType::Rgba8
+            } else {
+                ExtendedColorType::Rgb8
+            },
+        )
+        .context("export: PNG encoding of a texture")?;
+    Ok(png)
+}
+
+/// Everything the textured GLB stores, in the file frame.
+struct TexturedArrays<'a> {
+    positions: &'a [[f32; 3]],
+    normals: &'a [[f32; 3]],
+    uvs: &'a [[f32; 2]],
+    indices: &'a [u32],
+    /// Base colour, metallic-roughness (PNG files).
+    images: [&'a [u8]; 2],
+    alpha_blend: bool,
+}
+
+/// The JSON document and the binary buffer of the textured GLB.
+fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u8>)> {
+    let n = t.positions.len();
+    let image_bytes: usize = t.images.iter().map(|i| i.len() + 3).sum();
+    let mut bin = Vec::with_capacity(n * 32 + t.indices.len() * 4 + image_bytes);
+    let mut views = Vec::new();
+    let mut push_view =
+        |bin: &mut Vec<u8>, bytes: &mut dyn Iterator<Item = u8>, target: Option<u32>| {
+            let offset = bin.len();
+            bin.extend(bytes);
+            let mut view = json!({
+                "buffer": 0,
+                "byteOffset": offset,
+                "byteLength": bin.len() - offset,
+            });
+            if let Some(target) = target {
+                view["target"] = json!(target);
+            }
+            views.push(view);
+            // Every view starts 4-byte aligned.
+            bin.resize(bin.len().next_multiple_of(4), 0);
+        };
+    push_view(
+        &mut bin,
+        &mut t.positions.iter().flatten().flat_map(|x| x.to_le_bytes()),
+        Some(ARRAY_BUFFER),
+    );
+    push_view(
+        &mut bin,
+        &mut t.normals.iter().flatten().flat_map(|x| x.to_le_bytes()),
+        Some(ARRAY_BUFFER),
+    );
+    push_view(
+        &mut bin,
+        &mut t.uvs.iter().flatten().flat_map(|x| x.to_le_bytes()),
+        Some(ARRAY_BUFFER),
+    );
+    push_view(
+        &mut bin,
+        &mut t.indices.iter().flat_map(|i| i.to_le_bytes()),
+        Some(ELEMENT_ARRAY_BUFFER),
+    );
+    for image in t.images {
+        push_view(&mut bin, &mut image.iter().copied(), None);
+    }
+    let (lo, hi) = bounds(t.positions);
+    let doc = json!({
+        "asset": {
+            "version": "2.0",
+            "generator": format!("trellis2 {}", env!("CARGO_PKG_VERSION")),
+            "extras": { "trellis2_frame": up.describe() },
+        },
+        "scene": 0,
+        "scenes": [{ "nodes": [0] }],
+        "nodes": [{ "mesh": 0, "name": "trellis2" }],
+        "meshes": [{
+            "name": "trellis2",
+            "primitives": [{
+                "attributes": { "POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2 },
+                "indices": 3,
+                "material": 0,
+                "mode": 4,
+            }],
+        }],
+        "materials": [{
+            "name": "trellis2_pbr",
+            "pbrMetallicRoughness": {
+                "baseColorTexture": { "index": 0 },
+                "metallicRoughnessTexture": { "index": 1 },
+            },
+            "alphaMode": if t.alpha_blend { "BLEND" } else { "OPAQUE" },
+            "doubleSided": true,
+        }],
+        "textures": [
+            { "sampler": 0, "source": 0, "name": "base_colour" },
+            { "sampler": 0, "source": 1, "name": "metallic_roughness" },
+        ],
+        "images": [
+            { "bufferView": 4, "mimeType": "image/png", "name": "base_colour" },
+            { "bufferView": 5, "mimeType": "image/png", "name": "metallic_roughness" },
+        ],
+        "samplers": [{
+            "magFilter": LINEAR,
+            "minFilter": LINEAR_MIPMAP_LINEAR,
+            "wrapS": CLAMP_TO_EDGE,
+            "wrapT": CLAMP_TO_EDGE,
+        }],
+        "accessors": [
+            {
+                "bufferView": 0, "componentType": FLOAT, "count": n, "type": "VEC3",
+                "min": lo.map(f64::from), "max": hi.map(f64::from),
+            },
+            { "bufferView": 1, "componentType": FLOAT, "count": n, "type": "VEC3" },
+            { "bufferView": 2, "componentType": FLOAT, "count": n, "type": "VEC2" },
+            {
+                "bufferView": 3, "componentType": UNSIGNED_INT,
+                "count": t.indices.len(), "type": "SCALAR",
             },
         ],
         "bufferViews": views,

@@ -8,6 +8,7 @@
 
 pub mod atlas;
 pub mod attributes;
+pub mod bake;
 pub mod decimate;
 pub mod dual_grid;
 pub mod error;

@@ -172,3 +172,59 @@ pub fn read_i32_tensors(
     read_tensors_of(path, safetensors::Dtype::I32, i32::from_le_bytes)
 }
 pub mod fake_hub;
+
+/// `tests/tools`, where `tests/tools/install.sh` puts the glTF validator.
+pub fn tools_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools")
+}
+
+/// Runs the Khronos validator on each file; returns (errors, warnings, messages) per file.
+pub fn validate_gltf(files: &[PathBuf]) -> Vec<(u64, u64, String)> {
+    let tools = tools_dir();
+    let install = "run `tests/tools/install.sh` (needs node and npm) to install it";
+    assert!(
+        tools
+            .join("node_modules/gltf-validator/package.json")
+            .is_file(),
+        "the Khronos glTF validator is missing from {}: {install}",
+        tools.display()
+    );
+    const SCRIPT: &str = r#"
+const validator = require('gltf-validator');
+const fs = require('fs');
+(async () => {
+  for (const file of process.argv.slice(1)) {
+    const report = await validator.validateBytes(new Uint8Array(fs.readFileSync(file)));
+    const shown = report.issues.messages.filter((m) => m.severity <= 1);
+    console.log(JSON.stringify({
+      errors: report.issues.numErrors,
+      warnings: report.issues.numWarnings,
+      messages: shown.map((m) => `${m.code} ${m.pointer || ''}: ${m.message}`).join('; '),
+    }));
+  }
+})().catch((e) => { console.error(e); process.exit(2); });
+"#;
+    let out = std::process::Command::new("node")
+        .arg("-e")
+        .arg(SCRIPT)
+        .args(files)
+        .current_dir(&tools)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}); install Node.js, then {install}"));
+    assert!(
+        out.status.success(),
+        "validator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("validator JSON line");
+            (
+                v["errors"].as_u64().expect("errors"),
+                v["warnings"].as_u64().expect("warnings"),
+                v["messages"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}

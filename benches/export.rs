@@ -1,0 +1,91 @@
+//! The textured GLB export of a 1024-scale object: decimation to 300k faces, UV unwrap, bake
+//! of 2048² textures, PNG encoding and writing, each phase's wall time, and the process's peak
+//! memory (VmHWM). The object: three concentric sphere shells voxelised into the decoders'
+//! voxel form with an analytic PBR field (`tests/common/textured_shapes.rs`), ≈ 7 M voxels.
+//! Run with `cargo bench --bench export`; `EXPORT_BENCH_GRID=N` and `EXPORT_BENCH_FACES=N`
+//! change the grid (default 1024) and the face budget (default 300000),
+//! `EXPORT_BENCH_TEXTURE=N` the texture size (default 2048).
+
+#[path = "../tests/common/textured_shapes.rs"]
+#[allow(dead_code)] // the measures are for the tests
+mod textured_shapes;
+#[path = "../tests/common/voxel_shapes.rs"]
+#[allow(dead_code)]
+mod voxel_shapes;
+
+use std::time::Instant;
+
+use trellis2::export::face_orientation::faces_wound_outward;
+use trellis2::export::glb_writer::write_textured_glb;
+use trellis2::export::Up;
+
+/// Peak resident memory of this process so far, in GiB (Linux; None elsewhere).
+fn peak_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let grid = env_or("EXPORT_BENCH_GRID", 1024) as i32;
+    let faces = env_or("EXPORT_BENCH_FACES", 300_000);
+    let size = env_or("EXPORT_BENCH_TEXTURE", 2048) as u32;
+    println!("rayon threads: {}", rayon::current_num_threads());
+    let start = Instant::now();
+    let shape = textured_shapes::nested_spheres(grid);
+    let asset = &shape.asset;
+    println!(
+        "object {grid}³: {} voxels, {} vertices, {} faces (built in {:.1} s, peak {:.2} GiB)",
+        asset.voxel_count(),
+        asset.mesh().vertices.len(),
+        asset.mesh().faces.len(),
+        start.elapsed().as_secs_f64(),
+        peak_gib().unwrap_or(f64::NAN)
+    );
+    // What the decimation phase spends outside the simplifier, timed apart (not part of the
+    // export's total below).
+    let t = Instant::now();
+    let oriented = faces_wound_outward(asset.mesh());
+    let orient_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let attrs = asset.mesh_vertex_attributes().expect("samples");
+    println!(
+        "  of the decimation: orienting the faces {orient_s:.2} s, attribute lookup at the \
+         vertices {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    drop((oriented, attrs));
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("bench.glb");
+    let export = Instant::now();
+    let reduced = asset.decimated(faces).expect("decimates");
+    let decimate_s = export.elapsed().as_secs_f64();
+    let t = write_textured_glb(&path, &reduced, Up::Y, size).expect("writes");
+    let total = export.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "export to {faces} faces at {size}²: {total:.2} s = decimate {decimate_s:.2} + unwrap \
+         {:.2} + bake {:.2} + PNG {:.2} + write {:.2} s",
+        t.unwrap_seconds, t.bake_seconds, t.encode_seconds, t.write_seconds
+    );
+    println!(
+        "  {} faces, {} vertices, {} charts, utilisation {:.1} %, overlapping {}, GLB {:.1} MiB \
+         (PNG {:.1} MiB), peak memory {:.2} GiB",
+        t.faces,
+        t.vertices,
+        t.charts,
+        t.utilisation * 100.0,
+        t.overlapping_triangles,
+        bytes as f64 / (1 << 20) as f64,
+        t.png_bytes as f64 / (1 << 20) as f64,
+        peak_gib().unwrap_or(f64::NAN)
+    );
+}

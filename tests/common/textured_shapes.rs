@@ -1,0 +1,232 @@
+//! Analytic shapes with analytic PBR fields, in the form the decoders produce: a lattice sign
+//! field voxelised into the flexible dual grid (dual vertices moved onto the analytic surface, as
+//! a trained decoder places them), extracted, and the same voxels carrying the field's six PBR
+//! channels (base colour RGB, metallic, roughness, alpha) at their centres. Every field is smooth
+//! and constant along the surface normal, so the voxels' trilinear lookup reproduces it on the
+//! surface up to the lookup's own smoothing. Shared by `tests/bake.rs` and `benches/export.rs`;
+//! include `voxel_shapes` beside it.
+
+use super::voxel_shapes::{in_ball, in_box, sign_field_voxels};
+use trellis2::export::Asset;
+use trellis2::mesh::decoder_output_to_meshes;
+use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
+
+/// A PBR field over voxel-unit points.
+pub type Field = Box<dyn Fn([f64; 3]) -> [f64; 6] + Sync + Send>;
+
+/// One shape: its asset (mesh, voxels, attributes) and the field its voxels sample.
+pub struct TexturedShape {
+    pub name: &'static str,
+    pub grid: i32,
+    pub asset: Asset,
+    /// In voxel units: `(world + ½) · grid`.
+    pub field: Field,
+}
+
+impl TexturedShape {
+    /// The field at a point of the pipeline frame (`[-0.5, 0.5]³`).
+    pub fn field_at(&self, world: [f32; 3]) -> [f64; 6] {
+        (self.field)(world.map(|v| (f64::from(v) + 0.5) * f64::from(self.grid)))
+    }
+}
+
+/// The extracted surface of `inside` with dual vertices on `project`'s surface (nearest point,
+/// voxel units), its voxels carrying `field` at their centres.
+pub fn textured(
+    name: &'static str,
+    grid: i32,
+    inside: impl Fn([i32; 3]) -> bool + Sync,
+    project: impl Fn([f64; 3]) -> [f64; 3],
+    field: Field,
+) -> TexturedShape {
+    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
+    let m = f64::from(VOXEL_MARGIN);
+    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
+        let cell = [c[1], c[2], c[3]].map(f64::from);
+        let q = project(cell.map(|v| v + 0.5));
+        for k in 0..3 {
+            // Inverse of the dual-vertex activation (1 + 2m)·sigmoid(x) − m.
+            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
+            f[k] = (s / (1.0 - s)).ln() as f32;
+        }
+    }
+    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
+        .expect("extracts")
+        .remove(0);
+    let voxels: Vec<[i32; 3]> = coords.chunks_exact(4).map(|c| [c[1], c[2], c[3]]).collect();
+    let attrs = voxels
+        .iter()
+        .map(|c| field(c.map(|v| f64::from(v) + 0.5)).map(|v| v as f32))
+        .collect();
+    let duals = mesh.vertices[..voxels.len()].to_vec();
+    let asset = Asset::new(mesh, voxels, attrs, duals, grid as u32).expect("valid asset");
+    TexturedShape {
+        name,
+        grid,
+        asset,
+        field,
+    }
+}
+
+fn unit(d: [f64; 3]) -> [f64; 3] {
+    let len = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+    d.map(|v| v / len)
+}
+
+/// A ball of radius 0.4·grid with a longitude/latitude pattern (smooth: polynomials of the
+/// direction) and metallic varying with latitude.
+pub fn sphere(grid: i32) -> TexturedShape {
+    let c = grid as f32 / 2.0 + 0.3;
+    let centre = [c, c - 0.2, c + 0.1];
+    let radius = grid as f32 * 0.4;
+    let (cd, r) = (centre.map(f64::from), f64::from(radius));
+    textured(
+        "sphere",
+        grid,
+        |p| in_ball(p, centre, radius),
+        move |x| {
+            let d = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
+            std::array::from_fn(|k| cd[k] + d[k] * r)
+        },
+        Box::new(move |x| {
+            let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
+            // cos²(lat)·sin(2·lon), sin(3·lat), cos(lat)·cos(lon).
+            [
+                0.5 + 0.4 * 2.0 * dx * dy,
+                0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
+                0.5 + 0.4 * dx,
+                0.5 + 0.45 * dz,
+                0.55 + 0.35 * (dx * dx - dy * dy),
+                1.0,
+            ]
+        }),
+    )
+}
+
+/// A torus of radii 0.28·grid and 0.11·grid around the z axis; the field follows its two
+/// angles.
+pub fn torus(grid: i32) -> TexturedShape {
+    let c = grid as f32 / 2.0 + 0.3;
+    let centre = [c, c - 0.2, c];
+    let (major, minor) = (grid as f32 * 0.28, grid as f32 * 0.11);
+    let (cd, big, small) = (centre.map(f64::from), f64::from(major), f64::from(minor));
+    // (cos θ, sin θ) around the axis, (cos φ, sin φ) around the tube, and the tube's centre.
+    let angles = move |x: [f64; 3]| {
+        let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
+        let planar = (d[0] * d[0] + d[1] * d[1]).sqrt();
+        let (ct, st) = (d[0] / planar, d[1] / planar);
+        let e = [planar - big, d[2]];
+        let len = (e[0] * e[0] + e[1] * e[1]).sqrt();
+        (ct, st, e[0] / len, e[1] / len)
+    };
+    textured(
+        "torus",
+        grid,
+        |p| {
+            let (x, y, z) = (
+                p[0] as f32 - centre[0],
+                p[1] as f32 - centre[1],
+                p[2] as f32 - centre[2],
+            );
+            let ring = (x * x + y * y).sqrt() - major;
+            ring * ring + z * z <= minor * minor
+        },
+        move |x| {
+            let (ct, st, cp, sp) = angles(x);
+            let rho = big + small * cp;
+            [cd[0] + rho * ct, cd[1] + rho * st, cd[2] + small * sp]
+        },
+        Box::new(move |x| {
+            let (ct, st, cp, sp) = angles(x);
+            [
+                0.5 + 0.4 * ct,
+                0.5 + 0.4 * (2.0 * st * ct),
+                0.5 + 0.3 * cp,
+                0.5 + 0.4 * sp,
+                0.5 + 0.3 * st * cp,
+                1.0,
+            ]
+        }),
+    )
+}
+
+/// A plate 0.7·grid × 0.5·grid and 3 voxels thick; the field varies over x and y only (so is
+/// constant through the plate's large faces).
+pub fn plate(grid: i32) -> TexturedShape {
+    let g = grid as f64;
+    let mid = grid / 2;
+    let lo = [mid - (0.35 * g) as i32, mid - (0.25 * g) as i32, mid - 1];
+    let hi = [mid + (0.35 * g) as i32, mid + (0.25 * g) as i32, mid + 1];
+    // The continuous box half-way between inside and outside lattice points.
+    let (blo, bhi) = (
+        lo.map(|v| f64::from(v) - 0.5),
+        hi.map(|v| f64::from(v) + 0.5),
+    );
+    textured(
+        "plate",
+        grid,
+        |p| in_box(p, lo, hi),
+        move |x| {
+            let mut q: [f64; 3] = std::array::from_fn(|k| x[k].clamp(blo[k], bhi[k]));
+            if q == x {
+                // Inside: onto the nearest face.
+                let (k, side) = (0..3)
+                    .flat_map(|k| [(k, blo[k]), (k, bhi[k])])
+                    .min_by(|a, b| (x[a.0] - a.1).abs().total_cmp(&(x[b.0] - b.1).abs()))
+                    .expect("six faces");
+                q[k] = side;
+            }
+            q
+        },
+        Box::new(move |x| {
+            let (u, v) = (x[0] / g, x[1] / g);
+            [
+                0.5 + 0.4 * (6.0 * u).sin(),
+                0.5 + 0.4 * (5.0 * v).cos(),
+                0.5 + 0.3 * (4.0 * (u + v)).sin(),
+                0.5 + 0.4 * (3.0 * u).cos(),
+                0.5 + 0.4 * (4.0 * v).sin(),
+                1.0,
+            ]
+        }),
+    )
+}
+
+/// Three concentric sphere shells (radii 0.45, 0.35 and 0.22 of the grid, the middle one
+/// hollowing the outer): at 1024³ about 7 M voxels, the size of a large 1024 decoder output.
+/// The field is the sphere's, by direction.
+pub fn nested_spheres(grid: i32) -> TexturedShape {
+    let c = grid as f32 / 2.0 + 0.3;
+    let centre = [c, c - 0.2, c + 0.1];
+    let radii = [0.45, 0.35, 0.22].map(|r| grid as f32 * r);
+    let cd = centre.map(f64::from);
+    textured(
+        "nested spheres",
+        grid,
+        move |p| {
+            (in_ball(p, centre, radii[0]) && !in_ball(p, centre, radii[1]))
+                || in_ball(p, centre, radii[2])
+        },
+        move |x| {
+            let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
+            let len = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+            let r = radii
+                .iter()
+                .map(|&r| f64::from(r))
+                .min_by(|a, b| (a - len).abs().total_cmp(&(b - len).abs()))
+                .expect("three radii");
+            std::array::from_fn(|k| cd[k] + d[k] * r / len)
+        },
+        Box::new(move |x| {
+            let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
+            [
+                0.5 + 0.4 * 2.0 * dx * dy,
+                0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
+                0.5 + 0.4 * dx,
+                0.5 + 0.45 * dz,
+                0.55 + 0.35 * (dx * dx - dy * dy),
+                1.0,
+            ]
+        }),
+    )
+}
