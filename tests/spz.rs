@@ -188,6 +188,6 @@ fn spz_round_trips_through_splat_transform() {
     assert_within_quantisation(&splats(&ply), &theirs, bits, "splat-transform");
     // And it decodes every field as our reader does.
     let d = differences(&splats(&spz), &theirs);
-    println!("splat-transform vs our reader: {d:.2e?}");
+    println!("splat-transform vs our reader: {d:?}");
     assert!(d[..5].iter().all(|&v| v <= 1e-5), "{d:?}");
 }

@@ -9,8 +9,9 @@
 //!
 //! Quantisation (decode in brackets; the writer rounds to the nearest code, so each error is at
 //! most half a step):
-//! * position: `round(p · 2^f)` with `f` fractional bits [`p = code / 2^f`]; `f` comes from the
-//!   bounds, see [`fractional_bits`];
+//! * position: `round(p · 2^f)` with `f` fractional bits [`p = code / 2^f`]; `f` is the most
+//!   that the bounds allow, but no finer than 1/8 voxel ([`POSITION_STEPS_PER_VOXEL`]): 13 bits
+//!   at 1024³ in the unit cube;
 //! * alpha: `round(sigmoid(opacity) · 255)` [`opacity = logit(code / 255)`];
 //! * colour: `round(f_dc · 0.15 · 255 + 127.5)` [`f_dc = (code / 255 − 0.5) / 0.15`]: steps of
 //!   0.026 in `f_dc`, 0.0074 (1.9 / 255) in linear colour;
@@ -47,10 +48,14 @@ pub const COLOR_SCALE: f32 = 0.15;
 /// Log scales are stored as `(log + SCALE_OFFSET) · SCALE_STEPS_PER_UNIT`.
 pub const SCALE_OFFSET: f32 = 10.0;
 pub const SCALE_STEPS_PER_UNIT: f32 = 16.0;
-/// The finest position step the writer uses, 2⁻¹⁶ ≈ 1.5·10⁻⁵ scene units: 1/60 of a voxel at
-/// 1024³ in the unit cube. Finer steps only add low bits that gzip cannot compress, and the f32
-/// positions of a unit-sized object hold no more than about 2⁻²⁴ anyway.
-pub const MAX_FRACTIONAL_BITS: u8 = 16;
+/// The finest position step any file gets, 2⁻²³: beyond it the f32 positions of a unit-sized
+/// object hold nothing more.
+pub const MAX_FRACTIONAL_BITS: u8 = 23;
+/// Position steps per voxel edge in files written from an asset: a rounding error of at most
+/// 1/16 voxel, far below the splats' 0.6-voxel tangent sigma and a pixel of any sensible
+/// render; finer steps only add low bits that gzip cannot compress (each bit costs about 0.4
+/// bytes per splat).
+pub const POSITION_STEPS_PER_VOXEL: f64 = 8.0;
 /// Splats the reader accepts (Niantic's own reader stops at 10 million).
 pub const MAX_SPZ_POINTS: usize = 100_000_000;
 const HEADER_BYTES: usize = 16;
@@ -96,16 +101,22 @@ pub fn write_splat_spz(path: &Path, asset: &Asset) -> Result<()> {
             rotation: [r.rot_0, r.rot_1, r.rot_2, r.rot_3],
         })
         .collect();
-    let bytes = encode_spz(&splats)
+    // The fewest bits whose step is at most 1/POSITION_STEPS_PER_VOXEL of a voxel.
+    let voxel = f64::from(asset.voxel_size());
+    let finest = (POSITION_STEPS_PER_VOXEL / voxel)
+        .log2()
+        .ceil()
+        .clamp(0.0, f64::from(MAX_FRACTIONAL_BITS)) as u8;
+    let bytes = encode_spz(&splats, finest)
         .with_context(|| format!("{}: cannot write the SPZ splats", path.display()))?;
     write_atomic(path, |w| Ok(w.write_all(&bytes)?))
         .with_context(|| format!("{}: cannot write the SPZ splats", path.display()))
 }
 
-/// The fractional bits for positions: the most, up to [`MAX_FRACTIONAL_BITS`], for which the
+/// The fractional bits for positions, from the bounds: the most, up to `finest`, for which the
 /// largest coordinate magnitude still fits the signed 24 bits after rounding. Fails when even 0
 /// bits do not (a coordinate beyond ±8,388,607) or a coordinate is not finite.
-pub fn fractional_bits(splats: &[RawSplat]) -> Result<u8> {
+pub fn fractional_bits(splats: &[RawSplat], finest: u8) -> Result<u8> {
     let mut largest = 0.0f64;
     for (i, s) in splats.iter().enumerate() {
         ensure!(
@@ -117,7 +128,7 @@ pub fn fractional_bits(splats: &[RawSplat]) -> Result<u8> {
             .iter()
             .fold(largest, |m, v| m.max(f64::from(v.abs())));
     }
-    (0..=MAX_FRACTIONAL_BITS)
+    (0..=finest.min(MAX_FRACTIONAL_BITS))
         .rev()
         .find(|&f| (largest * f64::from(1u32 << f)).round() <= FIXED24_MAX)
         .with_context(|| {
@@ -129,11 +140,12 @@ fn to_u8(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
 
-/// SPZ bytes (gzip stream) of `splats`, SH degree 0. Refuses splats whose position, colour,
+/// SPZ bytes (gzip stream) of `splats`, SH degree 0, positions with at most `finest` fractional
+/// bits ([`fractional_bits`]). Refuses splats whose position, colour,
 /// scale or rotation is not finite, a zero rotation, or an opacity that is NaN (±∞ opacities
 /// become alpha 0 or 1); clamps what falls outside a field's range (colours beyond
 /// `f_dc = ±3.33`, log scales outside `[−10, 5.9375]`).
-pub fn encode_spz(splats: &[RawSplat]) -> Result<Vec<u8>> {
+pub fn encode_spz(splats: &[RawSplat], finest: u8) -> Result<Vec<u8>> {
     let n = splats.len();
     ensure!(
         u32::try_from(n).is_ok(),
@@ -155,7 +167,7 @@ pub fn encode_spz(splats: &[RawSplat]) -> Result<Vec<u8>> {
             "splat {i} has a zero rotation quaternion"
         );
     }
-    let bits = fractional_bits(splats)?;
+    let bits = fractional_bits(splats, finest)?;
     let unit = f64::from(1u32 << bits);
     let mut raw = Vec::with_capacity(HEADER_BYTES + n * 19);
     raw.extend_from_slice(&SPZ_MAGIC.to_le_bytes());
@@ -396,10 +408,10 @@ mod tests {
     #[test]
     fn round_trip_stays_within_the_quantisation() {
         let splats = sample(5000);
-        let bytes = encode_spz(&splats).unwrap();
+        let bytes = encode_spz(&splats, 16).unwrap();
         let file = decode_spz(&bytes).unwrap();
         assert_eq!((file.version, file.sh_degree), (2, 0));
-        assert_eq!(file.fractional_bits, MAX_FRACTIONAL_BITS);
+        assert_eq!(file.fractional_bits, 16);
         let step = 1.0 / f32::from(1u16 << file.fractional_bits);
         for (a, b) in splats.iter().zip(&file.splats) {
             for k in 0..3 {
@@ -431,15 +443,17 @@ mod tests {
                 rotation: [1.0, 0.0, 0.0, 0.0],
             }]
         };
-        assert_eq!(fractional_bits(&at(0.5)).unwrap(), 16);
-        assert_eq!(fractional_bits(&at(127.0)).unwrap(), 16);
-        assert_eq!(fractional_bits(&at(128.0)).unwrap(), 15);
-        assert_eq!(fractional_bits(&at(8_000_000.0)).unwrap(), 0);
-        assert!(fractional_bits(&at(9_000_000.0)).is_err());
-        assert!(fractional_bits(&at(f32::NAN)).is_err());
+        assert_eq!(fractional_bits(&at(0.5), 16).unwrap(), 16);
+        assert_eq!(fractional_bits(&at(127.0), 16).unwrap(), 16);
+        assert_eq!(fractional_bits(&at(128.0), 16).unwrap(), 15);
+        assert_eq!(fractional_bits(&at(8_000_000.0), 16).unwrap(), 0);
+        assert!(fractional_bits(&at(9_000_000.0), 16).is_err());
+        assert!(fractional_bits(&at(f32::NAN), 16).is_err());
+        assert_eq!(fractional_bits(&at(0.5), 30).unwrap(), 23);
+        assert_eq!(fractional_bits(&at(0.5), 9).unwrap(), 9);
         // The largest coordinate survives exactly at the chosen bits.
         let big = at(-3000.7);
-        let f = decode_spz(&encode_spz(&big).unwrap()).unwrap();
+        let f = decode_spz(&encode_spz(&big, 16).unwrap()).unwrap();
         assert_eq!(f.fractional_bits, 11);
         assert!((f.splats[0].position[1] - 3000.7).abs() <= 0.5 / 2048.0 + 1e-3 * f32::EPSILON);
     }
@@ -448,18 +462,18 @@ mod tests {
     fn bad_splats_are_refused_and_ranges_clamped() {
         let mut s = sample(3);
         s[1].f_dc[2] = f32::INFINITY;
-        assert!(encode_spz(&s).is_err());
+        assert!(encode_spz(&s, 16).is_err());
         let mut s = sample(3);
         s[0].opacity = f32::NAN;
-        assert!(encode_spz(&s).is_err());
+        assert!(encode_spz(&s, 16).is_err());
         let mut s = sample(3);
         s[2].rotation = [0.0; 4];
-        assert!(encode_spz(&s).is_err());
+        assert!(encode_spz(&s, 16).is_err());
         let mut s = sample(2);
         s[0].opacity = f32::INFINITY;
         s[1].opacity = f32::NEG_INFINITY;
         s[0].log_scale = [-20.0, 20.0, 0.0];
-        let f = decode_spz(&encode_spz(&s).unwrap()).unwrap();
+        let f = decode_spz(&encode_spz(&s, 16).unwrap()).unwrap();
         assert_eq!(f.splats[0].opacity, f32::INFINITY);
         assert_eq!(f.splats[1].opacity, f32::NEG_INFINITY);
         assert_eq!(f.splats[0].log_scale[..2], [-10.0, 5.9375]);
@@ -467,7 +481,7 @@ mod tests {
 
     #[test]
     fn corrupt_streams_fail_cleanly() {
-        let bytes = encode_spz(&sample(100)).unwrap();
+        let bytes = encode_spz(&sample(100), 16).unwrap();
         assert!(decode_spz(&bytes[..bytes.len() / 2]).is_err());
         assert!(decode_spz(b"ply\n").is_err());
         let mut raw = Vec::new();
