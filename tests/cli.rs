@@ -728,7 +728,11 @@ fn bad_enum_values_are_usage_errors_listing_the_choices() {
             "512, 1024, 1024-cascade, 1536-cascade",
         ),
         (&["generate", "x.png"], "--dtype", "auto, f32, f16, bf16"),
-        (&["generate", "x.png"], "--format", "splat, mesh-ply, glb"),
+        (
+            &["generate", "x.png"],
+            "--format",
+            "splat, splat-spz, mesh-ply, glb",
+        ),
         (
             &["generate", "x.png"],
             "--rembg",

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::voxel_shapes::{in_ball, sign_field_voxels};
 use trellis2::export::face_orientation::faces_wound_outward;
-use trellis2::export::{write_glb, write_splat_ply, Asset, Up};
+use trellis2::export::{write_glb, write_splat_ply, write_splat_spz, Asset, Up};
 use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
 use trellis2::mesh::{decoder_output_to_meshes, Mesh};
 use trellis2::render::metrics::{psnr, splat_quality, ssim, QUALITY_ORBIT};
@@ -719,6 +719,39 @@ fn splat_quality_on_analytic_objects_at_pipeline_resolutions() {
     for grid in [256, 512] {
         measure(&format!("sphere {grid}"), &sphere_asset(grid));
         measure(&format!("torus {grid}"), &torus_asset(grid));
+    }
+}
+
+/// SPZ against the PLY on the analytic sphere: the size ratio (target ≥ 8×) and how close the
+/// renders of the two are (the cost of SPZ's quantisation), docs/OUTPUTS.md.
+#[test]
+fn spz_is_eight_times_smaller_and_renders_like_the_ply() {
+    for grid in [128, 256] {
+        let asset = sphere_asset(grid);
+        let dir = tempfile::tempdir().unwrap();
+        let (ply, spz) = (dir.path().join("a.splat.ply"), dir.path().join("a.spz"));
+        write_splat_ply(&ply, &asset, Up::Y).unwrap();
+        write_splat_spz(&spz, &asset).unwrap();
+        let sizes = [&ply, &spz].map(|p| std::fs::metadata(p).unwrap().len());
+        let ratio = sizes[0] as f64 / sizes[1] as f64;
+        let q = splat_quality(
+            &load_scene(&ply).unwrap(),
+            &load_scene(&spz).unwrap(),
+            &QUALITY_ORBIT,
+        )
+        .unwrap();
+        println!(
+            "sphere {grid}: {} splats, PLY {} B, SPZ {} B ({:.2} B/splat), ratio {ratio:.1}; \
+             SPZ render vs PLY render PSNR {:.2} dB, SSIM {:.4}",
+            asset.voxel_count(),
+            sizes[0],
+            sizes[1],
+            sizes[1] as f64 / asset.voxel_count() as f64,
+            q.psnr_db,
+            q.ssim
+        );
+        assert!(ratio >= 8.0, "{ratio}");
+        assert!(q.psnr_db > 40.0, "{}", q.psnr_db);
     }
 }
 

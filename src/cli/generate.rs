@@ -36,6 +36,8 @@ use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
 pub enum Format {
     /// Gaussian splats, INRIA 3DGS binary PLY (`NAME.splat.ply`).
     Splat,
+    /// Gaussian splats, Niantic's compressed SPZ, always +Y up (`NAME.spz`).
+    SplatSpz,
     /// The raw extracted triangle mesh (never decimated, for remeshing) with vertex colours,
     /// binary PLY (`NAME.mesh.ply`).
     MeshPly,
@@ -57,6 +59,7 @@ impl Format {
     fn file_name(self, stem: &str) -> String {
         match self {
             Format::Splat => format!("{stem}.splat.ply"),
+            Format::SplatSpz => format!("{stem}.spz"),
             Format::MeshPly => format!("{stem}.mesh.ply"),
             Format::Glb => format!("{stem}.glb"),
         }
@@ -266,7 +269,7 @@ fn plan(args: &Args) -> Result<Plan> {
         }
     }
     if args.format.is_empty() {
-        bail!("--format needs at least one of splat, mesh-ply, glb");
+        bail!("--format needs at least one of splat, splat-spz, mesh-ply, glb");
     }
     let noise = match &args.noise {
         Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
@@ -497,6 +500,7 @@ fn save(
     for (format, path) in args.format.iter().zip(outputs) {
         match format {
             Format::Splat => write_splat_ply(path, &asset, up)?,
+            Format::SplatSpz => trellis2::export::write_splat_spz(path, &asset)?,
             Format::MeshPly => write_mesh_ply(path, &asset, up)?,
             Format::Glb => {
                 let start = Instant::now();

@@ -47,13 +47,14 @@ pub fn run(args: &Args) -> Result<u8> {
     match ext.as_str() {
         "ply" => ply(path, &read_ply(path)?),
         "glb" => glb(path),
+        "spz" => spz(path),
         "safetensors" => {
             // Validate the header through the plain reader first: it gives the clearest errors.
             TensorFile::open(path)?.parse()?;
             checkpoint(&Checkpoint::open_file(path)?, !args.summary)
         }
         _ => bail!(
-            "{}: unknown file type (expected a directory, .safetensors, .ply or .glb)",
+            "{}: unknown file type (expected a directory, .safetensors, .ply, .glb or .spz)",
             path.display()
         ),
     }
@@ -203,6 +204,31 @@ fn ply(path: &Path, ply: &PlyFile) -> Result<u8> {
                 .unwrap_or_else(|| "(empty)".into());
             println!("  {:<18} {:<22} {range}", p.name, p.type_name);
         }
+    }
+    Ok(super::exit::OK)
+}
+
+fn spz(path: &Path) -> Result<u8> {
+    let f = trellis2::export::spz::read_spz(path)?;
+    println!("spz         {}", path.display());
+    println!(
+        "format      SPZ version {}, SH degree {}, {} fractional bits{}",
+        f.version,
+        f.sh_degree,
+        f.fractional_bits,
+        if f.antialiased { ", antialiased" } else { "" }
+    );
+    println!("contents    Gaussian splats ×{}", f.splats.len());
+    let mut lo = [f32::INFINITY; 3];
+    let mut hi = [f32::NEG_INFINITY; 3];
+    for s in &f.splats {
+        for k in 0..3 {
+            lo[k] = lo[k].min(s.position[k]);
+            hi[k] = hi[k].max(s.position[k]);
+        }
+    }
+    if !f.splats.is_empty() {
+        println!("bounds      {lo:?} .. {hi:?}");
     }
     Ok(super::exit::OK)
 }

@@ -41,24 +41,24 @@ pub const OPACITY_EPS: f64 = 1e-4;
 
 /// One splat as 3DGS stores it (field order is the file's property order).
 #[derive(Serialize)]
-struct SplatRow {
-    x: f32,
-    y: f32,
-    z: f32,
-    nx: f32,
-    ny: f32,
-    nz: f32,
-    f_dc_0: f32,
-    f_dc_1: f32,
-    f_dc_2: f32,
-    opacity: f32,
-    scale_0: f32,
-    scale_1: f32,
-    scale_2: f32,
-    rot_0: f32,
-    rot_1: f32,
-    rot_2: f32,
-    rot_3: f32,
+pub(crate) struct SplatRow {
+    pub(crate) x: f32,
+    pub(crate) y: f32,
+    pub(crate) z: f32,
+    pub(crate) nx: f32,
+    pub(crate) ny: f32,
+    pub(crate) nz: f32,
+    pub(crate) f_dc_0: f32,
+    pub(crate) f_dc_1: f32,
+    pub(crate) f_dc_2: f32,
+    pub(crate) opacity: f32,
+    pub(crate) scale_0: f32,
+    pub(crate) scale_1: f32,
+    pub(crate) scale_2: f32,
+    pub(crate) rot_0: f32,
+    pub(crate) rot_1: f32,
+    pub(crate) rot_2: f32,
+    pub(crate) rot_3: f32,
 }
 
 #[derive(Serialize)]
@@ -81,10 +81,17 @@ pub fn write_splat_ply(path: &Path, asset: &Asset, up: Up) -> Result<()> {
 }
 
 fn splat_file(asset: &Asset, up: Up) -> SplatFile {
+    SplatFile {
+        vertex: splat_rows(asset, up),
+    }
+}
+
+/// The splats of `asset` in the frame `up`, one per voxel (also what the SPZ writer stores).
+pub(crate) fn splat_rows(asset: &Asset, up: Up) -> Vec<SplatRow> {
     let frames = voxel_surface_frames(asset);
     let voxel = f64::from(asset.voxel_size());
     let tangent_sigma = TANGENT_SIGMA_VOXELS * voxel;
-    let vertex = asset
+    asset
         .dual_vertices()
         .iter()
         .zip(asset.voxel_attrs())
@@ -125,8 +132,7 @@ fn splat_file(asset: &Asset, up: Up) -> SplatFile {
                 rot_3: rot[3] as f32,
             }
         })
-        .collect();
-    SplatFile { vertex }
+        .collect()
 }
 
 /// The frame's axes in the file frame (a rotation, so still right-handed and orthonormal).

@@ -1,6 +1,7 @@
 //! Files into scenes: GLB (vertex colours or a base-colour texture), mesh PLY (sRGB vertex
-//! colours), and Gaussian-splat PLY in the INRIA 3DGS layout (`x y z`, `f_dc_0..2`,
-//! `f_rest_*` for SH degree 1–3, `opacity`, `scale_0..2`, `rot_0..3`; ours or any trainer's).
+//! colours), Gaussian-splat PLY in the INRIA 3DGS layout (`x y z`, `f_dc_0..2`,
+//! `f_rest_*` for SH degree 1–3, `opacity`, `scale_0..2`, `rot_0..3`; ours or any trainer's)
+//! and Niantic's SPZ (versions 2 and 3, [`crate::export::spz`]).
 //!
 //! Splat files are large (millions of rows), so a binary little-endian file whose first element
 //! is `vertex` with scalar properties only is read straight from a memory map; any other PLY
@@ -15,6 +16,7 @@ use super::splat::Splats;
 use crate::compare::mesh_from_ply;
 use crate::export::glb::{read_glb, MeshData};
 use crate::export::ply::read_ply;
+use crate::export::spz::{read_spz, spz_columns};
 
 /// Something to draw.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +53,7 @@ impl Scene {
     }
 }
 
-/// Reads a `.glb` or `.ply` file (splats or a triangle mesh). Errors name the file.
+/// Reads a `.glb`, `.ply` (splats or a triangle mesh) or `.spz` file. Errors name the file.
 pub fn load_scene(path: &Path) -> Result<Scene> {
     let ext = path
         .extension()
@@ -63,8 +65,12 @@ pub fn load_scene(path: &Path) -> Result<Scene> {
             Scene::Mesh(mesh_from_data(&mesh).with_context(|| path.display().to_string())?)
         }
         "ply" => load_ply(path)?,
+        "spz" => Scene::Splats(
+            splats_from_columns(&spz_columns(&read_spz(path)?))
+                .with_context(|| path.display().to_string())?,
+        ),
         _ => bail!(
-            "{}: unknown file type (expected .glb or .ply)",
+            "{}: unknown file type (expected .glb, .ply or .spz)",
             path.display()
         ),
     };
