@@ -6,10 +6,8 @@
 //! surface up to the lookup's own smoothing. Shared by `tests/bake.rs` and `benches/export.rs`;
 //! include `voxel_shapes` beside it.
 
-use super::voxel_shapes::{in_ball, in_box, sign_field_voxels};
+use super::voxel_shapes::{in_ball, in_box, snapped_surface};
 use trellis2::export::Asset;
-use trellis2::mesh::decoder_output_to_meshes;
-use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
 
 /// A PBR field over voxel-unit points.
 pub type Field = Box<dyn Fn([f64; 3]) -> [f64; 6] + Sync + Send>;
@@ -39,21 +37,7 @@ pub fn textured(
     project: impl Fn([f64; 3]) -> [f64; 3],
     field: Field,
 ) -> TexturedShape {
-    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
-    let m = f64::from(VOXEL_MARGIN);
-    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
-        let cell = [c[1], c[2], c[3]].map(f64::from);
-        let q = project(cell.map(|v| v + 0.5));
-        for k in 0..3 {
-            // Inverse of the dual-vertex activation (1 + 2m)·sigmoid(x) − m.
-            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
-            f[k] = (s / (1.0 - s)).ln() as f32;
-        }
-    }
-    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
-        .expect("extracts")
-        .remove(0);
-    let voxels: Vec<[i32; 3]> = coords.chunks_exact(4).map(|c| [c[1], c[2], c[3]]).collect();
+    let (mesh, voxels) = snapped_surface(grid, inside, project);
     let attrs = voxels
         .iter()
         .map(|c| field(c.map(|v| f64::from(v) + 0.5)).map(|v| v as f32))
