@@ -1,9 +1,10 @@
 //! Closed analytic surfaces (sphere, torus) extracted the way the decoders' output is: a
 //! lattice sign field voxelised into the flexible dual grid, each dual vertex moved onto the
 //! analytic surface (as a trained decoder places them), then extracted and wound outward.
-//! Shared by `tests/atlas.rs`, `tests/decimate.rs`, `tests/render.rs` and `benches/atlas.rs`; include `voxel_shapes` beside it.
+//! Shared by `tests/atlas.rs`, `tests/decimate.rs`, `tests/render.rs` and `benches/atlas.rs`;
+//! include `voxel_shapes` beside it.
 
-use super::voxel_shapes::{in_ball, snapped_surface};
+use super::voxel_shapes::{in_ball, in_torus, snapped_surface};
 use trellis2::export::face_orientation::faces_wound_outward;
 use trellis2::mesh::Mesh;
 
@@ -58,15 +59,7 @@ pub fn torus_with_voxels(grid: i32) -> (Mesh, Vec<[i32; 3]>) {
     let (cd, big, small) = (centre.map(f64::from), f64::from(major), f64::from(minor));
     extracted(
         grid,
-        |p| {
-            let (x, y, z) = (
-                p[0] as f32 - centre[0],
-                p[1] as f32 - centre[1],
-                p[2] as f32 - centre[2],
-            );
-            let ring = (x * x + y * y).sqrt() - major;
-            ring * ring + z * z <= minor * minor
-        },
+        |p| in_torus(p, centre, major, minor),
         |x| {
             let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
             let planar = (d[0] * d[0] + d[1] * d[1]).sqrt();

@@ -6,7 +6,7 @@
 //! surface up to the lookup's own smoothing. Shared by `tests/bake.rs` and `benches/export.rs`;
 //! include `voxel_shapes` beside it.
 
-use super::voxel_shapes::{in_ball, in_box, snapped_surface};
+use super::voxel_shapes::{in_ball, in_box, in_torus, snapped_surface};
 use trellis2::export::Asset;
 
 /// A PBR field over voxel-unit points.
@@ -57,6 +57,20 @@ fn unit(d: [f64; 3]) -> [f64; 3] {
     d.map(|v| v / len)
 }
 
+/// Around `cd`: cos²(lat)·sin(2·lon), sin(3·lat), cos(lat)·cos(lon) in base colour, metallic
+/// varying with latitude (smooth: polynomials of the direction).
+fn latitude_longitude_field(cd: [f64; 3], x: [f64; 3]) -> [f64; 6] {
+    let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
+    [
+        0.5 + 0.4 * 2.0 * dx * dy,
+        0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
+        0.5 + 0.4 * dx,
+        0.5 + 0.45 * dz,
+        0.55 + 0.35 * (dx * dx - dy * dy),
+        1.0,
+    ]
+}
+
 /// A ball of radius 0.4·grid with a longitude/latitude pattern (smooth: polynomials of the
 /// direction) and metallic varying with latitude.
 pub fn sphere(grid: i32) -> TexturedShape {
@@ -72,18 +86,7 @@ pub fn sphere(grid: i32) -> TexturedShape {
             let d = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
             std::array::from_fn(|k| cd[k] + d[k] * r)
         },
-        Box::new(move |x| {
-            let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
-            // cos²(lat)·sin(2·lon), sin(3·lat), cos(lat)·cos(lon).
-            [
-                0.5 + 0.4 * 2.0 * dx * dy,
-                0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
-                0.5 + 0.4 * dx,
-                0.5 + 0.45 * dz,
-                0.55 + 0.35 * (dx * dx - dy * dy),
-                1.0,
-            ]
-        }),
+        Box::new(move |x| latitude_longitude_field(cd, x)),
     )
 }
 
@@ -106,15 +109,7 @@ pub fn torus(grid: i32) -> TexturedShape {
     textured(
         "torus",
         grid,
-        |p| {
-            let (x, y, z) = (
-                p[0] as f32 - centre[0],
-                p[1] as f32 - centre[1],
-                p[2] as f32 - centre[2],
-            );
-            let ring = (x * x + y * y).sqrt() - major;
-            ring * ring + z * z <= minor * minor
-        },
+        |p| in_torus(p, centre, major, minor),
         move |x| {
             let (ct, st, cp, sp) = angles(x);
             let rho = big + small * cp;
@@ -201,16 +196,6 @@ pub fn nested_spheres(grid: i32) -> TexturedShape {
                 .expect("three radii");
             std::array::from_fn(|k| cd[k] + d[k] * r / len)
         },
-        Box::new(move |x| {
-            let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
-            [
-                0.5 + 0.4 * 2.0 * dx * dy,
-                0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
-                0.5 + 0.4 * dx,
-                0.5 + 0.45 * dz,
-                0.55 + 0.35 * (dx * dx - dy * dy),
-                1.0,
-            ]
-        }),
+        Box::new(move |x| latitude_longitude_field(cd, x)),
     )
 }

@@ -81,6 +81,18 @@ pub fn in_ball(p: [i32; 3], centre: [f32; 3], radius: f32) -> bool {
     d <= radius * radius
 }
 
+/// Lattice points inside the torus of radii `major` and `minor` around the z axis through
+/// `centre`.
+pub fn in_torus(p: [i32; 3], centre: [f32; 3], major: f32, minor: f32) -> bool {
+    let (x, y, z) = (
+        p[0] as f32 - centre[0],
+        p[1] as f32 - centre[1],
+        p[2] as f32 - centre[2],
+    );
+    let ring = (x * x + y * y).sqrt() - major;
+    ring * ring + z * z <= minor * minor
+}
+
 /// The extracted mesh (wound as extraction leaves it) of the sign field `inside` on a `grid³`
 /// grid, with each dual vertex moved onto the surface given by `project` (nearest surface point,
 /// voxel units) as a trained decoder places them (voxel centres alone would give a terraced
