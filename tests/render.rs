@@ -11,11 +11,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::voxel_shapes::{in_ball, sign_field_voxels};
-use trellis2::export::face_orientation::faces_wound_outward;
+use common::closed_shapes;
 use trellis2::export::{write_glb, write_splat_ply, write_splat_spz, Asset, Up};
-use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
-use trellis2::mesh::{decoder_output_to_meshes, Mesh};
+use trellis2::mesh::Mesh;
 use trellis2::render::metrics::{psnr, splat_quality, ssim, QUALITY_ORBIT};
 use trellis2::render::{
     contact_sheet, linear_to_srgb, load_scene, render, Background, Camera, Frame, Orbit,
@@ -534,36 +532,6 @@ fn psnr_and_ssim_basics() {
 
 // ---- analytic objects: splats against the mesh ----
 
-/// The extracted mesh of a sign field with dual vertices on the analytic surface (as
-/// tests/decimate.rs builds them), its voxel coordinates, and the dual vertices.
-fn extracted(
-    grid: i32,
-    inside: impl Fn([i32; 3]) -> bool + Sync,
-    project: impl Fn([f64; 3]) -> [f64; 3],
-) -> (Mesh, Vec<[i32; 3]>) {
-    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
-    let m = f64::from(VOXEL_MARGIN);
-    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
-        let cell = [c[1], c[2], c[3]].map(f64::from);
-        let q = project(cell.map(|v| v + 0.5));
-        for k in 0..3 {
-            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
-            f[k] = (s / (1.0 - s)).ln() as f32;
-        }
-    }
-    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
-        .expect("extracts")
-        .remove(0);
-    let voxels = coords.chunks_exact(4).map(|c| [c[1], c[2], c[3]]).collect();
-    (
-        Mesh {
-            faces: faces_wound_outward(&mesh),
-            vertices: mesh.vertices,
-        },
-        voxels,
-    )
-}
-
 /// A smooth colour field over the pipeline's cube (sRGB-encoded base colour).
 fn colour_at(p: [f32; 3]) -> [f32; 6] {
     [
@@ -584,47 +552,12 @@ fn asset(mesh: Mesh, voxels: Vec<[i32; 3]>, grid: i32) -> Asset {
 }
 
 fn sphere_asset(grid: i32) -> Asset {
-    let c = grid as f32 / 2.0 + 0.3;
-    let centre = [c, c - 0.2, c + 0.1];
-    let radius = grid as f32 * 0.4;
-    let (cd, r) = (centre.map(f64::from), f64::from(radius));
-    let (mesh, voxels) = extracted(
-        grid,
-        |p| in_ball(p, centre, radius),
-        |x| {
-            let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
-            let len = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
-            std::array::from_fn(|k| cd[k] + d[k] * r / len)
-        },
-    );
+    let (mesh, voxels) = closed_shapes::sphere_with_voxels(grid);
     asset(mesh, voxels, grid)
 }
 
 fn torus_asset(grid: i32) -> Asset {
-    let c = grid as f32 / 2.0 + 0.3;
-    let centre = [c, c - 0.2, c];
-    let (major, minor) = (grid as f32 * 0.28, grid as f32 * 0.11);
-    let (cd, big, small) = (centre.map(f64::from), f64::from(major), f64::from(minor));
-    let (mesh, voxels) = extracted(
-        grid,
-        |p| {
-            let (x, y, z) = (
-                p[0] as f32 - centre[0],
-                p[1] as f32 - centre[1],
-                p[2] as f32 - centre[2],
-            );
-            let ring = (x * x + y * y).sqrt() - major;
-            ring * ring + z * z <= minor * minor
-        },
-        |x| {
-            let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
-            let planar = (d[0] * d[0] + d[1] * d[1]).sqrt();
-            let ring = [d[0] * big / planar, d[1] * big / planar, 0.0];
-            let e = [d[0] - ring[0], d[1] - ring[1], d[2]];
-            let len = (e[0] * e[0] + e[1] * e[1] + e[2] * e[2]).sqrt();
-            std::array::from_fn(|k| cd[k] + ring[k] + e[k] * small / len)
-        },
-    );
+    let (mesh, voxels) = closed_shapes::torus_with_voxels(grid);
     asset(mesh, voxels, grid)
 }
 

@@ -116,24 +116,10 @@ fn glb_chunks(asset: &Asset, arrays: &MeshArrays, up: Up) -> Result<(Vec<u8>, Ve
     } else {
         "OPAQUE"
     };
-    let doc = json!({
-        "asset": {
-            "version": "2.0",
-            "generator": format!("trellis2 {}", env!("CARGO_PKG_VERSION")),
-            "extras": { "trellis2_frame": up.describe() },
-        },
-        "scene": 0,
-        "scenes": [{ "nodes": [0] }],
-        "nodes": [{ "mesh": 0, "name": "trellis2" }],
-        "meshes": [{
-            "name": "trellis2",
-            "primitives": [{
-                "attributes": { "POSITION": 0, "NORMAL": 1, "COLOR_0": 2 },
-                "indices": 3,
-                "material": 0,
-                "mode": 4,
-            }],
-        }],
+    let doc = gltf_document(
+        up,
+        json!({ "POSITION": 0, "NORMAL": 1, "COLOR_0": 2 }),
+        json!({
         "materials": [{
             "name": "trellis2_pbr",
             "pbrMetallicRoughness": {
@@ -162,7 +148,8 @@ fn glb_chunks(asset: &Asset, arrays: &MeshArrays, up: Up) -> Result<(Vec<u8>, Ve
         ],
         "bufferViews": views,
         "buffers": [{ "byteLength": bin.len() }],
-    });
+        }),
+    );
     let json = serde_json::to_vec(&doc).context("export: GLB JSON")?;
     Ok((json, bin))
 }
@@ -464,24 +451,10 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u
         push_view(&mut bin, &mut image.iter().copied(), None);
     }
     let (lo, hi) = bounds(t.positions);
-    let doc = json!({
-        "asset": {
-            "version": "2.0",
-            "generator": format!("trellis2 {}", env!("CARGO_PKG_VERSION")),
-            "extras": { "trellis2_frame": up.describe() },
-        },
-        "scene": 0,
-        "scenes": [{ "nodes": [0] }],
-        "nodes": [{ "mesh": 0, "name": "trellis2" }],
-        "meshes": [{
-            "name": "trellis2",
-            "primitives": [{
-                "attributes": { "POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2 },
-                "indices": 3,
-                "material": 0,
-                "mode": 4,
-            }],
-        }],
+    let doc = gltf_document(
+        up,
+        json!({ "POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2 }),
+        json!({
         "materials": [{
             "name": "trellis2_pbr",
             "pbrMetallicRoughness": {
@@ -519,9 +492,43 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u
         ],
         "bufferViews": views,
         "buffers": [{ "byteLength": bin.len() }],
-    });
+        }),
+    );
     let json = serde_json::to_vec(&doc).context("export: GLB JSON")?;
     Ok((json, bin))
+}
+
+/// The glTF document both GLBs write: the asset record (generator, frame), one scene of one node
+/// of one triangle mesh (vertex `attributes`, indices in accessor 3, material 0), then `rest`'s
+/// members (materials, accessors, views, buffers).
+fn gltf_document(
+    up: Up,
+    attributes: serde_json::Value,
+    rest: serde_json::Value,
+) -> serde_json::Value {
+    let mut doc = json!({
+        "asset": {
+            "version": "2.0",
+            "generator": format!("trellis2 {}", env!("CARGO_PKG_VERSION")),
+            "extras": { "trellis2_frame": up.describe() },
+        },
+        "scene": 0,
+        "scenes": [{ "nodes": [0] }],
+        "nodes": [{ "mesh": 0, "name": "trellis2" }],
+        "meshes": [{
+            "name": "trellis2",
+            "primitives": [{
+                "attributes": attributes,
+                "indices": 3,
+                "material": 0,
+                "mode": 4,
+            }],
+        }],
+    });
+    if let (Some(doc), serde_json::Value::Object(rest)) = (doc.as_object_mut(), rest) {
+        doc.extend(rest);
+    }
+    doc
 }
 
 /// 8-bit sRGB colour + alpha → linear RGB + alpha as normalised u16.

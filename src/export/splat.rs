@@ -196,11 +196,15 @@ fn quaternion_of_frame(f: &SurfaceFrame) -> [f64; 4] {
 /// The rotation matrix 3DGS builds from `(w, x, y, z)` (`build_rotation`), for checks.
 pub fn rotation_of_quaternion(q: [f64; 4]) -> [[f64; 3]; 3] {
     let len = q.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let [w, x, y, z] = if len > 0.0 && len.is_finite() {
+    rotation_of_unit_quaternion(if len > 0.0 && len.is_finite() {
         q.map(|v| v / len)
     } else {
         [1.0, 0.0, 0.0, 0.0]
-    };
+    })
+}
+
+/// The rotation matrix of the unit quaternion `(w, x, y, z)` (not normalised here).
+pub fn rotation_of_unit_quaternion([w, x, y, z]: [f64; 4]) -> [[f64; 3]; 3] {
     [
         [
             1.0 - 2.0 * (y * y + z * z),

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::camera::Camera;
 use super::Frame;
+use crate::export::splat::rotation_of_unit_quaternion;
 
 /// Tile side in pixels.
 pub const TILE: usize = 16;
@@ -98,24 +99,7 @@ impl Splats {
 
     /// The 3D covariance of splat `i` (upper triangle: xx, xy, xz, yy, yz, zz).
     pub fn covariance(&self, i: usize) -> [f64; 6] {
-        let [w, x, y, z] = self.rotations[i].map(f64::from);
-        let r = [
-            [
-                1.0 - 2.0 * (y * y + z * z),
-                2.0 * (x * y - w * z),
-                2.0 * (x * z + w * y),
-            ],
-            [
-                2.0 * (x * y + w * z),
-                1.0 - 2.0 * (x * x + z * z),
-                2.0 * (y * z - w * x),
-            ],
-            [
-                2.0 * (x * z - w * y),
-                2.0 * (y * z + w * x),
-                1.0 - 2.0 * (x * x + y * y),
-            ],
-        ];
+        let r = rotation_of_unit_quaternion(self.rotations[i].map(f64::from));
         let s = self.scales[i].map(f64::from);
         let m: [[f64; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| r[a][b] * s[b]));
         let e = |a: usize, b: usize| (0..3).map(|k| m[a][k] * m[b][k]).sum::<f64>();

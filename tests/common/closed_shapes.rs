@@ -1,42 +1,36 @@
 //! Closed analytic surfaces (sphere, torus) extracted the way the decoders' output is: a
 //! lattice sign field voxelised into the flexible dual grid, each dual vertex moved onto the
 //! analytic surface (as a trained decoder places them), then extracted and wound outward.
-//! Shared by `tests/atlas.rs` and `benches/atlas.rs`; include `voxel_shapes` beside it.
+//! Shared by `tests/atlas.rs`, `tests/decimate.rs`, `tests/render.rs` and `benches/atlas.rs`;
+//! include `voxel_shapes` beside it.
 
-use super::voxel_shapes::{in_ball, sign_field_voxels};
+use super::voxel_shapes::{in_ball, in_torus, snapped_surface};
 use trellis2::export::face_orientation::faces_wound_outward;
-use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
-use trellis2::mesh::{decoder_output_to_meshes, Mesh};
+use trellis2::mesh::Mesh;
 
-/// The extracted mesh of the sign field `inside` on a `grid³` grid, with dual vertices on the
-/// surface given by `project` (nearest surface point, voxel units).
+/// The extracted mesh of the sign field `inside` on a `grid³` grid, wound outward, with dual
+/// vertices on the surface given by `project` (nearest surface point, voxel units), and its
+/// voxels' coordinates.
 pub fn extracted(
     grid: i32,
     inside: impl Fn([i32; 3]) -> bool + Sync,
     project: impl Fn([f64; 3]) -> [f64; 3],
-) -> Mesh {
-    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
-    let m = f64::from(VOXEL_MARGIN);
-    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
-        let cell = [c[1], c[2], c[3]].map(f64::from);
-        let q = project(cell.map(|v| v + 0.5));
-        for k in 0..3 {
-            // Inverse of the dual-vertex activation (1 + 2m)·sigmoid(x) − m.
-            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
-            f[k] = (s / (1.0 - s)).ln() as f32;
-        }
-    }
-    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
-        .expect("extracts")
-        .remove(0);
-    Mesh {
+) -> (Mesh, Vec<[i32; 3]>) {
+    let (mesh, voxels) = snapped_surface(grid, inside, project);
+    let mesh = Mesh {
         faces: faces_wound_outward(&mesh),
         vertices: mesh.vertices,
-    }
+    };
+    (mesh, voxels)
 }
 
 /// A ball of radius 0.4·grid, slightly off the grid's centre (≈ 1.58 M faces at 512³).
 pub fn sphere(grid: i32) -> Mesh {
+    sphere_with_voxels(grid).0
+}
+
+/// [`sphere`] and its voxels' coordinates.
+pub fn sphere_with_voxels(grid: i32) -> (Mesh, Vec<[i32; 3]>) {
     let c = grid as f32 / 2.0 + 0.3;
     let centre = [c, c - 0.2, c + 0.1];
     let radius = grid as f32 * 0.4;
@@ -54,21 +48,18 @@ pub fn sphere(grid: i32) -> Mesh {
 
 /// A torus of radii 0.28·grid and 0.11·grid around the z axis (≈ 0.6× the sphere's faces).
 pub fn torus(grid: i32) -> Mesh {
+    torus_with_voxels(grid).0
+}
+
+/// [`torus`] and its voxels' coordinates.
+pub fn torus_with_voxels(grid: i32) -> (Mesh, Vec<[i32; 3]>) {
     let c = grid as f32 / 2.0 + 0.3;
     let centre = [c, c - 0.2, c];
     let (major, minor) = (grid as f32 * 0.28, grid as f32 * 0.11);
     let (cd, big, small) = (centre.map(f64::from), f64::from(major), f64::from(minor));
     extracted(
         grid,
-        |p| {
-            let (x, y, z) = (
-                p[0] as f32 - centre[0],
-                p[1] as f32 - centre[1],
-                p[2] as f32 - centre[2],
-            );
-            let ring = (x * x + y * y).sqrt() - major;
-            ring * ring + z * z <= minor * minor
-        },
+        |p| in_torus(p, centre, major, minor),
         |x| {
             let d = [x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]];
             let planar = (d[0] * d[0] + d[1] * d[1]).sqrt();

@@ -6,10 +6,8 @@
 //! surface up to the lookup's own smoothing. Shared by `tests/bake.rs` and `benches/export.rs`;
 //! include `voxel_shapes` beside it.
 
-use super::voxel_shapes::{in_ball, in_box, sign_field_voxels};
+use super::voxel_shapes::{in_ball, in_box, in_torus, snapped_surface};
 use trellis2::export::Asset;
-use trellis2::mesh::decoder_output_to_meshes;
-use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
 
 /// A PBR field over voxel-unit points.
 pub type Field = Box<dyn Fn([f64; 3]) -> [f64; 6] + Sync + Send>;
@@ -39,21 +37,7 @@ pub fn textured(
     project: impl Fn([f64; 3]) -> [f64; 3],
     field: Field,
 ) -> TexturedShape {
-    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
-    let m = f64::from(VOXEL_MARGIN);
-    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
-        let cell = [c[1], c[2], c[3]].map(f64::from);
-        let q = project(cell.map(|v| v + 0.5));
-        for k in 0..3 {
-            // Inverse of the dual-vertex activation (1 + 2m)·sigmoid(x) − m.
-            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
-            f[k] = (s / (1.0 - s)).ln() as f32;
-        }
-    }
-    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
-        .expect("extracts")
-        .remove(0);
-    let voxels: Vec<[i32; 3]> = coords.chunks_exact(4).map(|c| [c[1], c[2], c[3]]).collect();
+    let (mesh, voxels) = snapped_surface(grid, inside, project);
     let attrs = voxels
         .iter()
         .map(|c| field(c.map(|v| f64::from(v) + 0.5)).map(|v| v as f32))
@@ -73,6 +57,20 @@ fn unit(d: [f64; 3]) -> [f64; 3] {
     d.map(|v| v / len)
 }
 
+/// Around `cd`: cos²(lat)·sin(2·lon), sin(3·lat), cos(lat)·cos(lon) in base colour, metallic
+/// varying with latitude (smooth: polynomials of the direction).
+fn latitude_longitude_field(cd: [f64; 3], x: [f64; 3]) -> [f64; 6] {
+    let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
+    [
+        0.5 + 0.4 * 2.0 * dx * dy,
+        0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
+        0.5 + 0.4 * dx,
+        0.5 + 0.45 * dz,
+        0.55 + 0.35 * (dx * dx - dy * dy),
+        1.0,
+    ]
+}
+
 /// A ball of radius 0.4·grid with a longitude/latitude pattern (smooth: polynomials of the
 /// direction) and metallic varying with latitude.
 pub fn sphere(grid: i32) -> TexturedShape {
@@ -88,18 +86,7 @@ pub fn sphere(grid: i32) -> TexturedShape {
             let d = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
             std::array::from_fn(|k| cd[k] + d[k] * r)
         },
-        Box::new(move |x| {
-            let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
-            // cos²(lat)·sin(2·lon), sin(3·lat), cos(lat)·cos(lon).
-            [
-                0.5 + 0.4 * 2.0 * dx * dy,
-                0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
-                0.5 + 0.4 * dx,
-                0.5 + 0.45 * dz,
-                0.55 + 0.35 * (dx * dx - dy * dy),
-                1.0,
-            ]
-        }),
+        Box::new(move |x| latitude_longitude_field(cd, x)),
     )
 }
 
@@ -122,15 +109,7 @@ pub fn torus(grid: i32) -> TexturedShape {
     textured(
         "torus",
         grid,
-        |p| {
-            let (x, y, z) = (
-                p[0] as f32 - centre[0],
-                p[1] as f32 - centre[1],
-                p[2] as f32 - centre[2],
-            );
-            let ring = (x * x + y * y).sqrt() - major;
-            ring * ring + z * z <= minor * minor
-        },
+        |p| in_torus(p, centre, major, minor),
         move |x| {
             let (ct, st, cp, sp) = angles(x);
             let rho = big + small * cp;
@@ -217,16 +196,6 @@ pub fn nested_spheres(grid: i32) -> TexturedShape {
                 .expect("three radii");
             std::array::from_fn(|k| cd[k] + d[k] * r / len)
         },
-        Box::new(move |x| {
-            let [dx, dy, dz] = unit([x[0] - cd[0], x[1] - cd[1], x[2] - cd[2]]);
-            [
-                0.5 + 0.4 * 2.0 * dx * dy,
-                0.5 + 0.4 * (3.0 * dz - 4.0 * dz * dz * dz),
-                0.5 + 0.4 * dx,
-                0.5 + 0.45 * dz,
-                0.55 + 0.35 * (dx * dx - dy * dy),
-                1.0,
-            ]
-        }),
+        Box::new(move |x| latitude_longitude_field(cd, x)),
     )
 }

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use trellis2::mesh::shape_voxels::VOXEL_MARGIN;
+use trellis2::mesh::{decoder_output_to_meshes, Mesh};
+
 /// Logit magnitude used for the flags (well away from the > 0 threshold).
 const FLAG_LOGIT: f32 = 4.0;
 
@@ -76,4 +79,43 @@ pub fn in_box(p: [i32; 3], lo: [i32; 3], hi: [i32; 3]) -> bool {
 pub fn in_ball(p: [i32; 3], centre: [f32; 3], radius: f32) -> bool {
     let d: f32 = (0..3).map(|k| (p[k] as f32 - centre[k]).powi(2)).sum();
     d <= radius * radius
+}
+
+/// Lattice points inside the torus of radii `major` and `minor` around the z axis through
+/// `centre`.
+pub fn in_torus(p: [i32; 3], centre: [f32; 3], major: f32, minor: f32) -> bool {
+    let (x, y, z) = (
+        p[0] as f32 - centre[0],
+        p[1] as f32 - centre[1],
+        p[2] as f32 - centre[2],
+    );
+    let ring = (x * x + y * y).sqrt() - major;
+    ring * ring + z * z <= minor * minor
+}
+
+/// The extracted mesh (wound as extraction leaves it) of the sign field `inside` on a `grid³`
+/// grid, with each dual vertex moved onto the surface given by `project` (nearest surface point,
+/// voxel units) as a trained decoder places them (voxel centres alone would give a terraced
+/// surface), and its voxels' coordinates.
+pub fn snapped_surface(
+    grid: i32,
+    inside: impl Fn([i32; 3]) -> bool + Sync,
+    project: impl Fn([f64; 3]) -> [f64; 3],
+) -> (Mesh, Vec<[i32; 3]>) {
+    let (coords, mut feats) = sign_field_voxels(2..grid - 2, 0, inside);
+    let m = f64::from(VOXEL_MARGIN);
+    for (c, f) in coords.chunks_exact(4).zip(feats.chunks_exact_mut(7)) {
+        let cell = [c[1], c[2], c[3]].map(f64::from);
+        let q = project(cell.map(|v| v + 0.5));
+        for k in 0..3 {
+            // Inverse of the dual-vertex activation (1 + 2m)·sigmoid(x) − m.
+            let s = ((q[k] - cell[k] + m) / (1.0 + 2.0 * m)).clamp(1e-4, 1.0 - 1e-4);
+            f[k] = (s / (1.0 - s)).ln() as f32;
+        }
+    }
+    let mesh = decoder_output_to_meshes(&coords, &feats, grid as u32)
+        .expect("extracts")
+        .remove(0);
+    let voxels = coords.chunks_exact(4).map(|c| [c[1], c[2], c[3]]).collect();
+    (mesh, voxels)
 }
