@@ -6,14 +6,9 @@
 //! linear. Every writer first quantises the base colour to 8-bit sRGB, so the PLY and the GLB
 //! carry the same colour, only encoded differently.
 
-/// Clamps to [0, 1] and rounds to the nearest 8-bit level (NaN → 0).
-#[inline]
-pub fn unit_to_u8(v: f32) -> u8 {
-    if v.is_nan() {
-        return 0;
-    }
-    (v.clamp(0.0, 1.0) * 255.0).round() as u8
-}
+/// The 8-bit quantisation every writer and the texture baker share (defined beside the baker,
+/// which sits below `export` in the module layering).
+pub use crate::mesh::bake::unit_to_u8;
 
 /// The sRGB transfer function inverted (IEC 61966-2-1), on values in [0, 1].
 #[inline]

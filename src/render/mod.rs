@@ -64,7 +64,7 @@ impl Frame {
 
     /// RGBA, 8 bit, over `background` (transparent: colour un-premultiplied, alpha kept).
     pub fn to_rgba8(&self, background: Background) -> Vec<[u8; 4]> {
-        let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        let q = crate::export::color::unit_to_u8;
         self.color
             .iter()
             .zip(&self.alpha)
