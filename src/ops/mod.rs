@@ -102,6 +102,48 @@ pub fn prepare_device(device: &candle_core::Device) -> candle_core::Result<Devic
     }
 }
 
+/// Memory of a device in bytes: what is free for new allocations and the whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub free: u64,
+    pub total: u64,
+}
+
+/// The device's memory as its driver or OS reports it: CUDA the card's free/total; Metal the
+/// recommended working set less what this process has allocated; the CPU `MemAvailable` /
+/// `MemTotal` of Linux. `None` where nothing reports it (the CPU on other systems).
+pub fn device_memory(device: &candle_core::Device) -> Option<DeviceMemory> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => {
+            let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+            Some(DeviceMemory {
+                free: free as u64,
+                total: total as u64,
+            })
+        }
+        #[cfg(feature = "metal")]
+        candle_core::Device::Metal(d) => {
+            let (free, total) = metal::setup::working_set(d);
+            Some(DeviceMemory { free, total })
+        }
+        _ => host_memory(),
+    }
+}
+
+/// `MemAvailable` and `MemTotal` of `/proc/meminfo`.
+fn host_memory() -> Option<DeviceMemory> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    Some(DeviceMemory {
+        free: kib("MemAvailable:")? * 1024,
+        total: kib("MemTotal:")? * 1024,
+    })
+}
+
 /// Whether `device` has bf16 kernels (false only on a Metal device compiled without bfloat;
 /// the CPU's own limits are the caller's to state).
 pub fn bf16_available(device: &candle_core::Device) -> bool {

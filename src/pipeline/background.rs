@@ -1,8 +1,10 @@
 //! The conditioning image of a decoded picture: upstream's `preprocess_image`, with background
 //! removal (BiRefNet) for pictures that have no transparency of their own.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 
 use super::matte::{cut_out, MATTE_SIZE};
 use crate::image::{
@@ -39,13 +41,16 @@ impl Background {
     }
 }
 
+/// Opens a background remover (folder, which model) or hands out one already open.
+pub type OpenRemover<'a> = dyn Fn(&Path, RembgModel) -> Result<Arc<BiRefNet>> + 'a;
+
 /// Preprocesses `image` for the model: pictures with real alpha as upstream does; others by
-/// `mode` (the chosen BiRefNet checkpoint from the model directory, run on `device`).
+/// `mode` (the chosen BiRefNet checkpoint from the model directory, opened by `open`).
 pub fn conditioning_image(
     dir: &ModelDir,
     image: &LoadedImage,
     mode: Background,
-    device: &Device,
+    open: &OpenRemover,
 ) -> Result<RgbImage> {
     let source = image.source.display().to_string();
     if has_alpha(image) {
@@ -68,7 +73,7 @@ pub fn conditioning_image(
                      whole picture"
                 )
             })?;
-            let model = BiRefNet::open_as(&folder, choice, device)?;
+            let model = open(&folder, choice)?;
             let rgb = background_removal_input(image);
             let rgba =
                 cut_out(&model, &rgb, (MATTE_SIZE, MATTE_SIZE)).with_context(|| source.clone())?;

@@ -50,6 +50,15 @@ impl PipelineType {
         }
     }
 
+    /// The cascade's target grid (1024 or 1536); `None` for the direct types.
+    pub fn cascade_target(self) -> Option<usize> {
+        match self {
+            PipelineType::Cascade1024 => Some(1024),
+            PipelineType::Cascade1536 => Some(1536),
+            PipelineType::P512 | PipelineType::P1024 => None,
+        }
+    }
+
     /// Whether the 1024 condition is needed (every type but `512`).
     pub fn needs_cond_1024(self) -> bool {
         self != PipelineType::P512

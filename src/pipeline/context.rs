@@ -1,6 +1,7 @@
 //! State shared by the stages of one run: models directory, settings, device, the noise
 //! stream, the named intermediates, progress and per-stage measurements.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -9,15 +10,21 @@ use candle_core::{Device, Tensor};
 use super::config::PipelineSettings;
 use super::flow_model::{DitVelocity, FlowTokens};
 use super::memory::{peak_rss_bytes, reset_peak_rss, GpuMemoryProbe};
+use super::model_cache::ModelCache;
+use super::models::{self, role};
 use super::noise::Noise;
 use super::output::Latents;
 use super::progress::{Progress, StageReport};
 use super::sampler::{sample, LatentLayout, SamplerEvent, SamplerParams};
+use crate::models::dinov3::DinoV3;
 use crate::models::dit::FlowDit;
+use crate::models::sc_vae::{FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
+use crate::models::ss_decoder::SsDecoder;
 use crate::weights::ModelDir;
 
 pub(crate) struct Ctx<'a> {
     pub dir: &'a ModelDir,
+    pub models: &'a ModelCache,
     pub settings: &'a PipelineSettings,
     pub device: &'a Device,
     pub load: super::models::LoadOptions,
@@ -36,6 +43,45 @@ pub(crate) struct Stage {
     pub model_calls: usize,
     pub flops: Option<f64>,
     gpu: Option<GpuMemoryProbe>,
+}
+
+/// Models through the pipeline's cache: loaded on first use, dropped by [`Ctx::release`] unless
+/// the batch's schedule keeps them.
+impl Ctx<'_> {
+    pub fn flow(&self, role: &'static str) -> Result<Arc<FlowDit>> {
+        self.models.get_or_load(role, || {
+            models::flow_model(self.dir, role, self.device, self.load)
+        })
+    }
+
+    pub fn ss_decoder(&self) -> Result<Arc<SsDecoder>> {
+        self.models.get_or_load(role::SS_DECODER, || {
+            models::ss_decoder(self.dir, self.device, self.load)
+        })
+    }
+
+    pub fn shape_decoder(&self) -> Result<Arc<FlexiDualGridVaeDecoder>> {
+        self.models.get_or_load(role::SHAPE_DECODER, || {
+            models::shape_decoder(self.dir, self.device, self.load)
+        })
+    }
+
+    pub fn tex_decoder(&self) -> Result<Arc<SparseUnetVaeDecoder>> {
+        self.models.get_or_load(role::TEX_DECODER, || {
+            models::tex_decoder(self.dir, self.device, self.load)
+        })
+    }
+
+    pub fn dinov3(&self) -> Result<Arc<DinoV3>> {
+        self.models.get_or_load(role::IMAGE_COND, || {
+            models::dinov3(self.dir, self.device, self.load)
+        })
+    }
+
+    /// This run is done with `role` for now (see [`ModelCache::release`]).
+    pub fn release(&self, role: &'static str) {
+        self.models.release(role);
+    }
 }
 
 impl Ctx<'_> {

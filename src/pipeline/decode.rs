@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::context::Ctx;
-use super::models;
+use super::models::role;
 use super::output::PBR_CHANNELS;
 use crate::mesh::{
     decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
@@ -33,10 +33,11 @@ pub(crate) fn decode(
     let tex_latent = SparseTensor::new(coords, tex_feats.clone()).context("texture latent")?;
 
     let (raw, subs) = {
-        let decoder = models::shape_decoder(ctx.dir, ctx.device, ctx.load)?;
+        let decoder = ctx.shape_decoder()?;
         let out = decoder.net.forward(&shape_latent, None)?;
         (out.raw, out.subs)
     };
+    ctx.release(role::SHAPE_DECODER);
     ctx.latents
         .insert("shape_dec.raw_feats", raw.feats().clone());
     ctx.latents.insert("shape_dec.coords", raw.coords().clone());
@@ -82,9 +83,10 @@ pub(crate) fn decode(
     ctx.progress.step("decode", 1);
 
     let tex = {
-        let decoder = models::tex_decoder(ctx.dir, ctx.device, ctx.load)?;
+        let decoder = ctx.tex_decoder()?;
         decoder.forward(&tex_latent, Some(&subs))?.raw
     };
+    ctx.release(role::TEX_DECODER);
     if tex.coords().dims() != raw.coords().dims()
         || to_host::<i32>(tex.coords(), DType::I32)? != host_coords
     {

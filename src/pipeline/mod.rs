@@ -1,7 +1,8 @@
 //! Stages and the glue between them (docs/MODEL.md §1): [`run::Pipeline`] turns an image into a
-//! [`output::Generated`] object, stage by stage, loading and dropping each stage's models.
+//! [`output::Generated`] object, stage by stage, for one picture or a batch.
 
 pub mod background;
+pub mod batch_plan;
 pub mod cascade;
 pub mod conditioning;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod flow_model;
 pub mod latents_file;
 pub mod matte;
 pub mod memory;
+pub mod model_cache;
 pub mod models;
 pub mod noise;
 pub mod output;
@@ -30,4 +32,5 @@ pub use config::{
 pub use noise::NoiseSource;
 pub use output::{Generated, Latents, PBR_CHANNELS};
 pub use progress::{NoProgress, Progress, StageReport};
-pub use run::{Pipeline, RunOptions};
+pub use model_cache::ModelLoads;
+pub use run::{BatchItem, BatchOrder, Picture, Pipeline, RunOptions};

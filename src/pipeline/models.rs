@@ -1,6 +1,6 @@
 //! Loading one model of a model directory by its `pipeline.json` role, through the model
-//! registry ([`crate::models::registry`]), in the compute dtype the run asks for. Each stage loads what it needs and drops it when done, so
-//! peak memory is one stage's.
+//! registry ([`crate::models::registry`]), in the compute dtype the run asks for. Which loaded
+//! models stay is the run's schedule ([`super::run::BatchOrder`], [`super::model_cache`]).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -121,6 +121,8 @@ pub mod role {
     pub const SHAPE_DECODER: &str = "shape_slat_decoder";
     pub const TEX_DECODER: &str = "tex_slat_decoder";
     pub const IMAGE_COND: &str = "image_cond_model";
+    /// Not a `pipeline.json` role: the background remover (BiRefNet or RMBG-2.0).
+    pub const BACKGROUND_REMOVAL: &str = "background_removal";
 }
 
 /// The Hugging Face id of the release's DINOv3 (`args.image_cond_model.args.model_name`).
@@ -191,6 +193,34 @@ fn dinov3_candidates(dir: &ModelDir) -> Vec<PathBuf> {
     }
     out.dedup();
     out
+}
+
+/// Bytes the weights of `role` take on `device` in the compute dtype `opts` gives them, from
+/// the checkpoint's header (nothing is loaded). DINOv3 by [`role::IMAGE_COND`].
+pub fn weight_bytes(dir: &ModelDir, role: &str, device: &Device, opts: LoadOptions) -> Result<u64> {
+    let src = if role == role::IMAGE_COND {
+        let candidates = dinov3_candidates(dir);
+        let folder = candidates
+            .iter()
+            .find(|c| c.join("config.json").is_file())
+            .with_context(|| format!("{}: DINOv3 not found", dir.root.display()))?;
+        ModelSource::open(folder)?
+    } else {
+        source(dir, role)?
+    };
+    Ok(checkpoint_bytes(&src.checkpoint, opts.dtype_for(&src.checkpoint, device)))
+}
+
+/// Bytes of `ckpt`'s tensors with its floats in `dtype`.
+pub fn checkpoint_bytes(ckpt: &Checkpoint, dtype: DType) -> u64 {
+    use safetensors::Dtype;
+    ckpt.tensor_infos()
+        .iter()
+        .map(|info| match info.dtype {
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => (info.numel() * dtype.size_in_bytes()) as u64,
+            _ => info.bytes() as u64,
+        })
+        .sum()
 }
 
 /// The DINOv3 feature extractor.

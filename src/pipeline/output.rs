@@ -45,6 +45,21 @@ impl Latents {
         self.entries.is_empty()
     }
 
+    /// The same tensors on `device`.
+    pub fn on(&self, device: &Device) -> Result<Self> {
+        let entries = self
+            .entries
+            .iter()
+            .map(|(n, t)| {
+                let t = t
+                    .to_device(device)
+                    .with_context(|| format!("latent `{n}`"))?;
+                Ok((n.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { entries })
+    }
+
     /// Every tensor, moved to the CPU, for writing.
     pub fn to_cpu(&self) -> Result<Vec<(String, Tensor)>> {
         self.entries

@@ -29,6 +29,9 @@ pub struct StageReport {
 
 /// Receives progress; every method has a do-nothing default.
 pub trait Progress {
+    /// Work on batch item `index` (0-based) starts or resumes: a batch run stage by stage
+    /// returns to each picture once per stage.
+    fn item_started(&mut self, _index: usize) {}
     /// `stage` starts and will take `steps` steps (model calls for sampling stages, else 1).
     fn stage_started(&mut self, _stage: &str, _steps: usize) {}
     /// `done` of the announced steps are finished.

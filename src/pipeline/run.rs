@@ -1,5 +1,9 @@
 //! The whole image → 3D run (docs/MODEL.md §1.4): preprocess, condition, sparse structure, shape
-//! (direct or cascade), texture, decode. Each stage loads its models, runs and drops them.
+//! (direct or cascade), texture, decode, for one picture or a batch. A batch runs picture by
+//! picture with every model kept loaded, or stage by stage with one stage's models loaded at a
+//! time ([`BatchOrder`]); either way each model is read once per batch.
+
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -8,17 +12,22 @@ use super::background::{conditioning_image, Background};
 use super::conditioning::condition;
 use super::config::{PipelineSettings, PipelineType, SamplerOverrides, DEFAULT_MAX_TOKENS};
 use super::context::Ctx;
-use super::decode::decode;
+use super::decode::{decode, Decoded};
 use super::latents_file::SavedLatents;
-use super::models::{self, LoadOptions};
+use super::model_cache::{Keep, ModelCache, ModelLoads};
+use super::models::{role, LoadOptions};
 use super::noise::{Noise, NoiseSource};
 use super::output::{Generated, Latents};
-use super::progress::Progress;
-use super::shape::{sample_shape, Conds, ShapeLatent};
+use super::progress::{Progress, StageReport};
+use super::shape::{
+    cascade_coords, sample_cascade_hr, sample_cascade_lr, sample_shape_direct, ShapeLatent,
+};
 use super::sparse_structure::sample_structure;
 use super::texture::sample_texture;
-use crate::image::{LoadedImage, RgbImage};
-use crate::weights::ModelDir;
+use crate::image::{load_image, LoadedImage, RgbImage};
+use crate::models::birefnet::BiRefNet;
+use crate::models::WeightMemory;
+use crate::weights::{ModelDir, RembgModel};
 
 /// Per-run choices.
 pub struct RunOptions {
@@ -49,6 +58,7 @@ pub struct Pipeline {
     settings: PipelineSettings,
     device: Device,
     load: LoadOptions,
+    models: ModelCache,
 }
 
 impl Pipeline {
@@ -61,6 +71,7 @@ impl Pipeline {
             settings,
             device,
             load: LoadOptions::default(),
+            models: ModelCache::default(),
         })
     }
 
@@ -80,6 +91,14 @@ impl Pipeline {
         &self.device
     }
 
+    pub fn model_dir(&self) -> &ModelDir {
+        &self.dir
+    }
+
+    pub fn load_options(&self) -> LoadOptions {
+        self.load
+    }
+
     /// Changes sampler parameters for later runs (checked before they are kept).
     pub fn apply_overrides(&mut self, overrides: &SamplerOverrides) -> Result<()> {
         let mut s = self.settings.clone();
@@ -88,17 +107,9 @@ impl Pipeline {
         Ok(())
     }
 
-    fn ctx<'a>(&'a self, noise: NoiseSource, progress: &'a mut dyn Progress) -> Ctx<'a> {
-        Ctx {
-            dir: &self.dir,
-            settings: &self.settings,
-            device: &self.device,
-            load: self.load,
-            noise: Noise::new(noise),
-            latents: Latents::default(),
-            progress,
-            reports: Vec::new(),
-        }
+    /// How often each model role's weights were read so far, and how long that took.
+    pub fn model_loads(&self) -> BTreeMap<String, ModelLoads> {
+        self.models.loads()
     }
 
     /// Preprocesses a decoded image (alpha crop, premultiply) and generates from it.
@@ -108,16 +119,7 @@ impl Pipeline {
         options: RunOptions,
         progress: &mut dyn Progress,
     ) -> Result<Generated> {
-        let mut ctx = self.ctx(NoiseSource::Seed(0), progress);
-        let stage = ctx.begin("preprocess", 1);
-        let rgb = conditioning_image(&self.dir, image, options.background, &self.device)?;
-        ctx.progress.step("preprocess", 1);
-        ctx.end(stage);
-        let reports = std::mem::take(&mut ctx.reports);
-        drop(ctx);
-        let mut out = self.generate_from_rgb(&rgb, options, progress)?;
-        out.stages.splice(0..0, reports);
-        Ok(out)
+        self.generate_one(Picture::Decoded(image), options, progress)
     }
 
     /// Generates from an already preprocessed RGB image (the conditioning image).
@@ -127,45 +129,259 @@ impl Pipeline {
         options: RunOptions,
         progress: &mut dyn Progress,
     ) -> Result<Generated> {
-        let ptype = options.pipeline_type.unwrap_or(self.settings.default_type);
-        let mut ctx = self.ctx(options.noise, progress);
+        self.generate_one(Picture::Conditioning(image), options, progress)
+    }
 
-        let mut stage = ctx.begin("conditioning", 1);
-        let (c512, c1024) = {
-            let dino = models::dinov3(ctx.dir, ctx.device, ctx.load)?;
-            let c512 = condition(&dino, image, 512, ctx.device).context("conditioning stage")?;
-            let c1024 = if ptype.needs_cond_1024() {
-                Some(condition(&dino, image, 1024, ctx.device)?)
+    fn generate_one(
+        &self,
+        picture: Picture,
+        options: RunOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Generated> {
+        let mut result = None;
+        self.generate_batch(
+            vec![BatchItem { picture, options }],
+            BatchOrder::StageMajor,
+            progress,
+            &mut |_, r| result = Some(r),
+        );
+        result.context("the run produced no result")?
+    }
+
+    /// Generates every item of a batch in `order`, calling `done(index, result)` as each one
+    /// finishes (at once for an item that fails; the others go on). Every item must use the
+    /// same pipeline type. Outputs are the same, bit for bit, in either order and as one
+    /// [`Pipeline::generate`] per picture.
+    pub fn generate_batch(
+        &self,
+        items: Vec<BatchItem>,
+        order: BatchOrder,
+        progress: &mut dyn Progress,
+        done: &mut dyn FnMut(usize, Result<Generated>),
+    ) {
+        let default = self.settings.default_type;
+        let Some(ptype) = items.first().map(|i| i.options.pipeline_type.unwrap_or(default)) else {
+            return;
+        };
+        let mut jobs: Vec<Option<Job>> = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let job = Job::new(item, default);
+            if job.ptype == ptype {
+                jobs.push(Some(job));
             } else {
-                None
-            };
-            (c512, c1024)
-        };
-        ctx.latents.insert("cond_512", c512.clone());
-        if let Some(c) = &c1024 {
-            ctx.latents.insert("cond_1024", c.clone());
+                jobs.push(None);
+                done(
+                    index,
+                    Err(anyhow::anyhow!(
+                        "pipeline {}: a batch runs one pipeline type ({ptype})",
+                        job.ptype
+                    )),
+                );
+            }
         }
-        stage.tokens = Some(c1024.as_ref().unwrap_or(&c512).dim(1)?);
-        stage.model_calls = if c1024.is_some() { 2 } else { 1 };
-        ctx.progress.step("conditioning", 1);
-        ctx.end(stage);
+        let steps = schedule(ptype);
+        let streamed = self.load.memory == WeightMemory::Streamed;
+        match order {
+            BatchOrder::PictureMajor => {
+                self.models.set_keep(Keep::All);
+                for (index, slot) in jobs.iter_mut().enumerate() {
+                    let Some(mut job) = slot.take() else { continue };
+                    progress.item_started(index);
+                    let result = steps
+                        .iter()
+                        .try_for_each(|&step| self.run_step(step, &mut job, progress))
+                        .and_then(|()| job.finish());
+                    done(index, result);
+                }
+            }
+            BatchOrder::StageMajor => {
+                let host = !self.device.is_cpu() && jobs.len() > 1;
+                for (k, &step) in steps.iter().enumerate() {
+                    let later: HashSet<&'static str> = if streamed {
+                        HashSet::new()
+                    } else {
+                        steps[k + 1..]
+                            .iter()
+                            .flat_map(|&s| step_roles(s, ptype))
+                            .copied()
+                            .collect()
+                    };
+                    let live: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].is_some()).collect();
+                    for (n, &index) in live.iter().enumerate() {
+                        // Until the step's last picture, its own models stay too.
+                        let mut keep = later.clone();
+                        if n + 1 < live.len() {
+                            keep.extend(step_roles(step, ptype));
+                        }
+                        self.models.set_keep(Keep::Roles(keep));
+                        let Some(job) = jobs[index].as_mut() else {
+                            continue;
+                        };
+                        progress.item_started(index);
+                        let mut result = self.run_step(step, job, progress);
+                        if result.is_ok() && host {
+                            // The other pictures' steps need the device memory.
+                            result = job.move_to(&Device::Cpu);
+                        }
+                        let last = k + 1 == steps.len();
+                        if let Err(e) = result {
+                            jobs[index] = None;
+                            done(index, Err(e));
+                        } else if last {
+                            if let Some(job) = jobs[index].take() {
+                                done(index, job.finish());
+                            }
+                        }
+                    }
+                }
+                self.models.set_keep(Keep::Roles(HashSet::new()));
+            }
+        }
+    }
 
-        let coords = sample_structure(&mut ctx, &c512, ptype.structure_resolution())
-            .context("sparse-structure stage")?;
-        let conds = Conds {
-            c512: &c512,
-            c1024: c1024.as_ref(),
+    fn ctx<'a>(&'a self, job: &mut Job, progress: &'a mut dyn Progress) -> Ctx<'a> {
+        Ctx {
+            dir: &self.dir,
+            models: &self.models,
+            settings: &self.settings,
+            device: &self.device,
+            load: self.load,
+            noise: std::mem::replace(&mut job.noise, Noise::new(NoiseSource::Seed(0))),
+            latents: std::mem::take(&mut job.latents),
+            progress,
+            reports: std::mem::take(&mut job.reports),
+        }
+    }
+
+    /// Runs one step of one picture; the job's noise stream, intermediates and reports go
+    /// through the step's context and back.
+    fn run_step(&self, step: Step, job: &mut Job, progress: &mut dyn Progress) -> Result<()> {
+        let mut ctx = self.ctx(job, progress);
+        let result = self.step_in(step, &mut ctx, job);
+        job.noise = ctx.noise;
+        job.latents = ctx.latents;
+        job.reports = ctx.reports;
+        result
+    }
+
+    fn step_in(&self, step: Step, ctx: &mut Ctx, job: &mut Job) -> Result<()> {
+        let device = &self.device;
+        let on = |t: &Option<Tensor>, what: &str| -> Result<Tensor> {
+            Ok(t.as_ref()
+                .with_context(|| format!("{what} missing"))?
+                .to_device(device)?)
         };
-        let shape = sample_shape(&mut ctx, ptype, &conds, &coords, options.max_tokens)
-            .context("shape stage")?;
-        let tex_cond = if ptype == PipelineType::P512 {
-            &c512
-        } else {
-            conds.c1024.context("1024 condition")?
-        };
-        let tex = sample_texture(&mut ctx, &shape, tex_cond, ptype != PipelineType::P512)
-            .context("texture stage")?;
-        finish(ctx, ptype, &shape, &tex)
+        match step {
+            Step::Preprocess => {
+                let rgb = match job.picture.take().context("picture missing")? {
+                    Picture::Conditioning(rgb) => rgb.clone(),
+                    picture => {
+                        let stage = ctx.begin("preprocess", 1);
+                        let loaded;
+                        let image = match picture {
+                            Picture::File(path) => {
+                                loaded = load_image(path)?;
+                                &loaded
+                            }
+                            Picture::Decoded(image) => image,
+                            Picture::Conditioning(_) => unreachable!("handled above"),
+                        };
+                        let open = |folder: &std::path::Path, choice: RembgModel| {
+                            self.models.get_or_load(role::BACKGROUND_REMOVAL, || {
+                                BiRefNet::open_as(folder, choice, device)
+                            })
+                        };
+                        let rgb = conditioning_image(&self.dir, image, job.background, &open);
+                        self.models.release(role::BACKGROUND_REMOVAL);
+                        let rgb = rgb?;
+                        ctx.progress.step("preprocess", 1);
+                        ctx.end(stage);
+                        rgb
+                    }
+                };
+                job.rgb = Some(rgb);
+            }
+            Step::Conditioning => {
+                let image = job.rgb.take().context("conditioning image missing")?;
+                let mut stage = ctx.begin("conditioning", 1);
+                let dino = ctx.dinov3()?;
+                let c512 = condition(&dino, &image, 512, device).context("conditioning stage")?;
+                let c1024 = if job.ptype.needs_cond_1024() {
+                    Some(condition(&dino, &image, 1024, device)?)
+                } else {
+                    None
+                };
+                drop(dino);
+                ctx.release(role::IMAGE_COND);
+                ctx.latents.insert("cond_512", c512.clone());
+                if let Some(c) = &c1024 {
+                    ctx.latents.insert("cond_1024", c.clone());
+                }
+                stage.tokens = Some(c1024.as_ref().unwrap_or(&c512).dim(1)?);
+                stage.model_calls = if c1024.is_some() { 2 } else { 1 };
+                ctx.progress.step("conditioning", 1);
+                ctx.end(stage);
+                job.c512 = Some(c512);
+                job.c1024 = c1024;
+            }
+            Step::Structure => {
+                let c512 = on(&job.c512, "512 condition")?;
+                let coords = sample_structure(ctx, &c512, job.ptype.structure_resolution())
+                    .context("sparse-structure stage")?;
+                job.coords = Some(coords);
+            }
+            Step::Shape => {
+                let cond = if job.ptype == PipelineType::P512 {
+                    on(&job.c512, "512 condition")?
+                } else {
+                    on(&job.c1024, "1024 condition")?
+                };
+                let coords = on(&job.coords, "structure")?;
+                let shape = sample_shape_direct(ctx, job.ptype, &cond, &coords)
+                    .context("shape stage")?;
+                job.shape = Some(shape);
+            }
+            Step::ShapeLr => {
+                let c512 = on(&job.c512, "512 condition")?;
+                let coords = on(&job.coords, "structure")?;
+                let lr = sample_cascade_lr(ctx, &c512, &coords).context("shape stage")?;
+                job.lr = Some(lr);
+            }
+            Step::Cascade => {
+                let coords = on(&job.coords, "structure")?;
+                let lr = on(&job.lr, "low-resolution shape")?;
+                let target = job.ptype.cascade_target().context("not a cascade")?;
+                let hr = cascade_coords(ctx, &coords, &lr, target, job.max_tokens)
+                    .context("shape stage")?;
+                job.hr = Some(hr);
+            }
+            Step::ShapeHr => {
+                let c1024 = on(&job.c1024, "1024 condition")?;
+                let (res, coords) = job.hr.take().context("cascade coordinates missing")?;
+                let shape = sample_cascade_hr(ctx, &c1024, (res, coords.to_device(device)?))
+                    .context("shape stage")?;
+                job.shape = Some(shape);
+            }
+            Step::Texture => {
+                let shape = job.shape.as_ref().context("shape missing")?.on(device)?;
+                let cond = if job.ptype == PipelineType::P512 {
+                    on(&job.c512, "512 condition")?
+                } else {
+                    on(&job.c1024, "1024 condition")?
+                };
+                let tex = sample_texture(ctx, &shape, &cond, job.ptype != PipelineType::P512)
+                    .context("texture stage")?;
+                job.tex = Some(tex);
+            }
+            Step::Decode => {
+                let shape = job.shape.take().context("shape missing")?.on(device)?;
+                let tex = on(&job.tex, "texture")?;
+                let d = decode(ctx, &shape.coords, &shape.feats, &tex, shape.resolution)
+                    .context("decode stage")?;
+                job.decoded = Some((d, shape.resolution));
+            }
+        }
+        Ok(())
     }
 
     /// Decodes a latents file (`--from-latents`): the shape and texture latents on their
@@ -176,7 +392,6 @@ impl Pipeline {
         pipeline_type: PipelineType,
         progress: &mut dyn Progress,
     ) -> Result<Generated> {
-        let mut ctx = self.ctx(NoiseSource::Seed(0), progress);
         let f32_on = |name: &str| -> Result<Tensor> {
             Ok(saved
                 .get(name)?
@@ -192,30 +407,213 @@ impl Pipeline {
             resolution: saved.resolution,
         };
         let tex = f32_on("tex_slat_denorm.feats")?;
+        let mut job = Job::empty(pipeline_type);
         for (name, t) in &saved.tensors {
-            ctx.latents.insert(name.clone(), t.clone());
+            job.latents.insert(name.clone(), t.clone());
         }
-        finish(ctx, pipeline_type, &shape, &tex)
+        job.shape = Some(shape);
+        job.tex = Some(tex);
+        self.models.set_keep(Keep::Roles(HashSet::new()));
+        self.run_step(Step::Decode, &mut job, progress)?;
+        job.finish()
     }
 }
 
-fn finish(
-    mut ctx: Ctx,
+/// In which order a batch runs its pictures through the stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchOrder {
+    /// Each picture through every stage before the next picture, every model loaded once and
+    /// kept (needs device memory for all of them at once); outputs appear picture by picture.
+    PictureMajor,
+    /// Every picture through a stage before the next stage's models load, the pictures'
+    /// intermediates waiting in host memory; each model is loaded once and only one stage's
+    /// models are on the device. A single picture runs this way.
+    StageMajor,
+}
+
+/// One picture of a batch and how to run it.
+pub struct BatchItem<'a> {
+    pub picture: Picture<'a>,
+    pub options: RunOptions,
+}
+
+/// Where a batch item's picture comes from.
+pub enum Picture<'a> {
+    /// A picture file, decoded when its turn to be preprocessed comes.
+    File(&'a std::path::Path),
+    /// A decoded picture.
+    Decoded(&'a LoadedImage),
+    /// An already preprocessed conditioning image.
+    Conditioning(&'a RgbImage),
+}
+
+/// The steps of a run: stages, with the cascade's shape stage split where its model changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Preprocess,
+    Conditioning,
+    Structure,
+    Shape,
+    ShapeLr,
+    Cascade,
+    ShapeHr,
+    Texture,
+    Decode,
+}
+
+fn schedule(ptype: PipelineType) -> &'static [Step] {
+    use Step::*;
+    match ptype {
+        PipelineType::P512 | PipelineType::P1024 => &[
+            Preprocess,
+            Conditioning,
+            Structure,
+            Shape,
+            Texture,
+            Decode,
+        ],
+        PipelineType::Cascade1024 | PipelineType::Cascade1536 => &[
+            Preprocess,
+            Conditioning,
+            Structure,
+            ShapeLr,
+            Cascade,
+            ShapeHr,
+            Texture,
+            Decode,
+        ],
+    }
+}
+
+/// The `pipeline.json` roles a run of `ptype` loads (the background remover aside), each once.
+pub(crate) fn pipeline_roles(ptype: PipelineType) -> Vec<&'static str> {
+    let mut roles: Vec<&'static str> = Vec::new();
+    for &step in schedule(ptype) {
+        for &r in step_roles(step, ptype) {
+            if r != role::BACKGROUND_REMOVAL && !roles.contains(&r) {
+                roles.push(r);
+            }
+        }
+    }
+    roles
+}
+
+/// The model roles a step may load.
+fn step_roles(step: Step, ptype: PipelineType) -> &'static [&'static str] {
+    let p512 = ptype == PipelineType::P512;
+    match step {
+        Step::Preprocess => &[role::BACKGROUND_REMOVAL],
+        Step::Conditioning => &[role::IMAGE_COND],
+        Step::Structure => &[role::SS_FLOW, role::SS_DECODER],
+        Step::Shape if p512 => &[role::SHAPE_FLOW_512],
+        Step::Shape => &[role::SHAPE_FLOW_1024],
+        Step::ShapeLr => &[role::SHAPE_FLOW_512],
+        Step::Cascade => &[role::SHAPE_DECODER],
+        Step::ShapeHr => &[role::SHAPE_FLOW_1024],
+        Step::Texture if p512 => &[role::TEX_FLOW_512],
+        Step::Texture => &[role::TEX_FLOW_1024],
+        Step::Decode => &[role::SHAPE_DECODER, role::TEX_DECODER],
+    }
+}
+
+/// One picture's run between steps: its noise stream, intermediates and results so far.
+struct Job<'a> {
     ptype: PipelineType,
-    shape: &ShapeLatent,
-    tex: &Tensor,
-) -> Result<Generated> {
-    let d = decode(&mut ctx, &shape.coords, &shape.feats, tex, shape.resolution)
-        .context("decode stage")?;
-    Ok(Generated {
-        pipeline_type: ptype,
-        resolution: shape.resolution as u32,
-        mesh: d.mesh,
-        fill_holes: d.fill_holes,
-        voxel_coords: d.voxel_coords,
-        voxel_attrs: d.voxel_attrs,
-        dual_vertices: d.dual_vertices,
-        latents: ctx.latents,
-        stages: ctx.reports,
-    })
+    picture: Option<Picture<'a>>,
+    background: Background,
+    max_tokens: usize,
+    noise: Noise,
+    latents: Latents,
+    reports: Vec<StageReport>,
+    rgb: Option<RgbImage>,
+    c512: Option<Tensor>,
+    c1024: Option<Tensor>,
+    coords: Option<Tensor>,
+    lr: Option<Tensor>,
+    hr: Option<(usize, Tensor)>,
+    shape: Option<ShapeLatent>,
+    tex: Option<Tensor>,
+    decoded: Option<(Decoded, usize)>,
+}
+
+impl<'a> Job<'a> {
+    fn new(item: BatchItem<'a>, default: PipelineType) -> Self {
+        let RunOptions {
+            pipeline_type,
+            noise,
+            max_tokens,
+            background,
+        } = item.options;
+        let ptype = pipeline_type.unwrap_or(default);
+        Self {
+            picture: Some(item.picture),
+            background,
+            max_tokens,
+            noise: Noise::new(noise),
+            ..Self::empty(ptype)
+        }
+    }
+
+    fn empty(ptype: PipelineType) -> Self {
+        Self {
+            ptype,
+            picture: None,
+            background: Background::default(),
+            max_tokens: DEFAULT_MAX_TOKENS,
+            noise: Noise::new(NoiseSource::Seed(0)),
+            latents: Latents::default(),
+            reports: Vec::new(),
+            rgb: None,
+            c512: None,
+            c1024: None,
+            coords: None,
+            lr: None,
+            hr: None,
+            shape: None,
+            tex: None,
+            decoded: None,
+        }
+    }
+
+    /// Moves every tensor the job holds to `device`.
+    fn move_to(&mut self, device: &Device) -> Result<()> {
+        let mv = |t: &mut Option<Tensor>| -> Result<()> {
+            if let Some(x) = t {
+                *x = x.to_device(device)?;
+            }
+            Ok(())
+        };
+        for t in [
+            &mut self.c512,
+            &mut self.c1024,
+            &mut self.coords,
+            &mut self.lr,
+            &mut self.tex,
+        ] {
+            mv(t)?;
+        }
+        if let Some((_, coords)) = &mut self.hr {
+            *coords = coords.to_device(device)?;
+        }
+        if let Some(shape) = &mut self.shape {
+            *shape = shape.on(device)?;
+        }
+        self.latents = self.latents.on(device)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Generated> {
+        let (d, resolution) = self.decoded.take().context("the run did not decode")?;
+        Ok(Generated {
+            pipeline_type: self.ptype,
+            resolution: resolution as u32,
+            mesh: d.mesh,
+            fill_holes: d.fill_holes,
+            voxel_coords: d.voxel_coords,
+            voxel_attrs: d.voxel_attrs,
+            dual_vertices: d.dual_vertices,
+            latents: self.latents,
+            stages: self.reports,
+        })
+    }
 }

@@ -9,7 +9,7 @@ use super::cascade::high_res_structure;
 use super::config::PipelineType;
 use super::context::Ctx;
 use super::flow_model::{sparse_layout, FlowTokens};
-use super::models::{self, role};
+use super::models::role;
 use crate::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
 use crate::sparse::SparseTensor;
 
@@ -20,70 +20,63 @@ pub(crate) struct ShapeLatent {
     pub resolution: usize,
 }
 
-/// Conditions of one run.
-pub(crate) struct Conds<'a> {
-    pub c512: &'a Tensor,
-    pub c1024: Option<&'a Tensor>,
-}
-
-impl Conds<'_> {
-    fn c1024(&self) -> Result<&Tensor> {
-        self.c1024
-            .ok_or_else(|| anyhow::anyhow!("this pipeline type needs the 1024 condition"))
+impl ShapeLatent {
+    /// The same latent with its tensors on `device`.
+    pub fn on(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            coords: self.coords.to_device(device)?,
+            feats: self.feats.to_device(device)?,
+            resolution: self.resolution,
+        })
     }
 }
 
-pub(crate) fn sample_shape(
+/// The direct shape flow (`512`, `1024`) on the structure's coordinates.
+pub(crate) fn sample_shape_direct(
     ctx: &mut Ctx,
     ptype: PipelineType,
-    conds: &Conds,
+    cond: &Tensor,
     coords: &Tensor,
-    max_tokens: usize,
 ) -> Result<ShapeLatent> {
-    let norm = ctx.settings.shape_norm.clone();
-    match ptype {
-        PipelineType::P512 | PipelineType::P1024 => {
-            let (flow_role, cond, res) = if ptype == PipelineType::P512 {
-                (role::SHAPE_FLOW_512, conds.c512, 512)
-            } else {
-                (role::SHAPE_FLOW_1024, conds.c1024()?, 1024)
-            };
-            let x = shape_flow(ctx, "shape", flow_role, cond, coords)?;
-            let feats = norm.denormalize(&x)?;
-            ctx.latents.insert("shape_slat_denorm.feats", feats.clone());
-            Ok(ShapeLatent {
-                coords: coords.clone(),
-                feats,
-                resolution: res,
-            })
-        }
-        PipelineType::Cascade1024 | PipelineType::Cascade1536 => {
-            let target = if ptype == PipelineType::Cascade1024 {
-                1024
-            } else {
-                1536
-            };
-            let lr = shape_flow(ctx, "shape_lr", role::SHAPE_FLOW_512, conds.c512, coords)?;
-            let lr = norm.denormalize(&lr)?;
-            ctx.latents
-                .insert("cascade.lr_slat_denorm.feats", lr.clone());
-            let (res, hr_coords) = cascade_coords(ctx, coords, &lr, target, max_tokens)?;
-            let x = shape_flow(
-                ctx,
-                "shape_hr",
-                role::SHAPE_FLOW_1024,
-                conds.c1024()?,
-                &hr_coords,
-            )?;
-            let feats = norm.denormalize(&x)?;
-            ctx.latents.insert("shape_slat_denorm.feats", feats.clone());
-            Ok(ShapeLatent {
-                coords: hr_coords,
-                feats,
-                resolution: res,
-            })
-        }
-    }
+    let (flow_role, res) = if ptype == PipelineType::P512 {
+        (role::SHAPE_FLOW_512, 512)
+    } else {
+        (role::SHAPE_FLOW_1024, 1024)
+    };
+    let x = shape_flow(ctx, "shape", flow_role, cond, coords)?;
+    let feats = ctx.settings.shape_norm.denormalize(&x)?;
+    ctx.latents.insert("shape_slat_denorm.feats", feats.clone());
+    Ok(ShapeLatent {
+        coords: coords.clone(),
+        feats,
+        resolution: res,
+    })
+}
+
+/// The cascade's low-resolution shape flow: the de-normalised 512 latent on the structure's
+/// coordinates.
+pub(crate) fn sample_cascade_lr(ctx: &mut Ctx, c512: &Tensor, coords: &Tensor) -> Result<Tensor> {
+    let lr = shape_flow(ctx, "shape_lr", role::SHAPE_FLOW_512, c512, coords)?;
+    let lr = ctx.settings.shape_norm.denormalize(&lr)?;
+    ctx.latents
+        .insert("cascade.lr_slat_denorm.feats", lr.clone());
+    Ok(lr)
+}
+
+/// The cascade's high-resolution shape flow on the quantised coordinates `(res, coords)`.
+pub(crate) fn sample_cascade_hr(
+    ctx: &mut Ctx,
+    c1024: &Tensor,
+    (res, coords): (usize, Tensor),
+) -> Result<ShapeLatent> {
+    let x = shape_flow(ctx, "shape_hr", role::SHAPE_FLOW_1024, c1024, &coords)?;
+    let feats = ctx.settings.shape_norm.denormalize(&x)?;
+    ctx.latents.insert("shape_slat_denorm.feats", feats.clone());
+    Ok(ShapeLatent {
+        coords,
+        feats,
+        resolution: res,
+    })
 }
 
 /// One shape flow run (`<prefix>.noise`, `<prefix>.x_t.<i>`, `<prefix>.coords`); returns the
@@ -91,13 +84,13 @@ pub(crate) fn sample_shape(
 fn shape_flow(
     ctx: &mut Ctx,
     prefix: &str,
-    flow_role: &str,
+    flow_role: &'static str,
     cond: &Tensor,
     coords: &Tensor,
 ) -> Result<Tensor> {
     let params = ctx.settings.shape;
     let mut stage = ctx.begin(prefix, params.model_calls());
-    let flow = models::flow_model(ctx.dir, flow_role, ctx.device, ctx.load)?;
+    let flow = ctx.flow(flow_role)?;
     let n = coords.dim(0)?;
     let noise = ctx.noise.draw(
         &format!("{prefix}.noise"),
@@ -116,12 +109,15 @@ fn shape_flow(
     let x = ctx.sample(
         &mut stage, prefix, &flow, cond, tokens, &layout, &noise, &params,
     )?;
+    drop(flow);
+    ctx.release(flow_role);
     ctx.end(stage);
     Ok(x)
 }
 
-/// `shape_decoder.upsample(lr, 4)` then the quantisation / token-budget loop.
-fn cascade_coords(
+/// `shape_decoder.upsample(lr, 4)` then the quantisation / token-budget loop: the cascade's
+/// high-resolution grid and coordinates.
+pub(crate) fn cascade_coords(
     ctx: &mut Ctx,
     lr_coords: &Tensor,
     lr_feats: &Tensor,
@@ -130,11 +126,12 @@ fn cascade_coords(
 ) -> Result<(usize, Tensor)> {
     let mut stage = ctx.begin("cascade", 1);
     let (up, batches) = {
-        let decoder = models::shape_decoder(ctx.dir, ctx.device, ctx.load)?;
+        let decoder = ctx.shape_decoder()?;
         let latent = SparseTensor::new(lr_coords, lr_feats.clone())?;
         let up = decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?;
         (up, latent.coord_set().batch_end())
     };
+    ctx.release(role::SHAPE_DECODER);
     ctx.latents.insert("cascade.upsample4.coords", up.clone());
     let (res, hr, voxels) = high_res_structure(&up, batches, target, max_tokens, ctx.device)?;
     let n = hr.dim(0)?;

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::context::Ctx;
 use super::flow_model::FlowTokens;
-use super::models::{self, role};
+use super::models::role;
 use super::sampler::LatentLayout;
 use super::structure::{max_pool2, occupancy, occupied_cells, occupied_coords};
 
@@ -19,7 +19,7 @@ pub(crate) fn sample_structure(
     let params = ctx.settings.ss;
     let mut stage = ctx.begin("sparse_structure", params.model_calls() + 1);
     let z = {
-        let flow = models::flow_model(ctx.dir, role::SS_FLOW, ctx.device, ctx.load)?;
+        let flow = ctx.flow(role::SS_FLOW)?;
         let cfg = flow.config();
         let r = cfg.resolution;
         if r == 0 {
@@ -44,7 +44,9 @@ pub(crate) fn sample_structure(
             &params,
         )?
     };
-    let logits = models::ss_decoder(ctx.dir, ctx.device, ctx.load)?.forward(&z)?;
+    ctx.release(role::SS_FLOW);
+    let logits = ctx.ss_decoder()?.forward(&z)?;
+    ctx.release(role::SS_DECODER);
     let mut occ = occupancy(&logits)?;
     ctx.latents
         .insert("ss.occupancy_64.coords", occupied_cells(&occ)?);

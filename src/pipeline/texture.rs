@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::context::Ctx;
 use super::flow_model::{sparse_layout, FlowTokens};
-use super::models::{self, role};
+use super::models::role;
 use super::shape::ShapeLatent;
 
 /// The de-normalised texture latent on the shape latent's coordinates.
@@ -23,7 +23,7 @@ pub(crate) fn sample_texture(
     } else {
         role::TEX_FLOW_512
     };
-    let flow = models::flow_model(ctx.dir, flow_role, ctx.device, ctx.load)?;
+    let flow = ctx.flow(flow_role)?;
     let concat = ctx.settings.shape_norm.normalize(&shape.feats)?;
     ctx.latents.insert("tex.concat_cond.feats", concat.clone());
     let (n, concat_c) = concat.dims2()?;
@@ -46,6 +46,8 @@ pub(crate) fn sample_texture(
     let x = ctx.sample(
         &mut stage, "tex", &flow, cond, tokens, &layout, &noise, &params,
     )?;
+    drop(flow);
+    ctx.release(flow_role);
     let feats = ctx.settings.tex_norm.denormalize(&x)?;
     ctx.latents.insert("tex_slat_denorm.feats", feats.clone());
     ctx.end(stage);

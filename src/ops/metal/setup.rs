@@ -106,6 +106,15 @@ fn compile_options(plan: &CompilePlan, os_major: u32) -> objc2::rc::Retained<MTL
     options
 }
 
+/// `(free, total)`: the GPU's recommended working set (unified memory: Metal's budget for one
+/// process) less what this process has allocated on it, and the whole set.
+pub fn working_set(device: &MetalDevice) -> (u64, u64) {
+    let raw: &objc2::runtime::ProtocolObject<dyn MTLDevice> = device.metal_device().as_ref();
+    let total = raw.recommendedMaxWorkingSetSize();
+    let used = raw.currentAllocatedSize() as u64;
+    (total.saturating_sub(used), total)
+}
+
 fn prepare(device: &MetalDevice) -> Result<Setup> {
     let report = gpu_report(device);
     let plan = report.plan().map_err(refused)?;
