@@ -459,3 +459,87 @@ fn photos_without_alpha_are_matted_kept_or_refused() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(out2.join("photo.glb").is_file());
 }
+
+/// A batch reads each model once and writes the same bytes as one run per picture, whether it
+/// runs picture by picture (models resident) or stage by stage.
+#[test]
+fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let images: Vec<PathBuf> = std::fs::read_dir(common::fixture("golden/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(images.len() >= 2);
+    for (i, image) in images.iter().take(3).enumerate() {
+        std::fs::copy(image, inputs.join(format!("p{i}.webp"))).unwrap();
+    }
+    let pictures = images.len().min(3);
+    let run = |name: &str, input: &Path, extra: &[&str]| -> (PathBuf, serde_json::Value) {
+        let out = dir.path().join(name);
+        let report = dir.path().join(format!("{name}.json"));
+        let mut args = vec!["generate".to_string(), s(input)];
+        args.extend(fast_args(&out));
+        args.extend(
+            [
+                "--format",
+                "splat,glb",
+                "--texture-size",
+                "512",
+                "--quiet",
+                "--report",
+            ]
+            .map(String::from),
+        );
+        args.push(s(&report));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let report = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+        (out, report)
+    };
+    let files = |out: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut f: Vec<(String, Vec<u8>)> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        f.sort();
+        f
+    };
+    let mut singles = Vec::new();
+    for i in 0..pictures {
+        let (out, _) = run(
+            &format!("single{i}"),
+            &inputs.join(format!("p{i}.webp")),
+            &[],
+        );
+        singles.extend(files(&out));
+    }
+    singles.sort();
+    assert_eq!(singles.len(), 2 * pictures);
+    for order in ["picture", "stage"] {
+        let (out, report) = run(order, &inputs, &["--batch-order", order]);
+        let batch = files(&out);
+        assert_eq!(
+            batch.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            singles.iter().map(|f| &f.0).collect::<Vec<_>>(),
+            "{order}"
+        );
+        for (b, s) in batch.iter().zip(&singles) {
+            assert!(b.1 == s.1, "{order}: {} differs from its single run", b.0);
+        }
+        assert_eq!(report["batch_order"], order);
+        let loads = report["model_loads"].as_object().unwrap();
+        assert_eq!(loads.len(), 7, "{order}: {loads:?}");
+        for (role, l) in loads {
+            assert_eq!(l["loads"], 1, "{order}: {role}");
+        }
+    }
+}

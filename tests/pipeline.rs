@@ -12,8 +12,8 @@ use trellis2::image::load_image;
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
-    Generated, NoProgress, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
-    SamplerStage, DEFAULT_MAX_TOKENS,
+    BatchItem, BatchOrder, Generated, NoProgress, NoiseSource, Picture, Pipeline, PipelineType,
+    RunOptions, SamplerOverrides, SamplerStage, DEFAULT_MAX_TOKENS,
 };
 use trellis2::weights::ModelDir;
 
@@ -355,4 +355,149 @@ fn cascade_quantisation_counts_and_budget_backoff() {
     // 189 tokens ≥ 150 at 1536, and every lower candidate too: back off to 1024.
     let (res, q) = choose_resolution(&up, 1536, 150).unwrap();
     assert_eq!((res, q.len()), (1024, 174));
+}
+
+/// A batch gives every picture the result of a run of its own, bit for bit, in either order,
+/// and reads each model once: the cascade covers every step (the shape decoder serves both the
+/// cascade and the decode).
+#[test]
+fn batch_orders_match_single_runs_and_load_each_model_once() {
+    let golden = Golden::open("golden/pipeline/pipeline_1024_cascade.safetensors");
+    let dir = || ModelDir::open(&common::fixture("golden")).unwrap();
+    let new_pipeline = || {
+        let mut p = Pipeline::new(dir(), Device::Cpu).unwrap();
+        p.apply_overrides(&overrides(&golden)).unwrap();
+        p
+    };
+    let image_path = common::fixture(&format!(
+        "golden/{}",
+        golden.metadata["image"].as_str().unwrap()
+    ));
+    let image = load_image(&image_path).unwrap();
+    let seeds = [3u64, 42];
+    let options = |seed| RunOptions {
+        pipeline_type: Some(PipelineType::Cascade1024),
+        ..RunOptions::seeded(seed)
+    };
+    let singles: Vec<Generated> = seeds
+        .iter()
+        .map(|&s| {
+            new_pipeline()
+                .generate(&image, options(s), &mut NoProgress)
+                .unwrap()
+        })
+        .collect();
+    for order in [BatchOrder::PictureMajor, BatchOrder::StageMajor] {
+        let pipeline = new_pipeline();
+        let items = seeds
+            .iter()
+            .map(|&s| BatchItem {
+                picture: Picture::File(&image_path),
+                options: options(s),
+            })
+            .collect();
+        let mut results: Vec<Option<Generated>> = vec![None, None];
+        pipeline.generate_batch(items, order, &mut NoProgress, &mut |i, r, _| {
+            assert!(results[i].is_none(), "{order:?}: item {i} finished twice");
+            results[i] = Some(r.unwrap());
+        });
+        for (i, (single, batched)) in singles.iter().zip(&results).enumerate() {
+            let batched = batched
+                .as_ref()
+                .unwrap_or_else(|| panic!("{order:?}: item {i}"));
+            assert_same_run(&format!("{order:?} item {i}"), single, batched);
+        }
+        let loads = pipeline.model_loads();
+        let roles: Vec<&str> = loads.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            roles,
+            [
+                "image_cond_model",
+                "shape_slat_decoder",
+                "shape_slat_flow_model_1024",
+                "shape_slat_flow_model_512",
+                "sparse_structure_decoder",
+                "sparse_structure_flow_model",
+                "tex_slat_decoder",
+                "tex_slat_flow_model_1024"
+            ],
+            "{order:?}"
+        );
+        for (role, l) in &loads {
+            assert_eq!(l.loads, 1, "{order:?}: {role} loaded {} times", l.loads);
+        }
+    }
+    // The seeds differ, so the runs must too (the comparison above is not vacuous).
+    assert_ne!(singles[0].voxel_attrs, singles[1].voxel_attrs);
+}
+
+/// A failing picture is reported at once and the rest of the batch goes on.
+#[test]
+fn batch_goes_on_past_a_failing_picture() {
+    let dir = ModelDir::open(&common::fixture("golden")).unwrap();
+    let mut pipeline = Pipeline::new(dir, Device::Cpu).unwrap();
+    let mut o = SamplerOverrides::default();
+    for stage in SamplerStage::ALL {
+        o.for_stage_mut(stage).steps = Some(1);
+    }
+    pipeline.apply_overrides(&o).unwrap();
+    let good = common::fixture(
+        "golden/images/0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.webp",
+    );
+    let missing = std::path::PathBuf::from("/nonexistent/picture.png");
+    for order in [BatchOrder::PictureMajor, BatchOrder::StageMajor] {
+        let items = [&missing, &good]
+            .iter()
+            .map(|p| BatchItem {
+                picture: Picture::File(p),
+                options: RunOptions {
+                    pipeline_type: Some(PipelineType::P512),
+                    ..RunOptions::seeded(1)
+                },
+            })
+            .collect();
+        let mut seen = Vec::new();
+        pipeline.generate_batch(items, order, &mut NoProgress, &mut |i, r, _| {
+            seen.push((i, r.map_err(|e| format!("{e:#}"))));
+        });
+        assert_eq!(seen.len(), 2, "{order:?}");
+        assert_eq!(seen[0].0, 0, "{order:?}: the failure comes first");
+        let err = seen[0].1.as_ref().unwrap_err();
+        assert!(err.contains("/nonexistent/picture.png"), "{order:?}: {err}");
+        assert_eq!(seen[1].0, 1);
+        assert!(
+            seen[1].1.is_ok(),
+            "{order:?}: {:?}",
+            seen[1].1.as_ref().err()
+        );
+    }
+}
+
+fn assert_same_run(what: &str, a: &Generated, b: &Generated) {
+    assert_eq!(a.resolution, b.resolution, "{what}");
+    assert_eq!(a.mesh, b.mesh, "{what}: mesh");
+    assert_eq!(a.voxel_coords, b.voxel_coords, "{what}: voxels");
+    assert_eq!(a.voxel_attrs, b.voxel_attrs, "{what}: attributes");
+    assert_eq!(a.dual_vertices, b.dual_vertices, "{what}: dual vertices");
+    let names: Vec<&str> = a.latents.names().collect();
+    assert_eq!(
+        names,
+        b.latents.names().collect::<Vec<_>>(),
+        "{what}: latents"
+    );
+    for name in names {
+        let (x, y) = (a.latents.get(name).unwrap(), b.latents.get(name).unwrap());
+        assert_eq!(x.dims(), y.dims(), "{what}: {name}");
+        let (x, y) = (
+            x.to_dtype(DType::F64).unwrap().flatten_all().unwrap(),
+            y.to_dtype(DType::F64).unwrap().flatten_all().unwrap(),
+        );
+        let same = x
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .zip(y.to_vec1::<f64>().unwrap())
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what}: {name} differs");
+    }
 }

@@ -18,15 +18,16 @@ use super::values::{self, BackgroundArg, DeviceArg, DtypeArg, PerStage, Pipeline
 use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::tensors::read_tensors;
 use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset};
-use trellis2::image::load_image;
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::background::Background;
+use trellis2::pipeline::batch_plan::plan_batch;
 use trellis2::pipeline::device::describe;
 use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
+use trellis2::pipeline::Progress;
 use trellis2::pipeline::{
-    Generated, NoiseSource, Pipeline, PipelineType, RunOptions, SamplerOverrides,
-    DEFAULT_MAX_TOKENS,
+    BatchItem, BatchOrder, Generated, NoiseSource, Picture, Pipeline, PipelineType, RunOptions,
+    SamplerOverrides, DEFAULT_MAX_TOKENS,
 };
 use trellis2::render::load_scene;
 use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
@@ -180,9 +181,24 @@ pub struct Args {
     /// downloaded on first use, like the other models.
     #[arg(long, value_enum, ignore_case = true, default_value_t = BackgroundArg::Auto)]
     pub rembg: BackgroundArg,
+    /// How a batch runs: picture = each picture through every stage with all models kept
+    /// loaded; stage = every picture through a stage before the next stage's models load (one
+    /// stage's models in memory); auto = picture when the device's free memory holds every
+    /// model's weights plus a stage's working memory, else stage. Each model is read once per
+    /// batch either way, and the outputs are the same.
+    #[arg(long, value_enum, default_value_t = BatchOrderArg::Auto)]
+    pub batch_order: BatchOrderArg,
     /// No progress output (errors and the failure summary are still printed).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `--batch-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchOrderArg {
+    Auto,
+    Picture,
+    Stage,
 }
 
 /// What one batch item is.
@@ -319,10 +335,10 @@ pub fn run(args: &Args) -> Result<u8> {
         .with_context(|| format!("{}: cannot create output folder", args.output.display()))?;
 
     let mut progress = CliProgress::new(args.quiet, plan.jobs.len());
-    let mut items = Vec::new();
+    let mut items: Vec<ItemReport> = Vec::with_capacity(plan.jobs.len());
+    // Batch positions of the items to generate (the others are skipped).
+    let mut todo = Vec::new();
     for job in &plan.jobs {
-        let label = job.path().display().to_string();
-        progress.item(&label);
         let stem = job.stem();
         let mut outputs: Vec<PathBuf> = args
             .format
@@ -332,76 +348,77 @@ pub fn run(args: &Args) -> Result<u8> {
         if args.preview {
             outputs.push(args.output.join(format!("{stem}.preview.png")));
         }
-        let start = Instant::now();
-        let mut item = ItemReport {
-            input: job.path().to_path_buf(),
-            status: Status::Ok,
-            error: None,
-            seconds: 0.0,
-            resolution: None,
-            voxels: None,
-            mesh_vertices: None,
-            mesh_faces: None,
-            decimation: None,
-            splat_psnr_db: None,
-            splat_ssim: None,
-            splat_psnr_object_db: None,
-            glb: None,
-            outputs: outputs.clone(),
-            stages: Vec::new(),
-        };
-        if args.skip_existing && outputs.iter().all(|p| p.is_file()) {
+        let mut item = ItemReport::new(job.path(), outputs);
+        if args.skip_existing && item.outputs.iter().all(|p| p.is_file()) {
             item.status = Status::Skipped;
-            progress.line(&format!("{label}: skipped (outputs exist)"));
+            progress.line(&format!(
+                "{}: skipped (outputs exist)",
+                job.path().display()
+            ));
+            progress.item_done();
         } else {
-            let options = RunOptions {
-                pipeline_type: Some(ptype),
-                noise: match &plan.noise {
-                    Some(t) => NoiseSource::Injected(t.clone()),
-                    None => NoiseSource::Seed(args.seed),
-                },
-                max_tokens: args.max_tokens,
-                background,
-            };
-            let result =
-                generate_one(&pipeline, job, options, ptype, &mut progress).and_then(|g| {
-                    (item.decimation, item.glb) = save(args, &stem, &g, &outputs)?;
-                    if let Some(q) = preview_and_quality(args, &outputs)? {
-                        item.splat_psnr_db = Some(q.psnr_db);
-                        item.splat_ssim = Some(q.ssim);
-                        item.splat_psnr_object_db = Some(q.psnr_object_db);
-                    }
-                    Ok(g)
-                });
-            match result {
-                Ok(g) => {
-                    item.resolution = Some(g.resolution);
-                    item.voxels = Some(g.voxel_coords.len());
-                    item.mesh_vertices = Some(g.mesh.vertices.len());
-                    item.mesh_faces = Some(g.mesh.faces.len());
-                    item.stages = g.stages;
-                    progress.line(&format!(
-                        "{label}: done in {:.1} s → {}",
-                        start.elapsed().as_secs_f64(),
-                        outputs
-                            .iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    progress.line(&format!("{label}: FAILED: {msg}"));
-                    item.status = Status::Failed;
-                    item.error = Some(msg);
-                    item.outputs.clear();
-                }
-            }
+            todo.push(items.len());
         }
-        item.seconds = start.elapsed().as_secs_f64();
-        progress.item_done();
         items.push(item);
+    }
+    let options = || RunOptions {
+        pipeline_type: Some(ptype),
+        noise: match &plan.noise {
+            Some(t) => NoiseSource::Injected(t.clone()),
+            None => NoiseSource::Seed(args.seed),
+        },
+        max_tokens: args.max_tokens,
+        background,
+    };
+    let labels: Vec<String> = todo
+        .iter()
+        .map(|&i| plan.jobs[i].path().display().to_string())
+        .collect();
+    progress.set_items(labels);
+    let mut batch_order = None;
+    let mut finish = |k: usize, result: Result<Generated>, progress: &mut CliProgress| {
+        let i = todo[k];
+        let stem = plan.jobs[i].stem();
+        finish_item(
+            args,
+            &stem,
+            &mut items[i],
+            result,
+            progress.resumed(k),
+            progress,
+        );
+        progress.item_done();
+    };
+    match plan.jobs.first() {
+        Some(Job::Latents(p)) if !todo.is_empty() => {
+            progress.item_started(0);
+            let result = read_latents(p, pipeline.device())
+                .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
+            finish(0, result, &mut progress);
+        }
+        _ if !todo.is_empty() => {
+            let order = match args.batch_order {
+                BatchOrderArg::Picture => BatchOrder::PictureMajor,
+                BatchOrderArg::Stage => BatchOrder::StageMajor,
+                BatchOrderArg::Auto => {
+                    let plan = plan_batch(&pipeline, ptype, background, todo.len())?;
+                    if todo.len() > 1 {
+                        progress.line(&format!("batch: {plan}"));
+                    }
+                    plan.order
+                }
+            };
+            batch_order = Some(order);
+            let batch = todo
+                .iter()
+                .map(|&i| BatchItem {
+                    picture: Picture::File(plan.jobs[i].path()),
+                    options: options(),
+                })
+                .collect();
+            pipeline.generate_batch(batch, order, &mut progress, &mut finish);
+        }
+        _ => {}
     }
     progress.finish();
 
@@ -438,6 +455,11 @@ pub fn run(args: &Args) -> Result<u8> {
             max_tokens: args.max_tokens,
             settings: pipeline.settings().clone(),
             tuning: trellis2::ops::tuning::Tuning::current(),
+            batch_order: batch_order.map(|o| match o {
+                BatchOrder::PictureMajor => "picture",
+                BatchOrder::StageMajor => "stage",
+            }),
+            model_loads: pipeline.model_loads(),
             items,
         };
         let json = serde_json::to_vec_pretty(&report)?;
@@ -450,21 +472,53 @@ pub fn run(args: &Args) -> Result<u8> {
     })
 }
 
-fn generate_one(
-    pipeline: &Pipeline,
-    job: &Job,
-    options: RunOptions,
-    ptype: PipelineType,
-    progress: &mut CliProgress,
-) -> Result<Generated> {
-    match job {
-        Job::Image(p) => {
-            let image = load_image(p)?;
-            pipeline.generate(&image, options, progress)
+/// Saves a finished item's outputs (preview and splat quality too) and fills its report;
+/// `since` is when the item's work last resumed (its time when it failed).
+fn finish_item(
+    args: &Args,
+    stem: &str,
+    item: &mut ItemReport,
+    result: Result<Generated>,
+    since: Instant,
+    progress: &CliProgress,
+) {
+    let label = item.input.display().to_string();
+    let saving = Instant::now();
+    let result = result.and_then(|g| {
+        (item.decimation, item.glb) = save(args, stem, &g, &item.outputs)?;
+        if let Some(q) = preview_and_quality(args, &item.outputs)? {
+            item.splat_psnr_db = Some(q.psnr_db);
+            item.splat_ssim = Some(q.ssim);
+            item.splat_psnr_object_db = Some(q.psnr_object_db);
         }
-        Job::Latents(p) => {
-            let saved = read_latents(p, pipeline.device())?;
-            pipeline.decode_saved(&saved, ptype, progress)
+        Ok(g)
+    });
+    match result {
+        Ok(g) => {
+            item.resolution = Some(g.resolution);
+            item.voxels = Some(g.voxel_coords.len());
+            item.mesh_vertices = Some(g.mesh.vertices.len());
+            item.mesh_faces = Some(g.mesh.faces.len());
+            item.seconds =
+                g.stages.iter().map(|s| s.seconds).sum::<f64>() + saving.elapsed().as_secs_f64();
+            item.stages = g.stages;
+            progress.line(&format!(
+                "{label}: done in {:.1} s → {}",
+                item.seconds,
+                item.outputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            progress.line(&format!("{label}: FAILED: {msg}"));
+            item.status = Status::Failed;
+            item.error = Some(msg);
+            item.outputs.clear();
+            item.seconds = since.elapsed().as_secs_f64();
         }
     }
 }

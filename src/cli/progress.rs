@@ -3,7 +3,7 @@
 //! `--quiet`.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use trellis2::pipeline::{Progress, StageReport};
@@ -23,6 +23,9 @@ pub struct CliProgress {
     mode: Mode,
     /// The item being generated, for log lines.
     item: String,
+    /// Labels of the items to generate, by batch position, and when each last resumed.
+    labels: Vec<String>,
+    resumed: Vec<Option<Instant>>,
 }
 
 impl CliProgress {
@@ -51,15 +54,24 @@ impl CliProgress {
         Self {
             mode,
             item: String::new(),
+            labels: Vec::new(),
+            resumed: Vec::new(),
         }
     }
 
-    /// A new item starts.
-    pub fn item(&mut self, name: &str) {
-        self.item = name.to_string();
-        if let Mode::Log = self.mode {
-            println!("{name}: started");
-        }
+    /// The labels of the items the pipeline will run, by batch position.
+    pub fn set_items(&mut self, labels: Vec<String>) {
+        self.resumed = vec![None; labels.len()];
+        self.labels = labels;
+    }
+
+    /// When batch item `index`'s work last resumed (now if it never started).
+    pub fn resumed(&self, index: usize) -> Instant {
+        self.resumed
+            .get(index)
+            .copied()
+            .flatten()
+            .unwrap_or_else(Instant::now)
     }
 
     /// The current item finished (in any way).
@@ -113,6 +125,20 @@ fn describe(r: &StageReport) -> String {
 }
 
 impl Progress for CliProgress {
+    fn item_started(&mut self, index: usize) {
+        let first = self.resumed.get(index).is_some_and(|r| r.is_none());
+        if let Some(r) = self.resumed.get_mut(index) {
+            *r = Some(Instant::now());
+        }
+        let name = self.labels.get(index).cloned().unwrap_or_default();
+        if first {
+            if let Mode::Log = self.mode {
+                println!("{name}: started");
+            }
+        }
+        self.item = name;
+    }
+
     fn stage_started(&mut self, stage: &str, steps: usize) {
         if let Mode::Bars {
             multi, stage: bar, ..

@@ -1,10 +1,11 @@
 //! The `--report FILE.json` document: per image and stage, wall time, token and voxel counts,
 //! peak memory; the seed, pipeline parameters, kernel tuning and versions of the run.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use trellis2::ops::tuning::Tuning;
-use trellis2::pipeline::{PipelineSettings, StageReport};
+use trellis2::pipeline::{ModelLoads, PipelineSettings, StageReport};
 
 #[derive(Debug, serde::Serialize)]
 pub struct RunReport {
@@ -21,6 +22,11 @@ pub struct RunReport {
     pub settings: PipelineSettings,
     /// Every kernel tuning knob (`TRELLIS2_*`) as the run used it.
     pub tuning: Tuning,
+    /// `picture` or `stage` (`--batch-order`); absent when nothing was generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_order: Option<&'static str>,
+    /// Per model role: how many times its weights were read, and the seconds that took.
+    pub model_loads: BTreeMap<String, ModelLoads>,
     pub items: Vec<ItemReport>,
 }
 
@@ -64,6 +70,29 @@ pub struct ItemReport {
     pub glb: Option<GlbReport>,
     pub outputs: Vec<PathBuf>,
     pub stages: Vec<StageReport>,
+}
+
+impl ItemReport {
+    /// An item not yet run, with the files it will write.
+    pub fn new(input: &Path, outputs: Vec<PathBuf>) -> Self {
+        Self {
+            input: input.to_path_buf(),
+            status: Status::Ok,
+            error: None,
+            seconds: 0.0,
+            resolution: None,
+            voxels: None,
+            mesh_vertices: None,
+            mesh_faces: None,
+            decimation: None,
+            splat_psnr_db: None,
+            splat_ssim: None,
+            splat_psnr_object_db: None,
+            glb: None,
+            outputs,
+            stages: Vec::new(),
+        }
+    }
 }
 
 /// `generate --faces N`: what the GLB's mesh was reduced to, and how long it took.

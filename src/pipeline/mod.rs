@@ -29,8 +29,8 @@ pub use config::{
     PipelineSettings, PipelineType, SamplerOverrides, SamplerStage, StageOverride,
     DEFAULT_MAX_TOKENS,
 };
+pub use model_cache::ModelLoads;
 pub use noise::NoiseSource;
 pub use output::{Generated, Latents, PBR_CHANNELS};
 pub use progress::{NoProgress, Progress, StageReport};
-pub use model_cache::ModelLoads;
 pub use run::{BatchItem, BatchOrder, Picture, Pipeline, RunOptions};

@@ -90,13 +90,21 @@ impl ModelCache {
         }
     }
 
-    /// Sets what outlives a step and drops every held model it does not cover.
+    /// Sets what outlives its user's [`ModelCache::release`]; held models stay until then or
+    /// until [`ModelCache::trim`].
     pub fn set_keep(&self, keep: Keep) {
+        self.lock().keep = Some(keep);
+    }
+
+    /// Drops every held model that [`ModelCache::set_keep`] does not cover.
+    pub fn trim(&self) {
         let mut state = self.lock();
-        if let Keep::Roles(roles) = &keep {
-            state.models.retain(|role, _| roles.contains(role));
+        let State { models, keep, .. } = &mut *state;
+        match keep {
+            Some(Keep::All) => {}
+            Some(Keep::Roles(roles)) => models.retain(|role, _| roles.contains(role)),
+            None => models.clear(),
         }
-        state.keep = Some(keep);
     }
 
     /// Loads so far, by role.
@@ -138,6 +146,8 @@ mod tests {
         assert_eq!(cache.loads()["b"].loads, 2);
         assert_eq!(cache.loads()["a"].loads, 1);
         cache.set_keep(Keep::Roles(HashSet::new()));
+        assert_eq!(cache.held(), vec!["a", "b"], "set_keep alone drops nothing");
+        cache.trim();
         assert!(cache.held().is_empty());
         cache.set_keep(Keep::All);
         cache.get_or_load("c", || Ok(3u32)).unwrap();

@@ -208,7 +208,10 @@ pub fn weight_bytes(dir: &ModelDir, role: &str, device: &Device, opts: LoadOptio
     } else {
         source(dir, role)?
     };
-    Ok(checkpoint_bytes(&src.checkpoint, opts.dtype_for(&src.checkpoint, device)))
+    Ok(checkpoint_bytes(
+        &src.checkpoint,
+        opts.dtype_for(&src.checkpoint, device),
+    ))
 }
 
 /// Bytes of `ckpt`'s tensors with its floats in `dtype`.

@@ -142,8 +142,8 @@ impl Pipeline {
         self.generate_batch(
             vec![BatchItem { picture, options }],
             BatchOrder::StageMajor,
-            progress,
-            &mut |_, r| result = Some(r),
+            &mut Forward(progress),
+            &mut |_, r, _| result = Some(r),
         );
         result.context("the run produced no result")?
     }
@@ -152,15 +152,18 @@ impl Pipeline {
     /// finishes (at once for an item that fails; the others go on). Every item must use the
     /// same pipeline type. Outputs are the same, bit for bit, in either order and as one
     /// [`Pipeline::generate`] per picture.
-    pub fn generate_batch(
+    pub fn generate_batch<P: Progress>(
         &self,
         items: Vec<BatchItem>,
         order: BatchOrder,
-        progress: &mut dyn Progress,
-        done: &mut dyn FnMut(usize, Result<Generated>),
+        progress: &mut P,
+        done: &mut dyn FnMut(usize, Result<Generated>, &mut P),
     ) {
         let default = self.settings.default_type;
-        let Some(ptype) = items.first().map(|i| i.options.pipeline_type.unwrap_or(default)) else {
+        let Some(ptype) = items
+            .first()
+            .map(|i| i.options.pipeline_type.unwrap_or(default))
+        else {
             return;
         };
         let mut jobs: Vec<Option<Job>> = Vec::with_capacity(items.len());
@@ -176,6 +179,7 @@ impl Pipeline {
                         "pipeline {}: a batch runs one pipeline type ({ptype})",
                         job.ptype
                     )),
+                    progress,
                 );
             }
         }
@@ -191,7 +195,7 @@ impl Pipeline {
                         .iter()
                         .try_for_each(|&step| self.run_step(step, &mut job, progress))
                         .and_then(|()| job.finish());
-                    done(index, result);
+                    done(index, result, progress);
                 }
             }
             BatchOrder::StageMajor => {
@@ -226,15 +230,18 @@ impl Pipeline {
                         let last = k + 1 == steps.len();
                         if let Err(e) = result {
                             jobs[index] = None;
-                            done(index, Err(e));
+                            done(index, Err(e), progress);
                         } else if last {
                             if let Some(job) = jobs[index].take() {
-                                done(index, job.finish());
+                                done(index, job.finish(), progress);
                             }
                         }
                     }
+                    self.models.set_keep(Keep::Roles(later));
+                    self.models.trim();
                 }
                 self.models.set_keep(Keep::Roles(HashSet::new()));
+                self.models.trim();
             }
         }
     }
@@ -337,8 +344,8 @@ impl Pipeline {
                     on(&job.c1024, "1024 condition")?
                 };
                 let coords = on(&job.coords, "structure")?;
-                let shape = sample_shape_direct(ctx, job.ptype, &cond, &coords)
-                    .context("shape stage")?;
+                let shape =
+                    sample_shape_direct(ctx, job.ptype, &cond, &coords).context("shape stage")?;
                 job.shape = Some(shape);
             }
             Step::ShapeLr => {
@@ -414,8 +421,27 @@ impl Pipeline {
         job.shape = Some(shape);
         job.tex = Some(tex);
         self.models.set_keep(Keep::Roles(HashSet::new()));
+        self.models.trim();
         self.run_step(Step::Decode, &mut job, progress)?;
         job.finish()
+    }
+}
+
+/// A `&mut dyn Progress` as a sized [`Progress`].
+struct Forward<'a>(&'a mut dyn Progress);
+
+impl Progress for Forward<'_> {
+    fn item_started(&mut self, index: usize) {
+        self.0.item_started(index)
+    }
+    fn stage_started(&mut self, stage: &str, steps: usize) {
+        self.0.stage_started(stage, steps)
+    }
+    fn step(&mut self, stage: &str, done: usize) {
+        self.0.step(stage, done)
+    }
+    fn stage_finished(&mut self, report: &StageReport) {
+        self.0.stage_finished(report)
     }
 }
 
@@ -464,14 +490,9 @@ enum Step {
 fn schedule(ptype: PipelineType) -> &'static [Step] {
     use Step::*;
     match ptype {
-        PipelineType::P512 | PipelineType::P1024 => &[
-            Preprocess,
-            Conditioning,
-            Structure,
-            Shape,
-            Texture,
-            Decode,
-        ],
+        PipelineType::P512 | PipelineType::P1024 => {
+            &[Preprocess, Conditioning, Structure, Shape, Texture, Decode]
+        }
         PipelineType::Cascade1024 | PipelineType::Cascade1536 => &[
             Preprocess,
             Conditioning,
