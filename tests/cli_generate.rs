@@ -543,3 +543,62 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
         }
     }
 }
+
+/// `--shard K/N` deals the sorted input list out so that the N shards cover it exactly once,
+/// the same way on every run; an empty shard is not an error. Corrupt pictures keep it cheap:
+/// each fails before any model runs, and the report lists the shard's items.
+#[test]
+fn shards_cover_the_batch_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let names = ["e.png", "a.png", "d.jpg", "b.webp", "c.png"];
+    for name in names {
+        std::fs::write(inputs.join(name), b"not a picture").unwrap();
+    }
+    let shard_items = |k: usize, n: usize| -> Vec<String> {
+        let report = dir.path().join(format!("r{k}of{n}.json"));
+        let mut args = vec!["generate".to_string(), s(&inputs)];
+        args.extend(fast_args(&dir.path().join("out")));
+        args.extend([
+            "--shard".into(),
+            format!("{k}/{n}"),
+            "--report".into(),
+            s(&report),
+        ]);
+        let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let items: Vec<String> = report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let p = PathBuf::from(i["input"].as_str().unwrap());
+                p.file_name().unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        let want = if items.is_empty() { 0 } else { 1 };
+        assert_eq!(o.status.code(), Some(want), "{k}/{n}: {}", text(&o));
+        items
+    };
+    for n in [1, 2, 3, 7] {
+        let mut all: Vec<String> = (1..=n).flat_map(|k| shard_items(k, n)).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            ["a.png", "b.webp", "c.png", "d.jpg", "e.png"],
+            "N = {n}"
+        );
+    }
+    assert_eq!(shard_items(2, 3), ["b.webp", "e.png"]);
+    assert_eq!(shard_items(2, 3), shard_items(2, 3));
+    let mut args = vec!["generate".to_string(), s(&inputs)];
+    args.extend(fast_args(&dir.path().join("out")));
+    for bad in ["0/3", "4/3", "x"] {
+        let mut a = args.clone();
+        a.extend(["--shard".into(), bad.into()]);
+        let o = trellis2(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "--shard {bad}: {}", text(&o));
+    }
+}

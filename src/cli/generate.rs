@@ -146,6 +146,12 @@ pub struct Args {
     /// views of 512²: about 10 s per million splats on 2 cores).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Run only part K of N of the batch (K from 1 to N): the expanded input list, sorted by
+    /// path, dealt out round-robin. N machines (a SLURM array, a Kubernetes indexed job) each
+    /// given one K and the same inputs and output folder cover the batch exactly once; with
+    /// --skip-existing a rerun of any shard resumes it.
+    #[arg(long, value_name = "K/N", value_parser = values::shard)]
+    pub shard: Option<values::Shard>,
     /// Skip inputs whose outputs all exist already.
     #[arg(long)]
     pub skip_existing: bool,
@@ -259,16 +265,23 @@ fn plan(args: &Args) -> Result<Plan> {
             if args.noise.is_some() || args.save_latents.is_some() {
                 bail!("--from-latents does no sampling; --noise and --save-latents do not apply");
             }
+            if args.shard.is_some() {
+                bail!("--from-latents decodes one file; --shard splits batches of pictures");
+            }
             vec![Job::Latents(p.clone())]
         }
         None => {
             if args.inputs.is_empty() {
                 bail!("no INPUT given (image files, folders or glob patterns)");
             }
-            inputs::expand(&args.inputs)?
-                .into_iter()
-                .map(Job::Image)
-                .collect()
+            let mut pictures = inputs::expand(&args.inputs)?;
+            if let Some(shard) = args.shard {
+                // Sorted so that every machine deals the same list, whatever the argument
+                // order; a shard may be empty when there are fewer pictures than shards.
+                pictures.sort();
+                pictures = shard.take(pictures);
+            }
+            pictures.into_iter().map(Job::Image).collect()
         }
     };
     jobs.dedup_by(|a, b| a.path() == b.path());

@@ -157,6 +157,39 @@ impl From<BackgroundArg> for Background {
     }
 }
 
+/// `--shard K/N`: this machine's part of a batch split N ways (K from 1 to N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The items of `sorted` that belong to this shard: every N-th from the K-th, so that
+    /// shards get a mix of the list and their sizes differ by at most one.
+    pub fn take<T>(self, sorted: Vec<T>) -> Vec<T> {
+        sorted
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.count == self.index - 1)
+            .map(|(_, t)| t)
+            .collect()
+    }
+}
+
+pub fn shard(text: &str) -> Result<Shard, String> {
+    let bad = || format!("`{text}` is not K/N with 1 ≤ K ≤ N (e.g. 3/8)");
+    let (k, n) = text.trim().split_once('/').ok_or_else(bad)?;
+    let (index, count) = (
+        k.trim().parse::<usize>().map_err(|_| bad())?,
+        n.trim().parse::<usize>().map_err(|_| bad())?,
+    );
+    if index == 0 || index > count {
+        return Err(bad());
+    }
+    Ok(Shard { index, count })
+}
+
 /// A whole number ≥ 1 (token budgets, sizes).
 pub fn positive<T: FromStr + Default + PartialEq>(text: &str) -> Result<T, String> {
     match text.trim().parse::<T>() {
@@ -267,6 +300,15 @@ mod tests {
         assert_eq!(rembg("briaai/RMBG-2.0"), Ok(RembgModel::Rmbg2));
         assert_eq!(rembg("zhengpeng7/birefnet"), Ok(RembgModel::BiRefNet));
         assert!(rembg("rmbg").is_err());
+        assert_eq!(shard("3/8"), Ok(Shard { index: 3, count: 8 }));
+        for bad in ["0/4", "5/4", "1/0", "2", "a/b", "-1/4", "1/4/2"] {
+            assert!(shard(bad).is_err(), "{bad}");
+        }
+        let items: Vec<usize> = (0..10).collect();
+        let parts: Vec<Vec<usize>> = (1..=3)
+            .map(|k| Shard { index: k, count: 3 }.take(items.clone()))
+            .collect();
+        assert_eq!(parts, [vec![0, 3, 6, 9], vec![1, 4, 7], vec![2, 5, 8]]);
         let background = |s: &str| BackgroundArg::from_str(s, true).map(Background::from);
         assert_eq!(background("none"), Ok(Background::Keep));
         assert_eq!(
