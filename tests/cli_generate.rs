@@ -524,22 +524,42 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
     }
     singles.sort();
     assert_eq!(singles.len(), 2 * pictures);
-    for order in ["picture", "stage"] {
-        let (out, report) = run(order, &inputs, &["--batch-order", order]);
+    let cases: [(&str, &[&str]); 4] = [
+        ("picture", &["--batch-order", "picture"]),
+        ("stage", &["--batch-order", "stage"]),
+        (
+            "picture",
+            &["--device", "cpu,cpu", "--batch-order", "picture"],
+        ),
+        ("stage", &["--device", "cpu, cpu", "--batch-order", "stage"]),
+    ];
+    for (n, (order, extra)) in cases.into_iter().enumerate() {
+        let (out, report) = run(&format!("run{n}"), &inputs, extra);
+        let what = extra.join(" ");
         let batch = files(&out);
         assert_eq!(
             batch.iter().map(|f| &f.0).collect::<Vec<_>>(),
             singles.iter().map(|f| &f.0).collect::<Vec<_>>(),
-            "{order}"
+            "{what}"
         );
         for (b, s) in batch.iter().zip(&singles) {
-            assert!(b.1 == s.1, "{order}: {} differs from its single run", b.0);
+            assert!(b.1 == s.1, "{what}: {} differs from its single run", b.0);
         }
-        assert_eq!(report["batch_order"], order);
+        assert_eq!(report["batch_order"], order, "{what}");
+        // Each worker that ran a picture read each model once.
+        let items = report["items"].as_array().unwrap();
+        let several = extra.contains(&"--device");
+        for i in items {
+            assert_eq!(i["device"].as_str() == Some("cpu"), several, "{what}");
+        }
+        let mut workers: Vec<u64> = items.iter().filter_map(|i| i["worker"].as_u64()).collect();
+        workers.sort();
+        workers.dedup();
+        let expected = if several { workers.len() } else { 1 };
         let loads = report["model_loads"].as_object().unwrap();
-        assert_eq!(loads.len(), 7, "{order}: {loads:?}");
+        assert_eq!(loads.len(), 7, "{what}: {loads:?}");
         for (role, l) in loads {
-            assert_eq!(l["loads"], 1, "{order}: {role}");
+            assert_eq!(l["loads"], expected, "{what}: {role}");
         }
     }
 }

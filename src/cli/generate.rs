@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +16,7 @@ use super::progress::CliProgress;
 use super::report::{
     DecimationReport, GlbReport, ItemReport, RunReport, Status, TextureReport, CANDLE_VERSION,
 };
-use super::values::{self, BackgroundArg, DeviceArg, DtypeArg, PerStage, PipelineArg, UpArg};
+use super::values::{self, BackgroundArg, DtypeArg, PerStage, PipelineArg, UpArg};
 use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::tensors::read_tensors;
 use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset};
@@ -24,11 +26,11 @@ use trellis2::pipeline::batch_plan::plan_batch;
 use trellis2::pipeline::device::describe;
 use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
-use trellis2::pipeline::Progress;
 use trellis2::pipeline::{
-    BatchItem, BatchOrder, Generated, NoiseSource, Picture, Pipeline, PipelineType, RunOptions,
-    SamplerOverrides, DEFAULT_MAX_TOKENS,
+    BatchItem, BatchOrder, Generated, ModelLoads, NoiseSource, Picture, Pipeline, PipelineType,
+    RunOptions, SamplerOverrides, DEFAULT_MAX_TOKENS,
 };
+use trellis2::pipeline::{Progress, StageReport};
 use trellis2::render::load_scene;
 use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
 
@@ -96,8 +98,15 @@ pub struct Args {
     pub pipeline: Option<PipelineArg>,
     /// Compute device (auto: Metal on macOS builds with it, else CUDA when built with it, else
     /// the CPU).
-    #[arg(long, value_enum, env = "TRELLIS2_DEVICE", default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
+    /// A comma-separated list (cuda:0,cuda:1; cpu,cpu) runs one batch worker per device,
+    /// each with its own models, taking the next picture as it frees up.
+    #[arg(
+        long,
+        env = "TRELLIS2_DEVICE",
+        default_value = "auto",
+        value_parser = values::devices
+    )]
+    pub device: values::DeviceList,
     /// Compute dtype: auto (f32 on the CPU; on a GPU each checkpoint's own dtype, bf16 flows
     /// and f16 decoders as upstream runs them), f32, f16 or bf16 (GPU only). Norms, RoPE,
     /// softmax and the sampler state stay f32 whatever this says.
@@ -319,7 +328,12 @@ pub fn run(args: &Args) -> Result<u8> {
             return Ok(exit::UNREADABLE);
         }
     };
-    let device = super::open_device(args.device.into())?.device;
+    let mut devices = Vec::new();
+    for spec in &args.device.0 {
+        let selected = super::open_device_at(spec.kind.into(), spec.ordinal)
+            .with_context(|| format!("--device {spec}"))?;
+        devices.push((spec.to_string(), selected.device));
+    }
     let background = Background::from(args.rembg);
     let dtype = DTypeChoice::from(args.dtype);
     // Decoding saved latents needs no picture, hence no background remover.
@@ -338,8 +352,13 @@ pub fn run(args: &Args) -> Result<u8> {
             WeightMemory::Resident
         },
     };
-    let mut pipeline = Pipeline::new(model_dir, device)?.with_load_options(load)?;
-    pipeline.apply_overrides(&overrides(args))?;
+    let mut pipelines = Vec::new();
+    for (name, device) in devices {
+        let mut pipeline = Pipeline::new(model_dir.clone(), device)?.with_load_options(load)?;
+        pipeline.apply_overrides(&overrides(args))?;
+        pipelines.push((name, pipeline));
+    }
+    let pipeline = &pipelines[0].1;
     let ptype = args
         .pipeline
         .map(PipelineType::from)
@@ -388,51 +407,92 @@ pub fn run(args: &Args) -> Result<u8> {
         .map(|&i| plan.jobs[i].path().display().to_string())
         .collect();
     progress.set_items(labels);
-    let mut batch_order = None;
-    let mut finish = |k: usize, result: Result<Generated>, progress: &mut CliProgress| {
+    let items: Vec<Mutex<ItemReport>> = items.into_iter().map(Mutex::new).collect();
+    let progress = Mutex::new(progress);
+    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>| {
         let i = todo[k];
-        let stem = plan.jobs[i].stem();
-        finish_item(
-            args,
-            &stem,
-            &mut items[i],
-            result,
-            progress.resumed(k),
-            progress,
-        );
+        let since = lock(&progress).resumed(k);
+        let mut item = lock(&items[i]);
+        item.worker = worker.map(|w| w.0);
+        item.device = worker.map(|w| w.1.to_string());
+        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, since);
+        let mut progress = lock(&progress);
+        progress.line(&line);
         progress.item_done();
     };
+    let mut batch_order = None;
     match plan.jobs.first() {
         Some(Job::Latents(p)) if !todo.is_empty() => {
+            let mut progress = Worker::new(&progress, vec![0]);
             progress.item_started(0);
             let result = read_latents(p, pipeline.device())
                 .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
-            finish(0, result, &mut progress);
+            finish(0, result, None);
         }
         _ if !todo.is_empty() => {
+            let workers = pipelines.len();
             let order = match args.batch_order {
                 BatchOrderArg::Picture => BatchOrder::PictureMajor,
                 BatchOrderArg::Stage => BatchOrder::StageMajor,
                 BatchOrderArg::Auto => {
-                    let plan = plan_batch(&pipeline, ptype, background, todo.len())?;
+                    let share = todo.len().div_ceil(workers);
+                    let plan = plan_batch(pipeline, ptype, background, share)?;
                     if todo.len() > 1 {
-                        progress.line(&format!("batch: {plan}"));
+                        let each = if workers > 1 { " each" } else { "" };
+                        lock(&progress).line(&format!(
+                            "batch: {} pictures, {workers} worker(s){each} {plan}",
+                            todo.len()
+                        ));
                     }
                     plan.order
                 }
             };
             batch_order = Some(order);
-            let batch = todo
-                .iter()
-                .map(|&i| BatchItem {
-                    picture: Picture::File(plan.jobs[i].path()),
-                    options: options(),
-                })
-                .collect();
-            pipeline.generate_batch(batch, order, &mut progress, &mut finish);
+            let next = AtomicUsize::new(0);
+            let item = |k: usize| BatchItem {
+                picture: Picture::File(plan.jobs[todo[k]].path()),
+                options: options(),
+            };
+            std::thread::scope(|scope| {
+                for (w, (name, pipeline)) in pipelines.iter().enumerate() {
+                    let device = (workers > 1).then_some((w, name.as_str()));
+                    let (finish, next, item, progress) = (&finish, &next, &item, &progress);
+                    let todo = &todo;
+                    scope.spawn(move || match order {
+                        // The next picture goes to whichever worker frees up first.
+                        BatchOrder::PictureMajor => loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            if k >= todo.len() {
+                                break;
+                            }
+                            let mut worker = Worker::new(progress, vec![k]);
+                            pipeline.generate_batch(
+                                vec![item(k)],
+                                order,
+                                &mut worker,
+                                &mut |_, r, _| finish(k, r, device),
+                            );
+                        },
+                        // A stage-major worker needs its pictures up front: every N-th.
+                        BatchOrder::StageMajor => {
+                            let share: Vec<usize> = (w..todo.len()).step_by(workers).collect();
+                            let batch = share.iter().map(|&k| item(k)).collect();
+                            let mut worker = Worker::new(progress, share.clone());
+                            pipeline.generate_batch(batch, order, &mut worker, &mut |j, r, _| {
+                                finish(share[j], r, device)
+                            });
+                        }
+                    });
+                }
+            });
         }
         _ => {}
     }
+    let mut progress = progress.into_inner().unwrap_or_else(|e| e.into_inner());
+    let items: Vec<ItemReport> = items
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect();
     progress.finish();
 
     let failed: Vec<(PathBuf, String)> = items
@@ -459,7 +519,14 @@ pub fn run(args: &Args) -> Result<u8> {
         let report = RunReport {
             trellis2_version: env!("CARGO_PKG_VERSION"),
             candle_version: CANDLE_VERSION,
-            device: describe(pipeline.device()).into(),
+            device: pipelines
+                .iter()
+                .map(|(name, p)| match name.as_str() {
+                    "auto" => describe(p.device()).to_string(),
+                    _ => name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             dtype: format!("{dtype:?}").to_lowercase(),
             low_memory: args.low_memory,
             model: model_root.clone(),
@@ -472,7 +539,7 @@ pub fn run(args: &Args) -> Result<u8> {
                 BatchOrder::PictureMajor => "picture",
                 BatchOrder::StageMajor => "stage",
             }),
-            model_loads: pipeline.model_loads(),
+            model_loads: model_loads(&pipelines),
             items,
         };
         let json = serde_json::to_vec_pretty(&report)?;
@@ -485,16 +552,28 @@ pub fn run(args: &Args) -> Result<u8> {
     })
 }
 
-/// Saves a finished item's outputs (preview and splat quality too) and fills its report;
-/// `since` is when the item's work last resumed (its time when it failed).
+/// Loads by role over every worker's pipeline.
+fn model_loads(pipelines: &[(String, Pipeline)]) -> std::collections::BTreeMap<String, ModelLoads> {
+    let mut total = std::collections::BTreeMap::<String, ModelLoads>::new();
+    for (_, p) in pipelines {
+        for (role, l) in p.model_loads() {
+            let t = total.entry(role).or_default();
+            t.loads += l.loads;
+            t.seconds += l.seconds;
+        }
+    }
+    total
+}
+
+/// Saves a finished item's outputs (preview and splat quality too), fills its report and
+/// says how it went; `since` is when the item's work last resumed (its time when it failed).
 fn finish_item(
     args: &Args,
     stem: &str,
     item: &mut ItemReport,
     result: Result<Generated>,
     since: Instant,
-    progress: &CliProgress,
-) {
+) -> String {
     let label = item.input.display().to_string();
     let saving = Instant::now();
     let result = result.and_then(|g| {
@@ -515,7 +594,7 @@ fn finish_item(
             item.seconds =
                 g.stages.iter().map(|s| s.seconds).sum::<f64>() + saving.elapsed().as_secs_f64();
             item.stages = g.stages;
-            progress.line(&format!(
+            format!(
                 "{label}: done in {:.1} s → {}",
                 item.seconds,
                 item.outputs
@@ -523,16 +602,63 @@ fn finish_item(
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
+            )
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            progress.line(&format!("{label}: FAILED: {msg}"));
             item.status = Status::Failed;
-            item.error = Some(msg);
             item.outputs.clear();
             item.seconds = since.elapsed().as_secs_f64();
+            let line = format!("{label}: FAILED: {msg}");
+            item.error = Some(msg);
+            line
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A worker that panicked left only progress text and reports behind: still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One batch worker's progress into the shared display: its pictures' batch positions, and
+/// the one it is working on (so that stage lines name the right picture).
+struct Worker<'a> {
+    shared: &'a Mutex<CliProgress>,
+    positions: Vec<usize>,
+    current: usize,
+}
+
+impl<'a> Worker<'a> {
+    fn new(shared: &'a Mutex<CliProgress>, positions: Vec<usize>) -> Self {
+        Self {
+            shared,
+            current: positions.first().copied().unwrap_or(0),
+            positions,
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut CliProgress)) {
+        let mut p = lock(self.shared);
+        p.select(self.current);
+        f(&mut p);
+    }
+}
+
+impl Progress for Worker<'_> {
+    fn item_started(&mut self, index: usize) {
+        self.current = self.positions.get(index).copied().unwrap_or(index);
+        let current = self.current;
+        lock(self.shared).item_started(current);
+    }
+    fn stage_started(&mut self, stage: &str, steps: usize) {
+        self.with(|p| p.stage_started(stage, steps));
+    }
+    fn step(&mut self, stage: &str, done: usize) {
+        self.with(|p| p.step(stage, done));
+    }
+    fn stage_finished(&mut self, report: &StageReport) {
+        self.with(|p| p.stage_finished(report));
     }
 }
 

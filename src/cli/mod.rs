@@ -80,7 +80,15 @@ pub enum Command {
 pub fn open_device(
     choice: trellis2::pipeline::device::DeviceChoice,
 ) -> anyhow::Result<trellis2::pipeline::device::Selected> {
-    let selected = trellis2::pipeline::device::select(choice)?;
+    open_device_at(choice, 0)
+}
+
+/// [`open_device`] for the `ordinal`-th GPU of its kind.
+pub fn open_device_at(
+    choice: trellis2::pipeline::device::DeviceChoice,
+    ordinal: usize,
+) -> anyhow::Result<trellis2::pipeline::device::Selected> {
+    let selected = trellis2::pipeline::device::select_ordinal(choice, ordinal)?;
     for note in &selected.notes {
         eprintln!("note: {note}");
     }

@@ -65,6 +65,13 @@ impl CliProgress {
         self.labels = labels;
     }
 
+    /// Names batch item `index` in the lines that follow, without restarting it.
+    pub fn select(&mut self, index: usize) {
+        if let Some(label) = self.labels.get(index) {
+            self.item.clone_from(label);
+        }
+    }
+
     /// When batch item `index`'s work last resumed (now if it never started).
     pub fn resumed(&self, index: usize) -> Instant {
         self.resumed

@@ -41,6 +41,12 @@ pub enum Status {
 #[derive(Debug, serde::Serialize)]
 pub struct ItemReport {
     pub input: PathBuf,
+    /// The worker (its position in `--device`) and its device, when a batch ran on several
+    /// (`--device cuda:0,cuda:1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -77,6 +83,8 @@ impl ItemReport {
     pub fn new(input: &Path, outputs: Vec<PathBuf>) -> Self {
         Self {
             input: input.to_path_buf(),
+            worker: None,
+            device: None,
             status: Status::Ok,
             error: None,
             seconds: 0.0,

@@ -21,6 +21,62 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// One device of `generate --device`: a kind and, for GPUs, which one (`cuda:1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub kind: DeviceArg,
+    pub ordinal: usize,
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self
+            .kind
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        match self.kind {
+            DeviceArg::Cuda | DeviceArg::Metal => write!(f, "{name}:{}", self.ordinal),
+            DeviceArg::Auto | DeviceArg::Cpu => write!(f, "{name}"),
+        }
+    }
+}
+
+/// `generate --device`: one device, or a comma-separated list with one batch worker each
+/// (`cuda:0,cuda:1`; `cpu,cpu` runs two CPU workers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<DeviceSpec>);
+
+pub fn devices(text: &str) -> Result<DeviceList, String> {
+    let mut list = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (name, ordinal) = match part.split_once(':') {
+            Some((n, o)) => (
+                n,
+                o.parse::<usize>()
+                    .map_err(|_| format!("`{part}`: the device number must be a whole number"))?,
+            ),
+            None => (part, 0),
+        };
+        let kind = DeviceArg::from_str(name, true).map_err(|_| {
+            format!("`{part}` is not a device (auto, cpu, metal, cuda, or cuda:N / metal:N)")
+        })?;
+        if part.contains(':') && matches!(kind, DeviceArg::Auto | DeviceArg::Cpu) {
+            return Err(format!(
+                "`{part}`: only metal and cuda devices are numbered"
+            ));
+        }
+        list.push(DeviceSpec { kind, ordinal });
+    }
+    if list.len() > 1 && list.iter().any(|d| d.kind == DeviceArg::Auto) {
+        return Err(format!(
+            "`{text}`: name each device of a list (auto picks one)"
+        ));
+    }
+    Ok(DeviceList(list))
+}
+
 impl From<DeviceArg> for DeviceChoice {
     fn from(d: DeviceArg) -> Self {
         match d {
@@ -300,6 +356,20 @@ mod tests {
         assert_eq!(rembg("briaai/RMBG-2.0"), Ok(RembgModel::Rmbg2));
         assert_eq!(rembg("zhengpeng7/birefnet"), Ok(RembgModel::BiRefNet));
         assert!(rembg("rmbg").is_err());
+        let cuda = |ordinal| DeviceSpec {
+            kind: DeviceArg::Cuda,
+            ordinal,
+        };
+        assert_eq!(
+            devices("cuda:0,CUDA:1"),
+            Ok(DeviceList(vec![cuda(0), cuda(1)]))
+        );
+        assert_eq!(devices("cuda"), Ok(DeviceList(vec![cuda(0)])));
+        assert_eq!(devices("cpu,cpu").map(|l| l.0.len()), Ok(2));
+        for bad in ["tpu", "cpu:1", "cuda:x", "auto,cpu", "cuda:0,,cuda:1", ""] {
+            assert!(devices(bad).is_err(), "{bad}");
+        }
+        assert_eq!(cuda(1).to_string(), "cuda:1");
         assert_eq!(shard("3/8"), Ok(Shard { index: 3, count: 8 }));
         for bad in ["0/4", "5/4", "1/0", "2", "a/b", "-1/4", "1/4/2"] {
             assert!(shard(bad).is_err(), "{bad}");

@@ -44,6 +44,14 @@ pub struct Selected {
 /// explicit `metal` or `cuda` that cannot run is an error (an unsupported Metal GPU names what
 /// it lacks); `auto` passes over such a GPU to the next backend with a note.
 pub fn select(choice: DeviceChoice) -> Result<Selected> {
+    select_ordinal(choice, 0)
+}
+
+/// [`select`] for the `ordinal`-th GPU of its kind (`cuda:1`); the CPU and `auto` take 0 only.
+pub fn select_ordinal(choice: DeviceChoice, ordinal: usize) -> Result<Selected> {
+    if ordinal > 0 && matches!(choice, DeviceChoice::Cpu | DeviceChoice::Auto) {
+        bail!("only metal and cuda devices are numbered (`cuda:{ordinal}`)");
+    }
     match choice {
         DeviceChoice::Cpu => prepared(Device::Cpu, Vec::new()),
         DeviceChoice::Metal => {
@@ -53,7 +61,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
                      `cargo build --release --features metal`, or use --device cpu"
                 );
             }
-            prepared(Device::new_metal(0)?, Vec::new())
+            prepared(Device::new_metal(ordinal)?, Vec::new())
         }
         DeviceChoice::Cuda => {
             if !cfg!(feature = "cuda") {
@@ -62,7 +70,7 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
                      `cargo build --release --features cuda`, or use --device cpu"
                 );
             }
-            prepared(Device::new_cuda(0)?, Vec::new())
+            prepared(Device::new_cuda(ordinal)?, Vec::new())
         }
         DeviceChoice::Auto => {
             let mut notes = Vec::new();

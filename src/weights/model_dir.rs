@@ -34,6 +34,7 @@ impl PipelineConfig {
 }
 
 /// A model directory with its parsed `pipeline.json`.
+#[derive(Clone, Debug)]
 pub struct ModelDir {
     pub root: PathBuf,
     pub pipeline: PipelineConfig,
