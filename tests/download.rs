@@ -468,9 +468,7 @@ fn offline_with_missing_files_names_the_command_to_run() {
     assert!(err.contains(&format!("{DINO}/model.safetensors")), "{err}");
     let err = format!(
         "{:#}",
-        hub::locate(None, &s, DEFAULT_REMBG)
-            .err()
-            .expect("DINOv3 missing")
+        hub::locate(None, &s, DEFAULT_REMBG).expect_err("DINOv3 missing")
     );
     assert!(
         err.contains("image_cond_model") && err.contains("trellis2 download --to"),
@@ -525,9 +523,7 @@ fn rembg_choice_picks_the_background_remover_to_fetch() {
     assert!(s.snapshot_dir(BIREFNET).is_none());
     let err = format!(
         "{:#}",
-        hub::locate(Some(&cache), &s, DEFAULT_REMBG)
-            .err()
-            .expect("BiRefNet missing")
+        hub::locate(Some(&cache), &s, DEFAULT_REMBG).expect_err("BiRefNet missing")
     );
     assert!(
         err.contains(BIREFNET) && err.contains("trellis2 download --to"),
