@@ -809,7 +809,7 @@ fn bad_numbers_are_usage_errors_stating_the_rule() {
         (
             &["matte", "x.png", "-o", "y.png", "--size", "0"],
             "--size",
-            "≥ 1",
+            "multiple of 32",
         ),
         (&["compare", "a", "b", "--atol=-1"], "--atol", "≥ 0"),
         (&["compare", "a", "b", "--rtol", "nan"], "--rtol", "≥ 0"),
@@ -844,7 +844,8 @@ fn generate_reads_the_model_folder_from_the_environment() {
         .env("TRELLIS2_MODEL", &model)
         .output()
         .expect("binary runs");
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // A model folder that does not exist is a usage error (exit 2), never a download.
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(p(&model)), "{}", stderr(&o));
 }
 

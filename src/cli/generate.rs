@@ -10,6 +10,8 @@ use candle_core::Tensor;
 
 use super::exit;
 use super::inputs;
+use super::interrupt;
+use super::preflight::{self, Destinations};
 use super::progress::CliProgress;
 use super::report::{
     DecimationReport, GlbReport, ItemReport, RunReport, Status, TextureReport, CANDLE_VERSION,
@@ -189,12 +191,15 @@ pub struct Args {
 enum Job {
     Image(PathBuf),
     Latents(PathBuf),
+    /// An input that is not a regular file (dangling link, FIFO, device): a failure of the
+    /// batch, with the reason.
+    Unusable(PathBuf, String),
 }
 
 impl Job {
     fn path(&self) -> &Path {
         match self {
-            Job::Image(p) | Job::Latents(p) => p,
+            Job::Image(p) | Job::Latents(p) | Job::Unusable(p, _) => p,
         }
     }
 
@@ -208,9 +213,23 @@ impl Job {
         let name = name.strip_suffix(".safetensors").unwrap_or(&name);
         let name = name.strip_suffix(".latents").unwrap_or(name);
         match Path::new(name).file_stem() {
-            Some(s) if matches!(self, Job::Image(_)) => s.to_string_lossy().into_owned(),
+            Some(s) if !matches!(self, Job::Latents(_)) => s.to_string_lossy().into_owned(),
             _ => name.to_string(),
         }
+    }
+
+    /// The files this item writes, in `--format` order, then the preview.
+    fn outputs(&self, args: &Args) -> Vec<PathBuf> {
+        let stem = self.stem();
+        let mut outputs: Vec<PathBuf> = args
+            .format
+            .iter()
+            .map(|f| args.output.join(f.file_name(&stem)))
+            .collect();
+        if args.preview {
+            outputs.push(args.output.join(format!("{stem}.preview.png")));
+        }
+        outputs
     }
 }
 
@@ -251,7 +270,10 @@ fn plan(args: &Args) -> Result<Plan> {
             }
             inputs::expand(&args.inputs)?
                 .into_iter()
-                .map(Job::Image)
+                .map(|i| match i.unusable {
+                    Some(why) => Job::Unusable(i.path, why),
+                    None => Job::Image(i.path),
+                })
                 .collect()
         }
     };
@@ -271,6 +293,7 @@ fn plan(args: &Args) -> Result<Plan> {
     if args.format.is_empty() {
         bail!("--format needs at least one of splat, splat-spz, mesh-ply, glb");
     }
+    preflight_destinations(args, &jobs)?;
     let noise = match &args.noise {
         Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
         None => None,
@@ -278,29 +301,59 @@ fn plan(args: &Args) -> Result<Plan> {
     Ok(Plan { jobs, noise })
 }
 
+/// Every destination checked before the first picture runs: no two inputs write the same
+/// outputs, and the output folder, the latents destination and the report can be written.
+fn preflight_destinations(args: &Args, jobs: &[Job]) -> Result<()> {
+    let stems: Vec<String> = jobs.iter().map(Job::stem).collect();
+    let outputs: Vec<Vec<PathBuf>> = jobs.iter().map(|j| j.outputs(args)).collect();
+    let items: Vec<Destinations> = jobs
+        .iter()
+        .zip(&stems)
+        .zip(&outputs)
+        .filter(|((job, _), _)| !matches!(job, Job::Unusable(..)))
+        .map(|((job, stem), outputs)| Destinations {
+            input: job.path(),
+            stem,
+            outputs,
+        })
+        .collect();
+    preflight::unique_outputs(&items)?;
+    preflight::writable_folder(&args.output, "output folder")?;
+    preflight::replaceable_outputs(&items)?;
+    if let Some(p) = &args.save_latents {
+        if is_folder(p) {
+            preflight::writable_folder(p, "latents folder")?;
+        } else {
+            preflight::writable_file(p, "latents file")?;
+        }
+    }
+    if let Some(p) = &args.report {
+        preflight::writable_file(p, "report")?;
+    }
+    Ok(())
+}
+
 fn is_folder(p: &Path) -> bool {
     p.is_dir() || p.as_os_str().to_string_lossy().ends_with(['/', '\\'])
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let plan = match plan(args) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(exit::UNREADABLE);
+    let position = interrupt::Position::default();
+    interrupt::install("generate", position.clone());
+    let plan = plan(args).map_err(super::usage)?;
+    if args.skip_existing {
+        for stale in trellis2::export::atomic::remove_stale_temporaries(&args.output)? {
+            if !args.quiet {
+                eprintln!(
+                    "note: removed {} (left by an interrupted run)",
+                    stale.display()
+                );
+            }
         }
-    };
+    }
     let device = super::open_device(args.device.into())?.device;
     let background = Background::from(args.rembg);
     let dtype = DTypeChoice::from(args.dtype);
-    // Decoding saved latents needs no picture, hence no background remover.
-    let rembg = match args.from_latents {
-        Some(_) => None,
-        None => background.model(),
-    };
-    let model_dir =
-        super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
-    let model_root = model_dir.root.clone();
     let load = LoadOptions {
         dtype,
         memory: if args.low_memory {
@@ -309,29 +362,38 @@ pub fn run(args: &Args) -> Result<u8> {
             WeightMemory::Resident
         },
     };
+    // A dtype the device cannot compute in is a usage error, found before the model loads.
+    load.check(&device).map_err(super::usage)?;
+    // Decoding saved latents needs no picture, hence no background remover.
+    let rembg = match args.from_latents {
+        Some(_) => None,
+        None => background.model(),
+    };
+    let model_dir =
+        super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
+    let model_root = model_dir.root.clone();
     let mut pipeline = Pipeline::new(model_dir, device)?.with_load_options(load)?;
     pipeline.apply_overrides(&overrides(args))?;
     let ptype = args
         .pipeline
         .map(PipelineType::from)
         .unwrap_or(pipeline.settings().default_type);
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("{}: cannot create output folder", args.output.display()))?;
-
     let mut progress = CliProgress::new(args.quiet, plan.jobs.len());
-    let mut items = Vec::new();
-    for job in &plan.jobs {
+    let mut items: Vec<ItemReport> = Vec::new();
+    for (index, job) in plan.jobs.iter().enumerate() {
         let label = job.path().display().to_string();
+        let finished = items
+            .iter()
+            .filter(|i| !matches!(i.status, Status::Failed))
+            .count();
+        position.set(format!(
+            "item {} of {} ({label}); {finished} finished before it",
+            index + 1,
+            plan.jobs.len()
+        ));
         progress.item(&label);
         let stem = job.stem();
-        let mut outputs: Vec<PathBuf> = args
-            .format
-            .iter()
-            .map(|f| args.output.join(f.file_name(&stem)))
-            .collect();
-        if args.preview {
-            outputs.push(args.output.join(format!("{stem}.preview.png")));
-        }
+        let outputs = job.outputs(args);
         let start = Instant::now();
         let mut item = ItemReport {
             input: job.path().to_path_buf(),
@@ -350,7 +412,13 @@ pub fn run(args: &Args) -> Result<u8> {
             outputs: outputs.clone(),
             stages: Vec::new(),
         };
-        if args.skip_existing && outputs.iter().all(|p| p.is_file()) {
+        if let Job::Unusable(_, why) = job {
+            let msg = format!("{label}: {why}");
+            progress.line(&format!("error: {msg}"));
+            item.status = Status::Failed;
+            item.error = Some(msg);
+            item.outputs.clear();
+        } else if args.skip_existing && outputs.iter().all(|p| p.is_file()) {
             item.status = Status::Skipped;
             progress.line(&format!("{label}: skipped (outputs exist)"));
         } else {
@@ -391,8 +459,8 @@ pub fn run(args: &Args) -> Result<u8> {
                     ));
                 }
                 Err(e) => {
-                    let msg = format!("{e:#}");
-                    progress.line(&format!("{label}: FAILED: {msg}"));
+                    let msg = naming(&label, &format!("{e:#}"));
+                    progress.line(&format!("error: {msg}"));
                     item.status = Status::Failed;
                     item.error = Some(msg);
                     item.outputs.clear();
@@ -405,6 +473,10 @@ pub fn run(args: &Args) -> Result<u8> {
     }
     progress.finish();
 
+    position.set(format!(
+        "the end of the batch ({} items), writing the report",
+        items.len()
+    ));
     let failed: Vec<(PathBuf, String)> = items
         .iter()
         .filter(|i| matches!(i.status, Status::Failed))
@@ -422,8 +494,8 @@ pub fn run(args: &Args) -> Result<u8> {
             describe(pipeline.device())
         );
     }
-    for (input, error) in &failed {
-        eprintln!("failed: {}: {error}", input.display());
+    for (_, error) in &failed {
+        eprintln!("error: {error}");
     }
     if let Some(path) = &args.report {
         let report = RunReport {
@@ -450,6 +522,16 @@ pub fn run(args: &Args) -> Result<u8> {
     })
 }
 
+/// An item's error message starting with its input's name, once (most errors name the file
+/// already; those from inside the pipeline do not).
+fn naming(label: &str, msg: &str) -> String {
+    if msg.starts_with(label) {
+        msg.to_string()
+    } else {
+        format!("{label}: {msg}")
+    }
+}
+
 fn generate_one(
     pipeline: &Pipeline,
     job: &Job,
@@ -466,6 +548,7 @@ fn generate_one(
             let saved = read_latents(p, pipeline.device())?;
             pipeline.decode_saved(&saved, ptype, progress)
         }
+        Job::Unusable(p, why) => bail!("{}: {why}", p.display()),
     }
 }
 

@@ -65,8 +65,13 @@ pub struct GlbSummary {
 
 /// Reads every triangle primitive of a GLB file.
 pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (doc, buffers, images) = gltf::import_slice(&bytes)
+    let bytes = crate::files::read_regular(path, u64::MAX)?;
+    read_glb_bytes(&bytes, path)
+}
+
+/// [`read_glb`] of a file's bytes already in memory; `path` names it in errors.
+pub fn read_glb_bytes(bytes: &[u8], path: &Path) -> Result<(MeshData, GlbSummary)> {
+    let (doc, buffers, images) = gltf::import_slice(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid glTF binary: {e}", path.display()))?;
     let mut mesh = MeshData::default();
     let mut summary = GlbSummary {
@@ -105,7 +110,14 @@ pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
             let reader = prim.reader(|b| buffers.get(b.index()).map(|d| d.0.as_slice()));
             let base = mesh.positions.len() as u32;
             let Some(positions) = reader.read_positions() else {
-                bail!("{}: a primitive has no POSITION attribute", path.display());
+                match prim.get(&gltf::Semantic::Positions) {
+                    None => bail!("{}: a primitive has no POSITION attribute", path.display()),
+                    Some(a) => bail!(
+                        "{}: the POSITION accessor ({} elements) does not fit in its buffer",
+                        path.display(),
+                        a.count()
+                    ),
+                }
             };
             let positions: Vec<[f32; 3]> = positions.collect();
             let n = positions.len() as u32;

@@ -85,6 +85,21 @@ impl TensorSource for Mapped {
         self.0.load(name, device)
     }
 
+    fn stores_float(&self, name: &str) -> bool {
+        use safetensors::Dtype;
+        self.0.get(name).is_ok_and(|v| {
+            matches!(
+                v.dtype(),
+                Dtype::F16
+                    | Dtype::BF16
+                    | Dtype::F32
+                    | Dtype::F64
+                    | Dtype::F8_E4M3
+                    | Dtype::F8_E5M2
+            )
+        })
+    }
+
     fn all(&self) -> Vec<(String, Vec<usize>)> {
         self.0
             .tensors()
@@ -122,6 +137,9 @@ impl Checkpoint {
 
     /// Opens one safetensors file; its config is read from the `.json` beside it if there is one.
     pub fn open_file(path: &Path) -> Result<Self> {
+        if let Some(why) = crate::files::unusable(path) {
+            bail!("{}: {why}", path.display());
+        }
         let meta = std::fs::metadata(path)
             .with_context(|| format!("{}: cannot open checkpoint", path.display()))?;
         if meta.len() < 8 {

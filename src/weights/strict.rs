@@ -94,6 +94,10 @@ pub(crate) trait TensorSource: Send + Sync {
     fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor>;
     fn all(&self) -> Vec<(String, Vec<usize>)>;
+    /// Whether `name` is stored as a floating-point type (weights must be).
+    fn stores_float(&self, _name: &str) -> bool {
+        true
+    }
 }
 
 #[derive(Default)]
@@ -168,8 +172,21 @@ impl SimpleBackend for StrictLoad {
             r.requested.push((name.to_string(), s.dims().to_vec()));
         }
         match self.source.shape_of(name) {
-            Some(shape) if shape == s.dims() => self.source.load(name, dev)?.to_dtype(dtype),
-            _ => Tensor::zeros(s, dtype, dev),
+            Some(shape) if shape == s.dims() => {
+                if dtype.is_float() && !self.source.stores_float(name) {
+                    // An integer tensor would convert to floats silently: the file is not
+                    // the model's.
+                    return Err(candle_core::Error::Msg(format!(
+                        "{}: tensor {name} is stored as integers; model weights are floating \
+                         point (F32, F16 or BF16)",
+                        self.source_name
+                    )));
+                }
+                self.source.load(name, dev)?.to_dtype(dtype)
+            }
+            // A stand-in that allocates nothing (a zero broadcast to the shape): the model is
+            // never used, and a config that asks for huge tensors must not allocate them.
+            _ => Tensor::zeros((), dtype, dev)?.broadcast_as(s),
         }
     }
 
