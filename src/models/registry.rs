@@ -321,7 +321,13 @@ pub fn build_model(
 /// built shape-only ([`ShapeRecorder`]), so no weight is read or allocated. What `inspect`
 /// checks of each model of a directory.
 pub fn check_source(source: &ModelSource) -> Result<()> {
-    let rec = ShapeRecorder::new();
+    let stored_elements = source
+        .checkpoint
+        .tensor_infos()
+        .iter()
+        .map(|t| t.numel())
+        .fold(0usize, usize::saturating_add);
+    let rec = ShapeRecorder::with_budget(stored_elements);
     let unused = build_model(
         &source.class,
         &source.args,

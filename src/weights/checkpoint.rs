@@ -66,7 +66,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
     }
 
     pub fn bytes(&self) -> usize {

@@ -103,6 +103,35 @@ pub(crate) trait TensorSource: Send + Sync {
 #[derive(Default)]
 struct Record {
     requested: Vec<(String, Vec<usize>)>,
+    /// Elements asked for so far.
+    elements: usize,
+}
+
+/// Elements of a shape, `None` when the product overflows.
+pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// The memory estimate of a model build: a model that loads asks for exactly the checkpoint's
+/// tensors, so a config asking for more elements than the checkpoint holds (a typo of
+/// `num_blocks`, channels multiplied up) is refused at the tensor that crosses that budget,
+/// before its stand-in or anything derived from it exists.
+pub(crate) fn over_budget(
+    source: &str,
+    name: &str,
+    dims: &[usize],
+    asked_before: usize,
+    budget: usize,
+) -> Option<String> {
+    let total = element_count(dims).and_then(|n| n.checked_add(asked_before));
+    match total {
+        Some(t) if t <= budget => None,
+        _ => Some(format!(
+            "{source}: the model config asks for more weights than the checkpoint holds \
+             ({budget} values; exceeded at {name} {dims:?}): config and checkpoint do not \
+             belong together"
+        )),
+    }
 }
 
 /// A `VarBuilder` backend that records every tensor a model asks for. A missing or mis-shaped
@@ -117,11 +146,19 @@ pub struct StrictLoad {
     /// Checkpoint keys that are allowed to stay unused (e.g. `norm.weight` of DINOv3, which
     /// upstream never applies).
     ignored_unused: Arc<Vec<String>>,
+    /// Elements the checkpoint holds: the most a model built from it may ask for.
+    budget: usize,
 }
 
 impl StrictLoad {
     pub(crate) fn new(source_name: String, source: Arc<dyn TensorSource>) -> Self {
+        let budget = source
+            .all()
+            .iter()
+            .map(|(_, shape)| element_count(shape).unwrap_or(0))
+            .fold(0usize, usize::saturating_add);
         Self {
+            budget,
             source_name,
             source,
             record: Arc::default(),
@@ -168,7 +205,14 @@ impl SimpleBackend for StrictLoad {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Ok(mut r) = self.record.lock() {
+        {
+            let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(msg) =
+                over_budget(&self.source_name, name, s.dims(), r.elements, self.budget)
+            {
+                return Err(candle_core::Error::Msg(msg));
+            }
+            r.elements += element_count(s.dims()).unwrap_or(usize::MAX);
             r.requested.push((name.to_string(), s.dims().to_vec()));
         }
         match self.source.shape_of(name) {
