@@ -237,6 +237,27 @@ fn cases_2_3_4_absurd_model_sizes_fail_before_allocating() {
         );
         assert!(temporaries(&out).is_empty());
     }
+    // Within every range but far more than the checkpoint holds: refused by the memory
+    // estimate (the checkpoint's size) at the first tensor past it.
+    let dir = tempfile::tempdir().unwrap();
+    let model = model_copy(dir.path());
+    let config = model.join("models/sparse_structure_flow_model.json");
+    set_json(&config, "args.num_blocks", 128.into());
+    set_json(&config, "args.model_channels", 4096.into());
+    set_json(&config, "args.num_heads", 32.into());
+    let out = dir.path().join("out");
+    let mut args = generate_args(s(&model), s(&out));
+    let img = image();
+    args.push(s(&img));
+    let o = trellis2(&args);
+    assert_one_error(
+        &o,
+        1,
+        &[
+            "sparse_structure_flow_model",
+            "more weights than the checkpoint holds",
+        ],
+    );
     #[cfg(unix)]
     {
         let peak = children_peak_rss();
