@@ -664,7 +664,7 @@ fn glb_with_accessor_count(count: u64) -> Vec<u8> {
         "scene": 0
     });
     let mut text = serde_json::to_vec(&json).unwrap();
-    while text.len() % 4 != 0 {
+    while !text.len().is_multiple_of(4) {
         text.push(b' ');
     }
     let total = 12 + 8 + text.len() + 8 + bin.len();

@@ -200,7 +200,7 @@ pub const MAX_MATTE_SIZE: u32 = 4096;
 /// `matte --size`: a multiple of 32 (the release BiRefNet's stride) in 32..=4096.
 pub fn matte_size(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
-        Ok(v) if v >= 1 && v <= MAX_MATTE_SIZE && v.is_multiple_of(32) => Ok(v),
+        Ok(v) if (1..=MAX_MATTE_SIZE).contains(&v) && v.is_multiple_of(32) => Ok(v),
         _ => Err(format!(
             "`{text}` is not a whole number ≥ 1 that is a multiple of 32 and at most \
              {MAX_MATTE_SIZE}"

@@ -73,8 +73,8 @@ pub fn remove_temporaries() -> usize {
     let mut reg = registry();
     reg.closing = true;
     let open = std::mem::take(&mut reg.open);
-    // The lock stays held until the caller exits, as far as this function can: the guard is
-    // dropped here, but `closing` keeps writers from creating anything new.
+    // Writers that finish now find their file gone and fail; `closing` keeps them from
+    // creating new ones until the caller exits.
     open.iter()
         .filter(|p| std::fs::remove_file(p).is_ok())
         .count()

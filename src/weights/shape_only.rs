@@ -63,11 +63,15 @@ impl SimpleBackend for ShapeRecorder {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+        // Each distinct tensor counts once (a model may ask for shared weights again).
+        let mut seen = std::collections::BTreeSet::new();
         let asked: usize = r
             .iter()
+            .filter(|(n, _)| seen.insert(n.as_str()))
             .map(|(_, d)| super::strict::element_count(d).unwrap_or(usize::MAX))
             .fold(0, usize::saturating_add);
-        if let Some(msg) = super::strict::over_budget("model", name, s.dims(), asked, self.budget) {
+        let dims: &[usize] = if seen.contains(name) { &[0] } else { s.dims() };
+        if let Some(msg) = super::strict::over_budget("model", name, dims, asked, self.budget) {
             return Err(candle_core::Error::Msg(msg));
         }
         r.push((name.to_string(), s.dims().to_vec()));

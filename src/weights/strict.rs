@@ -207,12 +207,20 @@ impl SimpleBackend for StrictLoad {
     ) -> candle_core::Result<Tensor> {
         {
             let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(msg) =
-                over_budget(&self.source_name, name, s.dims(), r.elements, self.budget)
-            {
+            let repeated = r.requested.iter().any(|(n, _)| n == name);
+            if let Some(msg) = over_budget(
+                &self.source_name,
+                name,
+                if repeated { &[0] } else { s.dims() },
+                r.elements,
+                self.budget,
+            ) {
                 return Err(candle_core::Error::Msg(msg));
             }
-            r.elements += element_count(s.dims()).unwrap_or(usize::MAX);
+            // A model may ask for one tensor more than once (shared weights): count it once.
+            if !r.requested.iter().any(|(n, _)| n == name) {
+                r.elements += element_count(s.dims()).unwrap_or(usize::MAX);
+            }
             r.requested.push((name.to_string(), s.dims().to_vec()));
         }
         match self.source.shape_of(name) {
