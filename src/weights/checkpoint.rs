@@ -96,6 +96,7 @@ impl TensorSource for Mapped {
                     | Dtype::F64
                     | Dtype::F8_E4M3
                     | Dtype::F8_E5M2
+                    | Dtype::I64
             )
         })
     }

@@ -94,7 +94,8 @@ pub(crate) trait TensorSource: Send + Sync {
     fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor>;
     fn all(&self) -> Vec<(String, Vec<usize>)>;
-    /// Whether `name` is stored as a floating-point type (weights must be).
+    /// Whether `name` is stored as a type a weight may have: a float, or int64 (PyTorch's
+    /// integer buffers such as BatchNorm's `num_batches_tracked`).
     fn stores_float(&self, _name: &str) -> bool {
         true
     }
@@ -226,12 +227,11 @@ impl SimpleBackend for StrictLoad {
         match self.source.shape_of(name) {
             Some(shape) if shape == s.dims() => {
                 if dtype.is_float() && !self.source.stores_float(name) {
-                    // An integer tensor would convert to floats silently: the file is not
-                    // the model's.
+                    // A 32-bit-or-smaller integer would convert to floats silently: the file
+                    // is not the model's (PyTorch's integer buffers are int64).
                     return Err(candle_core::Error::Msg(format!(
-                        "{}: tensor {name} is stored as integers; model weights are floating \
-                         point (F32, F16 or BF16)",
-                        self.source_name
+                        "tensor {name} is stored as integers; model weights are floating point \
+                         (F32, F16 or BF16)"
                     )));
                 }
                 self.source.load(name, dev)?.to_dtype(dtype)
