@@ -122,8 +122,7 @@ enum FileKind {
 fn detect(path: &Path) -> Result<FileKind> {
     use std::io::Read;
     let mut head = [0u8; 8];
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let (mut f, _) = crate::files::open_regular(path, u64::MAX)?;
     let n = f
         .read(&mut head)
         .with_context(|| format!("{}: cannot read", path.display()))?;
@@ -416,8 +415,7 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes = crate::files::read_regular(path, u64::MAX)?;
         Ok(Self {
             path: path.to_path_buf(),
             bytes,
@@ -470,10 +468,31 @@ pub fn tensor_values(view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f
             .map(|b| u16::from_le_bytes(b) as f64)
             .collect(),
         D::I8 => data.iter().map(|&b| b as i8 as f64).collect(),
+        D::F8_E4M3 => data.iter().map(|&b| f8_e4m3(b)).collect(),
+        // E5M2 is the upper byte of an IEEE half.
+        D::F8_E5M2 => data
+            .iter()
+            .map(|&b| half::f16::from_bits((b as u16) << 8).to_f64())
+            .collect(),
         D::U8 | D::BOOL => data.iter().map(|&b| b as f64).collect(),
         other => bail!("dtype {other:?} is not supported"),
     };
     Ok(v)
+}
+
+/// OCP float8 E4M3 ("fn": no infinities; S.1111.111 is NaN): bias 7, 3 mantissa bits.
+fn f8_e4m3(b: u8) -> f64 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0x0f) as i32;
+    let mant = (b & 0x07) as f64;
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f64::NAN;
+    }
+    sign * if exp == 0 {
+        mant / 8.0 * 2f64.powi(-6)
+    } else {
+        (1.0 + mant / 8.0) * 2f64.powi(exp - 7)
+    }
 }
 
 fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
@@ -505,5 +524,14 @@ mod tests {
         assert_eq!(d.worst.map(|w| w.0), Some(2));
         let d2 = diff_values("t", &[0.0], &[f64::NAN], tol);
         assert_eq!(d2.over, 1);
+    }
+
+    #[test]
+    fn float8_values_decode() {
+        assert_eq!(f8_e4m3(0x38), 1.0);
+        assert_eq!(f8_e4m3(0xb8), -1.0);
+        assert_eq!(f8_e4m3(0x7e), 448.0);
+        assert_eq!(f8_e4m3(0x01), 2f64.powi(-9));
+        assert!(f8_e4m3(0x7f).is_nan());
     }
 }

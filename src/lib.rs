@@ -4,6 +4,7 @@
 pub mod compare;
 pub mod dev;
 pub mod export;
+pub mod files;
 pub mod image;
 pub mod mesh;
 pub mod models;

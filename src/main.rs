@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line: the error chain joined with ": ", the path first.
             eprintln!("error: {err:#}");
-            ExitCode::from(exit::FAILED)
+            ExitCode::from(cli::exit_code_of(&err))
         }
     }
 }

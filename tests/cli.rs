@@ -390,7 +390,14 @@ fn inspect_describes_files_and_model_directories() {
     )
     .unwrap();
     let o = trellis2(&["inspect", p(&root)]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // Listed, but `inspect` checks what `generate` would load: an unknown class and a missing
+    // DINOv3 are errors (exit 1).
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`Decoder` is not supported") && stderr(&o).contains("DINOv3"),
+        "{}",
+        stderr(&o)
+    );
     let text = stdout(&o);
     assert!(
         text.contains("Decoder") && text.contains("28 params"),
@@ -698,7 +705,7 @@ fn a_bad_tuning_variable_is_a_one_line_usage_error() {
     }
 }
 
-/// A backend this build lacks is one clear line and exit 1, not a panic.
+/// A backend this build lacks is one clear line and a usage error (exit 2), not a panic.
 #[test]
 fn selftest_names_a_backend_that_is_not_built_in() {
     let missing = if cfg!(feature = "metal") {
@@ -707,7 +714,7 @@ fn selftest_names_a_backend_that_is_not_built_in() {
         "metal"
     };
     let o = trellis2(&["selftest", "--device", missing]);
-    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     let err = stderr(&o);
     assert!(
         err.starts_with("error: ") && err.contains("built without") && err.lines().count() == 1,
@@ -809,7 +816,7 @@ fn bad_numbers_are_usage_errors_stating_the_rule() {
         (
             &["matte", "x.png", "-o", "y.png", "--size", "0"],
             "--size",
-            "≥ 1",
+            "multiple of 32",
         ),
         (&["compare", "a", "b", "--atol=-1"], "--atol", "≥ 0"),
         (&["compare", "a", "b", "--rtol", "nan"], "--rtol", "≥ 0"),
@@ -844,7 +851,8 @@ fn generate_reads_the_model_folder_from_the_environment() {
         .env("TRELLIS2_MODEL", &model)
         .output()
         .expect("binary runs");
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // A model folder that does not exist is a usage error (exit 2), never a download.
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(p(&model)), "{}", stderr(&o));
 }
 

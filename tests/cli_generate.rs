@@ -194,7 +194,7 @@ fn batch_finishes_good_images_and_reports_bad_ones() {
     assert!(!out.join("corrupt.glb").exists() && !out.join("transparent.glb").exists());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains("failed:") && stderr.contains("corrupt.png"),
+        stderr.contains("error: ") && stderr.contains("corrupt.png"),
         "{t}"
     );
     assert!(
@@ -341,7 +341,7 @@ fn usage_errors_fail_before_any_work() {
     assert!(text(&o).contains("trellis2 download"), "{}", text(&o));
     if !cfg!(feature = "cuda") {
         let o = trellis2(&["generate", &img, "--device", "cuda", "--model", &model()]);
-        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains("without CUDA support"), "{}", text(&o));
     }
 }

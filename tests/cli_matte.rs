@@ -178,8 +178,9 @@ fn matte_without_a_model_or_with_a_bad_size_says_why() {
         "--size",
         "100",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("multiples of 32"));
+    // A size off the 32 grid is a usage error (exit 2), refused before the model loads.
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 32"));
     assert!(!output.exists());
 }
 

@@ -109,6 +109,21 @@ pub fn ensure_model(
     offline: bool,
 ) -> Result<ModelDir> {
     if let Some(dir) = model {
+        // A wrong path is a usage error, never a reason to download.
+        if !dir.exists() {
+            return Err(super::usage(anyhow::anyhow!(
+                "{}: --model: no such folder (give a folder holding pipeline.json, or a cache \
+                 folder made by `trellis2 download --to DIR`)",
+                dir.display()
+            )));
+        }
+        if !dir.is_dir() {
+            return Err(super::usage(anyhow::anyhow!(
+                "{}: --model names a file; it takes a model folder (holding pipeline.json) or \
+                 a download cache folder",
+                dir.display()
+            )));
+        }
         if dir.join("pipeline.json").is_file() {
             // A model directory of one's own: it may lack the remover, which the cache may have.
             let dir = ModelDir::open(dir)?;

@@ -12,6 +12,8 @@ use candle_core::Tensor;
 
 use super::exit;
 use super::inputs;
+use super::interrupt;
+use super::preflight::{self, Destinations};
 use super::progress::CliProgress;
 use super::report::{
     DecimationReport, GlbReport, ItemReport, RunReport, Status, TextureReport, CANDLE_VERSION,
@@ -28,9 +30,8 @@ use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
     BatchItem, BatchOrder, Generated, ModelLoads, NoiseSource, Picture, Pipeline, PipelineType,
-    RunOptions, SamplerOverrides, DEFAULT_MAX_TOKENS,
+    Progress, RunOptions, SamplerOverrides, StageReport, DEFAULT_MAX_TOKENS,
 };
-use trellis2::pipeline::{Progress, StageReport};
 use trellis2::render::load_scene;
 use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
 
@@ -220,12 +221,15 @@ pub enum BatchOrderArg {
 enum Job {
     Image(PathBuf),
     Latents(PathBuf),
+    /// An input that is not a regular file (dangling link, FIFO, device): a failure of the
+    /// batch, with the reason.
+    Unusable(PathBuf, String),
 }
 
 impl Job {
     fn path(&self) -> &Path {
         match self {
-            Job::Image(p) | Job::Latents(p) => p,
+            Job::Image(p) | Job::Latents(p) | Job::Unusable(p, _) => p,
         }
     }
 
@@ -239,9 +243,23 @@ impl Job {
         let name = name.strip_suffix(".safetensors").unwrap_or(&name);
         let name = name.strip_suffix(".latents").unwrap_or(name);
         match Path::new(name).file_stem() {
-            Some(s) if matches!(self, Job::Image(_)) => s.to_string_lossy().into_owned(),
+            Some(s) if !matches!(self, Job::Latents(_)) => s.to_string_lossy().into_owned(),
             _ => name.to_string(),
         }
+    }
+
+    /// The files this item writes, in `--format` order, then the preview.
+    fn outputs(&self, args: &Args) -> Vec<PathBuf> {
+        let stem = self.stem();
+        let mut outputs: Vec<PathBuf> = args
+            .format
+            .iter()
+            .map(|f| args.output.join(f.file_name(&stem)))
+            .collect();
+        if args.preview {
+            outputs.push(args.output.join(format!("{stem}.preview.png")));
+        }
+        outputs
     }
 }
 
@@ -287,10 +305,16 @@ fn plan(args: &Args) -> Result<Plan> {
             if let Some(shard) = args.shard {
                 // Sorted so that every machine deals the same list, whatever the argument
                 // order; a shard may be empty when there are fewer pictures than shards.
-                pictures.sort();
+                pictures.sort_by(|a, b| a.path.cmp(&b.path));
                 pictures = shard.take(pictures);
             }
-            pictures.into_iter().map(Job::Image).collect()
+            pictures
+                .into_iter()
+                .map(|i| match i.unusable {
+                    Some(why) => Job::Unusable(i.path, why),
+                    None => Job::Image(i.path),
+                })
+                .collect()
         }
     };
     jobs.dedup_by(|a, b| a.path() == b.path());
@@ -309,6 +333,7 @@ fn plan(args: &Args) -> Result<Plan> {
     if args.format.is_empty() {
         bail!("--format needs at least one of splat, splat-spz, mesh-ply, glb");
     }
+    preflight_destinations(args, &jobs)?;
     let noise = match &args.noise {
         Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
         None => None,
@@ -316,18 +341,56 @@ fn plan(args: &Args) -> Result<Plan> {
     Ok(Plan { jobs, noise })
 }
 
+/// Every destination checked before the first picture runs: no two inputs write the same
+/// outputs, and the output folder, the latents destination and the report can be written.
+fn preflight_destinations(args: &Args, jobs: &[Job]) -> Result<()> {
+    let stems: Vec<String> = jobs.iter().map(Job::stem).collect();
+    let outputs: Vec<Vec<PathBuf>> = jobs.iter().map(|j| j.outputs(args)).collect();
+    let items: Vec<Destinations> = jobs
+        .iter()
+        .zip(&stems)
+        .zip(&outputs)
+        .filter(|((job, _), _)| !matches!(job, Job::Unusable(..)))
+        .map(|((job, stem), outputs)| Destinations {
+            input: job.path(),
+            stem,
+            outputs,
+        })
+        .collect();
+    preflight::unique_outputs(&items)?;
+    preflight::writable_folder(&args.output, "output folder")?;
+    preflight::replaceable_outputs(&items)?;
+    if let Some(p) = &args.save_latents {
+        if is_folder(p) {
+            preflight::writable_folder(p, "latents folder")?;
+        } else {
+            preflight::writable_file(p, "latents file")?;
+        }
+    }
+    if let Some(p) = &args.report {
+        preflight::writable_file(p, "report")?;
+    }
+    Ok(())
+}
+
 fn is_folder(p: &Path) -> bool {
     p.is_dir() || p.as_os_str().to_string_lossy().ends_with(['/', '\\'])
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let plan = match plan(args) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Ok(exit::UNREADABLE);
+    let position = interrupt::Position::default();
+    interrupt::install("generate", position.clone());
+    let plan = plan(args).map_err(super::usage)?;
+    if args.skip_existing {
+        for stale in trellis2::export::atomic::remove_stale_temporaries(&args.output)? {
+            if !args.quiet {
+                eprintln!(
+                    "note: removed {} (left by an interrupted run)",
+                    stale.display()
+                );
+            }
         }
-    };
+    }
     let mut devices = Vec::new();
     for spec in &args.device.0 {
         let selected = super::open_device_at(spec.kind.into(), spec.ordinal)
@@ -336,14 +399,6 @@ pub fn run(args: &Args) -> Result<u8> {
     }
     let background = Background::from(args.rembg);
     let dtype = DTypeChoice::from(args.dtype);
-    // Decoding saved latents needs no picture, hence no background remover.
-    let rembg = match args.from_latents {
-        Some(_) => None,
-        None => background.model(),
-    };
-    let model_dir =
-        super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
-    let model_root = model_dir.root.clone();
     let load = LoadOptions {
         dtype,
         memory: if args.low_memory {
@@ -352,6 +407,18 @@ pub fn run(args: &Args) -> Result<u8> {
             WeightMemory::Resident
         },
     };
+    // A dtype the device cannot compute in is a usage error, found before the model loads.
+    for (_, device) in &devices {
+        load.check(device).map_err(super::usage)?;
+    }
+    // Decoding saved latents needs no picture, hence no background remover.
+    let rembg = match args.from_latents {
+        Some(_) => None,
+        None => background.model(),
+    };
+    let model_dir =
+        super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
+    let model_root = model_dir.root.clone();
     let mut pipelines = Vec::new();
     for (name, device) in devices {
         let mut pipeline = Pipeline::new(model_dir.clone(), device)?.with_load_options(load)?;
@@ -363,30 +430,23 @@ pub fn run(args: &Args) -> Result<u8> {
         .pipeline
         .map(PipelineType::from)
         .unwrap_or(pipeline.settings().default_type);
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("{}: cannot create output folder", args.output.display()))?;
-
     let mut progress = CliProgress::new(args.quiet, plan.jobs.len());
     let mut items: Vec<ItemReport> = Vec::with_capacity(plan.jobs.len());
-    // Batch positions of the items to generate (the others are skipped).
+    // Batch positions of the items to generate (the others are skipped or unusable).
     let mut todo = Vec::new();
     for job in &plan.jobs {
-        let stem = job.stem();
-        let mut outputs: Vec<PathBuf> = args
-            .format
-            .iter()
-            .map(|f| args.output.join(f.file_name(&stem)))
-            .collect();
-        if args.preview {
-            outputs.push(args.output.join(format!("{stem}.preview.png")));
-        }
-        let mut item = ItemReport::new(job.path(), outputs);
-        if args.skip_existing && item.outputs.iter().all(|p| p.is_file()) {
+        let label = job.path().display().to_string();
+        let mut item = ItemReport::new(job.path(), job.outputs(args));
+        if let Job::Unusable(_, why) = job {
+            let msg = format!("{label}: {why}");
+            progress.line(&format!("error: {msg}"));
+            item.status = Status::Failed;
+            item.error = Some(msg);
+            item.outputs.clear();
+            progress.item_done();
+        } else if args.skip_existing && item.outputs.iter().all(|p| p.is_file()) {
             item.status = Status::Skipped;
-            progress.line(&format!(
-                "{}: skipped (outputs exist)",
-                job.path().display()
-            ));
+            progress.line(&format!("{label}: skipped (outputs exist)"));
             progress.item_done();
         } else {
             todo.push(items.len());
@@ -409,6 +469,7 @@ pub fn run(args: &Args) -> Result<u8> {
     progress.set_items(labels);
     let items: Vec<Mutex<ItemReport>> = items.into_iter().map(Mutex::new).collect();
     let progress = Mutex::new(progress);
+    let finished = AtomicUsize::new(0);
     let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>| {
         let i = todo[k];
         let since = lock(&progress).resumed(k);
@@ -416,10 +477,17 @@ pub fn run(args: &Args) -> Result<u8> {
         item.worker = worker.map(|w| w.0);
         item.device = worker.map(|w| w.1.to_string());
         let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, since);
+        let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
+        position.set(format!(
+            "{done} of {} pictures finished (the last: {})",
+            todo.len(),
+            item.input.display()
+        ));
         let mut progress = lock(&progress);
         progress.line(&line);
         progress.item_done();
     };
+    position.set(format!("the start of {} pictures", todo.len()));
     let mut batch_order = None;
     match plan.jobs.first() {
         Some(Job::Latents(p)) if !todo.is_empty() => {
@@ -495,6 +563,10 @@ pub fn run(args: &Args) -> Result<u8> {
         .collect();
     progress.finish();
 
+    position.set(format!(
+        "the end of the batch ({} items), writing the report",
+        items.len()
+    ));
     let failed: Vec<(PathBuf, String)> = items
         .iter()
         .filter(|i| matches!(i.status, Status::Failed))
@@ -505,28 +577,28 @@ pub fn run(args: &Args) -> Result<u8> {
         .filter(|i| matches!(i.status, Status::Skipped))
         .count();
     let done = items.len() - failed.len() - skipped;
+    let device_names = pipelines
+        .iter()
+        .map(|(name, p)| match name.as_str() {
+            "auto" => describe(p.device()).to_string(),
+            _ => name.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     if !args.quiet {
         println!(
-            "{done} generated, {skipped} skipped, {} failed (pipeline {ptype}, device {})",
+            "{done} generated, {skipped} skipped, {} failed (pipeline {ptype}, device {device_names})",
             failed.len(),
-            describe(pipeline.device())
         );
     }
-    for (input, error) in &failed {
-        eprintln!("failed: {}: {error}", input.display());
+    for (_, error) in &failed {
+        eprintln!("error: {error}");
     }
     if let Some(path) = &args.report {
         let report = RunReport {
             trellis2_version: env!("CARGO_PKG_VERSION"),
             candle_version: CANDLE_VERSION,
-            device: pipelines
-                .iter()
-                .map(|(name, p)| match name.as_str() {
-                    "auto" => describe(p.device()).to_string(),
-                    _ => name.clone(),
-                })
-                .collect::<Vec<_>>()
-                .join(","),
+            device: device_names,
             dtype: format!("{dtype:?}").to_lowercase(),
             low_memory: args.low_memory,
             model: model_root.clone(),
@@ -550,6 +622,16 @@ pub fn run(args: &Args) -> Result<u8> {
     } else {
         exit::FAILED
     })
+}
+
+/// An item's error message starting with its input's name, once (most errors name the file
+/// already; those from inside the pipeline do not).
+fn naming(label: &str, msg: &str) -> String {
+    if msg.starts_with(label) {
+        msg.to_string()
+    } else {
+        format!("{label}: {msg}")
+    }
 }
 
 /// Loads by role over every worker's pipeline.
@@ -605,11 +687,11 @@ fn finish_item(
             )
         }
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = naming(&label, &format!("{e:#}"));
             item.status = Status::Failed;
             item.outputs.clear();
             item.seconds = since.elapsed().as_secs_f64();
-            let line = format!("{label}: FAILED: {msg}");
+            let line = format!("error: {msg}");
             item.error = Some(msg);
             line
         }

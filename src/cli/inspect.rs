@@ -8,6 +8,9 @@ use anyhow::{bail, Result};
 use trellis2::compare::TensorFile;
 use trellis2::export::glb::read_glb;
 use trellis2::export::ply::{read_ply, PlyFile};
+use trellis2::models::registry::{check_source, ModelSource};
+use trellis2::pipeline::models;
+use trellis2::pipeline::PipelineSettings;
 use trellis2::weights::{Checkpoint, ModelDir, TensorInfo};
 
 #[derive(clap::Args, Debug)]
@@ -97,7 +100,23 @@ fn model_dir(root: &Path) -> Result<u8> {
     let mut total_params = 0;
     let mut total_bytes = 0;
     let mut missing = 0;
+    let mut bad = Vec::new();
+    // What generate reads before its first picture: pipeline.json's settings, then every
+    // model's config and tensor list (checked shape-only, nothing loaded).
+    if let Err(e) = PipelineSettings::from_pipeline_args(&md.pipeline.args) {
+        bad.push(format!("{}: {e:#}", root.join("pipeline.json").display()));
+    }
     for (role, stem) in md.pipeline.model_stems() {
+        if role == models::role::IMAGE_COND {
+            // Listed below from the folder the pipeline really loads.
+            continue;
+        }
+        if let Err(e) = md
+            .resolve(&role)
+            .and_then(|p| check_source(&ModelSource::open(&p)?))
+        {
+            bad.push(format!("model `{role}`: {e:#}"));
+        }
         match md.checkpoint(&role) {
             Ok(ckpt) => {
                 let infos = ckpt.tensor_infos();
@@ -119,13 +138,44 @@ fn model_dir(root: &Path) -> Result<u8> {
             }
         }
     }
+    let dino = models::dinov3_folder(&md).and_then(|folder| {
+        let source = ModelSource::open(&folder)?;
+        check_source(&source)?;
+        Ok(source)
+    });
+    match dino {
+        Ok(source) => {
+            let infos = source.checkpoint.tensor_infos();
+            let params: usize = infos.iter().map(TensorInfo::numel).sum();
+            let bytes: usize = infos.iter().map(TensorInfo::bytes).sum();
+            total_params += params;
+            total_bytes += bytes;
+            println!(
+                "  {:<28} {:<26} {:>15} params  {:>10}  {}",
+                models::role::IMAGE_COND,
+                source.class,
+                group_digits(params),
+                super::human_bytes(bytes as u64),
+                dtype_breakdown(&infos)
+            );
+        }
+        Err(e) => {
+            println!("  {:<28} UNUSABLE: {e:#}", models::role::IMAGE_COND);
+            bad.push(format!("model `{}`: {e:#}", models::role::IMAGE_COND));
+        }
+    }
     println!(
         "total            {} params, {}",
         group_digits(total_params),
         super::human_bytes(total_bytes as u64)
     );
+    for e in &bad {
+        eprintln!("error: {e}");
+    }
     if missing > 0 {
         eprintln!("error: {}: {missing} model(s) missing", root.display());
+    }
+    if missing > 0 || !bad.is_empty() {
         return Ok(super::exit::FAILED);
     }
     Ok(super::exit::OK)

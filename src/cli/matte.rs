@@ -43,13 +43,14 @@ pub struct Args {
     /// Compute device (BiRefNet in f32 with fp32 accumulation).
     #[arg(long, value_enum, env = "TRELLIS2_DEVICE", default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Side of the square network input. Upstream uses 1024; other multiples of 32 are faster
-    /// or sharper but do not reproduce upstream's matte.
-    #[arg(long, default_value_t = MATTE_SIZE, value_name = "PX", value_parser = values::positive::<u32>)]
+    /// Side of the square network input. Upstream uses 1024; other multiples of 32 up to 4096
+    /// are faster or sharper but do not reproduce upstream's matte.
+    #[arg(long, default_value_t = MATTE_SIZE, value_name = "PX", value_parser = values::matte_size)]
     pub size: u32,
 }
 
 pub fn run(args: &Args) -> Result<u8> {
+    super::png_output(&args.output)?;
     let loaded = load_image(&args.image)?;
     let rgb = background_removal_input(&loaded);
     let device = super::open_device(args.device.into())?.device;

@@ -11,7 +11,9 @@ pub mod download;
 pub mod generate;
 mod inputs;
 pub mod inspect;
+pub mod interrupt;
 pub mod matte;
+mod preflight;
 pub mod preprocess;
 mod progress;
 pub mod render;
@@ -19,7 +21,9 @@ mod report;
 pub mod selftest;
 mod values;
 
-/// Exit codes, documented in the README.
+/// Exit codes, documented in docs/USAGE.md. The rule: a command refused before any work
+/// (a bad flag, value or combination; an input, model folder or destination that the
+/// arguments name wrongly) exits 2; work that was started and failed exits 1.
 pub mod exit {
     /// Success; for `compare`, the files match within tolerance.
     pub const OK: u8 = 0;
@@ -27,6 +31,34 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Usage error; for `compare`, an input could not be read.
     pub const UNREADABLE: u8 = 2;
+    /// Stopped by SIGINT or SIGTERM (128 + 2, as shells report Ctrl-C).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// A problem with the command as typed, found before any work: `main` exits 2 for it.
+#[derive(Debug)]
+pub struct UsageError(pub anyhow::Error);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Marks `e` as a usage error (exit 2).
+pub fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e.into()))
+}
+
+/// The exit code of a command's error: 2 for a usage error anywhere in its chain, else 1.
+pub fn exit_code_of(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        exit::UNREADABLE
+    } else {
+        exit::FAILED
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -88,17 +120,48 @@ pub fn open_device_at(
     choice: trellis2::pipeline::device::DeviceChoice,
     ordinal: usize,
 ) -> anyhow::Result<trellis2::pipeline::device::Selected> {
-    let selected = trellis2::pipeline::device::select_ordinal(choice, ordinal)?;
+    use trellis2::pipeline::device::DeviceChoice;
+    // Asking for a backend this build lacks is a usage error; a GPU that fails to start is not.
+    let built = match choice {
+        DeviceChoice::Metal => cfg!(feature = "metal"),
+        DeviceChoice::Cuda => cfg!(feature = "cuda"),
+        DeviceChoice::Auto | DeviceChoice::Cpu => true,
+    };
+    let selected = trellis2::pipeline::device::select_ordinal(choice, ordinal).map_err(|e| {
+        if built {
+            e
+        } else {
+            usage(e)
+        }
+    })?;
     for note in &selected.notes {
         eprintln!("note: {note}");
     }
     Ok(selected)
 }
 
-/// A path argument that must name an existing file.
+/// A path argument that must name an existing file (a usage error otherwise).
 pub fn existing_file(path: &Path) -> anyhow::Result<()> {
     if !path.exists() {
-        anyhow::bail!("{}: no such file or directory", path.display());
+        return Err(usage(anyhow::anyhow!(
+            "{}: no such file or directory",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// An output picture path must end in `.png` (what is written): a `.jpg` name holding PNG
+/// bytes would mislead every program that trusts the name. A usage error otherwise.
+pub fn png_output(path: &Path) -> anyhow::Result<()> {
+    let is_png = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !is_png {
+        return Err(usage(anyhow::anyhow!(
+            "{}: the output is a PNG picture; give a name ending in .png",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
+    super::png_output(&args.output)?;
     let loaded = load_image(&args.image)?;
     let pre = preprocess_detailed(&loaded)?;
     save_png(&pre.image, &args.output)?;

@@ -100,6 +100,7 @@ fn elevation(text: &str) -> Result<f64, String> {
 
 pub fn run(args: &Args) -> Result<u8> {
     super::existing_file(&args.file)?;
+    super::png_output(&args.output)?;
     let start = Instant::now();
     let scene = load_scene(&args.file)?;
     let loaded = start.elapsed().as_secs_f64();

@@ -9,6 +9,7 @@ use trellis2::export::Up;
 use trellis2::pipeline::background::Background;
 use trellis2::pipeline::device::DeviceChoice;
 use trellis2::pipeline::models::DTypeChoice;
+use trellis2::pipeline::sampler::MAX_STEPS;
 use trellis2::pipeline::{PipelineType, SamplerStage};
 use trellis2::weights::{RembgModel, BIREFNET_REPO, RMBG_REPO};
 
@@ -274,9 +275,26 @@ pub fn non_negative(text: &str) -> Result<f64, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PerStage<T>(pub Vec<(SamplerStage, T)>);
 
-/// `--steps`: sampling steps, each ≥ 1.
+/// `--steps`: sampling steps, each in 1..=[`MAX_STEPS`].
 pub fn steps(text: &str) -> Result<PerStage<usize>, String> {
-    per_stage(text, "a whole number ≥ 1", |v| v >= 1)
+    per_stage(text, "a whole number ≥ 1 and ≤ 1000", |v| {
+        (1..=MAX_STEPS).contains(&v)
+    })
+}
+
+/// Largest `matte --size`: BiRefNet's memory grows with the square of it (about 10 GB of
+/// activations at 4096²).
+pub const MAX_MATTE_SIZE: u32 = 4096;
+
+/// `matte --size`: a multiple of 32 (the release BiRefNet's stride) in 32..=4096.
+pub fn matte_size(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(v) if (1..=MAX_MATTE_SIZE).contains(&v) && v.is_multiple_of(32) => Ok(v),
+        _ => Err(format!(
+            "`{text}` is not a whole number ≥ 1 that is a multiple of 32 and at most \
+             {MAX_MATTE_SIZE}"
+        )),
+    }
 }
 
 /// `--cfg`: guidance strengths, each finite and ≥ 0.
@@ -399,6 +417,11 @@ mod tests {
     #[test]
     fn values_outside_the_rule_are_refused() {
         assert!(steps("0").unwrap_err().contains("≥ 1"));
+        assert!(steps("1001").is_err() && steps("1000").is_ok());
+        assert!(steps("99999999999").is_err());
+        assert!(steps("ss=1000000000000,shape=1,tex=1").is_err());
+        assert!(matte_size("1048576").is_err() && matte_size("100").is_err());
+        assert_eq!(matte_size("1024"), Ok(1024));
         assert!(steps("shape=0").is_err());
         for bad in ["nan", "inf", "-1"] {
             assert!(guidance(bad).is_err(), "{bad}");

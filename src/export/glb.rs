@@ -53,6 +53,87 @@ impl MeshData {
     }
 }
 
+/// gltf 1.4.1 panics on some malformed files instead of reporting them (found by
+/// tests/fuzz.rs): validation indexes `accessors[POSITION]` before checking that accessor
+/// exists, and reading indices whose accessor is not an unsigned integer scalar hits an
+/// `unreachable!`. Those references are checked here first, on the JSON chunk (which the
+/// format requires to be UTF-8 JSON); anything else malformed is left to the library, which
+/// reports it.
+fn check_position_accessors(bytes: &[u8]) -> Result<()> {
+    let u32_at = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let (Some(len), Some(b"JSON")) = (u32_at(12), bytes.get(16..20)) else {
+        return Ok(());
+    };
+    let Some(json) = bytes.get(20..20usize.saturating_add(len)) else {
+        return Ok(());
+    };
+    let doc: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| anyhow::anyhow!("the JSON chunk is not UTF-8 JSON: {e}"))?;
+    let accessors: &[serde_json::Value] = doc
+        .get("accessors")
+        .and_then(|a| a.as_array())
+        .map_or(&[], Vec::as_slice);
+    let accessor = |what: &str, i: &serde_json::Value| -> Result<&serde_json::Value> {
+        i.as_u64()
+            .and_then(|i| accessors.get(i as usize))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{what} names accessor {i}, but the file has {} accessors",
+                    accessors.len()
+                )
+            })
+    };
+    let meshes = doc.get("meshes").and_then(|m| m.as_array());
+    for primitive in meshes
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("primitives").and_then(|p| p.as_array()))
+        .flatten()
+    {
+        if let Some(attributes) = primitive.get("attributes").and_then(|a| a.as_object()) {
+            for (name, i) in attributes {
+                let a = accessor(name, i)?;
+                let kind = a.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                let component = a.get("componentType").and_then(|c| c.as_u64()).unwrap_or(0);
+                if !attribute_layout_allowed(name, kind, component) {
+                    bail!("attribute {name} has a {kind} of component type {component}, which glTF does not allow");
+                }
+            }
+        }
+        if let Some(i) = primitive.get("indices") {
+            let a = accessor("indices", i)?;
+            let component = a.get("componentType").and_then(|c| c.as_u64());
+            let scalar = a.get("type").and_then(|t| t.as_str()) == Some("SCALAR");
+            if !matches!(component, Some(5121 | 5123 | 5125)) || !scalar {
+                bail!("the indices accessor is not a scalar of unsigned integers");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The accessor types and component types glTF 2.0 allows for each standard attribute
+/// (spec §3.7.2.1); other (application) attributes are not read, so not checked.
+fn attribute_layout_allowed(name: &str, kind: &str, component: u64) -> bool {
+    const FLOAT: u64 = 5126;
+    const UBYTE: u64 = 5121;
+    const USHORT: u64 = 5123;
+    let base = name.split('_').next().unwrap_or(name);
+    match base {
+        "POSITION" | "NORMAL" => kind == "VEC3" && component == FLOAT,
+        "TANGENT" => kind == "VEC4" && component == FLOAT,
+        "TEXCOORD" => kind == "VEC2" && matches!(component, FLOAT | UBYTE | USHORT),
+        "COLOR" => matches!(kind, "VEC3" | "VEC4") && matches!(component, FLOAT | UBYTE | USHORT),
+        "JOINTS" => kind == "VEC4" && matches!(component, UBYTE | USHORT),
+        "WEIGHTS" => kind == "VEC4" && matches!(component, FLOAT | UBYTE | USHORT),
+        _ => true,
+    }
+}
+
 /// What `inspect` shows about a GLB beyond the geometry.
 #[derive(Debug, Clone, Default)]
 pub struct GlbSummary {
@@ -65,8 +146,15 @@ pub struct GlbSummary {
 
 /// Reads every triangle primitive of a GLB file.
 pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (doc, buffers, images) = gltf::import_slice(&bytes)
+    let bytes = crate::files::read_regular(path, u64::MAX)?;
+    read_glb_bytes(&bytes, path)
+}
+
+/// [`read_glb`] of a file's bytes already in memory; `path` names it in errors.
+pub fn read_glb_bytes(bytes: &[u8], path: &Path) -> Result<(MeshData, GlbSummary)> {
+    check_position_accessors(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid glTF binary: {e}", path.display()))?;
+    let (doc, buffers, images) = gltf::import_slice(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid glTF binary: {e}", path.display()))?;
     let mut mesh = MeshData::default();
     let mut summary = GlbSummary {
@@ -105,7 +193,14 @@ pub fn read_glb(path: &Path) -> Result<(MeshData, GlbSummary)> {
             let reader = prim.reader(|b| buffers.get(b.index()).map(|d| d.0.as_slice()));
             let base = mesh.positions.len() as u32;
             let Some(positions) = reader.read_positions() else {
-                bail!("{}: a primitive has no POSITION attribute", path.display());
+                match prim.get(&gltf::Semantic::Positions) {
+                    None => bail!("{}: a primitive has no POSITION attribute", path.display()),
+                    Some(a) => bail!(
+                        "{}: the POSITION accessor ({} elements) does not fit in its buffer",
+                        path.display(),
+                        a.count()
+                    ),
+                }
             };
             let positions: Vec<[f32; 3]> = positions.collect();
             let n = positions.len() as u32;

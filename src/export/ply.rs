@@ -2,7 +2,7 @@
 //! Parsing is serde-ply's; this module only turns rows into one column per property.
 
 use std::fmt;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -136,7 +136,8 @@ impl<'de> Deserialize<'de> for Value {
                 Ok(Value::Scalar(v))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(3));
+                // A list's count comes from the file: never reserve more than a few entries up front.
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(3).min(64));
                 while let Some(x) = seq.next_element::<f64>()? {
                     items.push(x);
                 }
@@ -159,7 +160,7 @@ impl<'de> Deserialize<'de> for Row {
                 f.write_str("a PLY row")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Row, A::Error> {
-                let mut values = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut values = Vec::with_capacity(map.size_hint().unwrap_or(8).min(256));
                 while map.next_key::<IgnoredAny>()?.is_some() {
                     values.push(map.next_value::<Value>()?);
                 }
@@ -172,9 +173,39 @@ impl<'de> Deserialize<'de> for Row {
 
 /// Reads a whole PLY file (ASCII or binary) into columns.
 pub fn read_ply(path: &Path) -> Result<PlyFile> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = PlyReader::from_reader(BufReader::new(file))
+    let (file, _) = crate::files::open_regular(path, u64::MAX)?;
+    read_ply_from(&mut BufReader::new(file), path)
+}
+
+/// [`read_ply`] of any reader; `path` names it in errors. Bytes after the last element other
+/// than whitespace are an error: a file with trailing data is not the file it claims to be.
+pub fn read_ply_from(input: &mut impl BufRead, path: &Path) -> Result<PlyFile> {
+    let ply = read_elements(&mut *input, path)?;
+    let mut trailing = 0u64;
+    let mut garbage = false;
+    loop {
+        let chunk = input
+            .fill_buf()
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        garbage |= chunk.iter().any(|b| !b.is_ascii_whitespace());
+        trailing += n as u64;
+        input.consume(n);
+    }
+    if garbage {
+        bail!(
+            "{}: {trailing} bytes of trailing data after the last element",
+            path.display()
+        );
+    }
+    Ok(ply)
+}
+
+fn read_elements(input: impl BufRead, path: &Path) -> Result<PlyFile> {
+    let mut reader = PlyReader::from_reader(input)
         .map_err(|e| anyhow::anyhow!("{}: not a PLY file: {e}", path.display()))?;
     let header = reader.header().clone();
     let mut elements = Vec::with_capacity(header.elem_defs.len());
@@ -200,15 +231,16 @@ pub fn read_ply(path: &Path) -> Result<PlyFile> {
             .iter()
             .map(|p| {
                 let (type_name, column) = match &p.property_type {
-                    PropertyType::Scalar(t) => {
-                        (t.to_string(), Column::Scalar(Vec::with_capacity(def.count)))
-                    }
+                    PropertyType::Scalar(t) => (
+                        t.to_string(),
+                        Column::Scalar(Vec::with_capacity(def.count.min(1 << 16))),
+                    ),
                     PropertyType::List {
                         count_type,
                         data_type,
                     } => (
                         format!("list {count_type} {data_type}"),
-                        Column::List(Vec::with_capacity(def.count)),
+                        Column::List(Vec::with_capacity(def.count.min(1 << 16))),
                     ),
                 };
                 PlyProperty {

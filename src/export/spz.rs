@@ -368,7 +368,7 @@ pub fn spz_columns(file: &SpzFile) -> Vec<(String, Vec<f32>)> {
 
 /// Reads an SPZ file. Errors name the file.
 pub fn read_spz(path: &Path) -> Result<SpzFile> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = crate::files::read_regular(path, u64::MAX)?;
     decode_spz(&bytes).with_context(|| path.display().to_string())
 }
 

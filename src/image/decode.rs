@@ -1,10 +1,9 @@
 //! Reading PNG, JPEG and WebP files into RGBA8 the way Pillow opens them for upstream.
 
-use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use ::image::{DynamicImage, ImageFormat, ImageReader};
+use ::image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use anyhow::{anyhow, bail, Result};
 
 use super::{one_line, RgbaImage};
@@ -34,14 +33,28 @@ pub struct LoadedImage {
 ///   larger than 1024 px; we clamp first;
 /// * gray images are replicated to R = G = B; missing alpha becomes 255.
 ///
-/// EXIF orientation is ignored, as `Image.open` does.
+/// EXIF orientation is ignored, as `Image.open` does. Only regular files of at most
+/// [`MAX_IMAGE_FILE_BYTES`] holding at most [`MAX_IMAGE_PIXELS`] pixels are read.
 pub fn load_image(path: &Path) -> Result<LoadedImage> {
+    let bytes = crate::files::read_regular(path, MAX_IMAGE_FILE_BYTES)?;
+    decode_image_bytes(&bytes, path)
+}
+
+/// Largest picture accepted: 64 megapixels (8192 × 8192). Decoding one takes at most about
+/// 0.8 GB (16-bit RGBA samples, then the RGBA8 copy); upstream shrinks anything over 1024 px
+/// first, so larger pictures would only cost memory.
+pub const MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
+
+/// Largest picture file read: 512 MiB (far above any 64-megapixel PNG, JPEG or WebP).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 512 << 20;
+
+/// [`load_image`] of a file's bytes already in memory; `path` names it in errors.
+pub fn decode_image_bytes(bytes: &[u8], path: &Path) -> Result<LoadedImage> {
     let name = path.display().to_string();
-    let bytes = fs::read(path).map_err(|e| anyhow!("{name}: cannot read file: {e}"))?;
-    let format = sniff_format(&bytes, &name)?;
-    let decoded = decode(&bytes, format, &name)?;
+    let format = sniff_format(bytes, &name)?;
+    let decoded = decode(bytes, format, &name)?;
     let has_alpha_channel = match format {
-        ImageFormat::Png => png_has_alpha_channel(&bytes),
+        ImageFormat::Png => png_has_alpha_channel(bytes),
         _ => decoded.color().has_alpha(),
     };
     let rgba = to_rgba8_like_pillow(decoded);
@@ -76,14 +89,35 @@ fn decode(bytes: &[u8], format: ImageFormat, name: &str) -> Result<DynamicImage>
     if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
         bail!("{name}: cannot decode Jpeg image (truncated file: no end-of-image marker after the image data)");
     }
-    ImageReader::with_format(Cursor::new(bytes), format)
-        .decode()
+    // The header's size first: a valid but huge picture is refused by name, before decoding.
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
         .map_err(|e| {
             anyhow!(
-                "{name}: cannot decode {format:?} image (truncated or corrupt file): {}",
+                "{name}: cannot decode {format:?} image (truncated or corrupt header): {}",
                 one_line(&e.to_string())
             )
-        })
+        })?;
+    let pixels = w as u64 * h as u64;
+    if pixels > MAX_IMAGE_PIXELS {
+        bail!(
+            "{name}: picture is {w}x{h} ({:.0} megapixels); the limit is {} megapixels (such as \
+             8192x8192): shrink it first (the model sees at most 1024x1024)",
+            pixels as f64 / 1e6,
+            MAX_IMAGE_PIXELS / 1_000_000
+        );
+    }
+    let mut limits = Limits::default();
+    // 16-bit RGBA samples of the largest accepted picture, plus the decoders' working rows.
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 8 + (64 << 20));
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    reader.decode().map_err(|e| {
+        anyhow!(
+            "{name}: cannot decode {format:?} image (truncated or corrupt file): {}",
+            one_line(&e.to_string())
+        )
+    })
 }
 
 /// The PNG colour type byte of IHDR (offset 25) says whether there is an alpha channel

@@ -28,7 +28,9 @@ mod png;
 mod preprocess;
 mod resample;
 
-pub use decode::{has_alpha, load_image, LoadedImage};
+pub use decode::{
+    decode_image_bytes, has_alpha, load_image, LoadedImage, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS,
+};
 pub use png::{save_png, save_rgba_png};
 pub use preprocess::{
     background_removal_input, dino_input, preprocess, preprocess_detailed, preprocess_with_alpha,

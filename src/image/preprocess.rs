@@ -29,7 +29,8 @@ pub enum PreprocessError {
     FullyTransparent { source: String },
     /// No pixel has alpha > 204 (upstream's 0.8 threshold), so there is no object to crop.
     NoOpaquePixels { source: String },
-    /// Exactly one pixel passes the threshold: the square crop would be empty.
+    /// The pixels that pass the threshold span too little (one pixel, or a tiny picture):
+    /// the square crop rounds to nothing.
     EmptyCrop { source: String },
 }
 
@@ -49,7 +50,7 @@ impl fmt::Display for PreprocessError {
             ),
             Self::EmptyCrop { source } => write!(
                 f,
-                "{source}: only one pixel has alpha above {ALPHA_THRESHOLD}; the crop would be empty"
+                "{source}: the opaque part (pixels with alpha above {ALPHA_THRESHOLD}) is too small: the square crop around it rounds to 0 pixels; use a larger picture"
             ),
         }
     }

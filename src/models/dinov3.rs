@@ -93,7 +93,23 @@ impl DinoV3Config {
         .expect("static config parses")
     }
 
+    /// The fields that size tensors within their plausible ranges (see [`super::limits`]).
+    pub fn check_ranges(&self) -> Result<()> {
+        use super::limits::{field, real, CHANNELS, DEPTH, HEADS};
+        field("hidden_size", self.hidden_size, CHANNELS)?;
+        field("num_hidden_layers", self.num_hidden_layers, DEPTH)?;
+        field("num_attention_heads", self.num_attention_heads, HEADS)?;
+        field("intermediate_size", self.intermediate_size, 1..=65536)?;
+        field("num_register_tokens", self.num_register_tokens, 0..=64)?;
+        // Tokens grow with (1024 / patch)²: DINOv2/v3 use 14 and 16.
+        field("patch_size", self.patch_size, 8..=64)?;
+        field("num_channels", self.num_channels, 1..=4)?;
+        real("layer_norm_eps", self.layer_norm_eps, 0.0..=1.0)?;
+        real("rope_theta", self.rope_theta as f64, 1.0..=1e9)
+    }
+
     fn validate(&self) -> Result<()> {
+        self.check_ranges()?;
         if self.use_gated_mlp {
             bail!("DINOv3 with a gated MLP (ViT-7B style) is not supported");
         }

@@ -98,7 +98,25 @@ impl DitConfig {
         self.num_blocks as f64 * n * (linear + 4.0 * n * c + 4.0 * l * c)
     }
 
+    /// The fields that size tensors within their plausible ranges (see [`super::limits`]).
+    pub fn check_ranges(&self) -> Result<()> {
+        use super::limits::{field, real, CHANNELS, DEPTH, HEADS};
+        // The sparse-structure flow's noise and tokens are dense `R³` (16 in the release).
+        field("resolution", self.resolution, 0..=64)?;
+        field("in_channels", self.in_channels, 1..=1024)?;
+        field("out_channels", self.out_channels, 1..=1024)?;
+        field("model_channels", self.model_channels, CHANNELS)?;
+        field("cond_channels", self.cond_channels, CHANNELS)?;
+        field("num_blocks", self.num_blocks, DEPTH)?;
+        if let Some(h) = self.num_heads {
+            field("num_heads", h, HEADS)?;
+        }
+        field("num_head_channels", self.num_head_channels, 1..=1024)?;
+        real("mlp_ratio", self.mlp_ratio, 0.25..=16.0)
+    }
+
     fn validate(&self) -> Result<()> {
+        self.check_ranges()?;
         if self.pe_mode != "rope" {
             bail!(
                 "pe_mode `{}` is not supported (TRELLIS.2 flows use \"rope\")",

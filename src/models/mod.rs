@@ -6,6 +6,7 @@ pub mod birefnet;
 pub mod dinov3;
 pub mod dit;
 pub mod layers;
+pub mod limits;
 pub mod registry;
 pub mod sc_vae;
 pub mod ss_decoder;

@@ -15,7 +15,7 @@ use super::sc_vae::{
 };
 use super::ss_decoder::{SsDecoder, SsDecoderConfig};
 use super::WeightMemory;
-use crate::weights::{Checkpoint, ModelConfig};
+use crate::weights::{check_tensors, Checkpoint, ModelConfig, ShapeRecorder};
 
 /// A checkpoint: upstream format (`PATH.json` + `PATH.safetensors`) or a model folder
 /// (`config.json` + `model.safetensors`, a Hugging Face download of DINOv3 or BiRefNet; or
@@ -96,15 +96,82 @@ pub const SUPPORTED: &[&str] = &[
     "SparseUnetVaeDecoder",
 ];
 
-/// The model's constructor arguments as its typed config, with an error naming the checkpoint.
-pub fn config<T: serde::de::DeserializeOwned>(source: &ModelSource) -> Result<T> {
-    serde_json::from_value(source.args.clone()).map_err(|e| {
+/// A model config whose fields that size tensors can be checked against their plausible
+/// ranges ([`super::limits`]) before the model asks for any weight.
+pub trait CheckRanges {
+    fn check_ranges(&self) -> Result<()>;
+}
+
+impl CheckRanges for DitConfig {
+    fn check_ranges(&self) -> Result<()> {
+        DitConfig::check_ranges(self)
+    }
+}
+
+impl CheckRanges for DinoV3Config {
+    fn check_ranges(&self) -> Result<()> {
+        DinoV3Config::check_ranges(self)
+    }
+}
+
+impl CheckRanges for SsDecoderConfig {
+    fn check_ranges(&self) -> Result<()> {
+        SsDecoderConfig::check_ranges(self)
+    }
+}
+
+impl CheckRanges for UnetDecoderArgs {
+    fn check_ranges(&self) -> Result<()> {
+        DecoderConfig::from_unet(self)?;
+        Ok(())
+    }
+}
+
+impl CheckRanges for FlexiDualGridDecoderArgs {
+    fn check_ranges(&self) -> Result<()> {
+        DecoderConfig::from_flexi_dual_grid(self)?;
+        Ok(())
+    }
+}
+
+/// The model's constructor arguments as its typed config, its sizes checked, with an error
+/// naming the checkpoint (its config file), the field and the accepted range.
+pub fn config<T: serde::de::DeserializeOwned + CheckRanges>(source: &ModelSource) -> Result<T> {
+    let bad = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!(
             "{}: bad `args` for {}: {e}",
             source.path.display(),
             source.class
         )
-    })
+    };
+    let cfg: T = serde_json::from_value(source.args.clone()).map_err(|e| bad(&e))?;
+    cfg.check_ranges().map_err(|e| bad(&format!("{e:#}")))?;
+    Ok(cfg)
+}
+
+/// `e` starting with the checkpoint's path, once.
+fn naming_file(source: &ModelSource, e: anyhow::Error) -> anyhow::Error {
+    let path = source.path.display().to_string();
+    let text = format!("{e:#}");
+    if text.starts_with(&path) || text.contains(&format!("{path}.")) {
+        e
+    } else {
+        anyhow::anyhow!("{path}: {text}")
+    }
+}
+
+/// The checkpoint's class must be one this loader builds: a config naming another class (or
+/// none we know) is refused, not ignored.
+fn expect_class(source: &ModelSource, accepted: &[&str]) -> Result<()> {
+    if !accepted.contains(&source.class.as_str()) {
+        bail!(
+            "{}: model class `{}` cannot be loaded here (expected {})",
+            source.path.display(),
+            source.class,
+            accepted.join(" or ")
+        );
+    }
+    Ok(())
 }
 
 /// Builds a model from a strict loader: any missing, unexpected or mis-shaped tensor is an error
@@ -117,12 +184,21 @@ fn load_strict<M>(
 ) -> Result<M> {
     let strict = source.checkpoint.strict();
     let built = build(strict.var_builder(dtype, device));
-    strict.finish()?;
-    built.map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))
+    match (built, strict.finish()) {
+        (Ok(model), Ok(())) => Ok(model),
+        // A build stopped midway leaves every later key "unexpected": only the tensors it
+        // did ask for (missing, mis-shaped) say more than its own error.
+        (Err(e), Err(keys)) if keys.missing.is_empty() && keys.misshaped.is_empty() => {
+            Err(naming_file(source, e.into()))
+        }
+        (Err(e), Ok(())) => Err(naming_file(source, e.into())),
+        (_, Err(keys)) => Err(keys.into()),
+    }
 }
 
 /// The sparse-structure decoder of a `SparseStructureDecoder` checkpoint, weights in `dtype`.
 pub fn load_ss_decoder(source: &ModelSource, dtype: DType, device: &Device) -> Result<SsDecoder> {
+    expect_class(source, &["SparseStructureDecoder"])?;
     let cfg: SsDecoderConfig = config(source)?;
     load_strict(source, dtype, device, |vb| SsDecoder::new(&cfg, vb))
 }
@@ -133,6 +209,7 @@ pub fn load_shape_decoder(
     dtype: DType,
     device: &Device,
 ) -> Result<FlexiDualGridVaeDecoder> {
+    expect_class(source, &["FlexiDualGridVaeDecoder"])?;
     let args: FlexiDualGridDecoderArgs = config(source)?;
     let cfg = DecoderConfig::from_flexi_dual_grid(&args)
         .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
@@ -152,6 +229,7 @@ pub fn load_unet_decoder(
     dtype: DType,
     device: &Device,
 ) -> Result<SparseUnetVaeDecoder> {
+    expect_class(source, &["SparseUnetVaeDecoder"])?;
     let args: UnetDecoderArgs = config(source)?;
     let cfg = DecoderConfig::from_unet(&args)
         .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
@@ -168,14 +246,24 @@ pub fn load_flow(
     device: &Device,
     memory: WeightMemory,
 ) -> Result<FlowDit> {
+    expect_class(
+        source,
+        &[
+            "SparseStructureFlowModel",
+            "SLatFlowModel",
+            "ElasticSLatFlowModel",
+        ],
+    )?;
     let cfg: DitConfig = config(source)?;
     FlowDit::load_with(&cfg, &source.checkpoint, dtype, device, memory)
+        .map_err(|e| naming_file(source, e))
 }
 
 /// The DINOv3 feature extractor of a Hugging Face folder (`DINOv3ViTModel`), weights in `dtype`.
 pub fn load_dinov3(source: &ModelSource, dtype: DType, device: &Device) -> Result<DinoV3> {
+    expect_class(source, &["DINOv3ViTModel"])?;
     let cfg: DinoV3Config = config(source)?;
-    DinoV3::load(&cfg, &source.checkpoint, dtype, device)
+    DinoV3::load(&cfg, &source.checkpoint, dtype, device).map_err(|e| naming_file(source, e))
 }
 
 /// Builds the model of upstream class `class` with constructor arguments `args` from `vb`,
@@ -191,18 +279,21 @@ pub fn build_model(
         "DINOv3ViTModel" => {
             let cfg: DinoV3Config =
                 serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            cfg.check_ranges().map_err(|e| parse(&e.to_string()))?;
             DinoV3::new(&cfg, vb)?;
             Ok(super::dinov3::UNUSED_KEYS)
         }
         "SparseStructureFlowModel" | "SLatFlowModel" | "ElasticSLatFlowModel" => {
             let cfg: DitConfig =
                 serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            cfg.check_ranges().map_err(|e| parse(&e.to_string()))?;
             FlowDit::new(&cfg, vb)?;
             Ok(super::dit::UNUSED_KEYS)
         }
         "SparseStructureDecoder" => {
             let cfg: SsDecoderConfig =
                 serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            cfg.check_ranges().map_err(|e| parse(&e.to_string()))?;
             SsDecoder::new(&cfg, vb)?;
             Ok(&[])
         }
@@ -223,4 +314,41 @@ pub fn build_model(
             SUPPORTED.join(", ")
         ),
     }
+}
+
+/// Whether `source` would load: its class is supported, its config's sizes are plausible, and
+/// the checkpoint holds exactly the tensors (names and shapes) the model asks for. The model is
+/// built shape-only ([`ShapeRecorder`]), so no weight is read or allocated. What `inspect`
+/// checks of each model of a directory.
+pub fn check_source(source: &ModelSource) -> Result<()> {
+    let stored_elements = source
+        .checkpoint
+        .tensor_infos()
+        .iter()
+        .map(|t| t.numel())
+        .fold(0usize, usize::saturating_add);
+    let rec = ShapeRecorder::with_budget(stored_elements);
+    let unused = build_model(
+        &source.class,
+        &source.args,
+        rec.var_builder(DType::F32, &Device::Cpu),
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {e:#}", source.path.display()))?;
+    let requested = rec.requested();
+    let stored: Vec<(String, Vec<usize>)> = source
+        .checkpoint
+        .tensor_infos()
+        .into_iter()
+        .filter(|t| {
+            !unused.contains(&t.name.as_str()) || requested.iter().any(|(r, _)| *r == t.name)
+        })
+        .map(|t| (t.name, t.shape))
+        .collect();
+    // One line: the counts; `generate` and `dev forward` list the keys.
+    check_tensors(
+        &source.checkpoint.path.display().to_string(),
+        &requested,
+        &stored,
+    )
+    .map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or_default()))
 }

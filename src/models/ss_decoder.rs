@@ -29,6 +29,24 @@ pub struct SsDecoderConfig {
     pub use_fp16: bool,
 }
 
+impl SsDecoderConfig {
+    /// The fields that size tensors within their plausible ranges (see [`super::limits`]). Each
+    /// entry of `channels` after the first doubles the dense grid (16³ → 64³ in the release's
+    /// three), so at most four levels (128³).
+    pub fn check_ranges(&self) -> anyhow::Result<()> {
+        use super::limits::{field, list, DEPTH};
+        field("out_channels", self.out_channels, 1..=64)?;
+        field("latent_channels", self.latent_channels, 1..=1024)?;
+        field("num_res_blocks", self.num_res_blocks, 0..=*DEPTH.end())?;
+        field(
+            "num_res_blocks_middle",
+            self.num_res_blocks_middle,
+            0..=*DEPTH.end(),
+        )?;
+        list("channels", &self.channels, 1..=4, 1..=2048)
+    }
+}
+
 fn two() -> usize {
     2
 }
@@ -126,6 +144,8 @@ pub struct SsDecoder {
 
 impl SsDecoder {
     pub fn new(cfg: &SsDecoderConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.check_ranges()
+            .map_err(|e| candle_core::Error::Msg(format!("SparseStructureDecoder: {e}")))?;
         if cfg.norm_type != "layer" {
             bail!(
                 "SparseStructureDecoder: norm_type `{}` is not supported (the release uses `layer`)",

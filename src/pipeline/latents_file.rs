@@ -43,7 +43,7 @@ pub fn write_latents(path: &Path, latents: &Latents, resolution: u32) -> Result<
 /// Reads a latents file (ours or a golden `pipeline_<type>.safetensors`).
 pub fn read_latents(path: &Path, device: &Device) -> Result<SavedLatents> {
     let tensors = read_tensors(path, device)?;
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = crate::files::read_regular(path, u64::MAX)?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
     let Some(text) = meta.metadata().as_ref().and_then(|m| m.get("resolution")) else {

@@ -141,8 +141,8 @@ pub fn flow_model(
 ) -> Result<FlowDit> {
     let src = source(dir, role)?;
     let dtype = opts.dtype_for(&src.checkpoint, device);
-    load_flow(&src, dtype, device, opts.memory)
-        .with_context(|| format!("loading `{role}` from {}", src.path.display()))
+    // The loader's errors name the checkpoint; the role says which of the five flows it is.
+    load_flow(&src, dtype, device, opts.memory).with_context(|| format!("model `{role}`"))
 }
 
 pub fn ss_decoder(dir: &ModelDir, device: &Device, opts: LoadOptions) -> Result<SsDecoder> {
@@ -228,6 +228,14 @@ pub fn checkpoint_bytes(ckpt: &Checkpoint, dtype: DType) -> u64 {
 
 /// The DINOv3 feature extractor.
 pub fn dinov3(dir: &ModelDir, device: &Device, opts: LoadOptions) -> Result<DinoV3> {
+    let folder = dinov3_folder(dir)?;
+    let src = ModelSource::open(&folder)?;
+    let dtype = opts.dtype_for(&src.checkpoint, device);
+    load_dinov3(&src, dtype, device).with_context(|| format!("model `{}`", role::IMAGE_COND))
+}
+
+/// The folder the DINOv3 feature extractor is loaded from (see `dinov3_candidates`).
+pub fn dinov3_folder(dir: &ModelDir) -> Result<PathBuf> {
     let candidates = dinov3_candidates(dir);
     let Some(folder) = candidates
         .iter()
@@ -244,8 +252,5 @@ pub fn dinov3(dir: &ModelDir, device: &Device, opts: LoadOptions) -> Result<Dino
                 .join(", ")
         );
     };
-    let src = ModelSource::open(folder)?;
-    let dtype = opts.dtype_for(&src.checkpoint, device);
-    load_dinov3(&src, dtype, device)
-        .with_context(|| format!("loading DINOv3 from {}", folder.display()))
+    Ok(folder.clone())
 }

@@ -12,6 +12,11 @@ use candle_core::{DType, Tensor};
 /// `sigma_min` of every release sampler.
 pub const SIGMA_MIN: f64 = 1e-5;
 
+/// Most steps a sampler may take: far above any useful count (the release takes 12), low
+/// enough that a typo cannot ask for a schedule that does not fit in memory or a run that
+/// never ends.
+pub const MAX_STEPS: usize = 1000;
+
 /// One sampler's parameters (`pipeline.json` `*_sampler.params` plus `args.sigma_min`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct SamplerParams {
@@ -30,6 +35,12 @@ impl SamplerParams {
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
             bail!("sampler steps must be at least 1, got 0");
+        }
+        if self.steps > MAX_STEPS {
+            bail!(
+                "sampler steps must be at most {MAX_STEPS}, got {}",
+                self.steps
+            );
         }
         for (name, v) in [
             ("guidance_strength", self.guidance_strength),

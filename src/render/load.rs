@@ -186,8 +186,7 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
 }
 
 fn load_ply(path: &Path) -> Result<Scene> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file = crate::files::open_regular(path, u64::MAX)?.0;
     // SAFETY: the map is read-only and dropped before this function returns; a file changed
     // underneath by another process can only give wrong values, which are checked below.
     let map = unsafe { memmap2::Mmap::map(&file) }

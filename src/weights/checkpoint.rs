@@ -66,7 +66,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
     }
 
     pub fn bytes(&self) -> usize {
@@ -83,6 +83,22 @@ impl TensorSource for Mapped {
 
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         self.0.load(name, device)
+    }
+
+    fn stores_float(&self, name: &str) -> bool {
+        use safetensors::Dtype;
+        self.0.get(name).is_ok_and(|v| {
+            matches!(
+                v.dtype(),
+                Dtype::F16
+                    | Dtype::BF16
+                    | Dtype::F32
+                    | Dtype::F64
+                    | Dtype::F8_E4M3
+                    | Dtype::F8_E5M2
+                    | Dtype::I64
+            )
+        })
     }
 
     fn all(&self) -> Vec<(String, Vec<usize>)> {
@@ -122,6 +138,9 @@ impl Checkpoint {
 
     /// Opens one safetensors file; its config is read from the `.json` beside it if there is one.
     pub fn open_file(path: &Path) -> Result<Self> {
+        if let Some(why) = crate::files::unusable(path) {
+            bail!("{}: {why}", path.display());
+        }
         let meta = std::fs::metadata(path)
             .with_context(|| format!("{}: cannot open checkpoint", path.display()))?;
         if meta.len() < 8 {

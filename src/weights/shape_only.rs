@@ -11,14 +11,35 @@ use candle_nn::var_builder::SimpleBackend;
 /// `(key, shape)` of one requested tensor.
 type Request = (String, Vec<usize>);
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ShapeRecorder {
     requested: Arc<Mutex<Vec<Request>>>,
+    /// The most elements the model may ask for in all (see [`Self::with_budget`]).
+    budget: usize,
+}
+
+impl Default for ShapeRecorder {
+    fn default() -> Self {
+        Self {
+            requested: Arc::default(),
+            budget: usize::MAX,
+        }
+    }
 }
 
 impl ShapeRecorder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A recorder that refuses a model asking for more than `elements` values in all (the
+    /// checkpoint's count, when checking a config against its checkpoint): what the model
+    /// builds from the stand-ins (re-laid-out weights) stays within that estimate.
+    pub fn with_budget(elements: usize) -> Self {
+        Self {
+            budget: elements,
+            ..Self::default()
+        }
     }
 
     /// A `VarBuilder` whose every tensor is a broadcast zero of the requested shape.
@@ -41,9 +62,19 @@ impl SimpleBackend for ShapeRecorder {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Ok(mut r) = self.requested.lock() {
-            r.push((name.to_string(), s.dims().to_vec()));
+        let mut r = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+        // Each distinct tensor counts once (a model may ask for shared weights again).
+        let mut seen = std::collections::BTreeSet::new();
+        let asked: usize = r
+            .iter()
+            .filter(|(n, _)| seen.insert(n.as_str()))
+            .map(|(_, d)| super::strict::element_count(d).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add);
+        let dims: &[usize] = if seen.contains(name) { &[0] } else { s.dims() };
+        if let Some(msg) = super::strict::over_budget("model", name, dims, asked, self.budget) {
+            return Err(candle_core::Error::Msg(msg));
         }
+        r.push((name.to_string(), s.dims().to_vec()));
         Tensor::zeros((), dtype, dev)?.broadcast_as(s)
     }
 

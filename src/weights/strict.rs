@@ -94,11 +94,45 @@ pub(crate) trait TensorSource: Send + Sync {
     fn shape_of(&self, name: &str) -> Option<Vec<usize>>;
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor>;
     fn all(&self) -> Vec<(String, Vec<usize>)>;
+    /// Whether `name` is stored as a type a weight may have: a float, or int64 (PyTorch's
+    /// integer buffers such as BatchNorm's `num_batches_tracked`).
+    fn stores_float(&self, _name: &str) -> bool {
+        true
+    }
 }
 
 #[derive(Default)]
 struct Record {
     requested: Vec<(String, Vec<usize>)>,
+    /// Elements asked for so far.
+    elements: usize,
+}
+
+/// Elements of a shape, `None` when the product overflows.
+pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
+/// The memory estimate of a model build: a model that loads asks for exactly the checkpoint's
+/// tensors, so a config asking for more elements than the checkpoint holds (a typo of
+/// `num_blocks`, channels multiplied up) is refused at the tensor that crosses that budget,
+/// before its stand-in or anything derived from it exists.
+pub(crate) fn over_budget(
+    source: &str,
+    name: &str,
+    dims: &[usize],
+    asked_before: usize,
+    budget: usize,
+) -> Option<String> {
+    let total = element_count(dims).and_then(|n| n.checked_add(asked_before));
+    match total {
+        Some(t) if t <= budget => None,
+        _ => Some(format!(
+            "{source}: the model config asks for more weights than the checkpoint holds \
+             ({budget} values; exceeded at {name} {dims:?}): config and checkpoint do not \
+             belong together"
+        )),
+    }
 }
 
 /// A `VarBuilder` backend that records every tensor a model asks for. A missing or mis-shaped
@@ -113,11 +147,19 @@ pub struct StrictLoad {
     /// Checkpoint keys that are allowed to stay unused (e.g. `norm.weight` of DINOv3, which
     /// upstream never applies).
     ignored_unused: Arc<Vec<String>>,
+    /// Elements the checkpoint holds: the most a model built from it may ask for.
+    budget: usize,
 }
 
 impl StrictLoad {
     pub(crate) fn new(source_name: String, source: Arc<dyn TensorSource>) -> Self {
+        let budget = source
+            .all()
+            .iter()
+            .map(|(_, shape)| element_count(shape).unwrap_or(0))
+            .fold(0usize, usize::saturating_add);
         Self {
+            budget,
             source_name,
             source,
             record: Arc::default(),
@@ -164,12 +206,39 @@ impl SimpleBackend for StrictLoad {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Ok(mut r) = self.record.lock() {
+        {
+            let mut r = self.record.lock().unwrap_or_else(|e| e.into_inner());
+            let repeated = r.requested.iter().any(|(n, _)| n == name);
+            if let Some(msg) = over_budget(
+                &self.source_name,
+                name,
+                if repeated { &[0] } else { s.dims() },
+                r.elements,
+                self.budget,
+            ) {
+                return Err(candle_core::Error::Msg(msg));
+            }
+            // A model may ask for one tensor more than once (shared weights): count it once.
+            if !r.requested.iter().any(|(n, _)| n == name) {
+                r.elements += element_count(s.dims()).unwrap_or(usize::MAX);
+            }
             r.requested.push((name.to_string(), s.dims().to_vec()));
         }
         match self.source.shape_of(name) {
-            Some(shape) if shape == s.dims() => self.source.load(name, dev)?.to_dtype(dtype),
-            _ => Tensor::zeros(s, dtype, dev),
+            Some(shape) if shape == s.dims() => {
+                if dtype.is_float() && !self.source.stores_float(name) {
+                    // A 32-bit-or-smaller integer would convert to floats silently: the file
+                    // is not the model's (PyTorch's integer buffers are int64).
+                    return Err(candle_core::Error::Msg(format!(
+                        "tensor {name} is stored as integers; model weights are floating point \
+                         (F32, F16 or BF16)"
+                    )));
+                }
+                self.source.load(name, dev)?.to_dtype(dtype)
+            }
+            // A stand-in that allocates nothing (a zero broadcast to the shape): the model is
+            // never used, and a config that asks for huge tensors must not allocate them.
+            _ => Tensor::zeros((), dtype, dev)?.broadcast_as(s),
         }
     }
 

@@ -75,8 +75,16 @@ impl BiRefNet {
         let unused: Vec<&str> = unused.iter().map(String::as_str).collect();
         let strict = ckpt.strict().allow_unused(&unused);
         let model = Self::new(&cfg, strict.var_builder(dtype, device));
-        strict.finish()?;
-        model.with_context(|| ckpt.path.display().to_string())
+        match (model, strict.finish()) {
+            (Ok(model), Ok(())) => Ok(model),
+            // A build stopped midway leaves every later key "unexpected": only the tensors it
+            // did ask for (missing, mis-shaped) say more than its own error.
+            (Err(e), Err(keys)) if keys.missing.is_empty() && keys.misshaped.is_empty() => {
+                Err(e).with_context(|| ckpt.path.display().to_string())
+            }
+            (Err(e), Ok(())) => Err(e).with_context(|| ckpt.path.display().to_string()),
+            (_, Err(keys)) => Err(keys.into()),
+        }
     }
 
     /// Opens a model folder: `weights.safetensors` (the golden layout) or `model.safetensors`

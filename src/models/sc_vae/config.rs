@@ -68,6 +68,14 @@ impl DecoderConfig {
         up_block_type: &[String],
         block_args: &[serde_json::Map<String, serde_json::Value>],
     ) -> Result<Self> {
+        (|| {
+            use crate::models::limits::{field, list, CHANNELS, DEPTH};
+            field("out_channels", self.out_channels, 1..=64)?;
+            field("latent_channels", self.latent_channels, 1..=1024)?;
+            list("model_channels", &self.model_channels, 1..=8, CHANNELS)?;
+            list("num_blocks", &self.num_blocks, 1..=8, 0..=*DEPTH.end())
+        })()
+        .map_err(|e| candle_core::Error::Msg(format!("SC-VAE decoder: {e}")))?;
         let stages = self.num_blocks.len();
         if stages == 0 || self.model_channels.len() != stages {
             bail!(
@@ -126,6 +134,9 @@ impl DecoderConfig {
     }
 
     pub fn from_flexi_dual_grid(a: &FlexiDualGridDecoderArgs) -> Result<Self> {
+        crate::models::limits::field("resolution", a.resolution, 1..=4096)
+            .and_then(|()| crate::models::limits::real("voxel_margin", a.voxel_margin, 0.0..=1.0))
+            .map_err(|e| candle_core::Error::Msg(format!("SC-VAE decoder: {e}")))?;
         Self {
             out_channels: 7,
             model_channels: a.model_channels.clone(),
