@@ -19,7 +19,7 @@ pub mod voxel_index;
 
 pub use atlas::{atlas_stats, unwrap, AtlasOptions, AtlasStats, UvAtlas};
 pub use attributes::VoxelAttributes;
-pub use decimate::{decimate, Decimated, PBR_ATTRIBUTE_WEIGHTS};
+pub use decimate::{decimate, decimate_in_pieces, piece_count, Decimated, PBR_ATTRIBUTE_WEIGHTS};
 pub use dual_grid::{decoder_output_to_meshes, flexible_dual_grid_to_mesh};
 pub use error::MeshError;
 pub use fill_holes::{fill_holes, FillHolesReport, DEFAULT_MAX_HOLE_PERIMETER};
