@@ -8,6 +8,12 @@
 //! manifold input (no new borders, no flipped triangles) and does not collapse along borders
 //! except with each other.
 //!
+//! The simplifier runs on one thread. Large meshes are therefore cut into spatial pieces that
+//! are simplified in parallel, each with the vertices it shares with other pieces locked, to
+//! twice the target; one final pass over the joined result reaches the target and is free to
+//! collapse across the cuts (see [`decimate_in_pieces`]). The cut is planned from the mesh
+//! alone, so the output does not depend on the number of threads.
+//!
 //! Upstream decimates its GLB to a face target as well (its app's default is 300,000 faces).
 
 use std::collections::HashSet;
@@ -36,7 +42,8 @@ pub struct Decimated {
     pub mesh: Mesh,
     /// Row-major `[vertices, channels]`, the input rows of the kept vertices.
     pub attributes: Vec<f32>,
-    /// The simplifier's error estimate, relative to the mesh extent (0 when nothing collapsed).
+    /// The simplifier's error estimate, relative to the mesh extent (0 when nothing collapsed;
+    /// in pieces, the largest piece's plus the final pass's).
     pub relative_error: f32,
 }
 
