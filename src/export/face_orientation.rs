@@ -344,9 +344,8 @@ fn per_piece_sums(root: &[u32], term: impl Fn(usize) -> [f64; 4] + Sync) -> Vec<
                         sums.len() - 1
                     });
                 }
-                let i = last;
-                for k in 0..4 {
-                    sums[i].1[k] += t[k];
+                for (sum, t) in sums[last].1.iter_mut().zip(t) {
+                    *sum += t;
                 }
             }
             sums.sort_by_key(|s| s.0);
@@ -359,8 +358,8 @@ fn per_piece_sums(root: &[u32], term: impl Fn(usize) -> [f64; 4] + Sync) -> Vec<
     for (r, s) in partial {
         match out.last_mut() {
             Some(last) if last.0 == r => {
-                for k in 0..4 {
-                    last.1[k] += s[k];
+                for (sum, s) in last.1.iter_mut().zip(s) {
+                    *sum += s;
                 }
             }
             _ => out.push((r, s)),
@@ -475,8 +474,8 @@ mod tests {
             let mut c = [0.0f64; 3];
             for &f in &piece {
                 for &v in &faces[f] {
-                    for k in 0..3 {
-                        c[k] += f64::from(mesh.vertices[v as usize][k]) / corners;
+                    for (c, p) in c.iter_mut().zip(mesh.vertices[v as usize]) {
+                        *c += f64::from(p) / corners;
                     }
                 }
             }
