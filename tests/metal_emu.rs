@@ -1438,7 +1438,7 @@ fn space_to_channel_matches_the_cpu_gather() {
             let mut x_bytes = vec![0x7fu8; skip];
             x_bytes.extend(bytes_of(&x));
             let got = emulate_views(
-                emu,
+                &emu,
                 plan,
                 vec![(x_bytes, skip as u64), (u32_bytes_of(&slots), 0)],
                 parents * 8 * channels,

@@ -630,18 +630,18 @@ fn colpiv_qr_solve<const N: usize>(a: [[f32; N]; N], b: [f32; N]) -> [f32; N] {
         } else if tau != 0.0 {
             let mut tmp = [0f32; N];
             for j in k + 1..N {
-                let mut t = 0f32;
-                for i in k + 1..N {
-                    t += qr[i][k] * qr[i][j];
-                }
+                let t = qr[k + 1..]
+                    .iter()
+                    .fold(0f32, |t, row| t + row[k] * row[j]);
                 tmp[j] = t + qr[k][j];
             }
             for j in k + 1..N {
                 qr[k][j] -= tau * tmp[j];
             }
-            for j in k + 1..N {
-                for i in k + 1..N {
-                    qr[i][j] -= tmp[j] * (tau * qr[i][k]);
+            for row in qr[k + 1..].iter_mut() {
+                let e = tau * row[k];
+                for j in k + 1..N {
+                    row[j] -= tmp[j] * e;
                 }
             }
         }
