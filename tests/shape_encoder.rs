@@ -109,3 +109,29 @@ fn a_missing_encoder_tensor_is_named() {
         .to_string();
     assert!(err.contains("blocks.2.0.conv.weight"), "{err}");
 }
+
+/// The texturing pipeline's decode: a texture decoder run through the encoder's structure
+/// rebuilds exactly the encoded voxels, in the encoder's input order (upstream reuses the
+/// encoder's `channel2spatial` caches), and each level's subdivision inverts its downsampling.
+#[test]
+fn a_decoder_through_the_encoder_structure_rebuilds_the_encoded_voxels() {
+    use trellis2::models::registry::load_unet_decoder;
+    let enc_source =
+        ModelSource::open(&common::fixture("texturing/models/shape_slat_encoder")).unwrap();
+    let enc = load_shape_encoder(&enc_source, DType::F32, &Device::Cpu).unwrap();
+    let dec_source = ModelSource::open(&common::fixture("golden/models/tex_slat_decoder")).unwrap();
+    let dec = load_unet_decoder(&dec_source, DType::F32, &Device::Cpu).unwrap();
+    let io = fixture("encoder/open_cylinder.64.io.safetensors");
+    let vertices = SparseTensor::new(&io["vertices.coords"], io["vertices.feats"].clone()).unwrap();
+    let out = enc.forward(&vertices, &io["intersected.feats"]).unwrap();
+    assert_eq!(out.structure.len(), 4);
+    assert!(
+        dec.forward(&out.z, None).is_err(),
+        "the texture decoder needs a guide"
+    );
+    let raw = dec.forward_through(&out.z, &out.structure).unwrap();
+    assert_eq!(rows(raw.coords()), rows(&io["vertices.coords"]));
+    assert_eq!(raw.feats().dims(), &[io["vertices.coords"].dims()[0], 6]);
+    // Wrong number of levels: refused.
+    assert!(dec.forward_through(&out.z, &out.structure[..3]).is_err());
+}

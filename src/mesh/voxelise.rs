@@ -630,9 +630,7 @@ fn colpiv_qr_solve<const N: usize>(a: [[f32; N]; N], b: [f32; N]) -> [f32; N] {
         } else if tau != 0.0 {
             let mut tmp = [0f32; N];
             for j in k + 1..N {
-                let t = qr[k + 1..]
-                    .iter()
-                    .fold(0f32, |t, row| t + row[k] * row[j]);
+                let t = qr[k + 1..].iter().fold(0f32, |t, row| t + row[k] * row[j]);
                 tmp[j] = t + qr[k][j];
             }
             for j in k + 1..N {

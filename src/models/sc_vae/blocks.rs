@@ -136,19 +136,25 @@ impl C2SBlock {
 
     pub fn forward(&self, x: &SparseTensor, guide: Option<&SparseTensor>) -> Result<C2SOutput> {
         let subdiv = self.subdiv_logits(x, guide)?;
+        let sub = Subdivision::from_logits(x.coord_set(), subdiv.feats())?;
+        Ok(C2SOutput {
+            out: self.forward_through(x, &sub)?,
+            subdiv,
+        })
+    }
+
+    /// The block through a given subdivision of `x`'s voxels (the texturing pipeline's: the
+    /// encoder's voxels rebuilt, [`Subdivision::from_downsampling`]).
+    pub fn forward_through(&self, x: &SparseTensor, sub: &Subdivision) -> Result<SparseTensor> {
         let h = x.replace(self.norm1.forward_silu(x.feats())?)?;
         let h = self.conv1.forward(&h)?;
-        let sub = Subdivision::from_logits(x.coord_set(), subdiv.feats())?;
         // Channel block s of each parent to child s, LayerNorm (no affine), SiLU: one op that
         // reads the blocks from conv1's output in place.
         let h = sub.apply_layer_norm(&h, BLOCK_NORM_EPS, Activation::Silu)?;
         let h = self.conv2.forward(&h)?;
         // + the parents' channel blocks, each of the C/8 carried channels repeated C'/(C/8)
         // times consecutively (`repeat_interleave`, not tiling), read from x directly.
-        Ok(C2SOutput {
-            out: sub.add_carried(&h, x)?,
-            subdiv,
-        })
+        sub.add_carried(&h, x)
     }
 
     /// Only the children's coordinates (for `upsample`, whose last block's features are unused).
@@ -185,7 +191,8 @@ impl S2CBlock {
         })
     }
 
-    pub fn forward(&self, x: &SparseTensor) -> Result<SparseTensor> {
+    /// The block's output on the parents, and the downsampling that made them.
+    pub fn forward(&self, x: &SparseTensor) -> Result<(SparseTensor, Downsampling)> {
         let h = x.replace(self.norm1.forward_silu(x.feats())?)?;
         let h = self.conv1.forward(&h)?;
         let down = Downsampling::new(x.coord_set())?;
@@ -198,6 +205,6 @@ impl S2CBlock {
         )?)?;
         let h = self.conv2.forward(&h)?;
         let skip = down.apply_mean(x, self.c_out)?;
-        h.replace((h.feats() + skip.feats())?)
+        Ok((h.replace((h.feats() + skip.feats())?)?, down))
     }
 }

@@ -16,7 +16,7 @@ use super::config::{EncoderConfig, MLP_RATIO};
 use crate::models::trace::Trace;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
-use crate::sparse::SparseTensor;
+use crate::sparse::{SparseTensor, Subdivision};
 
 /// Output LayerNorm eps (`F.layer_norm` default, docs/MODEL.md §10).
 const OUT_NORM_EPS: f64 = 1e-5;
@@ -35,6 +35,9 @@ pub struct EncoderOutput {
     pub mean: Tensor,
     /// `[M, latent]`.
     pub logvar: Tensor,
+    /// Each downsampling undone, coarsest first: the subdivisions a decoder follows to rebuild
+    /// exactly the encoded voxels, in their order (`SparseUnetVaeDecoder::forward_through`).
+    pub structure: Vec<Subdivision>,
 }
 
 /// The shape encoder network.
@@ -108,13 +111,16 @@ impl FlexiDualGridVaeEncoder {
         let x = Tensor::cat(&[&offsets, &flags], 1)?.to_dtype(dtype)?;
         let mut h = vertices.replace(self.input_layer.forward(&x)?)?;
         record(trace, "input_layer", &h)?;
+        let mut structure = Vec::new();
         for (i, stage) in self.stages.iter().enumerate() {
             for (j, block) in stage.blocks.iter().enumerate() {
                 h = block.forward(&h)?;
                 record(trace, &format!("blocks.{i}.{j}"), &h)?;
             }
-            if let Some(down) = &stage.down {
-                h = down.forward(&h)?;
+            if let Some(block) = &stage.down {
+                let (out, down) = block.forward(&h)?;
+                structure.push(Subdivision::from_downsampling(&down, h.coord_set())?);
+                h = out;
                 record(trace, &format!("blocks.{i}.{}", stage.blocks.len()), &h)?;
             }
         }
@@ -126,10 +132,12 @@ impl FlexiDualGridVaeEncoder {
         let latent = self.cfg.latent_channels;
         let mean = raw.feats().narrow(1, 0, latent)?.contiguous()?;
         let logvar = raw.feats().narrow(1, latent, latent)?.contiguous()?;
+        structure.reverse();
         Ok(EncoderOutput {
             z: raw.replace(mean.clone())?,
             mean,
             logvar,
+            structure,
         })
     }
 }
