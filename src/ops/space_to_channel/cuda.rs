@@ -2,6 +2,7 @@
 //! `kernels/cuda/channel_to_space.cu`): a word copy, so the kernel is picked by word size, not
 //! dtype — 16-byte words when rows and the input start allow it.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
