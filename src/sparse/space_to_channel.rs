@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn parents_are_sorted_and_children_take_their_bit_order_slots() {
         let dev = Device::Cpu;
-        let rows = vec![[0, 3, 4, 6], [1, 0, 0, 1], [0, 2, 5, 7], [0, 0, 0, 0]];
+        let rows = vec![[0, 3, 4, 6], [0, 2, 5, 7], [0, 0, 0, 0], [1, 0, 0, 1]];
         let set = Arc::new(CoordSet::from_host(rows, &dev).unwrap());
         let down = Downsampling::new(&set).unwrap();
         assert_eq!(
@@ -135,11 +135,11 @@ mod tests {
         let a = ABSENT;
         assert_eq!(
             slots,
-            vec![3, a, a, a, a, a, a, a, a, 0, a, a, a, a, 2, a, a, a, a, a, 1, a, a, a]
+            vec![2, a, a, a, a, a, a, a, a, 0, a, a, a, a, 1, a, a, a, a, a, 3, a, a, a]
         );
         let x = SparseTensor::on(
             set,
-            Tensor::new(&[[1f32, 1.], [2., 4.], [3., 3.], [4., 8.]], &dev).unwrap(),
+            Tensor::new(&[[1f32, 1.], [3., 3.], [2., 4.], [4., 8.]], &dev).unwrap(),
         )
         .unwrap();
         let mean = down
@@ -148,7 +148,7 @@ mod tests {
             .feats()
             .to_vec2::<f32>()
             .unwrap();
-        // Parent (0,1,2,3): child 1 = row 0 (1, 1), child 6 = row 2 (3, 3); groups of 4.
+        // Parent (0,1,2,3): child 1 = row 0 (1, 1), child 6 = row 1 (3, 3); groups of 4.
         assert_eq!(mean[1], vec![0.5, 0.0, 0.0, 1.5]);
     }
 
