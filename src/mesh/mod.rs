@@ -13,9 +13,11 @@ pub mod decimate;
 pub mod dual_grid;
 pub mod error;
 pub mod fill_holes;
+pub mod normalise;
 pub mod shape_voxels;
 pub mod triangle_mesh;
 pub mod voxel_index;
+pub mod voxelise;
 
 pub use atlas::{atlas_stats, unwrap, AtlasOptions, AtlasStats, UvAtlas};
 pub use attributes::VoxelAttributes;
@@ -23,6 +25,8 @@ pub use decimate::{decimate, decimate_in_pieces, piece_count, Decimated, PBR_ATT
 pub use dual_grid::{decoder_output_to_meshes, flexible_dual_grid_to_mesh};
 pub use error::MeshError;
 pub use fill_holes::{fill_holes, FillHolesReport, DEFAULT_MAX_HOLE_PERIMETER};
+pub use normalise::UnitBoxFrame;
 pub use shape_voxels::{split_decoder_output, split_decoder_tensors, DualGridVoxels};
 pub use triangle_mesh::Mesh;
 pub use voxel_index::VoxelIndex;
+pub use voxelise::{voxelise, QefWeights, VoxelisedMesh, TEXTURING_WEIGHTS};
