@@ -11,7 +11,7 @@ use std::process::Command;
 use common::voxel_shapes::{in_ball, sign_field_voxels};
 use trellis2::export::splat::SH_C0;
 use trellis2::export::spz::{read_spz, COLOR_SCALE, SCALE_STEPS_PER_UNIT};
-use trellis2::export::{write_splat_ply, write_splat_spz, Asset, Up};
+use trellis2::export::{write_splat_ply, write_splat_spz, Asset, SplatBudget, Up};
 use trellis2::mesh::decoder_output_to_meshes;
 use trellis2::render::{load_scene, Scene, Splats};
 
@@ -114,8 +114,8 @@ fn spz_reads_back_within_the_quantisation_and_is_much_smaller() {
     let dir = tempfile::tempdir().unwrap();
     let asset = sphere();
     let (ply, spz) = (dir.path().join("a.splat.ply"), dir.path().join("a.spz"));
-    write_splat_ply(&ply, &asset, Up::Y).unwrap();
-    write_splat_spz(&spz, &asset).unwrap();
+    write_splat_ply(&ply, &asset, Up::Y, SplatBudget::All).unwrap();
+    write_splat_spz(&spz, &asset, SplatBudget::All).unwrap();
     let file = read_spz(&spz).unwrap();
     assert_eq!(
         (file.version, file.sh_degree, file.antialiased),
@@ -140,8 +140,8 @@ fn spz_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let asset = sphere();
     let (a, b) = (dir.path().join("a.spz"), dir.path().join("b.spz"));
-    write_splat_spz(&a, &asset).unwrap();
-    write_splat_spz(&b, &asset).unwrap();
+    write_splat_spz(&a, &asset, SplatBudget::All).unwrap();
+    write_splat_spz(&b, &asset, SplatBudget::All).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
 
@@ -168,8 +168,8 @@ fn spz_round_trips_through_splat_transform() {
         dir.path().join("a.spz"),
         dir.path().join("back.ply"),
     );
-    write_splat_ply(&ply, &asset, Up::Y).unwrap();
-    write_splat_spz(&spz, &asset).unwrap();
+    write_splat_ply(&ply, &asset, Up::Y, SplatBudget::All).unwrap();
+    write_splat_spz(&spz, &asset, SplatBudget::All).unwrap();
     let out = Command::new("node")
         .arg(&cli)
         .arg("-q")
