@@ -141,8 +141,8 @@ fn splat_ply_has_the_3dgs_layout_and_the_voxels_values() {
                 "splat {i}"
             );
         }
-        // A flat disc: the larger tangent scale first, at most 3× the other, the normal
-        // scale a tenth of the smaller, and the normal is the rotation's third column.
+        // A flat disc: the larger tangent scale first, at most 3× the other, a tenth of the
+        // smaller across, and the normal is the rotation's third column.
         assert!(
             scales[0] >= scales[1] && scales[0] <= 3.0 * scales[1] * (1.0 + 1e-5),
             "{scales:?}"
@@ -474,6 +474,20 @@ fn inspect_describes_and_compare_accepts_every_output() {
         "{text}"
     );
     assert!(text.contains(&format!("element     vertex ×{}", asset.voxel_count())));
+    // The splat statistics: count, SH degree, sizes, shapes and opacities.
+    assert!(
+        text.contains(&format!("splats      {}, SH degree 0", asset.voxel_count())),
+        "{text}"
+    );
+    for line in [
+        "scale, largest axis",
+        "scale, smallest axis",
+        "largest / middle",
+        "smallest / middle",
+        "opacity, mean",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     let text = inspect(&mesh);
     assert!(text.contains("triangle mesh"), "{text}");
     let text = inspect(&glb);

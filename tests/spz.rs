@@ -132,7 +132,9 @@ fn spz_reads_back_within_the_quantisation_and_is_much_smaller() {
         sizes[1],
         sizes[0] as f64 / sizes[1] as f64
     );
-    assert!(sizes[0] >= 8 * sizes[1]);
+    // 8× while every splat had the same size; the fitted splats' own sizes cost about a byte
+    // each (docs/OUTPUTS.md).
+    assert!(sizes[0] >= 7 * sizes[1]);
 }
 
 #[test]

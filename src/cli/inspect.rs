@@ -219,11 +219,7 @@ fn splat_summary(path: &Path) -> Result<()> {
         bail!("{}: not a Gaussian-splat file", path.display());
     };
     let s = SplatStats::of(&splats);
-    println!(
-        "splats      {}, SH degree {}",
-        group_digits(s.count),
-        s.sh_degree
-    );
+    println!("splats      {}, SH degree {}", s.count, s.sh_degree);
     if let Some((lo, hi)) = s.bounds {
         println!(
             "centres     x [{:.6}, {:.6}]  y [{:.6}, {:.6}]  z [{:.6}, {:.6}]",

@@ -2,8 +2,8 @@
 //! merged by an octree into fewer, larger Gaussians when a splat budget asks for it.
 //!
 //! A voxel's patch is the part of the mesh its dual vertex owns (a third of each incident
-//! triangle's area), lying in the plane through the dual vertex across the mesh's outward vertex
-//! normal, shaped like the spread of the neighbouring dual vertices in that plane. A patch is
+//! triangle's area), lying in the plane fitted to the neighbouring dual vertices (facing the way
+//! the outward-wound mesh does there), shaped like their spread in that plane. A patch is
 //! summed up by its area, its centre and its second moment (that of a uniform patch, so patches
 //! merge by moment matching); a splat is the Gaussian of a patch or a union of patches:
 //! standard deviations `√(GAUSSIAN_PER_UNIFORM · λ)` along the principal axes of the second
@@ -37,7 +37,8 @@ pub struct SplatShape {
     /// which neighbouring Gaussians leave no visible gaps (each is above 70 % of its peak halfway
     /// to the next) without blurring over more than about two voxels.
     pub gaussian_per_uniform: f64,
-    /// Thickness across the surface, as a fraction of the smaller in-plane standard deviation.
+    /// Thickness across the surface, as a fraction of the smaller in-plane standard deviation
+    /// (merged splats over curved patches need some; the sweep in `tests/render.rs`).
     pub normal_fraction: f64,
     /// Largest ratio of the two in-plane standard deviations of one voxel's patch.
     pub max_anisotropy: f64,
@@ -177,7 +178,21 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
             let attrs = asset.voxel_attrs()[row];
             let rgb = [0, 1, 2].map(|k| f64::from(attrs[k]));
             let alpha = f64::from(attrs[ALPHA]);
-            let normal = normalized(normal_sum[row]).or(frames[row].map(|f| f.normal));
+            // The plane fitted to the neighbourhood (smoother than the few triangles at one
+            // vertex, which follow the grid's terraces), on the side the mesh faces.
+            let mesh_normal = normalized(normal_sum[row]);
+            let normal = match (frames[row].map(|f| f.normal), mesh_normal) {
+                (Some(fit), Some(m)) if dot(fit, m) < 0.0 => Some(scale(fit, -1.0)),
+                (Some(fit), _) => Some(fit),
+                (None, m) => m,
+            };
+            let c = coords[row];
+            let neighbours: Vec<usize> = (0..27)
+                .filter_map(|k| {
+                    let d = [k % 3 - 1, k / 3 % 3 - 1, k / 9 - 1];
+                    asset.voxel_at([c[0] + d[0], c[1] + d[1], c[2] + d[2]])
+                })
+                .collect();
             // A vertex in no face owns no mesh area; it stands for one voxel face's worth.
             let a = if area[row] > 0.0 {
                 area[row]
@@ -186,18 +201,11 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
             };
             let moment = match normal {
                 Some(nrm) => {
-                    let c = coords[row];
                     let mut spread = [[0.0f64; 3]; 3];
-                    for dx in -1..=1 {
-                        for dy in -1..=1 {
-                            for dz in -1..=1 {
-                                if let Some(r) = asset.voxel_at([c[0] + dx, c[1] + dy, c[2] + dz]) {
-                                    let d = sub(duals[r].map(f64::from), p);
-                                    let d = sub(d, scale(nrm, dot(d, nrm)));
-                                    add_outer(&mut spread, d, 1.0);
-                                }
-                            }
-                        }
+                    for &r in &neighbours {
+                        let d = sub(duals[r].map(f64::from), p);
+                        let d = sub(d, scale(nrm, dot(d, nrm)));
+                        add_outer(&mut spread, d, 1.0);
                     }
                     plane_moment(spread, nrm, a, shape.max_anisotropy)
                 }

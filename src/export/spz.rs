@@ -202,7 +202,7 @@ pub fn encode_spz(splats: &[RawSplat], finest: u8) -> Result<Vec<u8>> {
             raw.push(to_u8((sign * v / len * 127.5 + 127.5) as f32));
         }
     }
-    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::default());
+    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::best());
     gz.write_all(&raw)?;
     Ok(gz.finish()?)
 }
