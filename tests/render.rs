@@ -917,6 +917,18 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
 }
 
 #[test]
+fn generate_splats_flag_takes_all_or_a_positive_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("in.png");
+    for bad in ["0", "many", "1.5"] {
+        let o = trellis2(&["generate", &s(&image), "--splats", bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "--splats {bad}: {err}");
+        assert!(err.contains("`all` or a whole number"), "{err}");
+    }
+}
+
+#[test]
 fn generate_preview_and_splat_psnr_in_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
