@@ -137,7 +137,7 @@ pub fn fit_splats(asset: &Asset, budget: SplatBudget, shape: &SplatShape) -> Vec
     match budget {
         SplatBudget::AtMost(n) if n < patches.len() => {
             merge_to_budget(asset, &patches, n.max(1), voxel)
-                .iter()
+                .par_iter()
                 .map(|members| {
                     let ps: Vec<Patch> = members.iter().map(|&i| patches[i as usize]).collect();
                     fit_union(&ps, inward, shape)
@@ -393,14 +393,15 @@ impl Ord for Cell {
     }
 }
 
-/// Groups of voxel rows, at most `budget` of them: octree cells, coarsest level with at most
+/// Groups of voxel rows, at most `budget` of them: octree cells, the finest level with at most
 /// `budget` cells first, then the cells that fit their voxels worst split (into their occupied
 /// children) for as long as the budget allows.
 fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) -> Vec<Vec<u32>> {
     let coords = asset.voxel_coords();
     let all: Vec<u32> = (0..coords.len() as u32).collect();
-    let mut level = 0;
-    let mut cells = group(coords, &all, 0);
+    // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
+    let mut level = 1;
+    let mut cells = group(coords, &all, level);
     while cells.len() > budget {
         level += 1;
         cells = group(coords, &all, level);
