@@ -1246,3 +1246,47 @@ fn cascade_quantisation_matches_host() -> anyhow::Result<()> {
     println!("cascade quantisation off the grid: the GPU path declines, the fallback matches");
     Ok(())
 }
+
+/// The space→channel gather (the shape encoder's downsampling; `space_to_channel_w*` in
+/// channel_to_space.cu) against the CPU op, bit for bit: the 16-byte path (rows of whole
+/// 16-byte words), the scalar paths (odd widths, a view starting one value in), absent slots
+/// and slots past the rows (zeros), one parent and none; then a whole encoder level on the GPU.
+#[test]
+fn space_to_channel_matches_cpu_bit_for_bit() -> Result<()> {
+    use trellis2::ops::space_to_channel::space_to_channel;
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let mut rng = Lcg(17);
+    for &dtype in DTYPES {
+        for (rows, c, parents, skip) in [
+            (1usize, 1usize, 1usize, 0usize),
+            (1000, 64, 300, 0),
+            (999, 13, 250, 0),
+            (500, 16, 120, 1),
+            (70, 8, 0, 0),
+            (200_000, 16, 40_000, 0),
+        ] {
+            let slots: Vec<u32> = (0..parents * 8)
+                .map(|_| match rng.below(4) {
+                    0 => ABSENT,
+                    _ => rng.below(rows) as u32,
+                })
+                .collect();
+            let s = Tensor::from_vec(slots, parents * 8, &cpu)?;
+            let x = Tensor::randn(0f32, 1.0, (rows, c), &cpu)?.to_dtype(dtype)?;
+            let want = space_to_channel(&x, &s)?;
+            let xg = misaligned(&x, skip, &dev)?;
+            let got = space_to_channel(&xg, &s.to_device(&dev)?)?;
+            let (g, w) = (
+                got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                want.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            );
+            assert_eq!(got.dims(), want.dims());
+            assert!(
+                g.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "space_to_channel {dtype:?} N {rows} C {c} M {parents} skip {skip}"
+            );
+            println!("space_to_channel {dtype:?} N {rows:>6} C {c:>3} M {parents:>5} skip {skip}: identical");
+        }
+    }
+    Ok(())
+}

@@ -168,3 +168,38 @@ fn birefnet_on_cuda() {
     );
     assert!(err <= TOL, "BiRefNet on CUDA off by {err}");
 }
+
+/// The texturing pipeline's shape encoder (tests/fixtures/texturing) on CUDA against the CPU:
+/// the latent's coordinates identical, its mean and logvar within tolerance, nothing leaving
+/// the GPU (the space→channel gather and its downsampling included).
+#[test]
+fn shape_encoder_on_cuda() {
+    let gpu = Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU");
+    let source =
+        ModelSource::open(&common::fixture("texturing/models/shape_slat_encoder")).unwrap();
+    let io = common::fixture("texturing/encoder/icosphere.64.io.safetensors");
+    let (cpu_io, gpu_io) = (
+        read_tensors(&io, &Device::Cpu).unwrap(),
+        read_tensors(&io, &gpu).unwrap(),
+    );
+    let want = forward(&source, &Inputs::new("encoder", &cpu_io), &Device::Cpu).unwrap();
+    let got = forward(&source, &Inputs::new("encoder", &gpu_io), &gpu).unwrap();
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        assert!(g.device().is_cuda(), "encoder/{name} left the GPU");
+        let g = g.to_device(&Device::Cpu).unwrap();
+        if !w.dtype().is_float() {
+            assert_eq!(
+                g.flatten_all().unwrap().to_vec1::<i32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<i32>().unwrap(),
+                "encoder/{name}"
+            );
+            continue;
+        }
+        let err = rel_err(&g, w);
+        println!(
+            "shape encoder {name:<10} {:?}: max|err|/max|ref| = {err:.2e}",
+            w.dims()
+        );
+        assert!(err <= TOL, "encoder/{name}: error {err} over {TOL}");
+    }
+}

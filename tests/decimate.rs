@@ -1,6 +1,7 @@
 //! Decimation of analytic shapes built the way the decoders' output is (a sign field voxelised
 //! into the flexible dual grid, then extracted): one-sided Hausdorff distance decimated → raw
-//! in voxels, face counts, borders, topology (Euler characteristic) and attribute error.
+//! in voxels, face counts, borders, topology (Euler characteristic) and attribute error — for
+//! one pass over the whole mesh and for the parallel path that simplifies spatial pieces first.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use common::closed_shapes::{sphere, torus};
-use trellis2::mesh::{decimate, Mesh, PBR_ATTRIBUTE_WEIGHTS};
+use trellis2::mesh::{decimate_in_pieces, Decimated, Mesh, PBR_ATTRIBUTE_WEIGHTS};
 
 fn edge_counts(mesh: &Mesh) -> HashMap<(u32, u32), usize> {
     let mut counts = HashMap::new();
@@ -159,10 +160,27 @@ fn hausdorff_voxels(decimated: &Mesh, raw: &Mesh, grid: i32) -> f64 {
     worst * grid as f64
 }
 
+/// One pass over the whole mesh, and the parallel path with eight spatial pieces (the shapes
+/// here are small enough that [`trellis2::mesh::decimate`] would use one pass).
+const PIECES: [usize; 2] = [1, 8];
+
 /// Decimates a closed shape geometry-only and checks distance, count and topology.
 fn check_closed_shape(name: &str, raw: &Mesh, grid: i32, target: usize, euler: i64) {
     assert_eq!(topology(raw), (0, 0, euler), "{name}: raw topology");
-    let out = decimate(raw, &[], &[], target).expect("decimates");
+    for pieces in PIECES {
+        let out = decimate_in_pieces(raw, &[], &[], target, pieces).expect("decimates");
+        check_decimated(
+            &format!("{name} in {pieces}"),
+            raw,
+            &out,
+            grid,
+            target,
+            euler,
+        );
+    }
+}
+
+fn check_decimated(name: &str, raw: &Mesh, out: &Decimated, grid: i32, target: usize, euler: i64) {
     let faces = out.mesh.faces.len();
     let h = hausdorff_voxels(&out.mesh, raw, grid);
     println!(
@@ -202,6 +220,12 @@ fn a_torus_keeps_its_hole_and_shape() {
 
 #[test]
 fn a_smooth_colour_field_survives_decimation() {
+    for pieces in PIECES {
+        check_colour_field(pieces);
+    }
+}
+
+fn check_colour_field(pieces: usize) {
     let grid = 128;
     let raw = sphere(grid);
     let field = |p: P| -> [f64; 6] {
@@ -215,7 +239,8 @@ fn a_smooth_colour_field_survives_decimation() {
         .flat_map(|v| field(v.map(f64::from)).map(|a| a as f32))
         .collect();
     let target = raw.faces.len() * 3 / 16;
-    let out = decimate(&raw, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target).expect("decimates");
+    let out = decimate_in_pieces(&raw, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target, pieces)
+        .expect("decimates");
     assert_eq!(out.attributes.len(), out.mesh.vertices.len() * 6);
     let (mut worst, mut sum, mut count) = (0.0f64, 0.0f64, 0usize);
     for &f in &out.mesh.faces {
@@ -234,11 +259,38 @@ fn a_smooth_colour_field_survives_decimation() {
     }
     let h = hausdorff_voxels(&out.mesh, &raw, grid);
     println!(
-        "colour field: {} faces, attribute error mean {:.4} max {worst:.4}, Hausdorff {h:.3}",
+        "colour field in {pieces}: {} faces, attribute error mean {:.4} max {worst:.4}, \
+         Hausdorff {h:.3}",
         out.mesh.faces.len(),
         sum / count as f64
     );
     assert!(sum / count as f64 <= 0.005, "mean attribute error");
     assert!(worst <= 0.05, "max attribute error {worst}");
     assert!(h <= 0.5, "Hausdorff {h} voxel with attributes");
+}
+
+#[test]
+fn the_pieces_result_does_not_depend_on_the_thread_count() {
+    let grid = 96;
+    let raw = torus(grid);
+    let attrs: Vec<f32> = raw
+        .vertices
+        .iter()
+        .flat_map(|v| [v[0] + 0.5, v[1] + 0.5, 0.5, 0.2, 0.7, 1.0])
+        .collect();
+    let target = raw.faces.len() / 8;
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            decimate_in_pieces(&raw, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target, 16).expect("decimates")
+        })
+    };
+    let one = run(1);
+    assert!(one.mesh.faces.len() <= target);
+    for threads in [2, 7] {
+        assert!(run(threads) == one, "{threads} threads give another mesh");
+    }
 }

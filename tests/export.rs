@@ -13,8 +13,9 @@ use trellis2::export::color::{srgb_to_linear, unit_to_u8};
 use trellis2::export::glb::read_glb;
 use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::ply::read_ply;
-use trellis2::export::splat::{rotation_of_quaternion, SH_C0, TANGENT_SIGMA_VOXELS};
-use trellis2::export::{write_glb, write_mesh_ply, write_splat_ply, Asset, Up};
+use trellis2::export::splat::{rotation_of_quaternion, SplatShape, SH_C0};
+use trellis2::export::splat_fit::reference_pixel;
+use trellis2::export::{write_glb, write_mesh_ply, write_splat_ply, Asset, SplatBudget, Up};
 use trellis2::mesh::{decoder_output_to_meshes, fill_holes, Mesh, VoxelAttributes};
 
 const GRID: u32 = 32;
@@ -66,7 +67,7 @@ fn splat_ply_has_the_3dgs_layout_and_the_voxels_values() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("splats.ply");
     let asset = sphere(1.0);
-    write_splat_ply(&path, &asset, Up::Y).expect("write");
+    write_splat_ply(&path, &asset, Up::Y, SplatBudget::All).expect("write");
 
     let header = std::fs::read(&path).unwrap();
     let header = String::from_utf8_lossy(&header[..header.len().min(2048)]).into_owned();
@@ -92,16 +93,18 @@ fn splat_ply_has_the_3dgs_layout_and_the_voxels_values() {
 
     let (x, y, z) = (column(v, "x"), column(v, "y"), column(v, "z"));
     let voxel = 1.0 / GRID as f64;
+    let shape = SplatShape::default();
+    let most_inward = shape.inward_pixels * reference_pixel(asset.dual_vertices());
     let mut outward = 0;
+    let mut patch_area = 0.0;
     for (i, (d, a)) in asset
         .dual_vertices()
         .iter()
         .zip(asset.voxel_attrs())
         .enumerate()
     {
-        // Centre = dual vertex rotated to +Y up, exactly.
-        let p = Up::Y.apply(*d);
-        assert_eq!([x[i], y[i], z[i]], p.map(f64::from), "splat {i}");
+        let p = [x[i], y[i], z[i]];
+        let dual = Up::Y.apply(*d).map(f64::from);
         for (k, c) in ["f_dc_0", "f_dc_1", "f_dc_2"].iter().enumerate() {
             let rgb = column(v, c)[i] * SH_C0 + 0.5;
             let want = f64::from(a[k].clamp(0.0, 1.0));
@@ -119,27 +122,68 @@ fn splat_ply_has_the_3dgs_layout_and_the_voxels_values() {
         assert!(q[0] >= 0.0);
         let n = ["nx", "ny", "nz"].map(|s| column(v, s)[i] as f32);
         if n == [0.0; 3] {
-            // No plane here: a small sphere.
-            assert!(scales
-                .iter()
-                .all(|s| (s - TANGENT_SIGMA_VOXELS).abs() < 1e-5));
+            // No plane here: a sphere at the dual vertex.
+            assert_eq!(p, dual, "splat {i}");
+            assert!(scales[0] == scales[1] && scales[1] == scales[2]);
             continue;
         }
-        // A flat disc: two tangent scales of ~0.6 voxel, a thin one along the normal, and the
-        // normal is the rotation's third column.
+        // The centre: the dual vertex moved inward along the normal, by at most `most_inward`.
+        let moved: [f64; 3] = std::array::from_fn(|k| dual[k] - p[k]);
+        let depth =
+            moved[0] * f64::from(n[0]) + moved[1] * f64::from(n[1]) + moved[2] * f64::from(n[2]);
         assert!(
-            (scales[0] - TANGENT_SIGMA_VOXELS).abs() < 1e-5,
+            depth >= -1e-7 && depth <= most_inward + 1e-7,
+            "splat {i}: {depth}"
+        );
+        for k in 0..3 {
+            assert!(
+                (moved[k] - depth * f64::from(n[k])).abs() < 1e-6,
+                "splat {i}"
+            );
+        }
+        // A flat disc: the larger tangent scale first, at most 3× the other, a tenth of the
+        // smaller across, and the normal is the rotation's third column.
+        assert!(
+            scales[0] >= scales[1] && scales[0] <= 3.0 * scales[1] * (1.0 + 1e-5),
             "{scales:?}"
         );
-        assert!((scales[1] - TANGENT_SIGMA_VOXELS).abs() < 1e-5);
-        assert!(scales[2] < 0.2 * TANGENT_SIGMA_VOXELS);
+        assert!(
+            (scales[2] - 0.1 * scales[1]).abs() < 1e-5 * scales[1],
+            "{scales:?}"
+        );
+        assert!((0.2..2.0).contains(&scales[1]), "{scales:?}");
+        patch_area += scales[0] * scales[1] * voxel * voxel / 0.36;
         let r = rotation_of_quaternion(q);
         let axis = [r[0][2], r[1][2], r[2][2]].map(|c| c as f32);
         assert!(dot(axis, n) > 0.9999, "splat {i}: {axis:?} vs {n:?}");
-        if dot(n, radial(p)) > 0.9 {
+        if dot(n, radial(p.map(|c| c as f32))) > 0.9 {
             outward += 1;
         }
     }
+    // Each splat covers its dual vertex's share of the mesh (σ₁σ₂ = 0.36 · area): together
+    // the mesh's area, less the hole-filling vertices' shares.
+    let mesh_area: f64 = asset
+        .mesh()
+        .faces
+        .iter()
+        .map(|f| {
+            let [a, b, c] = f.map(|i| asset.mesh().vertices[i as usize].map(f64::from));
+            let (u, w) = (
+                [0, 1, 2].map(|k| b[k] - a[k]),
+                [0, 1, 2].map(|k| c[k] - a[k]),
+            );
+            let n = [
+                u[1] * w[2] - u[2] * w[1],
+                u[2] * w[0] - u[0] * w[2],
+                u[0] * w[1] - u[1] * w[0],
+            ];
+            0.5 * (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt()
+        })
+        .sum();
+    assert!(
+        patch_area <= mesh_area * (1.0 + 1e-6) && patch_area > 0.95 * mesh_area,
+        "{patch_area} vs {mesh_area}"
+    );
     // On a sphere the fitted normals are radial and point outward nearly everywhere.
     assert!(
         outward * 100 >= asset.voxel_count() * 95,
@@ -154,7 +198,7 @@ fn splat_ply_reads_with_a_third_party_parser() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("splats.ply");
     let asset = sphere(1.0);
-    write_splat_ply(&path, &asset, Up::Y).expect("write");
+    write_splat_ply(&path, &asset, Up::Y, SplatBudget::All).expect("write");
     let mut file = std::fs::File::open(&path).unwrap();
     let ply = ply_rs::parser::Parser::<ply_rs::ply::DefaultElement>::new()
         .read_ply(&mut file)
@@ -167,10 +211,11 @@ fn splat_ply_reads_with_a_third_party_parser() {
     assert_eq!(names[16], "rot_3");
     let rows = &ply.payload["vertex"];
     assert_eq!(rows.len(), asset.voxel_count());
-    for (row, d) in rows.iter().zip(asset.dual_vertices()) {
-        let p = Up::Y.apply(*d);
-        for (k, axis) in ["x", "y", "z"].iter().enumerate() {
-            assert_eq!(row[*axis], Property::Float(p[k]));
+    let ours = read_ply(&path).unwrap();
+    let v = ours.element("vertex").unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        for axis in ["x", "y", "z", "scale_0", "rot_3", "opacity"] {
+            assert_eq!(row[axis], Property::Float(column(v, axis)[i] as f32));
         }
     }
     // And the mesh PLY, with its list property.
@@ -361,10 +406,17 @@ fn translucent_objects_get_a_blend_material_and_up_z_keeps_the_pipeline_frame() 
         assert_eq!(*a, [b[0], b[2], -b[1]]);
     }
     let splat_z = dir.path().join("z.ply");
-    write_splat_ply(&splat_z, &asset, Up::Z).unwrap();
-    let v = read_ply(&splat_z).unwrap();
-    let v = v.element("vertex").unwrap();
-    assert_eq!(column(v, "z")[0], f64::from(asset.dual_vertices()[0][2]));
+    write_splat_ply(&splat_z, &asset, Up::Z, SplatBudget::All).unwrap();
+    let splat_y = dir.path().join("y.ply");
+    write_splat_ply(&splat_y, &asset, Up::Y, SplatBudget::All).unwrap();
+    let (fz, fy) = (read_ply(&splat_z).unwrap(), read_ply(&splat_y).unwrap());
+    let (v, vy) = (fz.element("vertex").unwrap(), fy.element("vertex").unwrap());
+    // The same splats, rotated: (x, y, z) in the Z-up file is (x, −z, y) in the Y-up one.
+    for i in 0..v.count {
+        assert_eq!(column(v, "x")[i], column(vy, "x")[i]);
+        assert_eq!(column(v, "y")[i], -column(vy, "z")[i]);
+        assert_eq!(column(v, "z")[i], column(vy, "y")[i]);
+    }
     // alpha 0.5 → opacity logit 0.
     assert!(column(v, "opacity").iter().all(|o| o.abs() < 1e-6));
 }
@@ -374,7 +426,9 @@ fn every_writer_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     type Writer = fn(&Path, &Asset, Up) -> anyhow::Result<()>;
     let writers: [(&str, Writer); 3] = [
-        ("splat.ply", write_splat_ply),
+        ("splat.ply", |p, a, u| {
+            write_splat_ply(p, a, u, SplatBudget::All)
+        }),
         ("mesh.ply", write_mesh_ply),
         ("mesh.glb", write_glb),
     ];
@@ -406,7 +460,7 @@ fn inspect_describes_and_compare_accepts_every_output() {
     let splat = dir.path().join("splats.ply");
     let mesh = dir.path().join("mesh.ply");
     let glb = dir.path().join("mesh.glb");
-    write_splat_ply(&splat, &asset, Up::Y).unwrap();
+    write_splat_ply(&splat, &asset, Up::Y, SplatBudget::All).unwrap();
     write_mesh_ply(&mesh, &asset, Up::Y).unwrap();
     write_glb(&glb, &asset, Up::Y).unwrap();
     let inspect = |p: &Path| {
@@ -420,6 +474,20 @@ fn inspect_describes_and_compare_accepts_every_output() {
         "{text}"
     );
     assert!(text.contains(&format!("element     vertex ×{}", asset.voxel_count())));
+    // The splat statistics: count, SH degree, sizes, shapes and opacities.
+    assert!(
+        text.contains(&format!("splats      {}, SH degree 0", asset.voxel_count())),
+        "{text}"
+    );
+    for line in [
+        "scale, largest axis",
+        "scale, smallest axis",
+        "largest / middle",
+        "smallest / middle",
+        "opacity, mean",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     let text = inspect(&mesh);
     assert!(text.contains("triangle mesh"), "{text}");
     let text = inspect(&glb);
@@ -535,7 +603,7 @@ fn writers_refuse_bad_input_and_leave_no_file() {
     };
     let asset = Asset::from_rows(points, &coords, &attrs, &duals, GRID).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    write_splat_ply(&dir.path().join("s.ply"), &asset, Up::Y).unwrap();
+    write_splat_ply(&dir.path().join("s.ply"), &asset, Up::Y, SplatBudget::All).unwrap();
     for (name, result) in [
         (
             "m.ply",

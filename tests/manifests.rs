@@ -66,6 +66,8 @@ const RELEASE: &[(&str, &str, &str)] = &[
     ),
 ];
 const OTHER: &[&str] = &[
+    // The texturing pipeline's shape encoder (`ckpts/shape_enc_next_dc_f16c32_fp16`).
+    "shape_enc_next_dc_f16c32_fp16",
     "shape_vae_next_dc_f16c32_fp16.decoder",
     "tex_vae_next_dc_f16c32_fp16.decoder",
     "dinov3_vitl16",

@@ -23,7 +23,7 @@ use trellis2::ops::metal::elementwise_plan::{
 };
 use trellis2::ops::metal::kargs::{
     AttentionArgs, BiasActArgs, ConvOrderArgs, DeformIm2ColArgs, GatedResidualArgs, KernelArgs,
-    NeighbourArgs, NormModulateArgs, RmsRopeArgs, SparseConvArgs,
+    NeighbourArgs, NormModulateArgs, RmsRopeArgs, SpaceToChannelArgs, SparseConvArgs,
 };
 use trellis2::ops::metal::neighbour_plan::neighbour_plan;
 use trellis2::ops::metal::norms_plan::{norm_modulate_dispatch, rms_rope_dispatch};
@@ -969,7 +969,8 @@ fn kargs_layout_matches_the_header() {
          NormModulateArgs size={} rows={} channels={} samples={} eps={}\n\
          RmsRopeArgs size={} rows={} heads={} head_dim={} normalize={} table_rows={}\n\
          BiasActArgs size={} count={} channels={} act={}\n\
-         GatedResidualArgs size={} count={} channels={} samples={}\n",
+         GatedResidualArgs size={} count={} channels={} samples={}\n\
+         SpaceToChannelArgs size={} count={} words={} rows={}\n",
         size_of::<SparseConvArgs>(),
         offset_of!(SparseConvArgs, n_voxels),
         offset_of!(SparseConvArgs, ci),
@@ -1016,6 +1017,10 @@ fn kargs_layout_matches_the_header() {
         offset_of!(GatedResidualArgs, count),
         offset_of!(GatedResidualArgs, channels),
         offset_of!(GatedResidualArgs, samples),
+        size_of::<SpaceToChannelArgs>(),
+        offset_of!(SpaceToChannelArgs, count),
+        offset_of!(SpaceToChannelArgs, words),
+        offset_of!(SpaceToChannelArgs, rows),
     );
     // Every DeformIm2ColArgs field is a u32 in declaration order (pinned in the string above).
     assert_eq!(offset_of!(DeformIm2ColArgs, count), 72);
@@ -1385,4 +1390,76 @@ template [[host_name("collectives")]] kernel void collectives<float>(device floa
         ];
         assert_eq!(&v[t * 4..t * 4 + 4], &want, "thread {t}");
     }
+}
+
+/// The space→channel gather (`space_to_channel_w*` in elementwise.metal, the shape encoder's
+/// downsampling) against the CPU op, word for word: random features, slots mixing present and
+/// absent children, row widths that are odd and even, a single parent, and no parent at all;
+/// operands bound mid-buffer too.
+#[test]
+fn space_to_channel_matches_the_cpu_gather() {
+    use trellis2::ops::metal::elementwise_plan::space_to_channel_dispatch;
+    use trellis2::ops::space_to_channel::space_to_channel;
+    use trellis2::ops::vocab::ABSENT;
+    let emu = Emulator::get("elementwise");
+    let cpu = Device::Cpu;
+    let mut seed = 12345u64;
+    let mut next = move |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    for (rows, channels, parents) in [
+        (1usize, 1usize, 1usize),
+        (37, 3, 9),
+        (500, 64, 120),
+        (64, 13, 0),
+    ] {
+        let slots: Vec<u32> = (0..parents * 8)
+            .map(|_| {
+                if next(3) == 0 {
+                    ABSENT
+                } else {
+                    next(rows as u64) as u32
+                }
+            })
+            .collect();
+        let slots_t = Tensor::from_vec(slots.clone(), parents * 8, &cpu).unwrap();
+        for dtype in trellis2::selftest::DTYPES {
+            let x = Tensor::randn(0f32, 1.0, (rows, channels), &cpu)
+                .unwrap()
+                .to_dtype(*dtype)
+                .unwrap();
+            let want = floats_of(&bytes_of(&space_to_channel(&x, &slots_t).unwrap()), *dtype);
+            let plan = space_to_channel_dispatch(parents * 8, rows, channels, *dtype).unwrap();
+            // The features start two rows into their buffer (after rows of garbage).
+            let skip = 2 * channels * dtype.size_in_bytes();
+            let mut x_bytes = vec![0x7fu8; skip];
+            x_bytes.extend(bytes_of(&x));
+            let got = emulate_views(
+                &emu,
+                plan,
+                vec![(x_bytes, skip as u64), (u32_bytes_of(&slots), 0)],
+                parents * 8 * channels,
+                *dtype,
+            )
+            .unwrap_or_else(|e| panic!("space_to_channel {rows}x{channels} → {parents}: {e}"));
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "space_to_channel N {rows} C {channels} M {parents} [{dtype:?}]"
+            );
+            println!("space_to_channel N {rows:>4} C {channels:>3} M {parents:>4} [{dtype:?}]: identical");
+        }
+    }
+    let names = emu.kernels();
+    for dtype in trellis2::selftest::DTYPES {
+        let d = space_to_channel_dispatch(8, 1, 1, *dtype).unwrap().unwrap();
+        assert!(names.contains(&d.kernel), "{} missing: {names:?}", d.kernel);
+    }
+}
+
+fn u32_bytes_of(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

@@ -12,9 +12,12 @@ use std::path::Path;
 use std::process::Command;
 
 use common::closed_shapes;
-use trellis2::export::{write_glb, write_splat_ply, write_splat_spz, Asset, Up};
+use common::voxel_shapes::in_box;
+use trellis2::export::splat::{write_splat_ply_shaped, SplatShape};
+use trellis2::export::splat_fit::{fit_splats, reference_pixel};
+use trellis2::export::{write_glb, write_splat_ply, write_splat_spz, Asset, SplatBudget, Up};
 use trellis2::mesh::Mesh;
-use trellis2::render::metrics::{psnr, splat_quality, ssim, QUALITY_ORBIT};
+use trellis2::render::metrics::{psnr, splat_quality, ssim, Quality, QUALITY_ORBIT};
 use trellis2::render::{
     contact_sheet, linear_to_srgb, load_scene, render, Background, Camera, Frame, Orbit,
     RenderMesh, RenderOptions, Scene, Shading, Splats, Texture,
@@ -562,22 +565,27 @@ fn torus_asset(grid: i32) -> Asset {
 }
 
 /// Writes the splats and the GLB of `asset`, renders both from the quality orbit, prints and
-/// returns (PSNR, SSIM).
-fn measure(name: &str, asset: &Asset) -> (f64, f64) {
+/// returns the quality.
+fn measure(name: &str, asset: &Asset) -> Quality {
+    measure_shaped(name, asset, SplatBudget::All, &SplatShape::default())
+}
+
+/// [`measure`] with the splat budget and shape given.
+fn measure_shaped(name: &str, asset: &Asset, budget: SplatBudget, shape: &SplatShape) -> Quality {
     let dir = tempfile::tempdir().unwrap();
     let (splat_path, glb_path) = (dir.path().join("a.splat.ply"), dir.path().join("a.glb"));
-    write_splat_ply(&splat_path, asset, Up::Y).unwrap();
+    write_splat_ply_shaped(&splat_path, asset, Up::Y, budget, shape).unwrap();
     write_glb(&glb_path, asset, Up::Y).unwrap();
     let start = std::time::Instant::now();
-    let q = splat_quality(
-        &load_scene(&glb_path).unwrap(),
-        &load_scene(&splat_path).unwrap(),
-        &QUALITY_ORBIT,
-    )
-    .unwrap();
+    let splats = load_scene(&splat_path).unwrap();
+    let count = match &splats {
+        Scene::Splats(s) => s.len(),
+        _ => 0,
+    };
+    let q = splat_quality(&load_scene(&glb_path).unwrap(), &splats, &QUALITY_ORBIT).unwrap();
     println!(
-        "{name}: {} voxels, {} faces: splat PSNR {:.2} dB (object pixels {:.2} dB), SSIM {:.4} \
-         ({:.1} s for 2×8 views at 512²)",
+        "{name}: {} voxels, {count} splats, {} faces: splat PSNR {:.2} dB (object pixels \
+         {:.2} dB), SSIM {:.4} ({:.1} s for 2×8 views at 512²)",
         asset.voxel_count(),
         asset.mesh().faces.len(),
         q.psnr_db,
@@ -625,24 +633,161 @@ fn measure(name: &str, asset: &Asset) -> (f64, f64) {
         let file = Path::new(&out).join(format!("{name}.diff.png"));
         trellis2::render::save_sheet(&diff, Background::White, &file).unwrap();
     }
-    (q.psnr_db, q.ssim)
+    q
 }
 
-/// Today's splats (one flat disc per voxel) against the mesh, on a 128³ sphere and torus.
-/// The floors are the values measured when the renderer landed, less 1 dB (docs/OUTPUTS.md).
+/// The splats (one per voxel, fitted to the surface) against the mesh, on a 128³ sphere and
+/// torus. Floors: the values measured when the fitted splats landed, less 1 dB
+/// (docs/OUTPUTS.md; before, one 0.6-voxel disc per voxel: 30.91 / 31.55 dB, object pixels
+/// 24.10 / 23.77 dB).
 #[test]
 fn splat_quality_on_analytic_objects() {
-    let (psnr_sphere, ssim_sphere) = measure("sphere 128", &sphere_asset(128));
-    let (psnr_torus, ssim_torus) = measure("torus 128", &torus_asset(128));
-    assert!(psnr_sphere > SPHERE_128_FLOOR_DB, "{psnr_sphere}");
-    assert!(psnr_torus > TORUS_128_FLOOR_DB, "{psnr_torus}");
-    assert!(ssim_sphere > 0.97 && ssim_torus > 0.97);
+    let sphere = measure("sphere 128", &sphere_asset(128));
+    let torus = measure("torus 128", &torus_asset(128));
+    for (q, floor) in [(sphere, SPHERE_128_FLOOR_DB), (torus, TORUS_128_FLOOR_DB)] {
+        assert!(q.psnr_db > floor[0], "{q:?}");
+        assert!(q.psnr_object_db > floor[1], "{q:?}");
+        assert!(q.ssim > 0.99, "{q:?}");
+    }
 }
 
-/// Measured 30.91 dB (object pixels 24.10 dB), SSIM 0.9818.
-const SPHERE_128_FLOOR_DB: f64 = 29.9;
-/// Measured 31.55 dB (object pixels 23.77 dB), SSIM 0.9828.
-const TORUS_128_FLOOR_DB: f64 = 30.5;
+/// (PSNR, object-pixel PSNR) floors. Measured 47.58 dB (object pixels 40.67 dB), SSIM 0.9972.
+const SPHERE_128_FLOOR_DB: [f64; 2] = [46.5, 39.6];
+/// Measured 44.55 dB (object pixels 36.66 dB), SSIM 0.9980.
+const TORUS_128_FLOOR_DB: [f64; 2] = [43.5, 35.6];
+
+/// A quarter of the splats, merged by the octree, stays within 1 dB of one per voxel on the
+/// 128³ sphere and torus; the budget is kept and the files are deterministic.
+#[test]
+fn splat_budget_of_a_quarter_stays_within_a_decibel() {
+    for (name, asset) in [
+        ("sphere 128", sphere_asset(128)),
+        ("torus 128", torus_asset(128)),
+    ] {
+        let all = measure(name, &asset);
+        let quarter = asset.voxel_count() / 4;
+        let budget = SplatBudget::AtMost(quarter);
+        let merged = measure_shaped(
+            &format!("{name}, at most {quarter}"),
+            &asset,
+            budget,
+            &SplatShape::default(),
+        );
+        assert!(merged.psnr_db > all.psnr_db - 1.0, "{merged:?} vs {all:?}");
+        assert!(
+            merged.psnr_object_db > all.psnr_object_db - 1.0,
+            "{merged:?} vs {all:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let files = ["a.ply", "b.ply"].map(|f| dir.path().join(f));
+        for f in &files {
+            write_splat_ply(f, &asset, Up::Y, budget).unwrap();
+        }
+        let bytes = files.each_ref().map(|f| std::fs::read(f).unwrap());
+        assert_eq!(bytes[0], bytes[1]);
+        let Scene::Splats(s) = load_scene(&files[0]).unwrap() else {
+            panic!("splats")
+        };
+        assert!(
+            s.len() <= quarter && s.len() * 10 >= quarter * 9,
+            "{}",
+            s.len()
+        );
+    }
+}
+
+/// The two sides of a thin plate (2 voxels) keep their order when the centres move inward,
+/// even when asked to move far more than the plate is thick.
+#[test]
+fn inward_moves_never_cross_a_thin_wall() {
+    let grid = 64;
+    let (lo, hi) = ([10, 10, 31], [54, 54, 32]);
+    let (mesh, voxels) = closed_shapes::extracted(
+        grid,
+        |p| in_box(p, lo, hi),
+        |x| {
+            nearest_on_box(
+                x,
+                lo.map(|v| f64::from(v) - 0.5),
+                hi.map(|v| f64::from(v) + 0.5),
+            )
+        },
+    );
+    let plate = asset(mesh, voxels, grid);
+    let voxel = f64::from(plate.voxel_size());
+    let shape = SplatShape {
+        inward_pixels: 20.0,
+        ..SplatShape::default()
+    };
+    let wanted = shape.inward_pixels * reference_pixel(plate.dual_vertices());
+    assert!(
+        wanted > 2.0 * voxel,
+        "the case asks for a crossing: {wanted}"
+    );
+    let splats = fit_splats(&plate, SplatBudget::All, &shape);
+    let (mut top, mut bottom) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut moved = 0;
+    for (s, d) in splats.iter().zip(plate.dual_vertices()) {
+        let n = s.axes[2][2];
+        if s.has_normal && n.abs() > 0.9 {
+            if n > 0.0 {
+                top = top.min(s.centre[2]);
+            } else {
+                bottom = bottom.max(s.centre[2]);
+            }
+            let depth = (f64::from(d[2]) - s.centre[2]) * n.signum();
+            assert!(depth <= 0.8 * voxel + 1e-9, "{depth}");
+            moved += usize::from(depth > 0.2 * voxel);
+        }
+    }
+    assert!(
+        top > bottom,
+        "top side's lowest {top} vs bottom side's highest {bottom}"
+    );
+    assert!(moved > 1000, "{moved}");
+}
+
+/// The nearest point on the surface of the box `[lo, hi]` (voxel units).
+fn nearest_on_box(x: [f64; 3], lo: [f64; 3], hi: [f64; 3]) -> [f64; 3] {
+    let clamped: [f64; 3] = std::array::from_fn(|k| x[k].clamp(lo[k], hi[k]));
+    if clamped != x {
+        return clamped;
+    }
+    // Inside: out through the nearest face.
+    let (mut best, mut axis, mut to) = (f64::INFINITY, 0, 0.0);
+    for k in 0..3 {
+        for face in [lo[k], hi[k]] {
+            if (x[k] - face).abs() < best {
+                (best, axis, to) = ((x[k] - face).abs(), k, face);
+            }
+        }
+    }
+    let mut p = x;
+    p[axis] = to;
+    p
+}
+
+/// The splats are tuned for the quality orbit's view: the synthesis's copy of its
+/// parameters matches the renderer's.
+#[test]
+fn splat_reference_view_is_the_quality_orbit() {
+    use trellis2::export::splat_fit::{REFERENCE_FILL, REFERENCE_FOV_Y_DEG, REFERENCE_VIEW_PIXELS};
+    use trellis2::render::camera::{ORBIT_FILL, ORBIT_FOV_Y_DEG};
+    assert_eq!(REFERENCE_VIEW_PIXELS, f64::from(QUALITY_ORBIT.size));
+    assert_eq!(REFERENCE_FOV_Y_DEG, ORBIT_FOV_Y_DEG);
+    assert_eq!(REFERENCE_FILL, ORBIT_FILL);
+    // One reference pixel is what the orbit camera's pixel spans at the object's centre.
+    let points = [[-0.3f32, -0.2, -0.1], [0.3, 0.2, 0.25]];
+    let (lo, hi) = ([-0.3, -0.2, -0.1], [0.3, 0.2, 0.25]);
+    let cam = QUALITY_ORBIT.camera(0, lo, hi);
+    let centre: [f64; 3] = std::array::from_fn(|k| 0.5 * (lo[k] + hi[k]));
+    let distance = (0..3)
+        .map(|k| (cam.eye[k] - centre[k]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let pixel = distance / cam.focal;
+    assert!((reference_pixel(&points) - pixel).abs() < 1e-6 * pixel);
+}
 
 /// The same at 256³ and 512³ (the pipeline's resolutions): slow, run by hand with
 /// `cargo test --release --test render -- --ignored --nocapture`.
@@ -650,21 +795,30 @@ const TORUS_128_FLOOR_DB: f64 = 30.5;
 #[ignore]
 fn splat_quality_on_analytic_objects_at_pipeline_resolutions() {
     for grid in [256, 512] {
-        measure(&format!("sphere {grid}"), &sphere_asset(grid));
-        measure(&format!("torus {grid}"), &torus_asset(grid));
+        for (name, asset) in [("sphere", sphere_asset(grid)), ("torus", torus_asset(grid))] {
+            measure(&format!("{name} {grid}"), &asset);
+            let quarter = asset.voxel_count() / 4;
+            measure_shaped(
+                &format!("{name} {grid}, at most {quarter}"),
+                &asset,
+                SplatBudget::AtMost(quarter),
+                &SplatShape::default(),
+            );
+        }
     }
 }
 
-/// SPZ against the PLY on the analytic sphere: the size ratio (target ≥ 8×) and how close the
-/// renders of the two are (the cost of SPZ's quantisation), docs/OUTPUTS.md.
+/// SPZ against the PLY on the analytic sphere: the size ratio (≥ 7×; 8× while all splats had
+/// one size) and how close the renders of the two are (the cost of SPZ's quantisation),
+/// docs/OUTPUTS.md.
 #[test]
-fn spz_is_eight_times_smaller_and_renders_like_the_ply() {
+fn spz_is_seven_times_smaller_and_renders_like_the_ply() {
     for grid in [128, 256] {
         let asset = sphere_asset(grid);
         let dir = tempfile::tempdir().unwrap();
         let (ply, spz) = (dir.path().join("a.splat.ply"), dir.path().join("a.spz"));
-        write_splat_ply(&ply, &asset, Up::Y).unwrap();
-        write_splat_spz(&spz, &asset).unwrap();
+        write_splat_ply(&ply, &asset, Up::Y, SplatBudget::All).unwrap();
+        write_splat_spz(&spz, &asset, SplatBudget::All).unwrap();
         let sizes = [&ply, &spz].map(|p| std::fs::metadata(p).unwrap().len());
         let ratio = sizes[0] as f64 / sizes[1] as f64;
         let q = splat_quality(
@@ -683,7 +837,7 @@ fn spz_is_eight_times_smaller_and_renders_like_the_ply() {
             q.psnr_db,
             q.ssim
         );
-        assert!(ratio >= 8.0, "{ratio}");
+        assert!(ratio >= 7.0, "{ratio}");
         assert!(q.psnr_db > 40.0, "{}", q.psnr_db);
     }
 }
@@ -710,7 +864,7 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
     let glb = dir.path().join("ball.glb");
     let splats = dir.path().join("ball.splat.ply");
     write_glb(&glb, &asset, Up::Y).unwrap();
-    write_splat_ply(&splats, &asset, Up::Y).unwrap();
+    write_splat_ply(&splats, &asset, Up::Y, SplatBudget::All).unwrap();
     for (input, bg, channels) in [(&glb, "white", 3), (&splats, "transparent", 4)] {
         let out = dir.path().join(format!("{bg}.png"));
         let o = trellis2(&[
@@ -759,6 +913,18 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
         let o = trellis2(&["render", &s(&glb), "-o", &s(&out), bad[0], bad[1]]);
         assert_eq!(o.status.code(), Some(2), "{bad:?}");
         assert!(!out.exists());
+    }
+}
+
+#[test]
+fn generate_splats_flag_takes_all_or_a_positive_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("in.png");
+    for bad in ["0", "many", "1.5"] {
+        let o = trellis2(&["generate", &s(&image), "--splats", bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "--splats {bad}: {err}");
+        assert!(err.contains("`all` or a whole number"), "{err}");
     }
 }
 
@@ -821,7 +987,7 @@ fn splat_shape_sweep() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (splat_path, glb_path) = (dir.path().join("a.splat.ply"), dir.path().join("a.glb"));
-        write_splat_ply(&splat_path, &asset, Up::Y).unwrap();
+        write_splat_ply(&splat_path, &asset, Up::Y, SplatBudget::All).unwrap();
         write_glb(&glb_path, &asset, Up::Y).unwrap();
         let mesh = load_scene(&glb_path).unwrap();
         let Scene::Splats(base) = load_scene(&splat_path).unwrap() else {
@@ -892,6 +1058,33 @@ fn splat_shape_sweep() {
                 "{name}: tangent σ ×{tangent}, normal σ ×{normal}: PSNR {:.2} dB, object {:.2} dB, SSIM {:.4}",
                 q.psnr_db, q.psnr_object_db, q.ssim
             );
+        }
+    }
+}
+
+/// The synthesis knobs one at a time on the sphere and torus: evidence for the defaults, run
+/// by hand with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn splat_synthesis_sweep() {
+    let base = SplatShape::default();
+    for grid in [128, 256] {
+        for (name, asset) in [
+            (format!("sphere {grid}"), sphere_asset(grid)),
+            (format!("torus {grid}"), torus_asset(grid)),
+        ] {
+            for inward in [1.2, 1.3, 1.4, 1.5, 1.6] {
+                let shape = SplatShape {
+                    inward_pixels: inward,
+                    ..base
+                };
+                measure_shaped(
+                    &format!("{name} inward {inward}"),
+                    &asset,
+                    SplatBudget::All,
+                    &shape,
+                );
+            }
         }
     }
 }

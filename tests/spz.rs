@@ -11,7 +11,7 @@ use std::process::Command;
 use common::voxel_shapes::{in_ball, sign_field_voxels};
 use trellis2::export::splat::SH_C0;
 use trellis2::export::spz::{read_spz, COLOR_SCALE, SCALE_STEPS_PER_UNIT};
-use trellis2::export::{write_splat_ply, write_splat_spz, Asset, Up};
+use trellis2::export::{write_splat_ply, write_splat_spz, Asset, SplatBudget, Up};
 use trellis2::mesh::decoder_output_to_meshes;
 use trellis2::render::{load_scene, Scene, Splats};
 
@@ -114,8 +114,8 @@ fn spz_reads_back_within_the_quantisation_and_is_much_smaller() {
     let dir = tempfile::tempdir().unwrap();
     let asset = sphere();
     let (ply, spz) = (dir.path().join("a.splat.ply"), dir.path().join("a.spz"));
-    write_splat_ply(&ply, &asset, Up::Y).unwrap();
-    write_splat_spz(&spz, &asset).unwrap();
+    write_splat_ply(&ply, &asset, Up::Y, SplatBudget::All).unwrap();
+    write_splat_spz(&spz, &asset, SplatBudget::All).unwrap();
     let file = read_spz(&spz).unwrap();
     assert_eq!(
         (file.version, file.sh_degree, file.antialiased),
@@ -132,7 +132,9 @@ fn spz_reads_back_within_the_quantisation_and_is_much_smaller() {
         sizes[1],
         sizes[0] as f64 / sizes[1] as f64
     );
-    assert!(sizes[0] >= 8 * sizes[1]);
+    // 8× while every splat had the same size; the fitted splats' own sizes cost about a byte
+    // each (docs/OUTPUTS.md).
+    assert!(sizes[0] >= 7 * sizes[1]);
 }
 
 #[test]
@@ -140,8 +142,8 @@ fn spz_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let asset = sphere();
     let (a, b) = (dir.path().join("a.spz"), dir.path().join("b.spz"));
-    write_splat_spz(&a, &asset).unwrap();
-    write_splat_spz(&b, &asset).unwrap();
+    write_splat_spz(&a, &asset, SplatBudget::All).unwrap();
+    write_splat_spz(&b, &asset, SplatBudget::All).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
 
@@ -168,8 +170,8 @@ fn spz_round_trips_through_splat_transform() {
         dir.path().join("a.spz"),
         dir.path().join("back.ply"),
     );
-    write_splat_ply(&ply, &asset, Up::Y).unwrap();
-    write_splat_spz(&spz, &asset).unwrap();
+    write_splat_ply(&ply, &asset, Up::Y, SplatBudget::All).unwrap();
+    write_splat_spz(&spz, &asset, SplatBudget::All).unwrap();
     let out = Command::new("node")
         .arg(&cli)
         .arg("-q")

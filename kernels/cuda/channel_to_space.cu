@@ -25,6 +25,13 @@
 // VEC); a source ≥ x_blocks (never produced by channel→space) gives a NaN row instead of a read
 // out of bounds.
 //
+// space_to_channel_w{2,4,16} (the inverse move, docs/MODEL.md §13.3; reference
+// src/ops/space_to_channel/mod.rs): y[m][s·C + c] = x[slots[8m + s]][c], zero words where the
+// slot is absent (0xffffffff) or names no row (≥ rows). A pure copy of W-byte words (2: f16/bf16,
+// 4: f32, 16: four f32 or eight 16-bit values when a row is a whole number of 16-byte words and
+// both operands start 16-byte aligned), so one kernel serves every float dtype and gives the
+// reference's bits. One thread per output word, grid-stride.
+//
 // i32_words_differ: flag = 1 when a[i] != b[i] for some i < n (coordinate sets compared on the
 // device).
 #include "common.cuh"
@@ -206,6 +213,31 @@ extern "C" __global__ void __launch_bounds__(EW_THREADS)
             return;
         }
 }
+
+template <typename W>
+__device__ __forceinline__ void space_to_channel(const W *x, const uint32_t *slots, W *y, size_t total,
+                                                 uint32_t words, uint32_t rows) {
+    for (size_t i = blockIdx.x * (size_t)EW_THREADS + threadIdx.x; i < total; i += (size_t)gridDim.x * EW_THREADS) {
+        const size_t slot = i / words;
+        const uint32_t w = (uint32_t)(i - slot * words);
+        const uint32_t r = slots[slot];
+        W v{};
+        if (r < rows)
+            v = x[(size_t)r * words + w];
+        y[i] = v;
+    }
+}
+
+#define SPACE_TO_CHANNEL(NAME, W)                                                                    \
+    extern "C" __global__ void __launch_bounds__(EW_THREADS)                                         \
+        space_to_channel_##NAME(const W *x, const uint32_t *slots, W *y, size_t total, uint32_t words, \
+                                uint32_t rows) {                                                     \
+        space_to_channel<W>(x, slots, y, total, words, rows);                                        \
+    }
+
+SPACE_TO_CHANNEL(w2, uint16_t)
+SPACE_TO_CHANNEL(w4, uint32_t)
+SPACE_TO_CHANNEL(w16, uint4)
 
 #define CHILDREN(NAME, T)                                                                            \
     extern "C" __global__ void __launch_bounds__(SCAN_BLOCK)                                         \

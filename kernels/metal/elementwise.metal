@@ -8,6 +8,9 @@
 //   MSL has no erf).
 // gated_residual: y = x + gate_s r for row t of sample s (offsets[s] <= t < offsets[s+1]);
 //   x, r, y [T][C] in T, gate [B][C] in float, offsets [B+1] uint.
+// space_to_channel: y[m][s·C + c] = x[slots[8m + s]][c], 0 where the slot is absent or names
+//   no row (reference: src/ops/space_to_channel/mod.rs): a copy of 2- or 4-byte words (`_w2`:
+//   f16/bf16, `_w4`: f32), so the bits equal the reference's.
 //
 // One thread per element, or (the `_v4` kernels) per 4 consecutive elements read and written as
 // one vector: the host picks those when C is a multiple of 4 and every operand starts on a
@@ -163,6 +166,41 @@ kernel void gated_residual_v4(
     }
     out[i] = y;
 }
+
+template <typename W>
+kernel void space_to_channel(
+    constant SpaceToChannelArgs& args [[buffer(0)]],
+    device const W* x [[buffer(1)]],
+    device const uint* slots [[buffer(2)]],
+    device W* out [[buffer(3)]],
+    uint3 tgid [[threadgroup_position_in_grid]],
+    uint tid [[thread_index_in_threadgroup]])
+{
+    const ulong gi = ulong(tgid.x) * EW_THREADS + tid;
+    if (gi >= args.count) {
+        return;
+    }
+    const uint i = uint(gi);
+    const uint slot = i / args.words;
+    const uint w = i % args.words;
+    const uint r = slots[slot];
+    out[i] = r < args.rows ? x[ulong(r) * args.words + w] : W(0);
+}
+
+template [[host_name("space_to_channel_w2")]] kernel void space_to_channel<ushort>(
+    constant SpaceToChannelArgs& args [[buffer(0)]],
+    device const ushort* x [[buffer(1)]],
+    device const uint* slots [[buffer(2)]],
+    device ushort* out [[buffer(3)]],
+    uint3 tgid [[threadgroup_position_in_grid]],
+    uint tid [[thread_index_in_threadgroup]]);
+template [[host_name("space_to_channel_w4")]] kernel void space_to_channel<uint>(
+    constant SpaceToChannelArgs& args [[buffer(0)]],
+    device const uint* x [[buffer(1)]],
+    device const uint* slots [[buffer(2)]],
+    device uint* out [[buffer(3)]],
+    uint3 tgid [[threadgroup_position_in_grid]],
+    uint tid [[thread_index_in_threadgroup]]);
 
 // Names carry the dtype; src/ops/metal/elementwise_plan.rs builds the same strings.
 #define INSTANTIATE_ELEMENTWISE(tname, T)                                                          \

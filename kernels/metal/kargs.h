@@ -79,6 +79,14 @@ struct GatedResidualArgs {
     uint samples;  // B: offsets has B + 1 entries, gate is [B][C]
 };
 
+// Space→channel gather y[m][s·C + c] = x[slots[8m + s]][c] (0 for an absent slot): one thread
+// per output word (2 or 4 bytes: a copy, whatever the float dtype).
+struct SpaceToChannelArgs {
+    uint count; // words of y: 8 M · words
+    uint words; // words of one input row (C)
+    uint rows;  // N: slots ≥ N (absent: 0xffffffff) give zeros
+};
+
 // Modulated deformable im2col (DCNv2), one dispatch = a contiguous range of column elements of
 // one band of output rows. The CUDA kernel (kernels/cuda/deform_conv.cu) takes the same struct.
 struct DeformIm2ColArgs {

@@ -11,6 +11,7 @@ use trellis2::dev::forward::{self as runner, Inputs};
 use trellis2::dev::metal_plan;
 use trellis2::export::tensors::{read_tensors, write_tensors};
 use trellis2::export::write_atomic;
+use trellis2::mesh::{QefWeights, TEXTURING_WEIGHTS};
 use trellis2::models::registry::ModelSource;
 use trellis2::rng::randn_sequence;
 
@@ -46,6 +47,30 @@ pub enum DevCommand {
         /// present in --inputs are taken from --inputs.
         #[arg(long)]
         guide: Option<PathBuf>,
+        /// Output safetensors file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Voxelise a mesh into a flexible dual grid (the texturing pipeline's step before the shape
+    /// encoder): reads `vertices` [V,3] (normalised into [-0.5, 0.5]³) and `faces` [F,3] from a
+    /// safetensors file, writes `voxel_indices` [N,3] i32, `dual_vertices` [N,3] f32 (grid frame
+    /// [0,1]³) and `intersected` [N,3] u8.
+    Voxelise {
+        /// Input safetensors file.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Voxels per axis (the texturing pipeline uses 512 or 1024).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        grid_size: u32,
+        /// Face term switch (> 0: on), as upstream.
+        #[arg(long, default_value_t = TEXTURING_WEIGHTS.face)]
+        face_weight: f32,
+        /// Weight of the boundary-edge quadrics.
+        #[arg(long, default_value_t = TEXTURING_WEIGHTS.boundary)]
+        boundary_weight: f32,
+        /// Pull towards the mean crossing point (> 0).
+        #[arg(long, default_value_t = TEXTURING_WEIGHTS.regularization)]
+        regularization_weight: f32,
         /// Output safetensors file.
         #[arg(short, long)]
         output: PathBuf,
@@ -127,7 +152,50 @@ pub fn run(cmd: &DevCommand) -> Result<u8> {
             output,
         } => forward(ckpt, inputs, guide.as_deref(), output),
         DevCommand::MetalPlan { form } => metal_plan_lines(form),
+        DevCommand::Voxelise {
+            inputs,
+            grid_size,
+            face_weight,
+            boundary_weight,
+            regularization_weight,
+            output,
+        } => voxelise(
+            inputs,
+            *grid_size,
+            QefWeights {
+                face: *face_weight,
+                boundary: *boundary_weight,
+                regularization: *regularization_weight,
+            },
+            output,
+        ),
     }
+}
+
+fn voxelise(inputs: &Path, grid_size: u32, weights: QefWeights, output: &Path) -> Result<u8> {
+    let tensors = read_tensors(inputs, &candle_core::Device::Cpu)?;
+    let start = std::time::Instant::now();
+    let source = inputs.display().to_string();
+    let outputs = trellis2::dev::voxelise::voxelise_tensors(&source, &tensors, grid_size, weights)?;
+    let elapsed = start.elapsed();
+    let voxels = outputs[0].1.dims()[0];
+    let meta = HashMap::from([
+        ("grid_size".to_string(), grid_size.to_string()),
+        ("face_weight".to_string(), weights.face.to_string()),
+        ("boundary_weight".to_string(), weights.boundary.to_string()),
+        (
+            "regularization_weight".to_string(),
+            weights.regularization.to_string(),
+        ),
+    ]);
+    write_tensors(output, &outputs, Some(meta))?;
+    println!(
+        "{}: {voxels} voxels at grid {grid_size} in {:.3} s → {}",
+        inputs.display(),
+        elapsed.as_secs_f64(),
+        output.display()
+    );
+    Ok(super::exit::OK)
 }
 
 fn metal_plan_lines(form: &PlanForm) -> Result<u8> {

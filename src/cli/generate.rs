@@ -21,7 +21,9 @@ use super::report::{
 use super::values::{self, BackgroundArg, DtypeArg, PerStage, PipelineArg, UpArg};
 use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::tensors::read_tensors;
-use trellis2::export::{write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset};
+use trellis2::export::{
+    write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset, SplatBudget,
+};
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::background::Background;
 use trellis2::pipeline::batch_plan::plan_batch;
@@ -170,6 +172,10 @@ pub struct Args {
     /// face. The GLB only: `--format mesh-ply` stays the raw extracted mesh, for remeshing.
     #[arg(long, value_name = "N", default_value_t = 300_000, value_parser = values::face_count)]
     pub faces: usize,
+    /// Most Gaussian splats to write (splat and splat-spz): beyond it, neighbouring voxels merge
+    /// into larger splats fitted to their surface patch and colours; `all` = one per voxel.
+    #[arg(long, value_name = "N|all", default_value = "1000000", value_parser = values::splat_budget)]
+    pub splats: SplatBudget,
     /// Also write NAME.preview.png: 8 views of 256² in a 4 × 2 sheet (see `render --help`) of
     /// the GLB's mesh, else the mesh PLY's, else the splats when only splats are written.
     #[arg(long)]
@@ -774,8 +780,8 @@ fn save(
     let mut glb = None;
     for (format, path) in args.format.iter().zip(outputs) {
         match format {
-            Format::Splat => write_splat_ply(path, &asset, up)?,
-            Format::SplatSpz => trellis2::export::write_splat_spz(path, &asset)?,
+            Format::Splat => write_splat_ply(path, &asset, up, args.splats)?,
+            Format::SplatSpz => trellis2::export::write_splat_spz(path, &asset, args.splats)?,
             Format::MeshPly => write_mesh_ply(path, &asset, up)?,
             Format::Glb => {
                 let start = Instant::now();

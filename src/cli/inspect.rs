@@ -11,6 +11,8 @@ use trellis2::export::ply::{read_ply, PlyFile};
 use trellis2::models::registry::{check_source, ModelSource};
 use trellis2::pipeline::models;
 use trellis2::pipeline::PipelineSettings;
+use trellis2::render::splat_stats::{SplatStats, Spread};
+use trellis2::render::{load_scene, Scene};
 use trellis2::weights::{Checkpoint, ModelDir, TensorInfo};
 
 #[derive(clap::Args, Debug)]
@@ -255,7 +257,44 @@ fn ply(path: &Path, ply: &PlyFile) -> Result<u8> {
             println!("  {:<18} {:<22} {range}", p.name, p.type_name);
         }
     }
+    if ply.is_gaussian_splat() {
+        splat_summary(path)?;
+    }
     Ok(super::exit::OK)
+}
+
+/// Count, bounds, sizes, shapes, opacities and SH degree of a splat file (PLY or SPZ).
+fn splat_summary(path: &Path) -> Result<()> {
+    let Scene::Splats(splats) = load_scene(path)? else {
+        bail!("{}: not a Gaussian-splat file", path.display());
+    };
+    let s = SplatStats::of(&splats);
+    println!("splats      {}, SH degree {}", s.count, s.sh_degree);
+    if let Some((lo, hi)) = s.bounds {
+        println!(
+            "centres     x [{:.6}, {:.6}]  y [{:.6}, {:.6}]  z [{:.6}, {:.6}]",
+            lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]
+        );
+    }
+    let line = |what: &str, spread: Option<Spread>| {
+        if let Some(v) = spread {
+            println!(
+                "{what:<24} min {:.3e}  median {:.3e}  p99 {:.3e}  max {:.3e}",
+                v.min, v.median, v.p99, v.max
+            );
+        }
+    };
+    println!("(standard deviations sorted per splat; opacity after the sigmoid)");
+    line("scale, largest axis", s.sorted_scales[0]);
+    line("scale, middle axis", s.sorted_scales[1]);
+    line("scale, smallest axis", s.sorted_scales[2]);
+    line("largest / middle", s.elongation);
+    line("smallest / middle", s.flatness);
+    line("opacity", s.opacity);
+    if let Some(m) = s.mean_opacity {
+        println!("{:<24} {m:.4}", "opacity, mean");
+    }
+    Ok(())
 }
 
 fn spz(path: &Path) -> Result<u8> {
@@ -280,6 +319,7 @@ fn spz(path: &Path) -> Result<u8> {
     if !f.splats.is_empty() {
         println!("bounds      {lo:?} .. {hi:?}");
     }
+    splat_summary(path)?;
     Ok(super::exit::OK)
 }
 

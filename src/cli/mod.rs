@@ -102,7 +102,7 @@ pub enum Command {
     /// Check every GPU kernel against its CPU reference on built-in shapes: errors per dtype and
     /// throughput (exit 1 on any failure). Paste its output into bug reports.
     Selftest(selftest::Args),
-    /// Developer tools: torch-compatible noise, one checkpoint's forward pass.
+    /// Developer tools: torch-compatible noise, one checkpoint's forward pass, the mesh voxeliser.
     #[command(subcommand)]
     Dev(dev::DevCommand),
 }

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use clap::ValueEnum;
-use trellis2::export::Up;
+use trellis2::export::{SplatBudget, Up};
 use trellis2::pipeline::background::Background;
 use trellis2::pipeline::device::DeviceChoice;
 use trellis2::pipeline::models::DTypeChoice;
@@ -260,6 +260,18 @@ pub fn face_count(text: &str) -> Result<usize, String> {
     text.trim()
         .parse::<usize>()
         .map_err(|_| format!("`{text}` is not a whole number ≥ 0 (0 keeps every face)"))
+}
+
+/// `generate --splats`: `all` (one per voxel) or a whole number ≥ 1.
+pub fn splat_budget(text: &str) -> Result<SplatBudget, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("all") {
+        return Ok(SplatBudget::All);
+    }
+    match t.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(SplatBudget::AtMost(n)),
+        _ => Err(format!("`{text}` is not `all` or a whole number ≥ 1")),
+    }
 }
 
 /// A number ≥ 0 (tolerances; not NaN).

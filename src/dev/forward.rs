@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::models::birefnet::BiRefNet;
 use crate::models::dit::{Condition, FlowInput};
 use crate::models::registry::{
-    load_dinov3, load_flow, load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource,
-    SUPPORTED,
+    load_dinov3, load_flow, load_shape_decoder, load_shape_encoder, load_ss_decoder,
+    load_unet_decoder, ModelSource, SUPPORTED,
 };
 use crate::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
 use crate::models::WeightMemory;
@@ -83,6 +83,8 @@ pub type Outputs = Vec<(String, Tensor)>;
 ///   a separate stage).
 /// - `SparseUnetVaeDecoder`: `latent.*` and guide `subs.{i}.feats` / `.coords` → `out.feats`
 ///   (before `·0.5 + 0.5`), `out.coords`.
+/// - `FlexiDualGridVaeEncoder`: `vertices.feats` (in-voxel offsets) + `vertices.coords`,
+///   `intersected.feats` → `z.feats` (the posterior mean), `z.coords`, `mean`, `logvar`.
 pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result<Outputs> {
     let in_inputs = |e: candle_core::Error| anyhow::anyhow!("{}: {e}", inputs.source);
     match source.class.as_str() {
@@ -175,6 +177,18 @@ pub fn forward(source: &ModelSource, inputs: &Inputs, device: &Device) -> Result
             Ok(vec![
                 ("out.feats".into(), out.raw.feats().clone()),
                 ("out.coords".into(), out.raw.coords().clone()),
+            ])
+        }
+        "FlexiDualGridVaeEncoder" => {
+            let enc = load_shape_encoder(source, DType::F32, device)?;
+            let vertices = sparse_input(inputs, "vertices")?;
+            let intersected = inputs.get("intersected.feats")?;
+            let out = enc.forward(&vertices, intersected).map_err(in_inputs)?;
+            Ok(vec![
+                ("z.feats".into(), out.z.feats().clone()),
+                ("z.coords".into(), out.z.coords().clone()),
+                ("mean".into(), out.mean),
+                ("logvar".into(), out.logvar),
             ])
         }
         other => bail!(

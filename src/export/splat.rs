@@ -1,14 +1,13 @@
 //! Gaussian splats as an INRIA 3DGS PLY (docs/OUTPUTS.md; TRELLIS.2 has no Gaussian
 //! decoder, so the splats are built from the O-Voxels).
 //!
-//! One splat per voxel, in voxel order:
-//! * centre: the voxel's dual vertex;
-//! * shape: a flat disc in the plane fitted to the neighbouring dual vertices
-//!   ([`super::voxel_frames`]): standard deviation [`TANGENT_SIGMA_VOXELS`] voxels along the
-//!   surface, [`NORMAL_SIGMA_FRACTION`] of that across it; where no plane is defined (an isolated
-//!   voxel or a one-voxel line) a sphere of the tangent size with `nx ny nz = 0`;
+//! The splats are fitted to the surface ([`super::splat_fit`]): one per voxel, or fewer and
+//! larger ones merged by an octree when a [`SplatBudget`] asks for it. Each is a flat Gaussian
+//! lying in the surface with its thin axis along the outward normal:
 //! * colour: base colour, clamped to [0, 1], as SH degree 0: `f_dc = (rgb − 0.5) / C0`;
-//! * opacity: `logit(alpha)` with alpha clamped to `[OPACITY_EPS, 1 − OPACITY_EPS]`.
+//! * opacity: `logit(alpha)` with alpha clamped to `[OPACITY_EPS, 1 − OPACITY_EPS]`;
+//! * `nx ny nz`: the outward normal (zero where none is defined: an isolated voxel or a
+//!   one-voxel line, whose splat is a sphere).
 //!
 //! Layout (binary little-endian, all float32, pre-activation as 3DGS stores them: scales are
 //! natural logs, `rot_0..3 = (w, x, y, z)` a unit quaternion with `w ≥ 0`, the covariance being
@@ -21,20 +20,16 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::asset::{Asset, ALPHA};
+use super::asset::Asset;
 use super::frame::Up;
 use super::ply_header::encode_ply;
-use super::voxel_frames::{voxel_surface_frames, SurfaceFrame};
+use super::splat_fit::{fit_splats, FittedSplat};
+pub use super::splat_fit::{SplatBudget, SplatShape};
+use super::voxel_frames::SurfaceFrame;
 use super::write_atomic;
 
 /// SH degree-0 basis constant `1 / (2·sqrt(π))`.
 pub const SH_C0: f64 = 0.282_094_791_773_878_14;
-/// Splat standard deviation along the surface, in voxels: neighbours sit one voxel apart, so
-/// 0.6 leaves no visible gaps (each splat is still above 70 % of its peak halfway to the next)
-/// without blurring detail over more than about two voxels.
-pub const TANGENT_SIGMA_VOXELS: f64 = 0.6;
-/// Splat thickness across the surface, as a fraction of the tangent standard deviation.
-pub const NORMAL_SIGMA_FRACTION: f64 = 0.1;
 /// Alpha is clamped to `[OPACITY_EPS, 1 − OPACITY_EPS]` before the logit, so opacities stay
 /// finite (about ±9.2).
 pub const OPACITY_EPS: f64 = 1e-4;
@@ -66,13 +61,26 @@ struct SplatFile {
     vertex: Vec<SplatRow>,
 }
 
-/// Writes the splats of `asset` to `path` atomically.
-pub fn write_splat_ply(path: &Path, asset: &Asset, up: Up) -> Result<()> {
-    let file = splat_file(asset, up);
+/// Writes the splats of `asset`, at most `budget` of them, to `path` atomically.
+pub fn write_splat_ply(path: &Path, asset: &Asset, up: Up, budget: SplatBudget) -> Result<()> {
+    write_splat_ply_shaped(path, asset, up, budget, &SplatShape::default())
+}
+
+/// The same with the shape knobs given (for measuring them; the writers use the default).
+pub fn write_splat_ply_shaped(
+    path: &Path,
+    asset: &Asset,
+    up: Up,
+    budget: SplatBudget,
+    shape: &SplatShape,
+) -> Result<()> {
+    let file = SplatFile {
+        vertex: splat_rows(asset, up, budget, shape),
+    };
     write_atomic(path, |w| {
         encode_ply(
             &file,
-            "Gaussian splats, INRIA 3DGS layout: one per O-Voxel at its dual vertex",
+            "Gaussian splats, INRIA 3DGS layout: fitted to the O-Voxels' surface",
             up,
             w,
         )
@@ -80,67 +88,53 @@ pub fn write_splat_ply(path: &Path, asset: &Asset, up: Up) -> Result<()> {
     .with_context(|| format!("{}: cannot write the Gaussian-splat PLY", path.display()))
 }
 
-fn splat_file(asset: &Asset, up: Up) -> SplatFile {
-    SplatFile {
-        vertex: splat_rows(asset, up),
-    }
-}
-
-/// The splats of `asset` in the frame `up`, one per voxel (also what the SPZ writer stores).
-pub(crate) fn splat_rows(asset: &Asset, up: Up) -> Vec<SplatRow> {
-    let frames = voxel_surface_frames(asset);
-    let voxel = f64::from(asset.voxel_size());
-    let tangent_sigma = TANGENT_SIGMA_VOXELS * voxel;
-    asset
-        .dual_vertices()
+/// The splats of `asset` in the frame `up` (also what the SPZ writer stores).
+pub(crate) fn splat_rows(
+    asset: &Asset,
+    up: Up,
+    budget: SplatBudget,
+    shape: &SplatShape,
+) -> Vec<SplatRow> {
+    fit_splats(asset, budget, shape)
         .iter()
-        .zip(asset.voxel_attrs())
-        .zip(&frames)
-        .map(|((&centre, attrs), frame)| {
-            let [x, y, z] = up.apply(centre);
-            let f_dc = |c: f32| ((f64::from(c.clamp(0.0, 1.0)) - 0.5) / SH_C0) as f32;
-            let alpha = f64::from(attrs[ALPHA]).clamp(OPACITY_EPS, 1.0 - OPACITY_EPS);
-            let opacity = (alpha / (1.0 - alpha)).ln() as f32;
-            let (normal, normal_sigma, rot) = match frame {
-                Some(f) => {
-                    let f = rotate_frame(f, up);
-                    (
-                        f.normal.map(|v| v as f32),
-                        tangent_sigma * NORMAL_SIGMA_FRACTION,
-                        quaternion_of_frame(&f),
-                    )
-                }
-                None => ([0.0; 3], tangent_sigma, [1.0, 0.0, 0.0, 0.0]),
-            };
-            SplatRow {
-                x,
-                y,
-                z,
-                nx: normal[0],
-                ny: normal[1],
-                nz: normal[2],
-                f_dc_0: f_dc(attrs[0]),
-                f_dc_1: f_dc(attrs[1]),
-                f_dc_2: f_dc(attrs[2]),
-                opacity,
-                scale_0: tangent_sigma.ln() as f32,
-                scale_1: tangent_sigma.ln() as f32,
-                scale_2: normal_sigma.ln() as f32,
-                rot_0: rot[0] as f32,
-                rot_1: rot[1] as f32,
-                rot_2: rot[2] as f32,
-                rot_3: rot[3] as f32,
-            }
-        })
+        .map(|s| splat_row(s, up))
         .collect()
 }
 
-/// The frame's axes in the file frame (a rotation, so still right-handed and orthonormal).
-fn rotate_frame(f: &SurfaceFrame, up: Up) -> SurfaceFrame {
-    SurfaceFrame {
-        tangent: up.apply(f.tangent),
-        bitangent: up.apply(f.bitangent),
-        normal: up.apply(f.normal),
+fn splat_row(s: &FittedSplat, up: Up) -> SplatRow {
+    let [x, y, z] = up.apply(s.centre).map(|v| v as f32);
+    let f_dc = |c: f64| ((c.clamp(0.0, 1.0) - 0.5) / SH_C0) as f32;
+    let alpha = s.alpha.clamp(OPACITY_EPS, 1.0 - OPACITY_EPS);
+    let opacity = (alpha / (1.0 - alpha)).ln() as f32;
+    let frame = SurfaceFrame {
+        tangent: up.apply(s.axes[0]),
+        bitangent: up.apply(s.axes[1]),
+        normal: up.apply(s.axes[2]),
+    };
+    let (normal, rot) = if s.has_normal {
+        (frame.normal.map(|v| v as f32), quaternion_of_frame(&frame))
+    } else {
+        ([0.0; 3], [1.0, 0.0, 0.0, 0.0])
+    };
+    let log = |v: f64| v.max(1e-12).ln() as f32;
+    SplatRow {
+        x,
+        y,
+        z,
+        nx: normal[0],
+        ny: normal[1],
+        nz: normal[2],
+        f_dc_0: f_dc(s.rgb[0]),
+        f_dc_1: f_dc(s.rgb[1]),
+        f_dc_2: f_dc(s.rgb[2]),
+        opacity,
+        scale_0: log(s.sigma[0]),
+        scale_1: log(s.sigma[1]),
+        scale_2: log(s.sigma[2]),
+        rot_0: rot[0] as f32,
+        rot_1: rot[1] as f32,
+        rot_2: rot[2] as f32,
+        rot_3: rot[3] as f32,
     }
 }
 

@@ -35,7 +35,7 @@ use flate2::Compression;
 
 use super::asset::Asset;
 use super::frame::Up;
-use super::splat::splat_rows;
+use super::splat::{splat_rows, SplatBudget, SplatShape};
 use super::write_atomic;
 
 /// "NGSP" read as a little-endian u32.
@@ -88,10 +88,10 @@ pub struct SpzFile {
     pub sh_rest: Vec<f32>,
 }
 
-/// Writes the splats of `asset` (as [`super::write_splat_ply`] builds them) to `path` as SPZ,
-/// atomically.
-pub fn write_splat_spz(path: &Path, asset: &Asset) -> Result<()> {
-    let splats: Vec<RawSplat> = splat_rows(asset, Up::Y)
+/// Writes the splats of `asset` (as [`super::write_splat_ply`] builds them, at most `budget`)
+/// to `path` as SPZ, atomically.
+pub fn write_splat_spz(path: &Path, asset: &Asset, budget: SplatBudget) -> Result<()> {
+    let splats: Vec<RawSplat> = splat_rows(asset, Up::Y, budget, &SplatShape::default())
         .iter()
         .map(|r| RawSplat {
             position: [r.x, r.y, r.z],
@@ -202,7 +202,7 @@ pub fn encode_spz(splats: &[RawSplat], finest: u8) -> Result<Vec<u8>> {
             raw.push(to_u8((sign * v / len * 127.5 + 127.5) as f32));
         }
     }
-    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::default());
+    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::best());
     gz.write_all(&raw)?;
     Ok(gz.finish()?)
 }

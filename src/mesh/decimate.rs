@@ -8,14 +8,22 @@
 //! manifold input (no new borders, no flipped triangles) and does not collapse along borders
 //! except with each other.
 //!
+//! The simplifier runs on one thread. Large meshes are therefore cut into spatial pieces that
+//! are simplified in parallel, each with the vertices it shares with other pieces locked, to
+//! twice the target; one final pass over the joined result reaches the target and is free to
+//! collapse across the cuts (see [`decimate_in_pieces`]). The cut is planned from the mesh
+//! alone, so the output does not depend on the number of threads.
+//!
 //! Upstream decimates its GLB to a face target as well (its app's default is 300,000 faces).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use meshoptimizer_rs::{
     simplify_with_attributes, Attributes, Limits, Positions, SimplifyOptions, SimplifySettings,
-    Workspace,
+    VertexFlags, Workspace,
 };
+use rayon::prelude::*;
 
 use super::error::{MeshError, Result};
 use super::triangle_mesh::Mesh;
@@ -34,7 +42,8 @@ pub struct Decimated {
     pub mesh: Mesh,
     /// Row-major `[vertices, channels]`, the input rows of the kept vertices.
     pub attributes: Vec<f32>,
-    /// The simplifier's error estimate, relative to the mesh extent (0 when nothing collapsed).
+    /// The simplifier's error estimate, relative to the mesh extent (0 when nothing collapsed;
+    /// in pieces, the largest piece's plus the final pass's).
     pub relative_error: f32,
 }
 
@@ -47,11 +56,37 @@ pub struct Decimated {
 /// triangles through opposite half-edges, so an edge two neighbours traverse in the same
 /// direction counts as a border (the dual grid's raw winding is not consistent; orient first,
 /// as the exporters do). A target at or above the face count only compacts.
+///
+/// Large meshes are simplified in [`piece_count`] spatial pieces in parallel first (see
+/// [`decimate_in_pieces`]); the result depends on the mesh only, not on the thread count.
 pub fn decimate(
     mesh: &Mesh,
     attributes: &[f32],
     weights: &[f32],
     target_faces: usize,
+) -> Result<Decimated> {
+    decimate_in_pieces(
+        mesh,
+        attributes,
+        weights,
+        target_faces,
+        piece_count(mesh.faces.len()),
+    )
+}
+
+/// [`decimate`] with the number of spatial pieces given (rounded down to a power of two).
+/// With one piece, or when the mesh has fewer than `4 × target_faces` triangles, one pass
+/// simplifies the whole mesh. Otherwise the mesh is cut into `pieces` by recursive median
+/// splits of the triangle centroids, each piece is simplified in parallel toward its share of
+/// twice the target with the vertices it shares with other pieces locked (so the pieces still
+/// meet), and one final pass over the stitched mesh reaches the target, free to collapse
+/// across the cuts.
+pub fn decimate_in_pieces(
+    mesh: &Mesh,
+    attributes: &[f32],
+    weights: &[f32],
+    target_faces: usize,
+    pieces: usize,
 ) -> Result<Decimated> {
     mesh.check_indices()?;
     if target_faces == 0 {
@@ -75,16 +110,261 @@ pub fn decimate(
             value: f64::from(w),
         });
     }
-    let indices: Vec<u32> = mesh.faces.iter().flatten().copied().collect();
     let (kept, relative_error) = if target_faces >= mesh.faces.len() {
-        (indices, 0.0)
+        (mesh.faces.iter().flatten().copied().collect(), 0.0)
+    } else if pieces <= 1 || mesh.faces.len() < target_faces * PIECE_OVERSHOOT * 2 {
+        let indices: Vec<u32> = mesh.faces.iter().flatten().copied().collect();
+        let frame = Frame::of(&mesh.vertices);
+        let part = Part::gather(mesh, attributes, channels, &indices, &frame, None);
+        part.simplify(weights, target_faces)?
     } else {
+        simplify_in_pieces(mesh, attributes, weights, target_faces, pieces)?
+    };
+    Ok(compact(mesh, attributes, channels, &kept, relative_error))
+}
+
+/// Faces per spatial piece that [`decimate`] aims at (pieces are a power of two in number).
+const PIECE_FACES: usize = 150_000;
+/// At most this many pieces.
+const MAX_PIECES: usize = 256;
+/// The pieces together keep this many times the target, for the final pass to choose from.
+const PIECE_OVERSHOOT: usize = 2;
+
+/// The number of spatial pieces [`decimate`] splits a mesh of `faces` triangles into: the
+/// largest power of two that leaves each piece at least [`PIECE_FACES`] (at most
+/// [`MAX_PIECES`]). It depends on the mesh only, never on the thread count, so the result does
+/// not either.
+pub fn piece_count(faces: usize) -> usize {
+    let wanted = (faces / PIECE_FACES).clamp(1, MAX_PIECES);
+    1 << wanted.ilog2()
+}
+
+/// The mesh cut into `pieces` by recursive median splits of the triangle centroids (across the
+/// longest axis of each part's centroid box; ties broken by triangle index, so the cut depends
+/// on the mesh alone), each piece simplified in parallel toward its share of
+/// `PIECE_OVERSHOOT × target` with the vertices it shares with other pieces locked, then the
+/// stitched result simplified as a whole to the target, so no seam of the cut remains.
+fn simplify_in_pieces(
+    mesh: &Mesh,
+    attributes: &[f32],
+    weights: &[f32],
+    target_faces: usize,
+    pieces: usize,
+) -> Result<(Vec<u32>, f32)> {
+    let channels = weights.len();
+    let depth = pieces.ilog2();
+    let pieces = 1usize << depth;
+    let mut items: Vec<([f32; 3], u32)> = mesh
+        .faces
+        .par_iter()
+        .enumerate()
+        .map(|(f, t)| {
+            let [a, b, c] = t.map(|v| mesh.vertices[v as usize]);
+            (
+                std::array::from_fn(|k| (a[k] + b[k] + c[k]) / 3.0),
+                f as u32,
+            )
+        })
+        .collect();
+    split_at_medians(&mut items, depth);
+    let mut bounds = Vec::with_capacity(pieces + 1);
+    piece_starts(0, items.len(), depth, &mut bounds);
+    bounds.push(items.len());
+    let piece_faces: Vec<Vec<u32>> = (0..pieces)
+        .into_par_iter()
+        .map(|p| {
+            let mut faces: Vec<u32> = items[bounds[p]..bounds[p + 1]]
+                .iter()
+                .map(|i| i.1)
+                .collect();
+            faces.sort_unstable();
+            faces
+        })
+        .collect();
+    drop(items);
+    // A vertex used by two pieces is on a cut: the lowest and highest piece using it differ.
+    let lowest: Vec<AtomicU32> = (0..mesh.vertices.len())
+        .map(|_| AtomicU32::new(u32::MAX))
+        .collect();
+    let highest: Vec<AtomicU32> = (0..mesh.vertices.len())
+        .map(|_| AtomicU32::new(0))
+        .collect();
+    piece_faces.par_iter().enumerate().for_each(|(p, faces)| {
+        for &f in faces {
+            for v in mesh.faces[f as usize] {
+                lowest[v as usize].fetch_min(p as u32, Ordering::Relaxed);
+                highest[v as usize].fetch_max(p as u32, Ordering::Relaxed);
+            }
+        }
+    });
+    let on_cut = |v: u32| {
+        lowest[v as usize].load(Ordering::Relaxed) != highest[v as usize].load(Ordering::Relaxed)
+    };
+    let frame = Frame::of(&mesh.vertices);
+    let total = mesh.faces.len();
+    let intermediate = target_faces * PIECE_OVERSHOOT;
+    let simplified: Vec<(Vec<u32>, f32)> = piece_faces
+        .par_iter()
+        .map(|faces| {
+            let indices: Vec<u32> = faces.iter().flat_map(|&f| mesh.faces[f as usize]).collect();
+            let part = Part::gather(mesh, attributes, channels, &indices, &frame, Some(&on_cut));
+            let share = (intermediate as u128 * faces.len() as u128 / total as u128) as usize;
+            part.simplify(weights, share.max(1))
+        })
+        .collect::<Result<_>>()?;
+    drop(piece_faces);
+    let piece_error = simplified.iter().map(|s| s.1).fold(0.0f32, f32::max);
+    let stitched: Vec<u32> = simplified.into_iter().flat_map(|s| s.0).collect();
+    let part = Part::gather(mesh, attributes, channels, &stitched, &frame, None);
+    let (kept, final_error) = part.simplify(weights, target_faces)?;
+    Ok((kept, piece_error + final_error))
+}
+
+/// Reorders `items` so that each of the `2^depth` pieces [`piece_starts`] delimits holds the
+/// items on one side of every median cut above it.
+fn split_at_medians(items: &mut [([f32; 3], u32)], depth: u32) {
+    if depth == 0 || items.len() < 2 {
+        return;
+    }
+    let (lo, hi) = items.iter().fold(
+        ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]),
+        |(lo, hi), (c, _)| {
+            (
+                std::array::from_fn(|k| lo[k].min(c[k])),
+                std::array::from_fn(|k| hi[k].max(c[k])),
+            )
+        },
+    );
+    let axis = (0..3)
+        .max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b])).then(b.cmp(&a)))
+        .unwrap_or(0);
+    let mid = items.len() / 2;
+    items.select_nth_unstable_by(mid, |a, b| {
+        a.0[axis].total_cmp(&b.0[axis]).then(a.1.cmp(&b.1))
+    });
+    let (left, right) = items.split_at_mut(mid);
+    rayon::join(
+        || split_at_medians(left, depth - 1),
+        || split_at_medians(right, depth - 1),
+    );
+}
+
+/// Appends the starts of the `2^depth` pieces of `items[start..start + len]` as
+/// [`split_at_medians`] splits them.
+fn piece_starts(start: usize, len: usize, depth: u32, out: &mut Vec<usize>) {
+    if depth == 0 {
+        out.push(start);
+        return;
+    }
+    let mid = len / 2;
+    piece_starts(start, mid, depth - 1, out);
+    piece_starts(start + mid, len - mid, depth - 1, out);
+}
+
+/// The box of all the mesh's vertices. Every part the simplifier sees carries its two corners
+/// as unreferenced vertices: the simplifier measures position error relative to the extent of
+/// all the vertices it is given, so every piece and the final pass then weigh position
+/// against attribute error exactly as one pass over the whole mesh does.
+struct Frame {
+    corners: [[f32; 3]; 2],
+}
+
+impl Frame {
+    fn of(vertices: &[[f32; 3]]) -> Self {
+        let (lo, hi) = vertices
+            .par_iter()
+            .fold(
+                || ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]),
+                |(lo, hi), v| {
+                    (
+                        std::array::from_fn(|k| lo[k].min(v[k])),
+                        std::array::from_fn(|k| hi[k].max(v[k])),
+                    )
+                },
+            )
+            .reduce(
+                || ([f32::INFINITY; 3], [f32::NEG_INFINITY; 3]),
+                |(a, b), (c, d)| {
+                    (
+                        std::array::from_fn(|k| a[k].min(c[k])),
+                        std::array::from_fn(|k| b[k].max(d[k])),
+                    )
+                },
+            );
+        Self { corners: [lo, hi] }
+    }
+}
+
+/// Some triangles of the mesh over their own vertex list (the used vertices in increasing
+/// order, then the frame's two corners), ready for the simplifier.
+struct Part {
+    /// Mesh vertex of each local vertex (the corners excluded).
+    global: Vec<u32>,
+    indices: Vec<u32>,
+    positions: Vec<[f32; 3]>,
+    attributes: Vec<f32>,
+    locked: Option<Vec<VertexFlags>>,
+}
+
+impl Part {
+    /// `indices` (mesh vertex numbers) renumbered; with `lock`, the vertices it picks are
+    /// locked.
+    fn gather(
+        mesh: &Mesh,
+        attributes: &[f32],
+        channels: usize,
+        indices: &[u32],
+        frame: &Frame,
+        lock: Option<&(dyn Fn(u32) -> bool + Sync)>,
+    ) -> Self {
+        let mut global = indices.to_vec();
+        global.par_sort_unstable();
+        global.dedup();
+        let local: Vec<u32> = indices
+            .par_iter()
+            .map(|v| global.partition_point(|g| g < v) as u32)
+            .collect();
+        let mut positions: Vec<[f32; 3]> =
+            global.iter().map(|&v| mesh.vertices[v as usize]).collect();
+        positions.extend(frame.corners);
+        let mut rows = Vec::with_capacity((global.len() + 2) * channels);
+        for &v in &global {
+            rows.extend_from_slice(&attributes[v as usize * channels..][..channels]);
+        }
+        rows.resize((global.len() + 2) * channels, 0.0);
+        let locked = lock.map(|lock| {
+            let mut flags: Vec<VertexFlags> = global
+                .iter()
+                .map(|&v| {
+                    if lock(v) {
+                        VertexFlags::LOCK
+                    } else {
+                        VertexFlags::EMPTY
+                    }
+                })
+                .collect();
+            flags.extend([VertexFlags::EMPTY; 2]);
+            flags
+        });
+        Self {
+            global,
+            indices: local,
+            positions,
+            attributes: rows,
+            locked,
+        }
+    }
+
+    /// Simplifies toward `target_faces`; the kept triangles in mesh vertex numbers and the
+    /// simplifier's error estimate (relative to the mesh extent).
+    fn simplify(&self, weights: &[f32], target_faces: usize) -> Result<(Vec<u32>, f32)> {
+        let channels = weights.len();
         let fail = |e: meshoptimizer_rs::Error| MeshError::Decimation {
             message: e.to_string(),
         };
-        let attrs =
-            Attributes::from_interleaved(attributes, mesh.vertices.len(), channels, channels, 0)
-                .map_err(fail)?;
+        let count = self.positions.len();
+        let attrs = Attributes::from_interleaved(&self.attributes, count, channels, channels, 0)
+            .map_err(fail)?;
         // The default limits (1 GiB of scratch) are below what a 1024³ mesh needs.
         let mut workspace = Workspace::new(Limits {
             max_bytes: usize::MAX,
@@ -99,18 +379,22 @@ pub fn decimate(
             options: SimplifyOptions::REGULARIZE,
         };
         let out = simplify_with_attributes(
-            &indices,
-            Positions::from_packed(&mesh.vertices),
+            &self.indices,
+            Positions::from_packed(&self.positions),
             attrs,
             weights,
-            None,
+            self.locked.as_deref(),
             settings,
             &mut workspace,
         )
         .map_err(fail)?;
-        (out.indices, out.error)
-    };
-    Ok(compact(mesh, attributes, channels, &kept, relative_error))
+        let kept = out
+            .indices
+            .iter()
+            .map(|&v| self.global[v as usize])
+            .collect();
+        Ok((kept, out.error))
+    }
 }
 
 /// Keeps the referenced vertices in first-use order; drops triangles that repeat a vertex and

@@ -49,6 +49,10 @@ pub enum MeshError {
     BadParameter { name: &'static str, value: f64 },
     /// A tensor that could not be read (wrong rank, dtype or device transfer failure).
     Tensor { what: &'static str, message: String },
+    /// A vertex with a NaN or infinite coordinate.
+    NonFiniteVertex { row: usize },
+    /// A vertex outside the normalised box `[-0.5, 0.5]³` the voxeliser works in.
+    VertexOutsideBox { row: usize, vertex: [f32; 3] },
     /// The simplifier refused the mesh (limits, non-finite values).
     Decimation { message: String },
 }
@@ -105,6 +109,13 @@ impl fmt::Display for MeshError {
             ),
             Self::BadParameter { name, value } => write!(f, "{name} = {value} is invalid"),
             Self::Tensor { what, message } => write!(f, "{what}: {message}"),
+            Self::NonFiniteVertex { row } => {
+                write!(f, "vertex {row} has a non-finite coordinate")
+            }
+            Self::VertexOutsideBox { row, vertex } => write!(
+                f,
+                "vertex {row} at {vertex:?} lies outside the normalised box [-0.5, 0.5]³"
+            ),
             Self::Decimation { message } => write!(f, "decimation failed: {message}"),
         }
     }

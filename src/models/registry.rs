@@ -10,8 +10,8 @@ use candle_core::{DType, Device};
 use super::dinov3::{DinoV3, DinoV3Config};
 use super::dit::{DitConfig, FlowDit};
 use super::sc_vae::{
-    DecoderConfig, FlexiDualGridDecoderArgs, FlexiDualGridVaeDecoder, SparseUnetVaeDecoder,
-    UnetDecoderArgs,
+    DecoderConfig, EncoderConfig, FlexiDualGridDecoderArgs, FlexiDualGridEncoderArgs,
+    FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder, UnetDecoderArgs,
 };
 use super::ss_decoder::{SsDecoder, SsDecoderConfig};
 use super::WeightMemory;
@@ -94,6 +94,7 @@ pub const SUPPORTED: &[&str] = &[
     "SparseStructureDecoder",
     "FlexiDualGridVaeDecoder",
     "SparseUnetVaeDecoder",
+    "FlexiDualGridVaeEncoder",
 ];
 
 /// A model config whose fields that size tensors can be checked against their plausible
@@ -130,6 +131,13 @@ impl CheckRanges for UnetDecoderArgs {
 impl CheckRanges for FlexiDualGridDecoderArgs {
     fn check_ranges(&self) -> Result<()> {
         DecoderConfig::from_flexi_dual_grid(self)?;
+        Ok(())
+    }
+}
+
+impl CheckRanges for FlexiDualGridEncoderArgs {
+    fn check_ranges(&self) -> Result<()> {
+        EncoderConfig::from_flexi_dual_grid(self)?;
         Ok(())
     }
 }
@@ -238,6 +246,20 @@ pub fn load_unet_decoder(
     })
 }
 
+/// The shape encoder of a `FlexiDualGridVaeEncoder` checkpoint (texturing), weights in `dtype`.
+pub fn load_shape_encoder(
+    source: &ModelSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<FlexiDualGridVaeEncoder> {
+    let args: FlexiDualGridEncoderArgs = config(source)?;
+    let cfg = EncoderConfig::from_flexi_dual_grid(&args)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", source.path.display()))?;
+    load_strict(source, dtype, device, |vb| {
+        FlexiDualGridVaeEncoder::new(&cfg, vb)
+    })
+}
+
 /// A flow DiT (`SparseStructureFlowModel`, `SLatFlowModel`, `ElasticSLatFlowModel`), weights
 /// in `dtype`, held as `memory` says.
 pub fn load_flow(
@@ -307,6 +329,12 @@ pub fn build_model(
             let a: UnetDecoderArgs =
                 serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
             SparseUnetVaeDecoder::new(&DecoderConfig::from_unet(&a)?, vb)?;
+            Ok(&[])
+        }
+        "FlexiDualGridVaeEncoder" => {
+            let a: FlexiDualGridEncoderArgs =
+                serde_json::from_value(args.clone()).map_err(|e| parse(&e.to_string()))?;
+            FlexiDualGridVaeEncoder::new(&EncoderConfig::from_flexi_dual_grid(&a)?, vb)?;
             Ok(&[])
         }
         other => bail!(

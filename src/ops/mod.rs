@@ -32,6 +32,7 @@ pub mod norm_params;
 pub mod rms_norm_rope;
 pub mod rope;
 mod sample_offsets;
+pub mod space_to_channel;
 pub mod sparse_conv;
 pub(crate) mod storage;
 pub mod subdivide;

@@ -7,6 +7,7 @@
 //! * [`splat`]: 3DGS splatting (projected covariances, depth-sorted alpha compositing).
 //! * [`load`]: GLB, mesh PLY and 3DGS PLY into the renderer's scenes.
 //! * [`metrics`]: PSNR and SSIM between two renders.
+//! * [`splat_stats`]: a splat set's sizes, shapes and opacities in numbers (`inspect`).
 //!
 //! Colour: every render is a [`Frame`] of *display* (sRGB-encoded) values premultiplied by
 //! coverage. Meshes are shaded in linear light (glTF vertex colours are linear, textures and PLY
@@ -20,6 +21,7 @@ pub mod load;
 pub mod mesh;
 pub mod metrics;
 pub mod splat;
+pub mod splat_stats;
 
 use anyhow::{ensure, Result};
 

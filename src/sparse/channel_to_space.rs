@@ -13,11 +13,13 @@ use std::sync::Arc;
 use candle_core::{bail, Result, Tensor};
 
 use super::coords::{CoordSet, MAX_COORD};
+use super::space_to_channel::Downsampling;
 use super::tensor::SparseTensor;
 use crate::ops::bias_act::Activation;
 use crate::ops::c2s_skip_add::c2s_skip_add;
 use crate::ops::layer_norm_act::gathered_layer_norm_act;
 use crate::ops::subdivide::{children_host, positive, subdivide};
+use crate::ops::vocab::ABSENT;
 pub use crate::ops::vocab::CHILDREN;
 
 /// Where the children of one subdivision come from; apply it to every tensor on the parents'
@@ -87,6 +89,38 @@ impl Subdivision {
             children: Arc::new(CoordSet::from_host(rows, device)?),
             sources: Tensor::from_vec(sources, n, device)?,
             parents: parents.len(),
+        })
+    }
+
+    /// The inverse of a space→channel downsampling: each voxel of `children` (the set `down`
+    /// was made from) back as child `s` of its parent, in `children`'s own order. The texturing
+    /// pipeline's texture decoder rebuilds the encoder's voxels this way (upstream reuses the
+    /// encoder's `channel2spatial` cache).
+    pub fn from_downsampling(down: &Downsampling, children: &Arc<CoordSet>) -> Result<Self> {
+        let slots = down
+            .slots()
+            .to_device(&candle_core::Device::Cpu)?
+            .to_vec1::<u32>()?;
+        let mut sources = vec![ABSENT; children.len()];
+        for (slot, &child) in slots.iter().enumerate() {
+            if child != ABSENT {
+                match sources.get_mut(child as usize) {
+                    Some(s) => *s = slot as u32,
+                    None => bail!(
+                        "channel_to_space: the downsampling names voxel {child} of {}",
+                        children.len()
+                    ),
+                }
+            }
+        }
+        if let Some(i) = sources.iter().position(|&s| s == ABSENT) {
+            bail!("channel_to_space: voxel {i} has no parent in the downsampling");
+        }
+        let n = sources.len();
+        Ok(Self {
+            children: children.clone(),
+            sources: Tensor::from_vec(sources, n, children.device())?,
+            parents: down.parents().len(),
         })
     }
 

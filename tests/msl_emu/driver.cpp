@@ -724,6 +724,9 @@ static void layout() {
     std::printf("\nGatedResidualArgs size=%zu", sizeof(GatedResidualArgs));
     FIELD(GatedResidualArgs, count); FIELD(GatedResidualArgs, channels);
     FIELD(GatedResidualArgs, samples);
+    std::printf("\nSpaceToChannelArgs size=%zu", sizeof(SpaceToChannelArgs));
+    FIELD(SpaceToChannelArgs, count); FIELD(SpaceToChannelArgs, words);
+    FIELD(SpaceToChannelArgs, rows);
     std::printf("\n");
 }
 

@@ -1,13 +1,15 @@
-//! SC-VAE building blocks (docs/MODEL.md §5.1): `SparseConvNeXtBlock3d` and `SparseResBlockC2S3d`.
+//! SC-VAE building blocks (docs/MODEL.md §5.1, §13.4): `SparseConvNeXtBlock3d`,
+//! `SparseResBlockC2S3d` (decoders) and `SparseResBlockS2C3d` (encoder).
 
 use candle_core::{Module, Result};
 use candle_nn::VarBuilder;
 
 use crate::models::layers::AffineNorm;
 use crate::ops::bias_act::Activation;
+use crate::ops::layer_norm_act::layer_norm_act;
 use crate::ops::linear::{linear, Linear};
 use crate::ops::sparse_conv::ConvWeights;
-use crate::sparse::{SparseTensor, Subdivision};
+use crate::sparse::{Downsampling, SparseTensor, Subdivision};
 
 /// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, docs/MODEL.md §10).
 const BLOCK_NORM_EPS: f64 = 1e-6;
@@ -134,24 +136,75 @@ impl C2SBlock {
 
     pub fn forward(&self, x: &SparseTensor, guide: Option<&SparseTensor>) -> Result<C2SOutput> {
         let subdiv = self.subdiv_logits(x, guide)?;
+        let sub = Subdivision::from_logits(x.coord_set(), subdiv.feats())?;
+        Ok(C2SOutput {
+            out: self.forward_through(x, &sub)?,
+            subdiv,
+        })
+    }
+
+    /// The block through a given subdivision of `x`'s voxels (the texturing pipeline's: the
+    /// encoder's voxels rebuilt, [`Subdivision::from_downsampling`]).
+    pub fn forward_through(&self, x: &SparseTensor, sub: &Subdivision) -> Result<SparseTensor> {
         let h = x.replace(self.norm1.forward_silu(x.feats())?)?;
         let h = self.conv1.forward(&h)?;
-        let sub = Subdivision::from_logits(x.coord_set(), subdiv.feats())?;
         // Channel block s of each parent to child s, LayerNorm (no affine), SiLU: one op that
         // reads the blocks from conv1's output in place.
         let h = sub.apply_layer_norm(&h, BLOCK_NORM_EPS, Activation::Silu)?;
         let h = self.conv2.forward(&h)?;
         // + the parents' channel blocks, each of the C/8 carried channels repeated C'/(C/8)
         // times consecutively (`repeat_interleave`, not tiling), read from x directly.
-        Ok(C2SOutput {
-            out: sub.add_carried(&h, x)?,
-            subdiv,
-        })
+        sub.add_carried(&h, x)
     }
 
     /// Only the children's coordinates (for `upsample`, whose last block's features are unused).
     pub fn subdivide(&self, x: &SparseTensor) -> Result<Subdivision> {
         let subdiv = self.subdiv_logits(x, None)?;
         Subdivision::from_logits(x.coord_set(), subdiv.feats())
+    }
+}
+
+/// `SparseResBlockS2C3d(C → C')`: pack each 2×2×2 group of voxels into one parent voxel, the
+/// children's channels side by side (docs/MODEL.md §13.3). `h = conv1(silu(norm1(x)))` with
+/// `C'/8` channels on the children, moved to the parents (`C'` channels), `conv2(silu(LN(h)))`,
+/// plus `x` moved the same way and averaged over groups of `8C/C'` channels.
+pub struct S2CBlock {
+    norm1: AffineNorm,
+    conv1: SubmConv,
+    conv2: SubmConv,
+    c_out: usize,
+}
+
+impl S2CBlock {
+    pub fn new(c: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        if c == 0 || !c_out.is_multiple_of(8) || !(8 * c).is_multiple_of(c_out) {
+            candle_core::bail!(
+                "S2C block {c} → {c_out} channels: {c_out} must be a multiple of 8 and 8·{c} a \
+                 multiple of {c_out}"
+            );
+        }
+        Ok(Self {
+            norm1: AffineNorm::new(c, BLOCK_NORM_EPS, vb.pp("norm1"))?,
+            conv1: SubmConv::new(c, c_out / 8, vb.pp("conv1"))?,
+            conv2: SubmConv::new(c_out, c_out, vb.pp("conv2"))?,
+            c_out,
+        })
+    }
+
+    /// The block's output on the parents, and the downsampling that made them.
+    pub fn forward(&self, x: &SparseTensor) -> Result<(SparseTensor, Downsampling)> {
+        let h = x.replace(self.norm1.forward_silu(x.feats())?)?;
+        let h = self.conv1.forward(&h)?;
+        let down = Downsampling::new(x.coord_set())?;
+        let h = down.apply(&h)?;
+        let h = h.replace(layer_norm_act(
+            h.feats(),
+            None,
+            BLOCK_NORM_EPS,
+            Activation::Silu,
+        )?)?;
+        let h = self.conv2.forward(&h)?;
+        let skip = down.apply_mean(x, self.c_out)?;
+        Ok((h.replace((h.feats() + skip.feats())?)?, down))
     }
 }

@@ -171,6 +171,35 @@ impl SparseUnetVaeDecoder {
         Ok(DecoderOutput { raw, subs })
     }
 
+    /// Decodes `latent` through given subdivisions, one per C2S block (coarsest first), instead
+    /// of predicted or guide logits: the texturing pipeline's texture decoder, which rebuilds
+    /// the encoder's voxels ([`super::EncoderOutput::structure`]; upstream reuses the encoder's
+    /// `channel2spatial` cache). Returns the raw output on the finest voxels.
+    pub fn forward_through(
+        &self,
+        latent: &SparseTensor,
+        structure: &[Subdivision],
+    ) -> Result<SparseTensor> {
+        if structure.len() != self.cfg.up_blocks() {
+            bail!(
+                "SC-VAE decoder: {} subdivisions given, the model has {} C2S blocks",
+                structure.len(),
+                self.cfg.up_blocks()
+            );
+        }
+        let mut h = self.input(latent)?;
+        for (i, stage) in self.stages.iter().enumerate() {
+            for block in &stage.blocks {
+                h = block.forward(&h)?;
+            }
+            if let Some(up) = &stage.up {
+                h = up.forward_through(&h, &structure[i])?;
+            }
+        }
+        let feats = layer_norm(h.feats(), None, OUT_NORM_EPS)?;
+        h.replace(self.output_layer.forward(&feats)?.to_dtype(DType::F32)?)
+    }
+
     /// Coordinates `[N, 4]` after `times` C2S blocks (`decoder.upsample(latent, times)`, the
     /// cascade's high-resolution structure). The last block's convs are skipped: only its
     /// subdivision decides the coordinates.

@@ -5,7 +5,7 @@
 //! the emulator runs these plans.
 
 use super::dispatch::{dtype_tag, Dispatch, Work, THREADS};
-use super::kargs::{BiasActArgs, GatedResidualArgs};
+use super::kargs::{BiasActArgs, GatedResidualArgs, SpaceToChannelArgs};
 use crate::ops::vocab::Activation;
 use candle_core::{bail, DType, Result};
 
@@ -119,6 +119,42 @@ pub fn gated_residual_dispatch(
     ))
 }
 
+/// The space→channel gather of `slots` (a multiple of 8) child slots from `rows` input rows of
+/// `channels` elements of `dtype`: one thread per output word of the element's size
+/// (`space_to_channel_w2` / `_w4`); `None` when the output is empty.
+pub fn space_to_channel_dispatch(
+    slots: usize,
+    rows: usize,
+    channels: usize,
+    dtype: DType,
+) -> Result<Option<Dispatch<SpaceToChannelArgs>>> {
+    let word = dtype.size_in_bytes();
+    if !matches!(word, 2 | 4) {
+        bail!("space_to_channel: no kernel for {dtype:?}");
+    }
+    let elements = slots
+        .checked_mul(channels)
+        .ok_or_else(|| candle_core::Error::Msg("space_to_channel: output size overflows".into()))?;
+    if elements == 0 {
+        return Ok(None);
+    }
+    let args = SpaceToChannelArgs {
+        count: u32_of("space_to_channel output elements", elements)?,
+        words: u32_of("channels", channels)?,
+        rows: u32_of("rows", rows)?,
+    };
+    let groups = u32_of("threadgroups", elements.div_ceil(THREADS as usize))?;
+    Ok(Some(Dispatch {
+        kernel: format!("space_to_channel_w{word}"),
+        threadgroups: [groups, 1, 1],
+        threads: [THREADS, 1, 1],
+        threadgroup_memory: 0,
+        args,
+        // Each output word written once, each present input word read once.
+        work: Work::bytes((2 * elements * word) as f64),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +181,15 @@ mod tests {
                 .is_none()
         );
         assert!(bias_act_dispatch(2, 13, Activation::None, DType::F16, true).is_err());
+        let d = space_to_channel_dispatch(16, 5, 3, DType::BF16)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.kernel, "space_to_channel_w2");
+        assert_eq!((d.args.count, d.args.words, d.args.rows), (48, 3, 5));
+        assert!(space_to_channel_dispatch(0, 5, 3, DType::F32)
+            .unwrap()
+            .is_none());
+        assert!(space_to_channel_dispatch(8, 5, 3, DType::U8).is_err());
         assert!(vectorizable(1536, &[0, 4, 1536]));
         assert!(!vectorizable(1536, &[0, 3]));
         assert!(!vectorizable(13, &[0]));

@@ -200,6 +200,27 @@ impl KernelArgs for GatedResidualArgs {
     }
 }
 
+/// `SpaceToChannelArgs` in kargs.h.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceToChannelArgs {
+    /// Words of the output: `8M ·` words.
+    pub count: u32,
+    /// Words of one input row.
+    pub words: u32,
+    /// Input rows: slots at or past it (ABSENT) give zeros.
+    pub rows: u32,
+}
+
+impl KernelArgs for SpaceToChannelArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [self.count, self.words, self.rows]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
+    }
+}
+
 impl KernelArgs for DeformIm2ColArgs {
     fn to_bytes(&self) -> Vec<u8> {
         [
