@@ -24,6 +24,7 @@ use crate::ops::neighbour_map::neighbour_op_output;
 use crate::ops::norm_modulate::{layer_norm_modulate, layer_norm_modulate_slow, Modulation};
 use crate::ops::rms_norm_rope::{rms_norm_rope, rms_norm_rope_slow, rope_table};
 use crate::ops::rope::rope_tables_3d;
+use crate::ops::space_to_channel::{space_to_channel, space_to_channel_slow};
 use crate::ops::sparse_conv::{submanifold_conv3d, submanifold_conv3d_slow, ABSENT};
 use crate::sparse::CoordSet;
 
@@ -372,6 +373,13 @@ pub enum Op {
         act: Activation,
         gather: Option<usize>,
     },
+    /// `space_to_channel` of `[rows, channels]` into `parents` rows of 8 slots, a random row
+    /// or absent (about one in three) in each.
+    SpaceToChannel {
+        rows: usize,
+        channels: usize,
+        parents: usize,
+    },
     /// `c2s_skip_add` of `[children, out_channels]` and `[parents, channels]` by random sources.
     C2sSkipAdd {
         parents: usize,
@@ -531,6 +539,14 @@ impl fmt::Display for Op {
                     None => write!(f, " affine"),
                 }
             }
+            Op::SpaceToChannel {
+                rows,
+                channels,
+                parents,
+            } => write!(
+                f,
+                "space_to_channel rows={rows} c={channels} parents={parents}"
+            ),
             Op::C2sSkipAdd {
                 parents,
                 channels,
@@ -617,6 +633,7 @@ impl Op {
             Op::NeighbourMap { .. } | Op::ConvOrder { .. } => 0,
             Op::LayerNormAct { .. } => 40,
             Op::C2sSkipAdd { .. } => 50,
+            Op::SpaceToChannel { .. } => 70,
             Op::DeformIm2col { .. } | Op::DeformConv { .. } => 60,
         }
     }
@@ -698,6 +715,11 @@ pub enum Inputs {
         h: Tensor,
         x: Tensor,
         sources: Tensor,
+    },
+    SpaceToChannel {
+        feats: Tensor,
+        /// `[parents · 8]` u32 rows of `feats` or [`crate::ops::vocab::ABSENT`].
+        slots: Tensor,
     },
     DeformIm2col {
         input: Tensor,
@@ -847,6 +869,10 @@ impl Inputs {
                 h: f(h)?,
                 x: f(x)?,
                 sources: f(sources)?,
+            },
+            Inputs::SpaceToChannel { feats, slots } => Inputs::SpaceToChannel {
+                feats: f(feats)?,
+                slots: f(slots)?,
             },
             Inputs::DeformIm2col {
                 input,
@@ -1181,6 +1207,26 @@ impl Case {
                     sources: Tensor::from_vec(sources, children, &cpu)?,
                 }
             }
+            &Op::SpaceToChannel {
+                rows,
+                channels,
+                parents,
+            } => {
+                let slots: Vec<u32> = uniform(seed + 1, parents * 8)
+                    .into_iter()
+                    .map(|u| {
+                        if u < -1.0 / 3.0 {
+                            crate::ops::vocab::ABSENT
+                        } else {
+                            row_of(u, rows)
+                        }
+                    })
+                    .collect();
+                Inputs::SpaceToChannel {
+                    feats: act_in(seed, &[rows, channels], 1.0, 0.0)?,
+                    slots: Tensor::from_vec(slots, parents * 8, &cpu)?,
+                }
+            }
             &Op::DeformIm2col {
                 input,
                 kernel,
@@ -1351,6 +1397,14 @@ impl Case {
                     (false, None) => layer_norm_act(x, affine, EPS, *act),
                 }
             }
+            Inputs::SpaceToChannel { feats, slots } => {
+                let s2c = if slow {
+                    space_to_channel_slow
+                } else {
+                    space_to_channel
+                };
+                s2c(feats, slots)
+            }
             Inputs::C2sSkipAdd { h, x, sources } => {
                 let c2s = if slow {
                     c2s_skip_add_slow
@@ -1471,6 +1525,9 @@ impl Case {
                 Work::Bytes((elems(x) + out as f64) * size)
             }
             Inputs::C2sSkipAdd { h, .. } => Work::Bytes(2.0 * elems(h) * size),
+            Inputs::SpaceToChannel { slots, feats } => {
+                Work::Bytes(2.0 * (slots.elem_count() * feats.dim(1)?) as f64 * size)
+            }
             Inputs::DeformIm2col { input, mask, .. } => {
                 Work::Bytes((elems(input) + elems(mask) * 3.0) * 4.0)
             }

@@ -166,6 +166,8 @@ fn throughput() -> Vec<Case> {
             ROUNDED,
         ),
         (Bench, gated(&[0, 600, 600, 1000], 1536), DTYPES, ROUNDED),
+        // The shape encoder's first downsampling at 1024: 1.2 M voxels of 64 channels.
+        (Bench, s2c(1_200_000, 64, 200_000), DTYPES, EXACT),
         (Bench, map(levels), U32, EXACT),
         // The decoders' order at 1.2 M voxels, CUDA's and Metal's default window for 256-byte
         // rows (128 channels of f16).
@@ -444,6 +446,10 @@ fn elementwise() -> Vec<Case> {
         (Small, c2s(300, 8, 1000, 8), DTYPES, ELEMENTWISE),
         (Small, c2s(100, 24, 200, 9), DTYPES, ELEMENTWISE),
         (Small, c2s(5, 64, 0, 32), DTYPES, ELEMENTWISE),
+        // Word-multiple rows (the kernels' two widths) and odd ones; one parent.
+        (Small, s2c(1000, 64, 400), DTYPES, EXACT),
+        (Small, s2c(777, 13, 300), DTYPES, EXACT),
+        (Small, s2c(5, 8, 1), DTYPES, EXACT),
     ]));
     cases
 }
@@ -758,6 +764,14 @@ fn gated(offsets: &[usize], channels: usize) -> Op {
     Op::GatedResidual {
         offsets: offsets.to_vec(),
         channels,
+    }
+}
+
+fn s2c(rows: usize, channels: usize, parents: usize) -> Op {
+    Op::SpaceToChannel {
+        rows,
+        channels,
+        parents,
     }
 }
 

@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn selftest_bench_cases_cover_every_metal_kernel() {
         type IsOp = fn(&Op) -> bool;
-        let families: [(&str, IsOp); 9] = [
+        let families: [(&str, IsOp); 10] = [
             ("attention_", |op| matches!(op, Op::Attention { .. })),
             ("sparse_conv_", |op| matches!(op, Op::SparseConv { .. })),
             ("deform_im2col_", |op| matches!(op, Op::DeformIm2col { .. })),
@@ -327,6 +327,9 @@ mod tests {
             }),
             ("neighbour_", |op| matches!(op, Op::NeighbourMap { .. })),
             ("conv_order_", |op| matches!(op, Op::ConvOrder { .. })),
+            ("space_to_channel_", |op| {
+                matches!(op, Op::SpaceToChannel { .. })
+            }),
             ("layer_norm_modulate_", |op| {
                 matches!(op, Op::LayerNormModulate { .. })
             }),
