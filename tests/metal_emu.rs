@@ -289,6 +289,24 @@ fn emulate(emu: &Emulator, inputs: &Inputs, budget: Budget) -> Option<Result<Vec
         | Inputs::LayerNormAct { .. }
         | Inputs::C2sSkipAdd { .. }
         | Inputs::DeformConv { .. } => return None,
+        Inputs::SpaceToChannel { feats, slots } => {
+            let (rows, c) = feats.dims2().unwrap();
+            let n = slots.dim(0).unwrap();
+            let plan = trellis2::ops::metal::elementwise_plan::space_to_channel_dispatch(
+                n,
+                rows,
+                c,
+                feats.dtype(),
+            )
+            .unwrap();
+            emulate_one(
+                emu,
+                plan,
+                vec![bytes_of(feats), bytes_of(slots)],
+                n * c,
+                feats.dtype(),
+            )
+        }
     })
 }
 
@@ -300,7 +318,7 @@ fn emulator_for(op: &Op) -> Option<&'static str> {
         Op::NeighbourMap { .. } => "neighbour_map",
         Op::ConvOrder { .. } => "conv_order",
         Op::LayerNormModulate { .. } | Op::RmsNormRope { .. } => "norms",
-        Op::BiasAct { .. } | Op::GatedResidual { .. } => "elementwise",
+        Op::BiasAct { .. } | Op::GatedResidual { .. } | Op::SpaceToChannel { .. } => "elementwise",
         Op::DeformIm2col { .. } => "deform_conv",
         _ => return None,
     })
@@ -339,7 +357,9 @@ fn run_cases(keep: fn(&Op) -> bool) {
                 .unwrap();
             let elementwise = matches!(
                 inputs,
-                Inputs::BiasAct { .. } | Inputs::GatedResidual { .. }
+                Inputs::BiasAct { .. }
+                    | Inputs::GatedResidual { .. }
+                    | Inputs::SpaceToChannel { .. }
             );
             let order_rows = match &inputs {
                 Inputs::ConvOrder { map, .. } => map.dim(0).unwrap(),
@@ -410,7 +430,12 @@ fn norm_cases() {
 
 #[test]
 fn elementwise_cases() {
-    run_cases(|op| matches!(op, Op::BiasAct { .. } | Op::GatedResidual { .. }));
+    run_cases(|op| {
+        matches!(
+            op,
+            Op::BiasAct { .. } | Op::GatedResidual { .. } | Op::SpaceToChannel { .. }
+        )
+    });
 }
 
 #[test]
