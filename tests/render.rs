@@ -884,7 +884,7 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
         assert_eq!((img.width(), img.height()), (4 * 48, 2 * 48));
         assert_eq!(img.color().channel_count(), channels);
     }
-    // Bad input: exit 1, one line naming the file, no output file.
+    // Bad input: one line naming the file, no output file.
     let junk = dir.path().join("junk.ply");
     std::fs::write(
         &junk,
@@ -892,10 +892,11 @@ fn render_cli_writes_a_sheet_and_fails_cleanly() {
     )
     .unwrap();
     let out = dir.path().join("never.png");
-    for input in [&junk, &dir.path().join("missing.glb")] {
+    // A file that cannot be read is refused before any work (2); one that reads wrong fails (1).
+    for (input, code) in [(&junk, 1), (&dir.path().join("missing.glb"), 2)] {
         let o = trellis2(&["render", &s(input), "-o", &s(&out)]);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(o.status.code(), Some(code), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
             err.starts_with("error: ") && err.contains(&s(input)),

@@ -61,7 +61,10 @@ pub fn devices(text: &str) -> Result<DeviceList, String> {
             None => (part, 0),
         };
         let kind = DeviceArg::from_str(name, true).map_err(|_| {
-            format!("`{part}` is not a device (auto, cpu, metal, cuda, or cuda:N / metal:N)")
+            format!(
+                "`{part}` is not a device (a list may name several, and GPUs by number: \
+                 cuda:1) [possible values: auto, cpu, metal, cuda]"
+            )
         })?;
         if part.contains(':') && matches!(kind, DeviceArg::Auto | DeviceArg::Cpu) {
             return Err(format!(

@@ -95,7 +95,7 @@ impl DinoV3Config {
 
     /// The fields that size tensors within their plausible ranges (see [`super::limits`]).
     pub fn check_ranges(&self) -> Result<()> {
-        use super::limits::{field, real, CHANNELS, DEPTH, HEADS};
+        use super::limits::{field, CHANNELS, DEPTH, HEADS};
         field("hidden_size", self.hidden_size, CHANNELS)?;
         field("num_hidden_layers", self.num_hidden_layers, DEPTH)?;
         field("num_attention_heads", self.num_attention_heads, HEADS)?;
@@ -104,8 +104,8 @@ impl DinoV3Config {
         // Tokens grow with (1024 / patch)²: DINOv2/v3 use 14 and 16.
         field("patch_size", self.patch_size, 8..=64)?;
         field("num_channels", self.num_channels, 1..=4)?;
-        real("layer_norm_eps", self.layer_norm_eps, 0.0..=1.0)?;
-        real("rope_theta", self.rope_theta as f64, 1.0..=1e9)
+        field("layer_norm_eps", self.layer_norm_eps, 0.0..=1.0)?;
+        field("rope_theta", self.rope_theta as f64, 1.0..=1e9)
     }
 
     fn validate(&self) -> Result<()> {

@@ -100,19 +100,20 @@ impl DitConfig {
 
     /// The fields that size tensors within their plausible ranges (see [`super::limits`]).
     pub fn check_ranges(&self) -> Result<()> {
-        use super::limits::{field, real, CHANNELS, DEPTH, HEADS};
+        use super::limits::{field, CHANNELS, DEPTH, HEADS};
         // The sparse-structure flow's noise and tokens are dense `R³` (16 in the release).
         field("resolution", self.resolution, 0..=64)?;
         field("in_channels", self.in_channels, 1..=1024)?;
         field("out_channels", self.out_channels, 1..=1024)?;
         field("model_channels", self.model_channels, CHANNELS)?;
         field("cond_channels", self.cond_channels, CHANNELS)?;
-        field("num_blocks", self.num_blocks, DEPTH)?;
+        // 0 is the shell a streamed model is built as (its blocks come from the checkpoint).
+        field("num_blocks", self.num_blocks, 0..=*DEPTH.end())?;
         if let Some(h) = self.num_heads {
             field("num_heads", h, HEADS)?;
         }
         field("num_head_channels", self.num_head_channels, 1..=1024)?;
-        real("mlp_ratio", self.mlp_ratio, 0.25..=16.0)
+        field("mlp_ratio", self.mlp_ratio, 0.25..=16.0)
     }
 
     fn validate(&self) -> Result<()> {

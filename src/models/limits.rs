@@ -9,8 +9,12 @@ use std::ops::RangeInclusive;
 
 use anyhow::{bail, Result};
 
-/// A whole-number field.
-pub fn field(name: &str, value: usize, range: RangeInclusive<usize>) -> Result<()> {
+/// A number field, whole or real (NaN is outside every range).
+pub fn field<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<()> {
     if !range.contains(&value) {
         bail!(
             "field `{name}` = {value} is outside the plausible range {}..={}",
@@ -42,18 +46,6 @@ pub fn list(
     Ok(())
 }
 
-/// A real-number field (NaN is outside every range).
-pub fn real(name: &str, value: f64, range: RangeInclusive<f64>) -> Result<()> {
-    if !range.contains(&value) {
-        bail!(
-            "field `{name}` = {value} is outside the plausible range {}..={}",
-            range.start(),
-            range.end()
-        );
-    }
-    Ok(())
-}
-
 /// Channel widths (`model_channels`, `hidden_size`, …): the release's largest is 1536.
 pub const CHANNELS: RangeInclusive<usize> = 1..=8192;
 /// Stacked blocks or layers: the release's deepest stack is 30.
@@ -72,9 +64,9 @@ mod tests {
             e.to_string(),
             "field `num_blocks` = 1000000000 is outside the plausible range 1..=128"
         );
-        assert!(real("mlp_ratio", f64::NAN, 0.25..=16.0).is_err());
-        assert!(real("mlp_ratio", 1e30, 0.25..=16.0).is_err());
-        assert!(real("mlp_ratio", 5.3334, 0.25..=16.0).is_ok());
+        assert!(field("mlp_ratio", f64::NAN, 0.25..=16.0).is_err());
+        assert!(field("mlp_ratio", 1e30, 0.25..=16.0).is_err());
+        assert!(field("mlp_ratio", 5.3334, 0.25..=16.0).is_ok());
         assert!(list("channels", &[512, 128, 32], 1..=4, CHANNELS).is_ok());
         let e = list("channels", &[512, 1 << 40], 1..=4, CHANNELS).unwrap_err();
         assert!(e.to_string().contains("channels[1]"), "{e}");

@@ -228,7 +228,7 @@ impl DecoderConfig {
 
     pub fn from_flexi_dual_grid(a: &FlexiDualGridDecoderArgs) -> Result<Self> {
         crate::models::limits::field("resolution", a.resolution, 1..=4096)
-            .and_then(|()| crate::models::limits::real("voxel_margin", a.voxel_margin, 0.0..=1.0))
+            .and_then(|()| crate::models::limits::field("voxel_margin", a.voxel_margin, 0.0..=1.0))
             .map_err(|e| candle_core::Error::Msg(format!("SC-VAE decoder: {e}")))?;
         Self {
             out_channels: 7,
