@@ -117,7 +117,8 @@ fn check_position_accessors(bytes: &[u8]) -> Result<()> {
 }
 
 /// The accessor types and component types glTF 2.0 allows for each standard attribute
-/// (spec §3.7.2.1); other (application) attributes are not read, so not checked.
+/// (the Khronos glTF 2.0 specification, "Meshes" → "Overview": the table of mesh attributes);
+/// other (application) attributes are not read, so not checked.
 fn attribute_layout_allowed(name: &str, kind: &str, component: u64) -> bool {
     const FLOAT: u64 = 5126;
     const UBYTE: u64 = 5121;
