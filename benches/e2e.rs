@@ -7,7 +7,12 @@
 //! ```sh
 //! cargo bench --bench e2e -- [--device cpu|cuda|metal] [--pipeline 512|1024-cascade|both]
 //!     [--batch 8] [--model DIR] [--tiny] [--tokens N32,N64] [--steps N] [--keep DIR]
+//!     [--extra "MORE GENERATE ARGS"]
 //! ```
+//! Random weights make the decoders' mesh noise (the structure and growth are forced, the
+//! surface inside them is not): its GLB's UV atlas has tens of thousands of charts, where a
+//! real object's has about a hundred, so the default GLB export costs far more than a real
+//! one; `--extra "--texture none"` measures the rest without it.
 //! Per pipeline, two processes: **cold**, one picture, timed around the process (start-up,
 //! device set-up, weight reads and exit included); **warm**, `--batch` pictures in one process
 //! (`--batch-order picture`: every model read once and kept), per picture = the mean of the
@@ -110,6 +115,8 @@ struct Opts {
     steps: Option<usize>,
     /// Keep the runs' outputs and reports here instead of a temporary folder.
     keep: Option<PathBuf>,
+    /// More `generate` arguments (`--extra "--texture none"`).
+    extra: Vec<String>,
 }
 
 fn parse() -> Result<Opts> {
@@ -123,6 +130,7 @@ fn parse() -> Result<Opts> {
         forcing: String::new(),
         steps: None,
         keep: None,
+        extra: Vec::new(),
     };
     let mut tokens = None;
     while let Some(a) = args.next() {
@@ -143,6 +151,9 @@ fn parse() -> Result<Opts> {
             "--tokens" => tokens = Some(value()?),
             "--steps" => o.steps = Some(value()?.parse().context("--steps takes a count")?),
             "--keep" => o.keep = Some(value()?.into()),
+            "--extra" => o
+                .extra
+                .extend(value()?.split_whitespace().map(str::to_string)),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -307,6 +318,7 @@ fn generate(o: &Opts, model: &Path, pipeline: &str, inputs: &[PathBuf], out: &Pa
     if let Some(s) = o.steps {
         cmd.args(["--steps", &s.to_string()]);
     }
+    cmd.args(&o.extra);
     let log = std::fs::File::create(out.with_extension("log"))?;
     cmd.stdout(log.try_clone()?).stderr(log);
     let start = Instant::now();
@@ -503,13 +515,17 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
     let r = &cold.report;
     let loads: f64 = r["model_loads"]
         .as_object()
-        .map(|m| m.values().filter_map(|l| l["seconds"].as_f64()).sum())
+        .map(|m| {
+            m.values()
+                .filter_map(|l| l["seconds"].as_f64())
+                .sum::<f64>()
+        })
         .unwrap_or(0.0);
     let mut t = String::new();
     use std::fmt::Write;
     writeln!(
         t,
-        "\n#### `{pipeline}`: device {} ({}), dtype {}, `--dev-force-structure {}`{}",
+        "\n#### `{pipeline}`: device {} ({}), dtype {}, `--dev-force-structure {}`{}{}",
         r["device"].as_str().unwrap_or("?"),
         machine(),
         r["dtype"].as_str().unwrap_or("?"),
@@ -518,6 +534,11 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
             ", tiny golden model (smoke run)"
         } else {
             ", full-size random weights"
+        },
+        if o.extra.is_empty() {
+            String::new()
+        } else {
+            format!(", `{}`", o.extra.join(" "))
         }
     )?;
     writeln!(

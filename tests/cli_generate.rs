@@ -653,7 +653,8 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
         );
         let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(o.status.success(), "{pipeline}: {}", text(&o));
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         let item = &r["items"][0];
         assert_eq!(item["status"], "ok", "{pipeline}: {item}");
         let stage = |name: &str| {
@@ -675,11 +676,22 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
         // The decode stage reports its parts; forced growth decoded more voxels than tokens.
         let decode = stage("decode");
         for part in ["shape_decoder", "mesh", "tex_decoder", "fill_holes"] {
-            assert!(decode["parts"][part].as_f64().is_some(), "{pipeline}: {decode}");
+            assert!(
+                decode["parts"][part].as_f64().is_some(),
+                "{pipeline}: {decode}"
+            );
         }
-        assert!(item["voxels"].as_u64().unwrap() > shell as u64, "{pipeline}: {item}");
-        assert!(item["output_seconds"]["mesh-ply"].as_f64().is_some(), "{item}");
-        assert!(out.join("0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.mesh.ply").is_file());
+        assert!(
+            item["voxels"].as_u64().unwrap() > shell as u64,
+            "{pipeline}: {item}"
+        );
+        assert!(
+            item["output_seconds"]["mesh-ply"].as_f64().is_some(),
+            "{item}"
+        );
+        assert!(out
+            .join("0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.mesh.ply")
+            .is_file());
     }
     // Hidden from users; a bad value is a usage error.
     let help = trellis2(&["generate", "--help"]);

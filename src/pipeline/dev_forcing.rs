@@ -101,9 +101,11 @@ pub fn shell_coords(res: usize, target: usize) -> Vec<[i32; 4]> {
 /// the xorshift values mapped to `u` uniform in [0, 1).
 pub fn growth_logits(n: usize, keep: f64, seed: u64, device: &Device) -> Result<Tensor> {
     // The values r are uniform in [−0.05, 0.05): u = 10·r + 0.5, so keep − u = −10·r + keep − 0.5.
-    Ok(Tensor::from_vec(xorshift_values(n * 8, seed), (n, 8), &Device::Cpu)?
-        .affine(-10.0, keep - 0.5)?
-        .to_device(device)?)
+    Ok(
+        Tensor::from_vec(xorshift_values(n * 8, seed), (n, 8), &Device::Cpu)?
+            .affine(-10.0, keep - 0.5)?
+            .to_device(device)?,
+    )
 }
 
 /// One forced subdivision per C2S level of a decoder, starting at `latent`'s voxels.
