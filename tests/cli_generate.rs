@@ -667,7 +667,7 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
                 .clone()
         };
         let shell = shell_coords(structure, 150).len();
-        assert!(shell >= 150 && shell < 400, "{shell}");
+        assert!((150..400).contains(&shell), "{shell}");
         assert_eq!(stage("sparse_structure")["voxels"], shell, "{pipeline}");
         if pipeline == "1024-cascade" {
             assert_eq!(stage("cascade")["tokens"], shell_coords(64, 500).len());
