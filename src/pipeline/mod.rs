@@ -8,6 +8,7 @@ pub mod conditioning;
 pub mod config;
 mod context;
 mod decode;
+pub mod dev_forcing;
 pub mod device;
 pub mod flow_model;
 pub mod latents_file;
