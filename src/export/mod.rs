@@ -11,6 +11,7 @@ pub mod face_orientation;
 pub mod frame;
 pub mod glb;
 pub mod glb_writer;
+pub mod mesh_input;
 pub mod mesh_arrays;
 pub mod mesh_ply;
 pub mod ply;
