@@ -6,6 +6,9 @@
 //!   its own coordinates.
 //! * Texture coordinates are kept in glTF's convention (`v` down from the image's first row).
 //!   OBJ and PLY count `v` up from the bottom, so theirs are flipped on reading.
+//! * GLB, glTF and PLY vertices keep their order and indices. OBJ vertices are numbered in the
+//!   order the faces first use them (unused ones dropped, as the `tobj` loader does), and a
+//!   vertex used with several UVs (a seam) is copied once per extra UV.
 //! * Size limits ([`MAX_VERTICES`], [`MAX_FACES`]) are checked on the counts the file declares
 //!   (glTF accessors, PLY header, OBJ lines), before the arrays are read.
 //! * [`InputMesh::check`] refuses what cannot be textured (no vertices, no faces, indices out of
@@ -308,8 +311,10 @@ fn read_obj(path: &Path) -> Result<InputMesh> {
     }
     over_limit(vertices, faces)?;
     let (file, _) = crate::files::open_regular(path, u64::MAX)?;
+    // Separate position and UV indices: single-index loading would also split vertices by
+    // their normals, and the normals are not needed.
     let options = tobj::LoadOptions {
-        single_index: true,
+        single_index: false,
         triangulate: true,
         ignore_points: true,
         ignore_lines: true,
@@ -321,7 +326,9 @@ fn read_obj(path: &Path) -> Result<InputMesh> {
     .map_err(|e| anyhow::anyhow!("not a readable OBJ file: {e}"))?;
     let mut mesh = InputMesh::default();
     let mut uvs: Vec<[f32; 2]> = Vec::new();
-    let mut all_uvs = true;
+    let all_uvs = models.iter().all(|m| {
+        !m.mesh.texcoords.is_empty() && m.mesh.texcoord_indices.len() == m.mesh.indices.len()
+    });
     for model in &models {
         let m = &model.mesh;
         let base = mesh.positions.len();
@@ -329,19 +336,53 @@ fn read_obj(path: &Path) -> Result<InputMesh> {
         over_limit(base + n, mesh.faces.len() + m.indices.len() / 3)?;
         mesh.positions
             .extend(m.positions.chunks_exact(3).map(|p| [p[0], p[1], p[2]]));
-        if m.texcoords.len() == n * 2 && n > 0 {
-            uvs.extend(m.texcoords.chunks_exact(2).map(|t| [t[0], 1.0 - t[1]]));
-        } else {
-            all_uvs = false;
-        }
-        for t in m.indices.chunks_exact(3) {
-            let at = |i: u32| -> Result<u32> {
-                u32::try_from(base + i as usize).context("vertex index past u32")
+        let mut corners: Vec<u32> = Vec::with_capacity(m.indices.len());
+        if all_uvs {
+            // One UV per vertex: a vertex used with a second UV (a seam) is copied.
+            let texcoord = |t: u32| -> Result<[f32; 2]> {
+                let t = t as usize;
+                match m.texcoords.get(2 * t..2 * t + 2) {
+                    Some(uv) => Ok([uv[0], 1.0 - uv[1]]),
+                    None => bail!("texture coordinate index {t} out of range"),
+                }
             };
-            mesh.faces.push([at(t[0])?, at(t[1])?, at(t[2])?]);
+            let mut first: Vec<Option<u32>> = vec![None; n];
+            uvs.resize(base + n, [0.0; 2]);
+            let mut copies: HashMap<(u32, u32), u32> = HashMap::new();
+            for (&p, &t) in m.indices.iter().zip(&m.texcoord_indices) {
+                let slot = first
+                    .get_mut(p as usize)
+                    .context("vertex index out of range")?;
+                let index = match *slot {
+                    None => {
+                        *slot = Some(t);
+                        uvs[base + p as usize] = texcoord(t)?;
+                        base + p as usize
+                    }
+                    Some(t0) if t0 == t => base + p as usize,
+                    Some(_) => match copies.get(&(p, t)) {
+                        Some(&i) => i as usize,
+                        None => {
+                            let i = mesh.positions.len();
+                            over_limit(i + 1, 0)?;
+                            mesh.positions.push(mesh.positions[base + p as usize]);
+                            uvs.push(texcoord(t)?);
+                            copies.insert((p, t), i as u32);
+                            i
+                        }
+                    },
+                };
+                corners.push(u32::try_from(index).context("vertex index past u32")?);
+            }
+        } else {
+            for &p in &m.indices {
+                corners.push(u32::try_from(base + p as usize).context("vertex index past u32")?);
+            }
         }
+        mesh.faces
+            .extend(corners.chunks_exact(3).map(|t| [t[0], t[1], t[2]]));
     }
-    if all_uvs && !uvs.is_empty() {
+    if all_uvs && !models.is_empty() {
         mesh.uvs = Some(uvs);
     }
     Ok(mesh)
@@ -385,6 +426,23 @@ mod tests {
         m.positions.push([1.0, 1.0, 1.0]);
         m.faces.push([0, 1, 4]);
         assert_eq!(m.check().unwrap().non_manifold_edges, 1);
+    }
+
+    #[test]
+    fn obj_keeps_one_uv_per_vertex_and_copies_seam_vertices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quad.obj");
+        // Two triangles sharing the edge 1-3; vertex 3 has a different UV in the second.
+        let text = "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 1 1\n\
+                    vt 0 1\nvt 0.5 0.5\nvn 0 0 1\nf 1/1/1 2/2/1 3/3/1\nf 1/1/1 3/5/1 4/4/1\n";
+        std::fs::write(&path, text).unwrap();
+        let m = read_input_mesh(&path).unwrap();
+        assert_eq!(m.positions.len(), 5, "4 vertices + 1 seam copy");
+        assert_eq!(m.positions[4], m.positions[2]);
+        assert_eq!(m.faces, vec![[0, 1, 2], [0, 4, 3]]);
+        let uvs = m.uvs.unwrap();
+        assert_eq!(uvs[2], [1.0, 0.0], "v flipped to glTF's convention");
+        assert_eq!(uvs[4], [0.5, 0.5]);
     }
 
     #[test]
