@@ -172,8 +172,11 @@ fn ensure_model(dir: &Path, resolution: u32) -> Result<()> {
     Ok(())
 }
 
+/// Positions, UVs and triangles.
+type TriangleMesh = (Vec<[f32; 3]>, Vec<[f32; 2]>, Vec<[u32; 3]>);
+
 /// A UV sphere of `segments × segments/2` quads (about `faces` triangles) with a seam.
-fn sphere(faces: usize) -> (Vec<[f32; 3]>, Vec<[f32; 2]>, Vec<[u32; 3]>) {
+fn sphere(faces: usize) -> TriangleMesh {
     let segments = ((faces as f64).sqrt().round() as u32).max(8);
     let rings = segments / 2;
     let mut positions = Vec::with_capacity(((segments + 1) * (rings + 1)) as usize);
@@ -241,7 +244,11 @@ fn write_mesh(path: &Path, kind: &str, faces: usize) -> Result<usize> {
             }
         }
         _ => {
-            let mut bin: Vec<u8> = positions.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+            let mut bin: Vec<u8> = positions
+                .iter()
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
             let uv_at = bin.len();
             bin.extend(uvs.iter().flatten().flat_map(|v| v.to_le_bytes()));
             let ix_at = bin.len();

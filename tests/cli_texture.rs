@@ -89,7 +89,11 @@ fn sphere(segments: u32, rings: u32) -> Sphere {
         let theta = std::f32::consts::PI * r as f32 / rings as f32;
         for k in 0..=segments {
             let phi = std::f32::consts::TAU * k as f32 / segments as f32;
-            let (x, y, z) = (theta.sin() * phi.cos(), theta.cos(), theta.sin() * phi.sin());
+            let (x, y, z) = (
+                theta.sin() * phi.cos(),
+                theta.cos(),
+                theta.sin() * phi.sin(),
+            );
             positions.push([10.0 + 2.0 * x, 5.0 + 3.0 * y, -3.0 + 2.0 * z]);
             uvs.push([k as f32 / segments as f32, r as f32 / rings as f32]);
         }
@@ -117,15 +121,15 @@ fn write_glb(path: &Path, m: &Sphere) {
     let ix_offset = bin.len();
     bin.extend(m.faces.iter().flatten().flat_map(|v| v.to_le_bytes()));
     let n = m.positions.len();
-    let (lo, hi) = m.positions.iter().fold(
-        ([f32::MAX; 3], [f32::MIN; 3]),
-        |(lo, hi), p| {
+    let (lo, hi) = m
+        .positions
+        .iter()
+        .fold(([f32::MAX; 3], [f32::MIN; 3]), |(lo, hi), p| {
             (
                 std::array::from_fn(|a| lo[a].min(p[a])),
                 std::array::from_fn(|a| hi[a].max(p[a])),
             )
-        },
-    );
+        });
     let doc = json!({
         "asset": { "version": "2.0" },
         "scene": 0,
@@ -241,15 +245,24 @@ fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
         {
             let (p, q) = (data.positions[got as usize], m.positions[want as usize]);
             for a in 0..3 {
-                assert!((p[a] - q[a]).abs() <= 1e-5 * q[a].abs().max(1.0), "{name} corner {k}");
+                assert!(
+                    (p[a] - q[a]).abs() <= 1e-5 * q[a].abs().max(1.0),
+                    "{name} corner {k}"
+                );
             }
             let (u, w) = (uvs[got as usize], m.uvs[want as usize]);
-            assert!((u[0] - w[0]).abs() < 1e-6 && (u[1] - w[1]).abs() < 1e-6, "{name} {k}");
+            assert!(
+                (u[0] - w[0]).abs() < 1e-6 && (u[1] - w[1]).abs() < 1e-6,
+                "{name} {k}"
+            );
         }
         if name == "ball" {
             let want_ix: Vec<u32> = m.faces.iter().flatten().copied().collect();
             assert_eq!(data.indices, want_ix, "a GLB's indices are kept");
-            assert_eq!(data.positions, m.positions, "a GLB's positions are kept bit for bit");
+            assert_eq!(
+                data.positions, m.positions,
+                "a GLB's positions are kept bit for bit"
+            );
         }
         let tex = data.base_color_texture.expect("a base colour texture");
         assert_eq!((tex.width, tex.height), (512, 512));
@@ -381,7 +394,10 @@ fn bad_meshes_get_one_line_errors_and_the_batch_goes_on() {
             .unwrap_or_else(|| panic!("no error line for {}: {}", p.display(), text(&o)));
         assert!(line.contains(what), "{line}");
         let stem = p.file_stem().unwrap().to_string_lossy();
-        assert!(!out.join(format!("{stem}.glb")).exists(), "no output for {stem}");
+        assert!(
+            !out.join(format!("{stem}.glb")).exists(),
+            "no output for {stem}"
+        );
     }
     assert!(!stderr.contains("panicked"), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
@@ -402,7 +418,10 @@ fn usage_errors_exit_2_before_any_work() {
     write_glb(&mesh, &sphere(8, 4));
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec![s(&mesh)], "pairs"),
-        (vec![s(&dir.path().join("missing.glb")), image()], "no such file"),
+        (
+            vec![s(&dir.path().join("missing.glb")), image()],
+            "no such file",
+        ),
         (vec![image(), image()], "not a mesh"),
         (
             vec![s(&mesh), image(), "--resolution".into(), "100".into()],
@@ -412,7 +431,10 @@ fn usage_errors_exit_2_before_any_work() {
             vec![s(&mesh), image(), "--steps".into(), "ss=3".into()],
             "tex sampler",
         ),
-        (vec![s(&mesh), image(), s(&mesh), image()], "would both write"),
+        (
+            vec![s(&mesh), image(), s(&mesh), image()],
+            "would both write",
+        ),
     ];
     for (pair, what) in cases {
         let o = run(&pair, &out, &[]);

@@ -569,7 +569,14 @@ fn download_texturing_adds_the_encoder_and_texture_fetches_on_first_use() {
     let cache = home.path().join("cache");
     let stdout = succeed(
         trellis2(&hub, home.path(), true)
-            .args(["download", "--texturing", "--yes", "--rembg", "none", "--to"])
+            .args([
+                "download",
+                "--texturing",
+                "--yes",
+                "--rembg",
+                "none",
+                "--to",
+            ])
             .arg(&cache),
     );
     // 2 pipelines + 8 models × 2 + the encoder × 2 + DINOv3 × 2.
@@ -582,8 +589,12 @@ fn download_texturing_adds_the_encoder_and_texture_fetches_on_first_use() {
     let dir = hub::locate_config(Some(&cache), &s, None, hub::TEXTURING_PIPELINE_FILE)
         .expect("complete texturing directory");
     assert!(dir.resolve("shape_slat_encoder").is_ok());
-    assert!(hub::missing_offline_in(&s, None, &[hub::PIPELINE_FILE, hub::TEXTURING_PIPELINE_FILE])
-        .is_empty());
+    assert!(hub::missing_offline_in(
+        &s,
+        None,
+        &[hub::PIPELINE_FILE, hub::TEXTURING_PIPELINE_FILE]
+    )
+    .is_empty());
 
     // `texture` on an empty cache fetches only what texturing needs, then runs.
     let cache2 = home.path().join("cache2");
@@ -608,12 +619,23 @@ fn download_texturing_adds_the_encoder_and_texture_fetches_on_first_use() {
             .arg(&cache2)
             .arg("-o")
             .arg(&out)
-            .args(["--yes", "--rembg", "none", "--device", "cpu", "--resolution", "64"])
+            .args([
+                "--yes",
+                "--rembg",
+                "none",
+                "--device",
+                "cpu",
+                "--resolution",
+                "64",
+            ])
             .args(["--steps", "1", "--texture-size", "512"]),
     );
     assert!(out.join("octa.glb").is_file());
     let s2 = settings(&hub, &cache2, true);
-    assert!(s2.cached_file(RELEASE, "pipeline.json").is_none(), "only texturing's files");
+    assert!(
+        s2.cached_file(RELEASE, "pipeline.json").is_none(),
+        "only texturing's files"
+    );
     assert!(s2
         .cached_file(RELEASE, "ckpts/shape_enc_next_dc_f16c32_fp16.safetensors")
         .is_some());
@@ -632,5 +654,8 @@ fn download_texturing_adds_the_encoder_and_texture_fetches_on_first_use() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("download") && err.contains("--texturing"), "{err}");
+    assert!(
+        err.contains("download") && err.contains("--texturing"),
+        "{err}"
+    );
 }

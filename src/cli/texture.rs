@@ -37,9 +37,11 @@ use trellis2::pipeline::{
 const MESH_EXTENSIONS: [&str; 4] = ["glb", "gltf", "ply", "obj"];
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  trellis2 texture statue.glb statue.png -o out/\n  trellis2 \
+#[command(
+    after_help = "Examples:\n  trellis2 texture statue.glb statue.png -o out/\n  trellis2 \
 texture a.obj a.png b.ply b.jpg --resolution 512 --report run.json\n  trellis2 texture --pairs \
-batch.tsv -o textured/")]
+batch.tsv -o textured/"
+)]
 pub struct Args {
     /// MESH IMAGE pairs: a mesh (GLB, glTF, PLY, OBJ) and the picture (PNG, JPEG, WebP) its
     /// texture should match; several pairs texture several meshes.
@@ -236,7 +238,10 @@ where
         if *stage == SamplerStage::Tex {
             out = Some(*v);
         } else if !bare {
-            bail!("{flag} {}=…: texture runs only the tex sampler", stage.name());
+            bail!(
+                "{flag} {}=…: texture runs only the tex sampler",
+                stage.name()
+            );
         }
     }
     Ok(out)

@@ -292,9 +292,7 @@ fn read_obj(path: &Path) -> Result<InputMesh> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .context("cannot read")?;
+        let n = reader.read_until(b'\n', &mut line).context("cannot read")?;
         if n == 0 {
             break;
         }
@@ -394,7 +392,12 @@ mod tests {
 
     fn tetra() -> InputMesh {
         InputMesh {
-            positions: vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            positions: vec![
+                [0.0, 0.0, 0.0],
+                [1.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0],
+                [0.0, 0.0, 1.0],
+            ],
             faces: vec![[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]],
             uvs: None,
         }

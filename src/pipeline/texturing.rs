@@ -236,15 +236,13 @@ impl TexturingPipeline {
         let encoded = {
             let encoder = ctx.shape_encoder()?;
             let vertices = SparseTensor::new(&coords, offsets)?;
-            encoder
-                .forward(&vertices, &flags)
-                .context("encode stage")?
+            encoder.forward(&vertices, &flags).context("encode stage")?
         };
         ctx.release(role::SHAPE_ENCODER);
         let latent_coords = encoded.z.coords().clone();
-        ctx.latents.insert("shape_enc.coords", latent_coords.clone());
         ctx.latents
-            .insert("shape_slat.feats", encoded.mean.clone());
+            .insert("shape_enc.coords", latent_coords.clone());
+        ctx.latents.insert("shape_slat.feats", encoded.mean.clone());
         stage.voxels = Some(n);
         stage.tokens = Some(encoded.z.len());
         stage.model_calls = 1;
@@ -275,7 +273,8 @@ impl TexturingPipeline {
         }
         let attrs = ((raw.feats() * 0.5)? + 0.5)?;
         ctx.latents.insert("tex_voxels.feats", attrs.clone());
-        ctx.latents.insert("tex_voxels.coords", raw.coords().clone());
+        ctx.latents
+            .insert("tex_voxels.coords", raw.coords().clone());
         let host_coords: Vec<i32> = to_host(raw.coords(), DType::I32)?;
         let host_attrs: Vec<f32> = to_host(&attrs, DType::F32)?;
         stage.voxels = Some(raw.len());
@@ -305,7 +304,12 @@ impl TexturedVoxels {
     /// and triangles as they are, its texture coordinates when it has them, else a new atlas
     /// of `texture_size²` (chart seams then split vertices). Each texel samples the voxels at
     /// its surface point mapped into the unit box.
-    pub fn write_glb(&self, mesh: &InputMesh, path: &Path, texture_size: u32) -> Result<WrittenGlb> {
+    pub fn write_glb(
+        &self,
+        mesh: &InputMesh,
+        path: &Path,
+        texture_size: u32,
+    ) -> Result<WrittenGlb> {
         let start = Instant::now();
         let volume = VoxelAttributes::new(
             &self.voxel_coords,

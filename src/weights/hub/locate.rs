@@ -93,7 +93,11 @@ fn download_hint(settings: &HubSettings, rembg: Option<RembgModel>, config: &str
 }
 
 /// The release's snapshot in the cache, as a model directory described by `config`.
-fn release_dir(settings: &HubSettings, rembg: Option<RembgModel>, config: &str) -> Result<ModelDir> {
+fn release_dir(
+    settings: &HubSettings,
+    rembg: Option<RembgModel>,
+    config: &str,
+) -> Result<ModelDir> {
     match settings.snapshot_dir(RELEASE_REPO) {
         Some(snapshot) if snapshot.join(config).is_file() => {
             ModelDir::open_config(&snapshot, config)
