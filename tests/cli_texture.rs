@@ -1,5 +1,5 @@
 //! `trellis2 texture` end to end on the tiny models (tests/fixtures/golden with its
-//! texturing_pipeline.json): GLB, OBJ and PLY inputs, UVs kept or a new atlas, the input's
+//! texturing_pipeline.json): GLB, glTF, OBJ and PLY inputs, UVs kept or a new atlas, the input's
 //! geometry unchanged, validator-clean output, bad meshes, a batch with a bad pair, the report's
 //! phases, and byte-identical reruns.
 
@@ -113,7 +113,7 @@ fn sphere(segments: u32, rings: u32) -> Sphere {
     }
 }
 
-fn write_glb(path: &Path, m: &Sphere) {
+fn gltf_parts(m: &Sphere) -> (serde_json::Value, Vec<u8>) {
     let mut bin = Vec::new();
     bin.extend(m.positions.iter().flatten().flat_map(|v| v.to_le_bytes()));
     let uv_offset = bin.len();
@@ -152,7 +152,21 @@ fn write_glb(path: &Path, m: &Sphere) {
         ],
         "buffers": [{ "byteLength": bin.len() }],
     });
+    (doc, bin)
+}
+
+fn write_glb(path: &Path, m: &Sphere) {
+    let (doc, bin) = gltf_parts(m);
     std::fs::write(path, common::glb_bytes(&doc, bin)).unwrap();
+}
+
+/// A JSON glTF with its buffer in a `.bin` file beside it.
+fn write_gltf(path: &Path, m: &Sphere) {
+    let (mut doc, bin) = gltf_parts(m);
+    let bin_name = path.with_extension("bin");
+    std::fs::write(&bin_name, bin).unwrap();
+    doc["buffers"][0]["uri"] = json!(bin_name.file_name().unwrap().to_str().unwrap());
+    std::fs::write(path, serde_json::to_vec(&doc).unwrap()).unwrap();
 }
 
 /// OBJ with one `vt` per `v` (UVs up from the bottom, as OBJ has them).
@@ -197,13 +211,15 @@ fn validator_clean(files: &[PathBuf]) {
 }
 
 #[test]
-fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
+fn glb_gltf_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
     let dir = tempfile::tempdir().unwrap();
     let m = sphere(24, 12);
     let glb_in = dir.path().join("ball.glb");
+    let gltf_in = dir.path().join("ball_gltf.gltf");
     let obj_in = dir.path().join("ball_obj.obj");
     let ply_in = dir.path().join("ball_ply.ply");
     write_glb(&glb_in, &m);
+    write_gltf(&gltf_in, &m);
     write_obj(&obj_in, &m);
     // The PLY has no UVs (a new atlas) and a fin: a triangle on an existing edge, making it
     // non-manifold, which is textured with a warning.
@@ -217,7 +233,7 @@ fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
 
     let out = dir.path().join("out");
     let report = dir.path().join("report.json");
-    let pairs = [&glb_in, &obj_in, &ply_in]
+    let pairs = [&glb_in, &gltf_in, &obj_in, &ply_in]
         .iter()
         .flat_map(|p| [s(p), image()])
         .collect::<Vec<_>>();
@@ -232,7 +248,7 @@ fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
     // UVs kept: as many vertices as the input, and every triangle's corners at the input's
     // positions and UVs, in its own frame (the GLB keeps its vertex order and indices; the OBJ
     // reader numbers vertices in the order the faces first use them).
-    for name in ["ball", "ball_obj"] {
+    for name in ["ball", "ball_gltf", "ball_obj"] {
         let (data, summary) = read_glb(&out.join(format!("{name}.glb"))).unwrap();
         assert_eq!(data.positions.len(), m.positions.len(), "{name}");
         assert_eq!(data.indices.len(), m.faces.len() * 3, "{name}");
@@ -256,7 +272,7 @@ fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
                 "{name} {k}"
             );
         }
-        if name == "ball" {
+        if name != "ball_obj" {
             let want_ix: Vec<u32> = m.faces.iter().flatten().copied().collect();
             assert_eq!(data.indices, want_ix, "a GLB's indices are kept");
             assert_eq!(
@@ -279,13 +295,14 @@ fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
 
     validator_clean(&[
         out.join("ball.glb"),
+        out.join("ball_gltf.glb"),
         out.join("ball_obj.glb"),
         out.join("ball_ply.glb"),
     ]);
 
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let items = r["items"].as_array().unwrap();
-    assert_eq!(items.len(), 3);
+    assert_eq!(items.len(), 4);
     for item in items {
         assert_eq!(item["status"], "ok", "{item}");
         for phase in [
@@ -305,8 +322,8 @@ fn glb_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
         assert!(item["voxels"].as_u64().unwrap() > 100);
     }
     assert_eq!(items[0]["kept_uvs"], true);
-    assert_eq!(items[2]["kept_uvs"], false);
-    assert_eq!(items[2]["check"]["non_manifold_edges"], 1);
+    assert_eq!(items[3]["kept_uvs"], false);
+    assert_eq!(items[3]["check"]["non_manifold_edges"], 1);
     // One batch, each model read once.
     for (role, loads) in r["model_loads"].as_object().unwrap() {
         assert_eq!(loads["loads"], 1, "{role}");
