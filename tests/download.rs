@@ -649,6 +649,8 @@ fn download_texturing_adds_the_encoder_and_texture_fetches_on_first_use() {
         .arg(&image)
         .arg("--model")
         .arg(&cache3)
+        .arg("-o")
+        .arg(home.path().join("out3"))
         .args(["--offline", "--rembg", "none"])
         .output()
         .unwrap();
