@@ -479,3 +479,43 @@ fn pairs_file_lists_meshes_relative_to_itself() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("MESH<TAB>IMAGE"), "{}", text(&o));
 }
+
+#[test]
+fn the_pbr_voxels_are_exactly_the_voxelised_mesh() {
+    use trellis2::mesh::{voxelise, UnitBoxFrame, TEXTURING_WEIGHTS};
+    let dir = tempfile::tempdir().unwrap();
+    let m = sphere(16, 8);
+    let mesh = dir.path().join("m.glb");
+    write_glb(&mesh, &m);
+    let latents = dir.path().join("m.latents.safetensors");
+    let o = run(
+        &[s(&mesh), image()],
+        &dir.path().join("out"),
+        &["--save-latents", &s(&latents)],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let saved =
+        trellis2::export::tensors::read_tensors(&latents, &candle_core::Device::Cpu).unwrap();
+    let mut got: Vec<Vec<i32>> = saved["tex_voxels.coords"].to_vec2::<i32>().unwrap();
+    got.sort();
+    let frame = UnitBoxFrame::fit(&m.positions).unwrap();
+    let grid = voxelise(
+        &frame.apply_all(&m.positions),
+        &m.faces,
+        64,
+        TEXTURING_WEIGHTS,
+    )
+    .unwrap();
+    let mut want: Vec<Vec<i32>> = grid
+        .voxels
+        .iter()
+        .map(|v| vec![0, v[0], v[1], v[2]])
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "the texture decoder rebuilt other voxels than the mesh's"
+    );
+    let feats = saved["tex_voxels.feats"].dims().to_vec();
+    assert_eq!(feats, vec![want.len(), 6]);
+}
