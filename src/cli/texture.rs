@@ -178,8 +178,10 @@ fn pairs(args: &Args) -> Result<Vec<Pair>> {
         })
         .collect();
     if let Some(file) = &args.pairs {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("{}: cannot read the pairs file", file.display()))?;
+        // A list of paths: 16 MiB is far beyond any real batch, and a FIFO is refused by type.
+        let bytes = trellis2::files::read_regular(file, 16 << 20)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}: the pairs file is not UTF-8 text", file.display()))?;
         let base = file.parent().unwrap_or(Path::new(""));
         for (n, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
