@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(&args),
+        Command::Texture(args) => cli::texture::run(&args),
         Command::Preprocess(args) => cli::preprocess::run(&args),
         Command::Inspect(args) => cli::inspect::run(&args),
         Command::Matte(args) => cli::matte::run(&args),

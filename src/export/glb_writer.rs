@@ -37,7 +37,7 @@ use super::mesh_arrays::MeshArrays;
 use super::write_atomic;
 use crate::mesh::atlas::{atlas_stats, unwrap, AtlasOptions};
 use crate::mesh::bake::{bake, BakeOptions};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, VoxelAttributes};
 
 /// Alpha below this (8-bit) on any drawn vertex makes the material `BLEND` (upstream's rule).
 pub const BLEND_BELOW_ALPHA8: u8 = 250;
@@ -117,7 +117,7 @@ fn glb_chunks(asset: &Asset, arrays: &MeshArrays, up: Up) -> Result<(Vec<u8>, Ve
         "OPAQUE"
     };
     let doc = gltf_document(
-        up,
+        up.describe(),
         json!({ "POSITION": 0, "NORMAL": 1, "COLOR_0": 2 }),
         json!({
         "materials": [{
@@ -296,14 +296,76 @@ pub fn write_textured_glb_with_layout(
         .iter()
         .map(|i| mesh.vertices[source(i)])
         .collect();
-
-    let start = Instant::now();
+    let positions: Vec<[f32; 3]> = corners.iter().map(|&p| up.apply(p)).collect();
+    let normals: Vec<[f32; 3]> = layout
+        .source_vertex
+        .iter()
+        .map(|i| up.apply(mesh_normals[source(i)]))
+        .collect();
     let volume = asset.attribute_volume()?;
-    let baked = bake(
-        &corners,
-        layout.uvs,
-        layout.indices,
+    write_baked_glb(
+        path,
+        &BakeTarget {
+            sample_points: &corners,
+            positions: &positions,
+            normals: &normals,
+            uvs: layout.uvs,
+            indices: layout.indices,
+            frame: up.describe(),
+        },
         &volume,
+        texture_size,
+    )
+}
+
+/// A textured mesh to bake and write, one row per vertex of the UV layout.
+#[derive(Clone, Copy, Debug)]
+pub struct BakeTarget<'a> {
+    /// Where each vertex samples the attribute volume (the volume's frame).
+    pub sample_points: &'a [[f32; 3]],
+    /// Each vertex as written (the file's frame).
+    pub positions: &'a [[f32; 3]],
+    /// Unit normals in the file's frame.
+    pub normals: &'a [[f32; 3]],
+    /// In [0, 1]², `v` down from the first image row (glTF's convention).
+    pub uvs: &'a [[f32; 2]],
+    /// Three per triangle.
+    pub indices: &'a [u32],
+    /// What `asset.extras.trellis2_frame` says about the positions' frame.
+    pub frame: &'a str,
+}
+
+/// Bakes `volume` over `target`'s UV triangles into a base colour (+ alpha) and a
+/// metallic-roughness texture of `texture_size²` ([`crate::mesh::bake`]) and writes the
+/// textured GLB atomically.
+pub fn write_baked_glb(
+    path: &Path,
+    target: &BakeTarget<'_>,
+    volume: &VoxelAttributes,
+    texture_size: u32,
+) -> Result<TexturedGlb> {
+    let n = target.positions.len();
+    ensure!(
+        target.sample_points.len() == n && target.normals.len() == n && target.uvs.len() == n,
+        "export: {} sample points, {} normals and {} texture coordinates for {n} vertices",
+        target.sample_points.len(),
+        target.normals.len(),
+        target.uvs.len()
+    );
+    ensure!(
+        !target.indices.is_empty() && target.indices.len().is_multiple_of(3),
+        "export: {} corner indices, not a non-empty list of triangles",
+        target.indices.len()
+    );
+    if let Some(&bad) = target.indices.iter().find(|&&i| i as usize >= n) {
+        bail!("export: corner {bad} past the {n} vertices");
+    }
+    let start = Instant::now();
+    let baked = bake(
+        target.sample_points,
+        target.uvs,
+        target.indices,
+        volume,
         &BakeOptions::for_size(texture_size),
     )
     .context("export: texture bake")?;
@@ -343,26 +405,20 @@ pub fn write_textured_glb_with_layout(
     let encode_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let positions: Vec<[f32; 3]> = corners.iter().map(|&p| up.apply(p)).collect();
-    let normals: Vec<[f32; 3]> = layout
-        .source_vertex
-        .iter()
-        .map(|i| up.apply(mesh_normals[source(i)]))
-        .collect();
     let textured = TexturedArrays {
-        positions: &positions,
-        normals: &normals,
-        uvs: layout.uvs,
-        indices: layout.indices,
+        positions: target.positions,
+        normals: target.normals,
+        uvs: target.uvs,
+        indices: target.indices,
         images: [&base_colour, &metallic_roughness],
         alpha_blend,
     };
-    let (json, bin) = textured_glb_chunks(&textured, up)?;
+    let (json, bin) = textured_glb_chunks(&textured, target.frame)?;
     write_atomic(path, |w| write_container(w, &json, &bin))
         .with_context(|| format!("{}: cannot write the GLB", path.display()))?;
     Ok(TexturedGlb {
-        faces: layout.indices.len() / 3,
-        vertices: positions.len(),
+        faces: target.indices.len() / 3,
+        vertices: n,
         texture_size,
         alpha_blend,
         png_bytes: base_colour.len() + metallic_roughness.len(),
@@ -406,7 +462,7 @@ struct TexturedArrays<'a> {
 }
 
 /// The JSON document and the binary buffer of the textured GLB.
-fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u8>)> {
+fn textured_glb_chunks(t: &TexturedArrays<'_>, frame: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     let n = t.positions.len();
     let image_bytes: usize = t.images.iter().map(|i| i.len() + 3).sum();
     let mut bin = Vec::with_capacity(n * 32 + t.indices.len() * 4 + image_bytes);
@@ -452,7 +508,7 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u
     }
     let (lo, hi) = bounds(t.positions);
     let doc = gltf_document(
-        up,
+        frame,
         json!({ "POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2 }),
         json!({
         "materials": [{
@@ -502,7 +558,7 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u
 /// of one triangle mesh (vertex `attributes`, indices in accessor 3, material 0), then `rest`'s
 /// members (materials, accessors, views, buffers).
 fn gltf_document(
-    up: Up,
+    frame: &str,
     attributes: serde_json::Value,
     rest: serde_json::Value,
 ) -> serde_json::Value {
@@ -510,7 +566,7 @@ fn gltf_document(
         "asset": {
             "version": "2.0",
             "generator": format!("trellis2 {}", env!("CARGO_PKG_VERSION")),
-            "extras": { "trellis2_frame": up.describe() },
+            "extras": { "trellis2_frame": frame },
         },
         "scene": 0,
         "scenes": [{ "nodes": [0] }],

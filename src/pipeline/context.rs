@@ -18,7 +18,9 @@ use super::progress::{Progress, StageReport};
 use super::sampler::{sample, LatentLayout, SamplerEvent, SamplerParams};
 use crate::models::dinov3::DinoV3;
 use crate::models::dit::FlowDit;
-use crate::models::sc_vae::{FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
+use crate::models::sc_vae::{
+    FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
+};
 use crate::models::ss_decoder::SsDecoder;
 use crate::weights::ModelDir;
 
@@ -74,6 +76,12 @@ impl Ctx<'_> {
     pub fn tex_decoder(&self) -> Result<Arc<SparseUnetVaeDecoder>> {
         self.models.get_or_load(role::TEX_DECODER, || {
             models::tex_decoder(self.dir, self.device, self.load)
+        })
+    }
+
+    pub fn shape_encoder(&self) -> Result<Arc<FlexiDualGridVaeEncoder>> {
+        self.models.get_or_load(role::SHAPE_ENCODER, || {
+            models::shape_encoder(self.dir, self.device, self.load)
         })
     }
 

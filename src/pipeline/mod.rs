@@ -25,6 +25,7 @@ mod shape;
 mod sparse_structure;
 pub mod structure;
 mod texture;
+pub mod texturing;
 
 pub use config::{
     PipelineSettings, PipelineType, SamplerOverrides, SamplerStage, StageOverride,
