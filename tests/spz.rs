@@ -268,3 +268,31 @@ fn inspect_reports_the_ply_statistics_for_the_spz() {
         }
     }
 }
+
+/// The octree merge (and the whole splat export) gives the same files for any number of
+/// threads.
+#[test]
+fn merged_splats_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let asset = sphere();
+    let budget = SplatBudget::AtMost(asset.voxel_count() / 5);
+    let write = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let (ply, spz) = (
+            dir.path().join(format!("{threads}.splat.ply")),
+            dir.path().join(format!("{threads}.spz")),
+        );
+        pool.install(|| {
+            write_splat_ply(&ply, &asset, Up::Y, budget).unwrap();
+            write_splat_spz(&spz, &asset, budget).unwrap();
+        });
+        [ply, spz].map(|p| std::fs::read(p).unwrap())
+    };
+    let one = write(1);
+    assert_eq!(one, write(3));
+    assert_eq!(one, write(8));
+    assert!(splats(&dir.path().join("1.splat.ply")).len() <= asset.voxel_count() / 5);
+}

@@ -450,13 +450,12 @@ impl Ord for Cell {
 /// children) for as long as the budget allows.
 fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) -> Vec<Vec<u32>> {
     let coords = asset.voxel_coords();
-    let all: Vec<u32> = (0..coords.len() as u32).collect();
     // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
     let mut level = 1;
-    let mut cells = group(coords, &all, level);
+    let mut cells = group_all(coords, level);
     while cells.len() > budget {
         level += 1;
-        cells = group(coords, &all, level);
+        cells = group_all(coords, level);
     }
     let mut count = cells.len();
     let mut heap = BinaryHeap::new();
@@ -474,9 +473,13 @@ fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) 
             error,
         }
     };
-    for (key, members) in cells {
-        heap.push(make(level, key, members));
-    }
+    // The first cells' errors in parallel (most of the merge's work); the heap's order does
+    // not depend on the order of pushes, so the result is the same for any thread count.
+    let first: Vec<Cell> = cells
+        .into_par_iter()
+        .map(|(key, members)| make(level, key, members))
+        .collect();
+    heap.extend(first);
     while let Some(cell) = heap.pop() {
         if cell.level == 0 {
             done.push(cell);
@@ -495,6 +498,22 @@ fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) 
     // Octree order: by the finest voxel key of each cell's first member.
     done.sort_by_key(|c| (coords[c.members[0] as usize], c.level));
     done.into_iter().map(|c| c.members).collect()
+}
+
+/// Every voxel row grouped by its coordinates shifted right by `level`, in key order, each
+/// group's rows ascending: [`group`] of all rows, by a parallel sort (the same result for any
+/// thread count, since (key, row) pairs are distinct).
+fn group_all(coords: &[[i32; 3]], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
+    let mut keyed: Vec<([i32; 3], u32)> = coords
+        .par_iter()
+        .enumerate()
+        .map(|(row, c)| (c.map(|v| v >> level), row as u32))
+        .collect();
+    keyed.par_sort_unstable();
+    keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|run| (run[0].0, run.iter().map(|&(_, row)| row).collect()))
+        .collect()
 }
 
 /// `rows` grouped by voxel coordinates shifted right by `level`, in key order; each group's
