@@ -7,7 +7,9 @@
 //! * colour: base colour, clamped to [0, 1], as SH degree 0: `f_dc = (rgb − 0.5) / C0`;
 //! * opacity: `logit(alpha)` with alpha clamped to `[OPACITY_EPS, 1 − OPACITY_EPS]`;
 //! * `nx ny nz`: the outward normal (zero where none is defined: an isolated voxel or a
-//!   one-voxel line, whose splat is a sphere).
+//!   one-voxel line, whose splat is a sphere);
+//! * rotation: the splat's tangent, bitangent and normal; for a round disc (equal in-plane
+//!   scales) the shortest rotation from +Z to the normal, which compresses well in SPZ.
 //!
 //! Layout (binary little-endian, all float32, pre-activation as 3DGS stores them: scales are
 //! natural logs, `rot_0..3 = (w, x, y, z)` a unit quaternion with `w ≥ 0`, the covariance being
