@@ -176,6 +176,7 @@ impl TexturingPipeline {
             latents: Latents::default(),
             progress,
             reports: Vec::new(),
+            forcing: None,
         };
 
         let stage = ctx.begin("preprocess", 1);
@@ -384,6 +385,8 @@ impl TexturedVoxels {
             peak_gpu_bytes: None,
             flops: None,
             tflop_per_s: None,
+            load_seconds: None,
+            parts: Default::default(),
         };
         Ok(WrittenGlb {
             stages: vec![
