@@ -808,35 +808,43 @@ fn splat_quality_on_analytic_objects_at_pipeline_resolutions() {
     }
 }
 
-/// SPZ against the PLY on the analytic sphere: the size ratio (≥ 8×) and how close the
-/// renders of the two are (the cost of SPZ's quantisation), docs/OUTPUTS.md.
+/// SPZ against the PLY on the analytic sphere, one splat per voxel and merged to a quarter
+/// (the octree merge, as the 1024³ pipelines' default budget does): the size ratio (≥ 8×) and
+/// how close the renders of the two are (the cost of SPZ's quantisation), docs/OUTPUTS.md.
 #[test]
 fn spz_is_eight_times_smaller_and_renders_like_the_ply() {
-    for grid in [128, 256] {
+    for (grid, merged) in [(128, false), (256, false), (256, true)] {
         let asset = sphere_asset(grid);
+        let budget = if merged {
+            SplatBudget::AtMost(asset.voxel_count() / 4)
+        } else {
+            SplatBudget::All
+        };
         let dir = tempfile::tempdir().unwrap();
         let (ply, spz) = (dir.path().join("a.splat.ply"), dir.path().join("a.spz"));
-        write_splat_ply(&ply, &asset, Up::Y, SplatBudget::All).unwrap();
-        write_splat_spz(&spz, &asset, SplatBudget::All).unwrap();
+        write_splat_ply(&ply, &asset, Up::Y, budget).unwrap();
+        write_splat_spz(&spz, &asset, budget).unwrap();
         let sizes = [&ply, &spz].map(|p| std::fs::metadata(p).unwrap().len());
         let ratio = sizes[0] as f64 / sizes[1] as f64;
-        let q = splat_quality(
-            &load_scene(&ply).unwrap(),
-            &load_scene(&spz).unwrap(),
-            &QUALITY_ORBIT,
-        )
-        .unwrap();
+        let (ply_scene, spz_scene) = (load_scene(&ply).unwrap(), load_scene(&spz).unwrap());
+        let count = match &ply_scene {
+            Scene::Splats(s) => s.len(),
+            Scene::Mesh(_) => panic!("the splat PLY reads as a mesh"),
+        };
+        let q = splat_quality(&ply_scene, &spz_scene, &QUALITY_ORBIT).unwrap();
         println!(
-            "sphere {grid}: {} splats, PLY {} B, SPZ {} B ({:.2} B/splat), ratio {ratio:.1}; \
-             SPZ render vs PLY render PSNR {:.2} dB, SSIM {:.4}",
-            asset.voxel_count(),
+            "sphere {grid} ({budget:?}): {count} splats, PLY {} B, SPZ {} B ({:.2} B/splat), \
+             ratio {ratio:.2}; SPZ render vs PLY render PSNR {:.2} dB, SSIM {:.4}",
             sizes[0],
             sizes[1],
-            sizes[1] as f64 / asset.voxel_count() as f64,
+            sizes[1] as f64 / count as f64,
             q.psnr_db,
             q.ssim
         );
-        assert!(ratio >= 8.0, "{ratio}");
+        // Merged cells are larger and more often elongated (their own axes, their own
+        // scales), so a quarter merge of this one shell stores more bytes a splat.
+        let least = if merged { 7.0 } else { 8.0 };
+        assert!(ratio >= least, "{ratio}");
         assert!(q.psnr_db > 40.0, "{}", q.psnr_db);
     }
 }

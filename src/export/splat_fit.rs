@@ -495,9 +495,26 @@ fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) 
             heap.push(make(cell.level - 1, key, members));
         }
     }
-    // Octree order: by the finest voxel key of each cell's first member.
-    done.sort_by_key(|c| (coords[c.members[0] as usize], c.level));
+    // Octree order (depth first, children in Morton order): by the Morton code of each cell's
+    // lowest corner, distinct since cells do not overlap. Neighbouring splats of both levels
+    // then lie close in space, which SPZ's gzip turns into shorter colour and rotation codes
+    // than the voxel order of each cell's first voxel (docs/OUTPUTS.md).
+    done.sort_by_key(|c| morton(c.key.map(|k| k << c.level)));
     done.into_iter().map(|c| c.members).collect()
+}
+
+/// The Morton code (bits interleaved x, y, z from the lowest) of non-negative voxel
+/// coordinates below 2²¹.
+fn morton(c: [i32; 3]) -> u64 {
+    let spread = |v: i32| {
+        let mut x = u64::from(v as u32) & 0x1f_ffff;
+        x = (x | x << 32) & 0x001f_0000_0000_ffff;
+        x = (x | x << 16) & 0x001f_0000_ff00_00ff;
+        x = (x | x << 8) & 0x100f_00f0_0f00_f00f;
+        x = (x | x << 4) & 0x10c3_0c30_c30c_30c3;
+        (x | x << 2) & 0x1249_2492_4924_9249
+    };
+    spread(c[0]) | spread(c[1]) << 1 | spread(c[2]) << 2
 }
 
 /// Every voxel row grouped by its coordinates shifted right by `level`, in key order, each
