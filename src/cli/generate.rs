@@ -194,9 +194,9 @@ pub struct Args {
     )]
     pub texture_size: u32,
     /// Also bake a tangent-space normal map (glTF normalTexture, MikkTSpace tangents) that
-    /// carries the raw mesh's surface detail onto the decimated GLB. Off by default: it adds a
-    /// third texture (about a third more PNG bytes) and the raw-surface search takes about as
-    /// long as the colour bake.
+    /// carries the raw mesh's surface detail onto the decimated GLB. Off by default: a third
+    /// texture (about a third more PNG bytes) and a few times the colour bake's time (the raw
+    /// surface is searched for every texel).
     #[arg(long)]
     pub normal_map: bool,
     /// Up axis of the written files: y (glTF convention) or z (the model's frame).

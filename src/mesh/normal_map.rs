@@ -157,7 +157,14 @@ impl<'a> SurfaceIndex<'a> {
                     for &t in &self.triangles[s as usize..e as usize] {
                         let f = self.mesh.faces[t as usize];
                         let q = f.map(|i| self.mesh.vertices[i as usize].map(f64::from));
-                        if dot(cross(sub(q[1], q[0]), sub(q[2], q[0])), facing) <= 0.0 {
+                        let n = cross(sub(q[1], q[0]), sub(q[2], q[0]));
+                        if dot(n, facing) <= 0.0 {
+                            continue;
+                        }
+                        // Farther from its plane than the best so far: cheaper to tell than the
+                        // closest point.
+                        let along = dot(sub(p, q[0]), n);
+                        if along * along > best.0 * dot(n, n) {
                             continue;
                         }
                         let (d2, w) = closest_on_triangle(p, q);
