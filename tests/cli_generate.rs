@@ -185,7 +185,8 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let glb_path = mapped.join("run.glb");
-    let (errors, warnings, messages) = common::validate_gltf(&[glb_path.clone()])[0].clone();
+    let (errors, warnings, messages) =
+        common::validate_gltf(std::slice::from_ref(&glb_path))[0].clone();
     assert_eq!((errors, warnings), (0, 0), "{messages}");
     let (doc, _, _) = gltf::import(&glb_path).unwrap();
     let prim = doc.meshes().next().unwrap().primitives().next().unwrap();
