@@ -597,5 +597,6 @@ mod tests {
         nan[0][0] = f32::NAN;
         assert!(bake(&p, &nan, &ix, &volume, &opts).is_err());
         assert!(bake(&p, &uv, &ix, &volume, &BakeOptions::for_size(0)).is_err());
+        assert!(bake_with(&p, &uv, &ix, 0, &opts, &|_, _, _, _| {}).is_err());
     }
 }

@@ -98,7 +98,8 @@ impl<'a> SurfaceIndex<'a> {
                 let hi: [i64; 3] =
                     std::array::from_fn(|a| cell_of(p[0][a].max(p[1][a]).max(p[2][a])));
                 // A huge triangle (hole filling can make some) is filed in at most 4³ cells
-                // around its first corner; its far parts are found from there or not at all.
+                // from its bounding box's low corner: bounded memory; points near its far
+                // parts fall back to the simplified surface's own normal.
                 let hi: [i64; 3] = std::array::from_fn(|a| hi[a].min(lo[a] + 3));
                 (lo[0]..=hi[0]).flat_map(move |x| {
                     (lo[1]..=hi[1]).flat_map(move |y| {
