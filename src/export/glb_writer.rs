@@ -189,8 +189,8 @@ pub struct TexturedGlb {
     pub write_seconds: f64,
     /// A normal map (and `TANGENT`s) was baked and written.
     pub normal_map: bool,
-    /// Orienting and indexing the raw surface, tangents and the normal map's bake (its PNG
-    /// encoding is in `encode_seconds`).
+    /// Indexing the raw surface, tangents and the normal map's bake (its PNG encoding is in
+    /// `encode_seconds`).
     pub normal_map_seconds: f64,
 }
 

@@ -83,6 +83,12 @@ impl<'a> SurfaceIndex<'a> {
             });
         }
         let normals = mesh.vertex_normals()?;
+        if let Some(&bad) = mesh.vertices.iter().flatten().find(|v| !v.is_finite()) {
+            return Err(MeshError::BadParameter {
+                name: "raw vertex coordinate",
+                value: f64::from(bad),
+            });
+        }
         let cell = f64::from(voxel_size * SEARCH_VOXELS);
         let cell_of = |v: f64| (v / cell).floor() as i64;
         // Cells beyond the key's 21 bits per axis would alias; a finite mesh in a sane frame
@@ -639,6 +645,9 @@ mod tests {
         // Out of reach (more than 2 voxels = 1.0 away).
         assert_eq!(index.normal_near([0.2, 0.2, 3.0], [0.0, 0.0, 1.0]), None);
         assert!(SurfaceIndex::new(&mesh, 0.0).is_err());
+        let mut bad = mesh.clone();
+        bad.vertices[4][1] = f32::INFINITY;
+        assert!(SurfaceIndex::new(&bad, 0.5).is_err());
     }
 
     #[test]
