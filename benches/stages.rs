@@ -36,12 +36,12 @@ use trellis2::models::registry::{load_shape_decoder, load_ss_decoder, load_unet_
 use trellis2::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
 use trellis2::models::WeightMemory;
 use trellis2::pipeline::cascade::{high_res_structure, MIN_CASCADE_RESOLUTION};
+use trellis2::pipeline::dev_forcing::{forced_subdivisions, shell_coords, BASELINE_GROWTH};
 use trellis2::pipeline::device::{select, DeviceChoice};
 use trellis2::pipeline::memory::GpuMemoryProbe;
 use trellis2::pipeline::models::LoadOptions;
 use trellis2::pipeline::DEFAULT_MAX_TOKENS;
-use trellis2::selftest::voxel_shell;
-use trellis2::sparse::{SparseTensor, Subdivision};
+use trellis2::sparse::SparseTensor;
 
 struct Opts {
     device: Device,
@@ -103,43 +103,6 @@ fn parse() -> Result<Opts> {
         warm,
         growth,
     })
-}
-
-/// The baseline's forced decoder growth: 4.66 of 8 children kept per voxel and level.
-const BASELINE_GROWTH: f64 = 4.66 / 8.0;
-
-/// Subdivision logits `[N, 8]` that keep each child with probability `keep`: `keep − u` for
-/// the shared generator's values, mapped to `u` uniform in [0, 1).
-fn growth_logits(n: usize, keep: f64, seed: u64, device: &Device) -> Result<Tensor> {
-    // `random` is uniform in [−0.05, 0.05): u = 10·r + 0.5, so keep − u = −10·r + keep − 0.5.
-    Ok(random(n * 8, seed, DType::F32)?
-        .affine(-10.0, keep - 0.5)?
-        .reshape((n, 8))?
-        .to_device(device)?)
-}
-
-/// One forced subdivision per C2S level of a decoder, starting at `latent`'s voxels.
-fn forced_subdivisions(
-    latent: &SparseTensor,
-    levels: usize,
-    keep: f64,
-) -> Result<Vec<SparseTensor>> {
-    let mut coords = latent.coord_set().clone();
-    let mut subs = Vec::with_capacity(levels);
-    for level in 0..levels {
-        let logits = growth_logits(
-            coords.len(),
-            keep,
-            100 + level as u64,
-            latent.feats().device(),
-        )?;
-        let next = Subdivision::from_logits(&coords, &logits)?
-            .children()
-            .clone();
-        subs.push(SparseTensor::on(coords, logits)?);
-        coords = next;
-    }
-    Ok(subs)
 }
 
 /// A 32-channel SC-VAE latent of random features on `coords`.
@@ -227,23 +190,6 @@ impl Row {
             self.gpu.map_or("–".to_string(), gib),
         );
     }
-}
-
-/// Surface voxels of a sphere shell on an `res³` grid, the radius chosen so that the count is
-/// closest to `target` (a stand-in for a real object's sparse structure); `[T, 4]` i32 rows
-/// (batch 0, x, y, z) in x-major order.
-fn shell_coords(res: usize, target: usize) -> Vec<[i32; 4]> {
-    let shell = |r: f32| voxel_shell(0, res as i32, r, 1.0);
-    let (mut lo, mut hi) = (1.0f32, res as f32 / 2.0 - 1.0);
-    for _ in 0..40 {
-        let mid = (lo + hi) / 2.0;
-        if shell(mid).len() < target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    shell(hi)
 }
 
 fn coords_tensor(coords: &[[i32; 4]], device: &Device) -> Result<Tensor> {

@@ -8,6 +8,7 @@ use clap::Parser;
 use cli::{exit, Cli, Command};
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     // A bad tuning variable is a usage error, reported once before any work.
     if let Err(err) = trellis2::ops::tuning::Tuning::from_env() {
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(&args),
+        Command::Texture(args) => cli::texture::run(&args),
         Command::Preprocess(args) => cli::preprocess::run(&args),
         Command::Inspect(args) => cli::inspect::run(&args),
         Command::Matte(args) => cli::matte::run(&args),
@@ -35,3 +37,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Output piped into `head` (or any reader that closes early) ends the process quietly, as it does
+/// for other Unix tools. Rust ignores SIGPIPE by default, which turns such a write into an
+/// EPIPE error and `println!` into a panic. Sockets are unaffected: the standard library sends
+/// with `MSG_NOSIGNAL` on Linux and sets `SO_NOSIGPIPE` on macOS.
+#[cfg(unix)]
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_default_sigpipe() {}

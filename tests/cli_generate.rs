@@ -671,3 +671,80 @@ fn shards_cover_the_batch_exactly_once() {
         assert_eq!(o.status.code(), Some(2), "--shard {bad}: {}", text(&o));
     }
 }
+
+/// The development option `--dev-force-structure` (hidden; benches/e2e.rs uses it on random
+/// weights): the structure is the voxelised shell of the asked count, the cascade's
+/// high-resolution coordinates too, the decoders grow through forced subdivisions, and the run
+/// completes. Runs without it are the golden runs above, unchanged.
+#[test]
+fn dev_forced_structure_has_the_shell_counts_and_completes() {
+    use trellis2::pipeline::dev_forcing::shell_coords;
+    let dir = tempfile::tempdir().unwrap();
+    let image = s(&common::fixture(IMAGE));
+    for (pipeline, structure) in [("512", 32), ("1024-cascade", 32)] {
+        let out = dir.path().join(pipeline);
+        let report = dir.path().join(format!("{pipeline}.json"));
+        let mut args: Vec<String> = vec!["generate".into(), image.clone()];
+        args.extend(fast_args(&out));
+        let at = args.iter().position(|a| a == "512").unwrap();
+        args[at] = pipeline.into();
+        args.extend(
+            [
+                "--format",
+                "mesh-ply",
+                "--quiet",
+                "--dev-force-structure",
+                "shell:150,500",
+                "--report",
+                &s(&report),
+            ]
+            .map(String::from),
+        );
+        let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{pipeline}: {}", text(&o));
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let item = &r["items"][0];
+        assert_eq!(item["status"], "ok", "{pipeline}: {item}");
+        let stage = |name: &str| {
+            item["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["stage"] == name)
+                .unwrap_or_else(|| panic!("{pipeline}: no stage {name}"))
+                .clone()
+        };
+        let shell = shell_coords(structure, 150).len();
+        assert!((150..400).contains(&shell), "{shell}");
+        assert_eq!(stage("sparse_structure")["voxels"], shell, "{pipeline}");
+        if pipeline == "1024-cascade" {
+            assert_eq!(stage("cascade")["tokens"], shell_coords(64, 500).len());
+            assert_eq!(stage("shape_hr")["tokens"], shell_coords(64, 500).len());
+        }
+        // The decode stage reports its parts; forced growth decoded more voxels than tokens.
+        let decode = stage("decode");
+        for part in ["shape_decoder", "mesh", "tex_decoder", "fill_holes"] {
+            assert!(
+                decode["parts"][part].as_f64().is_some(),
+                "{pipeline}: {decode}"
+            );
+        }
+        assert!(
+            item["voxels"].as_u64().unwrap() > shell as u64,
+            "{pipeline}: {item}"
+        );
+        assert!(
+            item["output_seconds"]["mesh-ply"].as_f64().is_some(),
+            "{item}"
+        );
+        assert!(out
+            .join("0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.mesh.ply")
+            .is_file());
+    }
+    // Hidden from users; a bad value is a usage error.
+    let help = trellis2(&["generate", "--help"]);
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("dev-force"));
+    let o = trellis2(&["generate", &image, "--dev-force-structure", "sphere"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

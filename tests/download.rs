@@ -530,3 +530,134 @@ fn rembg_choice_picks_the_background_remover_to_fetch() {
         "{err}"
     );
 }
+
+/// The release's texturing pipeline on the fake hub: `texturing_pipeline.json` naming the shape
+/// encoder (the tiny one of tests/fixtures/texturing) beside the texture models already served.
+fn add_texturing(hub: &FakeHub) -> Vec<u8> {
+    let json = serde_json::to_vec_pretty(&serde_json::json!({
+        "name": "Trellis2TexturingPipeline",
+        "args": {
+            "models": {
+                "shape_slat_encoder": "ckpts/shape_enc_next_dc_f16c32_fp16",
+                "tex_slat_decoder": "ckpts/tex_dec_next_dc_f16c32_fp16",
+                "tex_slat_flow_model_512": "ckpts/slat_flow_imgshape2tex_dit_1_3B_512_bf16",
+                "tex_slat_flow_model_1024": "ckpts/slat_flow_imgshape2tex_dit_1_3B_1024_bf16",
+            },
+            "image_cond_model": {"name": "DinoV3FeatureExtractor", "args": {"model_name": DINO}},
+            "rembg_model": {"name": "BiRefNet", "args": {"model_name": RMBG}},
+        }
+    }))
+    .unwrap();
+    hub.add(RELEASE, "texturing_pipeline.json", json.clone());
+    for ext in ["json", "safetensors"] {
+        hub.add(
+            RELEASE,
+            &format!("ckpts/shape_enc_next_dc_f16c32_fp16.{ext}"),
+            golden(&format!("shape_slat_encoder.{ext}")),
+        );
+    }
+    json
+}
+
+#[test]
+fn download_texturing_adds_the_encoder_and_texture_fetches_on_first_use() {
+    let hub = fake_release();
+    let texturing = add_texturing(&hub);
+    let home = tempfile::tempdir().unwrap();
+
+    // `download --texturing`: both pipeline files and everything they name, each file once.
+    let cache = home.path().join("cache");
+    let stdout = succeed(
+        trellis2(&hub, home.path(), true)
+            .args([
+                "download",
+                "--texturing",
+                "--yes",
+                "--rembg",
+                "none",
+                "--to",
+            ])
+            .arg(&cache),
+    );
+    // 2 pipelines + 8 models × 2 + the encoder × 2 + DINOv3 × 2.
+    assert!(stdout.contains("22 files"), "{stdout}");
+    let s = settings(&hub, &cache, true);
+    assert_eq!(
+        std::fs::read(s.cached_file(RELEASE, "texturing_pipeline.json").unwrap()).unwrap(),
+        texturing
+    );
+    let dir = hub::locate_config(Some(&cache), &s, None, hub::TEXTURING_PIPELINE_FILE)
+        .expect("complete texturing directory");
+    assert!(dir.resolve("shape_slat_encoder").is_ok());
+    assert!(hub::missing_offline_in(
+        &s,
+        None,
+        &[hub::PIPELINE_FILE, hub::TEXTURING_PIPELINE_FILE]
+    )
+    .is_empty());
+
+    // `texture` on an empty cache fetches only what texturing needs, then runs.
+    let cache2 = home.path().join("cache2");
+    std::fs::create_dir_all(&cache2).unwrap();
+    let mesh = home.path().join("octa.obj");
+    std::fs::write(
+        &mesh,
+        "v 1 0 0\nv -1 0 0\nv 0 1 0\nv 0 -1 0\nv 0 0 1\nv 0 0 -1\n\
+         f 1 3 5\nf 3 2 5\nf 2 4 5\nf 4 1 5\nf 3 1 6\nf 2 3 6\nf 4 2 6\nf 1 4 6\n",
+    )
+    .unwrap();
+    let image = common::fixture(
+        "golden/images/0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.webp",
+    );
+    let out = home.path().join("out");
+    succeed(
+        trellis2(&hub, home.path(), true)
+            .arg("texture")
+            .arg(&mesh)
+            .arg(&image)
+            .arg("--model")
+            .arg(&cache2)
+            .arg("-o")
+            .arg(&out)
+            .args([
+                "--yes",
+                "--rembg",
+                "none",
+                "--device",
+                "cpu",
+                "--resolution",
+                "64",
+            ])
+            .args(["--steps", "1", "--texture-size", "512"]),
+    );
+    assert!(out.join("octa.glb").is_file());
+    let s2 = settings(&hub, &cache2, true);
+    assert!(
+        s2.cached_file(RELEASE, "pipeline.json").is_none(),
+        "only texturing's files"
+    );
+    assert!(s2
+        .cached_file(RELEASE, "ckpts/shape_enc_next_dc_f16c32_fp16.safetensors")
+        .is_some());
+
+    // Offline with nothing cached: the error names the command that fetches it.
+    let cache3 = home.path().join("cache3");
+    std::fs::create_dir_all(&cache3).unwrap();
+    let out = trellis2(&hub, home.path(), true)
+        .arg("texture")
+        .arg(&mesh)
+        .arg(&image)
+        .arg("--model")
+        .arg(&cache3)
+        .arg("-o")
+        .arg(home.path().join("out3"))
+        .args(["--offline", "--rembg", "none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("download") && err.contains("--texturing"),
+        "{err}"
+    );
+}

@@ -1,5 +1,5 @@
 //! Fuzzing of the parsers that face users (issue #21): image decode + preprocess, the PLY and GLB
-//! readers of `inspect`/`compare`, safetensors headers and tensors, `pipeline.json`, model
+//! readers of `inspect`/`compare`, `texture`'s OBJ mesh reader, safetensors headers and tensors, `pipeline.json`, model
 //! configs. `cargo fuzz` needs a nightly toolchain, so this is a seeded mutation loop in a plain
 //! test: each target's corpus (`tests/fuzz_corpus/<target>/`, kept in the repository) is mutated
 //! (bit flips, interesting integers, splices, truncations; numbers swapped in JSON) and fed to
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use trellis2::compare::{tensor_values, TensorFile};
 use trellis2::export::glb::read_glb_bytes;
+use trellis2::export::mesh_input::read_input_mesh;
 use trellis2::export::ply::read_ply_from;
 use trellis2::image::{background_removal_input, decode_image_bytes, preprocess_detailed};
 use trellis2::models::registry::build_model;
@@ -221,6 +222,15 @@ fn ply_target(bytes: &[u8], _scratch: &Path) {
     let _ = read_ply_from(&mut Cursor::new(bytes), Path::new("fuzz.ply"));
 }
 
+/// `texture`'s mesh reader on an OBJ file, then its mesh check.
+fn mesh_obj_target(bytes: &[u8], scratch: &Path) {
+    let path = scratch.join("fuzz.obj");
+    std::fs::write(&path, bytes).unwrap();
+    if let Ok(mesh) = read_input_mesh(&path) {
+        let _ = mesh.check();
+    }
+}
+
 fn glb_target(bytes: &[u8], _scratch: &Path) {
     let _ = read_glb_bytes(bytes, Path::new("fuzz.glb"));
 }
@@ -274,7 +284,7 @@ fn model_config_target(bytes: &[u8], _scratch: &Path) {
     let _ = build_model(name, args, rec.var_builder(DType::F32, &Device::Cpu));
 }
 
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 7] = [
     Target {
         name: "image",
         json: false,
@@ -293,6 +303,12 @@ const TARGETS: [Target; 6] = [
         json: false,
         alloc_limit: 64 << 20,
         run: glb_target,
+    },
+    Target {
+        name: "mesh_obj",
+        json: false,
+        alloc_limit: 64 << 20,
+        run: mesh_obj_target,
     },
     Target {
         name: "safetensors",
@@ -576,6 +592,20 @@ end_header\n"
         "model_config",
         "image_cond_model.json",
         serde_json::to_vec_pretty(&wrapped).unwrap(),
+    ));
+    seeds.push((
+        "mesh_obj",
+        "quad.obj",
+        b"# quad\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\n\
+vn 0 0 1\nf 1/1/1 2/2/1 3/3/1 4/4/1\n"
+            .to_vec(),
+    ));
+    seeds.push((
+        "mesh_obj",
+        "two_objects.obj",
+        b"o a\nv 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\no b\nv 0 0 1\nv 1 0 1\nv 0 1 1\n\
+f -3 -2 -1\n"
+            .to_vec(),
     ));
     for (target, name, bytes) in seeds {
         let dir = corpus_dir(target);

@@ -665,3 +665,19 @@ fn glb_with_accessor_count(count: u64) -> Vec<u8> {
     });
     common::glb_bytes(&json, bin)
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `trellis2 inspect … | head` closes the pipe early: the process must end as other Unix
+    // tools do (SIGPIPE), not print a panic about a failed write to stdout.
+    let mut child = command(&["inspect", s(&golden_model())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(o.status.code(), Some(101), "{err}");
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use trellis2::models::registry::build_model;
+use trellis2::pipeline::dev_forcing::xorshift_values;
 use trellis2::weights::ShapeRecorder;
 
 /// The manifest folder of the repository.
@@ -23,15 +24,7 @@ pub fn manifest(name: &str) -> anyhow::Result<(String, serde_json::Value)> {
 
 /// xorshift values in [-0.05, 0.05): cheap, deterministic, finite in every dtype.
 pub fn random(n: usize, seed: u64, dtype: DType) -> candle_core::Result<Tensor> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-        })
-        .collect();
+    let v = xorshift_values(n, seed);
     Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dtype)
 }
 

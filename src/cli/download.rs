@@ -42,6 +42,21 @@ pub struct Args {
         default_value_t = RemoverArg::Birefnet
     )]
     pub rembg: RemoverArg,
+    /// Also fetch the texturing pipeline (`trellis2 texture`): texturing_pipeline.json and the
+    /// shape encoder it adds (the texture flows, decoder and DINOv3 are shared).
+    #[arg(long)]
+    pub texturing: bool,
+}
+
+impl Args {
+    /// The release's pipeline files this download covers.
+    fn configs(&self) -> Vec<&'static str> {
+        let mut c = vec![hub::PIPELINE_FILE];
+        if self.texturing {
+            c.push(hub::TEXTURING_PIPELINE_FILE);
+        }
+        c
+    }
 }
 
 pub fn run(args: &Args) -> Result<u8> {
@@ -50,7 +65,7 @@ pub fn run(args: &Args) -> Result<u8> {
         settings = settings.with_cache_dir(dir);
     }
     if args.offline {
-        let missing = hub::missing_offline(&settings, args.rembg.model());
+        let missing = hub::missing_offline_in(&settings, args.rembg.model(), &args.configs());
         if missing.is_empty() {
             println!("all model files are in {}", settings.cache_dir.display());
             return Ok(super::exit::OK);
@@ -71,7 +86,7 @@ pub fn run(args: &Args) -> Result<u8> {
 #[cfg(feature = "hub")]
 fn fetch_release(args: &Args, settings: &HubSettings) -> Result<u8> {
     let settings = settings.clone();
-    let plan = hub::plan(&settings, args.rembg.model())?;
+    let plan = hub::plan_configs(&settings, args.rembg.model(), &args.configs())?;
     print_plan(&plan, &settings);
     let missing = plan.missing().count();
     if args.dry_run || missing == 0 {
@@ -140,6 +155,85 @@ pub fn ensure_model(
         Err(_) => {}
     }
     fetch_for_generate(model, &settings, rembg, yes)
+}
+
+/// The model directory `texture` uses, described by `texturing_pipeline.json`: found as
+/// [`ensure_model`] finds the release's, downloading what the texturing pipeline needs when it
+/// is missing (asking first unless `yes`; never with `offline`).
+pub fn ensure_texturing_model(
+    model: Option<&std::path::Path>,
+    rembg: Option<RembgModel>,
+    yes: bool,
+    offline: bool,
+) -> Result<ModelDir> {
+    let config = hub::TEXTURING_PIPELINE_FILE;
+    if let Some(dir) = model {
+        if !dir.is_dir() {
+            return Err(super::usage(anyhow::anyhow!(
+                "{}: --model: not a folder (give a folder holding {config}, or a cache folder \
+                 made by `trellis2 download --texturing --to DIR`)",
+                dir.display()
+            )));
+        }
+        if dir.join(config).is_file() {
+            let dir = ModelDir::open_config(dir, config)?;
+            return Ok(with_cached_rembg(dir, rembg, &HubSettings::from_env()));
+        }
+        if dir.join("pipeline.json").is_file() {
+            return Err(super::usage(anyhow::anyhow!(
+                "{}: --model holds pipeline.json but no {config} (the release ships both; \
+                 `trellis2 download --texturing` fetches it)",
+                dir.display()
+            )));
+        }
+    }
+    let settings = match model {
+        Some(dir) => HubSettings::from_env().with_cache_dir(dir),
+        None => HubSettings::from_env(),
+    };
+    match hub::locate_config(model, &settings, rembg, config) {
+        Ok(dir) => return Ok(dir),
+        Err(e) if offline => return Err(e.context("--offline")),
+        Err(_) => {}
+    }
+    fetch_for_texture(model, &settings, rembg, yes)
+}
+
+#[cfg(feature = "hub")]
+fn fetch_for_texture(
+    model: Option<&std::path::Path>,
+    settings: &HubSettings,
+    rembg: Option<RembgModel>,
+    yes: bool,
+) -> Result<ModelDir> {
+    let config = hub::TEXTURING_PIPELINE_FILE;
+    let plan = hub::plan_configs(settings, rembg, &[config])?;
+    eprintln!(
+        "the texturing models are not fully downloaded yet: {} in {} file(s) to fetch into {}",
+        super::human_bytes(plan.missing_bytes()),
+        plan.missing().count(),
+        settings.cache_dir.display()
+    );
+    if !yes && !confirm(plan.missing_bytes())? {
+        bail!(
+            "nothing downloaded; run `{} --texturing` first",
+            hub::download_command(settings, rembg)
+        );
+    }
+    hub::download(settings, &plan, &mut |entry: &PlanEntry| {
+        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
+    })?;
+    hub::locate_config(model, settings, rembg, config)
+}
+
+#[cfg(not(feature = "hub"))]
+fn fetch_for_texture(
+    _model: Option<&std::path::Path>,
+    settings: &HubSettings,
+    _rembg: Option<RembgModel>,
+    _yes: bool,
+) -> Result<ModelDir> {
+    bail!("{}", no_hub(settings))
 }
 
 /// Registers the cached snapshot of `rembg` when `dir` itself does not hold it.

@@ -216,6 +216,11 @@ pub struct Args {
     /// batch either way, and the outputs are the same.
     #[arg(long, value_enum, default_value_t = BatchOrderArg::Auto)]
     pub batch_order: BatchOrderArg,
+    /// Development only (benches/e2e.rs; benches/README.md): force the sparse structure to a
+    /// voxelised sphere shell and the decoders' growth to the upstream baseline's, so that a
+    /// model of random weights does a real object's work. `shell` or `shell:N32,N64`.
+    #[arg(long, hide = true, value_name = "shell", value_parser = values::dev_forcing)]
+    pub dev_force_structure: Option<trellis2::pipeline::dev_forcing::DevForcing>,
     /// No progress output (errors and the failure summary are still printed).
     #[arg(short, long)]
     pub quiet: bool,
@@ -439,6 +444,9 @@ pub fn run(args: &Args) -> Result<u8> {
     let mut pipelines = Vec::new();
     for (name, device) in devices {
         let mut pipeline = Pipeline::new(model_dir.clone(), device)?.with_load_options(load)?;
+        if let Some(forcing) = args.dev_force_structure {
+            pipeline = pipeline.with_dev_forcing(forcing);
+        }
         pipeline.apply_overrides(&overrides(args))?;
         pipelines.push((name, pipeline));
     }
@@ -676,8 +684,9 @@ fn finish_item(
     let label = item.input.display().to_string();
     let saving = Instant::now();
     let result = result.and_then(|g| {
-        (item.decimation, item.glb) = save(args, stem, &g, &item.outputs)?;
-        if let Some(q) = preview_and_quality(args, &item.outputs)? {
+        (item.decimation, item.glb) =
+            save(args, stem, &g, &item.outputs, &mut item.output_seconds)?;
+        if let Some(q) = preview_and_quality(args, &item.outputs, &mut item.output_seconds)? {
             item.splat_psnr_db = Some(q.psnr_db);
             item.splat_ssim = Some(q.ssim);
             item.splat_psnr_object_db = Some(q.psnr_object_db);
@@ -768,7 +777,13 @@ fn save(
     stem: &str,
     g: &Generated,
     outputs: &[PathBuf],
+    seconds: &mut std::collections::BTreeMap<String, f64>,
 ) -> Result<(Option<DecimationReport>, Option<GlbReport>)> {
+    let mut start = Instant::now();
+    let mut lap = |name: &str| {
+        seconds.insert(name.to_string(), start.elapsed().as_secs_f64());
+        start = Instant::now();
+    };
     if let Some(p) = &args.save_latents {
         let path = if is_folder(p) {
             std::fs::create_dir_all(p)
@@ -778,6 +793,7 @@ fn save(
             p.clone()
         };
         write_latents(&path, &g.latents, g.resolution)?;
+        lap("latents");
     }
     let up = args.up.into();
     let asset = Asset::new(
@@ -787,6 +803,7 @@ fn save(
         g.dual_vertices.clone(),
         g.resolution,
     )?;
+    lap("asset");
     let mut decimation = None;
     let mut glb = None;
     for (format, path) in args.format.iter().zip(outputs) {
@@ -852,13 +869,23 @@ fn save(
                 });
             }
         }
+        lap(match format {
+            Format::Splat => "splat",
+            Format::SplatSpz => "splat-spz",
+            Format::MeshPly => "mesh-ply",
+            Format::Glb => "glb",
+        });
     }
     Ok((decimation, glb))
 }
 
 /// `--preview` (NAME.preview.png, the last of `outputs`) and, with `--report`, the splats'
 /// quality against the mesh when both were written.
-fn preview_and_quality(args: &Args, outputs: &[PathBuf]) -> Result<Option<Quality>> {
+fn preview_and_quality(
+    args: &Args,
+    outputs: &[PathBuf],
+    seconds: &mut std::collections::BTreeMap<String, f64>,
+) -> Result<Option<Quality>> {
     let written = |want: Format| {
         args.format
             .iter()
@@ -870,15 +897,18 @@ fn preview_and_quality(args: &Args, outputs: &[PathBuf]) -> Result<Option<Qualit
     let splats = written(Format::Splat);
     if args.preview {
         if let (Some(source), Some(out)) = (mesh.or(splats), outputs.last()) {
+            let start = Instant::now();
             super::render::write_preview(source, out)?;
+            seconds.insert("preview".into(), start.elapsed().as_secs_f64());
         }
     }
     match (args.report.is_some(), mesh, splats) {
-        (true, Some(m), Some(s)) => Ok(Some(splat_quality(
-            &load_scene(m)?,
-            &load_scene(s)?,
-            &QUALITY_ORBIT,
-        )?)),
+        (true, Some(m), Some(s)) => {
+            let start = Instant::now();
+            let q = splat_quality(&load_scene(m)?, &load_scene(s)?, &QUALITY_ORBIT)?;
+            seconds.insert("splat_quality".into(), start.elapsed().as_secs_f64());
+            Ok(Some(q))
+        }
         _ => Ok(None),
     }
 }

@@ -19,6 +19,7 @@ mod progress;
 pub mod render;
 mod report;
 pub mod selftest;
+pub mod texture;
 mod values;
 
 /// Exit codes, documented in docs/USAGE.md. The rule: a command refused before any work
@@ -82,6 +83,9 @@ pub struct Cli {
 pub enum Command {
     /// Turn pictures into 3D assets: Gaussian splats, mesh PLY, GLB (exit 1 if any failed).
     Generate(Box<generate::Args>),
+    /// Texture existing meshes (GLB, glTF, PLY, OBJ) from pictures: the same geometry back as a
+    /// GLB with baked PBR textures (exit 1 if any failed).
+    Texture(Box<texture::Args>),
     /// Write the exact conditioning image the model sees (alpha crop, premultiplied on black).
     Preprocess(preprocess::Args),
     /// Cut the subject out of a picture with the background remover (BiRefNet) and write it as

@@ -71,6 +71,12 @@ pub struct ItemReport {
     /// The same PSNR over the object's pixels only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub splat_psnr_object_db: Option<f64>,
+    /// Seconds of each output after the pipeline: `asset` (the voxels and mesh gathered for
+    /// export), `latents` (--save-latents), then each format (`splat`, `splat-spz`,
+    /// `mesh-ply`, `glb`: conversion and file write), `preview`, and `splat_quality` (computed
+    /// only for this report).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_seconds: BTreeMap<String, f64>,
     /// The GLB's export (decimation, unwrap, bake, encoding, writing), when one was written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub glb: Option<GlbReport>,
@@ -96,6 +102,7 @@ impl ItemReport {
             splat_psnr_db: None,
             splat_ssim: None,
             splat_psnr_object_db: None,
+            output_seconds: BTreeMap::new(),
             glb: None,
             outputs,
             stages: Vec::new(),

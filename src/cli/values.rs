@@ -7,6 +7,7 @@ use std::str::FromStr;
 use clap::ValueEnum;
 use trellis2::export::{SplatBudget, Up};
 use trellis2::pipeline::background::Background;
+use trellis2::pipeline::dev_forcing::DevForcing;
 use trellis2::pipeline::device::DeviceChoice;
 use trellis2::pipeline::models::DTypeChoice;
 use trellis2::pipeline::sampler::MAX_STEPS;
@@ -248,6 +249,24 @@ pub fn shard(text: &str) -> Result<Shard, String> {
         return Err(bad());
     }
     Ok(Shard { index, count })
+}
+
+/// `generate --dev-force-structure` (development only, hidden): `shell` forces the upstream
+/// baseline's structure sizes and decoder growth; `shell:N32,N64` the shell's cell counts on
+/// the 32³ and 64³ grids (small ones for tests).
+pub fn dev_forcing(text: &str) -> Result<DevForcing, String> {
+    let bad = || format!("`{text}` is not `shell` or `shell:N32,N64` (whole numbers ≥ 1)");
+    let mut forcing = DevForcing::baseline();
+    match text.trim().split_once(':') {
+        None if text.trim() == "shell" => {}
+        Some(("shell", counts)) => {
+            let (a, b) = counts.split_once(',').ok_or_else(bad)?;
+            forcing.tokens_32 = positive(a).map_err(|_| bad())?;
+            forcing.tokens_64 = positive(b).map_err(|_| bad())?;
+        }
+        _ => return Err(bad()),
+    }
+    Ok(forcing)
 }
 
 /// A whole number ≥ 1 (token budgets, sizes).

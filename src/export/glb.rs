@@ -59,7 +59,7 @@ impl MeshData {
 /// `unreachable!`. Those references are checked here first, on the JSON chunk (which the
 /// format requires to be UTF-8 JSON); anything else malformed is left to the library, which
 /// reports it.
-fn check_position_accessors(bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_position_accessors(bytes: &[u8]) -> Result<()> {
     let u32_at = |i: usize| {
         bytes
             .get(i..i + 4)
@@ -71,6 +71,11 @@ fn check_position_accessors(bytes: &[u8]) -> Result<()> {
     let Some(json) = bytes.get(20..20usize.saturating_add(len)) else {
         return Ok(());
     };
+    check_json_accessors(json)
+}
+
+/// [`check_position_accessors`] on a glTF JSON document (a `.gltf` file, or a GLB's JSON chunk).
+pub(crate) fn check_json_accessors(json: &[u8]) -> Result<()> {
     let doc: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| anyhow::anyhow!("the JSON chunk is not UTF-8 JSON: {e}"))?;
     let accessors: &[serde_json::Value] = doc
@@ -157,6 +162,16 @@ pub fn read_glb_bytes(bytes: &[u8], path: &Path) -> Result<(MeshData, GlbSummary
         .map_err(|e| anyhow::anyhow!("{}: not a valid glTF binary: {e}", path.display()))?;
     let (doc, buffers, images) = gltf::import_slice(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid glTF binary: {e}", path.display()))?;
+    mesh_from_import(&doc, &buffers, &images, path)
+}
+
+/// Every triangle primitive of an imported glTF document; `path` names it in errors.
+pub(crate) fn mesh_from_import(
+    doc: &gltf::Document,
+    buffers: &[gltf::buffer::Data],
+    images: &[gltf::image::Data],
+    path: &Path,
+) -> Result<(MeshData, GlbSummary)> {
     let mut mesh = MeshData::default();
     let mut summary = GlbSummary {
         meshes: doc.meshes().len(),

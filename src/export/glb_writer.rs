@@ -37,9 +37,11 @@ use super::frame::Up;
 use super::mesh_arrays::MeshArrays;
 use super::write_atomic;
 use crate::mesh::atlas::{atlas_stats, unwrap, AtlasOptions};
-use crate::mesh::bake::{bake, BakeOptions};
-use crate::mesh::normal_map::{bake_normal_map, mikktspace_tangents, SurfaceIndex, TangentMesh};
-use crate::mesh::Mesh;
+use crate::mesh::bake::{bake, BakeOptions, BakedImage};
+use crate::mesh::normal_map::{
+    bake_normal_map, mikktspace_tangents, SurfaceIndex, TangentMesh, NORMAL_MAP_CHANNELS,
+};
+use crate::mesh::{Mesh, VoxelAttributes};
 
 /// Alpha below this (8-bit) on any drawn vertex makes the material `BLEND` (upstream's rule).
 pub const BLEND_BELOW_ALPHA8: u8 = 250;
@@ -119,7 +121,7 @@ fn glb_chunks(asset: &Asset, arrays: &MeshArrays, up: Up) -> Result<(Vec<u8>, Ve
         "OPAQUE"
     };
     let doc = gltf_document(
-        up,
+        up.describe(),
         json!({ "POSITION": 0, "NORMAL": 1, "COLOR_0": 2 }),
         json!({
         "materials": [{
@@ -391,23 +393,9 @@ pub fn write_textured_glb_with_layout_and_options(
             )
         }
     };
-    let mut normal_map_seconds = normal_start.elapsed().as_secs_f64();
-
-    let start = Instant::now();
-    let volume = asset.attribute_volume()?;
-    let baked = bake(
-        &corners,
-        &uvs,
-        &indices,
-        &volume,
-        &BakeOptions::for_size(texture_size),
-    )
-    .context("export: texture bake")?;
-    let bake_seconds = start.elapsed().as_secs_f64();
-
-    let normal_baked = match (opts.normal_map_from, &tangents) {
+    // The normal map is baked in the asset's frame, where the raw surface is.
+    let normal_map = match (opts.normal_map_from, &tangents) {
         (Some(raw), Some(tangents)) => {
-            let start = Instant::now();
             let index = SurfaceIndex::new(raw, asset.voxel_size())
                 .context("export: raw surface for the normal map")?;
             let image = bake_normal_map(
@@ -422,11 +410,129 @@ pub fn write_textured_glb_with_layout_and_options(
                 &BakeOptions::for_size(texture_size),
             )
             .context("export: normal map bake")?;
-            normal_map_seconds += start.elapsed().as_secs_f64();
             Some(image)
         }
         _ => None,
     };
+    let normal_map_seconds = normal_start.elapsed().as_secs_f64();
+
+    let positions: Vec<[f32; 3]> = corners.iter().map(|&p| up.apply(p)).collect();
+    let file_normals: Vec<[f32; 3]> = normals.iter().map(|&n| up.apply(n)).collect();
+    // The frame change is a rotation (axes swapped, one negated): handedness unchanged.
+    let file_tangents: Option<Vec<[f32; 4]>> = tangents.map(|t| {
+        t.iter()
+            .map(|&[x, y, z, w]| {
+                let [x, y, z] = up.apply([x, y, z]);
+                [x, y, z, w]
+            })
+            .collect()
+    });
+    let volume = asset.attribute_volume()?;
+    let written = write_baked_glb(
+        path,
+        &BakeTarget {
+            sample_points: &corners,
+            positions: &positions,
+            normals: &file_normals,
+            uvs: &uvs,
+            indices: &indices,
+            frame: up.describe(),
+            normal_map: file_tangents
+                .as_deref()
+                .zip(normal_map.as_ref())
+                .map(|(tangents, image)| NormalMapLayer { tangents, image }),
+        },
+        &volume,
+        texture_size,
+    )?;
+    Ok(TexturedGlb {
+        normal_map_seconds: if written.normal_map {
+            normal_map_seconds
+        } else {
+            0.0
+        },
+        ..written
+    })
+}
+
+/// A textured mesh to bake and write, one row per vertex of the UV layout.
+#[derive(Clone, Copy, Debug)]
+pub struct BakeTarget<'a> {
+    /// Where each vertex samples the attribute volume (the volume's frame).
+    pub sample_points: &'a [[f32; 3]],
+    /// Each vertex as written (the file's frame).
+    pub positions: &'a [[f32; 3]],
+    /// Unit normals in the file's frame.
+    pub normals: &'a [[f32; 3]],
+    /// In [0, 1]², `v` down from the first image row (glTF's convention).
+    pub uvs: &'a [[f32; 2]],
+    /// Three per triangle.
+    pub indices: &'a [u32],
+    /// What `asset.extras.trellis2_frame` says about the positions' frame.
+    pub frame: &'a str,
+    /// A tangent-space normal map to write with the textures (`normalTexture` + `TANGENT`).
+    pub normal_map: Option<NormalMapLayer<'a>>,
+}
+
+/// A normal map already baked on a [`BakeTarget`]'s arrays ([`crate::mesh::normal_map`]):
+/// it needs the detailed surface, which only the caller has.
+#[derive(Clone, Copy, Debug)]
+pub struct NormalMapLayer<'a> {
+    /// MikkTSpace tangents (xyz unit, w = ±1) in the file's frame, one per vertex.
+    pub tangents: &'a [[f32; 4]],
+    /// RGB, `texture_size²`, baked with those tangents (in any frame that differs from the
+    /// file's by a rotation: tangent-space components do not change).
+    pub image: &'a BakedImage,
+}
+
+/// Bakes `volume` over `target`'s UV triangles into a base colour (+ alpha) and a
+/// metallic-roughness texture of `texture_size²` ([`crate::mesh::bake`]) and writes the
+/// textured GLB atomically, with `target`'s normal map when it has one.
+pub fn write_baked_glb(
+    path: &Path,
+    target: &BakeTarget<'_>,
+    volume: &VoxelAttributes,
+    texture_size: u32,
+) -> Result<TexturedGlb> {
+    let n = target.positions.len();
+    ensure!(
+        target.sample_points.len() == n && target.normals.len() == n && target.uvs.len() == n,
+        "export: {} sample points, {} normals and {} texture coordinates for {n} vertices",
+        target.sample_points.len(),
+        target.normals.len(),
+        target.uvs.len()
+    );
+    ensure!(
+        !target.indices.is_empty() && target.indices.len().is_multiple_of(3),
+        "export: {} corner indices, not a non-empty list of triangles",
+        target.indices.len()
+    );
+    if let Some(&bad) = target.indices.iter().find(|&&i| i as usize >= n) {
+        bail!("export: corner {bad} past the {n} vertices");
+    }
+    if let Some(layer) = &target.normal_map {
+        ensure!(
+            layer.tangents.len() == n,
+            "export: {} tangents for {n} vertices",
+            layer.tangents.len()
+        );
+        ensure!(
+            layer.image.size == texture_size && layer.image.channels == NORMAL_MAP_CHANNELS,
+            "export: a {}² normal map of {} channels for {texture_size}² RGB textures",
+            layer.image.size,
+            layer.image.channels
+        );
+    }
+    let start = Instant::now();
+    let baked = bake(
+        target.sample_points,
+        target.uvs,
+        target.indices,
+        volume,
+        &BakeOptions::for_size(texture_size),
+    )
+    .context("export: texture bake")?;
+    let bake_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
     let alpha_blend = baked.covered_min[ALPHA] < BLEND_BELOW_ALPHA8;
@@ -460,9 +566,9 @@ pub fn write_textured_glb_with_layout_and_options(
                     encode_png(&pixels, texture_size, false)
                 },
                 || {
-                    normal_baked
-                        .as_ref()
-                        .map(|image| encode_png(&image.texels, texture_size, false))
+                    target
+                        .normal_map
+                        .map(|layer| encode_png(&layer.image.texels, texture_size, false))
                         .transpose()
                 },
             )
@@ -471,38 +577,26 @@ pub fn write_textured_glb_with_layout_and_options(
     let (base_colour, metallic_roughness, normal_png) =
         (base_colour?, metallic_roughness?, normal_png?);
     drop(baked);
-    drop(normal_baked);
     let encode_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let positions: Vec<[f32; 3]> = corners.iter().map(|&p| up.apply(p)).collect();
-    let normals: Vec<[f32; 3]> = normals.iter().map(|&n| up.apply(n)).collect();
-    // The frame change is a rotation (axes swapped, one negated): handedness unchanged.
-    let tangents: Option<Vec<[f32; 4]>> = tangents.map(|t| {
-        t.iter()
-            .map(|&[x, y, z, w]| {
-                let [x, y, z] = up.apply([x, y, z]);
-                [x, y, z, w]
-            })
-            .collect()
-    });
     let mut images = vec![base_colour.as_slice(), metallic_roughness.as_slice()];
     images.extend(normal_png.as_deref());
     let textured = TexturedArrays {
-        positions: &positions,
-        normals: &normals,
-        tangents: tangents.as_deref(),
-        uvs: &uvs,
-        indices: &indices,
+        positions: target.positions,
+        normals: target.normals,
+        tangents: target.normal_map.map(|layer| layer.tangents),
+        uvs: target.uvs,
+        indices: target.indices,
         images: &images,
         alpha_blend,
     };
-    let (json, bin) = textured_glb_chunks(&textured, up)?;
+    let (json, bin) = textured_glb_chunks(&textured, target.frame)?;
     write_atomic(path, |w| write_container(w, &json, &bin))
         .with_context(|| format!("{}: cannot write the GLB", path.display()))?;
     Ok(TexturedGlb {
-        faces: indices.len() / 3,
-        vertices: positions.len(),
+        faces: target.indices.len() / 3,
+        vertices: n,
         texture_size,
         alpha_blend,
         png_bytes: images.iter().map(|i| i.len()).sum(),
@@ -510,11 +604,6 @@ pub fn write_textured_glb_with_layout_and_options(
         encode_seconds,
         write_seconds: start.elapsed().as_secs_f64(),
         normal_map: normal_png.is_some(),
-        normal_map_seconds: if normal_png.is_some() {
-            normal_map_seconds
-        } else {
-            0.0
-        },
         ..Default::default()
     })
 }
@@ -554,7 +643,7 @@ struct TexturedArrays<'a> {
 }
 
 /// The JSON document and the binary buffer of the textured GLB.
-fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u8>)> {
+fn textured_glb_chunks(t: &TexturedArrays<'_>, frame: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     let n = t.positions.len();
     let image_bytes: usize = t.images.iter().map(|i| i.len() + 3).sum();
     let mut bin = Vec::with_capacity(n * 48 + t.indices.len() * 4 + image_bytes);
@@ -643,7 +732,7 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u
         material["normalTexture"] = json!({ "index": 2 });
     }
     let doc = gltf_document(
-        up,
+        frame,
         attributes,
         json!({
         "materials": [material],
@@ -668,7 +757,7 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, up: Up) -> Result<(Vec<u8>, Vec<u
 /// of one triangle mesh (vertex `attributes`, indices in accessor 3, material 0), then `rest`'s
 /// members (materials, accessors, views, buffers).
 fn gltf_document(
-    up: Up,
+    frame: &str,
     attributes: serde_json::Value,
     rest: serde_json::Value,
 ) -> serde_json::Value {
@@ -676,7 +765,7 @@ fn gltf_document(
         "asset": {
             "version": "2.0",
             "generator": format!("trellis2 {}", env!("CARGO_PKG_VERSION")),
-            "extras": { "trellis2_frame": up.describe() },
+            "extras": { "trellis2_frame": frame },
         },
         "scene": 0,
         "scenes": [{ "nodes": [0] }],

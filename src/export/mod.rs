@@ -12,6 +12,7 @@ pub mod frame;
 pub mod glb;
 pub mod glb_writer;
 pub mod mesh_arrays;
+pub mod mesh_input;
 pub mod mesh_ply;
 pub mod ply;
 pub mod ply_header;

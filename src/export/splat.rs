@@ -7,7 +7,9 @@
 //! * colour: base colour, clamped to [0, 1], as SH degree 0: `f_dc = (rgb − 0.5) / C0`;
 //! * opacity: `logit(alpha)` with alpha clamped to `[OPACITY_EPS, 1 − OPACITY_EPS]`;
 //! * `nx ny nz`: the outward normal (zero where none is defined: an isolated voxel or a
-//!   one-voxel line, whose splat is a sphere).
+//!   one-voxel line, whose splat is a sphere);
+//! * rotation: the splat's tangent, bitangent and normal; for a round disc (equal in-plane
+//!   scales) the shortest rotation from +Z to the normal, which compresses well in SPZ.
 //!
 //! Layout (binary little-endian, all float32, pre-activation as 3DGS stores them: scales are
 //! natural logs, `rot_0..3 = (w, x, y, z)` a unit quaternion with `w ≥ 0`, the covariance being
@@ -74,8 +76,13 @@ pub fn write_splat_ply_shaped(
     budget: SplatBudget,
     shape: &SplatShape,
 ) -> Result<()> {
+    write_fitted_splat_ply(path, &fit_splats(asset, budget, shape), up)
+}
+
+/// Writes splats already fitted ([`super::splat_fit::fit_splats`]) to `path` atomically.
+pub fn write_fitted_splat_ply(path: &Path, splats: &[FittedSplat], up: Up) -> Result<()> {
     let file = SplatFile {
-        vertex: splat_rows(asset, up, budget, shape),
+        vertex: fitted_rows(splats, up),
     };
     write_atomic(path, |w| {
         encode_ply(
@@ -88,17 +95,9 @@ pub fn write_splat_ply_shaped(
     .with_context(|| format!("{}: cannot write the Gaussian-splat PLY", path.display()))
 }
 
-/// The splats of `asset` in the frame `up` (also what the SPZ writer stores).
-pub(crate) fn splat_rows(
-    asset: &Asset,
-    up: Up,
-    budget: SplatBudget,
-    shape: &SplatShape,
-) -> Vec<SplatRow> {
-    fit_splats(asset, budget, shape)
-        .iter()
-        .map(|s| splat_row(s, up))
-        .collect()
+/// Fitted splats as rows in the frame `up` (also what the SPZ writer stores).
+pub(crate) fn fitted_rows(splats: &[FittedSplat], up: Up) -> Vec<SplatRow> {
+    splats.iter().map(|s| splat_row(s, up)).collect()
 }
 
 fn splat_row(s: &FittedSplat, up: Up) -> SplatRow {
@@ -111,7 +110,13 @@ fn splat_row(s: &FittedSplat, up: Up) -> SplatRow {
         bitangent: up.apply(s.axes[1]),
         normal: up.apply(s.axes[2]),
     };
-    let (normal, rot) = if s.has_normal {
+    let (normal, rot) = if s.has_normal && s.sigma[0] == s.sigma[1] {
+        // A round disc: any turn about the normal is the same Gaussian.
+        (
+            frame.normal.map(|v| v as f32),
+            twist_free_quaternion(frame.normal),
+        )
+    } else if s.has_normal {
         (frame.normal.map(|v| v as f32), quaternion_of_frame(&frame))
     } else {
         ([0.0; 3], [1.0, 0.0, 0.0, 0.0])
@@ -136,6 +141,19 @@ fn splat_row(s: &FittedSplat, up: Up) -> SplatRow {
         rot_2: rot[2] as f32,
         rot_3: rot[3] as f32,
     }
+}
+
+/// Unit quaternion `(w, x, y, z)`, `w ≥ 0`, of the shortest rotation taking +Z to the unit
+/// vector `n` (about the axis `z × n`, so its `z` component is 0): neighbouring round discs on a
+/// smooth surface get neighbouring quaternions, which compress well. Opposite to +Z, where the
+/// axis is undefined, the half turn about +X.
+fn twist_free_quaternion(n: [f64; 3]) -> [f64; 4] {
+    let twice_cos_sq = 2.0 * (1.0 + n[2]);
+    if twice_cos_sq < 1e-12 {
+        return [0.0, 1.0, 0.0, 0.0];
+    }
+    let len = twice_cos_sq.sqrt();
+    [(1.0 + n[2]) / len, -n[1] / len, n[0] / len, 0.0]
 }
 
 /// Unit quaternion `(w, x, y, z)`, `w ≥ 0`, of the rotation whose columns are the tangent,
@@ -221,7 +239,27 @@ pub fn rotation_of_unit_quaternion([w, x, y, z]: [f64; 4]) -> [[f64; 3]; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::sym_eigen::{cross, sym_eigen3};
+    use crate::export::sym_eigen::{cross, normalized, sym_eigen3};
+
+    #[test]
+    fn twist_free_quaternion_turns_z_onto_the_normal_without_twist() {
+        let normals = [
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, -1.0],
+            [0.6, 0.0, 0.8],
+            [-0.48, 0.6, -0.64],
+            [1e-9, 0.0, -1.0],
+        ];
+        for n in normals {
+            let n = normalized(n).unwrap();
+            let q = twist_free_quaternion(n);
+            assert!(q[0] >= 0.0 && q[3] == 0.0, "{q:?}");
+            let r = rotation_of_quaternion(q);
+            for row in 0..3 {
+                assert!((r[row][2] - n[row]).abs() < 1e-6, "{n:?}: {r:?}");
+            }
+        }
+    }
 
     #[test]
     fn quaternion_reproduces_the_frame() {

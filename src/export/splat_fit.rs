@@ -11,6 +11,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -47,6 +48,15 @@ pub struct SplatShape {
     /// dilation (0.3 px², a screen-space blur) and by alpha piling up along grazing rays, lands
     /// on the mesh's silhouette.
     pub inward_pixels: f64,
+    /// A splat whose two in-plane standard deviations differ by less than this ratio becomes a
+    /// round disc of the same area (their geometric mean). The surface's own curvature and the
+    /// grid's terraces leave patches mildly elongated (at most about 1.5:1 on smooth analytic
+    /// shapes); a round disc is invariant under turns about its normal, so its rotation can be
+    /// the twist-free one (`splat.rs`), a smooth function of the normal, which SPZ's gzip
+    /// stores in about a byte less per splat than a rotation following the patch's axes; and
+    /// measured on the analytic sphere and torus, the round discs render slightly closer to
+    /// the mesh (docs/OUTPUTS.md).
+    pub round_below: f64,
 }
 
 impl Default for SplatShape {
@@ -56,6 +66,7 @@ impl Default for SplatShape {
             normal_fraction: 0.1,
             max_anisotropy: 3.0,
             inward_pixels: 1.3,
+            round_below: 1.6,
         }
     }
 }
@@ -129,23 +140,58 @@ const THIN_WALL_FRACTION: f64 = 0.4;
 /// The splats of `asset` within `budget`, deterministic (same input, same splats, same order).
 /// With one splat per voxel they come in voxel order; merged ones in octree-cell order.
 pub fn fit_splats(asset: &Asset, budget: SplatBudget, shape: &SplatShape) -> Vec<FittedSplat> {
+    fit_splats_timed(asset, budget, shape).0
+}
+
+/// Wall time of the phases of [`fit_splats`], for `benches/splats.rs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FitTimings {
+    /// Every voxel's patch and the thin-wall limits.
+    pub patches_seconds: f64,
+    /// The octree merge (0 with one splat per voxel).
+    pub merge_seconds: f64,
+    /// One Gaussian per patch or cell, and the order.
+    pub fit_seconds: f64,
+}
+
+/// [`fit_splats`] and the time each phase took.
+pub fn fit_splats_timed(
+    asset: &Asset,
+    budget: SplatBudget,
+    shape: &SplatShape,
+) -> (Vec<FittedSplat>, FitTimings) {
+    let mut timings = FitTimings::default();
+    let start = Instant::now();
     let voxel = f64::from(asset.voxel_size());
     let inward = shape.inward_pixels * reference_pixel(asset.dual_vertices());
     let mut patches = voxel_patches(asset, shape);
     limit_inward_moves(asset, &mut patches, inward);
+    timings.patches_seconds = start.elapsed().as_secs_f64();
     let singles = |p: &Patch| fit_union(std::slice::from_ref(p), inward, shape);
-    match budget {
+    let splats = match budget {
         SplatBudget::AtMost(n) if n < patches.len() => {
-            merge_to_budget(asset, &patches, n.max(1), voxel)
+            let start = Instant::now();
+            let cells = merge_to_budget(asset, &patches, n.max(1), voxel);
+            timings.merge_seconds = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let splats = cells
                 .par_iter()
                 .map(|members| {
                     let ps: Vec<Patch> = members.iter().map(|&i| patches[i as usize]).collect();
                     fit_union(&ps, inward, shape)
                 })
-                .collect()
+                .collect();
+            timings.fit_seconds = start.elapsed().as_secs_f64();
+            splats
         }
-        _ => patches.par_iter().map(singles).collect(),
-    }
+        _ => {
+            let start = Instant::now();
+            let splats = patches.par_iter().map(singles).collect();
+            timings.fit_seconds = start.elapsed().as_secs_f64();
+            splats
+        }
+    };
+    (splats, timings)
 }
 
 /// Every voxel's patch, in voxel order.
@@ -329,6 +375,12 @@ fn fit_union(patches: &[Patch], inward: f64, shape: &SplatShape) -> FittedSplat 
             let along = |v: [f64; 3]| dot(v, mat_vec(pm, v)).max(0.0);
             let (s_t, s_b) = ((k * along(tangent)).sqrt(), (k * along(bitangent)).sqrt());
             let s_b = s_b.max(s_t / (4.0 * shape.max_anisotropy));
+            let (s_t, s_b) = if s_t < shape.round_below * s_b {
+                let round = (s_t * s_b).sqrt();
+                (round, round)
+            } else {
+                (s_t, s_b)
+            };
             FittedSplat {
                 centre: sub(centre, scale(n, inward.min(limit))),
                 axes: [tangent, bitangent, n],
@@ -398,13 +450,12 @@ impl Ord for Cell {
 /// children) for as long as the budget allows.
 fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) -> Vec<Vec<u32>> {
     let coords = asset.voxel_coords();
-    let all: Vec<u32> = (0..coords.len() as u32).collect();
     // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
     let mut level = 1;
-    let mut cells = group(coords, &all, level);
+    let mut cells = group_all(coords, level);
     while cells.len() > budget {
         level += 1;
-        cells = group(coords, &all, level);
+        cells = group_all(coords, level);
     }
     let mut count = cells.len();
     let mut heap = BinaryHeap::new();
@@ -422,9 +473,13 @@ fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) 
             error,
         }
     };
-    for (key, members) in cells {
-        heap.push(make(level, key, members));
-    }
+    // The first cells' errors in parallel (most of the merge's work); the heap's order does
+    // not depend on the order of pushes, so the result is the same for any thread count.
+    let first: Vec<Cell> = cells
+        .into_par_iter()
+        .map(|(key, members)| make(level, key, members))
+        .collect();
+    heap.extend(first);
     while let Some(cell) = heap.pop() {
         if cell.level == 0 {
             done.push(cell);
@@ -443,6 +498,22 @@ fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) 
     // Octree order: by the finest voxel key of each cell's first member.
     done.sort_by_key(|c| (coords[c.members[0] as usize], c.level));
     done.into_iter().map(|c| c.members).collect()
+}
+
+/// Every voxel row grouped by its coordinates shifted right by `level`, in key order, each
+/// group's rows ascending: [`group`] of all rows, by a parallel sort (the same result for any
+/// thread count, since (key, row) pairs are distinct).
+fn group_all(coords: &[[i32; 3]], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
+    let mut keyed: Vec<([i32; 3], u32)> = coords
+        .par_iter()
+        .enumerate()
+        .map(|(row, c)| (c.map(|v| v >> level), row as u32))
+        .collect();
+    keyed.par_sort_unstable();
+    keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|run| (run[0].0, run.iter().map(|&(_, row)| row).collect()))
+        .collect()
 }
 
 /// `rows` grouped by voxel coordinates shifted right by `level`, in key order; each group's

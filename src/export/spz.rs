@@ -35,7 +35,8 @@ use flate2::Compression;
 
 use super::asset::Asset;
 use super::frame::Up;
-use super::splat::{splat_rows, SplatBudget, SplatShape};
+use super::splat::{fitted_rows, SplatBudget, SplatShape};
+use super::splat_fit::{fit_splats, FittedSplat};
 use super::write_atomic;
 
 /// "NGSP" read as a little-endian u32.
@@ -91,7 +92,14 @@ pub struct SpzFile {
 /// Writes the splats of `asset` (as [`super::write_splat_ply`] builds them, at most `budget`)
 /// to `path` as SPZ, atomically.
 pub fn write_splat_spz(path: &Path, asset: &Asset, budget: SplatBudget) -> Result<()> {
-    let splats: Vec<RawSplat> = splat_rows(asset, Up::Y, budget, &SplatShape::default())
+    let fitted = fit_splats(asset, budget, &SplatShape::default());
+    write_fitted_splat_spz(path, &fitted, asset.voxel_size())
+}
+
+/// Writes splats already fitted ([`fit_splats`]) from an asset of voxels `voxel_size` wide to
+/// `path` as SPZ, atomically.
+pub fn write_fitted_splat_spz(path: &Path, fitted: &[FittedSplat], voxel_size: f32) -> Result<()> {
+    let splats: Vec<RawSplat> = fitted_rows(fitted, Up::Y)
         .iter()
         .map(|r| RawSplat {
             position: [r.x, r.y, r.z],
@@ -102,7 +110,7 @@ pub fn write_splat_spz(path: &Path, asset: &Asset, budget: SplatBudget) -> Resul
         })
         .collect();
     // The fewest bits whose step is at most 1/POSITION_STEPS_PER_VOXEL of a voxel.
-    let voxel = f64::from(asset.voxel_size());
+    let voxel = f64::from(voxel_size);
     let finest = (POSITION_STEPS_PER_VOXEL / voxel)
         .log2()
         .ceil()

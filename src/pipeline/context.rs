@@ -18,7 +18,9 @@ use super::progress::{Progress, StageReport};
 use super::sampler::{sample, LatentLayout, SamplerEvent, SamplerParams};
 use crate::models::dinov3::DinoV3;
 use crate::models::dit::FlowDit;
-use crate::models::sc_vae::{FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
+use crate::models::sc_vae::{
+    FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
+};
 use crate::models::ss_decoder::SsDecoder;
 use crate::weights::ModelDir;
 
@@ -28,6 +30,8 @@ pub(crate) struct Ctx<'a> {
     pub settings: &'a PipelineSettings,
     pub device: &'a Device,
     pub load: super::models::LoadOptions,
+    /// Development runs: forced structure and growth (`None` in every user run).
+    pub forcing: Option<super::dev_forcing::DevForcing>,
     pub noise: Noise,
     pub latents: Latents,
     pub progress: &'a mut dyn Progress,
@@ -42,7 +46,10 @@ pub(crate) struct Stage {
     pub voxels: Option<usize>,
     pub model_calls: usize,
     pub flops: Option<f64>,
+    /// Seconds of named parts ([`StageReport::parts`]).
+    pub parts: std::collections::BTreeMap<String, f64>,
     gpu: Option<GpuMemoryProbe>,
+    loads_at_start: f64,
 }
 
 /// Models through the pipeline's cache: loaded on first use, dropped by [`Ctx::release`] unless
@@ -72,6 +79,12 @@ impl Ctx<'_> {
         })
     }
 
+    pub fn shape_encoder(&self) -> Result<Arc<FlexiDualGridVaeEncoder>> {
+        self.models.get_or_load(role::SHAPE_ENCODER, || {
+            models::shape_encoder(self.dir, self.device, self.load)
+        })
+    }
+
     pub fn dinov3(&self) -> Result<Arc<DinoV3>> {
         self.models.get_or_load(role::IMAGE_COND, || {
             models::dinov3(self.dir, self.device, self.load)
@@ -95,7 +108,9 @@ impl Ctx<'_> {
             voxels: None,
             model_calls: 0,
             flops: None,
+            parts: Default::default(),
             gpu: GpuMemoryProbe::start(self.device),
+            loads_at_start: self.models.load_seconds(),
         }
     }
 
@@ -104,6 +119,7 @@ impl Ctx<'_> {
         // sync surfaces at the next operation, so the report just goes on.
         let _ = self.device.synchronize();
         let seconds = stage.start.elapsed().as_secs_f64();
+        let loaded = self.models.load_seconds() - stage.loads_at_start;
         let report = StageReport {
             stage: stage.name,
             seconds,
@@ -114,6 +130,8 @@ impl Ctx<'_> {
             peak_gpu_bytes: stage.gpu.and_then(GpuMemoryProbe::finish),
             flops: stage.flops,
             tflop_per_s: stage.flops.map(|f| f / seconds.max(1e-9) / 1e12),
+            load_seconds: (loaded > 0.0).then_some(loaded),
+            parts: stage.parts,
         };
         self.progress.stage_finished(&report);
         self.reports.push(report);

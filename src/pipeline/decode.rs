@@ -1,6 +1,8 @@
 //! Decoding (docs/MODEL.md §1.6): shape decoder → dual-grid mesh (+ subdivision guides) → texture
 //! decoder guided by those subdivisions → PBR voxels `·0.5 + 0.5`; then hole filling.
 
+use std::time::Instant;
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -32,10 +34,19 @@ pub(crate) fn decode(
     let shape_latent = SparseTensor::new(coords, shape_feats.clone()).context("shape latent")?;
     let tex_latent = SparseTensor::new(coords, tex_feats.clone()).context("texture latent")?;
 
-    let (raw, subs) = {
+    let (raw, subs, start) = {
         let decoder = ctx.shape_decoder()?;
-        let out = decoder.net.forward(&shape_latent, None)?;
-        (out.raw, out.subs)
+        // Parts are timed after their model is held: loads are reported apart.
+        let start = Instant::now();
+        let out = match ctx.forcing {
+            Some(f) => {
+                let levels = decoder.net.config().up_blocks();
+                let subs = f.subdivisions(&shape_latent, levels)?;
+                decoder.net.forward_forced(&shape_latent, &subs)?
+            }
+            None => decoder.net.forward(&shape_latent, None)?,
+        };
+        (out.raw, out.subs, start)
     };
     ctx.release(role::SHAPE_DECODER);
     ctx.latents
@@ -49,6 +60,9 @@ pub(crate) fn decode(
     }
     let host_coords: Vec<i32> = to_host(raw.coords(), DType::I32)?;
     let host_raw: Vec<f32> = to_host(raw.feats(), DType::F32)?;
+    // The host reads waited for the device: the part ends here.
+    stage.parts.insert("shape_decoder".into(), secs(start));
+    let start = Instant::now();
     let mut meshes = decoder_output_to_meshes(&host_coords, &host_raw, resolution as u32)
         .context("mesh extraction")?;
     if meshes.len() != 1 {
@@ -80,11 +94,14 @@ pub(crate) fn decode(
             ctx.device,
         )?,
     );
+    stage.parts.insert("mesh".into(), secs(start));
     ctx.progress.step("decode", 1);
 
-    let tex = {
+    let (tex, start) = {
         let decoder = ctx.tex_decoder()?;
-        decoder.forward(&tex_latent, Some(&subs))?.raw
+        let start = Instant::now();
+        let tex = decoder.forward(&tex_latent, Some(&subs))?.raw;
+        (tex, start)
     };
     ctx.release(role::TEX_DECODER);
     if tex.coords().dims() != raw.coords().dims()
@@ -103,9 +120,12 @@ pub(crate) fn decode(
     let attrs = ((tex.feats() * 0.5)? + 0.5)?;
     ctx.latents.insert("tex_voxels.feats", attrs.clone());
     let host_attrs: Vec<f32> = to_host(&attrs, DType::F32)?;
+    stage.parts.insert("tex_decoder".into(), secs(start));
 
+    let start = Instant::now();
     let dual_vertices = mesh.vertices.clone();
     let fill = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
+    stage.parts.insert("fill_holes".into(), secs(start));
     stage.voxels = Some(nv);
     stage.tokens = Some(coords.dim(0)?);
     ctx.progress.step("decode", 2);
@@ -123,6 +143,10 @@ pub(crate) fn decode(
             .collect(),
         dual_vertices,
     })
+}
+
+fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
 }
 
 fn to_host<T: candle_core::WithDType>(t: &Tensor, dtype: DType) -> Result<Vec<T>> {

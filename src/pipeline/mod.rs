@@ -8,6 +8,7 @@ pub mod conditioning;
 pub mod config;
 mod context;
 mod decode;
+pub mod dev_forcing;
 pub mod device;
 pub mod flow_model;
 pub mod latents_file;
@@ -24,6 +25,7 @@ mod shape;
 mod sparse_structure;
 pub mod structure;
 mod texture;
+pub mod texturing;
 
 pub use config::{
     PipelineSettings, PipelineType, SamplerOverrides, SamplerStage, StageOverride,

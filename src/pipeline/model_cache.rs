@@ -116,6 +116,11 @@ impl ModelCache {
             .collect()
     }
 
+    /// Seconds spent loading so far, over every role.
+    pub fn load_seconds(&self) -> f64 {
+        self.lock().loads.values().map(|l| l.seconds).sum()
+    }
+
     /// Roles held now (sorted).
     #[cfg(test)]
     pub fn held(&self) -> Vec<&'static str> {

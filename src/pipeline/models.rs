@@ -11,9 +11,12 @@ use candle_core::{DType, Device};
 use crate::models::dinov3::DinoV3;
 use crate::models::dit::FlowDit;
 use crate::models::registry::{
-    load_dinov3, load_flow, load_shape_decoder, load_ss_decoder, load_unet_decoder, ModelSource,
+    load_dinov3, load_flow, load_shape_decoder, load_shape_encoder, load_ss_decoder,
+    load_unet_decoder, ModelSource,
 };
-use crate::models::sc_vae::{FlexiDualGridVaeDecoder, SparseUnetVaeDecoder};
+use crate::models::sc_vae::{
+    FlexiDualGridVaeDecoder, FlexiDualGridVaeEncoder, SparseUnetVaeDecoder,
+};
 use crate::models::ss_decoder::SsDecoder;
 use crate::models::WeightMemory;
 use crate::weights::{Checkpoint, ModelDir};
@@ -120,6 +123,8 @@ pub mod role {
     pub const TEX_FLOW_1024: &str = "tex_slat_flow_model_1024";
     pub const SHAPE_DECODER: &str = "shape_slat_decoder";
     pub const TEX_DECODER: &str = "tex_slat_decoder";
+    /// `texturing_pipeline.json` only: the shape SC-VAE encoder.
+    pub const SHAPE_ENCODER: &str = "shape_slat_encoder";
     pub const IMAGE_COND: &str = "image_cond_model";
     /// Not a `pipeline.json` role: the background remover (BiRefNet or RMBG-2.0).
     pub const BACKGROUND_REMOVAL: &str = "background_removal";
@@ -168,6 +173,17 @@ pub fn tex_decoder(
     load_unet_decoder(&src, opts.dtype_for(&src.checkpoint, device), device)
 }
 
+/// The shape encoder of `texturing_pipeline.json`.
+pub fn shape_encoder(
+    dir: &ModelDir,
+    device: &Device,
+    opts: LoadOptions,
+) -> Result<FlexiDualGridVaeEncoder> {
+    let src = source(dir, role::SHAPE_ENCODER)?;
+    load_shape_encoder(&src, opts.dtype_for(&src.checkpoint, device), device)
+        .with_context(|| format!("model `{}`", role::SHAPE_ENCODER))
+}
+
 /// Where the DINOv3 folder (`config.json` + `model.safetensors`) may be: a stem given for the
 /// role in `args.models`, the Hugging Face id (`args.image_cond_model.args.model_name`) below
 /// the directory, or a folder named after the role, in the directory or beside the other
@@ -185,6 +201,10 @@ fn dinov3_candidates(dir: &ModelDir) -> Vec<PathBuf> {
         .and_then(|n| n.as_str())
         .unwrap_or(DINOV3_REPO);
     out.push(dir.root.join(repo));
+    // In a hub cache the repository is its own snapshot folder.
+    if let Some(snapshot) = dir.repo_dirs.get(repo) {
+        out.push(snapshot.clone());
+    }
     out.push(dir.root.join(role::IMAGE_COND));
     if let Some(stem) = dir.pipeline.model_stems().get(role::SHAPE_DECODER) {
         if let Some(parent) = dir.root.join(stem).parent() {

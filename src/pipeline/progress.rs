@@ -25,6 +25,14 @@ pub struct StageReport {
     pub flops: Option<f64>,
     /// `flops / seconds` in TFLOP/s.
     pub tflop_per_s: Option<f64>,
+    /// Seconds of `seconds` spent reading model weights (a model not yet held when the stage
+    /// needed it); absent when none was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_seconds: Option<f64>,
+    /// Seconds of named parts of the stage (the decode stage: `shape_decoder`, `mesh`,
+    /// `tex_decoder`, `fill_holes`), loads left out.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parts: std::collections::BTreeMap<String, f64>,
 }
 
 /// Receives progress; every method has a do-nothing default.

@@ -13,6 +13,7 @@ use super::conditioning::condition;
 use super::config::{PipelineSettings, PipelineType, SamplerOverrides, DEFAULT_MAX_TOKENS};
 use super::context::Ctx;
 use super::decode::{decode, Decoded};
+use super::dev_forcing::DevForcing;
 use super::latents_file::SavedLatents;
 use super::model_cache::{Keep, ModelCache, ModelLoads};
 use super::models::{role, LoadOptions};
@@ -59,6 +60,7 @@ pub struct Pipeline {
     device: Device,
     load: LoadOptions,
     models: ModelCache,
+    forcing: Option<DevForcing>,
 }
 
 impl Pipeline {
@@ -72,6 +74,7 @@ impl Pipeline {
             device,
             load: LoadOptions::default(),
             models: ModelCache::default(),
+            forcing: None,
         })
     }
 
@@ -81,6 +84,13 @@ impl Pipeline {
         load.check(&self.device)?;
         self.load = load;
         Ok(self)
+    }
+
+    /// Development runs only (benchmarks with random weights): force the sparse structure and
+    /// the decoders' growth to the baseline's sizes ([`DevForcing`]).
+    pub fn with_dev_forcing(mut self, forcing: DevForcing) -> Self {
+        self.forcing = Some(forcing);
+        self
     }
 
     pub fn settings(&self) -> &PipelineSettings {
@@ -253,6 +263,7 @@ impl Pipeline {
             settings: &self.settings,
             device: &self.device,
             load: self.load,
+            forcing: self.forcing,
             noise: std::mem::replace(&mut job.noise, Noise::new(NoiseSource::Seed(0))),
             latents: std::mem::take(&mut job.latents),
             progress,

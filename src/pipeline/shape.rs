@@ -128,12 +128,24 @@ pub(crate) fn cascade_coords(
     let (up, batches) = {
         let decoder = ctx.shape_decoder()?;
         let latent = SparseTensor::new(lr_coords, lr_feats.clone())?;
-        let up = decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?;
+        let up = match ctx.forcing {
+            Some(f) => {
+                let subs = f.subdivisions(&latent, CASCADE_UPSAMPLE_TIMES)?;
+                decoder
+                    .net
+                    .upsample_forced(&latent, CASCADE_UPSAMPLE_TIMES, &subs)?
+            }
+            None => decoder.net.upsample(&latent, CASCADE_UPSAMPLE_TIMES)?,
+        };
         (up, latent.coord_set().batch_end())
     };
     ctx.release(role::SHAPE_DECODER);
     ctx.latents.insert("cascade.upsample4.coords", up.clone());
-    let (res, hr, voxels) = high_res_structure(&up, batches, target, max_tokens, ctx.device)?;
+    let (res, mut hr, voxels) = high_res_structure(&up, batches, target, max_tokens, ctx.device)?;
+    if let Some(f) = ctx.forcing {
+        // The quantisation ran; its coordinates are replaced by the baseline's count.
+        hr = f.structure(res / 16, ctx.device)?;
+    }
     let n = hr.dim(0)?;
     stage.voxels = Some(voxels);
     stage.tokens = Some(n);

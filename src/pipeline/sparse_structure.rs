@@ -56,7 +56,11 @@ pub(crate) fn sample_structure(
         2 => occ = max_pool2(&occ)?,
         _ => bail!("the SS decoder makes a {grid}³ grid; cannot reduce it to {resolution}³"),
     }
-    let coords = occupied_coords(&occ)?;
+    let coords = match ctx.forcing {
+        // The decoder ran; its occupancy decision is replaced (random weights make noise).
+        Some(f) => f.structure(resolution, ctx.device)?,
+        None => occupied_coords(&occ)?,
+    };
     let n = coords.dim(0)?;
     if n == 0 {
         bail!("the sparse structure is empty: no voxel is occupied (nothing to generate)");

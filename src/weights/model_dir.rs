@@ -46,13 +46,19 @@ pub struct ModelDir {
 
 impl ModelDir {
     pub fn open(root: &Path) -> Result<Self> {
-        let path = root.join("pipeline.json");
+        Self::open_config(root, "pipeline.json")
+    }
+
+    /// A model directory described by another pipeline file of the release
+    /// (`texturing_pipeline.json`: the same layout, other models).
+    pub fn open_config(root: &Path, file: &str) -> Result<Self> {
+        let path = root.join(file);
         if !root.is_dir() {
             bail!("{}: model directory not found", root.display());
         }
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "{}: cannot read (a model directory holds pipeline.json and ckpts/)",
+                "{}: cannot read (a model directory holds {file} and ckpts/)",
                 path.display()
             )
         })?;

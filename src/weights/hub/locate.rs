@@ -4,7 +4,9 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::release::{release_files, RepoFile, PIPELINE_FILE, RELEASE_REPO};
+use super::release::{
+    release_files, RepoFile, PIPELINE_FILE, RELEASE_REPO, TEXTURING_PIPELINE_FILE,
+};
 use super::settings::HubSettings;
 use crate::weights::{ModelDir, RembgModel};
 
@@ -34,17 +36,30 @@ pub fn locate(
     settings: &HubSettings,
     rembg: Option<RembgModel>,
 ) -> Result<ModelDir> {
+    locate_config(model, settings, rembg, PIPELINE_FILE)
+}
+
+/// [`locate`] for another pipeline file of the release (`texturing_pipeline.json`): the
+/// directory is described by `config` and every model it names must be there.
+pub fn locate_config(
+    model: Option<&Path>,
+    settings: &HubSettings,
+    rembg: Option<RembgModel>,
+    config: &str,
+) -> Result<ModelDir> {
     let (dir, settings) = match model {
-        Some(dir) if dir.join(PIPELINE_FILE).is_file() => (ModelDir::open(dir)?, settings.clone()),
+        Some(dir) if dir.join(config).is_file() => {
+            (ModelDir::open_config(dir, config)?, settings.clone())
+        }
         Some(dir) if dir.is_dir() => {
             let settings = settings.clone().with_cache_dir(dir);
-            (release_dir(&settings, rembg)?, settings)
+            (release_dir(&settings, rembg, config)?, settings)
         }
         Some(dir) => bail!(
-            "{}: not a model directory (no {PIPELINE_FILE}) nor a hub cache",
+            "{}: not a model directory (no {config}) nor a hub cache",
             dir.display()
         ),
-        None => (release_dir(settings, rembg)?, settings.clone()),
+        None => (release_dir(settings, rembg, config)?, settings.clone()),
     };
     let dir = with_cached_repos(dir, &settings);
     let mut problems = Vec::new();
@@ -62,25 +77,35 @@ pub fn locate(
     if !problems.is_empty() {
         bail!(
             "model files missing ({}):\n  {}",
-            download_hint(&settings, rembg),
+            download_hint(&settings, rembg, config),
             problems.join("\n  ")
         );
     }
     Ok(dir)
 }
 
-fn download_hint(settings: &HubSettings, rembg: Option<RembgModel>) -> String {
-    format!("run `{}` to fetch them", download_command(settings, rembg))
+fn download_hint(settings: &HubSettings, rembg: Option<RembgModel>, config: &str) -> String {
+    let mut cmd = download_command(settings, rembg);
+    if config == TEXTURING_PIPELINE_FILE {
+        cmd.push_str(" --texturing");
+    }
+    format!("run `{cmd}` to fetch them")
 }
 
-/// The release's snapshot in the cache, as a model directory.
-fn release_dir(settings: &HubSettings, rembg: Option<RembgModel>) -> Result<ModelDir> {
+/// The release's snapshot in the cache, as a model directory described by `config`.
+fn release_dir(
+    settings: &HubSettings,
+    rembg: Option<RembgModel>,
+    config: &str,
+) -> Result<ModelDir> {
     match settings.snapshot_dir(RELEASE_REPO) {
-        Some(snapshot) if snapshot.join(PIPELINE_FILE).is_file() => ModelDir::open(&snapshot),
+        Some(snapshot) if snapshot.join(config).is_file() => {
+            ModelDir::open_config(&snapshot, config)
+        }
         _ => bail!(
-            "{RELEASE_REPO} is not in the model cache {} ({})",
+            "{RELEASE_REPO} ({config}) is not in the model cache {} ({})",
             settings.cache_dir.display(),
-            download_hint(settings, rembg)
+            download_hint(settings, rembg, config)
         ),
     }
 }
@@ -105,12 +130,26 @@ fn with_cached_repos(mut dir: ModelDir, settings: &HubSettings) -> ModelDir {
 /// Files missing from the cache, judged from the cache alone (for `--offline`). Without a
 /// cached `pipeline.json` that is the only file it can name.
 pub fn missing_offline(settings: &HubSettings, rembg: Option<RembgModel>) -> Vec<RepoFile> {
-    let pipeline = RepoFile::new(RELEASE_REPO, PIPELINE_FILE);
-    let Ok(dir) = release_dir(settings, rembg) else {
-        return vec![pipeline];
-    };
-    release_files(&dir.pipeline, rembg)
-        .into_iter()
-        .filter(|f| settings.cached_file(&f.repo, &f.path).is_none())
-        .collect()
+    missing_offline_in(settings, rembg, &[PIPELINE_FILE])
+}
+
+/// [`missing_offline`] for several pipeline files of the release, each file named once.
+pub fn missing_offline_in(
+    settings: &HubSettings,
+    rembg: Option<RembgModel>,
+    configs: &[&str],
+) -> Vec<RepoFile> {
+    let mut missing = Vec::new();
+    for config in configs {
+        let files = match release_dir(settings, rembg, config) {
+            Ok(dir) => release_files(&dir.pipeline, rembg),
+            Err(_) => vec![RepoFile::new(RELEASE_REPO, config)],
+        };
+        for f in files {
+            if settings.cached_file(&f.repo, &f.path).is_none() && !missing.contains(&f) {
+                missing.push(f);
+            }
+        }
+    }
+    missing
 }

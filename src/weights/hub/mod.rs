@@ -25,12 +25,12 @@ mod verify;
 
 #[cfg(feature = "hub")]
 pub use fetch::{download, TransferProgress};
-pub use locate::{download_command, locate, missing_offline};
+pub use locate::{download_command, locate, locate_config, missing_offline, missing_offline_in};
 #[cfg(feature = "hub")]
-pub use plan::{plan, plan_files, Plan, PlanEntry};
+pub use plan::{plan, plan_configs, plan_files, Plan, PlanEntry};
 pub use release::{
     hf_model_files, hf_model_repo, release_files, RepoFile, DINOV3_REPO, PIPELINE_FILE,
-    RELEASE_REPO,
+    RELEASE_REPO, TEXTURING_PIPELINE_FILE,
 };
 #[cfg(feature = "hub")]
 pub use remote::{HubError, RemoteFile};

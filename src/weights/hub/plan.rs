@@ -54,23 +54,41 @@ fn entry(settings: &HubSettings, remote: RemoteFile) -> PlanEntry {
 /// (one `HEAD` each; the pipeline itself is read from the cache or fetched into memory, nothing
 /// is written).
 pub fn plan(settings: &HubSettings, rembg: Option<RembgModel>) -> Result<Plan> {
-    let pipeline_file = RepoFile::new(RELEASE_REPO, PIPELINE_FILE);
-    let pipeline_entry = entry(settings, head(settings, &pipeline_file)?);
-    let text = if pipeline_entry.cached {
-        let path = settings
-            .repo_folder(RELEASE_REPO)
-            .join("snapshots")
-            .join(&pipeline_entry.remote.commit)
-            .join(PIPELINE_FILE);
-        std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?
-    } else {
-        get_small(settings, &pipeline_file, PIPELINE_LIMIT)?
-    };
-    let pipeline: PipelineConfig = serde_json::from_slice(&text)
-        .with_context(|| format!("{pipeline_file}: not a pipeline config"))?;
-    let mut entries = vec![pipeline_entry];
-    for file in release_files(&pipeline, rembg) {
-        entries.push(entry(settings, head(settings, &file)?));
+    plan_configs(settings, rembg, &[PIPELINE_FILE])
+}
+
+/// [`plan`] for several pipeline files of the release (`pipeline.json`,
+/// `texturing_pipeline.json`): each one, then every file it names, each file once.
+pub fn plan_configs(
+    settings: &HubSettings,
+    rembg: Option<RembgModel>,
+    configs: &[&str],
+) -> Result<Plan> {
+    let mut entries: Vec<PlanEntry> = Vec::new();
+    let mut files: Vec<RepoFile> = Vec::new();
+    for config in configs {
+        let pipeline_file = RepoFile::new(RELEASE_REPO, config);
+        let pipeline_entry = entry(settings, head(settings, &pipeline_file)?);
+        let text = if pipeline_entry.cached {
+            let path = settings
+                .repo_folder(RELEASE_REPO)
+                .join("snapshots")
+                .join(&pipeline_entry.remote.commit)
+                .join(config);
+            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?
+        } else {
+            get_small(settings, &pipeline_file, PIPELINE_LIMIT)?
+        };
+        let pipeline: PipelineConfig = serde_json::from_slice(&text)
+            .with_context(|| format!("{pipeline_file}: not a pipeline config"))?;
+        entries.push(pipeline_entry);
+        files.push(pipeline_file);
+        for file in release_files(&pipeline, rembg) {
+            if !files.contains(&file) {
+                entries.push(entry(settings, head(settings, &file)?));
+                files.push(file);
+            }
+        }
     }
     Ok(Plan { entries })
 }

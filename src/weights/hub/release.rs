@@ -6,6 +6,9 @@ use crate::weights::{PipelineConfig, RembgModel};
 pub const RELEASE_REPO: &str = "microsoft/TRELLIS.2-4B";
 /// The release's first file; it names all the others.
 pub const PIPELINE_FILE: &str = "pipeline.json";
+/// The release's texturing pipeline (`trellis2 texture`): the shape encoder, the texture flows
+/// and decoder, DINOv3.
+pub const TEXTURING_PIPELINE_FILE: &str = "texturing_pipeline.json";
 /// Image encoder (gated: licence to accept on the model page).
 pub const DINOV3_REPO: &str = "facebook/dinov3-vitl16-pretrain-lvd1689m";
 

@@ -1,0 +1,656 @@
+//! End to end: the real `trellis2 generate` binary from pictures to the three files (splat PLY,
+//! mesh PLY, GLB), on a full-size model directory of random weights written from the manifests
+//! (as the stage bench writes its checkpoints), with the development option
+//! `--dev-force-structure` so that random weights do a real object's work: the sparse structure
+//! is the stage bench's voxelised shell, the decoders and the cascade grow 4.66 children of 8.
+//!
+//! ```sh
+//! cargo bench --bench e2e -- [--device cpu|cuda|metal] [--pipeline 512|1024-cascade|both]
+//!     [--batch 8] [--model DIR] [--tiny] [--tokens N32,N64] [--steps N] [--keep DIR]
+//!     [--extra "MORE GENERATE ARGS"]
+//! ```
+//! Random weights make the decoders' mesh noise (the structure and growth are forced, the
+//! surface inside them is not): its GLB's UV atlas has tens of thousands of charts, where a
+//! real object's has about a hundred, so the default GLB export costs far more than a real
+//! one; `--extra "--texture none"` measures the rest without it.
+//! Per pipeline, two processes: **cold**, one picture, timed around the process (start-up,
+//! device set-up, weight reads and exit included); **warm**, `--batch` pictures in one process
+//! (`--batch-order picture`: every model read once and kept), per picture = the mean of the
+//! report's per-item times of pictures 2..N. Phases come from the `--report` of each run:
+//! stage times less the weight reads done inside them, the decode stage's parts, and each
+//! output's seconds. `splat_quality` (rendering splats against the mesh) is computed only
+//! because `--report` asks for it, so it is shown apart and left out of the totals. Peak host
+//! memory: the child's RSS polled every 10 ms and the stages' own peaks; peak GPU memory: the
+//! stages' (CUDA).
+//!
+//! The pictures are the repository's own, all with an alpha channel, run with `--rembg alpha`:
+//! preprocessing is the real alpha crop, and no background remover is needed.
+//!
+//! `--model DIR` writes the random model there (reused when complete: `DIR/.complete`),
+//! else into a temporary folder; ≈16 GB at full size. `--tiny` runs the golden fixture's tiny
+//! model instead (CPU smoke test: the method works, the numbers are not the release's).
+//! `TRELLIS2_BIN` overrides the binary.
+
+#[path = "common/random_weights.rs"]
+mod random_weights;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use random_weights::{manifest, write_random};
+use serde_json::Value;
+use trellis2::pipeline::dev_forcing::{BASELINE_TOKENS_32, BASELINE_TOKENS_64};
+use trellis2::pipeline::models::role;
+use trellis2::weights::ModelDir;
+
+/// Every role of the released pipeline: (role, stem under the model directory, manifest,
+/// stored dtype as released).
+const ROLES: &[(&str, &str, &str, DType)] = &[
+    (
+        role::SS_FLOW,
+        "ckpts/ss_flow_img_dit_1_3B_64_bf16",
+        "ss_flow_img_dit_1_3B_64_bf16.denoiser",
+        DType::BF16,
+    ),
+    (
+        role::SS_DECODER,
+        "ckpts/ss_dec_conv3d_16l8_fp16",
+        "ss_dec_conv3d_16l8_fp16.decoder",
+        DType::F16,
+    ),
+    (
+        role::SHAPE_FLOW_512,
+        "ckpts/slat_flow_img2shape_dit_1_3B_512_bf16",
+        "slat_flow_img2shape_dit_1_3B_512_bf16.denoiser",
+        DType::BF16,
+    ),
+    (
+        role::SHAPE_FLOW_1024,
+        "ckpts/slat_flow_img2shape_dit_1_3B_1024_bf16",
+        "slat_flow_img2shape_dit_1_3B_512_bf16_ft1024.denoiser",
+        DType::BF16,
+    ),
+    (
+        role::TEX_FLOW_512,
+        "ckpts/slat_flow_imgshape2tex_dit_1_3B_512_bf16",
+        "slat_flow_imgshape2tex_dit_1_3B_512_bf16.denoiser",
+        DType::BF16,
+    ),
+    (
+        role::TEX_FLOW_1024,
+        "ckpts/slat_flow_imgshape2tex_dit_1_3B_1024_bf16",
+        "slat_flow_imgshape2tex_dit_1_3B_512_bf16_ft1024.denoiser",
+        DType::BF16,
+    ),
+    (
+        role::SHAPE_DECODER,
+        "ckpts/shape_dec_next_dc_f16c32_fp16",
+        "shape_vae_next_dc_f16c32_fp16.decoder",
+        DType::F16,
+    ),
+    (
+        role::TEX_DECODER,
+        "ckpts/tex_dec_next_dc_f16c32_fp16",
+        "tex_vae_next_dc_f16c32_fp16.decoder",
+        DType::F16,
+    ),
+];
+
+/// The DINOv3 folder below the model directory (the release's Hugging Face id).
+const DINOV3_FOLDER: &str = "facebook/dinov3-vitl16-pretrain-lvd1689m";
+
+struct Opts {
+    device: String,
+    pipelines: Vec<&'static str>,
+    batch: usize,
+    model: Option<PathBuf>,
+    tiny: bool,
+    /// `--dev-force-structure` value.
+    forcing: String,
+    steps: Option<usize>,
+    /// Keep the runs' outputs and reports here instead of a temporary folder.
+    keep: Option<PathBuf>,
+    /// More `generate` arguments (`--extra "--texture none"`).
+    extra: Vec<String>,
+}
+
+fn parse() -> Result<Opts> {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut o = Opts {
+        device: "cpu".into(),
+        pipelines: vec!["512", "1024-cascade"],
+        batch: 8,
+        model: None,
+        tiny: false,
+        forcing: String::new(),
+        steps: None,
+        keep: None,
+        extra: Vec::new(),
+    };
+    let mut tokens = None;
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--device" => o.device = value()?,
+            "--pipeline" => {
+                o.pipelines = match value()?.as_str() {
+                    "512" => vec!["512"],
+                    "1024-cascade" => vec!["1024-cascade"],
+                    "both" => vec!["512", "1024-cascade"],
+                    p => bail!("--pipeline {p}: expected 512, 1024-cascade or both"),
+                }
+            }
+            "--batch" => o.batch = value()?.parse().context("--batch takes a count ≥ 2")?,
+            "--model" => o.model = Some(value()?.into()),
+            "--tiny" => o.tiny = true,
+            "--tokens" => tokens = Some(value()?),
+            "--steps" => o.steps = Some(value()?.parse().context("--steps takes a count")?),
+            "--keep" => o.keep = Some(value()?.into()),
+            "--extra" => o
+                .extra
+                .extend(value()?.split_whitespace().map(str::to_string)),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if o.batch < 2 {
+        bail!("--batch must be at least 2 (the first picture of a batch is not warm)");
+    }
+    if o.tiny && o.model.is_some() {
+        bail!("--tiny runs the golden fixture's model; give no --model with it");
+    }
+    o.forcing = match tokens {
+        Some(t) => format!("shell:{t}"),
+        // The tiny model's decoders grow the baseline's voxels too, but through tiny channels;
+        // smaller shells keep the CPU smoke run to minutes.
+        None if o.tiny => "shell:400,1600".into(),
+        None => format!("shell:{BASELINE_TOKENS_32},{BASELINE_TOKENS_64}"),
+    };
+    Ok(o)
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes the full-size model directory of random weights into `dir` unless it is complete.
+fn write_model(dir: &Path) -> Result<()> {
+    let done = dir.join(".complete");
+    if done.is_file() {
+        eprintln!("model: reusing {}", dir.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir.join("ckpts"))?;
+    let t = Instant::now();
+    for (role, stem, name, stored) in ROLES {
+        eprintln!("model: writing {role} ({name}, {stored:?})");
+        let (class, args) = manifest(name)?;
+        let stem = dir.join(stem);
+        write_random(
+            &PathBuf::from(format!("{}.safetensors", stem.display())),
+            &class,
+            &args,
+            *stored,
+        )?;
+        let json = serde_json::json!({ "name": class, "args": args });
+        std::fs::write(
+            format!("{}.json", stem.display()),
+            serde_json::to_vec(&json)?,
+        )?;
+    }
+    let (class, args) = manifest("dinov3_vitl16")?;
+    let dino = dir.join(DINOV3_FOLDER);
+    std::fs::create_dir_all(&dino)?;
+    write_random(&dino.join("model.safetensors"), &class, &args, DType::F32)?;
+    std::fs::write(dino.join("config.json"), serde_json::to_vec(&args)?)?;
+    // The release's samplers and normalisation (the golden fixture carries them unchanged),
+    // with the release's checkpoints.
+    let golden = manifest_dir().join("tests/fixtures/golden/pipeline.json");
+    let mut pipeline: Value = serde_json::from_slice(&std::fs::read(golden)?)?;
+    let models: serde_json::Map<String, Value> = ROLES
+        .iter()
+        .map(|(role, stem, _, _)| (role.to_string(), Value::from(*stem)))
+        .collect();
+    pipeline["args"]["models"] = Value::Object(models);
+    pipeline["args"]["image_cond_model"]["args"]["model_name"] = Value::from(DINOV3_FOLDER);
+    std::fs::write(
+        dir.join("pipeline.json"),
+        serde_json::to_vec_pretty(&pipeline)?,
+    )?;
+    std::fs::write(&done, b"")?;
+    eprintln!("model: written in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The roles a pipeline type loads.
+fn roles_of(pipeline: &str) -> Vec<&'static str> {
+    let mut roles = vec![
+        role::IMAGE_COND,
+        role::SS_FLOW,
+        role::SS_DECODER,
+        role::SHAPE_FLOW_512,
+    ];
+    if pipeline == "512" {
+        roles.push(role::TEX_FLOW_512);
+    } else {
+        roles.extend([role::SHAPE_FLOW_1024, role::TEX_FLOW_1024]);
+    }
+    roles.extend([role::SHAPE_DECODER, role::TEX_DECODER]);
+    roles
+}
+
+/// Bytes on disk of the weights `pipeline` reads.
+fn weight_bytes(dir: &ModelDir, pipeline: &str) -> Result<u64> {
+    let mut total = 0;
+    for r in roles_of(pipeline) {
+        let file = if r == role::IMAGE_COND {
+            let name = dir.pipeline.args[role::IMAGE_COND]["args"]["model_name"]
+                .as_str()
+                .unwrap_or(DINOV3_FOLDER);
+            dir.root.join(name).join("model.safetensors")
+        } else {
+            PathBuf::from(format!("{}.safetensors", dir.resolve(r)?.display()))
+        };
+        total += std::fs::metadata(&file)
+            .with_context(|| format!("{}", file.display()))?
+            .len();
+    }
+    Ok(total)
+}
+
+/// Pictures with alpha from the repository, `n` of them under distinct names in `folder`.
+fn pictures(folder: &Path, n: usize) -> Result<Vec<PathBuf>> {
+    let root = manifest_dir();
+    let mut sources = vec![root.join("examples/T.png")];
+    let mut golden: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/golden/images"))?
+        .map(|e| Ok(e?.path()))
+        .collect::<Result<_>>()?;
+    golden.sort();
+    sources.extend(golden);
+    std::fs::create_dir_all(folder)?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let src = &sources[i % sources.len()];
+        let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("png");
+        let dst = folder.join(format!("picture{i}.{ext}"));
+        std::fs::copy(src, &dst)?;
+        out.push(dst);
+    }
+    Ok(out)
+}
+
+/// One `generate` process: its wall time, peak RSS and anonymous RSS (polled), and report.
+struct Run {
+    wall: f64,
+    peak_rss: u64,
+    peak_anon: u64,
+    report: Value,
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn generate(o: &Opts, model: &Path, pipeline: &str, inputs: &[PathBuf], out: &Path) -> Result<Run> {
+    let bin = std::env::var_os("TRELLIS2_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trellis2")));
+    std::fs::create_dir_all(out)?;
+    let report = out.join("report.json");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("generate")
+        .args(inputs)
+        .arg("--output")
+        .arg(out)
+        .arg("--model")
+        .arg(model)
+        .args(["--device", &o.device, "--pipeline", pipeline])
+        .args(["--rembg", "alpha", "--offline", "--batch-order", "picture"])
+        .args(["--dev-force-structure", &o.forcing])
+        .arg("--report")
+        .arg(&report);
+    if let Some(s) = o.steps {
+        cmd.args(["--steps", &s.to_string()]);
+    }
+    cmd.args(&o.extra);
+    let log = std::fs::File::create(out.with_extension("log"))?;
+    cmd.stdout(log.try_clone()?).stderr(log);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("{}: cannot start", bin.display()))?;
+    let pid = child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let poll = std::thread::spawn(move || {
+        let (mut rss, mut anon) = (0u64, 0u64);
+        while !flag.load(Ordering::Relaxed) {
+            // VmHWM: the child resets it per stage, so it is read as often as VmRSS.
+            for key in ["VmRSS:", "VmHWM:"] {
+                rss = rss.max(status_kib(pid, key).unwrap_or(0));
+            }
+            anon = anon.max(status_kib(pid, "RssAnon:").unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (rss << 10, anon << 10)
+    });
+    let status = child.wait()?;
+    let wall = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (peak_rss, peak_anon) = poll.join().unwrap_or((0, 0));
+    if !status.success() {
+        bail!(
+            "generate failed ({status}); its output is in {}",
+            out.with_extension("log").display()
+        );
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    Ok(Run {
+        wall,
+        peak_rss,
+        peak_anon,
+        report,
+    })
+}
+
+/// One item's phases in seconds, in table order.
+#[derive(Default, Clone)]
+struct Phases {
+    load: f64,
+    preprocess: f64,
+    conditioning: f64,
+    flows: f64,
+    cascade: f64,
+    shape_decoder: f64,
+    tex_decoder: f64,
+    mesh: f64,
+    export: [f64; 4],
+    quality: f64,
+    peak_rss: u64,
+    peak_gpu: u64,
+}
+
+const EXPORT: [&str; 4] = ["asset", "splat", "mesh-ply", "glb"];
+
+impl Phases {
+    fn of(item: &Value) -> Result<Self> {
+        if item["status"] != "ok" {
+            bail!("{}: {}", item["input"], item["error"]);
+        }
+        let mut p = Phases::default();
+        for s in item["stages"].as_array().context("stages")? {
+            let load = s["load_seconds"].as_f64().unwrap_or(0.0);
+            let net = s["seconds"].as_f64().unwrap_or(0.0) - load;
+            p.load += load;
+            p.peak_rss = p.peak_rss.max(s["peak_rss_bytes"].as_u64().unwrap_or(0));
+            p.peak_gpu = p.peak_gpu.max(s["peak_gpu_bytes"].as_u64().unwrap_or(0));
+            match s["stage"].as_str().unwrap_or_default() {
+                "preprocess" => p.preprocess += net,
+                "conditioning" => p.conditioning += net,
+                "cascade" => p.cascade += net,
+                "decode" => {
+                    let part = |k: &str| s["parts"][k].as_f64().unwrap_or(0.0);
+                    p.shape_decoder += part("shape_decoder");
+                    p.tex_decoder += part("tex_decoder");
+                    // Mesh extraction, hole filling and the stage's glue.
+                    p.mesh += net - part("shape_decoder") - part("tex_decoder");
+                }
+                _ => p.flows += net,
+            }
+        }
+        for (k, name) in EXPORT.iter().enumerate() {
+            p.export[k] = item["output_seconds"][name].as_f64().unwrap_or(0.0);
+        }
+        p.quality = item["output_seconds"]["splat_quality"]
+            .as_f64()
+            .unwrap_or(0.0);
+        Ok(p)
+    }
+
+    fn total(&self) -> f64 {
+        self.load
+            + self.preprocess
+            + self.conditioning
+            + self.flows
+            + self.cascade
+            + self.shape_decoder
+            + self.tex_decoder
+            + self.mesh
+            + self.export.iter().sum::<f64>()
+    }
+
+    fn rows(&self) -> Vec<f64> {
+        let mut v = vec![
+            self.load,
+            self.preprocess,
+            self.conditioning,
+            self.flows,
+            self.cascade,
+            self.shape_decoder,
+            self.tex_decoder,
+            self.mesh,
+        ];
+        v.extend(self.export);
+        v
+    }
+
+    fn mean(items: &[Phases]) -> Phases {
+        let n = items.len().max(1) as f64;
+        let mut m = Phases::default();
+        for p in items {
+            m.load += p.load / n;
+            m.preprocess += p.preprocess / n;
+            m.conditioning += p.conditioning / n;
+            m.flows += p.flows / n;
+            m.cascade += p.cascade / n;
+            m.shape_decoder += p.shape_decoder / n;
+            m.tex_decoder += p.tex_decoder / n;
+            m.mesh += p.mesh / n;
+            for k in 0..4 {
+                m.export[k] += p.export[k] / n;
+            }
+            m.quality += p.quality / n;
+            m.peak_rss = m.peak_rss.max(p.peak_rss);
+            m.peak_gpu = m.peak_gpu.max(p.peak_gpu);
+        }
+        m
+    }
+}
+
+const ROW_NAMES: [&str; 12] = [
+    "weights read (load)",
+    "preprocess (decode picture, alpha crop)",
+    "conditioning (DINOv3)",
+    "flows (sparse structure with its decoder, shape, texture)",
+    "cascade upsample + quantisation",
+    "shape decoder",
+    "texture decoder",
+    "mesh extraction + hole filling",
+    "export: asset (voxels, mesh gathered)",
+    "export + write: splat PLY",
+    "export + write: mesh PLY",
+    "export + write: GLB (decimate, unwrap, bake, PNG, write)",
+];
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+fn items(run: &Run) -> Result<Vec<Phases>> {
+    run.report["items"]
+        .as_array()
+        .context("report items")?
+        .iter()
+        .map(Phases::of)
+        .collect()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} threads")
+}
+
+fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result<String> {
+    let first = items(cold)?.remove(0);
+    let batch = items(warm)?;
+    let later = Phases::mean(&batch[1..]);
+    let n = batch.len();
+    let quality_later: f64 = batch[1..].iter().map(|p| p.quality).sum();
+    let per_picture_wall = (warm.wall - cold.wall - quality_later) / (n - 1) as f64;
+    let r = &cold.report;
+    let loads: f64 = r["model_loads"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|l| l["seconds"].as_f64())
+                .sum::<f64>()
+        })
+        .unwrap_or(0.0);
+    let mut t = String::new();
+    use std::fmt::Write;
+    writeln!(
+        t,
+        "\n#### `{pipeline}`: device {} ({}), dtype {}, `--dev-force-structure {}`{}{}",
+        r["device"].as_str().unwrap_or("?"),
+        machine(),
+        r["dtype"].as_str().unwrap_or("?"),
+        o.forcing,
+        if o.tiny {
+            ", tiny golden model (smoke run)"
+        } else {
+            ", full-size random weights"
+        },
+        if o.extra.is_empty() {
+            String::new()
+        } else {
+            format!(", `{}`", o.extra.join(" "))
+        }
+    )?;
+    writeln!(
+        t,
+        "weights read by this pipeline: {:.2} GB; cold load {:.2} s ({:.2} GB/s from the page \
+         cache or disk, whichever held them)",
+        bytes as f64 / 1e9,
+        loads,
+        bytes as f64 / 1e9 / loads.max(1e-9)
+    )?;
+    writeln!(
+        t,
+        "structure {} tokens, decoded voxels {}, mesh faces {} (first picture)\n",
+        stage_field(&cold.report, "sparse_structure", "voxels"),
+        cold.report["items"][0]["voxels"],
+        cold.report["items"][0]["mesh_faces"],
+    )?;
+    writeln!(
+        t,
+        "| phase (s) | cold: 1 picture, one process | warm: per picture, pictures 2–{n} of {n} in one process |"
+    )?;
+    writeln!(t, "|---|---|---|")?;
+    writeln!(
+        t,
+        "| **total** | **{:.2}** (process wall) | **{:.2}** (report, per item) · {:.2} ((batch wall − cold wall) / {}) |",
+        cold.wall - first.quality,
+        later.total(),
+        per_picture_wall,
+        n - 1
+    )?;
+    for (name, (c, w)) in ROW_NAMES.iter().zip(first.rows().iter().zip(later.rows())) {
+        writeln!(t, "| {name} | {c:.3} | {w:.3} |")?;
+    }
+    writeln!(
+        t,
+        "| process start-up, device set-up, exit (cold wall − phases) | {:.3} | – |",
+        cold.wall - first.quality - first.total()
+    )?;
+    writeln!(
+        t,
+        "| *splat quality (only with --report; left out above)* | {:.3} | {:.3} |",
+        first.quality, later.quality
+    )?;
+    writeln!(
+        t,
+        "| peak host RSS (polled; weights are memory-mapped) | {} | {} |",
+        gib(cold.peak_rss.max(first.peak_rss)),
+        gib(warm.peak_rss.max(later.peak_rss))
+    )?;
+    writeln!(
+        t,
+        "| peak host anonymous RSS (polled) | {} | {} |",
+        gib(cold.peak_anon),
+        gib(warm.peak_anon)
+    )?;
+    let gpu = |p: &Phases| {
+        if p.peak_gpu > 0 {
+            gib(p.peak_gpu)
+        } else {
+            "–".into()
+        }
+    };
+    writeln!(
+        t,
+        "| peak GPU memory (whole card) | {} | {} |",
+        gpu(&first),
+        gpu(&later)
+    )?;
+    Ok(t)
+}
+
+fn stage_field(report: &Value, stage: &str, field: &str) -> String {
+    report["items"][0]["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|x| x["stage"] == stage))
+        .map(|x| x[field].to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn main() -> Result<()> {
+    let o = parse()?;
+    let scratch = tempfile::tempdir()?;
+    let model = if o.tiny {
+        manifest_dir().join("tests/fixtures/golden")
+    } else {
+        let dir = o
+            .model
+            .clone()
+            .unwrap_or_else(|| scratch.path().join("model"));
+        write_model(&dir)?;
+        dir
+    };
+    let model_dir = ModelDir::open(&model)?;
+    let work = match &o.keep {
+        Some(k) => k.clone(),
+        None => scratch.path().join("runs"),
+    };
+    let inputs = pictures(&work.join("pictures"), o.batch)?;
+    let mut out = String::new();
+    for pipeline in &o.pipelines {
+        let bytes = weight_bytes(&model_dir, pipeline)?;
+        let dir = work.join(pipeline);
+        eprintln!("{pipeline}: cold run (1 picture)");
+        let cold = generate(&o, &model, pipeline, &inputs[..1], &dir.join("cold"))?;
+        eprintln!("{pipeline}: warm run ({} pictures)", o.batch);
+        let warm = generate(&o, &model, pipeline, &inputs, &dir.join("warm"))?;
+        let t = table(&o, pipeline, bytes, &cold, &warm)?;
+        println!("{t}");
+        out.push_str(&t);
+    }
+    if o.keep.is_some() {
+        std::fs::write(work.join("e2e.md"), out)?;
+    }
+    Ok(())
+}
