@@ -4,7 +4,8 @@
 //! voxel form with an analytic PBR field (`tests/common/textured_shapes.rs`), ≈ 7 M voxels.
 //! Run with `cargo bench --bench export`; `EXPORT_BENCH_GRID=N` and `EXPORT_BENCH_FACES=N`
 //! change the grid (default 1024) and the face budget (default 300000),
-//! `EXPORT_BENCH_TEXTURE=N` the texture size (default 2048).
+//! `EXPORT_BENCH_TEXTURE=N` the texture size (default 2048); `EXPORT_BENCH_NORMAL_MAP=1` adds
+//! the normal map of the raw surface (`generate --normal-map`) and prints its time.
 
 #[path = "../tests/common/textured_shapes.rs"]
 #[allow(dead_code)] // the measures are for the tests
@@ -16,7 +17,7 @@ mod voxel_shapes;
 use std::time::Instant;
 
 use trellis2::export::face_orientation::faces_wound_outward;
-use trellis2::export::glb_writer::write_textured_glb;
+use trellis2::export::glb_writer::{write_textured_glb_with_options, TextureOptions};
 use trellis2::export::Up;
 
 /// Peak resident memory of this process so far, in GiB (Linux; None elsewhere).
@@ -38,6 +39,7 @@ fn main() {
     let grid = env_or("EXPORT_BENCH_GRID", 1024) as i32;
     let faces = env_or("EXPORT_BENCH_FACES", 300_000);
     let size = env_or("EXPORT_BENCH_TEXTURE", 2048) as u32;
+    let normal_map = env_or("EXPORT_BENCH_NORMAL_MAP", 0) != 0;
     println!("rayon threads: {}", rayon::current_num_threads());
     let start = Instant::now();
     let shape = textured_shapes::nested_spheres(grid);
@@ -70,9 +72,15 @@ fn main() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let path = dir.path().join("bench.glb");
     let export = Instant::now();
-    let reduced = asset.decimated(faces).expect("decimates");
+    // As `generate` does it: the raw mesh wound outward is kept only for the normal map.
+    let (reduced, raw) = asset.decimated_and_oriented(faces).expect("decimates");
+    let raw = normal_map.then_some(raw);
     let decimate_s = export.elapsed().as_secs_f64();
-    let t = write_textured_glb(&path, &reduced, Up::Y, size).expect("writes");
+    let opts = TextureOptions {
+        texture_size: size,
+        normal_map_from: raw.as_ref(),
+    };
+    let t = write_textured_glb_with_options(&path, &reduced, Up::Y, &opts).expect("writes");
     let total = export.elapsed().as_secs_f64();
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -80,6 +88,13 @@ fn main() {
          {:.2} + bake {:.2} + PNG {:.2} + write {:.2} s",
         t.unwrap_seconds, t.bake_seconds, t.encode_seconds, t.write_seconds
     );
+    if t.normal_map {
+        println!(
+            "  normal map: {:.2} s (raw-surface index, tangents and bake; its PNG is in the \
+             PNG phase)",
+            t.normal_map_seconds
+        );
+    }
     println!(
         "  {} faces, {} vertices, {} charts, utilisation {:.1} %, overlapping {}, GLB {:.1} MiB \
          (PNG {:.1} MiB), peak memory {:.2} GiB",

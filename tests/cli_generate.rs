@@ -162,6 +162,44 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
         a == b,
         "GLB from --from-latents differs from the original run"
     );
+
+    // --normal-map on the decoder's own mesh: a normalTexture and TANGENTs the validator
+    // accepts, and the report says it was baked.
+    let mapped = dir.path().join("mapped");
+    let mapped_report = dir.path().join("mapped.json");
+    let o = trellis2(&[
+        "generate",
+        "--from-latents",
+        &s(&latents),
+        "-o",
+        &s(&mapped),
+        "--model",
+        &model(),
+        "--format",
+        "glb",
+        "--texture-size",
+        "512",
+        "--normal-map",
+        "--report",
+        &s(&mapped_report),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let glb_path = mapped.join("run.glb");
+    let (errors, warnings, messages) =
+        common::validate_gltf(std::slice::from_ref(&glb_path))[0].clone();
+    assert_eq!((errors, warnings), (0, 0), "{messages}");
+    let (doc, _, _) = gltf::import(&glb_path).unwrap();
+    let prim = doc.meshes().next().unwrap().primitives().next().unwrap();
+    assert!(prim.material().normal_texture().is_some());
+    assert!(prim.get(&gltf::Semantic::Tangents).is_some());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mapped_report).unwrap()).unwrap();
+    let texture = &report["items"][0]["glb"]["texture"];
+    assert_eq!(texture["normal_map"], true, "{texture}");
+    assert!(
+        texture["normal_map_seconds"].as_f64().unwrap() > 0.0,
+        "{texture}"
+    );
 }
 
 #[test]
@@ -326,6 +364,17 @@ fn usage_errors_fail_before_any_work() {
         assert_eq!(o.status.code(), Some(2), "{flag} {bad}: {}", text(&o));
         assert!(text(&o).contains(flag), "{}", text(&o));
     }
+    let o = trellis2(&[
+        "generate",
+        &img,
+        "--normal-map",
+        "--texture",
+        "none",
+        "--model",
+        &model(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--normal-map"), "{}", text(&o));
     // No --model and nothing in the (empty) hub cache: --offline names the command to run.
     let cache = dir.path().join("hub-cache");
     let o = Command::new(env!("CARGO_BIN_EXE_trellis2"))

@@ -11,7 +11,9 @@ use common::voxel_shapes::{in_ball, sign_field_voxels};
 use trellis2::export::asset::PBR_CHANNELS;
 use trellis2::export::color::{srgb_to_linear, unit_to_u8};
 use trellis2::export::glb::read_glb;
-use trellis2::export::glb_writer::write_textured_glb;
+use trellis2::export::glb_writer::{
+    write_textured_glb, write_textured_glb_with_options, TextureOptions,
+};
 use trellis2::export::ply::read_ply;
 use trellis2::export::splat::{rotation_of_quaternion, SplatShape, SH_C0};
 use trellis2::export::splat_fit::reference_pixel;
@@ -529,6 +531,18 @@ fn glb_passes_the_khronos_validator() {
     let path = dir.path().join("decimated.glb");
     write_glb(&path, &decimated, Up::Y).unwrap();
     files.push(path);
+    // `--normal-map`: TANGENT (unit xyz, w = ±1) and a normalTexture, in both frames.
+    let raw = full.oriented_mesh();
+    for up in [Up::Y, Up::Z] {
+        let path = dir.path().join(format!("normal-mapped-{up}.glb"));
+        let opts = TextureOptions {
+            texture_size: 512,
+            normal_map_from: Some(&raw),
+        };
+        let t = write_textured_glb_with_options(&path, &decimated, up, &opts).unwrap();
+        assert!(t.normal_map);
+        files.push(path);
+    }
     // The textured GLB (generate's default): opaque, with varying alpha (BLEND), decimated.
     for (name, asset, size) in [
         ("textured", sphere(1.0), 512),

@@ -144,6 +144,10 @@ pub struct TextureReport {
     pub bake_seconds: f64,
     pub encode_seconds: f64,
     pub write_seconds: f64,
+    /// Whether a normal map (`--normal-map`) was baked, and the time it took: indexing the raw
+    /// surface, tangents and its bake (its PNG encoding is in `encode_seconds`).
+    pub normal_map: bool,
+    pub normal_map_seconds: f64,
 }
 
 /// The candle version this binary was built against (Cargo.toml's requirement).

@@ -198,21 +198,33 @@ impl Asset {
     /// the vertices weighted in so that colour and material seams survive. Decimated vertices
     /// are input vertices, so the writers' attribute lookup gives them the same values.
     pub fn decimated(&self, target_faces: usize) -> Result<Self> {
-        let oriented = Mesh {
-            vertices: self.mesh.vertices.clone(),
-            faces: faces_wound_outward(&self.mesh),
-        };
+        Ok(self.decimated_and_oriented(target_faces)?.0)
+    }
+
+    /// [`Asset::decimated`], and the full mesh wound outward as it was before decimating (the
+    /// raw surface a normal map is baked from, without orienting it twice).
+    pub fn decimated_and_oriented(&self, target_faces: usize) -> Result<(Self, Mesh)> {
+        let oriented = self.oriented_mesh();
         let attrs = self.mesh_vertex_attributes()?;
         let out = decimate(&oriented, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target_faces)
             .context("export: decimation")?;
-        Ok(Self {
+        let reduced = Self {
             mesh: out.mesh,
             voxel_coords: self.voxel_coords.clone(),
             voxel_attrs: self.voxel_attrs.clone(),
             dual_vertices: self.dual_vertices.clone(),
             resolution: self.resolution,
             index: self.index.clone(),
-        })
+        };
+        Ok((reduced, oriented))
+    }
+
+    /// The mesh with its faces wound outward ([`faces_wound_outward`]).
+    pub fn oriented_mesh(&self) -> Mesh {
+        Mesh {
+            vertices: self.mesh.vertices.clone(),
+            faces: faces_wound_outward(&self.mesh),
+        }
     }
 
     /// Mean of one attribute channel over the voxels, clamped to [0, 1].

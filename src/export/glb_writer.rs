@@ -2,7 +2,8 @@
 //! metallic-roughness material, and either vertex colours ([`write_glb`], below) or a UV atlas
 //! with baked textures ([`write_textured_glb`]: `TEXCOORD_0`, a base colour (+ alpha when the
 //! material blends) and a metallic-roughness PNG in buffer views, factors 1, no `COLOR_0`;
-//! docs/OUTPUTS.md "Textured GLB").
+//! optionally a tangent-space normal map of the raw surface with MikkTSpace `TANGENT`s,
+//! [`write_textured_glb_with_options`]; docs/OUTPUTS.md "Textured GLB").
 //!
 //! The vertex-colour GLB:
 //!
@@ -36,7 +37,10 @@ use super::frame::Up;
 use super::mesh_arrays::MeshArrays;
 use super::write_atomic;
 use crate::mesh::atlas::{atlas_stats, unwrap, AtlasOptions};
-use crate::mesh::bake::{bake, BakeOptions};
+use crate::mesh::bake::{bake, BakeOptions, BakedImage};
+use crate::mesh::normal_map::{
+    bake_normal_map, mikktspace_tangents, SurfaceIndex, TangentMesh, NORMAL_MAP_CHANNELS,
+};
 use crate::mesh::{Mesh, VoxelAttributes};
 
 /// Alpha below this (8-bit) on any drawn vertex makes the material `BLEND` (upstream's rule).
@@ -185,6 +189,34 @@ pub struct TexturedGlb {
     pub bake_seconds: f64,
     pub encode_seconds: f64,
     pub write_seconds: f64,
+    /// A normal map (and `TANGENT`s) was baked and written.
+    pub normal_map: bool,
+    /// Indexing the raw surface, tangents and the normal map's bake (its PNG encoding is in
+    /// `encode_seconds`).
+    pub normal_map_seconds: f64,
+}
+
+/// What the textured GLB holds beyond the base colour and metallic-roughness textures.
+#[derive(Clone, Copy, Debug)]
+pub struct TextureOptions<'a> {
+    /// Width and height of every texture, in texels.
+    pub texture_size: u32,
+    /// Bake a tangent-space normal map (glTF `normalTexture`, with MikkTSpace `TANGENT`s) of
+    /// this surface, in the asset's frame: the raw mesh the asset's mesh was decimated from,
+    /// whose detail the map carries ([`crate::mesh::normal_map`]), **wound outward** as
+    /// [`Asset::decimated_and_oriented`] or [`Asset::oriented_mesh`] give it (its normals follow
+    /// the winding; orienting a million-face mesh takes seconds, so it is not redone here).
+    pub normal_map_from: Option<&'a Mesh>,
+}
+
+impl TextureOptions<'_> {
+    /// Base colour and metallic-roughness only.
+    pub fn new(texture_size: u32) -> Self {
+        Self {
+            texture_size,
+            normal_map_from: None,
+        }
+    }
 }
 
 /// Padding between charts, in texels: at least 4 (more from 4096² up), so that every texel a
@@ -202,6 +234,17 @@ pub fn write_textured_glb(
     up: Up,
     texture_size: u32,
 ) -> Result<TexturedGlb> {
+    write_textured_glb_with_options(path, asset, up, &TextureOptions::new(texture_size))
+}
+
+/// [`write_textured_glb`] with [`TextureOptions`] (the normal map).
+pub fn write_textured_glb_with_options(
+    path: &Path,
+    asset: &Asset,
+    up: Up,
+    opts: &TextureOptions<'_>,
+) -> Result<TexturedGlb> {
+    let texture_size = opts.texture_size;
     let start = Instant::now();
     let indices: Vec<u32> = faces_wound_outward(asset.mesh())
         .into_iter()
@@ -223,7 +266,7 @@ pub fn write_textured_glb(
         uvs: &atlas.uvs,
         indices: &atlas.indices,
     };
-    let written = write_textured_glb_with_layout(path, asset, up, layout, texture_size)?;
+    let written = write_textured_glb_with_layout_and_options(path, asset, up, layout, opts)?;
     Ok(TexturedGlb {
         charts: atlas.charts,
         utilisation: stats.utilisation,
@@ -243,6 +286,26 @@ pub fn write_textured_glb_with_layout(
     layout: UvLayout<'_>,
     texture_size: u32,
 ) -> Result<TexturedGlb> {
+    write_textured_glb_with_layout_and_options(
+        path,
+        asset,
+        up,
+        layout,
+        &TextureOptions::new(texture_size),
+    )
+}
+
+/// [`write_textured_glb_with_layout`] with [`TextureOptions`]. With a normal map, vertices
+/// whose corners get different MikkTSpace tangents are split (the written layout has them
+/// twice, same position and texture coordinate).
+pub fn write_textured_glb_with_layout_and_options(
+    path: &Path,
+    asset: &Asset,
+    up: Up,
+    layout: UvLayout<'_>,
+    opts: &TextureOptions<'_>,
+) -> Result<TexturedGlb> {
+    let texture_size = opts.texture_size;
     let mesh = asset.mesh();
     ensure!(
         !layout.indices.is_empty(),
@@ -290,32 +353,106 @@ pub fn write_textured_glb_with_layout(
             .collect(),
     };
     let mesh_normals = oriented.vertex_normals()?;
-    let source = |i: &u32| *i as usize;
-    let corners: Vec<[f32; 3]> = layout
+    let atlas_normals: Vec<[f32; 3]> = layout
         .source_vertex
         .iter()
-        .map(|i| mesh.vertices[source(i)])
+        .map(|&i| mesh_normals[i as usize])
         .collect();
+    let atlas_corners: Vec<[f32; 3]> = layout
+        .source_vertex
+        .iter()
+        .map(|&i| mesh.vertices[i as usize])
+        .collect();
+
+    // With a normal map: MikkTSpace tangents first, since they may split vertices and every
+    // texture is baked on the arrays written.
+    let normal_start = Instant::now();
+    let (uvs, indices, corners, normals, tangents) = match opts.normal_map_from {
+        None => (
+            layout.uvs.to_vec(),
+            layout.indices.to_vec(),
+            atlas_corners,
+            atlas_normals,
+            None,
+        ),
+        Some(_) => {
+            let t = mikktspace_tangents(&atlas_corners, &atlas_normals, layout.uvs, layout.indices)
+                .context("export: tangents")?;
+            let pick = |a: &[[f32; 3]]| -> Vec<[f32; 3]> {
+                t.source_vertex.iter().map(|&v| a[v as usize]).collect()
+            };
+            (
+                t.source_vertex
+                    .iter()
+                    .map(|&v| layout.uvs[v as usize])
+                    .collect(),
+                t.indices,
+                pick(&atlas_corners),
+                pick(&atlas_normals),
+                Some(t.tangents),
+            )
+        }
+    };
+    // The normal map is baked in the asset's frame, where the raw surface is.
+    let normal_map = match (opts.normal_map_from, &tangents) {
+        (Some(raw), Some(tangents)) => {
+            let index = SurfaceIndex::new(raw, asset.voxel_size())
+                .context("export: raw surface for the normal map")?;
+            let image = bake_normal_map(
+                TangentMesh {
+                    positions: &corners,
+                    normals: &normals,
+                    tangents,
+                    uvs: &uvs,
+                    indices: &indices,
+                },
+                &index,
+                &BakeOptions::for_size(texture_size),
+            )
+            .context("export: normal map bake")?;
+            Some(image)
+        }
+        _ => None,
+    };
+    let normal_map_seconds = normal_start.elapsed().as_secs_f64();
+
     let positions: Vec<[f32; 3]> = corners.iter().map(|&p| up.apply(p)).collect();
-    let normals: Vec<[f32; 3]> = layout
-        .source_vertex
-        .iter()
-        .map(|i| up.apply(mesh_normals[source(i)]))
-        .collect();
+    let file_normals: Vec<[f32; 3]> = normals.iter().map(|&n| up.apply(n)).collect();
+    // The frame change is a rotation (axes swapped, one negated): handedness unchanged.
+    let file_tangents: Option<Vec<[f32; 4]>> = tangents.map(|t| {
+        t.iter()
+            .map(|&[x, y, z, w]| {
+                let [x, y, z] = up.apply([x, y, z]);
+                [x, y, z, w]
+            })
+            .collect()
+    });
     let volume = asset.attribute_volume()?;
-    write_baked_glb(
+    let written = write_baked_glb(
         path,
         &BakeTarget {
             sample_points: &corners,
             positions: &positions,
-            normals: &normals,
-            uvs: layout.uvs,
-            indices: layout.indices,
+            normals: &file_normals,
+            uvs: &uvs,
+            indices: &indices,
             frame: up.describe(),
+            normal_map: file_tangents
+                .as_deref()
+                .zip(normal_map.as_ref())
+                .map(|(tangents, image)| NormalMapLayer { tangents, image }),
         },
         &volume,
         texture_size,
-    )
+    )?;
+    Ok(TexturedGlb {
+        normal_map_seconds: if written.normal_map {
+            normal_map_seconds
+        } else {
+            0.0
+        },
+        ..written
+    })
 }
 
 /// A textured mesh to bake and write, one row per vertex of the UV layout.
@@ -333,11 +470,24 @@ pub struct BakeTarget<'a> {
     pub indices: &'a [u32],
     /// What `asset.extras.trellis2_frame` says about the positions' frame.
     pub frame: &'a str,
+    /// A tangent-space normal map to write with the textures (`normalTexture` + `TANGENT`).
+    pub normal_map: Option<NormalMapLayer<'a>>,
+}
+
+/// A normal map already baked on a [`BakeTarget`]'s arrays ([`crate::mesh::normal_map`]):
+/// it needs the detailed surface, which only the caller has.
+#[derive(Clone, Copy, Debug)]
+pub struct NormalMapLayer<'a> {
+    /// MikkTSpace tangents (xyz unit, w = ±1) in the file's frame, one per vertex.
+    pub tangents: &'a [[f32; 4]],
+    /// RGB, `texture_size²`, baked with those tangents (in any frame that differs from the
+    /// file's by a rotation: tangent-space components do not change).
+    pub image: &'a BakedImage,
 }
 
 /// Bakes `volume` over `target`'s UV triangles into a base colour (+ alpha) and a
 /// metallic-roughness texture of `texture_size²` ([`crate::mesh::bake`]) and writes the
-/// textured GLB atomically.
+/// textured GLB atomically, with `target`'s normal map when it has one.
 pub fn write_baked_glb(
     path: &Path,
     target: &BakeTarget<'_>,
@@ -360,6 +510,19 @@ pub fn write_baked_glb(
     if let Some(&bad) = target.indices.iter().find(|&&i| i as usize >= n) {
         bail!("export: corner {bad} past the {n} vertices");
     }
+    if let Some(layer) = &target.normal_map {
+        ensure!(
+            layer.tangents.len() == n,
+            "export: {} tangents for {n} vertices",
+            layer.tangents.len()
+        );
+        ensure!(
+            layer.image.size == texture_size && layer.image.channels == NORMAL_MAP_CHANNELS,
+            "export: a {}² normal map of {} channels for {texture_size}² RGB textures",
+            layer.image.size,
+            layer.image.channels
+        );
+    }
     let start = Instant::now();
     let baked = bake(
         target.sample_points,
@@ -373,7 +536,7 @@ pub fn write_baked_glb(
 
     let start = Instant::now();
     let alpha_blend = baked.covered_min[ALPHA] < BLEND_BELOW_ALPHA8;
-    let (base_colour, metallic_roughness) = rayon::join(
+    let (base_colour, (metallic_roughness, normal_png)) = rayon::join(
         || {
             let pixels: Vec<u8> = if alpha_blend {
                 baked
@@ -391,26 +554,41 @@ pub fn write_baked_glb(
             encode_png(&pixels, texture_size, alpha_blend)
         },
         || {
-            // glTF: roughness in G, metallic in B; R (occlusion in ORM packings) left white.
-            let pixels: Vec<u8> = baked
-                .texels
-                .chunks_exact(PBR_CHANNELS)
-                .flat_map(|t| [u8::MAX, t[ROUGHNESS], t[METALLIC]])
-                .collect();
-            encode_png(&pixels, texture_size, false)
+            rayon::join(
+                || {
+                    // glTF: roughness in G, metallic in B; R (occlusion in ORM packings) left
+                    // white.
+                    let pixels: Vec<u8> = baked
+                        .texels
+                        .chunks_exact(PBR_CHANNELS)
+                        .flat_map(|t| [u8::MAX, t[ROUGHNESS], t[METALLIC]])
+                        .collect();
+                    encode_png(&pixels, texture_size, false)
+                },
+                || {
+                    target
+                        .normal_map
+                        .map(|layer| encode_png(&layer.image.texels, texture_size, false))
+                        .transpose()
+                },
+            )
         },
     );
-    let (base_colour, metallic_roughness) = (base_colour?, metallic_roughness?);
+    let (base_colour, metallic_roughness, normal_png) =
+        (base_colour?, metallic_roughness?, normal_png?);
     drop(baked);
     let encode_seconds = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
+    let mut images = vec![base_colour.as_slice(), metallic_roughness.as_slice()];
+    images.extend(normal_png.as_deref());
     let textured = TexturedArrays {
         positions: target.positions,
         normals: target.normals,
+        tangents: target.normal_map.map(|layer| layer.tangents),
         uvs: target.uvs,
         indices: target.indices,
-        images: [&base_colour, &metallic_roughness],
+        images: &images,
         alpha_blend,
     };
     let (json, bin) = textured_glb_chunks(&textured, target.frame)?;
@@ -421,10 +599,11 @@ pub fn write_baked_glb(
         vertices: n,
         texture_size,
         alpha_blend,
-        png_bytes: base_colour.len() + metallic_roughness.len(),
+        png_bytes: images.iter().map(|i| i.len()).sum(),
         bake_seconds,
         encode_seconds,
         write_seconds: start.elapsed().as_secs_f64(),
+        normal_map: normal_png.is_some(),
         ..Default::default()
     })
 }
@@ -454,10 +633,12 @@ fn encode_png(pixels: &[u8], size: u32, alpha: bool) -> Result<Vec<u8>> {
 struct TexturedArrays<'a> {
     positions: &'a [[f32; 3]],
     normals: &'a [[f32; 3]],
+    /// With a normal map.
+    tangents: Option<&'a [[f32; 4]]>,
     uvs: &'a [[f32; 2]],
     indices: &'a [u32],
-    /// Base colour, metallic-roughness (PNG files).
-    images: [&'a [u8]; 2],
+    /// Base colour, metallic-roughness, then the normal map when there is one (PNG files).
+    images: &'a [&'a [u8]],
     alpha_blend: bool,
 }
 
@@ -465,7 +646,7 @@ struct TexturedArrays<'a> {
 fn textured_glb_chunks(t: &TexturedArrays<'_>, frame: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     let n = t.positions.len();
     let image_bytes: usize = t.images.iter().map(|i| i.len() + 3).sum();
-    let mut bin = Vec::with_capacity(n * 32 + t.indices.len() * 4 + image_bytes);
+    let mut bin = Vec::with_capacity(n * 48 + t.indices.len() * 4 + image_bytes);
     let mut views = Vec::new();
     let mut push_view =
         |bin: &mut Vec<u8>, bytes: &mut dyn Iterator<Item = u8>, target: Option<u32>| {
@@ -503,49 +684,67 @@ fn textured_glb_chunks(t: &TexturedArrays<'_>, frame: &str) -> Result<(Vec<u8>, 
         &mut t.indices.iter().flat_map(|i| i.to_le_bytes()),
         Some(ELEMENT_ARRAY_BUFFER),
     );
+    // Views 4.. hold the images, in texture order.
     for image in t.images {
         push_view(&mut bin, &mut image.iter().copied(), None);
     }
     let (lo, hi) = bounds(t.positions);
+    let mut attributes = json!({ "POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2 });
+    let mut accessors = vec![
+        json!({
+            "bufferView": 0, "componentType": FLOAT, "count": n, "type": "VEC3",
+            "min": lo.map(f64::from), "max": hi.map(f64::from),
+        }),
+        json!({ "bufferView": 1, "componentType": FLOAT, "count": n, "type": "VEC3" }),
+        json!({ "bufferView": 2, "componentType": FLOAT, "count": n, "type": "VEC2" }),
+        json!({
+            "bufferView": 3, "componentType": UNSIGNED_INT,
+            "count": t.indices.len(), "type": "SCALAR",
+        }),
+    ];
+    let names = ["base_colour", "metallic_roughness", "normal"];
+    let textures: Vec<_> = (0..t.images.len())
+        .map(|k| json!({ "sampler": 0, "source": k, "name": names[k] }))
+        .collect();
+    let images: Vec<_> = (0..t.images.len())
+        .map(|k| json!({ "bufferView": 4 + k, "mimeType": "image/png", "name": names[k] }))
+        .collect();
+    let mut material = json!({
+        "name": "trellis2_pbr",
+        "pbrMetallicRoughness": {
+            "baseColorTexture": { "index": 0 },
+            "metallicRoughnessTexture": { "index": 1 },
+        },
+        "alphaMode": if t.alpha_blend { "BLEND" } else { "OPAQUE" },
+        "doubleSided": true,
+    });
+    if let Some(tangents) = t.tangents {
+        ensure!(t.images.len() == 3, "export: tangents without a normal map");
+        push_view(
+            &mut bin,
+            &mut tangents.iter().flatten().flat_map(|x| x.to_le_bytes()),
+            Some(ARRAY_BUFFER),
+        );
+        attributes["TANGENT"] = json!(accessors.len());
+        accessors.push(json!({
+            "bufferView": views.len() - 1, "componentType": FLOAT, "count": n, "type": "VEC4",
+        }));
+        material["normalTexture"] = json!({ "index": 2 });
+    }
     let doc = gltf_document(
         frame,
-        json!({ "POSITION": 0, "NORMAL": 1, "TEXCOORD_0": 2 }),
+        attributes,
         json!({
-        "materials": [{
-            "name": "trellis2_pbr",
-            "pbrMetallicRoughness": {
-                "baseColorTexture": { "index": 0 },
-                "metallicRoughnessTexture": { "index": 1 },
-            },
-            "alphaMode": if t.alpha_blend { "BLEND" } else { "OPAQUE" },
-            "doubleSided": true,
-        }],
-        "textures": [
-            { "sampler": 0, "source": 0, "name": "base_colour" },
-            { "sampler": 0, "source": 1, "name": "metallic_roughness" },
-        ],
-        "images": [
-            { "bufferView": 4, "mimeType": "image/png", "name": "base_colour" },
-            { "bufferView": 5, "mimeType": "image/png", "name": "metallic_roughness" },
-        ],
+        "materials": [material],
+        "textures": textures,
+        "images": images,
         "samplers": [{
             "magFilter": LINEAR,
             "minFilter": LINEAR_MIPMAP_LINEAR,
             "wrapS": CLAMP_TO_EDGE,
             "wrapT": CLAMP_TO_EDGE,
         }],
-        "accessors": [
-            {
-                "bufferView": 0, "componentType": FLOAT, "count": n, "type": "VEC3",
-                "min": lo.map(f64::from), "max": hi.map(f64::from),
-            },
-            { "bufferView": 1, "componentType": FLOAT, "count": n, "type": "VEC3" },
-            { "bufferView": 2, "componentType": FLOAT, "count": n, "type": "VEC2" },
-            {
-                "bufferView": 3, "componentType": UNSIGNED_INT,
-                "count": t.indices.len(), "type": "SCALAR",
-            },
-        ],
+        "accessors": accessors,
         "bufferViews": views,
         "buffers": [{ "byteLength": bin.len() }],
         }),

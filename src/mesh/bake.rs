@@ -120,11 +120,48 @@ pub fn bake(
     attributes: &VoxelAttributes,
     opts: &BakeOptions,
 ) -> Result<BakedImage> {
+    bake_with(
+        positions,
+        uvs,
+        indices,
+        attributes.channels(),
+        opts,
+        &|_, _, point, values| {
+            attributes
+                .sample_into(point, values)
+                .expect("one value per channel")
+        },
+    )
+}
+
+/// What [`bake_with`] calls for every baked texel: `(triangle, barycentric weights, 3D point,
+/// values)`; it writes one value in [0, 1] per channel into `values` (quantised like
+/// [`unit_to_u8`]). The weights may be slightly negative on border texels (extrapolated along
+/// the triangle's plane); the point is the weights applied to the triangle's corners.
+pub type TexelSampler<'a> = dyn Fn(u32, [f64; 3], [f32; 3], &mut [f32]) + Sync + 'a;
+
+/// [`bake`] with any per-texel function of `channels` values instead of the voxel lookup (the
+/// normal map bakes surface normals this way): same coverage, border texels, dilation and
+/// determinism.
+pub fn bake_with(
+    positions: &[[f32; 3]],
+    uvs: &[[f32; 2]],
+    indices: &[u32],
+    channels: usize,
+    opts: &BakeOptions,
+    sample: &TexelSampler<'_>,
+) -> Result<BakedImage> {
     let size = opts.texture_size;
     if size == 0 || size > MAX_TEXTURE_SIZE {
         return Err(MeshError::BadParameter {
             name: "texture_size",
             value: f64::from(size),
+        });
+    }
+    if channels == 0 {
+        return Err(MeshError::BadParameter {
+            name: "channels",
+            value: 0.0,
         });
     }
     if positions.len() != uvs.len() {
@@ -160,7 +197,7 @@ pub fn bake(
     }
     let triangles = triangles_in_texels(uvs, indices, size);
     let bands = bin_by_band(&triangles, size);
-    let c = attributes.channels();
+    let c = channels;
     let width = size as usize;
     let mut texels = vec![0u8; width * width * c];
     let mut coverage = vec![EMPTY; width * width];
@@ -177,7 +214,8 @@ pub fn bake(
                 &triangles,
                 positions,
                 indices,
-                attributes,
+                c,
+                sample,
                 texels,
                 coverage,
             )
@@ -282,7 +320,8 @@ fn bake_band(
     triangles: &[Option<TexelTriangle>],
     positions: &[[f32; 3]],
     indices: &[u32],
-    attributes: &VoxelAttributes,
+    c: usize,
+    sample: &TexelSampler<'_>,
     texels: &mut [u8],
     coverage: &mut [u8],
 ) {
@@ -320,7 +359,6 @@ fn bake_band(
             }
         }
     }
-    let c = attributes.channels();
     let mut values = vec![0f32; c];
     for (i, &n) in owner.iter().enumerate() {
         if n == u32::MAX {
@@ -331,9 +369,8 @@ fn bake_band(
         let point: [f32; 3] = std::array::from_fn(|a| {
             (0..3).map(|k| w[k] * f64::from(corner(k)[a])).sum::<f64>() as f32
         });
-        attributes
-            .sample_into(point, &mut values)
-            .expect("one value per channel");
+        values.fill(0.0);
+        sample(n, w, point, &mut values);
         for (o, &v) in texels[i * c..(i + 1) * c].iter_mut().zip(&values) {
             *o = unit_to_u8(v);
         }
@@ -560,5 +597,6 @@ mod tests {
         nan[0][0] = f32::NAN;
         assert!(bake(&p, &nan, &ix, &volume, &opts).is_err());
         assert!(bake(&p, &uv, &ix, &volume, &BakeOptions::for_size(0)).is_err());
+        assert!(bake_with(&p, &uv, &ix, 0, &opts, &|_, _, _, _| {}).is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! split) → [`dual_grid`] (flexible dual grid → triangles) → [`fill_holes`] → exporters, which
 //! colour vertices through [`attributes`] (trilinear lookup of the texture voxels) and may
 //! first reduce the face count with [`decimate`]; textured exports cut the mesh into a UV
-//! [`atlas`].
+//! [`atlas`], [`bake`] the voxels into it and may add a [`normal_map`] of the raw surface.
 
 pub mod atlas;
 pub mod attributes;
@@ -13,6 +13,7 @@ pub mod decimate;
 pub mod dual_grid;
 pub mod error;
 pub mod fill_holes;
+pub mod normal_map;
 pub mod normalise;
 pub mod shape_voxels;
 pub mod triangle_mesh;

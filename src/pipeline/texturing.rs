@@ -364,6 +364,8 @@ impl TexturedVoxels {
                 uvs,
                 indices: &indices,
                 frame: "the input mesh's own frame and units",
+                // Its detail is the input mesh itself: nothing finer to carry in a normal map.
+                normal_map: None,
             },
             &volume,
             texture_size,
