@@ -7,6 +7,8 @@
 //! `EXPORT_BENCH_TEXTURE=N` the texture size (default 2048); `EXPORT_BENCH_NORMAL_MAP=1` adds
 //! the normal map of the raw surface (`generate --normal-map`) and prints its time.
 
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "../tests/common/textured_shapes.rs"]
 #[allow(dead_code)] // the measures are for the tests
 mod textured_shapes;
@@ -16,24 +18,11 @@ mod voxel_shapes;
 
 use std::time::Instant;
 
+use measure::{env_or, peak_gib};
+
 use trellis2::export::face_orientation::faces_wound_outward;
 use trellis2::export::glb_writer::{write_textured_glb_with_options, TextureOptions};
 use trellis2::export::Up;
-
-/// Peak resident memory of this process so far, in GiB (Linux; None elsewhere).
-fn peak_gib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / (1024.0 * 1024.0))
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let grid = env_or("EXPORT_BENCH_GRID", 1024) as i32;

@@ -6,6 +6,8 @@
 //! Run with `cargo bench --bench splats`; `SPLATS_BENCH_GRID=N` changes the grid (default
 //! 1024), `SPLATS_BENCH_BUDGET=N` the budget (default 1000000; 0 = one splat per voxel).
 
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "../tests/common/textured_shapes.rs"]
 #[allow(dead_code)] // the measures are for the tests
 mod textured_shapes;
@@ -15,26 +17,13 @@ mod voxel_shapes;
 
 use std::time::Instant;
 
+use measure::{env_or, peak_gib};
+
 use trellis2::export::face_orientation::faces_wound_outward;
 use trellis2::export::splat::write_fitted_splat_ply;
 use trellis2::export::splat_fit::{fit_splats_timed, SplatShape};
 use trellis2::export::spz::write_fitted_splat_spz;
 use trellis2::export::{SplatBudget, Up};
-
-/// Peak resident memory of this process so far, in GiB (Linux; None elsewhere).
-fn peak_gib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / (1024.0 * 1024.0))
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn mib(path: &std::path::Path) -> f64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / (1 << 20) as f64

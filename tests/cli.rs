@@ -5,6 +5,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::write_ascii_ply;
+
 fn trellis2(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trellis2"))
         .args(args)
@@ -42,23 +44,6 @@ fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
         })
         .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-/// A triangle mesh as an ASCII PLY with float colours.
-fn write_mesh_ply(path: &Path, positions: &[[f32; 3]], faces: &[[u32; 3]]) {
-    let mut s = format!(
-        "ply\nformat ascii 1.0\nelement vertex {}\nproperty float x\nproperty float y\n\
-         property float z\nelement face {}\nproperty list uchar int vertex_indices\nend_header\n",
-        positions.len(),
-        faces.len()
-    );
-    for v in positions {
-        s += &format!("{} {} {}\n", v[0], v[1], v[2]);
-    }
-    for f in faces {
-        s += &format!("3 {} {} {}\n", f[0], f[1], f[2]);
-    }
-    std::fs::write(path, s).unwrap();
 }
 
 /// A minimal valid GLB: one triangle primitive with u32 indices.
@@ -348,10 +333,10 @@ fn compare_ply_property_by_property_and_meshes_across_formats() {
     let ply = dir.path().join("m.ply");
     let moved = dir.path().join("moved.ply");
     let glb = dir.path().join("m.glb");
-    write_mesh_ply(&ply, &TETRA, &TETRA_FACES);
+    write_ascii_ply(&ply, &TETRA, &TETRA_FACES);
     let mut shifted = TETRA;
     shifted[3][2] = 1.5;
-    write_mesh_ply(&moved, &shifted, &TETRA_FACES);
+    write_ascii_ply(&moved, &shifted, &TETRA_FACES);
     write_glb(&glb, &TETRA, &TETRA_FACES);
 
     let o = trellis2(&["compare", p(&ply), p(&ply)]);
@@ -422,7 +407,7 @@ fn inspect_describes_files_and_model_directories() {
     assert!(stdout(&o).contains("MISSING"), "{}", stdout(&o));
 
     let ply = dir.path().join("m.ply");
-    write_mesh_ply(&ply, &TETRA, &TETRA_FACES);
+    write_ascii_ply(&ply, &TETRA, &TETRA_FACES);
     let text = stdout(&trellis2(&["inspect", p(&ply)]));
     assert!(
         text.contains("triangle mesh") && text.contains("face ×4"),

@@ -5,33 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+use common::{output_text as text, path_arg as s, trellis2_cpu as trellis2};
 
 const IMAGE: &str =
     "golden/images/0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.webp";
-
-fn trellis2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trellis2"))
-        // Outputs are compared with CPU results: a GPU the build has (Metal on a Mac) must not
-        // be picked by `--device auto`.
-        .env("TRELLIS2_DEVICE", "cpu")
-        .args(args)
-        .env_remove("TRELLIS2_MODEL")
-        .output()
-        .expect("binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
 
 fn model() -> String {
     s(&common::fixture("golden"))

@@ -6,34 +6,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::{output_text as text, path_arg as s, trellis2_cpu as trellis2, write_ascii_ply};
 use serde_json::json;
 use trellis2::export::glb::read_glb;
 
 const IMAGE: &str =
     "golden/images/0a34fae7ba57cb8870df5325b9c30ea474def1b0913c19c596655b85a79fdee4.webp";
-
-fn trellis2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trellis2"))
-        .env("TRELLIS2_DEVICE", "cpu")
-        .env_remove("TRELLIS2_MODEL")
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
 
 fn image() -> String {
     s(&common::fixture(IMAGE))
@@ -185,23 +165,6 @@ fn write_obj(path: &Path, m: &Sphere) {
     std::fs::write(path, t).unwrap();
 }
 
-/// ASCII PLY without UVs.
-fn write_ply(path: &Path, positions: &[[f32; 3]], faces: &[[u32; 3]]) {
-    let mut t = format!(
-        "ply\nformat ascii 1.0\nelement vertex {}\nproperty float x\nproperty float y\n\
-         property float z\nelement face {}\nproperty list uchar int vertex_indices\nend_header\n",
-        positions.len(),
-        faces.len()
-    );
-    for p in positions {
-        t += &format!("{} {} {}\n", p[0], p[1], p[2]);
-    }
-    for f in faces {
-        t += &format!("3 {} {} {}\n", f[0], f[1], f[2]);
-    }
-    std::fs::write(path, t).unwrap();
-}
-
 fn validator_clean(files: &[PathBuf]) {
     for (file, (errors, warnings, messages)) in files.iter().zip(common::validate_gltf(files)) {
         assert_eq!(errors, 0, "{}: {messages}", file.display());
@@ -229,7 +192,7 @@ fn glb_gltf_obj_and_ply_inputs_keep_their_geometry_and_get_textures() {
     // An edge between two rings, shared by two triangles already.
     let fin = m.faces[m.faces.len() / 2];
     faces.push([fin[0], fin[1], positions.len() as u32 - 1]);
-    write_ply(&ply_in, &positions, &faces);
+    write_ascii_ply(&ply_in, &positions, &faces);
 
     let out = dir.path().join("out");
     let report = dir.path().join("report.json");

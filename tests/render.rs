@@ -9,10 +9,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::closed_shapes;
 use common::voxel_shapes::in_box;
+use common::{path_arg as s, trellis2_cpu as trellis2};
 use trellis2::export::splat::{write_splat_ply_shaped, SplatShape};
 use trellis2::export::splat_fit::{fit_splats, reference_pixel};
 use trellis2::export::{write_glb, write_splat_ply, write_splat_spz, Asset, SplatBudget, Up};
@@ -850,19 +850,6 @@ fn spz_is_eight_times_smaller_and_renders_like_the_ply() {
 }
 
 // ---- the CLI ----
-
-fn trellis2(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_trellis2"))
-        .env("TRELLIS2_DEVICE", "cpu")
-        .env_remove("TRELLIS2_MODEL")
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
 
 #[test]
 fn render_cli_writes_a_sheet_and_fails_cleanly() {

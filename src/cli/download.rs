@@ -145,16 +145,7 @@ pub fn ensure_model(
             return Ok(with_cached_rembg(dir, rembg, &HubSettings::from_env()));
         }
     }
-    let settings = match model {
-        Some(dir) => HubSettings::from_env().with_cache_dir(dir),
-        None => HubSettings::from_env(),
-    };
-    match hub::locate(model, &settings, rembg) {
-        Ok(dir) => return Ok(dir),
-        Err(e) if offline => return Err(e.context("--offline")),
-        Err(_) => {}
-    }
-    fetch_for_generate(model, &settings, rembg, yes)
+    locate_or_fetch(model, rembg, yes, offline, hub::PIPELINE_FILE)
 }
 
 /// The model directory `texture` uses, described by `texturing_pipeline.json`: found as
@@ -187,6 +178,18 @@ pub fn ensure_texturing_model(
             )));
         }
     }
+    locate_or_fetch(model, rembg, yes, offline, config)
+}
+
+/// The release described by `config` in the cache `model` names (or the default one), fetched
+/// when files are missing (asking unless `yes`; never with `offline`).
+fn locate_or_fetch(
+    model: Option<&std::path::Path>,
+    rembg: Option<RembgModel>,
+    yes: bool,
+    offline: bool,
+    config: &str,
+) -> Result<ModelDir> {
     let settings = match model {
         Some(dir) => HubSettings::from_env().with_cache_dir(dir),
         None => HubSettings::from_env(),
@@ -196,44 +199,68 @@ pub fn ensure_texturing_model(
         Err(e) if offline => return Err(e.context("--offline")),
         Err(_) => {}
     }
-    fetch_for_texture(model, &settings, rembg, yes)
+    fetch_release_config(model, &settings, rembg, yes, config)
 }
 
+/// Downloads what the release's `config` pipeline lacks, then locates it. `generate`'s
+/// pipeline and `texture`'s differ only in what they call themselves and in the `download`
+/// flag that fetches them.
 #[cfg(feature = "hub")]
-fn fetch_for_texture(
+fn fetch_release_config(
     model: Option<&std::path::Path>,
     settings: &HubSettings,
     rembg: Option<RembgModel>,
     yes: bool,
+    config: &str,
 ) -> Result<ModelDir> {
-    let config = hub::TEXTURING_PIPELINE_FILE;
+    let (what, flag) = if config == hub::TEXTURING_PIPELINE_FILE {
+        ("the texturing models are", " --texturing")
+    } else {
+        ("the model is", "")
+    };
     let plan = hub::plan_configs(settings, rembg, &[config])?;
     eprintln!(
-        "the texturing models are not fully downloaded yet: {} in {} file(s) to fetch into {}",
+        "{what} not fully downloaded yet: {} in {} file(s) to fetch into {}",
         super::human_bytes(plan.missing_bytes()),
         plan.missing().count(),
         settings.cache_dir.display()
     );
-    if !yes && !confirm(plan.missing_bytes())? {
-        bail!(
-            "nothing downloaded; run `{} --texturing` first",
+    ask_and_download(settings, &plan, yes, || {
+        format!(
+            "nothing downloaded; run `{}{flag}` first",
             hub::download_command(settings, rembg)
-        );
-    }
-    hub::download(settings, &plan, &mut |entry: &PlanEntry| {
-        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
+        )
     })?;
     hub::locate_config(model, settings, rembg, config)
 }
 
 #[cfg(not(feature = "hub"))]
-fn fetch_for_texture(
+fn fetch_release_config(
     _model: Option<&std::path::Path>,
     settings: &HubSettings,
     _rembg: Option<RembgModel>,
     _yes: bool,
+    _config: &str,
 ) -> Result<ModelDir> {
     bail!("{}", no_hub(settings))
+}
+
+/// Asks first (unless `yes`) and downloads what `plan` lacks; `refused` is the error a "no"
+/// gives.
+#[cfg(feature = "hub")]
+fn ask_and_download(
+    settings: &HubSettings,
+    plan: &Plan,
+    yes: bool,
+    refused: impl FnOnce() -> String,
+) -> Result<()> {
+    if !yes && !confirm(plan.missing_bytes())? {
+        bail!("{}", refused());
+    }
+    hub::download(settings, plan, &mut |entry: &PlanEntry| {
+        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
+    })?;
+    Ok(())
 }
 
 /// Registers the cached snapshot of `rembg` when `dir` itself does not hold it.
@@ -245,33 +272,6 @@ fn with_cached_rembg(dir: ModelDir, rembg: Option<RembgModel>, settings: &HubSet
         },
         _ => dir,
     }
-}
-
-#[cfg(feature = "hub")]
-fn fetch_for_generate(
-    model: Option<&std::path::Path>,
-    settings: &HubSettings,
-    rembg: Option<RembgModel>,
-    yes: bool,
-) -> Result<ModelDir> {
-    let settings = settings.clone();
-    let plan = hub::plan(&settings, rembg)?;
-    eprintln!(
-        "the model is not fully downloaded yet: {} in {} file(s) to fetch into {}",
-        super::human_bytes(plan.missing_bytes()),
-        plan.missing().count(),
-        settings.cache_dir.display()
-    );
-    if !yes && !confirm(plan.missing_bytes())? {
-        bail!(
-            "nothing downloaded; run `{}` first",
-            hub::download_command(&settings, rembg)
-        );
-    }
-    hub::download(&settings, &plan, &mut |entry: &PlanEntry| {
-        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
-    })?;
-    hub::locate(model, &settings, rembg)
 }
 
 /// The cached folder of background remover `model` (config.json + model.safetensors), fetched
@@ -316,27 +316,13 @@ fn fetch_rembg(model: RembgModel, settings: &HubSettings, yes: bool) -> Result<(
         super::human_bytes(plan.missing_bytes()),
         settings.cache_dir.display()
     );
-    if !yes && !confirm(plan.missing_bytes())? {
-        bail!("nothing downloaded; pass --model DIR or --yes");
-    }
-    hub::download(settings, &plan, &mut |entry: &PlanEntry| {
-        Box::new(Bar::new(entry)) as Box<dyn TransferProgress>
-    })?;
-    Ok(())
+    ask_and_download(settings, &plan, yes, || {
+        "nothing downloaded; pass --model DIR or --yes".to_string()
+    })
 }
 
 #[cfg(not(feature = "hub"))]
 fn fetch_rembg(_model: RembgModel, settings: &HubSettings, _yes: bool) -> Result<()> {
-    bail!("{}", no_hub(settings))
-}
-
-#[cfg(not(feature = "hub"))]
-fn fetch_for_generate(
-    _model: Option<&std::path::Path>,
-    settings: &HubSettings,
-    _rembg: Option<RembgModel>,
-    _yes: bool,
-) -> Result<ModelDir> {
     bail!("{}", no_hub(settings))
 }
 

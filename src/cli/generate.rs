@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use super::exit;
 use super::inputs;
 use super::interrupt;
-use super::preflight::{self, Destinations};
+use super::preflight::{self, is_folder, Destinations};
 use super::progress::CliProgress;
 use super::report::{
     DecimationReport, GlbReport, ItemReport, RunReport, Status, TextureReport, CANDLE_VERSION,
@@ -379,24 +379,13 @@ fn preflight_destinations(args: &Args, jobs: &[Job]) -> Result<()> {
             outputs,
         })
         .collect();
-    preflight::unique_outputs(&items)?;
-    preflight::writable_folder(&args.output, "output folder")?;
-    preflight::replaceable_outputs(&items)?;
-    if let Some(p) = &args.save_latents {
-        if is_folder(p) {
-            preflight::writable_folder(p, "latents folder")?;
-        } else {
-            preflight::writable_file(p, "latents file")?;
-        }
-    }
-    if let Some(p) = &args.report {
-        preflight::writable_file(p, "report")?;
-    }
+    preflight::destinations(
+        &items,
+        &args.output,
+        args.save_latents.as_deref(),
+        args.report.as_deref(),
+    )?;
     Ok(())
-}
-
-fn is_folder(p: &Path) -> bool {
-    p.is_dir() || p.as_os_str().to_string_lossy().ends_with(['/', '\\'])
 }
 
 pub fn run(args: &Args) -> Result<u8> {

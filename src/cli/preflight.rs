@@ -1,4 +1,4 @@
-//! Checks of a `generate` batch made before any model loads or any picture runs, so that a
+//! Checks of a `generate` or `texture` batch made before any model loads or any picture runs, so that a
 //! batch never does its work to fail at the end: two inputs that would write the same outputs,
 //! an output folder, latents destination or `--report` file that cannot be written. Each
 //! problem is a usage error (exit 2) naming the paths.
@@ -7,6 +7,36 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
+
+/// Every destination of a batch checked at once (`generate` and `texture` alike): no two
+/// inputs write the same outputs, the outputs already there may be replaced, and the output
+/// folder, the latents destination (a folder or one file) and the report can be written.
+pub fn destinations(
+    items: &[Destinations],
+    output: &Path,
+    save_latents: Option<&Path>,
+    report: Option<&Path>,
+) -> Result<()> {
+    unique_outputs(items)?;
+    writable_folder(output, "output folder")?;
+    replaceable_outputs(items)?;
+    if let Some(p) = save_latents {
+        if is_folder(p) {
+            writable_folder(p, "latents folder")?;
+        } else {
+            writable_file(p, "latents file")?;
+        }
+    }
+    if let Some(p) = report {
+        writable_file(p, "report")?;
+    }
+    Ok(())
+}
+
+/// Whether `p` names a folder: an existing one, or a path ending in a separator.
+pub fn is_folder(p: &Path) -> bool {
+    p.is_dir() || p.as_os_str().to_string_lossy().ends_with(['/', '\\'])
+}
 
 /// One input's outputs, as the batch will write them.
 pub struct Destinations<'a> {

@@ -15,7 +15,7 @@ use candle_core::Tensor;
 
 use super::exit;
 use super::interrupt;
-use super::preflight::{self, Destinations};
+use super::preflight::{self, is_folder, Destinations};
 use super::progress::CliProgress;
 use super::values::{self, BackgroundArg, DtypeArg, PerStage};
 use trellis2::export::mesh_input::{read_input_mesh, MeshCheck};
@@ -264,10 +264,6 @@ fn overrides(args: &Args) -> Result<SamplerOverrides> {
     Ok(o)
 }
 
-fn is_folder(p: &Path) -> bool {
-    p.is_dir() || p.as_os_str().to_string_lossy().ends_with(['/', '\\'])
-}
-
 /// Everything checked before the first model loads.
 struct Plan {
     pairs: Vec<Pair>,
@@ -305,19 +301,12 @@ fn plan(args: &Args) -> Result<Plan> {
             outputs,
         })
         .collect();
-    preflight::unique_outputs(&items)?;
-    preflight::writable_folder(&args.output, "output folder")?;
-    preflight::replaceable_outputs(&items)?;
-    if let Some(p) = &args.save_latents {
-        if is_folder(p) {
-            preflight::writable_folder(p, "latents folder")?;
-        } else {
-            preflight::writable_file(p, "latents file")?;
-        }
-    }
-    if let Some(p) = &args.report {
-        preflight::writable_file(p, "report")?;
-    }
+    preflight::destinations(
+        &items,
+        &args.output,
+        args.save_latents.as_deref(),
+        args.report.as_deref(),
+    )?;
     let noise = match &args.noise {
         Some(p) => Some(read_tensors(p, &candle_core::Device::Cpu)?),
         None => None,

@@ -10,6 +10,49 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// The built `trellis2` on the CPU (outputs are compared with CPU results: a GPU the build has,
+/// Metal on a Mac, must not be picked by `--device auto`), never with a model named by the
+/// environment.
+pub fn trellis2_cpu(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trellis2"))
+        .env("TRELLIS2_DEVICE", "cpu")
+        .env_remove("TRELLIS2_MODEL")
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// A run's stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A temporary path as a command-line argument.
+pub fn path_arg(p: &std::path::Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// A triangle mesh as an ASCII PLY: positions and faces only (no UVs, no colours).
+pub fn write_ascii_ply(path: &std::path::Path, positions: &[[f32; 3]], faces: &[[u32; 3]]) {
+    let mut t = format!(
+        "ply\nformat ascii 1.0\nelement vertex {}\nproperty float x\nproperty float y\n\
+         property float z\nelement face {}\nproperty list uchar int vertex_indices\nend_header\n",
+        positions.len(),
+        faces.len()
+    );
+    for p in positions {
+        t += &format!("{} {} {}\n", p[0], p[1], p[2]);
+    }
+    for f in faces {
+        t += &format!("3 {} {} {}\n", f[0], f[1], f[2]);
+    }
+    std::fs::write(path, t).unwrap();
+}
+
 /// Every tensor of `dtype` in a safetensors file as (shape, values), each value decoded from
 /// its 4 little-endian bytes.
 fn read_tensors_of<T>(
