@@ -524,9 +524,12 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
     }
     singles.sort();
     assert_eq!(singles.len(), 2 * pictures);
-    let cases: [(&str, &[&str]); 4] = [
+    // Overlapped writes (the default) and --no-overlap write the same bytes.
+    let cases: [(&str, &[&str]); 6] = [
         ("picture", &["--batch-order", "picture"]),
         ("stage", &["--batch-order", "stage"]),
+        ("picture", &["--batch-order", "picture", "--no-overlap"]),
+        ("stage", &["--batch-order", "stage", "--no-overlap"]),
         (
             "picture",
             &["--device", "cpu,cpu", "--batch-order", "picture"],

@@ -210,6 +210,12 @@ pub struct Args {
     /// batch either way, and the outputs are the same.
     #[arg(long, value_enum, default_value_t = BatchOrderArg::Auto)]
     pub batch_order: BatchOrderArg,
+    /// Write each picture's files on the calling thread before the next picture starts. By
+    /// default a batch writes a finished picture's files (and preview, splat quality) on a
+    /// background thread per worker while the next picture's stages run, with at most one more
+    /// finished picture waiting; the files are the same either way.
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Development only (benches/e2e.rs; benches/README.md): force the sparse structure to a
     /// voxelised sphere shell and the decoders' growth to the upstream baseline's, so that a
     /// model of random weights does a real object's work. `shell` or `shell:N32,N64`.
@@ -484,13 +490,14 @@ pub fn run(args: &Args) -> Result<u8> {
     let items: Vec<Mutex<ItemReport>> = items.into_iter().map(Mutex::new).collect();
     let progress = Mutex::new(progress);
     let finished = AtomicUsize::new(0);
-    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>| {
+    // `ran`: the seconds the item's pipeline work took until its result came (its time when
+    // it failed), measured before it waited in an output queue.
+    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>, ran: f64| {
         let i = todo[k];
-        let since = lock(&progress).resumed(k);
         let mut item = lock(&items[i]);
         item.worker = worker.map(|w| w.0);
         item.device = worker.map(|w| w.1.to_string());
-        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, since);
+        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, ran);
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         position.set(format!(
             "{done} of {} pictures finished (the last: {})",
@@ -509,7 +516,8 @@ pub fn run(args: &Args) -> Result<u8> {
             progress.item_started(0);
             let result = read_latents(p, pipeline.device())
                 .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
-            finish(0, result, None);
+            let ran = lock(progress.shared).resumed(0).elapsed().as_secs_f64();
+            finish(0, result, None, ran);
         }
         _ if !todo.is_empty() => {
             let workers = pipelines.len();
@@ -540,6 +548,22 @@ pub fn run(args: &Args) -> Result<u8> {
                     let device = (workers > 1).then_some((w, name.as_str()));
                     let (finish, next, item, progress) = (&finish, &next, &item, &progress);
                     let todo = &todo;
+                    let output = Output::start(scope, !args.no_overlap, move |f: Finished| {
+                        finish(f.k, f.result, device, f.ran)
+                    });
+                    let keep_latents = args.save_latents.is_some();
+                    let hand = move |k: usize, result: Result<Generated>| {
+                        let ran = lock(progress).resumed(k).elapsed().as_secs_f64();
+                        // Only --save-latents writes the intermediates; without it they would
+                        // hold device memory while the picture waits for its writer.
+                        let result = result.map(|mut g| {
+                            if !keep_latents {
+                                g.latents = Default::default();
+                            }
+                            g
+                        });
+                        output.send(Finished { k, result, ran });
+                    };
                     scope.spawn(move || match order {
                         // The next picture goes to whichever worker frees up first.
                         BatchOrder::PictureMajor => loop {
@@ -552,7 +576,7 @@ pub fn run(args: &Args) -> Result<u8> {
                                 vec![item(k)],
                                 order,
                                 &mut worker,
-                                &mut |_, r, _| finish(k, r, device),
+                                &mut |_, r, _| hand(k, r),
                             );
                         },
                         // A stage-major worker needs its pictures up front: every N-th.
@@ -561,7 +585,7 @@ pub fn run(args: &Args) -> Result<u8> {
                             let batch = share.iter().map(|&k| item(k)).collect();
                             let mut worker = Worker::new(progress, share.clone());
                             pipeline.generate_batch(batch, order, &mut worker, &mut |j, r, _| {
-                                finish(share[j], r, device)
+                                hand(share[j], r)
                             });
                         }
                     });
@@ -661,14 +685,69 @@ fn model_loads(pipelines: &[(String, Pipeline)]) -> std::collections::BTreeMap<S
     total
 }
 
+/// A picture whose pipeline work is over, on its way to its files.
+struct Finished {
+    /// Its batch position.
+    k: usize,
+    result: Result<Generated>,
+    /// Seconds its pipeline work took (see `finish`).
+    ran: f64,
+}
+
+/// How many finished pictures may wait for a worker's writer, beyond the one being written:
+/// each holds its mesh and voxels in host memory.
+const OUTPUT_QUEUE: usize = 1;
+
+/// Where a batch worker hands its finished pictures: a writer thread of its own (the overlap),
+/// or the worker's thread itself (`--no-overlap`).
+struct Output<'a> {
+    queue: Option<std::sync::mpsc::SyncSender<Finished>>,
+    write: std::sync::Arc<dyn Fn(Finished) + Send + Sync + 'a>,
+}
+
+impl<'a> Output<'a> {
+    /// With `overlap`, starts the writer on `scope`; it ends when the worker drops its
+    /// [`Output`].
+    fn start<'scope, W>(
+        scope: &'scope std::thread::Scope<'scope, 'a>,
+        overlap: bool,
+        write: W,
+    ) -> Self
+    where
+        W: Fn(Finished) + Sync + Send + 'a,
+    {
+        let write = std::sync::Arc::new(write);
+        let queue = overlap.then(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Finished>(OUTPUT_QUEUE);
+            let writer = write.clone();
+            scope.spawn(move || rx.into_iter().for_each(|f| writer(f)));
+            tx
+        });
+        Self { queue, write }
+    }
+
+    /// Writes `f`'s files now, or queues them (waiting while the queue is full).
+    fn send(&self, f: Finished) {
+        match &self.queue {
+            Some(tx) => {
+                // A writer that died (it panicked) hands the picture back: write it here.
+                if let Err(std::sync::mpsc::SendError(f)) = tx.send(f) {
+                    (self.write)(f)
+                }
+            }
+            None => (self.write)(f),
+        }
+    }
+}
+
 /// Saves a finished item's outputs (preview and splat quality too), fills its report and
-/// says how it went; `since` is when the item's work last resumed (its time when it failed).
+/// says how it went; `ran` is the seconds its pipeline work took (its time when it failed).
 fn finish_item(
     args: &Args,
     stem: &str,
     item: &mut ItemReport,
     result: Result<Generated>,
-    since: Instant,
+    ran: f64,
 ) -> String {
     let label = item.input.display().to_string();
     let saving = Instant::now();
@@ -705,7 +784,7 @@ fn finish_item(
             let msg = naming(&label, &format!("{e:#}"));
             item.status = Status::Failed;
             item.outputs.clear();
-            item.seconds = since.elapsed().as_secs_f64();
+            item.seconds = ran;
             let line = format!("error: {msg}");
             item.error = Some(msg);
             line
