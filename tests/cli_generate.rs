@@ -549,6 +549,16 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
             assert!(b.1 == s.1, "{what}: {} differs from its single run", b.0);
         }
         assert_eq!(report["batch_order"], order, "{what}");
+        let wall = report["batch_seconds"].as_f64().unwrap();
+        let pace = report["pictures_per_minute"].as_f64().unwrap();
+        assert!(
+            (pace - pictures as f64 * 60.0 / wall).abs() < 1e-6 * pace,
+            "{what}"
+        );
+        for i in report["items"].as_array().unwrap() {
+            let end = i["finished_seconds"].as_f64().unwrap();
+            assert!(end > 0.0 && end <= wall, "{what}: {end} of {wall}");
+        }
         // Each worker that ran a picture read each model once.
         let items = report["items"].as_array().unwrap();
         let several = extra.contains(&"--device");

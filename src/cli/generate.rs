@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::exit;
 use super::inputs;
@@ -490,6 +491,7 @@ pub fn run(args: &Args) -> Result<u8> {
     let items: Vec<Mutex<ItemReport>> = items.into_iter().map(Mutex::new).collect();
     let progress = Mutex::new(progress);
     let finished = AtomicUsize::new(0);
+    let batch_start = Instant::now();
     // `ran`: the seconds the item's pipeline work took until its result came (its time when
     // it failed), measured before it waited in an output queue.
     let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>, ran: f64| {
@@ -498,6 +500,7 @@ pub fn run(args: &Args) -> Result<u8> {
         item.worker = worker.map(|w| w.0);
         item.device = worker.map(|w| w.1.to_string());
         let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, ran);
+        item.finished_seconds = Some(batch_start.elapsed().as_secs_f64());
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         position.set(format!(
             "{done} of {} pictures finished (the last: {})",
@@ -594,6 +597,7 @@ pub fn run(args: &Args) -> Result<u8> {
         }
         _ => {}
     }
+    let batch_seconds = batch_start.elapsed().as_secs_f64();
     let mut progress = progress.into_inner().unwrap_or_else(|e| e.into_inner());
     let items: Vec<ItemReport> = items
         .into_iter()
@@ -650,6 +654,8 @@ pub fn run(args: &Args) -> Result<u8> {
                 BatchOrder::StageMajor => "stage",
             }),
             model_loads: model_loads(&pipelines),
+            batch_seconds: (!todo.is_empty()).then_some(batch_seconds),
+            pictures_per_minute: (done > 0).then(|| done as f64 * 60.0 / batch_seconds),
             items,
         };
         let json = serde_json::to_vec_pretty(&report)?;
@@ -863,7 +869,7 @@ fn save(
         write_latents(&path, &g.latents, g.resolution)?;
         lap("latents");
     }
-    let up = args.up.into();
+    let up: trellis2::export::Up = args.up.into();
     let asset = Asset::new(
         g.mesh.clone(),
         g.voxel_coords.iter().map(|c| [c[1], c[2], c[3]]).collect(),
@@ -872,65 +878,108 @@ fn save(
         g.resolution,
     )?;
     lap("asset");
+    // The formats are independent: written concurrently, each timed on its own.
+    let written: Vec<Result<Written>> = args
+        .format
+        .par_iter()
+        .zip(outputs)
+        .map(|(&format, path)| {
+            let start = Instant::now();
+            let mut w = write_format(args, format, path, &asset, up)?;
+            w.seconds = start.elapsed().as_secs_f64();
+            Ok(w)
+        })
+        .collect();
     let mut decimation = None;
     let mut glb = None;
-    for (format, path) in args.format.iter().zip(outputs) {
-        match format {
-            Format::Splat => write_splat_ply(path, &asset, up, args.splats)?,
-            Format::SplatSpz => trellis2::export::write_splat_spz(path, &asset, args.splats)?,
-            Format::MeshPly => write_mesh_ply(path, &asset, up)?,
-            Format::Glb => {
-                let start = Instant::now();
-                let reduced;
-                let written = if args.faces > 0 {
-                    reduced = asset.decimated(args.faces)?;
-                    decimation = Some(DecimationReport {
-                        target_faces: args.faces,
-                        faces_before: asset.mesh().faces.len(),
-                        faces_after: reduced.mesh().faces.len(),
-                        vertices_after: reduced.mesh().vertices.len(),
-                        seconds: start.elapsed().as_secs_f64(),
-                    });
-                    &reduced
-                } else {
-                    &asset
-                };
-                let texture = match args.texture {
-                    TextureArg::None => {
-                        write_glb(path, written, up)?;
-                        None
-                    }
-                    TextureArg::Png => {
-                        let t = write_textured_glb(path, written, up, args.texture_size)?;
-                        Some(TextureReport {
-                            texture_size: t.texture_size,
-                            charts: t.charts,
-                            utilisation: t.utilisation,
-                            overlapping_triangles: t.overlapping_triangles,
-                            alpha_blend: t.alpha_blend,
-                            png_bytes: t.png_bytes,
-                            unwrap_seconds: t.unwrap_seconds,
-                            bake_seconds: t.bake_seconds,
-                            encode_seconds: t.encode_seconds,
-                            write_seconds: t.write_seconds,
-                        })
-                    }
-                };
-                glb = Some(GlbReport {
-                    seconds: start.elapsed().as_secs_f64(),
-                    faces: written.mesh().faces.len(),
-                    texture,
-                });
-            }
-        }
-        lap(match format {
-            Format::Splat => "splat",
-            Format::SplatSpz => "splat-spz",
-            Format::MeshPly => "mesh-ply",
-            Format::Glb => "glb",
-        });
+    // The first failure in --format order is the item's error, as when written one by one.
+    for (format, w) in args.format.iter().zip(written) {
+        let w = w?;
+        seconds.insert(format_key(*format).to_string(), w.seconds);
+        decimation = decimation.or(w.decimation);
+        glb = glb.or(w.glb);
     }
     Ok((decimation, glb))
+}
+
+/// One format's file written: its seconds, and for the GLB how it was decimated and exported.
+struct Written {
+    seconds: f64,
+    decimation: Option<DecimationReport>,
+    glb: Option<GlbReport>,
+}
+
+/// The report's key of a format's seconds.
+fn format_key(format: Format) -> &'static str {
+    match format {
+        Format::Splat => "splat",
+        Format::SplatSpz => "splat-spz",
+        Format::MeshPly => "mesh-ply",
+        Format::Glb => "glb",
+    }
+}
+
+fn write_format(
+    args: &Args,
+    format: Format,
+    path: &Path,
+    asset: &Asset,
+    up: trellis2::export::Up,
+) -> Result<Written> {
+    let mut w = Written {
+        seconds: 0.0,
+        decimation: None,
+        glb: None,
+    };
+    match format {
+        Format::Splat => write_splat_ply(path, asset, up, args.splats)?,
+        Format::SplatSpz => trellis2::export::write_splat_spz(path, asset, args.splats)?,
+        Format::MeshPly => write_mesh_ply(path, asset, up)?,
+        Format::Glb => {
+            let start = Instant::now();
+            let reduced;
+            let written = if args.faces > 0 {
+                reduced = asset.decimated(args.faces)?;
+                w.decimation = Some(DecimationReport {
+                    target_faces: args.faces,
+                    faces_before: asset.mesh().faces.len(),
+                    faces_after: reduced.mesh().faces.len(),
+                    vertices_after: reduced.mesh().vertices.len(),
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                &reduced
+            } else {
+                asset
+            };
+            let texture = match args.texture {
+                TextureArg::None => {
+                    write_glb(path, written, up)?;
+                    None
+                }
+                TextureArg::Png => {
+                    let t = write_textured_glb(path, written, up, args.texture_size)?;
+                    Some(TextureReport {
+                        texture_size: t.texture_size,
+                        charts: t.charts,
+                        utilisation: t.utilisation,
+                        overlapping_triangles: t.overlapping_triangles,
+                        alpha_blend: t.alpha_blend,
+                        png_bytes: t.png_bytes,
+                        unwrap_seconds: t.unwrap_seconds,
+                        bake_seconds: t.bake_seconds,
+                        encode_seconds: t.encode_seconds,
+                        write_seconds: t.write_seconds,
+                    })
+                }
+            };
+            w.glb = Some(GlbReport {
+                seconds: start.elapsed().as_secs_f64(),
+                faces: written.mesh().faces.len(),
+                texture,
+            });
+        }
+    }
+    Ok(w)
 }
 
 /// `--preview` (NAME.preview.png, the last of `outputs`) and, with `--report`, the splats'
