@@ -19,7 +19,11 @@
 //! report's per-item times of pictures 2..N. Phases come from the `--report` of each run:
 //! stage times less the weight reads done inside them, the decode stage's parts, and each
 //! output's seconds. `splat_quality` (rendering splats against the mesh) is computed only
-//! because `--report` asks for it, so it is shown apart and left out of the totals. Peak host
+//! because `--report` asks for it, so it is shown apart and left out of the totals. A batch
+//! writes a picture's files on a writer thread while the next picture runs, and one picture's
+//! formats concurrently, so the export rows overlap each other and the next picture's stages;
+//! the **throughput** row is the batch's pace: (last − first picture's files written) / (N − 1),
+//! splat quality included. Peak host
 //! memory: the child's RSS polled every 10 ms and the stages' own peaks; peak GPU memory: the
 //! stages' (CUDA).
 //!
@@ -372,6 +376,9 @@ struct Phases {
     mesh: f64,
     export: [f64; 4],
     quality: f64,
+    /// The item's own seconds less splat quality: its stages plus its outputs' wall time (the
+    /// formats are written side by side, so this is less than the rows' sum).
+    wall: f64,
     peak_rss: u64,
     peak_gpu: u64,
 }
@@ -410,19 +417,17 @@ impl Phases {
         p.quality = item["output_seconds"]["splat_quality"]
             .as_f64()
             .unwrap_or(0.0);
+        p.wall = item["seconds"].as_f64().context("item seconds")? - p.quality;
         Ok(p)
     }
 
     fn total(&self) -> f64 {
-        self.load
-            + self.preprocess
-            + self.conditioning
-            + self.flows
-            + self.cascade
-            + self.shape_decoder
-            + self.tex_decoder
-            + self.mesh
-            + self.export.iter().sum::<f64>()
+        self.wall
+    }
+
+    /// The formats' wall time together (written side by side), preview included.
+    fn formats_wall(&self) -> f64 {
+        self.wall - self.rows()[..9].iter().sum::<f64>()
     }
 
     fn rows(&self) -> Vec<f64> {
@@ -456,6 +461,7 @@ impl Phases {
                 m.export[k] += p.export[k] / n;
             }
             m.quality += p.quality / n;
+            m.wall += p.wall / n;
             m.peak_rss = m.peak_rss.max(p.peak_rss);
             m.peak_gpu = m.peak_gpu.max(p.peak_gpu);
         }
@@ -569,9 +575,32 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
         per_picture_wall,
         n - 1
     )?;
+    // A picture's files are written while the next one runs: the batch's pace between its
+    // first and last finished picture, not an item's own time, is what a folder costs.
+    let mut ends: Vec<f64> = warm.report["items"]
+        .as_array()
+        .context("report items")?
+        .iter()
+        .filter_map(|i| i["finished_seconds"].as_f64())
+        .collect();
+    ends.sort_by(f64::total_cmp);
+    if let (Some(a), Some(b)) = (ends.first(), ends.last()) {
+        writeln!(
+            t,
+            "| **throughput** (batch wall − first picture, per picture; splat quality included) | – | **{:.2}** ({:.1} pictures/min over the whole batch) |",
+            (b - a) / (ends.len().max(2) - 1) as f64,
+            warm.report["pictures_per_minute"].as_f64().unwrap_or(0.0)
+        )?;
+    }
     for (name, (c, w)) in ROW_NAMES.iter().zip(first.rows().iter().zip(later.rows())) {
         writeln!(t, "| {name} | {c:.3} | {w:.3} |")?;
     }
+    writeln!(
+        t,
+        "| export + write: the formats side by side (wall; the three rows above overlap) | {:.3} | {:.3} |",
+        first.formats_wall(),
+        later.formats_wall()
+    )?;
     writeln!(
         t,
         "| process start-up, device set-up, exit (cold wall − phases) | {:.3} | – |",

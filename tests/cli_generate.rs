@@ -552,9 +552,12 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
     }
     singles.sort();
     assert_eq!(singles.len(), 2 * pictures);
-    let cases: [(&str, &[&str]); 4] = [
+    // Overlapped writes (the default) and --no-overlap write the same bytes.
+    let cases: [(&str, &[&str]); 6] = [
         ("picture", &["--batch-order", "picture"]),
         ("stage", &["--batch-order", "stage"]),
+        ("picture", &["--batch-order", "picture", "--no-overlap"]),
+        ("stage", &["--batch-order", "stage", "--no-overlap"]),
         (
             "picture",
             &["--device", "cpu,cpu", "--batch-order", "picture"],
@@ -574,6 +577,16 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
             assert!(b.1 == s.1, "{what}: {} differs from its single run", b.0);
         }
         assert_eq!(report["batch_order"], order, "{what}");
+        let wall = report["batch_seconds"].as_f64().unwrap();
+        let pace = report["pictures_per_minute"].as_f64().unwrap();
+        assert!(
+            (pace - pictures as f64 * 60.0 / wall).abs() < 1e-6 * pace,
+            "{what}"
+        );
+        for i in report["items"].as_array().unwrap() {
+            let end = i["finished_seconds"].as_f64().unwrap();
+            assert!(end > 0.0 && end <= wall, "{what}: {end} of {wall}");
+        }
         // Each worker that ran a picture read each model once.
         let items = report["items"].as_array().unwrap();
         let several = extra.contains(&"--device");
@@ -590,6 +603,74 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
             assert_eq!(l["loads"], expected, "{what}: {role}");
         }
     }
+}
+
+/// A write that fails on the writer thread (the overlap) is that picture's `error:` line; the
+/// pictures before and after it are written, and no temporary file is left.
+#[test]
+fn a_failed_write_fails_its_picture_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let images: Vec<PathBuf> = std::fs::read_dir(common::fixture("golden/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .take(3)
+        .collect();
+    for (i, image) in images.iter().enumerate() {
+        std::fs::copy(image, inputs.join(format!("p{i}.webp"))).unwrap();
+    }
+    let latents = dir.path().join("latents");
+    // A folder where p1's latents file goes: its write fails, after its pipeline ran.
+    std::fs::create_dir_all(latents.join("p1.latents.safetensors")).unwrap();
+    let out = dir.path().join("out");
+    let report = dir.path().join("r.json");
+    let mut args = vec!["generate".to_string(), s(&inputs)];
+    args.extend(fast_args(&out));
+    args.extend(
+        [
+            "--format",
+            "mesh-ply",
+            "--batch-order",
+            "picture",
+            "--save-latents",
+        ]
+        .map(String::from),
+    );
+    args.push(format!("{}/", s(&latents)));
+    args.extend(["--report".to_string(), s(&report)]);
+    let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let n = images.len();
+    for i in (0..n).filter(|&i| i != 1) {
+        assert!(out.join(format!("p{i}.mesh.ply")).is_file(), "{t}");
+    }
+    assert!(!out.join("p1.mesh.ply").exists(), "{t}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("error: ") && l.contains("p1.webp")),
+        "{t}"
+    );
+    for folder in [&out, &latents] {
+        for e in std::fs::read_dir(folder).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".tmp"), "{name} left: {t}");
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let statuses: Vec<&str> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    let mut expected = vec!["ok"; n];
+    expected[1] = "failed";
+    assert_eq!(statuses, expected, "{t}");
 }
 
 /// `--shard K/N` deals the sorted input list out so that the N shards cover it exactly once,

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::exit;
 use super::inputs;
@@ -216,6 +217,12 @@ pub struct Args {
     /// batch either way, and the outputs are the same.
     #[arg(long, value_enum, default_value_t = BatchOrderArg::Auto)]
     pub batch_order: BatchOrderArg,
+    /// Write each picture's files on the calling thread before the next picture starts. By
+    /// default a batch writes a finished picture's files (and preview, splat quality) on a
+    /// background thread per worker while the next picture's stages run, with at most one more
+    /// finished picture waiting; the files are the same either way.
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Development only (benches/e2e.rs; benches/README.md): force the sparse structure to a
     /// voxelised sphere shell and the decoders' growth to the upstream baseline's, so that a
     /// model of random weights does a real object's work. `shell` or `shell:N32,N64`.
@@ -484,13 +491,16 @@ pub fn run(args: &Args) -> Result<u8> {
     let items: Vec<Mutex<ItemReport>> = items.into_iter().map(Mutex::new).collect();
     let progress = Mutex::new(progress);
     let finished = AtomicUsize::new(0);
-    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>| {
+    let batch_start = Instant::now();
+    // `ran`: the seconds the item's pipeline work took until its result came (its time when
+    // it failed), measured before it waited in an output queue.
+    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>, ran: f64| {
         let i = todo[k];
-        let since = lock(&progress).resumed(k);
         let mut item = lock(&items[i]);
         item.worker = worker.map(|w| w.0);
         item.device = worker.map(|w| w.1.to_string());
-        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, since);
+        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, ran);
+        item.finished_seconds = Some(batch_start.elapsed().as_secs_f64());
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         position.set(format!(
             "{done} of {} pictures finished (the last: {})",
@@ -509,7 +519,8 @@ pub fn run(args: &Args) -> Result<u8> {
             progress.item_started(0);
             let result = read_latents(p, pipeline.device())
                 .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
-            finish(0, result, None);
+            let ran = lock(progress.shared).resumed(0).elapsed().as_secs_f64();
+            finish(0, result, None, ran);
         }
         _ if !todo.is_empty() => {
             let workers = pipelines.len();
@@ -540,6 +551,22 @@ pub fn run(args: &Args) -> Result<u8> {
                     let device = (workers > 1).then_some((w, name.as_str()));
                     let (finish, next, item, progress) = (&finish, &next, &item, &progress);
                     let todo = &todo;
+                    let output = Output::start(scope, !args.no_overlap, move |f: Finished| {
+                        finish(f.k, f.result, device, f.ran)
+                    });
+                    let keep_latents = args.save_latents.is_some();
+                    let hand = move |k: usize, result: Result<Generated>| {
+                        let ran = lock(progress).resumed(k).elapsed().as_secs_f64();
+                        // Only --save-latents writes the intermediates; without it they would
+                        // hold device memory while the picture waits for its writer.
+                        let result = result.map(|mut g| {
+                            if !keep_latents {
+                                g.latents = Default::default();
+                            }
+                            g
+                        });
+                        output.send(Finished { k, result, ran });
+                    };
                     scope.spawn(move || match order {
                         // The next picture goes to whichever worker frees up first.
                         BatchOrder::PictureMajor => loop {
@@ -552,7 +579,7 @@ pub fn run(args: &Args) -> Result<u8> {
                                 vec![item(k)],
                                 order,
                                 &mut worker,
-                                &mut |_, r, _| finish(k, r, device),
+                                &mut |_, r, _| hand(k, r),
                             );
                         },
                         // A stage-major worker needs its pictures up front: every N-th.
@@ -561,7 +588,7 @@ pub fn run(args: &Args) -> Result<u8> {
                             let batch = share.iter().map(|&k| item(k)).collect();
                             let mut worker = Worker::new(progress, share.clone());
                             pipeline.generate_batch(batch, order, &mut worker, &mut |j, r, _| {
-                                finish(share[j], r, device)
+                                hand(share[j], r)
                             });
                         }
                     });
@@ -570,6 +597,7 @@ pub fn run(args: &Args) -> Result<u8> {
         }
         _ => {}
     }
+    let batch_seconds = batch_start.elapsed().as_secs_f64();
     let mut progress = progress.into_inner().unwrap_or_else(|e| e.into_inner());
     let items: Vec<ItemReport> = items
         .into_iter()
@@ -626,6 +654,8 @@ pub fn run(args: &Args) -> Result<u8> {
                 BatchOrder::StageMajor => "stage",
             }),
             model_loads: model_loads(&pipelines),
+            batch_seconds: (!todo.is_empty()).then_some(batch_seconds),
+            pictures_per_minute: (done > 0).then(|| done as f64 * 60.0 / batch_seconds),
             items,
         };
         let json = serde_json::to_vec_pretty(&report)?;
@@ -661,14 +691,69 @@ fn model_loads(pipelines: &[(String, Pipeline)]) -> std::collections::BTreeMap<S
     total
 }
 
+/// A picture whose pipeline work is over, on its way to its files.
+struct Finished {
+    /// Its batch position.
+    k: usize,
+    result: Result<Generated>,
+    /// Seconds its pipeline work took (see `finish`).
+    ran: f64,
+}
+
+/// How many finished pictures may wait for a worker's writer, beyond the one being written:
+/// each holds its mesh and voxels in host memory.
+const OUTPUT_QUEUE: usize = 1;
+
+/// Where a batch worker hands its finished pictures: a writer thread of its own (the overlap),
+/// or the worker's thread itself (`--no-overlap`).
+struct Output<'a> {
+    queue: Option<std::sync::mpsc::SyncSender<Finished>>,
+    write: std::sync::Arc<dyn Fn(Finished) + Send + Sync + 'a>,
+}
+
+impl<'a> Output<'a> {
+    /// With `overlap`, starts the writer on `scope`; it ends when the worker drops its
+    /// [`Output`].
+    fn start<'scope, W>(
+        scope: &'scope std::thread::Scope<'scope, 'a>,
+        overlap: bool,
+        write: W,
+    ) -> Self
+    where
+        W: Fn(Finished) + Sync + Send + 'a,
+    {
+        let write = std::sync::Arc::new(write);
+        let queue = overlap.then(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Finished>(OUTPUT_QUEUE);
+            let writer = write.clone();
+            scope.spawn(move || rx.into_iter().for_each(|f| writer(f)));
+            tx
+        });
+        Self { queue, write }
+    }
+
+    /// Writes `f`'s files now, or queues them (waiting while the queue is full).
+    fn send(&self, f: Finished) {
+        match &self.queue {
+            Some(tx) => {
+                // A writer that died (it panicked) hands the picture back: write it here.
+                if let Err(std::sync::mpsc::SendError(f)) = tx.send(f) {
+                    (self.write)(f)
+                }
+            }
+            None => (self.write)(f),
+        }
+    }
+}
+
 /// Saves a finished item's outputs (preview and splat quality too), fills its report and
-/// says how it went; `since` is when the item's work last resumed (its time when it failed).
+/// says how it went; `ran` is the seconds its pipeline work took (its time when it failed).
 fn finish_item(
     args: &Args,
     stem: &str,
     item: &mut ItemReport,
     result: Result<Generated>,
-    since: Instant,
+    ran: f64,
 ) -> String {
     let label = item.input.display().to_string();
     let saving = Instant::now();
@@ -705,7 +790,7 @@ fn finish_item(
             let msg = naming(&label, &format!("{e:#}"));
             item.status = Status::Failed;
             item.outputs.clear();
-            item.seconds = since.elapsed().as_secs_f64();
+            item.seconds = ran;
             let line = format!("error: {msg}");
             item.error = Some(msg);
             line
@@ -784,7 +869,7 @@ fn save(
         write_latents(&path, &g.latents, g.resolution)?;
         lap("latents");
     }
-    let up = args.up.into();
+    let up: trellis2::export::Up = args.up.into();
     let asset = Asset::new(
         g.mesh.clone(),
         g.voxel_coords.iter().map(|c| [c[1], c[2], c[3]]).collect(),
@@ -793,79 +878,122 @@ fn save(
         g.resolution,
     )?;
     lap("asset");
+    // The formats are independent: written concurrently, each timed on its own.
+    let written: Vec<Result<Written>> = args
+        .format
+        .par_iter()
+        .zip(outputs)
+        .map(|(&format, path)| {
+            let start = Instant::now();
+            let mut w = write_format(args, format, path, &asset, up)?;
+            w.seconds = start.elapsed().as_secs_f64();
+            Ok(w)
+        })
+        .collect();
     let mut decimation = None;
     let mut glb = None;
-    for (format, path) in args.format.iter().zip(outputs) {
-        match format {
-            Format::Splat => write_splat_ply(path, &asset, up, args.splats)?,
-            Format::SplatSpz => trellis2::export::write_splat_spz(path, &asset, args.splats)?,
-            Format::MeshPly => write_mesh_ply(path, &asset, up)?,
-            Format::Glb => {
-                let start = Instant::now();
-                let reduced;
-                // The raw mesh wound outward, for the normal map.
-                let mut oriented = None;
-                let written = if args.faces > 0 {
-                    let (r, o) = asset.decimated_and_oriented(args.faces)?;
-                    reduced = r;
-                    oriented = args.normal_map.then_some(o);
-                    decimation = Some(DecimationReport {
-                        target_faces: args.faces,
-                        faces_before: asset.mesh().faces.len(),
-                        faces_after: reduced.mesh().faces.len(),
-                        vertices_after: reduced.mesh().vertices.len(),
-                        seconds: start.elapsed().as_secs_f64(),
-                    });
-                    &reduced
-                } else {
-                    &asset
-                };
-                let texture = match args.texture {
-                    TextureArg::None => {
-                        write_glb(path, written, up)?;
-                        None
-                    }
-                    TextureArg::Png => {
-                        if args.normal_map && oriented.is_none() {
-                            oriented = Some(asset.oriented_mesh());
-                        }
-                        let opts = TextureOptions {
-                            texture_size: args.texture_size,
-                            // The raw mesh, whose detail the decimated one lost.
-                            normal_map_from: oriented.as_ref(),
-                        };
-                        let t = write_textured_glb_with_options(path, written, up, &opts)?;
-                        Some(TextureReport {
-                            texture_size: t.texture_size,
-                            charts: t.charts,
-                            utilisation: t.utilisation,
-                            overlapping_triangles: t.overlapping_triangles,
-                            alpha_blend: t.alpha_blend,
-                            png_bytes: t.png_bytes,
-                            unwrap_seconds: t.unwrap_seconds,
-                            bake_seconds: t.bake_seconds,
-                            encode_seconds: t.encode_seconds,
-                            write_seconds: t.write_seconds,
-                            normal_map: t.normal_map,
-                            normal_map_seconds: t.normal_map_seconds,
-                        })
-                    }
-                };
-                glb = Some(GlbReport {
-                    seconds: start.elapsed().as_secs_f64(),
-                    faces: written.mesh().faces.len(),
-                    texture,
-                });
-            }
-        }
-        lap(match format {
-            Format::Splat => "splat",
-            Format::SplatSpz => "splat-spz",
-            Format::MeshPly => "mesh-ply",
-            Format::Glb => "glb",
-        });
+    // The first failure in --format order is the item's error, as when written one by one.
+    for (format, w) in args.format.iter().zip(written) {
+        let w = w?;
+        seconds.insert(format_key(*format).to_string(), w.seconds);
+        decimation = decimation.or(w.decimation);
+        glb = glb.or(w.glb);
     }
     Ok((decimation, glb))
+}
+
+/// One format's file written: its seconds, and for the GLB how it was decimated and exported.
+struct Written {
+    seconds: f64,
+    decimation: Option<DecimationReport>,
+    glb: Option<GlbReport>,
+}
+
+/// The report's key of a format's seconds.
+fn format_key(format: Format) -> &'static str {
+    match format {
+        Format::Splat => "splat",
+        Format::SplatSpz => "splat-spz",
+        Format::MeshPly => "mesh-ply",
+        Format::Glb => "glb",
+    }
+}
+
+fn write_format(
+    args: &Args,
+    format: Format,
+    path: &Path,
+    asset: &Asset,
+    up: trellis2::export::Up,
+) -> Result<Written> {
+    let mut w = Written {
+        seconds: 0.0,
+        decimation: None,
+        glb: None,
+    };
+    match format {
+        Format::Splat => write_splat_ply(path, asset, up, args.splats)?,
+        Format::SplatSpz => trellis2::export::write_splat_spz(path, asset, args.splats)?,
+        Format::MeshPly => write_mesh_ply(path, asset, up)?,
+        Format::Glb => {
+            let start = Instant::now();
+            let reduced;
+            // The raw mesh wound outward, for the normal map.
+            let mut oriented = None;
+            let written = if args.faces > 0 {
+                let (r, o) = asset.decimated_and_oriented(args.faces)?;
+                reduced = r;
+                oriented = args.normal_map.then_some(o);
+                w.decimation = Some(DecimationReport {
+                    target_faces: args.faces,
+                    faces_before: asset.mesh().faces.len(),
+                    faces_after: reduced.mesh().faces.len(),
+                    vertices_after: reduced.mesh().vertices.len(),
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+                &reduced
+            } else {
+                asset
+            };
+            let texture = match args.texture {
+                TextureArg::None => {
+                    write_glb(path, written, up)?;
+                    None
+                }
+                TextureArg::Png => {
+                    if args.normal_map && oriented.is_none() {
+                        oriented = Some(asset.oriented_mesh());
+                    }
+                    let opts = TextureOptions {
+                        texture_size: args.texture_size,
+                        // The raw mesh, whose detail the decimated one lost.
+                        normal_map_from: oriented.as_ref(),
+                    };
+                    let t = write_textured_glb_with_options(path, written, up, &opts)?;
+                    Some(TextureReport {
+                        texture_size: t.texture_size,
+                        charts: t.charts,
+                        utilisation: t.utilisation,
+                        overlapping_triangles: t.overlapping_triangles,
+                        alpha_blend: t.alpha_blend,
+                        png_bytes: t.png_bytes,
+                        unwrap_seconds: t.unwrap_seconds,
+                        bake_seconds: t.bake_seconds,
+                        encode_seconds: t.encode_seconds,
+                        write_seconds: t.write_seconds,
+                        normal_map: t.normal_map,
+                        normal_map_seconds: t.normal_map_seconds,
+                    })
+                }
+            };
+            w.glb = Some(GlbReport {
+                seconds: start.elapsed().as_secs_f64(),
+                faces: written.mesh().faces.len(),
+                texture,
+            });
+        }
+    }
+    Ok(w)
 }
 
 /// `--preview` (NAME.preview.png, the last of `outputs`) and, with `--report`, the splats'

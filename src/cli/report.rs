@@ -27,6 +27,13 @@ pub struct RunReport {
     pub batch_order: Option<&'static str>,
     /// Per model role: how many times its weights were read, and the seconds that took.
     pub model_loads: BTreeMap<String, ModelLoads>,
+    /// Wall seconds from the first picture's start to the last picture's files written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_seconds: Option<f64>,
+    /// Pictures generated per minute of `batch_seconds`: where a picture's files are written
+    /// while the next picture runs, this is above 60 / an item's `seconds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pictures_per_minute: Option<f64>,
     pub items: Vec<ItemReport>,
 }
 
@@ -50,7 +57,11 @@ pub struct ItemReport {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// This item's own work: its stages plus its outputs (or its time until it failed).
     pub seconds: f64,
+    /// Seconds from the batch's start to when this item's files were written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,6 +105,7 @@ impl ItemReport {
             status: Status::Ok,
             error: None,
             seconds: 0.0,
+            finished_seconds: None,
             resolution: None,
             voxels: None,
             mesh_vertices: None,
