@@ -4,12 +4,44 @@
 use candle_core::{Module, Result};
 use candle_nn::VarBuilder;
 
+use super::config::MLP_RATIO;
 use crate::models::layers::AffineNorm;
 use crate::ops::bias_act::Activation;
 use crate::ops::layer_norm_act::layer_norm_act;
 use crate::ops::linear::{linear, Linear};
 use crate::ops::sparse_conv::ConvWeights;
 use crate::sparse::{Downsampling, SparseTensor, Subdivision};
+
+/// One resolution level of an SC-VAE: ConvNeXt blocks, then (except on the last level) the
+/// block that changes the resolution — C2S in the decoders, S2C in the encoder.
+pub struct Level<T> {
+    pub blocks: Vec<ConvNeXtBlock>,
+    pub transition: Option<T>,
+}
+
+/// The levels stored under `vb.blocks`: level `i` holds `num_blocks[i]` ConvNeXt blocks of
+/// `channels[i]` channels and, except the last, `transition(channels[i], channels[i + 1], vb)`
+/// at block index `num_blocks[i]` (the encoder's and the decoders' shared layout).
+pub fn levels<T>(
+    channels: &[usize],
+    num_blocks: &[usize],
+    vb: &VarBuilder,
+    transition: impl Fn(usize, usize, VarBuilder) -> Result<T>,
+) -> Result<Vec<Level<T>>> {
+    let mut levels = Vec::with_capacity(channels.len());
+    for (i, (&c, &n)) in channels.iter().zip(num_blocks).enumerate() {
+        let vbs = vb.pp("blocks").pp(i);
+        let blocks = (0..n)
+            .map(|j| ConvNeXtBlock::new(c, MLP_RATIO, vbs.pp(j)))
+            .collect::<Result<_>>()?;
+        let transition = match channels.get(i + 1) {
+            Some(&next) => Some(transition(c, next, vbs.pp(n))?),
+            None => None,
+        };
+        levels.push(Level { blocks, transition });
+    }
+    Ok(levels)
+}
 
 /// Block LayerNorm eps (`LayerNorm32(eps=1e-6)`, docs/MODEL.md §10).
 const BLOCK_NORM_EPS: f64 = 1e-6;

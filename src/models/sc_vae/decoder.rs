@@ -4,8 +4,8 @@
 use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{C2SBlock, ConvNeXtBlock};
-use super::config::{DecoderConfig, MLP_RATIO};
+use super::blocks::{levels, C2SBlock, Level};
+use super::config::DecoderConfig;
 use crate::models::trace::Trace;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
@@ -13,12 +13,6 @@ use crate::sparse::{SparseTensor, Subdivision};
 
 /// Decoder output LayerNorm eps (`F.layer_norm` default, docs/MODEL.md §10).
 const OUT_NORM_EPS: f64 = 1e-5;
-
-/// One resolution level: ConvNeXt blocks, then (except the last) a C2S block.
-struct Stage {
-    blocks: Vec<ConvNeXtBlock>,
-    up: Option<C2SBlock>,
-}
 
 /// What the decoder returns.
 pub struct DecoderOutput {
@@ -32,25 +26,16 @@ pub struct DecoderOutput {
 pub struct SparseUnetVaeDecoder {
     cfg: DecoderConfig,
     from_latent: Linear,
-    stages: Vec<Stage>,
+    stages: Vec<Level<C2SBlock>>,
     output_layer: Linear,
 }
 
 impl SparseUnetVaeDecoder {
     pub fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let mc = &cfg.model_channels;
-        let mut stages = Vec::new();
-        for (i, (&c, &n)) in mc.iter().zip(&cfg.num_blocks).enumerate() {
-            let vbs = vb.pp("blocks").pp(i);
-            let blocks = (0..n)
-                .map(|j| ConvNeXtBlock::new(c, MLP_RATIO, vbs.pp(j)))
-                .collect::<Result<_>>()?;
-            let up = match mc.get(i + 1) {
-                Some(&next) => Some(C2SBlock::new(c, next, cfg.pred_subdiv, vbs.pp(n))?),
-                None => None,
-            };
-            stages.push(Stage { blocks, up });
-        }
+        let stages = levels(mc, &cfg.num_blocks, &vb, |c, next, vb| {
+            C2SBlock::new(c, next, cfg.pred_subdiv, vb)
+        })?;
         Ok(Self {
             cfg: cfg.clone(),
             from_latent: linear(cfg.latent_channels, mc[0], vb.pp("from_latent"))?,
@@ -148,7 +133,7 @@ impl SparseUnetVaeDecoder {
                 h = block.forward(&h)?;
                 record(trace, &format!("blocks.{i}.{j}"), &h)?;
             }
-            if let Some(up) = &stage.up {
+            if let Some(up) = &stage.transition {
                 let path = format!("blocks.{i}.{}", stage.blocks.len());
                 let out = up.forward(&h, guide.map(|g| &g[i]))?;
                 h = out.out;
@@ -192,7 +177,7 @@ impl SparseUnetVaeDecoder {
             for block in &stage.blocks {
                 h = block.forward(&h)?;
             }
-            if let Some(up) = &stage.up {
+            if let Some(up) = &stage.transition {
                 h = up.forward_through(&h, &structure[i])?;
             }
         }
@@ -246,7 +231,7 @@ impl SparseUnetVaeDecoder {
                 h = block.forward(&h)?;
             }
             let up = stage
-                .up
+                .transition
                 .as_ref()
                 .expect("stages before the last have a C2S block");
             let guide = guide.map(|g| &g[i]);

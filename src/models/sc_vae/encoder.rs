@@ -11,8 +11,8 @@
 use candle_core::{bail, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{ConvNeXtBlock, S2CBlock};
-use super::config::{EncoderConfig, MLP_RATIO};
+use super::blocks::{levels, Level, S2CBlock};
+use super::config::EncoderConfig;
 use crate::models::trace::Trace;
 use crate::ops::layer_norm;
 use crate::ops::linear::{linear, Linear};
@@ -20,12 +20,6 @@ use crate::sparse::{SparseTensor, Subdivision};
 
 /// Output LayerNorm eps (`F.layer_norm` default, docs/MODEL.md §10).
 const OUT_NORM_EPS: f64 = 1e-5;
-
-/// One resolution level: ConvNeXt blocks, then (except the last) an S2C block.
-struct Stage {
-    blocks: Vec<ConvNeXtBlock>,
-    down: Option<S2CBlock>,
-}
 
 /// What the encoder returns (all f32).
 pub struct EncoderOutput {
@@ -44,25 +38,16 @@ pub struct EncoderOutput {
 pub struct FlexiDualGridVaeEncoder {
     cfg: EncoderConfig,
     input_layer: Linear,
-    stages: Vec<Stage>,
+    stages: Vec<Level<S2CBlock>>,
     to_latent: Linear,
 }
 
 impl FlexiDualGridVaeEncoder {
     pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let mc = &cfg.model_channels;
-        let mut stages = Vec::new();
-        for (i, (&c, &n)) in mc.iter().zip(&cfg.num_blocks).enumerate() {
-            let vbs = vb.pp("blocks").pp(i);
-            let blocks = (0..n)
-                .map(|j| ConvNeXtBlock::new(c, MLP_RATIO, vbs.pp(j)))
-                .collect::<Result<_>>()?;
-            let down = match mc.get(i + 1) {
-                Some(&next) => Some(S2CBlock::new(c, next, vbs.pp(n))?),
-                None => None,
-            };
-            stages.push(Stage { blocks, down });
-        }
+        let stages = levels(mc, &cfg.num_blocks, &vb, |c, next, vb| {
+            S2CBlock::new(c, next, vb)
+        })?;
         Ok(Self {
             cfg: cfg.clone(),
             input_layer: linear(cfg.in_channels, mc[0], vb.pp("input_layer"))?,
@@ -117,7 +102,7 @@ impl FlexiDualGridVaeEncoder {
                 h = block.forward(&h)?;
                 record(trace, &format!("blocks.{i}.{j}"), &h)?;
             }
-            if let Some(block) = &stage.down {
+            if let Some(block) = &stage.transition {
                 let (out, down) = block.forward(&h)?;
                 structure.push(Subdivision::from_downsampling(&down, h.coord_set())?);
                 h = out;
