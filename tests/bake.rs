@@ -16,7 +16,7 @@ mod textured_shapes;
 #[allow(dead_code)]
 mod voxel_shapes;
 
-use textured_shapes::TexturedShape;
+use textured_shapes::{TexturedShape, Uniform};
 use trellis2::export::glb_writer::write_textured_glb;
 use trellis2::export::Up;
 
@@ -33,19 +33,6 @@ fn spread(mut errors: Vec<f64>) -> Spread {
     Spread {
         median: at(0.5),
         p99: at(0.99),
-    }
-}
-
-/// A splitmix64 stream of uniform numbers in [0, 1).
-struct Uniform(u64);
-
-impl Uniform {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

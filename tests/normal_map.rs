@@ -16,25 +16,14 @@ mod textured_shapes;
 #[allow(dead_code)]
 mod voxel_shapes;
 
+use textured_shapes::Uniform;
+
 use std::path::Path;
 
 use trellis2::export::glb_writer::{write_textured_glb_with_options, TextureOptions};
 use trellis2::export::{Asset, Up};
 use trellis2::mesh::normal_map::tangent_to_world;
 use trellis2::mesh::Mesh;
-
-/// A splitmix64 stream of uniform numbers in [0, 1).
-struct Uniform(u64);
-
-impl Uniform {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [a[0] - b[0], a[1] - b[1], a[2] - b[2]]

@@ -3,11 +3,25 @@
 //! a trained decoder places them), extracted, and the same voxels carrying the field's six PBR
 //! channels (base colour RGB, metallic, roughness, alpha) at their centres. Every field is smooth
 //! and constant along the surface normal, so the voxels' trilinear lookup reproduces it on the
-//! surface up to the lookup's own smoothing. Shared by `tests/bake.rs` and `benches/export.rs`;
+//! surface up to the lookup's own smoothing. Shared by `tests/bake.rs`, `tests/normal_map.rs` and the export and splat benches;
 //! include `voxel_shapes` beside it.
 
 use super::voxel_shapes::{in_ball, in_box, in_torus, snapped_surface};
 use trellis2::export::Asset;
+
+/// A splitmix64 stream of uniform numbers in [0, 1): the random surface points the tests
+/// sample the baked textures at.
+pub struct Uniform(pub u64);
+
+impl Uniform {
+    pub fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
 
 /// A PBR field over voxel-unit points.
 pub type Field = Box<dyn Fn([f64; 3]) -> [f64; 6] + Sync + Send>;
