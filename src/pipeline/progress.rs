@@ -2,7 +2,7 @@
 //! The CLI turns these into progress bars or a plain log; the library never prints.
 
 /// A stage's measurements.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StageReport {
     /// `preprocess`, `conditioning`, `sparse_structure`, `shape`, `shape_lr`, `cascade`,
     /// `shape_hr`, `texture`, `decode`.

@@ -377,18 +377,11 @@ impl TexturedVoxels {
             glb.overlapping_triangles = stats.overlapping_triangles;
             glb.unwrap_seconds = atlas.seconds;
         }
+        // Host work only: no tokens, model calls, loads or device memory to report.
         let report = |stage: &str, seconds: f64| StageReport {
             stage: stage.to_string(),
             seconds,
-            tokens: None,
-            voxels: None,
-            model_calls: 0,
-            peak_rss_bytes: None,
-            peak_gpu_bytes: None,
-            flops: None,
-            tflop_per_s: None,
-            load_seconds: None,
-            parts: Default::default(),
+            ..Default::default()
         };
         Ok(WrittenGlb {
             stages: vec![
