@@ -62,17 +62,7 @@ fn shape_encoder_matches_golden_block_by_block() {
                 println!("  {key:<32} {} rows, identical", want.dims()[0]);
                 continue;
             }
-            let (name, first) = match key.rsplit_once(".first") {
-                Some((name, k)) => (name.to_string(), Some(k.parse::<usize>().unwrap())),
-                None => (key.clone(), None),
-            };
-            let got = ours
-                .get(&name)
-                .unwrap_or_else(|| panic!("no traced tensor for {key}"));
-            let got = match first {
-                Some(k) => got.narrow(0, 0, k).unwrap(),
-                None => got.clone(),
-            };
+            let got = common::traced_for_key(&ours, key);
             check(key, &got, want);
         }
         println!("FlexiDualGridVaeEncoder on {mesh}.64 (outputs)");

@@ -117,17 +117,7 @@ fn check_sparse_trace(trace: Trace, golden_trace: &HashMap<String, Tensor>) {
             exact_i32(key, &ours[key.as_str()], want);
             continue;
         }
-        let (name, rows) = match key.rsplit_once(".first") {
-            Some((name, k)) => (name.to_string(), Some(k.parse::<usize>().unwrap())),
-            None => (key.clone(), None),
-        };
-        let got = ours
-            .get(&name)
-            .unwrap_or_else(|| panic!("no traced tensor for {key}"));
-        let got = match rows {
-            Some(k) => got.narrow(0, 0, k).unwrap(),
-            None => got.clone(),
-        };
+        let got = common::traced_for_key(&ours, key);
         check(key, &got, want);
     }
 }

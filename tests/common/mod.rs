@@ -293,3 +293,22 @@ pub fn glb_bytes(json: &serde_json::Value, mut bin: Vec<u8>) -> Vec<u8> {
     out.extend(bin);
     out
 }
+
+/// Our traced tensor for a golden trace key: `name` itself, or its first `k` rows for the key
+/// `name.first{k}` (the goldens cut large tensors to their first rows).
+pub fn traced_for_key(
+    ours: &std::collections::HashMap<String, candle_core::Tensor>,
+    key: &str,
+) -> candle_core::Tensor {
+    let (name, rows) = match key.rsplit_once(".first") {
+        Some((name, k)) => (name, Some(k.parse::<usize>().unwrap())),
+        None => (key, None),
+    };
+    let got = ours
+        .get(name)
+        .unwrap_or_else(|| panic!("no traced tensor for {key}"));
+    match rows {
+        Some(k) => got.narrow(0, 0, k).unwrap(),
+        None => got.clone(),
+    }
+}
