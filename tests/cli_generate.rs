@@ -494,16 +494,8 @@ fn photos_without_alpha_are_matted_kept_or_refused() {
 fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("in");
-    std::fs::create_dir_all(&inputs).unwrap();
-    let images: Vec<PathBuf> = std::fs::read_dir(common::fixture("golden/images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(images.len() >= 2);
-    for (i, image) in images.iter().take(3).enumerate() {
-        std::fs::copy(image, inputs.join(format!("p{i}.webp"))).unwrap();
-    }
-    let pictures = images.len().min(3);
+    let pictures = golden_pictures_in(&inputs, 3);
+    assert!(pictures >= 2);
     let run = |name: &str, input: &Path, extra: &[&str]| -> (PathBuf, serde_json::Value) {
         let out = dir.path().join(name);
         let report = dir.path().join(format!("{name}.json"));
@@ -611,15 +603,7 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
 fn a_failed_write_fails_its_picture_only() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("in");
-    std::fs::create_dir_all(&inputs).unwrap();
-    let images: Vec<PathBuf> = std::fs::read_dir(common::fixture("golden/images"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .take(3)
-        .collect();
-    for (i, image) in images.iter().enumerate() {
-        std::fs::copy(image, inputs.join(format!("p{i}.webp"))).unwrap();
-    }
+    let n = golden_pictures_in(&inputs, 3);
     let latents = dir.path().join("latents");
     // A folder where p1's latents file goes: its write fails, after its pipeline ran.
     std::fs::create_dir_all(latents.join("p1.latents.safetensors")).unwrap();
@@ -642,7 +626,6 @@ fn a_failed_write_fails_its_picture_only() {
     let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    let n = images.len();
     for i in (0..n).filter(|&i| i != 1) {
         assert!(out.join(format!("p{i}.mesh.ply")).is_file(), "{t}");
     }
@@ -807,4 +790,20 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
     assert!(!String::from_utf8_lossy(&help.stdout).contains("dev-force"));
     let o = trellis2(&["generate", &image, "--dev-force-structure", "sphere"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+/// Copies up to `at_most` of the golden fixture's pictures into the new folder `inputs` as
+/// `p0.webp`, `p1.webp`, …; returns how many it copied.
+fn golden_pictures_in(inputs: &Path, at_most: usize) -> usize {
+    std::fs::create_dir_all(inputs).unwrap();
+    let images = std::fs::read_dir(common::fixture("golden/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .take(at_most);
+    let mut copied = 0;
+    for (i, image) in images.enumerate() {
+        std::fs::copy(image, inputs.join(format!("p{i}.webp"))).unwrap();
+        copied += 1;
+    }
+    copied
 }
