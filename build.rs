@@ -2,12 +2,14 @@
 //! by `src/ops/cuda/modules.rs` with `include_bytes!`). Without it: nothing, so the CPU build needs
 //! no CUDA.
 //!
-//! A fatbin holds the machine code (SASS) of each compute capability in `CUDA_COMPUTE_CAP` (default
-//! 90, the H100; a comma list such as `80,86,89,90` covers several cards; each at least 80, which
-//! bf16 mma.sync and cp.async need) plus the PTX of the highest one, so the driver loads the SASS
-//! as it is on those cards instead of JIT-compiling PTX on a machine's first run, and can still
-//! JIT the PTX on a newer card. The `*_sm90a.cu` files are built as sm_90a SASS alone, when the
-//! list holds 90 (their code runs on compute capability 9.0 only).
+//! A fatbin holds the machine code (SASS) of each compute capability of the build plus the PTX of
+//! the highest, so the driver loads the SASS as it is on those cards instead of JIT-compiling PTX
+//! on a machine's first run, and can still JIT the PTX on a newer card. The capabilities are
+//! `TRELLIS2_CUDA_CAPS`, a comma list such as `80,86,89,90` for one binary that serves several
+//! cards, else `CUDA_COMPUTE_CAP` (one number: candle's own kernel build reads it too and takes
+//! no list), else 90 (the H100); each at least 80, which bf16 mma.sync and cp.async need. The
+//! `*_sm90a.cu` files are built as sm_90a SASS alone, when the list holds 90 (their code runs on
+//! compute capability 9.0 only). `TRELLIS2_CUDA_CAPS_BUILT` tells the crate the list.
 //!
 //! nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (or `CUDA_PATH`, `CUDA_HOME`), else
 //! `nvcc` on `PATH`. `kernels/cuda/install-nvcc.sh` installs a matching nvcc. The files compile in
@@ -28,6 +30,7 @@ fn main() {
         "CUDA_PATH",
         "CUDA_HOME",
         "CUDA_COMPUTE_CAP",
+        "TRELLIS2_CUDA_CAPS",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -36,7 +39,21 @@ fn main() {
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc();
-    let caps = compute_caps(env::var("CUDA_COMPUTE_CAP").ok().as_deref());
+    let caps = env::var("TRELLIS2_CUDA_CAPS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| ("TRELLIS2_CUDA_CAPS", v))
+        .or_else(|| {
+            env::var("CUDA_COMPUTE_CAP")
+                .ok()
+                .map(|v| ("CUDA_COMPUTE_CAP", v))
+        });
+    let caps = compute_caps(caps.as_ref().map(|(k, v)| (*k, v.as_str())));
+    let list: Vec<String> = caps.iter().map(u32::to_string).collect();
+    println!(
+        "cargo::rustc-env=TRELLIS2_CUDA_CAPS_BUILT={}",
+        list.join(",")
+    );
     let dir = Path::new("kernels/cuda");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("kernels/cuda exists")
@@ -79,10 +96,10 @@ fn main() {
     });
 }
 
-/// The compute capabilities of `CUDA_COMPUTE_CAP` (`90`, `9.0` or a comma list of them), sorted
+/// The compute capabilities of `(variable, value)` (`90`, `9.0` or a comma list of them), sorted
 /// and deduplicated; 90 when unset.
-fn compute_caps(var: Option<&str>) -> Vec<u32> {
-    let Some(var) = var.filter(|v| !v.trim().is_empty()) else {
+fn compute_caps(var: Option<(&str, &str)>) -> Vec<u32> {
+    let Some((name, var)) = var.filter(|(_, v)| !v.trim().is_empty()) else {
         return vec![90];
     };
     let mut caps: Vec<u32> = var
@@ -90,12 +107,9 @@ fn compute_caps(var: Option<&str>) -> Vec<u32> {
         .map(|s| {
             let s = s.trim().replace('.', "");
             let cap: u32 = s.parse().unwrap_or_else(|_| {
-                panic!("CUDA_COMPUTE_CAP must be numbers like 90 or 80,86,90, got {var}")
+                panic!("{name} must be compute capabilities like 90 or 80,86,90, got {var}")
             });
-            assert!(
-                cap >= 80,
-                "CUDA_COMPUTE_CAP={var}: the kernels need sm_80 or newer"
-            );
+            assert!(cap >= 80, "{name}={var}: the kernels need sm_80 or newer");
             cap
         })
         .collect();

@@ -49,9 +49,9 @@ impl Kernel {
 /// never reused for another while its entries exist.
 type Modules = HashMap<(usize, &'static str), Arc<CudaModule>>;
 
-/// Kernel `name` of `module` on `dev`'s context, the module loaded on first use. The lock is held
-/// while loading so two threads never load the same module twice.
-fn load(dev: &CudaDevice, module: &Fatbin, name: &str) -> Result<CudaFunction> {
+/// `module` loaded on `dev`'s context, on first use. The lock is held while loading so two
+/// threads never load the same module twice.
+fn loaded(dev: &CudaDevice, module: &Fatbin) -> Result<Arc<CudaModule>> {
     static MODULES: OnceLock<Mutex<Modules>> = OnceLock::new();
     let context = dev.cuda_stream().context().clone();
     let key = (context.cu_ctx() as usize, module.name);
@@ -59,22 +59,21 @@ fn load(dev: &CudaDevice, module: &Fatbin, name: &str) -> Result<CudaFunction> {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let loaded = match modules.get(&key) {
-        Some(m) => m.clone(),
-        None => {
-            let m = context
-                .load_module(Ptx::from_binary(module.image.to_vec()))
-                .map_err(|e| {
-                    candle_core::Error::Cuda(
-                        format!("loading the CUDA module {}: {e}", module.name).into(),
-                    )
-                })?;
-            modules.insert(key, m.clone());
-            m
-        }
-    };
-    drop(modules);
-    loaded.load_function(name).map_err(|e| {
+    if let Some(m) = modules.get(&key) {
+        return Ok(m.clone());
+    }
+    let m = context
+        .load_module(Ptx::from_binary(module.image.to_vec()))
+        .map_err(|e| {
+            candle_core::Error::Cuda(format!("loading the CUDA module {}: {e}", module.name).into())
+        })?;
+    modules.insert(key, m.clone());
+    Ok(m)
+}
+
+/// Kernel `name` of `module` on `dev`'s context.
+fn load(dev: &CudaDevice, module: &Fatbin, name: &str) -> Result<CudaFunction> {
+    loaded(dev, module)?.load_function(name).map_err(|e| {
         candle_core::Error::Cuda(format!("CUDA kernel {}/{name}: {e}", module.name).into())
     })
 }
@@ -183,3 +182,85 @@ pub(crate) const CASCADE_QUANTIZE: Fatbin = Fatbin {
     name: "trellis2_cascade_quantize",
     image: fatbin!("cascade_quantize"),
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::backend::BackendDevice;
+
+    /// Every module of the build.
+    fn all() -> Vec<Fatbin> {
+        let mut all = vec![
+            SPARSE_CONV,
+            ATTENTION,
+            DEFORM_CONV,
+            NORMS,
+            NEIGHBOUR_MAP,
+            ELEMENTWISE,
+            CHANNEL_TO_SPACE,
+            CONV_ORDER,
+            CASCADE_QUANTIZE,
+        ];
+        all.extend(SPARSE_CONV_SM90A);
+        all.extend(ATTENTION_SM90A);
+        all
+    }
+
+    /// Whether SASS of the build's compute capabilities runs on a card of `(major, minor)`: one
+    /// of the same major version and a minor one no higher.
+    fn sass_serves(built: &str, (major, minor): (i32, i32)) -> bool {
+        built
+            .split(',')
+            .filter_map(|c| c.parse::<i32>().ok())
+            .any(|c| c / 10 == major && c % 10 <= minor)
+    }
+
+    #[test]
+    fn sass_serves_same_major_newer_minor() {
+        assert!(sass_serves("90", (9, 0)));
+        assert!(sass_serves("80,90", (8, 6)));
+        assert!(!sass_serves("86", (8, 0)));
+        assert!(!sass_serves("90", (10, 0)));
+    }
+
+    /// Every module loads on GPU 0 with the driver's PTX JIT and its cache off, so the build's
+    /// SASS serves the card as it is: run in a child process, since the driver reads the
+    /// variables when it initialises. Needs an NVIDIA GPU.
+    #[test]
+    fn modules_load_without_the_ptx_jit() {
+        let name = "ops::cuda::modules::tests::load_every_module";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--include-ignored", "--nocapture"])
+            .env("CUDA_DISABLE_PTX_JIT", "1")
+            .env("CUDA_CACHE_DISABLE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Run by [`modules_load_without_the_ptx_jit`] in its child process.
+    #[test]
+    #[ignore = "run by modules_load_without_the_ptx_jit with the PTX JIT off"]
+    fn load_every_module() {
+        let dev = CudaDevice::new(0).expect("CUDA device 0: this test needs an NVIDIA GPU");
+        let cc = dev.cuda_stream().context().compute_capability().unwrap();
+        let built = env!("TRELLIS2_CUDA_CAPS_BUILT");
+        if !sass_serves(built, cc) {
+            println!("no SASS of this build ({built}) for compute capability {cc:?}: not checked");
+            return;
+        }
+        for module in all() {
+            if module.name.ends_with("_sm90a") && cc != (9, 0) {
+                continue;
+            }
+            loaded(&dev, &module).unwrap_or_else(|e| panic!("{e}"));
+            println!("{} loads without the PTX JIT", module.name);
+        }
+    }
+}

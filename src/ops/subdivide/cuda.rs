@@ -93,7 +93,7 @@ fn build<T: DeviceRepr>(
         block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let load = |name: &str| kernel(&dev, &CHANNEL_TO_SPACE, name);
+    let load = |name: &str| kernel(dev, &CHANNEL_TO_SPACE, name);
     if n > 0 {
         let func = load(&format!("c2s_count_{suffix}"))?;
         let mut b = func.builder();
