@@ -133,7 +133,7 @@ pub(crate) const SPARSE_CONV: Fatbin = Fatbin {
     image: fatbin!("sparse_conv"),
 };
 /// The wgmma sparse-conv kernels (`kernels/cuda/sparse_conv_sm90a.cu`), built only for
-/// a `CUDA_COMPUTE_CAP` that holds 90 (build.rs sets `trellis2_sm90a` then).
+/// builds whose compute capabilities hold 90 (build.rs sets `trellis2_sm90a` then).
 #[cfg(trellis2_sm90a)]
 pub(crate) const SPARSE_CONV_SM90A: Option<Fatbin> = Some(Fatbin {
     name: "trellis2_sparse_conv_sm90a",
@@ -146,7 +146,7 @@ pub(crate) const ATTENTION: Fatbin = Fatbin {
     image: fatbin!("attention"),
 };
 /// The wgmma attention kernel (`kernels/cuda/attention_sm90a.cu`), built only for
-/// a `CUDA_COMPUTE_CAP` that holds 90 like the conv one.
+/// builds whose compute capabilities hold 90, like the conv one.
 #[cfg(trellis2_sm90a)]
 pub(crate) const ATTENTION_SM90A: Option<Fatbin> = Some(Fatbin {
     name: "trellis2_attention_sm90a",
@@ -239,7 +239,8 @@ mod tests {
         println!("{stdout}");
         assert!(
             out.status.success() && stdout.contains("1 passed"),
-            "{}\n{stdout}",
+            "the child process ended with {}:\n{}\n{stdout}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
