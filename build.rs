@@ -1,13 +1,24 @@
-//! With the `cuda` feature: compiles every `kernels/cuda/*.cu` to PTX in `OUT_DIR` (embedded by
-//! `src/ops/cuda/ptx.rs` with `include_str!`). Without it: nothing, so the CPU build needs no CUDA.
+//! With the `cuda` feature: compiles every `kernels/cuda/*.cu` to a fatbin in `OUT_DIR` (embedded
+//! by `src/ops/cuda/modules.rs` with `include_bytes!`). Without it: nothing, so the CPU build needs
+//! no CUDA.
+//!
+//! A fatbin holds the machine code (SASS) of each compute capability of the build plus the PTX of
+//! the highest, so the driver loads the SASS as it is on those cards instead of JIT-compiling PTX
+//! on a machine's first run, and can still JIT the PTX on a newer card. The capabilities are
+//! `TRELLIS2_CUDA_CAPS`, a comma list such as `80,86,89,90` for one binary that serves several
+//! cards, else `CUDA_COMPUTE_CAP` (one number: candle's own kernel build reads it too and takes
+//! no list), else 90 (the H100); each at least 80, which bf16 mma.sync and cp.async need. The
+//! `*_sm90a.cu` files are built as sm_90a SASS alone, when the list holds 90 (their code runs on
+//! compute capability 9.0 only). `TRELLIS2_CUDA_CAPS_BUILT` tells the crate the list.
 //!
 //! nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (or `CUDA_PATH`, `CUDA_HOME`), else
-//! `nvcc` on `PATH`; the target is `sm_$CUDA_COMPUTE_CAP` (default 90, the H100; at least 80,
-//! which bf16 mma.sync and cp.async need). `kernels/cuda/install-nvcc.sh` installs a matching nvcc.
+//! `nvcc` on `PATH`. `kernels/cuda/install-nvcc.sh` installs a matching nvcc. The files compile in
+//! parallel, on as many threads as cargo's jobs.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
@@ -19,6 +30,7 @@ fn main() {
         "CUDA_PATH",
         "CUDA_HOME",
         "CUDA_COMPUTE_CAP",
+        "TRELLIS2_CUDA_CAPS",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -27,17 +39,20 @@ fn main() {
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc();
-    let cap: u32 = env::var("CUDA_COMPUTE_CAP")
+    let caps = env::var("TRELLIS2_CUDA_CAPS")
         .ok()
-        .map(|s| s.trim().replace('.', ""))
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|_| panic!("CUDA_COMPUTE_CAP must be a number like 90, got {s}"))
-        })
-        .unwrap_or(90);
-    assert!(
-        cap >= 80,
-        "CUDA_COMPUTE_CAP={cap}: the kernels need sm_80 or newer"
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| ("TRELLIS2_CUDA_CAPS", v))
+        .or_else(|| {
+            env::var("CUDA_COMPUTE_CAP")
+                .ok()
+                .map(|v| ("CUDA_COMPUTE_CAP", v))
+        });
+    let caps = compute_caps(caps.as_ref().map(|(k, v)| (*k, v.as_str())));
+    let list: Vec<String> = caps.iter().map(u32::to_string).collect();
+    println!(
+        "cargo::rustc-env=TRELLIS2_CUDA_CAPS_BUILT={}",
+        list.join(",")
     );
     let dir = Path::new("kernels/cuda");
     let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -46,37 +61,95 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
         .collect();
     sources.sort();
+    let mut jobs = Vec::new();
     for src in sources {
         let sm90a = src
             .file_stem()
             .is_some_and(|s| s.to_string_lossy().ends_with("_sm90a"));
-        let arch = match (sm90a, cap) {
-            (false, _) => format!("sm_{cap}"),
-            (true, 90) => "sm_90a".to_string(),
-            (true, _) => continue,
-        };
-        let ptx = out.join(src.with_extension("ptx").file_name().expect("file name"));
-        let status = Command::new(&nvcc)
-            .args(["-ptx", "-O3", "-std=c++17", "--expt-relaxed-constexpr"])
-            .arg(format!("-arch={arch}"))
-            .arg("-I")
-            .arg(dir)
-            .arg(&src)
-            .arg("-o")
-            .arg(&ptx)
-            .status()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "could not run {} ({e}); install nvcc with kernels/cuda/install-nvcc.sh and \
-                     source the env.sh it prints",
-                    nvcc.display()
-                )
-            });
-        assert!(status.success(), "nvcc failed on {}", src.display());
-        if sm90a {
+        let gencode = if sm90a {
+            if !caps.contains(&90) {
+                continue;
+            }
             println!("cargo::rustc-cfg=trellis2_sm90a");
-        }
+            vec!["arch=compute_90a,code=sm_90a".to_string()]
+        } else {
+            gencodes(&caps)
+        };
+        let fatbin = out.join(src.with_extension("fatbin").file_name().expect("file name"));
+        jobs.push((src, gencode, fatbin));
     }
+    let threads = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1usize)
+        .clamp(1, jobs.len().max(1));
+    let queue = Mutex::new(jobs);
+    let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while let Some((src, gencode, fatbin)) = next() {
+                    compile(&nvcc, dir, &src, &gencode, &fatbin);
+                }
+            });
+        }
+    });
+}
+
+/// The compute capabilities of `(variable, value)` (`90`, `9.0` or a comma list of them), sorted
+/// and deduplicated; 90 when unset.
+fn compute_caps(var: Option<(&str, &str)>) -> Vec<u32> {
+    let Some((name, var)) = var.filter(|(_, v)| !v.trim().is_empty()) else {
+        return vec![90];
+    };
+    let mut caps: Vec<u32> = var
+        .split(',')
+        .map(|s| {
+            let s = s.trim().replace('.', "");
+            let cap: u32 = s.parse().unwrap_or_else(|_| {
+                panic!("{name} must be compute capabilities like 90 or 80,86,90, got {var}")
+            });
+            assert!(cap >= 80, "{name}={var}: the kernels need sm_80 or newer");
+            cap
+        })
+        .collect();
+    caps.sort_unstable();
+    caps.dedup();
+    caps
+}
+
+/// nvcc's `-gencode` values for `caps`: SASS for each, PTX of the highest for newer cards.
+fn gencodes(caps: &[u32]) -> Vec<String> {
+    let mut g: Vec<String> = caps
+        .iter()
+        .map(|c| format!("arch=compute_{c},code=sm_{c}"))
+        .collect();
+    let top = caps.last().expect("at least one compute capability");
+    g.push(format!("arch=compute_{top},code=compute_{top}"));
+    g
+}
+
+fn compile(nvcc: &Path, dir: &Path, src: &Path, gencode: &[String], fatbin: &Path) {
+    let mut cmd = Command::new(nvcc);
+    cmd.args(["-fatbin", "-O3", "-std=c++17", "--expt-relaxed-constexpr"]);
+    for g in gencode {
+        cmd.arg("-gencode").arg(g);
+    }
+    let status = cmd
+        .arg("-I")
+        .arg(dir)
+        .arg(src)
+        .arg("-o")
+        .arg(fatbin)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run {} ({e}); install nvcc with kernels/cuda/install-nvcc.sh and \
+                 source the env.sh it prints",
+                nvcc.display()
+            )
+        });
+    assert!(status.success(), "nvcc failed on {}", src.display());
 }
 
 fn nvcc() -> PathBuf {

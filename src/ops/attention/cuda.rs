@@ -7,8 +7,8 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
 
 use crate::ops::cuda::{
-    choose_wgmma, kernel_env, large_smem_func, output, sm90a_device, token_rows, Ptx, WgmmaFamily,
-    ATTENTION, ATTENTION_SM90A,
+    choose_wgmma, kernel_env, large_smem_func, output, sm90a_device, token_rows, Fatbin,
+    WgmmaFamily, ATTENTION, ATTENTION_SM90A,
 };
 use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
 use crate::ops::tuning::Tuning;
@@ -208,7 +208,7 @@ struct Attention<'a> {
     /// `[q0, q1, k0, k1]` of each query tile.
     tiles: &'a [u32],
     /// PTX module, kernel name prefix and shared memory.
-    kernel: (&'a Ptx, &'static str, u32),
+    kernel: (&'a Fatbin, &'static str, u32),
     cfg: LaunchConfig,
     /// `(Nq, H, D)`.
     dims: (usize, usize, usize),

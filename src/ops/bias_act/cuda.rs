@@ -5,7 +5,9 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{elementwise_launch, elementwise_vec, f32_slice, output, span, ELEMENTWISE};
+use crate::ops::cuda::{
+    elementwise_launch, elementwise_vec, f32_slice, kernel, output, span, ELEMENTWISE,
+};
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 use crate::ops::vocab::Activation;
 
@@ -57,7 +59,7 @@ impl FloatFn for BiasAct<'_> {
         if len > 0 {
             let vec = elementwise_vec::<T>(self.c, &[xa]);
             let name = format!("bias_act_{}{}", T::NAME, if vec > 1 { "_v" } else { "" });
-            let func = dev.get_or_load_custom_func(&name, ELEMENTWISE.name, ELEMENTWISE.text)?;
+            let func = kernel(dev, &ELEMENTWISE, &name)?;
             let vectors = len / vec;
             let xs = self.x.as_cuda_slice::<T>()?.slice(xa..xz);
             let mut b = func.builder();

@@ -6,7 +6,9 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{elementwise_launch, elementwise_vec, output, span, CHANNEL_TO_SPACE};
+use crate::ops::cuda::{
+    elementwise_launch, elementwise_vec, kernel, output, span, CHANNEL_TO_SPACE,
+};
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
 /// `h + repeat_interleave(x[8N, carried].index_select(sources), repeat)`
@@ -86,8 +88,7 @@ impl FloatFn for C2sSkipAdd<'_> {
                 T::NAME,
                 if vec > 1 { "_v" } else { "" }
             );
-            let func =
-                dev.get_or_load_custom_func(&name, CHANNEL_TO_SPACE.name, CHANNEL_TO_SPACE.text)?;
+            let func = kernel(dev, &CHANNEL_TO_SPACE, &name)?;
             let vectors = len / vec;
             let hs = h.as_cuda_slice::<T>()?.slice(ha..hz);
             let xs = x.as_cuda_slice::<T>()?.slice(xa..xz);

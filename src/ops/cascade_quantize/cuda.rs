@@ -7,7 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, Result, Storage, Tensor};
 
-use crate::ops::cuda::{elementwise_launch, span, CASCADE_QUANTIZE};
+use crate::ops::cuda::{elementwise_launch, kernel, span, CASCADE_QUANTIZE};
 
 /// The occupancy bitmap of the `batches · side³` grid cells of `rows` `[N, 4]` i32 (contiguous,
 /// on a CUDA device) quantised to `side` (`pipeline::cascade::quantize_coords`' f32 math): bit
@@ -51,11 +51,7 @@ pub(crate) fn cascade_occupancy(
     // The bitmap, then one word: the off-grid flag; zeroed on the device, read back in one copy.
     let bitmap_and_flag = dev.alloc_zeros::<u32>(words + 1)?;
     if n > 0 {
-        let func = dev.get_or_load_custom_func(
-            "cascade_occupancy",
-            CASCADE_QUANTIZE.name,
-            CASCADE_QUANTIZE.text,
-        )?;
+        let func = kernel(&dev, &CASCADE_QUANTIZE, "cascade_occupancy")?;
         let rows_view = all_rows.slice(start..end);
         let bitmap = bitmap_and_flag.slice(0..words);
         let off_grid = bitmap_and_flag.slice(words..words + 1);

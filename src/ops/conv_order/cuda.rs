@@ -7,7 +7,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKer
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{output, span, CONV_ORDER};
+use crate::ops::cuda::{kernel, output, span, CONV_ORDER};
 use crate::ops::vocab::TAPS;
 
 use crate::ops::vocab::conv_sort::{sort_plan, RADIX, RADIX_BITS, SORT_THREADS};
@@ -49,7 +49,7 @@ pub(crate) fn conv_order(
             shape,
         ));
     }
-    let load = |name: &str| dev.get_or_load_custom_func(name, CONV_ORDER.name, CONV_ORDER.text);
+    let load = |name: &str| kernel(&dev, &CONV_ORDER, name);
     let n_ = n as u32;
     let masks = output::<u32>(&dev, n)?;
     {

@@ -30,7 +30,7 @@ pub(crate) fn kernel_env(choice: KernelChoice) -> Option<bool> {
 pub(crate) struct WgmmaFamily {
     /// The op, for errors.
     pub op: &'static str,
-    /// The sm_90a PTX is compiled into this build.
+    /// The sm_90a kernels are compiled into this build.
     pub built: bool,
     /// What `Auto` picks without the environment variable: wgmma wherever it can run.
     pub by_default: bool,

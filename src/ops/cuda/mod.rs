@@ -1,6 +1,6 @@
-//! CUDA utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"): the PTX modules of
-//! `kernels/cuda/*.cu` (built by `build.rs` behind the `cuda` feature, loaded once per device
-//! through candle's module cache and launched on the device's stream), launch shapes, the
+//! CUDA utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"): the compiled modules of
+//! `kernels/cuda/*.cu` (fatbins built by `build.rs` behind the `cuda` feature, loaded once per
+//! GPU context and launched on the device's stream), launch shapes, the
 //! SM-count cache, output buffers, operand spans, the wgmma/mma.sync kernel choice and the
 //! memory pool. The launchers themselves are each op's `cuda.rs` (`src/ops/<op>/cuda.rs`); this
 //! module imports no op.
@@ -11,8 +11,7 @@
 //! deformable im2col (f32 throughout: BiRefNet runs in f32 upstream).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaView, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result};
 
@@ -21,14 +20,14 @@ use crate::ops::storage::token_stride;
 mod kernel_choice;
 mod launch;
 mod mem_pool;
-mod ptx;
+mod modules;
 
 pub(crate) use kernel_choice::{choose_wgmma, kernel_env, sm90a_device, WgmmaFamily};
 pub(crate) use launch::{
     elementwise_launch, elementwise_vec, layer_norm_kernel, norm_launch, norm_launch_groups,
 };
 pub(crate) use mem_pool::retain_freed_memory;
-pub(crate) use ptx::*;
+pub(crate) use modules::*;
 
 /// `(start, end)` of a contiguous layout, or an error naming the operand.
 pub(crate) fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
@@ -113,46 +112,6 @@ pub(crate) fn held_slice<'a, T>(
         bail!("{op}: a {what} of {} entries, expected {len}", z - a);
     }
     Ok(data.slice(a..z))
-}
-
-/// Kernel `name` of `module` on `dev`, opted in to `smem` bytes of dynamic shared memory (over
-/// 48 KB needs it) and to the largest shared-memory carveout (two ≈100 KB blocks an SM; the
-/// kernels' cp.async copies bypass L1). Attributes belong to the loaded function, which candle
-/// keeps in the device's module cache for the device's lifetime, so they are set once per
-/// (device, kernel, size): `DeviceId`s are never reused, unlike function addresses after a device
-/// is dropped. The first load and the attribute calls happen under one lock, so no other thread
-/// can load a second copy of the module in between.
-pub(crate) fn large_smem_func(
-    dev: &CudaDevice,
-    module: &Ptx,
-    name: &str,
-    smem: u32,
-) -> Result<CudaFunction> {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-    type Key = (candle_core::cuda_backend::DeviceId, String, u32);
-    static CONFIGURED: OnceLock<Mutex<HashSet<Key>>> = OnceLock::new();
-    let mut configured = CONFIGURED
-        .get_or_init(|| Mutex::new(HashSet::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let func = dev.get_or_load_custom_func(name, module.name, module.text)?;
-    let key = (dev.id(), format!("{}/{name}", module.name), smem);
-    if !configured.contains(&key) {
-        dev.cuda_stream().context().bind_to_thread().w()?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .w()?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-            100,
-        )
-        .w()?;
-        configured.insert(key);
-    }
-    Ok(func.into_cuda_function())
 }
 
 /// The f32 slice of an f32 operand, or an error naming it.

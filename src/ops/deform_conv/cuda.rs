@@ -5,7 +5,7 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{output, span, DEFORM_CONV};
+use crate::ops::cuda::{kernel, output, span, DEFORM_CONV};
 use crate::ops::vocab::DeformIm2ColArgs;
 
 // SAFETY: `#[repr(C)]`, nineteen u32 fields and no padding: exactly the `DeformIm2ColArgs` the
@@ -43,8 +43,7 @@ pub(crate) fn deform_im2col(
     }
     let out = output::<f32>(&dev, total as usize)?;
     if total > 0 {
-        let func =
-            dev.get_or_load_custom_func("deform_im2col_f32", DEFORM_CONV.name, DEFORM_CONV.text)?;
+        let func = kernel(&dev, &DEFORM_CONV, "deform_im2col_f32")?;
         let args = DeformIm2ColArgs {
             first: 0,
             count: total as u32,

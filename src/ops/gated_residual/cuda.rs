@@ -5,7 +5,9 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{elementwise_launch, elementwise_vec, f32_slice, output, span, ELEMENTWISE};
+use crate::ops::cuda::{
+    elementwise_launch, elementwise_vec, f32_slice, kernel, output, span, ELEMENTWISE,
+};
 use crate::ops::sample_offsets::offsets_u32;
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
@@ -68,7 +70,7 @@ impl FloatFn for GatedResidual<'_> {
                 T::NAME,
                 if vec > 1 { "_v" } else { "" }
             );
-            let func = dev.get_or_load_custom_func(&name, ELEMENTWISE.name, ELEMENTWISE.text)?;
+            let func = kernel(dev, &ELEMENTWISE, &name)?;
             let offsets = dev.clone_htod(self.offsets)?;
             let vectors = len / vec;
             let xs = x.as_cuda_slice::<T>()?.slice(xa..xz);

@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, Result, Storage, Tensor};
 
-use crate::ops::cuda::{elementwise_launch, span, CHANNEL_TO_SPACE};
+use crate::ops::cuda::{elementwise_launch, kernel, span, CHANNEL_TO_SPACE};
 
 /// Whether two int32 tensors on one CUDA device hold the same elements in the same order
 /// (contiguous layouts): one kernel and one word read back, not the tensors.
@@ -38,11 +38,7 @@ pub(crate) fn i32_tensors_equal(a: &Tensor, b: &Tensor) -> Result<bool> {
     }
     let dev = sa.device().clone();
     let flag = dev.alloc_zeros::<u32>(1)?;
-    let func = dev.get_or_load_custom_func(
-        "i32_words_differ",
-        CHANNEL_TO_SPACE.name,
-        CHANNEL_TO_SPACE.text,
-    )?;
+    let func = kernel(&dev, &CHANNEL_TO_SPACE, "i32_words_differ")?;
     let (va, vb) = (va.slice(a0..a1), vb.slice(b0..b1));
     let mut builder = func.builder();
     builder.arg(&va).arg(&vb).arg(&n).arg(&flag);

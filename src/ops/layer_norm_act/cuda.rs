@@ -5,7 +5,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{f32_slice, layer_norm_kernel, output, span, NORMS};
+use crate::ops::cuda::{f32_slice, kernel, layer_norm_kernel, output, span, NORMS};
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 use crate::ops::vocab::Activation;
 
@@ -82,7 +82,7 @@ impl FloatFn for LayerNormAct<'_> {
         if out_rows > 0 && c > 0 {
             let (name, cfg) =
                 layer_norm_kernel("layer_norm_act", T::NAME, c, size_of::<T>(), out_rows);
-            let func = dev.get_or_load_custom_func(&name, NORMS.name, NORMS.text)?;
+            let func = kernel(dev, &NORMS, &name)?;
             let xs = x.as_cuda_slice::<T>()?.slice(xa..xz);
             let mut b = func.builder();
             b.arg(&xs);

@@ -5,7 +5,7 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape, Tensor};
 
-use crate::ops::cuda::{output, read_u32_words, span, NEIGHBOUR_MAP};
+use crate::ops::cuda::{kernel, output, read_u32_words, span, NEIGHBOUR_MAP};
 use crate::ops::vocab::{NeighbourArgs, NeighbourPlan, TAPS};
 
 // SAFETY: `#[repr(C)]`, five u32 fields, no padding: the `NeighbourArgs` the kernels take by
@@ -42,8 +42,7 @@ pub(crate) fn neighbour_map(
         block_dim: (NBR_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let load =
-        |name: &str| dev.get_or_load_custom_func(name, NEIGHBOUR_MAP.name, NEIGHBOUR_MAP.text);
+    let load = |name: &str| kernel(&dev, &NEIGHBOUR_MAP, name);
     // Kernels write through these views (launch arguments are device pointers either way).
     let status = out.slice(n * TAPS..len);
     {

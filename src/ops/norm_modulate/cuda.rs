@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{f32_slice, layer_norm_kernel, output, span, NORMS};
+use crate::ops::cuda::{f32_slice, kernel, layer_norm_kernel, output, span, NORMS};
 use crate::ops::sample_offsets::offsets_u32;
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
@@ -68,7 +68,7 @@ impl FloatFn for NormModulate<'_> {
             let offsets = dev.clone_htod(self.offsets)?;
             let (name, cfg) =
                 layer_norm_kernel("layer_norm_modulate", T::NAME, c, size_of::<T>(), rows);
-            let func = dev.get_or_load_custom_func(&name, NORMS.name, NORMS.text)?;
+            let func = kernel(dev, &NORMS, &name)?;
             let xs = x.as_cuda_slice::<T>()?.slice(xa..xz);
             let mut b = func.builder();
             b.arg(&xs)

@@ -5,7 +5,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{f32_slice, norm_launch, norm_launch_groups, output, span, NORMS};
+use crate::ops::cuda::{f32_slice, kernel, norm_launch, norm_launch_groups, output, span, NORMS};
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 
 /// q/k RMS norm + interleaved RoPE (`src/ops/rms_norm_rope/mod.rs`): x `[T,H,D]` f32/f16/bf16 with
@@ -87,7 +87,7 @@ impl FloatFn for RmsNormRope<'_> {
                 ),
                 _ => (format!("rms_norm_rope_{}", T::NAME), norm_launch(rows)),
             };
-            let func = dev.get_or_load_custom_func(&name, NORMS.name, NORMS.text)?;
+            let func = kernel(dev, &NORMS, &name)?;
             let xs = x.as_cuda_slice::<T>()?.slice(xa..xz);
             let mut b = func.builder();
             b.arg(&xs).arg(&self.gamma).arg(&self.table.0).arg(&out);

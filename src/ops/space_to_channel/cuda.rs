@@ -7,7 +7,9 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape};
 
-use crate::ops::cuda::{elementwise_launch, elementwise_vec, output, span, CHANNEL_TO_SPACE};
+use crate::ops::cuda::{
+    elementwise_launch, elementwise_vec, kernel, output, span, CHANNEL_TO_SPACE,
+};
 use crate::ops::storage::{with_float, FloatElem, FloatFn, FLOATS};
 use crate::ops::vocab::CHILDREN;
 
@@ -62,8 +64,7 @@ impl FloatFn for Gather<'_> {
             let vec = elementwise_vec::<T>(self.c, &[xa]);
             let word_bytes = vec * std::mem::size_of::<T>();
             let name = format!("space_to_channel_w{word_bytes}");
-            let func =
-                dev.get_or_load_custom_func(&name, CHANNEL_TO_SPACE.name, CHANNEL_TO_SPACE.text)?;
+            let func = kernel(dev, &CHANNEL_TO_SPACE, &name)?;
             let words = u32::try_from(self.c / vec).map_err(|_| {
                 candle_core::Error::Msg(format!("space_to_channel (CUDA): {} channels", self.c))
             })?;

@@ -8,7 +8,7 @@ use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
 
 use crate::ops::cuda::{
     choose_wgmma, held_slice, kernel_env, large_smem_func, output, sm90a_device, sm_count, span,
-    Ptx, WgmmaFamily, SPARSE_CONV, SPARSE_CONV_SM90A,
+    Fatbin, WgmmaFamily, SPARSE_CONV, SPARSE_CONV_SM90A,
 };
 use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
 use crate::ops::tuning::Tuning;
@@ -156,7 +156,7 @@ pub(crate) fn subm_conv3d(
         (128, SUBM_CONV_SMEM_BYTES)
     };
     let wgmma = use_wgmma_conv(&dev, vec, kernel)?;
-    // The kernel: PTX module, name prefix (before the dtypes) and suffix, shared memory.
+    // The kernel: module, name prefix (before the dtypes) and suffix, shared memory.
     let (module, prefix, suffix, smem) = match &SPARSE_CONV_SM90A {
         Some(ptx) if wgmma => {
             let (stages, keep) = subm_conv_sm90a_pipeline(bn);
@@ -205,8 +205,8 @@ struct SubmConv<'a> {
     map: CudaView<'a, u32>,
     order: Option<CudaView<'a, u32>>,
     bias: Option<CudaView<'a, f32>>,
-    /// PTX module, kernel name prefix (before the dtypes) and suffix, shared memory.
-    kernel: (&'a Ptx, &'static str, String, u32),
+    /// Module, kernel name prefix (before the dtypes) and suffix, shared memory.
+    kernel: (&'a Fatbin, &'static str, String, u32),
     cfg: LaunchConfig,
     /// `(T, Ci, Co)`.
     dims: (usize, usize, usize),

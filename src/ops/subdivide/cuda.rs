@@ -11,7 +11,7 @@ use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, Result, Shape, Storage, Tensor};
 
-use crate::ops::cuda::{output, span, CHANNEL_TO_SPACE};
+use crate::ops::cuda::{kernel, output, span, CHANNEL_TO_SPACE};
 use crate::ops::vocab::Children;
 
 /// Parents per block of the count and scan kernels (`SCAN_BLOCK`, one thread each).
@@ -93,9 +93,7 @@ fn build<T: DeviceRepr>(
         block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let load = |name: &str| {
-        dev.get_or_load_custom_func(name, CHANNEL_TO_SPACE.name, CHANNEL_TO_SPACE.text)
-    };
+    let load = |name: &str| kernel(dev, &CHANNEL_TO_SPACE, name);
     if n > 0 {
         let func = load(&format!("c2s_count_{suffix}"))?;
         let mut b = func.builder();
