@@ -20,6 +20,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::asset::Asset;
@@ -97,7 +98,7 @@ pub fn write_fitted_splat_ply(path: &Path, splats: &[FittedSplat], up: Up) -> Re
 
 /// Fitted splats as rows in the frame `up` (also what the SPZ writer stores).
 pub(crate) fn fitted_rows(splats: &[FittedSplat], up: Up) -> Vec<SplatRow> {
-    splats.iter().map(|s| splat_row(s, up)).collect()
+    splats.par_iter().map(|s| splat_row(s, up)).collect()
 }
 
 fn splat_row(s: &FittedSplat, up: Up) -> SplatRow {
