@@ -203,51 +203,57 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
     let duals = asset.dual_vertices();
     let n = duals.len();
     let voxel = f64::from(asset.voxel_size());
-    // Outward area-weighted normals and owned areas of the dual vertices in the mesh.
     let mesh = asset.mesh();
-    let (normal_sum, area) =
-        vertex_normals_and_areas(&mesh.vertices, &faces_wound_outward(mesh), n);
-    let centroid = dual_centroid(duals);
     let coords = asset.voxel_coords();
-    (0..n)
-        .into_par_iter()
-        .map(|row| {
+    let centroid = dual_centroid(duals);
+    // Re-winding the mesh (for the outward normals and owned areas of the dual vertices) scales
+    // less well over many threads than the voxels' own plane fits, which do not need it: the
+    // two run side by side. A patch's shape does not depend on its normal's sign, so the fits
+    // can use the plane's normal before the mesh decides which way it faces.
+    let ((normal_sum, area), fits) = rayon::join(
+        || vertex_normals_and_areas(&mesh.vertices, &faces_wound_outward(mesh), n),
+        || {
+            (0..n)
+                .into_par_iter()
+                .map(|row| {
+                    let around = neighbourhood(asset, coords[row]);
+                    let fit = neighbourhood_frame(duals, &around, row, centroid)?.normal;
+                    let spread = tangent_spread(duals, &around, row, fit);
+                    let (tangent, ratio) = plane_axes(spread, fit, shape.max_anisotropy);
+                    Some((fit, tangent, ratio))
+                })
+                .collect::<Vec<_>>()
+        },
+    );
+    fits.into_par_iter()
+        .enumerate()
+        .map(|(row, fit)| {
             let p = duals[row].map(f64::from);
             let attrs = asset.voxel_attrs()[row];
             let rgb = [0, 1, 2].map(|k| f64::from(attrs[k]));
             let alpha = f64::from(attrs[ALPHA]);
-            let around = neighbourhood(asset, coords[row]);
-            let frame = neighbourhood_frame(duals, &around, row, centroid);
-            // The plane fitted to the neighbourhood (smoother than the few triangles at one
-            // vertex, which follow the grid's terraces), on the side the mesh faces.
-            let mesh_normal = normalized(normal_sum[row]);
-            let normal = match (frame.map(|f| f.normal), mesh_normal) {
-                (Some(fit), Some(m)) if dot(fit, m) < 0.0 => Some(scale(fit, -1.0)),
-                (Some(fit), _) => Some(fit),
-                (None, m) => m,
-            };
             // A vertex in no face owns no mesh area; it stands for one voxel face's worth.
             let a = if area[row] > 0.0 {
                 area[row]
             } else {
                 voxel * voxel
             };
-            let moment = match normal {
-                Some(nrm) => {
-                    // The neighbours with x varying fastest (the order the sums were tuned in).
-                    let mut spread = [[0.0f64; 3]; 3];
-                    for k in 0..27 {
-                        let r = around[9 * (k % 3) + 3 * (k / 3 % 3) + k / 9];
-                        if r == NO_VOXEL {
-                            continue;
-                        }
-                        let d = sub(duals[r as usize].map(f64::from), p);
-                        let d = sub(d, scale(nrm, dot(d, nrm)));
-                        add_outer(&mut spread, d, 1.0);
-                    }
-                    plane_moment(spread, nrm, a, shape.max_anisotropy)
+            // The plane fitted to the neighbourhood (smoother than the few triangles at one
+            // vertex, which follow the grid's terraces), on the side the mesh faces.
+            let mesh_normal = normalized(normal_sum[row]);
+            let (normal, moment) = match (fit, mesh_normal) {
+                (Some((fit, tangent, ratio)), m) => {
+                    let flip = m.is_some_and(|m| dot(fit, m) < 0.0);
+                    let normal = if flip { scale(fit, -1.0) } else { fit };
+                    (Some(normal), uniform_moment(fit, tangent, ratio, a))
                 }
-                None => identity_scaled(a / 12.0),
+                (None, Some(m)) => {
+                    let around = neighbourhood(asset, coords[row]);
+                    let spread = tangent_spread(duals, &around, row, m);
+                    let (tangent, ratio) = plane_axes(spread, m, shape.max_anisotropy);
+                    (Some(m), uniform_moment(m, tangent, ratio, a))
+                }
+                (None, None) => (None, identity_scaled(a / 12.0)),
             };
             Patch {
                 centre: p,
@@ -260,6 +266,29 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
             }
         })
         .collect()
+}
+
+/// The second moment of the offsets from voxel `row`'s dual vertex to its neighbours' (`around`,
+/// a [`neighbourhood`]), projected on the plane across the unit `normal`.
+fn tangent_spread(
+    duals: &[[f32; 3]],
+    around: &[u32; 27],
+    row: usize,
+    normal: [f64; 3],
+) -> [[f64; 3]; 3] {
+    let p = duals[row].map(f64::from);
+    let mut spread = [[0.0f64; 3]; 3];
+    // The neighbours with x varying fastest (the order the sums were tuned in).
+    for k in 0..27 {
+        let r = around[9 * (k % 3) + 3 * (k / 3 % 3) + k / 9];
+        if r == NO_VOXEL {
+            continue;
+        }
+        let d = sub(duals[r as usize].map(f64::from), p);
+        let d = sub(d, scale(normal, dot(d, normal)));
+        add_outer(&mut spread, d, 1.0);
+    }
+    spread
 }
 
 /// For each of the first `n` vertices, the sum of its faces' doubled area vectors (the cross
@@ -335,10 +364,16 @@ fn limit_inward_moves(asset: &Asset, patches: &mut [Patch], inward: f64) {
             let Some(n) = p.normal else {
                 return 0.0;
             };
+            let mut last = [i32::MIN; 3];
             for k in 1..=steps {
                 let t = k as f64 * 0.5 * voxel;
                 let q = sub(p.centre, scale(n, t));
                 let coord = q.map(|v| ((v - origin) / voxel).floor() as i32);
+                // Half-voxel steps land in most voxels twice; the second look finds nothing new.
+                if coord == last {
+                    continue;
+                }
+                last = coord;
                 if let Some(r) = asset.voxel_at(coord) {
                     if patches[r].normal.is_some_and(|m| dot(m, n) < 0.0) {
                         return THIN_WALL_FRACTION * t;
@@ -353,25 +388,27 @@ fn limit_inward_moves(asset: &Asset, patches: &mut [Patch], inward: f64) {
     }
 }
 
-/// The second moment of a uniform patch of area `area` in the plane across `normal`, elongated
-/// like `spread` (the neighbours' offsets in that plane), at most `max_anisotropy` in standard
-/// deviation: principal variances `λ₁ λ₂` with `λ₁·λ₂ = (area/12)²` (a square's).
-fn plane_moment(
-    spread: [[f64; 3]; 3],
-    normal: [f64; 3],
-    area: f64,
-    max_anisotropy: f64,
-) -> [[f64; 3]; 3] {
-    let square = area / 12.0;
+/// The axes of a uniform patch in the plane across `normal`, elongated like `spread` (the
+/// neighbours' offsets in that plane), at most `max_anisotropy` in standard deviation: its long
+/// axis and the ratio of its two standard deviations. Turning `normal` around gives the same
+/// axes up to sign, so the same [`uniform_moment`].
+fn plane_axes(spread: [[f64; 3]; 3], normal: [f64; 3], max_anisotropy: f64) -> ([f64; 3], f64) {
     let e = sym_eigen3(spread);
     let along = sub(e.vectors[2], scale(normal, dot(e.vectors[2], normal)));
-    let (tangent, ratio) = match normalized(along) {
+    match normalized(along) {
         Some(t) if e.values[2] > 0.0 => {
             let r = (e.values[2] / e.values[1].max(1e-300)).sqrt();
             (t, r.clamp(1.0, max_anisotropy))
         }
         _ => (any_perpendicular(normal), 1.0),
-    };
+    }
+}
+
+/// The second moment of a uniform patch of area `area` along `tangent` ([`plane_axes`]) and
+/// across it in the plane across `normal`: principal variances `λ₁ λ₂` with `λ₁ / λ₂ = ratio²`
+/// and `λ₁·λ₂ = (area/12)²` (a square's).
+fn uniform_moment(normal: [f64; 3], tangent: [f64; 3], ratio: f64, area: f64) -> [[f64; 3]; 3] {
+    let square = area / 12.0;
     let bitangent = cross(normal, tangent);
     let mut m = [[0.0f64; 3]; 3];
     add_outer(&mut m, tangent, square * ratio);
