@@ -171,7 +171,7 @@ pub fn fit_splats_timed(
     let splats = match budget {
         SplatBudget::AtMost(n) if n < patches.len() => {
             let start = Instant::now();
-            let merged = merge_to_budget(asset, &patches, n.max(1), voxel);
+            let merged = merge_to_budget(asset.voxel_coords(), &patches, n.max(1), voxel);
             timings.merge_seconds = start.elapsed().as_secs_f64();
             let start = Instant::now();
             let splats = merged
@@ -616,8 +616,8 @@ impl Merged {
 /// Every cell's error on the levels in between is computed up front, in parallel; what is left
 /// serial is the queue of small entries, which picks the same cells as splitting one cell at a
 /// time and grouping its children then.
-fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) -> Merged {
-    let coords = asset.voxel_coords();
+/// `coords` are the voxels' (distinct, non-negative, below 2²⁰), `patches` their patches.
+fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel: f64) -> Merged {
     // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
     let mut levels = vec![Level::build(coords, 1)];
     while levels[levels.len() - 1].len() > budget {
@@ -784,4 +784,217 @@ fn any_perpendicular(n: [f64; 3]) -> [f64; 3] {
         [0.0, 1.0, 0.0]
     };
     normalized(cross(n, helper)).unwrap_or([1.0, 0.0, 0.0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+    use std::collections::{BTreeMap, BinaryHeap};
+
+    // The merge as first written, one cell split at a time, its children grouped then: the
+    // reference the queue over precomputed levels must agree with, cell for cell.
+    /// An octree cell: `level` (0 = a voxel), its key (voxel coordinates shifted right by
+    /// `level`) and its members (voxel rows).
+    struct Cell {
+        level: u32,
+        key: [i32; 3],
+        members: Vec<u32>,
+        error: f64,
+    }
+
+    impl PartialEq for Cell {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == Ordering::Equal
+        }
+    }
+    impl Eq for Cell {}
+    impl PartialOrd for Cell {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Cell {
+        /// Largest error first; ties by level, then key (a total order: the merge is deterministic).
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.error
+                .total_cmp(&other.error)
+                .then(self.level.cmp(&other.level))
+                .then(other.key.cmp(&self.key))
+        }
+    }
+
+    /// Groups of voxel rows, at most `budget` of them: octree cells, the finest level with at most
+    /// `budget` cells first, then the cells that fit their voxels worst split (into their occupied
+    /// children) for as long as the budget allows.
+    fn merge_to_budget(
+        coords: &[[i32; 3]],
+        patches: &[Patch],
+        budget: usize,
+        voxel: f64,
+    ) -> Vec<Vec<u32>> {
+        // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
+        let mut level = 1;
+        let mut cells = group_all(coords, level);
+        while cells.len() > budget {
+            level += 1;
+            cells = group_all(coords, level);
+        }
+        let mut count = cells.len();
+        let mut heap = BinaryHeap::new();
+        let mut done: Vec<Cell> = Vec::new();
+        let make = |level: u32, key: [i32; 3], members: Vec<u32>| {
+            let error = if level == 0 {
+                0.0
+            } else {
+                cell_error(patches, &members, voxel)
+            };
+            Cell {
+                level,
+                key,
+                members,
+                error,
+            }
+        };
+        // The first cells' errors in parallel (most of the merge's work); the heap's order does
+        // not depend on the order of pushes, so the result is the same for any thread count.
+        let first: Vec<Cell> = cells
+            .into_par_iter()
+            .map(|(key, members)| make(level, key, members))
+            .collect();
+        heap.extend(first);
+        while let Some(cell) = heap.pop() {
+            if cell.level == 0 {
+                done.push(cell);
+                continue;
+            }
+            let children = group(coords, &cell.members, cell.level - 1);
+            if count - 1 + children.len() > budget {
+                done.push(cell);
+                continue;
+            }
+            count += children.len() - 1;
+            for (key, members) in children {
+                heap.push(make(cell.level - 1, key, members));
+            }
+        }
+        // Octree order (depth first, children in Morton order): by the Morton code of each cell's
+        // lowest corner, distinct since cells do not overlap. Neighbouring splats of both levels
+        // then lie close in space, which SPZ's gzip turns into shorter colour and rotation codes
+        // than the voxel order of each cell's first voxel (docs/OUTPUTS.md).
+        done.sort_by_key(|c| morton(c.key.map(|k| k << c.level)));
+        done.into_iter().map(|c| c.members).collect()
+    }
+
+    /// Every voxel row grouped by its coordinates shifted right by `level`, in key order, each
+    /// group's rows ascending: [`group`] of all rows, by a parallel sort (the same result for any
+    /// thread count, since (key, row) pairs are distinct).
+    fn group_all(coords: &[[i32; 3]], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
+        let mut keyed: Vec<([i32; 3], u32)> = coords
+            .par_iter()
+            .enumerate()
+            .map(|(row, c)| (c.map(|v| v >> level), row as u32))
+            .collect();
+        keyed.par_sort_unstable();
+        keyed
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| (run[0].0, run.iter().map(|&(_, row)| row).collect()))
+            .collect()
+    }
+
+    /// `rows` grouped by voxel coordinates shifted right by `level`, in key order; each group's
+    /// rows stay in the order given.
+    fn group(coords: &[[i32; 3]], rows: &[u32], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
+        let mut map: BTreeMap<[i32; 3], Vec<u32>> = BTreeMap::new();
+        for &r in rows {
+            map.entry(coords[r as usize].map(|c| c >> level))
+                .or_default()
+                .push(r);
+        }
+        map.into_iter().collect()
+    }
+
+    /// A splitmix64 stream for the synthetic patches.
+    struct Mix(u64);
+    impl Mix {
+        fn next(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn merge_picks_the_cells_one_split_at_a_time_would() {
+        // A sphere shell on a 48³ grid, with patches of varied area, normal and colour
+        // (some without a normal, some colours in flat runs so that errors tie).
+        let mut coords = Vec::new();
+        for x in 0..48i32 {
+            for y in 0..48i32 {
+                for z in 0..48i32 {
+                    let r = (((x - 23) * (x - 23) + (y - 24) * (y - 24) + (z - 22) * (z - 22))
+                        as f64)
+                        .sqrt();
+                    if (18.0..19.8).contains(&r) {
+                        coords.push([x, y, z]);
+                    }
+                }
+            }
+        }
+        // A power of two, so that the flat part's sums are exact and equal cells tie.
+        let voxel = 1.0 / 64.0;
+        let mut mix = Mix(7);
+        let patches: Vec<Patch> = coords
+            .iter()
+            .map(|c| {
+                // The flat part: voxel centres, one normal, one colour, one area.
+                if c[0] < 20 {
+                    return Patch {
+                        centre: c.map(|v| (f64::from(v) + 0.5) * voxel),
+                        normal: Some([0.0, 0.0, 1.0]),
+                        area: voxel * voxel,
+                        moment: identity_scaled(voxel * voxel / 12.0),
+                        rgb: [0.5, 0.25, 0.75],
+                        alpha: 1.0,
+                        inward_limit: f64::INFINITY,
+                    };
+                }
+                let centre = c.map(|v| (f64::from(v) + mix.next()) * voxel);
+                let outward = sub(centre, [0.375; 3]);
+                let normal = (mix.next() > 0.05)
+                    .then(|| normalized(add(outward, [0.3 * mix.next(), 0.0, 0.1])).unwrap());
+                Patch {
+                    centre,
+                    normal,
+                    area: (0.2 + mix.next()) * voxel * voxel,
+                    moment: identity_scaled(voxel * voxel / 12.0),
+                    rgb: [mix.next(), mix.next(), mix.next()],
+                    alpha: 1.0,
+                    inward_limit: f64::INFINITY,
+                }
+            })
+            .collect();
+        let n = coords.len();
+        assert!(n > 5000, "{n} voxels");
+        let budgets = (n / 20..n).step_by(23).chain([n - 1, n / 100, 7, 1]);
+        for budget in budgets {
+            let want = merge_to_budget(&coords, &patches, budget, voxel);
+            let merged = super::merge_to_budget(&coords, &patches, budget, voxel);
+            let got: Vec<Vec<u32>> = merged
+                .cells
+                .iter()
+                .map(|&c| merged.members(c).to_vec())
+                .collect();
+            assert!(got.len() <= budget, "budget {budget}: {} cells", got.len());
+            // Only tiny budgets may be far from full (the top cells split into up to 8).
+            assert!(
+                budget < 100 || got.len() > budget / 2,
+                "budget {budget}: {} cells",
+                got.len()
+            );
+            assert_eq!(got, want, "budget {budget}");
+        }
+    }
 }
