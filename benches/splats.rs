@@ -52,11 +52,12 @@ fn main() {
     let (splats, times) = fit_splats_timed(asset, budget, &SplatShape::default());
     let synth = t.elapsed().as_secs_f64();
     println!(
-        "{budget:?}: {} splats in {synth:.2} s = patches {:.2} + merge {:.2} + fit {:.2} s \
-         (peak {:.2} GiB)",
+        "{budget:?}: {} splats in {synth:.2} s = patches {:.2} + merge {:.2} (its serial queue \
+         {:.2}) + fit {:.2} s (peak {:.2} GiB)",
         splats.len(),
         times.patches_seconds,
         times.merge_seconds,
+        times.queue_seconds,
         times.fit_seconds,
         peak_gib().unwrap_or(f64::NAN)
     );

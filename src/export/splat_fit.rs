@@ -151,6 +151,8 @@ pub struct FitTimings {
     pub patches_seconds: f64,
     /// The octree merge (0 with one splat per voxel).
     pub merge_seconds: f64,
+    /// Of the merge, the serial part: the queue that picks the cells to split.
+    pub queue_seconds: f64,
     /// One Gaussian per patch or cell, and the order.
     pub fit_seconds: f64,
 }
@@ -173,6 +175,7 @@ pub fn fit_splats_timed(
             let start = Instant::now();
             let merged = merge_to_budget(asset.voxel_coords(), &patches, n.max(1), voxel);
             timings.merge_seconds = start.elapsed().as_secs_f64();
+            timings.queue_seconds = merged.queue_seconds;
             let start = Instant::now();
             let splats = merged
                 .cells
@@ -597,6 +600,8 @@ impl Ord for Queued {
 struct Merged {
     levels: Vec<Level>,
     cells: Vec<(u32, u32)>,
+    /// Wall time of the serial queue.
+    queue_seconds: f64,
 }
 
 impl Merged {
@@ -657,6 +662,7 @@ fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel:
         .into_par_iter()
         .map(|i| queued(top.level, i))
         .collect();
+    let queue_start = Instant::now();
     let mut heap = BinaryHeap::from(first);
     let mut done: Vec<(u32, u32)> = Vec::new();
     while let Some(cell) = heap.pop() {
@@ -681,6 +687,7 @@ fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel:
             heap.extend((first..last).map(|j| queued(cell.level - 1, j as usize)));
         }
     }
+    let queue_seconds = queue_start.elapsed().as_secs_f64();
     // Octree order (depth first, children in Morton order): by the Morton code of each cell's
     // lowest corner, distinct since cells do not overlap. Neighbouring splats of both levels
     // then lie close in space, which SPZ's gzip turns into shorter colour and rotation codes
@@ -693,6 +700,7 @@ fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel:
     Merged {
         levels,
         cells: done,
+        queue_seconds,
     }
 }
 
