@@ -665,7 +665,10 @@ fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel:
     let queue_start = Instant::now();
     let mut heap = BinaryHeap::from(first);
     let mut done: Vec<(u32, u32)> = Vec::new();
-    while let Some(cell) = heap.pop() {
+    while count < budget {
+        let Some(cell) = heap.pop() else {
+            break;
+        };
         let l = &levels[cell.level as usize - 1];
         let i = cell.index as usize;
         let (first, last) = if cell.level == 1 {
@@ -687,7 +690,27 @@ fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel:
             heap.extend((first..last).map(|j| queued(cell.level - 1, j as usize)));
         }
     }
+    // At the budget (most of the queue is still waiting there) no cell with two or more
+    // children can split any more, and one with a single child would become that child, the
+    // count unchanged: each waiting cell goes down its single-child chain, in parallel.
+    let chain_end = |cell: Queued| {
+        let (mut level, mut index) = (cell.level, cell.index as usize);
+        loop {
+            let l = &levels[level as usize - 1];
+            let (first, last) = if level == 1 {
+                (l.starts[index], l.starts[index + 1])
+            } else {
+                (l.children[index], l.children[index + 1])
+            };
+            match (last - first, level) {
+                (1, 1) => return (0, first),
+                (1, _) => (level, index) = (level - 1, first as usize),
+                _ => return (level, index as u32),
+            }
+        }
+    };
     let queue_seconds = queue_start.elapsed().as_secs_f64();
+    done.par_extend(heap.into_vec().into_par_iter().map(chain_end));
     // Octree order (depth first, children in Morton order): by the Morton code of each cell's
     // lowest corner, distinct since cells do not overlap. Neighbouring splats of both levels
     // then lie close in space, which SPZ's gzip turns into shorter colour and rotation codes
