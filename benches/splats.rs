@@ -4,7 +4,9 @@
 //! bench's three concentric sphere shells with an analytic PBR field
 //! (`tests/common/textured_shapes.rs`), ≈ 7 M voxels at 1024³.
 //! Run with `cargo bench --bench splats`; `SPLATS_BENCH_GRID=N` changes the grid (default
-//! 1024), `SPLATS_BENCH_BUDGET=N` the budget (default 1000000; 0 = one splat per voxel).
+//! 1024), `SPLATS_BENCH_BUDGET=N` the budget (default 1000000; 0 = one splat per voxel);
+//! `SPLATS_BENCH_KEEP=DIR` keeps the PLY and SPZ there (to compare bytes across versions and
+//! thread counts).
 
 #[path = "common/measure.rs"]
 mod measure;
@@ -50,11 +52,12 @@ fn main() {
     let (splats, times) = fit_splats_timed(asset, budget, &SplatShape::default());
     let synth = t.elapsed().as_secs_f64();
     println!(
-        "{budget:?}: {} splats in {synth:.2} s = patches {:.2} + merge {:.2} + fit {:.2} s \
-         (peak {:.2} GiB)",
+        "{budget:?}: {} splats in {synth:.2} s = patches {:.2} + merge {:.2} (its serial queue \
+         {:.2}) + fit {:.2} s (peak {:.2} GiB)",
         splats.len(),
         times.patches_seconds,
         times.merge_seconds,
+        times.queue_seconds,
         times.fit_seconds,
         peak_gib().unwrap_or(f64::NAN)
     );
@@ -66,7 +69,11 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let dir = tempfile::tempdir().expect("temporary folder");
-    let (ply, spz) = (dir.path().join("a.splat.ply"), dir.path().join("a.spz"));
+    let out = std::env::var_os("SPLATS_BENCH_KEEP")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().to_path_buf());
+    std::fs::create_dir_all(&out).expect("the output folder");
+    let (ply, spz) = (out.join("a.splat.ply"), out.join("a.spz"));
     let t = Instant::now();
     write_fitted_splat_ply(&ply, &splats, Up::Y).expect("writes the PLY");
     let ply_s = t.elapsed().as_secs_f64();

@@ -10,7 +10,8 @@
 //! moment projected on the tangent plane, and a thin axis along the normal.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -18,7 +19,7 @@ use rayon::prelude::*;
 use super::asset::{Asset, ALPHA};
 use super::face_orientation::faces_wound_outward;
 use super::sym_eigen::{cross, dot, normalized, sym_eigen3};
-use super::voxel_frames::voxel_surface_frames;
+use super::voxel_frames::{dual_centroid, neighbourhood, neighbourhood_frame, NO_VOXEL};
 use crate::mesh::dual_grid::AABB_MIN;
 
 /// How many splats to write.
@@ -150,6 +151,8 @@ pub struct FitTimings {
     pub patches_seconds: f64,
     /// The octree merge (0 with one splat per voxel).
     pub merge_seconds: f64,
+    /// Of the merge, the serial part: the queue that picks the cells to split.
+    pub queue_seconds: f64,
     /// One Gaussian per patch or cell, and the order.
     pub fit_seconds: f64,
 }
@@ -167,18 +170,19 @@ pub fn fit_splats_timed(
     let mut patches = voxel_patches(asset, shape);
     limit_inward_moves(asset, &mut patches, inward);
     timings.patches_seconds = start.elapsed().as_secs_f64();
-    let singles = |p: &Patch| fit_union(std::slice::from_ref(p), inward, shape);
     let splats = match budget {
         SplatBudget::AtMost(n) if n < patches.len() => {
             let start = Instant::now();
-            let cells = merge_to_budget(asset, &patches, n.max(1), voxel);
+            let merged = merge_to_budget(asset.voxel_coords(), &patches, n.max(1), voxel);
             timings.merge_seconds = start.elapsed().as_secs_f64();
+            timings.queue_seconds = merged.queue_seconds;
             let start = Instant::now();
-            let splats = cells
+            let splats = merged
+                .cells
                 .par_iter()
-                .map(|members| {
-                    let ps: Vec<Patch> = members.iter().map(|&i| patches[i as usize]).collect();
-                    fit_union(&ps, inward, shape)
+                .map(|&cell| {
+                    let members = merged.members(cell).iter();
+                    fit_union(members.map(|&i| &patches[i as usize]), inward, shape)
                 })
                 .collect();
             timings.fit_seconds = start.elapsed().as_secs_f64();
@@ -186,7 +190,10 @@ pub fn fit_splats_timed(
         }
         _ => {
             let start = Instant::now();
-            let splats = patches.par_iter().map(singles).collect();
+            let splats = patches
+                .par_iter()
+                .map(|p| fit_union(std::iter::once(p), inward, shape))
+                .collect();
             timings.fit_seconds = start.elapsed().as_secs_f64();
             splats
         }
@@ -199,63 +206,57 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
     let duals = asset.dual_vertices();
     let n = duals.len();
     let voxel = f64::from(asset.voxel_size());
-    // Outward area-weighted normals and owned areas of the dual vertices in the mesh.
     let mesh = asset.mesh();
-    let mut normal_sum = vec![[0.0f64; 3]; n];
-    let mut area = vec![0.0f64; n];
-    for f in faces_wound_outward(mesh) {
-        let [a, b, c] = f.map(|v| mesh.vertices[v as usize].map(f64::from));
-        let twice = cross(sub(b, a), sub(c, a));
-        let third = 0.5 * dot(twice, twice).sqrt() / 3.0;
-        for v in f {
-            let v = v as usize;
-            if v < n {
-                normal_sum[v] = add(normal_sum[v], twice);
-                area[v] += third;
-            }
-        }
-    }
-    let frames = voxel_surface_frames(asset);
     let coords = asset.voxel_coords();
-    (0..n)
-        .into_par_iter()
-        .map(|row| {
+    let centroid = dual_centroid(duals);
+    // Re-winding the mesh (for the outward normals and owned areas of the dual vertices) scales
+    // less well over many threads than the voxels' own plane fits, which do not need it: the
+    // two run side by side. A patch's shape does not depend on its normal's sign, so the fits
+    // can use the plane's normal before the mesh decides which way it faces.
+    let ((normal_sum, area), fits) = rayon::join(
+        || vertex_normals_and_areas(&mesh.vertices, &faces_wound_outward(mesh), n),
+        || {
+            (0..n)
+                .into_par_iter()
+                .map(|row| {
+                    let around = neighbourhood(asset, coords[row]);
+                    let fit = neighbourhood_frame(duals, &around, row, centroid)?.normal;
+                    let spread = tangent_spread(duals, &around, row, fit);
+                    let (tangent, ratio) = plane_axes(spread, fit, shape.max_anisotropy);
+                    Some((fit, tangent, ratio))
+                })
+                .collect::<Vec<_>>()
+        },
+    );
+    fits.into_par_iter()
+        .enumerate()
+        .map(|(row, fit)| {
             let p = duals[row].map(f64::from);
             let attrs = asset.voxel_attrs()[row];
             let rgb = [0, 1, 2].map(|k| f64::from(attrs[k]));
             let alpha = f64::from(attrs[ALPHA]);
-            // The plane fitted to the neighbourhood (smoother than the few triangles at one
-            // vertex, which follow the grid's terraces), on the side the mesh faces.
-            let mesh_normal = normalized(normal_sum[row]);
-            let normal = match (frames[row].map(|f| f.normal), mesh_normal) {
-                (Some(fit), Some(m)) if dot(fit, m) < 0.0 => Some(scale(fit, -1.0)),
-                (Some(fit), _) => Some(fit),
-                (None, m) => m,
-            };
-            let c = coords[row];
-            let neighbours: Vec<usize> = (0..27)
-                .filter_map(|k| {
-                    let d = [k % 3 - 1, k / 3 % 3 - 1, k / 9 - 1];
-                    asset.voxel_at([c[0] + d[0], c[1] + d[1], c[2] + d[2]])
-                })
-                .collect();
             // A vertex in no face owns no mesh area; it stands for one voxel face's worth.
             let a = if area[row] > 0.0 {
                 area[row]
             } else {
                 voxel * voxel
             };
-            let moment = match normal {
-                Some(nrm) => {
-                    let mut spread = [[0.0f64; 3]; 3];
-                    for &r in &neighbours {
-                        let d = sub(duals[r].map(f64::from), p);
-                        let d = sub(d, scale(nrm, dot(d, nrm)));
-                        add_outer(&mut spread, d, 1.0);
-                    }
-                    plane_moment(spread, nrm, a, shape.max_anisotropy)
+            // The plane fitted to the neighbourhood (smoother than the few triangles at one
+            // vertex, which follow the grid's terraces), on the side the mesh faces.
+            let mesh_normal = normalized(normal_sum[row]);
+            let (normal, moment) = match (fit, mesh_normal) {
+                (Some((fit, tangent, ratio)), m) => {
+                    let flip = m.is_some_and(|m| dot(fit, m) < 0.0);
+                    let normal = if flip { scale(fit, -1.0) } else { fit };
+                    (Some(normal), uniform_moment(fit, tangent, ratio, a))
                 }
-                None => identity_scaled(a / 12.0),
+                (None, Some(m)) => {
+                    let around = neighbourhood(asset, coords[row]);
+                    let spread = tangent_spread(duals, &around, row, m);
+                    let (tangent, ratio) = plane_axes(spread, m, shape.max_anisotropy);
+                    (Some(m), uniform_moment(m, tangent, ratio, a))
+                }
+                (None, None) => (None, identity_scaled(a / 12.0)),
             };
             Patch {
                 centre: p,
@@ -268,6 +269,88 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
             }
         })
         .collect()
+}
+
+/// The second moment of the offsets from voxel `row`'s dual vertex to its neighbours' (`around`,
+/// a [`neighbourhood`]), projected on the plane across the unit `normal`.
+fn tangent_spread(
+    duals: &[[f32; 3]],
+    around: &[u32; 27],
+    row: usize,
+    normal: [f64; 3],
+) -> [[f64; 3]; 3] {
+    let p = duals[row].map(f64::from);
+    let mut spread = [[0.0f64; 3]; 3];
+    // The neighbours with x varying fastest (the order the sums were tuned in).
+    for k in 0..27 {
+        let r = around[9 * (k % 3) + 3 * (k / 3 % 3) + k / 9];
+        if r == NO_VOXEL {
+            continue;
+        }
+        let d = sub(duals[r as usize].map(f64::from), p);
+        let d = sub(d, scale(normal, dot(d, normal)));
+        add_outer(&mut spread, d, 1.0);
+    }
+    spread
+}
+
+/// For each of the first `n` vertices, the sum of its faces' doubled area vectors (the cross
+/// product of two edges, as wound) and a third of their areas, each added in face order (so
+/// the sums are the same bits as one pass over the faces, for any thread count): the faces of
+/// every vertex listed first (counted, then placed), then every vertex summed on its own.
+fn vertex_normals_and_areas(
+    vertices: &[[f32; 3]],
+    faces: &[[u32; 3]],
+    n: usize,
+) -> (Vec<[f64; 3]>, Vec<f64>) {
+    let counts: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+    faces.par_iter().for_each(|f| {
+        for &v in f.iter().filter(|&&v| (v as usize) < n) {
+            counts[v as usize].fetch_add(1, Relaxed);
+        }
+    });
+    let mut starts = Vec::with_capacity(n + 1);
+    let mut total = 0usize;
+    starts.push(0);
+    for c in &counts {
+        total += c.swap(0, Relaxed) as usize;
+        starts.push(total);
+    }
+    let slots: Vec<AtomicU32> = (0..total).map(|_| AtomicU32::new(0)).collect();
+    faces.par_iter().enumerate().for_each(|(i, f)| {
+        for &v in f.iter().filter(|&&v| (v as usize) < n) {
+            let at = starts[v as usize] + counts[v as usize].fetch_add(1, Relaxed) as usize;
+            slots[at].store(i as u32, Relaxed);
+        }
+    });
+    drop(counts);
+    let by_vertex: Vec<u32> = slots.into_iter().map(AtomicU32::into_inner).collect();
+    (0..n)
+        .into_par_iter()
+        .map(|v| {
+            // The faces were placed in whatever order the threads reached them: sort them.
+            let placed = &by_vertex[starts[v]..starts[v + 1]];
+            let mut short = [0u32; 32];
+            let mut long = Vec::new();
+            let list = if placed.len() <= short.len() {
+                short[..placed.len()].copy_from_slice(placed);
+                &mut short[..placed.len()]
+            } else {
+                long.extend_from_slice(placed);
+                &mut long[..]
+            };
+            list.sort_unstable();
+            let mut normal = [0.0f64; 3];
+            let mut area = 0.0f64;
+            for &i in list.iter() {
+                let [a, b, c] = faces[i as usize].map(|v| vertices[v as usize].map(f64::from));
+                let twice = cross(sub(b, a), sub(c, a));
+                normal = add(normal, twice);
+                area += 0.5 * dot(twice, twice).sqrt() / 3.0;
+            }
+            (normal, area)
+        })
+        .unzip()
 }
 
 /// Sets every patch's `inward_limit`: marching inward along its normal in half-voxel steps, up
@@ -284,10 +367,16 @@ fn limit_inward_moves(asset: &Asset, patches: &mut [Patch], inward: f64) {
             let Some(n) = p.normal else {
                 return 0.0;
             };
+            let mut last = [i32::MIN; 3];
             for k in 1..=steps {
                 let t = k as f64 * 0.5 * voxel;
                 let q = sub(p.centre, scale(n, t));
                 let coord = q.map(|v| ((v - origin) / voxel).floor() as i32);
+                // Half-voxel steps land in most voxels twice; the second look finds nothing new.
+                if coord == last {
+                    continue;
+                }
+                last = coord;
                 if let Some(r) = asset.voxel_at(coord) {
                     if patches[r].normal.is_some_and(|m| dot(m, n) < 0.0) {
                         return THIN_WALL_FRACTION * t;
@@ -302,25 +391,27 @@ fn limit_inward_moves(asset: &Asset, patches: &mut [Patch], inward: f64) {
     }
 }
 
-/// The second moment of a uniform patch of area `area` in the plane across `normal`, elongated
-/// like `spread` (the neighbours' offsets in that plane), at most `max_anisotropy` in standard
-/// deviation: principal variances `λ₁ λ₂` with `λ₁·λ₂ = (area/12)²` (a square's).
-fn plane_moment(
-    spread: [[f64; 3]; 3],
-    normal: [f64; 3],
-    area: f64,
-    max_anisotropy: f64,
-) -> [[f64; 3]; 3] {
-    let square = area / 12.0;
+/// The axes of a uniform patch in the plane across `normal`, elongated like `spread` (the
+/// neighbours' offsets in that plane), at most `max_anisotropy` in standard deviation: its long
+/// axis and the ratio of its two standard deviations. Turning `normal` around gives the same
+/// axes up to sign, so the same [`uniform_moment`].
+fn plane_axes(spread: [[f64; 3]; 3], normal: [f64; 3], max_anisotropy: f64) -> ([f64; 3], f64) {
     let e = sym_eigen3(spread);
     let along = sub(e.vectors[2], scale(normal, dot(e.vectors[2], normal)));
-    let (tangent, ratio) = match normalized(along) {
+    match normalized(along) {
         Some(t) if e.values[2] > 0.0 => {
             let r = (e.values[2] / e.values[1].max(1e-300)).sqrt();
             (t, r.clamp(1.0, max_anisotropy))
         }
         _ => (any_perpendicular(normal), 1.0),
-    };
+    }
+}
+
+/// The second moment of a uniform patch of area `area` along `tangent` ([`plane_axes`]) and
+/// across it in the plane across `normal`: principal variances `λ₁ λ₂` with `λ₁ / λ₂ = ratio²`
+/// and `λ₁·λ₂ = (area/12)²` (a square's).
+fn uniform_moment(normal: [f64; 3], tangent: [f64; 3], ratio: f64, area: f64) -> [[f64; 3]; 3] {
+    let square = area / 12.0;
     let bitangent = cross(normal, tangent);
     let mut m = [[0.0f64; 3]; 3];
     add_outer(&mut m, tangent, square * ratio);
@@ -330,23 +421,27 @@ fn plane_moment(
 
 /// The Gaussian standing for the union of `patches` (one or more), its centre `inward` (world
 /// units) inside the surface.
-fn fit_union(patches: &[Patch], inward: f64, shape: &SplatShape) -> FittedSplat {
-    let total: f64 = patches.iter().map(|p| p.area).sum();
+fn fit_union<'a>(
+    patches: impl Iterator<Item = &'a Patch> + Clone,
+    inward: f64,
+    shape: &SplatShape,
+) -> FittedSplat {
+    let total: f64 = patches.clone().map(|p| p.area).sum();
     let w = |p: &Patch| p.area / total;
     let centre = patches
-        .iter()
+        .clone()
         .fold([0.0; 3], |acc, p| add(acc, scale(p.centre, w(p))));
     let rgb = patches
-        .iter()
+        .clone()
         .fold([0.0; 3], |acc, p| add(acc, scale(p.rgb, w(p))));
-    let alpha: f64 = patches.iter().map(|p| w(p) * p.alpha).sum();
+    let alpha: f64 = patches.clone().map(|p| w(p) * p.alpha).sum();
     let limit = patches
-        .iter()
+        .clone()
         .map(|p| p.inward_limit)
         .fold(f64::INFINITY, f64::min);
     // Moment matching: the union's second moment about its centre.
     let mut moment = [[0.0f64; 3]; 3];
-    for p in patches {
+    for p in patches.clone() {
         for (i, row) in moment.iter_mut().enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
                 *v += w(p) * p.moment[i][j];
@@ -356,7 +451,6 @@ fn fit_union(patches: &[Patch], inward: f64, shape: &SplatShape) -> FittedSplat 
     }
     let normal = normalized(
         patches
-            .iter()
             .filter_map(|p| p.normal.map(|n| scale(n, p.area)))
             .fold([0.0; 3], add),
     );
@@ -415,27 +509,83 @@ const PLANE_WEIGHT: f64 = 0.05;
 const NORMAL_WEIGHT: f64 = 0.5;
 const SIZE_WEIGHT: f64 = 1e-4;
 
-/// An octree cell: `level` (0 = a voxel), its key (voxel coordinates shifted right by
-/// `level`) and its members (voxel rows).
-struct Cell {
+/// One level of the octree (`level` ≥ 1): the voxel rows grouped by their coordinates shifted
+/// right by `level` (a cell's key), the cells in Morton order of their keys, each cell's rows
+/// ascending (the order every sum over a cell takes).
+struct Level {
     level: u32,
-    key: [i32; 3],
-    members: Vec<u32>,
-    error: f64,
+    /// Every voxel row, cell after cell.
+    rows: Vec<u32>,
+    /// Cell `i` is `rows[starts[i]..starts[i + 1]]`.
+    starts: Vec<u32>,
+    /// The Morton code of each cell's key.
+    codes: Vec<u64>,
+    /// How badly one splat would stand for each cell ([`cell_error`]).
+    errors: Vec<f64>,
+    /// Above level 1: cell `i`'s children are cells `children[i]..children[i + 1]` of the level
+    /// below (whose Morton codes, shifted right by 3, are this cell's).
+    children: Vec<u32>,
 }
 
-impl PartialEq for Cell {
+impl Level {
+    /// The cells of `level`, by one parallel sort of (Morton code, row) pairs: distinct pairs,
+    /// so the same order for any thread count.
+    fn build(coords: &[[i32; 3]], level: u32) -> Self {
+        let mut keyed: Vec<(u64, u32)> = coords
+            .par_iter()
+            .enumerate()
+            .map(|(row, c)| (morton(c.map(|v| v >> level)), row as u32))
+            .collect();
+        keyed.par_sort_unstable();
+        let mut starts: Vec<u32> = (0..keyed.len())
+            .into_par_iter()
+            .filter(|&i| i == 0 || keyed[i].0 != keyed[i - 1].0)
+            .map(|i| i as u32)
+            .collect();
+        let codes = starts.par_iter().map(|&s| keyed[s as usize].0).collect();
+        starts.push(keyed.len() as u32);
+        Self {
+            level,
+            rows: keyed.into_par_iter().map(|(_, row)| row).collect(),
+            starts,
+            codes,
+            errors: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    fn cell(&self, i: usize) -> &[u32] {
+        &self.rows[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+}
+
+/// A cell in the merge's queue.
+#[derive(Clone, Copy)]
+struct Queued {
+    error: f64,
+    level: u32,
+    /// The cell's key packed as `x << 42 | y << 21 | z` (ordered as `[x, y, z]`).
+    key: u64,
+    /// The cell's index in its level.
+    index: u32,
+}
+
+impl PartialEq for Queued {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
-impl Eq for Cell {}
-impl PartialOrd for Cell {
+impl Eq for Queued {}
+impl PartialOrd for Queued {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Cell {
+impl Ord for Queued {
     /// Largest error first; ties by level, then key (a total order: the merge is deterministic).
     fn cmp(&self, other: &Self) -> Ordering {
         self.error
@@ -445,62 +595,136 @@ impl Ord for Cell {
     }
 }
 
+/// The merge's groups of voxel rows: octree cells, each `(level, index)` in [`Merged::levels`]
+/// (level 0, one voxel: its position in level 1's rows).
+struct Merged {
+    levels: Vec<Level>,
+    cells: Vec<(u32, u32)>,
+    /// Wall time of the serial queue.
+    queue_seconds: f64,
+}
+
+impl Merged {
+    /// The voxel rows of one of `cells`, ascending.
+    fn members(&self, (level, index): (u32, u32)) -> &[u32] {
+        match level {
+            0 => std::slice::from_ref(&self.levels[0].rows[index as usize]),
+            _ => self.levels[level as usize - 1].cell(index as usize),
+        }
+    }
+}
+
 /// Groups of voxel rows, at most `budget` of them: octree cells, the finest level with at most
 /// `budget` cells first, then the cells that fit their voxels worst split (into their occupied
-/// children) for as long as the budget allows.
-fn merge_to_budget(asset: &Asset, patches: &[Patch], budget: usize, voxel: f64) -> Vec<Vec<u32>> {
-    let coords = asset.voxel_coords();
+/// children) for as long as the budget allows; in octree order.
+///
+/// Every cell's error on the levels in between is computed up front, in parallel; what is left
+/// serial is the queue of small entries, which picks the same cells as splitting one cell at a
+/// time and grouping its children then.
+/// `coords` are the voxels' (distinct, non-negative, below 2²⁰), `patches` their patches.
+fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel: f64) -> Merged {
     // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
-    let mut level = 1;
-    let mut cells = group_all(coords, level);
-    while cells.len() > budget {
-        level += 1;
-        cells = group_all(coords, level);
+    let mut levels = vec![Level::build(coords, 1)];
+    while levels[levels.len() - 1].len() > budget {
+        levels.push(Level::build(coords, levels.len() as u32 + 1));
     }
-    let mut count = cells.len();
-    let mut heap = BinaryHeap::new();
-    let mut done: Vec<Cell> = Vec::new();
-    let make = |level: u32, key: [i32; 3], members: Vec<u32>| {
-        let error = if level == 0 {
-            0.0
-        } else {
-            cell_error(patches, &members, voxel)
-        };
-        Cell {
+    for l in &mut levels {
+        l.errors = (0..l.len())
+            .into_par_iter()
+            .map(|i| cell_error(patches, l.cell(i), voxel))
+            .collect();
+    }
+    for k in 1..levels.len() {
+        let (fine, coarse) = (&levels[k - 1], &levels[k]);
+        let children = (0..=coarse.len())
+            .into_par_iter()
+            .map(|i| match coarse.codes.get(i) {
+                Some(&code) => fine.codes.partition_point(|&c| c >> 3 < code) as u32,
+                None => fine.len() as u32,
+            })
+            .collect();
+        levels[k].children = children;
+    }
+    let queued = |level: u32, index: usize| {
+        let l = &levels[level as usize - 1];
+        let c = coords[l.rows[l.starts[index] as usize] as usize];
+        let k = c.map(|v| u64::from((v >> level) as u32));
+        Queued {
+            error: l.errors[index],
             level,
-            key,
-            members,
-            error,
+            key: k[0] << 42 | k[1] << 21 | k[2],
+            index: index as u32,
         }
     };
-    // The first cells' errors in parallel (most of the merge's work); the heap's order does
-    // not depend on the order of pushes, so the result is the same for any thread count.
-    let first: Vec<Cell> = cells
+    let top = &levels[levels.len() - 1];
+    let mut count = top.len();
+    let first: Vec<Queued> = (0..count)
         .into_par_iter()
-        .map(|(key, members)| make(level, key, members))
+        .map(|i| queued(top.level, i))
         .collect();
-    heap.extend(first);
-    while let Some(cell) = heap.pop() {
-        if cell.level == 0 {
-            done.push(cell);
+    let queue_start = Instant::now();
+    let mut heap = BinaryHeap::from(first);
+    let mut done: Vec<(u32, u32)> = Vec::new();
+    while count < budget {
+        let Some(cell) = heap.pop() else {
+            break;
+        };
+        let l = &levels[cell.level as usize - 1];
+        let i = cell.index as usize;
+        let (first, last) = if cell.level == 1 {
+            (l.starts[i], l.starts[i + 1])
+        } else {
+            (l.children[i], l.children[i + 1])
+        };
+        let children = (last - first) as usize;
+        if count - 1 + children > budget {
+            done.push((cell.level, cell.index));
             continue;
         }
-        let children = group(coords, &cell.members, cell.level - 1);
-        if count - 1 + children.len() > budget {
-            done.push(cell);
-            continue;
-        }
-        count += children.len() - 1;
-        for (key, members) in children {
-            heap.push(make(cell.level - 1, key, members));
+        count += children - 1;
+        if cell.level == 1 {
+            // Single voxels: nothing to split, so final (with error 0 they would leave the
+            // queue last and change nothing on the way).
+            done.extend((first..last).map(|p| (0, p)));
+        } else {
+            heap.extend((first..last).map(|j| queued(cell.level - 1, j as usize)));
         }
     }
+    // At the budget (most of the queue is still waiting there) no cell with two or more
+    // children can split any more, and one with a single child would become that child, the
+    // count unchanged: each waiting cell goes down its single-child chain, in parallel.
+    let chain_end = |cell: Queued| {
+        let (mut level, mut index) = (cell.level, cell.index as usize);
+        loop {
+            let l = &levels[level as usize - 1];
+            let (first, last) = if level == 1 {
+                (l.starts[index], l.starts[index + 1])
+            } else {
+                (l.children[index], l.children[index + 1])
+            };
+            match (last - first, level) {
+                (1, 1) => return (0, first),
+                (1, _) => (level, index) = (level - 1, first as usize),
+                _ => return (level, index as u32),
+            }
+        }
+    };
+    let queue_seconds = queue_start.elapsed().as_secs_f64();
+    done.par_extend(heap.into_vec().into_par_iter().map(chain_end));
     // Octree order (depth first, children in Morton order): by the Morton code of each cell's
     // lowest corner, distinct since cells do not overlap. Neighbouring splats of both levels
     // then lie close in space, which SPZ's gzip turns into shorter colour and rotation codes
     // than the voxel order of each cell's first voxel (docs/OUTPUTS.md).
-    done.sort_by_key(|c| morton(c.key.map(|k| k << c.level)));
-    done.into_iter().map(|c| c.members).collect()
+    let corner = |&(level, index): &(u32, u32)| match level {
+        0 => morton(coords[levels[0].rows[index as usize] as usize]),
+        _ => levels[level as usize - 1].codes[index as usize] << (3 * level),
+    };
+    done.par_sort_unstable_by_key(corner);
+    Merged {
+        levels,
+        cells: done,
+        queue_seconds,
+    }
 }
 
 /// The Morton code (bits interleaved x, y, z from the lowest) of non-negative voxel
@@ -515,34 +739,6 @@ fn morton(c: [i32; 3]) -> u64 {
         (x | x << 2) & 0x1249_2492_4924_9249
     };
     spread(c[0]) | spread(c[1]) << 1 | spread(c[2]) << 2
-}
-
-/// Every voxel row grouped by its coordinates shifted right by `level`, in key order, each
-/// group's rows ascending: [`group`] of all rows, by a parallel sort (the same result for any
-/// thread count, since (key, row) pairs are distinct).
-fn group_all(coords: &[[i32; 3]], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
-    let mut keyed: Vec<([i32; 3], u32)> = coords
-        .par_iter()
-        .enumerate()
-        .map(|(row, c)| (c.map(|v| v >> level), row as u32))
-        .collect();
-    keyed.par_sort_unstable();
-    keyed
-        .chunk_by(|a, b| a.0 == b.0)
-        .map(|run| (run[0].0, run.iter().map(|&(_, row)| row).collect()))
-        .collect()
-}
-
-/// `rows` grouped by voxel coordinates shifted right by `level`, in key order; each group's
-/// rows stay in the order given.
-fn group(coords: &[[i32; 3]], rows: &[u32], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
-    let mut map: BTreeMap<[i32; 3], Vec<u32>> = BTreeMap::new();
-    for &r in rows {
-        map.entry(coords[r as usize].map(|c| c >> level))
-            .or_default()
-            .push(r);
-    }
-    map.into_iter().collect()
 }
 
 /// How badly one splat would stand for the voxels `members` (see the weights above).
@@ -619,4 +815,217 @@ fn any_perpendicular(n: [f64; 3]) -> [f64; 3] {
         [0.0, 1.0, 0.0]
     };
     normalized(cross(n, helper)).unwrap_or([1.0, 0.0, 0.0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+    use std::collections::{BTreeMap, BinaryHeap};
+
+    // The merge as first written, one cell split at a time, its children grouped then: the
+    // reference the queue over precomputed levels must agree with, cell for cell.
+    /// An octree cell: `level` (0 = a voxel), its key (voxel coordinates shifted right by
+    /// `level`) and its members (voxel rows).
+    struct Cell {
+        level: u32,
+        key: [i32; 3],
+        members: Vec<u32>,
+        error: f64,
+    }
+
+    impl PartialEq for Cell {
+        fn eq(&self, other: &Self) -> bool {
+            self.cmp(other) == Ordering::Equal
+        }
+    }
+    impl Eq for Cell {}
+    impl PartialOrd for Cell {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Cell {
+        /// Largest error first; ties by level, then key (a total order: the merge is deterministic).
+        fn cmp(&self, other: &Self) -> Ordering {
+            self.error
+                .total_cmp(&other.error)
+                .then(self.level.cmp(&other.level))
+                .then(other.key.cmp(&self.key))
+        }
+    }
+
+    /// Groups of voxel rows, at most `budget` of them: octree cells, the finest level with at most
+    /// `budget` cells first, then the cells that fit their voxels worst split (into their occupied
+    /// children) for as long as the budget allows.
+    fn merge_to_budget(
+        coords: &[[i32; 3]],
+        patches: &[Patch],
+        budget: usize,
+        voxel: f64,
+    ) -> Vec<Vec<u32>> {
+        // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
+        let mut level = 1;
+        let mut cells = group_all(coords, level);
+        while cells.len() > budget {
+            level += 1;
+            cells = group_all(coords, level);
+        }
+        let mut count = cells.len();
+        let mut heap = BinaryHeap::new();
+        let mut done: Vec<Cell> = Vec::new();
+        let make = |level: u32, key: [i32; 3], members: Vec<u32>| {
+            let error = if level == 0 {
+                0.0
+            } else {
+                cell_error(patches, &members, voxel)
+            };
+            Cell {
+                level,
+                key,
+                members,
+                error,
+            }
+        };
+        // The first cells' errors in parallel (most of the merge's work); the heap's order does
+        // not depend on the order of pushes, so the result is the same for any thread count.
+        let first: Vec<Cell> = cells
+            .into_par_iter()
+            .map(|(key, members)| make(level, key, members))
+            .collect();
+        heap.extend(first);
+        while let Some(cell) = heap.pop() {
+            if cell.level == 0 {
+                done.push(cell);
+                continue;
+            }
+            let children = group(coords, &cell.members, cell.level - 1);
+            if count - 1 + children.len() > budget {
+                done.push(cell);
+                continue;
+            }
+            count += children.len() - 1;
+            for (key, members) in children {
+                heap.push(make(cell.level - 1, key, members));
+            }
+        }
+        // Octree order (depth first, children in Morton order): by the Morton code of each cell's
+        // lowest corner, distinct since cells do not overlap. Neighbouring splats of both levels
+        // then lie close in space, which SPZ's gzip turns into shorter colour and rotation codes
+        // than the voxel order of each cell's first voxel (docs/OUTPUTS.md).
+        done.sort_by_key(|c| morton(c.key.map(|k| k << c.level)));
+        done.into_iter().map(|c| c.members).collect()
+    }
+
+    /// Every voxel row grouped by its coordinates shifted right by `level`, in key order, each
+    /// group's rows ascending: [`group`] of all rows, by a parallel sort (the same result for any
+    /// thread count, since (key, row) pairs are distinct).
+    fn group_all(coords: &[[i32; 3]], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
+        let mut keyed: Vec<([i32; 3], u32)> = coords
+            .par_iter()
+            .enumerate()
+            .map(|(row, c)| (c.map(|v| v >> level), row as u32))
+            .collect();
+        keyed.par_sort_unstable();
+        keyed
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| (run[0].0, run.iter().map(|&(_, row)| row).collect()))
+            .collect()
+    }
+
+    /// `rows` grouped by voxel coordinates shifted right by `level`, in key order; each group's
+    /// rows stay in the order given.
+    fn group(coords: &[[i32; 3]], rows: &[u32], level: u32) -> Vec<([i32; 3], Vec<u32>)> {
+        let mut map: BTreeMap<[i32; 3], Vec<u32>> = BTreeMap::new();
+        for &r in rows {
+            map.entry(coords[r as usize].map(|c| c >> level))
+                .or_default()
+                .push(r);
+        }
+        map.into_iter().collect()
+    }
+
+    /// A splitmix64 stream for the synthetic patches.
+    struct Mix(u64);
+    impl Mix {
+        fn next(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn merge_picks_the_cells_one_split_at_a_time_would() {
+        // A sphere shell on a 48³ grid, with patches of varied area, normal and colour
+        // (some without a normal, some colours in flat runs so that errors tie).
+        let mut coords = Vec::new();
+        for x in 0..48i32 {
+            for y in 0..48i32 {
+                for z in 0..48i32 {
+                    let r = (((x - 23) * (x - 23) + (y - 24) * (y - 24) + (z - 22) * (z - 22))
+                        as f64)
+                        .sqrt();
+                    if (18.0..19.8).contains(&r) {
+                        coords.push([x, y, z]);
+                    }
+                }
+            }
+        }
+        // A power of two, so that the flat part's sums are exact and equal cells tie.
+        let voxel = 1.0 / 64.0;
+        let mut mix = Mix(7);
+        let patches: Vec<Patch> = coords
+            .iter()
+            .map(|c| {
+                // The flat part: voxel centres, one normal, one colour, one area.
+                if c[0] < 20 {
+                    return Patch {
+                        centre: c.map(|v| (f64::from(v) + 0.5) * voxel),
+                        normal: Some([0.0, 0.0, 1.0]),
+                        area: voxel * voxel,
+                        moment: identity_scaled(voxel * voxel / 12.0),
+                        rgb: [0.5, 0.25, 0.75],
+                        alpha: 1.0,
+                        inward_limit: f64::INFINITY,
+                    };
+                }
+                let centre = c.map(|v| (f64::from(v) + mix.next()) * voxel);
+                let outward = sub(centre, [0.375; 3]);
+                let normal = (mix.next() > 0.05)
+                    .then(|| normalized(add(outward, [0.3 * mix.next(), 0.0, 0.1])).unwrap());
+                Patch {
+                    centre,
+                    normal,
+                    area: (0.2 + mix.next()) * voxel * voxel,
+                    moment: identity_scaled(voxel * voxel / 12.0),
+                    rgb: [mix.next(), mix.next(), mix.next()],
+                    alpha: 1.0,
+                    inward_limit: f64::INFINITY,
+                }
+            })
+            .collect();
+        let n = coords.len();
+        assert!(n > 5000, "{n} voxels");
+        let budgets = (n / 20..n).step_by(23).chain([n - 1, n / 100, 7, 1]);
+        for budget in budgets {
+            let want = merge_to_budget(&coords, &patches, budget, voxel);
+            let merged = super::merge_to_budget(&coords, &patches, budget, voxel);
+            let got: Vec<Vec<u32>> = merged
+                .cells
+                .iter()
+                .map(|&c| merged.members(c).to_vec())
+                .collect();
+            assert!(got.len() <= budget, "budget {budget}: {} cells", got.len());
+            // Only tiny budgets may be far from full (the top cells split into up to 8).
+            assert!(
+                budget < 100 || got.len() > budget / 2,
+                "budget {budget}: {} cells",
+                got.len()
+            );
+            assert_eq!(got, want, "budget {budget}");
+        }
+    }
 }

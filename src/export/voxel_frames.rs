@@ -30,36 +30,59 @@ pub struct SurfaceFrame {
 /// (an isolated voxel or a one-voxel-thick line).
 pub fn voxel_surface_frames(asset: &Asset) -> Vec<Option<SurfaceFrame>> {
     let duals = asset.dual_vertices();
+    let centroid = dual_centroid(duals);
+    asset
+        .voxel_coords()
+        .par_iter()
+        .enumerate()
+        .map(|(row, &c)| neighbourhood_frame(duals, &neighbourhood(asset, c), row, centroid))
+        .collect()
+}
+
+/// No voxel there, in a [`neighbourhood`].
+pub(crate) const NO_VOXEL: u32 = u32::MAX;
+
+/// The rows of the voxel at `c` and its 26 neighbours ([`NO_VOXEL`] where there is none),
+/// entry `9·(dx + 1) + 3·(dy + 1) + (dz + 1)` for the offset `(dx, dy, dz)`: looked up once
+/// and shared by the frame and the splat fit's patch shape.
+pub(crate) fn neighbourhood(asset: &Asset, c: [i32; 3]) -> [u32; 27] {
+    std::array::from_fn(|k| {
+        let d = [k as i32 / 9 - 1, k as i32 / 3 % 3 - 1, k as i32 % 3 - 1];
+        asset
+            .voxel_at([c[0] + d[0], c[1] + d[1], c[2] + d[2]])
+            .map_or(NO_VOXEL, |r| r as u32)
+    })
+}
+
+/// The mean of all dual vertices (the tie-break for the normals' sign), summed in voxel order.
+pub(crate) fn dual_centroid(duals: &[[f32; 3]]) -> [f64; 3] {
     let n = duals.len() as f64;
-    let centroid = duals.iter().fold([0.0f64; 3], |acc, p| {
+    duals.iter().fold([0.0f64; 3], |acc, p| {
         [
             acc[0] + f64::from(p[0]) / n,
             acc[1] + f64::from(p[1]) / n,
             acc[2] + f64::from(p[2]) / n,
         ]
-    });
-    asset
-        .voxel_coords()
-        .par_iter()
-        .enumerate()
-        .map(|(row, &c)| {
-            let mut points = [[0.0f64; 3]; 27];
-            let mut count = 0;
-            for dx in -1..=1 {
-                for dy in -1..=1 {
-                    for dz in -1..=1 {
-                        if let Some(r) = asset.voxel_at([c[0] + dx, c[1] + dy, c[2] + dz]) {
-                            points[count] = duals[r].map(f64::from);
-                            count += 1;
-                        }
-                    }
-                }
-            }
-            let p = duals[row].map(f64::from);
-            let outward = [p[0] - centroid[0], p[1] - centroid[1], p[2] - centroid[2]];
-            plane_frame(&points[..count], outward)
-        })
-        .collect()
+    })
+}
+
+/// The frame of voxel `row` from its [`neighbourhood`] `rows`, its normal pointing away from
+/// `centroid`.
+pub(crate) fn neighbourhood_frame(
+    duals: &[[f32; 3]],
+    rows: &[u32; 27],
+    row: usize,
+    centroid: [f64; 3],
+) -> Option<SurfaceFrame> {
+    let mut points = [[0.0f64; 3]; 27];
+    let mut count = 0;
+    for &r in rows.iter().filter(|&&r| r != NO_VOXEL) {
+        points[count] = duals[r as usize].map(f64::from);
+        count += 1;
+    }
+    let p = duals[row].map(f64::from);
+    let outward = [p[0] - centroid[0], p[1] - centroid[1], p[2] - centroid[2]];
+    plane_frame(&points[..count], outward)
 }
 
 /// Frame of the plane through `points` (PCA), normal on the side of `outward`.
