@@ -878,18 +878,65 @@ fn save(
         g.resolution,
     )?;
     lap("asset");
-    // The formats are independent: written concurrently, each timed on its own.
-    let written: Vec<Result<Written>> = args
-        .format
-        .par_iter()
-        .zip(outputs)
-        .map(|(&format, path)| {
+    // The formats are independent: written concurrently, each timed on its own. The mesh
+    // formats share the faces wound outward and the colours at the vertices, computed once
+    // ("mesh-prepare") beside the splat formats, which need neither.
+    let is_mesh = |f: &Format| matches!(f, Format::MeshPly | Format::Glb);
+    let write = |(&format, path): (&Format, &PathBuf)| -> Result<Written> {
+        let start = Instant::now();
+        let mut w = write_format(args, format, path, &asset, up)?;
+        w.seconds = start.elapsed().as_secs_f64();
+        Ok(w)
+    };
+    let pick = |mesh: bool| -> Vec<(usize, (&Format, &PathBuf))> {
+        args.format
+            .iter()
+            .zip(outputs)
+            .enumerate()
+            .filter(|(_, (f, _))| is_mesh(f) == mesh)
+            .collect()
+    };
+    let (mesh_formats, other_formats) = (pick(true), pick(false));
+    let run = |formats: Vec<(usize, (&Format, &PathBuf))>| -> Vec<(usize, Result<Written>)> {
+        formats
+            .into_par_iter()
+            .map(|(i, f)| (i, write(f)))
+            .collect()
+    };
+    let (mesh_written, other_written) = rayon::join(
+        || -> Result<(f64, Vec<(usize, Result<Written>)>)> {
+            if mesh_formats.is_empty() {
+                return Ok((0.0, Vec::new()));
+            }
             let start = Instant::now();
-            let mut w = write_format(args, format, path, &asset, up)?;
-            w.seconds = start.elapsed().as_secs_f64();
-            Ok(w)
-        })
-        .collect();
+            asset.prepare_mesh_outputs()?;
+            let prepare = start.elapsed().as_secs_f64();
+            Ok((prepare, run(mesh_formats)))
+        },
+        || run(other_formats),
+    );
+    let mut written: Vec<(usize, Result<Written>)> = other_written;
+    match mesh_written {
+        Ok((prepare, w)) => {
+            if prepare > 0.0 {
+                seconds.insert("mesh-prepare".to_string(), prepare);
+            }
+            written.extend(w);
+        }
+        Err(e) => {
+            // The mesh formats could not start: each of them fails with that error.
+            let msg = format!("{e:#}");
+            written.extend(
+                args.format
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| is_mesh(f))
+                    .map(|(i, _)| (i, Err(anyhow::anyhow!("{msg}")))),
+            );
+        }
+    }
+    written.sort_by_key(|w| w.0);
+    let written = written.into_iter().map(|w| w.1);
     let mut decimation = None;
     let mut glb = None;
     // The first failure in --format order is the item's error, as when written one by one.
