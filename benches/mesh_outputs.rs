@@ -71,7 +71,7 @@ fn main() {
         )
         .expect("valid")
     });
-    println!("  asset            {s:>7.3} s  (with the copies generate makes)");
+    println!("  asset            {s:>7.3} s  (from copies of the rows; generate moves its own in)");
 
     let (s, _) = best_s(reps, || faces_wound_outward(asset.mesh()));
     println!("  orient faces     {s:>7.3} s");

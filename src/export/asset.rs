@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, ensure, Context, Result};
-use rayon::prelude::*;
 
 use super::face_orientation::faces_wound_outward;
 use crate::mesh::dual_grid::voxel_size;
@@ -79,51 +78,31 @@ impl Asset {
             dual_vertices.len()
         );
         ensure!(resolution > 0, "export: grid resolution must be positive");
-        // The index (serial hash inserts) is built while the rows are checked in parallel;
-        // errors are still reported in this order, each at its first row.
-        let non_finite = |v: &[f32]| v.iter().any(|x| !x.is_finite());
-        let (index, (bad_attr, (bad_dual, (bad_face, bad_vertex)))) = rayon::join(
-            || VoxelIndex::build(&voxel_coords, resolution),
-            || {
-                rayon::join(
-                    || voxel_attrs.par_iter().position_first(|a| non_finite(a)),
-                    || {
-                        rayon::join(
-                            || dual_vertices.par_iter().position_first(|p| non_finite(p)),
-                            || {
-                                let nv = mesh.vertices.len();
-                                rayon::join(
-                                    || {
-                                        mesh.faces
-                                            .par_iter()
-                                            .position_first(|f| f.iter().any(|&i| i as usize >= nv))
-                                    },
-                                    || mesh.vertices.par_iter().position_first(|p| non_finite(p)),
-                                )
-                            },
-                        )
-                    },
-                )
-            },
-        );
-        let index = index.context("export: voxels")?;
-        if let Some(row) = bad_attr {
+        let index = VoxelIndex::build(&voxel_coords, resolution).context("export: voxels")?;
+        if let Some(row) = voxel_attrs
+            .iter()
+            .position(|a| a.iter().any(|v| !v.is_finite()))
+        {
             bail!(
                 "export: voxel {row} has a non-finite attribute {:?}",
                 voxel_attrs[row]
             );
         }
-        if let Some(row) = bad_dual {
+        if let Some(row) = dual_vertices
+            .iter()
+            .position(|p| p.iter().any(|v| !v.is_finite()))
+        {
             bail!(
                 "export: dual vertex {row} is not finite: {:?}",
                 dual_vertices[row]
             );
         }
-        if bad_face.is_some() || mesh.vertices.len() > u32::MAX as usize {
-            // The mesh's own check names the first bad face (or the vertex count).
-            mesh.check_indices().context("export: mesh")?;
-        }
-        if let Some(row) = bad_vertex {
+        mesh.check_indices().context("export: mesh")?;
+        if let Some(row) = mesh
+            .vertices
+            .iter()
+            .position(|p| p.iter().any(|v| !v.is_finite()))
+        {
             bail!(
                 "export: mesh vertex {row} is not finite: {:?}",
                 mesh.vertices[row]
