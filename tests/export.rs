@@ -693,3 +693,157 @@ fn textured_glb_holds_uvs_and_two_png_textures_and_is_deterministic() {
     );
     assert_eq!(images[0].format, gltf::image::Format::R8G8B8A8);
 }
+
+/// A sphere shell of radius 40 voxels on a 96³ grid (tens of thousands of triangles: more than
+/// one parallel work item of every writer), coloured by position.
+fn large_sphere() -> Asset {
+    const GRID: u32 = 96;
+    let centre = GRID as f32 / 2.0 + 0.3;
+    let (coords, feats) = sign_field_voxels(4..92, 0, |p| {
+        in_ball(p, [centre, centre - 0.2, centre + 0.1], 40.0)
+    });
+    let mut mesh = decoder_output_to_meshes(&coords, &feats, GRID)
+        .expect("extraction")
+        .remove(0);
+    let duals: Vec<f32> = mesh.vertices.iter().flatten().copied().collect();
+    fill_holes(&mut mesh, trellis2::mesh::DEFAULT_MAX_HOLE_PERIMETER).expect("fill holes");
+    let attrs: Vec<f32> = coords
+        .chunks_exact(4)
+        .flat_map(|c| {
+            let [r, g, b] = [c[1], c[2], c[3]].map(|v| v as f32 / GRID as f32);
+            [r, g * 1.2 - 0.1, b, r * g, 1.0 - b, 0.5 + 0.5 * r]
+        })
+        .collect();
+    Asset::from_rows(mesh, &coords, &attrs, &duals, GRID).expect("valid asset")
+}
+
+/// The mesh PLY, the vertex-colour GLB of the full and of a decimated mesh, each written
+/// without and with the shared preparation `generate` does first.
+fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let reduced = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
+    for prepared in [false, true] {
+        let asset = &Asset::new(
+            asset.mesh().clone(),
+            asset.voxel_coords().to_vec(),
+            asset.voxel_attrs().to_vec(),
+            asset.dual_vertices().to_vec(),
+            asset.resolution(),
+        )
+        .unwrap();
+        if prepared {
+            asset.prepare_mesh_outputs().unwrap();
+        }
+        let files = [
+            ("mesh.ply", dir.join("mesh.ply")),
+            ("mesh.glb", dir.join("mesh.glb")),
+            ("decimated.glb", dir.join("decimated.glb")),
+        ];
+        write_mesh_ply(&files[0].1, asset, Up::Y).unwrap();
+        write_glb(&files[1].1, asset, Up::Y).unwrap();
+        let decimated = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
+        assert_eq!(decimated.mesh(), reduced.mesh(), "prepared: {prepared}");
+        write_glb(&files[2].1, &decimated, Up::Y).unwrap();
+        for (name, path) in files {
+            out.push((
+                format!("{name} (prepared: {prepared})"),
+                std::fs::read(path).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn mesh_writers_give_the_same_bytes_on_one_and_four_threads() {
+    let asset = large_sphere();
+    assert!(
+        asset.mesh().faces.len() > 40_000,
+        "{}",
+        asset.mesh().faces.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| mesh_outputs_bytes(&asset, dir.path()))
+    };
+    let (one, four) = (on(1), on(4));
+    for ((name, a), (_, b)) in one.iter().zip(&four) {
+        assert!(a.len() > 10_000, "{name}: {} bytes", a.len());
+        assert!(a == b, "{name}: 1 and 4 threads differ");
+    }
+    // Preparing first changes nothing either.
+    for k in 0..3 {
+        assert!(one[k].1 == one[k + 3].1, "{}: prepared differs", one[k].0);
+    }
+}
+
+#[test]
+fn the_mesh_ply_is_what_serde_ply_writes_for_its_rows() {
+    use trellis2::export::mesh_arrays::MeshArrays;
+    use trellis2::export::ply_header::encode_ply;
+
+    #[derive(serde::Serialize)]
+    struct Vertex {
+        x: f32,
+        y: f32,
+        z: f32,
+        red: u8,
+        green: u8,
+        blue: u8,
+        alpha: u8,
+    }
+    #[derive(serde::Serialize)]
+    struct Face {
+        vertex_indices: Vec<i32>,
+    }
+    #[derive(serde::Serialize)]
+    struct File {
+        vertex: Vec<Vertex>,
+        face: Vec<Face>,
+    }
+    let asset = large_sphere();
+    for up in [Up::Y, Up::Z] {
+        let arrays = MeshArrays::new(&asset, up).unwrap();
+        let file = File {
+            vertex: arrays
+                .positions
+                .iter()
+                .zip(&arrays.rgba8)
+                .map(|(p, c)| Vertex {
+                    x: p[0],
+                    y: p[1],
+                    z: p[2],
+                    red: c[0],
+                    green: c[1],
+                    blue: c[2],
+                    alpha: c[3],
+                })
+                .collect(),
+            face: arrays
+                .faces
+                .iter()
+                .map(|f| Face {
+                    vertex_indices: f.iter().map(|&i| i as i32).collect(),
+                })
+                .collect(),
+        };
+        let mut want = Vec::new();
+        encode_ply(
+            &file,
+            "vertex colours: sRGB base colour and alpha sampled from the O-Voxels",
+            up,
+            &mut want,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.ply");
+        write_mesh_ply(&path, &asset, up).unwrap();
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), want.len(), "{up:?}");
+        assert!(got == want, "{up:?}: the bytes differ");
+    }
+}

@@ -411,3 +411,47 @@ fn extraction_rejects_bad_voxels() {
         })
     ));
 }
+
+#[test]
+fn fill_holes_gives_the_same_mesh_on_one_and_four_threads() {
+    // A shell of ~50k faces with a two-triangle hole every 500 quads: many loops, spread over
+    // many of the boundary search's work items.
+    let (coords, feats) = sign_field_voxels(0..79, 0, |p| in_ball(p, [40.0, 39.6, 40.3], 36.0));
+    let mesh = decoder_output_to_meshes(&coords, &feats, 80)
+        .expect("extracts")
+        .remove(0);
+    assert!(mesh.faces.len() > 40_000, "{}", mesh.faces.len());
+    let holed = without_faces(&mesh, |i, _| (i / 2) % 500 == 7);
+    let removed = (mesh.faces.len() - holed.faces.len()) / 2;
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+            .install(|| {
+                let mut m = holed.clone();
+                // Voxels of 1/80: a quad's hole is ≈ 0.05 around, over the default limit.
+                let report = fill_holes(&mut m, 0.1).expect("fills");
+                (m, report)
+            })
+    };
+    let (one, four) = (on(1), on(4));
+    assert_eq!(one.1, four.1);
+    assert!(one.0 == four.0, "1 and 4 threads fill differently");
+    // Each removed quad leaves a 4-edge loop, filled with one vertex and four triangles.
+    assert_eq!(one.1.holes_filled, removed);
+    assert_eq!(one.1.boundary_edges, 4 * removed);
+    assert_eq!(one.0.faces.len(), holed.faces.len() + 4 * removed);
+    assert_eq!(boundary_edge_count(&one.0), 0);
+    let digest = one
+        .0
+        .vertices
+        .iter()
+        .flatten()
+        .map(|v| u64::from(v.to_bits()))
+        .chain(one.0.faces.iter().flatten().map(|&i| u64::from(i)))
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+            (h ^ x).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    println!("filled mesh digest {digest:016x}");
+}

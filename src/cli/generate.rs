@@ -757,22 +757,28 @@ fn finish_item(
 ) -> String {
     let label = item.input.display().to_string();
     let saving = Instant::now();
-    let result = result.and_then(|g| {
+    let result = result.and_then(|mut g| {
+        // `save` moves the mesh and voxels into the exported asset: their sizes first.
+        let sizes = [
+            g.voxel_coords.len(),
+            g.mesh.vertices.len(),
+            g.mesh.faces.len(),
+        ];
         (item.decimation, item.glb) =
-            save(args, stem, &g, &item.outputs, &mut item.output_seconds)?;
+            save(args, stem, &mut g, &item.outputs, &mut item.output_seconds)?;
         if let Some(q) = preview_and_quality(args, &item.outputs, &mut item.output_seconds)? {
             item.splat_psnr_db = Some(q.psnr_db);
             item.splat_ssim = Some(q.ssim);
             item.splat_psnr_object_db = Some(q.psnr_object_db);
         }
-        Ok(g)
+        Ok((g, sizes))
     });
     match result {
-        Ok(g) => {
+        Ok((g, [voxels, vertices, faces])) => {
             item.resolution = Some(g.resolution);
-            item.voxels = Some(g.voxel_coords.len());
-            item.mesh_vertices = Some(g.mesh.vertices.len());
-            item.mesh_faces = Some(g.mesh.faces.len());
+            item.voxels = Some(voxels);
+            item.mesh_vertices = Some(vertices);
+            item.mesh_faces = Some(faces);
             item.seconds =
                 g.stages.iter().map(|s| s.seconds).sum::<f64>() + saving.elapsed().as_secs_f64();
             item.stages = g.stages;
@@ -845,11 +851,12 @@ impl Progress for Worker<'_> {
 }
 
 /// Writes the latents file (if asked) and every output format; says how the GLB was
-/// decimated (when `--faces` asked for it) and exported.
+/// decimated (when `--faces` asked for it) and exported. The mesh and the voxels are moved out
+/// of `g` into the exported asset (not copied).
 fn save(
     args: &Args,
     stem: &str,
-    g: &Generated,
+    g: &mut Generated,
     outputs: &[PathBuf],
     seconds: &mut std::collections::BTreeMap<String, f64>,
 ) -> Result<(Option<DecimationReport>, Option<GlbReport>)> {
@@ -871,25 +878,75 @@ fn save(
     }
     let up: trellis2::export::Up = args.up.into();
     let asset = Asset::new(
-        g.mesh.clone(),
-        g.voxel_coords.iter().map(|c| [c[1], c[2], c[3]]).collect(),
-        g.voxel_attrs.clone(),
-        g.dual_vertices.clone(),
+        std::mem::take(&mut g.mesh),
+        std::mem::take(&mut g.voxel_coords)
+            .into_par_iter()
+            .map(|c| [c[1], c[2], c[3]])
+            .collect(),
+        std::mem::take(&mut g.voxel_attrs),
+        std::mem::take(&mut g.dual_vertices),
         g.resolution,
     )?;
     lap("asset");
-    // The formats are independent: written concurrently, each timed on its own.
-    let written: Vec<Result<Written>> = args
-        .format
-        .par_iter()
-        .zip(outputs)
-        .map(|(&format, path)| {
+    // The formats are independent: written concurrently, each timed on its own. The mesh
+    // formats share the faces wound outward and the colours at the vertices, computed once
+    // ("mesh-prepare") beside the splat formats, which need neither.
+    let is_mesh = |f: &Format| matches!(f, Format::MeshPly | Format::Glb);
+    let write = |(&format, path): (&Format, &PathBuf)| -> Result<Written> {
+        let start = Instant::now();
+        let mut w = write_format(args, format, path, &asset, up)?;
+        w.seconds = start.elapsed().as_secs_f64();
+        Ok(w)
+    };
+    let pick = |mesh: bool| -> Vec<(usize, (&Format, &PathBuf))> {
+        args.format
+            .iter()
+            .zip(outputs)
+            .enumerate()
+            .filter(|(_, (f, _))| is_mesh(f) == mesh)
+            .collect()
+    };
+    let (mesh_formats, other_formats) = (pick(true), pick(false));
+    let run = |formats: Vec<(usize, (&Format, &PathBuf))>| -> Vec<Numbered> {
+        formats
+            .into_par_iter()
+            .map(|(i, f)| (i, write(f)))
+            .collect()
+    };
+    let (mesh_written, other_written) = rayon::join(
+        || -> Result<(f64, Vec<Numbered>)> {
+            if mesh_formats.is_empty() {
+                return Ok((0.0, Vec::new()));
+            }
             let start = Instant::now();
-            let mut w = write_format(args, format, path, &asset, up)?;
-            w.seconds = start.elapsed().as_secs_f64();
-            Ok(w)
-        })
-        .collect();
+            asset.prepare_mesh_outputs()?;
+            let prepare = start.elapsed().as_secs_f64();
+            Ok((prepare, run(mesh_formats)))
+        },
+        || run(other_formats),
+    );
+    let mut written: Vec<Numbered> = other_written;
+    match mesh_written {
+        Ok((prepare, w)) => {
+            if prepare > 0.0 {
+                seconds.insert("mesh-prepare".to_string(), prepare);
+            }
+            written.extend(w);
+        }
+        Err(e) => {
+            // The mesh formats could not start: each of them fails with that error.
+            let msg = format!("{e:#}");
+            written.extend(
+                args.format
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| is_mesh(f))
+                    .map(|(i, _)| (i, Err(anyhow::anyhow!("{msg}")))),
+            );
+        }
+    }
+    written.sort_by_key(|w| w.0);
+    let written = written.into_iter().map(|w| w.1);
     let mut decimation = None;
     let mut glb = None;
     // The first failure in --format order is the item's error, as when written one by one.
@@ -901,6 +958,9 @@ fn save(
     }
     Ok((decimation, glb))
 }
+
+/// A format's result with its position in `--format`.
+type Numbered = (usize, Result<Written>);
 
 /// One format's file written: its seconds, and for the GLB how it was decimated and exported.
 struct Written {

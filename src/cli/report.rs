@@ -84,8 +84,9 @@ pub struct ItemReport {
     pub splat_psnr_object_db: Option<f64>,
     /// Seconds of each output after the pipeline: `asset` (the voxels and mesh gathered for
     /// export), `latents` (--save-latents), then each format (`splat`, `splat-spz`,
-    /// `mesh-ply`, `glb`: conversion and file write), `preview`, and `splat_quality` (computed
-    /// only for this report).
+    /// `mesh-ply`, `glb`: conversion and file write; `mesh-prepare`: the faces wound outward and
+    /// the colours at the vertices, computed once for both mesh formats beside the splat
+    /// formats), `preview`, and `splat_quality` (computed only for this report).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub output_seconds: BTreeMap<String, f64>,
     /// The GLB's export (decimation, unwrap, bake, encoding, writing), when one was written.

@@ -1,5 +1,8 @@
 //! What the writers export for one generated object, checked once so every writer can trust it.
 
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
 use anyhow::{bail, ensure, Context, Result};
 
 use super::face_orientation::faces_wound_outward;
@@ -25,11 +28,29 @@ pub const ALPHA: usize = 5;
 ///   rows of the mesh's vertices before hole filling).
 pub struct Asset {
     mesh: Mesh,
-    voxel_coords: Vec<[i32; 3]>,
-    voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
+    /// Shared with the decimated copies ([`Asset::decimated`]): only the mesh differs.
+    voxels: Arc<Voxels>,
+    /// What both mesh writers need, computed once by [`Asset::prepare_mesh_outputs`] (or, for
+    /// a decimated asset, carried over from the decimation); absent, each use computes it.
+    prepared: OnceLock<Prepared>,
+}
+
+/// The voxels and what is derived from them alone.
+struct Voxels {
+    coords: Vec<[i32; 3]>,
+    attrs: Vec<[f32; PBR_CHANNELS]>,
     dual_vertices: Vec<[f32; 3]>,
     resolution: u32,
     index: VoxelIndex,
+}
+
+/// The mesh's faces wound outward and the attributes at its vertices, when already known.
+/// Set once and never waited for: a reader that finds it unset computes the same values
+/// itself (a blocking lazy cell could deadlock inside rayon's work stealing).
+#[derive(Default)]
+struct Prepared {
+    oriented_faces: Option<Vec<[u32; 3]>>,
+    vertex_attributes: Option<Vec<f32>>,
 }
 
 impl Asset {
@@ -89,11 +110,14 @@ impl Asset {
         }
         Ok(Self {
             mesh,
-            voxel_coords,
-            voxel_attrs,
-            dual_vertices,
-            resolution,
-            index,
+            voxels: Arc::new(Voxels {
+                coords: voxel_coords,
+                attrs: voxel_attrs,
+                dual_vertices,
+                resolution,
+                index,
+            }),
+            prepared: OnceLock::new(),
         })
     }
 
@@ -145,50 +169,94 @@ impl Asset {
     }
 
     pub fn voxel_coords(&self) -> &[[i32; 3]] {
-        &self.voxel_coords
+        &self.voxels.coords
     }
 
     pub fn voxel_attrs(&self) -> &[[f32; PBR_CHANNELS]] {
-        &self.voxel_attrs
+        &self.voxels.attrs
     }
 
     pub fn dual_vertices(&self) -> &[[f32; 3]] {
-        &self.dual_vertices
+        &self.voxels.dual_vertices
     }
 
     pub fn resolution(&self) -> u32 {
-        self.resolution
+        self.voxels.resolution
     }
 
     /// Number of voxels (= splats).
     pub fn voxel_count(&self) -> usize {
-        self.voxel_coords.len()
+        self.voxels.coords.len()
     }
 
     /// Side of one voxel in world units (`1 / resolution`, computed as upstream does).
     pub fn voxel_size(&self) -> f32 {
-        voxel_size(self.resolution)
+        voxel_size(self.voxels.resolution)
     }
 
     /// Row of the voxel at `coord`, if there is one.
     pub fn voxel_at(&self, coord: [i32; 3]) -> Option<usize> {
-        self.index.get(coord).map(|r| r as usize)
+        self.voxels.index.get(coord).map(|r| r as usize)
     }
 
     /// The PBR attributes trilinearly sampled at every mesh vertex (docs/MODEL.md §6.4), row-major
     /// `[vertices, 6]`.
     pub fn mesh_vertex_attributes(&self) -> Result<Vec<f32>> {
-        Ok(self.attribute_volume()?.sample(&self.mesh.vertices))
+        Ok(self.vertex_attributes()?.into_owned())
+    }
+
+    /// [`Asset::mesh_vertex_attributes`], borrowed when [`Asset::prepare_mesh_outputs`] (or
+    /// the decimation) already computed them.
+    pub fn vertex_attributes(&self) -> Result<Cow<'_, [f32]>> {
+        let prepared = self
+            .prepared
+            .get()
+            .and_then(|p| p.vertex_attributes.as_ref());
+        Ok(match prepared {
+            Some(a) => Cow::Borrowed(a),
+            None => Cow::Owned(self.attribute_volume()?.sample(&self.mesh.vertices)),
+        })
+    }
+
+    /// The mesh's faces wound outward ([`faces_wound_outward`]), borrowed when
+    /// [`Asset::prepare_mesh_outputs`] already computed them.
+    pub fn oriented_faces(&self) -> Cow<'_, [[u32; 3]]> {
+        match self.prepared.get().and_then(|p| p.oriented_faces.as_ref()) {
+            Some(f) => Cow::Borrowed(f),
+            None => Cow::Owned(faces_wound_outward(&self.mesh)),
+        }
+    }
+
+    /// Computes, once, what the mesh PLY, the GLB and the decimation all start from: the
+    /// faces wound outward and the attributes at the vertices (both side by side). The writers
+    /// then reuse them; their output is the same as without this call. Call it before the
+    /// writers start (a writer running meanwhile computes its own copy); a second call does
+    /// nothing.
+    pub fn prepare_mesh_outputs(&self) -> Result<()> {
+        if self.prepared.get().is_some() {
+            return Ok(());
+        }
+        let (faces, attributes) = rayon::join(
+            || self.oriented_faces().into_owned(),
+            || self.vertex_attributes().map(Cow::into_owned),
+        );
+        // Set by a concurrent call meanwhile: the same values.
+        let _ = self.prepared.set(Prepared {
+            oriented_faces: Some(faces),
+            vertex_attributes: Some(attributes?),
+        });
+        Ok(())
     }
 
     /// The voxels' PBR attributes as a volume to sample anywhere (the vertex colours' and the
     /// baked textures' source).
     pub fn attribute_volume(&self) -> Result<VoxelAttributes> {
-        VoxelAttributes::new(
-            &self.voxel_coords,
-            self.voxel_attrs.iter().flatten().copied().collect(),
+        // The asset's index is the one the coordinates would build: cloned, not rebuilt.
+        VoxelAttributes::with_index(
+            self.voxels.index.clone(),
+            self.voxels.attrs.as_flattened().to_vec(),
             PBR_CHANNELS,
-            self.resolution,
+            self.voxels.resolution,
         )
         .context("export: voxel attributes")
     }
@@ -205,16 +273,18 @@ impl Asset {
     /// raw surface a normal map is baked from, without orienting it twice).
     pub fn decimated_and_oriented(&self, target_faces: usize) -> Result<(Self, Mesh)> {
         let oriented = self.oriented_mesh();
-        let attrs = self.mesh_vertex_attributes()?;
+        let attrs = self.vertex_attributes()?;
         let out = decimate(&oriented, &attrs, &PBR_ATTRIBUTE_WEIGHTS, target_faces)
             .context("export: decimation")?;
         let reduced = Self {
             mesh: out.mesh,
-            voxel_coords: self.voxel_coords.clone(),
-            voxel_attrs: self.voxel_attrs.clone(),
-            dual_vertices: self.dual_vertices.clone(),
-            resolution: self.resolution,
-            index: self.index.clone(),
+            voxels: Arc::clone(&self.voxels),
+            // Decimated vertices are input vertices with their input rows: sampling them again
+            // gives the same values. Their faces are re-oriented when written.
+            prepared: OnceLock::from(Prepared {
+                oriented_faces: None,
+                vertex_attributes: Some(out.attributes),
+            }),
         };
         Ok((reduced, oriented))
     }
@@ -223,13 +293,18 @@ impl Asset {
     pub fn oriented_mesh(&self) -> Mesh {
         Mesh {
             vertices: self.mesh.vertices.clone(),
-            faces: faces_wound_outward(&self.mesh),
+            faces: self.oriented_faces().into_owned(),
         }
     }
 
     /// Mean of one attribute channel over the voxels, clamped to [0, 1].
     pub(crate) fn mean_attribute(&self, channel: usize) -> f32 {
-        let sum: f64 = self.voxel_attrs.iter().map(|a| f64::from(a[channel])).sum();
-        ((sum / self.voxel_attrs.len() as f64) as f32).clamp(0.0, 1.0)
+        let sum: f64 = self
+            .voxels
+            .attrs
+            .iter()
+            .map(|a| f64::from(a[channel]))
+            .sum();
+        ((sum / self.voxels.attrs.len() as f64) as f32).clamp(0.0, 1.0)
     }
 }

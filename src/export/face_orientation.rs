@@ -25,7 +25,7 @@
 //! triangle order over fixed chunks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -73,22 +73,7 @@ struct EdgeLinks {
 
 impl EdgeLinks {
     fn build(faces: &[[u32; 3]]) -> Self {
-        // (low vertex << 32 | high vertex, slot << 1 | traversed low → high), sorted to group
-        // each edge's uses; a triangle's degenerate edge (a == b) is no use.
-        let mut uses: Vec<(u64, u64)> = faces
-            .par_iter()
-            .enumerate()
-            .flat_map_iter(|(f, tri)| {
-                (0..3).filter_map(move |k| {
-                    let (a, b) = (tri[k], tri[(k + 1) % 3]);
-                    (a != b).then(|| {
-                        let edge = u64::from(a.min(b)) << 32 | u64::from(a.max(b));
-                        (edge, ((f * 3 + k) as u64) << 1 | u64::from(a < b))
-                    })
-                })
-            })
-            .collect();
-        uses.par_sort_unstable();
+        let uses = sorted_edge_uses(faces);
         let slots: Vec<AtomicU64> = (0..faces.len() * 3).map(|_| AtomicU64::new(0)).collect();
         let edge = |i: usize| uses.get(i).map(|u| u.0);
         (0..uses.len()).into_par_iter().for_each(|i| {
@@ -124,6 +109,82 @@ impl EdgeLinks {
         links.sort_unstable_by_key(|l| l.map_or((usize::MAX, true), |l| l));
         links.into_iter().flatten()
     }
+}
+
+/// Every triangle's edge uses as `(low vertex << 32 | high vertex, slot << 1 | traversed low →
+/// high)`, sorted, so that each edge's uses are adjacent; a triangle's degenerate edge
+/// (a == b) is no use. Sorted by buckets: the uses are scattered into one bucket per low
+/// vertex (counted, then placed with atomic cursors in any order), then each small bucket is
+/// sorted; the pairs are distinct, so the result is the one total order whatever the
+/// scatter's order.
+fn sorted_edge_uses(faces: &[[u32; 3]]) -> Vec<(u64, u64)> {
+    let vertices = faces
+        .par_iter()
+        .map(|f| f.iter().copied().max().unwrap_or(0) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let edges = |f: usize, tri: [u32; 3]| {
+        (0..3).filter_map(move |k| {
+            let (a, b) = (tri[k], tri[(k + 1) % 3]);
+            (a != b).then(|| {
+                let edge = u64::from(a.min(b)) << 32 | u64::from(a.max(b));
+                (edge, ((f * 3 + k) as u64) << 1 | u64::from(a < b))
+            })
+        })
+    };
+    let counts: Vec<AtomicUsize> = (0..vertices).map(|_| AtomicUsize::new(0)).collect();
+    faces.par_iter().enumerate().for_each(|(f, tri)| {
+        for (edge, _) in edges(f, *tri) {
+            counts[(edge >> 32) as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // Bucket starts; `cursor` then counts up through each bucket as uses are placed.
+    let mut starts = Vec::with_capacity(vertices + 1);
+    let mut total = 0usize;
+    for c in &counts {
+        starts.push(total);
+        total += c.load(Ordering::Relaxed);
+    }
+    starts.push(total);
+    let cursor: Vec<AtomicUsize> = starts[..vertices]
+        .iter()
+        .map(|&s| AtomicUsize::new(s))
+        .collect();
+    drop(counts);
+    let keys: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
+    let values: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
+    faces.par_iter().enumerate().for_each(|(f, tri)| {
+        for (edge, value) in edges(f, *tri) {
+            let at = cursor[(edge >> 32) as usize].fetch_add(1, Ordering::Relaxed);
+            keys[at].store(edge, Ordering::Relaxed);
+            values[at].store(value, Ordering::Relaxed);
+        }
+    });
+    drop(cursor);
+    let mut uses: Vec<(u64, u64)> = keys
+        .into_par_iter()
+        .zip(values.into_par_iter())
+        .map(|(k, v)| (k.into_inner(), v.into_inner()))
+        .collect();
+    // Buckets of a fixed range of low vertices per task: each sorted on its own.
+    const VERTICES_PER_TASK: usize = 1 << 12;
+    let mut chunks: Vec<(usize, &mut [(u64, u64)])> = Vec::new();
+    let mut rest = uses.as_mut_slice();
+    for v0 in (0..vertices).step_by(VERTICES_PER_TASK) {
+        let v1 = (v0 + VERTICES_PER_TASK).min(vertices);
+        let (head, tail) = rest.split_at_mut(starts[v1] - starts[v0]);
+        chunks.push((v0, head));
+        rest = tail;
+    }
+    chunks.into_par_iter().for_each(|(v0, chunk)| {
+        let base = starts[v0];
+        let v1 = (v0 + VERTICES_PER_TASK).min(vertices);
+        for v in v0..v1 {
+            let (a, b) = (starts[v] - base, starts[v + 1] - base);
+            chunk[a..b].sort_unstable();
+        }
+    });
+    uses
 }
 
 /// A union-find over a range of triangles that tracks, for every triangle, whether its winding

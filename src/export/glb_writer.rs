@@ -28,6 +28,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
 use serde_json::json;
 
 use super::asset::{Asset, ALPHA, METALLIC, PBR_CHANNELS, ROUGHNESS};
@@ -67,46 +68,94 @@ pub fn write_glb(path: &Path, asset: &Asset, up: Up) -> Result<()> {
         .with_context(|| format!("{}: cannot write the GLB", path.display()))
 }
 
+/// Rows per parallel work item when filling the binary buffer.
+const ROWS_PER_TASK: usize = 1 << 14;
+
+/// Fills `dst` with `encode` of every item of `src` (`N` bytes each), in parallel.
+fn fill_rows<T: Sync, const N: usize>(
+    dst: &mut [u8],
+    src: &[T],
+    encode: impl Fn(&T) -> [u8; N] + Sync,
+) {
+    dst.par_chunks_mut(ROWS_PER_TASK * N)
+        .zip(src.par_chunks(ROWS_PER_TASK))
+        .for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_exact_mut(N).zip(src) {
+                d.copy_from_slice(&encode(s));
+            }
+        });
+}
+
+/// Three little-endian f32.
+fn vec3_le(v: &[f32; 3]) -> [u8; 12] {
+    let mut out = [0; 12];
+    for (d, x) in out.chunks_exact_mut(4).zip(v) {
+        d.copy_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
 /// The JSON document and the binary buffer.
 fn glb_chunks(asset: &Asset, arrays: &MeshArrays, up: Up) -> Result<(Vec<u8>, Vec<u8>)> {
     let n = arrays.positions.len();
-    let mut bin = Vec::with_capacity(n * (12 + 12 + 8) + arrays.faces.len() * 12);
+    // Positions, normals, colours, indices: each a multiple of 4 bytes, so no padding.
+    let sizes = [n * 12, n * 12, n * 8, arrays.faces.len() * 12];
+    let mut bin = vec![0u8; sizes.iter().sum()];
     let mut views = Vec::new();
-    let mut push_view = |bin: &mut Vec<u8>, bytes: &mut dyn Iterator<Item = u8>, target: u32| {
-        let offset = bin.len();
-        bin.extend(bytes);
+    let mut offset = 0;
+    for (size, target) in sizes.into_iter().zip([
+        ARRAY_BUFFER,
+        ARRAY_BUFFER,
+        ARRAY_BUFFER,
+        ELEMENT_ARRAY_BUFFER,
+    ]) {
         views.push(json!({
             "buffer": 0,
             "byteOffset": offset,
-            "byteLength": bin.len() - offset,
+            "byteLength": size,
             "target": target,
         }));
-    };
-    let le_f32 =
-        |v: &[[f32; 3]]| -> Vec<u8> { v.iter().flatten().flat_map(|x| x.to_le_bytes()).collect() };
-    push_view(
-        &mut bin,
-        &mut le_f32(&arrays.positions).into_iter(),
-        ARRAY_BUFFER,
-    );
-    push_view(
-        &mut bin,
-        &mut le_f32(&arrays.normals).into_iter(),
-        ARRAY_BUFFER,
-    );
-    push_view(
-        &mut bin,
-        &mut arrays
-            .rgba8
-            .iter()
-            .flat_map(|c| linear_rgba16(*c))
-            .flat_map(u16::to_le_bytes),
-        ARRAY_BUFFER,
-    );
-    push_view(
-        &mut bin,
-        &mut arrays.faces.iter().flatten().flat_map(|i| i.to_le_bytes()),
-        ELEMENT_ARRAY_BUFFER,
+        offset += size;
+    }
+    let (positions, rest) = bin.split_at_mut(sizes[0]);
+    let (normals, rest) = rest.split_at_mut(sizes[1]);
+    let (colours, indices) = rest.split_at_mut(sizes[2]);
+    let linear = linear_rgba16_table();
+    rayon::join(
+        || {
+            rayon::join(
+                || fill_rows(positions, &arrays.positions, vec3_le),
+                || fill_rows(normals, &arrays.normals, vec3_le),
+            )
+        },
+        || {
+            rayon::join(
+                || {
+                    fill_rows(colours, &arrays.rgba8, |c| {
+                        let mut out = [0; 8];
+                        let rgba = [
+                            linear[c[0] as usize],
+                            linear[c[1] as usize],
+                            linear[c[2] as usize],
+                            u16::from(c[3]) * 257,
+                        ];
+                        for (d, v) in out.chunks_exact_mut(2).zip(rgba) {
+                            d.copy_from_slice(&v.to_le_bytes());
+                        }
+                        out
+                    })
+                },
+                || {
+                    fill_rows(indices, &arrays.faces, |f| {
+                        let mut out = [0; 12];
+                        for (d, i) in out.chunks_exact_mut(4).zip(f) {
+                            d.copy_from_slice(&i.to_le_bytes());
+                        }
+                        out
+                    })
+                },
+            )
+        },
     );
 
     let (lo, hi) = bounds(&arrays.positions);
@@ -787,9 +836,20 @@ fn gltf_document(
 }
 
 /// 8-bit sRGB colour + alpha → linear RGB + alpha as normalised u16.
+#[cfg(test)]
 fn linear_rgba16(c: [u8; 4]) -> [u16; 4] {
-    let lin = |v: u8| (srgb_to_linear(f64::from(v) / 255.0) * 65535.0).round() as u16;
+    let lin = |v: u8| linear_u16(v);
     [lin(c[0]), lin(c[1]), lin(c[2]), u16::from(c[3]) * 257]
+}
+
+/// One 8-bit sRGB level as a linear normalised u16.
+fn linear_u16(v: u8) -> u16 {
+    (srgb_to_linear(f64::from(v) / 255.0) * 65535.0).round() as u16
+}
+
+/// [`linear_u16`] of every level (the colour channels of a vertex-colour GLB).
+fn linear_rgba16_table() -> [u16; 256] {
+    std::array::from_fn(|v| linear_u16(v as u8))
 }
 
 fn bounds(points: &[[f32; 3]]) -> ([f32; 3], [f32; 3]) {

@@ -2,12 +2,12 @@
 //! the two files hold the same mesh.
 
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 
 use super::asset::{Asset, ALPHA, PBR_CHANNELS};
 use super::color::unit_to_u8;
-use super::face_orientation::faces_wound_outward;
 use super::frame::Up;
-use crate::mesh::Mesh;
+use crate::mesh::triangle_mesh::vertex_normals;
 
 /// A mesh ready to write, in the file frame.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,15 +32,14 @@ impl MeshArrays {
             "export: the mesh has no triangles ({} vertices); nothing to write",
             mesh.vertices.len()
         );
-        let oriented = Mesh {
-            vertices: mesh.vertices.clone(),
-            faces: faces_wound_outward(mesh),
-        };
+        // Both computed once per asset when it was prepared for the mesh outputs.
+        let (faces, attrs) = rayon::join(|| asset.oriented_faces(), || asset.vertex_attributes());
+        let (faces, attrs) = (faces.into_owned(), attrs?);
         // Area-weighted, now that the faces agree; unit length, [0, 0, 1] where undefined.
-        let normals = oriented.vertex_normals()?;
-        let attrs = asset.mesh_vertex_attributes()?;
+        // The asset checked the indices.
+        let normals = vertex_normals(&mesh.vertices, &faces);
         let rgba8 = attrs
-            .chunks_exact(PBR_CHANNELS)
+            .par_chunks_exact(PBR_CHANNELS)
             .map(|a| {
                 [
                     unit_to_u8(a[0]),
@@ -51,9 +50,9 @@ impl MeshArrays {
             })
             .collect();
         Ok(Self {
-            positions: mesh.vertices.iter().map(|&p| up.apply(p)).collect(),
-            normals: normals.into_iter().map(|n| up.apply(n)).collect(),
-            faces: oriented.faces,
+            positions: mesh.vertices.par_iter().map(|&p| up.apply(p)).collect(),
+            normals: normals.into_par_iter().map(|n| up.apply(n)).collect(),
+            faces,
             rgba8,
         })
     }

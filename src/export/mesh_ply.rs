@@ -1,97 +1,125 @@
-//! The mesh as a binary little-endian PLY with vertex colours, written with serde-ply:
-//! `vertex { float x y z; uchar red green blue alpha }`, `face { list uchar int
-//! vertex_indices }`. Colours are 8-bit sRGB base colour and alpha sampled from the voxels;
-//! triangles are wound outward ([`super::face_orientation`]); positions are in the [`Up`] frame.
+//! The mesh as a binary little-endian PLY with vertex colours: `vertex { float x y z; uchar
+//! red green blue alpha }`, `face { list uchar int vertex_indices }`. Colours are 8-bit sRGB
+//! base colour and alpha sampled from the voxels; triangles are wound outward
+//! ([`super::face_orientation`]); positions are in the [`Up`] frame.
+//!
+//! The rows have a fixed size, so the body is filled in parallel, in place, in one buffer
+//! sized up front, and written with one call; the header is the one serde-ply writes under
+//! the classic type names ([`super::ply_header`]), which the tests check byte for byte.
 
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use serde::ser::{Serialize, SerializeSeq, Serializer};
+use rayon::prelude::*;
 
-use super::asset::Asset;
+use super::asset::{Asset, ALPHA, PBR_CHANNELS};
+use super::color::unit_to_u8;
 use super::frame::Up;
-use super::mesh_arrays::MeshArrays;
-use super::ply_header::encode_ply;
 use super::write_atomic;
 
-#[derive(serde::Serialize)]
-struct VertexRow {
-    x: f32,
-    y: f32,
-    z: f32,
-    red: u8,
-    green: u8,
-    blue: u8,
-    alpha: u8,
-}
-
-/// Three corner indices, written as a PLY list of `int` (serde-ply writes sequences as lists
-/// with a `uchar` count).
-struct Triangle([i32; 3]);
-
-impl Serialize for Triangle {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(3))?;
-        for i in self.0 {
-            seq.serialize_element(&i)?;
-        }
-        seq.end()
-    }
-}
-
-#[derive(serde::Serialize)]
-struct FaceRow {
-    vertex_indices: Triangle,
-}
-
-#[derive(serde::Serialize)]
-struct MeshFile {
-    vertex: Vec<VertexRow>,
-    face: Vec<FaceRow>,
-}
+/// Bytes of one vertex row: three `float`, four `uchar`.
+const VERTEX_BYTES: usize = 3 * 4 + 4;
+/// Bytes of one face row: the `uchar` count 3, three `int`.
+const FACE_BYTES: usize = 1 + 3 * 4;
+/// Rows per parallel work item (fixed: the bytes do not depend on it anyway).
+const ROWS_PER_TASK: usize = 1 << 14;
 
 /// Writes the mesh of `asset` to `path` atomically. Fails on a mesh without triangles.
 pub fn write_mesh_ply(path: &Path, asset: &Asset, up: Up) -> Result<()> {
-    let arrays = MeshArrays::new(asset, up)?;
-    let file = mesh_file(&arrays)?;
-    write_atomic(path, |w| {
-        encode_ply(
-            &file,
-            "vertex colours: sRGB base colour and alpha sampled from the O-Voxels",
-            up,
-            w,
-        )
-    })
-    .with_context(|| format!("{}: cannot write the mesh PLY", path.display()))
+    let bytes = mesh_ply_bytes(asset, up)?;
+    write_atomic(path, |w| Ok(w.write_all(&bytes)?))
+        .with_context(|| format!("{}: cannot write the mesh PLY", path.display()))
 }
 
-fn mesh_file(arrays: &MeshArrays) -> Result<MeshFile> {
+/// The whole file.
+fn mesh_ply_bytes(asset: &Asset, up: Up) -> Result<Vec<u8>> {
+    let mesh = asset.mesh();
+    ensure!(
+        !mesh.faces.is_empty(),
+        "export: the mesh has no triangles ({} vertices); nothing to write",
+        mesh.vertices.len()
+    );
     // Indices are written as PLY `int` (the type every reader accepts), i.e. i32.
     ensure!(
-        arrays.positions.len() <= i32::MAX as usize,
+        mesh.vertices.len() <= i32::MAX as usize,
         "export: {} vertices exceed the PLY int index range",
-        arrays.positions.len()
+        mesh.vertices.len()
     );
-    let vertex = arrays
-        .positions
-        .iter()
-        .zip(&arrays.rgba8)
-        .map(|(p, c)| VertexRow {
-            x: p[0],
-            y: p[1],
-            z: p[2],
-            red: c[0],
-            green: c[1],
-            blue: c[2],
-            alpha: c[3],
-        })
-        .collect();
-    let face = arrays
-        .faces
-        .iter()
-        .map(|f| FaceRow {
-            vertex_indices: Triangle(f.map(|i| i as i32)),
-        })
-        .collect();
-    Ok(MeshFile { vertex, face })
+    let (faces, attrs) = rayon::join(|| asset.oriented_faces(), || asset.vertex_attributes());
+    let attrs = attrs?;
+    ensure!(
+        attrs.len() == mesh.vertices.len() * PBR_CHANNELS,
+        "export: {} attribute values for {} vertices",
+        attrs.len(),
+        mesh.vertices.len()
+    );
+    let header = header(mesh.vertices.len(), faces.len(), up);
+    let vertex_bytes = mesh.vertices.len() * VERTEX_BYTES;
+    let mut out = vec![0u8; header.len() + vertex_bytes + faces.len() * FACE_BYTES];
+    let (head, body) = out.split_at_mut(header.len());
+    head.copy_from_slice(header.as_bytes());
+    let (vertex_rows, face_rows) = body.split_at_mut(vertex_bytes);
+    rayon::join(
+        || {
+            vertex_rows
+                .par_chunks_mut(ROWS_PER_TASK * VERTEX_BYTES)
+                .zip(mesh.vertices.par_chunks(ROWS_PER_TASK))
+                .zip(attrs.par_chunks(ROWS_PER_TASK * PBR_CHANNELS))
+                .for_each(|((rows, points), attrs)| {
+                    let rows = rows.chunks_exact_mut(VERTEX_BYTES);
+                    for ((row, &p), a) in rows.zip(points).zip(attrs.chunks_exact(PBR_CHANNELS)) {
+                        let p = up.apply(p);
+                        for k in 0..3 {
+                            row[4 * k..4 * k + 4].copy_from_slice(&p[k].to_le_bytes());
+                        }
+                        row[12..16].copy_from_slice(&[
+                            unit_to_u8(a[0]),
+                            unit_to_u8(a[1]),
+                            unit_to_u8(a[2]),
+                            unit_to_u8(a[ALPHA]),
+                        ]);
+                    }
+                });
+        },
+        || {
+            face_rows
+                .par_chunks_mut(ROWS_PER_TASK * FACE_BYTES)
+                .zip(faces.par_chunks(ROWS_PER_TASK))
+                .for_each(|(rows, faces)| {
+                    for (row, f) in rows.chunks_exact_mut(FACE_BYTES).zip(faces) {
+                        row[0] = 3;
+                        for k in 0..3 {
+                            // Below the vertex count, checked above to fit an i32.
+                            row[1 + 4 * k..5 + 4 * k].copy_from_slice(&(f[k] as i32).to_le_bytes());
+                        }
+                    }
+                });
+        },
+    );
+    Ok(out)
+}
+
+/// The header serde-ply writes for these rows (binary little-endian, the generator, what the
+/// colours are and the frame as comments), under the classic type names.
+fn header(vertices: usize, faces: usize, up: Up) -> String {
+    format!(
+        "ply\n\
+         format binary_little_endian 1.0\n\
+         comment generated by trellis2 {}\n\
+         comment vertex colours: sRGB base colour and alpha sampled from the O-Voxels\n\
+         comment frame {}\n\
+         element vertex {vertices}\n\
+         property float x\n\
+         property float y\n\
+         property float z\n\
+         property uchar red\n\
+         property uchar green\n\
+         property uchar blue\n\
+         property uchar alpha\n\
+         element face {faces}\n\
+         property list uchar int vertex_indices\n\
+         end_header\n",
+        env!("CARGO_PKG_VERSION"),
+        up.describe(),
+    )
 }

@@ -52,6 +52,40 @@ impl VoxelAttributes {
         )
     }
 
+    /// [`VoxelAttributes::new`] over an index already built from the voxels' coordinates on
+    /// a `grid_size³` grid (building one is most of the set-up's time).
+    pub fn with_index(
+        index: VoxelIndex,
+        attrs: Vec<f32>,
+        channels: usize,
+        grid_size: u32,
+    ) -> Result<Self> {
+        if grid_size == 0 || index.grid_size() != grid_size {
+            return Err(MeshError::BadGridSize { grid_size });
+        }
+        if channels == 0 {
+            return Err(MeshError::BadParameter {
+                name: "channels",
+                value: 0.0,
+            });
+        }
+        let rows = checked_rows("attrs", attrs.len(), channels)?;
+        if rows != index.len() {
+            return Err(MeshError::RowCountMismatch {
+                what: "attrs",
+                rows,
+                expected: index.len(),
+            });
+        }
+        Ok(Self {
+            index,
+            attrs,
+            channels,
+            origin: [AABB_MIN; 3],
+            voxel_size: voxel_size(grid_size),
+        })
+    }
+
     /// Attributes on an explicit frame: voxel `(x, y, z)` covers
     /// `origin + [x, x+1) · voxel_size` (and likewise for y, z).
     pub fn with_frame(

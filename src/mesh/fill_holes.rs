@@ -10,6 +10,8 @@
 //! union-find; here loops are ordered by their smallest edge and edges by (min, max) vertex,
 //! which is what that union-find converges to, so the output is deterministic.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 
 use super::error::{MeshError, Result};
@@ -166,32 +168,91 @@ pub fn fill_holes(mesh: &mut Mesh, max_hole_perimeter: f32) -> Result<FillHolesR
 /// Boundary edges `[min, max]` sorted ascending, and a per-vertex flag for vertices on an
 /// edge shared by more than two faces (those never chain boundary edges).
 /// Face indices must be below `num_vertices`.
+///
+/// The faces' edge keys (`min << 32 | max`) are grouped without a global sort: counted per
+/// low vertex, scattered into one bucket per low vertex (any order), each small bucket sorted.
+/// Equal keys share a bucket, so scanning the buckets in order sees every edge's uses together
+/// and in ascending order, as one sort of all keys would; the result does not depend on the
+/// thread count.
 fn boundary_edges(faces: &[[u32; 3]], num_vertices: usize) -> (Vec<[u32; 2]>, Vec<bool>) {
     let key = |a: u32, b: u32| (u64::from(a.min(b)) << 32) | u64::from(a.max(b));
-    let mut keys: Vec<u64> = faces
-        .par_iter()
-        .flat_map_iter(|&[a, b, c]| [key(a, b), key(b, c), key(c, a)])
+    let edges = |[a, b, c]: [u32; 3]| [key(a, b), key(b, c), key(c, a)];
+    let counts: Vec<AtomicUsize> = (0..num_vertices).map(|_| AtomicUsize::new(0)).collect();
+    faces.par_iter().for_each(|&f| {
+        for k in edges(f) {
+            counts[(k >> 32) as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut starts = Vec::with_capacity(num_vertices + 1);
+    let mut total = 0usize;
+    for c in &counts {
+        starts.push(total);
+        total += c.load(Ordering::Relaxed);
+    }
+    starts.push(total);
+    drop(counts);
+    let cursor: Vec<AtomicUsize> = starts[..num_vertices]
+        .iter()
+        .map(|&s| AtomicUsize::new(s))
         .collect();
-    keys.par_sort_unstable();
+    let scattered: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
+    faces.par_iter().for_each(|&f| {
+        for k in edges(f) {
+            let at = cursor[(k >> 32) as usize].fetch_add(1, Ordering::Relaxed);
+            scattered[at].store(k, Ordering::Relaxed);
+        }
+    });
+    drop(cursor);
+    let mut keys: Vec<u64> = scattered
+        .into_par_iter()
+        .map(AtomicU64::into_inner)
+        .collect();
 
+    // Fixed ranges of low vertices per task: each sorts its buckets and scans them.
+    const VERTICES_PER_TASK: usize = 1 << 12;
+    let mut chunks: Vec<&mut [u64]> = Vec::new();
+    let mut rest = keys.as_mut_slice();
+    for v0 in (0..num_vertices).step_by(VERTICES_PER_TASK) {
+        let v1 = (v0 + VERTICES_PER_TASK).min(num_vertices);
+        let (head, tail) = rest.split_at_mut(starts[v1] - starts[v0]);
+        chunks.push(head);
+        rest = tail;
+    }
+    let found: Vec<(Vec<[u32; 2]>, Vec<u32>)> = chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(t, chunk)| {
+            let v0 = t * VERTICES_PER_TASK;
+            let v1 = (v0 + VERTICES_PER_TASK).min(num_vertices);
+            for v in v0..v1 {
+                chunk[starts[v] - starts[v0]..starts[v + 1] - starts[v0]].sort_unstable();
+            }
+            let mut boundary = Vec::new();
+            let mut over_shared = Vec::new();
+            let mut i = 0;
+            while i < chunk.len() {
+                let mut j = i + 1;
+                while j < chunk.len() && chunk[j] == chunk[i] {
+                    j += 1;
+                }
+                let (lo, hi) = ((chunk[i] >> 32) as u32, chunk[i] as u32);
+                match j - i {
+                    1 => boundary.push([lo, hi]),
+                    2 => {}
+                    _ => over_shared.extend([lo, hi]),
+                }
+                i = j;
+            }
+            (boundary, over_shared)
+        })
+        .collect();
     let mut boundary = Vec::new();
     let mut over_shared = vec![false; num_vertices];
-    let mut i = 0;
-    while i < keys.len() {
-        let mut j = i + 1;
-        while j < keys.len() && keys[j] == keys[i] {
-            j += 1;
+    for (b, o) in found {
+        boundary.extend(b);
+        for v in o {
+            over_shared[v as usize] = true;
         }
-        let (lo, hi) = ((keys[i] >> 32) as u32, keys[i] as u32);
-        match j - i {
-            1 => boundary.push([lo, hi]),
-            2 => {}
-            _ => {
-                over_shared[lo as usize] = true;
-                over_shared[hi as usize] = true;
-            }
-        }
-        i = j;
     }
     (boundary, over_shared)
 }

@@ -66,33 +66,37 @@ impl Mesh {
     /// oriented; indices must be valid (see [`Mesh::check_indices`]).
     pub fn vertex_normals(&self) -> Result<Vec<[f32; 3]>> {
         self.check_indices()?;
-        let mut sums = vec![[0.0f64; 3]; self.vertices.len()];
-        for f in &self.faces {
-            // Unnormalised cross product = 2·area·n, which is the area weighting.
-            let n = face_cross(&self.vertices, *f);
-            for &i in f {
-                let s = &mut sums[i as usize];
-                s[0] += n[0];
-                s[1] += n[1];
-                s[2] += n[2];
-            }
-        }
-        Ok(sums
-            .iter()
-            .map(|s| {
-                let len = (s[0] * s[0] + s[1] * s[1] + s[2] * s[2]).sqrt();
-                if len > 0.0 && len.is_finite() {
-                    [
-                        (s[0] / len) as f32,
-                        (s[1] / len) as f32,
-                        (s[2] / len) as f32,
-                    ]
-                } else {
-                    [0.0, 0.0, 1.0]
-                }
-            })
-            .collect())
+        Ok(vertex_normals(&self.vertices, &self.faces))
     }
+}
+
+/// [`Mesh::vertex_normals`] of `faces` over `vertices`, whose indices must be valid.
+pub fn vertex_normals(vertices: &[[f32; 3]], faces: &[[u32; 3]]) -> Vec<[f32; 3]> {
+    let mut sums = vec![[0.0f64; 3]; vertices.len()];
+    for f in faces {
+        // Unnormalised cross product = 2·area·n, which is the area weighting.
+        let n = face_cross(vertices, *f);
+        for &i in f {
+            let s = &mut sums[i as usize];
+            s[0] += n[0];
+            s[1] += n[1];
+            s[2] += n[2];
+        }
+    }
+    sums.iter()
+        .map(|s| {
+            let len = (s[0] * s[0] + s[1] * s[1] + s[2] * s[2]).sqrt();
+            if len > 0.0 && len.is_finite() {
+                [
+                    (s[0] / len) as f32,
+                    (s[1] / len) as f32,
+                    (s[2] / len) as f32,
+                ]
+            } else {
+                [0.0, 0.0, 1.0]
+            }
+        })
+        .collect()
 }
 
 /// `(v1 − v0) × (v2 − v0)` in f64.

@@ -38,6 +38,8 @@ pub struct VoxelIndex {
     cells: Vec<u32>,
     grid_size: u32,
     bricks_per_axis: i64,
+    /// Voxels indexed.
+    rows: usize,
 }
 
 /// Murmur3's 64-bit finaliser (the mixing step o_voxel's hash uses).
@@ -78,6 +80,7 @@ impl VoxelIndex {
             cells: Vec::new(),
             grid_size,
             bricks_per_axis: (i64::from(grid_size) + BRICK_MASK) >> BRICK_BITS,
+            rows: coords.len(),
         };
         for (row, &coord) in coords.iter().enumerate() {
             let (key, cell) = index.locate(coord).ok_or(MeshError::CoordOutOfGrid {
@@ -97,6 +100,16 @@ impl VoxelIndex {
             *slot = row as u32;
         }
         Ok(index)
+    }
+
+    /// Number of voxels indexed (rows `0..len`).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// No voxels.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
     }
 
     /// Grid size the index was built for.
