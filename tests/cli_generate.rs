@@ -765,14 +765,19 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
             assert_eq!(stage("cascade")["tokens"], shell_coords(64, 500).len());
             assert_eq!(stage("shape_hr")["tokens"], shell_coords(64, 500).len());
         }
-        // The decode stage reports its parts; forced growth decoded more voxels than tokens.
+        // The decode stage reports its parts, the output side the mesh extraction; forced
+        // growth decoded more voxels than tokens.
         let decode = stage("decode");
-        for part in ["shape_decoder", "mesh", "tex_decoder", "fill_holes"] {
+        for part in ["shape_decoder", "tex_decoder"] {
             assert!(
                 decode["parts"][part].as_f64().is_some(),
                 "{pipeline}: {decode}"
             );
         }
+        assert!(
+            item["output_seconds"]["mesh"].as_f64().is_some(),
+            "{pipeline}: {item}"
+        );
         assert!(
             item["voxels"].as_u64().unwrap() > shell as u64,
             "{pipeline}: {item}"
