@@ -901,52 +901,49 @@ fn save(
     // formats share the faces wound outward and the colours at the vertices, computed once
     // first ("mesh-prepare"); the splat fit reuses those faces.
     let is_mesh = |f: &Format| matches!(f, Format::MeshPly | Format::Glb);
-    let timed = |f: &dyn Fn() -> Result<()>| {
+    let prepared = if args.format.iter().any(is_mesh) {
         let start = Instant::now();
-        let r = f().map_err(|e| format!("{e:#}"));
-        (r, start.elapsed().as_secs_f64())
+        let r = asset.prepare_mesh_outputs();
+        seconds.insert("mesh-prepare".to_string(), start.elapsed().as_secs_f64());
+        r.map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(())
     };
-    // Both splat files hold the same splats: fitted once, beside the mesh preparation.
-    let both_splats = [Format::Splat, Format::SplatSpz]
-        .iter()
-        .all(|f| args.format.contains(f));
-    let ((prepared, prepare_s), fitted) = rayon::join(
-        || match args.format.iter().any(is_mesh) {
-            true => timed(&|| asset.prepare_mesh_outputs()),
-            false => (Ok(()), 0.0),
-        },
-        || {
-            both_splats.then(|| {
-                let start = Instant::now();
-                let f = fit_splats(&asset, args.splats, &SplatShape::default());
-                (f, start.elapsed().as_secs_f64())
-            })
-        },
-    );
-    if args.format.iter().any(is_mesh) {
-        seconds.insert("mesh-prepare".to_string(), prepare_s);
-    }
-    if let Some((_, s)) = &fitted {
-        seconds.insert("splat-fit".to_string(), *s);
-    }
-    let fitted = fitted.as_ref().map(|(f, _)| f.as_slice());
-    let write = |(&format, path): (&Format, &PathBuf)| -> Result<Written> {
+    let write = |(&format, path): (&Format, &PathBuf), fitted: Option<&[FittedSplat]>| {
         let start = Instant::now();
         let mut w = write_format(args, format, path, &asset, up, fitted)?;
         w.seconds = start.elapsed().as_secs_f64();
         Ok(w)
     };
-    let mut written: Vec<Numbered> = args
-        .format
+    let numbered: Vec<(usize, (&Format, &PathBuf))> =
+        args.format.iter().zip(outputs).enumerate().collect();
+    // Both splat files hold the same splats: the splat PLY's job fits them once for both.
+    let spz = numbered
         .iter()
-        .zip(outputs)
-        .enumerate()
-        .collect::<Vec<_>>()
+        .find(|(_, (f, _))| **f == Format::SplatSpz)
+        .copied()
+        .filter(|_| args.format.contains(&Format::Splat));
+    let mut written: Vec<Numbered> = numbered
         .into_par_iter()
-        .map(|(i, f)| match &prepared {
+        .filter(|(i, _)| spz.is_none_or(|(j, _)| j != *i))
+        .flat_map_iter(|(i, f)| match (&prepared, f.0, spz) {
             // The mesh formats could not start: each of them fails with that error.
-            Err(msg) if is_mesh(f.0) => (i, Err(anyhow::anyhow!("{msg}"))),
-            _ => (i, write(f)),
+            (Err(msg), format, _) if is_mesh(format) => {
+                vec![(i, Err(anyhow::anyhow!("{msg}")))]
+            }
+            (_, Format::Splat, Some((j, spz))) => {
+                let start = Instant::now();
+                let fitted = fit_splats(&asset, args.splats, &SplatShape::default());
+                let fit_seconds = start.elapsed().as_secs_f64();
+                let (ply, spz) =
+                    rayon::join(|| write(f, Some(&fitted)), || write(spz, Some(&fitted)));
+                let ply = ply.map(|w| Written {
+                    fit_seconds: Some(fit_seconds),
+                    ..w
+                });
+                vec![(i, ply), (j, spz)]
+            }
+            _ => vec![(i, write(f, None))],
         })
         .collect();
     written.sort_by_key(|w| w.0);
@@ -957,6 +954,9 @@ fn save(
     for (format, w) in args.format.iter().zip(written) {
         let w = w?;
         seconds.insert(format_key(*format).to_string(), w.seconds);
+        if let Some(fit) = w.fit_seconds {
+            seconds.insert("splat-fit".to_string(), fit);
+        }
         decimation = decimation.or(w.decimation);
         glb = glb.or(w.glb);
     }
@@ -969,6 +969,8 @@ type Numbered = (usize, Result<Written>);
 /// One format's file written: its seconds, and for the GLB how it was decimated and exported.
 struct Written {
     seconds: f64,
+    /// The splat fit both splat formats share, timed apart from either file.
+    fit_seconds: Option<f64>,
     decimation: Option<DecimationReport>,
     glb: Option<GlbReport>,
 }
@@ -993,6 +995,7 @@ fn write_format(
 ) -> Result<Written> {
     let mut w = Written {
         seconds: 0.0,
+        fit_seconds: None,
         decimation: None,
         glb: None,
     };

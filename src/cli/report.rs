@@ -84,11 +84,12 @@ pub struct ItemReport {
     pub splat_psnr_object_db: Option<f64>,
     /// Seconds of each output after the pipeline: `mesh` (the surface extracted from the shape
     /// decoder's voxels and its holes filled, on the writer's side), `asset` (the voxels and
-    /// mesh gathered for export), `latents` (--save-latents), then each format (`splat`, `splat-spz`,
-    /// `mesh-ply`, `glb`: conversion and file write; `mesh-prepare`: the faces wound outward and
-    /// the colours at the vertices, computed once for both mesh formats before the formats
-    /// start, the splat fit reusing those faces; `splat-fit`: the splats fitted once
-    /// beside it when both splat formats are written, their rows then only the files), `preview`, and `splat_quality` (computed only for this report).
+    /// mesh gathered for export), `latents` (--save-latents), then each format (`splat`,
+    /// `splat-spz`, `mesh-ply`, `glb`: conversion and file write; `mesh-prepare`: the faces
+    /// wound outward and the colours at the vertices, computed once before the formats start,
+    /// for both mesh formats and the splat fit; `splat-fit`: the splats fitted once for both
+    /// splat formats when both are written, `splat` and `splat-spz` then only their files),
+    /// `preview`, and `splat_quality` (computed only for this report).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub output_seconds: BTreeMap<String, f64>,
     /// The GLB's export (decimation, unwrap, bake, encoding, writing), when one was written.
