@@ -483,7 +483,7 @@ const ROW_NAMES: [&str; 13] = [
     "export + write: splat PLY",
     "export + write: mesh PLY",
     "export + write: GLB (decimate, unwrap, bake, PNG, write)",
-    "export: mesh prepare (faces oriented, colours looked up, once for both mesh formats)",
+    "export: mesh prepare (faces oriented, colours looked up, once for the mesh formats and the splat fit)",
 ];
 
 fn gib(b: u64) -> String {
