@@ -247,7 +247,8 @@ fn batch_finishes_good_images_and_reports_bad_ones() {
 #[test]
 fn same_seed_twice_gives_byte_identical_latents_and_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |name: &str| -> (Vec<u8>, Vec<u8>) {
+    // The latents file and each file of `formats` ending as asked.
+    let run = |name: &str, formats: &str, ends: &[&str]| -> (Vec<u8>, Vec<Vec<u8>>) {
         let out = dir.path().join(name);
         let latents: PathBuf = out.join("l.safetensors");
         let mut args = vec!["generate".to_string(), s(&common::fixture(IMAGE))];
@@ -256,32 +257,43 @@ fn same_seed_twice_gives_byte_identical_latents_and_outputs() {
             "--save-latents".into(),
             s(&latents),
             "--format".into(),
-            "splat".into(),
+            formats.into(),
             "--quiet".into(),
         ]);
         let o = trellis2(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(o.status.success(), "{}", text(&o));
-        let splat = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".splat.ply"))
-            .unwrap();
-        (
-            std::fs::read(latents).unwrap(),
-            std::fs::read(splat).unwrap(),
-        )
+        let files = ends
+            .iter()
+            .map(|end| {
+                let path = std::fs::read_dir(&out)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .find(|p| p.to_string_lossy().ends_with(end))
+                    .unwrap();
+                std::fs::read(path).unwrap()
+            })
+            .collect();
+        (std::fs::read(latents).unwrap(), files)
     };
-    let (la, sa) = run("a");
-    let (lb, sb) = run("b");
+    let (la, sa) = run("a", "splat", &[".splat.ply"]);
+    // With a mesh format the splat fit reuses its outward faces, and both splat formats share
+    // one fit: the same bytes as each written alone.
+    let (lb, sb) = run(
+        "b",
+        "splat,splat-spz,mesh-ply",
+        &[".splat.ply", ".spz", ".mesh.ply"],
+    );
+    let (_, sc) = run("c", "splat-spz", &[".spz"]);
     assert!(la.len() > 1000);
     assert!(
         la == lb,
         "latents files differ between two runs with the same seed"
     );
     assert!(
-        sa == sb,
+        sa[0] == sb[0],
         "splat files differ between two runs with the same seed"
     );
+    assert!(sb[1] == sc[0], "SPZ files differ with and without the PLY");
 }
 
 #[test]
@@ -765,14 +777,19 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
             assert_eq!(stage("cascade")["tokens"], shell_coords(64, 500).len());
             assert_eq!(stage("shape_hr")["tokens"], shell_coords(64, 500).len());
         }
-        // The decode stage reports its parts; forced growth decoded more voxels than tokens.
+        // The decode stage reports its parts, the output side the mesh extraction; forced
+        // growth decoded more voxels than tokens.
         let decode = stage("decode");
-        for part in ["shape_decoder", "mesh", "tex_decoder", "fill_holes"] {
+        for part in ["shape_decoder", "tex_decoder"] {
             assert!(
                 decode["parts"][part].as_f64().is_some(),
                 "{pipeline}: {decode}"
             );
         }
+        assert!(
+            item["output_seconds"]["mesh"].as_f64().is_some(),
+            "{pipeline}: {item}"
+        );
         assert!(
             item["voxels"].as_u64().unwrap() > shell as u64,
             "{pipeline}: {item}"

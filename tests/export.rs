@@ -717,8 +717,8 @@ fn large_sphere() -> Asset {
     Asset::from_rows(mesh, &coords, &attrs, &duals, GRID).expect("valid asset")
 }
 
-/// The mesh PLY, the vertex-colour GLB of the full and of a decimated mesh, each written
-/// without and with the shared preparation `generate` does first.
+/// The mesh PLY, the vertex-colour GLB of the full and of a decimated mesh and the splat PLY,
+/// each written without and with the shared preparation `generate` does first.
 fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let reduced = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
@@ -738,12 +738,15 @@ fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
             ("mesh.ply", dir.join("mesh.ply")),
             ("mesh.glb", dir.join("mesh.glb")),
             ("decimated.glb", dir.join("decimated.glb")),
+            ("splats.ply", dir.join("splats.ply")),
         ];
         write_mesh_ply(&files[0].1, asset, Up::Y).unwrap();
         write_glb(&files[1].1, asset, Up::Y).unwrap();
         let decimated = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
         assert_eq!(decimated.mesh(), reduced.mesh(), "prepared: {prepared}");
         write_glb(&files[2].1, &decimated, Up::Y).unwrap();
+        // The splat fit reuses the prepared outward faces.
+        write_splat_ply(&files[3].1, asset, Up::Y, SplatBudget::All).unwrap();
         for (name, path) in files {
             out.push((
                 format!("{name} (prepared: {prepared})"),
@@ -776,8 +779,8 @@ fn mesh_writers_give_the_same_bytes_on_one_and_four_threads() {
         assert!(a == b, "{name}: 1 and 4 threads differ");
     }
     // Preparing first changes nothing either.
-    for k in 0..3 {
-        assert!(one[k].1 == one[k + 3].1, "{}: prepared differs", one[k].0);
+    for k in 0..4 {
+        assert!(one[k].1 == one[k + 4].1, "{}: prepared differs", one[k].0);
     }
 }
 

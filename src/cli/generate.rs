@@ -21,6 +21,9 @@ use super::report::{
 };
 use super::values::{self, BackgroundArg, DtypeArg, PerStage, PipelineArg, UpArg};
 use trellis2::export::glb_writer::{write_textured_glb_with_options, TextureOptions};
+use trellis2::export::splat::{write_fitted_splat_ply, SplatShape};
+use trellis2::export::splat_fit::{fit_splats, FittedSplat};
+use trellis2::export::spz::write_fitted_splat_spz;
 use trellis2::export::tensors::read_tensors;
 use trellis2::export::{
     write_atomic, write_glb, write_mesh_ply, write_splat_ply, Asset, SplatBudget,
@@ -575,7 +578,7 @@ pub fn run(args: &Args) -> Result<u8> {
                                 break;
                             }
                             let mut worker = Worker::new(progress, vec![k]);
-                            pipeline.generate_batch(
+                            pipeline.generate_batch_voxels(
                                 vec![item(k)],
                                 order,
                                 &mut worker,
@@ -587,9 +590,12 @@ pub fn run(args: &Args) -> Result<u8> {
                             let share: Vec<usize> = (w..todo.len()).step_by(workers).collect();
                             let batch = share.iter().map(|&k| item(k)).collect();
                             let mut worker = Worker::new(progress, share.clone());
-                            pipeline.generate_batch(batch, order, &mut worker, &mut |j, r, _| {
-                                hand(share[j], r)
-                            });
+                            pipeline.generate_batch_voxels(
+                                batch,
+                                order,
+                                &mut worker,
+                                &mut |j, r, _| hand(share[j], r),
+                            );
                         }
                     });
                 }
@@ -758,6 +764,9 @@ fn finish_item(
     let label = item.input.display().to_string();
     let saving = Instant::now();
     let result = result.and_then(|mut g| {
+        // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
+        g.extract_mesh()?;
+        item.output_seconds.insert("mesh".into(), g.mesh_seconds);
         // `save` moves the mesh and voxels into the exported asset: their sizes first.
         let sizes = [
             g.voxel_coords.len(),
@@ -890,61 +899,53 @@ fn save(
     lap("asset");
     // The formats are independent: written concurrently, each timed on its own. The mesh
     // formats share the faces wound outward and the colours at the vertices, computed once
-    // ("mesh-prepare") beside the splat formats, which need neither.
+    // first ("mesh-prepare"); the splat fit reuses those faces.
     let is_mesh = |f: &Format| matches!(f, Format::MeshPly | Format::Glb);
-    let write = |(&format, path): (&Format, &PathBuf)| -> Result<Written> {
+    let prepared = if args.format.iter().any(is_mesh) {
         let start = Instant::now();
-        let mut w = write_format(args, format, path, &asset, up)?;
+        let r = asset.prepare_mesh_outputs();
+        seconds.insert("mesh-prepare".to_string(), start.elapsed().as_secs_f64());
+        r.map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(())
+    };
+    let write = |(&format, path): (&Format, &PathBuf), fitted: Option<&[FittedSplat]>| {
+        let start = Instant::now();
+        let mut w = write_format(args, format, path, &asset, up, fitted)?;
         w.seconds = start.elapsed().as_secs_f64();
         Ok(w)
     };
-    let pick = |mesh: bool| -> Vec<(usize, (&Format, &PathBuf))> {
-        args.format
-            .iter()
-            .zip(outputs)
-            .enumerate()
-            .filter(|(_, (f, _))| is_mesh(f) == mesh)
-            .collect()
-    };
-    let (mesh_formats, other_formats) = (pick(true), pick(false));
-    let run = |formats: Vec<(usize, (&Format, &PathBuf))>| -> Vec<Numbered> {
-        formats
-            .into_par_iter()
-            .map(|(i, f)| (i, write(f)))
-            .collect()
-    };
-    let (mesh_written, other_written) = rayon::join(
-        || -> Result<(f64, Vec<Numbered>)> {
-            if mesh_formats.is_empty() {
-                return Ok((0.0, Vec::new()));
-            }
-            let start = Instant::now();
-            asset.prepare_mesh_outputs()?;
-            let prepare = start.elapsed().as_secs_f64();
-            Ok((prepare, run(mesh_formats)))
-        },
-        || run(other_formats),
-    );
-    let mut written: Vec<Numbered> = other_written;
-    match mesh_written {
-        Ok((prepare, w)) => {
-            if prepare > 0.0 {
-                seconds.insert("mesh-prepare".to_string(), prepare);
-            }
-            written.extend(w);
-        }
-        Err(e) => {
+    let numbered: Vec<(usize, (&Format, &PathBuf))> =
+        args.format.iter().zip(outputs).enumerate().collect();
+    // Both splat files hold the same splats: the splat PLY's job fits them once for both.
+    let spz = numbered
+        .iter()
+        .find(|(_, (f, _))| **f == Format::SplatSpz)
+        .copied()
+        .filter(|_| args.format.contains(&Format::Splat));
+    let mut written: Vec<Numbered> = numbered
+        .into_par_iter()
+        .filter(|(i, _)| spz.is_none_or(|(j, _)| j != *i))
+        .flat_map_iter(|(i, f)| match (&prepared, f.0, spz) {
             // The mesh formats could not start: each of them fails with that error.
-            let msg = format!("{e:#}");
-            written.extend(
-                args.format
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| is_mesh(f))
-                    .map(|(i, _)| (i, Err(anyhow::anyhow!("{msg}")))),
-            );
-        }
-    }
+            (Err(msg), format, _) if is_mesh(format) => {
+                vec![(i, Err(anyhow::anyhow!("{msg}")))]
+            }
+            (_, Format::Splat, Some((j, spz))) => {
+                let start = Instant::now();
+                let fitted = fit_splats(&asset, args.splats, &SplatShape::default());
+                let fit_seconds = start.elapsed().as_secs_f64();
+                let (ply, spz) =
+                    rayon::join(|| write(f, Some(&fitted)), || write(spz, Some(&fitted)));
+                let ply = ply.map(|w| Written {
+                    fit_seconds: Some(fit_seconds),
+                    ..w
+                });
+                vec![(i, ply), (j, spz)]
+            }
+            _ => vec![(i, write(f, None))],
+        })
+        .collect();
     written.sort_by_key(|w| w.0);
     let written = written.into_iter().map(|w| w.1);
     let mut decimation = None;
@@ -953,6 +954,9 @@ fn save(
     for (format, w) in args.format.iter().zip(written) {
         let w = w?;
         seconds.insert(format_key(*format).to_string(), w.seconds);
+        if let Some(fit) = w.fit_seconds {
+            seconds.insert("splat-fit".to_string(), fit);
+        }
         decimation = decimation.or(w.decimation);
         glb = glb.or(w.glb);
     }
@@ -965,6 +969,8 @@ type Numbered = (usize, Result<Written>);
 /// One format's file written: its seconds, and for the GLB how it was decimated and exported.
 struct Written {
     seconds: f64,
+    /// The splat fit both splat formats share, timed apart from either file.
+    fit_seconds: Option<f64>,
     decimation: Option<DecimationReport>,
     glb: Option<GlbReport>,
 }
@@ -985,15 +991,23 @@ fn write_format(
     path: &Path,
     asset: &Asset,
     up: trellis2::export::Up,
+    fitted: Option<&[FittedSplat]>,
 ) -> Result<Written> {
     let mut w = Written {
         seconds: 0.0,
+        fit_seconds: None,
         decimation: None,
         glb: None,
     };
     match format {
-        Format::Splat => write_splat_ply(path, asset, up, args.splats)?,
-        Format::SplatSpz => trellis2::export::write_splat_spz(path, asset, args.splats)?,
+        Format::Splat => match fitted {
+            Some(f) => write_fitted_splat_ply(path, f, up)?,
+            None => write_splat_ply(path, asset, up, args.splats)?,
+        },
+        Format::SplatSpz => match fitted {
+            Some(f) => write_fitted_splat_spz(path, f, asset.voxel_size())?,
+            None => trellis2::export::write_splat_spz(path, asset, args.splats)?,
+        },
         Format::MeshPly => write_mesh_ply(path, asset, up)?,
         Format::Glb => {
             let start = Instant::now();

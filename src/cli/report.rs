@@ -82,11 +82,14 @@ pub struct ItemReport {
     /// The same PSNR over the object's pixels only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub splat_psnr_object_db: Option<f64>,
-    /// Seconds of each output after the pipeline: `asset` (the voxels and mesh gathered for
-    /// export), `latents` (--save-latents), then each format (`splat`, `splat-spz`,
-    /// `mesh-ply`, `glb`: conversion and file write; `mesh-prepare`: the faces wound outward and
-    /// the colours at the vertices, computed once for both mesh formats beside the splat
-    /// formats), `preview`, and `splat_quality` (computed only for this report).
+    /// Seconds of each output after the pipeline: `mesh` (the surface extracted from the shape
+    /// decoder's voxels and its holes filled, on the writer's side), `asset` (the voxels and
+    /// mesh gathered for export), `latents` (--save-latents), then each format (`splat`,
+    /// `splat-spz`, `mesh-ply`, `glb`: conversion and file write; `mesh-prepare`: the faces
+    /// wound outward and the colours at the vertices, computed once before the formats start,
+    /// for both mesh formats and the splat fit; `splat-fit`: the splats fitted once for both
+    /// splat formats when both are written, `splat` and `splat-spz` then only their files),
+    /// `preview`, and `splat_quality` (computed only for this report).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub output_seconds: BTreeMap<String, f64>,
     /// The GLB's export (decimation, unwrap, bake, encoding, writing), when one was written.

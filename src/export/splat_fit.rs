@@ -17,7 +17,6 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::asset::{Asset, ALPHA};
-use super::face_orientation::faces_wound_outward;
 use super::sym_eigen::{cross, dot, normalized, sym_eigen3};
 use super::voxel_frames::{dual_centroid, neighbourhood, neighbourhood_frame, NO_VOXEL};
 use crate::mesh::dual_grid::AABB_MIN;
@@ -211,10 +210,11 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
     let centroid = dual_centroid(duals);
     // Re-winding the mesh (for the outward normals and owned areas of the dual vertices) scales
     // less well over many threads than the voxels' own plane fits, which do not need it: the
-    // two run side by side. A patch's shape does not depend on its normal's sign, so the fits
-    // can use the plane's normal before the mesh decides which way it faces.
+    // two run side by side, unless `Asset::prepare_mesh_outputs` already wound it. A patch's
+    // shape does not depend on its normal's sign, so the fits can use the plane's normal before
+    // the mesh decides which way it faces.
     let ((normal_sum, area), fits) = rayon::join(
-        || vertex_normals_and_areas(&mesh.vertices, &faces_wound_outward(mesh), n),
+        || vertex_normals_and_areas(&mesh.vertices, &asset.oriented_faces(), n),
         || {
             (0..n)
                 .into_par_iter()

@@ -1,5 +1,8 @@
-//! Decoding (docs/MODEL.md §1.6): shape decoder → dual-grid mesh (+ subdivision guides) → texture
-//! decoder guided by those subdivisions → PBR voxels `·0.5 + 0.5`; then hole filling.
+//! Decoding (docs/MODEL.md §1.6): shape decoder (+ subdivision guides) → texture decoder guided by
+//! those subdivisions → PBR voxels `·0.5 + 0.5`. The surface (dual-grid mesh, then hole filling)
+//! is extracted from the shape decoder's voxels later, on the host
+//! ([`super::output::Generated::extract_mesh`]), so that a batch's device thread does not wait
+//! for it.
 
 use std::time::Instant;
 
@@ -8,19 +11,14 @@ use candle_core::{DType, Device, Tensor};
 
 use super::context::Ctx;
 use super::models::role;
-use super::output::PBR_CHANNELS;
-use crate::mesh::{
-    decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
-};
+use super::output::{ShapeVoxels, PBR_CHANNELS};
 use crate::sparse::SparseTensor;
 
-/// The decoded object.
+/// The decoded object, its surface not yet extracted.
 pub(crate) struct Decoded {
-    pub mesh: Mesh,
-    pub fill_holes: FillHolesReport,
+    pub shape_voxels: ShapeVoxels,
     pub voxel_coords: Vec<[i32; 4]>,
     pub voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
-    pub dual_vertices: Vec<[f32; 3]>,
 }
 
 pub(crate) fn decode(
@@ -62,39 +60,6 @@ pub(crate) fn decode(
     let host_raw: Vec<f32> = to_host(raw.feats(), DType::F32)?;
     // The host reads waited for the device: the part ends here.
     stage.parts.insert("shape_decoder".into(), secs(start));
-    let start = Instant::now();
-    let mut meshes = decoder_output_to_meshes(&host_coords, &host_raw, resolution as u32)
-        .context("mesh extraction")?;
-    if meshes.len() != 1 {
-        bail!("decoder returned {} objects, expected one", meshes.len());
-    }
-    let mut mesh = meshes.remove(0);
-    let (nv, nf) = (mesh.vertices.len(), mesh.faces.len());
-    ctx.latents.insert(
-        "mesh.0.vertices",
-        Tensor::from_vec(
-            mesh.vertices
-                .iter()
-                .flatten()
-                .copied()
-                .collect::<Vec<f32>>(),
-            (nv, 3),
-            ctx.device,
-        )?,
-    );
-    ctx.latents.insert(
-        "mesh.0.faces",
-        Tensor::from_vec(
-            mesh.faces
-                .iter()
-                .flatten()
-                .map(|&i| i as i32)
-                .collect::<Vec<i32>>(),
-            (nf, 3),
-            ctx.device,
-        )?,
-    );
-    stage.parts.insert("mesh".into(), secs(start));
     ctx.progress.step("decode", 1);
 
     let (tex, start) = {
@@ -122,17 +87,11 @@ pub(crate) fn decode(
     let host_attrs: Vec<f32> = to_host(&attrs, DType::F32)?;
     stage.parts.insert("tex_decoder".into(), secs(start));
 
-    let start = Instant::now();
-    let dual_vertices = mesh.vertices.clone();
-    let fill = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
-    stage.parts.insert("fill_holes".into(), secs(start));
-    stage.voxels = Some(nv);
+    stage.voxels = Some(host_coords.len() / 4);
     stage.tokens = Some(coords.dim(0)?);
     ctx.progress.step("decode", 2);
     ctx.end(stage);
     Ok(Decoded {
-        mesh,
-        fill_holes: fill,
         voxel_coords: host_coords
             .chunks_exact(4)
             .map(|c| [c[0], c[1], c[2], c[3]])
@@ -141,7 +100,11 @@ pub(crate) fn decode(
             .chunks_exact(PBR_CHANNELS)
             .map(|a| std::array::from_fn(|k| a[k]))
             .collect(),
-        dual_vertices,
+        shape_voxels: ShapeVoxels {
+            coords: host_coords,
+            raw: host_raw,
+            resolution: resolution as u32,
+        },
     })
 }
 

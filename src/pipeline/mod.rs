@@ -33,6 +33,6 @@ pub use config::{
 };
 pub use model_cache::ModelLoads;
 pub use noise::NoiseSource;
-pub use output::{Generated, Latents, PBR_CHANNELS};
+pub use output::{Generated, Latents, ShapeVoxels, PBR_CHANNELS};
 pub use progress::{NoProgress, Progress, StageReport};
 pub use run::{BatchItem, BatchOrder, Picture, Pipeline, RunOptions};

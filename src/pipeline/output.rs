@@ -1,12 +1,16 @@
 //! What a run produces: the object (mesh, textured voxels, dual vertices) and every named
 //! intermediate under the golden pipeline's key names, plus per-stage reports.
 
-use anyhow::{Context, Result};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::config::PipelineType;
 use super::progress::StageReport;
-use crate::mesh::{FillHolesReport, Mesh};
+use crate::mesh::{
+    decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
+};
 
 /// Channels of a textured voxel: base colour RGB (0..3), metallic (3), roughness (4), alpha (5).
 pub const PBR_CHANNELS: usize = 6;
@@ -74,13 +78,31 @@ impl Latents {
     }
 }
 
+/// The shape decoder's output on the host, from which the surface is extracted.
+#[derive(Debug, Clone)]
+pub struct ShapeVoxels {
+    /// `[V, 4]` (batch, x, y, z), flat.
+    pub coords: Vec<i32>,
+    /// The raw decoder features `[V, 7]`, flat.
+    pub raw: Vec<f32>,
+    /// Grid resolution.
+    pub resolution: u32,
+}
+
 /// One generated object.
+///
+/// [`Pipeline::generate`](super::Pipeline::generate) and
+/// [`Pipeline::generate_batch`](super::Pipeline::generate_batch) return it with its surface
+/// extracted; [`Pipeline::generate_batch_voxels`](super::Pipeline::generate_batch_voxels) returns
+/// it with `mesh`, `fill_holes` and `dual_vertices` still empty and `shape_voxels` set, for
+/// [`Generated::extract_mesh`] to run elsewhere (a batch's output thread) than the thread that
+/// drives the device.
 #[derive(Debug, Clone)]
 pub struct Generated {
     pub pipeline_type: PipelineType,
     /// Grid resolution of the decoded voxels (512, 1024, or the cascade's choice).
     pub resolution: u32,
-    /// The extracted surface, holes filled, in `[-0.5, 0.5]³`.
+    /// The extracted surface, holes filled, in `[-0.5, 0.5]³` (empty until extracted).
     pub mesh: Mesh,
     /// What hole filling did.
     pub fill_holes: FillHolesReport,
@@ -88,10 +110,52 @@ pub struct Generated {
     pub voxel_coords: Vec<[i32; 4]>,
     /// Their PBR attributes `[V, 6]`, already `·0.5 + 0.5` (see [`PBR_CHANNELS`]).
     pub voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
-    /// One dual-grid vertex per voxel, in voxel order (= the mesh vertices before hole filling).
+    /// One dual-grid vertex per voxel, in voxel order (= the mesh vertices before hole filling;
+    /// empty until extracted).
     pub dual_vertices: Vec<[f32; 3]>,
+    /// The shape decoder's voxels while the surface is not extracted yet; `None` after.
+    pub shape_voxels: Option<ShapeVoxels>,
+    /// Seconds the surface extraction and hole filling took (0 until they ran).
+    pub mesh_seconds: f64,
     /// Every named intermediate.
     pub latents: Latents,
     /// Per-stage wall time, counts and peak memory, in run order.
     pub stages: Vec<StageReport>,
+}
+
+impl Generated {
+    /// Extracts the surface from the shape decoder's voxels (dual grid → triangles), fills its
+    /// small holes and adds `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the
+    /// golden files hold them) to the latents, on the CPU. Does nothing when already done.
+    pub fn extract_mesh(&mut self) -> Result<()> {
+        let Some(voxels) = self.shape_voxels.take() else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let mut meshes = decoder_output_to_meshes(&voxels.coords, &voxels.raw, voxels.resolution)
+            .context("mesh extraction")?;
+        drop(voxels);
+        if meshes.len() != 1 {
+            bail!("decoder returned {} objects, expected one", meshes.len());
+        }
+        let mut mesh = meshes.remove(0);
+        let (nv, nf) = (mesh.vertices.len(), mesh.faces.len());
+        let vertices: Vec<f32> = mesh.vertices.iter().flatten().copied().collect();
+        let faces: Vec<i32> = mesh.faces.iter().flatten().map(|&i| i as i32).collect();
+        self.latents.insert(
+            "mesh.0.vertices",
+            Tensor::from_vec(vertices, (nv, 3), &Device::Cpu)?,
+        );
+        self.latents.insert(
+            "mesh.0.faces",
+            Tensor::from_vec(faces, (nf, 3), &Device::Cpu)?,
+        );
+        let dual_vertices = mesh.vertices.clone();
+        self.fill_holes =
+            fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
+        self.mesh = mesh;
+        self.dual_vertices = dual_vertices;
+        self.mesh_seconds = start.elapsed().as_secs_f64();
+        Ok(())
+    }
 }

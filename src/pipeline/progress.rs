@@ -29,8 +29,8 @@ pub struct StageReport {
     /// needed it); absent when none was read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_seconds: Option<f64>,
-    /// Seconds of named parts of the stage (the decode stage: `shape_decoder`, `mesh`,
-    /// `tex_decoder`, `fill_holes`), loads left out.
+    /// Seconds of named parts of the stage (the decode stage: `shape_decoder`, `tex_decoder`),
+    /// loads left out.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub parts: std::collections::BTreeMap<String, f64>,
 }

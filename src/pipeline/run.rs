@@ -169,6 +169,21 @@ impl Pipeline {
         progress: &mut P,
         done: &mut dyn FnMut(usize, Result<Generated>, &mut P),
     ) {
+        self.generate_batch_voxels(items, order, progress, &mut |i, r, p| {
+            done(i, r.and_then(extracted), p)
+        });
+    }
+
+    /// [`Pipeline::generate_batch`] whose results still hold the shape decoder's voxels instead
+    /// of the surface: the caller runs [`Generated::extract_mesh`] (host work only), e.g. on
+    /// another thread while this one goes on with the next picture's device stages.
+    pub fn generate_batch_voxels<P: Progress>(
+        &self,
+        items: Vec<BatchItem>,
+        order: BatchOrder,
+        progress: &mut P,
+        done: &mut dyn FnMut(usize, Result<Generated>, &mut P),
+    ) {
         let default = self.settings.default_type;
         let Some(ptype) = items
             .first()
@@ -434,8 +449,14 @@ impl Pipeline {
         self.models.set_keep(Keep::Roles(HashSet::new()));
         self.models.trim();
         self.run_step(Step::Decode, &mut job, progress)?;
-        job.finish()
+        job.finish().and_then(extracted)
     }
+}
+
+/// `g` with its surface extracted.
+fn extracted(mut g: Generated) -> Result<Generated> {
+    g.extract_mesh()?;
+    Ok(g)
 }
 
 /// A `&mut dyn Progress` as a sized [`Progress`].
@@ -639,11 +660,13 @@ impl<'a> Job<'a> {
         Ok(Generated {
             pipeline_type: self.ptype,
             resolution: resolution as u32,
-            mesh: d.mesh,
-            fill_holes: d.fill_holes,
+            mesh: Default::default(),
+            fill_holes: Default::default(),
             voxel_coords: d.voxel_coords,
             voxel_attrs: d.voxel_attrs,
-            dual_vertices: d.dual_vertices,
+            dual_vertices: Vec::new(),
+            shape_voxels: Some(d.shape_voxels),
+            mesh_seconds: 0.0,
             latents: self.latents,
             stages: self.reports,
         })
