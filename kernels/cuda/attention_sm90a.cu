@@ -642,3 +642,338 @@ FLASH90(flash_attn_sm90a_bf16_d64, __nv_bfloat16, 64)
 FLASH90(flash_attn_sm90a_bf16_d128, __nv_bfloat16, 128)
 FLASH90(flash_attn_sm90a_f16_d64, __half, 64)
 FLASH90(flash_attn_sm90a_f16_d128, __half, 128)
+
+// =============================================================================================
+// Warp-specialised variant (`flash_attn_ws_*`, `TRELLIS2_ATTENTION=fa3`, AttentionKernel::Fa3):
+// the consumer math above (same tiles BM = BN = 128, same SW128 layout and descriptors, same
+// intra-warpgroup overlap of softmax(S(j)) with P(j−1)·V(j−1), same numerics), but the copies
+// leave the consumers:
+// - 384 threads: warpgroup 0 is the producer, warpgroups 1 and 2 the consumers (64 query rows
+//   each). One thread of the producer issues every copy as a TMA box (cp.async.bulk.tensor.3d,
+//   a CUtensorMap per operand built on the host: dims (D, H, tokens), token stride as given, box
+//   64 × 1 × 128 with the 128-byte swizzle, which writes exactly the SW128 tile layout above);
+//   the consumers spend no issue slots on addresses, and the copies need no registers of theirs.
+// - Registers: the kernel is compiled for 384 threads (`__launch_bounds__(384, 1)`: 168 a
+//   thread at launch); the producer gives its warps' registers back (setmaxnreg.dec to 24) and
+//   the consumers take them (setmaxnreg.inc to 240: 24·128 + 240·256 ≤ 64K), so the consumer
+//   code is allocated against 240 registers, not 168.
+// - Hand-over: full[s] (count 1: the producer's arrive.expect_tx of the tile's bytes; the TMA
+//   completes the transaction count), empty[s] (count 8: lane 0 of each consumer warp once its
+//   wait_group 0 has retired P·V of the stage's tile), qbar for Q. Both sides are async proxy
+//   (TMA writes, wgmma reads), so no proxy fence is needed between them.
+// - Rows past the sequence's end inside a tile: the TMA reads them from the next packed sequence
+//   (or zero-fills past the tensor's last token); their scores are masked to −∞ by selects as
+//   before, so P is exactly 0 there and 0·V adds nothing (V rows are finite).
+// - PINGPONG: the two consumer warpgroups take turns to issue their wgmma batches (named
+//   barriers BAR_SCHED + warpgroup, 256 threads: a warpgroup waits on its own, then arrives on
+//   the other's once its batch is issued), so that one's softmax runs while the other's products
+//   occupy the tensor cores. Warpgroup 1 arrives once at the start (warpgroup 0 goes first) and
+//   skips its last arrival, so every barrier's arrivals match its waits.
+namespace sm90a {
+
+constexpr int WS_THREADS = 384;    // producer warpgroup + two consumer warpgroups
+constexpr int WS_CONSUMER_WARPS = 8;
+constexpr int BAR_SCHED = 3;       // + consumer warpgroup: ping-pong barriers (1, 2: BAR_OUT)
+
+// A CUtensorMap as the host encodes it (128 opaque bytes), passed by value as a
+// __grid_constant__ parameter: the TMA reads it through its parameter-space address.
+struct alignas(64) TmaMap {
+    unsigned long long v[16];
+};
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// One box of a 3-D tensor map into shared memory at dst, completing bytes on bar.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const TmaMap *map, uint32_t bar, int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+}
+__device__ __forceinline__ void prefetch_tma_map(const TmaMap *map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+template <uint32_t N> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <uint32_t N> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void bar_arrive(int id, int count) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+template <typename T, int D, bool PINGPONG>
+__device__ __forceinline__ void flash_fwd_ws(const TmaMap *tq, const TmaMap *tk, const TmaMap *tv, T *__restrict__ out,
+                                             const uint4 *__restrict__ tiles, int heads, float scale_log2) {
+    constexpr int CB = D / 64;  // 64-wide column blocks: one TMA box each
+    constexpr int QBYTES = BM * D * 2;
+    constexpr int KVBYTES = BN * D * 2;
+    constexpr int STAGE_BYTES = 2 * KVBYTES;
+    static_assert(QBYTES % ALIGN == 0 && KVBYTES % ALIGN == 0 && (BM * 128) % ALIGN == 0 && (BN * 128) % ALIGN == 0,
+                  "every swizzled block base stays 1024-byte aligned");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const uint32_t sQ = (smem_addr(smem_raw) + (ALIGN - 1)) & ~(ALIGN - 1);
+    unsigned char *const smem = smem_raw + (sQ - smem_addr(smem_raw));
+    const uint32_t sKV = sQ + QBYTES;
+    // mbarriers: full[s], empty[s], then Q's.
+    const uint32_t full_bar = sKV + STAGES * STAGE_BYTES, empty_bar = full_bar + 8 * STAGES;
+    const uint32_t q_bar = empty_bar + 8 * STAGES;
+
+    const uint4 ti = tiles[blockIdx.x];
+    const int q0 = ti.x, q1 = ti.y, k0 = ti.z, k1 = ti.w;
+    const int ntiles = (k1 - k0 + BN - 1) / BN;
+    const int h = blockIdx.y;
+    const int tid = threadIdx.x;
+
+    if (tid == 0) {
+#pragma unroll
+        for (int i = 0; i < STAGES; ++i) {
+            mbar_init(full_bar + 8 * i, 1);
+            mbar_init(empty_bar + 8 * i, WS_CONSUMER_WARPS);
+        }
+        mbar_init(q_bar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();  // the barriers are initialised before anyone uses them
+
+    if (tid < 128) {
+        // Producer warpgroup: one thread issues every copy; the others only give their
+        // registers back.
+        setmaxnreg_dec<24>();
+        if (tid == 0 && ntiles > 0) {
+            prefetch_tma_map(tq);
+            prefetch_tma_map(tk);
+            prefetch_tma_map(tv);
+            mbar_arrive_expect_tx(q_bar, QBYTES);
+#pragma unroll
+            for (int cb = 0; cb < CB; ++cb) tma_load_3d(sQ + cb * BM * 128, tq, q_bar, cb * 64, h, q0);
+            int st = 0;
+            uint32_t phase = 0;  // parity of the empty phase to wait for, per ring pass
+#pragma unroll 1
+            for (int j = 0; j < ntiles; ++j) {
+                // Stage st held tile j − 3: both consumer warpgroups must have released it.
+                if (j >= STAGES) mbar_wait(empty_bar + 8 * st, phase);
+                const uint32_t fb = full_bar + 8 * st, dst = sKV + st * STAGE_BYTES;
+                mbar_arrive_expect_tx(fb, STAGE_BYTES);
+                const int kt = k0 + j * BN;
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb) tma_load_3d(dst + cb * BN * 128, tk, fb, cb * 64, h, kt);
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb) tma_load_3d(dst + KVBYTES + cb * BN * 128, tv, fb, cb * 64, h, kt);
+                if (++st == STAGES) {
+                    st = 0;
+                    if (j >= STAGES) phase ^= 1;
+                }
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<240>();
+
+    const int ctid = tid - 128;  // thread within the consumers
+    const int wg = ctid >> 7, wl = (ctid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    // Ping-pong: warpgroup 0 issues first.
+    auto sched_wait = [&]() {
+        if (PINGPONG) bar_sync(BAR_SCHED + wg, 256);
+    };
+    auto sched_pass = [&]() {
+        if (PINGPONG) bar_arrive(BAR_SCHED + (wg ^ 1), 256);
+    };
+
+    const uint32_t dq = desc_lo(sQ + wg * WG_ROWS * 128, 16);
+    const uint32_t dk = desc_lo(sKV, 16);
+    const uint32_t dv = desc_lo(sKV + KVBYTES, V_LBO);
+    auto kstep = [](int kk, int rows) -> uint32_t { return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4; };
+    auto issue_qk = [&](float (&s)[BN / 2], int st) {
+        const uint32_t kst = dk + ((st * STAGE_BYTES) >> 4);
+        wgmma_ss_first<T, BN>(s, desc<ALIGN>(dq), desc<ALIGN>(kst));
+#pragma unroll
+        for (int kk = 1; kk < D / 16; ++kk)
+            wgmma_ss<T, BN>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(kst + kstep(kk, BN)));
+    };
+    auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&p)[BN / 16][4], int st) {
+        const uint32_t vst = dv + ((st * STAGE_BYTES) >> 4);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<V_SBO>(vst + ((kk * 2 * ALIGN) >> 4)));
+    };
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    // The online softmax, P packing and O rescale of flash_fwd above, unchanged.
+    auto softmax = [&](float (&s)[BN / 2], int kt, float (&alpha)[2], bool mask) {
+        if (mask) {
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[4 * n + e] = kt + n * 8 + 2 * t + (e & 1) >= k1 ? -INFINITY : s[4 * n + e];
+        }
+        bool grew = false;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mn = fmaxf(m[r], mx * scale_log2);
+            grew |= mn > m[r];
+            alpha[r] = mn > m[r] ? exp2_approx(m[r] - mn) : 1.f;
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[4 * n + e] = exp2_approx(fmaf(s[4 * n + e], scale_log2, -m[e >> 1]));
+                l[e >> 1] += s[4 * n + e];
+            }
+        return __any_sync(0xffffffffu, grew);
+    };
+    auto pack_p = [&](const float (&s)[BN / 2], uint32_t (&p)[BN / 16][4]) {
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n) {
+            p[n / 2][(n & 1) * 2 + 0] = pack2<T>(s[4 * n + 0], s[4 * n + 1]);
+            p[n / 2][(n & 1) * 2 + 1] = pack2<T>(s[4 * n + 2], s[4 * n + 3]);
+        }
+    };
+    auto rescale = [&](const float (&alpha)[2]) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[4 * n + 0] *= alpha[0];
+            o[4 * n + 1] *= alpha[0];
+            o[4 * n + 2] *= alpha[1];
+            o[4 * n + 3] *= alpha[1];
+        }
+    };
+    // Stage st's tile has been read by this warp's last wgmma: one arrival per warp.
+    auto release = [&](int st) {
+        if (lane == 0) mbar_arrive(empty_bar + 8 * st);
+    };
+
+    if (ntiles > 0) {
+        if (PINGPONG && wg == 1) bar_arrive(BAR_SCHED + 0, 256);
+        mbar_wait(q_bar, 0);
+        mbar_wait(full_bar, 0);
+        uint32_t p[BN / 16][4];
+        {
+            float s[BN / 2];
+            sched_wait();
+            wgmma_fence();
+            issue_qk(s, 0);
+            wgmma_commit();
+            sched_pass();
+            wgmma_wait<0>();
+            fence_regs(s);
+            float alpha[2];
+            softmax(s, k0, alpha, ntiles == 1);
+            pack_p(s, p);
+        }
+        auto step = [&](int j, int &st, bool last) {
+            const int sn = st == STAGES - 1 ? 0 : st + 1;
+            mbar_wait(full_bar + 8 * sn, (j / STAGES) & 1);
+            float s[BN / 2];
+            fence_regs(o);
+            fence_regs(p);
+            sched_wait();
+            wgmma_fence();
+            issue_qk(s, sn);
+            wgmma_commit();
+            issue_pv(o, p, st);
+            wgmma_commit();
+            sched_pass();
+            wgmma_wait<1>();
+            fence_regs(s);
+            float alpha[2];
+            const bool grew = softmax(s, k0 + j * BN, alpha, last);
+            fence_regs(s);
+            // wait_group 0 behind a branch (see flash_fwd): keeps the softmax's exp2 above it.
+            if (k0 + j * BN < k1) {
+                wgmma_wait<0>();
+            } else {
+                wgmma_wait<0>();
+                fence_proxy_async();
+            }
+            release(st);
+            fence_regs(o);
+            fence_regs(p);
+            if (grew) rescale(alpha);
+            pack_p(s, p);
+            st = sn;
+        };
+        int st = 0, j = 1;
+        for (; j + 1 < ntiles; ++j) step(j, st, false);
+        if (j < ntiles) step(j, st, true);
+        fence_regs(o);
+        fence_regs(p);
+        sched_wait();
+        wgmma_fence();
+        issue_pv(o, p, st);
+        wgmma_commit();
+        // Warpgroup 1's last batch: nobody waits for another turn.
+        if (wg == 0) sched_pass();
+        wgmma_wait<0>();
+        fence_regs(o);
+    }
+
+    // Normalise, round and stage this warpgroup's rows in its own Q rows, then 16-byte stores
+    // (as flash_fwd).
+    T *stage = reinterpret_cast<T *>(smem);
+    constexpr int CH = D / 8;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const float inv = lr > 0.f ? 1.f / lr : 0.f;
+        const int row = wg * WG_ROWS + wl * 16 + r * 8 + g;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const int off = ((n / 8) * BM * 128 + row * 128 + (((n % 8) ^ g) << 4) + t * 4) / 2;
+            *reinterpret_cast<uint32_t *>(stage + off) = pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+        }
+    }
+    bar_sync(BAR_OUT + wg, 128);
+    constexpr int OROWS = 128 / CH;
+    const int wtid = ctid & 127;
+    const int orow = wg * WG_ROWS + wtid / CH, ochunk = wtid % CH;
+    const size_t rs = (size_t)heads * D;
+    T *oh = out + (size_t)h * D;
+#pragma unroll
+    for (int pass = 0; pass < WG_ROWS / OROWS; ++pass) {
+        const int row = orow + pass * OROWS;
+        if (q0 + row < q1) {
+            const int off = ((ochunk / 8) * BM * 128 + row * 128 + (((ochunk % 8) ^ (row & 7)) << 4)) / 2;
+            *reinterpret_cast<uint4 *>(oh + (size_t)(q0 + row) * rs + ochunk * 8) =
+                *reinterpret_cast<const uint4 *>(stage + off);
+        }
+    }
+}
+
+} // namespace sm90a
+
+static_assert((2 * sm90a::STAGES + 1) * 8 <= 64, "mbarrier bytes of the warp-specialised kernel");
+
+// flash_attn_ws_*: ping-pong between the consumer warpgroups; flash_attn_wsnp_*: without.
+#define FLASH90_WS(NAME, T, D, PP)                                                                   \
+    extern "C" __global__ void __launch_bounds__(sm90a::WS_THREADS, 1)                              \
+        NAME(const __grid_constant__ sm90a::TmaMap tq, const __grid_constant__ sm90a::TmaMap tk,     \
+             const __grid_constant__ sm90a::TmaMap tv, T *out, const uint4 *tiles, int heads,        \
+             float scale_log2) {                                                                     \
+        sm90a::flash_fwd_ws<T, D, PP>(&tq, &tk, &tv, out, tiles, heads, scale_log2);                  \
+    }
+
+FLASH90_WS(flash_attn_ws_bf16_d64, __nv_bfloat16, 64, true)
+FLASH90_WS(flash_attn_ws_bf16_d128, __nv_bfloat16, 128, true)
+FLASH90_WS(flash_attn_ws_f16_d64, __half, 64, true)
+FLASH90_WS(flash_attn_ws_f16_d128, __half, 128, true)
+FLASH90_WS(flash_attn_wsnp_bf16_d64, __nv_bfloat16, 64, false)
+FLASH90_WS(flash_attn_wsnp_bf16_d128, __nv_bfloat16, 128, false)
+FLASH90_WS(flash_attn_wsnp_f16_d64, __half, 64, false)
+FLASH90_WS(flash_attn_wsnp_f16_d128, __half, 128, false)
