@@ -132,26 +132,81 @@ fn sparse_conv_cases_with_each_kernel() -> Result<()> {
     Ok(())
 }
 
-/// Every attention case with each attention kernel pinned (mma.sync, and wgmma where it runs;
-/// the wgmma kernel takes head dims 64 and 128 only).
+/// One attention kernel to pin: the kernel, and for `Fa3` whether its consumer warpgroups
+/// ping-pong (`TRELLIS2_ATTENTION_PINGPONG`, set for the calling thread only).
+#[derive(Clone, Copy, PartialEq)]
+struct Attn(AttentionKernel, bool);
+
+impl std::fmt::Debug for Attn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attn(AttentionKernel::Fa3, pp) => {
+                write!(f, "Fa3, ping-pong {}", if *pp { "on" } else { "off" })
+            }
+            Attn(k, _) => write!(f, "{k:?}"),
+        }
+    }
+}
+
+impl Attn {
+    /// Whether the kernel takes head dim `d` (the Hopper kernels: 64 and 128 only).
+    fn takes(self, d: usize) -> bool {
+        self.0 == AttentionKernel::Mma || [64, 128].contains(&d)
+    }
+
+    fn run(
+        self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        q_offsets: &[usize],
+        kv_offsets: &[usize],
+        scale: f32,
+    ) -> Result<Tensor> {
+        let tuning = Tuning {
+            attention_pingpong: self.1,
+            ..Tuning::current()
+        };
+        tuning.with(|| varlen_attention_with(self.0, q, k, v, q_offsets, kv_offsets, scale))
+    }
+}
+
+/// The attention kernels to pin on `dev`: mma.sync, and where the Hopper kernels run (an
+/// sm_90a build on a 9.0 device) wgmma and the warp-specialised fa3 with and without ping-pong.
+fn attention_kernels(dev: &Device) -> Result<Vec<Attn>> {
+    let mut kernels = vec![Attn(AttentionKernel::Mma, true)];
+    let hopper = attention_kernel_available(AttentionKernel::Wgmma, dev)?;
+    assert_eq!(
+        attention_kernel_available(AttentionKernel::Fa3, dev)?,
+        hopper,
+        "the two Hopper kernels run on the same builds and devices"
+    );
+    if hopper {
+        kernels.extend([
+            Attn(AttentionKernel::Wgmma, true),
+            Attn(AttentionKernel::Fa3, true),
+            Attn(AttentionKernel::Fa3, false),
+        ]);
+    } else {
+        println!("attention: the Hopper kernels are not available here; mma.sync only");
+        let t = Tensor::zeros((4, 1, 64), DType::BF16, dev)?;
+        for k in [AttentionKernel::Wgmma, AttentionKernel::Fa3] {
+            assert!(varlen_attention_with(k, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+        }
+    }
+    Ok(kernels)
+}
+
+/// Every attention case with each attention kernel pinned (mma.sync, and wgmma and fa3 where
+/// they run; the Hopper kernels take head dims 64 and 128 only).
 #[test]
 fn attention_cases_with_each_kernel() -> Result<()> {
     let dev = gpu();
-    let mut kernels = vec![AttentionKernel::Mma];
-    if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
-        kernels.push(AttentionKernel::Wgmma);
-    } else {
-        println!("attention: the wgmma kernel is not available here; mma.sync only");
-        let t = Tensor::zeros((4, 1, 64), DType::BF16, &dev)?;
-        let wgmma = AttentionKernel::Wgmma;
-        assert!(varlen_attention_with(wgmma, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
-    }
+    let kernels = attention_kernels(&dev)?;
     let is_attention = |c: &Case| matches!(c.op, Op::Attention { .. });
     run_cases(is_attention, |case, dtype| {
         let Op::Attention { head_dim, .. } = case.op else {
             unreachable!()
         };
-        let takes = |k| k != AttentionKernel::Wgmma || [64, 128].contains(&head_dim);
+        let takes = |k: Attn| k.takes(head_dim);
         pinned(case, dtype, &dev, &kernels, takes, |k, inputs| {
             let Inputs::Attention {
                 q,
@@ -164,7 +219,7 @@ fn attention_cases_with_each_kernel() -> Result<()> {
             else {
                 unreachable!()
             };
-            varlen_attention_with(k, q, keys, v, q_offsets, kv_offsets, *scale)
+            k.run((q, keys, v), q_offsets, kv_offsets, *scale)
         })
     });
     // Head dims no kernel has are an error, not a wrong answer.
@@ -173,9 +228,8 @@ fn attention_cases_with_each_kernel() -> Result<()> {
         if d == 96 {
             assert!(varlen_attention(&t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
         }
-        if kernels.contains(&AttentionKernel::Wgmma) {
-            let wgmma = AttentionKernel::Wgmma;
-            assert!(varlen_attention_with(wgmma, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+        for &k in kernels.iter().filter(|k| k.0 != AttentionKernel::Mma) {
+            assert!(k.run((&t, &t, &t), &[0, 4], &[0, 4], 0.1).is_err());
         }
     }
     Ok(())
@@ -535,11 +589,7 @@ fn sparse_conv_sort_policy_default() -> Result<()> {
 fn attention_reads_views_of_a_fused_qkv() -> Result<()> {
     let dev = gpu();
     let offsets = [0, 1, 130, 700];
-    let kernels = if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
-        vec![AttentionKernel::Mma, AttentionKernel::Wgmma]
-    } else {
-        vec![AttentionKernel::Mma]
-    };
+    let kernels = attention_kernels(&dev)?;
     for (heads, d) in [(3, 64), (2, 128)] {
         let n = offsets[offsets.len() - 1];
         let qkv = rounded(&[n, 3, heads, d], 1.0, DType::BF16)?;
@@ -557,11 +607,8 @@ fn attention_reads_views_of_a_fused_qkv() -> Result<()> {
         let qkv_gpu = qkv.to_dtype(DType::BF16)?.to_device(&dev)?;
         let gpart = |i: usize| qkv_gpu.narrow(1, i, 1).and_then(|t| t.squeeze(1));
         for &kernel in &kernels {
-            let got = varlen_attention_with(
-                kernel,
-                &gpart(0)?,
-                &gpart(1)?,
-                &gpart(2)?,
+            let got = kernel.run(
+                (&gpart(0)?, &gpart(1)?, &gpart(2)?),
                 &offsets,
                 &offsets,
                 scale,
