@@ -146,26 +146,26 @@ fn attention(dev: &Device, samples: usize) -> Result<()> {
     let dev = dev.clone();
     let (heads, d) = (12usize, 128usize);
     // Every CUDA kernel where the Hopper ones can run (an sm_90a build on a 9.0 device): the
-    // warp-specialised fa3 with its consumer warpgroups' ping-pong on and off. `attention` as an
-    // argument: the attention tables alone.
-    let mut kernels = vec![(AttentionKernel::Mma, true)];
+    // warp-specialised fa3 with its consumer warpgroups' ping-pong on and off, 128 and 176 keys
+    // a tile. `attention` as an argument: the attention tables alone.
+    let mut kernels = vec![(AttentionKernel::Mma, true, 128)];
     if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
-        kernels.extend([
-            (AttentionKernel::Wgmma, true),
-            (AttentionKernel::Fa3, true),
-            (AttentionKernel::Fa3, false),
-        ]);
+        kernels.push((AttentionKernel::Wgmma, true, 128));
+        for keys in [128, 176] {
+            for pingpong in [true, false] {
+                kernels.push((AttentionKernel::Fa3, pingpong, keys));
+            }
+        }
     }
-    for (kernel, pingpong) in kernels {
+    for (kernel, pingpong, keys) in kernels {
         let tuning = Tuning {
             attention_pingpong: pingpong,
+            attention_keys: keys,
             ..Tuning::current()
         };
         let variant = if kernel == AttentionKernel::Fa3 {
-            format!(
-                "{kernel:?}, ping-pong {}",
-                if pingpong { "on" } else { "off" }
-            )
+            let pp = if pingpong { "on" } else { "off" };
+            format!("{kernel:?}, ping-pong {pp}, {keys} keys a tile")
         } else {
             format!("{kernel:?}")
         };

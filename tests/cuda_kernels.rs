@@ -133,17 +133,19 @@ fn sparse_conv_cases_with_each_kernel() -> Result<()> {
 }
 
 /// One attention kernel to pin: the kernel, and for `Fa3` whether its consumer warpgroups
-/// ping-pong (`TRELLIS2_ATTENTION_PINGPONG`, set for the calling thread only).
+/// ping-pong and its keys per tile (`TRELLIS2_ATTENTION_PINGPONG`, `TRELLIS2_ATTENTION_KEYS`,
+/// set for the calling thread only).
 #[derive(Clone, Copy, PartialEq)]
-struct Attn(AttentionKernel, bool);
+struct Attn(AttentionKernel, bool, u32);
 
 impl std::fmt::Debug for Attn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Attn(AttentionKernel::Fa3, pp) => {
-                write!(f, "Fa3, ping-pong {}", if *pp { "on" } else { "off" })
+            Attn(AttentionKernel::Fa3, pp, keys) => {
+                let pp = if *pp { "on" } else { "off" };
+                write!(f, "Fa3, ping-pong {pp}, {keys} keys")
             }
-            Attn(k, _) => write!(f, "{k:?}"),
+            Attn(k, ..) => write!(f, "{k:?}"),
         }
     }
 }
@@ -163,6 +165,7 @@ impl Attn {
     ) -> Result<Tensor> {
         let tuning = Tuning {
             attention_pingpong: self.1,
+            attention_keys: self.2,
             ..Tuning::current()
         };
         tuning.with(|| varlen_attention_with(self.0, q, k, v, q_offsets, kv_offsets, scale))
@@ -170,9 +173,10 @@ impl Attn {
 }
 
 /// The attention kernels to pin on `dev`: mma.sync, and where the Hopper kernels run (an
-/// sm_90a build on a 9.0 device) wgmma and the warp-specialised fa3 with and without ping-pong.
+/// sm_90a build on a 9.0 device) wgmma and the warp-specialised fa3 with and without ping-pong,
+/// with 128 and 176 keys per tile.
 fn attention_kernels(dev: &Device) -> Result<Vec<Attn>> {
-    let mut kernels = vec![Attn(AttentionKernel::Mma, true)];
+    let mut kernels = vec![Attn(AttentionKernel::Mma, true, 128)];
     let hopper = attention_kernel_available(AttentionKernel::Wgmma, dev)?;
     assert_eq!(
         attention_kernel_available(AttentionKernel::Fa3, dev)?,
@@ -180,11 +184,12 @@ fn attention_kernels(dev: &Device) -> Result<Vec<Attn>> {
         "the two Hopper kernels run on the same builds and devices"
     );
     if hopper {
-        kernels.extend([
-            Attn(AttentionKernel::Wgmma, true),
-            Attn(AttentionKernel::Fa3, true),
-            Attn(AttentionKernel::Fa3, false),
-        ]);
+        kernels.push(Attn(AttentionKernel::Wgmma, true, 128));
+        for keys in [128, 176] {
+            for pingpong in [true, false] {
+                kernels.push(Attn(AttentionKernel::Fa3, pingpong, keys));
+            }
+        }
     } else {
         println!("attention: the Hopper kernels are not available here; mma.sync only");
         let t = Tensor::zeros((4, 1, 64), DType::BF16, dev)?;
@@ -579,6 +584,51 @@ fn sparse_conv_sort_policy_default() -> Result<()> {
         println!(
             "conv order, shell r {r}: T {n:>7}: GPU order = host order; sorted conv = unsorted"
         );
+    }
+    Ok(())
+}
+
+/// The warp-specialised kernel's 176-key tiles (the selftest cases' lengths sit at 64- and
+/// 128-key edges): key lengths one short of, at and one past multiples of 176, so full, partial
+/// and one-key last tiles occur with two stages, self and cross, head dims 64 and 128.
+#[test]
+fn attention_fa3_key_tile_edges() -> Result<()> {
+    let dev = gpu();
+    let kernels: Vec<Attn> = attention_kernels(&dev)?
+        .into_iter()
+        .filter(|k| k.0 == AttentionKernel::Fa3)
+        .collect();
+    let q_lens = [175usize, 176, 177, 1, 353, 528, 529];
+    let kv_lens = [177usize, 352, 1, 176, 529, 700, 175];
+    let cum = |lens: &[usize]| -> Vec<usize> {
+        std::iter::once(0)
+            .chain(lens.iter().scan(0, |a, &l| {
+                *a += l;
+                Some(*a)
+            }))
+            .collect()
+    };
+    let (qo, ko) = (cum(&q_lens), cum(&kv_lens));
+    for (heads, d) in [(2, 64), (2, 128)] {
+        for (label, kv_off) in [("self", &qo), ("cross", &ko)] {
+            let (nq, nk) = (qo[qo.len() - 1], kv_off[kv_off.len() - 1]);
+            let q = rounded(&[nq, heads, d], 1.0, DType::BF16)?;
+            let k = rounded(&[nk, heads, d], 1.0, DType::BF16)?;
+            let v = rounded(&[nk, heads, d], 1.0, DType::BF16)?;
+            let scale = 1.0 / (d as f32).sqrt();
+            let want = varlen_attention(&q, &k, &v, &qo, kv_off, scale)?;
+            let g = |t: &Tensor| t.to_dtype(DType::BF16)?.to_device(&dev);
+            let (qg, kg, vg) = (g(&q)?, g(&k)?, g(&v)?);
+            for &kernel in &kernels {
+                let got = kernel.run((&qg, &kg, &vg), &qo, kv_off, scale)?;
+                expect_close(
+                    &format!("attention {kernel:?}, {label}, 176-key edges, D {d}"),
+                    &got,
+                    &want,
+                    TOL,
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -106,6 +106,9 @@ pub struct Tuning {
     /// `TRELLIS2_ATTENTION_PINGPONG`: the warp-specialised attention kernel's two consumer
     /// warpgroups take turns to issue their products.
     pub attention_pingpong: bool,
+    /// `TRELLIS2_ATTENTION_KEYS`: keys per tile of the warp-specialised attention kernel (128 in
+    /// three stages, or 176 in two).
+    pub attention_keys: u32,
     /// `TRELLIS2_CONV_TILE`: the sparse conv's output tile at Co ≥ 256.
     pub conv_tile: ConvTile,
     /// `TRELLIS2_CONV_ROW_SKIP`: skip the products of 16-row groups that lack a tap.
@@ -128,6 +131,7 @@ impl Default for Tuning {
             conv_kernel: KernelChoice::Auto,
             attention: AttentionChoice::Auto,
             attention_pingpong: true,
+            attention_keys: 128,
             conv_tile: ConvTile::Auto,
             conv_row_skip: true,
             conv_stages: None,
@@ -220,7 +224,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 10] = [
+pub static KNOBS: [Knob; 11] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -275,6 +279,22 @@ pub static KNOBS: [Knob; 10] = [
             Ok(())
         },
         show: |t| show_on_off(t.attention_pingpong),
+    },
+    Knob {
+        name: "TRELLIS2_ATTENTION_KEYS",
+        values: "128 or 176",
+        default: "128",
+        meaning: "keys per tile of the fa3 attention kernel: 128 in a ring of three stages, 176 \
+                  in two",
+        parse: |t, v| {
+            t.attention_keys = match v {
+                "128" => 128,
+                "176" => 176,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+        show: |t| t.attention_keys.to_string(),
     },
     Knob {
         name: "TRELLIS2_CONV_TILE",
@@ -614,6 +634,15 @@ mod tests {
                 },
             ),
             ("TRELLIS2_ATTENTION_PINGPONG", "on", d),
+            ("TRELLIS2_ATTENTION_KEYS", "128", d),
+            (
+                "TRELLIS2_ATTENTION_KEYS",
+                "176",
+                Tuning {
+                    attention_keys: 176,
+                    ..d
+                },
+            ),
             (
                 "TRELLIS2_ATTENTION_PINGPONG",
                 "off",
@@ -748,6 +777,7 @@ mod tests {
             ("TRELLIS2_CONV_KERNEL", "mma"),
             ("TRELLIS2_ATTENTION", "fa3"),
             ("TRELLIS2_ATTENTION_PINGPONG", "off"),
+            ("TRELLIS2_ATTENTION_KEYS", "176"),
             ("TRELLIS2_CONV_TILE", "128"),
             ("TRELLIS2_CONV_ROW_SKIP", "off"),
             ("TRELLIS2_CONV_STAGES", "4"),
@@ -780,6 +810,11 @@ mod tests {
                 "TRELLIS2_ATTENTION",
                 "flash",
                 "TRELLIS2_ATTENTION=flash: expected auto, mma, wgmma or fa3",
+            ),
+            (
+                "TRELLIS2_ATTENTION_KEYS",
+                "64",
+                "TRELLIS2_ATTENTION_KEYS=64: expected 128 or 176",
             ),
             (
                 "TRELLIS2_CONV_TILE",
@@ -859,7 +894,7 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
-             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
+             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_ATTENTION_KEYS=128 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
         );
         let json = serde_json::to_value(t).unwrap();

@@ -72,8 +72,17 @@ const _: () = assert!(
         <= 227 * 1024
 );
 
-// The warp-specialised kernel's tensor maps have one box shape for Q and K/V tiles.
-const _: () = assert!(ATTN_SM90A_TILE == ATTN_SM90A_KEY_TILE);
+/// Dynamic shared memory of one warp-specialised CTA at head dim `d` and `keys` per tile
+/// (`flash_fwd_ws` in `kernels/cuda/attention_sm90a.cu`): the query tile, K and V rings of three
+/// stages (128 keys) or two (176), 128 bytes of mbarriers and the alignment slack.
+const fn attention_ws_smem_bytes(d: usize, keys: usize) -> usize {
+    let stages = if keys == 176 { 2 } else { 3 };
+    (ATTN_SM90A_TILE + 2 * stages * keys) * d * 2 + 128 + ATTN_SM90A_ALIGN
+}
+
+// Within the 227 KB a CTA may opt in to.
+const _: () = assert!(attention_ws_smem_bytes(128, 128) <= 227 * 1024);
+const _: () = assert!(attention_ws_smem_bytes(128, 176) <= 227 * 1024);
 
 /// Head dims of the wgmma kernel.
 const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
@@ -96,9 +105,9 @@ enum Which {
     Mma,
     /// `flash_attn_sm90a_*` (wgmma, every warp copies).
     Wgmma,
-    /// `flash_attn_ws_*` / `flash_attn_wsnp_*` (wgmma, a TMA producer warpgroup; the flag:
-    /// ping-pong between the consumer warpgroups).
-    Fa3 { pingpong: bool },
+    /// `flash_attn_ws{,176}{,np}_*` (wgmma, a TMA producer warpgroup): ping-pong between the
+    /// consumer warpgroups (not `np`), keys per tile (128 or 176).
+    Fa3 { pingpong: bool, keys: usize },
 }
 
 /// Which kernel this call runs ([`choose_wgmma`] decides wgmma or not, for both Hopper
@@ -139,6 +148,7 @@ fn choose_kernel(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<
         (true, false) => Which::Wgmma,
         (true, true) => Which::Fa3 {
             pingpong: tuning.attention_pingpong,
+            keys: tuning.attention_keys as usize,
         },
     })
 }
@@ -216,15 +226,16 @@ pub(crate) fn varlen_attention(
             ATTN_SM90A_THREADS,
             attention_sm90a_smem_bytes(d) as u32,
         ),
-        (Some(ptx), Which::Fa3 { pingpong }) => (
+        (Some(ptx), Which::Fa3 { pingpong, keys }) => (
             ptx,
-            if pingpong {
-                "flash_attn_ws"
-            } else {
-                "flash_attn_wsnp"
+            match (keys, pingpong) {
+                (176, true) => "flash_attn_ws176",
+                (176, false) => "flash_attn_ws176np",
+                (_, true) => "flash_attn_ws",
+                (_, false) => "flash_attn_wsnp",
             },
             ATTN_WS_THREADS,
-            attention_sm90a_smem_bytes(d) as u32,
+            attention_ws_smem_bytes(d, keys) as u32,
         ),
         _ => (
             &ATTENTION,
@@ -244,7 +255,10 @@ pub(crate) fn varlen_attention(
         v: (v, va, vz),
         tiles: &tiles,
         kernel: (module, prefix, smem),
-        tma: matches!(which, Which::Fa3 { .. }),
+        tma_keys: match which {
+            Which::Fa3 { keys, .. } => Some(keys),
+            _ => None,
+        },
         cfg,
         dims: (nq, heads, d),
         key_rows: kl.shape().dims3()?.0,
@@ -267,8 +281,8 @@ struct Attention<'a> {
     tiles: &'a [u32],
     /// PTX module, kernel name prefix and shared memory.
     kernel: (&'a Ptx, &'static str, u32),
-    /// The warp-specialised kernel: q, k and v go in as TMA tensor maps.
-    tma: bool,
+    /// The warp-specialised kernel (its keys per tile): q, k and v go in as TMA tensor maps.
+    tma_keys: Option<usize>,
     cfg: LaunchConfig,
     /// `(Nq, H, D)`.
     dims: (usize, usize, usize),
@@ -300,7 +314,7 @@ impl FloatFn for Attention<'_> {
             let kk = k.as_cuda_slice::<T>()?.slice(ka..kz);
             let vv = v.as_cuda_slice::<T>()?.slice(va..vz);
             let stream = dev.cuda_stream();
-            if self.tma {
+            if let Some(keys) = self.tma_keys {
                 // The views' device addresses go into the tensor maps; their guards keep the
                 // stream's read/write ordering of q, k and v until after the launch.
                 let (qp, _q_read) = qq.device_ptr(&stream);
@@ -308,9 +322,14 @@ impl FloatFn for Attention<'_> {
                 let (vp, _v_read) = vv.device_ptr(&stream);
                 let nk = self.key_rows;
                 let maps = [
-                    TensorMap::rows::<T>(qp, nq, heads, d, self.strides[0] as usize)?,
-                    TensorMap::rows::<T>(kp, nk, heads, d, self.strides[1] as usize)?,
-                    TensorMap::rows::<T>(vp, nk, heads, d, self.strides[2] as usize)?,
+                    TensorMap::rows::<T>(
+                        qp,
+                        (nq, heads, d),
+                        self.strides[0] as usize,
+                        ATTN_SM90A_TILE,
+                    )?,
+                    TensorMap::rows::<T>(kp, (nk, heads, d), self.strides[1] as usize, keys)?,
+                    TensorMap::rows::<T>(vp, (nk, heads, d), self.strides[2] as usize, keys)?,
                 ];
                 let mut b = stream.launch_builder(&func);
                 b.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]);
@@ -351,15 +370,14 @@ unsafe impl DeviceRepr for TensorMap {}
 impl TensorMap {
     /// The map of a `[rows, heads, d]` operand at device address `ptr` whose token rows lie
     /// `stride` elements apart (heads and dims contiguous): dims (d, heads, rows), boxes of 64
-    /// dims × 1 head × 128 rows with the 128-byte swizzle, the SW128 tile layout of
+    /// dims × 1 head × `box_rows` rows with the 128-byte swizzle, the SW128 tile layout of
     /// `kernels/cuda/attention_sm90a.cu` (one box per 64-dim column block). Rows past `rows`
     /// read as zeros.
     fn rows<T: FloatElem>(
         ptr: sys::CUdeviceptr,
-        rows: usize,
-        heads: usize,
-        d: usize,
+        (rows, heads, d): (usize, usize, usize),
         stride: usize,
+        box_rows: usize,
     ) -> Result<Self> {
         let dtype = match T::DTYPE {
             DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
@@ -369,7 +387,7 @@ impl TensorMap {
         let dims = [d as u64, heads as u64, rows.max(1) as u64];
         // Byte strides of dims 1 and 2 (dim 0 is contiguous).
         let strides = [(d * 2) as u64, (stride * 2) as u64];
-        let boxes = [64u32, 1, ATTN_SM90A_KEY_TILE as u32];
+        let boxes = [64u32, 1, box_rows as u32];
         let steps = [1u32; 3];
         let mut map = TensorMap([0; 16]);
         // SAFETY: every pointer argument points at an array of the rank's length (strides:
