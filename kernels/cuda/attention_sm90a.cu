@@ -58,7 +58,7 @@
 //   P arrays) spilled. So the consumers copy, and the mbarriers above decouple them instead.
 //   The warp-specialised variant at the end of this file revisits it: with the consumers'
 //   setmaxnreg.inc to 240 executed by whole warpgroups right after the role branch, ptxas of
-//   CUDA 13 allocates the consumer code past 168 (196 registers in the SASS at D = 128, no
+//   CUDA 13 allocates the consumer code past 168 (194 registers in the SASS at D = 128, no
 //   spills; `ptxas -v` still prints the launch count, 168).
 // - S = Q·Kᵀ: D/16 wgmma m64n128k16 with A = Q and B = K both read from shared memory through
 //   descriptors, both K-major (rows of q and k are contiguous in the head dim, which is the
@@ -659,7 +659,8 @@ FLASH90(flash_attn_sm90a_f16_d128, __half, 128)
 // - Registers: compiled for 384 threads (`__launch_bounds__(384, 1)`: 168 a thread at launch);
 //   the producer warpgroup gives its registers back (setmaxnreg.dec to 24) and the consumers take
 //   them (setmaxnreg.inc to 240: 24·128 + 240·256 ≤ 64K). ptxas then allocates the consumer code
-//   against 240 (196 registers used at D = 128, KN = 128, no spills; `ptxas -v` prints 168).
+//   against 240 (194 registers at D = 128 with KN = 128, 230 with KN = 176, no spills; `ptxas -v`
+//   prints 168).
 // - KN keys a tile in KST stages: 128 keys × 3 stages, or 176 × 2 (the larger tile halves fewer
 //   per-tile costs: barrier waits, row-max shuffles, rescales; only 2 stages fit). K and V have
 //   their own barriers, so K(j)'s buffer is released as soon as S(j) is done (wait_group 1) and
