@@ -5,7 +5,7 @@
 //! layers (cuBLASLt epilogues against the composed path). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.
 //! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples,
-//! `-- linear` for the linear layers alone).
+//! `-- linear` for the linear layers alone, `-- attention` for the attention tables alone).
 
 use std::time::Instant;
 
@@ -60,6 +60,9 @@ fn main() -> Result<()> {
     let dev = Device::new_cuda(0)?;
     if std::env::args().any(|a| a == "linear") {
         return linear_layers(&dev, samples);
+    }
+    if std::env::args().any(|a| a == "attention") {
+        return attention(&dev, samples);
     }
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
     println!(
@@ -133,16 +136,42 @@ fn main() -> Result<()> {
         }
     }
 
+    attention(&dev, samples)?;
+    linear_layers(&dev, samples)
+}
+
+/// Flash attention at the flows' shape (bf16, 12 heads × 128), self and cross, with each CUDA
+/// kernel.
+fn attention(dev: &Device, samples: usize) -> Result<()> {
+    let dev = dev.clone();
     let (heads, d) = (12usize, 128usize);
-    // Both CUDA kernels where the wgmma one can run (an sm_90a build on a 9.0 device).
-    let mut kernels = vec![AttentionKernel::Mma];
+    // Every CUDA kernel where the Hopper ones can run (an sm_90a build on a 9.0 device): the
+    // warp-specialised fa3 with its consumer warpgroups' ping-pong on and off, 128 and 176 keys
+    // a tile. `attention` as an argument: the attention tables alone.
+    let mut kernels = vec![(AttentionKernel::Mma, true, 128)];
     if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
-        kernels.push(AttentionKernel::Wgmma);
+        kernels.push((AttentionKernel::Wgmma, true, 128));
+        for keys in [128, 176] {
+            for pingpong in [true, false] {
+                kernels.push((AttentionKernel::Fa3, pingpong, keys));
+            }
+        }
     }
-    for kernel in kernels {
+    for (kernel, pingpong, keys) in kernels {
+        let tuning = Tuning {
+            attention_pingpong: pingpong,
+            attention_keys: keys,
+            ..Tuning::current()
+        };
+        let variant = if kernel == AttentionKernel::Fa3 {
+            let pp = if pingpong { "on" } else { "off" };
+            format!("{kernel:?}, ping-pong {pp}, {keys} keys a tile")
+        } else {
+            format!("{kernel:?}")
+        };
         println!();
         println!(
-            "flash attention ({kernel:?}), bf16, {heads} heads × {d}, fp32 softmax and accumulation"
+            "flash attention ({variant}), bf16, {heads} heads × {d}, fp32 softmax and accumulation"
         );
         println!("| case | ms | TFLOP/s |");
         println!("|---|---|---|");
@@ -161,8 +190,10 @@ fn main() -> Result<()> {
             let (q, k, v) = (make(n)?, make(m)?, make(m)?);
             let (qo, ko) = ([0, n], [0, m]);
             let iters = if n * m > 200_000_000 { 2 } else { 10 };
-            let ms = time_ms(&dev, samples, iters, || {
-                varlen_attention_with(kernel, &q, &k, &v, &qo, &ko, 1.0 / (d as f32).sqrt())
+            let ms = tuning.with(|| {
+                time_ms(&dev, samples, iters, || {
+                    varlen_attention_with(kernel, &q, &k, &v, &qo, &ko, 1.0 / (d as f32).sqrt())
+                })
             })?;
             let flops = 4.0 * (n * m * d * heads) as f64;
             let case = if n == m {
@@ -173,8 +204,7 @@ fn main() -> Result<()> {
             println!("| {case} | {ms:.3} | {:.0} |", flops / ms / 1e9);
         }
     }
-
-    linear_layers(&dev, samples)
+    Ok(())
 }
 
 /// The models' linear layers: cuBLASLt with the bias, tanh-GELU and residual in the epilogue

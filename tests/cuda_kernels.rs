@@ -132,26 +132,86 @@ fn sparse_conv_cases_with_each_kernel() -> Result<()> {
     Ok(())
 }
 
-/// Every attention case with each attention kernel pinned (mma.sync, and wgmma where it runs;
-/// the wgmma kernel takes head dims 64 and 128 only).
+/// One attention kernel to pin: the kernel, and for `Fa3` whether its consumer warpgroups
+/// ping-pong and its keys per tile (`TRELLIS2_ATTENTION_PINGPONG`, `TRELLIS2_ATTENTION_KEYS`,
+/// set for the calling thread only).
+#[derive(Clone, Copy, PartialEq)]
+struct Attn(AttentionKernel, bool, u32);
+
+impl std::fmt::Debug for Attn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attn(AttentionKernel::Fa3, pp, keys) => {
+                let pp = if *pp { "on" } else { "off" };
+                write!(f, "Fa3, ping-pong {pp}, {keys} keys")
+            }
+            Attn(k, ..) => write!(f, "{k:?}"),
+        }
+    }
+}
+
+impl Attn {
+    /// Whether the kernel takes head dim `d` (the Hopper kernels: 64 and 128 only).
+    fn takes(self, d: usize) -> bool {
+        self.0 == AttentionKernel::Mma || [64, 128].contains(&d)
+    }
+
+    fn run(
+        self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        q_offsets: &[usize],
+        kv_offsets: &[usize],
+        scale: f32,
+    ) -> Result<Tensor> {
+        let tuning = Tuning {
+            attention_pingpong: self.1,
+            attention_keys: self.2,
+            ..Tuning::current()
+        };
+        tuning.with(|| varlen_attention_with(self.0, q, k, v, q_offsets, kv_offsets, scale))
+    }
+}
+
+/// The attention kernels to pin on `dev`: mma.sync, and where the Hopper kernels run (an
+/// sm_90a build on a 9.0 device) wgmma and the warp-specialised fa3 with and without ping-pong,
+/// with 128 and 176 keys per tile.
+fn attention_kernels(dev: &Device) -> Result<Vec<Attn>> {
+    let mut kernels = vec![Attn(AttentionKernel::Mma, true, 128)];
+    let hopper = attention_kernel_available(AttentionKernel::Wgmma, dev)?;
+    assert_eq!(
+        attention_kernel_available(AttentionKernel::Fa3, dev)?,
+        hopper,
+        "the two Hopper kernels run on the same builds and devices"
+    );
+    if hopper {
+        kernels.push(Attn(AttentionKernel::Wgmma, true, 128));
+        for keys in [128, 176] {
+            for pingpong in [true, false] {
+                kernels.push(Attn(AttentionKernel::Fa3, pingpong, keys));
+            }
+        }
+    } else {
+        println!("attention: the Hopper kernels are not available here; mma.sync only");
+        let t = Tensor::zeros((4, 1, 64), DType::BF16, dev)?;
+        for k in [AttentionKernel::Wgmma, AttentionKernel::Fa3] {
+            assert!(varlen_attention_with(k, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+        }
+    }
+    Ok(kernels)
+}
+
+/// Every attention case with each attention kernel pinned (mma.sync, and wgmma and fa3 where
+/// they run; the Hopper kernels take head dims 64 and 128 only).
 #[test]
 fn attention_cases_with_each_kernel() -> Result<()> {
     let dev = gpu();
-    let mut kernels = vec![AttentionKernel::Mma];
-    if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
-        kernels.push(AttentionKernel::Wgmma);
-    } else {
-        println!("attention: the wgmma kernel is not available here; mma.sync only");
-        let t = Tensor::zeros((4, 1, 64), DType::BF16, &dev)?;
-        let wgmma = AttentionKernel::Wgmma;
-        assert!(varlen_attention_with(wgmma, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
-    }
+    let kernels = attention_kernels(&dev)?;
     let is_attention = |c: &Case| matches!(c.op, Op::Attention { .. });
     run_cases(is_attention, |case, dtype| {
         let Op::Attention { head_dim, .. } = case.op else {
             unreachable!()
         };
-        let takes = |k| k != AttentionKernel::Wgmma || [64, 128].contains(&head_dim);
+        let takes = |k: Attn| k.takes(head_dim);
         pinned(case, dtype, &dev, &kernels, takes, |k, inputs| {
             let Inputs::Attention {
                 q,
@@ -164,7 +224,7 @@ fn attention_cases_with_each_kernel() -> Result<()> {
             else {
                 unreachable!()
             };
-            varlen_attention_with(k, q, keys, v, q_offsets, kv_offsets, *scale)
+            k.run((q, keys, v), q_offsets, kv_offsets, *scale)
         })
     });
     // Head dims no kernel has are an error, not a wrong answer.
@@ -173,9 +233,8 @@ fn attention_cases_with_each_kernel() -> Result<()> {
         if d == 96 {
             assert!(varlen_attention(&t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
         }
-        if kernels.contains(&AttentionKernel::Wgmma) {
-            let wgmma = AttentionKernel::Wgmma;
-            assert!(varlen_attention_with(wgmma, &t, &t, &t, &[0, 4], &[0, 4], 0.1).is_err());
+        for &k in kernels.iter().filter(|k| k.0 != AttentionKernel::Mma) {
+            assert!(k.run((&t, &t, &t), &[0, 4], &[0, 4], 0.1).is_err());
         }
     }
     Ok(())
@@ -529,17 +588,58 @@ fn sparse_conv_sort_policy_default() -> Result<()> {
     Ok(())
 }
 
+/// The warp-specialised kernel's 176-key tiles (the selftest cases' lengths sit at 64- and
+/// 128-key edges): key lengths one short of, at and one past multiples of 176, so full, partial
+/// and one-key last tiles occur with two stages, self and cross, head dims 64 and 128.
+#[test]
+fn attention_fa3_key_tile_edges() -> Result<()> {
+    let dev = gpu();
+    let kernels: Vec<Attn> = attention_kernels(&dev)?
+        .into_iter()
+        .filter(|k| k.0 == AttentionKernel::Fa3)
+        .collect();
+    let q_lens = [175usize, 176, 177, 1, 353, 528, 529];
+    let kv_lens = [177usize, 352, 1, 176, 529, 700, 175];
+    let cum = |lens: &[usize]| -> Vec<usize> {
+        std::iter::once(0)
+            .chain(lens.iter().scan(0, |a, &l| {
+                *a += l;
+                Some(*a)
+            }))
+            .collect()
+    };
+    let (qo, ko) = (cum(&q_lens), cum(&kv_lens));
+    for (heads, d) in [(2, 64), (2, 128)] {
+        for (label, kv_off) in [("self", &qo), ("cross", &ko)] {
+            let (nq, nk) = (qo[qo.len() - 1], kv_off[kv_off.len() - 1]);
+            let q = rounded(&[nq, heads, d], 1.0, DType::BF16)?;
+            let k = rounded(&[nk, heads, d], 1.0, DType::BF16)?;
+            let v = rounded(&[nk, heads, d], 1.0, DType::BF16)?;
+            let scale = 1.0 / (d as f32).sqrt();
+            let want = varlen_attention(&q, &k, &v, &qo, kv_off, scale)?;
+            let g = |t: &Tensor| t.to_dtype(DType::BF16)?.to_device(&dev);
+            let (qg, kg, vg) = (g(&q)?, g(&k)?, g(&v)?);
+            for &kernel in &kernels {
+                let got = kernel.run((&qg, &kg, &vg), &qo, kv_off, scale)?;
+                expect_close(
+                    &format!("attention {kernel:?}, {label}, 176-key edges, D {d}"),
+                    &got,
+                    &want,
+                    TOL,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// q, k, v as row views of one fused `[N, 3, H, D]` projection (token stride 3·H·D), as the
 /// DiT passes v: the kernels read them in place and must match the contiguous reference.
 #[test]
 fn attention_reads_views_of_a_fused_qkv() -> Result<()> {
     let dev = gpu();
     let offsets = [0, 1, 130, 700];
-    let kernels = if attention_kernel_available(AttentionKernel::Wgmma, &dev)? {
-        vec![AttentionKernel::Mma, AttentionKernel::Wgmma]
-    } else {
-        vec![AttentionKernel::Mma]
-    };
+    let kernels = attention_kernels(&dev)?;
     for (heads, d) in [(3, 64), (2, 128)] {
         let n = offsets[offsets.len() - 1];
         let qkv = rounded(&[n, 3, heads, d], 1.0, DType::BF16)?;
@@ -557,11 +657,8 @@ fn attention_reads_views_of_a_fused_qkv() -> Result<()> {
         let qkv_gpu = qkv.to_dtype(DType::BF16)?.to_device(&dev)?;
         let gpart = |i: usize| qkv_gpu.narrow(1, i, 1).and_then(|t| t.squeeze(1));
         for &kernel in &kernels {
-            let got = varlen_attention_with(
-                kernel,
-                &gpart(0)?,
-                &gpart(1)?,
-                &gpart(2)?,
+            let got = kernel.run(
+                (&gpart(0)?, &gpart(1)?, &gpart(2)?),
                 &offsets,
                 &offsets,
                 scale,

@@ -54,9 +54,12 @@
 //   (half the per-tile waits and shuffle reductions of BN = 64). The copy loop is kept rolled
 //   (#pragma unroll 1): unrolled, its hoisted addresses cost registers.
 // - A dedicated producer warp (copies and named-barrier hand-off) was tried: with 288 or 384
-//   threads ptxas caps the kernel at 168 registers (setmaxnreg did not lift the allocation
-//   limit in this toolchain), and the pipelined consumers (then with two P arrays) spilled. So
-//   the consumers copy, and the mbarriers above decouple them instead.
+//   threads ptxas caps the kernel at 168 registers, and the pipelined consumers (then with two
+//   P arrays) spilled. So the consumers copy, and the mbarriers above decouple them instead.
+//   The warp-specialised variant at the end of this file revisits it: with the consumers'
+//   setmaxnreg.inc to 240 executed by whole warpgroups right after the role branch, ptxas of
+//   CUDA 13 allocates the consumer code past 168 (194 registers in the SASS at D = 128, no
+//   spills; `ptxas -v` still prints the launch count, 168).
 // - S = Q·Kᵀ: D/16 wgmma m64n128k16 with A = Q and B = K both read from shared memory through
 //   descriptors, both K-major (rows of q and k are contiguous in the head dim, which is the
 //   reduction dim), so no transpose is needed. The first of them has scale-d = 0.
@@ -642,3 +645,391 @@ FLASH90(flash_attn_sm90a_bf16_d64, __nv_bfloat16, 64)
 FLASH90(flash_attn_sm90a_bf16_d128, __nv_bfloat16, 128)
 FLASH90(flash_attn_sm90a_f16_d64, __half, 64)
 FLASH90(flash_attn_sm90a_f16_d128, __half, 128)
+
+// =============================================================================================
+// Warp-specialised variant (`flash_attn_ws*`, `TRELLIS2_ATTENTION=fa3`, AttentionKernel::Fa3):
+// the consumer math of flash_fwd above (BM = 128 query rows a CTA, the SW128 layout and
+// descriptors, the intra-warpgroup overlap of softmax(S(j)) with P(j−1)·V(j−1), the same
+// numerics), but the copies leave the consumers:
+// - 384 threads: warpgroup 0 is the producer, warpgroups 1 and 2 the consumers (64 query rows
+//   each). One thread of the producer issues every copy as a TMA box (cp.async.bulk.tensor.3d,
+//   a CUtensorMap per operand built on the host: dims (D, H, tokens), the operand's token
+//   stride, boxes of 64 dims × 1 head × rows with the 128-byte swizzle, which writes exactly the
+//   SW128 tile layout above); the consumers spend no issue slots or registers on copies.
+// - Registers: compiled for 384 threads (`__launch_bounds__(384, 1)`: 168 a thread at launch);
+//   the producer warpgroup gives its registers back (setmaxnreg.dec to 24) and the consumers take
+//   them (setmaxnreg.inc to 240: 24·128 + 240·256 ≤ 64K). ptxas then allocates the consumer code
+//   against 240 (194 registers at D = 128 with KN = 128, 230 with KN = 176, no spills; `ptxas -v`
+//   prints 168).
+// - KN keys a tile in KST stages: 128 keys × 3 stages, or 176 × 2 (the larger tile halves fewer
+//   per-tile costs: barrier waits, row-max shuffles, rescales; only 2 stages fit). K and V have
+//   their own barriers, so K(j)'s buffer is released as soon as S(j) is done (wait_group 1) and
+//   V(j−1)'s after P(j−1)·V(j−1) (wait_group 0): with 2 stages the producer still loads K(j+1)
+//   during the softmax of S(j).
+//     fullK[s], fullV[s] (count 1): the producer's arrive.expect_tx of the tile's bytes; the TMA
+//              completes the transaction count. Parity (j / KST) & 1 for tile j.
+//     emptyK[s], emptyV[s] (count 8): lane 0 of each consumer warp; the producer waits on
+//              parity (j / KST − 1) & 1 before loading tile j into stage j % KST.
+//     qbar: Q.
+//   TMA writes and wgmma reads are both async proxy: no proxy fence between them.
+// - Rows past the sequence's end inside a tile: the TMA reads them from the next packed sequence
+//   (or zero-fills past the tensor's last token); their scores are masked to −∞ by selects as in
+//   flash_fwd, so P is exactly 0 there and adds nothing (V rows are finite).
+// - PINGPONG: the two consumer warpgroups take turns to issue their wgmma batches (named
+//   barriers BAR_SCHED + warpgroup, 256 threads: a warpgroup waits on its own, then arrives on
+//   the other's once its batch is issued), so that one's softmax runs while the other's products
+//   occupy the tensor cores. Warpgroup 1 arrives once at the start (warpgroup 0 goes first) and
+//   skips its last arrival, so every barrier's arrivals match its waits.
+namespace sm90a {
+
+constexpr int WS_THREADS = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int WS_CONSUMER_WARPS = 8;
+constexpr int BAR_SCHED = 3;  // + consumer warpgroup: ping-pong barriers (1, 2: BAR_OUT)
+constexpr int WS_MBAR_BYTES = 128;  // the host's reserve for the mbarriers (4·KST + 1)
+
+template <> __device__ __forceinline__ void wgmma_ss_first<__nv_bfloat16, 176>(float (&d)[88], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n176k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, %88, %89, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63]), "=f"(d[64]), "=f"(d[65]), "=f"(d[66]), "=f"(d[67]), "=f"(d[68]), "=f"(d[69]), "=f"(d[70]), "=f"(d[71]), "=f"(d[72]), "=f"(d[73]), "=f"(d[74]), "=f"(d[75]), "=f"(d[76]), "=f"(d[77]), "=f"(d[78]), "=f"(d[79]), "=f"(d[80]), "=f"(d[81]), "=f"(d[82]), "=f"(d[83]), "=f"(d[84]), "=f"(d[85]), "=f"(d[86]), "=f"(d[87])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss<__nv_bfloat16, 176>(float (&d)[88], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n176k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, %88, %89, 1, 1, 1, 0, 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss_first<__half, 176>(float (&d)[88], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n176k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, %88, %89, 0, 1, 1, 0, 0;\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63]), "=f"(d[64]), "=f"(d[65]), "=f"(d[66]), "=f"(d[67]), "=f"(d[68]), "=f"(d[69]), "=f"(d[70]), "=f"(d[71]), "=f"(d[72]), "=f"(d[73]), "=f"(d[74]), "=f"(d[75]), "=f"(d[76]), "=f"(d[77]), "=f"(d[78]), "=f"(d[79]), "=f"(d[80]), "=f"(d[81]), "=f"(d[82]), "=f"(d[83]), "=f"(d[84]), "=f"(d[85]), "=f"(d[86]), "=f"(d[87])
+                 : "l"(a), "l"(b));
+}
+template <> __device__ __forceinline__ void wgmma_ss<__half, 176>(float (&d)[88], uint64_t a, uint64_t b) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n176k16.f32.f16.f16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87}, %88, %89, 1, 1, 1, 0, 0;\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87])
+                 : "l"(a), "l"(b));
+}
+
+// A CUtensorMap as the host encodes it (128 opaque bytes), passed by value as a
+// __grid_constant__ parameter: the TMA reads it through its parameter-space address.
+struct alignas(64) TmaMap {
+    unsigned long long v[16];
+};
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// One box of a 3-D tensor map into shared memory at dst, completing its bytes on bar.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const TmaMap *map, uint32_t bar, int c0, int c1, int c2) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+}
+__device__ __forceinline__ void prefetch_tma_map(const TmaMap *map) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+template <uint32_t N> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <uint32_t N> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void bar_arrive(int id, int count) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+template <typename T, int D, int KN, int KST, bool PINGPONG>
+__device__ __forceinline__ void flash_fwd_ws(const TmaMap *tq, const TmaMap *tk, const TmaMap *tv, T *__restrict__ out,
+                                             const uint4 *__restrict__ tiles, int heads, float scale_log2) {
+    constexpr int CB = D / 64;  // 64-wide column blocks: one TMA box each
+    constexpr int QBYTES = BM * D * 2;
+    constexpr int KVBYTES = KN * D * 2;  // one K or V tile
+    static_assert(QBYTES % ALIGN == 0 && KVBYTES % ALIGN == 0 && (BM * 128) % ALIGN == 0 && (KN * 128) % ALIGN == 0,
+                  "every swizzled block base stays 1024-byte aligned");
+    static_assert(KN % 16 == 0 && KN <= 256 && (4 * KST + 1) * 8 <= WS_MBAR_BYTES, "tile and barrier limits");
+    static_assert((KN * 128) >> 4 < (1 << 14), "V's LBO fits its 14-bit field");
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const uint32_t sQ = (smem_addr(smem_raw) + (ALIGN - 1)) & ~(ALIGN - 1);
+    unsigned char *const smem = smem_raw + (sQ - smem_addr(smem_raw));
+    // [Q][K stages][V stages][mbarriers: fullK, fullV, emptyK, emptyV (KST each), Q's]
+    const uint32_t sK = sQ + QBYTES, sV = sK + KST * KVBYTES;
+    const uint32_t full_k = sV + KST * KVBYTES, full_v = full_k + 8 * KST;
+    const uint32_t empty_k = full_v + 8 * KST, empty_v = empty_k + 8 * KST;
+    const uint32_t q_bar = empty_v + 8 * KST;
+
+    const uint4 ti = tiles[blockIdx.x];
+    const int q0 = ti.x, q1 = ti.y, k0 = ti.z, k1 = ti.w;
+    const int ntiles = (k1 - k0 + KN - 1) / KN;
+    const int h = blockIdx.y;
+    const int tid = threadIdx.x;
+
+    if (tid == 0) {
+#pragma unroll
+        for (int i = 0; i < KST; ++i) {
+            mbar_init(full_k + 8 * i, 1);
+            mbar_init(full_v + 8 * i, 1);
+            mbar_init(empty_k + 8 * i, WS_CONSUMER_WARPS);
+            mbar_init(empty_v + 8 * i, WS_CONSUMER_WARPS);
+        }
+        mbar_init(q_bar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();  // the barriers are initialised before anyone uses them
+
+    if (tid < 128) {
+        // Producer warpgroup: one thread issues every copy; the others only give their
+        // registers back.
+        setmaxnreg_dec<24>();
+        if (tid == 0 && ntiles > 0) {
+            prefetch_tma_map(tq);
+            prefetch_tma_map(tk);
+            prefetch_tma_map(tv);
+            mbar_arrive_expect_tx(q_bar, QBYTES);
+#pragma unroll
+            for (int cb = 0; cb < CB; ++cb) tma_load_3d(sQ + cb * BM * 128, tq, q_bar, cb * 64, h, q0);
+            int st = 0;
+            uint32_t phase = 0;  // parity of the empty phase to wait for in this pass of the ring
+#pragma unroll 1
+            for (int j = 0; j < ntiles; ++j) {
+                const int kt = k0 + j * KN;
+                // Stage st held tile j − KST: both consumer warpgroups must have released it.
+                if (j >= KST) mbar_wait(empty_k + 8 * st, phase);
+                mbar_arrive_expect_tx(full_k + 8 * st, KVBYTES);
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb)
+                    tma_load_3d(sK + st * KVBYTES + cb * KN * 128, tk, full_k + 8 * st, cb * 64, h, kt);
+                if (j >= KST) mbar_wait(empty_v + 8 * st, phase);
+                mbar_arrive_expect_tx(full_v + 8 * st, KVBYTES);
+#pragma unroll
+                for (int cb = 0; cb < CB; ++cb)
+                    tma_load_3d(sV + st * KVBYTES + cb * KN * 128, tv, full_v + 8 * st, cb * 64, h, kt);
+                if (++st == KST) {
+                    st = 0;
+                    if (j >= KST) phase ^= 1;
+                }
+            }
+        }
+        return;
+    }
+    setmaxnreg_inc<240>();
+
+    const int ctid = tid - 128;  // thread within the consumers
+    const int wg = ctid >> 7, wl = (ctid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    auto sched_wait = [&]() {
+        if (PINGPONG) bar_sync(BAR_SCHED + wg, 256);
+    };
+    auto sched_pass = [&]() {
+        if (PINGPONG) bar_arrive(BAR_SCHED + (wg ^ 1), 256);
+    };
+
+    // Descriptors (low words): V's LBO is its column-block stride, KN·128 (see the header).
+    const uint32_t dq = desc_lo(sQ + wg * WG_ROWS * 128, 16);
+    const uint32_t dk = desc_lo(sK, 16);
+    const uint32_t dv = desc_lo(sV, V_DESC_SWAP ? ALIGN : KN * 128);
+    constexpr uint32_t VSBO = V_DESC_SWAP ? KN * 128 : ALIGN;
+    auto kstep = [](int kk, int rows) -> uint32_t { return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4; };
+    auto issue_qk = [&](float (&s)[KN / 2], int st) {
+        const uint32_t kst = dk + ((st * KVBYTES) >> 4);
+        wgmma_ss_first<T, KN>(s, desc<ALIGN>(dq), desc<ALIGN>(kst));
+#pragma unroll
+        for (int kk = 1; kk < D / 16; ++kk)
+            wgmma_ss<T, KN>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(kst + kstep(kk, KN)));
+    };
+    auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&p)[KN / 16][4], int st) {
+        const uint32_t vst = dv + ((st * KVBYTES) >> 4);
+#pragma unroll
+        for (int kk = 0; kk < KN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<VSBO>(vst + ((kk * 2 * ALIGN) >> 4)));
+    };
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    // The online softmax, P packing and O rescale of flash_fwd above, for KN keys.
+    auto softmax = [&](float (&s)[KN / 2], int kt, float (&alpha)[2], bool mask) {
+        if (mask) {
+#pragma unroll
+            for (int n = 0; n < KN / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[4 * n + e] = kt + n * 8 + 2 * t + (e & 1) >= k1 ? -INFINITY : s[4 * n + e];
+        }
+        bool grew = false;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < KN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mn = fmaxf(m[r], mx * scale_log2);
+            grew |= mn > m[r];
+            alpha[r] = mn > m[r] ? exp2_approx(m[r] - mn) : 1.f;
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int n = 0; n < KN / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[4 * n + e] = exp2_approx(fmaf(s[4 * n + e], scale_log2, -m[e >> 1]));
+                l[e >> 1] += s[4 * n + e];
+            }
+        return __any_sync(0xffffffffu, grew);
+    };
+    auto pack_p = [&](const float (&s)[KN / 2], uint32_t (&p)[KN / 16][4]) {
+#pragma unroll
+        for (int n = 0; n < KN / 8; ++n) {
+            p[n / 2][(n & 1) * 2 + 0] = pack2<T>(s[4 * n + 0], s[4 * n + 1]);
+            p[n / 2][(n & 1) * 2 + 1] = pack2<T>(s[4 * n + 2], s[4 * n + 3]);
+        }
+    };
+    auto rescale = [&](const float (&alpha)[2]) {
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            o[4 * n + 0] *= alpha[0];
+            o[4 * n + 1] *= alpha[0];
+            o[4 * n + 2] *= alpha[1];
+            o[4 * n + 3] *= alpha[1];
+        }
+    };
+    // This warp's wgmma reading the buffer have retired: one arrival per warp.
+    auto release = [&](uint32_t bar) {
+        if (lane == 0) mbar_arrive(bar);
+    };
+
+    if (ntiles > 0) {
+        if (PINGPONG && wg == 1) bar_arrive(BAR_SCHED + 0, 256);
+        mbar_wait(q_bar, 0);
+        mbar_wait(full_k, 0);
+        uint32_t p[KN / 16][4];
+        {
+            float s[KN / 2];
+            sched_wait();
+            wgmma_fence();
+            issue_qk(s, 0);
+            wgmma_commit();
+            sched_pass();
+            wgmma_wait<0>();
+            fence_regs(s);
+            release(empty_k);
+            float alpha[2];
+            softmax(s, k0, alpha, ntiles == 1);
+            pack_p(s, p);
+        }
+        // Iteration j ≥ 1: S(j) from K in stage sn, P(j−1)·V(j−1) from V in stage st.
+        auto step = [&](int j, int &st, bool last) {
+            const int sn = st == KST - 1 ? 0 : st + 1;
+            mbar_wait(full_k + 8 * sn, (j / KST) & 1);
+            mbar_wait(full_v + 8 * st, ((j - 1) / KST) & 1);
+            float s[KN / 2];
+            fence_regs(o);
+            fence_regs(p);
+            sched_wait();
+            wgmma_fence();
+            issue_qk(s, sn);
+            wgmma_commit();
+            issue_pv(o, p, st);
+            wgmma_commit();
+            sched_pass();
+            wgmma_wait<1>();
+            fence_regs(s);
+            release(empty_k + 8 * sn);  // S(j) is done: K(j) may be replaced
+            float alpha[2];
+            const bool grew = softmax(s, k0 + j * KN, alpha, last);
+            fence_regs(s);
+            // wait_group 0 behind a branch (see flash_fwd): keeps the softmax's exp2 above it.
+            if (k0 + j * KN < k1) {
+                wgmma_wait<0>();
+            } else {
+                wgmma_wait<0>();
+                fence_proxy_async();
+            }
+            release(empty_v + 8 * st);  // P(j−1)·V(j−1) is done
+            fence_regs(o);
+            fence_regs(p);
+            if (grew) rescale(alpha);
+            pack_p(s, p);
+            st = sn;
+        };
+        int st = 0, j = 1;
+        for (; j + 1 < ntiles; ++j) step(j, st, false);
+        if (j < ntiles) step(j, st, true);
+        // O += P(last)·V(last) (tile ntiles − 1, stage st).
+        mbar_wait(full_v + 8 * st, ((ntiles - 1) / KST) & 1);
+        fence_regs(o);
+        fence_regs(p);
+        sched_wait();
+        wgmma_fence();
+        issue_pv(o, p, st);
+        wgmma_commit();
+        // Warpgroup 1's last batch: nobody waits for another turn.
+        if (wg == 0) sched_pass();
+        wgmma_wait<0>();
+        fence_regs(o);
+    }
+
+    // Normalise, round and stage this warpgroup's rows in its own Q rows, then 16-byte stores
+    // (as flash_fwd).
+    T *stage = reinterpret_cast<T *>(smem);
+    constexpr int CH = D / 8;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const float inv = lr > 0.f ? 1.f / lr : 0.f;
+        const int row = wg * WG_ROWS + wl * 16 + r * 8 + g;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            const int off = ((n / 8) * BM * 128 + row * 128 + (((n % 8) ^ g) << 4) + t * 4) / 2;
+            *reinterpret_cast<uint32_t *>(stage + off) = pack2<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+        }
+    }
+    bar_sync(BAR_OUT + wg, 128);
+    constexpr int OROWS = 128 / CH;
+    const int wtid = ctid & 127;
+    const int orow = wg * WG_ROWS + wtid / CH, ochunk = wtid % CH;
+    const size_t rs = (size_t)heads * D;
+    T *oh = out + (size_t)h * D;
+#pragma unroll
+    for (int pass = 0; pass < WG_ROWS / OROWS; ++pass) {
+        const int row = orow + pass * OROWS;
+        if (q0 + row < q1) {
+            const int off = ((ochunk / 8) * BM * 128 + row * 128 + (((ochunk % 8) ^ (row & 7)) << 4)) / 2;
+            *reinterpret_cast<uint4 *>(oh + (size_t)(q0 + row) * rs + ochunk * 8) =
+                *reinterpret_cast<const uint4 *>(stage + off);
+        }
+    }
+}
+
+} // namespace sm90a
+
+// Dynamic shared memory of the warp-specialised kernels, as `attention_ws_smem_bytes` in
+// src/ops/attention/cuda.rs computes it: (BM + 2·KST·KN)·D·2 + 128 (mbarriers) + 1024 (slack).
+static_assert((128 + 2 * 3 * 128) * 128 * 2 + sm90a::WS_MBAR_BYTES + sm90a::ALIGN <= 227 * 1024, "KN 128, 3 stages");
+static_assert((128 + 2 * 2 * 176) * 128 * 2 + sm90a::WS_MBAR_BYTES + sm90a::ALIGN <= 227 * 1024, "KN 176, 2 stages");
+
+// flash_attn_ws{,np}_*: 128-key tiles, 3 stages; flash_attn_ws176{,np}_*: 176-key tiles, 2
+// stages; np: without the ping-pong.
+#define FLASH90_WS(NAME, T, D, KN, KST, PP)                                                          \
+    extern "C" __global__ void __launch_bounds__(sm90a::WS_THREADS, 1)                              \
+        NAME(const __grid_constant__ sm90a::TmaMap tq, const __grid_constant__ sm90a::TmaMap tk,     \
+             const __grid_constant__ sm90a::TmaMap tv, T *out, const uint4 *tiles, int heads,        \
+             float scale_log2) {                                                                     \
+        sm90a::flash_fwd_ws<T, D, KN, KST, PP>(&tq, &tk, &tv, out, tiles, heads, scale_log2);         \
+    }
+#define FLASH90_WS_ALL(PREFIX, KN, KST, PP)                                                          \
+    FLASH90_WS(PREFIX##_bf16_d64, __nv_bfloat16, 64, KN, KST, PP)                                    \
+    FLASH90_WS(PREFIX##_bf16_d128, __nv_bfloat16, 128, KN, KST, PP)                                  \
+    FLASH90_WS(PREFIX##_f16_d64, __half, 64, KN, KST, PP)                                            \
+    FLASH90_WS(PREFIX##_f16_d128, __half, 128, KN, KST, PP)
+
+FLASH90_WS_ALL(flash_attn_ws, 128, 3, true)
+FLASH90_WS_ALL(flash_attn_wsnp, 128, 3, false)
+FLASH90_WS_ALL(flash_attn_ws176, 176, 2, true)
+FLASH90_WS_ALL(flash_attn_ws176np, 176, 2, false)

@@ -31,6 +31,23 @@ pub enum KernelChoice {
     Wgmma,
 }
 
+/// Which CUDA attention kernel runs when the caller leaves the choice to the defaults:
+/// `TRELLIS2_ATTENTION`. [`KernelChoice`]'s values plus the warp-specialised Hopper kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionChoice {
+    /// The default: the wgmma kernel wherever it can run, else the mma.sync one.
+    #[default]
+    Auto,
+    /// The mma.sync kernel always.
+    Mma,
+    /// The wgmma kernel (an error where the build or the device cannot run it; head dims it
+    /// does not take fall back to mma.sync).
+    Wgmma,
+    /// The warp-specialised wgmma kernel (TMA producer warpgroup), under the same rule as
+    /// `Wgmma`.
+    Fa3,
+}
+
 /// Output tile columns of the sparse conv at Co ≥ 256: `TRELLIS2_CONV_TILE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvTile {
@@ -85,7 +102,13 @@ pub struct Tuning {
     /// `TRELLIS2_CONV_KERNEL`: the sparse conv's kernel under `ConvKernel::Auto`.
     pub conv_kernel: KernelChoice,
     /// `TRELLIS2_ATTENTION`: the attention kernel under `AttentionKernel::Auto`.
-    pub attention: KernelChoice,
+    pub attention: AttentionChoice,
+    /// `TRELLIS2_ATTENTION_PINGPONG`: the warp-specialised attention kernel's two consumer
+    /// warpgroups take turns to issue their products.
+    pub attention_pingpong: bool,
+    /// `TRELLIS2_ATTENTION_KEYS`: keys per tile of the warp-specialised attention kernel (128 in
+    /// three stages, or 176 in two).
+    pub attention_keys: u32,
     /// `TRELLIS2_CONV_TILE`: the sparse conv's output tile at Co ≥ 256.
     pub conv_tile: ConvTile,
     /// `TRELLIS2_CONV_ROW_SKIP`: skip the products of 16-row groups that lack a tap.
@@ -106,7 +129,9 @@ impl Default for Tuning {
         Self {
             cublaslt: true,
             conv_kernel: KernelChoice::Auto,
-            attention: KernelChoice::Auto,
+            attention: AttentionChoice::Auto,
+            attention_pingpong: true,
+            attention_keys: 128,
             conv_tile: ConvTile::Auto,
             conv_row_skip: true,
             conv_stages: None,
@@ -163,6 +188,26 @@ fn show_kernel_choice(k: KernelChoice) -> String {
     .into()
 }
 
+fn attention_choice(v: &str) -> Result<AttentionChoice, ()> {
+    match v.to_ascii_lowercase().as_str() {
+        "auto" => Ok(AttentionChoice::Auto),
+        "mma" => Ok(AttentionChoice::Mma),
+        "wgmma" => Ok(AttentionChoice::Wgmma),
+        "fa3" => Ok(AttentionChoice::Fa3),
+        _ => Err(()),
+    }
+}
+
+fn show_attention_choice(k: AttentionChoice) -> String {
+    match k {
+        AttentionChoice::Auto => "auto",
+        AttentionChoice::Mma => "mma",
+        AttentionChoice::Wgmma => "wgmma",
+        AttentionChoice::Fa3 => "fa3",
+    }
+    .into()
+}
+
 /// `auto` or one of `allowed`.
 fn auto_or(v: &str, allowed: &[u32]) -> Result<Option<u32>, ()> {
     if v == "auto" {
@@ -179,7 +224,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 9] = [
+pub static KNOBS: [Knob; 11] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -209,17 +254,47 @@ pub static KNOBS: [Knob; 9] = [
     },
     Knob {
         name: "TRELLIS2_ATTENTION",
-        values: "auto, mma or wgmma",
+        values: "auto, mma, wgmma or fa3",
         default: "auto",
         meaning:
             "the CUDA attention kernel (any case): auto picks wgmma where it runs (sm_90a build, \
                   compute capability 9.0, head dim 64 or 128), wgmma errors where the build or \
-                  device lacks it",
+                  device lacks it; fa3: the warp-specialised wgmma kernel (TMA producer \
+                  warpgroup), same rule as wgmma",
         parse: |t, v| {
-            t.attention = kernel_choice(v)?;
+            t.attention = attention_choice(v)?;
             Ok(())
         },
-        show: |t| show_kernel_choice(t.attention),
+        show: |t| show_attention_choice(t.attention),
+    },
+    Knob {
+        name: "TRELLIS2_ATTENTION_PINGPONG",
+        values: "on or off",
+        default: "on",
+        meaning: "the fa3 attention kernel's two consumer warpgroups take turns to issue their \
+                  products, so that one's softmax overlaps the other's (any case; 1 and 0 are \
+                  taken too)",
+        parse: |t, v| {
+            t.attention_pingpong = on_off(v)?;
+            Ok(())
+        },
+        show: |t| show_on_off(t.attention_pingpong),
+    },
+    Knob {
+        name: "TRELLIS2_ATTENTION_KEYS",
+        values: "128 or 176",
+        default: "128",
+        meaning: "keys per tile of the fa3 attention kernel: 128 in a ring of three stages, 176 \
+                  in two",
+        parse: |t, v| {
+            t.attention_keys = match v {
+                "128" => 128,
+                "176" => 176,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+        show: |t| t.attention_keys.to_string(),
     },
     Knob {
         name: "TRELLIS2_CONV_TILE",
@@ -538,7 +613,7 @@ mod tests {
                 "TRELLIS2_ATTENTION",
                 "Mma",
                 Tuning {
-                    attention: KernelChoice::Mma,
+                    attention: AttentionChoice::Mma,
                     ..d
                 },
             ),
@@ -546,7 +621,33 @@ mod tests {
                 "TRELLIS2_ATTENTION",
                 "wgmma",
                 Tuning {
-                    attention: KernelChoice::Wgmma,
+                    attention: AttentionChoice::Wgmma,
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_ATTENTION",
+                "FA3",
+                Tuning {
+                    attention: AttentionChoice::Fa3,
+                    ..d
+                },
+            ),
+            ("TRELLIS2_ATTENTION_PINGPONG", "on", d),
+            ("TRELLIS2_ATTENTION_KEYS", "128", d),
+            (
+                "TRELLIS2_ATTENTION_KEYS",
+                "176",
+                Tuning {
+                    attention_keys: 176,
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_ATTENTION_PINGPONG",
+                "off",
+                Tuning {
+                    attention_pingpong: false,
                     ..d
                 },
             ),
@@ -674,7 +775,9 @@ mod tests {
         let all: Vec<(&str, &str)> = vec![
             ("TRELLIS2_CUBLASLT", "off"),
             ("TRELLIS2_CONV_KERNEL", "mma"),
-            ("TRELLIS2_ATTENTION", "wgmma"),
+            ("TRELLIS2_ATTENTION", "fa3"),
+            ("TRELLIS2_ATTENTION_PINGPONG", "off"),
+            ("TRELLIS2_ATTENTION_KEYS", "176"),
             ("TRELLIS2_CONV_TILE", "128"),
             ("TRELLIS2_CONV_ROW_SKIP", "off"),
             ("TRELLIS2_CONV_STAGES", "4"),
@@ -706,7 +809,12 @@ mod tests {
             (
                 "TRELLIS2_ATTENTION",
                 "flash",
-                "TRELLIS2_ATTENTION=flash: expected auto, mma or wgmma",
+                "TRELLIS2_ATTENTION=flash: expected auto, mma, wgmma or fa3",
+            ),
+            (
+                "TRELLIS2_ATTENTION_KEYS",
+                "64",
+                "TRELLIS2_ATTENTION_KEYS=64: expected 128 or 176",
             ),
             (
                 "TRELLIS2_CONV_TILE",
@@ -786,7 +894,7 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
-             TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
+             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_ATTENTION_KEYS=128 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
         );
         let json = serde_json::to_value(t).unwrap();

@@ -85,8 +85,9 @@ pub(crate) fn compute_dtype(device: &candle_core::Device, dtype: DType) -> DType
 pub enum AttentionKernel {
     /// The default: the wgmma kernel where it runs (a build for sm_90a, a compute capability
     /// 9.0 device, head dim 64 or 128), else the mma.sync kernel. `TRELLIS2_ATTENTION=mma`
-    /// pins the mma.sync kernel; `TRELLIS2_ATTENTION=wgmma` asks for the wgmma one wherever
-    /// the head dim allows (an error where the build or the device cannot run it).
+    /// pins the mma.sync kernel; `TRELLIS2_ATTENTION=wgmma` (or `fa3`) asks for the wgmma (or
+    /// warp-specialised) one wherever the head dim allows (an error where the build or the
+    /// device cannot run it).
     Auto,
     /// `kernels/cuda/attention.cu`: mma.sync, any CUDA device the build targets, head dims 16,
     /// 32, 64 and 128.
@@ -94,6 +95,10 @@ pub enum AttentionKernel {
     /// `kernels/cuda/attention_sm90a.cu`: Hopper wgmma, head dims 64 and 128; needs a build with
     /// `CUDA_COMPUTE_CAP=90` and a compute capability 9.0 device, an error otherwise.
     Wgmma,
+    /// The warp-specialised kernel of `kernels/cuda/attention_sm90a.cu` (`flash_attn_ws_*`: a
+    /// TMA producer warpgroup feeding two wgmma consumer warpgroups); the same requirements as
+    /// `Wgmma`. `TRELLIS2_ATTENTION=fa3` makes `Auto` pick it.
+    Fa3,
 }
 
 /// Which CUDA kernel computes a submanifold conv (other devices ignore it).

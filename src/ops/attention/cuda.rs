@@ -1,17 +1,20 @@
 //! Varlen flash attention's CUDA launcher (`kernels/cuda/attention.cu`, and the Hopper wgmma
-//! kernel `kernels/cuda/attention_sm90a.cu`): tiles, kernel choice and launch.
+//! kernels of `kernels/cuda/attention_sm90a.cu`): tiles, kernel choice and launch.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::sys;
+use candle_core::cuda_backend::cudarc::driver::{
+    DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape};
 
 use crate::ops::cuda::{
-    choose_wgmma, kernel_env, large_smem_func, output, sm90a_device, token_rows, Fatbin,
-    WgmmaFamily, ATTENTION, ATTENTION_SM90A,
+    choose_wgmma, large_smem_func, output, sm90a_device, token_rows, Fatbin, WgmmaFamily,
+    ATTENTION, ATTENTION_SM90A,
 };
 use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
-use crate::ops::tuning::Tuning;
+use crate::ops::tuning::{AttentionChoice, Tuning};
 use crate::ops::vocab::AttentionKernel;
 
 /// Rows of one query tile of the attention kernel (one CTA).
@@ -38,6 +41,9 @@ const ATTN_SM90A_KEY_TILE: usize = 128;
 const ATTN_SM90A_STAGES: usize = 3;
 /// Threads per wgmma attention CTA: two warpgroups of 64 query rows.
 const ATTN_SM90A_THREADS: u32 = 256;
+/// Threads per warp-specialised CTA (`flash_attn_ws_*`): a producer warpgroup and two consumer
+/// warpgroups of 64 query rows; the same tiles, stages and shared memory as the wgmma kernel.
+const ATTN_WS_THREADS: u32 = 384;
 
 /// Dynamic shared memory of one wgmma attention CTA at head dim `d`: the query tile and three
 /// buffers each of key and value rows, 16-bit elements, unpadded (the 128-byte swizzle layout of
@@ -50,7 +56,8 @@ fn attention_sm90a_smem_bytes(d: usize) -> usize {
         + ATTN_SM90A_ALIGN
 }
 
-/// Bytes after the K/V stages for the kernel's mbarriers (full and empty, one each per stage).
+/// Bytes after the K/V stages for the kernels' mbarriers (full and empty, one each per stage,
+/// and Q's in the warp-specialised kernel).
 const ATTN_SM90A_MBAR_BYTES: usize = 64;
 
 /// Alignment of the kernel's swizzled tiles (`ALIGN`: one 128-byte-swizzle atom, 8 rows × 128
@@ -64,6 +71,18 @@ const _: () = assert!(
         + ATTN_SM90A_ALIGN
         <= 227 * 1024
 );
+
+/// Dynamic shared memory of one warp-specialised CTA at head dim `d` and `keys` per tile
+/// (`flash_fwd_ws` in `kernels/cuda/attention_sm90a.cu`): the query tile, K and V rings of three
+/// stages (128 keys) or two (176), 128 bytes of mbarriers and the alignment slack.
+const fn attention_ws_smem_bytes(d: usize, keys: usize) -> usize {
+    let stages = if keys == 176 { 2 } else { 3 };
+    (ATTN_SM90A_TILE + 2 * stages * keys) * d * 2 + 128 + ATTN_SM90A_ALIGN
+}
+
+// Within the 227 KB a CTA may opt in to.
+const _: () = assert!(attention_ws_smem_bytes(128, 128) <= 227 * 1024);
+const _: () = assert!(attention_ws_smem_bytes(128, 176) <= 227 * 1024);
 
 /// Head dims of the wgmma kernel.
 const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
@@ -79,26 +98,59 @@ pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
     sm90a_device(dev, ATTENTION_SM90A.is_some())
 }
 
-/// Whether this call runs the wgmma attention kernel ([`choose_wgmma`]): head dims 64 and 128;
-/// the environment variable is `TRELLIS2_ATTENTION`, the default `WGMMA_BY_DEFAULT`.
-fn use_wgmma(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<bool> {
+/// The kernel a call runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Which {
+    /// `flash_attn_*` (mma.sync).
+    Mma,
+    /// `flash_attn_sm90a_*` (wgmma, every warp copies).
+    Wgmma,
+    /// `flash_attn_ws{,176}{,np}_*` (wgmma, a TMA producer warpgroup): ping-pong between the
+    /// consumer warpgroups (not `np`), keys per tile (128 or 176).
+    Fa3 { pingpong: bool, keys: usize },
+}
+
+/// Which kernel this call runs ([`choose_wgmma`] decides wgmma or not, for both Hopper
+/// kernels): head dims 64 and 128; the environment variable is `TRELLIS2_ATTENTION`, the default
+/// `WGMMA_BY_DEFAULT`. Among the Hopper kernels, `Fa3` (argument, or `fa3` in the variable under
+/// `Auto`) picks the warp-specialised one.
+fn choose_kernel(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<Which> {
+    let tuning = Tuning::current();
     let requested = match kernel {
         AttentionKernel::Auto => None,
         AttentionKernel::Mma => Some(false),
-        AttentionKernel::Wgmma => Some(true),
+        AttentionKernel::Wgmma | AttentionKernel::Fa3 => Some(true),
     };
-    choose_wgmma(
+    let env = match tuning.attention {
+        AttentionChoice::Auto => None,
+        AttentionChoice::Mma => Some(false),
+        AttentionChoice::Wgmma | AttentionChoice::Fa3 => Some(true),
+    };
+    let wgmma = choose_wgmma(
         WgmmaFamily {
             op: "varlen attention (CUDA)",
             built: ATTENTION_SM90A.is_some(),
             by_default: WGMMA_BY_DEFAULT,
-            env: kernel_env(Tuning::current().attention),
+            env,
         },
         dev,
         requested,
         ATTN_SM90A_DIMS.contains(&d),
         || format!("head dims 64 and 128, not {d}"),
-    )
+    )?;
+    let fa3 = match kernel {
+        AttentionKernel::Fa3 => true,
+        AttentionKernel::Auto => tuning.attention == AttentionChoice::Fa3,
+        _ => false,
+    };
+    Ok(match (wgmma, fa3) {
+        (false, _) => Which::Mma,
+        (true, false) => Which::Wgmma,
+        (true, true) => Which::Fa3 {
+            pingpong: tuning.attention_pingpong,
+            keys: tuning.attention_keys as usize,
+        },
+    })
 }
 
 /// Varlen flash attention: q `[Nq,H,D]`, k, v `[Nk,H,D]` with packed-sequence offsets →
@@ -139,9 +191,13 @@ pub(crate) fn varlen_attention(
     let (ka, kz, k_stride) = token_rows(kl, OP, "k")?;
     let (va, vz, v_stride) = token_rows(vl, OP, "v")?;
     let dev = q.device().clone();
-    let wgmma = use_wgmma(&dev, d, kernel)?;
+    let which = choose_kernel(&dev, d, kernel)?;
     // Query rows per tile (CTA) of the chosen kernel.
-    let tile = if wgmma { ATTN_SM90A_TILE } else { ATTN_TILE };
+    let tile = if which == Which::Mma {
+        ATTN_TILE
+    } else {
+        ATTN_SM90A_TILE
+    };
     let mut tiles: Vec<u32> = Vec::new();
     for b in 0..q_offsets.len() - 1 {
         let (q0, q1) = (q_offsets[b], q_offsets[b + 1]);
@@ -162,13 +218,24 @@ pub(crate) fn varlen_attention(
     }
     let strides = [q_stride, k_stride, v_stride].map(|s| s as i32);
     let ntiles = tiles.len() / 4;
-    // PTX module, kernel name prefix, threads and shared memory of the chosen kernel.
-    let (module, prefix, threads, smem) = match &ATTENTION_SM90A {
-        Some(ptx) if wgmma => (
+    // Kernel module, kernel name prefix, threads and shared memory of the chosen kernel.
+    let (module, prefix, threads, smem) = match (&ATTENTION_SM90A, which) {
+        (Some(ptx), Which::Wgmma) => (
             ptx,
             "flash_attn_sm90a",
             ATTN_SM90A_THREADS,
             attention_sm90a_smem_bytes(d) as u32,
+        ),
+        (Some(ptx), Which::Fa3 { pingpong, keys }) => (
+            ptx,
+            match (keys, pingpong) {
+                (176, true) => "flash_attn_ws176",
+                (176, false) => "flash_attn_ws176np",
+                (_, true) => "flash_attn_ws",
+                (_, false) => "flash_attn_wsnp",
+            },
+            ATTN_WS_THREADS,
+            attention_ws_smem_bytes(d, keys) as u32,
         ),
         _ => (
             &ATTENTION,
@@ -188,8 +255,13 @@ pub(crate) fn varlen_attention(
         v: (v, va, vz),
         tiles: &tiles,
         kernel: (module, prefix, smem),
+        tma_keys: match which {
+            Which::Fa3 { keys, .. } => Some(keys),
+            _ => None,
+        },
         cfg,
         dims: (nq, heads, d),
+        key_rows: kl.shape().dims3()?.0,
         scale_log2,
         strides,
     };
@@ -207,11 +279,15 @@ struct Attention<'a> {
     v: (&'a CudaStorage, usize, usize),
     /// `[q0, q1, k0, k1]` of each query tile.
     tiles: &'a [u32],
-    /// PTX module, kernel name prefix and shared memory.
+    /// Kernel module, kernel name prefix and shared memory.
     kernel: (&'a Fatbin, &'static str, u32),
+    /// The warp-specialised kernel (its keys per tile): q, k and v go in as TMA tensor maps.
+    tma_keys: Option<usize>,
     cfg: LaunchConfig,
     /// `(Nq, H, D)`.
     dims: (usize, usize, usize),
+    /// Nk, the token rows of k and v.
+    key_rows: usize,
     scale_log2: f32,
     /// Token strides of q, k and v.
     strides: [i32; 3],
@@ -238,18 +314,103 @@ impl FloatFn for Attention<'_> {
             let kk = k.as_cuda_slice::<T>()?.slice(ka..kz);
             let vv = v.as_cuda_slice::<T>()?.slice(va..vz);
             let stream = dev.cuda_stream();
-            let mut b = stream.launch_builder(&func);
-            b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
-            b.arg(&heads_).arg(&self.scale_log2);
-            b.arg(&self.strides[0])
-                .arg(&self.strides[1])
-                .arg(&self.strides[2]);
-            // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
-            // v, as the op's offset checks guarantee; a row r of an operand starts at
-            // r·stride within its [start, end) span (`token_rows`); out[Nq·H·D] is owned by
-            // this call.
-            unsafe { b.launch(self.cfg) }.w()?;
+            if let Some(keys) = self.tma_keys {
+                // The views' device addresses go into the tensor maps; their guards keep the
+                // stream's read/write ordering of q, k and v until after the launch.
+                let (qp, _q_read) = qq.device_ptr(&stream);
+                let (kp, _k_read) = kk.device_ptr(&stream);
+                let (vp, _v_read) = vv.device_ptr(&stream);
+                let nk = self.key_rows;
+                let maps = [
+                    TensorMap::rows::<T>(
+                        qp,
+                        (nq, heads, d),
+                        self.strides[0] as usize,
+                        ATTN_SM90A_TILE,
+                    )?,
+                    TensorMap::rows::<T>(kp, (nk, heads, d), self.strides[1] as usize, keys)?,
+                    TensorMap::rows::<T>(vp, (nk, heads, d), self.strides[2] as usize, keys)?,
+                ];
+                let mut b = stream.launch_builder(&func);
+                b.arg(&maps[0]).arg(&maps[1]).arg(&maps[2]);
+                b.arg(&out).arg(&tiles);
+                b.arg(&heads_).arg(&self.scale_log2);
+                // SAFETY: the tensor maps cover exactly the token rows of q, k and v (reads
+                // past them are zero-filled by the TMA); every tile's query rows lie inside out
+                // (`[Nq·H·D]`, owned by this call), as the op's offset checks guarantee.
+                unsafe { b.launch(self.cfg) }.w()?;
+            } else {
+                let mut b = stream.launch_builder(&func);
+                b.arg(&qq).arg(&kk).arg(&vv).arg(&out).arg(&tiles);
+                b.arg(&heads_).arg(&self.scale_log2);
+                b.arg(&self.strides[0])
+                    .arg(&self.strides[1])
+                    .arg(&self.strides[2]);
+                // SAFETY: every tile's rows lie inside q (and out) and its key rows inside k and
+                // v, as the op's offset checks guarantee; a row r of an operand starts at
+                // r·stride within its [start, end) span (`token_rows`); out[Nq·H·D] is owned by
+                // this call.
+                unsafe { b.launch(self.cfg) }.w()?;
+            }
         }
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// A `CUtensorMap` (the driver's 128 opaque bytes; 64-byte alignment is what the kernel's
+/// parameter needs, 128 what CUDA 13's header declares), passed to the warp-specialised kernel
+/// by value.
+#[repr(C, align(128))]
+#[derive(Clone, Copy)]
+struct TensorMap([u64; 16]);
+
+// SAFETY: plain bytes, copied into the kernel's parameter space as they are.
+unsafe impl DeviceRepr for TensorMap {}
+
+impl TensorMap {
+    /// The map of a `[rows, heads, d]` operand at device address `ptr` whose token rows lie
+    /// `stride` elements apart (heads and dims contiguous): dims (d, heads, rows), boxes of 64
+    /// dims × 1 head × `box_rows` rows with the 128-byte swizzle, the SW128 tile layout of
+    /// `kernels/cuda/attention_sm90a.cu` (one box per 64-dim column block). Rows past `rows`
+    /// read as zeros.
+    fn rows<T: FloatElem>(
+        ptr: sys::CUdeviceptr,
+        (rows, heads, d): (usize, usize, usize),
+        stride: usize,
+        box_rows: usize,
+    ) -> Result<Self> {
+        let dtype = match T::DTYPE {
+            DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+            other => bail!("varlen attention (CUDA): no tensor map for {other:?}"),
+        };
+        let dims = [d as u64, heads as u64, rows.max(1) as u64];
+        // Byte strides of dims 1 and 2 (dim 0 is contiguous).
+        let strides = [(d * 2) as u64, (stride * 2) as u64];
+        let boxes = [64u32, 1, box_rows as u32];
+        let steps = [1u32; 3];
+        let mut map = TensorMap([0; 16]);
+        // SAFETY: every pointer argument points at an array of the rank's length (strides:
+        // rank − 1) that outlives the call; map is 128 bytes, 128-byte aligned; the driver only
+        // encodes, it reads no device memory.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                (&mut map as *mut TensorMap).cast(),
+                dtype,
+                3,
+                ptr as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                steps.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .w()?;
+        Ok(map)
     }
 }

@@ -33,18 +33,18 @@ struct VarlenAttention {
     kernel: AttentionKernel,
 }
 
-/// Whether `kernel` can run on `device`: `Wgmma` only on a CUDA device of compute capability
-/// 9.0 with a build for `CUDA_COMPUTE_CAP=90`; the others everywhere.
+/// Whether `kernel` can run on `device`: `Wgmma` and `Fa3` only on a CUDA device of compute
+/// capability 9.0 with a build for `CUDA_COMPUTE_CAP=90`; the others everywhere.
 pub fn attention_kernel_available(
     kernel: AttentionKernel,
     device: &candle_core::Device,
 ) -> candle_core::Result<bool> {
     match (kernel, device) {
         #[cfg(feature = "cuda")]
-        (AttentionKernel::Wgmma, candle_core::Device::Cuda(dev)) => {
+        (AttentionKernel::Wgmma | AttentionKernel::Fa3, candle_core::Device::Cuda(dev)) => {
             cuda::wgmma_attention_available(dev)
         }
-        (AttentionKernel::Wgmma, _) => Ok(false),
+        (AttentionKernel::Wgmma | AttentionKernel::Fa3, _) => Ok(false),
         _ => Ok(true),
     }
 }
