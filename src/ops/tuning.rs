@@ -131,7 +131,7 @@ impl Default for Tuning {
             conv_kernel: KernelChoice::Auto,
             attention: AttentionChoice::Auto,
             attention_pingpong: true,
-            attention_keys: 128,
+            attention_keys: 176,
             conv_tile: ConvTile::Auto,
             conv_row_skip: true,
             conv_stages: None,
@@ -257,10 +257,11 @@ pub static KNOBS: [Knob; 11] = [
         values: "auto, mma, wgmma or fa3",
         default: "auto",
         meaning:
-            "the CUDA attention kernel (any case): auto picks wgmma where it runs (sm_90a build, \
-                  compute capability 9.0, head dim 64 or 128), wgmma errors where the build or \
-                  device lacks it; fa3: the warp-specialised wgmma kernel (TMA producer \
-                  warpgroup), same rule as wgmma",
+            "the CUDA attention kernel (any case): auto picks fa3 where it runs (sm_90a build, \
+                  compute capability 9.0, head dim 64 or 128), else mma; fa3: the \
+                  warp-specialised wgmma kernel (TMA producer warpgroup); wgmma: the earlier \
+                  Hopper kernel (every warp copies); fa3 and wgmma error where the build or \
+                  device lacks them",
         parse: |t, v| {
             t.attention = attention_choice(v)?;
             Ok(())
@@ -283,7 +284,7 @@ pub static KNOBS: [Knob; 11] = [
     Knob {
         name: "TRELLIS2_ATTENTION_KEYS",
         values: "128 or 176",
-        default: "128",
+        default: "176",
         meaning: "keys per tile of the fa3 attention kernel: 128 in a ring of three stages, 176 \
                   in two",
         parse: |t, v| {
@@ -634,12 +635,12 @@ mod tests {
                 },
             ),
             ("TRELLIS2_ATTENTION_PINGPONG", "on", d),
-            ("TRELLIS2_ATTENTION_KEYS", "128", d),
+            ("TRELLIS2_ATTENTION_KEYS", "176", d),
             (
                 "TRELLIS2_ATTENTION_KEYS",
-                "176",
+                "128",
                 Tuning {
-                    attention_keys: 176,
+                    attention_keys: 128,
                     ..d
                 },
             ),
@@ -894,7 +895,7 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
-             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_ATTENTION_KEYS=128 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
+             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
         );
         let json = serde_json::to_value(t).unwrap();

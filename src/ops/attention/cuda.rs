@@ -93,6 +93,13 @@ const ATTN_SM90A_DIMS: [usize; 2] = [64, 128];
 /// (0.225 against 0.303 ms at 4k², 28.7 against 39.0 ms at 49k², 12 heads × 128, bf16).
 const WGMMA_BY_DEFAULT: bool = true;
 
+/// Whether, among the Hopper kernels, `AttentionKernel::Auto` picks the warp-specialised one
+/// (`Fa3`) without `TRELLIS2_ATTENTION` set. On: measured on an H100 (benches/README.md) at
+/// 0.80–0.93× the time of the wgmma kernel in every case of the bench (176 keys a tile,
+/// ping-pong: 2.14 against 2.58 ms at 15k², 0.68 against 0.80 ms at 15k × 4k), and the 1024
+/// flows at 137 against 150 ms per forward.
+const FA3_BY_DEFAULT: bool = true;
+
 /// Whether the wgmma attention kernel can run on `dev` (see [`sm90a_device`]).
 pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
     sm90a_device(dev, ATTENTION_SM90A.is_some())
@@ -113,7 +120,7 @@ enum Which {
 /// Which kernel this call runs ([`choose_wgmma`] decides wgmma or not, for both Hopper
 /// kernels): head dims 64 and 128; the environment variable is `TRELLIS2_ATTENTION`, the default
 /// `WGMMA_BY_DEFAULT`. Among the Hopper kernels, `Fa3` (argument, or `fa3` in the variable under
-/// `Auto`) picks the warp-specialised one.
+/// `Auto`, or `FA3_BY_DEFAULT` when the variable is unset) picks the warp-specialised one.
 fn choose_kernel(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<Which> {
     let tuning = Tuning::current();
     let requested = match kernel {
@@ -140,7 +147,10 @@ fn choose_kernel(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<
     )?;
     let fa3 = match kernel {
         AttentionKernel::Fa3 => true,
-        AttentionKernel::Auto => tuning.attention == AttentionChoice::Fa3,
+        AttentionKernel::Auto => match tuning.attention {
+            AttentionChoice::Auto => FA3_BY_DEFAULT,
+            choice => choice == AttentionChoice::Fa3,
+        },
         _ => false,
     };
     Ok(match (wgmma, fa3) {
