@@ -182,6 +182,69 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
+// Online softmax of one warpgroup's N-key score tile s at key kt (see attention.cu), shared by
+// both kernels: row g in s[4n + 0, 1], row g + 8 in s[4n + 2, 3], each row spread over the four
+// lanes (t) of a quad. Updates the running maxima m and sums l, replaces s by
+// exp2(s · scale_log2 − m) and gives the factors alpha by which O must be rescaled; returns
+// whether any row maximum of the warp grew. mask (a constant at every call): the tile may reach
+// past the sequence end k1 (the last tile); those keys score −∞, by selects, not a branch.
+template <int N>
+__device__ __forceinline__ bool online_softmax(float (&s)[N / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                               int kt, int k1, int t, float scale_log2, bool mask) {
+    if (mask) {
+#pragma unroll
+        for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                s[4 * n + e] = kt + n * 8 + 2 * t + (e & 1) >= k1 ? -INFINITY : s[4 * n + e];
+    }
+    bool grew = false;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < N / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mn = fmaxf(m[r], mx * scale_log2);  // key kt is valid: finite
+        grew |= mn > m[r];
+        alpha[r] = mn > m[r] ? exp2_approx(m[r] - mn) : 1.f;
+        m[r] = mn;
+        l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            s[4 * n + e] = exp2_approx(fmaf(s[4 * n + e], scale_log2, -m[e >> 1]));
+            l[e >> 1] += s[4 * n + e];  // quad-reduced once, at the end
+        }
+    return __any_sync(0xffffffffu, grew);
+}
+
+// P = s rounded to T, in the A-fragment order: column block n of s is half of P's k-step n/2
+// (a0, a1 for even n, a2, a3 for odd n).
+template <typename T, int N>
+__device__ __forceinline__ void pack_p(const float (&s)[N / 2], uint32_t (&p)[N / 16][4]) {
+#pragma unroll
+    for (int n = 0; n < N / 8; ++n) {
+        p[n / 2][(n & 1) * 2 + 0] = pack2<T>(s[4 * n + 0], s[4 * n + 1]);
+        p[n / 2][(n & 1) * 2 + 1] = pack2<T>(s[4 * n + 2], s[4 * n + 3]);
+    }
+}
+
+// O (the D fragment: o[4n + e] in row g + 8·(e/2)) times the rows' factors alpha.
+template <int D>
+__device__ __forceinline__ void rescale_o(float (&o)[D / 2], const float (&alpha)[2]) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        o[4 * n + 0] *= alpha[0];
+        o[4 * n + 1] *= alpha[0];
+        o[4 * n + 2] *= alpha[1];
+        o[4 * n + 3] *= alpha[1];
+    }
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void *p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -435,61 +498,12 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
-    // Online softmax of the scores s of the key tile at kt (see attention.cu): row g in
-    // s[4n + 0, 1], row g + 8 in s[4n + 2, 3], each row spread over the four lanes of a quad.
-    // Updates m and l, replaces s by exp2(s · scale_log2 − m) and gives the factors alpha by
-    // which O must be rescaled; returns whether any row maximum of the warp grew. mask (a
-    // constant at every call): the tile may reach past the sequence end (the last tile); those
-    // keys score −∞, by selects, not a branch.
+    // The online softmax, P packing and O rescale of this warpgroup (online_softmax above).
     auto softmax = [&](float (&s)[BN / 2], int kt, float (&alpha)[2], bool mask) {
-        if (mask) {
-#pragma unroll
-            for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    s[4 * n + e] = kt + n * 8 + 2 * t + (e & 1) >= k1 ? -INFINITY : s[4 * n + e];
-        }
-        bool grew = false;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < BN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mn = fmaxf(m[r], mx * scale_log2);  // key kt is valid: finite
-            grew |= mn > m[r];
-            alpha[r] = mn > m[r] ? exp2_approx(m[r] - mn) : 1.f;
-            m[r] = mn;
-            l[r] *= alpha[r];
-        }
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[4 * n + e] = exp2_approx(fmaf(s[4 * n + e], scale_log2, -m[e >> 1]));
-                l[e >> 1] += s[4 * n + e];  // quad-reduced once, at the end
-            }
-        return __any_sync(0xffffffffu, grew);
+        return online_softmax<BN>(s, m, l, alpha, kt, k1, t, scale_log2, mask);
     };
-    // P = s rounded to T, in the A-fragment order: column block n of s is half of P's k-step
-    // n/2 (a0, a1 for even n, a2, a3 for odd n).
-    auto pack_p = [&](const float (&s)[BN / 2], uint32_t (&p)[BN / 16][4]) {
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n) {
-            p[n / 2][(n & 1) * 2 + 0] = pack2<T>(s[4 * n + 0], s[4 * n + 1]);
-            p[n / 2][(n & 1) * 2 + 1] = pack2<T>(s[4 * n + 2], s[4 * n + 3]);
-        }
-    };
-    auto rescale = [&](const float (&alpha)[2]) {
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            o[4 * n + 0] *= alpha[0];
-            o[4 * n + 1] *= alpha[0];
-            o[4 * n + 2] *= alpha[1];
-            o[4 * n + 3] *= alpha[1];
-        }
-    };
+    auto pack = [&](const float (&s)[BN / 2], uint32_t (&p)[BN / 16][4]) { pack_p<T, BN>(s, p); };
+    auto rescale = [&](const float (&alpha)[2]) { rescale_o<D>(o, alpha); };
 
     if (ntiles > 0) {
         if (tid == 0) {
@@ -523,7 +537,7 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
             fence_regs(s);
             float alpha[2];
             softmax(s, k0, alpha, ntiles == 1);  // no wgmma in flight: a branch is harmless
-            pack_p(s, p);
+            pack(s, p);
         }
         // Iteration j ≥ 1 (stage st holds tile j − 1, whose P is p): S(j) and P(j−1)·V(j−1) in
         // flight together; the softmax of S(j) runs while P(j−1)·V(j−1) does; P(j) replaces
@@ -574,7 +588,7 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
             fence_regs(o);
             fence_regs(p);
             if (grew) rescale(alpha);
-            pack_p(s, p);
+            pack(s, p);
             st = sn;
         };
         int st = 0, j = 1;
@@ -851,52 +865,10 @@ __device__ __forceinline__ void flash_fwd_ws(const TmaMap *tq, const TmaMap *tk,
 
     // The online softmax, P packing and O rescale of flash_fwd above, for KN keys.
     auto softmax = [&](float (&s)[KN / 2], int kt, float (&alpha)[2], bool mask) {
-        if (mask) {
-#pragma unroll
-            for (int n = 0; n < KN / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    s[4 * n + e] = kt + n * 8 + 2 * t + (e & 1) >= k1 ? -INFINITY : s[4 * n + e];
-        }
-        bool grew = false;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < KN / 8; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mn = fmaxf(m[r], mx * scale_log2);
-            grew |= mn > m[r];
-            alpha[r] = mn > m[r] ? exp2_approx(m[r] - mn) : 1.f;
-            m[r] = mn;
-            l[r] *= alpha[r];
-        }
-#pragma unroll
-        for (int n = 0; n < KN / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[4 * n + e] = exp2_approx(fmaf(s[4 * n + e], scale_log2, -m[e >> 1]));
-                l[e >> 1] += s[4 * n + e];
-            }
-        return __any_sync(0xffffffffu, grew);
+        return online_softmax<KN>(s, m, l, alpha, kt, k1, t, scale_log2, mask);
     };
-    auto pack_p = [&](const float (&s)[KN / 2], uint32_t (&p)[KN / 16][4]) {
-#pragma unroll
-        for (int n = 0; n < KN / 8; ++n) {
-            p[n / 2][(n & 1) * 2 + 0] = pack2<T>(s[4 * n + 0], s[4 * n + 1]);
-            p[n / 2][(n & 1) * 2 + 1] = pack2<T>(s[4 * n + 2], s[4 * n + 3]);
-        }
-    };
-    auto rescale = [&](const float (&alpha)[2]) {
-#pragma unroll
-        for (int n = 0; n < D / 8; ++n) {
-            o[4 * n + 0] *= alpha[0];
-            o[4 * n + 1] *= alpha[0];
-            o[4 * n + 2] *= alpha[1];
-            o[4 * n + 3] *= alpha[1];
-        }
-    };
+    auto pack = [&](const float (&s)[KN / 2], uint32_t (&p)[KN / 16][4]) { pack_p<T, KN>(s, p); };
+    auto rescale = [&](const float (&alpha)[2]) { rescale_o<D>(o, alpha); };
     // This warp's wgmma reading the buffer have retired: one arrival per warp.
     auto release = [&](uint32_t bar) {
         if (lane == 0) mbar_arrive(bar);
@@ -919,7 +891,7 @@ __device__ __forceinline__ void flash_fwd_ws(const TmaMap *tq, const TmaMap *tk,
             release(empty_k);
             float alpha[2];
             softmax(s, k0, alpha, ntiles == 1);
-            pack_p(s, p);
+            pack(s, p);
         }
         // Iteration j ≥ 1: S(j) from K in stage sn, P(j−1)·V(j−1) from V in stage st.
         auto step = [&](int j, int &st, bool last) {
@@ -953,7 +925,7 @@ __device__ __forceinline__ void flash_fwd_ws(const TmaMap *tq, const TmaMap *tk,
             fence_regs(o);
             fence_regs(p);
             if (grew) rescale(alpha);
-            pack_p(s, p);
+            pack(s, p);
             st = sn;
         };
         int st = 0, j = 1;
