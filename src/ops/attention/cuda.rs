@@ -95,9 +95,9 @@ const WGMMA_BY_DEFAULT: bool = true;
 
 /// Whether, among the Hopper kernels, `AttentionKernel::Auto` picks the warp-specialised one
 /// (`Fa3`) without `TRELLIS2_ATTENTION` set. On: measured on an H100 (benches/README.md) at
-/// 0.80–0.93× the time of the wgmma kernel in every case of the bench (176 keys a tile,
+/// 0.79–0.90× the time of the wgmma kernel in every case of the bench (176 keys a tile,
 /// ping-pong: 2.14 against 2.58 ms at 15k², 0.68 against 0.80 ms at 15k × 4k), and the 1024
-/// flows at 137 against 150 ms per forward.
+/// flows at 137–138 against 150 ms per forward.
 const FA3_BY_DEFAULT: bool = true;
 
 /// Whether the wgmma attention kernel can run on `dev` (see [`sm90a_device`]).
