@@ -432,6 +432,30 @@ __device__ __forceinline__ void load_rows(uint32_t dst, const T *src, int row0, 
 
 // The accumulator arrays must be pinned in registers across the asm statements: every index
 // below is a compile-time constant after unrolling.
+// k16 step kk of a K-major operand of `rows` rows: column block kk / 4, 32 bytes per step in it
+// (descriptor units of 16 bytes).
+__device__ __forceinline__ uint32_t kstep(int kk, int rows) {
+    return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4;
+}
+
+// S = Q·Kᵀ of one warpgroup, 64 rows × N keys, as one wgmma group (not committed here): dq the
+// warpgroup's Q descriptor, dk the key tile's (low words).
+template <typename T, int D, int N>
+__device__ __forceinline__ void issue_qk(float (&s)[N / 2], uint32_t dq, uint32_t dk) {
+    wgmma_ss_first<T, N>(s, desc<ALIGN>(dq), desc<ALIGN>(dk));
+#pragma unroll
+    for (int kk = 1; kk < D / 16; ++kk)
+        wgmma_ss<T, N>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(dk + kstep(kk, N)));
+}
+
+// O += P·V of one warpgroup, 16 keys a wgmma: dv the value tile's descriptor (low word), VSBO
+// its stride byte offset.
+template <typename T, int D, int N, uint32_t VSBO>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&p)[N / 16][4], uint32_t dv) {
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<VSBO>(dv + ((kk * 2 * ALIGN) >> 4)));
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k,
                                           const T *__restrict__ v, T *__restrict__ out,
@@ -474,22 +498,10 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     const uint32_t dq = desc_lo(sQ + wg * WG_ROWS * 128, 16);
     const uint32_t dk = desc_lo(sKV, 16);
     const uint32_t dv = desc_lo(sKV + KVBYTES, V_LBO);
-    // k16 step kk of a K-major operand of R rows: column block kk / 4, 32 bytes per step in it.
-    auto kstep = [](int kk, int rows) -> uint32_t { return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4; };
-
-    // S(tile in stage st) = Q·Kᵀ, 64 rows × BN keys, one wgmma group (not committed here).
-    auto issue_qk = [&](float (&s)[BN / 2], int st) {
-        const uint32_t kst = dk + ((st * STAGE_BYTES) >> 4);
-        wgmma_ss_first<T, BN>(s, desc<ALIGN>(dq), desc<ALIGN>(kst));
-#pragma unroll
-        for (int kk = 1; kk < D / 16; ++kk)
-            wgmma_ss<T, BN>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(kst + kstep(kk, BN)));
-    };
-    // O += P·V(tile in stage st), 16 keys per wgmma.
+    // S(tile in stage st) = Q·Kᵀ; O += P·V(tile in stage st).
+    auto issue_qk = [&](float (&s)[BN / 2], int st) { sm90a::issue_qk<T, D, BN>(s, dq, dk + ((st * STAGE_BYTES) >> 4)); };
     auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&p)[BN / 16][4], int st) {
-        const uint32_t vst = dv + ((st * STAGE_BYTES) >> 4);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<V_SBO>(vst + ((kk * 2 * ALIGN) >> 4)));
+        sm90a::issue_pv<T, D, BN, V_SBO>(o, p, dv + ((st * STAGE_BYTES) >> 4));
     };
 
     // o[4n + e]: row 16·wl + g + 8·(e/2) of this warpgroup, column 8n + 2t + e%2 (the D fragment).
@@ -844,18 +856,9 @@ __device__ __forceinline__ void flash_fwd_ws(const TmaMap *tq, const TmaMap *tk,
     const uint32_t dk = desc_lo(sK, 16);
     const uint32_t dv = desc_lo(sV, V_DESC_SWAP ? ALIGN : KN * 128);
     constexpr uint32_t VSBO = V_DESC_SWAP ? KN * 128 : ALIGN;
-    auto kstep = [](int kk, int rows) -> uint32_t { return (uint32_t)((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4; };
-    auto issue_qk = [&](float (&s)[KN / 2], int st) {
-        const uint32_t kst = dk + ((st * KVBYTES) >> 4);
-        wgmma_ss_first<T, KN>(s, desc<ALIGN>(dq), desc<ALIGN>(kst));
-#pragma unroll
-        for (int kk = 1; kk < D / 16; ++kk)
-            wgmma_ss<T, KN>(s, desc<ALIGN>(dq + kstep(kk, BM)), desc<ALIGN>(kst + kstep(kk, KN)));
-    };
+    auto issue_qk = [&](float (&s)[KN / 2], int st) { sm90a::issue_qk<T, D, KN>(s, dq, dk + ((st * KVBYTES) >> 4)); };
     auto issue_pv = [&](float (&o)[D / 2], const uint32_t (&p)[KN / 16][4], int st) {
-        const uint32_t vst = dv + ((st * KVBYTES) >> 4);
-#pragma unroll
-        for (int kk = 0; kk < KN / 16; ++kk) wgmma_rs<T, D>(o, p[kk], desc<VSBO>(vst + ((kk * 2 * ALIGN) >> 4)));
+        sm90a::issue_pv<T, D, KN, VSBO>(o, p, dv + ((st * KVBYTES) >> 4));
     };
 
     float o[D / 2];
