@@ -16,4 +16,5 @@ pub mod selftest;
 pub mod sparse;
 #[cfg(test)]
 mod test_util;
+pub mod vec3;
 pub mod weights;

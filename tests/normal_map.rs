@@ -24,22 +24,7 @@ use trellis2::export::glb_writer::{write_textured_glb_with_options, TextureOptio
 use trellis2::export::{Asset, Up};
 use trellis2::mesh::normal_map::tangent_to_world;
 use trellis2::mesh::Mesh;
-
-fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
-}
+use trellis2::vec3::{cross, dot, sub};
 
 fn unit(a: [f64; 3]) -> [f64; 3] {
     let len = dot(a, a).sqrt();

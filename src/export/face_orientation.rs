@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
-use super::sym_eigen::{cross, dot};
 use crate::mesh::Mesh;
+use crate::vec3::{cross, dot};
 
 /// Triangles per union-find block (a power of two). Fixed so that the work plan, and with it
 /// the result, does not depend on the thread count.

@@ -303,7 +303,8 @@ mod tests {
         }
     }
 
-    use crate::export::sym_eigen::{cross, normalized, sym_eigen3};
+    use crate::export::sym_eigen::{normalized, sym_eigen3};
+    use crate::vec3::cross;
 
     #[test]
     fn twist_free_quaternion_turns_z_onto_the_normal_without_twist() {

@@ -17,9 +17,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::asset::{Asset, ALPHA};
-use super::sym_eigen::{cross, dot, normalized, sym_eigen3};
+use super::sym_eigen::{normalized, sym_eigen3};
 use super::voxel_frames::{dual_centroid, neighbourhood, neighbourhood_frame, NO_VOXEL};
 use crate::mesh::dual_grid::AABB_MIN;
+use crate::vec3::{add, cross, dot, scale, sub};
 
 /// How many splats to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -774,18 +775,6 @@ fn cell_error(patches: &[Patch], members: &[u32], voxel: f64) -> f64 {
 }
 
 // ---- small vector helpers ----
-
-fn add(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
-}
-
-fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-
-fn scale(a: [f64; 3], s: f64) -> [f64; 3] {
-    a.map(|v| v * s)
-}
 
 fn add_outer(m: &mut [[f64; 3]; 3], d: [f64; 3], w: f64) {
     for i in 0..3 {

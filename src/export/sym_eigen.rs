@@ -1,6 +1,8 @@
 //! Eigen-decomposition of symmetric 3×3 matrices (cyclic Jacobi in f64): small, deterministic
 //! and exact enough for the local plane fits and normal-covariance axes of the exporters.
 
+use crate::vec3::{cross, dot};
+
 /// Eigenvalues in ascending order with their unit eigenvectors (`vectors[k]` belongs to
 /// `values[k]`); the vectors form a right-handed orthonormal basis.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,20 +63,6 @@ pub fn sym_eigen3(m: [[f64; 3]; 3]) -> SymEigen3 {
         vectors[2] = vectors[2].map(|x| -x);
     }
     SymEigen3 { values, vectors }
-}
-
-#[inline]
-pub fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-#[inline]
-pub fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
 }
 
 /// `v / |v|`, or `None` for a zero or non-finite vector.

@@ -11,7 +11,8 @@
 use rayon::prelude::*;
 
 use super::asset::Asset;
-use super::sym_eigen::{cross, dot, sym_eigen3};
+use super::sym_eigen::sym_eigen3;
+use crate::vec3::{cross, dot};
 
 /// A voxel's neighbourhood counts as a surface patch when its second principal variance is at
 /// least this fraction of the first (below, the points are nearly collinear or a single point

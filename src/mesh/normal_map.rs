@@ -27,6 +27,7 @@ use rayon::prelude::*;
 use super::bake::{bake_with, BakeOptions, BakedImage};
 use super::error::{MeshError, Result};
 use super::triangle_mesh::Mesh;
+use crate::vec3::{cross, dot, scale, sub};
 
 /// Channels of a baked normal map (RGB = tangent-space xyz · ½ + ½).
 pub const NORMAL_MAP_CHANNELS: usize = 3;
@@ -503,26 +504,6 @@ pub fn bake_normal_map(
         opts,
         &sample,
     )
-}
-
-fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
-}
-
-fn scale(a: [f64; 3], s: f64) -> [f64; 3] {
-    a.map(|v| v * s)
 }
 
 fn normalize(a: [f64; 3]) -> Option<[f64; 3]> {

@@ -4,6 +4,8 @@
 //! picture), so a point projects to pixel coordinates `u = f·x/z + w/2`, `v = f·y/z + h/2` with
 //! the pixel `(i, j)` covering `[i, i+1) × [j, j+1)` (its centre at `i + 0.5`).
 
+use crate::vec3::{cross, dot, sub};
+
 /// Vertical field of view of the orbit camera, in degrees.
 pub const ORBIT_FOV_Y_DEG: f64 = 40.0;
 /// The bounding sphere fills this fraction of the picture's height (a small margin).
@@ -23,22 +25,6 @@ pub struct Camera {
     pub height: u32,
     /// Points closer than this along `forward` are not drawn.
     pub near: f64,
-}
-
-pub(crate) fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-
-pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-pub(crate) fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
 }
 
 pub(crate) fn normalize(a: [f64; 3]) -> [f64; 3] {

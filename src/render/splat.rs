@@ -220,7 +220,7 @@ fn project(splats: &Splats, i: usize, cam: &Camera, tiles: [u32; 2]) -> Option<P
         ((x1 / tile) as u32).min(tiles[0] - 1),
         ((y1 / tile) as u32).min(tiles[1] - 1),
     ];
-    let dir = super::camera::normalize(super::camera::sub(p, cam.eye)).map(|v| v as f32);
+    let dir = super::camera::normalize(crate::vec3::sub(p, cam.eye)).map(|v| v as f32);
     Some(Projected {
         mean: mean.map(|v| v as f32),
         conic: [(c / det) as f32, (-b / det) as f32, (a / det) as f32],
