@@ -127,15 +127,7 @@ fn measure(shape: &TexturedShape, faces: usize, size: u32, samples: usize) -> Me
     let (mut own, mut analytic) = (Vec::new(), Vec::new());
     let mut direct = [0f32; 6];
     for _ in 0..samples {
-        let pick = rng.next() * total;
-        let t = cumulative
-            .partition_point(|&c| c < pick)
-            .min(cumulative.len() - 1);
-        let (mut r1, mut r2) = (rng.next(), rng.next());
-        if r1 + r2 > 1.0 {
-            (r1, r2) = (1.0 - r1, 1.0 - r2);
-        }
-        let w = [1.0 - r1 - r2, r1, r2];
+        let (t, w) = rng.point_on_triangles(&cumulative);
         let corner = |k: usize| indices[t * 3 + k] as usize;
         let point: [f32; 3] = std::array::from_fn(|a| {
             (0..3)

@@ -117,15 +117,7 @@ fn shade_random_points(w: &Written, samples: usize) -> Vec<Shading> {
     let mut rng = Uniform(0x6e6f_726d);
     (0..samples)
         .map(|_| {
-            let pick = rng.next() * total;
-            let t = cumulative
-                .partition_point(|&c| c < pick)
-                .min(cumulative.len() - 1);
-            let (mut r1, mut r2) = (rng.next(), rng.next());
-            if r1 + r2 > 1.0 {
-                (r1, r2) = (1.0 - r1, 1.0 - r2);
-            }
-            let bary = [1.0 - r1 - r2, r1, r2];
+            let (t, bary) = rng.point_on_triangles(&cumulative);
             let tri = &w.indices[t * 3..t * 3 + 3];
             let lerp = |f: &dyn Fn(usize) -> [f64; 3]| -> [f64; 3] {
                 std::array::from_fn(|a| (0..3).map(|k| bary[k] * f(tri[k] as usize)[a]).sum())

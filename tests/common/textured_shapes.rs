@@ -21,6 +21,21 @@ impl Uniform {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// A uniformly random point of a triangle mesh: the triangle drawn by area from its
+    /// running area sums `cumulative`, and the point's barycentric weights in it.
+    pub fn point_on_triangles(&mut self, cumulative: &[f64]) -> (usize, [f64; 3]) {
+        let total = cumulative.last().copied().unwrap_or(0.0);
+        let pick = self.next() * total;
+        let t = cumulative
+            .partition_point(|&c| c < pick)
+            .min(cumulative.len() - 1);
+        let (mut r1, mut r2) = (self.next(), self.next());
+        if r1 + r2 > 1.0 {
+            (r1, r2) = (1.0 - r1, 1.0 - r2);
+        }
+        (t, [1.0 - r1 - r2, r1, r2])
+    }
 }
 
 /// A PBR field over voxel-unit points.
