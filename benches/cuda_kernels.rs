@@ -159,7 +159,7 @@ fn attention(dev: &Device, samples: usize) -> Result<()> {
     }
     for (kernel, pingpong, keys) in kernels {
         let tuning = Tuning {
-            attention_pingpong: pingpong,
+            attention_pingpong: Some(pingpong),
             attention_keys: keys,
             ..Tuning::current()
         };

@@ -164,7 +164,7 @@ impl Attn {
         scale: f32,
     ) -> Result<Tensor> {
         let tuning = Tuning {
-            attention_pingpong: self.1,
+            attention_pingpong: Some(self.1),
             attention_keys: self.2,
             ..Tuning::current()
         };

@@ -104,8 +104,9 @@ pub struct Tuning {
     /// `TRELLIS2_ATTENTION`: the attention kernel under `AttentionKernel::Auto`.
     pub attention: AttentionChoice,
     /// `TRELLIS2_ATTENTION_PINGPONG`: the warp-specialised attention kernel's two consumer
-    /// warpgroups take turns to issue their products.
-    pub attention_pingpong: bool,
+    /// warpgroups take turns to issue their products (None: by the longest key sequence, see
+    /// `src/ops/attention/cuda.rs`).
+    pub attention_pingpong: Option<bool>,
     /// `TRELLIS2_ATTENTION_KEYS`: keys per tile of the warp-specialised attention kernel (128 in
     /// three stages, or 176 in two).
     pub attention_keys: u32,
@@ -130,7 +131,7 @@ impl Default for Tuning {
             cublaslt: true,
             conv_kernel: KernelChoice::Auto,
             attention: AttentionChoice::Auto,
-            attention_pingpong: true,
+            attention_pingpong: None,
             attention_keys: 176,
             conv_tile: ConvTile::Auto,
             conv_row_skip: true,
@@ -270,16 +271,24 @@ pub static KNOBS: [Knob; 11] = [
     },
     Knob {
         name: "TRELLIS2_ATTENTION_PINGPONG",
-        values: "on or off",
-        default: "on",
+        values: "auto, on or off",
+        default: "auto",
         meaning: "the fa3 attention kernel's two consumer warpgroups take turns to issue their \
-                  products, so that one's softmax overlaps the other's (any case; 1 and 0 are \
-                  taken too)",
+                  products, so that one's softmax overlaps the other's: auto does so while the \
+                  longest key sequence of the call is at most 22,528 keys (128 tiles of 176), \
+                  on and off always (any case; 1 and 0 are taken too)",
         parse: |t, v| {
-            t.attention_pingpong = on_off(v)?;
+            t.attention_pingpong = if v.eq_ignore_ascii_case("auto") {
+                None
+            } else {
+                Some(on_off(v)?)
+            };
             Ok(())
         },
-        show: |t| show_on_off(t.attention_pingpong),
+        show: |t| {
+            t.attention_pingpong
+                .map_or_else(|| "auto".into(), show_on_off)
+        },
     },
     Knob {
         name: "TRELLIS2_ATTENTION_KEYS",
@@ -634,7 +643,15 @@ mod tests {
                     ..d
                 },
             ),
-            ("TRELLIS2_ATTENTION_PINGPONG", "on", d),
+            ("TRELLIS2_ATTENTION_PINGPONG", "auto", d),
+            (
+                "TRELLIS2_ATTENTION_PINGPONG",
+                "on",
+                Tuning {
+                    attention_pingpong: Some(true),
+                    ..d
+                },
+            ),
             ("TRELLIS2_ATTENTION_KEYS", "176", d),
             (
                 "TRELLIS2_ATTENTION_KEYS",
@@ -648,7 +665,7 @@ mod tests {
                 "TRELLIS2_ATTENTION_PINGPONG",
                 "off",
                 Tuning {
-                    attention_pingpong: false,
+                    attention_pingpong: Some(false),
                     ..d
                 },
             ),
@@ -813,6 +830,11 @@ mod tests {
                 "TRELLIS2_ATTENTION=flash: expected auto, mma, wgmma or fa3",
             ),
             (
+                "TRELLIS2_ATTENTION_PINGPONG",
+                "maybe",
+                "TRELLIS2_ATTENTION_PINGPONG=maybe: expected auto, on or off",
+            ),
+            (
                 "TRELLIS2_ATTENTION_KEYS",
                 "64",
                 "TRELLIS2_ATTENTION_KEYS=64: expected 128 or 176",
@@ -895,7 +917,7 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
-             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
+             TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
         );
         let json = serde_json::to_value(t).unwrap();
