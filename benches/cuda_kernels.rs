@@ -215,7 +215,11 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
     use trellis2::ops::bias_act::Activation;
     use trellis2::ops::linear::{last_linear_path, Linear};
     println!();
-    println!("linear layers: cuBLASLt epilogue vs matmul + bias_act (+ add)");
+    // The fused column: cuBLASLt with its epilogue, or for SiLU / exact GELU in f16 and bf16
+    // the wgmma kernel with bias and activation in its epilogue (`TRELLIS2_LINEAR_ACT=on`).
+    println!(
+        "linear layers: cuBLASLt epilogue (or TRELLIS2_LINEAR_ACT=on) vs matmul + bias_act (+ add)"
+    );
     println!("| layer | dtype | M × K → N | fused ms | path | composed ms | speed-up |");
     println!("|---|---|---|---|---|---|---|");
     let cases: &[(&str, DType, usize, usize, usize, Activation, bool)] = &[
@@ -309,7 +313,49 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
             Activation::None,
             true,
         ),
+        // The SC-VAE decoders' ConvNeXt `Linear(C, 4C)` + SiLU at 1024, one row per level
+        // (voxels of the shape decoder's levels).
+        (
+            "SC-VAE mlp0 SiLU L0",
+            DType::F16,
+            15_300,
+            1024,
+            4096,
+            Activation::Silu,
+            false,
+        ),
+        (
+            "SC-VAE mlp0 SiLU L1",
+            DType::F16,
+            71_200,
+            512,
+            2048,
+            Activation::Silu,
+            false,
+        ),
+        (
+            "SC-VAE mlp0 SiLU L2",
+            DType::F16,
+            331_800,
+            256,
+            1024,
+            Activation::Silu,
+            false,
+        ),
+        (
+            "SC-VAE mlp0 SiLU L3",
+            DType::F16,
+            1_546_000,
+            128,
+            512,
+            Activation::Silu,
+            false,
+        ),
     ];
+    let fused_tuning = Tuning {
+        linear_act: Some(usize::MAX),
+        ..Tuning::current()
+    };
     for &(name, dtype, m, k, n, act, residual) in cases {
         let x = Tensor::randn(0f32, 1.0, (m, k), dev)?.to_dtype(dtype)?;
         let w = Tensor::randn(0f32, 1.0 / (k as f32).sqrt(), (n, k), dev)?.to_dtype(dtype)?;
@@ -317,14 +363,16 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
         let r = Tensor::randn(0f32, 1.0, (m, n), dev)?.to_dtype(dtype)?;
         let lin = Linear::new(w, Some(b));
         let iters = if m * k * n > 100_000_000_000 { 3 } else { 20 };
-        let fused = time_ms(dev, samples, iters, || {
-            if residual {
-                lin.forward_residual(&x, &r)
-            } else {
-                lin.forward_act(&x, act)
-            }
+        let (fused, path) = fused_tuning.with(|| {
+            let ms = time_ms(dev, samples, iters, || {
+                if residual {
+                    lin.forward_residual(&x, &r)
+                } else {
+                    lin.forward_act(&x, act)
+                }
+            })?;
+            Result::Ok((ms, last_linear_path()))
         })?;
-        let path = last_linear_path();
         let composed = time_ms(dev, samples, iters, || {
             if residual {
                 lin.forward_residual_unfused(&x, &r)

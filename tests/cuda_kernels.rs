@@ -1166,6 +1166,109 @@ fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
     })
 }
 
+/// `TRELLIS2_LINEAR_ACT`: f16/bf16 linear layers with SiLU or exact GELU (no cuBLASLt epilogue)
+/// as one wgmma kernel with bias and activation in its epilogue (`linear_act_sm90a_*`), against
+/// the composed path on the CPU in f32: tiles cut by M, N and K (K a multiple of 8 but not of
+/// the 64 of a step, N odd, N ≤ 64 taking the 64-column tile, more K steps than ring stages), no
+/// bias, and x as a view one row into its buffer. Where the kernel cannot run (no sm_90a build
+/// or device, x 2 bytes into its buffer, K not a multiple of 8, a width over the knob's) the
+/// layer takes the composed path with the same results.
+#[test]
+fn linear_act_wgmma_matches_cpu() -> Result<()> {
+    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let runs = conv_kernel_available(ConvKernel::Wgmma, &dev)?;
+    if !runs {
+        println!("linear act: the wgmma kernels are not available here; composed path only");
+    }
+    let on = Tuning {
+        linear_act: Some(usize::MAX),
+        ..Tuning::current()
+    };
+    for dtype in [DType::F16, DType::BF16] {
+        let tol = Tolerance::LINEAR.of(dtype);
+        // (what, M, K, N, bias, x rows skipped at the buffer's start, elements skipped, knob)
+        type Shape = (&'static str, usize, usize, usize, bool, usize, usize, usize);
+        let shapes: [Shape; 9] = [
+            ("decoder L3-like", 1000, 128, 512, true, 0, 0, usize::MAX),
+            ("decoder L2-like", 300, 256, 1024, true, 0, 0, usize::MAX),
+            ("N 40, 64-column tile", 77, 64, 40, true, 0, 0, usize::MAX),
+            ("N 7 odd, K 24", 129, 24, 7, true, 0, 0, usize::MAX),
+            ("K 1032: 17 steps", 5, 1032, 200, true, 0, 0, usize::MAX),
+            ("no bias", 130, 136, 264, false, 0, 0, usize::MAX),
+            ("x at row 1", 33, 64, 96, true, 1, 0, usize::MAX),
+            ("x at element 1", 33, 64, 96, true, 0, 1, usize::MAX),
+            ("K 128 over a width of 100", 40, 128, 64, true, 0, 0, 100),
+        ];
+        for (what, m, k, n, with_bias, skip_rows, skip, width) in shapes {
+            let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
+            let b = rounded(&[n], 0.5, dtype)?;
+            let bias = with_bias.then_some(b);
+            let lin = Linear::new(w.clone(), bias.clone());
+            let lin_g = Linear::new(
+                w.to_dtype(dtype)?.to_device(&dev)?,
+                bias.map(|b| b.to_dtype(dtype)?.to_device(&dev))
+                    .transpose()?,
+            );
+            let lead = skip_rows * k + skip;
+            let flat = rounded(&[lead + m * k], 2.0, dtype)?;
+            let x = flat.narrow(0, lead, m * k)?.reshape((m, k))?;
+            let xg = flat
+                .to_dtype(dtype)?
+                .to_device(&dev)?
+                .narrow(0, lead, m * k)?
+                .reshape((m, k))?;
+            let expect_wgmma = runs && skip.is_multiple_of(8) && k <= width;
+            for act in [Activation::Silu, Activation::GeluErf] {
+                let want = lin.forward_act_unfused(&x, act)?;
+                let tuning = Tuning {
+                    linear_act: Some(width),
+                    ..on
+                };
+                let got = tuning.with(|| lin_g.forward_act(&xg, act))?;
+                let path = last_linear_path();
+                expect_close(
+                    &format!("linear {what} {m}×{k}→{n} {act:?} {dtype:?} ({path:?})"),
+                    &got.to_device(&cpu)?,
+                    &want,
+                    tol,
+                )?;
+                assert_eq!(
+                    path == LinearPath::WgmmaAct,
+                    expect_wgmma,
+                    "{what} {act:?} {dtype:?}: {path:?}"
+                );
+            }
+        }
+        // K = 20 is not a multiple of 8: the composed path.
+        let lin_g = Linear::new(
+            rounded(&[16, 20], 0.2, dtype)?
+                .to_dtype(dtype)?
+                .to_device(&dev)?,
+            None,
+        );
+        let x = rounded(&[9, 20], 1.0, dtype)?
+            .to_dtype(dtype)?
+            .to_device(&dev)?;
+        on.with(|| lin_g.forward_act(&x, Activation::Silu))?;
+        assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+    }
+    // f32 layers keep the composed path, and with the knob off so does every layer.
+    let lin_g = Linear::new(Tensor::ones((16, 64), DType::F32, &dev)?, None);
+    let x = Tensor::ones((9, 64), DType::F32, &dev)?;
+    on.with(|| lin_g.forward_act(&x, Activation::Silu))?;
+    assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+    let lin_g = Linear::new(Tensor::ones((16, 64), DType::F16, &dev)?, None);
+    let x = Tensor::ones((9, 64), DType::F16, &dev)?;
+    Tuning {
+        linear_act: None,
+        ..on
+    }
+    .with(|| lin_g.forward_act(&x, Activation::Silu))?;
+    assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+    Ok(())
+}
+
 /// cuBLASLt's GELU epilogue is torch's tanh approximation (the DiT's `GELU(approximate="tanh")`)
 /// in f32 at a tight tolerance, not the exact erf GELU: `ops::linear::cuda::GELU_EPILOGUE_IS_TANH`
 /// relies on it. Pre-activations of std ≈2 (max ≈9): the two GELUs differ by up to 4.7e-4 (at

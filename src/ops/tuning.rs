@@ -123,6 +123,10 @@ pub struct Tuning {
     pub conv_sort: ConvSort,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
+    /// `TRELLIS2_LINEAR_ACT`: the CUDA linear layers whose activation has no cuBLASLt epilogue
+    /// (SiLU, exact GELU) that run the wgmma kernel with bias and activation in its epilogue:
+    /// those of at most this many inputs (None: none, `usize::MAX`: all).
+    pub linear_act: Option<usize>,
 }
 
 impl Default for Tuning {
@@ -139,6 +143,7 @@ impl Default for Tuning {
             conv_wgmma_keep: None,
             conv_sort: ConvSort::Auto,
             metal_attention: MetalAttention::Auto,
+            linear_act: None,
         }
     }
 }
@@ -225,7 +230,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 11] = [
+pub static KNOBS: [Knob; 12] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -418,6 +423,32 @@ pub static KNOBS: [Knob; 11] = [
                 MetalAttention::Varlen => "varlen",
             }
             .into()
+        },
+    },
+    Knob {
+        name: "TRELLIS2_LINEAR_ACT",
+        values: "off, on or a largest input width",
+        default: "off",
+        meaning: "CUDA f16/bf16 linear layers whose activation has no cuBLASLt epilogue (SiLU, \
+                  exact GELU): off runs candle's matmul then bias_act; on runs them as one wgmma \
+                  kernel (sm_90a build, compute capability 9.0, inputs a multiple of 8) with the \
+                  bias and activation in its epilogue; a number N does so for layers of at most \
+                  N inputs only (any case; 1 and 0 are taken too)",
+        parse: |t, v| {
+            t.linear_act = match on_off(v) {
+                Ok(true) => Some(usize::MAX),
+                Ok(false) => None,
+                Err(()) => match v.parse::<usize>() {
+                    Ok(n) if n > 1 => Some(n),
+                    _ => return Err(()),
+                },
+            };
+            Ok(())
+        },
+        show: |t| match t.linear_act {
+            None => "off".into(),
+            Some(usize::MAX) => "on".into(),
+            Some(n) => n.to_string(),
         },
     },
 ];
@@ -779,6 +810,24 @@ mod tests {
                     ..d
                 },
             ),
+            ("TRELLIS2_LINEAR_ACT", "off", d),
+            ("TRELLIS2_LINEAR_ACT", "0", d),
+            (
+                "TRELLIS2_LINEAR_ACT",
+                "ON",
+                Tuning {
+                    linear_act: Some(usize::MAX),
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_LINEAR_ACT",
+                "256",
+                Tuning {
+                    linear_act: Some(256),
+                    ..d
+                },
+            ),
         ];
         for (name, value, want) in cases {
             assert_eq!(one(name, value), Ok(want), "{name}={value}");
@@ -802,6 +851,7 @@ mod tests {
             ("TRELLIS2_CONV_WGMMA_KEEP", "0"),
             ("TRELLIS2_CONV_SORT", "4096"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
+            ("TRELLIS2_LINEAR_ACT", "256"),
         ];
         let (t, errors) = parse(&all);
         assert!(errors.is_empty(), "{errors:?}");
@@ -864,6 +914,11 @@ mod tests {
                 "-1",
                 "TRELLIS2_CONV_SORT=-1: expected auto, off, full or a window in voxels",
             ),
+            (
+                "TRELLIS2_LINEAR_ACT",
+                "wgmma",
+                "TRELLIS2_LINEAR_ACT=wgmma: expected off, on or a largest input width",
+            ),
         ];
         for (name, value, message) in cases {
             assert_eq!(one(name, value), Err(message.to_string()));
@@ -918,7 +973,8 @@ mod tests {
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
              TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
-             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
+             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto \
+             TRELLIS2_LINEAR_ACT=off"
         );
         let json = serde_json::to_value(t).unwrap();
         assert_eq!(json["TRELLIS2_CONV_KERNEL"], "auto");
