@@ -455,6 +455,100 @@ fn sparse_conv_sorted_order_default() -> Result<()> {
     Ok(())
 }
 
+/// `TRELLIS2_CONV_ROWS=256`: the wgmma conv's 256-row tiles (four warpgroups, 512 threads) at
+/// 128 output columns or fewer, with one wgmma group kept in flight (its default) and none, on
+/// every sparse conv case the wgmma kernel takes and on sorted shells (orders through the
+/// tiles, T not a multiple of 256, Co = 64, 96 and 200: 64- and 128-column tiles, the last one
+/// cut), against the CPU op.
+#[test]
+fn sparse_conv_256_row_tiles_match_cpu() -> Result<()> {
+    let dev = gpu();
+    if !conv_kernel_available(ConvKernel::Wgmma, &dev)? {
+        println!(
+            "sparse conv 256-row tiles: the wgmma kernel is not available here; nothing runs them"
+        );
+        return Ok(());
+    }
+    let takes = |c: &Case| matches!(c.op, Op::SparseConv { ci, .. } if ci.is_multiple_of(8));
+    for keep in [None, Some(0)] {
+        let tuning = Tuning {
+            conv_rows: Some(256),
+            conv_wgmma_keep: keep,
+            ..Tuning::current()
+        };
+        tuning.with(|| {
+            run_cases(takes, |case, dtype| {
+                let run = |inputs: &Inputs| {
+                    let Inputs::SparseConv {
+                        feats,
+                        map,
+                        weight,
+                        bias,
+                    } = inputs
+                    else {
+                        unreachable!()
+                    };
+                    submanifold_conv3d_with(ConvKernel::Wgmma, feats, map, weight, bias.as_ref())
+                };
+                let mut report = check_with(case, dtype, &dev, false, &run);
+                report
+                    .case
+                    .push_str(&format!(" [Wgmma, 256 rows, keep {keep:?}]"));
+                vec![report]
+            })
+        });
+        for (r, ci, co, dtype) in [
+            (40.0, 64, 96, DType::F16),
+            (25.0, 128, 64, DType::BF16),
+            (55.0, 32, 200, DType::BF16),
+        ] {
+            let (x, n) = gpu_shell_map(r, &dev)?;
+            let map = x.neighbour_map()?;
+            let order = map
+                .conv_order(ci * 2)?
+                .expect("a large set on CUDA is sorted");
+            let feats = rounded(&[n, ci], 1.0, dtype)?;
+            let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
+            let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
+            let want = submanifold_conv3d(
+                &feats,
+                &map.tensor().to_device(&Device::Cpu)?,
+                &weight,
+                Some(&bias),
+            )?;
+            let (f, w, b) = (
+                feats.to_dtype(dtype)?.to_device(&dev)?,
+                weight.to_dtype(dtype)?.to_device(&dev)?,
+                bias.to_device(&dev)?,
+            );
+            let (plain, sorted) = tuning.with(|| {
+                Result::Ok((
+                    submanifold_conv3d_with(ConvKernel::Wgmma, &f, map.tensor(), &w, Some(&b))?,
+                    submanifold_conv3d_ordered_with(
+                        ConvKernel::Wgmma,
+                        &f,
+                        map,
+                        &order,
+                        &w,
+                        Some(&b),
+                    )?,
+                ))
+            })?;
+            for (what, got) in [("plain", &plain), ("sorted", &sorted)] {
+                expect_close(
+                    &format!(
+                        "sparse conv 256-row tiles keep {keep:?}, {what}, shell r {r}: T {n} Ci {ci} Co {co} {dtype:?}"
+                    ),
+                    got,
+                    &want,
+                    TOL,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The GPU radix sort (`kernels/cuda/conv_order.cu`) against the host sort, word for word, on
 /// maps with random masks (every digit of every pass in use), with ties only (all voxels one
 /// mask: the identity within windows) and with two alternating masks; sizes around the sort's

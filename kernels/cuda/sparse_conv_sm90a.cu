@@ -61,6 +61,14 @@
 //   (or f32), direct stores of column pairs. The bias is read inside the column-block loop (L1
 //   hits) rather than held for all BN/8 blocks, which at BN = 256 would cost 64 more registers.
 //
+// - 256-row tiles (TRELLIS2_CONV_ROWS=256, `_m256_` kernels, BN ≤ 128): four warpgroups of 64
+//   rows, 512 threads, one block an SM. The copies move 48 KB a step for 256 × 128 × 64
+//   products instead of 32 KB for 128 × 128 × 64 (40 KB instead of 24 KB at BN = 64): each
+//   weight tile copied serves twice the rows. The rest is unchanged: the tile walks the union
+//   of its rows' taps, each warpgroup skips the products of taps none of its 64 rows has, and
+//   the copies of absent rows are zero fills that read nothing. Two warpgroups with BN = 256
+//   already share each A tile over 256 columns; four with BN = 256 would need 128 accumulators
+//   in each of 512 threads, more than the register file holds.
 // - The dense linear layer `y = act(x·Wᵀ + b)` (`linear_act_sm90a_*`, TRELLIS2_LINEAR_ACT) is the
 //   same main loop with one tap: tile row r is row row0 + r (no neighbour map, no order, no tap
 //   mask), W [Co, K] is a weight of one tap, and the epilogue applies the activation after the

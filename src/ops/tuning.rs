@@ -121,6 +121,9 @@ pub struct Tuning {
     pub conv_wgmma_keep: Option<u32>,
     /// `TRELLIS2_CONV_SORT`: the voxel order of the CUDA and Metal sparse convs.
     pub conv_sort: ConvSort,
+    /// `TRELLIS2_CONV_ROWS`: voxel rows per tile of the wgmma conv at ≤ 128 output columns
+    /// (None: 128).
+    pub conv_rows: Option<u32>,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
     /// `TRELLIS2_LINEAR_ACT`: the CUDA linear layers whose activation has no cuBLASLt epilogue
@@ -142,6 +145,7 @@ impl Default for Tuning {
             conv_stages: None,
             conv_wgmma_keep: None,
             conv_sort: ConvSort::Auto,
+            conv_rows: None,
             metal_attention: MetalAttention::Auto,
             linear_act: None,
         }
@@ -230,7 +234,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 12] = [
+pub static KNOBS: [Knob; 13] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -398,6 +402,19 @@ pub static KNOBS: [Knob; 12] = [
             ConvSort::Full => "full".into(),
             ConvSort::Window(w) => w.to_string(),
         },
+    },
+    Knob {
+        name: "TRELLIS2_CONV_ROWS",
+        values: "auto, 128 or 256",
+        default: "auto",
+        meaning: "voxel rows per tile of the wgmma sparse conv at 128 output columns or fewer \
+                  (auto: 128, two warpgroups; 256: four warpgroups, one block an SM, a 4-stage \
+                  ring); 256 output columns always take 128",
+        parse: |t, v| {
+            t.conv_rows = auto_or(v, &[128, 256])?;
+            Ok(())
+        },
+        show: |t| show_auto(t.conv_rows),
     },
     Knob {
         name: "TRELLIS2_METAL_ATTENTION",
@@ -793,6 +810,15 @@ mod tests {
                     ..d
                 },
             ),
+            ("TRELLIS2_CONV_ROWS", "auto", d),
+            (
+                "TRELLIS2_CONV_ROWS",
+                "256",
+                Tuning {
+                    conv_rows: Some(256),
+                    ..d
+                },
+            ),
             ("TRELLIS2_METAL_ATTENTION", "auto", d),
             (
                 "TRELLIS2_METAL_ATTENTION",
@@ -850,6 +876,7 @@ mod tests {
             ("TRELLIS2_CONV_STAGES", "4"),
             ("TRELLIS2_CONV_WGMMA_KEEP", "0"),
             ("TRELLIS2_CONV_SORT", "4096"),
+            ("TRELLIS2_CONV_ROWS", "256"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
             ("TRELLIS2_LINEAR_ACT", "256"),
         ];
@@ -915,6 +942,11 @@ mod tests {
                 "TRELLIS2_CONV_SORT=-1: expected auto, off, full or a window in voxels",
             ),
             (
+                "TRELLIS2_CONV_ROWS",
+                "64",
+                "TRELLIS2_CONV_ROWS=64: expected auto, 128 or 256",
+            ),
+            (
                 "TRELLIS2_LINEAR_ACT",
                 "wgmma",
                 "TRELLIS2_LINEAR_ACT=wgmma: expected off, on or a largest input width",
@@ -973,7 +1005,8 @@ mod tests {
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
              TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
-             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto \
+             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_CONV_ROWS=auto \
+             TRELLIS2_METAL_ATTENTION=auto \
              TRELLIS2_LINEAR_ACT=off"
         );
         let json = serde_json::to_value(t).unwrap();
