@@ -1,11 +1,13 @@
 //! The CUDA kernels on the GPU at the shapes of the project's upstream baseline (`docs/BASELINE.md`): submanifold conv
 //! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair; unsorted, in the
 //! map's sorted voxel order in the default window and in one window, with each order's GPU build
-//! time; a row per kernel, mma.sync and, where it can run, wgmma), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
-//! layers (cuBLASLt epilogues against the composed path). Warm; each sample is the mean of
+//! time; a row per kernel, mma.sync and, where it can run, wgmma, at ≤ 128 channels also wgmma
+//! with 256-row tiles), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
+//! layers (cuBLASLt epilogues or the wgmma linear against the composed path). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.
 //! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples,
-//! `-- linear` for the linear layers alone, `-- attention` for the attention tables alone).
+//! `-- linear` for the linear layers alone, `-- attention` for the attention tables alone,
+//! `-- conv` for the conv table alone).
 
 use std::time::Instant;
 
@@ -115,18 +117,34 @@ fn main() -> Result<()> {
         let (windowed, build_windowed) = build(default_sort_window(2 * c))?;
         let (full, build_full) = build(0)?;
         let flops = 2.0 * (c * c) as f64 * pairs as f64;
-        for &kernel in &conv_kernels {
-            let unsorted = time_ms(&dev, samples, 10, || {
-                submanifold_conv3d_with(kernel, &feats, map.tensor(), &weight, None)
-            })?;
-            let sorted = time_ms(&dev, samples, 10, || {
-                submanifold_conv3d_ordered_with(kernel, &feats, map, &windowed, &weight, None)
-            })?;
-            let sorted_full = time_ms(&dev, samples, 10, || {
-                submanifold_conv3d_ordered_with(kernel, &feats, map, &full, &weight, None)
+        // Each kernel, and at ≤ 128 channels the wgmma one with 256-row tiles too
+        // (`TRELLIS2_CONV_ROWS=256`).
+        let mut variants: Vec<(String, ConvKernel, Tuning)> = conv_kernels
+            .iter()
+            .map(|&k| (format!("{k:?}"), k, Tuning::current()))
+            .collect();
+        if c <= 128 && conv_kernels.contains(&ConvKernel::Wgmma) {
+            let rows256 = Tuning {
+                conv_rows: Some(256),
+                ..Tuning::current()
+            };
+            variants.push(("Wgmma, 256 rows".into(), ConvKernel::Wgmma, rows256));
+        }
+        for (label, kernel, tuning) in variants {
+            let (unsorted, sorted, sorted_full) = tuning.with(|| -> Result<_> {
+                let unsorted = time_ms(&dev, samples, 10, || {
+                    submanifold_conv3d_with(kernel, &feats, map.tensor(), &weight, None)
+                })?;
+                let sorted = time_ms(&dev, samples, 10, || {
+                    submanifold_conv3d_ordered_with(kernel, &feats, map, &windowed, &weight, None)
+                })?;
+                let sorted_full = time_ms(&dev, samples, 10, || {
+                    submanifold_conv3d_ordered_with(kernel, &feats, map, &full, &weight, None)
+                })?;
+                Ok((unsorted, sorted, sorted_full))
             })?;
             println!(
-                "| {}k × {c} | {kernel:?} | {n} | {:.2} | {unsorted:.3} | {:.0} | {sorted:.3} | {:.0} | {sorted_full:.3} | {:.0} | {build_windowed:.2} / {build_full:.2} |",
+                "| {}k × {c} | {label} | {n} | {:.2} | {unsorted:.3} | {:.0} | {sorted:.3} | {:.0} | {sorted_full:.3} | {:.0} | {build_windowed:.2} / {build_full:.2} |",
                 voxels / 1000,
                 pairs as f64 / n as f64,
                 flops / unsorted / 1e9,
@@ -136,6 +154,9 @@ fn main() -> Result<()> {
         }
     }
 
+    if std::env::args().any(|a| a == "conv") {
+        return Ok(());
+    }
     attention(&dev, samples)?;
     linear_layers(&dev, samples)
 }
@@ -159,7 +180,7 @@ fn attention(dev: &Device, samples: usize) -> Result<()> {
     }
     for (kernel, pingpong, keys) in kernels {
         let tuning = Tuning {
-            attention_pingpong: pingpong,
+            attention_pingpong: Some(pingpong),
             attention_keys: keys,
             ..Tuning::current()
         };
@@ -215,7 +236,11 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
     use trellis2::ops::bias_act::Activation;
     use trellis2::ops::linear::{last_linear_path, Linear};
     println!();
-    println!("linear layers: cuBLASLt epilogue vs matmul + bias_act (+ add)");
+    // The fused column: cuBLASLt with its epilogue, or for SiLU / exact GELU in f16 and bf16
+    // the wgmma kernel with bias and activation in its epilogue (`TRELLIS2_LINEAR_ACT=on`).
+    println!(
+        "linear layers: cuBLASLt epilogue (or TRELLIS2_LINEAR_ACT=on) vs matmul + bias_act (+ add)"
+    );
     println!("| layer | dtype | M × K → N | fused ms | path | composed ms | speed-up |");
     println!("|---|---|---|---|---|---|---|");
     let cases: &[(&str, DType, usize, usize, usize, Activation, bool)] = &[
@@ -309,7 +334,49 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
             Activation::None,
             true,
         ),
+        // The SC-VAE decoders' ConvNeXt `Linear(C, 4C)` + SiLU at 1024, one row per level
+        // (voxels of the shape decoder's levels).
+        (
+            "SC-VAE mlp0 SiLU L0",
+            DType::F16,
+            15_300,
+            1024,
+            4096,
+            Activation::Silu,
+            false,
+        ),
+        (
+            "SC-VAE mlp0 SiLU L1",
+            DType::F16,
+            71_200,
+            512,
+            2048,
+            Activation::Silu,
+            false,
+        ),
+        (
+            "SC-VAE mlp0 SiLU L2",
+            DType::F16,
+            331_800,
+            256,
+            1024,
+            Activation::Silu,
+            false,
+        ),
+        (
+            "SC-VAE mlp0 SiLU L3",
+            DType::F16,
+            1_546_000,
+            128,
+            512,
+            Activation::Silu,
+            false,
+        ),
     ];
+    let fused_tuning = Tuning {
+        linear_act: Some(usize::MAX),
+        ..Tuning::current()
+    };
     for &(name, dtype, m, k, n, act, residual) in cases {
         let x = Tensor::randn(0f32, 1.0, (m, k), dev)?.to_dtype(dtype)?;
         let w = Tensor::randn(0f32, 1.0 / (k as f32).sqrt(), (n, k), dev)?.to_dtype(dtype)?;
@@ -317,14 +384,16 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
         let r = Tensor::randn(0f32, 1.0, (m, n), dev)?.to_dtype(dtype)?;
         let lin = Linear::new(w, Some(b));
         let iters = if m * k * n > 100_000_000_000 { 3 } else { 20 };
-        let fused = time_ms(dev, samples, iters, || {
-            if residual {
-                lin.forward_residual(&x, &r)
-            } else {
-                lin.forward_act(&x, act)
-            }
+        let (fused, path) = fused_tuning.with(|| {
+            let ms = time_ms(dev, samples, iters, || {
+                if residual {
+                    lin.forward_residual(&x, &r)
+                } else {
+                    lin.forward_act(&x, act)
+                }
+            })?;
+            Result::Ok((ms, last_linear_path()))
         })?;
-        let path = last_linear_path();
         let composed = time_ms(dev, samples, iters, || {
             if residual {
                 lin.forward_residual_unfused(&x, &r)

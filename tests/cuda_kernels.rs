@@ -164,7 +164,7 @@ impl Attn {
         scale: f32,
     ) -> Result<Tensor> {
         let tuning = Tuning {
-            attention_pingpong: self.1,
+            attention_pingpong: Some(self.1),
             attention_keys: self.2,
             ..Tuning::current()
         };
@@ -451,6 +451,100 @@ fn sparse_conv_sorted_order_default() -> Result<()> {
             err <= TOL,
             "sorted order (default kernel): error {err} over {TOL}"
         );
+    }
+    Ok(())
+}
+
+/// `TRELLIS2_CONV_ROWS=256`: the wgmma conv's 256-row tiles (four warpgroups, 512 threads) at
+/// 128 output columns or fewer, with one wgmma group kept in flight (its default) and none, on
+/// every sparse conv case the wgmma kernel takes and on sorted shells (orders through the
+/// tiles, T not a multiple of 256, Co = 64, 96 and 200: 64- and 128-column tiles, the last one
+/// cut), against the CPU op.
+#[test]
+fn sparse_conv_256_row_tiles_match_cpu() -> Result<()> {
+    let dev = gpu();
+    if !conv_kernel_available(ConvKernel::Wgmma, &dev)? {
+        println!(
+            "sparse conv 256-row tiles: the wgmma kernel is not available here; nothing runs them"
+        );
+        return Ok(());
+    }
+    let takes = |c: &Case| matches!(c.op, Op::SparseConv { ci, .. } if ci.is_multiple_of(8));
+    for keep in [None, Some(0)] {
+        let tuning = Tuning {
+            conv_rows: Some(256),
+            conv_wgmma_keep: keep,
+            ..Tuning::current()
+        };
+        tuning.with(|| {
+            run_cases(takes, |case, dtype| {
+                let run = |inputs: &Inputs| {
+                    let Inputs::SparseConv {
+                        feats,
+                        map,
+                        weight,
+                        bias,
+                    } = inputs
+                    else {
+                        unreachable!()
+                    };
+                    submanifold_conv3d_with(ConvKernel::Wgmma, feats, map, weight, bias.as_ref())
+                };
+                let mut report = check_with(case, dtype, &dev, false, &run);
+                report
+                    .case
+                    .push_str(&format!(" [Wgmma, 256 rows, keep {keep:?}]"));
+                vec![report]
+            })
+        });
+        for (r, ci, co, dtype) in [
+            (40.0, 64, 96, DType::F16),
+            (25.0, 128, 64, DType::BF16),
+            (55.0, 32, 200, DType::BF16),
+        ] {
+            let (x, n) = gpu_shell_map(r, &dev)?;
+            let map = x.neighbour_map()?;
+            let order = map
+                .conv_order(ci * 2)?
+                .expect("a large set on CUDA is sorted");
+            let feats = rounded(&[n, ci], 1.0, dtype)?;
+            let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
+            let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
+            let want = submanifold_conv3d(
+                &feats,
+                &map.tensor().to_device(&Device::Cpu)?,
+                &weight,
+                Some(&bias),
+            )?;
+            let (f, w, b) = (
+                feats.to_dtype(dtype)?.to_device(&dev)?,
+                weight.to_dtype(dtype)?.to_device(&dev)?,
+                bias.to_device(&dev)?,
+            );
+            let (plain, sorted) = tuning.with(|| {
+                Result::Ok((
+                    submanifold_conv3d_with(ConvKernel::Wgmma, &f, map.tensor(), &w, Some(&b))?,
+                    submanifold_conv3d_ordered_with(
+                        ConvKernel::Wgmma,
+                        &f,
+                        map,
+                        &order,
+                        &w,
+                        Some(&b),
+                    )?,
+                ))
+            })?;
+            for (what, got) in [("plain", &plain), ("sorted", &sorted)] {
+                expect_close(
+                    &format!(
+                        "sparse conv 256-row tiles keep {keep:?}, {what}, shell r {r}: T {n} Ci {ci} Co {co} {dtype:?}"
+                    ),
+                    got,
+                    &want,
+                    TOL,
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -1164,6 +1258,109 @@ fn linear_cublaslt_fallbacks_match_cpu() -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `TRELLIS2_LINEAR_ACT`: f16/bf16 linear layers with SiLU or exact GELU (no cuBLASLt epilogue)
+/// as one wgmma kernel with bias and activation in its epilogue (`linear_act_sm90a_*`), against
+/// the composed path on the CPU in f32: tiles cut by M, N and K (K a multiple of 8 but not of
+/// the 64 of a step, N odd, N ≤ 64 taking the 64-column tile, more K steps than ring stages), no
+/// bias, and x as a view one row into its buffer. Where the kernel cannot run (no sm_90a build
+/// or device, x 2 bytes into its buffer, K not a multiple of 8, a width over the knob's) the
+/// layer takes the composed path with the same results.
+#[test]
+fn linear_act_wgmma_matches_cpu() -> Result<()> {
+    use trellis2::ops::linear::{last_linear_path, Linear, LinearPath};
+    let (dev, cpu) = (gpu(), Device::Cpu);
+    let runs = conv_kernel_available(ConvKernel::Wgmma, &dev)?;
+    if !runs {
+        println!("linear act: the wgmma kernels are not available here; composed path only");
+    }
+    let on = Tuning {
+        linear_act: Some(usize::MAX),
+        ..Tuning::current()
+    };
+    for dtype in [DType::F16, DType::BF16] {
+        let tol = Tolerance::LINEAR.of(dtype);
+        // (what, M, K, N, bias, x rows skipped at the buffer's start, elements skipped, knob)
+        type Shape = (&'static str, usize, usize, usize, bool, usize, usize, usize);
+        let shapes: [Shape; 9] = [
+            ("decoder L3-like", 1000, 128, 512, true, 0, 0, usize::MAX),
+            ("decoder L2-like", 300, 256, 1024, true, 0, 0, usize::MAX),
+            ("N 40, 64-column tile", 77, 64, 40, true, 0, 0, usize::MAX),
+            ("N 7 odd, K 24", 129, 24, 7, true, 0, 0, usize::MAX),
+            ("K 1032: 17 steps", 5, 1032, 200, true, 0, 0, usize::MAX),
+            ("no bias", 130, 136, 264, false, 0, 0, usize::MAX),
+            ("x at row 1", 33, 64, 96, true, 1, 0, usize::MAX),
+            ("x at element 1", 33, 64, 96, true, 0, 1, usize::MAX),
+            ("K 128 over a width of 100", 40, 128, 64, true, 0, 0, 100),
+        ];
+        for (what, m, k, n, with_bias, skip_rows, skip, width) in shapes {
+            let w = rounded(&[n, k], 1.0 / (k as f32).sqrt(), dtype)?;
+            let b = rounded(&[n], 0.5, dtype)?;
+            let bias = with_bias.then_some(b);
+            let lin = Linear::new(w.clone(), bias.clone());
+            let lin_g = Linear::new(
+                w.to_dtype(dtype)?.to_device(&dev)?,
+                bias.map(|b| b.to_dtype(dtype)?.to_device(&dev))
+                    .transpose()?,
+            );
+            let lead = skip_rows * k + skip;
+            let flat = rounded(&[lead + m * k], 2.0, dtype)?;
+            let x = flat.narrow(0, lead, m * k)?.reshape((m, k))?;
+            let xg = flat
+                .to_dtype(dtype)?
+                .to_device(&dev)?
+                .narrow(0, lead, m * k)?
+                .reshape((m, k))?;
+            let expect_wgmma = runs && skip.is_multiple_of(8) && k <= width;
+            for act in [Activation::Silu, Activation::GeluErf] {
+                let want = lin.forward_act_unfused(&x, act)?;
+                let tuning = Tuning {
+                    linear_act: Some(width),
+                    ..on
+                };
+                let got = tuning.with(|| lin_g.forward_act(&xg, act))?;
+                let path = last_linear_path();
+                expect_close(
+                    &format!("linear {what} {m}×{k}→{n} {act:?} {dtype:?} ({path:?})"),
+                    &got.to_device(&cpu)?,
+                    &want,
+                    tol,
+                )?;
+                assert_eq!(
+                    path == LinearPath::WgmmaAct,
+                    expect_wgmma,
+                    "{what} {act:?} {dtype:?}: {path:?}"
+                );
+            }
+        }
+        // K = 20 is not a multiple of 8: the composed path.
+        let lin_g = Linear::new(
+            rounded(&[16, 20], 0.2, dtype)?
+                .to_dtype(dtype)?
+                .to_device(&dev)?,
+            None,
+        );
+        let x = rounded(&[9, 20], 1.0, dtype)?
+            .to_dtype(dtype)?
+            .to_device(&dev)?;
+        on.with(|| lin_g.forward_act(&x, Activation::Silu))?;
+        assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+    }
+    // f32 layers keep the composed path, and with the knob off so does every layer.
+    let lin_g = Linear::new(Tensor::ones((16, 64), DType::F32, &dev)?, None);
+    let x = Tensor::ones((9, 64), DType::F32, &dev)?;
+    on.with(|| lin_g.forward_act(&x, Activation::Silu))?;
+    assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+    let lin_g = Linear::new(Tensor::ones((16, 64), DType::F16, &dev)?, None);
+    let x = Tensor::ones((9, 64), DType::F16, &dev)?;
+    Tuning {
+        linear_act: None,
+        ..on
+    }
+    .with(|| lin_g.forward_act(&x, Activation::Silu))?;
+    assert!(matches!(last_linear_path(), LinearPath::Composed(_)));
+    Ok(())
 }
 
 /// cuBLASLt's GELU epilogue is torch's tanh approximation (the DiT's `GELU(approximate="tanh")`)

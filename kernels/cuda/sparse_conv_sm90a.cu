@@ -61,6 +61,23 @@
 //   (or f32), direct stores of column pairs. The bias is read inside the column-block loop (L1
 //   hits) rather than held for all BN/8 blocks, which at BN = 256 would cost 64 more registers.
 //
+// - 256-row tiles (TRELLIS2_CONV_ROWS=256, `_m256_` kernels, BN ≤ 128): four warpgroups of 64
+//   rows, 512 threads, one block an SM. The copies move 48 KB a step for 256 × 128 × 64
+//   products instead of 32 KB for 128 × 128 × 64 (40 KB instead of 24 KB at BN = 64): each
+//   weight tile copied serves twice the rows. The rest is unchanged: the tile walks the union
+//   of its rows' taps, each warpgroup skips the products of taps none of its 64 rows has, and
+//   the copies of absent rows are zero fills that read nothing. Two warpgroups with BN = 256
+//   already share each A tile over 256 columns; four with BN = 256 would need 128 accumulators
+//   in each of 512 threads, more than the register file holds.
+// - The dense linear layer `y = act(x·Wᵀ + b)` (`linear_act_sm90a_*`, TRELLIS2_LINEAR_ACT) is the
+//   same main loop with one tap: tile row r is row row0 + r (no neighbour map, no order, no tap
+//   mask), W [Co, K] is a weight of one tap, and the epilogue applies the activation after the
+//   bias. It serves the linear layers whose activation cuBLASLt has no epilogue for (SiLU in the
+//   SC-VAE decoders' ConvNeXt MLPs), which otherwise write their output from cuBLAS and read and
+//   rewrite it in `bias_act`. Instantiated at BN = 64 and 128 with the conv's 96 KB rings (two
+//   blocks an SM: the layers it is for have K ≤ 256, a few steps a tile, and are bound by the
+//   output write, which the other block's loads overlap).
+//
 // wgmma D fragment (PTX ISA, m64nNk16; lane = 4g + t, warp w' of the warpgroup): d[4j + e] is
 // row 16w' + g + 8·(e / 2) of the warpgroup's 64, column 8j + 2t + (e % 2), j = 0 .. N/8 − 1.
 #include "common.cuh"
@@ -157,51 +174,76 @@ template <> __device__ __forceinline__ void store2<float>(float *dst, float x0, 
 
 // Dynamic shared memory of an instantiation (`subm_conv_sm90a_smem_bytes` in src/ops/sparse_conv/cuda.rs
 // must agree): the ring plus the slack of the run-time 1024-byte alignment.
-constexpr int smem_bytes(int bn, int stages) { return stages * (A_BYTES + bn * BK * 2) + ALIGN; }
+constexpr int smem_bytes(int bn, int stages, int rows = BM) { return stages * (rows * BK * 2 + bn * BK * 2) + ALIGN; }
 
-template <typename T, typename O, int BN, int STAGES, int KEEP>
+// DENSE: the dense linear layer of the header instead of the conv (one tap,
+// tile row r is row row0 + r, weight [Co, Ci]); `act` (ACT_* of common.cuh) is applied in its
+// epilogue. The conv instantiations (DENSE false) compile to the same code as before.
+template <typename T, typename O, int BN, int STAGES, int KEEP, bool DENSE = false, int ROWS = BM>
 __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *__restrict__ weight,
                                           const uint32_t *__restrict__ nbr,
                                           const uint32_t *__restrict__ order,
                                           const float *__restrict__ bias, O *__restrict__ out,
-                                          int n, int ci, int co, int skip_groups) {
+                                          int n, int ci, int co, int skip_groups, int act = ACT_NONE) {
+    constexpr int TBM = ROWS;                     // voxel rows per block
+    constexpr int NWG = TBM / WG_ROWS;            // warpgroups, one per 64 rows
+    constexpr int TNT = NWG * 128;                // threads
+    constexpr int TRPP = TNT / CHUNKS;            // rows per copy pass
+    constexpr int TA_BYTES = TBM * BK * 2;
     constexpr int B_BYTES = BN * BK * 2;
-    constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    constexpr int STAGE_BYTES = TA_BYTES + B_BYTES;
     constexpr int LOOKAHEAD = STAGES - 1 - KEEP;  // steps of copies in flight ahead of the current
     constexpr int NACC = BN / 2;                  // fp32 accumulators per thread
     static_assert(KEEP == 0 || KEEP == 1, "at most one wgmma group in flight across steps");
     static_assert(LOOKAHEAD >= 1, "at least the next step's copies in flight");
     static_assert(BN == 64 || BN == 128 || BN == 256, "wgmma N of the instantiations");
-    static_assert(A_BYTES % ALIGN == 0 && B_BYTES % ALIGN == 0 && (WG_ROWS * BK * 2) % ALIGN == 0,
+    static_assert(TA_BYTES % ALIGN == 0 && B_BYTES % ALIGN == 0 && (WG_ROWS * BK * 2) % ALIGN == 0,
                   "every swizzled tile base stays 1024-byte aligned");
-    static_assert(BM % RPP == 0 && BN % RPP == 0 && RPP % 8 == 0, "copy passes keep the swizzle");
-    static_assert(BM == 2 * WG_ROWS && BM <= NTHREADS, "two warpgroups; a thread per row for masks");
+    static_assert(TBM % TRPP == 0 && BN % TRPP == 0 && TRPP % 8 == 0, "copy passes keep the swizzle");
+    static_assert((TBM == 2 * WG_ROWS || TBM == 4 * WG_ROWS) && TBM <= TNT,
+                  "two or four warpgroups; a thread per row for masks");
+    constexpr int WTAPS = DENSE ? 1 : TAPS;       // taps in a weight row
 
-    extern __shared__ unsigned char smem_raw[];  // [STAGES][A: BM rows | B: BN rows], 128 B a row
-    __shared__ uint32_t nb[TAPS][BM + 1];  // neighbour row of each (tap, tile row); +1: banks
-    __shared__ uint32_t vox[BM];           // the voxel of each tile row (ABSENT past the end)
-    __shared__ uint32_t wg_taps_s[2];      // taps present in each warpgroup's 64 rows
+    extern __shared__ unsigned char smem_raw[];  // [STAGES][A: TBM rows | B: BN rows], 128 B a row
+    __shared__ uint32_t nb[WTAPS][TBM + 1];  // neighbour row of each (tap, tile row); +1: banks
+    __shared__ uint32_t vox[TBM];           // the voxel of each tile row (ABSENT past the end)
+    __shared__ uint32_t wg_taps_s[NWG];    // taps present in each warpgroup's 64 rows
 
     const uint32_t ring = (smem_addr(smem_raw) + (ALIGN - 1)) & ~(ALIGN - 1);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
-    const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
+    const int row0 = blockIdx.x * TBM, col0 = blockIdx.y * BN;
 
-    if (tid < 2) wg_taps_s[tid] = 0;
-    conv_tile::load_neighbours<BM, NTHREADS>(nbr, order, n, row0, vox, nb, tid);
-    if (tid < BM) {
-        uint32_t m = 0;
+    uint32_t mask, my_taps;
+    if constexpr (DENSE) {
+        // Row row0 + r is its own (only) "neighbour"; rows past the end read and write nothing.
+        if (tid < TBM) {
+            const uint32_t v = row0 + tid < n ? (uint32_t)(row0 + tid) : ABSENT;
+            vox[tid] = v;
+            nb[0][tid] = v;
+        }
+        __syncthreads();
+        mask = 1u;
+        my_taps = ~0u;
+    } else {
+        if (tid < NWG) wg_taps_s[tid] = 0;
+        conv_tile::load_neighbours<TBM, TNT>(nbr, order, n, row0, vox, nb, tid);
+        if (tid < TBM) {
+            uint32_t m = 0;
 #pragma unroll
-        for (int k = 0; k < TAPS; ++k) m |= (nb[k][tid] != ABSENT ? 1u : 0u) << k;
-        // Warps 0–1 hold rows 0–63 (warpgroup 0's), warps 2–3 rows 64–127.
-        const uint32_t warp_taps = __reduce_or_sync(0xffffffffu, m);
-        if (lane == 0 && warp_taps) atomicOr(&wg_taps_s[warp >> 1], warp_taps);
+            for (int k = 0; k < TAPS; ++k) m |= (nb[k][tid] != ABSENT ? 1u : 0u) << k;
+            // Warps 0–1 hold rows 0–63 (warpgroup 0's), warps 2–3 rows 64–127, and so on.
+            const uint32_t warp_taps = __reduce_or_sync(0xffffffffu, m);
+            if (lane == 0 && warp_taps) atomicOr(&wg_taps_s[warp >> 1], warp_taps);
+        }
+        __syncthreads();
+        mask = 0;
+#pragma unroll
+        for (int w = 0; w < NWG; ++w) mask |= wg_taps_s[w];
+        my_taps = skip_groups ? wg_taps_s[wg] : ~0u;
     }
-    __syncthreads();
-    const uint32_t mask = wg_taps_s[0] | wg_taps_s[1];
-    const uint32_t my_taps = skip_groups ? wg_taps_s[wg] : ~0u;
     const int steps = __popc(mask) * ((ci + BK - 1) / BK);
 
-    // Copies: thread tid moves chunk (tid % CHUNKS) of rows tid / CHUNKS + i·RPP of A and B.
+    // Copies: thread tid moves chunk (tid % CHUNKS) of rows tid / CHUNKS + i·TRPP of A and B.
     const int lrow = tid / CHUNKS, lchk = tid % CHUNKS;
     const uint32_t ldst = lrow * (BK * 2) + ((lchk ^ (lrow & 7)) << 4);
     auto load = [&](int tap, int c0, int slot) {
@@ -209,18 +251,18 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         const bool c_ok = cc < ci;
         const uint32_t a = ring + slot * STAGE_BYTES + ldst;
 #pragma unroll
-        for (int i = 0; i < BM / RPP; ++i) {
-            const uint32_t src = nb[tap][lrow + i * RPP];
+        for (int i = 0; i < TBM / TRPP; ++i) {
+            const uint32_t src = nb[tap][lrow + i * TRPP];
             const bool ok = src != ABSENT && c_ok;
-            cp_async16_s(a + i * RPP * (BK * 2), ok ? feats + (size_t)src * ci + cc : feats, ok);
+            cp_async16_s(a + i * TRPP * (BK * 2), ok ? feats + (size_t)src * ci + cc : feats, ok);
         }
-        const uint32_t b = a + A_BYTES;
-        const size_t w_pass = (size_t)RPP * TAPS * ci;  // weight elements between copy passes
-        const T *w = weight + ((size_t)(col0 + lrow) * TAPS + tap) * ci + cc;
+        const uint32_t b = a + TA_BYTES;
+        const size_t w_pass = (size_t)TRPP * WTAPS * ci;  // weight elements between copy passes
+        const T *w = weight + ((size_t)(col0 + lrow) * WTAPS + tap) * ci + cc;
 #pragma unroll
-        for (int i = 0; i < BN / RPP; ++i, w += w_pass) {
-            const bool ok = col0 + lrow + i * RPP < co && c_ok;
-            cp_async16_s(b + i * RPP * (BK * 2), ok ? w : weight, ok);
+        for (int i = 0; i < BN / TRPP; ++i, w += w_pass) {
+            const bool ok = col0 + lrow + i * TRPP < co && c_ok;
+            cp_async16_s(b + i * TRPP * (BK * 2), ok ? w : weight, ok);
         }
     };
     // Cursors (tap = next set bit of the mask, channel offset): one for the copies, one for the
@@ -233,7 +275,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
 
     // Descriptor low words of slot 0: this warpgroup's 64 A rows, and the BN B rows.
     const uint32_t da = desc_lo(ring + wg * (WG_ROWS * BK * 2));
-    const uint32_t db = desc_lo(ring + A_BYTES);
+    const uint32_t db = desc_lo(ring + TA_BYTES);
 
 #pragma unroll
     for (int st = 0; st < LOOKAHEAD; ++st) {
@@ -285,7 +327,11 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         for (int h = 0; h < 2; ++h) {
             if (v_row[h] == ABSENT) continue;
             O *dst = out + (size_t)v_row[h] * co + col;
-            const float x0 = acc[4 * j + 2 * h] + b0, x1 = acc[4 * j + 2 * h + 1] + b1;
+            float x0 = acc[4 * j + 2 * h] + b0, x1 = acc[4 * j + 2 * h + 1] + b1;
+            if constexpr (DENSE) {
+                x0 = activate(x0, act);
+                x1 = activate(x1, act);
+            }
             if (pairs) {
                 store2<O>(dst, x0, x1);  // Co and col even: col + 1 < Co and the pair aligned
             } else {
@@ -331,3 +377,43 @@ SUBM90(128, 4, 0)
 SUBM90(128, 4, 1)
 SUBM90(256, 4, 0)
 SUBM90(256, 4, 1)
+
+// 256-row tiles at BN ≤ 128 (TRELLIS2_CONV_ROWS=256; see the header): four warpgroups, 512
+// threads, one block an SM (a 4-stage ring of 48 or 40 KB plus ≈ 29 KB of static arrays).
+// Names `subm_conv3d_sm90a_<operands>_<output>_m256_n<BN>_s<STAGES>_k<KEEP>`.
+#define SUBM90W_1(NAME, T, O, BN, STAGES, KEEP)                                                       \
+    extern "C" __global__ void __launch_bounds__(2 * 256, 1)                                        \
+        NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *order,           \
+             const float *bias, O *out, int n, int ci, int co, int skip_groups) {                   \
+        subm90::subm_conv<T, O, BN, STAGES, KEEP, false, 256>(feats, weight, nbr, order, bias, out, \
+                                                              n, ci, co, skip_groups);              \
+    }
+#define SUBM90W_2(T, TN, BN, STAGES, KEEP)                                                            \
+    SUBM90W_1(subm_conv3d_sm90a_##TN##_##TN##_m256_n##BN##_s##STAGES##_k##KEEP, T, T, BN, STAGES, KEEP) \
+    SUBM90W_1(subm_conv3d_sm90a_##TN##_f32_m256_n##BN##_s##STAGES##_k##KEEP, T, float, BN, STAGES, KEEP)
+#define SUBM90W(BN, STAGES, KEEP)                                                                     \
+    SUBM90W_2(__nv_bfloat16, bf16, BN, STAGES, KEEP)                                                  \
+    SUBM90W_2(__half, f16, BN, STAGES, KEEP)
+static_assert(subm90::smem_bytes(64, 4, 256) == 164864, "src/ops/sparse_conv/cuda.rs: subm_conv_sm90a_smem_bytes");
+static_assert(subm90::smem_bytes(128, 4, 256) == 197632, "src/ops/sparse_conv/cuda.rs: subm_conv_sm90a_smem_bytes");
+SUBM90W(64, 4, 0)
+SUBM90W(64, 4, 1)
+SUBM90W(128, 4, 0)
+SUBM90W(128, 4, 1)
+
+// The dense linear layer `y = act(x·Wᵀ + b)` (see the header): x [N, K],
+// W [Co, K] in the operand type, b [Co] f32 or null, y [N, Co] in the operand type; K a multiple
+// of 8, x and W 16-byte aligned. Names `linear_act_sm90a_<operands>_n<BN>_s<STAGES>_k<KEEP>`
+// (src/ops/linear/cuda.rs).
+#define LINEAR90_1(NAME, T, BN, STAGES, KEEP)                                                         \
+    extern "C" __global__ void __launch_bounds__(subm90::NTHREADS,                                  \
+                                                 subm90::smem_bytes(BN, STAGES) <= 100 * 1024 ? 2 : 1) \
+        NAME(const T *x, const T *weight, const float *bias, T *out, int n, int k, int co, int act) { \
+        subm90::subm_conv<T, T, BN, STAGES, KEEP, true>(x, weight, nullptr, nullptr, bias, out, n, k, \
+                                                        co, 0, act);                                \
+    }
+#define LINEAR90(BN, STAGES, KEEP)                                                                    \
+    LINEAR90_1(linear_act_sm90a_bf16_n##BN##_s##STAGES##_k##KEEP, __nv_bfloat16, BN, STAGES, KEEP)    \
+    LINEAR90_1(linear_act_sm90a_f16_n##BN##_s##STAGES##_k##KEEP, __half, BN, STAGES, KEEP)
+LINEAR90(64, 4, 0)
+LINEAR90(128, 3, 0)

@@ -104,8 +104,9 @@ pub struct Tuning {
     /// `TRELLIS2_ATTENTION`: the attention kernel under `AttentionKernel::Auto`.
     pub attention: AttentionChoice,
     /// `TRELLIS2_ATTENTION_PINGPONG`: the warp-specialised attention kernel's two consumer
-    /// warpgroups take turns to issue their products.
-    pub attention_pingpong: bool,
+    /// warpgroups take turns to issue their products (None: by the longest key sequence, see
+    /// `src/ops/attention/cuda.rs`).
+    pub attention_pingpong: Option<bool>,
     /// `TRELLIS2_ATTENTION_KEYS`: keys per tile of the warp-specialised attention kernel (128 in
     /// three stages, or 176 in two).
     pub attention_keys: u32,
@@ -120,8 +121,15 @@ pub struct Tuning {
     pub conv_wgmma_keep: Option<u32>,
     /// `TRELLIS2_CONV_SORT`: the voxel order of the CUDA and Metal sparse convs.
     pub conv_sort: ConvSort,
+    /// `TRELLIS2_CONV_ROWS`: voxel rows per tile of the wgmma conv at ≤ 128 output columns
+    /// (None: 128).
+    pub conv_rows: Option<u32>,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
+    /// `TRELLIS2_LINEAR_ACT`: the CUDA linear layers whose activation has no cuBLASLt epilogue
+    /// (SiLU, exact GELU) that run the wgmma kernel with bias and activation in its epilogue:
+    /// those of at most this many inputs (None: none, `usize::MAX`: all).
+    pub linear_act: Option<usize>,
 }
 
 impl Default for Tuning {
@@ -130,14 +138,16 @@ impl Default for Tuning {
             cublaslt: true,
             conv_kernel: KernelChoice::Auto,
             attention: AttentionChoice::Auto,
-            attention_pingpong: true,
+            attention_pingpong: None,
             attention_keys: 176,
             conv_tile: ConvTile::Auto,
             conv_row_skip: true,
             conv_stages: None,
             conv_wgmma_keep: None,
             conv_sort: ConvSort::Auto,
+            conv_rows: None,
             metal_attention: MetalAttention::Auto,
+            linear_act: None,
         }
     }
 }
@@ -224,7 +234,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 11] = [
+pub static KNOBS: [Knob; 13] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -270,16 +280,24 @@ pub static KNOBS: [Knob; 11] = [
     },
     Knob {
         name: "TRELLIS2_ATTENTION_PINGPONG",
-        values: "on or off",
-        default: "on",
+        values: "auto, on or off",
+        default: "auto",
         meaning: "the fa3 attention kernel's two consumer warpgroups take turns to issue their \
-                  products, so that one's softmax overlaps the other's (any case; 1 and 0 are \
-                  taken too)",
+                  products, so that one's softmax overlaps the other's: auto does so while the \
+                  longest key sequence of the call is at most 22,528 keys (128 tiles of 176), \
+                  on and off always (any case; 1 and 0 are taken too)",
         parse: |t, v| {
-            t.attention_pingpong = on_off(v)?;
+            t.attention_pingpong = if v.eq_ignore_ascii_case("auto") {
+                None
+            } else {
+                Some(on_off(v)?)
+            };
             Ok(())
         },
-        show: |t| show_on_off(t.attention_pingpong),
+        show: |t| {
+            t.attention_pingpong
+                .map_or_else(|| "auto".into(), show_on_off)
+        },
     },
     Knob {
         name: "TRELLIS2_ATTENTION_KEYS",
@@ -386,6 +404,19 @@ pub static KNOBS: [Knob; 11] = [
         },
     },
     Knob {
+        name: "TRELLIS2_CONV_ROWS",
+        values: "auto, 128 or 256",
+        default: "auto",
+        meaning: "voxel rows per tile of the wgmma sparse conv at 128 output columns or fewer \
+                  (auto: 128, two warpgroups; 256: four warpgroups, one block an SM, a 4-stage \
+                  ring); 256 output columns always take 128",
+        parse: |t, v| {
+            t.conv_rows = auto_or(v, &[128, 256])?;
+            Ok(())
+        },
+        show: |t| show_auto(t.conv_rows),
+    },
+    Knob {
         name: "TRELLIS2_METAL_ATTENTION",
         values: "auto, sdpa or varlen",
         default: "auto",
@@ -409,6 +440,32 @@ pub static KNOBS: [Knob; 11] = [
                 MetalAttention::Varlen => "varlen",
             }
             .into()
+        },
+    },
+    Knob {
+        name: "TRELLIS2_LINEAR_ACT",
+        values: "off, on or a largest input width",
+        default: "off",
+        meaning: "CUDA f16/bf16 linear layers whose activation has no cuBLASLt epilogue (SiLU, \
+                  exact GELU): off runs candle's matmul then bias_act; on runs them as one wgmma \
+                  kernel (sm_90a build, compute capability 9.0, inputs a multiple of 8) with the \
+                  bias and activation in its epilogue; a number N does so for layers of at most \
+                  N inputs only (any case; 1 and 0 are taken too)",
+        parse: |t, v| {
+            t.linear_act = match on_off(v) {
+                Ok(true) => Some(usize::MAX),
+                Ok(false) => None,
+                Err(()) => match v.parse::<usize>() {
+                    Ok(n) if n > 1 => Some(n),
+                    _ => return Err(()),
+                },
+            };
+            Ok(())
+        },
+        show: |t| match t.linear_act {
+            None => "off".into(),
+            Some(usize::MAX) => "on".into(),
+            Some(n) => n.to_string(),
         },
     },
 ];
@@ -634,7 +691,15 @@ mod tests {
                     ..d
                 },
             ),
-            ("TRELLIS2_ATTENTION_PINGPONG", "on", d),
+            ("TRELLIS2_ATTENTION_PINGPONG", "auto", d),
+            (
+                "TRELLIS2_ATTENTION_PINGPONG",
+                "on",
+                Tuning {
+                    attention_pingpong: Some(true),
+                    ..d
+                },
+            ),
             ("TRELLIS2_ATTENTION_KEYS", "176", d),
             (
                 "TRELLIS2_ATTENTION_KEYS",
@@ -648,7 +713,7 @@ mod tests {
                 "TRELLIS2_ATTENTION_PINGPONG",
                 "off",
                 Tuning {
-                    attention_pingpong: false,
+                    attention_pingpong: Some(false),
                     ..d
                 },
             ),
@@ -745,6 +810,15 @@ mod tests {
                     ..d
                 },
             ),
+            ("TRELLIS2_CONV_ROWS", "auto", d),
+            (
+                "TRELLIS2_CONV_ROWS",
+                "256",
+                Tuning {
+                    conv_rows: Some(256),
+                    ..d
+                },
+            ),
             ("TRELLIS2_METAL_ATTENTION", "auto", d),
             (
                 "TRELLIS2_METAL_ATTENTION",
@@ -759,6 +833,24 @@ mod tests {
                 "varlen",
                 Tuning {
                     metal_attention: MetalAttention::Varlen,
+                    ..d
+                },
+            ),
+            ("TRELLIS2_LINEAR_ACT", "off", d),
+            ("TRELLIS2_LINEAR_ACT", "0", d),
+            (
+                "TRELLIS2_LINEAR_ACT",
+                "ON",
+                Tuning {
+                    linear_act: Some(usize::MAX),
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_LINEAR_ACT",
+                "256",
+                Tuning {
+                    linear_act: Some(256),
                     ..d
                 },
             ),
@@ -784,7 +876,9 @@ mod tests {
             ("TRELLIS2_CONV_STAGES", "4"),
             ("TRELLIS2_CONV_WGMMA_KEEP", "0"),
             ("TRELLIS2_CONV_SORT", "4096"),
+            ("TRELLIS2_CONV_ROWS", "256"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
+            ("TRELLIS2_LINEAR_ACT", "256"),
         ];
         let (t, errors) = parse(&all);
         assert!(errors.is_empty(), "{errors:?}");
@@ -811,6 +905,11 @@ mod tests {
                 "TRELLIS2_ATTENTION",
                 "flash",
                 "TRELLIS2_ATTENTION=flash: expected auto, mma, wgmma or fa3",
+            ),
+            (
+                "TRELLIS2_ATTENTION_PINGPONG",
+                "maybe",
+                "TRELLIS2_ATTENTION_PINGPONG=maybe: expected auto, on or off",
             ),
             (
                 "TRELLIS2_ATTENTION_KEYS",
@@ -841,6 +940,16 @@ mod tests {
                 "TRELLIS2_CONV_SORT",
                 "-1",
                 "TRELLIS2_CONV_SORT=-1: expected auto, off, full or a window in voxels",
+            ),
+            (
+                "TRELLIS2_CONV_ROWS",
+                "64",
+                "TRELLIS2_CONV_ROWS=64: expected auto, 128 or 256",
+            ),
+            (
+                "TRELLIS2_LINEAR_ACT",
+                "wgmma",
+                "TRELLIS2_LINEAR_ACT=wgmma: expected off, on or a largest input width",
             ),
         ];
         for (name, value, message) in cases {
@@ -895,8 +1004,10 @@ mod tests {
         assert_eq!(
             t.to_string(),
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
-             TRELLIS2_ATTENTION_PINGPONG=on TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
-             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_METAL_ATTENTION=auto"
+             TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
+             TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_CONV_ROWS=auto \
+             TRELLIS2_METAL_ATTENTION=auto \
+             TRELLIS2_LINEAR_ACT=off"
         );
         let json = serde_json::to_value(t).unwrap();
         assert_eq!(json["TRELLIS2_CONV_KERNEL"], "auto");

@@ -1436,7 +1436,7 @@ impl Case {
     /// The reference output for CPU `inputs`: the op on the CPU in f32 on the same rounded
     /// values, or its slow twin. A linear layer's reference rounds where the path the device
     /// last took ([`last_linear_path`]) rounds, so call it after [`Case::run`]: in f32 behind
-    /// cuBLASLt's one rounding, else the composed ops in the case's dtype. A neighbour map's is
+    /// a fused path's one rounding, else the composed ops in the case's dtype. A neighbour map's is
     /// the host builder (its twin: the custom op's CPU forward).
     pub fn reference(&self, inputs: &Inputs, reference: Reference) -> Result<Tensor> {
         match inputs {
@@ -1447,10 +1447,10 @@ impl Case {
                 act,
                 residual,
             } => {
-                let dtype = if last_linear_path() == LinearPath::CublasLt {
-                    DType::F32
-                } else {
-                    x.dtype()
+                // Both fused paths round once (cuBLASLt's epilogue, the wgmma kernel's).
+                let dtype = match last_linear_path() {
+                    LinearPath::CublasLt | LinearPath::WgmmaAct => DType::F32,
+                    LinearPath::Composed(_) => x.dtype(),
                 };
                 let host = |t: &Tensor| t.to_dtype(dtype);
                 let lin = Linear::new(host(weight)?, bias.as_ref().map(host).transpose()?);

@@ -100,6 +100,23 @@ const WGMMA_BY_DEFAULT: bool = true;
 /// flows at 137–138 against 150 ms per forward.
 const FA3_BY_DEFAULT: bool = true;
 
+/// The longest key sequence at which `TRELLIS2_ATTENTION_PINGPONG=auto` runs the `Fa3` kernel
+/// with its consumer warpgroups' ping-pong: 128 tiles of 176 keys. Measured on an H100
+/// (benches/README.md, 176 keys a tile, ms with against without ping-pong): ping-pong wins
+/// where a CTA walks few key tiles (self 15,000²: 2.143 against 2.337; cross 15,000 × 4,101:
+/// 0.681 against 0.708; cross 49,152 × 4,101: 2.074 against 2.183), ties at 4k² and 8k² (0.178
+/// / 0.176, 0.617 / 0.614) and loses on long ones (self 30,000²: 8.797 against 8.194; self
+/// 49,152²: 23.075 against 22.501). The switch sits between the 85 tiles of 15,000 keys and
+/// the 171 of 30,000, which nothing measured in between places more precisely; the flows'
+/// self-attention (≈ 15,300 tokens at 1024) stays on the ping-pong side.
+const PINGPONG_MAX_KEYS: usize = 128 * 176;
+
+/// Whether the `Fa3` kernel runs with ping-pong: `TRELLIS2_ATTENTION_PINGPONG` when set, else
+/// by the longest key sequence of the call ([`PINGPONG_MAX_KEYS`]).
+fn fa3_pingpong(knob: Option<bool>, longest_keys: usize) -> bool {
+    knob.unwrap_or(longest_keys <= PINGPONG_MAX_KEYS)
+}
+
 /// Whether the wgmma attention kernel can run on `dev` (see [`sm90a_device`]).
 pub(crate) fn wgmma_attention_available(dev: &CudaDevice) -> Result<bool> {
     sm90a_device(dev, ATTENTION_SM90A.is_some())
@@ -121,7 +138,13 @@ enum Which {
 /// kernels): head dims 64 and 128; the environment variable is `TRELLIS2_ATTENTION`, the default
 /// `WGMMA_BY_DEFAULT`. Among the Hopper kernels, `Fa3` (argument, or `fa3` in the variable under
 /// `Auto`, or `FA3_BY_DEFAULT` when the variable is unset) picks the warp-specialised one.
-fn choose_kernel(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<Which> {
+/// `longest_keys`: the longest key sequence of the call (ping-pong or not, [`fa3_pingpong`]).
+fn choose_kernel(
+    dev: &CudaDevice,
+    d: usize,
+    kernel: AttentionKernel,
+    longest_keys: usize,
+) -> Result<Which> {
     let tuning = Tuning::current();
     let requested = match kernel {
         AttentionKernel::Auto => None,
@@ -157,7 +180,7 @@ fn choose_kernel(dev: &CudaDevice, d: usize, kernel: AttentionKernel) -> Result<
         (false, _) => Which::Mma,
         (true, false) => Which::Wgmma,
         (true, true) => Which::Fa3 {
-            pingpong: tuning.attention_pingpong,
+            pingpong: fa3_pingpong(tuning.attention_pingpong, longest_keys),
             keys: tuning.attention_keys as usize,
         },
     })
@@ -201,7 +224,12 @@ pub(crate) fn varlen_attention(
     let (ka, kz, k_stride) = token_rows(kl, OP, "k")?;
     let (va, vz, v_stride) = token_rows(vl, OP, "v")?;
     let dev = q.device().clone();
-    let which = choose_kernel(&dev, d, kernel)?;
+    let longest_keys = kv_offsets
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .max()
+        .unwrap_or(0);
+    let which = choose_kernel(&dev, d, kernel, longest_keys)?;
     // Query rows per tile (CTA) of the chosen kernel.
     let tile = if which == Which::Mma {
         ATTN_TILE
@@ -422,5 +450,26 @@ impl TensorMap {
         .result()
         .w()?;
         Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pingpong_follows_the_knob_else_the_longest_key_sequence() {
+        // The measured sides of the switch: 15,000 and 4,101 keys with, 30,000 and 49,152
+        // without.
+        for keys in [0, 4_101, 15_000, PINGPONG_MAX_KEYS] {
+            assert!(fa3_pingpong(None, keys), "{keys}");
+        }
+        for keys in [PINGPONG_MAX_KEYS + 1, 30_000, 49_152] {
+            assert!(!fa3_pingpong(None, keys), "{keys}");
+        }
+        for keys in [4_101, 49_152] {
+            assert!(fa3_pingpong(Some(true), keys));
+            assert!(!fa3_pingpong(Some(false), keys));
+        }
     }
 }

@@ -28,14 +28,16 @@ use candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t;
 use candle_core::cuda_backend::cudarc::cublaslt::result as lt;
 use candle_core::cuda_backend::cudarc::cublaslt::sys;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
+    CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, DeviceId, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Storage, Tensor};
 use half::{bf16, f16};
 
+use crate::ops::cuda::{large_smem_func, output, sm90a_device, SPARSE_CONV_SM90A};
 use crate::ops::tuning::Tuning;
+use crate::ops::vocab::Activation;
 
 /// Whether cuBLASLt's `CUBLASLT_EPILOGUE_GELU(_BIAS)` is torch's tanh approximation (the DiT's
 /// `GELU(approximate="tanh")`) closely enough to replace `bias_act`'s GeluTanh in f32; checked
@@ -523,6 +525,134 @@ fn run<T: CudaDType + DeviceRepr>(
             .map_err(|e| lt_err("matmul", e))?;
         }
     }
+    let storage = CudaStorage::wrap_cuda_slice(out, dev);
+    Ok(Ok(Tensor::from_storage(
+        Storage::Cuda(storage),
+        (m, n),
+        BackpropOp::none(),
+        false,
+    )))
+}
+
+/// `act(x·Wᵀ + b)` of `x [M,K]`, `W [N,K]`, `b [N]` (f16 or bf16, any activation) as one launch
+/// of the wgmma kernel `linear_act_sm90a_*` (`kernels/cuda/sparse_conv_sm90a.cu`: the sparse
+/// conv's main loop with one tap and no gathers), the bias (in f32) and the activation in its
+/// epilogue, one rounding to the output. For the activations cuBLASLt has no epilogue for, it
+/// replaces a matmul that writes `y` plus a `bias_act` pass that reads and rewrites it: at the
+/// SC-VAE decoders' ConvNeXt `Linear(C, 4C)` + SiLU, 2·M·4C·2 bytes less traffic and one launch
+/// fewer per layer. 128 output columns a tile (64 at N ≤ 64), three ring stages, two blocks an
+/// SM, so that one block's epilogue stores overlap the other's loads (the layers it is meant
+/// for have K ≤ 256: a handful of steps a tile, bound by the output write).
+pub(crate) fn wgmma_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+) -> Result<Outcome> {
+    let Some(module) = &SPARSE_CONV_SM90A else {
+        return Ok(Err("the wgmma linear is not in this build (sm_90a)"));
+    };
+    let dtype = x.dtype();
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Ok(Err("the wgmma linear takes f16 or bf16"));
+    }
+    if weight.dtype() != dtype {
+        return Ok(Err("operands of different dtypes"));
+    }
+    let (m, k) = x.dims2()?;
+    let (n, wk) = weight.dims2()?;
+    if wk != k || bias.is_some_and(|b| b.dims() != [n]) {
+        candle_core::bail!(
+            "linear: x {:?} against weight {:?} and bias {:?}",
+            x.dims(),
+            weight.dims(),
+            bias.map(|b| b.dims().to_vec())
+        );
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(Err("empty matrix"));
+    }
+    if !k.is_multiple_of(8) {
+        return Ok(Err("the wgmma linear needs inputs a multiple of 8"));
+    }
+    if i32::try_from(m).is_err() || i32::try_from(n).is_err() || i32::try_from(k).is_err() {
+        return Ok(Err("a dimension over i32"));
+    }
+    let bias = bias
+        .map(|b| b.to_dtype(DType::F32)?.contiguous())
+        .transpose()?;
+    let dims = (m, k, n);
+    match dtype {
+        DType::F16 => wgmma_act_run::<f16>(module, x, weight, bias.as_ref(), act, dims, "f16"),
+        _ => wgmma_act_run::<bf16>(module, x, weight, bias.as_ref(), act, dims, "bf16"),
+    }
+}
+
+/// [`wgmma_act`] for one operand type (`ty`: its name in the kernel's).
+fn wgmma_act_run<T: CudaDType + DeviceRepr>(
+    module: &crate::ops::cuda::Fatbin,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    (m, k, n): (usize, usize, usize),
+    ty: &str,
+) -> Result<Outcome> {
+    let (xs, xl) = x.storage_and_layout();
+    let Storage::Cuda(xc) = &*xs else {
+        return Ok(Err("not a CUDA device"));
+    };
+    let dev = xc.device.clone();
+    if !sm90a_device(&dev, true)? {
+        return Ok(Err(
+            "the wgmma linear needs a compute capability 9.0 device",
+        ));
+    }
+    let Some(xv) = view::<T>(&xs, xl, &dev)? else {
+        return Ok(Err("x is not contiguous"));
+    };
+    let (ws, wl) = weight.storage_and_layout();
+    let Some(wv) = view::<T>(&ws, wl, &dev)? else {
+        return Ok(Err("weight not contiguous or on another device"));
+    };
+    // 16-byte copies: x and W must start on a 16-byte boundary (their rows then all do, K being
+    // a multiple of 8 elements).
+    if !xl.start_offset().is_multiple_of(8) || !wl.start_offset().is_multiple_of(8) {
+        return Ok(Err("x or weight does not start on a 16-byte boundary"));
+    }
+    let bias_guard = bias.map(|b| b.storage_and_layout());
+    let bv = match &bias_guard {
+        Some((s, l)) => match view::<f32>(s, l, &dev)? {
+            Some(v) => Some(v),
+            None => return Ok(Err("bias not contiguous or on another device")),
+        },
+        None => None,
+    };
+    // Tile columns, ring stages and wgmma groups kept in flight: instantiations of the .cu file
+    // (`LINEAR90`), dynamic shared memory as its `smem_bytes`.
+    let (bn, stages, keep) = if n <= 64 { (64, 4, 0) } else { (128, 3, 0) };
+    let smem = (stages * (128 + bn) * 128 + 1024) as u32;
+    let name = format!("linear_act_sm90a_{ty}_n{bn}_s{stages}_k{keep}");
+    let func = large_smem_func(&dev, module, &name, smem)?;
+    let out = output::<T>(&dev, m * n)?;
+    let cfg = LaunchConfig {
+        grid_dim: (m.div_ceil(128) as u32, n.div_ceil(bn) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let (m_, k_, n_, act_) = (m as i32, k as i32, n as i32, act as i32);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&func);
+    b.arg(&xv).arg(&wv);
+    match &bv {
+        Some(v) => b.arg(v),
+        None => b.arg(&0u64),
+    };
+    b.arg(&out).arg(&m_).arg(&k_).arg(&n_).arg(&act_);
+    // SAFETY: the kernel reads x[M·K] and W[N·K] (contiguous views of those sizes, checked by
+    // the shape checks above), bias[N] f32 when not null, and writes every element of out[M·N],
+    // which it owns: each (row < M, column < N) belongs to exactly one tile.
+    unsafe { b.launch(cfg) }.w()?;
     let storage = CudaStorage::wrap_cuda_slice(out, dev);
     Ok(Ok(Tensor::from_storage(
         Storage::Cuda(storage),

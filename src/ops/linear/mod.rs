@@ -6,6 +6,10 @@
 //! [`bias_act`](crate::ops::bias_act::bias_act) epilogue (one pass at full bandwidth instead of
 //! candle's strided broadcast add plus a separate activation kernel), then an add. The composed
 //! path is the reference of the fused one (`forward_act_unfused`, `forward_residual_unfused`).
+//! Under `TRELLIS2_LINEAR_ACT` (`src/ops/tuning.rs`), f16/bf16 layers whose activation has no
+//! cuBLASLt epilogue (SiLU, exact GELU) run instead as one wgmma kernel with the bias and the
+//! activation in its epilogue (`linear_act_sm90a_*` in `kernels/cuda/sparse_conv_sm90a.cu`),
+//! tested against the same composed path on the CPU.
 //! Same checkpoint keys as `candle_nn::linear`.
 
 use std::cell::Cell;
@@ -33,6 +37,8 @@ pub struct Linear {
 pub enum LinearPath {
     /// One cuBLASLt matmul with the bias (GELU, residual) in its epilogue.
     CublasLt,
+    /// One wgmma kernel with the bias and activation in its epilogue (`TRELLIS2_LINEAR_ACT`).
+    WgmmaAct,
     /// candle's matmul, `bias_act` and an add, and why the fused path did not run.
     Composed(&'static str),
 }
@@ -87,13 +93,13 @@ impl Linear {
         Ok((x.reshape((rows, in_dim))?, out_dims))
     }
 
-    /// The fused path for `x [rows, in]`, or why it cannot run.
+    /// The fused path for `x [rows, in]` and which one ran, or why none can.
     fn fused(
         &self,
         x: &Tensor,
         act: Activation,
         residual: Option<&Tensor>,
-    ) -> Result<std::result::Result<Tensor, &'static str>> {
+    ) -> Result<std::result::Result<(Tensor, LinearPath), &'static str>> {
         #[cfg(feature = "cuda")]
         {
             if !x.device().is_cuda() {
@@ -102,17 +108,29 @@ impl Linear {
             let gelu = match act {
                 Activation::None => false,
                 Activation::GeluTanh if cuda::GELU_EPILOGUE_IS_TANH => true,
-                _ => return Ok(Err("the activation has no cuBLASLt epilogue")),
+                _ => {
+                    let inputs = x.dim(1)?;
+                    let wgmma = crate::ops::tuning::Tuning::current()
+                        .linear_act
+                        .is_some_and(|max| inputs <= max);
+                    if residual.is_none() && wgmma {
+                        let x = x.contiguous()?;
+                        let y = cuda::wgmma_act(&x, &self.weight, self.bias.as_ref(), act)?;
+                        return Ok(y.map(|y| (y, LinearPath::WgmmaAct)));
+                    }
+                    return Ok(Err("the activation has no cuBLASLt epilogue"));
+                }
             };
             let x = x.contiguous()?;
             let residual = residual.map(Tensor::contiguous).transpose()?;
-            cuda::linear(
+            Ok(cuda::linear(
                 &x,
                 &self.weight,
                 self.bias.as_ref(),
                 residual.as_ref(),
                 gelu,
-            )
+            )?
+            .map(|y| (y, LinearPath::CublasLt)))
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -139,8 +157,8 @@ impl Linear {
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         let (x, out_dims) = self.flatten(x)?;
         let y = match self.fused(&x, act, None)? {
-            Ok(y) => {
-                LAST_PATH.with(|p| p.set(LinearPath::CublasLt));
+            Ok((y, path)) => {
+                LAST_PATH.with(|p| p.set(path));
                 y
             }
             Err(reason) => {
@@ -164,8 +182,8 @@ impl Linear {
         }
         let r = residual.reshape((x.dim(0)?, self.weight.dim(0)?))?;
         let y = match self.fused(&x, Activation::None, Some(&r))? {
-            Ok(y) => {
-                LAST_PATH.with(|p| p.set(LinearPath::CublasLt));
+            Ok((y, path)) => {
+                LAST_PATH.with(|p| p.set(path));
                 y
             }
             Err(reason) => {

@@ -88,11 +88,27 @@ fn subm_conv_sm90a_pipeline(bn: usize) -> (u32, u32) {
     (stages, keep)
 }
 
-/// Dynamic shared memory of a wgmma conv kernel: `stages` ring slots of 128 A rows and `bn` B
-/// rows, 128 bytes a row, plus 1024 bytes for aligning the ring to the 128-byte swizzle's
+/// Voxel rows per tile of the wgmma conv at `bn` output columns: 128, or 256 at `bn` ≤ 128 under
+/// `TRELLIS2_CONV_ROWS=256` (four warpgroups, 512 threads, one block an SM, a 4-stage ring,
+/// one wgmma group kept in flight unless `TRELLIS2_CONV_WGMMA_KEEP=0`). Twice the rows share
+/// each weight tile copied to shared memory: per step 48 KB moved for 256 × 128 × 64 products
+/// instead of 32 KB for 128 × 128 × 64 (40 KB for 256 × 64 × 64 instead of 24 KB for 128 × 64 ×
+/// 64), i.e. 25 % (17 %) fewer bytes per product, at the cost of walking the union of the taps
+/// of 256 rows (the products of absent taps are still skipped per 64 rows, and the zero-filled
+/// copies of absent rows read nothing). Not measured yet: the default stays 128.
+fn subm_conv_sm90a_rows(bn: usize) -> usize {
+    if bn <= 128 && Tuning::current().conv_rows == Some(256) {
+        256
+    } else {
+        128
+    }
+}
+
+/// Dynamic shared memory of a wgmma conv kernel: `stages` ring slots of `rows` A rows and `bn`
+/// B rows, 128 bytes a row, plus 1024 bytes for aligning the ring to the 128-byte swizzle's
 /// 1024-byte atoms (`smem_bytes` in `kernels/cuda/sparse_conv_sm90a.cu`).
-fn subm_conv_sm90a_smem_bytes(bn: usize, stages: u32) -> u32 {
-    stages * (128 + bn as u32) * 128 + 1024
+fn subm_conv_sm90a_smem_bytes(rows: usize, bn: usize, stages: u32) -> u32 {
+    stages * (rows + bn) as u32 * 128 + 1024
 }
 
 /// Submanifold conv: feats `[T,Ci]`, weight `[Co,27,Ci]` (bf16 or f16), neighbour map `[T,27]`
@@ -156,27 +172,42 @@ pub(crate) fn subm_conv3d(
         (128, SUBM_CONV_SMEM_BYTES)
     };
     let wgmma = use_wgmma_conv(&dev, vec, kernel)?;
-    // The kernel: module, name prefix (before the dtypes) and suffix, shared memory.
-    let (module, prefix, suffix, smem) = match &SPARSE_CONV_SM90A {
-        Some(ptx) if wgmma => {
-            let (stages, keep) = subm_conv_sm90a_pipeline(bn);
-            (
-                ptx,
-                "subm_conv3d_sm90a",
-                format!("n{bn}_s{stages}_k{keep}"),
-                subm_conv_sm90a_smem_bytes(bn, stages),
-            )
-        }
+    // The kernel: module, name prefix (before the dtypes) and suffix, shared memory, tile rows
+    // (two threads a row).
+    let (module, prefix, suffix, smem, rows) = match &SPARSE_CONV_SM90A {
+        Some(ptx) if wgmma => match subm_conv_sm90a_rows(bn) {
+            256 => {
+                let keep = Tuning::current().conv_wgmma_keep.unwrap_or(1);
+                (
+                    ptx,
+                    "subm_conv3d_sm90a",
+                    format!("m256_n{bn}_s4_k{keep}"),
+                    subm_conv_sm90a_smem_bytes(256, bn, 4),
+                    256,
+                )
+            }
+            _ => {
+                let (stages, keep) = subm_conv_sm90a_pipeline(bn);
+                (
+                    ptx,
+                    "subm_conv3d_sm90a",
+                    format!("n{bn}_s{stages}_k{keep}"),
+                    subm_conv_sm90a_smem_bytes(128, bn, stages),
+                    128,
+                )
+            }
+        },
         _ => (
             &SPARSE_CONV,
             "subm_conv3d",
             format!("n{bn}{}", if vec { "" } else { "_scalar" }),
             smem,
+            128,
         ),
     };
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(128) as u32, co.div_ceil(bn) as u32, 1),
-        block_dim: (256, 1, 1),
+        grid_dim: (n.div_ceil(rows) as u32, co.div_ceil(bn) as u32, 1),
+        block_dim: (2 * rows as u32, 1, 1),
         shared_mem_bytes: smem,
     };
     let launch = SubmConv {
