@@ -18,6 +18,7 @@
 //! Upstream decimates its GLB to a face target as well (its app's default is 300,000 faces).
 
 use std::collections::HashSet;
+use std::f32::consts::FRAC_1_SQRT_2;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use meshoptimizer_rs::{
@@ -177,7 +178,7 @@ const ROUNDS: [([[f32; 3]; 3], f64, usize); 3] = [
     (
         [
             [0.577_350_3, 0.577_350_3, 0.577_350_3],
-            [0.707_106_8, -0.707_106_8, 0.0],
+            [FRAC_1_SQRT_2, -FRAC_1_SQRT_2, 0.0],
             [0.408_248_3, 0.408_248_3, -0.816_496_6],
         ],
         1.05,
