@@ -86,8 +86,8 @@ pub fn decimate(
 /// still meet), and stitches them back. No round's cut is parallel to another's, so the
 /// seams one round had to keep at their density are interior in the next and collapse there;
 /// the last round's seams are as dense as its input, a twentieth above the target. Only when
-/// some piece cannot reach its share (too few collapses keep the topology) does a final pass
-/// over the whole stitched mesh reach the target.
+/// some piece cannot reach its share (too few collapses keep the topology) does one more
+/// round, then if need be a pass over the whole stitched mesh, reach the target.
 pub fn decimate_in_pieces(
     mesh: &Mesh,
     attributes: &[f32],
@@ -142,6 +142,25 @@ pub fn decimate_in_pieces(
                     round_target,
                     per_seam_vertex,
                     round_pieces,
+                )?;
+                indices = kept;
+                relative_error += error;
+            }
+            let faces = indices.len() / 3;
+            if faces > target_faces {
+                // Some piece could not reach its share (too many of its vertices were on the
+                // cuts): the first round's cuts, which the last two rounds' seams cross,
+                // give it another chance before a pass over the whole mesh.
+                let (kept, error) = simplify_in_pieces(
+                    mesh,
+                    attributes,
+                    weights,
+                    &indices,
+                    &frame,
+                    &ROUNDS[0].0,
+                    target_faces,
+                    0,
+                    pieces.min(faces / MIN_PIECE_FACES).max(1),
                 )?;
                 indices = kept;
                 relative_error += error;
