@@ -347,3 +347,58 @@ fn the_rounds_leave_no_dense_seam() {
     );
     assert_eq!(topology(&pieces.mesh), (0, 0, 2), "decimated topology");
 }
+
+#[test]
+fn an_open_surface_keeps_its_one_border_and_gets_no_cracks() {
+    // A sphere with a cap cut off: a disk (one border loop, Euler characteristic 1). A crack
+    // along a seam between pieces would add border edges inside and another loop.
+    let grid = 128;
+    let closed = sphere(grid);
+    let (lo, hi) = closed
+        .vertices
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v[2]), hi.max(v[2]))
+        });
+    let cut = hi - 0.2 * (hi - lo);
+    let faces: Vec<[u32; 3]> = closed
+        .faces
+        .iter()
+        .copied()
+        .filter(|f| {
+            f.iter()
+                .map(|&i| closed.vertices[i as usize][2])
+                .sum::<f32>()
+                / 3.0
+                < cut
+        })
+        .collect();
+    let raw = Mesh {
+        vertices: closed.vertices.clone(),
+        faces,
+    };
+    let (border, non_manifold, euler) = topology(&raw);
+    assert!(
+        border > 0 && non_manifold == 0 && euler == 1,
+        "raw {border} {non_manifold} {euler}"
+    );
+    let target = raw.faces.len() / 8;
+    for pieces in PIECES {
+        let out = decimate_in_pieces(&raw, &[], &[], target, pieces).expect("decimates");
+        let (b, n, e) = topology(&out.mesh);
+        println!(
+            "open sphere in {pieces}: border edges {border} → {b}, faces {}",
+            out.mesh.faces.len()
+        );
+        assert_eq!(
+            (n, e),
+            (0, 1),
+            "{pieces} pieces: non-manifold edges, Euler characteristic"
+        );
+        assert!(
+            b > 0 && b <= border,
+            "{pieces} pieces: {b} border edges against {border}"
+        );
+        assert!(out.mesh.faces.len() <= target);
+    }
+}
