@@ -55,7 +55,7 @@ fn main() {
     );
     drop((oriented, attrs));
     println!(
-        "  the simplifier runs in {} spatial pieces, then one final pass",
+        "  the simplifier runs in three rounds of up to {} spatial pieces",
         trellis2::mesh::piece_count(asset.mesh().faces.len())
     );
     let dir = tempfile::tempdir().expect("temporary folder");

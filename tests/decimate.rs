@@ -160,9 +160,10 @@ fn hausdorff_voxels(decimated: &Mesh, raw: &Mesh, grid: i32) -> f64 {
     worst * grid as f64
 }
 
-/// One pass over the whole mesh, and the parallel path with eight spatial pieces (the shapes
-/// here are small enough that [`trellis2::mesh::decimate`] would use one pass).
-const PIECES: [usize; 2] = [1, 8];
+/// One pass over the whole mesh, and the parallel path with 8 and 24 spatial pieces (the
+/// shapes here are small enough that [`trellis2::mesh::decimate`] would use one pass; 24 is
+/// not a power of two, so the median cuts also split parts unevenly).
+const PIECES: [usize; 3] = [1, 8, 24];
 
 /// Decimates a closed shape geometry-only and checks distance, count and topology.
 fn check_closed_shape(name: &str, raw: &Mesh, grid: i32, target: usize, euler: i64) {
@@ -292,5 +293,112 @@ fn the_pieces_result_does_not_depend_on_the_thread_count() {
     assert!(one.mesh.faces.len() <= target);
     for threads in [2, 7] {
         assert!(run(threads) == one, "{threads} threads give another mesh");
+    }
+}
+
+/// Edges of `mesh` shorter than `length`.
+fn edges_shorter_than(mesh: &Mesh, length: f64) -> usize {
+    edge_counts(mesh)
+        .keys()
+        .filter(|&&(a, b)| {
+            let d = sub(
+                mesh.vertices[a as usize].map(f64::from),
+                mesh.vertices[b as usize].map(f64::from),
+            );
+            dot(d, d).sqrt() < length
+        })
+        .count()
+}
+
+#[test]
+fn the_rounds_leave_no_dense_seam() {
+    // The pieces of a round keep the vertices on their cuts at the density they were given:
+    // left there, the cuts would show as lines of full-size triangles. The later rounds cut
+    // elsewhere and collapse them, so the result has about as many edges of the input's size
+    // as one pass over the whole mesh leaves.
+    let grid = 128;
+    let raw = sphere(grid);
+    let mut lengths: Vec<f64> = edge_counts(&raw)
+        .keys()
+        .map(|&(a, b)| {
+            let d = sub(
+                raw.vertices[a as usize].map(f64::from),
+                raw.vertices[b as usize].map(f64::from),
+            );
+            dot(d, d).sqrt()
+        })
+        .collect();
+    lengths.sort_by(f64::total_cmp);
+    let short = 1.5 * lengths[lengths.len() / 2];
+    let target = raw.faces.len() / 10;
+    let one = decimate_in_pieces(&raw, &[], &[], target, 1).expect("decimates");
+    let pieces = decimate_in_pieces(&raw, &[], &[], target, 24).expect("decimates");
+    let (a, b) = (
+        edges_shorter_than(&one.mesh, short),
+        edges_shorter_than(&pieces.mesh, short),
+    );
+    println!(
+        "edges shorter than {short:.5}: one pass {a}, 24 pieces {b} of {}",
+        pieces.mesh.faces.len() * 3 / 2
+    );
+    assert!(
+        b <= a + pieces.mesh.faces.len() / 200,
+        "{b} short edges against {a}"
+    );
+    assert_eq!(topology(&pieces.mesh), (0, 0, 2), "decimated topology");
+}
+
+#[test]
+fn an_open_surface_keeps_its_one_border_and_gets_no_cracks() {
+    // A sphere with a cap cut off: a disk (one border loop, Euler characteristic 1). A crack
+    // along a seam between pieces would add border edges inside and another loop.
+    let grid = 128;
+    let closed = sphere(grid);
+    let (lo, hi) = closed
+        .vertices
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v[2]), hi.max(v[2]))
+        });
+    let cut = hi - 0.2 * (hi - lo);
+    let faces: Vec<[u32; 3]> = closed
+        .faces
+        .iter()
+        .copied()
+        .filter(|f| {
+            f.iter()
+                .map(|&i| closed.vertices[i as usize][2])
+                .sum::<f32>()
+                / 3.0
+                < cut
+        })
+        .collect();
+    let raw = Mesh {
+        vertices: closed.vertices.clone(),
+        faces,
+    };
+    let (border, non_manifold, euler) = topology(&raw);
+    assert!(
+        border > 0 && non_manifold == 0 && euler == 1,
+        "raw {border} {non_manifold} {euler}"
+    );
+    let target = raw.faces.len() / 8;
+    for pieces in PIECES {
+        let out = decimate_in_pieces(&raw, &[], &[], target, pieces).expect("decimates");
+        let (b, n, e) = topology(&out.mesh);
+        println!(
+            "open sphere in {pieces}: border edges {border} → {b}, faces {}",
+            out.mesh.faces.len()
+        );
+        assert_eq!(
+            (n, e),
+            (0, 1),
+            "{pieces} pieces: non-manifold edges, Euler characteristic"
+        );
+        assert!(
+            b > 0 && b <= border,
+            "{pieces} pieces: {b} border edges against {border}"
+        );
+        assert!(out.mesh.faces.len() <= target);
     }
 }

@@ -8,15 +8,17 @@
 //! manifold input (no new borders, no flipped triangles) and does not collapse along borders
 //! except with each other.
 //!
-//! The simplifier runs on one thread. Large meshes are therefore cut into spatial pieces that
-//! are simplified in parallel, each with the vertices it shares with other pieces locked, to
-//! twice the target; one final pass over the joined result reaches the target and is free to
-//! collapse across the cuts (see [`decimate_in_pieces`]). The cut is planned from the mesh
-//! alone, so the output does not depend on the number of threads.
+//! The simplifier runs on one thread. Large meshes are therefore simplified in rounds: each
+//! round cuts its input into spatial pieces that are simplified in parallel, each with the
+//! vertices it shares with other pieces locked, and joins them again. Each round cuts across
+//! other directions, so the seams one round had to leave dense are interior in the next and
+//! collapse there (see [`decimate_in_pieces`]); no pass over the whole mesh is left. The cuts
+//! are planned from the mesh alone, so the output does not depend on the number of threads.
 //!
 //! Upstream decimates its GLB to a face target as well (its app's default is 300,000 faces).
 
 use std::collections::HashSet;
+use std::f32::consts::FRAC_1_SQRT_2;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use meshoptimizer_rs::{
@@ -43,7 +45,8 @@ pub struct Decimated {
     /// Row-major `[vertices, channels]`, the input rows of the kept vertices.
     pub attributes: Vec<f32>,
     /// The simplifier's error estimate, relative to the mesh extent (0 when nothing collapsed;
-    /// in pieces, the largest piece's plus the final pass's).
+    /// in pieces, the sum over the rounds of each round's largest piece error: an upper bound,
+    /// as each round measures from the mesh the one before it left).
     pub relative_error: f32,
 }
 
@@ -57,8 +60,9 @@ pub struct Decimated {
 /// direction counts as a border (the dual grid's raw winding is not consistent; orient first,
 /// as the exporters do). A target at or above the face count only compacts.
 ///
-/// Large meshes are simplified in [`piece_count`] spatial pieces in parallel first (see
-/// [`decimate_in_pieces`]); the result depends on the mesh only, not on the thread count.
+/// Large meshes are simplified in [`piece_count`] spatial pieces in parallel, in rounds whose
+/// cuts differ (see [`decimate_in_pieces`]); the result depends on the mesh only, not on the
+/// thread count.
 pub fn decimate(
     mesh: &Mesh,
     attributes: &[f32],
@@ -74,13 +78,16 @@ pub fn decimate(
     )
 }
 
-/// [`decimate`] with the number of spatial pieces given (rounded down to a power of two).
-/// With one piece, or when the mesh has fewer than `4 × target_faces` triangles, one pass
-/// simplifies the whole mesh. Otherwise the mesh is cut into `pieces` by recursive median
-/// splits of the triangle centroids, each piece is simplified in parallel toward its share of
-/// twice the target with the vertices it shares with other pieces locked (so the pieces still
-/// meet), and one final pass over the stitched mesh reaches the target, free to collapse
-/// across the cuts.
+/// [`decimate`] with the number of spatial pieces given. With one piece, one pass simplifies
+/// the whole mesh. Otherwise the simplification runs in [`ROUNDS`]: each round cuts the mesh
+/// it is given into `pieces` by recursive median splits of the triangle centroids along its
+/// own three directions, simplifies the pieces in parallel toward their shares of the
+/// round's face count with the vertices they share with other pieces locked (so the pieces
+/// still meet), and stitches them back. No round's cut is parallel to another's, so the
+/// seams one round had to keep at their density are interior in the next and collapse there;
+/// the last round's seams are as dense as its input, a twentieth above the target. Only when
+/// some piece cannot reach its share (too few collapses keep the topology) does one more
+/// round, then if need be a pass over the whole stitched mesh, reach the target.
 pub fn decimate_in_pieces(
     mesh: &Mesh,
     attributes: &[f32],
@@ -110,65 +117,144 @@ pub fn decimate_in_pieces(
             value: f64::from(w),
         });
     }
+    let indices: Vec<u32> = mesh.faces.par_iter().flatten_iter().copied().collect();
     let (kept, relative_error) = if target_faces >= mesh.faces.len() {
-        (mesh.faces.iter().flatten().copied().collect(), 0.0)
-    } else if pieces <= 1 || mesh.faces.len() < target_faces * PIECE_OVERSHOOT * 2 {
-        let indices: Vec<u32> = mesh.faces.iter().flatten().copied().collect();
-        let frame = Frame::of(&mesh.vertices);
-        let part = Part::gather(mesh, attributes, channels, &indices, &frame, None);
-        part.simplify(weights, target_faces)?
+        (indices, 0.0)
     } else {
-        simplify_in_pieces(mesh, attributes, weights, target_faces, pieces)?
+        let frame = Frame::of(&mesh.vertices);
+        let mut indices = indices;
+        let mut relative_error = 0.0;
+        if pieces > 1 {
+            for (directions, overshoot, per_seam_vertex) in ROUNDS {
+                let faces = indices.len() / 3;
+                let round_target = (target_faces as f64 * overshoot) as usize;
+                if faces <= round_target {
+                    continue;
+                }
+                let round_pieces = pieces.min(faces / MIN_PIECE_FACES).max(1);
+                let (kept, error) = simplify_in_pieces(
+                    mesh,
+                    attributes,
+                    weights,
+                    &indices,
+                    &frame,
+                    &directions,
+                    round_target,
+                    per_seam_vertex,
+                    round_pieces,
+                )?;
+                indices = kept;
+                relative_error += error;
+            }
+            let faces = indices.len() / 3;
+            if faces > target_faces {
+                // Some piece could not reach its share (too many of its vertices were on the
+                // cuts): the first round's cuts, which the last two rounds' seams cross,
+                // give it another chance before a pass over the whole mesh.
+                let (kept, error) = simplify_in_pieces(
+                    mesh,
+                    attributes,
+                    weights,
+                    &indices,
+                    &frame,
+                    &ROUNDS[0].0,
+                    target_faces,
+                    0,
+                    pieces.min(faces / MIN_PIECE_FACES).max(1),
+                )?;
+                indices = kept;
+                relative_error += error;
+            }
+        }
+        if indices.len() / 3 > target_faces {
+            let part = Part::gather(mesh, attributes, channels, &indices, &frame, None);
+            let (kept, error) = part.simplify(weights, target_faces)?;
+            indices = kept;
+            relative_error += error;
+        }
+        (indices, relative_error)
     };
     Ok(compact(mesh, attributes, channels, &kept, relative_error))
 }
 
-/// Faces per spatial piece that [`decimate`] aims at (pieces are a power of two in number).
-const PIECE_FACES: usize = 150_000;
+/// Faces per spatial piece that [`decimate`] aims at in its first round.
+const PIECE_FACES: usize = 40_000;
 /// At most this many pieces.
 const MAX_PIECES: usize = 256;
-/// The pieces together keep this many times the target, for the final pass to choose from.
-const PIECE_OVERSHOOT: usize = 2;
+/// A round cuts its input into pieces of at least this many faces (the later rounds' inputs
+/// are a few times smaller than the first's).
+const MIN_PIECE_FACES: usize = 2_048;
 
-/// The number of spatial pieces [`decimate`] splits a mesh of `faces` triangles into: the
-/// largest power of two that leaves each piece at least [`PIECE_FACES`] (at most
-/// [`MAX_PIECES`]). It depends on the mesh only, never on the thread count, so the result does
-/// not either.
+/// The rounds of the simplification in pieces: the three directions a round's cuts are
+/// across (rows; each at least 35° from every other round's), its face count as a multiple
+/// of the target, and the faces it keeps on top of that for each vertex on its cuts. The
+/// first round does most of the work and leaves its seams at the input's density, with room
+/// for the second to collapse them (two faces a vertex); the second goes down to a twentieth
+/// above the target; the third's cut keeps seams only that dense, where the first two
+/// rounds' seams (and their crossings) are interior.
+const ROUNDS: [([[f32; 3]; 3], f64, usize); 3] = [
+    ([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], 1.25, 2),
+    (
+        [
+            [0.577_350_3, 0.577_350_3, 0.577_350_3],
+            [FRAC_1_SQRT_2, -FRAC_1_SQRT_2, 0.0],
+            [0.408_248_3, 0.408_248_3, -0.816_496_6],
+        ],
+        1.05,
+        0,
+    ),
+    (
+        [
+            [0.6864, 0.7052, -0.1776],
+            [-0.5935, 0.4021, -0.6972],
+            [-0.4203, 0.5839, 0.6945],
+        ],
+        1.0,
+        0,
+    ),
+];
+
+/// The number of spatial pieces [`decimate`] splits a mesh of `faces` triangles into: one per
+/// [`PIECE_FACES`], at most [`MAX_PIECES`]. It depends on the mesh only, never on the thread
+/// count, so the result does not either.
 pub fn piece_count(faces: usize) -> usize {
-    let wanted = (faces / PIECE_FACES).clamp(1, MAX_PIECES);
-    1 << wanted.ilog2()
+    (faces / PIECE_FACES).clamp(1, MAX_PIECES)
 }
 
-/// The mesh cut into `pieces` by recursive median splits of the triangle centroids (across the
-/// longest axis of each part's centroid box; ties broken by triangle index, so the cut depends
-/// on the mesh alone), each piece simplified in parallel toward its share of
-/// `PIECE_OVERSHOOT × target` with the vertices it shares with other pieces locked, then the
-/// stitched result simplified as a whole to the target, so no seam of the cut remains.
+/// One round: the triangles `indices` (mesh vertex numbers) cut into `pieces` by recursive
+/// median splits of their centroids projected on `directions` (across the longest of the
+/// three extents of each part; ties broken by triangle order, so the cut depends on the
+/// triangles alone), each piece simplified in parallel toward its share of `target_faces`
+/// plus `per_seam_vertex` faces for each vertex it shares with other pieces, which it keeps
+/// locked; the pieces' triangles in piece order and the largest piece error.
+#[allow(clippy::too_many_arguments)]
 fn simplify_in_pieces(
     mesh: &Mesh,
     attributes: &[f32],
     weights: &[f32],
+    indices: &[u32],
+    frame: &Frame,
+    directions: &[[f32; 3]; 3],
     target_faces: usize,
+    per_seam_vertex: usize,
     pieces: usize,
 ) -> Result<(Vec<u32>, f32)> {
     let channels = weights.len();
-    let depth = pieces.ilog2();
-    let pieces = 1usize << depth;
-    let mut items: Vec<([f32; 3], u32)> = mesh
-        .faces
-        .par_iter()
+    let mut items: Vec<([f32; 3], u32)> = indices
+        .par_chunks_exact(3)
         .enumerate()
         .map(|(f, t)| {
-            let [a, b, c] = t.map(|v| mesh.vertices[v as usize]);
+            let [a, b, c] = [0, 1, 2].map(|k| mesh.vertices[t[k] as usize]);
+            let centroid: [f32; 3] = std::array::from_fn(|k| (a[k] + b[k] + c[k]) / 3.0);
             (
-                std::array::from_fn(|k| (a[k] + b[k] + c[k]) / 3.0),
+                directions.map(|d| d[0] * centroid[0] + d[1] * centroid[1] + d[2] * centroid[2]),
                 f as u32,
             )
         })
         .collect();
-    split_at_medians(&mut items, depth);
+    split_at_medians(&mut items, pieces);
     let mut bounds = Vec::with_capacity(pieces + 1);
-    piece_starts(0, items.len(), depth, &mut bounds);
+    piece_starts(0, items.len(), pieces, &mut bounds);
     bounds.push(items.len());
     let piece_faces: Vec<Vec<u32>> = (0..pieces)
         .into_par_iter()
@@ -184,14 +270,16 @@ fn simplify_in_pieces(
     drop(items);
     // A vertex used by two pieces is on a cut: the lowest and highest piece using it differ.
     let lowest: Vec<AtomicU32> = (0..mesh.vertices.len())
+        .into_par_iter()
         .map(|_| AtomicU32::new(u32::MAX))
         .collect();
     let highest: Vec<AtomicU32> = (0..mesh.vertices.len())
+        .into_par_iter()
         .map(|_| AtomicU32::new(0))
         .collect();
     piece_faces.par_iter().enumerate().for_each(|(p, faces)| {
         for &f in faces {
-            for v in mesh.faces[f as usize] {
+            for &v in &indices[f as usize * 3..][..3] {
                 lowest[v as usize].fetch_min(p as u32, Ordering::Relaxed);
                 highest[v as usize].fetch_max(p as u32, Ordering::Relaxed);
             }
@@ -200,30 +288,40 @@ fn simplify_in_pieces(
     let on_cut = |v: u32| {
         lowest[v as usize].load(Ordering::Relaxed) != highest[v as usize].load(Ordering::Relaxed)
     };
-    let frame = Frame::of(&mesh.vertices);
-    let total = mesh.faces.len();
-    let intermediate = target_faces * PIECE_OVERSHOOT;
+    let total = indices.len() / 3;
+    let target_faces = if per_seam_vertex == 0 {
+        target_faces
+    } else {
+        // Unused vertices have no lowest piece.
+        let seam = (0..mesh.vertices.len() as u32)
+            .into_par_iter()
+            .filter(|&v| lowest[v as usize].load(Ordering::Relaxed) != u32::MAX && on_cut(v))
+            .count();
+        target_faces + per_seam_vertex * seam
+    };
     let simplified: Vec<(Vec<u32>, f32)> = piece_faces
         .par_iter()
         .map(|faces| {
-            let indices: Vec<u32> = faces.iter().flat_map(|&f| mesh.faces[f as usize]).collect();
-            let part = Part::gather(mesh, attributes, channels, &indices, &frame, Some(&on_cut));
-            let share = (intermediate as u128 * faces.len() as u128 / total as u128) as usize;
+            let piece: Vec<u32> = faces
+                .iter()
+                .flat_map(|&f| &indices[f as usize * 3..][..3])
+                .copied()
+                .collect();
+            let part = Part::gather(mesh, attributes, channels, &piece, frame, Some(&on_cut));
+            let share = (target_faces as u128 * faces.len() as u128 / total as u128) as usize;
             part.simplify(weights, share.max(1))
         })
         .collect::<Result<_>>()?;
-    drop(piece_faces);
-    let piece_error = simplified.iter().map(|s| s.1).fold(0.0f32, f32::max);
-    let stitched: Vec<u32> = simplified.into_iter().flat_map(|s| s.0).collect();
-    let part = Part::gather(mesh, attributes, channels, &stitched, &frame, None);
-    let (kept, final_error) = part.simplify(weights, target_faces)?;
-    Ok((kept, piece_error + final_error))
+    let error = simplified.iter().map(|s| s.1).fold(0.0f32, f32::max);
+    let kept = simplified.into_iter().flat_map(|s| s.0).collect();
+    Ok((kept, error))
 }
 
-/// Reorders `items` so that each of the `2^depth` pieces [`piece_starts`] delimits holds the
-/// items on one side of every median cut above it.
-fn split_at_medians(items: &mut [([f32; 3], u32)], depth: u32) {
-    if depth == 0 || items.len() < 2 {
+/// Reorders `items` so that each of the `pieces` runs [`piece_starts`] delimits holds the
+/// items on one side of every median cut above it (a part of `n` pieces is cut into `n / 2`
+/// and the rest, at the matching fraction of its items).
+fn split_at_medians(items: &mut [([f32; 3], u32)], pieces: usize) {
+    if pieces <= 1 || items.len() < 2 {
         return;
     }
     let (lo, hi) = items.iter().fold(
@@ -238,27 +336,34 @@ fn split_at_medians(items: &mut [([f32; 3], u32)], depth: u32) {
     let axis = (0..3)
         .max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b])).then(b.cmp(&a)))
         .unwrap_or(0);
-    let mid = items.len() / 2;
+    let left = pieces / 2;
+    let mid = split_point(items.len(), left, pieces);
     items.select_nth_unstable_by(mid, |a, b| {
         a.0[axis].total_cmp(&b.0[axis]).then(a.1.cmp(&b.1))
     });
-    let (left, right) = items.split_at_mut(mid);
+    let (low, high) = items.split_at_mut(mid);
     rayon::join(
-        || split_at_medians(left, depth - 1),
-        || split_at_medians(right, depth - 1),
+        || split_at_medians(low, left),
+        || split_at_medians(high, pieces - left),
     );
 }
 
-/// Appends the starts of the `2^depth` pieces of `items[start..start + len]` as
-/// [`split_at_medians`] splits them.
-fn piece_starts(start: usize, len: usize, depth: u32, out: &mut Vec<usize>) {
-    if depth == 0 {
+/// Where a part of `len` items cut into `pieces` ends its first `left` pieces.
+fn split_point(len: usize, left: usize, pieces: usize) -> usize {
+    (len as u128 * left as u128 / pieces as u128) as usize
+}
+
+/// Appends the starts of the `pieces` runs of `items[start..start + len]` as
+/// [`split_at_medians`] cuts them.
+fn piece_starts(start: usize, len: usize, pieces: usize, out: &mut Vec<usize>) {
+    if pieces <= 1 {
         out.push(start);
         return;
     }
-    let mid = len / 2;
-    piece_starts(start, mid, depth - 1, out);
-    piece_starts(start + mid, len - mid, depth - 1, out);
+    let left = pieces / 2;
+    let mid = split_point(len, left, pieces);
+    piece_starts(start, mid, left, out);
+    piece_starts(start + mid, len - mid, pieces - left, out);
 }
 
 /// The box of all the mesh's vertices. Every part the simplifier sees carries its two corners
@@ -410,20 +515,19 @@ fn compact(
     // hanging off one edge (that edge then has four triangles); dropping both copies restores
     // the input's manifoldness and topology.
     let mut corners: Vec<[u32; 3]> = indices
-        .chunks_exact(3)
+        .par_chunks_exact(3)
         .map(|t| {
             let mut c = [t[0], t[1], t[2]];
             c.sort_unstable();
             c
         })
         .collect();
-    corners.sort_unstable();
-    let mut doubled: HashSet<[u32; 3]> = HashSet::new();
-    for pair in corners.windows(2) {
-        if pair[0] == pair[1] {
-            doubled.insert(pair[0]);
-        }
-    }
+    corners.par_sort_unstable();
+    let doubled: HashSet<[u32; 3]> = corners
+        .par_windows(2)
+        .filter(|pair| pair[0] == pair[1])
+        .map(|pair| pair[0])
+        .collect();
     let mut remap = vec![u32::MAX; mesh.vertices.len()];
     let mut vertices = Vec::new();
     let mut rows = Vec::new();
