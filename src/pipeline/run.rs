@@ -4,6 +4,7 @@
 //! time ([`BatchOrder`]); either way each model is read once per batch.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -19,6 +20,7 @@ use super::model_cache::{Keep, ModelCache, ModelLoads};
 use super::models::{role, LoadOptions};
 use super::noise::{Noise, NoiseSource};
 use super::output::{Generated, Latents};
+use super::prefetch::{host_budget, plan, weight_files, PrefetchReport, Prefetcher};
 use super::progress::{Progress, StageReport};
 use super::shape::{
     cascade_coords, sample_cascade_hr, sample_cascade_lr, sample_shape_direct, ShapeLatent,
@@ -59,8 +61,10 @@ pub struct Pipeline {
     settings: PipelineSettings,
     device: Device,
     load: LoadOptions,
-    models: ModelCache,
+    models: Arc<ModelCache>,
     forcing: Option<DevForcing>,
+    /// The read-ahead of the weight files, started by the first run (`None` inside: none ran).
+    prefetch: OnceLock<Option<Prefetcher>>,
 }
 
 impl Pipeline {
@@ -73,8 +77,9 @@ impl Pipeline {
             settings,
             device,
             load: LoadOptions::default(),
-            models: ModelCache::default(),
+            models: Arc::new(ModelCache::default()),
             forcing: None,
+            prefetch: OnceLock::new(),
         })
     }
 
@@ -120,6 +125,28 @@ impl Pipeline {
     /// How often each model role's weights were read so far, and how long that took.
     pub fn model_loads(&self) -> BTreeMap<String, ModelLoads> {
         self.models.loads()
+    }
+
+    /// What the read-ahead of the weight files did, once it has ended (waits for it); `None`
+    /// where none ran (`TRELLIS2_PREFETCH=off`, `--low-memory`, or no run yet).
+    pub fn weight_prefetch(&self) -> Option<PrefetchReport> {
+        self.prefetch.get()?.as_ref().map(Prefetcher::finish)
+    }
+
+    /// Starts reading the weight files of `ptype`'s models into the page cache in the order the
+    /// schedule loads them, on the pipeline's first run; not under `--low-memory`, whose
+    /// streamed weights are there to hold less.
+    fn start_prefetch(&self, ptype: PipelineType) {
+        self.prefetch.get_or_init(|| {
+            if self.load.memory == WeightMemory::Streamed
+                || !crate::ops::tuning::Tuning::current().prefetch
+            {
+                return None;
+            }
+            let budget = host_budget();
+            let (files, over) = plan(weight_files(&self.dir, ptype), budget);
+            Prefetcher::start(files, budget, over, self.models.clone())
+        });
     }
 
     /// Preprocesses a decoded image (alpha crop, premultiply) and generates from it.
@@ -210,6 +237,7 @@ impl Pipeline {
         }
         let steps = schedule(ptype);
         let streamed = self.load.memory == WeightMemory::Streamed;
+        self.start_prefetch(ptype);
         match order {
             BatchOrder::PictureMajor => {
                 self.models.set_keep(Keep::All);
