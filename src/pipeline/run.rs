@@ -700,3 +700,50 @@ impl<'a> Job<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::tuning::Tuning;
+
+    fn golden() -> Pipeline {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+        Pipeline::new(ModelDir::open(&root).unwrap(), Device::Cpu).unwrap()
+    }
+
+    /// The first run reads every model's file ahead, in the schedule's order, once; a later run
+    /// starts nothing new.
+    #[test]
+    fn read_ahead_follows_the_schedule_once() {
+        let p = golden();
+        assert!(p.weight_prefetch().is_none(), "no run yet");
+        p.start_prefetch(PipelineType::P512);
+        let report = p.weight_prefetch().expect("a read-ahead ran");
+        let roles: Vec<&str> = report.files.iter().map(|f| f.role.as_str()).collect();
+        assert_eq!(roles, pipeline_roles(PipelineType::P512));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let sizes: u64 = report.files.iter().map(|f| f.bytes).sum();
+        assert_eq!(report.bytes, sizes);
+        p.start_prefetch(PipelineType::Cascade1024);
+        assert_eq!(p.weight_prefetch(), Some(report));
+    }
+
+    #[test]
+    fn no_read_ahead_under_low_memory_or_when_turned_off() {
+        let streamed = golden()
+            .with_load_options(LoadOptions {
+                memory: WeightMemory::Streamed,
+                ..Default::default()
+            })
+            .unwrap();
+        streamed.start_prefetch(PipelineType::P512);
+        assert!(streamed.weight_prefetch().is_none());
+        let off = golden();
+        let tuning = Tuning {
+            prefetch: false,
+            ..Tuning::default()
+        };
+        tuning.with(|| off.start_prefetch(PipelineType::P512));
+        assert!(off.weight_prefetch().is_none());
+    }
+}

@@ -74,14 +74,10 @@ pub(crate) fn start(dev: &CudaDevice, threads: usize) {
     let spawned = std::thread::Builder::new()
         .name("cuda-warmup".into())
         .spawn(move || warm_up(&device, workers));
-    let handle = match spawned {
-        Ok(h) => Some(h),
-        // No thread, no warm-up: the run loads the modules itself.
-        Err(_) => None,
-    };
+    // No thread, no warm-up: the run loads the modules itself.
     running.push(Running {
         device: dev.clone(),
-        handle,
+        handle: spawned.ok(),
     });
 }
 
