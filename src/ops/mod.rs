@@ -144,6 +144,23 @@ pub fn finish_kernel_warmup(cancel: bool) -> Vec<KernelWarmup> {
     #[cfg(feature = "cuda")]
     {
         cuda::finish_warmup(cancel)
+            .into_iter()
+            .map(|o| KernelWarmup {
+                gpu: o.gpu,
+                threads: o.threads,
+                seconds: o.seconds,
+                modules: o
+                    .modules
+                    .into_iter()
+                    .map(|m| ModuleWarmup {
+                        module: m.name.to_string(),
+                        compile_seconds: m.compile_seconds,
+                        ready_seconds: m.ready_seconds,
+                    })
+                    .collect(),
+                errors: o.errors,
+            })
+            .collect()
     }
     #[cfg(not(feature = "cuda"))]
     {

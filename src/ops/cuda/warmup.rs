@@ -31,7 +31,26 @@ use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::kernels::{self, Module};
 use candle_core::CudaDevice;
 
-use crate::ops::{KernelWarmup, ModuleWarmup};
+/// What the warm-up of one device did (the ops layer turns it into its public report).
+pub(crate) struct Outcome {
+    pub gpu: usize,
+    /// Compile workers (0: straight loads into candle's store).
+    pub threads: usize,
+    /// Seconds from the start until the last module was in candle's store.
+    pub seconds: f64,
+    /// The modules in the order they were ready.
+    pub modules: Vec<ModuleOutcome>,
+    pub errors: Vec<String>,
+}
+
+/// One module of an [`Outcome`].
+pub(crate) struct ModuleOutcome {
+    pub name: &'static str,
+    /// Its compile on a worker (none for a straight load).
+    pub compile_seconds: Option<f64>,
+    /// Seconds from the start until it was in candle's store.
+    pub ready_seconds: f64,
+}
 
 /// The candle modules a run uses, in the order it first needs them (weights cast on load, then
 /// DINOv3's copies, arithmetic and patch conv), each with one of its real kernels (candle loads
@@ -51,7 +70,7 @@ pub(crate) const USED: [(&str, &Module, &str); 9] = [
 
 struct Running {
     device: CudaDevice,
-    handle: Option<JoinHandle<KernelWarmup>>,
+    handle: Option<JoinHandle<Outcome>>,
 }
 
 static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
@@ -84,11 +103,11 @@ pub(crate) fn start(dev: &CudaDevice, threads: usize) {
 /// Waits for every warm-up started so far and returns what each did (each once: a later call
 /// leaves out those already returned). `cancel`: modules not yet started are skipped, so this
 /// waits only for the compiles under way (the process is about to end).
-pub(crate) fn finish(cancel: bool) -> Vec<KernelWarmup> {
+pub(crate) fn finish(cancel: bool) -> Vec<Outcome> {
     if cancel {
         CANCEL.store(true, Ordering::Relaxed);
     }
-    let handles: Vec<(usize, JoinHandle<KernelWarmup>)> = {
+    let handles: Vec<(usize, JoinHandle<Outcome>)> = {
         let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         running
             .iter_mut()
@@ -98,7 +117,7 @@ pub(crate) fn finish(cancel: bool) -> Vec<KernelWarmup> {
     handles
         .into_iter()
         .map(|(gpu, h)| {
-            h.join().unwrap_or_else(|_| KernelWarmup {
+            h.join().unwrap_or_else(|_| Outcome {
                 gpu,
                 threads: 0,
                 seconds: 0.0,
@@ -115,22 +134,22 @@ fn gpu_of(dev: &CudaDevice) -> usize {
 
 /// The warm-up of one device: compiles on `workers` threads, each module loaded into candle's
 /// store as its compile ends; with no workers, straight loads in order.
-fn warm_up(dev: &CudaDevice, workers: usize) -> KernelWarmup {
+fn warm_up(dev: &CudaDevice, workers: usize) -> Outcome {
     let start = Instant::now();
-    let mut report = KernelWarmup {
+    let mut report = Outcome {
         gpu: gpu_of(dev),
         threads: workers,
         seconds: 0.0,
         modules: Vec::new(),
         errors: Vec::new(),
     };
-    let store = |i: usize, compile_seconds: Option<f64>, report: &mut KernelWarmup| {
+    let store = |i: usize, compile_seconds: Option<f64>, report: &mut Outcome| {
         let (name, module, func) = USED[i];
         if let Err(e) = dev.get_or_load_func(func, module) {
             report.errors.push(format!("candle module {name}: {e}"));
         }
-        report.modules.push(ModuleWarmup {
-            module: name.to_string(),
+        report.modules.push(ModuleOutcome {
+            name,
             compile_seconds,
             ready_seconds: start.elapsed().as_secs_f64(),
         });
