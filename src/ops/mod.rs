@@ -63,7 +63,8 @@ pub struct DeviceInfo {
 /// on CUDA the memory pool keeps freed memory (otherwise every synchronisation hands it back to
 /// the driver and the next large allocation maps it again), and candle's own kernel modules
 /// start loading on background threads (`TRELLIS2_JIT_WARMUP`; [`finish_kernel_warmup`] says
-/// how that went). Calling it again is cheap.
+/// how that went, and a program calls it with `cancel` before it exits, as the CLI does).
+/// Calling it again is cheap.
 pub fn prepare_device(device: &candle_core::Device) -> candle_core::Result<DeviceInfo> {
     match device {
         #[cfg(feature = "cuda")]

@@ -123,6 +123,20 @@ pub(crate) fn plan(
     (taken, cut)
 }
 
+/// `files` less those an earlier read-ahead of this process took already (the workers of
+/// `--device cuda:0,cuda:1` each have a pipeline over the same files; one read fills the page
+/// cache for all).
+pub(crate) fn unclaimed(files: Vec<WeightFile>) -> Vec<WeightFile> {
+    static CLAIMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh: Vec<WeightFile> = files
+        .into_iter()
+        .filter(|f| !claimed.contains(&f.path))
+        .collect();
+    claimed.extend(fresh.iter().map(|f| f.path.clone()));
+    fresh
+}
+
 /// The read-ahead thread of one pipeline; dropping it stops the reads and waits for the thread.
 pub(crate) struct Prefetcher {
     stop: Arc<AtomicBool>,
@@ -260,6 +274,18 @@ mod tests {
         let (none, cut) = plan(files, Some(10));
         assert!(none.is_empty());
         assert_eq!(cut, vec!["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_file_is_claimed_by_one_read_ahead_of_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = |name: &str| WeightFile {
+            role: "r",
+            path: dir.path().join(name),
+            bytes: 1,
+        };
+        assert_eq!(unclaimed(vec![f("a"), f("b")]), vec![f("a"), f("b")]);
+        assert_eq!(unclaimed(vec![f("b"), f("c")]), vec![f("c")]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::model_cache::{Keep, ModelCache, ModelLoads};
 use super::models::{role, LoadOptions};
 use super::noise::{Noise, NoiseSource};
 use super::output::{Generated, Latents};
-use super::prefetch::{host_budget, plan, weight_files, PrefetchReport, Prefetcher};
+use super::prefetch::{host_budget, plan, unclaimed, weight_files, PrefetchReport, Prefetcher};
 use super::progress::{Progress, StageReport};
 use super::shape::{
     cascade_coords, sample_cascade_hr, sample_cascade_lr, sample_shape_direct, ShapeLatent,
@@ -145,6 +145,7 @@ impl Pipeline {
             }
             let budget = host_budget();
             let (files, over) = plan(weight_files(&self.dir, ptype), budget);
+            let files = unclaimed(files);
             Prefetcher::start(files, budget, over, self.models.clone())
         });
     }
