@@ -557,6 +557,36 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
         loads,
         bytes as f64 / 1e9 / loads.max(1e-9)
     )?;
+    // The cold start's background work (docs/CUDA.md, "Cold start"), when it ran.
+    for w in r["kernel_warmup"].as_array().into_iter().flatten() {
+        let compiles: f64 = w["modules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["compile_seconds"].as_f64())
+            .sum();
+        writeln!(
+            t,
+            "candle's CUDA modules (GPU {}, {} compile threads): all in candle's store {:.2} s \
+             after the device's set-up; compiles {:.2} s summed{}",
+            w["gpu"],
+            w["threads"],
+            w["seconds"].as_f64().unwrap_or(0.0),
+            compiles,
+            match w["errors"].as_array() {
+                Some(e) if !e.is_empty() => format!("; errors: {e:?}"),
+                _ => String::new(),
+            }
+        )?;
+    }
+    for p in r["weight_prefetch"].as_array().into_iter().flatten() {
+        writeln!(
+            t,
+            "weights read ahead into the page cache: {:.2} GB in {:.2} s",
+            p["bytes"].as_f64().unwrap_or(0.0) / 1e9,
+            p["seconds"].as_f64().unwrap_or(0.0)
+        )?;
+    }
     writeln!(
         t,
         "structure {} tokens, decoded voxels {}, mesh faces {} (first picture)\n",

@@ -120,6 +120,28 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
     let tuning = report["tuning"].as_object().expect("a tuning object");
     assert_eq!(tuning.len(), trellis2::ops::tuning::Tuning::knobs().len());
     assert!(tuning["TRELLIS2_CONV_KERNEL"].is_string(), "{tuning:?}");
+    // The read-ahead of the weight files, in the order the run loads them; no CUDA warm-up on
+    // the CPU.
+    let prefetch = &report["weight_prefetch"][0];
+    let read: Vec<&str> = prefetch["files"]
+        .as_array()
+        .expect("a read-ahead report")
+        .iter()
+        .map(|f| f["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        read,
+        [
+            "image_cond_model",
+            "sparse_structure_flow_model",
+            "sparse_structure_decoder",
+            "shape_slat_flow_model_512",
+            "tex_slat_flow_model_512",
+            "shape_slat_decoder",
+            "tex_slat_decoder"
+        ]
+    );
+    assert!(report.get("kernel_warmup").is_none(), "{report}");
 
     // Decoding the saved latents again gives the same files, without sampling.
     let again = dir.path().join("again");

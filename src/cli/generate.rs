@@ -660,6 +660,11 @@ pub fn run(args: &Args) -> Result<u8> {
                 BatchOrder::StageMajor => "stage",
             }),
             model_loads: model_loads(&pipelines),
+            kernel_warmup: trellis2::ops::finish_kernel_warmup(false),
+            weight_prefetch: pipelines
+                .iter()
+                .filter_map(|(_, p)| p.weight_prefetch())
+                .collect(),
             batch_seconds: (!todo.is_empty()).then_some(batch_seconds),
             pictures_per_minute: (done > 0).then(|| done as f64 * 60.0 / batch_seconds),
             items,

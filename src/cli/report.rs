@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use trellis2::ops::tuning::Tuning;
-use trellis2::pipeline::{ModelLoads, PipelineSettings, StageReport};
+use trellis2::ops::KernelWarmup;
+use trellis2::pipeline::{ModelLoads, PipelineSettings, PrefetchReport, StageReport};
 
 #[derive(Debug, serde::Serialize)]
 pub struct RunReport {
@@ -27,6 +28,14 @@ pub struct RunReport {
     pub batch_order: Option<&'static str>,
     /// Per model role: how many times its weights were read, and the seconds that took.
     pub model_loads: BTreeMap<String, ModelLoads>,
+    /// CUDA: the background load of candle's kernel modules per GPU (`TRELLIS2_JIT_WARMUP`),
+    /// which overlaps the driver's compiles with the first weight reads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_warmup: Vec<KernelWarmup>,
+    /// The read-ahead of the weight files into the page cache (`TRELLIS2_PREFETCH`), per
+    /// worker, when one ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weight_prefetch: Vec<PrefetchReport>,
     /// Wall seconds from the first picture's start to the last picture's files written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_seconds: Option<f64>,

@@ -1,5 +1,6 @@
 //! The kernel tuning knobs: every `TRELLIS2_*` environment variable that changes which GPU kernel
-//! or tile shape runs, declared once in [`KNOBS`] (name, accepted values, default, meaning) and
+//! or tile shape runs, or how a run hides its cold start (candle's kernel compiles, weight
+//! reads), declared once in [`KNOBS`] (name, accepted values, default, meaning) and
 //! parsed by one parser. None changes results beyond the sign of zero; they exist for measuring
 //! (A/B runs, benches/README.md).
 //!
@@ -126,6 +127,12 @@ pub struct Tuning {
     pub conv_rows: Option<u32>,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
+    /// `TRELLIS2_JIT_WARMUP`: threads compiling candle's CUDA modules in the background from
+    /// the device's preparation on (0: no warm-up; the run compiles each on first use).
+    pub jit_warmup: u32,
+    /// `TRELLIS2_PREFETCH`: the next stages' weight files are read into the OS page cache on a
+    /// background thread while the first picture runs.
+    pub prefetch: bool,
     /// `TRELLIS2_LINEAR_ACT`: the CUDA linear layers whose activation has no cuBLASLt epilogue
     /// (SiLU, exact GELU) that run the wgmma kernel with bias and activation in its epilogue:
     /// those of at most this many inputs (None: none, `usize::MAX`: all).
@@ -147,6 +154,8 @@ impl Default for Tuning {
             conv_sort: ConvSort::Auto,
             conv_rows: None,
             metal_attention: MetalAttention::Auto,
+            jit_warmup: 4,
+            prefetch: true,
             linear_act: None,
         }
     }
@@ -234,7 +243,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 13] = [
+pub static KNOBS: [Knob; 15] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -441,6 +450,44 @@ pub static KNOBS: [Knob; 13] = [
             }
             .into()
         },
+    },
+    Knob {
+        name: "TRELLIS2_JIT_WARMUP",
+        values: "off or 1 to 16 threads",
+        default: "4",
+        meaning: "threads compiling candle's own CUDA kernel modules (PTX the driver compiles on \
+                  a fresh machine) in the background from the device's preparation on, so the \
+                  compiles overlap the first weight reads; off (or 0): each module compiles \
+                  when the run first needs it. The driver serialising the compiles makes the \
+                  extra threads idle, not slower",
+        parse: |t, v| {
+            t.jit_warmup = match v.to_ascii_lowercase().as_str() {
+                "off" | "0" => 0,
+                n => match n.parse::<u32>() {
+                    Ok(n @ 1..=16) => n,
+                    _ => return Err(()),
+                },
+            };
+            Ok(())
+        },
+        show: |t| match t.jit_warmup {
+            0 => "off".into(),
+            n => n.to_string(),
+        },
+    },
+    Knob {
+        name: "TRELLIS2_PREFETCH",
+        values: "on or off",
+        default: "on",
+        meaning: "read the weight files of the models a run will load into the OS page cache, \
+                  in the order the schedule loads them, on a background thread while earlier \
+                  stages compute (at most half the host's available memory ahead; never under \
+                  --low-memory) (any case; 1 and 0 are taken too)",
+        parse: |t, v| {
+            t.prefetch = on_off(v)?;
+            Ok(())
+        },
+        show: |t| show_on_off(t.prefetch),
     },
     Knob {
         name: "TRELLIS2_LINEAR_ACT",
@@ -836,6 +883,26 @@ mod tests {
                     ..d
                 },
             ),
+            ("TRELLIS2_JIT_WARMUP", "4", d),
+            ("TRELLIS2_JIT_WARMUP", "OFF", Tuning { jit_warmup: 0, ..d }),
+            ("TRELLIS2_JIT_WARMUP", "0", Tuning { jit_warmup: 0, ..d }),
+            (
+                "TRELLIS2_JIT_WARMUP",
+                "16",
+                Tuning {
+                    jit_warmup: 16,
+                    ..d
+                },
+            ),
+            ("TRELLIS2_PREFETCH", "on", d),
+            (
+                "TRELLIS2_PREFETCH",
+                "0",
+                Tuning {
+                    prefetch: false,
+                    ..d
+                },
+            ),
             ("TRELLIS2_LINEAR_ACT", "off", d),
             ("TRELLIS2_LINEAR_ACT", "0", d),
             (
@@ -878,6 +945,8 @@ mod tests {
             ("TRELLIS2_CONV_SORT", "4096"),
             ("TRELLIS2_CONV_ROWS", "256"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
+            ("TRELLIS2_JIT_WARMUP", "2"),
+            ("TRELLIS2_PREFETCH", "off"),
             ("TRELLIS2_LINEAR_ACT", "256"),
         ];
         let (t, errors) = parse(&all);
@@ -942,6 +1011,14 @@ mod tests {
                 "TRELLIS2_CONV_SORT=-1: expected auto, off, full or a window in voxels",
             ),
             (
+                "TRELLIS2_JIT_WARMUP",
+                "17",
+                "TRELLIS2_JIT_WARMUP=17: expected off or 1 to 16 threads",
+            ),
+            (
+                "TRELLIS2_PREFETCH",
+                "later",
+                "TRELLIS2_PREFETCH=later: expected on or off",
                 "TRELLIS2_CONV_ROWS",
                 "64",
                 "TRELLIS2_CONV_ROWS=64: expected auto, 128 or 256",
@@ -1006,7 +1083,7 @@ mod tests {
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
              TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_CONV_ROWS=auto \
-             TRELLIS2_METAL_ATTENTION=auto \
+             TRELLIS2_METAL_ATTENTION=auto TRELLIS2_JIT_WARMUP=4 TRELLIS2_PREFETCH=on \
              TRELLIS2_LINEAR_ACT=off"
         );
         let json = serde_json::to_value(t).unwrap();

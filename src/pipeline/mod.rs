@@ -18,6 +18,7 @@ pub mod model_cache;
 pub mod models;
 pub mod noise;
 pub mod output;
+mod prefetch;
 pub mod progress;
 pub mod run;
 pub mod sampler;
@@ -34,5 +35,6 @@ pub use config::{
 pub use model_cache::ModelLoads;
 pub use noise::NoiseSource;
 pub use output::{Generated, Latents, ShapeVoxels, PBR_CHANNELS};
+pub use prefetch::{PrefetchReport, PrefetchedFile};
 pub use progress::{NoProgress, Progress, StageReport};
 pub use run::{BatchItem, BatchOrder, Picture, Pipeline, RunOptions};

@@ -121,6 +121,11 @@ impl ModelCache {
         self.lock().loads.values().map(|l| l.seconds).sum()
     }
 
+    /// Whether the model of `role` is held now.
+    pub fn holds(&self, role: &str) -> bool {
+        self.lock().models.contains_key(role)
+    }
+
     /// Roles held now (sorted).
     #[cfg(test)]
     pub fn held(&self) -> Vec<&'static str> {
@@ -147,6 +152,7 @@ mod tests {
         cache.release("a");
         cache.release("b");
         assert_eq!(cache.held(), vec!["a"]);
+        assert!(cache.holds("a") && !cache.holds("b"));
         cache.get_or_load("b", || Ok(2u32)).unwrap();
         assert_eq!(cache.loads()["b"].loads, 2);
         assert_eq!(cache.loads()["a"].loads, 1);

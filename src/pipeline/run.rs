@@ -4,6 +4,7 @@
 //! time ([`BatchOrder`]); either way each model is read once per batch.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -19,6 +20,7 @@ use super::model_cache::{Keep, ModelCache, ModelLoads};
 use super::models::{role, LoadOptions};
 use super::noise::{Noise, NoiseSource};
 use super::output::{Generated, Latents};
+use super::prefetch::{host_budget, plan, unclaimed, weight_files, PrefetchReport, Prefetcher};
 use super::progress::{Progress, StageReport};
 use super::shape::{
     cascade_coords, sample_cascade_hr, sample_cascade_lr, sample_shape_direct, ShapeLatent,
@@ -59,8 +61,10 @@ pub struct Pipeline {
     settings: PipelineSettings,
     device: Device,
     load: LoadOptions,
-    models: ModelCache,
+    models: Arc<ModelCache>,
     forcing: Option<DevForcing>,
+    /// The read-ahead of the weight files, started by the first run (`None` inside: none ran).
+    prefetch: OnceLock<Option<Prefetcher>>,
 }
 
 impl Pipeline {
@@ -73,8 +77,9 @@ impl Pipeline {
             settings,
             device,
             load: LoadOptions::default(),
-            models: ModelCache::default(),
+            models: Arc::new(ModelCache::default()),
             forcing: None,
+            prefetch: OnceLock::new(),
         })
     }
 
@@ -120,6 +125,29 @@ impl Pipeline {
     /// How often each model role's weights were read so far, and how long that took.
     pub fn model_loads(&self) -> BTreeMap<String, ModelLoads> {
         self.models.loads()
+    }
+
+    /// What the read-ahead of the weight files did, once it has ended (waits for it); `None`
+    /// where none ran (`TRELLIS2_PREFETCH=off`, `--low-memory`, or no run yet).
+    pub fn weight_prefetch(&self) -> Option<PrefetchReport> {
+        self.prefetch.get()?.as_ref().map(Prefetcher::finish)
+    }
+
+    /// Starts reading the weight files of `ptype`'s models into the page cache in the order the
+    /// schedule loads them, on the pipeline's first run; not under `--low-memory`, whose
+    /// streamed weights are there to hold less.
+    fn start_prefetch(&self, ptype: PipelineType) {
+        self.prefetch.get_or_init(|| {
+            if self.load.memory == WeightMemory::Streamed
+                || !crate::ops::tuning::Tuning::current().prefetch
+            {
+                return None;
+            }
+            let budget = host_budget();
+            let (files, over) = plan(weight_files(&self.dir, ptype), budget);
+            let files = unclaimed(files);
+            Prefetcher::start(files, budget, over, self.models.clone())
+        });
     }
 
     /// Preprocesses a decoded image (alpha crop, premultiply) and generates from it.
@@ -210,6 +238,7 @@ impl Pipeline {
         }
         let steps = schedule(ptype);
         let streamed = self.load.memory == WeightMemory::Streamed;
+        self.start_prefetch(ptype);
         match order {
             BatchOrder::PictureMajor => {
                 self.models.set_keep(Keep::All);
@@ -670,5 +699,52 @@ impl<'a> Job<'a> {
             latents: self.latents,
             stages: self.reports,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::tuning::Tuning;
+
+    fn golden() -> Pipeline {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+        Pipeline::new(ModelDir::open(&root).unwrap(), Device::Cpu).unwrap()
+    }
+
+    /// The first run reads every model's file ahead, in the schedule's order, once; a later run
+    /// starts nothing new.
+    #[test]
+    fn read_ahead_follows_the_schedule_once() {
+        let p = golden();
+        assert!(p.weight_prefetch().is_none(), "no run yet");
+        p.start_prefetch(PipelineType::P512);
+        let report = p.weight_prefetch().expect("a read-ahead ran");
+        let roles: Vec<&str> = report.files.iter().map(|f| f.role.as_str()).collect();
+        assert_eq!(roles, pipeline_roles(PipelineType::P512));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let sizes: u64 = report.files.iter().map(|f| f.bytes).sum();
+        assert_eq!(report.bytes, sizes);
+        p.start_prefetch(PipelineType::Cascade1024);
+        assert_eq!(p.weight_prefetch(), Some(report));
+    }
+
+    #[test]
+    fn no_read_ahead_under_low_memory_or_when_turned_off() {
+        let streamed = golden()
+            .with_load_options(LoadOptions {
+                memory: WeightMemory::Streamed,
+                ..Default::default()
+            })
+            .unwrap();
+        streamed.start_prefetch(PipelineType::P512);
+        assert!(streamed.weight_prefetch().is_none());
+        let off = golden();
+        let tuning = Tuning {
+            prefetch: false,
+            ..Tuning::default()
+        };
+        tuning.with(|| off.start_prefetch(PipelineType::P512));
+        assert!(off.weight_prefetch().is_none());
     }
 }

@@ -1,9 +1,9 @@
 //! CUDA utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"): the compiled modules of
 //! `kernels/cuda/*.cu` (fatbins built by `build.rs` behind the `cuda` feature, loaded once per
-//! GPU context and launched on the device's stream), launch shapes, the
-//! SM-count cache, output buffers, operand spans, the wgmma/mma.sync kernel choice and the
-//! memory pool. The launchers themselves are each op's `cuda.rs` (`src/ops/<op>/cuda.rs`); this
-//! module imports no op.
+//! GPU context and launched on the device's stream), launch shapes, the SM-count cache, output
+//! buffers, operand spans, the wgmma/mma.sync kernel choice, the memory pool and the background
+//! load of candle's own modules (`warmup`). The launchers themselves are each op's `cuda.rs`
+//! (`src/ops/<op>/cuda.rs`); this module imports no op.
 //!
 //! Operands of the launchers are bf16 or f16 (both the same dtype), accumulation fp32; the public
 //! op functions convert f32 inputs to bf16 before they reach them. Exceptions: the fused norms
@@ -21,6 +21,7 @@ mod kernel_choice;
 mod launch;
 mod mem_pool;
 mod modules;
+mod warmup;
 
 pub(crate) use kernel_choice::{choose_wgmma, kernel_env, sm90a_device, WgmmaFamily};
 pub(crate) use launch::{
@@ -28,6 +29,7 @@ pub(crate) use launch::{
 };
 pub(crate) use mem_pool::retain_freed_memory;
 pub(crate) use modules::*;
+pub(crate) use warmup::{finish as finish_warmup, start as start_warmup};
 
 /// `(start, end)` of a contiguous layout, or an error naming the operand.
 pub(crate) fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
