@@ -39,7 +39,7 @@ use trellis2::pipeline::{
     Progress, RunOptions, SamplerOverrides, StageReport, DEFAULT_MAX_TOKENS,
 };
 use trellis2::render::load_scene;
-use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
+use trellis2::render::metrics::{splat_quality, QUALITY_ORBIT};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -497,12 +497,17 @@ pub fn run(args: &Args) -> Result<u8> {
     let batch_start = Instant::now();
     // `ran`: the seconds the item's pipeline work took until its result came (its time when
     // it failed), measured before it waited in an output queue.
-    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>, ran: f64| {
+    let write = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>| {
         let i = todo[k];
         let mut item = lock(&items[i]);
         item.worker = worker.map(|w| w.0);
         item.device = worker.map(|w| w.1.to_string());
-        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, ran);
+        write_item(args, &plan.jobs[i].stem(), &mut item, result)
+    };
+    let complete = |k: usize, saved: Result<SavedItem>, ran: f64| {
+        let i = todo[k];
+        let mut item = lock(&items[i]);
+        let line = complete_item(&mut item, saved, ran);
         item.finished_seconds = Some(batch_start.elapsed().as_secs_f64());
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         position.set(format!(
@@ -523,7 +528,7 @@ pub fn run(args: &Args) -> Result<u8> {
             let result = read_latents(p, pipeline.device())
                 .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
             let ran = lock(progress.shared).resumed(0).elapsed().as_secs_f64();
-            finish(0, result, None, ran);
+            complete(0, write(0, result, None), ran);
         }
         _ if !todo.is_empty() => {
             let workers = pipelines.len();
@@ -552,11 +557,19 @@ pub fn run(args: &Args) -> Result<u8> {
             std::thread::scope(|scope| {
                 for (w, (name, pipeline)) in pipelines.iter().enumerate() {
                     let device = (workers > 1).then_some((w, name.as_str()));
-                    let (finish, next, item, progress) = (&finish, &next, &item, &progress);
+                    let (write, complete) = (&write, &complete);
+                    let (next, item, progress) = (&next, &item, &progress);
                     let todo = &todo;
-                    let output = Output::start(scope, !args.no_overlap, move |f: Finished| {
-                        finish(f.k, f.result, device, f.ran)
-                    });
+                    let output = Output::start(
+                        scope,
+                        !args.no_overlap,
+                        move |f: Finished| Saved {
+                            k: f.k,
+                            saved: write(f.k, f.result, device),
+                            ran: f.ran,
+                        },
+                        move |s: Saved| complete(s.k, s.saved, s.ran),
+                    );
                     let keep_latents = args.save_latents.is_some();
                     let hand = move |k: usize, result: Result<Generated>| {
                         let ran = lock(progress).resumed(k).elapsed().as_secs_f64();
@@ -710,87 +723,152 @@ struct Finished {
 /// each holds its mesh and voxels in host memory.
 const OUTPUT_QUEUE: usize = 1;
 
-/// Where a batch worker hands its finished pictures: a writer thread of its own (the overlap),
-/// or the worker's thread itself (`--no-overlap`).
+/// How many written pictures may wait for a worker's splat quality, beyond the one being
+/// measured: each holds only its report's numbers and its file names.
+const QUALITY_QUEUE: usize = 2;
+
+/// A picture whose files are written (or failed), on its way to its splat quality and its
+/// report line.
+struct Saved {
+    /// Its batch position.
+    k: usize,
+    saved: Result<SavedItem>,
+    /// Seconds its pipeline work took (see `complete`).
+    ran: f64,
+}
+
+/// Where a batch worker hands its finished pictures: with the overlap, a writer thread of its
+/// own that writes the files, then a finisher thread that measures the splat quality (when the
+/// report asks for it) and gives the picture its report and progress line, in the order the
+/// writer finished them; with `--no-overlap`, the worker's thread does both in turn.
 struct Output<'a> {
     queue: Option<std::sync::mpsc::SyncSender<Finished>>,
-    write: std::sync::Arc<dyn Fn(Finished) + Send + Sync + 'a>,
+    write: std::sync::Arc<dyn Fn(Finished) -> Saved + Send + Sync + 'a>,
+    complete: std::sync::Arc<dyn Fn(Saved) + Send + Sync + 'a>,
 }
 
 impl<'a> Output<'a> {
-    /// With `overlap`, starts the writer on `scope`; it ends when the worker drops its
-    /// [`Output`].
-    fn start<'scope, W>(
+    /// With `overlap`, starts the writer and the finisher on `scope`; they end when the worker
+    /// drops its [`Output`].
+    fn start<'scope, W, C>(
         scope: &'scope std::thread::Scope<'scope, 'a>,
         overlap: bool,
         write: W,
+        complete: C,
     ) -> Self
     where
-        W: Fn(Finished) + Sync + Send + 'a,
+        W: Fn(Finished) -> Saved + Sync + Send + 'a,
+        C: Fn(Saved) + Sync + Send + 'a,
     {
         let write = std::sync::Arc::new(write);
+        let complete = std::sync::Arc::new(complete);
         let queue = overlap.then(|| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Finished>(OUTPUT_QUEUE);
-            let writer = write.clone();
-            scope.spawn(move || rx.into_iter().for_each(|f| writer(f)));
+            let (saved_tx, saved_rx) = std::sync::mpsc::sync_channel::<Saved>(QUALITY_QUEUE);
+            let (writer, finisher) = (write.clone(), complete.clone());
+            let completes = complete.clone();
+            scope.spawn(move || {
+                for f in rx {
+                    // A finisher that died (it panicked) hands the picture back: finish it here.
+                    if let Err(std::sync::mpsc::SendError(s)) = saved_tx.send(writer(f)) {
+                        completes(s)
+                    }
+                }
+            });
+            scope.spawn(move || saved_rx.into_iter().for_each(|s| finisher(s)));
             tx
         });
-        Self { queue, write }
+        Self {
+            queue,
+            write,
+            complete,
+        }
     }
 
-    /// Writes `f`'s files now, or queues them (waiting while the queue is full).
+    /// Writes and finishes `f` now, or queues it (waiting while the queue is full).
     fn send(&self, f: Finished) {
         match &self.queue {
             Some(tx) => {
-                // A writer that died (it panicked) hands the picture back: write it here.
+                // A writer that died (it panicked) hands the picture back: do it all here.
                 if let Err(std::sync::mpsc::SendError(f)) = tx.send(f) {
-                    (self.write)(f)
+                    (self.complete)((self.write)(f))
                 }
             }
-            None => (self.write)(f),
+            None => (self.complete)((self.write)(f)),
         }
     }
 }
 
-/// Saves a finished item's outputs (preview and splat quality too), fills its report and
-/// says how it went; `ran` is the seconds its pipeline work took (its time when it failed).
-fn finish_item(
+/// A picture's files written: what its report still needs.
+struct SavedItem {
+    stages: Vec<StageReport>,
+    resolution: u32,
+    /// Voxels, mesh vertices, mesh faces.
+    sizes: [usize; 3],
+    /// Seconds from the start of its writing to its files and preview written.
+    seconds: f64,
+    /// The mesh and splat files whose quality the report asks for.
+    quality: Option<(PathBuf, PathBuf)>,
+}
+
+/// Extracts a finished item's mesh and writes its files and preview, filling the parts of its
+/// report they time.
+fn write_item(
     args: &Args,
     stem: &str,
     item: &mut ItemReport,
     result: Result<Generated>,
-    ran: f64,
-) -> String {
-    let label = item.input.display().to_string();
+) -> Result<SavedItem> {
     let saving = Instant::now();
-    let result = result.and_then(|mut g| {
-        // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
-        g.extract_mesh()?;
-        item.output_seconds.insert("mesh".into(), g.mesh_seconds);
-        // `save` moves the mesh and voxels into the exported asset: their sizes first.
-        let sizes = [
-            g.voxel_coords.len(),
-            g.mesh.vertices.len(),
-            g.mesh.faces.len(),
-        ];
-        (item.decimation, item.glb) =
-            save(args, stem, &mut g, &item.outputs, &mut item.output_seconds)?;
-        if let Some(q) = preview_and_quality(args, &item.outputs, &mut item.output_seconds)? {
+    let mut g = result?;
+    // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
+    g.extract_mesh()?;
+    item.output_seconds.insert("mesh".into(), g.mesh_seconds);
+    // `save` moves the mesh and voxels into the exported asset: their sizes first.
+    let sizes = [
+        g.voxel_coords.len(),
+        g.mesh.vertices.len(),
+        g.mesh.faces.len(),
+    ];
+    (item.decimation, item.glb) =
+        save(args, stem, &mut g, &item.outputs, &mut item.output_seconds)?;
+    preview(args, &item.outputs, &mut item.output_seconds)?;
+    Ok(SavedItem {
+        stages: std::mem::take(&mut g.stages),
+        resolution: g.resolution,
+        sizes,
+        seconds: saving.elapsed().as_secs_f64(),
+        quality: quality_sources(args, &item.outputs),
+    })
+}
+
+/// Measures a written item's splat quality (when the report asks for it), fills the rest of its
+/// report and says how it went; `ran` is the seconds its pipeline work took (its time when it
+/// failed).
+fn complete_item(item: &mut ItemReport, saved: Result<SavedItem>, ran: f64) -> String {
+    let label = item.input.display().to_string();
+    let result = saved.and_then(|mut s| {
+        if let Some((mesh, splats)) = &s.quality {
+            let start = Instant::now();
+            let q = splat_quality(&load_scene(mesh)?, &load_scene(splats)?, &QUALITY_ORBIT)?;
+            let seconds = start.elapsed().as_secs_f64();
+            item.output_seconds.insert("splat_quality".into(), seconds);
+            s.seconds += seconds;
             item.splat_psnr_db = Some(q.psnr_db);
             item.splat_ssim = Some(q.ssim);
             item.splat_psnr_object_db = Some(q.psnr_object_db);
         }
-        Ok((g, sizes))
+        Ok(s)
     });
     match result {
-        Ok((g, [voxels, vertices, faces])) => {
-            item.resolution = Some(g.resolution);
+        Ok(s) => {
+            let [voxels, vertices, faces] = s.sizes;
+            item.resolution = Some(s.resolution);
             item.voxels = Some(voxels);
             item.mesh_vertices = Some(vertices);
             item.mesh_faces = Some(faces);
-            item.seconds =
-                g.stages.iter().map(|s| s.seconds).sum::<f64>() + saving.elapsed().as_secs_f64();
-            item.stages = g.stages;
+            item.seconds = s.stages.iter().map(|s| s.seconds).sum::<f64>() + s.seconds;
+            item.stages = s.stages;
             format!(
                 "{label}: done in {:.1} s → {}",
                 item.seconds,
@@ -1070,22 +1148,25 @@ fn write_format(
     Ok(w)
 }
 
-/// `--preview` (NAME.preview.png, the last of `outputs`) and, with `--report`, the splats'
-/// quality against the mesh when both were written.
-fn preview_and_quality(
+/// The files a format was written to, by format.
+fn written<'o>(args: &Args, outputs: &'o [PathBuf], want: Format) -> Option<&'o PathBuf> {
+    args.format
+        .iter()
+        .zip(outputs)
+        .find(|(f, _)| **f == want)
+        .map(|(_, p)| p)
+}
+
+/// `--preview` (NAME.preview.png, the last of `outputs`): the GLB's mesh, else the mesh PLY's,
+/// else the splats.
+fn preview(
     args: &Args,
     outputs: &[PathBuf],
     seconds: &mut std::collections::BTreeMap<String, f64>,
-) -> Result<Option<Quality>> {
-    let written = |want: Format| {
-        args.format
-            .iter()
-            .zip(outputs)
-            .find(|(f, _)| **f == want)
-            .map(|(_, p)| p)
-    };
-    let mesh = written(Format::Glb).or_else(|| written(Format::MeshPly));
-    let splats = written(Format::Splat);
+) -> Result<()> {
+    let mesh =
+        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
+    let splats = written(args, outputs, Format::Splat);
     if args.preview {
         if let (Some(source), Some(out)) = (mesh.or(splats), outputs.last()) {
             let start = Instant::now();
@@ -1093,13 +1174,17 @@ fn preview_and_quality(
             seconds.insert("preview".into(), start.elapsed().as_secs_f64());
         }
     }
+    Ok(())
+}
+
+/// With `--report`, the mesh (GLB, else mesh PLY) and splat PLY whose splat quality it records,
+/// when both are written.
+fn quality_sources(args: &Args, outputs: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
+    let mesh =
+        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
+    let splats = written(args, outputs, Format::Splat);
     match (args.report.is_some(), mesh, splats) {
-        (true, Some(m), Some(s)) => {
-            let start = Instant::now();
-            let q = splat_quality(&load_scene(m)?, &load_scene(s)?, &QUALITY_ORBIT)?;
-            seconds.insert("splat_quality".into(), start.elapsed().as_secs_f64());
-            Ok(Some(q))
-        }
-        _ => Ok(None),
+        (true, Some(m), Some(s)) => Some((m.clone(), s.clone())),
+        _ => None,
     }
 }
