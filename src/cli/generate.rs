@@ -159,7 +159,8 @@ pub struct Args {
     pub from_latents: Option<PathBuf>,
     /// Write a JSON report: per image and stage wall time, tokens, voxels, peak memory; with
     /// splats and a mesh written, also splat_psnr_db (splats against the mesh, 8 CPU-rendered
-    /// views of 512²: about 10 s per million splats on 2 cores).
+    /// views of 512²: about 3 s of CPU time per million splats, measured after the files are
+    /// written, beside the next picture's).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// Run only part K of N of the batch (K from 1 to N): the expanded input list, sorted by
@@ -220,10 +221,11 @@ pub struct Args {
     /// batch either way, and the outputs are the same.
     #[arg(long, value_enum, default_value_t = BatchOrderArg::Auto)]
     pub batch_order: BatchOrderArg,
-    /// Write each picture's files on the calling thread before the next picture starts. By
-    /// default a batch writes a finished picture's files (and preview, splat quality) on a
-    /// background thread per worker while the next picture's stages run, with at most one more
-    /// finished picture waiting; the files are the same either way.
+    /// Write each picture's files (and measure its splat quality) on the calling thread before
+    /// the next picture starts. By default a batch writes finished pictures' files on two
+    /// background threads per worker while the next picture's stages run, with at most one
+    /// more finished picture waiting, and measures the report's splat quality on a third;
+    /// the files are the same either way.
     #[arg(long)]
     pub no_overlap: bool,
     /// Development only (benches/e2e.rs; benches/README.md): force the sparse structure to a
@@ -719,9 +721,14 @@ struct Finished {
     ran: f64,
 }
 
-/// How many finished pictures may wait for a worker's writer, beyond the one being written:
+/// How many finished pictures may wait for a worker's writers, beyond those being written:
 /// each holds its mesh and voxels in host memory.
 const OUTPUT_QUEUE: usize = 1;
+
+/// How many pictures a worker's writers write at once. One picture's writing leaves cores idle
+/// (mesh extraction, the GLB's decimation and the splat fit are partly serial), so two side by
+/// side keep pace with a fast device; each holds its mesh and voxels until its files are out.
+const WRITERS: usize = 2;
 
 /// How many written pictures may wait for a worker's splat quality, beyond the one being
 /// measured: each holds only its report's numbers and its file names.
@@ -737,19 +744,22 @@ struct Saved {
     ran: f64,
 }
 
-/// Where a batch worker hands its finished pictures: with the overlap, a writer thread of its
-/// own that writes the files, then a finisher thread that measures the splat quality (when the
-/// report asks for it) and gives the picture its report and progress line, in the order the
-/// writer finished them; with `--no-overlap`, the worker's thread does both in turn.
+/// Where a batch worker hands its finished pictures: with the overlap, [`WRITERS`] writer
+/// threads of its own that write the files, then a finisher thread that measures the splat
+/// quality (when the report asks for it) and gives each picture its report and progress line,
+/// in the order the worker finished them; with `--no-overlap`, the worker's thread does both in
+/// turn.
 struct Output<'a> {
-    queue: Option<std::sync::mpsc::SyncSender<Finished>>,
+    queue: Option<std::sync::mpsc::SyncSender<(usize, Finished)>>,
+    /// Pictures handed over so far: the next one's place in the finisher's order.
+    sent: std::cell::Cell<usize>,
     write: std::sync::Arc<dyn Fn(Finished) -> Saved + Send + Sync + 'a>,
     complete: std::sync::Arc<dyn Fn(Saved) + Send + Sync + 'a>,
 }
 
 impl<'a> Output<'a> {
-    /// With `overlap`, starts the writer and the finisher on `scope`; they end when the worker
-    /// drops its [`Output`].
+    /// With `overlap`, starts the writers and the finisher on `scope`; they end when the
+    /// worker drops its [`Output`].
     fn start<'scope, W, C>(
         scope: &'scope std::thread::Scope<'scope, 'a>,
         overlap: bool,
@@ -763,23 +773,44 @@ impl<'a> Output<'a> {
         let write = std::sync::Arc::new(write);
         let complete = std::sync::Arc::new(complete);
         let queue = overlap.then(|| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Finished>(OUTPUT_QUEUE);
-            let (saved_tx, saved_rx) = std::sync::mpsc::sync_channel::<Saved>(QUALITY_QUEUE);
-            let (writer, finisher) = (write.clone(), complete.clone());
-            let completes = complete.clone();
-            scope.spawn(move || {
-                for f in rx {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Finished)>(OUTPUT_QUEUE);
+            let (saved_tx, saved_rx) =
+                std::sync::mpsc::sync_channel::<(usize, Saved)>(QUALITY_QUEUE);
+            let rx = std::sync::Arc::new(Mutex::new(rx));
+            for _ in 0..WRITERS {
+                let (rx, saved_tx) = (rx.clone(), saved_tx.clone());
+                let (writer, completes) = (write.clone(), complete.clone());
+                scope.spawn(move || loop {
+                    // The lock is held while waiting: the other writer waits for it instead.
+                    let Ok((n, f)) = lock(&rx).recv() else { break };
                     // A finisher that died (it panicked) hands the picture back: finish it here.
-                    if let Err(std::sync::mpsc::SendError(s)) = saved_tx.send(writer(f)) {
+                    if let Err(std::sync::mpsc::SendError((_, s))) = saved_tx.send((n, writer(f))) {
                         completes(s)
                     }
+                });
+            }
+            drop(saved_tx);
+            let finisher = complete.clone();
+            scope.spawn(move || {
+                // Written pictures come in any order from the writers: each is finished once
+                // those handed over before it are.
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut next = 0;
+                for (n, s) in saved_rx {
+                    waiting.insert(n, s);
+                    while let Some(s) = waiting.remove(&next) {
+                        finisher(s);
+                        next += 1;
+                    }
                 }
+                // A writer that panicked left a gap: the rest still get their lines, in order.
+                waiting.into_values().for_each(|s| finisher(s));
             });
-            scope.spawn(move || saved_rx.into_iter().for_each(|s| finisher(s)));
             tx
         });
         Self {
             queue,
+            sent: std::cell::Cell::new(0),
             write,
             complete,
         }
@@ -789,8 +820,9 @@ impl<'a> Output<'a> {
     fn send(&self, f: Finished) {
         match &self.queue {
             Some(tx) => {
-                // A writer that died (it panicked) hands the picture back: do it all here.
-                if let Err(std::sync::mpsc::SendError(f)) = tx.send(f) {
+                let n = self.sent.replace(self.sent.get() + 1);
+                // The writers died (they panicked) and hand the picture back: do it all here.
+                if let Err(std::sync::mpsc::SendError((_, f))) = tx.send((n, f)) {
                     (self.complete)((self.write)(f))
                 }
             }
