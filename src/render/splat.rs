@@ -279,7 +279,8 @@ pub fn render_splats(splats: &Splats, camera: &Camera) -> Frame {
                     for c in 0..cols {
                         let px = (x0 + c) as f32 + 0.5;
                         let block = &blocks[(r / BLOCK) * (TILE / BLOCK) + c / BLOCK];
-                        out[r * cols + c] = composite(block.iter(), px, py);
+                        let splats = block.iter().map(|b| (&b.drawn, b.cut));
+                        out[r * cols + c] = composite(splats, px, py);
                     }
                 }
                 out
@@ -303,6 +304,25 @@ pub fn render_splats(splats: &Splats, camera: &Camera) -> Frame {
 /// Side in pixels of the blocks a tile's list is cut into for compositing (divides [`TILE`]).
 pub const BLOCK: usize = 4;
 
+/// A splat as binned for compositing: what [`composite`] reads, and the power below which its
+/// alpha is below [`MIN_ALPHA`] for certain: `ln(MIN_ALPHA / opacity)` less a margin far wider
+/// than the rounding of `expf` and of the product (a hundredth, so about 1 %).
+#[derive(Clone, Copy, Debug)]
+struct Binned {
+    drawn: Drawn,
+    cut: f32,
+}
+
+impl Binned {
+    fn new(drawn: Drawn) -> Self {
+        let ratio = f64::from(MIN_ALPHA) / f64::from(drawn.opacity);
+        Self {
+            drawn,
+            cut: (ratio.ln() - 0.01) as f32,
+        }
+    }
+}
+
 /// Splats sorted together per task while binning: enough to amortise a task, few enough that
 /// the per-task lists stay small.
 const BIN_CHUNK: usize = 1 << 16;
@@ -310,12 +330,15 @@ const BIN_CHUNK: usize = 1 << 16;
 /// Per tile, copies of the projected splats whose footprint covers it, in depth order (view
 /// `z`, ties by file order): the tile's pixels then read one contiguous list instead of
 /// gathering from the whole set.
-fn tile_lists(projected: &[Projected], tiles: [u32; 2]) -> Vec<Vec<Drawn>> {
+fn tile_lists(projected: &[Projected], tiles: [u32; 2]) -> Vec<Vec<Binned>> {
     // `f32::total_cmp`'s order as an unsigned key, then the position in `projected`, which
     // follows file order: one integer per splat holds the whole (unique) order.
+    // A splat more transparent than MIN_ALPHA never adds to a pixel (its alpha is at most its
+    // opacity): left out. A NaN opacity stays, as the reference compositor keeps it.
     let mut keys: Vec<u64> = projected
         .par_iter()
         .enumerate()
+        .filter(|(_, p)| p.drawn.opacity >= MIN_ALPHA || p.drawn.opacity.is_nan())
         .map(|(j, p)| {
             let b = p.depth.to_bits() as i32;
             let ordered = (b ^ ((((b >> 31) as u32) >> 1) as i32)) as u32 ^ 0x8000_0000;
@@ -326,16 +349,17 @@ fn tile_lists(projected: &[Projected], tiles: [u32; 2]) -> Vec<Vec<Drawn>> {
     let count = (tiles[0] * tiles[1]) as usize;
     // Consecutive runs of the order binned side by side, then each tile's parts joined in run
     // order: the same lists as one pass in order, whatever the number of threads.
-    let parts: Vec<Vec<Vec<Drawn>>> = keys
+    let parts: Vec<Vec<Vec<Binned>>> = keys
         .par_chunks(BIN_CHUNK)
         .map(|run| {
-            let mut lists: Vec<Vec<Drawn>> = vec![Vec::new(); count];
+            let mut lists: Vec<Vec<Binned>> = vec![Vec::new(); count];
             for &key in run {
                 let p = &projected[key as u32 as usize];
+                let b = Binned::new(p.drawn);
                 let t = p.tiles;
                 for ty in t[1]..=t[3] {
                     for tx in t[0]..=t[2] {
-                        lists[(ty * tiles[0] + tx) as usize].push(p.drawn);
+                        lists[(ty * tiles[0] + tx) as usize].push(b);
                     }
                 }
             }
@@ -361,10 +385,10 @@ fn tile_lists(projected: &[Projected], tiles: [u32; 2]) -> Vec<Vec<Drawn>> {
 /// `−radius` and the last column's not above `radius` (likewise for rows). The blocks keep the
 /// tile's order.
 fn split_into_blocks(
-    list: &[Drawn],
+    list: &[Binned],
     origin: [usize; 2],
     size: [usize; 2],
-    blocks: &mut [Vec<Drawn>],
+    blocks: &mut [Vec<Binned>],
 ) {
     const PER_SIDE: usize = TILE / BLOCK;
     for b in blocks.iter_mut() {
@@ -383,7 +407,8 @@ fn split_into_blocks(
     };
     let (xs, ys) = (ends(0), ends(1));
     let (bx, by) = (size[0].div_ceil(BLOCK), size[1].div_ceil(BLOCK));
-    for g in list {
+    for b in list {
+        let g = &b.drawn;
         let reaches =
             |m: f32, [first, last]: [f32; 2]| !(m - first < -g.radius || m - last > g.radius);
         let mut cols = 0u32;
@@ -399,7 +424,7 @@ fn split_into_blocks(
             if reaches(g.mean[1], e) {
                 for (c, block) in blocks[k * PER_SIDE..][..bx].iter_mut().enumerate() {
                     if cols & (1 << c) != 0 {
-                        block.push(*g);
+                        block.push(*b);
                     }
                 }
             }
@@ -446,7 +471,9 @@ pub fn render_splats_reference(splats: &Splats, camera: &Camera) -> Frame {
                     let py = (ty * TILE + r) as f32 + 0.5;
                     for c in tx * TILE..((tx + 1) * TILE).min(w) {
                         let px = c as f32 + 0.5;
-                        let splats = list.iter().map(|&i| &projected[i as usize].drawn);
+                        let splats = list
+                            .iter()
+                            .map(|&i| (&projected[i as usize].drawn, f32::NEG_INFINITY));
                         let (rgb, a) = composite(splats, px, py);
                         color[r * w + c] = rgb;
                         alpha[r * w + c] = a;
@@ -459,16 +486,23 @@ pub fn render_splats_reference(splats: &Splats, camera: &Camera) -> Frame {
 
 /// Front-to-back compositing at pixel centre `(px, py)`: (premultiplied colour, coverage).
 #[inline]
-fn composite<'a>(list: impl Iterator<Item = &'a Drawn>, px: f32, py: f32) -> ([f32; 3], f32) {
+///
+/// Each splat comes with a `cut`: a power below it gives an alpha below [`MIN_ALPHA`] for sure,
+/// so the exponential is skipped (`−∞` never skips).
+fn composite<'a>(
+    list: impl Iterator<Item = (&'a Drawn, f32)>,
+    px: f32,
+    py: f32,
+) -> ([f32; 3], f32) {
     let mut t = 1.0f32;
     let mut rgb = [0f32; 3];
-    for g in list {
+    for (g, cut) in list {
         let (dx, dy) = (g.mean[0] - px, g.mean[1] - py);
         if dx.abs() > g.radius || dy.abs() > g.radius {
             continue;
         }
         let power = -0.5 * (g.conic[0] * dx * dx + g.conic[2] * dy * dy) - g.conic[1] * dx * dy;
-        if power > 0.0 {
+        if power > 0.0 || power < cut {
             continue;
         }
         let alpha = (g.opacity * power.exp()).min(MAX_ALPHA);
