@@ -159,7 +159,7 @@ pub struct Args {
     pub from_latents: Option<PathBuf>,
     /// Write a JSON report: per image and stage wall time, tokens, voxels, peak memory; with
     /// splats and a mesh written, also splat_psnr_db (splats against the mesh, 8 CPU-rendered
-    /// views of 512²: about 3 s of CPU time per million splats, measured after the files are
+    /// views of 512²: about 7 s of CPU time per million splats, measured after the files are
     /// written, beside the next picture's).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
