@@ -20,10 +20,10 @@
 //! stage times less the weight reads done inside them, the decode stage's parts, and each
 //! output's seconds. `splat_quality` (rendering splats against the mesh) is computed only
 //! because `--report` asks for it, so it is shown apart and left out of the totals. A batch
-//! writes a picture's files on a writer thread while the next picture runs, and one picture's
-//! formats concurrently, so the export rows overlap each other and the next picture's stages;
-//! the **throughput** row is the batch's pace: (last − first picture's files written) / (N − 1),
-//! splat quality included. Peak host
+//! writes pictures' files on two writer threads while the next picture runs (splat quality
+//! after them, on a finisher thread), and one picture's formats concurrently, so the export rows
+//! overlap each other and the next picture's stages; the **throughput** row is the batch's
+//! pace: (last − first picture finished) / (N − 1), splat quality included. Peak host
 //! memory: the child's RSS polled every 10 ms and the stages' own peaks; peak GPU memory: the
 //! stages' (CUDA).
 //!

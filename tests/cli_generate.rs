@@ -568,13 +568,15 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
         f
     };
     let mut singles = Vec::new();
+    let mut quality = Vec::new();
     for i in 0..pictures {
-        let (out, _) = run(
+        let (out, report) = run(
             &format!("single{i}"),
             &inputs.join(format!("p{i}.webp")),
             &[],
         );
         singles.extend(files(&out));
+        quality.push(report["items"][0]["splat_psnr_db"].as_f64().unwrap());
     }
     singles.sort();
     assert_eq!(singles.len(), 2 * pictures);
@@ -612,6 +614,19 @@ fn batch_orders_write_the_same_files_as_single_runs_and_load_each_model_once() {
         for i in report["items"].as_array().unwrap() {
             let end = i["finished_seconds"].as_f64().unwrap();
             assert!(end > 0.0 && end <= wall, "{what}: {end} of {wall}");
+        }
+        // The splat quality, measured beside the next picture's files, is the single run's;
+        // one worker finishes its pictures (lines, report) in batch order.
+        let items = report["items"].as_array().unwrap();
+        for (i, q) in items.iter().zip(&quality) {
+            assert_eq!(i["splat_psnr_db"].as_f64(), Some(*q), "{what}");
+        }
+        if !extra.contains(&"--device") {
+            let ends: Vec<f64> = items
+                .iter()
+                .map(|i| i["finished_seconds"].as_f64().unwrap())
+                .collect();
+            assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{what}: {ends:?}");
         }
         // Each worker that ran a picture read each model once.
         let items = report["items"].as_array().unwrap();

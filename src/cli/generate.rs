@@ -39,7 +39,7 @@ use trellis2::pipeline::{
     Progress, RunOptions, SamplerOverrides, StageReport, DEFAULT_MAX_TOKENS,
 };
 use trellis2::render::load_scene;
-use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
+use trellis2::render::metrics::{splat_quality, QUALITY_ORBIT};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -159,7 +159,8 @@ pub struct Args {
     pub from_latents: Option<PathBuf>,
     /// Write a JSON report: per image and stage wall time, tokens, voxels, peak memory; with
     /// splats and a mesh written, also splat_psnr_db (splats against the mesh, 8 CPU-rendered
-    /// views of 512²: about 10 s per million splats on 2 cores).
+    /// views of 512²: about 7 s of CPU time per million splats, measured after the files are
+    /// written, beside the next picture's).
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// Run only part K of N of the batch (K from 1 to N): the expanded input list, sorted by
@@ -220,10 +221,11 @@ pub struct Args {
     /// batch either way, and the outputs are the same.
     #[arg(long, value_enum, default_value_t = BatchOrderArg::Auto)]
     pub batch_order: BatchOrderArg,
-    /// Write each picture's files on the calling thread before the next picture starts. By
-    /// default a batch writes a finished picture's files (and preview, splat quality) on a
-    /// background thread per worker while the next picture's stages run, with at most one more
-    /// finished picture waiting; the files are the same either way.
+    /// Write each picture's files (and measure its splat quality) on the calling thread before
+    /// the next picture starts. By default a batch writes finished pictures' files on two
+    /// background threads per worker while the next picture's stages run, with at most one
+    /// more finished picture waiting, and measures the report's splat quality on a third;
+    /// the files are the same either way.
     #[arg(long)]
     pub no_overlap: bool,
     /// Development only (benches/e2e.rs; benches/README.md): force the sparse structure to a
@@ -497,12 +499,17 @@ pub fn run(args: &Args) -> Result<u8> {
     let batch_start = Instant::now();
     // `ran`: the seconds the item's pipeline work took until its result came (its time when
     // it failed), measured before it waited in an output queue.
-    let finish = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>, ran: f64| {
+    let write = |k: usize, result: Result<Generated>, worker: Option<(usize, &str)>| {
         let i = todo[k];
         let mut item = lock(&items[i]);
         item.worker = worker.map(|w| w.0);
         item.device = worker.map(|w| w.1.to_string());
-        let line = finish_item(args, &plan.jobs[i].stem(), &mut item, result, ran);
+        write_item(args, &plan.jobs[i].stem(), &mut item, result)
+    };
+    let complete = |k: usize, saved: Result<SavedItem>, ran: f64| {
+        let i = todo[k];
+        let mut item = lock(&items[i]);
+        let line = complete_item(&mut item, saved, ran);
         item.finished_seconds = Some(batch_start.elapsed().as_secs_f64());
         let done = finished.fetch_add(1, Ordering::Relaxed) + 1;
         position.set(format!(
@@ -523,7 +530,7 @@ pub fn run(args: &Args) -> Result<u8> {
             let result = read_latents(p, pipeline.device())
                 .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
             let ran = lock(progress.shared).resumed(0).elapsed().as_secs_f64();
-            finish(0, result, None, ran);
+            complete(0, write(0, result, None), ran);
         }
         _ if !todo.is_empty() => {
             let workers = pipelines.len();
@@ -552,11 +559,19 @@ pub fn run(args: &Args) -> Result<u8> {
             std::thread::scope(|scope| {
                 for (w, (name, pipeline)) in pipelines.iter().enumerate() {
                     let device = (workers > 1).then_some((w, name.as_str()));
-                    let (finish, next, item, progress) = (&finish, &next, &item, &progress);
+                    let (write, complete) = (&write, &complete);
+                    let (next, item, progress) = (&next, &item, &progress);
                     let todo = &todo;
-                    let output = Output::start(scope, !args.no_overlap, move |f: Finished| {
-                        finish(f.k, f.result, device, f.ran)
-                    });
+                    let output = Output::start(
+                        scope,
+                        !args.no_overlap,
+                        move |f: Finished| Saved {
+                            k: f.k,
+                            saved: write(f.k, f.result, device),
+                            ran: f.ran,
+                        },
+                        move |s: Saved| complete(s.k, s.saved, s.ran),
+                    );
                     let keep_latents = args.save_latents.is_some();
                     let hand = move |k: usize, result: Result<Generated>| {
                         let ran = lock(progress).resumed(k).elapsed().as_secs_f64();
@@ -711,91 +726,186 @@ struct Finished {
     ran: f64,
 }
 
-/// How many finished pictures may wait for a worker's writer, beyond the one being written:
+/// How many finished pictures may wait for a worker's writers, beyond those being written:
 /// each holds its mesh and voxels in host memory.
 const OUTPUT_QUEUE: usize = 1;
 
-/// Where a batch worker hands its finished pictures: a writer thread of its own (the overlap),
-/// or the worker's thread itself (`--no-overlap`).
+/// How many pictures a worker's writers write at once. One picture's writing leaves cores idle
+/// (mesh extraction, the GLB's decimation and the splat fit are partly serial), so two side by
+/// side keep pace with a fast device; each holds its mesh and voxels until its files are out.
+const WRITERS: usize = 2;
+
+/// How many written pictures may wait for a worker's splat quality, beyond the one being
+/// measured: each holds only its report's numbers and its file names.
+const QUALITY_QUEUE: usize = 2;
+
+/// A picture whose files are written (or failed), on its way to its splat quality and its
+/// report line.
+struct Saved {
+    /// Its batch position.
+    k: usize,
+    saved: Result<SavedItem>,
+    /// Seconds its pipeline work took (see `complete`).
+    ran: f64,
+}
+
+/// Where a batch worker hands its finished pictures: with the overlap, [`WRITERS`] writer
+/// threads of its own that write the files, then a finisher thread that measures the splat
+/// quality (when the report asks for it) and gives each picture its report and progress line,
+/// in the order the worker finished them; with `--no-overlap`, the worker's thread does both in
+/// turn.
 struct Output<'a> {
-    queue: Option<std::sync::mpsc::SyncSender<Finished>>,
-    write: std::sync::Arc<dyn Fn(Finished) + Send + Sync + 'a>,
+    queue: Option<std::sync::mpsc::SyncSender<(usize, Finished)>>,
+    /// Pictures handed over so far: the next one's place in the finisher's order.
+    sent: std::cell::Cell<usize>,
+    write: std::sync::Arc<dyn Fn(Finished) -> Saved + Send + Sync + 'a>,
+    complete: std::sync::Arc<dyn Fn(Saved) + Send + Sync + 'a>,
 }
 
 impl<'a> Output<'a> {
-    /// With `overlap`, starts the writer on `scope`; it ends when the worker drops its
-    /// [`Output`].
-    fn start<'scope, W>(
+    /// With `overlap`, starts the writers and the finisher on `scope`; they end when the
+    /// worker drops its [`Output`].
+    fn start<'scope, W, C>(
         scope: &'scope std::thread::Scope<'scope, 'a>,
         overlap: bool,
         write: W,
+        complete: C,
     ) -> Self
     where
-        W: Fn(Finished) + Sync + Send + 'a,
+        W: Fn(Finished) -> Saved + Sync + Send + 'a,
+        C: Fn(Saved) + Sync + Send + 'a,
     {
         let write = std::sync::Arc::new(write);
+        let complete = std::sync::Arc::new(complete);
         let queue = overlap.then(|| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Finished>(OUTPUT_QUEUE);
-            let writer = write.clone();
-            scope.spawn(move || rx.into_iter().for_each(|f| writer(f)));
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Finished)>(OUTPUT_QUEUE);
+            let (saved_tx, saved_rx) =
+                std::sync::mpsc::sync_channel::<(usize, Saved)>(QUALITY_QUEUE);
+            let rx = std::sync::Arc::new(Mutex::new(rx));
+            for _ in 0..WRITERS {
+                let (rx, saved_tx) = (rx.clone(), saved_tx.clone());
+                let (writer, completes) = (write.clone(), complete.clone());
+                scope.spawn(move || loop {
+                    // The lock is held while waiting: the other writer waits for it instead.
+                    let Ok((n, f)) = lock(&rx).recv() else { break };
+                    // A finisher that died (it panicked) hands the picture back: finish it here.
+                    if let Err(std::sync::mpsc::SendError((_, s))) = saved_tx.send((n, writer(f))) {
+                        completes(s)
+                    }
+                });
+            }
+            drop(saved_tx);
+            let finisher = complete.clone();
+            scope.spawn(move || {
+                // Written pictures come in any order from the writers: each is finished once
+                // those handed over before it are.
+                let mut waiting = std::collections::BTreeMap::new();
+                let mut next = 0;
+                for (n, s) in saved_rx {
+                    waiting.insert(n, s);
+                    while let Some(s) = waiting.remove(&next) {
+                        finisher(s);
+                        next += 1;
+                    }
+                }
+                // A writer that panicked left a gap: the rest still get their lines, in order.
+                waiting.into_values().for_each(|s| finisher(s));
+            });
             tx
         });
-        Self { queue, write }
+        Self {
+            queue,
+            sent: std::cell::Cell::new(0),
+            write,
+            complete,
+        }
     }
 
-    /// Writes `f`'s files now, or queues them (waiting while the queue is full).
+    /// Writes and finishes `f` now, or queues it (waiting while the queue is full).
     fn send(&self, f: Finished) {
         match &self.queue {
             Some(tx) => {
-                // A writer that died (it panicked) hands the picture back: write it here.
-                if let Err(std::sync::mpsc::SendError(f)) = tx.send(f) {
-                    (self.write)(f)
+                let n = self.sent.replace(self.sent.get() + 1);
+                // The writers died (they panicked) and hand the picture back: do it all here.
+                if let Err(std::sync::mpsc::SendError((_, f))) = tx.send((n, f)) {
+                    (self.complete)((self.write)(f))
                 }
             }
-            None => (self.write)(f),
+            None => (self.complete)((self.write)(f)),
         }
     }
 }
 
-/// Saves a finished item's outputs (preview and splat quality too), fills its report and
-/// says how it went; `ran` is the seconds its pipeline work took (its time when it failed).
-fn finish_item(
+/// A picture's files written: what its report still needs.
+struct SavedItem {
+    stages: Vec<StageReport>,
+    resolution: u32,
+    /// Voxels, mesh vertices, mesh faces.
+    sizes: [usize; 3],
+    /// Seconds from the start of its writing to its files and preview written.
+    seconds: f64,
+    /// The mesh and splat files whose quality the report asks for.
+    quality: Option<(PathBuf, PathBuf)>,
+}
+
+/// Extracts a finished item's mesh and writes its files and preview, filling the parts of its
+/// report they time.
+fn write_item(
     args: &Args,
     stem: &str,
     item: &mut ItemReport,
     result: Result<Generated>,
-    ran: f64,
-) -> String {
-    let label = item.input.display().to_string();
+) -> Result<SavedItem> {
     let saving = Instant::now();
-    let result = result.and_then(|mut g| {
-        // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
-        g.extract_mesh()?;
-        item.output_seconds.insert("mesh".into(), g.mesh_seconds);
-        // `save` moves the mesh and voxels into the exported asset: their sizes first.
-        let sizes = [
-            g.voxel_coords.len(),
-            g.mesh.vertices.len(),
-            g.mesh.faces.len(),
-        ];
-        (item.decimation, item.glb) =
-            save(args, stem, &mut g, &item.outputs, &mut item.output_seconds)?;
-        if let Some(q) = preview_and_quality(args, &item.outputs, &mut item.output_seconds)? {
+    let mut g = result?;
+    // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
+    g.extract_mesh()?;
+    item.output_seconds.insert("mesh".into(), g.mesh_seconds);
+    // `save` moves the mesh and voxels into the exported asset: their sizes first.
+    let sizes = [
+        g.voxel_coords.len(),
+        g.mesh.vertices.len(),
+        g.mesh.faces.len(),
+    ];
+    (item.decimation, item.glb) =
+        save(args, stem, &mut g, &item.outputs, &mut item.output_seconds)?;
+    preview(args, &item.outputs, &mut item.output_seconds)?;
+    Ok(SavedItem {
+        stages: std::mem::take(&mut g.stages),
+        resolution: g.resolution,
+        sizes,
+        seconds: saving.elapsed().as_secs_f64(),
+        quality: quality_sources(args, &item.outputs),
+    })
+}
+
+/// Measures a written item's splat quality (when the report asks for it), fills the rest of its
+/// report and says how it went; `ran` is the seconds its pipeline work took (its time when it
+/// failed).
+fn complete_item(item: &mut ItemReport, saved: Result<SavedItem>, ran: f64) -> String {
+    let label = item.input.display().to_string();
+    let result = saved.and_then(|mut s| {
+        if let Some((mesh, splats)) = &s.quality {
+            let start = Instant::now();
+            let q = splat_quality(&load_scene(mesh)?, &load_scene(splats)?, &QUALITY_ORBIT)?;
+            let seconds = start.elapsed().as_secs_f64();
+            item.output_seconds.insert("splat_quality".into(), seconds);
+            s.seconds += seconds;
             item.splat_psnr_db = Some(q.psnr_db);
             item.splat_ssim = Some(q.ssim);
             item.splat_psnr_object_db = Some(q.psnr_object_db);
         }
-        Ok((g, sizes))
+        Ok(s)
     });
     match result {
-        Ok((g, [voxels, vertices, faces])) => {
-            item.resolution = Some(g.resolution);
+        Ok(s) => {
+            let [voxels, vertices, faces] = s.sizes;
+            item.resolution = Some(s.resolution);
             item.voxels = Some(voxels);
             item.mesh_vertices = Some(vertices);
             item.mesh_faces = Some(faces);
-            item.seconds =
-                g.stages.iter().map(|s| s.seconds).sum::<f64>() + saving.elapsed().as_secs_f64();
-            item.stages = g.stages;
+            item.seconds = s.stages.iter().map(|s| s.seconds).sum::<f64>() + s.seconds;
+            item.stages = s.stages;
             format!(
                 "{label}: done in {:.1} s → {}",
                 item.seconds,
@@ -1075,22 +1185,25 @@ fn write_format(
     Ok(w)
 }
 
-/// `--preview` (NAME.preview.png, the last of `outputs`) and, with `--report`, the splats'
-/// quality against the mesh when both were written.
-fn preview_and_quality(
+/// The files a format was written to, by format.
+fn written<'o>(args: &Args, outputs: &'o [PathBuf], want: Format) -> Option<&'o PathBuf> {
+    args.format
+        .iter()
+        .zip(outputs)
+        .find(|(f, _)| **f == want)
+        .map(|(_, p)| p)
+}
+
+/// `--preview` (NAME.preview.png, the last of `outputs`): the GLB's mesh, else the mesh PLY's,
+/// else the splats.
+fn preview(
     args: &Args,
     outputs: &[PathBuf],
     seconds: &mut std::collections::BTreeMap<String, f64>,
-) -> Result<Option<Quality>> {
-    let written = |want: Format| {
-        args.format
-            .iter()
-            .zip(outputs)
-            .find(|(f, _)| **f == want)
-            .map(|(_, p)| p)
-    };
-    let mesh = written(Format::Glb).or_else(|| written(Format::MeshPly));
-    let splats = written(Format::Splat);
+) -> Result<()> {
+    let mesh =
+        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
+    let splats = written(args, outputs, Format::Splat);
     if args.preview {
         if let (Some(source), Some(out)) = (mesh.or(splats), outputs.last()) {
             let start = Instant::now();
@@ -1098,13 +1211,17 @@ fn preview_and_quality(
             seconds.insert("preview".into(), start.elapsed().as_secs_f64());
         }
     }
+    Ok(())
+}
+
+/// With `--report`, the mesh (GLB, else mesh PLY) and splat PLY whose splat quality it records,
+/// when both are written.
+fn quality_sources(args: &Args, outputs: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
+    let mesh =
+        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
+    let splats = written(args, outputs, Format::Splat);
     match (args.report.is_some(), mesh, splats) {
-        (true, Some(m), Some(s)) => {
-            let start = Instant::now();
-            let q = splat_quality(&load_scene(m)?, &load_scene(s)?, &QUALITY_ORBIT)?;
-            seconds.insert("splat_quality".into(), start.elapsed().as_secs_f64());
-            Ok(Some(q))
-        }
-        _ => Ok(None),
+        (true, Some(m), Some(s)) => Some((m.clone(), s.clone())),
+        _ => None,
     }
 }

@@ -68,7 +68,8 @@ pub struct ItemReport {
     pub error: Option<String>,
     /// This item's own work: its stages plus its outputs (or its time until it failed).
     pub seconds: f64,
-    /// Seconds from the batch's start to when this item's files were written.
+    /// Seconds from the batch's start to when this item was finished: its files written and,
+    /// for this report, its splat quality measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]

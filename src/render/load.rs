@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
 
 use super::mesh::{RenderMesh, Texture};
 use super::splat::Splats;
@@ -126,16 +127,17 @@ fn type_size(name: &str) -> Option<usize> {
     })
 }
 
-fn read_le(name: &str, b: &[u8]) -> f64 {
+/// The little-endian reader of a PLY scalar type, as a value in `f64` (exact for every type).
+fn reader(name: &str) -> fn(&[u8]) -> f64 {
     match name {
-        "char" | "int8" => f64::from(b[0] as i8),
-        "uchar" | "uint8" => f64::from(b[0]),
-        "short" | "int16" => f64::from(i16::from_le_bytes([b[0], b[1]])),
-        "ushort" | "uint16" => f64::from(u16::from_le_bytes([b[0], b[1]])),
-        "int" | "int32" => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        "uint" | "uint32" => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        "float" | "float32" => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        _ => f64::from_le_bytes(std::array::from_fn(|k| b[k])),
+        "char" | "int8" => |b| f64::from(b[0] as i8),
+        "uchar" | "uint8" => |b| f64::from(b[0]),
+        "short" | "int16" => |b| f64::from(i16::from_le_bytes([b[0], b[1]])),
+        "ushort" | "uint16" => |b| f64::from(u16::from_le_bytes([b[0], b[1]])),
+        "int" | "int32" => |b| f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        "uint" | "uint32" => |b| f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        "float" | "float32" => |b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        _ => |b| f64::from_le_bytes(std::array::from_fn(|k| b[k])),
     }
 }
 
@@ -214,17 +216,27 @@ fn load_ply(path: &Path) -> Result<Scene> {
                 path.display()
             );
             let body = &map[header.body..];
-            let mut offset = 0;
-            let mut columns = Vec::with_capacity(props.len());
-            for (name, ty) in props {
-                let size = type_size(ty).unwrap_or(0);
-                let values: Vec<f32> = (0..*count)
-                    .map(|i| read_le(ty, &body[i * stride + offset..][..size]) as f32)
-                    .collect();
-                columns.push((name.clone(), values));
-                offset += size;
-            }
-            columns
+            let offsets: Vec<usize> = props
+                .iter()
+                .scan(0, |at, p| {
+                    let here = *at;
+                    *at += type_size(&p.1).unwrap_or(0);
+                    Some(here)
+                })
+                .collect();
+            // Columns side by side; each column's type is looked up once, not per value.
+            props
+                .par_iter()
+                .zip(offsets)
+                .map(|((name, ty), offset)| {
+                    let read = reader(ty);
+                    let size = type_size(ty).unwrap_or(0);
+                    let values: Vec<f32> = (0..*count)
+                        .map(|i| read(&body[i * stride + offset..][..size]) as f32)
+                        .collect();
+                    (name.clone(), values)
+                })
+                .collect::<Vec<_>>()
         } else {
             drop(map);
             let ply = read_ply(path)?;

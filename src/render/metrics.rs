@@ -53,43 +53,51 @@ pub fn ssim(a: &[[u8; 4]], b: &[[u8; 4]], width: usize, height: usize) -> f64 {
     };
     let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
     let (ow, oh) = (width - 2 * R, height - 2 * R);
-    let total: f64 = (0..3)
+    // Each channel: five blurred fields (a, b, a², b², ab), a horizontal pass then a vertical
+    // one, every window's sum taken tap by tap in order, then the SSIM map summed in row-major
+    // order: the same additions in the same order whatever the number of threads.
+    let per_channel: Vec<f64> = (0..3)
+        .into_par_iter()
         .map(|ch| {
-            // Five blurred fields: a, b, a², b², ab; horizontal pass then vertical.
-            let field = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
-                let mut h = vec![0.0; ow * height];
-                for y in 0..height {
-                    for x in 0..ow {
-                        h[y * ow + x] = (0..=2 * R).map(|k| g[k] * f(y * width + x + k)).sum();
+            let xa: Vec<f64> = a.iter().map(|p| f64::from(p[ch])).collect();
+            let xb: Vec<f64> = b.iter().map(|p| f64::from(p[ch])).collect();
+            // Horizontal pass: rows of `ow` windows, the five fields side by side.
+            let mut h = vec![[0f64; 5]; ow * height];
+            h.par_chunks_mut(ow).enumerate().for_each(|(y, row)| {
+                let (ra, rb) = (&xa[y * width..][..width], &xb[y * width..][..width]);
+                for (x, out) in row.iter_mut().enumerate() {
+                    let mut s = [0f64; 5];
+                    for (k, gk) in g.iter().enumerate() {
+                        let (p, q) = (ra[x + k], rb[x + k]);
+                        s[0] += gk * p;
+                        s[1] += gk * q;
+                        s[2] += gk * (p * p);
+                        s[3] += gk * (q * q);
+                        s[4] += gk * (p * q);
+                    }
+                    *out = s;
+                }
+            });
+            let mut map = vec![0f64; ow * oh];
+            map.par_chunks_mut(ow).enumerate().for_each(|(y, row)| {
+                let mut v = vec![[0f64; 5]; ow];
+                for (k, gk) in g.iter().enumerate() {
+                    for (acc, hk) in v.iter_mut().zip(&h[(y + k) * ow..][..ow]) {
+                        for j in 0..5 {
+                            acc[j] += gk * hk[j];
+                        }
                     }
                 }
-                let mut v = vec![0.0; ow * oh];
-                for y in 0..oh {
-                    for x in 0..ow {
-                        v[y * ow + x] = (0..=2 * R).map(|k| g[k] * h[(y + k) * ow + x]).sum();
-                    }
+                for (out, [mx, my, saa, sbb, sab]) in row.iter_mut().zip(v) {
+                    let (vx, vy, cxy) = (saa - mx * mx, sbb - my * my, sab - mx * my);
+                    *out = ((2.0 * mx * my + c1) * (2.0 * cxy + c2))
+                        / ((mx * mx + my * my + c1) * (vx + vy + c2));
                 }
-                v
-            };
-            let pa = |i: usize| f64::from(a[i][ch]);
-            let pb = |i: usize| f64::from(b[i][ch]);
-            let ma = field(&pa);
-            let mb = field(&pb);
-            let saa = field(&|i| pa(i) * pa(i));
-            let sbb = field(&|i| pb(i) * pb(i));
-            let sab = field(&|i| pa(i) * pb(i));
-            (0..ow * oh)
-                .map(|i| {
-                    let (mx, my) = (ma[i], mb[i]);
-                    let (vx, vy, cxy) = (saa[i] - mx * mx, sbb[i] - my * my, sab[i] - mx * my);
-                    ((2.0 * mx * my + c1) * (2.0 * cxy + c2))
-                        / ((mx * mx + my * my + c1) * (vx + vy + c2))
-                })
-                .sum::<f64>()
-                / (ow * oh) as f64
+            });
+            map.iter().sum::<f64>() / (ow * oh) as f64
         })
-        .sum();
-    total / 3.0
+        .collect();
+    per_channel.iter().sum::<f64>() / 3.0
 }
 
 /// SSIM of pictures too small for a window: one global window.
