@@ -1019,6 +1019,8 @@ mod tests {
                 "TRELLIS2_PREFETCH",
                 "later",
                 "TRELLIS2_PREFETCH=later: expected on or off",
+            ),
+            (
                 "TRELLIS2_CONV_ROWS",
                 "64",
                 "TRELLIS2_CONV_ROWS=64: expected auto, 128 or 256",
