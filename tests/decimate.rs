@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use common::closed_shapes::{sphere, torus};
 use trellis2::mesh::{decimate_in_pieces, Decimated, Mesh, PBR_ATTRIBUTE_WEIGHTS};
+use trellis2::vec3::{dot, point_triangle_distance_sq, sub};
 
 fn edge_counts(mesh: &Mesh) -> HashMap<(u32, u32), usize> {
     let mut counts = HashMap::new();
@@ -42,48 +43,6 @@ fn topology(mesh: &Mesh) -> (usize, usize, i64) {
 }
 
 type P = [f64; 3];
-fn sub(a: P, b: P) -> P {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-fn dot(a: P, b: P) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-fn add_scaled(a: P, b: P, s: f64) -> P {
-    [a[0] + b[0] * s, a[1] + b[1] * s, a[2] + b[2] * s]
-}
-
-/// Squared distance from `p` to triangle `abc` (closest-point regions).
-fn point_triangle_sq(p: P, a: P, b: P, c: P) -> f64 {
-    let (ab, ac, ap) = (sub(b, a), sub(c, a), sub(p, a));
-    let (d1, d2) = (dot(ab, ap), dot(ac, ap));
-    let closest = if d1 <= 0.0 && d2 <= 0.0 {
-        a
-    } else {
-        let bp = sub(p, b);
-        let (d3, d4) = (dot(ab, bp), dot(ac, bp));
-        let cp = sub(p, c);
-        let (d5, d6) = (dot(ab, cp), dot(ac, cp));
-        let vc = d1 * d4 - d3 * d2;
-        let vb = d5 * d2 - d1 * d6;
-        let va = d3 * d6 - d5 * d4;
-        if d3 >= 0.0 && d4 <= d3 {
-            b
-        } else if d6 >= 0.0 && d5 <= d6 {
-            c
-        } else if vc <= 0.0 && d1 >= 0.0 && d3 <= 0.0 {
-            add_scaled(a, ab, d1 / (d1 - d3))
-        } else if vb <= 0.0 && d2 >= 0.0 && d6 <= 0.0 {
-            add_scaled(a, ac, d2 / (d2 - d6))
-        } else if va <= 0.0 && (d4 - d3) >= 0.0 && (d5 - d6) >= 0.0 {
-            add_scaled(b, sub(c, b), (d4 - d3) / ((d4 - d3) + (d5 - d6)))
-        } else {
-            let denom = 1.0 / (va + vb + vc);
-            add_scaled(add_scaled(a, ab, vb * denom), ac, vc * denom)
-        }
-    };
-    let d = sub(p, closest);
-    dot(d, d)
-}
 
 /// Points on each triangle: corners, edge midpoints, centroid and three inner points, with
 /// their barycentric weights.
@@ -147,7 +106,7 @@ fn hausdorff_voxels(decimated: &Mesh, raw: &Mesh, grid: i32) -> f64 {
                                 };
                                 for &n in tris {
                                     let r = corners(raw, raw.faces[n]);
-                                    best = best.min(point_triangle_sq(p, r[0], r[1], r[2]));
+                                    best = best.min(point_triangle_distance_sq(p, r));
                                 }
                             }
                         }
