@@ -338,6 +338,33 @@ fn rounded(shape: &[usize], std: f32, dtype: DType) -> Result<Tensor> {
         .to_dtype(DType::F32)
 }
 
+/// A conv case's operands over `map`'s `n` voxels: features and weights drawn in f32 and rounded
+/// to `dtype`, an f32 bias, the CPU reference output, and the three operands on `dev`.
+fn conv_operands(
+    map: &NeighbourMap,
+    n: usize,
+    ci: usize,
+    co: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let feats = rounded(&[n, ci], 1.0, dtype)?;
+    let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
+    let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
+    let want = submanifold_conv3d(
+        &feats,
+        &map.tensor().to_device(&Device::Cpu)?,
+        &weight,
+        Some(&bias),
+    )?;
+    Ok((
+        want,
+        feats.to_dtype(dtype)?.to_device(dev)?,
+        weight.to_dtype(dtype)?.to_device(dev)?,
+        bias.to_device(dev)?,
+    ))
+}
+
 /// A random neighbour map of `n` rows with taps present with probability `p`
 /// ([`ConvMap::Random`]).
 fn random_map(n: usize, p: f32, seed: u64) -> Vec<u32> {
@@ -419,20 +446,7 @@ fn sparse_conv_sorted_order_default() -> Result<()> {
             assert_permutation(&got, n, "sorted order");
             assert_eq!(got, want, "window {window}: GPU and host orders differ");
         }
-        let feats = rounded(&[n, ci], 1.0, dtype)?;
-        let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
-        let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
-        let want = submanifold_conv3d(
-            &feats,
-            &map.tensor().to_device(&Device::Cpu)?,
-            &weight,
-            Some(&bias),
-        )?;
-        let (f, w, b) = (
-            feats.to_dtype(dtype)?.to_device(&dev)?,
-            weight.to_dtype(dtype)?.to_device(&dev)?,
-            bias.to_device(&dev)?,
-        );
+        let (want, f, w, b) = conv_operands(&map, n, ci, co, dtype, &dev)?;
         for kernel in conv_kernels(&dev)? {
             let plain = submanifold_conv3d_with(kernel, &f, map.tensor(), &w, Some(&b))?;
             let sorted = submanifold_conv3d_ordered_with(kernel, &f, map, &order, &w, Some(&b))?;
@@ -507,20 +521,7 @@ fn sparse_conv_256_row_tiles_match_cpu() -> Result<()> {
             let order = map
                 .conv_order(ci * 2)?
                 .expect("a large set on CUDA is sorted");
-            let feats = rounded(&[n, ci], 1.0, dtype)?;
-            let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
-            let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
-            let want = submanifold_conv3d(
-                &feats,
-                &map.tensor().to_device(&Device::Cpu)?,
-                &weight,
-                Some(&bias),
-            )?;
-            let (f, w, b) = (
-                feats.to_dtype(dtype)?.to_device(&dev)?,
-                weight.to_dtype(dtype)?.to_device(&dev)?,
-                bias.to_device(&dev)?,
-            );
+            let (want, f, w, b) = conv_operands(&map, n, ci, co, dtype, &dev)?;
             let (plain, sorted) = tuning.with(|| {
                 Result::Ok((
                     submanifold_conv3d_with(ConvKernel::Wgmma, &f, map.tensor(), &w, Some(&b))?,
