@@ -446,7 +446,7 @@ fn sparse_conv_sorted_order_default() -> Result<()> {
             assert_permutation(&got, n, "sorted order");
             assert_eq!(got, want, "window {window}: GPU and host orders differ");
         }
-        let (want, f, w, b) = conv_operands(&map, n, ci, co, dtype, &dev)?;
+        let (want, f, w, b) = conv_operands(map, n, ci, co, dtype, &dev)?;
         for kernel in conv_kernels(&dev)? {
             let plain = submanifold_conv3d_with(kernel, &f, map.tensor(), &w, Some(&b))?;
             let sorted = submanifold_conv3d_ordered_with(kernel, &f, map, &order, &w, Some(&b))?;
@@ -521,7 +521,7 @@ fn sparse_conv_256_row_tiles_match_cpu() -> Result<()> {
             let order = map
                 .conv_order(ci * 2)?
                 .expect("a large set on CUDA is sorted");
-            let (want, f, w, b) = conv_operands(&map, n, ci, co, dtype, &dev)?;
+            let (want, f, w, b) = conv_operands(map, n, ci, co, dtype, &dev)?;
             let (plain, sorted) = tuning.with(|| {
                 Result::Ok((
                     submanifold_conv3d_with(ConvKernel::Wgmma, &f, map.tensor(), &w, Some(&b))?,
