@@ -116,18 +116,7 @@ fn sparse_conv_cases_with_each_kernel() -> Result<()> {
             unreachable!()
         };
         let takes = |k| k != ConvKernel::Wgmma || ci.is_multiple_of(8);
-        pinned(case, dtype, &dev, &kernels, takes, |k, inputs| {
-            let Inputs::SparseConv {
-                feats,
-                map,
-                weight,
-                bias,
-            } = inputs
-            else {
-                unreachable!()
-            };
-            submanifold_conv3d_with(k, feats, map, weight, bias.as_ref())
-        })
+        pinned(case, dtype, &dev, &kernels, takes, conv_with)
     });
     Ok(())
 }
@@ -332,6 +321,20 @@ fn expect_close(label: &str, got: &Tensor, want: &Tensor, tol: f32) -> Result<()
 
 /// Random values rounded to `dtype`, returned as f32 on the CPU (the reference's input) — the
 /// GPU gets the same values in `dtype`.
+/// A sparse conv case's inputs through `kernel`.
+fn conv_with(kernel: ConvKernel, inputs: &Inputs) -> Result<Tensor> {
+    let Inputs::SparseConv {
+        feats,
+        map,
+        weight,
+        bias,
+    } = inputs
+    else {
+        unreachable!()
+    };
+    submanifold_conv3d_with(kernel, feats, map, weight, bias.as_ref())
+}
+
 fn rounded(shape: &[usize], std: f32, dtype: DType) -> Result<Tensor> {
     Tensor::randn(0f32, std, shape, &Device::Cpu)?
         .to_dtype(dtype)?
@@ -492,18 +495,7 @@ fn sparse_conv_256_row_tiles_match_cpu() -> Result<()> {
         };
         tuning.with(|| {
             run_cases(takes, |case, dtype| {
-                let run = |inputs: &Inputs| {
-                    let Inputs::SparseConv {
-                        feats,
-                        map,
-                        weight,
-                        bias,
-                    } = inputs
-                    else {
-                        unreachable!()
-                    };
-                    submanifold_conv3d_with(ConvKernel::Wgmma, feats, map, weight, bias.as_ref())
-                };
+                let run = |inputs: &Inputs| conv_with(ConvKernel::Wgmma, inputs);
                 let mut report = check_with(case, dtype, &dev, false, &run);
                 report
                     .case
