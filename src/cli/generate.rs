@@ -1194,6 +1194,17 @@ fn written<'o>(args: &Args, outputs: &'o [PathBuf], want: Format) -> Option<&'o 
         .map(|(_, p)| p)
 }
 
+/// The written mesh (the GLB, else the mesh PLY) and splat PLY, where written: what the preview
+/// and the splat quality are drawn from.
+fn written_mesh_and_splats<'o>(
+    args: &Args,
+    outputs: &'o [PathBuf],
+) -> (Option<&'o PathBuf>, Option<&'o PathBuf>) {
+    let mesh =
+        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
+    (mesh, written(args, outputs, Format::Splat))
+}
+
 /// `--preview` (NAME.preview.png, the last of `outputs`): the GLB's mesh, else the mesh PLY's,
 /// else the splats.
 fn preview(
@@ -1201,9 +1212,7 @@ fn preview(
     outputs: &[PathBuf],
     seconds: &mut std::collections::BTreeMap<String, f64>,
 ) -> Result<()> {
-    let mesh =
-        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
-    let splats = written(args, outputs, Format::Splat);
+    let (mesh, splats) = written_mesh_and_splats(args, outputs);
     if args.preview {
         if let (Some(source), Some(out)) = (mesh.or(splats), outputs.last()) {
             let start = Instant::now();
@@ -1217,11 +1226,11 @@ fn preview(
 /// With `--report`, the mesh (GLB, else mesh PLY) and splat PLY whose splat quality it records,
 /// when both are written.
 fn quality_sources(args: &Args, outputs: &[PathBuf]) -> Option<(PathBuf, PathBuf)> {
-    let mesh =
-        written(args, outputs, Format::Glb).or_else(|| written(args, outputs, Format::MeshPly));
-    let splats = written(args, outputs, Format::Splat);
-    match (args.report.is_some(), mesh, splats) {
-        (true, Some(m), Some(s)) => Some((m.clone(), s.clone())),
+    match (
+        args.report.is_some(),
+        written_mesh_and_splats(args, outputs),
+    ) {
+        (true, (Some(m), Some(s))) => Some((m.clone(), s.clone())),
         _ => None,
     }
 }
