@@ -29,7 +29,7 @@ use super::config::PipelineType;
 use super::model_cache::ModelCache;
 use super::models::{dinov3_folder, role};
 use super::run::pipeline_roles;
-use crate::weights::ModelDir;
+use crate::weights::{Checkpoint, ModelDir};
 
 /// Bytes per read: large enough that the disk streams, small enough to stop soon.
 const CHUNK: usize = 8 << 20;
@@ -84,9 +84,7 @@ pub(crate) fn weight_files(dir: &ModelDir, ptype: PipelineType) -> Vec<WeightFil
             let path = if r == role::IMAGE_COND {
                 dinov3_folder(dir).ok()?.join("model.safetensors")
             } else {
-                let mut stem = dir.resolve(r).ok()?.into_os_string();
-                stem.push(".safetensors");
-                PathBuf::from(stem)
+                Checkpoint::weights_path(&dir.resolve(r).ok()?)
             };
             let bytes = std::fs::metadata(&path).ok()?.len();
             Some(WeightFile {

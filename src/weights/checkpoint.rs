@@ -121,11 +121,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The weights file of a checkpoint stem, `<stem>.safetensors` (what [`Self::open_stem`]
+    /// opens).
+    pub fn weights_path(stem: &Path) -> PathBuf {
+        with_suffix(stem, ".safetensors")
+    }
+
     /// Opens `<stem>.safetensors` with its config: `<stem>.json` (released layout) or the
     /// file's own metadata (converted layout); one of them is required.
     pub fn open_stem(stem: &Path) -> Result<Self> {
         let json = with_suffix(stem, ".json");
-        let weights = with_suffix(stem, ".safetensors");
+        let weights = Self::weights_path(stem);
         if !weights.is_file() {
             bail!("{}: checkpoint not found", weights.display());
         }

@@ -139,9 +139,7 @@ impl ModelDir {
             }
         }
         for c in &candidates {
-            let mut weights = c.as_os_str().to_os_string();
-            weights.push(".safetensors");
-            if Path::new(&weights).is_file() {
+            if Checkpoint::weights_path(c).is_file() {
                 return Ok(c.clone());
             }
         }
