@@ -410,7 +410,8 @@ impl Phases {
                 _ => p.flows += net,
             }
         }
-        // Mesh extraction and hole filling run on the output side.
+        // The voxels' conversion to host arrays, mesh extraction and hole filling run on the
+        // output side.
         p.mesh = item["output_seconds"]["mesh"].as_f64().unwrap_or(0.0);
         for (k, name) in EXPORT.iter().enumerate() {
             p.export[k] = item["output_seconds"][name].as_f64().unwrap_or(0.0);
@@ -478,7 +479,7 @@ const ROW_NAMES: [&str; 13] = [
     "cascade upsample + quantisation",
     "shape decoder",
     "texture decoder (+ the decode stage's glue)",
-    "mesh extraction + hole filling (output side, before the asset)",
+    "voxels to host arrays, mesh extraction + hole filling (output side, before the asset)",
     "export: asset (voxels, mesh gathered)",
     "export + write: splat PLY",
     "export + write: mesh PLY",

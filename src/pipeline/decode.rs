@@ -1,25 +1,18 @@
 //! Decoding (docs/MODEL.md §1.6): shape decoder (+ subdivision guides) → texture decoder guided by
-//! those subdivisions → PBR voxels `·0.5 + 0.5`. The surface (dual-grid mesh, then hole filling)
-//! is extracted from the shape decoder's voxels later, on the host
+//! those subdivisions → PBR voxels `·0.5 + 0.5`. The voxels are only copied to the host here;
+//! their conversion to host arrays and the surface (dual-grid mesh, then hole filling) come later
 //! ([`super::output::Generated::extract_mesh`]), so that a batch's device thread does not wait
-//! for it.
+//! for them.
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::context::Ctx;
 use super::models::role;
-use super::output::{ShapeVoxels, PBR_CHANNELS};
+use super::output::{DecodedVoxels, PBR_CHANNELS};
 use crate::sparse::SparseTensor;
-
-/// The decoded object, its surface not yet extracted.
-pub(crate) struct Decoded {
-    pub shape_voxels: ShapeVoxels,
-    pub voxel_coords: Vec<[i32; 4]>,
-    pub voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
-}
 
 pub(crate) fn decode(
     ctx: &mut Ctx,
@@ -27,7 +20,7 @@ pub(crate) fn decode(
     shape_feats: &Tensor,
     tex_feats: &Tensor,
     resolution: usize,
-) -> Result<Decoded> {
+) -> Result<DecodedVoxels> {
     let mut stage = ctx.begin("decode", 2);
     let shape_latent = SparseTensor::new(coords, shape_feats.clone()).context("shape latent")?;
     let tex_latent = SparseTensor::new(coords, tex_feats.clone()).context("texture latent")?;
@@ -56,9 +49,8 @@ pub(crate) fn decode(
         ctx.latents
             .insert(format!("subs.{i}.coords"), s.coords().clone());
     }
-    let host_coords: Vec<i32> = to_host(raw.coords(), DType::I32)?;
-    let host_raw: Vec<f32> = to_host(raw.feats(), DType::F32)?;
-    // The host reads waited for the device: the part ends here.
+    // The part ends when the device has finished it (GPU work is asynchronous).
+    ctx.device.synchronize()?;
     stage.parts.insert("shape_decoder".into(), secs(start));
     ctx.progress.step("decode", 1);
 
@@ -69,9 +61,8 @@ pub(crate) fn decode(
         (tex, start)
     };
     ctx.release(role::TEX_DECODER);
-    if tex.coords().dims() != raw.coords().dims()
-        || to_host::<i32>(tex.coords(), DType::I32)? != host_coords
-    {
+    // Compared where the rows live (a kernel on a CUDA device), not downloaded.
+    if !tex.coord_set().same_rows(raw.coord_set())? {
         bail!(
             "texture decoder voxels differ from the shape decoder's; the guides were not followed"
         );
@@ -84,37 +75,25 @@ pub(crate) fn decode(
     }
     let attrs = ((tex.feats() * 0.5)? + 0.5)?;
     ctx.latents.insert("tex_voxels.feats", attrs.clone());
-    let host_attrs: Vec<f32> = to_host(&attrs, DType::F32)?;
+    // Copies only: the conversion to host arrays (dtype casts, per-voxel rows) runs with the
+    // mesh extraction, off the thread that drives the device (`Generated::extract_mesh`), so
+    // that the next picture's device work does not wait for it.
+    let cpu = Device::Cpu;
+    let voxels = DecodedVoxels {
+        coords: raw.coords().to_device(&cpu)?,
+        raw: raw.feats().to_device(&cpu)?,
+        attrs: attrs.to_device(&cpu)?,
+        resolution: resolution as u32,
+    };
     stage.parts.insert("tex_decoder".into(), secs(start));
 
-    stage.voxels = Some(host_coords.len() / 4);
+    stage.voxels = Some(voxels.coords.dim(0)?);
     stage.tokens = Some(coords.dim(0)?);
     ctx.progress.step("decode", 2);
     ctx.end(stage);
-    Ok(Decoded {
-        voxel_coords: host_coords
-            .chunks_exact(4)
-            .map(|c| [c[0], c[1], c[2], c[3]])
-            .collect(),
-        voxel_attrs: host_attrs
-            .chunks_exact(PBR_CHANNELS)
-            .map(|a| std::array::from_fn(|k| a[k]))
-            .collect(),
-        shape_voxels: ShapeVoxels {
-            coords: host_coords,
-            raw: host_raw,
-            resolution: resolution as u32,
-        },
-    })
+    Ok(voxels)
 }
 
 fn secs(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
-}
-
-fn to_host<T: candle_core::WithDType>(t: &Tensor, dtype: DType) -> Result<Vec<T>> {
-    Ok(t.to_device(&Device::Cpu)?
-        .to_dtype(dtype)?
-        .flatten_all()?
-        .to_vec1::<T>()?)
 }

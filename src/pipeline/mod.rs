@@ -34,7 +34,7 @@ pub use config::{
 };
 pub use model_cache::ModelLoads;
 pub use noise::NoiseSource;
-pub use output::{Generated, Latents, ShapeVoxels, PBR_CHANNELS};
+pub use output::{DecodedVoxels, Generated, Latents, PBR_CHANNELS};
 pub use prefetch::{PrefetchReport, PrefetchedFile};
 pub use progress::{NoProgress, Progress, StageReport};
 pub use run::{BatchItem, BatchOrder, Picture, Pipeline, RunOptions};

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::PipelineType;
 use super::progress::StageReport;
@@ -78,13 +78,17 @@ impl Latents {
     }
 }
 
-/// The shape decoder's output on the host, from which the surface is extracted.
+/// The decoders' voxels copied to the host as the device left them (its dtypes, its layout),
+/// not yet converted: [`Generated::extract_mesh`] turns them into the voxel arrays and the
+/// surface.
 #[derive(Debug, Clone)]
-pub struct ShapeVoxels {
-    /// `[V, 4]` (batch, x, y, z), flat.
-    pub coords: Vec<i32>,
-    /// The raw decoder features `[V, 7]`, flat.
-    pub raw: Vec<f32>,
+pub struct DecodedVoxels {
+    /// `[V, 4]` (batch, x, y, z) int32, on the CPU.
+    pub coords: Tensor,
+    /// The shape decoder's raw features `[V, 7]`, on the CPU.
+    pub raw: Tensor,
+    /// The texture decoder's attributes `[V, 6]`, already `·0.5 + 0.5`, on the CPU.
+    pub attrs: Tensor,
     /// Grid resolution.
     pub resolution: u32,
 }
@@ -94,9 +98,9 @@ pub struct ShapeVoxels {
 /// [`Pipeline::generate`](super::Pipeline::generate) and
 /// [`Pipeline::generate_batch`](super::Pipeline::generate_batch) return it with its surface
 /// extracted; [`Pipeline::generate_batch_voxels`](super::Pipeline::generate_batch_voxels) returns
-/// it with `mesh`, `fill_holes` and `dual_vertices` still empty and `shape_voxels` set, for
-/// [`Generated::extract_mesh`] to run elsewhere (a batch's output thread) than the thread that
-/// drives the device.
+/// it with `voxel_coords`, `voxel_attrs`, `mesh`, `fill_holes` and `dual_vertices` still empty and
+/// `voxels` set, for [`Generated::extract_mesh`] to run elsewhere (a batch's output thread) than
+/// the thread that drives the device.
 #[derive(Debug, Clone)]
 pub struct Generated {
     pub pipeline_type: PipelineType,
@@ -106,15 +110,16 @@ pub struct Generated {
     pub mesh: Mesh,
     /// What hole filling did.
     pub fill_holes: FillHolesReport,
-    /// Decoder voxels `[V, 4]` (batch, x, y, z), in decoder order.
+    /// Decoder voxels `[V, 4]` (batch, x, y, z), in decoder order (empty until extracted).
     pub voxel_coords: Vec<[i32; 4]>,
-    /// Their PBR attributes `[V, 6]`, already `·0.5 + 0.5` (see [`PBR_CHANNELS`]).
+    /// Their PBR attributes `[V, 6]`, already `·0.5 + 0.5` (see [`PBR_CHANNELS`]; empty until
+    /// extracted).
     pub voxel_attrs: Vec<[f32; PBR_CHANNELS]>,
     /// One dual-grid vertex per voxel, in voxel order (= the mesh vertices before hole filling;
     /// empty until extracted).
     pub dual_vertices: Vec<[f32; 3]>,
-    /// The shape decoder's voxels while the surface is not extracted yet; `None` after.
-    pub shape_voxels: Option<ShapeVoxels>,
+    /// The decoders' voxels while they are not extracted yet; `None` after.
+    pub voxels: Option<DecodedVoxels>,
     /// Seconds the surface extraction and hole filling took (0 until they ran).
     pub mesh_seconds: f64,
     /// Every named intermediate.
@@ -124,17 +129,28 @@ pub struct Generated {
 }
 
 impl Generated {
-    /// Extracts the surface from the shape decoder's voxels (dual grid → triangles), fills its
-    /// small holes and adds `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the
-    /// golden files hold them) to the latents, on the CPU. Does nothing when already done.
+    /// Converts the decoders' voxels to `voxel_coords` / `voxel_attrs`, extracts the surface
+    /// from the shape decoder's voxels (dual grid → triangles), fills its small holes and adds
+    /// `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the golden files hold them) to
+    /// the latents, on the CPU. Does nothing when already done.
     pub fn extract_mesh(&mut self) -> Result<()> {
-        let Some(voxels) = self.shape_voxels.take() else {
+        let Some(voxels) = self.voxels.take() else {
             return Ok(());
         };
         let start = Instant::now();
-        let mut meshes = decoder_output_to_meshes(&voxels.coords, &voxels.raw, voxels.resolution)
+        let coords: Vec<i32> = host_vec(&voxels.coords, DType::I32).context("voxel coordinates")?;
+        let raw: Vec<f32> = host_vec(&voxels.raw, DType::F32).context("shape decoder voxels")?;
+        let attrs: Vec<f32> = host_vec(&voxels.attrs, DType::F32).context("voxel attributes")?;
+        let count = voxels.coords.dim(0)?;
+        if coords.len() != 4 * count || attrs.len() != PBR_CHANNELS * count {
+            bail!(
+                "decoded voxels: {} coordinates and {} attributes for {count} voxels",
+                coords.len(),
+                attrs.len()
+            );
+        }
+        let mut meshes = decoder_output_to_meshes(&coords, &raw, voxels.resolution)
             .context("mesh extraction")?;
-        drop(voxels);
         if meshes.len() != 1 {
             bail!("decoder returned {} objects, expected one", meshes.len());
         }
@@ -155,7 +171,23 @@ impl Generated {
             fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
         self.mesh = mesh;
         self.dual_vertices = dual_vertices;
+        self.voxel_coords = coords
+            .chunks_exact(4)
+            .map(|c| [c[0], c[1], c[2], c[3]])
+            .collect();
+        self.voxel_attrs = attrs
+            .chunks_exact(PBR_CHANNELS)
+            .map(|a| std::array::from_fn(|k| a[k]))
+            .collect();
         self.mesh_seconds = start.elapsed().as_secs_f64();
         Ok(())
     }
+}
+
+/// `t`'s values as a flat host vector of `dtype`.
+fn host_vec<T: candle_core::WithDType>(t: &Tensor, dtype: DType) -> Result<Vec<T>> {
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(dtype)?
+        .flatten_all()?
+        .to_vec1::<T>()?)
 }

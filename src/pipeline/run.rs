@@ -13,13 +13,13 @@ use super::background::{conditioning_image, Background};
 use super::conditioning::condition;
 use super::config::{PipelineSettings, PipelineType, SamplerOverrides, DEFAULT_MAX_TOKENS};
 use super::context::Ctx;
-use super::decode::{decode, Decoded};
+use super::decode::decode;
 use super::dev_forcing::DevForcing;
 use super::latents_file::SavedLatents;
 use super::model_cache::{Keep, ModelCache, ModelLoads};
 use super::models::{role, LoadOptions};
 use super::noise::{Noise, NoiseSource};
-use super::output::{Generated, Latents};
+use super::output::{DecodedVoxels, Generated, Latents};
 use super::prefetch::{host_budget, plan, unclaimed, weight_files, PrefetchReport, Prefetcher};
 use super::progress::{Progress, StageReport};
 use super::shape::{
@@ -438,9 +438,9 @@ impl Pipeline {
             Step::Decode => {
                 let shape = job.shape.take().context("shape missing")?.on(device)?;
                 let tex = on(&job.tex, "texture")?;
-                let d = decode(ctx, &shape.coords, &shape.feats, &tex, shape.resolution)
+                let voxels = decode(ctx, &shape.coords, &shape.feats, &tex, shape.resolution)
                     .context("decode stage")?;
-                job.decoded = Some((d, shape.resolution));
+                job.decoded = Some(voxels);
             }
         }
         Ok(())
@@ -615,7 +615,7 @@ struct Job<'a> {
     hr: Option<(usize, Tensor)>,
     shape: Option<ShapeLatent>,
     tex: Option<Tensor>,
-    decoded: Option<(Decoded, usize)>,
+    decoded: Option<DecodedVoxels>,
 }
 
 impl<'a> Job<'a> {
@@ -685,16 +685,16 @@ impl<'a> Job<'a> {
     }
 
     fn finish(mut self) -> Result<Generated> {
-        let (d, resolution) = self.decoded.take().context("the run did not decode")?;
+        let voxels = self.decoded.take().context("the run did not decode")?;
         Ok(Generated {
             pipeline_type: self.ptype,
-            resolution: resolution as u32,
+            resolution: voxels.resolution,
             mesh: Default::default(),
             fill_holes: Default::default(),
-            voxel_coords: d.voxel_coords,
-            voxel_attrs: d.voxel_attrs,
+            voxel_coords: Vec::new(),
+            voxel_attrs: Vec::new(),
             dual_vertices: Vec::new(),
-            shape_voxels: Some(d.shape_voxels),
+            voxels: Some(voxels),
             mesh_seconds: 0.0,
             latents: self.latents,
             stages: self.reports,
