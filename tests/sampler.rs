@@ -223,7 +223,9 @@ fn guided_pair_matches(
         println!("{what} t {t_model}: batched vs two forwards max|diff| positive {dp:e}, negative {dn:e}");
         assert!(dp <= 1e-5 && dn <= 1e-5, "{what}: {dp:e} {dn:e}");
         // The branches differ, so a mix-up of the halves would show.
-        assert!(max_diff(&pos_on, &neg_on) > 1e-3, "{what}");
+        let branches = max_diff(&pos_on, &neg_on);
+        println!("{what} t {t_model}: positive vs negative max|diff| {branches:e}");
+        assert!(branches > 1e-3, "{what}");
     }
     let b = cond.dim(0).unwrap();
     let l = cond.dim(1).unwrap();

@@ -454,6 +454,19 @@ impl FlowDit {
         matches!(self.blocks, Blocks::Streamed(_))
     }
 
+    /// Whether a guided batch of `rows` tokens in all (both halves) runs its largest linear
+    /// layers, the MLP's, as single products within the device's limits
+    /// ([`crate::ops::linear::matmul_fits_one_dispatch`]: Metal's command-buffer budget, which
+    /// cannot split a matmul). Where they do not, the two forwards keep each product at half.
+    pub fn guided_batch_fits(&self, rows: usize) -> bool {
+        let (c, hidden) = (self.cfg.model_channels, self.cfg.mlp_hidden());
+        let dtype = self.input_layer.weight().dtype();
+        let fits = |inner, out| {
+            crate::ops::linear::matmul_fits_one_dispatch(self.device(), rows, inner, out, dtype)
+        };
+        fits(c, hidden) && fits(hidden, c) && fits(c, 3 * c)
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.input_layer.weight().device()

@@ -553,8 +553,9 @@ pub static KNOBS: [Knob; 16] = [
         meaning: "a guided sampler step (classifier-free guidance) runs the image condition \
                   and the zero condition as one flow forward of twice the batch instead of two \
                   (the cross-attention on the conditioned rows only); auto: on for CUDA and \
-                  Metal, off on the CPU and under --low-memory (twice the activations) (any \
-                  case; 1 and 0 are taken too)",
+                  Metal (there only where the doubled products fit a command buffer), off on \
+                  the CPU and under --low-memory (twice the activations) (any case; 1 and 0 \
+                  are taken too)",
         parse: |t, v| {
             t.guided_batch = match v.to_ascii_lowercase().as_str() {
                 "auto" => GuidedBatch::Auto,

@@ -116,7 +116,12 @@ impl VelocityModel for DitVelocity<'_> {
     }
 
     fn velocity_guided(&mut self, x: &Tensor, t_model: f32) -> Result<(Tensor, Tensor)> {
-        if !self.guided_batch {
+        // Tokens of all samples: rows of a sparse latent, cells of a dense one.
+        let rows = match &self.tokens {
+            FlowTokens::Dense => x.elem_count() / x.dim(1)?,
+            FlowTokens::Sparse { .. } => x.dim(0)?,
+        };
+        if !self.guided_batch || !self.model.guided_batch_fits(2 * rows) {
             let pos = self.velocity(x, t_model, Branch::Positive)?;
             return Ok((pos, self.velocity(x, t_model, Branch::Negative)?));
         }
