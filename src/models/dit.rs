@@ -455,7 +455,7 @@ impl FlowDit {
     }
 
     /// Whether a guided batch of `rows` tokens in all (both halves) runs its largest linear
-    /// layers, the MLP's, as single products within the device's limits
+    /// layers (the MLP's two and `to_qkv`) as single products within the device's limits
     /// ([`crate::ops::linear::matmul_fits_one_dispatch`]: Metal's command-buffer budget, which
     /// cannot split a matmul). Where they do not, the two forwards keep each product at half.
     pub fn guided_batch_fits(&self, rows: usize) -> bool {
