@@ -30,23 +30,28 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use random_weights::{manifest, random, write_random};
 use trellis2::models::dinov3::{DinoV3, DinoV3Config};
-use trellis2::models::dit::{Condition, DitConfig, FlowDit, FlowInput};
+use trellis2::models::dit::{DitConfig, FlowDit};
 use trellis2::models::registry::ModelSource;
 use trellis2::models::registry::{load_shape_decoder, load_ss_decoder, load_unet_decoder};
 use trellis2::models::sc_vae::CASCADE_UPSAMPLE_TIMES;
 use trellis2::models::WeightMemory;
+use trellis2::ops::tuning::Tuning;
 use trellis2::pipeline::cascade::{high_res_structure, MIN_CASCADE_RESOLUTION};
+use trellis2::pipeline::config::SamplerStage;
 use trellis2::pipeline::dev_forcing::{forced_subdivisions, shell_coords, BASELINE_GROWTH};
 use trellis2::pipeline::device::{select, DeviceChoice};
+use trellis2::pipeline::flow_model::{DitVelocity, FlowTokens};
 use trellis2::pipeline::memory::GpuMemoryProbe;
 use trellis2::pipeline::models::LoadOptions;
+use trellis2::pipeline::sampler::{schedule, Branch, SamplerParams, VelocityModel};
 use trellis2::pipeline::DEFAULT_MAX_TOKENS;
 use trellis2::sparse::SparseTensor;
 
 struct Opts {
     device: Device,
     load: LoadOptions,
-    /// Overrides every flow stage's release forward count.
+    /// Overrides every flow stage's release forward count (pairs of guided calls, then one
+    /// conditioned call if odd).
     forwards: Option<usize>,
     tokens_512: usize,
     tokens_1024: usize,
@@ -192,6 +197,42 @@ impl Row {
     }
 }
 
+/// The model calls of one sampler step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Step {
+    /// Classifier-free guidance: the conditioned and the zero-condition velocity.
+    Guided,
+    One(Branch),
+}
+
+impl Step {
+    fn forwards(self) -> usize {
+        match self {
+            Step::Guided => 2,
+            Step::One(_) => 1,
+        }
+    }
+}
+
+/// The steps of a sampler run as `sample` makes them (`SamplerParams::strength_at`).
+fn release_steps(params: &SamplerParams) -> Vec<Step> {
+    schedule(params.steps, params.rescale_t)
+        .iter()
+        .take(params.steps)
+        .map(|&t| {
+            // The sampler's three cases, in its order.
+            let g = params.strength_at(t);
+            if g == 1.0 {
+                Step::One(Branch::Positive)
+            } else if g == 0.0 {
+                Step::One(Branch::Negative)
+            } else {
+                Step::Guided
+            }
+        })
+        .collect()
+}
+
 fn coords_tensor(coords: &[[i32; 4]], device: &Device) -> Result<Tensor> {
     let flat: Vec<i32> = coords.iter().flatten().copied().collect();
     Ok(Tensor::from_vec(flat, (coords.len(), 4), device)?)
@@ -255,6 +296,20 @@ impl Bench {
         shape: String,
         forwards: usize,
         flops: Option<f64>,
+        f: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        self.measure_calls(stage, shape, forwards, forwards, flops, f)
+    }
+
+    /// [`Bench::measure`] with `calls` calls of `f` making the `forwards` forwards (a sampler
+    /// step may make two in one call).
+    fn measure_calls(
+        &mut self,
+        stage: &str,
+        shape: String,
+        forwards: usize,
+        calls: usize,
+        flops: Option<f64>,
         mut f: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
         let probe = MemoryProbe::start(&self.opts.device);
@@ -270,7 +325,7 @@ impl Bench {
         for _ in 0..runs {
             self.opts.device.synchronize()?;
             let t = Instant::now();
-            for i in 0..forwards {
+            for i in 0..calls {
                 f(i)?;
             }
             self.opts.device.synchronize()?;
@@ -326,16 +381,18 @@ impl Bench {
         Ok(())
     }
 
-    /// One flow stage: `forwards` alternate the image condition and the zero condition, as
-    /// classifier-free guidance does.
-    #[allow(clippy::too_many_arguments)]
+    /// One flow stage as its release sampler (`sampler`) calls the model: each step's calls
+    /// through the pipeline's [`DitVelocity`], a guided step's two as one forward of twice the
+    /// batch where `TRELLIS2_GUIDED_BATCH` resolves on (the sampler's own arithmetic, a few
+    /// element-wise passes per step, is left out). `--forwards N` replaces the schedule by
+    /// N / 2 guided steps (and one conditioned call if N is odd).
     fn flow(
         &mut self,
         stage: &str,
         manifest_name: &str,
         tokens: Option<&[[i32; 4]]>,
         cond_tokens: usize,
-        release_forwards: usize,
+        sampler: SamplerStage,
     ) -> Result<()> {
         if !self.wanted(stage) {
             return Ok(());
@@ -346,8 +403,6 @@ impl Bench {
         let dtype = self.opts.load.dtype_for(&src.checkpoint, &dev);
         let model = FlowDit::load_with(&cfg, &src.checkpoint, dtype, &dev, self.opts.load.memory)?;
         let cond = rand_on(&[1, cond_tokens, 1024], 3, &dev)?.affine(0.05, 0.0)?;
-        let kv = model.cond_kv(&cond)?;
-        let forwards = self.opts.forwards.unwrap_or(release_forwards);
         let (x, coords, n) = match tokens {
             None => {
                 let r = cfg.resolution;
@@ -366,33 +421,65 @@ impl Bench {
         let concat = (cfg.in_channels > cfg.out_channels)
             .then(|| rand_on(&[n, cfg.in_channels - cfg.out_channels], 6, &dev))
             .transpose()?;
-        let t = Tensor::full(500f32, 1, &dev)?;
-        // Spec §9 counting (`DitConfig::forward_flops`); the zero condition needs no attention.
-        let flops = (0..forwards)
-            .map(|i| model.forward_flops(n, if i % 2 == 0 { cond_tokens } else { 0 }))
-            .sum::<f64>();
-        self.measure(
-            stage,
-            format!("{n} × {cond_tokens}"),
-            forwards,
-            Some(flops),
-            |i| {
-                let input = match &coords {
-                    None => FlowInput::Dense(&x),
-                    Some(c) => FlowInput::Sparse {
-                        feats: &x,
-                        coords: c,
-                        concat_cond: concat.as_ref(),
-                    },
-                };
-                let cond = if i % 2 == 0 {
-                    Condition::Tokens(&kv)
-                } else {
-                    Condition::Zero
-                };
-                model.forward(&input, &t, &cond)?;
-                Ok(())
+        let flow_tokens = match &coords {
+            None => FlowTokens::Dense,
+            Some(c) => FlowTokens::Sparse {
+                coords: c,
+                concat_cond: concat.as_ref(),
             },
+        };
+        let mut velocity = DitVelocity::new(&model, &cond, flow_tokens)?;
+        let steps = match self.opts.forwards {
+            Some(f) => {
+                let mut steps = vec![Step::Guided; f / 2];
+                if f % 2 == 1 {
+                    steps.push(Step::One(Branch::Positive));
+                }
+                steps
+            }
+            None => release_steps(&sampler.release_params()),
+        };
+        let forwards: usize = steps.iter().map(|s| s.forwards()).sum();
+        // Spec §9 counting (`DitConfig::forward_flops`); the zero condition needs no attention.
+        let flops = steps
+            .iter()
+            .map(|s| match s {
+                Step::Guided => model.forward_flops(n, cond_tokens) + model.forward_flops(n, 0),
+                Step::One(Branch::Positive) => model.forward_flops(n, cond_tokens),
+                Step::One(Branch::Negative) => model.forward_flops(n, 0),
+            })
+            .sum::<f64>();
+        let batched = velocity.guided_batch() && steps.contains(&Step::Guided);
+        let t = 500f32;
+        let mut run = |step: Step| -> Result<()> {
+            match step {
+                Step::Guided => drop(velocity.velocity_guided(&x, t)?),
+                Step::One(branch) => drop(velocity.velocity(&x, t, branch)?),
+            }
+            Ok(())
+        };
+        if self.opts.warm {
+            // Every kind of step once, so none is cold in the timed run.
+            let mut kinds = steps.clone();
+            kinds.dedup();
+            for &step in &kinds[1..] {
+                run(step)?;
+            }
+        }
+        self.measure_calls(
+            stage,
+            format!(
+                "{n} × {cond_tokens}{}",
+                if batched {
+                    ", guided steps batched"
+                } else {
+                    ""
+                }
+            ),
+            forwards,
+            steps.len(),
+            Some(flops),
+            |i| run(steps[i]),
         )
     }
 
@@ -554,8 +641,16 @@ impl Bench {
 fn main() -> Result<()> {
     let opts = parse()?;
     println!(
-        "device {:?}, dtype {:?}, weights {:?}; peak memory per stage includes the stage's model",
-        opts.device, opts.load.dtype, opts.load.memory
+        "device {:?}, dtype {:?}, weights {:?}, TRELLIS2_GUIDED_BATCH={}; peak memory per stage \
+         includes the stage's model",
+        opts.device,
+        opts.load.dtype,
+        opts.load.memory,
+        Tuning::current()
+            .values()
+            .into_iter()
+            .find(|(name, _)| *name == "TRELLIS2_GUIDED_BATCH")
+            .map_or(String::new(), |(_, v)| v),
     );
     println!("| stage | tokens | forwards | ms | ms/forward | TFLOP/s | peak anon RSS GiB | peak GPU GiB |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -573,20 +668,32 @@ fn main() -> Result<()> {
         "ss_flow_img_dit_1_3B_64_bf16.denoiser",
         None,
         1029,
-        22,
+        SamplerStage::Ss,
     )?;
     b.ss_decoder()?;
     let shape = "slat_flow_img2shape_dit_1_3B_512_bf16.denoiser";
     let tex = "slat_flow_imgshape2tex_dit_1_3B_512_bf16.denoiser";
-    b.flow("shape_flow_512", shape, Some(&lr), 1029, 21)?;
-    b.flow("tex_flow_512", tex, Some(&lr), 1029, 12)?;
+    b.flow(
+        "shape_flow_512",
+        shape,
+        Some(&lr),
+        1029,
+        SamplerStage::Shape,
+    )?;
+    b.flow("tex_flow_512", tex, Some(&lr), 1029, SamplerStage::Tex)?;
     b.decoders(512, &lr, "_ft_512")?;
     b.cascade(&lr)?;
     if with_1024 {
         let shape = "slat_flow_img2shape_dit_1_3B_512_bf16_ft1024.denoiser";
         let tex = "slat_flow_imgshape2tex_dit_1_3B_512_bf16_ft1024.denoiser";
-        b.flow("shape_flow_1024", shape, Some(&hr), 4101, 21)?;
-        b.flow("tex_flow_1024", tex, Some(&hr), 4101, 12)?;
+        b.flow(
+            "shape_flow_1024",
+            shape,
+            Some(&hr),
+            4101,
+            SamplerStage::Shape,
+        )?;
+        b.flow("tex_flow_1024", tex, Some(&hr), 4101, SamplerStage::Tex)?;
         b.decoders(1024, &hr, "")?;
     }
     let total: f64 = b.rows.iter().map(|r| r.seconds).sum();

@@ -310,6 +310,22 @@ enum Blocks {
 /// is row-wise, so the result is identical.
 const STREAMED_MLP_ROWS: usize = 2048;
 
+/// What one block's cross-attention attends to.
+enum BlockCross<'a> {
+    /// Every sample attends to its image tokens: K/V `[B·L, H, D]` with per-sample offsets.
+    Tokens(&'a (Tensor, Tensor), &'a [usize]),
+    /// The zero condition for every sample.
+    Zero,
+    /// A guided batch ([`FlowDit::forward_guided`]): the first `rows` tokens (the conditioned
+    /// samples, `offsets.len() − 1` of them) attend to their image tokens, the rest take the
+    /// zero condition.
+    Guided {
+        kv: &'a (Tensor, Tensor),
+        offsets: &'a [usize],
+        rows: usize,
+    },
+}
+
 /// What the cross-attention attends to.
 pub enum Condition<'a> {
     /// Image tokens, K/V precomputed by [`FlowDit::cond_kv`].
@@ -347,6 +363,9 @@ pub struct FlowDit {
     /// run passes the same coordinates at every step, so the coordinates are read back to the
     /// host and the table built once per run instead of once per forward.
     layout_cache: std::sync::Mutex<Option<(LayoutKey, TokenLayout)>>,
+    /// The guided batch's layout (the last layout's samples twice), keyed by that layout's
+    /// RoPE table (candle ids are never reused), built once per run as well.
+    guided_cache: std::sync::Mutex<Option<(candle_core::TensorId, TokenLayout)>>,
     /// [`identity_rotation`] for the cross-attention's q RMS norm, built once instead of at
     /// every block of every forward.
     plain_rotation: Tensor,
@@ -369,6 +388,7 @@ impl FlowDit {
             adaln: linear(c, 6 * c, vb.pp("adaLN_modulation.1"))?,
             blocks: Blocks::Resident(blocks),
             layout_cache: std::sync::Mutex::new(None),
+            guided_cache: std::sync::Mutex::new(None),
             plain_rotation: identity_rotation(cfg.head_dim(), vb.device())?,
             plain_norm: NormAffine::identity(c, vb.device())?,
             out_layer: linear(c, cfg.out_channels, vb.pp("out_layer"))?,
@@ -426,6 +446,30 @@ impl FlowDit {
 
     pub fn config(&self) -> &DitConfig {
         &self.cfg
+    }
+
+    /// Whether the transformer blocks are read from the checkpoint at each use
+    /// (`WeightMemory::Streamed`, the CLI's `--low-memory`).
+    pub fn streamed(&self) -> bool {
+        matches!(self.blocks, Blocks::Streamed(_))
+    }
+
+    /// Whether a guided batch of `rows` tokens in all (both halves) runs its largest linear
+    /// layers (the MLP's two and `to_qkv`) as single products within the device's limits
+    /// ([`crate::ops::linear::matmul_fits_one_dispatch`]: Metal's command-buffer budget, which
+    /// cannot split a matmul). Where they do not, the two forwards keep each product at half.
+    pub fn guided_batch_fits(&self, rows: usize) -> bool {
+        let (c, hidden) = (self.cfg.model_channels, self.cfg.mlp_hidden());
+        let dtype = self.input_layer.weight().dtype();
+        let fits = |inner, out| {
+            crate::ops::linear::matmul_fits_one_dispatch(self.device(), rows, inner, out, dtype)
+        };
+        fits(c, hidden) && fits(hidden, c) && fits(c, 3 * c)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.input_layer.weight().device()
     }
 
     /// [`DitConfig::forward_flops`].
@@ -501,42 +545,97 @@ impl FlowDit {
             trace.record("rope_phases.real_imag", || Ok(phases.clone()))?;
         }
         if let Condition::Tokens(kv) = cond {
-            if kv.offsets.len() != batch + 1 {
-                bail!(
-                    "condition has {} samples, t has {batch}",
-                    kv.offsets.len() - 1
-                );
-            }
+            kv.check_batch(batch)?;
         }
         let dtype = self.input_layer.weight().dtype();
-        let mut h = self.input_layer.forward(&tokens.to_dtype(dtype)?)?;
+        let h = self.input_layer.forward(&tokens.to_dtype(dtype)?)?;
         trace.record(&layout.name("input_layer"), || layout.trace_view(&h))?;
         let t_emb = self.timestep_embedding(t)?;
         trace.record("t_embedder", || Ok(t_emb.clone()))?;
         let m = self.adaln.forward(&t_emb.silu()?)?;
         trace.record("adaLN_modulation", || Ok(m.clone()))?;
+        let kv = match cond {
+            Condition::Tokens(kv) => Some(*kv),
+            Condition::Zero => None,
+        };
+        let out = self.blocks_and_out(h, &m, kv, None, &layout, trace)?;
+        self.untokens(x, &out)
+    }
+
+    /// The two forwards of a guided sampler step as one: the `B` samples of `x` at times `t [B]`
+    /// with the condition `cond` (B samples) and with the zero condition, as a batch of `2B`
+    /// whose cross-attention runs on the conditioned rows only. Returns `(conditioned, zero)`,
+    /// each what [`FlowDit::forward`] returns for its condition; per-token arithmetic is that of
+    /// the two forwards, so only the GEMMs' reduction order may differ (by the row count).
+    pub fn forward_guided(
+        &self,
+        x: &FlowInput,
+        t: &Tensor,
+        cond: &CondKv,
+    ) -> Result<(Tensor, Tensor)> {
+        let batch = t.dims1().context("t must be [B]")?;
+        let (tokens, layout) = self.tokens(x, batch)?;
+        cond.check_batch(batch)?;
+        let layout = self.guided_layout(&layout)?;
+        let dtype = self.input_layer.weight().dtype();
+        // Row-wise up to the blocks: computed once and repeated for the second half.
+        let h = self.input_layer.forward(&tokens.to_dtype(dtype)?)?;
+        let rows = h.dim(0)?;
+        let h = Tensor::cat(&[&h, &h], 0)?;
+        let m = self.adaln.forward(&self.timestep_embedding(t)?.silu()?)?;
+        let m = Tensor::cat(&[&m, &m], 0)?;
+        let out = self.blocks_and_out(h, &m, Some(cond), Some(rows), &layout, &mut Trace::off())?;
+        Ok((
+            self.untokens(x, &out.narrow(0, 0, rows)?)?,
+            self.untokens(x, &out.narrow(0, rows, rows)?)?,
+        ))
+    }
+
+    /// The blocks, final norm and output layer over `h [T, C]` with modulation `m [B, 6C]`;
+    /// `guided_rows`: a guided batch whose first rows take `kv`, the rest the zero condition.
+    fn blocks_and_out(
+        &self,
+        mut h: Tensor,
+        m: &Tensor,
+        kv: Option<&CondKv>,
+        guided_rows: Option<usize>,
+        layout: &TokenLayout,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
         let (heads, head_dim) = (self.cfg.heads(), self.cfg.head_dim());
         for i in 0..self.cfg.num_blocks {
             let blk = self.block_at(i)?;
             let deferred;
-            let kv = match cond {
-                Condition::Tokens(kv) => Some((
-                    match &kv.store {
+            let cross = match kv {
+                Some(kv) => {
+                    let pair = match &kv.store {
                         KvStore::PerBlock(per_block) => &per_block[i],
                         KvStore::Deferred(flat) => {
                             deferred = blk.cond_kv(flat, heads, head_dim)?;
                             &deferred
                         }
-                    },
-                    kv.offsets.as_slice(),
-                )),
-                Condition::Zero => None,
+                    };
+                    match guided_rows {
+                        Some(rows) => BlockCross::Guided {
+                            kv: pair,
+                            offsets: &kv.offsets,
+                            rows,
+                        },
+                        None => BlockCross::Tokens(pair, &kv.offsets),
+                    }
+                }
+                None => BlockCross::Zero,
             };
-            h = self.block(&blk, &h, &m, kv, &layout, &format!("blocks.{i}"), trace)?;
+            h = self.block(&blk, &h, m, cross, layout, &format!("blocks.{i}"), trace)?;
         }
         let h = layer_norm(&h, None, 1e-5)?;
         let out = self.out_layer.forward(&h)?;
         trace.record(&layout.name("out_layer"), || layout.trace_view(&out))?;
+        Ok(out)
+    }
+
+    /// The output rows `[T, out]` in the input's layout: `[B, out, R, R, R]` for dense input.
+    fn untokens(&self, x: &FlowInput, out: &Tensor) -> Result<Tensor> {
         match x {
             FlowInput::Dense(x) => {
                 let (b, _, r0, r1, r2) = x.dims5()?;
@@ -545,8 +644,33 @@ impl FlowDit {
                     .permute((0, 4, 1, 2, 3))?
                     .contiguous()?)
             }
-            FlowInput::Sparse { .. } => Ok(out),
+            FlowInput::Sparse { .. } => Ok(out.clone()),
         }
+    }
+
+    /// `layout`'s samples twice (offsets continued, RoPE table repeated), kept while `layout`'s
+    /// table is the current one.
+    fn guided_layout(&self, layout: &TokenLayout) -> Result<TokenLayout> {
+        let key = layout.rope.id();
+        if let Ok(cache) = self.guided_cache.lock() {
+            if let Some((k, guided)) = cache.as_ref() {
+                if *k == key {
+                    return Ok(guided.clone());
+                }
+            }
+        }
+        let rows = *layout.offsets.last().context("empty token layout")?;
+        let mut offsets = layout.offsets.clone();
+        offsets.extend(layout.offsets[1..].iter().map(|o| o + rows));
+        let guided = TokenLayout {
+            offsets,
+            rope: Tensor::cat(&[&layout.rope, &layout.rope], 0)?,
+            dense: layout.dense,
+        };
+        if let Ok(mut cache) = self.guided_cache.lock() {
+            *cache = Some((key, guided.clone()));
+        }
+        Ok(guided)
     }
 
     fn cached_layout(&self, key: &LayoutKey) -> Option<TokenLayout> {
@@ -698,7 +822,7 @@ impl FlowDit {
         blk: &Block,
         x: &Tensor,
         m: &Tensor,
-        kv: Option<(&(Tensor, Tensor), &[usize])>,
+        cross: BlockCross,
         layout: &TokenLayout,
         prefix: &str,
         trace: &mut Trace,
@@ -750,26 +874,38 @@ impl FlowDit {
         let h = blk.norm2.forward(&x)?;
         trace.record(&name("norm2"), || layout.trace_view(&h))?;
         let to_out = &blk.cross_attn.to_out;
-        let x = match kv {
-            Some(((k, v), kv_offsets)) => {
-                let mut q = blk.cross_attn.to_q.forward(&h)?.reshape((n, h_, d))?;
-                if let Some(g) = &blk.cross_attn.q_gamma {
-                    q = rms_norm_rope(&q, Some(g), &self.plain_rotation)?;
-                }
-                let a = varlen_attention(&q, k, v, &layout.offsets, kv_offsets, scale)?;
-                let a = a.reshape((n, c))?;
+        // The zero condition's output is one row for every token: added as a bias.
+        let zero_row = &blk.cross_attn.zero_cond_out;
+        let x = match cross {
+            BlockCross::Tokens((k, v), kv_offsets) => {
+                let a = self.cross_attend(blk, &h, k, v, &layout.offsets, kv_offsets)?;
                 trace.record(&name("cross_attn"), || {
                     layout.trace_view(&to_out.forward(&a)?)
                 })?;
                 to_out.forward_residual(&a, &x)?
             }
-            // The zero condition's output is one row for every token: added as a bias.
-            None => {
-                let row = &blk.cross_attn.zero_cond_out;
+            BlockCross::Zero => {
                 trace.record(&name("cross_attn"), || {
-                    layout.trace_view(&row.broadcast_as((n, c))?.contiguous()?)
+                    layout.trace_view(&zero_row.broadcast_as((n, c))?.contiguous()?)
                 })?;
-                bias_act(&x, &row.squeeze(0)?, Activation::None)?
+                bias_act(&x, &zero_row.squeeze(0)?, Activation::None)?
+            }
+            // Guided batches are never traced (`forward_guided`).
+            BlockCross::Guided {
+                kv: (k, v),
+                offsets: kv_offsets,
+                rows,
+            } => {
+                let q_offsets = &layout.offsets[..kv_offsets.len()];
+                let a =
+                    self.cross_attend(blk, &h.narrow(0, 0, rows)?, k, v, q_offsets, kv_offsets)?;
+                let pos = to_out.forward_residual(&a, &x.narrow(0, 0, rows)?)?;
+                let neg = bias_act(
+                    &x.narrow(0, rows, n - rows)?,
+                    &zero_row.squeeze(0)?,
+                    Activation::None,
+                )?;
+                Tensor::cat(&[pos, neg], 0)?
             }
         };
 
@@ -794,6 +930,47 @@ impl FlowDit {
         let x = gated_residual(&x, &h, &gate_mlp, &layout.offsets)?;
         trace.record(&layout.name(prefix), || layout.trace_view(&x))?;
         Ok(x)
+    }
+}
+
+impl FlowDit {
+    /// The cross-attention of the normalised rows `h [rows, C]` (samples at `q_offsets`) to
+    /// `k`, `v` (samples at `kv_offsets`), before `to_out`: `[rows, C]`.
+    fn cross_attend(
+        &self,
+        blk: &Block,
+        h: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        q_offsets: &[usize],
+        kv_offsets: &[usize],
+    ) -> Result<Tensor> {
+        let (c, heads, d) = (
+            self.cfg.model_channels,
+            self.cfg.heads(),
+            self.cfg.head_dim(),
+        );
+        let rows = h.dim(0)?;
+        let mut q = blk.cross_attn.to_q.forward(h)?.reshape((rows, heads, d))?;
+        if let Some(g) = &blk.cross_attn.q_gamma {
+            q = rms_norm_rope(&q, Some(g), &self.plain_rotation)?;
+        }
+        let scale = 1.0 / (d as f32).sqrt();
+        let a = varlen_attention(&q, k, v, q_offsets, kv_offsets, scale)?;
+        Ok(a.reshape((rows, c))?)
+    }
+}
+
+impl CondKv {
+    /// Errors unless the condition has `batch` samples.
+    fn check_batch(&self, batch: usize) -> Result<()> {
+        if self.offsets.len() != batch + 1 {
+            bail!(
+                "condition has {} samples, t has {batch}",
+                self.offsets.len() - 1
+            );
+        }
+        Ok(())
     }
 }
 

@@ -95,6 +95,33 @@ pub enum MetalAttention {
     Varlen,
 }
 
+/// Whether a guided sampler step runs its positive and negative model calls as one forward of
+/// twice the batch: `TRELLIS2_GUIDED_BATCH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum GuidedBatch {
+    /// On for a model on a GPU (CUDA, Metal) with resident weights; off on the CPU (its golden
+    /// parity keeps the two-forward arithmetic) and under `--low-memory` (twice the activations).
+    #[default]
+    Auto,
+    /// One forward of 2B items wherever the model runs.
+    On,
+    /// Two forwards of B items.
+    Off,
+}
+
+impl GuidedBatch {
+    /// Whether a guided step runs as one forward, for a model on a GPU (`gpu`) or the CPU whose
+    /// transformer blocks are streamed from the checkpoint (`streamed`, `--low-memory`) or
+    /// resident.
+    pub fn enabled(self, gpu: bool, streamed: bool) -> bool {
+        match self {
+            GuidedBatch::On => true,
+            GuidedBatch::Off => false,
+            GuidedBatch::Auto => gpu && !streamed,
+        }
+    }
+}
+
 /// Every knob's value. `Default` is what an empty environment gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -137,6 +164,8 @@ pub struct Tuning {
     /// (SiLU, exact GELU) that run the wgmma kernel with bias and activation in its epilogue:
     /// those of at most this many inputs (None: none, `usize::MAX`: all).
     pub linear_act: Option<usize>,
+    /// `TRELLIS2_GUIDED_BATCH`: a guided sampler step as one forward of twice the batch.
+    pub guided_batch: GuidedBatch,
 }
 
 impl Default for Tuning {
@@ -157,6 +186,7 @@ impl Default for Tuning {
             jit_warmup: 0,
             prefetch: true,
             linear_act: None,
+            guided_batch: GuidedBatch::Auto,
         }
     }
 }
@@ -243,7 +273,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 15] = [
+pub static KNOBS: [Knob; 16] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -514,6 +544,35 @@ pub static KNOBS: [Knob; 15] = [
             None => "off".into(),
             Some(usize::MAX) => "on".into(),
             Some(n) => n.to_string(),
+        },
+    },
+    Knob {
+        name: "TRELLIS2_GUIDED_BATCH",
+        values: "auto, on or off",
+        default: "auto",
+        meaning: "a guided sampler step (classifier-free guidance) runs the image condition \
+                  and the zero condition as one flow forward of twice the batch instead of two \
+                  (the cross-attention on the conditioned rows only); auto: on for CUDA and \
+                  Metal (there only where the doubled products fit a command buffer), off on \
+                  the CPU and under --low-memory (twice the activations) (any case; 1 and 0 \
+                  are taken too)",
+        parse: |t, v| {
+            t.guided_batch = match v.to_ascii_lowercase().as_str() {
+                "auto" => GuidedBatch::Auto,
+                _ => match on_off(v)? {
+                    true => GuidedBatch::On,
+                    false => GuidedBatch::Off,
+                },
+            };
+            Ok(())
+        },
+        show: |t| {
+            match t.guided_batch {
+                GuidedBatch::Auto => "auto",
+                GuidedBatch::On => "on",
+                GuidedBatch::Off => "off",
+            }
+            .into()
         },
     },
 ];
@@ -923,6 +982,23 @@ mod tests {
                     ..d
                 },
             ),
+            ("TRELLIS2_GUIDED_BATCH", "AUTO", d),
+            (
+                "TRELLIS2_GUIDED_BATCH",
+                "on",
+                Tuning {
+                    guided_batch: GuidedBatch::On,
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_GUIDED_BATCH",
+                "0",
+                Tuning {
+                    guided_batch: GuidedBatch::Off,
+                    ..d
+                },
+            ),
         ];
         for (name, value, want) in cases {
             assert_eq!(one(name, value), Ok(want), "{name}={value}");
@@ -950,6 +1026,7 @@ mod tests {
             ("TRELLIS2_JIT_WARMUP", "2"),
             ("TRELLIS2_PREFETCH", "off"),
             ("TRELLIS2_LINEAR_ACT", "256"),
+            ("TRELLIS2_GUIDED_BATCH", "off"),
         ];
         let (t, errors) = parse(&all);
         assert!(errors.is_empty(), "{errors:?}");
@@ -1032,6 +1109,11 @@ mod tests {
                 "wgmma",
                 "TRELLIS2_LINEAR_ACT=wgmma: expected off, on or a largest input width",
             ),
+            (
+                "TRELLIS2_GUIDED_BATCH",
+                "both",
+                "TRELLIS2_GUIDED_BATCH=both: expected auto, on or off",
+            ),
         ];
         for (name, value, message) in cases {
             assert_eq!(one(name, value), Err(message.to_string()));
@@ -1088,10 +1170,29 @@ mod tests {
              TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_CONV_ROWS=auto \
              TRELLIS2_METAL_ATTENTION=auto TRELLIS2_JIT_WARMUP=off TRELLIS2_PREFETCH=on \
-             TRELLIS2_LINEAR_ACT=off"
+             TRELLIS2_LINEAR_ACT=off TRELLIS2_GUIDED_BATCH=auto"
         );
         let json = serde_json::to_value(t).unwrap();
         assert_eq!(json["TRELLIS2_CONV_KERNEL"], "auto");
         assert_eq!(json.as_object().unwrap().len(), KNOBS.len());
+    }
+
+    #[test]
+    fn guided_batch_auto_is_on_for_resident_gpu_models_only() {
+        use GuidedBatch::*;
+        for (choice, gpu, streamed, want) in [
+            (Auto, true, false, true),
+            (Auto, false, false, false),
+            (Auto, true, true, false),
+            (Auto, false, true, false),
+            (On, false, true, true),
+            (Off, true, false, false),
+        ] {
+            assert_eq!(
+                choice.enabled(gpu, streamed),
+                want,
+                "{choice:?} {gpu} {streamed}"
+            );
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! A loaded flow DiT bound to one condition and one token layout, as the sampler's
 //! [`VelocityModel`]. The condition's cross-attention K/V are computed once here and reused by
-//! every step; the negative branch uses the exact zero-condition shortcut.
+//! every step; the negative branch uses the exact zero-condition shortcut. A guided step's two
+//! calls run as one forward of twice the batch where `TRELLIS2_GUIDED_BATCH` resolves on
+//! ([`FlowDit::forward_guided`]).
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 use super::sampler::{Branch, LatentLayout, VelocityModel};
 use crate::models::dit::{CondKv, Condition, FlowDit, FlowInput};
+use crate::ops::tuning::Tuning;
 
 /// What the sample's tokens are.
 pub enum FlowTokens<'a> {
@@ -28,10 +31,13 @@ pub struct DitVelocity<'a> {
     /// Image tokens per sample, for the FLOP count.
     cond_tokens: usize,
     flops: f64,
+    /// Guided steps as one forward of 2B (`TRELLIS2_GUIDED_BATCH`, resolved at construction).
+    guided_batch: bool,
 }
 
 impl<'a> DitVelocity<'a> {
-    /// `cond [B, L, cond_channels]`; `batch` = B.
+    /// `cond [B, L, cond_channels]`; `batch` = B. Guided steps run batched as the calling
+    /// thread's `TRELLIS2_GUIDED_BATCH` decides for this model's device and weight residency.
     pub fn new(model: &'a FlowDit, cond: &Tensor, tokens: FlowTokens<'a>) -> Result<Self> {
         let batch = cond.dim(0)?;
         if let FlowTokens::Sparse { coords, .. } = &tokens {
@@ -45,7 +51,15 @@ impl<'a> DitVelocity<'a> {
             batch,
             cond_tokens: cond.dim(1)?,
             flops: 0.0,
+            guided_batch: Tuning::current()
+                .guided_batch
+                .enabled(!model.device().is_cpu(), model.streamed()),
         })
+    }
+
+    /// Whether guided steps run as one forward of twice the batch.
+    pub fn guided_batch(&self) -> bool {
+        self.guided_batch
     }
 
     /// FLOPs of the calls made so far (`FlowDit::forward_flops`).
@@ -54,20 +68,21 @@ impl<'a> DitVelocity<'a> {
     }
 }
 
-impl VelocityModel for DitVelocity<'_> {
-    fn velocity(&mut self, x: &Tensor, t_model: f32, branch: Branch) -> Result<Tensor> {
-        let t = Tensor::full(t_model, self.batch, x.device())?;
-        let (cond, cond_tokens) = match branch {
-            Branch::Positive => (Condition::Tokens(&self.cond), self.cond_tokens),
-            Branch::Negative => (Condition::Zero, 0),
-        };
+impl DitVelocity<'_> {
+    /// The FLOPs of one forward of `x` with the condition (`cond_tokens` image tokens) or
+    /// without (0), every sample counted.
+    fn count(&mut self, x: &Tensor, cond_tokens: usize) -> Result<()> {
         // Tokens per sample: rows of a sparse latent, cells of a dense one.
         let rows = match &self.tokens {
             FlowTokens::Dense => x.elem_count() / x.dim(1)?,
             FlowTokens::Sparse { .. } => x.dim(0)?,
         } / self.batch.max(1);
         self.flops += self.batch as f64 * self.model.forward_flops(rows, cond_tokens);
-        let input = match &self.tokens {
+        Ok(())
+    }
+
+    fn input<'x>(&'x self, x: &'x Tensor) -> FlowInput<'x> {
+        match &self.tokens {
             FlowTokens::Dense => FlowInput::Dense(x),
             FlowTokens::Sparse {
                 coords,
@@ -77,12 +92,45 @@ impl VelocityModel for DitVelocity<'_> {
                 coords,
                 concat_cond: *concat_cond,
             },
+        }
+    }
+}
+
+impl VelocityModel for DitVelocity<'_> {
+    fn velocity(&mut self, x: &Tensor, t_model: f32, branch: Branch) -> Result<Tensor> {
+        let t = Tensor::full(t_model, self.batch, x.device())?;
+        let cond_tokens = match branch {
+            Branch::Positive => self.cond_tokens,
+            Branch::Negative => 0,
+        };
+        self.count(x, cond_tokens)?;
+        let cond = match branch {
+            Branch::Positive => Condition::Tokens(&self.cond),
+            Branch::Negative => Condition::Zero,
         };
         // The sampler state is an fp32 island whatever the model computes in.
         Ok(self
             .model
-            .forward(&input, &t, &cond)?
+            .forward(&self.input(x), &t, &cond)?
             .to_dtype(DType::F32)?)
+    }
+
+    fn velocity_guided(&mut self, x: &Tensor, t_model: f32) -> Result<(Tensor, Tensor)> {
+        // Tokens of all samples: rows of a sparse latent, cells of a dense one.
+        let rows = match &self.tokens {
+            FlowTokens::Dense => x.elem_count() / x.dim(1)?,
+            FlowTokens::Sparse { .. } => x.dim(0)?,
+        };
+        if !self.guided_batch || !self.model.guided_batch_fits(2 * rows) {
+            let pos = self.velocity(x, t_model, Branch::Positive)?;
+            return Ok((pos, self.velocity(x, t_model, Branch::Negative)?));
+        }
+        // The same work as the two forwards, counted as such.
+        self.count(x, self.cond_tokens)?;
+        self.count(x, 0)?;
+        let t = Tensor::full(t_model, self.batch, x.device())?;
+        let (pos, neg) = self.model.forward_guided(&self.input(x), &t, &self.cond)?;
+        Ok((pos.to_dtype(DType::F32)?, neg.to_dtype(DType::F32)?))
     }
 }
 

@@ -126,6 +126,13 @@ pub enum Branch {
 /// `t_model = float32(1000·t)` (the same for every batch item).
 pub trait VelocityModel {
     fn velocity(&mut self, x: &Tensor, t_model: f32, branch: Branch) -> Result<Tensor>;
+
+    /// Both branches of a guided step, `(positive, negative)`. A model may compute them
+    /// together (one forward of twice the batch); the default makes the two calls in that order.
+    fn velocity_guided(&mut self, x: &Tensor, t_model: f32) -> Result<(Tensor, Tensor)> {
+        let pos = self.velocity(x, t_model, Branch::Positive)?;
+        Ok((pos, self.velocity(x, t_model, Branch::Negative)?))
+    }
 }
 
 /// How the latent's batch items are laid out, which decides the guidance-rescale std.
@@ -267,8 +274,10 @@ pub fn sample(
         let (t, t_prev) = (pair[0], pair[1]);
         // Python computes `1000 * t` in f64 and torch stores it as float32.
         let t_model = (1000.0 * t) as f32;
-        let mut call = |branch: Branch| -> Result<Tensor> {
-            let out = model.velocity(&x, t_model, branch)?.to_dtype(DType::F32)?;
+        // Observers see every model call in order, whether or not a guided step's two were
+        // computed together.
+        let mut seen = |branch: Branch, out: Tensor| -> Result<Tensor> {
+            let out = out.to_dtype(DType::F32)?;
             if out.dims() != x.dims() {
                 bail!(
                     "model returned {:?} for a sample of shape {:?}",
@@ -287,12 +296,19 @@ pub fn sample(
         };
         let g = params.strength_at(t);
         let v = if g == 1.0 {
-            call(Branch::Positive)?
+            seen(
+                Branch::Positive,
+                model.velocity(&x, t_model, Branch::Positive)?,
+            )?
         } else if g == 0.0 {
-            call(Branch::Negative)?
+            seen(
+                Branch::Negative,
+                model.velocity(&x, t_model, Branch::Negative)?,
+            )?
         } else {
-            let v_pos = call(Branch::Positive)?;
-            let v_neg = call(Branch::Negative)?;
+            let (v_pos, v_neg) = model.velocity_guided(&x, t_model)?;
+            let v_pos = seen(Branch::Positive, v_pos)?;
+            let v_neg = seen(Branch::Negative, v_neg)?;
             let v = ((&v_pos * g)? + (v_neg * (1.0 - g))?)?;
             if params.guidance_rescale > 0.0 {
                 rescale(&x, &v_pos, &v, t, params, layout)?

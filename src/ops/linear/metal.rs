@@ -2,7 +2,7 @@
 //! command-buffer budget first, so the budget sees the DiT's largest dispatches
 //! (docs/METAL.md, "Watchdog and dispatch").
 
-use crate::ops::metal::budget::matmul_work;
+use crate::ops::metal::budget::{matmul_work, seconds, COMMAND_BUFFER_SECONDS};
 use crate::ops::metal::submit::before_dispatch;
 use candle_core::{DType, MetalDevice, Result};
 
@@ -15,4 +15,10 @@ pub(crate) fn before_matmul(
     dtype: DType,
 ) -> Result<()> {
     before_dispatch(device, matmul_work(rows, inner, out, dtype.size_in_bytes()))
+}
+
+/// Whether the `[rows, inner] · [inner, out]` product of `dtype` operands is estimated within one
+/// command buffer's budget.
+pub(crate) fn fits_command_buffer(rows: usize, inner: usize, out: usize, dtype: DType) -> bool {
+    seconds(matmul_work(rows, inner, out, dtype.size_in_bytes())) <= COMMAND_BUFFER_SECONDS
 }

@@ -53,6 +53,24 @@ pub fn last_linear_path() -> LinearPath {
 }
 
 /// `weight [out, in]` and `bias [out]` under `vb`.
+/// Whether one matrix product `[rows, inner] · [inner, out]` of `dtype` operands on `device`
+/// stays within what one dispatch may take: on Metal, the command-buffer budget (candle's matmul
+/// is never split; docs/METAL.md, "Watchdog and dispatch"); elsewhere always.
+pub fn matmul_fits_one_dispatch(
+    device: &candle_core::Device,
+    rows: usize,
+    inner: usize,
+    out: usize,
+    dtype: candle_core::DType,
+) -> bool {
+    #[cfg(feature = "metal")]
+    if device.is_metal() {
+        return metal::fits_command_buffer(rows, inner, out, dtype);
+    }
+    let _ = (device, rows, inner, out, dtype);
+    true
+}
+
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear {
         weight: vb.get((out_dim, in_dim), "weight")?,
