@@ -270,3 +270,130 @@ SKIP_ADD(bf16, __nv_bfloat16, 8, _v)
 SKIP_ADD(f32, float, 1, )
 SKIP_ADD(f16, __half, 1, )
 SKIP_ADD(bf16, __nv_bfloat16, 1, )
+
+// The C2S children conv's row list (`children_rows` in src/ops/sparse_conv/cuda.rs; reference
+// `children_rows_host` in src/ops/sparse_conv/mod.rs; the kernel that reads it is
+// `subm_conv3d_children_sm90a_*` in kernels/cuda/sparse_conv_sm90a.cu). Rows grouped by slot s,
+// group s starting at tile slot_tiles[s] (128 rows a tile), within a group the children of slot
+// s in the order their parents take in the parents' conv order; padding rows NO_ROW.
+//   c2s_rows_table    table[sources[c]] = c + 1 (table [8P], zeroed by the host: 0 = no child).
+//   c2s_rows_count    block b, parent positions [b·per_block, (b + 1)·per_block) of the order:
+//                     hist[s · blocks + b] = its children of slot s; block 0 also zeroes
+//                     hist[8 · blocks] so that the exclusive scan (conv_order_scan) ends with the
+//                     total.
+//   c2s_rows_scatter  the same blocks: destination = the group's first row + the children of
+//                     slot s at earlier positions (scanned counts, then per round a warp ballot),
+//                     so each group keeps the positions' order; block 0 writes slot_tiles and the
+//                     padding.
+#define ROWS_THREADS 256
+#define ROWS_WARPS (ROWS_THREADS / 32)
+#define ROWS_TILE 128
+#define ROWS_NONE 0xffffffffu
+
+extern "C" __global__ void c2s_rows_table(const uint32_t *__restrict__ sources, uint32_t children,
+                                          uint32_t *__restrict__ table, uint32_t slots) {
+    const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= children) return;
+    const uint32_t s = sources[c];
+    if (s < slots) table[s] = c + 1;
+}
+
+// The 8 table entries (child + 1, or 0) of the parent at position p.
+__device__ __forceinline__ void rows_children(const uint32_t *__restrict__ table,
+                                              const uint32_t *__restrict__ order, uint32_t p,
+                                              uint32_t *v, uint32_t (&c)[8]) {
+    *v = order ? order[p] : p;
+    const uint4 *t = reinterpret_cast<const uint4 *>(table + (size_t)*v * 8);
+    const uint4 a = t[0], b = t[1];
+    c[0] = a.x, c[1] = a.y, c[2] = a.z, c[3] = a.w, c[4] = b.x, c[5] = b.y, c[6] = b.z, c[7] = b.w;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
+    c2s_rows_count(const uint32_t *__restrict__ table, const uint32_t *__restrict__ order,
+                   uint32_t parents, uint32_t per_block, uint32_t *__restrict__ hist) {
+    __shared__ uint32_t count[8];
+    if (threadIdx.x < 8) count[threadIdx.x] = 0;
+    if (blockIdx.x == 0 && threadIdx.x == 0) hist[8 * gridDim.x] = 0;
+    __syncthreads();
+    const uint32_t begin = blockIdx.x * per_block;
+    const uint32_t end = min(parents, begin + per_block);
+    uint32_t mine[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (uint32_t p = begin + threadIdx.x; p < end; p += ROWS_THREADS) {
+        uint32_t v, c[8];
+        rows_children(table, order, p, &v, c);
+#pragma unroll
+        for (int s = 0; s < 8; ++s) mine[s] += c[s] != 0 ? 1u : 0u;
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        uint32_t x = mine[s];
+#pragma unroll
+        for (int d = 16; d > 0; d >>= 1) x += __shfl_xor_sync(FULL_MASK, x, d);
+        if ((threadIdx.x & 31) == 0 && x) atomicAdd(&count[s], x);
+    }
+    __syncthreads();
+    if (threadIdx.x < 8) hist[threadIdx.x * gridDim.x + blockIdx.x] = count[threadIdx.x];
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
+    c2s_rows_scatter(const uint32_t *__restrict__ table, const uint32_t *__restrict__ order,
+                     uint32_t parents, uint32_t per_block, const uint32_t *__restrict__ scan,
+                     uint32_t *__restrict__ rows, uint32_t *__restrict__ out_rows,
+                     uint32_t *__restrict__ slot_tiles) {
+    __shared__ uint32_t next[8];                 // this block's next destination in group s
+    __shared__ uint32_t pad[8][2];               // group s's padding rows [pad[s][0], pad[s][1])
+    __shared__ uint32_t warp_count[8][ROWS_WARPS];
+    const uint32_t blocks = gridDim.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (threadIdx.x == 0) {
+        uint32_t tile = 0;
+        for (int s = 0; s < 8; ++s) {
+            const uint32_t first = scan[s * blocks], count = scan[(s + 1) * blocks] - first;
+            if (blockIdx.x == 0) slot_tiles[s] = tile;
+            next[s] = tile * ROWS_TILE + scan[s * blocks + blockIdx.x] - first;
+            pad[s][0] = tile * ROWS_TILE + count;
+            tile += (count + ROWS_TILE - 1) / ROWS_TILE;
+            pad[s][1] = tile * ROWS_TILE;
+        }
+        if (blockIdx.x == 0) slot_tiles[8] = tile;
+    }
+    __syncthreads();
+    if (blockIdx.x == 0) {
+        for (int s = 0; s < 8; ++s)
+            for (uint32_t i = pad[s][0] + threadIdx.x; i < pad[s][1]; i += ROWS_THREADS) {
+                rows[i] = ROWS_NONE;
+                out_rows[i] = ROWS_NONE;
+            }
+    }
+    const uint32_t begin = blockIdx.x * per_block;
+    const uint32_t end = min(parents, begin + per_block);
+    const uint32_t below = (1u << lane) - 1u;  // lanes before this one
+    for (uint32_t round = begin; round < end; round += ROWS_THREADS) {
+        const uint32_t p = round + threadIdx.x;
+        uint32_t v = 0, c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (p < end) rows_children(table, order, p, &v, c);
+        uint32_t rank[8];
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+            const uint32_t ballot = __ballot_sync(FULL_MASK, c[s] != 0);
+            rank[s] = __popc(ballot & below);
+            if (lane == 0) warp_count[s][warp] = __popc(ballot);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+            if (c[s] == 0) continue;
+            uint32_t dst = next[s] + rank[s];
+            for (int w = 0; w < warp; ++w) dst += warp_count[s][w];
+            rows[dst] = v;
+            out_rows[dst] = c[s] - 1;
+        }
+        __syncthreads();
+        if (threadIdx.x < 8) {
+            uint32_t total = 0;
+            for (int w = 0; w < ROWS_WARPS; ++w) total += warp_count[threadIdx.x][w];
+            next[threadIdx.x] += total;
+        }
+        __syncthreads();
+    }
+}
