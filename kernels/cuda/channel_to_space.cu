@@ -271,20 +271,23 @@ SKIP_ADD(f32, float, 1, )
 SKIP_ADD(f16, __half, 1, )
 SKIP_ADD(bf16, __nv_bfloat16, 1, )
 
-// The C2S children conv's row list (`children_rows` in src/ops/sparse_conv/cuda.rs; reference
-// `children_rows_host` in src/ops/sparse_conv/mod.rs; the kernel that reads it is
-// `subm_conv3d_children_sm90a_*` in kernels/cuda/sparse_conv_sm90a.cu). Rows grouped by slot s,
-// group s starting at tile slot_tiles[s] (128 rows a tile), within a group the children of slot
-// s in the order their parents take in the parents' conv order; padding rows NO_ROW.
+// The C2S children conv's row list (`child_rows` in src/ops/sparse_conv/cuda.rs; the kernel
+// that reads it is `subm_conv3d_children_sm90a_*` in kernels/cuda/sparse_conv_sm90a.cu). The
+// parents' conv order is cut into windows of `per_block` consecutive positions, one block each;
+// window b's children of slot s form group (b, s), whose rows start on a tile boundary (128 rows
+// a tile) and follow the positions of their parents, so the tiles of a group share their
+// parents' neighbour masks as the parents conv's tiles do. Groups are laid out window-major,
+// then by slot: the 8 groups of a window gather the same parents' neighbourhoods one after the
+// other, while they are still in L2 (slot-major groups would sweep the whole parent set once per
+// slot). tile_slot[t] = the slot of tile t, NONE past the last group; padding rows NONE.
 //   c2s_rows_table    table[sources[c]] = c + 1 (table [8P], zeroed by the host: 0 = no child).
-//   c2s_rows_count    block b, parent positions [b·per_block, (b + 1)·per_block) of the order:
-//                     hist[s · blocks + b] = its children of slot s; block 0 also zeroes
-//                     hist[8 · blocks] so that the exclusive scan (conv_order_scan) ends with the
-//                     total.
-//   c2s_rows_scatter  the same blocks: destination = the group's first row + the children of
-//                     slot s at earlier positions (scanned counts, then per round a warp ballot),
-//                     so each group keeps the positions' order; block 0 writes slot_tiles and the
-//                     padding.
+//   c2s_rows_count    hist[8b + s] = the tiles of group (b, s); block 0 also zeroes hist[8 ·
+//                     blocks], so that the exclusive scan (conv_order_scan) gives every group its
+//                     first tile and ends with the total.
+//   c2s_rows_scatter  the same blocks: row = its group's first row + the group's children at
+//                     earlier positions (per round a warp ballot per slot and the warps' counts),
+//                     so each group keeps the positions' order; then the group's padding rows
+//                     and tile slots; block 0 marks the tiles past the last group.
 #define ROWS_THREADS 256
 #define ROWS_WARPS (ROWS_THREADS / 32)
 #define ROWS_TILE 128
@@ -298,7 +301,7 @@ extern "C" __global__ void c2s_rows_table(const uint32_t *__restrict__ sources, 
     if (s < slots) table[s] = c + 1;
 }
 
-// The 8 table entries (child + 1, or 0) of the parent at position p.
+// The 8 table entries (child + 1, or 0) of the parent at position p, and the parent.
 __device__ __forceinline__ void rows_children(const uint32_t *__restrict__ table,
                                               const uint32_t *__restrict__ order, uint32_t p,
                                               uint32_t *v, uint32_t (&c)[8]) {
@@ -332,39 +335,25 @@ extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
         if ((threadIdx.x & 31) == 0 && x) atomicAdd(&count[s], x);
     }
     __syncthreads();
-    if (threadIdx.x < 8) hist[threadIdx.x * gridDim.x + blockIdx.x] = count[threadIdx.x];
+    if (threadIdx.x < 8)
+        hist[8 * blockIdx.x + threadIdx.x] = (count[threadIdx.x] + ROWS_TILE - 1) / ROWS_TILE;
 }
 
 extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
     c2s_rows_scatter(const uint32_t *__restrict__ table, const uint32_t *__restrict__ order,
                      uint32_t parents, uint32_t per_block, const uint32_t *__restrict__ scan,
                      uint32_t *__restrict__ rows, uint32_t *__restrict__ out_rows,
-                     uint32_t *__restrict__ slot_tiles) {
-    __shared__ uint32_t next[8];                 // this block's next destination in group s
-    __shared__ uint32_t pad[8][2];               // group s's padding rows [pad[s][0], pad[s][1])
+                     uint32_t *__restrict__ tile_slot, uint32_t tiles) {
+    __shared__ uint32_t next[8];  // the next row of group (this block, s)
     __shared__ uint32_t warp_count[8][ROWS_WARPS];
-    const uint32_t blocks = gridDim.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (threadIdx.x == 0) {
-        uint32_t tile = 0;
-        for (int s = 0; s < 8; ++s) {
-            const uint32_t first = scan[s * blocks], count = scan[(s + 1) * blocks] - first;
-            if (blockIdx.x == 0) slot_tiles[s] = tile;
-            next[s] = tile * ROWS_TILE + scan[s * blocks + blockIdx.x] - first;
-            pad[s][0] = tile * ROWS_TILE + count;
-            tile += (count + ROWS_TILE - 1) / ROWS_TILE;
-            pad[s][1] = tile * ROWS_TILE;
-        }
-        if (blockIdx.x == 0) slot_tiles[8] = tile;
+    const uint32_t *first_tile = scan + 8 * blockIdx.x;  // [9]: the groups' first tiles, then the next window's
+    if (threadIdx.x < 8) next[threadIdx.x] = first_tile[threadIdx.x] * ROWS_TILE;
+    if (blockIdx.x == 0) {
+        for (uint32_t t = scan[8 * gridDim.x] + threadIdx.x; t < tiles; t += ROWS_THREADS)
+            tile_slot[t] = ROWS_NONE;
     }
     __syncthreads();
-    if (blockIdx.x == 0) {
-        for (int s = 0; s < 8; ++s)
-            for (uint32_t i = pad[s][0] + threadIdx.x; i < pad[s][1]; i += ROWS_THREADS) {
-                rows[i] = ROWS_NONE;
-                out_rows[i] = ROWS_NONE;
-            }
-    }
     const uint32_t begin = blockIdx.x * per_block;
     const uint32_t end = min(parents, begin + per_block);
     const uint32_t below = (1u << lane) - 1u;  // lanes before this one
@@ -395,5 +384,14 @@ extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
             next[threadIdx.x] += total;
         }
         __syncthreads();
+    }
+    // next[s] is now the end of group s's children: padding up to its last tile's end.
+    for (int s = 0; s < 8; ++s) {
+        for (uint32_t i = next[s] + threadIdx.x; i < first_tile[s + 1] * ROWS_TILE; i += ROWS_THREADS) {
+            rows[i] = ROWS_NONE;
+            out_rows[i] = ROWS_NONE;
+        }
+        for (uint32_t t = first_tile[s] + threadIdx.x; t < first_tile[s + 1]; t += ROWS_THREADS)
+            tile_slot[t] = s;
     }
 }

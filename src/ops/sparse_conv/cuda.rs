@@ -303,17 +303,22 @@ impl SubmConv<'_> {
 const CHILD_TILE_ROWS: usize = 128;
 /// Threads of the row-list kernels (`ROWS_THREADS` in `kernels/cuda/channel_to_space.cu`).
 const ROWS_THREADS: usize = 256;
-/// At most this many blocks count and scatter the row list (four per SM of an H100), so that the
-/// one-block scan of their `8 × blocks` counts stays short.
+/// Parents a window of the row list holds at least (`per_block`): each of its 8 slot groups
+/// rounds up to whole 128-row tiles, ≈ 64 padding rows a group, 8 · 64 of ≈ 4.66 · 4096 rows
+/// (2.7 %) at this size.
+const MIN_ROWS_WINDOW: usize = 4096;
+/// At most this many windows (blocks of the count and scatter kernels, four per SM of an H100),
+/// so that the one-block scan of their `8 × blocks` tile counts stays short.
 const MAX_ROWS_BLOCKS: usize = 528;
 
 /// The children conv's row list (`c2s_rows_*` in `kernels/cuda/channel_to_space.cu`): rows and
-/// out_rows of `tiles · 128` entries (those past the groups never read) and slot_tiles `[9]`.
+/// out_rows of `tiles · 128` entries, tile_slot of `tiles` (rows past the last group never
+/// read: their tiles' slot is NONE).
 struct ChildRows {
     rows: CudaSlice<u32>,
     out_rows: CudaSlice<u32>,
-    slot_tiles: CudaSlice<u32>,
-    /// Tiles the conv's grid covers: ⌈N'/128⌉ + 8 ≥ the groups' tiles.
+    tile_slot: CudaSlice<u32>,
+    /// Tiles the conv's grid covers: ⌈N'/128⌉ + 8 · windows ≥ the groups' tiles.
     tiles: usize,
 }
 
@@ -327,8 +332,14 @@ fn child_rows(
     children: usize,
 ) -> Result<ChildRows> {
     let slots = parents * 8;
-    if slots >= u32::MAX as usize || children >= u32::MAX as usize {
-        bail!("c2s children conv (CUDA): {parents} parents exceed the row list's u32 indices");
+    let per_block = parents
+        .div_ceil(MAX_ROWS_BLOCKS)
+        .next_multiple_of(ROWS_THREADS)
+        .max(MIN_ROWS_WINDOW);
+    let blocks = parents.div_ceil(per_block).max(1);
+    let tiles = children.div_ceil(CHILD_TILE_ROWS) + 8 * blocks;
+    if slots >= u32::MAX as usize || tiles * CHILD_TILE_ROWS >= i32::MAX as usize {
+        bail!("c2s children conv (CUDA): {parents} parents exceed the row list's indices");
     }
     let table = dev.alloc_zeros::<u32>(slots.max(1))?;
     {
@@ -344,11 +355,6 @@ fn child_rows(
         // SAFETY: reads sources[0..N'] and writes table[s] only for s < 8P (the table's length).
         unsafe { b.launch(cfg) }.w()?;
     }
-    let per_block = parents
-        .div_ceil(MAX_ROWS_BLOCKS)
-        .next_multiple_of(ROWS_THREADS)
-        .max(ROWS_THREADS);
-    let blocks = parents.div_ceil(per_block).max(1);
     let hist_len = 8 * blocks + 1;
     let hist = output::<u32>(dev, hist_len)?;
     let cfg = LaunchConfig {
@@ -356,7 +362,7 @@ fn child_rows(
         block_dim: (ROWS_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (parents_, per_block_) = (parents as u32, per_block as u32);
+    let (parents_, per_block_, tiles_) = (parents as u32, per_block as u32, tiles as u32);
     {
         let func = kernel(dev, &CHANNEL_TO_SPACE, "c2s_rows_count")?;
         let mut b = func.builder();
@@ -367,7 +373,7 @@ fn child_rows(
         };
         b.arg(&parents_).arg(&per_block_).arg(&hist);
         // SAFETY: block b reads order[b·per_block .. min(P, (b+1)·per_block)] and the table rows
-        // of those parents (< P: the order is a permutation), and writes hist[s·blocks + b] and
+        // of those parents (< P: the order is a permutation), and writes hist[8b + s] and
         // hist[8·blocks]: all inside hist's 8·blocks + 1 words.
         unsafe { b.launch(cfg) }.w()?;
     }
@@ -384,10 +390,9 @@ fn child_rows(
         // SAFETY: one block rewrites hist[0..hist_len] in place.
         unsafe { b.launch(scan_cfg) }.w()?;
     }
-    let tiles = children.div_ceil(CHILD_TILE_ROWS) + 8;
     let rows = output::<u32>(dev, tiles * CHILD_TILE_ROWS)?;
     let out_rows = output::<u32>(dev, tiles * CHILD_TILE_ROWS)?;
-    let slot_tiles = output::<u32>(dev, 9)?;
+    let tile_slot = output::<u32>(dev, tiles)?;
     {
         let func = kernel(dev, &CHANNEL_TO_SPACE, "c2s_rows_scatter")?;
         let mut b = func.builder();
@@ -401,22 +406,28 @@ fn child_rows(
             .arg(&hist)
             .arg(&rows)
             .arg(&out_rows)
-            .arg(&slot_tiles);
-        // SAFETY: reads as the count did; each child goes to one distinct row below its group's
-        // end, and the groups (each rounded up to 128 rows) end by ⌈N'/128⌉ + 7 tiles, inside
-        // rows and out_rows; block 0 writes slot_tiles[0..9] and the padding rows, also inside.
+            .arg(&tile_slot)
+            .arg(&tiles_);
+        // SAFETY: reads as the count did; each child goes to one distinct row of its group and
+        // each group's padding and tile slots to its own tiles, which end by the scanned total
+        // ≤ ⌈N'/128⌉ + 8·blocks = tiles (each group rounds up by less than one tile); block 0
+        // writes tile_slot from that total to `tiles`. All inside the three buffers.
         unsafe { b.launch(cfg) }.w()?;
     }
     Ok(ChildRows {
         rows,
         out_rows,
-        slot_tiles,
+        tile_slot,
         tiles,
     })
 }
 
-/// The C2S children conv on `dev` (`subm_conv3d_children_sm90a_*`): whether it can run there.
+/// The C2S children conv on `dev` (`subm_conv3d_children_sm90a_*`): whether it can run there,
+/// and the convs are not pinned to mma.sync (`TRELLIS2_CONV_KERNEL=mma`).
 pub(crate) fn children_conv_available(dev: &CudaDevice) -> Result<bool> {
+    if Tuning::current().conv_kernel == crate::ops::tuning::KernelChoice::Mma {
+        return Ok(false);
+    }
     wgmma_conv_available(dev)
 }
 
@@ -563,7 +574,7 @@ impl FloatFn for ChildConv<'_> {
             .arg(&self.map)
             .arg(&list.rows)
             .arg(&list.out_rows)
-            .arg(&list.slot_tiles)
+            .arg(&list.tile_slot)
             .arg(&self.bias)
             .arg(&out)
             .arg(&parents_)
@@ -574,9 +585,10 @@ impl FloatFn for ChildConv<'_> {
         let mut cfg = self.cfg;
         cfg.grid_dim.0 = list.tiles as u32;
         // SAFETY: the kernel reads feats[P·Ci], weight[8C'·27·Ci], map[P·27] and bias[8C']
-        // (spans checked above), the row list's first slot_tiles[8]·128 ≤ tiles·128 rows (its
-        // parents < P, its children < N'), and writes out[N'·C'], which it owns: every child
-        // is in exactly one row of the list, so every output row is written once.
+        // (spans checked above), tile_slot[blockIdx.x] (< tiles) and the rows of the tiles with
+        // a slot (written by the row list's kernels: parents < P or NONE, children < N'), and
+        // writes out[N'·C'], which it owns: every child is in exactly one row of the list, so
+        // every output row is written once.
         unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
