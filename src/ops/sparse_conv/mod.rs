@@ -509,10 +509,10 @@ fn conv(
 }
 
 /// Whether the C2S children conv ([`submanifold_conv3d_children`]) computes a C2S block's first
-/// conv of `ci` inputs and `c_child` channels per child on `feats`' device and dtype, under
-/// `TRELLIS2_C2S_CONV`: only on a device that runs its kernel (CUDA, wgmma build and device),
-/// f16/bf16 feats (the decoders' dtype) and Ci a multiple of 8; elsewhere the parents conv, whose
-/// results it equals.
+/// conv of `feats` `[P,Ci]` to `c_child` channels per child, under `TRELLIS2_C2S_CONV`: only
+/// where it runs its own kernel (CUDA, wgmma build and device, f16/bf16 feats, the decoders'
+/// dtype, Ci a multiple of 8, 16-byte aligned); elsewhere the parents conv, whose results it
+/// equals up to rounding.
 pub fn children_conv_applies(feats: &Tensor, c_child: usize) -> Result<bool> {
     use crate::ops::tuning::{C2sConv, Tuning};
     let wanted = match Tuning::current().c2s_conv {
@@ -527,7 +527,10 @@ pub fn children_conv_applies(feats: &Tensor, c_child: usize) -> Result<bool> {
 /// parents conv and picks the children's blocks).
 fn children_kernel_runs(feats: &Tensor) -> Result<bool> {
     let ci = feats.dims().last().copied().unwrap_or(0);
-    if !matches!(feats.dtype(), DType::F16 | DType::BF16) || !ci.is_multiple_of(8) {
+    if !matches!(feats.dtype(), DType::F16 | DType::BF16)
+        || !ci.is_multiple_of(8)
+        || !feats.layout().start_offset().is_multiple_of(8)
+    {
         return Ok(false);
     }
     match feats.device() {
