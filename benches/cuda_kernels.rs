@@ -2,12 +2,13 @@
 //! on shell-shaped voxel sets (f16, FLOPs = 2·C·C per existing neighbour pair; unsorted, in the
 //! map's sorted voxel order in the default window and in one window, with each order's GPU build
 //! time; a row per kernel, mma.sync and, where it can run, wgmma, at ≤ 128 channels also wgmma
-//! with 256-row tiles), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
+//! with 256-row tiles; the SC-VAE decoders' C2S first conv on the parents against the children
+//! conv, `TRELLIS2_C2S_CONV`), flash attention (bf16, 12 heads × 128, FLOPs = 4·N·M·128·12), and the models' linear
 //! layers (cuBLASLt epilogues or the wgmma linear against the composed path). Warm; each sample is the mean of
 //! several launches between two device synchronisations; the median of the samples is printed.
 //! Run: `cargo bench --features cuda --bench cuda_kernels` (`-- --quick` for fewer samples,
 //! `-- linear` for the linear layers alone, `-- attention` for the attention tables alone,
-//! `-- conv` for the conv table alone).
+//! `-- conv` for the conv tables alone, `-- c2s` for the C2S first-conv table alone).
 
 use std::time::Instant;
 
@@ -65,6 +66,9 @@ fn main() -> Result<()> {
     }
     if std::env::args().any(|a| a == "attention") {
         return attention(&dev, samples);
+    }
+    if std::env::args().any(|a| a == "c2s") {
+        return c2s_first_conv(&dev, samples);
     }
     println!("sparse submanifold conv 3×3×3, f16 operands, fp32 accumulation");
     println!(
@@ -154,6 +158,7 @@ fn main() -> Result<()> {
         }
     }
 
+    c2s_first_conv(&dev, samples)?;
     if std::env::args().any(|a| a == "conv") {
         return Ok(());
     }
@@ -404,6 +409,91 @@ fn linear_layers(dev: &Device, samples: usize) -> Result<()> {
         println!(
             "| {name} | {dtype:?} | {m} × {k} → {n} | {fused:.3} | {path:?} | {composed:.3} | {:.2}× |",
             composed / fused
+        );
+    }
+    Ok(())
+}
+
+/// The SC-VAE decoders' C2S first conv and its LayerNorm + SiLU at the 1024 decoders' four C2S
+/// shapes (parents × Ci → 8·C', ≈ 4.66 of 8 children kept as the stage bench forces them), f16:
+/// the parents conv (8·C' channels on every parent) against the children conv (C' channels on
+/// each existing child, `TRELLIS2_C2S_CONV=children`), the conv alone and with the norm that
+/// follows it (`Subdivision::conv_layer_norm`, the block's path). FLOPs of a row: 2·Ci·C' per
+/// existing neighbour pair of its parent (the children conv's useful work in both columns).
+fn c2s_first_conv(dev: &Device, samples: usize) -> Result<()> {
+    use trellis2::ops::bias_act::Activation;
+    use trellis2::ops::sparse_conv::{submanifold_conv3d_children, ConvWeights};
+    use trellis2::ops::tuning::C2sConv;
+    use trellis2::sparse::Subdivision;
+    println!();
+    println!(
+        "C2S first conv (f16), parents conv (8·C' channels on every parent; the norm reads the \\
+         kept children's blocks) vs children conv (C' channels on each kept child), 4.66 of 8 \\
+         children kept; {}",
+        Tuning::current()
+    );
+    println!(
+        "| parents × Ci → 8·C' | children | parents conv ms | children conv ms | useful TFLOP/s (parents / children) | + LN+SiLU: parents ms | children ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (voxels, ci, c_child) in [
+        (15_272usize, 1024usize, 512usize),
+        (71_187, 512, 256),
+        (331_829, 256, 128),
+        (1_546_768, 128, 64),
+    ] {
+        let r = (voxels as f32 / (4.0 * std::f32::consts::PI * 1.74)).sqrt();
+        let rows = shell(r);
+        let n = rows.len() / 4;
+        let coords = Tensor::from_vec(rows, (n, 4), dev)?;
+        let x = SparseTensor::new(&coords, Tensor::zeros((n, 1), DType::F32, dev)?)?;
+        let map = x.neighbour_map()?;
+        // Each child kept with probability 4.66 / 8 (a fixed LCG, the same every run).
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mask: Vec<bool> = (0..n * 8)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) % 10_000 < 5_825
+            })
+            .collect();
+        let sub = Subdivision::from_mask(x.coord_set(), &mask)?;
+        let children = sub.children().len();
+        let co = 8 * c_child;
+        let feats = Tensor::randn(0f32, 1.0, (n, ci), dev)?.to_dtype(DType::F16)?;
+        let weight = Tensor::randn(0f32, 0.02, (co, 27, ci), dev)?.to_dtype(DType::F16)?;
+        let bias = Tensor::zeros(co, DType::F32, dev)?;
+        let conv = ConvWeights::new(&weight, &bias, DType::F16)?;
+        let h = x.replace(feats.clone())?;
+        let parents_ms = time_ms(dev, samples, 10, || conv.conv_map(&feats, map))?;
+        let children_ms = time_ms(dev, samples, 10, || {
+            submanifold_conv3d_children(&feats, map, sub.sources(), &weight, Some(&bias))
+        })?;
+        let with_norm = |mode: C2sConv| {
+            Tuning {
+                c2s_conv: mode,
+                ..Tuning::current()
+            }
+            .with(|| {
+                time_ms(dev, samples, 10, || {
+                    Ok(sub
+                        .conv_layer_norm(&conv, &h, 1e-6, Activation::Silu)?
+                        .feats()
+                        .clone())
+                })
+            })
+        };
+        let (parents_ln, children_ln) =
+            (with_norm(C2sConv::Parents)?, with_norm(C2sConv::Children)?);
+        // Useful pairs: each child's parent's neighbours.
+        let per_parent = map.pairs() as f64 / n as f64;
+        let flops = 2.0 * (ci * c_child) as f64 * per_parent * children as f64;
+        println!(
+            "| {}k × {ci} → 8·{c_child} | {children} | {parents_ms:.3} | {children_ms:.3} | {:.0} / {:.0} | {parents_ln:.3} | {children_ln:.3} |",
+            n / 1000,
+            flops / parents_ms / 1e9,
+            flops / children_ms / 1e9,
         );
     }
     Ok(())

@@ -1582,3 +1582,148 @@ fn space_to_channel_matches_cpu_bit_for_bit() -> Result<()> {
     }
     Ok(())
 }
+
+/// A random subdivision of the voxels of `x` (each child kept with probability `keep` %, some
+/// parents keeping none and some all 8) and its sources on the CPU.
+fn random_subdivision(
+    x: &SparseTensor,
+    keep: usize,
+    seed: u64,
+) -> Result<(trellis2::sparse::Subdivision, Tensor)> {
+    let mut rng = Lcg(seed);
+    let n = x.len();
+    let mask: Vec<bool> = (0..n * 8)
+        .map(|i| match (i / 8) % 53 {
+            0 => false,
+            1 => true,
+            _ => rng.below(100) < keep,
+        })
+        .collect();
+    let sub = trellis2::sparse::Subdivision::from_mask(x.coord_set(), &mask)?;
+    let sources = sub.sources().to_device(&Device::Cpu)?;
+    Ok((sub, sources))
+}
+
+/// The C2S children conv (`kernels/cuda/sparse_conv_sm90a.cu` `subm_conv3d_children_*` over the
+/// row list of `kernels/cuda/channel_to_space.cu` `c2s_rows_*`) against its CPU op (the parents
+/// conv, then each child's channel block) and against the GPU parents conv followed by the same
+/// selection: the four C2S shapes of the SC-VAE decoders (Ci → 8·C': 1024 → 8·512, 512 → 8·256,
+/// 256 → 8·128, 128 → 8·64: 256-, 256/128-, 128- and 64-column tiles) on sorted shells, and small
+/// odd cases (Ci 24, C' 40: a cut 64-column tile; C' 200; the voxels' own order below the sort's
+/// minimum; all children kept; none kept), f16 and bf16.
+#[test]
+fn c2s_children_conv_matches_cpu() -> Result<()> {
+    use trellis2::ops::sparse_conv::submanifold_conv3d_children;
+    let dev = gpu();
+    if !conv_kernel_available(ConvKernel::Wgmma, &dev)? {
+        println!("c2s children conv: the wgmma kernel is not available here; nothing runs it");
+        return Ok(());
+    }
+    // (shell radius, Ci, C', keep %, dtype): radii small enough for the CPU reference, large
+    // enough for 256-column tiles at C' = 512 and 256 (a tile for every SM) and for sorted
+    // orders from 4096 parents on.
+    let cases = [
+        (10.0, 1024, 512, 58, DType::F16),
+        (14.0, 512, 256, 58, DType::BF16),
+        (20.0, 256, 128, 58, DType::F16),
+        (30.0, 128, 64, 58, DType::BF16),
+        (12.0, 24, 40, 30, DType::F16),
+        (25.0, 64, 200, 70, DType::BF16),
+        (3.0, 16, 24, 100, DType::BF16),
+        (3.0, 16, 24, 0, DType::F16),
+    ];
+    for (i, &(r, ci, c_child, keep, dtype)) in cases.iter().enumerate() {
+        let (x, n) = gpu_shell_map(r, &dev)?;
+        let map = x.neighbour_map()?;
+        let (sub, sources_cpu) = random_subdivision(&x, keep, 31 + i as u64)?;
+        let children = sources_cpu.dims1()?;
+        let co = 8 * c_child;
+        let host_map = map
+            .tensor()
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
+        let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
+        let feats = rounded(&[n, ci], 1.0, dtype)?;
+        let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
+        let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;
+        let want = submanifold_conv3d_children(&feats, &host, &sources_cpu, &weight, Some(&bias))?;
+        assert_eq!(want.dims(), [children, c_child]);
+        let (f, w, b) = (
+            feats.to_dtype(dtype)?.to_device(&dev)?,
+            weight.to_dtype(dtype)?.to_device(&dev)?,
+            bias.to_device(&dev)?,
+        );
+        let got = submanifold_conv3d_children(&f, map, sub.sources(), &w, Some(&b))?;
+        assert_eq!(got.dims(), [children, c_child]);
+        let sorted = map.conv_order(ci * 2)?.is_some();
+        let label = format!(
+            "c2s children conv, shell r {r}: P {n:>7} → N' {children:>7} Ci {ci:>4} C' {c_child:>3} {dtype:?} sorted {sorted}"
+        );
+        if children == 0 {
+            println!("{label}: empty");
+            continue;
+        }
+        expect_close(&label, &got, &want, TOL)?;
+        let parents = submanifold_conv3d_map(&f, map, &w, Some(&b))?
+            .reshape((n * 8, c_child))?
+            .index_select(sub.sources(), 0)?;
+        expect_close(&format!("{label} vs GPU parents"), &got, &parents, TOL)?;
+    }
+    Ok(())
+}
+
+/// A whole C2S block (`C2SBlock::forward_through`: norm, conv1, LayerNorm + SiLU on the
+/// children, conv2, skip) on CUDA with `TRELLIS2_C2S_CONV=children` and `wide` equals the
+/// default parents path within the tensor-core tolerance, at 256 → 128 and 128 → 64 channels.
+#[test]
+fn c2s_block_children_conv_matches_parents() -> Result<()> {
+    use std::collections::HashMap;
+    use trellis2::models::sc_vae::blocks::C2SBlock;
+    use trellis2::ops::tuning::C2sConv;
+    let dev = gpu();
+    for (r, c, c_out, dtype) in [(30.0, 256, 128, DType::F16), (40.0, 128, 64, DType::BF16)] {
+        let (shell, n) = gpu_shell_map(r, &dev)?;
+        let mut weights = HashMap::new();
+        let mut put = |name: &str, shape: &[usize], std: f32| -> Result<()> {
+            let t = Tensor::randn(0f32, std, shape, &Device::Cpu)?;
+            weights.insert(name.to_string(), t.to_dtype(dtype)?.to_device(&dev)?);
+            Ok(())
+        };
+        put("norm1.weight", &[c], 1.0)?;
+        put("norm1.bias", &[c], 0.1)?;
+        put("conv1.weight", &[8 * c_out, 3, 3, 3, c], 0.02)?;
+        put("conv1.bias", &[8 * c_out], 0.1)?;
+        put("conv2.weight", &[c_out, 3, 3, 3, c_out], 0.02)?;
+        put("conv2.bias", &[c_out], 0.1)?;
+        let vb = candle_nn::VarBuilder::from_tensors(weights, dtype, &dev);
+        let block = C2SBlock::new(c, c_out, false, vb)?;
+        let feats = Tensor::randn(0f32, 1.0, (n, c), &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(&dev)?;
+        let x = shell.replace(feats)?;
+        let (sub, _) = random_subdivision(&x, 58, 7)?;
+        let run = |mode: C2sConv| {
+            Tuning {
+                c2s_conv: mode,
+                ..Tuning::current()
+            }
+            .with(|| block.forward_through(&x, &sub))
+        };
+        let want = run(C2sConv::Parents)?;
+        for mode in [C2sConv::Children, C2sConv::Wide] {
+            let got = run(mode)?;
+            assert!(std::sync::Arc::ptr_eq(got.coord_set(), want.coord_set()));
+            expect_close(
+                &format!(
+                    "C2S block {c} → {c_out} {dtype:?}, N {n} → {}, {mode:?}",
+                    want.len()
+                ),
+                got.feats(),
+                want.feats(),
+                TOL,
+            )?;
+        }
+    }
+    Ok(())
+}

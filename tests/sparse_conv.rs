@@ -180,3 +180,74 @@ fn bad_coordinates_are_named() {
     let err = SparseTensor::new(&coords, feats).unwrap_err().to_string();
     assert!(err.contains("[T, 4]"), "{err}");
 }
+
+/// The C2S children conv's CPU op (the reference its CUDA kernel is tested against) against its
+/// definition: child i of parent p in slot s gets the plain conv of p's neighbourhood with the
+/// weight rows `s·C' .. (s+1)·C'` and their bias. A shell with a random subdivision (some
+/// parents keeping no child, some all 8), and the errors for bad operands.
+#[test]
+fn c2s_children_conv_is_each_slot_conv_on_the_parent() {
+    use std::sync::Arc;
+    use trellis2::ops::sparse_conv::submanifold_conv3d_children;
+    use trellis2::sparse::{CoordSet, Subdivision};
+    let dev = Device::Cpu;
+    let rows = shell(0, 5.0, 8);
+    let n = rows.len();
+    let (ci, c_child) = (6, 5);
+    let set = Arc::new(CoordSet::from_host(rows, &dev).unwrap());
+    let x = SparseTensor::on(
+        set.clone(),
+        Tensor::from_vec(uniform(7, n * ci), (n, ci), &dev).unwrap(),
+    )
+    .unwrap();
+    let mask: Vec<bool> = uniform(8, n * 8)
+        .iter()
+        .enumerate()
+        .map(|(i, u)| match (i / 8) % 11 {
+            0 => false,
+            1 => true,
+            _ => *u > 0.1,
+        })
+        .collect();
+    let sub = Subdivision::from_mask(&set, &mask).unwrap();
+    let w = Tensor::from_vec(
+        uniform(9, 8 * c_child * 27 * ci),
+        (8 * c_child, 27, ci),
+        &dev,
+    )
+    .unwrap();
+    let b = Tensor::from_vec(uniform(10, 8 * c_child), 8 * c_child, &dev).unwrap();
+    let map = x.neighbour_map().unwrap();
+    let got = submanifold_conv3d_children(x.feats(), map, sub.sources(), &w, Some(&b)).unwrap();
+    let sources = sub.sources().to_vec1::<u32>().unwrap();
+    assert_eq!(got.dims(), &[sources.len(), c_child]);
+    let got = got.to_vec2::<f32>().unwrap();
+    // Per slot: the plain conv with that slot's weight rows and bias, on every parent.
+    let per_slot: Vec<Vec<Vec<f32>>> = (0..8)
+        .map(|s| {
+            let ws = w.narrow(0, s * c_child, c_child).unwrap();
+            let bs = b.narrow(0, s * c_child, c_child).unwrap();
+            submanifold_conv3d_slow(x.feats(), map.tensor(), &ws, Some(&bs))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        })
+        .collect();
+    let (mut got_flat, mut want_flat) = (Vec::new(), Vec::new());
+    for (row, &src) in got.iter().zip(&sources) {
+        let (parent, slot) = (src as usize / 8, src as usize % 8);
+        got_flat.extend_from_slice(row);
+        want_flat.extend_from_slice(&per_slot[slot][parent]);
+    }
+    let rel = rel_err(&got_flat, &want_flat);
+    println!(
+        "c2s children conv: {n} parents → {} children, max|err|/max|ref| {rel:.2e}",
+        sources.len()
+    );
+    assert!(rel <= 1e-5, "{rel}");
+    // Bad operands: 8·C' not a multiple of 8, sources not u32.
+    let w7 = w.narrow(0, 0, 7).unwrap();
+    assert!(submanifold_conv3d_children(x.feats(), map, sub.sources(), &w7, None).is_err());
+    let f_sources = sub.sources().to_dtype(DType::F32).unwrap();
+    assert!(submanifold_conv3d_children(x.feats(), map, &f_sources, &w, None).is_err());
+}

@@ -270,3 +270,128 @@ SKIP_ADD(bf16, __nv_bfloat16, 8, _v)
 SKIP_ADD(f32, float, 1, )
 SKIP_ADD(f16, __half, 1, )
 SKIP_ADD(bf16, __nv_bfloat16, 1, )
+
+// The C2S children conv's row list (`child_rows` in src/ops/sparse_conv/cuda.rs; the kernel
+// that reads it is `subm_conv3d_children_sm90a_*` in kernels/cuda/sparse_conv_sm90a.cu). The
+// parents' conv order is cut into windows of `per_block` consecutive positions, one block each;
+// window b's children of slot s form group (b, s), whose rows start on a tile boundary (128 rows
+// a tile) and follow the positions of their parents, so the tiles of a group share their
+// parents' neighbour masks as the parents conv's tiles do. Groups are laid out window-major,
+// then by slot: the 8 groups of a window gather the same parents' neighbourhoods one after the
+// other, while they are still in L2 (slot-major groups would sweep the whole parent set once per
+// slot). tile_slot[t] = the slot of tile t, NONE past the last group; padding rows NONE.
+//   c2s_rows_table    table[sources[c]] = c + 1 (table [8P], zeroed by the host: 0 = no child).
+//   c2s_rows_count    hist[8b + s] = the tiles of group (b, s); block 0 also zeroes hist[8 ·
+//                     blocks], so that the exclusive scan (conv_order_scan) gives every group its
+//                     first tile and ends with the total.
+//   c2s_rows_scatter  the same blocks: row = its group's first row + the group's children at
+//                     earlier positions (per round a warp ballot per slot and the warps' counts),
+//                     so each group keeps the positions' order; then the group's padding rows
+//                     and tile slots; block 0 marks the tiles past the last group.
+#define ROWS_THREADS 256
+#define ROWS_WARPS (ROWS_THREADS / 32)
+#define ROWS_TILE 128
+#define ROWS_NONE 0xffffffffu
+
+extern "C" __global__ void c2s_rows_table(const uint32_t *__restrict__ sources, uint32_t children,
+                                          uint32_t *__restrict__ table, uint32_t slots) {
+    const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= children) return;
+    const uint32_t s = sources[c];
+    if (s < slots) table[s] = c + 1;
+}
+
+// The 8 table entries (child + 1, or 0) of the parent at position p, and the parent.
+__device__ __forceinline__ void rows_children(const uint32_t *__restrict__ table,
+                                              const uint32_t *__restrict__ order, uint32_t p,
+                                              uint32_t *v, uint32_t (&c)[8]) {
+    *v = order ? order[p] : p;
+    const uint4 *t = reinterpret_cast<const uint4 *>(table + (size_t)*v * 8);
+    const uint4 a = t[0], b = t[1];
+    c[0] = a.x, c[1] = a.y, c[2] = a.z, c[3] = a.w, c[4] = b.x, c[5] = b.y, c[6] = b.z, c[7] = b.w;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
+    c2s_rows_count(const uint32_t *__restrict__ table, const uint32_t *__restrict__ order,
+                   uint32_t parents, uint32_t per_block, uint32_t *__restrict__ hist) {
+    __shared__ uint32_t count[8];
+    if (threadIdx.x < 8) count[threadIdx.x] = 0;
+    if (blockIdx.x == 0 && threadIdx.x == 0) hist[8 * gridDim.x] = 0;
+    __syncthreads();
+    const uint32_t begin = blockIdx.x * per_block;
+    const uint32_t end = min(parents, begin + per_block);
+    uint32_t mine[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (uint32_t p = begin + threadIdx.x; p < end; p += ROWS_THREADS) {
+        uint32_t v, c[8];
+        rows_children(table, order, p, &v, c);
+#pragma unroll
+        for (int s = 0; s < 8; ++s) mine[s] += c[s] != 0 ? 1u : 0u;
+    }
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        uint32_t x = mine[s];
+#pragma unroll
+        for (int d = 16; d > 0; d >>= 1) x += __shfl_xor_sync(FULL_MASK, x, d);
+        if ((threadIdx.x & 31) == 0 && x) atomicAdd(&count[s], x);
+    }
+    __syncthreads();
+    if (threadIdx.x < 8)
+        hist[8 * blockIdx.x + threadIdx.x] = (count[threadIdx.x] + ROWS_TILE - 1) / ROWS_TILE;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS_THREADS)
+    c2s_rows_scatter(const uint32_t *__restrict__ table, const uint32_t *__restrict__ order,
+                     uint32_t parents, uint32_t per_block, const uint32_t *__restrict__ scan,
+                     uint32_t *__restrict__ rows, uint32_t *__restrict__ out_rows,
+                     uint32_t *__restrict__ tile_slot, uint32_t tiles) {
+    __shared__ uint32_t next[8];  // the next row of group (this block, s)
+    __shared__ uint32_t warp_count[8][ROWS_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint32_t *first_tile = scan + 8 * blockIdx.x;  // [9]: the groups' first tiles, then the next window's
+    if (threadIdx.x < 8) next[threadIdx.x] = first_tile[threadIdx.x] * ROWS_TILE;
+    if (blockIdx.x == 0) {
+        for (uint32_t t = scan[8 * gridDim.x] + threadIdx.x; t < tiles; t += ROWS_THREADS)
+            tile_slot[t] = ROWS_NONE;
+    }
+    __syncthreads();
+    const uint32_t begin = blockIdx.x * per_block;
+    const uint32_t end = min(parents, begin + per_block);
+    const uint32_t below = (1u << lane) - 1u;  // lanes before this one
+    for (uint32_t round = begin; round < end; round += ROWS_THREADS) {
+        const uint32_t p = round + threadIdx.x;
+        uint32_t v = 0, c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (p < end) rows_children(table, order, p, &v, c);
+        uint32_t rank[8];
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+            const uint32_t ballot = __ballot_sync(FULL_MASK, c[s] != 0);
+            rank[s] = __popc(ballot & below);
+            if (lane == 0) warp_count[s][warp] = __popc(ballot);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+            if (c[s] == 0) continue;
+            uint32_t dst = next[s] + rank[s];
+            for (int w = 0; w < warp; ++w) dst += warp_count[s][w];
+            rows[dst] = v;
+            out_rows[dst] = c[s] - 1;
+        }
+        __syncthreads();
+        if (threadIdx.x < 8) {
+            uint32_t total = 0;
+            for (int w = 0; w < ROWS_WARPS; ++w) total += warp_count[threadIdx.x][w];
+            next[threadIdx.x] += total;
+        }
+        __syncthreads();
+    }
+    // next[s] is now the end of group s's children: padding up to its last tile's end.
+    for (int s = 0; s < 8; ++s) {
+        for (uint32_t i = next[s] + threadIdx.x; i < first_tile[s + 1] * ROWS_TILE; i += ROWS_THREADS) {
+            rows[i] = ROWS_NONE;
+            out_rows[i] = ROWS_NONE;
+        }
+        for (uint32_t t = first_tile[s] + threadIdx.x; t < first_tile[s + 1]; t += ROWS_THREADS)
+            tile_slot[t] = s;
+    }
+}

@@ -78,6 +78,19 @@
 //   blocks an SM: the layers it is for have K ≤ 256, a few steps a tile, and are bound by the
 //   output write, which the other block's loads overlap).
 //
+// - The C2S children conv (`subm_conv3d_children_sm90a_*`, TRELLIS2_C2S_CONV): the first conv of
+//   a C2S block computes, for each existing child only, its C' channels: the conv over its
+//   PARENT's neighbourhood with the weight rows s·C' .. (s+1)·C' of its slot s (the [8C', 27, Ci]
+//   weight's slot blocks are contiguous, so a slot's weight is an offset, no copy). Tile rows
+//   come from a row list built by `c2s_rows_*` (kernels/cuda/channel_to_space.cu): groups of one
+//   slot, each starting on a tile boundary, in the parents' conv order (a tile's rows share
+//   their parents' neighbour masks as the parents conv's do); tile_slot[t] is tile t's slot
+//   (NONE: no rows, the block returns at once), rows[p] the parent of tile row p (the neighbour
+//   lookups), out_rows[p] the child it writes; padding rows NONE. One launch for the 8 slots
+//   rather than eight: no tail of idle SMs at each slot's end, the groups' sizes are only known
+//   on the device (no read-back), and a window's 8 groups run side by side, sharing their
+//   gathers in L2. Only the default pipelines are instantiated, f16/bf16 outputs.
+//
 // wgmma D fragment (PTX ISA, m64nNk16; lane = 4g + t, warp w' of the warpgroup): d[4j + e] is
 // row 16w' + g + 8·(e / 2) of the warpgroup's 64, column 8j + 2t + (e % 2), j = 0 .. N/8 − 1.
 #include "common.cuh"
@@ -179,12 +192,18 @@ constexpr int smem_bytes(int bn, int stages, int rows = BM) { return stages * (r
 // DENSE: the dense linear layer of the header instead of the conv (one tap,
 // tile row r is row row0 + r, weight [Co, Ci]); `act` (ACT_* of common.cuh) is applied in its
 // epilogue. The conv instantiations (DENSE false) compile to the same code as before.
-template <typename T, typename O, int BN, int STAGES, int KEEP, bool DENSE = false, int ROWS = BM>
+// CHILDREN: the C2S children conv of the header: `order` is the row list (n_rows entries,
+// parents < n), `out_rows` the children the rows write, `tile_slot` the tiles' slots; co is C'.
+template <typename T, typename O, int BN, int STAGES, int KEEP, bool DENSE = false, int ROWS = BM,
+          bool CHILDREN = false>
 __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *__restrict__ weight,
                                           const uint32_t *__restrict__ nbr,
                                           const uint32_t *__restrict__ order,
                                           const float *__restrict__ bias, O *__restrict__ out,
-                                          int n, int ci, int co, int skip_groups, int act = ACT_NONE) {
+                                          int n, int ci, int co, int skip_groups, int act = ACT_NONE,
+                                          const uint32_t *__restrict__ out_rows = nullptr,
+                                          const uint32_t *__restrict__ tile_slot = nullptr,
+                                          int n_rows = -1) {
     constexpr int TBM = ROWS;                     // voxel rows per block
     constexpr int NWG = TBM / WG_ROWS;            // warpgroups, one per 64 rows
     constexpr int TNT = NWG * 128;                // threads
@@ -209,6 +228,13 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     __shared__ uint32_t vox[TBM];           // the voxel of each tile row (ABSENT past the end)
     __shared__ uint32_t wg_taps_s[NWG];    // taps present in each warpgroup's 64 rows
 
+    if constexpr (CHILDREN) {
+        // The tile's slot; a tile past the last group has no rows (uniform: the whole block).
+        const uint32_t slot = tile_slot[blockIdx.x];
+        if (slot >= 8) return;
+        weight += (size_t)slot * co * TAPS * ci;
+        if (bias) bias += slot * co;
+    }
     const uint32_t ring = (smem_addr(smem_raw) + (ALIGN - 1)) & ~(ALIGN - 1);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = tid >> 7;
     const int row0 = blockIdx.x * TBM, col0 = blockIdx.y * BN;
@@ -226,7 +252,7 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
         my_taps = ~0u;
     } else {
         if (tid < NWG) wg_taps_s[tid] = 0;
-        conv_tile::load_neighbours<TBM, TNT>(nbr, order, n, row0, vox, nb, tid);
+        conv_tile::load_neighbours<TBM, TNT>(nbr, order, n, row0, vox, nb, tid, n_rows);
         if (tid < TBM) {
             uint32_t m = 0;
 #pragma unroll
@@ -315,7 +341,12 @@ __device__ __forceinline__ void subm_conv(const T *__restrict__ feats, const T *
     // Epilogue: d[4j + e] is row 16w' + g + 8·(e / 2) of this warpgroup, column 8j + 2t + e % 2.
     const int g = lane >> 2, t = lane & 3;
     const int r = wg * WG_ROWS + (warp & 3) * 16 + g;
-    const uint32_t v_row[2] = {vox[r], vox[r + 8]};
+    uint32_t v_row[2] = {vox[r], vox[r + 8]};
+    if constexpr (CHILDREN) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            if (v_row[h] != ABSENT) v_row[h] = out_rows[row0 + r + 8 * h];
+    }
     const bool pairs = (co & 1) == 0;
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
@@ -400,6 +431,27 @@ SUBM90W(64, 4, 0)
 SUBM90W(64, 4, 1)
 SUBM90W(128, 4, 0)
 SUBM90W(128, 4, 1)
+
+// The C2S children conv (see the header): feats [P, Ci] and nbr [P, 27] of the P parents, weight
+// [8C', 27, Ci], rows / out_rows [n_rows] (the row list), tile_slot [n_rows / 128], bias [8C']
+// f32 or null, out [N', C']. Names `subm_conv3d_children_sm90a_<operands>_n<BN>_s<STAGES>_k<KEEP>`
+// (`subm_conv3d_children` in src/ops/sparse_conv/cuda.rs), the conv's default pipelines.
+#define SUBM90C_1(NAME, T, BN, STAGES, KEEP)                                                          \
+    extern "C" __global__ void __launch_bounds__(subm90::NTHREADS,                                  \
+                                                 subm90::smem_bytes(BN, STAGES) <= 100 * 1024 ? 2 : 1) \
+        NAME(const T *feats, const T *weight, const uint32_t *nbr, const uint32_t *rows,            \
+             const uint32_t *out_rows, const uint32_t *tile_slot, const float *bias, T *out,        \
+             int parents, int n_rows, int ci, int co, int skip_groups) {                            \
+        subm90::subm_conv<T, T, BN, STAGES, KEEP, false, subm90::BM, true>(                         \
+            feats, weight, nbr, rows, bias, out, parents, ci, co, skip_groups, ACT_NONE, out_rows,  \
+            tile_slot, n_rows);                                                                     \
+    }
+#define SUBM90C(BN, STAGES, KEEP)                                                                     \
+    SUBM90C_1(subm_conv3d_children_sm90a_bf16_n##BN##_s##STAGES##_k##KEEP, __nv_bfloat16, BN, STAGES, KEEP) \
+    SUBM90C_1(subm_conv3d_children_sm90a_f16_n##BN##_s##STAGES##_k##KEEP, __half, BN, STAGES, KEEP)
+SUBM90C(64, 4, 0)
+SUBM90C(128, 3, 0)
+SUBM90C(256, 4, 1)
 
 // The dense linear layer `y = act(x·Wᵀ + b)` (see the header): x [N, K],
 // W [Co, K] in the operand type, b [Co] f32 or null, y [N, Co] in the operand type; K a multiple

@@ -15,15 +15,17 @@ constexpr int TAP_COUNT = 27;
 // the end or for an order entry ≥ n, which then writes nothing), then nb[k][r] = its neighbour
 // at tap k (NO_ROW when absent). Consecutive threads read one map row: coalesced. Ends with a
 // barrier, so both arrays are ready for every thread (and whatever the caller wrote to shared
-// memory before the call is too).
+// memory before the call is too). `rows` ≥ 0: `order` has that many entries instead of n (the
+// C2S children conv's row list, whose entries are parents, several rows each).
 template <int BM, int NT>
 __device__ __forceinline__ void load_neighbours(const uint32_t *__restrict__ nbr,
                                                 const uint32_t *__restrict__ order, int n, int row0,
-                                                uint32_t *vox, uint32_t (*nb)[BM + 1], int tid) {
+                                                uint32_t *vox, uint32_t (*nb)[BM + 1], int tid,
+                                                int rows = -1) {
     if (tid < BM) {
         const int p = row0 + tid;
         uint32_t v = NO_ROW;
-        if (p < n) v = order ? order[p] : (uint32_t)p;
+        if (p < (rows < 0 ? n : rows)) v = order ? order[p] : (uint32_t)p;
         vox[tid] = v < (uint32_t)n ? v : NO_ROW;
     }
     __syncthreads();

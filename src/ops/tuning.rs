@@ -82,6 +82,19 @@ pub enum ConvSort {
     Window(usize),
 }
 
+/// What the C2S blocks' first conv computes on CUDA: `TRELLIS2_C2S_CONV`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum C2sConv {
+    /// The conv on the parents (8·C' channels), then each existing child's channel block.
+    #[default]
+    Parents,
+    /// Only the existing children's rows (C' channels each), on the wgmma kernel.
+    Children,
+    /// `Children` where C' ≥ 128, `Parents` below (the 64-column tiles of the last level
+    /// gather a row for every 64 outputs, the parents' 256-column tiles one for every 256).
+    Wide,
+}
+
 /// Which kernel computes attention on Metal: `TRELLIS2_METAL_ATTENTION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MetalAttention {
@@ -152,6 +165,8 @@ pub struct Tuning {
     /// `TRELLIS2_CONV_ROWS`: voxel rows per tile of the wgmma conv at ≤ 128 output columns
     /// (None: 128).
     pub conv_rows: Option<u32>,
+    /// `TRELLIS2_C2S_CONV`: what the C2S blocks' first conv computes on CUDA.
+    pub c2s_conv: C2sConv,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
     /// `TRELLIS2_JIT_WARMUP`: threads compiling candle's CUDA modules in the background from
@@ -182,6 +197,7 @@ impl Default for Tuning {
             conv_wgmma_keep: None,
             conv_sort: ConvSort::Auto,
             conv_rows: None,
+            c2s_conv: C2sConv::Parents,
             metal_attention: MetalAttention::Auto,
             jit_warmup: 0,
             prefetch: true,
@@ -273,7 +289,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 16] = [
+pub static KNOBS: [Knob; 17] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -454,6 +470,33 @@ pub static KNOBS: [Knob; 16] = [
             Ok(())
         },
         show: |t| show_auto(t.conv_rows),
+    },
+    Knob {
+        name: "TRELLIS2_C2S_CONV",
+        values: "parents, children or wide",
+        default: "parents",
+        meaning: "the first conv of the SC-VAE decoders' C2S blocks on CUDA (any case): parents \
+                  convolves every parent to 8·C' channels and the LayerNorm reads each existing \
+                  child's block; children computes only the existing children's C' channels \
+                  (wgmma kernel: sm_90a build, compute capability 9.0, f16/bf16, C a multiple of \
+                  8; elsewhere parents); wide does so where C' ≥ 128 only",
+        parse: |t, v| {
+            t.c2s_conv = match v.to_ascii_lowercase().as_str() {
+                "parents" => C2sConv::Parents,
+                "children" => C2sConv::Children,
+                "wide" => C2sConv::Wide,
+                _ => return Err(()),
+            };
+            Ok(())
+        },
+        show: |t| {
+            match t.c2s_conv {
+                C2sConv::Parents => "parents",
+                C2sConv::Children => "children",
+                C2sConv::Wide => "wide",
+            }
+            .into()
+        },
     },
     Knob {
         name: "TRELLIS2_METAL_ATTENTION",
@@ -1022,6 +1065,7 @@ mod tests {
             ("TRELLIS2_CONV_WGMMA_KEEP", "0"),
             ("TRELLIS2_CONV_SORT", "4096"),
             ("TRELLIS2_CONV_ROWS", "256"),
+            ("TRELLIS2_C2S_CONV", "children"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
             ("TRELLIS2_JIT_WARMUP", "2"),
             ("TRELLIS2_PREFETCH", "off"),
@@ -1169,7 +1213,7 @@ mod tests {
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
              TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_CONV_ROWS=auto \
-             TRELLIS2_METAL_ATTENTION=auto TRELLIS2_JIT_WARMUP=off TRELLIS2_PREFETCH=on \
+             TRELLIS2_C2S_CONV=parents TRELLIS2_METAL_ATTENTION=auto TRELLIS2_JIT_WARMUP=off TRELLIS2_PREFETCH=on \
              TRELLIS2_LINEAR_ACT=off TRELLIS2_GUIDED_BATCH=auto"
         );
         let json = serde_json::to_value(t).unwrap();

@@ -17,7 +17,8 @@ use super::space_to_channel::Downsampling;
 use super::tensor::SparseTensor;
 use crate::ops::bias_act::Activation;
 use crate::ops::c2s_skip_add::c2s_skip_add;
-use crate::ops::layer_norm_act::gathered_layer_norm_act;
+use crate::ops::layer_norm_act::{gathered_layer_norm_act, layer_norm_act};
+use crate::ops::sparse_conv::{children_conv_applies, ConvWeights};
 use crate::ops::subdivide::{children_host, positive, subdivide};
 use crate::ops::vocab::ABSENT;
 pub use crate::ops::vocab::CHILDREN;
@@ -170,6 +171,31 @@ impl Subdivision {
         let per_child = self.per_child(x, "tensor")?;
         let feats = gathered_layer_norm_act(&per_child, &self.sources, None, eps, act)?;
         SparseTensor::on(self.children.clone(), feats)
+    }
+
+    /// `act(LayerNorm(apply(conv(x))))` (no affine) for a conv of `8C'` outputs on the parents:
+    /// a C2S block's first conv and norm. Where [`children_conv_applies`] (`TRELLIS2_C2S_CONV`,
+    /// CUDA), the conv computes only the children's rows (`C'` channels each, the weight rows of
+    /// their slot) and a row-wise norm follows; otherwise the conv runs on the parents and
+    /// [`Self::apply_layer_norm`] reads each child's block. Equal results up to rounding.
+    pub fn conv_layer_norm(
+        &self,
+        conv: &ConvWeights,
+        x: &SparseTensor,
+        eps: f64,
+        act: Activation,
+    ) -> Result<SparseTensor> {
+        let co = conv.out_channels();
+        if x.len() == self.parents
+            && co.is_multiple_of(CHILDREN)
+            && children_conv_applies(x.feats(), co / CHILDREN)?
+        {
+            let h = conv.conv_children(x.feats(), x.neighbour_map()?, &self.sources)?;
+            let feats = layer_norm_act(&h, None, eps, act)?;
+            return SparseTensor::on(self.children.clone(), feats);
+        }
+        let h = x.replace(conv.conv_map(x.feats(), x.neighbour_map()?)?)?;
+        self.apply_layer_norm(&h, eps, act)
     }
 
     /// `h + repeat_interleave(apply(x))` over the channels: the skip connection of a C2S block,

@@ -179,10 +179,10 @@ impl C2SBlock {
     /// encoder's voxels rebuilt, [`Subdivision::from_downsampling`]).
     pub fn forward_through(&self, x: &SparseTensor, sub: &Subdivision) -> Result<SparseTensor> {
         let h = x.replace(self.norm1.forward_silu(x.feats())?)?;
-        let h = self.conv1.forward(&h)?;
-        // Channel block s of each parent to child s, LayerNorm (no affine), SiLU: one op that
-        // reads the blocks from conv1's output in place.
-        let h = sub.apply_layer_norm(&h, BLOCK_NORM_EPS, Activation::Silu)?;
+        // conv1 to 8·C' channels, channel block s of each parent to child s, LayerNorm (no
+        // affine), SiLU: on CUDA either conv1 computes only the existing children's blocks
+        // (TRELLIS2_C2S_CONV) or the norm reads the blocks from its output in place.
+        let h = sub.conv_layer_norm(&self.conv1.weights, &h, BLOCK_NORM_EPS, Activation::Silu)?;
         let h = self.conv2.forward(&h)?;
         // + the parents' channel blocks, each of the C/8 carried channels repeated C'/(C/8)
         // times consecutively (`repeat_interleave`, not tiling), read from x directly.

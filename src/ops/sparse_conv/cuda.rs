@@ -2,17 +2,17 @@
 //! loop `kernels/cuda/sparse_conv_sm90a.cu`): tile shape, kernel choice and launch.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape};
+use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Tensor};
 
 use crate::ops::cuda::{
-    choose_wgmma, held_slice, kernel_env, large_smem_func, output, sm90a_device, sm_count, span,
-    Fatbin, WgmmaFamily, SPARSE_CONV, SPARSE_CONV_SM90A,
+    choose_wgmma, held_slice, kernel, kernel_env, large_smem_func, output, sm90a_device, sm_count,
+    span, Fatbin, WgmmaFamily, CHANNEL_TO_SPACE, CONV_ORDER, SPARSE_CONV, SPARSE_CONV_SM90A,
 };
 use crate::ops::storage::{with_float, FloatElem, FloatFn, HALVES};
 use crate::ops::tuning::Tuning;
-use crate::ops::vocab::ConvKernel;
+use crate::ops::vocab::{ConvKernel, TAPS};
 
 /// Dynamic shared memory of every sparse-conv kernel: its cp.async ring, 3 stages of 128 + 128
 /// rows or 4 of 128 + 64 rows, 128 bytes a row (`SUBM_SMEM` in `kernels/cuda/sparse_conv.cu`).
@@ -295,6 +295,301 @@ impl SubmConv<'_> {
             // it.
             unsafe { b.launch(self.cfg) }.w()?;
         }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
+/// Rows of a tile of the children conv and of the row list's groups (`ROWS_TILE`).
+const CHILD_TILE_ROWS: usize = 128;
+/// Threads of the row-list kernels (`ROWS_THREADS` in `kernels/cuda/channel_to_space.cu`).
+const ROWS_THREADS: usize = 256;
+/// Parents a window of the row list holds at least (`per_block`): each of its 8 slot groups
+/// rounds up to whole 128-row tiles, ≈ 64 padding rows a group, 8 · 64 of ≈ 4.66 · 4096 rows
+/// (2.7 %) at this size.
+const MIN_ROWS_WINDOW: usize = 4096;
+/// At most this many windows (blocks of the count and scatter kernels, four per SM of an H100),
+/// so that the one-block scan of their `8 × blocks` tile counts stays short.
+const MAX_ROWS_BLOCKS: usize = 528;
+
+/// The children conv's row list (`c2s_rows_*` in `kernels/cuda/channel_to_space.cu`): rows and
+/// out_rows of `tiles · 128` entries, tile_slot of `tiles` (rows past the last group never
+/// read: their tiles' slot is NONE).
+struct ChildRows {
+    rows: CudaSlice<u32>,
+    out_rows: CudaSlice<u32>,
+    tile_slot: CudaSlice<u32>,
+    /// Tiles the conv's grid covers: ⌈N'/128⌉ + 8 · windows ≥ the groups' tiles.
+    tiles: usize,
+}
+
+/// Builds the row list of `children` children of `parents` parents from `sources` (`[N']`,
+/// `parent·8 + s`) and the parents' conv `order` (`[P]`, a permutation; `None`: the identity).
+fn child_rows(
+    dev: &CudaDevice,
+    sources: &CudaView<u32>,
+    order: Option<&CudaView<u32>>,
+    parents: usize,
+    children: usize,
+) -> Result<ChildRows> {
+    let slots = parents * 8;
+    let per_block = parents
+        .div_ceil(MAX_ROWS_BLOCKS)
+        .next_multiple_of(ROWS_THREADS)
+        .max(MIN_ROWS_WINDOW);
+    let blocks = parents.div_ceil(per_block).max(1);
+    let tiles = children.div_ceil(CHILD_TILE_ROWS) + 8 * blocks;
+    if slots >= u32::MAX as usize || tiles * CHILD_TILE_ROWS >= i32::MAX as usize {
+        bail!("c2s children conv (CUDA): {parents} parents exceed the row list's indices");
+    }
+    let table = dev.alloc_zeros::<u32>(slots.max(1))?;
+    {
+        let func = kernel(dev, &CHANNEL_TO_SPACE, "c2s_rows_table")?;
+        let (n_, slots_) = (children as u32, slots as u32);
+        let mut b = func.builder();
+        b.arg(sources).arg(&n_).arg(&table).arg(&slots_);
+        let cfg = LaunchConfig {
+            grid_dim: (children.div_ceil(ROWS_THREADS) as u32, 1, 1),
+            block_dim: (ROWS_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: reads sources[0..N'] and writes table[s] only for s < 8P (the table's length).
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    let hist_len = 8 * blocks + 1;
+    let hist = output::<u32>(dev, hist_len)?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (ROWS_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (parents_, per_block_, tiles_) = (parents as u32, per_block as u32, tiles as u32);
+    {
+        let func = kernel(dev, &CHANNEL_TO_SPACE, "c2s_rows_count")?;
+        let mut b = func.builder();
+        b.arg(&table);
+        match order {
+            Some(o) => b.arg(o),
+            None => b.arg(&0u64),
+        };
+        b.arg(&parents_).arg(&per_block_).arg(&hist);
+        // SAFETY: block b reads order[b·per_block .. min(P, (b+1)·per_block)] and the table rows
+        // of those parents (< P: the order is a permutation), and writes hist[8b + s] and
+        // hist[8·blocks]: all inside hist's 8·blocks + 1 words.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    {
+        let func = kernel(dev, &CONV_ORDER, "conv_order_scan")?;
+        let len = hist_len as u32;
+        let mut b = func.builder();
+        b.arg(&hist).arg(&len);
+        let scan_cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block rewrites hist[0..hist_len] in place.
+        unsafe { b.launch(scan_cfg) }.w()?;
+    }
+    let rows = output::<u32>(dev, tiles * CHILD_TILE_ROWS)?;
+    let out_rows = output::<u32>(dev, tiles * CHILD_TILE_ROWS)?;
+    let tile_slot = output::<u32>(dev, tiles)?;
+    {
+        let func = kernel(dev, &CHANNEL_TO_SPACE, "c2s_rows_scatter")?;
+        let mut b = func.builder();
+        b.arg(&table);
+        match order {
+            Some(o) => b.arg(o),
+            None => b.arg(&0u64),
+        };
+        b.arg(&parents_)
+            .arg(&per_block_)
+            .arg(&hist)
+            .arg(&rows)
+            .arg(&out_rows)
+            .arg(&tile_slot)
+            .arg(&tiles_);
+        // SAFETY: reads as the count did; each child goes to one distinct row of its group and
+        // each group's padding and tile slots to its own tiles, which end by the scanned total
+        // ≤ ⌈N'/128⌉ + 8·blocks = tiles (each group rounds up by less than one tile); block 0
+        // writes tile_slot from that total to `tiles`. All inside the three buffers.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(ChildRows {
+        rows,
+        out_rows,
+        tile_slot,
+        tiles,
+    })
+}
+
+/// The C2S children conv on `dev` (`subm_conv3d_children_sm90a_*`): whether it can run there,
+/// and the convs are not pinned to mma.sync (`TRELLIS2_CONV_KERNEL=mma`).
+pub(crate) fn children_conv_available(dev: &CudaDevice) -> Result<bool> {
+    if Tuning::current().conv_kernel == crate::ops::tuning::KernelChoice::Mma {
+        return Ok(false);
+    }
+    wgmma_conv_available(dev)
+}
+
+/// The C2S children conv: feats `[P,Ci]` (bf16/f16, Ci a multiple of 8), weight `[8C',27,Ci]`
+/// of the feats' dtype, the parents' map `[P,27]` u32 and conv order `[P]` u32 (or none),
+/// sources `[N']` u32 (`parent·8 + s`), bias `[8C']` f32 → `[N',C']` in the feats' dtype: child
+/// i's row is the conv of its parent's neighbourhood with the weight rows of its slot. See
+/// `kernels/cuda/sparse_conv_sm90a.cu`. All operands contiguous.
+pub(crate) fn subm_conv3d_children(
+    feats: &Tensor,
+    weight: &Tensor,
+    map: &Tensor,
+    order: Option<&Tensor>,
+    sources: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "c2s children conv (CUDA)";
+    let (parents, ci) = feats.dims2()?;
+    let co = weight.dims()[0] / 8;
+    let children = sources.dims1()?;
+    let (fs, fl) = feats.storage_and_layout();
+    let (ws, wl) = weight.storage_and_layout();
+    let (candle_core::Storage::Cuda(fs), candle_core::Storage::Cuda(ws)) = (&*fs, &*ws) else {
+        bail!("{OP}: feats and weight must be on the CUDA device");
+    };
+    let dev = fs.device().clone();
+    let (fa, fz) = span(fl, OP, "feats")?;
+    let (wa, wz) = span(wl, OP, "weight")?;
+    if !ci.is_multiple_of(8) || !fa.is_multiple_of(8) || !wa.is_multiple_of(8) {
+        bail!("{OP}: needs Ci a multiple of 8 and 16-byte aligned feats and weight");
+    }
+    fn u32s(s: &CudaStorageSlice) -> Option<&CudaSlice<u32>> {
+        match s {
+            CudaStorageSlice::U32(o) => Some(o),
+            _ => None,
+        }
+    }
+    let (ms, ml) = map.storage_and_layout();
+    let map = held_slice(&ms, ml, parents * TAPS, (OP, "neighbour map"), u32s)?;
+    let (ss, sl) = sources.storage_and_layout();
+    let src = held_slice(&ss, sl, children, (OP, "sources"), u32s)?;
+    let (bs, bl) = bias.storage_and_layout();
+    let bias = held_slice(&bs, bl, 8 * co, (OP, "bias"), |s| match s {
+        CudaStorageSlice::F32(b) => Some(b),
+        _ => None,
+    })?;
+    let order = order.map(|t| t.storage_and_layout());
+    let order = match &order {
+        Some((s, l)) => Some(held_slice(s, l, parents, (OP, "row order"), u32s)?),
+        None => None,
+    };
+    if children == 0 || co == 0 {
+        return Tensor::zeros((children, co), feats.dtype(), feats.device());
+    }
+    let list = child_rows(&dev, &src, order.as_ref(), parents, children)?;
+    // Output tile columns as the parents conv chooses them for Co = C' over N' rows.
+    let wide_tiles = children.div_ceil(128) * co.div_ceil(256);
+    let bn = if co <= 64 {
+        64
+    } else if co >= 256 && subm_conv_wide_tiles() && wide_tiles >= sm_count(&dev)? {
+        256
+    } else {
+        128
+    };
+    let (stages, keep) = match bn {
+        64 => (4, 0),
+        128 => (3, 0),
+        _ => (4, 1),
+    };
+    let smem = subm_conv_sm90a_smem_bytes(128, bn, stages);
+    let Some(module) = &SPARSE_CONV_SM90A else {
+        bail!("{OP}: this build has no sm_90a kernels");
+    };
+    let launch = ChildConv {
+        feats: (fs, fa, fz),
+        weight: (ws, wa, wz),
+        map,
+        src_rows: list,
+        bias,
+        kernel: (module, format!("n{bn}_s{stages}_k{keep}"), smem),
+        cfg: LaunchConfig {
+            grid_dim: (0, co.div_ceil(bn) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: smem,
+        },
+        dims: (parents, children, ci, co),
+        row_skip: subm_conv_row_skip(),
+    };
+    let out = with_float(feats.dtype(), HALVES, launch, || {
+        format!("{OP}: takes bf16 or f16 feats, got {:?}", feats.dtype())
+    })?;
+    Ok(Tensor::from_storage(
+        candle_core::Storage::Cuda(out),
+        (children, co),
+        candle_core::op::BackpropOp::none(),
+        false,
+    ))
+}
+
+/// The launch of [`subm_conv3d_children`] for one operand type.
+struct ChildConv<'a> {
+    feats: (&'a CudaStorage, usize, usize),
+    weight: (&'a CudaStorage, usize, usize),
+    map: CudaView<'a, u32>,
+    src_rows: ChildRows,
+    bias: CudaView<'a, f32>,
+    /// Module, kernel name suffix, shared memory.
+    kernel: (&'a Fatbin, String, u32),
+    /// The grid's x is the row list's tiles.
+    cfg: LaunchConfig,
+    /// `(P, N', Ci, C')`.
+    dims: (usize, usize, usize, usize),
+    row_skip: bool,
+}
+
+impl FloatFn for ChildConv<'_> {
+    type Output = CudaStorage;
+
+    fn call<T: FloatElem>(self) -> Result<CudaStorage> {
+        let ((feats, fa, fz), (weight, wa, wz)) = (self.feats, self.weight);
+        if weight.dtype() != T::DTYPE {
+            bail!("c2s children conv (CUDA): feats and weight must have the same dtype");
+        }
+        let (module, suffix, smem) = &self.kernel;
+        let (parents, children, ci, co) = self.dims;
+        let list = &self.src_rows;
+        let dev = feats.device();
+        let out = output::<T>(dev, children * co)?;
+        let name = format!("subm_conv3d_children_sm90a_{}_{suffix}", T::NAME);
+        let func = large_smem_func(dev, module, &name, *smem)?;
+        let f = feats.as_cuda_slice::<T>()?.slice(fa..fz);
+        let w = weight.as_cuda_slice::<T>()?.slice(wa..wz);
+        let (parents_, n_rows_, ci_, co_, row_skip) = (
+            parents as i32,
+            (list.tiles * CHILD_TILE_ROWS) as i32,
+            ci as i32,
+            co as i32,
+            self.row_skip as i32,
+        );
+        let stream = dev.cuda_stream();
+        let mut b = stream.launch_builder(&func);
+        b.arg(&f)
+            .arg(&w)
+            .arg(&self.map)
+            .arg(&list.rows)
+            .arg(&list.out_rows)
+            .arg(&list.tile_slot)
+            .arg(&self.bias)
+            .arg(&out)
+            .arg(&parents_)
+            .arg(&n_rows_)
+            .arg(&ci_)
+            .arg(&co_)
+            .arg(&row_skip);
+        let mut cfg = self.cfg;
+        cfg.grid_dim.0 = list.tiles as u32;
+        // SAFETY: the kernel reads feats[P·Ci], weight[8C'·27·Ci], map[P·27] and bias[8C']
+        // (spans checked above), tile_slot[blockIdx.x] (< tiles) and the rows of the tiles with
+        // a slot (written by the row list's kernels: parents < P or NONE, children < N'), and
+        // writes out[N'·C'], which it owns: every child is in exactly one row of the list, so
+        // every output row is written once.
+        unsafe { b.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }

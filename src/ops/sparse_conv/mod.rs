@@ -372,6 +372,17 @@ impl ConvWeights {
         submanifold_conv3d(feats, neighbours, &self.weight, Some(&self.bias))
     }
 
+    /// [`submanifold_conv3d_children`] of `feats` on the voxels of `map` with these weights
+    /// (`8C'` outputs): each child's `C'` channels.
+    pub fn conv_children(
+        &self,
+        feats: &Tensor,
+        map: &impl ConvNeighbours,
+        sources: &Tensor,
+    ) -> Result<Tensor> {
+        submanifold_conv3d_children(feats, map, sources, &self.weight, Some(&self.bias))
+    }
+
     /// [`submanifold_conv3d_map`] of `feats` on the voxels of `map` with these weights.
     pub fn conv_map(&self, feats: &Tensor, map: &impl ConvNeighbours) -> Result<Tensor> {
         submanifold_conv3d_map(feats, map, &self.weight, Some(&self.bias))
@@ -495,6 +506,91 @@ fn conv(
         &op,
     )?;
     cast(&out, dtype)
+}
+
+/// Whether the C2S children conv ([`submanifold_conv3d_children`]) computes a C2S block's first
+/// conv of `feats` `[P,Ci]` to `c_child` channels per child, under `TRELLIS2_C2S_CONV`: only
+/// where it runs its own kernel (CUDA, wgmma build and device, f16/bf16 feats, the decoders'
+/// dtype, Ci a multiple of 8, 16-byte aligned); elsewhere the parents conv, whose results it
+/// equals up to rounding.
+pub fn children_conv_applies(feats: &Tensor, c_child: usize) -> Result<bool> {
+    use crate::ops::tuning::{C2sConv, Tuning};
+    let wanted = match Tuning::current().c2s_conv {
+        C2sConv::Parents => false,
+        C2sConv::Children => true,
+        C2sConv::Wide => c_child >= 128,
+    };
+    children_kernel_runs(feats).map(|runs| wanted && runs)
+}
+
+/// Whether [`submanifold_conv3d_children`] runs its own kernel for `feats` (else it computes the
+/// parents conv and picks the children's blocks).
+fn children_kernel_runs(feats: &Tensor) -> Result<bool> {
+    let ci = feats.dims().last().copied().unwrap_or(0);
+    if !matches!(feats.dtype(), DType::F16 | DType::BF16)
+        || !ci.is_multiple_of(8)
+        || !feats.layout().start_offset().is_multiple_of(8)
+    {
+        return Ok(false);
+    }
+    match feats.device() {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(dev) => cuda::children_conv_available(dev),
+        _ => Ok(false),
+    }
+}
+
+/// The first conv of a C2S block on the children only: `feats` `[P,Ci]` on the parents (the
+/// voxels of `map`), weight `[8C',27,Ci]` (or `[8C',3,3,3,Ci]`), bias `[8C']`, `sources` `[N']`
+/// u32 (`parent·8 + s` of each child, `Subdivision::sources`) → `[N',C']`: child i's row is
+/// channel block s of its parent's conv output, i.e. the conv of the parent's neighbourhood with
+/// the weight rows `s·C' .. (s+1)·C'`. On CUDA with the wgmma kernel (f16/bf16, Ci a multiple of
+/// 8) only those rows are computed (`kernels/cuda/sparse_conv_sm90a.cu`); elsewhere, and as the
+/// CPU reference, the parents conv followed by the selection.
+pub fn submanifold_conv3d_children(
+    feats: &Tensor,
+    map: &impl ConvNeighbours,
+    sources: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (p, ci, co8) = check(feats, map.tensor(), weight, bias)?;
+    if co8 % 8 != 0 {
+        bail!("c2s children conv: {co8} output channels, not a multiple of 8");
+    }
+    if sources.dtype() != DType::U32 || sources.rank() != 1 {
+        bail!(
+            "c2s children conv: sources must be u32 [N'], got {:?} {:?}",
+            sources.dtype(),
+            sources.dims()
+        );
+    }
+    #[cfg(feature = "cuda")]
+    if children_kernel_runs(feats)? {
+        let row_bytes = ci * feats.dtype().size_in_bytes();
+        let order = map.conv_order(row_bytes)?;
+        let weight = weight
+            .reshape((co8, TAPS, ci))?
+            .to_dtype(feats.dtype())?
+            .contiguous()?;
+        let bias = match bias {
+            Some(b) => b.to_dtype(DType::F32)?.contiguous()?,
+            None => Tensor::zeros(co8, DType::F32, feats.device())?,
+        };
+        return cuda::subm_conv3d_children(
+            &feats.contiguous()?,
+            &weight,
+            &map.tensor().contiguous()?,
+            order.as_ref(),
+            &sources.contiguous()?,
+            &bias,
+        );
+    }
+    let _ = ci;
+    let parents = submanifold_conv3d_map(feats, map, weight, bias)?;
+    parents
+        .reshape((p * 8, co8 / 8))?
+        .index_select(&sources.contiguous()?, 0)
 }
 
 /// The plain definition, one output element at a time with f64 sums: the test reference for
