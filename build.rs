@@ -14,6 +14,12 @@
 //! nvcc is taken from `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (or `CUDA_PATH`, `CUDA_HOME`), else
 //! `nvcc` on `PATH`. `kernels/cuda/install-nvcc.sh` installs a matching nvcc. The files compile in
 //! parallel, on as many threads as cargo's jobs.
+//!
+//! candle's own kernel sources that a run uses (`third_party/candle-kernels/src/*.cu`, copied
+//! unchanged from candle-kernels) are built the same way, with candle's flags, to
+//! `candle_<name>.fatbin`: `src/ops/cuda/candle_modules.rs` loads them into candle's module store
+//! when a device is prepared, so that candle finds its modules loaded and never JIT-compiles their
+//! PTX.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,7 @@ use std::sync::Mutex;
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=kernels/cuda");
+    println!("cargo::rerun-if-changed=third_party/candle-kernels/src");
     println!("cargo::rustc-check-cfg=cfg(trellis2_sm90a)");
     for var in [
         "NVCC",
@@ -55,14 +62,14 @@ fn main() {
         list.join(",")
     );
     let dir = Path::new("kernels/cuda");
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("kernels/cuda exists")
-        .map(|e| e.expect("readable kernels/cuda entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-        .collect();
-    sources.sort();
     let mut jobs = Vec::new();
-    for src in sources {
+    let candle_dir = Path::new("third_party/candle-kernels/src");
+    for src in cu_files(candle_dir) {
+        let name = src.file_stem().expect("file name").to_string_lossy();
+        let fatbin = out.join(format!("candle_{name}.fatbin"));
+        jobs.push((candle_dir, src, gencodes(&caps), fatbin));
+    }
+    for src in cu_files(dir) {
         let sm90a = src
             .file_stem()
             .is_some_and(|s| s.to_string_lossy().ends_with("_sm90a"));
@@ -76,8 +83,16 @@ fn main() {
             gencodes(&caps)
         };
         let fatbin = out.join(src.with_extension("fatbin").file_name().expect("file name"));
-        jobs.push((src, gencode, fatbin));
+        jobs.push((dir, src, gencode, fatbin));
     }
+    // The longest compiles first, so that none starts last while the other threads idle: the
+    // sm_90a files (22-28 s each on one core), then candle's (binary.cu: 13 s), then our others.
+    // Taken from the back, hence the reverse.
+    jobs.sort_by_key(|(include, src, _, _)| {
+        let sm90a = src.to_string_lossy().ends_with("_sm90a.cu");
+        (!sm90a, *include != candle_dir, src.clone())
+    });
+    jobs.reverse();
     let threads = env::var("NUM_JOBS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -88,12 +103,23 @@ fn main() {
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                while let Some((src, gencode, fatbin)) = next() {
-                    compile(&nvcc, dir, &src, &gencode, &fatbin);
+                while let Some((include, src, gencode, fatbin)) = next() {
+                    compile(&nvcc, include, &src, &gencode, &fatbin);
                 }
             });
         }
     });
+}
+
+/// The `.cu` files of `dir`, sorted.
+fn cu_files(dir: &Path) -> Vec<PathBuf> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    sources.sort();
+    sources
 }
 
 /// The compute capabilities of `(variable, value)` (`90`, `9.0` or a comma list of them), sorted
@@ -129,7 +155,9 @@ fn gencodes(caps: &[u32]) -> Vec<String> {
     g
 }
 
-fn compile(nvcc: &Path, dir: &Path, src: &Path, gencode: &[String], fatbin: &Path) {
+/// `src` to `fatbin` with `include` as the header directory. Our flags are candle's, so its
+/// sources compile as its own build compiles them to PTX.
+fn compile(nvcc: &Path, include: &Path, src: &Path, gencode: &[String], fatbin: &Path) {
     let mut cmd = Command::new(nvcc);
     cmd.args(["-fatbin", "-O3", "-std=c++17", "--expt-relaxed-constexpr"]);
     for g in gencode {
@@ -137,7 +165,7 @@ fn compile(nvcc: &Path, dir: &Path, src: &Path, gencode: &[String], fatbin: &Pat
     }
     let status = cmd
         .arg("-I")
-        .arg(dir)
+        .arg(include)
         .arg(src)
         .arg("-o")
         .arg(fatbin)

@@ -558,22 +558,16 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
         loads,
         bytes as f64 / 1e9 / loads.max(1e-9)
     )?;
-    // The cold start's background work (docs/CUDA.md, "Cold start"), when it ran.
-    for w in r["kernel_warmup"].as_array().into_iter().flatten() {
-        let compiles: f64 = w["modules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["compile_seconds"].as_f64())
-            .sum();
+    // The cold start's work besides the weight reads (docs/CUDA.md, "Cold start").
+    for w in r["candle_kernels"].as_array().into_iter().flatten() {
         writeln!(
             t,
-            "candle's CUDA modules (GPU {}, {} compile threads): all in candle's store {:.2} s \
-             after the device's set-up; compiles {:.2} s summed{}",
+            "candle's CUDA modules (GPU {}): {} of {} loaded from the build's SASS in {:.3} s at \
+             the device's set-up{}",
             w["gpu"],
-            w["threads"],
+            w["from_images"],
+            w["modules"],
             w["seconds"].as_f64().unwrap_or(0.0),
-            compiles,
             match w["errors"].as_array() {
                 Some(e) if !e.is_empty() => format!("; errors: {e:?}"),
                 _ => String::new(),

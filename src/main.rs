@@ -28,8 +28,6 @@ fn main() -> ExitCode {
         Command::Selftest(args) => cli::selftest::run(&args),
         Command::Dev(cmd) => cli::dev::run(&cmd),
     };
-    // The driver must not be torn down under a background compile of candle's CUDA modules.
-    trellis2::ops::finish_kernel_warmup(true);
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

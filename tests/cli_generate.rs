@@ -141,7 +141,7 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
             "tex_slat_decoder"
         ]
     );
-    assert!(report.get("kernel_warmup").is_none(), "{report}");
+    assert!(report.get("candle_kernels").is_none(), "{report}");
 
     // Decoding the saved latents again gives the same files, without sampling.
     let again = dir.path().join("again");

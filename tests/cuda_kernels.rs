@@ -3,7 +3,9 @@
 //! device 0, the sparse conv and attention cases again with each kernel variant pinned and the
 //! linear cases with the path they must take; then the checks the cases cannot express: sorted
 //! voxel orders, views (a fused qkv, operands starting mid-buffer), NaN rows for bad indices,
-//! cuBLASLt's fallbacks and epilogue, subdivision children and the cascade's quantisation.
+//! cuBLASLt's fallbacks and epilogue, subdivision children and the cascade's quantisation; and
+//! candle's own modules, loaded from the build's SASS: every kernel of candle's PTX is in them,
+//! they load with the PTX JIT off, and candle ops of each match the CPU.
 //! Every test needs CUDA device 0 and fails, rather than skips, without one.
 //! Run: `cargo test --release --features cuda --test cuda_kernels -- --nocapture`; each check
 //! prints max|err| / max|ref|.
@@ -30,8 +32,12 @@ use trellis2::sparse::{NeighbourMap, SparseTensor};
 /// every output dtype (the extras below that are not selftest cases).
 const TOL: f32 = Tolerance::TENSOR_CORE.f32;
 
+/// CUDA device 0, prepared as a run prepares it (candle's own modules loaded from the build's
+/// SASS images), so every candle op of these tests runs the vendored kernels.
 fn gpu() -> Device {
-    Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU")
+    let dev = Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU");
+    trellis2::ops::prepare_device(&dev).expect("preparing CUDA device 0");
+    dev
 }
 
 /// Runs `check` on every case `keep` keeps, in each of its dtypes, printing each report;
@@ -1725,5 +1731,259 @@ fn c2s_block_children_conv_matches_parents() -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// The kernel names of a PTX text (its `.entry` lines).
+fn ptx_entries(ptx: &str) -> Vec<&str> {
+    ptx.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(".entry ")? + ".entry ".len()..];
+            Some(rest.split('(').next().unwrap_or(rest).trim())
+        })
+        .collect()
+}
+
+/// Whether the build's SASS serves a card of `(major, minor)`: one of its capabilities has the
+/// same major version and a minor one no higher.
+fn sass_serves(built: &str, (major, minor): (i32, i32)) -> bool {
+    built
+        .split(',')
+        .filter_map(|c| c.trim().parse::<i32>().ok())
+        .any(|c| c / 10 == major && c % 10 <= minor)
+}
+
+/// candle's modules are loaded from the build's images on GPU 0 with the driver's PTX JIT and
+/// its cache off, and hold every kernel of the PTX candle embeds (so the vendored sources are
+/// those of that PTX): run in a child process, since the driver reads the variables when it
+/// initialises. Where the build has no SASS for the card, the same check runs here with the JIT
+/// on (the images' PTX).
+#[test]
+fn candle_modules_load_from_images_without_the_ptx_jit() {
+    let dev = Device::new_cuda(0).expect("CUDA device 0: these tests need an NVIDIA GPU");
+    let Device::Cuda(cuda) = &dev else {
+        unreachable!()
+    };
+    let cc = cuda.cuda_stream().context().compute_capability().unwrap();
+    let built = env!("TRELLIS2_CUDA_CAPS_BUILT");
+    if !sass_serves(built, cc) {
+        println!("no SASS of this build ({built}) for compute capability {cc:?}: checked with the JIT on");
+        every_candle_kernel_is_in_the_images();
+        return;
+    }
+    let name = "every_candle_kernel_is_in_the_images";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--include-ignored", "--nocapture"])
+        .env("CUDA_DISABLE_PTX_JIT", "1")
+        .env("CUDA_CACHE_DISABLE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child process ended with {}:\n{}\n{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run by [`candle_modules_load_from_images_without_the_ptx_jit`], alone in its process: the
+/// device's preparation loads all nine images, and every `.entry` of each module's PTX loads as
+/// a function from the module candle's store then holds.
+#[test]
+#[ignore = "run by candle_modules_load_from_images_without_the_ptx_jit"]
+fn every_candle_kernel_is_in_the_images() {
+    use candle_core::cuda_backend::kernels;
+    let dev = gpu();
+    let Device::Cuda(cuda) = &dev else {
+        unreachable!()
+    };
+    let loads = trellis2::ops::candle_kernel_loads();
+    println!("{loads:?}");
+    assert!(
+        loads
+            .iter()
+            .any(|l| l.modules == 9 && l.from_images == 9 && l.errors.is_empty()),
+        "not every image loaded: {loads:?}"
+    );
+    let modules = [
+        ("affine", &kernels::AFFINE),
+        ("binary", &kernels::BINARY),
+        ("cast", &kernels::CAST),
+        ("conv", &kernels::CONV),
+        ("fill", &kernels::FILL),
+        ("indexing", &kernels::INDEXING),
+        ("reduce", &kernels::REDUCE),
+        ("ternary", &kernels::TERNARY),
+        ("unary", &kernels::UNARY),
+    ];
+    let mut missing = Vec::new();
+    for (name, module) in modules {
+        // The store holds the module already: an empty image is never looked at.
+        assert!(
+            !cuda.load_module_image(module, &[]).unwrap(),
+            "candle module {name} is not in the store"
+        );
+        let entries = ptx_entries(module.ptx());
+        assert!(!entries.is_empty(), "no .entry in candle's {name} PTX");
+        for entry in &entries {
+            if let Err(e) = cuda.get_or_load_func(entry, module) {
+                missing.push(format!("{name}/{entry}: {e}"));
+            }
+        }
+        println!("candle module {name}: {} kernels", entries.len());
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the images:\n{}",
+        missing.join("\n")
+    );
+}
+
+/// `f` of CPU `inputs` on `dev` against the CPU, within `tol` (max|err| / max|ref|; integer
+/// results equal).
+fn gpu_matches_cpu(
+    dev: &Device,
+    label: &str,
+    inputs: &[&Tensor],
+    tol: f32,
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    let on_cpu: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    let on_gpu: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.to_device(dev))
+        .collect::<Result<_>>()?;
+    let want = f(&on_cpu)?;
+    let got = f(&on_gpu)?;
+    assert!(got.device().is_cuda(), "{label} did not run on the GPU");
+    assert_eq!(got.dtype(), want.dtype(), "{label}");
+    if want.dtype().is_float() {
+        expect_close(label, &got, &want, tol)
+    } else {
+        let (g, w) = (
+            got.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?,
+            want.flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?,
+        );
+        assert_eq!(g, w, "{label}");
+        println!("{label}: equal");
+        Ok(())
+    }
+}
+
+/// candle ops that launch each of candle's nine modules (now loaded from the build's images)
+/// match the CPU on a prepared device: casts, broadcast arithmetic, affine, reductions,
+/// index_select / gather, where_cond, conv1d / conv2d (im2col), fills, unary maps and strided
+/// copies, in f32 and the half types the runs use.
+#[test]
+fn candle_ops_on_a_prepared_device_match_cpu() -> Result<()> {
+    let cpu = Device::Cpu;
+    let dev = gpu();
+    let values = |n: usize, dims: &[usize]| -> Result<Tensor> {
+        Tensor::arange(0u32, n as u32, &cpu)?
+            .to_dtype(DType::F32)?
+            .affine(0.731, -3.0)?
+            .sin()?
+            .affine(2.0, 0.1)?
+            .reshape(dims)
+    };
+    let a = values(4 * 33 * 17, &[4, 33, 17])?;
+    let row = values(33, &[1, 33, 1])?.affine(-0.5, 1.0)?;
+    const F32: f32 = 1e-6;
+    const HALF: f32 = 1e-2;
+
+    // cast
+    for dt in [DType::F16, DType::BF16] {
+        gpu_matches_cpu(&dev, &format!("to_dtype {dt:?}"), &[&a], 0.0, |t| {
+            t[0].to_dtype(dt)?.to_dtype(DType::F32)
+        })?;
+    }
+    gpu_matches_cpu(&dev, "to_dtype u32", &[&a], 0.0, |t| {
+        t[0].abs()?.affine(10.0, 0.0)?.to_dtype(DType::U32)
+    })?;
+    // binary, with broadcasts
+    gpu_matches_cpu(&dev, "broadcast_add", &[&a, &row], F32, |t| {
+        t[0].broadcast_add(&t[1])
+    })?;
+    gpu_matches_cpu(&dev, "broadcast_mul", &[&a, &row], F32, |t| {
+        t[0].broadcast_mul(&t[1])
+    })?;
+    gpu_matches_cpu(&dev, "broadcast_mul bf16", &[&a, &row], HALF, |t| {
+        t[0].to_dtype(DType::BF16)?
+            .broadcast_mul(&t[1].to_dtype(DType::BF16)?)
+    })?;
+    gpu_matches_cpu(&dev, "sub, div, maximum", &[&a], F32, |t| {
+        let b = t[0].affine(0.5, 3.0)?;
+        (&t[0] - &b)?.div(&b)?.maximum(&t[0])
+    })?;
+    // affine
+    gpu_matches_cpu(&dev, "affine", &[&a], F32, |t| t[0].affine(1.5, -0.25))?;
+    gpu_matches_cpu(&dev, "affine f16", &[&a], HALF, |t| {
+        t[0].to_dtype(DType::F16)?.affine(1.5, -0.25)
+    })?;
+    // reduce
+    gpu_matches_cpu(&dev, "sum_keepdim(2)", &[&a], 1e-5, |t| t[0].sum_keepdim(2))?;
+    gpu_matches_cpu(&dev, "sum over a strided dim", &[&a], 1e-5, |t| t[0].sum(1))?;
+    gpu_matches_cpu(&dev, "max_keepdim(1)", &[&a], 0.0, |t| t[0].max_keepdim(1))?;
+    gpu_matches_cpu(&dev, "min(2)", &[&a], 0.0, |t| t[0].min(2))?;
+    gpu_matches_cpu(&dev, "argmax(2)", &[&a], 0.0, |t| t[0].argmax(2))?;
+    gpu_matches_cpu(&dev, "softmax_last_dim", &[&a], 1e-5, |t| {
+        candle_nn::ops::softmax_last_dim(&t[0])
+    })?;
+    // indexing
+    let ids = Tensor::new(&[5u32, 0, 32, 7, 7, 19], &cpu)?;
+    gpu_matches_cpu(&dev, "index_select", &[&a, &ids], 0.0, |t| {
+        t[0].index_select(&t[1], 1)
+    })?;
+    let gather_ids: Vec<u32> = (0..4 * 33 * 5).map(|i| (i * 7 + 3) % 17).collect();
+    let gather_ids = Tensor::from_vec(gather_ids, (4, 33, 5), &cpu)?;
+    gpu_matches_cpu(&dev, "gather", &[&a, &gather_ids], 0.0, |t| {
+        t[0].gather(&t[1], 2)
+    })?;
+    // ternary
+    gpu_matches_cpu(&dev, "where_cond", &[&a], 0.0, |t| {
+        let mask = t[0].ge(0.5)?;
+        mask.where_cond(&t[0], &t[0].affine(-1.0, 0.0)?)
+    })?;
+    // conv (im2col / im2col1d, then a matmul)
+    let image = values(2 * 3 * 16 * 16, &[2, 3, 16, 16])?;
+    let kernel = values(4 * 3 * 3 * 3, &[4, 3, 3, 3])?.affine(0.2, 0.0)?;
+    gpu_matches_cpu(&dev, "conv2d", &[&image, &kernel], 1e-5, |t| {
+        t[0].conv2d(&t[1], 1, 1, 1, 1)
+    })?;
+    let signal = values(2 * 3 * 40, &[2, 3, 40])?;
+    let kernel1 = values(5 * 3 * 4, &[5, 3, 4])?.affine(0.3, 0.0)?;
+    gpu_matches_cpu(&dev, "conv1d", &[&signal, &kernel1], 1e-5, |t| {
+        t[0].conv1d(&t[1], 1, 2, 1, 1)
+    })?;
+    // fill
+    for dt in [DType::F32, DType::BF16, DType::F16, DType::U32] {
+        gpu_matches_cpu(
+            &dev,
+            &format!("ones, zeros, full {dt:?}"),
+            &[&a],
+            0.0,
+            |t| {
+                let dev = t[0].device();
+                let ones = Tensor::ones((3, 5), dt, dev)?;
+                let zeros = Tensor::zeros((3, 5), dt, dev)?;
+                let full = Tensor::full(2.0f32, (3, 5), dev)?.to_dtype(dt)?;
+                Tensor::cat(&[ones, zeros, full], 0)
+            },
+        )?;
+    }
+    // unary, and copies of strided views
+    gpu_matches_cpu(&dev, "exp", &[&a], 1e-6, |t| t[0].exp())?;
+    gpu_matches_cpu(&dev, "silu", &[&a], 1e-6, |t| t[0].silu())?;
+    gpu_matches_cpu(&dev, "gelu_erf bf16", &[&a], HALF, |t| {
+        t[0].to_dtype(DType::BF16)?.gelu_erf()
+    })?;
+    gpu_matches_cpu(&dev, "transposed contiguous", &[&a], 0.0, |t| {
+        t[0].transpose(1, 2)?.contiguous()
+    })?;
+    gpu_matches_cpu(&dev, "narrowed contiguous bf16", &[&a], 0.0, |t| {
+        t[0].to_dtype(DType::BF16)?.narrow(2, 3, 9)?.contiguous()
+    })?;
     Ok(())
 }

@@ -675,7 +675,7 @@ pub fn run(args: &Args) -> Result<u8> {
                 BatchOrder::StageMajor => "stage",
             }),
             model_loads: model_loads(&pipelines),
-            kernel_warmup: trellis2::ops::finish_kernel_warmup(false),
+            candle_kernels: trellis2::ops::candle_kernel_loads(),
             weight_prefetch: pipelines
                 .iter()
                 .filter_map(|(_, p)| p.weight_prefetch())

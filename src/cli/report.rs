@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use trellis2::ops::tuning::Tuning;
-use trellis2::ops::KernelWarmup;
+use trellis2::ops::CandleKernelLoad;
 use trellis2::pipeline::{ModelLoads, PipelineSettings, PrefetchReport, StageReport};
 
 #[derive(Debug, serde::Serialize)]
@@ -28,10 +28,10 @@ pub struct RunReport {
     pub batch_order: Option<&'static str>,
     /// Per model role: how many times its weights were read, and the seconds that took.
     pub model_loads: BTreeMap<String, ModelLoads>,
-    /// CUDA: the background load of candle's kernel modules per GPU (`TRELLIS2_JIT_WARMUP`),
-    /// which overlaps the driver's compiles with the first weight reads.
+    /// CUDA: per device, how candle's kernel modules were loaded from the build's SASS when it
+    /// was prepared (seconds, modules loaded, errors).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub kernel_warmup: Vec<KernelWarmup>,
+    pub candle_kernels: Vec<CandleKernelLoad>,
     /// The read-ahead of the weight files into the page cache (`TRELLIS2_PREFETCH`), per
     /// worker, when one ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -61,16 +61,16 @@ pub struct DeviceInfo {
 /// the GPU family, OS and SIMD width (an unsupported GPU is an error naming it and what it
 /// lacks) and compiles every kernel library with pinned options (a failure names the file);
 /// on CUDA the memory pool keeps freed memory (otherwise every synchronisation hands it back to
-/// the driver and the next large allocation maps it again), and candle's own kernel modules
-/// start loading on background threads (`TRELLIS2_JIT_WARMUP`; [`finish_kernel_warmup`] says
-/// how that went, and a program calls it with `cancel` before it exits, as the CLI does).
-/// Calling it again is cheap.
+/// the driver and the next large allocation maps it again), and candle's own kernel modules are
+/// loaded into the device's module store from the build's SASS, so that candle never
+/// JIT-compiles their PTX (a module that fails to load is left to candle's PTX path;
+/// [`candle_kernel_loads`] says how that went). Calling it again is cheap.
 pub fn prepare_device(device: &candle_core::Device) -> candle_core::Result<DeviceInfo> {
     match device {
         #[cfg(feature = "cuda")]
         candle_core::Device::Cuda(d) => {
             cuda::retain_freed_memory(d)?;
-            cuda::start_warmup(d, tuning::Tuning::current().jit_warmup as usize);
+            cuda::load_candle_modules(d);
             let context = d.cuda_stream().context().clone();
             let name = context.name().map_err(candle_core::Error::wrap)?;
             let (major, minor) = context
@@ -107,65 +107,50 @@ pub fn prepare_device(device: &candle_core::Device) -> candle_core::Result<Devic
     }
 }
 
-/// One module of [`KernelWarmup`].
+/// How candle's CUDA kernel modules were loaded on one device when it was prepared (CUDA builds
+/// only).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ModuleWarmup {
-    /// candle's name of the module (`cast`, `unary`, ...).
-    pub module: String,
-    /// Seconds the driver took to compile it on its worker, outside candle's store (absent where
-    /// it was loaded straight into the store: no workers, or the driver's JIT cache off).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub compile_seconds: Option<f64>,
-    /// Seconds from the device's preparation until the module was in candle's store.
-    pub ready_seconds: f64,
-}
-
-/// What the background load of candle's CUDA modules did on one GPU (CUDA builds only).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct KernelWarmup {
+pub struct CandleKernelLoad {
     /// The GPU's ordinal.
     pub gpu: usize,
-    /// Compile workers (0: each module loaded straight into candle's store, in turn).
-    pub threads: usize,
-    /// Seconds from the device's preparation until the last module was in candle's store.
+    /// Seconds the loads took.
     pub seconds: f64,
-    /// The modules in the order they were ready.
-    pub modules: Vec<ModuleWarmup>,
-    /// What failed; the run then loaded those modules itself, as without the warm-up.
+    /// candle modules the build holds as SASS images (the nine a run uses).
+    pub modules: usize,
+    /// Modules loaded from those images; candle compiles any other it needs from its PTX.
+    pub from_images: usize,
+    /// Modules that were in candle's store already (a candle op ran before the preparation).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub already_loaded: usize,
+    /// Images that did not load (e.g. a driver older than the CUDA toolkit of the build); candle
+    /// loads those modules from its PTX when first needed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 
-/// Waits for the background load of candle's CUDA modules that [`prepare_device`] started and
-/// returns what it did, once per GPU (a later call leaves out what was returned). `cancel`: the
-/// modules not yet started are skipped, so only the compiles under way are waited for (the
-/// process is about to end; the driver must not be torn down under a compile). Empty on other
-/// backends and builds.
-pub fn finish_kernel_warmup(cancel: bool) -> Vec<KernelWarmup> {
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// How candle's CUDA kernel modules were loaded on each device [`prepare_device`] prepared, in
+/// that order. Empty on other backends and builds.
+pub fn candle_kernel_loads() -> Vec<CandleKernelLoad> {
     #[cfg(feature = "cuda")]
     {
-        cuda::finish_warmup(cancel)
+        cuda::candle_module_loads()
             .into_iter()
-            .map(|o| KernelWarmup {
+            .map(|o| CandleKernelLoad {
                 gpu: o.gpu,
-                threads: o.threads,
                 seconds: o.seconds,
-                modules: o
-                    .modules
-                    .into_iter()
-                    .map(|m| ModuleWarmup {
-                        module: m.name.to_string(),
-                        compile_seconds: m.compile_seconds,
-                        ready_seconds: m.ready_seconds,
-                    })
-                    .collect(),
+                modules: o.modules,
+                from_images: o.loaded,
+                already_loaded: o.present,
                 errors: o.errors,
             })
             .collect()
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = cancel;
         Vec::new()
     }
 }

@@ -1,7 +1,6 @@
 //! The kernel tuning knobs: every `TRELLIS2_*` environment variable that changes which GPU kernel
-//! or tile shape runs, or how a run hides its cold start (candle's kernel compiles, weight
-//! reads), declared once in [`KNOBS`] (name, accepted values, default, meaning) and
-//! parsed by one parser. None changes results beyond the sign of zero; they exist for measuring
+//! or tile shape runs, or how a run hides its cold start (weight reads), declared once in
+//! [`KNOBS`] (name, accepted values, default, meaning) and parsed by one parser. None changes results beyond the sign of zero; they exist for measuring
 //! (A/B runs, benches/README.md).
 //!
 //! Errors: an unknown value is always an error, one line such as
@@ -169,9 +168,6 @@ pub struct Tuning {
     pub c2s_conv: C2sConv,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
-    /// `TRELLIS2_JIT_WARMUP`: threads compiling candle's CUDA modules in the background from
-    /// the device's preparation on (0: no warm-up; the run compiles each on first use).
-    pub jit_warmup: u32,
     /// `TRELLIS2_PREFETCH`: the next stages' weight files are read into the OS page cache on a
     /// background thread while the first picture runs.
     pub prefetch: bool,
@@ -199,7 +195,6 @@ impl Default for Tuning {
             conv_rows: None,
             c2s_conv: C2sConv::Parents,
             metal_attention: MetalAttention::Auto,
-            jit_warmup: 0,
             prefetch: true,
             linear_act: None,
             guided_batch: GuidedBatch::Auto,
@@ -289,7 +284,7 @@ fn show_auto(v: Option<u32>) -> String {
 }
 
 /// The table: every knob, in the order reports list them.
-pub static KNOBS: [Knob; 17] = [
+pub static KNOBS: [Knob; 16] = [
     Knob {
         name: "TRELLIS2_CUBLASLT",
         values: "on or off",
@@ -522,31 +517,6 @@ pub static KNOBS: [Knob; 17] = [
                 MetalAttention::Varlen => "varlen",
             }
             .into()
-        },
-    },
-    Knob {
-        name: "TRELLIS2_JIT_WARMUP",
-        values: "off or 1 to 16 threads",
-        default: "off",
-        meaning: "threads compiling candle's own CUDA kernel modules (PTX the driver compiles on \
-                  a fresh machine) in the background from the device's preparation on, so the \
-                  compiles overlap the first weight reads; off (or 0): each module compiles \
-                  when the run first needs it. Off by default: on an H100 host 4 threads finished \
-                  no sooner than one (18-20 s for the nine modules), and 1 or 2 threads left a \
-                  cold 512 run at 23.6-23.8 s against 23.2 s without",
-        parse: |t, v| {
-            t.jit_warmup = match v.to_ascii_lowercase().as_str() {
-                "off" | "0" => 0,
-                n => match n.parse::<u32>() {
-                    Ok(n @ 1..=16) => n,
-                    _ => return Err(()),
-                },
-            };
-            Ok(())
-        },
-        show: |t| match t.jit_warmup {
-            0 => "off".into(),
-            n => n.to_string(),
         },
     },
     Knob {
@@ -986,18 +956,6 @@ mod tests {
                     ..d
                 },
             ),
-            ("TRELLIS2_JIT_WARMUP", "off", d),
-            ("TRELLIS2_JIT_WARMUP", "4", Tuning { jit_warmup: 4, ..d }),
-            ("TRELLIS2_JIT_WARMUP", "OFF", Tuning { jit_warmup: 0, ..d }),
-            ("TRELLIS2_JIT_WARMUP", "0", Tuning { jit_warmup: 0, ..d }),
-            (
-                "TRELLIS2_JIT_WARMUP",
-                "16",
-                Tuning {
-                    jit_warmup: 16,
-                    ..d
-                },
-            ),
             ("TRELLIS2_PREFETCH", "on", d),
             (
                 "TRELLIS2_PREFETCH",
@@ -1067,7 +1025,6 @@ mod tests {
             ("TRELLIS2_CONV_ROWS", "256"),
             ("TRELLIS2_C2S_CONV", "children"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
-            ("TRELLIS2_JIT_WARMUP", "2"),
             ("TRELLIS2_PREFETCH", "off"),
             ("TRELLIS2_LINEAR_ACT", "256"),
             ("TRELLIS2_GUIDED_BATCH", "off"),
@@ -1132,11 +1089,6 @@ mod tests {
                 "TRELLIS2_CONV_SORT",
                 "-1",
                 "TRELLIS2_CONV_SORT=-1: expected auto, off, full or a window in voxels",
-            ),
-            (
-                "TRELLIS2_JIT_WARMUP",
-                "17",
-                "TRELLIS2_JIT_WARMUP=17: expected off or 1 to 16 threads",
             ),
             (
                 "TRELLIS2_PREFETCH",
@@ -1213,7 +1165,7 @@ mod tests {
             "TRELLIS2_CUBLASLT=on TRELLIS2_CONV_KERNEL=auto TRELLIS2_ATTENTION=auto \
              TRELLIS2_ATTENTION_PINGPONG=auto TRELLIS2_ATTENTION_KEYS=176 TRELLIS2_CONV_TILE=auto TRELLIS2_CONV_ROW_SKIP=on TRELLIS2_CONV_STAGES=auto \
              TRELLIS2_CONV_WGMMA_KEEP=auto TRELLIS2_CONV_SORT=auto TRELLIS2_CONV_ROWS=auto \
-             TRELLIS2_C2S_CONV=parents TRELLIS2_METAL_ATTENTION=auto TRELLIS2_JIT_WARMUP=off TRELLIS2_PREFETCH=on \
+             TRELLIS2_C2S_CONV=parents TRELLIS2_METAL_ATTENTION=auto TRELLIS2_PREFETCH=on \
              TRELLIS2_LINEAR_ACT=off TRELLIS2_GUIDED_BATCH=auto"
         );
         let json = serde_json::to_value(t).unwrap();

@@ -1,8 +1,8 @@
 //! CUDA utilities of the custom ops (docs/ARCHITECTURE.md, "Backends"): the compiled modules of
 //! `kernels/cuda/*.cu` (fatbins built by `build.rs` behind the `cuda` feature, loaded once per
 //! GPU context and launched on the device's stream), launch shapes, the SM-count cache, output
-//! buffers, operand spans, the wgmma/mma.sync kernel choice, the memory pool and the background
-//! load of candle's own modules (`warmup`). The launchers themselves are each op's `cuda.rs`
+//! buffers, operand spans, the wgmma/mma.sync kernel choice, the memory pool and candle's own
+//! modules loaded as SASS when a device is prepared (`candle_modules`). The launchers themselves are each op's `cuda.rs`
 //! (`src/ops/<op>/cuda.rs`); this module imports no op.
 //!
 //! Operands of the launchers are bf16 or f16 (both the same dtype), accumulation fp32; the public
@@ -17,19 +17,19 @@ use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result};
 
 use crate::ops::storage::token_stride;
 
+mod candle_modules;
 mod kernel_choice;
 mod launch;
 mod mem_pool;
 mod modules;
-mod warmup;
 
+pub(crate) use candle_modules::{load as load_candle_modules, outcomes as candle_module_loads};
 pub(crate) use kernel_choice::{choose_wgmma, kernel_env, sm90a_device, WgmmaFamily};
 pub(crate) use launch::{
     elementwise_launch, elementwise_vec, layer_norm_kernel, norm_launch, norm_launch_groups,
 };
 pub(crate) use mem_pool::retain_freed_memory;
 pub(crate) use modules::*;
-pub(crate) use warmup::{finish as finish_warmup, start as start_warmup};
 
 /// `(start, end)` of a contiguous layout, or an error naming the operand.
 pub(crate) fn span(l: &Layout, op: &str, what: &str) -> Result<(usize, usize)> {
