@@ -39,7 +39,7 @@ use trellis2::pipeline::{
     Progress, RunOptions, SamplerOverrides, StageReport, DEFAULT_MAX_TOKENS,
 };
 use trellis2::render::load_scene;
-use trellis2::render::metrics::{splat_quality, QUALITY_ORBIT};
+use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -224,7 +224,7 @@ pub struct Args {
     /// Write each picture's files (and measure its splat quality) on the calling thread before
     /// the next picture starts. By default a batch writes finished pictures' files on two
     /// background threads per worker while the next picture's stages run, with at most one
-    /// more finished picture waiting, and measures the report's splat quality on a third;
+    /// more finished picture waiting, and measures the report's splat quality on two more;
     /// the files are the same either way.
     #[arg(long)]
     pub no_overlap: bool,
@@ -530,7 +530,7 @@ pub fn run(args: &Args) -> Result<u8> {
             let result = read_latents(p, pipeline.device())
                 .and_then(|saved| pipeline.decode_saved(&saved, ptype, &mut progress));
             let ran = lock(progress.shared).resumed(0).elapsed().as_secs_f64();
-            complete(0, write(0, result, None), ran);
+            complete(0, write(0, result, None).and_then(measure_quality), ran);
         }
         _ if !todo.is_empty() => {
             let workers = pipelines.len();
@@ -735,9 +735,13 @@ const OUTPUT_QUEUE: usize = 1;
 /// side keep pace with a fast device; each holds its mesh and voxels until its files are out.
 const WRITERS: usize = 2;
 
-/// How many written pictures may wait for a worker's splat quality, beyond the one being
+/// How many written pictures may wait for a worker's splat quality, beyond those being
 /// measured: each holds only its report's numbers and its file names.
 const QUALITY_QUEUE: usize = 2;
+
+/// How many pictures' splat quality a worker measures at once: at `512` on an H100, one
+/// thread's measurements (1.7 s a picture beside the writers) set the batch's pace.
+const QUALITY_THREADS: usize = 2;
 
 /// A picture whose files are written (or failed), on its way to its splat quality and its
 /// report line.
@@ -750,10 +754,10 @@ struct Saved {
 }
 
 /// Where a batch worker hands its finished pictures: with the overlap, [`WRITERS`] writer
-/// threads of its own that write the files, then a finisher thread that measures the splat
-/// quality (when the report asks for it) and gives each picture its report and progress line,
-/// in the order the worker finished them; with `--no-overlap`, the worker's thread does both in
-/// turn.
+/// threads of its own that write the files, then [`QUALITY_THREADS`] threads that measure the
+/// splat quality (when the report asks for it), then a finisher thread that gives each picture
+/// its report and progress line, in the order the worker finished them; with `--no-overlap`,
+/// the worker's thread does it all in turn.
 struct Output<'a> {
     queue: Option<std::sync::mpsc::SyncSender<(usize, Finished)>>,
     /// Pictures handed over so far: the next one's place in the finisher's order.
@@ -763,8 +767,8 @@ struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    /// With `overlap`, starts the writers and the finisher on `scope`; they end when the
-    /// worker drops its [`Output`].
+    /// With `overlap`, starts the writers, the quality threads and the finisher on `scope`;
+    /// they end when the worker drops its [`Output`].
     fn start<'scope, W, C>(
         scope: &'scope std::thread::Scope<'scope, 'a>,
         overlap: bool,
@@ -781,6 +785,8 @@ impl<'a> Output<'a> {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Finished)>(OUTPUT_QUEUE);
             let (saved_tx, saved_rx) =
                 std::sync::mpsc::sync_channel::<(usize, Saved)>(QUALITY_QUEUE);
+            // Measured pictures wait only for those handed over before them.
+            let (measured_tx, measured_rx) = std::sync::mpsc::channel::<(usize, Saved)>();
             let rx = std::sync::Arc::new(Mutex::new(rx));
             for _ in 0..WRITERS {
                 let (rx, saved_tx) = (rx.clone(), saved_tx.clone());
@@ -788,27 +794,46 @@ impl<'a> Output<'a> {
                 scope.spawn(move || loop {
                     // The lock is held while waiting: the other writer waits for it instead.
                     let Ok((n, f)) = lock(&rx).recv() else { break };
-                    // A finisher that died (it panicked) hands the picture back: finish it here.
+                    // Quality threads that died (they panicked) hand the picture back: measure
+                    // and finish it here.
                     if let Err(std::sync::mpsc::SendError((_, s))) = saved_tx.send((n, writer(f))) {
-                        completes(s)
+                        completes(s.measured())
                     }
                 });
             }
             drop(saved_tx);
+            let saved_rx = std::sync::Arc::new(Mutex::new(saved_rx));
+            for _ in 0..QUALITY_THREADS {
+                let (saved_rx, measured_tx) = (saved_rx.clone(), measured_tx.clone());
+                let completes = complete.clone();
+                scope.spawn(move || loop {
+                    let Ok((n, s)) = lock(&saved_rx).recv() else {
+                        break;
+                    };
+                    // A finisher that died (it panicked) hands the picture back: finish it here.
+                    if let Err(std::sync::mpsc::SendError((_, s))) =
+                        measured_tx.send((n, s.measured()))
+                    {
+                        completes(s)
+                    }
+                });
+            }
+            drop(measured_tx);
             let finisher = complete.clone();
             scope.spawn(move || {
-                // Written pictures come in any order from the writers: each is finished once
-                // those handed over before it are.
+                // Measured pictures come in any order: each is finished once those handed over
+                // before it are.
                 let mut waiting = std::collections::BTreeMap::new();
                 let mut next = 0;
-                for (n, s) in saved_rx {
+                for (n, s) in measured_rx {
                     waiting.insert(n, s);
                     while let Some(s) = waiting.remove(&next) {
                         finisher(s);
                         next += 1;
                     }
                 }
-                // A writer that panicked left a gap: the rest still get their lines, in order.
+                // A writer or quality thread that panicked left a gap: the rest still get
+                // their lines, in order.
                 waiting.into_values().for_each(|s| finisher(s));
             });
             tx
@@ -828,10 +853,10 @@ impl<'a> Output<'a> {
                 let n = self.sent.replace(self.sent.get() + 1);
                 // The writers died (they panicked) and hand the picture back: do it all here.
                 if let Err(std::sync::mpsc::SendError((_, f))) = tx.send((n, f)) {
-                    (self.complete)((self.write)(f))
+                    (self.complete)((self.write)(f).measured())
                 }
             }
-            None => (self.complete)((self.write)(f)),
+            None => (self.complete)((self.write)(f).measured()),
         }
     }
 }
@@ -846,6 +871,29 @@ struct SavedItem {
     seconds: f64,
     /// The mesh and splat files whose quality the report asks for.
     quality: Option<(PathBuf, PathBuf)>,
+    /// Their quality and the seconds measuring it took, once measured.
+    measured: Option<(Quality, f64)>,
+}
+
+impl Saved {
+    /// With its splat quality measured, when the report asks for it (a failed measurement
+    /// fails the picture).
+    fn measured(self) -> Self {
+        Self {
+            saved: self.saved.and_then(measure_quality),
+            ..self
+        }
+    }
+}
+
+/// Measures a written item's splat quality, when the report asks for it.
+fn measure_quality(mut s: SavedItem) -> Result<SavedItem> {
+    if let Some((mesh, splats)) = &s.quality {
+        let start = Instant::now();
+        let q = splat_quality(&load_scene(mesh)?, &load_scene(splats)?, &QUALITY_ORBIT)?;
+        s.measured = Some((q, start.elapsed().as_secs_f64()));
+    }
+    Ok(s)
 }
 
 /// Extracts a finished item's mesh and writes its files and preview, filling the parts of its
@@ -876,29 +924,23 @@ fn write_item(
         sizes,
         seconds: saving.elapsed().as_secs_f64(),
         quality: quality_sources(args, &item.outputs),
+        measured: None,
     })
 }
 
-/// Measures a written item's splat quality (when the report asks for it), fills the rest of its
-/// report and says how it went; `ran` is the seconds its pipeline work took (its time when it
-/// failed).
+/// Fills the rest of a written item's report (its splat quality, measured) and says how it
+/// went; `ran` is the seconds its pipeline work took (its time when it failed).
 fn complete_item(item: &mut ItemReport, saved: Result<SavedItem>, ran: f64) -> String {
     let label = item.input.display().to_string();
-    let result = saved.and_then(|mut s| {
-        if let Some((mesh, splats)) = &s.quality {
-            let start = Instant::now();
-            let q = splat_quality(&load_scene(mesh)?, &load_scene(splats)?, &QUALITY_ORBIT)?;
-            let seconds = start.elapsed().as_secs_f64();
-            item.output_seconds.insert("splat_quality".into(), seconds);
-            s.seconds += seconds;
-            item.splat_psnr_db = Some(q.psnr_db);
-            item.splat_ssim = Some(q.ssim);
-            item.splat_psnr_object_db = Some(q.psnr_object_db);
-        }
-        Ok(s)
-    });
-    match result {
-        Ok(s) => {
+    match saved {
+        Ok(mut s) => {
+            if let Some((q, seconds)) = s.measured {
+                item.output_seconds.insert("splat_quality".into(), seconds);
+                s.seconds += seconds;
+                item.splat_psnr_db = Some(q.psnr_db);
+                item.splat_ssim = Some(q.ssim);
+                item.splat_psnr_object_db = Some(q.psnr_object_db);
+            }
             let [voxels, vertices, faces] = s.sizes;
             item.resolution = Some(s.resolution);
             item.voxels = Some(voxels);
