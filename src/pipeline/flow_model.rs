@@ -31,15 +31,22 @@ pub struct DitVelocity<'a> {
     /// Image tokens per sample, for the FLOP count.
     cond_tokens: usize,
     flops: f64,
-    /// Guided steps as one forward of 2B (`TRELLIS2_GUIDED_BATCH`, resolved at construction).
+    /// Guided steps as one forward of 2B (`TRELLIS2_GUIDED_BATCH`, resolved at construction
+    /// for this model's device, weight residency and token count).
     guided_batch: bool,
 }
 
 impl<'a> DitVelocity<'a> {
     /// `cond [B, L, cond_channels]`; `batch` = B. Guided steps run batched as the calling
-    /// thread's `TRELLIS2_GUIDED_BATCH` decides for this model's device and weight residency.
+    /// thread's `TRELLIS2_GUIDED_BATCH` decides for this model's device, weight residency and
+    /// tokens.
     pub fn new(model: &'a FlowDit, cond: &Tensor, tokens: FlowTokens<'a>) -> Result<Self> {
         let batch = cond.dim(0)?;
+        // Tokens of all samples: rows of a sparse latent, cells of a dense one.
+        let rows = match &tokens {
+            FlowTokens::Dense => batch * model.config().resolution.pow(3),
+            FlowTokens::Sparse { coords, .. } => coords.dim(0)?,
+        };
         if let FlowTokens::Sparse { coords, .. } = &tokens {
             // The coordinates' one read-back happens here, before sampling, not in step 1.
             model.prepare_sparse_layout(coords, batch)?;
@@ -51,9 +58,11 @@ impl<'a> DitVelocity<'a> {
             batch,
             cond_tokens: cond.dim(1)?,
             flops: 0.0,
-            guided_batch: Tuning::current()
-                .guided_batch
-                .enabled(!model.device().is_cpu(), model.streamed()),
+            guided_batch: Tuning::current().guided_batch.enabled(
+                !model.device().is_cpu(),
+                model.streamed(),
+                rows,
+            ),
         })
     }
 
