@@ -158,16 +158,7 @@ fn network_input_is_pillow_bilinear_and_imagenet_normalisation() {
     let rgb = source_rgb(&input);
     let ours = network_input(&rgb, 224, 160, &Device::Cpu).expect("input");
     let want = input.get("image");
-    let diff = (ours - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::tensor_max_abs_diff(&ours, want);
     println!("network input max |err| = {diff:.2e}");
     // Bit-exact resize: the only difference left is float32 rounding of the normalisation.
     assert!(diff <= 1e-6, "{diff}");

@@ -418,6 +418,16 @@ fn gpu_shell_map(r: f32, dev: &Device) -> Result<(SparseTensor, usize)> {
     Ok((x, n))
 }
 
+/// A CPU copy of a GPU-built neighbour map of `n` voxels.
+fn host_copy(map: &NeighbourMap, n: usize) -> Result<NeighbourMap> {
+    let rows = map
+        .tensor()
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    NeighbourMap::from_rows(rows, n, &Device::Cpu)
+}
+
 /// Sorting the voxels by neighbour mask (the CUDA conv's tile order) changes no voxel's result:
 /// the sorted and unsorted kernels agree value for value (up to the sign of zero), both match
 /// the CPU reference, and the GPU-built order equals the host's for a full sort and for windows.
@@ -443,12 +453,7 @@ fn sparse_conv_sorted_order_default() -> Result<()> {
             .expect("a large set on CUDA is sorted");
         assert_permutation(&order.to_vec1::<u32>()?, n, "conv order");
         // The GPU radix sort gives the host's order, for a full sort and for windows.
-        let host_map = map
-            .tensor()
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<u32>()?;
-        let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
+        let host = host_copy(map, n)?;
         for window in [0, 1, 3, 4096, 10_000] {
             let got = map.sorted_order(window)?.to_vec1::<u32>()?;
             let want = host.sorted_order(window)?.to_vec1::<u32>()?;
@@ -651,12 +656,7 @@ fn sparse_conv_sort_policy_default() -> Result<()> {
             .expect("a large set on CUDA is sorted");
         let got = order.to_vec1::<u32>()?;
         assert_permutation(&got, n, "large conv order");
-        let host_map = map
-            .tensor()
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<u32>()?;
-        let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
+        let host = host_copy(map, n)?;
         let window = trellis2::sparse::conv_order::default_sort_window(row_bytes);
         let want = host.sorted_order(window)?.to_vec1::<u32>()?;
         assert_eq!(got, want, "shell r {r}: GPU and host orders differ");
@@ -1644,12 +1644,7 @@ fn c2s_children_conv_matches_cpu() -> Result<()> {
         let (sub, sources_cpu) = random_subdivision(&x, keep, 31 + i as u64)?;
         let children = sources_cpu.dims1()?;
         let co = 8 * c_child;
-        let host_map = map
-            .tensor()
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<u32>()?;
-        let host = NeighbourMap::from_rows(host_map, n, &Device::Cpu)?;
+        let host = host_copy(map, n)?;
         let feats = rounded(&[n, ci], 1.0, dtype)?;
         let weight = rounded(&[co, 27, ci], 0.1, dtype)?;
         let bias = Tensor::randn(0f32, 1.0, co, &Device::Cpu)?;

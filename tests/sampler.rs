@@ -169,21 +169,6 @@ fn texture_sampler_without_guidance_uses_one_call_per_step() {
     check("tex_slat", "tex_slat_flow_model_512", GuidedBatch::Auto);
 }
 
-/// Largest |a − b|.
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 /// Deterministic values in about [−1, 1).
 fn values(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -217,13 +202,24 @@ fn guided_pair_matches(
         // The two forwards are what `velocity` gives for each branch.
         let pos_one = off.velocity(x, t_model, Branch::Positive).unwrap();
         let neg_one = off.velocity(x, t_model, Branch::Negative).unwrap();
-        assert_eq!(max_diff(&pos_off, &pos_one), 0.0, "{what}");
-        assert_eq!(max_diff(&neg_off, &neg_one), 0.0, "{what}");
-        let (dp, dn) = (max_diff(&pos_on, &pos_off), max_diff(&neg_on, &neg_off));
+        assert_eq!(
+            common::tensor_max_abs_diff(&pos_off, &pos_one),
+            0.0,
+            "{what}"
+        );
+        assert_eq!(
+            common::tensor_max_abs_diff(&neg_off, &neg_one),
+            0.0,
+            "{what}"
+        );
+        let (dp, dn) = (
+            common::tensor_max_abs_diff(&pos_on, &pos_off),
+            common::tensor_max_abs_diff(&neg_on, &neg_off),
+        );
         println!("{what} t {t_model}: batched vs two forwards max|diff| positive {dp:e}, negative {dn:e}");
         assert!(dp <= 1e-5 && dn <= 1e-5, "{what}: {dp:e} {dn:e}");
         // The branches differ, so a mix-up of the halves would show.
-        let branches = max_diff(&pos_on, &neg_on);
+        let branches = common::tensor_max_abs_diff(&pos_on, &neg_on);
         println!("{what} t {t_model}: positive vs negative max|diff| {branches:e}");
         assert!(branches > 1e-3, "{what}");
     }
@@ -355,9 +351,9 @@ fn guided_batch_sampler_sees_the_same_calls() {
     let mut worst = 0f32;
     for (a, b) in calls_on.iter().zip(&calls_off) {
         assert_eq!((a.0, a.1, a.2), (b.0, b.1, b.2));
-        worst = worst.max(max_diff(&a.3, &b.3));
+        worst = worst.max(common::tensor_max_abs_diff(&a.3, &b.3));
     }
-    let last = max_diff(&out_on, &out_off);
+    let last = common::tensor_max_abs_diff(&out_on, &out_off);
     println!("sampler batched vs two forwards: calls max|diff| {worst:e}, final {last:e}");
     assert!(worst <= 1e-5 && last <= 1e-5, "{worst:e} {last:e}");
     assert_eq!(flops_on, flops_off);

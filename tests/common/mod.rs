@@ -88,6 +88,11 @@ pub fn read_f32_tensors(
 #[allow(unused_imports)] // not every test binary compares raw values
 pub use trellis2::selftest::max_abs_diff;
 
+/// [`max_abs_diff`] of two tensors of one shape.
+pub fn tensor_max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    trellis2::selftest::tensor_max_abs_diff(a, b).expect("two tensors of one shape")
+}
+
 /// Every element of an integer (or float) tensor as i64, flattened: exact comparisons of
 /// coordinate sets and face lists whatever their stored integer dtype.
 pub fn int_values(t: &candle_core::Tensor) -> Vec<i64> {
