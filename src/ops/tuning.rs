@@ -1,7 +1,7 @@
 //! The kernel tuning knobs: every `TRELLIS2_*` environment variable that changes which GPU kernel
 //! or tile shape runs, or how a run hides its cold start (weight reads), declared once in
-//! [`KNOBS`] (name, accepted values, default, meaning) and parsed by one parser. None changes results beyond the sign of zero; they exist for measuring
-//! (A/B runs, benches/README.md).
+//! [`KNOBS`] (name, accepted values, default, meaning) and parsed by one parser. None changes
+//! results beyond the sign of zero; they exist for measuring (A/B runs, benches/README.md).
 //!
 //! Errors: an unknown value is always an error, one line such as
 //! `TRELLIS2_CUBLASLT=maybe: expected on or off`. The CLI calls [`Tuning::from_env`] before any

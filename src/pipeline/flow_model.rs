@@ -81,13 +81,17 @@ impl DitVelocity<'_> {
     /// The FLOPs of one forward of `x` with the condition (`cond_tokens` image tokens) or
     /// without (0), every sample counted.
     fn count(&mut self, x: &Tensor, cond_tokens: usize) -> Result<()> {
-        // Tokens per sample: rows of a sparse latent, cells of a dense one.
-        let rows = match &self.tokens {
-            FlowTokens::Dense => x.elem_count() / x.dim(1)?,
-            FlowTokens::Sparse { .. } => x.dim(0)?,
-        } / self.batch.max(1);
+        let rows = self.tokens_of(x)? / self.batch.max(1);
         self.flops += self.batch as f64 * self.model.forward_flops(rows, cond_tokens);
         Ok(())
+    }
+
+    /// Tokens of all samples of `x`: rows of a sparse latent, cells of a dense one.
+    fn tokens_of(&self, x: &Tensor) -> Result<usize> {
+        Ok(match &self.tokens {
+            FlowTokens::Dense => x.elem_count() / x.dim(1)?,
+            FlowTokens::Sparse { .. } => x.dim(0)?,
+        })
     }
 
     fn input<'x>(&'x self, x: &'x Tensor) -> FlowInput<'x> {
@@ -125,11 +129,7 @@ impl VelocityModel for DitVelocity<'_> {
     }
 
     fn velocity_guided(&mut self, x: &Tensor, t_model: f32) -> Result<(Tensor, Tensor)> {
-        // Tokens of all samples: rows of a sparse latent, cells of a dense one.
-        let rows = match &self.tokens {
-            FlowTokens::Dense => x.elem_count() / x.dim(1)?,
-            FlowTokens::Sparse { .. } => x.dim(0)?,
-        };
+        let rows = self.tokens_of(x)?;
         if !self.guided_batch || !self.model.guided_batch_fits(2 * rows) {
             let pos = self.velocity(x, t_model, Branch::Positive)?;
             return Ok((pos, self.velocity(x, t_model, Branch::Negative)?));

@@ -224,13 +224,7 @@ mod tests {
         let values = crate::test_util::uniform_tensor(&[1000, 7], 5);
         for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
             let t = values.to_dtype(dtype).unwrap();
-            let want: Vec<f32> = t
-                .to_dtype(DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let want: Vec<f32> = host_vec(&t, DType::F32).unwrap();
             assert_eq!(host_f32(&t).unwrap(), want, "{dtype:?}");
         }
     }

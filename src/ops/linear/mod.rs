@@ -52,7 +52,6 @@ pub fn last_linear_path() -> LinearPath {
     LAST_PATH.with(Cell::get)
 }
 
-/// `weight [out, in]` and `bias [out]` under `vb`.
 /// Whether one matrix product `[rows, inner] · [inner, out]` of `dtype` operands on `device`
 /// stays within what one dispatch may take: on Metal, the command-buffer budget (candle's matmul
 /// is never split; docs/METAL.md, "Watchdog and dispatch"); elsewhere always.
@@ -71,6 +70,7 @@ pub fn matmul_fits_one_dispatch(
     true
 }
 
+/// `weight [out, in]` and `bias [out]` under `vb`.
 pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear {
         weight: vb.get((out_dim, in_dim), "weight")?,
