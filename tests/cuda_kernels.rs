@@ -3,7 +3,8 @@
 //! device 0, the sparse conv and attention cases again with each kernel variant pinned and the
 //! linear cases with the path they must take; then the checks the cases cannot express: sorted
 //! voxel orders, views (a fused qkv, operands starting mid-buffer), NaN rows for bad indices,
-//! cuBLASLt's fallbacks and epilogue, subdivision children and the cascade's quantisation; and
+//! cuBLASLt's fallbacks and epilogue, subdivision children and the cascade's quantisation, host
+//! copies on the copy stream; and
 //! candle's own modules, loaded from the build's SASS: every kernel of candle's PTX is in them,
 //! they load with the PTX JIT off, and candle ops of each match the CPU.
 //! Every test needs CUDA device 0 and fails, rather than skips, without one.
@@ -1171,6 +1172,60 @@ fn coord_sets_compare_on_device() -> Result<()> {
     assert_eq!(moved.children().len(), a.children().len());
     assert!(!a.children().same_rows(moved.children())?);
     println!("coordinate sets compared on the device: equal and differing cases as expected");
+    Ok(())
+}
+
+/// Host copies on the copy stream give what a blocking `to_device` gives, for each dtype a run
+/// copies, a view that starts mid-buffer and a transposed (strided) tensor; the copy sees the
+/// values of when it was started although the sources' handles are dropped and the device keeps
+/// allocating and computing meanwhile; a copy waited on from another thread, one dropped before
+/// anyone waits, and the pooled buffers reused by the next copies.
+#[test]
+fn host_copies_match_blocking_copies() -> Result<()> {
+    use trellis2::ops::host_copy::HostCopy;
+    let dev = gpu();
+    let n = 300_000;
+    let coords = Tensor::arange(0i64, 4 * n as i64, &dev)?
+        .to_dtype(DType::I32)?
+        .reshape((n, 4))?;
+    let base = Tensor::randn(0f32, 1.0, (n + 3, 7), &dev)?;
+    let halves = base.to_dtype(DType::F16)?.narrow(0, 3, n)?;
+    let strided = base.to_dtype(DType::BF16)?.narrow(0, 0, n)?.t()?;
+    let floats = (base.narrow(0, 1, n)? * 0.5)?;
+    let sources = [coords, halves, strided, floats];
+    let want = sources
+        .iter()
+        .map(|t| t.to_device(&Device::Cpu))
+        .collect::<Result<Vec<_>>>()?;
+    for round in 0..3 {
+        let copy = HostCopy::start(&sources.clone())?;
+        // Work queued behind the copy, on memory the pool may hand out again.
+        let mut churn = Tensor::randn(0f32, 1.0, (n, 64), &dev)?;
+        for _ in 0..8 {
+            churn = (churn.sqr()? + 1.0)?.sqrt()?;
+        }
+        let dropped = HostCopy::start(&sources[..2])?;
+        drop(dropped);
+        let waiter = copy.clone();
+        let got = std::thread::spawn(move || waiter.tensors())
+            .join()
+            .expect("thread")?;
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.dims(), w.dims(), "round {round}, tensor {i}");
+            assert_eq!(g.dtype(), w.dtype(), "round {round}, tensor {i}");
+            assert!(g.device().is_cpu());
+            let diff = (g.to_dtype(DType::F64)? - w.to_dtype(DType::F64)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert_eq!(diff, 0.0, "round {round}, tensor {i}");
+        }
+        // The same copy again (cached) and the device's own work intact.
+        assert_eq!(copy.tensors()?[0].dims(), want[0].dims());
+        assert!(churn.min_all()?.to_scalar::<f32>()? >= 1.0);
+    }
+    println!("host copies: 4 tensors, 3 rounds, equal to blocking copies");
     Ok(())
 }
 

@@ -36,7 +36,7 @@ use trellis2::pipeline::latents_file::{read_latents, write_latents};
 use trellis2::pipeline::models::{DTypeChoice, LoadOptions};
 use trellis2::pipeline::{
     BatchItem, BatchOrder, Generated, ModelLoads, NoiseSource, Picture, Pipeline, PipelineType,
-    Progress, RunOptions, SamplerOverrides, StageReport, DEFAULT_MAX_TOKENS,
+    Progress, ReadAhead, RunOptions, SamplerOverrides, StageReport, DEFAULT_MAX_TOKENS,
 };
 use trellis2::render::load_scene;
 use trellis2::render::metrics::{splat_quality, Quality, QUALITY_ORBIT};
@@ -400,6 +400,36 @@ fn preflight_destinations(args: &Args, jobs: &[Job]) -> Result<()> {
     Ok(())
 }
 
+/// The run's weight files started into the page cache before the devices are set up (a CUDA
+/// context and its libraries take ≈ 0.5–1 s of a cold start, during which the disk can read),
+/// where that is sure to help: the model folder is complete on disk (found offline, so nothing
+/// is asked or downloaded here), pictures are to be generated (not saved latents decoded) and
+/// at least one of them will run.
+fn early_read_ahead(
+    args: &Args,
+    plan: &Plan,
+    rembg: Option<trellis2::weights::RembgModel>,
+    load: LoadOptions,
+) -> Option<ReadAhead> {
+    let runs = |job: &Job| match job {
+        Job::Unusable(..) | Job::Latents(_) => false,
+        _ => !(args.skip_existing && job.outputs(args).iter().all(|p| p.is_file())),
+    };
+    if !plan.jobs.iter().any(runs) {
+        return None;
+    }
+    let dir = super::download::ensure_model(args.model.as_deref(), rembg, false, true).ok()?;
+    let ptype = match args.pipeline {
+        Some(p) => PipelineType::from(p),
+        None => {
+            trellis2::pipeline::PipelineSettings::from_pipeline_args(&dir.pipeline.args)
+                .ok()?
+                .default_type
+        }
+    };
+    Some(ReadAhead::start(&dir, ptype, load))
+}
+
 pub fn run(args: &Args) -> Result<u8> {
     let position = interrupt::Position::default();
     interrupt::install("generate", position.clone());
@@ -414,12 +444,6 @@ pub fn run(args: &Args) -> Result<u8> {
             }
         }
     }
-    let mut devices = Vec::new();
-    for spec in &args.device.0 {
-        let selected = super::open_device_at(spec.kind.into(), spec.ordinal)
-            .with_context(|| format!("--device {spec}"))?;
-        devices.push((spec.to_string(), selected.device));
-    }
     let background = Background::from(args.rembg);
     let dtype = DTypeChoice::from(args.dtype);
     let load = LoadOptions {
@@ -430,21 +454,31 @@ pub fn run(args: &Args) -> Result<u8> {
             WeightMemory::Resident
         },
     };
-    // A dtype the device cannot compute in is a usage error, found before the model loads.
-    for (_, device) in &devices {
-        load.check(device).map_err(super::usage)?;
-    }
     // Decoding saved latents needs no picture, hence no background remover.
     let rembg = match args.from_latents {
         Some(_) => None,
         None => background.model(),
     };
+    let mut early = early_read_ahead(args, &plan, rembg, load);
+    let mut devices = Vec::new();
+    for spec in &args.device.0 {
+        let selected = super::open_device_at(spec.kind.into(), spec.ordinal)
+            .with_context(|| format!("--device {spec}"))?;
+        devices.push((spec.to_string(), selected.device));
+    }
+    // A dtype the device cannot compute in is a usage error, found before the model loads.
+    for (_, device) in &devices {
+        load.check(device).map_err(super::usage)?;
+    }
     let model_dir =
         super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
     let model_root = model_dir.root.clone();
     let mut pipelines = Vec::new();
     for (name, device) in devices {
         let mut pipeline = Pipeline::new(model_dir.clone(), device)?.with_load_options(load)?;
+        if let Some(reading) = early.take() {
+            pipeline = pipeline.with_read_ahead(reading);
+        }
         if let Some(forcing) = args.dev_force_structure {
             pipeline = pipeline.with_dev_forcing(forcing);
         }

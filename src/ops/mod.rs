@@ -20,6 +20,7 @@ pub mod conv_order;
 pub(crate) mod cuda;
 pub mod deform_conv;
 pub mod gated_residual;
+pub mod host_copy;
 pub mod i32_equal;
 pub mod interpolate;
 pub mod layer_norm;

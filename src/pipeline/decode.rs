@@ -1,5 +1,5 @@
 //! Decoding (docs/MODEL.md §1.6): shape decoder (+ subdivision guides) → texture decoder guided by
-//! those subdivisions → PBR voxels `·0.5 + 0.5`. The voxels are only copied to the host here;
+//! those subdivisions → PBR voxels `·0.5 + 0.5`. The voxels' copy to the host is only started here;
 //! their conversion to host arrays and the surface (dual-grid mesh, then hole filling) come later
 //! ([`super::output::Generated::extract_mesh`]), so that a batch's device thread does not wait
 //! for them.
@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::context::Ctx;
 use super::models::role;
@@ -75,19 +75,14 @@ pub(crate) fn decode(
     }
     let attrs = ((tex.feats() * 0.5)? + 0.5)?;
     ctx.latents.insert("tex_voxels.feats", attrs.clone());
-    // Copies only: the conversion to host arrays (dtype casts, per-voxel rows) runs with the
-    // mesh extraction, off the thread that drives the device (`Generated::extract_mesh`), so
-    // that the next picture's device work does not wait for it.
-    let cpu = Device::Cpu;
-    let voxels = DecodedVoxels {
-        coords: raw.coords().to_device(&cpu)?,
-        raw: raw.feats().to_device(&cpu)?,
-        attrs: attrs.to_device(&cpu)?,
-        resolution: resolution as u32,
-    };
+    // The copies are only queued: they run on the device's copy engine while the next
+    // picture's kernels start, and the conversion to host arrays (dtype casts, per-voxel rows)
+    // runs with the mesh extraction, off the thread that drives the device
+    // (`Generated::extract_mesh`), which waits for them.
+    let voxels = DecodedVoxels::start(raw.coords(), raw.feats(), &attrs, resolution as u32)?;
     stage.parts.insert("tex_decoder".into(), secs(start));
 
-    stage.voxels = Some(voxels.coords.dim(0)?);
+    stage.voxels = Some(raw.coords().dim(0)?);
     stage.tokens = Some(coords.dim(0)?);
     ctx.progress.step("decode", 2);
     ctx.end(stage);

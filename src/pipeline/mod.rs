@@ -37,4 +37,4 @@ pub use noise::NoiseSource;
 pub use output::{DecodedVoxels, Generated, Latents, PBR_CHANNELS};
 pub use prefetch::{PrefetchReport, PrefetchedFile};
 pub use progress::{NoProgress, Progress, StageReport};
-pub use run::{BatchItem, BatchOrder, Picture, Pipeline, RunOptions};
+pub use run::{BatchItem, BatchOrder, Picture, Pipeline, ReadAhead, RunOptions};

@@ -12,6 +12,7 @@ use super::progress::StageReport;
 use crate::mesh::{
     decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
 };
+use crate::ops::host_copy::HostCopy;
 
 /// Channels of a textured voxel: base colour RGB (0..3), metallic (3), roughness (4), alpha (5).
 pub const PBR_CHANNELS: usize = 6;
@@ -79,19 +80,39 @@ impl Latents {
     }
 }
 
-/// The decoders' voxels copied to the host as the device left them (its dtypes, its layout),
-/// not yet converted: [`Generated::extract_mesh`] turns them into the voxel arrays and the
-/// surface.
+/// The decoders' voxels on their way to the host as the device left them (its dtypes, its
+/// layout), not yet converted: [`Generated::extract_mesh`] waits for the copy and turns them into
+/// the voxel arrays and the surface.
 #[derive(Debug, Clone)]
 pub struct DecodedVoxels {
-    /// `[V, 4]` (batch, x, y, z) int32, on the CPU.
-    pub coords: Tensor,
-    /// The shape decoder's raw features `[V, 7]`, on the CPU.
-    pub raw: Tensor,
-    /// The texture decoder's attributes `[V, 6]`, already `·0.5 + 0.5`, on the CPU.
-    pub attrs: Tensor,
+    /// `[V, 4]` (batch, x, y, z) int32, the shape decoder's raw features `[V, 7]` and the
+    /// texture decoder's attributes `[V, 6]` (already `·0.5 + 0.5`), in that order.
+    pub(crate) copy: HostCopy,
     /// Grid resolution.
     pub resolution: u32,
+}
+
+impl DecodedVoxels {
+    /// Starts copying the three tensors to the host (see [`DecodedVoxels::copy`]).
+    pub(crate) fn start(
+        coords: &Tensor,
+        raw: &Tensor,
+        attrs: &Tensor,
+        resolution: u32,
+    ) -> Result<Self> {
+        let copy = HostCopy::start(&[coords.clone(), raw.clone(), attrs.clone()])
+            .context("copying the decoded voxels to the host")?;
+        Ok(Self { copy, resolution })
+    }
+
+    /// Coordinates, raw features and attributes on the CPU (waits for the copy).
+    pub fn host(&self) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut host = self.copy.tensors()?.into_iter();
+        match (host.next(), host.next(), host.next()) {
+            (Some(c), Some(r), Some(a)) => Ok((c, r, a)),
+            _ => bail!("decoded voxels: expected three tensors"),
+        }
+    }
 }
 
 /// One generated object.
@@ -139,10 +160,11 @@ impl Generated {
             return Ok(());
         };
         let start = Instant::now();
-        let coords: Vec<i32> = host_vec(&voxels.coords, DType::I32).context("voxel coordinates")?;
-        let raw = host_f32(&voxels.raw).context("shape decoder voxels")?;
-        let attrs = host_f32(&voxels.attrs).context("voxel attributes")?;
-        let count = voxels.coords.dim(0)?;
+        let (coords, raw, attrs) = voxels.host()?;
+        let count = coords.dim(0)?;
+        let coords: Vec<i32> = host_vec(&coords, DType::I32).context("voxel coordinates")?;
+        let raw = host_f32(&raw).context("shape decoder voxels")?;
+        let attrs = host_f32(&attrs).context("voxel attributes")?;
         if coords.len() != 4 * count || attrs.len() != PBR_CHANNELS * count {
             bail!(
                 "decoded voxels: {} coordinates and {} attributes for {count} voxels",

@@ -55,6 +55,45 @@ impl RunOptions {
     }
 }
 
+/// The read-ahead of a run's weight files, unless `load` streams its weights (`--low-memory`:
+/// they are there to hold less) or `TRELLIS2_PREFETCH=off`; `models` is the cache whose held
+/// roles it passes over.
+fn read_ahead(
+    dir: &ModelDir,
+    ptype: PipelineType,
+    load: LoadOptions,
+    models: &Arc<ModelCache>,
+) -> Option<Prefetcher> {
+    if load.memory == WeightMemory::Streamed || !crate::ops::tuning::Tuning::current().prefetch {
+        return None;
+    }
+    let budget = host_budget();
+    let (files, over) = plan(weight_files(dir, ptype), budget);
+    Prefetcher::start(unclaimed(files), budget, over, models.clone())
+}
+
+/// The weight files of a run started into the page cache before any device is open, so that a
+/// cold start's device set-up (a CUDA context and its libraries: ≈ 0.5–1 s) overlaps the disk;
+/// [`Pipeline::with_read_ahead`] adopts it.
+pub struct ReadAhead {
+    models: Arc<ModelCache>,
+    prefetch: Option<Prefetcher>,
+}
+
+impl ReadAhead {
+    /// Starts reading the files of `ptype`'s models in `dir`, as a pipeline's first run would.
+    pub fn start(dir: &ModelDir, ptype: PipelineType, load: LoadOptions) -> Self {
+        let models = Arc::new(ModelCache::default());
+        let prefetch = read_ahead(dir, ptype, load, &models);
+        Self { models, prefetch }
+    }
+
+    /// Whether a read is under way (`false`: nothing to read, or read-ahead is off).
+    pub fn is_reading(&self) -> bool {
+        self.prefetch.is_some()
+    }
+}
+
 /// A model directory ready to generate on one device.
 pub struct Pipeline {
     dir: ModelDir,
@@ -134,20 +173,22 @@ impl Pipeline {
     }
 
     /// Starts reading the weight files of `ptype`'s models into the page cache in the order the
-    /// schedule loads them, on the pipeline's first run; not under `--low-memory`, whose
-    /// streamed weights are there to hold less.
+    /// schedule loads them, on the pipeline's first run, unless a [`ReadAhead`] it adopted
+    /// did already ([`read_ahead`]).
     fn start_prefetch(&self, ptype: PipelineType) {
-        self.prefetch.get_or_init(|| {
-            if self.load.memory == WeightMemory::Streamed
-                || !crate::ops::tuning::Tuning::current().prefetch
-            {
-                return None;
-            }
-            let budget = host_budget();
-            let (files, over) = plan(weight_files(&self.dir, ptype), budget);
-            let files = unclaimed(files);
-            Prefetcher::start(files, budget, over, self.models.clone())
-        });
+        self.prefetch
+            .get_or_init(|| read_ahead(&self.dir, ptype, self.load, &self.models));
+    }
+
+    /// Adopts a read-ahead started before the device was open ([`ReadAhead::start`]): its
+    /// reads pass over the models this pipeline will hold, and the report is this pipeline's.
+    /// Without effect once the pipeline has run.
+    pub fn with_read_ahead(mut self, early: ReadAhead) -> Self {
+        if self.prefetch.get().is_none() {
+            self.models = early.models;
+            let _ = self.prefetch.set(early.prefetch);
+        }
+        self
     }
 
     /// Preprocesses a decoded image (alpha crop, premultiply) and generates from it.
@@ -242,8 +283,14 @@ impl Pipeline {
         match order {
             BatchOrder::PictureMajor => {
                 self.models.set_keep(Keep::All);
-                for (index, slot) in jobs.iter_mut().enumerate() {
-                    let Some(mut job) = slot.take() else { continue };
+                for index in 0..jobs.len() {
+                    let Some(mut job) = jobs[index].take() else {
+                        continue;
+                    };
+                    // The next picture file is decoded on another thread meanwhile.
+                    if let Some(next) = jobs[index + 1..].iter_mut().flatten().next() {
+                        next.read_picture_ahead();
+                    }
                     progress.item_started(index);
                     let result = steps
                         .iter()
@@ -342,7 +389,12 @@ impl Pipeline {
                         let loaded;
                         let image = match picture {
                             Picture::File(path) => {
-                                loaded = load_image(path)?;
+                                loaded = match job.read_ahead.take() {
+                                    Some(reading) => reading.join().map_err(|_| {
+                                        anyhow::anyhow!("{}: decoding failed", path.display())
+                                    })??,
+                                    None => load_image(path)?,
+                                };
                                 &loaded
                             }
                             Picture::Decoded(image) => image,
@@ -616,6 +668,8 @@ struct Job<'a> {
     shape: Option<ShapeLatent>,
     tex: Option<Tensor>,
     decoded: Option<DecodedVoxels>,
+    /// The picture file being decoded on another thread ([`Job::read_picture_ahead`]).
+    read_ahead: Option<std::thread::JoinHandle<Result<LoadedImage>>>,
 }
 
 impl<'a> Job<'a> {
@@ -654,6 +708,20 @@ impl<'a> Job<'a> {
             shape: None,
             tex: None,
             decoded: None,
+            read_ahead: None,
+        }
+    }
+
+    /// Starts decoding the job's picture file on another thread, so that the device thread
+    /// finds it decoded when the picture's turn comes (≈ 30–60 ms a picture of CPU work that
+    /// otherwise sits between two pictures' GPU work).
+    fn read_picture_ahead(&mut self) {
+        if let (Some(Picture::File(path)), None) = (&self.picture, &self.read_ahead) {
+            let path = path.to_path_buf();
+            self.read_ahead = std::thread::Builder::new()
+                .name("picture-read".into())
+                .spawn(move || load_image(&path))
+                .ok();
         }
     }
 
@@ -727,6 +795,37 @@ mod tests {
         assert_eq!(report.bytes, sizes);
         p.start_prefetch(PipelineType::Cascade1024);
         assert_eq!(p.weight_prefetch(), Some(report));
+    }
+
+    /// A read-ahead started before the pipeline (before its device is open) becomes the
+    /// pipeline's: it reads the run's files in order, its report is the pipeline's, and the
+    /// first run starts no second one. (The folder links the golden one's entries, so that
+    /// its paths are not those the other tests' read-aheads claim.)
+    #[cfg(unix)]
+    #[test]
+    fn an_early_read_ahead_is_the_pipelines() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+        let linked = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let entry = entry.unwrap();
+            std::os::unix::fs::symlink(entry.path(), linked.path().join(entry.file_name()))
+                .unwrap();
+        }
+        let dir = ModelDir::open(linked.path()).unwrap();
+        let early = ReadAhead::start(&dir, PipelineType::P512, LoadOptions::default());
+        assert!(early.is_reading());
+        let p = Pipeline::new(dir, Device::Cpu)
+            .unwrap()
+            .with_read_ahead(early);
+        p.start_prefetch(PipelineType::P512);
+        let report = p.weight_prefetch().expect("the early read-ahead");
+        let roles: Vec<&str> = report.files.iter().map(|f| f.role.as_str()).collect();
+        assert_eq!(roles, pipeline_roles(PipelineType::P512));
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(
+            report.bytes,
+            report.files.iter().map(|f| f.bytes).sum::<u64>()
+        );
     }
 
     #[test]

@@ -171,9 +171,73 @@ impl LatentLayout {
         Ok(())
     }
 
+    /// Per-item factors `std(pos) / std(cfg)` of the guidance rescale, shaped to broadcast over
+    /// a latent (`[B, 1, …]` dense, `[T, 1]` sparse), on the latents' device. On the CPU the
+    /// standard deviations are f64 sums over the values (the golden runs' reference); on a GPU
+    /// they are f32 reductions where the latents live, so that a guided step does not wait for
+    /// the device to read them back (one synchronisation per guided step otherwise).
+    fn std_ratios(&self, pos: &Tensor, cfg: &Tensor) -> Result<Tensor> {
+        if pos.device().is_cpu() {
+            let stds = self.item_stds(&[pos, cfg])?;
+            let ratios: Vec<f32> = stds[0]
+                .iter()
+                .zip(&stds[1])
+                .map(|(p, c)| (*p as f32) / (*c as f32))
+                .collect();
+            return self.per_item(pos, &Tensor::new(ratios, pos.device())?);
+        }
+        let ratios = (self.device_stds(pos)? / self.device_stds(cfg)?)?;
+        self.per_item(pos, &ratios)
+    }
+
+    /// Standard deviation of every batch item of `x`, reduced on `x`'s device in f32: `[B]`.
+    fn device_stds(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let std_of = |flat: &Tensor, biased: bool| -> Result<Tensor> {
+            // `flat`: `[items, n]`.
+            let n = flat.dim(1)? as f64;
+            let centred = flat.broadcast_sub(&flat.mean_keepdim(1)?)?;
+            let denom = if biased { n } else { n - 1.0 };
+            Ok((centred.sqr()?.sum(1)? / denom)?.sqrt()?)
+        };
+        match self {
+            LatentLayout::Dense => {
+                let b = x.dim(0)?;
+                std_of(&x.reshape((b, ()))?, false)
+            }
+            LatentLayout::Sparse { offsets } => {
+                let items = offsets
+                    .windows(2)
+                    .map(|w| std_of(&x.narrow(0, w[0], w[1] - w[0])?.reshape((1, ()))?, true))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&items, 0)?)
+            }
+        }
+    }
+
+    /// `factors` (`[B]`, one per batch item) shaped to broadcast over `x`.
+    fn per_item(&self, x: &Tensor, factors: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            LatentLayout::Dense => {
+                let mut shape = vec![1usize; x.rank()];
+                shape[0] = factors.dim(0)?;
+                factors.reshape(shape)?
+            }
+            LatentLayout::Sparse { offsets } if offsets.len() == 2 => factors.reshape((1, 1))?,
+            LatentLayout::Sparse { offsets } => {
+                let mut rows = Vec::with_capacity(x.dim(0)?);
+                for (b, w) in offsets.windows(2).enumerate() {
+                    rows.extend(std::iter::repeat_n(b as u32, w[1] - w[0]));
+                }
+                let n = rows.len();
+                let index = Tensor::from_vec(rows, n, x.device())?;
+                factors.index_select(&index, 0)?.reshape((n, 1))?
+            }
+        })
+    }
+
     /// Standard deviation of every batch item of each of `xs`, as upstream computes it for the
-    /// rescale. The tensors cross to the host in one read, so a guided step waits for the GPU
-    /// once (docs/METAL.md, "Watchdog and dispatch").
+    /// rescale, on the host. The tensors cross to the host in one read.
     fn item_stds(&self, xs: &[&Tensor]) -> Result<Vec<Vec<f64>>> {
         let flat = xs
             .iter()
@@ -217,26 +281,6 @@ impl LatentLayout {
                 (ss / denom).sqrt()
             })
             .collect())
-    }
-
-    /// `x` with batch item `b` multiplied by `factors[b]` (f32, like a torch `[B,1,…]` tensor).
-    fn scale_items(&self, x: &Tensor, factors: &[f32]) -> Result<Tensor> {
-        let dev = x.device();
-        Ok(match self {
-            LatentLayout::Dense => {
-                let mut shape = vec![1usize; x.rank()];
-                shape[0] = factors.len();
-                x.broadcast_mul(&Tensor::from_slice(factors, shape, dev)?)?
-            }
-            LatentLayout::Sparse { offsets } => {
-                let mut rows = Vec::with_capacity(x.dim(0)?);
-                for (w, &f) in offsets.windows(2).zip(factors) {
-                    rows.extend(std::iter::repeat_n(f, w[1] - w[0]));
-                }
-                let n = rows.len();
-                x.broadcast_mul(&Tensor::from_vec(rows, (n, 1), dev)?)?
-            }
-        })
     }
 }
 
@@ -342,14 +386,8 @@ fn rescale(
     let to_x0 = |v: &Tensor| -> Result<Tensor> { Ok(((x * (1.0 - s))? - (v * noise_scale)?)?) };
     let x0_pos = to_x0(v_pos)?;
     let x0_cfg = to_x0(v_cfg)?;
-    let stds = layout.item_stds(&[&x0_pos, &x0_cfg])?;
-    let (std_pos, std_cfg) = (&stds[0], &stds[1]);
-    let ratios: Vec<f32> = std_pos
-        .iter()
-        .zip(std_cfg)
-        .map(|(p, c)| (*p as f32) / (*c as f32))
-        .collect();
-    let x0_rescaled = layout.scale_items(&x0_cfg, &ratios)?;
+    let ratios = layout.std_ratios(&x0_pos, &x0_cfg)?;
+    let x0_rescaled = x0_cfg.broadcast_mul(&ratios)?;
     let x0 = ((x0_rescaled * phi)? + (&x0_cfg * (1.0 - phi))?)?;
     Ok((((x * (1.0 - s))? - x0)? / noise_scale)?)
 }
@@ -357,6 +395,7 @@ fn rescale(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     const R5: [f64; 13] = [
         1.0, 0.98214, 0.96154, 0.9375, 0.90909, 0.875, 0.83333, 0.78125, 0.71429, 0.625, 0.5,
@@ -433,5 +472,38 @@ mod tests {
             ..p
         };
         assert!(p.validate().unwrap_err().to_string().contains("1.5"));
+    }
+
+    /// The GPU path's f32 reductions (run here on the CPU) agree with the host's f64 sums, per
+    /// item, for both layouts, and the factors broadcast to the rows of their item.
+    #[test]
+    fn device_stds_match_the_host_sums() {
+        let x = crate::test_util::uniform_tensor(&[3, 8, 4, 4], 11);
+        let dense = LatentLayout::Dense;
+        let host = dense.item_stds(&[&x]).unwrap().remove(0);
+        let dev: Vec<f32> = dense.device_stds(&x).unwrap().to_vec1().unwrap();
+        assert_eq!(dev.len(), 3);
+        for (h, d) in host.iter().zip(&dev) {
+            assert!((*h as f32 - d).abs() <= 1e-5 * *h as f32, "{h} vs {d}");
+        }
+        let rows = crate::test_util::uniform_tensor(&[50, 8], 12);
+        let sparse = LatentLayout::Sparse {
+            offsets: vec![0, 20, 20 + 30],
+        };
+        let host = sparse.item_stds(&[&rows]).unwrap().remove(0);
+        let dev: Vec<f32> = sparse.device_stds(&rows).unwrap().to_vec1().unwrap();
+        for (h, d) in host.iter().zip(&dev) {
+            assert!((*h as f32 - d).abs() <= 1e-5 * *h as f32, "{h} vs {d}");
+        }
+        let factors = Tensor::new(&[2f32, 3.0], &Device::Cpu).unwrap();
+        let per_row: Vec<f32> = sparse
+            .per_item(&rows, &factors)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(per_row.len(), 50);
+        assert!(per_row[..20].iter().all(|&f| f == 2.0) && per_row[20..].iter().all(|&f| f == 3.0));
     }
 }

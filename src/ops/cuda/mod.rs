@@ -2,7 +2,8 @@
 //! `kernels/cuda/*.cu` (fatbins built by `build.rs` behind the `cuda` feature, loaded once per
 //! GPU context and launched on the device's stream), launch shapes, the SM-count cache, output
 //! buffers, operand spans, the wgmma/mma.sync kernel choice, the memory pool and candle's own
-//! modules loaded as SASS when a device is prepared (`candle_modules`). The launchers themselves are each op's `cuda.rs`
+//! modules loaded as SASS when a device is prepared (`candle_modules`), and device-to-host copies on a copy
+//! stream of their own (`host_copy`). The launchers themselves are each op's `cuda.rs`
 //! (`src/ops/<op>/cuda.rs`); this module imports no op.
 //!
 //! Operands of the launchers are bf16 or f16 (both the same dtype), accumulation fp32; the public
@@ -18,12 +19,14 @@ use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result};
 use crate::ops::storage::token_stride;
 
 mod candle_modules;
+mod host_copy;
 mod kernel_choice;
 mod launch;
 mod mem_pool;
 mod modules;
 
 pub(crate) use candle_modules::{load as load_candle_modules, outcomes as candle_module_loads};
+pub(crate) use host_copy::{start as start_host_copy, Pending as HostCopyPending};
 pub(crate) use kernel_choice::{choose_wgmma, kernel_env, sm90a_device, WgmmaFamily};
 pub(crate) use launch::{
     elementwise_launch, elementwise_vec, layer_norm_kernel, norm_launch, norm_launch_groups,
