@@ -404,7 +404,7 @@ impl Phases {
                 "decode" => {
                     let part = |k: &str| s["parts"][k].as_f64().unwrap_or(0.0);
                     p.shape_decoder += part("shape_decoder");
-                    // The texture decoder and the stage's glue (host copies, checks).
+                    // The texture decoder and the stage's glue (voxel check, copies queued).
                     p.tex_decoder += net - part("shape_decoder");
                 }
                 _ => p.flows += net,
