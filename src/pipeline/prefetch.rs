@@ -4,11 +4,9 @@
 //! waiting on the disk (`TRELLIS2_PREFETCH`; on an H100 machine the 11 GB of a `512` run take
 //! ≈ 10 s to read at ≈ 1 GB/s, against ≈ 1.5 s of warm stage compute).
 //!
-//! Why plain reads: reads of 8 MiB chunks into reused buffers fill the page cache in the
-//! schedule's order, one file after the other, and the thread can count what it read, stop
-//! between chunks and pass over a model the run already holds. Each file is read by four
-//! threads taking its chunks in turn (`pread`), so that four reads are in flight: one stream
-//! keeps only the kernel's read-ahead in flight. `madvise(WILLNEED)` on
+//! Why plain reads: sequential `read`s in 8 MiB chunks into one reused buffer fill the page cache
+//! in exactly the schedule's order, one file after the other, and the thread can count what it
+//! read, stop between chunks and pass over a model the run already holds. `madvise(WILLNEED)` on
 //! the mappings (or `posix_fadvise`) would queue every file's read-ahead at once, with no order
 //! between files, no word on how far it got and an unsafe call per mapping; what the reads cost
 //! is one copy per page into a buffer that is thrown away (about a second of one core for 11 GB).
@@ -18,7 +16,6 @@
 //! (`MemAvailable` when the run starts), so read-ahead never pushes out pages of a model the run
 //! needs sooner; a model the pipeline already holds (an earlier run's) is passed over.
 
-#[cfg(not(unix))]
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,9 +33,6 @@ use crate::weights::{Checkpoint, ModelDir};
 
 /// Bytes per read: large enough that the disk streams, small enough to stop soon.
 const CHUNK: usize = 8 << 20;
-
-/// Reads in flight at once (one thread each, over the same file).
-const READERS: usize = 4;
 
 /// One weight file to read ahead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,14 +199,14 @@ fn read_ahead(
 ) -> PrefetchReport {
     let start = Instant::now();
     let mut report = PrefetchReport::default();
-    let mut buffers = vec![vec![0u8; CHUNK]; READERS];
+    let mut buffer = vec![0u8; CHUNK];
     for f in files {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let skipped = held(f.role);
         if !skipped {
-            match read_file(&f.path, &mut buffers, stop) {
+            match read_file(&f.path, &mut buffer, stop) {
                 Ok(n) => report.bytes += n,
                 Err(e) => report.errors.push(format!("{}: {e}", f.path.display())),
             }
@@ -228,62 +222,9 @@ fn read_ahead(
     report
 }
 
-/// Reads `path` to its end or until `stop` through `buffers`, one reader thread per buffer,
-/// each taking the next `CHUNK` of the file; the bytes read. Several reads in flight keep a
-/// solid-state disk's queue fuller than one stream does; the files still come one after the
-/// other, in the schedule's order.
-#[cfg(unix)]
-fn read_file(path: &Path, buffers: &mut [Vec<u8>], stop: &AtomicBool) -> std::io::Result<u64> {
-    use std::os::unix::fs::FileExt;
-    use std::sync::atomic::AtomicU64;
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    let next = AtomicU64::new(0);
-    let reader = |buffer: &mut Vec<u8>| -> std::io::Result<u64> {
-        let mut total = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let offset = next.fetch_add(CHUNK as u64, Ordering::Relaxed);
-            if offset >= len {
-                break;
-            }
-            let want = (len - offset).min(CHUNK as u64) as usize;
-            let mut got = 0;
-            while got < want {
-                match file.read_at(&mut buffer[got..want], offset + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            total += got as u64;
-            if got < want {
-                // The file ended early (it shrank since `len`).
-                break;
-            }
-        }
-        Ok(total)
-    };
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = buffers
-            .iter_mut()
-            .map(|buffer| scope.spawn(|| reader(buffer)))
-            .collect();
-        readers
-            .into_iter()
-            .map(|r| {
-                r.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("a reader thread panicked")))
-            })
-            .sum()
-    })
-}
-
-/// Reads `path` to its end or until `stop` through the first of `buffers`; the bytes read.
-#[cfg(not(unix))]
-fn read_file(path: &Path, buffers: &mut [Vec<u8>], stop: &AtomicBool) -> std::io::Result<u64> {
+/// Reads `path` through `buffer` to its end or until `stop`; the bytes read.
+fn read_file(path: &Path, buffer: &mut [u8], stop: &AtomicBool) -> std::io::Result<u64> {
     let mut file = std::fs::File::open(path)?;
-    let buffer = &mut buffers[0];
     let mut total = 0u64;
     while !stop.load(Ordering::Relaxed) {
         match file.read(buffer) {
@@ -361,7 +302,7 @@ mod tests {
     #[test]
     fn reads_every_file_in_order_and_passes_over_held_models() {
         let dir = tempfile::tempdir().unwrap();
-        let sizes = [5 * CHUNK + 123, 7, 0];
+        let sizes = [CHUNK + 123, 7, 0];
         let files: Vec<WeightFile> = ["a", "b", "c"]
             .iter()
             .zip(sizes)
@@ -377,7 +318,7 @@ mod tests {
             .collect();
         let stop = AtomicBool::new(false);
         let report = read_ahead(&files, &stop, |r| r == "b");
-        assert_eq!(report.bytes, (5 * CHUNK + 123) as u64);
+        assert_eq!(report.bytes, (CHUNK + 123) as u64);
         let roles: Vec<(&str, bool)> = report
             .files
             .iter()
