@@ -1,6 +1,6 @@
 //! Copying tensors to the host without waiting for them: [`HostCopy::start`] queues the copies
 //! behind the device's work so far and returns at once; [`HostCopy::tensors`] waits for them,
-//! from any thread. On CUDA the bytes travel through page-locked buffers on a copy stream of
+//! from any thread (a helper thread turns the landed bytes into host tensors as they arrive). On CUDA the bytes travel through page-locked buffers on a copy stream of
 //! their own, overlapping the kernels queued after them (`ops::cuda::host_copy`); elsewhere the
 //! copy is made by `start` (a CPU tensor is only shared).
 
@@ -13,6 +13,7 @@ enum State {
     Pending(super::cuda::HostCopyPending),
     Done(Vec<Tensor>),
     /// The copy failed; its error, for every later call.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Failed(String),
 }
 
@@ -42,10 +43,15 @@ impl HostCopy {
                 .all(|t| t.device().same_device(&Device::Cuda(dev.clone())))
             {
                 let pending = super::cuda::start_host_copy(dev, tensors)?;
-                return Ok(Self {
-                    state: Arc::new(Mutex::new(State::Pending(pending))),
-                    count,
-                });
+                let state = Arc::new(Mutex::new(State::Pending(pending)));
+                // Landed bytes become host tensors at once, on a thread of their own: the
+                // page-locked buffer goes back to the pool and the device tensors are freed even
+                // while the caller is pictures behind (else each new copy allocates a buffer).
+                let landing = state.clone();
+                let _ = std::thread::Builder::new()
+                    .name("host-copy".into())
+                    .spawn(move || drop(settle(&landing)));
+                return Ok(Self { state, count });
             }
         }
         let host = tensors
@@ -60,16 +66,7 @@ impl HostCopy {
 
     /// The tensors on the CPU, in the order given to [`HostCopy::start`]; waits for the copy.
     pub fn tensors(&self) -> Result<Vec<Tensor>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = std::mem::replace(&mut *state, State::Failed(String::new()));
-        *state = match taken {
-            #[cfg(feature = "cuda")]
-            State::Pending(p) => match p.wait() {
-                Ok(host) => State::Done(host),
-                Err(e) => State::Failed(format!("{e}")),
-            },
-            other => other,
-        };
+        let state = settle(&self.state);
         match &*state {
             State::Done(host) => Ok(host.clone()),
             State::Failed(e) => Err(candle_core::Error::Msg(format!("copying to the host: {e}"))),
@@ -86,6 +83,22 @@ impl HostCopy {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+}
+
+/// The state, locked, after waiting for a pending copy and keeping its outcome.
+fn settle(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    #[cfg(feature = "cuda")]
+    if matches!(*state, State::Pending(_)) {
+        if let State::Pending(p) = std::mem::replace(&mut *state, State::Failed(String::new())) {
+            *state = match p.wait() {
+                Ok(host) => State::Done(host),
+                Err(e) => State::Failed(format!("{e}")),
+            };
+        }
+    }
+    state
 }
 
 #[cfg(test)]
