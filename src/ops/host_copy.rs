@@ -1,8 +1,9 @@
 //! Copying tensors to the host without waiting for them: [`HostCopy::start`] queues the copies
 //! behind the device's work so far and returns at once; [`HostCopy::tensors`] waits for them,
-//! from any thread (a helper thread turns the landed bytes into host tensors as they arrive). On CUDA the bytes travel through page-locked buffers on a copy stream of
-//! their own, overlapping the kernels queued after them (`ops::cuda::host_copy`); elsewhere the
-//! copy is made by `start` (a CPU tensor is only shared).
+//! from any thread. On CUDA the bytes travel through page-locked buffers on a copy stream of
+//! their own, overlapping the kernels queued after them (`ops::cuda::host_copy`), and a helper
+//! thread turns them into host tensors as they land; elsewhere the copy is made by `start` (a
+//! CPU tensor is only shared).
 
 use std::sync::{Arc, Mutex};
 
