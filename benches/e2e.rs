@@ -23,7 +23,8 @@
 //! writes pictures' files on two writer threads while the next picture runs (splat quality
 //! after them, on a finisher thread), and one picture's formats concurrently, so the export rows
 //! overlap each other and the next picture's stages; the **throughput** row is the batch's
-//! pace: (last − first picture finished) / (N − 1), splat quality included. Peak host
+//! pace: (last − first picture finished) / (N − 1), splat quality included, and the **device
+//! worker** row its stages' time per picture, the pace when the writers keep up. Peak host
 //! memory: the child's RSS polled every 10 ms and the stages' own peaks; peak GPU memory: the
 //! stages' (CUDA).
 //!
@@ -427,6 +428,12 @@ impl Phases {
         self.wall
     }
 
+    /// The device worker's own seconds: its stages, weight reads included (the rows before the
+    /// output side's).
+    fn stages(&self) -> f64 {
+        self.rows()[..7].iter().sum()
+    }
+
     /// The formats' wall time together (written side by side), preview included.
     fn formats_wall(&self) -> f64 {
         self.wall - self.rows()[..9].iter().sum::<f64>()
@@ -619,6 +626,15 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
             warm.report["pictures_per_minute"].as_f64().unwrap_or(0.0)
         )?;
     }
+    // When the writers fall behind (the splat quality of `--report` takes seconds a picture),
+    // pictures finish in bursts and the row above measures the writers' backlog; the worker's
+    // own stage time is the pace a batch reaches when they keep up.
+    writeln!(
+        t,
+        "| **device worker** (its stages per picture: the pace when the writers keep up) | {:.2} | **{:.2}** |",
+        first.stages(),
+        later.stages()
+    )?;
     for (name, (c, w)) in ROW_NAMES.iter().zip(first.rows().iter().zip(later.rows())) {
         writeln!(t, "| {name} | {c:.3} | {w:.3} |")?;
     }
