@@ -402,13 +402,12 @@ fn preflight_destinations(args: &Args, jobs: &[Job]) -> Result<()> {
 
 /// The run's weight files started into the page cache before the devices are set up (a CUDA
 /// context and its libraries take ≈ 0.5–1 s of a cold start, during which the disk can read),
-/// where that is sure to help: the model folder is complete on disk (found offline, so nothing
-/// is asked or downloaded here), pictures are to be generated (not saved latents decoded) and
-/// at least one of them will run.
+/// where that is sure to help: `dir` is the model folder found complete on disk, pictures are to
+/// be generated (not saved latents decoded) and at least one of them will run.
 fn early_read_ahead(
     args: &Args,
     plan: &Plan,
-    rembg: Option<trellis2::weights::RembgModel>,
+    dir: &trellis2::weights::ModelDir,
     load: LoadOptions,
 ) -> Option<ReadAhead> {
     let runs = |job: &Job| match job {
@@ -418,7 +417,6 @@ fn early_read_ahead(
     if !plan.jobs.iter().any(runs) {
         return None;
     }
-    let dir = super::download::ensure_model(args.model.as_deref(), rembg, false, true).ok()?;
     let ptype = match args.pipeline {
         Some(p) => PipelineType::from(p),
         None => {
@@ -427,7 +425,7 @@ fn early_read_ahead(
                 .default_type
         }
     };
-    Some(ReadAhead::start(&dir, ptype, load))
+    Some(ReadAhead::start(dir, ptype, load))
 }
 
 pub fn run(args: &Args) -> Result<u8> {
@@ -459,7 +457,12 @@ pub fn run(args: &Args) -> Result<u8> {
         Some(_) => None,
         None => background.model(),
     };
-    let mut early = early_read_ahead(args, &plan, rembg, load);
+    // The model folder, if it is complete on disk (looked up offline: nothing is asked or
+    // downloaded before the devices are open, so a device error still comes first).
+    let found = super::download::ensure_model(args.model.as_deref(), rembg, false, true).ok();
+    let mut early = found
+        .as_ref()
+        .and_then(|dir| early_read_ahead(args, &plan, dir, load));
     let mut devices = Vec::new();
     for spec in &args.device.0 {
         let selected = super::open_device_at(spec.kind.into(), spec.ordinal)
@@ -470,8 +473,12 @@ pub fn run(args: &Args) -> Result<u8> {
     for (_, device) in &devices {
         load.check(device).map_err(super::usage)?;
     }
-    let model_dir =
-        super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?;
+    let model_dir = match found {
+        Some(dir) => dir,
+        None => {
+            super::download::ensure_model(args.model.as_deref(), rembg, args.yes, args.offline)?
+        }
+    };
     let model_root = model_dir.root.clone();
     let mut pipelines = Vec::new();
     for (name, device) in devices {

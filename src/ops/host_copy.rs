@@ -38,11 +38,8 @@ impl HostCopy {
     pub fn start(tensors: &[Tensor]) -> Result<Self> {
         let count = tensors.len();
         #[cfg(feature = "cuda")]
-        if let Some(Device::Cuda(dev)) = tensors.first().map(Tensor::device) {
-            if tensors
-                .iter()
-                .all(|t| t.device().same_device(&Device::Cuda(dev.clone())))
-            {
+        if let Some(first @ Device::Cuda(dev)) = tensors.first().map(Tensor::device) {
+            if tensors.iter().all(|t| t.device().same_device(first)) {
                 let pending = super::cuda::start_host_copy(dev, tensors)?;
                 let state = Arc::new(Mutex::new(State::Pending(pending)));
                 // Landed bytes become host tensors at once, on a thread of their own: the

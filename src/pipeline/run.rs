@@ -389,7 +389,7 @@ impl Pipeline {
                         let loaded;
                         let image = match picture {
                             Picture::File(path) => {
-                                loaded = match job.read_ahead.take() {
+                                loaded = match job.picture_decoding.take() {
                                     Some(reading) => reading.join().map_err(|_| {
                                         anyhow::anyhow!("{}: decoding failed", path.display())
                                     })??,
@@ -669,7 +669,7 @@ struct Job<'a> {
     tex: Option<Tensor>,
     decoded: Option<DecodedVoxels>,
     /// The picture file being decoded on another thread ([`Job::read_picture_ahead`]).
-    read_ahead: Option<std::thread::JoinHandle<Result<LoadedImage>>>,
+    picture_decoding: Option<std::thread::JoinHandle<Result<LoadedImage>>>,
 }
 
 impl<'a> Job<'a> {
@@ -708,7 +708,7 @@ impl<'a> Job<'a> {
             shape: None,
             tex: None,
             decoded: None,
-            read_ahead: None,
+            picture_decoding: None,
         }
     }
 
@@ -716,9 +716,9 @@ impl<'a> Job<'a> {
     /// finds it decoded when the picture's turn comes (≈ 30–60 ms a picture of CPU work that
     /// otherwise sits between two pictures' GPU work).
     fn read_picture_ahead(&mut self) {
-        if let (Some(Picture::File(path)), None) = (&self.picture, &self.read_ahead) {
+        if let (Some(Picture::File(path)), None) = (&self.picture, &self.picture_decoding) {
             let path = path.to_path_buf();
-            self.read_ahead = std::thread::Builder::new()
+            self.picture_decoding = std::thread::Builder::new()
                 .name("picture-read".into())
                 .spawn(move || load_image(&path))
                 .ok();

@@ -183,6 +183,7 @@ pub(crate) fn start(dev: &CudaDevice, tensors: &[Tensor]) -> Result<Pending> {
         sources.push(t);
     }
     let buffer = take_buffer(&ctx, total)?;
+    let base = buffer.ptr;
     let copy = copy_stream(&ctx)?;
     let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
     let ready = result::event::create(flags).w()?;
@@ -195,12 +196,12 @@ pub(crate) fn start(dev: &CudaDevice, tensors: &[Tensor]) -> Result<Pending> {
             return Err(e).w();
         }
     };
-    let mut pending = Pending {
+    let pending = Pending {
         sources,
         parts,
         buffer: Some(buffer),
         done,
-        ctx: ctx.clone(),
+        ctx,
     };
     // SAFETY: the events and the stream belong to `ctx`, which is bound; every destination lies
     // inside the page-locked buffer (offsets + bytes ≤ total ≤ its size) and every source is
@@ -214,10 +215,6 @@ pub(crate) fn start(dev: &CudaDevice, tensors: &[Tensor]) -> Result<Pending> {
                 ready,
                 sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
             )?;
-            let base = pending
-                .buffer
-                .as_ref()
-                .map_or(std::ptr::null_mut(), |b| b.ptr);
             for (part, &src) in pending.parts.iter().zip(&addresses) {
                 let dst = std::slice::from_raw_parts_mut(base.add(part.offset), part.bytes);
                 result::memcpy_dtoh_async(dst, src, copy)?;
@@ -234,7 +231,6 @@ pub(crate) fn start(dev: &CudaDevice, tensors: &[Tensor]) -> Result<Pending> {
         let _ = unsafe { result::stream::synchronize(copy) };
         return Err(e).w();
     }
-    pending.ctx = ctx;
     Ok(pending)
 }
 
