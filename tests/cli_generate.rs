@@ -111,8 +111,9 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
             "conditioning",
             "sparse_structure",
             "shape",
+            "shape_decode",
             "texture",
-            "decode"
+            "texture_decode"
         ]
     );
     assert_eq!(report["settings"]["ss"]["steps"], 5);
@@ -814,19 +815,28 @@ fn dev_forced_structure_has_the_shell_counts_and_completes() {
             assert_eq!(stage("cascade")["tokens"], shell_coords(64, 500).len());
             assert_eq!(stage("shape_hr")["tokens"], shell_coords(64, 500).len());
         }
-        // The decode stage reports its parts, the output side the mesh extraction; forced
-        // growth decoded more voxels than tokens.
-        let decode = stage("decode");
-        for part in ["shape_decoder", "tex_decoder"] {
+        // The decode stages report their parts, the output side the surface's extraction (on
+        // its own thread) and its wait for it; forced growth decoded more voxels than tokens.
+        for (name, part) in [
+            ("shape_decode", "shape_decoder"),
+            ("texture_decode", "tex_decoder"),
+        ] {
+            let decode = stage(name);
             assert!(
                 decode["parts"][part].as_f64().is_some(),
                 "{pipeline}: {decode}"
             );
+            assert!(
+                decode["voxels"].as_u64().unwrap() > shell as u64,
+                "{pipeline}: {decode}"
+            );
         }
-        assert!(
-            item["output_seconds"]["mesh"].as_f64().is_some(),
-            "{pipeline}: {item}"
-        );
+        for seconds in ["mesh", "mesh_wait"] {
+            assert!(
+                item["output_seconds"][seconds].as_f64().is_some(),
+                "{pipeline}: {item}"
+            );
+        }
         assert!(
             item["voxels"].as_u64().unwrap() > shell as u64,
             "{pipeline}: {item}"

@@ -225,8 +225,9 @@ fn pipeline_1024_cascade_matches_golden() {
             "shape_lr",
             "cascade",
             "shape_hr",
+            "shape_decode",
             "texture",
-            "decode"
+            "texture_decode"
         ]
     );
 }

@@ -631,6 +631,9 @@ pub fn run(args: &Args) -> Result<u8> {
                         BatchOrder::PictureMajor => loop {
                             let k = next.fetch_add(1, Ordering::Relaxed);
                             if k >= todo.len() {
+                                // The device is done: its memory goes back while the last
+                                // pictures' files are written.
+                                pipeline.release_models();
                                 break;
                             }
                             let mut worker = Worker::new(progress, vec![k]);
@@ -772,9 +775,15 @@ struct Finished {
 const OUTPUT_QUEUE: usize = 1;
 
 /// How many pictures a worker's writers write at once. One picture's writing leaves cores idle
-/// (mesh extraction, the GLB's decimation and the splat fit are partly serial), so two side by
-/// side keep pace with a fast device; each holds its mesh and voxels until its files are out.
-const WRITERS: usize = 2;
+/// (the GLB's decimation and the splat fit are partly serial), so two side by side keep pace
+/// with a fast device, and a third where the cores are many (at `512` on an H100 with 16 cores,
+/// two writers set the pace); each holds its mesh and voxels until its files are out.
+fn writers() -> usize {
+    match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        n if n >= 12 => 3,
+        _ => 2,
+    }
+}
 
 /// How many written pictures may wait for a worker's splat quality, beyond those being
 /// measured: each holds only its report's numbers and its file names.
@@ -794,7 +803,7 @@ struct Saved {
     ran: f64,
 }
 
-/// Where a batch worker hands its finished pictures: with the overlap, [`WRITERS`] writer
+/// Where a batch worker hands its finished pictures: with the overlap, [`writers`] writer
 /// threads of its own that write the files, then [`QUALITY_THREADS`] threads that measure the
 /// splat quality (when the report asks for it), then a finisher thread that gives each picture
 /// its report and progress line, in the order the worker finished them; with `--no-overlap`,
@@ -829,7 +838,7 @@ impl<'a> Output<'a> {
             // Measured pictures wait only for those handed over before them.
             let (measured_tx, measured_rx) = std::sync::mpsc::channel::<(usize, Saved)>();
             let rx = std::sync::Arc::new(Mutex::new(rx));
-            for _ in 0..WRITERS {
+            for _ in 0..writers() {
                 let (rx, saved_tx) = (rx.clone(), saved_tx.clone());
                 let (writer, completes) = (write.clone(), complete.clone());
                 scope.spawn(move || loop {
@@ -950,6 +959,8 @@ fn write_item(
     // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
     g.extract_mesh()?;
     item.output_seconds.insert("mesh".into(), g.mesh_seconds);
+    item.output_seconds
+        .insert("mesh_wait".into(), g.mesh_wait_seconds);
     // `save` moves the mesh and voxels into the exported asset: their sizes first.
     let sizes = [
         g.voxel_coords.len(),

@@ -1,6 +1,7 @@
 //! What a run produces: the object (mesh, textured voxels, dual vertices) and every named
 //! intermediate under the golden pipeline's key names, plus per-stage reports.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -80,38 +81,135 @@ impl Latents {
     }
 }
 
-/// The decoders' voxels on their way to the host as the device left them (its dtypes, its
-/// layout), not yet converted: [`Generated::extract_mesh`] waits for the copy and turns them into
-/// the voxel arrays and the surface.
+/// The surface of the shape decoder's voxels: their coordinates, the mesh the dual grid gives
+/// (holes filled) and its vertices before filling, built on a thread of its own from the
+/// voxels' copy to the host ([`SurfaceTask::start`]).
+#[derive(Debug)]
+struct Surface {
+    /// `[V, 4]` (batch, x, y, z), flat.
+    coords: Vec<i32>,
+    mesh: Mesh,
+    fill_holes: FillHolesReport,
+    /// One dual-grid vertex per voxel (the mesh's vertices before hole filling).
+    dual_vertices: Vec<[f32; 3]>,
+    /// The faces before hole filling (the golden files' `mesh.0.faces`).
+    faces_before_filling: Vec<i32>,
+    /// Seconds the thread worked: the copy's conversion, the extraction and the hole filling.
+    seconds: f64,
+}
+
+enum SurfaceState {
+    Running(std::thread::JoinHandle<Result<Surface>>),
+    Done(std::result::Result<Arc<Surface>, String>),
+}
+
+/// A surface being extracted: started when the shape decoder's voxels leave the device, so
+/// that the extraction runs beside the texture stages instead of after them; a copy shares the
+/// same work.
+#[derive(Clone)]
+pub(crate) struct SurfaceTask(Arc<Mutex<SurfaceState>>);
+
+impl std::fmt::Debug for SurfaceTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SurfaceTask")
+    }
+}
+
+impl SurfaceTask {
+    /// Starts copying the shape decoder's `coords` and `raw` features to the host and, on a
+    /// thread, turning them into the surface at grid `resolution`.
+    pub(crate) fn start(coords: &Tensor, raw: &Tensor, resolution: u32) -> Result<Self> {
+        let copy = HostCopy::start(&[coords.clone(), raw.clone()])
+            .context("copying the shape decoder's voxels to the host")?;
+        let thread = std::thread::Builder::new()
+            .name("surface".into())
+            .spawn(move || extract_surface(&copy, resolution))
+            .context("starting the surface extraction")?;
+        Ok(Self(Arc::new(Mutex::new(SurfaceState::Running(thread)))))
+    }
+
+    /// The surface, once its thread has finished.
+    fn wait(&self) -> Result<Arc<Surface>> {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let SurfaceState::Running(_) = &*state {
+            let SurfaceState::Running(thread) =
+                std::mem::replace(&mut *state, SurfaceState::Done(Err(String::new())))
+            else {
+                unreachable!("matched above")
+            };
+            let done = match thread.join() {
+                Ok(r) => r.map(Arc::new).map_err(|e| format!("{e:#}")),
+                Err(_) => Err("the surface extraction failed (its thread panicked)".into()),
+            };
+            *state = SurfaceState::Done(done);
+        }
+        match &*state {
+            SurfaceState::Done(r) => r.clone().map_err(|e| anyhow::anyhow!(e)),
+            SurfaceState::Running(_) => unreachable!("joined above"),
+        }
+    }
+}
+
+/// The shape decoder's voxels (`coords`, `raw`) turned into the surface: host arrays, the dual
+/// grid's mesh, its small holes filled.
+fn extract_surface(copy: &HostCopy, resolution: u32) -> Result<Surface> {
+    let host = copy.tensors()?;
+    let start = Instant::now();
+    let [coords, raw] = host.as_slice() else {
+        bail!("shape decoder voxels: expected two tensors");
+    };
+    let count = coords.dim(0)?;
+    let coords: Vec<i32> = host_vec(coords, DType::I32).context("voxel coordinates")?;
+    let raw = host_f32(raw).context("shape decoder voxels")?;
+    if coords.len() != 4 * count {
+        bail!(
+            "decoded voxels: {} coordinates for {count} voxels",
+            coords.len()
+        );
+    }
+    let mut meshes =
+        decoder_output_to_meshes(&coords, &raw, resolution).context("mesh extraction")?;
+    drop(raw);
+    if meshes.len() != 1 {
+        bail!("decoder returned {} objects, expected one", meshes.len());
+    }
+    let mut mesh = meshes.remove(0);
+    let faces_before_filling: Vec<i32> = mesh.faces.iter().flatten().map(|&i| i as i32).collect();
+    let dual_vertices = mesh.vertices.clone();
+    let fill_holes = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
+    Ok(Surface {
+        coords,
+        mesh,
+        fill_holes,
+        dual_vertices,
+        faces_before_filling,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The decoders' voxels on their way to the host: the surface of the shape decoder's, being
+/// extracted since that decoder ran, and the texture decoder's attributes as the device left
+/// them (its dtype, its layout), not yet converted. [`Generated::extract_mesh`] waits for both.
 #[derive(Debug, Clone)]
 pub struct DecodedVoxels {
-    /// `[V, 4]` (batch, x, y, z) int32, the shape decoder's raw features `[V, 7]` and the
-    /// texture decoder's attributes `[V, 6]` (already `·0.5 + 0.5`), in that order.
-    pub(crate) copy: HostCopy,
+    surface: SurfaceTask,
+    /// The texture decoder's attributes `[V, 6]` (already `·0.5 + 0.5`).
+    attrs: HostCopy,
     /// Grid resolution.
     pub resolution: u32,
 }
 
 impl DecodedVoxels {
-    /// Starts copying the three tensors to the host (see [`DecodedVoxels::copy`]).
-    pub(crate) fn start(
-        coords: &Tensor,
-        raw: &Tensor,
-        attrs: &Tensor,
-        resolution: u32,
-    ) -> Result<Self> {
-        let copy = HostCopy::start(&[coords.clone(), raw.clone(), attrs.clone()])
-            .context("copying the decoded voxels to the host")?;
-        Ok(Self { copy, resolution })
-    }
-
-    /// Coordinates, raw features and attributes on the CPU (waits for the copy).
-    pub fn host(&self) -> Result<(Tensor, Tensor, Tensor)> {
-        let mut host = self.copy.tensors()?.into_iter();
-        match (host.next(), host.next(), host.next()) {
-            (Some(c), Some(r), Some(a)) => Ok((c, r, a)),
-            _ => bail!("decoded voxels: expected three tensors"),
-        }
+    /// Starts copying the texture decoder's `attrs` to the host; `surface` is the shape
+    /// decoder's, on the same voxels.
+    pub(crate) fn start(surface: SurfaceTask, attrs: &Tensor, resolution: u32) -> Result<Self> {
+        let attrs = HostCopy::start(std::slice::from_ref(attrs))
+            .context("copying the voxel attributes to the host")?;
+        Ok(Self {
+            surface,
+            attrs,
+            resolution,
+        })
     }
 }
 
@@ -142,8 +240,12 @@ pub struct Generated {
     pub dual_vertices: Vec<[f32; 3]>,
     /// The decoders' voxels while they are not extracted yet; `None` after.
     pub voxels: Option<DecodedVoxels>,
-    /// Seconds the surface extraction and hole filling took (0 until they ran).
+    /// Seconds the surface extraction and hole filling took on their own thread, beside the
+    /// texture stages (0 until extracted).
     pub mesh_seconds: f64,
+    /// Seconds [`Generated::extract_mesh`] took: waiting for the surface, the attributes'
+    /// conversion to host arrays (0 until extracted).
+    pub mesh_wait_seconds: f64,
     /// Every named intermediate.
     pub latents: Latents,
     /// Per-stage wall time, counts and peak memory, in run order.
@@ -151,47 +253,55 @@ pub struct Generated {
 }
 
 impl Generated {
-    /// Converts the decoders' voxels to `voxel_coords` / `voxel_attrs`, extracts the surface
-    /// from the shape decoder's voxels (dual grid → triangles), fills its small holes and adds
-    /// `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the golden files hold them) to
-    /// the latents, on the CPU. Does nothing when already done.
+    /// Converts the decoders' voxels to `voxel_coords` / `voxel_attrs`, takes the surface
+    /// extracted from the shape decoder's voxels (dual grid → triangles, small holes filled;
+    /// waiting for its thread) and adds `mesh.0.vertices` / `mesh.0.faces` (before hole
+    /// filling, as the golden files hold them) to the latents, on the CPU. Does nothing when
+    /// already done.
     pub fn extract_mesh(&mut self) -> Result<()> {
         let Some(voxels) = self.voxels.take() else {
             return Ok(());
         };
         let start = Instant::now();
-        let (coords, raw, attrs) = voxels.host()?;
-        let count = coords.dim(0)?;
-        let coords: Vec<i32> = host_vec(&coords, DType::I32).context("voxel coordinates")?;
-        let raw = host_f32(&raw).context("shape decoder voxels")?;
-        let attrs = host_f32(&attrs).context("voxel attributes")?;
-        if coords.len() != 4 * count || attrs.len() != PBR_CHANNELS * count {
+        let surface = voxels.surface.wait()?;
+        let attrs = match voxels.attrs.tensors()?.as_slice() {
+            [attrs] => host_f32(attrs).context("voxel attributes")?,
+            _ => bail!("voxel attributes: expected one tensor"),
+        };
+        let count = surface.coords.len() / 4;
+        if attrs.len() != PBR_CHANNELS * count {
             bail!(
-                "decoded voxels: {} coordinates and {} attributes for {count} voxels",
-                coords.len(),
+                "decoded voxels: {} attributes for {count} voxels",
                 attrs.len()
             );
         }
-        let mut meshes = decoder_output_to_meshes(&coords, &raw, voxels.resolution)
-            .context("mesh extraction")?;
-        if meshes.len() != 1 {
-            bail!("decoder returned {} objects, expected one", meshes.len());
-        }
-        let mut mesh = meshes.remove(0);
-        let (nv, nf) = (mesh.vertices.len(), mesh.faces.len());
-        let vertices: Vec<f32> = mesh.vertices.iter().flatten().copied().collect();
-        let faces: Vec<i32> = mesh.faces.iter().flatten().map(|&i| i as i32).collect();
+        // The only holder (the usual case) gives its arrays up; a shared one is copied.
+        let Surface {
+            coords,
+            mesh,
+            fill_holes,
+            dual_vertices,
+            faces_before_filling,
+            seconds,
+        } = Arc::try_unwrap(surface).unwrap_or_else(|shared| Surface {
+            coords: shared.coords.clone(),
+            mesh: shared.mesh.clone(),
+            fill_holes: shared.fill_holes.clone(),
+            dual_vertices: shared.dual_vertices.clone(),
+            faces_before_filling: shared.faces_before_filling.clone(),
+            seconds: shared.seconds,
+        });
+        let (nv, nf) = (dual_vertices.len(), faces_before_filling.len() / 3);
+        let vertices: Vec<f32> = dual_vertices.iter().flatten().copied().collect();
         self.latents.insert(
             "mesh.0.vertices",
             Tensor::from_vec(vertices, (nv, 3), &Device::Cpu)?,
         );
         self.latents.insert(
             "mesh.0.faces",
-            Tensor::from_vec(faces, (nf, 3), &Device::Cpu)?,
+            Tensor::from_vec(faces_before_filling, (nf, 3), &Device::Cpu)?,
         );
-        let dual_vertices = mesh.vertices.clone();
-        self.fill_holes =
-            fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
+        self.fill_holes = fill_holes;
         self.mesh = mesh;
         self.dual_vertices = dual_vertices;
         self.voxel_coords = coords
@@ -202,7 +312,8 @@ impl Generated {
             .par_chunks_exact(PBR_CHANNELS)
             .map(|a| std::array::from_fn(|k| a[k]))
             .collect();
-        self.mesh_seconds = start.elapsed().as_secs_f64();
+        self.mesh_seconds = seconds;
+        self.mesh_wait_seconds = start.elapsed().as_secs_f64();
         Ok(())
     }
 }
@@ -238,6 +349,54 @@ fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn voxels(n: usize) -> (Tensor, Tensor) {
+        let rows: Vec<i32> = (0..n as i32).flat_map(|i| [0, i, 1, 2]).collect();
+        let coords = Tensor::from_vec(rows, (n, 4), &Device::Cpu).unwrap();
+        let raw = Tensor::zeros((n, 7), DType::F16, &Device::Cpu).unwrap();
+        (coords, raw)
+    }
+
+    /// Every copy of a task gets the one surface its thread built (the arrays moved out once,
+    /// copied for a second holder).
+    #[test]
+    fn a_surface_task_is_shared_by_its_copies() {
+        let (coords, raw) = voxels(3);
+        let task = SurfaceTask::start(&coords, &raw, 8).unwrap();
+        let copy = task.clone();
+        let a = task.wait().unwrap();
+        let b = copy.wait().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            a.coords,
+            coords.flatten_all().unwrap().to_vec1::<i32>().unwrap()
+        );
+        assert_eq!(a.dual_vertices.len(), 3);
+    }
+
+    /// A failed extraction is an error for every waiter, not a panic.
+    #[test]
+    fn a_failed_surface_is_an_error_for_every_copy() {
+        let (coords, raw) = voxels(2);
+        let task = SurfaceTask::start(&coords, &raw, 0).unwrap();
+        let copy = task.clone();
+        let e = format!("{:#}", task.wait().unwrap_err());
+        assert!(e.contains("mesh extraction"), "{e}");
+        assert_eq!(format!("{:#}", copy.wait().unwrap_err()), e);
+        let (coords, _) = voxels(2);
+        let (_, raw) = voxels(3);
+        let e = format!(
+            "{:#}",
+            SurfaceTask::start(&coords, &raw, 8)
+                .unwrap()
+                .wait()
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("shape decoder voxels") || e.contains("mesh extraction"),
+            "{e}"
+        );
+    }
 
     /// The parallel widening gives candle's cast, value for value, for every dtype a decoder
     /// may leave its voxels in.

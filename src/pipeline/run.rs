@@ -13,7 +13,7 @@ use super::background::{conditioning_image, Background};
 use super::conditioning::condition;
 use super::config::{PipelineSettings, PipelineType, SamplerOverrides, DEFAULT_MAX_TOKENS};
 use super::context::Ctx;
-use super::decode::decode;
+use super::decode::{shape_decode, texture_decode, ShapeDecoded};
 use super::dev_forcing::DevForcing;
 use super::latents_file::SavedLatents;
 use super::model_cache::{Keep, ModelCache, ModelLoads};
@@ -178,6 +178,14 @@ impl Pipeline {
     fn start_prefetch(&self, ptype: PipelineType) {
         self.prefetch
             .get_or_init(|| read_ahead(&self.dir, ptype, self.load, &self.models));
+    }
+
+    /// Drops every model this pipeline holds (a later run loads them again): a batch worker
+    /// with no pictures left gives their memory back while its last pictures' files are still
+    /// being written, instead of at the process's exit.
+    pub fn release_models(&self) {
+        self.models.set_keep(Keep::Roles(HashSet::new()));
+        self.models.trim();
     }
 
     /// Adopts a read-ahead started before the device was open ([`ReadAhead::start`]): its
@@ -487,11 +495,22 @@ impl Pipeline {
                     .context("texture stage")?;
                 job.tex = Some(tex);
             }
-            Step::Decode => {
+            Step::ShapeDecode => {
+                let shape = job.shape.as_ref().context("shape missing")?.on(device)?;
+                let decoded = shape_decode(ctx, &shape.coords, &shape.feats, shape.resolution)
+                    .context("shape decode stage")?;
+                job.shape_decoded = Some(decoded);
+            }
+            Step::TextureDecode => {
                 let shape = job.shape.take().context("shape missing")?.on(device)?;
                 let tex = on(&job.tex, "texture")?;
-                let voxels = decode(ctx, &shape.coords, &shape.feats, &tex, shape.resolution)
-                    .context("decode stage")?;
+                let decoded = job
+                    .shape_decoded
+                    .take()
+                    .context("shape decoder's voxels missing")?
+                    .on(device)?;
+                let voxels = texture_decode(ctx, &shape.coords, &tex, decoded)
+                    .context("texture decode stage")?;
                 job.decoded = Some(voxels);
             }
         }
@@ -529,7 +548,8 @@ impl Pipeline {
         job.tex = Some(tex);
         self.models.set_keep(Keep::Roles(HashSet::new()));
         self.models.trim();
-        self.run_step(Step::Decode, &mut job, progress)?;
+        self.run_step(Step::ShapeDecode, &mut job, progress)?;
+        self.run_step(Step::TextureDecode, &mut job, progress)?;
         job.finish().and_then(extracted)
     }
 }
@@ -596,16 +616,23 @@ enum Step {
     ShapeLr,
     Cascade,
     ShapeHr,
+    ShapeDecode,
     Texture,
-    Decode,
+    TextureDecode,
 }
 
 fn schedule(ptype: PipelineType) -> &'static [Step] {
     use Step::*;
     match ptype {
-        PipelineType::P512 | PipelineType::P1024 => {
-            &[Preprocess, Conditioning, Structure, Shape, Texture, Decode]
-        }
+        PipelineType::P512 | PipelineType::P1024 => &[
+            Preprocess,
+            Conditioning,
+            Structure,
+            Shape,
+            ShapeDecode,
+            Texture,
+            TextureDecode,
+        ],
         PipelineType::Cascade1024 | PipelineType::Cascade1536 => &[
             Preprocess,
             Conditioning,
@@ -613,8 +640,9 @@ fn schedule(ptype: PipelineType) -> &'static [Step] {
             ShapeLr,
             Cascade,
             ShapeHr,
+            ShapeDecode,
             Texture,
-            Decode,
+            TextureDecode,
         ],
     }
 }
@@ -646,7 +674,8 @@ fn step_roles(step: Step, ptype: PipelineType) -> &'static [&'static str] {
         Step::ShapeHr => &[role::SHAPE_FLOW_1024],
         Step::Texture if p512 => &[role::TEX_FLOW_512],
         Step::Texture => &[role::TEX_FLOW_1024],
-        Step::Decode => &[role::SHAPE_DECODER, role::TEX_DECODER],
+        Step::ShapeDecode => &[role::SHAPE_DECODER],
+        Step::TextureDecode => &[role::TEX_DECODER],
     }
 }
 
@@ -667,6 +696,7 @@ struct Job<'a> {
     hr: Option<(usize, Tensor)>,
     shape: Option<ShapeLatent>,
     tex: Option<Tensor>,
+    shape_decoded: Option<ShapeDecoded>,
     decoded: Option<DecodedVoxels>,
     /// The picture file being decoded on another thread ([`Job::read_picture_ahead`]).
     picture_decoding: Option<std::thread::JoinHandle<Result<LoadedImage>>>,
@@ -707,6 +737,7 @@ impl<'a> Job<'a> {
             hr: None,
             shape: None,
             tex: None,
+            shape_decoded: None,
             decoded: None,
             picture_decoding: None,
         }
@@ -748,6 +779,9 @@ impl<'a> Job<'a> {
         if let Some(shape) = &mut self.shape {
             *shape = shape.on(device)?;
         }
+        if let Some(decoded) = &mut self.shape_decoded {
+            *decoded = decoded.on(device)?;
+        }
         self.latents = self.latents.on(device)?;
         Ok(())
     }
@@ -764,6 +798,7 @@ impl<'a> Job<'a> {
             dual_vertices: Vec::new(),
             voxels: Some(voxels),
             mesh_seconds: 0.0,
+            mesh_wait_seconds: 0.0,
             latents: self.latents,
             stages: self.reports,
         })
@@ -826,6 +861,18 @@ mod tests {
             report.bytes,
             report.files.iter().map(|f| f.bytes).sum::<u64>()
         );
+    }
+
+    /// A worker done with the device drops what a picture-major batch kept.
+    #[test]
+    fn release_models_drops_kept_models() {
+        let p = golden();
+        p.models.set_keep(Keep::All);
+        p.models.get_or_load("role", || Ok(1u8)).unwrap();
+        p.models.release("role");
+        assert!(p.models.holds("role"), "kept through its user's release");
+        p.release_models();
+        assert!(!p.models.holds("role"));
     }
 
     #[test]

@@ -93,6 +93,20 @@ impl CoordSet {
         })
     }
 
+    /// The same rows without the cached neighbour map and host rows: what outlives the
+    /// convolutions that needed them (a decoder's guides kept for a later stage), at the memory
+    /// of the rows alone.
+    pub fn rows_only(&self) -> Self {
+        Self {
+            tensor: self.tensor.clone(),
+            len: self.len,
+            host: OnceLock::new(),
+            batches: self.batches.clone(),
+            max: self.max,
+            neighbours: OnceLock::new(),
+        }
+    }
+
     /// A set whose rows exist only in `tensor` (`[T,4]` int32, contiguous), with the batch
     /// ranges and maxima its producer computed: channel→space children built on a GPU, valid
     /// by construction from valid parents. Checked here: the shape, that `batches` tile
