@@ -137,8 +137,8 @@ fn golden_512_through_the_cli_then_decode_again_from_latents() {
             "sparse_structure_flow_model",
             "sparse_structure_decoder",
             "shape_slat_flow_model_512",
-            "tex_slat_flow_model_512",
             "shape_slat_decoder",
+            "tex_slat_flow_model_512",
             "tex_slat_decoder"
         ]
     );

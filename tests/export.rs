@@ -718,12 +718,13 @@ fn large_sphere() -> Asset {
 }
 
 /// The mesh PLY, the vertex-colour GLB of the full and of a decimated mesh and the splat PLY,
-/// each written without and with the shared preparation `generate` does first.
+/// each written without the shared preparation `generate` does first, with it, and with it
+/// after the outward faces were given (as the pipeline orients them beside the texture stages).
 fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let reduced = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
-    for prepared in [false, true] {
-        let asset = &Asset::new(
+    for prepared in ["no", "yes", "given faces"] {
+        let asset = Asset::new(
             asset.mesh().clone(),
             asset.voxel_coords().to_vec(),
             asset.voxel_attrs().to_vec(),
@@ -731,7 +732,14 @@ fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
             asset.resolution(),
         )
         .unwrap();
-        if prepared {
+        let asset = &match prepared {
+            "given faces" => {
+                let faces = trellis2::export::face_orientation::faces_wound_outward(asset.mesh());
+                asset.with_oriented_faces(faces).unwrap()
+            }
+            _ => asset,
+        };
+        if prepared != "no" {
             asset.prepare_mesh_outputs().unwrap();
         }
         let files = [
@@ -778,10 +786,36 @@ fn mesh_writers_give_the_same_bytes_on_one_and_four_threads() {
         assert!(a.len() > 10_000, "{name}: {} bytes", a.len());
         assert!(a == b, "{name}: 1 and 4 threads differ");
     }
-    // Preparing first changes nothing either.
+    // Preparing first changes nothing either, nor giving the outward faces.
     for k in 0..4 {
         assert!(one[k].1 == one[k + 4].1, "{}: prepared differs", one[k].0);
+        assert!(one[k].1 == one[k + 8].1, "{}: given faces differ", one[k].0);
     }
+}
+
+/// Given outward faces must be the mesh's own faces, each possibly re-wound.
+#[test]
+fn oriented_faces_that_are_not_the_meshs_are_refused() {
+    let asset = sphere(1.0);
+    let faces = trellis2::export::face_orientation::faces_wound_outward(asset.mesh());
+    let rewound: Vec<[u32; 3]> = faces.iter().map(|&[a, b, c]| [a, c, b]).collect();
+    let fresh = || sphere(1.0);
+    assert!(
+        fresh().with_oriented_faces(rewound).is_ok(),
+        "re-winding is allowed"
+    );
+    let mut other = faces.clone();
+    other[3] = other[4];
+    let e = fresh()
+        .with_oriented_faces(other)
+        .err()
+        .expect("another face");
+    assert!(format!("{e:#}").contains("oriented face 3"), "{e:#}");
+    let e = fresh()
+        .with_oriented_faces(faces[1..].to_vec())
+        .err()
+        .expect("one face short");
+    assert!(format!("{e:#}").contains("oriented faces for"), "{e:#}");
 }
 
 #[test]

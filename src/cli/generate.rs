@@ -1105,6 +1105,13 @@ fn save(
         std::mem::take(&mut g.dual_vertices),
         g.resolution,
     )?;
+    // Oriented while the texture stages ran, when the pipeline extracted the surface.
+    let oriented = std::mem::take(&mut g.oriented_faces);
+    let asset = if oriented.is_empty() {
+        asset
+    } else {
+        asset.with_oriented_faces(oriented)?
+    };
     lap("asset");
     // The formats are independent: written concurrently, each timed on its own. The mesh
     // formats share the faces wound outward and the colours at the vertices, computed once

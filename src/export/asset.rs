@@ -31,9 +31,13 @@ pub struct Asset {
     mesh: Mesh,
     /// Shared with the decimated copies ([`Asset::decimated`]): only the mesh differs.
     voxels: Arc<Voxels>,
-    /// What both mesh writers need, computed once by [`Asset::prepare_mesh_outputs`] (or, for
-    /// a decimated asset, carried over from the decimation); absent, each use computes it.
-    prepared: OnceLock<Prepared>,
+    /// The mesh's faces wound outward, when already known: given ([`Asset::with_oriented_faces`])
+    /// or computed once by [`Asset::prepare_mesh_outputs`]; absent, each use computes them.
+    oriented_faces: OnceLock<Vec<[u32; 3]>>,
+    /// The attributes at the mesh's vertices, row-major `[vertices, 6]`, when already known:
+    /// computed once by [`Asset::prepare_mesh_outputs`] or, for a decimated asset, carried over
+    /// from the decimation; absent, each use computes them.
+    vertex_attributes: OnceLock<Vec<f32>>,
 }
 
 /// The voxels and what is derived from them alone.
@@ -43,15 +47,6 @@ struct Voxels {
     dual_vertices: Vec<[f32; 3]>,
     resolution: u32,
     index: VoxelIndex,
-}
-
-/// The mesh's faces wound outward and the attributes at its vertices, when already known.
-/// Set once and never waited for: a reader that finds it unset computes the same values
-/// itself (a blocking lazy cell could deadlock inside rayon's work stealing).
-#[derive(Default)]
-struct Prepared {
-    oriented_faces: Option<Vec<[u32; 3]>>,
-    vertex_attributes: Option<Vec<f32>>,
 }
 
 impl Asset {
@@ -118,8 +113,39 @@ impl Asset {
                 resolution,
                 index,
             }),
-            prepared: OnceLock::new(),
+            oriented_faces: OnceLock::new(),
+            vertex_attributes: OnceLock::new(),
         })
+    }
+
+    /// The same, with its mesh's faces wound outward already known: `faces` must be
+    /// [`faces_wound_outward`] of the mesh (the pipeline orients them while the texture stages
+    /// run). Fails when they are not the mesh's faces, each possibly re-wound.
+    pub fn with_oriented_faces(self, faces: Vec<[u32; 3]>) -> Result<Self> {
+        let f = &self.mesh.faces;
+        ensure!(
+            faces.len() == f.len(),
+            "export: {} oriented faces for {} faces",
+            faces.len(),
+            f.len()
+        );
+        // Re-winding swaps two corners: the same three vertices.
+        let sorted = |mut t: [u32; 3]| {
+            t.sort_unstable();
+            t
+        };
+        if let Some(row) = (0..f.len())
+            .into_par_iter()
+            .find_first(|&i| sorted(faces[i]) != sorted(f[i]))
+        {
+            bail!(
+                "export: oriented face {row} {:?} is not face {:?}",
+                faces[row],
+                f[row]
+            );
+        }
+        let _ = self.oriented_faces.set(faces);
+        Ok(self)
     }
 
     /// The same from the flat row-major tensors the pipeline holds: `coords` `[V, 4]`
@@ -209,11 +235,7 @@ impl Asset {
     /// [`Asset::mesh_vertex_attributes`], borrowed when [`Asset::prepare_mesh_outputs`] (or
     /// the decimation) already computed them.
     pub fn vertex_attributes(&self) -> Result<Cow<'_, [f32]>> {
-        let prepared = self
-            .prepared
-            .get()
-            .and_then(|p| p.vertex_attributes.as_ref());
-        Ok(match prepared {
+        Ok(match self.vertex_attributes.get() {
             Some(a) => Cow::Borrowed(a),
             None => Cow::Owned(self.attribute_volume()?.sample(&self.mesh.vertices)),
         })
@@ -222,31 +244,34 @@ impl Asset {
     /// The mesh's faces wound outward ([`faces_wound_outward`]), borrowed when
     /// [`Asset::prepare_mesh_outputs`] already computed them.
     pub fn oriented_faces(&self) -> Cow<'_, [[u32; 3]]> {
-        match self.prepared.get().and_then(|p| p.oriented_faces.as_ref()) {
+        match self.oriented_faces.get() {
             Some(f) => Cow::Borrowed(f),
             None => Cow::Owned(faces_wound_outward(&self.mesh)),
         }
     }
 
     /// Computes, once, what the mesh PLY, the GLB and the decimation all start from: the
-    /// faces wound outward and the attributes at the vertices (both side by side). The writers
-    /// then reuse them; their output is the same as without this call. Call it before the
-    /// writers start (a writer running meanwhile computes its own copy); a second call does
-    /// nothing.
+    /// faces wound outward and the attributes at the vertices (side by side), those not known
+    /// yet. The writers then reuse them; their output is the same as without this call. Call
+    /// it before the writers start (a writer running meanwhile computes its own copy); a
+    /// second call does nothing. (The cells are set once and never waited for: a reader that
+    /// finds one unset computes the same values itself; a blocking lazy cell could deadlock
+    /// inside rayon's work stealing.)
     pub fn prepare_mesh_outputs(&self) -> Result<()> {
-        if self.prepared.get().is_some() {
-            return Ok(());
-        }
-        let (faces, attributes) = rayon::join(
-            || self.oriented_faces().into_owned(),
-            || self.vertex_attributes().map(Cow::into_owned),
-        );
-        // Set by a concurrent call meanwhile: the same values.
-        let _ = self.prepared.set(Prepared {
-            oriented_faces: Some(faces),
-            vertex_attributes: Some(attributes?),
-        });
-        Ok(())
+        let faces = || {
+            if self.oriented_faces.get().is_none() {
+                // Set by a concurrent call meanwhile: the same values.
+                let _ = self.oriented_faces.set(faces_wound_outward(&self.mesh));
+            }
+        };
+        let attributes = || -> Result<()> {
+            if self.vertex_attributes.get().is_none() {
+                let a = self.attribute_volume()?.sample(&self.mesh.vertices);
+                let _ = self.vertex_attributes.set(a);
+            }
+            Ok(())
+        };
+        rayon::join(faces, attributes).1
     }
 
     /// The voxels' PBR attributes as a volume to sample anywhere (the vertex colours' and the
@@ -282,10 +307,8 @@ impl Asset {
             voxels: Arc::clone(&self.voxels),
             // Decimated vertices are input vertices with their input rows: sampling them again
             // gives the same values. Their faces are re-oriented when written.
-            prepared: OnceLock::from(Prepared {
-                oriented_faces: None,
-                vertex_attributes: Some(out.attributes),
-            }),
+            oriented_faces: OnceLock::new(),
+            vertex_attributes: OnceLock::from(out.attributes),
         };
         Ok((reduced, oriented))
     }

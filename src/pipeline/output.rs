@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::config::PipelineType;
 use super::progress::StageReport;
+use crate::export::face_orientation::faces_wound_outward;
 use crate::mesh::{
     decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
 };
@@ -82,7 +83,7 @@ impl Latents {
 }
 
 /// The surface of the shape decoder's voxels: their coordinates, the mesh the dual grid gives
-/// (holes filled) and its vertices before filling, built on a thread of its own from the
+/// (holes filled, its faces also wound outward) and its vertices before filling, built on a thread of its own from the
 /// voxels' copy to the host ([`SurfaceTask::start`]).
 #[derive(Debug)]
 struct Surface {
@@ -94,6 +95,8 @@ struct Surface {
     dual_vertices: Vec<[f32; 3]>,
     /// The faces before hole filling (the golden files' `mesh.0.faces`).
     faces_before_filling: Vec<i32>,
+    /// The mesh's faces wound outward (what every mesh format and the splat fit start from).
+    oriented_faces: Vec<[u32; 3]>,
     /// Seconds the thread worked: the copy's conversion, the extraction and the hole filling.
     seconds: f64,
 }
@@ -177,12 +180,14 @@ fn extract_surface(copy: &HostCopy, resolution: u32) -> Result<Surface> {
     let faces_before_filling: Vec<i32> = mesh.faces.iter().flatten().map(|&i| i as i32).collect();
     let dual_vertices = mesh.vertices.clone();
     let fill_holes = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
+    let oriented_faces = faces_wound_outward(&mesh);
     Ok(Surface {
         coords,
         mesh,
         fill_holes,
         dual_vertices,
         faces_before_filling,
+        oriented_faces,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -230,6 +235,8 @@ pub struct Generated {
     pub mesh: Mesh,
     /// What hole filling did.
     pub fill_holes: FillHolesReport,
+    /// The mesh's faces wound outward, as the exporters orient them (empty until extracted).
+    pub oriented_faces: Vec<[u32; 3]>,
     /// Decoder voxels `[V, 4]` (batch, x, y, z), in decoder order (empty until extracted).
     pub voxel_coords: Vec<[i32; 4]>,
     /// Their PBR attributes `[V, 6]`, already `·0.5 + 0.5` (see [`PBR_CHANNELS`]; empty until
@@ -282,6 +289,7 @@ impl Generated {
             fill_holes,
             dual_vertices,
             faces_before_filling,
+            oriented_faces,
             seconds,
         } = Arc::try_unwrap(surface).unwrap_or_else(|shared| Surface {
             coords: shared.coords.clone(),
@@ -289,6 +297,7 @@ impl Generated {
             fill_holes: shared.fill_holes.clone(),
             dual_vertices: shared.dual_vertices.clone(),
             faces_before_filling: shared.faces_before_filling.clone(),
+            oriented_faces: shared.oriented_faces.clone(),
             seconds: shared.seconds,
         });
         let (nv, nf) = (dual_vertices.len(), faces_before_filling.len() / 3);
@@ -303,6 +312,7 @@ impl Generated {
         );
         self.fill_holes = fill_holes;
         self.mesh = mesh;
+        self.oriented_faces = oriented_faces;
         self.dual_vertices = dual_vertices;
         self.voxel_coords = coords
             .par_chunks_exact(4)

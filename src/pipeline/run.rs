@@ -793,6 +793,7 @@ impl<'a> Job<'a> {
             resolution: voxels.resolution,
             mesh: Default::default(),
             fill_holes: Default::default(),
+            oriented_faces: Vec::new(),
             voxel_coords: Vec::new(),
             voxel_attrs: Vec::new(),
             dual_vertices: Vec::new(),
