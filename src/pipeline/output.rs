@@ -294,7 +294,7 @@ impl Generated {
         } = Arc::try_unwrap(surface).unwrap_or_else(|shared| Surface {
             coords: shared.coords.clone(),
             mesh: shared.mesh.clone(),
-            fill_holes: shared.fill_holes.clone(),
+            fill_holes: shared.fill_holes,
             dual_vertices: shared.dual_vertices.clone(),
             faces_before_filling: shared.faces_before_filling.clone(),
             oriented_faces: shared.oriented_faces.clone(),
