@@ -285,7 +285,10 @@ impl Pipeline {
                 );
             }
         }
-        let steps = schedule(ptype);
+        // A stage-major batch of several pictures decodes each picture's shapes and textures in
+        // one step: split, its every picture's surface would be held at once.
+        let split = order == BatchOrder::PictureMajor || jobs.iter().flatten().count() <= 1;
+        let steps = schedule(ptype, split);
         let streamed = self.load.memory == WeightMemory::Streamed;
         self.start_prefetch(ptype);
         match order {
@@ -501,6 +504,10 @@ impl Pipeline {
                     .context("shape decode stage")?;
                 job.shape_decoded = Some(decoded);
             }
+            Step::Decode => {
+                self.step_in(Step::ShapeDecode, ctx, job)?;
+                self.step_in(Step::TextureDecode, ctx, job)?;
+            }
             Step::TextureDecode => {
                 let shape = job.shape.take().context("shape missing")?.on(device)?;
                 let tex = on(&job.tex, "texture")?;
@@ -548,8 +555,7 @@ impl Pipeline {
         job.tex = Some(tex);
         self.models.set_keep(Keep::Roles(HashSet::new()));
         self.models.trim();
-        self.run_step(Step::ShapeDecode, &mut job, progress)?;
-        self.run_step(Step::TextureDecode, &mut job, progress)?;
+        self.run_step(Step::Decode, &mut job, progress)?;
         job.finish().and_then(extracted)
     }
 }
@@ -619,9 +625,29 @@ enum Step {
     ShapeDecode,
     Texture,
     TextureDecode,
+    /// Both decoders, one after the other.
+    Decode,
 }
 
-fn schedule(ptype: PipelineType) -> &'static [Step] {
+/// The steps of a run of `ptype`. With `split_decode` the shape decoder runs right after the
+/// shape stage, so that the surface is extracted while the texture stages run; without it,
+/// both decoders run after the texture stage.
+fn schedule(ptype: PipelineType, split_decode: bool) -> Vec<Step> {
+    let steps = schedule_split(ptype);
+    if split_decode {
+        return steps.to_vec();
+    }
+    steps
+        .iter()
+        .filter(|&&s| s != Step::ShapeDecode)
+        .map(|&s| match s {
+            Step::TextureDecode => Step::Decode,
+            s => s,
+        })
+        .collect()
+}
+
+fn schedule_split(ptype: PipelineType) -> &'static [Step] {
     use Step::*;
     match ptype {
         PipelineType::P512 | PipelineType::P1024 => &[
@@ -650,7 +676,7 @@ fn schedule(ptype: PipelineType) -> &'static [Step] {
 /// The `pipeline.json` roles a run of `ptype` loads (the background remover aside), each once.
 pub(crate) fn pipeline_roles(ptype: PipelineType) -> Vec<&'static str> {
     let mut roles: Vec<&'static str> = Vec::new();
-    for &step in schedule(ptype) {
+    for step in schedule(ptype, true) {
         for &r in step_roles(step, ptype) {
             if r != role::BACKGROUND_REMOVAL && !roles.contains(&r) {
                 roles.push(r);
@@ -676,6 +702,7 @@ fn step_roles(step: Step, ptype: PipelineType) -> &'static [&'static str] {
         Step::Texture => &[role::TEX_FLOW_1024],
         Step::ShapeDecode => &[role::SHAPE_DECODER],
         Step::TextureDecode => &[role::TEX_DECODER],
+        Step::Decode => &[role::SHAPE_DECODER, role::TEX_DECODER],
     }
 }
 
@@ -862,6 +889,28 @@ mod tests {
             report.bytes,
             report.files.iter().map(|f| f.bytes).sum::<u64>()
         );
+    }
+
+    /// Split, the shape decoder runs right after the shape stage; joined (a stage-major batch
+    /// of several pictures), both decoders run last, in one step. Both load the same models.
+    #[test]
+    fn schedules_split_or_join_the_decoders() {
+        for ptype in [PipelineType::P512, PipelineType::Cascade1024] {
+            let split = schedule(ptype, true);
+            let joined = schedule(ptype, false);
+            let shape = split.iter().position(|&s| s == Step::ShapeDecode).unwrap();
+            assert_eq!(split[shape + 1], Step::Texture, "{ptype}");
+            assert_eq!(split.last(), Some(&Step::TextureDecode), "{ptype}");
+            assert_eq!(&joined[joined.len() - 2..], &[Step::Texture, Step::Decode]);
+            assert_eq!(joined.len() + 1, split.len(), "{ptype}");
+            let roles = |steps: &[Step]| {
+                let mut r: Vec<_> = steps.iter().flat_map(|&s| step_roles(s, ptype)).collect();
+                r.sort();
+                r.dedup();
+                r
+            };
+            assert_eq!(roles(&split), roles(&joined), "{ptype}");
+        }
     }
 
     /// A worker done with the device drops what a picture-major batch kept.
