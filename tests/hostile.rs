@@ -644,6 +644,16 @@ end_header\n"
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!stderr(&o).contains("no POSITION"), "{}", text(&o));
     assert!(stderr(&o).contains("big-accessor.glb"), "{}", text(&o));
+
+    // A GLB header declaring fewer bytes than the header itself, or cut short.
+    let mut short = glb_with_accessor_count(3);
+    short[8..12].copy_from_slice(&4u32.to_le_bytes());
+    std::fs::write(&glb, &short).unwrap();
+    let o = trellis2(&["inspect", s(&glb)]);
+    assert_one_error(&o, 1, &["big-accessor.glb", "declares 4 bytes"]);
+    std::fs::write(&glb, &short[..10]).unwrap();
+    let o = trellis2(&["inspect", s(&glb)]);
+    assert_one_error(&o, 1, &["big-accessor.glb", "cut short"]);
 }
 
 /// A one-triangle GLB whose POSITION accessor claims `count` vertices.

@@ -65,6 +65,17 @@ pub(crate) fn check_position_accessors(bytes: &[u8]) -> Result<()> {
             .get(i..i + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
+    // The header's declared length counts the header's own 12 bytes: `gltf` subtracts them
+    // unchecked (an overflow, a panic in a checked build).
+    if bytes.starts_with(b"glTF") {
+        match u32_at(8) {
+            Some(declared) if declared >= 12 => {}
+            Some(declared) => {
+                bail!("its header declares {declared} bytes, fewer than the header's 12")
+            }
+            None => bail!("its 12-byte header is cut short ({} bytes)", bytes.len()),
+        }
+    }
     let (Some(len), Some(b"JSON")) = (u32_at(12), bytes.get(16..20)) else {
         return Ok(());
     };

@@ -485,7 +485,7 @@ mod tests {
         let file = decode_spz(&bytes).unwrap();
         assert_eq!((file.version, file.sh_degree), (2, 0));
         assert_eq!(file.fractional_bits, 16);
-        let step = 1.0 / f32::from(1u16 << file.fractional_bits);
+        let step = 1.0 / (1u32 << file.fractional_bits) as f32;
         for (a, b) in splats.iter().zip(&file.splats) {
             for k in 0..3 {
                 assert!((a.position[k] - b.position[k]).abs() <= 0.5 * step + 1e-7);

@@ -337,7 +337,7 @@ mod tests {
     }
 
     /// The tiny golden model's files come in the schedule's order: conditioning, structure,
-    /// shape, texture, then the decoders.
+    /// shape and its decoder, texture and its decoder.
     #[test]
     fn weight_files_follow_the_schedule() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
@@ -350,8 +350,8 @@ mod tests {
                 role::SS_FLOW,
                 role::SS_DECODER,
                 role::SHAPE_FLOW_512,
-                role::TEX_FLOW_512,
                 role::SHAPE_DECODER,
+                role::TEX_FLOW_512,
                 role::TEX_DECODER,
             ]
         );
