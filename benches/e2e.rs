@@ -493,7 +493,7 @@ const ROW_NAMES: [&str; 13] = [
     "export + write: splat PLY",
     "export + write: mesh PLY",
     "export + write: GLB (decimate, unwrap, bake, PNG, write)",
-    "export: mesh prepare (faces oriented, colours looked up, once for the mesh formats and the splat fit)",
+    "export: mesh prepare (colours looked up at the vertices, once for the mesh formats; the faces come wound outward from the surface thread)",
 ];
 
 fn gib(b: u64) -> String {
@@ -648,7 +648,7 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
     )?;
     writeln!(
         t,
-        "| *surface: mesh extraction + hole filling (its own thread, beside the texture stages; left out above)* | {:.3} | {:.3} |",
+        "| *surface: mesh extraction, hole filling, faces wound outward (its own thread, beside the texture stages; left out above)* | {:.3} | {:.3} |",
         first.surface, later.surface
     )?;
     writeln!(

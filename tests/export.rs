@@ -884,3 +884,52 @@ fn the_mesh_ply_is_what_serde_ply_writes_for_its_rows() {
         assert!(got == want, "{up:?}: the bytes differ");
     }
 }
+
+/// Splat patches computed ahead on the same surface and voxels with placeholder attributes
+/// (as the pipeline does beside the texture stages) give the same splats, merged or not; a
+/// count that is not the voxels' is refused.
+#[test]
+fn splat_patches_computed_ahead_give_the_same_splats() {
+    use trellis2::export::splat_fit::{fit_splats, splat_patches};
+    let asset = large_sphere();
+    let copy = |attrs: Vec<[f32; PBR_CHANNELS]>| {
+        Asset::new(
+            asset.mesh().clone(),
+            asset.voxel_coords().to_vec(),
+            attrs,
+            asset.dual_vertices().to_vec(),
+            asset.resolution(),
+        )
+        .unwrap()
+    };
+    let n = asset.voxel_coords().len();
+    let shape = SplatShape::default();
+    let geometry = copy(vec![[0.0; PBR_CHANNELS]; n]);
+    let patches = std::sync::Arc::new(splat_patches(&geometry, &shape));
+    let given = copy(asset.voxel_attrs().to_vec())
+        .with_splat_patches(patches.clone())
+        .unwrap();
+    for budget in [SplatBudget::All, SplatBudget::AtMost(n / 3)] {
+        let (a, b) = (
+            fit_splats(&asset, budget, &shape),
+            fit_splats(&given, budget, &shape),
+        );
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{budget:?}");
+    }
+    // Another shape ignores them (and fits its own).
+    let other = SplatShape {
+        max_anisotropy: 1.5,
+        ..shape
+    };
+    assert_eq!(
+        fit_splats(&asset, SplatBudget::All, &other),
+        fit_splats(&given, SplatBudget::All, &other)
+    );
+    let small = sphere(1.0);
+    let e = small
+        .with_splat_patches(patches)
+        .err()
+        .expect("another object's count");
+    assert!(format!("{e:#}").contains("splat patches for"), "{e:#}");
+}

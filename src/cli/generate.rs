@@ -489,6 +489,12 @@ pub fn run(args: &Args) -> Result<u8> {
         if let Some(forcing) = args.dev_force_structure {
             pipeline = pipeline.with_dev_forcing(forcing);
         }
+        // The splat files' patch geometry is computed beside the texture stages.
+        let splats = args
+            .format
+            .iter()
+            .any(|f| matches!(f, Format::Splat | Format::SplatSpz));
+        pipeline = pipeline.with_splat_patches(splats.then(SplatShape::default));
         pipeline.apply_overrides(&overrides(args))?;
         pipelines.push((name, pipeline));
     }
@@ -1111,6 +1117,10 @@ fn save(
         asset
     } else {
         asset.with_oriented_faces(oriented)?
+    };
+    let asset = match g.splat_patches.take() {
+        Some(patches) => asset.with_splat_patches(patches)?,
+        None => asset,
     };
     lap("asset");
     // The formats are independent: written concurrently, each timed on its own. The mesh

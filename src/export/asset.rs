@@ -7,6 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
 use super::face_orientation::faces_wound_outward;
+use super::splat_fit::SplatPatches;
 use crate::mesh::dual_grid::voxel_size;
 use crate::mesh::{decimate, Mesh, VoxelAttributes, VoxelIndex, PBR_ATTRIBUTE_WEIGHTS};
 
@@ -38,6 +39,9 @@ pub struct Asset {
     /// computed once by [`Asset::prepare_mesh_outputs`] or, for a decimated asset, carried over
     /// from the decimation; absent, each use computes them.
     vertex_attributes: OnceLock<Vec<f32>>,
+    /// The voxels' splat patches but their colours, when computed ahead
+    /// ([`Asset::with_splat_patches`]).
+    splat_patches: Option<Arc<SplatPatches>>,
 }
 
 /// The voxels and what is derived from them alone.
@@ -115,7 +119,27 @@ impl Asset {
             }),
             oriented_faces: OnceLock::new(),
             vertex_attributes: OnceLock::new(),
+            splat_patches: None,
         })
+    }
+
+    /// The same, with its voxels' splat patches computed ahead ([`super::splat_fit::splat_patches`] of an asset
+    /// with the same mesh and voxels, its attributes possibly placeholders): the splat fit
+    /// then only adds the colours. Fails when their count is not the voxels'.
+    pub fn with_splat_patches(mut self, patches: Arc<SplatPatches>) -> Result<Self> {
+        ensure!(
+            patches.len() == self.voxels.coords.len(),
+            "export: {} splat patches for {} voxels",
+            patches.len(),
+            self.voxels.coords.len()
+        );
+        self.splat_patches = Some(patches);
+        Ok(self)
+    }
+
+    /// The splat patches given by [`Asset::with_splat_patches`].
+    pub(crate) fn splat_patches(&self) -> Option<&SplatPatches> {
+        self.splat_patches.as_deref()
     }
 
     /// The same, with its mesh's faces wound outward already known: `faces` must be
@@ -309,6 +333,8 @@ impl Asset {
             // gives the same values. Their faces are re-oriented when written.
             oriented_faces: OnceLock::new(),
             vertex_attributes: OnceLock::from(out.attributes),
+            // A decimated mesh's patches are not the full mesh's.
+            splat_patches: None,
         };
         Ok((reduced, oriented))
     }

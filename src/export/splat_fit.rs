@@ -167,8 +167,20 @@ pub fn fit_splats_timed(
     let start = Instant::now();
     let voxel = f64::from(asset.voxel_size());
     let inward = shape.inward_pixels * reference_pixel(asset.dual_vertices());
-    let mut patches = voxel_patches(asset, shape);
-    limit_inward_moves(asset, &mut patches, inward);
+    let patches = match asset.splat_patches() {
+        // Their geometry was computed before the colours were known: the colours now.
+        Some(given) if given.shape == *shape => given
+            .patches
+            .par_iter()
+            .zip(asset.voxel_attrs())
+            .map(|(p, a)| Patch {
+                rgb: [0, 1, 2].map(|k| f64::from(a[k])),
+                alpha: f64::from(a[ALPHA]),
+                ..*p
+            })
+            .collect(),
+        _ => patches_of(asset, shape, inward),
+    };
     timings.patches_seconds = start.elapsed().as_secs_f64();
     let splats = match budget {
         SplatBudget::AtMost(n) if n < patches.len() => {
@@ -199,6 +211,54 @@ pub fn fit_splats_timed(
         }
     };
     (splats, timings)
+}
+
+/// Every voxel's patch, with its thin-wall limit, in voxel order.
+fn patches_of(asset: &Asset, shape: &SplatShape, inward: f64) -> Vec<Patch> {
+    let mut patches = voxel_patches(asset, shape);
+    limit_inward_moves(asset, &mut patches, inward);
+    patches
+}
+
+/// Every voxel's splat patch but its colours: its centre, normal, area, shape and thin-wall
+/// limit, which depend only on the surface and the voxels' places. Computed before the texture
+/// decoder has run ([`splat_patches`]) and handed to the asset
+/// ([`Asset::with_splat_patches`]), they leave only the colours, the merge and the fit for the
+/// splat writers.
+pub struct SplatPatches {
+    patches: Vec<Patch>,
+    /// The shape they were computed for; a fit with another computes its own.
+    shape: SplatShape,
+}
+
+impl std::fmt::Debug for SplatPatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplatPatches")
+            .field("len", &self.patches.len())
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
+impl SplatPatches {
+    /// One per voxel.
+    pub fn len(&self) -> usize {
+        self.patches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patches.is_empty()
+    }
+}
+
+/// The patches of `asset`'s voxels for `shape`, but their colours (its attributes may be
+/// placeholders).
+pub fn splat_patches(asset: &Asset, shape: &SplatShape) -> SplatPatches {
+    let inward = shape.inward_pixels * reference_pixel(asset.dual_vertices());
+    SplatPatches {
+        patches: patches_of(asset, shape, inward),
+        shape: *shape,
+    }
 }
 
 /// Every voxel's patch, in voxel order.

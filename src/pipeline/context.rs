@@ -32,6 +32,8 @@ pub(crate) struct Ctx<'a> {
     pub load: super::models::LoadOptions,
     /// Development runs: forced structure and growth (`None` in every user run).
     pub forcing: Option<super::dev_forcing::DevForcing>,
+    /// Splat patches to compute with the surface ([`super::Pipeline::with_splat_patches`]).
+    pub splat_shape: Option<crate::export::splat::SplatShape>,
     pub noise: Noise,
     pub latents: Latents,
     pub progress: &'a mut dyn Progress,

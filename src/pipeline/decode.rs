@@ -76,7 +76,12 @@ pub(crate) fn shape_decode(
             .insert(format!("subs.{i}.coords"), s.coords().clone());
     }
     // The copy is queued behind the decoder; the extraction waits for it on its own thread.
-    let surface = SurfaceTask::start(raw.coords(), raw.feats(), resolution as u32)?;
+    let surface = SurfaceTask::start(
+        raw.coords(),
+        raw.feats(),
+        resolution as u32,
+        ctx.splat_shape,
+    )?;
     // The part ends when the device has finished it (GPU work is asynchronous).
     ctx.device.synchronize()?;
     stage.parts.insert("shape_decoder".into(), secs(start));

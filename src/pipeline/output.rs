@@ -10,7 +10,10 @@ use rayon::prelude::*;
 
 use super::config::PipelineType;
 use super::progress::StageReport;
+use crate::export::asset::Asset;
 use crate::export::face_orientation::faces_wound_outward;
+use crate::export::splat::SplatShape;
+use crate::export::splat_fit::{splat_patches, SplatPatches};
 use crate::mesh::{
     decoder_output_to_meshes, fill_holes, FillHolesReport, Mesh, DEFAULT_MAX_HOLE_PERIMETER,
 };
@@ -97,6 +100,8 @@ struct Surface {
     faces_before_filling: Vec<i32>,
     /// The mesh's faces wound outward (what every mesh format and the splat fit start from).
     oriented_faces: Vec<[u32; 3]>,
+    /// The voxels' splat patches but their colours, when asked for.
+    splat_patches: Option<Arc<SplatPatches>>,
     /// Seconds the thread worked: the copy's conversion, the extraction and the hole filling.
     seconds: f64,
 }
@@ -121,12 +126,18 @@ impl std::fmt::Debug for SurfaceTask {
 impl SurfaceTask {
     /// Starts copying the shape decoder's `coords` and `raw` features to the host and, on a
     /// thread, turning them into the surface at grid `resolution`.
-    pub(crate) fn start(coords: &Tensor, raw: &Tensor, resolution: u32) -> Result<Self> {
+    /// With `splats`, the voxels' splat patches for that shape too.
+    pub(crate) fn start(
+        coords: &Tensor,
+        raw: &Tensor,
+        resolution: u32,
+        splats: Option<SplatShape>,
+    ) -> Result<Self> {
         let copy = HostCopy::start(&[coords.clone(), raw.clone()])
             .context("copying the shape decoder's voxels to the host")?;
         let thread = std::thread::Builder::new()
             .name("surface".into())
-            .spawn(move || extract_surface(&copy, resolution))
+            .spawn(move || extract_surface(&copy, resolution, splats))
             .context("starting the surface extraction")?;
         Ok(Self(Arc::new(Mutex::new(SurfaceState::Running(thread)))))
     }
@@ -155,7 +166,11 @@ impl SurfaceTask {
 
 /// The shape decoder's voxels (`coords`, `raw`) turned into the surface: host arrays, the dual
 /// grid's mesh, its small holes filled.
-fn extract_surface(copy: &HostCopy, resolution: u32) -> Result<Surface> {
+fn extract_surface(
+    copy: &HostCopy,
+    resolution: u32,
+    splats: Option<SplatShape>,
+) -> Result<Surface> {
     let host = copy.tensors()?;
     let start = Instant::now();
     let [coords, raw] = host.as_slice() else {
@@ -181,6 +196,24 @@ fn extract_surface(copy: &HostCopy, resolution: u32) -> Result<Surface> {
     let dual_vertices = mesh.vertices.clone();
     let fill_holes = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
     let oriented_faces = faces_wound_outward(&mesh);
+    let splat_patches = match splats {
+        // Their geometry on an asset of the same surface and voxels, its attributes zeros.
+        Some(shape) if count > 0 => {
+            let geometry = Asset::new(
+                mesh.clone(),
+                coords
+                    .par_chunks_exact(4)
+                    .map(|c| [c[1], c[2], c[3]])
+                    .collect(),
+                vec![[0.0; PBR_CHANNELS]; count],
+                dual_vertices.clone(),
+                resolution,
+            )?
+            .with_oriented_faces(oriented_faces.clone())?;
+            Some(Arc::new(splat_patches(&geometry, &shape)))
+        }
+        _ => None,
+    };
     Ok(Surface {
         coords,
         mesh,
@@ -188,6 +221,7 @@ fn extract_surface(copy: &HostCopy, resolution: u32) -> Result<Surface> {
         dual_vertices,
         faces_before_filling,
         oriented_faces,
+        splat_patches,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -237,6 +271,9 @@ pub struct Generated {
     pub fill_holes: FillHolesReport,
     /// The mesh's faces wound outward, as the exporters orient them (empty until extracted).
     pub oriented_faces: Vec<[u32; 3]>,
+    /// The voxels' splat patches but their colours, when the pipeline was asked for them
+    /// ([`super::Pipeline::with_splat_patches`]; `None` until extracted).
+    pub splat_patches: Option<Arc<SplatPatches>>,
     /// Decoder voxels `[V, 4]` (batch, x, y, z), in decoder order (empty until extracted).
     pub voxel_coords: Vec<[i32; 4]>,
     /// Their PBR attributes `[V, 6]`, already `·0.5 + 0.5` (see [`PBR_CHANNELS`]; empty until
@@ -290,6 +327,7 @@ impl Generated {
             dual_vertices,
             faces_before_filling,
             oriented_faces,
+            splat_patches,
             seconds,
         } = Arc::try_unwrap(surface).unwrap_or_else(|shared| Surface {
             coords: shared.coords.clone(),
@@ -298,6 +336,7 @@ impl Generated {
             dual_vertices: shared.dual_vertices.clone(),
             faces_before_filling: shared.faces_before_filling.clone(),
             oriented_faces: shared.oriented_faces.clone(),
+            splat_patches: shared.splat_patches.clone(),
             seconds: shared.seconds,
         });
         let (nv, nf) = (dual_vertices.len(), faces_before_filling.len() / 3);
@@ -313,6 +352,7 @@ impl Generated {
         self.fill_holes = fill_holes;
         self.mesh = mesh;
         self.oriented_faces = oriented_faces;
+        self.splat_patches = splat_patches;
         self.dual_vertices = dual_vertices;
         self.voxel_coords = coords
             .par_chunks_exact(4)
@@ -372,7 +412,7 @@ mod tests {
     #[test]
     fn a_surface_task_is_shared_by_its_copies() {
         let (coords, raw) = voxels(3);
-        let task = SurfaceTask::start(&coords, &raw, 8).unwrap();
+        let task = SurfaceTask::start(&coords, &raw, 8, None).unwrap();
         let copy = task.clone();
         let a = task.wait().unwrap();
         let b = copy.wait().unwrap();
@@ -388,7 +428,7 @@ mod tests {
     #[test]
     fn a_failed_surface_is_an_error_for_every_copy() {
         let (coords, raw) = voxels(2);
-        let task = SurfaceTask::start(&coords, &raw, 0).unwrap();
+        let task = SurfaceTask::start(&coords, &raw, 0, None).unwrap();
         let copy = task.clone();
         let e = format!("{:#}", task.wait().unwrap_err());
         assert!(e.contains("mesh extraction"), "{e}");
@@ -397,7 +437,7 @@ mod tests {
         let (_, raw) = voxels(3);
         let e = format!(
             "{:#}",
-            SurfaceTask::start(&coords, &raw, 8)
+            SurfaceTask::start(&coords, &raw, 8, None)
                 .unwrap()
                 .wait()
                 .unwrap_err()

@@ -27,6 +27,7 @@ use super::shape::{
 };
 use super::sparse_structure::sample_structure;
 use super::texture::sample_texture;
+use crate::export::splat::SplatShape;
 use crate::image::{load_image, LoadedImage, RgbImage};
 use crate::models::birefnet::BiRefNet;
 use crate::models::WeightMemory;
@@ -102,6 +103,8 @@ pub struct Pipeline {
     load: LoadOptions,
     models: Arc<ModelCache>,
     forcing: Option<DevForcing>,
+    /// The splat shape whose patches the surface thread computes ahead (`None`: no splats).
+    splat_shape: Option<SplatShape>,
     /// The read-ahead of the weight files, started by the first run (`None` inside: none ran).
     prefetch: OnceLock<Option<Prefetcher>>,
 }
@@ -118,6 +121,7 @@ impl Pipeline {
             load: LoadOptions::default(),
             models: Arc::new(ModelCache::default()),
             forcing: None,
+            splat_shape: None,
             prefetch: OnceLock::new(),
         })
     }
@@ -132,6 +136,14 @@ impl Pipeline {
 
     /// Development runs only (benchmarks with random weights): force the sparse structure and
     /// the decoders' growth to the baseline's sizes ([`DevForcing`]).
+    /// Has the surface thread also compute the voxels' splat patches for `shape`
+    /// ([`crate::export::splat_fit::splat_patches`], beside the texture stages), for a caller
+    /// that writes splats; `None` (the default) computes none.
+    pub fn with_splat_patches(mut self, shape: Option<SplatShape>) -> Self {
+        self.splat_shape = shape;
+        self
+    }
+
     pub fn with_dev_forcing(mut self, forcing: DevForcing) -> Self {
         self.forcing = Some(forcing);
         self
@@ -366,6 +378,7 @@ impl Pipeline {
             device: &self.device,
             load: self.load,
             forcing: self.forcing,
+            splat_shape: self.splat_shape,
             noise: std::mem::replace(&mut job.noise, Noise::new(NoiseSource::Seed(0))),
             latents: std::mem::take(&mut job.latents),
             progress,
@@ -821,6 +834,7 @@ impl<'a> Job<'a> {
             mesh: Default::default(),
             fill_holes: Default::default(),
             oriented_faces: Vec::new(),
+            splat_patches: None,
             voxel_coords: Vec::new(),
             voxel_attrs: Vec::new(),
             dual_vertices: Vec::new(),

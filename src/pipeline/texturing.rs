@@ -177,6 +177,7 @@ impl TexturingPipeline {
             progress,
             reports: Vec::new(),
             forcing: None,
+            splat_shape: None,
         };
 
         let stage = ctx.begin("preprocess", 1);
