@@ -88,7 +88,7 @@ impl Latents {
 /// The surface of the shape decoder's voxels: their coordinates, the mesh the dual grid gives
 /// (holes filled, its faces also wound outward) and its vertices before filling, built on a thread of its own from the
 /// voxels' copy to the host ([`SurfaceTask::start`]).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Surface {
     /// `[V, 4]` (batch, x, y, z), flat.
     coords: Vec<i32>,
@@ -298,10 +298,10 @@ pub struct Generated {
 
 impl Generated {
     /// Converts the decoders' voxels to `voxel_coords` / `voxel_attrs`, takes the surface
-    /// extracted from the shape decoder's voxels (dual grid → triangles, small holes filled;
-    /// waiting for its thread) and adds `mesh.0.vertices` / `mesh.0.faces` (before hole
-    /// filling, as the golden files hold them) to the latents, on the CPU. Does nothing when
-    /// already done.
+    /// extracted from the shape decoder's voxels (dual grid → triangles, small holes filled,
+    /// faces wound outward, splat patches when asked for; waiting for its thread) and adds
+    /// `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the golden files hold them)
+    /// to the latents, on the CPU. Does nothing when already done.
     pub fn extract_mesh(&mut self) -> Result<()> {
         let Some(voxels) = self.voxels.take() else {
             return Ok(());
@@ -320,41 +320,27 @@ impl Generated {
             );
         }
         // The only holder (the usual case) gives its arrays up; a shared one is copied.
-        let Surface {
-            coords,
-            mesh,
-            fill_holes,
-            dual_vertices,
-            faces_before_filling,
-            oriented_faces,
-            splat_patches,
-            seconds,
-        } = Arc::try_unwrap(surface).unwrap_or_else(|shared| Surface {
-            coords: shared.coords.clone(),
-            mesh: shared.mesh.clone(),
-            fill_holes: shared.fill_holes,
-            dual_vertices: shared.dual_vertices.clone(),
-            faces_before_filling: shared.faces_before_filling.clone(),
-            oriented_faces: shared.oriented_faces.clone(),
-            splat_patches: shared.splat_patches.clone(),
-            seconds: shared.seconds,
-        });
-        let (nv, nf) = (dual_vertices.len(), faces_before_filling.len() / 3);
-        let vertices: Vec<f32> = dual_vertices.iter().flatten().copied().collect();
+        let surface = Arc::try_unwrap(surface).unwrap_or_else(|shared| (*shared).clone());
+        let (nv, nf) = (
+            surface.dual_vertices.len(),
+            surface.faces_before_filling.len() / 3,
+        );
+        let vertices: Vec<f32> = surface.dual_vertices.iter().flatten().copied().collect();
         self.latents.insert(
             "mesh.0.vertices",
             Tensor::from_vec(vertices, (nv, 3), &Device::Cpu)?,
         );
         self.latents.insert(
             "mesh.0.faces",
-            Tensor::from_vec(faces_before_filling, (nf, 3), &Device::Cpu)?,
+            Tensor::from_vec(surface.faces_before_filling, (nf, 3), &Device::Cpu)?,
         );
-        self.fill_holes = fill_holes;
-        self.mesh = mesh;
-        self.oriented_faces = oriented_faces;
-        self.splat_patches = splat_patches;
-        self.dual_vertices = dual_vertices;
-        self.voxel_coords = coords
+        self.fill_holes = surface.fill_holes;
+        self.mesh = surface.mesh;
+        self.oriented_faces = surface.oriented_faces;
+        self.splat_patches = surface.splat_patches;
+        self.dual_vertices = surface.dual_vertices;
+        self.voxel_coords = surface
+            .coords
             .par_chunks_exact(4)
             .map(|c| [c[0], c[1], c[2], c[3]])
             .collect();
@@ -362,7 +348,7 @@ impl Generated {
             .par_chunks_exact(PBR_CHANNELS)
             .map(|a| std::array::from_fn(|k| a[k]))
             .collect();
-        self.mesh_seconds = seconds;
+        self.mesh_seconds = surface.seconds;
         self.mesh_wait_seconds = start.elapsed().as_secs_f64();
         Ok(())
     }
