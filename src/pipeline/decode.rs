@@ -27,9 +27,13 @@ pub(crate) struct ShapeDecoded {
 }
 
 impl ShapeDecoded {
-    /// The same on `device` (a stage-major batch parks its pictures in host memory).
+    /// The same on `device` (a stage-major batch parks its pictures in host memory); shared,
+    /// not rebuilt, where they are already (a new coordinate set would read its rows back).
     pub(crate) fn on(&self, device: &Device) -> Result<Self> {
         let mv = |s: &SparseTensor| -> Result<SparseTensor> {
+            if s.coords().device().same_device(device) {
+                return Ok(s.clone());
+            }
             let coords = s.coords().to_device(device)?;
             Ok(SparseTensor::new(&coords, s.feats().to_device(device)?)?)
         };

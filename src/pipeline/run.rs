@@ -134,8 +134,6 @@ impl Pipeline {
         Ok(self)
     }
 
-    /// Development runs only (benchmarks with random weights): force the sparse structure and
-    /// the decoders' growth to the baseline's sizes ([`DevForcing`]).
     /// Has the surface thread also compute the voxels' splat patches for `shape`
     /// ([`crate::export::splat_fit::splat_patches`], beside the texture stages), for a caller
     /// that writes splats; `None` (the default) computes none.
@@ -144,6 +142,8 @@ impl Pipeline {
         self
     }
 
+    /// Development runs only (benchmarks with random weights): force the sparse structure and
+    /// the decoders' growth to the baseline's sizes ([`DevForcing`]).
     pub fn with_dev_forcing(mut self, forcing: DevForcing) -> Self {
         self.forcing = Some(forcing);
         self
