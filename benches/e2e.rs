@@ -648,7 +648,7 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
     )?;
     writeln!(
         t,
-        "| *surface: mesh extraction, hole filling, faces wound outward (its own thread, beside the texture stages; left out above)* | {:.3} | {:.3} |",
+        "| *surface: mesh extraction, hole filling, faces wound outward, splat patches (its own thread, beside the texture stages; left out above)* | {:.3} | {:.3} |",
         first.surface, later.surface
     )?;
     writeln!(
