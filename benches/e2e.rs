@@ -17,10 +17,10 @@
 //! device set-up, weight reads and exit included); **warm**, `--batch` pictures in one process
 //! (`--batch-order picture`: every model read once and kept), per picture = the mean of the
 //! report's per-item times of pictures 2..N. Phases come from the `--report` of each run:
-//! stage times less the weight reads done inside them, the decode stage's parts, and each
-//! output's seconds. `splat_quality` (rendering splats against the mesh) is computed only
-//! because `--report` asks for it, so it is shown apart and left out of the totals. A batch
-//! writes pictures' files on two writer threads while the next picture runs (splat quality
+//! stage times less the weight reads done inside them, and each output's seconds.
+//! `splat_quality` (rendering splats against the mesh) is computed only because `--report` asks
+//! for it, so it is shown apart and left out of the totals. A batch writes pictures' files on
+//! two writer threads (three with 12 or more cores) while the next picture runs (splat quality
 //! after them, on a finisher thread), and one picture's formats concurrently, so the export rows
 //! overlap each other and the next picture's stages; the **throughput** row is the batch's
 //! pace: (last − first picture finished) / (N − 1), splat quality included, and the **device
@@ -411,8 +411,9 @@ impl Phases {
                 _ => p.flows += net,
             }
         }
-        // Mesh extraction and hole filling run on a thread of their own beside the texture
-        // stages; the output side waits for them and converts the attributes to host arrays.
+        // The surface (mesh extraction, hole filling, outward faces, splat patches) is built on
+        // a thread of its own beside the texture stages; the output side waits for it and
+        // converts the attributes to host arrays.
         p.surface = item["output_seconds"]["mesh"].as_f64().unwrap_or(0.0);
         p.mesh = item["output_seconds"]["mesh_wait"].as_f64().unwrap_or(0.0);
         for (k, name) in EXPORT.iter().enumerate() {

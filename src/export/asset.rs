@@ -123,9 +123,10 @@ impl Asset {
         })
     }
 
-    /// The same, with its voxels' splat patches computed ahead ([`super::splat_fit::splat_patches`] of an asset
-    /// with the same mesh and voxels, its attributes possibly placeholders): the splat fit
-    /// then only adds the colours. Fails when their count is not the voxels'.
+    /// The same, with its voxels' splat patches computed ahead
+    /// ([`super::splat_fit::splat_patches`] of an asset with the same mesh and voxels, its
+    /// attributes possibly placeholders): the splat fit then only adds the colours. Fails when
+    /// their count is not the voxels'.
     pub fn with_splat_patches(mut self, patches: Arc<SplatPatches>) -> Result<Self> {
         ensure!(
             patches.len() == self.voxels.coords.len(),

@@ -86,8 +86,9 @@ impl Latents {
 }
 
 /// The surface of the shape decoder's voxels: their coordinates, the mesh the dual grid gives
-/// (holes filled, its faces also wound outward) and its vertices before filling, built on a thread of its own from the
-/// voxels' copy to the host ([`SurfaceTask::start`]).
+/// (holes filled, its faces also wound outward), its vertices before filling and, when asked
+/// for, the splat patches, built on a thread of its own from the voxels' copy to the host
+/// ([`SurfaceTask::start`]).
 #[derive(Clone, Debug)]
 struct Surface {
     /// `[V, 4]` (batch, x, y, z), flat.
@@ -102,7 +103,8 @@ struct Surface {
     oriented_faces: Vec<[u32; 3]>,
     /// The voxels' splat patches but their colours, when asked for.
     splat_patches: Option<Arc<SplatPatches>>,
-    /// Seconds the thread worked: the copy's conversion, the extraction and the hole filling.
+    /// Seconds the thread worked once the copy landed: the conversion, the extraction, the hole
+    /// filling, the orienting and the splat patches.
     seconds: f64,
 }
 
@@ -125,8 +127,8 @@ impl std::fmt::Debug for SurfaceTask {
 
 impl SurfaceTask {
     /// Starts copying the shape decoder's `coords` and `raw` features to the host and, on a
-    /// thread, turning them into the surface at grid `resolution`.
-    /// With `splats`, the voxels' splat patches for that shape too.
+    /// thread, turning them into the surface at grid `resolution` (with `splats`, also the
+    /// voxels' splat patches for that shape).
     pub(crate) fn start(
         coords: &Tensor,
         raw: &Tensor,
@@ -145,27 +147,21 @@ impl SurfaceTask {
     /// The surface, once its thread has finished.
     fn wait(&self) -> Result<Arc<Surface>> {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let SurfaceState::Running(_) = &*state {
-            let SurfaceState::Running(thread) =
-                std::mem::replace(&mut *state, SurfaceState::Done(Err(String::new())))
-            else {
-                unreachable!("matched above")
-            };
-            let done = match thread.join() {
+        let done = match std::mem::replace(&mut *state, SurfaceState::Done(Err(String::new()))) {
+            SurfaceState::Running(thread) => match thread.join() {
                 Ok(r) => r.map(Arc::new).map_err(|e| format!("{e:#}")),
                 Err(_) => Err("the surface extraction failed (its thread panicked)".into()),
-            };
-            *state = SurfaceState::Done(done);
-        }
-        match &*state {
-            SurfaceState::Done(r) => r.clone().map_err(|e| anyhow::anyhow!(e)),
-            SurfaceState::Running(_) => unreachable!("joined above"),
-        }
+            },
+            SurfaceState::Done(done) => done,
+        };
+        *state = SurfaceState::Done(done.clone());
+        done.map_err(|e| anyhow::anyhow!(e))
     }
 }
 
 /// The shape decoder's voxels (`coords`, `raw`) turned into the surface: host arrays, the dual
-/// grid's mesh, its small holes filled.
+/// grid's mesh, its small holes filled, its faces wound outward, and with `splats` the voxels'
+/// splat patches.
 fn extract_surface(
     copy: &HostCopy,
     resolution: u32,
