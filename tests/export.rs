@@ -718,26 +718,40 @@ fn large_sphere() -> Asset {
 }
 
 /// The mesh PLY, the vertex-colour GLB of the full and of a decimated mesh and the splat PLY,
-/// each written without the shared preparation `generate` does first, with it, and with it
-/// after the outward faces were given (as the pipeline orients them beside the texture stages).
+/// each written without the shared preparation `generate` does first, with it, with it after
+/// the outward faces were given (as the pipeline orients them beside the texture stages), and
+/// on the geometry built ahead with placeholder attributes (prepared, so that its colours at
+/// the vertices must be dropped) given the real ones.
 fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let reduced = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
-    for prepared in ["no", "yes", "given faces"] {
-        let asset = Asset::new(
-            asset.mesh().clone(),
-            asset.voxel_coords().to_vec(),
-            asset.voxel_attrs().to_vec(),
-            asset.dual_vertices().to_vec(),
-            asset.resolution(),
-        )
-        .unwrap();
+    for prepared in ["no", "yes", "given faces", "geometry ahead"] {
+        let with_attrs = |attrs: Vec<[f32; PBR_CHANNELS]>| {
+            Asset::new(
+                asset.mesh().clone(),
+                asset.voxel_coords().to_vec(),
+                attrs,
+                asset.dual_vertices().to_vec(),
+                asset.resolution(),
+            )
+            .unwrap()
+        };
+        let outward = || trellis2::export::face_orientation::faces_wound_outward(asset.mesh());
         let asset = &match prepared {
-            "given faces" => {
-                let faces = trellis2::export::face_orientation::faces_wound_outward(asset.mesh());
-                asset.with_oriented_faces(faces).unwrap()
+            "given faces" => with_attrs(asset.voxel_attrs().to_vec())
+                .with_oriented_faces(outward())
+                .unwrap(),
+            "geometry ahead" => {
+                let placeholders = vec![[0.0; PBR_CHANNELS]; asset.voxel_coords().len()];
+                let geometry = with_attrs(placeholders)
+                    .with_oriented_faces(outward())
+                    .unwrap();
+                geometry.prepare_mesh_outputs().unwrap();
+                geometry
+                    .with_attributes(asset.voxel_attrs().to_vec())
+                    .unwrap()
             }
-            _ => asset,
+            _ => with_attrs(asset.voxel_attrs().to_vec()),
         };
         if prepared != "no" {
             asset.prepare_mesh_outputs().unwrap();
@@ -786,11 +800,35 @@ fn mesh_writers_give_the_same_bytes_on_one_and_four_threads() {
         assert!(a.len() > 10_000, "{name}: {} bytes", a.len());
         assert!(a == b, "{name}: 1 and 4 threads differ");
     }
-    // Preparing first changes nothing either, nor giving the outward faces.
+    // Preparing first changes nothing either, nor giving the outward faces, nor the
+    // attributes given to the geometry built ahead.
     for k in 0..4 {
         assert!(one[k].1 == one[k + 4].1, "{}: prepared differs", one[k].0);
         assert!(one[k].1 == one[k + 8].1, "{}: given faces differ", one[k].0);
+        assert!(one[k].1 == one[k + 12].1, "{}: geometry ahead differs", one[k].0);
     }
+}
+
+/// Attributes given to an asset must be one finite row per voxel.
+#[test]
+fn attributes_given_to_an_asset_are_checked() {
+    let n = sphere(1.0).voxel_coords().len();
+    let e = sphere(1.0)
+        .with_attributes(vec![[0.5; PBR_CHANNELS]; n - 1])
+        .err()
+        .expect("one row short");
+    assert!(format!("{e:#}").contains("attribute rows for"), "{e:#}");
+    let mut attrs = vec![[0.5; PBR_CHANNELS]; n];
+    attrs[7][2] = f32::NAN;
+    let e = sphere(1.0)
+        .with_attributes(attrs)
+        .err()
+        .expect("not finite");
+    assert!(format!("{e:#}").contains("voxel 7"), "{e:#}");
+    let given = sphere(1.0)
+        .with_attributes(vec![[0.5; PBR_CHANNELS]; n])
+        .unwrap();
+    assert!(given.voxel_attrs().iter().all(|a| *a == [0.5; PBR_CHANNELS]));
 }
 
 /// Given outward faces must be the mesh's own faces, each possibly re-wound.

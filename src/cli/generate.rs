@@ -1101,27 +1101,8 @@ fn save(
         lap("latents");
     }
     let up: trellis2::export::Up = args.up.into();
-    let asset = Asset::new(
-        std::mem::take(&mut g.mesh),
-        std::mem::take(&mut g.voxel_coords)
-            .into_par_iter()
-            .map(|c| [c[1], c[2], c[3]])
-            .collect(),
-        std::mem::take(&mut g.voxel_attrs),
-        std::mem::take(&mut g.dual_vertices),
-        g.resolution,
-    )?;
-    // Oriented while the texture stages ran, when the pipeline extracted the surface.
-    let oriented = std::mem::take(&mut g.oriented_faces);
-    let asset = if oriented.is_empty() {
-        asset
-    } else {
-        asset.with_oriented_faces(oriented)?
-    };
-    let asset = match g.splat_patches.take() {
-        Some(patches) => asset.with_splat_patches(patches)?,
-        None => asset,
-    };
+    // Its geometry was checked and indexed beside the texture stages.
+    let asset = g.take_asset()?;
     lap("asset");
     // The formats are independent: written concurrently, each timed on its own. The mesh
     // formats share the faces wound outward and the colours at the vertices, computed once

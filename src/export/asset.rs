@@ -28,6 +28,7 @@ pub const ALPHA: usize = 5;
 ///   their PBR attributes (see [`PBR_CHANNELS`]).
 /// * `dual_vertices`: one dual-grid vertex per voxel, in voxel order, in world units (the first
 ///   rows of the mesh's vertices before hole filling).
+#[derive(Clone)]
 pub struct Asset {
     mesh: Mesh,
     /// Shared with the decimated copies ([`Asset::decimated`]): only the mesh differs.
@@ -45,12 +46,32 @@ pub struct Asset {
 }
 
 /// The voxels and what is derived from them alone.
+#[derive(Clone)]
 struct Voxels {
     coords: Vec<[i32; 3]>,
     attrs: Vec<[f32; PBR_CHANNELS]>,
     dual_vertices: Vec<[f32; 3]>,
     resolution: u32,
     index: VoxelIndex,
+}
+
+impl std::fmt::Debug for Asset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Asset")
+            .field("vertices", &self.mesh.vertices.len())
+            .field("faces", &self.mesh.faces.len())
+            .field("voxels", &self.voxels.coords.len())
+            .field("resolution", &self.voxels.resolution)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fails on the first non-finite attribute.
+fn check_attributes(attrs: &[[f32; PBR_CHANNELS]]) -> Result<()> {
+    if let Some(row) = attrs.iter().position(|a| a.iter().any(|v| !v.is_finite())) {
+        bail!("export: voxel {row} has a non-finite attribute {:?}", attrs[row]);
+    }
+    Ok(())
 }
 
 impl Asset {
@@ -79,15 +100,7 @@ impl Asset {
         );
         ensure!(resolution > 0, "export: grid resolution must be positive");
         let index = VoxelIndex::build(&voxel_coords, resolution).context("export: voxels")?;
-        if let Some(row) = voxel_attrs
-            .iter()
-            .position(|a| a.iter().any(|v| !v.is_finite()))
-        {
-            bail!(
-                "export: voxel {row} has a non-finite attribute {:?}",
-                voxel_attrs[row]
-            );
-        }
+        check_attributes(&voxel_attrs)?;
         if let Some(row) = dual_vertices
             .iter()
             .position(|p| p.iter().any(|v| !v.is_finite()))
@@ -121,6 +134,52 @@ impl Asset {
             vertex_attributes: OnceLock::new(),
             splat_patches: None,
         })
+    }
+
+    /// The same surface and voxels with `attrs` as their attributes, checked as [`Asset::new`]
+    /// checks them: the pipeline builds and checks the geometry with placeholder attributes
+    /// beside the texture stages, and the texture decoder's are given here. What depends on the
+    /// attributes (the colours at the vertices) is computed again; the outward faces and the
+    /// splat patches, which do not, are kept.
+    pub fn with_attributes(self, attrs: Vec<[f32; PBR_CHANNELS]>) -> Result<Self> {
+        ensure!(
+            attrs.len() == self.voxels.coords.len(),
+            "export: {} voxel attribute rows for {} voxels",
+            attrs.len(),
+            self.voxels.coords.len()
+        );
+        check_attributes(&attrs)?;
+        // The only holder (the usual case) gives its voxels up; a shared one is copied.
+        let mut voxels = Arc::try_unwrap(self.voxels).unwrap_or_else(|shared| (*shared).clone());
+        voxels.attrs = attrs;
+        Ok(Self {
+            voxels: Arc::new(voxels),
+            vertex_attributes: OnceLock::new(),
+            ..self
+        })
+    }
+
+    /// Whether this asset's surface and voxels are these arrays, value for value (the
+    /// pipeline's check that the geometry it built ahead still matches its public arrays).
+    pub(crate) fn has_geometry(
+        &self,
+        mesh: &Mesh,
+        voxel_coords: &[[i32; 3]],
+        dual_vertices: &[[f32; 3]],
+        resolution: u32,
+    ) -> bool {
+        // Hundreds of MB at `1024`: compared on all cores.
+        fn same<T: PartialEq + Sync>(a: &[T], b: &[T]) -> bool {
+            a.len() == b.len()
+                && a.par_chunks(1 << 16)
+                    .zip(b.par_chunks(1 << 16))
+                    .all(|(a, b)| a == b)
+        }
+        self.voxels.resolution == resolution
+            && same(&self.mesh.faces, &mesh.faces)
+            && same(&self.mesh.vertices, &mesh.vertices)
+            && same(&self.voxels.coords, voxel_coords)
+            && same(&self.voxels.dual_vertices, dual_vertices)
     }
 
     /// The same, with its voxels' splat patches computed ahead

@@ -103,6 +103,9 @@ struct Surface {
     oriented_faces: Vec<[u32; 3]>,
     /// The voxels' splat patches but their colours, when asked for.
     splat_patches: Option<Arc<SplatPatches>>,
+    /// The surface and voxels checked and indexed as an asset, its attributes placeholders
+    /// (`None` when the check failed: the writer's own check then reports it).
+    geometry: Option<Asset>,
     /// Seconds the thread worked once the copy landed: the conversion, the extraction, the hole
     /// filling, the orienting and the splat patches.
     seconds: f64,
@@ -192,22 +195,22 @@ fn extract_surface(
     let dual_vertices = mesh.vertices.clone();
     let fill_holes = fill_holes(&mut mesh, DEFAULT_MAX_HOLE_PERIMETER).context("hole filling")?;
     let oriented_faces = faces_wound_outward(&mesh);
-    let splat_patches = match splats {
-        // Their geometry on an asset of the same surface and voxels, its attributes zeros.
-        Some(shape) if count > 0 => {
-            let geometry = Asset::new(
-                mesh.clone(),
-                coords
-                    .par_chunks_exact(4)
-                    .map(|c| [c[1], c[2], c[3]])
-                    .collect(),
-                vec![[0.0; PBR_CHANNELS]; count],
-                dual_vertices.clone(),
-                resolution,
-            )?
-            .with_oriented_faces(oriented_faces.clone())?;
-            Some(Arc::new(splat_patches(&geometry, &shape)))
-        }
+    // The writer's asset, but the attributes: checked and indexed here, beside the texture
+    // stages, instead of after them.
+    let geometry = Asset::new(
+        mesh.clone(),
+        coords
+            .par_chunks_exact(4)
+            .map(|c| [c[1], c[2], c[3]])
+            .collect(),
+        vec![[0.0; PBR_CHANNELS]; count],
+        dual_vertices.clone(),
+        resolution,
+    )
+    .and_then(|asset| asset.with_oriented_faces(oriented_faces.clone()))
+    .ok();
+    let splat_patches = match (splats, &geometry) {
+        (Some(shape), Some(geometry)) => Some(Arc::new(splat_patches(geometry, &shape))),
         _ => None,
     };
     Ok(Surface {
@@ -218,6 +221,7 @@ fn extract_surface(
         faces_before_filling,
         oriented_faces,
         splat_patches,
+        geometry,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -280,6 +284,9 @@ pub struct Generated {
     pub dual_vertices: Vec<[f32; 3]>,
     /// The decoders' voxels while they are not extracted yet; `None` after.
     pub voxels: Option<DecodedVoxels>,
+    /// The surface and voxels as an asset with placeholder attributes, checked and indexed
+    /// beside the texture stages ([`Generated::take_asset`] gives it the attributes).
+    pub(crate) geometry: Option<Asset>,
     /// Seconds the surface extraction and hole filling took on their own thread, beside the
     /// texture stages (0 until extracted).
     pub mesh_seconds: f64,
@@ -334,6 +341,7 @@ impl Generated {
         self.mesh = surface.mesh;
         self.oriented_faces = surface.oriented_faces;
         self.splat_patches = surface.splat_patches;
+        self.geometry = surface.geometry;
         self.dual_vertices = surface.dual_vertices;
         self.voxel_coords = surface
             .coords
@@ -347,6 +355,41 @@ impl Generated {
         self.mesh_seconds = surface.seconds;
         self.mesh_wait_seconds = start.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// The object as the exporters take it (after [`Generated::extract_mesh`]): the mesh, the
+    /// voxels and their attributes moved into an [`Asset`] with the outward faces and the
+    /// splat patches computed beside the texture stages. Leaves those arrays empty. The
+    /// geometry checked and indexed ahead is used while the arrays are still the ones it was
+    /// built from; otherwise the asset is built and checked here.
+    pub fn take_asset(&mut self) -> Result<Asset> {
+        let mesh = std::mem::take(&mut self.mesh);
+        let coords: Vec<[i32; 3]> = std::mem::take(&mut self.voxel_coords)
+            .into_par_iter()
+            .map(|c| [c[1], c[2], c[3]])
+            .collect();
+        let attrs = std::mem::take(&mut self.voxel_attrs);
+        let dual_vertices = std::mem::take(&mut self.dual_vertices);
+        let oriented = std::mem::take(&mut self.oriented_faces);
+        let asset = match self.geometry.take() {
+            Some(geometry)
+                if geometry.has_geometry(&mesh, &coords, &dual_vertices, self.resolution) =>
+            {
+                geometry.with_attributes(attrs)?
+            }
+            _ => {
+                let asset = Asset::new(mesh, coords, attrs, dual_vertices, self.resolution)?;
+                if oriented.is_empty() {
+                    asset
+                } else {
+                    asset.with_oriented_faces(oriented)?
+                }
+            }
+        };
+        match self.splat_patches.take() {
+            Some(patches) => asset.with_splat_patches(patches),
+            None => Ok(asset),
+        }
     }
 }
 
@@ -428,6 +471,45 @@ mod tests {
             e.contains("shape decoder voxels") || e.contains("mesh extraction"),
             "{e}"
         );
+    }
+
+    /// The asset takes the texture decoder's attributes onto the geometry the surface thread
+    /// checked; arrays changed since (the fields are public) are taken as they are instead.
+    #[test]
+    fn take_asset_gives_the_arrays_as_they_are_now() {
+        let (coords, raw) = voxels(3);
+        let task = SurfaceTask::start(&coords, &raw, 8, None).unwrap();
+        let attrs = Tensor::full(0.75f32, (3, PBR_CHANNELS), &Device::Cpu).unwrap();
+        let mut g = Generated {
+            pipeline_type: PipelineType::P512,
+            resolution: 8,
+            mesh: Mesh::default(),
+            fill_holes: Default::default(),
+            oriented_faces: Vec::new(),
+            splat_patches: None,
+            voxel_coords: Vec::new(),
+            voxel_attrs: Vec::new(),
+            dual_vertices: Vec::new(),
+            voxels: Some(DecodedVoxels::start(task, &attrs, 8).unwrap()),
+            geometry: None,
+            mesh_seconds: 0.0,
+            mesh_wait_seconds: 0.0,
+            latents: Default::default(),
+            stages: Vec::new(),
+        };
+        g.extract_mesh().unwrap();
+        assert!(g.geometry.is_some(), "the surface thread built the geometry");
+        let mut moved = g.clone();
+        moved.dual_vertices[1][2] += 0.25;
+        let duals = g.dual_vertices.clone();
+        let a = g.take_asset().unwrap();
+        assert_eq!(a.dual_vertices(), duals.as_slice());
+        assert_eq!(a.voxel_attrs(), [[0.75; PBR_CHANNELS]; 3].as_slice());
+        assert_eq!(a.voxel_coords(), [[0, 1, 2], [1, 1, 2], [2, 1, 2]].as_slice());
+        assert!(g.mesh.vertices.is_empty() && g.voxel_attrs.is_empty());
+        let b = moved.take_asset().unwrap();
+        assert_eq!(b.dual_vertices()[1][2], duals[1][2] + 0.25);
+        assert_eq!(b.voxel_attrs(), a.voxel_attrs());
     }
 
     /// The parallel widening gives candle's cast, value for value, for every dtype a decoder

@@ -839,6 +839,7 @@ impl<'a> Job<'a> {
             voxel_attrs: Vec::new(),
             dual_vertices: Vec::new(),
             voxels: Some(voxels),
+            geometry: None,
             mesh_seconds: 0.0,
             mesh_wait_seconds: 0.0,
             latents: self.latents,
