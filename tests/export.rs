@@ -805,7 +805,11 @@ fn mesh_writers_give_the_same_bytes_on_one_and_four_threads() {
     for k in 0..4 {
         assert!(one[k].1 == one[k + 4].1, "{}: prepared differs", one[k].0);
         assert!(one[k].1 == one[k + 8].1, "{}: given faces differ", one[k].0);
-        assert!(one[k].1 == one[k + 12].1, "{}: geometry ahead differs", one[k].0);
+        assert!(
+            one[k].1 == one[k + 12].1,
+            "{}: geometry ahead differs",
+            one[k].0
+        );
     }
 }
 
@@ -828,7 +832,10 @@ fn attributes_given_to_an_asset_are_checked() {
     let given = sphere(1.0)
         .with_attributes(vec![[0.5; PBR_CHANNELS]; n])
         .unwrap();
-    assert!(given.voxel_attrs().iter().all(|a| *a == [0.5; PBR_CHANNELS]));
+    assert!(given
+        .voxel_attrs()
+        .iter()
+        .all(|a| *a == [0.5; PBR_CHANNELS]));
 }
 
 /// Given outward faces must be the mesh's own faces, each possibly re-wound.

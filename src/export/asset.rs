@@ -69,7 +69,10 @@ impl std::fmt::Debug for Asset {
 /// Fails on the first non-finite attribute.
 fn check_attributes(attrs: &[[f32; PBR_CHANNELS]]) -> Result<()> {
     if let Some(row) = attrs.iter().position(|a| a.iter().any(|v| !v.is_finite())) {
-        bail!("export: voxel {row} has a non-finite attribute {:?}", attrs[row]);
+        bail!(
+            "export: voxel {row} has a non-finite attribute {:?}",
+            attrs[row]
+        );
     }
     Ok(())
 }

@@ -498,14 +498,20 @@ mod tests {
             stages: Vec::new(),
         };
         g.extract_mesh().unwrap();
-        assert!(g.geometry.is_some(), "the surface thread built the geometry");
+        assert!(
+            g.geometry.is_some(),
+            "the surface thread built the geometry"
+        );
         let mut moved = g.clone();
         moved.dual_vertices[1][2] += 0.25;
         let duals = g.dual_vertices.clone();
         let a = g.take_asset().unwrap();
         assert_eq!(a.dual_vertices(), duals.as_slice());
         assert_eq!(a.voxel_attrs(), [[0.75; PBR_CHANNELS]; 3].as_slice());
-        assert_eq!(a.voxel_coords(), [[0, 1, 2], [1, 1, 2], [2, 1, 2]].as_slice());
+        assert_eq!(
+            a.voxel_coords(),
+            [[0, 1, 2], [1, 1, 2], [2, 1, 2]].as_slice()
+        );
         assert!(g.mesh.vertices.is_empty() && g.voxel_attrs.is_empty());
         let b = moved.take_asset().unwrap();
         assert_eq!(b.dual_vertices()[1][2], duals[1][2] + 0.25);
