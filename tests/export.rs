@@ -579,7 +579,7 @@ fn glb_passes_the_khronos_validator() {
 #[test]
 fn writers_refuse_bad_input_and_leave_no_file() {
     let (mesh, coords, attrs, duals) = sphere_parts(1.0);
-    let err = |r: anyhow::Result<Asset>| format!("{:#}", r.err().expect("refused"));
+    let err = |r: anyhow::Result<Asset>| format!("{:#}", r.expect_err("refused"));
     assert!(err(Asset::from_rows(mesh.clone(), &[], &[], &[], GRID)).contains("no voxels"));
     assert!(err(Asset::from_rows(
         mesh.clone(),
@@ -819,15 +819,11 @@ fn attributes_given_to_an_asset_are_checked() {
     let n = sphere(1.0).voxel_coords().len();
     let e = sphere(1.0)
         .with_attributes(vec![[0.5; PBR_CHANNELS]; n - 1])
-        .err()
-        .expect("one row short");
+        .expect_err("one row short");
     assert!(format!("{e:#}").contains("attribute rows for"), "{e:#}");
     let mut attrs = vec![[0.5; PBR_CHANNELS]; n];
     attrs[7][2] = f32::NAN;
-    let e = sphere(1.0)
-        .with_attributes(attrs)
-        .err()
-        .expect("not finite");
+    let e = sphere(1.0).with_attributes(attrs).expect_err("not finite");
     assert!(format!("{e:#}").contains("voxel 7"), "{e:#}");
     let given = sphere(1.0)
         .with_attributes(vec![[0.5; PBR_CHANNELS]; n])
@@ -853,13 +849,11 @@ fn oriented_faces_that_are_not_the_meshs_are_refused() {
     other[3] = other[4];
     let e = fresh()
         .with_oriented_faces(other)
-        .err()
-        .expect("another face");
+        .expect_err("another face");
     assert!(format!("{e:#}").contains("oriented face 3"), "{e:#}");
     let e = fresh()
         .with_oriented_faces(faces[1..].to_vec())
-        .err()
-        .expect("one face short");
+        .expect_err("one face short");
     assert!(format!("{e:#}").contains("oriented faces for"), "{e:#}");
 }
 
@@ -974,7 +968,6 @@ fn splat_patches_computed_ahead_give_the_same_splats() {
     let small = sphere(1.0);
     let e = small
         .with_splat_patches(patches)
-        .err()
-        .expect("another object's count");
+        .expect_err("another object's count");
     assert!(format!("{e:#}").contains("splat patches for"), "{e:#}");
 }
