@@ -490,7 +490,7 @@ const ROW_NAMES: [&str; 13] = [
     "shape decoder (+ its stage's glue: the voxels' copy queued)",
     "texture decoder (+ its stage's glue: the voxel check, the copy queued)",
     "output side: waiting for the surface, attributes to host arrays (before the asset)",
-    "export: asset (voxels, mesh gathered)",
+    "export: asset (the attributes checked and joined to the surface thread's geometry)",
     "export + write: splat PLY",
     "export + write: mesh PLY",
     "export + write: GLB (decimate, unwrap, bake, PNG, write)",
@@ -649,7 +649,7 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
     )?;
     writeln!(
         t,
-        "| *surface: mesh extraction, hole filling, faces wound outward, splat patches (its own thread, beside the texture stages; left out above)* | {:.3} | {:.3} |",
+        "| *surface: mesh extraction, hole filling, faces wound outward, splat patches, the asset's checks and voxel index (its own thread, beside the texture stages; left out above)* | {:.3} | {:.3} |",
         first.surface, later.surface
     )?;
     writeln!(
