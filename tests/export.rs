@@ -717,6 +717,18 @@ fn large_sphere() -> Asset {
     Asset::from_rows(mesh, &coords, &attrs, &duals, GRID).expect("valid asset")
 }
 
+/// A fresh asset of `asset`'s surface and voxels with `attrs` (nothing computed on it yet).
+fn rebuilt(asset: &Asset, attrs: Vec<[f32; PBR_CHANNELS]>) -> Asset {
+    Asset::new(
+        asset.mesh().clone(),
+        asset.voxel_coords().to_vec(),
+        attrs,
+        asset.dual_vertices().to_vec(),
+        asset.resolution(),
+    )
+    .unwrap()
+}
+
 /// The mesh PLY, the vertex-colour GLB of the full and of a decimated mesh and the splat PLY,
 /// each written without the shared preparation `generate` does first, with it, with it after
 /// the outward faces were given (as the pipeline orients them beside the texture stages), and
@@ -726,16 +738,7 @@ fn mesh_outputs_bytes(asset: &Asset, dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let reduced = asset.decimated(asset.mesh().faces.len() / 4).unwrap();
     for prepared in ["no", "yes", "given faces", "geometry ahead"] {
-        let with_attrs = |attrs: Vec<[f32; PBR_CHANNELS]>| {
-            Asset::new(
-                asset.mesh().clone(),
-                asset.voxel_coords().to_vec(),
-                attrs,
-                asset.dual_vertices().to_vec(),
-                asset.resolution(),
-            )
-            .unwrap()
-        };
+        let with_attrs = |attrs| rebuilt(asset, attrs);
         let outward = || trellis2::export::face_orientation::faces_wound_outward(asset.mesh());
         let asset = &match prepared {
             "given faces" => with_attrs(asset.voxel_attrs().to_vec())
@@ -931,16 +934,7 @@ fn the_mesh_ply_is_what_serde_ply_writes_for_its_rows() {
 fn splat_patches_computed_ahead_give_the_same_splats() {
     use trellis2::export::splat_fit::{fit_splats, splat_patches};
     let asset = large_sphere();
-    let copy = |attrs: Vec<[f32; PBR_CHANNELS]>| {
-        Asset::new(
-            asset.mesh().clone(),
-            asset.voxel_coords().to_vec(),
-            attrs,
-            asset.dual_vertices().to_vec(),
-            asset.resolution(),
-        )
-        .unwrap()
-    };
+    let copy = |attrs| rebuilt(&asset, attrs);
     let n = asset.voxel_coords().len();
     let shape = SplatShape::default();
     let geometry = copy(vec![[0.0; PBR_CHANNELS]; n]);

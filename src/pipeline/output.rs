@@ -300,6 +300,32 @@ pub struct Generated {
 }
 
 impl Generated {
+    /// A generated object whose decoders' voxels are still on their way to the host.
+    pub(crate) fn pending(
+        pipeline_type: PipelineType,
+        voxels: DecodedVoxels,
+        latents: Latents,
+        stages: Vec<StageReport>,
+    ) -> Self {
+        Self {
+            pipeline_type,
+            resolution: voxels.resolution,
+            mesh: Mesh::default(),
+            fill_holes: Default::default(),
+            oriented_faces: Vec::new(),
+            splat_patches: None,
+            voxel_coords: Vec::new(),
+            voxel_attrs: Vec::new(),
+            dual_vertices: Vec::new(),
+            voxels: Some(voxels),
+            geometry: None,
+            mesh_seconds: 0.0,
+            mesh_wait_seconds: 0.0,
+            latents,
+            stages,
+        }
+    }
+
     /// Converts the decoders' voxels to `voxel_coords` / `voxel_attrs`, takes the surface
     /// extracted from the shape decoder's voxels (dual grid → triangles, small holes filled,
     /// faces wound outward, splat patches when asked for; waiting for its thread) and adds
@@ -480,23 +506,8 @@ mod tests {
         let (coords, raw) = voxels(3);
         let task = SurfaceTask::start(&coords, &raw, 8, None).unwrap();
         let attrs = Tensor::full(0.75f32, (3, PBR_CHANNELS), &Device::Cpu).unwrap();
-        let mut g = Generated {
-            pipeline_type: PipelineType::P512,
-            resolution: 8,
-            mesh: Mesh::default(),
-            fill_holes: Default::default(),
-            oriented_faces: Vec::new(),
-            splat_patches: None,
-            voxel_coords: Vec::new(),
-            voxel_attrs: Vec::new(),
-            dual_vertices: Vec::new(),
-            voxels: Some(DecodedVoxels::start(task, &attrs, 8).unwrap()),
-            geometry: None,
-            mesh_seconds: 0.0,
-            mesh_wait_seconds: 0.0,
-            latents: Default::default(),
-            stages: Vec::new(),
-        };
+        let voxels = DecodedVoxels::start(task, &attrs, 8).unwrap();
+        let mut g = Generated::pending(PipelineType::P512, voxels, Default::default(), Vec::new());
         g.extract_mesh().unwrap();
         assert!(
             g.geometry.is_some(),

@@ -828,23 +828,12 @@ impl<'a> Job<'a> {
 
     fn finish(mut self) -> Result<Generated> {
         let voxels = self.decoded.take().context("the run did not decode")?;
-        Ok(Generated {
-            pipeline_type: self.ptype,
-            resolution: voxels.resolution,
-            mesh: Default::default(),
-            fill_holes: Default::default(),
-            oriented_faces: Vec::new(),
-            splat_patches: None,
-            voxel_coords: Vec::new(),
-            voxel_attrs: Vec::new(),
-            dual_vertices: Vec::new(),
-            voxels: Some(voxels),
-            geometry: None,
-            mesh_seconds: 0.0,
-            mesh_wait_seconds: 0.0,
-            latents: self.latents,
-            stages: self.reports,
-        })
+        Ok(Generated::pending(
+            self.ptype,
+            voxels,
+            self.latents,
+            self.reports,
+        ))
     }
 }
 
