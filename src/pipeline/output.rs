@@ -107,7 +107,7 @@ struct Surface {
     /// (`None` when the check failed: the writer's own check then reports it).
     geometry: Option<Asset>,
     /// Seconds the thread worked once the copy landed: the conversion, the extraction, the hole
-    /// filling, the orienting and the splat patches.
+    /// filling, the orienting, the geometry's checks and index, and the splat patches.
     seconds: f64,
 }
 
