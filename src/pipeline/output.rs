@@ -287,8 +287,9 @@ pub struct Generated {
     /// The surface and voxels as an asset with placeholder attributes, checked and indexed
     /// beside the texture stages ([`Generated::take_asset`] gives it the attributes).
     pub(crate) geometry: Option<Asset>,
-    /// Seconds the surface extraction and hole filling took on their own thread, beside the
-    /// texture stages (0 until extracted).
+    /// Seconds the surface thread worked beside the texture stages: extraction, hole filling,
+    /// outward faces, the writers' asset checked and indexed, splat patches (0 until
+    /// extracted).
     pub mesh_seconds: f64,
     /// Seconds [`Generated::extract_mesh`] took: waiting for the surface, the attributes'
     /// conversion to host arrays (0 until extracted).
@@ -328,7 +329,8 @@ impl Generated {
 
     /// Converts the decoders' voxels to `voxel_coords` / `voxel_attrs`, takes the surface
     /// extracted from the shape decoder's voxels (dual grid → triangles, small holes filled,
-    /// faces wound outward, splat patches when asked for; waiting for its thread) and adds
+    /// faces wound outward, the writers' asset checked and indexed, splat patches when asked
+    /// for; waiting for its thread) and adds
     /// `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the golden files hold them)
     /// to the latents, on the CPU. Does nothing when already done.
     pub fn extract_mesh(&mut self) -> Result<()> {
