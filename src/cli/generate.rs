@@ -963,18 +963,29 @@ fn write_item(
     let saving = Instant::now();
     let mut g = result?;
     // Off the worker's thread when writing overlaps: the next picture's stages run meanwhile.
-    g.extract_mesh()?;
+    // The surface thread's checked geometry takes the attributes (the public arrays stay
+    // empty: the surface is held once).
+    let start = Instant::now();
+    let asset = g.extract_asset(args.save_latents.is_some())?;
+    let asset_seconds = start.elapsed().as_secs_f64() - g.mesh_wait_seconds;
     item.output_seconds.insert("mesh".into(), g.mesh_seconds);
     item.output_seconds
         .insert("mesh_wait".into(), g.mesh_wait_seconds);
-    // `save` moves the mesh and voxels into the exported asset: their sizes first.
+    item.output_seconds
+        .insert("asset".into(), asset_seconds.max(0.0));
     let sizes = [
-        g.voxel_coords.len(),
-        g.mesh.vertices.len(),
-        g.mesh.faces.len(),
+        asset.voxel_count(),
+        asset.mesh().vertices.len(),
+        asset.mesh().faces.len(),
     ];
-    (item.decimation, item.glb) =
-        save(args, stem, &mut g, &item.outputs, &mut item.output_seconds)?;
+    (item.decimation, item.glb) = save(
+        args,
+        stem,
+        &g,
+        asset,
+        &item.outputs,
+        &mut item.output_seconds,
+    )?;
     preview(args, &item.outputs, &mut item.output_seconds)?;
     Ok(SavedItem {
         stages: std::mem::take(&mut g.stages),
@@ -1075,12 +1086,12 @@ impl Progress for Worker<'_> {
 }
 
 /// Writes the latents file (if asked) and every output format; says how the GLB was
-/// decimated (when `--faces` asked for it) and exported. The mesh and the voxels are moved out
-/// of `g` into the exported asset (not copied).
+/// decimated (when `--faces` asked for it) and exported.
 fn save(
     args: &Args,
     stem: &str,
-    g: &mut Generated,
+    g: &Generated,
+    asset: Asset,
     outputs: &[PathBuf],
     seconds: &mut std::collections::BTreeMap<String, f64>,
 ) -> Result<(Option<DecimationReport>, Option<GlbReport>)> {
@@ -1101,9 +1112,6 @@ fn save(
         lap("latents");
     }
     let up: trellis2::export::Up = args.up.into();
-    // Its geometry was checked and indexed beside the texture stages.
-    let asset = g.take_asset()?;
-    lap("asset");
     // The formats are independent: written concurrently, each timed on its own. The mesh
     // formats share the faces wound outward and the colours at the vertices, computed once
     // first ("mesh-prepare"); the splat fit reuses those faces.

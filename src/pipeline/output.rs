@@ -85,27 +85,22 @@ impl Latents {
     }
 }
 
-/// The surface of the shape decoder's voxels: their coordinates, the mesh the dual grid gives
-/// (holes filled, its faces also wound outward), its vertices before filling and, when asked
-/// for, the splat patches, built on a thread of its own from the voxels' copy to the host
-/// ([`SurfaceTask::start`]).
+/// The surface of the shape decoder's voxels, built on a thread of its own from the voxels'
+/// copy to the host ([`SurfaceTask::start`]): the mesh the dual grid gives (holes filled, its
+/// faces also wound outward) and the voxels, checked and indexed as the writers' asset with
+/// placeholder attributes, the faces before filling and, when asked for, the splat patches.
 #[derive(Clone, Debug)]
 struct Surface {
-    /// `[V, 4]` (batch, x, y, z), flat.
-    coords: Vec<i32>,
-    mesh: Mesh,
+    /// The mesh (holes filled, outward faces known), the voxels' coordinates and their dual
+    /// vertices (the mesh's vertices before hole filling), attributes placeholders.
+    geometry: Asset,
+    /// The voxels' batch column (one object: one value).
+    batch: i32,
     fill_holes: FillHolesReport,
-    /// One dual-grid vertex per voxel (the mesh's vertices before hole filling).
-    dual_vertices: Vec<[f32; 3]>,
     /// The faces before hole filling (the golden files' `mesh.0.faces`).
     faces_before_filling: Vec<i32>,
-    /// The mesh's faces wound outward (what every mesh format and the splat fit start from).
-    oriented_faces: Vec<[u32; 3]>,
     /// The voxels' splat patches but their colours, when asked for.
     splat_patches: Option<Arc<SplatPatches>>,
-    /// The surface and voxels checked and indexed as an asset, its attributes placeholders
-    /// (`None` when the check failed: the writer's own check then reports it).
-    geometry: Option<Asset>,
     /// Seconds the thread worked once the copy landed: the conversion, the extraction, the hole
     /// filling, the orienting, the geometry's checks and index, and the splat patches.
     seconds: f64,
@@ -163,8 +158,9 @@ impl SurfaceTask {
 }
 
 /// The shape decoder's voxels (`coords`, `raw`) turned into the surface: host arrays, the dual
-/// grid's mesh, its small holes filled, its faces wound outward, and with `splats` the voxels'
-/// splat patches.
+/// grid's mesh, its small holes filled, its faces wound outward, the writers' asset checked and
+/// indexed but its attributes, and with `splats` the voxels' splat patches. The arrays move into
+/// the asset: one copy of the surface per picture in flight.
 fn extract_surface(
     copy: &HostCopy,
     resolution: u32,
@@ -190,6 +186,12 @@ fn extract_surface(
     if meshes.len() != 1 {
         bail!("decoder returned {} objects, expected one", meshes.len());
     }
+    let batch = coords.first().copied().unwrap_or(0);
+    let voxel_coords: Vec<[i32; 3]> = coords
+        .par_chunks_exact(4)
+        .map(|c| [c[1], c[2], c[3]])
+        .collect();
+    drop(coords);
     let mut mesh = meshes.remove(0);
     let faces_before_filling: Vec<i32> = mesh.faces.iter().flatten().map(|&i| i as i32).collect();
     let dual_vertices = mesh.vertices.clone();
@@ -198,30 +200,21 @@ fn extract_surface(
     // The writer's asset, but the attributes: checked and indexed here, beside the texture
     // stages, instead of after them.
     let geometry = Asset::new(
-        mesh.clone(),
-        coords
-            .par_chunks_exact(4)
-            .map(|c| [c[1], c[2], c[3]])
-            .collect(),
+        mesh,
+        voxel_coords,
         vec![[0.0; PBR_CHANNELS]; count],
-        dual_vertices.clone(),
+        dual_vertices,
         resolution,
     )
-    .and_then(|asset| asset.with_oriented_faces(oriented_faces.clone()))
-    .ok();
-    let splat_patches = match (splats, &geometry) {
-        (Some(shape), Some(geometry)) => Some(Arc::new(splat_patches(geometry, &shape))),
-        _ => None,
-    };
+    .and_then(|asset| asset.with_oriented_faces(oriented_faces))
+    .context("the decoded surface")?;
+    let splat_patches = splats.map(|shape| Arc::new(splat_patches(&geometry, &shape)));
     Ok(Surface {
-        coords,
-        mesh,
-        fill_holes,
-        dual_vertices,
-        faces_before_filling,
-        oriented_faces,
-        splat_patches,
         geometry,
+        batch,
+        fill_holes,
+        faces_before_filling,
+        splat_patches,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -332,10 +325,57 @@ impl Generated {
     /// faces wound outward, the writers' asset checked and indexed, splat patches when asked
     /// for; waiting for its thread) and adds
     /// `mesh.0.vertices` / `mesh.0.faces` (before hole filling, as the golden files hold them)
-    /// to the latents, on the CPU. Does nothing when already done.
+    /// to the latents, on the CPU. Does nothing when already done. The public arrays are copies
+    /// of the checked asset's, kept for [`Generated::take_asset`]; a caller that only exports
+    /// takes [`Generated::extract_asset`] instead, which holds the surface once.
     pub fn extract_mesh(&mut self) -> Result<()> {
-        let Some(voxels) = self.voxels.take() else {
+        let Some((surface, attrs)) = self.landed(true)? else {
             return Ok(());
+        };
+        let start = Instant::now();
+        let geometry = surface.geometry;
+        self.mesh = geometry.mesh().clone();
+        self.oriented_faces = geometry.oriented_faces().into_owned();
+        self.dual_vertices = geometry.dual_vertices().to_vec();
+        let batch = surface.batch;
+        self.voxel_coords = geometry
+            .voxel_coords()
+            .par_iter()
+            .map(|c| [batch, c[0], c[1], c[2]])
+            .collect();
+        self.voxel_attrs = attrs;
+        self.splat_patches = surface.splat_patches;
+        self.geometry = Some(geometry);
+        self.mesh_wait_seconds += start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// The object as the exporters take it, straight from the surface thread's checked asset
+    /// given the texture decoder's attributes: [`Generated::extract_mesh`] then
+    /// [`Generated::take_asset`] without the public arrays' copies in between (they stay
+    /// empty). `mesh_latents` adds `mesh.0.vertices` / `mesh.0.faces` to the latents, as
+    /// `extract_mesh` does. After `extract_mesh`, the same as `take_asset`.
+    pub fn extract_asset(&mut self, mesh_latents: bool) -> Result<Asset> {
+        let Some((surface, attrs)) = self.landed(mesh_latents)? else {
+            return self.take_asset();
+        };
+        let asset = surface.geometry.with_attributes(attrs)?;
+        match surface.splat_patches {
+            Some(patches) => asset.with_splat_patches(patches),
+            None => Ok(asset),
+        }
+    }
+
+    /// Waits for the surface thread and the texture decoder's attributes (`None` when done
+    /// already): the surface with its placeholder attributes and the attributes to give it,
+    /// counted against its voxels; with `mesh_latents`, the mesh's latents added.
+    #[allow(clippy::type_complexity)]
+    fn landed(
+        &mut self,
+        mesh_latents: bool,
+    ) -> Result<Option<(Surface, Vec<[f32; PBR_CHANNELS]>)>> {
+        let Some(voxels) = self.voxels.take() else {
+            return Ok(None);
         };
         let start = Instant::now();
         let surface = voxels.surface.wait()?;
@@ -343,46 +383,37 @@ impl Generated {
             [attrs] => host_f32(attrs).context("voxel attributes")?,
             _ => bail!("voxel attributes: expected one tensor"),
         };
-        let count = surface.coords.len() / 4;
+        let count = surface.geometry.voxel_count();
         if attrs.len() != PBR_CHANNELS * count {
             bail!(
                 "decoded voxels: {} attributes for {count} voxels",
                 attrs.len()
             );
         }
-        // The only holder (the usual case) gives its arrays up; a shared one is copied.
-        let surface = Arc::try_unwrap(surface).unwrap_or_else(|shared| (*shared).clone());
-        let (nv, nf) = (
-            surface.dual_vertices.len(),
-            surface.faces_before_filling.len() / 3,
-        );
-        let vertices: Vec<f32> = surface.dual_vertices.iter().flatten().copied().collect();
-        self.latents.insert(
-            "mesh.0.vertices",
-            Tensor::from_vec(vertices, (nv, 3), &Device::Cpu)?,
-        );
-        self.latents.insert(
-            "mesh.0.faces",
-            Tensor::from_vec(surface.faces_before_filling, (nf, 3), &Device::Cpu)?,
-        );
-        self.fill_holes = surface.fill_holes;
-        self.mesh = surface.mesh;
-        self.oriented_faces = surface.oriented_faces;
-        self.splat_patches = surface.splat_patches;
-        self.geometry = surface.geometry;
-        self.dual_vertices = surface.dual_vertices;
-        self.voxel_coords = surface
-            .coords
-            .par_chunks_exact(4)
-            .map(|c| [c[0], c[1], c[2], c[3]])
-            .collect();
-        self.voxel_attrs = attrs
+        let attrs = attrs
             .par_chunks_exact(PBR_CHANNELS)
             .map(|a| std::array::from_fn(|k| a[k]))
             .collect();
+        // The only holder (the usual case) gives its arrays up; a shared one is copied.
+        let mut surface = Arc::try_unwrap(surface).unwrap_or_else(|shared| (*shared).clone());
+        let faces_before_filling = std::mem::take(&mut surface.faces_before_filling);
+        if mesh_latents {
+            let duals = surface.geometry.dual_vertices();
+            let vertices: Vec<f32> = duals.iter().flatten().copied().collect();
+            self.latents.insert(
+                "mesh.0.vertices",
+                Tensor::from_vec(vertices, (duals.len(), 3), &Device::Cpu)?,
+            );
+            let nf = faces_before_filling.len() / 3;
+            self.latents.insert(
+                "mesh.0.faces",
+                Tensor::from_vec(faces_before_filling, (nf, 3), &Device::Cpu)?,
+            );
+        }
+        self.fill_holes = surface.fill_holes.clone();
         self.mesh_seconds = surface.seconds;
         self.mesh_wait_seconds = start.elapsed().as_secs_f64();
-        Ok(())
+        Ok(Some((surface, attrs)))
     }
 
     /// The object as the exporters take it (after [`Generated::extract_mesh`]): the mesh, the
@@ -471,10 +502,10 @@ mod tests {
         let b = copy.wait().unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(
-            a.coords,
-            coords.flatten_all().unwrap().to_vec1::<i32>().unwrap()
+            a.geometry.voxel_coords(),
+            [[0, 1, 2], [1, 1, 2], [2, 1, 2]].as_slice()
         );
-        assert_eq!(a.dual_vertices.len(), 3);
+        assert_eq!(a.geometry.dual_vertices().len(), 3);
     }
 
     /// A failed extraction is an error for every waiter, not a panic.
@@ -529,6 +560,44 @@ mod tests {
         let b = moved.take_asset().unwrap();
         assert_eq!(b.dual_vertices()[1][2], duals[1][2] + 0.25);
         assert_eq!(b.voxel_attrs(), a.voxel_attrs());
+    }
+
+    /// The asset straight from the surface thread is the one `extract_mesh` + `take_asset`
+    /// give, without the public arrays; the mesh latents only when asked for.
+    #[test]
+    fn extract_asset_is_extract_mesh_then_take_asset() {
+        let (coords, raw) = voxels(3);
+        let attrs = Tensor::arange(0f32, 18.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, PBR_CHANNELS))
+            .unwrap();
+        let pending = || {
+            let task = SurfaceTask::start(&coords, &raw, 8, Some(SplatShape::default())).unwrap();
+            let voxels = DecodedVoxels::start(task, &attrs, 8).unwrap();
+            Generated::pending(PipelineType::P512, voxels, Default::default(), Vec::new())
+        };
+        let mut both = pending();
+        both.extract_mesh().unwrap();
+        assert_eq!(both.voxel_coords[2], [0, 2, 1, 2]);
+        let want = both.take_asset().unwrap();
+        for mesh_latents in [false, true] {
+            let mut g = pending();
+            let got = g.extract_asset(mesh_latents).unwrap();
+            assert_eq!(got.mesh().vertices, want.mesh().vertices);
+            assert_eq!(got.mesh().faces, want.mesh().faces);
+            assert_eq!(got.voxel_coords(), want.voxel_coords());
+            assert_eq!(got.voxel_attrs(), want.voxel_attrs());
+            assert_eq!(got.voxel_attrs()[1], [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
+            assert_eq!(got.dual_vertices(), want.dual_vertices());
+            assert_eq!(got.oriented_faces(), want.oriented_faces());
+            assert!(got.splat_patches().is_some());
+            assert!(g.mesh.vertices.is_empty() && g.voxel_coords.is_empty());
+            assert!(g.voxels.is_none());
+            assert_eq!(g.latents.get("mesh.0.vertices").is_some(), mesh_latents);
+            assert_eq!(g.latents.get("mesh.0.faces").is_some(), mesh_latents);
+            // Done: the second call takes what is left (nothing).
+            assert!(g.extract_asset(true).is_err());
+        }
     }
 
     /// The parallel widening gives candle's cast, value for value, for every dtype a decoder
