@@ -410,7 +410,7 @@ impl Generated {
                 Tensor::from_vec(faces_before_filling, (nf, 3), &Device::Cpu)?,
             );
         }
-        self.fill_holes = surface.fill_holes.clone();
+        self.fill_holes = surface.fill_holes;
         self.mesh_seconds = surface.seconds;
         self.mesh_wait_seconds = start.elapsed().as_secs_f64();
         Ok(Some((surface, attrs)))
