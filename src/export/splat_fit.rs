@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::asset::{Asset, ALPHA};
+use super::asset::{Asset, ALPHA, PBR_CHANNELS};
 use super::sym_eigen::{normalized, sym_eigen3};
 use super::voxel_frames::{dual_centroid, neighbourhood, neighbourhood_frame, NO_VOXEL};
 use crate::mesh::dual_grid::AABB_MIN;
@@ -116,7 +116,8 @@ pub struct FittedSplat {
     pub has_normal: bool,
 }
 
-/// What one voxel contributes: its surface patch and attributes.
+/// What one voxel contributes: its surface patch (its colours are its attributes, looked up
+/// through [`Painted`]).
 #[derive(Clone, Copy, Debug)]
 struct Patch {
     centre: [f64; 3],
@@ -126,12 +127,29 @@ struct Patch {
     area: f64,
     /// Second moment of the uniform patch about its centre (symmetric 3×3).
     moment: [[f64; 3]; 3],
-    rgb: [f64; 3],
-    alpha: f64,
     /// How far inward the centre may move (world units): less than half the distance to the
     /// nearest surface facing the other way behind it, so the two sides of a thin wall never
     /// pass each other.
     inward_limit: f64,
+}
+
+/// The voxels' patches and their colours, looked up in the attributes by voxel row: the
+/// patches are computed before the texture decoder has run and are not copied to add them.
+#[derive(Clone, Copy)]
+struct Painted<'a> {
+    patches: &'a [Patch],
+    attrs: &'a [[f32; PBR_CHANNELS]],
+}
+
+impl Painted<'_> {
+    fn rgb(&self, row: usize) -> [f64; 3] {
+        let a = &self.attrs[row];
+        [0, 1, 2].map(|k| f64::from(a[k]))
+    }
+
+    fn alpha(&self, row: usize) -> f64 {
+        f64::from(self.attrs[row][ALPHA])
+    }
 }
 
 /// A voxel's centre moves at most this fraction of the distance to the opposite side of a
@@ -167,25 +185,24 @@ pub fn fit_splats_timed(
     let start = Instant::now();
     let voxel = f64::from(asset.voxel_size());
     let inward = shape.inward_pixels * reference_pixel(asset.dual_vertices());
-    let patches = match asset.splat_patches() {
-        // Their geometry was computed before the colours were known: the colours now.
-        Some(given) if given.shape == *shape => given
-            .patches
-            .par_iter()
-            .zip(asset.voxel_attrs())
-            .map(|(p, a)| Patch {
-                rgb: [0, 1, 2].map(|k| f64::from(a[k])),
-                alpha: f64::from(a[ALPHA]),
-                ..*p
-            })
-            .collect(),
-        _ => patches_of(asset, shape, inward),
+    let computed;
+    let patches: &[Patch] = match asset.splat_patches() {
+        // Their geometry was computed before the colours were known.
+        Some(given) if given.shape == *shape => &given.patches,
+        _ => {
+            computed = patches_of(asset, shape, inward);
+            &computed
+        }
+    };
+    let painted = Painted {
+        patches,
+        attrs: asset.voxel_attrs(),
     };
     timings.patches_seconds = start.elapsed().as_secs_f64();
     let splats = match budget {
         SplatBudget::AtMost(n) if n < patches.len() => {
             let start = Instant::now();
-            let merged = merge_to_budget(asset.voxel_coords(), &patches, n.max(1), voxel);
+            let merged = merge_to_budget(asset.voxel_coords(), painted, n.max(1), voxel);
             timings.merge_seconds = start.elapsed().as_secs_f64();
             timings.queue_seconds = merged.queue_seconds;
             let start = Instant::now();
@@ -194,7 +211,7 @@ pub fn fit_splats_timed(
                 .par_iter()
                 .map(|&cell| {
                     let members = merged.members(cell).iter();
-                    fit_union(members.map(|&i| &patches[i as usize]), inward, shape)
+                    fit_union(painted, members.map(|&i| i as usize), inward, shape)
                 })
                 .collect();
             timings.fit_seconds = start.elapsed().as_secs_f64();
@@ -202,9 +219,9 @@ pub fn fit_splats_timed(
         }
         _ => {
             let start = Instant::now();
-            let splats = patches
-                .par_iter()
-                .map(|p| fit_union(std::iter::once(p), inward, shape))
+            let splats = (0..patches.len())
+                .into_par_iter()
+                .map(|row| fit_union(painted, std::iter::once(row), inward, shape))
                 .collect();
             timings.fit_seconds = start.elapsed().as_secs_f64();
             splats
@@ -293,9 +310,6 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
         .enumerate()
         .map(|(row, fit)| {
             let p = duals[row].map(f64::from);
-            let attrs = asset.voxel_attrs()[row];
-            let rgb = [0, 1, 2].map(|k| f64::from(attrs[k]));
-            let alpha = f64::from(attrs[ALPHA]);
             // A vertex in no face owns no mesh area; it stands for one voxel face's worth.
             let a = if area[row] > 0.0 {
                 area[row]
@@ -324,8 +338,6 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
                 normal,
                 area: a,
                 moment,
-                rgb,
-                alpha,
                 inward_limit: f64::INFINITY,
             }
         })
@@ -480,22 +492,26 @@ fn uniform_moment(normal: [f64; 3], tangent: [f64; 3], ratio: f64, area: f64) ->
     m
 }
 
-/// The Gaussian standing for the union of `patches` (one or more), its centre `inward` (world
-/// units) inside the surface.
-fn fit_union<'a>(
-    patches: impl Iterator<Item = &'a Patch> + Clone,
+/// The Gaussian standing for the union of the patches of voxel `rows` (one or more), its centre
+/// `inward` (world units) inside the surface.
+fn fit_union(
+    painted: Painted,
+    rows: impl Iterator<Item = usize> + Clone,
     inward: f64,
     shape: &SplatShape,
 ) -> FittedSplat {
+    let patches = rows.clone().map(|i| &painted.patches[i]);
     let total: f64 = patches.clone().map(|p| p.area).sum();
     let w = |p: &Patch| p.area / total;
     let centre = patches
         .clone()
         .fold([0.0; 3], |acc, p| add(acc, scale(p.centre, w(p))));
-    let rgb = patches
-        .clone()
-        .fold([0.0; 3], |acc, p| add(acc, scale(p.rgb, w(p))));
-    let alpha: f64 = patches.clone().map(|p| w(p) * p.alpha).sum();
+    let rgb = rows.clone().fold([0.0; 3], |acc, i| {
+        add(acc, scale(painted.rgb(i), w(&painted.patches[i])))
+    });
+    let alpha: f64 = rows
+        .map(|i| w(&painted.patches[i]) * painted.alpha(i))
+        .sum();
     let limit = patches
         .clone()
         .map(|p| p.inward_limit)
@@ -683,7 +699,7 @@ impl Merged {
 /// serial is the queue of small entries, which picks the same cells as splitting one cell at a
 /// time and grouping its children then.
 /// `coords` are the voxels' (distinct, non-negative, below 2²⁰), `patches` their patches.
-fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel: f64) -> Merged {
+fn merge_to_budget(coords: &[[i32; 3]], painted: Painted, budget: usize, voxel: f64) -> Merged {
     // Called with more voxels than the budget, so level 0 (one cell per voxel) is too fine.
     let mut levels = vec![Level::build(coords, 1)];
     while levels[levels.len() - 1].len() > budget {
@@ -692,7 +708,7 @@ fn merge_to_budget(coords: &[[i32; 3]], patches: &[Patch], budget: usize, voxel:
     for l in &mut levels {
         l.errors = (0..l.len())
             .into_par_iter()
-            .map(|i| cell_error(patches, l.cell(i), voxel))
+            .map(|i| cell_error(painted, l.cell(i), voxel))
             .collect();
     }
     for k in 1..levels.len() {
@@ -803,24 +819,28 @@ fn morton(c: [i32; 3]) -> u64 {
 }
 
 /// How badly one splat would stand for the voxels `members` (see the weights above).
-fn cell_error(patches: &[Patch], members: &[u32], voxel: f64) -> f64 {
+fn cell_error(painted: Painted, members: &[u32], voxel: f64) -> f64 {
     let face = voxel * voxel;
+    let patches = painted.patches;
     let ps = members.iter().map(|&i| &patches[i as usize]);
     let total: f64 = ps.clone().map(|p| p.area).sum();
     let w = |p: &Patch| p.area / total;
     let centre = ps
         .clone()
         .fold([0.0; 3], |a, p| add(a, scale(p.centre, w(p))));
-    let rgb = ps.clone().fold([0.0; 3], |a, p| add(a, scale(p.rgb, w(p))));
+    let rgb = members.iter().fold([0.0; 3], |a, &i| {
+        add(a, scale(painted.rgb(i as usize), w(&patches[i as usize])))
+    });
     let normal_sum = ps
         .clone()
         .filter_map(|p| p.normal.map(|n| scale(n, p.area)))
         .fold([0.0; 3], add);
     let normal = normalized(normal_sum);
     let mut error = SIZE_WEIGHT * (total / face).powi(2);
-    for p in ps {
+    for &i in members {
+        let p = &patches[i as usize];
         let a = p.area / face;
-        let dc = sub(p.rgb, rgb);
+        let dc = sub(painted.rgb(i as usize), rgb);
         error += COLOUR_WEIGHT * a * dot(dc, dc);
         match (normal, p.normal) {
             (Some(n), Some(pn)) => {
@@ -909,7 +929,7 @@ mod tests {
     /// children) for as long as the budget allows.
     fn merge_to_budget(
         coords: &[[i32; 3]],
-        patches: &[Patch],
+        painted: Painted,
         budget: usize,
         voxel: f64,
     ) -> Vec<Vec<u32>> {
@@ -927,7 +947,7 @@ mod tests {
             let error = if level == 0 {
                 0.0
             } else {
-                cell_error(patches, &members, voxel)
+                cell_error(painted, &members, voxel)
             };
             Cell {
                 level,
@@ -1026,42 +1046,45 @@ mod tests {
         // A power of two, so that the flat part's sums are exact and equal cells tie.
         let voxel = 1.0 / 64.0;
         let mut mix = Mix(7);
-        let patches: Vec<Patch> = coords
+        let (patches, attrs): (Vec<Patch>, Vec<[f32; PBR_CHANNELS]>) = coords
             .iter()
             .map(|c| {
                 // The flat part: voxel centres, one normal, one colour, one area.
                 if c[0] < 20 {
-                    return Patch {
+                    let patch = Patch {
                         centre: c.map(|v| (f64::from(v) + 0.5) * voxel),
                         normal: Some([0.0, 0.0, 1.0]),
                         area: voxel * voxel,
                         moment: identity_scaled(voxel * voxel / 12.0),
-                        rgb: [0.5, 0.25, 0.75],
-                        alpha: 1.0,
                         inward_limit: f64::INFINITY,
                     };
+                    return (patch, [0.5, 0.25, 0.75, 0.0, 0.0, 1.0]);
                 }
                 let centre = c.map(|v| (f64::from(v) + mix.next()) * voxel);
                 let outward = sub(centre, [0.375; 3]);
                 let normal = (mix.next() > 0.05)
                     .then(|| normalized(add(outward, [0.3 * mix.next(), 0.0, 0.1])).unwrap());
-                Patch {
+                let patch = Patch {
                     centre,
                     normal,
                     area: (0.2 + mix.next()) * voxel * voxel,
                     moment: identity_scaled(voxel * voxel / 12.0),
-                    rgb: [mix.next(), mix.next(), mix.next()],
-                    alpha: 1.0,
                     inward_limit: f64::INFINITY,
-                }
+                };
+                let mut rgb = || mix.next() as f32;
+                (patch, [rgb(), rgb(), rgb(), 0.0, 0.0, 1.0])
             })
-            .collect();
+            .unzip();
+        let painted = Painted {
+            patches: &patches,
+            attrs: &attrs,
+        };
         let n = coords.len();
         assert!(n > 5000, "{n} voxels");
         let budgets = (n / 20..n).step_by(23).chain([n - 1, n / 100, 7, 1]);
         for budget in budgets {
-            let want = merge_to_budget(&coords, &patches, budget, voxel);
-            let merged = super::merge_to_budget(&coords, &patches, budget, voxel);
+            let want = merge_to_budget(&coords, painted, budget, voxel);
+            let merged = super::merge_to_budget(&coords, painted, budget, voxel);
             let got: Vec<Vec<u32>> = merged
                 .cells
                 .iter()
