@@ -116,32 +116,50 @@ pub struct FittedSplat {
     pub has_normal: bool,
 }
 
-/// What one voxel contributes: its surface patch (its colours are its attributes, looked up
-/// through [`Painted`]).
+/// What one voxel contributes: its surface patch, centred on its dual vertex (its centre and
+/// colours are looked up through [`Painted`]: a `1024` object has millions of patches, held
+/// while its files are written).
 #[derive(Clone, Copy, Debug)]
 struct Patch {
-    centre: [f64; 3],
     /// Outward unit normal, if the voxel's neighbourhood or the mesh defines one.
     normal: Option<[f64; 3]>,
     /// Area in world units².
     area: f64,
-    /// Second moment of the uniform patch about its centre (symmetric 3×3).
-    moment: [[f64; 3]; 3],
+    /// The patch's long axis in its plane and its length-to-width ratio ([`plane_axes`]; unused
+    /// without a normal): its second moment is [`Patch::moment`].
+    tangent: [f64; 3],
+    ratio: f64,
     /// How far inward the centre may move (world units): less than half the distance to the
     /// nearest surface facing the other way behind it, so the two sides of a thin wall never
     /// pass each other.
     inward_limit: f64,
 }
 
-/// The voxels' patches and their colours, looked up in the attributes by voxel row: the
-/// patches are computed before the texture decoder has run and are not copied to add them.
+impl Patch {
+    /// Second moment of the uniform patch about its centre (symmetric 3×3).
+    fn moment(&self) -> [[f64; 3]; 3] {
+        match self.normal {
+            Some(n) => uniform_moment(n, self.tangent, self.ratio, self.area),
+            None => identity_scaled(self.area / 12.0),
+        }
+    }
+}
+
+/// The voxels' patches with their centres (the dual vertices) and colours (the attributes),
+/// looked up by voxel row: the patches are computed before the texture decoder has run and are
+/// not copied to add them.
 #[derive(Clone, Copy)]
 struct Painted<'a> {
     patches: &'a [Patch],
+    centres: &'a [[f32; 3]],
     attrs: &'a [[f32; PBR_CHANNELS]],
 }
 
 impl Painted<'_> {
+    fn centre(&self, row: usize) -> [f64; 3] {
+        self.centres[row].map(f64::from)
+    }
+
     fn rgb(&self, row: usize) -> [f64; 3] {
         let a = &self.attrs[row];
         [0, 1, 2].map(|k| f64::from(a[k]))
@@ -196,6 +214,7 @@ pub fn fit_splats_timed(
     };
     let painted = Painted {
         patches,
+        centres: asset.dual_vertices(),
         attrs: asset.voxel_attrs(),
     };
     timings.patches_seconds = start.elapsed().as_secs_f64();
@@ -309,7 +328,6 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
     fits.into_par_iter()
         .enumerate()
         .map(|(row, fit)| {
-            let p = duals[row].map(f64::from);
             // A vertex in no face owns no mesh area; it stands for one voxel face's worth.
             let a = if area[row] > 0.0 {
                 area[row]
@@ -319,25 +337,26 @@ fn voxel_patches(asset: &Asset, shape: &SplatShape) -> Vec<Patch> {
             // The plane fitted to the neighbourhood (smoother than the few triangles at one
             // vertex, which follow the grid's terraces), on the side the mesh faces.
             let mesh_normal = normalized(normal_sum[row]);
-            let (normal, moment) = match (fit, mesh_normal) {
+            // The moment of a flipped normal is the same, bit for bit (only signs change).
+            let (normal, tangent, ratio) = match (fit, mesh_normal) {
                 (Some((fit, tangent, ratio)), m) => {
                     let flip = m.is_some_and(|m| dot(fit, m) < 0.0);
                     let normal = if flip { scale(fit, -1.0) } else { fit };
-                    (Some(normal), uniform_moment(fit, tangent, ratio, a))
+                    (Some(normal), tangent, ratio)
                 }
                 (None, Some(m)) => {
                     let around = neighbourhood(asset, coords[row]);
                     let spread = tangent_spread(duals, &around, row, m);
                     let (tangent, ratio) = plane_axes(spread, m, shape.max_anisotropy);
-                    (Some(m), uniform_moment(m, tangent, ratio, a))
+                    (Some(m), tangent, ratio)
                 }
-                (None, None) => (None, identity_scaled(a / 12.0)),
+                (None, None) => (None, [0.0; 3], 1.0),
             };
             Patch {
-                centre: p,
                 normal,
                 area: a,
-                moment,
+                tangent,
+                ratio,
                 inward_limit: f64::INFINITY,
             }
         })
@@ -434,16 +453,19 @@ fn limit_inward_moves(asset: &Asset, patches: &mut [Patch], inward: f64) {
     let origin = f64::from(AABB_MIN);
     let reach = 2.0 * inward + voxel;
     let steps = (reach / (0.5 * voxel)).ceil() as usize;
+    let duals = asset.dual_vertices();
     let limits: Vec<f64> = patches
         .par_iter()
-        .map(|p| {
+        .zip(duals)
+        .map(|(p, centre)| {
+            let centre = centre.map(f64::from);
             let Some(n) = p.normal else {
                 return 0.0;
             };
             let mut last = [i32::MIN; 3];
             for k in 1..=steps {
                 let t = k as f64 * 0.5 * voxel;
-                let q = sub(p.centre, scale(n, t));
+                let q = sub(centre, scale(n, t));
                 let coord = q.map(|v| ((v - origin) / voxel).floor() as i32);
                 // Half-voxel steps land in most voxels twice; the second look finds nothing new.
                 if coord == last {
@@ -503,13 +525,14 @@ fn fit_union(
     let patches = rows.clone().map(|i| &painted.patches[i]);
     let total: f64 = patches.clone().map(|p| p.area).sum();
     let w = |p: &Patch| p.area / total;
-    let centre = patches
-        .clone()
-        .fold([0.0; 3], |acc, p| add(acc, scale(p.centre, w(p))));
+    let centre = rows.clone().fold([0.0; 3], |acc, i| {
+        add(acc, scale(painted.centre(i), w(&painted.patches[i])))
+    });
     let rgb = rows.clone().fold([0.0; 3], |acc, i| {
         add(acc, scale(painted.rgb(i), w(&painted.patches[i])))
     });
     let alpha: f64 = rows
+        .clone()
         .map(|i| w(&painted.patches[i]) * painted.alpha(i))
         .sum();
     let limit = patches
@@ -518,13 +541,15 @@ fn fit_union(
         .fold(f64::INFINITY, f64::min);
     // Moment matching: the union's second moment about its centre.
     let mut moment = [[0.0f64; 3]; 3];
-    for p in patches.clone() {
+    for r in rows {
+        let p = &painted.patches[r];
+        let own = p.moment();
         for (i, row) in moment.iter_mut().enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
-                *v += w(p) * p.moment[i][j];
+                *v += w(p) * own[i][j];
             }
         }
-        add_outer(&mut moment, sub(p.centre, centre), w(p));
+        add_outer(&mut moment, sub(painted.centre(r), centre), w(p));
     }
     let normal = normalized(
         patches
@@ -825,9 +850,12 @@ fn cell_error(painted: Painted, members: &[u32], voxel: f64) -> f64 {
     let ps = members.iter().map(|&i| &patches[i as usize]);
     let total: f64 = ps.clone().map(|p| p.area).sum();
     let w = |p: &Patch| p.area / total;
-    let centre = ps
-        .clone()
-        .fold([0.0; 3], |a, p| add(a, scale(p.centre, w(p))));
+    let centre = members.iter().fold([0.0; 3], |a, &i| {
+        add(
+            a,
+            scale(painted.centre(i as usize), w(&patches[i as usize])),
+        )
+    });
     let rgb = members.iter().fold([0.0; 3], |a, &i| {
         add(a, scale(painted.rgb(i as usize), w(&patches[i as usize])))
     });
@@ -844,7 +872,7 @@ fn cell_error(painted: Painted, members: &[u32], voxel: f64) -> f64 {
         error += COLOUR_WEIGHT * a * dot(dc, dc);
         match (normal, p.normal) {
             (Some(n), Some(pn)) => {
-                let off = dot(sub(p.centre, centre), n) / voxel;
+                let off = dot(sub(painted.centre(i as usize), centre), n) / voxel;
                 error += PLANE_WEIGHT * a * off * off + NORMAL_WEIGHT * a * (1.0 - dot(n, pn));
             }
             // Normals that cancel (two sides of a thin wall) or a voxel with none: split.
@@ -1046,37 +1074,40 @@ mod tests {
         // A power of two, so that the flat part's sums are exact and equal cells tie.
         let voxel = 1.0 / 64.0;
         let mut mix = Mix(7);
-        let (patches, attrs): (Vec<Patch>, Vec<[f32; PBR_CHANNELS]>) = coords
+        let (patches, painting): (Vec<Patch>, Vec<_>) = coords
             .iter()
             .map(|c| {
                 // The flat part: voxel centres, one normal, one colour, one area.
                 if c[0] < 20 {
                     let patch = Patch {
-                        centre: c.map(|v| (f64::from(v) + 0.5) * voxel),
                         normal: Some([0.0, 0.0, 1.0]),
                         area: voxel * voxel,
-                        moment: identity_scaled(voxel * voxel / 12.0),
+                        tangent: [1.0, 0.0, 0.0],
+                        ratio: 1.0,
                         inward_limit: f64::INFINITY,
                     };
-                    return (patch, [0.5, 0.25, 0.75, 0.0, 0.0, 1.0]);
+                    let centre = c.map(|v| ((f64::from(v) + 0.5) * voxel) as f32);
+                    return (patch, (centre, [0.5, 0.25, 0.75, 0.0, 0.0, 1.0]));
                 }
-                let centre = c.map(|v| (f64::from(v) + mix.next()) * voxel);
-                let outward = sub(centre, [0.375; 3]);
+                let centre = c.map(|v| ((f64::from(v) + mix.next()) * voxel) as f32);
+                let outward = sub(centre.map(f64::from), [0.375; 3]);
                 let normal = (mix.next() > 0.05)
                     .then(|| normalized(add(outward, [0.3 * mix.next(), 0.0, 0.1])).unwrap());
                 let patch = Patch {
-                    centre,
                     normal,
                     area: (0.2 + mix.next()) * voxel * voxel,
-                    moment: identity_scaled(voxel * voxel / 12.0),
+                    tangent: [1.0, 0.0, 0.0],
+                    ratio: 1.0,
                     inward_limit: f64::INFINITY,
                 };
                 let mut rgb = || mix.next() as f32;
-                (patch, [rgb(), rgb(), rgb(), 0.0, 0.0, 1.0])
+                (patch, (centre, [rgb(), rgb(), rgb(), 0.0, 0.0, 1.0]))
             })
             .unzip();
+        let (centres, attrs): (Vec<_>, Vec<_>) = painting.into_iter().unzip();
         let painted = Painted {
             patches: &patches,
+            centres: &centres,
             attrs: &attrs,
         };
         let n = coords.len();
