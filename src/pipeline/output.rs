@@ -106,6 +106,9 @@ struct Surface {
     seconds: f64,
 }
 
+/// A surface with the texture decoder's attributes for its voxels, not yet given to it.
+type Landed = (Surface, Vec<[f32; PBR_CHANNELS]>);
+
 enum SurfaceState {
     Running(std::thread::JoinHandle<Result<Surface>>),
     Done(std::result::Result<Arc<Surface>, String>),
@@ -369,11 +372,7 @@ impl Generated {
     /// Waits for the surface thread and the texture decoder's attributes (`None` when done
     /// already): the surface with its placeholder attributes and the attributes to give it,
     /// counted against its voxels; with `mesh_latents`, the mesh's latents added.
-    #[allow(clippy::type_complexity)]
-    fn landed(
-        &mut self,
-        mesh_latents: bool,
-    ) -> Result<Option<(Surface, Vec<[f32; PBR_CHANNELS]>)>> {
+    fn landed(&mut self, mesh_latents: bool) -> Result<Option<Landed>> {
         let Some(voxels) = self.voxels.take() else {
             return Ok(None);
         };
