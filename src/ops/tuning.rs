@@ -175,9 +175,9 @@ pub struct Tuning {
     pub c2s_conv: C2sConv,
     /// `TRELLIS2_METAL_ATTENTION`: the attention kernel on Metal.
     pub metal_attention: MetalAttention,
-    /// `TRELLIS2_PREFETCH`: the next stages' weight files are read into the OS page cache on a
-    /// background thread while the first picture runs.
-    pub prefetch: bool,
+    /// `TRELLIS2_PREFETCH`: how many threads read the next stages' weight files into the OS
+    /// page cache while the first picture runs (0: none).
+    pub prefetch_readers: usize,
     /// `TRELLIS2_LINEAR_ACT`: the CUDA linear layers whose activation has no cuBLASLt epilogue
     /// (SiLU, exact GELU) that run the wgmma kernel with bias and activation in its epilogue:
     /// those of at most this many inputs (None: none, `usize::MAX`: all).
@@ -202,7 +202,7 @@ impl Default for Tuning {
             conv_rows: None,
             c2s_conv: C2sConv::Children,
             metal_attention: MetalAttention::Auto,
-            prefetch: true,
+            prefetch_readers: DEFAULT_PREFETCH_READERS,
             linear_act: None,
             guided_batch: GuidedBatch::Auto,
         }
@@ -224,6 +224,14 @@ pub struct Knob {
     /// The field as the variable would spell it.
     show: fn(&Tuning) -> String,
 }
+
+/// Weight read-ahead threads by default (`TRELLIS2_PREFETCH=on`): on the 2-core development
+/// machine's virtual disk, 4 read 6.1 GB of weight files into an empty page cache at
+/// 1.3–1.4 GB/s against 0.4–0.6 GB/s for one (`benches/prefetch.rs`).
+pub const DEFAULT_PREFETCH_READERS: usize = 4;
+
+/// The most weight read-ahead threads `TRELLIS2_PREFETCH` takes.
+pub const MAX_PREFETCH_READERS: usize = 16;
 
 fn on_off(v: &str) -> Result<bool, ()> {
     match v.to_ascii_lowercase().as_str() {
@@ -528,17 +536,30 @@ pub static KNOBS: [Knob; 16] = [
     },
     Knob {
         name: "TRELLIS2_PREFETCH",
-        values: "on or off",
+        values: "on, off or a count of reader threads (1 to 16)",
         default: "on",
         meaning: "read the weight files of the models a run will load into the OS page cache, \
-                  in the order the schedule loads them, on a background thread while earlier \
+                  in the order the schedule loads them, on background threads while earlier \
                   stages compute (at most half the host's available memory ahead; never under \
-                  --low-memory) (any case; 1 and 0 are taken too)",
+                  --low-memory): N threads read the next 8 MiB pieces side by side, since a \
+                  disk reads faster with several requests in flight; on = 4 (any case; 0 is \
+                  off)",
         parse: |t, v| {
-            t.prefetch = on_off(v)?;
+            t.prefetch_readers = match v.to_ascii_lowercase().as_str() {
+                "on" => DEFAULT_PREFETCH_READERS,
+                "off" | "0" => 0,
+                n => match n.parse::<usize>() {
+                    Ok(n) if (1..=MAX_PREFETCH_READERS).contains(&n) => n,
+                    _ => return Err(()),
+                },
+            };
             Ok(())
         },
-        show: |t| show_on_off(t.prefetch),
+        show: |t| match t.prefetch_readers {
+            0 => "off".into(),
+            DEFAULT_PREFETCH_READERS => "on".into(),
+            n => n.to_string(),
+        },
     },
     Knob {
         name: "TRELLIS2_LINEAR_ACT",
@@ -966,9 +987,25 @@ mod tests {
             ("TRELLIS2_PREFETCH", "on", d),
             (
                 "TRELLIS2_PREFETCH",
+                "1",
+                Tuning {
+                    prefetch_readers: 1,
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_PREFETCH",
                 "0",
                 Tuning {
-                    prefetch: false,
+                    prefetch_readers: 0,
+                    ..d
+                },
+            ),
+            (
+                "TRELLIS2_PREFETCH",
+                "4",
+                Tuning {
+                    prefetch_readers: 4,
                     ..d
                 },
             ),
@@ -1032,7 +1069,7 @@ mod tests {
             ("TRELLIS2_CONV_ROWS", "256"),
             ("TRELLIS2_C2S_CONV", "parents"),
             ("TRELLIS2_METAL_ATTENTION", "varlen"),
-            ("TRELLIS2_PREFETCH", "off"),
+            ("TRELLIS2_PREFETCH", "8"),
             ("TRELLIS2_LINEAR_ACT", "256"),
             ("TRELLIS2_GUIDED_BATCH", "off"),
         ];
@@ -1100,7 +1137,12 @@ mod tests {
             (
                 "TRELLIS2_PREFETCH",
                 "later",
-                "TRELLIS2_PREFETCH=later: expected on or off",
+                "TRELLIS2_PREFETCH=later: expected on, off or a count of reader threads (1 to 16)",
+            ),
+            (
+                "TRELLIS2_PREFETCH",
+                "17",
+                "TRELLIS2_PREFETCH=17: expected on, off or a count of reader threads (1 to 16)",
             ),
             (
                 "TRELLIS2_CONV_ROWS",

@@ -1,25 +1,27 @@
-//! Reading the weight files a run will load into the OS page cache on a background thread, in the
+//! Reading the weight files a run will load into the OS page cache on background threads, in the
 //! order the schedule loads them, so that a fresh machine's disk keeps reading while the first
 //! picture's stages compute: each model's load then copies pages already in memory instead of
-//! waiting on the disk (`TRELLIS2_PREFETCH`; on an H100 machine the 11 GB of a `512` run take
-//! ≈ 10 s to read at ≈ 1 GB/s, against ≈ 1.5 s of warm stage compute).
+//! waiting on the disk (`TRELLIS2_PREFETCH`; on an H100 machine the 11 GB of a `512` run took
+//! 7.2 s to read with one reader, against ≈ 1.5 s of warm stage compute).
 //!
-//! Why plain reads: sequential `read`s in 8 MiB chunks into one reused buffer fill the page cache
-//! in exactly the schedule's order, one file after the other, and the thread can count what it
-//! read, stop between chunks and pass over a model the run already holds. `madvise(WILLNEED)` on
-//! the mappings (or `posix_fadvise`) would queue every file's read-ahead at once, with no order
-//! between files, no word on how far it got and an unsafe call per mapping; what the reads cost
-//! is one copy per page into a buffer that is thrown away (about a second of one core for 11 GB).
+//! Why plain reads: `read`s of 8 MiB pieces into reused buffers fill the page cache in the
+//! schedule's order, and the threads can count what they read, stop between pieces and pass over
+//! a model the run already holds. `madvise(WILLNEED)` on the mappings (or `posix_fadvise`) would
+//! queue every file's read-ahead at once, with no order between files, no word on how far it got
+//! and an unsafe call per mapping; what the reads cost is one copy per page into a buffer that is
+//! thrown away (about a second of one core for 11 GB). Several readers take the next pieces side
+//! by side: one request at a time leaves a disk (a cloud machine's virtual disk above all) idle
+//! between requests, and with four the page cache still fills front to back, four pieces at once.
 //!
 //! Bounds: nothing under `--low-memory` (its streamed weights are there to hold less, not more);
 //! files are taken in order while their sum stays within half the host's available memory
 //! (`MemAvailable` when the run starts), so read-ahead never pushes out pages of a model the run
 //! needs sooner; a model the pipeline already holds (an earlier run's) is passed over.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -61,6 +63,8 @@ pub struct PrefetchReport {
     pub bytes: u64,
     /// Wall seconds of the whole read-ahead.
     pub seconds: f64,
+    /// Threads that read side by side (`TRELLIS2_PREFETCH`).
+    pub readers: usize,
     /// The bound: half the host's available memory when it started (`None`: not known).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_bytes: Option<u64>,
@@ -143,20 +147,22 @@ pub(crate) struct Prefetcher {
 }
 
 impl Prefetcher {
-    /// Starts reading `files` (already [`plan`]ned), passing over the roles `models` holds when
-    /// their turn comes. `None` when no thread could be started (the run reads as without it).
+    /// Starts reading `files` (already [`plan`]ned) with `readers` threads, passing over the
+    /// roles `models` holds when their turn comes. `None` when no thread could be started (the
+    /// run reads as without it).
     pub fn start(
         files: Vec<WeightFile>,
         budget: Option<u64>,
         over_budget: Vec<&'static str>,
         models: Arc<ModelCache>,
+        readers: usize,
     ) -> Option<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let worker = std::thread::Builder::new()
             .name("weight-prefetch".into())
             .spawn(move || {
-                let mut report = read_ahead(&files, &flag, |r| models.holds(r));
+                let mut report = read_ahead(&files, &flag, |r| models.holds(r), readers);
                 report.budget_bytes = budget;
                 report.over_budget = over_budget.iter().map(|r| r.to_string()).collect();
                 report
@@ -191,11 +197,27 @@ impl Drop for Prefetcher {
 }
 
 /// Reads `files` in order to their ends (until `stop`), passing over those whose role `held`
-/// says is loaded already.
+/// says is loaded already; `readers` threads side by side (at least one).
 fn read_ahead(
     files: &[WeightFile],
     stop: &AtomicBool,
-    held: impl Fn(&str) -> bool,
+    held: impl Fn(&str) -> bool + Sync,
+    readers: usize,
+) -> PrefetchReport {
+    let mut report = if readers > 1 {
+        read_side_by_side(files, stop, &held, readers)
+    } else {
+        read_one_by_one(files, stop, &held)
+    };
+    report.readers = readers.max(1);
+    report
+}
+
+/// One thread: each file from its start to its end, then the next.
+fn read_one_by_one(
+    files: &[WeightFile],
+    stop: &AtomicBool,
+    held: &impl Fn(&str) -> bool,
 ) -> PrefetchReport {
     let start = Instant::now();
     let mut report = PrefetchReport::default();
@@ -220,6 +242,106 @@ fn read_ahead(
     }
     report.seconds = start.elapsed().as_secs_f64();
     report
+}
+
+/// `readers` threads, each taking the next [`CHUNK`] of the files in order: the disk has as
+/// many requests in flight, and the page cache still fills front to back (a piece starts once
+/// every earlier one has started). A model is passed over (or found unreadable) when its first
+/// piece comes up; the report lists the files read to their end (a stop leaves the rest out).
+fn read_side_by_side(
+    files: &[WeightFile],
+    stop: &AtomicBool,
+    held: &(impl Fn(&str) -> bool + Sync),
+    readers: usize,
+) -> PrefetchReport {
+    let start = Instant::now();
+    // Every file has at least one piece, so that an empty one is still opened and checked.
+    let count = |f: &WeightFile| f.bytes.div_ceil(CHUNK as u64).max(1) as usize;
+    let pieces: Vec<(usize, u64)> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| (0..count(f)).map(move |k| (i, k as u64 * CHUNK as u64)))
+        .collect();
+    let left: Vec<AtomicUsize> = files.iter().map(|f| AtomicUsize::new(count(f))).collect();
+    let skipped: Vec<OnceLock<bool>> = files.iter().map(|_| OnceLock::new()).collect();
+    let failed: Vec<OnceLock<String>> = files.iter().map(|_| OnceLock::new()).collect();
+    let done: Vec<OnceLock<f64>> = files.iter().map(|_| OnceLock::new()).collect();
+    let (next, bytes) = (AtomicUsize::new(0), AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        for _ in 0..readers {
+            scope.spawn(|| {
+                let mut buffer = vec![0u8; CHUNK];
+                let mut open: Option<(usize, std::fs::File)> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(&(i, offset)) = pieces.get(next.fetch_add(1, Ordering::Relaxed))
+                    else {
+                        break;
+                    };
+                    let f = &files[i];
+                    if !*skipped[i].get_or_init(|| held(f.role)) && failed[i].get().is_none() {
+                        match read_piece(&mut open, i, &f.path, offset, &mut buffer) {
+                            Ok(n) => {
+                                bytes.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                let _ = failed[i].set(format!("{}: {e}", f.path.display()));
+                            }
+                        }
+                    }
+                    if left[i].fetch_sub(1, Ordering::AcqRel) == 1 {
+                        let _ = done[i].set(start.elapsed().as_secs_f64());
+                    }
+                }
+            });
+        }
+    });
+    PrefetchReport {
+        bytes: bytes.into_inner(),
+        seconds: start.elapsed().as_secs_f64(),
+        files: files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                Some(PrefetchedFile {
+                    role: f.role.to_string(),
+                    bytes: f.bytes,
+                    done_seconds: *done[i].get()?,
+                    skipped: skipped[i].get().copied().unwrap_or(false),
+                })
+            })
+            .collect(),
+        errors: failed
+            .into_iter()
+            .filter_map(OnceLock::into_inner)
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Reads the [`CHUNK`] of file `index` (`path`) at `offset` through `buffer`, reusing the
+/// thread's open file when it is that one; the bytes read (fewer at the file's end).
+fn read_piece(
+    open: &mut Option<(usize, std::fs::File)>,
+    index: usize,
+    path: &Path,
+    offset: u64,
+    buffer: &mut [u8],
+) -> std::io::Result<u64> {
+    let file = match open {
+        Some((i, file)) if *i == index => file,
+        _ => &mut open.insert((index, std::fs::File::open(path)?)).1,
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut total = 0usize;
+    while total < buffer.len() {
+        match file.read(&mut buffer[total..]) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total as u64)
 }
 
 /// Reads `path` through `buffer` to its end or until `stop`; the bytes read.
@@ -302,8 +424,8 @@ mod tests {
     #[test]
     fn reads_every_file_in_order_and_passes_over_held_models() {
         let dir = tempfile::tempdir().unwrap();
-        let sizes = [CHUNK + 123, 7, 0];
-        let files: Vec<WeightFile> = ["a", "b", "c"]
+        let sizes = [CHUNK + 123, 7, 0, 3 * CHUNK];
+        let files: Vec<WeightFile> = ["a", "b", "c", "d"]
             .iter()
             .zip(sizes)
             .map(|(role, n)| {
@@ -316,24 +438,36 @@ mod tests {
                 }
             })
             .collect();
-        let stop = AtomicBool::new(false);
-        let report = read_ahead(&files, &stop, |r| r == "b");
-        assert_eq!(report.bytes, (CHUNK + 123) as u64);
-        let roles: Vec<(&str, bool)> = report
-            .files
-            .iter()
-            .map(|f| (f.role.as_str(), f.skipped))
-            .collect();
-        assert_eq!(roles, vec![("a", false), ("b", true), ("c", false)]);
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
-        // Stopped before it starts: nothing read.
-        stop.store(true, Ordering::Relaxed);
-        let stopped = read_ahead(&files, &stop, |_| false);
-        assert_eq!((stopped.bytes, stopped.files.len()), (0, 0));
-        // A file gone since the plan is an error of the report, not of the run.
+        // One reader, and several side by side (more than the pieces, too): the same report.
+        for readers in [1, 3, 16] {
+            let stop = AtomicBool::new(false);
+            let report = read_ahead(&files, &stop, |r| r == "b", readers);
+            assert_eq!(report.bytes, (4 * CHUNK + 123) as u64, "{readers} readers");
+            assert_eq!(report.readers, readers);
+            let roles: Vec<(&str, bool)> = report
+                .files
+                .iter()
+                .map(|f| (f.role.as_str(), f.skipped))
+                .collect();
+            assert_eq!(
+                roles,
+                vec![("a", false), ("b", true), ("c", false), ("d", false)]
+            );
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            // Stopped before it starts: nothing read.
+            stop.store(true, Ordering::Relaxed);
+            let stopped = read_ahead(&files, &stop, |_| false, readers);
+            assert_eq!((stopped.bytes, stopped.files.len()), (0, 0));
+        }
+        // A file gone since the plan is an error of the report, not of the run; the others
+        // are still read.
         std::fs::remove_file(&files[2].path).unwrap();
-        let gone = read_ahead(&files[2..], &AtomicBool::new(false), |_| false);
-        assert_eq!(gone.errors.len(), 1, "{gone:?}");
+        for readers in [1, 3] {
+            let gone = read_ahead(&files[1..], &AtomicBool::new(false), |_| false, readers);
+            assert_eq!(gone.errors.len(), 1, "{gone:?}");
+            assert!(gone.errors[0].contains("c.safetensors"), "{gone:?}");
+            assert_eq!(gone.bytes, (3 * CHUNK + 7) as u64, "{readers} readers");
+        }
     }
 
     /// The tiny golden model's files come in the schedule's order: conditioning, structure,

@@ -65,12 +65,13 @@ fn read_ahead(
     load: LoadOptions,
     models: &Arc<ModelCache>,
 ) -> Option<Prefetcher> {
-    if load.memory == WeightMemory::Streamed || !crate::ops::tuning::Tuning::current().prefetch {
+    let readers = crate::ops::tuning::Tuning::current().prefetch_readers;
+    if load.memory == WeightMemory::Streamed || readers == 0 {
         return None;
     }
     let budget = host_budget();
     let (files, over) = plan(weight_files(dir, ptype), budget);
-    Prefetcher::start(unclaimed(files), budget, over, models.clone())
+    Prefetcher::start(unclaimed(files), budget, over, models.clone(), readers)
 }
 
 /// The weight files of a run started into the page cache before any device is open, so that a
@@ -941,7 +942,7 @@ mod tests {
         assert!(streamed.weight_prefetch().is_none());
         let off = golden();
         let tuning = Tuning {
-            prefetch: false,
+            prefetch_readers: 0,
             ..Tuning::default()
         };
         tuning.with(|| off.start_prefetch(PipelineType::P512));
