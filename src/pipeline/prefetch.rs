@@ -197,63 +197,18 @@ impl Drop for Prefetcher {
 }
 
 /// Reads `files` in order to their ends (until `stop`), passing over those whose role `held`
-/// says is loaded already; `readers` threads side by side (at least one).
+/// says is loaded already: `readers` threads (at least one), each taking the next [`CHUNK`] of
+/// the files in order, so that the disk has as many requests in flight and the page cache still
+/// fills front to back (a piece starts once every earlier one has started). A model is passed
+/// over (or found unreadable) when its first piece comes up; the report lists the files read to
+/// their end (a stop leaves the rest out).
 fn read_ahead(
     files: &[WeightFile],
     stop: &AtomicBool,
     held: impl Fn(&str) -> bool + Sync,
     readers: usize,
 ) -> PrefetchReport {
-    let mut report = if readers > 1 {
-        read_side_by_side(files, stop, &held, readers)
-    } else {
-        read_one_by_one(files, stop, &held)
-    };
-    report.readers = readers.max(1);
-    report
-}
-
-/// One thread: each file from its start to its end, then the next.
-fn read_one_by_one(
-    files: &[WeightFile],
-    stop: &AtomicBool,
-    held: &impl Fn(&str) -> bool,
-) -> PrefetchReport {
-    let start = Instant::now();
-    let mut report = PrefetchReport::default();
-    let mut buffer = vec![0u8; CHUNK];
-    for f in files {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let skipped = held(f.role);
-        if !skipped {
-            match read_file(&f.path, &mut buffer, stop) {
-                Ok(n) => report.bytes += n,
-                Err(e) => report.errors.push(format!("{}: {e}", f.path.display())),
-            }
-        }
-        report.files.push(PrefetchedFile {
-            role: f.role.to_string(),
-            bytes: f.bytes,
-            done_seconds: start.elapsed().as_secs_f64(),
-            skipped,
-        });
-    }
-    report.seconds = start.elapsed().as_secs_f64();
-    report
-}
-
-/// `readers` threads, each taking the next [`CHUNK`] of the files in order: the disk has as
-/// many requests in flight, and the page cache still fills front to back (a piece starts once
-/// every earlier one has started). A model is passed over (or found unreadable) when its first
-/// piece comes up; the report lists the files read to their end (a stop leaves the rest out).
-fn read_side_by_side(
-    files: &[WeightFile],
-    stop: &AtomicBool,
-    held: &(impl Fn(&str) -> bool + Sync),
-    readers: usize,
-) -> PrefetchReport {
+    let readers = readers.max(1);
     let start = Instant::now();
     // Every file has at least one piece, so that an empty one is still opened and checked.
     let count = |f: &WeightFile| f.bytes.div_ceil(CHUNK as u64).max(1) as usize;
@@ -314,6 +269,7 @@ fn read_side_by_side(
             .into_iter()
             .filter_map(OnceLock::into_inner)
             .collect(),
+        readers,
         ..Default::default()
     }
 }
@@ -342,21 +298,6 @@ fn read_piece(
         }
     }
     Ok(total as u64)
-}
-
-/// Reads `path` through `buffer` to its end or until `stop`; the bytes read.
-fn read_file(path: &Path, buffer: &mut [u8], stop: &AtomicBool) -> std::io::Result<u64> {
-    let mut file = std::fs::File::open(path)?;
-    let mut total = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        match file.read(buffer) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(total)
 }
 
 /// Half of what the host has available now (`None` where the OS does not say).
