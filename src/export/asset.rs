@@ -207,8 +207,9 @@ impl Asset {
 
     /// The same, with its mesh's faces wound outward already known: `faces` must be
     /// [`faces_wound_outward`] of the mesh (the pipeline orients them while the texture stages
-    /// run). Fails when they are not the mesh's faces, each possibly re-wound.
-    pub fn with_oriented_faces(self, faces: Vec<[u32; 3]>) -> Result<Self> {
+    /// run); they replace any known before. Fails when they are not the mesh's faces, each
+    /// possibly re-wound.
+    pub fn with_oriented_faces(mut self, faces: Vec<[u32; 3]>) -> Result<Self> {
         let f = &self.mesh.faces;
         ensure!(
             faces.len() == f.len(),
@@ -231,7 +232,7 @@ impl Asset {
                 f[row]
             );
         }
-        let _ = self.oriented_faces.set(faces);
+        self.oriented_faces = OnceLock::from(faces);
         Ok(self)
     }
 

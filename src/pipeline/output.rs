@@ -419,7 +419,8 @@ impl Generated {
     /// voxels and their attributes moved into an [`Asset`] with the outward faces and the
     /// splat patches computed beside the texture stages. Leaves those arrays empty. The
     /// geometry checked and indexed ahead is used while the arrays are still the ones it was
-    /// built from; otherwise the asset is built and checked here.
+    /// built from; otherwise the asset is built and checked here. Either way the public
+    /// `oriented_faces`, when not empty, are the asset's (checked against its faces).
     pub fn take_asset(&mut self) -> Result<Asset> {
         let mesh = std::mem::take(&mut self.mesh);
         let coords: Vec<[i32; 3]> = std::mem::take(&mut self.voxel_coords)
@@ -435,14 +436,13 @@ impl Generated {
             {
                 geometry.with_attributes(attrs)?
             }
-            _ => {
-                let asset = Asset::new(mesh, coords, attrs, dual_vertices, self.resolution)?;
-                if oriented.is_empty() {
-                    asset
-                } else {
-                    asset.with_oriented_faces(oriented)?
-                }
-            }
+            _ => Asset::new(mesh, coords, attrs, dual_vertices, self.resolution)?,
+        };
+        // Those the surface thread wound are kept unless the caller changed them.
+        let asset = if oriented.is_empty() || *asset.oriented_faces() == *oriented {
+            asset
+        } else {
+            asset.with_oriented_faces(oriented)?
         };
         match self.splat_patches.take() {
             Some(patches) => asset.with_splat_patches(patches),
@@ -559,6 +559,40 @@ mod tests {
         let b = moved.take_asset().unwrap();
         assert_eq!(b.dual_vertices()[1][2], duals[1][2] + 0.25);
         assert_eq!(b.voxel_attrs(), a.voxel_attrs());
+    }
+
+    /// Faces a caller wound the other way are the asset's, whether the surface thread's
+    /// geometry is reused or the asset is built again.
+    #[test]
+    fn take_asset_keeps_the_callers_face_winding() {
+        // A 3×3×3 block whose every edge is crossed: a closed surface of several faces.
+        let rows: Vec<i32> = (0..27)
+            .flat_map(|i| [0, i % 3 + 1, i / 3 % 3 + 1, i / 9 + 1])
+            .collect();
+        let coords = Tensor::from_vec(rows, (27, 4), &Device::Cpu).unwrap();
+        let raw = Tensor::ones((27, 7), DType::F16, &Device::Cpu).unwrap();
+        let attrs = Tensor::full(0.5f32, (27, PBR_CHANNELS), &Device::Cpu).unwrap();
+        let task = SurfaceTask::start(&coords, &raw, 8, None).unwrap();
+        let mut g = Generated::pending(
+            PipelineType::P512,
+            DecodedVoxels::start(task, &attrs, 8).unwrap(),
+            Default::default(),
+            Vec::new(),
+        );
+        g.extract_mesh().unwrap();
+        assert!(g.mesh.faces.len() > 1, "{} faces", g.mesh.faces.len());
+        let wound = g.oriented_faces.clone();
+        for reuse in [true, false] {
+            let mut g = g.clone();
+            if !reuse {
+                g.geometry = None;
+            }
+            let [x, y, z] = wound[0];
+            g.oriented_faces[0] = [x, z, y];
+            let a = g.take_asset().unwrap();
+            assert_eq!(a.oriented_faces()[0], [x, z, y], "reuse {reuse}");
+            assert_eq!(a.oriented_faces()[1..], wound[1..], "reuse {reuse}");
+        }
     }
 
     /// The asset straight from the surface thread is the one `extract_mesh` + `take_asset`
