@@ -7,17 +7,20 @@
 //! ```sh
 //! cargo bench --bench e2e -- [--device cpu|cuda|metal] [--pipeline 512|1024-cascade|both]
 //!     [--batch 8] [--model DIR] [--tiny] [--tokens N32,N64] [--steps N] [--keep DIR]
-//!     [--extra "MORE GENERATE ARGS"]
+//!     [--evict] [--cold-runs N] [--extra "MORE GENERATE ARGS"]
 //! ```
 //! Random weights make the decoders' mesh noise (the structure and growth are forced, the
 //! surface inside them is not): its GLB's UV atlas has tens of thousands of charts, where a
 //! real object's has about a hundred, so the default GLB export costs far more than a real
 //! one; `--extra "--texture none"` measures the rest without it.
 //! Per pipeline, two processes: **cold**, one picture, timed around the process (start-up,
-//! device set-up, weight reads and exit included); **warm**, `--batch` pictures in one process
+//! device set-up, weight reads and exit included; `--evict` empties the page cache and gives
+//! the process an empty CUDA kernel cache first, as after a reboot; `--cold-runs N` repeats it
+//! and lists every run); **warm**, `--batch` pictures in one process
 //! (`--batch-order picture`: every model read once and kept), per picture = the mean of the
 //! report's per-item times of pictures 2..N. Phases come from the `--report` of each run:
-//! stage times less the weight reads done inside them, and each output's seconds.
+//! stage times less the weight reads done inside them, and each output's seconds; the process's
+//! exit is the time from its last file (the report, written last) to its end.
 //! `splat_quality` (rendering splats against the mesh) is computed only because `--report` asks
 //! for it, so it is shown apart and left out of the totals. A batch writes pictures' files on
 //! two writer threads (three with 12 or more cores) while the next picture runs (splat quality
@@ -36,6 +39,8 @@
 //! model instead (CPU smoke test: the method works, the numbers are not the release's).
 //! `TRELLIS2_BIN` overrides the binary.
 
+#[path = "common/page_cache.rs"]
+mod page_cache;
 #[path = "common/random_weights.rs"]
 mod random_weights;
 
@@ -43,10 +48,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
+use page_cache::drop_page_cache;
 use random_weights::{manifest, write_random};
 use serde_json::Value;
 use trellis2::pipeline::dev_forcing::{BASELINE_TOKENS_32, BASELINE_TOKENS_64};
@@ -122,6 +128,10 @@ struct Opts {
     keep: Option<PathBuf>,
     /// More `generate` arguments (`--extra "--texture none"`).
     extra: Vec<String>,
+    /// Empty the page cache and the CUDA kernel cache before each cold run.
+    evict: bool,
+    /// Cold processes per pipeline (the table shows the first; the others are listed).
+    cold_runs: usize,
 }
 
 fn parse() -> Result<Opts> {
@@ -136,6 +146,8 @@ fn parse() -> Result<Opts> {
         steps: None,
         keep: None,
         extra: Vec::new(),
+        evict: false,
+        cold_runs: 1,
     };
     let mut tokens = None;
     while let Some(a) = args.next() {
@@ -156,6 +168,13 @@ fn parse() -> Result<Opts> {
             "--tokens" => tokens = Some(value()?),
             "--steps" => o.steps = Some(value()?.parse().context("--steps takes a count")?),
             "--keep" => o.keep = Some(value()?.into()),
+            "--evict" => o.evict = true,
+            "--cold-runs" => {
+                o.cold_runs = value()?.parse().context("--cold-runs takes a count ≥ 1")?;
+                if o.cold_runs == 0 {
+                    bail!("--cold-runs takes a count ≥ 1");
+                }
+            }
             "--extra" => o
                 .extra
                 .extend(value()?.split_whitespace().map(str::to_string)),
@@ -291,6 +310,10 @@ fn pictures(folder: &Path, n: usize) -> Result<Vec<PathBuf>> {
 /// One `generate` process: its wall time, peak RSS and anonymous RSS (polled), and report.
 struct Run {
     wall: f64,
+    /// Seconds from its newest file in the output folder (the report) to the process's end.
+    exit: f64,
+    /// Whether the page cache was emptied before it (None: not asked to).
+    evicted: Option<bool>,
     peak_rss: u64,
     peak_anon: u64,
     report: Value,
@@ -302,7 +325,15 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn generate(o: &Opts, model: &Path, pipeline: &str, inputs: &[PathBuf], out: &Path) -> Result<Run> {
+/// `generate` over `inputs` into `out`; `evict`: from an empty page cache and kernel cache.
+fn generate(
+    o: &Opts,
+    model: &Path,
+    pipeline: &str,
+    inputs: &[PathBuf],
+    out: &Path,
+    evict: bool,
+) -> Result<Run> {
     let bin = std::env::var_os("TRELLIS2_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trellis2")));
@@ -324,6 +355,14 @@ fn generate(o: &Opts, model: &Path, pipeline: &str, inputs: &[PathBuf], out: &Pa
         cmd.args(["--steps", &s.to_string()]);
     }
     cmd.args(&o.extra);
+    let mut evicted = None;
+    if evict {
+        // The driver's JIT cache too: a fresh machine has none.
+        let cache = out.join("cuda-cache");
+        std::fs::create_dir_all(&cache)?;
+        cmd.env("CUDA_CACHE_PATH", &cache);
+        evicted = Some(drop_page_cache());
+    }
     let log = std::fs::File::create(out.with_extension("log"))?;
     cmd.stdout(log.try_clone()?).stderr(log);
     let start = Instant::now();
@@ -347,6 +386,7 @@ fn generate(o: &Opts, model: &Path, pipeline: &str, inputs: &[PathBuf], out: &Pa
     });
     let status = child.wait()?;
     let wall = start.elapsed().as_secs_f64();
+    let end = SystemTime::now();
     stop.store(true, Ordering::Relaxed);
     let (peak_rss, peak_anon) = poll.join().unwrap_or((0, 0));
     if !status.success() {
@@ -356,12 +396,27 @@ fn generate(o: &Opts, model: &Path, pipeline: &str, inputs: &[PathBuf], out: &Pa
         );
     }
     let report: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+    let last = newest_file(out)?;
     Ok(Run {
         wall,
+        exit: end.duration_since(last).map_or(0.0, |d| d.as_secs_f64()),
+        evicted,
         peak_rss,
         peak_anon,
         report,
     })
+}
+
+/// The newest modification time of the files in `dir`.
+fn newest_file(dir: &Path) -> Result<SystemTime> {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir)? {
+        let meta = e?.metadata()?;
+        if meta.is_file() {
+            newest = newest.max(meta.modified()?);
+        }
+    }
+    Ok(newest)
 }
 
 /// One item's phases in seconds, in table order.
@@ -524,7 +579,8 @@ fn machine() -> String {
     format!("{cpu}, {cores} threads")
 }
 
-fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result<String> {
+fn table(o: &Opts, pipeline: &str, bytes: u64, colds: &[Run], warm: &Run) -> Result<String> {
+    let cold = &colds[0];
     let first = items(cold)?.remove(0);
     let batch = items(warm)?;
     let later = Phases::mean(&batch[1..]);
@@ -560,14 +616,36 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
             format!(", `{}`", o.extra.join(" "))
         }
     )?;
+    let source = match cold.evicted {
+        Some(true) => "from the disk: page cache emptied before the cold run",
+        Some(false) => {
+            "the page cache could not be emptied (not root?): from the page cache or disk"
+        }
+        None => "from the page cache or disk, whichever held them",
+    };
     writeln!(
         t,
-        "weights read by this pipeline: {:.2} GB; cold load {:.2} s ({:.2} GB/s from the page \
-         cache or disk, whichever held them)",
+        "weights read by this pipeline: {:.2} GB; cold load {:.2} s ({:.2} GB/s {source})",
         bytes as f64 / 1e9,
         loads,
         bytes as f64 / 1e9 / loads.max(1e-9)
     )?;
+    if colds.len() > 1 {
+        let list = |f: &dyn Fn(&Run) -> f64| {
+            colds
+                .iter()
+                .map(|r| format!("{:.2}", f(r)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            t,
+            "cold runs ({}): process wall {} s; exit after the last file {} s (the table: the first)",
+            colds.len(),
+            list(&|r| r.wall - items(r).map_or(0.0, |i| i[0].quality)),
+            list(&|r| r.exit)
+        )?;
+    }
     // The cold start's work besides the weight reads (docs/CUDA.md, "Cold start").
     for w in r["candle_kernels"].as_array().into_iter().flatten() {
         writeln!(
@@ -654,8 +732,13 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, cold: &Run, warm: &Run) -> Result
     )?;
     writeln!(
         t,
-        "| process start-up, device set-up, exit (cold wall − phases) | {:.3} | – |",
-        cold.wall - first.quality - first.total()
+        "| process start-up, device set-up (cold wall − phases − exit) | {:.3} | – |",
+        cold.wall - first.quality - first.total() - cold.exit
+    )?;
+    writeln!(
+        t,
+        "| process exit (from its last file, the report, to its end) | {:.3} | {:.3} |",
+        cold.exit, warm.exit
     )?;
     writeln!(
         t,
@@ -721,11 +804,19 @@ fn main() -> Result<()> {
     for pipeline in &o.pipelines {
         let bytes = weight_bytes(&model_dir, pipeline)?;
         let dir = work.join(pipeline);
-        eprintln!("{pipeline}: cold run (1 picture)");
-        let cold = generate(&o, &model, pipeline, &inputs[..1], &dir.join("cold"))?;
+        let mut colds = Vec::with_capacity(o.cold_runs);
+        for k in 0..o.cold_runs {
+            eprintln!(
+                "{pipeline}: cold run {} of {} (1 picture)",
+                k + 1,
+                o.cold_runs
+            );
+            let out = dir.join(format!("cold{k}"));
+            colds.push(generate(&o, &model, pipeline, &inputs[..1], &out, o.evict)?);
+        }
         eprintln!("{pipeline}: warm run ({} pictures)", o.batch);
-        let warm = generate(&o, &model, pipeline, &inputs, &dir.join("warm"))?;
-        let t = table(&o, pipeline, bytes, &cold, &warm)?;
+        let warm = generate(&o, &model, pipeline, &inputs, &dir.join("warm"), false)?;
+        let t = table(&o, pipeline, bytes, &colds, &warm)?;
         println!("{t}");
         out.push_str(&t);
     }

@@ -8,9 +8,13 @@
 //! size (`cargo bench --bench e2e -- --model DIR` writes it). Each count runs in a process of its
 //! own, as a cold `generate` does (a process reads each file ahead once).
 
+#[path = "common/page_cache.rs"]
+mod page_cache;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use page_cache::drop_page_cache;
 use trellis2::ops::tuning::Tuning;
 use trellis2::pipeline::config::PipelineType;
 use trellis2::pipeline::models::LoadOptions;
@@ -95,11 +99,4 @@ fn read_once(model: &Path, ptype: PipelineType, n: usize) -> Result<()> {
         if dropped { "yes" } else { "no" }
     );
     Ok(())
-}
-
-/// Writes the dirty pages out and drops the clean ones (Linux, root); whether it could.
-fn drop_page_cache() -> bool {
-    // SAFETY: `sync` takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
