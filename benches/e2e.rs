@@ -663,12 +663,23 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, colds: &[Run], warm: &Run) -> Res
         )?;
     }
     for p in r["weight_prefetch"].as_array().into_iter().flatten() {
+        let seconds = p["seconds"].as_f64().unwrap_or(0.0);
         writeln!(
             t,
-            "weights read ahead into the page cache: {:.2} GB in {:.2} s",
+            "weights read ahead into the page cache: {:.2} GB in {seconds:.2} s ({} readers)",
             p["bytes"].as_f64().unwrap_or(0.0) / 1e9,
-            p["seconds"].as_f64().unwrap_or(0.0)
+            p["readers"]
         )?;
+        // From the disk, the cold start's target is the stage time plus the read time: what
+        // the run spends beyond its reads, against the warm worker's stage time.
+        if cold.evicted == Some(true) && seconds > 0.0 {
+            writeln!(
+                t,
+                "cold wall − read-ahead time: {:.2} s (the warm device worker's stages: {:.2} s)",
+                cold.wall - items(cold).map_or(0.0, |i| i[0].quality) - seconds,
+                Phases::mean(&items(warm)?[1..]).stages()
+            )?;
+        }
     }
     writeln!(
         t,
