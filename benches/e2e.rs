@@ -676,8 +676,8 @@ fn table(o: &Opts, pipeline: &str, bytes: u64, colds: &[Run], warm: &Run) -> Res
             writeln!(
                 t,
                 "cold wall − read-ahead time: {:.2} s (the warm device worker's stages: {:.2} s)",
-                cold.wall - items(cold).map_or(0.0, |i| i[0].quality) - seconds,
-                Phases::mean(&items(warm)?[1..]).stages()
+                cold.wall - first.quality - seconds,
+                later.stages()
             )?;
         }
     }
