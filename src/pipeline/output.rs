@@ -438,8 +438,7 @@ impl Generated {
             }
             _ => Asset::new(mesh, coords, attrs, dual_vertices, self.resolution)?,
         };
-        // Those the surface thread wound are kept unless the caller changed them.
-        let asset = if oriented.is_empty() || *asset.oriented_faces() == *oriented {
+        let asset = if oriented.is_empty() {
             asset
         } else {
             asset.with_oriented_faces(oriented)?
